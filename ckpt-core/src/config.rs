@@ -1,0 +1,499 @@
+//! The effective configuration, read from the environment the way the seed document's users expect.
+//!
+//! | setting | first of |
+//! |---|---|
+//! | application name | the `name` argument, `CKPT_NAME`, `SLURM_JOB_NAME`, `ckpt` |
+//! | job id | `SLURM_JOB_ID` (none outside Slurm: the application name stands in) |
+//! | step id | `SLURM_STEP_ID` (unset in a batch script, so the checkpoint belongs to the whole job) |
+//! | rank, nranks | `CKPT_RANK`/`CKPT_NRANKS`, `OMPI_COMM_WORLD_RANK`/`_SIZE`, `PMIX_RANK`, `PMI_RANK`/`PMI_SIZE`, then `SLURM_PROCID`/`SLURM_NTASKS` inside an srun step only (mpirun inside a job leaves `SLURM_PROCID=0` on every rank) |
+//! | checkpoint directory | `CKPT_DIR`, `SLURM_CHECKPOINT_DIR`, the current directory |
+//! | restart directory | `CKPT_RESTART_DIR`, `SLURM_RESTART_DIR`, the checkpoint directory |
+//! | interval | `CKPT_INTERVAL`, `SLURM_CHECKPOINT` (Slurm's six time formats, or `auto`) |
+//! | generations kept | `CKPT_KEEP` (default 2) |
+//! | file mode | `CKPT_FILE_MODE` (octal, default 0600) |
+//! | memory mapping | `CKPT_MMAP` (default on) |
+//! | compression | `CKPT_COMPRESS` (`off`, `auto`, `zstd`, `zstd:N`; default off) |
+//! | fresh start allowed when no checkpoint verifies | `CKPT_ALLOW_FRESH_START` (default no) |
+//! | job end time | `SLURM_JOB_END_TIME`, `CKPT_END_TIME` (epoch seconds) |
+//! | restart count | `SLURM_RESTART_COUNT` |
+//!
+//! A malformed value is an error naming the variable and the value, never silently ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::format;
+use crate::timefmt::parse_slurm_time;
+use crate::writer::Compression;
+
+/// The default application name outside Slurm.
+pub const DEFAULT_APP_NAME: &str = "ckpt";
+/// Generations kept by default.
+pub const DEFAULT_KEEP: usize = 2;
+/// Permission bits of new checkpoint files by default.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+
+/// When periodic checkpoints are due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interval {
+    /// A fixed period.
+    Every(Duration),
+    /// Young/Daly's optimum from the measured checkpoint cost and the mean time between failures.
+    Auto,
+}
+
+/// Everything a [`crate::Store`] needs to know; usually built by [`Config::from_env`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Application name (recorded in every file; matches checkpoints across resubmissions).
+    pub app_name: String,
+    /// Slurm job id, when running under Slurm.
+    pub job_id: Option<String>,
+    /// Slurm step id, when running inside a job step.
+    pub step_id: Option<u32>,
+    /// This process's rank.
+    pub rank: u32,
+    /// Number of ranks.
+    pub nranks: u32,
+    /// Where checkpoints are written.
+    pub checkpoint_dir: PathBuf,
+    /// Where restart discovery looks.
+    pub restart_dir: PathBuf,
+    /// Generations kept (at least 1).
+    pub keep: usize,
+    /// Permission bits of new files.
+    pub file_mode: u32,
+    /// Whether files are memory-mapped when loaded.
+    pub mmap: bool,
+    /// Default compression for sections that do not choose.
+    pub compression: Compression,
+    /// Whether restart may start fresh when checkpoints exist but none verifies.
+    pub allow_fresh_start: bool,
+    /// Periodic checkpoint interval.
+    pub interval: Option<Interval>,
+    /// Job end time (seconds since the epoch), when known from the environment.
+    pub end_time: Option<i64>,
+    /// `SLURM_RESTART_COUNT`: how many times Slurm restarted this job.
+    pub restart_count: Option<u32>,
+    /// This host's name.
+    pub host: String,
+    /// How long rank 0 waits for the other ranks' parts before committing a multi-rank step.
+    pub commit_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration for `app_name` in `dir`, ignoring the environment (one process, no Slurm).
+    pub fn new(app_name: &str, dir: impl AsRef<Path>) -> Result<Config> {
+        check_name_component(app_name, "application name")?;
+        let dir = dir.as_ref().to_path_buf();
+        Ok(Config {
+            app_name: app_name.to_string(),
+            job_id: None,
+            step_id: None,
+            rank: 0,
+            nranks: 1,
+            checkpoint_dir: dir.clone(),
+            restart_dir: dir,
+            keep: DEFAULT_KEEP,
+            file_mode: DEFAULT_FILE_MODE,
+            mmap: true,
+            compression: Compression::None,
+            allow_fresh_start: false,
+            interval: None,
+            end_time: None,
+            restart_count: None,
+            host: hostname(),
+            commit_timeout: Duration::from_secs(600),
+        })
+    }
+
+    /// Reads the configuration from this process's environment (see the module documentation).
+    pub fn from_env(app_name: Option<&str>) -> Result<Config> {
+        Config::from_lookup(app_name, |k| std::env::var(k).ok())
+    }
+
+    /// Like [`Config::from_env`], with variables from `lookup` (for tests and for the `ckpt env` tool).
+    pub fn from_lookup(
+        app_name: Option<&str>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let app_name = match app_name {
+            Some(n) => n.to_string(),
+            None => get("CKPT_NAME")
+                .or_else(|| get("SLURM_JOB_NAME"))
+                .unwrap_or_else(|| DEFAULT_APP_NAME.into()),
+        };
+        // A job name from Slurm may contain anything: keep it usable as a file-name component.
+        let app_name = if app_name.len() > format::MAX_NAME_LEN || app_name.contains('/') {
+            sanitize(&app_name)
+        } else {
+            app_name
+        };
+        let mut cfg = Config::new(&app_name, ".")?;
+        if let Some(job) = get("SLURM_JOB_ID") {
+            check_name_component(&job, "SLURM_JOB_ID")?;
+            cfg.job_id = Some(job);
+        }
+        cfg.step_id = parse_var(&get, "SLURM_STEP_ID", |v| {
+            v.parse::<u32>().ok().filter(|&s| s != format::NO_STEP_ID)
+        })?;
+        // Slurm marks the batch and extern steps with large reserved numbers: they are not job steps.
+        if cfg.step_id.is_some_and(|s| s >= 0xFFFF_FFF0) {
+            cfg.step_id = None;
+        }
+        let in_step = get("SLURM_STEP_ID").is_some();
+        let (rank, nranks) = detect_rank(&get, in_step)?;
+        cfg.rank = rank;
+        cfg.nranks = nranks;
+        cfg.checkpoint_dir = get("CKPT_DIR")
+            .or_else(|| get("SLURM_CHECKPOINT_DIR"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        cfg.restart_dir = get("CKPT_RESTART_DIR")
+            .or_else(|| get("SLURM_RESTART_DIR"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cfg.checkpoint_dir.clone());
+        cfg.keep = parse_var(&get, "CKPT_KEEP", |v| {
+            v.parse::<usize>().ok().filter(|&k| k >= 1)
+        })?
+        .unwrap_or(DEFAULT_KEEP);
+        cfg.file_mode = parse_var(&get, "CKPT_FILE_MODE", |v| {
+            u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|&m| m <= 0o777 && m & 0o600 == 0o600)
+        })?
+        .unwrap_or(DEFAULT_FILE_MODE);
+        cfg.mmap = parse_var(&get, "CKPT_MMAP", parse_bool)?.unwrap_or(true);
+        cfg.allow_fresh_start =
+            parse_var(&get, "CKPT_ALLOW_FRESH_START", parse_bool)?.unwrap_or(false);
+        if let Some(c) = get("CKPT_COMPRESS") {
+            cfg.compression = Compression::parse(&c)
+                .map_err(|e| Error::invalid(format!("CKPT_COMPRESS: {}", e.message())))?;
+        }
+        for var in ["CKPT_INTERVAL", "SLURM_CHECKPOINT"] {
+            if let Some(v) = get(var) {
+                cfg.interval = parse_interval(&v)
+                    .map_err(|e| Error::invalid(format!("{var}: {}", e.message())))?;
+                break;
+            }
+        }
+        for var in ["SLURM_JOB_END_TIME", "CKPT_END_TIME"] {
+            if let Some(t) = parse_var(&get, var, |v| v.parse::<i64>().ok().filter(|&t| t > 0))? {
+                cfg.end_time = Some(t);
+                break;
+            }
+        }
+        cfg.restart_count = parse_var(&get, "SLURM_RESTART_COUNT", |v| v.parse::<u32>().ok())?;
+        if let Some(t) = get("CKPT_COMMIT_TIMEOUT") {
+            cfg.commit_timeout = parse_slurm_time(&t)
+                .ok()
+                .filter(|_| t.contains(':') || t.contains('-'))
+                .or_else(|| t.parse::<u64>().ok().map(Duration::from_secs))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "CKPT_COMMIT_TIMEOUT: invalid value {t:?}: expected seconds"
+                    ))
+                })?;
+        }
+        Ok(cfg)
+    }
+
+    /// The job id, or the application name outside Slurm: the first part of every file name.
+    pub fn job_key(&self) -> &str {
+        self.job_id.as_deref().unwrap_or(&self.app_name)
+    }
+
+    /// The checkpoint's file name: `<job_id>.ckpt`, or `<job_id>.<step_id>.ckpt` in a job step.
+    pub fn base_name(&self) -> String {
+        base_name(self.job_key(), self.step_id)
+    }
+
+    /// The path of the newest checkpoint: `<checkpoint_dir>/<base_name>`.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.checkpoint_dir.join(self.base_name())
+    }
+}
+
+/// `<job>.ckpt` or `<job>.<step>.ckpt`.
+pub fn base_name(job_key: &str, step_id: Option<u32>) -> String {
+    match step_id {
+        Some(step) => format!("{job_key}.{step}.ckpt"),
+        None => format!("{job_key}.ckpt"),
+    }
+}
+
+/// Parses an interval setting: one of Slurm's six time formats, `auto`, or `0`/`off` for none.
+pub fn parse_interval(text: &str) -> Result<Option<Interval>> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("auto") {
+        return Ok(Some(Interval::Auto));
+    }
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let d = parse_slurm_time(t)?;
+    Ok(if d.is_zero() {
+        None
+    } else {
+        Some(Interval::Every(d))
+    })
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_var<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>> {
+    match get(var) {
+        None => Ok(None),
+        Some(v) => parse(&v)
+            .map(Some)
+            .ok_or_else(|| Error::invalid(format!("{var}: invalid value {v:?}"))),
+    }
+}
+
+fn detect_rank(get: &impl Fn(&str) -> Option<String>, in_step: bool) -> Result<(u32, u32)> {
+    let num = |var: &str| parse_var(get, var, |v| v.parse::<u32>().ok());
+    let size = |vars: &[&str]| -> Result<Option<u32>> {
+        for v in vars {
+            if let Some(n) = parse_var(get, v, |s| s.parse::<u32>().ok().filter(|&n| n >= 1))? {
+                return Ok(Some(n));
+            }
+        }
+        Ok(None)
+    };
+    let step_size: &[&str] = if in_step {
+        &["SLURM_NTASKS", "SLURM_NPROCS"]
+    } else {
+        &[]
+    };
+    let sources: [(&str, Vec<&str>); 5] = [
+        ("CKPT_RANK", vec!["CKPT_NRANKS"]),
+        ("OMPI_COMM_WORLD_RANK", vec!["OMPI_COMM_WORLD_SIZE"]),
+        (
+            "PMIX_RANK",
+            [&["OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"][..], step_size].concat(),
+        ),
+        ("PMI_RANK", vec!["PMI_SIZE"]),
+        ("SLURM_PROCID", step_size.to_vec()),
+    ];
+    for (rank_var, size_vars) in sources {
+        if rank_var == "SLURM_PROCID" && !in_step {
+            continue;
+        }
+        if let Some(rank) = num(rank_var)? {
+            let nranks = size(&size_vars)?.unwrap_or(rank + 1);
+            if rank >= nranks {
+                return Err(Error::invalid(format!(
+                    "{rank_var}={rank} is not below the number of ranks {nranks}"
+                )));
+            }
+            return Ok((rank, nranks));
+        }
+    }
+    if let Some(n) = size(&["CKPT_NRANKS"])? {
+        if n != 1 {
+            return Err(Error::invalid(
+                "CKPT_NRANKS is set without a rank (CKPT_RANK or the MPI launcher's)",
+            ));
+        }
+    }
+    Ok((0, 1))
+}
+
+fn check_name_component(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "{what} {name:?} cannot be used in a file name"
+        )));
+    }
+    format::check_fixed_string(name, what)
+}
+
+fn sanitize(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    while s.len() > format::MAX_NAME_LEN {
+        s.pop();
+    }
+    if s.is_empty() || s == "." || s == ".." {
+        DEFAULT_APP_NAME.to_string()
+    } else {
+        s
+    }
+}
+
+/// This machine's host name (`gethostname`), cut to 64 bytes.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call; gethostname writes at most
+    // `len` bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let mut s = String::from_utf8_lossy(&buf[..end]).into_owned();
+    while s.len() > format::MAX_NAME_LEN {
+        s.pop();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(None, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn outside_slurm() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.base_name(), "ckpt.ckpt");
+        assert_eq!(c.checkpoint_dir, PathBuf::from("."));
+        assert_eq!((c.rank, c.nranks), (0, 1));
+        assert_eq!(c.interval, None);
+        let c = Config::from_lookup(Some("heat"), |_| None).unwrap();
+        assert_eq!(c.base_name(), "heat.ckpt");
+    }
+
+    #[test]
+    fn slurm_names_and_dirs() {
+        let c = cfg(&[
+            ("SLURM_JOB_ID", "4242"),
+            ("SLURM_CHECKPOINT_DIR", "/scratch/c"),
+            ("SLURM_JOB_NAME", "sim"),
+        ])
+        .unwrap();
+        assert_eq!(c.base_name(), "4242.ckpt");
+        assert_eq!(c.app_name, "sim");
+        assert_eq!(c.checkpoint_dir, PathBuf::from("/scratch/c"));
+        assert_eq!(c.restart_dir, PathBuf::from("/scratch/c"));
+        let c = cfg(&[
+            ("SLURM_JOB_ID", "4242"),
+            ("SLURM_STEP_ID", "3"),
+            ("CKPT_DIR", "/a"),
+            ("SLURM_CHECKPOINT_DIR", "/b"),
+            ("SLURM_RESTART_DIR", "/r"),
+        ])
+        .unwrap();
+        assert_eq!(c.base_name(), "4242.3.ckpt");
+        assert_eq!(c.checkpoint_dir, PathBuf::from("/a"));
+        assert_eq!(c.restart_dir, PathBuf::from("/r"));
+        let c = cfg(&[("CKPT_RESTART_DIR", "/x"), ("SLURM_RESTART_DIR", "/r")]).unwrap();
+        assert_eq!(c.restart_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn interval_formats() {
+        let c = cfg(&[("SLURM_CHECKPOINT", "1-02:03:04")]).unwrap();
+        assert_eq!(
+            c.interval,
+            Some(Interval::Every(Duration::from_secs(93_784)))
+        );
+        let c = cfg(&[("SLURM_CHECKPOINT", "10"), ("CKPT_INTERVAL", "auto")]).unwrap();
+        assert_eq!(c.interval, Some(Interval::Auto));
+        let e = cfg(&[("SLURM_CHECKPOINT", "1:2:3:4")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("SLURM_CHECKPOINT: invalid time \"1:2:3:4\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rank_detection_prefers_the_launcher_over_slurm_procid() {
+        // mpirun inside a batch job: SLURM_PROCID is 0 everywhere and there is no step id.
+        let c = cfg(&[
+            ("SLURM_PROCID", "0"),
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "4"),
+            ("PMIX_RANK", "3"),
+        ])
+        .unwrap();
+        assert_eq!((c.rank, c.nranks), (3, 4));
+        // srun --mpi=pmix
+        let c = cfg(&[
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_PROCID", "2"),
+            ("SLURM_NTASKS", "4"),
+            ("PMIX_RANK", "2"),
+        ])
+        .unwrap();
+        assert_eq!((c.rank, c.nranks), (2, 4));
+        // MPICH hydra
+        let c = cfg(&[("PMI_RANK", "1"), ("PMI_SIZE", "2")]).unwrap();
+        assert_eq!((c.rank, c.nranks), (1, 2));
+        // a batch script with -n 4 but one process: not multi-rank
+        let c = cfg(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]).unwrap();
+        assert_eq!((c.rank, c.nranks), (0, 1));
+        // explicit override
+        let c = cfg(&[
+            ("CKPT_RANK", "0"),
+            ("CKPT_NRANKS", "1"),
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "4"),
+        ])
+        .unwrap();
+        assert_eq!((c.rank, c.nranks), (0, 1));
+        assert!(cfg(&[("OMPI_COMM_WORLD_RANK", "4"), ("OMPI_COMM_WORLD_SIZE", "4")]).is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [
+            ("CKPT_KEEP", "0"),
+            ("CKPT_KEEP", "x"),
+            ("CKPT_MMAP", "maybe"),
+            ("CKPT_FILE_MODE", "999"),
+            ("SLURM_STEP_ID", "x"),
+            ("CKPT_COMPRESS", "lz4"),
+            ("SLURM_JOB_ID", "a/b"),
+        ] {
+            let e = cfg(&[(var, val)]).unwrap_err();
+            assert!(e.to_string().contains(var), "{var}={val}: {e}");
+        }
+    }
+
+    #[test]
+    fn other_settings() {
+        let c = cfg(&[
+            ("CKPT_KEEP", "5"),
+            ("CKPT_MMAP", "0"),
+            ("CKPT_FILE_MODE", "0640"),
+            ("SLURM_JOB_END_TIME", "1800000000"),
+            ("SLURM_RESTART_COUNT", "2"),
+            ("CKPT_COMPRESS", "auto"),
+        ])
+        .unwrap();
+        assert_eq!(c.keep, 5);
+        assert!(!c.mmap);
+        assert_eq!(c.file_mode, 0o640);
+        assert_eq!(c.end_time, Some(1_800_000_000));
+        assert_eq!(c.restart_count, Some(2));
+        assert_eq!(c.compression, Compression::Auto);
+    }
+}

@@ -1,0 +1,603 @@
+//! Opening, verifying and reading checkpoint files.
+//!
+//! [`Checkpoint::open`] checks the structure (header, trailer and section table with their CRCs, every
+//! offset and size) before returning; section bytes are verified against their CRC the first time they
+//! are read, and [`Checkpoint::verify`] checks everything at once, including that the padding between
+//! parts is zero, so that no single corrupted byte anywhere in the file goes unnoticed.
+//!
+//! Files are memory-mapped when possible, so raw sections are returned without a copy. When mapping fails
+//! (some network file systems) or is disabled (`CKPT_MMAP=0`, [`LoadOptions::mmap`]), plain positioned reads
+//! are used instead.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::de::DeserializeOwned;
+use zstd::stream::raw::{Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{self, Codec, Encoding, Header, SectionEntry, TRAILER_LEN, Trailer};
+use crate::storage::{FileStorage, MappedBytes, Storage, StorageReader};
+
+/// Chunk size for plain reads and CRC passes.
+const READ_CHUNK: usize = 8 << 20;
+
+/// How to open a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Memory-map the file (falls back to plain reads automatically when mapping fails).
+    pub mmap: bool,
+}
+
+impl Default for LoadOptions {
+    /// `mmap` is on unless the environment says `CKPT_MMAP=0` (or `off`/`false`/`no`).
+    fn default() -> LoadOptions {
+        let mmap = match std::env::var("CKPT_MMAP") {
+            Ok(v) => !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "off" | "false" | "no"
+            ),
+            Err(_) => true,
+        };
+        LoadOptions { mmap }
+    }
+}
+
+enum Source {
+    Mapped(MappedBytes),
+    Read(Box<dyn StorageReader>),
+}
+
+/// An open, structurally verified checkpoint file.
+pub struct Checkpoint {
+    path: PathBuf,
+    header: Header,
+    header_len: u32,
+    trailer: Trailer,
+    sections: Vec<SectionEntry>,
+    index: HashMap<String, usize>,
+    source: Source,
+    file_len: u64,
+    verified: Vec<AtomicBool>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .field("sections", &self.sections.len())
+            .field("mapped", &self.is_mapped())
+            .finish()
+    }
+}
+
+/// The decoded bytes of a section: borrowed from the memory map when the section is raw, owned otherwise.
+pub type SectionData<'a> = Cow<'a, [u8]>;
+
+impl Checkpoint {
+    /// Opens `path` from the real file system with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        Checkpoint::open_with(&FileStorage, path.as_ref(), LoadOptions::default())
+    }
+
+    /// Opens `path` through `storage`.
+    pub fn open_with(storage: &dyn Storage, path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
+        let reader = storage
+            .open(path)
+            .map_err(|e| Error::io("open", e).with_path(path))?;
+        let source = if opts.mmap {
+            match reader.map() {
+                Ok(Some(map)) => Source::Mapped(map),
+                // Mapping refused (ENODEV on some network mounts, ENOMEM...): read instead.
+                Ok(None) | Err(_) => Source::Read(reader),
+            }
+        } else {
+            Source::Read(reader)
+        };
+        Checkpoint::from_source(path.to_path_buf(), source).map_err(|e| e.with_path(path))
+    }
+
+    /// Parses a checkpoint held in memory (used by the fuzz target and by tools).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Checkpoint> {
+        Checkpoint::from_source(
+            PathBuf::from("<memory>"),
+            Source::Mapped(std::sync::Arc::new(bytes)),
+        )
+    }
+
+    fn from_source(path: PathBuf, source: Source) -> Result<Checkpoint> {
+        let file_len = match &source {
+            Source::Mapped(m) => (**m).as_ref().len() as u64,
+            Source::Read(r) => r.len(),
+        };
+        let mut cp = Checkpoint {
+            path,
+            header: Header {
+                kind: format::FileKind::Data,
+                generation: 0,
+                app_step: 0,
+                created_unix_ns: 0,
+                step_id: None,
+                rank: 0,
+                nranks: 1,
+                writer_version: (0, 0, 0),
+                job_id: String::new(),
+                app_name: String::new(),
+                host: String::new(),
+                metadata: Vec::new(),
+            },
+            header_len: 0,
+            trailer: Trailer {
+                table_offset: 0,
+                file_len: 0,
+                section_count: 0,
+                table_crc32: 0,
+                header_crc32: 0,
+            },
+            sections: Vec::new(),
+            index: HashMap::new(),
+            source,
+            file_len,
+            verified: Vec::new(),
+        };
+        if file_len == 0 {
+            return Err(Error::corrupt(
+                "the file is empty (0 bytes): a save was interrupted before any data",
+            ));
+        }
+        let prefix = cp.read_range(0..file_len.min(16))?;
+        let header_len = Header::peek_len(&prefix, file_len)?;
+        let header_bytes = cp.read_range(0..u64::from(header_len))?;
+        let (header, header_crc) = Header::decode(&header_bytes)?;
+        let trailer_bytes = cp.read_range(file_len - TRAILER_LEN as u64..file_len)?;
+        let trailer = Trailer::decode(&trailer_bytes, file_len, header_len, header_crc)?;
+        let table_len = u64::from(trailer.section_count) * format::TABLE_ENTRY_LEN as u64;
+        let table = cp.read_range(trailer.table_offset..trailer.table_offset + table_len)?;
+        let sections = format::validate_table(&table, &trailer, header_len)?;
+        cp.index = sections
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        cp.verified = sections.iter().map(|_| AtomicBool::new(false)).collect();
+        cp.header = header;
+        cp.header_len = header_len;
+        cp.trailer = trailer;
+        cp.sections = sections;
+        Ok(cp)
+    }
+
+    fn read_range(&self, range: Range<u64>) -> Result<Cow<'_, [u8]>> {
+        match &self.source {
+            Source::Mapped(m) => {
+                let bytes = (**m).as_ref();
+                let r = usize::try_from(range.start)
+                    .ok()
+                    .zip(usize::try_from(range.end).ok());
+                match r {
+                    Some((s, e)) if s <= e && e <= bytes.len() => Ok(Cow::Borrowed(&bytes[s..e])),
+                    _ => Err(Error::corrupt(
+                        "truncated: a range lies past the end of the file",
+                    )),
+                }
+            }
+            Source::Read(r) => {
+                let len = usize::try_from(range.end - range.start)
+                    .map_err(|_| Error::new(ErrorKind::TooLarge, "range too large"))?;
+                let mut buf = Vec::new();
+                buf.try_reserve_exact(len).map_err(|_| {
+                    Error::new(ErrorKind::TooLarge, format!("cannot allocate {len} bytes"))
+                })?;
+                buf.resize(len, 0);
+                r.read_exact_at(&mut buf, range.start)
+                    .map_err(|e| Error::io("read", e))?;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+
+    /// Calls `f` on consecutive chunks of `range` (no full copy for plain reads).
+    fn for_chunks(&self, range: Range<u64>, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match &self.source {
+            Source::Mapped(_) => f(&self.read_range(range)?),
+            Source::Read(r) => {
+                let mut buf = vec![0u8; READ_CHUNK.min((range.end - range.start) as usize)];
+                let mut pos = range.start;
+                while pos < range.end {
+                    let n = ((range.end - pos) as usize).min(buf.len());
+                    r.read_exact_at(&mut buf[..n], pos)
+                        .map_err(|e| Error::io("read", e))?;
+                    f(&buf[..n])?;
+                    pos += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The file this checkpoint was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    /// The application step recorded at save time.
+    pub fn step(&self) -> i64 {
+        self.header.app_step
+    }
+    /// The generation (save sequence number) of this file.
+    pub fn generation(&self) -> u64 {
+        self.header.generation
+    }
+    /// Length of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+    /// Whether the file is memory-mapped (otherwise sections are read with positioned reads).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.source, Source::Mapped(_))
+    }
+    /// All sections, in file order.
+    pub fn sections(&self) -> &[SectionEntry] {
+        &self.sections
+    }
+    /// The header's CRC and the table's CRC: together they identify this exact file.
+    pub fn identity(&self) -> (u32, u32) {
+        (self.trailer.header_crc32, self.trailer.table_crc32)
+    }
+    /// Whether a section exists.
+    pub fn has_section(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    /// User metadata value for `key`.
+    pub fn metadata(&self, key: &str) -> Option<&[u8]> {
+        self.header
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The table entry of section `name`.
+    pub fn section(&self, name: &str) -> Result<&SectionEntry> {
+        self.index
+            .get(name)
+            .map(|&i| &self.sections[i])
+            .ok_or_else(|| {
+                self.err(
+                    Error::new(ErrorKind::SectionNotFound, "no such section").with_section(name),
+                )
+            })
+    }
+
+    fn err(&self, e: Error) -> Error {
+        e.with_path(&self.path)
+    }
+
+    fn stored_range(e: &SectionEntry) -> Range<u64> {
+        e.offset..e.offset + e.stored_len
+    }
+
+    fn check_stored_crc(&self, i: usize) -> Result<()> {
+        let e = &self.sections[i];
+        let mut h = crc32fast::Hasher::new();
+        self.for_chunks(Self::stored_range(e), |c| {
+            h.update(c);
+            Ok(())
+        })?;
+        let actual = h.finalize();
+        if actual != e.stored_crc32 {
+            return Err(Error::corrupt(format!(
+                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
+                e.stored_crc32
+            ))
+            .with_section(&e.name));
+        }
+        Ok(())
+    }
+
+    /// Verifies one section completely (stored CRC, and for compressed sections a full decode against the
+    /// raw CRC).
+    pub fn verify_section(&self, name: &str) -> Result<()> {
+        let i = self.section(name).map(|_| self.index[name])?;
+        self.verify_index(i).map_err(|e| self.err(e))
+    }
+
+    fn verify_index(&self, i: usize) -> Result<()> {
+        if self.verified[i].load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.check_stored_crc(i)?;
+        let e = &self.sections[i];
+        if e.codec != Codec::None {
+            let mut h = crc32fast::Hasher::new();
+            let mut len = 0u64;
+            self.decode_stream(e, &mut |chunk| {
+                h.update(chunk);
+                len += chunk.len() as u64;
+                Ok(())
+            })?;
+            let actual = h.finalize();
+            if actual != e.raw_crc32 {
+                return Err(Error::corrupt(format!(
+                    "decoded crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
+                    e.raw_crc32
+                ))
+                .with_section(&e.name));
+            }
+        }
+        self.verified[i].store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Verifies the whole file: every section's CRCs and that every byte outside header, sections, table
+    /// and trailer is zero padding.
+    pub fn verify(&self) -> Result<()> {
+        self.verify_inner().map_err(|e| self.err(e))
+    }
+
+    fn verify_inner(&self) -> Result<()> {
+        let mut covered: Vec<Range<u64>> = self.sections.iter().map(Self::stored_range).collect();
+        covered.push(0..u64::from(self.header_len));
+        covered.push(self.trailer.table_offset..self.file_len);
+        covered.sort_by_key(|r| r.start);
+        let mut pos = 0u64;
+        for r in &covered {
+            if r.start > pos {
+                let gap = self.read_range(pos..r.start)?;
+                if let Some(off) = gap.iter().position(|&b| b != 0) {
+                    return Err(Error::corrupt(format!(
+                        "padding byte at offset {} is not zero",
+                        pos + off as u64
+                    )));
+                }
+            }
+            pos = pos.max(r.end);
+        }
+        for i in 0..self.sections.len() {
+            self.verify_index(i)?;
+        }
+        Ok(())
+    }
+
+    /// The decoded bytes of section `name`, verified. Raw sections of a mapped file are borrowed from the
+    /// map (zero copy); others are read or decoded into a new buffer.
+    pub fn read(&self, name: &str) -> Result<SectionData<'_>> {
+        let e = self.section(name)?;
+        let i = self.index[name];
+        self.read_inner(i, e)
+            .map_err(|err| self.err(err.with_section(name)))
+    }
+
+    fn read_inner(&self, i: usize, e: &SectionEntry) -> Result<SectionData<'_>> {
+        if e.codec == Codec::None {
+            let bytes = self.read_range(Self::stored_range(e))?;
+            if !self.verified[i].load(Ordering::Relaxed) {
+                let actual = crc32fast::hash(&bytes);
+                if actual != e.stored_crc32 {
+                    return Err(Error::corrupt(format!(
+                        "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
+                        e.stored_crc32
+                    )));
+                }
+                self.verified[i].store(true, Ordering::Relaxed);
+            }
+            return Ok(bytes);
+        }
+        let len = usize::try_from(e.raw_len)
+            .map_err(|_| Error::new(ErrorKind::TooLarge, "section too large"))?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(len).map_err(|_| {
+            Error::new(
+                ErrorKind::TooLarge,
+                format!("cannot allocate {len} bytes for the section"),
+            )
+        })?;
+        out.resize(len, 0);
+        self.read_into_inner(i, e, &mut out)?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// Decodes section `name` into `dst`, whose length must equal the section's raw length (no allocation
+    /// of the section's size; this is how the C API restores registered regions in place).
+    pub fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<()> {
+        let e = self.section(name)?;
+        let i = self.index[name];
+        if dst.len() as u64 != e.raw_len {
+            return Err(self.err(
+                Error::invalid(format!(
+                    "destination holds {} bytes but the section has {}",
+                    dst.len(),
+                    e.raw_len
+                ))
+                .with_section(name),
+            ));
+        }
+        self.read_into_inner(i, e, dst)
+            .map_err(|err| self.err(err.with_section(name)))
+    }
+
+    fn read_into_inner(&self, i: usize, e: &SectionEntry, dst: &mut [u8]) -> Result<()> {
+        match e.codec {
+            Codec::None => match &self.source {
+                Source::Mapped(_) => dst.copy_from_slice(&self.read_range(Self::stored_range(e))?),
+                Source::Read(r) => {
+                    for (k, chunk) in dst.chunks_mut(READ_CHUNK).enumerate() {
+                        let off = e.offset + (k * READ_CHUNK) as u64;
+                        r.read_exact_at(chunk, off)
+                            .map_err(|err| Error::io("read", err))?;
+                    }
+                }
+            },
+            Codec::Zstd => {
+                self.check_stored_crc(i)?;
+                let mut pos = 0usize;
+                self.decode_stream(e, &mut |chunk| {
+                    dst[pos..pos + chunk.len()].copy_from_slice(chunk);
+                    pos += chunk.len();
+                    Ok(())
+                })?;
+            }
+        }
+        let actual = crc32fast::hash(dst);
+        if actual != e.raw_crc32 {
+            return Err(Error::corrupt(format!(
+                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
+                e.raw_crc32
+            )));
+        }
+        self.verified[i].store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Decodes a compressed section, calling `sink` with consecutive decoded (and unshuffled) chunks whose
+    /// total is exactly `raw_len`; any other length is corruption.
+    fn decode_stream(
+        &self,
+        e: &SectionEntry,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut dec = ZstdDecoder::new().map_err(|err| Error::io("zstd init", err))?;
+        let es = usize::from(e.element_size);
+        let block_len = if e.shuffle {
+            format::shuffle_block_len(es)
+        } else {
+            1 << 20
+        };
+        let mut out = vec![0u8; block_len];
+        let mut unshuffled = if e.shuffle {
+            vec![0u8; block_len]
+        } else {
+            Vec::new()
+        };
+        let mut filled = 0usize;
+        let mut produced = 0u64;
+        let mut frame_done = false;
+        let too_long = || Error::corrupt("decoded data is longer than the recorded length");
+        let mut emit_block =
+            |block: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
+                if e.shuffle {
+                    let u = &mut unshuffled[..block.len()];
+                    format::unshuffle_block(block, u, es);
+                    sink(u)
+                } else {
+                    sink(block)
+                }
+            };
+        self.for_chunks(Self::stored_range(e), |chunk| {
+            let mut input = InBuffer::around(chunk);
+            while input.pos() < chunk.len() {
+                if frame_done {
+                    return Err(Error::corrupt(
+                        "bytes after the end of the compressed frame",
+                    ));
+                }
+                let mut ob = OutBuffer::around(&mut out[filled..]);
+                let hint = dec
+                    .run(&mut input, &mut ob)
+                    .map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
+                filled += ob.pos();
+                if hint == 0 {
+                    frame_done = true;
+                }
+                if filled == block_len {
+                    produced += filled as u64;
+                    if produced > e.raw_len {
+                        return Err(too_long());
+                    }
+                    emit_block(&out[..filled], sink)?;
+                    filled = 0;
+                }
+            }
+            Ok(())
+        })?;
+        // Drain what the decoder still holds.
+        while !frame_done {
+            let mut input = InBuffer::around(&[][..]);
+            let mut ob = OutBuffer::around(&mut out[filled..]);
+            let hint = dec
+                .run(&mut input, &mut ob)
+                .map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
+            let n = ob.pos();
+            filled += n;
+            if hint == 0 {
+                frame_done = true;
+            }
+            if filled == block_len {
+                produced += filled as u64;
+                if produced > e.raw_len {
+                    return Err(too_long());
+                }
+                emit_block(&out[..filled], sink)?;
+                filled = 0;
+            } else if n == 0 && !frame_done {
+                return Err(Error::corrupt(
+                    "compressed data ends before its frame is complete",
+                ));
+            }
+        }
+        if filled > 0 {
+            produced += filled as u64;
+            if produced > e.raw_len {
+                return Err(too_long());
+            }
+            emit_block(&out[..filled], sink)?;
+        }
+        if produced != e.raw_len {
+            return Err(Error::corrupt(format!(
+                "decoded length {produced} differs from the recorded length {}",
+                e.raw_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decodes a serde value from a section written by [`crate::CheckpointWriter::add_serde`].
+    pub fn read_serde<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let e = self.section(name)?;
+        if e.encoding != Encoding::Postcard {
+            return Err(self.err(
+                Error::new(
+                    ErrorKind::Encoding,
+                    format!("section is encoded as {}, not postcard", e.encoding.name()),
+                )
+                .with_section(name),
+            ));
+        }
+        let bytes = self.read(name)?;
+        postcard::from_bytes(&bytes).map_err(|err| {
+            self.err(
+                Error::new(
+                    ErrorKind::Encoding,
+                    format!("postcard decoding failed: {err}"),
+                )
+                .with_section(name),
+            )
+        })
+    }
+
+    /// The mapped bytes of the whole file and the byte range of a raw section inside it, for callers that
+    /// hand out zero-copy views that must keep the mapping alive (the Python module). `None` when the file
+    /// is not mapped or the section is compressed.
+    pub fn raw_view(&self, name: &str) -> Result<Option<(MappedBytes, Range<usize>)>> {
+        let e = self.section(name)?;
+        let i = self.index[name];
+        match &self.source {
+            Source::Mapped(m) if e.codec == Codec::None => {
+                self.read_inner(i, e)
+                    .map_err(|err| self.err(err.with_section(name)))?;
+                Ok(Some((
+                    m.clone(),
+                    e.offset as usize..(e.offset + e.stored_len) as usize,
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+}

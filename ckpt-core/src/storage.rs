@@ -1,0 +1,801 @@
+//! The I/O seam: every file-system call the library makes goes through [`Storage`].
+//!
+//! [`FileStorage`] is the real thing. [`MemStorage`] is an in-memory model that remembers, separately,
+//! what was only written and what was made durable (file contents by `sync`, directory entries by
+//! `sync_dir`), so tests can build the image a power cut would leave at any instant
+//! ([`MemStorage::crash_image`]). [`FaultStorage`] wraps any storage and fails the Nth operation with a
+//! chosen errno, for fault-injection tests against a reference model.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+/// A read-only view of a whole file's bytes (a memory map, or a buffer for in-memory storage).
+pub type MappedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// The file name.
+    pub name: OsString,
+    /// Whether the entry is a regular file (symlinks are not followed and count as not regular).
+    pub is_file: bool,
+    /// Length in bytes (0 for non-files).
+    pub len: u64,
+    /// Last modification time, when known.
+    pub modified: Option<SystemTime>,
+}
+
+/// A file being written: sequential writes, then `sync`.
+pub trait StorageWriter: Send {
+    /// Appends all of `buf`.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes everything written so far durable (fsync).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A file open for reading.
+pub trait StorageReader: Send + Sync {
+    /// The file's length when it was opened.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` from `offset`; an early end of file is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Maps the whole file read-only, or `Ok(None)` when this storage cannot map.
+    fn map(&self) -> io::Result<Option<MappedBytes>>;
+}
+
+/// The file-system operations the library needs. Paths are absolute or relative to the process's cwd.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Creates a new file exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) with permission bits `mode`.
+    fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>>;
+    /// Opens an existing file for reading, without following a symlink at the last component.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>>;
+    /// Atomically renames `from` over `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Creates `link` as a new name of `original`; fails with `AlreadyExists` when `link` exists.
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
+    /// Removes a file name.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Lists a directory.
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>>;
+    /// Creates a directory and its parents (mode 0700 for new ones unless the umask says less).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The real file system.
+
+/// The operating system's file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileStorage;
+
+struct FileWriter {
+    file: File,
+}
+
+impl StorageWriter for FileWriter {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+struct FileReader {
+    file: File,
+    len: u64,
+}
+
+impl StorageReader for FileReader {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn map(&self) -> io::Result<Option<MappedBytes>> {
+        if self.len == 0 {
+            return Ok(Some(Arc::new(Vec::new())));
+        }
+        // SAFETY: the library maps only files that were complete when opened: checkpoint files are written
+        // under a temporary name and renamed into place after fsync, and no writer of ours ever modifies a
+        // file after the rename. Another program truncating the file while it is mapped would make reads
+        // fault (SIGBUS); that is documented, and `CKPT_MMAP=0` selects plain reads instead.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(self.len as usize)
+                .map(&self.file)?
+        };
+        Ok(Some(Arc::new(map)))
+    }
+}
+
+impl Storage for FileStorage {
+    fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(Box::new(FileWriter { file }))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(Box::new(FileReader {
+            file,
+            len: meta.len(),
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        fs::hard_link(original, link)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir)?.sync_all()
+    }
+
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            // symlink_metadata: a planted symlink is reported as not a file and never followed.
+            let meta = match fs::symlink_metadata(entry.path()) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            };
+            out.push(DirEntry {
+                name: entry.file_name(),
+                is_file: meta.is_file(),
+                len: if meta.is_file() { meta.len() } else { 0 },
+                modified: meta.modified().ok(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        if dir.as_os_str().is_empty() {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::remove_dir(dir)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The in-memory crash model.
+
+/// Which bytes a simulated power cut keeps, for [`MemStorage::crash_image`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Only what was made durable: file contents as of their last `sync`, directory entries as of their
+    /// directory's last `sync_dir`.
+    DurableOnly,
+    /// Every directory operation reached the disk but file contents only as of their last `sync` (the
+    /// classic "renamed file full of zeros" case, when a writer forgot to fsync before renaming).
+    EntriesWithoutData,
+    /// Everything written reached the disk (a crash of the process, not of the machine).
+    Everything,
+    /// Directory entries as written, and every file's unsynced tail torn: only the first half of the
+    /// bytes written since its last `sync` survive.
+    Torn,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Inode {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MemState {
+    inodes: Vec<Inode>,
+    /// Directory path -> (name -> inode) as the running process sees it.
+    live: BTreeMap<PathBuf, BTreeMap<OsString, usize>>,
+    /// The same, as of each directory's last `sync_dir`.
+    durable: BTreeMap<PathBuf, BTreeMap<OsString, usize>>,
+    /// Mutating operations performed so far.
+    ops: u64,
+    /// After this many mutating operations, every further operation fails (the process "died").
+    stop_after: Option<u64>,
+}
+
+/// An in-memory file system that models durability; see [`CrashMode`].
+///
+/// Directories exist once created (creation itself is treated as durable). Cloning a `MemStorage` shares
+/// its state.
+#[derive(Clone, Debug, Default)]
+pub struct MemStorage {
+    state: Arc<Mutex<MemState>>,
+}
+
+fn split(path: &Path) -> io::Result<(PathBuf, OsString)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((normalize_dir(&parent), name.to_os_string()))
+}
+
+fn normalize_dir(dir: &Path) -> PathBuf {
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn dead() -> io::Error {
+    io::Error::other("simulated crash: the process is gone")
+}
+
+impl MemStorage {
+    /// An empty file system with the current directory (`.`) present.
+    pub fn new() -> MemStorage {
+        let s = MemStorage::default();
+        s.create_dir_all(Path::new(".")).expect("fresh storage");
+        s
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The number of mutating operations (create, write, sync, rename, link, remove, sync_dir) so far.
+    pub fn op_count(&self) -> u64 {
+        self.lock().ops
+    }
+
+    /// Makes every mutating operation after the first `n` (counted from storage creation) fail, as if the
+    /// process had been killed at that instant.
+    pub fn stop_after(&self, n: u64) {
+        self.lock().stop_after = Some(n);
+    }
+
+    /// The file system a power cut (or a process crash, for [`CrashMode::Everything`]) would leave now.
+    pub fn crash_image(&self, mode: CrashMode) -> MemStorage {
+        let st = self.lock();
+        let entries = match mode {
+            CrashMode::DurableOnly => st.durable.clone(),
+            _ => st.live.clone(),
+        };
+        let mut dirs = entries;
+        for dir in st.live.keys() {
+            dirs.entry(dir.clone()).or_default();
+        }
+        let inodes = st
+            .inodes
+            .iter()
+            .map(|ino| {
+                let bytes = match mode {
+                    CrashMode::DurableOnly | CrashMode::EntriesWithoutData => ino.durable.clone(),
+                    CrashMode::Everything => ino.live.clone(),
+                    CrashMode::Torn => {
+                        if ino.live.starts_with(&ino.durable) {
+                            let extra = ino.live.len() - ino.durable.len();
+                            ino.live[..ino.durable.len() + extra / 2].to_vec()
+                        } else {
+                            ino.durable.clone()
+                        }
+                    }
+                };
+                Inode {
+                    live: bytes.clone(),
+                    durable: bytes,
+                }
+            })
+            .collect();
+        let state = MemState {
+            inodes,
+            live: dirs.clone(),
+            durable: dirs,
+            ops: 0,
+            stop_after: None,
+        };
+        MemStorage {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// The live contents of a file (for tests that tamper with bytes).
+    pub fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let st = self.lock();
+        let ino = lookup(&st, path)?;
+        Ok(st.inodes[ino].live.clone())
+    }
+
+    /// Replaces a file's contents, live and durable (for tests that plant damaged files).
+    pub fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.lock();
+        let (dir, name) = split(path)?;
+        let id = st.inodes.len();
+        st.inodes.push(Inode {
+            live: bytes.to_vec(),
+            durable: bytes.to_vec(),
+        });
+        st.live
+            .entry(dir.clone())
+            .or_default()
+            .insert(name.clone(), id);
+        st.durable.entry(dir).or_default().insert(name, id);
+        Ok(())
+    }
+
+    /// The names of all files (for assertions).
+    pub fn list_files(&self) -> Vec<PathBuf> {
+        let st = self.lock();
+        st.live
+            .iter()
+            .flat_map(|(d, names)| names.keys().map(move |n| d.join(n)))
+            .collect()
+    }
+}
+
+fn lookup(st: &MemState, path: &Path) -> io::Result<usize> {
+    let (dir, name) = split(path)?;
+    st.live
+        .get(&dir)
+        .and_then(|names| names.get(&name))
+        .copied()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+}
+
+fn begin_op(st: &mut MemState) -> io::Result<()> {
+    if let Some(limit) = st.stop_after {
+        if st.ops >= limit {
+            return Err(dead());
+        }
+    }
+    st.ops += 1;
+    Ok(())
+}
+
+struct MemWriter {
+    storage: MemStorage,
+    inode: usize,
+}
+
+impl StorageWriter for MemWriter {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut st = self.storage.lock();
+        begin_op(&mut st)?;
+        st.inodes[self.inode].live.extend_from_slice(buf);
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        let mut st = self.storage.lock();
+        begin_op(&mut st)?;
+        let ino = &mut st.inodes[self.inode];
+        ino.durable = ino.live.clone();
+        Ok(())
+    }
+}
+
+struct MemReader {
+    bytes: Arc<Vec<u8>>,
+}
+
+impl StorageReader for MemReader {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(&self.bytes[start..end]);
+        Ok(())
+    }
+    fn map(&self) -> io::Result<Option<MappedBytes>> {
+        Ok(Some(self.bytes.clone()))
+    }
+}
+
+impl Storage for MemStorage {
+    fn create_new(&self, path: &Path, _mode: u32) -> io::Result<Box<dyn StorageWriter>> {
+        let mut st = self.lock();
+        begin_op(&mut st)?;
+        let (dir, name) = split(path)?;
+        let id = st.inodes.len();
+        let names = st
+            .live
+            .get_mut(&dir)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if names.contains_key(&name) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        names.insert(name, id);
+        st.inodes.push(Inode::default());
+        drop(st);
+        Ok(Box::new(MemWriter {
+            storage: self.clone(),
+            inode: id,
+        }))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
+        let st = self.lock();
+        if st.stop_after.is_some_and(|l| st.ops >= l) {
+            return Err(dead());
+        }
+        let ino = lookup(&st, path)?;
+        Ok(Box::new(MemReader {
+            bytes: Arc::new(st.inodes[ino].live.clone()),
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        begin_op(&mut st)?;
+        let ino = lookup(&st, from)?;
+        let (fdir, fname) = split(from)?;
+        let (tdir, tname) = split(to)?;
+        if !st.live.contains_key(&tdir) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        st.live.get_mut(&fdir).expect("looked up").remove(&fname);
+        st.live.get_mut(&tdir).expect("checked").insert(tname, ino);
+        Ok(())
+    }
+
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        begin_op(&mut st)?;
+        let ino = lookup(&st, original)?;
+        let (dir, name) = split(link)?;
+        let names = st
+            .live
+            .get_mut(&dir)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if names.contains_key(&name) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        names.insert(name, ino);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        begin_op(&mut st)?;
+        lookup(&st, path)?;
+        let (dir, name) = split(path)?;
+        st.live.get_mut(&dir).expect("looked up").remove(&name);
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        begin_op(&mut st)?;
+        let dir = normalize_dir(dir);
+        let names = st
+            .live
+            .get(&dir)
+            .cloned()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        st.durable.insert(dir, names);
+        Ok(())
+    }
+
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        let st = self.lock();
+        let dir = normalize_dir(dir);
+        let names = st
+            .live
+            .get(&dir)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let mut out: Vec<DirEntry> = names
+            .iter()
+            .map(|(name, &ino)| DirEntry {
+                name: name.clone(),
+                is_file: true,
+                len: st.inodes[ino].live.len() as u64,
+                modified: None,
+            })
+            .collect();
+        for sub in st.live.keys() {
+            if sub.parent().map(normalize_dir).as_deref() == Some(dir.as_path()) && *sub != dir {
+                if let Some(name) = sub.file_name() {
+                    out.push(DirEntry {
+                        name: name.to_os_string(),
+                        is_file: false,
+                        len: 0,
+                        modified: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let dir = normalize_dir(dir);
+        let mut cur = Some(dir.as_path());
+        while let Some(d) = cur {
+            if d.as_os_str().is_empty() {
+                break;
+            }
+            st.live.entry(d.to_path_buf()).or_default();
+            st.durable.entry(d.to_path_buf()).or_default();
+            cur = d.parent();
+        }
+        Ok(())
+    }
+
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        begin_op(&mut st)?;
+        let dir = normalize_dir(dir);
+        match st.live.get(&dir) {
+            None => return Err(io::Error::from(io::ErrorKind::NotFound)),
+            Some(names) if !names.is_empty() => {
+                return Err(io::Error::from(io::ErrorKind::DirectoryNotEmpty));
+            }
+            Some(_) => {}
+        }
+        st.live.remove(&dir);
+        st.durable.remove(&dir);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Fault injection.
+
+/// The operations [`FaultStorage`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `create_new`
+    Create,
+    /// `open`
+    Open,
+    /// A `write_all` on a writer.
+    Write,
+    /// A `sync` on a writer.
+    Sync,
+    /// `rename`
+    Rename,
+    /// `hard_link`
+    Link,
+    /// `remove_file` or `remove_dir`
+    Remove,
+    /// `sync_dir`
+    SyncDir,
+    /// `read_dir`
+    ReadDir,
+    /// A `read_exact_at` or `map` on a reader.
+    Read,
+    /// `create_dir_all`
+    CreateDir,
+}
+
+/// Wraps a storage and fails one chosen operation (the Nth, 1-based) with an OS error.
+#[derive(Clone, Debug)]
+pub struct FaultStorage<S> {
+    inner: S,
+    counter: Arc<AtomicU64>,
+    fail_at: u64,
+    errno: i32,
+    log: Arc<Mutex<Vec<Op>>>,
+}
+
+impl<S: Storage + Clone + 'static> FaultStorage<S> {
+    /// Fails operation number `fail_at` (1-based; 0 never fails) with `errno` (for example `libc::EIO`).
+    pub fn new(inner: S, fail_at: u64, errno: i32) -> FaultStorage<S> {
+        FaultStorage {
+            inner,
+            counter: Arc::new(AtomicU64::new(0)),
+            fail_at,
+            errno,
+            log: Default::default(),
+        }
+    }
+
+    /// How many operations were attempted.
+    pub fn op_count(&self) -> u64 {
+        self.counter.load(Ordering::SeqCst)
+    }
+
+    /// The operations attempted, in order.
+    pub fn ops(&self) -> Vec<Op> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The wrapped storage.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn tick(&self, op: Op) -> io::Result<()> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+        let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.fail_at {
+            Err(io::Error::from_raw_os_error(self.errno))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+struct FaultWriter<S: Storage + Clone + 'static> {
+    inner: Box<dyn StorageWriter>,
+    storage: FaultStorage<S>,
+}
+
+impl<S: Storage + Clone + 'static> StorageWriter for FaultWriter<S> {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.storage.tick(Op::Write)?;
+        self.inner.write_all(buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.storage.tick(Op::Sync)?;
+        self.inner.sync()
+    }
+}
+
+struct FaultReader<S: Storage + Clone + 'static> {
+    inner: Box<dyn StorageReader>,
+    storage: FaultStorage<S>,
+}
+
+impl<S: Storage + Clone + 'static> StorageReader for FaultReader<S> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.storage.tick(Op::Read)?;
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn map(&self) -> io::Result<Option<MappedBytes>> {
+        self.storage.tick(Op::Read)?;
+        self.inner.map()
+    }
+}
+
+impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
+    fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
+        self.tick(Op::Create)?;
+        let inner = self.inner.create_new(path, mode)?;
+        Ok(Box::new(FaultWriter {
+            inner,
+            storage: self.clone(),
+        }))
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
+        self.tick(Op::Open)?;
+        let inner = self.inner.open(path)?;
+        Ok(Box::new(FaultReader {
+            inner,
+            storage: self.clone(),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.tick(Op::Rename)?;
+        self.inner.rename(from, to)
+    }
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        self.tick(Op::Link)?;
+        self.inner.hard_link(original, link)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.tick(Op::Remove)?;
+        self.inner.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.tick(Op::SyncDir)?;
+        self.inner.sync_dir(dir)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        self.tick(Op::ReadDir)?;
+        self.inner.read_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.tick(Op::CreateDir)?;
+        self.inner.create_dir_all(dir)
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        self.tick(Op::Remove)?;
+        self.inner.remove_dir(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_crash_image_keeps_only_durable() {
+        let s = MemStorage::new();
+        let mut w = s.create_new(Path::new("./a"), 0o600).unwrap();
+        w.write_all(b"hello").unwrap();
+        w.sync().unwrap();
+        w.write_all(b" world").unwrap();
+        // the entry was never made durable
+        assert!(
+            s.crash_image(CrashMode::DurableOnly)
+                .open(Path::new("./a"))
+                .is_err()
+        );
+        s.sync_dir(Path::new(".")).unwrap();
+        let img = s.crash_image(CrashMode::DurableOnly);
+        assert_eq!(img.read_file(Path::new("./a")).unwrap(), b"hello");
+        assert_eq!(
+            s.crash_image(CrashMode::Everything)
+                .read_file(Path::new("./a"))
+                .unwrap(),
+            b"hello world"
+        );
+        assert_eq!(
+            s.crash_image(CrashMode::Torn)
+                .read_file(Path::new("./a"))
+                .unwrap(),
+            b"hello wo"
+        );
+    }
+
+    #[test]
+    fn fault_storage_fails_the_nth_op() {
+        let s = FaultStorage::new(MemStorage::new(), 2, libc::ENOSPC);
+        let mut w = s.create_new(Path::new("./a"), 0o600).unwrap();
+        let e = w.write_all(b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(s.ops(), vec![Op::Create, Op::Write]);
+    }
+}

@@ -1,0 +1,889 @@
+//! Saving with the commit protocol, retention, and restart discovery.
+//!
+//! # On-disk layout (one checkpoint name, `<base>` = `<job_id>.ckpt` or `<job_id>.<step_id>.ckpt`)
+//!
+//! ```text
+//! <dir>/<base>                      the newest committed checkpoint (another name for the newest <base>.<N>)
+//! <dir>/<base>.<N>                  generation N (the last `keep` generations are kept)
+//! <dir>/<base>.tmp.<host>.<pid>.<nonce>   a save in progress (removed by the next save if its writer died)
+//! <dir>/<base>.parts/<N>/rank<R>.ckpt     multi-rank jobs: rank R's part of generation N
+//! ```
+//!
+//! # Commit protocol (single file)
+//!
+//! 1. Remove stale temporary files of dead writers; choose generation N (one above the highest present).
+//! 2. Create `<base>.tmp.…` with `O_CREAT|O_EXCL|O_NOFOLLOW`, stream the sections into it, `fsync` it.
+//! 3. `link(tmp, <base>.<N>)`: fails if another process took generation N (exclusion without `flock`,
+//!    which Lustre lacks); then `rename(tmp, <base>)`, so `<base>` names the new file atomically.
+//! 4. `fsync` the directory. The save is durable from here on.
+//! 5. Only now prune generations beyond `keep`.
+//!
+//! A crash at any instant leaves every earlier committed generation intact; discovery considers `<base>`
+//! and every `<base>.<N>`, newest generation first, and takes the first that verifies completely.
+//!
+//! # Multi-rank steps
+//!
+//! Each rank writes its part to `<base>.parts/<N>/rank<R>.ckpt` (tmp + fsync + rename + fsync of the parts
+//! directory). When every rank's part is durable, one rank (normally 0, after a barrier) calls
+//! [`Store::commit_step`], which checks every part's structure and writes a manifest (a checkpoint file of
+//! kind `Manifest` naming each part and its identity) through the single-file protocol above. A step
+//! exists only once its manifest does.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{Encoding, FileKind, Header};
+use crate::reader::{Checkpoint, LoadOptions};
+use crate::storage::{FileStorage, Storage};
+use crate::writer::{Compression, FileBuilder, FileStats, SectionOptions, SectionWriter};
+
+/// Temporary files of writers on other hosts are removed once they have not changed for this long.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+/// Name of the manifest's section listing the parts.
+const MANIFEST_SECTION: &str = "ckpt.parts";
+/// Bytes per rank in the manifest section.
+const MANIFEST_ENTRY_LEN: usize = 24;
+
+/// What a successful commit produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommitInfo {
+    /// The stable name of the newest checkpoint (`<dir>/<base>`); for a rank's part, the part file.
+    pub path: PathBuf,
+    /// The generation's own name (`<dir>/<base>.<N>`), or the part file.
+    pub generation_path: PathBuf,
+    /// The generation number.
+    pub generation: u64,
+    /// The application step.
+    pub app_step: i64,
+    /// Size figures.
+    pub stats: FileStats,
+    /// Seconds from the start of the save to the durable commit.
+    pub seconds: f64,
+    /// Problems after the commit that did not endanger it (a failed prune, say).
+    pub warnings: Vec<String>,
+}
+
+/// Saves and finds checkpoints for one configuration.
+#[derive(Debug)]
+pub struct Store {
+    config: Config,
+    storage: Arc<dyn Storage>,
+    shared: Arc<Shared>,
+}
+
+/// What a store's writers report back when they commit.
+#[derive(Debug)]
+struct Shared {
+    /// Highest generation this process has committed.
+    last_generation: AtomicU64,
+    /// Measured write bandwidth in bytes/s (bits of an f64), for `Compression::Auto`.
+    write_bandwidth: AtomicU64,
+}
+
+impl Shared {
+    fn note_commit(&self, info: &CommitInfo) {
+        self.last_generation
+            .fetch_max(info.generation, Ordering::SeqCst);
+        if info.seconds > 0.0 && info.stats.file_bytes >= (8 << 20) {
+            let measured = info.stats.file_bytes as f64 / info.seconds;
+            let old = f64::from_bits(self.write_bandwidth.load(Ordering::Relaxed));
+            self.write_bandwidth
+                .store((0.5 * old + 0.5 * measured).to_bits(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The default write bandwidth assumed by `Compression::Auto` before one save has been measured.
+const DEFAULT_WRITE_BANDWIDTH: f64 = 1.0e9;
+
+fn nonce() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 performs only the existence and permission check; it sends nothing.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A parsed file name within a checkpoint directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameKind {
+    /// `<base>`: the newest checkpoint's stable name.
+    Current,
+    /// `<base>.<N>`: generation N.
+    Generation(u64),
+    /// `<base>.tmp.<host>.<pid>.<nonce>`: a save in progress or abandoned.
+    Temporary {
+        /// Writer's host.
+        host: String,
+        /// Writer's process id.
+        pid: u32,
+    },
+}
+
+/// Classifies `file_name` relative to checkpoint name `base`.
+pub fn classify(base: &str, file_name: &str) -> Option<NameKind> {
+    if file_name == base {
+        return Some(NameKind::Current);
+    }
+    let rest = file_name.strip_prefix(base)?.strip_prefix('.')?;
+    if let Some(tmp) = rest.strip_prefix("tmp.") {
+        let mut parts = tmp.rsplitn(3, '.');
+        let _nonce = parts.next()?;
+        let pid = parts.next()?.parse().ok()?;
+        let host = parts.next()?.to_string();
+        return Some(NameKind::Temporary { host, pid });
+    }
+    if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) && !rest.starts_with('0') {
+        return rest.parse().ok().map(NameKind::Generation);
+    }
+    None
+}
+
+/// If `file_name` is a checkpoint name of any job (`X.ckpt`, `X.S.ckpt`, or those with `.<N>`), its base.
+pub fn any_base(file_name: &str) -> Option<&str> {
+    if file_name.ends_with(".ckpt") {
+        return Some(file_name);
+    }
+    let (base, number) = file_name.rsplit_once('.')?;
+    (base.ends_with(".ckpt") && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(base)
+}
+
+impl Store {
+    /// A store on the real file system.
+    pub fn new(config: Config) -> Store {
+        Store::with_storage(config, Arc::new(FileStorage))
+    }
+
+    /// A store for `app_name` configured from the environment (see [`Config::from_env`]).
+    pub fn from_env(app_name: Option<&str>) -> Result<Store> {
+        Ok(Store::new(Config::from_env(app_name)?))
+    }
+
+    /// A store over any storage (tests use [`crate::storage::MemStorage`]).
+    pub fn with_storage(config: Config, storage: Arc<dyn Storage>) -> Store {
+        let shared = Shared {
+            last_generation: AtomicU64::new(0),
+            write_bandwidth: AtomicU64::new(DEFAULT_WRITE_BANDWIDTH.to_bits()),
+        };
+        Store {
+            config,
+            storage,
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The load options this store uses.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            mmap: self.config.mmap,
+        }
+    }
+
+    /// Starts a checkpoint of the application's step `app_step` in the checkpoint directory.
+    ///
+    /// With more than one rank this writes this rank's part of the step (see [`Store::begin_part`]) using
+    /// the next generation number; rank 0 then needs [`Store::commit_step`].
+    pub fn begin(&self, app_step: i64) -> Result<CheckpointWriter> {
+        self.begin_in(&self.config.checkpoint_dir.clone(), app_step)
+    }
+
+    /// Like [`Store::begin`], into another directory (the seed's `ImageDir`).
+    pub fn begin_in(&self, dir: &Path, app_step: i64) -> Result<CheckpointWriter> {
+        if self.config.nranks > 1 {
+            let generation = self.next_generation_in(dir)?;
+            return self.begin_part_in(dir, generation, app_step);
+        }
+        let base = self.config.base_name();
+        self.prepare_dir(dir)?;
+        let names = self.list(dir)?;
+        self.remove_stale_tmp(dir, &base, &names);
+        let highest = names.iter().filter_map(|n| match classify(&base, n) {
+            Some(NameKind::Generation(g)) => Some(g),
+            _ => None,
+        });
+        let generation = highest
+            .max()
+            .unwrap_or(0)
+            .max(self.shared.last_generation.load(Ordering::SeqCst))
+            + 1;
+        let header = self.header(FileKind::Data, generation, app_step);
+        self.start(
+            dir,
+            &base,
+            header,
+            Plan::Single {
+                dir: dir.to_path_buf(),
+                base: base.clone(),
+            },
+        )
+    }
+
+    /// The generation number the next save will use: one above the highest committed in `dir` and above
+    /// anything this process wrote. Multi-rank callers agree on it (e.g. an MPI max-reduction) and pass
+    /// it to [`Store::begin_part`].
+    pub fn next_generation(&self) -> Result<u64> {
+        self.next_generation_in(&self.config.checkpoint_dir.clone())
+    }
+
+    fn next_generation_in(&self, dir: &Path) -> Result<u64> {
+        let base = self.config.base_name();
+        let names = match self.storage.read_dir(dir) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("list directory", e).with_path(dir)),
+        };
+        let highest = names
+            .iter()
+            .filter_map(|e| e.name.to_str())
+            .filter_map(|n| match classify(&base, n) {
+                Some(NameKind::Generation(g)) => Some(g),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(highest.max(self.shared.last_generation.load(Ordering::SeqCst)) + 1)
+    }
+
+    /// Starts this rank's part of multi-rank generation `generation` (all ranks must use the same number).
+    pub fn begin_part(&self, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
+        self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, app_step)
+    }
+
+    fn begin_part_in(
+        &self,
+        dir: &Path,
+        generation: u64,
+        app_step: i64,
+    ) -> Result<CheckpointWriter> {
+        if generation == 0 {
+            return Err(Error::invalid("generation numbers start at 1"));
+        }
+        let base = self.config.base_name();
+        let parts_root = dir.join(format!("{base}.parts"));
+        let part_dir = parts_root.join(generation.to_string());
+        self.prepare_dir(dir)?;
+        self.storage
+            .create_dir_all(&part_dir)
+            .map_err(|e| Error::io("create directory", e).with_path(&part_dir))?;
+        // The new directories must survive a crash along with the part written into them.
+        for d in [dir, parts_root.as_path()] {
+            self.storage
+                .sync_dir(d)
+                .map_err(|e| Error::io("fsync directory", e).with_path(d))?;
+        }
+        let part_name = format!("rank{}.ckpt", self.config.rank);
+        let names = self.list(&part_dir)?;
+        self.remove_stale_tmp(&part_dir, &part_name, &names);
+        let header = self.header(FileKind::Data, generation, app_step);
+        self.start(
+            &part_dir,
+            &part_name,
+            header,
+            Plan::Part {
+                dir: part_dir.clone(),
+                name: part_name.clone(),
+            },
+        )
+    }
+
+    fn header(&self, kind: FileKind, generation: u64, app_step: i64) -> Header {
+        let c = &self.config;
+        Header {
+            kind,
+            generation,
+            app_step,
+            created_unix_ns: now_ns(),
+            step_id: c.step_id,
+            rank: if kind == FileKind::Manifest {
+                0
+            } else {
+                c.rank
+            },
+            nranks: c.nranks,
+            writer_version: crate::writer_version(),
+            job_id: c.job_key().to_string(),
+            app_name: c.app_name.clone(),
+            host: c.host.clone(),
+            metadata: Vec::new(),
+        }
+    }
+
+    fn prepare_dir(&self, dir: &Path) -> Result<()> {
+        match self.storage.read_dir(dir) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.storage
+                    .create_dir_all(dir)
+                    .map_err(|e| Error::io("create directory", e).with_path(dir))?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    self.storage
+                        .sync_dir(parent)
+                        .map_err(|e| Error::io("fsync directory", e).with_path(parent))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::io("open checkpoint directory", e).with_path(dir)),
+        }
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<String>> {
+        let entries = self
+            .storage
+            .read_dir(dir)
+            .map_err(|e| Error::io("list directory", e).with_path(dir))?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| e.name.into_string().ok())
+            .collect())
+    }
+
+    fn remove_stale_tmp(&self, dir: &Path, base: &str, names: &[String]) {
+        let me = &self.config.host;
+        let now = SystemTime::now();
+        let entries = self.storage.read_dir(dir).unwrap_or_default();
+        for name in names {
+            let Some(NameKind::Temporary { host, pid }) = classify(base, name) else {
+                continue;
+            };
+            let stale = if &host == me {
+                !pid_alive(pid)
+            } else {
+                entries
+                    .iter()
+                    .find(|e| e.name == OsStr::new(name))
+                    .and_then(|e| e.modified)
+                    .is_some_and(|m| now.duration_since(m).unwrap_or_default() > STALE_TMP_AGE)
+            };
+            if stale {
+                let _ = self.storage.remove_file(&dir.join(name));
+            }
+        }
+    }
+
+    fn start(
+        &self,
+        dir: &Path,
+        base: &str,
+        header: Header,
+        plan: Plan,
+    ) -> Result<CheckpointWriter> {
+        let tmp = dir.join(format!(
+            "{base}.tmp.{}.{}.{:x}",
+            self.config.host,
+            std::process::id(),
+            nonce()
+        ));
+        let file = self
+            .storage
+            .create_new(&tmp, self.config.file_mode)
+            .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
+        let bw = f64::from_bits(self.shared.write_bandwidth.load(Ordering::Relaxed));
+        Ok(CheckpointWriter {
+            builder: Some(FileBuilder::new(file, header, bw)),
+            storage: self.storage.clone(),
+            tmp,
+            plan,
+            keep: self.config.keep,
+            default_compression: self.config.compression,
+            started: Instant::now(),
+            done: false,
+            last_generation: None,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Saves one serde value as a whole checkpoint (section `state`, postcard encoding).
+    pub fn save_serde<T: Serialize + ?Sized>(
+        &self,
+        app_step: i64,
+        value: &T,
+    ) -> Result<CommitInfo> {
+        let mut w = self.begin(app_step)?;
+        w.add_serde("state", value)?;
+        w.commit()
+    }
+
+    /// Commits multi-rank generation `generation`: waits (up to the configured commit timeout) until every
+    /// rank's part is durable and structurally valid, then writes the manifest. Normally called by rank 0
+    /// after a barrier, so the wait is short.
+    pub fn commit_step(&self, generation: u64, app_step: i64) -> Result<CommitInfo> {
+        self.commit_step_in(&self.config.checkpoint_dir.clone(), generation, app_step)
+    }
+
+    /// [`Store::commit_step`] for parts written into `dir`.
+    pub fn commit_step_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CommitInfo> {
+        let start = Instant::now();
+        let base = self.config.base_name();
+        let part_dir = dir
+            .join(format!("{base}.parts"))
+            .join(generation.to_string());
+        let nranks = self.config.nranks;
+        let mut entries = vec![None; nranks as usize];
+        loop {
+            let mut missing = Vec::new();
+            for r in 0..nranks {
+                if entries[r as usize].is_some() {
+                    continue;
+                }
+                let path = part_dir.join(format!("rank{r}.ckpt"));
+                match Checkpoint::open_with(&*self.storage, &path, LoadOptions { mmap: false }) {
+                    Ok(cp) => {
+                        let h = cp.header();
+                        if h.generation != generation
+                            || h.rank != r
+                            || h.nranks != nranks
+                            || h.kind != FileKind::Data
+                        {
+                            return Err(Error::corrupt(format!(
+                                "part is generation {} rank {}/{}, expected generation {generation} rank {r}/{nranks}",
+                                h.generation, h.rank, h.nranks
+                            ))
+                            .with_path(&path));
+                        }
+                        let (hc, tc) = cp.identity();
+                        entries[r as usize] = Some((cp.file_len(), hc, tc));
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => missing.push(r),
+                    Err(e) => return Err(e),
+                }
+            }
+            if missing.is_empty() {
+                break;
+            }
+            if start.elapsed() >= self.config.commit_timeout {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!(
+                        "waited {:?} for the parts of ranks {missing:?} of generation {generation}; if only some \
+                         processes save, give each its own name and set CKPT_NRANKS=1",
+                        self.config.commit_timeout
+                    ),
+                )
+                .with_path(&part_dir));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut manifest = Vec::with_capacity(nranks as usize * MANIFEST_ENTRY_LEN);
+        for (r, e) in entries.iter().enumerate() {
+            let (len, hc, tc) = e.expect("all present");
+            manifest.extend_from_slice(&(r as u32).to_le_bytes());
+            manifest.extend_from_slice(&0u32.to_le_bytes());
+            manifest.extend_from_slice(&len.to_le_bytes());
+            manifest.extend_from_slice(&hc.to_le_bytes());
+            manifest.extend_from_slice(&tc.to_le_bytes());
+        }
+        let header = self.header(FileKind::Manifest, generation, app_step);
+        let plan = Plan::Single {
+            dir: dir.to_path_buf(),
+            base: base.clone(),
+        };
+        let mut w = self.start(dir, &base, header, plan)?;
+        w.add_section_with(
+            MANIFEST_SECTION,
+            &manifest,
+            SectionOptions::new().encoding(Encoding::Manifest),
+        )?;
+        let mut info = w.commit()?;
+        info.seconds = start.elapsed().as_secs_f64();
+        Ok(info)
+    }
+}
+
+/// Manifest entries: (rank, file_len, header_crc32, table_crc32).
+pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
+    let bytes = cp.read(MANIFEST_SECTION)?;
+    let n = cp.header().nranks as usize;
+    if bytes.len() != n * MANIFEST_ENTRY_LEN {
+        return Err(Error::corrupt(format!(
+            "manifest lists {} bytes for {n} ranks",
+            bytes.len()
+        ))
+        .with_section(MANIFEST_SECTION)
+        .with_path(cp.path()));
+    }
+    let mut out = Vec::with_capacity(n);
+    for (i, e) in bytes.chunks_exact(MANIFEST_ENTRY_LEN).enumerate() {
+        let rank = u32::from_le_bytes(e[0..4].try_into().expect("4"));
+        if rank as usize != i {
+            return Err(Error::corrupt("manifest ranks are out of order").with_path(cp.path()));
+        }
+        out.push((
+            rank,
+            u64::from_le_bytes(e[8..16].try_into().expect("8")),
+            u32::from_le_bytes(e[16..20].try_into().expect("4")),
+            u32::from_le_bytes(e[20..24].try_into().expect("4")),
+        ));
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug)]
+enum Plan {
+    Single { dir: PathBuf, base: String },
+    Part { dir: PathBuf, name: String },
+}
+
+/// A checkpoint being written. Add sections, then [`commit`](CheckpointWriter::commit); dropping it
+/// without committing removes the temporary file and leaves the previous checkpoints untouched.
+pub struct CheckpointWriter {
+    builder: Option<FileBuilder>,
+    storage: Arc<dyn Storage>,
+    tmp: PathBuf,
+    plan: Plan,
+    keep: usize,
+    default_compression: Compression,
+    started: Instant,
+    done: bool,
+    last_generation: Option<u64>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CheckpointWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointWriter")
+            .field("tmp", &self.tmp)
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+impl CheckpointWriter {
+    fn builder(&mut self) -> Result<&mut FileBuilder> {
+        self.builder.as_mut().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                "the checkpoint was already committed",
+            )
+        })
+    }
+
+    /// The generation this checkpoint will have.
+    pub fn generation(&self) -> u64 {
+        self.builder
+            .as_ref()
+            .map(|b| b.header().generation)
+            .or(self.last_generation)
+            .unwrap_or(0)
+    }
+
+    /// The temporary file being written.
+    pub fn temporary_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Adds a user metadata entry (must come before the first section).
+    pub fn set_metadata(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        let path = self.tmp.clone();
+        let header = self
+            .builder()?
+            .header_mut()
+            .map_err(|e| e.with_path(&path))?;
+        if let Some(slot) = header.metadata.iter_mut().find(|(k, _)| k == key) {
+            slot.1 = value.as_ref().to_vec();
+        } else {
+            header
+                .metadata
+                .push((key.to_string(), value.as_ref().to_vec()));
+        }
+        Ok(())
+    }
+
+    /// Adds a section of opaque bytes with the store's default compression.
+    pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let opts = SectionOptions::new().compression(self.default_compression);
+        self.add_section_with(name, data, opts)
+    }
+
+    /// Adds a section with explicit options.
+    pub fn add_section_with(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        opts: SectionOptions,
+    ) -> Result<()> {
+        let path = self.tmp.clone();
+        self.builder()?
+            .add_section(name, &opts, data)
+            .map_err(|e| e.with_section(name).with_path(&path))
+    }
+
+    /// Adds one section gathered from several buffers (written in order, without concatenating them).
+    pub fn add_section_parts(
+        &mut self,
+        name: &str,
+        parts: &[&[u8]],
+        opts: SectionOptions,
+    ) -> Result<()> {
+        let path = self.tmp.clone();
+        self.builder()?
+            .add_section_parts(name, &opts, parts)
+            .map_err(|e| e.with_section(name).with_path(&path))
+    }
+
+    /// Adds a serde value, encoded with postcard 1.x (recorded as such in the section).
+    pub fn add_serde<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| {
+            Error::new(
+                ErrorKind::Encoding,
+                format!("postcard encoding failed: {e}"),
+            )
+            .with_section(name)
+        })?;
+        let opts = SectionOptions::new()
+            .compression(self.default_compression)
+            .encoding(Encoding::Postcard);
+        self.add_section_with(name, &bytes, opts)
+    }
+
+    /// Streams a section of unknown length (implements `std::io::Write`).
+    pub fn section_writer(
+        &mut self,
+        name: &str,
+        opts: SectionOptions,
+    ) -> Result<SectionWriter<'_>> {
+        let path = self.tmp.clone();
+        SectionWriter::new(self.builder()?, name, opts).map_err(|e| e.with_path(&path))
+    }
+
+    /// Finishes the file and commits it durably (see the module documentation for the protocol).
+    pub fn commit(mut self) -> Result<CommitInfo> {
+        let result = self.commit_inner();
+        match &result {
+            Ok(info) => self.shared.note_commit(info),
+            Err(_) => {
+                let _ = self.storage.remove_file(&self.tmp);
+            }
+        }
+        self.done = true;
+        result
+    }
+
+    fn commit_inner(&mut self) -> Result<CommitInfo> {
+        let tmp = self.tmp.clone();
+        let builder = self
+            .builder
+            .take()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidState, "already committed"))?;
+        let header = builder.header().clone();
+        self.last_generation = Some(header.generation);
+        let (mut file, stats) = builder.finish().map_err(|e| e.with_path(&tmp))?;
+        file.sync()
+            .map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
+        drop(file);
+        let storage = self.storage.clone();
+        let (path, generation_path, dir) = match &self.plan {
+            Plan::Single { dir, base } => {
+                let gen_path = dir.join(format!("{base}.{}", header.generation));
+                let current = dir.join(base);
+                match storage.hard_link(&tmp, &gen_path) {
+                    Ok(()) => {
+                        storage
+                            .rename(&tmp, &current)
+                            .map_err(|e| Error::io("rename", e).with_path(&current))?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "generation {} was committed by another writer at the same time; two processes \
+                                 are saving under the same name",
+                                header.generation
+                            ),
+                        )
+                        .with_path(&gen_path));
+                    }
+                    Err(e) if link_unsupported(&e) => {
+                        // File systems without hard links: the generation's own name only. Discovery scans
+                        // generations, so the checkpoint is still found.
+                        storage
+                            .rename(&tmp, &gen_path)
+                            .map_err(|e| Error::io("rename", e).with_path(&gen_path))?;
+                    }
+                    Err(e) => return Err(Error::io("link", e).with_path(&gen_path)),
+                }
+                (current, gen_path, dir.clone())
+            }
+            Plan::Part { dir, name } => {
+                let part = dir.join(name);
+                storage
+                    .rename(&tmp, &part)
+                    .map_err(|e| Error::io("rename", e).with_path(&part))?;
+                (part.clone(), part, dir.clone())
+            }
+        };
+        storage
+            .sync_dir(&dir)
+            .map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
+        // Durable from here on: failures below are warnings, never errors.
+        let mut warnings = Vec::new();
+        if let Plan::Single { dir, base } = &self.plan {
+            prune(
+                &*storage,
+                dir,
+                base,
+                self.keep,
+                header.generation,
+                &mut warnings,
+            );
+        }
+        Ok(CommitInfo {
+            path,
+            generation_path,
+            generation: header.generation,
+            app_step: header.app_step,
+            stats,
+            seconds: self.started.elapsed().as_secs_f64(),
+            warnings,
+        })
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.storage.remove_file(&self.tmp);
+        }
+    }
+}
+
+fn link_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV)
+    )
+}
+
+/// Removes generations beyond the newest `keep` (never `newest` itself), and for multi-rank names the part
+/// directories of removed generations and of abandoned older ones.
+fn prune(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: &str,
+    keep: usize,
+    newest: u64,
+    warnings: &mut Vec<String>,
+) {
+    let names: Vec<String> = match storage.read_dir(dir) {
+        Ok(e) => e
+            .into_iter()
+            .filter_map(|e| e.name.into_string().ok())
+            .collect(),
+        Err(e) => {
+            warnings.push(format!(
+                "{}: listing for pruning failed: {e}",
+                dir.display()
+            ));
+            return;
+        }
+    };
+    let mut gens: Vec<u64> = names
+        .iter()
+        .filter_map(|n| match classify(base, n) {
+            Some(NameKind::Generation(g)) => Some(g),
+            _ => None,
+        })
+        .collect();
+    gens.sort_unstable_by(|a, b| b.cmp(a));
+    let kept: Vec<u64> = gens.iter().copied().take(keep.max(1)).collect();
+    for g in gens.iter().skip(keep.max(1)) {
+        if *g == newest {
+            continue;
+        }
+        let p = dir.join(format!("{base}.{g}"));
+        if let Err(e) = storage.remove_file(&p) {
+            warnings.push(format!(
+                "{}: could not remove old generation: {e}",
+                p.display()
+            ));
+        }
+    }
+    let parts_root = dir.join(format!("{base}.parts"));
+    let Ok(part_dirs) = storage.read_dir(&parts_root) else {
+        return;
+    };
+    for d in part_dirs {
+        let Some(g) = d.name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        // Parts newer than the newest manifest may belong to a save in progress: leave them.
+        if kept.contains(&g) || g >= newest {
+            continue;
+        }
+        let pd = parts_root.join(&d.name);
+        if let Ok(files) = storage.read_dir(&pd) {
+            for f in files {
+                let _ = storage.remove_file(&pd.join(&f.name));
+            }
+        }
+        if let Err(e) = storage.remove_dir(&pd) {
+            warnings.push(format!("{}: could not remove old parts: {e}", pd.display()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_names() {
+        assert_eq!(classify("7.ckpt", "7.ckpt"), Some(NameKind::Current));
+        assert_eq!(
+            classify("7.ckpt", "7.ckpt.12"),
+            Some(NameKind::Generation(12))
+        );
+        assert_eq!(classify("7.ckpt", "7.ckpt.012"), None);
+        assert_eq!(classify("7.ckpt", "7.ckpt.x"), None);
+        assert_eq!(
+            classify("7.ckpt", "7.ckpt.tmp.node-1.example.org.123.abc"),
+            Some(NameKind::Temporary {
+                host: "node-1.example.org".into(),
+                pid: 123
+            })
+        );
+        assert_eq!(classify("7.ckpt", "7.1.ckpt"), None);
+        assert_eq!(classify("7.ckpt", "77.ckpt"), None);
+        assert_eq!(any_base("9.3.ckpt.4"), Some("9.3.ckpt"));
+        assert_eq!(any_base("9.ckpt"), Some("9.ckpt"));
+        assert_eq!(any_base("9.ckpt.tmp.h.1.2"), None);
+        assert_eq!(any_base("notes.txt"), None);
+    }
+}

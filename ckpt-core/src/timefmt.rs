@@ -1,0 +1,181 @@
+//! Slurm's time formats, as `--checkpoint` / `SLURM_CHECKPOINT` took them.
+//!
+//! The six accepted forms (from the seed document) are:
+//!
+//! | form | example | seconds |
+//! |---|---|---|
+//! | `minutes` | `90` | 5400 |
+//! | `minutes:seconds` | `5:30` | 330 |
+//! | `hours:minutes:seconds` | `1:02:03` | 3723 |
+//! | `days-hours` | `2-12` | 216000 |
+//! | `days-hours:minutes` | `1-02:03` | 93780 |
+//! | `days-hours:minutes:seconds` | `1-02:03:04` | 93784 |
+//!
+//! The leading field of each form is unbounded (`90` minutes is fine, as in Slurm); every later field
+//! must be below its natural limit (hours < 24 after a day count, minutes and seconds < 60). Surrounding
+//! white space is ignored. Anything else is an [`ErrorKind::InvalidArgument`](crate::ErrorKind) error
+//! that quotes the string and lists the accepted forms.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The accepted forms, quoted in every parse error.
+pub const ACCEPTED_FORMS: &str = "minutes, minutes:seconds, hours:minutes:seconds, days-hours, \
+                                  days-hours:minutes, days-hours:minutes:seconds";
+
+/// Parses one of Slurm's six time formats into a duration.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(ckpt_core::parse_slurm_time("1-02:03:04").unwrap(), Duration::from_secs(93784));
+/// assert_eq!(ckpt_core::parse_slurm_time("30").unwrap(), Duration::from_secs(1800));
+/// assert!(ckpt_core::parse_slurm_time("1:2:3:4").is_err());
+/// ```
+pub fn parse_slurm_time(text: &str) -> Result<Duration> {
+    parse_inner(text.trim())
+        .map(Duration::from_secs)
+        .map_err(|why| {
+            Error::invalid(format!(
+                "invalid time {text:?}: {why}; accepted forms are {ACCEPTED_FORMS}"
+            ))
+        })
+}
+
+fn parse_inner(s: &str) -> std::result::Result<u64, String> {
+    if s.is_empty() {
+        return Err("empty string".into());
+    }
+    let (days, rest) = match s.split_once('-') {
+        Some((d, rest)) => (Some(number(d, "days")?), rest),
+        None => (None, s),
+    };
+    let fields: Vec<&str> = rest.split(':').collect();
+    let secs = match (days, fields.as_slice()) {
+        (None, [m]) => mul(number(m, "minutes")?, 60)?,
+        (None, [m, sec]) => add(
+            mul(number(m, "minutes")?, 60)?,
+            bounded(sec, "seconds", 60)?,
+        )?,
+        (None, [h, m, sec]) => {
+            let hours = mul(number(h, "hours")?, 3600)?;
+            add(
+                add(hours, bounded(m, "minutes", 60)? * 60)?,
+                bounded(sec, "seconds", 60)?,
+            )?
+        }
+        (Some(d), parts @ ([_] | [_, _] | [_, _, _])) => {
+            let mut total = add(mul(d, 86_400)?, bounded(parts[0], "hours", 24)? * 3600)?;
+            if let Some(m) = parts.get(1) {
+                total = add(total, bounded(m, "minutes", 60)? * 60)?;
+            }
+            if let Some(sec) = parts.get(2) {
+                total = add(total, bounded(sec, "seconds", 60)?)?;
+            }
+            total
+        }
+        _ => return Err("wrong number of fields".into()),
+    };
+    Ok(secs)
+}
+
+fn number(field: &str, what: &str) -> std::result::Result<u64, String> {
+    if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{what} field {field:?} is not a non-negative integer"
+        ));
+    }
+    field
+        .parse::<u64>()
+        .map_err(|_| format!("{what} field {field:?} is too large"))
+}
+
+fn bounded(field: &str, what: &str, limit: u64) -> std::result::Result<u64, String> {
+    let value = number(field, what)?;
+    if value >= limit {
+        return Err(format!("{what} field {field:?} must be below {limit}"));
+    }
+    Ok(value)
+}
+
+fn mul(a: u64, b: u64) -> std::result::Result<u64, String> {
+    a.checked_mul(b)
+        .ok_or_else(|| "value too large".to_string())
+}
+
+fn add(a: u64, b: u64) -> std::result::Result<u64, String> {
+    a.checked_add(b)
+        .ok_or_else(|| "value too large".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn secs(s: &str) -> u64 {
+        parse_slurm_time(s).unwrap().as_secs()
+    }
+
+    #[test]
+    fn the_six_formats() {
+        assert_eq!(secs("90"), 5400); // minutes
+        assert_eq!(secs("5:30"), 330); // minutes:seconds
+        assert_eq!(secs("1:02:03"), 3723); // hours:minutes:seconds
+        assert_eq!(secs("2-12"), 2 * 86_400 + 12 * 3600); // days-hours
+        assert_eq!(secs("1-02:03"), 86_400 + 2 * 3600 + 3 * 60); // days-hours:minutes
+        assert_eq!(secs("1-02:03:04"), 93_784); // days-hours:minutes:seconds
+    }
+
+    #[test]
+    fn edge_values() {
+        assert_eq!(secs("0"), 0);
+        assert_eq!(secs(" 15 "), 900);
+        assert_eq!(secs("0:59"), 59);
+        assert_eq!(secs("100:00"), 6000);
+        assert_eq!(secs("48:00:00"), 48 * 3600);
+        assert_eq!(secs("0-23:59:59"), 86_399);
+        assert_eq!(secs("007"), 420);
+    }
+
+    #[test]
+    fn errors_quote_the_string_and_the_forms() {
+        for bad in [
+            "",
+            " ",
+            "abc",
+            "1:2:3:4",
+            "1-2:3:4:5",
+            "-5",
+            "5-",
+            "1--2",
+            "1:60",
+            "1:60:00",
+            "1-24",
+            "1-1:60",
+            "1-1:1:60",
+            "1.5",
+            "+5",
+            "1h",
+            "1:",
+            ":1",
+            "1-",
+            "99999999999999999999",
+            "1-2-3",
+        ] {
+            let err = parse_slurm_time(bad).expect_err(bad);
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("{bad:?}")), "{msg}");
+            assert!(msg.contains(ACCEPTED_FORMS), "{msg}");
+        }
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_wrap() {
+        let big = format!("{}", u64::MAX / 60 + 1);
+        assert!(parse_slurm_time(&big).is_err());
+        let big_days = format!("{}-0", u64::MAX / 86_400 + 1);
+        assert!(parse_slurm_time(&big_days).is_err());
+    }
+}

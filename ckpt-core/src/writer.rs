@@ -1,0 +1,751 @@
+//! Streaming encoder of checkpoint files (format in [`crate::format`]).
+//!
+//! Sections are written straight from the caller's buffers: raw sections go to the file in large chunks
+//! (CRC computed chunk by chunk while the bytes are hot in cache), compressed sections pass through a
+//! bounded shuffle block and a bounded zstd output buffer. The scratch memory of a save is therefore a
+//! few MiB whatever the state size.
+
+use std::collections::HashSet;
+use std::io;
+use std::time::Instant;
+
+use crc32fast::Hasher;
+use zstd::stream::raw::{Encoder as ZstdEncoder, Operation, OutBuffer};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{
+    self, Codec, Encoding, Header, RAW_ALIGN, SMALL_ALIGN, SectionEntry, Trailer, shuffle_block_len,
+};
+use crate::storage::StorageWriter;
+
+/// Small writes are gathered into a buffer of this size before reaching the storage.
+const COALESCE: usize = 1 << 20;
+/// Raw data is checksummed and written in chunks of this size.
+const RAW_CHUNK: usize = 8 << 20;
+/// zstd output buffer.
+const ZSTD_OUT: usize = 256 << 10;
+/// Sections below this size are never compressed by `Auto`.
+const AUTO_MIN_LEN: usize = 16 << 10;
+/// `Auto` compresses up to this many sample windows of [`AUTO_WINDOW`] bytes before deciding.
+const AUTO_WINDOWS: usize = 4;
+const AUTO_WINDOW: usize = 64 << 10;
+/// The zstd level `Auto` uses when it decides to compress.
+pub const AUTO_LEVEL: i32 = 1;
+
+/// How a section is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Stored as is (4 KiB aligned, memory-mappable). The default.
+    #[default]
+    None,
+    /// zstd at the given level (1..=22; negative levels are zstd's fast modes).
+    Zstd(i32),
+    /// Compress samples first, and compress the section (zstd level 1) only when the predicted time of
+    /// compressing and writing the smaller output beats writing the raw bytes at the measured write
+    /// bandwidth, and the ratio is at least 1.1. Incompressible data costs only the samples.
+    Auto,
+}
+
+impl Compression {
+    /// Parses `off`/`none`/`0`, `auto`, `zstd`, `zstd:N` or a bare level `N` (as `CKPT_COMPRESS` takes).
+    pub fn parse(text: &str) -> Result<Compression> {
+        let t = text.trim().to_ascii_lowercase();
+        let level = |s: &str| -> Result<i32> {
+            let level: i32 = s.parse().map_err(|_| bad_compression(text))?;
+            if !(-7..=22).contains(&level) {
+                return Err(bad_compression(text));
+            }
+            Ok(level)
+        };
+        match t.as_str() {
+            "off" | "none" | "no" | "0" | "false" => Ok(Compression::None),
+            "auto" => Ok(Compression::Auto),
+            "zstd" | "on" | "yes" | "true" => Ok(Compression::Zstd(3)),
+            _ => match t.strip_prefix("zstd:") {
+                Some(n) => Ok(Compression::Zstd(level(n)?)),
+                None => Ok(Compression::Zstd(level(&t)?)),
+            },
+        }
+    }
+}
+
+fn bad_compression(text: &str) -> Error {
+    Error::invalid(format!(
+        "invalid compression {text:?}: expected off, auto, zstd, zstd:LEVEL or a level from -7 to 22"
+    ))
+}
+
+/// Per-section choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SectionOptions {
+    /// Compression of this section.
+    pub compression: Compression,
+    /// Width in bytes of the elements (8 for `f64`) for the byte-shuffle filter applied before zstd; 1
+    /// disables the filter. Ignored for uncompressed sections.
+    pub element_size: u16,
+    /// How the bytes are to be interpreted, recorded in the file.
+    pub encoding: Encoding,
+    /// A free tag stored with the section (the C API stores region ids here).
+    pub tag: u32,
+}
+
+impl Default for SectionOptions {
+    fn default() -> SectionOptions {
+        SectionOptions {
+            compression: Compression::None,
+            element_size: 1,
+            encoding: Encoding::Bytes,
+            tag: 0,
+        }
+    }
+}
+
+impl SectionOptions {
+    /// Uncompressed opaque bytes.
+    pub fn new() -> SectionOptions {
+        SectionOptions::default()
+    }
+    /// Sets the compression.
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> SectionOptions {
+        self.compression = compression;
+        self
+    }
+    /// Enables the byte-shuffle filter for elements of `element_size` bytes (when compressed).
+    #[must_use]
+    pub fn shuffle(mut self, element_size: u16) -> SectionOptions {
+        self.element_size = element_size.max(1);
+        self
+    }
+    /// Sets the recorded encoding.
+    #[must_use]
+    pub fn encoding(mut self, encoding: Encoding) -> SectionOptions {
+        self.encoding = encoding;
+        self
+    }
+    /// Sets the tag.
+    #[must_use]
+    pub fn tag(mut self, tag: u32) -> SectionOptions {
+        self.tag = tag;
+        self
+    }
+}
+
+/// Size figures of a finished file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStats {
+    /// Sum of the sections' decoded lengths.
+    pub raw_bytes: u64,
+    /// Length of the file on disk.
+    pub file_bytes: u64,
+    /// Number of sections.
+    pub sections: u32,
+}
+
+struct OpenSection {
+    name: String,
+    encoding: Encoding,
+    tag: u32,
+    codec: Codec,
+    element_size: usize,
+    offset: u64,
+    raw_len: u64,
+    stored_len: u64,
+    raw_crc: Hasher,
+    stored_crc: Hasher,
+    encoder: Option<ZstdEncoder<'static>>,
+    /// Pending bytes of an unfinished shuffle block (shuffled sections only).
+    block: Vec<u8>,
+}
+
+/// Writes one checkpoint file sequentially. Used by [`crate::CheckpointWriter`].
+pub(crate) struct FileBuilder {
+    out: Box<dyn StorageWriter>,
+    buf: Vec<u8>,
+    pos: u64,
+    header: Header,
+    header_crc: Option<(u32, u32)>,
+    entries: Vec<SectionEntry>,
+    names: HashSet<String>,
+    open: Option<OpenSection>,
+    scratch: Vec<u8>,
+    zbuf: Vec<u8>,
+    /// Write bandwidth (bytes/s) assumed by `Compression::Auto`.
+    pub(crate) write_bandwidth: f64,
+    poisoned: bool,
+}
+
+fn io_err(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| Error::io(what, e)
+}
+
+impl FileBuilder {
+    pub(crate) fn new(
+        out: Box<dyn StorageWriter>,
+        header: Header,
+        write_bandwidth: f64,
+    ) -> FileBuilder {
+        FileBuilder {
+            out,
+            buf: Vec::with_capacity(64 << 10),
+            pos: 0,
+            header,
+            header_crc: None,
+            entries: Vec::new(),
+            names: HashSet::new(),
+            open: None,
+            scratch: Vec::new(),
+            zbuf: Vec::new(),
+            write_bandwidth,
+            poisoned: false,
+        }
+    }
+
+    pub(crate) fn header_mut(&mut self) -> Result<&mut Header> {
+        if self.header_crc.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "metadata must be set before the first section is written",
+            ));
+        }
+        Ok(&mut self.header)
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "an earlier write to this checkpoint failed",
+            ));
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() >= COALESCE {
+            self.flush_buf()?;
+            self.out.write_all(bytes).map_err(io_err("write"))?;
+        } else {
+            if self.buf.len() + bytes.len() > COALESCE {
+                self.flush_buf()?;
+            }
+            self.buf.extend_from_slice(bytes);
+        }
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush_buf(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf).map_err(io_err("write"))?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn pad_to(&mut self, align: u64) -> Result<()> {
+        let target = format::align_up(self.pos, align).expect("offset overflow");
+        const ZEROS: [u8; 4096] = [0; 4096];
+        while self.pos < target {
+            let n = ((target - self.pos) as usize).min(ZEROS.len());
+            self.emit(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+
+    fn ensure_header(&mut self) -> Result<()> {
+        if self.header_crc.is_none() {
+            let bytes = self.header.encode()?;
+            let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
+            self.emit(&bytes)?;
+            self.header_crc = Some((bytes.len() as u32, crc));
+        }
+        Ok(())
+    }
+
+    /// Starts a section whose codec is already decided.
+    fn begin(&mut self, name: &str, opts: &SectionOptions, codec: Codec) -> Result<()> {
+        self.check_usable()?;
+        if self.open.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "another section is still being written",
+            ));
+        }
+        format::check_section_name(name)?;
+        if self.names.contains(name) {
+            return Err(Error::invalid(format!("section `{name}` is written twice")));
+        }
+        if self.entries.len() >= format::MAX_SECTIONS as usize {
+            return Err(Error::new(ErrorKind::TooLarge, "too many sections"));
+        }
+        self.ensure_header()?;
+        let align = if self.entries.is_empty() || codec == Codec::None {
+            RAW_ALIGN
+        } else {
+            SMALL_ALIGN
+        };
+        self.pad_to(align)?;
+        let element_size = if codec == Codec::None {
+            1
+        } else {
+            usize::from(opts.element_size.max(1))
+        };
+        let encoder = match (codec, opts.compression) {
+            (Codec::Zstd, Compression::Zstd(level)) => Some(new_encoder(level)?),
+            (Codec::Zstd, _) => Some(new_encoder(AUTO_LEVEL)?),
+            (Codec::None, _) => None,
+        };
+        if encoder.is_some() && self.zbuf.len() != ZSTD_OUT {
+            self.zbuf = vec![0; ZSTD_OUT];
+        }
+        self.open = Some(OpenSection {
+            name: name.to_string(),
+            encoding: opts.encoding,
+            tag: opts.tag,
+            codec,
+            element_size,
+            offset: self.pos,
+            raw_len: 0,
+            stored_len: 0,
+            raw_crc: Hasher::new(),
+            stored_crc: Hasher::new(),
+            encoder,
+            block: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn feed(&mut self, data: &[u8]) -> Result<()> {
+        let mut sec = self.open.take().expect("a section is open");
+        let result = self.feed_inner(&mut sec, data);
+        self.open = Some(sec);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn feed_inner(&mut self, sec: &mut OpenSection, data: &[u8]) -> Result<()> {
+        sec.raw_len += data.len() as u64;
+        if sec.raw_len > format::MAX_SECTION_LEN {
+            return Err(Error::new(ErrorKind::TooLarge, "section larger than 1 PiB")
+                .with_section(&sec.name));
+        }
+        match sec.codec {
+            Codec::None => {
+                for chunk in data.chunks(RAW_CHUNK) {
+                    sec.raw_crc.update(chunk);
+                    self.emit(chunk)?;
+                }
+                sec.stored_len = sec.raw_len;
+            }
+            Codec::Zstd if sec.element_size <= 1 => {
+                for chunk in data.chunks(RAW_CHUNK) {
+                    sec.raw_crc.update(chunk);
+                    self.compress(sec, chunk)?;
+                }
+            }
+            Codec::Zstd => {
+                sec.raw_crc.update(data);
+                let block_len = shuffle_block_len(sec.element_size);
+                let mut rest = data;
+                // Complete a pending partial block first.
+                if !sec.block.is_empty() {
+                    let take = (block_len - sec.block.len()).min(rest.len());
+                    sec.block.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if sec.block.len() == block_len {
+                        let block = std::mem::take(&mut sec.block);
+                        self.shuffle_and_compress(sec, &block)?;
+                        sec.block = block;
+                        sec.block.clear();
+                    }
+                }
+                while rest.len() >= block_len {
+                    self.shuffle_and_compress(sec, &rest[..block_len])?;
+                    rest = &rest[block_len..];
+                }
+                sec.block.extend_from_slice(rest);
+            }
+        }
+        Ok(())
+    }
+
+    fn shuffle_and_compress(&mut self, sec: &mut OpenSection, block: &[u8]) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(block.len(), 0);
+        format::shuffle_block(block, &mut scratch, sec.element_size);
+        let r = self.compress(sec, &scratch);
+        self.scratch = scratch;
+        r
+    }
+
+    fn compress(&mut self, sec: &mut OpenSection, mut input: &[u8]) -> Result<()> {
+        let mut zbuf = std::mem::take(&mut self.zbuf);
+        let enc = sec.encoder.as_mut().expect("zstd section has an encoder");
+        let mut result = Ok(());
+        while !input.is_empty() {
+            let status = match enc.run_on_buffers(input, &mut zbuf) {
+                Ok(s) => s,
+                Err(e) => {
+                    result = Err(Error::io("zstd compression", e).with_section(&sec.name));
+                    break;
+                }
+            };
+            input = &input[status.bytes_read..];
+            let out = &zbuf[..status.bytes_written];
+            sec.stored_crc.update(out);
+            sec.stored_len += out.len() as u64;
+            if let Err(e) = self.emit(out) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.zbuf = zbuf;
+        result
+    }
+
+    fn end(&mut self) -> Result<()> {
+        let mut sec = self.open.take().expect("a section is open");
+        let result = self.end_inner(&mut sec);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn end_inner(&mut self, sec: &mut OpenSection) -> Result<()> {
+        if sec.codec == Codec::Zstd {
+            if !sec.block.is_empty() {
+                let block = std::mem::take(&mut sec.block);
+                self.shuffle_and_compress(sec, &block)?;
+            }
+            let mut zbuf = std::mem::take(&mut self.zbuf);
+            let enc = sec.encoder.as_mut().expect("encoder");
+            loop {
+                let mut out = OutBuffer::around(&mut zbuf[..]);
+                let remaining = enc
+                    .finish(&mut out, true)
+                    .map_err(|e| Error::io("zstd compression", e))?;
+                let n = out.pos();
+                sec.stored_crc.update(&zbuf[..n]);
+                sec.stored_len += n as u64;
+                self.emit(&zbuf[..n])?;
+                if remaining == 0 {
+                    break;
+                }
+            }
+            self.zbuf = zbuf;
+        }
+        let raw_crc32 = sec.raw_crc.clone().finalize();
+        let stored_crc32 = if sec.codec == Codec::None {
+            raw_crc32
+        } else {
+            sec.stored_crc.clone().finalize()
+        };
+        self.names.insert(sec.name.clone());
+        self.entries.push(SectionEntry {
+            name: std::mem::take(&mut sec.name),
+            encoding: sec.encoding,
+            codec: sec.codec,
+            shuffle: sec.codec == Codec::Zstd && sec.element_size > 1,
+            element_size: if sec.codec == Codec::Zstd {
+                sec.element_size as u16
+            } else {
+                1
+            },
+            tag: sec.tag,
+            raw_crc32,
+            raw_len: sec.raw_len,
+            stored_len: sec.stored_len,
+            offset: sec.offset,
+            stored_crc32,
+        });
+        Ok(())
+    }
+
+    /// Writes a whole section from one buffer.
+    pub(crate) fn add_section(
+        &mut self,
+        name: &str,
+        opts: &SectionOptions,
+        data: &[u8],
+    ) -> Result<()> {
+        let codec = self.resolve(opts, data)?;
+        self.begin(name, opts, codec)?;
+        self.feed(data)?;
+        self.end()
+    }
+
+    /// Writes a section gathered from several buffers, in order.
+    pub(crate) fn add_section_parts(
+        &mut self,
+        name: &str,
+        opts: &SectionOptions,
+        parts: &[&[u8]],
+    ) -> Result<()> {
+        let codec = self.resolve(
+            opts,
+            parts.iter().copied().find(|p| !p.is_empty()).unwrap_or(&[]),
+        )?;
+        self.begin(name, opts, codec)?;
+        for part in parts {
+            self.feed(part)?;
+        }
+        self.end()
+    }
+
+    fn resolve(&self, opts: &SectionOptions, sample_source: &[u8]) -> Result<Codec> {
+        Ok(match opts.compression {
+            Compression::None => Codec::None,
+            Compression::Zstd(level) => {
+                if !(-7..=22).contains(&level) {
+                    return Err(bad_compression(&level.to_string()));
+                }
+                Codec::Zstd
+            }
+            Compression::Auto => auto_choice(
+                sample_source,
+                usize::from(opts.element_size.max(1)),
+                self.write_bandwidth,
+            ),
+        })
+    }
+
+    /// Finishes the file: section table and trailer. Returns the storage writer (not yet synced).
+    pub(crate) fn finish(mut self) -> Result<(Box<dyn StorageWriter>, FileStats)> {
+        self.check_usable()?;
+        if self.open.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "a section is still being written",
+            ));
+        }
+        self.ensure_header()?;
+        self.pad_to(SMALL_ALIGN)?;
+        let table_offset = self.pos;
+        let mut table = Vec::with_capacity(self.entries.len() * format::TABLE_ENTRY_LEN);
+        for e in &self.entries {
+            e.encode_into(&mut table)?;
+        }
+        let (_, header_crc32) = self.header_crc.expect("header written");
+        self.emit(&table)?;
+        let trailer = Trailer {
+            table_offset,
+            file_len: self.pos + format::TRAILER_LEN as u64,
+            section_count: self.entries.len() as u32,
+            table_crc32: crc32fast::hash(&table),
+            header_crc32,
+        };
+        self.emit(&trailer.encode())?;
+        self.flush_buf()?;
+        let stats = FileStats {
+            raw_bytes: self.entries.iter().map(|e| e.raw_len).sum(),
+            file_bytes: self.pos,
+            sections: self.entries.len() as u32,
+        };
+        Ok((self.out, stats))
+    }
+}
+
+fn new_encoder(level: i32) -> Result<ZstdEncoder<'static>> {
+    let mut enc = ZstdEncoder::new(level).map_err(|e| Error::io("zstd init", e))?;
+    // Our own CRCs cover the data; zstd's checksum would only cost time.
+    enc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))
+        .map_err(|e| Error::io("zstd init", e))?;
+    Ok(enc)
+}
+
+/// The codec `Compression::Auto` picks for `data` (see [`Compression::Auto`]).
+pub fn auto_choice(data: &[u8], element_size: usize, write_bandwidth: f64) -> Codec {
+    if data.len() < AUTO_MIN_LEN {
+        return Codec::None;
+    }
+    let window = AUTO_WINDOW.min(data.len()) / element_size * element_size;
+    if window == 0 {
+        return Codec::None;
+    }
+    let windows = AUTO_WINDOWS.min(data.len() / window).max(1);
+    let stride = if windows > 1 {
+        (data.len() - window) / (windows - 1) / element_size * element_size
+    } else {
+        0
+    };
+    let mut scratch = vec![0u8; window];
+    let (mut raw, mut packed) = (0usize, 0usize);
+    let start = Instant::now();
+    for i in 0..windows {
+        let w = &data[i * stride..i * stride + window];
+        let input = if element_size > 1 {
+            format::shuffle_block(w, &mut scratch, element_size);
+            &scratch[..]
+        } else {
+            w
+        };
+        match zstd::bulk::compress(input, AUTO_LEVEL) {
+            Ok(c) => {
+                raw += input.len();
+                packed += c.len();
+            }
+            Err(_) => return Codec::None,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-7);
+    let ratio = raw as f64 / packed.max(1) as f64;
+    let compress_speed = raw as f64 / secs;
+    let bw = write_bandwidth.max(1.0);
+    let t_raw = 1.0 / bw;
+    let t_zstd = 1.0 / compress_speed + 1.0 / (ratio * bw);
+    if ratio >= 1.1 && t_zstd < 0.95 * t_raw {
+        Codec::Zstd
+    } else {
+        Codec::None
+    }
+}
+
+/// Streams one section of unknown length; obtained from [`crate::CheckpointWriter::section_writer`].
+///
+/// Call [`SectionWriter::finish`] to complete the section; dropping it unfinished poisons the checkpoint
+/// (its commit then fails and the temporary file is removed).
+pub struct SectionWriter<'a> {
+    builder: &'a mut FileBuilder,
+    name: String,
+    opts: SectionOptions,
+    /// With `Compression::Auto`, the first bytes are held until enough are seen to decide.
+    pending: Option<Vec<u8>>,
+    finished: bool,
+}
+
+impl<'a> SectionWriter<'a> {
+    pub(crate) fn new(
+        builder: &'a mut FileBuilder,
+        name: &str,
+        opts: SectionOptions,
+    ) -> Result<SectionWriter<'a>> {
+        builder.check_usable()?;
+        format::check_section_name(name)?;
+        if builder.names.contains(name) {
+            return Err(Error::invalid(format!("section `{name}` is written twice")));
+        }
+        let mut w = SectionWriter {
+            builder,
+            name: name.to_string(),
+            opts,
+            pending: None,
+            finished: false,
+        };
+        if opts.compression == Compression::Auto {
+            w.pending = Some(Vec::new());
+        } else {
+            let codec = w.builder.resolve(&opts, &[])?;
+            w.builder.begin(name, &opts, codec)?;
+        }
+        Ok(w)
+    }
+
+    fn decide(&mut self) -> Result<()> {
+        if let Some(pending) = self.pending.take() {
+            let codec = auto_choice(
+                &pending,
+                usize::from(self.opts.element_size.max(1)),
+                self.builder.write_bandwidth,
+            );
+            self.builder.begin(&self.name, &self.opts, codec)?;
+            self.builder.feed(&pending)?;
+        }
+        Ok(())
+    }
+
+    /// Appends bytes to the section.
+    pub fn write_bytes(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(p) = &mut self.pending {
+            p.extend_from_slice(data);
+            if p.len() >= AUTO_WINDOWS * AUTO_WINDOW {
+                self.decide()?;
+            }
+            return Ok(());
+        }
+        self.builder.feed(data)
+    }
+
+    /// Completes the section.
+    pub fn finish(mut self) -> Result<()> {
+        self.decide()?;
+        self.finished = true;
+        self.builder.end()
+    }
+}
+
+impl io::Write for SectionWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_bytes(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SectionWriter<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.builder.poisoned = true;
+            self.builder.open = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_parse() {
+        assert_eq!(Compression::parse("off").unwrap(), Compression::None);
+        assert_eq!(Compression::parse("AUTO").unwrap(), Compression::Auto);
+        assert_eq!(Compression::parse("zstd").unwrap(), Compression::Zstd(3));
+        assert_eq!(
+            Compression::parse("zstd:19").unwrap(),
+            Compression::Zstd(19)
+        );
+        assert_eq!(Compression::parse("5").unwrap(), Compression::Zstd(5));
+        assert!(Compression::parse("zstd:99").is_err());
+        assert!(
+            Compression::parse("gzip")
+                .unwrap_err()
+                .to_string()
+                .contains("\"gzip\"")
+        );
+    }
+
+    #[test]
+    fn auto_skips_random_and_takes_zeros_on_slow_disks() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let random: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(auto_choice(&random, 1, 1e9), Codec::None);
+        assert_eq!(
+            auto_choice(&random, 1, 1e6),
+            Codec::None,
+            "incompressible data never compresses"
+        );
+        let zeros = vec![0u8; 1 << 20];
+        assert_eq!(auto_choice(&zeros, 1, 1e8), Codec::Zstd);
+        assert_eq!(
+            auto_choice(&zeros[..100], 1, 1e6),
+            Codec::None,
+            "tiny sections stay raw"
+        );
+    }
+}
