@@ -114,20 +114,11 @@ impl Config {
     }
 
     /// Like [`Config::from_env`], with variables from `lookup` (for tests and for the `ckpt env` tool).
-    pub fn from_lookup(
-        app_name: Option<&str>,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config> {
-        let get = |k: &str| {
-            lookup(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+    pub fn from_lookup(app_name: Option<&str>, lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let get = |k: &str| lookup(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let app_name = match app_name {
             Some(n) => n.to_string(),
-            None => get("CKPT_NAME")
-                .or_else(|| get("SLURM_JOB_NAME"))
-                .unwrap_or_else(|| DEFAULT_APP_NAME.into()),
+            None => get("CKPT_NAME").or_else(|| get("SLURM_JOB_NAME")).unwrap_or_else(|| DEFAULT_APP_NAME.into()),
         };
         // A job name from Slurm may contain anything: keep it usable as a file-name component.
         let app_name = if app_name.len() > format::MAX_NAME_LEN || app_name.contains('/') {
@@ -140,9 +131,7 @@ impl Config {
             check_name_component(&job, "SLURM_JOB_ID")?;
             cfg.job_id = Some(job);
         }
-        cfg.step_id = parse_var(&get, "SLURM_STEP_ID", |v| {
-            v.parse::<u32>().ok().filter(|&s| s != format::NO_STEP_ID)
-        })?;
+        cfg.step_id = parse_var(&get, "SLURM_STEP_ID", |v| v.parse::<u32>().ok().filter(|&s| s != format::NO_STEP_ID))?;
         // Slurm marks the batch and extern steps with large reserved numbers: they are not job steps.
         if cfg.step_id.is_some_and(|s| s >= 0xFFFF_FFF0) {
             cfg.step_id = None;
@@ -159,27 +148,21 @@ impl Config {
             .or_else(|| get("SLURM_RESTART_DIR"))
             .map(PathBuf::from)
             .unwrap_or_else(|| cfg.checkpoint_dir.clone());
-        cfg.keep = parse_var(&get, "CKPT_KEEP", |v| {
-            v.parse::<usize>().ok().filter(|&k| k >= 1)
-        })?
-        .unwrap_or(DEFAULT_KEEP);
+        cfg.keep =
+            parse_var(&get, "CKPT_KEEP", |v| v.parse::<usize>().ok().filter(|&k| k >= 1))?.unwrap_or(DEFAULT_KEEP);
         cfg.file_mode = parse_var(&get, "CKPT_FILE_MODE", |v| {
-            u32::from_str_radix(v.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|&m| m <= 0o777 && m & 0o600 == 0o600)
+            u32::from_str_radix(v.trim_start_matches("0o"), 8).ok().filter(|&m| m <= 0o777 && m & 0o600 == 0o600)
         })?
         .unwrap_or(DEFAULT_FILE_MODE);
         cfg.mmap = parse_var(&get, "CKPT_MMAP", parse_bool)?.unwrap_or(true);
-        cfg.allow_fresh_start =
-            parse_var(&get, "CKPT_ALLOW_FRESH_START", parse_bool)?.unwrap_or(false);
+        cfg.allow_fresh_start = parse_var(&get, "CKPT_ALLOW_FRESH_START", parse_bool)?.unwrap_or(false);
         if let Some(c) = get("CKPT_COMPRESS") {
-            cfg.compression = Compression::parse(&c)
-                .map_err(|e| Error::invalid(format!("CKPT_COMPRESS: {}", e.message())))?;
+            cfg.compression =
+                Compression::parse(&c).map_err(|e| Error::invalid(format!("CKPT_COMPRESS: {}", e.message())))?;
         }
         for var in ["CKPT_INTERVAL", "SLURM_CHECKPOINT"] {
             if let Some(v) = get(var) {
-                cfg.interval = parse_interval(&v)
-                    .map_err(|e| Error::invalid(format!("{var}: {}", e.message())))?;
+                cfg.interval = parse_interval(&v).map_err(|e| Error::invalid(format!("{var}: {}", e.message())))?;
                 break;
             }
         }
@@ -195,11 +178,7 @@ impl Config {
                 .ok()
                 .filter(|_| t.contains(':') || t.contains('-'))
                 .or_else(|| t.parse::<u64>().ok().map(Duration::from_secs))
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "CKPT_COMMIT_TIMEOUT: invalid value {t:?}: expected seconds"
-                    ))
-                })?;
+                .ok_or_else(|| Error::invalid(format!("CKPT_COMMIT_TIMEOUT: invalid value {t:?}: expected seconds")))?;
         }
         Ok(cfg)
     }
@@ -238,11 +217,7 @@ pub fn parse_interval(text: &str) -> Result<Option<Interval>> {
         return Ok(None);
     }
     let d = parse_slurm_time(t)?;
-    Ok(if d.is_zero() {
-        None
-    } else {
-        Some(Interval::Every(d))
-    })
+    Ok(if d.is_zero() { None } else { Some(Interval::Every(d)) })
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -260,9 +235,7 @@ fn parse_var<T>(
 ) -> Result<Option<T>> {
     match get(var) {
         None => Ok(None),
-        Some(v) => parse(&v)
-            .map(Some)
-            .ok_or_else(|| Error::invalid(format!("{var}: invalid value {v:?}"))),
+        Some(v) => parse(&v).map(Some).ok_or_else(|| Error::invalid(format!("{var}: invalid value {v:?}"))),
     }
 }
 
@@ -276,18 +249,11 @@ fn detect_rank(get: &impl Fn(&str) -> Option<String>, in_step: bool) -> Result<(
         }
         Ok(None)
     };
-    let step_size: &[&str] = if in_step {
-        &["SLURM_NTASKS", "SLURM_NPROCS"]
-    } else {
-        &[]
-    };
+    let step_size: &[&str] = if in_step { &["SLURM_NTASKS", "SLURM_NPROCS"] } else { &[] };
     let sources: [(&str, Vec<&str>); 5] = [
         ("CKPT_RANK", vec!["CKPT_NRANKS"]),
         ("OMPI_COMM_WORLD_RANK", vec!["OMPI_COMM_WORLD_SIZE"]),
-        (
-            "PMIX_RANK",
-            [&["OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"][..], step_size].concat(),
-        ),
+        ("PMIX_RANK", [&["OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"][..], step_size].concat()),
         ("PMI_RANK", vec!["PMI_SIZE"]),
         ("SLURM_PROCID", step_size.to_vec()),
     ];
@@ -298,18 +264,14 @@ fn detect_rank(get: &impl Fn(&str) -> Option<String>, in_step: bool) -> Result<(
         if let Some(rank) = num(rank_var)? {
             let nranks = size(&size_vars)?.unwrap_or(rank + 1);
             if rank >= nranks {
-                return Err(Error::invalid(format!(
-                    "{rank_var}={rank} is not below the number of ranks {nranks}"
-                )));
+                return Err(Error::invalid(format!("{rank_var}={rank} is not below the number of ranks {nranks}")));
             }
             return Ok((rank, nranks));
         }
     }
     if let Some(n) = size(&["CKPT_NRANKS"])? {
         if n != 1 {
-            return Err(Error::invalid(
-                "CKPT_NRANKS is set without a rank (CKPT_RANK or the MPI launcher's)",
-            ));
+            return Err(Error::invalid("CKPT_NRANKS is set without a rank (CKPT_RANK or the MPI launcher's)"));
         }
     }
     Ok((0, 1))
@@ -317,26 +279,17 @@ fn detect_rank(get: &impl Fn(&str) -> Option<String>, in_step: bool) -> Result<(
 
 fn check_name_component(name: &str, what: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(Error::invalid(format!(
-            "{what} {name:?} cannot be used in a file name"
-        )));
+        return Err(Error::invalid(format!("{what} {name:?} cannot be used in a file name")));
     }
     format::check_fixed_string(name, what)
 }
 
 fn sanitize(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
-        .collect();
+    let mut s: String = name.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
     while s.len() > format::MAX_NAME_LEN {
         s.pop();
     }
-    if s.is_empty() || s == "." || s == ".." {
-        DEFAULT_APP_NAME.to_string()
-    } else {
-        s
-    }
+    if s.is_empty() || s == "." || s == ".." { DEFAULT_APP_NAME.to_string() } else { s }
 }
 
 /// This machine's host name (`gethostname`), cut to 64 bytes.
@@ -362,10 +315,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(None, |k| map.get(k).cloned())
     }
 
@@ -382,12 +332,8 @@ mod tests {
 
     #[test]
     fn slurm_names_and_dirs() {
-        let c = cfg(&[
-            ("SLURM_JOB_ID", "4242"),
-            ("SLURM_CHECKPOINT_DIR", "/scratch/c"),
-            ("SLURM_JOB_NAME", "sim"),
-        ])
-        .unwrap();
+        let c = cfg(&[("SLURM_JOB_ID", "4242"), ("SLURM_CHECKPOINT_DIR", "/scratch/c"), ("SLURM_JOB_NAME", "sim")])
+            .unwrap();
         assert_eq!(c.base_name(), "4242.ckpt");
         assert_eq!(c.app_name, "sim");
         assert_eq!(c.checkpoint_dir, PathBuf::from("/scratch/c"));
@@ -410,18 +356,11 @@ mod tests {
     #[test]
     fn interval_formats() {
         let c = cfg(&[("SLURM_CHECKPOINT", "1-02:03:04")]).unwrap();
-        assert_eq!(
-            c.interval,
-            Some(Interval::Every(Duration::from_secs(93_784)))
-        );
+        assert_eq!(c.interval, Some(Interval::Every(Duration::from_secs(93_784))));
         let c = cfg(&[("SLURM_CHECKPOINT", "10"), ("CKPT_INTERVAL", "auto")]).unwrap();
         assert_eq!(c.interval, Some(Interval::Auto));
         let e = cfg(&[("SLURM_CHECKPOINT", "1:2:3:4")]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("SLURM_CHECKPOINT: invalid time \"1:2:3:4\""),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("SLURM_CHECKPOINT: invalid time \"1:2:3:4\""), "{e}");
     }
 
     #[test]
@@ -436,13 +375,8 @@ mod tests {
         .unwrap();
         assert_eq!((c.rank, c.nranks), (3, 4));
         // srun --mpi=pmix
-        let c = cfg(&[
-            ("SLURM_STEP_ID", "0"),
-            ("SLURM_PROCID", "2"),
-            ("SLURM_NTASKS", "4"),
-            ("PMIX_RANK", "2"),
-        ])
-        .unwrap();
+        let c =
+            cfg(&[("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "2"), ("SLURM_NTASKS", "4"), ("PMIX_RANK", "2")]).unwrap();
         assert_eq!((c.rank, c.nranks), (2, 4));
         // MPICH hydra
         let c = cfg(&[("PMI_RANK", "1"), ("PMI_SIZE", "2")]).unwrap();

@@ -116,14 +116,7 @@ impl Store {
             .collect();
         match chosen {
             Some((checkpoint, chosen_path, generation, app_step, other_job)) => {
-                Ok(Some(Restored {
-                    checkpoint,
-                    chosen_path,
-                    generation,
-                    app_step,
-                    other_job,
-                    rejected,
-                }))
+                Ok(Some(Restored { checkpoint, chosen_path, generation, app_step, other_job, rejected }))
             }
             None if rejected.is_empty() || self.config().allow_fresh_start => Ok(None),
             None => {
@@ -159,29 +152,20 @@ impl Store {
         &self,
         verify_all: bool,
         max_generation: u64,
-    ) -> Result<(
-        Discovery,
-        Option<(Checkpoint, PathBuf, u64, i64, Option<String>)>,
-    )> {
+    ) -> Result<(Discovery, Option<(Checkpoint, PathBuf, u64, i64, Option<String>)>)> {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
         let storage = self.storage();
         let names: Vec<String> = match storage.read_dir(&dir) {
-            Ok(entries) => entries
-                .into_iter()
-                .filter(|e| e.is_file)
-                .filter_map(|e| e.name.into_string().ok())
-                .collect(),
+            Ok(entries) => {
+                entries.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect()
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("list restart directory", e).with_path(&dir)),
         };
         let base = cfg.base_name();
         let opts = LoadOptions { mmap: cfg.mmap };
-        let want_kind = if cfg.nranks > 1 {
-            FileKind::Manifest
-        } else {
-            FileKind::Data
-        };
+        let want_kind = if cfg.nranks > 1 { FileKind::Manifest } else { FileKind::Data };
 
         let probe = |name: &str, own: bool| -> Probe {
             let path = dir.join(name);
@@ -216,10 +200,7 @@ impl Store {
                             ))
                             .with_path(&path),
                         );
-                        return Probe {
-                            candidate: c,
-                            checkpoint: None,
-                        };
+                        return Probe { candidate: c, checkpoint: None };
                     }
                     if h.kind != want_kind || h.nranks != cfg.nranks {
                         c.status = CandidateStatus::Invalid(
@@ -229,34 +210,20 @@ impl Store {
                             ))
                             .with_path(&path),
                         );
-                        return Probe {
-                            candidate: c,
-                            checkpoint: None,
-                        };
+                        return Probe { candidate: c, checkpoint: None };
                     }
-                    Probe {
-                        candidate: c,
-                        checkpoint: Some(cp),
-                    }
+                    Probe { candidate: c, checkpoint: Some(cp) }
                 }
                 Err(e) => {
                     c.status = CandidateStatus::Invalid(e);
-                    Probe {
-                        candidate: c,
-                        checkpoint: None,
-                    }
+                    Probe { candidate: c, checkpoint: None }
                 }
             }
         };
 
         let mut probes: Vec<Probe> = names
             .iter()
-            .filter(|n| {
-                matches!(
-                    classify(&base, n),
-                    Some(NameKind::Current | NameKind::Generation(_))
-                )
-            })
+            .filter(|n| matches!(classify(&base, n), Some(NameKind::Current | NameKind::Generation(_))))
             .map(|n| probe(n, true))
             .collect();
         let mut from_other_jobs = false;
@@ -281,11 +248,7 @@ impl Store {
         probes.sort_by(|a, b| {
             let key = |p: &Probe| {
                 (
-                    if from_other_jobs {
-                        p.candidate.created_unix_ns.unwrap_or(i64::MIN)
-                    } else {
-                        0
-                    },
+                    if from_other_jobs { p.candidate.created_unix_ns.unwrap_or(i64::MIN) } else { 0 },
                     p.candidate.generation.unwrap_or(0),
                     p.candidate.is_current_name,
                 )
@@ -311,8 +274,7 @@ impl Store {
                 if *ok {
                     Ok(None)
                 } else {
-                    Err(Error::corrupt("same file as a rejected candidate")
-                        .with_path(&p.candidate.path))
+                    Err(Error::corrupt("same file as a rejected candidate").with_path(&p.candidate.path))
                 }
             } else {
                 let r = self.verify_candidate(cp, &dir);
@@ -340,10 +302,7 @@ impl Store {
             let generation = cp.generation();
             let step = cp.step();
             let other = from_other_jobs.then(|| cp.header().job_id.clone());
-            let skipped = probes
-                .iter()
-                .filter(|q| matches!(q.candidate.status, CandidateStatus::Invalid(_)))
-                .count();
+            let skipped = probes.iter().filter(|q| matches!(q.candidate.status, CandidateStatus::Invalid(_))).count();
             explanation = match &other {
                 Some(job) => format!(
                     "no checkpoint of this job; took the newest valid one of job {job} (application {}): {} (generation {generation}, step {step})",
@@ -353,30 +312,19 @@ impl Store {
                 None => format!(
                     "newest valid checkpoint: {} (generation {generation}, step {step}){}",
                     probes[i].candidate.path.display(),
-                    if skipped > 0 {
-                        format!("; {skipped} newer or damaged file(s) rejected")
-                    } else {
-                        String::new()
-                    }
+                    if skipped > 0 { format!("; {skipped} newer or damaged file(s) rejected") } else { String::new() }
                 ),
             };
             let path = probes[i].candidate.path.clone();
             result = Some((part.unwrap_or(cp), path, generation, step, other));
         } else if probes.is_empty() {
-            explanation = format!(
-                "no checkpoint named {base} (or of application {}) in {}",
-                cfg.app_name,
-                dir.display()
-            );
+            explanation =
+                format!("no checkpoint named {base} (or of application {}) in {}", cfg.app_name, dir.display());
         } else {
             explanation = format!("{} candidate file(s), none valid", probes.len());
         }
-        let discovery = Discovery {
-            dir,
-            candidates: probes.into_iter().map(|p| p.candidate).collect(),
-            chosen,
-            explanation,
-        };
+        let discovery =
+            Discovery { dir, candidates: probes.into_iter().map(|p| p.candidate).collect(), chosen, explanation };
         Ok((discovery, result))
     }
 
@@ -388,33 +336,18 @@ impl Store {
         }
         let entries = parse_manifest(cp)?;
         let rank = self.config().rank;
-        let (_, len, hc, tc) = *entries.get(rank as usize).ok_or_else(|| {
-            Error::corrupt(format!("manifest has no entry for rank {rank}")).with_path(cp.path())
-        })?;
-        let file_name = cp
-            .path()
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let (_, len, hc, tc) = *entries
+            .get(rank as usize)
+            .ok_or_else(|| Error::corrupt(format!("manifest has no entry for rank {rank}")).with_path(cp.path()))?;
+        let file_name = cp.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let base = any_base(file_name).unwrap_or(file_name);
-        let part_path = dir
-            .join(format!("{base}.parts"))
-            .join(cp.generation().to_string())
-            .join(format!("rank{rank}.ckpt"));
-        let part = Checkpoint::open_with(
-            &**self.storage(),
-            &part_path,
-            LoadOptions {
-                mmap: self.config().mmap,
-            },
-        )
-        .map_err(|e| {
-            Error::new(
-                e.kind(),
-                format!("part of rank {rank}: {}", strip_path(&e, &part_path)),
-            )
-            .with_path(cp.path())
-        })?;
+        let part_path =
+            dir.join(format!("{base}.parts")).join(cp.generation().to_string()).join(format!("rank{rank}.ckpt"));
+        let part = Checkpoint::open_with(&**self.storage(), &part_path, LoadOptions { mmap: self.config().mmap })
+            .map_err(|e| {
+                Error::new(e.kind(), format!("part of rank {rank}: {}", strip_path(&e, &part_path)))
+                    .with_path(cp.path())
+            })?;
         if part.file_len() != len || part.identity() != (hc, tc) {
             return Err(Error::corrupt(format!(
                 "part of rank {rank} ({}) is not the file the manifest names",
@@ -422,9 +355,7 @@ impl Store {
             ))
             .with_path(cp.path()));
         }
-        part.verify().map_err(|e| {
-            Error::new(e.kind(), format!("part of rank {rank}: {e}")).with_path(cp.path())
-        })?;
+        part.verify().map_err(|e| Error::new(e.kind(), format!("part of rank {rank}: {e}")).with_path(cp.path()))?;
         Ok(Some(part))
     }
 }

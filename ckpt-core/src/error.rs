@@ -79,31 +79,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a message (lower-case, no trailing period).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            path: None,
-            section: None,
-            message: message.into(),
-            source: None,
-        }
+        Error { kind, path: None, section: None, message: message.into(), source: None }
     }
 
     /// An I/O error while doing `what` (for example "fsync"), keeping the OS error as the source.
     ///
     /// `ENOENT` becomes [`ErrorKind::NotFound`]; everything else is [`ErrorKind::Io`].
     pub fn io(what: &str, err: io::Error) -> Error {
-        let kind = if err.kind() == io::ErrorKind::NotFound {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Io
-        };
-        Error {
-            kind,
-            path: None,
-            section: None,
-            message: format!("{what}: {err}"),
-            source: Some(Box::new(err)),
-        }
+        let kind = if err.kind() == io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
+        Error { kind, path: None, section: None, message: format!("{what}: {err}"), source: Some(Box::new(err)) }
     }
 
     /// Shorthand for a [`ErrorKind::Corrupt`] error.
@@ -163,18 +147,12 @@ impl Error {
 
     /// The OS error kind when this error wraps an `std::io::Error`.
     pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
-        self.source
-            .as_ref()
-            .and_then(|s| s.downcast_ref::<io::Error>())
-            .map(io::Error::kind)
+        self.source.as_ref().and_then(|s| s.downcast_ref::<io::Error>()).map(io::Error::kind)
     }
 
     /// The raw OS error number when this error wraps one (for C's `errno` and Python's `OSError`).
     pub fn raw_os_error(&self) -> Option<i32> {
-        self.source
-            .as_ref()
-            .and_then(|s| s.downcast_ref::<io::Error>())
-            .and_then(io::Error::raw_os_error)
+        self.source.as_ref().and_then(|s| s.downcast_ref::<io::Error>()).and_then(io::Error::raw_os_error)
     }
 }
 
@@ -204,9 +182,7 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -232,10 +208,7 @@ mod tests {
         let e = Error::corrupt("crc32 mismatch: expected 0x00000001, found 0x00000002")
             .with_section("field")
             .with_path("/x/1.ckpt");
-        assert_eq!(
-            e.to_string(),
-            "/x/1.ckpt: section `field`: crc32 mismatch: expected 0x00000001, found 0x00000002"
-        );
+        assert_eq!(e.to_string(), "/x/1.ckpt: section `field`: crc32 mismatch: expected 0x00000001, found 0x00000002");
         assert_eq!(e.kind(), ErrorKind::Corrupt);
     }
 

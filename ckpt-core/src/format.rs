@@ -306,14 +306,10 @@ fn put_name(out: &mut Vec<u8>, value: &str, what: &str) -> Result<()> {
 /// Checks that `value` fits a fixed-width string field (at most 64 bytes, no NUL).
 pub fn check_fixed_string(value: &str, what: &str) -> Result<()> {
     if value.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(format!(
-            "{what} {value:?} is longer than {MAX_NAME_LEN} bytes"
-        )));
+        return Err(Error::invalid(format!("{what} {value:?} is longer than {MAX_NAME_LEN} bytes")));
     }
     if value.contains('\0') {
-        return Err(Error::invalid(format!(
-            "{what} {value:?} contains a NUL byte"
-        )));
+        return Err(Error::invalid(format!("{what} {value:?} contains a NUL byte")));
     }
     Ok(())
 }
@@ -329,12 +325,9 @@ pub fn check_section_name(name: &str) -> Result<()> {
 fn get_name(bytes: &[u8], what: &str) -> Result<String> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     if bytes[end..].iter().any(|&b| b != 0) {
-        return Err(Error::corrupt(format!(
-            "{what} field has bytes after its NUL padding"
-        )));
+        return Err(Error::corrupt(format!("{what} field has bytes after its NUL padding")));
     }
-    String::from_utf8(bytes[..end].to_vec())
-        .map_err(|_| Error::corrupt(format!("{what} is not valid UTF-8")))
+    String::from_utf8(bytes[..end].to_vec()).map_err(|_| Error::corrupt(format!("{what} is not valid UTF-8")))
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -374,10 +367,7 @@ impl Header {
         put_name(&mut out, &self.host, "host name")?;
         debug_assert_eq!(out.len(), HEADER_FIXED_LEN - 4);
         if self.nranks == 0 || self.rank >= self.nranks {
-            return Err(Error::invalid(format!(
-                "rank {} is not below nranks {}",
-                self.rank, self.nranks
-            )));
+            return Err(Error::invalid(format!("rank {} is not below nranks {}", self.rank, self.nranks)));
         }
         if self.step_id == Some(NO_STEP_ID) {
             return Err(Error::invalid(format!("step id {NO_STEP_ID} is reserved")));
@@ -395,18 +385,12 @@ impl Header {
                 )));
             }
             if !seen.insert(key.as_str()) {
-                return Err(Error::invalid(format!(
-                    "metadata key {key:?} is given twice"
-                )));
+                return Err(Error::invalid(format!("metadata key {key:?} is given twice")));
             }
             out.extend_from_slice(&(key.len() as u16).to_le_bytes());
             out.extend_from_slice(key.as_bytes());
-            let vlen = u32::try_from(value.len()).map_err(|_| {
-                Error::new(
-                    ErrorKind::TooLarge,
-                    format!("metadata value of {key:?} is too large"),
-                )
-            })?;
+            let vlen = u32::try_from(value.len())
+                .map_err(|_| Error::new(ErrorKind::TooLarge, format!("metadata value of {key:?} is too large")))?;
             out.extend_from_slice(&vlen.to_le_bytes());
             out.extend_from_slice(value);
             if out.len() + 4 > MAX_HEADER_LEN as usize {
@@ -426,9 +410,7 @@ impl Header {
     /// Reads `header_len` from the first 16 bytes (after checking magic and version).
     pub fn peek_len(prefix: &[u8], file_len: u64) -> Result<u32> {
         if prefix.len() < 16 || file_len < 16 {
-            return Err(Error::corrupt(format!(
-                "truncated: {file_len} bytes is too short for a checkpoint"
-            )));
+            return Err(Error::corrupt(format!("truncated: {file_len} bytes is too short for a checkpoint")));
         }
         if prefix[..8] != MAGIC {
             return Err(bad_magic(&prefix[..8]));
@@ -437,9 +419,7 @@ impl Header {
         if version == 0 || version > FORMAT_VERSION {
             return Err(Error::new(
                 ErrorKind::UnsupportedVersion,
-                format!(
-                    "format version {version} is not supported (this library reads 1 to {FORMAT_VERSION})"
-                ),
+                format!("format version {version} is not supported (this library reads 1 to {FORMAT_VERSION})"),
             ));
         }
         let header_len = u32_at(prefix, 12);
@@ -450,9 +430,7 @@ impl Header {
             ));
         }
         if (header_len as usize) < HEADER_FIXED_LEN + 4 {
-            return Err(Error::corrupt(format!(
-                "header length {header_len} is too small"
-            )));
+            return Err(Error::corrupt(format!("header length {header_len} is too small")));
         }
         let min_file = u64::from(header_len) + TRAILER_LEN as u64;
         if file_len < min_file {
@@ -493,9 +471,7 @@ impl Header {
         let rank = u32_at(bytes, 44);
         let nranks = u32_at(bytes, 48);
         if nranks == 0 || rank >= nranks {
-            return Err(Error::corrupt(format!(
-                "rank {rank} is not below nranks {nranks}"
-            )));
+            return Err(Error::corrupt(format!("rank {rank} is not below nranks {nranks}")));
         }
         let mut header = Header {
             kind,
@@ -513,10 +489,7 @@ impl Header {
         };
         let count = u32_at(bytes, 256);
         if count > MAX_METADATA_ENTRIES {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!("{count} metadata entries exceed the limit"),
-            ));
+            return Err(Error::new(ErrorKind::TooLarge, format!("{count} metadata entries exceed the limit")));
         }
         let mut pos = HEADER_FIXED_LEN;
         let end = header_len - 4;
@@ -540,9 +513,7 @@ impl Header {
                 return Err(short());
             }
             if !seen.insert(key.clone()) {
-                return Err(Error::corrupt(format!(
-                    "metadata key {key:?} appears twice"
-                )));
+                return Err(Error::corrupt(format!("metadata key {key:?} appears twice")));
             }
             header.metadata.push((key, bytes[pos..pos + vlen].to_vec()));
             pos += vlen;
@@ -566,11 +537,7 @@ fn bad_magic(found: &[u8]) -> Error {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 impl SectionEntry {
@@ -610,9 +577,7 @@ impl SectionEntry {
         };
         let element_size = u16_at(b, 68);
         if element_size == 0 || (!shuffle && element_size != 1) {
-            return Err(err(format!(
-                "element size {element_size} does not match the filter"
-            )));
+            return Err(err(format!("element size {element_size} does not match the filter")));
         }
         if u16_at(b, 70) != 0 || b[108..128].iter().any(|&x| x != 0) {
             return Err(err("reserved bytes are not zero".into()));
@@ -649,12 +614,7 @@ impl Trailer {
     }
 
     /// Decodes and checks the trailer against the real file length and the header's CRC.
-    pub fn decode(
-        t: &[u8],
-        real_file_len: u64,
-        header_len: u32,
-        header_crc32: u32,
-    ) -> Result<Trailer> {
+    pub fn decode(t: &[u8], real_file_len: u64, header_len: u32, header_crc32: u32) -> Result<Trailer> {
         if t[56..64] != END_MAGIC {
             return Err(Error::corrupt(format!(
                 "truncated or incomplete: the file does not end with the end marker (found {})",
@@ -685,17 +645,12 @@ impl Trailer {
             )));
         }
         if trailer.header_crc32 != header_crc32 {
-            return Err(Error::corrupt(
-                "the trailer does not belong to this header (crc32 differs)",
-            ));
+            return Err(Error::corrupt("the trailer does not belong to this header (crc32 differs)"));
         }
         if trailer.section_count > MAX_SECTIONS {
             return Err(Error::new(
                 ErrorKind::TooLarge,
-                format!(
-                    "{} sections exceed the limit of {MAX_SECTIONS}",
-                    trailer.section_count
-                ),
+                format!("{} sections exceed the limit of {MAX_SECTIONS}", trailer.section_count),
             ));
         }
         let data_start = align_up(u64::from(header_len), RAW_ALIGN).expect("small");
@@ -720,11 +675,7 @@ impl Trailer {
 }
 
 /// Decodes and validates the whole table: CRC, placement, alignment, overlaps and names.
-pub fn validate_table(
-    table: &[u8],
-    trailer: &Trailer,
-    header_len: u32,
-) -> Result<Vec<SectionEntry>> {
+pub fn validate_table(table: &[u8], trailer: &Trailer, header_len: u32) -> Result<Vec<SectionEntry>> {
     let actual = crc32(table);
     if actual != trailer.table_crc32 {
         return Err(Error::corrupt(format!(
@@ -741,10 +692,7 @@ pub fn validate_table(
         if !names.insert(e.name.clone()) {
             return Err(err("section name appears twice".into()));
         }
-        let end = e
-            .offset
-            .checked_add(e.stored_len)
-            .ok_or_else(|| err("section offset overflows".into()))?;
+        let end = e.offset.checked_add(e.stored_len).ok_or_else(|| err("section offset overflows".into()))?;
         if e.offset < data_start || end > trailer.table_offset {
             return Err(err(format!(
                 "section bytes [{}, {end}) lie outside the data area [{data_start}, {})",
@@ -752,37 +700,24 @@ pub fn validate_table(
             )));
         }
         if e.raw_len > MAX_SECTION_LEN {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!("section length {} exceeds 1 PiB", e.raw_len),
-            )
-            .with_section(e.name.clone()));
+            return Err(Error::new(ErrorKind::TooLarge, format!("section length {} exceeds 1 PiB", e.raw_len))
+                .with_section(e.name.clone()));
         }
         match e.codec {
             Codec::None => {
                 if e.stored_len != e.raw_len || e.shuffle {
-                    return Err(err(
-                        "an uncompressed section must store exactly its raw bytes".into(),
-                    ));
+                    return Err(err("an uncompressed section must store exactly its raw bytes".into()));
                 }
                 if e.offset % RAW_ALIGN != 0 {
-                    return Err(err(format!(
-                        "raw section at offset {} is not 4096-aligned",
-                        e.offset
-                    )));
+                    return Err(err(format!("raw section at offset {} is not 4096-aligned", e.offset)));
                 }
                 if e.raw_crc32 != e.stored_crc32 {
-                    return Err(err(
-                        "raw and stored crc32 of an uncompressed section differ".into(),
-                    ));
+                    return Err(err("raw and stored crc32 of an uncompressed section differ".into()));
                 }
             }
             Codec::Zstd => {
                 if e.offset % SMALL_ALIGN != 0 {
-                    return Err(err(format!(
-                        "section at offset {} is not 8-aligned",
-                        e.offset
-                    )));
+                    return Err(err(format!("section at offset {} is not 8-aligned", e.offset)));
                 }
             }
         }
@@ -793,10 +728,7 @@ pub fn validate_table(
     for pair in order.windows(2) {
         let (a, b) = (&entries[pair[0]], &entries[pair[1]]);
         if a.offset + a.stored_len > b.offset {
-            return Err(Error::corrupt(format!(
-                "sections `{}` and `{}` overlap",
-                a.name, b.name
-            )));
+            return Err(Error::corrupt(format!("sections `{}` and `{}` overlap", a.name, b.name)));
         }
     }
     Ok(entries)
@@ -807,10 +739,7 @@ pub fn validate_table(
 pub fn shuffle_block(src: &[u8], dst: &mut [u8], element_size: usize) {
     debug_assert_eq!(src.len(), dst.len());
     let n = src.len() / element_size;
-    for (i, elem) in src[..n * element_size]
-        .chunks_exact(element_size)
-        .enumerate()
-    {
+    for (i, elem) in src[..n * element_size].chunks_exact(element_size).enumerate() {
         for (j, &byte) in elem.iter().enumerate() {
             dst[j * n + i] = byte;
         }
@@ -822,10 +751,7 @@ pub fn shuffle_block(src: &[u8], dst: &mut [u8], element_size: usize) {
 pub fn unshuffle_block(src: &[u8], dst: &mut [u8], element_size: usize) {
     debug_assert_eq!(src.len(), dst.len());
     let n = src.len() / element_size;
-    for (i, elem) in dst[..n * element_size]
-        .chunks_exact_mut(element_size)
-        .enumerate()
-    {
+    for (i, elem) in dst[..n * element_size].chunks_exact_mut(element_size).enumerate() {
         for (j, byte) in elem.iter_mut().enumerate() {
             *byte = src[j * n + i];
         }
@@ -890,10 +816,7 @@ mod tests {
     fn newer_version_is_unsupported() {
         let mut bytes = sample_header().encode().unwrap();
         bytes[8] = 2;
-        assert_eq!(
-            Header::peek_len(&bytes, 10_000).unwrap_err().kind(),
-            ErrorKind::UnsupportedVersion
-        );
+        assert_eq!(Header::peek_len(&bytes, 10_000).unwrap_err().kind(), ErrorKind::UnsupportedVersion);
     }
 
     #[test]

@@ -71,16 +71,13 @@ mod timefmt;
 mod writer;
 
 pub use config::{
-    Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, base_name, hostname,
-    parse_interval,
+    Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, base_name, hostname, parse_interval,
 };
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Codec, Encoding, FileKind, Header, SectionEntry};
 pub use reader::{Checkpoint, LoadOptions, SectionData};
-pub use store::{
-    CheckpointWriter, CommitInfo, NameKind, Store, any_base, classify, parse_manifest,
-};
+pub use store::{CheckpointWriter, CommitInfo, NameKind, Store, any_base, classify, parse_manifest};
 pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time};
 pub use writer::{Compression, FileStats, SectionOptions, SectionWriter, auto_choice};
 
@@ -89,12 +86,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// (major, minor, patch) of this library.
 pub fn writer_version() -> (u16, u16, u16) {
-    let mut it = VERSION
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u16>().unwrap_or(0));
-    (
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-    )
+    let mut it = VERSION.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u16>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
 }

@@ -36,10 +36,7 @@ impl Default for LoadOptions {
     /// `mmap` is on unless the environment says `CKPT_MMAP=0` (or `off`/`false`/`no`).
     fn default() -> LoadOptions {
         let mmap = match std::env::var("CKPT_MMAP") {
-            Ok(v) => !matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "0" | "off" | "false" | "no"
-            ),
+            Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"),
             Err(_) => true,
         };
         LoadOptions { mmap }
@@ -86,9 +83,7 @@ impl Checkpoint {
 
     /// Opens `path` through `storage`.
     pub fn open_with(storage: &dyn Storage, path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
-        let reader = storage
-            .open(path)
-            .map_err(|e| Error::io("open", e).with_path(path))?;
+        let reader = storage.open(path).map_err(|e| Error::io("open", e).with_path(path))?;
         let source = if opts.mmap {
             match reader.map() {
                 Ok(Some(map)) => Source::Mapped(map),
@@ -103,10 +98,7 @@ impl Checkpoint {
 
     /// Parses a checkpoint held in memory (used by the fuzz target and by tools).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Checkpoint> {
-        Checkpoint::from_source(
-            PathBuf::from("<memory>"),
-            Source::Mapped(std::sync::Arc::new(bytes)),
-        )
+        Checkpoint::from_source(PathBuf::from("<memory>"), Source::Mapped(std::sync::Arc::new(bytes)))
     }
 
     fn from_source(path: PathBuf, source: Source) -> Result<Checkpoint> {
@@ -131,13 +123,7 @@ impl Checkpoint {
                 metadata: Vec::new(),
             },
             header_len: 0,
-            trailer: Trailer {
-                table_offset: 0,
-                file_len: 0,
-                section_count: 0,
-                table_crc32: 0,
-                header_crc32: 0,
-            },
+            trailer: Trailer { table_offset: 0, file_len: 0, section_count: 0, table_crc32: 0, header_crc32: 0 },
             sections: Vec::new(),
             index: HashMap::new(),
             source,
@@ -145,9 +131,7 @@ impl Checkpoint {
             verified: Vec::new(),
         };
         if file_len == 0 {
-            return Err(Error::corrupt(
-                "the file is empty (0 bytes): a save was interrupted before any data",
-            ));
+            return Err(Error::corrupt("the file is empty (0 bytes): a save was interrupted before any data"));
         }
         let prefix = cp.read_range(0..file_len.min(16))?;
         let header_len = Header::peek_len(&prefix, file_len)?;
@@ -158,11 +142,7 @@ impl Checkpoint {
         let table_len = u64::from(trailer.section_count) * format::TABLE_ENTRY_LEN as u64;
         let table = cp.read_range(trailer.table_offset..trailer.table_offset + table_len)?;
         let sections = format::validate_table(&table, &trailer, header_len)?;
-        cp.index = sections
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
+        cp.index = sections.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
         cp.verified = sections.iter().map(|_| AtomicBool::new(false)).collect();
         cp.header = header;
         cp.header_len = header_len;
@@ -175,26 +155,20 @@ impl Checkpoint {
         match &self.source {
             Source::Mapped(m) => {
                 let bytes = (**m).as_ref();
-                let r = usize::try_from(range.start)
-                    .ok()
-                    .zip(usize::try_from(range.end).ok());
+                let r = usize::try_from(range.start).ok().zip(usize::try_from(range.end).ok());
                 match r {
                     Some((s, e)) if s <= e && e <= bytes.len() => Ok(Cow::Borrowed(&bytes[s..e])),
-                    _ => Err(Error::corrupt(
-                        "truncated: a range lies past the end of the file",
-                    )),
+                    _ => Err(Error::corrupt("truncated: a range lies past the end of the file")),
                 }
             }
             Source::Read(r) => {
                 let len = usize::try_from(range.end - range.start)
                     .map_err(|_| Error::new(ErrorKind::TooLarge, "range too large"))?;
                 let mut buf = Vec::new();
-                buf.try_reserve_exact(len).map_err(|_| {
-                    Error::new(ErrorKind::TooLarge, format!("cannot allocate {len} bytes"))
-                })?;
+                buf.try_reserve_exact(len)
+                    .map_err(|_| Error::new(ErrorKind::TooLarge, format!("cannot allocate {len} bytes")))?;
                 buf.resize(len, 0);
-                r.read_exact_at(&mut buf, range.start)
-                    .map_err(|e| Error::io("read", e))?;
+                r.read_exact_at(&mut buf, range.start).map_err(|e| Error::io("read", e))?;
                 Ok(Cow::Owned(buf))
             }
         }
@@ -209,8 +183,7 @@ impl Checkpoint {
                 let mut pos = range.start;
                 while pos < range.end {
                     let n = ((range.end - pos) as usize).min(buf.len());
-                    r.read_exact_at(&mut buf[..n], pos)
-                        .map_err(|e| Error::io("read", e))?;
+                    r.read_exact_at(&mut buf[..n], pos).map_err(|e| Error::io("read", e))?;
                     f(&buf[..n])?;
                     pos += n as u64;
                 }
@@ -257,11 +230,7 @@ impl Checkpoint {
     }
     /// User metadata value for `key`.
     pub fn metadata(&self, key: &str) -> Option<&[u8]> {
-        self.header
-            .metadata
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
+        self.header.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
     }
 
     /// The table entry of section `name`.
@@ -269,11 +238,7 @@ impl Checkpoint {
         self.index
             .get(name)
             .map(|&i| &self.sections[i])
-            .ok_or_else(|| {
-                self.err(
-                    Error::new(ErrorKind::SectionNotFound, "no such section").with_section(name),
-                )
-            })
+            .ok_or_else(|| self.err(Error::new(ErrorKind::SectionNotFound, "no such section").with_section(name)))
     }
 
     fn err(&self, e: Error) -> Error {
@@ -352,10 +317,7 @@ impl Checkpoint {
             if r.start > pos {
                 let gap = self.read_range(pos..r.start)?;
                 if let Some(off) = gap.iter().position(|&b| b != 0) {
-                    return Err(Error::corrupt(format!(
-                        "padding byte at offset {} is not zero",
-                        pos + off as u64
-                    )));
+                    return Err(Error::corrupt(format!("padding byte at offset {} is not zero", pos + off as u64)));
                 }
             }
             pos = pos.max(r.end);
@@ -371,8 +333,7 @@ impl Checkpoint {
     pub fn read(&self, name: &str) -> Result<SectionData<'_>> {
         let e = self.section(name)?;
         let i = self.index[name];
-        self.read_inner(i, e)
-            .map_err(|err| self.err(err.with_section(name)))
+        self.read_inner(i, e).map_err(|err| self.err(err.with_section(name)))
     }
 
     fn read_inner(&self, i: usize, e: &SectionEntry) -> Result<SectionData<'_>> {
@@ -390,15 +351,10 @@ impl Checkpoint {
             }
             return Ok(bytes);
         }
-        let len = usize::try_from(e.raw_len)
-            .map_err(|_| Error::new(ErrorKind::TooLarge, "section too large"))?;
+        let len = usize::try_from(e.raw_len).map_err(|_| Error::new(ErrorKind::TooLarge, "section too large"))?;
         let mut out = Vec::new();
-        out.try_reserve_exact(len).map_err(|_| {
-            Error::new(
-                ErrorKind::TooLarge,
-                format!("cannot allocate {len} bytes for the section"),
-            )
-        })?;
+        out.try_reserve_exact(len)
+            .map_err(|_| Error::new(ErrorKind::TooLarge, format!("cannot allocate {len} bytes for the section")))?;
         out.resize(len, 0);
         self.read_into_inner(i, e, &mut out)?;
         Ok(Cow::Owned(out))
@@ -411,16 +367,11 @@ impl Checkpoint {
         let i = self.index[name];
         if dst.len() as u64 != e.raw_len {
             return Err(self.err(
-                Error::invalid(format!(
-                    "destination holds {} bytes but the section has {}",
-                    dst.len(),
-                    e.raw_len
-                ))
-                .with_section(name),
+                Error::invalid(format!("destination holds {} bytes but the section has {}", dst.len(), e.raw_len))
+                    .with_section(name),
             ));
         }
-        self.read_into_inner(i, e, dst)
-            .map_err(|err| self.err(err.with_section(name)))
+        self.read_into_inner(i, e, dst).map_err(|err| self.err(err.with_section(name)))
     }
 
     fn read_into_inner(&self, i: usize, e: &SectionEntry, dst: &mut [u8]) -> Result<()> {
@@ -430,8 +381,7 @@ impl Checkpoint {
                 Source::Read(r) => {
                     for (k, chunk) in dst.chunks_mut(READ_CHUNK).enumerate() {
                         let off = e.offset + (k * READ_CHUNK) as u64;
-                        r.read_exact_at(chunk, off)
-                            .map_err(|err| Error::io("read", err))?;
+                        r.read_exact_at(chunk, off).map_err(|err| Error::io("read", err))?;
                     }
                 }
             },
@@ -458,50 +408,33 @@ impl Checkpoint {
 
     /// Decodes a compressed section, calling `sink` with consecutive decoded (and unshuffled) chunks whose
     /// total is exactly `raw_len`; any other length is corruption.
-    fn decode_stream(
-        &self,
-        e: &SectionEntry,
-        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn decode_stream(&self, e: &SectionEntry, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let mut dec = ZstdDecoder::new().map_err(|err| Error::io("zstd init", err))?;
         let es = usize::from(e.element_size);
-        let block_len = if e.shuffle {
-            format::shuffle_block_len(es)
-        } else {
-            1 << 20
-        };
+        let block_len = if e.shuffle { format::shuffle_block_len(es) } else { 1 << 20 };
         let mut out = vec![0u8; block_len];
-        let mut unshuffled = if e.shuffle {
-            vec![0u8; block_len]
-        } else {
-            Vec::new()
-        };
+        let mut unshuffled = if e.shuffle { vec![0u8; block_len] } else { Vec::new() };
         let mut filled = 0usize;
         let mut produced = 0u64;
         let mut frame_done = false;
         let too_long = || Error::corrupt("decoded data is longer than the recorded length");
-        let mut emit_block =
-            |block: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
-                if e.shuffle {
-                    let u = &mut unshuffled[..block.len()];
-                    format::unshuffle_block(block, u, es);
-                    sink(u)
-                } else {
-                    sink(block)
-                }
-            };
+        let mut emit_block = |block: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<()> {
+            if e.shuffle {
+                let u = &mut unshuffled[..block.len()];
+                format::unshuffle_block(block, u, es);
+                sink(u)
+            } else {
+                sink(block)
+            }
+        };
         self.for_chunks(Self::stored_range(e), |chunk| {
             let mut input = InBuffer::around(chunk);
             while input.pos() < chunk.len() {
                 if frame_done {
-                    return Err(Error::corrupt(
-                        "bytes after the end of the compressed frame",
-                    ));
+                    return Err(Error::corrupt("bytes after the end of the compressed frame"));
                 }
                 let mut ob = OutBuffer::around(&mut out[filled..]);
-                let hint = dec
-                    .run(&mut input, &mut ob)
-                    .map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
+                let hint = dec.run(&mut input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
                 filled += ob.pos();
                 if hint == 0 {
                     frame_done = true;
@@ -521,9 +454,7 @@ impl Checkpoint {
         while !frame_done {
             let mut input = InBuffer::around(&[][..]);
             let mut ob = OutBuffer::around(&mut out[filled..]);
-            let hint = dec
-                .run(&mut input, &mut ob)
-                .map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
+            let hint = dec.run(&mut input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
             let n = ob.pos();
             filled += n;
             if hint == 0 {
@@ -537,9 +468,7 @@ impl Checkpoint {
                 emit_block(&out[..filled], sink)?;
                 filled = 0;
             } else if n == 0 && !frame_done {
-                return Err(Error::corrupt(
-                    "compressed data ends before its frame is complete",
-                ));
+                return Err(Error::corrupt("compressed data ends before its frame is complete"));
             }
         }
         if filled > 0 {
@@ -563,22 +492,13 @@ impl Checkpoint {
         let e = self.section(name)?;
         if e.encoding != Encoding::Postcard {
             return Err(self.err(
-                Error::new(
-                    ErrorKind::Encoding,
-                    format!("section is encoded as {}, not postcard", e.encoding.name()),
-                )
-                .with_section(name),
+                Error::new(ErrorKind::Encoding, format!("section is encoded as {}, not postcard", e.encoding.name()))
+                    .with_section(name),
             ));
         }
         let bytes = self.read(name)?;
         postcard::from_bytes(&bytes).map_err(|err| {
-            self.err(
-                Error::new(
-                    ErrorKind::Encoding,
-                    format!("postcard decoding failed: {err}"),
-                )
-                .with_section(name),
-            )
+            self.err(Error::new(ErrorKind::Encoding, format!("postcard decoding failed: {err}")).with_section(name))
         })
     }
 
@@ -590,12 +510,8 @@ impl Checkpoint {
         let i = self.index[name];
         match &self.source {
             Source::Mapped(m) if e.codec == Codec::None => {
-                self.read_inner(i, e)
-                    .map_err(|err| self.err(err.with_section(name)))?;
-                Ok(Some((
-                    m.clone(),
-                    e.offset as usize..(e.offset + e.stored_len) as usize,
-                )))
+                self.read_inner(i, e).map_err(|err| self.err(err.with_section(name)))?;
+                Ok(Some((m.clone(), e.offset as usize..(e.offset + e.stored_len) as usize)))
             }
             _ => Ok(None),
         }

@@ -117,11 +117,7 @@ impl StorageReader for FileReader {
         // under a temporary name and renamed into place after fsync, and no writer of ours ever modifies a
         // file after the rename. Another program truncating the file while it is mapped would make reads
         // fault (SIGBUS); that is documented, and `CKPT_MMAP=0` selects plain reads instead.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .len(self.len as usize)
-                .map(&self.file)?
-        };
+        let map = unsafe { memmap2::MmapOptions::new().len(self.len as usize).map(&self.file)? };
         Ok(Some(Arc::new(map)))
     }
 }
@@ -138,21 +134,12 @@ impl Storage for FileStorage {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
-        Ok(Box::new(FileReader {
-            file,
-            len: meta.len(),
-        }))
+        Ok(Box::new(FileReader { file, len: meta.len() }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -168,20 +155,12 @@ impl Storage for FileStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         File::open(dir)?.sync_all()
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         let mut out = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -205,10 +184,7 @@ impl Storage for FileStorage {
         if dir.as_os_str().is_empty() {
             return Ok(());
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
     }
 
     fn remove_dir(&self, dir: &Path) -> io::Result<()> {
@@ -264,19 +240,13 @@ pub struct MemStorage {
 }
 
 fn split(path: &Path) -> io::Result<(PathBuf, OsString)> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok((normalize_dir(&parent), name.to_os_string()))
 }
 
 fn normalize_dir(dir: &Path) -> PathBuf {
-    if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir.to_path_buf()
-    }
+    if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() }
 }
 
 fn dead() -> io::Error {
@@ -333,22 +303,11 @@ impl MemStorage {
                         }
                     }
                 };
-                Inode {
-                    live: bytes.clone(),
-                    durable: bytes,
-                }
+                Inode { live: bytes.clone(), durable: bytes }
             })
             .collect();
-        let state = MemState {
-            inodes,
-            live: dirs.clone(),
-            durable: dirs,
-            ops: 0,
-            stop_after: None,
-        };
-        MemStorage {
-            state: Arc::new(Mutex::new(state)),
-        }
+        let state = MemState { inodes, live: dirs.clone(), durable: dirs, ops: 0, stop_after: None };
+        MemStorage { state: Arc::new(Mutex::new(state)) }
     }
 
     /// The live contents of a file (for tests that tamper with bytes).
@@ -363,14 +322,8 @@ impl MemStorage {
         let mut st = self.lock();
         let (dir, name) = split(path)?;
         let id = st.inodes.len();
-        st.inodes.push(Inode {
-            live: bytes.to_vec(),
-            durable: bytes.to_vec(),
-        });
-        st.live
-            .entry(dir.clone())
-            .or_default()
-            .insert(name.clone(), id);
+        st.inodes.push(Inode { live: bytes.to_vec(), durable: bytes.to_vec() });
+        st.live.entry(dir.clone()).or_default().insert(name.clone(), id);
         st.durable.entry(dir).or_default().insert(name, id);
         Ok(())
     }
@@ -378,10 +331,7 @@ impl MemStorage {
     /// The names of all files (for assertions).
     pub fn list_files(&self) -> Vec<PathBuf> {
         let st = self.lock();
-        st.live
-            .iter()
-            .flat_map(|(d, names)| names.keys().map(move |n| d.join(n)))
-            .collect()
+        st.live.iter().flat_map(|(d, names)| names.keys().map(move |n| d.join(n))).collect()
     }
 }
 
@@ -434,11 +384,8 @@ impl StorageReader for MemReader {
         self.bytes.len() as u64
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let start =
-            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        let end = start
-            .checked_add(buf.len())
-            .filter(|&e| e <= self.bytes.len());
+        let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let end = start.checked_add(buf.len()).filter(|&e| e <= self.bytes.len());
         let end = end.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(&self.bytes[start..end]);
         Ok(())
@@ -454,20 +401,14 @@ impl Storage for MemStorage {
         begin_op(&mut st)?;
         let (dir, name) = split(path)?;
         let id = st.inodes.len();
-        let names = st
-            .live
-            .get_mut(&dir)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let names = st.live.get_mut(&dir).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if names.contains_key(&name) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
         names.insert(name, id);
         st.inodes.push(Inode::default());
         drop(st);
-        Ok(Box::new(MemWriter {
-            storage: self.clone(),
-            inode: id,
-        }))
+        Ok(Box::new(MemWriter { storage: self.clone(), inode: id }))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
@@ -476,9 +417,7 @@ impl Storage for MemStorage {
             return Err(dead());
         }
         let ino = lookup(&st, path)?;
-        Ok(Box::new(MemReader {
-            bytes: Arc::new(st.inodes[ino].live.clone()),
-        }))
+        Ok(Box::new(MemReader { bytes: Arc::new(st.inodes[ino].live.clone()) }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -500,10 +439,7 @@ impl Storage for MemStorage {
         begin_op(&mut st)?;
         let ino = lookup(&st, original)?;
         let (dir, name) = split(link)?;
-        let names = st
-            .live
-            .get_mut(&dir)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let names = st.live.get_mut(&dir).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if names.contains_key(&name) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
@@ -524,11 +460,7 @@ impl Storage for MemStorage {
         let mut st = self.lock();
         begin_op(&mut st)?;
         let dir = normalize_dir(dir);
-        let names = st
-            .live
-            .get(&dir)
-            .cloned()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let names = st.live.get(&dir).cloned().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         st.durable.insert(dir, names);
         Ok(())
     }
@@ -536,10 +468,7 @@ impl Storage for MemStorage {
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
         let st = self.lock();
         let dir = normalize_dir(dir);
-        let names = st
-            .live
-            .get(&dir)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let names = st.live.get(&dir).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let mut out: Vec<DirEntry> = names
             .iter()
             .map(|(name, &ino)| DirEntry {
@@ -552,12 +481,7 @@ impl Storage for MemStorage {
         for sub in st.live.keys() {
             if sub.parent().map(normalize_dir).as_deref() == Some(dir.as_path()) && *sub != dir {
                 if let Some(name) = sub.file_name() {
-                    out.push(DirEntry {
-                        name: name.to_os_string(),
-                        is_file: false,
-                        len: 0,
-                        modified: None,
-                    });
+                    out.push(DirEntry { name: name.to_os_string(), is_file: false, len: 0, modified: None });
                 }
             }
         }
@@ -639,13 +563,7 @@ pub struct FaultStorage<S> {
 impl<S: Storage + Clone + 'static> FaultStorage<S> {
     /// Fails operation number `fail_at` (1-based; 0 never fails) with `errno` (for example `libc::EIO`).
     pub fn new(inner: S, fail_at: u64, errno: i32) -> FaultStorage<S> {
-        FaultStorage {
-            inner,
-            counter: Arc::new(AtomicU64::new(0)),
-            fail_at,
-            errno,
-            log: Default::default(),
-        }
+        FaultStorage { inner, counter: Arc::new(AtomicU64::new(0)), fail_at, errno, log: Default::default() }
     }
 
     /// How many operations were attempted.
@@ -666,11 +584,7 @@ impl<S: Storage + Clone + 'static> FaultStorage<S> {
     fn tick(&self, op: Op) -> io::Result<()> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).push(op);
         let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.fail_at {
-            Err(io::Error::from_raw_os_error(self.errno))
-        } else {
-            Ok(())
-        }
+        if n == self.fail_at { Err(io::Error::from_raw_os_error(self.errno)) } else { Ok(()) }
     }
 }
 
@@ -713,18 +627,12 @@ impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
         self.tick(Op::Create)?;
         let inner = self.inner.create_new(path, mode)?;
-        Ok(Box::new(FaultWriter {
-            inner,
-            storage: self.clone(),
-        }))
+        Ok(Box::new(FaultWriter { inner, storage: self.clone() }))
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
         self.tick(Op::Open)?;
         let inner = self.inner.open(path)?;
-        Ok(Box::new(FaultReader {
-            inner,
-            storage: self.clone(),
-        }))
+        Ok(Box::new(FaultReader { inner, storage: self.clone() }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.tick(Op::Rename)?;
@@ -768,26 +676,12 @@ mod tests {
         w.sync().unwrap();
         w.write_all(b" world").unwrap();
         // the entry was never made durable
-        assert!(
-            s.crash_image(CrashMode::DurableOnly)
-                .open(Path::new("./a"))
-                .is_err()
-        );
+        assert!(s.crash_image(CrashMode::DurableOnly).open(Path::new("./a")).is_err());
         s.sync_dir(Path::new(".")).unwrap();
         let img = s.crash_image(CrashMode::DurableOnly);
         assert_eq!(img.read_file(Path::new("./a")).unwrap(), b"hello");
-        assert_eq!(
-            s.crash_image(CrashMode::Everything)
-                .read_file(Path::new("./a"))
-                .unwrap(),
-            b"hello world"
-        );
-        assert_eq!(
-            s.crash_image(CrashMode::Torn)
-                .read_file(Path::new("./a"))
-                .unwrap(),
-            b"hello wo"
-        );
+        assert_eq!(s.crash_image(CrashMode::Everything).read_file(Path::new("./a")).unwrap(), b"hello world");
+        assert_eq!(s.crash_image(CrashMode::Torn).read_file(Path::new("./a")).unwrap(), b"hello wo");
     }
 
     #[test]

@@ -90,13 +90,11 @@ struct Shared {
 
 impl Shared {
     fn note_commit(&self, info: &CommitInfo) {
-        self.last_generation
-            .fetch_max(info.generation, Ordering::SeqCst);
+        self.last_generation.fetch_max(info.generation, Ordering::SeqCst);
         if info.seconds > 0.0 && info.stats.file_bytes >= (8 << 20) {
             let measured = info.stats.file_bytes as f64 / info.seconds;
             let old = f64::from_bits(self.write_bandwidth.load(Ordering::Relaxed));
-            self.write_bandwidth
-                .store((0.5 * old + 0.5 * measured).to_bits(), Ordering::Relaxed);
+            self.write_bandwidth.store((0.5 * old + 0.5 * measured).to_bits(), Ordering::Relaxed);
         }
     }
 }
@@ -106,20 +104,12 @@ const DEFAULT_WRITE_BANDWIDTH: f64 = 1.0e9;
 
 fn nonce() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ COUNTER
-        .fetch_add(1, Ordering::Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    t ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -172,8 +162,7 @@ pub fn any_base(file_name: &str) -> Option<&str> {
         return Some(file_name);
     }
     let (base, number) = file_name.rsplit_once('.')?;
-    (base.ends_with(".ckpt") && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
-        .then_some(base)
+    (base.ends_with(".ckpt") && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
 impl Store {
@@ -193,11 +182,7 @@ impl Store {
             last_generation: AtomicU64::new(0),
             write_bandwidth: AtomicU64::new(DEFAULT_WRITE_BANDWIDTH.to_bits()),
         };
-        Store {
-            config,
-            storage,
-            shared: Arc::new(shared),
-        }
+        Store { config, storage, shared: Arc::new(shared) }
     }
 
     /// The configuration.
@@ -212,9 +197,7 @@ impl Store {
 
     /// The load options this store uses.
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            mmap: self.config.mmap,
-        }
+        LoadOptions { mmap: self.config.mmap }
     }
 
     /// Starts a checkpoint of the application's step `app_step` in the checkpoint directory.
@@ -239,21 +222,9 @@ impl Store {
             Some(NameKind::Generation(g)) => Some(g),
             _ => None,
         });
-        let generation = highest
-            .max()
-            .unwrap_or(0)
-            .max(self.shared.last_generation.load(Ordering::SeqCst))
-            + 1;
+        let generation = highest.max().unwrap_or(0).max(self.shared.last_generation.load(Ordering::SeqCst)) + 1;
         let header = self.header(FileKind::Data, generation, app_step);
-        self.start(
-            dir,
-            &base,
-            header,
-            Plan::Single {
-                dir: dir.to_path_buf(),
-                base: base.clone(),
-            },
-        )
+        self.start(dir, &base, header, Plan::Single { dir: dir.to_path_buf(), base: base.clone() })
     }
 
     /// The generation number the next save will use: one above the highest committed in `dir` and above
@@ -287,12 +258,7 @@ impl Store {
         self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, app_step)
     }
 
-    fn begin_part_in(
-        &self,
-        dir: &Path,
-        generation: u64,
-        app_step: i64,
-    ) -> Result<CheckpointWriter> {
+    fn begin_part_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
         if generation == 0 {
             return Err(Error::invalid("generation numbers start at 1"));
         }
@@ -300,28 +266,16 @@ impl Store {
         let parts_root = dir.join(format!("{base}.parts"));
         let part_dir = parts_root.join(generation.to_string());
         self.prepare_dir(dir)?;
-        self.storage
-            .create_dir_all(&part_dir)
-            .map_err(|e| Error::io("create directory", e).with_path(&part_dir))?;
+        self.storage.create_dir_all(&part_dir).map_err(|e| Error::io("create directory", e).with_path(&part_dir))?;
         // The new directories must survive a crash along with the part written into them.
         for d in [dir, parts_root.as_path()] {
-            self.storage
-                .sync_dir(d)
-                .map_err(|e| Error::io("fsync directory", e).with_path(d))?;
+            self.storage.sync_dir(d).map_err(|e| Error::io("fsync directory", e).with_path(d))?;
         }
         let part_name = format!("rank{}.ckpt", self.config.rank);
         let names = self.list(&part_dir)?;
         self.remove_stale_tmp(&part_dir, &part_name, &names);
         let header = self.header(FileKind::Data, generation, app_step);
-        self.start(
-            &part_dir,
-            &part_name,
-            header,
-            Plan::Part {
-                dir: part_dir.clone(),
-                name: part_name.clone(),
-            },
-        )
+        self.start(&part_dir, &part_name, header, Plan::Part { dir: part_dir.clone(), name: part_name.clone() })
     }
 
     fn header(&self, kind: FileKind, generation: u64, app_step: i64) -> Header {
@@ -332,11 +286,7 @@ impl Store {
             app_step,
             created_unix_ns: now_ns(),
             step_id: c.step_id,
-            rank: if kind == FileKind::Manifest {
-                0
-            } else {
-                c.rank
-            },
+            rank: if kind == FileKind::Manifest { 0 } else { c.rank },
             nranks: c.nranks,
             writer_version: crate::writer_version(),
             job_id: c.job_key().to_string(),
@@ -350,13 +300,9 @@ impl Store {
         match self.storage.read_dir(dir) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.storage
-                    .create_dir_all(dir)
-                    .map_err(|e| Error::io("create directory", e).with_path(dir))?;
+                self.storage.create_dir_all(dir).map_err(|e| Error::io("create directory", e).with_path(dir))?;
                 if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    self.storage
-                        .sync_dir(parent)
-                        .map_err(|e| Error::io("fsync directory", e).with_path(parent))?;
+                    self.storage.sync_dir(parent).map_err(|e| Error::io("fsync directory", e).with_path(parent))?;
                 }
                 Ok(())
             }
@@ -365,14 +311,8 @@ impl Store {
     }
 
     fn list(&self, dir: &Path) -> Result<Vec<String>> {
-        let entries = self
-            .storage
-            .read_dir(dir)
-            .map_err(|e| Error::io("list directory", e).with_path(dir))?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|e| e.name.into_string().ok())
-            .collect())
+        let entries = self.storage.read_dir(dir).map_err(|e| Error::io("list directory", e).with_path(dir))?;
+        Ok(entries.into_iter().filter_map(|e| e.name.into_string().ok()).collect())
     }
 
     fn remove_stale_tmp(&self, dir: &Path, base: &str, names: &[String]) {
@@ -398,19 +338,8 @@ impl Store {
         }
     }
 
-    fn start(
-        &self,
-        dir: &Path,
-        base: &str,
-        header: Header,
-        plan: Plan,
-    ) -> Result<CheckpointWriter> {
-        let tmp = dir.join(format!(
-            "{base}.tmp.{}.{}.{:x}",
-            self.config.host,
-            std::process::id(),
-            nonce()
-        ));
+    fn start(&self, dir: &Path, base: &str, header: Header, plan: Plan) -> Result<CheckpointWriter> {
+        let tmp = dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
         let file = self
             .storage
             .create_new(&tmp, self.config.file_mode)
@@ -431,11 +360,7 @@ impl Store {
     }
 
     /// Saves one serde value as a whole checkpoint (section `state`, postcard encoding).
-    pub fn save_serde<T: Serialize + ?Sized>(
-        &self,
-        app_step: i64,
-        value: &T,
-    ) -> Result<CommitInfo> {
+    pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
         let mut w = self.begin(app_step)?;
         w.add_serde("state", value)?;
         w.commit()
@@ -452,9 +377,7 @@ impl Store {
     pub fn commit_step_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CommitInfo> {
         let start = Instant::now();
         let base = self.config.base_name();
-        let part_dir = dir
-            .join(format!("{base}.parts"))
-            .join(generation.to_string());
+        let part_dir = dir.join(format!("{base}.parts")).join(generation.to_string());
         let nranks = self.config.nranks;
         let mut entries = vec![None; nranks as usize];
         loop {
@@ -467,11 +390,7 @@ impl Store {
                 match Checkpoint::open_with(&*self.storage, &path, LoadOptions { mmap: false }) {
                     Ok(cp) => {
                         let h = cp.header();
-                        if h.generation != generation
-                            || h.rank != r
-                            || h.nranks != nranks
-                            || h.kind != FileKind::Data
-                        {
+                        if h.generation != generation || h.rank != r || h.nranks != nranks || h.kind != FileKind::Data {
                             return Err(Error::corrupt(format!(
                                 "part is generation {} rank {}/{}, expected generation {generation} rank {r}/{nranks}",
                                 h.generation, h.rank, h.nranks
@@ -511,16 +430,9 @@ impl Store {
             manifest.extend_from_slice(&tc.to_le_bytes());
         }
         let header = self.header(FileKind::Manifest, generation, app_step);
-        let plan = Plan::Single {
-            dir: dir.to_path_buf(),
-            base: base.clone(),
-        };
+        let plan = Plan::Single { dir: dir.to_path_buf(), base: base.clone() };
         let mut w = self.start(dir, &base, header, plan)?;
-        w.add_section_with(
-            MANIFEST_SECTION,
-            &manifest,
-            SectionOptions::new().encoding(Encoding::Manifest),
-        )?;
+        w.add_section_with(MANIFEST_SECTION, &manifest, SectionOptions::new().encoding(Encoding::Manifest))?;
         let mut info = w.commit()?;
         info.seconds = start.elapsed().as_secs_f64();
         Ok(info)
@@ -532,12 +444,9 @@ pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
     let bytes = cp.read(MANIFEST_SECTION)?;
     let n = cp.header().nranks as usize;
     if bytes.len() != n * MANIFEST_ENTRY_LEN {
-        return Err(Error::corrupt(format!(
-            "manifest lists {} bytes for {n} ranks",
-            bytes.len()
-        ))
-        .with_section(MANIFEST_SECTION)
-        .with_path(cp.path()));
+        return Err(Error::corrupt(format!("manifest lists {} bytes for {n} ranks", bytes.len()))
+            .with_section(MANIFEST_SECTION)
+            .with_path(cp.path()));
     }
     let mut out = Vec::with_capacity(n);
     for (i, e) in bytes.chunks_exact(MANIFEST_ENTRY_LEN).enumerate() {
@@ -578,30 +487,18 @@ pub struct CheckpointWriter {
 
 impl std::fmt::Debug for CheckpointWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointWriter")
-            .field("tmp", &self.tmp)
-            .field("plan", &self.plan)
-            .finish()
+        f.debug_struct("CheckpointWriter").field("tmp", &self.tmp).field("plan", &self.plan).finish()
     }
 }
 
 impl CheckpointWriter {
     fn builder(&mut self) -> Result<&mut FileBuilder> {
-        self.builder.as_mut().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidState,
-                "the checkpoint was already committed",
-            )
-        })
+        self.builder.as_mut().ok_or_else(|| Error::new(ErrorKind::InvalidState, "the checkpoint was already committed"))
     }
 
     /// The generation this checkpoint will have.
     pub fn generation(&self) -> u64 {
-        self.builder
-            .as_ref()
-            .map(|b| b.header().generation)
-            .or(self.last_generation)
-            .unwrap_or(0)
+        self.builder.as_ref().map(|b| b.header().generation).or(self.last_generation).unwrap_or(0)
     }
 
     /// The temporary file being written.
@@ -612,16 +509,11 @@ impl CheckpointWriter {
     /// Adds a user metadata entry (must come before the first section).
     pub fn set_metadata(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
         let path = self.tmp.clone();
-        let header = self
-            .builder()?
-            .header_mut()
-            .map_err(|e| e.with_path(&path))?;
+        let header = self.builder()?.header_mut().map_err(|e| e.with_path(&path))?;
         if let Some(slot) = header.metadata.iter_mut().find(|(k, _)| k == key) {
             slot.1 = value.as_ref().to_vec();
         } else {
-            header
-                .metadata
-                .push((key.to_string(), value.as_ref().to_vec()));
+            header.metadata.push((key.to_string(), value.as_ref().to_vec()));
         }
         Ok(())
     }
@@ -633,52 +525,28 @@ impl CheckpointWriter {
     }
 
     /// Adds a section with explicit options.
-    pub fn add_section_with(
-        &mut self,
-        name: &str,
-        data: &[u8],
-        opts: SectionOptions,
-    ) -> Result<()> {
+    pub fn add_section_with(&mut self, name: &str, data: &[u8], opts: SectionOptions) -> Result<()> {
         let path = self.tmp.clone();
-        self.builder()?
-            .add_section(name, &opts, data)
-            .map_err(|e| e.with_section(name).with_path(&path))
+        self.builder()?.add_section(name, &opts, data).map_err(|e| e.with_section(name).with_path(&path))
     }
 
     /// Adds one section gathered from several buffers (written in order, without concatenating them).
-    pub fn add_section_parts(
-        &mut self,
-        name: &str,
-        parts: &[&[u8]],
-        opts: SectionOptions,
-    ) -> Result<()> {
+    pub fn add_section_parts(&mut self, name: &str, parts: &[&[u8]], opts: SectionOptions) -> Result<()> {
         let path = self.tmp.clone();
-        self.builder()?
-            .add_section_parts(name, &opts, parts)
-            .map_err(|e| e.with_section(name).with_path(&path))
+        self.builder()?.add_section_parts(name, &opts, parts).map_err(|e| e.with_section(name).with_path(&path))
     }
 
     /// Adds a serde value, encoded with postcard 1.x (recorded as such in the section).
     pub fn add_serde<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
         let bytes = postcard::to_allocvec(value).map_err(|e| {
-            Error::new(
-                ErrorKind::Encoding,
-                format!("postcard encoding failed: {e}"),
-            )
-            .with_section(name)
+            Error::new(ErrorKind::Encoding, format!("postcard encoding failed: {e}")).with_section(name)
         })?;
-        let opts = SectionOptions::new()
-            .compression(self.default_compression)
-            .encoding(Encoding::Postcard);
+        let opts = SectionOptions::new().compression(self.default_compression).encoding(Encoding::Postcard);
         self.add_section_with(name, &bytes, opts)
     }
 
     /// Streams a section of unknown length (implements `std::io::Write`).
-    pub fn section_writer(
-        &mut self,
-        name: &str,
-        opts: SectionOptions,
-    ) -> Result<SectionWriter<'_>> {
+    pub fn section_writer(&mut self, name: &str, opts: SectionOptions) -> Result<SectionWriter<'_>> {
         let path = self.tmp.clone();
         SectionWriter::new(self.builder()?, name, opts).map_err(|e| e.with_path(&path))
     }
@@ -698,15 +566,11 @@ impl CheckpointWriter {
 
     fn commit_inner(&mut self) -> Result<CommitInfo> {
         let tmp = self.tmp.clone();
-        let builder = self
-            .builder
-            .take()
-            .ok_or_else(|| Error::new(ErrorKind::InvalidState, "already committed"))?;
+        let builder = self.builder.take().ok_or_else(|| Error::new(ErrorKind::InvalidState, "already committed"))?;
         let header = builder.header().clone();
         self.last_generation = Some(header.generation);
         let (mut file, stats) = builder.finish().map_err(|e| e.with_path(&tmp))?;
-        file.sync()
-            .map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
+        file.sync().map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
         drop(file);
         let storage = self.storage.clone();
         let (path, generation_path, dir) = match &self.plan {
@@ -715,9 +579,7 @@ impl CheckpointWriter {
                 let current = dir.join(base);
                 match storage.hard_link(&tmp, &gen_path) {
                     Ok(()) => {
-                        storage
-                            .rename(&tmp, &current)
-                            .map_err(|e| Error::io("rename", e).with_path(&current))?;
+                        storage.rename(&tmp, &current).map_err(|e| Error::io("rename", e).with_path(&current))?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         return Err(Error::new(
@@ -733,9 +595,7 @@ impl CheckpointWriter {
                     Err(e) if link_unsupported(&e) => {
                         // File systems without hard links: the generation's own name only. Discovery scans
                         // generations, so the checkpoint is still found.
-                        storage
-                            .rename(&tmp, &gen_path)
-                            .map_err(|e| Error::io("rename", e).with_path(&gen_path))?;
+                        storage.rename(&tmp, &gen_path).map_err(|e| Error::io("rename", e).with_path(&gen_path))?;
                     }
                     Err(e) => return Err(Error::io("link", e).with_path(&gen_path)),
                 }
@@ -743,26 +603,15 @@ impl CheckpointWriter {
             }
             Plan::Part { dir, name } => {
                 let part = dir.join(name);
-                storage
-                    .rename(&tmp, &part)
-                    .map_err(|e| Error::io("rename", e).with_path(&part))?;
+                storage.rename(&tmp, &part).map_err(|e| Error::io("rename", e).with_path(&part))?;
                 (part.clone(), part, dir.clone())
             }
         };
-        storage
-            .sync_dir(&dir)
-            .map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
+        storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
         // Durable from here on: failures below are warnings, never errors.
         let mut warnings = Vec::new();
         if let Plan::Single { dir, base } = &self.plan {
-            prune(
-                &*storage,
-                dir,
-                base,
-                self.keep,
-                header.generation,
-                &mut warnings,
-            );
+            prune(&*storage, dir, base, self.keep, header.generation, &mut warnings);
         }
         Ok(CommitInfo {
             path,
@@ -785,32 +634,16 @@ impl Drop for CheckpointWriter {
 }
 
 fn link_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV)
-    )
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV))
 }
 
 /// Removes generations beyond the newest `keep` (never `newest` itself), and for multi-rank names the part
 /// directories of removed generations and of abandoned older ones.
-fn prune(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: &str,
-    keep: usize,
-    newest: u64,
-    warnings: &mut Vec<String>,
-) {
+fn prune(storage: &dyn Storage, dir: &Path, base: &str, keep: usize, newest: u64, warnings: &mut Vec<String>) {
     let names: Vec<String> = match storage.read_dir(dir) {
-        Ok(e) => e
-            .into_iter()
-            .filter_map(|e| e.name.into_string().ok())
-            .collect(),
+        Ok(e) => e.into_iter().filter_map(|e| e.name.into_string().ok()).collect(),
         Err(e) => {
-            warnings.push(format!(
-                "{}: listing for pruning failed: {e}",
-                dir.display()
-            ));
+            warnings.push(format!("{}: listing for pruning failed: {e}", dir.display()));
             return;
         }
     };
@@ -829,10 +662,7 @@ fn prune(
         }
         let p = dir.join(format!("{base}.{g}"));
         if let Err(e) = storage.remove_file(&p) {
-            warnings.push(format!(
-                "{}: could not remove old generation: {e}",
-                p.display()
-            ));
+            warnings.push(format!("{}: could not remove old generation: {e}", p.display()));
         }
     }
     let parts_root = dir.join(format!("{base}.parts"));
@@ -866,18 +696,12 @@ mod tests {
     #[test]
     fn classify_names() {
         assert_eq!(classify("7.ckpt", "7.ckpt"), Some(NameKind::Current));
-        assert_eq!(
-            classify("7.ckpt", "7.ckpt.12"),
-            Some(NameKind::Generation(12))
-        );
+        assert_eq!(classify("7.ckpt", "7.ckpt.12"), Some(NameKind::Generation(12)));
         assert_eq!(classify("7.ckpt", "7.ckpt.012"), None);
         assert_eq!(classify("7.ckpt", "7.ckpt.x"), None);
         assert_eq!(
             classify("7.ckpt", "7.ckpt.tmp.node-1.example.org.123.abc"),
-            Some(NameKind::Temporary {
-                host: "node-1.example.org".into(),
-                pid: 123
-            })
+            Some(NameKind::Temporary { host: "node-1.example.org".into(), pid: 123 })
         );
         assert_eq!(classify("7.ckpt", "7.1.ckpt"), None);
         assert_eq!(classify("7.ckpt", "77.ckpt"), None);

@@ -35,11 +35,7 @@ pub const ACCEPTED_FORMS: &str = "minutes, minutes:seconds, hours:minutes:second
 pub fn parse_slurm_time(text: &str) -> Result<Duration> {
     parse_inner(text.trim())
         .map(Duration::from_secs)
-        .map_err(|why| {
-            Error::invalid(format!(
-                "invalid time {text:?}: {why}; accepted forms are {ACCEPTED_FORMS}"
-            ))
-        })
+        .map_err(|why| Error::invalid(format!("invalid time {text:?}: {why}; accepted forms are {ACCEPTED_FORMS}")))
 }
 
 fn parse_inner(s: &str) -> std::result::Result<u64, String> {
@@ -53,16 +49,10 @@ fn parse_inner(s: &str) -> std::result::Result<u64, String> {
     let fields: Vec<&str> = rest.split(':').collect();
     let secs = match (days, fields.as_slice()) {
         (None, [m]) => mul(number(m, "minutes")?, 60)?,
-        (None, [m, sec]) => add(
-            mul(number(m, "minutes")?, 60)?,
-            bounded(sec, "seconds", 60)?,
-        )?,
+        (None, [m, sec]) => add(mul(number(m, "minutes")?, 60)?, bounded(sec, "seconds", 60)?)?,
         (None, [h, m, sec]) => {
             let hours = mul(number(h, "hours")?, 3600)?;
-            add(
-                add(hours, bounded(m, "minutes", 60)? * 60)?,
-                bounded(sec, "seconds", 60)?,
-            )?
+            add(add(hours, bounded(m, "minutes", 60)? * 60)?, bounded(sec, "seconds", 60)?)?
         }
         (Some(d), parts @ ([_] | [_, _] | [_, _, _])) => {
             let mut total = add(mul(d, 86_400)?, bounded(parts[0], "hours", 24)? * 3600)?;
@@ -81,13 +71,9 @@ fn parse_inner(s: &str) -> std::result::Result<u64, String> {
 
 fn number(field: &str, what: &str) -> std::result::Result<u64, String> {
     if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "{what} field {field:?} is not a non-negative integer"
-        ));
+        return Err(format!("{what} field {field:?} is not a non-negative integer"));
     }
-    field
-        .parse::<u64>()
-        .map_err(|_| format!("{what} field {field:?} is too large"))
+    field.parse::<u64>().map_err(|_| format!("{what} field {field:?} is too large"))
 }
 
 fn bounded(field: &str, what: &str, limit: u64) -> std::result::Result<u64, String> {
@@ -99,13 +85,11 @@ fn bounded(field: &str, what: &str, limit: u64) -> std::result::Result<u64, Stri
 }
 
 fn mul(a: u64, b: u64) -> std::result::Result<u64, String> {
-    a.checked_mul(b)
-        .ok_or_else(|| "value too large".to_string())
+    a.checked_mul(b).ok_or_else(|| "value too large".to_string())
 }
 
 fn add(a: u64, b: u64) -> std::result::Result<u64, String> {
-    a.checked_add(b)
-        .ok_or_else(|| "value too large".to_string())
+    a.checked_add(b).ok_or_else(|| "value too large".to_string())
 }
 
 #[cfg(test)]

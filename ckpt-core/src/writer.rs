@@ -13,9 +13,7 @@ use crc32fast::Hasher;
 use zstd::stream::raw::{Encoder as ZstdEncoder, Operation, OutBuffer};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::{
-    self, Codec, Encoding, Header, RAW_ALIGN, SMALL_ALIGN, SectionEntry, Trailer, shuffle_block_len,
-};
+use crate::format::{self, Codec, Encoding, Header, RAW_ALIGN, SMALL_ALIGN, SectionEntry, Trailer, shuffle_block_len};
 use crate::storage::StorageWriter;
 
 /// Small writes are gathered into a buffer of this size before reaching the storage.
@@ -91,12 +89,7 @@ pub struct SectionOptions {
 
 impl Default for SectionOptions {
     fn default() -> SectionOptions {
-        SectionOptions {
-            compression: Compression::None,
-            element_size: 1,
-            encoding: Encoding::Bytes,
-            tag: 0,
-        }
+        SectionOptions { compression: Compression::None, element_size: 1, encoding: Encoding::Bytes, tag: 0 }
     }
 }
 
@@ -180,11 +173,7 @@ fn io_err(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
 }
 
 impl FileBuilder {
-    pub(crate) fn new(
-        out: Box<dyn StorageWriter>,
-        header: Header,
-        write_bandwidth: f64,
-    ) -> FileBuilder {
+    pub(crate) fn new(out: Box<dyn StorageWriter>, header: Header, write_bandwidth: f64) -> FileBuilder {
         FileBuilder {
             out,
             buf: Vec::with_capacity(64 << 10),
@@ -217,10 +206,7 @@ impl FileBuilder {
 
     fn check_usable(&self) -> Result<()> {
         if self.poisoned {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                "an earlier write to this checkpoint failed",
-            ));
+            return Err(Error::new(ErrorKind::InvalidState, "an earlier write to this checkpoint failed"));
         }
         Ok(())
     }
@@ -271,10 +257,7 @@ impl FileBuilder {
     fn begin(&mut self, name: &str, opts: &SectionOptions, codec: Codec) -> Result<()> {
         self.check_usable()?;
         if self.open.is_some() {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                "another section is still being written",
-            ));
+            return Err(Error::new(ErrorKind::InvalidState, "another section is still being written"));
         }
         format::check_section_name(name)?;
         if self.names.contains(name) {
@@ -284,17 +267,9 @@ impl FileBuilder {
             return Err(Error::new(ErrorKind::TooLarge, "too many sections"));
         }
         self.ensure_header()?;
-        let align = if self.entries.is_empty() || codec == Codec::None {
-            RAW_ALIGN
-        } else {
-            SMALL_ALIGN
-        };
+        let align = if self.entries.is_empty() || codec == Codec::None { RAW_ALIGN } else { SMALL_ALIGN };
         self.pad_to(align)?;
-        let element_size = if codec == Codec::None {
-            1
-        } else {
-            usize::from(opts.element_size.max(1))
-        };
+        let element_size = if codec == Codec::None { 1 } else { usize::from(opts.element_size.max(1)) };
         let encoder = match (codec, opts.compression) {
             (Codec::Zstd, Compression::Zstd(level)) => Some(new_encoder(level)?),
             (Codec::Zstd, _) => Some(new_encoder(AUTO_LEVEL)?),
@@ -333,8 +308,7 @@ impl FileBuilder {
     fn feed_inner(&mut self, sec: &mut OpenSection, data: &[u8]) -> Result<()> {
         sec.raw_len += data.len() as u64;
         if sec.raw_len > format::MAX_SECTION_LEN {
-            return Err(Error::new(ErrorKind::TooLarge, "section larger than 1 PiB")
-                .with_section(&sec.name));
+            return Err(Error::new(ErrorKind::TooLarge, "section larger than 1 PiB").with_section(&sec.name));
         }
         match sec.codec {
             Codec::None => {
@@ -429,9 +403,7 @@ impl FileBuilder {
             let enc = sec.encoder.as_mut().expect("encoder");
             loop {
                 let mut out = OutBuffer::around(&mut zbuf[..]);
-                let remaining = enc
-                    .finish(&mut out, true)
-                    .map_err(|e| Error::io("zstd compression", e))?;
+                let remaining = enc.finish(&mut out, true).map_err(|e| Error::io("zstd compression", e))?;
                 let n = out.pos();
                 sec.stored_crc.update(&zbuf[..n]);
                 sec.stored_len += n as u64;
@@ -443,22 +415,14 @@ impl FileBuilder {
             self.zbuf = zbuf;
         }
         let raw_crc32 = sec.raw_crc.clone().finalize();
-        let stored_crc32 = if sec.codec == Codec::None {
-            raw_crc32
-        } else {
-            sec.stored_crc.clone().finalize()
-        };
+        let stored_crc32 = if sec.codec == Codec::None { raw_crc32 } else { sec.stored_crc.clone().finalize() };
         self.names.insert(sec.name.clone());
         self.entries.push(SectionEntry {
             name: std::mem::take(&mut sec.name),
             encoding: sec.encoding,
             codec: sec.codec,
             shuffle: sec.codec == Codec::Zstd && sec.element_size > 1,
-            element_size: if sec.codec == Codec::Zstd {
-                sec.element_size as u16
-            } else {
-                1
-            },
+            element_size: if sec.codec == Codec::Zstd { sec.element_size as u16 } else { 1 },
             tag: sec.tag,
             raw_crc32,
             raw_len: sec.raw_len,
@@ -470,12 +434,7 @@ impl FileBuilder {
     }
 
     /// Writes a whole section from one buffer.
-    pub(crate) fn add_section(
-        &mut self,
-        name: &str,
-        opts: &SectionOptions,
-        data: &[u8],
-    ) -> Result<()> {
+    pub(crate) fn add_section(&mut self, name: &str, opts: &SectionOptions, data: &[u8]) -> Result<()> {
         let codec = self.resolve(opts, data)?;
         self.begin(name, opts, codec)?;
         self.feed(data)?;
@@ -483,16 +442,8 @@ impl FileBuilder {
     }
 
     /// Writes a section gathered from several buffers, in order.
-    pub(crate) fn add_section_parts(
-        &mut self,
-        name: &str,
-        opts: &SectionOptions,
-        parts: &[&[u8]],
-    ) -> Result<()> {
-        let codec = self.resolve(
-            opts,
-            parts.iter().copied().find(|p| !p.is_empty()).unwrap_or(&[]),
-        )?;
+    pub(crate) fn add_section_parts(&mut self, name: &str, opts: &SectionOptions, parts: &[&[u8]]) -> Result<()> {
+        let codec = self.resolve(opts, parts.iter().copied().find(|p| !p.is_empty()).unwrap_or(&[]))?;
         self.begin(name, opts, codec)?;
         for part in parts {
             self.feed(part)?;
@@ -509,11 +460,9 @@ impl FileBuilder {
                 }
                 Codec::Zstd
             }
-            Compression::Auto => auto_choice(
-                sample_source,
-                usize::from(opts.element_size.max(1)),
-                self.write_bandwidth,
-            ),
+            Compression::Auto => {
+                auto_choice(sample_source, usize::from(opts.element_size.max(1)), self.write_bandwidth)
+            }
         })
     }
 
@@ -521,10 +470,7 @@ impl FileBuilder {
     pub(crate) fn finish(mut self) -> Result<(Box<dyn StorageWriter>, FileStats)> {
         self.check_usable()?;
         if self.open.is_some() {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                "a section is still being written",
-            ));
+            return Err(Error::new(ErrorKind::InvalidState, "a section is still being written"));
         }
         self.ensure_header()?;
         self.pad_to(SMALL_ALIGN)?;
@@ -556,8 +502,7 @@ impl FileBuilder {
 fn new_encoder(level: i32) -> Result<ZstdEncoder<'static>> {
     let mut enc = ZstdEncoder::new(level).map_err(|e| Error::io("zstd init", e))?;
     // Our own CRCs cover the data; zstd's checksum would only cost time.
-    enc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))
-        .map_err(|e| Error::io("zstd init", e))?;
+    enc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false)).map_err(|e| Error::io("zstd init", e))?;
     Ok(enc)
 }
 
@@ -571,11 +516,7 @@ pub fn auto_choice(data: &[u8], element_size: usize, write_bandwidth: f64) -> Co
         return Codec::None;
     }
     let windows = AUTO_WINDOWS.min(data.len() / window).max(1);
-    let stride = if windows > 1 {
-        (data.len() - window) / (windows - 1) / element_size * element_size
-    } else {
-        0
-    };
+    let stride = if windows > 1 { (data.len() - window) / (windows - 1) / element_size * element_size } else { 0 };
     let mut scratch = vec![0u8; window];
     let (mut raw, mut packed) = (0usize, 0usize);
     let start = Instant::now();
@@ -601,11 +542,7 @@ pub fn auto_choice(data: &[u8], element_size: usize, write_bandwidth: f64) -> Co
     let bw = write_bandwidth.max(1.0);
     let t_raw = 1.0 / bw;
     let t_zstd = 1.0 / compress_speed + 1.0 / (ratio * bw);
-    if ratio >= 1.1 && t_zstd < 0.95 * t_raw {
-        Codec::Zstd
-    } else {
-        Codec::None
-    }
+    if ratio >= 1.1 && t_zstd < 0.95 * t_raw { Codec::Zstd } else { Codec::None }
 }
 
 /// Streams one section of unknown length; obtained from [`crate::CheckpointWriter::section_writer`].
@@ -622,23 +559,13 @@ pub struct SectionWriter<'a> {
 }
 
 impl<'a> SectionWriter<'a> {
-    pub(crate) fn new(
-        builder: &'a mut FileBuilder,
-        name: &str,
-        opts: SectionOptions,
-    ) -> Result<SectionWriter<'a>> {
+    pub(crate) fn new(builder: &'a mut FileBuilder, name: &str, opts: SectionOptions) -> Result<SectionWriter<'a>> {
         builder.check_usable()?;
         format::check_section_name(name)?;
         if builder.names.contains(name) {
             return Err(Error::invalid(format!("section `{name}` is written twice")));
         }
-        let mut w = SectionWriter {
-            builder,
-            name: name.to_string(),
-            opts,
-            pending: None,
-            finished: false,
-        };
+        let mut w = SectionWriter { builder, name: name.to_string(), opts, pending: None, finished: false };
         if opts.compression == Compression::Auto {
             w.pending = Some(Vec::new());
         } else {
@@ -650,11 +577,7 @@ impl<'a> SectionWriter<'a> {
 
     fn decide(&mut self) -> Result<()> {
         if let Some(pending) = self.pending.take() {
-            let codec = auto_choice(
-                &pending,
-                usize::from(self.opts.element_size.max(1)),
-                self.builder.write_bandwidth,
-            );
+            let codec = auto_choice(&pending, usize::from(self.opts.element_size.max(1)), self.builder.write_bandwidth);
             self.builder.begin(&self.name, &self.opts, codec)?;
             self.builder.feed(&pending)?;
         }
@@ -709,18 +632,10 @@ mod tests {
         assert_eq!(Compression::parse("off").unwrap(), Compression::None);
         assert_eq!(Compression::parse("AUTO").unwrap(), Compression::Auto);
         assert_eq!(Compression::parse("zstd").unwrap(), Compression::Zstd(3));
-        assert_eq!(
-            Compression::parse("zstd:19").unwrap(),
-            Compression::Zstd(19)
-        );
+        assert_eq!(Compression::parse("zstd:19").unwrap(), Compression::Zstd(19));
         assert_eq!(Compression::parse("5").unwrap(), Compression::Zstd(5));
         assert!(Compression::parse("zstd:99").is_err());
-        assert!(
-            Compression::parse("gzip")
-                .unwrap_err()
-                .to_string()
-                .contains("\"gzip\"")
-        );
+        assert!(Compression::parse("gzip").unwrap_err().to_string().contains("\"gzip\""));
     }
 
     #[test]
@@ -735,17 +650,9 @@ mod tests {
             })
             .collect();
         assert_eq!(auto_choice(&random, 1, 1e9), Codec::None);
-        assert_eq!(
-            auto_choice(&random, 1, 1e6),
-            Codec::None,
-            "incompressible data never compresses"
-        );
+        assert_eq!(auto_choice(&random, 1, 1e6), Codec::None, "incompressible data never compresses");
         let zeros = vec![0u8; 1 << 20];
         assert_eq!(auto_choice(&zeros, 1, 1e8), Codec::Zstd);
-        assert_eq!(
-            auto_choice(&zeros[..100], 1, 1e6),
-            Codec::None,
-            "tiny sections stay raw"
-        );
+        assert_eq!(auto_choice(&zeros[..100], 1, 1e6), Codec::None, "tiny sections stay raw");
     }
 }

@@ -1,0 +1,2 @@
+//! Child process for the kill tests (written by the kill-test work).
+fn main() {}
