@@ -1,1 +1,10 @@
 //! Integration tests of the ckpt workspace: one test binary, one module per concern.
+
+mod corruption;
+mod crash;
+mod discovery;
+mod faults;
+mod golden;
+mod kill;
+mod multirank;
+mod roundtrip;
