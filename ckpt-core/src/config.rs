@@ -16,6 +16,12 @@
 //! | fresh start allowed when no checkpoint verifies | `CKPT_ALLOW_FRESH_START` (default no) |
 //! | job end time | `SLURM_JOB_END_TIME`, `CKPT_END_TIME` (epoch seconds) |
 //! | restart count | `SLURM_RESTART_COUNT` |
+//! | signals that request a checkpoint | `CKPT_SIGNALS` (default `TERM,USR1`; TERM also asks to exit) |
+//! | margin before the job's end | `CKPT_MARGIN` (seconds or a Slurm time, default 60 s) |
+//! | safety factor on the predicted checkpoint cost | `CKPT_SAFETY_FACTOR` (default 2) |
+//! | mean time between failures for `interval = auto` | `CKPT_MTBF` (Slurm time format, default 24:00:00) |
+//! | structured log | `CKPT_LOG` (`stderr`, `off`, a path; default `<checkpoint_dir>/<base>.log`) |
+//! | control socket directory | `CKPT_SOCKET_DIR` (default `$TMPDIR/ckpt-<uid>`); `CKPT_SOCKET=0` disables |
 //!
 //! A malformed value is an error naming the variable and the value, never silently ignored.
 
@@ -25,6 +31,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::timefmt::parse_slurm_time;
+use crate::triggers::{self, SignalSpec};
 use crate::writer::Compression;
 
 /// The default application name outside Slurm.
@@ -43,8 +50,22 @@ pub enum Interval {
     Auto,
 }
 
-/// Everything a [`crate::Store`] needs to know; usually built by [`Config::from_env`].
+/// Where the structured (JSON lines) log goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    /// `<checkpoint_dir>/<base>.log` (the default).
+    CheckpointDir,
+    /// Standard error.
+    Stderr,
+    /// Nowhere.
+    Off,
+    /// This file (appended to).
+    File(PathBuf),
+}
+
+/// Everything a [`crate::Store`] and a [`crate::Checkpointer`] need to know; usually built by
+/// [`Config::from_env`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Application name (recorded in every file; matches checkpoints across resubmissions).
     pub app_name: String,
@@ -74,12 +95,26 @@ pub struct Config {
     pub interval: Option<Interval>,
     /// Job end time (seconds since the epoch), when known from the environment.
     pub end_time: Option<i64>,
+    /// Where `end_time` came from.
+    pub end_time_source: Option<triggers::EndTimeSource>,
     /// `SLURM_RESTART_COUNT`: how many times Slurm restarted this job.
     pub restart_count: Option<u32>,
     /// This host's name.
     pub host: String,
     /// How long rank 0 waits for the other ranks' parts before committing a multi-rank step.
     pub commit_timeout: Duration,
+    /// Signals that request a checkpoint.
+    pub signals: Vec<SignalSpec>,
+    /// Time kept free before the job's end, on top of the predicted checkpoint cost.
+    pub margin: Duration,
+    /// Factor applied to the predicted checkpoint cost before the job's end.
+    pub safety_factor: f64,
+    /// Mean time between failures for `Interval::Auto`.
+    pub mtbf: Duration,
+    /// Where the JSON log goes.
+    pub log: LogTarget,
+    /// Directory of the control socket (`None`: no socket).
+    pub socket_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -102,9 +137,16 @@ impl Config {
             allow_fresh_start: false,
             interval: None,
             end_time: None,
+            end_time_source: None,
             restart_count: None,
             host: hostname(),
             commit_timeout: Duration::from_secs(600),
+            signals: triggers::parse_signals(triggers::DEFAULT_SIGNALS)?,
+            margin: triggers::DEFAULT_MARGIN,
+            safety_factor: triggers::DEFAULT_SAFETY_FACTOR,
+            mtbf: triggers::DEFAULT_MTBF,
+            log: LogTarget::Off,
+            socket_dir: None,
         })
     }
 
@@ -166,9 +208,13 @@ impl Config {
                 break;
             }
         }
-        for var in ["SLURM_JOB_END_TIME", "CKPT_END_TIME"] {
+        for (var, source) in [
+            ("SLURM_JOB_END_TIME", triggers::EndTimeSource::SlurmEnv),
+            ("CKPT_END_TIME", triggers::EndTimeSource::CkptEnv),
+        ] {
             if let Some(t) = parse_var(&get, var, |v| v.parse::<i64>().ok().filter(|&t| t > 0))? {
                 cfg.end_time = Some(t);
+                cfg.end_time_source = Some(source);
                 break;
             }
         }
@@ -180,6 +226,48 @@ impl Config {
                 .or_else(|| t.parse::<u64>().ok().map(Duration::from_secs))
                 .ok_or_else(|| Error::invalid(format!("CKPT_COMMIT_TIMEOUT: invalid value {t:?}: expected seconds")))?;
         }
+        if let Some(v) = get("CKPT_SIGNALS") {
+            cfg.signals = triggers::parse_signals(&v)?;
+        }
+        let seconds_or_time = |var: &str| -> Result<Option<Duration>> {
+            match get(var) {
+                None => Ok(None),
+                Some(v) => match v.parse::<f64>() {
+                    Ok(s) if s.is_finite() && s >= 0.0 && !v.contains(':') => Ok(Some(Duration::from_secs_f64(s))),
+                    _ => parse_slurm_time(&v).map(Some).map_err(|e| Error::invalid(format!("{var}: {}", e.message()))),
+                },
+            }
+        };
+        if let Some(m) = seconds_or_time("CKPT_MARGIN")? {
+            cfg.margin = m;
+        }
+        if let Some(v) = get("CKPT_MTBF") {
+            cfg.mtbf = parse_slurm_time(&v).map_err(|e| Error::invalid(format!("CKPT_MTBF: {}", e.message())))?;
+            if cfg.mtbf.is_zero() {
+                return Err(Error::invalid("CKPT_MTBF: must be positive"));
+            }
+        }
+        if let Some(f) =
+            parse_var(&get, "CKPT_SAFETY_FACTOR", |v| v.parse::<f64>().ok().filter(|f| f.is_finite() && *f >= 1.0))?
+        {
+            cfg.safety_factor = f;
+        }
+        cfg.log = match get("CKPT_LOG").as_deref() {
+            None => LogTarget::CheckpointDir,
+            Some(v) if v.eq_ignore_ascii_case("stderr") => LogTarget::Stderr,
+            Some(v) if ["off", "none", "0", "no"].contains(&v.to_ascii_lowercase().as_str()) => LogTarget::Off,
+            Some(path) => LogTarget::File(PathBuf::from(path)),
+        };
+        let socket_on = parse_var(&get, "CKPT_SOCKET", parse_bool)?.unwrap_or(true);
+        cfg.socket_dir = if socket_on {
+            Some(get("CKPT_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let uid = unsafe { libc::geteuid() };
+                PathBuf::from(get("TMPDIR").unwrap_or_else(|| "/tmp".into())).join(format!("ckpt-{uid}"))
+            }))
+        } else {
+            None
+        };
         Ok(cfg)
     }
 

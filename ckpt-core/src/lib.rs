@@ -60,7 +60,9 @@
 
 #![warn(missing_docs)]
 
+mod checkpointer;
 mod config;
+pub mod control;
 mod discovery;
 mod error;
 pub mod format;
@@ -68,8 +70,10 @@ mod reader;
 pub mod storage;
 mod store;
 mod timefmt;
+pub mod triggers;
 mod writer;
 
+pub use checkpointer::Checkpointer;
 pub use config::{
     Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, base_name, hostname, parse_interval,
 };

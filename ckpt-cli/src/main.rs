@@ -1,0 +1,457 @@
+//! `ckpt`: inspect, verify and list checkpoints, show the effective configuration, request checkpoints
+//! from running processes, and restart programs from a checkpoint directory.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ckpt_core::{
+    Checkpoint, Config, Error, Interval, LoadOptions, Store, any_base, classify, control, triggers::signal_label,
+};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "ckpt", version, about = "Checkpoint files for HPC and ML jobs: inspect, verify, list, request")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a checkpoint file's header and sections (sizes, codecs, compression ratios).
+    Inspect {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every CRC of checkpoint files (directories: every checkpoint file inside). Exit status 0 when
+    /// all are good, 1 otherwise with one line per problem.
+    Verify {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List the checkpoints in a directory, complete or not, and which one a restart would choose, and why.
+    List {
+        /// The directory (default: the restart directory of this environment).
+        dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective configuration in this environment (job id, rank, directories, interval...).
+    Env {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Application name (as the program passes it; default CKPT_NAME, SLURM_JOB_NAME or "ckpt").
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Ask running processes for a checkpoint and wait until it is durable (like the old
+    /// `scontrol checkpoint create <jobid> ImageDir=... MaxWait=...`).
+    Create {
+        /// A process id, a job id, or jobid.stepid (the processes of that job on this node).
+        target: String,
+        /// Write this checkpoint to DIR instead of the checkpoint directory.
+        #[arg(long, value_name = "DIR")]
+        image_dir: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        max_wait: f64,
+        /// Ask the processes to exit after the checkpoint.
+        #[arg(long)]
+        vacate: bool,
+    },
+    /// Run a program so that it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
+    /// SLURM_RESTART_DIR), like the old `scontrol checkpoint restart <jobid> ImageDir=...`.
+    Restart {
+        /// Directory to restart from.
+        #[arg(long, value_name = "DIR")]
+        image_dir: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Verify { paths } => verify(&paths),
+        Command::List { dir, json } => list(dir, json),
+        Command::Env { json, name } => env(json, name.as_deref()),
+        Command::Create { target, image_dir, max_wait, vacate } => {
+            create(&target, image_dir.as_deref(), max_wait, vacate)
+        }
+        Command::Restart { image_dir, command } => restart(image_dir.as_deref(), &command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ckpt: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+fn printable(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) if s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t') => s.to_string(),
+        _ => format!("0x{}", v.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
+}
+
+fn header_json(cp: &Checkpoint) -> Value {
+    let h = cp.header();
+    let meta: BTreeMap<String, String> = h.metadata.iter().map(|(k, v)| (k.clone(), printable(v))).collect();
+    json!({
+        "path": cp.path(), "file_bytes": cp.file_len(), "kind": format!("{:?}", h.kind).to_lowercase(),
+        "generation": h.generation, "step": h.app_step, "created_unix_ns": h.created_unix_ns,
+        "job_id": h.job_id, "app_name": h.app_name, "step_id": h.step_id, "rank": h.rank, "nranks": h.nranks,
+        "host": h.host, "writer_version": format!("{}.{}.{}", h.writer_version.0, h.writer_version.1, h.writer_version.2),
+        "metadata": meta,
+    })
+}
+
+fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
+    let cp = Checkpoint::open(file)?;
+    let sections: Vec<Value> = cp
+        .sections()
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name, "encoding": s.encoding.name(), "codec": s.codec.name(),
+                "shuffle": if s.shuffle { Some(s.element_size) } else { None }, "tag": s.tag,
+                "raw_bytes": s.raw_len, "stored_bytes": s.stored_len, "offset": s.offset,
+                "ratio": if s.stored_len > 0 { s.raw_len as f64 / s.stored_len as f64 } else { 1.0 },
+                "raw_crc32": format!("{:08x}", s.raw_crc32), "stored_crc32": format!("{:08x}", s.stored_crc32),
+            })
+        })
+        .collect();
+    if as_json {
+        let mut v = header_json(&cp);
+        v["sections"] = json!(sections);
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let h = cp.header();
+    println!("file        {} ({})", file.display(), human(cp.file_len()));
+    println!("kind        {:?}, format version {}", h.kind, ckpt_core::format::FORMAT_VERSION);
+    println!("checkpoint  generation {}, application step {}", h.generation, h.app_step);
+    println!(
+        "job         {} (application {}{}), rank {}/{}",
+        h.job_id,
+        h.app_name,
+        h.step_id.map(|s| format!(", step {s}")).unwrap_or_default(),
+        h.rank,
+        h.nranks
+    );
+    println!(
+        "written     {} ns since epoch on {} by ckpt {}.{}.{}",
+        h.created_unix_ns, h.host, h.writer_version.0, h.writer_version.1, h.writer_version.2
+    );
+    for (k, v) in &h.metadata {
+        println!("metadata    {k} = {}", printable(v));
+    }
+    println!(
+        "{:<24} {:>10} {:>6} {:>8} {:>12} {:>12} {:>7}",
+        "section", "encoding", "codec", "shuffle", "raw", "stored", "ratio"
+    );
+    for s in cp.sections() {
+        let ratio = if s.stored_len > 0 { s.raw_len as f64 / s.stored_len as f64 } else { 1.0 };
+        println!(
+            "{:<24} {:>10} {:>6} {:>8} {:>12} {:>12} {:>7.2}",
+            s.name,
+            s.encoding.name(),
+            s.codec.name(),
+            if s.shuffle { s.element_size.to_string() } else { "-".into() },
+            human(s.raw_len),
+            human(s.stored_len),
+            ratio
+        );
+    }
+    let raw: u64 = cp.sections().iter().map(|s| s.raw_len).sum();
+    println!("total       {} sections, {} raw in {} on disk", cp.sections().len(), human(raw), human(cp.file_len()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list directory", e).with_path(dir))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if any_base(&name).is_some() {
+            out.push(path);
+        } else if name.ends_with(".parts") && path.is_dir() {
+            for g in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                for f in std::fs::read_dir(g.path()).into_iter().flatten().flatten() {
+                    if f.file_name().to_string_lossy().ends_with(".ckpt") {
+                        out.push(f.path());
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn verify(paths: &[PathBuf]) -> Result<ExitCode, Error> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(checkpoint_files(p)?);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    if files.is_empty() {
+        eprintln!("ckpt verify: no checkpoint files found");
+        return Ok(ExitCode::from(1));
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut bad = 0usize;
+    for f in &files {
+        match verify_one(f, tty) {
+            Ok(cp) => println!(
+                "OK    {} (generation {}, step {}, {} sections, {})",
+                f.display(),
+                cp.generation(),
+                cp.step(),
+                cp.sections().len(),
+                human(cp.file_len())
+            ),
+            Err(e) => {
+                bad += 1;
+                println!("BAD   {e}");
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("ckpt verify: {bad} of {} file(s) failed", files.len());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies section by section, with a progress bar on a terminal and plain lines for large files otherwise.
+fn verify_one(path: &Path, tty: bool) -> Result<Checkpoint, Error> {
+    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap: false })?;
+    let total: u64 = cp.sections().iter().map(|s| s.stored_len).sum();
+    let large = total >= 256 << 20;
+    let bar = if tty && large {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        b.set_message(path.display().to_string());
+        Some(b)
+    } else {
+        None
+    };
+    let n = cp.sections().len();
+    for (i, s) in cp.sections().iter().enumerate() {
+        cp.verify_section(&s.name)?;
+        match &bar {
+            Some(b) => b.inc(s.stored_len),
+            None if large => {
+                eprintln!("verify {}: section {}/{n} `{}` ok ({})", path.display(), i + 1, s.name, human(s.stored_len))
+            }
+            None => {}
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    cp.verify()?;
+    Ok(cp)
+}
+
+fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
+    let env_cfg = Config::from_env(None)?;
+    let dir = dir.unwrap_or_else(|| env_cfg.restart_dir.clone());
+    let files = checkpoint_files(&dir)?;
+    let mut rows = Vec::new();
+    let mut bases: BTreeMap<String, (String, Option<u32>, String)> = BTreeMap::new();
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let row = match Checkpoint::open_with(&ckpt_core::storage::FileStorage, f, LoadOptions { mmap: false })
+            .and_then(|cp| cp.verify().map(|_| cp))
+        {
+            Ok(cp) => {
+                let h = cp.header();
+                if let Some(b) = any_base(&name) {
+                    bases.entry(b.to_string()).or_insert((h.job_id.clone(), h.step_id, h.app_name.clone()));
+                }
+                json!({"path": f, "status": "valid", "generation": h.generation, "step": h.app_step, "job_id": h.job_id,
+                       "app_name": h.app_name, "rank": h.rank, "nranks": h.nranks, "bytes": cp.file_len(), "created_unix_ns": h.created_unix_ns})
+            }
+            Err(e) => json!({"path": f, "status": "invalid", "error": e.to_string()}),
+        };
+        rows.push(row);
+    }
+    // Saves in progress (or abandoned).
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some((base, _)) = name.split_once(".tmp.") {
+            if matches!(classify(base, &name), Some(ckpt_core::NameKind::Temporary { .. })) {
+                rows.push(json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}));
+            }
+        }
+    }
+    // What a restart would choose, per checkpoint name.
+    let mut choices = Vec::new();
+    for (base, (job, step, app)) in &bases {
+        let mut cfg = Config::new(app, &dir)?;
+        cfg.job_id = Some(job.clone());
+        cfg.step_id = *step;
+        if base.trim_end_matches(".ckpt") != ckpt_core::base_name(job, *step).trim_end_matches(".ckpt") {
+            continue;
+        }
+        // Multi-rank names: ask as rank 0 of a job of the recorded size.
+        if let Some(n) = rows
+            .iter()
+            .find(|r| r["path"].as_str().is_some_and(|p| p.ends_with(base.as_str())) && r["nranks"].is_u64())
+            .and_then(|r| r["nranks"].as_u64())
+        {
+            cfg.nranks = n as u32;
+        }
+        let store = Store::new(cfg);
+        let d = store.discover()?;
+        let chosen = d.chosen.map(|i| d.candidates[i].path.clone());
+        choices.push(json!({"name": base, "chosen": chosen, "why": d.explanation}));
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"dir": dir, "files": rows, "restart": choices})).expect("json")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("checkpoints in {}", dir.display());
+    if rows.is_empty() {
+        println!("  (none)");
+    }
+    for r in &rows {
+        let path = r["path"].as_str().unwrap_or("?");
+        match r["status"].as_str() {
+            Some("valid") => println!(
+                "  valid      {path}  generation {} step {} job {} rank {}/{} {}",
+                r["generation"],
+                r["step"],
+                r["job_id"].as_str().unwrap_or(""),
+                r["rank"],
+                r["nranks"],
+                human(r["bytes"].as_u64().unwrap_or(0))
+            ),
+            Some("invalid") => println!("  INVALID    {path}: {}", r["error"].as_str().unwrap_or("")),
+            Some(other) => println!("  incomplete {path} ({other})"),
+            None => {}
+        }
+    }
+    for c in &choices {
+        println!("restart of {}: {}", c["name"].as_str().unwrap_or(""), c["why"].as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {
+    let c = Config::from_env(name)?;
+    let interval = match c.interval {
+        None => json!(null),
+        Some(Interval::Every(d)) => json!(d.as_secs()),
+        Some(Interval::Auto) => json!("auto"),
+    };
+    let v = json!({
+        "app_name": c.app_name, "job_id": c.job_id, "step_id": c.step_id, "rank": c.rank, "nranks": c.nranks,
+        "checkpoint_dir": c.checkpoint_dir, "restart_dir": c.restart_dir, "checkpoint_name": c.base_name(),
+        "checkpoint_path": c.checkpoint_path(), "interval_seconds": interval, "end_time": c.end_time,
+        "end_time_source": c.end_time_source.map(|s| s.as_str()),
+        "signals": c.signals.iter().map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
+        "exit_signals": c.signals.iter().filter(|s| s.exit).map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
+        "keep": c.keep, "file_mode": format!("{:04o}", c.file_mode), "mmap": c.mmap,
+        "compression": format!("{:?}", c.compression).to_lowercase(), "allow_fresh_start": c.allow_fresh_start,
+        "margin_seconds": c.margin.as_secs_f64(), "safety_factor": c.safety_factor, "mtbf_seconds": c.mtbf.as_secs(),
+        "restart_count": c.restart_count, "log": format!("{:?}", c.log), "socket_dir": c.socket_dir, "host": c.host,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else if let Value::Object(m) = v {
+        for (k, val) in m {
+            println!("{k:<18} {}", if let Value::String(s) = &val { s.clone() } else { val.to_string() });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -> Result<ExitCode, Error> {
+    if !max_wait.is_finite() || max_wait < 0.0 {
+        return Err(Error::invalid(format!("--max-wait {max_wait} must be a non-negative number of seconds")));
+    }
+    let cfg = Config::from_env(None)?;
+    let dir = cfg.socket_dir.ok_or_else(|| Error::invalid("control sockets are disabled (CKPT_SOCKET=0)"))?;
+    let sockets = control::find_sockets(&dir, target)?;
+    if sockets.is_empty() {
+        eprintln!("ckpt create: no process of {target:?} on this node is listening (looked in {})", dir.display());
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(d) = image_dir {
+        std::fs::create_dir_all(d).map_err(|e| Error::io("create image directory", e).with_path(d))?;
+    }
+    let wait = Duration::from_secs_f64(max_wait);
+    let handles: Vec<_> = sockets
+        .into_iter()
+        .map(|(pid, sock)| {
+            let img = image_dir.map(Path::to_path_buf);
+            std::thread::spawn(move || (pid, control::request_checkpoint(&sock, img.as_deref(), vacate, wait)))
+        })
+        .collect();
+    let mut failed = 0;
+    for h in handles {
+        let (pid, r) = h.join().expect("request thread");
+        match r {
+            Ok(reply) => println!("{}", reply.path.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("ckpt create: process {pid}: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn restart(image_dir: Option<&Path>, command: &[String]) -> Result<ExitCode, Error> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    if let Some(d) = image_dir {
+        if !d.is_dir() {
+            return Err(Error::new(ckpt_core::ErrorKind::NotFound, "image directory does not exist").with_path(d));
+        }
+        cmd.env("CKPT_RESTART_DIR", d).env("SLURM_RESTART_DIR", d);
+    }
+    let err = cmd.exec();
+    Err(Error::io(&format!("run {}", command[0]), err))
+}

@@ -1,0 +1,560 @@
+//! When to checkpoint: signals, the interval, the job's time limit and requests from outside.
+//!
+//! A [`Checkpointer`] owns a [`Store`] and decides when checkpoints are due. The program asks at its safe
+//! points with [`Checkpointer::should_checkpoint`] (one relaxed atomic load: cheap enough for every
+//! iteration of a hot loop) and, after a checkpoint, [`Checkpointer::should_exit`].
+//!
+//! * **Signals** (`CKPT_SIGNALS`, default `TERM,USR1`): the handlers only set bits in an atomic word
+//!   (async-signal-safe); handlers installed earlier keep being called (signal-hook chains them). SIGTERM
+//!   asks for a checkpoint and an exit, the others for a checkpoint. Duplicates (Slurm sends SIGTERM twice
+//!   to srun steps) set the same bit again: harmless. SIGINT is left alone.
+//! * **Interval** (`CKPT_INTERVAL`, `SLURM_CHECKPOINT`): due when that much time has passed since the last
+//!   checkpoint ended (or since start). `auto` uses Daly's optimum from the measured cost and `CKPT_MTBF`.
+//! * **Time limit**: from `SLURM_JOB_END_TIME`, else `squeue` (queried in the background now and then,
+//!   never on the hot path), else `CKPT_END_TIME`. When the time left falls below the predicted cost times
+//!   the safety factor plus the margin, one checkpoint is requested, and `should_exit` turns true after it.
+//! * **Requests** through the control socket (`ckpt create`), see [`crate::control`].
+//!
+//! A background thread (`ckpt-watch`) does the timing, the squeue queries and the socket; it only ever
+//! sets bits. The checkpoint itself is always written by the program's own thread.
+//!
+//! Every checkpoint and every decision is logged as one JSON line (`CKPT_LOG`).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{Config, Interval, LogTarget};
+use crate::control::{self, Request};
+use crate::discovery::Restored;
+use crate::error::{Error, Result};
+use crate::store::{CheckpointWriter, CommitInfo, Store};
+use crate::triggers::{self, CostEstimate, EndTimeSource, signal_label, unix_now};
+
+/// A checkpoint was requested by a signal (not SIGTERM).
+const SIGNAL: u32 = 1;
+/// SIGTERM: checkpoint, then exit.
+const SIGNAL_EXIT: u32 = 2;
+/// The interval elapsed.
+const INTERVAL: u32 = 4;
+/// The job's end is near: checkpoint, then exit.
+const DEADLINE: u32 = 8;
+/// A request arrived on the control socket.
+const REQUEST: u32 = 16;
+/// All "a checkpoint is due" bits.
+const DUE_MASK: u32 = 0xff;
+/// A checkpoint that was asked to be followed by an exit has been committed.
+const EXIT_READY: u32 = 1 << 8;
+
+/// How often `squeue` is asked for the job's end time (end times can change).
+const SQUEUE_REFRESH: Duration = Duration::from_secs(300);
+/// How long one `squeue` call may take.
+const SQUEUE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The watcher re-evaluates at least this often.
+const WATCH_TICK: Duration = Duration::from_millis(500);
+
+/// Why a checkpoint is being taken (the names used in the log).
+pub fn reasons(bits: u32) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for (bit, name) in [
+        (SIGNAL, "signal"),
+        (SIGNAL_EXIT, "sigterm"),
+        (INTERVAL, "interval"),
+        (DEADLINE, "time-limit"),
+        (REQUEST, "request"),
+    ] {
+        if bits & bit != 0 {
+            v.push(name);
+        }
+    }
+    if v.is_empty() {
+        v.push("explicit");
+    }
+    v
+}
+
+struct TimerState {
+    /// When the last checkpoint ended (or the checkpointer started).
+    last_end: Instant,
+    cost: CostEstimate,
+    end_time: Option<(f64, EndTimeSource)>,
+    deadline_fired: bool,
+    interval_fired: bool,
+    squeue_next: Option<Instant>,
+    /// The bits and requests taken by the checkpoint in progress.
+    in_progress: Option<(u32, Vec<Request>, Instant)>,
+    requests: Vec<Request>,
+}
+
+struct Inner {
+    flags: AtomicU32,
+    stop: AtomicBool,
+    state: Mutex<TimerState>,
+    log: Mutex<LogSink>,
+    config: Config,
+    base: String,
+    wake: Option<UnixStream>,
+}
+
+enum LogSink {
+    Off,
+    Stderr,
+    Pending(PathBuf),
+    File(File),
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, TimerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log(&self, mut event: Value) {
+        if let Value::Object(map) = &mut event {
+            map.insert("ts".into(), json!((unix_now() * 1000.0).round() / 1000.0));
+            map.insert("rank".into(), json!(self.config.rank));
+            map.insert("checkpoint".into(), json!(self.base));
+        }
+        let line = format!("{event}\n");
+        let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if let LogSink::Pending(path) = &*sink {
+            let opened = path
+                .parent()
+                .map(|d| std::fs::create_dir_all(d))
+                .transpose()
+                .ok()
+                .and_then(|_| OpenOptions::new().create(true).append(true).open(path).ok());
+            *sink = match opened {
+                Some(f) => LogSink::File(f),
+                None => {
+                    eprintln!("ckpt: cannot open log {}; logging to stderr", path.display());
+                    LogSink::Stderr
+                }
+            };
+        }
+        match &mut *sink {
+            LogSink::Off | LogSink::Pending(_) => {}
+            LogSink::Stderr => {
+                let _ = std::io::stderr().write_all(format!("ckpt: {line}").as_bytes());
+            }
+            LogSink::File(f) => {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.wake {
+            // SAFETY: the fd is owned by `w` and open; a one-byte buffer on the stack.
+            unsafe { libc::send(w.as_raw_fd(), [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        }
+    }
+
+    fn interval(&self, st: &TimerState) -> Option<Duration> {
+        match self.config.interval? {
+            Interval::Every(d) => Some(d),
+            Interval::Auto => Some(triggers::daly_interval(
+                st.cost.predict().unwrap_or(triggers::INITIAL_COST_GUESS),
+                self.config.mtbf,
+            )),
+        }
+    }
+
+    /// Seconds before the end at which the end-of-job checkpoint must start.
+    fn deadline_lead(&self, st: &TimerState) -> f64 {
+        let cost = st.cost.predict().unwrap_or(Duration::ZERO).as_secs_f64();
+        cost * self.config.safety_factor + self.config.margin.as_secs_f64()
+    }
+
+    /// One evaluation of the timers; returns how long to sleep.
+    fn evaluate(&self) -> Duration {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let mut sleep = WATCH_TICK;
+        if let (Some(every), false) = (self.interval(&st), st.interval_fired) {
+            let due = st.last_end + every;
+            if now >= due {
+                st.interval_fired = true;
+                self.flags.fetch_or(INTERVAL, Ordering::SeqCst);
+                drop(st);
+                self.log(json!({"event": "trigger", "reason": "interval", "interval_s": every.as_secs_f64()}));
+                return Duration::from_millis(10);
+            }
+            sleep = sleep.min(due - now);
+        }
+        if let (Some((end, source)), false) = (st.end_time, st.deadline_fired) {
+            let lead = self.deadline_lead(&st);
+            let left = end - unix_now();
+            if left <= lead {
+                st.deadline_fired = true;
+                self.flags.fetch_or(DEADLINE, Ordering::SeqCst);
+                let predicted = st.cost.predict().map(|c| c.as_secs_f64());
+                drop(st);
+                self.log(json!({
+                    "event": "trigger", "reason": "time-limit", "time_left_s": left, "predicted_cost_s": predicted,
+                    "safety_factor": self.config.safety_factor, "margin_s": self.config.margin.as_secs_f64(),
+                    "end_time": end, "end_time_source": source.as_str(),
+                }));
+                return Duration::from_millis(10);
+            }
+            sleep = sleep.min(Duration::from_secs_f64((left - lead).max(0.001)));
+        }
+        sleep.max(Duration::from_millis(1))
+    }
+
+    fn refresh_end_time(&self) {
+        let Some(job) = self.config.job_id.clone() else { return };
+        {
+            let st = self.lock();
+            match st.squeue_next {
+                Some(t) if Instant::now() >= t => {}
+                _ => return,
+            }
+        }
+        let result = triggers::query_squeue_end_time(&job, SQUEUE_TIMEOUT);
+        let mut st = self.lock();
+        st.squeue_next = Some(Instant::now() + SQUEUE_REFRESH);
+        match result {
+            Ok(Some(end)) => {
+                let end = end as f64;
+                let changed = st.end_time.map(|(e, _)| e) != Some(end);
+                if changed && !matches!(st.end_time, Some((_, EndTimeSource::SlurmEnv))) {
+                    st.end_time = Some((end, EndTimeSource::Squeue));
+                    drop(st);
+                    self.log(json!({"event": "end-time", "source": "squeue", "end_time": end, "time_left_s": end - unix_now()}));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                drop(st);
+                self.log(json!({"event": "end-time", "source": "squeue", "error": e.to_string()}));
+            }
+        }
+    }
+
+    fn accept(&self, listener: &UnixListener) {
+        while let Ok((stream, _)) = listener.accept() {
+            match control::read_request(stream) {
+                Ok(Some(req)) => {
+                    let dir = req.image_dir.clone();
+                    let vacate = req.vacate;
+                    self.lock().requests.push(req);
+                    self.flags.fetch_or(REQUEST, Ordering::SeqCst);
+                    self.log(json!({"event": "trigger", "reason": "request", "image_dir": dir, "vacate": vacate}));
+                }
+                Ok(None) => self.log(json!({"event": "request-refused"})),
+                Err(e) => self.log(json!({"event": "request-refused", "error": e.to_string()})),
+            }
+        }
+    }
+}
+
+fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream) {
+    while !inner.stop.load(Ordering::SeqCst) {
+        inner.refresh_end_time();
+        let sleep = inner.evaluate();
+        let mut fds = vec![libc::pollfd { fd: wake_rx.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if let Some(l) = &listener {
+            fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let ms = sleep.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a live, correctly sized array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n <= 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            let mut buf = [0u8; 64];
+            // SAFETY: reading into a stack buffer of the given length from an fd owned by `wake_rx`.
+            unsafe { libc::recv(wake_rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        }
+        if let (Some(l), Some(p)) = (&listener, fds.get(1)) {
+            if p.revents != 0 {
+                inner.accept(l);
+            }
+        }
+    }
+}
+
+/// Decides when to checkpoint and writes checkpoints through its [`Store`]; see the module documentation.
+///
+/// One per process is the intended use (signals are process-wide).
+pub struct Checkpointer {
+    store: Store,
+    inner: Arc<Inner>,
+    signal_ids: Vec<signal_hook::SigId>,
+    watcher: Option<JoinHandle<()>>,
+    socket_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer").field("config", &self.inner.config).field("socket", &self.socket_path).finish()
+    }
+}
+
+impl Checkpointer {
+    /// A checkpointer for `app_name` configured from the environment; installs the signal handlers, starts
+    /// the watcher thread and the control socket.
+    pub fn from_env(app_name: Option<&str>) -> Result<Checkpointer> {
+        Checkpointer::new(Store::new(Config::from_env(app_name)?))
+    }
+
+    /// A checkpointer around `store`, using the store's configuration.
+    pub fn new(store: Store) -> Result<Checkpointer> {
+        let config = store.config().clone();
+        let base = config.base_name();
+        let log = match &config.log {
+            LogTarget::Off => LogSink::Off,
+            LogTarget::Stderr => LogSink::Stderr,
+            LogTarget::File(p) => LogSink::Pending(p.clone()),
+            LogTarget::CheckpointDir => LogSink::Pending(config.checkpoint_dir.join(format!("{base}.log"))),
+        };
+        let end_time = config.end_time.map(|t| (t as f64, config.end_time_source.unwrap_or(EndTimeSource::CkptEnv)));
+        // Slurm older than 23.02 has no SLURM_JOB_END_TIME: ask squeue (in the background).
+        let from_slurm = config.end_time_source == Some(EndTimeSource::SlurmEnv);
+        let squeue_next = (config.job_id.is_some() && !from_slurm).then(Instant::now);
+        let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
+        let inner = Arc::new(Inner {
+            flags: AtomicU32::new(0),
+            stop: AtomicBool::new(false),
+            state: Mutex::new(TimerState {
+                last_end: Instant::now(),
+                cost: CostEstimate::default(),
+                end_time,
+                deadline_fired: false,
+                interval_fired: false,
+                squeue_next,
+                in_progress: None,
+                requests: Vec::new(),
+            }),
+            log: Mutex::new(log),
+            config: config.clone(),
+            base,
+            wake: Some(wake_tx),
+        });
+        let mut signal_ids = Vec::new();
+        for spec in &config.signals {
+            let bits = if spec.exit { SIGNAL_EXIT } else { SIGNAL };
+            let flags = inner.clone();
+            // SAFETY: the action only performs an atomic fetch_or on memory kept alive by the Arc it owns,
+            // which is async-signal-safe (no allocation, no locks, no I/O).
+            let id = unsafe {
+                signal_hook::low_level::register(spec.signal, move || {
+                    flags.flags.fetch_or(bits, Ordering::SeqCst);
+                })
+            }
+            .map_err(|e| Error::io(&format!("install handler for SIG{}", signal_label(spec.signal)), e))?;
+            signal_ids.push(id);
+        }
+        let mut socket_path = None;
+        let mut listener = None;
+        if let Some(dir) = &config.socket_dir {
+            let name = control::socket_name(std::process::id(), config.job_id.as_deref(), config.step_id);
+            match control::listen(dir, &name) {
+                Ok((l, p)) => {
+                    listener = Some(l);
+                    socket_path = Some(p);
+                }
+                Err(e) => inner.log(json!({"event": "warning", "message": format!("no control socket: {e}")})),
+            }
+        }
+        let thread_inner = inner.clone();
+        let watcher = std::thread::Builder::new()
+            .name("ckpt-watch".into())
+            .spawn(move || watch(thread_inner, listener, wake_rx))
+            .map_err(|e| Error::io("start the ckpt-watch thread", e))?;
+        let cp = Checkpointer { store, inner, signal_ids, watcher: Some(watcher), socket_path };
+        let signals: Vec<String> = config.signals.iter().map(|s| signal_label(s.signal)).collect();
+        let end = cp.inner.lock().end_time;
+        cp.inner.log(json!({
+            "event": "start", "pid": std::process::id(), "job_id": config.job_id, "step_id": config.step_id,
+            "nranks": config.nranks, "checkpoint_dir": config.checkpoint_dir, "restart_dir": config.restart_dir,
+            "interval": match config.interval { None => json!(null), Some(Interval::Auto) => json!("auto"), Some(Interval::Every(d)) => json!(d.as_secs_f64()) },
+            "signals": signals, "end_time": end.map(|(t, _)| t), "end_time_source": end.map(|(_, s)| s.as_str()),
+            "restart_count": config.restart_count, "socket": cp.socket_path,
+        }));
+        Ok(cp)
+    }
+
+    /// The store checkpoints are written to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        self.store.config()
+    }
+
+    /// The control socket this process listens on, if any.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket_path.as_deref()
+    }
+
+    /// Whether a checkpoint is due (a signal, the interval, the time limit or a request). One atomic load:
+    /// call it as often as you like.
+    #[inline]
+    pub fn should_checkpoint(&self) -> bool {
+        self.inner.flags.load(Ordering::Relaxed) & DUE_MASK != 0
+    }
+
+    /// Whether the program should stop now: a checkpoint asked to be followed by an exit (SIGTERM, the time
+    /// limit, a vacating request) has been committed.
+    #[inline]
+    pub fn should_exit(&self) -> bool {
+        self.inner.flags.load(Ordering::Relaxed) & EXIT_READY != 0
+    }
+
+    /// Requests a checkpoint as a signal would (for tests and programmatic triggers).
+    pub fn request_checkpoint(&self, exit: bool) {
+        self.inner.flags.fetch_or(if exit { SIGNAL_EXIT } else { SIGNAL }, Ordering::SeqCst);
+    }
+
+    /// Seconds left before the job's end, if known.
+    pub fn time_left(&self) -> Option<f64> {
+        self.inner.lock().end_time.map(|(e, _)| e - unix_now())
+    }
+
+    /// Restart discovery through the store (logged).
+    pub fn restore(&self) -> Result<Option<Restored>> {
+        let r = self.store.restore();
+        match &r {
+            Ok(Some(x)) => self.inner.log(json!({
+                "event": "restore", "path": x.chosen_path, "generation": x.generation, "step": x.app_step,
+                "other_job": x.other_job, "rejected": x.rejected.iter().map(|(p, e)| json!({"path": p, "error": e.to_string()})).collect::<Vec<_>>(),
+            })),
+            Ok(None) => self.inner.log(json!({"event": "restore", "path": null, "message": "no checkpoint: fresh start"})),
+            Err(e) => self.inner.log(json!({"event": "restore", "error": e.to_string()})),
+        }
+        r
+    }
+
+    /// Starts a checkpoint of step `app_step`, taking (and clearing) whatever made it due. Write sections,
+    /// then pass the writer to [`Checkpointer::commit`].
+    pub fn begin(&self, app_step: i64) -> Result<CheckpointWriter> {
+        let taken = self.inner.flags.fetch_and(!DUE_MASK, Ordering::SeqCst) & DUE_MASK;
+        let mut st = self.inner.lock();
+        let requests = if taken & REQUEST != 0 { std::mem::take(&mut st.requests) } else { Vec::new() };
+        let image_dir = requests.iter().find_map(|r| r.image_dir.clone());
+        st.in_progress = Some((taken, Vec::new(), Instant::now()));
+        drop(st);
+        let result = match &image_dir {
+            Some(dir) => self.store.begin_in(dir, app_step),
+            None => self.store.begin(app_step),
+        };
+        match result {
+            Ok(w) => {
+                if let Some((_, reqs, _)) = self.inner.lock().in_progress.as_mut() {
+                    *reqs = requests;
+                }
+                Ok(w)
+            }
+            Err(e) => {
+                self.fail(taken, requests, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&self, taken: u32, requests: Vec<Request>, e: &Error) {
+        // Signals and the time limit stay due so the program tries again at its next safe point.
+        self.inner.flags.fetch_or(taken & (SIGNAL | SIGNAL_EXIT | DEADLINE), Ordering::SeqCst);
+        for r in requests {
+            r.answer(&json!({"ok": false, "error": e.to_string()}));
+        }
+        self.inner.log(json!({"event": "checkpoint-failed", "trigger": reasons(taken), "error": e.to_string()}));
+    }
+
+    /// Commits a checkpoint begun with [`Checkpointer::begin`]: durable on return, timed and logged,
+    /// answers pending requests, and arms `should_exit` when the checkpoint was asked to be the last.
+    pub fn commit(&self, writer: CheckpointWriter) -> Result<CommitInfo> {
+        let (taken, requests, started) =
+            self.inner.lock().in_progress.take().unwrap_or((0, Vec::new(), Instant::now()));
+        let result = writer.commit();
+        match &result {
+            Ok(info) => self.committed(taken, requests, started, info),
+            Err(e) => self.fail(taken, requests, e),
+        }
+        result
+    }
+
+    fn committed(&self, taken: u32, requests: Vec<Request>, started: Instant, info: &CommitInfo) {
+        let cost = started.elapsed();
+        let vacate = requests.iter().any(|r| r.vacate);
+        let (interval, time_left) = {
+            let mut st = self.inner.lock();
+            st.cost.record(cost);
+            st.last_end = Instant::now();
+            st.interval_fired = false;
+            (self.inner.interval(&st), st.end_time.map(|(e, _)| e - unix_now()))
+        };
+        if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
+            self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
+        }
+        let reply = json!({"ok": true, "path": info.path, "generation": info.generation, "step": info.app_step, "seconds": info.seconds});
+        for r in requests {
+            r.answer(&reply);
+        }
+        let secs = cost.as_secs_f64();
+        self.inner.log(json!({
+            "event": "checkpoint", "trigger": reasons(taken), "step": info.app_step, "generation": info.generation,
+            "path": info.path, "bytes": info.stats.file_bytes, "raw_bytes": info.stats.raw_bytes, "seconds": secs,
+            "bandwidth_MBps": if secs > 0.0 { info.stats.file_bytes as f64 / secs / 1e6 } else { 0.0 },
+            "time_left_s": time_left, "interval_s": interval.map(|d| d.as_secs_f64()),
+            "exit": self.should_exit(), "warnings": info.warnings,
+        }));
+        self.inner.wake();
+    }
+
+    /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit).
+    pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
+        let mut w = self.begin(app_step)?;
+        if let Err(e) = w.add_serde("state", value) {
+            let taken = self.inner.lock().in_progress.take().map(|(t, r, _)| (t, r));
+            if let Some((t, r)) = taken {
+                self.fail(t, r, &e);
+            }
+            return Err(e);
+        }
+        self.commit(w)
+    }
+
+    /// Writes one line to the structured log (for programs that want their own events there).
+    pub fn log_event(&self, event: &str, fields: Value) {
+        let mut v = json!({"event": event});
+        if let (Value::Object(m), Value::Object(extra)) = (&mut v, fields) {
+            m.extend(extra);
+        }
+        self.inner.log(v);
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        for id in self.signal_ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.wake();
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+        let pending = std::mem::take(&mut self.inner.lock().requests);
+        for r in pending {
+            r.answer(&json!({"ok": false, "error": "the process finished without taking the checkpoint"}));
+        }
+        self.inner.log(json!({"event": "finish"}));
+    }
+}

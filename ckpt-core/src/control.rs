@@ -1,0 +1,300 @@
+//! The control socket: checkpoint requests from outside the process (`ckpt create`, the seed's
+//! `scontrol checkpoint create` with `ImageDir=` and `MaxWait=`).
+//!
+//! Every process using a [`crate::Checkpointer`] listens on a Unix stream socket
+//! `<socket_dir>/<pid>.<job_id|->.<step_id|->.sock`. The directory is created with mode 0700 and must be
+//! owned by the user (it is refused otherwise); the socket is 0600; and every connection's peer uid is
+//! checked with `SO_PEERCRED`, so no other user can request a checkpoint.
+//!
+//! The protocol is one JSON line each way. Request: `{"op": "checkpoint", "image_dir": "/path" | null,
+//! "vacate": false}`. The process takes the request at its next safe point (`should_checkpoint()`), and
+//! answers once the checkpoint is durable: `{"ok": true, "path": "...", "generation": 3, "step": 120,
+//! "seconds": 0.42}`, or `{"ok": false, "error": "..."}`.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A request read from the socket, waiting for the next checkpoint.
+#[derive(Debug)]
+pub struct Request {
+    pub(crate) stream: UnixStream,
+    /// Directory to write this checkpoint to instead of the checkpoint directory.
+    pub image_dir: Option<PathBuf>,
+    /// Whether the program should exit after the checkpoint.
+    pub vacate: bool,
+}
+
+impl Request {
+    /// Sends the answer (best effort: the requester may have given up).
+    pub(crate) fn answer(self, reply: &Value) {
+        let mut line = reply.to_string();
+        line.push('\n');
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
+        send_all(&self.stream, line.as_bytes());
+    }
+}
+
+/// Writes with MSG_NOSIGNAL so a requester that went away cannot kill the process with SIGPIPE.
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the fd is owned by `stream` and open for the duration of the call; the pointer and
+        // length describe the live slice `bytes`.
+        let n = unsafe { libc::send(stream.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// The socket directory is ours alone: created 0700, or refused when it is a symlink, not a directory,
+/// owned by someone else, or open to others.
+pub fn prepare_socket_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io("create socket directory", e).with_path(dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io("chmod socket directory", e).with_path(dir))?;
+            check_socket_dir(dir)
+        }
+        Err(e) => Err(Error::io("stat socket directory", e).with_path(dir)),
+        Ok(_) => check_socket_dir(dir),
+    }
+}
+
+fn check_socket_dir(dir: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io("stat socket directory", e).with_path(dir))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err(Error::invalid("the socket directory is not a directory (or is a symlink)").with_path(dir));
+    }
+    if meta.uid() != me {
+        return Err(Error::invalid(format!("the socket directory belongs to uid {}, not to us ({me})", meta.uid()))
+            .with_path(dir));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(Error::invalid(format!(
+            "the socket directory has mode {:o}; it must be 0700 so other users cannot reach the sockets",
+            meta.mode() & 0o777
+        ))
+        .with_path(dir));
+    }
+    Ok(())
+}
+
+/// The socket file name of a process.
+pub fn socket_name(pid: u32, job_id: Option<&str>, step_id: Option<u32>) -> String {
+    let step = step_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    format!("{pid}.{}.{step}.sock", job_id.unwrap_or("-"))
+}
+
+/// A parsed socket file name: (pid, job id, step id).
+pub fn parse_socket_name(name: &str) -> Option<(u32, Option<String>, Option<u32>)> {
+    let rest = name.strip_suffix(".sock")?;
+    let (pid, rest) = rest.split_once('.')?;
+    let (job, step) = rest.rsplit_once('.')?;
+    let pid = pid.parse().ok()?;
+    let job = (job != "-").then(|| job.to_string());
+    let step = if step == "-" { None } else { Some(step.parse().ok()?) };
+    Some((pid, job, step))
+}
+
+/// Binds the listening socket (mode 0600).
+pub(crate) fn listen(dir: &Path, name: &str) -> Result<(UnixListener, PathBuf)> {
+    prepare_socket_dir(dir)?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path); // a leftover of a process that had our pid
+    let listener = UnixListener::bind(&path).map_err(|e| Error::io("bind control socket", e).with_path(&path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod control socket", e).with_path(&path))?;
+    listener.set_nonblocking(true).map_err(|e| Error::io("control socket", e))?;
+    Ok((listener, path))
+}
+
+/// The uid of the process at the other end of `stream`.
+pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a live socket owned by `stream`; `cred` and `len` are valid for writes of the
+    // sizes given, as SO_PEERCRED requires.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Reads one request from a freshly accepted connection. Connections from other users are answered
+/// with an error and dropped (returns `Ok(None)`).
+pub(crate) fn read_request(stream: UnixStream) -> Result<Option<Request>> {
+    stream.set_nonblocking(false).map_err(|e| Error::io("control socket", e))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let uid = peer_uid(&stream).map_err(|e| Error::io("SO_PEERCRED", e))?;
+    if uid != me {
+        let req = Request { stream, image_dir: None, vacate: false };
+        req.answer(
+            &json!({"ok": false, "error": format!("permission denied: uid {uid} may not control this process")}),
+        );
+        return Ok(None);
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| Error::io("control socket", e))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(64 << 10)).read_line(&mut line).map_err(|e| Error::io("read request", e))?;
+    let bad = |why: &str| Error::invalid(format!("bad control request {:?}: {why}", line.trim()));
+    let v: Value = serde_json::from_str(line.trim()).map_err(|e| bad(&e.to_string()))?;
+    if v.get("op").and_then(Value::as_str) != Some("checkpoint") {
+        let req = Request { stream, image_dir: None, vacate: false };
+        req.answer(&json!({"ok": false, "error": "unknown op (expected \"checkpoint\")"}));
+        return Ok(None);
+    }
+    let image_dir = match v.get("image_dir") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+        Some(_) => return Err(bad("image_dir must be a string")),
+    };
+    let vacate = v.get("vacate").and_then(Value::as_bool).unwrap_or(false);
+    Ok(Some(Request { stream, image_dir, vacate }))
+}
+
+/// The answer to a checkpoint request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    /// The durable checkpoint's path.
+    pub path: PathBuf,
+    /// Its generation.
+    pub generation: u64,
+    /// The application step.
+    pub step: i64,
+}
+
+/// Asks the process listening on `socket` for a checkpoint and waits up to `max_wait` for it to be durable.
+pub fn request_checkpoint(socket: &Path, image_dir: Option<&Path>, vacate: bool, max_wait: Duration) -> Result<Reply> {
+    let stream = UnixStream::connect(socket).map_err(|e| Error::io("connect", e).with_path(socket))?;
+    let deadline = Instant::now() + max_wait;
+    let image_dir = match image_dir {
+        Some(d) => Some(std::path::absolute(d).map_err(|e| Error::io("resolve image directory", e).with_path(d))?),
+        None => None,
+    };
+    let req = json!({"op": "checkpoint", "image_dir": image_dir, "vacate": vacate});
+    (&stream).write_all(format!("{req}\n").as_bytes()).map_err(|e| Error::io("send request", e).with_path(socket))?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "no durable checkpoint within MaxWait={}s (the process has not reached a safe point)",
+                    max_wait.as_secs_f64()
+                ),
+            )
+            .with_path(socket));
+        }
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| Error::io("socket", e))?;
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                return Err(
+                    Error::new(ErrorKind::Io, "the process closed the connection without answering").with_path(socket)
+                );
+            }
+            Ok(_) if line.ends_with('\n') => break,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(Error::io("read answer", e).with_path(socket)),
+        }
+    }
+    let v: Value =
+        serde_json::from_str(line.trim()).map_err(|e| Error::invalid(format!("bad answer {line:?}: {e}")))?;
+    if v.get("ok").and_then(Value::as_bool) != Some(true) {
+        let msg = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        return Err(Error::new(ErrorKind::InvalidState, format!("checkpoint failed: {msg}")).with_path(socket));
+    }
+    Ok(Reply {
+        path: PathBuf::from(v.get("path").and_then(Value::as_str).unwrap_or_default()),
+        generation: v.get("generation").and_then(Value::as_u64).unwrap_or(0),
+        step: v.get("step").and_then(Value::as_i64).unwrap_or(0),
+    })
+}
+
+/// The control sockets in `dir` of live processes matching `target`: a pid, a job id, or `job.step`.
+pub fn find_sockets(dir: &Path, target: &str) -> Result<Vec<(u32, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list socket directory", e).with_path(dir)),
+    };
+    let (want_job, want_step) = match target.split_once('.') {
+        Some((j, s)) => {
+            (j.to_string(), Some(s.parse::<u32>().map_err(|_| Error::invalid(format!("bad job step {target:?}")))?))
+        }
+        None => (target.to_string(), None),
+    };
+    let mut by_pid = Vec::new();
+    let mut by_job = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((pid, job, step)) = parse_socket_name(&name) else { continue };
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        if !alive {
+            continue;
+        }
+        if want_step.is_none() && target == pid.to_string() {
+            by_pid.push((pid, e.path()));
+        } else if job.as_deref() == Some(want_job.as_str()) && (want_step.is_none() || step == want_step) {
+            by_job.push((pid, e.path()));
+        }
+    }
+    let mut out = if by_pid.is_empty() { by_job } else { by_pid };
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_names() {
+        assert_eq!(socket_name(12, Some("77"), Some(3)), "12.77.3.sock");
+        assert_eq!(parse_socket_name("12.77.3.sock"), Some((12, Some("77".into()), Some(3))));
+        assert_eq!(parse_socket_name("12.my.app.-.sock"), Some((12, Some("my.app".into()), None)));
+        assert_eq!(parse_socket_name("12.-.-.sock"), Some((12, None, None)));
+        assert_eq!(parse_socket_name("x.sock"), None);
+    }
+
+    #[test]
+    fn socket_dir_must_be_private() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("s");
+        prepare_socket_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(prepare_socket_dir(&d).unwrap_err().to_string().contains("0700"));
+        let link = t.path().join("l");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert!(prepare_socket_dir(&link).is_err());
+    }
+}
