@@ -1,5 +1,6 @@
 //! Integration tests of the ckpt workspace: one test binary, one module per concern.
 
+mod cli;
 mod corruption;
 mod crash;
 mod discovery;
@@ -8,3 +9,4 @@ mod golden;
 mod kill;
 mod multirank;
 mod roundtrip;
+mod triggers;

@@ -53,3 +53,120 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let dir = exe.parent().expect("deps dir").parent().expect("profile dir");
     dir.join(name)
 }
+
+/// A child process whose stdout lines arrive on a channel, for tests that talk to live programs.
+pub struct LiveChild {
+    /// The process.
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line received so far.
+    pub seen: Vec<String>,
+}
+
+impl LiveChild {
+    /// Spawns `cmd` with stdout captured (stderr inherited).
+    pub fn spawn(mut cmd: std::process::Command) -> LiveChild {
+        use std::io::BufRead;
+        cmd.stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn child");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LiveChild { child, lines: rx, seen: Vec::new() }
+    }
+
+    /// Waits up to `timeout` for a line starting with `prefix`; returns it.
+    pub fn wait_for(&mut self, prefix: &str, timeout: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for exit (up to `timeout`, then kills) and collects the remaining lines.
+    pub fn finish(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Lines seen so far that start with `prefix`.
+    pub fn lines_with(&self, prefix: &str) -> Vec<&String> {
+        self.seen.iter().filter(|l| l.starts_with(prefix)).collect()
+    }
+}
+
+impl Drop for LiveChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command for a workspace binary with a clean ckpt environment: no inherited `CKPT_*`/`SLURM_*`/MPI
+/// variables, checkpoints in `dir`, the log in `dir/ckpt.log`, sockets in `dir/sock`.
+pub fn clean_command(program: &Path, dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    for (k, _) in std::env::vars() {
+        if ["CKPT_", "SLURM_", "OMPI_", "PMI", "PMIX_"].iter().any(|p| k.starts_with(p)) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CKPT_DIR", dir).env("CKPT_LOG", dir.join("ckpt.log")).env("CKPT_SOCKET_DIR", dir.join("sock"));
+    cmd
+}
+
+/// Path of the `ckpt` command, built if needed.
+pub fn ckpt_cli() -> PathBuf {
+    let bin = workspace_bin("ckpt");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "ckpt-cli"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo build -p ckpt-cli");
+        assert!(status.success(), "building ckpt-cli failed");
+    }
+    bin
+}
+
+/// The JSON lines of a ckpt log file whose `event` is `event`.
+pub fn log_events(path: &Path, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}

@@ -1,0 +1,165 @@
+//! Triggers with real signals delivered to real child processes (`ckpt-test-trigger`): SIGUSR1 mid-run,
+//! SIGTERM (checkpoint, then exit 0), SIGTERM twice 20 ms apart as Slurm sends it, handler chaining,
+//! SIGINT left alone, the interval, and the job's time limit from `CKPT_END_TIME`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ckpt_tests::{LiveChild, clean_command, log_events};
+
+const TRIGGER: &str = env!("CARGO_BIN_EXE_ckpt-test-trigger");
+const T: Duration = Duration::from_secs(20);
+
+fn child(dir: &Path, iterations: u64, sleep_ms: u64, mode: &str, env: &[(&str, &str)]) -> LiveChild {
+    let mut cmd = clean_command(Path::new(TRIGGER), dir);
+    cmd.args([iterations.to_string(), sleep_ms.to_string(), mode.to_string()]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut c = LiveChild::spawn(cmd);
+    assert!(c.wait_for("ready", T).is_some(), "child did not start: {:?}", c.seen);
+    c
+}
+
+fn step_of(line: &str) -> u64 {
+    line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no step in {line:?}"))
+}
+
+/// The result of an uninterrupted run of `iterations` steps.
+fn reference(iterations: u64) -> String {
+    let sum: u64 = (1..=iterations).map(|s| s * s).sum();
+    format!("done {iterations} {sum}")
+}
+
+#[test]
+fn usr1_checkpoints_at_the_next_safe_point_and_the_run_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child(dir.path(), 150, 10, "", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal(libc::SIGUSR1);
+    let line = c.wait_for("checkpoint", T).expect("a checkpoint after SIGUSR1");
+    assert!(line.ends_with("trigger-test.ckpt"), "{line}");
+    let status = c.finish(T);
+    assert!(status.success(), "{status:?} {:?}", c.seen);
+    assert_eq!(c.lines_with("checkpoint").len(), 1, "{:?}", c.seen);
+    assert_eq!(c.lines_with("done").last().map(|s| s.as_str()), Some(reference(150).as_str()));
+    let events = log_events(&dir.path().join("ckpt.log"), "checkpoint");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["trigger"][0], "signal");
+    assert!(events[0]["bytes"].as_u64().unwrap() > 0 && events[0]["seconds"].as_f64().is_some());
+}
+
+#[test]
+fn sigterm_checkpoints_then_exits_zero_and_the_restart_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child(dir.path(), 150, 10, "", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal(libc::SIGTERM);
+    let ck = c.wait_for("checkpoint", T).expect("checkpoint after SIGTERM");
+    let exit = c.wait_for("exit", T).expect("exit after the checkpoint");
+    assert_eq!(step_of(&ck), step_of(&exit), "the exit follows the checkpoint of the same step");
+    assert!(c.finish(T).success(), "exit status 0 after SIGTERM: {:?}", c.seen);
+    let stopped = step_of(&exit);
+    assert!(stopped < 150);
+
+    let mut again = child(dir.path(), 150, 1, "", &[]);
+    let resumed = again.seen.iter().find(|l| l.starts_with("resumed")).cloned().expect("resumed line");
+    assert_eq!(step_of(&resumed), stopped);
+    assert!(again.finish(T).success());
+    assert_eq!(again.lines_with("done").last().map(|s| s.as_str()), Some(reference(150).as_str()));
+}
+
+#[test]
+fn two_sigterms_20ms_apart_give_one_checkpoint_and_a_clean_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Steps of 50 ms: both signals land within one step, as Slurm's two SIGTERMs to an srun step do.
+    let mut c = child(dir.path(), 400, 50, "", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    c.signal(libc::SIGCONT); // Slurm sends SIGCONT first
+    c.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(20));
+    c.signal(libc::SIGTERM);
+    let status = c.finish(T);
+    assert!(status.success(), "{status:?} {:?}", c.seen);
+    assert_eq!(c.lines_with("checkpoint").len(), 1, "exactly one checkpoint: {:?}", c.seen);
+    assert_eq!(c.lines_with("exit").len(), 1, "{:?}", c.seen);
+}
+
+#[test]
+fn a_handler_installed_before_ours_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child(dir.path(), 150, 10, "chain", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    c.signal(libc::SIGUSR1);
+    assert!(c.wait_for("checkpoint", T).is_some(), "{:?}", c.seen);
+    assert!(c.finish(T).success());
+    assert!(!c.lines_with("user-handler").is_empty(), "the program's own handler must still run: {:?}", c.seen);
+}
+
+#[test]
+fn sigint_stays_the_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child(dir.path(), 1000, 10, "", &[]);
+    c.signal(libc::SIGINT);
+    let status = c.finish(T);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "SIGINT keeps its default action: {status:?}");
+    assert!(c.lines_with("checkpoint").is_empty());
+}
+
+#[test]
+fn configured_signals_replace_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child(dir.path(), 120, 10, "", &[("CKPT_SIGNALS", "USR2,TERM")]);
+    std::thread::sleep(Duration::from_millis(150));
+    c.signal(libc::SIGUSR2);
+    assert!(c.wait_for("checkpoint", T).is_some(), "USR2 was configured: {:?}", c.seen);
+    assert!(c.finish(T).success());
+    // A malformed list is a clear startup error.
+    let mut cmd = clean_command(Path::new(TRIGGER), dir.path());
+    cmd.args(["5", "1"]).env("CKPT_SIGNALS", "USR1,BOGUS");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CKPT_SIGNALS") && err.contains("BOGUS"), "{err}");
+}
+
+#[test]
+fn the_interval_triggers_periodic_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    // 0:01 is "minutes:seconds": one second. 150 steps of 10 ms take ~1.6 s or more.
+    let mut c = child(dir.path(), 150, 10, "", &[("SLURM_CHECKPOINT", "0:01")]);
+    assert!(c.finish(T).success(), "{:?}", c.seen);
+    let n = c.lines_with("checkpoint").len();
+    assert!(n >= 1, "at least one interval checkpoint: {:?}", c.seen);
+    let events = log_events(&dir.path().join("ckpt.log"), "checkpoint");
+    assert!(events.iter().all(|e| e["trigger"][0] == "interval" && e["interval_s"] == 1.0), "{events:?}");
+    // A malformed interval is a clear startup error quoting the value.
+    let mut cmd = clean_command(Path::new(TRIGGER), dir.path());
+    cmd.args(["5", "1"]).env("SLURM_CHECKPOINT", "1:2:3:4");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SLURM_CHECKPOINT") && err.contains("\"1:2:3:4\""), "{err}");
+}
+
+#[test]
+fn the_time_limit_checkpoint_happens_before_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let end = (now + 3.0).ceil() as i64;
+    let started = Instant::now();
+    let mut c = child(dir.path(), 100_000, 10, "", &[("CKPT_END_TIME", &end.to_string()), ("CKPT_MARGIN", "1")]);
+    let ck = c.wait_for("checkpoint", Duration::from_secs(10)).expect("a checkpoint before the time limit");
+    assert!(c.wait_for("exit", T).is_some(), "should_exit after the deadline checkpoint: {:?}", c.seen);
+    assert!(c.finish(T).success());
+    let finished = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(finished < end as f64, "the job ended at {finished}, after its end time {end}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "not immediately: {ck}");
+    let triggers = log_events(&dir.path().join("ckpt.log"), "trigger");
+    let t = triggers.iter().find(|e| e["reason"] == "time-limit").expect("a time-limit decision in the log");
+    assert!(t["time_left_s"].as_f64().unwrap() > 0.0 && t["end_time_source"] == "CKPT_END_TIME", "{t}");
+    let cks = log_events(&dir.path().join("ckpt.log"), "checkpoint");
+    assert_eq!(cks[0]["trigger"][0], "time-limit");
+    assert!(cks[0]["ts"].as_f64().unwrap() < end as f64);
+}
