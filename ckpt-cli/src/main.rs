@@ -315,10 +315,10 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     // Saves in progress (or abandoned).
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some((base, _)) = name.split_once(".tmp.") {
-            if matches!(classify(base, &name), Some(ckpt_core::NameKind::Temporary { .. })) {
-                rows.push(json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}));
-            }
+        if let Some((base, _)) = name.split_once(".tmp.")
+            && matches!(classify(base, &name), Some(ckpt_core::NameKind::Temporary { .. }))
+        {
+            rows.push(json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}));
         }
     }
     // What a restart would choose, per checkpoint name.

@@ -128,7 +128,7 @@ impl Inner {
         if let LogSink::Pending(path) = &*sink {
             let opened = path
                 .parent()
-                .map(|d| std::fs::create_dir_all(d))
+                .map(std::fs::create_dir_all)
                 .transpose()
                 .ok()
                 .and_then(|_| OpenOptions::new().create(true).append(true).open(path).ok());
@@ -276,10 +276,10 @@ fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream)
             // SAFETY: reading into a stack buffer of the given length from an fd owned by `wake_rx`.
             unsafe { libc::recv(wake_rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         }
-        if let (Some(l), Some(p)) = (&listener, fds.get(1)) {
-            if p.revents != 0 {
-                inner.accept(l);
-            }
+        if let (Some(l), Some(p)) = (&listener, fds.get(1))
+            && p.revents != 0
+        {
+            inner.accept(l);
         }
     }
 }

@@ -357,10 +357,10 @@ fn detect_rank(get: &impl Fn(&str) -> Option<String>, in_step: bool) -> Result<(
             return Ok((rank, nranks));
         }
     }
-    if let Some(n) = size(&["CKPT_NRANKS"])? {
-        if n != 1 {
-            return Err(Error::invalid("CKPT_NRANKS is set without a rank (CKPT_RANK or the MPI launcher's)"));
-        }
+    if let Some(n) = size(&["CKPT_NRANKS"])?
+        && n != 1
+    {
+        return Err(Error::invalid("CKPT_NRANKS is set without a rank (CKPT_RANK or the MPI launcher's)"));
     }
     Ok((0, 1))
 }

@@ -662,7 +662,7 @@ impl Trailer {
             .ok_or_else(|| Error::corrupt("table offset overflows"))?;
         if expected_end != real_file_len
             || trailer.table_offset < u64::from(header_len)
-            || trailer.table_offset % SMALL_ALIGN != 0
+            || !trailer.table_offset.is_multiple_of(SMALL_ALIGN)
             || (trailer.section_count > 0 && trailer.table_offset < data_start)
         {
             return Err(Error::corrupt(format!(

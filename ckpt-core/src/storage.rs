@@ -345,10 +345,10 @@ fn lookup(st: &MemState, path: &Path) -> io::Result<usize> {
 }
 
 fn begin_op(st: &mut MemState) -> io::Result<()> {
-    if let Some(limit) = st.stop_after {
-        if st.ops >= limit {
-            return Err(dead());
-        }
+    if let Some(limit) = st.stop_after
+        && st.ops >= limit
+    {
+        return Err(dead());
     }
     st.ops += 1;
     Ok(())
@@ -479,10 +479,11 @@ impl Storage for MemStorage {
             })
             .collect();
         for sub in st.live.keys() {
-            if sub.parent().map(normalize_dir).as_deref() == Some(dir.as_path()) && *sub != dir {
-                if let Some(name) = sub.file_name() {
-                    out.push(DirEntry { name: name.to_os_string(), is_file: false, len: 0, modified: None });
-                }
+            if sub.parent().map(normalize_dir).as_deref() == Some(dir.as_path())
+                && *sub != dir
+                && let Some(name) = sub.file_name()
+            {
+                out.push(DirEntry { name: name.to_os_string(), is_file: false, len: 0, modified: None });
             }
         }
         Ok(out)

@@ -640,8 +640,9 @@ fn link_unsupported(e: &io::Error) -> bool {
 /// Removes generations beyond the newest `keep` (never `newest` itself), and for multi-rank names the part
 /// directories of removed generations and of abandoned older ones.
 fn prune(storage: &dyn Storage, dir: &Path, base: &str, keep: usize, newest: u64, warnings: &mut Vec<String>) {
+    // Only regular files count as generations: a planted symlink must not push a real one out.
     let names: Vec<String> = match storage.read_dir(dir) {
-        Ok(e) => e.into_iter().filter_map(|e| e.name.into_string().ok()).collect(),
+        Ok(e) => e.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect(),
         Err(e) => {
             warnings.push(format!("{}: listing for pruning failed: {e}", dir.display()));
             return;

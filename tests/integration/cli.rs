@@ -234,15 +234,13 @@ fn another_user_is_refused() {
     // Layer 2: open the directory and socket on purpose; the peer-uid check still refuses.
     std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let client = format!(
-        r#"import socket,sys
+    let client = r#"import socket,sys
 s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-try: s.sendall(b'{{"op":"checkpoint"}}\n')
+try: s.sendall(b'{"op":"checkpoint"}\n')
 except OSError: pass
-print(s.recv(4096).decode())"#
-    );
+print(s.recv(4096).decode())"#;
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", &client, sock.to_str().unwrap()]).uid(65534).gid(65534);
+    cmd.args(["-c", client, sock.to_str().unwrap()]).uid(65534).gid(65534);
     let o = cmd.output().unwrap();
     let answer = String::from_utf8_lossy(&o.stdout);
     assert!(answer.contains("permission denied"), "{}", text(&o));

@@ -29,9 +29,7 @@ fn from_bytes(bytes: &[u8]) -> Vec<f64> {
 
 fn initial(n: usize) -> Vec<f64> {
     let mut u = vec![0.0; n * n];
-    for j in 0..n {
-        u[j] = 100.0; // hot top edge
-    }
+    u[..n].fill(100.0); // hot top edge
     u
 }
 
