@@ -82,6 +82,8 @@ pub struct Restored {
 struct Probe {
     candidate: Candidate,
     checkpoint: Option<Checkpoint>,
+    /// Application name and step id from the header, when at least the header is readable.
+    owner: Option<(String, Option<u32>)>,
 }
 
 impl Store {
@@ -187,6 +189,7 @@ impl Store {
             match Checkpoint::open_with(&**storage, &path, opts) {
                 Ok(cp) => {
                     let h = cp.header();
+                    let owner = Some((h.app_name.clone(), h.step_id));
                     c.generation = Some(h.generation);
                     c.app_step = Some(h.app_step);
                     c.job_id = Some(h.job_id.clone());
@@ -200,7 +203,7 @@ impl Store {
                             ))
                             .with_path(&path),
                         );
-                        return Probe { candidate: c, checkpoint: None };
+                        return Probe { candidate: c, checkpoint: None, owner };
                     }
                     if h.kind != want_kind || h.nranks != cfg.nranks {
                         c.status = CandidateStatus::Invalid(
@@ -210,13 +213,20 @@ impl Store {
                             ))
                             .with_path(&path),
                         );
-                        return Probe { candidate: c, checkpoint: None };
+                        return Probe { candidate: c, checkpoint: None, owner };
                     }
-                    Probe { candidate: c, checkpoint: Some(cp) }
+                    Probe { candidate: c, checkpoint: Some(cp), owner }
                 }
                 Err(e) => {
+                    // The structure is damaged; the header alone may still say whose file this is.
+                    let owner = crate::reader::read_header(&**storage, &path).ok().map(|h| {
+                        c.job_id = Some(h.job_id.clone());
+                        c.app_step = Some(h.app_step);
+                        c.created_unix_ns = Some(h.created_unix_ns);
+                        (h.app_name, h.step_id)
+                    });
                     c.status = CandidateStatus::Invalid(e);
-                    Probe { candidate: c, checkpoint: None }
+                    Probe { candidate: c, checkpoint: None, owner }
                 }
             }
         };
@@ -233,13 +243,10 @@ impl Store {
                 .iter()
                 .filter(|n| any_base(n).is_some_and(|b| b != base))
                 .map(|n| probe(n, false))
-                .filter(|p| match &p.checkpoint {
-                    Some(cp) => {
-                        let h = cp.header();
-                        h.app_name == cfg.app_name && h.step_id == cfg.step_id
-                    }
-                    None => false, // unreadable files of other jobs are none of our business
-                })
+                // Files whose header names this application count, even when damaged: a resubmitted job
+                // must not start fresh silently because its predecessor's checkpoint is broken. Files
+                // whose header is unreadable cannot be attributed to anyone and are left alone.
+                .filter(|p| p.owner.as_ref().is_some_and(|(app, step)| *app == cfg.app_name && *step == cfg.step_id))
                 .collect();
             from_other_jobs = true;
         }
@@ -258,7 +265,6 @@ impl Store {
 
         let mut chosen = None;
         let mut chosen_cp = None;
-        let mut verified_ids: Vec<((u32, u32), bool)> = Vec::new();
         for (i, p) in probes.iter_mut().enumerate() {
             let Some(cp) = p.checkpoint.as_ref() else {
                 continue;
@@ -269,21 +275,9 @@ impl Store {
             if chosen.is_some() && !verify_all {
                 continue;
             }
-            let id = cp.identity();
-            let ok = if let Some((_, ok)) = verified_ids.iter().find(|(v, _)| *v == id) {
-                if *ok {
-                    Ok(None)
-                } else {
-                    Err(Error::corrupt("same file as a rejected candidate").with_path(&p.candidate.path))
-                }
-            } else {
-                let r = self.verify_candidate(cp, &dir);
-                // A read error says nothing about the bytes: let the file's other name try again.
-                if !matches!(&r, Err(e) if e.kind() == ErrorKind::Io) {
-                    verified_ids.push((id, r.is_ok()));
-                }
-                r
-            };
+            // Every name is verified on its own: `<base>` and `<base>.<N>` are normally one file, but a copy
+            // or a damaged block can make them differ, and each must be judged by its own bytes.
+            let ok = self.verify_candidate(cp, &dir);
             match ok {
                 Ok(part) => {
                     p.candidate.status = CandidateStatus::Valid;

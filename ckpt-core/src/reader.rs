@@ -43,6 +43,19 @@ impl Default for LoadOptions {
     }
 }
 
+/// Reads and verifies only the header of a file (its magic, version and CRC), for attributing a file
+/// whose body is damaged.
+pub fn read_header(storage: &dyn Storage, path: &Path) -> Result<Header> {
+    let r = storage.open(path).map_err(|e| Error::io("open", e).with_path(path))?;
+    let len = r.len();
+    let mut prefix = vec![0u8; len.min(16) as usize];
+    r.read_exact_at(&mut prefix, 0).map_err(|e| Error::io("read", e).with_path(path))?;
+    let header_len = Header::peek_len(&prefix, len).map_err(|e| e.with_path(path))?;
+    let mut bytes = vec![0u8; header_len as usize];
+    r.read_exact_at(&mut bytes, 0).map_err(|e| Error::io("read", e).with_path(path))?;
+    Header::decode(&bytes).map(|(h, _)| h).map_err(|e| e.with_path(path))
+}
+
 enum Source {
     Mapped(MappedBytes),
     Read(Box<dyn StorageReader>),
@@ -351,12 +364,28 @@ impl Checkpoint {
             }
             return Ok(bytes);
         }
-        let len = usize::try_from(e.raw_len).map_err(|_| Error::new(ErrorKind::TooLarge, "section too large"))?;
-        let mut out = Vec::new();
-        out.try_reserve_exact(len)
-            .map_err(|_| Error::new(ErrorKind::TooLarge, format!("cannot allocate {len} bytes for the section")))?;
-        out.resize(len, 0);
-        self.read_into_inner(i, e, &mut out)?;
+        // The recorded length is not trusted for allocation: a few hostile bytes can claim a terabyte. The
+        // buffer grows with what the decoder really produces (never past raw_len, checked while decoding).
+        usize::try_from(e.raw_len).map_err(|_| Error::new(ErrorKind::TooLarge, "section too large"))?;
+        self.check_stored_crc(i)?;
+        let mut out: Vec<u8> = Vec::new();
+        let initial = e.raw_len.min(e.stored_len.saturating_mul(4)).min(64 << 20) as usize;
+        out.try_reserve_exact(initial).map_err(|_| Error::new(ErrorKind::TooLarge, "cannot allocate the section"))?;
+        self.decode_stream(e, &mut |chunk| {
+            out.try_reserve(chunk.len()).map_err(|_| {
+                Error::new(ErrorKind::TooLarge, format!("cannot allocate {} bytes for the section", e.raw_len))
+            })?;
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        let actual = crc32fast::hash(&out);
+        if actual != e.raw_crc32 {
+            return Err(Error::corrupt(format!(
+                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
+                e.raw_crc32
+            )));
+        }
+        self.verified[i].store(true, Ordering::Relaxed);
         Ok(Cow::Owned(out))
     }
 

@@ -203,7 +203,9 @@ impl Store {
     /// Starts a checkpoint of the application's step `app_step` in the checkpoint directory.
     ///
     /// With more than one rank this writes this rank's part of the step (see [`Store::begin_part`]) using
-    /// the next generation number; rank 0 then needs [`Store::commit_step`].
+    /// the next generation number as this process sees it; rank 0 then needs [`Store::commit_step`]. That
+    /// number agrees across ranks only when every rank takes part in every step: collective callers should
+    /// agree on [`Store::next_generation`] (a max-reduction) and call [`Store::begin_part`].
     pub fn begin(&self, app_step: i64) -> Result<CheckpointWriter> {
         self.begin_in(&self.config.checkpoint_dir.clone(), app_step)
     }
@@ -390,11 +392,20 @@ impl Store {
                 match Checkpoint::open_with(&*self.storage, &path, LoadOptions { mmap: false }) {
                     Ok(cp) => {
                         let h = cp.header();
-                        if h.generation != generation || h.rank != r || h.nranks != nranks || h.kind != FileKind::Data {
-                            return Err(Error::corrupt(format!(
-                                "part is generation {} rank {}/{}, expected generation {generation} rank {r}/{nranks}",
-                                h.generation, h.rank, h.nranks
-                            ))
+                        if h.generation != generation
+                            || h.rank != r
+                            || h.nranks != nranks
+                            || h.kind != FileKind::Data
+                            || h.app_step != app_step
+                        {
+                            return Err(Error::new(
+                                ErrorKind::InvalidState,
+                                format!(
+                                    "part is generation {} step {} rank {}/{}, expected generation {generation} step \
+                                     {app_step} rank {r}/{nranks}: the ranks did not checkpoint the same step",
+                                    h.generation, h.app_step, h.rank, h.nranks
+                                ),
+                            )
                             .with_path(&path));
                         }
                         let (hc, tc) = cp.identity();
@@ -429,6 +440,8 @@ impl Store {
             manifest.extend_from_slice(&hc.to_le_bytes());
             manifest.extend_from_slice(&tc.to_le_bytes());
         }
+        let names = self.list(dir)?;
+        self.remove_stale_tmp(dir, &base, &names);
         let header = self.header(FileKind::Manifest, generation, app_step);
         let plan = Plan::Single { dir: dir.to_path_buf(), base: base.clone() };
         let mut w = self.start(dir, &base, header, plan)?;
