@@ -284,6 +284,32 @@ fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream)
     }
 }
 
+/// A cheap, clonable view of a [`Checkpointer`]'s trigger state, for hot loops and foreign-language
+/// bindings that cannot hold a reference to the checkpointer itself.
+#[derive(Clone)]
+pub struct TriggerView {
+    inner: Arc<Inner>,
+}
+
+impl TriggerView {
+    /// Same as [`Checkpointer::should_checkpoint`].
+    #[inline]
+    pub fn should_checkpoint(&self) -> bool {
+        self.inner.flags.load(Ordering::Relaxed) & DUE_MASK != 0
+    }
+    /// Same as [`Checkpointer::should_exit`].
+    #[inline]
+    pub fn should_exit(&self) -> bool {
+        self.inner.flags.load(Ordering::Relaxed) & EXIT_READY != 0
+    }
+}
+
+impl std::fmt::Debug for TriggerView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TriggerView").field("flags", &self.inner.flags.load(Ordering::Relaxed)).finish()
+    }
+}
+
 /// Decides when to checkpoint and writes checkpoints through its [`Store`]; see the module documentation.
 ///
 /// One per process is the intended use (signals are process-wide).
@@ -414,6 +440,11 @@ impl Checkpointer {
         self.inner.flags.load(Ordering::Relaxed) & EXIT_READY != 0
     }
 
+    /// A view of the trigger flags that outlives borrows of the checkpointer (see [`TriggerView`]).
+    pub fn trigger_view(&self) -> TriggerView {
+        TriggerView { inner: self.inner.clone() }
+    }
+
     /// Requests a checkpoint as a signal would (for tests and programmatic triggers).
     pub fn request_checkpoint(&self, exit: bool) {
         self.inner.flags.fetch_or(if exit { SIGNAL_EXIT } else { SIGNAL }, Ordering::SeqCst);
@@ -441,15 +472,26 @@ impl Checkpointer {
     /// Starts a checkpoint of step `app_step`, taking (and clearing) whatever made it due. Write sections,
     /// then pass the writer to [`Checkpointer::commit`].
     pub fn begin(&self, app_step: i64) -> Result<CheckpointWriter> {
+        self.begin_with(app_step, None)
+    }
+
+    /// Like [`Checkpointer::begin`] for this rank's part of multi-rank generation `generation` (agreed by
+    /// all ranks); one rank commits the step with [`Store::commit_step`] once every part is durable.
+    pub fn begin_part(&self, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
+        self.begin_with(app_step, Some(generation))
+    }
+
+    fn begin_with(&self, app_step: i64, part: Option<u64>) -> Result<CheckpointWriter> {
         let taken = self.inner.flags.fetch_and(!DUE_MASK, Ordering::SeqCst) & DUE_MASK;
         let mut st = self.inner.lock();
         let requests = if taken & REQUEST != 0 { std::mem::take(&mut st.requests) } else { Vec::new() };
         let image_dir = requests.iter().find_map(|r| r.image_dir.clone());
         st.in_progress = Some((taken, Vec::new(), Instant::now()));
         drop(st);
-        let result = match &image_dir {
-            Some(dir) => self.store.begin_in(dir, app_step),
-            None => self.store.begin(app_step),
+        let dir = image_dir.unwrap_or_else(|| self.store.config().checkpoint_dir.clone());
+        let result = match part {
+            Some(generation) => self.store.begin_part_in(&dir, generation, app_step),
+            None => self.store.begin_in(&dir, app_step),
         };
         match result {
             Ok(w) => {

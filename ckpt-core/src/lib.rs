@@ -73,7 +73,7 @@ mod timefmt;
 pub mod triggers;
 mod writer;
 
-pub use checkpointer::Checkpointer;
+pub use checkpointer::{Checkpointer, TriggerView};
 pub use config::{
     Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, base_name, hostname, parse_interval,
 };
@@ -81,7 +81,7 @@ pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Codec, Encoding, FileKind, Header, SectionEntry};
 pub use reader::{Checkpoint, LoadOptions, SectionData};
-pub use store::{CheckpointWriter, CommitInfo, NameKind, Store, any_base, classify, parse_manifest};
+pub use store::{CheckpointWriter, CommitInfo, NameKind, Store, any_base, begin_file, classify, parse_manifest};
 pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time};
 pub use writer::{Compression, FileStats, SectionOptions, SectionWriter, auto_choice};
 

@@ -260,7 +260,8 @@ impl Store {
         self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, app_step)
     }
 
-    fn begin_part_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
+    /// [`Store::begin_part`] into another directory (the seed's `ImageDir`).
+    pub fn begin_part_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
         if generation == 0 {
             return Err(Error::invalid("generation numbers start at 1"));
         }
@@ -479,8 +480,41 @@ pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
 
 #[derive(Clone, Debug)]
 enum Plan {
-    Single { dir: PathBuf, base: String },
-    Part { dir: PathBuf, name: String },
+    Single {
+        dir: PathBuf,
+        base: String,
+    },
+    Part {
+        dir: PathBuf,
+        name: String,
+    },
+    /// One file at an exact path, no generations (see [`begin_file`]).
+    File {
+        dir: PathBuf,
+        name: String,
+    },
+}
+
+/// Starts a checkpoint written to exactly `path` (no generations, no retention): on commit the file
+/// replaces `path` atomically and durably (temporary file in the same directory, fsync, rename, fsync of
+/// the directory). For callers that manage their own file names; the header records `config`'s job,
+/// application, rank and step id.
+pub fn begin_file(path: &Path, app_step: i64, config: &Config, storage: Arc<dyn Storage>) -> Result<CheckpointWriter> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::invalid("the checkpoint path has no UTF-8 file name").with_path(path))?
+        .to_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let store = Store::with_storage(config.clone(), storage);
+    store.prepare_dir(&dir)?;
+    let names = store.list(&dir)?;
+    store.remove_stale_tmp(&dir, &name, &names);
+    let header = store.header(FileKind::Data, 1, app_step);
+    store.start(&dir, &name, header, Plan::File { dir: dir.clone(), name: name.clone() })
 }
 
 /// A checkpoint being written. Add sections, then [`commit`](CheckpointWriter::commit); dropping it
@@ -614,7 +648,7 @@ impl CheckpointWriter {
                 }
                 (current, gen_path, dir.clone())
             }
-            Plan::Part { dir, name } => {
+            Plan::Part { dir, name } | Plan::File { dir, name } => {
                 let part = dir.join(name);
                 storage.rename(&tmp, &part).map_err(|e| Error::io("rename", e).with_path(&part))?;
                 (part.clone(), part, dir.clone())

@@ -1,0 +1,694 @@
+//! libckpt: the C ABI of ckpt, for C, Fortran and MPI codes.
+//!
+//! One checkpointer per process (like SCR, VeloC and FTI): `ckpt_init` reads the environment (the
+//! `SLURM_*`/`CKPT_*` variables, see the README) and installs the signal handlers; the program registers
+//! memory regions with `ckpt_protect`, asks `ckpt_should_checkpoint` at its safe points, writes them all
+//! with `ckpt_checkpoint`, and after a restart reads them back with `ckpt_restart`.
+//!
+//! Conventions (the header repeats them):
+//! * Every fallible function returns an `int32_t` status: `CKPT_OK` (0) or a negative `CKPT_ERR_*` code.
+//!   Codes are stable and never reused. `ckpt_last_error()` gives this thread's message for the last
+//!   failure (naming the file, the region and the problem); `ckpt_status_str(code)` a fixed description.
+//! * Out-parameters (`*_out`) are written only on success.
+//! * A NULL pointer where one is required gives `CKPT_ERR_NULL_ARGUMENT`, never a crash. No Rust panic
+//!   crosses the boundary: it becomes `CKPT_ERR_PANIC`.
+//! * Strings are NUL-terminated UTF-8; the library copies what it keeps.
+//! * Thread safety: every function may be called from any thread; calls are serialised internally, except
+//!   `ckpt_should_checkpoint`/`ckpt_should_exit`, which are lock-free. Protected memory must not be
+//!   modified by other threads while `ckpt_checkpoint` or `ckpt_restart` runs.
+//! * libckpt exports only `ckpt_*` symbols and links neither MPI nor Python; `ckpt_mpi.h` (header-only)
+//!   adds the collective calls.
+
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+mod status;
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, c_char, c_void};
+use std::path::PathBuf;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ckpt_core::storage::FileStorage;
+use ckpt_core::{Checkpoint, Checkpointer, Config, Restored, SectionOptions, Store, TriggerView};
+
+pub use status::*;
+use status::{FfiError, FfiResult, guard};
+
+/// A registered memory region: owned by the C caller, which promises it stays valid while protected.
+struct Region {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a Region is only a record of the caller's pointer; it is dereferenced only inside calls made by
+// the caller (under the global lock), as the API documents. Moving the record between threads is sound.
+unsafe impl Send for Region {}
+
+struct State {
+    checkpointer: Checkpointer,
+    regions: BTreeMap<i32, Region>,
+    metadata: Vec<(String, String)>,
+    /// The checkpoint chosen by `ckpt_have_restart` (verified), reused by `ckpt_restart`.
+    restored: Option<Restored>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+/// Settings given before `ckpt_init`, by environment-variable name; they take precedence over the
+/// environment.
+static OVERRIDES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// Lock-free view of the trigger flags for `ckpt_should_checkpoint`. A view is never freed, since a
+/// reader on another thread may still hold it after `ckpt_finalize`; every view ever created stays
+/// reachable from `VIEWS` (one small allocation per `ckpt_init`).
+static VIEW: AtomicPtr<TriggerView> = AtomicPtr::new(ptr::null_mut());
+static VIEWS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn with_state<T>(f: impl FnOnce(&mut State) -> FfiResult<T>) -> FfiResult<T> {
+    let mut g = lock(&STATE);
+    match g.as_mut() {
+        Some(s) => f(s),
+        None => Err(FfiError::new(CKPT_ERR_NOT_INITIALIZED, "ckpt_init has not been called")),
+    }
+}
+
+/// Reads a C string argument. NULL gives `None` when `optional`, otherwise `CKPT_ERR_NULL_ARGUMENT`.
+fn c_str(p: *const c_char, what: &str, optional: bool) -> FfiResult<Option<String>> {
+    if p.is_null() {
+        return if optional { Ok(None) } else { Err(FfiError::new(CKPT_ERR_NULL_ARGUMENT, format!("{what} is NULL"))) };
+    }
+    // SAFETY: non-NULL (checked above); the API requires a NUL-terminated string that stays valid for the
+    // duration of the call.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str()
+        .map(|s| Some(s.to_string()))
+        .map_err(|_| FfiError::new(CKPT_ERR_INVALID_UTF8, format!("{what} is not valid UTF-8")))
+}
+
+fn null_check<T>(p: *const T, what: &str) -> FfiResult<()> {
+    if p.is_null() { Err(FfiError::new(CKPT_ERR_NULL_ARGUMENT, format!("{what} is NULL"))) } else { Ok(()) }
+}
+
+fn config_from_env(name: Option<&str>) -> FfiResult<Config> {
+    let overrides = lock(&OVERRIDES).clone();
+    Ok(Config::from_lookup(name, |k| {
+        overrides.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone()).or_else(|| std::env::var(k).ok())
+    })?)
+}
+
+fn section_name(id: i32) -> String {
+    format!("region.{id}")
+}
+
+/// Initialises the process-wide checkpointer. `name` is the application name used outside Slurm (it
+/// stands in for the job id in file names); NULL means the default (`CKPT_NAME`, `SLURM_JOB_NAME` or
+/// "ckpt"). Reads the environment and the settings given with `ckpt_set_config`, installs the signal
+/// handlers (chained after existing ones) and starts the watcher thread.
+///
+/// Returns `CKPT_ERR_ALREADY_INITIALIZED` when called twice, `CKPT_ERR_INVALID_ARGUMENT` for a malformed
+/// setting (the message names the variable). `name` is copied. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_init(name: *const c_char) -> i32 {
+    guard(|| {
+        let name = c_str(name, "name", true)?;
+        let mut g = lock(&STATE);
+        if g.is_some() {
+            return Err(FfiError::new(CKPT_ERR_ALREADY_INITIALIZED, "ckpt_init was already called"));
+        }
+        let config = config_from_env(name.as_deref())?;
+        let checkpointer = Checkpointer::new(Store::new(config))?;
+        let view = Box::into_raw(Box::new(checkpointer.trigger_view()));
+        lock(&VIEWS).push(view as usize);
+        VIEW.store(view, Ordering::SeqCst);
+        *g = Some(State { checkpointer, regions: BTreeMap::new(), metadata: Vec::new(), restored: None });
+        Ok(CKPT_OK)
+    })
+}
+
+/// Shuts the checkpointer down: removes the signal handlers (restoring the chain), stops the watcher
+/// thread, forgets the protected regions (their memory stays the caller's). Writes nothing.
+///
+/// Returns `CKPT_ERR_NOT_INITIALIZED` if not initialised. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_finalize() -> i32 {
+    guard(|| {
+        let state = lock(&STATE).take();
+        match state {
+            None => Err(FfiError::new(CKPT_ERR_NOT_INITIALIZED, "ckpt_init has not been called")),
+            Some(s) => {
+                // The view stays allocated (a reader may still hold it); later calls see NULL.
+                VIEW.store(ptr::null_mut(), Ordering::SeqCst);
+                drop(s);
+                Ok(CKPT_OK)
+            }
+        }
+    })
+}
+
+/// Registers `len` bytes at `ptr` as region `id` (any integer), to be saved by `ckpt_checkpoint` and
+/// restored by `ckpt_restart`. Protecting an id again replaces its pointer and length (after a resize).
+///
+/// The memory stays owned by the caller and must remain valid until `ckpt_unprotect(id)` or
+/// `ckpt_finalize`. `ptr` may be NULL only when `len` is 0. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_protect(id: i32, ptr: *mut c_void, len: usize) -> i32 {
+    guard(|| {
+        if ptr.is_null() && len != 0 {
+            return Err(FfiError::new(CKPT_ERR_NULL_ARGUMENT, format!("region {id}: ptr is NULL but len is {len}")));
+        }
+        if len > isize::MAX as usize {
+            return Err(FfiError::new(CKPT_ERR_TOO_LARGE, format!("region {id}: len {len} is too large")));
+        }
+        with_state(|s| {
+            s.regions.insert(id, Region { ptr: ptr.cast(), len });
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Forgets region `id`. Returns `CKPT_ERR_UNKNOWN_REGION` if it was not protected. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_unprotect(id: i32) -> i32 {
+    guard(|| {
+        with_state(|s| match s.regions.remove(&id) {
+            Some(_) => Ok(CKPT_OK),
+            None => Err(FfiError::new(CKPT_ERR_UNKNOWN_REGION, format!("region {id} is not protected"))),
+        })
+    })
+}
+
+/// 1 when a checkpoint is due (a signal, the interval, the job's time limit, or a `ckpt create` request),
+/// else 0 (also before `ckpt_init`). One atomic load, no lock: call it every iteration. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_should_checkpoint() -> i32 {
+    let v = VIEW.load(Ordering::Acquire);
+    if v.is_null() {
+        return 0;
+    }
+    // SAFETY: views are leaked by ckpt_init and never freed, so a non-NULL pointer stays valid.
+    i32::from(unsafe { &*v }.should_checkpoint())
+}
+
+/// 1 when the program should stop: a checkpoint asked to be the last (SIGTERM, the time limit, a
+/// vacating request) has been written durably. Else 0 (also before `ckpt_init`). Lock-free. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_should_exit() -> i32 {
+    let v = VIEW.load(Ordering::Acquire);
+    if v.is_null() {
+        return 0;
+    }
+    // SAFETY: as in ckpt_should_checkpoint.
+    i32::from(unsafe { &*v }.should_exit())
+}
+
+fn write_regions(s: &mut State, w: &mut ckpt_core::CheckpointWriter) -> FfiResult<()> {
+    for (k, v) in &s.metadata {
+        w.set_metadata(k, v)?;
+    }
+    for (&id, r) in &s.regions {
+        let data: &[u8] = if r.len == 0 {
+            &[]
+        } else {
+            // SAFETY: ckpt_protect checked ptr is non-NULL for len > 0; the caller guarantees the region is
+            // valid and not modified concurrently while protected (documented contract).
+            unsafe { std::slice::from_raw_parts(r.ptr, r.len) }
+        };
+        let opts = SectionOptions::new().compression(s.checkpointer.config().compression).tag(id as u32);
+        w.add_section_with(&section_name(id), data, opts)?;
+    }
+    Ok(())
+}
+
+/// Writes every protected region durably as application step `step` (atomic: either the whole new
+/// checkpoint exists afterwards, or the previous one is still the newest). With several ranks this writes
+/// this rank's part; rank 0 then waits for all parts and commits the step (`ckpt_mpi.h` does this
+/// collectively).
+///
+/// Resets `ckpt_should_checkpoint` to 0; sets `ckpt_should_exit` when the checkpoint was asked to be the
+/// last. Thread-safe, but protected memory must not change during the call.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_checkpoint(step: i64) -> i32 {
+    guard(|| {
+        with_state(|s| {
+            let mut w = s.checkpointer.begin(step)?;
+            let generation = w.generation();
+            write_regions(s, &mut w)?;
+            s.checkpointer.commit(w)?;
+            if s.checkpointer.config().nranks > 1 && s.checkpointer.config().rank == 0 {
+                s.checkpointer.store().commit_step(generation, step)?;
+            }
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+fn find_restart(s: &mut State) -> FfiResult<()> {
+    if s.restored.is_none() {
+        s.restored = s.checkpointer.restore()?;
+    }
+    Ok(())
+}
+
+/// Looks for a checkpoint to restart from (the newest that verifies completely; older generations are
+/// tried when the newest is damaged). On success writes `*found_out` (1 or 0) and, when found,
+/// `*step_out` (the step given to `ckpt_checkpoint`); `step_out` may be NULL.
+///
+/// Returns `CKPT_ERR_NO_VALID_CHECKPOINT` when checkpoints exist but none verifies (the message lists
+/// them) rather than reporting "not found". Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_have_restart(found_out: *mut i32, step_out: *mut i64) -> i32 {
+    guard(|| {
+        null_check(found_out, "found_out")?;
+        with_state(|s| {
+            find_restart(s)?;
+            let step = s.restored.as_ref().map(|r| r.app_step);
+            // SAFETY: found_out was checked non-NULL; step_out is written only when non-NULL.
+            unsafe {
+                *found_out = i32::from(step.is_some());
+                if let (Some(st), false) = (step, step_out.is_null()) {
+                    *step_out = st;
+                }
+            }
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+fn restored_checkpoint(s: &mut State) -> FfiResult<&Checkpoint> {
+    find_restart(s)?;
+    s.restored
+        .as_ref()
+        .map(|r| &r.checkpoint)
+        .ok_or_else(|| FfiError::new(CKPT_ERR_NO_CHECKPOINT, "there is no checkpoint to restart from"))
+}
+
+/// Writes to `*len_out` the stored size in bytes of region `id` in the checkpoint a restart would use, so
+/// the program can allocate or resize the region before `ckpt_protect` and `ckpt_restart`.
+///
+/// Returns `CKPT_ERR_NO_CHECKPOINT` when there is none and `CKPT_ERR_SECTION_NOT_FOUND` when the
+/// checkpoint has no region `id`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_restart_size(id: i32, len_out: *mut usize) -> i32 {
+    guard(|| {
+        null_check(len_out, "len_out")?;
+        with_state(|s| {
+            let cp = restored_checkpoint(s)?;
+            let e = cp.section(&section_name(id)).map_err(|_| {
+                FfiError::new(
+                    CKPT_ERR_SECTION_NOT_FOUND,
+                    format!("{}: region {id} is not in this checkpoint", cp.path().display()),
+                )
+            })?;
+            let len = usize::try_from(e.raw_len).map_err(|_| FfiError::new(CKPT_ERR_TOO_LARGE, "region too large"))?;
+            // SAFETY: len_out was checked non-NULL.
+            unsafe { *len_out = len };
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Reads every protected region back from the newest valid checkpoint, in place, and writes the step it
+/// was taken at to `*step_out` (may be NULL).
+///
+/// All regions are checked before any memory is written: a protected region missing from the checkpoint
+/// (`CKPT_ERR_SECTION_NOT_FOUND`) or of another size (`CKPT_ERR_SIZE_MISMATCH`) leaves every region
+/// untouched. Regions in the checkpoint that are not protected are ignored. Returns
+/// `CKPT_ERR_NO_CHECKPOINT` when there is nothing to restart from. Thread-safe, but protected memory must
+/// not be used by other threads during the call.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_restart(step_out: *mut i64) -> i32 {
+    guard(|| {
+        with_state(|s| {
+            find_restart(s)?;
+            let restored = s
+                .restored
+                .as_ref()
+                .ok_or_else(|| FfiError::new(CKPT_ERR_NO_CHECKPOINT, "there is no checkpoint to restart from"))?;
+            let cp = &restored.checkpoint;
+            for (&id, r) in &s.regions {
+                let e = cp.section(&section_name(id)).map_err(|_| {
+                    FfiError::new(
+                        CKPT_ERR_SECTION_NOT_FOUND,
+                        format!("{}: region {id} is not in this checkpoint", cp.path().display()),
+                    )
+                })?;
+                if e.raw_len != r.len as u64 {
+                    return Err(FfiError::new(
+                        CKPT_ERR_SIZE_MISMATCH,
+                        format!(
+                            "{}: region {id} holds {} bytes but the checkpoint stored {} (resize it: ckpt_restart_size)",
+                            cp.path().display(),
+                            r.len,
+                            e.raw_len
+                        ),
+                    ));
+                }
+            }
+            for (&id, r) in &s.regions {
+                let dst: &mut [u8] = if r.len == 0 {
+                    &mut []
+                } else {
+                    // SAFETY: non-NULL for len > 0 (checked by ckpt_protect); the caller guarantees the region is
+                    // valid, writable and not used concurrently during the call (documented contract).
+                    unsafe { std::slice::from_raw_parts_mut(r.ptr, r.len) }
+                };
+                cp.read_into(&section_name(id), dst)?;
+            }
+            if !step_out.is_null() {
+                // SAFETY: non-NULL, checked just above; the caller provides a writable int64_t.
+                unsafe { *step_out = restored.app_step };
+            }
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// This thread's message for the last failed call: names the file, the region and the problem. Never
+/// NULL (an empty string when nothing failed yet). The string is owned by the library and valid until
+/// the next failing call on the same thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_last_error() -> *const c_char {
+    status::last_error_ptr()
+}
+
+/// A fixed, static description of a status code (never NULL; "unknown status code" for unknown values).
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_status_str(status: i32) -> *const c_char {
+    status::describe(status).as_ptr().cast()
+}
+
+/// The library version, e.g. "0.1.0" (static string, never NULL; see also `CKPT_VERSION_*`).
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Sets a configuration value before `ckpt_init`, by the name of the environment variable it mirrors
+/// (`CKPT_DIR`, `CKPT_RESTART_DIR`, `CKPT_INTERVAL`, `CKPT_KEEP`, `CKPT_SIGNALS`, `CKPT_COMPRESS`,
+/// `CKPT_END_TIME`, `CKPT_MARGIN`, `CKPT_RANK`, `CKPT_NRANKS`, ...; see the README). It takes precedence
+/// over the environment. A NULL `value` removes an earlier setting. The value is checked at `ckpt_init`.
+///
+/// Returns `CKPT_ERR_INVALID_STATE` after `ckpt_init`, `CKPT_ERR_INVALID_ARGUMENT` for a name that is not
+/// a ckpt or Slurm setting. Copies both strings. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_set_config(name: *const c_char, value: *const c_char) -> i32 {
+    guard(|| {
+        let name = c_str(name, "name", false)?.unwrap_or_default();
+        let value = c_str(value, "value", true)?;
+        if !(name.starts_with("CKPT_") || name.starts_with("SLURM_")) || name.contains('=') {
+            return Err(FfiError::new(
+                CKPT_ERR_INVALID_ARGUMENT,
+                format!("{name:?} is not a CKPT_* or SLURM_* setting"),
+            ));
+        }
+        if lock(&STATE).is_some() {
+            return Err(FfiError::new(CKPT_ERR_INVALID_STATE, format!("{name} must be set before ckpt_init")));
+        }
+        let mut o = lock(&OVERRIDES);
+        o.retain(|(k, _)| *k != name);
+        if let Some(v) = value {
+            o.push((name, v));
+        }
+        Ok(CKPT_OK)
+    })
+}
+
+/// Sets this process's rank and the number of ranks before `ckpt_init` (the MPI helpers call it with
+/// `MPI_Comm_rank`/`MPI_Comm_size`, which beats guessing from launcher variables).
+///
+/// Returns `CKPT_ERR_INVALID_ARGUMENT` unless `0 <= rank < nranks`, `CKPT_ERR_INVALID_STATE` after
+/// `ckpt_init`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_set_rank(rank: i32, nranks: i32) -> i32 {
+    guard(|| {
+        if rank < 0 || nranks < 1 || rank >= nranks {
+            return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, format!("rank {rank} of {nranks} is not valid")));
+        }
+        if lock(&STATE).is_some() {
+            return Err(FfiError::new(CKPT_ERR_INVALID_STATE, "the rank must be set before ckpt_init"));
+        }
+        let mut o = lock(&OVERRIDES);
+        o.retain(|(k, _)| k != "CKPT_RANK" && k != "CKPT_NRANKS");
+        o.push(("CKPT_RANK".into(), rank.to_string()));
+        o.push(("CKPT_NRANKS".into(), nranks.to_string()));
+        Ok(CKPT_OK)
+    })
+}
+
+/// Writes this process's rank and the number of ranks as the checkpointer sees them. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_rank_info(rank_out: *mut i32, nranks_out: *mut i32) -> i32 {
+    guard(|| {
+        null_check(rank_out, "rank_out")?;
+        null_check(nranks_out, "nranks_out")?;
+        with_state(|s| {
+            let c = s.checkpointer.config();
+            // SAFETY: both pointers were checked non-NULL.
+            unsafe {
+                *rank_out = c.rank as i32;
+                *nranks_out = c.nranks as i32;
+            }
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Adds (or replaces) a key/value string stored in the header of every later checkpoint (both strings are
+/// copied; at most 1024 bytes of key). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_set_metadata(key: *const c_char, value: *const c_char) -> i32 {
+    guard(|| {
+        let key = c_str(key, "key", false)?.unwrap_or_default();
+        let value = c_str(value, "value", false)?.unwrap_or_default();
+        if key.is_empty() || key.len() > 1024 {
+            return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, "a metadata key must be 1 to 1024 bytes"));
+        }
+        with_state(|s| {
+            s.metadata.retain(|(k, _)| *k != key);
+            s.metadata.push((key, value));
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Copies the metadata value of `key` from the checkpoint a restart would use into `buf` (capacity `cap`
+/// bytes, NUL-terminated) and writes its length without the NUL to `*len_out`. Returns
+/// `CKPT_ERR_BUFFER_TOO_SMALL` (nothing written) when `cap` is not enough, `CKPT_ERR_SECTION_NOT_FOUND`
+/// when the key is absent. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_restart_metadata(key: *const c_char, buf: *mut c_char, cap: usize, len_out: *mut usize) -> i32 {
+    guard(|| {
+        let key = c_str(key, "key", false)?.unwrap_or_default();
+        null_check(buf, "buf")?;
+        null_check(len_out, "len_out")?;
+        with_state(|s| {
+            let cp = restored_checkpoint(s)?;
+            let v = cp.metadata(&key).ok_or_else(|| {
+                FfiError::new(CKPT_ERR_SECTION_NOT_FOUND, format!("{}: no metadata key {key:?}", cp.path().display()))
+            })?;
+            if v.len() + 1 > cap {
+                return Err(FfiError::new(
+                    CKPT_ERR_BUFFER_TOO_SMALL,
+                    format!("metadata {key:?} needs {} bytes", v.len() + 1),
+                ));
+            }
+            // SAFETY: buf is non-NULL with room for cap >= v.len() + 1 bytes (caller's contract); len_out
+            // is non-NULL.
+            unsafe {
+                ptr::copy_nonoverlapping(v.as_ptr(), buf.cast::<u8>(), v.len());
+                *buf.add(v.len()) = 0;
+                *len_out = v.len();
+            }
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+fn path_arg(path: *const c_char) -> FfiResult<PathBuf> {
+    let p = c_str(path, "path", false)?.unwrap_or_default();
+    if p.is_empty() {
+        return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, "path is empty"));
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// Saves one buffer to exactly `path`, atomically and durably (temporary file in the same directory,
+/// fsync, rename, fsync of the directory), as a checkpoint file with one section "buffer". Needs no
+/// `ckpt_init`. `buf` may be NULL only when `len` is 0. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_save_buffer(path: *const c_char, buf: *const c_void, len: usize, step: i64) -> i32 {
+    guard(|| {
+        let path = path_arg(path)?;
+        if buf.is_null() && len != 0 {
+            return Err(FfiError::new(CKPT_ERR_NULL_ARGUMENT, "buf is NULL but len is not 0"));
+        }
+        let data: &[u8] = if len == 0 {
+            &[]
+        } else {
+            // SAFETY: non-NULL for len > 0 (checked); the caller provides len readable bytes for the call.
+            unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
+        };
+        let config = config_from_env(None)?;
+        let mut w = ckpt_core::begin_file(&path, step, &config, Arc::new(FileStorage))?;
+        w.add_section_with("buffer", data, SectionOptions::new().compression(config.compression))?;
+        w.commit()?;
+        Ok(CKPT_OK)
+    })
+}
+
+/// Writes to `*len_out` the size of the buffer saved in `path` by `ckpt_save_buffer` (after verifying the
+/// whole file). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_buffer_size(path: *const c_char, len_out: *mut usize) -> i32 {
+    guard(|| {
+        let path = path_arg(path)?;
+        null_check(len_out, "len_out")?;
+        let cp = Checkpoint::open(&path)?;
+        cp.verify()?;
+        let len = cp.section("buffer")?.raw_len as usize;
+        // SAFETY: len_out was checked non-NULL.
+        unsafe { *len_out = len };
+        Ok(CKPT_OK)
+    })
+}
+
+/// Loads the buffer saved in `path` by `ckpt_save_buffer` into `buf` (capacity `cap` bytes), verifying
+/// every CRC, and writes its length to `*len_out` and its step to `*step_out` (may be NULL). Returns
+/// `CKPT_ERR_BUFFER_TOO_SMALL` (nothing written) when `cap` is too small. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_load_buffer(
+    path: *const c_char,
+    buf: *mut c_void,
+    cap: usize,
+    len_out: *mut usize,
+    step_out: *mut i64,
+) -> i32 {
+    guard(|| {
+        let path = path_arg(path)?;
+        null_check(len_out, "len_out")?;
+        if buf.is_null() && cap != 0 {
+            return Err(FfiError::new(CKPT_ERR_NULL_ARGUMENT, "buf is NULL but cap is not 0"));
+        }
+        let cp = Checkpoint::open(&path)?;
+        cp.verify()?;
+        let len = cp.section("buffer")?.raw_len as usize;
+        if len > cap {
+            return Err(FfiError::new(
+                CKPT_ERR_BUFFER_TOO_SMALL,
+                format!("{}: the buffer needs {len} bytes, cap is {cap}", path.display()),
+            ));
+        }
+        let dst: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: buf is non-NULL (cap >= len > 0) with cap writable bytes (caller's contract).
+            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+        };
+        cp.read_into("buffer", dst)?;
+        // SAFETY: len_out checked non-NULL; step_out written only when non-NULL.
+        unsafe {
+            *len_out = len;
+            if !step_out.is_null() {
+                *step_out = cp.step();
+            }
+        }
+        Ok(CKPT_OK)
+    })
+}
+
+/// Writes to `*generation_out` the generation number the next checkpoint of this process would use. MPI
+/// helpers agree on the maximum over ranks and pass it to `ckpt_checkpoint_part`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_next_generation(generation_out: *mut u64) -> i32 {
+    guard(|| {
+        null_check(generation_out, "generation_out")?;
+        with_state(|s| {
+            let g = s.checkpointer.store().next_generation()?;
+            // SAFETY: checked non-NULL.
+            unsafe { *generation_out = g };
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Writes this rank's part of multi-rank `generation` (all protected regions) durably. The step exists
+/// only once `ckpt_commit_step` has run after every rank's part is durable (`ckpt_mpi.h`: a barrier, then
+/// rank 0 commits). Resets `ckpt_should_checkpoint`; sets `ckpt_should_exit` as `ckpt_checkpoint` does.
+/// Thread-safe, but protected memory must not change during the call.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
+    guard(|| {
+        with_state(|s| {
+            let mut w = s.checkpointer.begin_part(generation, step)?;
+            write_regions(s, &mut w)?;
+            s.checkpointer.commit(w)?;
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Commits multi-rank `generation` after every rank's part is durable: checks every part and writes the
+/// step's manifest (call on one rank, normally 0, after a barrier). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_commit_step(generation: u64, step: i64) -> i32 {
+    guard(|| {
+        with_state(|s| {
+            s.checkpointer.store().commit_step(generation, step)?;
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Writes to `*generation_out` the newest generation, at most `max_generation`, that this rank can
+/// restart from (manifest and own part verified), or 0 when there is none. MPI helpers take the minimum
+/// over ranks and call `ckpt_restart_generation`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_newest_valid_generation(max_generation: u64, generation_out: *mut u64) -> i32 {
+    guard(|| {
+        null_check(generation_out, "generation_out")?;
+        with_state(|s| {
+            let r = s.checkpointer.store().restore_at_most(max_generation);
+            let g = match r {
+                Ok(Some(r)) => r.generation,
+                Ok(None) => 0,
+                Err(e) if e.kind() == ckpt_core::ErrorKind::NoValidCheckpoint => 0,
+                Err(e) => return Err(e.into()),
+            };
+            // SAFETY: checked non-NULL.
+            unsafe { *generation_out = g };
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Selects exactly `generation` for the next `ckpt_restart`/`ckpt_restart_size` (verifying it), and
+/// writes its step to `*step_out` (may be NULL). Returns `CKPT_ERR_NO_CHECKPOINT` when this rank cannot
+/// read that generation. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_select_generation(generation: u64, step_out: *mut i64) -> i32 {
+    guard(|| {
+        with_state(|s| {
+            let r = s.checkpointer.store().restore_at_most(generation);
+            let r = match r {
+                Ok(Some(r)) if r.generation == generation => r,
+                Ok(_) | Err(_) => {
+                    s.restored = None;
+                    return Err(FfiError::new(
+                        CKPT_ERR_NO_CHECKPOINT,
+                        format!("generation {generation} is not readable on this rank"),
+                    ));
+                }
+            };
+            if !step_out.is_null() {
+                // SAFETY: non-NULL, checked.
+                unsafe { *step_out = r.app_step };
+            }
+            s.restored = Some(r);
+            Ok(CKPT_OK)
+        })
+    })
+}

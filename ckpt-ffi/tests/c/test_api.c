@@ -1,0 +1,267 @@
+/* C tests of libckpt: every function's success and error paths, compiled against the installed header.
+ * Usage: test_api DIR  (an empty scratch directory). Exit status 0 when every check passes. */
+#include "ckpt.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int failures = 0;
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond, \
+                    ckpt_last_error());                                                    \
+            failures++;                                                                    \
+        }                                                                                  \
+    } while (0)
+#define EXPECT(call, code) CHECK((call) == (code))
+
+static char dir[4096];
+
+static void path_in(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", dir, name); }
+
+static void version_and_status(void) {
+    CHECK(strcmp(ckpt_version(), CKPT_VERSION_STRING) == 0);
+    char expect[64];
+    snprintf(expect, sizeof expect, "%d.%d.%d", CKPT_VERSION_MAJOR, CKPT_VERSION_MINOR, CKPT_VERSION_PATCH);
+    CHECK(strcmp(ckpt_version(), expect) == 0);
+    CHECK(CKPT_VERSION_NUMBER == CKPT_VERSION_MAJOR * 10000 + CKPT_VERSION_MINOR * 100 + CKPT_VERSION_PATCH);
+    int codes[] = {CKPT_OK, CKPT_ERR_IO, CKPT_ERR_NOT_FOUND, CKPT_ERR_CORRUPT, CKPT_ERR_UNSUPPORTED_VERSION,
+                   CKPT_ERR_TOO_LARGE, CKPT_ERR_INVALID_ARGUMENT, CKPT_ERR_NO_VALID_CHECKPOINT, CKPT_ERR_CONFLICT,
+                   CKPT_ERR_SECTION_NOT_FOUND, CKPT_ERR_ENCODING, CKPT_ERR_INVALID_STATE, CKPT_ERR_NULL_ARGUMENT,
+                   CKPT_ERR_NOT_INITIALIZED, CKPT_ERR_ALREADY_INITIALIZED, CKPT_ERR_UNKNOWN_REGION,
+                   CKPT_ERR_SIZE_MISMATCH, CKPT_ERR_NO_CHECKPOINT, CKPT_ERR_BUFFER_TOO_SMALL,
+                   CKPT_ERR_INVALID_UTF8, CKPT_ERR_OTHER, CKPT_ERR_PANIC};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        CHECK(ckpt_status_str(codes[i]) != NULL && strlen(ckpt_status_str(codes[i])) > 0);
+        CHECK(strcmp(ckpt_status_str(codes[i]), "unknown status code") != 0);
+        for (size_t j = 0; j < i; j++) CHECK(codes[i] != codes[j]);
+    }
+    CHECK(strcmp(ckpt_status_str(12345), "unknown status code") == 0);
+    CHECK(ckpt_last_error() != NULL);
+}
+
+static void before_init(void) {
+    double x = 1;
+    int32_t found = 7;
+    int64_t step = 7;
+    size_t len = 7;
+    CHECK(ckpt_should_checkpoint() == 0);
+    CHECK(ckpt_should_exit() == 0);
+    EXPECT(ckpt_protect(0, &x, sizeof x), CKPT_ERR_NOT_INITIALIZED);
+    CHECK(strstr(ckpt_last_error(), "ckpt_init") != NULL);
+    EXPECT(ckpt_unprotect(0), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_checkpoint(1), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_have_restart(&found, &step), CKPT_ERR_NOT_INITIALIZED);
+    CHECK(found == 7 && step == 7); /* out-params untouched on failure */
+    EXPECT(ckpt_restart_size(0, &len), CKPT_ERR_NOT_INITIALIZED);
+    CHECK(len == 7);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_finalize(), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_set_config(NULL, "x"), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_set_config("PATH", "x"), CKPT_ERR_INVALID_ARGUMENT);
+    EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
+    EXPECT(ckpt_set_config("CKPT_LOG", "off"), CKPT_OK);
+    EXPECT(ckpt_set_config("CKPT_SOCKET", "0"), CKPT_OK);
+    EXPECT(ckpt_set_rank(2, 2), CKPT_ERR_INVALID_ARGUMENT);
+    EXPECT(ckpt_set_rank(-1, 2), CKPT_ERR_INVALID_ARGUMENT);
+    EXPECT(ckpt_set_rank(0, 1), CKPT_OK);
+    /* a malformed setting is reported by ckpt_init, naming the variable */
+    EXPECT(ckpt_set_config("CKPT_INTERVAL", "1:2:3:4"), CKPT_OK);
+    EXPECT(ckpt_init("capi"), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "CKPT_INTERVAL") != NULL);
+    EXPECT(ckpt_set_config("CKPT_INTERVAL", NULL), CKPT_OK);
+    char bad[2] = {(char)0xff, 0};
+    EXPECT(ckpt_init(bad), CKPT_ERR_INVALID_UTF8);
+}
+
+enum { N = 1000 };
+
+static void first_run(void) {
+    EXPECT(ckpt_init("capi"), CKPT_OK);
+    EXPECT(ckpt_init("capi"), CKPT_ERR_ALREADY_INITIALIZED);
+    EXPECT(ckpt_set_config("CKPT_KEEP", "3"), CKPT_ERR_INVALID_STATE);
+    EXPECT(ckpt_set_rank(0, 1), CKPT_ERR_INVALID_STATE);
+    int32_t rank = -1, nranks = -1;
+    EXPECT(ckpt_rank_info(&rank, &nranks), CKPT_OK);
+    CHECK(rank == 0 && nranks == 1);
+    EXPECT(ckpt_rank_info(NULL, &nranks), CKPT_ERR_NULL_ARGUMENT);
+
+    double *field = malloc(N * sizeof *field);
+    int64_t iteration = 0;
+    for (int i = 0; i < N; i++) field[i] = i * 0.5;
+    EXPECT(ckpt_protect(0, NULL, 8), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_protect(0, field, N * sizeof *field), CKPT_OK);
+    EXPECT(ckpt_protect(1, &iteration, sizeof iteration), CKPT_OK);
+    EXPECT(ckpt_protect(2, NULL, 0), CKPT_OK); /* an empty region is fine */
+    EXPECT(ckpt_unprotect(42), CKPT_ERR_UNKNOWN_REGION);
+    CHECK(strstr(ckpt_last_error(), "42") != NULL);
+    EXPECT(ckpt_set_metadata("code", "heat v1"), CKPT_OK);
+    EXPECT(ckpt_set_metadata(NULL, "x"), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_set_metadata("", "x"), CKPT_ERR_INVALID_ARGUMENT);
+
+    int32_t found = 7;
+    int64_t step = -1;
+    EXPECT(ckpt_have_restart(NULL, &step), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_have_restart(&found, NULL), CKPT_OK);
+    CHECK(found == 0);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_NO_CHECKPOINT);
+    size_t len = 0;
+    EXPECT(ckpt_restart_size(0, &len), CKPT_ERR_NO_CHECKPOINT);
+    EXPECT(ckpt_restart_size(0, NULL), CKPT_ERR_NULL_ARGUMENT);
+
+    /* signals: USR1 asks for a checkpoint, TERM for a checkpoint and an exit */
+    CHECK(ckpt_should_checkpoint() == 0);
+    raise(SIGUSR1);
+    CHECK(ckpt_should_checkpoint() == 1);
+    CHECK(ckpt_should_exit() == 0);
+    iteration = 10;
+    EXPECT(ckpt_checkpoint(iteration), CKPT_OK);
+    CHECK(ckpt_should_checkpoint() == 0);
+    CHECK(ckpt_should_exit() == 0);
+    for (int i = 0; i < N; i++) field[i] = i * 2.0;
+    iteration = 20;
+    raise(SIGTERM);
+    CHECK(ckpt_should_checkpoint() == 1);
+    EXPECT(ckpt_checkpoint(iteration), CKPT_OK);
+    CHECK(ckpt_should_exit() == 1);
+    char p[4200];
+    path_in(p, sizeof p, "capi.ckpt");
+    CHECK(access(p, F_OK) == 0);
+    path_in(p, sizeof p, "capi.ckpt.2");
+    CHECK(access(p, F_OK) == 0);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    CHECK(ckpt_should_checkpoint() == 0);
+    free(field);
+}
+
+static void restart_run(void) {
+    EXPECT(ckpt_init("capi"), CKPT_OK);
+    int32_t found = 0;
+    int64_t step = -1;
+    EXPECT(ckpt_have_restart(&found, &step), CKPT_OK);
+    CHECK(found == 1 && step == 20);
+    size_t len = 0;
+    EXPECT(ckpt_restart_size(0, &len), CKPT_OK);
+    CHECK(len == N * sizeof(double));
+    EXPECT(ckpt_restart_size(9, &len), CKPT_ERR_SECTION_NOT_FOUND);
+    CHECK(strstr(ckpt_last_error(), "capi.ckpt") != NULL && strstr(ckpt_last_error(), "region 9") != NULL);
+
+    /* wrong size: nothing is written, not even the regions that would fit */
+    double small[10];
+    int64_t iteration = -1;
+    for (int i = 0; i < 10; i++) small[i] = -1;
+    EXPECT(ckpt_protect(1, &iteration, sizeof iteration), CKPT_OK);
+    EXPECT(ckpt_protect(0, small, sizeof small), CKPT_OK);
+    step = -1;
+    EXPECT(ckpt_restart(&step), CKPT_ERR_SIZE_MISMATCH);
+    CHECK(strstr(ckpt_last_error(), "region 0") != NULL);
+    CHECK(step == -1 && iteration == -1 && small[0] == -1);
+
+    /* a protected region the checkpoint lacks */
+    double *field = malloc(len);
+    EXPECT(ckpt_protect(0, field, len), CKPT_OK);
+    EXPECT(ckpt_protect(7, small, sizeof small), CKPT_OK);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_SECTION_NOT_FOUND);
+    EXPECT(ckpt_unprotect(7), CKPT_OK);
+
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    CHECK(step == 20 && iteration == 20);
+    int same = 1;
+    for (int i = 0; i < N; i++) same &= field[i] == i * 2.0;
+    CHECK(same);
+    char buf[64];
+    size_t mlen = 0;
+    EXPECT(ckpt_restart_metadata("code", buf, sizeof buf, &mlen), CKPT_OK);
+    CHECK(mlen == 7 && strcmp(buf, "heat v1") == 0);
+    EXPECT(ckpt_restart_metadata("code", buf, 3, &mlen), CKPT_ERR_BUFFER_TOO_SMALL);
+    EXPECT(ckpt_restart_metadata("nope", buf, sizeof buf, &mlen), CKPT_ERR_SECTION_NOT_FOUND);
+    uint64_t gen = 0;
+    EXPECT(ckpt_next_generation(&gen), CKPT_OK);
+    CHECK(gen == 3);
+    EXPECT(ckpt_newest_valid_generation(UINT64_MAX, &gen), CKPT_OK);
+    CHECK(gen == 2);
+    EXPECT(ckpt_newest_valid_generation(1, &gen), CKPT_OK);
+    CHECK(gen == 1);
+    EXPECT(ckpt_select_generation(1, &step), CKPT_OK);
+    CHECK(step == 10);
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    CHECK(step == 10 && iteration == 10 && field[3] == 1.5);
+    EXPECT(ckpt_select_generation(7, &step), CKPT_ERR_NO_CHECKPOINT);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    free(field);
+}
+
+static void damaged(void) {
+    /* Damage both generations: restart reports every file and why, never a silent fresh start. */
+    /* capi.ckpt is another name (hard link) of capi.ckpt.2: damage each file once. */
+    const char *names[] = {"capi.ckpt.1", "capi.ckpt.2"};
+    for (int k = 0; k < 2; k++) {
+        char p[4200];
+        path_in(p, sizeof p, names[k]);
+        FILE *f = fopen(p, "r+b");
+        if (!f) continue;
+        fseek(f, 4096 + 5, SEEK_SET);
+        int c = fgetc(f);
+        fseek(f, 4096 + 5, SEEK_SET);
+        fputc(c ^ 0x5a, f);
+        fclose(f);
+    }
+    EXPECT(ckpt_init("capi"), CKPT_OK);
+    int32_t found = 7;
+    EXPECT(ckpt_have_restart(&found, NULL), CKPT_ERR_NO_VALID_CHECKPOINT);
+    CHECK(found == 7);
+    CHECK(strstr(ckpt_last_error(), "capi.ckpt.1") != NULL && strstr(ckpt_last_error(), "crc32") != NULL);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+}
+
+static void buffers(void) {
+    char p[4200];
+    path_in(p, sizeof p, "state.bin");
+    unsigned char data[5000], back[5000];
+    for (int i = 0; i < 5000; i++) data[i] = (unsigned char)(i * 7);
+    EXPECT(ckpt_save_buffer(NULL, data, sizeof data, 3), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_save_buffer(p, NULL, 5, 3), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_save_buffer(p, data, sizeof data, 3), CKPT_OK);
+    size_t len = 0;
+    int64_t step = 0;
+    EXPECT(ckpt_buffer_size(p, &len), CKPT_OK);
+    CHECK(len == sizeof data);
+    EXPECT(ckpt_load_buffer(p, back, 100, &len, &step), CKPT_ERR_BUFFER_TOO_SMALL);
+    EXPECT(ckpt_load_buffer(p, back, sizeof back, &len, &step), CKPT_OK);
+    CHECK(len == sizeof data && step == 3 && memcmp(data, back, sizeof data) == 0);
+    char missing[4200];
+    path_in(missing, sizeof missing, "missing.bin");
+    EXPECT(ckpt_load_buffer(missing, back, sizeof back, &len, &step), CKPT_ERR_NOT_FOUND);
+    CHECK(strstr(ckpt_last_error(), "missing.bin") != NULL);
+    FILE *f = fopen(p, "r+b");
+    fseek(f, 4096 + 100, SEEK_SET);
+    fputc(0, f);
+    fputc(1, f);
+    fclose(f);
+    EXPECT(ckpt_load_buffer(p, back, sizeof back, &len, &step), CKPT_ERR_CORRUPT);
+    CHECK(strstr(ckpt_last_error(), "state.bin") != NULL && strstr(ckpt_last_error(), "buffer") != NULL);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s DIR\n", argv[0]);
+        return 2;
+    }
+    snprintf(dir, sizeof dir, "%s", argv[1]);
+    version_and_status();
+    before_init();
+    first_run();
+    restart_run();
+    damaged();
+    buffers();
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("all C API checks passed\n");
+    return 0;
+}
