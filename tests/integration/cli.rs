@@ -247,3 +247,25 @@ print(s.recv(4096).decode())"#;
     assert!(!dir.path().join("trigger-test.ckpt").exists(), "no checkpoint for another user's request");
     drop(c);
 }
+
+/// `ckpt restart --image-dir DIR -- CMD`: the program restarts from the checkpoints in DIR even though its
+/// checkpoint directory is elsewhere.
+#[test]
+fn restart_runs_a_program_from_an_image_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let mut c = trigger_child(&images, "", &[]);
+    c.signal(libc::SIGTERM);
+    assert!(c.finish(T).success(), "{:?}", c.seen);
+    let stopped: u64 = c.lines_with("exit")[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+
+    let elsewhere = dir.path().join("new-run");
+    let o = ckpt(&elsewhere, &["restart", "--image-dir", images.to_str().unwrap(), "--", TRIGGER, "3", "1"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("resumed {stopped}")), "{}", text(&o));
+    let o =
+        ckpt(&elsewhere, &["restart", "--image-dir", dir.path().join("nope").to_str().unwrap(), "--", TRIGGER], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope"), "{}", text(&o));
+}

@@ -7,6 +7,7 @@ mod discovery;
 mod faults;
 mod golden;
 mod kill;
+mod memory;
 mod multirank;
 mod roundtrip;
 mod triggers;

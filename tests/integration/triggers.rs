@@ -163,3 +163,46 @@ fn the_time_limit_checkpoint_happens_before_the_deadline() {
     assert_eq!(cks[0]["trigger"][0], "time-limit");
     assert!(cks[0]["ts"].as_f64().unwrap() < end as f64);
 }
+
+/// Slurm 22.05 has no SLURM_JOB_END_TIME: the end time comes from `squeue -h -j JOB -o %e` (a stand-in
+/// script here, through CKPT_SQUEUE), queried in the background.
+#[test]
+fn the_end_time_comes_from_squeue_when_slurm_does_not_export_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let squeue = dir.path().join("squeue");
+    let calls = dir.path().join("squeue.calls");
+    // Prints the local time 3 s from now in Slurm's format, and records its arguments.
+    std::fs::write(
+        &squeue,
+        format!("#!/bin/sh\necho \"$@\" >> {}\ndate -d @$(( $(date +%s) + 3 )) +%Y-%m-%dT%H:%M:%S\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&squeue, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sq = squeue.to_str().unwrap();
+    let mut c =
+        child(dir.path(), 100_000, 10, "", &[("SLURM_JOB_ID", "4242"), ("CKPT_SQUEUE", sq), ("CKPT_MARGIN", "1")]);
+    assert!(c.wait_for("checkpoint", Duration::from_secs(10)).is_some(), "{:?}", c.seen);
+    assert!(c.wait_for("exit", T).is_some(), "{:?}", c.seen);
+    assert!(c.finish(T).success());
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().next(), Some("-h -j 4242 -o %e"));
+    let log = dir.path().join("ckpt.log");
+    let ends = log_events(&log, "end-time");
+    assert!(ends.iter().any(|e| e["source"] == "squeue" && e["time_left_s"].as_f64().unwrap() > 0.0), "{ends:?}");
+    let t = log_events(&log, "trigger");
+    assert!(t.iter().any(|e| e["reason"] == "time-limit" && e["end_time_source"] == "squeue"), "{t:?}");
+}
+
+/// `interval = auto`: Daly's interval from the measured cost and CKPT_MTBF (a tiny MTBF here, so the
+/// interval is short enough to observe).
+#[test]
+fn the_auto_interval_follows_daly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = child(dir.path(), 150, 10, "", &[("CKPT_INTERVAL", "auto"), ("CKPT_MTBF", "0:01")]);
+    assert!(c.finish(T).success(), "{:?}", c.seen);
+    let events = log_events(&dir.path().join("ckpt.log"), "checkpoint");
+    assert!(!events.is_empty(), "auto with MTBF=1s must checkpoint within ~1.5 s: {:?}", c.seen);
+    // After a measured cost C, the chosen interval is Daly's for (C, 1 s): at most the MTBF.
+    let chosen = events.last().unwrap()["interval_s"].as_f64().unwrap();
+    assert!(chosen > 0.0 && chosen <= 1.0, "{chosen}");
+}
