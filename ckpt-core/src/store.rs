@@ -29,7 +29,6 @@
 //! kind `Manifest` naming each part and its identity) through the single-file protocol above. A step
 //! exists only once its manifest does.
 
-use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +41,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Encoding, FileKind, Header};
 use crate::reader::{Checkpoint, LoadOptions};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{DirEntry, FileStorage, Storage};
 use crate::writer::{Compression, FileBuilder, FileStats, SectionOptions, SectionWriter};
 
 /// Temporary files of writers on other hosts are removed once they have not changed for this long.
@@ -217,16 +216,17 @@ impl Store {
             return self.begin_part_in(dir, generation, app_step);
         }
         let base = self.config.base_name();
-        self.prepare_dir(dir)?;
-        let names = self.list(dir)?;
-        self.remove_stale_tmp(dir, &base, &names);
-        let highest = names.iter().filter_map(|n| match classify(&base, n) {
+        // One listing per save: stale temporary files, the generation number, and what pruning will see.
+        let entries = self.scan(dir)?;
+        self.remove_stale_tmp(dir, &base, &entries);
+        let plan = plan_single(dir, &base, &entries);
+        let highest = entries.iter().filter_map(|e| match e.name.to_str().and_then(|n| classify(&base, n)) {
             Some(NameKind::Generation(g)) => Some(g),
             _ => None,
         });
         let generation = highest.max().unwrap_or(0).max(self.shared.last_generation.load(Ordering::SeqCst)) + 1;
         let header = self.header(FileKind::Data, generation, app_step);
-        self.start(dir, &base, header, Plan::Single { dir: dir.to_path_buf(), base: base.clone() })
+        self.start(dir, &base, header, plan)
     }
 
     /// The generation number the next save will use: one above the highest committed in `dir` and above
@@ -268,15 +268,15 @@ impl Store {
         let base = self.config.base_name();
         let parts_root = dir.join(format!("{base}.parts"));
         let part_dir = parts_root.join(generation.to_string());
-        self.prepare_dir(dir)?;
+        self.scan(dir)?;
         self.storage.create_dir_all(&part_dir).map_err(|e| Error::io("create directory", e).with_path(&part_dir))?;
         // The new directories must survive a crash along with the part written into them.
         for d in [dir, parts_root.as_path()] {
             self.storage.sync_dir(d).map_err(|e| Error::io("fsync directory", e).with_path(d))?;
         }
         let part_name = format!("rank{}.ckpt", self.config.rank);
-        let names = self.list(&part_dir)?;
-        self.remove_stale_tmp(&part_dir, &part_name, &names);
+        let entries = self.scan(&part_dir)?;
+        self.remove_stale_tmp(&part_dir, &part_name, &entries);
         let header = self.header(FileKind::Data, generation, app_step);
         self.start(&part_dir, &part_name, header, Plan::Part { dir: part_dir.clone(), name: part_name.clone() })
     }
@@ -299,41 +299,33 @@ impl Store {
         }
     }
 
-    fn prepare_dir(&self, dir: &Path) -> Result<()> {
+    /// Lists `dir`, creating it (and making its entry durable) when it does not exist yet.
+    fn scan(&self, dir: &Path) -> Result<Vec<DirEntry>> {
         match self.storage.read_dir(dir) {
-            Ok(_) => Ok(()),
+            Ok(entries) => Ok(entries),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.storage.create_dir_all(dir).map_err(|e| Error::io("create directory", e).with_path(dir))?;
                 if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                     self.storage.sync_dir(parent).map_err(|e| Error::io("fsync directory", e).with_path(parent))?;
                 }
-                Ok(())
+                Ok(Vec::new())
             }
             Err(e) => Err(Error::io("open checkpoint directory", e).with_path(dir)),
         }
     }
 
-    fn list(&self, dir: &Path) -> Result<Vec<String>> {
-        let entries = self.storage.read_dir(dir).map_err(|e| Error::io("list directory", e).with_path(dir))?;
-        Ok(entries.into_iter().filter_map(|e| e.name.into_string().ok()).collect())
-    }
-
-    fn remove_stale_tmp(&self, dir: &Path, base: &str, names: &[String]) {
+    fn remove_stale_tmp(&self, dir: &Path, base: &str, entries: &[DirEntry]) {
         let me = &self.config.host;
         let now = SystemTime::now();
-        let entries = self.storage.read_dir(dir).unwrap_or_default();
-        for name in names {
+        for e in entries {
+            let Some(name) = e.name.to_str() else { continue };
             let Some(NameKind::Temporary { host, pid }) = classify(base, name) else {
                 continue;
             };
             let stale = if &host == me {
                 !pid_alive(pid)
             } else {
-                entries
-                    .iter()
-                    .find(|e| e.name == OsStr::new(name))
-                    .and_then(|e| e.modified)
-                    .is_some_and(|m| now.duration_since(m).unwrap_or_default() > STALE_TMP_AGE)
+                e.modified.is_some_and(|m| now.duration_since(m).unwrap_or_default() > STALE_TMP_AGE)
             };
             if stale {
                 let _ = self.storage.remove_file(&dir.join(name));
@@ -441,10 +433,10 @@ impl Store {
             manifest.extend_from_slice(&hc.to_le_bytes());
             manifest.extend_from_slice(&tc.to_le_bytes());
         }
-        let names = self.list(dir)?;
-        self.remove_stale_tmp(dir, &base, &names);
+        let entries = self.scan(dir)?;
+        self.remove_stale_tmp(dir, &base, &entries);
+        let plan = plan_single(dir, &base, &entries);
         let header = self.header(FileKind::Manifest, generation, app_step);
-        let plan = Plan::Single { dir: dir.to_path_buf(), base: base.clone() };
         let mut w = self.start(dir, &base, header, plan)?;
         w.add_section_with(MANIFEST_SECTION, &manifest, SectionOptions::new().encoding(Encoding::Manifest))?;
         let mut info = w.commit()?;
@@ -480,10 +472,9 @@ pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
 
 #[derive(Clone, Debug)]
 enum Plan {
-    Single {
-        dir: PathBuf,
-        base: String,
-    },
+    /// `known`: the generations (regular files) present when the save began; `parts`: whether a parts
+    /// directory exists (multi-rank names).
+    Single { dir: PathBuf, base: String, known: Vec<u64>, parts: bool },
     Part {
         dir: PathBuf,
         name: String,
@@ -493,6 +484,20 @@ enum Plan {
         dir: PathBuf,
         name: String,
     },
+}
+
+fn plan_single(dir: &Path, base: &str, entries: &[DirEntry]) -> Plan {
+    let known = entries
+        .iter()
+        .filter(|e| e.is_file)
+        .filter_map(|e| match e.name.to_str().and_then(|n| classify(base, n)) {
+            Some(NameKind::Generation(g)) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let parts_name = format!("{base}.parts");
+    let parts = entries.iter().any(|e| e.name.to_str() == Some(parts_name.as_str()));
+    Plan::Single { dir: dir.to_path_buf(), base: base.to_string(), known, parts }
 }
 
 /// Starts a checkpoint written to exactly `path` (no generations, no retention): on commit the file
@@ -510,9 +515,8 @@ pub fn begin_file(path: &Path, app_step: i64, config: &Config, storage: Arc<dyn 
         _ => PathBuf::from("."),
     };
     let store = Store::with_storage(config.clone(), storage);
-    store.prepare_dir(&dir)?;
-    let names = store.list(&dir)?;
-    store.remove_stale_tmp(&dir, &name, &names);
+    let entries = store.scan(&dir)?;
+    store.remove_stale_tmp(&dir, &name, &entries);
     let header = store.header(FileKind::Data, 1, app_step);
     store.start(&dir, &name, header, Plan::File { dir: dir.clone(), name: name.clone() })
 }
@@ -621,7 +625,7 @@ impl CheckpointWriter {
         drop(file);
         let storage = self.storage.clone();
         let (path, generation_path, dir) = match &self.plan {
-            Plan::Single { dir, base } => {
+            Plan::Single { dir, base, .. } => {
                 let gen_path = dir.join(format!("{base}.{}", header.generation));
                 let current = dir.join(base);
                 match storage.hard_link(&tmp, &gen_path) {
@@ -657,8 +661,8 @@ impl CheckpointWriter {
         storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
         // Durable from here on: failures below are warnings, never errors.
         let mut warnings = Vec::new();
-        if let Plan::Single { dir, base } = &self.plan {
-            prune(&*storage, dir, base, self.keep, header.generation, &mut warnings);
+        if let Plan::Single { dir, base, known, parts } = &self.plan {
+            prune(&*storage, dir, base, self.keep, header.generation, known, *parts, &mut warnings);
         }
         Ok(CommitInfo {
             path,
@@ -684,34 +688,38 @@ fn link_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV))
 }
 
-/// Removes generations beyond the newest `keep` (never `newest` itself), and for multi-rank names the part
-/// directories of removed generations and of abandoned older ones.
-fn prune(storage: &dyn Storage, dir: &Path, base: &str, keep: usize, newest: u64, warnings: &mut Vec<String>) {
-    // Only regular files count as generations: a planted symlink must not push a real one out.
-    let names: Vec<String> = match storage.read_dir(dir) {
-        Ok(e) => e.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect(),
-        Err(e) => {
-            warnings.push(format!("{}: listing for pruning failed: {e}", dir.display()));
-            return;
-        }
-    };
-    let mut gens: Vec<u64> = names
-        .iter()
-        .filter_map(|n| match classify(base, n) {
-            Some(NameKind::Generation(g)) => Some(g),
-            _ => None,
-        })
-        .collect();
+/// Removes generations beyond the newest `keep` (never `newest` itself), from those present when the save
+/// began (`known`, regular files only: a planted symlink must not push a real generation out), and for
+/// multi-rank names the part directories of removed generations and of abandoned older ones.
+#[allow(clippy::too_many_arguments)]
+fn prune(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: &str,
+    keep: usize,
+    newest: u64,
+    known: &[u64],
+    parts: bool,
+    warnings: &mut Vec<String>,
+) {
+    let mut gens: Vec<u64> = known.iter().copied().filter(|&g| g != newest).collect();
+    gens.push(newest);
     gens.sort_unstable_by(|a, b| b.cmp(a));
+    gens.dedup();
     let kept: Vec<u64> = gens.iter().copied().take(keep.max(1)).collect();
     for g in gens.iter().skip(keep.max(1)) {
         if *g == newest {
             continue;
         }
         let p = dir.join(format!("{base}.{g}"));
-        if let Err(e) = storage.remove_file(&p) {
-            warnings.push(format!("{}: could not remove old generation: {e}", p.display()));
+        match storage.remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {} // pruned meanwhile
+            Err(e) => warnings.push(format!("{}: could not remove old generation: {e}", p.display())),
         }
+    }
+    if !parts {
+        return;
     }
     let parts_root = dir.join(format!("{base}.parts"));
     let Ok(part_dirs) = storage.read_dir(&parts_root) else {
