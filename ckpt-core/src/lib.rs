@@ -2,7 +2,7 @@
 //!
 //! `ckpt-core` writes a program's state to a self-describing file (magic, version, section table, a
 //! CRC-32 per section and over the header and table, optional zstd per section, raw sections 4 KiB
-//! aligned for memory mapping; see FORMAT.md and [`format`]) and commits it so that a crash at any instant
+//! aligned for memory mapping; see FORMAT.md and [`format`](mod@format)) and commits it so that a crash at any instant
 //! leaves the previous checkpoint intact: a temporary file in the target directory, `fsync`, an atomic
 //! rename, `fsync` of the directory, and pruning of old generations only afterwards. Restart discovery
 //! picks the newest checkpoint that verifies completely and falls back to older generations by itself.
