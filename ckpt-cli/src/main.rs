@@ -318,7 +318,9 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         if let Some((base, _)) = name.split_once(".tmp.")
             && matches!(classify(base, &name), Some(ckpt_core::NameKind::Temporary { .. }))
         {
-            rows.push(json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}));
+            rows.push(
+                json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}),
+            );
         }
     }
     // What a restart would choose, per checkpoint name.

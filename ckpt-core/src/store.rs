@@ -474,7 +474,12 @@ pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
 enum Plan {
     /// `known`: the generations (regular files) present when the save began; `parts`: whether a parts
     /// directory exists (multi-rank names).
-    Single { dir: PathBuf, base: String, known: Vec<u64>, parts: bool },
+    Single {
+        dir: PathBuf,
+        base: String,
+        known: Vec<u64>,
+        parts: bool,
+    },
     Part {
         dir: PathBuf,
         name: String,
