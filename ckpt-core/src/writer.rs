@@ -26,7 +26,7 @@ const ZSTD_OUT: usize = 256 << 10;
 const AUTO_MIN_LEN: usize = 16 << 10;
 /// `Auto` compresses up to this many sample windows of [`AUTO_WINDOW`] bytes before deciding.
 const AUTO_WINDOWS: usize = 4;
-const AUTO_WINDOW: usize = 64 << 10;
+const AUTO_WINDOW: usize = 32 << 10;
 /// The zstd level `Auto` uses when it decides to compress.
 pub const AUTO_LEVEL: i32 = 1;
 
@@ -518,8 +518,13 @@ pub fn auto_choice(data: &[u8], element_size: usize, write_bandwidth: f64) -> Co
     let windows = AUTO_WINDOWS.min(data.len() / window).max(1);
     let stride = if windows > 1 { (data.len() - window) / (windows - 1) / element_size * element_size } else { 0 };
     let mut scratch = vec![0u8; window];
+    let mut packed_buf = vec![0u8; zstd::zstd_safe::compress_bound(window)];
     let (mut raw, mut packed) = (0usize, 0usize);
     let start = Instant::now();
+    // One compression context for all windows: creating one per window costs more than compressing.
+    let Ok(mut compressor) = zstd::bulk::Compressor::new(AUTO_LEVEL) else {
+        return Codec::None;
+    };
     for i in 0..windows {
         let w = &data[i * stride..i * stride + window];
         let input = if element_size > 1 {
@@ -528,12 +533,16 @@ pub fn auto_choice(data: &[u8], element_size: usize, write_bandwidth: f64) -> Co
         } else {
             w
         };
-        match zstd::bulk::compress(input, AUTO_LEVEL) {
-            Ok(c) => {
+        match compressor.compress_to_buffer(input, &mut packed_buf) {
+            Ok(n) => {
                 raw += input.len();
-                packed += c.len();
+                packed += n;
             }
             Err(_) => return Codec::None,
+        }
+        // Clearly incompressible after the first window: stop sampling.
+        if i == 0 && (raw as f64) < 1.02 * packed as f64 {
+            return Codec::None;
         }
     }
     let secs = start.elapsed().as_secs_f64().max(1e-7);
