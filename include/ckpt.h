@@ -18,8 +18,9 @@
  *    ckpt_protect(1, &iteration, sizeof(iteration));
  *    int32_t found = 0; int64_t step = 0;
  *    if (ckpt_have_restart(&found, &step) == CKPT_OK && found) ckpt_restart(&step);
- *    for (; iteration < total; iteration++) {
+ *    while (iteration < total) {
  *        compute();
+ *        iteration++;                                  // the state now holds `iteration` steps
  *        if (ckpt_should_checkpoint()) ckpt_checkpoint(iteration);
  *        if (ckpt_should_exit()) break;
  *    }
@@ -101,6 +102,10 @@
 
 // A string argument is not valid UTF-8.
 #define CKPT_ERR_INVALID_UTF8 -27
+
+// An MPI call failed (used by the header-only MPI helpers in `ckpt_mpi.h`; libckpt itself never
+// calls MPI).
+#define CKPT_ERR_MPI -30
 
 // An error this version of the library does not classify further.
 #define CKPT_ERR_OTHER -98
@@ -253,10 +258,22 @@ int32_t ckpt_next_generation(uint64_t *generation_out);
 
 // Writes this rank's part of multi-rank `generation` (all protected regions) durably. The step exists
 // only once `ckpt_commit_step` has run after every rank's part is durable (`ckpt_mpi.h`: a barrier, then
-// rank 0 commits). Resets `ckpt_should_checkpoint`; sets `ckpt_should_exit` as `ckpt_checkpoint` does.
-// Thread-safe, but protected memory must not change during the call.
+// rank 0 commits); every rank then calls `ckpt_finish_step` with the outcome. Resets
+// `ckpt_should_checkpoint`. Thread-safe, but protected memory must not change during the call.
 int32_t ckpt_checkpoint_part(uint64_t generation,
                              int64_t step);
+
+// Tells this rank whether the multi-rank step of its last `ckpt_checkpoint_part` was committed
+// (`committed` non-zero) or not (0), as agreed by all ranks. Committed: `ckpt_should_exit` turns 1 if the
+// checkpoint was asked to be the last, and `ckpt create` requests are answered. Not committed: whatever
+// triggered the part (a signal, the time limit) is due again, so `ckpt_should_checkpoint` turns 1 and
+// the step can be retried; requests get the error. A no-op when no part is pending. Thread-safe.
+int32_t ckpt_finish_step(int32_t committed);
+
+// Requests a checkpoint as a signal would: `ckpt_should_checkpoint` turns 1, and with `exit` non-zero
+// `ckpt_should_exit` turns 1 after the next checkpoint. For programs with their own triggers, and for
+// wrappers that must re-arm a request. Thread-safe.
+int32_t ckpt_request_checkpoint(int32_t exit);
 
 // Commits multi-rank `generation` after every rank's part is durable: checks every part and writes the
 // step's manifest (call on one rank, normally 0, after a barrier). Thread-safe.
@@ -264,8 +281,9 @@ int32_t ckpt_commit_step(uint64_t generation,
                          int64_t step);
 
 // Writes to `*generation_out` the newest generation, at most `max_generation`, that this rank can
-// restart from (manifest and own part verified), or 0 when there is none. MPI helpers take the minimum
-// over ranks and call `ckpt_restart_generation`. Thread-safe.
+// restart from (manifest and own part verified), or 0 when there is none (also when checkpoints exist
+// but none is valid: `ckpt_have_restart` tells those cases apart). MPI helpers take the minimum over
+// ranks and call `ckpt_select_generation`. Thread-safe.
 int32_t ckpt_newest_valid_generation(uint64_t max_generation,
                                      uint64_t *generation_out);
 

@@ -92,6 +92,11 @@ struct TimerState {
     squeue_next: Option<Instant>,
     /// The bits and requests taken by the checkpoint in progress.
     in_progress: Option<(u32, Vec<Request>, Instant)>,
+    /// Whether the checkpoint in progress is one rank's part of a multi-rank step.
+    in_progress_is_part: bool,
+    /// A part committed durably whose step is not yet known to be committed: its trigger bits and requests
+    /// wait for [`Checkpointer::finish_step`].
+    pending_step: Option<(u32, Vec<Request>, Value)>,
     requests: Vec<Request>,
 }
 
@@ -360,6 +365,8 @@ impl Checkpointer {
                 interval_fired: false,
                 squeue_next,
                 in_progress: None,
+                in_progress_is_part: false,
+                pending_step: None,
                 requests: Vec::new(),
             }),
             log: Mutex::new(log),
@@ -487,6 +494,7 @@ impl Checkpointer {
         let requests = if taken & REQUEST != 0 { std::mem::take(&mut st.requests) } else { Vec::new() };
         let image_dir = requests.iter().find_map(|r| r.image_dir.clone());
         st.in_progress = Some((taken, Vec::new(), Instant::now()));
+        st.in_progress_is_part = part.is_some() || self.store.config().nranks > 1;
         drop(st);
         let dir = image_dir.unwrap_or_else(|| self.store.config().checkpoint_dir.clone());
         let result = match part {
@@ -532,19 +540,25 @@ impl Checkpointer {
     fn committed(&self, taken: u32, requests: Vec<Request>, started: Instant, info: &CommitInfo) {
         let cost = started.elapsed();
         let vacate = requests.iter().any(|r| r.vacate);
-        let (interval, time_left) = {
+        let reply = json!({"ok": true, "path": info.path, "generation": info.generation, "step": info.app_step, "seconds": info.seconds});
+        let (interval, time_left, part) = {
             let mut st = self.inner.lock();
             st.cost.record(cost);
             st.last_end = Instant::now();
             st.interval_fired = false;
-            (self.inner.interval(&st), st.end_time.map(|(e, _)| e - unix_now()))
+            let part = st.in_progress_is_part;
+            (self.inner.interval(&st), st.end_time.map(|(e, _)| e - unix_now()), part)
         };
-        if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
-            self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
-        }
-        let reply = json!({"ok": true, "path": info.path, "generation": info.generation, "step": info.app_step, "seconds": info.seconds});
-        for r in requests {
-            r.answer(&reply);
+        if part {
+            // A rank's part: the step exists only once it is committed; exit and answers wait for that.
+            self.inner.lock().pending_step = Some((taken, requests, reply));
+        } else {
+            if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
+                self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
+            }
+            for r in requests {
+                r.answer(&reply);
+            }
         }
         let secs = cost.as_secs_f64();
         self.inner.log(json!({
@@ -555,6 +569,29 @@ impl Checkpointer {
             "exit": self.should_exit(), "warnings": info.warnings,
         }));
         self.inner.wake();
+    }
+
+    /// Concludes a multi-rank step after this rank's part was committed: `committed` says whether the step
+    /// itself was committed (its manifest written; every rank must be told the same). On success the exit
+    /// is armed if the part's trigger asked for it and pending `ckpt create` requests are answered; on
+    /// failure the signals and time limit that triggered the part are due again and requests get the error.
+    pub fn finish_step(&self, committed: bool) {
+        let Some((taken, requests, reply)) = self.inner.lock().pending_step.take() else {
+            return;
+        };
+        if committed {
+            if taken & (SIGNAL_EXIT | DEADLINE) != 0 || requests.iter().any(|r| r.vacate) {
+                self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
+            }
+            for r in requests {
+                r.answer(&reply);
+            }
+            self.inner
+                .log(json!({"event": "step-committed", "step": reply["step"], "generation": reply["generation"]}));
+        } else {
+            let e = Error::new(crate::ErrorKind::InvalidState, "the multi-rank step could not be committed");
+            self.fail(taken, requests, &e);
+        }
     }
 
     /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit).

@@ -238,8 +238,16 @@ pub extern "C" fn ckpt_checkpoint(step: i64) -> i32 {
             let generation = w.generation();
             write_regions(s, &mut w)?;
             s.checkpointer.commit(w)?;
-            if s.checkpointer.config().nranks > 1 && s.checkpointer.config().rank == 0 {
-                s.checkpointer.store().commit_step(generation, step)?;
+            if s.checkpointer.config().nranks > 1 {
+                // Without MPI, rank 0 waits for every part and commits; the other ranks cannot know the
+                // outcome and count their durable part as done.
+                let r = if s.checkpointer.config().rank == 0 {
+                    s.checkpointer.store().commit_step(generation, step).map(|_| ())
+                } else {
+                    Ok(())
+                };
+                s.checkpointer.finish_step(r.is_ok());
+                r?;
             }
             Ok(CKPT_OK)
         })
@@ -617,8 +625,8 @@ pub extern "C" fn ckpt_next_generation(generation_out: *mut u64) -> i32 {
 
 /// Writes this rank's part of multi-rank `generation` (all protected regions) durably. The step exists
 /// only once `ckpt_commit_step` has run after every rank's part is durable (`ckpt_mpi.h`: a barrier, then
-/// rank 0 commits). Resets `ckpt_should_checkpoint`; sets `ckpt_should_exit` as `ckpt_checkpoint` does.
-/// Thread-safe, but protected memory must not change during the call.
+/// rank 0 commits); every rank then calls `ckpt_finish_step` with the outcome. Resets
+/// `ckpt_should_checkpoint`. Thread-safe, but protected memory must not change during the call.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
     guard(|| {
@@ -626,6 +634,34 @@ pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
             let mut w = s.checkpointer.begin_part(generation, step)?;
             write_regions(s, &mut w)?;
             s.checkpointer.commit(w)?;
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Tells this rank whether the multi-rank step of its last `ckpt_checkpoint_part` was committed
+/// (`committed` non-zero) or not (0), as agreed by all ranks. Committed: `ckpt_should_exit` turns 1 if the
+/// checkpoint was asked to be the last, and `ckpt create` requests are answered. Not committed: whatever
+/// triggered the part (a signal, the time limit) is due again, so `ckpt_should_checkpoint` turns 1 and
+/// the step can be retried; requests get the error. A no-op when no part is pending. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_finish_step(committed: i32) -> i32 {
+    guard(|| {
+        with_state(|s| {
+            s.checkpointer.finish_step(committed != 0);
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Requests a checkpoint as a signal would: `ckpt_should_checkpoint` turns 1, and with `exit` non-zero
+/// `ckpt_should_exit` turns 1 after the next checkpoint. For programs with their own triggers, and for
+/// wrappers that must re-arm a request. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_request_checkpoint(exit: i32) -> i32 {
+    guard(|| {
+        with_state(|s| {
+            s.checkpointer.request_checkpoint(exit != 0);
             Ok(CKPT_OK)
         })
     })
@@ -644,8 +680,9 @@ pub extern "C" fn ckpt_commit_step(generation: u64, step: i64) -> i32 {
 }
 
 /// Writes to `*generation_out` the newest generation, at most `max_generation`, that this rank can
-/// restart from (manifest and own part verified), or 0 when there is none. MPI helpers take the minimum
-/// over ranks and call `ckpt_restart_generation`. Thread-safe.
+/// restart from (manifest and own part verified), or 0 when there is none (also when checkpoints exist
+/// but none is valid: `ckpt_have_restart` tells those cases apart). MPI helpers take the minimum over
+/// ranks and call `ckpt_select_generation`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_newest_valid_generation(max_generation: u64, generation_out: *mut u64) -> i32 {
     guard(|| {

@@ -46,6 +46,9 @@ pub const CKPT_ERR_NO_CHECKPOINT: i32 = -25;
 pub const CKPT_ERR_BUFFER_TOO_SMALL: i32 = -26;
 /// A string argument is not valid UTF-8.
 pub const CKPT_ERR_INVALID_UTF8: i32 = -27;
+/// An MPI call failed (used by the header-only MPI helpers in `ckpt_mpi.h`; libckpt itself never
+/// calls MPI).
+pub const CKPT_ERR_MPI: i32 = -30;
 /// An error this version of the library does not classify further.
 pub const CKPT_ERR_OTHER: i32 = -98;
 /// A bug: the library panicked (the panic was caught; the message says where). Please report it.
@@ -143,6 +146,7 @@ pub(crate) fn describe(code: i32) -> &'static str {
         CKPT_ERR_NO_CHECKPOINT => "no checkpoint to restart from\0",
         CKPT_ERR_BUFFER_TOO_SMALL => "buffer too small\0",
         CKPT_ERR_INVALID_UTF8 => "string is not valid UTF-8\0",
+        CKPT_ERR_MPI => "an MPI call failed\0",
         CKPT_ERR_OTHER => "other error\0",
         CKPT_ERR_PANIC => "internal error (panic)\0",
         _ => "unknown status code\0",

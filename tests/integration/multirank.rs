@@ -347,3 +347,31 @@ fn a_stale_manifest_temporary_file_is_removed_by_the_next_step() {
     let left = top_names(dir.path());
     assert!(!left.contains(&stale), "the dead rank 0's manifest temporary file survived two steps: {left:?}");
 }
+
+/// A rank's durable part is not a step: `should_exit` waits for the agreed outcome (`finish_step`), and
+/// a step that could not be committed makes the request due again.
+#[test]
+fn exit_waits_for_the_step_and_a_failed_step_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ckpt_core::Config::new("steps", dir.path()).unwrap();
+    cfg.rank = 0;
+    cfg.nranks = 2;
+    cfg.log = ckpt_core::LogTarget::Off;
+    let cp = ckpt_core::Checkpointer::new(ckpt_core::Store::new(cfg)).unwrap();
+    cp.request_checkpoint(true);
+    assert!(cp.should_checkpoint());
+    let mut w = cp.begin_part(1, 5).unwrap();
+    w.add_bytes("x", b"part").unwrap();
+    cp.commit(w).unwrap();
+    assert!(!cp.should_checkpoint() && !cp.should_exit(), "a part alone neither exits nor stays due");
+    cp.finish_step(false);
+    assert!(cp.should_checkpoint(), "the step failed: the request is due again");
+    assert!(!cp.should_exit());
+    let mut w = cp.begin_part(2, 6).unwrap();
+    w.add_bytes("x", b"part").unwrap();
+    cp.commit(w).unwrap();
+    assert!(!cp.should_exit());
+    cp.finish_step(true);
+    assert!(cp.should_exit(), "the step was committed: exit as SIGTERM asked");
+    assert!(!cp.should_checkpoint());
+}

@@ -34,7 +34,7 @@ static void version_and_status(void) {
                    CKPT_ERR_SECTION_NOT_FOUND, CKPT_ERR_ENCODING, CKPT_ERR_INVALID_STATE, CKPT_ERR_NULL_ARGUMENT,
                    CKPT_ERR_NOT_INITIALIZED, CKPT_ERR_ALREADY_INITIALIZED, CKPT_ERR_UNKNOWN_REGION,
                    CKPT_ERR_SIZE_MISMATCH, CKPT_ERR_NO_CHECKPOINT, CKPT_ERR_BUFFER_TOO_SMALL,
-                   CKPT_ERR_INVALID_UTF8, CKPT_ERR_OTHER, CKPT_ERR_PANIC};
+                   CKPT_ERR_INVALID_UTF8, CKPT_ERR_MPI, CKPT_ERR_OTHER, CKPT_ERR_PANIC};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         CHECK(ckpt_status_str(codes[i]) != NULL && strlen(ckpt_status_str(codes[i])) > 0);
         CHECK(strcmp(ckpt_status_str(codes[i]), "unknown status code") != 0);
@@ -191,7 +191,14 @@ static void restart_run(void) {
     EXPECT(ckpt_restart(&step), CKPT_OK);
     CHECK(step == 10 && iteration == 10 && field[3] == 1.5);
     EXPECT(ckpt_select_generation(7, &step), CKPT_ERR_NO_CHECKPOINT);
+    /* programmatic triggers; finish_step without a pending part is a no-op */
+    CHECK(ckpt_should_checkpoint() == 0);
+    EXPECT(ckpt_request_checkpoint(0), CKPT_OK);
+    CHECK(ckpt_should_checkpoint() == 1 && ckpt_should_exit() == 0);
+    EXPECT(ckpt_finish_step(1), CKPT_OK);
+    CHECK(ckpt_should_exit() == 0);
     EXPECT(ckpt_finalize(), CKPT_OK);
+    EXPECT(ckpt_request_checkpoint(1), CKPT_ERR_NOT_INITIALIZED);
     free(field);
 }
 

@@ -1,0 +1,256 @@
+! heat_mpi.f90: the 2-D heat-diffusion (Jacobi) solver of examples/c/heat_mpi.c in Fortran: an N x N grid,
+! its rows decomposed over the MPI ranks with halo exchange, checkpointed collectively with module ckpt_mpi.
+!
+!   SIGUSR1 (to every rank, or to any one: the ranks agree): a collective checkpoint, then it continues.
+!   SIGTERM: a collective checkpoint, then every rank exits with status 0 (the job can be requeued).
+!
+! On start it restarts collectively from the newest checkpoint every rank can read. The field is stored
+! as u(column, row) so its memory layout, and so the final crc32, are those of the C version.
+!
+! Usage: heat_mpi [N] [ITERATIONS] [DELAY_US]   (default 256 256 0); HEAT_RESULT=path: rank 0 also writes
+!        the final line there; HEAT_PROGRESS=k: prints "iteration i" every k iterations.
+! Build: make -C examples/fortran
+program heat_mpi
+  use, intrinsic :: iso_c_binding
+  use, intrinsic :: iso_fortran_env, only: output_unit, error_unit, int8, int64
+  use mpi_f08
+  use ckpt
+  use ckpt_mpi
+  implicit none
+
+  interface
+    function c_getpid() bind(C, name="getpid") result(pid)
+      import :: c_int
+      integer(c_int) :: pid
+    end function c_getpid
+    function c_usleep(us) bind(C, name="usleep") result(rc)
+      import :: c_int
+      integer(c_int), value :: us
+      integer(c_int) :: rc
+    end function c_usleep
+  end interface
+
+  type(MPI_Comm) :: comm
+  integer :: rank, nranks, n, rows, row0, base, extra, up, down, i, j, g, r, ierr
+  integer(c_int64_t), target :: iteration
+  integer(c_int64_t) :: iterations, step, progress
+  integer(c_int) :: delay_us, ignored
+  integer(c_int32_t) :: rc, found
+  integer(c_size_t) :: stored
+  real(c_double), pointer, contiguous :: u(:, :), next(:, :), t(:, :)
+  real(c_double), allocatable :: all(:, :)
+  integer, allocatable :: counts(:), displs(:)
+  integer(c_int64_t), allocatable :: ints(:)
+  character(len=64) :: arg
+  character(len=256) :: line, result_path
+  real(c_double) :: total
+
+  call MPI_Init(ierr)
+  comm = MPI_COMM_WORLD
+  call MPI_Comm_rank(comm, rank, ierr)
+  call MPI_Comm_size(comm, nranks, ierr)
+
+  n = 256
+  iterations = 256
+  delay_us = 0
+  if (command_argument_count() >= 1) then
+    call get_command_argument(1, arg)
+    read(arg, *) n
+  end if
+  if (command_argument_count() >= 2) then
+    call get_command_argument(2, arg)
+    read(arg, *) iterations
+  end if
+  if (command_argument_count() >= 3) then
+    call get_command_argument(3, arg)
+    read(arg, *) delay_us
+  end if
+  progress = 0
+  call get_environment_variable('HEAT_PROGRESS', arg)
+  if (len_trim(arg) > 0) read(arg, *) progress
+  if (n < 3 .or. n < nranks .or. iterations < 0 .or. delay_us < 0) then
+    if (rank == 0) write(error_unit, '(a)') 'usage: heat_mpi [N >= max(3, ranks)] [ITERATIONS] [DELAY_US]'
+    call MPI_Abort(comm, 2, ierr)
+  end if
+
+  ! global rows row0 .. row0+rows-1 belong to this rank; local rows 0 and rows+1 are halos
+  base = n / nranks
+  extra = mod(n, nranks)
+  rows = base + merge(1, 0, rank < extra)
+  row0 = rank * base + min(rank, extra)
+  allocate(u(0:n - 1, 0:rows + 1), next(0:n - 1, 0:rows + 1))
+  u = 0
+  next = 0
+  do i = 1, rows
+    if (row0 + i - 1 == 0) u(:, i) = 100.0_c_double ! the hot top edge
+  end do
+  iteration = 0
+
+  rc = ckpt_mpi_init(comm, "heat_mpi")
+  if (rc /= CKPT_OK) call fail('ckpt_mpi_init', rc)
+  ! one line from rank 0 (MPI launchers may interleave the ranks' output): every rank's pid, printed once
+  ! every rank's signal handlers are installed
+  allocate(ints(merge(nranks, 1, rank == 0)))
+  call MPI_Gather(int(c_getpid(), c_int64_t), 1, MPI_INT64_T, ints, 1, MPI_INT64_T, 0, comm, ierr)
+  if (rank == 0) then
+    write(output_unit, '(a,i0,a,*(1x,i0))') 'heat_mpi: ', nranks, ' ranks, pids', ints
+    flush(output_unit)
+  end if
+
+  ! agree on the checkpoint first and check the stored field's size before reading it
+  found = 0
+  step = 0
+  rc = ckpt_mpi_have_restart(comm, found, step)
+  if (rc /= CKPT_OK) call fail('ckpt_mpi_have_restart', rc)
+  if (found == 1) then
+    stored = 0
+    rc = ckpt_mpi_restart_size(comm, 0_c_int32_t, stored)
+    if (rc /= CKPT_OK) call fail('ckpt_mpi_restart_size', rc)
+    if (stored /= size(u, kind=c_size_t) * c_sizeof(u(0, 0))) then
+      write(error_unit, '(a,i0,a,i0,a,i0)') 'heat_mpi: rank ', rank, ': the checkpoint holds ', stored, &
+        ' bytes of field, this grid needs ', size(u, kind=c_size_t) * c_sizeof(u(0, 0))
+      call MPI_Abort(comm, 1, ierr)
+    end if
+  end if
+  rc = ckpt_protect_f(0_c_int32_t, u)
+  if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
+  rc = ckpt_protect_f(1_c_int32_t, iteration)
+  if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
+  rc = ckpt_mpi_restart(comm, found, step)
+  if (rc /= CKPT_OK) call fail('ckpt_mpi_restart', rc)
+  if (rank == 0) then
+    if (found == 1) then
+      write(output_unit, '(a,i0)') 'resumed at iteration ', iteration
+    else
+      write(output_unit, '(a,i0,a,i0,a,i0,a,i0,a)') 'starting fresh: ', n, ' x ', n, ', ', iterations, &
+        ' iterations, ', nranks, ' ranks'
+    end if
+    flush(output_unit)
+  end if
+
+  up = merge(rank - 1, MPI_PROC_NULL, rank > 0)
+  down = merge(rank + 1, MPI_PROC_NULL, rank < nranks - 1)
+  do while (iteration < iterations)
+    ! halo exchange: first owned row up / bottom halo from below, last owned row down / top halo
+    call MPI_Sendrecv(u(:, 1), n, MPI_DOUBLE_PRECISION, up, 0, u(:, rows + 1), n, MPI_DOUBLE_PRECISION, down, 0, &
+                      comm, MPI_STATUS_IGNORE, ierr)
+    call MPI_Sendrecv(u(:, rows), n, MPI_DOUBLE_PRECISION, down, 1, u(:, 0), n, MPI_DOUBLE_PRECISION, up, 1, &
+                      comm, MPI_STATUS_IGNORE, ierr)
+    next = u
+    do i = 1, rows
+      g = row0 + i - 1
+      if (g == 0 .or. g == n - 1) cycle ! fixed boundary rows
+      do j = 1, n - 2
+        next(j, i) = 0.25_c_double * (u(j, i - 1) + u(j, i + 1) + u(j - 1, i) + u(j + 1, i))
+      end do
+    end do
+    t => u
+    u => next
+    next => t
+    iteration = iteration + 1
+    if (delay_us > 0) ignored = c_usleep(delay_us)
+    if (progress > 0 .and. rank == 0) then
+      if (mod(iteration, progress) == 0) then
+        write(output_unit, '(a,i0)') 'iteration ', iteration
+        flush(output_unit)
+      end if
+    end if
+
+    if (ckpt_mpi_should_checkpoint(comm) == 1) then
+      ! the field moved to the other buffer: protecting id 0 again replaces the pointer
+      rc = ckpt_protect_f(0_c_int32_t, u)
+      if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
+      rc = ckpt_mpi_checkpoint(comm, iteration)
+      if (rc /= CKPT_OK) then
+        ! same status on every rank: keep computing; a signal's request stays due and is retried
+        write(error_unit, '(a,i0,a,i0,a,a,a,a,a)') 'heat_mpi: rank ', rank, ': checkpoint at iteration ', iteration, &
+          ' failed: ', ckpt_status_str_f(rc), ' (', ckpt_last_error_f(), ')'
+      else
+        if (rank == 0) then
+          write(output_unit, '(a,i0)') 'checkpoint at iteration ', iteration
+          flush(output_unit)
+        end if
+        if (ckpt_mpi_should_exit(comm) == 1) then
+          ! every rank leaves here, at the same iteration: rank 0 shows each rank's
+          call MPI_Gather(iteration, 1, MPI_INT64_T, ints, 1, MPI_INT64_T, 0, comm, ierr)
+          if (rank == 0) then
+            write(output_unit, '(a,i0,a,*(1x,i0))') 'stopping after the checkpoint at iteration ', iteration, &
+              '; the ranks stopped at', ints
+            flush(output_unit)
+          end if
+          rc = ckpt_mpi_finalize(comm)
+          deallocate(u, next)
+          call MPI_Finalize(ierr)
+          stop
+        end if
+      end if
+    end if
+  end do
+
+  ! gather the owned rows on rank 0 and checksum them in a fixed order (the memory order of the C version)
+  if (rank == 0) then
+    allocate(all(0:n - 1, 0:n - 1), counts(nranks), displs(nranks))
+    do r = 0, nranks - 1
+      counts(r + 1) = (base + merge(1, 0, r < extra)) * n
+      displs(r + 1) = (r * base + min(r, extra)) * n
+    end do
+  else
+    allocate(all(1, 1), counts(1), displs(1))
+  end if
+  call MPI_Gatherv(u(:, 1:rows), rows * n, MPI_DOUBLE_PRECISION, all, counts, displs, MPI_DOUBLE_PRECISION, 0, &
+                   comm, ierr)
+  if (rank == 0) then
+    total = 0
+    do i = 0, n - 1
+      do j = 0, n - 1
+        total = total + all(j, i)
+      end do
+    end do
+    write(line, '(a,i0,a,i0,a,i0,a,z8.8,a,es24.17)') 'done: ', n, ' x ', n, ', ', iterations, ' iterations, crc32 ', &
+      crc32(transfer(all, [0_int8])), ', sum ', total
+    write(output_unit, '(a)') trim(line)
+    flush(output_unit)
+    call get_environment_variable('HEAT_RESULT', result_path)
+    if (len_trim(result_path) > 0) then
+      open(newunit=r, file=trim(result_path), status='replace', action='write')
+      write(r, '(a)') trim(line)
+      close(r)
+    end if
+  end if
+  rc = ckpt_mpi_finalize(comm)
+  if (rc /= CKPT_OK) call fail('ckpt_mpi_finalize', rc)
+  deallocate(u, next)
+  call MPI_Finalize(ierr)
+
+contains
+
+  subroutine fail(what, status)
+    character(len=*), intent(in) :: what
+    integer(c_int32_t), intent(in) :: status
+    integer :: e
+    write(error_unit, '(a,i0,a,a,a,a,a,a,a)') 'heat_mpi: rank ', rank, ': ', what, ' failed: ', &
+      ckpt_status_str_f(status), ' (', ckpt_last_error_f(), ')'
+    call MPI_Abort(MPI_COMM_WORLD, 1, e)
+  end subroutine fail
+
+  !> CRC-32 (IEEE, reflected, as zlib) of bytes, as a non-negative integer below 2**32.
+  function crc32(bytes) result(crc)
+    integer(int8), intent(in) :: bytes(:)
+    integer(int64) :: crc
+    integer(int64), parameter :: poly = int(z'EDB88320', int64), mask = int(z'FFFFFFFF', int64)
+    integer :: k, b
+    crc = mask
+    do k = 1, size(bytes)
+      crc = ieor(crc, iand(int(bytes(k), int64), 255_int64))
+      do b = 1, 8
+        if (iand(crc, 1_int64) /= 0) then
+          crc = ieor(shiftr(crc, 1), poly)
+        else
+          crc = shiftr(crc, 1)
+        end if
+      end do
+    end do
+    crc = ieor(crc, mask)
+  end function crc32
+
+end program heat_mpi

@@ -1,0 +1,324 @@
+!> ckpt_mpi.f90: collective checkpoint/restart for MPI programs in Fortran (the counterpart of ckpt_mpi.h),
+!> written in Fortran on top of module ckpt (include/ckpt.f90) and the MPI-3 module mpi_f08.
+!>
+!> Build with the MPI Fortran wrapper of the MPI library the program uses (a .mod file is specific to the
+!> compiler and to that MPI's mpi_f08):
+!>     mpif90 -c $PREFIX/include/ckpt.f90 $PREFIX/include/ckpt_mpi.f90
+!>     mpif90 app.f90 ckpt.o ckpt_mpi.o -L$PREFIX/lib -lckpt -Wl,-rpath,$PREFIX/lib
+!> Codes that `use mpi` (integer handles) convert: type(MPI_Comm) :: c; c%MPI_VAL = comm.
+!>
+!> Rules for every ckpt_mpi_* function (as in C):
+!>  - COLLECTIVE over comm: every rank calls it, in the same order relative to other collectives on comm;
+!>    use the same communicator for every call (rank 0 of it commits steps).
+!>  - Returns the SAME integer(c_int32_t) on every rank: CKPT_OK, 1/0 for the predicates, or a negative
+!>    CKPT_ERR_* code (the failing rank's; ckpt_last_error_f() has the message on that rank only).
+!>    CKPT_ERR_MPI also reports a failed MPI call (only possible when comm's error handler returns).
+!>  - Out-arguments are written only on success, alike on every rank.
+!>  - Call from one thread per process, like any MPI collective.
+module ckpt_mpi
+  use, intrinsic :: iso_c_binding, only: c_int32_t, c_int64_t, c_size_t
+  use mpi_f08
+  use ckpt
+  implicit none
+  private
+  public :: ckpt_mpi_init, ckpt_mpi_finalize, ckpt_mpi_poll, ckpt_mpi_should_checkpoint, ckpt_mpi_should_exit, &
+            ckpt_mpi_checkpoint, ckpt_mpi_have_restart, ckpt_mpi_restart, ckpt_mpi_restart_size
+
+contains
+
+  !> MIN (op = MPI_MIN) or MAX over comm of v, in place. CKPT_OK or CKPT_ERR_MPI.
+  function reduce64(comm, v, op) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int64_t), intent(inout) :: v(:)
+    type(MPI_Op), intent(in) :: op
+    integer(c_int32_t) :: status
+    integer :: ierr
+    call MPI_Allreduce(MPI_IN_PLACE, v, size(v), MPI_INT64_T, op, comm, ierr)
+    status = merge(CKPT_OK, CKPT_ERR_MPI, ierr == MPI_SUCCESS)
+  end function reduce64
+
+  !> The most negative status over comm (CKPT_OK when every rank succeeded).
+  function agree_status(comm, local) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t), intent(in) :: local
+    integer(c_int32_t) :: status
+    integer(c_int64_t) :: v(1)
+    v(1) = local
+    status = reduce64(comm, v, MPI_MIN)
+    if (status == CKPT_OK) status = int(v(1), c_int32_t)
+  end function agree_status
+
+  !> Sets the rank and the number of ranks from comm (ckpt_set_rank), then ckpt_init(name) on every rank
+  !> (name absent: the default). All or nothing: if ckpt_init fails on any rank, the others finalize again
+  !> and every rank returns the failing code. CKPT_ERR_INVALID_STATE when MPI is not initialised.
+  function ckpt_mpi_init(comm, name) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    character(len=*), intent(in), optional :: name
+    integer(c_int32_t) :: status, rc, ignored
+    integer :: rank, nranks, ierr
+    logical :: initialized
+    call MPI_Initialized(initialized, ierr)
+    if (ierr /= MPI_SUCCESS .or. .not. initialized) then
+      status = CKPT_ERR_INVALID_STATE
+      return
+    end if
+    call MPI_Comm_rank(comm, rank, ierr)
+    if (ierr == MPI_SUCCESS) call MPI_Comm_size(comm, nranks, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      status = CKPT_ERR_MPI
+      return
+    end if
+    rc = ckpt_set_rank(int(rank, c_int32_t), int(nranks, c_int32_t))
+    if (rc == CKPT_OK) rc = ckpt_init_f(name)
+    status = agree_status(comm, rc)
+    if (status /= CKPT_OK .and. rc == CKPT_OK) ignored = ckpt_finalize()
+  end function ckpt_mpi_init
+
+  !> ckpt_finalize on every rank, with an agreed status. Call before MPI_Finalize.
+  function ckpt_mpi_finalize(comm) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t) :: status
+    status = agree_status(comm, ckpt_finalize())
+  end function ckpt_mpi_finalize
+
+  !> One allreduce (MAX) of both flags: want_checkpoint = 1 when a checkpoint is due on any rank,
+  !> want_exit = 1 when any rank's last checkpoint was asked to be the last. Both optional.
+  function ckpt_mpi_poll(comm, want_checkpoint, want_exit) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t), intent(inout), optional :: want_checkpoint, want_exit
+    integer(c_int32_t) :: status
+    integer(c_int64_t) :: v(2)
+    v = [int(ckpt_should_checkpoint(), c_int64_t), int(ckpt_should_exit(), c_int64_t)]
+    status = reduce64(comm, v, MPI_MAX)
+    if (status /= CKPT_OK) return
+    if (present(want_checkpoint)) want_checkpoint = int(v(1), c_int32_t)
+    if (present(want_exit)) want_exit = int(v(2), c_int32_t)
+  end function ckpt_mpi_poll
+
+  !> 1 on every rank when a checkpoint is due on ANY rank (MAX of ckpt_should_checkpoint), else 0;
+  !> CKPT_ERR_MPI if the allreduce failed. One small allreduce per call.
+  function ckpt_mpi_should_checkpoint(comm) result(flag)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t) :: flag, c
+    c = 0
+    flag = ckpt_mpi_poll(comm, want_checkpoint=c)
+    if (flag == CKPT_OK) flag = c
+  end function ckpt_mpi_should_checkpoint
+
+  !> 1 on every rank when any rank should stop (MAX of ckpt_should_exit), else 0. Ask it right after
+  !> ckpt_mpi_checkpoint returned CKPT_OK: a rank's flag is set once its own part is durable, so after a
+  !> failed collective checkpoint it may say 1.
+  function ckpt_mpi_should_exit(comm) result(flag)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t) :: flag, e
+    e = 0
+    flag = ckpt_mpi_poll(comm, want_exit=e)
+    if (flag == CKPT_OK) flag = e
+  end function ckpt_mpi_should_exit
+
+  !> Writes every rank's protected regions as step `step` and commits the step only after every rank's
+  !> part is durable: agree on the generation (MAX of ckpt_next_generation), each rank writes its part
+  !> (ckpt_checkpoint_part), allreduce MIN of the statuses (also the barrier: nothing is committed when a
+  !> part failed), rank 0 commits (ckpt_commit_step) and broadcasts its status. With one rank it is
+  !> ckpt_checkpoint(step). `step` must be the same on every rank. A failed part leaves that rank's request
+  !> due (the next poll retries everywhere); a failed commit does not (libckpt took the requests when the
+  !> parts were written): retry or stop deliberately.
+  function ckpt_mpi_checkpoint(comm, step) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int64_t), intent(in) :: step
+    integer(c_int32_t) :: status, rc
+    integer(c_int64_t) :: g, v(2)
+    integer(c_int32_t) :: committed(1)
+    integer :: rank, nranks, ierr
+    call MPI_Comm_rank(comm, rank, ierr)
+    if (ierr == MPI_SUCCESS) call MPI_Comm_size(comm, nranks, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      status = CKPT_ERR_MPI
+      return
+    end if
+    if (nranks == 1) then
+      status = ckpt_checkpoint(step)
+      return
+    end if
+    g = 0
+    rc = ckpt_next_generation(g)
+    v = [merge(g, 0_c_int64_t, rc == CKPT_OK), -int(rc, c_int64_t)] ! {generation, -status}: one MAX
+    status = reduce64(comm, v, MPI_MAX)
+    if (status /= CKPT_OK) return
+    if (v(2) /= 0) then
+      status = int(-v(2), c_int32_t)
+      return
+    end if
+    g = v(1)
+    status = agree_status(comm, ckpt_checkpoint_part(g, step))
+    if (status /= CKPT_OK) then
+      ! No step: what triggered the parts is due again on every rank.
+      ierr = ckpt_finish_step(0_c_int32_t)
+      return
+    end if
+    committed(1) = CKPT_OK
+    if (rank == 0) committed(1) = ckpt_commit_step(g, step)
+    call MPI_Bcast(committed, 1, MPI_INT32_T, 0, comm, ierr)
+    status = merge(committed(1), CKPT_ERR_MPI, ierr == MPI_SUCCESS)
+    ierr = ckpt_finish_step(merge(1_c_int32_t, 0_c_int32_t, status == CKPT_OK))
+  end function ckpt_mpi_checkpoint
+
+  !> Agree on the newest generation <= max_generation that EVERY rank can read (MIN over ranks of each
+  !> one's newest valid generation, never the MAX) and select it on every rank; when a rank cannot select
+  !> it, all fall back together to older ones. generation = 0: nothing in common.
+  function agree(comm, max_generation, generation, step) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int64_t), intent(in) :: max_generation
+    integer(c_int64_t), intent(out) :: generation, step
+    integer(c_int32_t) :: status, rc
+    integer(c_int64_t) :: limit, g, v(2), s(3), my_step
+    logical :: ok
+    limit = max_generation
+    generation = 0
+    step = 0
+    do
+      g = 0
+      rc = ckpt_newest_valid_generation(limit, g)
+      v = [merge(g, 0_c_int64_t, rc == CKPT_OK), int(rc, c_int64_t)]
+      status = reduce64(comm, v, MPI_MIN)
+      if (status /= CKPT_OK) return
+      if (v(2) /= CKPT_OK) then
+        status = int(v(2), c_int32_t)
+        return
+      end if
+      if (v(1) == 0) return ! nothing common: generation = 0
+      my_step = 0
+      ok = ckpt_select_generation(v(1), my_step) == CKPT_OK
+      ! one MIN over {selected, step, -step}: did every rank select it, and do the steps agree
+      if (ok) then
+        s = [1_c_int64_t, my_step, -my_step]
+      else
+        s = [0_c_int64_t, huge(0_c_int64_t), huge(0_c_int64_t)]
+      end if
+      status = reduce64(comm, s, MPI_MIN)
+      if (status /= CKPT_OK) return
+      if (s(1) == 1) then
+        if (s(2) /= -s(3)) then
+          status = CKPT_ERR_CORRUPT ! one generation, two steps: not one job's files
+          return
+        end if
+        generation = v(1)
+        step = my_step
+        return
+      end if
+      limit = v(1) - 1 ! some rank cannot read it: fall back together
+    end do
+  end function agree
+
+  !> Nothing in common: a fresh start only when no rank could restart even on its own (no files, or
+  !> CKPT_ALLOW_FRESH_START); else the error of ckpt_have_restart, or CKPT_ERR_NO_VALID_CHECKPOINT.
+  function nothing_common(comm, found) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t), intent(inout) :: found
+    integer(c_int32_t) :: status, rc, local_found
+    integer(c_int64_t) :: v(2)
+    local_found = 0
+    rc = ckpt_have_restart(local_found)
+    v = [int(rc, c_int64_t), merge(-1_c_int64_t, 0_c_int64_t, rc == CKPT_OK .and. local_found /= 0)]
+    status = reduce64(comm, v, MPI_MIN)
+    if (status /= CKPT_OK) return
+    if (v(1) /= CKPT_OK) then
+      status = int(v(1), c_int32_t)
+    else if (v(2) /= 0) then
+      status = CKPT_ERR_NO_VALID_CHECKPOINT
+    else
+      found = 0
+    end if
+  end function nothing_common
+
+  !> Agrees on the checkpoint the ranks will restart from and selects it on every rank, without reading
+  !> the regions (then the local ckpt_restart_size, or ckpt_mpi_restart_size, gives the sizes to allocate).
+  !> found = 1/0, step (optional) its step. CKPT_ERR_NO_VALID_CHECKPOINT when checkpoints exist but no
+  !> generation is readable on every rank (never a silent fresh start).
+  function ckpt_mpi_have_restart(comm, found, step) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t), intent(inout) :: found
+    integer(c_int64_t), intent(inout), optional :: step
+    integer(c_int32_t) :: status
+    integer(c_int64_t) :: g, s
+    status = agree(comm, huge(0_c_int64_t), g, s)
+    if (status /= CKPT_OK) return
+    if (g == 0) then
+      status = nothing_common(comm, found)
+      return
+    end if
+    found = 1
+    if (present(step)) step = s
+  end function ckpt_mpi_have_restart
+
+  !> Restarts every rank from the same step: the newest generation every rank can read (MIN over ranks),
+  !> ckpt_restart on every rank, and if ANY rank fails to read, all fall back together to the next older
+  !> common generation. found = 1 (restarted) or 0 (fresh start, regions untouched), step (optional).
+  !> Failures an older checkpoint cannot cure (CKPT_ERR_SIZE_MISMATCH, CKPT_ERR_SECTION_NOT_FOUND, ...)
+  !> are returned at once on every rank.
+  function ckpt_mpi_restart(comm, found, step) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t), intent(inout) :: found
+    integer(c_int64_t), intent(inout), optional :: step
+    integer(c_int32_t) :: status, rc
+    integer(c_int64_t) :: limit, g, s, got, v(2)
+    limit = huge(0_c_int64_t)
+    do
+      status = agree(comm, limit, g, s)
+      if (status /= CKPT_OK) return
+      if (g == 0) then
+        status = nothing_common(comm, found)
+        return
+      end if
+      got = 0
+      rc = ckpt_restart(got)
+      ! {class, status}: 1 = read, 0 = unreadable (fall back), -1 = the caller's error (stop)
+      if (rc == CKPT_OK) then
+        v(1) = 1
+      else if (caller_error(rc)) then
+        v(1) = -1
+      else
+        v(1) = 0
+      end if
+      v(2) = rc
+      status = reduce64(comm, v, MPI_MIN)
+      if (status /= CKPT_OK) return
+      if (v(1) == 1) then
+        found = 1
+        if (present(step)) step = s
+        return
+      end if
+      if (v(1) < 0) then
+        status = int(v(2), c_int32_t)
+        return
+      end if
+      limit = g - 1
+    end do
+  end function ckpt_mpi_restart
+
+  !> Failures of ckpt_restart that an older generation cannot cure.
+  logical function caller_error(rc)
+    integer(c_int32_t), intent(in) :: rc
+    select case (rc)
+    case (CKPT_ERR_SIZE_MISMATCH, CKPT_ERR_SECTION_NOT_FOUND, CKPT_ERR_NULL_ARGUMENT, CKPT_ERR_NOT_INITIALIZED, &
+          CKPT_ERR_UNKNOWN_REGION, CKPT_ERR_INVALID_ARGUMENT, CKPT_ERR_INVALID_STATE, CKPT_ERR_PANIC)
+      caller_error = .true.
+    case default
+      caller_error = .false.
+    end select
+  end function caller_error
+
+  !> This rank's stored size in bytes of region id in the generation selected by ckpt_mpi_have_restart
+  !> (call that first): the local ckpt_restart_size behind a collective status.
+  function ckpt_mpi_restart_size(comm, id, nbytes) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t), intent(in) :: id
+    integer(c_size_t), intent(inout) :: nbytes
+    integer(c_int32_t) :: status
+    integer(c_size_t) :: n
+    n = 0
+    status = agree_status(comm, ckpt_restart_size(id, n))
+    if (status == CKPT_OK) nbytes = n
+  end function ckpt_mpi_restart_size
+
+end module ckpt_mpi

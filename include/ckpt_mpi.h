@@ -1,0 +1,317 @@
+/*
+ * ckpt_mpi.h: collective checkpoint/restart for MPI programs, on top of libckpt (ckpt.h).
+ *
+ * Header-only (every function is static inline), so libckpt itself never links MPI: compile with your
+ * MPI compiler wrapper and link -lckpt as usual:
+ *
+ *     mpicc -I$PREFIX/include app.c -L$PREFIX/lib -lckpt -Wl,-rpath,$PREFIX/lib
+ *
+ * Uses only MPI-3 calls present in Open MPI and MPICH (MPI_Comm_rank/size, MPI_Allreduce, MPI_Bcast,
+ * MPI_Initialized, MPI_INT32_T/MPI_INT64_T).
+ *
+ * Rules for every ckpt_mpi_* function:
+ *  - It is COLLECTIVE over `comm`: every rank of `comm` calls it, in the same order relative to the other
+ *    collective calls on `comm`. Use the same communicator for every call (normally MPI_COMM_WORLD, or a
+ *    duplicate of it); rank 0 of `comm` is the rank that commits steps.
+ *  - It returns the SAME value on every rank: CKPT_OK (0), 1/0 for the predicates, or a negative
+ *    CKPT_ERR_* code. When one rank fails, every rank gets that rank's code; ckpt_last_error() holds the
+ *    message on the rank(s) where the failure happened (it is thread-local and per process), so print it
+ *    on every rank.
+ *  - CKPT_ERR_MPI also reports a failed MPI call; that can only happen when `comm`'s error handler is
+ *    not MPI_ERRORS_ARE_FATAL (the default aborts the job instead).
+ *  - Out-parameters are written only on success, on every rank alike.
+ *  - Thread safety: like any MPI collective. Call from one thread per process (MPI_THREAD_SINGLE is
+ *    enough when that is the thread that called MPI_Init); the local libckpt calls underneath are
+ *    thread-safe, and ckpt_should_checkpoint()/ckpt_should_exit() may still be read from any thread.
+ *
+ * Typical use (see examples/c/heat_mpi.c):
+ *
+ *     MPI_Init(&argc, &argv);
+ *     ckpt_mpi_init(MPI_COMM_WORLD, "heat");
+ *     ckpt_protect(0, field, bytes);
+ *     ckpt_protect(1, &iteration, sizeof iteration);
+ *     int32_t found = 0; int64_t step = 0;
+ *     if (ckpt_mpi_restart(MPI_COMM_WORLD, &found, &step) != CKPT_OK) MPI_Abort(MPI_COMM_WORLD, 1);
+ *     while (iteration < total) {
+ *         compute_and_exchange_halos();
+ *         iteration++;                         // the protected state is now that of `iteration`
+ *         if (ckpt_mpi_should_checkpoint(MPI_COMM_WORLD) == 1) {
+ *             if (ckpt_mpi_checkpoint(MPI_COMM_WORLD, iteration) == CKPT_OK &&
+ *                 ckpt_mpi_should_exit(MPI_COMM_WORLD) == 1)
+ *                 break;                       // every rank leaves at the same iteration
+ *         }
+ *     }
+ *     ckpt_mpi_finalize(MPI_COMM_WORLD);
+ *     MPI_Finalize();
+ */
+
+#ifndef CKPT_MPI_H
+#define CKPT_MPI_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckpt.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Internal: the MIN over `comm` of `n` int64 values (in place). CKPT_OK or CKPT_ERR_MPI. */
+static inline int32_t ckpt_mpi__min64(MPI_Comm comm, int64_t *v, int n) {
+    return MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_INT64_T, MPI_MIN, comm) == MPI_SUCCESS ? CKPT_OK : CKPT_ERR_MPI;
+}
+
+/* Internal: the MAX over `comm` of `n` int64 values (in place). CKPT_OK or CKPT_ERR_MPI. */
+static inline int32_t ckpt_mpi__max64(MPI_Comm comm, int64_t *v, int n) {
+    return MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_INT64_T, MPI_MAX, comm) == MPI_SUCCESS ? CKPT_OK : CKPT_ERR_MPI;
+}
+
+/* Internal: the most negative status over `comm` (CKPT_OK when every rank succeeded). */
+static inline int32_t ckpt_mpi__agree_status(MPI_Comm comm, int32_t status) {
+    int64_t v = status;
+    int32_t rc = ckpt_mpi__min64(comm, &v, 1);
+    return rc != CKPT_OK ? rc : (int32_t)v;
+}
+
+/* Initialises libckpt on every rank of `comm`: sets this process's rank and the number of ranks from
+ * MPI_Comm_rank/MPI_Comm_size (ckpt_set_rank, which beats guessing from launcher variables), then calls
+ * ckpt_init(name) (`name` may be NULL: see ckpt_init). Call after MPI_Init and after any ckpt_set_config.
+ *
+ * All or nothing: when ckpt_init fails on any rank, the ranks where it succeeded finalize again and every
+ * rank returns the failing rank's code (e.g. CKPT_ERR_INVALID_ARGUMENT for a malformed CKPT_* setting,
+ * CKPT_ERR_ALREADY_INITIALIZED). CKPT_ERR_INVALID_STATE when MPI is not initialised (not collective then).
+ * Collective. */
+static inline int32_t ckpt_mpi_init(MPI_Comm comm, const char *name) {
+    int initialized = 0, rank = 0, size = 0;
+    if (MPI_Initialized(&initialized) != MPI_SUCCESS || !initialized) return CKPT_ERR_INVALID_STATE;
+    if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS) return CKPT_ERR_MPI;
+    int32_t rc = ckpt_set_rank((int32_t)rank, (int32_t)size);
+    if (rc == CKPT_OK) rc = ckpt_init(name);
+    int32_t all = ckpt_mpi__agree_status(comm, rc);
+    if (all != CKPT_OK && rc == CKPT_OK) (void)ckpt_finalize();
+    return all;
+}
+
+/* Shuts libckpt down on every rank (ckpt_finalize) and agrees on the result. Writes nothing; call
+ * before MPI_Finalize. Collective. */
+static inline int32_t ckpt_mpi_finalize(MPI_Comm comm) {
+    return ckpt_mpi__agree_status(comm, ckpt_finalize());
+}
+
+/* Polls both flags with ONE small MPI_Allreduce (MAX over ranks): *checkpoint_out is 1 when any rank
+ * has a checkpoint due (a signal, the interval, the job's time limit, a `ckpt create` request), and
+ * *exit_out is 1 when any rank's last checkpoint was asked to be the last (SIGTERM, the time limit, a
+ * vacating request). Either pointer may be NULL. Returns CKPT_OK (or CKPT_ERR_MPI). Collective. */
+static inline int32_t ckpt_mpi_poll(MPI_Comm comm, int32_t *checkpoint_out, int32_t *exit_out) {
+    int64_t v[2] = {ckpt_should_checkpoint(), ckpt_should_exit()};
+    int32_t rc = ckpt_mpi__max64(comm, v, 2);
+    if (rc != CKPT_OK) return rc;
+    if (checkpoint_out) *checkpoint_out = (int32_t)v[0];
+    if (exit_out) *exit_out = (int32_t)v[1];
+    return CKPT_OK;
+}
+
+/* 1 on every rank when a checkpoint is due on ANY rank (MPI_Allreduce MAX of ckpt_should_checkpoint), so
+ * all ranks decide alike even though signals reach them at different moments; else 0. One small
+ * allreduce: cheap, but not free, so with very short iterations poll every k-th iteration (the same k
+ * on every rank). CKPT_ERR_MPI if the allreduce failed. Collective. */
+static inline int32_t ckpt_mpi_should_checkpoint(MPI_Comm comm) {
+    int32_t c = 0;
+    int32_t rc = ckpt_mpi_poll(comm, &c, NULL);
+    return rc != CKPT_OK ? rc : c;
+}
+
+/* 1 on every rank when any rank's last checkpoint was asked to be the last (MAX of ckpt_should_exit):
+ * leave the loop on every rank. Ask it right after ckpt_mpi_checkpoint returned CKPT_OK. The exit
+ * flag is armed only once the step is committed (ckpt_finish_step). CKPT_ERR_MPI if the allreduce failed. Collective. */
+static inline int32_t ckpt_mpi_should_exit(MPI_Comm comm) {
+    int32_t e = 0;
+    int32_t rc = ckpt_mpi_poll(comm, NULL, &e);
+    return rc != CKPT_OK ? rc : e;
+}
+
+/* Writes every protected region of every rank as application step `step`, and commits the step only
+ * after every rank's part is durable:
+ *   1. the ranks agree on the generation (MAX over ranks of ckpt_next_generation);
+ *   2. each rank writes its part (ckpt_checkpoint_part: tmp file, fsync, rename, fsync);
+ *   3. an allreduce MIN of the statuses: it completes on rank 0 only after every rank's part returned,
+ *      so it is also the barrier; if any part failed, every rank returns that code and nothing is
+ *      committed (the previous step stays the newest);
+ *   4. rank 0 commits the step (ckpt_commit_step: checks every part and writes the manifest atomically);
+ *   5. rank 0's result is broadcast, so every rank returns the same status.
+ * With one rank it is ckpt_checkpoint(step). `step` must be the same on every rank (ckpt_commit_step
+ * rejects parts of different steps). Resets ckpt_should_checkpoint on every rank. Every rank then calls
+ * ckpt_finish_step with the agreed outcome: when the step was committed, ckpt_should_exit turns 1 where
+ * SIGTERM or the time limit asked for it; when a part or the commit failed, the requests are due again,
+ * so the next ckpt_mpi_should_checkpoint retries on every rank. Protected memory must not
+ * change during the call. Collective. */
+static inline int32_t ckpt_mpi_checkpoint(MPI_Comm comm, int64_t step) {
+    int rank = 0, size = 0;
+    if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS) return CKPT_ERR_MPI;
+    if (size == 1) return ckpt_checkpoint(step);
+    uint64_t g = 0;
+    int32_t rc = ckpt_next_generation(&g);
+    /* {generation, -status}: one MAX gives the agreed generation and the worst failure */
+    int64_t v[2] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc};
+    int32_t mrc = ckpt_mpi__max64(comm, v, 2);
+    if (mrc != CKPT_OK) return mrc;
+    if (v[1] != 0) return (int32_t)-v[1];
+    uint64_t generation = (uint64_t)v[0];
+    rc = ckpt_mpi__agree_status(comm, ckpt_checkpoint_part(generation, step));
+    if (rc != CKPT_OK) {
+        (void)ckpt_finish_step(0); /* no step: what triggered the parts is due again on every rank */
+        return rc;
+    }
+    int32_t committed = rank == 0 ? ckpt_commit_step(generation, step) : CKPT_OK;
+    if (MPI_Bcast(&committed, 1, MPI_INT32_T, 0, comm) != MPI_SUCCESS) committed = CKPT_ERR_MPI;
+    (void)ckpt_finish_step(committed == CKPT_OK);
+    return committed;
+}
+
+/* Internal: agree on the newest generation <= max that EVERY rank can read and select it on every rank.
+ * Loop: g = MIN over ranks of ckpt_newest_valid_generation(max) (the MIN, never VeloC's MAX: a step is
+ * usable only if every rank has its part); every rank ckpt_select_generation(g); if any rank cannot,
+ * retry with max = g - 1. On success *generation_out is g (0: nothing common) and *step_out its step. */
+static inline int32_t ckpt_mpi__agree(MPI_Comm comm, uint64_t max, uint64_t *generation_out, int64_t *step_out) {
+    for (;;) {
+        uint64_t g = 0;
+        int32_t rc = ckpt_newest_valid_generation(max, &g);
+        int64_t v[2] = {rc == CKPT_OK ? (int64_t)(g > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : g) : 0, rc};
+        int32_t mrc = ckpt_mpi__min64(comm, v, 2);
+        if (mrc != CKPT_OK) return mrc;
+        if (v[1] != CKPT_OK) return (int32_t)v[1];
+        if (v[0] == 0) {
+            *generation_out = 0;
+            return CKPT_OK;
+        }
+        uint64_t agreed = (uint64_t)v[0];
+        int64_t step = 0;
+        int32_t ok = ckpt_select_generation(agreed, &step) == CKPT_OK;
+        /* one MIN over {selected, step, -step}: did every rank select it, and do the steps agree */
+        int64_t s[3] = {ok ? 1 : 0, ok ? step : INT64_MAX, ok ? -step : INT64_MAX};
+        if ((mrc = ckpt_mpi__min64(comm, s, 3)) != CKPT_OK) return mrc;
+        if (s[0] == 1) {
+            if (s[1] != -s[2]) return CKPT_ERR_CORRUPT; /* one generation, two steps: not one job's files */
+            *generation_out = agreed;
+            *step_out = step;
+            return CKPT_OK;
+        }
+        max = agreed - 1; /* some rank cannot read `agreed`: fall back together */
+    }
+}
+
+/* Internal: nothing common to restart from. A fresh start only when no rank could restart on its own
+ * (ckpt_have_restart finds nothing: no files, or CKPT_ALLOW_FRESH_START); otherwise an error, as
+ * ckpt_have_restart reports it, or CKPT_ERR_NO_VALID_CHECKPOINT when ranks have valid parts but no
+ * generation in common (never a silent fresh start: the lost work would go unnoticed). */
+static inline int32_t ckpt_mpi__nothing_common(MPI_Comm comm, int32_t *found_out) {
+    int32_t found = 0;
+    int32_t rc = ckpt_have_restart(&found, NULL); /* per rank: honours CKPT_ALLOW_FRESH_START */
+    int64_t v[2] = {rc, rc == CKPT_OK && found ? -1 : 0};
+    int32_t mrc = ckpt_mpi__min64(comm, v, 2);
+    if (mrc != CKPT_OK) return mrc;
+    if (v[0] != CKPT_OK) return (int32_t)v[0];
+    if (v[1] != 0) return CKPT_ERR_NO_VALID_CHECKPOINT;
+    *found_out = 0;
+    return CKPT_OK;
+}
+
+/* Finds the checkpoint the ranks will restart from, without reading the regions: the newest generation
+ * every rank can read (the MIN over ranks of each one's newest valid generation, falling back together
+ * when a rank cannot select it), selected on every rank. Then ckpt_restart_size (local) reports the sizes
+ * in that generation, so each rank can allocate before ckpt_protect and ckpt_mpi_restart.
+ *
+ * Writes *found_out (1 or 0) and, when found, *step_out (may be NULL). Returns CKPT_OK with found = 0 only
+ * when no rank could restart even on its own (no checkpoint files; or none valid and
+ * CKPT_ALLOW_FRESH_START=1, which ckpt_have_restart honours); CKPT_ERR_NO_VALID_CHECKPOINT
+ * when checkpoints exist but no generation is readable on every rank (the number of ranks changed, parts
+ * are damaged...; the message is on the ranks that rejected files). Collective. */
+static inline int32_t ckpt_mpi_have_restart(MPI_Comm comm, int32_t *found_out, int64_t *step_out) {
+    /* a NULL found_out is an error on every rank, even if it is NULL on some ranks only */
+    int32_t rc = ckpt_mpi__agree_status(comm, found_out ? CKPT_OK : CKPT_ERR_NULL_ARGUMENT);
+    if (rc != CKPT_OK) return rc;
+    uint64_t g = 0;
+    int64_t step = 0;
+    rc = ckpt_mpi__agree(comm, UINT64_MAX, &g, &step);
+    if (rc != CKPT_OK) return rc;
+    if (g == 0) return ckpt_mpi__nothing_common(comm, found_out);
+    *found_out = 1;
+    if (step_out) *step_out = step;
+    return CKPT_OK;
+}
+
+/* Internal: failures of ckpt_restart that an older generation cannot cure (the program's regions do not
+ * fit, a call out of order...): report them instead of falling back. */
+static inline int ckpt_mpi__caller_error(int32_t rc) {
+    switch (rc) {
+    case CKPT_ERR_SIZE_MISMATCH:
+    case CKPT_ERR_SECTION_NOT_FOUND:
+    case CKPT_ERR_NULL_ARGUMENT:
+    case CKPT_ERR_NOT_INITIALIZED:
+    case CKPT_ERR_UNKNOWN_REGION:
+    case CKPT_ERR_INVALID_ARGUMENT:
+    case CKPT_ERR_INVALID_STATE:
+    case CKPT_ERR_PANIC:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Restarts every rank from the same step: agrees on the newest generation every rank can read (as
+ * ckpt_mpi_have_restart: MIN over ranks, not MAX), reads every protected region back on every rank
+ * (ckpt_restart), and if ANY rank fails to read its part (I/O error, damage found while reading), all
+ * ranks fall back together to the next older common generation.
+ *
+ * Writes *found_out (1: restarted; 0: fresh start, regions untouched) and *step_out (may be NULL) on
+ * every rank. Returns CKPT_ERR_NO_VALID_CHECKPOINT when checkpoints exist but none is readable on every
+ * rank (never a silent fresh start). A failure an older checkpoint cannot cure is returned at once on
+ * every rank: CKPT_ERR_SIZE_MISMATCH or CKPT_ERR_SECTION_NOT_FOUND (a protected region does not match
+ * the checkpoint: resize it with ckpt_restart_size after ckpt_mpi_have_restart, then call again); on that
+ * rank no region was written, while other ranks may already hold the step's data. Protected memory must
+ * not be used by other threads during the call. Collective. */
+static inline int32_t ckpt_mpi_restart(MPI_Comm comm, int32_t *found_out, int64_t *step_out) {
+    int32_t nul = ckpt_mpi__agree_status(comm, found_out ? CKPT_OK : CKPT_ERR_NULL_ARGUMENT);
+    if (nul != CKPT_OK) return nul;
+    uint64_t max = UINT64_MAX;
+    for (;;) {
+        uint64_t g = 0;
+        int64_t step = 0;
+        int32_t rc = ckpt_mpi__agree(comm, max, &g, &step);
+        if (rc != CKPT_OK) return rc;
+        if (g == 0) return ckpt_mpi__nothing_common(comm, found_out);
+        int64_t got = 0;
+        rc = ckpt_restart(&got);
+        /* {class, status}: class 1 = read, 0 = unreadable (fall back), -1 = caller's error (stop) */
+        int64_t v[2] = {rc == CKPT_OK ? 1 : (ckpt_mpi__caller_error(rc) ? -1 : 0), rc};
+        int32_t mrc = ckpt_mpi__min64(comm, v, 2);
+        if (mrc != CKPT_OK) return mrc;
+        if (v[0] == 1) {
+            *found_out = 1;
+            if (step_out) *step_out = step;
+            return CKPT_OK;
+        }
+        if (v[0] < 0) return (int32_t)v[1];
+        max = g - 1;
+    }
+}
+
+/* Stored size of region `id` on this rank in the generation selected by ckpt_mpi_have_restart (call that
+ * first), for allocating before ckpt_protect and ckpt_mpi_restart: the local ckpt_restart_size behind a
+ * collective status. The sizes may differ between ranks (each rank has its own part); every rank gets
+ * CKPT_OK or the same error code (CKPT_ERR_SECTION_NOT_FOUND when some rank's part lacks region `id`).
+ * Collective. */
+static inline int32_t ckpt_mpi_restart_size(MPI_Comm comm, int32_t id, size_t *len_out) {
+    size_t len = 0;
+    int32_t rc = ckpt_mpi__agree_status(comm, ckpt_restart_size(id, len_out ? &len : NULL));
+    if (rc == CKPT_OK) *len_out = len;
+    return rc;
+}
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* CKPT_MPI_H */
