@@ -1,0 +1,579 @@
+"""Durable, atomic, verified checkpoints for Python programs, made for Slurm jobs.
+
+Replace the pickle-and-rename idiom::
+
+    import ckpt
+
+    ckpt.save(state)                                  # <job_id>.ckpt in $CKPT_DIR / $SLURM_CHECKPOINT_DIR / .
+    state = ckpt.load(default={"step": 0})            # the newest valid checkpoint, or the default
+
+    ckpt.save(state, "run/state.ckpt")                # exactly this file, atomically and durably
+    state = ckpt.load("run/state.ckpt", default=None)
+
+and let signals, the interval and the job's time limit say when::
+
+    with ckpt.Checkpointer(interval="30:00") as cp:  # SIGTERM/SIGUSR1, every 30 minutes, before the end
+        state = cp.restore(default={"step": 0, "results": []})
+        results = state["results"]
+        for i in range(state["step"], 1000):
+            results.append(compute(i))
+            if cp.should_checkpoint():
+                cp.save({"step": i + 1, "results": results})
+            if cp.should_exit():
+                break
+
+What you get (the Rust core, ``ckpt-core``, does the work, with the GIL released):
+
+* **Atomic and durable.** A save writes a temporary file in the target directory, fsyncs it, renames it
+  into place and fsyncs the directory; a crash at any instant leaves the previous checkpoint intact.
+  Saves without a path keep generations (``<job_id>.ckpt.<N>``, the newest ``keep``), and loading falls
+  back to the newest one that verifies.
+* **Verified.** CRC-32 over every section, the header and the table; a damaged file raises
+  :class:`CorruptCheckpointError` naming the file and section, never half-loads.
+* **Zero copy for arrays.** Objects are pickled with protocol 5; numpy arrays, and bytes, bytearray and
+  memoryview objects of 64 KiB or more, go out of band into their own 4 KiB-aligned sections, written
+  straight from their memory, and come back as read-only views of the memory-mapped file (``mmap=False``
+  copies them into writable memory). numpy is optional.
+* **Safe to unpickle.** A checkpoint is a pickle and unpickling runs code: files that other users could
+  have written are refused (:class:`UntrustedCheckpointError`) unless ``trusted=True``.
+
+Configuration comes from the environment, as in the Slurm checkpoint interface: ``CKPT_DIR`` /
+``SLURM_CHECKPOINT_DIR``, ``CKPT_INTERVAL`` / ``SLURM_CHECKPOINT`` (Slurm time formats), ``CKPT_KEEP``,
+``CKPT_COMPRESS``, ``CKPT_MMAP``, ``CKPT_SIGNALS``, ``SLURM_JOB_ID``, ``SLURM_JOB_END_TIME``... Arguments
+given in Python win over the environment. :func:`config` shows the effective values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _ckpt, _pickling, _signals, _trust
+from ._ckpt import MappedBuffer
+from ._errors import (
+    CheckpointError,
+    ConflictError,
+    CorruptCheckpointError,
+    EncodingError,
+    InvalidArgumentError,
+    InvalidStateError,
+    NoValidCheckpointError,
+    SectionNotFoundError,
+    TooLargeError,
+    UnsupportedVersionError,
+    UntrustedCheckpointError,
+)
+
+__version__: str = _ckpt.__version__
+
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "ConflictError",
+    "CorruptCheckpointError",
+    "EncodingError",
+    "InvalidArgumentError",
+    "InvalidStateError",
+    "MappedBuffer",
+    "NoValidCheckpointError",
+    "RestoreInfo",
+    "SaveInfo",
+    "SectionNotFoundError",
+    "TooLargeError",
+    "UnsupportedVersionError",
+    "UntrustedCheckpointError",
+    "config",
+    "install_signal_handlers",
+    "load",
+    "save",
+]
+
+PathArg = str | os.PathLike[str]
+Compress = None | bool | int | str
+
+
+@dataclass(frozen=True)
+class SaveInfo:
+    """What a save committed."""
+
+    #: The checkpoint's stable name (``<dir>/<job_id>.ckpt``), or the file given to :func:`save`.
+    path: Path
+    #: The generation's own name (``<dir>/<job_id>.ckpt.<N>``); equal to ``path`` for an explicit path.
+    generation_path: Path
+    #: The generation number (1, 2, ...; 1 for an explicit path).
+    generation: int
+    #: The step recorded in the header.
+    step: int
+    #: Size of the file in bytes.
+    file_bytes: int
+    #: Bytes of data before compression.
+    raw_bytes: int
+    #: Seconds from the start of the save to the durable commit (pickling not included).
+    seconds: float
+    #: Problems after the commit that did not endanger it (an old generation that could not be removed).
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    """Which checkpoint a restore loaded."""
+
+    #: The file restart discovery chose (the manifest for a multi-rank job).
+    path: Path
+    #: The file the data came from (this rank's part for a multi-rank job; else ``path``).
+    file: Path
+    #: Its generation.
+    generation: int
+    #: The step recorded in it.
+    step: int
+    #: The job that wrote it.
+    job_id: str
+    #: Set when it was taken from an earlier job of the same application (a resubmission).
+    other_job: str | None
+    #: Newer files that were rejected, and why: ``(path, message)``.
+    rejected: tuple[tuple[str, str], ...]
+    #: Whether the file is memory-mapped (arrays are then read-only views of it).
+    mapped: bool
+
+
+def _save_info(d: dict[str, Any]) -> SaveInfo:
+    return SaveInfo(
+        path=Path(d["path"]),
+        generation_path=Path(d["generation_path"]),
+        generation=d["generation"],
+        step=d["step"],
+        file_bytes=d["file_bytes"],
+        raw_bytes=d["raw_bytes"],
+        seconds=d["seconds"],
+        warnings=tuple(d["warnings"]),
+    )
+
+
+def _restore_info(d: dict[str, Any]) -> RestoreInfo:
+    return RestoreInfo(
+        path=Path(d["path"]),
+        file=Path(d["file"]),
+        generation=d["generation"],
+        step=d["step"],
+        job_id=d["job_id"],
+        other_job=d.get("other_job"),
+        rejected=tuple((p, m) for p, m in d.get("rejected", ())),
+        mapped=d["mapped"],
+    )
+
+
+def _compress_arg(compress: Compress) -> str | None:
+    if compress is None:
+        return None
+    if compress is True:
+        return "zstd"
+    if compress is False:
+        return "off"
+    if isinstance(compress, int):
+        return str(compress)
+    if isinstance(compress, str):
+        return compress
+    raise TypeError(f"compress must be None, a bool, a zstd level or a string such as 'auto', not {compress!r}")
+
+
+def _step_arg(obj: Any, step: int | None, fallback: int) -> int:
+    if step is not None:
+        return int(step)
+    if isinstance(obj, dict):
+        s = obj.get("step")
+        if isinstance(s, int) and not isinstance(s, bool):
+            return s
+    return fallback
+
+
+def _release(stream: memoryview, buffers: list[memoryview]) -> None:
+    # Drop the exports at once (a bytearray stays resizable, the pickle's BytesIO is freed).
+    stream.release()
+    for b in buffers:
+        b.release()
+
+
+def _unpickle(
+    stream: Any, buffers: list[Any], info: dict[str, Any], trusted: bool, identity: tuple[int, int] | None = None
+) -> Any:
+    if not trusted:
+        _trust.check(info["path"], identity)
+        if info["file"] != info["path"]:
+            _trust.check(info["file"])
+    return _pickling.loads(stream, buffers)
+
+
+def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, step: int | None = None) -> SaveInfo:
+    """Saves ``obj`` atomically and durably; returns what was committed.
+
+    Args:
+        obj: any picklable object. Pickled with protocol 5; numpy arrays and large bytes, bytearray and
+            memoryview objects are written out of band, straight from their memory.
+        path: ``None`` saves the configured checkpoint: ``<job_id>.ckpt`` (``<job_id>.<step_id>.ckpt`` in a
+            job step; the application name, ``CKPT_NAME`` or the job name, outside Slurm) in ``CKPT_DIR``,
+            ``SLURM_CHECKPOINT_DIR`` or the current directory, as a new generation, keeping the newest
+            ``CKPT_KEEP`` (default 2); :func:`load` without a path finds it. A path saves exactly that file
+            (no generations): the old content stays until the new one is complete and durable, then the
+            new one replaces it in one rename.
+        compress: ``None`` (``CKPT_COMPRESS``, default off), ``False``, ``True`` (zstd level 3), a zstd level,
+            or ``"auto"`` (compress only when it pays at the measured write speed). Compressed sections
+            are copied on load instead of mapped.
+        step: the step recorded in the header (shown by ``ckpt list``); default ``obj["step"]`` when
+            ``obj`` is a dict with an integer ``"step"``, else 0.
+
+    Raises:
+        OSError: the file system failed (``ENOSPC``, ``EACCES``...), with ``filename`` set.
+        CheckpointError: a bad setting (:class:`InvalidArgumentError`), or another writer committed the
+            same generation at the same time (:class:`ConflictError`).
+        pickle.PicklingError, TypeError: ``obj`` cannot be pickled (nothing is written).
+
+    Do not modify the objects from other threads while a save runs: the GIL is released while their
+    memory is written.
+    """
+    stream, buffers, sizes = _pickling.dumps(obj)
+    s, c = _step_arg(obj, step, 0), _compress_arg(compress)
+    try:
+        if path is None:
+            d = _ckpt.save_store(stream, buffers, step=s, compress=c, item_sizes=sizes)
+        else:
+            d = _ckpt.save_file(os.fspath(path), stream, buffers, step=s, compress=c, item_sizes=sizes)
+    finally:
+        _release(stream, buffers)
+    return _save_info(d)
+
+
+def load(path: PathArg | None = None, *, default: Any = None, mmap: bool | None = None, trusted: bool = False) -> Any:
+    """Loads a checkpoint written by :func:`save` (or :meth:`Checkpointer.save`).
+
+    Args:
+        path: ``None`` runs restart discovery in the restart directory (``CKPT_RESTART_DIR``,
+            ``SLURM_RESTART_DIR``, else the checkpoint directory): the newest checkpoint of this job (or,
+            for a resubmitted job, of an earlier job of the same application) that verifies completely,
+            falling back to older generations. A path loads that file.
+        default: returned when there is no checkpoint (no file at ``path``, or none found).
+        mmap: ``None`` follows ``CKPT_MMAP`` (default on): arrays are then read-only, zero-copy views of
+            the memory-mapped file, valid as long as they are referenced (even after the file is replaced
+            or removed). ``False`` reads everything into private, writable memory.
+        trusted: skip the ownership checks (see :class:`UntrustedCheckpointError`).
+
+    Raises:
+        CorruptCheckpointError: the file is damaged (the message names the file and the section).
+        NoValidCheckpointError: checkpoints exist but none verifies (discovery; the message lists them).
+            ``CKPT_ALLOW_FRESH_START=1`` returns ``default`` instead.
+        UntrustedCheckpointError: another user could have written the file.
+        OSError: the file system failed.
+    """
+    if path is None:
+        found = _ckpt.load_store(mmap=mmap)
+        if found is None:
+            return default
+        stream, buffers, info = found
+        return _unpickle(stream, buffers, info, trusted)
+    p = os.fspath(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return default
+    stream, buffers, info = _ckpt.load_file(p, mmap=mmap)
+    return _unpickle(stream, buffers, info, trusted, (st.st_dev, st.st_ino))
+
+
+def config(name: str | None = None, *, directory: PathArg | None = None) -> dict[str, Any]:
+    """The effective configuration (environment plus arguments), for diagnostics and logs."""
+    return _ckpt.effective_config(name, None if directory is None else os.fspath(directory))
+
+
+# -- Checkpointer ------------------------------------------------------------------------------------------
+
+
+class _EnvInt(int):
+    """An int default that the environment may override (shown as the plain number)."""
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+
+class _EnvSignals(tuple):  # type: ignore[type-arg]
+    """A signal-list default that ``CKPT_SIGNALS`` may override (shown as the plain tuple)."""
+
+    def __repr__(self) -> str:
+        return tuple.__repr__(self)
+
+
+_DEFAULT_KEEP = _EnvInt(2)
+_DEFAULT_SIGNALS = _EnvSignals(("SIGTERM", "SIGUSR1"))
+
+_active: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
+_active_lock = threading.Lock()
+
+
+def _signals_arg(signals: Iterable[Any] | None) -> str | None:
+    if isinstance(signals, _EnvSignals):
+        return None
+    if signals is None:
+        return ""
+    if isinstance(signals, (str, int)):
+        signals = (signals,)
+    names = []
+    for s in signals:
+        if isinstance(s, int):  # also signal.Signals members
+            names.append(str(int(s)))
+        elif isinstance(s, str):
+            names.append(s)
+        else:
+            raise TypeError(f"signals must be names such as 'SIGUSR1' or numbers, not {s!r}")
+    return ",".join(names)
+
+
+def _interval_arg(interval: Any) -> float | str | None:
+    if interval is None or isinstance(interval, str):
+        return interval
+    if isinstance(interval, bool):
+        raise TypeError("interval must be seconds or a Slurm time string, not a bool")
+    if hasattr(interval, "total_seconds"):  # datetime.timedelta
+        return float(interval.total_seconds())
+    if isinstance(interval, (int, float)):
+        return float(interval)
+    raise TypeError(f"interval must be seconds, a timedelta or a Slurm time string, not {interval!r}")
+
+
+class Checkpointer:
+    """Decides when to checkpoint (signals, an interval, the job's time limit, ``ckpt create``) and saves.
+
+    Use it as a context manager, one per process, created in the main thread::
+
+        with ckpt.Checkpointer() as cp:
+            state = cp.restore(default={"step": 0})
+            while state["step"] < n:
+                state = work(state)
+                if cp.should_checkpoint():
+                    cp.save(state)
+                if cp.should_exit():
+                    break
+
+    Args:
+        name: the application name (default ``CKPT_NAME``, the Slurm job name, ``"ckpt"``). Outside Slurm it
+            names the file (``<name>.ckpt``); under Slurm the job id does, and the name lets a resubmitted
+            job find its predecessor's checkpoints.
+        directory: where checkpoints are written and looked for (default ``CKPT_DIR``,
+            ``SLURM_CHECKPOINT_DIR``, the current directory; ``CKPT_RESTART_DIR`` still wins for restarts).
+        interval: checkpoint this often: seconds (``int``, ``float`` or ``timedelta``), or a Slurm time
+            string (``"30"`` is 30 *minutes*, ``"1:30:00"``, ``"1-00"``...), or ``"auto"`` (Young/Daly from
+            the measured cost and ``CKPT_MTBF``). Default ``CKPT_INTERVAL`` / ``SLURM_CHECKPOINT``, else
+            none. ``0`` or ``"off"``: none.
+        keep: generations kept (default ``CKPT_KEEP``, else 2).
+        signals: signals that request a checkpoint (default ``CKPT_SIGNALS``, else SIGTERM and SIGUSR1).
+            SIGTERM also asks to exit: :meth:`should_exit` turns true once its checkpoint is committed.
+            Names (``"SIGUSR2"``, ``"USR2"``, ``"RTMIN+3"``) or numbers; ``()`` for none. SIGINT is left
+            alone unless listed, so Ctrl-C keeps raising :class:`KeyboardInterrupt`. See
+            :func:`install_signal_handlers` for handlers installed later by other code.
+
+    Besides signals, the checkpointer requests one checkpoint shortly before the job's time limit
+    (``SLURM_JOB_END_TIME``, else ``squeue``, else ``CKPT_END_TIME``; ``CKPT_MARGIN`` plus twice the
+    measured cost) and then asks to exit; and ``ckpt create <job>`` requests one through a control socket.
+    Every decision and checkpoint is logged as JSON lines (``CKPT_LOG``, default
+    ``<directory>/<job_id>.ckpt.log``).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        directory: PathArg | None = None,
+        interval: float | str | datetime.timedelta | None = None,
+        keep: int = _DEFAULT_KEEP,
+        signals: Iterable[str | int] = _DEFAULT_SIGNALS,
+    ) -> None:
+        self.restored: RestoreInfo | None = None
+        self._saves = 0
+        self._save_lock = threading.Lock()  # one save at a time (generations are numbered in order)
+        keep_arg = None if isinstance(keep, _EnvInt) else int(keep)
+        signals_arg = _signals_arg(signals)
+        self._handlers = _signals.Handlers(_ckpt.signal_specs(signals_arg))
+        # Python-level handlers first, so the core's C handler chains to the interpreter's.
+        self._handlers.install()
+        try:
+            self._native = _ckpt.Checkpointer(
+                name,
+                None if directory is None else os.fspath(directory),
+                _interval_arg(interval),
+                keep_arg,
+                signals_arg,
+            )
+        except BaseException:
+            self._handlers.restore()
+            raise
+        self._handlers.native = self._native
+        with _active_lock:
+            _active.add(self)
+
+    # -- triggers -------------------------------------------------------------------------------------------
+
+    def should_checkpoint(self) -> bool:
+        """Whether a checkpoint is due: a signal, the interval, the time limit or a request (one atomic load)."""
+        return self._native.should_checkpoint()
+
+    def should_exit(self) -> bool:
+        """Whether to stop now: a checkpoint that asked for an exit (SIGTERM, the time limit) is committed."""
+        return self._native.should_exit()
+
+    def request_checkpoint(self, exit: bool = False) -> None:
+        """Requests a checkpoint as a signal would (``exit=True``: as SIGTERM does)."""
+        self._native.request_checkpoint(exit)
+
+    def time_left(self) -> float | None:
+        """Seconds left before the job's time limit, when known."""
+        return self._native.time_left()
+
+    # -- saving and restoring -------------------------------------------------------------------------------
+
+    def save(self, obj: Any, *, step: int | None = None, compress: Compress = None) -> SaveInfo:
+        """Saves ``obj`` as the next generation (atomic, durable; see :func:`save`) and clears what made
+        a checkpoint due; after a checkpoint requested with an exit, :meth:`should_exit` turns true.
+
+        ``step`` defaults to ``obj["step"]`` for a dict with an integer ``"step"``, else the number of saves.
+        Every rank of a multi-rank job must call it at the same points (rank 0 commits the step).
+        """
+        stream, buffers, sizes = _pickling.dumps(obj)
+        try:
+            with self._save_lock:
+                self._saves += 1
+                d = self._native.save(
+                    stream,
+                    buffers,
+                    step=_step_arg(obj, step, self._saves),
+                    compress=_compress_arg(compress),
+                    item_sizes=sizes,
+                )
+        finally:
+            _release(stream, buffers)
+        return _save_info(d)
+
+    def restore(self, default: Any = None, *, mmap: bool | None = None, trusted: bool = False) -> Any:
+        """The newest valid checkpoint's object, or ``default`` when there is none (a first run).
+
+        Falls back to older generations when newer files are damaged; sets :attr:`restored`. Raises
+        :class:`NoValidCheckpointError` when checkpoints exist but none verifies, and
+        :class:`UntrustedCheckpointError` as :func:`load` does. ``mmap`` as for :func:`load`.
+        """
+        found = self._native.restore(mmap=mmap)
+        if found is None:
+            self.restored = None
+            return default
+        stream, buffers, info = found
+        obj = _unpickle(stream, buffers, info, trusted)
+        self.restored = _restore_info(info)
+        return obj
+
+    # -- signals --------------------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """Puts this checkpointer's signal handlers back on top, after other code replaced them.
+
+        Python handlers installed since (a framework's) keep being called, after ours. See
+        :func:`ckpt.install_signal_handlers`.
+        """
+        if self._native.closed:
+            raise InvalidStateError("the checkpointer is closed", kind="invalid state")
+        self._handlers.reinstall()
+
+    # -- information ----------------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint's stable name, ``<directory>/<job_id>.ckpt``."""
+        return Path(self._native.path)
+
+    @property
+    def directory(self) -> Path:
+        """Where checkpoints are written."""
+        return Path(self._native.checkpoint_dir)
+
+    @property
+    def restart_directory(self) -> Path:
+        """Where restart discovery looks."""
+        return Path(self._native.restart_dir)
+
+    @property
+    def name(self) -> str:
+        """The application name."""
+        return self._native.name
+
+    @property
+    def interval(self) -> float | str | None:
+        """The interval in seconds, ``"auto"``, or ``None``."""
+        return self._native.interval
+
+    @property
+    def keep(self) -> int:
+        """Generations kept."""
+        return self._native.keep
+
+    @property
+    def signals(self) -> tuple[int, ...]:
+        """The signals that request a checkpoint."""
+        return tuple(s for s, _ in self._native.signals)
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The control socket ``ckpt create`` talks to, if any."""
+        p = self._native.socket_path
+        return None if p is None else Path(p)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._native.closed
+
+    def log(self, event: str, **fields: Any) -> None:
+        """Writes one event with ``fields`` to the checkpointer's JSON log."""
+        self._native.log_event(event, json.dumps(fields, default=str))
+
+    # -- lifetime -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Removes the signal handlers (the previous ones come back), stops the watcher thread and the
+        control socket. Idempotent. Does not save: save before, if you need to."""
+        native = getattr(self, "_native", None)
+        if native is None or native.closed:
+            return
+        native.close()
+        self._handlers.restore()
+        with _active_lock:
+            _active.discard(self)
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<ckpt.Checkpointer {self.path} ({state})>"
+
+
+def install_signal_handlers() -> None:
+    """Puts the signal handlers of every open :class:`Checkpointer` back on top.
+
+    Call it after a framework installed its own handlers for the same signals (``signal.signal``
+    replaces the C-level handler the core relies on). The framework's handlers keep being called, after
+    ours. Must be called from the main thread.
+    """
+    with _active_lock:
+        checkpointers = list(_active)
+    for cp in checkpointers:
+        if not cp.closed:
+            cp.install_signal_handlers()

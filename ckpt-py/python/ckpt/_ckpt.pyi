@@ -1,0 +1,133 @@
+"""Type stubs of ``ckpt._ckpt``, the native module behind the ``ckpt`` package (private API)."""
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, final
+
+from typing_extensions import Buffer
+
+__all__ = [
+    "CORE_VERSION",
+    "Checkpointer",
+    "MappedBuffer",
+    "PICKLE_SECTION",
+    "PersistentIds",
+    "effective_config",
+    "load_file",
+    "load_store",
+    "reinstall_signal_hooks",
+    "save_file",
+    "save_store",
+    "signal_hook_installed",
+    "signal_specs",
+    "__version__",
+]
+
+__version__: str
+CORE_VERSION: str
+PICKLE_SECTION: str
+
+_Info = dict[str, Any]
+_Loaded = tuple[Buffer, list[Buffer], _Info]
+
+@final
+class MappedBuffer:
+    """Read-only bytes of one section of a memory-mapped checkpoint (buffer protocol, format ``B``).
+
+    Views of it keep the file's mapping alive.
+    """
+
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+
+    def __len__(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def section(self) -> str: ...
+
+@final
+class PersistentIds:
+    """The pickler's ``persistent_id``: calls ``slow`` for bytes/bytearray of ``min`` bytes or more and
+    for memoryviews, returns ``None`` for everything else."""
+
+    def __new__(cls, slow: Callable[[Any], Any], min: int) -> PersistentIds: ...
+    def __call__(self, obj: Any) -> Any: ...
+
+@final
+class Checkpointer:
+    def __new__(
+        cls,
+        name: str | None = None,
+        directory: str | None = None,
+        interval: float | str | None = None,
+        keep: int | None = None,
+        signals: str | None = None,
+    ) -> Checkpointer: ...
+    def should_checkpoint(self) -> bool: ...
+    def should_exit(self) -> bool: ...
+    def request_checkpoint(self, exit: bool = False) -> None: ...
+    def time_left(self) -> float | None: ...
+    def save(
+        self,
+        stream: Buffer,
+        buffers: Sequence[Buffer],
+        *,
+        step: int,
+        compress: str | None = None,
+        item_sizes: list[int] | None = None,
+    ) -> _Info: ...
+    def restore(self, *, mmap: bool | None = None) -> _Loaded | None: ...
+    def close(self) -> None: ...
+    def log_event(self, event: str, fields: str = "{}") -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def checkpoint_dir(self) -> Path: ...
+    @property
+    def restart_dir(self) -> Path: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def keep(self) -> int: ...
+    @property
+    def interval(self) -> float | str | None: ...
+    @property
+    def signals(self) -> list[tuple[int, bool]]: ...
+    @property
+    def rank(self) -> tuple[int, int]: ...
+    @property
+    def socket_path(self) -> Path | None: ...
+
+def save_file(
+    path: str,
+    stream: Buffer,
+    buffers: Sequence[Buffer],
+    *,
+    step: int,
+    compress: str | None = None,
+    item_sizes: list[int] | None = None,
+) -> _Info: ...
+def save_store(
+    stream: Buffer,
+    buffers: Sequence[Buffer],
+    *,
+    step: int,
+    compress: str | None = None,
+    item_sizes: list[int] | None = None,
+) -> _Info: ...
+def load_file(path: str, *, mmap: bool | None = None) -> _Loaded: ...
+def load_store(*, mmap: bool | None = None) -> _Loaded | None: ...
+def effective_config(
+    name: str | None = None,
+    directory: str | None = None,
+    interval: float | str | None = None,
+    keep: int | None = None,
+    signals: str | None = None,
+) -> dict[str, Any]: ...
+def signal_specs(signals: str | None = None) -> list[tuple[int, bool]]: ...
+def signal_hook_installed(signal: int) -> bool: ...
+def reinstall_signal_hooks(signals: list[int]) -> list[int]: ...

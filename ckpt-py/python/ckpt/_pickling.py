@@ -1,0 +1,162 @@
+"""Pickle protocol 5 with out-of-band buffers, as ``ckpt`` stores objects.
+
+Saving pickles the object with protocol 5. Buffers of at least :data:`OUT_OF_BAND_MIN` bytes leave the
+pickle stream and become their own file sections, written straight from their memory:
+
+* objects that hand pickle a :class:`pickle.PickleBuffer` themselves (numpy arrays, and any class whose
+  ``__reduce_ex__(5)`` does so);
+* ``bytes``, ``bytearray`` and ``memoryview`` objects, caught by the pickler's ``persistent_id`` (plain
+  pickle copies the first two into the stream and cannot pickle memoryviews at all).
+
+Loading passes the sections back: numpy arrays become views of the file's memory-mapped, read-only
+bytes (zero copy) or of a private ``bytearray`` (``mmap=False``, or compressed sections); ``bytes`` and
+``bytearray`` objects are rebuilt as copies (they own their memory); memoryviews come back read-only, with
+their format and shape, over the mapped bytes when possible. Identity is kept: an object referenced
+twice is stored once and comes back as one object.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from . import _ckpt
+
+#: Buffers smaller than this stay inside the pickle stream (each out-of-band buffer costs a 4 KiB-aligned
+#: section and a 128-byte table entry). Tests lower it to send every buffer out of band.
+OUT_OF_BAND_MIN = 64 * 1024
+
+#: The persistent-id tag of ``ckpt``'s out-of-band bytes, bytearray and memoryview objects.
+_TAG = "ckpt.buffer"
+#: memoryview formats that ``memoryview.cast`` can restore.
+_CASTABLE = frozenset("bBhHiIlLqQnNfdeP?c")
+
+
+def _collector(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuffer], bool]:
+    """The pickler's buffer callback: large contiguous buffers out of band, into ``buffers``."""
+
+    def buffer_callback(pb: pickle.PickleBuffer) -> bool:
+        # Returning a true value keeps the buffer in the stream; None sends it out of band.
+        with memoryview(pb) as m:
+            if m.nbytes < OUT_OF_BAND_MIN or not m.contiguous:
+                return True
+        buffers.append(pb)
+        return None  # type: ignore[return-value]
+
+    return buffer_callback
+
+
+def _slow_ids(seen: dict[int, tuple[Any, Any]]) -> Callable[[Any], Any]:
+    """The pickler's ``persistent_id`` for the objects :class:`ckpt._ckpt.PersistentIds` lets through
+    (bytes and bytearray of at least :data:`OUT_OF_BAND_MIN` bytes, memoryviews)."""
+
+    def persistent_id(obj: Any) -> Any:
+        hit = seen.get(id(obj))
+        if hit is not None:
+            return hit[1]
+        t = type(obj)
+        if t is memoryview:
+            if obj.format.lstrip("@") not in _CASTABLE:
+                return None  # pickle then refuses it, as it always did
+            pid: Any = _memoryview_pid(obj)
+        else:
+            pid = (_TAG, t.__name__, pickle.PickleBuffer(obj))
+        seen[id(obj)] = (obj, pid)  # keeps obj alive, so its id stays unique during the dump
+        return pid
+
+    return persistent_id
+
+
+def _memoryview_pid(m: memoryview) -> tuple[Any, ...]:
+    fmt = m.format.lstrip("@")
+    if m.nbytes < OUT_OF_BAND_MIN or not m.c_contiguous:
+        data: Any = m.tobytes()  # C order; small ones stay in the stream as bytes
+        if m.nbytes >= OUT_OF_BAND_MIN:
+            data = pickle.PickleBuffer(data)
+    else:
+        data = pickle.PickleBuffer(m)
+    return (_TAG, "memoryview", data, fmt, tuple(m.shape or ()))
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, buffers: list[Any]) -> None:
+        super().__init__(file, buffers=buffers)
+        self._loaded: dict[int, tuple[Any, Any]] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == _TAG):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        hit = self._loaded.get(id(pid))
+        if hit is not None:
+            return hit[1]
+        kind, data = pid[1], pid[2]
+        if kind == "bytes":
+            obj: Any = bytes(data)
+        elif kind == "bytearray":
+            obj = bytearray(data)
+        elif kind == "memoryview":
+            fmt, shape = pid[3], tuple(pid[4])
+            m = memoryview(data)
+            if m.format != "B":
+                m = m.cast("B")
+            if m.nbytes == 0:
+                obj = _empty_view(fmt, shape)
+            elif fmt != "B" or len(shape) != 1:
+                obj = m.cast(fmt, shape)
+            else:
+                obj = m
+            obj = obj.toreadonly()
+        else:
+            raise pickle.UnpicklingError(f"unsupported ckpt buffer kind {kind!r}")
+        self._loaded[id(pid)] = (pid, obj)
+        return obj
+
+
+def _empty_view(fmt: str, shape: tuple[int, ...]) -> memoryview:
+    """An empty memoryview of this format and shape (``memoryview.cast`` refuses zeros in shapes)."""
+    if len(shape) == 1:
+        try:
+            return memoryview(array.array(fmt))
+        except (ValueError, TypeError):
+            pass
+    try:
+        import numpy
+
+        m = numpy.empty(shape, dtype=fmt).data
+        if m.format.lstrip("@=") == fmt:
+            return m
+    except Exception:
+        pass
+    return memoryview(b"")
+
+
+def dumps(obj: Any) -> tuple[memoryview, list[memoryview], list[int]]:
+    """Pickles ``obj``: the stream, the out-of-band buffers (as flat byte views of their memory, in the
+    order ``loads`` needs them) and each buffer's item size (for byte-shuffling before compression)."""
+    buffers: list[pickle.PickleBuffer] = []
+    seen: dict[int, tuple[Any, Any]] = {}
+    f = io.BytesIO()
+    # The buffer callback and persistent_id are closures, not methods: a pickler in a reference cycle
+    # would leave its memo (memoryviews with exports) to the garbage collector, which crashes CPython 3.11
+    # on them. The memo is cleared here, while everything is alive.
+    p = pickle.Pickler(f, protocol=5, buffer_callback=_collector(buffers))
+    p.persistent_id = _ckpt.PersistentIds(_slow_ids(seen), OUT_OF_BAND_MIN)  # type: ignore[method-assign]
+    try:
+        p.dump(obj)
+    finally:
+        p.clear_memo()
+        seen.clear()
+        del p
+    sizes = []
+    for pb in buffers:
+        with memoryview(pb) as m:
+            sizes.append(m.itemsize)
+    return f.getbuffer(), [pb.raw() for pb in buffers], sizes
+
+
+def loads(stream: Any, buffers: list[Any]) -> Any:
+    """Unpickles a stream written by :func:`dumps` with its buffers (any buffer-protocol objects)."""
+    return _Unpickler(io.BytesIO(stream), buffers).load()

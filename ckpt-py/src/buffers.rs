@@ -1,0 +1,364 @@
+//! The bytes between Python and checkpoint files: the pickle stream and its out-of-band buffers.
+//!
+//! A Python checkpoint is one section `python.pickle` (pickle protocol 5, [`Encoding::Pickle5`]) and one
+//! section `python.buffer.<i>` per out-of-band buffer, in the order `pickle.loads(buffers=...)` consumes
+//! them; the header's metadata `python.buffers` records how many there are.
+//!
+//! Saving hands the memory of every buffer straight to the core writer (no copy; the GIL is released
+//! while the sections are written, checksummed, compressed and committed). Loading returns, for each raw
+//! section of a memory-mapped file, a [`MappedBuffer`]: a read-only buffer-protocol object over the mapped
+//! bytes that keeps the mapping alive as long as any view of it (a numpy array, a memoryview) exists.
+//! Compressed sections, or every section when mapping is off, are decoded into new `bytearray`s.
+
+use std::ffi::{c_int, c_void};
+use std::ops::Range;
+
+use ckpt_core::storage::MappedBytes;
+use ckpt_core::{Checkpoint, CheckpointWriter, Codec, Compression, Encoding, Error, ErrorKind, SectionOptions};
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyBufferError, PyMemoryError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView};
+
+use crate::errors::IntoPyResult;
+
+/// The section holding the pickle stream.
+pub const PICKLE_SECTION: &str = "python.pickle";
+/// Header metadata: the number of out-of-band buffer sections.
+pub const BUFFERS_KEY: &str = "python.buffers";
+/// Header metadata: the layout version of Python checkpoints.
+pub const FORMAT_KEY: &str = "python.format";
+/// The layout version written.
+pub const FORMAT_VERSION: &str = "1";
+
+/// The name of out-of-band buffer section `i`.
+pub fn buffer_section(i: usize) -> String {
+    format!("python.buffer.{i}")
+}
+
+/// Read-only bytes of one section of a memory-mapped checkpoint file, exposed through the buffer
+/// protocol (format `B`). Views of it (numpy arrays, memoryviews) keep the file's mapping alive; the
+/// mapping goes away when the last view does.
+#[pyclass(module = "ckpt._ckpt", name = "MappedBuffer", frozen)]
+pub struct MappedBuffer {
+    bytes: MappedBytes,
+    range: Range<usize>,
+    section: String,
+    path: String,
+}
+
+impl MappedBuffer {
+    fn slice(&self) -> &[u8] {
+        &(*self.bytes).as_ref()[self.range.clone()]
+    }
+}
+
+#[pymethods]
+impl MappedBuffer {
+    /// Fills a read-only, contiguous, one-dimensional byte view (writable requests are refused).
+    ///
+    /// # Safety
+    ///
+    /// Called by the interpreter with a valid `Py_buffer` to fill.
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("no view to fill"));
+        }
+        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err(
+                "a checkpoint loaded with mmap is read-only (load with mmap=False, or copy, for writable data)",
+            ));
+        }
+        let data = slf.get().slice();
+        let len = ffi::Py_ssize_t::try_from(data.len()).map_err(|_| PyBufferError::new_err("section too large"))?;
+        // SAFETY: `view` is valid (checked non-null; provided by the interpreter). The pointer and length
+        // describe bytes of the mapping owned by `slf`, which PyBuffer_FillInfo stores (with a new
+        // reference) in `view.obj`, so the mapping outlives the view. readonly=1: nothing writes through it.
+        let rc = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), data.as_ptr() as *mut c_void, len, 1, flags) };
+        if rc == -1 { Err(PyErr::fetch(slf.py())) } else { Ok(()) }
+    }
+
+    fn __len__(&self) -> usize {
+        self.range.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<ckpt.MappedBuffer: {} bytes of section `{}` of {}>", self.range.len(), self.section, self.path)
+    }
+
+    /// The file this buffer maps.
+    #[getter]
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The section this buffer holds.
+    #[getter]
+    fn section(&self) -> &str {
+        &self.section
+    }
+}
+
+/// The pickler's `persistent_id` hook, called for every object pickled: it filters out, at C speed,
+/// everything but `bytes`, `bytearray` and `memoryview` objects of at least `min` bytes, and hands those
+/// to `slow` (the Python function that sends them out of band).
+#[pyclass(module = "ckpt._ckpt", name = "PersistentIds", frozen)]
+pub struct PersistentIds {
+    slow: Py<PyAny>,
+    min: usize,
+}
+
+#[pymethods]
+impl PersistentIds {
+    #[new]
+    fn new(slow: Py<PyAny>, min: usize) -> PersistentIds {
+        PersistentIds { slow, min }
+    }
+
+    fn __call__<'py>(&self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = obj.py();
+        let candidate = if obj.is_exact_instance_of::<PyBytes>() || obj.is_exact_instance_of::<PyByteArray>() {
+            obj.len()? >= self.min
+        } else {
+            obj.is_exact_instance_of::<PyMemoryView>()
+        };
+        if candidate { self.slow.bind(py).call1((obj,)) } else { Ok(py.None().into_bound(py)) }
+    }
+}
+
+/// The buffers of one save, exported from their Python objects for as long as the save runs.
+pub struct Inputs {
+    stream: PyUntypedBuffer,
+    buffers: Vec<PyUntypedBuffer>,
+    item_sizes: Vec<usize>,
+}
+
+fn export(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<PyUntypedBuffer> {
+    let buf = PyUntypedBuffer::get(obj)?;
+    if !buf.is_c_contiguous() && !buf.is_fortran_contiguous() {
+        return Err(PyBufferError::new_err(format!("{what} is not contiguous")));
+    }
+    Ok(buf)
+}
+
+impl Inputs {
+    /// Exports the stream and every out-of-band buffer (contiguous buffer-protocol objects with at least
+    /// one dimension, such as `PickleBuffer.raw()`). `item_sizes` gives each buffer's element size for
+    /// the byte-shuffle filter (default: the exported item size).
+    pub fn new(
+        stream: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyList>,
+        item_sizes: Option<Vec<usize>>,
+    ) -> PyResult<Inputs> {
+        let stream = export(stream, "the pickle stream")?;
+        let buffers = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| export(&b, &format!("out-of-band buffer {i}")))
+            .collect::<PyResult<Vec<_>>>()?;
+        let item_sizes = match item_sizes {
+            Some(sizes) if sizes.len() == buffers.len() => sizes,
+            Some(sizes) => {
+                return Err(PyValueError::new_err(format!("{} item sizes for {} buffers", sizes.len(), buffers.len())));
+            }
+            None => buffers.iter().map(|b| b.item_size()).collect(),
+        };
+        Ok(Inputs { stream, buffers, item_sizes })
+    }
+
+    /// Borrowed views of the exported memory, for use without the GIL (see [`Inputs`]).
+    pub fn views(&self) -> Views<'_> {
+        // SAFETY: each buffer is contiguous (checked in `export`), so `len_bytes` bytes from `buf_ptr` are
+        // its memory; the exports (and so the memory) stay valid while `self` lives, which bounds the
+        // returned lifetime. Python code running in other threads could still modify the objects during
+        // the save (the documentation asks not to); bytearrays cannot be resized while exported.
+        let view = |b: &PyUntypedBuffer| -> &[u8] {
+            let len = b.len_bytes();
+            if len == 0 { &[] } else { unsafe { std::slice::from_raw_parts(b.buf_ptr().cast::<u8>(), len) } }
+        };
+        Views {
+            stream: view(&self.stream),
+            buffers: self.buffers.iter().map(view).zip(self.item_sizes.iter().copied()).collect(),
+        }
+    }
+}
+
+/// What a save writes: the stream and (bytes, element size) per buffer.
+pub struct Views<'a> {
+    stream: &'a [u8],
+    buffers: Vec<(&'a [u8], usize)>,
+}
+
+/// Writes a Python checkpoint's sections into `w` (no GIL needed).
+pub fn write_sections(w: &mut CheckpointWriter, views: &Views<'_>, compression: Compression) -> Result<(), Error> {
+    w.set_metadata(FORMAT_KEY, FORMAT_VERSION)?;
+    w.set_metadata(BUFFERS_KEY, views.buffers.len().to_string())?;
+    let opts = SectionOptions::new().compression(compression).encoding(Encoding::Pickle5);
+    w.add_section_with(PICKLE_SECTION, views.stream, opts)?;
+    for (i, (data, item_size)) in views.buffers.iter().enumerate() {
+        let mut opts = SectionOptions::new().compression(compression);
+        // Byte-shuffling numbers before zstd groups their similar high bytes: much better ratios.
+        if compression != Compression::None && matches!(item_size, 2 | 4 | 8 | 16) {
+            opts = opts.shuffle(*item_size as u16);
+        }
+        w.add_section_with(&buffer_section(i), data, opts)?;
+    }
+    Ok(())
+}
+
+/// Parses a compression setting (`None`: `default`).
+pub fn compression(py: Python<'_>, text: Option<&str>, default: Compression) -> PyResult<Compression> {
+    match text {
+        None => Ok(default),
+        Some(t) => Compression::parse(t).py_err(py),
+    }
+}
+
+/// Names of the sections of a Python checkpoint, stream first; an error when `cp` is not one.
+fn section_names(cp: &Checkpoint) -> Result<Vec<String>, Error> {
+    let entry = cp.section(PICKLE_SECTION).map_err(|e| {
+        if e.kind() != ErrorKind::SectionNotFound {
+            return e;
+        }
+        let names: Vec<&str> = cp.sections().iter().map(|s| s.name.as_str()).take(8).collect();
+        Error::new(
+            ErrorKind::SectionNotFound,
+            format!(
+                "not a Python checkpoint: it has no `{PICKLE_SECTION}` section (it has {}{}); it was not written by \
+                 ckpt.save",
+                if names.is_empty() { "no sections".to_string() } else { names.join(", ") },
+                if cp.sections().len() > names.len() { ", ..." } else { "" }
+            ),
+        )
+        .with_path(cp.path())
+    })?;
+    if entry.encoding != Encoding::Pickle5 {
+        return Err(Error::new(
+            ErrorKind::Encoding,
+            format!("section is encoded as {}, not pickle5", entry.encoding.name()),
+        )
+        .with_section(PICKLE_SECTION)
+        .with_path(cp.path()));
+    }
+    let count = cp
+        .metadata(BUFFERS_KEY)
+        .ok_or_else(|| Error::corrupt(format!("the header has no `{BUFFERS_KEY}` entry")).with_path(cp.path()))?;
+    let count: usize = std::str::from_utf8(count)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n: &usize| n <= cp.sections().len())
+        .ok_or_else(|| {
+            Error::corrupt(format!("the header's `{BUFFERS_KEY}` entry is not a valid count")).with_path(cp.path())
+        })?;
+    let mut names = vec![PICKLE_SECTION.to_string()];
+    for i in 0..count {
+        let name = buffer_section(i);
+        cp.section(&name)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// The mapped bytes of a whole file and one section's range in it.
+type View = (MappedBytes, Range<usize>);
+
+enum Target {
+    /// A raw section of a mapped file: handed out as a view.
+    View,
+    /// Decoded into a new bytearray at this address.
+    Copy { obj: Py<PyByteArray>, ptr: usize, len: usize },
+}
+
+/// Reads a Python checkpoint's stream and buffers: `(stream, [buffers])`, each a [`MappedBuffer`] (zero
+/// copy) or a `bytearray`. Verifies the whole file first (every CRC, the padding).
+pub fn read_sections<'py>(py: Python<'py>, cp: &Checkpoint) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+    let names = section_names(cp).py_err(py)?;
+    let mut targets = Vec::with_capacity(names.len());
+    for name in &names {
+        let entry = cp.section(name).py_err(py)?;
+        if cp.is_mapped() && entry.codec == Codec::None {
+            targets.push(Target::View);
+            continue;
+        }
+        let len = usize::try_from(entry.raw_len)
+            .ok()
+            .and_then(|l| ffi::Py_ssize_t::try_from(l).ok().map(|_| l))
+            .ok_or_else(|| PyMemoryError::new_err(format!("section `{name}` is too large for this machine")))?;
+        // SAFETY: a NULL source asks for an uninitialised bytearray of `len` bytes; every byte is written by
+        // `read_into` below before Python code can see the object (on failure the object is dropped).
+        let raw = unsafe { ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len as ffi::Py_ssize_t) };
+        // SAFETY: `raw` is a new reference or NULL with an exception set.
+        let obj = unsafe { Bound::from_owned_ptr_or_err(py, raw)? }.cast_into::<PyByteArray>()?;
+        // SAFETY: `obj` is a bytearray that nothing else references yet.
+        let ptr = unsafe { ffi::PyByteArray_AsString(obj.as_ptr()) } as usize;
+        targets.push(Target::Copy { obj: obj.unbind(), ptr, len });
+    }
+    // None: a view of the mapping; Some((address, length)): decode into that bytearray.
+    let copies: Vec<Option<(usize, usize)>> = targets
+        .iter()
+        .map(|t| match t {
+            Target::View => None,
+            Target::Copy { ptr, len, .. } => Some((*ptr, *len)),
+        })
+        .collect();
+    let views = py.detach(|| -> Result<Vec<Option<View>>, Error> {
+        cp.verify()?;
+        let mut out = Vec::with_capacity(names.len());
+        for (name, copy) in names.iter().zip(&copies) {
+            match *copy {
+                None => out.push(cp.raw_view(name)?),
+                Some((ptr, len)) => {
+                    let dst: &mut [u8] = if len == 0 {
+                        &mut []
+                    } else {
+                        // SAFETY: the bytearray allocated above holds `len` bytes at `ptr`; it is referenced
+                        // only by `targets`, which outlives this closure, and Python code cannot reach it
+                        // (nor resize it) before the closure returns.
+                        unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) }
+                    };
+                    cp.read_into(name, dst)?;
+                    out.push(None);
+                }
+            }
+        }
+        Ok(out)
+    });
+    let views = views.py_err(py)?;
+    let path = cp.path().to_string_lossy().into_owned();
+    let mut objs: Vec<Bound<'py, PyAny>> = Vec::with_capacity(names.len());
+    for ((name, target), view) in names.iter().zip(targets).zip(views) {
+        let obj = match (target, view) {
+            (Target::Copy { obj, .. }, _) => obj.into_bound(py).into_any(),
+            (Target::View, Some((bytes, range))) => {
+                Bound::new(py, MappedBuffer { bytes, range, section: name.clone(), path: path.clone() })?.into_any()
+            }
+            (Target::View, None) => {
+                // Not mapped after all (cannot happen: decided above); read a copy instead.
+                let data = cp.read(name).py_err(py)?;
+                PyByteArray::new(py, &data).into_any()
+            }
+        };
+        objs.push(obj);
+    }
+    let stream = objs.remove(0);
+    Ok((stream, PyList::new(py, objs)?))
+}
+
+/// A dict describing a checkpoint's header, for Python.
+pub fn header_info<'py>(py: Python<'py>, cp: &Checkpoint) -> PyResult<Bound<'py, PyDict>> {
+    let h = cp.header();
+    let d = PyDict::new(py);
+    d.set_item("file", cp.path().to_string_lossy().into_owned())?;
+    d.set_item("generation", h.generation)?;
+    d.set_item("step", h.app_step)?;
+    d.set_item("created_unix_ns", h.created_unix_ns)?;
+    d.set_item("job_id", &h.job_id)?;
+    d.set_item("app_name", &h.app_name)?;
+    d.set_item("host", &h.host)?;
+    d.set_item("rank", h.rank)?;
+    d.set_item("nranks", h.nranks)?;
+    d.set_item("file_bytes", cp.file_len())?;
+    d.set_item("mapped", cp.is_mapped())?;
+    Ok(d)
+}

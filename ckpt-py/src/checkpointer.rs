@@ -1,0 +1,286 @@
+//! `ckpt._ckpt.Checkpointer`: the core [`Checkpointer`] for Python.
+//!
+//! The pure-Python `ckpt.Checkpointer` wraps this class: it pickles and unpickles, manages the
+//! Python-level signal handlers and the context manager; this class owns the core checkpointer (its
+//! signal-hook handlers, watcher thread, control socket and log) and writes and reads the bytes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ckpt_core::{
+    Checkpoint, Checkpointer, CommitInfo, Config, Error, ErrorKind, Interval, LoadOptions, parse_interval, triggers,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::buffers::{self, Inputs};
+use crate::errors::{IntoPyResult, to_py};
+use crate::signals;
+use crate::{commit_info, restored_info};
+
+/// An interval as Python passes it: seconds, or a Slurm time string (`"30"` is 30 minutes), or `"auto"`.
+#[derive(FromPyObject)]
+pub enum IntervalArg {
+    /// A Slurm time string, `auto`, or `off`.
+    Text(String),
+    /// Seconds.
+    Seconds(f64),
+}
+
+/// The configuration from the environment, with the arguments given in Python applied on top.
+pub fn build_config(
+    name: Option<&str>,
+    directory: Option<PathBuf>,
+    interval: Option<IntervalArg>,
+    keep: Option<usize>,
+    signals: Option<&str>,
+) -> Result<Config, Error> {
+    let mut cfg = Config::from_env(name)?;
+    if let Some(dir) = directory {
+        // An explicit directory is where restarts look too, unless CKPT_RESTART_DIR says otherwise.
+        if std::env::var_os("CKPT_RESTART_DIR").is_none_or(|v| v.is_empty()) {
+            cfg.restart_dir = dir.clone();
+        }
+        cfg.checkpoint_dir = dir;
+    }
+    match interval {
+        None => {}
+        Some(IntervalArg::Seconds(s)) => {
+            if !s.is_finite() || s < 0.0 {
+                return Err(Error::invalid(format!("interval must be a non-negative number of seconds, not {s}")));
+            }
+            cfg.interval = (s > 0.0).then(|| Interval::Every(Duration::from_secs_f64(s)));
+        }
+        Some(IntervalArg::Text(t)) => {
+            cfg.interval = parse_interval(&t).map_err(|e| Error::invalid(format!("interval: {}", e.message())))?;
+        }
+    }
+    if let Some(k) = keep {
+        if k == 0 {
+            return Err(Error::invalid("keep must be at least 1"));
+        }
+        cfg.keep = k;
+    }
+    if let Some(list) = signals {
+        cfg.signals = if list.trim().is_empty() {
+            Vec::new()
+        } else {
+            triggers::parse_signals(list)
+                .map_err(|e| Error::invalid(e.message().replacen("CKPT_SIGNALS", "signals", 1)))?
+        };
+    }
+    Ok(cfg)
+}
+
+/// The core checkpointer behind `ckpt.Checkpointer` (see the module documentation).
+#[pyclass(module = "ckpt._ckpt", name = "Checkpointer", frozen)]
+pub struct PyCheckpointer {
+    cp: RwLock<Option<Arc<Checkpointer>>>,
+    config: Config,
+    /// The signal dispositions from before the core checkpointer was created.
+    before: signals::Snapshot,
+}
+
+impl PyCheckpointer {
+    fn get(&self, py: Python<'_>) -> PyResult<Arc<Checkpointer>> {
+        let guard = self.cp.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone().ok_or_else(|| to_py(py, &Error::new(ErrorKind::InvalidState, "the checkpointer is closed")))
+    }
+}
+
+#[pymethods]
+impl PyCheckpointer {
+    #[new]
+    #[pyo3(signature = (name=None, directory=None, interval=None, keep=None, signals=None))]
+    fn new(
+        py: Python<'_>,
+        name: Option<&str>,
+        directory: Option<PathBuf>,
+        interval: Option<IntervalArg>,
+        keep: Option<usize>,
+        signals: Option<&str>,
+    ) -> PyResult<PyCheckpointer> {
+        let config = build_config(name, directory, interval, keep, signals).py_err(py)?;
+        let sigs: Vec<i32> = config.signals.iter().map(|s| s.signal).collect();
+        let before = signals::snapshot(&sigs);
+        let store = ckpt_core::Store::new(config.clone());
+        let cp = Checkpointer::new(store).py_err(py)?;
+        signals::after_create(&before);
+        Ok(PyCheckpointer { cp: RwLock::new(Some(Arc::new(cp))), config, before })
+    }
+
+    /// Whether a checkpoint is due (a signal, the interval, the time limit or a request).
+    fn should_checkpoint(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.get(py)?.should_checkpoint())
+    }
+
+    /// Whether the program should stop now (a checkpoint that asked for an exit was committed).
+    fn should_exit(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.get(py)?.should_exit())
+    }
+
+    /// Requests a checkpoint as a signal would (`exit=True`: as SIGTERM does).
+    #[pyo3(signature = (exit=false))]
+    fn request_checkpoint(&self, py: Python<'_>, exit: bool) -> PyResult<()> {
+        self.get(py)?.request_checkpoint(exit);
+        Ok(())
+    }
+
+    /// Seconds left before the job's end, when known.
+    fn time_left(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        Ok(self.get(py)?.time_left())
+    }
+
+    /// Saves a pickle stream and its out-of-band buffers as the next checkpoint; returns the commit's figures.
+    #[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None))]
+    fn save<'py>(
+        &self,
+        py: Python<'py>,
+        stream: &Bound<'py, PyAny>,
+        buffers: &Bound<'py, PyList>,
+        step: i64,
+        compress: Option<&str>,
+        item_sizes: Option<Vec<usize>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let cp = self.get(py)?;
+        let compression = buffers::compression(py, compress, self.config.compression)?;
+        let inputs = Inputs::new(stream, buffers, item_sizes)?;
+        let result = py.detach(|| -> Result<CommitInfo, Error> {
+            let views = inputs.views();
+            let was_due = cp.should_checkpoint();
+            let mut w = cp.begin(step)?;
+            if let Err(e) = buffers::write_sections(&mut w, &views, compression) {
+                drop(w);
+                // The core re-arms what made the checkpoint due only when the commit fails; a failure
+                // while writing the sections must not swallow a signal either.
+                if was_due {
+                    cp.request_checkpoint(false);
+                }
+                cp.log_event("checkpoint-failed", ckpt_log_fields(&e));
+                return Err(e);
+            }
+            let info = cp.commit(w)?;
+            let cfg = cp.config();
+            if cfg.nranks > 1 && cfg.rank == 0 {
+                return cp.store().commit_step(info.generation, step);
+            }
+            Ok(info)
+        });
+        drop(inputs);
+        commit_info(py, &result.py_err(py)?)
+    }
+
+    /// Restart discovery: `None`, or `(stream, buffers, info)` of the newest valid checkpoint.
+    #[pyo3(signature = (*, mmap=None))]
+    fn restore<'py>(&self, py: Python<'py>, mmap: Option<bool>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let cp = self.get(py)?;
+        let restored = py.detach(|| cp.restore()).py_err(py)?;
+        let Some(mut restored) = restored else { return Ok(None) };
+        if let Some(m) = mmap
+            && m != restored.checkpoint.is_mapped()
+        {
+            let path = restored.checkpoint.path().to_path_buf();
+            restored.checkpoint = py
+                .detach(|| Checkpoint::open_with(&ckpt_core::storage::FileStorage, &path, LoadOptions { mmap: m }))
+                .py_err(py)?;
+        }
+        restored_info(py, &restored).map(Some)
+    }
+
+    /// Releases the signal handlers, stops the watcher thread, removes the control socket. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        let taken = self.cp.write().unwrap_or_else(|p| p.into_inner()).take();
+        if taken.is_some() {
+            py.detach(move || drop(taken));
+            signals::after_close(&self.before);
+        }
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.cp.read().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
+
+    /// The checkpoint's stable path, `<checkpoint_dir>/<job_id>.ckpt`.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.config.checkpoint_path()
+    }
+
+    /// Where checkpoints are written.
+    #[getter]
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.config.checkpoint_dir.clone()
+    }
+
+    /// Where restart discovery looks.
+    #[getter]
+    fn restart_dir(&self) -> PathBuf {
+        self.config.restart_dir.clone()
+    }
+
+    /// The application name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.config.app_name
+    }
+
+    /// Generations kept.
+    #[getter]
+    fn keep(&self) -> usize {
+        self.config.keep
+    }
+
+    /// The interval in seconds, `"auto"`, or `None`.
+    #[getter]
+    fn interval<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self.config.interval {
+            None => py.None().into_bound(py),
+            Some(Interval::Auto) => "auto".into_pyobject(py)?.into_any(),
+            Some(Interval::Every(d)) => d.as_secs_f64().into_pyobject(py)?.into_any(),
+        })
+    }
+
+    /// `(signal number, exits)` for each signal that requests a checkpoint.
+    #[getter]
+    fn signals(&self) -> Vec<(i32, bool)> {
+        self.config.signals.iter().map(|s| (s.signal, s.exit)).collect()
+    }
+
+    /// This process's rank and the number of ranks.
+    #[getter]
+    fn rank(&self) -> (u32, u32) {
+        (self.config.rank, self.config.nranks)
+    }
+
+    /// The control socket (for `ckpt create`), if any.
+    #[getter]
+    fn socket_path(&self, py: Python<'_>) -> PyResult<Option<PathBuf>> {
+        Ok(self.get(py)?.socket_path().map(|p| p.to_path_buf()))
+    }
+
+    /// Writes one event to the checkpointer's JSON log (`fields` is a JSON object's text).
+    #[pyo3(signature = (event, fields="{}"))]
+    fn log_event(&self, py: Python<'_>, event: &str, fields: &str) -> PyResult<()> {
+        let value: serde_json::Value = serde_json::from_str(fields)
+            .map_err(|e| to_py(py, &Error::invalid(format!("log fields are not JSON: {e}"))))?;
+        self.get(py)?.log_event(event, value);
+        Ok(())
+    }
+}
+
+impl Drop for PyCheckpointer {
+    fn drop(&mut self) {
+        let taken = self.cp.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if taken.is_some() {
+            drop(taken);
+            signals::after_close(&self.before);
+        }
+    }
+}
+
+fn ckpt_log_fields(e: &Error) -> serde_json::Value {
+    serde_json::json!({"error": e.to_string(), "stage": "writing sections"})
+}

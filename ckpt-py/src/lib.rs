@@ -1,0 +1,220 @@
+//! `ckpt._ckpt`, the native module of the `ckpt` Python package.
+//!
+//! The package (`ckpt-py/python/ckpt`) is pure Python on top of this module: it pickles objects with
+//! protocol 5 and hands the pickle stream and the out-of-band buffers (numpy arrays, large bytes...) to
+//! the functions here, which write them through `ckpt-core` (atomic, durable, checksummed, one raw
+//! 4 KiB-aligned section per buffer, written straight from the buffer's memory), and read them back as
+//! zero-copy views of the memory-mapped file. The GIL is released during all I/O, hashing and
+//! compression. Errors become `ckpt.CheckpointError` subclasses, or `OSError` subclasses for I/O.
+//!
+//! Nothing here is public API: use the `ckpt` package.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ckpt_core::storage::FileStorage;
+use ckpt_core::{Checkpoint, CommitInfo, Config, Error, LoadOptions, Restored, Store, begin_file};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+mod buffers;
+mod checkpointer;
+mod errors;
+mod signals;
+
+use buffers::{Inputs, MappedBuffer, PersistentIds};
+use checkpointer::{IntervalArg, PyCheckpointer, build_config};
+use errors::IntoPyResult;
+
+/// A dict of a commit's figures.
+pub(crate) fn commit_info<'py>(py: Python<'py>, info: &CommitInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("path", &info.path)?;
+    d.set_item("generation_path", &info.generation_path)?;
+    d.set_item("generation", info.generation)?;
+    d.set_item("step", info.app_step)?;
+    d.set_item("file_bytes", info.stats.file_bytes)?;
+    d.set_item("raw_bytes", info.stats.raw_bytes)?;
+    d.set_item("sections", info.stats.sections)?;
+    d.set_item("seconds", info.seconds)?;
+    d.set_item("warnings", &info.warnings)?;
+    Ok(d)
+}
+
+/// `(stream, buffers, info)` of a checkpoint chosen by restart discovery.
+pub(crate) fn restored_info<'py>(py: Python<'py>, r: &Restored) -> PyResult<Bound<'py, PyTuple>> {
+    let (stream, bufs) = buffers::read_sections(py, &r.checkpoint)?;
+    let info = buffers::header_info(py, &r.checkpoint)?;
+    info.set_item("path", &r.chosen_path)?;
+    info.set_item("generation", r.generation)?;
+    info.set_item("step", r.app_step)?;
+    info.set_item("other_job", &r.other_job)?;
+    let rejected: Vec<(String, String)> =
+        r.rejected.iter().map(|(p, e)| (p.to_string_lossy().into_owned(), e.to_string())).collect();
+    info.set_item("rejected", rejected)?;
+    PyTuple::new(py, [stream, bufs.into_any(), info.into_any()])
+}
+
+/// Saves to exactly `path`, atomically and durably (temporary file in the same directory, fsync, rename,
+/// fsync of the directory); no generations.
+#[pyfunction]
+#[pyo3(signature = (path, stream, buffers, *, step, compress=None, item_sizes=None))]
+fn save_file<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    stream: &Bound<'py, PyAny>,
+    buffers: &Bound<'py, PyList>,
+    step: i64,
+    compress: Option<&str>,
+    item_sizes: Option<Vec<usize>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let config = Config::from_env(None).py_err(py)?;
+    let compression = buffers::compression(py, compress, config.compression)?;
+    let inputs = Inputs::new(stream, buffers, item_sizes)?;
+    let result = py.detach(|| -> Result<CommitInfo, Error> {
+        let views = inputs.views();
+        let mut w = begin_file(&path, step, &config, Arc::new(FileStorage))?;
+        buffers::write_sections(&mut w, &views, compression)?;
+        w.commit()
+    });
+    drop(inputs);
+    commit_info(py, &result.py_err(py)?)
+}
+
+/// Saves as the configured checkpoint (`<checkpoint_dir>/<job_id>.ckpt`, generations, retention).
+#[pyfunction]
+#[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None))]
+fn save_store<'py>(
+    py: Python<'py>,
+    stream: &Bound<'py, PyAny>,
+    buffers: &Bound<'py, PyList>,
+    step: i64,
+    compress: Option<&str>,
+    item_sizes: Option<Vec<usize>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let config = Config::from_env(None).py_err(py)?;
+    let compression = buffers::compression(py, compress, config.compression)?;
+    let inputs = Inputs::new(stream, buffers, item_sizes)?;
+    let result = py.detach(|| -> Result<CommitInfo, Error> {
+        let views = inputs.views();
+        let store = Store::new(config);
+        let mut w = store.begin(step)?;
+        buffers::write_sections(&mut w, &views, compression)?;
+        let info = w.commit()?;
+        let cfg = store.config();
+        if cfg.nranks > 1 && cfg.rank == 0 {
+            return store.commit_step(info.generation, step);
+        }
+        Ok(info)
+    });
+    drop(inputs);
+    commit_info(py, &result.py_err(py)?)
+}
+
+/// Reads the Python checkpoint at `path`: `(stream, buffers, info)`.
+#[pyfunction]
+#[pyo3(signature = (path, *, mmap=None))]
+fn load_file<'py>(py: Python<'py>, path: PathBuf, mmap: Option<bool>) -> PyResult<Bound<'py, PyTuple>> {
+    let opts = LoadOptions { mmap: mmap.unwrap_or_else(|| LoadOptions::default().mmap) };
+    let cp = py.detach(|| Checkpoint::open_with(&FileStorage, &path, opts)).py_err(py)?;
+    let (stream, bufs) = buffers::read_sections(py, &cp)?;
+    let info = buffers::header_info(py, &cp)?;
+    info.set_item("path", &path)?;
+    PyTuple::new(py, [stream, bufs.into_any(), info.into_any()])
+}
+
+/// Restart discovery with the configuration from the environment: `None` or `(stream, buffers, info)`.
+#[pyfunction]
+#[pyo3(signature = (*, mmap=None))]
+fn load_store<'py>(py: Python<'py>, mmap: Option<bool>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let mut config = Config::from_env(None).py_err(py)?;
+    if let Some(m) = mmap {
+        config.mmap = m;
+    }
+    let store = Store::new(config);
+    match py.detach(|| store.restore()).py_err(py)? {
+        None => Ok(None),
+        Some(r) => restored_info(py, &r).map(Some),
+    }
+}
+
+/// The effective configuration (from the environment and the arguments) as a dict, for diagnostics.
+#[pyfunction]
+#[pyo3(signature = (name=None, directory=None, interval=None, keep=None, signals=None))]
+fn effective_config<'py>(
+    py: Python<'py>,
+    name: Option<&str>,
+    directory: Option<PathBuf>,
+    interval: Option<IntervalArg>,
+    keep: Option<usize>,
+    signals: Option<&str>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let c = build_config(name, directory, interval, keep, signals).py_err(py)?;
+    let d = PyDict::new(py);
+    d.set_item("name", &c.app_name)?;
+    d.set_item("job_id", &c.job_id)?;
+    d.set_item("step_id", c.step_id)?;
+    d.set_item("rank", c.rank)?;
+    d.set_item("nranks", c.nranks)?;
+    d.set_item("path", c.checkpoint_path())?;
+    d.set_item("checkpoint_dir", &c.checkpoint_dir)?;
+    d.set_item("restart_dir", &c.restart_dir)?;
+    d.set_item("keep", c.keep)?;
+    d.set_item("mmap", c.mmap)?;
+    d.set_item("file_mode", format!("{:04o}", c.file_mode))?;
+    d.set_item("compression", format!("{:?}", c.compression))?;
+    d.set_item(
+        "interval",
+        match c.interval {
+            None => None,
+            Some(ckpt_core::Interval::Auto) => Some("auto".to_string()),
+            Some(ckpt_core::Interval::Every(t)) => Some(format!("{}", t.as_secs_f64())),
+        },
+    )?;
+    let sigs: Vec<String> = c.signals.iter().map(|s| ckpt_core::triggers::signal_label(s.signal)).collect();
+    d.set_item("signals", sigs)?;
+    d.set_item("end_time", c.end_time)?;
+    d.set_item("restart_count", c.restart_count)?;
+    d.set_item("allow_fresh_start", c.allow_fresh_start)?;
+    Ok(d)
+}
+
+/// `(signal number, exits)` for a signal list (`None`: `CKPT_SIGNALS` or the default TERM, USR1).
+#[pyfunction]
+#[pyo3(signature = (signals=None))]
+fn signal_specs(py: Python<'_>, signals: Option<&str>) -> PyResult<Vec<(i32, bool)>> {
+    let cfg = build_config(None, None, None, None, signals).py_err(py)?;
+    Ok(cfg.signals.iter().map(|s| (s.signal, s.exit)).collect())
+}
+
+/// Whether the core's C-level handler is the one installed for `signal` now.
+#[pyfunction]
+fn signal_hook_installed(signal: i32) -> bool {
+    signals::hook_installed(signal)
+}
+
+/// Re-installs the core's C-level handlers replaced by someone else; returns the signals re-installed.
+#[pyfunction]
+fn reinstall_signal_hooks(signals: Vec<i32>) -> Vec<i32> {
+    signals::reinstall(&signals)
+}
+
+/// The native module.
+#[pymodule]
+fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("CORE_VERSION", ckpt_core::VERSION)?;
+    m.add("PICKLE_SECTION", buffers::PICKLE_SECTION)?;
+    m.add_class::<MappedBuffer>()?;
+    m.add_class::<PersistentIds>()?;
+    m.add_class::<PyCheckpointer>()?;
+    m.add_function(wrap_pyfunction!(save_file, m)?)?;
+    m.add_function(wrap_pyfunction!(save_store, m)?)?;
+    m.add_function(wrap_pyfunction!(load_file, m)?)?;
+    m.add_function(wrap_pyfunction!(load_store, m)?)?;
+    m.add_function(wrap_pyfunction!(effective_config, m)?)?;
+    m.add_function(wrap_pyfunction!(signal_specs, m)?)?;
+    m.add_function(wrap_pyfunction!(signal_hook_installed, m)?)?;
+    m.add_function(wrap_pyfunction!(reinstall_signal_hooks, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,58 @@
+"""Multi-rank jobs: each rank saves its part, rank 0 commits the step, each rank restores its own part."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import child_env
+
+CODE = """
+import os, ckpt
+rank = int(os.environ["CKPT_RANK"])
+before = ckpt.load(default=None)
+print("loaded", None if before is None else (before["rank"], before["step"]), flush=True)
+step = 0 if before is None else before["step"]
+{save}
+print("saved", flush=True)
+"""
+
+PLAIN = 'ckpt.save({"step": step + 1, "rank": rank, "data": bytes([rank]) * 100000})'
+WITH_CHECKPOINTER = """
+with ckpt.Checkpointer(signals=()) as cp:
+    state = cp.restore(default={"step": 0, "rank": rank})
+    assert state["rank"] == rank and state["step"] == step
+    cp.save({"step": step + 1, "rank": rank, "data": bytes([rank]) * 100000})
+"""
+
+
+def run_ranks(directory, save: str, n: int = 2) -> list[str]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CODE.format(save=save)],
+            env=child_env(CKPT_DIR=str(directory), CKPT_RANK=str(r), CKPT_NRANKS=str(n)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(n)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        outs.append(out)
+    return outs
+
+
+def test_each_rank_gets_its_own_part(tmp_path):
+    directory = tmp_path / "c"
+    first = run_ranks(directory, PLAIN)
+    assert all(o.startswith("loaded None") for o in first)
+    assert (directory / "ckpt.ckpt").exists(), "rank 0 committed the manifest"
+    parts = sorted(p.name for p in (directory / "ckpt.ckpt.parts" / "1").iterdir())
+    assert parts == ["rank0.ckpt", "rank1.ckpt"]
+    second = run_ranks(directory, WITH_CHECKPOINTER)
+    assert second[0].startswith("loaded (0, 1)") and second[1].startswith("loaded (1, 1)")
+    third = run_ranks(directory, PLAIN)
+    assert third[0].startswith("loaded (0, 2)") and third[1].startswith("loaded (1, 2)")
