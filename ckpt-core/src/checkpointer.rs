@@ -571,6 +571,17 @@ impl Checkpointer {
         self.inner.wake();
     }
 
+    /// Abandons a checkpoint begun with [`Checkpointer::begin`] that could not be written (a section
+    /// failed): the temporary file is removed, the previous checkpoints stay, and whatever triggered this
+    /// checkpoint (a signal, SIGTERM's exit, the time limit) is due again. Pending `ckpt create` requests
+    /// get `error`.
+    pub fn abort(&self, writer: CheckpointWriter, error: &Error) {
+        drop(writer);
+        if let Some((taken, requests, _)) = self.inner.lock().in_progress.take() {
+            self.fail(taken, requests, error);
+        }
+    }
+
     /// Concludes a multi-rank step after this rank's part was committed: `committed` says whether the step
     /// itself was committed (its manifest written; every rank must be told the same). On success the exit
     /// is armed if the part's trigger asked for it and pending `ckpt create` requests are answered; on
@@ -598,10 +609,7 @@ impl Checkpointer {
     pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
         let mut w = self.begin(app_step)?;
         if let Err(e) = w.add_serde("state", value) {
-            let taken = self.inner.lock().in_progress.take().map(|(t, r, _)| (t, r));
-            if let Some((t, r)) = taken {
-                self.fail(t, r, &e);
-            }
+            self.abort(w, &e);
             return Err(e);
         }
         self.commit(w)

@@ -236,7 +236,10 @@ pub extern "C" fn ckpt_checkpoint(step: i64) -> i32 {
         with_state(|s| {
             let mut w = s.checkpointer.begin(step)?;
             let generation = w.generation();
-            write_regions(s, &mut w)?;
+            if let Err(e) = write_regions(s, &mut w) {
+                s.checkpointer.abort(w, &ckpt_core::Error::new(ckpt_core::ErrorKind::Io, e.message.clone()));
+                return Err(e);
+            }
             s.checkpointer.commit(w)?;
             if s.checkpointer.config().nranks > 1 {
                 // Without MPI, rank 0 waits for every part and commits; the other ranks cannot know the
@@ -632,7 +635,10 @@ pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
     guard(|| {
         with_state(|s| {
             let mut w = s.checkpointer.begin_part(generation, step)?;
-            write_regions(s, &mut w)?;
+            if let Err(e) = write_regions(s, &mut w) {
+                s.checkpointer.abort(w, &ckpt_core::Error::new(ckpt_core::ErrorKind::Io, e.message.clone()));
+                return Err(e);
+            }
             s.checkpointer.commit(w)?;
             Ok(CKPT_OK)
         })

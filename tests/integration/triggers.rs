@@ -206,3 +206,23 @@ fn the_auto_interval_follows_daly() {
     let chosen = events.last().unwrap()["interval_s"].as_f64().unwrap();
     assert!(chosen > 0.0 && chosen <= 1.0, "{chosen}");
 }
+
+/// A checkpoint that fails while its sections are written is abandoned without losing the request that
+/// triggered it: SIGTERM's "checkpoint, then exit" stays due, and no temporary file is left.
+#[test]
+fn an_aborted_checkpoint_keeps_its_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ckpt_core::Config::new("abort", dir.path()).unwrap();
+    cfg.log = ckpt_core::LogTarget::Off;
+    let cp = ckpt_core::Checkpointer::new(ckpt_core::Store::new(cfg)).unwrap();
+    cp.request_checkpoint(true);
+    let w = cp.begin(1).unwrap();
+    assert!(!cp.should_checkpoint());
+    cp.abort(w, &ckpt_core::Error::invalid("the application could not serialise its state"));
+    assert!(cp.should_checkpoint(), "the request is due again");
+    assert!(!cp.should_exit(), "nothing was saved, so no exit");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp.")), "{names:?}");
+    cp.save_serde(1, &42u32).unwrap();
+    assert!(cp.should_exit(), "the retried checkpoint carries SIGTERM's exit");
+}
