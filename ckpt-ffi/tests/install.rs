@@ -13,10 +13,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The directory holding libckpt.so / libckpt.a of this build (target/<profile>).
+/// The directory holding libckpt.so / libckpt.a of this build.
 fn lib_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps, next to the libckpt.so/.a built for this very
+    // test run; target/<profile> holds copies only after a plain `cargo build`, and those may be stale.
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    let deps = exe.parent().unwrap();
+    if deps.join("libckpt.so").exists() { deps.to_path_buf() } else { deps.parent().unwrap().to_path_buf() }
 }
 
 fn have(tool: &str) -> bool {

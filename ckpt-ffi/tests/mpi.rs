@@ -52,8 +52,11 @@ fn root() -> PathBuf {
 
 /// The directory holding libckpt.so of this build (target/<profile>).
 fn lib_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps, next to the libckpt.so/.a built for this very
+    // test run; target/<profile> holds copies only after a plain `cargo build`, and those may be stale.
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    let deps = exe.parent().unwrap();
+    if deps.join("libckpt.so").exists() { deps.to_path_buf() } else { deps.parent().unwrap().to_path_buf() }
 }
 
 fn have(tool: &str, arg: &str) -> bool {
