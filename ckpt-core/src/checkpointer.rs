@@ -62,6 +62,43 @@ const SQUEUE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The watcher re-evaluates at least this often.
 const WATCH_TICK: Duration = Duration::from_millis(500);
 
+/// Per signal number: how many live checkpointers listen to it.
+static ACTIVE: [AtomicU32; 65] = [const { AtomicU32::new(0) }; 65];
+/// Per signal number: whether the process-wide fallback action is installed.
+static FALLBACK: Mutex<[bool; 65]> = Mutex::new([false; 65]);
+
+/// Installs, once per signal and process, an action that gives the signal back its default effect while
+/// no checkpointer listens to it, if the signal had the default disposition before ckpt touched it.
+/// signal-hook never uninstalls its handler, so without this, SIGTERM would be ignored for the rest of
+/// the process after the last checkpointer was dropped (`ckpt_finalize`).
+fn ensure_fallback(signal: i32) -> Result<()> {
+    let idx = usize::try_from(signal)
+        .ok()
+        .filter(|&i| i < ACTIVE.len())
+        .ok_or_else(|| Error::invalid(format!("signal {signal} is out of range")))?;
+    let mut installed = FALLBACK.lock().unwrap_or_else(|p| p.into_inner());
+    if installed[idx] {
+        return Ok(());
+    }
+    // SAFETY: querying the current disposition only (NULL new action); `old` is a zeroed struct we own.
+    let was_default = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_DFL
+    };
+    // SAFETY: the action only loads an atomic and, when no checkpointer listens, calls signal-hook's
+    // emulate_default_handler, which is documented as async-signal-safe.
+    unsafe {
+        signal_hook::low_level::register(signal, move || {
+            if was_default && ACTIVE[idx].load(Ordering::SeqCst) == 0 {
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+            }
+        })
+    }
+    .map_err(|e| Error::io(&format!("install handler for SIG{}", signal_label(signal)), e))?;
+    installed[idx] = true;
+    Ok(())
+}
+
 /// Why a checkpoint is being taken (the names used in the log).
 pub fn reasons(bits: u32) -> Vec<&'static str> {
     let mut v = Vec::new();
@@ -375,7 +412,9 @@ impl Checkpointer {
             wake: Some(wake_tx),
         });
         let mut signal_ids = Vec::new();
-        for spec in &config.signals {
+        let mut listening = Vec::new();
+        let installed: Result<()> = config.signals.iter().try_for_each(|spec| {
+            ensure_fallback(spec.signal)?;
             let bits = if spec.exit { SIGNAL_EXIT } else { SIGNAL };
             let flags = inner.clone();
             // SAFETY: the action only performs an atomic fetch_or on memory kept alive by the Arc it owns,
@@ -387,6 +426,18 @@ impl Checkpointer {
             }
             .map_err(|e| Error::io(&format!("install handler for SIG{}", signal_label(spec.signal)), e))?;
             signal_ids.push(id);
+            ACTIVE[spec.signal as usize].fetch_add(1, Ordering::SeqCst);
+            listening.push(spec.signal);
+            Ok(())
+        });
+        if let Err(e) = installed {
+            for id in signal_ids {
+                signal_hook::low_level::unregister(id);
+            }
+            for sig in listening {
+                ACTIVE[sig as usize].fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(e);
         }
         let mut socket_path = None;
         let mut listener = None;
@@ -629,6 +680,9 @@ impl Drop for Checkpointer {
     fn drop(&mut self) {
         for id in self.signal_ids.drain(..) {
             signal_hook::low_level::unregister(id);
+        }
+        for spec in &self.store.config().signals {
+            ACTIVE[spec.signal as usize].fetch_sub(1, Ordering::SeqCst);
         }
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.wake();

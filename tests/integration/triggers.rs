@@ -226,3 +226,18 @@ fn an_aborted_checkpoint_keeps_its_trigger() {
     cp.save_serde(1, &42u32).unwrap();
     assert!(cp.should_exit(), "the retried checkpoint carries SIGTERM's exit");
 }
+
+/// Once the checkpointer is gone (`ckpt_finalize`), SIGTERM and SIGUSR1 have their default effect again
+/// (signal-hook never uninstalls its handler; ckpt's fallback action emulates the default).
+#[test]
+fn signals_regain_their_default_effect_after_the_checkpointer_is_dropped() {
+    use std::os::unix::process::ExitStatusExt;
+    for sig in [libc::SIGTERM, libc::SIGUSR1] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = child(dir.path(), 10, 1, "drop", &[]);
+        assert!(c.wait_for("dropped", T).is_some(), "{:?}", c.seen);
+        c.signal(sig);
+        let status = c.finish(T);
+        assert_eq!(status.signal(), Some(sig), "signal {sig} must terminate the process: {status:?}");
+    }
+}

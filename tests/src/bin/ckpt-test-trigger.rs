@@ -55,6 +55,14 @@ fn main() {
         }
     };
     say(&format!("ready {}", std::process::id()));
+    if mode == "drop" {
+        // After the checkpointer is gone, the signals must have their default effect again.
+        drop(cp);
+        say("dropped");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     if mode == "stall" {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
