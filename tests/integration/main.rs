@@ -1,6 +1,7 @@
 //! Integration tests of the ckpt workspace: one test binary, one module per concern.
 
 mod cli;
+mod concurrent;
 mod corruption;
 mod crash;
 mod discovery;
