@@ -6,9 +6,7 @@ use std::process::{Command, Stdio};
 
 use ckpt_core::{Config, Store};
 
-#[path = "../src/bin/ckpt-test-saver.rs"]
-#[allow(dead_code)]
-mod saver;
+use crate::kill::saver;
 
 #[test]
 fn two_processes_saving_under_one_name() {

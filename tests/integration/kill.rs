@@ -22,7 +22,7 @@ use ckpt_tests::{Rng, config};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/bin/ckpt-test-saver.rs"]
-mod saver;
+pub(crate) mod saver;
 
 const SAVER: &str = env!("CARGO_BIN_EXE_ckpt-test-saver");
 const NAME: &str = "killsim";
