@@ -266,6 +266,11 @@ fn scenario_compression(o: &Opts, work: &Path, out: &mut String) {
     let none = SectionOptions::new();
     let auto = SectionOptions::new().compression(Compression::Auto).shuffle(8);
     let zstd = SectionOptions::new().compression(Compression::Zstd(1)).shuffle(8);
+    // The fastest of zstd's fast levels -1..-5 on the shuffled field: in memory, shuffle + compress ran at
+    // 1.26 GB/s at level 1 and -1 and 1.47 GB/s at -5, ratio 1.72 -> 1.65 (2026-11-25, after the shuffle speedup).
+    const FAST_LEVEL: i32 = -5;
+    let fast = SectionOptions::new().compression(Compression::Zstd(FAST_LEVEL)).shuffle(8);
+    let fast_label = format!("float64 field: zstd{FAST_LEVEL} + shuffle");
     let mut rows = Vec::new();
     for (label, data, opts) in [
         ("incompressible: none", &random, none),
@@ -273,6 +278,7 @@ fn scenario_compression(o: &Opts, work: &Path, out: &mut String) {
         ("float64 field: none", &field, none),
         ("float64 field: auto", &field, auto),
         ("float64 field: zstd-1 + shuffle", &field, zstd),
+        (fast_label.as_str(), &field, fast),
     ] {
         rows.push((label, data, opts, Vec::new(), 0u64));
     }
@@ -290,9 +296,11 @@ fn scenario_compression(o: &Opts, work: &Path, out: &mut String) {
     let _ = writeln!(out, "\n## 5. Compression ({} MiB sections, durable saves)\n", size >> 20);
     let _ = writeln!(out, "| | median time | min–max | ratio raw/stored | time vs none |\n|---|---|---|---|---|");
     let mut medians = Vec::new();
+    let mut ratios = Vec::new();
     for (label, data, _, times, stored) in rows {
         let s = stat(times);
         medians.push(s.median);
+        ratios.push(data.len() as f64 / stored as f64);
         let base =
             if label.starts_with("incompressible") { medians[0] } else { medians.get(2).copied().unwrap_or(s.median) };
         let _ = writeln!(
@@ -311,6 +319,14 @@ fn scenario_compression(o: &Opts, work: &Path, out: &mut String) {
         "\n`auto` on incompressible data: {:.2}× the time of no compression (target ≤ 1.05: {}).",
         auto_random,
         if auto_random <= 1.05 { "met" } else { "NOT met" }
+    );
+    let (fast_ratio, fast_time) = (ratios[5], medians[5] / medians[2]);
+    let _ = writeln!(
+        out,
+        "\nzstd{FAST_LEVEL} + shuffle on the float64 field: ratio {fast_ratio:.2} (target ≥ 1.25: {}), {fast_time:.2}× the \
+         time of no compression (target ≤ 1.00: {}).",
+        if fast_ratio >= 1.25 { "met" } else { "NOT met" },
+        if fast_time <= 1.0 { "met" } else { "NOT met" }
     );
 }
 
@@ -448,10 +464,10 @@ fn main() {
          generation come on top of the bare sequence.\n\
          * `auto` on small incompressible sections: the sampled compression and the extra pass are not yet \
          amortised; on large sections the sample is a few hundred KiB.\n\
-         * zstd + shuffle on float fields: the byte shuffle is a plain byte loop and zstd level 1 runs \
-         single-threaded below this disk's write speed (2 vCPUs act like one core), so compressing costs \
-         more time than it saves here; on slower (network) file systems the balance differs, which is \
-         what `auto` measures."
+         * zstd + shuffle on float fields: the shuffle is no longer the cost (an 8x8 byte transpose, \
+         ~10 GiB/s), but zstd at any level runs on one core below this disk's durable write speed (2 vCPUs \
+         act like one core), so compressing costs more time than it saves here; it pays on file systems \
+         slower than about 0.6 GB/s, which is what `auto` measures."
     );
     print!("{out}");
     if let Some(path) = o.output {
