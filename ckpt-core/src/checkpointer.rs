@@ -66,11 +66,17 @@ const WATCH_TICK: Duration = Duration::from_millis(500);
 static ACTIVE: [AtomicU32; 65] = [const { AtomicU32::new(0) }; 65];
 /// Per signal number: whether the process-wide fallback action is installed.
 static FALLBACK: Mutex<[bool; 65]> = Mutex::new([false; 65]);
+/// Set once a checkpointer has received a signal that asks to exit (SIGTERM): the process is on its way
+/// out, and later deliveries (Slurm sends SIGTERM twice to job steps) must stay harmless.
+static EXIT_SIGNAL_SEEN: AtomicBool = AtomicBool::new(false);
 
-/// Installs, once per signal and process, an action that gives the signal back its default effect while
-/// no checkpointer listens to it, if the signal had the default disposition before ckpt touched it.
-/// signal-hook never uninstalls its handler, so without this, SIGTERM would be ignored for the rest of
-/// the process after the last checkpointer was dropped (`ckpt_finalize`).
+/// Installs, once per exit signal (SIGTERM) and process, an action that gives the signal back its default
+/// effect while no checkpointer listens to it, if it had the default disposition before ckpt touched it
+/// and no checkpointer has received it yet. signal-hook never uninstalls its handler, so without this a
+/// program that keeps running after `ckpt_finalize` could no longer be terminated by SIGTERM. A SIGTERM
+/// that arrives after one was already handled is a duplicate and stays harmless; signals that only ask
+/// for a checkpoint (USR1, ...) stay ignored once no checkpointer listens, so a warning signal that
+/// arrives as the program finishes cannot kill it.
 fn ensure_fallback(signal: i32) -> Result<()> {
     let idx = usize::try_from(signal)
         .ok()
@@ -85,11 +91,11 @@ fn ensure_fallback(signal: i32) -> Result<()> {
         let mut old: libc::sigaction = std::mem::zeroed();
         libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_DFL
     };
-    // SAFETY: the action only loads an atomic and, when no checkpointer listens, calls signal-hook's
+    // SAFETY: the action only loads atomics and, when no checkpointer listens, calls signal-hook's
     // emulate_default_handler, which is documented as async-signal-safe.
     unsafe {
         signal_hook::low_level::register(signal, move || {
-            if was_default && ACTIVE[idx].load(Ordering::SeqCst) == 0 {
+            if was_default && ACTIVE[idx].load(Ordering::SeqCst) == 0 && !EXIT_SIGNAL_SEEN.load(Ordering::SeqCst) {
                 let _ = signal_hook::low_level::emulate_default_handler(signal);
             }
         })
@@ -414,14 +420,20 @@ impl Checkpointer {
         let mut signal_ids = Vec::new();
         let mut listening = Vec::new();
         let installed: Result<()> = config.signals.iter().try_for_each(|spec| {
-            ensure_fallback(spec.signal)?;
+            if spec.exit {
+                ensure_fallback(spec.signal)?;
+            }
             let bits = if spec.exit { SIGNAL_EXIT } else { SIGNAL };
+            let exit = spec.exit;
             let flags = inner.clone();
-            // SAFETY: the action only performs an atomic fetch_or on memory kept alive by the Arc it owns,
-            // which is async-signal-safe (no allocation, no locks, no I/O).
+            // SAFETY: the action only performs atomic stores on memory kept alive by the Arc it owns and on
+            // a static, which is async-signal-safe (no allocation, no locks, no I/O).
             let id = unsafe {
                 signal_hook::low_level::register(spec.signal, move || {
                     flags.flags.fetch_or(bits, Ordering::SeqCst);
+                    if exit {
+                        EXIT_SIGNAL_SEEN.store(true, Ordering::SeqCst);
+                    }
                 })
             }
             .map_err(|e| Error::io(&format!("install handler for SIG{}", signal_label(spec.signal)), e))?;
