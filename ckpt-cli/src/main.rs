@@ -69,6 +69,21 @@ enum Command {
         #[arg(long)]
         vacate: bool,
     },
+    /// Requeue this Slurm job (`scontrol requeue $SLURM_JOB_ID`) for a restart, but only while
+    /// SLURM_RESTART_COUNT < N and the last restart made progress (its newest checkpoint is newer than
+    /// the one recorded at the previous requeue). For a batch script's trap or after the program exits.
+    /// Exit 0 when requeued, 1 when refused (with the reason), 2 on errors.
+    Requeue {
+        /// Give up after this many restarts.
+        #[arg(long, value_name = "N")]
+        max_restarts: u32,
+        /// Application name the program uses (for finding its checkpoints; default as `ckpt env`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print what would be done without calling scontrol.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run a program so that it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
     /// SLURM_RESTART_DIR), like the old `scontrol checkpoint restart <jobid> ImageDir=...`.
     Restart {
@@ -92,6 +107,7 @@ fn main() -> ExitCode {
             create(&target, image_dir.as_deref(), max_wait, vacate)
         }
         Command::Restart { image_dir, command } => restart(image_dir.as_deref(), &command),
+        Command::Requeue { max_restarts, name, dry_run } => requeue(max_restarts, name.as_deref(), dry_run),
     };
     match result {
         Ok(code) => code,
@@ -456,4 +472,68 @@ fn restart(image_dir: Option<&Path>, command: &[String]) -> Result<ExitCode, Err
     }
     let err = cmd.exec();
     Err(Error::io(&format!("run {}", command[0]), err))
+}
+
+/// The newest valid checkpoint's (generation, step) for this job's name, if any.
+fn newest_checkpoint(cfg: &Config) -> Result<Option<(u64, i64)>, Error> {
+    let mut c = cfg.clone();
+    c.restart_dir = c.checkpoint_dir.clone();
+    c.allow_fresh_start = true;
+    let store = Store::new(c);
+    Ok(store.restore()?.map(|r| (r.generation, r.app_step)))
+}
+
+fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitCode, Error> {
+    let cfg = Config::from_env(name)?;
+    let job = cfg
+        .job_id
+        .clone()
+        .ok_or_else(|| Error::invalid("SLURM_JOB_ID is not set: `ckpt requeue` runs inside a Slurm job"))?;
+    let count = cfg.restart_count.unwrap_or(0);
+    if count >= max_restarts {
+        println!(
+            "ckpt requeue: not requeuing job {job}: it was restarted {count} time(s), the limit is {max_restarts}"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    // Progress: the newest checkpoint must be newer than the one seen at the previous requeue.
+    let record = cfg.checkpoint_dir.join(format!("{}.requeue", cfg.base_name()));
+    let newest = newest_checkpoint(&cfg)?;
+    let previous: Option<(u64, i64)> = std::fs::read_to_string(&record).ok().and_then(|t| {
+        let mut it = t.split_whitespace().map(|v| v.parse::<i64>().ok());
+        Some((it.next()?? as u64, it.next()??))
+    });
+    match (newest, previous) {
+        (None, _) => {
+            println!("ckpt requeue: not requeuing job {job}: it has no valid checkpoint to restart from");
+            return Ok(ExitCode::from(1));
+        }
+        (Some((g, step)), Some((pg, pstep))) if count > 0 && g <= pg => {
+            println!(
+                "ckpt requeue: not requeuing job {job}: no progress since the last restart (newest checkpoint \
+                 generation {g}, step {step}; at the previous requeue generation {pg}, step {pstep})"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        _ => {}
+    }
+    let (g, step) = newest.expect("checked above");
+    if dry_run {
+        println!(
+            "ckpt requeue: would requeue job {job} (restart {} of {max_restarts}; checkpoint step {step})",
+            count + 1
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::write(&record, format!("{g} {step}\n")).map_err(|e| Error::io("write", e).with_path(&record))?;
+    let scontrol = std::env::var("CKPT_SCONTROL").unwrap_or_else(|_| "scontrol".into());
+    let status = std::process::Command::new(&scontrol)
+        .args(["requeue", &job])
+        .status()
+        .map_err(|e| Error::io(&format!("run {scontrol}"), e))?;
+    if !status.success() {
+        return Err(Error::new(ckpt_core::ErrorKind::Io, format!("`{scontrol} requeue {job}` failed: {status}")));
+    }
+    println!("ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);
+    Ok(ExitCode::SUCCESS)
 }

@@ -269,3 +269,57 @@ fn restart_runs_a_program_from_an_image_directory() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope"), "{}", text(&o));
 }
+
+/// `ckpt requeue --max-restarts N`: requeues only while SLURM_RESTART_COUNT < N and the last restart made
+/// progress (a stand-in scontrol records the calls).
+#[test]
+fn requeue_is_bounded_by_count_and_progress() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("scontrol.calls");
+    let scontrol = dir.path().join("scontrol");
+    std::fs::write(&scontrol, format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
+    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sc = scontrol.to_str().unwrap();
+    let requeue = |count: &str| {
+        ckpt(
+            dir.path(),
+            &["requeue", "--max-restarts", "3"],
+            &[("SLURM_JOB_ID", "77"), ("SLURM_RESTART_COUNT", count), ("CKPT_SCONTROL", sc)],
+        )
+    };
+    let n_calls = || std::fs::read_to_string(&calls).map(|t| t.lines().count()).unwrap_or(0);
+    let save = |step: i64| {
+        let mut cfg = Config::new("ckpt", dir.path()).unwrap();
+        cfg.job_id = Some("77".into());
+        Store::new(cfg).save_serde(step, &step).unwrap();
+    };
+
+    let o = requeue("0");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no valid checkpoint"), "{}", text(&o));
+    save(10);
+    let o = requeue("0");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().trim(), "requeue 77");
+    // Restarted once, but no new checkpoint since: refuse.
+    let o = requeue("1");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no progress"), "{}", text(&o));
+    assert_eq!(n_calls(), 1);
+    // Progress made: requeue again.
+    save(20);
+    let o = requeue("1");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(n_calls(), 2);
+    // The limit.
+    save(30);
+    let o = requeue("3");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("limit is 3"), "{}", text(&o));
+    assert_eq!(n_calls(), 2);
+    // Outside Slurm: a clear error.
+    let o = ckpt(dir.path(), &["requeue", "--max-restarts", "3"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SLURM_JOB_ID"), "{}", text(&o));
+}
