@@ -2,25 +2,11 @@
 //! them: under AddressSanitizer + UBSan (shared library), linked statically, and under valgrind when it is
 //! installed. Also checks that libckpt.so exports only `ckpt_*` symbols.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{have, lib_dir, root};
+
+use std::path::Path;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The directory holding libckpt.so / libckpt.a of this build.
-fn lib_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps, next to the libckpt.so/.a built for this very
-    // test run; target/<profile> holds copies only after a plain `cargo build`, and those may be stale.
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    if deps.join("libckpt.so").exists() { deps.to_path_buf() } else { deps.parent().unwrap().to_path_buf() }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
-}
 
 fn compile(out: &Path, extra: &[&str], link: &[String]) {
     let mut cmd = Command::new("cc");

@@ -11,26 +11,12 @@
 //!
 //! Skipped with a note when gfortran is not installed (CI: `apt-get install gfortran`).
 
+mod common;
+use common::{have, lib_dir, root};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The directory holding libckpt.so / libckpt.a of this build.
-fn lib_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps, next to the libckpt.so/.a built for this very
-    // test run; target/<profile> holds copies only after a plain `cargo build`, and those may be stale.
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    if deps.join("libckpt.so").exists() { deps.to_path_buf() } else { deps.parent().unwrap().to_path_buf() }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
-}
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))

@@ -6,25 +6,11 @@
 //! gfortran with the installed module, and the MPI examples' Makefiles with `PREFIX=P`. Each part is skipped
 //! with a note when its tool (pkg-config, cmake, gfortran, mpicc) is missing.
 
+mod common;
+use common::{have, lib_dir, root};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The directory holding libckpt.so / libckpt.a of this build.
-fn lib_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps, next to the libckpt.so/.a built for this very
-    // test run; target/<profile> holds copies only after a plain `cargo build`, and those may be stale.
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    if deps.join("libckpt.so").exists() { deps.to_path_buf() } else { deps.parent().unwrap().to_path_buf() }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
-}
 
 fn version() -> String {
     let h = std::fs::read_to_string(root().join("include/ckpt.h")).unwrap();

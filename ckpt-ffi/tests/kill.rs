@@ -3,19 +3,16 @@
 //! it reported durable, and (2) the run that finally completes prints the checksum of an uninterrupted run.
 //! `CKPT_C_KILL_ITERATIONS` sets the number of kills (default 100).
 
+mod common;
+use common::{clean_env, lib_dir, root};
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    if deps.join("libckpt.so").exists() { deps.to_path_buf() } else { deps.parent().unwrap().to_path_buf() }
-}
-
 fn build(out: &Path) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root();
     let d = lib_dir();
     let o = Command::new("cc")
         .args(["-std=c11", "-O2", "-Wall", "-Werror", "-I"])
@@ -41,14 +38,6 @@ impl Rng {
     }
 }
 
-fn clean(cmd: &mut Command) {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
-            cmd.env_remove(k);
-        }
-    }
-}
-
 #[test]
 fn c_program_survives_random_sigkills() {
     let t = tempfile::tempdir().unwrap();
@@ -60,7 +49,7 @@ fn c_program_survives_random_sigkills() {
         std::fs::create_dir(&dir).unwrap();
         let mut cmd = Command::new(&exe);
         cmd.arg(&dir).arg(ITERS);
-        clean(&mut cmd);
+        clean_env(&mut cmd);
         let o = cmd.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).lines().find(|l| l.starts_with("done")).unwrap().to_string()
@@ -76,7 +65,7 @@ fn c_program_survives_random_sigkills() {
         loop {
             let mut cmd = Command::new(&exe);
             cmd.arg(&dir).arg(ITERS).stdout(Stdio::piped()).stderr(Stdio::piped());
-            clean(&mut cmd);
+            clean_env(&mut cmd);
             let mut child = cmd.spawn().unwrap();
             let pid = child.id();
             let out = child.stdout.take().unwrap();

@@ -24,6 +24,9 @@
 //! interrupted runs sleep 1 ms per iteration so that they last long enough to be interrupted, restarts do
 //! not sleep).
 
+mod common;
+use common::{lib_dir, root};
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -44,19 +47,6 @@ struct Mpi {
     delay_us: u64,
     /// Rank 0 prints "iteration i" every `progress` iterations; signals are sent only after some progress.
     progress: u64,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The directory holding libckpt.so of this build (target/<profile>).
-fn lib_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps, next to the libckpt.so/.a built for this very
-    // test run; target/<profile> holds copies only after a plain `cargo build`, and those may be stale.
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    if deps.join("libckpt.so").exists() { deps.to_path_buf() } else { deps.parent().unwrap().to_path_buf() }
 }
 
 fn have(tool: &str, arg: &str) -> bool {
