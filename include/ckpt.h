@@ -282,8 +282,10 @@ int32_t ckpt_commit_step(uint64_t generation,
 
 // Writes to `*generation_out` the newest generation, at most `max_generation`, that this rank can
 // restart from (manifest and own part verified), or 0 when there is none (also when checkpoints exist
-// but none is valid: `ckpt_have_restart` tells those cases apart). MPI helpers take the minimum over
-// ranks and call `ckpt_select_generation`. Thread-safe.
+// but none is valid: `ckpt_have_restart` tells those cases apart). The generation found is also selected
+// for `ckpt_restart`, already verified. MPI helpers take the minimum over ranks and call
+// `ckpt_select_generation`, which reuses that verification when the agreed generation is this one.
+// Thread-safe.
 int32_t ckpt_newest_valid_generation(uint64_t max_generation,
                                      uint64_t *generation_out);
 

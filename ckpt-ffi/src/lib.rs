@@ -687,8 +687,10 @@ pub extern "C" fn ckpt_commit_step(generation: u64, step: i64) -> i32 {
 
 /// Writes to `*generation_out` the newest generation, at most `max_generation`, that this rank can
 /// restart from (manifest and own part verified), or 0 when there is none (also when checkpoints exist
-/// but none is valid: `ckpt_have_restart` tells those cases apart). MPI helpers take the minimum over
-/// ranks and call `ckpt_select_generation`. Thread-safe.
+/// but none is valid: `ckpt_have_restart` tells those cases apart). The generation found is also selected
+/// for `ckpt_restart`, already verified. MPI helpers take the minimum over ranks and call
+/// `ckpt_select_generation`, which reuses that verification when the agreed generation is this one.
+/// Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_newest_valid_generation(max_generation: u64, generation_out: *mut u64) -> i32 {
     guard(|| {
@@ -696,7 +698,13 @@ pub extern "C" fn ckpt_newest_valid_generation(max_generation: u64, generation_o
         with_state(|s| {
             let r = s.checkpointer.store().restore_at_most(max_generation);
             let g = match r {
-                Ok(Some(r)) => r.generation,
+                Ok(Some(r)) => {
+                    // Keep the verified checkpoint: the agreed generation is usually this one, and
+                    // ckpt_select_generation / ckpt_restart then need not verify it again.
+                    let g = r.generation;
+                    s.restored = Some(r);
+                    g
+                }
                 Ok(None) => 0,
                 Err(e) if e.kind() == ckpt_core::ErrorKind::NoValidCheckpoint => 0,
                 Err(e) => return Err(e.into()),
@@ -715,6 +723,13 @@ pub extern "C" fn ckpt_newest_valid_generation(max_generation: u64, generation_o
 pub extern "C" fn ckpt_select_generation(generation: u64, step_out: *mut i64) -> i32 {
     guard(|| {
         with_state(|s| {
+            if let Some(r) = s.restored.as_ref().filter(|r| r.generation == generation) {
+                if !step_out.is_null() {
+                    // SAFETY: non-NULL, checked.
+                    unsafe { *step_out = r.app_step };
+                }
+                return Ok(CKPT_OK);
+            }
             let r = s.checkpointer.store().restore_at_most(generation);
             let r = match r {
                 Ok(Some(r)) if r.generation == generation => r,
