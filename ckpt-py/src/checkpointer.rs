@@ -8,16 +8,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ckpt_core::{
-    Checkpoint, Checkpointer, CommitInfo, Config, Error, ErrorKind, Interval, LoadOptions, parse_interval, triggers,
-};
+use ckpt_core::{Checkpoint, Checkpointer, Config, Error, ErrorKind, Interval, LoadOptions, parse_interval, triggers};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::buffers::{self, Inputs};
+use crate::buffers;
 use crate::errors::{IntoPyResult, to_py};
 use crate::signals;
-use crate::{commit_info, restored_info};
+use crate::{restored_info, save_detached};
 
 /// An interval as Python passes it: seconds, or a Slurm time string (`"30"` is 30 minutes), or `"auto"`.
 #[derive(FromPyObject)]
@@ -145,30 +143,24 @@ impl PyCheckpointer {
     ) -> PyResult<Bound<'py, PyDict>> {
         let cp = self.get(py)?;
         let compression = buffers::compression(py, compress, self.config.compression)?;
-        let inputs = Inputs::new(stream, buffers, item_sizes)?;
-        let result = py.detach(|| -> Result<CommitInfo, Error> {
-            let views = inputs.views();
-            let was_due = cp.should_checkpoint();
+        save_detached(py, stream, buffers, item_sizes, |views| {
             let mut w = cp.begin(step)?;
-            if let Err(e) = buffers::write_sections(&mut w, &views, compression) {
-                drop(w);
-                // The core re-arms what made the checkpoint due only when the commit fails; a failure
-                // while writing the sections must not swallow a signal either.
-                if was_due {
-                    cp.request_checkpoint(false);
-                }
-                cp.log_event("checkpoint-failed", ckpt_log_fields(&e));
+            if let Err(e) = buffers::write_sections(&mut w, views, compression) {
+                // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
+                cp.abort(w, &e);
                 return Err(e);
             }
             let info = cp.commit(w)?;
             let cfg = cp.config();
-            if cfg.nranks > 1 && cfg.rank == 0 {
-                return cp.store().commit_step(info.generation, step);
+            if cfg.nranks > 1 {
+                // A rank's part is not a step: rank 0 commits it, and only then may the exit be armed.
+                // Without MPI the other ranks cannot learn the outcome and count their durable part.
+                let step_result = if cfg.rank == 0 { cp.store().commit_step(info.generation, step) } else { Ok(info) };
+                cp.finish_step(step_result.is_ok());
+                return step_result;
             }
             Ok(info)
-        });
-        drop(inputs);
-        commit_info(py, &result.py_err(py)?)
+        })
     }
 
     /// Restart discovery: `None`, or `(stream, buffers, info)` of the newest valid checkpoint.
@@ -279,8 +271,4 @@ impl Drop for PyCheckpointer {
             signals::after_close(&self.before);
         }
     }
-}
-
-fn ckpt_log_fields(e: &Error) -> serde_json::Value {
-    serde_json::json!({"error": e.to_string(), "stage": "writing sections"})
 }

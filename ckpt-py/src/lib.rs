@@ -70,13 +70,24 @@ fn save_file<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = Config::from_env(None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
-    let inputs = Inputs::new(stream, buffers, item_sizes)?;
-    let result = py.detach(|| -> Result<CommitInfo, Error> {
-        let views = inputs.views();
+    save_detached(py, stream, buffers, item_sizes, |views| {
         let mut w = begin_file(&path, step, &config, Arc::new(FileStorage))?;
-        buffers::write_sections(&mut w, &views, compression)?;
+        buffers::write_sections(&mut w, views, compression)?;
         w.commit()
-    });
+    })
+}
+
+/// Exports the pickle stream and buffers, releases the GIL and runs `save` on their views; returns the
+/// commit's figures. The one place the three save paths share.
+pub(crate) fn save_detached<'py>(
+    py: Python<'py>,
+    stream: &Bound<'py, PyAny>,
+    buffers: &Bound<'py, PyList>,
+    item_sizes: Option<Vec<usize>>,
+    save: impl FnOnce(&buffers::Views<'_>) -> Result<CommitInfo, Error> + Send,
+) -> PyResult<Bound<'py, PyDict>> {
+    let inputs = Inputs::new(stream, buffers, item_sizes)?;
+    let result = py.detach(|| save(&inputs.views()));
     drop(inputs);
     commit_info(py, &result.py_err(py)?)
 }
@@ -94,21 +105,17 @@ fn save_store<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = Config::from_env(None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
-    let inputs = Inputs::new(stream, buffers, item_sizes)?;
-    let result = py.detach(|| -> Result<CommitInfo, Error> {
-        let views = inputs.views();
+    save_detached(py, stream, buffers, item_sizes, |views| {
         let store = Store::new(config);
         let mut w = store.begin(step)?;
-        buffers::write_sections(&mut w, &views, compression)?;
+        buffers::write_sections(&mut w, views, compression)?;
         let info = w.commit()?;
         let cfg = store.config();
         if cfg.nranks > 1 && cfg.rank == 0 {
             return store.commit_step(info.generation, step);
         }
         Ok(info)
-    });
-    drop(inputs);
-    commit_info(py, &result.py_err(py)?)
+    })
 }
 
 /// Reads the Python checkpoint at `path`: `(stream, buffers, info)`.
