@@ -11,6 +11,8 @@ use ckpt_core::{
     Checkpoint, Config, Error, Interval, LoadOptions, Store, any_base, classify, control, triggers::signal_label,
 };
 use clap::{Parser, Subcommand};
+
+mod shim;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -84,12 +86,33 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run a program so that it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
-    /// SLURM_RESTART_DIR), like the old `scontrol checkpoint restart <jobid> ImageDir=...`.
+    /// Restart. With a command (`ckpt restart --image-dir DIR -- PROGRAM ARGS`): run a program that
+    /// uses libckpt so it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
+    /// SLURM_RESTART_DIR), like the old `scontrol checkpoint restart <jobid> ImageDir=...`. Without one:
+    /// resume a program checkpointed under `ckpt run` from IMAGE, or from the newest complete, verified
+    /// process image in DIR. Exit status 3 when the image cannot be restored here (with the reason).
     Restart {
+        /// A process image written under `ckpt run` (the LD_PRELOAD shim).
+        #[arg(value_name = "IMAGE", conflicts_with = "command")]
+        image: Option<PathBuf>,
         /// Directory to restart from.
         #[arg(long, value_name = "DIR")]
         image_dir: Option<PathBuf>,
+        /// The program and its arguments (a program using libckpt).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run an unmodified, dynamically linked program under the LD_PRELOAD shim (libckpt_preload.so): it
+    /// is checkpointed on SIGUSR1 (and continues), on SIGTERM (and exits), every --interval, before the
+    /// job's time limit, and on `ckpt create`; `ckpt restart IMAGE` resumes it. Single-threaded
+    /// programs on Linux x86_64 with glibc; see ckpt-preload/README.md for the scope.
+    Run {
+        /// Checkpoint interval, in any of SLURM_CHECKPOINT's formats (sets CKPT_INTERVAL).
+        #[arg(long, value_name = "TIME")]
+        interval: Option<String>,
+        /// Directory for the images (sets CKPT_DIR; default: the checkpoint directory of this environment).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -106,7 +129,14 @@ fn main() -> ExitCode {
         Command::Create { target, image_dir, max_wait, vacate } => {
             create(&target, image_dir.as_deref(), max_wait, vacate)
         }
-        Command::Restart { image_dir, command } => restart(image_dir.as_deref(), &command),
+        Command::Restart { image, image_dir, command } => {
+            if command.is_empty() {
+                shim::restart(image.as_deref(), image_dir.as_deref())
+            } else {
+                restart(image_dir.as_deref(), &command)
+            }
+        }
+        Command::Run { interval, dir, command } => shim::run(interval.as_deref(), dir.as_deref(), &command),
         Command::Requeue { max_restarts, name, dry_run } => requeue(max_restarts, name.as_deref(), dry_run),
     };
     match result {

@@ -66,6 +66,7 @@ pub mod control;
 mod discovery;
 mod error;
 pub mod format;
+pub mod process_image;
 mod reader;
 pub mod storage;
 mod store;

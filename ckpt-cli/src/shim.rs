@@ -1,0 +1,324 @@
+//! `ckpt run` and `ckpt restart IMAGE`: the command-line side of the LD_PRELOAD shim (`ckpt-preload`).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ckpt_core::process_image::{self, FdKind, ProcessImage, RegionKind};
+use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions};
+
+/// File name of the shim library.
+pub const PRELOAD_LIB: &str = "libckpt_preload.so";
+
+/// Where the shim library is: `$CKPT_PRELOAD_LIB`, next to this executable, or in `../lib`.
+pub fn find_preload_lib() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("CKPT_PRELOAD_LIB") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(std::fs::canonicalize(&p).unwrap_or(p))
+        } else {
+            Err(Error::new(ErrorKind::NotFound, "CKPT_PRELOAD_LIB does not name a file").with_path(&p))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("locate the ckpt executable", e))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    for cand in [dir.join(PRELOAD_LIB), dir.join("../lib").join(PRELOAD_LIB), dir.join("deps").join(PRELOAD_LIB)] {
+        if cand.is_file() {
+            return Ok(std::fs::canonicalize(&cand).unwrap_or(cand));
+        }
+    }
+    Err(Error::new(
+        ErrorKind::NotFound,
+        format!("{PRELOAD_LIB} not found next to {} or in ../lib (set CKPT_PRELOAD_LIB)", exe.display()),
+    ))
+}
+
+/// Resolves a program name like the shell does (PATH search when it has no slash).
+fn resolve_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
+        .unwrap_or(None)
+}
+
+/// Whether an ELF file asks for a dynamic loader (`PT_INTERP`): LD_PRELOAD does nothing for static ones.
+fn is_dynamic_elf(path: &Path) -> Result<bool, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read the program", e).with_path(path))?;
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        // A script: its interpreter (a dynamic program, normally) loads the shim.
+        return Ok(true);
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        return Err(Error::invalid("only 64-bit little-endian (x86_64) programs are supported").with_path(path));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        if o + 4 > bytes.len() {
+            break;
+        }
+        if u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) == 3 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `ckpt run`: executes PROGRAM under the shim (this process becomes the program).
+pub fn run(interval: Option<&str>, dir: Option<&Path>, command: &[String]) -> Result<ExitCode, Error> {
+    use std::os::unix::process::CommandExt;
+    let lib = find_preload_lib()?;
+    let program = resolve_program(&command[0])
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("{}: command not found", command[0])))?;
+    if !is_dynamic_elf(&program)? {
+        return Err(Error::invalid(
+            "a statically linked program cannot load the LD_PRELOAD shim; link it dynamically or use libckpt",
+        )
+        .with_path(&program));
+    }
+    if let Some(i) = interval {
+        ckpt_core::parse_interval(i).map_err(|e| Error::invalid(format!("--interval: {}", e.message())))?;
+    }
+    // The same checks the shim will make, so mistakes are reported here.
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg0(&command[0]).args(&command[1..]);
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{} {old}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+    cmd.env("LD_PRELOAD", preload);
+    cmd.env("CKPT_SHIM_ROOT", std::process::id().to_string());
+    if let Some(i) = interval {
+        cmd.env("CKPT_INTERVAL", i);
+    }
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d).map_err(|e| Error::io("create the checkpoint directory", e).with_path(d))?;
+        let abs = std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
+        cmd.env("CKPT_DIR", abs);
+    }
+    let probe = Config::from_env(None)?; // report malformed CKPT_*/SLURM_* settings before starting
+    drop(probe);
+    set_no_randomize()?;
+    let err = cmd.exec();
+    Err(Error::io(&format!("run {}", program.display()), err))
+}
+
+fn set_no_randomize() -> Result<(), Error> {
+    // SAFETY: personality(0xffffffff) only queries; the second call sets a flag of this process.
+    unsafe {
+        let p = libc::personality(0xffff_ffff);
+        if p < 0 || libc::personality((p | libc::ADDR_NO_RANDOMIZE) as libc::c_ulong) < 0 {
+            return Err(Error::io("personality(ADDR_NO_RANDOMIZE)", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// A verified process image and its path.
+pub struct FoundImage {
+    /// The file.
+    pub path: PathBuf,
+    /// Its state section.
+    pub image: ProcessImage,
+}
+
+fn open_image(path: &Path) -> Result<FoundImage, Error> {
+    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap: false })?;
+    cp.verify()?;
+    let image = process_image::read(&cp)?;
+    Ok(FoundImage { path: path.to_path_buf(), image })
+}
+
+/// The newest complete, verified process image in `dir` (this job's name first), with the reasons the
+/// newer candidates were passed over.
+pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list the image directory", e).with_path(dir))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(base) = ckpt_core::any_base(&name) else { continue };
+        if !matches!(
+            ckpt_core::classify(base, &name),
+            Some(ckpt_core::NameKind::Current | ckpt_core::NameKind::Generation(_))
+        ) {
+            continue;
+        }
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.is_file() {
+            files.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), e.path()));
+        }
+    }
+    // This job's own name first, then everything else; newest first within each.
+    let own = Config::from_env(None).ok().map(|c| c.base_name());
+    files.sort_by(|a, b| {
+        let mine = |p: &PathBuf| {
+            own.as_deref()
+                .is_some_and(|o| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(o)))
+        };
+        mine(&b.1).cmp(&mine(&a.1)).then(b.0.cmp(&a.0))
+    });
+    let mut rejected = Vec::new();
+    let mut best: Option<FoundImage> = None;
+    for (_, path) in files {
+        match open_image(&path) {
+            Ok(found) => {
+                let newer = best.as_ref().is_none_or(|b| {
+                    (found.image.time_unix, found.image.sequence) > (b.image.time_unix, b.image.sequence)
+                });
+                if newer {
+                    best = Some(found);
+                }
+            }
+            Err(e) => rejected.push(format!("{}: {}", path.display(), e)),
+        }
+    }
+    for r in &rejected {
+        if !r.contains("not a process image") {
+            eprintln!("ckpt restart: skipped {r}");
+        }
+    }
+    best.ok_or_else(|| {
+        Error::new(ErrorKind::NoValidCheckpoint, "no complete, verified process image in the directory").with_path(dir)
+    })
+}
+
+/// What would stop `image` from restarting here, checked before anything is executed.
+pub fn check_restartable(image: &ProcessImage) -> Result<(), String> {
+    if let Some(why) = process_image::fingerprint_mismatch(&image.fingerprint, &process_image::fingerprint()) {
+        return Err(why);
+    }
+    let exe = Path::new(OsStr::from_bytes(&image.exe));
+    let id_of = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        process_image::FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        }
+    };
+    match std::fs::metadata(exe) {
+        Ok(m) if id_of(&m) == image.exe_identity => {}
+        Ok(_) => return Err(format!("the program {} changed since the checkpoint", exe.display())),
+        Err(e) => return Err(format!("the program {}: {e}", exe.display())),
+    }
+    for r in &image.regions {
+        if let (RegionKind::File, Some(id)) = (r.kind, &r.identity) {
+            let p = Path::new(OsStr::from_bytes(&r.path));
+            match std::fs::metadata(p) {
+                Ok(m) if id_of(&m) == *id => {}
+                Ok(_) => return Err(format!("{} changed since the checkpoint", p.display())),
+                Err(e) => return Err(format!("{}: {e}", p.display())),
+            }
+        }
+    }
+    for f in &image.fds {
+        if f.kind == FdKind::Regular {
+            let p = Path::new(OsStr::from_bytes(&f.path));
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(format!("file descriptor {} ({}): {e}", f.fd, p.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ckpt restart IMAGE` / `ckpt restart --image-dir DIR`: re-executes the saved program so the shim
+/// restores the image into it (this process becomes the program).
+pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCode, Error> {
+    let found = match (image, image_dir) {
+        (Some(p), _) => open_image(p)?,
+        (None, Some(d)) => discover_image(d)?,
+        (None, None) => return Err(Error::invalid("give an image file or --image-dir DIR")),
+    };
+    let path = std::fs::canonicalize(&found.path).unwrap_or(found.path.clone());
+    let img = &found.image;
+    if let Err(why) = check_restartable(img) {
+        eprintln!("ckpt restart: cannot restore {}: {why}", path.display());
+        return Ok(ExitCode::from(3));
+    }
+    // The layout of the address space depends on the stack limit: reapply the checkpoint's.
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is writable.
+    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
+    if rl.rlim_cur != img.rlimit_stack.0 {
+        let want = libc::rlimit { rlim_cur: img.rlimit_stack.0, rlim_max: rl.rlim_max };
+        // SAFETY: a valid rlimit.
+        if img.rlimit_stack.0 > rl.rlim_max || unsafe { libc::setrlimit(libc::RLIMIT_STACK, &want) } != 0 {
+            eprintln!(
+                "ckpt restart: cannot restore {}: the checkpoint was taken with a stack limit of {}, and this \
+                 shell's hard limit ({}) does not allow it",
+                path.display(),
+                show_limit(img.rlimit_stack.0),
+                show_limit(rl.rlim_max)
+            );
+            return Ok(ExitCode::from(3));
+        }
+    }
+    set_no_randomize()?;
+    let cwd = Path::new(OsStr::from_bytes(&img.cwd));
+    if let Err(e) = std::env::set_current_dir(cwd) {
+        eprintln!("ckpt restart: cannot restore {}: working directory {}: {e}", path.display(), cwd.display());
+        return Ok(ExitCode::from(3));
+    }
+    // Triggers of this job (a requeued job has a new end time): interval ns, deadline unix ns.
+    let (interval_ns, deadline_ns) = triggers_now();
+    let mut env: Vec<CString> = Vec::new();
+    for e in &img.envp {
+        let key = e.split(|&b| b == b'=').next().unwrap_or(&[]);
+        if [&b"CKPT_SHIM_ROOT"[..], b"CKPT_SHIM_RESTORE", b"CKPT_SHIM_TRIGGERS"].contains(&key) {
+            continue;
+        }
+        if let Ok(c) = CString::new(e.clone()) {
+            env.push(c);
+        }
+    }
+    let extra = [
+        format!("CKPT_SHIM_ROOT={}", std::process::id()),
+        format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns}"),
+    ];
+    for x in extra {
+        env.push(CString::new(x).expect("no NUL"));
+    }
+    env.push(CString::new([b"CKPT_SHIM_RESTORE=".as_slice(), path.as_os_str().as_bytes()].concat()).expect("no NUL"));
+    let argv: Vec<CString> = img.argv.iter().filter_map(|a| CString::new(a.clone()).ok()).collect();
+    let exe = CString::new(img.exe.clone()).map_err(|_| Error::invalid("executable path contains NUL"))?;
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut env_p: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    env_p.push(std::ptr::null());
+    // SAFETY: NULL-terminated arrays of NUL-terminated strings that outlive the call.
+    unsafe { libc::execve(exe.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
+    Err(Error::io("execute the saved program", std::io::Error::last_os_error())
+        .with_path(Path::new(&OsString::from_vec(img.exe.clone()))))
+}
+
+fn show_limit(v: u64) -> String {
+    if v == libc::RLIM_INFINITY { "unlimited".into() } else { format!("{} KiB", v / 1024) }
+}
+
+/// The interval and the time-limit trigger of the current environment (0 = none), as the shim computes
+/// them at start.
+fn triggers_now() -> (u64, u64) {
+    let Ok(cfg) = Config::from_env(None) else { return (0, 0) };
+    let interval_ns = match cfg.interval {
+        Some(ckpt_core::Interval::Every(d)) => d.as_nanos() as u64,
+        Some(ckpt_core::Interval::Auto) => ckpt_core::triggers::daly_interval(
+            ckpt_core::triggers::INITIAL_COST_GUESS,
+            ckpt_core::triggers::DEFAULT_MTBF,
+        )
+        .as_nanos() as u64,
+        _ => 0,
+    };
+    let end = cfg.end_time.map(|t| t as f64).or_else(|| {
+        let job = cfg.job_id.as_ref()?;
+        ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5)).ok().flatten().map(|t| t as f64)
+    });
+    let lead = ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * cfg.safety_factor + cfg.margin.as_secs_f64();
+    (interval_ns, end.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0))
+}

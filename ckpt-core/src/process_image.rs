@@ -1,0 +1,364 @@
+//! The process image written by the LD_PRELOAD shim (`ckpt-preload`) and read by `ckpt restart`.
+//!
+//! A process image is an ordinary checkpoint file (same container, CRCs, atomic commit, retention,
+//! names) with two sections:
+//!
+//! * [`STATE_SECTION`] (postcard): a [`ProcessImage`]: what the restorer needs besides memory contents
+//!   (regions, fds, signal actions, timers, registers' location, the environment fingerprint);
+//! * [`MEMORY_SECTION`] (raw, uncompressed): the saved pages, run after run, in the order of
+//!   [`Region::runs`]. Untouched and all-zero pages are not stored: a region is mapped zero-filled and
+//!   only its runs are read into place, straight from the file (no copy).
+//!
+//! The layout of `ProcessImage` is versioned by [`PROCESS_IMAGE_VERSION`]; readers refuse other versions.
+
+use serde::{Deserialize, Serialize};
+
+/// Section holding the postcard-encoded [`ProcessImage`].
+pub const STATE_SECTION: &str = "process.state";
+/// Section holding the saved pages.
+pub const MEMORY_SECTION: &str = "process.memory";
+/// Version of [`ProcessImage`]'s layout.
+pub const PROCESS_IMAGE_VERSION: u32 = 1;
+/// Metadata key marking a file as a process image (value: "1").
+pub const IMAGE_METADATA_KEY: &str = "ckpt.process-image";
+
+/// Identity of a file the image refers to (the executable, mapped libraries, open files).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// How a region is restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionKind {
+    /// Anonymous private memory (zero-filled, then its runs).
+    Anonymous,
+    /// The brk heap (anonymous; brk is set first).
+    Heap,
+    /// The main stack (anonymous, grows down).
+    Stack,
+    /// A private file mapping: mapped from the file, then its privately modified pages (runs) on top.
+    File,
+    /// Inaccessible (`---p`): reserved address space, no contents.
+    Guard,
+}
+
+/// A run of saved pages inside a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Address of the first page.
+    pub addr: u64,
+    /// Length in bytes (whole pages).
+    pub len: u64,
+    /// Offset of the bytes inside [`MEMORY_SECTION`].
+    pub data_offset: u64,
+}
+
+/// One mapping of the address space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    /// How to restore it.
+    pub kind: RegionKind,
+    /// The mapped file (for [`RegionKind::File`]) or the kernel's label (`[heap]`, ...), as bytes.
+    pub path: Vec<u8>,
+    /// Offset in the file.
+    pub file_offset: u64,
+    /// Identity of the mapped file at checkpoint time.
+    pub identity: Option<FileIdentity>,
+    /// The saved pages.
+    pub runs: Vec<Run>,
+}
+
+/// What an open file descriptor was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file: reopened by path, cut back to its checkpoint-time size when writable, repositioned.
+    Regular,
+    /// A directory: reopened by path.
+    Directory,
+    /// A character device (`/dev/null`, `/dev/zero`, `/dev/urandom`): reopened by path.
+    CharDevice,
+    /// A terminal or pipe on fds 0–2: inherited from the restart command.
+    Inherited,
+}
+
+/// One open file descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdRecord {
+    /// Its number.
+    pub fd: i32,
+    /// What it is.
+    pub kind: FdKind,
+    /// Path (from `/proc/self/fd`), as bytes.
+    pub path: Vec<u8>,
+    /// `F_GETFL` flags.
+    pub flags: i32,
+    /// Whether `FD_CLOEXEC` was set.
+    pub cloexec: bool,
+    /// File offset at checkpoint time.
+    pub offset: i64,
+    /// File size at checkpoint time.
+    pub size: u64,
+    /// Identity at checkpoint time (regular files).
+    pub identity: Option<FileIdentity>,
+}
+
+/// A signal action exactly as the kernel holds it (`struct kernel_sigaction` on x86_64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSigaction {
+    /// Signal number.
+    pub signo: i32,
+    /// `sa_handler` / `sa_sigaction`.
+    pub handler: u64,
+    /// `sa_flags`.
+    pub flags: u64,
+    /// `sa_restorer`.
+    pub restorer: u64,
+    /// `sa_mask` (64 bits).
+    pub mask: u64,
+}
+
+/// An interval timer (`ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`) in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItimerRecord {
+    /// Reload value.
+    pub interval_us: u64,
+    /// Time left.
+    pub value_us: u64,
+}
+
+/// The restartable-sequence registration of the thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RseqRecord {
+    /// Address of `struct rseq`.
+    pub addr: u64,
+    /// Registered length.
+    pub len: u32,
+    /// Signature.
+    pub sig: u32,
+}
+
+/// What the node must match for a restart: same kernel, C library, CPU features.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// `uname -m`.
+    pub machine: String,
+    /// `gnu_get_libc_version()`.
+    pub libc_version: String,
+    /// CPUID feature words: leaf 1 ECX, EDX; leaf 7 EBX, ECX, EDX; leaf 0xD sub-leaf 0 EAX (XSAVE features).
+    pub cpu_features: Vec<u32>,
+    /// Page size in bytes.
+    pub page_size: u64,
+}
+
+/// Everything about a process that is not page contents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    /// [`PROCESS_IMAGE_VERSION`].
+    pub version: u32,
+    /// The executable, as bytes.
+    pub exe: Vec<u8>,
+    /// Its identity.
+    pub exe_identity: FileIdentity,
+    /// Command line at start.
+    pub argv: Vec<Vec<u8>>,
+    /// Environment at start.
+    pub envp: Vec<Vec<u8>>,
+    /// Working directory.
+    pub cwd: Vec<u8>,
+    /// umask.
+    pub umask: u32,
+    /// Soft and hard `RLIMIT_STACK` (they decide the layout of the address space).
+    pub rlimit_stack: (u64, u64),
+    /// `personality()`.
+    pub personality: u32,
+    /// Node fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Program break.
+    pub brk: u64,
+    /// FS base (the thread pointer).
+    pub fs_base: u64,
+    /// Offset of the cached thread id in the thread control block.
+    pub tid_offset: Option<u64>,
+    /// rseq registration.
+    pub rseq: Option<RseqRecord>,
+    /// Address of the `ucontext` of the signal frame the restorer returns through (`rt_sigreturn`).
+    pub sigframe: u64,
+    /// Every signal action (1..=64 except KILL and STOP).
+    pub sigactions: Vec<KernelSigaction>,
+    /// Signal mask of the interrupted code.
+    pub sigmask: u64,
+    /// Alternate signal stack: (ss_sp, ss_flags, ss_size).
+    pub sigaltstack: (u64, i32, u64),
+    /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`.
+    pub itimers: [ItimerRecord; 3],
+    /// Open file descriptors.
+    pub fds: Vec<FdRecord>,
+    /// The address space.
+    pub regions: Vec<Region>,
+    /// The vDSO mapping (start, end); must be at the same place at restart.
+    pub vdso: Option<(u64, u64)>,
+    /// Process id at checkpoint time.
+    pub pid: i32,
+    /// Host name at checkpoint time.
+    pub host: String,
+    /// Checkpoint sequence number of this process (counts across restarts).
+    pub sequence: u64,
+    /// Time the program was paused for the checkpoint (until the writer was forked), in microseconds.
+    pub pause_us: u64,
+    /// Wall-clock time of the checkpoint (seconds since the epoch).
+    pub time_unix: f64,
+    /// Number of restarts this process has been through.
+    pub restarts: u32,
+}
+
+impl ProcessImage {
+    /// Bytes of saved pages (the size of [`MEMORY_SECTION`]).
+    pub fn saved_bytes(&self) -> u64 {
+        self.regions.iter().flat_map(|r| r.runs.iter()).map(|r| r.len).sum()
+    }
+
+    /// Bytes of address space the regions cover.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.regions.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+/// Encodes the state section (postcard, as [`crate::CheckpointWriter::add_serde`] does).
+pub fn encode(image: &ProcessImage) -> crate::Result<Vec<u8>> {
+    postcard::to_allocvec(image).map_err(|e| {
+        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}")).with_section(STATE_SECTION)
+    })
+}
+
+/// Reads the [`ProcessImage`] of a verified checkpoint, refusing files that are not process images and
+/// other layout versions.
+pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
+    if cp.metadata(IMAGE_METADATA_KEY).is_none() || !cp.has_section(MEMORY_SECTION) {
+        return Err(crate::Error::invalid("not a process image (written by the LD_PRELOAD shim)")
+            .with_path(cp.path()));
+    }
+    let image: ProcessImage = cp.read_serde(STATE_SECTION)?;
+    if image.version != PROCESS_IMAGE_VERSION {
+        return Err(crate::Error::new(
+            crate::ErrorKind::UnsupportedVersion,
+            format!("process image layout {} (this build reads {PROCESS_IMAGE_VERSION})", image.version),
+        )
+        .with_path(cp.path()));
+    }
+    let memory = cp.section(MEMORY_SECTION)?;
+    if memory.codec != crate::Codec::None || memory.shuffle {
+        return Err(crate::Error::invalid("process image memory section is not stored raw").with_path(cp.path()));
+    }
+    let saved = image.saved_bytes();
+    if saved != memory.raw_len {
+        return Err(crate::Error::new(
+            crate::ErrorKind::Corrupt,
+            format!("process image lists {saved} bytes of pages, its memory section holds {}", memory.raw_len),
+        )
+        .with_path(cp.path()));
+    }
+    Ok(image)
+}
+
+/// CPUID feature words (see [`Fingerprint::cpu_features`]); empty off x86_64.
+pub fn cpu_features() -> Vec<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID is available on every x86_64 CPU; leaves above the maximum return zeros.
+        unsafe {
+            let max = __cpuid_count(0, 0).eax;
+            let l1 = __cpuid_count(1, 0);
+            let l7 = if max >= 7 { __cpuid_count(7, 0) } else { std::mem::zeroed() };
+            let ld = if max >= 0xd { __cpuid_count(0xd, 0) } else { std::mem::zeroed() };
+            // Leaf 1 EBX/ECX bits that change per call or per CPU (APIC id, OSXSAVE is stable) are not used.
+            vec![l1.ecx, l1.edx, l7.ebx, l7.ecx, l7.edx, ld.eax]
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
+
+/// Why a restart on this node would not work: the first difference between `saved` and `now`.
+pub fn fingerprint_mismatch(saved: &Fingerprint, now: &Fingerprint) -> Option<String> {
+    if saved.machine != now.machine {
+        return Some(format!("the image is for {}, this node is {}", saved.machine, now.machine));
+    }
+    if saved.kernel_release != now.kernel_release {
+        return Some(format!(
+            "the image was taken under kernel {}, this node runs {}",
+            saved.kernel_release, now.kernel_release
+        ));
+    }
+    if saved.libc_version != now.libc_version {
+        return Some(format!("the image was taken with glibc {}, this node has {}", saved.libc_version, now.libc_version));
+    }
+    if saved.page_size != now.page_size {
+        return Some(format!("page size {} at checkpoint, {} here", saved.page_size, now.page_size));
+    }
+    for (i, (&s, &n)) in saved.cpu_features.iter().zip(now.cpu_features.iter()).enumerate() {
+        if s & !n != 0 {
+            return Some(format!(
+                "this CPU lacks features the program may use (CPUID word {i}: missing bits {:#x})",
+                s & !n
+            ));
+        }
+    }
+    if saved.cpu_features.len() > now.cpu_features.len() {
+        return Some("this CPU reports fewer feature words".into());
+    }
+    None
+}
+
+/// Name of the file a shimmed process leaves in the control-socket directory so `ckpt create` can
+/// find it: `<pid>.<job|->.<step|->.shim`. Requests and replies use the same stem with the extensions
+/// `request`, `reply-pending` and `reply`.
+pub fn registration_name(pid: u32, job_id: Option<&str>, step_id: Option<u32>) -> String {
+    let step = step_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    format!("{pid}.{}.{step}.shim", job_id.unwrap_or("-"))
+}
+
+/// This node's fingerprint (kernel, C library, CPU features, page size).
+pub fn fingerprint() -> Fingerprint {
+    // SAFETY: uname fills a zeroed utsname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is writable.
+    unsafe { libc::uname(&mut u) };
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    unsafe extern "C" {
+        fn gnu_get_libc_version() -> *const std::ffi::c_char;
+    }
+    // SAFETY: returns a static NUL-terminated string.
+    let libc_version = unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) }.to_string_lossy().into_owned();
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    Fingerprint {
+        kernel_release: field(&u.release),
+        machine: field(&u.machine),
+        libc_version,
+        cpu_features: cpu_features(),
+        page_size,
+    }
+}

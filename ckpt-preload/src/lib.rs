@@ -1,0 +1,898 @@
+//! `libckpt_preload.so`: checkpoint and restart unmodified programs.
+//!
+//! Loaded with `LD_PRELOAD` (by `ckpt run`, or by hand), the shim:
+//!
+//! * at start (an `.init_array` constructor): turns address-space randomization off for the job (one
+//!   re-exec of the same program), reads the `CKPT_*`/`SLURM_*` settings, installs its handlers for the
+//!   checkpoint signals (`CKPT_SIGNALS`, default TERM = checkpoint and exit, USR1 = checkpoint and
+//!   continue) and arms kernel timers for the interval and the job's time limit;
+//! * interposes `sigaction`, `signal`, `bsd_signal`, `sysv_signal` and `sigset`, so a program that
+//!   installs its own handler for those signals (xz does) keeps it for everything else but cannot take
+//!   the checkpoint away; its handler still runs when a signal is not a checkpoint request;
+//! * on a request, in the handler: checks what it cannot restore (threads, child processes), records
+//!   the file offsets and sizes, and forks a writer with a raw `clone` (no atfork handlers, no SIGCHLD).
+//!   The program continues at once; the writer saves the frozen copy of the address space as a
+//!   checkpoint file in ckpt's format ([`ckpt_core::process_image`]), skipping untouched and zero pages,
+//!   and commits it atomically. For checkpoint-and-exit the handler waits for the writer and then ends
+//!   the process by the signal's default action;
+//! * when started by `ckpt restart` (`CKPT_SHIM_RESTORE=IMAGE`), restores the image before the
+//!   program's own code runs: see [`restore`].
+//!
+//! The shim stays passive in every process but the one it was started in (children inherit
+//! `LD_PRELOAD`), and everything it cannot restore is refused with a message, never mis-restored.
+//! Scope (first version): Linux x86_64, glibc, one process with one thread.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::UnsafeCell;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+pub mod restore;
+pub mod sys;
+pub mod writer;
+
+use sys::*;
+
+/// Signal-value codes a timer sends with the checkpoint signal.
+const TIMER_INTERVAL: usize = 1;
+const TIMER_DEADLINE: usize = 2;
+/// `si_code` of a POSIX timer signal.
+const SI_TIMER: i32 = -2;
+/// Most descriptors the handler records.
+pub(crate) const MAX_FDS: usize = 1024;
+/// Signal numbers are 1..=64.
+const NSIG: usize = 65;
+
+// ------------------------------------------------------------------------------------------ global state
+// Everything here lives in the shim's .data/.bss and is therefore saved and restored with the program:
+// after a restart it holds the checkpoint-time values, and the restorer fixes up what must change
+// (pid, writer, timers, restart count).
+
+/// This process is the one the shim checkpoints.
+pub(crate) static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Its pid (children that inherit the shim compare against it and stay passive).
+pub(crate) static ROOT_PID: AtomicI32 = AtomicI32::new(0);
+/// The writer still running, if any.
+pub(crate) static WRITER_PID: AtomicI32 = AtomicI32::new(0);
+/// In the writer only: the bump arena all Rust allocations come from.
+pub(crate) static CHILD_ARENA: AtomicUsize = AtomicUsize::new(0);
+/// Checkpoints requested so far (the step number of each image).
+pub(crate) static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+/// Restarts this process went through.
+pub(crate) static RESTARTS: AtomicU32 = AtomicU32::new(0);
+/// Offset of glibc's cached tid in the thread control block (-1 when not found).
+pub(crate) static TID_OFFSET: AtomicI64 = AtomicI64::new(-1);
+/// rseq registration: address, length, signature (length 0: none).
+pub(crate) static RSEQ_ADDR: AtomicU64 = AtomicU64::new(0);
+pub(crate) static RSEQ_LEN: AtomicU32 = AtomicU32::new(0);
+pub(crate) static RSEQ_SIG: AtomicU32 = AtomicU32::new(0);
+/// Address of this thread's errno.
+pub(crate) static ERRNO_ADDR: AtomicUsize = AtomicUsize::new(0);
+/// libc's `sigaction`, found with `dlsym(RTLD_NEXT)`.
+static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
+/// Per signal: 0 = not ours, 1 = checkpoint and continue, 2 = checkpoint and exit.
+pub(crate) static SIGNAL_MODE: [AtomicU8; NSIG] = [const { AtomicU8::new(0) }; NSIG];
+/// The signal the timers send.
+pub(crate) static TIMER_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Kernel timer ids (-1: none).
+pub(crate) static INTERVAL_TIMER: AtomicI64 = AtomicI64::new(-1);
+pub(crate) static DEADLINE_TIMER: AtomicI64 = AtomicI64::new(-1);
+/// The settings and names built at start (heap data: it is restored with the heap).
+pub(crate) static CONTEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A cell the single-threaded handler and interposers share (the shim refuses multi-threaded programs;
+/// the handler runs with every signal blocked).
+pub(crate) struct Shared<T>(UnsafeCell<T>);
+// SAFETY: accessed from one thread at a time: the program's only thread, or the handler that interrupted
+// it with all signals blocked; the interposers never run inside the handler.
+unsafe impl<T> Sync for Shared<T> {}
+impl<T> Shared<T> {
+    pub(crate) const fn new(v: T) -> Shared<T> {
+        Shared(UnsafeCell::new(v))
+    }
+    pub(crate) fn get(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
+/// The program's own actions for the signals the shim manages (emulated, never given to the kernel).
+static APP_ACTIONS: Shared<[AppAction; NSIG]> =
+    Shared::new([AppAction { handler: libc::SIG_DFL, flags: 0, mask: 0 }; NSIG]);
+
+#[derive(Clone, Copy)]
+struct AppAction {
+    handler: usize,
+    flags: i32,
+    mask: u64,
+}
+
+/// What the handler recorded before forking the writer: the writer reads it from its copy.
+#[derive(Clone, Copy)]
+pub(crate) struct Snapshot {
+    pub t0_ns: u64,
+    pub ucontext: usize,
+    pub errno: i32,
+    pub exit: bool,
+    pub sequence: u64,
+    pub nfds: usize,
+    pub fds: [FdSnap; MAX_FDS],
+    pub itimers: [[u64; 2]; 3],
+}
+
+/// One descriptor as the handler saw it.
+#[derive(Clone, Copy)]
+pub(crate) struct FdSnap {
+    pub fd: i32,
+    pub mode: u32,
+    pub flags: i32,
+    pub fdflags: i32,
+    pub offset: i64,
+    pub size: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime_ns: i128,
+}
+
+pub(crate) static SNAPSHOT: Shared<Snapshot> = Shared::new(Snapshot {
+    t0_ns: 0,
+    ucontext: 0,
+    errno: 0,
+    exit: false,
+    sequence: 0,
+    nfds: 0,
+    fds: [FdSnap { fd: 0, mode: 0, flags: 0, fdflags: 0, offset: 0, size: 0, dev: 0, ino: 0, mtime_ns: 0 }; MAX_FDS],
+    itimers: [[0; 2]; 3],
+});
+
+/// Settings built at start.
+pub(crate) struct ShimContext {
+    pub store: ckpt_core::Store,
+    pub argv: Vec<usize>,
+    pub envp: Vec<usize>,
+    pub log_path: Option<std::path::PathBuf>,
+    pub log_stderr: bool,
+}
+
+pub(crate) fn context() -> Option<&'static ShimContext> {
+    let p = CONTEXT.load(Ordering::Acquire);
+    // SAFETY: CONTEXT is only ever set to a leaked Box<ShimContext> that is never freed.
+    (p != 0).then(|| unsafe { &*(p as *const ShimContext) })
+}
+
+// ----------------------------------------------------------------------------------------------- allocator
+
+/// Rust allocations go to libc's malloc, except in the writer: the writer is a copy of a process that
+/// may have been interrupted inside malloc, and whatever it writes into the heap would end up in the
+/// image. There, allocations come from a private mapping the image excludes, and nothing is freed.
+struct ShimAllocator;
+
+/// Size of the writer's arena (reserved, not committed).
+pub(crate) const ARENA_SIZE: usize = 1 << 32;
+
+// SAFETY: outside the writer this forwards to System; in the writer it hands out disjoint, suitably
+// aligned ranges of a private mapping and never reuses them.
+unsafe impl GlobalAlloc for ShimAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let arena = CHILD_ARENA.load(Ordering::Relaxed);
+        if arena == 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { System.alloc(layout) };
+        }
+        bump(arena, layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if CHILD_ARENA.load(Ordering::Relaxed) == 0 {
+            // SAFETY: outside the writer every pointer came from System.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let arena = CHILD_ARENA.load(Ordering::Relaxed);
+        if arena == 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        // SAFETY: the caller guarantees new_size and align form a valid layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let new = bump(arena, new_layout);
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least min(old, new) bytes long.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+        }
+        new
+    }
+}
+
+fn bump(arena: usize, layout: Layout) -> *mut u8 {
+    // The first word of the arena is the cursor (the writer is single-threaded).
+    let cursor = arena as *mut usize;
+    // SAFETY: the arena is a live private mapping of ARENA_SIZE bytes whose first word is the cursor.
+    let cur = unsafe { *cursor };
+    let start = (cur + layout.align() - 1) & !(layout.align() - 1);
+    let Some(end) = start.checked_add(layout.size()) else { return std::ptr::null_mut() };
+    if end > arena + ARENA_SIZE {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: as above.
+    unsafe { *cursor = end };
+    start as *mut u8
+}
+
+#[global_allocator]
+static ALLOCATOR: ShimAllocator = ShimAllocator;
+
+// ---------------------------------------------------------------------------------------------- constructor
+
+/// Runs when the shim is loaded, before the program's own constructors and `main`.
+extern "C" fn shim_init(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
+    // SAFETY: glibc passes the process's argc/argv/envp to ELF constructors; they stay valid (they live
+    // on the initial stack).
+    unsafe { init(argc, argv, envp) }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT_ARRAY: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = shim_init;
+
+unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
+    // SAFETY: forwarded from the loader.
+    let (args, env) = unsafe { (c_array(argv, Some(argc as usize)), c_array(envp, None)) };
+    let getenv = |name: &str| -> Option<String> {
+        env.iter().find_map(|&p| {
+            // SAFETY: each pointer is a NUL-terminated string of the initial environment.
+            let s = unsafe { CStr::from_ptr(p as *const c_char) }.to_bytes();
+            let rest = s.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+            Some(String::from_utf8_lossy(rest).into_owned())
+        })
+    };
+    if getenv("CKPT_PRELOAD_DISABLE").is_some_and(|v| v == "1") {
+        return;
+    }
+    let pid = getpid();
+    if let Some(image) = getenv("CKPT_SHIM_RESTORE") {
+        // Only the process `ckpt restart` exec'ed restores; its children see the variable too.
+        if getenv("CKPT_SHIM_ROOT").and_then(|v| v.parse::<i32>().ok()) == Some(pid) {
+            restore::restore_from(&image, &getenv);
+        }
+        return;
+    }
+    match getenv("CKPT_SHIM_ROOT").and_then(|v| v.parse::<i32>().ok()) {
+        Some(root) if root != pid => return, // a child of the checkpointed process: stay passive
+        _ => {}
+    }
+    // SAFETY: the constructor runs before any thread exists; setenv's contract holds.
+    unsafe {
+        let v = std::ffi::CString::new(pid.to_string()).unwrap_or_default();
+        libc::setenv(c"CKPT_SHIM_ROOT".as_ptr(), v.as_ptr(), 1);
+    }
+    // Address-space randomization off, so a restart finds every library at the same address.
+    // SAFETY: personality(0xffffffff) only queries.
+    let persona = unsafe { libc::personality(0xffff_ffff) };
+    if persona >= 0 && persona & libc::ADDR_NO_RANDOMIZE == 0 {
+        // SAFETY: sets a flag of this process; then replaces the image with the same program.
+        unsafe {
+            libc::personality((persona | libc::ADDR_NO_RANDOMIZE) as libc::c_ulong);
+            unsafe extern "C" {
+                static environ: *const *const c_char;
+            }
+            libc::execve(c"/proc/self/exe".as_ptr(), argv, environ);
+        }
+        warn(b"cannot re-execute the program with address-space randomization off; checkpointing is disabled");
+        return;
+    }
+    match setup(&args, &env, &getenv) {
+        Ok(()) => {}
+        Err(message) => {
+            let line = format!("ckpt: {message}\n");
+            write_all(2, line.as_bytes());
+            exit_group(2);
+        }
+    }
+}
+
+/// Reads a NULL-terminated pointer array.
+unsafe fn c_array(p: *const *const c_char, len: Option<usize>) -> Vec<usize> {
+    let mut out = Vec::new();
+    if p.is_null() {
+        return out;
+    }
+    let mut i = 0;
+    loop {
+        // SAFETY: the array is NULL-terminated (and argc long for argv).
+        let item = unsafe { *p.add(i) };
+        if item.is_null() || len.is_some_and(|n| i >= n) {
+            break;
+        }
+        out.push(item as usize);
+        i += 1;
+    }
+    out
+}
+
+pub(crate) fn warn(message: &[u8]) {
+    let mut buf = [0u8; 512];
+    let mut pos = 0;
+    put(&mut buf, &mut pos, b"ckpt: ");
+    put(&mut buf, &mut pos, message);
+    put(&mut buf, &mut pos, b"\n");
+    write_all(2, &buf[..pos]);
+}
+
+fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    let exe_name = std::fs::read_link("/proc/self/exe")
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "program".into());
+    let app_name = getenv("CKPT_NAME").or_else(|| getenv("SLURM_JOB_NAME")).unwrap_or(exe_name);
+    let config = ckpt_core::Config::from_lookup(Some(&app_name), |k| getenv(k)).map_err(|e| e.to_string())?;
+    let (log_path, log_stderr) = match &config.log {
+        ckpt_core::LogTarget::CheckpointDir => {
+            (Some(config.checkpoint_dir.join(format!("{}.log", config.base_name()))), false)
+        }
+        ckpt_core::LogTarget::File(p) => (Some(p.clone()), false),
+        ckpt_core::LogTarget::Stderr => (None, true),
+        ckpt_core::LogTarget::Off => (None, false),
+    };
+    // Absolute paths: the program may change its working directory.
+    let mut config = config;
+    if let Ok(cwd) = std::env::current_dir() {
+        config.checkpoint_dir = cwd.join(&config.checkpoint_dir);
+        config.restart_dir = cwd.join(&config.restart_dir);
+    }
+    let log_path = log_path.map(|p| std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p));
+    let signals = config.signals.clone();
+    let interval = config.interval;
+    let end_time = match config.end_time {
+        Some(t) => Some(t as f64),
+        None => match (&config.job_id, getenv("CKPT_SQUEUE_DISABLE").is_some()) {
+            (Some(job), false) => {
+                ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5)).ok().flatten()
+                    .map(|t| t as f64)
+            }
+            _ => None,
+        },
+    };
+    let lead = ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * config.safety_factor
+        + config.margin.as_secs_f64();
+    let store = ckpt_core::Store::with_storage(config, std::sync::Arc::new(writer::ForkSafeStorage));
+    let ctx = Box::new(ShimContext { store, argv: args.to_vec(), envp: env.to_vec(), log_path, log_stderr });
+    CONTEXT.store(Box::into_raw(ctx) as usize, Ordering::Release);
+
+    resolve_real_sigaction();
+    find_thread_state();
+    let mut timer_signal = 0;
+    for spec in &signals {
+        let sig = spec.signal as usize;
+        if sig >= NSIG {
+            continue;
+        }
+        SIGNAL_MODE[sig].store(if spec.exit { 2 } else { 1 }, Ordering::Relaxed);
+        if !spec.exit && timer_signal == 0 {
+            timer_signal = spec.signal;
+        }
+        install_handler(spec.signal).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
+    }
+    if timer_signal == 0 {
+        timer_signal = signals.first().map(|s| s.signal).unwrap_or(libc::SIGUSR1);
+    }
+    TIMER_SIGNAL.store(timer_signal, Ordering::Relaxed);
+    ROOT_PID.store(getpid(), Ordering::Relaxed);
+    ACTIVE.store(true, Ordering::Release);
+    let interval_ns = match interval {
+        Some(ckpt_core::Interval::Every(d)) => d.as_nanos() as u64,
+        Some(ckpt_core::Interval::Auto) => {
+            ckpt_core::triggers::daly_interval(ckpt_core::triggers::INITIAL_COST_GUESS, ckpt_core::triggers::DEFAULT_MTBF)
+                .as_nanos() as u64
+        }
+        _ => 0,
+    };
+    let fire_at_ns = end_time.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0);
+    arm_timers(interval_ns, fire_at_ns);
+    Ok(())
+}
+
+/// Arms the interval (monotonic, periodic) and deadline (wall clock, absolute) timers. Raw syscalls only:
+/// the restorer calls this too.
+pub(crate) fn arm_timers(interval_ns: u64, deadline_unix_ns: u64) {
+    let signo = TIMER_SIGNAL.load(Ordering::Relaxed);
+    let make = |clock: i32, code: usize| -> i64 {
+        // struct sigevent: sigev_value (8), sigev_signo (4), sigev_notify (4), padding to 64 bytes.
+        let mut ev = [0u8; 64];
+        ev[..8].copy_from_slice(&(code as u64).to_le_bytes());
+        ev[8..12].copy_from_slice(&signo.to_le_bytes());
+        ev[12..16].copy_from_slice(&(libc::SIGEV_SIGNAL).to_le_bytes());
+        let mut id: i32 = -1;
+        // SAFETY: `ev` is a valid kernel sigevent and `id` a writable timer_t.
+        let r = unsafe { syscall3(SYS_timer_create, clock as usize, ev.as_ptr() as usize, &mut id as *mut i32 as usize) };
+        if r < 0 { -1 } else { id as i64 }
+    };
+    let set = |id: i64, flags: usize, value_ns: u64, interval_ns: u64| {
+        let its: [i64; 4] = [
+            (interval_ns / 1_000_000_000) as i64,
+            (interval_ns % 1_000_000_000) as i64,
+            (value_ns / 1_000_000_000) as i64,
+            (value_ns % 1_000_000_000) as i64,
+        ];
+        // SAFETY: `its` is a valid itimerspec; the old value is not requested.
+        unsafe { syscall6(SYS_timer_settime, id as usize, flags, its.as_ptr() as usize, 0, 0, 0) };
+    };
+    if interval_ns > 0 {
+        let id = make(libc::CLOCK_MONOTONIC, TIMER_INTERVAL);
+        if id >= 0 {
+            set(id, 0, interval_ns, interval_ns);
+        }
+        INTERVAL_TIMER.store(id, Ordering::Relaxed);
+    } else {
+        INTERVAL_TIMER.store(-1, Ordering::Relaxed);
+    }
+    if deadline_unix_ns > 0 {
+        let id = make(libc::CLOCK_REALTIME, TIMER_DEADLINE);
+        if id >= 0 {
+            set(id, libc::TIMER_ABSTIME as usize, deadline_unix_ns.max(1), 0);
+        }
+        DEADLINE_TIMER.store(id, Ordering::Relaxed);
+    } else {
+        DEADLINE_TIMER.store(-1, Ordering::Relaxed);
+    }
+}
+
+fn resolve_real_sigaction() {
+    // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition after ours.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) };
+    REAL_SIGACTION.store(p as usize, Ordering::Release);
+}
+
+type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+
+fn real_sigaction() -> Option<SigactionFn> {
+    if REAL_SIGACTION.load(Ordering::Acquire) == 0 {
+        resolve_real_sigaction();
+    }
+    let p = REAL_SIGACTION.load(Ordering::Acquire);
+    // SAFETY: a non-null result of dlsym("sigaction") is libc's sigaction.
+    (p != 0).then(|| unsafe { std::mem::transmute::<usize, SigactionFn>(p) })
+}
+
+fn install_handler(sig: c_int) -> Result<(), String> {
+    let real = real_sigaction().ok_or("libc's sigaction not found")?;
+    // SAFETY: a zeroed sigaction is valid; the handler has the SA_SIGINFO signature.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = checkpoint_handler as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigfillset(&mut sa.sa_mask);
+        if real(sig, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Finds glibc's cached tid in the thread control block, the rseq registration and errno's address.
+fn find_thread_state() {
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes the FS base into `fs`.
+    unsafe { syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0) };
+    let tid = gettid();
+    // glibc keeps `tid` in struct pthread (offset 720 on x86_64 since 2.11): prefer it, else scan.
+    let probe = |off: u64| -> bool {
+        // SAFETY: the TCB is at least 2 KiB of readable memory at the FS base.
+        unsafe { std::ptr::read_volatile((fs + off) as *const i32) == tid }
+    };
+    let offset = if probe(720) { Some(720) } else { (0..2048u64).step_by(4).find(|&o| probe(o)) };
+    TID_OFFSET.store(offset.map(|o| o as i64).unwrap_or(-1), Ordering::Relaxed);
+    // SAFETY: __errno_location has no preconditions.
+    ERRNO_ADDR.store(unsafe { libc::__errno_location() } as usize, Ordering::Relaxed);
+    // rseq: glibc >= 2.35 registers struct rseq at thread pointer + __rseq_offset.
+    // SAFETY: dlsym with NUL-terminated names; the symbols, when present, are a ptrdiff_t and an unsigned int.
+    let (off, size) = unsafe {
+        let o = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let s = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if o.is_null() || s.is_null() { (0, 0) } else { (*o, *s) }
+    };
+    if size == 0 {
+        return;
+    }
+    let addr = (fs as i64 + off as i64) as u64;
+    const SIG: u32 = 0x5305_3053;
+    // The kernel answers EBUSY only for the exact registered area, length and signature.
+    for len in [32u32, size, 20] {
+        // SAFETY: rseq with flags 0 on an already registered area only compares and fails.
+        let r = unsafe { syscall6(SYS_rseq, addr as usize, len as usize, 0, SIG as usize, 0, 0) };
+        if r == -(libc::EBUSY as isize) {
+            RSEQ_ADDR.store(addr, Ordering::Relaxed);
+            RSEQ_LEN.store(len, Ordering::Relaxed);
+            RSEQ_SIG.store(SIG, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------- the handler
+
+/// The handler of every checkpoint signal. Async-signal-safe: raw system calls and static memory only.
+extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
+    let errno_addr = ERRNO_ADDR.load(Ordering::Relaxed) as *mut i32;
+    // SAFETY: errno's address was taken at start for this (the only) thread.
+    let saved_errno = if errno_addr.is_null() { 0 } else { unsafe { *errno_addr } };
+    let sig_u = sig as usize;
+    let mut mode = if sig_u < NSIG { SIGNAL_MODE[sig_u].load(Ordering::Relaxed) } else { 0 };
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as usize) };
+    let from_timer = code == SI_TIMER && (value == TIMER_INTERVAL || value == TIMER_DEADLINE);
+    if from_timer {
+        mode = if value == TIMER_DEADLINE { 2 } else { 1 };
+    }
+    let ours = ACTIVE.load(Ordering::Acquire) && getpid() == ROOT_PID.load(Ordering::Relaxed);
+    if !ours || mode == 0 {
+        if !from_timer {
+            emulate_app_action(sig, info, uctx);
+        }
+    } else {
+        let exit = mode == 2;
+        let ok = take_checkpoint(exit, uctx as usize, saved_errno);
+        if exit {
+            if ok {
+                die_by_default(libc::SIGTERM);
+            } else if !from_timer {
+                // No checkpoint: the program gets the signal as if the shim were not there.
+                emulate_app_action(sig, info, uctx);
+            }
+        }
+    }
+    if !errno_addr.is_null() {
+        // SAFETY: as above.
+        unsafe { *errno_addr = saved_errno };
+    }
+}
+
+/// Runs the program's own action for `sig` (its handler, ignore, or the default action).
+fn emulate_app_action(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
+    if sig <= 0 || sig as usize >= NSIG {
+        return;
+    }
+    // SAFETY: single-threaded access (see Shared).
+    let action = unsafe { (*APP_ACTIONS.get())[sig as usize] };
+    match action.handler {
+        libc::SIG_IGN => {}
+        libc::SIG_DFL => {
+            let ignored_by_default = [libc::SIGCHLD, libc::SIGURG, libc::SIGWINCH, libc::SIGCONT];
+            if !ignored_by_default.contains(&sig) {
+                die_by_default(sig);
+            }
+        }
+        h => {
+            if action.flags & libc::SA_RESETHAND != 0 {
+                // SAFETY: single-threaded access.
+                unsafe { (*APP_ACTIONS.get())[sig as usize].handler = libc::SIG_DFL };
+            }
+            if action.flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the program registered this function with SA_SIGINFO.
+                let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) = unsafe { std::mem::transmute(h) };
+                f(sig, info, uctx);
+            } else {
+                // SAFETY: the program registered this function as a plain handler.
+                let f: extern "C" fn(c_int) = unsafe { std::mem::transmute(h) };
+                f(sig);
+            }
+        }
+    }
+}
+
+/// Ends the process by `sig`'s default action (as the shell and Slurm expect to see it).
+fn die_by_default(sig: c_int) -> ! {
+    // kernel struct sigaction: handler, flags, restorer, mask.
+    let dfl: [u64; 4] = [0, 0, 0, 0];
+    let unblock: u64 = 1u64 << (sig - 1);
+    // SAFETY: valid kernel sigaction and sigset pointers; tgkill to ourselves.
+    unsafe {
+        syscall6(SYS_rt_sigaction, sig as usize, dfl.as_ptr() as usize, 0, 8, 0, 0);
+        syscall6(SYS_rt_sigprocmask, libc::SIG_UNBLOCK as usize, &unblock as *const u64 as usize, 0, 8, 0, 0);
+        syscall3(SYS_tgkill, getpid() as usize, gettid() as usize, sig as usize);
+    }
+    exit_group(128 + sig)
+}
+
+/// Checks what cannot be checkpointed, records what the writer needs, and forks it. Returns whether an
+/// image was (for `exit`) or is being (otherwise) written.
+fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
+    let t0 = monotonic_ns();
+    // One checkpoint at a time: wait for the previous writer.
+    let prev = WRITER_PID.swap(0, Ordering::Relaxed);
+    if prev > 0 {
+        let mut status = 0i32;
+        // SAFETY: waits for our own clone child; `status` is writable.
+        unsafe { syscall6(SYS_wait4, prev as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0) };
+    }
+    let mut dirbuf = [0u8; 4096];
+    let threads = count_dir_entries(b"/proc/self/task\0", &mut dirbuf);
+    if threads != 1 {
+        let mut msg = [0u8; 200];
+        let mut pos = 0;
+        put(&mut msg, &mut pos, b"cannot checkpoint: the process has ");
+        put_u64(&mut msg, &mut pos, threads as u64);
+        put(&mut msg, &mut pos, b" threads; this version checkpoints single-threaded programs only");
+        warn(&msg[..pos]);
+        return false;
+    }
+    let mut path = [0u8; 64];
+    let mut pos = 0;
+    put(&mut path, &mut pos, b"/proc/self/task/");
+    put_u64(&mut path, &mut pos, getpid() as u64);
+    put(&mut path, &mut pos, b"/children\0");
+    let mut children = [0u8; 64];
+    let n = read_file(&path[..pos], &mut children);
+    if n > 0 || n == -(libc::EFBIG as isize) {
+        warn(b"cannot checkpoint: the process has child processes; this version checkpoints one process only");
+        return false;
+    }
+    // SAFETY: single-threaded access (see Shared); the writer reads its own copy.
+    let snap = unsafe { &mut *SNAPSHOT.get() };
+    if !snapshot_fds(snap, &mut dirbuf) {
+        warn(b"cannot checkpoint: more than 1024 open file descriptors");
+        return false;
+    }
+    for (which, slot) in snap.itimers.iter_mut().enumerate() {
+        let mut it = [0i64; 4];
+        // SAFETY: `it` is a writable struct itimerval.
+        unsafe { syscall3(libc::SYS_getitimer, which, it.as_mut_ptr() as usize, 0) };
+        *slot = [(it[0] * 1_000_000 + it[1]) as u64, (it[2] * 1_000_000 + it[3]) as u64];
+    }
+    snap.t0_ns = t0;
+    snap.ucontext = ucontext;
+    snap.errno = errno;
+    snap.exit = exit;
+    snap.sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1;
+    // A fork without SIGCHLD (exit signal 0): the program's wait() never sees it, atfork handlers do not run.
+    // SAFETY: clone with no flags and no new stack behaves like fork; the child continues below.
+    let pid = unsafe { syscall6(libc::SYS_clone, 0, 0, 0, 0, 0, 0) };
+    if pid == 0 {
+        writer::run_writer();
+    }
+    if pid < 0 {
+        warn(b"cannot checkpoint: clone failed");
+        return false;
+    }
+    if !exit {
+        WRITER_PID.store(pid as i32, Ordering::Relaxed);
+        return true;
+    }
+    let mut status = 0i32;
+    loop {
+        // SAFETY: waits for our own clone child.
+        let r = unsafe {
+            syscall6(SYS_wait4, pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0)
+        };
+        if r != -(libc::EINTR as isize) {
+            break;
+        }
+    }
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
+
+/// Counts the entries of a directory other than `.` and `..` (raw getdents64).
+fn count_dir_entries(path: &[u8], buf: &mut [u8]) -> usize {
+    let mut count = 0;
+    for_each_dir_entry(path, buf, |_| count += 1);
+    count
+}
+
+/// Calls `f` with every entry name of a directory other than `.` and `..`; returns the directory's fd
+/// number while it was open (so callers can skip it), or -1.
+pub(crate) fn for_each_dir_entry(path: &[u8], buf: &mut [u8], mut f: impl FnMut(&[u8])) -> i32 {
+    let fd = open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0);
+    if fd < 0 {
+        return -1;
+    }
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { syscall3(SYS_getdents64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off + 19 < n as usize {
+            let reclen = u16::from_le_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name_start = off + 19;
+            let mut name_end = name_start;
+            while name_end < off + reclen && name_end < buf.len() && buf[name_end] != 0 {
+                name_end += 1;
+            }
+            let name = &buf[name_start..name_end];
+            if name != b"." && name != b".." {
+                f(name);
+            }
+            off += reclen;
+        }
+    }
+    close(fd as i32);
+    fd as i32
+}
+
+fn parse_decimal(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 18 {
+        return None;
+    }
+    let mut v = 0i64;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (b - b'0') as i64;
+    }
+    Some(v)
+}
+
+/// Records every open descriptor's flags, offset and size now (the program moves them after the fork).
+fn snapshot_fds(snap: &mut Snapshot, buf: &mut [u8]) -> bool {
+    let mut nfds = 0usize;
+    let mut overflow = false;
+    let mut numbers = [0i32; MAX_FDS];
+    let dir_fd = for_each_dir_entry(b"/proc/self/fd\0", buf, |name| {
+        if let Some(fd) = parse_decimal(name) {
+            if nfds < MAX_FDS {
+                numbers[nfds] = fd as i32;
+                nfds += 1;
+            } else {
+                overflow = true;
+            }
+        }
+    });
+    if overflow {
+        return false;
+    }
+    let mut kept = 0;
+    for &fd in &numbers[..nfds] {
+        if fd == dir_fd {
+            continue;
+        }
+        // SAFETY: a zeroed stat is valid output space.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is writable.
+        if unsafe { syscall3(SYS_fstat, fd as usize, &mut st as *mut _ as usize, 0) } < 0 {
+            continue;
+        }
+        // SAFETY: fcntl/lseek on a descriptor have no memory effects.
+        let (flags, fdflags, offset) = unsafe {
+            (
+                syscall3(SYS_fcntl, fd as usize, libc::F_GETFL as usize, 0) as i32,
+                syscall3(SYS_fcntl, fd as usize, libc::F_GETFD as usize, 0) as i32,
+                syscall3(SYS_lseek, fd as usize, 0, libc::SEEK_CUR as usize) as i64,
+            )
+        };
+        snap.fds[kept] = FdSnap {
+            fd,
+            mode: st.st_mode,
+            flags,
+            fdflags,
+            offset,
+            size: st.st_size as u64,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+        };
+        kept += 1;
+    }
+    snap.nfds = kept;
+    true
+}
+
+// ------------------------------------------------------------------------------------------- interposers
+
+fn managed(sig: c_int) -> bool {
+    sig > 0
+        && (sig as usize) < NSIG
+        && ACTIVE.load(Ordering::Acquire)
+        && SIGNAL_MODE[sig as usize].load(Ordering::Relaxed) != 0
+        && getpid() == ROOT_PID.load(Ordering::Relaxed)
+}
+
+/// `sigaction(2)`: for the checkpoint signals, records the program's action (and reports its previous
+/// one) without giving it to the kernel; for every other signal, libc's `sigaction`.
+///
+/// # Safety
+/// The contract of libc's `sigaction`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    if !managed(sig) {
+        return match real_sigaction() {
+            // SAFETY: forwarded contract.
+            Some(real) => unsafe { real(sig, act, old) },
+            None => {
+                // SAFETY: errno is thread-local and writable.
+                unsafe { *libc::__errno_location() = libc::ENOSYS };
+                -1
+            }
+        };
+    }
+    // SAFETY: single-threaded access (see Shared); pointers per the sigaction contract.
+    unsafe {
+        let slot = &mut (*APP_ACTIONS.get())[sig as usize];
+        if !old.is_null() {
+            let mut o: libc::sigaction = std::mem::zeroed();
+            o.sa_sigaction = slot.handler;
+            o.sa_flags = slot.flags;
+            std::ptr::write_unaligned(&mut o.sa_mask as *mut libc::sigset_t as *mut u64, slot.mask);
+            *old = o;
+        }
+        if !act.is_null() {
+            let a = &*act;
+            *slot = AppAction {
+                handler: a.sa_sigaction,
+                flags: a.sa_flags,
+                mask: std::ptr::read_unaligned(&a.sa_mask as *const libc::sigset_t as *const u64),
+            };
+        }
+    }
+    0
+}
+
+fn signal_like(sig: c_int, handler: libc::sighandler_t, flags: c_int) -> libc::sighandler_t {
+    // SAFETY: zeroed sigactions are valid; our sigaction follows libc's contract.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        sa.sa_flags = flags;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if flags & libc::SA_NODEFER == 0 && sig > 0 && sig < NSIG as c_int {
+            libc::sigaddset(&mut sa.sa_mask, sig);
+        }
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if sigaction(sig, &sa, &mut old) != 0 {
+            return libc::SIG_ERR;
+        }
+        old.sa_sigaction
+    }
+}
+
+/// `signal(3)` with glibc's (BSD) semantics, through the interposed `sigaction`.
+///
+/// # Safety
+/// The contract of libc's `signal`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    signal_like(sig, handler, libc::SA_RESTART)
+}
+
+/// `bsd_signal(3)`.
+///
+/// # Safety
+/// The contract of libc's `bsd_signal`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    signal_like(sig, handler, libc::SA_RESTART)
+}
+
+/// `sysv_signal(3)`: one-shot, not deferred.
+///
+/// # Safety
+/// The contract of libc's `sysv_signal`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    signal_like(sig, handler, libc::SA_RESETHAND | libc::SA_NODEFER)
+}
+
+/// glibc's internal name of `sysv_signal`.
+///
+/// # Safety
+/// The contract of libc's `sysv_signal`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    signal_like(sig, handler, libc::SA_RESETHAND | libc::SA_NODEFER)
+}
+
+/// `sigset(3)` (System V): installs `handler` (SIG_HOLD is passed to libc for unmanaged signals only).
+///
+/// # Safety
+/// The contract of libc's `sigset`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigset(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    signal_like(sig, handler, 0)
+}

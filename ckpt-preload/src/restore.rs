@@ -1,0 +1,927 @@
+//! Restart: replace the freshly started program with the image, then return into it.
+//!
+//! `ckpt restart IMAGE` re-executes the saved program (same binary, argv, environment, stack limit,
+//! randomization off) with `CKPT_SHIM_RESTORE=IMAGE`. In that process the shim's constructor, before
+//! any code of the program runs:
+//!
+//! 1. opens and verifies the image (CRC of every section) and checks that the address space of this
+//!    process matches the checkpoint's (every file mapping at the same address, the vDSO too, one
+//!    thread): otherwise it exits with a message instead of crashing later;
+//! 2. builds a flat restore plan in a private mapping (the *arena*) placed in a hole of both layouts,
+//!    moves to a stack inside it and calls [`restore_main`].
+//!
+//! [`restore_main`] runs without libc (raw system calls), allocates nothing, and reads only the arena:
+//! it unregisters rseq, unmaps everything but the vDSO, the arena and the identical file mappings (the
+//! shim's code among them), sets brk, maps every region (files from their files, anonymous memory
+//! zero-filled) and reads the saved pages straight into place, restores the thread pointer, the cached
+//! tid, rseq, file descriptors (regular files cut back to their checkpoint-time size and repositioned),
+//! the working directory, umask, signal actions and interval timers, and finally unmaps the arena and
+//! issues `rt_sigreturn` on the signal frame saved at checkpoint time: the kernel reloads every
+//! register, the FPU/vector state and the signal mask, and the program continues where the checkpoint
+//! signal interrupted it.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+
+use ckpt_core::process_image::{FdKind, ProcessImage, RegionKind};
+
+use crate::sys::*;
+
+/// Where the flat plan lives; everything [`restore_main`] touches is inside the arena.
+#[repr(C)]
+pub struct Plan {
+    image_fd: i32,
+    arena_start: usize,
+    arena_len: usize,
+    regions: *const PlanRegion,
+    nregions: usize,
+    runs: *const PlanRun,
+    nruns: usize,
+    fds: *const PlanFd,
+    nfds: usize,
+    sigactions: *const [u64; 5],
+    nsigactions: usize,
+    brk: u64,
+    fs_base: u64,
+    tid_offset: i64,
+    live_rseq: [u64; 3],
+    saved_rseq: [u64; 3],
+    sigframe: u64,
+    errno_addr: u64,
+    errno_value: i32,
+    itimers: [[i64; 4]; 3],
+    cwd: *const u8,
+    umask: u32,
+    maps_buf: *mut u8,
+    maps_cap: usize,
+    interval_ns: u64,
+    deadline_ns: u64,
+    log_path: *const u8,
+    log_prefix: *const u8,
+    log_prefix_len: usize,
+    t0_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PlanRegion {
+    start: u64,
+    end: u64,
+    prot: u32,
+    kind: u32,
+    keep: u32,
+    path: *const u8,
+    file_offset: u64,
+    run_first: usize,
+    run_count: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PlanRun {
+    addr: u64,
+    len: u64,
+    file_offset: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PlanFd {
+    fd: i32,
+    kind: u32,
+    flags: i32,
+    cloexec: u32,
+    writable_regular: u32,
+    offset: i64,
+    size: u64,
+    path: *const u8,
+}
+
+const KIND_ANON: u32 = 0;
+const KIND_HEAP: u32 = 1;
+const KIND_STACK: u32 = 2;
+const KIND_FILE: u32 = 3;
+const KIND_GUARD: u32 = 4;
+const FD_REOPEN: u32 = 0;
+const FD_INHERITED: u32 = 1;
+
+const STACK_SIZE: usize = 256 * 1024;
+const MAPS_CAP: usize = 4 * 1024 * 1024;
+/// Exit status of a restart that was refused before anything was changed.
+pub const EXIT_REFUSED: i32 = 3;
+/// Exit status of a restart that failed half-way (the process cannot continue).
+pub const EXIT_FAILED: i32 = 4;
+
+fn refuse(image: &str, message: &str) -> ! {
+    let line = format!("ckpt restart: cannot restore {image}: {message}\n");
+    write_all(2, line.as_bytes());
+    exit_group(EXIT_REFUSED)
+}
+
+struct Mapping {
+    start: u64,
+    end: u64,
+    perms: String,
+    offset: u64,
+    path: String,
+}
+
+fn current_maps() -> Vec<Mapping> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_ascii_whitespace();
+            let range = f.next()?;
+            let perms = f.next()?.to_string();
+            let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+            let _dev = f.next()?;
+            let _ino = f.next()?;
+            let path = f.collect::<Vec<_>>().join(" ");
+            let (a, b) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                perms,
+                offset,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// Restores `image_path` into this process (see the module documentation). Returns only by exiting.
+pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<String>) {
+    let t0_ns = monotonic_ns();
+    let cp = match ckpt_core::Checkpoint::open(image_path) {
+        Ok(cp) => cp,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
+    if let Err(e) = cp.verify() {
+        refuse(image_path, &e.to_string());
+    }
+    let image = match ckpt_core::process_image::read(&cp) {
+        Ok(i) => i,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
+    let memory_offset = match cp.section(ckpt_core::process_image::MEMORY_SECTION) {
+        Ok(s) => s.offset,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
+    // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
+    drop(cp);
+    if let Some(problem) = preflight(&image) {
+        refuse(image_path, &problem);
+    }
+    let maps = current_maps();
+    // The identical file mappings stay (the shim's code is among them: the restorer runs from it).
+    let keep: Vec<(u64, u64)> = maps
+        .iter()
+        .filter(|m| m.path.starts_with('/'))
+        .map(|m| (m.start, m.end))
+        .collect();
+    let (interval_ns, deadline_ns) = parse_triggers(getenv("CKPT_SHIM_TRIGGERS").as_deref());
+    // SAFETY: the image file stays open until restore_main reads it; the plan is built in a fresh mapping.
+    unsafe {
+        let plan = build_plan(&image, &keep, &maps, memory_offset, image_path, interval_ns, deadline_ns, t0_ns);
+        let fd = libc::open(CString::new(image_path).unwrap_or_default().as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            refuse(image_path, &std::io::Error::last_os_error().to_string());
+        }
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 900);
+        libc::close(fd);
+        if high < 0 {
+            refuse(image_path, "cannot move the image descriptor out of the way");
+        }
+        (*plan).image_fd = high;
+        // No signal may run a handler in a half-restored process; rt_sigreturn sets the saved mask.
+        let all: u64 = !0;
+        syscall6(SYS_rt_sigprocmask, libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8, 0, 0);
+        let stack_top = ((*plan).arena_start + (*plan).arena_len - 64) & !15;
+        switch_stack_and_restore(plan, stack_top);
+    }
+}
+
+fn parse_triggers(text: Option<&str>) -> (u64, u64) {
+    let Some(t) = text else { return (0, 0) };
+    let mut it = t.split(',').map(|v| v.trim().parse::<u64>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Checks, before anything is changed, that this process can become the image.
+fn preflight(image: &ProcessImage) -> Option<String> {
+    if let Some(why) = ckpt_core::process_image::fingerprint_mismatch(
+        &image.fingerprint,
+        &ckpt_core::process_image::fingerprint(),
+    ) {
+        return Some(why);
+    }
+    // SAFETY: personality(0xffffffff) only queries.
+    if unsafe { libc::personality(0xffff_ffff) } & libc::ADDR_NO_RANDOMIZE == 0 {
+        return Some("address-space randomization is on (start it with `ckpt restart`)".into());
+    }
+    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+    if threads != 1 {
+        return Some(format!("the restarted process already has {threads} threads (a library started them)"));
+    }
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is writable.
+    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
+    if rl.rlim_cur != image.rlimit_stack.0 {
+        return Some(format!(
+            "the stack limit is {} here but was {} at checkpoint time (it decides where libraries are mapped)",
+            show_limit(rl.rlim_cur),
+            show_limit(image.rlimit_stack.0)
+        ));
+    }
+    let maps = current_maps();
+    for m in &maps {
+        match m.path.as_str() {
+            "[vdso]" => {
+                if image.vdso != Some((m.start, m.end)) {
+                    return Some(format!(
+                        "the vDSO is at {:#x}-{:#x}, it was at {}",
+                        m.start,
+                        m.end,
+                        image.vdso.map(|(a, b)| format!("{a:#x}-{b:#x}")).unwrap_or_else(|| "no address".into())
+                    ));
+                }
+            }
+            p if p.starts_with('/') => {
+                let found = image.regions.iter().find(|r| r.start == m.start);
+                let same = found.is_some_and(|r| {
+                    r.end == m.end
+                        && r.path == p.as_bytes()
+                        && r.file_offset == m.offset
+                        && r.prot == prot_bits(&m.perms)
+                        && r.runs.is_empty()
+                });
+                // A relocated or written page range (RELRO, .data) is restored from the image; the rest
+                // must be exactly where the image has it.
+                let replaced = found.is_some_and(|r| r.path == p.as_bytes() && !r.runs.is_empty());
+                if !same && !replaced {
+                    let was = image
+                        .regions
+                        .iter()
+                        .find(|r| r.path == p.as_bytes() && r.file_offset == m.offset)
+                        .map(|r| format!("{:#x}", r.start))
+                        .unwrap_or_else(|| "not mapped".into());
+                    return Some(format!(
+                        "the address-space layout differs from the checkpoint's: {p} (offset {:#x}) is mapped at \
+                         {:#x}, it was at {was}; restart on the same kind of node with `ckpt restart` (same \
+                         libraries, same stack limit)",
+                        m.offset, m.start
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for r in &image.regions {
+        if let (RegionKind::File, Some(id)) = (r.kind, &r.identity) {
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&r.path));
+            match std::fs::metadata(path) {
+                Ok(meta) => {
+                    let now = crate::writer::identity_of(&meta);
+                    if now != *id {
+                        return Some(format!("{} changed since the checkpoint", path.display()));
+                    }
+                }
+                Err(e) => return Some(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+    for f in &image.fds {
+        if f.kind == FdKind::Inherited {
+            continue;
+        }
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path));
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("file descriptor {} ({}): {e}", f.fd, path.display())),
+        };
+        if let Some(id) = &f.identity {
+            let now = crate::writer::identity_of(&meta);
+            if now.dev != id.dev || now.ino != id.ino {
+                return Some(format!("{} (fd {}) was replaced by another file since the checkpoint", path.display(), f.fd));
+            }
+            let writable = f.flags & libc::O_ACCMODE != libc::O_RDONLY;
+            if now.size < id.size {
+                return Some(format!(
+                    "{} (fd {}) is shorter ({} bytes) than at checkpoint time ({} bytes)",
+                    path.display(),
+                    f.fd,
+                    now.size,
+                    id.size
+                ));
+            }
+            if !writable && (now.size != id.size || now.mtime_ns != id.mtime_ns) {
+                return Some(format!("input file {} (fd {}) was modified since the checkpoint", path.display(), f.fd));
+            }
+        }
+    }
+    None
+}
+
+fn show_limit(v: u64) -> String {
+    if v == libc::RLIM_INFINITY { "unlimited".into() } else { format!("{} KiB", v / 1024) }
+}
+
+fn prot_bits(perms: &str) -> u32 {
+    let b = perms.as_bytes();
+    let mut p = 0;
+    if b.first() == Some(&b'r') {
+        p |= libc::PROT_READ;
+    }
+    if b.get(1) == Some(&b'w') {
+        p |= libc::PROT_WRITE;
+    }
+    if b.get(2) == Some(&b'x') {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+/// Bump writer over the arena.
+struct ArenaWriter {
+    cur: usize,
+    end: usize,
+}
+
+impl ArenaWriter {
+    unsafe fn alloc<T: Copy>(&mut self, items: &[T]) -> *const T {
+        let align = std::mem::align_of::<T>().max(8);
+        let start = (self.cur + align - 1) & !(align - 1);
+        let bytes = std::mem::size_of_val(items);
+        assert!(start + bytes <= self.end, "restore plan larger than its arena");
+        // SAFETY: the range is inside the fresh arena mapping and suitably aligned.
+        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), start as *mut T, items.len()) };
+        self.cur = start + bytes;
+        start as *const T
+    }
+    unsafe fn cstr(&mut self, s: &[u8]) -> *const u8 {
+        let mut v = s.to_vec();
+        v.push(0);
+        // SAFETY: forwarded.
+        unsafe { self.alloc(&v) }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn build_plan(
+    image: &ProcessImage,
+    keep: &[(u64, u64)],
+    maps: &[Mapping],
+    memory_offset: u64,
+    image_path: &str,
+    interval_ns: u64,
+    deadline_ns: u64,
+    t0_ns: u64,
+) -> *mut Plan {
+    // Room: regions, runs, fds, strings, the maps buffer and the stack.
+    let nruns: usize = image.regions.iter().map(|r| r.runs.len()).sum();
+    let strings: usize = image.regions.iter().map(|r| r.path.len() + 1).sum::<usize>()
+        + image.fds.iter().map(|f| f.path.len() + 1).sum::<usize>()
+        + image.cwd.len()
+        + 8192;
+    let need = std::mem::size_of::<Plan>()
+        + image.regions.len() * std::mem::size_of::<PlanRegion>()
+        + nruns * std::mem::size_of::<PlanRun>()
+        + image.fds.len() * std::mem::size_of::<PlanFd>()
+        + 80 * 40
+        + strings
+        + MAPS_CAP
+        + STACK_SIZE
+        + 65536;
+    let len = need.div_ceil(4096) * 4096;
+    // A hole free in both layouts.
+    let busy = |a: u64, b: u64| {
+        maps.iter().any(|m| m.start < b && a < m.end) || image.regions.iter().any(|r| r.start < b && a < r.end)
+    };
+    let mut at = 0x2000_0000_0000u64;
+    while busy(at, at + len as u64) {
+        at += 0x10_0000_0000;
+        if at >= 0x7000_0000_0000 {
+            refuse(image_path, "no free address range for the restorer");
+        }
+    }
+    // SAFETY: a new private mapping at an address nothing else uses (MAP_FIXED_NOREPLACE checks it).
+    let base = unsafe {
+        syscall6(
+            SYS_mmap,
+            at as usize,
+            len,
+            (libc::PROT_READ | libc::PROT_WRITE) as usize,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as usize,
+            usize::MAX,
+            0,
+        )
+    };
+    if base < 0 || base as u64 != at {
+        refuse(image_path, "cannot map the restorer's arena");
+    }
+    let base = base as usize;
+    let mut w = ArenaWriter { cur: base + std::mem::size_of::<Plan>(), end: base + len - STACK_SIZE - MAPS_CAP };
+    // The shim's own read-only mappings stay, relocated ones (RELRO) included: the restorer runs from them
+    // and reads them; with the same layout their relocated contents are the same as at checkpoint time.
+    let me = restore_main as *const () as u64;
+    let shim_path: Vec<u8> = maps
+        .iter()
+        .find(|m| m.start <= me && me < m.end)
+        .map(|m| m.path.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut runs = Vec::with_capacity(nruns);
+    let mut regions = Vec::with_capacity(image.regions.len());
+    for r in &image.regions {
+        let first = runs.len();
+        for run in &r.runs {
+            runs.push(PlanRun { addr: run.addr, len: run.len, file_offset: memory_offset + run.data_offset });
+        }
+        let own_read_only = !shim_path.is_empty() && r.path == shim_path && r.prot & libc::PROT_WRITE as u32 == 0;
+        let kept = (r.runs.is_empty() || own_read_only) && keep.contains(&(r.start, r.end));
+        regions.push(PlanRegion {
+            start: r.start,
+            end: r.end,
+            prot: r.prot,
+            kind: match r.kind {
+                RegionKind::Anonymous => KIND_ANON,
+                RegionKind::Heap => KIND_HEAP,
+                RegionKind::Stack => KIND_STACK,
+                RegionKind::File => KIND_FILE,
+                RegionKind::Guard => KIND_GUARD,
+            },
+            keep: kept as u32,
+            // SAFETY: inside the arena.
+            path: if r.kind == RegionKind::File { unsafe { w.cstr(&r.path) } } else { std::ptr::null() },
+            file_offset: r.file_offset,
+            run_first: first,
+            run_count: r.runs.len(),
+        });
+    }
+    let mut fds = Vec::new();
+    for f in &image.fds {
+        fds.push(PlanFd {
+            fd: f.fd,
+            kind: if f.kind == FdKind::Inherited { FD_INHERITED } else { FD_REOPEN },
+            flags: f.flags,
+            cloexec: f.cloexec as u32,
+            writable_regular: (f.kind == FdKind::Regular && f.flags & libc::O_ACCMODE != libc::O_RDONLY) as u32,
+            offset: f.offset,
+            size: f.size,
+            // SAFETY: inside the arena.
+            path: unsafe { w.cstr(&f.path) },
+        });
+    }
+    let sigactions: Vec<[u64; 5]> =
+        image.sigactions.iter().map(|a| [a.signo as u64, a.handler, a.flags, a.restorer, a.mask]).collect();
+    let itimer = |i: usize| {
+        let t = image.itimers[i];
+        [
+            (t.interval_us / 1_000_000) as i64,
+            (t.interval_us % 1_000_000) as i64,
+            (t.value_us / 1_000_000) as i64,
+            (t.value_us % 1_000_000) as i64,
+        ]
+    };
+    let log_path = log_path_of(image);
+    let prefix = format!(
+        "{{\"event\":\"restored\",\"image\":{},\"sequence\":{},\"restarts\":{},\"pid\":",
+        serde_json::Value::from(image_path),
+        image.sequence,
+        image.restarts + 1
+    );
+    let live_rseq = live_rseq();
+    let errno_addr = crate::ERRNO_ADDR.load(Ordering::Relaxed);
+    let errno_addr = if errno_addr == 0 {
+        // SAFETY: __errno_location has no preconditions.
+        unsafe { libc::__errno_location() as usize }
+    } else {
+        errno_addr
+    };
+    // SAFETY: all pointers below are inside the arena; the plan header is at its start.
+    unsafe {
+        let plan = Plan {
+            image_fd: -1,
+            arena_start: base,
+            arena_len: len,
+            regions: w.alloc(&regions),
+            nregions: regions.len(),
+            runs: if runs.is_empty() { std::ptr::null() } else { w.alloc(&runs) },
+            nruns: runs.len(),
+            fds: if fds.is_empty() { std::ptr::null() } else { w.alloc(&fds) },
+            nfds: fds.len(),
+            sigactions: w.alloc(&sigactions),
+            nsigactions: sigactions.len(),
+            brk: image.brk,
+            fs_base: image.fs_base,
+            tid_offset: image.tid_offset.map(|o| o as i64).unwrap_or(-1),
+            live_rseq,
+            saved_rseq: image.rseq.map(|r| [r.addr, r.len as u64, r.sig as u64]).unwrap_or([0; 3]),
+            sigframe: image.sigframe,
+            errno_addr: errno_addr as u64,
+            errno_value: 0,
+            itimers: [itimer(0), itimer(1), itimer(2)],
+            cwd: w.cstr(&image.cwd),
+            umask: image.umask,
+            maps_buf: (base + len - STACK_SIZE - MAPS_CAP) as *mut u8,
+            maps_cap: MAPS_CAP,
+            interval_ns,
+            deadline_ns,
+            log_path: match &log_path {
+                Some(p) => w.cstr(p.as_os_str().as_bytes()),
+                None => std::ptr::null(),
+            },
+            log_prefix: w.cstr(prefix.as_bytes()),
+            log_prefix_len: prefix.len(),
+            t0_ns,
+        };
+        std::ptr::write(base as *mut Plan, plan);
+        base as *mut Plan
+    }
+}
+
+/// The log file of the restored program, found from its saved environment (the same rules as at start).
+fn log_path_of(image: &ProcessImage) -> Option<std::path::PathBuf> {
+    let env: Vec<(String, String)> = image
+        .envp
+        .iter()
+        .filter_map(|e| {
+            let s = String::from_utf8_lossy(e);
+            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let exe = std::path::Path::new(std::ffi::OsStr::from_bytes(&image.exe))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".into());
+    let name = get("CKPT_NAME").or_else(|| get("SLURM_JOB_NAME")).unwrap_or(exe);
+    let cfg = ckpt_core::Config::from_lookup(Some(&name), |k| get(k)).ok()?;
+    let cwd = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&image.cwd));
+    match cfg.log {
+        ckpt_core::LogTarget::CheckpointDir => {
+            Some(cwd.join(&cfg.checkpoint_dir).join(format!("{}.log", cfg.base_name())))
+        }
+        ckpt_core::LogTarget::File(p) => Some(cwd.join(p)),
+        _ => None,
+    }
+}
+
+/// The rseq registration of this (new) thread: same address as at checkpoint (same TLS layout).
+fn live_rseq() -> [u64; 3] {
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes into `fs`.
+    unsafe { syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0) };
+    // SAFETY: dlsym with NUL-terminated names; the symbols are a ptrdiff_t and an unsigned int.
+    let (off, size) = unsafe {
+        let o = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
+        let s = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
+        if o.is_null() || s.is_null() { (0, 0) } else { (*o, *s) }
+    };
+    if size == 0 {
+        return [0; 3];
+    }
+    let addr = (fs as i64 + off as i64) as u64;
+    const SIG: u64 = 0x5305_3053;
+    for len in [32u64, size as u64, 20] {
+        // SAFETY: rseq with flags 0 on a registered area only compares and fails.
+        let r = unsafe { syscall6(SYS_rseq, addr as usize, len as usize, 0, SIG as usize, 0, 0) };
+        if r == -(libc::EBUSY as isize) {
+            return [addr, len, SIG];
+        }
+    }
+    [0; 3]
+}
+
+/// Moves to the arena's stack and runs [`restore_main`], which never returns.
+unsafe fn switch_stack_and_restore(plan: *mut Plan, stack_top: usize) -> ! {
+    // SAFETY: the new stack is inside the arena (16-byte aligned); restore_main never returns, so nothing
+    // of the old stack is used again.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {stack}",
+            "call {main}",
+            "ud2",
+            stack = in(reg) stack_top,
+            main = sym restore_main,
+            in("rdi") plan,
+            options(noreturn)
+        )
+    }
+}
+
+/// Prints a diagnostic and ends the process (the address space is half replaced: nothing can continue).
+fn fatal(what: &[u8], detail: u64, err: isize) -> ! {
+    let mut buf = [0u8; 256];
+    let mut pos = 0;
+    put(&mut buf, &mut pos, b"ckpt restart: restore failed: ");
+    put(&mut buf, &mut pos, what);
+    put(&mut buf, &mut pos, b" ");
+    put_hex(&mut buf, &mut pos, detail);
+    put(&mut buf, &mut pos, b" (errno ");
+    put_u64(&mut buf, &mut pos, (-err) as u64);
+    put(&mut buf, &mut pos, b")\n");
+    write_all(2, &buf[..pos]);
+    exit_group(EXIT_FAILED)
+}
+
+/// The restorer proper: raw system calls, arena memory only, no allocation, no return.
+///
+/// # Safety
+/// Called once, on the arena's stack, with a plan built by `build_plan`.
+#[inline(never)]
+unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
+    // SAFETY: the plan is in the arena, which stays mapped until the final step.
+    let p = unsafe { &*plan };
+    // 1. rseq: the kernel writes to the registered area on every return to user space; unregister it
+    //    before its page goes away.
+    if p.live_rseq[1] != 0 {
+        // SAFETY: unregisters this thread's rseq area (flag 1 = RSEQ_FLAG_UNREGISTER).
+        unsafe { syscall6(SYS_rseq, p.live_rseq[0] as usize, p.live_rseq[1] as usize, 1, p.live_rseq[2] as usize, 0, 0) };
+    }
+    // 2. Unmap everything but the vDSO/vvar, the arena and the identical file mappings.
+    let n = read_file(b"/proc/self/maps\0", unsafe { core::slice::from_raw_parts_mut(p.maps_buf, p.maps_cap) });
+    if n < 0 {
+        fatal(b"cannot read /proc/self/maps", 0, n);
+    }
+    // SAFETY: the buffer holds `n` bytes just read.
+    let text = unsafe { core::slice::from_raw_parts(p.maps_buf as *const u8, n as usize) };
+    // SAFETY: the plan's arrays are in the arena.
+    let regions = unsafe { core::slice::from_raw_parts(p.regions, p.nregions) };
+    let mut line_start = 0usize;
+    while line_start < text.len() {
+        let mut line_end = line_start;
+        while line_end < text.len() && text[line_end] != b'\n' {
+            line_end += 1;
+        }
+        let line = &text[line_start..line_end];
+        line_start = line_end + 1;
+        let (start, end) = parse_range(line);
+        if start == end {
+            continue;
+        }
+        if ends_with(line, b"[vdso]") || ends_with(line, b"[vvar]") || ends_with(line, b"[vvar_vclock]")
+            || ends_with(line, b"[vsyscall]")
+        {
+            continue;
+        }
+        if start >= p.arena_start as u64 && end <= (p.arena_start + p.arena_len) as u64 {
+            continue;
+        }
+        let mut kept = false;
+        let mut i = 0;
+        while i < regions.len() {
+            if regions[i].keep != 0 && regions[i].start == start && regions[i].end == end {
+                kept = true;
+            }
+            i += 1;
+        }
+        if kept {
+            continue;
+        }
+        // SAFETY: unmapping a range of this process that no live code or data of the restorer uses.
+        let r = unsafe { syscall3(SYS_munmap, start as usize, (end - start) as usize, 0) };
+        if r < 0 {
+            fatal(b"munmap", start, r);
+        }
+    }
+    // 3. Program break first (the heap region is mapped over it below).
+    // SAFETY: brk has no memory preconditions.
+    unsafe { syscall3(SYS_brk, p.brk as usize, 0, 0) };
+    // 4. Every region, then its saved pages, then its final protection.
+    // SAFETY: the plan's arrays are in the arena.
+    let runs = if p.nruns == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.runs, p.nruns) } };
+    let mut i = 0;
+    while i < regions.len() {
+        let r = &regions[i];
+        i += 1;
+        if r.keep != 0 {
+            continue;
+        }
+        let len = (r.end - r.start) as usize;
+        let has_runs = r.run_count > 0;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let addr = if r.kind == KIND_FILE {
+            let fd = open_cstr(r.path, libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                fatal(b"cannot open a mapped file for the region at", r.start, fd);
+            }
+            let prot = if has_runs { r.prot | rw } else { r.prot };
+            // SAFETY: maps the file privately at the region's address (its old mapping is gone).
+            let a = unsafe {
+                syscall6(
+                    SYS_mmap,
+                    r.start as usize,
+                    len,
+                    prot as usize,
+                    (libc::MAP_PRIVATE | libc::MAP_FIXED) as usize,
+                    fd as usize,
+                    r.file_offset as usize,
+                )
+            };
+            close(fd as i32);
+            a
+        } else {
+            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+            if r.kind == KIND_STACK {
+                flags |= libc::MAP_GROWSDOWN;
+            }
+            if r.kind == KIND_GUARD {
+                flags |= libc::MAP_NORESERVE;
+            }
+            let prot = if r.kind == KIND_GUARD { 0 } else { rw };
+            // SAFETY: a fresh anonymous mapping at the region's address.
+            unsafe { syscall6(SYS_mmap, r.start as usize, len, prot as usize, flags as usize, usize::MAX, 0) }
+        };
+        if addr < 0 || addr as u64 != r.start {
+            fatal(b"cannot map the region at", r.start, addr);
+        }
+        let mut k = 0;
+        while k < r.run_count {
+            let run = &runs[r.run_first + k];
+            k += 1;
+            // SAFETY: the run lies inside the region just mapped writable.
+            let got = unsafe { pread_full(p.image_fd, run.addr as usize, run.len as usize, run.file_offset) };
+            if got != run.len as isize {
+                fatal(b"short read of the saved pages at", run.addr, got.min(0));
+            }
+        }
+        if r.kind != KIND_GUARD && (has_runs || r.kind != KIND_FILE) && r.prot != rw {
+            // SAFETY: changes the protection of the region just restored.
+            unsafe { syscall3(SYS_mprotect, r.start as usize, len, r.prot as usize) };
+        }
+        let _ = (KIND_ANON, KIND_HEAP);
+    }
+    // 5. Thread pointer, cached tid, errno, rseq.
+    // SAFETY: the FS base points at the restored TCB; the tid and errno slots are inside it.
+    unsafe {
+        syscall3(SYS_arch_prctl, ARCH_SET_FS as usize, p.fs_base as usize, 0);
+        if p.tid_offset >= 0 {
+            core::ptr::write_volatile((p.fs_base + p.tid_offset as u64) as *mut i32, gettid());
+        }
+        if p.saved_rseq[1] != 0 {
+            syscall6(SYS_rseq, p.saved_rseq[0] as usize, p.saved_rseq[1] as usize, 0, p.saved_rseq[2] as usize, 0, 0);
+        }
+    }
+    // 6. Descriptors: close ours and anything the restart command leaked, then reopen the program's.
+    // SAFETY: closing descriptors has no memory effects.
+    unsafe { syscall3(SYS_close_range, 3, u32::MAX as usize, 0) };
+    let fds = if p.nfds == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.fds, p.nfds) } };
+    let mut std_seen = [false; 3];
+    let mut j = 0;
+    while j < fds.len() {
+        let f = &fds[j];
+        j += 1;
+        if (0..3).contains(&f.fd) {
+            std_seen[f.fd as usize] = true;
+        }
+        if f.kind == FD_INHERITED {
+            continue;
+        }
+        let flags = (f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+        let tmp = open_cstr(f.path, flags) as i32;
+        if tmp < 0 {
+            fatal(b"cannot reopen the file of descriptor", f.fd as u64, tmp as isize);
+        }
+        // SAFETY: descriptor operations on the file just opened.
+        unsafe {
+            if f.writable_regular != 0 {
+                let r = syscall3(SYS_ftruncate, tmp as usize, f.size as usize, 0);
+                if r < 0 {
+                    fatal(b"cannot cut back the file of descriptor", f.fd as u64, r);
+                }
+            }
+            if f.offset >= 0 {
+                syscall3(SYS_lseek, tmp as usize, f.offset as usize, libc::SEEK_SET as usize);
+            }
+            if tmp != f.fd {
+                let r = syscall3(SYS_dup3, tmp as usize, f.fd as usize, if f.cloexec != 0 { libc::O_CLOEXEC } else { 0 } as usize);
+                if r < 0 {
+                    fatal(b"cannot move the reopened file to descriptor", f.fd as u64, r);
+                }
+                close(tmp);
+            } else if f.cloexec == 0 {
+                syscall3(SYS_fcntl, tmp as usize, libc::F_SETFD as usize, 0);
+            }
+        }
+    }
+    let mut s = 0;
+    while s < 3 {
+        if !std_seen[s] {
+            close(s as i32);
+        }
+        s += 1;
+    }
+    // 7. Working directory, umask, signal actions, interval timers.
+    // SAFETY: NUL-terminated path in the arena; kernel structures built from the plan.
+    unsafe {
+        syscall3(SYS_chdir, p.cwd as usize, 0, 0);
+        syscall3(SYS_umask, p.umask as usize, 0, 0);
+        let acts = core::slice::from_raw_parts(p.sigactions, p.nsigactions);
+        let mut a = 0;
+        while a < acts.len() {
+            let ka = [acts[a][1], acts[a][2], acts[a][3], acts[a][4]];
+            syscall6(SYS_rt_sigaction, acts[a][0] as usize, ka.as_ptr() as usize, 0, 8, 0, 0);
+            a += 1;
+        }
+        let mut t = 0;
+        while t < 3 {
+            let it = p.itimers[t];
+            if it[2] != 0 || it[3] != 0 {
+                syscall3(SYS_setitimer, t, it.as_ptr() as usize, 0);
+            }
+            t += 1;
+        }
+    }
+    // 8. The shim's own state (now the checkpoint-time copy): this is a new process.
+    let pid = getpid();
+    crate::ROOT_PID.store(pid, Ordering::Relaxed);
+    crate::WRITER_PID.store(0, Ordering::Relaxed);
+    crate::CHILD_ARENA.store(0, Ordering::Relaxed);
+    crate::RESTARTS.fetch_add(1, Ordering::Relaxed);
+    crate::arm_timers(p.interval_ns, p.deadline_ns);
+    // 9. One log line.
+    if !p.log_path.is_null() {
+        let fd = open_cstr(p.log_path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC);
+        if fd >= 0 {
+            let mut buf = [0u8; 1024];
+            let mut pos = 0;
+            // SAFETY: the prefix is in the arena.
+            put(&mut buf, &mut pos, unsafe { core::slice::from_raw_parts(p.log_prefix, p.log_prefix_len) });
+            put_u64(&mut buf, &mut pos, pid as u64);
+            put(&mut buf, &mut pos, b",\"restore_us\":");
+            put_u64(&mut buf, &mut pos, (monotonic_ns().saturating_sub(p.t0_ns)) / 1000);
+            put(&mut buf, &mut pos, b"}\n");
+            write_all(fd as i32, &buf[..pos]);
+            close(fd as i32);
+        }
+    }
+    // 10. Drop the arena and return into the program through the saved signal frame.
+    let arena = p.arena_start;
+    let arena_len = p.arena_len;
+    let frame = p.sigframe;
+    // SAFETY: after munmap only registers are used; rt_sigreturn expects rsp at the frame's ucontext and
+    // restores every register, the FPU state and the signal mask from it.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "mov rsp, r12",
+            "mov eax, 15",
+            "syscall",
+            "ud2",
+            in("rax") SYS_munmap,
+            in("rdi") arena,
+            in("rsi") arena_len,
+            in("r12") frame,
+            options(noreturn)
+        )
+    }
+}
+
+fn open_cstr(path: *const u8, flags: i32) -> isize {
+    // SAFETY: `path` is a NUL-terminated string in the arena.
+    unsafe { syscall6(SYS_openat, libc::AT_FDCWD as usize, path as usize, flags as usize, 0o600, 0, 0) }
+}
+
+/// Byte comparison without `memcmp` (libc may not be mapped while this runs).
+fn ends_with(line: &[u8], suffix: &[u8]) -> bool {
+    if line.len() < suffix.len() {
+        return false;
+    }
+    let base = line.len() - suffix.len();
+    let mut i = 0;
+    while i < suffix.len() {
+        if line[base + i] != suffix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+fn parse_range(line: &[u8]) -> (u64, u64) {
+    let mut start = 0u64;
+    let mut end = 0u64;
+    let mut i = 0;
+    let mut second = false;
+    while i < line.len() {
+        let c = line[i];
+        let d = match c {
+            b'0'..=b'9' => (c - b'0') as u64,
+            b'a'..=b'f' => (c - b'a' + 10) as u64,
+            b'-' if !second => {
+                second = true;
+                i += 1;
+                continue;
+            }
+            _ => break,
+        };
+        if second {
+            end = end << 4 | d;
+        } else {
+            start = start << 4 | d;
+        }
+        i += 1;
+    }
+    (start, end)
+}

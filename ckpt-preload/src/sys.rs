@@ -1,0 +1,222 @@
+//! Raw Linux x86_64 system calls and byte helpers that touch neither libc nor the Rust allocator.
+//!
+//! The signal handler (before the writer is forked) and the restorer (while the address space is being
+//! replaced) may only use these: libc's wrappers read libc data that is being replaced, and `memcpy`
+//! calls emitted by the compiler would jump through a GOT that may not be mapped yet.
+
+use core::arch::asm;
+
+pub use libc::{
+    SYS_arch_prctl, SYS_brk, SYS_chdir, SYS_close, SYS_close_range, SYS_dup3, SYS_exit_group, SYS_fcntl, SYS_fstat,
+    SYS_ftruncate, SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_mprotect, SYS_munmap, SYS_openat,
+    SYS_pread64, SYS_read, SYS_readlinkat, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_setitimer,
+    SYS_sigaltstack, SYS_tgkill, SYS_timer_create, SYS_timer_settime, SYS_umask, SYS_wait4, SYS_write,
+};
+
+/// A system call with up to six arguments; returns the raw result (`-errno` on failure).
+///
+/// # Safety
+/// The caller upholds the kernel contract of call `n` (valid pointers, lengths, ownership of fds).
+#[inline(always)]
+pub unsafe fn syscall6(n: libc::c_long, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the x86_64 syscall convention: number in rax, arguments in rdi, rsi, rdx, r10, r8, r9; the
+    // kernel clobbers rcx and r11 and returns in rax. Memory effects are the caller's contract.
+    unsafe {
+        asm!("syscall", inlateout("rax") n as isize => ret, in("rdi") a1, in("rsi") a2, in("rdx") a3,
+             in("r10") a4, in("r8") a5, in("r9") a6, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret
+}
+
+/// `syscall6` with fewer arguments.
+///
+/// # Safety
+/// As [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall3(n: libc::c_long, a1: usize, a2: usize, a3: usize) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(n, a1, a2, a3, 0, 0, 0) }
+}
+
+/// Ends the whole process now (no atexit handlers, no stdio flush).
+pub fn exit_group(code: i32) -> ! {
+    // SAFETY: exit_group takes no pointers and does not return.
+    unsafe {
+        syscall3(SYS_exit_group, code as usize, 0, 0);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Writes all of `buf` to `fd`, ignoring errors (used for diagnostics).
+pub fn write_all(fd: i32, buf: &[u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the live remainder of `buf`.
+        let n = unsafe { syscall3(SYS_write, fd as usize, buf.as_ptr() as usize + done, buf.len() - done) };
+        if n == -(libc::EINTR as isize) {
+            continue;
+        }
+        if n <= 0 {
+            return;
+        }
+        done += n as usize;
+    }
+}
+
+/// Opens `path` (a NUL-terminated byte string) relative to the cwd.
+pub fn open(path: &[u8], flags: i32, mode: u32) -> isize {
+    if path.last() != Some(&0) {
+        return -(libc::EINVAL as isize);
+    }
+    // SAFETY: `path` is NUL-terminated (checked) and outlives the call.
+    unsafe { syscall6(SYS_openat, libc::AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, mode as usize, 0, 0) }
+}
+
+/// Closes `fd`.
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor has no memory effects.
+    unsafe {
+        syscall3(SYS_close, fd as usize, 0, 0);
+    }
+}
+
+/// Reads into `buf` at `offset` until it is full or the file ends; returns the bytes read or `-errno`.
+///
+/// # Safety
+/// `buf..buf+len` must be writable memory of this process.
+pub unsafe fn pread_full(fd: i32, buf: usize, len: usize, mut offset: u64) -> isize {
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: the caller guarantees the destination range is writable.
+        let n = unsafe { syscall6(SYS_pread64, fd as usize, buf + done, len - done, offset as usize, 0, 0) };
+        if n == -(libc::EINTR as isize) {
+            continue;
+        }
+        if n < 0 {
+            return n;
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+        offset += n as u64;
+    }
+    done as isize
+}
+
+/// Reads a whole (small, `/proc`) file into `buf`; returns the length or `-errno`. Fails with `-EFBIG`
+/// when `buf` is too small.
+pub fn read_file(path: &[u8], buf: &mut [u8]) -> isize {
+    let fd = open(path, libc::O_RDONLY | libc::O_CLOEXEC, 0);
+    if fd < 0 {
+        return fd;
+    }
+    let mut len = 0usize;
+    loop {
+        if len == buf.len() {
+            close(fd as i32);
+            return -(libc::EFBIG as isize);
+        }
+        // SAFETY: the destination is the unused tail of `buf`.
+        let n = unsafe { syscall3(SYS_read, fd as usize, buf.as_mut_ptr() as usize + len, buf.len() - len) };
+        if n == -(libc::EINTR as isize) {
+            continue;
+        }
+        if n < 0 {
+            close(fd as i32);
+            return n;
+        }
+        if n == 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    close(fd as i32);
+    len as isize
+}
+
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { syscall3(SYS_gettid, 0, 0, 0) as i32 }
+}
+
+/// The process id.
+pub fn getpid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { syscall3(SYS_getpid, 0, 0, 0) as i32 }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (through the vDSO-free syscall: safe anywhere).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe {
+        syscall3(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC as usize, &mut ts as *mut _ as usize, 0);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Copies `src` into `dst` byte by byte (never a `memcpy` call: see the module comment).
+///
+/// # Safety
+/// Both ranges are valid for `len` bytes and do not overlap.
+#[inline(never)]
+pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
+    let mut i = 0;
+    while i < len {
+        // SAFETY: `i < len` and the caller guarantees both ranges; volatile keeps the compiler from
+        // turning the loop back into a memcpy call.
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
+        i += 1;
+    }
+}
+
+/// Appends decimal `v` to `out` at `*pos` (diagnostics without formatting machinery).
+pub fn put_u64(out: &mut [u8], pos: &mut usize, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while n > 0 {
+        n -= 1;
+        put(out, pos, &[digits[n]]);
+    }
+}
+
+/// Appends `s` to `out` at `*pos`, truncating at the end of `out`.
+pub fn put(out: &mut [u8], pos: &mut usize, s: &[u8]) {
+    for &b in s {
+        if *pos < out.len() {
+            out[*pos] = b;
+            *pos += 1;
+        }
+    }
+}
+
+/// Appends `v` in hexadecimal.
+pub fn put_hex(out: &mut [u8], pos: &mut usize, v: u64) {
+    put(out, pos, b"0x");
+    let mut started = false;
+    for i in (0..16).rev() {
+        let d = ((v >> (i * 4)) & 0xf) as u8;
+        if d != 0 || started || i == 0 {
+            started = true;
+            put(out, pos, &[if d < 10 { b'0' + d } else { b'a' + d - 10 }]);
+        }
+    }
+}
+
+/// `arch_prctl` codes (asm/prctl.h).
+pub const ARCH_SET_FS: i32 = 0x1002;
+/// Reads the FS base.
+pub const ARCH_GET_FS: i32 = 0x1003;

@@ -1,0 +1,578 @@
+//! The writer: a forked copy of the program that saves its own (frozen) address space as a process image.
+//!
+//! It runs in a child made by a raw `clone` from inside the signal handler, so the program may have been
+//! interrupted anywhere, even inside `malloc`. Hence: Rust allocations come from a private arena the
+//! image excludes (see the allocator in `lib.rs`), no libc function that allocates is called (`opendir`
+//! is replaced by [`ForkSafeStorage::read_dir`]), and nothing the program owns is modified.
+
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use ckpt_core::process_image::*;
+use ckpt_core::storage::{DirEntry, FileStorage, Storage, StorageReader, StorageWriter};
+use ckpt_core::{Compression, Encoding, SectionOptions};
+
+use crate::sys::*;
+use crate::{ARENA_SIZE, CHILD_ARENA, SNAPSHOT, context, warn};
+
+/// File-system access for the writer: the operating system's, with a directory listing that does not
+/// go through `opendir` (which calls `malloc`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForkSafeStorage;
+
+impl Storage for ForkSafeStorage {
+    fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
+        FileStorage.create_new(path, mode)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
+        FileStorage.open(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        FileStorage.rename(from, to)
+    }
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        FileStorage.hard_link(original, link)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        FileStorage.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        FileStorage.sync_dir(dir)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let mut path = dir.as_os_str().as_bytes().to_vec();
+        path.push(0);
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        if crate::for_each_dir_entry(&path, &mut buf, |n| names.push(n.to_vec())) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let name = std::ffi::OsString::from(std::ffi::OsStr::from_bytes(&name));
+            let meta = match std::fs::symlink_metadata(dir.join(&name)) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(DirEntry {
+                name,
+                is_file: meta.is_file(),
+                len: if meta.is_file() { meta.len() } else { 0 },
+                modified: meta.modified().ok(),
+            });
+        }
+        Ok(out)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        FileStorage.create_dir_all(dir)
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        FileStorage.remove_dir(dir)
+    }
+}
+
+/// Why no image was written.
+enum Failure {
+    /// Something this version cannot restore (exit status 3).
+    Refused(String),
+    /// An I/O or format error (exit status 2).
+    Failed(String),
+}
+
+/// Size of the writer's own stack.
+const WRITER_STACK: usize = 8 << 20;
+
+/// Entry point of the writer child (right after the raw clone); never returns. Moves to a stack and an
+/// arena of its own first: the program's stack and heap must not change while they are being saved.
+pub(crate) fn run_writer() -> ! {
+    let map = |len: usize| {
+        // SAFETY: a private anonymous reservation; MAP_NORESERVE so untouched pages cost nothing.
+        unsafe {
+            syscall6(
+                SYS_mmap,
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as usize,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as usize,
+                usize::MAX,
+                0,
+            )
+        }
+    };
+    let arena = map(ARENA_SIZE);
+    let stack = map(WRITER_STACK);
+    if arena < 0 || stack < 0 {
+        warn(b"checkpoint failed: cannot map the writer's arena");
+        exit_group(2);
+    }
+    // SAFETY: the arena is mapped and writable; its first word is the bump cursor.
+    unsafe { *(arena as *mut usize) = arena as usize + 64 };
+    CHILD_ARENA.store(arena as usize, Ordering::Relaxed);
+    let top = (stack as usize + WRITER_STACK - 64) & !15;
+    // SAFETY: the new stack is a fresh mapping; writer_main never returns.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {top}",
+            "call {main}",
+            "ud2",
+            top = in(reg) top,
+            main = sym writer_main,
+            in("rdi") arena as usize,
+            in("rsi") stack as usize,
+            options(noreturn)
+        )
+    }
+}
+
+extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
+    let excluded = [(arena as u64, (arena + ARENA_SIZE) as u64), (stack as u64, (stack + WRITER_STACK) as u64)];
+    let code = match write_image(&excluded) {
+        Ok(()) => 0,
+        Err(Failure::Refused(m)) => {
+            warn(format!("cannot checkpoint: {m}").as_bytes());
+            log_line(&serde_json::json!({"event": "checkpoint-refused", "reason": m}));
+            3
+        }
+        Err(Failure::Failed(m)) => {
+            warn(format!("checkpoint failed: {m}").as_bytes());
+            log_line(&serde_json::json!({"event": "checkpoint-failed", "error": m}));
+            2
+        }
+    };
+    exit_group(code)
+}
+
+/// Appends one JSON line to the shim's log.
+pub(crate) fn log_line(value: &serde_json::Value) {
+    let Some(ctx) = context() else { return };
+    let mut line = value.to_string();
+    line.push('\n');
+    if ctx.log_stderr {
+        write_all(2, line.as_bytes());
+    } else if let Some(p) = &ctx.log_path {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+struct MapLine {
+    start: u64,
+    end: u64,
+    perms: [u8; 4],
+    offset: u64,
+    inode: u64,
+    path: Vec<u8>,
+}
+
+fn parse_maps(text: &[u8]) -> Vec<MapLine> {
+    let mut out = Vec::new();
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let mut fields = line.splitn(6, |&b| b == b' ');
+        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(inode)) =
+            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = fields.next().map(|p| p.trim_ascii_start().to_vec()).unwrap_or_default();
+        let hex = |s: &[u8]| u64::from_str_radix(std::str::from_utf8(s).unwrap_or("x"), 16).ok();
+        let mut r = range.splitn(2, |&b| b == b'-');
+        let (Some(start), Some(end)) = (r.next().and_then(hex), r.next().and_then(hex)) else { continue };
+        let mut p = [b'-'; 4];
+        for (i, &b) in perms.iter().take(4).enumerate() {
+            p[i] = b;
+        }
+        out.push(MapLine {
+            start,
+            end,
+            perms: p,
+            offset: hex(offset).unwrap_or(0),
+            inode: std::str::from_utf8(inode).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+            path,
+        });
+    }
+    out
+}
+
+fn prot_of(perms: &[u8; 4]) -> u32 {
+    let mut prot = 0;
+    if perms[0] == b'r' {
+        prot |= libc::PROT_READ;
+    }
+    if perms[1] == b'w' {
+        prot |= libc::PROT_WRITE;
+    }
+    if perms[2] == b'x' {
+        prot |= libc::PROT_EXEC;
+    }
+    prot as u32
+}
+
+pub(crate) fn identity_of(meta: &std::fs::Metadata) -> FileIdentity {
+    FileIdentity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Pagemap bits.
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
+    let started_ns = monotonic_ns();
+    // SAFETY: the writer reads its own copy of the snapshot the handler filled before forking.
+    let snap = unsafe { &*SNAPSHOT.get() };
+    let pause_us = (started_ns.saturating_sub(snap.t0_ns)) / 1000;
+    let ctx = context().ok_or_else(|| Failure::Failed("the shim was not initialised".into()))?;
+    let page = 4096u64;
+    let maps = std::fs::read("/proc/self/maps").map_err(|e| Failure::Failed(format!("/proc/self/maps: {e}")))?;
+    let pagemap =
+        std::fs::File::open("/proc/self/pagemap").map_err(|e| Failure::Failed(format!("/proc/self/pagemap: {e}")))?;
+
+    let mut regions = Vec::new();
+    let mut vdso = None;
+    let mut data_offset = 0u64;
+    let mut entries = vec![0u8; 8 * 4096];
+    // The writer's own mappings may have been merged with a neighbour of the program: cut them out.
+    let mut lines = Vec::new();
+    for m in parse_maps(&maps) {
+        let mut pieces = vec![(m.start, m.end)];
+        for &(a, b) in excluded {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(s, e)| {
+                    if b <= s || e <= a {
+                        vec![(s, e)]
+                    } else {
+                        [(s, a.max(s)), (b.min(e), e)].into_iter().filter(|(x, y)| x < y).collect()
+                    }
+                })
+                .collect();
+        }
+        for (s, e) in pieces {
+            lines.push(MapLine {
+                start: s,
+                end: e,
+                perms: m.perms,
+                offset: m.offset + (s - m.start),
+                inode: m.inode,
+                path: m.path.clone(),
+            });
+        }
+    }
+    for m in lines {
+        let path = m.path.clone();
+        match &path[..] {
+            b"[vdso]" => {
+                vdso = Some((m.start, m.end));
+                continue;
+            }
+            b"[vvar]" | b"[vvar_vclock]" | b"[vsyscall]" => continue,
+            _ => {}
+        }
+        let name = lossy(&path);
+        if m.perms[3] == b's' && m.perms[1] == b'w' {
+            return Err(Failure::Refused(format!("shared writable mapping of {name:?} at {:#x}", m.start)));
+        }
+        if path.ends_with(b" (deleted)") {
+            return Err(Failure::Refused(format!("mapping of a deleted file {name:?}")));
+        }
+        if path.starts_with(b"/SYSV") || path.starts_with(b"/dev/shm/") || path.starts_with(b"/memfd:") {
+            return Err(Failure::Refused(format!("shared memory mapping {name:?}")));
+        }
+        let prot = prot_of(&m.perms);
+        let is_file = m.inode != 0 && path.starts_with(b"/");
+        let kind = if prot == 0 {
+            RegionKind::Guard
+        } else if is_file {
+            RegionKind::File
+        } else if path == b"[heap]" {
+            RegionKind::Heap
+        } else if path == b"[stack]" {
+            RegionKind::Stack
+        } else {
+            RegionKind::Anonymous
+        };
+        let identity = if is_file {
+            let meta = std::fs::metadata(Path::new(std::ffi::OsStr::from_bytes(&path)))
+                .map_err(|e| Failure::Refused(format!("mapped file {name:?}: {e}")))?;
+            Some(identity_of(&meta))
+        } else {
+            None
+        };
+        let mut runs: Vec<Run> = Vec::new();
+        if kind != RegionKind::Guard {
+            if prot & libc::PROT_READ as u32 == 0 {
+                // Only this copy of the address space changes.
+                // SAFETY: the range is a mapping of this process (from /proc/self/maps).
+                unsafe {
+                    syscall3(SYS_mprotect, m.start as usize, (m.end - m.start) as usize, (prot | 1) as usize)
+                };
+            }
+            let npages = (m.end - m.start) / page;
+            let mut p = 0u64;
+            while p < npages {
+                let chunk = (npages - p).min(4096);
+                let bytes = &mut entries[..(chunk * 8) as usize];
+                pagemap
+                    .read_exact_at(bytes, (m.start / page + p) * 8)
+                    .map_err(|e| Failure::Failed(format!("/proc/self/pagemap at {:#x}: {e}", m.start + p * page)))?;
+                for i in 0..chunk {
+                    let e = u64::from_le_bytes(bytes[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap());
+                    let addr = m.start + (p + i) * page;
+                    let save = if is_file {
+                        // A private copy of a file page (relocations, written .data) differs from the file.
+                        (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+                    } else if e & (PM_PRESENT | PM_SWAPPED) != 0 {
+                        // SAFETY: the page is mapped and readable (made readable above).
+                        let words = unsafe { std::slice::from_raw_parts(addr as *const u64, 512) };
+                        words.iter().any(|&w| w != 0)
+                    } else {
+                        false
+                    };
+                    if !save {
+                        continue;
+                    }
+                    match runs.last_mut() {
+                        Some(r) if r.addr + r.len == addr => r.len += page,
+                        _ => runs.push(Run { addr, len: page, data_offset: 0 }),
+                    }
+                }
+                p += chunk;
+            }
+            for r in &mut runs {
+                r.data_offset = data_offset;
+                data_offset += r.len;
+            }
+        }
+        regions.push(Region {
+            start: m.start,
+            end: m.end,
+            prot,
+            kind,
+            path,
+            file_offset: m.offset,
+            identity,
+            runs,
+        });
+    }
+
+    // Descriptors, as the handler saw them.
+    let mut fds = Vec::new();
+    for s in &snap.fds[..snap.nfds] {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", s.fd)).unwrap_or_default();
+        let path = link.as_os_str().as_bytes().to_vec();
+        let name = lossy(&path);
+        let fmt = s.mode & libc::S_IFMT;
+        let kind = match fmt {
+            libc::S_IFREG => {
+                if path.ends_with(b" (deleted)") {
+                    return Err(Failure::Refused(format!("fd {} is a deleted file {name:?}", s.fd)));
+                }
+                FdKind::Regular
+            }
+            libc::S_IFDIR => FdKind::Directory,
+            libc::S_IFCHR if s.fd <= 2 && path.starts_with(b"/dev/pts/") || path == b"/dev/tty" => FdKind::Inherited,
+            libc::S_IFCHR => FdKind::CharDevice,
+            libc::S_IFIFO if s.fd <= 2 => FdKind::Inherited,
+            libc::S_IFIFO => return Err(Failure::Refused(format!("fd {} is a pipe ({name})", s.fd))),
+            libc::S_IFSOCK => return Err(Failure::Refused(format!("fd {} is a socket ({name})", s.fd))),
+            _ => return Err(Failure::Refused(format!("fd {} is of a kind this version cannot restore ({name})", s.fd))),
+        };
+        fds.push(FdRecord {
+            fd: s.fd,
+            kind,
+            path,
+            flags: s.flags,
+            cloexec: s.fdflags & libc::FD_CLOEXEC != 0,
+            offset: s.offset,
+            size: s.size,
+            identity: (kind == FdKind::Regular).then(|| FileIdentity {
+                dev: s.dev,
+                ino: s.ino,
+                size: s.size,
+                mtime_ns: s.mtime_ns,
+            }),
+        });
+    }
+
+    let image = ProcessImage {
+        version: PROCESS_IMAGE_VERSION,
+        exe: std::fs::read_link("/proc/self/exe").map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
+        exe_identity: std::fs::metadata("/proc/self/exe").map(|m| identity_of(&m)).unwrap_or_default(),
+        argv: ctx.argv.iter().map(|&p| c_string(p)).collect(),
+        envp: ctx.envp.iter().map(|&p| c_string(p)).collect(),
+        cwd: std::env::current_dir().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
+        umask: {
+            // SAFETY: umask has no memory effects; the writer's copy is restored right away.
+            let u = unsafe { libc::umask(0o022) };
+            // SAFETY: as above.
+            unsafe { libc::umask(u) };
+            u
+        },
+        rlimit_stack: rlimit_stack(),
+        // SAFETY: personality(0xffffffff) only queries.
+        personality: unsafe { libc::personality(0xffff_ffff) } as u32,
+        fingerprint: ckpt_core::process_image::fingerprint(),
+        // SAFETY: brk(0) only queries.
+        brk: unsafe { syscall3(SYS_brk, 0, 0, 0) } as u64,
+        fs_base: {
+            let mut fs = 0u64;
+            // SAFETY: ARCH_GET_FS writes into `fs`.
+            unsafe { syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0) };
+            fs
+        },
+        tid_offset: u64::try_from(crate::TID_OFFSET.load(Ordering::Relaxed)).ok(),
+        rseq: match crate::RSEQ_LEN.load(Ordering::Relaxed) {
+            0 => None,
+            len => Some(RseqRecord {
+                addr: crate::RSEQ_ADDR.load(Ordering::Relaxed),
+                len,
+                sig: crate::RSEQ_SIG.load(Ordering::Relaxed),
+            }),
+        },
+        sigframe: snap.ucontext as u64,
+        sigactions: sigactions(),
+        // SAFETY: the ucontext of the interrupted code is on the (copied) stack.
+        sigmask: unsafe {
+            std::ptr::read_unaligned(
+                &(*(snap.ucontext as *const libc::ucontext_t)).uc_sigmask as *const libc::sigset_t as *const u64,
+            )
+        },
+        sigaltstack: {
+            let mut ss = [0u64; 3];
+            // SAFETY: queries into a writable stack_t-sized buffer.
+            unsafe { syscall3(SYS_sigaltstack, 0, ss.as_mut_ptr() as usize, 0) };
+            (ss[0], ss[1] as i32, ss[2])
+        },
+        itimers: [0, 1, 2].map(|i| ItimerRecord { interval_us: snap.itimers[i][0], value_us: snap.itimers[i][1] }),
+        fds,
+        regions,
+        vdso,
+        pid: crate::ROOT_PID.load(Ordering::Relaxed),
+        host: ctx.store.config().host.clone(),
+        sequence: snap.sequence,
+        pause_us,
+        time_unix: ckpt_core::triggers::unix_now(),
+        restarts: crate::RESTARTS.load(Ordering::Relaxed),
+    };
+    let state = ckpt_core::process_image::encode(&image).map_err(|e| Failure::Failed(e.to_string()))?;
+
+    let store = &ctx.store;
+    let image_dir = take_request();
+    let begin = match &image_dir {
+        Some(d) => store.begin_in(d, snap.sequence as i64),
+        None => store.begin(snap.sequence as i64),
+    };
+    let mut w = begin.map_err(|e| Failure::Failed(e.to_string()))?;
+    let plain = SectionOptions::new().compression(Compression::None);
+    let fail = |e: ckpt_core::Error| Failure::Failed(e.to_string());
+    w.set_metadata(IMAGE_METADATA_KEY, "1").map_err(fail)?;
+    w.add_section_with(STATE_SECTION, &state, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    {
+        let mut sw = w.section_writer(MEMORY_SECTION, plain).map_err(fail)?;
+        // Through a buffer: the CRC and the bytes written are then the same bytes even where this copy of
+        // the process still changes memory it saves (its thread-local errno, for one).
+        let mut buf = vec![0u8; 1 << 20];
+        for run in image.regions.iter().flat_map(|r| r.runs.iter()) {
+            let mut done = 0u64;
+            while done < run.len {
+                let n = (run.len - done).min(buf.len() as u64) as usize;
+                // SAFETY: every run lies in a readable mapping of this (frozen) copy of the process.
+                let src = unsafe { std::slice::from_raw_parts((run.addr + done) as *const u8, n) };
+                buf[..n].copy_from_slice(src);
+                sw.write_bytes(&buf[..n]).map_err(fail)?;
+                done += n as u64;
+            }
+        }
+        sw.finish().map_err(fail)?;
+    }
+    let info = w.commit().map_err(fail)?;
+    let done_ns = monotonic_ns();
+    let file_len = std::fs::metadata(&info.path).map(|m| m.len()).unwrap_or(0);
+    let event = serde_json::json!({
+        "event": "checkpoint", "path": info.path, "generation": info.generation, "sequence": snap.sequence,
+        "exit": snap.exit, "image_bytes": file_len, "saved_bytes": image.saved_bytes(),
+        "mapped_bytes": image.mapped_bytes(), "regions": image.regions.len(),
+        "runs": image.regions.iter().map(|r| r.runs.len()).sum::<usize>(),
+        "pause_ms": pause_us as f64 / 1e3, "write_ms": (done_ns - started_ns) as f64 / 1e6,
+        "restarts": image.restarts, "pid": image.pid,
+    });
+    log_line(&event);
+    if let Some(reply) = reply_path() {
+        let _ = std::fs::write(reply, format!("{}\n", info.path.display()));
+    }
+    Ok(())
+}
+
+fn c_string(p: usize) -> Vec<u8> {
+    // SAFETY: argv/envp strings of the initial stack are NUL-terminated and still mapped.
+    unsafe { std::ffi::CStr::from_ptr(p as *const std::ffi::c_char) }.to_bytes().to_vec()
+}
+
+fn rlimit_stack() -> (u64, u64) {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is writable.
+    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
+    (rl.rlim_cur, rl.rlim_max)
+}
+
+fn sigactions() -> Vec<KernelSigaction> {
+    let mut out = Vec::new();
+    for signo in 1..=64 {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        let mut ka = [0u64; 4];
+        // SAFETY: queries the kernel's action into a kernel_sigaction-sized buffer.
+        let r = unsafe { syscall6(SYS_rt_sigaction, signo as usize, 0, ka.as_mut_ptr() as usize, 8, 0, 0) };
+        if r == 0 {
+            out.push(KernelSigaction { signo, handler: ka[0], flags: ka[1], restorer: ka[2], mask: ka[3] });
+        }
+    }
+    out
+}
+
+/// A pending `ckpt create --image-dir` request for this process.
+fn take_request() -> Option<PathBuf> {
+    let path = request_path()?;
+    let mut text = String::new();
+    std::fs::File::open(&path).ok()?.read_to_string(&mut text).ok()?;
+    let _ = std::fs::remove_file(&path);
+    let dir = text.trim();
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+fn registration_base() -> Option<PathBuf> {
+    let ctx = context()?;
+    let cfg = ctx.store.config();
+    let dir = cfg.socket_dir.as_ref()?;
+    Some(dir.join(ckpt_core::process_image::registration_name(
+        crate::ROOT_PID.load(Ordering::Relaxed) as u32,
+        cfg.job_id.as_deref(),
+        cfg.step_id,
+    )))
+}
+
+fn request_path() -> Option<PathBuf> {
+    registration_base().map(|b| b.with_extension("request"))
+}
+
+fn reply_path() -> Option<PathBuf> {
+    let p = registration_base()?.with_extension("reply-pending");
+    p.exists().then(|| p.with_extension("reply"))
+}
