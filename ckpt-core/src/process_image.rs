@@ -93,6 +93,11 @@ pub enum FdKind {
     CharDevice,
     /// A terminal or pipe on fds 0–2: inherited from the restart command.
     Inherited,
+    /// The read end of a pipe whose write end the process also holds (a self-pipe, empty at checkpoint
+    /// time): recreated with `pipe2`. `path` (`pipe:[inode]`) pairs the ends.
+    PipeRead,
+    /// The write end of such a pipe.
+    PipeWrite,
 }
 
 /// One open file descriptor.

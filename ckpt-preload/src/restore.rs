@@ -38,8 +38,9 @@ pub struct Plan {
     nregions: usize,
     runs: *const PlanRun,
     nruns: usize,
-    fds: *const PlanFd,
+    fds: *mut PlanFd,
     nfds: usize,
+    fd_temp_base: i32,
     sigactions: *const [u64; 5],
     nsigactions: usize,
     brk: u64,
@@ -90,6 +91,8 @@ struct PlanRun {
 struct PlanFd {
     fd: i32,
     kind: u32,
+    group: u32,
+    tmp: i32,
     flags: i32,
     cloexec: u32,
     writable_regular: u32,
@@ -105,6 +108,8 @@ const KIND_FILE: u32 = 3;
 const KIND_GUARD: u32 = 4;
 const FD_REOPEN: u32 = 0;
 const FD_INHERITED: u32 = 1;
+const FD_PIPE_READ: u32 = 2;
+const FD_PIPE_WRITE: u32 = 3;
 
 const STACK_SIZE: usize = 256 * 1024;
 const MAPS_CAP: usize = 4 * 1024 * 1024;
@@ -292,7 +297,7 @@ fn preflight(image: &ProcessImage) -> Option<String> {
         }
     }
     for f in &image.fds {
-        if f.kind == FdKind::Inherited {
+        if matches!(f.kind, FdKind::Inherited | FdKind::PipeRead | FdKind::PipeWrite) {
             continue;
         }
         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path));
@@ -459,10 +464,29 @@ unsafe fn build_plan(
         });
     }
     let mut fds = Vec::new();
+    let mut pipes: Vec<&[u8]> = Vec::new();
     for f in &image.fds {
+        let group = if matches!(f.kind, FdKind::PipeRead | FdKind::PipeWrite) {
+            match pipes.iter().position(|p| *p == &f.path[..]) {
+                Some(g) => g,
+                None => {
+                    pipes.push(&f.path);
+                    pipes.len() - 1
+                }
+            }
+        } else {
+            0
+        };
         fds.push(PlanFd {
             fd: f.fd,
-            kind: if f.kind == FdKind::Inherited { FD_INHERITED } else { FD_REOPEN },
+            kind: match f.kind {
+                FdKind::Inherited => FD_INHERITED,
+                FdKind::PipeRead => FD_PIPE_READ,
+                FdKind::PipeWrite => FD_PIPE_WRITE,
+                _ => FD_REOPEN,
+            },
+            group: group as u32,
+            tmp: -1,
             flags: f.flags,
             cloexec: f.cloexec as u32,
             writable_regular: (f.kind == FdKind::Regular && f.flags & libc::O_ACCMODE != libc::O_RDONLY) as u32,
@@ -508,8 +532,9 @@ unsafe fn build_plan(
             nregions: regions.len(),
             runs: if runs.is_empty() { std::ptr::null() } else { w.alloc(&runs) },
             nruns: runs.len(),
-            fds: if fds.is_empty() { std::ptr::null() } else { w.alloc(&fds) },
+            fds: if fds.is_empty() { std::ptr::null_mut() } else { w.alloc(&fds) as *mut PlanFd },
             nfds: fds.len(),
+            fd_temp_base: image.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1,
             sigactions: w.alloc(&sigactions),
             nsigactions: sigactions.len(),
             brk: image.brk,
@@ -763,10 +788,62 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             syscall6(SYS_rseq, p.saved_rseq[0] as usize, p.saved_rseq[1] as usize, 0, p.saved_rseq[2] as usize, 0, 0);
         }
     }
-    // 6. Descriptors: close ours and anything the restart command leaked, then reopen the program's.
+    // 6. Descriptors: close ours and anything the restart command leaked; open every file (and recreate
+    //    every self-pipe) at a number above all the program's, then move each to its number.
     // SAFETY: closing descriptors has no memory effects.
     unsafe { syscall3(SYS_close_range, 3, u32::MAX as usize, 0) };
-    let fds = if p.nfds == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.fds, p.nfds) } };
+    let fds = if p.nfds == 0 { &mut [][..] } else { unsafe { core::slice::from_raw_parts_mut(p.fds, p.nfds) } };
+    let high = |fd: isize| -> i32 {
+        if fd < 0 {
+            return fd as i32;
+        }
+        // SAFETY: duplicates a descriptor we own above all target numbers, then closes the original.
+        let h = unsafe { syscall3(SYS_fcntl, fd as usize, libc::F_DUPFD_CLOEXEC as usize, p.fd_temp_base as usize) };
+        close(fd as i32);
+        h as i32
+    };
+    let mut j = 0;
+    while j < fds.len() {
+        let kind = fds[j].kind;
+        if kind == FD_REOPEN {
+            let f = &mut fds[j];
+            let flags = (f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+            let tmp = high(open_cstr(f.path, flags));
+            if tmp < 0 {
+                fatal(b"cannot reopen the file of descriptor", f.fd as u64, tmp as isize);
+            }
+            // SAFETY: descriptor operations on the file just opened.
+            unsafe {
+                if f.writable_regular != 0 {
+                    let r = syscall3(SYS_ftruncate, tmp as usize, f.size as usize, 0);
+                    if r < 0 {
+                        fatal(b"cannot cut back the file of descriptor", f.fd as u64, r);
+                    }
+                }
+                if f.offset >= 0 {
+                    syscall3(SYS_lseek, tmp as usize, f.offset as usize, libc::SEEK_SET as usize);
+                }
+            }
+            f.tmp = tmp;
+        } else if (kind == FD_PIPE_READ || kind == FD_PIPE_WRITE) && fds[j].tmp < 0 {
+            let mut ends = [0i32; 2];
+            // SAFETY: pipe2 writes two descriptors.
+            let r = unsafe { syscall3(libc::SYS_pipe2, ends.as_mut_ptr() as usize, libc::O_CLOEXEC as usize, 0) };
+            if r < 0 {
+                fatal(b"cannot recreate the pipe of descriptor", fds[j].fd as u64, r);
+            }
+            let (rd, wr) = (high(ends[0] as isize), high(ends[1] as isize));
+            let group = fds[j].group;
+            let mut k = j;
+            while k < fds.len() {
+                if (fds[k].kind == FD_PIPE_READ || fds[k].kind == FD_PIPE_WRITE) && fds[k].group == group {
+                    fds[k].tmp = if fds[k].kind == FD_PIPE_READ { rd } else { wr };
+                }
+                k += 1;
+            }
+        }
+        j += 1;
+    }
     let mut std_seen = [false; 3];
     let mut j = 0;
     while j < fds.len() {
@@ -775,36 +852,22 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
         if (0..3).contains(&f.fd) {
             std_seen[f.fd as usize] = true;
         }
-        if f.kind == FD_INHERITED {
+        if f.kind == FD_INHERITED || f.tmp < 0 {
             continue;
         }
-        let flags = (f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
-        let tmp = open_cstr(f.path, flags) as i32;
-        if tmp < 0 {
-            fatal(b"cannot reopen the file of descriptor", f.fd as u64, tmp as isize);
-        }
-        // SAFETY: descriptor operations on the file just opened.
+        let cloexec = if f.cloexec != 0 { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: descriptor operations on descriptors we own.
         unsafe {
-            if f.writable_regular != 0 {
-                let r = syscall3(SYS_ftruncate, tmp as usize, f.size as usize, 0);
-                if r < 0 {
-                    fatal(b"cannot cut back the file of descriptor", f.fd as u64, r);
-                }
+            let r = syscall3(SYS_dup3, f.tmp as usize, f.fd as usize, cloexec as usize);
+            if r < 0 {
+                fatal(b"cannot move a reopened file to descriptor", f.fd as u64, r);
             }
-            if f.offset >= 0 {
-                syscall3(SYS_lseek, tmp as usize, f.offset as usize, libc::SEEK_SET as usize);
-            }
-            if tmp != f.fd {
-                let r = syscall3(SYS_dup3, tmp as usize, f.fd as usize, if f.cloexec != 0 { libc::O_CLOEXEC } else { 0 } as usize);
-                if r < 0 {
-                    fatal(b"cannot move the reopened file to descriptor", f.fd as u64, r);
-                }
-                close(tmp);
-            } else if f.cloexec == 0 {
-                syscall3(SYS_fcntl, tmp as usize, libc::F_SETFD as usize, 0);
-            }
+            // Status flags (O_NONBLOCK, O_APPEND) live in the open file description.
+            syscall3(SYS_fcntl, f.fd as usize, libc::F_SETFL as usize, f.flags as usize);
         }
     }
+    // SAFETY: the temporaries are all at or above the base.
+    unsafe { syscall3(SYS_close_range, p.fd_temp_base as usize, u32::MAX as usize, 0) };
     let mut s = 0;
     while s < 3 {
         if !std_seen[s] {

@@ -389,7 +389,32 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             libc::S_IFCHR if s.fd <= 2 && path.starts_with(b"/dev/pts/") || path == b"/dev/tty" => FdKind::Inherited,
             libc::S_IFCHR => FdKind::CharDevice,
             libc::S_IFIFO if s.fd <= 2 => FdKind::Inherited,
-            libc::S_IFIFO => return Err(Failure::Refused(format!("fd {} is a pipe ({name})", s.fd))),
+            libc::S_IFIFO => {
+                // A pipe both of whose ends this process holds (a self-pipe, as xz uses) can be recreated,
+                // when it is empty; a pipe to another process cannot.
+                let both = snap.fds[..snap.nfds].iter().filter(|o| o.mode & libc::S_IFMT == libc::S_IFIFO && o.ino == s.ino);
+                let (mut r, mut w) = (false, false);
+                for o in both {
+                    match o.flags & libc::O_ACCMODE {
+                        libc::O_RDONLY => r = true,
+                        libc::O_WRONLY => w = true,
+                        _ => {}
+                    }
+                }
+                if !(r && w) {
+                    return Err(Failure::Refused(format!(
+                        "fd {} is a pipe to another process ({name}); only stdin/stdout/stderr may be pipes",
+                        s.fd
+                    )));
+                }
+                let mut pending: libc::c_int = 0;
+                // SAFETY: FIONREAD writes an int; the descriptor is this process's.
+                unsafe { libc::ioctl(s.fd, libc::FIONREAD, &mut pending) };
+                if pending != 0 {
+                    return Err(Failure::Refused(format!("fd {} is a pipe holding {pending} unread bytes", s.fd)));
+                }
+                if s.flags & libc::O_ACCMODE == libc::O_RDONLY { FdKind::PipeRead } else { FdKind::PipeWrite }
+            }
             libc::S_IFSOCK => return Err(Failure::Refused(format!("fd {} is a socket ({name})", s.fd))),
             _ => return Err(Failure::Refused(format!("fd {} is of a kind this version cannot restore ({name})", s.fd))),
         };
