@@ -157,8 +157,7 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
     let own = Config::from_env(None).ok().map(|c| c.base_name());
     files.sort_by(|a, b| {
         let mine = |p: &PathBuf| {
-            own.as_deref()
-                .is_some_and(|o| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(o)))
+            own.as_deref().is_some_and(|o| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(o)))
         };
         mine(&b.1).cmp(&mine(&a.1)).then(b.0.cmp(&a.0))
     });
@@ -278,10 +277,8 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
             env.push(c);
         }
     }
-    let extra = [
-        format!("CKPT_SHIM_ROOT={}", std::process::id()),
-        format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns}"),
-    ];
+    let extra =
+        [format!("CKPT_SHIM_ROOT={}", std::process::id()), format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns}")];
     for x in extra {
         env.push(CString::new(x).expect("no NUL"));
     }
@@ -317,7 +314,10 @@ fn triggers_now() -> (u64, u64) {
     };
     let end = cfg.end_time.map(|t| t as f64).or_else(|| {
         let job = cfg.job_id.as_ref()?;
-        ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5)).ok().flatten().map(|t| t as f64)
+        ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5))
+            .ok()
+            .flatten()
+            .map(|t| t as f64)
     });
     let lead = ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * cfg.safety_factor + cfg.margin.as_secs_f64();
     (interval_ns, end.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0))

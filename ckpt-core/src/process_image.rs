@@ -247,7 +247,8 @@ impl ProcessImage {
 /// Encodes the state section (postcard, as [`crate::CheckpointWriter::add_serde`] does).
 pub fn encode(image: &ProcessImage) -> crate::Result<Vec<u8>> {
     postcard::to_allocvec(image).map_err(|e| {
-        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}")).with_section(STATE_SECTION)
+        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+            .with_section(STATE_SECTION)
     })
 }
 
@@ -255,8 +256,7 @@ pub fn encode(image: &ProcessImage) -> crate::Result<Vec<u8>> {
 /// other layout versions.
 pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
     if cp.metadata(IMAGE_METADATA_KEY).is_none() || !cp.has_section(MEMORY_SECTION) {
-        return Err(crate::Error::invalid("not a process image (written by the LD_PRELOAD shim)")
-            .with_path(cp.path()));
+        return Err(crate::Error::invalid("not a process image (written by the LD_PRELOAD shim)").with_path(cp.path()));
     }
     let image: ProcessImage = cp.read_serde(STATE_SECTION)?;
     if image.version != PROCESS_IMAGE_VERSION {
@@ -315,7 +315,10 @@ pub fn fingerprint_mismatch(saved: &Fingerprint, now: &Fingerprint) -> Option<St
         ));
     }
     if saved.libc_version != now.libc_version {
-        return Some(format!("the image was taken with glibc {}, this node has {}", saved.libc_version, now.libc_version));
+        return Some(format!(
+            "the image was taken with glibc {}, this node has {}",
+            saved.libc_version, now.libc_version
+        ));
     }
     if saved.page_size != now.page_size {
         return Some(format!("page size {} at checkpoint, {} here", saved.page_size, now.page_size));

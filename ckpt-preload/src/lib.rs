@@ -152,6 +152,8 @@ pub(crate) struct ShimContext {
     pub argv: Vec<usize>,
     pub envp: Vec<usize>,
     pub log_path: Option<std::path::PathBuf>,
+    /// The same, NUL-terminated, for the handler's raw writes.
+    pub log_path_c: Option<std::ffi::CString>,
     pub log_stderr: bool,
 }
 
@@ -313,6 +315,42 @@ unsafe fn c_array(p: *const *const c_char, len: Option<usize>) -> Vec<usize> {
     out
 }
 
+/// Reports a checkpoint refused in the handler: on stderr, and as a JSON line in the log (raw writes).
+fn refuse(message: &[u8]) {
+    warn_prefixed(b"cannot checkpoint: ", message);
+    let Some(ctx) = context() else { return };
+    let mut line = [0u8; 512];
+    let mut pos = 0;
+    put(&mut line, &mut pos, b"{\"event\":\"checkpoint-refused\",\"reason\":\"");
+    for &b in message {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            continue;
+        }
+        put(&mut line, &mut pos, &[b]);
+    }
+    put(&mut line, &mut pos, b"\"}\n");
+    if ctx.log_stderr {
+        write_all(2, &line[..pos]);
+    } else if let Some(path) = &ctx.log_path_c {
+        let fd =
+            open(path.as_bytes_with_nul(), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o600);
+        if fd >= 0 {
+            write_all(fd as i32, &line[..pos]);
+            close(fd as i32);
+        }
+    }
+}
+
+fn warn_prefixed(prefix: &[u8], message: &[u8]) {
+    let mut buf = [0u8; 512];
+    let mut pos = 0;
+    put(&mut buf, &mut pos, b"ckpt: ");
+    put(&mut buf, &mut pos, prefix);
+    put(&mut buf, &mut pos, message);
+    put(&mut buf, &mut pos, b"\n");
+    write_all(2, &buf[..pos]);
+}
+
 pub(crate) fn warn(message: &[u8]) {
     let mut buf = [0u8; 512];
     let mut pos = 0;
@@ -349,17 +387,22 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     let end_time = match config.end_time {
         Some(t) => Some(t as f64),
         None => match (&config.job_id, getenv("CKPT_SQUEUE_DISABLE").is_some()) {
-            (Some(job), false) => {
-                ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5)).ok().flatten()
-                    .map(|t| t as f64)
-            }
+            (Some(job), false) => ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5))
+                .ok()
+                .flatten()
+                .map(|t| t as f64),
             _ => None,
         },
     };
-    let lead = ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * config.safety_factor
-        + config.margin.as_secs_f64();
+    let lead =
+        ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * config.safety_factor + config.margin.as_secs_f64();
     let store = ckpt_core::Store::with_storage(config, std::sync::Arc::new(writer::ForkSafeStorage));
-    let ctx = Box::new(ShimContext { store, argv: args.to_vec(), envp: env.to_vec(), log_path, log_stderr });
+    let log_path_c = log_path.as_ref().and_then(|p| {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::CString::new(p.as_os_str().as_bytes()).ok()
+    });
+    let ctx =
+        Box::new(ShimContext { store, argv: args.to_vec(), envp: env.to_vec(), log_path, log_path_c, log_stderr });
     CONTEXT.store(Box::into_raw(ctx) as usize, Ordering::Release);
 
     resolve_real_sigaction();
@@ -384,10 +427,11 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     ACTIVE.store(true, Ordering::Release);
     let interval_ns = match interval {
         Some(ckpt_core::Interval::Every(d)) => d.as_nanos() as u64,
-        Some(ckpt_core::Interval::Auto) => {
-            ckpt_core::triggers::daly_interval(ckpt_core::triggers::INITIAL_COST_GUESS, ckpt_core::triggers::DEFAULT_MTBF)
-                .as_nanos() as u64
-        }
+        Some(ckpt_core::Interval::Auto) => ckpt_core::triggers::daly_interval(
+            ckpt_core::triggers::INITIAL_COST_GUESS,
+            ckpt_core::triggers::DEFAULT_MTBF,
+        )
+        .as_nanos() as u64,
         _ => 0,
     };
     let fire_at_ns = end_time.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0);
@@ -407,7 +451,8 @@ pub(crate) fn arm_timers(interval_ns: u64, deadline_unix_ns: u64) {
         ev[12..16].copy_from_slice(&(libc::SIGEV_SIGNAL).to_le_bytes());
         let mut id: i32 = -1;
         // SAFETY: `ev` is a valid kernel sigevent and `id` a writable timer_t.
-        let r = unsafe { syscall3(SYS_timer_create, clock as usize, ev.as_ptr() as usize, &mut id as *mut i32 as usize) };
+        let r =
+            unsafe { syscall3(SYS_timer_create, clock as usize, ev.as_ptr() as usize, &mut id as *mut i32 as usize) };
         if r < 0 { -1 } else { id as i64 }
     };
     let set = |id: i64, flags: usize, value_ns: u64, interval_ns: u64| {
@@ -613,10 +658,10 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
     if threads != 1 {
         let mut msg = [0u8; 200];
         let mut pos = 0;
-        put(&mut msg, &mut pos, b"cannot checkpoint: the process has ");
+        put(&mut msg, &mut pos, b"the process has ");
         put_u64(&mut msg, &mut pos, threads as u64);
         put(&mut msg, &mut pos, b" threads; this version checkpoints single-threaded programs only");
-        warn(&msg[..pos]);
+        refuse(&msg[..pos]);
         return false;
     }
     let mut path = [0u8; 64];
@@ -627,13 +672,13 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
     let mut children = [0u8; 64];
     let n = read_file(&path[..pos], &mut children);
     if n > 0 || n == -(libc::EFBIG as isize) {
-        warn(b"cannot checkpoint: the process has child processes; this version checkpoints one process only");
+        refuse(b"the process has child processes; this version checkpoints one process only");
         return false;
     }
     // SAFETY: single-threaded access (see Shared); the writer reads its own copy.
     let snap = unsafe { &mut *SNAPSHOT.get() };
     if !snapshot_fds(snap, &mut dirbuf) {
-        warn(b"cannot checkpoint: more than 1024 open file descriptors");
+        refuse(b"more than 1024 open file descriptors");
         return false;
     }
     for (which, slot) in snap.itimers.iter_mut().enumerate() {
@@ -654,7 +699,7 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
         writer::run_writer();
     }
     if pid < 0 {
-        warn(b"cannot checkpoint: clone failed");
+        refuse(b"clone failed (out of memory or process limit)");
         return false;
     }
     if !exit {

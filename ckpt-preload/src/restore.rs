@@ -180,11 +180,7 @@ pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<Str
     }
     let maps = current_maps();
     // The identical file mappings stay (the shim's code is among them: the restorer runs from it).
-    let keep: Vec<(u64, u64)> = maps
-        .iter()
-        .filter(|m| m.path.starts_with('/'))
-        .map(|m| (m.start, m.end))
-        .collect();
+    let keep: Vec<(u64, u64)> = maps.iter().filter(|m| m.path.starts_with('/')).map(|m| (m.start, m.end)).collect();
     let (interval_ns, deadline_ns) = parse_triggers(getenv("CKPT_SHIM_TRIGGERS").as_deref());
     // SAFETY: the image file stays open until restore_main reads it; the plan is built in a fresh mapping.
     unsafe {
@@ -215,10 +211,9 @@ fn parse_triggers(text: Option<&str>) -> (u64, u64) {
 
 /// Checks, before anything is changed, that this process can become the image.
 fn preflight(image: &ProcessImage) -> Option<String> {
-    if let Some(why) = ckpt_core::process_image::fingerprint_mismatch(
-        &image.fingerprint,
-        &ckpt_core::process_image::fingerprint(),
-    ) {
+    if let Some(why) =
+        ckpt_core::process_image::fingerprint_mismatch(&image.fingerprint, &ckpt_core::process_image::fingerprint())
+    {
         return Some(why);
     }
     // SAFETY: personality(0xffffffff) only queries.
@@ -242,15 +237,13 @@ fn preflight(image: &ProcessImage) -> Option<String> {
     let maps = current_maps();
     for m in &maps {
         match m.path.as_str() {
-            "[vdso]" => {
-                if image.vdso != Some((m.start, m.end)) {
-                    return Some(format!(
-                        "the vDSO is at {:#x}-{:#x}, it was at {}",
-                        m.start,
-                        m.end,
-                        image.vdso.map(|(a, b)| format!("{a:#x}-{b:#x}")).unwrap_or_else(|| "no address".into())
-                    ));
-                }
+            "[vdso]" if image.vdso != Some((m.start, m.end)) => {
+                return Some(format!(
+                    "the vDSO is at {:#x}-{:#x}, it was at {}",
+                    m.start,
+                    m.end,
+                    image.vdso.map(|(a, b)| format!("{a:#x}-{b:#x}")).unwrap_or_else(|| "no address".into())
+                ));
             }
             p if p.starts_with('/') => {
                 let found = image.regions.iter().find(|r| r.start == m.start);
@@ -308,7 +301,11 @@ fn preflight(image: &ProcessImage) -> Option<String> {
         if let Some(id) = &f.identity {
             let now = crate::writer::identity_of(&meta);
             if now.dev != id.dev || now.ino != id.ino {
-                return Some(format!("{} (fd {}) was replaced by another file since the checkpoint", path.display(), f.fd));
+                return Some(format!(
+                    "{} (fd {}) was replaced by another file since the checkpoint",
+                    path.display(),
+                    f.fd
+                ));
             }
             let writable = f.flags & libc::O_ACCMODE != libc::O_RDONLY;
             if now.size < id.size {
@@ -430,11 +427,8 @@ unsafe fn build_plan(
     // The shim's own read-only mappings stay, relocated ones (RELRO) included: the restorer runs from them
     // and reads them; with the same layout their relocated contents are the same as at checkpoint time.
     let me = restore_main as *const () as u64;
-    let shim_path: Vec<u8> = maps
-        .iter()
-        .find(|m| m.start <= me && me < m.end)
-        .map(|m| m.path.as_bytes().to_vec())
-        .unwrap_or_default();
+    let shim_path: Vec<u8> =
+        maps.iter().find(|m| m.start <= me && me < m.end).map(|m| m.path.as_bytes().to_vec()).unwrap_or_default();
     let mut runs = Vec::with_capacity(nruns);
     let mut regions = Vec::with_capacity(image.regions.len());
     for r in &image.regions {
@@ -662,7 +656,9 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     //    before its page goes away.
     if p.live_rseq[1] != 0 {
         // SAFETY: unregisters this thread's rseq area (flag 1 = RSEQ_FLAG_UNREGISTER).
-        unsafe { syscall6(SYS_rseq, p.live_rseq[0] as usize, p.live_rseq[1] as usize, 1, p.live_rseq[2] as usize, 0, 0) };
+        unsafe {
+            syscall6(SYS_rseq, p.live_rseq[0] as usize, p.live_rseq[1] as usize, 1, p.live_rseq[2] as usize, 0, 0)
+        };
     }
     // 2. Unmap everything but the vDSO/vvar, the arena and the identical file mappings.
     let n = read_file(b"/proc/self/maps\0", unsafe { core::slice::from_raw_parts_mut(p.maps_buf, p.maps_cap) });
@@ -685,7 +681,9 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
         if start == end {
             continue;
         }
-        if ends_with(line, b"[vdso]") || ends_with(line, b"[vvar]") || ends_with(line, b"[vvar_vclock]")
+        if ends_with(line, b"[vdso]")
+            || ends_with(line, b"[vvar]")
+            || ends_with(line, b"[vvar_vclock]")
             || ends_with(line, b"[vsyscall]")
         {
             continue;

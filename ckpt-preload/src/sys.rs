@@ -72,7 +72,9 @@ pub fn open(path: &[u8], flags: i32, mode: u32) -> isize {
         return -(libc::EINVAL as isize);
     }
     // SAFETY: `path` is NUL-terminated (checked) and outlives the call.
-    unsafe { syscall6(SYS_openat, libc::AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, mode as usize, 0, 0) }
+    unsafe {
+        syscall6(SYS_openat, libc::AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, mode as usize, 0, 0)
+    }
 }
 
 /// Closes `fd`.

@@ -319,9 +319,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             if prot & libc::PROT_READ as u32 == 0 {
                 // Only this copy of the address space changes.
                 // SAFETY: the range is a mapping of this process (from /proc/self/maps).
-                unsafe {
-                    syscall3(SYS_mprotect, m.start as usize, (m.end - m.start) as usize, (prot | 1) as usize)
-                };
+                unsafe { syscall3(SYS_mprotect, m.start as usize, (m.end - m.start) as usize, (prot | 1) as usize) };
             }
             let npages = (m.end - m.start) / page;
             let mut p = 0u64;
@@ -359,16 +357,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
                 data_offset += r.len;
             }
         }
-        regions.push(Region {
-            start: m.start,
-            end: m.end,
-            prot,
-            kind,
-            path,
-            file_offset: m.offset,
-            identity,
-            runs,
-        });
+        regions.push(Region { start: m.start, end: m.end, prot, kind, path, file_offset: m.offset, identity, runs });
     }
 
     // Descriptors, as the handler saw them.
@@ -392,7 +381,8 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             libc::S_IFIFO => {
                 // A pipe both of whose ends this process holds (a self-pipe, as xz uses) can be recreated,
                 // when it is empty; a pipe to another process cannot.
-                let both = snap.fds[..snap.nfds].iter().filter(|o| o.mode & libc::S_IFMT == libc::S_IFIFO && o.ino == s.ino);
+                let both =
+                    snap.fds[..snap.nfds].iter().filter(|o| o.mode & libc::S_IFMT == libc::S_IFIFO && o.ino == s.ino);
                 let (mut r, mut w) = (false, false);
                 for o in both {
                     match o.flags & libc::O_ACCMODE {
@@ -416,7 +406,9 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
                 if s.flags & libc::O_ACCMODE == libc::O_RDONLY { FdKind::PipeRead } else { FdKind::PipeWrite }
             }
             libc::S_IFSOCK => return Err(Failure::Refused(format!("fd {} is a socket ({name})", s.fd))),
-            _ => return Err(Failure::Refused(format!("fd {} is of a kind this version cannot restore ({name})", s.fd))),
+            _ => {
+                return Err(Failure::Refused(format!("fd {} is of a kind this version cannot restore ({name})", s.fd)));
+            }
         };
         fds.push(FdRecord {
             fd: s.fd,
@@ -426,7 +418,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             cloexec: s.fdflags & libc::FD_CLOEXEC != 0,
             offset: s.offset,
             size: s.size,
-            identity: (kind == FdKind::Regular).then(|| FileIdentity {
+            identity: (kind == FdKind::Regular).then_some(FileIdentity {
                 dev: s.dev,
                 ino: s.ino,
                 size: s.size,

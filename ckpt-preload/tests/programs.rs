@@ -114,7 +114,13 @@ struct Outcome {
 }
 
 /// One scenario; Err(stderr) when the program finished before a checkpoint could be taken (caller retries).
-fn run_scenario(p: &Program, sc: Scenario, expected_ref: &[u8], dur: Duration, rng: &mut Rng) -> Result<Outcome, String> {
+fn run_scenario(
+    p: &Program,
+    sc: Scenario,
+    expected_ref: &[u8],
+    dur: Duration,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -169,7 +175,13 @@ fn run_scenario(p: &Program, sc: Scenario, expected_ref: &[u8], dur: Duration, r
         child = restart.stdout(Stdio::null()).stderr(err()).spawn().unwrap();
     }
     let status = wait_timeout(&mut child, Duration::from_secs(300));
-    assert!(status.success(), "{} {}: restarted run ended with {status:?}; stderr: {}", p.name, label(&sc), read(dir, "err.txt"));
+    assert!(
+        status.success(),
+        "{} {}: restarted run ended with {status:?}; stderr: {}",
+        p.name,
+        label(&sc),
+        read(dir, "err.txt")
+    );
     let got = std::fs::read(&out).unwrap();
     if got != expected {
         let at = got.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
@@ -214,7 +226,12 @@ fn check_program(name: &'static str, extra: &[Scenario]) {
             .args(&p.argv)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name} under the shim: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name} under the shim: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.stdout == expected, "{name}: output under the shim (no signal) differs from the plain run");
     }
     let mut rng = Rng::new(seed(name));

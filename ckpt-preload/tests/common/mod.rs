@@ -15,14 +15,15 @@ pub fn target_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
-/// `ckpt` and `libckpt_preload.so`, built if missing.
+/// `ckpt` and `libckpt_preload.so`, brought up to date once per test process (`cargo test` of this
+/// package does not put the cdylib in the target directory).
 pub fn tools() -> (PathBuf, PathBuf) {
     static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     TOOLS
         .get_or_init(|| {
             let dir = target_dir();
             let (ckpt, lib) = (dir.join("ckpt"), dir.join("libckpt_preload.so"));
-            if !ckpt.exists() || !lib.exists() {
+            {
                 let mut cmd = Command::new(env!("CARGO"));
                 cmd.args(["build", "-q", "-p", "ckpt-cli", "-p", "ckpt-preload"])
                     .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
@@ -38,8 +39,8 @@ pub fn tools() -> (PathBuf, PathBuf) {
 
 /// A program on PATH (or None, and the caller skips; under CI=true a missing program fails).
 pub fn which(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
+    let found =
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
     if found.is_none() && std::env::var("CI").as_deref() == Ok("true") {
         panic!("{name} is not installed (.ci/run installs it)");
     }

@@ -1,0 +1,231 @@
+//! What the shim cannot restore is refused with a message and a non-zero exit, never mis-restored and
+//! never a crash: threads, sockets, a changed binary or library, a modified input file, a different stack
+//! limit at restart, a static program.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn python() -> Option<String> {
+    if Path::new("/usr/bin/python3").exists() {
+        Some("/usr/bin/python3".into())
+    } else {
+        which("python3").map(|p| p.display().to_string())
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn restart_dir(dir: &Path) -> Output {
+    let (ckpt, _) = tools();
+    command(&ckpt, dir).args(["restart", "--image-dir", dir.join("img").to_str().unwrap()]).output().unwrap()
+}
+
+/// Asserts a clean refusal: exited (no signal), non-zero, and stderr says `needle`.
+fn assert_refused(o: &Output, needle: &str) {
+    assert_eq!(o.status.signal(), None, "killed by a signal instead of refusing: {}", text(o));
+    assert_ne!(o.status.code(), Some(0), "should have failed: {}", text(o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "stderr should say {needle:?}: {}", text(o));
+}
+
+/// Starts `argv` under the shim, waits for "ready" on stdout, sends USR1 and returns the stderr text
+/// after the refusal was logged (then stops the program with SIGTERM, which must not be swallowed).
+fn refuse_at_checkpoint(argv: &[String], dir: &Path) -> String {
+    let (ckpt, _) = tools();
+    let mut child = command(&ckpt, dir)
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+        .args(argv)
+        .stdout(Stdio::piped())
+        .stderr(out_file(&dir.join("err.txt"), false))
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut buf).expect("program printed ready");
+    kill(child.id(), libc::SIGUSR1);
+    assert!(
+        wait_for_events(dir, "checkpoint-refused", 1, &mut child, Duration::from_secs(30)),
+        "no refusal logged; stderr: {}",
+        std::fs::read_to_string(dir.join("err.txt")).unwrap_or_default()
+    );
+    // No checkpoint: SIGTERM gets the program's own (here: default) action.
+    kill(child.id(), libc::SIGTERM);
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "the program should die by its default SIGTERM action");
+    assert!(events(dir, "checkpoint").is_empty(), "no image may be written");
+    std::fs::read_to_string(dir.join("err.txt")).unwrap()
+}
+
+#[test]
+fn threads_are_refused() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let code = "import threading,time\nt=threading.Thread(target=time.sleep,args=(60,),daemon=True)\nt.start()\n\
+                print('ready',flush=True)\ntime.sleep(60)\n";
+    let err = refuse_at_checkpoint(&[py, "-c".into(), code.into()], tmp.path());
+    assert!(err.contains("2 threads"), "{err}");
+    assert_refused(&restart_dir(tmp.path()), "no complete, verified process image");
+}
+
+#[test]
+fn sockets_are_refused() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let code = "import socket,time\ns=socket.socket()\nprint('ready',flush=True)\ntime.sleep(60)\n";
+    let err = refuse_at_checkpoint(&[py, "-c".into(), code.into()], tmp.path());
+    assert!(err.contains("is a socket"), "{err}");
+    assert_refused(&restart_dir(tmp.path()), "no complete, verified process image");
+}
+
+/// Runs `argv` under the shim (with `env`), checkpoints it with SIGTERM after `delay`, returns the dir.
+fn checkpoint_with_term(argv: &[String], env: &[(&str, &str)], delay: Duration) -> tempfile::TempDir {
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut cmd = command(&ckpt, dir);
+    cmd.args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"]).args(argv);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(out_file(&dir.join("out.txt"), false)).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(delay);
+    kill(child.id(), libc::SIGTERM);
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    assert_eq!(events(dir, "checkpoint").len(), 1, "one image");
+    tmp
+}
+
+fn gzip_argv(input: &Path, gzip: &Path) -> Vec<String> {
+    vec![gzip.display().to_string(), "-9".into(), "-c".into(), input.display().to_string()]
+}
+
+#[test]
+fn changed_binary_is_refused() {
+    let Some(gzip) = which("gzip") else { return };
+    let bin = tempfile::tempdir().unwrap();
+    let copy = bin.path().join("gzip");
+    std::fs::copy(&gzip, &copy).unwrap();
+    let tmp = checkpoint_with_term(&gzip_argv(&inputs().join("text.txt"), &copy), &[], Duration::from_millis(400));
+    // Same content, new modification time: a rebuilt or reinstalled binary.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&copy, std::fs::read(&gzip).unwrap()).unwrap();
+    assert_refused(&restart_dir(tmp.path()), "changed since the checkpoint");
+}
+
+#[test]
+fn changed_library_is_refused() {
+    let Some(bzip2) = which("bzip2") else { return };
+    let lib = ["/lib/x86_64-linux-gnu/libbz2.so.1.0", "/usr/lib/x86_64-linux-gnu/libbz2.so.1.0"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let Some(lib) = lib else { return };
+    let libdir = tempfile::tempdir().unwrap();
+    let copy = libdir.path().join("libbz2.so.1.0");
+    std::fs::copy(&lib, &copy).unwrap();
+    let argv =
+        vec![bzip2.display().to_string(), "-9".into(), "-c".into(), inputs().join("text.txt").display().to_string()];
+    let ld = libdir.path().display().to_string();
+    let tmp = checkpoint_with_term(&argv, &[("LD_LIBRARY_PATH", &ld)], Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&copy, std::fs::read(&lib).unwrap()).unwrap();
+    let o = restart_dir(tmp.path());
+    assert_refused(&o, "changed since the checkpoint");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("libbz2"), "{}", text(&o));
+}
+
+#[test]
+fn modified_input_file_is_refused() {
+    let Some(gzip) = which("gzip") else { return };
+    let data = tempfile::tempdir().unwrap();
+    let input = data.path().join("input.txt");
+    std::fs::copy(inputs().join("text.txt"), &input).unwrap();
+    let tmp = checkpoint_with_term(&gzip_argv(&input, &gzip), &[], Duration::from_millis(400));
+    std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+        f.write_all(b"one more line\n").unwrap();
+    }
+    assert_refused(&restart_dir(tmp.path()), "was modified since the checkpoint");
+}
+
+#[test]
+fn stack_limit_at_restart() {
+    let Some(gzip) = which("gzip") else { return };
+    let argv = gzip_argv(&inputs().join("text.txt"), &gzip);
+    let tmp = checkpoint_with_term(&argv, &[], Duration::from_millis(400));
+    let dir = tmp.path();
+    let (ckpt, lib) = tools();
+    let img = dir.join("img");
+    // A hard limit below the checkpoint's soft limit: ckpt restart cannot reapply it.
+    let mut sh = command(Path::new("/bin/sh"), dir);
+    sh.arg("-c").arg(format!(
+        "ulimit -Ss 4096 && ulimit -Hs 4096 && exec {} restart --image-dir {}",
+        ckpt.display(),
+        img.display()
+    ));
+    assert_refused(&sh.output().unwrap(), "stack limit");
+    // Bypassing `ckpt restart` with another limit: the shim's preflight refuses before touching anything.
+    let image = std::fs::read_dir(&img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "ckpt"))
+        .unwrap();
+    let mut sh = command(Path::new("/bin/sh"), dir);
+    sh.arg("-c").arg(format!(
+        "ulimit -s unlimited && exec setarch x86_64 -R env CKPT_SHIM_ROOT=$$ CKPT_SHIM_RESTORE={} LD_PRELOAD={} {}",
+        image.display(),
+        lib.display(),
+        argv.join(" ")
+    ));
+    assert_refused(&sh.output().unwrap(), "stack limit");
+    // With a larger soft limit in the shell, ckpt restart reapplies the checkpoint's and the run completes.
+    let expected = Command::new(&gzip).args(&argv[1..]).output().unwrap().stdout;
+    let mut sh = command(Path::new("/bin/sh"), dir);
+    sh.arg("-c").arg(format!("ulimit -s unlimited && exec {} restart --image-dir {}", ckpt.display(), img.display()));
+    let o = sh.stdout(Stdio::null()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read(dir.join("out.txt")).unwrap() == expected, "output after the restart differs");
+}
+
+#[test]
+fn static_programs_are_refused_at_start() {
+    let Some(stat) = ["/sbin/ldconfig", "/usr/sbin/ldconfig"].iter().map(PathBuf::from).find(|p| p.exists()) else {
+        return;
+    };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let o = command(&ckpt, tmp.path()).args(["run", "--"]).arg(&stat).arg("-p").output().unwrap();
+    assert_refused(&o, "statically linked");
+}
+
+#[test]
+fn not_a_process_image() {
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ckpt_core::Store::new(ckpt_core::Config::new("app", tmp.path()).unwrap());
+    let mut w = store.begin(1).unwrap();
+    w.add_bytes("x", b"data").unwrap();
+    let info = w.commit().unwrap();
+    let o = command(&ckpt, tmp.path()).arg("restart").arg(&info.path).output().unwrap();
+    assert_refused(&o, "not a process image");
+    // A damaged image: a clear error, never an attempt.
+    std::fs::write(tmp.path().join("junk.ckpt"), b"CKPT\0garbage").unwrap();
+    let o = command(&ckpt, tmp.path()).arg("restart").arg(tmp.path().join("junk.ckpt")).output().unwrap();
+    assert_refused(&o, "junk.ckpt");
+}
