@@ -461,26 +461,36 @@ fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -
     let cfg = Config::from_env(None)?;
     let dir = cfg.socket_dir.ok_or_else(|| Error::invalid("control sockets are disabled (CKPT_SOCKET=0)"))?;
     let sockets = control::find_sockets(&dir, target)?;
-    if sockets.is_empty() {
+    // Unmodified programs under the LD_PRELOAD shim are asked by signal.
+    let shims = control::find_registrations(&dir, target, ".shim")?;
+    if sockets.is_empty() && shims.is_empty() {
         eprintln!("ckpt create: no process of {target:?} on this node is listening (looked in {})", dir.display());
         return Ok(ExitCode::from(1));
     }
     if let Some(d) = image_dir {
         std::fs::create_dir_all(d).map_err(|e| Error::io("create image directory", e).with_path(d))?;
     }
+    let image_dir = image_dir.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()));
     let wait = Duration::from_secs_f64(max_wait);
-    let handles: Vec<_> = sockets
+    let mut handles: Vec<std::thread::JoinHandle<(u32, Result<PathBuf, Error>)>> = sockets
         .into_iter()
         .map(|(pid, sock)| {
-            let img = image_dir.map(Path::to_path_buf);
-            std::thread::spawn(move || (pid, control::request_checkpoint(&sock, img.as_deref(), vacate, wait)))
+            let img = image_dir.clone();
+            std::thread::spawn(move || {
+                (pid, control::request_checkpoint(&sock, img.as_deref(), vacate, wait).map(|r| r.path))
+            })
         })
         .collect();
+    for (pid, reg) in shims {
+        let img = image_dir.clone();
+        handles
+            .push(std::thread::spawn(move || (pid, shim::request_checkpoint(pid, &reg, img.as_deref(), vacate, wait))));
+    }
     let mut failed = 0;
     for h in handles {
         let (pid, r) = h.join().expect("request thread");
         match r {
-            Ok(reply) => println!("{}", reply.path.display()),
+            Ok(path) => println!("{}", path.display()),
             Err(e) => {
                 failed += 1;
                 eprintln!("ckpt create: process {pid}: {e}");

@@ -322,3 +322,66 @@ fn triggers_now() -> (u64, u64) {
     let lead = ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * cfg.safety_factor + cfg.margin.as_secs_f64();
     (interval_ns, end.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0))
 }
+
+/// Asks a process under the shim for a checkpoint (`ckpt create`): leaves the image directory in
+/// `<registration>.request`, marks that an answer is awaited, sends the checkpoint signal (the
+/// checkpoint-and-exit one for `--vacate`) and waits for the writer's answer in `<registration>.reply`.
+pub fn request_checkpoint(
+    pid: u32,
+    registration: &Path,
+    image_dir: Option<&Path>,
+    vacate: bool,
+    max_wait: std::time::Duration,
+) -> Result<PathBuf, Error> {
+    let text = std::fs::read_to_string(registration)
+        .map_err(|e| Error::io("read the registration", e).with_path(registration))?;
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse::<i32>().ok())
+    };
+    let signal = if vacate { field("exit_signal") } else { field("signal") }.filter(|&s| s > 0).ok_or_else(|| {
+        Error::invalid(if vacate { "the process has no checkpoint-and-exit signal" } else { "no checkpoint signal" })
+            .with_path(registration)
+    })?;
+    let request = registration.with_extension("request");
+    let pending = registration.with_extension("reply-pending");
+    let reply = registration.with_extension("reply");
+    let _ = std::fs::remove_file(&reply);
+    let dir_text = image_dir.map(|d| d.display().to_string()).unwrap_or_default();
+    std::fs::write(&request, dir_text).map_err(|e| Error::io("write the request", e).with_path(&request))?;
+    std::fs::write(&pending, b"").map_err(|e| Error::io("write the request", e).with_path(&pending))?;
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+        let _ = std::fs::remove_file(&request);
+        let _ = std::fs::remove_file(&pending);
+        return Err(Error::io("signal the process", std::io::Error::last_os_error()));
+    }
+    let start = std::time::Instant::now();
+    let cleanup = || {
+        let _ = std::fs::remove_file(&pending);
+        let _ = std::fs::remove_file(&request);
+    };
+    loop {
+        if let Ok(answer) = std::fs::read_to_string(&reply) {
+            let _ = std::fs::remove_file(&reply);
+            cleanup();
+            let answer = answer.trim();
+            return match answer.strip_prefix("error: ") {
+                Some(e) => Err(Error::new(ErrorKind::InvalidState, e.to_string())),
+                None => Ok(PathBuf::from(answer)),
+            };
+        }
+        if start.elapsed() > max_wait {
+            cleanup();
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "no checkpoint within {:.0} s (refused? see the program's stderr and log)",
+                    max_wait.as_secs_f64()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

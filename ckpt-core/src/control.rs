@@ -103,7 +103,13 @@ pub fn socket_name(pid: u32, job_id: Option<&str>, step_id: Option<u32>) -> Stri
 
 /// A parsed socket file name: (pid, job id, step id).
 pub fn parse_socket_name(name: &str) -> Option<(u32, Option<String>, Option<u32>)> {
-    let rest = name.strip_suffix(".sock")?;
+    parse_registration(name, ".sock")
+}
+
+/// Parses `<pid>.<job|->.<step|->` followed by `suffix` (`.sock`, or `.shim` for processes under the
+/// LD_PRELOAD shim, which are asked by signal).
+pub fn parse_registration(name: &str, suffix: &str) -> Option<(u32, Option<String>, Option<u32>)> {
+    let rest = name.strip_suffix(suffix)?;
     let (pid, rest) = rest.split_once('.')?;
     let (job, step) = rest.rsplit_once('.')?;
     let pid = pid.parse().ok()?;
@@ -241,6 +247,11 @@ pub fn request_checkpoint(socket: &Path, image_dir: Option<&Path>, vacate: bool,
 
 /// The control sockets in `dir` of live processes matching `target`: a pid, a job id, or `job.step`.
 pub fn find_sockets(dir: &Path, target: &str) -> Result<Vec<(u32, PathBuf)>> {
+    find_registrations(dir, target, ".sock")
+}
+
+/// Like [`find_sockets`], for registration files ending in `suffix`.
+pub fn find_registrations(dir: &Path, target: &str, suffix: &str) -> Result<Vec<(u32, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -256,7 +267,7 @@ pub fn find_sockets(dir: &Path, target: &str) -> Result<Vec<(u32, PathBuf)>> {
     let mut by_job = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some((pid, job, step)) = parse_socket_name(&name) else { continue };
+        let Some((pid, job, step)) = parse_registration(&name, suffix) else { continue };
         // SAFETY: kill with signal 0 only checks that the process exists.
         let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
         if !alive {

@@ -79,6 +79,13 @@ pub(crate) static TIMER_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// Kernel timer ids (-1: none).
 pub(crate) static INTERVAL_TIMER: AtomicI64 = AtomicI64::new(-1);
 pub(crate) static DEADLINE_TIMER: AtomicI64 = AtomicI64::new(-1);
+/// The registration file `ckpt create` finds this process by (NUL-terminated; empty: none), and the
+/// parts the restorer needs to register the restarted process under its new pid.
+pub(crate) static REG_PATH: Shared<[u8; 512]> = Shared::new([0; 512]);
+pub(crate) static REG_DIR: Shared<[u8; 400]> = Shared::new([0; 400]);
+pub(crate) static REG_SUFFIX: Shared<[u8; 100]> = Shared::new([0; 100]);
+/// The checkpoint-and-exit signal (for `ckpt create --vacate`).
+pub(crate) static EXIT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// The settings and names built at start (heap data: it is restored with the heap).
 pub(crate) static CONTEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -396,6 +403,8 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     };
     let lead =
         ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * config.safety_factor + config.margin.as_secs_f64();
+    let socket_dir = config.socket_dir.clone();
+    let (job_id, step_id) = (config.job_id.clone(), config.step_id);
     let store = ckpt_core::Store::with_storage(config, std::sync::Arc::new(writer::ForkSafeStorage));
     let log_path_c = log_path.as_ref().and_then(|p| {
         use std::os::unix::ffi::OsStrExt;
@@ -422,6 +431,7 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     if timer_signal == 0 {
         timer_signal = signals.first().map(|s| s.signal).unwrap_or(libc::SIGUSR1);
     }
+    EXIT_SIGNAL.store(signals.iter().find(|s| s.exit).map(|s| s.signal).unwrap_or(0), Ordering::Relaxed);
     TIMER_SIGNAL.store(timer_signal, Ordering::Relaxed);
     ROOT_PID.store(getpid(), Ordering::Relaxed);
     ACTIVE.store(true, Ordering::Release);
@@ -436,7 +446,89 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     };
     let fire_at_ns = end_time.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0);
     arm_timers(interval_ns, fire_at_ns);
+    if let Some(dir) = socket_dir {
+        if ckpt_core::control::prepare_socket_dir(&dir).is_ok() {
+            use std::os::unix::ffi::OsStrExt;
+            let name = ckpt_core::process_image::registration_name(0, job_id.as_deref(), step_id);
+            let suffix = name.strip_prefix('0').unwrap_or(&name).as_bytes().to_vec();
+            let dir = dir.as_os_str().as_bytes().to_vec();
+            // SAFETY: single-threaded initialisation (see Shared).
+            unsafe {
+                fill_cstr(&mut *REG_DIR.get(), &dir);
+                fill_cstr(&mut *REG_SUFFIX.get(), &suffix);
+            }
+            register_process();
+            // SAFETY: registers a plain function for exit().
+            unsafe { libc::atexit(unregister_at_exit) };
+        }
+    }
     Ok(())
+}
+
+fn fill_cstr(dst: &mut [u8], src: &[u8]) {
+    if src.len() < dst.len() {
+        dst[..src.len()].copy_from_slice(src);
+        dst[src.len()] = 0;
+    }
+}
+
+fn cstr_len(b: &[u8]) -> usize {
+    let mut n = 0;
+    while n < b.len() && b[n] != 0 {
+        n += 1;
+    }
+    n
+}
+
+/// Creates `<socket_dir>/<pid>.<job>.<step>.shim` (raw system calls: the restorer calls this too).
+pub(crate) fn register_process() {
+    // SAFETY: single-threaded access (see Shared).
+    let (dir, suffix, path) = unsafe { (&*REG_DIR.get(), &*REG_SUFFIX.get(), &mut *REG_PATH.get()) };
+    let (dl, sl) = (cstr_len(dir), cstr_len(suffix));
+    if dl == 0 || sl == 0 {
+        return;
+    }
+    let mut pos = 0;
+    put(path, &mut pos, &dir[..dl]);
+    put(path, &mut pos, b"/");
+    put_u64(path, &mut pos, getpid() as u64);
+    put(path, &mut pos, &suffix[..sl]);
+    if pos >= path.len() {
+        path[0] = 0;
+        return;
+    }
+    path[pos] = 0;
+    let fd =
+        open(&path[..=pos], libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600);
+    if fd >= 0 {
+        let mut text = [0u8; 64];
+        let mut n = 0;
+        put(&mut text, &mut n, b"signal=");
+        put_u64(&mut text, &mut n, TIMER_SIGNAL.load(Ordering::Relaxed) as u64);
+        put(&mut text, &mut n, b"\nexit_signal=");
+        put_u64(&mut text, &mut n, EXIT_SIGNAL.load(Ordering::Relaxed) as u64);
+        put(&mut text, &mut n, b"\n");
+        write_all(fd as i32, &text[..n]);
+        close(fd as i32);
+    }
+}
+
+/// Removes the registration file (raw unlink).
+pub(crate) fn unregister_process() {
+    // SAFETY: single-threaded access (see Shared).
+    let path = unsafe { &*REG_PATH.get() };
+    let n = cstr_len(path);
+    if n > 0 && n < path.len() {
+        // SAFETY: a NUL-terminated path.
+        unsafe { syscall3(libc::SYS_unlink, path.as_ptr() as usize, 0, 0) };
+    }
+}
+
+extern "C" fn unregister_at_exit() {
+    // Children that inherited the handler list must not remove the parent's registration.
+    if getpid() == ROOT_PID.load(Ordering::Relaxed) {
+        unregister_process();
+    }
 }
 
 /// Arms the interval (monotonic, periodic) and deadline (wall clock, absolute) timers. Raw syscalls only:
@@ -630,6 +722,9 @@ fn emulate_app_action(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
 
 /// Ends the process by `sig`'s default action (as the shell and Slurm expect to see it).
 fn die_by_default(sig: c_int) -> ! {
+    if getpid() == ROOT_PID.load(Ordering::Relaxed) {
+        unregister_process();
+    }
     // kernel struct sigaction: handler, flags, restorer, mask.
     let dfl: [u64; 4] = [0, 0, 0, 0];
     let unblock: u64 = 1u64 << (sig - 1);

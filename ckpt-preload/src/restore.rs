@@ -901,6 +901,9 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     crate::CHILD_ARENA.store(0, Ordering::Relaxed);
     crate::RESTARTS.fetch_add(1, Ordering::Relaxed);
     crate::arm_timers(p.interval_ns, p.deadline_ns);
+    // The checkpointed process's registration is stale (it is gone); register under the new pid.
+    crate::unregister_process();
+    crate::register_process();
     // 9. One log line.
     if !p.log_path.is_null() {
         let fd = open_cstr(p.log_path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC);

@@ -134,11 +134,13 @@ extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
     let code = match write_image(&excluded) {
         Ok(()) => 0,
         Err(Failure::Refused(m)) => {
+            reply(&format!("error: cannot checkpoint: {m}"));
             warn(format!("cannot checkpoint: {m}").as_bytes());
             log_line(&serde_json::json!({"event": "checkpoint-refused", "reason": m}));
             3
         }
         Err(Failure::Failed(m)) => {
+            reply(&format!("error: checkpoint failed: {m}"));
             warn(format!("checkpoint failed: {m}").as_bytes());
             log_line(&serde_json::json!({"event": "checkpoint-failed", "error": m}));
             2
@@ -530,9 +532,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         "restarts": image.restarts, "pid": image.pid,
     });
     log_line(&event);
-    if let Some(reply) = reply_path() {
-        let _ = std::fs::write(reply, format!("{}\n", info.path.display()));
-    }
+    reply(&format!("{}", info.path.display()));
     Ok(())
 }
 
@@ -575,21 +575,25 @@ fn take_request() -> Option<PathBuf> {
 }
 
 fn registration_base() -> Option<PathBuf> {
-    let ctx = context()?;
-    let cfg = ctx.store.config();
-    let dir = cfg.socket_dir.as_ref()?;
-    Some(dir.join(ckpt_core::process_image::registration_name(
-        crate::ROOT_PID.load(Ordering::Relaxed) as u32,
-        cfg.job_id.as_deref(),
-        cfg.step_id,
-    )))
+    // SAFETY: the writer reads its own copy.
+    let path = unsafe { &*crate::REG_PATH.get() };
+    let n = path.iter().position(|&b| b == 0)?;
+    (n > 0).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&path[..n])))
 }
 
 fn request_path() -> Option<PathBuf> {
     registration_base().map(|b| b.with_extension("request"))
 }
 
-fn reply_path() -> Option<PathBuf> {
-    let p = registration_base()?.with_extension("reply-pending");
-    p.exists().then(|| p.with_extension("reply"))
+/// Answers a waiting `ckpt create` (the image's path, or `error: ...`), atomically.
+fn reply(text: &str) {
+    let Some(base) = registration_base() else { return };
+    let pending = base.with_extension("reply-pending");
+    if !pending.exists() {
+        return;
+    }
+    let tmp = base.with_extension("reply-tmp");
+    if std::fs::write(&tmp, format!("{text}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, base.with_extension("reply"));
+    }
 }
