@@ -446,21 +446,21 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     };
     let fire_at_ns = end_time.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0);
     arm_timers(interval_ns, fire_at_ns);
-    if let Some(dir) = socket_dir {
-        if ckpt_core::control::prepare_socket_dir(&dir).is_ok() {
-            use std::os::unix::ffi::OsStrExt;
-            let name = ckpt_core::process_image::registration_name(0, job_id.as_deref(), step_id);
-            let suffix = name.strip_prefix('0').unwrap_or(&name).as_bytes().to_vec();
-            let dir = dir.as_os_str().as_bytes().to_vec();
-            // SAFETY: single-threaded initialisation (see Shared).
-            unsafe {
-                fill_cstr(&mut *REG_DIR.get(), &dir);
-                fill_cstr(&mut *REG_SUFFIX.get(), &suffix);
-            }
-            register_process();
-            // SAFETY: registers a plain function for exit().
-            unsafe { libc::atexit(unregister_at_exit) };
+    if let Some(dir) = socket_dir
+        && ckpt_core::control::prepare_socket_dir(&dir).is_ok()
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let name = ckpt_core::process_image::registration_name(0, job_id.as_deref(), step_id);
+        let suffix = name.strip_prefix('0').unwrap_or(&name).as_bytes().to_vec();
+        let dir = dir.as_os_str().as_bytes().to_vec();
+        // SAFETY: single-threaded initialisation (see Shared).
+        unsafe {
+            fill_cstr(&mut *REG_DIR.get(), &dir);
+            fill_cstr(&mut *REG_SUFFIX.get(), &suffix);
         }
+        register_process();
+        // SAFETY: registers a plain function for exit().
+        unsafe { libc::atexit(unregister_at_exit) };
     }
     Ok(())
 }

@@ -1,0 +1,95 @@
+//! The shim's automatic triggers: the interval (`ckpt run --interval`, `SLURM_CHECKPOINT`) and the job's
+//! time limit (checkpoint and exit before it), re-armed after a restart with the restarted job's values.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn mawk_argv() -> Option<Vec<String>> {
+    let mawk = which("mawk")?;
+    Some(vec![
+        mawk.display().to_string(),
+        // About 6 s of work, printing as it goes.
+        "BEGIN{s=0; for(i=0;i<40000000;i++){s=(s*31+i)%1000003; if(i%400000==0) print i, s}}".into(),
+    ])
+}
+
+#[test]
+fn interval_checkpoints_continue_after_restart() {
+    let Some(argv) = mawk_argv() else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let expected = Command::new(&argv[0]).args(&argv[1..]).output().unwrap().stdout;
+    // The seed document's formats: "0:0:1" is one second (SLURM_CHECKPOINT), --interval takes the same.
+    let mut child = command(&ckpt, dir)
+        .env("SLURM_CHECKPOINT", "0:0:1")
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+        .args(&argv)
+        .stdout(out_file(&dir.join("out.txt"), false))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_events(dir, "checkpoint", 2, &mut child, Duration::from_secs(30)), "two interval checkpoints");
+    kill(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+    let before = events(dir, "checkpoint").len();
+    let mut child = command(&ckpt, dir)
+        .env("CKPT_INTERVAL", "1")
+        .args(["restart", "--image-dir", dir.join("img").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for_events(dir, "checkpoint", before + 1, &mut child, Duration::from_secs(30)),
+        "the restarted process checkpoints at the interval too"
+    );
+    let status = wait_timeout(&mut child, Duration::from_secs(120));
+    assert!(status.success(), "{status:?}");
+    assert!(std::fs::read(dir.join("out.txt")).unwrap() == expected, "output differs");
+    let after_restart = events(dir, "checkpoint").into_iter().skip(before).collect::<Vec<_>>();
+    assert!(after_restart.iter().all(|e| e["restarts"] == 1), "{after_restart:?}");
+}
+
+#[test]
+fn time_limit_checkpoint_and_exit_then_restart() {
+    let Some(argv) = mawk_argv() else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let expected = Command::new(&argv[0]).args(&argv[1..]).output().unwrap().stdout;
+    // The job "ends" 12 s from now; with a 10 s initial cost guess, safety factor 1 and no margin, the
+    // shim checkpoints and exits about 2 s in, well before the work is done.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let start = std::time::Instant::now();
+    let mut child = command(&ckpt, dir)
+        .env("CKPT_END_TIME", (now + 12).to_string())
+        .env("CKPT_MARGIN", "0")
+        .env("CKPT_SAFETY_FACTOR", "1")
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+        .args(&argv)
+        .stdout(out_file(&dir.join("out.txt"), false))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "exits by the time-limit checkpoint: {status:?}");
+    assert!(start.elapsed() < Duration::from_secs(11), "before the end time");
+    let ck = events(dir, "checkpoint");
+    assert_eq!(ck.len(), 1);
+    assert_eq!(ck[0]["exit"], true);
+    // The requeued job has a new, distant end time: it runs to completion.
+    let o = command(&ckpt, dir)
+        .env("CKPT_END_TIME", (now + 3600).to_string())
+        .args(["restart", "--image-dir", dir.join("img").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(dir.join("out.txt")).unwrap() == expected, "output differs");
+}
