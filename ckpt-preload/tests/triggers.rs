@@ -39,7 +39,7 @@ fn interval_checkpoints_continue_after_restart() {
     let _ = child.wait();
     let before = events(dir, "checkpoint").len();
     let mut child = command(&ckpt, dir)
-        .env("CKPT_INTERVAL", "1")
+        .env("CKPT_INTERVAL", "0:0:1")
         .args(["restart", "--image-dir", dir.join("img").to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
