@@ -660,121 +660,8 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             syscall6(SYS_rseq, p.live_rseq[0] as usize, p.live_rseq[1] as usize, 1, p.live_rseq[2] as usize, 0, 0)
         };
     }
-    // 2. Unmap everything but the vDSO/vvar, the arena and the identical file mappings.
-    let n = read_file(b"/proc/self/maps\0", unsafe { core::slice::from_raw_parts_mut(p.maps_buf, p.maps_cap) });
-    if n < 0 {
-        fatal(b"cannot read /proc/self/maps", 0, n);
-    }
-    // SAFETY: the buffer holds `n` bytes just read.
-    let text = unsafe { core::slice::from_raw_parts(p.maps_buf as *const u8, n as usize) };
-    // SAFETY: the plan's arrays are in the arena.
-    let regions = unsafe { core::slice::from_raw_parts(p.regions, p.nregions) };
-    let mut line_start = 0usize;
-    while line_start < text.len() {
-        let mut line_end = line_start;
-        while line_end < text.len() && text[line_end] != b'\n' {
-            line_end += 1;
-        }
-        let line = &text[line_start..line_end];
-        line_start = line_end + 1;
-        let (start, end) = parse_range(line);
-        if start == end {
-            continue;
-        }
-        if ends_with(line, b"[vdso]")
-            || ends_with(line, b"[vvar]")
-            || ends_with(line, b"[vvar_vclock]")
-            || ends_with(line, b"[vsyscall]")
-        {
-            continue;
-        }
-        if start >= p.arena_start as u64 && end <= (p.arena_start + p.arena_len) as u64 {
-            continue;
-        }
-        let mut kept = false;
-        let mut i = 0;
-        while i < regions.len() {
-            if regions[i].keep != 0 && regions[i].start == start && regions[i].end == end {
-                kept = true;
-            }
-            i += 1;
-        }
-        if kept {
-            continue;
-        }
-        // SAFETY: unmapping a range of this process that no live code or data of the restorer uses.
-        let r = unsafe { syscall3(SYS_munmap, start as usize, (end - start) as usize, 0) };
-        if r < 0 {
-            fatal(b"munmap", start, r);
-        }
-    }
-    // 3. Program break first (the heap region is mapped over it below).
-    // SAFETY: brk has no memory preconditions.
-    unsafe { syscall3(SYS_brk, p.brk as usize, 0, 0) };
-    // 4. Every region, then its saved pages, then its final protection.
-    // SAFETY: the plan's arrays are in the arena.
-    let runs = if p.nruns == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.runs, p.nruns) } };
-    let mut i = 0;
-    while i < regions.len() {
-        let r = &regions[i];
-        i += 1;
-        if r.keep != 0 {
-            continue;
-        }
-        let len = (r.end - r.start) as usize;
-        let has_runs = r.run_count > 0;
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
-        let addr = if r.kind == KIND_FILE {
-            let fd = open_cstr(r.path, libc::O_RDONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                fatal(b"cannot open a mapped file for the region at", r.start, fd);
-            }
-            let prot = if has_runs { r.prot | rw } else { r.prot };
-            // SAFETY: maps the file privately at the region's address (its old mapping is gone).
-            let a = unsafe {
-                syscall6(
-                    SYS_mmap,
-                    r.start as usize,
-                    len,
-                    prot as usize,
-                    (libc::MAP_PRIVATE | libc::MAP_FIXED) as usize,
-                    fd as usize,
-                    r.file_offset as usize,
-                )
-            };
-            close(fd as i32);
-            a
-        } else {
-            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
-            if r.kind == KIND_STACK {
-                flags |= libc::MAP_GROWSDOWN;
-            }
-            if r.kind == KIND_GUARD {
-                flags |= libc::MAP_NORESERVE;
-            }
-            let prot = if r.kind == KIND_GUARD { 0 } else { rw };
-            // SAFETY: a fresh anonymous mapping at the region's address.
-            unsafe { syscall6(SYS_mmap, r.start as usize, len, prot as usize, flags as usize, usize::MAX, 0) }
-        };
-        if addr < 0 || addr as u64 != r.start {
-            fatal(b"cannot map the region at", r.start, addr);
-        }
-        let mut k = 0;
-        while k < r.run_count {
-            let run = &runs[r.run_first + k];
-            k += 1;
-            // SAFETY: the run lies inside the region just mapped writable.
-            let got = unsafe { pread_full(p.image_fd, run.addr as usize, run.len as usize, run.file_offset) };
-            if got != run.len as isize {
-                fatal(b"short read of the saved pages at", run.addr, got.min(0));
-            }
-        }
-        if r.kind != KIND_GUARD && (has_runs || r.kind != KIND_FILE) && r.prot != rw {
-            // SAFETY: changes the protection of the region just restored.
-            unsafe { syscall3(SYS_mprotect, r.start as usize, len, r.prot as usize) };
-        }
-        let _ = (KIND_ANON, KIND_HEAP);
-    }
+    // 2.-4. The address space.
+    replace_address_space(p);
     // 5. Thread pointer, cached tid, errno, rseq.
     // SAFETY: the FS base points at the restored TCB; the tid and errno slots are inside it.
     unsafe {
@@ -939,6 +826,128 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             in("r12") frame,
             options(noreturn)
         )
+    }
+}
+
+/// Steps 2 to 4 of the restore: unmap the new process's memory, set brk, map the image's regions and read
+/// their pages into place. Until it returns, no libc code or data and none of the shim's writable data may
+/// be used (the test `restorer_calls_no_libc` checks the machine code for calls through the PLT).
+#[inline(never)]
+fn replace_address_space(p: &Plan) {
+    // 2. Unmap everything but the vDSO/vvar, the arena and the identical file mappings.
+    let n = read_file(b"/proc/self/maps\0", unsafe { core::slice::from_raw_parts_mut(p.maps_buf, p.maps_cap) });
+    if n < 0 {
+        fatal(b"cannot read /proc/self/maps", 0, n);
+    }
+    // SAFETY: the buffer holds `n` bytes just read.
+    let text = unsafe { core::slice::from_raw_parts(p.maps_buf as *const u8, n as usize) };
+    // SAFETY: the plan's arrays are in the arena.
+    let regions = unsafe { core::slice::from_raw_parts(p.regions, p.nregions) };
+    let mut line_start = 0usize;
+    while line_start < text.len() {
+        let mut line_end = line_start;
+        while line_end < text.len() && text[line_end] != b'\n' {
+            line_end += 1;
+        }
+        let line = &text[line_start..line_end];
+        line_start = line_end + 1;
+        let (start, end) = parse_range(line);
+        if start == end {
+            continue;
+        }
+        if ends_with(line, b"[vdso]")
+            || ends_with(line, b"[vvar]")
+            || ends_with(line, b"[vvar_vclock]")
+            || ends_with(line, b"[vsyscall]")
+        {
+            continue;
+        }
+        if start >= p.arena_start as u64 && end <= (p.arena_start + p.arena_len) as u64 {
+            continue;
+        }
+        let mut kept = false;
+        let mut i = 0;
+        while i < regions.len() {
+            if regions[i].keep != 0 && regions[i].start == start && regions[i].end == end {
+                kept = true;
+            }
+            i += 1;
+        }
+        if kept {
+            continue;
+        }
+        // SAFETY: unmapping a range of this process that no live code or data of the restorer uses.
+        let r = unsafe { syscall3(SYS_munmap, start as usize, (end - start) as usize, 0) };
+        if r < 0 {
+            fatal(b"munmap", start, r);
+        }
+    }
+    // 3. Program break first (the heap region is mapped over it below).
+    // SAFETY: brk has no memory preconditions.
+    unsafe { syscall3(SYS_brk, p.brk as usize, 0, 0) };
+    // 4. Every region, then its saved pages, then its final protection.
+    // SAFETY: the plan's arrays are in the arena.
+    let runs = if p.nruns == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.runs, p.nruns) } };
+    let mut i = 0;
+    while i < regions.len() {
+        let r = &regions[i];
+        i += 1;
+        if r.keep != 0 {
+            continue;
+        }
+        let len = (r.end - r.start) as usize;
+        let has_runs = r.run_count > 0;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let addr = if r.kind == KIND_FILE {
+            let fd = open_cstr(r.path, libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                fatal(b"cannot open a mapped file for the region at", r.start, fd);
+            }
+            let prot = if has_runs { r.prot | rw } else { r.prot };
+            // SAFETY: maps the file privately at the region's address (its old mapping is gone).
+            let a = unsafe {
+                syscall6(
+                    SYS_mmap,
+                    r.start as usize,
+                    len,
+                    prot as usize,
+                    (libc::MAP_PRIVATE | libc::MAP_FIXED) as usize,
+                    fd as usize,
+                    r.file_offset as usize,
+                )
+            };
+            close(fd as i32);
+            a
+        } else {
+            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+            if r.kind == KIND_STACK {
+                flags |= libc::MAP_GROWSDOWN;
+            }
+            if r.kind == KIND_GUARD {
+                flags |= libc::MAP_NORESERVE;
+            }
+            let prot = if r.kind == KIND_GUARD { 0 } else { rw };
+            // SAFETY: a fresh anonymous mapping at the region's address.
+            unsafe { syscall6(SYS_mmap, r.start as usize, len, prot as usize, flags as usize, usize::MAX, 0) }
+        };
+        if addr < 0 || addr as u64 != r.start {
+            fatal(b"cannot map the region at", r.start, addr);
+        }
+        let mut k = 0;
+        while k < r.run_count {
+            let run = &runs[r.run_first + k];
+            k += 1;
+            // SAFETY: the run lies inside the region just mapped writable.
+            let got = unsafe { pread_full(p.image_fd, run.addr as usize, run.len as usize, run.file_offset) };
+            if got != run.len as isize {
+                fatal(b"short read of the saved pages at", run.addr, got.min(0));
+            }
+        }
+        if r.kind != KIND_GUARD && (has_runs || r.kind != KIND_FILE) && r.prot != rw {
+            // SAFETY: changes the protection of the region just restored.
+            unsafe { syscall3(SYS_mprotect, r.start as usize, len, r.prot as usize) };
+        }
+        let _ = (KIND_ANON, KIND_HEAP);
     }
 }
 
