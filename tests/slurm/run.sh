@@ -9,21 +9,31 @@
 # otherwise skips cleanly (exit 0). Prints PASS/FAIL per scenario with the job's output lines as evidence,
 # and exits 1 when any scenario failed.
 #
-# Knobs: CKPT_SLURM_SCENARIOS (default: c-signal c-deadline python create), CKPT_SLURM_WORK (work
+# Knobs: CKPT_SLURM_SCENARIOS (default: all, see SCENARIOS below), CKPT_SLURM_WORK (work
 # directory, default a new /tmp/ckpt-slurm.XXXXXX, kept on failure), CKPT_SLURM_KEEP=1 (leave the cluster
 # running), CKPT_SLURM_VENV (an existing venv with ckpt-hpc installed; default: a fresh one in the work
-# directory), SLURM_CPUS (CPUs the node declares when this script configures it; default 8).
+# directory), SLURM_CPUS (CPUs the node declares when this script configures it; default 32, so that the
+# three 4-rank MPI jobs and the other jobs run side by side).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE=$ROOT/tests/slurm
-SCENARIOS=${CKPT_SLURM_SCENARIOS:-c-signal c-deadline python create}
+SCENARIOS=${CKPT_SLURM_SCENARIOS:-c-signal c-deadline python create mpi-c-srun mpi-f-srun mpi-c-mpirun requeue-finish requeue-max requeue-noprogress}
 T_START=$(date +%s)
 say() { printf '[%s +%3ss] %s\n' "$(date +%T)" "$(( $(date +%s) - T_START ))" "$*"; }
 
 # ---------------------------------------------------------------------------------------------- cluster
+want_mpi=0
+case " $SCENARIOS " in *" mpi-"*) want_mpi=1 ;; esac
+need_install=0
 if ! command -v sbatch >/dev/null || [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ]; then
+  need_install=1
+elif [ "$want_mpi" = 1 ] && { ! command -v mpicc >/dev/null || ! command -v mpif90 >/dev/null; }; then
+  # the MPI scenarios skip without Open MPI and gfortran, unless asked to install them
+  [ "${CKPT_SLURM_INSTALL:-}" = 1 ] || [ "${CI:-}" = true ] && need_install=1
+fi
+if [ "$need_install" = 1 ]; then
   if [ "${CKPT_SLURM_INSTALL:-}" = 1 ] || [ "${CI:-}" = true ]; then
-    bash "$ROOT/ci/slurm/install.sh" || { echo "FAIL: could not install Slurm"; exit 1; }
+    SLURM_WITH_MPI=$want_mpi bash "$ROOT/ci/slurm/install.sh" || { echo "FAIL: could not install Slurm"; exit 1; }
   else
     echo "SKIP: Slurm is not installed (bash ci/slurm/install.sh, or CKPT_SLURM_INSTALL=1)"
     exit 0
@@ -35,7 +45,7 @@ if [ "$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then
 fi
 started=0
 if ! scontrol ping 2>/dev/null | grep -q 'is UP'; then
-  SLURM_CPUS=${SLURM_CPUS:-8} bash "$ROOT/ci/slurm/configure.sh" || exit 1
+  SLURM_CPUS=${SLURM_CPUS:-32} bash "$ROOT/ci/slurm/configure.sh" || exit 1
   bash "$ROOT/ci/slurm/start.sh" || { echo "FAIL: could not start Slurm"; bash "$ROOT/ci/slurm/stop.sh"; exit 1; }
   started=1
 else
@@ -67,6 +77,11 @@ mkdir -p "$W/bin"
 cc -O2 -Wall -Wextra -I"$ROOT/include" "$HERE/slurm_app.c" -o "$W/bin/slurm_app" \
   -L"$TARGET/release" -lckpt -Wl,-rpath,"$TARGET/release" || { echo "FAIL: compile slurm_app.c"; exit 1; }
 APP=$W/bin/slurm_app
+# Open MPI's mpirun refuses to run as root without these (the jobs inherit them from sbatch)
+[ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The node declares more CPUs than the machine has: without this, Open MPI's ranks spin at full speed while
+# they wait for a descheduled neighbour (20 iterations/s instead of thousands)
+export OMPI_MCA_mpi_yield_when_idle=1
 # the result of an uninterrupted run, outside Slurm
 REF_STEPS=1200
 REF=$(cd "$W/bin" && env -u SLURM_JOB_ID CKPT_DIR="$W/bin" CKPT_LOG=off CKPT_SOCKET=0 "$APP" $REF_STEPS 0 | sed -n 's/^DONE .*checksum=\([0-9a-f]*\).*/\1/p')
@@ -184,8 +199,9 @@ scenario_c_deadline() {
   pass "squeue end time -> last checkpoint at +$t s (before the limit), requeue -> resumed at step $resumed, checksum $fin = uninterrupted"
 }
 
-# 3. The Python example job, examples/python/checkpointed_program.sh itself (its USR1 trap checkpoints and
-#    requeues; SIGTERM -> last checkpoint; the requeued run resumes), with --time=1 --signal=B:USR1@10.
+# 3. The Python example job, examples/python/checkpointed_program.sh itself, with --time=1 --signal=B:USR1@10:
+#    its USR1 trap sends SIGTERM to Python (checkpoint, clean stop), then it runs `ckpt requeue
+#    --max-restarts 10`; the requeued run resumes and ends with the uninterrupted result.
 scenario_python() {
   d=$W/python; mkdir -p "$d"; local out=$d/job.out j t0 t1 venv ref fin py_steps=600
   venv=${CKPT_SLURM_VENV:-$d/venv}
@@ -204,7 +220,7 @@ scenario_python() {
   t0=$(date +%s)
   # the script as users copy it; the command line overrides its 2 h limit, its 300 s warning, its output
   # file and its 4 GB; PATH makes its python3 the venv's. CKPT_SQUEUE=true: signals only (see scenario 1).
-  j=$(cd "$d" && PATH=$venv/bin:$PATH CKPT_DIR=$d/ckpt CKPT_LOG=$d/ckpt.log CKPT_SQUEUE=true \
+  j=$(cd "$d" && PATH=$venv/bin:$PATH CKPT=$CKPT_BIN CKPT_DIR=$d/ckpt CKPT_LOG=$d/ckpt.log CKPT_SQUEUE=true \
       submit --time=1 --signal=B:USR1@10 --mem=500M -o "$out" \
       "$ROOT/examples/python/checkpointed_program.sh" --steps $py_steps --step-seconds 0.1) || fail "sbatch"
   ev "job $j submitted: examples/python/checkpointed_program.sh --steps $py_steps --step-seconds 0.1"
@@ -216,11 +232,13 @@ scenario_python() {
   fin=$(grep '^Done:' "$out")
   grep -q '^USR1: the time limit is near' "$out" || fail "the batch shell got no USR1"
   grep -q '^Checkpoint saved' "$out" || fail "no checkpoint"
-  grep -q '"trigger":\[[^]]*"sigterm"' "$d/ckpt.log" || fail "no last checkpoint on SIGTERM after the requeue"
+  grep -q '"trigger":\[[^]]*"sigterm"' "$d/ckpt.log" || fail "no checkpoint on the SIGTERM the USR1 trap sends"
+  grep -q "^ckpt requeue: requeued job $j (restart 1 of 10; checkpoint step [0-9]*)\$" "$out" \
+    || fail "the script's ckpt requeue did not requeue the job"
   grep -q '(restart 1)' "$out" || fail "no restart with SLURM_RESTART_COUNT=1"
   grep -q '^Resuming from checkpoint' "$out" || fail "the restart did not resume from a checkpoint"
   [ "$fin" = "$ref" ] || fail "result '$fin' differs from the uninterrupted '$ref'"
-  pass "USR1 -> checkpoint + requeue, SIGTERM -> last checkpoint, restart resumed; $fin"
+  pass "USR1 -> SIGTERM to Python -> checkpoint, ckpt requeue, restart resumed; $fin"
 }
 
 # 6. ckpt create <jobid> --image-dir DIR --max-wait 30: against a running job a checkpoint appears in DIR
@@ -264,6 +282,172 @@ scenario_create() {
     kill -0 "$p" 2>/dev/null || rm -f "$f"
   done
   pass "checkpoint $(basename "$path") written to the image dir on request and verified; no safe point -> exit $rc after ${el} s"
+}
+
+# 4. The MPI examples as users submit them: examples/c/heat_mpi.sbatch and examples/fortran/heat_mpi.sbatch,
+#    4 ranks, --time=1. srun --mpi=pmix with --signal=USR1@10 (no B:, every rank gets USR1), or mpirun in the
+#    batch script with --signal=B:USR1@10 (the script's trap forwards USR1 to mpirun). USR1: one collective
+#    checkpoint, every rank at the same iteration; SIGTERM at the time limit: a last collective checkpoint,
+#    every rank stops at that iteration; the script runs `ckpt requeue --max-restarts 2`; the restart agrees
+#    on that iteration on every rank and ends with the field of an uninterrupted run, bit for bit (crc32).
+MPI_N=256 MPI_ITERS=2400 MPI_DELAY_US=50000   # 2400 x 50 ms = 120 s of work: longer than the time limit
+scenario_mpi() {   # scenario_mpi c|fortran srun|mpirun
+  local lang=$1 launcher=$2 out j t0 t1 ref fin script sig cc_ok
+  d=$W/mpi-${lang:0:1}-$launcher; mkdir -p "$d/ckpt"; out=$d/job.out
+  script=$ROOT/examples/$lang/heat_mpi.sbatch
+  if [ "$lang" = c ]; then cc_ok=$(command -v mpicc); else cc_ok=$(command -v mpif90); fi
+  if [ -z "$cc_ok" ] || ! command -v mpirun >/dev/null; then
+    [ "${CI:-}" = true ] && fail "MPI (mpicc/mpif90/mpirun) is not installed"
+    echo "SKIP: no MPI compiler (SLURM_WITH_MPI=1 bash ci/slurm/install.sh)" > "$d/verdict"; exit 0
+  fi
+  make -s -C "$ROOT/examples/$lang" OUT="$d/bin" > "$d/make.log" 2>&1 \
+    || { sed 's/^/make: /' "$d/make.log" >> "$d/evidence"; fail "make -C examples/$lang against target/release"; }
+  # The program the script runs: the example itself; the first run sleeps 50 ms per iteration (so that the
+  # time limit interrupts it), the requeued runs only have to finish.
+  printf '#!/bin/sh\n[ -n "${SLURM_RESTART_COUNT:-}" ] && exec %s "$1" "$2" 0\nexec %s "$@"\n' \
+    "$d/bin/heat_mpi" "$d/bin/heat_mpi" > "$d/heat_mpi"
+  chmod +x "$d/heat_mpi"
+  ref=$(mkdir -p "$d/ref" && env -u SLURM_JOB_ID CKPT_DIR="$d/ref" CKPT_LOG=off CKPT_SOCKET=0 \
+        mpirun --oversubscribe -np 4 "$d/bin/heat_mpi" $MPI_N $MPI_ITERS 0 2>> "$d/ref.err" | grep '^done:')
+  [ -n "$ref" ] || { cat "$d/ref.err" >> "$d/evidence"; fail "uninterrupted reference run (mpirun -np 4)"; }
+  ev "uninterrupted (mpirun -np 4, outside Slurm): $ref"
+  if [ "$launcher" = srun ]; then sig=USR1@10; else sig=B:USR1@10; fi
+  t0=$(date +%s)
+  # CKPT_SQUEUE=true: signals only (see scenario 1)
+  j=$(cd "$d" && MPI_LAUNCHER=$launcher CKPT=$CKPT_BIN HEAT_MPI=$d/heat_mpi MAX_RESTARTS=2 CKPT_DIR=$d/ckpt \
+      CKPT_LOG=$d/ckpt.log CKPT_SQUEUE=true submit --time=1 --signal=$sig -o "$out" "$script" \
+      $MPI_N $MPI_ITERS $MPI_DELAY_US) || fail "sbatch"
+  ev "job $j submitted: MPI_LAUNCHER=$launcher sbatch --time=1 --signal=$sig examples/$lang/heat_mpi.sbatch $MPI_N $MPI_ITERS $MPI_DELAY_US"
+  wait_line "$out" '^=== .*(finished:|not requeued|failed with status)' 240 >> "$d/evidence" || fail "the job never finished"
+  wait_state "$j" COMPLETED 30 >> "$d/evidence" || fail "the job did not end COMPLETED"
+  t1=$(date +%s)
+  ev "state COMPLETED $((t1 - t0)) s after sbatch, Restarts=$(job_field "$j" Restarts)"
+  # every checkpoint and restore of the log, grouped by event and step: which ranks, which triggers
+  python3 - "$d/ckpt.log" > "$d/ranks" <<'PY' || fail "cannot read the ckpt log"
+import json, sys
+seen = {}
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e.get("event") in ("checkpoint", "restore") and e.get("step") is not None:
+        k = (e["event"], e["step"])
+        r = seen.setdefault(k, {"ranks": [], "triggers": set(), "exit": set()})
+        r["ranks"].append(e["rank"])
+        r["triggers"].update(e.get("trigger") or [])
+        r["exit"].add(e.get("exit"))
+for (ev, step), r in sorted(seen.items(), key=lambda x: (x[0][1], x[0][0])):
+    print(ev, step, "ranks=" + ",".join(map(str, sorted(r["ranks"]))), "triggers=" + ",".join(sorted(r["triggers"])),
+          "exit=" + ",".join(sorted(str(x) for x in r["exit"])))
+PY
+  sed 's/^/log: /' "$d/ranks" >> "$d/evidence"
+  local usr1 term resumed stop_line rq
+  usr1=$(grep -m1 '^checkpoint .*triggers=[a-z,-]*signal' "$d/ranks")
+  term=$(grep -m1 '^checkpoint .*triggers=[a-z,-]*sigterm' "$d/ranks")
+  [ -n "$usr1" ] || fail "no checkpoint triggered by USR1 in the log"
+  echo "$usr1" | grep -q 'ranks=0,1,2,3 ' || fail "not all 4 ranks took the USR1 checkpoint at the same step: $usr1"
+  [ -n "$term" ] || fail "no checkpoint triggered by SIGTERM in the log"
+  echo "$term" | grep -q 'ranks=0,1,2,3 ' || fail "not all 4 ranks took the last checkpoint at the same step: $term"
+  local s_term; s_term=$(echo "$term" | cut -d' ' -f2)
+  if [ "$launcher" = srun ]; then   # no B:: the ranks got USR1 from Slurm, not through the batch shell
+    grep -q 'batch shell: USR1' "$out" && fail "the batch shell got USR1 (--signal without B:)"
+  else                              # B:: the batch shell's trap forwarded USR1 to mpirun, which passed it on
+    grep -q '^=== .* batch shell: USR1, forwarded to mpirun$' "$out" || fail "the batch shell did not forward USR1"
+    grep -q '^mpirun: Forwarding signal 10 to job$' "$out" || fail "mpirun did not forward USR1 to the ranks"
+  fi
+  grep -q 'DUE TO TIME LIMIT' "$out" || fail "the first run was not ended by the time limit"
+  stop_line=$(grep -m1 '^stopping after the checkpoint' "$out")
+  # (mpirun stops forwarding the ranks' output once it has SIGTERM: there the log is the evidence)
+  if [ "$launcher" = srun ] || [ -n "$stop_line" ]; then
+    [ "$stop_line" = "stopping after the checkpoint at iteration $s_term; the ranks stopped at $s_term $s_term $s_term $s_term" ] \
+      || fail "the ranks did not all stop at iteration $s_term: '$stop_line'"
+  fi
+  [ "$(grep '"event":"step-committed"' "$d/ckpt.log" | grep -c "\"step\":$s_term,")" = 4 ] \
+    || fail "the 4 ranks did not all see step $s_term committed"
+  rq=$(grep -m1 '^ckpt requeue: ' "$out")
+  [ "$rq" = "ckpt requeue: requeued job $j (restart 1 of 2; checkpoint step $s_term)" ] \
+    || fail "the script's ckpt requeue said '$rq'"
+  # the restart: 4 ranks with SLURM_RESTART_COUNT=1; rank 0 resumed at that iteration (ckpt_mpi_restart makes
+  # every rank restart from the same step: otherwise the halo exchanges would mix iterations and the final
+  # field could not be the uninterrupted one)
+  resumed=$(grep '"event":"start"' "$d/ckpt.log" | grep '"restart_count":1,' | grep -o '"rank":[0-9]*' | sort | tr '\n' ' ')
+  [ "$resumed" = '"rank":0 "rank":1 "rank":2 "rank":3 ' ] || fail "the restart did not start 4 ranks with SLURM_RESTART_COUNT=1: $resumed"
+  grep -q "^resumed at iteration $s_term\$" "$out" || fail "rank 0 did not resume at iteration $s_term"
+  fin=$(grep '^done:' "$out")
+  [ "$fin" = "$ref" ] || fail "result '$fin' differs from the uninterrupted '$ref'"
+  [ "$(job_field "$j" Restarts)" = 1 ] || fail "Restarts=$(job_field "$j" Restarts), not 1"
+  pass "USR1 -> ${usr1%% triggers*} on ranks 0-3; time limit -> last checkpoint at $s_term on ranks 0-3, all stopped there; ckpt requeue; the 4 ranks resumed at $s_term; $fin = uninterrupted"
+}
+scenario_mpi_c_srun() { scenario_mpi c srun; }
+scenario_mpi_f_srun() { scenario_mpi fortran srun; }
+scenario_mpi_c_mpirun() { scenario_mpi c mpirun; }
+
+# 7. `ckpt requeue --max-restarts N` in a batch script (requeue.sbatch): the program is stopped with SIGTERM
+#    (last checkpoint, exit 3) or killed (no checkpoint) a few seconds into each run, and the script asks
+#    ckpt requeue. (a) requeue-finish: requeued once, the restart finishes with the uninterrupted checksum;
+#    (b) requeue-max: every run makes progress, and the loop stops at N=2 restarts; (c) requeue-noprogress:
+#    the restart is killed before its first checkpoint, so it is not requeued although N=5 would allow it.
+RQ_STEPS=80
+scenario_requeue() {   # scenario_requeue NAME MAX_RESTARTS "RUNS" FINAL_STATE [STEPS]
+  local name=$1 max=$2 runs=$3 steps=${5:-$RQ_STEPS} out j t0 t1
+  d=$W/requeue-$name; mkdir -p "$d/ckpt"; out=$d/job.out
+  t0=$(date +%s)
+  j=$(APP=$APP STEPS=$steps USEC=100000 CKPT=$CKPT_BIN MAX_RESTARTS=$max RUNS="$runs" STOP_AFTER=3 \
+      CKPT_DIR=$d/ckpt CKPT_LOG=$d/ckpt.log CKPT_SQUEUE=true submit -o "$out" "$HERE/requeue.sbatch") || fail "sbatch"
+  ev "job $j submitted: MAX_RESTARTS=$max, runs: $runs"
+  wait_line "$out" '^=== .*(program exit 0|ckpt requeue exit [^0])' 150 >> "$d/evidence" || fail "the job never ended"
+  wait_state "$j" "$4" 30 "" >> "$d/evidence" || fail "the job did not end $4"
+  t1=$(date +%s)
+  n_runs=$(grep -c '^START ' "$out")
+  ev "state $4 $((t1 - t0)) s after sbatch, Restarts=$(job_field "$j" Restarts), $n_runs runs"
+  log_ckpts "$d/ckpt.log"
+}
+rq_check_resumes() {   # every restart resumed at the step of the checkpoint the run before it wrote last
+  local out=$1 prev=""
+  while IFS= read -r line; do
+    case $line in
+      START*) ;;
+      CHECKPOINT*) prev=$(echo "$line" | sed 's/.*step=\([0-9]*\).*/\1/') ;;
+      RESUMED*) [ "${line#RESUMED step=}" = "$prev" ] || { echo "resumed at '${line#RESUMED step=}', the last checkpoint was at step '$prev'"; return 1; } ;;
+    esac
+  done < <(grep -E '^(START|CHECKPOINT|RESUMED)' "$out")
+}
+scenario_requeue_finish() {
+  local n ref fin out
+  ref=$(cd "$W/bin" && env -u SLURM_JOB_ID CKPT_DIR="$(mktemp -d "$W/rqref.XXXX")" CKPT_LOG=off CKPT_SOCKET=0 "$APP" $RQ_STEPS 0 \
+        | sed -n 's/^DONE .*checksum=\([0-9a-f]*\).*/\1/p')
+  scenario_requeue finish 3 "term done" COMPLETED; n=$n_runs
+  out=$d/job.out
+  [ "$n" = 2 ] || fail "$n runs, not 2"
+  grep -q '^ckpt requeue: requeued job [0-9]* (restart 1 of 3; checkpoint step [0-9]*)$' "$out" || fail "no 'ckpt requeue: requeued job' line"
+  rq_check_resumes "$out" >> "$d/evidence" || fail "a restart did not resume from the last checkpoint"
+  fin=$(sed -n 's/^DONE .*checksum=\([0-9a-f]*\).*/\1/p' "$out")
+  [ -n "$ref" ] && [ "$fin" = "$ref" ] || fail "checksum '$fin' differs from the uninterrupted run's '$ref'"
+  pass "SIGTERM -> checkpoint, ckpt requeue -> restart 1 resumed and finished: checksum $fin = uninterrupted"
+}
+scenario_requeue_max() {
+  local n out
+  scenario_requeue max 2 "term term term term" FAILED 1000; n=$n_runs
+  out=$d/job.out
+  [ "$n" = 3 ] || fail "$n runs, not 3 (the first and 2 restarts)"
+  [ "$(grep -c '^ckpt requeue: requeued job' "$out")" = 2 ] || fail "not exactly 2 requeues"
+  grep -q '^ckpt requeue: requeued job [0-9]* (restart 2 of 2; ' "$out" || fail "no 'restart 2 of 2' requeue"
+  grep -q '^ckpt requeue: not requeuing job [0-9]*: it was restarted 2 time(s), the limit is 2$' "$out" \
+    || fail "no refusal at the limit"
+  [ "$(grep -c '^CHECKPOINT ' "$out")" = 3 ] || fail "not 3 checkpoints (one per run)"
+  rq_check_resumes "$out" >> "$d/evidence" || fail "a restart did not resume from the last checkpoint"
+  grep -q '^DONE' "$out" && fail "the program finished: the test is too short"
+  pass "3 runs, each with progress; requeued 2 times, then 'restarted 2 time(s), the limit is 2'; job FAILED"
+}
+scenario_requeue_noprogress() {
+  local n out
+  scenario_requeue noprogress 5 "term kill term" FAILED; n=$n_runs
+  out=$d/job.out
+  [ "$n" = 2 ] || fail "$n runs, not 2"
+  [ "$(grep -c '^ckpt requeue: requeued job' "$out")" = 1 ] || fail "not exactly 1 requeue"
+  grep -q '^RESUMED' "$out" || fail "the restart did not resume"
+  grep -q '^=== .* program exit 137$' "$out" || fail "the restart was not killed"
+  grep -q '^ckpt requeue: not requeuing job [0-9]*: no progress since the last restart' "$out" \
+    || fail "no refusal for lack of progress"
+  pass "run 1 checkpointed and was requeued; restart 1 was killed before a checkpoint -> '$(grep -m1 -o 'no progress since the last restart' "$out")', not requeued (limit 5); job FAILED"
 }
 
 # ------------------------------------------------------------------------------------------------- run
