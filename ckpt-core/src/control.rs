@@ -298,6 +298,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "creates directories: file system access")]
     fn socket_dir_must_be_private() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("s");

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ckpt_benches::bare_durable_save;
+
+mod shim;
 use ckpt_core::{Checkpointer, Compression, Config, Interval, LogTarget, SectionOptions, Store};
 
 struct Opts {
@@ -452,6 +454,7 @@ fn main() {
     scenario_compression(&o, work.path(), &mut out);
     scenario_memory(&o, work.path(), &mut out);
     scenario_signal(&o, work.path(), &mut out);
+    shim::scenario_shim(&o, work.path(), &mut out);
     let _ = writeln!(
         out,
         "\n## What limits the figures that miss their targets\n\n\
