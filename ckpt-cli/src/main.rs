@@ -514,13 +514,45 @@ fn restart(image_dir: Option<&Path>, command: &[String]) -> Result<ExitCode, Err
     Err(Error::io(&format!("run {}", command[0]), err))
 }
 
-/// The newest valid checkpoint's (generation, step) for this job's name, if any.
-fn newest_checkpoint(cfg: &Config) -> Result<Option<(u64, i64)>, Error> {
-    let mut c = cfg.clone();
-    c.restart_dir = c.checkpoint_dir.clone();
-    c.allow_fresh_start = true;
-    let store = Store::new(c);
-    Ok(store.restore()?.map(|r| (r.generation, r.app_step)))
+/// The newest valid checkpoint of this job in the checkpoint directory, whatever wrote it: the batch step
+/// (`<job>.ckpt`), a job step (`<job>.<step>.ckpt`), one rank or many (the step and rank count come from
+/// the file's header, so a batch script's `ckpt requeue` sees an srun step's 4-rank checkpoint). Returns
+/// (name, generation, step).
+fn newest_checkpoint(cfg: &Config) -> Result<Option<(String, u64, i64)>, Error> {
+    let dir = &cfg.checkpoint_dir;
+    let job = cfg.job_key().to_string();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("list the checkpoint directory", e).with_path(dir)),
+    };
+    let mut best: Option<(i64, String, u64, i64)> = None;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".ckpt") else { continue };
+        let ours = stem == job || stem.strip_prefix(&format!("{job}.")).is_some_and(|s| s.parse::<u32>().is_ok());
+        if !ours {
+            continue;
+        }
+        let Ok(h) = ckpt_core::read_header(&ckpt_core::storage::FileStorage, &e.path()) else { continue };
+        let mut c = Config::new(&h.app_name, dir)?;
+        c.job_id = (!h.job_id.is_empty()).then(|| h.job_id.clone());
+        c.step_id = h.step_id;
+        c.rank = 0;
+        c.nranks = h.nranks.max(1);
+        c.restart_dir = dir.clone();
+        c.allow_fresh_start = true;
+        if c.base_name() != name {
+            continue;
+        }
+        if let Ok(Some(r)) = Store::new(c).restore() {
+            let created = r.checkpoint.header().created_unix_ns;
+            if best.as_ref().is_none_or(|b| created > b.0) {
+                best = Some((created, name.clone(), r.generation, r.app_step));
+            }
+        }
+    }
+    Ok(best.map(|(_, n, g, s)| (n, g, s)))
 }
 
 fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitCode, Error> {
@@ -539,16 +571,21 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
     // Progress: the newest checkpoint must be newer than the one seen at the previous requeue.
     let record = cfg.checkpoint_dir.join(format!("{}.requeue", cfg.base_name()));
     let newest = newest_checkpoint(&cfg)?;
-    let previous: Option<(u64, i64)> = std::fs::read_to_string(&record).ok().and_then(|t| {
-        let mut it = t.split_whitespace().map(|v| v.parse::<i64>().ok());
-        Some((it.next()?? as u64, it.next()??))
+    // The record: "<name> <generation> <step>" (older records: "<generation> <step>").
+    let previous: Option<(String, u64, i64)> = std::fs::read_to_string(&record).ok().and_then(|t| {
+        let f: Vec<&str> = t.split_whitespace().collect();
+        match f[..] {
+            [n, g, st] => Some((n.to_string(), g.parse().ok()?, st.parse().ok()?)),
+            [g, st] => Some((cfg.base_name(), g.parse().ok()?, st.parse().ok()?)),
+            _ => None,
+        }
     });
-    match (newest, previous) {
+    match (&newest, previous) {
         (None, _) => {
             println!("ckpt requeue: not requeuing job {job}: it has no valid checkpoint to restart from");
             return Ok(ExitCode::from(1));
         }
-        (Some((g, step)), Some((pg, pstep))) if count > 0 && g <= pg => {
+        (Some((name, g, step)), Some((pname, pg, pstep))) if count > 0 && *name == pname && *g <= pg => {
             println!(
                 "ckpt requeue: not requeuing job {job}: no progress since the last restart (newest checkpoint \
                  generation {g}, step {step}; at the previous requeue generation {pg}, step {pstep})"
@@ -557,7 +594,7 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
         }
         _ => {}
     }
-    let (g, step) = newest.expect("checked above");
+    let (name, g, step) = newest.expect("checked above");
     if dry_run {
         println!(
             "ckpt requeue: would requeue job {job} (restart {} of {max_restarts}; checkpoint step {step})",
@@ -565,7 +602,7 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
         );
         return Ok(ExitCode::SUCCESS);
     }
-    std::fs::write(&record, format!("{g} {step}\n")).map_err(|e| Error::io("write", e).with_path(&record))?;
+    std::fs::write(&record, format!("{name} {g} {step}\n")).map_err(|e| Error::io("write", e).with_path(&record))?;
     let scontrol = std::env::var("CKPT_SCONTROL").unwrap_or_else(|_| "scontrol".into());
     let status = std::process::Command::new(&scontrol)
         .args(["requeue", &job])

@@ -323,3 +323,54 @@ fn requeue_is_bounded_by_count_and_progress() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("SLURM_JOB_ID"), "{}", text(&o));
 }
+
+/// `ckpt requeue` in a batch script (no SLURM_STEP_ID, one task) sees the checkpoint a 4-rank srun step
+/// wrote (`<job>.0.ckpt` with a manifest), and counts a new step there as progress.
+#[test]
+fn requeue_from_the_batch_script_sees_multi_rank_step_checkpoints() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("scontrol.calls");
+    let scontrol = dir.path().join("scontrol");
+    std::fs::write(&scontrol, format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
+    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sc = scontrol.to_str().unwrap();
+    let save_step = |step: i64| {
+        let stores: Vec<Store> = (0..4)
+            .map(|rank| {
+                let mut c = Config::new("heat_mpi", dir.path()).unwrap();
+                c.job_id = Some("78".into());
+                c.step_id = Some(0);
+                c.rank = rank;
+                c.nranks = 4;
+                Store::new(c)
+            })
+            .collect();
+        let mut g = 0;
+        for s in &stores {
+            let mut w = s.begin(step).unwrap();
+            w.add_bytes("u", &step.to_le_bytes()).unwrap();
+            g = w.generation();
+            w.commit().unwrap();
+        }
+        stores[0].commit_step(g, step).unwrap();
+    };
+    let requeue = |count: &str| {
+        ckpt(
+            dir.path(),
+            &["requeue", "--max-restarts", "3", "--name", "heat_mpi"],
+            &[("SLURM_JOB_ID", "78"), ("SLURM_RESTART_COUNT", count), ("CKPT_SCONTROL", sc)],
+        )
+    };
+    save_step(40);
+    let o = requeue("0");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("checkpoint step 40"), "{}", text(&o));
+    let o = requeue("1");
+    assert_eq!(o.status.code(), Some(1), "no progress: {}", text(&o));
+    save_step(80);
+    let o = requeue("1");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("checkpoint step 80"), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 2);
+}
