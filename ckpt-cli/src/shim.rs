@@ -125,13 +125,22 @@ pub struct FoundImage {
     pub path: PathBuf,
     /// Its state section.
     pub image: ProcessImage,
+    /// The file's identity while it was verified ([`process_image::verified_token`]).
+    pub token: String,
 }
 
 fn open_image(path: &Path) -> Result<FoundImage, Error> {
+    let token = |p: &Path| {
+        std::fs::metadata(p).map(|m| process_image::verified_token(&m)).map_err(|e| Error::io("stat", e).with_path(p))
+    };
+    let before = token(path)?;
     let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap: false })?;
     cp.verify()?;
     let image = process_image::read(&cp)?;
-    Ok(FoundImage { path: path.to_path_buf(), image })
+    if token(path)? != before {
+        return Err(Error::new(ErrorKind::Conflict, "the image changed while it was being verified").with_path(path));
+    }
+    Ok(FoundImage { path: path.to_path_buf(), image, token: before })
 }
 
 /// The newest complete, verified process image in `dir` (this job's name first), with the reasons the
@@ -270,15 +279,18 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
     let mut env: Vec<CString> = Vec::new();
     for e in &img.envp {
         let key = e.split(|&b| b == b'=').next().unwrap_or(&[]);
-        if [&b"CKPT_SHIM_ROOT"[..], b"CKPT_SHIM_RESTORE", b"CKPT_SHIM_TRIGGERS"].contains(&key) {
+        if [&b"CKPT_SHIM_ROOT"[..], b"CKPT_SHIM_RESTORE", b"CKPT_SHIM_TRIGGERS", b"CKPT_SHIM_VERIFIED"].contains(&key) {
             continue;
         }
         if let Ok(c) = CString::new(e.clone()) {
             env.push(c);
         }
     }
-    let extra =
-        [format!("CKPT_SHIM_ROOT={}", std::process::id()), format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns}")];
+    let extra = [
+        format!("CKPT_SHIM_VERIFIED={}", found.token),
+        format!("CKPT_SHIM_ROOT={}", std::process::id()),
+        format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns}"),
+    ];
     for x in extra {
         env.push(CString::new(x).expect("no NUL"));
     }

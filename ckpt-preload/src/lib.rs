@@ -84,6 +84,9 @@ pub(crate) static DEADLINE_TIMER: AtomicI64 = AtomicI64::new(-1);
 pub(crate) static REG_PATH: Shared<[u8; 512]> = Shared::new([0; 512]);
 pub(crate) static REG_DIR: Shared<[u8; 400]> = Shared::new([0; 400]);
 pub(crate) static REG_SUFFIX: Shared<[u8; 100]> = Shared::new([0; 100]);
+/// Device and inode of the image this process was restored from (its pages may be mapped from it).
+pub(crate) static RESTORED_DEV: AtomicU64 = AtomicU64::new(0);
+pub(crate) static RESTORED_INO: AtomicU64 = AtomicU64::new(0);
 /// The checkpoint-and-exit signal (for `ckpt create --vacate`).
 pub(crate) static EXIT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// The settings and names built at start (heap data: it is restored with the heap).

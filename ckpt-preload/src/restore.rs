@@ -62,6 +62,10 @@ pub struct Plan {
     log_prefix: *const u8,
     log_prefix_len: usize,
     t0_ns: u64,
+    /// Map saved pages from the image (copy-on-write) instead of reading them.
+    map_runs: u32,
+    image_dev: u64,
+    image_ino: u64,
 }
 
 #[repr(C)]
@@ -162,7 +166,12 @@ pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<Str
         Ok(cp) => cp,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    if let Err(e) = cp.verify() {
+    // `ckpt restart` verified every CRC a moment ago and says so with the file's identity (images are never
+    // modified in place); anything else (a hand-set CKPT_SHIM_RESTORE) is verified here.
+    let verified = getenv("CKPT_SHIM_VERIFIED").is_some_and(|token| {
+        std::fs::metadata(image_path).is_ok_and(|m| token == ckpt_core::process_image::verified_token(&m))
+    });
+    if !verified && let Err(e) = cp.verify() {
         refuse(image_path, &e.to_string());
     }
     let image = match ckpt_core::process_image::read(&cp) {
@@ -180,7 +189,11 @@ pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<Str
     }
     let maps = current_maps();
     // The identical file mappings stay (the shim's code is among them: the restorer runs from it).
-    let keep: Vec<(u64, u64)> = maps.iter().filter(|m| m.path.starts_with('/')).map(|m| (m.start, m.end)).collect();
+    let keep: Vec<(u64, u64, Vec<u8>, u64)> = maps
+        .iter()
+        .filter(|m| m.path.starts_with('/'))
+        .map(|m| (m.start, m.end, m.path.as_bytes().to_vec(), m.offset))
+        .collect();
     let (interval_ns, deadline_ns) = parse_triggers(getenv("CKPT_SHIM_TRIGGERS").as_deref());
     // SAFETY: the image file stays open until restore_main reads it; the plan is built in a fresh mapping.
     unsafe {
@@ -195,6 +208,14 @@ pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<Str
             refuse(image_path, "cannot move the image descriptor out of the way");
         }
         (*plan).image_fd = high;
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(high, &mut st) == 0 {
+            (*plan).image_dev = st.st_dev;
+            (*plan).image_ino = st.st_ino;
+        }
+        if getenv("CKPT_SHIM_RESTORE_READ").is_some_and(|v| v == "1") {
+            (*plan).map_runs = 0;
+        }
         // No signal may run a handler in a half-restored process; rt_sigreturn sets the saved mask.
         let all: u64 = !0;
         syscall6(SYS_rt_sigprocmask, libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8, 0, 0);
@@ -235,6 +256,8 @@ fn preflight(image: &ProcessImage) -> Option<String> {
         ));
     }
     let maps = current_maps();
+    let me = restore_main as *const () as u64;
+    let shim_path = maps.iter().find(|m| m.start <= me && me < m.end).map(|m| m.path.clone()).unwrap_or_default();
     for m in &maps {
         match m.path.as_str() {
             "[vdso]" if image.vdso != Some((m.start, m.end)) => {
@@ -246,31 +269,37 @@ fn preflight(image: &ProcessImage) -> Option<String> {
                 ));
             }
             p if p.starts_with('/') => {
-                let found = image.regions.iter().find(|r| r.start == m.start);
-                let same = found.is_some_and(|r| {
-                    r.end == m.end
+                let same = image.regions.iter().any(|r| {
+                    r.start == m.start
+                        && r.end == m.end
                         && r.path == p.as_bytes()
                         && r.file_offset == m.offset
                         && r.prot == prot_bits(&m.perms)
-                        && r.runs.is_empty()
                 });
-                // A relocated or written page range (RELRO, .data) is restored from the image; the rest
-                // must be exactly where the image has it.
-                let replaced = found.is_some_and(|r| r.path == p.as_bytes() && !r.runs.is_empty());
-                if !same && !replaced {
-                    let was = image
-                        .regions
-                        .iter()
-                        .find(|r| r.path == p.as_bytes() && r.file_offset == m.offset)
-                        .map(|r| format!("{:#x}", r.start))
-                        .unwrap_or_else(|| "not mapped".into());
+                if same {
+                    continue;
+                }
+                // The shim's own code must be where the image has it: the restorer runs from it.
+                if m.start <= me && me < m.end || (!shim_path.is_empty() && p == shim_path && !m.perms.contains('w')) {
                     return Some(format!(
-                        "the address-space layout differs from the checkpoint's: {p} (offset {:#x}) is mapped at \
-                         {:#x}, it was at {was}; restart on the same kind of node with `ckpt restart` (same \
-                         libraries, same stack limit)",
-                        m.offset, m.start
+                        "the shim ({p}) is mapped at {:#x}, not where the image has it; restart with `ckpt restart` \
+                         and the same libckpt_preload.so",
+                        m.start
                     ));
                 }
+                // The same file at another address: the layout moved (another stack limit, other libraries).
+                if let Some(r) = image.regions.iter().find(|r| r.path == p.as_bytes() && r.file_offset == m.offset)
+                    && r.start != m.start
+                {
+                    return Some(format!(
+                        "the address-space layout differs from the checkpoint's: {p} (offset {:#x}) is mapped at \
+                         {:#x}, it was at {:#x}; restart on the same kind of node with `ckpt restart` (same \
+                         libraries, same stack limit)",
+                        m.offset, m.start, r.start
+                    ));
+                }
+                // Otherwise the mapping is replaced by what the image has at that address (pages the previous
+                // restart mapped from its image, a relocated or written range) or simply removed.
             }
             _ => {}
         }
@@ -372,7 +401,7 @@ impl ArenaWriter {
 #[allow(clippy::too_many_arguments)]
 unsafe fn build_plan(
     image: &ProcessImage,
-    keep: &[(u64, u64)],
+    keep: &[(u64, u64, Vec<u8>, u64)],
     maps: &[Mapping],
     memory_offset: u64,
     image_path: &str,
@@ -437,7 +466,9 @@ unsafe fn build_plan(
             runs.push(PlanRun { addr: run.addr, len: run.len, file_offset: memory_offset + run.data_offset });
         }
         let own_read_only = !shim_path.is_empty() && r.path == shim_path && r.prot & libc::PROT_WRITE as u32 == 0;
-        let kept = (r.runs.is_empty() || own_read_only) && keep.contains(&(r.start, r.end));
+        let same_mapping_now =
+            keep.iter().any(|k| k.0 == r.start && k.1 == r.end && k.2 == r.path && k.3 == r.file_offset);
+        let kept = r.kind == RegionKind::File && (r.runs.is_empty() || own_read_only) && same_mapping_now;
         regions.push(PlanRegion {
             start: r.start,
             end: r.end,
@@ -553,6 +584,9 @@ unsafe fn build_plan(
             log_prefix: w.cstr(prefix.as_bytes()),
             log_prefix_len: prefix.len(),
             t0_ns,
+            map_runs: 1,
+            image_dev: 0,
+            image_ino: 0,
         };
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
@@ -787,6 +821,8 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     crate::WRITER_PID.store(0, Ordering::Relaxed);
     crate::CHILD_ARENA.store(0, Ordering::Relaxed);
     crate::RESTARTS.fetch_add(1, Ordering::Relaxed);
+    crate::RESTORED_DEV.store(p.image_dev, Ordering::Relaxed);
+    crate::RESTORED_INO.store(p.image_ino, Ordering::Relaxed);
     crate::arm_timers(p.interval_ns, p.deadline_ns);
     // The checkpointed process's registration is stale (it is gone); register under the new pid.
     crate::unregister_process();
@@ -937,6 +973,26 @@ fn replace_address_space(p: &Plan) {
         while k < r.run_count {
             let run = &runs[r.run_first + k];
             k += 1;
+            // Map the pages copy-on-write from the image (no copy; they fault in when touched), except on
+            // the stack, whose lowest mapping must stay anonymous to grow down.
+            if p.map_runs != 0 && r.kind != KIND_STACK && run.file_offset % 4096 == 0 {
+                // SAFETY: replaces part of the region just mapped with a private mapping of the image.
+                let a = unsafe {
+                    syscall6(
+                        SYS_mmap,
+                        run.addr as usize,
+                        run.len as usize,
+                        rw as usize,
+                        (libc::MAP_PRIVATE | libc::MAP_FIXED) as usize,
+                        p.image_fd as usize,
+                        run.file_offset as usize,
+                    )
+                };
+                if a < 0 || a as u64 != run.addr {
+                    fatal(b"cannot map the saved pages at", run.addr, a.min(0));
+                }
+                continue;
+            }
             // SAFETY: the run lies inside the region just mapped writable.
             let got = unsafe { pread_full(p.image_fd, run.addr as usize, run.len as usize, run.file_offset) };
             if got != run.len as isize {

@@ -169,6 +169,7 @@ struct MapLine {
     end: u64,
     perms: [u8; 4],
     offset: u64,
+    dev: u64,
     inode: u64,
     path: Vec<u8>,
 }
@@ -177,7 +178,7 @@ fn parse_maps(text: &[u8]) -> Vec<MapLine> {
     let mut out = Vec::new();
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let mut fields = line.splitn(6, |&b| b == b' ');
-        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(inode)) =
+        let (Some(range), Some(perms), Some(offset), Some(dev), Some(inode)) =
             (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
@@ -195,6 +196,13 @@ fn parse_maps(text: &[u8]) -> Vec<MapLine> {
             end,
             perms: p,
             offset: hex(offset).unwrap_or(0),
+            dev: {
+                let mut mm = dev.splitn(2, |&b| b == b':');
+                match (mm.next().and_then(hex), mm.next().and_then(hex)) {
+                    (Some(major), Some(minor)) => libc::makedev(major as u32, minor as u32),
+                    _ => 0,
+                }
+            },
             inode: std::str::from_utf8(inode).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
             path,
         });
@@ -271,6 +279,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
                 end: e,
                 perms: m.perms,
                 offset: m.offset + (s - m.start),
+                dev: m.dev,
                 inode: m.inode,
                 path: m.path.clone(),
             });
@@ -287,17 +296,22 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             _ => {}
         }
         let name = lossy(&path);
+        // Pages the restorer mapped straight from the image this process was restored from: program
+        // memory, saved like anonymous memory (the image file may be pruned later).
+        let from_image = m.inode != 0
+            && m.inode == crate::RESTORED_INO.load(Ordering::Relaxed)
+            && m.dev == crate::RESTORED_DEV.load(Ordering::Relaxed);
         if m.perms[3] == b's' && m.perms[1] == b'w' {
             return Err(Failure::Refused(format!("shared writable mapping of {name:?} at {:#x}", m.start)));
         }
-        if path.ends_with(b" (deleted)") {
+        if path.ends_with(b" (deleted)") && !from_image {
             return Err(Failure::Refused(format!("mapping of a deleted file {name:?}")));
         }
         if path.starts_with(b"/SYSV") || path.starts_with(b"/dev/shm/") || path.starts_with(b"/memfd:") {
             return Err(Failure::Refused(format!("shared memory mapping {name:?}")));
         }
         let prot = prot_of(&m.perms);
-        let is_file = m.inode != 0 && path.starts_with(b"/");
+        let is_file = m.inode != 0 && path.starts_with(b"/") && !from_image;
         let kind = if prot == 0 {
             RegionKind::Guard
         } else if is_file {
@@ -334,7 +348,12 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
                 for i in 0..chunk {
                     let e = u64::from_le_bytes(bytes[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap());
                     let addr = m.start + (p + i) * page;
-                    let save = if is_file {
+                    let save = if from_image {
+                        // Present or not, these pages hold the program's data.
+                        // SAFETY: the page is mapped and readable (made readable above).
+                        let words = unsafe { std::slice::from_raw_parts(addr as *const u64, 512) };
+                        words.iter().any(|&w| w != 0)
+                    } else if is_file {
                         // A private copy of a file page (relocations, written .data) differs from the file.
                         (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
                     } else if e & (PM_PRESENT | PM_SWAPPED) != 0 {

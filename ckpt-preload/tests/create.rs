@@ -28,7 +28,15 @@ fn create_by_pid_and_job_restart_from_image_dir() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the shim registered the process (a loaded machine may take a while to start it).
+    let t = std::time::Instant::now();
+    while !std::fs::read_dir(dir.join("sock"))
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".shim")))
+        .unwrap_or(false)
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "the shim never registered the process");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let elsewhere = dir.join("elsewhere");
     // By job id (what an operator types), into another directory.
     let o = command(&ckpt, dir)

@@ -229,3 +229,43 @@ fn not_a_process_image() {
     let o = command(&ckpt, tmp.path()).arg("restart").arg(tmp.path().join("junk.ckpt")).output().unwrap();
     assert_refused(&o, "junk.ckpt");
 }
+
+/// Children inherit LD_PRELOAD but the shim stays passive in them: a child's own USR1 handler runs, no
+/// image is written for it; the root process refuses to checkpoint while it has children.
+#[test]
+fn children_stay_passive_and_the_parent_refuses_while_they_live() {
+    let Some(py) = python() else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let child_code = "import signal,sys,time,os\nsignal.signal(signal.SIGUSR1, lambda *a: print('child got USR1', flush=True))\n\
+                      print('child', os.getpid(), flush=True)\ntime.sleep(5)\n";
+    let mut root = command(&ckpt, dir)
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--", "/bin/sh", "-c"])
+        .arg(format!("{py} -c \"$0\"; echo root done", ))
+        .arg(child_code)
+        .stdout(out_file(&dir.join("out.txt"), false))
+        .stderr(out_file(&dir.join("err.txt"), false))
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let child_pid = loop {
+        let out = std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default();
+        if let Some(pid) = out.lines().find_map(|l| l.strip_prefix("child ")).and_then(|p| p.trim().parse::<u32>().ok()) {
+            break pid;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the child never started");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    kill(child_pid, libc::SIGUSR1);
+    kill(root.id(), libc::SIGUSR1);
+    assert!(wait_for_events(dir, "checkpoint-refused", 1, &mut root, Duration::from_secs(30)));
+    let status = wait_timeout(&mut root, Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    let out = std::fs::read_to_string(dir.join("out.txt")).unwrap();
+    assert!(out.contains("child got USR1"), "the child's own handler must run: {out}");
+    assert!(out.contains("root done"), "{out}");
+    let err = std::fs::read_to_string(dir.join("err.txt")).unwrap();
+    assert!(err.contains("child processes"), "{err}");
+    assert!(events(dir, "checkpoint").is_empty(), "no image");
+}
