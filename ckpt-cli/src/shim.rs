@@ -397,3 +397,89 @@ pub fn request_checkpoint(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `ckpt inspect` of a process image: the program, the node it needs, its regions and descriptors.
+pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
+    let img = process_image::read(cp)?;
+    let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    println!("\nprocess image (LD_PRELOAD shim), layout {}", img.version);
+    println!("program     {} {}", show(&img.exe), img.argv.iter().skip(1).map(|a| show(a)).collect::<Vec<_>>().join(" "));
+    println!("cwd         {}", show(&img.cwd));
+    println!(
+        "node        Linux {} {}, glibc {}, stack limit {}",
+        img.fingerprint.kernel_release,
+        img.fingerprint.machine,
+        img.fingerprint.libc_version,
+        show_limit(img.rlimit_stack.0)
+    );
+    println!(
+        "checkpoint  #{} of pid {} on {} (restarts so far {}), program paused {:.2} ms",
+        img.sequence,
+        img.pid,
+        img.host,
+        img.restarts,
+        img.pause_us as f64 / 1e3
+    );
+    println!("memory      {} saved of {} mapped", human(img.saved_bytes()), human(img.mapped_bytes()));
+    println!("{:<33} {:>4} {:<9} {:>10} {:>5}  path", "region", "prot", "kind", "saved", "runs");
+    for r in &img.regions {
+        let prot = format!(
+            "{}{}{}",
+            if r.prot & 1 != 0 { 'r' } else { '-' },
+            if r.prot & 2 != 0 { 'w' } else { '-' },
+            if r.prot & 4 != 0 { 'x' } else { '-' }
+        );
+        println!(
+            "{:016x}-{:016x} {:>4} {:<9} {:>10} {:>5}  {}{}",
+            r.start,
+            r.end,
+            prot,
+            format!("{:?}", r.kind),
+            human(r.runs.iter().map(|x| x.len).sum()),
+            r.runs.len(),
+            show(&r.path),
+            if r.kind == RegionKind::File { format!(" @{:#x}", r.file_offset) } else { String::new() }
+        );
+    }
+    for f in &img.fds {
+        println!(
+            "fd {:<3} {:<10} flags {:#o} offset {} size {}  {}",
+            f.fd,
+            format!("{:?}", f.kind),
+            f.flags,
+            f.offset,
+            f.size,
+            show(&f.path)
+        );
+    }
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// The process image as JSON (for `ckpt inspect --json`).
+pub fn image_json(cp: &Checkpoint) -> Result<serde_json::Value, Error> {
+    let img = process_image::read(cp)?;
+    let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok(serde_json::json!({
+        "exe": show(&img.exe), "argv": img.argv.iter().map(|a| show(a)).collect::<Vec<_>>(), "cwd": show(&img.cwd),
+        "kernel": img.fingerprint.kernel_release, "libc": img.fingerprint.libc_version,
+        "rlimit_stack": img.rlimit_stack.0, "sequence": img.sequence, "restarts": img.restarts, "pid": img.pid,
+        "pause_us": img.pause_us, "saved_bytes": img.saved_bytes(), "mapped_bytes": img.mapped_bytes(),
+        "regions": img.regions.iter().map(|r| serde_json::json!({
+            "start": r.start, "end": r.end, "prot": r.prot, "kind": format!("{:?}", r.kind), "path": show(&r.path),
+            "file_offset": r.file_offset, "runs": r.runs.len(), "saved_bytes": r.runs.iter().map(|x| x.len).sum::<u64>(),
+        })).collect::<Vec<_>>(),
+        "fds": img.fds.iter().map(|f| serde_json::json!({
+            "fd": f.fd, "kind": format!("{:?}", f.kind), "path": show(&f.path), "flags": f.flags, "offset": f.offset,
+            "size": f.size,
+        })).collect::<Vec<_>>(),
+    }))
+}

@@ -449,6 +449,11 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     };
     let fire_at_ns = end_time.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0);
     arm_timers(interval_ns, fire_at_ns);
+    writer::log_line(&serde_json::json!({
+        "event": "start", "pid": getpid(), "signals": signals.iter().map(|s| s.signal).collect::<Vec<_>>(),
+        "interval_s": interval_ns as f64 / 1e9, "end_time": end_time, "end_time_source": end_time_source,
+        "deadline_checkpoint_at": (fire_at_ns > 0).then_some(fire_at_ns as f64 / 1e9),
+    }));
     if let Some(dir) = socket_dir
         && ckpt_core::control::prepare_socket_dir(&dir).is_ok()
     {

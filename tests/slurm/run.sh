@@ -17,7 +17,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE=$ROOT/tests/slurm
-SCENARIOS=${CKPT_SLURM_SCENARIOS:-c-signal c-deadline python create mpi-c-srun mpi-f-srun mpi-c-mpirun requeue-finish requeue-max requeue-noprogress}
+SCENARIOS=${CKPT_SLURM_SCENARIOS:-c-signal c-deadline python create shim mpi-c-srun mpi-f-srun mpi-c-mpirun requeue-finish requeue-max requeue-noprogress}
 T_START=$(date +%s)
 say() { printf '[%s +%3ss] %s\n' "$(date +%T)" "$(( $(date +%s) - T_START ))" "$*"; }
 
@@ -70,8 +70,8 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------------------------------------ build
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-say "building ckpt and libckpt (cargo build --release -p ckpt-cli -p ckpt-ffi)"
-(cd "$ROOT" && cargo build --release --quiet -p ckpt-cli -p ckpt-ffi) || { echo "FAIL: cargo build"; exit 1; }
+say "building ckpt, libckpt and the shim (cargo build --release -p ckpt-cli -p ckpt-ffi -p ckpt-preload)"
+(cd "$ROOT" && cargo build --release --quiet -p ckpt-cli -p ckpt-ffi -p ckpt-preload) || { echo "FAIL: cargo build"; exit 1; }
 CKPT_BIN=$TARGET/release/ckpt
 mkdir -p "$W/bin"
 cc -O2 -Wall -Wextra -I"$ROOT/include" "$HERE/slurm_app.c" -o "$W/bin/slurm_app" \
@@ -239,6 +239,35 @@ scenario_python() {
   grep -q '^Resuming from checkpoint' "$out" || fail "the restart did not resume from a checkpoint"
   [ "$fin" = "$ref" ] || fail "result '$fin' differs from the uninterrupted '$ref'"
   pass "USR1 -> SIGTERM to Python -> checkpoint, ckpt requeue, restart resumed; $fin"
+}
+
+# 5. An unmodified program (the distribution's python3 running a slow hash) under the LD_PRELOAD shim, with
+#    examples/shim/unmodified_program.sbatch as users copy it, --time=1 and no --signal: the shim learns the
+#    end time from squeue, checkpoints and stops the program before the limit, the script requeues with
+#    `ckpt requeue`, the requeued job resumes the program with `ckpt restart`, and the program's output
+#    file ends byte-identical to an uninterrupted run.
+scenario_shim() {
+  d=$W/shim; mkdir -p "$d"; local out=$d/job.out prog=$d/program.out j t0 t1 py=/usr/bin/python3
+  [ -x "$py" ] || py=$(command -v python3) || { echo "SKIP: no python3" > "$d/verdict"; exit 0; }
+  "$py" "$HERE/slow_hash.py" --fast > "$d/reference.out" || fail "reference run"
+  t0=$(date +%s)
+  j=$(cd "$d" && CKPT=$CKPT_BIN CKPT_DIR=$d/ckpt CKPT_LOG=$d/ckpt.log CKPT_MARGIN=5 OUT=$prog \
+      submit --time=1 -o "$out" "$ROOT/examples/shim/unmodified_program.sbatch" "$py" "$HERE/slow_hash.py") \
+      || fail "sbatch"
+  ev "job $j submitted: examples/shim/unmodified_program.sbatch $py slow_hash.py (--time=1, no --signal)"
+  wait_line "$out" '^done: output in' 300 >> "$d/evidence" || fail "the job never finished"
+  wait_state "$j" COMPLETED 30 >> "$d/evidence" || fail "the job did not end COMPLETED"
+  t1=$(date +%s)
+  ev "state COMPLETED $((t1 - t0)) s after sbatch, Restarts=$(job_field "$j" Restarts)"
+  grep '"event":"checkpoint\|"event":"restored' "$d/ckpt.log" | sed 's/^/  log: /' >> "$d/evidence"
+  grep -q '^program exited with status 143' "$out" || fail "the first run did not stop by the shim's checkpoint"
+  grep -q "^ckpt requeue: requeued job $j (restart 1 of 5" "$out" || fail "the script did not requeue the job"
+  grep -q '^resuming from the newest image' "$out" || fail "the requeued job did not resume from the image"
+  grep -q 'DUE TO TIME LIMIT' "$out" && fail "Slurm's time limit was reached"
+  grep -q '"exit":true' "$d/ckpt.log" || fail "no checkpoint-and-exit in the log"
+  grep -q '"event":"restored"' "$d/ckpt.log" || fail "no restore in the log"
+  cmp -s "$prog" "$d/reference.out" || fail "the program's output differs from the uninterrupted run ($(cmp "$prog" "$d/reference.out" 2>&1))"
+  pass "time limit -> image -> ckpt requeue -> ckpt restart; output byte-identical ($(wc -l < "$prog") lines)"
 }
 
 # 6. ckpt create <jobid> --image-dir DIR --max-wait 30: against a running job a checkpoint appears in DIR
