@@ -394,14 +394,22 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     let log_path = log_path.map(|p| std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p));
     let signals = config.signals.clone();
     let interval = config.interval;
+    let mut end_time_source = config.end_time_source.map(|s| s.as_str().to_string());
     let end_time = match config.end_time {
         Some(t) => Some(t as f64),
-        None => match (&config.job_id, getenv("CKPT_SQUEUE_DISABLE").is_some()) {
-            (Some(job), false) => ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5))
-                .ok()
-                .flatten()
-                .map(|t| t as f64),
-            _ => None,
+        None => match &config.job_id {
+            Some(job) => match ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5)) {
+                Ok(Some(t)) => {
+                    end_time_source = Some("squeue".into());
+                    Some(t as f64)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    end_time_source = Some(format!("squeue failed: {e}"));
+                    None
+                }
+            },
+            None => None,
         },
     };
     let lead =
