@@ -129,7 +129,37 @@ pub struct FoundImage {
     pub token: String,
 }
 
+/// Restoring an image runs its code as the calling user: refuse images another user could have written
+/// (owned by someone else, or writable by group or others), unless CKPT_TRUST_IMAGES=1.
+fn check_trusted(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    if std::env::var("CKPT_TRUST_IMAGES").as_deref() == Ok("1") {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", e).with_path(path))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(Error::invalid(format!(
+            "the image is owned by uid {}, not by you (uid {me}): restoring it would run its code as you \
+             (CKPT_TRUST_IMAGES=1 overrides)",
+            meta.uid()
+        ))
+        .with_path(path));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(Error::invalid(format!(
+            "the image is writable by other users (mode {:o}): anyone could have replaced its contents \
+             (CKPT_TRUST_IMAGES=1 overrides)",
+            meta.mode() & 0o7777
+        ))
+        .with_path(path));
+    }
+    Ok(())
+}
+
 fn open_image(path: &Path) -> Result<FoundImage, Error> {
+    check_trusted(path)?;
     let token = |p: &Path| {
         std::fs::metadata(p).map(|m| process_image::verified_token(&m)).map_err(|e| Error::io("stat", e).with_path(p))
     };
@@ -403,7 +433,11 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
     let img = process_image::read(cp)?;
     let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     println!("\nprocess image (LD_PRELOAD shim), layout {}", img.version);
-    println!("program     {} {}", show(&img.exe), img.argv.iter().skip(1).map(|a| show(a)).collect::<Vec<_>>().join(" "));
+    println!(
+        "program     {} {}",
+        show(&img.exe),
+        img.argv.iter().skip(1).map(|a| show(a)).collect::<Vec<_>>().join(" ")
+    );
     println!("cwd         {}", show(&img.cwd));
     println!(
         "node        Linux {} {}, glibc {}, stack limit {}",

@@ -240,7 +240,64 @@ impl ProcessImage {
 
     /// Bytes of address space the regions cover.
     pub fn mapped_bytes(&self) -> u64 {
-        self.regions.iter().map(|r| r.end - r.start).sum()
+        self.regions.iter().map(|r| r.end.saturating_sub(r.start)).sum()
+    }
+
+    /// Checks the structure a restorer relies on, one precise message per problem: regions page-aligned,
+    /// ordered, not overlapping and in the user half of the address space; runs whole pages inside their
+    /// region, their data laid out back to back; the signal frame inside a mapped region; sane descriptor
+    /// numbers.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        const PAGE: u64 = 4096;
+        const USER_TOP: u64 = 0x0000_8000_0000_0000;
+        let mut prev_end = 0u64;
+        let mut data = 0u64;
+        for (i, r) in self.regions.iter().enumerate() {
+            if r.start % PAGE != 0 || r.end % PAGE != 0 || r.start >= r.end || r.end > USER_TOP {
+                return Err(format!("region {i} ({:#x}-{:#x}) is not a page-aligned user range", r.start, r.end));
+            }
+            if r.start < prev_end {
+                return Err(format!("region {i} ({:#x}) overlaps or precedes the one before it", r.start));
+            }
+            prev_end = r.end;
+            if r.prot & !7 != 0 {
+                return Err(format!("region {i} has protection bits {:#x}", r.prot));
+            }
+            if r.file_offset % PAGE != 0 {
+                return Err(format!("region {i} has a file offset {:#x} that is not page-aligned", r.file_offset));
+            }
+            if r.kind == RegionKind::Guard && !r.runs.is_empty() {
+                return Err(format!("region {i} is inaccessible but has saved pages"));
+            }
+            for run in &r.runs {
+                let end = run.addr.checked_add(run.len);
+                if run.addr % PAGE != 0
+                    || run.len % PAGE != 0
+                    || run.len == 0
+                    || run.addr < r.start
+                    || end.is_none_or(|e| e > r.end)
+                {
+                    return Err(format!(
+                        "a run at {:#x} (+{:#x}) is not whole pages inside region {i}",
+                        run.addr, run.len
+                    ));
+                }
+                if run.data_offset != data {
+                    return Err(format!(
+                        "the run at {:#x} has data at {:#x}, expected {data:#x}",
+                        run.addr, run.data_offset
+                    ));
+                }
+                data += run.len;
+            }
+        }
+        if !self.regions.iter().any(|r| r.start <= self.sigframe && self.sigframe + 8 <= r.end && !r.runs.is_empty()) {
+            return Err(format!("the signal frame at {:#x} is not in a saved region", self.sigframe));
+        }
+        if let Some(f) = self.fds.iter().find(|f| f.fd < 0 || f.fd > 1 << 20) {
+            return Err(format!("descriptor number {} is out of range", f.fd));
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +327,7 @@ pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
     if memory.codec != crate::Codec::None || memory.shuffle {
         return Err(crate::Error::invalid("process image memory section is not stored raw").with_path(cp.path()));
     }
+    image.validate().map_err(|m| crate::Error::new(crate::ErrorKind::Corrupt, m).with_path(cp.path()))?;
     let saved = image.saved_bytes();
     if saved != memory.raw_len {
         return Err(crate::Error::new(
@@ -377,4 +435,104 @@ pub fn fingerprint() -> Fingerprint {
 pub fn verified_token(meta: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!("{}:{}:{}:{}.{}", meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ProcessImage {
+        let region = |start: u64, end: u64, runs: Vec<Run>| Region {
+            start,
+            end,
+            prot: 3,
+            kind: RegionKind::Anonymous,
+            path: Vec::new(),
+            file_offset: 0,
+            identity: None,
+            runs,
+        };
+        ProcessImage {
+            version: PROCESS_IMAGE_VERSION,
+            exe: b"/bin/true".to_vec(),
+            exe_identity: FileIdentity::default(),
+            argv: vec![],
+            envp: vec![],
+            cwd: b"/".to_vec(),
+            umask: 0o22,
+            rlimit_stack: (8 << 20, u64::MAX),
+            personality: 0,
+            fingerprint: Fingerprint::default(),
+            brk: 0,
+            fs_base: 0,
+            tid_offset: None,
+            rseq: None,
+            sigframe: 0x11000,
+            sigactions: vec![],
+            sigmask: 0,
+            sigaltstack: (0, 0, 0),
+            itimers: [ItimerRecord::default(); 3],
+            fds: vec![],
+            regions: vec![
+                region(0x10000, 0x12000, vec![Run { addr: 0x11000, len: 0x1000, data_offset: 0 }]),
+                region(0x20000, 0x30000, vec![Run { addr: 0x20000, len: 0x2000, data_offset: 0x1000 }]),
+            ],
+            vdso: None,
+            pid: 1,
+            host: "h".into(),
+            sequence: 1,
+            pause_us: 0,
+            time_unix: 0.0,
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn a_consistent_image_validates_and_round_trips() {
+        let img = image();
+        img.validate().unwrap();
+        assert_eq!(img.saved_bytes(), 0x3000);
+        let back: ProcessImage = postcard::from_bytes(&encode(&img).unwrap()).unwrap();
+        assert_eq!(back, img);
+    }
+
+    #[test]
+    fn each_inconsistency_is_named() {
+        let cases: Vec<(fn(&mut ProcessImage), &str)> = vec![
+            (|i| i.regions[0].start = 0x10001, "page-aligned"),
+            (|i| i.regions[1].start = 0x11000, "overlaps"),
+            (|i| i.regions[1].end = 0x0000_8000_0000_1000, "page-aligned user range"),
+            (|i| i.regions[0].prot = 8, "protection"),
+            (|i| i.regions[0].runs[0].addr = 0x12000, "inside region 0"),
+            (|i| i.regions[0].runs[0].len = u64::MAX - 0xfff, "inside region 0"),
+            (|i| i.regions[1].runs[0].data_offset = 0, "expected 0x1000"),
+            (|i| i.sigframe = 0x40000, "signal frame"),
+            (|i| i.regions[0].kind = RegionKind::Guard, "inaccessible"),
+        ];
+        for (damage, needle) in cases {
+            let mut img = image();
+            damage(&mut img);
+            let e = img.validate().expect_err(needle);
+            assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_compare_by_what_a_restart_needs() {
+        let now = Fingerprint {
+            kernel_release: "6.1".into(),
+            machine: "x86_64".into(),
+            libc_version: "2.36".into(),
+            cpu_features: vec![0b1111, 0b1],
+            page_size: 4096,
+        };
+        assert_eq!(fingerprint_mismatch(&now, &now), None);
+        let mut fewer = now.clone();
+        fewer.cpu_features = vec![0b0111, 0b1];
+        assert_eq!(fingerprint_mismatch(&fewer, &now), None, "a CPU with more features is fine");
+        assert!(fingerprint_mismatch(&now, &fewer).unwrap().contains("lacks features"));
+        let mut k = now.clone();
+        k.kernel_release = "6.2".into();
+        assert!(fingerprint_mismatch(&k, &now).unwrap().contains("kernel"));
+    }
 }

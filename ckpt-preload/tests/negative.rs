@@ -242,7 +242,7 @@ fn children_stay_passive_and_the_parent_refuses_while_they_live() {
                       print('child', os.getpid(), flush=True)\ntime.sleep(5)\n";
     let mut root = command(&ckpt, dir)
         .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--", "/bin/sh", "-c"])
-        .arg(format!("{py} -c \"$0\"; echo root done", ))
+        .arg(format!("{py} -c \"$0\"; echo root done",))
         .arg(child_code)
         .stdout(out_file(&dir.join("out.txt"), false))
         .stderr(out_file(&dir.join("err.txt"), false))
@@ -251,7 +251,8 @@ fn children_stay_passive_and_the_parent_refuses_while_they_live() {
     let t = std::time::Instant::now();
     let child_pid = loop {
         let out = std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default();
-        if let Some(pid) = out.lines().find_map(|l| l.strip_prefix("child ")).and_then(|p| p.trim().parse::<u32>().ok()) {
+        if let Some(pid) = out.lines().find_map(|l| l.strip_prefix("child ")).and_then(|p| p.trim().parse::<u32>().ok())
+        {
             break pid;
         }
         assert!(t.elapsed() < Duration::from_secs(30), "the child never started");
@@ -268,4 +269,18 @@ fn children_stay_passive_and_the_parent_refuses_while_they_live() {
     let err = std::fs::read_to_string(dir.join("err.txt")).unwrap();
     assert!(err.contains("child processes"), "{err}");
     assert!(events(dir, "checkpoint").is_empty(), "no image");
+}
+
+/// An image another user could have written is never restored: restoring runs its code.
+#[test]
+fn images_writable_by_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(gzip) = which("gzip") else { return };
+    let tmp = checkpoint_with_term(&gzip_argv(&inputs().join("text.txt"), &gzip), &[], Duration::from_millis(300));
+    let img = tmp.path().join("img");
+    for e in std::fs::read_dir(&img).unwrap().flatten() {
+        std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let o = restart_dir(tmp.path());
+    assert_refused(&o, "writable by other users");
 }
