@@ -477,13 +477,14 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
     }
     for f in &img.fds {
         println!(
-            "fd {:<3} {:<10} flags {:#o} offset {} size {}  {}",
+            "fd {:<3} {:<10} flags {:#o} offset {} size {}  {}{}",
             f.fd,
             format!("{:?}", f.kind),
             f.flags,
             f.offset,
             f.size,
-            show(&f.path)
+            show(&f.path),
+            if f.shared { "  (also written by the parent: not cut back on restart)" } else { "" }
         );
     }
     Ok(())

@@ -119,6 +119,10 @@ pub struct FdRecord {
     pub size: u64,
     /// Identity at checkpoint time (regular files).
     pub identity: Option<FileIdentity>,
+    /// The parent process also had this file open for writing at checkpoint time (a job's output file
+    /// shared with the batch shell): on restart it is not cut back (that would erase the other writer's
+    /// output) and writing continues at its end.
+    pub shared: bool,
 }
 
 /// A signal action exactly as the kernel holds it (`struct kernel_sigaction` on x86_64).

@@ -100,6 +100,7 @@ struct PlanFd {
     flags: i32,
     cloexec: u32,
     writable_regular: u32,
+    shared: u32,
     offset: i64,
     size: u64,
     path: *const u8,
@@ -515,6 +516,7 @@ unsafe fn build_plan(
             flags: f.flags,
             cloexec: f.cloexec as u32,
             writable_regular: (f.kind == FdKind::Regular && f.flags & libc::O_ACCMODE != libc::O_RDONLY) as u32,
+            shared: f.shared as u32,
             offset: f.offset,
             size: f.size,
             // SAFETY: inside the arena.
@@ -733,13 +735,16 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             }
             // SAFETY: descriptor operations on the file just opened.
             unsafe {
-                if f.writable_regular != 0 {
+                if f.writable_regular != 0 && f.shared == 0 {
                     let r = syscall3(SYS_ftruncate, tmp as usize, f.size as usize, 0);
                     if r < 0 {
                         fatal(b"cannot cut back the file of descriptor", f.fd as u64, r);
                     }
                 }
-                if f.offset >= 0 {
+                if f.writable_regular != 0 && f.shared != 0 {
+                    // Another process writes this file too: keep its output, continue at the end.
+                    syscall3(SYS_lseek, tmp as usize, 0, libc::SEEK_END as usize);
+                } else if f.offset >= 0 {
                     syscall3(SYS_lseek, tmp as usize, f.offset as usize, libc::SEEK_SET as usize);
                 }
             }

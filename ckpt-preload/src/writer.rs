@@ -382,6 +382,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     }
 
     // Descriptors, as the handler saw them.
+    let shared_with_parent = parent_write_files();
     let mut fds = Vec::new();
     for s in &snap.fds[..snap.nfds] {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", s.fd)).unwrap_or_default();
@@ -439,6 +440,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             cloexec: s.fdflags & libc::FD_CLOEXEC != 0,
             offset: s.offset,
             size: s.size,
+            shared: kind == FdKind::Regular && shared_with_parent.contains(&(s.dev, s.ino)),
             identity: (kind == FdKind::Regular).then_some(FileIdentity {
                 dev: s.dev,
                 ino: s.ino,
@@ -553,6 +555,32 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     log_line(&event);
     reply(&format!("{}", info.path.display()));
     Ok(())
+}
+
+/// Files the parent process holds open for writing, as (device, inode).
+fn parent_write_files() -> Vec<(u64, u64)> {
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    let mut out = Vec::new();
+    // getdents, not read_dir: opendir calls malloc (see the module comment).
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let path = format!("/proc/{ppid}/fd\0");
+    crate::for_each_dir_entry(path.as_bytes(), &mut buf, |n| names.push(String::from_utf8_lossy(n).into_owned()));
+    for n in names {
+        let flags = std::fs::read_to_string(format!("/proc/{ppid}/fdinfo/{n}"))
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("flags:").map(|v| v.trim().to_string())))
+            .and_then(|v| i32::from_str_radix(&v, 8).ok())
+            .unwrap_or(0);
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            continue;
+        }
+        if let Ok(m) = std::fs::metadata(format!("/proc/{ppid}/fd/{n}")) {
+            out.push((m.dev(), m.ino()));
+        }
+    }
+    out
 }
 
 fn c_string(p: usize) -> Vec<u8> {

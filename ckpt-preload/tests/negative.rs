@@ -284,3 +284,48 @@ fn images_writable_by_others_are_refused() {
     let o = restart_dir(tmp.path());
     assert_refused(&o, "writable by other users");
 }
+
+/// A file the parent process also writes (a batch script's output file that the program inherited) is not
+/// cut back on restart: the parent's lines written after the checkpoint survive, the program continues at
+/// the end.
+#[test]
+fn files_shared_with_the_parent_are_not_cut_back() {
+    let Some(mawk) = which("mawk") else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prog = "BEGIN{s=0; for(i=0;i<12000000;i++){s=(s*31+i)%1000003; if(i%20000==0) print i, s}}";
+    let expected = Command::new(&mawk).arg(prog).output().unwrap().stdout;
+    let log = dir.join("job.out");
+    let script = format!(
+        "exec >> {log}; echo start; {ckpt} run --dir {img} -- {mawk} '{prog}'; echo \"exit $?\"",
+        log = log.display(),
+        ckpt = ckpt.display(),
+        img = dir.join("img").display(),
+        mawk = mawk.display()
+    );
+    let mut sh = command(Path::new("/bin/sh"), dir).arg("-c").arg(script).spawn().unwrap();
+    // The program is the shell's child; checkpoint-and-exit it once it has printed something.
+    let t = std::time::Instant::now();
+    let pid = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{}/task/{}/children", sh.id(), sh.id())).unwrap_or_default();
+        if let Some(p) = kids.split_whitespace().next().and_then(|p| p.parse::<u32>().ok())
+            && std::fs::read_to_string(format!("/proc/{p}/maps")).is_ok_and(|m| m.contains("libckpt_preload"))
+        {
+            break p;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the program never started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid, libc::SIGTERM);
+    assert!(wait_timeout(&mut sh, Duration::from_secs(60)).success());
+    let o = restart_dir(dir);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = std::fs::read(&log).unwrap();
+    let text_got = String::from_utf8_lossy(&got).into_owned();
+    assert!(text_got.starts_with("start\n"), "{text_got:.100}");
+    assert!(text_got.contains("exit 143\n"), "the parent's line after the checkpoint must survive");
+    let program_output = text_got.replacen("start\n", "", 1).replacen("exit 143\n", "", 1);
+    assert!(program_output.as_bytes() == expected, "the program's output, with the parent's lines taken out, is exact");
+}
