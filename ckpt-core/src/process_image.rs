@@ -502,7 +502,8 @@ mod tests {
 
     #[test]
     fn each_inconsistency_is_named() {
-        let cases: Vec<(fn(&mut ProcessImage), &str)> = vec![
+        type Damage = fn(&mut ProcessImage);
+        let cases: Vec<(Damage, &str)> = vec![
             (|i| i.regions[0].start = 0x10001, "page-aligned"),
             (|i| i.regions[1].start = 0x11000, "overlaps"),
             (|i| i.regions[1].end = 0x0000_8000_0000_1000, "page-aligned user range"),

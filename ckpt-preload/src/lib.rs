@@ -16,7 +16,7 @@
 //!   and commits it atomically. For checkpoint-and-exit the handler waits for the writer and then ends
 //!   the process by the signal's default action;
 //! * when started by `ckpt restart` (`CKPT_SHIM_RESTORE=IMAGE`), restores the image before the
-//!   program's own code runs: see [`restore`].
+//!   program's own code runs (the `restore` module; see README.md).
 //!
 //! The shim stays passive in every process but the one it was started in (children inherit
 //! `LD_PRELOAD`), and everything it cannot restore is refused with a message, never mis-restored.
@@ -29,9 +29,9 @@ use std::cell::UnsafeCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-pub mod restore;
-pub mod sys;
-pub mod writer;
+mod restore;
+mod sys;
+mod writer;
 
 use sys::*;
 

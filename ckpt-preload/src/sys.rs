@@ -9,8 +9,8 @@ use core::arch::asm;
 pub use libc::{
     SYS_arch_prctl, SYS_brk, SYS_chdir, SYS_close, SYS_close_range, SYS_dup3, SYS_exit_group, SYS_fcntl, SYS_fstat,
     SYS_ftruncate, SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_mprotect, SYS_munmap, SYS_openat,
-    SYS_pread64, SYS_read, SYS_readlinkat, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_setitimer,
-    SYS_sigaltstack, SYS_tgkill, SYS_timer_create, SYS_timer_settime, SYS_umask, SYS_wait4, SYS_write,
+    SYS_pread64, SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_setitimer, SYS_sigaltstack, SYS_tgkill,
+    SYS_timer_create, SYS_timer_settime, SYS_umask, SYS_wait4, SYS_write,
 };
 
 /// A system call with up to six arguments; returns the raw result (`-errno` on failure).
@@ -160,21 +160,6 @@ pub fn monotonic_ns() -> u64 {
         syscall3(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC as usize, &mut ts as *mut _ as usize, 0);
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Copies `src` into `dst` byte by byte (never a `memcpy` call: see the module comment).
-///
-/// # Safety
-/// Both ranges are valid for `len` bytes and do not overlap.
-#[inline(never)]
-pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
-    let mut i = 0;
-    while i < len {
-        // SAFETY: `i < len` and the caller guarantees both ranges; volatile keeps the compiler from
-        // turning the loop back into a memcpy call.
-        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
-        i += 1;
-    }
 }
 
 /// Appends decimal `v` to `out` at `*pos` (diagnostics without formatting machinery).

@@ -46,12 +46,12 @@ fn restorer_calls_no_libc() {
     let mut relative: BTreeMap<u64, u64> = BTreeMap::new();
     for l in String::from_utf8_lossy(&relocs.stdout).lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() == 3 && f[1] == "R_X86_64_RELATIVE" {
-            if let (Ok(slot), Some(Ok(target))) =
+        if f.len() == 3
+            && f[1] == "R_X86_64_RELATIVE"
+            && let (Ok(slot), Some(Ok(target))) =
                 (u64::from_str_radix(f[0], 16), f[2].strip_prefix("*ABS*+0x").map(|t| u64::from_str_radix(t, 16)))
-            {
-                relative.insert(slot, target);
-            }
+        {
+            relative.insert(slot, target);
         }
     }
     let mut by_addr: BTreeMap<u64, String> = BTreeMap::new();

@@ -164,23 +164,28 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
     let text = inputs.join("text.txt");
     let mut x = 1u64;
     let mut s = String::new();
-    let words: Vec<String> = (0..4000)
-        .map(|i| (0..(2 + i % 8)).map(|j| (b'a' + ((i * 7 + j * 3) % 10) as u8) as char).collect())
-        .collect();
+    let words: Vec<String> =
+        (0..4000).map(|i| (0..(2 + i % 8)).map(|j| (b'a' + ((i * 7 + j * 3) % 10) as u8) as char).collect()).collect();
     while s.len() < if o.smoke { 2_000_000 } else { 24_000_000 } {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         s.push_str(&words[(x % 4000) as usize]);
-        s.push(if x % 12 == 0 { '\n' } else { ' ' });
+        s.push(if x.is_multiple_of(12) { '\n' } else { ' ' });
     }
     std::fs::write(&text, &s).expect("text");
     let script = inputs.join("pi.bc");
     std::fs::write(&script, "for(i=1;i<=22;i++){scale=i*50; x=4*a(1); print i, \" \", x, \"\\n\"}\n").expect("bc");
-    let py = if Path::new("/usr/bin/python3").exists() { Some("/usr/bin/python3".to_string()) } else { which("python3") };
+    let py =
+        if Path::new("/usr/bin/python3").exists() { Some("/usr/bin/python3".to_string()) } else { which("python3") };
     let t = text.display().to_string();
     let mut programs: Vec<(&str, Option<Vec<String>>)> = vec![
-        ("mawk", which("mawk").map(|m| vec![m, "BEGIN{s=0; for(i=0;i<16000000;i++){s=(s*31+i)%1000003; if(i%100000==0) print i, s}}".into()])),
+        (
+            "mawk",
+            which("mawk").map(|m| {
+                vec![m, "BEGIN{s=0; for(i=0;i<16000000;i++){s=(s*31+i)%1000003; if(i%100000==0) print i, s}}".into()]
+            }),
+        ),
         ("gzip -9", which("gzip").map(|g| vec![g, "-9".into(), "-c".into(), t.clone()])),
     ];
     if !o.smoke {
