@@ -329,3 +329,21 @@ fn files_shared_with_the_parent_are_not_cut_back() {
     let program_output = text_got.replacen("start\n", "", 1).replacen("exit 143\n", "", 1);
     assert!(program_output.as_bytes() == expected, "the program's output, with the parent's lines taken out, is exact");
 }
+
+#[test]
+fn shared_writable_mappings_are_refused() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let code = "import mmap,time\nm=mmap.mmap(-1, 1<<20, flags=mmap.MAP_SHARED)\nm[0]=1\nprint('ready',flush=True)\ntime.sleep(60)\n";
+    let err = refuse_at_checkpoint(&[py, "-c".into(), code.into()], tmp.path());
+    assert!(err.contains("shared writable mapping"), "{err}");
+}
+
+#[test]
+fn special_descriptors_are_refused() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let code = "import os,time\nfd=os.eventfd(0)\nprint('ready',flush=True)\ntime.sleep(60)\n";
+    let err = refuse_at_checkpoint(&[py, "-c".into(), code.into()], tmp.path());
+    assert!(err.contains("cannot restore") && err.contains("eventfd"), "{err}");
+}

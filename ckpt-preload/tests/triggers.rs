@@ -93,3 +93,34 @@ fn time_limit_checkpoint_and_exit_then_restart() {
     assert!(o.status.success(), "{o:?}");
     assert!(std::fs::read(dir.join("out.txt")).unwrap() == expected, "output differs");
 }
+
+/// LD_PRELOAD set by hand (no `ckpt run`): the shim turns randomization off by re-executing the program
+/// once, checkpoints on SIGUSR1, and `ckpt restart` resumes it.
+#[test]
+fn ld_preload_by_hand() {
+    let Some(argv) = mawk_argv() else { return };
+    let (ckpt, lib) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let expected = Command::new(&argv[0]).args(&argv[1..]).output().unwrap().stdout;
+    let mut child = command(std::path::Path::new(&argv[0]), dir)
+        .args(&argv[1..])
+        .env("LD_PRELOAD", &lib)
+        .env("CKPT_DIR", dir.join("img"))
+        .stdout(out_file(&dir.join("out.txt"), false))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    kill(child.id(), libc::SIGUSR1);
+    assert!(wait_for_events(dir, "checkpoint", 1, &mut child, Duration::from_secs(30)), "a checkpoint");
+    kill(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+    let o = command(&ckpt, dir)
+        .args(["restart", "--image-dir", dir.join("img").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(dir.join("out.txt")).unwrap() == expected, "output differs");
+}
