@@ -90,7 +90,8 @@ enum Command {
     /// uses libckpt so it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
     /// SLURM_RESTART_DIR), like the old `scontrol checkpoint restart <jobid> ImageDir=...`. Without one:
     /// resume a program checkpointed under `ckpt run` from IMAGE, or from the newest complete, verified
-    /// process image in DIR. Exit status 3 when the image cannot be restored here (with the reason).
+    /// process image in DIR (default: the restart directory of this environment). Exit status 3 when the
+    /// image cannot be restored here (with the reason).
     Restart {
         /// A process image written under `ckpt run` (the LD_PRELOAD shim).
         #[arg(value_name = "IMAGE", conflicts_with = "command")]

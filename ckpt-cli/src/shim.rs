@@ -272,7 +272,9 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
     let found = match (image, image_dir) {
         (Some(p), _) => open_image(p)?,
         (None, Some(d)) => discover_image(d)?,
-        (None, None) => return Err(Error::invalid("give an image file or --image-dir DIR")),
+        // In a job: the restart directory of this environment (SLURM_RESTART_DIR, CKPT_RESTART_DIR, or the
+        // checkpoint directory).
+        (None, None) => discover_image(&Config::from_env(None)?.restart_dir)?,
     };
     let path = std::fs::canonicalize(&found.path).unwrap_or(found.path.clone());
     let img = &found.image;
