@@ -15,6 +15,15 @@
 //! And `tests/mpi/test_mpi.c` checks every collective of `ckpt_mpi.h` with ranks in different states; a last
 //! test compiles `ckpt_mpi.h` with strict warnings as C99, C11 and C++.
 //!
+//! The kill loop (`mpi_job_survives_random_sigkills_open_mpi`): `tests/mpi/kill_loop_mpi.c` with 4 ranks
+//! under Open MPI, checkpointing collectively every 5 iterations, is SIGKILLed whole (mpirun, its daemons and
+//! every rank, at once) at random moments: while starting or restoring, while computing, while a step's parts
+//! or manifest are being written. It is restarted until it completes, then a new round starts in a fresh
+//! directory. After every kill the restart must resume at a step >= the last step any rank reported durable
+//! (`ckpt_mpi_checkpoint` returned CKPT_OK), and every completed run must print the result of the
+//! uninterrupted run, bit for bit. `CKPT_MPI_KILL_ITERATIONS` sets the number of kills (default 12),
+//! `CKPT_MPI_KILL_SEED` the random moments, `CKPT_MPI_KILL_STEPS` the iterations of a run (default 200).
+//!
 //! With Open MPI (`apt-get install openmpi-bin libopenmpi-dev gfortran make`) both examples; with MPICH when
 //! it is installed too (`mpich libmpich-dev`, whose tools are `mpicc.mpich`, `mpirun.mpich`...) the C
 //! example with fewer iterations (MPICH's ranks spin when oversubscribed: about 10 ms per iteration on 2
@@ -28,6 +37,7 @@ mod common;
 use common::{lib_dir, root};
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -564,5 +574,305 @@ fn ckpt_mpi_h_compiles_cleanly() {
     }
     if compiled == 0 {
         eprintln!("skipped: no MPI C compiler installed (apt-get install libopenmpi-dev)");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The kill loop: the whole 4-rank job SIGKILLed at random moments, restarted until it completes.
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Every process descended from `root` (mpirun's daemons and ranks), from /proc.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'
+        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) else {
+            continue;
+        };
+        if let Ok(ppid) = ppid.parse::<i32>() {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Whether `pid` is gone (or a zombie: it can no longer write anything).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+/// One mpirun of the kill-loop program, in its own process group, its output collected as it comes.
+struct Job {
+    child: Child,
+    out: Lines,
+    err: Lines,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Job {
+    fn start(mpi: &Mpi, exe: &Path, dir: &Path, iterations: u64, delay_us: u64, scratch: &Path) -> Job {
+        let mut cmd = Command::new(&mpi.mpirun);
+        cmd.args(mpi.mpirun_args).args(["-np", &RANKS.to_string()]).arg(exe).arg(dir);
+        cmd.arg(iterations.to_string()).arg(delay_us.to_string());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
+                cmd.env_remove(k);
+            }
+        }
+        // Open MPI's session directories and shared-memory segments, which a killed job leaves behind, go
+        // to `scratch` (removed with the test) rather than /tmp and /dev/shm.
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("TMPDIR", scratch)
+            .env("OMPI_MCA_btl_vader_backing_directory", scratch)
+            .env("OMPI_MCA_shmem", "mmap") // the posix component's probe leaves /dev/shm/open_mpi.* when killed
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start mpirun");
+        let out: Lines = Arc::default();
+        let err: Lines = Arc::default();
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), out.clone()),
+            collect(child.stderr.take().unwrap(), err.clone()),
+        ];
+        Job { child, out, err, readers }
+    }
+
+    /// Waits up to `timeout` for a stdout line starting with `prefix`; false if the job ended first.
+    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.out;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if lines.iter().any(|l| l.starts_with(prefix)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            lines = c.wait_timeout(lines, (deadline - now).min(Duration::from_millis(50))).unwrap().0;
+        }
+    }
+
+    /// SIGKILLs mpirun, its process group and every descendant, as close to at once as possible, and waits
+    /// until none of them can run any more. Returns whether the job was still running.
+    fn kill(&mut self) -> bool {
+        let pid = self.child.id() as i32;
+        let running = matches!(self.child.try_wait(), Ok(None));
+        let procs = descendants(pid);
+        // SAFETY: kill(2) on this test's mpirun, its process group and its descendants; no memory involved.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            for &p in &procs {
+                libc::kill(p, libc::SIGKILL);
+            }
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !procs.iter().all(|&p| gone(p)) {
+            assert!(Instant::now() < deadline, "processes {procs:?} survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        running
+    }
+
+    fn finish(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let out = self.out.0.lock().unwrap().clone();
+        let err = self.err.0.lock().unwrap().clone();
+        (status, out, err)
+    }
+}
+
+/// Any temporary file (a save in progress) in `dir` or its parts directories.
+fn has_tmp(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.contains(".tmp.") || (e.path().is_dir() && has_tmp(&e.path()))
+    })
+}
+
+/// The newest generation with a manifest and the newest with a parts directory.
+fn newest_manifest_and_parts(dir: &Path, base: &str) -> (u64, u64) {
+    let gens = |d: &Path, prefix: &str| -> u64 {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.strip_prefix(prefix)?.parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    (gens(dir, &format!("{base}.")), gens(&dir.join(format!("{base}.parts")), ""))
+}
+
+fn resumed(lines: &[String]) -> Option<u64> {
+    lines.iter().find_map(|l| number_after(l, "resumed "))
+}
+
+/// The last step any rank reported durable ("durable <rank> <step>"; a line cut by the kill is ignored).
+fn last_durable(lines: &[String]) -> Option<u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                ["durable", r, s] if r.parse::<usize>().is_ok_and(|r| r < RANKS) => s.parse().ok(),
+                _ => None,
+            }
+        })
+        .max()
+}
+
+fn kill_loop(mpi: Mpi) {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch_root = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { tmp.path() };
+    let scratch = tempfile::Builder::new().prefix("ckpt-mpi-kill").tempdir_in(scratch_root).unwrap();
+    let exe = tmp.path().join("kill_loop_mpi");
+    let d = lib_dir();
+    let o = Command::new(&mpi.mpicc)
+        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root().join("include"))
+        .arg(root().join("ckpt-ffi/tests/mpi/kill_loop_mpi.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", d.display()))
+        .arg("-lckpt")
+        .arg(format!("-Wl,-rpath,{}", d.display()))
+        .output()
+        .expect("mpicc");
+    assert!(o.status.success(), "{}: {}", mpi.mpicc, String::from_utf8_lossy(&o.stderr));
+
+    let iterations = env_number("CKPT_MPI_KILL_STEPS", 200);
+    let delay_us = 2000;
+    let kills = env_number("CKPT_MPI_KILL_ITERATIONS", 12);
+    let mut rng = Rng(env_number("CKPT_MPI_KILL_SEED", 0x4b11_1e55_5eed) | 1);
+
+    // the uninterrupted run
+    let t = Instant::now();
+    let reference_dir = tmp.path().join("reference");
+    let mut job = Job::start(&mpi, &exe, &reference_dir, iterations, delay_us, scratch.path());
+    assert!(job.wait_line("resumed ", Duration::from_secs(120)), "the reference run did not start");
+    let loop_start = Instant::now();
+    let (status, out, err) = job.finish();
+    let loop_ms = loop_start.elapsed().as_millis() as u64;
+    assert!(status.success(), "reference run: {status:?}\n{}\n{}", out.join("\n"), err.join("\n"));
+    let reference = out.iter().find(|l| l.starts_with("done ")).cloned().expect("a result line");
+    assert_eq!(resumed(&out), Some(0), "{}", out.join("\n"));
+    assert_eq!(last_durable(&out), Some(iterations - iterations % 5), "{}", out.join("\n"));
+    eprintln!(
+        "kill loop: the uninterrupted run takes {} ms ({loop_ms} ms after the start): {reference}",
+        t.elapsed().as_millis()
+    );
+
+    let (mut done_kills, mut rounds, mut completed, mut restarts) = (0u64, 1u64, 0u64, 0u64);
+    let (mut in_start, mut mid_tmp, mut mid_step) = (0u64, 0u64, 0u64);
+    let mut dir = tmp.path().join("round1");
+    let mut durable = 0u64;
+    let mut resumed_at: Vec<u64> = Vec::new();
+    loop {
+        let kill_now = done_kills < kills;
+        let mut job = Job::start(&mpi, &exe, &dir, iterations, delay_us, scratch.path());
+        let mut killed = false;
+        if kill_now {
+            if rng.below(5) == 0 {
+                // while mpirun starts the ranks, or while they agree on a step and restore it
+                std::thread::sleep(Duration::from_millis(rng.below(1500)));
+            } else {
+                job.wait_line("resumed ", Duration::from_secs(120));
+                // while computing or saving: a moment of a whole run's loop (so a restart from a later
+                // step is killed less often before it completes)
+                std::thread::sleep(Duration::from_millis(rng.below(loop_ms.clamp(100, 10_000))));
+            }
+            killed = job.kill();
+        }
+        let (status, out, err) = job.finish();
+        let text = || format!("round {rounds}: {status:?}\nstdout:\n{}\nstderr:\n{}", out.join("\n"), err.join("\n"));
+        assert!(!err.iter().any(|l| l.contains("kill_loop_mpi:")), "a rank failed\n{}", text());
+        if let Some(at) = resumed(&out) {
+            assert!(at >= durable, "resumed at step {at}, but step {durable} was reported durable\n{}", text());
+            resumed_at.push(at);
+            restarts += 1;
+        }
+        durable = durable.max(last_durable(&out).unwrap_or(0));
+        if killed {
+            done_kills += 1;
+            if done_kills % 100 == 0 {
+                eprintln!(
+                    "kill loop: {done_kills} kills in {:.0} s, {rounds} rounds, {in_start}/{mid_tmp}/{mid_step} while \
+                     starting/with a temporary file/with an uncommitted step",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            if resumed(&out).is_none() {
+                in_start += 1;
+            }
+            if has_tmp(&dir) {
+                mid_tmp += 1;
+            }
+            let (manifest, parts) = newest_manifest_and_parts(&dir, "killmpi.ckpt");
+            if parts > manifest {
+                mid_step += 1; // parts of a step written, its manifest not (yet)
+            }
+            continue;
+        }
+        // not killed (the kills are done, or it completed before the kill landed): it must have completed
+        assert!(status.success(), "an unkilled run failed\n{}", text());
+        let done = out.iter().find(|l| l.starts_with("done ")).unwrap_or_else(|| panic!("no result\n{}", text()));
+        assert_eq!(done, &reference, "the completed run differs from the uninterrupted one\n{}", text());
+        assert!(resumed_at.is_sorted(), "a restart went back to an older step: {resumed_at:?}");
+        completed += 1;
+        if done_kills >= kills {
+            break;
+        }
+        rounds += 1;
+        dir = tmp.path().join(format!("round{rounds}"));
+        durable = 0;
+        resumed_at.clear();
+    }
+    eprintln!(
+        "kill loop: {done_kills} SIGKILLs of the whole {RANKS}-rank job in {:.0} s over {rounds} rounds \
+         ({completed} completed runs); {in_start} while starting or restoring, {mid_tmp} with a temporary file \
+         present, {mid_step} with parts of an uncommitted step; {restarts} runs got as far as the restore, each \
+         at or after the last durable step; every completed run identical to the uninterrupted one",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn mpi_job_survives_random_sigkills_open_mpi() {
+    if let Some(mpi) = toolchain(open_mpi(), "Open MPI", "c") {
+        kill_loop(mpi);
     }
 }
