@@ -129,6 +129,8 @@ pub(crate) struct Snapshot {
     pub nfds: usize,
     pub fds: [FdSnap; MAX_FDS],
     pub itimers: [[u64; 2]; 3],
+    /// The program's parent (the writer's parent is the program itself).
+    pub ppid: i32,
 }
 
 /// One descriptor as the handler saw it.
@@ -154,6 +156,7 @@ pub(crate) static SNAPSHOT: Shared<Snapshot> = Shared::new(Snapshot {
     nfds: 0,
     fds: [FdSnap { fd: 0, mode: 0, flags: 0, fdflags: 0, offset: 0, size: 0, dev: 0, ino: 0, mtime_ns: 0 }; MAX_FDS],
     itimers: [[0; 2]; 3],
+    ppid: 0,
 });
 
 /// Settings built at start.
@@ -799,6 +802,8 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
         *slot = [(it[0] * 1_000_000 + it[1]) as u64, (it[2] * 1_000_000 + it[3]) as u64];
     }
     snap.t0_ns = t0;
+    // SAFETY: getppid has no arguments.
+    snap.ppid = unsafe { syscall3(libc::SYS_getppid, 0, 0, 0) } as i32;
     snap.ucontext = ucontext;
     snap.errno = errno;
     snap.exit = exit;

@@ -382,7 +382,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     }
 
     // Descriptors, as the handler saw them.
-    let shared_with_parent = parent_write_files();
+    let shared_with_parent = parent_write_files(snap.ppid);
     let mut fds = Vec::new();
     for s in &snap.fds[..snap.nfds] {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", s.fd)).unwrap_or_default();
@@ -557,10 +557,8 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Files the parent process holds open for writing, as (device, inode).
-fn parent_write_files() -> Vec<(u64, u64)> {
-    // SAFETY: getppid has no preconditions.
-    let ppid = unsafe { libc::getppid() };
+/// Files the program's parent process holds open for writing, as (device, inode).
+fn parent_write_files(ppid: i32) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     // getdents, not read_dir: opendir calls malloc (see the module comment).
     let mut names = Vec::new();

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use ckpt_benches::bare_durable_save;
 
+mod python;
 mod shim;
 use ckpt_core::{Checkpointer, Compression, Config, Interval, LogTarget, SectionOptions, Store};
 
@@ -455,6 +456,7 @@ fn main() {
     scenario_memory(&o, work.path(), &mut out);
     scenario_signal(&o, work.path(), &mut out);
     shim::scenario_shim(&o, work.path(), &mut out);
+    python::scenario_python(&o, work.path(), &mut out);
     let _ = writeln!(
         out,
         "\n## What limits the figures that miss their targets\n\n\

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Times `ckpt.save` / `ckpt.load` of one float64 numpy array against its baselines, interleaved.
+
+    python bench_save.py SIZE_MIB RUNS DIR
+
+Prints one JSON object on stdout: the per-run timings (seconds) of every method. Called by the comparison
+runner (`benches/src/bin/compare/python.rs`), which renders the table; runnable by hand in a venv with
+`ckpt` (ckpt-hpc) and numpy installed.
+
+Saves (each replaces its own previous file of the same size, as a checkpoint does; `os.sync()` before each,
+untimed, so no method pays for another's write-back):
+
+* `ckpt`: `ckpt.save(arr, path)` (temporary file, fsync, rename, fsync of the directory);
+* `pickle_seed`: the seed document's pattern, verbatim: `pickle.dump` (default protocol) to `path + ".tmp"`
+  in the same directory, then `os.rename`; no fsync, so the data is not durable when it returns;
+* `pickle_durable`: the same made durable: `flush` + `fsync` of the file before the rename, `fsync` of
+  the directory after it;
+* `numpy_fsync`: `np.save` to an open file, `flush` + `fsync` (durable, but not atomic: no rename).
+
+Loads (from the page cache: the files were just written), each followed by one full pass over the array
+(`arr.sum()`), which is where a memory-mapped load pays for reading:
+
+* `ckpt`: `ckpt.load(path, mmap=True)` (verifies the file, returns a read-only view of the mapping);
+* `numpy`: `np.load(path)` of the `.npy` file;
+* `pickle`: `pickle.load` of the seed's file.
+
+The order of the methods rotates from run to run (A B C D, B C D A, ...); one untimed warm-up round first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import pickle
+import sys
+import time
+
+import numpy as np
+
+import ckpt
+
+clock = time.perf_counter
+
+
+def fsync_dir(d: str) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_ckpt(arr: np.ndarray, d: str) -> float:
+    path = os.path.join(d, "state.ckpt")
+    t = clock()
+    ckpt.save(arr, path)
+    return clock() - t
+
+
+def save_pickle_seed(arr: np.ndarray, d: str) -> float:
+    # save_checkpoint() of ../shared/seed-checkpointing.rst, with the array as the data.
+    filename = os.path.join(d, "checkpoint.pkl")
+    t = clock()
+    with open(filename + ".tmp", "wb") as f:
+        pickle.dump(arr, f)
+    os.rename(filename + ".tmp", filename)
+    return clock() - t
+
+
+def save_pickle_durable(arr: np.ndarray, d: str) -> float:
+    filename = os.path.join(d, "checkpoint-durable.pkl")
+    t = clock()
+    with open(filename + ".tmp", "wb") as f:
+        pickle.dump(arr, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(filename + ".tmp", filename)
+    fsync_dir(d)
+    return clock() - t
+
+
+def save_numpy(arr: np.ndarray, d: str) -> float:
+    path = os.path.join(d, "state.npy")
+    t = clock()
+    with open(path, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    return clock() - t
+
+
+def load_ckpt(d: str) -> tuple[float, float]:
+    t0 = clock()
+    a = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True)
+    t1 = clock()
+    a.sum()
+    t2 = clock()
+    del a
+    return t1 - t0, t2 - t1
+
+
+def load_numpy(d: str) -> tuple[float, float]:
+    t0 = clock()
+    a = np.load(os.path.join(d, "state.npy"))
+    t1 = clock()
+    a.sum()
+    t2 = clock()
+    del a
+    return t1 - t0, t2 - t1
+
+
+def load_pickle(d: str) -> tuple[float, float]:
+    t0 = clock()
+    with open(os.path.join(d, "checkpoint.pkl"), "rb") as f:
+        a = pickle.load(f)
+    t1 = clock()
+    a.sum()
+    t2 = clock()
+    del a
+    return t1 - t0, t2 - t1
+
+
+SAVES = {
+    "ckpt": save_ckpt,
+    "pickle_seed": save_pickle_seed,
+    "pickle_durable": save_pickle_durable,
+    "numpy_fsync": save_numpy,
+}
+LOADS = {"ckpt": load_ckpt, "numpy": load_numpy, "pickle": load_pickle}
+
+
+def rotated(names: list[str], k: int) -> list[str]:
+    k %= len(names)
+    return names[k:] + names[:k]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("size_mib", type=int)
+    p.add_argument("runs", type=int)
+    p.add_argument("dir")
+    a = p.parse_args()
+    d = os.path.abspath(a.dir)
+    os.makedirs(d, exist_ok=True)
+    n = (a.size_mib << 20) // 8
+    arr = np.random.default_rng(1).random(n)  # incompressible float64
+
+    saves: dict[str, list[float]] = {k: [] for k in SAVES}
+    opens: dict[str, list[float]] = {k: [] for k in LOADS}
+    passes: dict[str, list[float]] = {k: [] for k in LOADS}
+
+    # Warm-up round (untimed), and a check that every method round-trips the array.
+    for f in SAVES.values():
+        os.sync()
+        f(arr, d)
+    for name in LOADS:
+        if name == "ckpt":
+            b = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True)
+            assert not b.flags.writeable, "ckpt.load(mmap=True) should return a view of the mapping"
+        elif name == "numpy":
+            b = np.load(os.path.join(d, "state.npy"))
+        else:
+            with open(os.path.join(d, "checkpoint.pkl"), "rb") as f:
+                b = pickle.load(f)
+        assert b.dtype == arr.dtype and b.shape == arr.shape and np.array_equal(b, arr), name
+        del b
+    gc.collect()
+
+    for run in range(a.runs):
+        for name in rotated(list(SAVES), run):
+            os.sync()
+            saves[name].append(SAVES[name](arr, d))
+        for name in rotated(list(LOADS), run):
+            gc.collect()
+            t_open, t_pass = LOADS[name](d)
+            opens[name].append(t_open)
+            passes[name].append(t_pass)
+
+    sizes = {
+        name: os.path.getsize(os.path.join(d, f))
+        for name, f in [
+            ("ckpt", "state.ckpt"),
+            ("pickle_seed", "checkpoint.pkl"),
+            ("pickle_durable", "checkpoint-durable.pkl"),
+            ("numpy_fsync", "state.npy"),
+        ]
+    }
+    for f in ("state.ckpt", "checkpoint.pkl", "checkpoint-durable.pkl", "state.npy"):
+        os.remove(os.path.join(d, f))
+    json.dump(
+        {
+            "size_mib": a.size_mib,
+            "array_bytes": int(arr.nbytes),
+            "runs": a.runs,
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "ckpt": getattr(ckpt, "__version__", "?"),
+            "pickle_protocol": pickle.DEFAULT_PROTOCOL,
+            "file_bytes": sizes,
+            "save": saves,
+            "load_open": opens,
+            "load_pass": passes,
+        },
+        sys.stdout,
+    )
+    print()
+
+
+if __name__ == "__main__":
+    main()
