@@ -460,6 +460,11 @@ pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
         if rank as usize != i {
             return Err(Error::corrupt("manifest ranks are out of order").with_path(cp.path()));
         }
+        if e[4..8] != [0; 4] {
+            return Err(Error::corrupt(format!("manifest record {i}: reserved bytes are not zero"))
+                .with_section(MANIFEST_SECTION)
+                .with_path(cp.path()));
+        }
         out.push((
             rank,
             u64::from_le_bytes(e[8..16].try_into().expect("8")),
@@ -753,6 +758,33 @@ fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole write, commit, prune and restore path on the in-memory storage (runs under Miri:
+    /// `bash ckpt-core/miri.sh`).
+    #[test]
+    fn save_prune_and_restore_in_memory() {
+        let storage = Arc::new(crate::storage::MemStorage::new());
+        let mut cfg = Config::new("mem", "/ckpt").unwrap();
+        cfg.keep = 2;
+        cfg.mmap = false;
+        let store = Store::with_storage(cfg, storage.clone());
+        for step in 1..=3i64 {
+            let mut w = store.begin(step).unwrap();
+            let data: Vec<u8> = (0..5000u32).map(|i| (i as i64 * step) as u8).collect();
+            w.add_bytes("raw", &data).unwrap();
+            w.add_section_with("shuffled", &data, SectionOptions::new().shuffle(8)).unwrap();
+            w.add_serde("meta", &(step, "x")).unwrap();
+            let info = w.commit().unwrap();
+            assert_eq!(info.generation, step as u64);
+        }
+        let r = store.restore().unwrap().expect("a checkpoint");
+        assert_eq!(r.app_step, 3);
+        let expected: Vec<u8> = (0..5000u32).map(|i| (i as i64 * 3) as u8).collect();
+        assert_eq!(&r.checkpoint.read("raw").unwrap()[..], &expected[..]);
+        assert_eq!(&r.checkpoint.read("shuffled").unwrap()[..], &expected[..]);
+        assert_eq!(r.checkpoint.read_serde::<(i64, String)>("meta").unwrap(), (3, "x".to_string()));
+        assert_eq!(store.valid_generations().unwrap(), vec![3, 2], "two generations kept, the oldest pruned");
+    }
 
     #[test]
     fn classify_names() {
