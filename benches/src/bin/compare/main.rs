@@ -2,7 +2,7 @@
 //! and prints Markdown tables with medians, min–max and ratios.
 //!
 //! `cargo run --release -p ckpt-benches --bin ckpt-bench-compare -- [--runs N] [--size-mib M] [--dir DIR]
-//! [--smoke] [--output FILE]`
+//! [--smoke] [--output FILE] [--only N,M,...]`
 //!
 //! Scenarios (the performance issue's targets):
 //! 1. durable save of one large raw section vs `dd if=SRC of=DST bs=16M conv=fsync` (DST exists: dd truncates it);
@@ -10,7 +10,11 @@
 //! 4. `should_checkpoint()` per call vs a relaxed atomic load;
 //! 5. compression `auto` vs none on incompressible data, and zstd+shuffle vs none on a smooth float64 field;
 //! 6. peak extra memory of a save (max RSS);
-//! 7. signal to durable checkpoint: SIGUSR1 to the completed rename, minus the write time.
+//! 7. signal to durable checkpoint: SIGUSR1 to the completed rename, minus the write time;
+//! 8. the LD_PRELOAD shim on unmodified programs: image size, pause, write and restart time (restart vs
+//!    reading the image), and a 1 GiB-resident program (`shim.rs`);
+//! 2. Python: `ckpt.save` vs the seed's pickle pattern and `np.save` + fsync, `ckpt.load(mmap=True)` vs
+//!    `np.load` (`python.rs`, section 9).
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -31,10 +35,12 @@ struct Opts {
     dir: PathBuf,
     smoke: bool,
     output: Option<PathBuf>,
+    /// Section numbers to run (all when empty).
+    only: Vec<u32>,
 }
 
 fn parse_args() -> Opts {
-    let mut o = Opts { runs: 7, size_mib: 1024, dir: PathBuf::from("."), smoke: false, output: None };
+    let mut o = Opts { runs: 7, size_mib: 1024, dir: PathBuf::from("."), smoke: false, output: None, only: Vec::new() };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -43,6 +49,14 @@ fn parse_args() -> Opts {
             "--dir" => o.dir = PathBuf::from(args.next().expect("--dir DIR")),
             "--output" => o.output = Some(PathBuf::from(args.next().expect("--output FILE"))),
             "--smoke" => o.smoke = true,
+            "--only" => {
+                o.only = args
+                    .next()
+                    .expect("--only N,M")
+                    .split(',')
+                    .map(|v| v.trim().parse().expect("--only takes section numbers"))
+                    .collect()
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -449,14 +463,23 @@ fn main() {
         machine(&o.dir),
         if o.smoke { " **Smoke run (small sizes): not a measurement.**" } else { "" }
     );
-    scenario_large(&o, work.path(), &mut out);
-    scenario_small(&o, work.path(), &mut out);
-    scenario_poll(&o, work.path(), &mut out);
-    scenario_compression(&o, work.path(), &mut out);
-    scenario_memory(&o, work.path(), &mut out);
-    scenario_signal(&o, work.path(), &mut out);
-    shim::scenario_shim(&o, work.path(), &mut out);
-    python::scenario_python(&o, work.path(), &mut out);
+    let want = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    type Scenario = fn(&Opts, &Path, &mut String);
+    let scenarios: [(u32, Scenario); 8] = [
+        (1, scenario_large),
+        (3, scenario_small),
+        (4, scenario_poll),
+        (5, scenario_compression),
+        (6, scenario_memory),
+        (7, scenario_signal),
+        (8, shim::scenario_shim),
+        (9, python::scenario_python),
+    ];
+    for (n, run) in scenarios {
+        if want(n) {
+            run(&o, work.path(), &mut out);
+        }
+    }
     let _ = writeln!(
         out,
         "\n## What limits the figures that miss their targets\n\n\
