@@ -164,7 +164,9 @@ fn open_image(path: &Path) -> Result<FoundImage, Error> {
         std::fs::metadata(p).map(|m| process_image::verified_token(&m)).map_err(|e| Error::io("stat", e).with_path(p))
     };
     let before = token(path)?;
-    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap: false })?;
+    // Mapped (CKPT_MMAP=0 reads instead): verifying is then one pass over the page cache, no copy.
+    let mmap = Config::from_env(None).map(|c| c.mmap).unwrap_or(true);
+    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap })?;
     cp.verify()?;
     let image = process_image::read(&cp)?;
     if token(path)? != before {

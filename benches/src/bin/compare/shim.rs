@@ -140,10 +140,17 @@ fn one(ckpt: &Path, lib: &Path, work: &Path, argv: &[String], delay: Duration, r
     if !ok {
         return None;
     }
-    // Baseline: reading the image once (from the page cache, as the restart did).
+    // Baseline: reading the image once, like `cat IMAGE > /dev/null` (16 MiB chunks into one reused buffer;
+    // the file is in the page cache, as it was for the restart).
+    let mut buf = vec![1u8; 16 << 20]; // allocated and touched before the clock starts
     let t = Instant::now();
-    let _ = std::fs::read(&image).ok()?;
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&image).ok()?;
+        while f.read(&mut buf).ok()? > 0 {}
+    }
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
+    std::hint::black_box(&buf);
     Some(Sample {
         image_mb: ck["image_bytes"].as_f64()? / 1e6,
         pause_ms: ck["pause_ms"].as_f64()?,
@@ -174,6 +181,9 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
         s.push(if x.is_multiple_of(12) { '\n' } else { ' ' });
     }
     std::fs::write(&text, &s).expect("text");
+    // A large sparse file: sha256sum reads it for a few seconds without using disk space.
+    let sparse = inputs.join("sparse.bin");
+    std::fs::File::create(&sparse).and_then(|f| f.set_len(if o.smoke { 16 << 20 } else { 1 << 30 })).expect("sparse");
     let script = inputs.join("pi.bc");
     std::fs::write(&script, "for(i=1;i<=22;i++){scale=i*50; x=4*a(1); print i, \" \", x, \"\\n\"}\n").expect("bc");
     let py =
@@ -193,7 +203,7 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
             ("bc -l", which("bc").map(|b| vec![b, "-l".into(), script.display().to_string()])),
             ("bzip2 -9", which("bzip2").map(|b| vec![b, "-9".into(), "-c".into(), t.clone()])),
             ("xz -4 -T1", which("xz").map(|b| vec![b, "-4".into(), "-T1".into(), "-c".into(), t.clone()])),
-            ("sha256sum", which("sha256sum").map(|b| vec![b, t.clone(), t.clone(), t.clone()])),
+            ("sha256sum", which("sha256sum").map(|b| vec![b, sparse.display().to_string(), t.clone()])),
             (
                 "python3",
                 py.clone().map(|p| {
@@ -211,8 +221,10 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
          {runs} runs. *Pause* is the time the program is stopped (the handler records the descriptors and \
          forks the writer); *write* is the writer's time until the image is durable (the program runs \
          meanwhile); *restart* is the wall time of `ckpt restart` (verify every CRC, exec, check the layout, \
-         replace the address space) until the program runs again; *read* is reading the image file once, \
-         measured right after, in the same run.\n\n\
+         replace the address space) until the program runs again; *read* is reading the image file once \
+         (`cat IMAGE > /dev/null`, from the page cache), measured right after, in the same run. For the small \
+         programs the restart is dominated by fixed costs (exec, the dynamic loader, verification, the layout \
+         check), so their ratio says little; the 1 GiB program below is the target's case.\n\n\
          | program | image | pause | write | restart | read image | restart / read |\n|---|---|---|---|---|---|---|"
     );
     for (name, argv) in programs {
@@ -286,9 +298,9 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
         ratio,
         if ratio <= 1.2 { "met" } else { "NOT met" },
         if ratio > 1.2 {
-            " What limits it: `ckpt restart` verifies every CRC of the image (one full read) before it replaces \
-             the program, and the restorer then reads the pages into place (a second read); the image is read \
-             twice."
+            " What limits it: `ckpt restart` verifies every CRC of the image (one full pass over it) before \
+             anything runs; the restorer then maps the pages copy-on-write (no second read). The rest is the \
+             fixed cost of exec, the dynamic loader and the layout check (see the small programs above)."
         } else {
             ""
         }
