@@ -349,24 +349,9 @@ fn show_limit(v: u64) -> String {
 /// them at start.
 fn triggers_now() -> (u64, u64) {
     let Ok(cfg) = Config::from_env(None) else { return (0, 0) };
-    let interval_ns = match cfg.interval {
-        Some(ckpt_core::Interval::Every(d)) => d.as_nanos() as u64,
-        Some(ckpt_core::Interval::Auto) => ckpt_core::triggers::daly_interval(
-            ckpt_core::triggers::INITIAL_COST_GUESS,
-            ckpt_core::triggers::DEFAULT_MTBF,
-        )
-        .as_nanos() as u64,
-        _ => 0,
-    };
-    let end = cfg.end_time.map(|t| t as f64).or_else(|| {
-        let job = cfg.job_id.as_ref()?;
-        ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5))
-            .ok()
-            .flatten()
-            .map(|t| t as f64)
-    });
-    let lead = ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * cfg.safety_factor + cfg.margin.as_secs_f64();
-    (interval_ns, end.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0))
+    let plan = ckpt_core::triggers::timer_plan(&cfg);
+    let ns = |s: f64| (s * 1e9) as u64;
+    (plan.interval.map(|d| d.as_nanos() as u64).unwrap_or(0), plan.checkpoint_at.map(ns).unwrap_or(0))
 }
 
 /// Asks a process under the shim for a checkpoint (`ckpt create`): leaves the image directory in

@@ -234,6 +234,44 @@ pub fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// When to checkpoint a process that cannot poll (an unmodified program under the LD_PRELOAD shim): kernel
+/// timers are armed from this, at start and again after each restart (with the restarted job's values).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimerPlan {
+    /// Period of the interval checkpoints (`auto`: Young/Daly from the initial cost guess and `CKPT_MTBF`).
+    pub interval: Option<Duration>,
+    /// The job's end (unix seconds) and where it came from.
+    pub end_time: Option<(f64, &'static str)>,
+    /// Why the end time is unknown although the job has an id (squeue failed).
+    pub end_time_error: Option<String>,
+    /// When to checkpoint and exit (unix seconds): the end minus the margin and the safety factor times the
+    /// initial cost guess.
+    pub checkpoint_at: Option<f64>,
+}
+
+/// The [`TimerPlan`] of a configuration (asks `squeue` for the end time when no variable gives it).
+pub fn timer_plan(cfg: &crate::Config) -> TimerPlan {
+    let interval = match cfg.interval {
+        Some(crate::Interval::Every(d)) => Some(d),
+        Some(crate::Interval::Auto) => Some(daly_interval(INITIAL_COST_GUESS, cfg.mtbf)),
+        None => None,
+    };
+    let mut end_time_error = None;
+    let end_time = match cfg.end_time {
+        Some(t) => Some((t as f64, cfg.end_time_source.unwrap_or(EndTimeSource::CkptEnv).as_str())),
+        None => cfg.job_id.as_ref().and_then(|job| match query_squeue_end_time(job, Duration::from_secs(5)) {
+            Ok(t) => t.map(|t| (t as f64, EndTimeSource::Squeue.as_str())),
+            Err(e) => {
+                end_time_error = Some(e.to_string());
+                None
+            }
+        }),
+    };
+    let lead = INITIAL_COST_GUESS.as_secs_f64() * cfg.safety_factor + cfg.margin.as_secs_f64();
+    let checkpoint_at = end_time.map(|(e, _)| (e - lead).max(0.0));
+    TimerPlan { interval, end_time, end_time_error, checkpoint_at }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +324,20 @@ mod tests {
         assert_eq!(b - a, 65);
         assert!(parse_slurm_timestamp("Unknown").is_none());
         assert!(parse_slurm_timestamp("2026-11-25 18:00:00").is_none());
+    }
+
+    #[test]
+    fn timer_plan_from_variables() {
+        let vars = [("CKPT_INTERVAL", "0:0:30"), ("CKPT_END_TIME", "2000000000"), ("CKPT_MARGIN", "5")];
+        let cfg =
+            crate::Config::from_lookup(Some("t"), |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+                .unwrap();
+        let plan = timer_plan(&cfg);
+        assert_eq!(plan.interval, Some(Duration::from_secs(30)));
+        assert_eq!(plan.end_time, Some((2e9, "CKPT_END_TIME")));
+        // 5 s of margin + the default safety factor (2) x the 10 s initial cost guess.
+        assert_eq!(plan.checkpoint_at, Some(2e9 - 25.0));
+        let none = timer_plan(&crate::Config::from_lookup(Some("t"), |_| None).unwrap());
+        assert_eq!((none.interval, none.end_time, none.checkpoint_at), (None, None, None));
     }
 }

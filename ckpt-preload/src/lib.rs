@@ -396,27 +396,7 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     }
     let log_path = log_path.map(|p| std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p));
     let signals = config.signals.clone();
-    let interval = config.interval;
-    let mut end_time_source = config.end_time_source.map(|s| s.as_str().to_string());
-    let end_time = match config.end_time {
-        Some(t) => Some(t as f64),
-        None => match &config.job_id {
-            Some(job) => match ckpt_core::triggers::query_squeue_end_time(job, std::time::Duration::from_secs(5)) {
-                Ok(Some(t)) => {
-                    end_time_source = Some("squeue".into());
-                    Some(t as f64)
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    end_time_source = Some(format!("squeue failed: {e}"));
-                    None
-                }
-            },
-            None => None,
-        },
-    };
-    let lead =
-        ckpt_core::triggers::INITIAL_COST_GUESS.as_secs_f64() * config.safety_factor + config.margin.as_secs_f64();
+    let timers = ckpt_core::triggers::timer_plan(&config);
     let socket_dir = config.socket_dir.clone();
     let (job_id, step_id) = (config.job_id.clone(), config.step_id);
     let store = ckpt_core::Store::with_storage(config, std::sync::Arc::new(writer::ForkSafeStorage));
@@ -449,21 +429,14 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     TIMER_SIGNAL.store(timer_signal, Ordering::Relaxed);
     ROOT_PID.store(getpid(), Ordering::Relaxed);
     ACTIVE.store(true, Ordering::Release);
-    let interval_ns = match interval {
-        Some(ckpt_core::Interval::Every(d)) => d.as_nanos() as u64,
-        Some(ckpt_core::Interval::Auto) => ckpt_core::triggers::daly_interval(
-            ckpt_core::triggers::INITIAL_COST_GUESS,
-            ckpt_core::triggers::DEFAULT_MTBF,
-        )
-        .as_nanos() as u64,
-        _ => 0,
-    };
-    let fire_at_ns = end_time.map(|e| ((e - lead).max(0.0) * 1e9) as u64).unwrap_or(0);
+    let interval_ns = timers.interval.map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let fire_at_ns = timers.checkpoint_at.map(|t| (t * 1e9) as u64).unwrap_or(0);
     arm_timers(interval_ns, fire_at_ns);
     writer::log_line(&serde_json::json!({
         "event": "start", "pid": getpid(), "signals": signals.iter().map(|s| s.signal).collect::<Vec<_>>(),
-        "interval_s": interval_ns as f64 / 1e9, "end_time": end_time, "end_time_source": end_time_source,
-        "deadline_checkpoint_at": (fire_at_ns > 0).then_some(fire_at_ns as f64 / 1e9),
+        "interval_s": interval_ns as f64 / 1e9, "end_time": timers.end_time.map(|(t, _)| t),
+        "end_time_source": timers.end_time.map(|(_, s)| s), "end_time_error": timers.end_time_error,
+        "deadline_checkpoint_at": timers.checkpoint_at,
     }));
     if let Some(dir) = socket_dir
         && ckpt_core::control::prepare_socket_dir(&dir).is_ok()
