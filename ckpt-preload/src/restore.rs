@@ -1008,7 +1008,6 @@ fn replace_address_space(p: &Plan) {
             // SAFETY: changes the protection of the region just restored.
             unsafe { syscall3(SYS_mprotect, r.start as usize, len, r.prot as usize) };
         }
-        let _ = (KIND_ANON, KIND_HEAP);
     }
 }
 
