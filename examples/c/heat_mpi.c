@@ -33,6 +33,10 @@ static int rank = 0, nranks = 1;
 static void fail(const char *what, int32_t status) {
     fprintf(stderr, "heat_mpi: rank %d: %s failed: %s (%s)\n", rank, what, ckpt_status_str(status),
             ckpt_last_error());
+    fflush(stderr);
+    // MPI_Abort tears the job down at once: give the launcher (mpirun, srun, hydra) a moment to forward the
+    // message above, or the user sees a bare non-zero exit.
+    usleep(300000);
     MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
