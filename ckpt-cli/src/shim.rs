@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use ckpt_core::process_image::{self, FdKind, ProcessImage, RegionKind};
 use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions};
 
+use crate::human;
+
 /// File name of the shim library.
 pub const PRELOAD_LIB: &str = "libckpt_preload.so";
 
@@ -233,15 +235,7 @@ pub fn check_restartable(image: &ProcessImage) -> Result<(), String> {
         return Err(why);
     }
     let exe = Path::new(OsStr::from_bytes(&image.exe));
-    let id_of = |m: &std::fs::Metadata| {
-        use std::os::unix::fs::MetadataExt;
-        process_image::FileIdentity {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-        }
-    };
+    let id_of = process_image::FileIdentity::of;
     match std::fs::metadata(exe) {
         Ok(m) if id_of(&m) == image.exe_identity => {}
         Ok(_) => return Err(format!("the program {} changed since the checkpoint", exe.display())),
@@ -477,15 +471,6 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
         );
     }
     Ok(())
-}
-
-fn human(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
-    }
 }
 
 /// The process image as JSON (for `ckpt inspect --json`).

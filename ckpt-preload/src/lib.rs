@@ -616,7 +616,19 @@ fn find_thread_state() {
     TID_OFFSET.store(offset.map(|o| o as i64).unwrap_or(-1), Ordering::Relaxed);
     // SAFETY: __errno_location has no preconditions.
     ERRNO_ADDR.store(unsafe { libc::__errno_location() } as usize, Ordering::Relaxed);
-    // rseq: glibc >= 2.35 registers struct rseq at thread pointer + __rseq_offset.
+    if let Some((addr, len, sig)) = probe_rseq() {
+        RSEQ_ADDR.store(addr, Ordering::Relaxed);
+        RSEQ_LEN.store(len, Ordering::Relaxed);
+        RSEQ_SIG.store(sig, Ordering::Relaxed);
+    }
+}
+
+/// This thread's rseq registration (address, length, signature), if any: glibc >= 2.35 registers
+/// struct rseq at thread pointer + `__rseq_offset`. The restorer asks too, in the new process.
+pub(crate) fn probe_rseq() -> Option<(u64, u32, u32)> {
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes the FS base into `fs`.
+    unsafe { syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0) };
     // SAFETY: dlsym with NUL-terminated names; the symbols, when present, are a ptrdiff_t and an unsigned int.
     let (off, size) = unsafe {
         let o = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
@@ -624,21 +636,16 @@ fn find_thread_state() {
         if o.is_null() || s.is_null() { (0, 0) } else { (*o, *s) }
     };
     if size == 0 {
-        return;
+        return None;
     }
     let addr = (fs as i64 + off as i64) as u64;
     const SIG: u32 = 0x5305_3053;
     // The kernel answers EBUSY only for the exact registered area, length and signature.
-    for len in [32u32, size, 20] {
+    [32u32, size, 20].into_iter().find_map(|len| {
         // SAFETY: rseq with flags 0 on an already registered area only compares and fails.
         let r = unsafe { syscall6(SYS_rseq, addr as usize, len as usize, 0, SIG as usize, 0, 0) };
-        if r == -(libc::EBUSY as isize) {
-            RSEQ_ADDR.store(addr, Ordering::Relaxed);
-            RSEQ_LEN.store(len, Ordering::Relaxed);
-            RSEQ_SIG.store(SIG, Ordering::Relaxed);
-            return;
-        }
-    }
+        (r == -(libc::EBUSY as isize)).then_some((addr, len, SIG))
+    })
 }
 
 // -------------------------------------------------------------------------------------------- the handler

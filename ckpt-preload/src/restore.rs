@@ -138,24 +138,15 @@ struct Mapping {
 }
 
 fn current_maps() -> Vec<Mapping> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_ascii_whitespace();
-            let range = f.next()?;
-            let perms = f.next()?.to_string();
-            let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-            let _dev = f.next()?;
-            let _ino = f.next()?;
-            let path = f.collect::<Vec<_>>().join(" ");
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-                perms,
-                offset,
-                path,
-            })
+    let text = std::fs::read("/proc/self/maps").unwrap_or_default();
+    crate::writer::parse_maps(&text)
+        .into_iter()
+        .map(|m| Mapping {
+            start: m.start,
+            end: m.end,
+            perms: String::from_utf8_lossy(&m.perms).into_owned(),
+            offset: m.offset,
+            path: String::from_utf8_lossy(&m.path).into_owned(),
         })
         .collect()
 }
@@ -310,7 +301,7 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&r.path));
             match std::fs::metadata(path) {
                 Ok(meta) => {
-                    let now = crate::writer::identity_of(&meta);
+                    let now = ckpt_core::process_image::FileIdentity::of(&meta);
                     if now != *id {
                         return Some(format!("{} changed since the checkpoint", path.display()));
                     }
@@ -329,7 +320,7 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             Err(e) => return Some(format!("file descriptor {} ({}): {e}", f.fd, path.display())),
         };
         if let Some(id) = &f.identity {
-            let now = crate::writer::identity_of(&meta);
+            let now = ckpt_core::process_image::FileIdentity::of(&meta);
             if now.dev != id.dev || now.ino != id.ino {
                 return Some(format!(
                     "{} (fd {}) was replaced by another file since the checkpoint",
@@ -541,7 +532,7 @@ unsafe fn build_plan(
         image.sequence,
         image.restarts + 1
     );
-    let live_rseq = live_rseq();
+    let live_rseq = crate::probe_rseq().map(|(a, l, g)| [a, l as u64, g as u64]).unwrap_or([0; 3]);
     let errno_addr = crate::ERRNO_ADDR.load(Ordering::Relaxed);
     let errno_addr = if errno_addr == 0 {
         // SAFETY: __errno_location has no preconditions.
@@ -620,32 +611,6 @@ fn log_path_of(image: &ProcessImage) -> Option<std::path::PathBuf> {
         ckpt_core::LogTarget::File(p) => Some(cwd.join(p)),
         _ => None,
     }
-}
-
-/// The rseq registration of this (new) thread: same address as at checkpoint (same TLS layout).
-fn live_rseq() -> [u64; 3] {
-    let mut fs: u64 = 0;
-    // SAFETY: ARCH_GET_FS writes into `fs`.
-    unsafe { syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0) };
-    // SAFETY: dlsym with NUL-terminated names; the symbols are a ptrdiff_t and an unsigned int.
-    let (off, size) = unsafe {
-        let o = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) as *const isize;
-        let s = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) as *const u32;
-        if o.is_null() || s.is_null() { (0, 0) } else { (*o, *s) }
-    };
-    if size == 0 {
-        return [0; 3];
-    }
-    let addr = (fs as i64 + off as i64) as u64;
-    const SIG: u64 = 0x5305_3053;
-    for len in [32u64, size as u64, 20] {
-        // SAFETY: rseq with flags 0 on a registered area only compares and fails.
-        let r = unsafe { syscall6(SYS_rseq, addr as usize, len as usize, 0, SIG as usize, 0, 0) };
-        if r == -(libc::EBUSY as isize) {
-            return [addr, len, SIG];
-        }
-    }
-    [0; 3]
 }
 
 /// Moves to the arena's stack and runs [`restore_main`], which never returns.

@@ -164,17 +164,19 @@ pub(crate) fn log_line(value: &serde_json::Value) {
     }
 }
 
-struct MapLine {
-    start: u64,
-    end: u64,
-    perms: [u8; 4],
-    offset: u64,
-    dev: u64,
-    inode: u64,
-    path: Vec<u8>,
+/// One line of `/proc/self/maps`.
+pub(crate) struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub perms: [u8; 4],
+    pub offset: u64,
+    pub dev: u64,
+    pub inode: u64,
+    pub path: Vec<u8>,
 }
 
-fn parse_maps(text: &[u8]) -> Vec<MapLine> {
+/// Parses `/proc/<pid>/maps` (used by the writer and, before the restore, by the preflight).
+pub(crate) fn parse_maps(text: &[u8]) -> Vec<MapLine> {
     let mut out = Vec::new();
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let mut fields = line.splitn(6, |&b| b == b' ');
@@ -222,15 +224,6 @@ fn prot_of(perms: &[u8; 4]) -> u32 {
         prot |= libc::PROT_EXEC;
     }
     prot as u32
-}
-
-pub(crate) fn identity_of(meta: &std::fs::Metadata) -> FileIdentity {
-    FileIdentity {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        size: meta.size(),
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-    }
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -326,7 +319,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         let identity = if is_file {
             let meta = std::fs::metadata(Path::new(std::ffi::OsStr::from_bytes(&path)))
                 .map_err(|e| Failure::Refused(format!("mapped file {name:?}: {e}")))?;
-            Some(identity_of(&meta))
+            Some(FileIdentity::of(&meta))
         } else {
             None
         };
@@ -453,7 +446,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let image = ProcessImage {
         version: PROCESS_IMAGE_VERSION,
         exe: std::fs::read_link("/proc/self/exe").map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
-        exe_identity: std::fs::metadata("/proc/self/exe").map(|m| identity_of(&m)).unwrap_or_default(),
+        exe_identity: std::fs::metadata("/proc/self/exe").map(|m| FileIdentity::of(&m)).unwrap_or_default(),
         argv: ctx.argv.iter().map(|&p| c_string(p)).collect(),
         envp: ctx.envp.iter().map(|&p| c_string(p)).collect(),
         cwd: std::env::current_dir().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),

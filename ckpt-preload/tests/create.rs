@@ -64,14 +64,7 @@ fn create_by_pid_and_job_restart_from_image_dir() {
 
 #[test]
 fn create_fails_after_max_wait_when_refused() {
-    let py = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3".into()
-    } else {
-        match which("python3") {
-            Some(p) => p,
-            None => return,
-        }
-    };
+    let Some(py) = python() else { return };
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -11,14 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn python() -> Option<String> {
-    if Path::new("/usr/bin/python3").exists() {
-        Some("/usr/bin/python3".into())
-    } else {
-        which("python3").map(|p| p.display().to_string())
-    }
-}
-
 fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",

@@ -207,3 +207,12 @@ pub fn out_file(path: &Path, append: bool) -> Stdio {
     let f = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(path).unwrap();
     Stdio::from(f)
 }
+
+/// The distribution's python3 (/usr/bin/python3), else the one on PATH.
+pub fn python() -> Option<String> {
+    if Path::new("/usr/bin/python3").exists() {
+        Some("/usr/bin/python3".into())
+    } else {
+        which("python3").map(|p| p.display().to_string())
+    }
+}
