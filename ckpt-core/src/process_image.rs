@@ -458,7 +458,7 @@ pub fn verified_token(meta: &std::fs::Metadata) -> String {
 mod tests {
     use super::*;
 
-    fn image() -> ProcessImage {
+    pub(super) fn image() -> ProcessImage {
         let region = |start: u64, end: u64, runs: Vec<Run>| Region {
             start,
             end,
@@ -489,7 +489,17 @@ mod tests {
             sigmask: 0,
             sigaltstack: (0, 0, 0),
             itimers: [ItimerRecord::default(); 3],
-            fds: vec![],
+            fds: vec![FdRecord {
+                fd: 1,
+                kind: FdKind::Regular,
+                path: b"/out".to_vec(),
+                flags: 1,
+                cloexec: false,
+                offset: 10,
+                size: 10,
+                identity: Some(FileIdentity::default()),
+                shared: true,
+            }],
             regions: vec![
                 region(0x10000, 0x12000, vec![Run { addr: 0x11000, len: 0x1000, data_offset: 0 }]),
                 region(0x20000, 0x30000, vec![Run { addr: 0x20000, len: 0x2000, data_offset: 0x1000 }]),
@@ -552,5 +562,27 @@ mod tests {
         let mut k = now.clone();
         k.kernel_release = "6.2".into();
         assert!(fingerprint_mismatch(&k, &now).unwrap().contains("kernel"));
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    /// Layout 1 of the state section, pinned: a change to `ProcessImage` that is not a new layout version
+    /// fails here (images already written must stay readable).
+    #[test]
+    fn state_section_layout_1_is_pinned() {
+        // Committed once; never regenerated (CKPT_WRITE_GOLDEN=1 only creates it when missing).
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/process-image-v1.state");
+        let image = tests::image();
+        let encoded = encode(&image).unwrap();
+        if std::env::var_os("CKPT_WRITE_GOLDEN").is_some() && !std::path::Path::new(path).exists() {
+            std::fs::write(path, &encoded).unwrap();
+        }
+        let golden = std::fs::read(path).expect("ckpt-core/testdata/process-image-v1.state");
+        assert_eq!(encoded, golden, "the layout of ProcessImage changed: bump PROCESS_IMAGE_VERSION");
+        let back: ProcessImage = postcard::from_bytes(&golden).unwrap();
+        assert_eq!(back, image);
     }
 }
