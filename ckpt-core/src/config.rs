@@ -12,6 +12,7 @@
 //! | generations kept | `CKPT_KEEP` (default 2) |
 //! | file mode | `CKPT_FILE_MODE` (octal, default 0600) |
 //! | memory mapping | `CKPT_MMAP` (default on) |
+//! | direct I/O for large writes (bypassing the page cache) | `CKPT_DIRECT_IO` (default on) |
 //! | compression | `CKPT_COMPRESS` (`off`, `auto`, `zstd`, `zstd:N`; default off) |
 //! | fresh start allowed when no checkpoint verifies | `CKPT_ALLOW_FRESH_START` (default no) |
 //! | job end time | `SLURM_JOB_END_TIME`, `CKPT_END_TIME` (epoch seconds) |
@@ -197,6 +198,8 @@ impl Config {
         })?
         .unwrap_or(DEFAULT_FILE_MODE);
         cfg.mmap = parse_var(&get, "CKPT_MMAP", parse_bool)?.unwrap_or(true);
+        // Read by the storage layer when it opens a file; validated here so a typo is an error.
+        parse_var(&get, "CKPT_DIRECT_IO", parse_bool)?;
         cfg.allow_fresh_start = parse_var(&get, "CKPT_ALLOW_FRESH_START", parse_bool)?.unwrap_or(false);
         if let Some(c) = get("CKPT_COMPRESS") {
             cfg.compression =
@@ -308,7 +311,7 @@ pub fn parse_interval(text: &str) -> Result<Option<Interval>> {
     Ok(if d.is_zero() { None } else { Some(Interval::Every(d)) })
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "yes" | "true" | "on" => Some(true),
         "0" | "no" | "false" | "off" => Some(false),

@@ -5,13 +5,16 @@
 //! ```text
 //! <dir>/<base>                      the newest committed checkpoint (another name for the newest <base>.<N>)
 //! <dir>/<base>.<N>                  generation N (the last `keep` generations are kept)
-//! <dir>/<base>.tmp.<host>.<pid>.<nonce>   a save in progress (removed by the next save if its writer died)
+//! <dir>/<base>.tmp.<host>.<pid>.<nonce>   a save in progress (removed by a later save if its writer died)
 //! <dir>/<base>.parts/<N>/rank<R>.ckpt     multi-rank jobs: rank R's part of generation N
 //! ```
 //!
 //! # Commit protocol (single file)
 //!
-//! 1. Remove stale temporary files of dead writers; choose generation N (one above the highest present).
+//! 1. List the directory, remove stale temporary files of dead writers, and choose generation N (one above
+//!    the highest present). Saves in a row reuse the previous save's view of the directory for up to 10 s
+//!    (checking only that `<base>.<N>` is still free), so a process's first save and at least one save
+//!    every 10 s list it.
 //! 2. Create `<base>.tmp.…` with `O_CREAT|O_EXCL|O_NOFOLLOW`, stream the sections into it, `fsync` it.
 //! 3. `link(tmp, <base>.<N>)`: fails if another process took generation N (exclusion without `flock`,
 //!    which Lustre lacks); then `rename(tmp, <base>)`, so `<base>` names the new file atomically.
@@ -78,6 +81,29 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// A save reuses the directory view the previous save left, instead of listing the directory again, for
+/// at most this long after the listing it came from. Listing costs a directory scan and a `stat` per entry
+/// (on a parallel file system, per rank); small checkpoints saved back to back pay it on every save.
+const LISTING_REUSE: Duration = Duration::from_secs(10);
+
+/// What one save learned about the directory, for the next save of the same name: the generations that
+/// remain after its prune. Only this process's own saves update it; anything else that writes generations
+/// of the same name is caught before the next save claims its number (a `stat` of that name), and by the
+/// hard link that claims it.
+#[derive(Clone, Debug)]
+struct Listing {
+    dir: PathBuf,
+    base: String,
+    /// Generations that are regular files (what pruning may remove).
+    generations: Vec<u64>,
+    /// The highest generation number seen under any kind of entry.
+    highest: u64,
+    /// Whether a parts directory exists.
+    parts: bool,
+    /// When the directory was last really listed.
+    listed_at: Instant,
+}
+
 /// What a store's writers report back when they commit.
 #[derive(Debug)]
 struct Shared {
@@ -85,9 +111,23 @@ struct Shared {
     last_generation: AtomicU64,
     /// Measured write bandwidth in bytes/s (bits of an f64), for `Compression::Auto`.
     write_bandwidth: AtomicU64,
+    /// The directory as the last successful save left it.
+    listing: std::sync::Mutex<Option<Listing>>,
 }
 
 impl Shared {
+    fn listing(&self) -> std::sync::MutexGuard<'_, Option<Listing>> {
+        self.listing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cached view of `dir` for `base`, when it is recent enough to reuse.
+    fn reusable_listing(&self, dir: &Path, base: &str) -> Option<Listing> {
+        self.listing()
+            .as_ref()
+            .filter(|l| l.dir == dir && l.base == base && l.listed_at.elapsed() < LISTING_REUSE)
+            .cloned()
+    }
+
     fn note_commit(&self, info: &CommitInfo) {
         self.last_generation.fetch_max(info.generation, Ordering::SeqCst);
         if info.seconds > 0.0 && info.stats.file_bytes >= (8 << 20) {
@@ -180,6 +220,7 @@ impl Store {
         let shared = Shared {
             last_generation: AtomicU64::new(0),
             write_bandwidth: AtomicU64::new(DEFAULT_WRITE_BANDWIDTH.to_bits()),
+            listing: std::sync::Mutex::new(None),
         };
         Store { config, storage, shared: Arc::new(shared) }
     }
@@ -216,17 +257,22 @@ impl Store {
             return self.begin_part_in(dir, generation, app_step);
         }
         let base = self.config.base_name();
-        // One listing per save: stale temporary files, the generation number, and what pruning will see.
+        let last = self.shared.last_generation.load(Ordering::SeqCst);
+        if let Some(listing) = self.shared.reusable_listing(dir, &base) {
+            let generation = listing.highest.max(last) + 1;
+            // The name about to be claimed must still be free; if anything else wrote here, list again.
+            if let Ok(false) = self.storage.exists(&dir.join(format!("{base}.{generation}"))) {
+                let header = self.header(FileKind::Data, generation, app_step);
+                return self.start(dir, &base, header, Plan::Single { listing });
+            }
+        }
+        // A listing: stale temporary files, the generation number, and what pruning will see.
         let entries = self.scan(dir)?;
         self.remove_stale_tmp(dir, &base, &entries);
-        let plan = plan_single(dir, &base, &entries);
-        let highest = entries.iter().filter_map(|e| match e.name.to_str().and_then(|n| classify(&base, n)) {
-            Some(NameKind::Generation(g)) => Some(g),
-            _ => None,
-        });
-        let generation = highest.max().unwrap_or(0).max(self.shared.last_generation.load(Ordering::SeqCst)) + 1;
+        let listing = listing_of(dir, &base, &entries);
+        let generation = listing.highest.max(last) + 1;
         let header = self.header(FileKind::Data, generation, app_step);
-        self.start(dir, &base, header, plan)
+        self.start(dir, &base, header, Plan::Single { listing })
     }
 
     /// The generation number the next save will use: one above the highest committed in `dir` and above
@@ -435,7 +481,7 @@ impl Store {
         }
         let entries = self.scan(dir)?;
         self.remove_stale_tmp(dir, &base, &entries);
-        let plan = plan_single(dir, &base, &entries);
+        let plan = Plan::Single { listing: listing_of(dir, &base, &entries) };
         let header = self.header(FileKind::Manifest, generation, app_step);
         let mut w = self.start(dir, &base, header, plan)?;
         w.add_section_with(MANIFEST_SECTION, &manifest, SectionOptions::new().encoding(Encoding::Manifest))?;
@@ -477,13 +523,10 @@ pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
 
 #[derive(Clone, Debug)]
 enum Plan {
-    /// `known`: the generations (regular files) present when the save began; `parts`: whether a parts
-    /// directory exists (multi-rank names).
+    /// Generations of `<base>` in a directory, as listed when the save began (or reused from the
+    /// previous save).
     Single {
-        dir: PathBuf,
-        base: String,
-        known: Vec<u64>,
-        parts: bool,
+        listing: Listing,
     },
     Part {
         dir: PathBuf,
@@ -496,18 +539,16 @@ enum Plan {
     },
 }
 
-fn plan_single(dir: &Path, base: &str, entries: &[DirEntry]) -> Plan {
-    let known = entries
-        .iter()
-        .filter(|e| e.is_file)
-        .filter_map(|e| match e.name.to_str().and_then(|n| classify(base, n)) {
-            Some(NameKind::Generation(g)) => Some(g),
-            _ => None,
-        })
-        .collect();
+fn listing_of(dir: &Path, base: &str, entries: &[DirEntry]) -> Listing {
+    let generation = |e: &DirEntry| match e.name.to_str().and_then(|n| classify(base, n)) {
+        Some(NameKind::Generation(g)) => Some(g),
+        _ => None,
+    };
+    let generations = entries.iter().filter(|e| e.is_file).filter_map(generation).collect();
+    let highest = entries.iter().filter_map(generation).max().unwrap_or(0);
     let parts_name = format!("{base}.parts");
     let parts = entries.iter().any(|e| e.name.to_str() == Some(parts_name.as_str()));
-    Plan::Single { dir: dir.to_path_buf(), base: base.to_string(), known, parts }
+    Listing { dir: dir.to_path_buf(), base: base.to_string(), generations, highest, parts, listed_at: Instant::now() }
 }
 
 /// Starts a checkpoint written to exactly `path` (no generations, no retention): on commit the file
@@ -619,6 +660,8 @@ impl CheckpointWriter {
             Ok(info) => self.shared.note_commit(info),
             Err(_) => {
                 let _ = self.storage.remove_file(&self.tmp);
+                // Whatever went wrong (another writer took the generation, say), list afresh next time.
+                *self.shared.listing() = None;
             }
         }
         self.done = true;
@@ -635,7 +678,7 @@ impl CheckpointWriter {
         drop(file);
         let storage = self.storage.clone();
         let (path, generation_path, dir) = match &self.plan {
-            Plan::Single { dir, base, .. } => {
+            Plan::Single { listing: Listing { dir, base, .. } } => {
                 let gen_path = dir.join(format!("{base}.{}", header.generation));
                 let current = dir.join(base);
                 match storage.hard_link(&tmp, &gen_path) {
@@ -671,8 +714,13 @@ impl CheckpointWriter {
         storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
         // Durable from here on: failures below are warnings, never errors.
         let mut warnings = Vec::new();
-        if let Plan::Single { dir, base, known, parts } = &self.plan {
-            prune(&*storage, dir, base, self.keep, header.generation, known, *parts, &mut warnings);
+        if let Plan::Single { listing } = &self.plan {
+            let remaining = prune(&*storage, listing, self.keep, header.generation, &mut warnings);
+            *self.shared.listing() = Some(Listing {
+                generations: remaining,
+                highest: listing.highest.max(header.generation),
+                ..listing.clone()
+            });
         }
         Ok(CommitInfo {
             path,
@@ -699,24 +747,17 @@ fn link_unsupported(e: &io::Error) -> bool {
 }
 
 /// Removes generations beyond the newest `keep` (never `newest` itself), from those present when the save
-/// began (`known`, regular files only: a planted symlink must not push a real generation out), and for
-/// multi-rank names the part directories of removed generations and of abandoned older ones.
-#[allow(clippy::too_many_arguments)]
-fn prune(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: &str,
-    keep: usize,
-    newest: u64,
-    known: &[u64],
-    parts: bool,
-    warnings: &mut Vec<String>,
-) {
-    let mut gens: Vec<u64> = known.iter().copied().filter(|&g| g != newest).collect();
+/// began (the listing's regular files only: a planted symlink must not push a real generation out), and
+/// for multi-rank names the part directories of removed generations and of abandoned older ones. Returns
+/// the generations that remain.
+fn prune(storage: &dyn Storage, listing: &Listing, keep: usize, newest: u64, warnings: &mut Vec<String>) -> Vec<u64> {
+    let Listing { dir, base, parts, .. } = listing;
+    let mut gens: Vec<u64> = listing.generations.iter().copied().filter(|&g| g != newest).collect();
     gens.push(newest);
     gens.sort_unstable_by(|a, b| b.cmp(a));
     gens.dedup();
     let kept: Vec<u64> = gens.iter().copied().take(keep.max(1)).collect();
+    let mut remaining = kept.clone();
     for g in gens.iter().skip(keep.max(1)) {
         if *g == newest {
             continue;
@@ -725,15 +766,18 @@ fn prune(
         match storage.remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {} // pruned meanwhile
-            Err(e) => warnings.push(format!("{}: could not remove old generation: {e}", p.display())),
+            Err(e) => {
+                warnings.push(format!("{}: could not remove old generation: {e}", p.display()));
+                remaining.push(*g);
+            }
         }
     }
     if !parts {
-        return;
+        return remaining;
     }
     let parts_root = dir.join(format!("{base}.parts"));
     let Ok(part_dirs) = storage.read_dir(&parts_root) else {
-        return;
+        return remaining;
     };
     for d in part_dirs {
         let Some(g) = d.name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
@@ -753,6 +797,7 @@ fn prune(
             warnings.push(format!("{}: could not remove old parts: {e}", pd.display()));
         }
     }
+    remaining
 }
 
 #[cfg(test)]
@@ -784,6 +829,51 @@ mod tests {
         assert_eq!(&r.checkpoint.read("shuffled").unwrap()[..], &expected[..]);
         assert_eq!(r.checkpoint.read_serde::<(i64, String)>("meta").unwrap(), (3, "x".to_string()));
         assert_eq!(store.valid_generations().unwrap(), vec![3, 2], "two generations kept, the oldest pruned");
+    }
+
+    /// Saves in a row list the directory once; a generation that appears from elsewhere makes the next
+    /// save list again (no conflict), and pruning from the reused view keeps exactly `keep` generations.
+    #[test]
+    fn back_to_back_saves_reuse_the_listing_and_notice_foreign_generations() {
+        use crate::storage::{FaultStorage, MemStorage, Op};
+        let storage = Arc::new(FaultStorage::new(MemStorage::new(), u64::MAX, libc::EIO));
+        let mut cfg = Config::new("mem", "/ckpt").unwrap();
+        cfg.keep = 2;
+        cfg.mmap = false;
+        let store = Store::with_storage(cfg, storage.clone());
+        let listings = || storage.ops().iter().filter(|op| **op == Op::ReadDir).count();
+        for step in 1..=5i64 {
+            assert_eq!(store.save_serde(step, &step).unwrap().generation, step as u64);
+        }
+        assert_eq!(listings(), 1, "one listing for five saves in a row");
+        assert_eq!(store.valid_generations().unwrap(), vec![5, 4]);
+        let listed = listings();
+        // Another writer's generation 6 (a copy of 5) appears behind the store's back.
+        let five = storage.inner().read_file(Path::new("/ckpt/mem.ckpt.5")).unwrap();
+        storage.inner().write_file(Path::new("/ckpt/mem.ckpt.6"), &five).unwrap();
+        let info = store.save_serde(7, &7i64).unwrap();
+        assert_eq!(info.generation, 7, "the foreign generation's number is not claimed twice");
+        assert_eq!(listings(), listed + 1, "the foreign name made the save list the directory again");
+        let generation_files = || {
+            let mut names: Vec<String> = storage
+                .inner()
+                .list_files()
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+                .filter(|n| n.starts_with("mem.ckpt."))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(generation_files(), ["mem.ckpt.6", "mem.ckpt.7"], "pruned from the fresh listing");
+        // A failed save forgets the view: the next one lists again.
+        let before = listings();
+        let mut w = store.begin(8).unwrap();
+        w.add_serde("state", &8i64).unwrap();
+        storage.inner().write_file(Path::new("/ckpt/mem.ckpt.8"), &five).unwrap();
+        assert_eq!(w.commit().unwrap_err().kind(), ErrorKind::Conflict);
+        store.save_serde(9, &9i64).unwrap();
+        assert_eq!(listings(), before + 1);
     }
 
     #[test]
