@@ -545,4 +545,19 @@ impl Checkpoint {
             _ => Ok(None),
         }
     }
+
+    /// [`Checkpoint::raw_view`] without reading the section first: the structure (header, table, trailer
+    /// and their CRCs, every offset and length) was checked at open, but not the section's own CRC, so a
+    /// damaged byte inside it goes unnoticed. For callers that hand out views of large sections in
+    /// constant time (`ckpt.load(path, verify=False)` in Python); [`Checkpoint::verify_section`] checks
+    /// the section later.
+    pub fn raw_view_unverified(&self, name: &str) -> Result<Option<(MappedBytes, Range<usize>)>> {
+        let e = self.section(name)?;
+        match &self.source {
+            Source::Mapped(m) if e.codec == Codec::None => {
+                Ok(Some((m.clone(), e.offset as usize..(e.offset + e.stored_len) as usize)))
+            }
+            _ => Ok(None),
+        }
+    }
 }

@@ -272,7 +272,14 @@ enum Target {
 
 /// Reads a Python checkpoint's stream and buffers: `(stream, [buffers])`, each a [`MappedBuffer`] (zero
 /// copy) or a `bytearray`. Verifies the whole file first (every CRC, the padding).
-pub fn read_sections<'py>(py: Python<'py>, cp: &Checkpoint) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+/// `verify`: check every byte of the file first (CRC of every section, the padding); otherwise only the
+/// pickle stream and the sections that are copied are checked, and memory-mapped raw sections are handed
+/// out without being read.
+pub fn read_sections<'py>(
+    py: Python<'py>,
+    cp: &Checkpoint,
+    verify: bool,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
     let names = section_names(cp).py_err(py)?;
     let mut targets = Vec::with_capacity(names.len());
     for name in &names {
@@ -303,11 +310,16 @@ pub fn read_sections<'py>(py: Python<'py>, cp: &Checkpoint) -> PyResult<(Bound<'
         })
         .collect();
     let views = py.detach(|| -> Result<Vec<Option<View>>, Error> {
-        cp.verify()?;
+        if verify {
+            cp.verify()?;
+        } else {
+            cp.verify_section(PICKLE_SECTION)?;
+        }
         let mut out = Vec::with_capacity(names.len());
         for (name, copy) in names.iter().zip(&copies) {
             match *copy {
-                None => out.push(cp.raw_view(name)?),
+                None if verify => out.push(cp.raw_view(name)?),
+                None => out.push(cp.raw_view_unverified(name)?),
                 Some((ptr, len)) => {
                     let dst: &mut [u8] = if len == 0 {
                         &mut []

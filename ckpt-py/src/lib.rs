@@ -43,7 +43,7 @@ pub(crate) fn commit_info<'py>(py: Python<'py>, info: &CommitInfo) -> PyResult<B
 
 /// `(stream, buffers, info)` of a checkpoint chosen by restart discovery.
 pub(crate) fn restored_info<'py>(py: Python<'py>, r: &Restored) -> PyResult<Bound<'py, PyTuple>> {
-    let (stream, bufs) = buffers::read_sections(py, &r.checkpoint)?;
+    let (stream, bufs) = buffers::read_sections(py, &r.checkpoint, true)?;
     let info = buffers::header_info(py, &r.checkpoint)?;
     info.set_item("path", &r.chosen_path)?;
     info.set_item("generation", r.generation)?;
@@ -118,16 +118,23 @@ fn save_store<'py>(
     })
 }
 
-/// Reads the Python checkpoint at `path`: `(stream, buffers, info)`.
+/// Reads the Python checkpoint at `path`: `(stream, buffers, info)`. `verify=False` hands out memory-mapped
+/// sections without checking their CRC (see `buffers::read_sections`).
 #[pyfunction]
-#[pyo3(signature = (path, *, mmap=None))]
-fn load_file<'py>(py: Python<'py>, path: PathBuf, mmap: Option<bool>) -> PyResult<Bound<'py, PyTuple>> {
+#[pyo3(signature = (path, *, mmap=None, verify=true))]
+fn load_file<'py>(py: Python<'py>, path: PathBuf, mmap: Option<bool>, verify: bool) -> PyResult<Bound<'py, PyTuple>> {
     let opts = LoadOptions { mmap: mmap.unwrap_or_else(|| LoadOptions::default().mmap) };
     let cp = py.detach(|| Checkpoint::open_with(&FileStorage, &path, opts)).py_err(py)?;
-    let (stream, bufs) = buffers::read_sections(py, &cp)?;
+    let (stream, bufs) = buffers::read_sections(py, &cp, verify)?;
     let info = buffers::header_info(py, &cp)?;
     info.set_item("path", &path)?;
     PyTuple::new(py, [stream, bufs.into_any(), info.into_any()])
+}
+
+/// Checks every byte of the checkpoint at `path` (the CRC of every section, the padding).
+#[pyfunction]
+fn verify_file(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    py.detach(|| Checkpoint::open_with(&FileStorage, &path, LoadOptions::default())?.verify()).py_err(py)
 }
 
 /// Restart discovery with the configuration from the environment: `None` or `(stream, buffers, info)`.
@@ -219,6 +226,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save_store, m)?)?;
     m.add_function(wrap_pyfunction!(load_file, m)?)?;
     m.add_function(wrap_pyfunction!(load_store, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_file, m)?)?;
     m.add_function(wrap_pyfunction!(effective_config, m)?)?;
     m.add_function(wrap_pyfunction!(signal_specs, m)?)?;
     m.add_function(wrap_pyfunction!(signal_hook_installed, m)?)?;

@@ -167,3 +167,28 @@ def test_exceptions_pickle_with_their_attributes():
     back = pickle.loads(pickle.dumps(e))
     assert type(back) is ckpt.CorruptCheckpointError
     assert (str(back), back.kind, back.path, back.section) == (str(e), "corrupt", "/x", "s")
+
+
+def test_load_without_verification_skips_only_the_arrays(tmp_path):
+    """verify=False hands out the mapped arrays unread: a damaged array byte shows up in the data instead of
+    raising, ckpt.verify still finds it, and a damaged pickle stream is still refused."""
+    a = np.arange(1 << 15, dtype=np.float64)
+    ckpt.save({"a": a}, "s.ckpt")
+    assert np.array_equal(ckpt.load("s.ckpt", verify=False)["a"], a)
+    ckpt.verify("s.ckpt")
+    damage_section(tmp_path / "s.ckpt", "python.buffer.0")
+    back = ckpt.load("s.ckpt", verify=False)["a"]
+    assert not np.array_equal(back, a), "the damaged byte is in the data that was handed out"
+    assert np.count_nonzero(back != a) == 1
+    with pytest.raises(ckpt.CorruptCheckpointError, match="python.buffer.0"):
+        ckpt.verify("s.ckpt")
+    with pytest.raises(ckpt.CorruptCheckpointError, match="python.buffer.0"):
+        ckpt.load("s.ckpt")
+    # Copied sections (mmap=False) are read anyway, so they are checked.
+    with pytest.raises(ckpt.CorruptCheckpointError, match="python.buffer.0"):
+        ckpt.load("s.ckpt", mmap=False, verify=False)
+
+    ckpt.save({"x": list(range(1000)), "a": a}, "p.ckpt")
+    damage_section(tmp_path / "p.ckpt", "python.pickle")
+    with pytest.raises(ckpt.CorruptCheckpointError, match="section `python.pickle`"):
+        ckpt.load("p.ckpt", verify=False)

@@ -94,6 +94,7 @@ __all__ = [
     "install_signal_handlers",
     "load",
     "save",
+    "verify",
 ]
 
 PathArg = str | os.PathLike[str]
@@ -250,7 +251,14 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
     return _save_info(d)
 
 
-def load(path: PathArg | None = None, *, default: Any = None, mmap: bool | None = None, trusted: bool = False) -> Any:
+def load(
+    path: PathArg | None = None,
+    *,
+    default: Any = None,
+    mmap: bool | None = None,
+    trusted: bool = False,
+    verify: bool = True,
+) -> Any:
     """Loads a checkpoint written by :func:`save` (or :meth:`Checkpointer.save`).
 
     Args:
@@ -263,6 +271,12 @@ def load(path: PathArg | None = None, *, default: Any = None, mmap: bool | None 
             the memory-mapped file, valid as long as they are referenced (even after the file is replaced
             or removed). ``False`` reads everything into private, writable memory.
         trusted: skip the ownership checks (see :class:`UntrustedCheckpointError`).
+        verify: ``True`` (the default) checks every byte of the file (the CRC-32 of every section) before
+            anything is unpickled, which reads the whole file. ``False``, for a path and a memory-mapped
+            load, checks the structure (header, section table and their CRCs, every offset and length) and
+            the pickle stream, and hands out the arrays as views of the mapping without reading them: the
+            load takes constant time, but a damaged byte inside an array is not detected (check later
+            with :func:`verify`). Restart discovery (``path=None``) always verifies.
 
     Raises:
         CorruptCheckpointError: the file is damaged (the message names the file and the section).
@@ -282,8 +296,19 @@ def load(path: PathArg | None = None, *, default: Any = None, mmap: bool | None 
         st = os.stat(p)
     except FileNotFoundError:
         return default
-    stream, buffers, info = _ckpt.load_file(p, mmap=mmap)
+    stream, buffers, info = _ckpt.load_file(p, mmap=mmap, verify=verify)
     return _unpickle(stream, buffers, info, trusted, (st.st_dev, st.st_ino))
+
+
+def verify(path: PathArg) -> None:
+    """Checks every byte of the checkpoint at ``path`` (the CRC-32 of every section, the header, the section
+    table and the padding between them), as :func:`load` does before unpickling by default.
+
+    Raises:
+        CorruptCheckpointError: the file is damaged (the message names the file and the section).
+        OSError: the file cannot be read.
+    """
+    _ckpt.verify_file(os.fspath(path))
 
 
 def config(name: str | None = None, *, directory: PathArg | None = None) -> dict[str, Any]:
