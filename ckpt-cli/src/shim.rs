@@ -179,8 +179,14 @@ fn open_image(path: &Path) -> Result<FoundImage, Error> {
 
 /// The newest complete, verified process image in `dir` (this job's name first), with the reasons the
 /// newer candidates were passed over.
+///
+/// Candidates are ordered by the time and sequence their (small, separately checksummed) state section
+/// records, then verified in full newest first until one passes: the whole-file verification is one pass
+/// over an image, so a restart pays it once, not once per generation. Names of one file (`<base>` is a
+/// hard link to the newest `<base>.<N>`) count once.
 pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
-    let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    use std::os::unix::fs::MetadataExt;
+    let mut files: Vec<(std::time::SystemTime, PathBuf, (u64, u64))> = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list the image directory", e).with_path(dir))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -193,28 +199,34 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
         }
         let Ok(meta) = e.metadata() else { continue };
         if meta.is_file() {
-            files.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), e.path()));
+            files.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), e.path(), (meta.dev(), meta.ino())));
         }
     }
     // This job's own name first, then everything else; newest first within each.
     let own = Config::from_env(None).ok().map(|c| c.base_name());
-    files.sort_by(|a, b| {
-        let mine = |p: &PathBuf| {
-            own.as_deref().is_some_and(|o| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(o)))
-        };
-        mine(&b.1).cmp(&mine(&a.1)).then(b.0.cmp(&a.0))
-    });
+    let mine = |p: &PathBuf| {
+        own.as_deref().is_some_and(|o| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(o)))
+    };
+    files.sort_by(|a, b| mine(&b.1).cmp(&mine(&a.1)).then(b.0.cmp(&a.0)));
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.2));
     let mut rejected = Vec::new();
-    let mut best: Option<FoundImage> = None;
-    for (_, path) in files {
+    // (time, sequence, own name) of each candidate whose structure and state section check out: the newest
+    // image wins, this job's name breaks ties.
+    let mut candidates = Vec::new();
+    for (_, path, _) in files {
+        match peek_image(&path) {
+            Ok(image) => candidates.push((image.time_unix, image.sequence, mine(&path), path)),
+            Err(e) => rejected.push(format!("{}: {}", path.display(), e)),
+        }
+    }
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+    let mut best = None;
+    for (.., path) in candidates {
         match open_image(&path) {
             Ok(found) => {
-                let newer = best.as_ref().is_none_or(|b| {
-                    (found.image.time_unix, found.image.sequence) > (b.image.time_unix, b.image.sequence)
-                });
-                if newer {
-                    best = Some(found);
-                }
+                best = Some(found);
+                break;
             }
             Err(e) => rejected.push(format!("{}: {}", path.display(), e)),
         }
@@ -227,6 +239,13 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
     best.ok_or_else(|| {
         Error::new(ErrorKind::NoValidCheckpoint, "no complete, verified process image in the directory").with_path(dir)
     })
+}
+
+/// The process image's state, read without verifying the memory section: for ordering candidates.
+fn peek_image(path: &Path) -> Result<ProcessImage, Error> {
+    check_trusted(path)?;
+    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap: false })?;
+    process_image::read(&cp)
 }
 
 /// What would stop `image` from restarting here, checked before anything is executed.

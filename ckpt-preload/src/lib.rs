@@ -244,6 +244,10 @@ static ALLOCATOR: ShimAllocator = ShimAllocator;
 
 /// Runs when the shim is loaded, before the program's own constructors and `main`.
 extern "C" fn shim_init(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) {
+    // The crate's own unit-test binary links this code directly: no handlers, timers or log file there.
+    if cfg!(test) {
+        return;
+    }
     // SAFETY: glibc passes the process's argc/argv/envp to ELF constructors; they stay valid (they live
     // on the initial stack).
     unsafe { init(argc, argv, envp) }

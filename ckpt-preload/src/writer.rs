@@ -132,7 +132,9 @@ pub(crate) fn run_writer() -> ! {
 extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
     let excluded = [(arena as u64, (arena + ARENA_SIZE) as u64), (stack as u64, (stack + WRITER_STACK) as u64)];
     // This raw clone may have stopped the program inside the C library's allocator: no thread may start.
+    // Without one, buffered writes beat synchronous direct ones here (and leave the image cached).
     ckpt_core::storage::disable_io_threads();
+    ckpt_core::storage::disable_direct_io();
     let code = match write_image(&excluded) {
         Ok(()) => 0,
         Err(Failure::Refused(m)) => {

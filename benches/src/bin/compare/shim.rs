@@ -125,6 +125,15 @@ fn one(ckpt: &Path, lib: &Path, work: &Path, argv: &[String], delay: Duration, r
     let _ = child.wait();
     let ck = events(&log, "checkpoint").pop()?;
     let image = PathBuf::from(ck["path"].as_str()?);
+    let mut buf = vec![1u8; 16 << 20]; // allocated and touched before any clock starts
+    let read_image = |buf: &mut [u8]| -> Option<()> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&image).ok()?;
+        while f.read(buf).ok()? > 0 {}
+        Some(())
+    };
+    // The writer's large writes bypass the page cache; restart and baseline both read a cached image.
+    read_image(&mut buf)?;
     // Restart until the program runs again (the restorer's log line is its last step).
     let t = Instant::now();
     let mut r = command(ckpt, lib, d)
@@ -142,13 +151,8 @@ fn one(ckpt: &Path, lib: &Path, work: &Path, argv: &[String], delay: Duration, r
     }
     // Baseline: reading the image once, like `cat IMAGE > /dev/null` (16 MiB chunks into one reused buffer;
     // the file is in the page cache, as it was for the restart).
-    let mut buf = vec![1u8; 16 << 20]; // allocated and touched before the clock starts
     let t = Instant::now();
-    {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&image).ok()?;
-        while f.read(&mut buf).ok()? > 0 {}
-    }
+    read_image(&mut buf)?;
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     std::hint::black_box(&buf);
     Some(Sample {
@@ -298,9 +302,10 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
         ratio,
         if ratio <= 1.2 { "met" } else { "NOT met" },
         if ratio > 1.2 {
-            " What limits it: `ckpt restart` verifies every CRC of the image (one full pass over it) before \
-             anything runs; the restorer then maps the pages copy-on-write (no second read). The rest is the \
-             fixed cost of exec, the dynamic loader and the layout check (see the small programs above)."
+            " What limits it: `ckpt restart` verifies every CRC of the image (one pass over it, through the \
+             mapping) before anything runs; the restorer then maps the pages copy-on-write (no second read). \
+             The rest is the fixed cost of exec, the dynamic loader and the layout check (see the small \
+             programs above)."
         } else {
             ""
         }
