@@ -35,8 +35,9 @@
 //!     0    64  name              NUL-padded, 1..=64 bytes, unique within the file
 //!    64     2  encoding          u16: 0 bytes, 1 postcard 1.x (serde), 2 Python pickle protocol 5,
 //!                                3 JSON, 4 ckpt manifest; unknown values read as bytes
-//!    66     1  codec             u8: 0 none, 1 zstd (one frame)
-//!    67     1  filter            u8: 0 none, 1 byte-shuffle before the codec (blocks of 1 MiB)
+//!    66     1  codec             u8: 0 none, 1 zstd (one frame; per plane with filter 2)
+//!    67     1  filter            u8: 0 none, 1 byte-shuffle before the codec (blocks of 1 MiB),
+//!                                2 byte planes (zstd codec only; see PLANES below)
 //!    68     2  element_size      u16, shuffle width in bytes (1 when no filter)
 //!    70     2  reserved          0
 //!    72     4  tag               u32, free for the application (the C API stores region ids here)
@@ -46,6 +47,16 @@
 //!    96     8  offset            u64, where the stored bytes start
 //!   104     4  stored_crc32      CRC-32 of the stored bytes
 //!   108    20  reserved          0
+//!
+//! PLANES (filter 2): the decoded bytes are cut into blocks of 1 MiB (rounded down to a multiple of the
+//!   element size; the last block is shorter) and each block is byte-shuffled as for filter 1, giving
+//!   element_size planes of n = block_len / element_size bytes, then the block's tail (block_len mod
+//!   element_size bytes). Each block is stored as: element_size words (u32 LE), one per plane: bit 31 set
+//!   = the plane is one zstd frame that decodes to exactly n bytes, clear = stored as is; bits 0..=30 = the
+//!   plane's stored length (n when stored as is, at most n when compressed); then the planes' bytes in
+//!   order; then the tail as is. An empty section has no block (stored_len 0); any element_size >= 1 is
+//!   valid. Writers compress only the planes that pay (the exponent bytes of smooth floating-point
+//!   fields) and copy the others, which a single zstd stream would also search for matches.
 //!
 //! TRAILER (the last 64 bytes of the file)
 //!     0     8  table_offset      u64
@@ -101,6 +112,8 @@ pub const MAX_SECTION_LEN: u64 = 1 << 50;
 pub const NO_STEP_ID: u32 = u32::MAX;
 /// Block size of the byte-shuffle filter (rounded down to a multiple of the element size).
 pub const SHUFFLE_BLOCK: usize = 1 << 20;
+/// Filter 2 (byte planes): bit 31 of a plane's word marks a zstd frame; the other bits are its length.
+pub const PLANE_COMPRESSED: u32 = 1 << 31;
 
 /// What a checkpoint file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -254,6 +267,9 @@ pub struct SectionEntry {
     pub codec: Codec,
     /// Whether the byte-shuffle filter was applied before the codec.
     pub shuffle: bool,
+    /// Filter 2: the shuffled blocks are stored plane by plane, each plane zstd-compressed or as is (implies
+    /// `shuffle` and the zstd codec).
+    pub planes: bool,
     /// Shuffle width (1 when no filter).
     pub element_size: u16,
     /// Free application tag (the C API stores region ids here).
@@ -548,7 +564,7 @@ impl SectionEntry {
         put_name(out, &self.name, "section name")?;
         out.extend_from_slice(&self.encoding.to_u16().to_le_bytes());
         out.push(self.codec.to_u8());
-        out.push(u8::from(self.shuffle));
+        out.push(if self.planes { 2 } else { u8::from(self.shuffle) });
         out.extend_from_slice(&self.element_size.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&self.tag.to_le_bytes());
@@ -570,9 +586,11 @@ impl SectionEntry {
         }
         let err = |what: String| Error::corrupt(what).with_section(name.clone());
         let codec = Codec::from_u8(b[66]).ok_or_else(|| err(format!("unknown codec {}", b[66])))?;
-        let shuffle = match b[67] {
-            0 => false,
-            1 => true,
+        let (shuffle, planes) = match b[67] {
+            0 => (false, false),
+            1 => (true, false),
+            2 if codec == Codec::Zstd => (true, true),
+            2 => return Err(err("the byte-plane filter needs the zstd codec".into())),
             f => return Err(err(format!("unknown filter {f}"))),
         };
         let element_size = u16_at(b, 68);
@@ -586,6 +604,7 @@ impl SectionEntry {
             encoding: Encoding::from_u16(u16_at(b, 64)),
             codec,
             shuffle,
+            planes,
             element_size,
             tag: u32_at(b, 72),
             raw_crc32: u32_at(b, 76),

@@ -438,6 +438,9 @@ impl Checkpoint {
     /// Decodes a compressed section, calling `sink` with consecutive decoded (and unshuffled) chunks whose
     /// total is exactly `raw_len`; any other length is corruption.
     fn decode_stream(&self, e: &SectionEntry, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if e.planes {
+            return self.decode_planes(e, sink);
+        }
         let mut dec = ZstdDecoder::new().map_err(|err| Error::io("zstd init", err))?;
         let es = usize::from(e.element_size);
         let block_len = if e.shuffle { format::shuffle_block_len(es) } else { 1 << 20 };
@@ -512,6 +515,66 @@ impl Checkpoint {
                 "decoded length {produced} differs from the recorded length {}",
                 e.raw_len
             )));
+        }
+        Ok(())
+    }
+
+    /// Decodes filter 2 (byte planes, FORMAT.md): block by block, each plane from its zstd frame or as is,
+    /// then the inverse shuffle. Every length is checked against the block before anything is read, so a
+    /// hostile file costs at most one block of memory.
+    fn decode_planes(&self, e: &SectionEntry, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let es = usize::from(e.element_size);
+        let block_len = format::shuffle_block_len(es);
+        let end = e.offset + e.stored_len;
+        let mut pos = e.offset;
+        let mut take = |len: u64, what: &str| -> Result<Range<u64>> {
+            match pos.checked_add(len) {
+                Some(next) if next <= end => {
+                    let r = pos..next;
+                    pos = next;
+                    Ok(r)
+                }
+                _ => Err(Error::corrupt(format!("{what} runs past the end of the section"))),
+            }
+        };
+        let mut dctx = zstd::bulk::Decompressor::new().map_err(|err| Error::io("zstd init", err))?;
+        let mut shuffled = vec![0u8; block_len.min(usize::try_from(e.raw_len).unwrap_or(block_len))];
+        let mut out = vec![0u8; shuffled.len()];
+        let mut remaining = e.raw_len;
+        while remaining > 0 {
+            let this = remaining.min(block_len as u64) as usize;
+            let n = this / es;
+            let words = self.read_range(take(4 * es as u64, "a block's plane lengths")?)?;
+            for p in 0..es {
+                let word = u32::from_le_bytes(words[4 * p..4 * p + 4].try_into().expect("4 bytes"));
+                let len = (word & !format::PLANE_COMPRESSED) as usize;
+                let dst = &mut shuffled[p * n..(p + 1) * n];
+                if word & format::PLANE_COMPRESSED != 0 {
+                    if len > n {
+                        return Err(Error::corrupt(format!("a compressed plane of {len} bytes exceeds its {n} bytes")));
+                    }
+                    let src = self.read_range(take(len as u64, "a plane")?)?;
+                    let got = dctx
+                        .decompress_to_buffer(&src[..], dst)
+                        .map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
+                    if got != n {
+                        return Err(Error::corrupt(format!("a plane decodes to {got} bytes, not {n}")));
+                    }
+                } else {
+                    if len != n {
+                        return Err(Error::corrupt(format!("a stored plane has {len} bytes, not {n}")));
+                    }
+                    dst.copy_from_slice(&self.read_range(take(len as u64, "a plane")?)?);
+                }
+            }
+            let tail = this - n * es;
+            shuffled[n * es..this].copy_from_slice(&self.read_range(take(tail as u64, "a block's tail")?)?);
+            format::unshuffle_block(&shuffled[..this], &mut out[..this], es);
+            sink(&out[..this])?;
+            remaining -= this as u64;
+        }
+        if pos != end {
+            return Err(Error::corrupt("bytes after the last block of the section"));
         }
         Ok(())
     }

@@ -594,7 +594,7 @@ impl std::fmt::Debug for CheckpointWriter {
 }
 
 impl CheckpointWriter {
-    fn builder(&mut self) -> Result<&mut FileBuilder> {
+    pub(crate) fn builder(&mut self) -> Result<&mut FileBuilder> {
         self.builder.as_mut().ok_or_else(|| Error::new(ErrorKind::InvalidState, "the checkpoint was already committed"))
     }
 

@@ -134,6 +134,44 @@ fn c_rank1_state() -> Vec<u8> {
     c_rank_state(1)
 }
 
+/// A smooth float64 field with noisy low mantissa bits, for `v1-planes.ckpt`: [`poly_field`]'s polynomial
+/// times `1 + r * 2^-52` with `r` a 32-bit LCG state. Every operand is exact and `*` is correctly rounded,
+/// so the bytes are the same everywhere. The sign and exponent bytes change slowly (they compress); the low
+/// four mantissa bytes are close to random (they do not).
+fn noisy_field(n: usize) -> Vec<u8> {
+    let mut r: u32 = 12_345;
+    (0..n)
+        .flat_map(|i| {
+            r = r.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = i as f64 / 1024.0;
+            let smooth = x * x * 0.5 - 3.0 * x + 1.25;
+            (smooth * (1.0 + f64::from(r) * (1.0 / 4_503_599_627_370_496.0))).to_le_bytes()
+        })
+        .collect()
+}
+
+/// Little-endian 24-bit counters 0, 1, 2, … (`len` bytes).
+fn counters_u24(len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len.div_ceil(3) as u32).flat_map(|i| i.to_le_bytes()[..3].to_vec()).collect();
+    v.truncate(len);
+    v
+}
+
+fn c_planes8_f64() -> Vec<u8> {
+    // 140000 values = 1120000 bytes: one full 1 MiB block (131072 values) and a second, shorter one.
+    noisy_field(140_000)
+}
+fn c_planes3_tail() -> Vec<u8> {
+    // One block of 1048575 bytes (1 MiB rounded down to a multiple of 3), then 1427 = 3 * 475 + 2 bytes.
+    counters_u24(3 * 350_000 + 2)
+}
+fn c_planes4_random() -> Vec<u8> {
+    lcg_bytes(4, 10_000)
+}
+fn c_planes8_tiny() -> Vec<u8> {
+    vec![0xab, 0xcd, 0xef]
+}
+
 /// The serde value stored (postcard 1.x) in `v1-data.ckpt`'s `serde.state` section.
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 struct GoldenState {
@@ -175,6 +213,8 @@ struct GoldenSection {
     encoding: u16,
     codec: Codec,
     shuffle: bool,
+    /// Filter 2 (byte planes) rather than filter 1 (implies `shuffle`).
+    planes: bool,
     element_size: u16,
     tag: u32,
     raw_len: u64,
@@ -209,6 +249,8 @@ const DATA_METADATA: &[(&str, &[u8])] = &[
     ("ключ", "значение".as_bytes()),
 ];
 
+const PLANES_METADATA: &[(&str, &[u8])] = &[("filter", b"2 (byte planes)")];
+
 // Recorded from the generator's output when the files were written (never edit for existing files).
 
 const V1_DATA: GoldenFile = GoldenFile {
@@ -229,6 +271,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::None,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: 1,
             raw_len: 5000,
@@ -242,6 +285,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::None,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: 2,
             raw_len: 0,
@@ -255,6 +299,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 3,
             codec: Codec::Zstd,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: 3,
             raw_len: 19033,
@@ -268,6 +313,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::Zstd,
             shuffle: true,
+            planes: false,
             element_size: 8,
             tag: 4,
             raw_len: 24000,
@@ -281,6 +327,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::Zstd,
             shuffle: true,
+            planes: false,
             element_size: 3,
             tag: 5,
             raw_len: 1000,
@@ -294,6 +341,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::Zstd,
             shuffle: true,
+            planes: false,
             element_size: 4,
             tag: 6,
             raw_len: 1310726,
@@ -307,6 +355,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::Zstd,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: 7,
             raw_len: 0,
@@ -320,6 +369,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 1,
             codec: Codec::None,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: 0,
             raw_len: 31,
@@ -333,6 +383,7 @@ const V1_DATA: GoldenFile = GoldenFile {
             encoding: 777,
             codec: Codec::None,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: u32::MAX,
             raw_len: 20,
@@ -376,6 +427,7 @@ const V1_MULTIRANK_MANIFEST: GoldenFile = GoldenFile {
         encoding: 4,
         codec: Codec::None,
         shuffle: false,
+        planes: false,
         element_size: 1,
         tag: 0,
         raw_len: 48,
@@ -404,6 +456,7 @@ const V1_MULTIRANK_RANK0: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::None,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: 0,
             raw_len: 3000,
@@ -417,6 +470,7 @@ const V1_MULTIRANK_RANK0: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::Zstd,
             shuffle: true,
+            planes: false,
             element_size: 8,
             tag: 0,
             raw_len: 4004,
@@ -446,6 +500,7 @@ const V1_MULTIRANK_RANK1: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::None,
             shuffle: false,
+            planes: false,
             element_size: 1,
             tag: 1,
             raw_len: 4000,
@@ -459,6 +514,7 @@ const V1_MULTIRANK_RANK1: GoldenFile = GoldenFile {
             encoding: 0,
             codec: Codec::Zstd,
             shuffle: true,
+            planes: false,
             element_size: 8,
             tag: 0,
             raw_len: 4004,
@@ -470,9 +526,95 @@ const V1_MULTIRANK_RANK1: GoldenFile = GoldenFile {
     ],
 };
 
+const V1_PLANES: GoldenFile = GoldenFile {
+    path: "v1-planes.ckpt",
+    file_len: 756112,
+    kind: FileKind::Data,
+    generation: 1,
+    app_step: 5,
+    step_id: None,
+    rank: 0,
+    nranks: 1,
+    job_id: "4244",
+    app_name: "golden-planes",
+    metadata: PLANES_METADATA,
+    sections: &[
+        GoldenSection {
+            name: "zstd.planes8.f64",
+            encoding: 0,
+            codec: Codec::Zstd,
+            shuffle: true,
+            planes: true,
+            element_size: 8,
+            tag: 11,
+            raw_len: 1120000,
+            raw_crc32: 0x03624373,
+            stored_len: 737824,
+            offset: 4096,
+            content: Some(c_planes8_f64),
+        },
+        GoldenSection {
+            name: "zstd.planes3.tail",
+            encoding: 0,
+            codec: Codec::Zstd,
+            shuffle: true,
+            planes: true,
+            element_size: 3,
+            tag: 12,
+            raw_len: 1050002,
+            raw_crc32: 0x5a18834a,
+            stored_len: 3428,
+            offset: 741920,
+            content: Some(c_planes3_tail),
+        },
+        GoldenSection {
+            name: "zstd.planes4.random",
+            encoding: 0,
+            codec: Codec::Zstd,
+            shuffle: true,
+            planes: true,
+            element_size: 4,
+            tag: 13,
+            raw_len: 10000,
+            raw_crc32: 0xf9541640,
+            stored_len: 10016,
+            offset: 745352,
+            content: Some(c_planes4_random),
+        },
+        GoldenSection {
+            name: "zstd.planes8.tiny",
+            encoding: 0,
+            codec: Codec::Zstd,
+            shuffle: true,
+            planes: true,
+            element_size: 8,
+            tag: 14,
+            raw_len: 3,
+            raw_crc32: 0x648d3d79,
+            stored_len: 35,
+            offset: 755368,
+            content: Some(c_planes8_tiny),
+        },
+        GoldenSection {
+            name: "zstd.planes8.empty",
+            encoding: 0,
+            codec: Codec::Zstd,
+            shuffle: true,
+            planes: true,
+            element_size: 8,
+            tag: 15,
+            raw_len: 0,
+            raw_crc32: 0x00000000,
+            stored_len: 0,
+            offset: 755408,
+            content: Some(c_empty),
+        },
+    ],
+};
+
 /// Every golden file, for the layout check.
 const ALL_GOLDEN: &[&GoldenFile] =
-    &[&V1_DATA, &V1_EMPTY, &V1_MULTIRANK_MANIFEST, &V1_MULTIRANK_RANK0, &V1_MULTIRANK_RANK1];
+    &[&V1_DATA, &V1_EMPTY, &V1_MULTIRANK_MANIFEST, &V1_MULTIRANK_RANK0, &V1_MULTIRANK_RANK1, &V1_PLANES];
 
 // -------------------------------------------------------------------------------------------------------
 // Checks.
@@ -545,7 +687,7 @@ fn check_file(g: &GoldenFile) {
             assert_eq!(e.name, s.name, "{sw}: name (table order)");
             assert_eq!(e.encoding, Encoding::from_u16(s.encoding), "{sw}: encoding");
             assert_eq!(e.codec, s.codec, "{sw}: codec");
-            assert_eq!((e.shuffle, e.element_size), (s.shuffle, s.element_size), "{sw}: filter");
+            assert_eq!((e.shuffle, e.planes, e.element_size), (s.shuffle, s.planes, s.element_size), "{sw}: filter");
             assert_eq!(e.tag, s.tag, "{sw}: tag");
             assert_eq!(e.raw_len, s.raw_len, "{sw}: raw_len");
             assert_eq!(e.raw_crc32, s.raw_crc32, "{sw}: raw_crc32");
@@ -591,6 +733,17 @@ fn golden_v1_multirank_files_read_back() {
         let cp = Checkpoint::from_bytes(read_golden(part.path)).expect("part");
         let (hc, tc) = cp.identity();
         assert_eq!(*entry, (r as u32, cp.file_len(), hc, tc), "manifest entry of rank {r}");
+    }
+}
+
+/// Shuffled zstd sections stored as byte planes (filter 2) read back; the byte-level plane records are
+/// checked by [`golden_files_follow_the_documented_layout`].
+#[test]
+fn golden_v1_planes_file_reads_back() {
+    check_file(&V1_PLANES);
+    let cp = Checkpoint::from_bytes(read_golden(V1_PLANES.path)).expect("open");
+    for e in cp.sections() {
+        assert!(e.shuffle && e.planes && e.codec == Codec::Zstd, "{}: filter 2, zstd", e.name);
     }
 }
 
@@ -649,6 +802,117 @@ fn padded_str(b: &[u8]) -> &str {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     assert!(b[end..].iter().all(|&c| c == 0), "bytes after the NUL padding");
     std::str::from_utf8(&b[..end]).expect("UTF-8")
+}
+
+/// Walks one zstd frame (RFC 8878) that must fill `frame` exactly, without decoding it: the magic, the frame
+/// header (its content size, when recorded, must be `n`), the block headers and the optional checksum.
+fn check_zstd_frame(what: &str, frame: &[u8], n: usize) {
+    assert!(frame.len() >= 6, "{what}: a zstd frame of {} bytes is too short", frame.len());
+    assert_eq!(&frame[..4], &[0x28, 0xb5, 0x2f, 0xfd], "{what}: zstd magic");
+    let fhd = frame[4];
+    assert_eq!(fhd & 0x08, 0, "{what}: zstd frame header reserved bit");
+    let (fcs_flag, single_segment, checksum, did_flag) = (fhd >> 6, fhd & 0x20 != 0, fhd & 0x04 != 0, fhd & 3);
+    let mut pos = 5 + usize::from(!single_segment) + [0, 1, 2, 4][usize::from(did_flag)];
+    let fcs_len = [usize::from(single_segment), 2, 4, 8][usize::from(fcs_flag)];
+    if fcs_len > 0 {
+        let mut v = [0u8; 8];
+        v[..fcs_len].copy_from_slice(&frame[pos..pos + fcs_len]);
+        let fcs = u64::from_le_bytes(v) + if fcs_len == 2 { 256 } else { 0 };
+        assert_eq!(fcs, n as u64, "{what}: the frame's content size is the plane's length");
+    }
+    pos += fcs_len;
+    loop {
+        assert!(pos + 3 <= frame.len(), "{what}: zstd block header past the end of the frame");
+        let h = u32::from(frame[pos]) | u32::from(frame[pos + 1]) << 8 | u32::from(frame[pos + 2]) << 16;
+        pos += 3;
+        let size = (h >> 3) as usize;
+        pos += match (h >> 1) & 3 {
+            0 | 2 => size, // raw, compressed: `size` bytes follow
+            1 => 1,        // RLE: one byte repeated `size` times
+            _ => panic!("{what}: reserved zstd block type"),
+        };
+        if h & 1 != 0 {
+            break;
+        }
+    }
+    pos += if checksum { 4 } else { 0 };
+    assert_eq!(pos, frame.len(), "{what}: the plane's stored length is exactly one zstd frame");
+}
+
+/// Parses the stored bytes of a filter-2 (byte planes) section as documented in `format.rs`: per block of
+/// 1 MiB rounded down to a multiple of `es`, `es` u32 words (bit 31 = zstd frame, low 31 bits = stored
+/// length), the planes' bytes, then the block's tail. Planes stored as is and tails are un-shuffled here with
+/// a plain loop (byte `j` of element `i` is at `j * n + i` in the block) and compared with `content`;
+/// compressed planes are checked as zstd frames (the tests crate has no zstd decoder; the reader's decoding
+/// is compared with `content` by `check_file`). Returns, per block, whether each plane is compressed.
+fn check_planes(sp: &str, stored: &[u8], es: usize, raw_len: u64, content: Option<&[u8]>) -> Vec<Vec<bool>> {
+    let block_len = (1usize << 20) / es * es;
+    let raw_len = usize::try_from(raw_len).expect("raw_len fits");
+    if let Some(c) = content {
+        assert_eq!(c.len(), raw_len, "{sp}: content length");
+    }
+    let mut kinds = Vec::new();
+    let (mut pos, mut block_start) = (0usize, 0usize);
+    while block_start < raw_len {
+        let this = block_len.min(raw_len - block_start);
+        let n = this / es;
+        let bw = format!("{sp}, block at {block_start}");
+        assert!(pos + 4 * es <= stored.len(), "{bw}: plane words past the end of the section");
+        let words: Vec<u32> = (0..es).map(|p| le_u32(stored, pos + 4 * p)).collect();
+        pos += 4 * es;
+        let mut block_kinds = Vec::with_capacity(es);
+        for (p, &w) in words.iter().enumerate() {
+            let compressed = w & (1 << 31) != 0;
+            let len = (w & !(1 << 31)) as usize;
+            assert!(pos + len <= stored.len(), "{bw}: plane {p} runs past the end of the section");
+            let bytes = &stored[pos..pos + len];
+            if compressed {
+                assert!(len <= n, "{bw}: compressed plane {p} has {len} bytes, more than its {n}");
+                check_zstd_frame(&format!("{bw}: plane {p}"), bytes, n);
+            } else {
+                assert_eq!(len, n, "{bw}: plane {p} stored as is has {len} bytes, not {n}");
+                if let Some(c) = content {
+                    for (i, &byte) in bytes.iter().enumerate() {
+                        assert_eq!(byte, c[block_start + i * es + p], "{bw}: byte {p} of element {i}");
+                    }
+                }
+            }
+            block_kinds.push(compressed);
+            pos += len;
+        }
+        let tail = this - n * es;
+        assert!(pos + tail <= stored.len(), "{bw}: tail past the end of the section");
+        if let Some(c) = content {
+            assert!(stored[pos..pos + tail] == c[block_start + n * es..block_start + this], "{bw}: the tail as is");
+        }
+        pos += tail;
+        kinds.push(block_kinds);
+        block_start += this;
+    }
+    assert_eq!(pos, stored.len(), "{sp}: the blocks' records add up to stored_len");
+    kinds
+}
+
+/// What the writer chose for the planes of `v1-planes.ckpt`'s sections (fixed by the file's bytes).
+fn check_plane_choices(sp: &str, name: &str, kinds: &[Vec<bool>]) {
+    let count = |want: bool| kinds.iter().flatten().filter(|&&k| k == want).count();
+    match name {
+        "zstd.planes8.f64" => {
+            assert_eq!(kinds.len(), 2, "{sp}: spans two 1 MiB blocks");
+            for k in kinds {
+                assert!(k[7] && k[6], "{sp}: the sign/exponent planes are compressed");
+                assert!(!k[0] && !k[1] && !k[2] && !k[3], "{sp}: the low mantissa planes are stored as is");
+            }
+        }
+        "zstd.planes3.tail" => assert_eq!(kinds.len(), 2, "{sp}: a block of 1048575 bytes and a short one"),
+        "zstd.planes4.random" => assert_eq!(count(true), 0, "{sp}: incompressible planes are stored as is"),
+        "zstd.planes8.tiny" => assert_eq!((kinds.len(), count(true)), (1, 0), "{sp}: one block of 0-byte planes"),
+        "zstd.planes8.empty" => assert!(kinds.is_empty(), "{sp}: no block at all"),
+        _ => {}
+    }
+    if name == "zstd.planes8.f64" {
+        assert!(count(true) > 0 && count(false) > 0, "{sp}: some planes compressed, some stored as is");
+    }
 }
 
 /// Parses every golden file with the byte layout documented in `format.rs`, independently of the reader.
@@ -722,7 +986,8 @@ fn golden_files_follow_the_documented_layout() {
                 Codec::Zstd => 1,
             };
             assert_eq!(e[66], codec, "{sp}: codec");
-            assert_eq!(e[67], u8::from(s.shuffle), "{sp}: filter");
+            let filter = if s.planes { 2 } else { u8::from(s.shuffle) };
+            assert_eq!(e[67], filter, "{sp}: filter");
             assert_eq!(le_u16(e, 68), s.element_size, "{sp}: element_size");
             assert_eq!(le_u16(e, 70), 0, "{sp}: reserved");
             assert_eq!(le_u32(e, 72), s.tag, "{sp}: tag");
@@ -743,6 +1008,13 @@ fn golden_files_follow_the_documented_layout() {
                     if let Some(content) = s.content {
                         assert!(stored == &content()[..], "{sp}: raw bytes are stored as is");
                     }
+                }
+                Codec::Zstd if s.planes => {
+                    assert_eq!(s.offset % 8, 0, "{sp}: compressed sections are 8-aligned");
+                    assert!(s.element_size > 1, "{sp}: byte planes of elements of more than one byte");
+                    let content = s.content.map(|f| f());
+                    let kinds = check_planes(&sp, stored, usize::from(s.element_size), s.raw_len, content.as_deref());
+                    check_plane_choices(&sp, s.name, &kinds);
                 }
                 Codec::Zstd => {
                     assert_eq!(s.offset % 8, 0, "{sp}: compressed sections are 8-aligned");
@@ -817,6 +1089,26 @@ fn data_specs() -> Vec<Spec> {
     ]
 }
 
+/// The sections of `v1-planes.ckpt`: every one zstd level 3 with a shuffle width > 1 (filter 2).
+fn planes_specs() -> Vec<Spec> {
+    let z = Compression::Zstd(3);
+    let s = |name, element_size, tag, content| Spec {
+        name,
+        compression: z,
+        element_size,
+        encoding: Encoding::Bytes,
+        tag,
+        content,
+    };
+    vec![
+        s("zstd.planes8.f64", 8, 11, c_planes8_f64 as fn() -> Vec<u8>),
+        s("zstd.planes3.tail", 3, 12, c_planes3_tail),
+        s("zstd.planes4.random", 4, 13, c_planes4_random),
+        s("zstd.planes8.tiny", 8, 14, c_planes8_tiny),
+        s("zstd.planes8.empty", 8, 15, c_empty),
+    ]
+}
+
 fn add_spec(w: &mut ckpt_core::CheckpointWriter, spec: &Spec) {
     if spec.encoding == Encoding::Postcard {
         w.add_serde(spec.name, &golden_state()).expect("add_serde");
@@ -845,11 +1137,12 @@ fn print_constant(const_name: &str, rel: &str, bytes: &[u8], contents: &[(&str, 
         let content =
             contents.iter().find(|(n, _)| *n == e.name).map_or("None".to_string(), |(_, f)| format!("Some({f})"));
         s += &format!(
-            "        GoldenSection {{ name: {:?}, encoding: {}, codec: Codec::{:?}, shuffle: {}, element_size: {}, tag: {}, raw_len: {}, raw_crc32: {:#010x}, stored_len: {}, offset: {}, content: {content} }},\n",
+            "        GoldenSection {{ name: {:?}, encoding: {}, codec: Codec::{:?}, shuffle: {}, planes: {}, element_size: {}, tag: {}, raw_len: {}, raw_crc32: {:#010x}, stored_len: {}, offset: {}, content: {content} }},\n",
             e.name,
             e.encoding.to_u16(),
             e.codec,
             e.shuffle,
+            e.planes,
             e.element_size,
             e.tag,
             e.raw_len,
@@ -920,6 +1213,30 @@ fn generate_golden_files() {
         let bytes = std::fs::read(&info.path).expect("read back");
         write_new("v1-empty.ckpt", &bytes);
         print_constant("V1_EMPTY", "v1-empty.ckpt", &bytes, &[]);
+    }
+
+    // v1-planes.ckpt: shuffled zstd sections stored as byte planes (filter 2), one rank of job 4244.
+    if !data_path("v1-planes.ckpt").exists() {
+        let dir = tmp.path().join("planes");
+        let store = Store::new(golden_config(&dir, "golden-planes", Some("4244"), None, 0, 1));
+        let mut w = store.begin(5).expect("begin");
+        for (k, v) in PLANES_METADATA {
+            w.set_metadata(k, v).expect("metadata");
+        }
+        for spec in &planes_specs() {
+            add_spec(&mut w, spec);
+        }
+        let info = w.commit().expect("commit");
+        let bytes = std::fs::read(&info.path).expect("read back");
+        write_new("v1-planes.ckpt", &bytes);
+        let names = [
+            ("zstd.planes8.f64", "c_planes8_f64"),
+            ("zstd.planes3.tail", "c_planes3_tail"),
+            ("zstd.planes4.random", "c_planes4_random"),
+            ("zstd.planes8.tiny", "c_planes8_tiny"),
+            ("zstd.planes8.empty", "c_empty"),
+        ];
+        print_constant("V1_PLANES", "v1-planes.ckpt", &bytes, &names);
     }
 
     // v1-multirank/: a two-rank step of job 4243 (generation 1): both parts and the manifest.

@@ -1,7 +1,8 @@
 //! Like `parse`, but first recomputes every structural CRC of the input (header, its copy in the trailer,
 //! section table, trailer) wherever the layout allows, so mutations of sizes, offsets, counts and flags
 //! reach the validation and decoding code behind the checksums instead of stopping at the first CRC.
-//! Section CRCs are left alone (the reader must catch those itself). The same rules hold: never panic,
+//! Each section's stored CRC is fixed too, so the decoders (zstd frames, byte-plane records) see mutated
+//! bytes; the CRC of the decoded bytes is left alone (the reader must catch that itself). The same rules hold: never panic,
 //! hang, or allocate hugely.
 //!
 //! ```text
@@ -42,6 +43,17 @@ fn fix_crcs(b: &mut [u8]) {
     let table_offset = u64::from_le_bytes(b[t..t + 8].try_into().unwrap());
     let count = u64::from(u32::from_le_bytes(b[t + 16..t + 20].try_into().unwrap()));
     if let Some(end) = table_offset.checked_add(count * ENTRY_LEN).filter(|&e| e <= t as u64) {
+        // Every section's stored CRC too (where its bytes lie inside the file), so mutated plane records
+        // and zstd frames reach the decoders; the decoded CRC is still left for the reader to check.
+        for entry in (table_offset..end).step_by(ENTRY_LEN as usize) {
+            let e = entry as usize;
+            let stored_len = u64::from_le_bytes(b[e + 88..e + 96].try_into().unwrap());
+            let offset = u64::from_le_bytes(b[e + 96..e + 104].try_into().unwrap());
+            if let Some(stop) = offset.checked_add(stored_len).filter(|&s| s <= t as u64) {
+                let crc = crc32(&b[offset as usize..stop as usize]).to_le_bytes();
+                b[e + 104..e + 108].copy_from_slice(&crc);
+            }
+        }
         let crc = crc32(&b[table_offset as usize..end as usize]).to_le_bytes();
         b[t + 20..t + 24].copy_from_slice(&crc);
     }

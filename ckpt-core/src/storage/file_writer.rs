@@ -1,9 +1,9 @@
 //! The real file system's writer: the page cache for small files, direct I/O for large ones.
 //!
-//! A checkpoint file starts out buffered (the header and small sections). The first large write (a raw
-//! section's chunk, a full coalescing buffer) switches the descriptor to `O_DIRECT`: from there the bytes
-//! are copied into 8 MiB aligned staging buffers and an I/O thread writes each full buffer while the
-//! caller fills the next, so the copy overlaps the device write (a caller buffer that is itself aligned
+//! A checkpoint file starts out buffered (the header and small sections). Once it reaches 1 MiB the
+//! descriptor switches to `O_DIRECT`: from there the bytes are copied into 8 MiB aligned staging buffers
+//! and an I/O thread writes each full buffer while the caller fills the next, so the copy overlaps the
+//! device write (a caller buffer that is itself aligned and at an aligned offset
 //! is written without a copy). Before the fsync the aligned rest goes direct and the unaligned tail
 //! through the page cache.
 //!
@@ -25,7 +25,7 @@ use std::thread;
 
 use super::StorageWriter;
 
-/// A single write of at least this many bytes switches the file to direct I/O.
+/// A file switches to direct I/O once it reaches this many bytes.
 pub(super) const DIRECT_MIN_WRITE: usize = 1 << 20;
 /// File offsets and buffer addresses of direct writes are multiples of this: the largest logical block
 /// size of common devices (`statx` reports 512 on these machines' virtio disks).
@@ -421,7 +421,7 @@ impl FileWriter {
 
 impl StorageWriter for FileWriter {
     fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        if self.direct.is_none() && self.direct_possible && buf.len() >= DIRECT_MIN_WRITE {
+        if self.direct.is_none() && self.direct_possible && self.pos + buf.len() as u64 >= DIRECT_MIN_WRITE as u64 {
             buf = self.enter_direct(buf)?;
         }
         if self.direct.is_some() {
