@@ -20,7 +20,7 @@ use std::time::SystemTime;
 mod file_writer;
 
 use file_writer::FileWriter;
-pub use file_writer::{disable_direct_io, disable_io_threads};
+pub use file_writer::disable_io_threads;
 
 /// A read-only view of a whole file's bytes (a memory map, or a buffer for in-memory storage).
 pub type MappedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;

@@ -45,21 +45,12 @@ const WRITE_BEHIND_CHUNK: u64 = 8 << 20;
 const WRITE_BEHIND_WINDOW: u64 = 32 << 20;
 
 static IO_THREADS: AtomicBool = AtomicBool::new(true);
-static DIRECT_IO: AtomicBool = AtomicBool::new(true);
 
 /// Makes checkpoint writes in this process write synchronously instead of starting an I/O thread. For
 /// processes where creating a thread is not safe: the LD_PRELOAD shim's writer is a raw clone of a
 /// program that may have been stopped inside the C library's allocator.
 pub fn disable_io_threads() {
     IO_THREADS.store(false, Ordering::Relaxed);
-}
-
-/// Makes checkpoint writes in this process go through the page cache (with write-behind), whatever
-/// `CKPT_DIRECT_IO` says. The LD_PRELOAD shim's writer uses it: it runs beside the program, without an I/O
-/// thread, where synchronous direct writes measured slower than buffered ones (1 GiB image: 775 ms
-/// against 670 ms).
-pub fn disable_direct_io() {
-    DIRECT_IO.store(false, Ordering::Relaxed);
 }
 
 /// Whether large checkpoint writes bypass the page cache: `CKPT_DIRECT_IO` (default on; `0`/`off`
@@ -209,7 +200,7 @@ impl FileWriter {
             file: Arc::new(file),
             pos: 0,
             direct: None,
-            direct_possible: DIRECT_IO.load(Ordering::Relaxed) && direct_io_enabled(),
+            direct_possible: direct_io_enabled(),
             direct_bytes: 0,
             threads: IO_THREADS.load(Ordering::Relaxed),
             started: 0,
