@@ -650,7 +650,7 @@ impl CheckpointWriter {
     /// Streams a section of unknown length (implements `std::io::Write`).
     pub fn section_writer(&mut self, name: &str, opts: SectionOptions) -> Result<SectionWriter<'_>> {
         let path = self.tmp.clone();
-        SectionWriter::new(self.builder()?, name, opts).map_err(|e| e.with_path(&path))
+        SectionWriter::new(self.builder()?, &path, name, opts).map_err(|e| e.with_path(&path))
     }
 
     /// Finishes the file and commits it durably (see the module documentation for the protocol).

@@ -712,6 +712,8 @@ fn auto_choice_planes(data: &[u8], element_size: usize, write_bandwidth: f64) ->
 /// (its commit then fails and the temporary file is removed).
 pub struct SectionWriter<'a> {
     builder: &'a mut FileBuilder,
+    /// The temporary file, named in errors.
+    path: std::path::PathBuf,
     name: String,
     opts: SectionOptions,
     /// With `Compression::Auto`, the first bytes are held until enough are seen to decide.
@@ -720,13 +722,25 @@ pub struct SectionWriter<'a> {
 }
 
 impl<'a> SectionWriter<'a> {
-    pub(crate) fn new(builder: &'a mut FileBuilder, name: &str, opts: SectionOptions) -> Result<SectionWriter<'a>> {
+    pub(crate) fn new(
+        builder: &'a mut FileBuilder,
+        path: &std::path::Path,
+        name: &str,
+        opts: SectionOptions,
+    ) -> Result<SectionWriter<'a>> {
         builder.check_usable()?;
         format::check_section_name(name)?;
         if builder.names.contains(name) {
             return Err(Error::invalid(format!("section `{name}` is written twice")));
         }
-        let mut w = SectionWriter { builder, name: name.to_string(), opts, pending: None, finished: false };
+        let mut w = SectionWriter {
+            builder,
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            opts,
+            pending: None,
+            finished: false,
+        };
         if opts.compression == Compression::Auto {
             w.pending = Some(Vec::new());
         } else {
@@ -747,21 +761,27 @@ impl<'a> SectionWriter<'a> {
 
     /// Appends bytes to the section.
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<()> {
-        if let Some(p) = &mut self.pending {
+        let result = if let Some(p) = &mut self.pending {
             p.extend_from_slice(data);
-            if p.len() >= AUTO_WINDOWS * AUTO_WINDOW {
-                self.decide()?;
-            }
-            return Ok(());
-        }
-        self.builder.feed(data)
+            if p.len() >= AUTO_WINDOWS * AUTO_WINDOW { self.decide() } else { Ok(()) }
+        } else {
+            self.builder.feed(data)
+        };
+        result.map_err(|e| self.located(e))
     }
 
     /// Completes the section.
     pub fn finish(mut self) -> Result<()> {
-        self.decide()?;
-        self.finished = true;
-        self.builder.end()
+        let result = self.decide().and_then(|()| {
+            self.finished = true;
+            self.builder.end()
+        });
+        result.map_err(|e| self.located(e))
+    }
+
+    /// Names the section and the file in an error.
+    fn located(&self, e: Error) -> Error {
+        e.with_section(self.name.clone()).with_path(&self.path)
     }
 }
 
