@@ -6,15 +6,17 @@
 //!
 //! Scenarios (the performance issue's targets):
 //! 1. durable save of one large raw section vs `dd if=SRC of=DST bs=16M conv=fsync` (DST exists: dd truncates it);
+//! 2. restart (discovery, full verification, reading the state) of a large checkpoint vs `dd` reading the
+//!    file, from a cold page cache (dropped before each run, when permitted) and from a warm one;
 //! 3. 4 KiB checkpoints vs the bare open/write/fsync/rename/fsync(dir) sequence;
 //! 4. `should_checkpoint()` per call vs a relaxed atomic load;
 //! 5. compression `auto` vs none on incompressible data, and zstd+shuffle vs none on a smooth float64 field;
-//! 6. peak extra memory of a save (max RSS);
+//! 6. peak extra memory of a save (allocations counted by the runner's allocator, and max RSS);
 //! 7. signal to durable checkpoint: SIGUSR1 to the completed rename, minus the write time;
 //! 8. the LD_PRELOAD shim on unmodified programs: image size, pause, write and restart time (restart vs
 //!    reading the image), and a 1 GiB-resident program (`shim.rs`);
-//! 2. Python: `ckpt.save` vs the seed's pickle pattern and `np.save` + fsync, `ckpt.load(mmap=True)` vs
-//!    `np.load` (`python.rs`, section 9).
+//! 9. Python: `ckpt.save` vs the seed's pickle pattern and `np.save` + fsync, `ckpt.load(mmap=True)` vs
+//!    `np.load` (`python.rs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
@@ -414,6 +416,96 @@ fn scenario_compression(o: &Opts, work: &Path, out: &mut String) {
     );
 }
 
+/// Drops the page cache (needs root); false when not permitted.
+fn drop_caches() -> bool {
+    sync_all();
+    std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok()
+}
+
+/// Scenario 2, restart of a large checkpoint vs `dd` reading the same file, cold and warm: discovery,
+/// verification of every byte, and reading the section into the application's buffer.
+fn scenario_restart(o: &Opts, work: &Path, out: &mut String) {
+    let size = o.size_mib << 20;
+    let data = random_bytes(size, 5);
+    let store = store_in(work, "restart");
+    save_once(&store, &data, SectionOptions::new());
+    drop(data);
+    let file = work.join("restart.ckpt");
+    let mut target = vec![1u8; size]; // the application's buffer, touched before any clock starts
+    let restart = |target: &mut [u8]| {
+        let t = Instant::now();
+        let r = store.restore().expect("restore").expect("a checkpoint");
+        r.checkpoint.read_into("state", target).expect("read");
+        t.elapsed().as_secs_f64()
+    };
+    let dd = || {
+        let t = Instant::now();
+        let st = Command::new("dd")
+            .arg(format!("if={}", file.display()))
+            .args(["of=/dev/null", "bs=16M", "status=none"])
+            .status()
+            .expect("dd");
+        assert!(st.success());
+        t.elapsed().as_secs_f64()
+    };
+    let cold = drop_caches();
+    let mut rows = Vec::new();
+    for (label, cold_run) in [("cold page cache", true), ("warm page cache", false)] {
+        if cold_run && !cold {
+            continue;
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        restart(&mut target);
+        dd();
+        for run in 0..o.runs {
+            let mut one = |first: bool| {
+                if cold_run {
+                    drop_caches();
+                }
+                if first { a.push(restart(&mut target)) } else { b.push(dd()) }
+            };
+            one(run % 2 == 0);
+            one(run % 2 != 0);
+        }
+        rows.push((label, stat(a), stat(b)));
+    }
+    let _ = writeln!(out, "\n## 2. Restart of a {} MiB checkpoint\n", o.size_mib);
+    let _ = writeln!(
+        out,
+        "`Store::restore()` (list the directory, verify every byte of the newest checkpoint, through the \
+         mapping) then `read_into` the application's buffer, against `dd if=FILE of=/dev/null bs=16M` reading \
+         the file once. {}\n",
+        if cold {
+            "Cold runs drop the page cache (`/proc/sys/vm/drop_caches`) before each run."
+        } else {
+            "Dropping the page cache was not permitted: warm runs only."
+        }
+    );
+    let _ =
+        writeln!(out, "| | restart: median (min–max) | dd read: median (min–max) | restart / dd |\n|---|---|---|---|");
+    for (label, a, b) in &rows {
+        let _ = writeln!(
+            out,
+            "| {label} | {:.3} s ({:.3}–{:.3}), {:.2} GB/s | {:.3} s ({:.3}–{:.3}), {:.2} GB/s | {:.2} |",
+            a.median,
+            a.min,
+            a.max,
+            gbps(size, a.median),
+            b.median,
+            b.min,
+            b.max,
+            gbps(size, b.median),
+            a.median / b.median
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nNo target in the issue; reported because a restart runs at the start of the next job, usually on \
+         another node with a cold cache. A restart reads the file once (verification through the mapping) and \
+         copies it once into the application's memory."
+    );
+}
+
 /// 6. Peak extra memory.
 fn scenario_memory(o: &Opts, work: &Path, out: &mut String) {
     let size = o.size_mib << 20;
@@ -540,8 +632,9 @@ fn main() {
     );
     let want = |n: u32| o.only.is_empty() || o.only.contains(&n);
     type Scenario = fn(&Opts, &Path, &mut String);
-    let scenarios: [(u32, Scenario); 8] = [
+    let scenarios: [(u32, Scenario); 9] = [
         (1, scenario_large),
+        (2, scenario_restart),
         (3, scenario_small),
         (4, scenario_poll),
         (5, scenario_compression),
