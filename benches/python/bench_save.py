@@ -94,19 +94,9 @@ def save_numpy(arr: np.ndarray, d: str) -> float:
     return clock() - t
 
 
-def load_ckpt(d: str) -> tuple[float, float]:
+def load_ckpt(d: str, verify: bool = True) -> tuple[float, float]:
     t0 = clock()
-    a = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True)
-    t1 = clock()
-    a.sum()
-    t2 = clock()
-    del a
-    return t1 - t0, t2 - t1
-
-
-def load_ckpt_unverified(d: str) -> tuple[float, float]:
-    t0 = clock()
-    a = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True, verify=False)
+    a = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True, verify=verify)
     t1 = clock()
     a.sum()
     t2 = clock()
@@ -148,7 +138,12 @@ SAVES = {
     "pickle_durable": save_pickle_durable,
     "numpy_fsync": save_numpy,
 }
-LOADS = {"ckpt": load_ckpt, "ckpt_unverified": load_ckpt_unverified, "numpy": load_numpy, "pickle": load_pickle}
+LOADS = {
+    "ckpt": load_ckpt,
+    "ckpt_unverified": lambda d: load_ckpt(d, verify=False),
+    "numpy": load_numpy,
+    "pickle": load_pickle,
+}
 LOAD_FILES = {
     "ckpt": "state.ckpt",
     "ckpt_unverified": "state.ckpt",
