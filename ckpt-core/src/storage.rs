@@ -19,8 +19,8 @@ use std::time::SystemTime;
 
 mod file_writer;
 
-use file_writer::FileWriter;
 pub use file_writer::disable_io_threads;
+use file_writer::{FileWriter, io_threads_allowed};
 
 /// A read-only view of a whole file's bytes (a memory map, or a buffer for in-memory storage).
 pub type MappedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -150,7 +150,10 @@ impl Storage for FileStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(from, to)
+        let replaced = open_to_reclaim_later(to);
+        fs::rename(from, to)?;
+        reclaim_later(replaced);
+        Ok(())
     }
 
     fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
@@ -158,7 +161,10 @@ impl Storage for FileStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
+        let removed = open_to_reclaim_later(path);
+        fs::remove_file(path)?;
+        reclaim_later(removed);
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -204,6 +210,34 @@ impl Storage for FileStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Files at least this large are freed off the caller's thread when a save removes or replaces them.
+const RECLAIM_IN_BACKGROUND: u64 = 16 << 20;
+
+/// When `path` is the last name of a large regular file, opens it so that removing or replacing the name
+/// only drops the directory entry: the blocks are freed when [`reclaim_later`] closes the descriptor on
+/// another thread. Freeing is the slow part (ext4 with `discard` took 0.15-0.2 s per GiB here, inside
+/// the `unlink` or the `rename` that replaces the file) and nothing waits for it: the new checkpoint is
+/// already durable, the directory changes exactly as before, and if the process ends first the kernel
+/// frees the blocks when it closes the descriptor (after a crash, the file system's orphan list does).
+fn open_to_reclaim_later(path: &Path) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    if !io_threads_allowed() {
+        return None;
+    }
+    let meta = fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.nlink() != 1 || meta.len() < RECLAIM_IN_BACKGROUND {
+        return None;
+    }
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK).open(path).ok()
+}
+
+/// Closes a file opened by [`open_to_reclaim_later`] on a short-lived thread (or here, if none starts).
+fn reclaim_later(file: Option<File>) {
+    if let Some(file) = file {
+        let _ = std::thread::Builder::new().name("ckpt-reclaim".into()).spawn(move || drop(file));
     }
 }
 
@@ -683,6 +717,40 @@ impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Removing or replacing a large file changes the directory at once; only its last-name, regular,
+    /// large files are kept open for freeing on another thread.
+    #[test]
+    fn large_files_are_freed_off_the_callers_thread_and_the_names_change_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        let small = dir.path().join("small");
+        let data = vec![5u8; RECLAIM_IN_BACKGROUND as usize];
+        fs::write(&big, &data).unwrap();
+        fs::write(&small, b"small").unwrap();
+        assert!(open_to_reclaim_later(&big).is_some(), "a large file with one name");
+        assert!(open_to_reclaim_later(&small).is_none(), "small files are removed in place");
+        let link = dir.path().join("link");
+        fs::hard_link(&big, &link).unwrap();
+        assert!(open_to_reclaim_later(&big).is_none(), "a file with another name frees nothing");
+        fs::remove_file(&link).unwrap();
+        let sym = dir.path().join("sym");
+        std::os::unix::fs::symlink(&big, &sym).unwrap();
+        assert!(open_to_reclaim_later(&sym).is_none(), "symlinks are not followed");
+
+        // Replacing: the new content is there when rename returns.
+        let new = dir.path().join("new");
+        fs::write(&new, b"new content").unwrap();
+        FileStorage.rename(&new, &big).unwrap();
+        assert_eq!(fs::read(&big).unwrap(), b"new content");
+        assert!(!new.exists());
+        // Removing: the name is gone when remove_file returns.
+        let big2 = dir.path().join("big2");
+        fs::write(&big2, &data).unwrap();
+        FileStorage.remove_file(&big2).unwrap();
+        assert!(!big2.exists());
+        assert_eq!(FileStorage.remove_file(&big2).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn mem_crash_image_keeps_only_durable() {

@@ -46,11 +46,17 @@ const WRITE_BEHIND_WINDOW: u64 = 32 << 20;
 
 static IO_THREADS: AtomicBool = AtomicBool::new(true);
 
-/// Makes checkpoint writes in this process write synchronously instead of starting an I/O thread. For
-/// processes where creating a thread is not safe: the LD_PRELOAD shim's writer is a raw clone of a
-/// program that may have been stopped inside the C library's allocator.
+/// Makes checkpoint writes in this process write synchronously instead of starting an I/O thread, and
+/// free removed files' blocks in the calling thread. For processes where creating a thread is not safe:
+/// the LD_PRELOAD shim's writer is a raw clone of a program that may have been stopped inside the C
+/// library's allocator.
 pub fn disable_io_threads() {
     IO_THREADS.store(false, Ordering::Relaxed);
+}
+
+/// Whether storage may start threads (see [`disable_io_threads`]).
+pub(super) fn io_threads_allowed() -> bool {
+    IO_THREADS.load(Ordering::Relaxed)
 }
 
 /// Whether large checkpoint writes bypass the page cache: `CKPT_DIRECT_IO` (default on; `0`/`off`
