@@ -37,17 +37,6 @@ const NRANKS: u32 = 3;
 const TRAILER_LEN: usize = 64;
 const ENTRY_LEN: usize = 128;
 
-/// CRC-32 (IEEE, reflected), as the format uses.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in bytes {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
-}
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -123,7 +112,7 @@ fn rebuild(s: &Setup, manifest: &[u8], nranks: Option<u32>) -> Vec<u8> {
     if let Some(n) = nranks {
         out[48..52].copy_from_slice(&n.to_le_bytes());
     }
-    let header_crc = crc32(&out[..header_len - 4]).to_le_bytes();
+    let header_crc = crc32fast::hash(&out[..header_len - 4]).to_le_bytes();
     out[header_len - 4..].copy_from_slice(&header_crc);
     let data = header_len.next_multiple_of(4096);
     out.resize(data, 0);
@@ -131,7 +120,7 @@ fn rebuild(s: &Setup, manifest: &[u8], nranks: Option<u32>) -> Vec<u8> {
     out.resize(out.len().next_multiple_of(8), 0);
     let table_offset = out.len();
     let mut entry = t[table..table + ENTRY_LEN].to_vec();
-    let crc = crc32(manifest).to_le_bytes();
+    let crc = crc32fast::hash(manifest).to_le_bytes();
     entry[76..80].copy_from_slice(&crc);
     entry[80..88].copy_from_slice(&(manifest.len() as u64).to_le_bytes());
     entry[88..96].copy_from_slice(&(manifest.len() as u64).to_le_bytes());
@@ -141,9 +130,9 @@ fn rebuild(s: &Setup, manifest: &[u8], nranks: Option<u32>) -> Vec<u8> {
     let mut tr = t[trailer..].to_vec();
     tr[0..8].copy_from_slice(&(table_offset as u64).to_le_bytes());
     tr[8..16].copy_from_slice(&((table_offset + ENTRY_LEN + TRAILER_LEN) as u64).to_le_bytes());
-    tr[20..24].copy_from_slice(&crc32(&entry).to_le_bytes());
+    tr[20..24].copy_from_slice(&crc32fast::hash(&entry).to_le_bytes());
     tr[24..28].copy_from_slice(&header_crc);
-    let trailer_crc = crc32(&tr[..48]).to_le_bytes();
+    let trailer_crc = crc32fast::hash(&tr[..48]).to_le_bytes();
     tr[48..52].copy_from_slice(&trailer_crc);
     out.extend_from_slice(&tr);
     out

@@ -16,17 +16,6 @@ use libfuzzer_sys::fuzz_target;
 const TRAILER_LEN: usize = 64;
 const ENTRY_LEN: u64 = 128;
 
-/// CRC-32 (IEEE, reflected), as the format uses.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in bytes {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
-}
 
 fn fix_crcs(b: &mut [u8]) {
     let len = b.len();
@@ -36,7 +25,7 @@ fn fix_crcs(b: &mut [u8]) {
     let t = len - TRAILER_LEN;
     let header_len = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
     if (264..=t).contains(&header_len) {
-        let crc = crc32(&b[..header_len - 4]).to_le_bytes();
+        let crc = crc32fast::hash(&b[..header_len - 4]).to_le_bytes();
         b[header_len - 4..header_len].copy_from_slice(&crc);
         b[t + 24..t + 28].copy_from_slice(&crc);
     }
@@ -50,14 +39,14 @@ fn fix_crcs(b: &mut [u8]) {
             let stored_len = u64::from_le_bytes(b[e + 88..e + 96].try_into().unwrap());
             let offset = u64::from_le_bytes(b[e + 96..e + 104].try_into().unwrap());
             if let Some(stop) = offset.checked_add(stored_len).filter(|&s| s <= t as u64) {
-                let crc = crc32(&b[offset as usize..stop as usize]).to_le_bytes();
+                let crc = crc32fast::hash(&b[offset as usize..stop as usize]).to_le_bytes();
                 b[e + 104..e + 108].copy_from_slice(&crc);
             }
         }
-        let crc = crc32(&b[table_offset as usize..end as usize]).to_le_bytes();
+        let crc = crc32fast::hash(&b[table_offset as usize..end as usize]).to_le_bytes();
         b[t + 20..t + 24].copy_from_slice(&crc);
     }
-    let crc = crc32(&b[t..t + 48]).to_le_bytes();
+    let crc = crc32fast::hash(&b[t..t + 48]).to_le_bytes();
     b[t + 48..t + 52].copy_from_slice(&crc);
 }
 
