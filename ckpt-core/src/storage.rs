@@ -72,6 +72,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
     /// Removes a file name.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a file name that a directory listing just reported as a regular file of `len` bytes (old
+    /// generations): the size is known, so nothing needs to look at the file first.
+    fn remove_listed_file(&self, path: &Path, len: u64) -> io::Result<()> {
+        let _ = len;
+        self.remove_file(path)
+    }
+    /// Renames `from` over `to` when `to`, if it exists, is another name of a file that stays (`<base>`,
+    /// a hard link of a kept generation): replacing it frees nothing.
+    fn rename_over_other_name(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename(from, to)
+    }
     /// Makes the directory's entries durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Lists a directory.
@@ -165,6 +176,18 @@ impl Storage for FileStorage {
         fs::remove_file(path)?;
         reclaim_later(removed);
         Ok(())
+    }
+
+    fn remove_listed_file(&self, path: &Path, len: u64) -> io::Result<()> {
+        // Only a file large enough to be worth freeing in the background is looked at (and opened).
+        if len < RECLAIM_IN_BACKGROUND {
+            return fs::remove_file(path);
+        }
+        self.remove_file(path)
+    }
+
+    fn rename_over_other_name(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -750,6 +773,24 @@ mod tests {
         FileStorage.remove_file(&big2).unwrap();
         assert!(!big2.exists());
         assert_eq!(FileStorage.remove_file(&big2).unwrap_err().kind(), io::ErrorKind::NotFound);
+        // Removing listed files (old generations), small and large: the names are gone, errors reported.
+        let (listed_small, listed_big) = (dir.path().join("listed_small"), dir.path().join("listed_big"));
+        fs::write(&listed_small, b"small").unwrap();
+        fs::write(&listed_big, &data).unwrap();
+        FileStorage.remove_listed_file(&listed_small, 5).unwrap();
+        FileStorage.remove_listed_file(&listed_big, data.len() as u64).unwrap();
+        assert!(!listed_small.exists() && !listed_big.exists());
+        for (p, len) in [(&listed_small, 5), (&listed_big, data.len() as u64)] {
+            assert_eq!(FileStorage.remove_listed_file(p, len).unwrap_err().kind(), io::ErrorKind::NotFound);
+        }
+        // Replacing another name of a file that stays: the file keeps its content under its other name.
+        let (kept, current, next) = (dir.path().join("kept"), dir.path().join("current"), dir.path().join("next"));
+        fs::write(&kept, b"kept").unwrap();
+        fs::hard_link(&kept, &current).unwrap();
+        fs::write(&next, b"next").unwrap();
+        FileStorage.rename_over_other_name(&next, &current).unwrap();
+        assert_eq!(fs::read(&current).unwrap(), b"next");
+        assert_eq!(fs::read(&kept).unwrap(), b"kept");
     }
 
     #[test]

@@ -94,8 +94,8 @@ const LISTING_REUSE: Duration = Duration::from_secs(10);
 struct Listing {
     dir: PathBuf,
     base: String,
-    /// Generations that are regular files (what pruning may remove).
-    generations: Vec<u64>,
+    /// Generations that are regular files (what pruning may remove), with their lengths in bytes.
+    generations: Vec<(u64, u64)>,
     /// The highest generation number seen under any kind of entry.
     highest: u64,
     /// Whether a parts directory exists.
@@ -544,7 +544,7 @@ fn listing_of(dir: &Path, base: &str, entries: &[DirEntry]) -> Listing {
         Some(NameKind::Generation(g)) => Some(g),
         _ => None,
     };
-    let generations = entries.iter().filter(|e| e.is_file).filter_map(generation).collect();
+    let generations = entries.iter().filter(|e| e.is_file).filter_map(|e| Some((generation(e)?, e.len))).collect();
     let highest = entries.iter().filter_map(generation).max().unwrap_or(0);
     let parts_name = format!("{base}.parts");
     let parts = entries.iter().any(|e| e.name.to_str() == Some(parts_name.as_str()));
@@ -683,7 +683,10 @@ impl CheckpointWriter {
                 let current = dir.join(base);
                 match storage.hard_link(&tmp, &gen_path) {
                     Ok(()) => {
-                        storage.rename(&tmp, &current).map_err(|e| Error::io("rename", e).with_path(&current))?;
+                        // `<base>` is another name of a generation that stays: replacing it frees nothing.
+                        storage
+                            .rename_over_other_name(&tmp, &current)
+                            .map_err(|e| Error::io("rename", e).with_path(&current))?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         return Err(Error::new(
@@ -715,7 +718,8 @@ impl CheckpointWriter {
         // Durable from here on: failures below are warnings, never errors.
         let mut warnings = Vec::new();
         if let Plan::Single { listing } = &self.plan {
-            let remaining = prune(&*storage, listing, self.keep, header.generation, &mut warnings);
+            let newest = (header.generation, stats.file_bytes);
+            let remaining = prune(&*storage, listing, self.keep, newest, &mut warnings);
             *self.shared.listing() = Some(Listing {
                 generations: remaining,
                 highest: listing.highest.max(header.generation),
@@ -750,25 +754,31 @@ fn link_unsupported(e: &io::Error) -> bool {
 /// began (the listing's regular files only: a planted symlink must not push a real generation out), and
 /// for multi-rank names the part directories of removed generations and of abandoned older ones. Returns
 /// the generations that remain.
-fn prune(storage: &dyn Storage, listing: &Listing, keep: usize, newest: u64, warnings: &mut Vec<String>) -> Vec<u64> {
+fn prune(
+    storage: &dyn Storage,
+    listing: &Listing,
+    keep: usize,
+    newest: (u64, u64),
+    warnings: &mut Vec<String>,
+) -> Vec<(u64, u64)> {
     let Listing { dir, base, parts, .. } = listing;
-    let mut gens: Vec<u64> = listing.generations.iter().copied().filter(|&g| g != newest).collect();
+    let mut gens: Vec<(u64, u64)> = listing.generations.iter().copied().filter(|&(g, _)| g != newest.0).collect();
     gens.push(newest);
-    gens.sort_unstable_by(|a, b| b.cmp(a));
-    gens.dedup();
-    let kept: Vec<u64> = gens.iter().copied().take(keep.max(1)).collect();
+    gens.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    gens.dedup_by_key(|g| g.0);
+    let kept: Vec<(u64, u64)> = gens.iter().copied().take(keep.max(1)).collect();
     let mut remaining = kept.clone();
-    for g in gens.iter().skip(keep.max(1)) {
-        if *g == newest {
+    for &(g, len) in gens.iter().skip(keep.max(1)) {
+        if g == newest.0 {
             continue;
         }
         let p = dir.join(format!("{base}.{g}"));
-        match storage.remove_file(&p) {
+        match storage.remove_listed_file(&p, len) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {} // pruned meanwhile
             Err(e) => {
                 warnings.push(format!("{}: could not remove old generation: {e}", p.display()));
-                remaining.push(*g);
+                remaining.push((g, len));
             }
         }
     }
@@ -784,7 +794,7 @@ fn prune(storage: &dyn Storage, listing: &Listing, keep: usize, newest: u64, war
             continue;
         };
         // Parts newer than the newest manifest may belong to a save in progress: leave them.
-        if kept.contains(&g) || g >= newest {
+        if kept.iter().any(|k| k.0 == g) || g >= newest.0 {
             continue;
         }
         let pd = parts_root.join(&d.name);
