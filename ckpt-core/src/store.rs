@@ -764,7 +764,7 @@ fn prune(
     let Listing { dir, base, parts, .. } = listing;
     let mut gens: Vec<(u64, u64)> = listing.generations.iter().copied().filter(|&(g, _)| g != newest.0).collect();
     gens.push(newest);
-    gens.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    gens.sort_unstable_by_key(|g| std::cmp::Reverse(g.0));
     gens.dedup_by_key(|g| g.0);
     let kept: Vec<(u64, u64)> = gens.iter().copied().take(keep.max(1)).collect();
     let mut remaining = kept.clone();
