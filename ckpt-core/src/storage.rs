@@ -6,7 +6,7 @@
 //! ([`MemStorage::crash_image`]). [`FaultStorage`] wraps any storage and fails the Nth operation with a
 //! chosen errno, for fault-injection tests against a reference model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -296,6 +296,8 @@ struct MemState {
     live: BTreeMap<PathBuf, BTreeMap<OsString, usize>>,
     /// The same, as of each directory's last `sync_dir`.
     durable: BTreeMap<PathBuf, BTreeMap<OsString, usize>>,
+    /// Directories created since their parent's last `sync_dir`: a power cut loses them and all they hold.
+    unsynced_dirs: BTreeSet<PathBuf>,
     /// Mutating operations performed so far.
     ops: u64,
     /// After this many mutating operations, every further operation fails (the process "died").
@@ -304,8 +306,8 @@ struct MemState {
 
 /// An in-memory file system that models durability; see [`CrashMode`].
 ///
-/// Directories exist once created (creation itself is treated as durable). Cloning a `MemStorage` shares
-/// its state.
+/// A directory's own entry becomes durable with its parent's `sync_dir`, as a file's does: until then
+/// [`CrashMode::DurableOnly`] loses it with everything in it. Cloning a `MemStorage` shares its state.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     state: Arc<Mutex<MemState>>,
@@ -359,6 +361,9 @@ impl MemStorage {
         for dir in st.live.keys() {
             dirs.entry(dir.clone()).or_default();
         }
+        if mode == CrashMode::DurableOnly {
+            dirs.retain(|d, _| !st.unsynced_dirs.iter().any(|lost| d.starts_with(lost)));
+        }
         let inodes = st
             .inodes
             .iter()
@@ -378,7 +383,14 @@ impl MemStorage {
                 Inode { live: bytes.clone(), durable: bytes }
             })
             .collect();
-        let state = MemState { inodes, live: dirs.clone(), durable: dirs, ops: 0, stop_after: None };
+        let state = MemState {
+            inodes,
+            live: dirs.clone(),
+            durable: dirs,
+            unsynced_dirs: BTreeSet::new(),
+            ops: 0,
+            stop_after: None,
+        };
         MemStorage { state: Arc::new(Mutex::new(state)) }
     }
 
@@ -533,6 +545,7 @@ impl Storage for MemStorage {
         begin_op(&mut st)?;
         let dir = normalize_dir(dir);
         let names = st.live.get(&dir).cloned().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        st.unsynced_dirs.retain(|d| normalize_dir(d.parent().unwrap_or(Path::new(""))) != dir);
         st.durable.insert(dir, names);
         Ok(())
     }
@@ -569,8 +582,14 @@ impl Storage for MemStorage {
             if d.as_os_str().is_empty() {
                 break;
             }
-            st.live.entry(d.to_path_buf()).or_default();
-            st.durable.entry(d.to_path_buf()).or_default();
+            if !st.live.contains_key(d) {
+                st.live.insert(d.to_path_buf(), BTreeMap::new());
+                st.durable.insert(d.to_path_buf(), BTreeMap::new());
+                // The file system's root and the working directory are there before anything runs.
+                if d != Path::new(".") && d.parent().is_some() {
+                    st.unsynced_dirs.insert(d.to_path_buf());
+                }
+            }
             cur = d.parent();
         }
         Ok(())
@@ -589,6 +608,7 @@ impl Storage for MemStorage {
         }
         st.live.remove(&dir);
         st.durable.remove(&dir);
+        st.unsynced_dirs.remove(&dir);
         Ok(())
     }
 }

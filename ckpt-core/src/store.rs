@@ -113,6 +113,8 @@ struct Shared {
     write_bandwidth: AtomicU64,
     /// The directory as the last successful save left it.
     listing: std::sync::Mutex<Option<Listing>>,
+    /// A parts root (`<dir>/<base>.parts`) whose entry in its directory this process has made durable.
+    synced_parts_root: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl Shared {
@@ -221,6 +223,7 @@ impl Store {
             last_generation: AtomicU64::new(0),
             write_bandwidth: AtomicU64::new(DEFAULT_WRITE_BANDWIDTH.to_bits()),
             listing: std::sync::Mutex::new(None),
+            synced_parts_root: std::sync::Mutex::new(None),
         };
         Store { config, storage, shared: Arc::new(shared) }
     }
@@ -315,11 +318,20 @@ impl Store {
         let parts_root = dir.join(format!("{base}.parts"));
         let part_dir = parts_root.join(generation.to_string());
         self.scan(dir)?;
+        // The new directories must survive a crash along with the part written into them. The generation's
+        // directory is new at every step (another rank may have created it: its parent is synced all the
+        // same); the parts root is made durable in `dir` once per process, while it stays in place.
+        let root_synced = {
+            let synced = self.shared.synced_parts_root.lock().unwrap_or_else(|p| p.into_inner());
+            synced.as_deref() == Some(parts_root.as_path())
+                && self.storage.exists(&parts_root).map_err(|e| Error::io("stat", e).with_path(&parts_root))?
+        };
         self.storage.create_dir_all(&part_dir).map_err(|e| Error::io("create directory", e).with_path(&part_dir))?;
-        // The new directories must survive a crash along with the part written into them.
-        for d in [dir, parts_root.as_path()] {
+        let to_sync: &[&Path] = if root_synced { &[parts_root.as_path()] } else { &[dir, parts_root.as_path()] };
+        for d in to_sync {
             self.storage.sync_dir(d).map_err(|e| Error::io("fsync directory", e).with_path(d))?;
         }
+        *self.shared.synced_parts_root.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts_root.clone());
         let part_name = format!("rank{}.ckpt", self.config.rank);
         let entries = self.scan(&part_dir)?;
         self.remove_stale_tmp(&part_dir, &part_name, &entries);

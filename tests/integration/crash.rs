@@ -548,6 +548,57 @@ fn every_crash_point_of_a_multi_rank_sequence_restores_the_last_step() {
     assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
 }
 
+/// A process makes the parts root durable in its directory once and then syncs only the root at each step;
+/// when the root disappears between steps (removed by hand), the next part creates it again and makes it
+/// durable again: each part is durable when its commit returns (before any manifest, whose directory sync
+/// would hide a missing one), and the step restores on every rank after its manifest.
+#[test]
+fn a_parts_root_removed_between_steps_is_made_durable_again() {
+    let plan = rank_plan(0xB0B, 2);
+    let mem = MemStorage::new();
+    let stores: Vec<Store> = (0..NRANKS).map(|r| mem_store(&rank_config(r), &mem)).collect();
+    let parts = |i: usize| {
+        for (r, store) in stores.iter().enumerate() {
+            let mut w = store.begin_part(i as u64 + 1, plan[i][0].app_step).unwrap();
+            plan[i][r].fill(&mut w).unwrap();
+            w.commit().unwrap();
+        }
+    };
+    parts(0);
+    stores[0].commit_step(1, plan[0][0].app_step).unwrap();
+    // Remove every part and the parts root, then the step-1 manifests, as a user clearing the directory.
+    let root = Path::new(DIR).join(format!("{APP}.ckpt.parts"));
+    for d in mem.read_dir(&root).unwrap() {
+        let gd = root.join(&d.name);
+        for f in mem.read_dir(&gd).unwrap() {
+            mem.remove_file(&gd.join(&f.name)).unwrap();
+        }
+        mem.remove_dir(&gd).unwrap();
+    }
+    mem.remove_dir(&root).unwrap();
+    for d in mem.read_dir(Path::new(DIR)).unwrap() {
+        if d.is_file {
+            mem.remove_file(&Path::new(DIR).join(&d.name)).unwrap();
+        }
+    }
+    mem.sync_dir(Path::new(DIR)).unwrap();
+    parts(1);
+    let img = mem.crash_image(CrashMode::DurableOnly);
+    for r in 0..NRANKS {
+        let part = root.join("2").join(format!("rank{r}.ckpt"));
+        let cp = Checkpoint::open_with(&img, &part, LoadOptions { mmap: false })
+            .unwrap_or_else(|e| panic!("rank {r}'s part did not survive the crash: {e}"));
+        plan[1][r as usize].check(&cp).unwrap();
+    }
+    stores[0].commit_step(2, plan[1][0].app_step).unwrap();
+    let img = mem.crash_image(CrashMode::DurableOnly);
+    for r in 0..NRANKS {
+        let restored = mem_store(&rank_config(r), &img).restore().unwrap().expect("step 2 restores");
+        assert_eq!(restored.generation, 2, "rank {r}");
+        plan[1][r as usize].check(&restored.checkpoint).unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The harness has teeth: hand-written protocols straight against `MemStorage`.
 
@@ -594,6 +645,8 @@ impl Scenario for ManualSingle {
             let dir = Path::new(DIR);
             let g = i as u64 + 1;
             mem.create_dir_all(dir).map_err(e)?;
+            // The directory's own entry must be durable too, as the library makes it.
+            mem.sync_dir(dir.parent().expect("an absolute directory")).map_err(e)?;
             let tmp = dir.join(format!("{APP}.ckpt.tmp.manual.1.{g}"));
             let mut w = mem.create_new(&tmp, 0o600).map_err(e)?;
             let bytes = &self.files[i];
