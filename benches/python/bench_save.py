@@ -2,6 +2,7 @@
 """Times `ckpt.save` / `ckpt.load` of one float64 numpy array against its baselines, interleaved.
 
     python bench_save.py SIZE_MIB RUNS DIR
+    python bench_save.py --memory METHOD SIZE_MIB DIR
 
 Prints one JSON object on stdout: the per-run timings (seconds) of every method. Called by the comparison
 runner (`benches/src/bin/compare/python.rs`), which renders the table; runnable by hand in a venv with
@@ -28,6 +29,10 @@ memory-mapped load pays for reading:
 * `pickle`: `pickle.load` of the seed's file.
 
 The order of the methods rotates from run to run (A B C D, B C D A, ...); one untimed warm-up round first.
+
+With `--memory METHOD` (one of the saves), the script instead builds the array, resets the peak resident set
+(`5` to `/proc/self/clear_refs`), saves once with METHOD, and prints `{"rss_before_kib", "peak_kib"}`: the
+resident set before the save and its peak (`VmHWM`) during it. Run it in a fresh process per measurement.
 """
 
 from __future__ import annotations
@@ -157,7 +162,36 @@ def rotated(names: list[str], k: int) -> list[str]:
     return names[k:] + names[:k]
 
 
+def status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory(method: str, size_mib: int, d: str) -> None:
+    os.makedirs(d, exist_ok=True)
+    arr = np.random.default_rng(1).random((size_mib << 20) // 8)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kib("VmRSS")
+    SAVES[method](arr, d)
+    peak = status_kib("VmHWM")
+    json.dump({"method": method, "rss_before_kib": before, "peak_kib": peak}, sys.stdout)
+    print()
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory":
+        p = argparse.ArgumentParser(description="peak extra memory of one save")
+        p.add_argument("--memory", choices=list(SAVES), required=True)
+        p.add_argument("size_mib", type=int)
+        p.add_argument("dir")
+        a = p.parse_args()
+        memory(a.memory, a.size_mib, os.path.abspath(a.dir))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("size_mib", type=int)
     p.add_argument("runs", type=int)
