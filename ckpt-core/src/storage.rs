@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 mod file_writer;
@@ -257,10 +257,38 @@ fn open_to_reclaim_later(path: &Path) -> Option<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK).open(path).ok()
 }
 
+/// Files whose closing (and freeing) [`reclaim_later`] has handed to a thread that has not finished yet.
+static RECLAIMS_PENDING: Mutex<usize> = Mutex::new(0);
+static RECLAIMS_DONE: Condvar = Condvar::new();
+
+fn pending_reclaims() -> MutexGuard<'static, usize> {
+    RECLAIMS_PENDING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Closes a file opened by [`open_to_reclaim_later`] on a short-lived thread (or here, if none starts).
 fn reclaim_later(file: Option<File>) {
-    if let Some(file) = file {
-        let _ = std::thread::Builder::new().name("ckpt-reclaim".into()).spawn(move || drop(file));
+    let Some(file) = file else { return };
+    *pending_reclaims() += 1;
+    let spawned = std::thread::Builder::new().name("ckpt-reclaim".into()).spawn(move || {
+        drop(file);
+        *pending_reclaims() -= 1;
+        RECLAIMS_DONE.notify_all();
+    });
+    if spawned.is_err() {
+        // The closure (and the file in it) was dropped: the blocks were freed here.
+        *pending_reclaims() -= 1;
+        RECLAIMS_DONE.notify_all();
+    }
+}
+
+/// Waits until the files that saves of this process replaced or pruned are freed: large ones are freed
+/// on a short-lived thread after the save returns (see [`FileStorage`]). For measurements, so that the
+/// freeing is not billed to whatever runs next, and for programs that want the space back before going
+/// on; a save never needs it.
+pub fn wait_for_background_frees() {
+    let mut pending = pending_reclaims();
+    while *pending > 0 {
+        pending = RECLAIMS_DONE.wait(pending).unwrap_or_else(|p| p.into_inner());
     }
 }
 
@@ -793,6 +821,12 @@ mod tests {
         FileStorage.remove_file(&big2).unwrap();
         assert!(!big2.exists());
         assert_eq!(FileStorage.remove_file(&big2).unwrap_err().kind(), io::ErrorKind::NotFound);
+        // Waiting for the frees handed to threads: none is pending once it returns.
+        for _ in 0..3 {
+            reclaim_later(Some(File::open(kept_for_wait(dir.path())).unwrap()));
+        }
+        wait_for_background_frees();
+        assert_eq!(*pending_reclaims(), 0);
         // Removing listed files (old generations), small and large: the names are gone, errors reported.
         let (listed_small, listed_big) = (dir.path().join("listed_small"), dir.path().join("listed_big"));
         fs::write(&listed_small, b"small").unwrap();
@@ -811,6 +845,12 @@ mod tests {
         FileStorage.rename_over_other_name(&next, &current).unwrap();
         assert_eq!(fs::read(&current).unwrap(), b"next");
         assert_eq!(fs::read(&kept).unwrap(), b"kept");
+    }
+
+    fn kept_for_wait(dir: &Path) -> PathBuf {
+        let p = dir.join("kept_for_wait");
+        fs::write(&p, b"x").unwrap();
+        p
     }
 
     #[test]

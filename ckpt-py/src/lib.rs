@@ -137,6 +137,13 @@ fn verify_file(py: Python<'_>, path: PathBuf) -> PyResult<()> {
     py.detach(|| Checkpoint::open_with(&FileStorage, &path, LoadOptions::default())?.verify()).py_err(py)
 }
 
+/// Waits until the files earlier saves replaced or pruned are freed (large ones are freed on a thread after
+/// the save returns). For measurements; a save never needs it.
+#[pyfunction]
+fn wait_for_background_frees(py: Python<'_>) {
+    py.detach(ckpt_core::storage::wait_for_background_frees);
+}
+
 /// Restart discovery with the configuration from the environment: `None` or `(stream, buffers, info)`.
 #[pyfunction]
 #[pyo3(signature = (*, mmap=None))]
@@ -227,6 +234,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_file, m)?)?;
     m.add_function(wrap_pyfunction!(load_store, m)?)?;
     m.add_function(wrap_pyfunction!(verify_file, m)?)?;
+    m.add_function(wrap_pyfunction!(wait_for_background_frees, m)?)?;
     m.add_function(wrap_pyfunction!(effective_config, m)?)?;
     m.add_function(wrap_pyfunction!(signal_specs, m)?)?;
     m.add_function(wrap_pyfunction!(signal_hook_installed, m)?)?;

@@ -224,6 +224,68 @@ pub fn scenario_mpi(o: &Opts, work: &Path, out: &mut String) {
             let _ = writeln!(out, "Skipped: {why}.");
         }
     }
+    commit_scaling(o, work, out);
+}
+
+/// Rank 0's share of a step for many ranks, without MPI: N stores (ranks) in this process write 4 KiB
+/// parts of a step, then rank 0's `commit_step` (check every part, write the manifest, prune the parts of
+/// the generation that falls out of `keep`) is timed.
+fn commit_scaling(o: &Opts, work: &Path, out: &mut String) {
+    use ckpt_core::{Config, SectionOptions, Store};
+    let counts: &[u32] = if o.smoke { &[4, 16] } else { &[16, 64, 256, 1024] };
+    let steps: i64 = if o.smoke { 3 } else { 6 };
+    let part = vec![7u8; SMALL_BYTES];
+    let mut rows = String::new();
+    for &n in counts {
+        let dir = work.join(format!("commit-{n}"));
+        let stores: Vec<Store> = (0..n)
+            .map(|r| {
+                let mut c = Config::new("scale", &dir).expect("config");
+                c.nranks = n;
+                c.rank = r;
+                Store::new(c)
+            })
+            .collect();
+        let mut times = Vec::new();
+        for step in 1..=steps {
+            let generation = step as u64;
+            for s in &stores {
+                let mut w = s.begin_part(generation, step).expect("begin_part");
+                w.add_section_with("state", &part, SectionOptions::new()).expect("add");
+                w.commit().expect("part");
+            }
+            let t = Instant::now();
+            stores[0].commit_step(generation, step).expect("commit_step");
+            // The first steps prune nothing yet (fewer than `keep` + 1 generations): not timed.
+            if generation > ckpt_core::DEFAULT_KEEP as u64 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let st = stat(times);
+        let _ = writeln!(
+            rows,
+            "| {n} | {:.1} ms ({:.1}–{:.1}) | {:.0} µs |",
+            st.median * 1e3,
+            st.min * 1e3,
+            st.max * 1e3,
+            st.median * 1e6 / f64::from(n)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n### Rank 0's commit for many ranks\n\n\
+         What rank 0 does alone at every step while the other ranks wait for the outcome, for more ranks than \
+         this machine can run: N stores of N ranks in one process write their 4 KiB parts of a step, then \
+         rank 0's `commit_step` is timed: it opens every part and checks its header and table, writes the \
+         step's manifest durably, and prunes the parts of the generation that falls out of `keep` (one file \
+         per rank and their directory). Medians of the {} steps that prune, on this machine's local disk; on \
+         a parallel file system each open and unlink is a metadata round trip, so the time per rank is larger \
+         there and this is the part of a step that grows with the number of ranks.\n\n\
+         | ranks | `commit_step` median (min–max) | per rank |\n|---|---|---|\n{}",
+        steps - ckpt_core::DEFAULT_KEEP as i64,
+        rows.trim_end()
+    );
 }
 
 fn measure(o: &Opts, work: &Path) -> Result<String, String> {
