@@ -619,6 +619,39 @@ fn new_encoder(level: i32) -> Result<ZstdEncoder<'static>> {
     Ok(enc)
 }
 
+/// What `Compression::Auto` samples with, kept per thread from one save to the next: a zstd context and
+/// buffers made anew at every save cost more than compressing the samples (their fresh memory is
+/// page-faulted in each time: about 3 ms of CPU per save here, against 0.3 ms of compressing).
+struct Sampler {
+    ctx: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+    out: Vec<u8>,
+}
+
+thread_local! {
+    static SAMPLER: std::cell::RefCell<Option<Sampler>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's [`Sampler`], its buffers at least `scratch` and `out` bytes long; `None`
+/// when zstd cannot make a context.
+fn with_sampler<R>(scratch: usize, out: usize, f: impl FnOnce(&mut Sampler) -> R) -> Option<R> {
+    SAMPLER.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            let ctx = zstd::bulk::Compressor::new(AUTO_LEVEL).ok()?;
+            *slot = Some(Sampler { ctx, scratch: Vec::new(), out: Vec::new() });
+        }
+        let sampler = slot.as_mut()?;
+        if sampler.scratch.len() < scratch {
+            sampler.scratch.resize(scratch, 0);
+        }
+        if sampler.out.len() < out {
+            sampler.out.resize(out, 0);
+        }
+        Some(f(sampler))
+    })
+}
+
 /// The codec `Compression::Auto` picks for `data` (see [`Compression::Auto`]).
 pub fn auto_choice(data: &[u8], element_size: usize, write_bandwidth: f64) -> Codec {
     if data.len() < AUTO_MIN_LEN {
@@ -627,47 +660,33 @@ pub fn auto_choice(data: &[u8], element_size: usize, write_bandwidth: f64) -> Co
     if element_size > 1 {
         return auto_choice_planes(data, element_size, write_bandwidth);
     }
-    let window = AUTO_WINDOW.min(data.len()) / element_size * element_size;
-    if window == 0 {
-        return Codec::None;
-    }
+    let window = AUTO_WINDOW.min(data.len());
     let windows = AUTO_WINDOWS.min(data.len() / window).max(1);
-    let stride = if windows > 1 { (data.len() - window) / (windows - 1) / element_size * element_size } else { 0 };
-    let mut scratch = vec![0u8; window];
-    let mut packed_buf = vec![0u8; zstd::zstd_safe::compress_bound(window)];
-    let (mut raw, mut packed) = (0usize, 0usize);
-    let start = Instant::now();
-    // One compression context for all windows: creating one per window costs more than compressing.
-    let Ok(mut compressor) = zstd::bulk::Compressor::new(AUTO_LEVEL) else {
-        return Codec::None;
-    };
-    for i in 0..windows {
-        let w = &data[i * stride..i * stride + window];
-        let input = if element_size > 1 {
-            format::shuffle_block(w, &mut scratch, element_size);
-            &scratch[..]
-        } else {
-            w
-        };
-        match compressor.compress_to_buffer(input, &mut packed_buf) {
-            Ok(n) => {
-                raw += input.len();
-                packed += n;
+    let stride = if windows > 1 { (data.len() - window) / (windows - 1) } else { 0 };
+    let sample = |s: &mut Sampler| {
+        let (mut raw, mut packed) = (0usize, 0usize);
+        let start = Instant::now();
+        for i in 0..windows {
+            let input = &data[i * stride..i * stride + window];
+            let Ok(n) = s.ctx.compress_to_buffer(input, &mut s.out[..]) else {
+                return Codec::None;
+            };
+            raw += input.len();
+            packed += n;
+            // Clearly incompressible after the first window: stop sampling.
+            if i == 0 && (raw as f64) < 1.02 * packed as f64 {
+                return Codec::None;
             }
-            Err(_) => return Codec::None,
         }
-        // Clearly incompressible after the first window: stop sampling.
-        if i == 0 && (raw as f64) < 1.02 * packed as f64 {
-            return Codec::None;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64().max(1e-7);
-    let ratio = raw as f64 / packed.max(1) as f64;
-    let compress_speed = raw as f64 / secs;
-    let bw = write_bandwidth.max(1.0);
-    let t_raw = 1.0 / bw;
-    let t_zstd = 1.0 / compress_speed + 1.0 / (ratio * bw);
-    if ratio >= 1.1 && t_zstd < 0.95 * t_raw { Codec::Zstd } else { Codec::None }
+        let secs = start.elapsed().as_secs_f64().max(1e-7);
+        let ratio = raw as f64 / packed.max(1) as f64;
+        let compress_speed = raw as f64 / secs;
+        let bw = write_bandwidth.max(1.0);
+        let t_raw = 1.0 / bw;
+        let t_zstd = 1.0 / compress_speed + 1.0 / (ratio * bw);
+        if ratio >= 1.1 && t_zstd < 0.95 * t_raw { Codec::Zstd } else { Codec::None }
+    };
+    with_sampler(0, zstd::zstd_safe::compress_bound(window), sample).unwrap_or(Codec::None)
 }
 
 /// `auto_choice` for shuffled data, which is stored plane by plane: compress when at least one byte plane
@@ -683,23 +702,25 @@ fn auto_choice_planes(data: &[u8], element_size: usize, write_bandwidth: f64) ->
     let windows = WINDOWS.min(data.len() / window).max(1);
     let stride = if windows > 1 { (data.len() - window) / (windows - 1) / element_size * element_size } else { 0 };
     let n = window / element_size;
-    let Ok(mut ctx) = zstd::bulk::Compressor::new(AUTO_LEVEL) else {
+    let sample = |s: &mut Sampler| {
+        let (mut saved, mut secs) = (vec![0.0f64; element_size], vec![0.0f64; element_size]);
+        let shuffled = &mut s.scratch[..window];
+        for i in 0..windows {
+            format::shuffle_block(&data[i * stride..i * stride + window], shuffled, element_size);
+            for p in 0..element_size {
+                let start = Instant::now();
+                let Ok(len) = s.ctx.compress_to_buffer(&shuffled[p * n..(p + 1) * n], &mut s.out[..]) else {
+                    return None;
+                };
+                secs[p] += start.elapsed().as_secs_f64();
+                saved[p] += n.saturating_sub(len) as f64;
+            }
+        }
+        Some((saved, secs))
+    };
+    let Some(Some((saved, secs))) = with_sampler(window, zstd::zstd_safe::compress_bound(n), sample) else {
         return Codec::None;
     };
-    let mut shuffled = vec![0u8; window];
-    let mut out = vec![0u8; zstd::zstd_safe::compress_bound(n)];
-    let (mut saved, mut secs) = (vec![0.0f64; element_size], vec![0.0f64; element_size]);
-    for i in 0..windows {
-        format::shuffle_block(&data[i * stride..i * stride + window], &mut shuffled, element_size);
-        for p in 0..element_size {
-            let start = Instant::now();
-            let Ok(len) = ctx.compress_to_buffer(&shuffled[p * n..(p + 1) * n], &mut out) else {
-                return Codec::None;
-            };
-            secs[p] += start.elapsed().as_secs_f64();
-            saved[p] += n.saturating_sub(len) as f64;
-        }
-    }
     let plane_bytes = (n * windows) as f64;
     let bw = write_bandwidth.max(1.0);
     let pays = (0..element_size).any(|p| saved[p] >= PLANE_MIN_SAVING * plane_bytes && saved[p] / bw > secs[p]);
