@@ -28,7 +28,8 @@ memory-mapped load pays for reading:
 * `numpy`: `np.load(path)` of the `.npy` file;
 * `pickle`: `pickle.load` of the seed's file.
 
-The order of the methods rotates from run to run (A B C D, B C D A, ...); one untimed warm-up round first.
+The order of the methods changes from run to run (A B C D, D C B A, B C D A, A D C B, ...: see `rotated`);
+one untimed warm-up round first.
 
 With `--memory METHOD` (one of the saves), the script instead builds the array, resets the peak resident set
 (`5` to `/proc/self/clear_refs`), saves once with METHOD, and prints `{"rss_before_kib", "peak_kib"}`: the
@@ -163,8 +164,15 @@ LOAD_FILES = {
 
 
 def rotated(names: list[str], k: int) -> list[str]:
-    k %= len(names)
-    return names[k:] + names[:k]
+    """Run k's order: rotated by k // 2, backwards when k is odd (A B C D, D C B A, B C D A, A D C B, ...).
+
+    A plain rotation keeps the cyclic order, so each method would always follow the same one; a save that
+    follows a large write was seen to run slower (the host still flushing), which would always bill the
+    same method.
+    """
+    j = (k // 2) % len(names)
+    order = names[j:] + names[:j]
+    return order[::-1] if k % 2 else order
 
 
 def status_kib(field: str) -> int:

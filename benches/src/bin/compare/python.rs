@@ -241,8 +241,8 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
     let _ = writeln!(
         out,
         "`benches/python/bench_save.py` (Python {}, numpy {}, ckpt {}) times each method in the same process, \
-         interleaved with the order rotating from run to run (A B C D, B C D A, ...), after an untimed warm-up \
-         round that also checks every method round-trips the array; `os.sync()` (untimed) before each save. \
+         interleaved, the order changing from run to run (A B C D, D C B A, B C D A, A D C B, ...), after an \
+         untimed warm-up round that also checks every method round-trips the array; `os.sync()` (untimed) before each save. \
          Each save replaces its own previous file of the same size; `ckpt.save` frees the file it replaced \
          on a thread after it returns, which the script waits for (untimed) before the next method. Medians \
          of {} runs.{note}{}\n",
