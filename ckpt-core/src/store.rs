@@ -812,7 +812,7 @@ fn prune(
         let pd = parts_root.join(&d.name);
         if let Ok(files) = storage.read_dir(&pd) {
             for f in files {
-                let _ = storage.remove_file(&pd.join(&f.name));
+                let _ = storage.remove_listed_file(&pd.join(&f.name), f.len);
             }
         }
         if let Err(e) = storage.remove_dir(&pd) {
