@@ -184,6 +184,34 @@ fn sync_all() {
     unsafe { libc::sync() };
 }
 
+/// Builds `packages` through cargo, in this runner's profile, and returns the directory of the results
+/// (this executable's). Always through cargo (a no-op when up to date): a library or tool left by an older
+/// build would be measured in place of this checkout's.
+fn build_tools(packages: &[&str]) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the runner's executable: {e}"))?;
+    let dir = exe.parent().ok_or("the runner's executable has no directory")?.to_path_buf();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q"]).stdin(std::process::Stdio::null());
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if !cmd.status().is_ok_and(|s| s.success()) {
+        return Err(format!("`cargo build -p {}` for {} failed", packages.join(" -p "), dir.display()));
+    }
+    Ok(dir)
+}
+
+/// Runs `dd` with `args` (plus `status=none`) and returns its wall time in seconds.
+fn timed_dd(args: &[String]) -> f64 {
+    let t = Instant::now();
+    let st = Command::new("dd").args(args).arg("status=none").status().expect("dd");
+    assert!(st.success(), "dd {args:?} failed");
+    t.elapsed().as_secs_f64()
+}
+
 fn store_in(dir: &Path, name: &str) -> Store {
     let mut c = Config::new(name, dir).expect("config");
     c.keep = 1;
@@ -213,18 +241,10 @@ fn scenario_large(o: &Opts, work: &Path, out: &mut String) {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     // Warm-up of both paths (first touches are 2-5x slower on these machines).
     save_once(&store, &data, SectionOptions::new());
-    let dd = || {
-        // dd truncates the previous DST inside its timed run, as a save replaces the previous checkpoint.
-        let t = Instant::now();
-        let st = Command::new("dd")
-            .arg(format!("if={}", src.display()))
-            .arg(format!("of={}", dst.display()))
-            .args(["bs=16M", "conv=fsync", "status=none"])
-            .status()
-            .expect("dd");
-        assert!(st.success());
-        t.elapsed().as_secs_f64()
-    };
+    // dd truncates the previous DST inside its timed run, as a save replaces the previous checkpoint.
+    let dd_args =
+        [format!("if={}", src.display()), format!("of={}", dst.display()), "bs=16M".into(), "conv=fsync".into()];
+    let dd = || timed_dd(&dd_args);
     dd();
     for run in 0..o.runs {
         // Alternate which goes first, so neither always follows the other's writeback.
@@ -502,16 +522,8 @@ fn scenario_restart(o: &Opts, work: &Path, out: &mut String) {
         r.checkpoint.read_into("state", target).expect("read");
         t.elapsed().as_secs_f64()
     };
-    let dd = || {
-        let t = Instant::now();
-        let st = Command::new("dd")
-            .arg(format!("if={}", file.display()))
-            .args(["of=/dev/null", "bs=16M", "status=none"])
-            .status()
-            .expect("dd");
-        assert!(st.success());
-        t.elapsed().as_secs_f64()
-    };
+    let dd_args = [format!("if={}", file.display()), "of=/dev/null".into(), "bs=16M".into()];
+    let dd = || timed_dd(&dd_args);
     let cold = drop_caches();
     let mut rows = Vec::new();
     for (label, cold_run) in [("cold page cache", true), ("warm page cache", false)] {

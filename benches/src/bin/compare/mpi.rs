@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Opts, Stat, stat};
+use super::{Opts, Stat, stat, sync_all};
 
 /// The numbers of ranks measured.
 const RANKS: [usize; 3] = [1, 2, 4];
@@ -59,21 +59,11 @@ fn open_mpi() -> Result<OpenMpi, String> {
     Ok(OpenMpi { mpirun: format!("mpirun{suffix}"), mpicc, version })
 }
 
-/// The directory of this build's `libckpt.so` (next to this executable), built when missing.
+/// The directory of this build's `libckpt.so` (next to this executable), built or found up to date.
 fn libckpt_dir() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the runner's executable: {e}"))?;
-    let dir = exe.parent().ok_or("the runner's executable has no directory")?.to_path_buf();
-    // Always through cargo (a no-op when up to date): a libckpt.so left by an older build would be measured
-    // in place of this checkout's.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "ckpt-ffi"]).stdin(Stdio::null());
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let ok = cmd.status().is_ok_and(|s| s.success());
-    if !ok || !dir.join("libckpt.so").exists() {
-        return Err(format!("building libckpt (`cargo build -p ckpt-ffi`) for {} failed", dir.display()));
+    let dir = super::build_tools(&["ckpt-ffi"])?;
+    if !dir.join("libckpt.so").exists() {
+        return Err(format!("no libckpt.so in {} after building ckpt-ffi", dir.display()));
     }
     Ok(dir)
 }
@@ -173,11 +163,6 @@ fn mib(bytes: usize) -> String {
     } else {
         format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
     }
-}
-
-fn sync_all() {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
 }
 
 /// One row: `rounds` rounds of (one `mpirun` of ckpt, one of bare), each doing `steps` steps, in directories

@@ -9,22 +9,11 @@ use std::time::{Duration, Instant};
 
 use super::{Opts, stat};
 
-/// `ckpt` and `libckpt_preload.so` next to this executable, built (or found up to date) by cargo first: a
-/// copy left by an older build would be measured in place of this checkout's.
+/// `ckpt` and `libckpt_preload.so` next to this executable, built or found up to date.
 fn tools() -> Option<(PathBuf, PathBuf)> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.to_path_buf();
+    let dir = super::build_tools(&["ckpt-cli", "ckpt-preload"]).ok()?;
     let (ckpt, lib) = (dir.join("ckpt"), dir.join("libckpt_preload.so"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "ckpt-cli", "-p", "ckpt-preload"]).stdin(Stdio::null());
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    if !cmd.status().ok()?.success() || !ckpt.exists() || !lib.exists() {
-        return None;
-    }
-    Some((ckpt, lib))
+    (ckpt.exists() && lib.exists()).then_some((ckpt, lib))
 }
 
 fn which(name: &str) -> Option<String> {
