@@ -37,7 +37,6 @@ const NRANKS: u32 = 3;
 const TRAILER_LEN: usize = 64;
 const ENTRY_LEN: usize = 128;
 
-
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }

@@ -16,7 +16,6 @@ use libfuzzer_sys::fuzz_target;
 const TRAILER_LEN: usize = 64;
 const ENTRY_LEN: u64 = 128;
 
-
 fn fix_crcs(b: &mut [u8]) {
     let len = b.len();
     if len < 264 + TRAILER_LEN {
