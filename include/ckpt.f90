@@ -73,7 +73,20 @@ module ckpt
             ckpt_version, ckpt_set_config, ckpt_set_rank, ckpt_rank_info, ckpt_set_metadata, ckpt_restart_metadata, &
             ckpt_save_buffer, ckpt_buffer_size, ckpt_load_buffer, ckpt_next_generation, ckpt_checkpoint_part, &
             ckpt_commit_step, ckpt_newest_valid_generation, ckpt_select_generation, ckpt_finish_step, &
-            ckpt_request_checkpoint
+            ckpt_request_checkpoint, ckpt_get_part_identity, ckpt_commit_step_parts
+
+  !> struct ckpt_part_identity of ckpt.h: what a rank's durable part of a multi-rank step is, gathered to
+  !> rank 0 for ckpt_commit_step_parts (40 bytes; the unsigned C fields are signed integers of the same
+  !> size here: the values are carried, never computed with).
+  type, bind(C), public :: ckpt_part_identity
+    integer(c_int64_t) :: generation = 0
+    integer(c_int64_t) :: step = 0
+    integer(c_int64_t) :: file_len = 0
+    integer(c_int32_t) :: rank = 0
+    integer(c_int32_t) :: nranks = 0
+    integer(c_int32_t) :: header_crc32 = 0
+    integer(c_int32_t) :: table_crc32 = 0
+  end type ckpt_part_identity
 
   ! ---- Fortran-friendly wrappers ----
   public :: ckpt_init_f, ckpt_set_config_f, ckpt_set_metadata_f, ckpt_restart_metadata_f, ckpt_protect_f, &
@@ -276,6 +289,28 @@ module ckpt
       integer(c_int64_t), value :: generation, step
       integer(c_int32_t) :: status
     end function ckpt_commit_step
+
+    !> int32_t ckpt_get_part_identity(uint64_t generation, struct ckpt_part_identity *identity_out): this
+    !> rank's durable part of `generation`, for gathering to rank 0.
+    function ckpt_get_part_identity(generation, identity_out) bind(C, name="ckpt_get_part_identity") &
+        result(status)
+      import :: c_int32_t, c_int64_t, ckpt_part_identity
+      integer(c_int64_t), value :: generation
+      type(ckpt_part_identity), intent(inout) :: identity_out
+      integer(c_int32_t) :: status
+    end function ckpt_get_part_identity
+
+    !> int32_t ckpt_commit_step_parts(uint64_t generation, int64_t step,
+    !>                                const struct ckpt_part_identity *parts, size_t nparts):
+    !> commit the step from every rank's identity (parts(r + 1) is rank r's), on rank 0.
+    function ckpt_commit_step_parts(generation, step, parts, nparts) bind(C, name="ckpt_commit_step_parts") &
+        result(status)
+      import :: c_int32_t, c_int64_t, c_size_t, ckpt_part_identity
+      integer(c_int64_t), value :: generation, step
+      type(ckpt_part_identity), dimension(*), intent(in) :: parts
+      integer(c_size_t), value :: nparts
+      integer(c_int32_t) :: status
+    end function ckpt_commit_step_parts
 
     !> int32_t ckpt_newest_valid_generation(uint64_t max_generation, uint64_t *generation_out):
     !> pass huge(0_c_int64_t) for "any generation".

@@ -113,6 +113,27 @@
 // A bug: the library panicked (the panic was caught; the message says where). Please report it.
 #define CKPT_ERR_PANIC -99
 
+// What a rank's durable part of a multi-rank step is, as the rank that wrote it knows it (the manifest
+// records it): `ckpt_get_part_identity` fills it on each rank, an MPI gather brings every rank's to rank
+// 0, and `ckpt_commit_step_parts` commits the step from them without opening one file per rank. Plain
+// data (40 bytes, no padding), the same on every rank of a job.
+typedef struct ckpt_part_identity {
+  // The part's generation.
+  uint64_t generation;
+  // The application step it holds.
+  int64_t step;
+  // Its length in bytes.
+  uint64_t file_len;
+  // The rank that wrote it.
+  uint32_t rank;
+  // The number of ranks it was written for.
+  uint32_t nranks;
+  // CRC32 of its header.
+  uint32_t header_crc32;
+  // CRC32 of its section table.
+  uint32_t table_crc32;
+} ckpt_part_identity;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -279,6 +300,24 @@ int32_t ckpt_request_checkpoint(int32_t exit);
 // step's manifest (call on one rank, normally 0, after a barrier). Thread-safe.
 int32_t ckpt_commit_step(uint64_t generation,
                          int64_t step);
+
+// Writes to `*identity_out` the identity of this rank's part of `generation`, written durably by this
+// process's `ckpt_checkpoint_part` (CKPT_ERR_INVALID_STATE when it wrote none). For gathering to rank 0
+// before `ckpt_commit_step_parts`. Thread-safe.
+int32_t ckpt_get_part_identity(uint64_t generation,
+                               struct ckpt_part_identity *identity_out);
+
+// Commits multi-rank `generation` of application step `step` from `parts`, an array of `nparts`
+// identities indexed by rank (`parts[r]` from rank r's `ckpt_get_part_identity`), after every rank's
+// part is durable: writes the step's manifest without opening the parts (`ckpt_commit_step` opens
+// every one). Call on one rank, normally 0. Each rank then removes its own parts that the step retires
+// when `ckpt_finish_step(1)` tells it the outcome. CKPT_ERR_INVALID_ARGUMENT when `nparts` is not the
+// number of ranks; CKPT_ERR_INVALID_STATE when an identity is not its rank's part of this generation and
+// step. `parts` is read during the call only. Thread-safe.
+int32_t ckpt_commit_step_parts(uint64_t generation,
+                               int64_t step,
+                               const struct ckpt_part_identity *parts,
+                               size_t nparts);
 
 // Writes to `*generation_out` the newest generation, at most `max_generation`, that this rank can
 // restart from (manifest and own part verified), or 0 when there is none (also when checkpoints exist

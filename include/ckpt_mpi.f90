@@ -118,18 +118,23 @@ contains
 
   !> Writes every rank's protected regions as step `step` and commits the step only after every rank's
   !> part is durable: agree on the generation (MAX of ckpt_next_generation), each rank writes its part
-  !> (ckpt_checkpoint_part), allreduce MIN of the statuses (also the barrier: nothing is committed when a
-  !> part failed), rank 0 commits (ckpt_commit_step) and broadcasts its status. With one rank it is
-  !> ckpt_checkpoint(step). `step` must be the same on every rank. A failed part leaves that rank's request
-  !> due (the next poll retries everywhere); a failed commit does not (libckpt took the requests when the
-  !> parts were written): retry or stop deliberately.
+  !> (ckpt_checkpoint_part), an MPI_Gather brings every rank's status and part identity to rank 0 (also the
+  !> barrier), rank 0 commits from the identities (ckpt_commit_step_parts: no file opened per rank) unless
+  !> a part failed, and broadcasts the result; every rank then calls ckpt_finish_step with it (a committed
+  !> step lets each rank remove its own parts that fell out of CKPT_KEEP). With one rank it is
+  !> ckpt_checkpoint(step). `step` must be the same on every rank. A failed part or commit leaves the
+  !> requests due again (the next poll retries everywhere). CKPT_ERR_OTHER when rank 0 cannot allocate the
+  !> gather buffer (nothing is written then).
   function ckpt_mpi_checkpoint(comm, step) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer(c_int64_t), intent(in) :: step
     integer(c_int32_t) :: status, rc
-    integer(c_int64_t) :: g, v(2)
+    integer(c_int64_t) :: g, v(2), mine(6)
+    integer(c_int64_t), allocatable :: reports(:, :)
+    type(ckpt_part_identity) :: identity
+    type(ckpt_part_identity), allocatable :: parts(:)
     integer(c_int32_t) :: committed(1)
-    integer :: rank, nranks, ierr
+    integer :: rank, nranks, ierr, alloc_err, r
     call MPI_Comm_rank(comm, rank, ierr)
     if (ierr == MPI_SUCCESS) call MPI_Comm_size(comm, nranks, ierr)
     if (ierr /= MPI_SUCCESS) then
@@ -140,8 +145,12 @@ contains
       status = ckpt_checkpoint(step)
       return
     end if
+    ! Rank 0's gather buffer first: if it cannot have one, no rank writes anything. Each report is the
+    ! part's identity (5 words) and the rank's status.
+    allocate(reports(6, merge(nranks, 1, rank == 0)), parts(merge(nranks, 1, rank == 0)), stat=alloc_err)
     g = 0
     rc = ckpt_next_generation(g)
+    if (alloc_err /= 0) rc = CKPT_ERR_OTHER
     v = [merge(g, 0_c_int64_t, rc == CKPT_OK), -int(rc, c_int64_t)] ! {generation, -status}: one MAX
     status = reduce64(comm, v, MPI_MAX)
     if (status /= CKPT_OK) return
@@ -150,14 +159,21 @@ contains
       return
     end if
     g = v(1)
-    status = agree_status(comm, ckpt_checkpoint_part(g, step))
-    if (status /= CKPT_OK) then
-      ! No step: what triggered the parts is due again on every rank.
-      ierr = ckpt_finish_step(0_c_int32_t)
-      return
+    rc = ckpt_checkpoint_part(g, step)
+    if (rc == CKPT_OK) rc = ckpt_get_part_identity(g, identity)
+    mine(1:5) = transfer(identity, mine(1:5))
+    mine(6) = rc
+    call MPI_Gather(mine, 6, MPI_INT64_T, reports, 6, MPI_INT64_T, 0, comm, ierr)
+    committed(1) = merge(CKPT_OK, CKPT_ERR_MPI, ierr == MPI_SUCCESS)
+    if (rank == 0 .and. committed(1) == CKPT_OK) then
+      committed(1) = int(min(0_c_int64_t, minval(reports(6, :))), c_int32_t) ! the most negative status
+      if (committed(1) == CKPT_OK) then
+        do r = 1, nranks
+          parts(r) = transfer(reports(1:5, r), parts(r))
+        end do
+        committed(1) = ckpt_commit_step_parts(g, step, parts, int(nranks, c_size_t))
+      end if
     end if
-    committed(1) = CKPT_OK
-    if (rank == 0) committed(1) = ckpt_commit_step(g, step)
     call MPI_Bcast(committed, 1, MPI_INT32_T, 0, comm, ierr)
     status = merge(committed(1), CKPT_ERR_MPI, ierr == MPI_SUCCESS)
     ierr = ckpt_finish_step(merge(1_c_int32_t, 0_c_int32_t, status == CKPT_OK))

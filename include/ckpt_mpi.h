@@ -7,7 +7,7 @@
  *     mpicc -I$PREFIX/include app.c -L$PREFIX/lib -lckpt -Wl,-rpath,$PREFIX/lib
  *
  * Uses only MPI-3 calls present in Open MPI and MPICH (MPI_Comm_rank/size, MPI_Allreduce, MPI_Bcast,
- * MPI_Initialized, MPI_INT32_T/MPI_INT64_T).
+ * MPI_Gather, MPI_Initialized, MPI_INT32_T/MPI_INT64_T/MPI_BYTE).
  *
  * Rules for every ckpt_mpi_* function:
  *  - It is COLLECTIVE over `comm`: every rank of `comm` calls it, in the same order relative to the other
@@ -51,6 +51,8 @@
 #include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "ckpt.h"
 
@@ -132,39 +134,68 @@ static inline int32_t ckpt_mpi_should_exit(MPI_Comm comm) {
     return rc != CKPT_OK ? rc : e;
 }
 
+/* Internal: what each rank reports to rank 0 after writing its part: the part's identity (ckpt.h), valid
+ * when `status` is CKPT_OK. */
+typedef struct ckpt_mpi__report {
+    ckpt_part_identity identity;
+    int64_t status;
+} ckpt_mpi__report;
+
 /* Writes every protected region of every rank as application step `step`, and commits the step only
  * after every rank's part is durable:
  *   1. the ranks agree on the generation (MAX over ranks of ckpt_next_generation);
  *   2. each rank writes its part (ckpt_checkpoint_part: tmp file, fsync, rename, fsync);
- *   3. an allreduce MIN of the statuses: it completes on rank 0 only after every rank's part returned,
- *      so it is also the barrier; if any part failed, every rank returns that code and nothing is
- *      committed (the previous step stays the newest);
- *   4. rank 0 commits the step (ckpt_commit_step: checks every part and writes the manifest atomically);
- *   5. rank 0's result is broadcast, so every rank returns the same status.
- * With one rank it is ckpt_checkpoint(step). `step` must be the same on every rank (ckpt_commit_step
- * rejects parts of different steps). Resets ckpt_should_checkpoint on every rank. Every rank then calls
- * ckpt_finish_step with the agreed outcome: when the step was committed, ckpt_should_exit turns 1 where
- * SIGTERM or the time limit asked for it; when a part or the commit failed, the requests are due again,
- * so the next ckpt_mpi_should_checkpoint retries on every rank. Protected memory must not
- * change during the call. Collective. */
+ *   3. an MPI_Gather to rank 0 of each rank's status and part identity (ckpt_get_part_identity): it
+ *      completes on rank 0 only after every rank's part returned, so it is also the barrier;
+ *   4. if every part succeeded, rank 0 commits the step from the identities (ckpt_commit_step_parts:
+ *      writes the manifest atomically without opening one file per rank); if any part failed, nothing
+ *      is committed (the previous step stays the newest) and the result is that rank's code;
+ *   5. rank 0's result is broadcast, so every rank returns the same status, and every rank calls
+ *      ckpt_finish_step with it (a committed step lets each rank remove its own parts that fell out of
+ *      CKPT_KEEP).
+ * With one rank it is ckpt_checkpoint(step). `step` must be the same on every rank (rank 0 rejects parts
+ * of different steps). Resets ckpt_should_checkpoint on every rank. When the step was committed,
+ * ckpt_should_exit turns 1 where SIGTERM or the time limit asked for it; when a part or the commit
+ * failed, the requests are due again, so the next ckpt_mpi_should_checkpoint retries on every rank.
+ * CKPT_ERR_OTHER when rank 0 cannot allocate the gather buffer (48 bytes per rank; nothing is written
+ * then). Protected memory must not change during the call. Collective. */
 static inline int32_t ckpt_mpi_checkpoint(MPI_Comm comm, int64_t step) {
     int rank = 0, size = 0;
     if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS) return CKPT_ERR_MPI;
     if (size == 1) return ckpt_checkpoint(step);
+    /* rank 0's gather buffer first: if it cannot have one, no rank writes anything */
+    ckpt_mpi__report *reports = NULL;
+    if (rank == 0) reports = (ckpt_mpi__report *)malloc((size_t)size * sizeof *reports);
     uint64_t g = 0;
     int32_t rc = ckpt_next_generation(&g);
+    if (rank == 0 && reports == NULL) rc = CKPT_ERR_OTHER;
     /* {generation, -status}: one MAX gives the agreed generation and the worst failure */
     int64_t v[2] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc};
     int32_t mrc = ckpt_mpi__max64(comm, v, 2);
-    if (mrc != CKPT_OK) return mrc;
-    if (v[1] != 0) return (int32_t)-v[1];
-    uint64_t generation = (uint64_t)v[0];
-    rc = ckpt_mpi__agree_status(comm, ckpt_checkpoint_part(generation, step));
-    if (rc != CKPT_OK) {
-        (void)ckpt_finish_step(0); /* no step: what triggered the parts is due again on every rank */
-        return rc;
+    if (mrc != CKPT_OK || v[1] != 0) {
+        free(reports);
+        return mrc != CKPT_OK ? mrc : (int32_t)-v[1];
     }
-    int32_t committed = rank == 0 ? ckpt_commit_step(generation, step) : CKPT_OK;
+    uint64_t generation = (uint64_t)v[0];
+    ckpt_mpi__report mine;
+    memset(&mine, 0, sizeof mine);
+    rc = ckpt_checkpoint_part(generation, step);
+    if (rc == CKPT_OK) rc = ckpt_get_part_identity(generation, &mine.identity);
+    mine.status = rc;
+    int32_t committed = CKPT_OK;
+    if (MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, reports, (int)sizeof mine, MPI_BYTE, 0, comm) != MPI_SUCCESS)
+        committed = CKPT_ERR_MPI;
+    if (rank == 0 && committed == CKPT_OK) {
+        for (int r = 0; r < size; r++)
+            if (reports[r].status < committed) committed = (int32_t)reports[r].status; /* the most negative */
+        if (committed == CKPT_OK) {
+            /* the identities side by side, in place (each moves down, never over one not yet moved) */
+            ckpt_part_identity *parts = (ckpt_part_identity *)(void *)reports;
+            for (int r = 0; r < size; r++) memmove(&parts[r], &reports[r].identity, sizeof parts[r]);
+            committed = ckpt_commit_step_parts(generation, step, parts, (size_t)size);
+        }
+    }
+    free(reports);
     if (MPI_Bcast(&committed, 1, MPI_INT32_T, 0, comm) != MPI_SUCCESS) committed = CKPT_ERR_MPI;
     (void)ckpt_finish_step(committed == CKPT_OK);
     return committed;

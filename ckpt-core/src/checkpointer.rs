@@ -647,12 +647,31 @@ impl Checkpointer {
 
     /// Concludes a multi-rank step after this rank's part was committed: `committed` says whether the step
     /// itself was committed (its manifest written; every rank must be told the same). On success the exit
-    /// is armed if the part's trigger asked for it and pending `ckpt create` requests are answered; on
+    /// is armed if the part's trigger asked for it, pending `ckpt create` requests are answered, and this
+    /// rank removes its parts of generations that fell out of `keep` ([`Store::after_step_committed`]); on
     /// failure the signals and time limit that triggered the part are due again and requests get the error.
     pub fn finish_step(&self, committed: bool) {
+        self.finish_step_with(committed, true);
+    }
+
+    /// For a rank that cannot learn whether its step was committed (several ranks without MPI: rank 0
+    /// commits alone): counts its durable part as the step, as [`Checkpointer::finish_step`] with `true`
+    /// does, but keeps its older parts, since the step's manifest may not exist; its next part removes
+    /// those that the directory then shows retired.
+    pub fn finish_step_unconfirmed(&self) {
+        self.finish_step_with(true, false);
+    }
+
+    fn finish_step_with(&self, committed: bool, outcome_known: bool) {
         let Some((taken, requests, reply)) = self.inner.lock().pending_step.take() else {
             return;
         };
+        if committed && outcome_known {
+            let warnings = reply["generation"].as_u64().map(|g| self.store.after_step_committed(g)).unwrap_or_default();
+            if !warnings.is_empty() {
+                self.inner.log(json!({"event": "prune-parts", "warnings": warnings}));
+            }
+        }
         if committed {
             if taken & (SIGNAL_EXIT | DEADLINE) != 0 || requests.iter().any(|r| r.vacate) {
                 self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);

@@ -82,7 +82,9 @@ pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Codec, Encoding, FileKind, Header, SectionEntry};
 pub use reader::{Checkpoint, LoadOptions, SectionData, read_header};
-pub use store::{CheckpointWriter, CommitInfo, NameKind, Store, any_base, begin_file, classify, parse_manifest};
+pub use store::{
+    CheckpointWriter, CommitInfo, NameKind, PartIdentity, Store, any_base, begin_file, classify, parse_manifest,
+};
 pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time};
 pub use writer::{Compression, FileStats, SectionOptions, SectionWriter, auto_choice};
 

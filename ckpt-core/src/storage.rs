@@ -87,6 +87,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Lists a directory.
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>>;
+    /// The names in a directory, without looking at each entry (no `stat` per name): for directories
+    /// that hold one file per rank.
+    fn list_names(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        Ok(self.read_dir(dir)?.into_iter().map(|e| e.name).collect())
+    }
     /// Creates a directory and its parents (mode 0700 for new ones unless the umask says less).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Removes an empty directory.
@@ -214,6 +219,11 @@ impl Storage for FileStorage {
             });
         }
         Ok(out)
+    }
+
+    fn list_names(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect()
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

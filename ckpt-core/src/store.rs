@@ -26,11 +26,22 @@
 //!
 //! # Multi-rank steps
 //!
-//! Each rank writes its part to `<base>.parts/<N>/rank<R>.ckpt` (tmp + fsync + rename + fsync of the parts
-//! directory). When every rank's part is durable, one rank (normally 0, after a barrier) calls
-//! [`Store::commit_step`], which checks every part's structure and writes a manifest (a checkpoint file of
-//! kind `Manifest` naming each part and its identity) through the single-file protocol above. A step
-//! exists only once its manifest does.
+//! Each rank writes its part to `<base>.parts/<N>/rank<R>.ckpt` (tmp + fsync + rename + fsync of the
+//! generation's directory; the directory is never listed by the ranks, which with N ranks would cost N²
+//! metadata operations per step). When every rank's part is durable, one rank (normally 0, after a
+//! barrier) writes the step's manifest (a checkpoint file of kind `Manifest` naming each part and its
+//! identity) through the single-file protocol above, either from the identities the ranks report
+//! ([`Store::commit_step_with_parts`], what the MPI helpers do: rank 0 opens no part) or by opening and
+//! checking every part ([`Store::commit_step`]). A step exists only once its manifest does.
+//!
+//! Retiring a generation: rank 0's commit removes the manifests beyond `keep`. With reported identities,
+//! each rank removes its own retired part once told that the step was committed
+//! ([`Store::after_step_committed`]) or, failing that, before writing its next part, and a later commit of
+//! rank 0 removes the emptied directory (or empties it, when some rank did not). With
+//! [`Store::commit_step`], rank 0 removes the retired parts itself. Either way no part of a kept step is
+//! removed: a rank removes only parts older than the newest manifest it knows of and outside the newest
+//! `keep` manifests, which are the generations whose manifests rank 0 removes (every rank must use the
+//! same `keep`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -115,11 +126,50 @@ struct Shared {
     listing: std::sync::Mutex<Option<Listing>>,
     /// A parts root (`<dir>/<base>.parts`) whose entry in its directory this process has made durable.
     synced_parts_root: std::sync::Mutex<Option<PathBuf>>,
+    /// Multi-rank: this rank's parts that it wrote and has not removed yet. Each rank removes its own old
+    /// parts, so that retiring a generation costs every rank one `unlink` instead of rank 0 one per rank.
+    own_parts: std::sync::Mutex<Vec<OwnPart>>,
+    /// Multi-rank: the checkpoint directory and its manifests' generations as the last part's listing saw
+    /// them.
+    manifests_seen: std::sync::Mutex<Option<(PathBuf, Vec<u64>)>>,
+}
+
+/// A part this rank wrote: `<dir>/<base>.parts/<generation>/rank<R>.ckpt`.
+#[derive(Clone, Debug)]
+struct OwnPart {
+    dir: PathBuf,
+    path: PathBuf,
+    identity: PartIdentity,
+}
+
+/// What the manifest records of a rank's durable part, as the rank that wrote it knows it: MPI helpers
+/// gather these to rank 0 ([`Store::part_identity`], then [`Store::commit_step_with_parts`]) so that rank
+/// 0 commits a step without opening one file per rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartIdentity {
+    /// The part's generation.
+    pub generation: u64,
+    /// The application step it holds.
+    pub app_step: i64,
+    /// Its length in bytes.
+    pub file_len: u64,
+    /// The rank that wrote it.
+    pub rank: u32,
+    /// The number of ranks it was written for.
+    pub nranks: u32,
+    /// The CRC32 of its header.
+    pub header_crc32: u32,
+    /// The CRC32 of its section table.
+    pub table_crc32: u32,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
     fn listing(&self) -> std::sync::MutexGuard<'_, Option<Listing>> {
-        self.listing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.listing)
     }
 
     /// The cached view of `dir` for `base`, when it is recent enough to reuse.
@@ -224,6 +274,8 @@ impl Store {
             write_bandwidth: AtomicU64::new(DEFAULT_WRITE_BANDWIDTH.to_bits()),
             listing: std::sync::Mutex::new(None),
             synced_parts_root: std::sync::Mutex::new(None),
+            own_parts: std::sync::Mutex::new(Vec::new()),
+            manifests_seen: std::sync::Mutex::new(None),
         };
         Store { config, storage, shared: Arc::new(shared) }
     }
@@ -317,12 +369,18 @@ impl Store {
         let base = self.config.base_name();
         let parts_root = dir.join(format!("{base}.parts"));
         let part_dir = parts_root.join(generation.to_string());
-        self.scan(dir)?;
+        let entries = self.scan(dir)?;
+        // This rank's parts of generations whose manifests fell out of `keep` (the outcome of the last step
+        // was not reported with `after_step_committed`, or a failed step left them): removed before the new
+        // part is written, so a rank never holds more than `keep` + 1 generations.
+        let manifests: Vec<u64> = listing_of(dir, &base, &entries).generations.iter().map(|g| g.0).collect();
+        let warnings = self.prune_own_parts(dir, &manifests);
+        *lock(&self.shared.manifests_seen) = Some((dir.to_path_buf(), manifests));
         // The new directories must survive a crash along with the part written into them. The generation's
         // directory is new at every step (another rank may have created it: its parent is synced all the
         // same); the parts root is made durable in `dir` once per process, while it stays in place.
         let root_synced = {
-            let synced = self.shared.synced_parts_root.lock().unwrap_or_else(|p| p.into_inner());
+            let synced = lock(&self.shared.synced_parts_root);
             synced.as_deref() == Some(parts_root.as_path())
                 && self.storage.exists(&parts_root).map_err(|e| Error::io("stat", e).with_path(&parts_root))?
         };
@@ -331,12 +389,67 @@ impl Store {
         for d in to_sync {
             self.storage.sync_dir(d).map_err(|e| Error::io("fsync directory", e).with_path(d))?;
         }
-        *self.shared.synced_parts_root.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts_root.clone());
+        *lock(&self.shared.synced_parts_root) = Some(parts_root.clone());
+        // The generation's directory is not listed: with N ranks that is N entries for every rank at every
+        // step (N² metadata operations per step). Temporary files that a dead writer left in it are removed
+        // by `commit_step`, when every rank's part is in place.
         let part_name = format!("rank{}.ckpt", self.config.rank);
-        let entries = self.scan(&part_dir)?;
-        self.remove_stale_tmp(&part_dir, &part_name, &entries);
         let header = self.header(FileKind::Data, generation, app_step);
-        self.start(&part_dir, &part_name, header, Plan::Part { dir: part_dir.clone(), name: part_name.clone() })
+        let plan = Plan::Part { dir: part_dir.clone(), name: part_name.clone(), checkpoint_dir: dir.to_path_buf() };
+        let mut w = self.start(&part_dir, &part_name, header, plan)?;
+        w.warnings = warnings;
+        Ok(w)
+    }
+
+    /// Multi-rank: tells this rank that the step of generation `generation`, to which it contributed a
+    /// part, was committed (its manifest is durable; with MPI, rank 0's broadcast outcome). The rank then
+    /// removes its own parts of generations that fell out of `keep`, at once instead of at its next part,
+    /// and rank 0's next commit removes their emptied directories. Call it only on a known outcome: a rank
+    /// that cannot learn it loses nothing by not calling it (its next part removes them). Returns the
+    /// parts that could not be removed, as warnings.
+    pub fn after_step_committed(&self, generation: u64) -> Vec<String> {
+        let dir =
+            lock(&self.shared.own_parts).iter().find(|p| p.identity.generation == generation).map(|p| p.dir.clone());
+        let Some(dir) = dir else { return Vec::new() };
+        let mut manifests = match lock(&self.shared.manifests_seen).as_ref() {
+            Some((seen_dir, m)) if *seen_dir == dir => m.clone(),
+            _ => Vec::new(),
+        };
+        manifests.push(generation);
+        self.prune_own_parts(&dir, &manifests)
+    }
+
+    /// This rank's durable part of `generation`, written by this process, for rank 0's
+    /// [`Store::commit_step_with_parts`]; `None` when this process has no committed part of it.
+    pub fn part_identity(&self, generation: u64) -> Option<PartIdentity> {
+        lock(&self.shared.own_parts).iter().map(|p| p.identity).find(|i| i.generation == generation)
+    }
+
+    /// Removes this rank's parts in `dir` of generations older than the newest manifest and not among the
+    /// newest `keep` manifests (`manifests`: the generations whose manifests exist). Rank 0's commit prunes
+    /// exactly those manifests, so no part of a kept step is ever removed.
+    fn prune_own_parts(&self, dir: &Path, manifests: &[u64]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let Some(&newest) = manifests.iter().max() else { return warnings };
+        let mut newest_first = manifests.to_vec();
+        newest_first.sort_unstable_by(|a, b| b.cmp(a));
+        newest_first.dedup();
+        let kept = &newest_first[..newest_first.len().min(self.config.keep.max(1))];
+        lock(&self.shared.own_parts).retain(|p| {
+            let g = p.identity.generation;
+            if p.dir != dir || g >= newest || kept.contains(&g) {
+                return true;
+            }
+            match self.storage.remove_listed_file(&p.path, p.identity.file_len) {
+                Ok(()) => false,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    warnings.push(format!("{}: could not remove an old part: {e}", p.path.display()));
+                    true
+                }
+            }
+        });
+        warnings
     }
 
     fn header(&self, kind: FileKind, generation: u64, app_step: i64) -> Header {
@@ -409,6 +522,8 @@ impl Store {
             done: false,
             last_generation: None,
             shared: self.shared.clone(),
+            warnings: Vec::new(),
+            ranks_prune_own_parts: false,
         })
     }
 
@@ -429,38 +544,35 @@ impl Store {
     /// [`Store::commit_step`] for parts written into `dir`.
     pub fn commit_step_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CommitInfo> {
         let start = Instant::now();
-        let base = self.config.base_name();
-        let part_dir = dir.join(format!("{base}.parts")).join(generation.to_string());
+        let part_dir = dir.join(format!("{}.parts", self.config.base_name())).join(generation.to_string());
         let nranks = self.config.nranks;
-        let mut entries = vec![None; nranks as usize];
+        let mut parts: Vec<Option<PartIdentity>> = vec![None; nranks as usize];
         loop {
             let mut missing = Vec::new();
             for r in 0..nranks {
-                if entries[r as usize].is_some() {
+                if parts[r as usize].is_some() {
                     continue;
                 }
                 let path = part_dir.join(format!("rank{r}.ckpt"));
                 match Checkpoint::open_with(&*self.storage, &path, LoadOptions { mmap: false }) {
                     Ok(cp) => {
                         let h = cp.header();
-                        if h.generation != generation
-                            || h.rank != r
-                            || h.nranks != nranks
-                            || h.kind != FileKind::Data
-                            || h.app_step != app_step
-                        {
-                            return Err(Error::new(
-                                ErrorKind::InvalidState,
-                                format!(
-                                    "part is generation {} step {} rank {}/{}, expected generation {generation} step \
-                                     {app_step} rank {r}/{nranks}: the ranks did not checkpoint the same step",
-                                    h.generation, h.app_step, h.rank, h.nranks
-                                ),
-                            )
-                            .with_path(&path));
+                        if h.kind != FileKind::Data {
+                            return Err(Error::new(ErrorKind::InvalidState, "a rank's part is not a data file")
+                                .with_path(&path));
                         }
-                        let (hc, tc) = cp.identity();
-                        entries[r as usize] = Some((cp.file_len(), hc, tc));
+                        let (header_crc32, table_crc32) = cp.identity();
+                        let part = PartIdentity {
+                            generation: h.generation,
+                            app_step: h.app_step,
+                            file_len: cp.file_len(),
+                            rank: h.rank,
+                            nranks: h.nranks,
+                            header_crc32,
+                            table_crc32,
+                        };
+                        check_part(&part, r, nranks, generation, app_step).map_err(|e| e.with_path(&path))?;
+                        parts[r as usize] = Some(part);
                     }
                     Err(e) if e.kind() == ErrorKind::NotFound => missing.push(r),
                     Err(e) => return Err(e),
@@ -482,25 +594,106 @@ impl Store {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut manifest = Vec::with_capacity(nranks as usize * MANIFEST_ENTRY_LEN);
-        for (r, e) in entries.iter().enumerate() {
-            let (len, hc, tc) = e.expect("all present");
-            manifest.extend_from_slice(&(r as u32).to_le_bytes());
+        let parts: Vec<PartIdentity> = parts.into_iter().map(|p| p.expect("all present")).collect();
+        self.write_manifest(dir, generation, app_step, &parts, start, false)
+    }
+
+    /// Commits multi-rank generation `generation` from the identities of every rank's durable part,
+    /// gathered from the ranks (`parts[r]` from rank r's [`Store::part_identity`]): rank 0 opens none of
+    /// the parts. For collective callers, after every rank's part is durable. The ranks then remove their
+    /// own parts of the generation this commit retires ([`Store::after_step_committed`]: they must be
+    /// told the outcome), and a later commit removes the emptied directory; parts that no rank removed are
+    /// removed by a later commit all the same. A part whose identity is wrong makes the step unrestorable
+    /// for its rank (restart checks every part against the manifest), never a wrong restart.
+    pub fn commit_step_with_parts(&self, generation: u64, app_step: i64, parts: &[PartIdentity]) -> Result<CommitInfo> {
+        self.commit_step_with_parts_in(&self.config.checkpoint_dir.clone(), generation, app_step, parts)
+    }
+
+    /// [`Store::commit_step_with_parts`] for parts written into `dir`.
+    pub fn commit_step_with_parts_in(
+        &self,
+        dir: &Path,
+        generation: u64,
+        app_step: i64,
+        parts: &[PartIdentity],
+    ) -> Result<CommitInfo> {
+        let start = Instant::now();
+        let nranks = self.config.nranks;
+        if parts.len() != nranks as usize {
+            return Err(Error::invalid(format!(
+                "{} part identities for a step of {nranks} ranks: every rank's part is needed",
+                parts.len()
+            )));
+        }
+        for (r, part) in parts.iter().enumerate() {
+            check_part(part, r as u32, nranks, generation, app_step)?;
+        }
+        self.write_manifest(dir, generation, app_step, parts, start, true)
+    }
+
+    /// Writes the manifest of `generation` (one record per rank, in rank order) through the single-file
+    /// protocol, then removes the temporary files dead writers left among the parts.
+    fn write_manifest(
+        &self,
+        dir: &Path,
+        generation: u64,
+        app_step: i64,
+        parts: &[PartIdentity],
+        start: Instant,
+        ranks_prune_own_parts: bool,
+    ) -> Result<CommitInfo> {
+        let base = self.config.base_name();
+        let mut manifest = Vec::with_capacity(parts.len() * MANIFEST_ENTRY_LEN);
+        for p in parts {
+            manifest.extend_from_slice(&p.rank.to_le_bytes());
             manifest.extend_from_slice(&0u32.to_le_bytes());
-            manifest.extend_from_slice(&len.to_le_bytes());
-            manifest.extend_from_slice(&hc.to_le_bytes());
-            manifest.extend_from_slice(&tc.to_le_bytes());
+            manifest.extend_from_slice(&p.file_len.to_le_bytes());
+            manifest.extend_from_slice(&p.header_crc32.to_le_bytes());
+            manifest.extend_from_slice(&p.table_crc32.to_le_bytes());
         }
         let entries = self.scan(dir)?;
         self.remove_stale_tmp(dir, &base, &entries);
         let plan = Plan::Single { listing: listing_of(dir, &base, &entries) };
         let header = self.header(FileKind::Manifest, generation, app_step);
         let mut w = self.start(dir, &base, header, plan)?;
+        w.ranks_prune_own_parts = ranks_prune_own_parts;
         w.add_section_with(MANIFEST_SECTION, &manifest, SectionOptions::new().encoding(Encoding::Manifest))?;
         let mut info = w.commit()?;
+        // Every rank's part is in place, so a temporary file still here is a dead writer's (a run that
+        // crashed while writing this generation); one listing by names, no `stat` per rank.
+        let part_dir = dir.join(format!("{base}.parts")).join(generation.to_string());
+        if let Ok(names) = self.storage.list_names(&part_dir) {
+            for name in names.iter().filter_map(|n| n.to_str()).filter(|n| is_part_temporary(n)) {
+                let _ = self.storage.remove_file(&part_dir.join(name));
+            }
+        }
         info.seconds = start.elapsed().as_secs_f64();
         Ok(info)
     }
+}
+
+/// Checks that `part` is rank `rank`'s part of `generation` and step `app_step` of a step of `nranks`.
+fn check_part(part: &PartIdentity, rank: u32, nranks: u32, generation: u64, app_step: i64) -> Result<()> {
+    let p = part;
+    if p.generation == generation && p.rank == rank && p.nranks == nranks && p.app_step == app_step {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InvalidState,
+        format!(
+            "part is generation {} step {} rank {}/{}, expected generation {generation} step {app_step} rank \
+             {rank}/{nranks}: the ranks did not checkpoint the same step",
+            p.generation, p.app_step, p.rank, p.nranks
+        ),
+    ))
+}
+
+/// Whether `name` is a temporary file of some rank's part (`rank<R>.ckpt.tmp.<host>.<pid>.<nonce>`).
+fn is_part_temporary(name: &str) -> bool {
+    let Some((base, _)) = name.split_once(".tmp.") else { return false };
+    let rank = base.strip_prefix("rank").and_then(|b| b.strip_suffix(".ckpt"));
+    rank.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+        && matches!(classify(base, name), Some(NameKind::Temporary { .. }))
 }
 
 /// Manifest entries: (rank, file_len, header_crc32, table_crc32).
@@ -537,18 +730,11 @@ pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
 enum Plan {
     /// Generations of `<base>` in a directory, as listed when the save began (or reused from the
     /// previous save).
-    Single {
-        listing: Listing,
-    },
-    Part {
-        dir: PathBuf,
-        name: String,
-    },
+    Single { listing: Listing },
+    /// A rank's part: `<dir>/<name>`, in the parts root of `checkpoint_dir`.
+    Part { dir: PathBuf, name: String, checkpoint_dir: PathBuf },
     /// One file at an exact path, no generations (see [`begin_file`]).
-    File {
-        dir: PathBuf,
-        name: String,
-    },
+    File { dir: PathBuf, name: String },
 }
 
 fn listing_of(dir: &Path, base: &str, entries: &[DirEntry]) -> Listing {
@@ -597,6 +783,10 @@ pub struct CheckpointWriter {
     done: bool,
     last_generation: Option<u64>,
     shared: Arc<Shared>,
+    /// Problems before the commit that did not endanger it, reported with its [`CommitInfo`].
+    warnings: Vec<String>,
+    /// A manifest whose ranks remove their own retired parts ([`Store::commit_step_with_parts`]).
+    ranks_prune_own_parts: bool,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -685,7 +875,8 @@ impl CheckpointWriter {
         let builder = self.builder.take().ok_or_else(|| Error::new(ErrorKind::InvalidState, "already committed"))?;
         let header = builder.header().clone();
         self.last_generation = Some(header.generation);
-        let (mut file, stats) = builder.finish().map_err(|e| e.with_path(&tmp))?;
+        let crate::writer::Finished { out: mut file, stats, header_crc32, table_crc32 } =
+            builder.finish().map_err(|e| e.with_path(&tmp))?;
         file.sync().map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
         drop(file);
         let storage = self.storage.clone();
@@ -720,7 +911,7 @@ impl CheckpointWriter {
                 }
                 (current, gen_path, dir.clone())
             }
-            Plan::Part { dir, name } | Plan::File { dir, name } => {
+            Plan::Part { dir, name, .. } | Plan::File { dir, name } => {
                 let part = dir.join(name);
                 storage.rename(&tmp, &part).map_err(|e| Error::io("rename", e).with_path(&part))?;
                 (part.clone(), part, dir.clone())
@@ -728,10 +919,34 @@ impl CheckpointWriter {
         };
         storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
         // Durable from here on: failures below are warnings, never errors.
-        let mut warnings = Vec::new();
+        let mut warnings = std::mem::take(&mut self.warnings);
+        if let Plan::Part { checkpoint_dir, .. } = &self.plan {
+            let mut own = lock(&self.shared.own_parts);
+            own.retain(|p| p.path != path);
+            let identity = PartIdentity {
+                generation: header.generation,
+                app_step: header.app_step,
+                file_len: stats.file_bytes,
+                rank: header.rank,
+                nranks: header.nranks,
+                header_crc32,
+                table_crc32,
+            };
+            own.push(OwnPart { dir: checkpoint_dir.clone(), path: path.clone(), identity });
+        }
         if let Plan::Single { listing } = &self.plan {
             let newest = (header.generation, stats.file_bytes);
-            let remaining = prune(&*storage, listing, self.keep, newest, &mut warnings);
+            // Ranks that remove their own retired parts: leave the generations where this rank's own part is
+            // still in place (the ranks remove theirs once told the outcome); a later commit removes the
+            // emptied directories.
+            let own_parts: Option<Vec<u64>> = self.ranks_prune_own_parts.then(|| {
+                lock(&self.shared.own_parts)
+                    .iter()
+                    .filter(|p| p.dir == listing.dir)
+                    .map(|p| p.identity.generation)
+                    .collect()
+            });
+            let remaining = prune(&*storage, listing, self.keep, newest, own_parts.as_deref(), &mut warnings);
             *self.shared.listing() = Some(Listing {
                 generations: remaining,
                 highest: listing.highest.max(header.generation),
@@ -766,11 +981,19 @@ fn link_unsupported(e: &io::Error) -> bool {
 /// began (the listing's regular files only: a planted symlink must not push a real generation out), and
 /// for multi-rank names the part directories of removed generations and of abandoned older ones. Returns
 /// the generations that remain.
+///
+/// With `own_parts` (a manifest of [`Store::commit_step_with_parts`]), each rank removes its own parts of
+/// retired generations (`Store::after_step_committed`, or its next part), so a retired generation's
+/// directory is normally empty by the commit after the one that retired it: one `rmdir` instead of one
+/// `unlink` per rank. The generations in `own_parts` (this process's own part is still there) are left for
+/// that; any other directory that is not empty (ranks that stopped, an earlier run, a failed step) is
+/// emptied here.
 fn prune(
     storage: &dyn Storage,
     listing: &Listing,
     keep: usize,
     newest: (u64, u64),
+    own_parts: Option<&[u64]>,
     warnings: &mut Vec<String>,
 ) -> Vec<(u64, u64)> {
     let Listing { dir, base, parts, .. } = listing;
@@ -810,6 +1033,16 @@ fn prune(
             continue;
         }
         let pd = parts_root.join(&d.name);
+        if let Some(own_parts) = own_parts {
+            if own_parts.contains(&g) {
+                continue;
+            }
+            match storage.remove_dir(&pd) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => {} // not empty: its ranks did not remove their parts
+            }
+        }
         if let Ok(files) = storage.read_dir(&pd) {
             for f in files {
                 let _ = storage.remove_listed_file(&pd.join(&f.name), f.len);

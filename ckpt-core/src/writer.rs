@@ -579,8 +579,8 @@ impl FileBuilder {
         })
     }
 
-    /// Finishes the file: section table and trailer. Returns the storage writer (not yet synced).
-    pub(crate) fn finish(mut self) -> Result<(Box<dyn StorageWriter>, FileStats)> {
+    /// Finishes the file: section table and trailer.
+    pub(crate) fn finish(mut self) -> Result<Finished> {
         self.check_usable()?;
         if self.open.is_some() {
             return Err(Error::new(ErrorKind::InvalidState, "a section is still being written"));
@@ -594,11 +594,12 @@ impl FileBuilder {
         }
         let (_, header_crc32) = self.header_crc.expect("header written");
         self.emit(&table)?;
+        let table_crc32 = crc32fast::hash(&table);
         let trailer = Trailer {
             table_offset,
             file_len: self.pos + format::TRAILER_LEN as u64,
             section_count: self.entries.len() as u32,
-            table_crc32: crc32fast::hash(&table),
+            table_crc32,
             header_crc32,
         };
         self.emit(&trailer.encode())?;
@@ -608,8 +609,17 @@ impl FileBuilder {
             file_bytes: self.pos,
             sections: self.entries.len() as u32,
         };
-        Ok((self.out, stats))
+        Ok(Finished { out: self.out, stats, header_crc32, table_crc32 })
     }
+}
+
+/// A file whose last byte is written: the storage writer (not yet synced), the figures, and the file's
+/// identity (what `Checkpoint::identity` reads back).
+pub(crate) struct Finished {
+    pub(crate) out: Box<dyn StorageWriter>,
+    pub(crate) stats: FileStats,
+    pub(crate) header_crc32: u32,
+    pub(crate) table_crc32: u32,
 }
 
 fn new_encoder(level: i32) -> Result<ZstdEncoder<'static>> {

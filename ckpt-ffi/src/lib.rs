@@ -244,13 +244,13 @@ pub extern "C" fn ckpt_checkpoint(step: i64) -> i32 {
             if s.checkpointer.config().nranks > 1 {
                 // Without MPI, rank 0 waits for every part and commits; the other ranks cannot know the
                 // outcome and count their durable part as done.
-                let r = if s.checkpointer.config().rank == 0 {
-                    s.checkpointer.store().commit_step(generation, step).map(|_| ())
+                if s.checkpointer.config().rank == 0 {
+                    let r = s.checkpointer.store().commit_step(generation, step);
+                    s.checkpointer.finish_step(r.is_ok());
+                    r?;
                 } else {
-                    Ok(())
-                };
-                s.checkpointer.finish_step(r.is_ok());
-                r?;
+                    s.checkpointer.finish_step_unconfirmed();
+                }
             }
             Ok(CKPT_OK)
         })
@@ -680,6 +680,111 @@ pub extern "C" fn ckpt_commit_step(generation: u64, step: i64) -> i32 {
     guard(|| {
         with_state(|s| {
             s.checkpointer.store().commit_step(generation, step)?;
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// What a rank's durable part of a multi-rank step is, as the rank that wrote it knows it (the manifest
+/// records it): `ckpt_get_part_identity` fills it on each rank, an MPI gather brings every rank's to rank
+/// 0, and `ckpt_commit_step_parts` commits the step from them without opening one file per rank. Plain
+/// data (40 bytes, no padding), the same on every rank of a job.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub struct ckpt_part_identity {
+    /// The part's generation.
+    pub generation: u64,
+    /// The application step it holds.
+    pub step: i64,
+    /// Its length in bytes.
+    pub file_len: u64,
+    /// The rank that wrote it.
+    pub rank: u32,
+    /// The number of ranks it was written for.
+    pub nranks: u32,
+    /// CRC32 of its header.
+    pub header_crc32: u32,
+    /// CRC32 of its section table.
+    pub table_crc32: u32,
+}
+
+impl From<ckpt_core::PartIdentity> for ckpt_part_identity {
+    fn from(p: ckpt_core::PartIdentity) -> Self {
+        ckpt_part_identity {
+            generation: p.generation,
+            step: p.app_step,
+            file_len: p.file_len,
+            rank: p.rank,
+            nranks: p.nranks,
+            header_crc32: p.header_crc32,
+            table_crc32: p.table_crc32,
+        }
+    }
+}
+
+impl From<ckpt_part_identity> for ckpt_core::PartIdentity {
+    fn from(p: ckpt_part_identity) -> Self {
+        ckpt_core::PartIdentity {
+            generation: p.generation,
+            app_step: p.step,
+            file_len: p.file_len,
+            rank: p.rank,
+            nranks: p.nranks,
+            header_crc32: p.header_crc32,
+            table_crc32: p.table_crc32,
+        }
+    }
+}
+
+/// Writes to `*identity_out` the identity of this rank's part of `generation`, written durably by this
+/// process's `ckpt_checkpoint_part` (CKPT_ERR_INVALID_STATE when it wrote none). For gathering to rank 0
+/// before `ckpt_commit_step_parts`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_get_part_identity(generation: u64, identity_out: *mut ckpt_part_identity) -> i32 {
+    guard(|| {
+        null_check(identity_out, "identity_out")?;
+        with_state(|s| {
+            let Some(identity) = s.checkpointer.store().part_identity(generation) else {
+                return Err(FfiError::new(
+                    CKPT_ERR_INVALID_STATE,
+                    format!("this process has no durable part of generation {generation}"),
+                ));
+            };
+            // SAFETY: checked non-NULL; the caller provides a writable ckpt_part_identity.
+            unsafe { *identity_out = identity.into() };
+            Ok(CKPT_OK)
+        })
+    })
+}
+
+/// Commits multi-rank `generation` of application step `step` from `parts`, an array of `nparts`
+/// identities indexed by rank (`parts[r]` from rank r's `ckpt_get_part_identity`), after every rank's
+/// part is durable: writes the step's manifest without opening the parts (`ckpt_commit_step` opens
+/// every one). Call on one rank, normally 0. Each rank then removes its own parts that the step retires
+/// when `ckpt_finish_step(1)` tells it the outcome. CKPT_ERR_INVALID_ARGUMENT when `nparts` is not the
+/// number of ranks; CKPT_ERR_INVALID_STATE when an identity is not its rank's part of this generation and
+/// step. `parts` is read during the call only. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn ckpt_commit_step_parts(
+    generation: u64,
+    step: i64,
+    parts: *const ckpt_part_identity,
+    nparts: usize,
+) -> i32 {
+    guard(|| {
+        null_check(parts, "parts")?;
+        if !parts.is_aligned() {
+            return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, "parts is not aligned for ckpt_part_identity"));
+        }
+        if nparts > (1 << 24) {
+            return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, format!("nparts {nparts} is not a number of ranks")));
+        }
+        // SAFETY: non-NULL and aligned (checked); the caller provides nparts readable structs for the call.
+        let parts = unsafe { std::slice::from_raw_parts(parts, nparts) };
+        let parts: Vec<ckpt_core::PartIdentity> = parts.iter().map(|&p| p.into()).collect();
+        with_state(|s| {
+            s.checkpointer.store().commit_step_with_parts(generation, step, &parts)?;
             Ok(CKPT_OK)
         })
     })

@@ -3,7 +3,7 @@
 //! installed. Also checks that libckpt.so exports only `ckpt_*` symbols.
 
 mod common;
-use common::{have, lib_dir, root};
+use common::{clean_env, have, lib_dir, root};
 
 use std::path::Path;
 use std::process::Command;
@@ -23,11 +23,7 @@ fn run(exe: &Path, prefix: &[&str]) {
         cmd.args(&prefix[1..]).arg(exe);
     }
     cmd.arg(dir.path());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
-            cmd.env_remove(k);
-        }
-    }
+    clean_env(&mut cmd);
     let o = cmd.output().expect("run the C test");
     assert!(
         o.status.success(),

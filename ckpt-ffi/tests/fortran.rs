@@ -12,7 +12,7 @@
 //! Skipped with a note when gfortran is not installed (CI: `apt-get install gfortran`).
 
 mod common;
-use common::{have, lib_dir, root};
+use common::{clean_env, have, lib_dir, root};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -248,6 +248,8 @@ fn c_types_for(d: &FDummy) -> Vec<&'static str> {
         ("integer(c_size_t)", true, false) => vec!["size_t"],
         ("integer(c_size_t)", false, false) => vec!["size_t *"],
         ("type(c_ptr)", true, false) => vec!["void *", "const void *"],
+        ("type(ckpt_part_identity)", false, false) => vec!["struct ckpt_part_identity *"],
+        ("type(ckpt_part_identity)", false, true) if d.intent == "in" => vec!["const struct ckpt_part_identity *"],
         ("character(kind=c_char)", false, true) if d.intent == "in" => vec!["const char *"],
         ("character(kind=c_char)", false, true) => vec!["char *"],
         _ => vec![],
@@ -349,6 +351,69 @@ fn the_module_constants_equal_the_header_macros() {
     }
 }
 
+/// The fields of each `typedef struct NAME { ... } NAME;` of the header: (C type, field name) in order.
+fn header_structs(header: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, Vec<(String, String)>)> = None;
+    for line in header.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("typedef struct ") {
+            current = Some((rest.trim_end_matches('{').trim().to_string(), Vec::new()));
+        } else if line.starts_with('}') {
+            if let Some((name, fields)) = current.take() {
+                out.insert(name, fields);
+            }
+        } else if let Some((_, fields)) = current.as_mut()
+            && let Some(decl) = line.strip_suffix(';')
+        {
+            fields.push(split_c_param(decl));
+        }
+    }
+    out
+}
+
+/// The components of each `type, bind(c) ... :: NAME` of the module: (Fortran type, name) in order.
+fn fortran_bind_c_types(stmts: &[String]) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, Vec<(String, String)>)> = None;
+    for s in stmts {
+        if s.starts_with("type,") && s.contains("bind(c)") {
+            let name = s.rsplit("::").next().unwrap().trim().to_string();
+            current = Some((name, Vec::new()));
+        } else if s.starts_with("end type") {
+            if let Some((name, fields)) = current.take() {
+                out.insert(name, fields);
+            }
+        } else if let Some((_, fields)) = current.as_mut() {
+            let (ty, rest) = s.split_once("::").expect("a component declaration");
+            let name = rest.split('=').next().unwrap().trim().to_string();
+            fields.push((ty.replace(' ', ""), name));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_module_types_have_the_header_structs_layout() {
+    let c = header_structs(&read("include/ckpt.h"));
+    let f = fortran_bind_c_types(&fortran_statements(&read("include/ckpt.f90")));
+    assert!(c.contains_key("ckpt_part_identity"), "parsed structs: {:?}", c.keys());
+    assert_eq!(c.keys().collect::<Vec<_>>(), f.keys().collect::<Vec<_>>(), "the same structs in ckpt.h and ckpt.f90");
+    for (name, fields) in &c {
+        let want: Vec<(String, String)> = fields
+            .iter()
+            .map(|(ty, field)| {
+                let fty = match ty.as_str() {
+                    "int64_t" | "uint64_t" => "integer(c_int64_t)",
+                    "int32_t" | "uint32_t" => "integer(c_int32_t)",
+                    other => panic!("{name}.{field}: no Fortran type for C {other}"),
+                };
+                (fty.to_string(), field.clone())
+            })
+            .collect();
+        assert_eq!(f[name], want, "type {name}: components (type, name) in order");
+    }
+}
+
 fn fortran_compile(args: &[&str], files: &[&Path], out: &Path, extra: &[String]) {
     let o =
         Command::new("gfortran").args(args).args(files).arg("-o").arg(out).args(extra).output().expect("run gfortran");
@@ -364,11 +429,7 @@ fn run_test(exe: &Path, header: &BTreeMap<String, String>) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(exe);
     cmd.arg(dir.path());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
-            cmd.env_remove(k);
-        }
-    }
+    clean_env(&mut cmd);
     let o = cmd.output().expect("run the Fortran test");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(

@@ -69,7 +69,9 @@ fn readme_build_block() -> String {
 }
 
 fn run_app(exe: &Path, dir: &Path) -> String {
-    let out = ok(Command::new(exe).current_dir(dir), &format!("running {}", exe.display()));
+    // Not cargo's LD_LIBRARY_PATH (target/<profile>): the program must find the installed library.
+    let out =
+        ok(Command::new(exe).env_remove("LD_LIBRARY_PATH").current_dir(dir), &format!("running {}", exe.display()));
     assert!(out.contains(&format!("libckpt {}", version())), "{out}");
     out
 }
@@ -124,7 +126,11 @@ fn install_then_build_three_ways() {
     let block = readme_build_block();
     assert_eq!(block.lines().count(), 3, "the README's C build is three lines:\n{block}");
     let out = ok(
-        Command::new("bash").args(["-euc", &block]).env("PREFIX", &prefix).current_dir(&readme),
+        Command::new("bash")
+            .args(["-euc", &block])
+            .env("PREFIX", &prefix)
+            .env_remove("LD_LIBRARY_PATH")
+            .current_dir(&readme),
         "the README's three-line build",
     );
     assert!(out.contains(&format!("libckpt {}", version())), "{out}");

@@ -34,7 +34,7 @@
 //! not sleep).
 
 mod common;
-use common::{lib_dir, root};
+use common::{clean_env, lib_dir, root};
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -180,11 +180,7 @@ impl Run {
         let mut cmd = Command::new(&mpi.mpirun);
         cmd.args(mpi.mpirun_args).args(["-np", &RANKS.to_string()]).arg(exe);
         cmd.args(args.iter().map(u64::to_string));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
-                cmd.env_remove(k);
-            }
-        }
+        clean_env(&mut cmd);
         cmd.env("CKPT_DIR", work.join("checkpoints"))
             .env("CKPT_LOG", work.join("ckpt.log"))
             .env("CKPT_SOCKET", "0")
@@ -500,11 +496,7 @@ fn collective_calls_with_ranks_in_different_states() {
             std::fs::create_dir_all(&work).unwrap();
             let mut cmd = Command::new(&mpi.mpirun);
             cmd.args(mpi.mpirun_args).args(["-np", &np.to_string()]).arg(&exe).arg(&work);
-            for (k, _) in std::env::vars() {
-                if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
-                    cmd.env_remove(k);
-                }
-            }
+            clean_env(&mut cmd);
             let o = cmd
                 .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
                 .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -636,11 +628,7 @@ impl Job {
         let mut cmd = Command::new(&mpi.mpirun);
         cmd.args(mpi.mpirun_args).args(["-np", &RANKS.to_string()]).arg(exe).arg(dir);
         cmd.arg(iterations.to_string()).arg(delay_us.to_string());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
-                cmd.env_remove(k);
-            }
-        }
+        clean_env(&mut cmd);
         // Open MPI's session directories and shared-memory segments, which a killed job leaves behind, go
         // to `scratch` (removed with the test) rather than /tmp and /dev/shm.
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")

@@ -155,7 +155,11 @@ impl PyCheckpointer {
             if cfg.nranks > 1 {
                 // A rank's part is not a step: rank 0 commits it, and only then may the exit be armed.
                 // Without MPI the other ranks cannot learn the outcome and count their durable part.
-                let step_result = if cfg.rank == 0 { cp.store().commit_step(info.generation, step) } else { Ok(info) };
+                if cfg.rank != 0 {
+                    cp.finish_step_unconfirmed();
+                    return Ok(info);
+                }
+                let step_result = cp.store().commit_step(info.generation, step);
                 cp.finish_step(step_result.is_ok());
                 return step_result;
             }

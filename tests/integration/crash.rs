@@ -471,6 +471,10 @@ fn rank_plan(seed: u64, generations: usize) -> Vec<Vec<SaveSpec>> {
 
 struct LibraryMultiRank {
     plan: Vec<Vec<SaveSpec>>,
+    /// Rank 0 commits from the identities the ranks report (`commit_step_with_parts`, as `ckpt_mpi.h`
+    /// does) and every rank removes its own retired parts (`after_step_committed`); otherwise rank 0
+    /// opens every part and prunes them all (`commit_step`).
+    gathered: bool,
 }
 
 impl Scenario for LibraryMultiRank {
@@ -488,7 +492,20 @@ impl Scenario for LibraryMultiRank {
                 self.plan[i][r].fill(&mut w).map_err(|e| format!("rank {r} write: {e}"))?;
                 w.commit().map_err(|e| format!("rank {r} commit: {e}"))?;
             }
-            let info = stores[0].commit_step(generation, step).map_err(|e| format!("commit_step: {e}"))?;
+            if !self.gathered {
+                let info = stores[0].commit_step(generation, step).map_err(|e| format!("commit_step: {e}"))?;
+                return Ok(info.generation);
+            }
+            let parts = stores
+                .iter()
+                .map(|s| s.part_identity(generation).ok_or("a committed part has no identity"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let info = stores[0]
+                .commit_step_with_parts(generation, step, &parts)
+                .map_err(|e| format!("commit_step_with_parts: {e}"))?;
+            for s in &stores {
+                s.after_step_committed(generation); // failures are warnings: the step is committed
+            }
             Ok(info.generation)
         })
     }
@@ -540,12 +557,43 @@ impl Scenario for LibraryMultiRank {
 
 #[test]
 fn every_crash_point_of_a_multi_rank_sequence_restores_the_last_step() {
-    let sc = LibraryMultiRank { plan: rank_plan(0xACE, 3) };
+    let sc = LibraryMultiRank { plan: rank_plan(0xACE, 3), gathered: false };
     let s = sweep(&sc);
     let summary = report("library protocol, 2 ranks", &s);
     println!("{summary}");
     assert!(s.violations.is_empty(), "{summary}");
     assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+}
+
+/// The MPI helpers' protocol: rank 0 commits from the gathered identities without opening the parts, and
+/// each rank removes its own parts of the generation a commit retires. Four steps with `keep` = 2, so two
+/// generations are retired by their ranks (and their directories by a later commit) inside the sweep.
+#[test]
+fn every_crash_point_of_a_gathered_multi_rank_sequence_restores_the_last_step() {
+    let sc = LibraryMultiRank { plan: rank_plan(0xBEE, 4), gathered: true };
+    let s = sweep(&sc);
+    let summary = report("gathered identities, ranks prune their own parts, 2 ranks", &s);
+    println!("{summary}");
+    assert!(s.violations.is_empty(), "{summary}");
+    assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+    // Without a crash, only the kept generations hold parts; the generation retired by the last step is
+    // an empty directory until the next commit.
+    let mem = MemStorage::new();
+    {
+        let mut run = sc.start(&mem);
+        for i in 0..sc.saves() {
+            run(i).unwrap();
+        }
+    }
+    let mut holding: Vec<String> = mem
+        .list_files()
+        .iter()
+        .filter_map(|p| p.to_str())
+        .filter(|p| p.contains(".parts/"))
+        .map(|p| p.rsplit_once(".parts/").unwrap().1.to_string())
+        .collect();
+    holding.sort();
+    assert_eq!(holding, ["3/rank0.ckpt", "3/rank1.ckpt", "4/rank0.ckpt", "4/rank1.ckpt"], "parts left after 4 steps");
 }
 
 /// A process makes the parts root durable in its directory once and then syncs only the root at each step;

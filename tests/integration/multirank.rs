@@ -375,3 +375,289 @@ fn exit_waits_for_the_step_and_a_failed_step_is_retried() {
     assert!(cp.should_exit(), "the step was committed: exit as SIGTERM asked");
     assert!(!cp.should_checkpoint());
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Committing from gathered identities (what `ckpt_mpi.h` does), and ranks removing their own parts.
+
+/// Every storage call a store makes, counted (the real file system underneath).
+#[derive(Debug, Default)]
+struct CountingStorage {
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl CountingStorage {
+    fn count(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn tick(&self) -> ckpt_core::storage::FileStorage {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ckpt_core::storage::FileStorage
+    }
+}
+
+impl ckpt_core::storage::Storage for CountingStorage {
+    fn create_new(&self, p: &Path, mode: u32) -> std::io::Result<Box<dyn ckpt_core::storage::StorageWriter>> {
+        self.tick().create_new(p, mode)
+    }
+    fn open(&self, p: &Path) -> std::io::Result<Box<dyn ckpt_core::storage::StorageReader>> {
+        self.tick().open(p)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.tick().rename(from, to)
+    }
+    fn hard_link(&self, original: &Path, link: &Path) -> std::io::Result<()> {
+        self.tick().hard_link(original, link)
+    }
+    fn remove_file(&self, p: &Path) -> std::io::Result<()> {
+        self.tick().remove_file(p)
+    }
+    fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
+        self.tick().sync_dir(d)
+    }
+    fn read_dir(&self, d: &Path) -> std::io::Result<Vec<ckpt_core::storage::DirEntry>> {
+        self.tick().read_dir(d)
+    }
+    fn list_names(&self, d: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        self.tick().list_names(d)
+    }
+    fn create_dir_all(&self, d: &Path) -> std::io::Result<()> {
+        self.tick().create_dir_all(d)
+    }
+    fn remove_dir(&self, d: &Path) -> std::io::Result<()> {
+        self.tick().remove_dir(d)
+    }
+    fn exists(&self, p: &Path) -> std::io::Result<bool> {
+        self.tick().exists(p)
+    }
+}
+
+fn stores_over(dir: &Path, nranks: u32, keep: usize, storage: &std::sync::Arc<CountingStorage>) -> Vec<Store> {
+    (0..nranks)
+        .map(|r| {
+            let mut c = config(APP, dir);
+            c.rank = r;
+            c.nranks = nranks;
+            c.keep = keep;
+            Store::with_storage(c, storage.clone())
+        })
+        .collect()
+}
+
+/// A whole step as `ckpt_mpi_checkpoint` runs it: every rank writes its part of generation `g` and reports
+/// its identity, rank 0 commits from the identities, every rank is told the outcome.
+fn gathered_step(stores: &[Store], g: u64, step: i64) -> ckpt_core::CommitInfo {
+    for s in stores {
+        let rank = s.config().rank;
+        let mut w = s.begin_part(g, step).unwrap();
+        w.add_bytes("data", &part_payload(step, rank)).unwrap();
+        w.add_serde("who", &(rank, step)).unwrap();
+        w.commit().unwrap_or_else(|e| panic!("rank {rank}: part of generation {g}: {e}"));
+    }
+    let parts: Vec<ckpt_core::PartIdentity> = stores.iter().map(|s| s.part_identity(g).expect("identity")).collect();
+    let info = stores[0].commit_step_with_parts(g, step, &parts).unwrap_or_else(|e| panic!("commit of {g}: {e}"));
+    for s in stores {
+        assert!(s.after_step_committed(g).is_empty(), "rank {}: warnings", s.config().rank);
+    }
+    info
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|it| it.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn rank_0_commits_from_gathered_identities_with_the_same_work_for_any_number_of_ranks() {
+    let mut gathered = Vec::new();
+    let mut opened = Vec::new();
+    for n in [4u32, 32] {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(CountingStorage::default());
+        let stores = stores_over(dir.path(), n, 2, &storage);
+        for g in 1..=3 {
+            gathered_step(&stores, g, g as i64);
+        }
+        // Step 4 retires generation 2 (its ranks remove their parts) and removes generation 1's directory,
+        // which its ranks emptied after step 3: the same calls for 4 ranks and for 32.
+        for s in &stores {
+            let mut w = s.begin_part(4, 4).unwrap();
+            w.add_bytes("data", b"x").unwrap();
+            w.commit().unwrap();
+        }
+        let parts: Vec<_> = stores.iter().map(|s| s.part_identity(4).unwrap()).collect();
+        let before = storage.count();
+        stores[0].commit_step_with_parts(4, 4, &parts).unwrap();
+        gathered.push(storage.count() - before);
+        assert_eq!(part_generations(dir.path()), [2, 3, 4], "{n} ranks: generation 1's emptied directory is gone");
+        for s in &stores {
+            s.after_step_committed(4);
+        }
+        assert!(files_in(&dir.path().join(format!("{BASE}.parts/2"))).is_empty(), "{n} ranks: retired parts");
+        // The commit that opens every part, for comparison: it grows with the ranks.
+        for s in &stores {
+            let mut w = s.begin_part(5, 5).unwrap();
+            w.add_bytes("data", b"x").unwrap();
+            w.commit().unwrap();
+        }
+        let before = storage.count();
+        stores[0].commit_step(5, 5).unwrap();
+        opened.push(storage.count() - before);
+        for (r, s) in stores.iter().enumerate() {
+            assert_eq!(s.restore().unwrap().unwrap().generation, 5, "rank {r} of {n}");
+        }
+    }
+    assert_eq!(gathered[0], gathered[1], "storage calls of rank 0's commit from identities, 4 ranks vs 32");
+    assert!(opened[1] >= opened[0] + 28, "commit_step opens every part: {opened:?} calls for 4 and 32 ranks");
+}
+
+#[test]
+fn each_rank_removes_its_own_retired_parts_and_a_later_commit_removes_their_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = ranks(dir.path(), 2);
+    let parts_of = |g: u64| files_in(&dir.path().join(format!("{BASE}.parts/{g}")));
+    let all = ["rank0.ckpt", "rank1.ckpt", "rank2.ckpt", "rank3.ckpt"];
+    gathered_step(&stores, 1, 10);
+    gathered_step(&stores, 2, 20);
+    assert_eq!(parts_of(1), all);
+    gathered_step(&stores, 3, 30);
+    assert_eq!(part_generations(dir.path()), [1, 2, 3], "generation 1 is retired, its directory stays a step");
+    assert!(parts_of(1).is_empty(), "every rank removed its own part of generation 1: {:?}", parts_of(1));
+    assert_eq!(parts_of(2), all, "generation 2 is kept");
+    gathered_step(&stores, 4, 40);
+    assert_eq!(part_generations(dir.path()), [2, 3, 4], "the next commit removed generation 1's directory");
+    assert!(parts_of(2).is_empty());
+    assert_eq!(
+        top_names(dir.path()),
+        [BASE.to_string(), format!("{BASE}.3"), format!("{BASE}.4"), format!("{BASE}.parts")]
+    );
+    for (r, s) in stores.iter().enumerate() {
+        assert_own_part(&s.restore().unwrap().unwrap(), r as u32, 4, 40);
+        assert_own_part(&s.restore_at_most(3).unwrap().unwrap(), r as u32, 3, 30);
+    }
+}
+
+/// A rank that never learns the outcome keeps its retired part (it would remove it with its next part);
+/// when that never comes (the job ended, the rank died), the first commit of a later run removes it.
+#[test]
+fn parts_their_rank_never_removed_are_removed_by_a_later_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let stores = ranks(dir.path(), 2);
+        for g in 1..=3u64 {
+            for s in &stores {
+                let mut w = s.begin_part(g, g as i64).unwrap();
+                w.add_bytes("data", &part_payload(g as i64, s.config().rank)).unwrap();
+                w.commit().unwrap();
+            }
+            let parts: Vec<_> = stores.iter().map(|s| s.part_identity(g).unwrap()).collect();
+            stores[0].commit_step_with_parts(g, g as i64, &parts).unwrap();
+            for s in &stores[..3] {
+                s.after_step_committed(g); // rank 3 is never told
+            }
+        }
+    }
+    assert_eq!(files_in(&dir.path().join(format!("{BASE}.parts/1"))), ["rank3.ckpt"]);
+    // The next run (new processes): its first commit finds generation 1's directory not empty, and retires
+    // generation 2, whose parts no process of this run wrote: it removes both.
+    let stores = ranks(dir.path(), 2);
+    gathered_step(&stores, 4, 4);
+    assert_eq!(part_generations(dir.path()), [3, 4], "after the new run's first commit");
+}
+
+#[test]
+fn a_commit_from_identities_checks_every_identity_and_a_forged_one_never_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = ranks(dir.path(), 2);
+    gathered_step(&stores, 1, 10);
+    for s in &stores {
+        let mut w = s.begin_part(2, 20).unwrap();
+        w.add_bytes("data", &part_payload(20, s.config().rank)).unwrap();
+        w.add_serde("who", &(s.config().rank, 20i64)).unwrap();
+        w.commit().unwrap();
+    }
+    let parts: Vec<_> = stores.iter().map(|s| s.part_identity(2).unwrap()).collect();
+    assert_eq!(stores[1].part_identity(7), None, "no part of generation 7");
+    let e = stores[0].commit_step_with_parts(2, 20, &parts[..3]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("3 part identities") && e.to_string().contains("4 ranks"), "{e}");
+    let mut swapped = parts.clone();
+    swapped.swap(1, 2);
+    let e = stores[0].commit_step_with_parts(2, 20, &swapped).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+    assert!(e.to_string().contains("rank 2/4") && e.to_string().contains("rank 1/4"), "{e}");
+    let e = stores[0].commit_step_with_parts(2, 21, &parts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+    assert!(e.to_string().contains("step 20") && e.to_string().contains("step 21"), "{e}");
+    assert!(!dir.path().join(format!("{BASE}.2")).exists(), "a refused commit wrote a manifest");
+    // An identity that does not describe the file (a rank reporting wrongly): the step commits, and that
+    // rank refuses it and falls back; the others restore it.
+    let mut forged = parts.clone();
+    forged[2].table_crc32 ^= 1;
+    stores[0].commit_step_with_parts(2, 20, &forged).unwrap();
+    for (r, s) in stores.iter().enumerate() {
+        let restored = s.restore().unwrap().unwrap();
+        if r == 2 {
+            assert_own_part(&restored, 2, 1, 10);
+            assert!(!restored.rejected.is_empty(), "rank 2 must say why generation 2 was refused");
+        } else {
+            assert_own_part(&restored, r as u32, 2, 20);
+        }
+    }
+}
+
+/// A temporary part file that a dead writer left in a generation's directory (a run killed while writing
+/// that generation, whose number the next run takes again) is removed by the commit of that generation.
+#[test]
+fn a_dead_writers_temporary_part_is_removed_by_the_commit_of_its_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = ranks(dir.path(), 2);
+    gathered_step(&stores, 1, 1);
+    let gdir = dir.path().join(format!("{BASE}.parts/2"));
+    fs::create_dir_all(&gdir).unwrap();
+    fs::write(gdir.join("rank2.ckpt.tmp.othernode.4242.9a"), b"half a part").unwrap();
+    fs::write(gdir.join("notes.txt"), b"not ours").unwrap();
+    gathered_step(&stores, 2, 2);
+    let mut want: Vec<String> = (0..NRANKS).map(|r| format!("rank{r}.ckpt")).collect();
+    want.push("notes.txt".into());
+    want.sort();
+    assert_eq!(files_in(&gdir), want, "the temporary part is gone, anything else stays");
+}
+
+/// `Checkpointer::finish_step(true)` (the outcome known, as with MPI) removes the rank's retired part at
+/// once; `finish_step_unconfirmed` (a rank without MPI, which cannot know) keeps it for its next part.
+#[test]
+fn only_a_known_outcome_lets_a_rank_remove_its_retired_part_at_once() {
+    for known in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let rank0 = {
+            let mut c = config(APP, dir.path());
+            (c.rank, c.nranks, c.keep) = (0, 2, 1);
+            Store::new(c)
+        };
+        let mut c = config(APP, dir.path());
+        (c.rank, c.nranks, c.keep, c.log) = (1, 2, 1, ckpt_core::LogTarget::Off);
+        let rank1 = ckpt_core::Checkpointer::new(Store::new(c)).unwrap();
+        for g in 1..=2u64 {
+            let mut w = rank0.begin_part(g, g as i64).unwrap();
+            w.add_bytes("x", b"rank 0").unwrap();
+            w.commit().unwrap();
+            let mut w = rank1.begin_part(g, g as i64).unwrap();
+            w.add_bytes("x", b"rank 1").unwrap();
+            rank1.commit(w).unwrap();
+            let parts = [rank0.part_identity(g).unwrap(), rank1.store().part_identity(g).unwrap()];
+            rank0.commit_step_with_parts(g, g as i64, &parts).unwrap();
+            rank0.after_step_committed(g);
+            if known {
+                rank1.finish_step(true);
+            } else {
+                rank1.finish_step_unconfirmed();
+            }
+        }
+        let left = files_in(&dir.path().join(format!("{BASE}.parts/1")));
+        let want: &[&str] = if known { &[] } else { &["rank1.ckpt"] };
+        assert_eq!(left, want, "outcome known: {known}");
+    }
+}

@@ -253,6 +253,52 @@ static void buffers(void) {
     CHECK(strstr(ckpt_last_error(), "state.bin") != NULL && strstr(ckpt_last_error(), "buffer") != NULL);
 }
 
+static void parts_by_identity(void) {
+    /* The calls ckpt_mpi.h builds on, one process playing rank 1 and then rank 0 of 2 (one checkpointer
+     * per process at a time): each rank writes its part and reads back its identity; rank 0 commits the
+     * step from both identities without opening the parts, and the step restarts. */
+    char p[4200];
+    path_in(p, sizeof p, "idparts");
+    int32_t field[64];
+    for (int i = 0; i < 64; i++) field[i] = i;
+    ckpt_part_identity ids[2];
+    memset(ids, 0, sizeof ids);
+    EXPECT(ckpt_set_config("CKPT_DIR", p), CKPT_OK);
+    for (int rank = 1; rank >= 0; rank--) {
+        EXPECT(ckpt_set_rank(rank, 2), CKPT_OK);
+        EXPECT(ckpt_init("idparts"), CKPT_OK);
+        EXPECT(ckpt_protect(0, field, sizeof field), CKPT_OK);
+        EXPECT(ckpt_get_part_identity(1, &ids[rank]), CKPT_ERR_INVALID_STATE); /* no part written yet */
+        EXPECT(ckpt_checkpoint_part(1, 40), CKPT_OK);
+        EXPECT(ckpt_get_part_identity(1, NULL), CKPT_ERR_NULL_ARGUMENT);
+        EXPECT(ckpt_get_part_identity(1, &ids[rank]), CKPT_OK);
+        CHECK(ids[rank].generation == 1 && ids[rank].step == 40 && ids[rank].rank == (uint32_t)rank);
+        CHECK(ids[rank].nranks == 2 && ids[rank].file_len > sizeof field);
+        if (rank == 1) EXPECT(ckpt_finalize(), CKPT_OK);
+    }
+    CHECK(sizeof(ckpt_part_identity) == 40);
+    EXPECT(ckpt_commit_step_parts(1, 40, NULL, 2), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_commit_step_parts(1, 40, ids, 1), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "2 ranks") != NULL);
+    EXPECT(ckpt_commit_step_parts(1, 41, ids, 2), CKPT_ERR_INVALID_STATE); /* the parts hold step 40 */
+    CHECK(strstr(ckpt_last_error(), "same step") != NULL);
+    uint64_t gen = 9;
+    EXPECT(ckpt_newest_valid_generation(UINT64_MAX, &gen), CKPT_OK);
+    CHECK(gen == 0); /* nothing committed by the failed calls */
+    EXPECT(ckpt_commit_step_parts(1, 40, ids, 2), CKPT_OK);
+    EXPECT(ckpt_finish_step(1), CKPT_OK);
+    EXPECT(ckpt_newest_valid_generation(UINT64_MAX, &gen), CKPT_OK);
+    CHECK(gen == 1);
+    for (int i = 0; i < 64; i++) field[i] = -1;
+    int64_t step = 0;
+    EXPECT(ckpt_select_generation(1, &step), CKPT_OK);
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    CHECK(step == 40 && field[0] == 0 && field[63] == 63);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    EXPECT(ckpt_set_rank(0, 1), CKPT_OK);
+    EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -265,6 +311,7 @@ int main(int argc, char **argv) {
     restart_run();
     damaged();
     buffers();
+    parts_by_identity();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -23,11 +23,14 @@ pub fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-/// Removes inherited ckpt, Slurm and MPI launcher variables from a child's environment.
+/// Removes inherited ckpt, Slurm and MPI launcher variables from a child's environment, and makes it load
+/// the libckpt of this build ([`lib_dir`]): `cargo test` puts target/<profile> on LD_LIBRARY_PATH, which
+/// outranks an executable's RUNPATH, and the copy there is only as new as the last plain `cargo build`.
 pub fn clean_env(cmd: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("CKPT_") || k.starts_with("SLURM_") || k.starts_with("OMPI_") || k.starts_with("PMI") {
             cmd.env_remove(k);
         }
     }
+    cmd.env("LD_LIBRARY_PATH", lib_dir());
 }

@@ -281,6 +281,7 @@ contains
     ! so rank 1's part never comes): a part is written, the commit reports the missing rank, and there is
     ! no generation to restart from. The 4-rank runs of ckpt-ffi/tests/mpi.rs cover the successful paths.
     integer(c_int64_t) :: gen, step
+    type(ckpt_part_identity) :: ids(2)
     call expect(ckpt_set_config_f("CKPT_DIR", path_in("parts")), CKPT_OK, __LINE__)
     call expect(ckpt_set_rank(0, 2), CKPT_OK, __LINE__)
     call expect(ckpt_set_config_f("CKPT_COMMIT_TIMEOUT", "1"), CKPT_OK, __LINE__)
@@ -291,6 +292,15 @@ contains
     call expect(ckpt_checkpoint_part(0_c_int64_t, 5_c_int64_t), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
     call expect(ckpt_checkpoint_part(gen, 5_c_int64_t), CKPT_OK, __LINE__)
     call check(exists(path_in("parts/parts.ckpt.parts/1/rank0.ckpt")), __LINE__)
+    ! the identity of the part, for gathering to rank 0; committing from identities needs every rank's
+    call expect(ckpt_get_part_identity(gen, ids(1)), CKPT_OK, __LINE__)
+    call check(ids(1)%generation == gen .and. ids(1)%step == 5 .and. ids(1)%rank == 0 .and. ids(1)%nranks == 2, __LINE__)
+    call check(ids(1)%file_len > 0, __LINE__)
+    call expect(ckpt_get_part_identity(gen + 1, ids(2)), CKPT_ERR_INVALID_STATE, __LINE__)
+    call expect(ckpt_commit_step_parts(gen, 5_c_int64_t, ids, 1_c_size_t), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
+    ids(2) = ids(1) ! rank 0's identity twice: not rank 1's part
+    call expect(ckpt_commit_step_parts(gen, 5_c_int64_t, ids, 2_c_size_t), CKPT_ERR_INVALID_STATE, __LINE__)
+    call check(index(ckpt_last_error_f(), "rank 1/2") > 0, __LINE__)
     ! rank 1's part is missing: the commit waits (CKPT_COMMIT_TIMEOUT) and reports it
     call expect(ckpt_commit_step(gen, 5_c_int64_t), CKPT_ERR_INVALID_STATE, __LINE__)
     call check(index(ckpt_last_error_f(), "rank") > 0, __LINE__)

@@ -4,10 +4,13 @@
  * ranks). Rank 0 prints "all MPI checks passed" when every check passed on every rank. */
 #include "ckpt_mpi.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int failures = 0, rank = 0, nranks = 1;
 #define CHECK(cond)                                                                                        \
@@ -162,6 +165,78 @@ int main(int argc, char **argv) {
         EXPECT(ckpt_mpi_have_restart(comm, &found, &step), CKPT_OK);
         CHECK(step == 10);
     }
+
+    if (nranks > 1) {
+        /* a part that cannot be written (a directory squats its name on the last rank): every rank gets that
+         * rank's error and nothing is committed; the next step commits */
+        uint64_t next = 0;
+        EXPECT(ckpt_next_generation(&next), CKPT_OK);
+        MPI_Allreduce(MPI_IN_PLACE, &next, 1, MPI_UINT64_T, MPI_MAX, comm);
+        char squat[4300];
+        snprintf(squat, sizeof squat, "%s/mpitest.ckpt.parts/%llu", dir, (unsigned long long)next);
+        if (rank == last) {
+            CHECK(mkdir(squat, 0700) == 0);
+            snprintf(squat + strlen(squat), sizeof squat - strlen(squat), "/rank%d.ckpt", rank);
+            CHECK(mkdir(squat, 0700) == 0);
+        }
+        MPI_Barrier(comm);
+        iteration = 30;
+        EXPECT(ckpt_mpi_checkpoint(comm, iteration), CKPT_ERR_IO);
+        uint64_t newest = 0;
+        EXPECT(ckpt_newest_valid_generation(UINT64_MAX, &newest), CKPT_OK);
+        CHECK(newest < next);
+        CHECK(ckpt_mpi_should_checkpoint(comm) == 0); /* nothing triggered this one: nothing due again */
+        if (rank == last) CHECK(rmdir(squat) == 0);
+        MPI_Barrier(comm);
+    }
+
+    /* retention (CKPT_KEEP=3): after more steps exactly the 3 newest generations hold parts, all of them
+     * (each rank removed its own retired parts; rank 0 removed earlier runs' and the failed step's) */
+    for (int k = 0; k < 4; k++) {
+        iteration = 40 + 10 * k;
+        EXPECT(ckpt_mpi_checkpoint(comm, iteration), CKPT_OK);
+    }
+    MPI_Barrier(comm);
+    if (rank == 0 && nranks > 1) {
+        char root[4300];
+        snprintf(root, sizeof root, "%s/mpitest.ckpt.parts", dir);
+        DIR *d = opendir(root);
+        CHECK(d != NULL);
+        int holding = 0, empty = 0;
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) {
+            if (e->d_name[0] == '.') continue;
+            char gdir[4600];
+            snprintf(gdir, sizeof gdir, "%s/%s", root, e->d_name);
+            DIR *g = opendir(gdir);
+            int parts = 0, others = 0;
+            struct dirent *f;
+            while (g && (f = readdir(g)) != NULL) {
+                if (f->d_name[0] == '.') continue;
+                int r = -1;
+                char want[64] = "";
+                if (sscanf(f->d_name, "rank%d", &r) == 1) snprintf(want, sizeof want, "rank%d.ckpt", r);
+                if (r >= 0 && r < nranks && strcmp(f->d_name, want) == 0)
+                    parts++;
+                else
+                    others++;
+            }
+            if (g) closedir(g);
+            if (parts + others == 0) {
+                empty++;
+                continue;
+            }
+            holding++;
+            if (parts != nranks || others != 0)
+                fprintf(stderr, "generation %s holds %d parts and %d other files\n", e->d_name, parts, others);
+            CHECK(parts == nranks && others == 0);
+        }
+        if (d) closedir(d);
+        CHECK(holding == 3);
+        CHECK(empty <= 1); /* the generation retired by the last step, emptied by its ranks */
+    }
+    EXPECT(ckpt_mpi_restart(comm, &found, &step), CKPT_OK);
+    CHECK(found == 1 && step == 70 && iteration == 70);
     EXPECT(ckpt_mpi_finalize(comm), CKPT_OK);
     free(field);
 
