@@ -212,63 +212,109 @@ pub fn scenario_mpi(o: &Opts, work: &Path, out: &mut String) {
     commit_scaling(o, work, out);
 }
 
-/// Rank 0's share of a step for many ranks, without MPI: N stores (ranks) in this process write 4 KiB
-/// parts of a step, then rank 0's `commit_step` (check every part, write the manifest, prune the parts of
-/// the generation that falls out of `keep`) is timed.
+/// A step's work for many ranks, without MPI: N stores (ranks) in this process write 4 KiB parts, and
+/// rank 0 commits the step the way `ckpt_mpi.h` does (from the identities the ranks report, then every rank
+/// removes its own retired part) or by opening every part (`commit_step`, for ranks that cannot report).
+/// The two run side by side, alternating step by step, in two directories.
 fn commit_scaling(o: &Opts, work: &Path, out: &mut String) {
-    use ckpt_core::{Config, SectionOptions, Store};
+    use ckpt_core::{Config, PartIdentity, SectionOptions, Store};
     let counts: &[u32] = if o.smoke { &[4, 16] } else { &[16, 64, 256, 1024] };
-    let steps: i64 = if o.smoke { 3 } else { 6 };
+    let steps: i64 = if o.smoke { 4 } else { 8 };
+    let keep = ckpt_core::DEFAULT_KEEP as i64;
     let part = vec![7u8; SMALL_BYTES];
     let mut rows = String::new();
     for &n in counts {
-        let dir = work.join(format!("commit-{n}"));
-        let stores: Vec<Store> = (0..n)
-            .map(|r| {
-                let mut c = Config::new("scale", &dir).expect("config");
-                c.nranks = n;
-                c.rank = r;
-                Store::new(c)
-            })
-            .collect();
-        let mut times = Vec::new();
+        let ranks = |dir: &Path| -> Vec<Store> {
+            (0..n)
+                .map(|r| {
+                    let mut c = Config::new("scale", dir).expect("config");
+                    c.nranks = n;
+                    c.rank = r;
+                    Store::new(c)
+                })
+                .collect()
+        };
+        let (gathered_dir, opened_dir) =
+            (work.join(format!("commit-{n}-gathered")), work.join(format!("commit-{n}-opened")));
+        let (gathered, opened) = (ranks(&gathered_dir), ranks(&opened_dir));
+        let (mut t_gathered, mut t_opened, mut t_part, mut t_after) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for step in 1..=steps {
             let generation = step as u64;
-            for s in &stores {
-                let mut w = s.begin_part(generation, step).expect("begin_part");
-                w.add_section_with("state", &part, SectionOptions::new()).expect("add");
-                w.commit().expect("part");
-            }
-            let t = Instant::now();
-            stores[0].commit_step(generation, step).expect("commit_step");
-            // The first steps prune nothing yet (fewer than `keep` + 1 generations): not timed.
-            if generation > ckpt_core::DEFAULT_KEEP as u64 {
-                times.push(t.elapsed().as_secs_f64());
+            // From the first step that retires a generation on: the steady state.
+            let timed = step > keep + 1;
+            for (stores, gathering) in [(&gathered, true), (&opened, false)] {
+                let mut part_times = Vec::with_capacity(n as usize);
+                for s in stores.iter() {
+                    let t = Instant::now();
+                    let mut w = s.begin_part(generation, step).expect("begin_part");
+                    w.add_section_with("state", &part, SectionOptions::new()).expect("add");
+                    w.commit().expect("part");
+                    part_times.push(t.elapsed().as_secs_f64());
+                }
+                if gathering {
+                    let parts: Vec<PartIdentity> =
+                        stores.iter().map(|s| s.part_identity(generation).expect("identity")).collect();
+                    let t = Instant::now();
+                    stores[0].commit_step_with_parts(generation, step, &parts).expect("commit_step_with_parts");
+                    let commit = t.elapsed().as_secs_f64();
+                    let mut after = Vec::with_capacity(n as usize);
+                    for s in stores.iter() {
+                        let t = Instant::now();
+                        s.after_step_committed(generation);
+                        after.push(t.elapsed().as_secs_f64());
+                    }
+                    if timed {
+                        t_gathered.push(commit);
+                        t_part.push(stat(part_times).median);
+                        t_after.push(stat(after).median);
+                    }
+                } else {
+                    let t = Instant::now();
+                    stores[0].commit_step(generation, step).expect("commit_step");
+                    if timed {
+                        t_opened.push(t.elapsed().as_secs_f64());
+                    }
+                }
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        let st = stat(times);
+        let _ = std::fs::remove_dir_all(&gathered_dir);
+        let _ = std::fs::remove_dir_all(&opened_dir);
+        let (g, op) = (stat(t_gathered), stat(t_opened));
         let _ = writeln!(
             rows,
-            "| {n} | {:.1} ms ({:.1}–{:.1}) | {:.0} µs |",
-            st.median * 1e3,
-            st.min * 1e3,
-            st.max * 1e3,
-            st.median * 1e6 / f64::from(n)
+            "| {n} | {:.2} ms ({:.2}–{:.2}) | {:.1} µs | {:.1} ms ({:.1}–{:.1}) | {:.0} µs | {:.2} | {:.0} µs | {:.0} µs |",
+            g.median * 1e3,
+            g.min * 1e3,
+            g.max * 1e3,
+            g.median * 1e6 / f64::from(n),
+            op.median * 1e3,
+            op.min * 1e3,
+            op.max * 1e3,
+            op.median * 1e6 / f64::from(n),
+            g.median / op.median,
+            stat(t_part).median * 1e6,
+            stat(t_after).median * 1e6,
         );
     }
     let _ = writeln!(
         out,
-        "\n### Rank 0's commit for many ranks\n\n\
-         What rank 0 does alone at every step while the other ranks wait for the outcome, for more ranks than \
-         this machine can run: N stores of N ranks in one process write their 4 KiB parts of a step, then \
-         rank 0's `commit_step` is timed: it opens every part and checks its header and table, writes the \
-         step's manifest durably, and prunes the parts of the generation that falls out of `keep` (one file \
-         per rank and their directory). Medians of the {} steps that prune, on this machine's local disk; on \
-         a parallel file system each open and unlink is a metadata round trip, so the time per rank is larger \
-         there and this is the part of a step that grows with the number of ranks.\n\n\
-         | ranks | `commit_step` median (min–max) | per rank |\n|---|---|---|\n{}",
-        steps - ckpt_core::DEFAULT_KEEP as i64,
+        "\n### A step's work for many ranks\n\n\
+         For more ranks than this machine can run: N stores of N ranks in one process write their 4 KiB parts \
+         of a step, then rank 0 commits it while the other ranks wait for the outcome. **From identities** is \
+         what `ckpt_mpi_checkpoint` does: the ranks report their part's identity (an `MPI_Gather` of 48 bytes \
+         each), rank 0 writes the manifest without opening any part, and after the outcome each rank removes \
+         its own part of the generation the step retired; rank 0 removes that emptied directory at a later \
+         commit. **Opening every part** is `commit_step` (`ckpt_commit_step`), for ranks that cannot report: \
+         rank 0 opens and checks every part and removes every retired part itself. The two run side by side, \
+         alternating step by step; medians of the {} steps from the first that retires a generation, on this \
+         machine's local disk. A rank's own part and its removal of its retired part are medians over the \
+         ranks of one step, then over the steps: they should not grow with N (a rank lists no directory that \
+         holds one entry per rank). On a parallel file system each open and unlink is a metadata round trip, \
+         so what rank 0 does per rank costs more there.\n\n\
+         | ranks | rank 0's commit from identities, median (min–max) | per rank | rank 0's commit opening every part \
+         | per rank | ratio | a rank's part | a rank's removal of its retired part |\n\
+         |---|---|---|---|---|---|---|---|\n{}",
+        steps - keep - 1,
         rows.trim_end()
     );
 }
@@ -300,8 +346,9 @@ fn measure(o: &Opts, work: &Path) -> Result<String, String> {
          starts) and saves it once per step. **ckpt**: the buffer is protected as region 0 (uncompressed, the \
          default) and a step is one `ckpt_mpi_checkpoint(MPI_COMM_WORLD, step)` (`include/ckpt_mpi.h`): the \
          ranks agree on the generation (an allreduce), each rank writes its part (temporary file, fsync, \
-         rename, fsync of the directory), an allreduce of the statuses (the barrier), rank 0 checks every part \
-         and writes the step's manifest atomically, and broadcasts the outcome (with one rank it is \
+         rename, fsync of the directory), a gather of each rank's status and part identity to rank 0 (the \
+         barrier), rank 0 writes the step's manifest atomically from the identities, and broadcasts the \
+         outcome, after which each rank removes its own part of the generation the step retired (with one rank it is \
          `ckpt_checkpoint(step)`: no agreement, no manifest); pruning at its defaults (keep {keep} generations, \
          older ones removed), like every other setting. **bare**, the baseline an MPI programmer would write by hand \
          (durable and atomic per rank, but nothing records which step is complete on every rank): each rank \
@@ -370,8 +417,8 @@ fn measure(o: &Opts, work: &Path) -> Result<String, String> {
          Where the 4 KiB step's time goes: the bare sequence is two fsyncs per rank (the file, the directory). \
          A ckpt part is three: the file, the step's parts directory (the rename into it) and the parts root \
          (the step's directory is new at every step; the parts root's own entry is made durable once per \
-         process). Then, after the barrier, rank 0 checks every part (an open and a read of each part's \
-         header and table) and writes the step's manifest durably: two more fsyncs, in sequence, while the \
+         process). Then the ranks' part identities are gathered to rank 0 (the gather is also the barrier), \
+         and rank 0 writes the step's manifest durably from them: two more fsyncs, in sequence, while the \
          other ranks wait for the broadcast of the outcome. That second round of durable writes is what \
          makes a step restartable as a whole, and it is what the bare sequence does not have."
     );
