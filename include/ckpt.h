@@ -286,7 +286,8 @@ int32_t ckpt_checkpoint_part(uint64_t generation,
 
 // Tells this rank whether the multi-rank step of its last `ckpt_checkpoint_part` was committed
 // (`committed` non-zero) or not (0), as agreed by all ranks. Committed: `ckpt_should_exit` turns 1 if the
-// checkpoint was asked to be the last, and `ckpt create` requests are answered. Not committed: whatever
+// checkpoint was asked to be the last, `ckpt create` requests are answered, and this rank removes its own
+// parts of the generations the step retired (beyond CKPT_KEEP). Not committed: whatever
 // triggered the part (a signal, the time limit) is due again, so `ckpt_should_checkpoint` turns 1 and
 // the step can be retried; requests get the error. A no-op when no part is pending. Thread-safe.
 int32_t ckpt_finish_step(int32_t committed);

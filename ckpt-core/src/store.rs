@@ -392,7 +392,7 @@ impl Store {
         *lock(&self.shared.synced_parts_root) = Some(parts_root.clone());
         // The generation's directory is not listed: with N ranks that is N entries for every rank at every
         // step (N² metadata operations per step). Temporary files that a dead writer left in it are removed
-        // by `commit_step`, when every rank's part is in place.
+        // by the step's commit, when every rank's part is in place.
         let part_name = format!("rank{}.ckpt", self.config.rank);
         let header = self.header(FileKind::Data, generation, app_step);
         let plan = Plan::Part { dir: part_dir.clone(), name: part_name.clone(), checkpoint_dir: dir.to_path_buf() };

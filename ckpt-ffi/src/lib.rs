@@ -647,7 +647,8 @@ pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
 
 /// Tells this rank whether the multi-rank step of its last `ckpt_checkpoint_part` was committed
 /// (`committed` non-zero) or not (0), as agreed by all ranks. Committed: `ckpt_should_exit` turns 1 if the
-/// checkpoint was asked to be the last, and `ckpt create` requests are answered. Not committed: whatever
+/// checkpoint was asked to be the last, `ckpt create` requests are answered, and this rank removes its own
+/// parts of the generations the step retired (beyond CKPT_KEEP). Not committed: whatever
 /// triggered the part (a signal, the time limit) is due again, so `ckpt_should_checkpoint` turns 1 and
 /// the step can be retried; requests get the error. A no-op when no part is pending. Thread-safe.
 #[unsafe(no_mangle)]
