@@ -555,14 +555,19 @@ impl Scenario for LibraryMultiRank {
     }
 }
 
-#[test]
-fn every_crash_point_of_a_multi_rank_sequence_restores_the_last_step() {
-    let sc = LibraryMultiRank { plan: rank_plan(0xACE, 3), gathered: false };
-    let s = sweep(&sc);
-    let summary = report("library protocol, 2 ranks", &s);
+/// Sweeps a multi-rank scenario: no violation, and every generation was the restored one for some crash
+/// point.
+fn sweep_multi_rank(sc: &LibraryMultiRank, label: &str) {
+    let s = sweep(sc);
+    let summary = report(label, &s);
     println!("{summary}");
     assert!(s.violations.is_empty(), "{summary}");
     assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+}
+
+#[test]
+fn every_crash_point_of_a_multi_rank_sequence_restores_the_last_step() {
+    sweep_multi_rank(&LibraryMultiRank { plan: rank_plan(0xACE, 3), gathered: false }, "library protocol, 2 ranks");
 }
 
 /// The MPI helpers' protocol: rank 0 commits from the gathered identities without opening the parts, and
@@ -571,11 +576,7 @@ fn every_crash_point_of_a_multi_rank_sequence_restores_the_last_step() {
 #[test]
 fn every_crash_point_of_a_gathered_multi_rank_sequence_restores_the_last_step() {
     let sc = LibraryMultiRank { plan: rank_plan(0xBEE, 4), gathered: true };
-    let s = sweep(&sc);
-    let summary = report("gathered identities, ranks prune their own parts, 2 ranks", &s);
-    println!("{summary}");
-    assert!(s.violations.is_empty(), "{summary}");
-    assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+    sweep_multi_rank(&sc, "gathered identities, ranks prune their own parts, 2 ranks");
     // Without a crash, only the kept generations hold parts; the generation retired by the last step is
     // an empty directory until the next commit.
     let mem = MemStorage::new();

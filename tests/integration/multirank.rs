@@ -22,17 +22,16 @@ fn part_payload(step: i64, rank: u32) -> Vec<u8> {
     rng.bytes(16 * 1024 + rank as usize * 1000 + (step.rem_euclid(7) as usize) * 10)
 }
 
+/// Rank `rank` of `nranks` saving `APP` in `dir`, keeping `keep` generations.
+fn rank_config(dir: &Path, rank: u32, nranks: u32, keep: usize) -> ckpt_core::Config {
+    let mut c = config(APP, dir);
+    (c.rank, c.nranks, c.keep) = (rank, nranks, keep);
+    c.commit_timeout = Duration::from_millis(200);
+    c
+}
+
 fn ranks(dir: &Path, keep: usize) -> Vec<Store> {
-    (0..NRANKS)
-        .map(|r| {
-            let mut c = config(APP, dir);
-            c.rank = r;
-            c.nranks = NRANKS;
-            c.keep = keep;
-            c.commit_timeout = Duration::from_millis(200);
-            Store::new(c)
-        })
-        .collect()
+    (0..NRANKS).map(|r| Store::new(rank_config(dir, r, NRANKS, keep))).collect()
 }
 
 fn part_path(dir: &Path, generation: u64, rank: u32) -> PathBuf {
@@ -432,15 +431,7 @@ impl ckpt_core::storage::Storage for CountingStorage {
 }
 
 fn stores_over(dir: &Path, nranks: u32, keep: usize, storage: &std::sync::Arc<CountingStorage>) -> Vec<Store> {
-    (0..nranks)
-        .map(|r| {
-            let mut c = config(APP, dir);
-            c.rank = r;
-            c.nranks = nranks;
-            c.keep = keep;
-            Store::with_storage(c, storage.clone())
-        })
-        .collect()
+    (0..nranks).map(|r| Store::with_storage(rank_config(dir, r, nranks, keep), storage.clone())).collect()
 }
 
 /// A whole step as `ckpt_mpi_checkpoint` runs it: every rank writes its part of generation `g` and reports
@@ -632,13 +623,9 @@ fn a_dead_writers_temporary_part_is_removed_by_the_commit_of_its_generation() {
 fn only_a_known_outcome_lets_a_rank_remove_its_retired_part_at_once() {
     for known in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let rank0 = {
-            let mut c = config(APP, dir.path());
-            (c.rank, c.nranks, c.keep) = (0, 2, 1);
-            Store::new(c)
-        };
-        let mut c = config(APP, dir.path());
-        (c.rank, c.nranks, c.keep, c.log) = (1, 2, 1, ckpt_core::LogTarget::Off);
+        let rank0 = Store::new(rank_config(dir.path(), 0, 2, 1));
+        let mut c = rank_config(dir.path(), 1, 2, 1);
+        c.log = ckpt_core::LogTarget::Off;
         let rank1 = ckpt_core::Checkpointer::new(Store::new(c)).unwrap();
         for g in 1..=2u64 {
             let mut w = rank0.begin_part(g, g as i64).unwrap();
