@@ -158,7 +158,9 @@ impl Store {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
         let storage = self.storage();
-        let names: Vec<String> = match storage.read_dir(&dir) {
+        // Only checkpoint names are looked at: the directory may hold many other files.
+        let checkpoint_name = |n: &std::ffi::OsStr| n.to_str().and_then(any_base).is_some();
+        let names: Vec<String> = match storage.read_dir_matching(&dir, &checkpoint_name) {
             Ok(entries) => {
                 entries.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect()
             }

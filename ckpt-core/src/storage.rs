@@ -7,7 +7,7 @@
 //! chosen errno, for fault-injection tests against a reference model.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -91,6 +91,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// that hold one file per rank.
     fn list_names(&self, dir: &Path) -> io::Result<Vec<OsString>> {
         Ok(self.read_dir(dir)?.into_iter().map(|e| e.name).collect())
+    }
+    /// Lists the entries whose names `wanted` accepts, looking at (`stat`ing) only those: a checkpoint
+    /// directory may be the job's working directory, with thousands of files that are not checkpoints.
+    fn read_dir_matching(&self, dir: &Path, wanted: &dyn Fn(&OsStr) -> bool) -> io::Result<Vec<DirEntry>> {
+        Ok(self.read_dir(dir)?.into_iter().filter(|e| wanted(&e.name)).collect())
     }
     /// Creates a directory and its parents (mode 0700 for new ones unless the umask says less).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
@@ -201,10 +206,17 @@ impl Storage for FileStorage {
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        self.read_dir_matching(dir, &|_| true)
+    }
+
+    fn read_dir_matching(&self, dir: &Path, wanted: &dyn Fn(&OsStr) -> bool) -> io::Result<Vec<DirEntry>> {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         let mut out = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
+            if !wanted(&entry.file_name()) {
+                continue;
+            }
             // symlink_metadata: a planted symlink is reported as not a file and never followed.
             let meta = match fs::symlink_metadata(entry.path()) {
                 Ok(m) => m,

@@ -339,14 +339,14 @@ impl Store {
 
     fn next_generation_in(&self, dir: &Path) -> Result<u64> {
         let base = self.config.base_name();
-        let names = match self.storage.read_dir(dir) {
+        let names = match self.storage.list_names(dir) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("list directory", e).with_path(dir)),
         };
         let highest = names
             .iter()
-            .filter_map(|e| e.name.to_str())
+            .filter_map(|n| n.to_str())
             .filter_map(|n| match classify(&base, n) {
                 Some(NameKind::Generation(g)) => Some(g),
                 _ => None,
@@ -470,9 +470,12 @@ impl Store {
         }
     }
 
-    /// Lists `dir`, creating it (and making its entry durable) when it does not exist yet.
+    /// Lists the entries of `dir` named after this store's checkpoint name (`<base>…`; the others are not
+    /// looked at), creating `dir` (and making its entry durable) when it does not exist yet.
     fn scan(&self, dir: &Path) -> Result<Vec<DirEntry>> {
-        match self.storage.read_dir(dir) {
+        let base = self.config.base_name();
+        let ours = |name: &std::ffi::OsStr| name.as_encoded_bytes().starts_with(base.as_bytes());
+        match self.storage.read_dir_matching(dir, &ours) {
             Ok(entries) => Ok(entries),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.storage.create_dir_all(dir).map_err(|e| Error::io("create directory", e).with_path(dir))?;

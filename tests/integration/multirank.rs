@@ -378,15 +378,20 @@ fn exit_waits_for_the_step_and_a_failed_step_is_retried() {
 // ---------------------------------------------------------------------------------------------------------
 // Committing from gathered identities (what `ckpt_mpi.h` does), and ranks removing their own parts.
 
-/// Every storage call a store makes, counted (the real file system underneath).
+/// Every storage call a store makes, counted (the real file system underneath), and the directory
+/// entries it looked at (`stat`ed) when listing.
 #[derive(Debug, Default)]
 struct CountingStorage {
     calls: std::sync::atomic::AtomicU64,
+    looked_at: std::sync::atomic::AtomicU64,
 }
 
 impl CountingStorage {
     fn count(&self) -> u64 {
         self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn looked_at(&self) -> u64 {
+        self.looked_at.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn tick(&self) -> ckpt_core::storage::FileStorage {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -414,7 +419,18 @@ impl ckpt_core::storage::Storage for CountingStorage {
         self.tick().sync_dir(d)
     }
     fn read_dir(&self, d: &Path) -> std::io::Result<Vec<ckpt_core::storage::DirEntry>> {
-        self.tick().read_dir(d)
+        let entries = self.tick().read_dir(d)?;
+        self.looked_at.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(entries)
+    }
+    fn read_dir_matching(
+        &self,
+        d: &Path,
+        wanted: &dyn Fn(&std::ffi::OsStr) -> bool,
+    ) -> std::io::Result<Vec<ckpt_core::storage::DirEntry>> {
+        let entries = self.tick().read_dir_matching(d, wanted)?;
+        self.looked_at.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(entries)
     }
     fn list_names(&self, d: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
         self.tick().list_names(d)
@@ -647,4 +663,32 @@ fn only_a_known_outcome_lets_a_rank_remove_its_retired_part_at_once() {
         let want: &[&str] = if known { &[] } else { &["rank1.ckpt"] };
         assert_eq!(left, want, "outcome known: {known}");
     }
+}
+
+/// The checkpoint directory is often the job's working directory (the seed's default), full of other
+/// files. A step of N ranks looks at (`stat`s) only the checkpoint's own entries: N ranks listing 2000
+/// other files at every step would be N × 2000 metadata operations per step on a parallel file system.
+#[test]
+fn a_step_looks_only_at_the_checkpoints_own_entries_of_a_crowded_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..2000 {
+        fs::write(dir.path().join(format!("output.{i}.dat")), b"x").unwrap();
+    }
+    fs::write(dir.path().join("otherjob.ckpt"), b"not ours").unwrap();
+    let storage = std::sync::Arc::new(CountingStorage::default());
+    let stores = stores_over(dir.path(), NRANKS, 2, &storage);
+    for g in 1..=3 {
+        gathered_step(&stores, g, g as i64);
+    }
+    let before = storage.looked_at();
+    gathered_step(&stores, 4, 4);
+    let per_step = storage.looked_at() - before;
+    // Per rank: the manifests kept and the parts root; rank 0 also its parts directories.
+    assert!(per_step <= 8 * u64::from(NRANKS), "one step of {NRANKS} ranks looked at {per_step} entries");
+    let before = storage.looked_at();
+    for (r, s) in stores.iter().enumerate() {
+        assert_eq!(s.restore().unwrap().unwrap().generation, 4, "rank {r}");
+    }
+    let restores = storage.looked_at() - before;
+    assert!(restores <= 16 * u64::from(NRANKS), "{NRANKS} restores looked at {restores} entries");
 }

@@ -751,7 +751,11 @@ fn machine(dir: &Path) -> String {
         Command::new(cmd).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let kernel = run("uname", &["-r"]).unwrap_or_default();
-    let fs = run("stat", &["-f", "-c", "%T", &dir.display().to_string()]).unwrap_or_default();
+    // `stat -f` names ext4 "ext2/ext3" (one magic number for all three): the mount table says which.
+    let fs = run("findmnt", &["-n", "-o", "FSTYPE", "--target", &dir.display().to_string()])
+        .filter(|t| !t.is_empty())
+        .or_else(|| run("stat", &["-f", "-c", "%T", &dir.display().to_string()]))
+        .unwrap_or_default();
     format!(
         "{} x {}, {:.0} GiB RAM, Linux {kernel}, scratch on {fs}, host `{}`",
         cpus,
