@@ -218,12 +218,16 @@ pub fn scenario_mpi(o: &Opts, work: &Path, out: &mut String) {
 /// The two run side by side, alternating step by step, in two directories.
 fn commit_scaling(o: &Opts, work: &Path, out: &mut String) {
     use ckpt_core::{Config, PartIdentity, SectionOptions, Store};
-    let counts: &[u32] = if o.smoke { &[4, 16] } else { &[16, 64, 256, 1024] };
+    // (ranks, other files in the directory): the last row is the job's crowded working directory.
+    const CROWD: usize = 10_000;
+    let counts: &[(u32, usize)] =
+        if o.smoke { &[(4, 0), (16, 0), (16, 100)] } else { &[(16, 0), (64, 0), (256, 0), (1024, 0), (64, CROWD)] };
     let steps: i64 = if o.smoke { 4 } else { 8 };
     let keep = ckpt_core::DEFAULT_KEEP as i64;
     let part = vec![7u8; SMALL_BYTES];
+    let crowded = counts.last().map_or(0, |c| c.1);
     let mut rows = String::new();
-    for &n in counts {
+    for &(n, crowd) in counts {
         let ranks = |dir: &Path| -> Vec<Store> {
             (0..n)
                 .map(|r| {
@@ -235,7 +239,13 @@ fn commit_scaling(o: &Opts, work: &Path, out: &mut String) {
                 .collect()
         };
         let (gathered_dir, opened_dir) =
-            (work.join(format!("commit-{n}-gathered")), work.join(format!("commit-{n}-opened")));
+            (work.join(format!("commit-{n}-{crowd}-gathered")), work.join(format!("commit-{n}-{crowd}-opened")));
+        for d in [&gathered_dir, &opened_dir] {
+            std::fs::create_dir_all(d).expect("create the directory");
+            for i in 0..crowd {
+                std::fs::write(d.join(format!("output.{i}.dat")), b"x").expect("an unrelated file");
+            }
+        }
         let (gathered, opened) = (ranks(&gathered_dir), ranks(&opened_dir));
         let (mut t_gathered, mut t_opened, mut t_part, mut t_after) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for step in 1..=steps {
@@ -282,7 +292,8 @@ fn commit_scaling(o: &Opts, work: &Path, out: &mut String) {
         let (g, op) = (stat(t_gathered), stat(t_opened));
         let _ = writeln!(
             rows,
-            "| {n} | {:.2} ms ({:.2}–{:.2}) | {:.1} µs | {:.1} ms ({:.1}–{:.1}) | {:.0} µs | {:.2} | {:.0} µs | {:.0} µs |",
+            "| {n}{} | {:.2} ms ({:.2}–{:.2}) | {:.1} µs | {:.1} ms ({:.1}–{:.1}) | {:.0} µs | {:.2} | {:.0} µs | {:.0} µs |",
+            if crowd > 0 { format!(", in a directory with {crowd} other files") } else { String::new() },
             g.median * 1e3,
             g.min * 1e3,
             g.max * 1e3,
@@ -310,7 +321,9 @@ fn commit_scaling(o: &Opts, work: &Path, out: &mut String) {
          machine's local disk. A rank's own part and its removal of its retired part are medians over the \
          ranks of one step, then over the steps: they should not grow with N (a rank lists no directory that \
          holds one entry per rank). On a parallel file system each open and unlink is a metadata round trip, \
-         so what rank 0 does per rank costs more there.\n\n\
+         so what rank 0 does per rank costs more there. The last row runs in a directory that also holds \
+         {crowded} unrelated files, as the job's working directory (the seed's default checkpoint directory) \
+         may: ranks and rank 0 look only at the checkpoint's own entries.\n\n\
          | ranks | rank 0's commit from identities, median (min–max) | per rank | rank 0's commit opening every part \
          | per rank | ratio | a rank's part | a rank's removal of its retired part |\n\
          |---|---|---|---|---|---|---|---|\n{}",
