@@ -32,7 +32,10 @@
 //! barrier) writes the step's manifest (a checkpoint file of kind `Manifest` naming each part and its
 //! identity) through the single-file protocol above, either from the identities the ranks report
 //! ([`Store::commit_step_with_parts`], what the MPI helpers do: rank 0 opens no part) or by opening and
-//! checking every part ([`Store::commit_step`]). A step exists only once its manifest does.
+//! checking every part ([`Store::commit_step`]). A step exists only once its manifest does. As with
+//! single saves, each rank (and rank 0 for the manifests) lists the checkpoint directory at its first step
+//! and then at most every 10 s, checking in between only that the generation it proposes is free; a
+//! listing `stat`s only the checkpoint's own entries (the directory may be the job's working directory).
 //!
 //! Retiring a generation: rank 0's commit removes the manifests beyond `keep`. With reported identities,
 //! each rank removes its own retired part once told that the step was committed
@@ -129,9 +132,22 @@ struct Shared {
     /// Multi-rank: this rank's parts that it wrote and has not removed yet. Each rank removes its own old
     /// parts, so that retiring a generation costs every rank one `unlink` instead of rank 0 one per rank.
     own_parts: std::sync::Mutex<Vec<OwnPart>>,
-    /// Multi-rank: the checkpoint directory and its manifests' generations as the last part's listing saw
-    /// them.
-    manifests_seen: std::sync::Mutex<Option<(PathBuf, Vec<u64>)>>,
+    /// Multi-rank: what this rank knows of the checkpoint directory's manifests.
+    parts_view: std::sync::Mutex<Option<PartsView>>,
+}
+
+/// Multi-rank: the manifests of a checkpoint directory as a rank's last listing saw them, plus the steps
+/// it was told were committed since. A rank lists the directory at its first part and then at most every
+/// [`LISTING_REUSE`]: the directory may be the job's working directory with thousands of files, and every
+/// rank lists it (on a parallel file system, N readdirs of it per step).
+#[derive(Clone, Debug)]
+struct PartsView {
+    dir: PathBuf,
+    /// Generations whose manifests exist (at most the newest `keep` once steps are reported).
+    manifests: Vec<u64>,
+    /// The highest generation number seen under any kind of entry.
+    highest: u64,
+    listed_at: Instant,
 }
 
 /// A part this rank wrote: `<dir>/<base>.parts/<generation>/rank<R>.ckpt`.
@@ -275,7 +291,7 @@ impl Store {
             listing: std::sync::Mutex::new(None),
             synced_parts_root: std::sync::Mutex::new(None),
             own_parts: std::sync::Mutex::new(Vec::new()),
-            manifests_seen: std::sync::Mutex::new(None),
+            parts_view: std::sync::Mutex::new(None),
         };
         Store { config, storage, shared: Arc::new(shared) }
     }
@@ -339,6 +355,14 @@ impl Store {
 
     fn next_generation_in(&self, dir: &Path) -> Result<u64> {
         let base = self.config.base_name();
+        let last = self.shared.last_generation.load(Ordering::SeqCst);
+        if let Some(view) = self.reusable_parts_view(dir) {
+            // A recent view: only the name about to be proposed must still be free.
+            let generation = view.highest.max(last) + 1;
+            if let Ok(false) = self.storage.exists(&dir.join(format!("{base}.{generation}"))) {
+                return Ok(generation);
+            }
+        }
         let names = match self.storage.list_names(dir) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -369,13 +393,6 @@ impl Store {
         let base = self.config.base_name();
         let parts_root = dir.join(format!("{base}.parts"));
         let part_dir = parts_root.join(generation.to_string());
-        let entries = self.scan(dir)?;
-        // This rank's parts of generations whose manifests fell out of `keep` (the outcome of the last step
-        // was not reported with `after_step_committed`, or a failed step left them): removed before the new
-        // part is written, so a rank never holds more than `keep` + 1 generations.
-        let manifests: Vec<u64> = listing_of(dir, &base, &entries).generations.iter().map(|g| g.0).collect();
-        let warnings = self.prune_own_parts(dir, &manifests);
-        *lock(&self.shared.manifests_seen) = Some((dir.to_path_buf(), manifests));
         // The new directories must survive a crash along with the part written into them. The generation's
         // directory is new at every step (another rank may have created it: its parent is synced all the
         // same); the parts root is made durable in `dir` once per process, while it stays in place.
@@ -384,6 +401,26 @@ impl Store {
             synced.as_deref() == Some(parts_root.as_path())
                 && self.storage.exists(&parts_root).map_err(|e| Error::io("stat", e).with_path(&parts_root))?
         };
+        // The directory is listed (and created, if it is missing) unless a recent view of it can be reused
+        // and the parts root is still in place.
+        let view = match self.reusable_parts_view(dir).filter(|_| root_synced) {
+            Some(view) => view,
+            None => {
+                let listing = listing_of(dir, &base, &self.scan(dir)?);
+                let view = PartsView {
+                    dir: dir.to_path_buf(),
+                    manifests: listing.generations.iter().map(|g| g.0).collect(),
+                    highest: listing.highest,
+                    listed_at: listing.listed_at,
+                };
+                *lock(&self.shared.parts_view) = Some(view.clone());
+                view
+            }
+        };
+        // This rank's parts of generations whose manifests fell out of `keep` (the outcome of the last step
+        // was not reported with `after_step_committed`, or a failed step left them): removed before the new
+        // part is written, so a rank never holds more than `keep` + 1 generations.
+        let warnings = self.prune_own_parts(dir, &view.manifests);
         self.storage.create_dir_all(&part_dir).map_err(|e| Error::io("create directory", e).with_path(&part_dir))?;
         let to_sync: &[&Path] = if root_synced { &[parts_root.as_path()] } else { &[dir, parts_root.as_path()] };
         for d in to_sync {
@@ -411,12 +448,30 @@ impl Store {
         let dir =
             lock(&self.shared.own_parts).iter().find(|p| p.identity.generation == generation).map(|p| p.dir.clone());
         let Some(dir) = dir else { return Vec::new() };
-        let mut manifests = match lock(&self.shared.manifests_seen).as_ref() {
-            Some((seen_dir, m)) if *seen_dir == dir => m.clone(),
-            _ => Vec::new(),
+        let manifests = {
+            let mut view = lock(&self.shared.parts_view);
+            match view.as_mut().filter(|v| v.dir == dir) {
+                Some(v) => {
+                    // Rank 0's commit kept the newest `keep` manifests, this one among them.
+                    v.manifests.push(generation);
+                    v.manifests.sort_unstable_by(|a, b| b.cmp(a));
+                    v.manifests.dedup();
+                    v.manifests.truncate(self.config.keep.max(1));
+                    v.highest = v.highest.max(generation);
+                    v.manifests.clone()
+                }
+                None => vec![generation],
+            }
         };
-        manifests.push(generation);
         self.prune_own_parts(&dir, &manifests)
+    }
+
+    /// The view of `dir`'s manifests when it is recent enough to reuse.
+    fn reusable_parts_view(&self, dir: &Path) -> Option<PartsView> {
+        lock(&self.shared.parts_view)
+            .as_ref()
+            .filter(|v| v.dir == dir && v.listed_at.elapsed() < LISTING_REUSE)
+            .cloned()
     }
 
     /// This rank's durable part of `generation`, written by this process, for rank 0's
@@ -654,9 +709,17 @@ impl Store {
             manifest.extend_from_slice(&p.header_crc32.to_le_bytes());
             manifest.extend_from_slice(&p.table_crc32.to_le_bytes());
         }
-        let entries = self.scan(dir)?;
-        self.remove_stale_tmp(dir, &base, &entries);
-        let plan = Plan::Single { listing: listing_of(dir, &base, &entries) };
+        // Steps in a row reuse the previous commit's view of the directory, as single saves do (the hard
+        // link that claims `<base>.<generation>` still fails if anything else took it).
+        let listing = match self.shared.reusable_listing(dir, &base) {
+            Some(listing) => listing,
+            None => {
+                let entries = self.scan(dir)?;
+                self.remove_stale_tmp(dir, &base, &entries);
+                listing_of(dir, &base, &entries)
+            }
+        };
+        let plan = Plan::Single { listing };
         let header = self.header(FileKind::Manifest, generation, app_step);
         let mut w = self.start(dir, &base, header, plan)?;
         w.ranks_prune_own_parts = ranks_prune_own_parts;

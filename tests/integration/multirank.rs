@@ -328,12 +328,13 @@ fn commit_step_refuses_parts_of_different_application_steps() {
 
 /// The layout promises that `<base>.tmp.<host>.<pid>.<nonce>` is "removed by the next save if its writer
 /// died". In a multi-rank directory the manifest is written through such a temporary file by rank 0; one
-/// left by a killed rank 0 must go with the next step.
+/// left by a killed rank 0 must go with the next run's first step (a run lists the directory at its first
+/// commit and then at least every 10 s).
 #[test]
 fn a_stale_manifest_temporary_file_is_removed_by_the_next_step() {
     let dir = tempfile::tempdir().unwrap();
-    let stores = ranks(dir.path(), 2);
-    save_step(&stores, 1);
+    save_step(&ranks(dir.path(), 2), 1);
+    let stores = ranks(dir.path(), 2); // the next run
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
@@ -384,6 +385,7 @@ fn exit_waits_for_the_step_and_a_failed_step_is_retried() {
 struct CountingStorage {
     calls: std::sync::atomic::AtomicU64,
     looked_at: std::sync::atomic::AtomicU64,
+    listed: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl CountingStorage {
@@ -392,6 +394,13 @@ impl CountingStorage {
     }
     fn looked_at(&self) -> u64 {
         self.looked_at.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// How many times `dir` was listed (by names or with entries).
+    fn listings_of(&self, dir: &Path) -> usize {
+        self.listed.lock().unwrap().iter().filter(|d| *d == dir).count()
+    }
+    fn note_listing(&self, dir: &Path) {
+        self.listed.lock().unwrap().push(dir.to_path_buf());
     }
     fn tick(&self) -> ckpt_core::storage::FileStorage {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -419,6 +428,7 @@ impl ckpt_core::storage::Storage for CountingStorage {
         self.tick().sync_dir(d)
     }
     fn read_dir(&self, d: &Path) -> std::io::Result<Vec<ckpt_core::storage::DirEntry>> {
+        self.note_listing(d);
         let entries = self.tick().read_dir(d)?;
         self.looked_at.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::SeqCst);
         Ok(entries)
@@ -428,11 +438,13 @@ impl ckpt_core::storage::Storage for CountingStorage {
         d: &Path,
         wanted: &dyn Fn(&std::ffi::OsStr) -> bool,
     ) -> std::io::Result<Vec<ckpt_core::storage::DirEntry>> {
+        self.note_listing(d);
         let entries = self.tick().read_dir_matching(d, wanted)?;
         self.looked_at.fetch_add(entries.len() as u64, std::sync::atomic::Ordering::SeqCst);
         Ok(entries)
     }
     fn list_names(&self, d: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        self.note_listing(d);
         self.tick().list_names(d)
     }
     fn create_dir_all(&self, d: &Path) -> std::io::Result<()> {
@@ -666,8 +678,9 @@ fn only_a_known_outcome_lets_a_rank_remove_its_retired_part_at_once() {
 }
 
 /// The checkpoint directory is often the job's working directory (the seed's default), full of other
-/// files. A step of N ranks looks at (`stat`s) only the checkpoint's own entries: N ranks listing 2000
-/// other files at every step would be N × 2000 metadata operations per step on a parallel file system.
+/// files. Steps in a row do not list it (each rank lists it at its first step and then at most every 10 s),
+/// and a listing looks at (`stat`s) only the checkpoint's own entries: N ranks listing 2000 other files at
+/// every step would be N readdirs and N × 2000 `stat`s per step on a parallel file system.
 #[test]
 fn a_step_looks_only_at_the_checkpoints_own_entries_of_a_crowded_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -677,14 +690,26 @@ fn a_step_looks_only_at_the_checkpoints_own_entries_of_a_crowded_directory() {
     fs::write(dir.path().join("otherjob.ckpt"), b"not ours").unwrap();
     let storage = std::sync::Arc::new(CountingStorage::default());
     let stores = stores_over(dir.path(), NRANKS, 2, &storage);
-    for g in 1..=3 {
-        gathered_step(&stores, g, g as i64);
+    // As `ckpt_mpi_checkpoint`: the ranks agree on the next generation (a MAX), then the step.
+    let step = |s: i64| {
+        let g = stores.iter().map(|st| st.next_generation().unwrap()).max().unwrap();
+        gathered_step(&stores, g, s);
+    };
+    for s in 1..=3 {
+        step(s);
     }
-    let before = storage.looked_at();
-    gathered_step(&stores, 4, 4);
+    assert!(storage.listings_of(dir.path()) <= 2 * NRANKS as usize + 1, "first steps: each rank lists once");
+    let (before, listings) = (storage.looked_at(), storage.listings_of(dir.path()));
+    step(4);
+    assert_eq!(storage.listings_of(dir.path()), listings, "a step right after another listed the directory");
     let per_step = storage.looked_at() - before;
-    // Per rank: the manifests kept and the parts root; rank 0 also its parts directories.
     assert!(per_step <= 8 * u64::from(NRANKS), "one step of {NRANKS} ranks looked at {per_step} entries");
+    let first = stores_over(dir.path(), NRANKS, 2, &storage);
+    let mut w = first[1].begin(5).unwrap(); // a new process lists: `stat`s only the checkpoint's entries
+    w.add_bytes("data", b"x").unwrap();
+    drop(w);
+    let listed = storage.looked_at() - before - per_step;
+    assert!(listed <= 8, "a fresh listing looked at {listed} entries");
     let before = storage.looked_at();
     for (r, s) in stores.iter().enumerate() {
         assert_eq!(s.restore().unwrap().unwrap().generation, 4, "rank {r}");
