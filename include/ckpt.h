@@ -278,8 +278,9 @@ int32_t ckpt_load_buffer(const char *path,
 int32_t ckpt_next_generation(uint64_t *generation_out);
 
 // Writes this rank's part of multi-rank `generation` (all protected regions) durably. The step exists
-// only once `ckpt_commit_step` has run after every rank's part is durable (`ckpt_mpi.h`: a barrier, then
-// rank 0 commits); every rank then calls `ckpt_finish_step` with the outcome. Resets
+// only once rank 0 has committed it after every rank's part is durable (`ckpt_mpi.h`: a gather of the
+// parts' identities, `ckpt_get_part_identity`, then `ckpt_commit_step_parts` on rank 0; without them,
+// `ckpt_commit_step`); every rank then calls `ckpt_finish_step` with the outcome. Resets
 // `ckpt_should_checkpoint`. Thread-safe, but protected memory must not change during the call.
 int32_t ckpt_checkpoint_part(uint64_t generation,
                              int64_t step);

@@ -627,8 +627,9 @@ pub extern "C" fn ckpt_next_generation(generation_out: *mut u64) -> i32 {
 }
 
 /// Writes this rank's part of multi-rank `generation` (all protected regions) durably. The step exists
-/// only once `ckpt_commit_step` has run after every rank's part is durable (`ckpt_mpi.h`: a barrier, then
-/// rank 0 commits); every rank then calls `ckpt_finish_step` with the outcome. Resets
+/// only once rank 0 has committed it after every rank's part is durable (`ckpt_mpi.h`: a gather of the
+/// parts' identities, `ckpt_get_part_identity`, then `ckpt_commit_step_parts` on rank 0; without them,
+/// `ckpt_commit_step`); every rank then calls `ckpt_finish_step` with the outcome. Resets
 /// `ckpt_should_checkpoint`. Thread-safe, but protected memory must not change during the call.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
