@@ -16,7 +16,9 @@ untimed, so no method pays for another's write-back):
   in the same directory, then `os.rename`; no fsync, so the data is not durable when it returns;
 * `pickle_durable`: the same made durable: `flush` + `fsync` of the file before the rename, `fsync` of
   the directory after it;
-* `numpy_fsync`: `np.save` to an open file, `flush` + `fsync` (durable, but not atomic: no rename).
+* `numpy_fsync`: `np.save` to an open file, `flush` + `fsync` (durable, but not atomic: no rename);
+* `device_direct`: the device's limit for a durable write of as many bytes, measured in the same rotation:
+  `dd if=state.npy of=device.bin bs=16M oflag=direct conv=fsync` (the source is in the page cache).
 
 Loads (from the page cache: each file is read through once, untimed, before its load, because ckpt's large
 writes bypass the page cache), each followed by one full pass over the array (`arr.sum()`), which is where a
@@ -43,6 +45,7 @@ import gc
 import json
 import os
 import pickle
+import subprocess
 import sys
 import time
 
@@ -105,6 +108,17 @@ def save_numpy(arr: np.ndarray, d: str) -> float:
     return clock() - t
 
 
+def save_device_direct(arr: np.ndarray, d: str) -> float:
+    # Not a way to save the array: how fast the disk takes its bytes, durably, with nothing else to do.
+    src, dst = os.path.join(d, "state.npy"), os.path.join(d, "device.bin")
+    if not os.path.exists(src):
+        save_numpy(arr, d)
+    args = ["dd", f"if={src}", f"of={dst}", "bs=16M", "oflag=direct", "conv=fsync", "status=none"]
+    t = clock()
+    subprocess.run(args, check=True)
+    return clock() - t
+
+
 def load_ckpt(d: str, verify: bool = True) -> tuple[float, float]:
     t0 = clock()
     a = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True, verify=verify)
@@ -148,6 +162,7 @@ SAVES = {
     "pickle_seed": save_pickle_seed,
     "pickle_durable": save_pickle_durable,
     "numpy_fsync": save_numpy,
+    "device_direct": save_device_direct,
 }
 LOADS = {
     "ckpt": load_ckpt,
@@ -256,7 +271,7 @@ def main() -> None:
             ("numpy_fsync", "state.npy"),
         ]
     }
-    for f in ("state.ckpt", "checkpoint.pkl", "checkpoint-durable.pkl", "state.npy"):
+    for f in ("state.ckpt", "checkpoint.pkl", "checkpoint-durable.pkl", "state.npy", "device.bin"):
         os.remove(os.path.join(d, f))
     json.dump(
         {
