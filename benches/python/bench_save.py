@@ -17,8 +17,9 @@ untimed, so no method pays for another's write-back):
 * `pickle_durable`: the same made durable: `flush` + `fsync` of the file before the rename, `fsync` of
   the directory after it;
 * `numpy_fsync`: `np.save` to an open file, `flush` + `fsync` (durable, but not atomic: no rename);
-* `device_direct`: the device's limit for a durable write of as many bytes, measured in the same rotation:
-  `dd if=state.npy of=device.bin bs=16M oflag=direct conv=fsync` (the source is in the page cache).
+* `device_direct` (a reference, not a save): the disk taking as many bytes durably with nothing else to do,
+  in the same rotation: `dd if=state.npy of=device.bin bs=16M oflag=direct conv=fsync` (the source is in
+  the page cache; one 16 MiB request at a time).
 
 Loads (from the page cache: each file is read through once, untimed, before its load, because ckpt's large
 writes bypass the page cache), each followed by one full pass over the array (`arr.sum()`), which is where a
