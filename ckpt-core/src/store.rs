@@ -338,9 +338,7 @@ impl Store {
             }
         }
         // A listing: stale temporary files, the generation number, and what pruning will see.
-        let entries = self.scan(dir)?;
-        self.remove_stale_tmp(dir, &base, &entries);
-        let listing = listing_of(dir, &base, &entries);
+        let listing = self.list_generations(dir, &base)?;
         let generation = listing.highest.max(last) + 1;
         let header = self.header(FileKind::Data, generation, app_step);
         self.start(dir, &base, header, Plan::Single { listing })
@@ -543,6 +541,14 @@ impl Store {
         }
     }
 
+    /// Lists `dir` afresh for a save of `base`: removes dead writers' temporary files and returns the view
+    /// that numbering and pruning use.
+    fn list_generations(&self, dir: &Path, base: &str) -> Result<Listing> {
+        let entries = self.scan(dir)?;
+        self.remove_stale_tmp(dir, base, &entries);
+        Ok(listing_of(dir, base, &entries))
+    }
+
     fn remove_stale_tmp(&self, dir: &Path, base: &str, entries: &[DirEntry]) {
         let me = &self.config.host;
         let now = SystemTime::now();
@@ -713,11 +719,7 @@ impl Store {
         // link that claims `<base>.<generation>` still fails if anything else took it).
         let listing = match self.shared.reusable_listing(dir, &base) {
             Some(listing) => listing,
-            None => {
-                let entries = self.scan(dir)?;
-                self.remove_stale_tmp(dir, &base, &entries);
-                listing_of(dir, &base, &entries)
-            }
+            None => self.list_generations(dir, &base)?,
         };
         let plan = Plan::Single { listing };
         let header = self.header(FileKind::Manifest, generation, app_step);
