@@ -204,6 +204,17 @@ fn build_tools(packages: &[&str]) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The order of `rows` in round `round`: rotated by `round / 2`, backwards in odd rounds (A B C, C B A,
+/// B C A, A C B, ...), so that no row always follows the same one (as `rotated` in bench_save.py).
+fn rotated(rows: std::ops::Range<usize>, round: usize) -> Vec<usize> {
+    let n = rows.len();
+    let mut order: Vec<usize> = (0..n).map(|i| rows.start + (i + round / 2) % n).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 /// Runs `dd` with `args` (plus `status=none`) and returns its wall time in seconds.
 fn timed_dd(args: &[String]) -> f64 {
     let t = Instant::now();
@@ -413,22 +424,14 @@ fn scenario_compression(o: &Opts, work: &Path, out: &mut String) {
     // no row always follows the same one.
     let first_rounds = o.runs * 12;
     for round in 0..first_rounds {
-        let mut order: Vec<usize> = (0..3).map(|i| (i + round / 2) % 3).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in rotated(0..3, round) {
             save(&mut rows[i], &stores[i]);
         }
     }
     // The float64 rows, the same way.
     let rounds = o.runs * 3;
     for round in 0..rounds {
-        let mut order: Vec<usize> = (0..4).map(|i| 3 + (i + round / 2) % 4).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for i in order {
+        for i in rotated(3..7, round) {
             save(&mut rows[i], &stores[i]);
         }
     }
