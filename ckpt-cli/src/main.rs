@@ -365,7 +365,7 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         };
         rows.push(row);
     }
-    // Saves in progress (or abandoned).
+    // Saves in progress (or abandoned), and spares.
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some((base, _)) = name.split_once(".tmp.")
@@ -374,6 +374,12 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
             rows.push(
                 json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}),
             );
+        }
+        if let Some(base) = name.strip_suffix(".spare")
+            && classify(base, &name) == Some(ckpt_core::NameKind::Spare)
+        {
+            let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+            rows.push(json!({"path": e.path(), "status": "spare", "bytes": bytes}));
         }
     }
     // What a restart would choose, per checkpoint name.
@@ -422,6 +428,10 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
                 human(r["bytes"].as_u64().unwrap_or(0))
             ),
             Some("invalid") => println!("  INVALID    {path}: {}", r["error"].as_str().unwrap_or("")),
+            Some("spare") => println!(
+                "  spare      {path}  {} (a retired checkpoint, kept for its blocks: the next save writes over it)",
+                human(r["bytes"].as_u64().unwrap_or(0))
+            ),
             Some(other) => println!("  incomplete {path} ({other})"),
             None => {}
         }
@@ -447,6 +457,7 @@ fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {
         "signals": c.signals.iter().map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
         "exit_signals": c.signals.iter().filter(|s| s.exit).map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
         "keep": c.keep, "file_mode": format!("{:04o}", c.file_mode), "mmap": c.mmap,
+        "reuse_space": c.reuse_space,
         "compression": format!("{:?}", c.compression).to_lowercase(), "allow_fresh_start": c.allow_fresh_start,
         "margin_seconds": c.margin.as_secs_f64(), "safety_factor": c.safety_factor, "mtbf_seconds": c.mtbf.as_secs(),
         "restart_count": c.restart_count, "log": format!("{:?}", c.log), "socket_dir": c.socket_dir, "host": c.host,

@@ -13,6 +13,7 @@
 //! | file mode | `CKPT_FILE_MODE` (octal, default 0600) |
 //! | memory mapping | `CKPT_MMAP` (default on) |
 //! | direct I/O for large writes (bypassing the page cache) | `CKPT_DIRECT_IO` (default on) |
+//! | overwriting a retired checkpoint's blocks instead of allocating new ones | `CKPT_REUSE_SPACE` (default on) |
 //! | compression | `CKPT_COMPRESS` (`off`, `auto`, `zstd`, `zstd:N`; default off) |
 //! | fresh start allowed when no checkpoint verifies | `CKPT_ALLOW_FRESH_START` (default no) |
 //! | job end time | `SLURM_JOB_END_TIME`, `CKPT_END_TIME` (epoch seconds) |
@@ -88,6 +89,9 @@ pub struct Config {
     pub file_mode: u32,
     /// Whether files are memory-mapped when loaded.
     pub mmap: bool,
+    /// Whether a save overwrites the blocks of a retired checkpoint (kept as `<base>.spare`) instead of
+    /// allocating new ones (see [`crate::Store`]'s layout).
+    pub reuse_space: bool,
     /// Default compression for sections that do not choose.
     pub compression: Compression,
     /// Whether restart may start fresh when checkpoints exist but none verifies.
@@ -134,6 +138,7 @@ impl Config {
             keep: DEFAULT_KEEP,
             file_mode: DEFAULT_FILE_MODE,
             mmap: true,
+            reuse_space: true,
             compression: Compression::None,
             allow_fresh_start: false,
             interval: None,
@@ -198,6 +203,7 @@ impl Config {
         })?
         .unwrap_or(DEFAULT_FILE_MODE);
         cfg.mmap = parse_var(&get, "CKPT_MMAP", parse_bool)?.unwrap_or(true);
+        cfg.reuse_space = parse_var(&get, "CKPT_REUSE_SPACE", parse_bool)?.unwrap_or(true);
         // Read by the storage layer when it opens a file; validated here so a typo is an error.
         parse_var(&get, "CKPT_DIRECT_IO", parse_bool)?;
         cfg.allow_fresh_start = parse_var(&get, "CKPT_ALLOW_FRESH_START", parse_bool)?.unwrap_or(false);
@@ -497,6 +503,7 @@ mod tests {
             ("CKPT_KEEP", "0"),
             ("CKPT_KEEP", "x"),
             ("CKPT_MMAP", "maybe"),
+            ("CKPT_REUSE_SPACE", "sometimes"),
             ("CKPT_FILE_MODE", "999"),
             ("SLURM_STEP_ID", "x"),
             ("CKPT_COMPRESS", "lz4"),
@@ -512,6 +519,7 @@ mod tests {
         let c = cfg(&[
             ("CKPT_KEEP", "5"),
             ("CKPT_MMAP", "0"),
+            ("CKPT_REUSE_SPACE", "off"),
             ("CKPT_FILE_MODE", "0640"),
             ("SLURM_JOB_END_TIME", "1800000000"),
             ("SLURM_RESTART_COUNT", "2"),
@@ -520,6 +528,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.keep, 5);
         assert!(!c.mmap);
+        assert!(!c.reuse_space);
+        assert!(cfg(&[]).unwrap().reuse_space, "on by default");
         assert_eq!(c.file_mode, 0o640);
         assert_eq!(c.end_time, Some(1_800_000_000));
         assert_eq!(c.restart_count, Some(2));

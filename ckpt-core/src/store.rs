@@ -6,6 +6,7 @@
 //! <dir>/<base>                      the newest committed checkpoint (another name for the newest <base>.<N>)
 //! <dir>/<base>.<N>                  generation N (the last `keep` generations are kept)
 //! <dir>/<base>.tmp.<host>.<pid>.<nonce>   a save in progress (removed by a later save if its writer died)
+//! <dir>/<base>.spare                the newest retired generation, kept for its blocks (see below)
 //! <dir>/<base>.parts/<N>/rank<R>.ckpt     multi-rank jobs: rank R's part of generation N
 //! ```
 //!
@@ -23,6 +24,22 @@
 //!
 //! A crash at any instant leaves every earlier committed generation intact; discovery considers `<base>`
 //! and every `<base>.<N>`, newest generation first, and takes the first that verifies completely.
+//!
+//! # Space reuse (`CKPT_REUSE_SPACE`, default on)
+//!
+//! Writing over blocks a file already has is much faster than writing into new ones on many disks (on
+//! this project's virtual disks 1.9-3.0 GB/s against 1.2-1.7 GB/s: the allocation, and the device's own
+//! on thin-provisioned or `discard`-mounted disks). So the pruning in step 5 renames the newest retired
+//! generation of at least 16 MiB to `<base>.spare` instead of removing it, and the next save takes that
+//! file over as its temporary file in step 2: it renames it to `<base>.tmp.…`, `fsync`s the directory (so
+//! no committed name can still refer to it after a power cut), overwrites it from the first byte and cuts
+//! it to the new length before its `fsync`. From there the protocol is the same. The spare is overwritten
+//! only when nothing else holds it: it must be a regular file with that one name, and Linux must grant a
+//! write lease on it, which it does only when no process has the file open or mapped (a reader of a
+//! retired generation keeps reading the bytes it opened). Otherwise the spare is removed and the save
+//! writes a new file. Space: between saves the directory holds `keep` generations plus the spare, which
+//! is what it held during a save anyway. Saves to an exact path ([`begin_file`]) keep the file they
+//! replace as `<path>.spare` the same way (a hard link made just before the rename).
 //!
 //! # Multi-rank steps
 //!
@@ -58,7 +75,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Encoding, FileKind, Header};
 use crate::reader::{Checkpoint, LoadOptions};
-use crate::storage::{DirEntry, FileStorage, Storage};
+use crate::storage::{DirEntry, FileStorage, Storage, StorageWriter};
 use crate::writer::{Compression, FileBuilder, FileStats, SectionOptions, SectionWriter};
 
 /// Temporary files of writers on other hosts are removed once they have not changed for this long.
@@ -114,6 +131,8 @@ struct Listing {
     highest: u64,
     /// Whether a parts directory exists.
     parts: bool,
+    /// Whether `<base>.spare` is there (seen by the listing, or left by this process's last save).
+    spare: bool,
     /// When the directory was last really listed.
     listed_at: Instant,
 }
@@ -242,6 +261,8 @@ pub enum NameKind {
         /// Writer's process id.
         pid: u32,
     },
+    /// `<base>.spare`: a retired checkpoint kept for its blocks, which the next save overwrites.
+    Spare,
 }
 
 /// Classifies `file_name` relative to checkpoint name `base`.
@@ -250,6 +271,9 @@ pub fn classify(base: &str, file_name: &str) -> Option<NameKind> {
         return Some(NameKind::Current);
     }
     let rest = file_name.strip_prefix(base)?.strip_prefix('.')?;
+    if rest == "spare" {
+        return Some(NameKind::Spare);
+    }
     if let Some(tmp) = rest.strip_prefix("tmp.") {
         let mut parts = tmp.rsplitn(3, '.');
         let _nonce = parts.next()?;
@@ -404,7 +428,7 @@ impl Store {
         let view = match self.reusable_parts_view(dir).filter(|_| root_synced) {
             Some(view) => view,
             None => {
-                let listing = listing_of(dir, &base, &self.scan(dir)?);
+                let listing = listing_of(dir, &base, &self.scan(dir, &base)?);
                 let view = PartsView {
                     dir: dir.to_path_buf(),
                     manifests: listing.generations.iter().map(|g| g.0).collect(),
@@ -523,10 +547,9 @@ impl Store {
         }
     }
 
-    /// Lists the entries of `dir` named after this store's checkpoint name (`<base>…`; the others are not
+    /// Lists the entries of `dir` named after the checkpoint name `base` (`<base>…`; the others are not
     /// looked at), creating `dir` (and making its entry durable) when it does not exist yet.
-    fn scan(&self, dir: &Path) -> Result<Vec<DirEntry>> {
-        let base = self.config.base_name();
+    fn scan(&self, dir: &Path, base: &str) -> Result<Vec<DirEntry>> {
         let ours = |name: &std::ffi::OsStr| name.as_encoded_bytes().starts_with(base.as_bytes());
         match self.storage.read_dir_matching(dir, &ours) {
             Ok(entries) => Ok(entries),
@@ -544,7 +567,7 @@ impl Store {
     /// Lists `dir` afresh for a save of `base`: removes dead writers' temporary files and returns the view
     /// that numbering and pruning use.
     fn list_generations(&self, dir: &Path, base: &str) -> Result<Listing> {
-        let entries = self.scan(dir)?;
+        let entries = self.scan(dir, base)?;
         self.remove_stale_tmp(dir, base, &entries);
         Ok(listing_of(dir, base, &entries))
     }
@@ -568,12 +591,16 @@ impl Store {
         }
     }
 
-    fn start(&self, dir: &Path, base: &str, header: Header, plan: Plan) -> Result<CheckpointWriter> {
+    fn start(&self, dir: &Path, base: &str, header: Header, mut plan: Plan) -> Result<CheckpointWriter> {
         let tmp = dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
-        let file = self
-            .storage
-            .create_new(&tmp, self.config.file_mode)
-            .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
+        let mut warnings = Vec::new();
+        let file = match self.take_spare(dir, &mut plan, &tmp, &mut warnings) {
+            Some(file) => file,
+            None => self
+                .storage
+                .create_new(&tmp, self.config.file_mode)
+                .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?,
+        };
         let bw = f64::from_bits(self.shared.write_bandwidth.load(Ordering::Relaxed));
         Ok(CheckpointWriter {
             builder: Some(FileBuilder::new(file, header, bw)),
@@ -586,9 +613,59 @@ impl Store {
             done: false,
             last_generation: None,
             shared: self.shared.clone(),
-            warnings: Vec::new(),
+            warnings,
             ranks_prune_own_parts: false,
+            spare_min_len: self.spare_min_len(),
         })
+    }
+
+    /// The smallest retired checkpoint kept as a spare, `None` when saves do not reuse space.
+    fn spare_min_len(&self) -> Option<u64> {
+        self.config.reuse_space.then(|| self.storage.spare_min_len()).flatten()
+    }
+
+    /// Takes over the spare that `plan` saw (`<base>.spare`) as the temporary file `tmp`, to overwrite its
+    /// blocks; `None` when there is none, or it may not be overwritten (then it is gone), or saves do not
+    /// reuse space (then it is removed). The plan no longer counts on a spare afterwards. A failure only
+    /// costs the reuse (the save creates a new file) and is reported as a warning.
+    fn take_spare(
+        &self,
+        dir: &Path,
+        plan: &mut Plan,
+        tmp: &Path,
+        warnings: &mut Vec<String>,
+    ) -> Option<Box<dyn StorageWriter>> {
+        let (base, seen) = match plan {
+            Plan::Single { listing } => (listing.base.clone(), std::mem::take(&mut listing.spare)),
+            Plan::File { name, spare, .. } => (name.clone(), std::mem::take(spare)),
+            Plan::Part { .. } => return None,
+        };
+        if !seen {
+            return None;
+        }
+        let spare = spare_path(dir, &base);
+        if self.spare_min_len().is_none() {
+            let _ = self.storage.remove_file(&spare);
+            return None;
+        }
+        let file = match self.storage.reuse_spare(&spare, tmp) {
+            Ok(file) => file?,
+            Err(e) => {
+                // The spare stays where it is (the next retired generation replaces it).
+                warnings.push(format!("{}: could not reuse the spare, writing a new file: {e}", spare.display()));
+                return None;
+            }
+        };
+        // The spare's earlier name (a retired generation's, renamed at the previous commit) may not be
+        // durable yet: after a power cut it would name a file half overwritten. Overwrite only once the
+        // directory says `tmp`.
+        if let Err(e) = self.storage.sync_dir(dir) {
+            drop(file);
+            let _ = self.storage.remove_file(tmp);
+            warnings.push(format!("{}: could not reuse the spare, writing a new file: {e}", dir.display()));
+            return None;
+        }
+        Some(file)
     }
 
     /// Saves one serde value as a whole checkpoint (section `state`, postcard encoding).
@@ -801,8 +878,9 @@ enum Plan {
     Single { listing: Listing },
     /// A rank's part: `<dir>/<name>`, in the parts root of `checkpoint_dir`.
     Part { dir: PathBuf, name: String, checkpoint_dir: PathBuf },
-    /// One file at an exact path, no generations (see [`begin_file`]).
-    File { dir: PathBuf, name: String },
+    /// One file at an exact path, no generations (see [`begin_file`]): whether `<name>.spare` was there
+    /// when the save began, and the length of the regular file the save replaces, if any.
+    File { dir: PathBuf, name: String, spare: bool, replaced: Option<u64> },
 }
 
 fn listing_of(dir: &Path, base: &str, entries: &[DirEntry]) -> Listing {
@@ -814,7 +892,25 @@ fn listing_of(dir: &Path, base: &str, entries: &[DirEntry]) -> Listing {
     let highest = entries.iter().filter_map(generation).max().unwrap_or(0);
     let parts_name = format!("{base}.parts");
     let parts = entries.iter().any(|e| e.name.to_str() == Some(parts_name.as_str()));
-    Listing { dir: dir.to_path_buf(), base: base.to_string(), generations, highest, parts, listed_at: Instant::now() }
+    let spare = has_spare(base, entries);
+    Listing {
+        dir: dir.to_path_buf(),
+        base: base.to_string(),
+        generations,
+        highest,
+        parts,
+        spare,
+        listed_at: Instant::now(),
+    }
+}
+
+fn has_spare(base: &str, entries: &[DirEntry]) -> bool {
+    entries.iter().any(|e| e.name.to_str().and_then(|n| classify(base, n)) == Some(NameKind::Spare))
+}
+
+/// `<dir>/<base>.spare`.
+fn spare_path(dir: &Path, base: &str) -> PathBuf {
+    dir.join(format!("{base}.spare"))
 }
 
 /// Starts a checkpoint written to exactly `path` (no generations, no retention): on commit the file
@@ -832,10 +928,12 @@ pub fn begin_file(path: &Path, app_step: i64, config: &Config, storage: Arc<dyn 
         _ => PathBuf::from("."),
     };
     let store = Store::with_storage(config.clone(), storage);
-    let entries = store.scan(&dir)?;
+    let entries = store.scan(&dir, &name)?;
     store.remove_stale_tmp(&dir, &name, &entries);
     let header = store.header(FileKind::Data, 1, app_step);
-    store.start(&dir, &name, header, Plan::File { dir: dir.clone(), name: name.clone() })
+    let spare = has_spare(&name, &entries);
+    let replaced = entries.iter().find(|e| e.is_file && e.name.to_str() == Some(name.as_str())).map(|e| e.len);
+    store.start(&dir, &name, header, Plan::File { dir: dir.clone(), name: name.clone(), spare, replaced })
 }
 
 /// A checkpoint being written. Add sections, then [`commit`](CheckpointWriter::commit); dropping it
@@ -855,6 +953,8 @@ pub struct CheckpointWriter {
     warnings: Vec<String>,
     /// A manifest whose ranks remove their own retired parts ([`Store::commit_step_with_parts`]).
     ranks_prune_own_parts: bool,
+    /// Retired checkpoints at least this large are kept as the spare (`None`: no spare).
+    spare_min_len: Option<u64>,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -979,7 +1079,17 @@ impl CheckpointWriter {
                 }
                 (current, gen_path, dir.clone())
             }
-            Plan::Part { dir, name, .. } | Plan::File { dir, name } => {
+            Plan::File { dir, name, replaced, .. } => {
+                let path = dir.join(name);
+                if replaced.is_some_and(|len| self.spare_min_len.is_some_and(|min| len >= min)) {
+                    // The replaced file stays, as the spare the next save overwrites. When this fails (a
+                    // spare is there already, no hard links) it is freed as before.
+                    let _ = storage.hard_link(&path, &spare_path(dir, name));
+                }
+                storage.rename(&tmp, &path).map_err(|e| Error::io("rename", e).with_path(&path))?;
+                (path.clone(), path, dir.clone())
+            }
+            Plan::Part { dir, name, .. } => {
                 let part = dir.join(name);
                 storage.rename(&tmp, &part).map_err(|e| Error::io("rename", e).with_path(&part))?;
                 (part.clone(), part, dir.clone())
@@ -1014,10 +1124,12 @@ impl CheckpointWriter {
                     .map(|p| p.identity.generation)
                     .collect()
             });
-            let remaining = prune(&*storage, listing, self.keep, newest, own_parts.as_deref(), &mut warnings);
+            let retire = Retire { keep: self.keep, spare_min_len: self.spare_min_len, own_parts: own_parts.as_deref() };
+            let (remaining, spare) = prune(&*storage, listing, newest, retire, &mut warnings);
             *self.shared.listing() = Some(Listing {
                 generations: remaining,
                 highest: listing.highest.max(header.generation),
+                spare,
                 ..listing.clone()
             });
         }
@@ -1045,10 +1157,20 @@ fn link_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV))
 }
 
+/// How a commit retires old generations (see [`prune`]).
+struct Retire<'a> {
+    keep: usize,
+    spare_min_len: Option<u64>,
+    own_parts: Option<&'a [u64]>,
+}
+
 /// Removes generations beyond the newest `keep` (never `newest` itself), from those present when the save
 /// began (the listing's regular files only: a planted symlink must not push a real generation out), and
 /// for multi-rank names the part directories of removed generations and of abandoned older ones. Returns
-/// the generations that remain.
+/// the generations that remain, and whether `<base>.spare` is there.
+///
+/// With `spare_min_len`, when there is no spare, the newest retired generation at least that large is
+/// renamed to `<base>.spare` instead of removed: the next save overwrites its blocks.
 ///
 /// With `own_parts` (a manifest of [`Store::commit_step_with_parts`]), each rank removes its own parts of
 /// retired generations (`Store::after_step_committed`, or its next part), so a retired generation's
@@ -1059,12 +1181,13 @@ fn link_unsupported(e: &io::Error) -> bool {
 fn prune(
     storage: &dyn Storage,
     listing: &Listing,
-    keep: usize,
     newest: (u64, u64),
-    own_parts: Option<&[u64]>,
+    retire: Retire<'_>,
     warnings: &mut Vec<String>,
-) -> Vec<(u64, u64)> {
+) -> (Vec<(u64, u64)>, bool) {
+    let Retire { keep, spare_min_len, own_parts } = retire;
     let Listing { dir, base, parts, .. } = listing;
+    let mut spare = listing.spare;
     let mut gens: Vec<(u64, u64)> = listing.generations.iter().copied().filter(|&(g, _)| g != newest.0).collect();
     gens.push(newest);
     gens.sort_unstable_by_key(|g| std::cmp::Reverse(g.0));
@@ -1076,7 +1199,12 @@ fn prune(
             continue;
         }
         let p = dir.join(format!("{base}.{g}"));
-        match storage.remove_listed_file(&p, len) {
+        let result = if !spare && spare_min_len.is_some_and(|min| len >= min) {
+            storage.rename(&p, &spare_path(dir, base)).map(|()| spare = true)
+        } else {
+            storage.remove_listed_file(&p, len)
+        };
+        match result {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {} // pruned meanwhile
             Err(e) => {
@@ -1086,11 +1214,11 @@ fn prune(
         }
     }
     if !parts {
-        return remaining;
+        return (remaining, spare);
     }
     let parts_root = dir.join(format!("{base}.parts"));
     let Ok(part_dirs) = storage.read_dir(&parts_root) else {
-        return remaining;
+        return (remaining, spare);
     };
     for d in part_dirs {
         let Some(g) = d.name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
@@ -1120,7 +1248,7 @@ fn prune(
             warnings.push(format!("{}: could not remove old parts: {e}", pd.display()));
         }
     }
-    remaining
+    (remaining, spare)
 }
 
 #[cfg(test)]
@@ -1188,7 +1316,8 @@ mod tests {
             names.sort();
             names
         };
-        assert_eq!(generation_files(), ["mem.ckpt.6", "mem.ckpt.7"], "pruned from the fresh listing");
+        // The newest retired generation is the spare the next save overwrites.
+        assert_eq!(generation_files(), ["mem.ckpt.6", "mem.ckpt.7", "mem.ckpt.spare"], "pruned from the fresh listing");
         // A failed save forgets the view: the next one lists again.
         let before = listings();
         let mut w = store.begin(8).unwrap();
@@ -1205,6 +1334,8 @@ mod tests {
         assert_eq!(classify("7.ckpt", "7.ckpt.12"), Some(NameKind::Generation(12)));
         assert_eq!(classify("7.ckpt", "7.ckpt.012"), None);
         assert_eq!(classify("7.ckpt", "7.ckpt.x"), None);
+        assert_eq!(classify("7.ckpt", "7.ckpt.spare"), Some(NameKind::Spare));
+        assert_eq!(classify("7.ckpt", "7.ckpt.spares"), None);
         assert_eq!(
             classify("7.ckpt", "7.ckpt.tmp.node-1.example.org.123.abc"),
             Some(NameKind::Temporary { host: "node-1.example.org".into(), pid: 123 })

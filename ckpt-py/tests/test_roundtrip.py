@@ -376,4 +376,34 @@ def test_replacing_a_large_checkpoint_frees_the_old_one_in_the_background(tmp_pa
     ckpt.save(second, path)
     _ckpt.wait_for_background_frees()
     assert ckpt.load(path) == second
+    # The replaced file is kept as the spare the next save writes over (CKPT_REUSE_SPACE, default on).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt", "big.ckpt.spare"]
+
+
+def test_replaced_checkpoints_are_freed_with_reuse_off(tmp_path, monkeypatch):
+    from ckpt import _ckpt
+
+    monkeypatch.setenv("CKPT_REUSE_SPACE", "0")
+    path = tmp_path / "big.ckpt"
+    first = bytes(range(256)) * (1 << 17)
+    for data in (first, first[::-1], first):
+        ckpt.save(data, path)
+    _ckpt.wait_for_background_frees()
+    assert ckpt.load(path) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt"]
+
+
+def test_a_mapped_array_is_never_written_over_by_later_saves(tmp_path):
+    # Large checkpoints: the file a save replaces becomes the spare that the next save writes over, but
+    # never while an array loaded from it still maps it.
+    path = tmp_path / "big.ckpt"
+    a = np.full((20 << 20) // 8, 1.5)
+    ckpt.save({"a": a}, path)
+    x = ckpt.load(path)["a"]
+    assert not x.flags.writeable, "a view of the mapping"
+    for k in range(3):
+        ckpt.save({"a": np.full_like(a, k)}, path)
+    assert (tmp_path / "big.ckpt.spare").exists()
+    assert float(x.min()) == float(x.max()) == 1.5
+    assert float(ckpt.load(path)["a"][0]) == 2
+    assert float(ckpt.load(path)["a"][-1]) == 2

@@ -474,6 +474,23 @@ fn stale_temporary_files_of_dead_writers_are_removed_by_the_next_save() {
     assert!(!left.contains(&remote_old), "another host's 2-hour-old file survived: {left:?}");
     assert!(left.contains(&live), "a live writer's file was removed: {left:?}");
     assert!(left.contains(&remote_recent), "another host's recent file was removed: {left:?}");
+
+    // A save to an exact path (`begin_file`, what `ckpt.save` and `ckpt_save_file` use) cleans up after
+    // its own dead writers too, whatever the configuration's checkpoint name.
+    let dead_file = format!("state.bin.tmp.{host}.{}.abc", dead_pid());
+    fs::write(dir.path().join(&dead_file), b"partial save").unwrap();
+    let cfg = config("stale", dir.path());
+    let mut w = ckpt_core::begin_file(
+        &dir.path().join("state.bin"),
+        1,
+        &cfg,
+        std::sync::Arc::new(ckpt_core::storage::FileStorage),
+    )
+    .unwrap();
+    w.add_bytes("x", b"state").unwrap();
+    w.commit().unwrap();
+    let left = names(dir.path());
+    assert!(!left.contains(&dead_file), "the dead writer's file {dead_file} survived the save: {left:?}");
 }
 
 #[test]

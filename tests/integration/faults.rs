@@ -56,9 +56,13 @@ fn save_with(cfg: &Config, storage: Arc<dyn Storage>, spec: &SaveSpec) -> ckpt_c
     w.commit()
 }
 
-/// A storage holding the first `prior` saves of `plan`, committed by the library.
-fn with_prior(plan: &[SaveSpec], prior: usize) -> MemStorage {
+/// A storage holding the first `prior` saves of `plan`, committed by the library; with `spares`, retired
+/// generations become the spare that the next save overwrites.
+fn with_prior(plan: &[SaveSpec], prior: usize, spares: bool) -> MemStorage {
     let mem = MemStorage::new();
+    if !spares {
+        mem.set_spare_min_len(None);
+    }
     let store = mem_store(&mem_config(), &mem);
     for (i, s) in plan[..prior].iter().enumerate() {
         assert_eq!(s.save(&store).expect("setup save"), i as u64 + 1);
@@ -78,16 +82,18 @@ fn restore_check(mem: &MemStorage, plan: &[SaveSpec], allowed: &[u64], ctx: &str
 }
 
 /// One save with a fault at every operation, on top of `prior` committed generations (keep = 2, so with
-/// two prior generations the save prunes the oldest and the fault also hits pruning).
-fn sweep_save_faults(prior: usize) -> (u64, BTreeSet<String>) {
+/// two prior generations the save retires the oldest and the fault also hits pruning; with three, and
+/// `spares`, the save overwrites the spare that the oldest became).
+fn sweep_save_faults(prior: usize, spares: bool) -> (u64, BTreeSet<String>) {
     let plan = plan(0xFA17);
     let cfg = mem_config();
-    let template = with_prior(&plan, prior);
-    let prior_bytes: Vec<Vec<u8>> =
-        (1..=prior as u64).map(|g| template.read_file(&gen_path(g)).expect("prior generation")).collect();
+    let template = with_prior(&plan, prior, spares);
+    // The generations still there (`None`: retired).
+    let prior_bytes: Vec<Option<Vec<u8>>> = (1..=prior as u64).map(|g| template.read_file(&gen_path(g)).ok()).collect();
+    assert!(prior_bytes[prior - 1].is_some(), "the newest prior generation is there");
     let new_gen = prior as u64 + 1;
     let spec = &plan[prior];
-    let later = &plan[prior + 1];
+    let later = &plan[(prior + 1) % plan.len()];
     let mut ops_per_save = 0;
     let mut failed_kinds = BTreeSet::new();
     for errno in ERRNOS {
@@ -160,23 +166,23 @@ fn sweep_save_faults(prior: usize) -> (u64, BTreeSet<String>) {
             assert_eq!(tmp_files(&mem), Vec::<PathBuf>::new(), "{ctx}: temporary files left behind");
             let previous = mem.read_file(&gen_path(prior as u64));
             assert_eq!(
-                previous.as_deref().ok(),
-                Some(&prior_bytes[prior - 1][..]),
+                previous.ok(),
+                prior_bytes[prior - 1],
                 "{ctx}: the previous generation's file changed or vanished"
             );
             if result.is_err() {
                 for g in 1..=prior as u64 {
                     assert_eq!(
-                        mem.read_file(&gen_path(g)).ok().as_deref(),
-                        Some(&prior_bytes[g as usize - 1][..]),
-                        "{ctx}: gen {g} changed although the save failed"
+                        mem.read_file(&gen_path(g)).ok(),
+                        prior_bytes[g as usize - 1],
+                        "{ctx}: gen {g} changed, vanished or came back although the save failed"
                     );
                 }
             }
             let current = mem.read_file(&base_path()).unwrap_or_else(|e| panic!("{ctx}: <base> vanished: {e}"));
             let new_bytes = mem.read_file(&gen_path(new_gen)).ok();
             assert!(
-                current == prior_bytes[prior - 1] || Some(&current) == new_bytes.as_ref(),
+                Some(&current) == prior_bytes[prior - 1].as_ref() || Some(&current) == new_bytes.as_ref(),
                 "{ctx}: <base> is neither the previous nor the new generation"
             );
             if !published && result.is_err() {
@@ -210,7 +216,7 @@ fn sweep_save_faults(prior: usize) -> (u64, BTreeSet<String>) {
 
 #[test]
 fn a_fault_at_every_operation_of_a_save_keeps_the_previous_checkpoint() {
-    let (ops, kinds) = sweep_save_faults(1);
+    let (ops, kinds) = sweep_save_faults(1, true);
     println!("save on top of 1 generation: {ops} operations, faulted kinds {kinds:?}");
     for k in ["Create", "Write", "Sync", "Link", "Rename", "SyncDir", "ReadDir"] {
         assert!(kinds.contains(k), "no fault was injected into a {k}: {kinds:?}");
@@ -219,9 +225,20 @@ fn a_fault_at_every_operation_of_a_save_keeps_the_previous_checkpoint() {
 
 #[test]
 fn a_fault_at_every_operation_of_a_pruning_save_keeps_the_previous_checkpoint() {
-    let (ops, kinds) = sweep_save_faults(2);
+    let (ops, kinds) = sweep_save_faults(2, false);
     println!("save on top of 2 generations (prunes one): {ops} operations, faulted kinds {kinds:?}");
     assert!(kinds.contains("Remove"), "no fault was injected into pruning: {kinds:?}");
+    // The same save keeping the retired generation as the spare: a rename instead of the removal.
+    let (ops, kinds) = sweep_save_faults(2, true);
+    println!("the same, the retired generation kept as the spare: {ops} operations, faulted kinds {kinds:?}");
+    assert!(!kinds.contains("Remove"), "the retired generation was removed, not kept: {kinds:?}");
+}
+
+#[test]
+fn a_fault_at_every_operation_of_a_save_over_the_spare_keeps_the_previous_checkpoint() {
+    let (ops, kinds) = sweep_save_faults(3, true);
+    println!("save on top of 3 generations (overwrites the spare): {ops} operations, faulted kinds {kinds:?}");
+    assert!(kinds.contains("Reuse"), "no fault was injected into taking over the spare: {kinds:?}");
 }
 
 /// Read faults during restore: an error naming the file and the errno, or a fallback to an older
@@ -229,7 +246,7 @@ fn a_fault_at_every_operation_of_a_pruning_save_keeps_the_previous_checkpoint() 
 #[test]
 fn a_read_fault_at_every_operation_of_a_restore_never_gives_wrong_content() {
     let plan = plan(0x4EAD);
-    let mem = with_prior(&plan, 2);
+    let mem = with_prior(&plan, 2, true);
     let mut summary = Vec::new();
     for mmap in [true, false] {
         let mut cfg = mem_config();
@@ -294,7 +311,7 @@ fn a_read_fault_at_every_operation_of_a_restore_never_gives_wrong_content() {
 #[test]
 fn a_transient_read_error_on_base_does_not_discard_the_newest_generation() {
     let plan = plan(0x4EAD);
-    let mem = with_prior(&plan, 2);
+    let mem = with_prior(&plan, 2, true);
     let mut cfg = mem_config();
     cfg.mmap = false;
     let counter = FaultStorage::new(mem.clone(), 0, libc::EIO);

@@ -75,7 +75,7 @@ fn dir_state(dir: &Path) -> (Vec<(String, u32)>, Vec<u64>, bool) {
             Some(NameKind::Temporary { pid, .. }) => tmps.push((name, pid)),
             Some(NameKind::Generation(g)) => gens.push(g),
             Some(NameKind::Current) => current = true,
-            None => {}
+            Some(NameKind::Spare) | None => {}
         }
     }
     gens.sort_unstable();

@@ -12,4 +12,5 @@ mod kill;
 mod memory;
 mod multirank;
 mod roundtrip;
+mod spare;
 mod triggers;

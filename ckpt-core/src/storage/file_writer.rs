@@ -198,6 +198,9 @@ pub(super) struct FileWriter {
     waited: u64,
     /// Cleared when the file system does not support writeback ranges.
     write_behind: bool,
+    /// A reused file (a spare) being overwritten: `sync` cuts off whatever of its old bytes lies past the
+    /// new end.
+    overwriting: bool,
 }
 
 impl FileWriter {
@@ -212,7 +215,13 @@ impl FileWriter {
             started: 0,
             waited: 0,
             write_behind: true,
+            overwriting: false,
         }
+    }
+
+    /// A writer that overwrites an existing file from its first byte.
+    pub(super) fn overwriting(file: File) -> FileWriter {
+        FileWriter { overwriting: true, ..FileWriter::new(file) }
     }
 
     /// Turns `O_DIRECT` on or off for the descriptor; `Ok(false)` when the file system refuses it.
@@ -431,6 +440,9 @@ impl StorageWriter for FileWriter {
 
     fn sync(&mut self) -> io::Result<()> {
         self.leave_direct()?;
+        if self.overwriting {
+            self.file.set_len(self.pos)?;
+        }
         self.file.sync_all()
     }
 }
