@@ -255,9 +255,14 @@ int32_t ckpt_restart_metadata(const char *key,
                               size_t *len_out);
 
 // Saves one buffer to exactly `path`, atomically and durably (temporary file in the same directory,
-// fsync, rename, fsync of the directory), as a checkpoint file with one section "buffer". Needs no
+// fsync, rename, fsync of the directory), as a checkpoint file with one section "buffer". The file it
+// replaces, when 16 MiB or more, is kept as `<path>.spare` and the next save writes over its blocks
+// (unless something has it open or mapped; `CKPT_REUSE_SPACE=0` turns this off). Needs no
 // `ckpt_init`. `buf` may be NULL only when `len` is 0. Thread-safe.
-int32_t ckpt_save_buffer(const char *path, const void *buf, size_t len, int64_t step);
+int32_t ckpt_save_buffer(const char *path,
+                         const void *buf,
+                         size_t len,
+                         int64_t step);
 
 // Writes to `*len_out` the size of the buffer saved in `path` by `ckpt_save_buffer` (after verifying the
 // whole file). Thread-safe.

@@ -11,15 +11,17 @@ runner (`benches/src/bin/compare/python.rs`), which renders the table; runnable 
 Saves (each replaces its own previous file of the same size, as a checkpoint does; `os.sync()` before each,
 untimed, so no method pays for another's write-back):
 
-* `ckpt`: `ckpt.save(arr, path)` (temporary file, fsync, rename, fsync of the directory);
+* `ckpt`: `ckpt.save(arr, path)` (temporary file, fsync, rename, fsync of the directory; the file it
+  replaces is kept as `state.ckpt.spare` and the next save writes over it);
 * `pickle_seed`: the seed document's pattern, verbatim: `pickle.dump` (default protocol) to `path + ".tmp"`
   in the same directory, then `os.rename`; no fsync, so the data is not durable when it returns;
 * `pickle_durable`: the same made durable: `flush` + `fsync` of the file before the rename, `fsync` of
   the directory after it;
 * `numpy_fsync`: `np.save` to an open file, `flush` + `fsync` (durable, but not atomic: no rename);
 * `device_direct` (a reference, not a save): the disk taking as many bytes durably with nothing else to do,
-  in the same rotation: `dd if=state.npy of=device.bin bs=16M oflag=direct conv=fsync` (the source is in
-  the page cache; one 16 MiB request at a time).
+  in the same rotation: `dd if=state.npy of=device.bin bs=16M oflag=direct conv=notrunc,fsync` (the source
+  is in the page cache; one 16 MiB request at a time; over the blocks of its previous file, as `ckpt.save`
+  writes over its spare's).
 
 Loads (from the page cache: each file is read through once, untimed, before its load, because ckpt's large
 writes bypass the page cache), each followed by one full pass over the array (`arr.sum()`), which is where a
@@ -114,7 +116,7 @@ def save_device_direct(arr: np.ndarray, d: str) -> float:
     src, dst = os.path.join(d, "state.npy"), os.path.join(d, "device.bin")
     if not os.path.exists(src):
         save_numpy(arr, d)
-    args = ["dd", f"if={src}", f"of={dst}", "bs=16M", "oflag=direct", "conv=fsync", "status=none"]
+    args = ["dd", f"if={src}", f"of={dst}", "bs=16M", "oflag=direct", "conv=notrunc,fsync", "status=none"]
     t = clock()
     subprocess.run(args, check=True)
     return clock() - t
@@ -272,8 +274,9 @@ def main() -> None:
             ("numpy_fsync", "state.npy"),
         ]
     }
-    for f in ("state.ckpt", "checkpoint.pkl", "checkpoint-durable.pkl", "state.npy", "device.bin"):
-        os.remove(os.path.join(d, f))
+    for f in ("state.ckpt", "state.ckpt.spare", "checkpoint.pkl", "checkpoint-durable.pkl", "state.npy", "device.bin"):
+        if os.path.exists(os.path.join(d, f)):
+            os.remove(os.path.join(d, f))
     json.dump(
         {
             "size_mib": a.size_mib,

@@ -223,7 +223,9 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
             ``SLURM_CHECKPOINT_DIR`` or the current directory, as a new generation, keeping the newest
             ``CKPT_KEEP`` (default 2); :func:`load` without a path finds it. A path saves exactly that file
             (no generations): the old content stays until the new one is complete and durable, then the
-            new one replaces it in one rename.
+            new one replaces it in one rename. Either way a replaced file of 16 MiB or more is kept as
+            ``<name>.spare`` and the next save writes over its blocks, which is faster than allocating new
+            ones, unless something still has it open or mapped (``CKPT_REUSE_SPACE=0`` turns this off).
         compress: ``None`` (``CKPT_COMPRESS``, default off), ``False``, ``True`` (zstd level 3), a zstd level,
             or ``"auto"`` (compress only when it pays at the measured write speed). Compressed sections
             are copied on load instead of mapped.

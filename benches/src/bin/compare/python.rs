@@ -244,9 +244,9 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
         "`benches/python/bench_save.py` (Python {}, numpy {}, ckpt {}) times each method in the same process, \
          interleaved, the order changing from run to run (A B C D, D C B A, B C D A, A D C B, ...), after an \
          untimed warm-up round that also checks every method round-trips the array; `os.sync()` (untimed) before each save. \
-         Each save replaces its own previous file of the same size; `ckpt.save` frees the file it replaced \
-         on a thread after it returns, which the script waits for (untimed) before the next method. Medians \
-         of {} runs.{note}{}\n",
+         Each save replaces its own previous file of the same size; `ckpt.save` keeps the file it replaced as \
+         the spare that its next save writes over (`CKPT_REUSE_SPACE`, default on). Medians of {} \
+         runs.{note}{}\n",
         v["python"].as_str().unwrap_or("?"),
         v["numpy"].as_str().unwrap_or("?"),
         v["ckpt"].as_str().unwrap_or("?"),
@@ -275,8 +275,8 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
     .into_iter()
     .chain(device.as_ref().map(|d| {
         (
-            "reference, not a save: `dd` of as many bytes, `bs=16M oflag=direct conv=fsync` (the disk, one 16 MiB \
-             request at a time)",
+            "reference, not a save: `dd` of as many bytes over the blocks of its previous file, `bs=16M \
+             oflag=direct conv=notrunc,fsync` (the disk, one 16 MiB request at a time)",
             "yes",
             d,
         )
@@ -367,7 +367,7 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
             "against the seed's pattern: that pattern never waits for the disk (no fsync); its time is pickling \
              (protocol {proto} copies the array into a bytes object) and a copy into the page cache, {:.2} s here. \
              A durable save cannot take less than writing the bytes to the device: ckpt writes the array once, \
-             with direct I/O, at {:.2} GB/s ({:.2}× the time of `np.save` + fsync through the page cache, \
+             with direct I/O over the blocks of the file it replaced, at {:.2} GB/s ({:.2}× the time of `np.save` + fsync through the page cache, \
              {:.2} GB/s){}. So ≥ 3× holds only in runs where the seed's pattern takes more than three times the \
              disk's own write; the ratio moves with the speed of pickling and of the page cache (fast when \
              memory is warm, 2-5× slower after the machine sat idle: perf-baselines) from run to run",
@@ -377,7 +377,7 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
             bytes / npy.median / 1e9,
             match &device {
                 Some(d) => format!(
-                    "; `dd` writing as many bytes with `oflag=direct conv=fsync`, in the same rotation, took {:.3} s \
+                    "; `dd` writing as many bytes with `oflag=direct conv=notrunc,fsync`, in the same rotation, took {:.3} s \
                      ({:.2} GB/s): `ckpt.save` takes {:.2}× that time (it keeps two writes in flight while it copies), and \
                      the seed's pattern {:.2}×",
                     d.median,
