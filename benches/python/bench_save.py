@@ -12,7 +12,7 @@ Saves (each replaces its own previous file of the same size, as a checkpoint doe
 untimed, so no method pays for another's write-back):
 
 * `ckpt`: `ckpt.save(arr, path)` (temporary file, fsync, rename, fsync of the directory; the file it
-  replaces is kept as `state.ckpt.spare` and the next save writes over it);
+  replaces is kept as `state.ckpt.tmp.spare` and the next save writes over it);
 * `pickle_seed`: the seed document's pattern, verbatim: `pickle.dump` (default protocol) to `path + ".tmp"`
   in the same directory, then `os.rename`; no fsync, so the data is not durable when it returns;
 * `pickle_durable`: the same made durable: `flush` + `fsync` of the file before the rename, `fsync` of
@@ -274,7 +274,7 @@ def main() -> None:
             ("numpy_fsync", "state.npy"),
         ]
     }
-    for f in ("state.ckpt", "state.ckpt.spare", "checkpoint.pkl", "checkpoint-durable.pkl", "state.npy", "device.bin"):
+    for f in ("state.ckpt", "state.ckpt.tmp.spare", "checkpoint.pkl", "checkpoint-durable.pkl", "state.npy", "device.bin"):
         if os.path.exists(os.path.join(d, f)):
             os.remove(os.path.join(d, f))
     json.dump(

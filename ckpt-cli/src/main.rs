@@ -375,7 +375,7 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
                 json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}),
             );
         }
-        if let Some(base) = name.strip_suffix(".spare")
+        if let Some(base) = name.strip_suffix(".tmp.spare")
             && classify(base, &name) == Some(ckpt_core::NameKind::Spare)
         {
             let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);

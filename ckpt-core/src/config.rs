@@ -89,7 +89,7 @@ pub struct Config {
     pub file_mode: u32,
     /// Whether files are memory-mapped when loaded.
     pub mmap: bool,
-    /// Whether a save overwrites the blocks of a retired checkpoint (kept as `<base>.spare`) instead of
+    /// Whether a save overwrites the blocks of a retired checkpoint (kept as `<base>.tmp.spare`) instead of
     /// allocating new ones (see [`crate::Store`]'s layout).
     pub reuse_space: bool,
     /// Default compression for sections that do not choose.

@@ -83,19 +83,22 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn rename_over_other_name(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.rename(from, to)
     }
-    /// The smallest retired checkpoint worth keeping as a spare for [`Storage::reuse_spare`]; `None` when
-    /// this storage does not reuse files.
-    fn spare_min_len(&self) -> Option<u64> {
+    /// The smallest retired checkpoint in `dir` worth keeping as a spare for [`Storage::reuse_spare`];
+    /// `None` when this storage does not reuse files in `dir` (or cannot tell who else has them open).
+    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
+        let _ = dir;
         None
     }
     /// Takes over `spare` (a retired checkpoint) as the temporary file `tmp` of a new save, to be
-    /// overwritten from its first byte: the save then writes over blocks the file system already holds
-    /// instead of allocating new ones, and the writer's `sync` cuts the file to the bytes written.
-    /// `Ok(None)` when there is no spare, and, with the spare's name removed, when it must not be
-    /// overwritten: it is not a regular file with this one name, or something (another process, a memory
-    /// map) still has it open and would see its bytes change.
-    fn reuse_spare(&self, spare: &Path, tmp: &Path) -> io::Result<Option<Box<dyn StorageWriter>>> {
-        let _ = (spare, tmp);
+    /// overwritten from its first byte with permission bits `mode`: the save then writes over blocks the
+    /// file system already holds instead of allocating new ones, and the writer's `sync` cuts the file to
+    /// the bytes written. The rename to `tmp` comes first (it claims the file: no other saver can take
+    /// it, nor put another file in its place, between the checks and the writes); then the file is
+    /// checked. `Ok(None)` when there is no spare or it is not a regular file (left alone), and, with the
+    /// `tmp` name removed, when it must not be overwritten: it has another name, belongs to another user,
+    /// or something (another process, a memory map) still has it open and would see its bytes change.
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
+        let _ = (spare, tmp, mode);
         Ok(None)
     }
     /// Makes the directory's entries durable (fsync of the directory).
@@ -215,35 +218,48 @@ impl Storage for FileStorage {
         fs::rename(from, to)
     }
 
-    fn spare_min_len(&self) -> Option<u64> {
+    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
         // Below this, allocating is cheap and a spare would only add a rename to every save.
-        Some(SPARE_MIN_LEN)
+        local_file_system(dir).then_some(SPARE_MIN_LEN)
     }
 
-    fn reuse_spare(&self, spare: &Path, tmp: &Path) -> io::Result<Option<Box<dyn StorageWriter>>> {
-        // O_NONBLOCK: an open that would wait for another process's lease on the file fails instead.
-        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
-        let file = match OpenOptions::new().write(true).custom_flags(flags).open(spare) {
-            Ok(file) => file,
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        match fs::symlink_metadata(spare) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Ok(None), // not ours to take, nor to remove
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(_) => {
-                // A symlink, a directory, a file we may not write: not a spare of ours.
-                let _ = fs::remove_file(spare);
-                return Ok(None);
-            }
-        };
-        let meta = file.metadata()?;
-        if !meta.is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 || !sole_opener(&file) {
-            drop(file);
-            // Removing the name frees the blocks once the last reader lets go; nothing it reads changes.
-            let _ = self.remove_file(spare);
-            return Ok(None);
+            Err(e) => return Err(e),
         }
         match fs::rename(spare, tmp) {
-            Ok(()) => Ok(Some(Box::new(FileWriter::overwriting(file)))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None), // another saver took it
+            Err(e) => return Err(e),
         }
+        // O_NONBLOCK: an open that would wait for another process's lease on the file fails instead.
+        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        let usable = OpenOptions::new().write(true).custom_flags(flags).open(tmp).ok().filter(|file| {
+            file.metadata().is_ok_and(|meta| {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                meta.is_file() && meta.nlink() == 1 && meta.uid() == unsafe { libc::geteuid() }
+            }) && sole_opener(file)
+        });
+        let Some(file) = usable else {
+            // Removing the name frees the blocks once the last reader lets go; nothing it reads changes.
+            let _ = self.remove_file(tmp);
+            return Ok(None);
+        };
+        let prepared = clear_nonblock(&file)
+            .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
+            // The rename kept the retired file's time: a saver on another host must not take the
+            // temporary file for one abandoned an hour ago.
+            .and_then(|()| file.set_modified(SystemTime::now()));
+        if let Err(e) = prepared {
+            drop(file);
+            let _ = self.remove_file(tmp);
+            return Err(e);
+        }
+        Ok(Some(Box::new(FileWriter::overwriting(file))))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -336,6 +352,45 @@ fn sole_opener(file: &File) -> bool {
 
 #[cfg(not(target_os = "linux"))]
 fn sole_opener(_file: &File) -> bool {
+    false
+}
+
+/// Clears `O_NONBLOCK` (set only for the open that checks for leases).
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function borrows; the arguments are plain integers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `dir` is on a local file system whose leases see every process that has a file open (ext2-4,
+/// XFS, tmpfs, F2FS). Cluster and network file systems (Lustre, GPFS, BeeGFS, NFS, CIFS, FUSE, Ceph)
+/// check leases on this node only, if at all: a reader on another node would see a reused spare change
+/// under it, so spares are not kept there. Btrfs writes over nothing in place (copy on write).
+#[cfg(target_os = "linux")]
+fn local_file_system(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const LOCAL: [i64; 4] = [0xEF53, 0x5846_5342, 0x0102_1994, 0xF2F5_2010]; // ext2-4, XFS, tmpfs, F2FS
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct, which statfs then fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a statfs this function owns.
+    if unsafe { libc::statfs(c_dir.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // f_type's type differs by architecture
+    let kind = i64::from(st.f_type as i64);
+    LOCAL.contains(&kind)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn local_file_system(_dir: &Path) -> bool {
     false
 }
 
@@ -513,7 +568,15 @@ impl MemStorage {
                             let extra = ino.live.len() - ino.durable.len();
                             ino.live[..ino.durable.len() + extra / 2].to_vec()
                         } else {
-                            ino.durable.clone()
+                            // A file being written over (a reused spare): the first half of the new
+                            // bytes over the old ones.
+                            let mut torn = ino.durable.clone();
+                            let half = ino.live.len() / 2;
+                            if torn.len() < half {
+                                torn.resize(half, 0);
+                            }
+                            torn[..half].copy_from_slice(&ino.live[..half]);
+                            torn
                         }
                     }
                 };
@@ -687,11 +750,11 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn spare_min_len(&self) -> Option<u64> {
+    fn spare_min_len(&self, _dir: &Path) -> Option<u64> {
         self.lock().spare_min_len
     }
 
-    fn reuse_spare(&self, spare: &Path, tmp: &Path) -> io::Result<Option<Box<dyn StorageWriter>>> {
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, _mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
         let mut st = self.lock();
         begin_op(&mut st)?;
         let ino = match lookup(&st, spare) {
@@ -702,11 +765,14 @@ impl Storage for MemStorage {
         let names = st.live.values().flat_map(|names| names.values()).filter(|&&i| i == ino).count();
         let (sdir, sname) = split(spare)?;
         let (tdir, tname) = split(tmp)?;
+        if !st.live.contains_key(&tdir) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
         st.live.get_mut(&sdir).expect("looked up").remove(&sname);
         if names != 1 {
-            return Ok(None);
+            return Ok(None); // claimed, then its name removed: another name still holds the file
         }
-        st.live.get_mut(&tdir).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?.insert(tname, ino);
+        st.live.get_mut(&tdir).expect("checked").insert(tname, ino);
         drop(st);
         Ok(Some(Box::new(MemWriter { storage: self.clone(), inode: ino, pos: 0 })))
     }
@@ -912,12 +978,12 @@ impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
         self.tick(Op::Remove)?;
         self.inner.remove_file(path)
     }
-    fn spare_min_len(&self) -> Option<u64> {
-        self.inner.spare_min_len()
+    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
+        self.inner.spare_min_len(dir)
     }
-    fn reuse_spare(&self, spare: &Path, tmp: &Path) -> io::Result<Option<Box<dyn StorageWriter>>> {
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
         self.tick(Op::Reuse)?;
-        let inner = self.inner.reuse_spare(spare, tmp)?;
+        let inner = self.inner.reuse_spare(spare, tmp, mode)?;
         Ok(inner.map(|inner| Box::new(FaultWriter { inner, storage: self.clone() }) as Box<dyn StorageWriter>))
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -6,8 +6,9 @@
 //! <dir>/<base>                      the newest committed checkpoint (another name for the newest <base>.<N>)
 //! <dir>/<base>.<N>                  generation N (the last `keep` generations are kept)
 //! <dir>/<base>.tmp.<host>.<pid>.<nonce>   a save in progress (removed by a later save if its writer died)
-//! <dir>/<base>.spare                the newest retired generation, kept for its blocks (see below)
+//! <dir>/<base>.tmp.spare            the newest retired generation, kept for its blocks (see below)
 //! <dir>/<base>.parts/<N>/rank<R>.ckpt     multi-rank jobs: rank R's part of generation N
+//! <dir>/<base>.parts/rank<R>.spare        rank R's newest retired part, kept for its blocks
 //! ```
 //!
 //! # Commit protocol (single file)
@@ -30,16 +31,22 @@
 //! Writing over blocks a file already has is much faster than writing into new ones on many disks (on
 //! this project's virtual disks 1.9-3.0 GB/s against 1.2-1.7 GB/s: the allocation, and the device's own
 //! on thin-provisioned or `discard`-mounted disks). So the pruning in step 5 renames the newest retired
-//! generation of at least 16 MiB to `<base>.spare` instead of removing it, and the next save takes that
-//! file over as its temporary file in step 2: it renames it to `<base>.tmp.…`, `fsync`s the directory (so
-//! no committed name can still refer to it after a power cut), overwrites it from the first byte and cuts
-//! it to the new length before its `fsync`. From there the protocol is the same. The spare is overwritten
-//! only when nothing else holds it: it must be a regular file with that one name, and Linux must grant a
-//! write lease on it, which it does only when no process has the file open or mapped (a reader of a
-//! retired generation keeps reading the bytes it opened). Otherwise the spare is removed and the save
-//! writes a new file. Space: between saves the directory holds `keep` generations plus the spare, which
-//! is what it held during a save anyway. Saves to an exact path ([`begin_file`]) keep the file they
-//! replace as `<path>.spare` the same way (a hard link made just before the rename).
+//! generation of at least 16 MiB to `<base>.tmp.spare` instead of removing it (a `.tmp.` name: never a
+//! checkpoint, never a file of the user's), and the next save takes that file over as its temporary file
+//! in step 2: it renames it to `<base>.tmp.…` (which claims it: no other saver can take it any more),
+//! checks it, `fsync`s the directory (so no committed name can still refer to it after a power cut),
+//! overwrites it from the first byte and cuts it to the new length before its `fsync`. From there the
+//! protocol is the same. The spare is overwritten only when nothing else holds it: it must be a regular
+//! file of this user with that one name, and Linux must grant a write lease on it, which it does only
+//! when no process has the file open or mapped (a reader of a retired generation keeps reading the bytes
+//! it opened). Otherwise it is removed and the save writes a new file. Leases see only this node's
+//! processes, so spares are kept only on local file systems (ext2-4, XFS, tmpfs, F2FS), never on Lustre,
+//! GPFS, BeeGFS, NFS and the like. Space: between saves the directory holds `keep` generations plus the
+//! spare, which is what it held during a save anyway. Saves to an exact path ([`begin_file`]) keep the
+//! file they replace as `<path>.tmp.spare` the same way (a hard link made just before the rename). In
+//! multi-rank jobs each rank keeps its own retired part as `<base>.parts/rank<R>.spare` (renamed out of
+//! its generation's directory) and writes its next part over it. [`CommitInfo::reused_spare`] says
+//! whether a save wrote over a spare.
 //!
 //! # Multi-rank steps
 //!
@@ -102,6 +109,9 @@ pub struct CommitInfo {
     pub seconds: f64,
     /// Problems after the commit that did not endanger it (a failed prune, say).
     pub warnings: Vec<String>,
+    /// Whether the save wrote over the blocks of a retired checkpoint (the spare: see [`Store`]'s space
+    /// reuse) instead of new ones.
+    pub reused_spare: bool,
 }
 
 /// Saves and finds checkpoints for one configuration.
@@ -131,7 +141,7 @@ struct Listing {
     highest: u64,
     /// Whether a parts directory exists.
     parts: bool,
-    /// Whether `<base>.spare` is there (seen by the listing, or left by this process's last save).
+    /// Whether `<base>.tmp.spare` is there (seen by the listing, or left by this process's last save).
     spare: bool,
     /// When the directory was last really listed.
     listed_at: Instant,
@@ -151,6 +161,9 @@ struct Shared {
     /// Multi-rank: this rank's parts that it wrote and has not removed yet. Each rank removes its own old
     /// parts, so that retiring a generation costs every rank one `unlink` instead of rank 0 one per rank.
     own_parts: std::sync::Mutex<Vec<OwnPart>>,
+    /// Multi-rank: whether this rank's spare (`<base>.parts/rank<R>.spare`, a retired part kept for its
+    /// blocks) is there: `None` until this process has looked.
+    part_spare: std::sync::Mutex<Option<bool>>,
     /// Multi-rank: what this rank knows of the checkpoint directory's manifests.
     parts_view: std::sync::Mutex<Option<PartsView>>,
 }
@@ -261,7 +274,7 @@ pub enum NameKind {
         /// Writer's process id.
         pid: u32,
     },
-    /// `<base>.spare`: a retired checkpoint kept for its blocks, which the next save overwrites.
+    /// `<base>.tmp.spare`: a retired checkpoint kept for its blocks, which the next save overwrites.
     Spare,
 }
 
@@ -271,7 +284,7 @@ pub fn classify(base: &str, file_name: &str) -> Option<NameKind> {
         return Some(NameKind::Current);
     }
     let rest = file_name.strip_prefix(base)?.strip_prefix('.')?;
-    if rest == "spare" {
+    if rest == "tmp.spare" {
         return Some(NameKind::Spare);
     }
     if let Some(tmp) = rest.strip_prefix("tmp.") {
@@ -314,6 +327,7 @@ impl Store {
             write_bandwidth: AtomicU64::new(DEFAULT_WRITE_BANDWIDTH.to_bits()),
             listing: std::sync::Mutex::new(None),
             synced_parts_root: std::sync::Mutex::new(None),
+            part_spare: std::sync::Mutex::new(None),
             own_parts: std::sync::Mutex::new(Vec::new()),
             parts_view: std::sync::Mutex::new(None),
         };
@@ -512,12 +526,20 @@ impl Store {
         newest_first.sort_unstable_by(|a, b| b.cmp(a));
         newest_first.dedup();
         let kept = &newest_first[..newest_first.len().min(self.config.keep.max(1))];
+        let spare_min_len = self.spare_min_len(dir);
+        let mut spare = lock(&self.shared.part_spare);
         lock(&self.shared.own_parts).retain(|p| {
             let g = p.identity.generation;
             if p.dir != dir || g >= newest || kept.contains(&g) {
                 return true;
             }
-            match self.storage.remove_listed_file(&p.path, p.identity.file_len) {
+            let len = p.identity.file_len;
+            let result = if *spare != Some(true) && spare_min_len.is_some_and(|min| len >= min) {
+                self.retire_part_as_spare(&p.path).map(|()| *spare = Some(true))
+            } else {
+                self.storage.remove_listed_file(&p.path, len)
+            };
+            match result {
                 Ok(()) => false,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => false,
                 Err(e) => {
@@ -527,6 +549,15 @@ impl Store {
             }
         });
         warnings
+    }
+
+    /// Renames this rank's retired part to its spare in the parts root, for its next part to write over.
+    /// No directory `fsync`: should a power cut bring back the part's old name with the file rewritten,
+    /// that retired generation's manifest (if it is still there) names a part of another length and
+    /// CRCs, so a restart rejects that generation, as it does when a retired part is simply gone.
+    fn retire_part_as_spare(&self, part: &Path) -> io::Result<()> {
+        let root = part.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        self.storage.rename(part, &part_spare_path(root, self.config.rank))
     }
 
     fn header(&self, kind: FileKind, generation: u64, app_step: i64) -> Header {
@@ -592,14 +623,21 @@ impl Store {
     }
 
     fn start(&self, dir: &Path, base: &str, header: Header, mut plan: Plan) -> Result<CheckpointWriter> {
-        let tmp = dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
+        let tmp_name = || dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
+        let mut tmp = tmp_name();
         let mut warnings = Vec::new();
-        let file = match self.take_spare(dir, &mut plan, &tmp, &mut warnings) {
-            Some(file) => file,
-            None => self
-                .storage
-                .create_new(&tmp, self.config.file_mode)
-                .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?,
+        let spare_min_len = self.spare_min_len(dir);
+        let (file, reused_spare) = match self.take_spare(dir, &mut plan, &tmp, spare_min_len, &mut warnings) {
+            Some(file) => (file, true),
+            None => {
+                // A fresh name: a takeover that failed half-way may have left the first one behind.
+                tmp = tmp_name();
+                let file = self
+                    .storage
+                    .create_new(&tmp, self.config.file_mode)
+                    .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
+                (file, false)
+            }
         };
         let bw = f64::from_bits(self.shared.write_bandwidth.load(Ordering::Relaxed));
         Ok(CheckpointWriter {
@@ -615,40 +653,48 @@ impl Store {
             shared: self.shared.clone(),
             warnings,
             ranks_prune_own_parts: false,
-            spare_min_len: self.spare_min_len(),
+            spare_min_len,
+            reused_spare,
         })
     }
 
-    /// The smallest retired checkpoint kept as a spare, `None` when saves do not reuse space.
-    fn spare_min_len(&self) -> Option<u64> {
-        self.config.reuse_space.then(|| self.storage.spare_min_len()).flatten()
+    /// The smallest retired checkpoint in `dir` kept as a spare, `None` when saves there do not reuse
+    /// space (turned off, a file system where the storage cannot tell who has a file open, or files this
+    /// process may not write once created).
+    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
+        let c = &self.config;
+        (c.reuse_space && c.file_mode & 0o200 != 0).then(|| self.storage.spare_min_len(dir)).flatten()
     }
 
-    /// Takes over the spare that `plan` saw (`<base>.spare`) as the temporary file `tmp`, to overwrite its
-    /// blocks; `None` when there is none, or it may not be overwritten (then it is gone), or saves do not
-    /// reuse space (then it is removed). The plan no longer counts on a spare afterwards. A failure only
-    /// costs the reuse (the save creates a new file) and is reported as a warning.
+    /// Takes over the spare that `plan` saw (`<base>.tmp.spare`) as the temporary file `tmp`, to overwrite
+    /// its blocks; `None` when there is none, or it may not be overwritten (then it is gone), or saves do
+    /// not reuse space (then it is removed). The plan no longer counts on a spare afterwards. A failure
+    /// only costs the reuse (the save creates a new file) and is reported as a warning.
     fn take_spare(
         &self,
         dir: &Path,
         plan: &mut Plan,
         tmp: &Path,
+        spare_min_len: Option<u64>,
         warnings: &mut Vec<String>,
     ) -> Option<Box<dyn StorageWriter>> {
-        let (base, seen) = match plan {
-            Plan::Single { listing } => (listing.base.clone(), std::mem::take(&mut listing.spare)),
-            Plan::File { name, spare, .. } => (name.clone(), std::mem::take(spare)),
-            Plan::Part { .. } => return None,
+        let (spare, seen) = match plan {
+            Plan::Single { listing } => (spare_path(dir, &listing.base), std::mem::take(&mut listing.spare)),
+            Plan::File { name, spare, .. } => (spare_path(dir, name), std::mem::take(spare)),
+            Plan::Part { dir: part_dir, .. } => {
+                let root = part_dir.parent().unwrap_or(Path::new("."));
+                let known = lock(&self.shared.part_spare).replace(false);
+                (part_spare_path(root, self.config.rank), known != Some(false))
+            }
         };
         if !seen {
             return None;
         }
-        let spare = spare_path(dir, &base);
-        if self.spare_min_len().is_none() {
+        if spare_min_len.is_none() {
             let _ = self.storage.remove_file(&spare);
             return None;
         }
-        let file = match self.storage.reuse_spare(&spare, tmp) {
+        let file = match self.storage.reuse_spare(&spare, tmp, self.config.file_mode) {
             Ok(file) => file?,
             Err(e) => {
                 // The spare stays where it is (the next retired generation replaces it).
@@ -658,7 +704,10 @@ impl Store {
         };
         // The spare's earlier name (a retired generation's, renamed at the previous commit) may not be
         // durable yet: after a power cut it would name a file half overwritten. Overwrite only once the
-        // directory says `tmp`.
+        // directory says `tmp`. (Not for a rank's part: see `retire_part_as_spare`.)
+        if matches!(plan, Plan::Part { .. }) {
+            return Some(file);
+        }
         if let Err(e) = self.storage.sync_dir(dir) {
             drop(file);
             let _ = self.storage.remove_file(tmp);
@@ -878,7 +927,7 @@ enum Plan {
     Single { listing: Listing },
     /// A rank's part: `<dir>/<name>`, in the parts root of `checkpoint_dir`.
     Part { dir: PathBuf, name: String, checkpoint_dir: PathBuf },
-    /// One file at an exact path, no generations (see [`begin_file`]): whether `<name>.spare` was there
+    /// One file at an exact path, no generations (see [`begin_file`]): whether `<name>.tmp.spare` was there
     /// when the save began, and the length of the regular file the save replaces, if any.
     File { dir: PathBuf, name: String, spare: bool, replaced: Option<u64> },
 }
@@ -905,12 +954,18 @@ fn listing_of(dir: &Path, base: &str, entries: &[DirEntry]) -> Listing {
 }
 
 fn has_spare(base: &str, entries: &[DirEntry]) -> bool {
-    entries.iter().any(|e| e.name.to_str().and_then(|n| classify(base, n)) == Some(NameKind::Spare))
+    entries.iter().any(|e| e.is_file && e.name.to_str().and_then(|n| classify(base, n)) == Some(NameKind::Spare))
 }
 
-/// `<dir>/<base>.spare`.
+/// `<dir>/<base>.tmp.spare`: in the `.tmp.` names, which the library reserves for files that are never
+/// checkpoints, so that it can never be a file of the user's (`begin_file` takes any path).
 fn spare_path(dir: &Path, base: &str) -> PathBuf {
-    dir.join(format!("{base}.spare"))
+    dir.join(format!("{base}.tmp.spare"))
+}
+
+/// `<parts root>/rank<R>.spare`: rank R's retired part, kept for its blocks.
+fn part_spare_path(parts_root: &Path, rank: u32) -> PathBuf {
+    parts_root.join(format!("rank{rank}.spare"))
 }
 
 /// Starts a checkpoint written to exactly `path` (no generations, no retention): on commit the file
@@ -955,6 +1010,8 @@ pub struct CheckpointWriter {
     ranks_prune_own_parts: bool,
     /// Retired checkpoints at least this large are kept as the spare (`None`: no spare).
     spare_min_len: Option<u64>,
+    /// Whether this file is a spare taken over.
+    reused_spare: bool,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -1081,12 +1138,17 @@ impl CheckpointWriter {
             }
             Plan::File { dir, name, replaced, .. } => {
                 let path = dir.join(name);
-                if replaced.is_some_and(|len| self.spare_min_len.is_some_and(|min| len >= min)) {
+                let spare = spare_path(dir, name);
+                let keep_spare = replaced.is_some_and(|len| self.spare_min_len.is_some_and(|min| len >= min))
                     // The replaced file stays, as the spare the next save overwrites. When this fails (a
                     // spare is there already, no hard links) it is freed as before.
-                    let _ = storage.hard_link(&path, &spare_path(dir, name));
+                    && storage.hard_link(&path, &spare).is_ok();
+                if let Err(e) = storage.rename(&tmp, &path) {
+                    if keep_spare {
+                        let _ = storage.remove_file(&spare); // the spare would be another name of `path`
+                    }
+                    return Err(Error::io("rename", e).with_path(&path));
                 }
-                storage.rename(&tmp, &path).map_err(|e| Error::io("rename", e).with_path(&path))?;
                 (path.clone(), path, dir.clone())
             }
             Plan::Part { dir, name, .. } => {
@@ -1124,7 +1186,12 @@ impl CheckpointWriter {
                     .map(|p| p.identity.generation)
                     .collect()
             });
-            let retire = Retire { keep: self.keep, spare_min_len: self.spare_min_len, own_parts: own_parts.as_deref() };
+            let retire = Retire {
+                keep: self.keep,
+                spare_min_len: self.spare_min_len,
+                own_parts: own_parts.as_deref(),
+                nranks: header.nranks,
+            };
             let (remaining, spare) = prune(&*storage, listing, newest, retire, &mut warnings);
             *self.shared.listing() = Some(Listing {
                 generations: remaining,
@@ -1141,6 +1208,7 @@ impl CheckpointWriter {
             stats,
             seconds: self.started.elapsed().as_secs_f64(),
             warnings,
+            reused_spare: self.reused_spare,
         })
     }
 }
@@ -1162,15 +1230,17 @@ struct Retire<'a> {
     keep: usize,
     spare_min_len: Option<u64>,
     own_parts: Option<&'a [u64]>,
+    /// The job's ranks: spares of higher ranks (an earlier run with more ranks) are removed.
+    nranks: u32,
 }
 
 /// Removes generations beyond the newest `keep` (never `newest` itself), from those present when the save
 /// began (the listing's regular files only: a planted symlink must not push a real generation out), and
 /// for multi-rank names the part directories of removed generations and of abandoned older ones. Returns
-/// the generations that remain, and whether `<base>.spare` is there.
+/// the generations that remain, and whether `<base>.tmp.spare` is there.
 ///
 /// With `spare_min_len`, when there is no spare, the newest retired generation at least that large is
-/// renamed to `<base>.spare` instead of removed: the next save overwrites its blocks.
+/// renamed to `<base>.tmp.spare` instead of removed: the next save overwrites its blocks.
 ///
 /// With `own_parts` (a manifest of [`Store::commit_step_with_parts`]), each rank removes its own parts of
 /// retired generations (`Store::after_step_committed`, or its next part), so a retired generation's
@@ -1185,7 +1255,7 @@ fn prune(
     retire: Retire<'_>,
     warnings: &mut Vec<String>,
 ) -> (Vec<(u64, u64)>, bool) {
-    let Retire { keep, spare_min_len, own_parts } = retire;
+    let Retire { keep, spare_min_len, own_parts, nranks } = retire;
     let Listing { dir, base, parts, .. } = listing;
     let mut spare = listing.spare;
     let mut gens: Vec<(u64, u64)> = listing.generations.iter().copied().filter(|&(g, _)| g != newest.0).collect();
@@ -1200,7 +1270,18 @@ fn prune(
         }
         let p = dir.join(format!("{base}.{g}"));
         let result = if !spare && spare_min_len.is_some_and(|min| len >= min) {
-            storage.rename(&p, &spare_path(dir, base)).map(|()| spare = true)
+            match storage.rename(&p, &spare_path(dir, base)) {
+                Ok(()) => {
+                    spare = true;
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+                // Something else holds the spare's name (a directory, say): remove as without spares.
+                Err(e) => {
+                    warnings.push(format!("{}: could not keep it as the spare, removing it: {e}", p.display()));
+                    storage.remove_listed_file(&p, len)
+                }
+            }
         } else {
             storage.remove_listed_file(&p, len)
         };
@@ -1221,6 +1302,11 @@ fn prune(
         return (remaining, spare);
     };
     for d in part_dirs {
+        let rank_spare =
+            d.name.to_str().and_then(|s| s.strip_prefix("rank")?.strip_suffix(".spare")?.parse::<u32>().ok());
+        if rank_spare.is_some_and(|r| r >= nranks) {
+            let _ = storage.remove_listed_file(&parts_root.join(&d.name), d.len);
+        }
         let Some(g) = d.name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
             continue;
         };
@@ -1317,7 +1403,11 @@ mod tests {
             names
         };
         // The newest retired generation is the spare the next save overwrites.
-        assert_eq!(generation_files(), ["mem.ckpt.6", "mem.ckpt.7", "mem.ckpt.spare"], "pruned from the fresh listing");
+        assert_eq!(
+            generation_files(),
+            ["mem.ckpt.6", "mem.ckpt.7", "mem.ckpt.tmp.spare"],
+            "pruned from the fresh listing"
+        );
         // A failed save forgets the view: the next one lists again.
         let before = listings();
         let mut w = store.begin(8).unwrap();
@@ -1334,8 +1424,8 @@ mod tests {
         assert_eq!(classify("7.ckpt", "7.ckpt.12"), Some(NameKind::Generation(12)));
         assert_eq!(classify("7.ckpt", "7.ckpt.012"), None);
         assert_eq!(classify("7.ckpt", "7.ckpt.x"), None);
-        assert_eq!(classify("7.ckpt", "7.ckpt.spare"), Some(NameKind::Spare));
-        assert_eq!(classify("7.ckpt", "7.ckpt.spares"), None);
+        assert_eq!(classify("7.ckpt", "7.ckpt.tmp.spare"), Some(NameKind::Spare));
+        assert_eq!(classify("7.ckpt", "7.ckpt.tmp.spares"), None);
         assert_eq!(
             classify("7.ckpt", "7.ckpt.tmp.node-1.example.org.123.abc"),
             Some(NameKind::Temporary { host: "node-1.example.org".into(), pid: 123 })

@@ -529,7 +529,7 @@ fn path_arg(path: *const c_char) -> FfiResult<PathBuf> {
 
 /// Saves one buffer to exactly `path`, atomically and durably (temporary file in the same directory,
 /// fsync, rename, fsync of the directory), as a checkpoint file with one section "buffer". The file it
-/// replaces, when 16 MiB or more, is kept as `<path>.spare` and the next save writes over its blocks
+/// replaces, when 16 MiB or more, is kept as `<path>.tmp.spare` and the next save writes over its blocks
 /// (unless something has it open or mapped; `CKPT_REUSE_SPACE=0` turns this off). Needs no
 /// `ckpt_init`. `buf` may be NULL only when `len` is 0. Thread-safe.
 #[unsafe(no_mangle)]

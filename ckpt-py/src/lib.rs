@@ -38,6 +38,7 @@ pub(crate) fn commit_info<'py>(py: Python<'py>, info: &CommitInfo) -> PyResult<B
     d.set_item("sections", info.stats.sections)?;
     d.set_item("seconds", info.seconds)?;
     d.set_item("warnings", &info.warnings)?;
+    d.set_item("reused_spare", info.reused_spare)?;
     Ok(d)
 }
 

@@ -377,7 +377,10 @@ def test_replacing_a_large_checkpoint_frees_the_old_one_in_the_background(tmp_pa
     _ckpt.wait_for_background_frees()
     assert ckpt.load(path) == second
     # The replaced file is kept as the spare the next save writes over (CKPT_REUSE_SPACE, default on).
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt", "big.ckpt.spare"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt", "big.ckpt.tmp.spare"]
+    info = ckpt.save(first, path)
+    assert info.reused_spare
+    assert ckpt.load(path) == first
 
 
 def test_replaced_checkpoints_are_freed_with_reuse_off(tmp_path, monkeypatch):
@@ -387,7 +390,7 @@ def test_replaced_checkpoints_are_freed_with_reuse_off(tmp_path, monkeypatch):
     path = tmp_path / "big.ckpt"
     first = bytes(range(256)) * (1 << 17)
     for data in (first, first[::-1], first):
-        ckpt.save(data, path)
+        assert not ckpt.save(data, path).reused_spare
     _ckpt.wait_for_background_frees()
     assert ckpt.load(path) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.ckpt"]
@@ -403,7 +406,7 @@ def test_a_mapped_array_is_never_written_over_by_later_saves(tmp_path):
     assert not x.flags.writeable, "a view of the mapping"
     for k in range(3):
         ckpt.save({"a": np.full_like(a, k)}, path)
-    assert (tmp_path / "big.ckpt.spare").exists()
+    assert (tmp_path / "big.ckpt.tmp.spare").exists()
     assert float(x.min()) == float(x.max()) == 1.5
     assert float(ckpt.load(path)["a"][0]) == 2
     assert float(ckpt.load(path)["a"][-1]) == 2

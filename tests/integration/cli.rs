@@ -100,7 +100,7 @@ fn inspect_verify_and_list() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("field"), "{}", text(&o));
 
     // A spare (a retired checkpoint kept for its blocks) is neither verified nor a restart candidate.
-    std::fs::write(dir.path().join("app.ckpt.spare"), vec![7u8; 5000]).unwrap();
+    std::fs::write(dir.path().join("app.ckpt.tmp.spare"), vec![7u8; 5000]).unwrap();
     let o = ckpt(dir.path(), &["verify", dir.path().to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("OK")).count(), 3, "{}", text(&o));
@@ -129,7 +129,7 @@ fn inspect_verify_and_list() {
     assert!(v["restart"][0]["chosen"].as_str().unwrap().ends_with("app.ckpt"), "{v}");
     let spares: Vec<&Value> = files.iter().filter(|f| f["status"] == "spare").collect();
     assert_eq!(spares.len(), 1, "{v}");
-    assert!(spares[0]["path"].as_str().unwrap().ends_with("app.ckpt.spare") && spares[0]["bytes"] == 5000, "{v}");
+    assert!(spares[0]["path"].as_str().unwrap().ends_with("app.ckpt.tmp.spare") && spares[0]["bytes"] == 5000, "{v}");
     let o = ckpt(dir.path(), &["list", dir.path().to_str().unwrap()], &[]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("spare      "), "{}", text(&o));
 

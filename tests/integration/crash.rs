@@ -243,9 +243,27 @@ struct Sweep {
 }
 
 /// Pass 1 counts the sequence's mutating operations; pass 2 crashes after every k of them and checks
-/// the image every crash mode leaves.
+/// the image every crash mode leaves. The storage keeps every retired file as the spare that the next
+/// save writes over (space reuse at any size); [`sweep_without_spares`] removes them instead.
 fn sweep(sc: &dyn Scenario) -> Sweep {
+    sweep_with(sc, true)
+}
+
+/// [`sweep`] with retired files removed, as for checkpoints below the real storage's spare size.
+fn sweep_without_spares(sc: &dyn Scenario) -> Sweep {
+    sweep_with(sc, false)
+}
+
+fn fresh_storage(spares: bool) -> MemStorage {
     let mem = MemStorage::new();
+    if !spares {
+        mem.set_spare_min_len(None);
+    }
+    mem
+}
+
+fn sweep_with(sc: &dyn Scenario, spares: bool) -> Sweep {
+    let mem = fresh_storage(spares);
     {
         let mut run = sc.start(&mem);
         for i in 0..sc.saves() {
@@ -256,7 +274,7 @@ fn sweep(sc: &dyn Scenario) -> Sweep {
     let total = mem.op_count();
     let mut out = Sweep { total_ops: total, images: 0, restored: vec![0; sc.saves() + 1], violations: Vec::new() };
     for k in 0..=total {
-        let mem = MemStorage::new();
+        let mem = fresh_storage(spares);
         mem.stop_after(k);
         let mut durable = 0u64;
         let mut crashed = false;
@@ -377,14 +395,18 @@ fn report(name: &str, s: &Sweep) -> String {
 #[test]
 fn every_crash_point_of_a_save_sequence_restores_the_last_commit() {
     let sc = LibrarySingle { plan: plan(0xC0FFEE), cfg: mem_config() };
-    let s = sweep(&sc);
-    let summary = report("library protocol, 1 rank", &s);
-    println!("{summary}");
-    assert!(s.violations.is_empty(), "{summary}");
-    // The sweep covered what it claims: every generation was the restored one for some crash point,
-    // and the sequence is long enough to have crash points inside every save.
-    assert!(s.total_ops >= 4 * 8, "{summary}");
-    assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+    for (s, label) in [
+        (sweep(&sc), "library protocol, 1 rank, retired generations kept as the spare"),
+        (sweep_without_spares(&sc), "library protocol, 1 rank, retired generations removed"),
+    ] {
+        let summary = report(label, &s);
+        println!("{summary}");
+        assert!(s.violations.is_empty(), "{summary}");
+        // The sweep covered what it claims: every generation was the restored one for some crash point,
+        // and the sequence is long enough to have crash points inside every save.
+        assert!(s.total_ops >= 4 * 8, "{summary}");
+        assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+    }
 }
 
 /// After a crash, a restarted process (a new `Store` on the crash image) saves the next generation and
@@ -558,11 +580,14 @@ impl Scenario for LibraryMultiRank {
 /// Sweeps a multi-rank scenario: no violation, and every generation was the restored one for some crash
 /// point.
 fn sweep_multi_rank(sc: &LibraryMultiRank, label: &str) {
-    let s = sweep(sc);
-    let summary = report(label, &s);
-    println!("{summary}");
-    assert!(s.violations.is_empty(), "{summary}");
-    assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+    for (s, spares) in
+        [(sweep(sc), "retired parts kept as spares"), (sweep_without_spares(sc), "retired parts removed")]
+    {
+        let summary = report(&format!("{label}, {spares}"), &s);
+        println!("{summary}");
+        assert!(s.violations.is_empty(), "{summary}");
+        assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
+    }
 }
 
 #[test]
@@ -594,7 +619,12 @@ fn every_crash_point_of_a_gathered_multi_rank_sequence_restores_the_last_step() 
         .map(|p| p.rsplit_once(".parts/").unwrap().1.to_string())
         .collect();
     holding.sort();
-    assert_eq!(holding, ["3/rank0.ckpt", "3/rank1.ckpt", "4/rank0.ckpt", "4/rank1.ckpt"], "parts left after 4 steps");
+    // Each rank's newest retired part is its spare.
+    assert_eq!(
+        holding,
+        ["3/rank0.ckpt", "3/rank1.ckpt", "4/rank0.ckpt", "4/rank1.ckpt", "rank0.spare", "rank1.spare"],
+        "parts left after 4 steps"
+    );
 }
 
 /// A process makes the parts root durable in its directory once and then syncs only the root at each step;

@@ -40,8 +40,10 @@ fn os_text(errno: i32) -> String {
     io::Error::from_raw_os_error(errno).to_string()
 }
 
+/// Temporary files of saves (the spare, a retired generation kept for its blocks, is not one).
 fn tmp_files(mem: &MemStorage) -> Vec<PathBuf> {
-    mem.list_files().into_iter().filter(|p| p.to_string_lossy().contains(".tmp.")).collect()
+    let tmp = |p: &PathBuf| p.to_string_lossy().contains(".tmp.") && !p.to_string_lossy().ends_with(".tmp.spare");
+    mem.list_files().into_iter().filter(tmp).collect()
 }
 
 fn base_path() -> PathBuf {

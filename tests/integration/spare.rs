@@ -1,4 +1,4 @@
-//! Space reuse on the real file system: a retired checkpoint is kept as `<base>.spare`, and the next save
+//! Space reuse on the real file system: a retired checkpoint is kept as `<base>.tmp.spare`, and the next save
 //! overwrites its blocks instead of allocating new ones. Never a file that something still reads (an
 //! open descriptor, a memory map, another name), and never with its old bytes left past the new end.
 
@@ -28,7 +28,7 @@ fn store(dir: &Path, keep: usize, reuse_space: bool) -> (Store, PathBuf) {
     let mut cfg: Config = config("spare", dir);
     cfg.keep = keep;
     cfg.reuse_space = reuse_space;
-    let spare = dir.join(format!("{}.spare", cfg.base_name()));
+    let spare = dir.join(format!("{}.tmp.spare", cfg.base_name()));
     (Store::new(cfg), spare)
 }
 
@@ -62,6 +62,7 @@ fn a_save_overwrites_the_retired_generation_kept_as_the_spare() {
                 assert_eq!(inode(&spare), inodes[i - 2], "save {i}: the retired generation is the spare");
             }
         }
+        assert_eq!(info.reused_spare, spare_before.is_some(), "save {i}");
         if let Some(old) = spare_before {
             assert_eq!(inodes[i], old, "save {i}: the save wrote over the spare");
         }
@@ -75,7 +76,7 @@ fn a_save_overwrites_the_retired_generation_kept_as_the_spare() {
         .collect();
     names.sort();
     let base = store.config().base_name();
-    assert_eq!(names, [base.clone(), format!("{base}.5"), format!("{base}.6"), format!("{base}.spare")]);
+    assert_eq!(names, [base.clone(), format!("{base}.5"), format!("{base}.6"), format!("{base}.tmp.spare")]);
 }
 
 #[test]
@@ -94,6 +95,7 @@ fn a_spare_that_something_still_reads_is_never_overwritten() {
     let third = rng.bytes(BIG);
     let info3 = save(&store, 3, &third);
     check(&store, &info3, &third);
+    assert!(!info3.reused_spare, "a mapped file was overwritten");
     assert_ne!(inode(&info3.generation_path), held_inode, "a mapped file was overwritten");
     held.verify().expect("the mapped checkpoint still verifies");
     assert_eq!(&held.read("data").unwrap()[..], &first[..]);
@@ -102,6 +104,7 @@ fn a_spare_that_something_still_reads_is_never_overwritten() {
     // With nothing holding it, the spare (generation 2 now) is overwritten: the check above can fail.
     let spare_inode = inode(&spare);
     let info4 = save(&store, 4, &rng.bytes(BIG));
+    assert!(info4.reused_spare, "an unused spare is overwritten");
     assert_eq!(inode(&info4.generation_path), spare_inode, "an unused spare is overwritten");
 
     // A spare with another name (a user's hard-linked copy) is left alone, and so is the copy.
@@ -109,6 +112,7 @@ fn a_spare_that_something_still_reads_is_never_overwritten() {
     fs::hard_link(&spare, &backup).unwrap();
     let backup_bytes = fs::read(&backup).unwrap();
     let info5 = save(&store, 5, &rng.bytes(BIG));
+    assert!(!info5.reused_spare);
     assert_ne!(inode(&info5.generation_path), inode(&backup));
     assert_eq!(fs::read(&backup).unwrap(), backup_bytes, "a file with another name was overwritten");
 }
@@ -117,7 +121,7 @@ fn a_spare_that_something_still_reads_is_never_overwritten() {
 fn a_file_saved_to_one_path_keeps_the_file_it_replaced_as_the_spare() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.ckpt");
-    let spare = dir.path().join("state.ckpt.spare");
+    let spare = dir.path().join("state.ckpt.tmp.spare");
     let cfg = config("spare", dir.path());
     let save_file = |cfg: &Config, data: &[u8]| {
         let mut w = begin_file(&path, 1, cfg, Arc::new(FileStorage)).unwrap();
@@ -125,16 +129,21 @@ fn a_file_saved_to_one_path_keeps_the_file_it_replaced_as_the_spare() {
         let info = w.commit().unwrap();
         assert_eq!(&Checkpoint::open(&path).unwrap().read("data").unwrap()[..], data);
         assert_eq!(fs::metadata(&path).unwrap().len(), info.stats.file_bytes);
+        info.reused_spare
     };
+    // A user's own file named like a spare of another library is not ours: never touched.
+    let users = dir.path().join("state.ckpt.spare");
+    fs::write(&users, b"the user's").unwrap();
     let mut rng = Rng::new(12);
-    save_file(&cfg, &rng.bytes(BIG));
+    assert!(!save_file(&cfg, &rng.bytes(BIG)));
     assert!(!spare.exists());
     let first = inode(&path);
-    save_file(&cfg, &rng.bytes(BIG + 70_000));
+    assert!(!save_file(&cfg, &rng.bytes(BIG + 70_000)));
     assert_eq!(inode(&spare), first, "the replaced file is the spare");
     let second = inode(&path);
-    save_file(&cfg, &rng.bytes(BIG - 70_000));
+    assert!(save_file(&cfg, &rng.bytes(BIG - 70_000)));
     assert_eq!(inode(&path), first, "the save wrote over the spare");
+    assert_eq!(fs::read(&users).unwrap(), b"the user's");
     assert_eq!(inode(&spare), second);
     // A small file replaced is not worth keeping.
     save_file(&cfg, b"small");
@@ -147,7 +156,7 @@ fn a_file_saved_to_one_path_keeps_the_file_it_replaced_as_the_spare() {
     assert!(spare.exists());
     let mut off = cfg.clone();
     off.reuse_space = false;
-    save_file(&off, &rng.bytes(BIG));
+    assert!(!save_file(&off, &rng.bytes(BIG)));
     assert!(!spare.exists(), "the spare outlived CKPT_REUSE_SPACE=0");
     save_file(&off, &rng.bytes(BIG));
     assert!(!spare.exists());
@@ -174,4 +183,83 @@ fn with_reuse_off_generations_are_removed_and_an_old_spare_goes() {
         .collect();
     names.sort();
     assert_eq!(names, [base.clone(), format!("{base}.4")]);
+}
+
+/// Multi-rank steps (rank 0 commits from the ranks' reported identities, each rank removes its own retired
+/// part): each rank keeps its retired part as `<base>.parts/rank<R>.spare` and writes its next part over
+/// it; a spare of a rank the job no longer has is removed by rank 0's commit.
+#[test]
+fn each_rank_writes_its_next_part_over_its_own_retired_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let nranks = 2u32;
+    let stores: Vec<Store> = (0..nranks)
+        .map(|rank| {
+            let mut c = config("ranks", dir.path());
+            (c.rank, c.nranks, c.keep) = (rank, nranks, 1);
+            Store::new(c)
+        })
+        .collect();
+    let base = stores[0].config().base_name();
+    let root = dir.path().join(format!("{base}.parts"));
+    let part = |g: u64, rank: u32| root.join(format!("{g}/rank{rank}.ckpt"));
+    let spare = |rank: u32| root.join(format!("rank{rank}.spare"));
+    fs::create_dir_all(&root).unwrap();
+    let stale = root.join("rank7.spare"); // an earlier run's rank 7
+    fs::write(&stale, b"an earlier run with more ranks").unwrap();
+    let mut rng = Rng::new(14);
+    let mut inodes: Vec<Vec<u64>> = Vec::new();
+    for g in 1..=5u64 {
+        let spares_before: Vec<Option<u64>> =
+            (0..nranks).map(|r| spare(r).exists().then(|| inode(&spare(r)))).collect();
+        let data: Vec<Vec<u8>> = (0..nranks).map(|r| rng.bytes(BIG + r as usize * 4096 + g as usize)).collect();
+        for (r, (s, d)) in stores.iter().zip(&data).enumerate() {
+            let mut w = s.begin_part(g, g as i64).unwrap();
+            w.add_bytes("data", d).unwrap();
+            assert_eq!(w.commit().unwrap().reused_spare, spares_before[r].is_some(), "step {g}, rank {r}");
+        }
+        let ids: Vec<_> = stores.iter().map(|s| s.part_identity(g).unwrap()).collect();
+        stores[0].commit_step_with_parts(g, g as i64, &ids).unwrap();
+        for s in &stores {
+            assert!(s.after_step_committed(g).is_empty());
+        }
+        inodes.push((0..nranks).map(|r| inode(&part(g, r))).collect());
+        for r in 0..nranks {
+            if let Some(old) = spares_before[r as usize] {
+                assert_eq!(inodes[g as usize - 1][r as usize], old, "step {g}, rank {r}: the part went over the spare");
+            }
+            if g >= 2 {
+                // keep = 1: this step retired the previous one, whose part is the rank's spare now.
+                assert_eq!(inode(&spare(r)), inodes[g as usize - 2][r as usize], "step {g}, rank {r}");
+                assert!(!part(g - 1, r).exists());
+            }
+        }
+        for (r, s) in stores.iter().enumerate() {
+            let restored = s.restore().unwrap().expect("a step");
+            assert_eq!(restored.generation, g);
+            assert_eq!(&restored.checkpoint.read("data").unwrap()[..], &data[r][..], "rank {r}");
+            assert_eq!(fs::metadata(part(g, r as u32)).unwrap().len(), restored.checkpoint.file_len());
+        }
+    }
+    assert!(!stale.exists(), "the spare of a rank the job does not have survived");
+    let mut names: Vec<String> =
+        fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["4", "5", "rank0.spare", "rank1.spare"], "retired generations' directories go");
+}
+
+/// Something that is not a regular file under the spare's name is left alone, and retention goes on
+/// without a spare: generations never pile up.
+#[test]
+fn a_directory_at_the_spares_name_is_left_alone_and_generations_are_still_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, spare) = store(dir.path(), 1, true);
+    fs::create_dir(&spare).unwrap();
+    fs::write(spare.join("inside"), b"x").unwrap();
+    let mut rng = Rng::new(15);
+    for step in 1..=4 {
+        let info = save(&store, step, &rng.bytes(BIG));
+        assert!(!info.reused_spare);
+        assert_eq!(store.valid_generations().unwrap(), vec![step as u64], "step {step}");
+    }
+    assert_eq!(fs::read(spare.join("inside")).unwrap(), b"x");
 }

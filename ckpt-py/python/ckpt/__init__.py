@@ -121,6 +121,8 @@ class SaveInfo:
     seconds: float
     #: Problems after the commit that did not endanger it (an old generation that could not be removed).
     warnings: tuple[str, ...]
+    #: Whether the save wrote over the blocks of a retired checkpoint (the spare) instead of new ones.
+    reused_spare: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ def _save_info(d: dict[str, Any]) -> SaveInfo:
         raw_bytes=d["raw_bytes"],
         seconds=d["seconds"],
         warnings=tuple(d["warnings"]),
+        reused_spare=bool(d.get("reused_spare", False)),
     )
 
 
@@ -224,7 +227,7 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
             ``CKPT_KEEP`` (default 2); :func:`load` without a path finds it. A path saves exactly that file
             (no generations): the old content stays until the new one is complete and durable, then the
             new one replaces it in one rename. Either way a replaced file of 16 MiB or more is kept as
-            ``<name>.spare`` and the next save writes over its blocks, which is faster than allocating new
+            ``<name>.tmp.spare`` and the next save writes over its blocks, which is faster than allocating new
             ones, unless something still has it open or mapped (``CKPT_REUSE_SPACE=0`` turns this off).
         compress: ``None`` (``CKPT_COMPRESS``, default off), ``False``, ``True`` (zstd level 3), a zstd level,
             or ``"auto"`` (compress only when it pays at the measured write speed). Compressed sections
