@@ -44,6 +44,12 @@ pub trait StorageWriter: Send {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fsync).
     fn sync(&mut self) -> io::Result<()>;
+    /// The bytes written so far and the seconds the writes and the fsync took, whichever thread made
+    /// them (computing, compressing and copying not included): the write speed `Compression::Auto`
+    /// weighs compression against. `None` when unknown.
+    fn device_time(&self) -> Option<(u64, f64)> {
+        None
+    }
 }
 
 /// A file open for reading.
@@ -220,7 +226,7 @@ impl Storage for FileStorage {
 
     fn spare_min_len(&self, dir: &Path) -> Option<u64> {
         // Below this, allocating is cheap and a spare would only add a rename to every save.
-        local_file_system(dir).then_some(SPARE_MIN_LEN)
+        (local_file_system(dir) && !LEASES_REFUSED.load(Ordering::Relaxed)).then_some(SPARE_MIN_LEN)
     }
 
     fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
@@ -329,6 +335,9 @@ const RECLAIM_IN_BACKGROUND: u64 = 16 << 20;
 /// `discard`-mounted disks the device's own allocation, is a large part of a fresh write.
 const SPARE_MIN_LEN: u64 = 16 << 20;
 
+/// Set when the kernel refused a lease outright (EINVAL): from then on no spares are kept.
+static LEASES_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether `file`'s descriptor is the only open one of the file, in any process, memory maps included:
 /// Linux grants a write lease only then. The lease is released at once; it only asks the question. File
 /// systems without leases (and other systems) answer no, so their spares are never overwritten.
@@ -338,6 +347,11 @@ fn sole_opener(file: &File) -> bool {
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor this function borrows; the arguments are plain integers.
     if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) } != 0 {
+        if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // Leases are off (`fs.leases-enable = 0`) or not offered here: a spare could never be
+            // reused, so this process stops keeping them.
+            LEASES_REFUSED.store(true, Ordering::Relaxed);
+        }
         return false;
     }
     // SAFETY: as above. Owner 0 first: should another process open the file in the instant before the
@@ -933,6 +947,9 @@ impl<S: Storage + Clone + 'static> StorageWriter for FaultWriter<S> {
     fn sync(&mut self) -> io::Result<()> {
         self.storage.tick(Op::Sync)?;
         self.inner.sync()
+    }
+    fn device_time(&self) -> Option<(u64, f64)> {
+        self.inner.device_time()
     }
 }
 

@@ -228,10 +228,11 @@ impl Shared {
             .cloned()
     }
 
-    fn note_commit(&self, info: &CommitInfo) {
-        self.last_generation.fetch_max(info.generation, Ordering::SeqCst);
-        if info.seconds > 0.0 && info.stats.file_bytes >= (8 << 20) {
-            let measured = info.stats.file_bytes as f64 / info.seconds;
+    /// Records a commit: its generation, and the write speed `(bytes, seconds)` it measured.
+    fn note_commit(&self, generation: u64, (bytes, secs): (u64, f64)) {
+        self.last_generation.fetch_max(generation, Ordering::SeqCst);
+        if secs > 0.0 && bytes >= (8 << 20) {
+            let measured = bytes as f64 / secs;
             let old = f64::from_bits(self.write_bandwidth.load(Ordering::Relaxed));
             self.write_bandwidth.store((0.5 * old + 0.5 * measured).to_bits(), Ordering::Relaxed);
         }
@@ -655,6 +656,7 @@ impl Store {
             ranks_prune_own_parts: false,
             spare_min_len,
             reused_spare,
+            device_time: None,
         })
     }
 
@@ -1012,6 +1014,8 @@ pub struct CheckpointWriter {
     spare_min_len: Option<u64>,
     /// Whether this file is a spare taken over.
     reused_spare: bool,
+    /// The bytes written and the seconds the storage spent writing them, once committed.
+    device_time: Option<(u64, f64)>,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -1084,7 +1088,12 @@ impl CheckpointWriter {
     pub fn commit(mut self) -> Result<CommitInfo> {
         let result = self.commit_inner();
         match &result {
-            Ok(info) => self.shared.note_commit(info),
+            Ok(info) => {
+                // The device's own time when the storage knows it: the whole save's time would count
+                // compressing as writing, and make `auto` compress more the more it compresses.
+                let speed = self.device_time.unwrap_or((info.stats.file_bytes, info.seconds));
+                self.shared.note_commit(info.generation, speed);
+            }
             Err(_) => {
                 let _ = self.storage.remove_file(&self.tmp);
                 // Whatever went wrong (another writer took the generation, say), list afresh next time.
@@ -1103,6 +1112,7 @@ impl CheckpointWriter {
         let crate::writer::Finished { out: mut file, stats, header_crc32, table_crc32 } =
             builder.finish().map_err(|e| e.with_path(&tmp))?;
         file.sync().map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
+        self.device_time = file.device_time();
         drop(file);
         let storage = self.storage.clone();
         let (path, generation_path, dir) = match &self.plan {

@@ -22,6 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::thread;
+use std::time::Instant;
 
 use super::StorageWriter;
 
@@ -120,6 +121,8 @@ struct Job {
     staging: Staging,
     offset: u64,
     result: io::Result<()>,
+    /// How long the write took.
+    secs: f64,
 }
 
 /// The thread that writes full staging buffers while the caller fills the next one.
@@ -139,7 +142,9 @@ impl IoThread {
             .name("ckpt-io".into())
             .spawn(move || {
                 for mut job in jobs_rx {
+                    let start = Instant::now();
                     job.result = file.write_all_at(job.staging.filled(), job.offset);
+                    job.secs = start.elapsed().as_secs_f64();
                     if done_tx.send(job).is_err() {
                         break;
                     }
@@ -201,6 +206,8 @@ pub(super) struct FileWriter {
     /// A reused file (a spare) being overwritten: `sync` cuts off whatever of its old bytes lies past the
     /// new end.
     overwriting: bool,
+    /// Seconds spent in write calls and the fsync, whoever made them (see `device_time`).
+    device_secs: f64,
 }
 
 impl FileWriter {
@@ -216,6 +223,7 @@ impl FileWriter {
             waited: 0,
             write_behind: true,
             overwriting: false,
+            device_secs: 0.0,
         }
     }
 
@@ -266,7 +274,8 @@ impl FileWriter {
     /// A finished direct write: counts it, or, when the device refused the alignment (EINVAL), turns
     /// `O_DIRECT` off and writes the bytes again through the page cache (writes still in flight then
     /// finish either way, at their own offsets). Other errors are the save's.
-    fn finished(&mut self, data: &[u8], offset: u64, result: io::Result<()>) -> io::Result<()> {
+    fn finished(&mut self, data: &[u8], offset: u64, result: io::Result<()>, secs: f64) -> io::Result<()> {
+        self.device_secs += secs;
         match result {
             Ok(()) => {
                 self.direct_bytes += data.len() as u64;
@@ -283,15 +292,16 @@ impl FileWriter {
 
     /// Writes `data` (aligned address, length a multiple of the alignment) at `offset` from this thread.
     fn write_direct_now(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        let start = Instant::now();
         let result = self.file.write_all_at(data, offset);
-        self.finished(data, offset, result)
+        self.finished(data, offset, result, start.elapsed().as_secs_f64())
     }
 
     /// Waits for one write of the I/O thread; returns its buffer, emptied.
     fn reap_one(&mut self) -> io::Result<Staging> {
         let io = self.direct.as_mut().and_then(|d| d.io.as_mut()).expect("an I/O thread with writes in flight");
         let job = io.wait_one()?;
-        self.finished(job.staging.filled(), job.offset, job.result)?;
+        self.finished(job.staging.filled(), job.offset, job.result, job.secs)?;
         let mut staging = job.staging;
         staging.len = 0;
         Ok(staging)
@@ -309,7 +319,7 @@ impl FileWriter {
         let offset = d.offset;
         d.offset += full.len as u64;
         match d.io.as_mut() {
-            Some(io) => io.submit(Job { staging: full, offset, result: Ok(()) }),
+            Some(io) => io.submit(Job { staging: full, offset, result: Ok(()), secs: 0.0 }),
             None => self.write_direct_now(full.filled(), offset),
         }
     }
@@ -433,9 +443,12 @@ impl StorageWriter for FileWriter {
         if self.direct.is_some() {
             return self.write_all_direct(buf);
         }
+        let start = Instant::now();
         self.file.write_all_at(buf, self.pos)?;
         self.pos += buf.len() as u64;
-        self.write_behind()
+        let r = self.write_behind();
+        self.device_secs += start.elapsed().as_secs_f64();
+        r
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -443,7 +456,14 @@ impl StorageWriter for FileWriter {
         if self.overwriting {
             self.file.set_len(self.pos)?;
         }
-        self.file.sync_all()
+        let start = Instant::now();
+        let r = self.file.sync_all();
+        self.device_secs += start.elapsed().as_secs_f64();
+        r
+    }
+
+    fn device_time(&self) -> Option<(u64, f64)> {
+        Some((self.pos, self.device_secs))
     }
 }
 
