@@ -409,6 +409,67 @@ fn every_crash_point_of_a_save_sequence_restores_the_last_commit() {
     }
 }
 
+/// Saves to one exact path (`begin_file`, what `ckpt.save(obj, path)` and `ckpt_save_buffer` do): the file
+/// it replaces becomes the spare (a hard link made just before the rename) that the next save writes over.
+struct LibraryFile {
+    plan: Vec<SaveSpec>,
+    cfg: Config,
+}
+
+impl LibraryFile {
+    fn path() -> PathBuf {
+        Path::new(DIR).join("state.bin")
+    }
+}
+
+impl Scenario for LibraryFile {
+    fn saves(&self) -> usize {
+        self.plan.len()
+    }
+    fn start<'a>(&'a self, mem: &MemStorage) -> Box<dyn FnMut(usize) -> Result<u64, String> + 'a> {
+        let storage: Arc<dyn ckpt_core::storage::Storage> = Arc::new(mem.clone());
+        Box::new(move |i| {
+            let spec = &self.plan[i];
+            let mut w = ckpt_core::begin_file(&Self::path(), spec.app_step, &self.cfg, storage.clone())
+                .map_err(|e| e.to_string())?;
+            spec.fill(&mut w).map_err(|e| e.to_string())?;
+            w.commit().map_err(|e| e.to_string())?;
+            Ok(i as u64 + 1)
+        })
+    }
+    /// The file at the path is always one whole save, at least the last one that returned.
+    fn check(&self, img: &MemStorage, durable: u64, newest: u64) -> Result<u64, String> {
+        let path = Self::path();
+        let cp = match Checkpoint::open_with(img, &path, ckpt_core::LoadOptions { mmap: false }) {
+            Err(_) if durable == 0 && img.read_file(&path).is_err() => return Ok(0),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(cp) => cp,
+        };
+        cp.verify().map_err(|e| format!("{} does not verify: {e}", path.display()))?;
+        let k = self.plan.iter().position(|s| s.app_step == cp.step()).ok_or("a step no save wrote")?;
+        let g = k as u64 + 1;
+        if g < durable.max(1) || g > newest {
+            return Err(format!("the file holds save {g}, expected {durable}..={newest}"));
+        }
+        self.plan[k].check(&cp).map_err(|e| format!("save {g}: {e}"))?;
+        Ok(g)
+    }
+}
+
+#[test]
+fn every_crash_point_of_saves_to_one_path_leaves_a_whole_save_there() {
+    let sc = LibraryFile { plan: plan(0xF11E), cfg: mem_config() };
+    for (s, label) in [
+        (sweep(&sc), "saves to one path, the replaced file kept as the spare"),
+        (sweep_without_spares(&sc), "saves to one path, the replaced file removed"),
+    ] {
+        let summary = report(label, &s);
+        println!("{summary}");
+        assert!(s.violations.is_empty(), "{summary}");
+        assert!(s.restored.iter().skip(1).all(|&n| n > 0), "some save was never the one there: {summary}");
+    }
+}
+
 /// After a crash, a restarted process (a new `Store` on the crash image) saves the next generation and
 /// restores it: debris of the dead save (tmp files, names of a generation whose commit never returned)
 /// does not get in the way.

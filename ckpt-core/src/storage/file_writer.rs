@@ -548,6 +548,31 @@ mod tests {
         }
     }
 
+    /// A reused file is written over from its first byte and cut to the new length, shorter or longer
+    /// than the old one, and the writer reports every byte with the time the writes took.
+    #[test]
+    fn overwriting_cuts_the_old_file_to_the_new_length_and_times_the_writes() {
+        for (old_len, new_len) in [(3 * DIRECT_STAGE, DIRECT_STAGE + 123), (DIRECT_STAGE / 2, 2 * DIRECT_STAGE + 5)] {
+            for threads in [true, false] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("spare");
+                fs::write(&path, vec![0xAAu8; old_len]).unwrap();
+                let file = OpenOptions::new().write(true).open(&path).unwrap();
+                let mut w = FileWriter::overwriting(file);
+                w.threads = threads;
+                let data: Vec<u8> = (0..new_len).map(|i| (i % 251) as u8).collect();
+                w.write_all(&data[..100]).unwrap();
+                w.write_all(&data[100..]).unwrap();
+                w.sync().unwrap();
+                let (bytes, secs) = w.device_time().expect("a file writer knows its write time");
+                assert_eq!(bytes, new_len as u64);
+                assert!(secs > 0.0);
+                drop(w);
+                assert!(fs::read(&path).unwrap() == data, "{old_len} -> {new_len}: the file is not the new bytes");
+            }
+        }
+    }
+
     #[test]
     fn staging_buffers_return_to_a_bounded_pool() {
         let data = vec![7u8; DIRECT_STAGE * 5 + 123];
