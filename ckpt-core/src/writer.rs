@@ -44,9 +44,9 @@ pub enum Compression {
     None,
     /// zstd at the given level (1..=22; negative levels are zstd's fast modes).
     Zstd(i32),
-    /// Compress samples first, and compress the section (zstd level [`AUTO_LEVEL`]) only when the
-    /// predicted time of compressing and writing the smaller output beats writing the raw bytes at the
-    /// measured write bandwidth, and the ratio is at least 1.1. Incompressible data costs only the samples. Shuffled
+    /// Compress samples first, and compress the section (zstd's fast level -1) only when the predicted
+    /// time of compressing and writing the smaller output beats writing the raw bytes at the measured
+    /// write bandwidth, and the ratio is at least 1.1. Incompressible data costs only the samples. Shuffled
     /// sections (element size > 1) are judged and then stored byte plane by byte plane: only the planes
     /// whose compression pays in time are compressed (FORMAT.md, filter 2).
     Auto,

@@ -39,7 +39,7 @@ fn two_processes_saving_under_one_name() {
     let store = Store::new(Config::new("shared", dir.path()).unwrap());
     let r = store.restore().unwrap().expect("a checkpoint");
     assert!(r.rejected.is_empty(), "{:?}", r.rejected);
-    saver::check_checkpoint(&r.checkpoint, r.app_step).unwrap();
+    saver::check_checkpoint(&r.checkpoint, r.app_step, 1).unwrap();
     let d = store.discover_all().unwrap();
     for c in &d.candidates {
         assert!(matches!(c.status, ckpt_core::CandidateStatus::Valid), "{}: {:?}", c.path.display(), c.status);

@@ -28,6 +28,7 @@ const SAVER: &str = env!("CARGO_BIN_EXE_ckpt-test-saver");
 const NAME: &str = "killsim";
 const BASE: &str = "killsim.ckpt";
 const DEFAULT_ITERATIONS: u64 = 200;
+const DEFAULT_SPARE_ITERATIONS: u64 = 40;
 const DEFAULT_SEED: u64 = 0x4B11_1CA7_5EED;
 
 fn env_u64(var: &str, default: u64) -> u64 {
@@ -38,8 +39,14 @@ fn env_u64(var: &str, default: u64) -> u64 {
 }
 
 fn spawn_saver(dir: &Path, max_steps: Option<u64>) -> Child {
+    spawn_sized_saver(dir, max_steps, 1)
+}
+
+/// A saver whose raw section is `raw_mib` MiB or more.
+fn spawn_sized_saver(dir: &Path, max_steps: Option<u64>, raw_mib: usize) -> Child {
     let mut cmd = Command::new(SAVER);
     cmd.arg(dir).arg(NAME).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("CKPT_SAVER_RAW_MIB", raw_mib.to_string());
     cmd.env_remove("CKPT_SAVER_MAX_STEPS");
     if let Some(m) = max_steps {
         cmd.env("CKPT_SAVER_MAX_STEPS", m.to_string());
@@ -120,7 +127,7 @@ fn saver_child_resumes_where_it_stopped() {
     }
     let r = Store::new(config(NAME, dir.path())).restore().expect("restore").expect("a checkpoint");
     assert_eq!(r.app_step, 4);
-    saver::check_checkpoint(&r.checkpoint, 4).unwrap();
+    saver::check_checkpoint(&r.checkpoint, 4, 1).unwrap();
     let (tmps, gens, current) = dir_state(dir.path());
     assert!(tmps.is_empty(), "temporary files left after clean exits: {tmps:?}");
     assert_eq!(gens, vec![3, 4], "keep=2 generations after 4 saves");
@@ -145,12 +152,25 @@ struct Figures {
     before_prune: u64,
     /// Steps reported durable in total.
     durable_steps: u64,
+    /// A spare (a retired generation kept for the next save to write over) was there after the kill.
+    spare_present: u64,
 }
 
 #[test]
 fn sigkill_at_random_moments_never_loses_a_durable_step() {
-    let iterations = env_u64("CKPT_KILL_ITERATIONS", DEFAULT_ITERATIONS);
-    let seed = env_u64("CKPT_KILL_SEED", DEFAULT_SEED);
+    kill_loop(env_u64("CKPT_KILL_ITERATIONS", DEFAULT_ITERATIONS), env_u64("CKPT_KILL_SEED", DEFAULT_SEED), 1);
+}
+
+/// The same with states of 16 MiB and more: every save after the first two writes over the spare (the
+/// generation the previous save retired), so kills land in taking it over, overwriting it and cutting it.
+#[test]
+fn sigkill_while_saves_write_over_the_spare_never_loses_a_durable_step() {
+    let iterations = env_u64("CKPT_KILL_SPARE_ITERATIONS", DEFAULT_SPARE_ITERATIONS);
+    let fig = kill_loop(iterations, env_u64("CKPT_KILL_SEED", DEFAULT_SEED) ^ 0x5BA2E, 16);
+    assert!(fig.spare_present > 0, "no kill found a spare: the loop did not exercise space reuse");
+}
+
+fn kill_loop(iterations: u64, seed: u64, raw_mib: usize) -> Figures {
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let ctx = |i: u64| format!("[kill test seed {seed:#x}, iteration {i}, dir {}]", dir.path().display());
@@ -163,7 +183,7 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
     let started = Instant::now();
 
     for i in 0..iterations {
-        let mut saver = Saver(spawn_saver(dir.path(), None));
+        let mut saver = Saver(spawn_sized_saver(dir.path(), None, raw_mib));
         let child = &mut saver.0;
         let pid = child.id();
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
@@ -171,6 +191,8 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
         let mut seen = String::new();
         let mode = rng.below(100);
         // (line to wait for, then a random delay in ms)
+        // Larger states take longer to build and to save: the delays stretch with them.
+        let stretch = 1 + raw_mib as u64 / 2;
         let (sync, wait_ms) = match mode {
             0..10 => (None, rng.below(61)),               // from spawn: start-up, restore, first save
             10..30 => (Some("restored"), rng.below(61)),  // building the state or saving it
@@ -196,7 +218,7 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(wait_ms));
+        std::thread::sleep(Duration::from_millis(wait_ms * stretch));
         sigkill(child);
         let status = child.wait().expect("wait for the killed child");
         let mut rest = String::new();
@@ -235,6 +257,9 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
         let (tmps, gens, has_current) = dir_state(dir.path());
         if tmps.iter().any(|&(_, p)| p == pid) {
             fig.mid_save += 1;
+        }
+        if dir.path().join(format!("{BASE}.tmp.spare")).exists() {
+            fig.spare_present += 1;
         }
         // Each save removes the temporary files of dead writers before creating its own, so at most the
         // killed child's one can be left.
@@ -293,7 +318,7 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
                 );
                 // The child saves step s as generation s (both count saves from the same start).
                 assert_eq!(r.generation, r.app_step as u64, "{} generation and step diverged", ctx(i));
-                if let Err(e) = saver::check_checkpoint(&r.checkpoint, r.app_step) {
+                if let Err(e) = saver::check_checkpoint(&r.checkpoint, r.app_step, raw_mib) {
                     panic!("{} restored checkpoint does not hold its step's state: {e}", ctx(i));
                 }
                 if r.app_step > highest_reported {
@@ -310,7 +335,7 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
     }
 
     // One clean save at the end: it resumes, removes the last killed child's temporary file, and exits.
-    let out = spawn_saver(dir.path(), Some(1)).wait_with_output().expect("final saver");
+    let out = spawn_sized_saver(dir.path(), Some(1), raw_mib).wait_with_output().expect("final saver");
     assert!(out.status.success(), "final saver failed: {}", String::from_utf8_lossy(&out.stderr));
     let (restored, durable) = parse_output(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(restored, Some(restored_step), "final saver restored the wrong step");
@@ -319,12 +344,14 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
     assert!(tmps.is_empty(), "a clean save left temporary files: {tmps:?}");
 
     println!(
-        "kill test (seed {seed:#x}): {} kills in {:.1} s, {} mid-save (a temporary file of the killed child \
-         present), {} before the child was ready, {} with no durable step, {} restarts ahead of the last report, \
-         {} between link and rename, {} before pruning, {} durable steps in total, final step {}",
+        "kill test (seed {seed:#x}, raw sections of {raw_mib} MiB or more): {} kills in {:.1} s, {} mid-save (a \
+         temporary file of the killed child present), {} with a spare present, {} before the child was ready, \
+         {} with no durable step, {} restarts ahead of the last report, {} between link and rename, {} before \
+         pruning, {} durable steps in total, final step {}",
         fig.kills,
         started.elapsed().as_secs_f64(),
         fig.mid_save,
+        fig.spare_present,
         fig.before_ready,
         fig.no_durable,
         fig.ahead_of_report,
@@ -337,4 +364,5 @@ fn sigkill_at_random_moments_never_loses_a_durable_step() {
         assert!(fig.mid_save > 0, "no kill landed mid-save in {iterations} kills: the test exercised nothing: {fig:?}");
         assert!(highest_reported > 0, "the child never completed a save: {fig:?}");
     }
+    fig
 }

@@ -12,6 +12,8 @@
 //!
 //! `CKPT_SAVER_MAX_STEPS=N` makes it stop (exit 0) after N saves, for a smoke test without a kill.
 //! `CKPT_SAVER_TOLERATE_CONFLICTS=1` reports a lost race with another writer (`conflict <step>`) and goes on.
+//! `CKPT_SAVER_RAW_MIB=M` makes the raw section M to M + 2 MiB (default 1): from 16, retired generations
+//! are kept as the spare that the next save writes over.
 //!
 //! The kill test includes this file as a module to share [`expected_state`] and [`check_checkpoint`].
 
@@ -22,7 +24,7 @@ use ckpt_core::{Checkpoint, CommitInfo, Compression, Config, Encoding, SectionOp
 use ckpt_tests::{Rng, smooth_field};
 use serde::{Deserialize, Serialize};
 
-/// Raw (uncompressed, memory-mappable) bytes, 1 to 3 MiB depending on the step.
+/// Raw (uncompressed, memory-mappable) bytes, M to M + 2 MiB depending on the step (M = 1 by default).
 pub const RAW_SECTION: &str = "raw";
 /// A smooth f64 field stored zstd-compressed with the 8-byte shuffle filter.
 pub const FIELD_SECTION: &str = "field";
@@ -57,10 +59,11 @@ fn step_seed(step: i64) -> u64 {
     (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0123_4567_89AB_CDEF
 }
 
-/// The state of `step`: a deterministic function of the step only, different for every step.
-pub fn expected_state(step: i64) -> State {
+/// The state of `step` with a raw section of `raw_mib` MiB or more: a deterministic function of these
+/// only, different for every step.
+pub fn expected_state(step: i64, raw_mib: usize) -> State {
     let mut rng = Rng::new(step_seed(step));
-    let raw_len = (1 << 20) + rng.below(2 << 20) as usize;
+    let raw_len = (raw_mib << 20) + rng.below(2 << 20) as usize;
     let raw = rng.bytes(raw_len);
     let field_values = 32 * 1024 + (step.rem_euclid(17) as usize) * 512;
     let field = smooth_field(field_values, step as f64 * 0.37);
@@ -86,13 +89,14 @@ pub fn save_state(store: &Store, step: i64, state: &State) -> ckpt_core::Result<
     w.commit()
 }
 
-/// Checks that `cp` holds exactly the state of `step` (every section, byte for byte).
-pub fn check_checkpoint(cp: &Checkpoint, step: i64) -> Result<(), String> {
+/// Checks that `cp` holds exactly the state of `step` (every section, byte for byte), saved with a raw
+/// section of `raw_mib` MiB or more.
+pub fn check_checkpoint(cp: &Checkpoint, step: i64, raw_mib: usize) -> Result<(), String> {
     let path = cp.path().display().to_string();
     if cp.step() != step {
         return Err(format!("{path}: header step {} != expected {step}", cp.step()));
     }
-    let want = expected_state(step);
+    let want = expected_state(step, raw_mib);
     let meta: Meta = cp.read_serde(META_SECTION).map_err(|e| format!("{path}: reading meta: {e}"))?;
     if meta != want.meta {
         return Err(format!("{path}: meta section {meta:?} is not that of step {step}: {:?}", want.meta));
@@ -121,12 +125,12 @@ pub fn check_checkpoint(cp: &Checkpoint, step: i64) -> Result<(), String> {
     Ok(())
 }
 
-fn run(dir: &Path, name: &str, max_steps: Option<u64>) -> Result<(), String> {
+fn run(dir: &Path, name: &str, max_steps: Option<u64>, raw_mib: usize) -> Result<(), String> {
     let config = Config::new(name, dir).map_err(|e| format!("config: {e}"))?;
     let store = Store::new(config);
     let mut step = match store.restore() {
         Ok(Some(r)) => {
-            check_checkpoint(&r.checkpoint, r.app_step)?;
+            check_checkpoint(&r.checkpoint, r.app_step, raw_mib)?;
             r.app_step
         }
         Ok(None) => 0,
@@ -138,7 +142,7 @@ fn run(dir: &Path, name: &str, max_steps: Option<u64>) -> Result<(), String> {
     let mut saved = 0u64;
     while max_steps.is_none_or(|m| saved < m) {
         step += 1;
-        let state = expected_state(step);
+        let state = expected_state(step, raw_mib);
         // Lets the parent aim its kill at the save itself rather than at building the state.
         writeln!(out, "saving {step}").and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))?;
         match save_state(&store, step, &state) {
@@ -170,7 +174,13 @@ fn main() {
             std::process::exit(2)
         })
     });
-    if let Err(e) = run(Path::new(&args[1]), &args[2], max_steps) {
+    let raw_mib = std::env::var("CKPT_SAVER_RAW_MIB").ok().map_or(1, |v| {
+        v.parse::<usize>().unwrap_or_else(|_| {
+            eprintln!("CKPT_SAVER_RAW_MIB: invalid value {v:?}");
+            std::process::exit(2)
+        })
+    });
+    if let Err(e) = run(Path::new(&args[1]), &args[2], max_steps, raw_mib) {
         eprintln!("ckpt-test-saver: {e}");
         std::process::exit(1);
     }
