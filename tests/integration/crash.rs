@@ -392,20 +392,29 @@ fn report(name: &str, s: &Sweep) -> String {
     msg
 }
 
+/// Sweeps `sc` with retired files kept as spares and with them removed; asserts that neither found a
+/// violation and that every generation from `first` on was the one restored for some crash point. Returns
+/// the sweeps' summaries with the sweeps.
+fn sweep_both_ways(sc: &dyn Scenario, label: &str, first: usize) -> Vec<(Sweep, String)> {
+    let mut out = Vec::new();
+    for (s, spares) in
+        [(sweep(sc), "retired files kept as the spare"), (sweep_without_spares(sc), "retired files removed")]
+    {
+        let summary = report(&format!("{label}, {spares}"), &s);
+        println!("{summary}");
+        assert!(s.violations.is_empty(), "{summary}");
+        assert!(s.restored.iter().skip(first).all(|&n| n > 0), "some generation was never restored: {summary}");
+        out.push((s, summary));
+    }
+    out
+}
+
 #[test]
 fn every_crash_point_of_a_save_sequence_restores_the_last_commit() {
     let sc = LibrarySingle { plan: plan(0xC0FFEE), cfg: mem_config() };
-    for (s, label) in [
-        (sweep(&sc), "library protocol, 1 rank, retired generations kept as the spare"),
-        (sweep_without_spares(&sc), "library protocol, 1 rank, retired generations removed"),
-    ] {
-        let summary = report(label, &s);
-        println!("{summary}");
-        assert!(s.violations.is_empty(), "{summary}");
-        // The sweep covered what it claims: every generation was the restored one for some crash point,
-        // and the sequence is long enough to have crash points inside every save.
+    for (s, summary) in sweep_both_ways(&sc, "library protocol, 1 rank", 0) {
+        // The sequence is long enough to have crash points inside every save.
         assert!(s.total_ops >= 4 * 8, "{summary}");
-        assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
     }
 }
 
@@ -459,15 +468,7 @@ impl Scenario for LibraryFile {
 #[test]
 fn every_crash_point_of_saves_to_one_path_leaves_a_whole_save_there() {
     let sc = LibraryFile { plan: plan(0xF11E), cfg: mem_config() };
-    for (s, label) in [
-        (sweep(&sc), "saves to one path, the replaced file kept as the spare"),
-        (sweep_without_spares(&sc), "saves to one path, the replaced file removed"),
-    ] {
-        let summary = report(label, &s);
-        println!("{summary}");
-        assert!(s.violations.is_empty(), "{summary}");
-        assert!(s.restored.iter().skip(1).all(|&n| n > 0), "some save was never the one there: {summary}");
-    }
+    sweep_both_ways(&sc, "saves to one path", 1);
 }
 
 /// After a crash, a restarted process (a new `Store` on the crash image) saves the next generation and
@@ -641,14 +642,7 @@ impl Scenario for LibraryMultiRank {
 /// Sweeps a multi-rank scenario: no violation, and every generation was the restored one for some crash
 /// point.
 fn sweep_multi_rank(sc: &LibraryMultiRank, label: &str) {
-    for (s, spares) in
-        [(sweep(sc), "retired parts kept as spares"), (sweep_without_spares(sc), "retired parts removed")]
-    {
-        let summary = report(&format!("{label}, {spares}"), &s);
-        println!("{summary}");
-        assert!(s.violations.is_empty(), "{summary}");
-        assert!(s.restored.iter().all(|&n| n > 0), "some generation was never restored: {summary}");
-    }
+    sweep_both_ways(sc, label, 0);
 }
 
 #[test]

@@ -32,6 +32,17 @@ fn store(dir: &Path, keep: usize, reuse_space: bool) -> (Store, PathBuf) {
     (Store::new(cfg), spare)
 }
 
+/// The file names in `dir`, sorted, without the JSON log.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// The newest checkpoint restores with exactly `data`, and every kept generation file is exactly as long
 /// as what its save wrote (a spare longer than the new save is cut).
 fn check(store: &Store, info: &CommitInfo, data: &[u8]) {
@@ -69,12 +80,7 @@ fn a_save_overwrites_the_retired_generation_kept_as_the_spare() {
         assert!(store.valid_generations().unwrap().len() <= 2);
     }
     assert_eq!(store.valid_generations().unwrap(), vec![6, 5]);
-    let mut names: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.ends_with(".log"))
-        .collect();
-    names.sort();
+    let names = names_in(dir.path());
     let base = store.config().base_name();
     assert_eq!(names, [base.clone(), format!("{base}.5"), format!("{base}.6"), format!("{base}.tmp.spare")]);
 }
@@ -176,12 +182,7 @@ fn with_reuse_off_generations_are_removed_and_an_old_spare_goes() {
     save(&off, 4, &rng.bytes(BIG));
     assert!(!spare.exists());
     let base = off.config().base_name();
-    let mut names: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.ends_with(".log"))
-        .collect();
-    names.sort();
+    let names = names_in(dir.path());
     assert_eq!(names, [base.clone(), format!("{base}.4")]);
 }
 
