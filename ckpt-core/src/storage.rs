@@ -226,7 +226,7 @@ impl Storage for FileStorage {
 
     fn spare_min_len(&self, dir: &Path) -> Option<u64> {
         // Below this, allocating is cheap and a spare would only add a rename to every save.
-        (local_file_system(dir) && !LEASES_REFUSED.load(Ordering::Relaxed)).then_some(SPARE_MIN_LEN)
+        (!LEASES_REFUSED.load(Ordering::Relaxed) && local_file_system_cached(dir)).then_some(SPARE_MIN_LEN)
     }
 
     fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
@@ -406,6 +406,22 @@ fn local_file_system(dir: &Path) -> bool {
 #[cfg(not(target_os = "linux"))]
 fn local_file_system(_dir: &Path) -> bool {
     false
+}
+
+/// [`local_file_system`], remembered for the last few directories asked about: every save asks (a
+/// `statfs`), and a process saves into one or two directories.
+fn local_file_system_cached(dir: &Path) -> bool {
+    static KNOWN: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(&(_, local)) = known.iter().find(|(d, _)| d == dir) {
+        return local;
+    }
+    let local = local_file_system(dir);
+    if known.len() == 8 {
+        known.remove(0);
+    }
+    known.push((dir.to_path_buf(), local));
+    local
 }
 
 /// When `path` is the last name of a large regular file, opens it so that removing or replacing the name
@@ -1087,6 +1103,16 @@ mod tests {
         let p = dir.join("kept_for_wait");
         fs::write(&p, b"x").unwrap();
         p
+    }
+
+    #[test]
+    fn spares_are_kept_on_local_file_systems_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // The test machines' temporary directories are on ext4 or tmpfs.
+        assert_eq!(FileStorage.spare_min_len(dir.path()), Some(SPARE_MIN_LEN));
+        assert_eq!(FileStorage.spare_min_len(dir.path()), Some(SPARE_MIN_LEN), "the remembered answer");
+        assert!(!local_file_system(Path::new("/proc")), "procfs is no place for spares");
+        assert!(!local_file_system(&dir.path().join("missing")), "a directory that is not there");
     }
 
     #[test]
