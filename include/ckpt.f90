@@ -55,6 +55,7 @@ module ckpt
   integer(c_int32_t), parameter, public :: CKPT_ERR_SECTION_NOT_FOUND = -9
   integer(c_int32_t), parameter, public :: CKPT_ERR_ENCODING = -10
   integer(c_int32_t), parameter, public :: CKPT_ERR_INVALID_STATE = -11
+  integer(c_int32_t), parameter, public :: CKPT_ERR_UNTRUSTED = -12
   integer(c_int32_t), parameter, public :: CKPT_ERR_NULL_ARGUMENT = -20
   integer(c_int32_t), parameter, public :: CKPT_ERR_NOT_INITIALIZED = -21
   integer(c_int32_t), parameter, public :: CKPT_ERR_ALREADY_INITIALIZED = -22

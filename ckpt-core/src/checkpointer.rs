@@ -528,12 +528,14 @@ impl Checkpointer {
     /// Restart discovery through the store (logged).
     pub fn restore(&self) -> Result<Option<Restored>> {
         let r = self.store.restore();
+        let notices = self.store.take_restore_notices();
         match &r {
             Ok(Some(x)) => self.inner.log(json!({
                 "event": "restore", "path": x.chosen_path, "generation": x.generation, "step": x.app_step,
                 "other_job": x.other_job, "rejected": x.rejected.iter().map(|(p, e)| json!({"path": p, "error": e.to_string()})).collect::<Vec<_>>(),
+                "notices": notices,
             })),
-            Ok(None) => self.inner.log(json!({"event": "restore", "path": null, "message": "no checkpoint: fresh start"})),
+            Ok(None) => self.inner.log(json!({"event": "restore", "path": null, "message": "no checkpoint: fresh start", "notices": notices})),
             Err(e) => self.inner.log(json!({"event": "restore", "error": e.to_string()})),
         }
         r

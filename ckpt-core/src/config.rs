@@ -2,7 +2,7 @@
 //!
 //! | setting | first of |
 //! |---|---|
-//! | application name | the `name` argument, `CKPT_NAME`, `SLURM_JOB_NAME`, `ckpt` |
+//! | application name | the `name` argument, `CKPT_NAME`, `SLURM_JOB_NAME`, `ckpt` (Python: the script's file stem) |
 //! | job id | `SLURM_JOB_ID` (none outside Slurm: the application name stands in) |
 //! | step id | `SLURM_STEP_ID` (unset in a batch script, so the checkpoint belongs to the whole job) |
 //! | rank, nranks | `CKPT_RANK`/`CKPT_NRANKS`, `OMPI_COMM_WORLD_RANK`/`_SIZE`, `PMIX_RANK`, `PMI_RANK`/`PMI_SIZE`, then `SLURM_PROCID`/`SLURM_NTASKS` inside an srun step only (mpirun inside a job leaves `SLURM_PROCID=0` on every rank) |
@@ -16,6 +16,8 @@
 //! | overwriting a retired checkpoint's blocks instead of allocating new ones | `CKPT_REUSE_SPACE` (default on) |
 //! | compression | `CKPT_COMPRESS` (`off`, `auto`, `zstd`, `zstd:N`; default off) |
 //! | fresh start allowed when no checkpoint verifies | `CKPT_ALLOW_FRESH_START` (default no) |
+//! | whose checkpoint restart may take | `CKPT_RESUME_FROM` (`auto`, `none`, a job id; see [`crate::identity`]) |
+//! | array job and task (recorded, compared at restart) | `SLURM_ARRAY_JOB_ID`, `SLURM_ARRAY_TASK_ID` |
 //! | job end time | `SLURM_JOB_END_TIME`, `CKPT_END_TIME` (epoch seconds) |
 //! | restart count | `SLURM_RESTART_COUNT` |
 //! | signals that request a checkpoint | `CKPT_SIGNALS` (default `TERM,USR1`; TERM also asks to exit) |
@@ -32,11 +34,12 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format;
+use crate::identity::{ResumeFrom, RunIdentity};
 use crate::timefmt::parse_slurm_time;
 use crate::triggers::{self, SignalSpec};
 use crate::writer::Compression;
 
-/// The default application name outside Slurm.
+/// The application name when nothing else gives one.
 pub const DEFAULT_APP_NAME: &str = "ckpt";
 /// Generations kept by default.
 pub const DEFAULT_KEEP: usize = 2;
@@ -120,6 +123,10 @@ pub struct Config {
     pub log: LogTarget,
     /// Directory of the control socket (`None`: no socket).
     pub socket_dir: Option<PathBuf>,
+    /// This run's identity, recorded in every file and compared at restart (see [`crate::identity`]).
+    pub identity: RunIdentity,
+    /// Whose checkpoints restart may take (`CKPT_RESUME_FROM`).
+    pub resume_from: ResumeFrom,
 }
 
 impl Config {
@@ -153,6 +160,8 @@ impl Config {
             mtbf: triggers::DEFAULT_MTBF,
             log: LogTarget::Off,
             socket_dir: None,
+            identity: RunIdentity::of_process(app_name, &|_| None),
+            resume_from: ResumeFrom::Auto,
         })
     }
 
@@ -175,6 +184,17 @@ impl Config {
             app_name
         };
         let mut cfg = Config::new(&app_name, ".")?;
+        cfg.identity = RunIdentity::of_process(&app_name, &get);
+        if let Some(v) = get("CKPT_RESUME_FROM") {
+            cfg.resume_from = ResumeFrom::parse(&v).ok_or_else(|| {
+                Error::invalid(format!("CKPT_RESUME_FROM: invalid value {v:?}: expected a job id, `none` or `auto`"))
+            })?;
+        }
+        for var in ["SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"] {
+            if let Some(v) = get(var) {
+                check_name_component(&v, var)?;
+            }
+        }
         if let Some(job) = get("SLURM_JOB_ID") {
             check_name_component(&job, "SLURM_JOB_ID")?;
             cfg.job_id = Some(job);
@@ -288,6 +308,15 @@ impl Config {
     /// The checkpoint's file name: `<job_id>.ckpt`, or `<job_id>.<step_id>.ckpt` in a job step.
     pub fn base_name(&self) -> String {
         base_name(self.job_key(), self.step_id)
+    }
+
+    /// This run's identity as recorded in files: [`Config::identity`] with the application name and job id
+    /// this configuration uses (they may have been changed after it was read).
+    pub fn run_identity(&self) -> RunIdentity {
+        let mut id = self.identity.clone();
+        id.app.clone_from(&self.app_name);
+        id.job.clone_from(&self.job_id);
+        id
     }
 
     /// The path of the newest checkpoint: `<checkpoint_dir>/<base_name>`.

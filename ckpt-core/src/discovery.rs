@@ -12,10 +12,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::base_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::FileKind;
+use crate::identity::{ResumeFrom, RunIdentity};
 use crate::reader::{Checkpoint, LoadOptions};
 use crate::store::{NameKind, Store, any_base, classify, parse_manifest};
+use crate::trust;
 
 /// What discovery concluded about one file.
 #[derive(Debug)]
@@ -60,6 +63,9 @@ pub struct Discovery {
     pub chosen: Option<usize>,
     /// One sentence on why (for logs and `ckpt list`).
     pub explanation: String,
+    /// What a user must be told: a checkpoint taken from another job, candidates skipped (another user's
+    /// files, other jobs whose identity differs) and why.
+    pub notices: Vec<String>,
 }
 
 /// A checkpoint chosen for restart.
@@ -82,37 +88,77 @@ pub struct Restored {
 struct Probe {
     candidate: Candidate,
     checkpoint: Option<Checkpoint>,
-    /// Application name and step id from the header, when at least the header is readable.
-    owner: Option<(String, Option<u32>)>,
+    /// Application name, step id and recorded identity from the header, when at least the header is
+    /// readable.
+    owner: Option<Owner>,
+}
+
+struct Owner {
+    app: String,
+    step_id: Option<u32>,
+    identity: Option<std::result::Result<RunIdentity, String>>,
+}
+
+/// How discovery looks at multi-rank steps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parts {
+    /// Every part of a step must verify: what a rank restoring on its own must know, since another rank
+    /// whose part is damaged would otherwise fall back to an older step.
+    All,
+    /// This rank's part only: the MPI helpers agree on the step over all ranks.
+    Own,
+}
+
+/// What one discovery pass produced, before it is packaged for its caller.
+struct Found {
+    discovery: Discovery,
+    chosen: Option<(Checkpoint, PathBuf, u64, i64, Option<String>)>,
+    /// Own-name generations that are damaged (corrupt), for retention.
+    damaged: Vec<u64>,
 }
 
 impl Store {
     /// Finds the newest valid checkpoint in the restart directory and says which files were looked at.
     /// Stops verifying at the first valid candidate (the rest are [`CandidateStatus::NotChecked`]).
     pub fn discover(&self) -> Result<Discovery> {
-        self.discover_impl(false, u64::MAX).map(|(d, _)| d)
+        self.discover_impl(false, u64::MAX, Parts::All).map(|f| f.discovery)
     }
 
     /// Like [`Store::discover`], but verifies every candidate (for `ckpt list` and `ckpt verify`).
     pub fn discover_all(&self) -> Result<Discovery> {
-        self.discover_impl(true, u64::MAX).map(|(d, _)| d)
+        self.discover_impl(true, u64::MAX, Parts::All).map(|f| f.discovery)
     }
 
-    /// Restart: the newest verified checkpoint, `Ok(None)` when there is none at all (a first run), and an
-    /// [`ErrorKind::NoValidCheckpoint`] error when checkpoints exist but none verifies.
+    /// Restart: the newest verified checkpoint of this run (see [`crate::identity`] for whose checkpoints
+    /// count), `Ok(None)` when there is none at all (a first run), and an [`ErrorKind::NoValidCheckpoint`]
+    /// error when checkpoints exist but none verifies. For a multi-rank step every rank's part must verify,
+    /// so that ranks restoring without talking to each other all choose the same step. Notices (a
+    /// checkpoint taken from another job, candidates skipped and why) go to stderr and
+    /// [`Store::take_restore_notices`].
     pub fn restore(&self) -> Result<Option<Restored>> {
-        self.restore_at_most(u64::MAX)
+        self.restore_with(u64::MAX, Parts::All)
     }
 
-    /// Like [`Store::restore`], considering only generations up to `max_generation` (multi-rank callers
-    /// agree on the minimum over ranks of each one's newest valid generation, then all load that one).
+    /// Like [`Store::restore`], considering only generations up to `max_generation` and verifying only this
+    /// rank's part of a multi-rank step: for callers that agree on the generation over all ranks (the MPI
+    /// helpers take the minimum over ranks of each one's newest valid generation, then all load that one).
     pub fn restore_at_most(&self, max_generation: u64) -> Result<Option<Restored>> {
-        let (discovery, chosen) = self.discover_impl(false, max_generation)?;
+        self.restore_with(max_generation, Parts::Own)
+    }
+
+    fn restore_with(&self, max_generation: u64, parts: Parts) -> Result<Option<Restored>> {
+        let found = self.discover_impl(false, max_generation, parts)?;
+        self.note_damaged(&found.discovery.dir, &found.damaged);
+        let Found { discovery, chosen, .. } = found;
+        for n in &discovery.notices {
+            eprintln!("ckpt: {n}");
+        }
+        self.push_restore_notices(&discovery.notices);
         let rejected: Vec<(PathBuf, Error)> = discovery
             .candidates
             .into_iter()
             .filter_map(|c| match c.status {
-                CandidateStatus::Invalid(e) => Some((c.path, e)),
+                CandidateStatus::Invalid(e) if e.kind() != ErrorKind::Untrusted => Some((c.path, e)),
                 _ => None,
             })
             .collect();
@@ -136,9 +182,10 @@ impl Store {
         }
     }
 
-    /// The generations this rank could restart from, newest first (each verified).
+    /// The generations this rank could restart from, newest first (each verified; for multi-rank steps,
+    /// this rank's part).
     pub fn valid_generations(&self) -> Result<Vec<u64>> {
-        let (d, _) = self.discover_impl(true, u64::MAX)?;
+        let d = self.discover_impl(true, u64::MAX, Parts::Own)?.discovery;
         let mut gens: Vec<u64> = d
             .candidates
             .iter()
@@ -149,12 +196,7 @@ impl Store {
         Ok(gens)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn discover_impl(
-        &self,
-        verify_all: bool,
-        max_generation: u64,
-    ) -> Result<(Discovery, Option<(Checkpoint, PathBuf, u64, i64, Option<String>)>)> {
+    fn discover_impl(&self, verify_all: bool, max_generation: u64, parts: Parts) -> Result<Found> {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
         let storage = self.storage();
@@ -167,9 +209,16 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("list restart directory", e).with_path(&dir)),
         };
-        let base = cfg.base_name();
+        let own_base = cfg.base_name();
+        let me = cfg.run_identity();
+        // The name whose files this run resumes: its own, or the job CKPT_RESUME_FROM names.
+        let (base, explicit) = match &cfg.resume_from {
+            ResumeFrom::Job(job) => (base_name(job, cfg.step_id), true),
+            _ => (own_base.clone(), false),
+        };
         let opts = LoadOptions { mmap: cfg.mmap };
         let want_kind = if cfg.nranks > 1 { FileKind::Manifest } else { FileKind::Data };
+        let mut notices: Vec<String> = Vec::new();
 
         let probe = |name: &str, own: bool| -> Probe {
             let path = dir.join(name);
@@ -188,14 +237,24 @@ impl Store {
                 own_job: own,
                 status: CandidateStatus::NotChecked,
             };
+            let owner_of = |h: &crate::format::Header| Owner {
+                app: h.app_name.clone(),
+                step_id: h.step_id,
+                identity: RunIdentity::of_header(h),
+            };
             match Checkpoint::open_with(&**storage, &path, opts) {
                 Ok(cp) => {
                     let h = cp.header();
-                    let owner = Some((h.app_name.clone(), h.step_id));
+                    let owner = Some(owner_of(h));
                     c.generation = Some(h.generation);
                     c.app_step = Some(h.app_step);
                     c.job_id = Some(h.job_id.clone());
                     c.created_unix_ns = Some(h.created_unix_ns);
+                    // Nobody but this user may have written what restart loads.
+                    if let Err(e) = trust::check(&cp) {
+                        c.status = CandidateStatus::Invalid(e);
+                        return Probe { candidate: c, checkpoint: None, owner };
+                    }
                     if name_gen.is_some_and(|g| g != h.generation) {
                         c.status = CandidateStatus::Invalid(
                             Error::corrupt(format!(
@@ -225,31 +284,112 @@ impl Store {
                         c.job_id = Some(h.job_id.clone());
                         c.app_step = Some(h.app_step);
                         c.created_unix_ns = Some(h.created_unix_ns);
-                        (h.app_name, h.step_id)
+                        owner_of(&h)
                     });
                     c.status = CandidateStatus::Invalid(e);
                     Probe { candidate: c, checkpoint: None, owner }
                 }
             }
         };
+        let untrusted = |p: &Probe| matches!(&p.candidate.status, CandidateStatus::Invalid(e) if e.kind() == ErrorKind::Untrusted);
 
         let mut probes: Vec<Probe> = names
             .iter()
             .filter(|n| matches!(classify(&base, n), Some(NameKind::Current | NameKind::Generation(_))))
-            .map(|n| probe(n, true))
+            .map(|n| probe(n, !explicit))
             .collect();
+        for p in probes.iter().filter(|p| untrusted(p)) {
+            if let CandidateStatus::Invalid(e) = &p.candidate.status {
+                notices.push(format!("skipped {e}"));
+            }
+        }
+        if !explicit {
+            // Files under this run's own name written by another run (a job id reused after a controller
+            // reset, another program outside Slurm): resuming them would be silently wrong, and starting
+            // fresh would prune them.
+            let strict = cfg.job_id.is_none();
+            let mut conflicts = Vec::new();
+            for p in probes.iter().filter(|p| !untrusted(p)) {
+                if let Some(Owner { identity: Some(Ok(id)), .. }) = &p.owner {
+                    let why = me.own_name_conflicts(id, strict);
+                    if !why.is_empty() {
+                        conflicts.push(format!("  {}: {}", p.candidate.path.display(), why.join("; ")));
+                    }
+                }
+            }
+            if !conflicts.is_empty() {
+                let hint = if strict {
+                    format!(
+                        "To resume it anyway, set CKPT_RESUME_FROM={}; to run separately, give this run its own name (CKPT_NAME) or directory (CKPT_DIR).",
+                        cfg.job_key()
+                    )
+                } else {
+                    format!(
+                        "To resume it anyway, set CKPT_RESUME_FROM={}; otherwise move these files away.",
+                        cfg.job_key()
+                    )
+                };
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "checkpoint(s) named {own_base} in {} belong to another run, not to this one ({}):\n{}\n{hint}",
+                        dir.display(),
+                        me.cmdline,
+                        conflicts.join("\n")
+                    ),
+                )
+                .with_path(&dir));
+            }
+        }
+        probes.retain(|p| !untrusted(p));
+        if explicit && probes.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("CKPT_RESUME_FROM asks for the checkpoint {base}, but there is none (of this user) in {}", dir.display()),
+            )
+            .with_path(&dir));
+        }
         let mut from_other_jobs = false;
         if probes.is_empty() {
-            // A resubmitted job: look for the same application's checkpoints under other job ids.
-            probes = names
-                .iter()
-                .filter(|n| any_base(n).is_some_and(|b| b != base))
-                .map(|n| probe(n, false))
-                // Files whose header names this application count, even when damaged: a resubmitted job
-                // must not start fresh silently because its predecessor's checkpoint is broken. Files
-                // whose header is unreadable cannot be attributed to anyone and are left alone.
-                .filter(|p| p.owner.as_ref().is_some_and(|(app, step)| *app == cfg.app_name && *step == cfg.step_id))
-                .collect();
+            // A resubmitted job: another job's checkpoints of the same application and step, but only when
+            // the identity matches fully (never another task of a job array, another point of a sweep).
+            let mut not_adopted: Vec<(String, String)> = Vec::new();
+            let mut others: Vec<Probe> = Vec::new();
+            for n in names.iter().filter(|n| any_base(n).is_some_and(|b| b != own_base)) {
+                let p = probe(n, false);
+                // Files whose header is unreadable cannot be attributed to anyone and are left alone.
+                let Some(owner) = &p.owner else { continue };
+                if owner.app != cfg.app_name || owner.step_id != cfg.step_id {
+                    continue;
+                }
+                let job = p.candidate.job_id.clone().unwrap_or_default();
+                let why = match &owner.identity {
+                    _ if untrusted(&p) => match &p.candidate.status {
+                        CandidateStatus::Invalid(e) => strip_path(e, &p.candidate.path),
+                        _ => String::new(),
+                    },
+                    None => "it records no identity (written by an older ckpt)".to_string(),
+                    Some(Err(e)) => e.clone(),
+                    Some(Ok(id)) => me.adoption_mismatches(id).join(", "),
+                };
+                if why.is_empty() && cfg.resume_from == ResumeFrom::OwnOnly {
+                    not_adopted.push((job, "CKPT_RESUME_FROM=none".into()));
+                } else if why.is_empty() {
+                    others.push(p);
+                } else {
+                    not_adopted.push((job, why));
+                }
+            }
+            not_adopted.sort();
+            not_adopted.dedup();
+            for (job, why) in &not_adopted {
+                notices.push(format!(
+                    "not resuming job {job}'s checkpoint of application {} in {}: {why} (CKPT_RESUME_FROM={job} resumes it)",
+                    cfg.app_name,
+                    dir.display()
+                ));
+            }
+            probes = others;
             from_other_jobs = true;
         }
         // Newest first: by generation for one name; by creation time across jobs. The stable name sorts
@@ -279,8 +419,7 @@ impl Store {
             }
             // Every name is verified on its own: `<base>` and `<base>.<N>` are normally one file, but a copy
             // or a damaged block can make them differ, and each must be judged by its own bytes.
-            let ok = self.verify_candidate(cp, &dir);
-            match ok {
+            match self.verify_candidate(cp, &dir, parts) {
                 Ok(part) => {
                     p.candidate.status = CandidateStatus::Valid;
                     if chosen.is_none() {
@@ -291,6 +430,16 @@ impl Store {
                 Err(e) => p.candidate.status = CandidateStatus::Invalid(e),
             }
         }
+        let damaged: Vec<u64> = if from_other_jobs || explicit {
+            Vec::new()
+        } else {
+            probes
+                .iter()
+                .filter(|p| matches!(&p.candidate.status, CandidateStatus::Invalid(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::TooLarge)))
+                .filter(|p| !p.candidate.is_current_name)
+                .filter_map(|p| p.candidate.generation)
+                .collect()
+        };
 
         let mut result = None;
         let explanation;
@@ -300,21 +449,36 @@ impl Store {
             let part = chosen_cp.flatten();
             let generation = cp.generation();
             let step = cp.step();
-            let other = from_other_jobs.then(|| cp.header().job_id.clone());
+            let other = (from_other_jobs || (explicit && base != own_base)).then(|| cp.header().job_id.clone());
             let skipped = probes.iter().filter(|q| matches!(q.candidate.status, CandidateStatus::Invalid(_))).count();
+            let path = probes[i].candidate.path.clone();
             explanation = match &other {
-                Some(job) => format!(
+                Some(job) if from_other_jobs => format!(
                     "no checkpoint of this job; took the newest valid one of job {job} (application {}): {} (generation {generation}, step {step})",
                     cfg.app_name,
-                    probes[i].candidate.path.display()
+                    path.display()
+                ),
+                Some(job) => format!(
+                    "took job {job}'s checkpoint as CKPT_RESUME_FROM asks: {} (generation {generation}, step {step})",
+                    path.display()
                 ),
                 None => format!(
                     "newest valid checkpoint: {} (generation {generation}, step {step}){}",
-                    probes[i].candidate.path.display(),
+                    path.display(),
                     if skipped > 0 { format!("; {skipped} newer or damaged file(s) rejected") } else { String::new() }
                 ),
             };
-            let path = probes[i].candidate.path.clone();
+            if let Some(job) = &other {
+                let why = if from_other_jobs {
+                    "this job has none of its own, and that job's user, application, command line, working directory and array task are this run's; CKPT_RESUME_FROM=none forbids this"
+                } else {
+                    "as CKPT_RESUME_FROM asks"
+                };
+                notices.push(format!(
+                    "resuming from job {job}'s checkpoint {} (generation {generation}, step {step}): {why}",
+                    path.display()
+                ));
+            }
             result = Some((part.unwrap_or(cp), path, generation, step, other));
         } else if probes.is_empty() {
             explanation =
@@ -322,40 +486,77 @@ impl Store {
         } else {
             explanation = format!("{} candidate file(s), none valid", probes.len());
         }
-        let discovery =
-            Discovery { dir, candidates: probes.into_iter().map(|p| p.candidate).collect(), chosen, explanation };
-        Ok((discovery, result))
+        let discovery = Discovery {
+            dir,
+            candidates: probes.into_iter().map(|p| p.candidate).collect(),
+            chosen,
+            explanation,
+            notices,
+        };
+        Ok(Found { discovery, chosen: result, damaged })
     }
 
-    /// Verifies a candidate completely. For a manifest, also this rank's part, which is returned.
-    fn verify_candidate(&self, cp: &Checkpoint, dir: &Path) -> Result<Option<Checkpoint>> {
+    /// Verifies a candidate completely. For a manifest, also this rank's part, which is returned, and with
+    /// [`Parts::All`] every other rank's part too (a rank restoring on its own may only choose a step that
+    /// every rank can restore).
+    fn verify_candidate(&self, cp: &Checkpoint, dir: &Path, parts: Parts) -> Result<Option<Checkpoint>> {
         cp.verify()?;
         if cp.header().kind != FileKind::Manifest {
             return Ok(None);
         }
         let entries = parse_manifest(cp)?;
         let rank = self.config().rank;
-        let (_, len, hc, tc) = *entries
-            .get(rank as usize)
-            .ok_or_else(|| Error::corrupt(format!("manifest has no entry for rank {rank}")).with_path(cp.path()))?;
-        let file_name = cp.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let base = any_base(file_name).unwrap_or(file_name);
-        let part_path =
-            dir.join(format!("{base}.parts")).join(cp.generation().to_string()).join(format!("rank{rank}.ckpt"));
-        let part = Checkpoint::open_with(&**self.storage(), &part_path, LoadOptions { mmap: self.config().mmap })
-            .map_err(|e| {
-                Error::new(e.kind(), format!("part of rank {rank}: {}", strip_path(&e, &part_path)))
-                    .with_path(cp.path())
-            })?;
-        if part.file_len() != len || part.identity() != (hc, tc) {
+        if entries.len() != cp.header().nranks as usize {
             return Err(Error::corrupt(format!(
-                "part of rank {rank} ({}) is not the file the manifest names",
-                part_path.display()
+                "manifest lists {} part(s) for {} rank(s)",
+                entries.len(),
+                cp.header().nranks
             ))
             .with_path(cp.path()));
         }
-        part.verify().map_err(|e| Error::new(e.kind(), format!("part of rank {rank}: {e}")).with_path(cp.path()))?;
-        Ok(Some(part))
+        if rank as usize >= entries.len() {
+            return Err(Error::corrupt(format!("manifest has no entry for rank {rank}")).with_path(cp.path()));
+        }
+        let file_name = cp.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let base = any_base(file_name).unwrap_or(file_name);
+        let generation_dir = dir.join(format!("{base}.parts")).join(cp.generation().to_string());
+        let open_part = |r: u32| -> Result<Checkpoint> {
+            let (_, len, hc, tc) = entries[r as usize];
+            let part_path = generation_dir.join(format!("rank{r}.ckpt"));
+            let part = Checkpoint::open_with(&**self.storage(), &part_path, LoadOptions { mmap: self.config().mmap })
+                .map_err(|e| {
+                    Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path)))
+                        .with_path(cp.path())
+                })?;
+            trust::check(&part).map_err(|e| {
+                Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path))).with_path(cp.path())
+            })?;
+            if part.file_len() != len || part.identity() != (hc, tc) {
+                return Err(Error::corrupt(format!(
+                    "part of rank {r} ({}) is not the file the manifest names",
+                    part_path.display()
+                ))
+                .with_path(cp.path()));
+            }
+            part.verify().map_err(|e| Error::new(e.kind(), format!("part of rank {r}: {e}")).with_path(cp.path()))?;
+            Ok(part)
+        };
+        let own = open_part(rank)?;
+        if parts == Parts::All {
+            for r in (0..cp.header().nranks).filter(|&r| r != rank) {
+                open_part(r).map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!(
+                            "{} (every rank's part must verify for a rank to choose this step without the MPI helper)",
+                            strip_path(&e, cp.path())
+                        ),
+                    )
+                    .with_path(cp.path())
+                })?;
+            }
+        }
+        Ok(Some(own))
     }
 }
 

@@ -37,6 +37,10 @@ pub enum ErrorKind {
     Encoding,
     /// An operation was called in the wrong state (for example after `commit`).
     InvalidState,
+    /// The file could have been written or replaced by someone other than this user (another owner, a
+    /// world-writable file, a world-writable directory without the sticky bit), or it belongs to another
+    /// run than this one: it is not loaded (see SECURITY.md).
+    Untrusted,
 }
 
 impl ErrorKind {
@@ -54,6 +58,7 @@ impl ErrorKind {
             ErrorKind::SectionNotFound => "section not found",
             ErrorKind::Encoding => "encoding",
             ErrorKind::InvalidState => "invalid state",
+            ErrorKind::Untrusted => "untrusted",
         }
     }
 }

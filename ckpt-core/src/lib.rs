@@ -65,12 +65,14 @@ mod config;
 pub mod control;
 mod discovery;
 mod error;
+pub mod identity;
 pub mod format;
 pub mod process_image;
 mod reader;
 pub mod storage;
 mod store;
 mod timefmt;
+pub mod trust;
 pub mod triggers;
 mod writer;
 

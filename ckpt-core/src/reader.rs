@@ -20,7 +20,7 @@ use zstd::stream::raw::{Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Codec, Encoding, Header, SectionEntry, TRAILER_LEN, Trailer};
-use crate::storage::{FileStorage, MappedBytes, Storage, StorageReader};
+use crate::storage::{FileOwner, FileStorage, MappedBytes, Storage, StorageReader};
 
 /// Chunk size for plain reads and CRC passes.
 const READ_CHUNK: usize = 8 << 20;
@@ -72,6 +72,7 @@ pub struct Checkpoint {
     source: Source,
     file_len: u64,
     verified: Vec<AtomicBool>,
+    owner: Option<FileOwner>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -97,6 +98,7 @@ impl Checkpoint {
     /// Opens `path` through `storage`.
     pub fn open_with(storage: &dyn Storage, path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
         let reader = storage.open(path).map_err(|e| Error::io("open", e).with_path(path))?;
+        let owner = reader.owner();
         let source = if opts.mmap {
             match reader.map() {
                 Ok(Some(map)) => Source::Mapped(map),
@@ -106,7 +108,15 @@ impl Checkpoint {
         } else {
             Source::Read(reader)
         };
-        Checkpoint::from_source(path.to_path_buf(), source).map_err(|e| e.with_path(path))
+        let mut cp = Checkpoint::from_source(path.to_path_buf(), source).map_err(|e| e.with_path(path))?;
+        cp.owner = owner;
+        Ok(cp)
+    }
+
+    /// Owner and mode of the file, from the descriptor that was read (`None` in memory): what
+    /// [`crate::trust::check`] judges.
+    pub fn owner(&self) -> Option<FileOwner> {
+        self.owner
     }
 
     /// Parses a checkpoint held in memory (used by the fuzz target and by tools).
@@ -142,6 +152,7 @@ impl Checkpoint {
             source,
             file_len,
             verified: Vec::new(),
+            owner: None,
         };
         if file_len == 0 {
             return Err(Error::corrupt("the file is empty (0 bytes): a save was interrupted before any data"));

@@ -11,7 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt as _, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -52,6 +52,20 @@ pub trait StorageWriter: Send {
     }
 }
 
+/// Who owns an open file and who may write it (from `fstat` of the descriptor read), for the trust checks
+/// of [`crate::trust`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOwner {
+    /// Owner's user id.
+    pub uid: u32,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
 /// A file open for reading.
 pub trait StorageReader: Send + Sync {
     /// The file's length when it was opened.
@@ -64,6 +78,10 @@ pub trait StorageReader: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Maps the whole file read-only, or `Ok(None)` when this storage cannot map.
     fn map(&self) -> io::Result<Option<MappedBytes>>;
+    /// The open file's owner and mode, `None` for storages without owners (in memory).
+    fn owner(&self) -> Option<FileOwner> {
+        None
+    }
 }
 
 /// The file-system operations the library needs. Paths are absolute or relative to the process's cwd.
@@ -152,6 +170,7 @@ pub struct FileStorage;
 struct FileReader {
     file: File,
     len: u64,
+    owner: FileOwner,
 }
 
 impl StorageReader for FileReader {
@@ -160,6 +179,9 @@ impl StorageReader for FileReader {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+    fn owner(&self) -> Option<FileOwner> {
+        Some(self.owner)
     }
     fn map(&self) -> io::Result<Option<MappedBytes>> {
         if self.len == 0 {
@@ -191,7 +213,8 @@ impl Storage for FileStorage {
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
-        Ok(Box::new(FileReader { file, len: meta.len() }))
+        let owner = FileOwner { uid: meta.uid(), mode: meta.mode(), dev: meta.dev(), ino: meta.ino() };
+        Ok(Box::new(FileReader { file, len: meta.len(), owner }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -166,6 +166,11 @@ struct Shared {
     part_spare: std::sync::Mutex<Option<bool>>,
     /// Multi-rank: what this rank knows of the checkpoint directory's manifests.
     parts_view: std::sync::Mutex<Option<PartsView>>,
+    /// Generations restart discovery found damaged, per (directory, name): they never count toward
+    /// `keep`, and the next commit there renames them aside (`<base>.<N>.damaged`).
+    damaged: std::sync::Mutex<Vec<(PathBuf, String, u64)>>,
+    /// What the last restart discovery had to tell (see [`Store::take_restore_notices`]).
+    restore_notices: std::sync::Mutex<Vec<String>>,
 }
 
 /// Multi-rank: the manifests of a checkpoint directory as a rank's last listing saw them, plus the steps
@@ -331,8 +336,31 @@ impl Store {
             part_spare: std::sync::Mutex::new(None),
             own_parts: std::sync::Mutex::new(Vec::new()),
             parts_view: std::sync::Mutex::new(None),
+            damaged: std::sync::Mutex::new(Vec::new()),
+            restore_notices: std::sync::Mutex::new(Vec::new()),
         };
         Store { config, storage, shared: Arc::new(shared) }
+    }
+
+    /// What the last restart discovery told stderr (a checkpoint taken from another job, candidates
+    /// skipped and why), for a face's own log; emptied by the call.
+    pub fn take_restore_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.shared.restore_notices))
+    }
+
+    pub(crate) fn push_restore_notices(&self, notices: &[String]) {
+        *lock(&self.shared.restore_notices) = notices.to_vec();
+    }
+
+    /// Remembers generations of this run's checkpoint name that discovery found damaged in `dir`.
+    pub(crate) fn note_damaged(&self, dir: &Path, generations: &[u64]) {
+        let base = self.config.base_name();
+        let mut d = lock(&self.shared.damaged);
+        for &g in generations {
+            if !d.iter().any(|(dd, b, gg)| dd == dir && *b == base && *gg == g) {
+                d.push((dir.to_path_buf(), base.clone(), g));
+            }
+        }
     }
 
     /// The configuration.
@@ -575,7 +603,7 @@ impl Store {
             job_id: c.job_key().to_string(),
             app_name: c.app_name.clone(),
             host: c.host.clone(),
-            metadata: Vec::new(),
+            metadata: vec![(crate::identity::IDENTITY_KEY.to_string(), c.run_identity().to_metadata())],
         }
     }
 
@@ -1041,6 +1069,9 @@ impl CheckpointWriter {
 
     /// Adds a user metadata entry (must come before the first section).
     pub fn set_metadata(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        if key == crate::identity::IDENTITY_KEY {
+            return Err(Error::invalid(format!("metadata key {key:?} is reserved: ckpt records the run's identity there")));
+        }
         let path = self.tmp.clone();
         let header = self.builder()?.header_mut().map_err(|e| e.with_path(&path))?;
         if let Some(slot) = header.metadata.iter_mut().find(|(k, _)| k == key) {
@@ -1196,13 +1227,25 @@ impl CheckpointWriter {
                     .map(|p| p.identity.generation)
                     .collect()
             });
+            let damaged: Vec<u64> = lock(&self.shared.damaged)
+                .iter()
+                .filter(|(d, b, _)| *d == listing.dir && *b == listing.base)
+                .map(|&(_, _, g)| g)
+                .collect();
             let retire = Retire {
                 keep: self.keep,
                 spare_min_len: self.spare_min_len,
                 own_parts: own_parts.as_deref(),
                 nranks: header.nranks,
+                damaged: &damaged,
             };
             let (remaining, spare) = prune(&*storage, listing, newest, retire, &mut warnings);
+            if !damaged.is_empty() {
+                // Renamed aside (or gone): forget them, except those still listed (a rename that failed).
+                lock(&self.shared.damaged).retain(|(d, b, g)| {
+                    !(*d == listing.dir && *b == listing.base) || remaining.iter().any(|r| r.0 == *g)
+                });
+            }
             *self.shared.listing() = Some(Listing {
                 generations: remaining,
                 highest: listing.highest.max(header.generation),
@@ -1237,6 +1280,8 @@ fn link_unsupported(e: &io::Error) -> bool {
 
 /// How a commit retires old generations (see [`prune`]).
 struct Retire<'a> {
+    /// Generations discovery found damaged: they never count toward `keep`.
+    damaged: &'a [u64],
     keep: usize,
     spare_min_len: Option<u64>,
     own_parts: Option<&'a [u64]>,
@@ -1265,20 +1310,41 @@ fn prune(
     retire: Retire<'_>,
     warnings: &mut Vec<String>,
 ) -> (Vec<(u64, u64)>, bool) {
-    let Retire { keep, spare_min_len, own_parts, nranks } = retire;
+    let Retire { keep, spare_min_len, own_parts, nranks, damaged } = retire;
     let Listing { dir, base, parts, .. } = listing;
     let mut spare = listing.spare;
     let mut gens: Vec<(u64, u64)> = listing.generations.iter().copied().filter(|&(g, _)| g != newest.0).collect();
     gens.push(newest);
     gens.sort_unstable_by_key(|g| std::cmp::Reverse(g.0));
     gens.dedup_by_key(|g| g.0);
-    let kept: Vec<(u64, u64)> = gens.iter().copied().take(keep.max(1)).collect();
+    // A damaged generation never counts toward `keep`: after a restart that fell back past it, counting
+    // it would retire a valid older generation and keep the damaged one.
+    let kept: Vec<(u64, u64)> =
+        gens.iter().copied().filter(|g| g.0 == newest.0 || !damaged.contains(&g.0)).take(keep.max(1)).collect();
     let mut remaining = kept.clone();
-    for &(g, len) in gens.iter().skip(keep.max(1)) {
+    for &(g, len) in gens.iter().filter(|g| !kept.contains(g)) {
         if g == newest.0 {
             continue;
         }
         let p = dir.join(format!("{base}.{g}"));
+        if damaged.contains(&g) && g < newest.0 {
+            // Kept for a post-mortem under a name no discovery looks at, now that a newer valid generation
+            // is durable.
+            let aside = dir.join(format!("{base}.{g}.damaged"));
+            match storage.rename(&p, &aside) {
+                Ok(()) => warnings.push(format!(
+                    "{}: generation {g} is damaged (restart rejected it); renamed to {} and no longer counted toward keep",
+                    p.display(),
+                    aside.display()
+                )),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warnings.push(format!("{}: could not rename the damaged generation aside: {e}", p.display()));
+                    remaining.push((g, len));
+                }
+            }
+            continue;
+        }
         let result = if !spare && spare_min_len.is_some_and(|min| len >= min) {
             match storage.rename(&p, &spare_path(dir, base)) {
                 Ok(()) => {

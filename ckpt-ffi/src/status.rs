@@ -29,6 +29,9 @@ pub const CKPT_ERR_SECTION_NOT_FOUND: i32 = -9;
 pub const CKPT_ERR_ENCODING: i32 = -10;
 /// An operation was called in a state that does not allow it.
 pub const CKPT_ERR_INVALID_STATE: i32 = -11;
+/// A checkpoint was refused because someone other than this user could have written or replaced it, or
+/// because it belongs to another run (the message names the file and why; see SECURITY.md).
+pub const CKPT_ERR_UNTRUSTED: i32 = -12;
 /// A pointer argument that must not be NULL was NULL.
 pub const CKPT_ERR_NULL_ARGUMENT: i32 = -20;
 /// `ckpt_init` has not been called (or `ckpt_finalize` was).
@@ -80,6 +83,7 @@ impl From<Error> for FfiError {
             ErrorKind::SectionNotFound => CKPT_ERR_SECTION_NOT_FOUND,
             ErrorKind::Encoding => CKPT_ERR_ENCODING,
             ErrorKind::InvalidState => CKPT_ERR_INVALID_STATE,
+            ErrorKind::Untrusted => CKPT_ERR_UNTRUSTED,
             _ => CKPT_ERR_OTHER,
         };
         FfiError { code, message: e.to_string() }
@@ -138,6 +142,7 @@ pub(crate) fn describe(code: i32) -> &'static str {
         CKPT_ERR_SECTION_NOT_FOUND => "region or section not in the checkpoint\0",
         CKPT_ERR_ENCODING => "encoding error\0",
         CKPT_ERR_INVALID_STATE => "invalid state\0",
+        CKPT_ERR_UNTRUSTED => "untrusted checkpoint\0",
         CKPT_ERR_NULL_ARGUMENT => "NULL argument\0",
         CKPT_ERR_NOT_INITIALIZED => "ckpt_init has not been called\0",
         CKPT_ERR_ALREADY_INITIALIZED => "already initialized\0",

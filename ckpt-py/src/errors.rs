@@ -22,6 +22,7 @@ pub fn class_name(kind: ErrorKind) -> Option<&'static str> {
         ErrorKind::SectionNotFound => "SectionNotFoundError",
         ErrorKind::Encoding => "EncodingError",
         ErrorKind::InvalidState => "InvalidStateError",
+        ErrorKind::Untrusted => "UntrustedCheckpointError",
         _ => "CheckpointError",
     })
 }
