@@ -307,35 +307,23 @@ impl Store {
             // Files under this run's own name written by another run (a job id reused after a controller
             // reset, another program outside Slurm): resuming them would be silently wrong, and starting
             // fresh would prune them.
-            let strict = cfg.job_id.is_none();
             let mut conflicts = Vec::new();
             for p in probes.iter().filter(|p| !untrusted(p)) {
                 if let Some(Owner { identity: Some(Ok(id)), .. }) = &p.owner {
-                    let why = me.own_name_conflicts(id, strict);
+                    let why = me.own_name_conflicts(id, false);
                     if !why.is_empty() {
                         conflicts.push(format!("  {}: {}", p.candidate.path.display(), why.join("; ")));
                     }
                 }
             }
             if !conflicts.is_empty() {
-                let hint = if strict {
-                    format!(
-                        "To resume it anyway, set CKPT_RESUME_FROM={}; to run separately, give this run its own name (CKPT_NAME) or directory (CKPT_DIR).",
-                        cfg.job_key()
-                    )
-                } else {
-                    format!(
-                        "To resume it anyway, set CKPT_RESUME_FROM={}; otherwise move these files away.",
-                        cfg.job_key()
-                    )
-                };
                 return Err(Error::new(
                     ErrorKind::Conflict,
                     format!(
-                        "checkpoint(s) named {own_base} in {} belong to another run, not to this one ({}):\n{}\n{hint}",
+                        "checkpoint(s) named {own_base} in {} belong to another run, not to this one:\n{}\nTo resume it anyway, set CKPT_RESUME_FROM={}; otherwise give this run its own name (CKPT_NAME) or directory (CKPT_DIR), or move these files away.",
                         dir.display(),
-                        me.cmdline,
-                        conflicts.join("\n")
+                        conflicts.join("\n"),
+                        cfg.job_key()
                     ),
                 )
                 .with_path(&dir));
@@ -468,6 +456,20 @@ impl Store {
                     if skipped > 0 { format!("; {skipped} newer or damaged file(s) rejected") } else { String::new() }
                 ),
             };
+            if other.is_none()
+                && cfg.job_id.is_none()
+                && let Some(Owner { identity: Some(Ok(id)), .. }) = &probes[i].owner
+                && !me.own_name_conflicts(id, true).is_empty()
+            {
+                notices.push(format!(
+                    "resuming {} written by another command line or directory ({:?} in {}); this run is {:?} in {} (set CKPT_NAME or CKPT_DIR to keep runs apart)",
+                    path.display(),
+                    id.cmdline,
+                    id.cwd,
+                    me.cmdline,
+                    me.cwd
+                ));
+            }
             if let Some(job) = &other {
                 let why = if from_other_jobs {
                     "this job has none of its own, and that job's user, application, command line, working directory and array task are this run's; CKPT_RESUME_FROM=none forbids this"

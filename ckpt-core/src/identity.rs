@@ -16,9 +16,10 @@
 //! 1. **Its own checkpoints**: the files named after this job id (`<job_id>.ckpt`, the same after `scontrol
 //!    requeue`). A file under that name whose identity says another user, another application, or another
 //!    array job or task belongs to another run (a job id reused after a controller reset, a copy) and is
-//!    refused loudly. Outside Slurm the name is the application name, which every run in a directory
-//!    with the same name shares: there the file must also have been written by the same command line in the
-//!    same working directory, or restart refuses loudly and says how to resume it anyway.
+//!    refused loudly. Outside Slurm the name is the application name, which every run in a directory with
+//!    the same name shares: a file written there by another command line or in another working directory
+//!    is resumed (programs are often restarted with other arguments), and restart says so on stderr and in
+//!    the log, naming both command lines.
 //! 2. **Another job's checkpoints**, only when this run has none and the identity matches fully: same user,
 //!    application name, command line, working directory and array task index (a resubmitted job). The
 //!    choice is announced on stderr and in the log, naming the job taken. Candidates that match only in
@@ -136,7 +137,7 @@ impl RunIdentity {
     }
 
     /// Whether a file recorded under this run's own name was written by another run: the reasons, empty
-    /// when it is this run's. `strict` (outside Slurm) also compares the command line and directory.
+    /// when it is this run's. `strict` also compares the command line and directory.
     pub fn own_name_conflicts(&self, file: &RunIdentity, strict: bool) -> Vec<String> {
         let mut why = Vec::new();
         if file.uid != self.uid {

@@ -112,8 +112,14 @@ impl SaveSpec {
         if h.app_step != self.app_step {
             return Err(format!("app_step {} but the save had {}", h.app_step, self.app_step));
         }
-        if h.metadata != self.metadata {
-            return Err(format!("metadata {:?} but the save had {:?}", h.metadata, self.metadata));
+        // The run's identity is recorded by the library in every file, beside the save's own entries.
+        let user: Vec<(String, Vec<u8>)> =
+            h.metadata.iter().filter(|(k, _)| k != ckpt_core::identity::IDENTITY_KEY).cloned().collect();
+        if !h.metadata.iter().any(|(k, _)| k == ckpt_core::identity::IDENTITY_KEY) {
+            return Err("the file records no run identity".into());
+        }
+        if user != self.metadata {
+            return Err(format!("metadata {:?} but the save had {:?}", user, self.metadata));
         }
         let mut names: Vec<&str> = cp.sections().iter().map(|s| s.name.as_str()).collect();
         let mut want: Vec<&str> = self.sections.iter().map(|s| s.name.as_str()).chain(["state"]).collect();

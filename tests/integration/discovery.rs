@@ -272,9 +272,18 @@ fn truncated_empty_newer_version_and_directory_candidates_each_get_their_own_ver
     assert!(matches!(candidate(&d, &p("odd.ckpt.1")).status, CandidateStatus::Valid));
     assert_eq!(store.valid_generations().unwrap(), [2, 1]);
 
-    // Saving past all this works and becomes the newest (above the directory's number too).
-    let info = save(&store, 7);
+    // Saving past all this works and becomes the newest (above the directory's number too); the damaged
+    // generations restart rejected are renamed aside (the newer-version one is left alone).
+    let mut w = store.begin(7).unwrap();
+    w.add_bytes("data", &payload(7)).unwrap();
+    w.add_serde("step", &7i64).unwrap();
+    let info = w.commit().unwrap();
     assert!(info.generation > 6, "generation {} would collide with the names present", info.generation);
+    assert_eq!(info.warnings.len(), 2, "{:?}", info.warnings);
+    for g in [3, 4] {
+        assert!(p(&format!("odd.ckpt.{g}.damaged")).exists() && !p(&format!("odd.ckpt.{g}")).exists(), "generation {g}");
+    }
+    assert!(p("odd.ckpt.5").exists(), "a file of a newer format version is not damaged");
     let r = store.restore().unwrap().unwrap();
     assert_eq!(r.generation, info.generation);
     assert_holds(&r, 7);
@@ -582,5 +591,39 @@ fn config_from_the_environment_names_and_places_the_files() {
     ]);
     let r = s.restore().unwrap().expect("job 4242's step-3 checkpoint");
     assert_eq!(r.other_job.as_deref(), Some("4242"));
+    assert_holds(&r, 1);
+}
+
+/// After a restart that fell back past a damaged newest generation, the next save must not retire the
+/// valid older generation and keep the damaged one (keep = 2 left one valid file before).
+#[test]
+fn damaged_generations_never_count_toward_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(config("keep", dir.path()));
+    save(&store, 1);
+    save(&store, 2);
+    let p = |s: &str| dir.path().join(s);
+    flip_byte_in_section(&p("keep.ckpt.2"), "data");
+
+    let restarted = Store::new(config("keep", dir.path()));
+    let r = restarted.restore().unwrap().expect("falls back to generation 1");
+    assert_eq!(r.generation, 1);
+    let mut w = restarted.begin(3).unwrap();
+    w.add_bytes("data", &payload(3)).unwrap();
+    w.add_serde("step", &3i64).unwrap();
+    let info = w.commit().unwrap();
+    assert_eq!(info.generation, 3);
+    assert!(
+        info.warnings.iter().any(|w| w.contains("keep.ckpt.2") && w.contains("damaged") && w.contains("renamed")),
+        "the commit must say the damaged generation was renamed aside: {:?}",
+        info.warnings
+    );
+    assert!(p("keep.ckpt.1").exists(), "the valid older generation was retired for a damaged one");
+    assert!(p("keep.ckpt.2.damaged").exists() && !p("keep.ckpt.2").exists());
+    assert_eq!(Store::new(config("keep", dir.path())).valid_generations().unwrap(), [3, 1]);
+    // Two valid generations remain: damage the newest, and restart still has one.
+    flip_byte_in_section(&p("keep.ckpt.3"), "data");
+    let r = Store::new(config("keep", dir.path())).restore().unwrap().unwrap();
+    assert_eq!(r.generation, 1);
     assert_holds(&r, 1);
 }

@@ -229,8 +229,16 @@ fn a_damaged_part_makes_only_that_rank_fall_back_and_the_minimum_is_agreed_with_
 
     let valid: Vec<Vec<u64>> = stores.iter().map(|s| s.valid_generations().unwrap()).collect();
     assert_eq!(valid, [vec![2, 1], vec![2, 1], vec![1], vec![2, 1]], "valid generations per rank");
+    // Without a collective, a rank may only choose a step whose every part verifies: the other ranks fall
+    // back with rank 2 (before, ranks 0, 1 and 3 restored step 20 and rank 2 step 10).
     for r in [0usize, 1, 3] {
-        assert_own_part(&stores[r].restore().unwrap().unwrap(), r as u32, 2, 20);
+        let restored = stores[r].restore().unwrap().unwrap();
+        assert_own_part(&restored, r as u32, 1, 10);
+        assert!(
+            restored.rejected.iter().any(|(_, e)| e.to_string().contains("part of rank 2")),
+            "rank {r}: {:?}",
+            restored.rejected
+        );
     }
     // The caller agrees on the minimum over ranks of each rank's newest valid generation.
     let agreed = valid.iter().map(|v| v[0]).min().unwrap();
@@ -611,20 +619,23 @@ fn a_commit_from_identities_checks_every_identity_and_a_forged_one_never_restore
     assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
     assert!(e.to_string().contains("step 20") && e.to_string().contains("step 21"), "{e}");
     assert!(!dir.path().join(format!("{BASE}.2")).exists(), "a refused commit wrote a manifest");
-    // An identity that does not describe the file (a rank reporting wrongly): the step commits, and that
-    // rank refuses it and falls back; the others restore it.
+    // An identity that does not describe the file (a rank reporting wrongly): the step commits, but no rank
+    // restoring on its own may take it (rank 2 cannot), so every rank falls back to generation 1; with the
+    // MPI helpers' agreement (`restore_at_most`), only rank 2's own check counts.
     let mut forged = parts.clone();
     forged[2].table_crc32 ^= 1;
     stores[0].commit_step_with_parts(2, 20, &forged).unwrap();
     for (r, s) in stores.iter().enumerate() {
         let restored = s.restore().unwrap().unwrap();
-        if r == 2 {
-            assert_own_part(&restored, 2, 1, 10);
-            assert!(!restored.rejected.is_empty(), "rank 2 must say why generation 2 was refused");
-        } else {
-            assert_own_part(&restored, r as u32, 2, 20);
-        }
+        assert_own_part(&restored, r as u32, 1, 10);
+        assert!(
+            restored.rejected.iter().any(|(_, e)| e.to_string().contains("part of rank 2")),
+            "rank {r} must say that rank 2's part refuses generation 2: {:?}",
+            restored.rejected
+        );
     }
+    let valid: Vec<u64> = stores.iter().map(|s| s.valid_generations().unwrap()[0]).collect();
+    assert_eq!(valid, [2, 2, 1, 2], "newest valid generation per rank, own part only");
 }
 
 /// A temporary part file that a dead writer left in a generation's directory (a run killed while writing

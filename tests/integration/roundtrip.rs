@@ -333,7 +333,9 @@ fn check_checkpoint(cp: &Checkpoint, x: &Expect<'_>, mmap: bool) {
         h.created_unix_ns,
         x.created
     );
-    assert_eq!(h.metadata, case.metadata, "{where_}: metadata (in insertion order)");
+    let user: Vec<(String, Vec<u8>)> =
+        h.metadata.iter().filter(|(k, _)| k != ckpt_core::identity::IDENTITY_KEY).cloned().collect();
+    assert_eq!(user, case.metadata, "{where_}: metadata (in insertion order)");
     for (k, v) in &case.metadata {
         assert_eq!(cp.metadata(k), Some(&v[..]), "{where_}: metadata({k:?})");
     }
@@ -598,8 +600,13 @@ fn metadata_after_first_section_is_invalid_state() {
     assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
     let info = w.commit().expect("commit");
     let cp = open_mem(&mem, &info.path);
-    assert_eq!(cp.header().metadata, vec![("before".to_string(), b"2".to_vec())]);
+    assert_eq!(cp.header().metadata[1..], [("before".to_string(), b"2".to_vec())]);
+    assert_eq!(cp.header().metadata[0].0, ckpt_core::identity::IDENTITY_KEY, "the library records the run first");
     assert_eq!(cp.metadata("after"), None);
+    let mut w = store.begin(3).expect("begin");
+    let e = w.set_metadata(ckpt_core::identity::IDENTITY_KEY, b"{}").expect_err("the identity key is reserved");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    drop(w);
 
     // The same through a streamed first section.
     let mut w = store.begin(2).expect("begin");
