@@ -291,7 +291,8 @@ impl Store {
                 }
             }
         };
-        let untrusted = |p: &Probe| matches!(&p.candidate.status, CandidateStatus::Invalid(e) if e.kind() == ErrorKind::Untrusted);
+        let untrusted =
+            |p: &Probe| matches!(&p.candidate.status, CandidateStatus::Invalid(e) if e.kind() == ErrorKind::Untrusted);
 
         let mut probes: Vec<Probe> = names
             .iter()
@@ -333,7 +334,10 @@ impl Store {
         if explicit && probes.is_empty() {
             return Err(Error::new(
                 ErrorKind::NotFound,
-                format!("CKPT_RESUME_FROM asks for the checkpoint {base}, but there is none (of this user) in {}", dir.display()),
+                format!(
+                    "CKPT_RESUME_FROM asks for the checkpoint {base}, but there is none (of this user) in {}",
+                    dir.display()
+                ),
             )
             .with_path(&dir));
         }
@@ -527,9 +531,8 @@ impl Store {
             let part_path = generation_dir.join(format!("rank{r}.ckpt"));
             let part = Checkpoint::open_with(&**self.storage(), &part_path, LoadOptions { mmap: self.config().mmap })
                 .map_err(|e| {
-                    Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path)))
-                        .with_path(cp.path())
-                })?;
+                Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path))).with_path(cp.path())
+            })?;
             trust::check(&part).map_err(|e| {
                 Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path))).with_path(cp.path())
             })?;

@@ -84,7 +84,8 @@ impl ResumeFrom {
             Some(ResumeFrom::OwnOnly)
         } else if t.eq_ignore_ascii_case("auto") || t.is_empty() {
             Some(ResumeFrom::Auto)
-        } else if t.contains('/') || t.contains('\0') || t == "." || t == ".." || t.len() > crate::format::MAX_NAME_LEN {
+        } else if t.contains('/') || t.contains('\0') || t == "." || t == ".." || t.len() > crate::format::MAX_NAME_LEN
+        {
             None
         } else {
             Some(ResumeFrom::Job(t.to_string()))
@@ -128,7 +129,10 @@ impl RunIdentity {
     /// recorded), `Some(Err)` when the entry is there but unreadable.
     pub fn of_header(header: &Header) -> Option<Result<RunIdentity, String>> {
         let (_, value) = header.metadata.iter().find(|(k, _)| k == IDENTITY_KEY)?;
-        Some(serde_json::from_slice(value).map_err(|e| format!("its identity record ({IDENTITY_KEY}) is unreadable: {e}")))
+        Some(
+            serde_json::from_slice(value)
+                .map_err(|e| format!("its identity record ({IDENTITY_KEY}) is unreadable: {e}")),
+        )
     }
 
     /// The metadata value recorded in files.
@@ -235,19 +239,25 @@ mod tests {
 
     #[test]
     fn round_trip_and_comparisons() {
-        let a = id(&[("SLURM_JOB_ID", "7"), ("SLURM_ARRAY_JOB_ID", "5"), ("SLURM_ARRAY_TASK_ID", "1")], &["p", "x"], "/d");
+        let a =
+            id(&[("SLURM_JOB_ID", "7"), ("SLURM_ARRAY_JOB_ID", "5"), ("SLURM_ARRAY_TASK_ID", "1")], &["p", "x"], "/d");
         let back: RunIdentity = serde_json::from_slice(&a.to_metadata()).unwrap();
         assert_eq!(back, a);
         // Another task of the same array: never adopted, and a conflict under the own name.
-        let b = id(&[("SLURM_JOB_ID", "8"), ("SLURM_ARRAY_JOB_ID", "5"), ("SLURM_ARRAY_TASK_ID", "2")], &["p", "x"], "/d");
+        let b =
+            id(&[("SLURM_JOB_ID", "8"), ("SLURM_ARRAY_JOB_ID", "5"), ("SLURM_ARRAY_TASK_ID", "2")], &["p", "x"], "/d");
         assert!(!a.adoption_mismatches(&b).is_empty());
         assert!(!a.own_name_conflicts(&b, false).is_empty());
         // A resubmission of the same task: adopted.
-        let c = id(&[("SLURM_JOB_ID", "9"), ("SLURM_ARRAY_JOB_ID", "9"), ("SLURM_ARRAY_TASK_ID", "1")], &["p", "x"], "/d");
+        let c =
+            id(&[("SLURM_JOB_ID", "9"), ("SLURM_ARRAY_JOB_ID", "9"), ("SLURM_ARRAY_TASK_ID", "1")], &["p", "x"], "/d");
         assert!(a.adoption_mismatches(&c).is_empty());
         // Arguments are compared as a list: "a b" is not "a" "b".
         assert_ne!(id(&[], &["p", "a b"], "/d").cmdline_hash, id(&[], &["p", "a", "b"], "/d").cmdline_hash);
-        assert_eq!(id(&[], &["p", "--lr", "0.1"], "/d").adoption_mismatches(&id(&[], &["p", "--lr", "0.2"], "/d")).len(), 1);
+        assert_eq!(
+            id(&[], &["p", "--lr", "0.1"], "/d").adoption_mismatches(&id(&[], &["p", "--lr", "0.2"], "/d")).len(),
+            1
+        );
         assert_eq!(id(&[], &["p"], "/d").adoption_mismatches(&id(&[], &["p"], "/e")).len(), 1);
         // Outside Slurm the own name is strict about the command line.
         assert!(id(&[], &["p", "1"], "/d").own_name_conflicts(&id(&[], &["p", "2"], "/d"), false).is_empty());

@@ -65,15 +65,15 @@ mod config;
 pub mod control;
 mod discovery;
 mod error;
-pub mod identity;
 pub mod format;
+pub mod identity;
 pub mod process_image;
 mod reader;
 pub mod storage;
 mod store;
 mod timefmt;
-pub mod trust;
 pub mod triggers;
+pub mod trust;
 mod writer;
 
 pub use checkpointer::{Checkpointer, TriggerView};

@@ -1070,7 +1070,9 @@ impl CheckpointWriter {
     /// Adds a user metadata entry (must come before the first section).
     pub fn set_metadata(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
         if key == crate::identity::IDENTITY_KEY {
-            return Err(Error::invalid(format!("metadata key {key:?} is reserved: ckpt records the run's identity there")));
+            return Err(Error::invalid(format!(
+                "metadata key {key:?} is reserved: ckpt records the run's identity there"
+            )));
         }
         let path = self.tmp.clone();
         let header = self.builder()?.header_mut().map_err(|e| e.with_path(&path))?;

@@ -62,11 +62,8 @@ pub fn check_owner(path: &Path, owner: &FileOwner) -> Result<()> {
     if found.is_empty() {
         return Ok(());
     }
-    Err(Error::new(
-        ErrorKind::Untrusted,
-        format!("refusing to load it: {} (see SECURITY.md)", found.join("; and ")),
-    )
-    .with_path(path))
+    Err(Error::new(ErrorKind::Untrusted, format!("refusing to load it: {} (see SECURITY.md)", found.join("; and ")))
+        .with_path(path))
 }
 
 /// `uid 1000 (alice)`.

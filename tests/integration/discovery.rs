@@ -281,7 +281,10 @@ fn truncated_empty_newer_version_and_directory_candidates_each_get_their_own_ver
     assert!(info.generation > 6, "generation {} would collide with the names present", info.generation);
     assert_eq!(info.warnings.len(), 2, "{:?}", info.warnings);
     for g in [3, 4] {
-        assert!(p(&format!("odd.ckpt.{g}.damaged")).exists() && !p(&format!("odd.ckpt.{g}")).exists(), "generation {g}");
+        assert!(
+            p(&format!("odd.ckpt.{g}.damaged")).exists() && !p(&format!("odd.ckpt.{g}")).exists(),
+            "generation {g}"
+        );
     }
     assert!(p("odd.ckpt.5").exists(), "a file of a newer format version is not damaged");
     let r = store.restore().unwrap().unwrap();

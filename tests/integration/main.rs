@@ -7,6 +7,7 @@ mod crash;
 mod discovery;
 mod faults;
 mod golden;
+mod identity;
 mod io_errors;
 mod kill;
 mod memory;

@@ -1,0 +1,199 @@
+//! Whose checkpoint a restart takes, through the real environment variables of Slurm: job arrays, sweeps,
+//! requeues, resubmissions, `CKPT_RESUME_FROM`, another user's files in a shared directory, a job id reused
+//! by another application. Every run is a real child process (`ckpt-test-trigger`) reading its
+//! configuration from the environment; the one writing a checkpoint is stopped by SIGTERM, as Slurm does.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ckpt_tests::{LiveChild, clean_command, log_events};
+
+const TRIGGER: &str = env!("CARGO_BIN_EXE_ckpt-test-trigger");
+const T: Duration = Duration::from_secs(30);
+
+struct Run {
+    resumed: Option<u64>,
+    stopped: Option<u64>,
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+/// Runs the trigger program in `dir` with `env` (plus `args`), SIGTERMs it after `term_after` when given
+/// (checkpoint and exit), and reports what it resumed from and printed on stderr.
+fn run(dir: &Path, env: &[(&str, &str)], args: &[&str], term_after: Option<Duration>) -> Run {
+    let mut cmd = clean_command(Path::new(TRIGGER), dir);
+    cmd.current_dir(dir);
+    cmd.args(["400", "5"]).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let err_path = dir.join(format!("stderr.{}", std::process::id() ^ rand_u32()));
+    cmd.stderr(std::fs::File::create(&err_path).unwrap());
+    let mut c = LiveChild::spawn(cmd);
+    let ready = c.wait_for("ready", T);
+    if ready.is_some()
+        && let Some(d) = term_after
+    {
+        std::thread::sleep(d);
+        c.signal(libc::SIGTERM);
+        c.wait_for("exit", T);
+    } else if ready.is_some() {
+        c.signal(libc::SIGKILL);
+    }
+    let status = c.finish(T);
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    let num = |prefix: &str| {
+        c.lines_with(prefix).first().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok())
+    };
+    Run { resumed: num("resumed"), stopped: num("exit"), status, stderr }
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+}
+
+fn array_task(job: &'static str, array_job: &'static str, task: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("SLURM_JOB_ID", job),
+        ("SLURM_ARRAY_JOB_ID", array_job),
+        ("SLURM_ARRAY_TASK_ID", task),
+        ("SLURM_JOB_NAME", "train.sh"),
+    ]
+}
+
+/// Task 1 of `sbatch --array=1-2` checkpoints; task 2, same name, same directory, starts fresh and says
+/// which job it did not take and why. Before, task 2 silently resumed task 1's state.
+#[test]
+fn a_job_array_task_never_resumes_another_tasks_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let t1 = run(dir.path(), &array_task("101", "100", "1"), &[], Some(Duration::from_millis(150)));
+    let stopped = t1.stopped.expect("task 1 checkpointed at SIGTERM");
+    assert!(t1.status.success(), "{}", t1.stderr);
+    assert!(dir.path().join("101.ckpt").exists());
+
+    let t2 = run(dir.path(), &array_task("102", "100", "2"), &[], Some(Duration::from_millis(50)));
+    assert_eq!(t2.resumed, None, "task 2 resumed task 1's step {stopped}: {}", t2.stderr);
+    assert!(
+        t2.stderr.contains("not resuming job 101") && t2.stderr.contains("another array task (1)"),
+        "task 2 must say which job it did not take and why: {}",
+        t2.stderr
+    );
+    // Its own requeue (same job id) resumes its own state.
+    let t2_stop = t2.stopped.expect("task 2 checkpointed");
+    let again = run(dir.path(), &array_task("102", "100", "2"), &[], None);
+    assert_eq!(again.resumed, Some(t2_stop), "{}", again.stderr);
+}
+
+/// A resubmission of task 1 (a new array job, the same task index, command line and directory) takes task
+/// 1's checkpoint and announces it on stderr and in the log; with `CKPT_RESUME_FROM=none` it does not.
+#[test]
+fn a_resubmitted_task_takes_its_predecessors_checkpoint_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let t1 = run(dir.path(), &array_task("101", "100", "1"), &[], Some(Duration::from_millis(150)));
+    let stopped = t1.stopped.expect("task 1 checkpointed");
+
+    let mut env = array_task("201", "200", "1");
+    env.push(("CKPT_RESUME_FROM", "none"));
+    let forbidden = run(dir.path(), &env, &[], None);
+    assert_eq!(forbidden.resumed, None, "CKPT_RESUME_FROM=none must forbid adoption: {}", forbidden.stderr);
+    assert!(forbidden.stderr.contains("CKPT_RESUME_FROM=none"), "{}", forbidden.stderr);
+
+    let r = run(dir.path(), &array_task("202", "200", "1"), &[], None);
+    assert_eq!(r.resumed, Some(stopped), "the resubmitted task 1 must resume job 101: {}", r.stderr);
+    assert!(r.stderr.contains("resuming from job 101"), "adoption must be announced: {}", r.stderr);
+    let events = log_events(&dir.path().join("ckpt.log"), "restore");
+    let last = events.last().expect("a restore event");
+    assert_eq!(last["other_job"], "101");
+    assert!(last["notices"].to_string().contains("resuming from job 101"), "{last}");
+}
+
+/// A parameter sweep submitted as separate jobs with one job name: another argument, another run.
+#[test]
+fn a_sweep_point_never_resumes_another_points_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = |job: &'static str| vec![("SLURM_JOB_ID", job), ("SLURM_JOB_NAME", "sweep")];
+    let a = run(dir.path(), &env("301"), &["lr=0.1"], Some(Duration::from_millis(150)));
+    assert!(a.stopped.is_some(), "{}", a.stderr);
+    let b = run(dir.path(), &env("302"), &["lr=0.2"], None);
+    assert_eq!(b.resumed, None, "point lr=0.2 resumed lr=0.1's state: {}", b.stderr);
+    assert!(b.stderr.contains("another command line"), "{}", b.stderr);
+    // The same point resubmitted does resume; CKPT_RESUME_FROM takes any of this user's jobs explicitly.
+    let c = run(dir.path(), &env("303"), &["lr=0.1"], None);
+    assert_eq!(c.resumed, a.stopped, "{}", c.stderr);
+    let mut explicit = env("304");
+    explicit.push(("CKPT_RESUME_FROM", "301"));
+    let d = run(dir.path(), &explicit, &["lr=0.2"], None);
+    assert_eq!(d.resumed, a.stopped, "{}", d.stderr);
+    assert!(d.stderr.contains("as CKPT_RESUME_FROM asks"), "{}", d.stderr);
+    let mut missing = env("305");
+    missing.push(("CKPT_RESUME_FROM", "999"));
+    let e = run(dir.path(), &missing, &["lr=0.2"], None);
+    assert!(!e.status.success() && e.stderr.contains("999.ckpt"), "{}", e.stderr);
+}
+
+/// A file under this job's name written by another application (a job id reused after a controller
+/// reset, say) is refused loudly, never resumed.
+#[test]
+fn a_checkpoint_of_another_application_under_this_jobs_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ckpt_core::Store::new({
+        let mut c = ckpt_core::Config::new("simulation", dir.path()).unwrap();
+        c.job_id = Some("8".into());
+        c
+    });
+    let mut w = store.begin(1).unwrap();
+    w.add_bytes("state", b"not yours").unwrap();
+    w.commit().unwrap();
+    let r = run(dir.path(), &[("SLURM_JOB_ID", "8")], &[], None);
+    assert!(!r.status.success(), "a file of application `simulation` was taken as trigger-test's: {}", r.stderr);
+    assert!(
+        r.stderr.contains("8.ckpt") && r.stderr.contains("belong to another run") && r.stderr.contains("simulation"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The uid of a second user: `ckpt-other` (created by CI), else `nobody`.
+fn other_uid() -> Option<u32> {
+    for name in ["ckpt-other", "nobody"] {
+        let out = std::process::Command::new("id").args(["-u", name]).output().ok()?;
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+        }
+    }
+    None
+}
+
+fn as_root_or_skip(what: &str) -> Option<u32> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let uid = other_uid();
+    if root && uid.is_some() {
+        return uid;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{what}: CI must run this test as root with a second user");
+    eprintln!("skipped {what}: needs root and a second user (ckpt-other or nobody)");
+    None
+}
+
+/// Another user's file among this job's generations (a shared, group-writable scratch directory): discovery
+/// skips it with a notice and falls back to the next one, instead of loading it (Rust and C faces) or stopping.
+#[test]
+fn another_users_generation_is_skipped_with_a_notice_and_restart_falls_back() {
+    let Some(other) = as_root_or_skip("another_users_generation_is_skipped") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("SLURM_JOB_ID", "55"), ("CKPT_KEEP", "5")];
+    let first = run(dir.path(), &env, &[], Some(Duration::from_millis(100)));
+    let s1 = first.stopped.expect("first checkpoint");
+    let second = run(dir.path(), &env, &[], Some(Duration::from_millis(100)));
+    assert_eq!(second.resumed, Some(s1));
+    let s2 = second.stopped.expect("second checkpoint");
+    assert!(s2 > s1);
+    // The newest generation (and the stable name, the same file) now belongs to someone else.
+    let newest = dir.path().join("55.ckpt.2");
+    std::os::unix::fs::chown(&newest, Some(other), None).unwrap();
+    let r = run(dir.path(), &env, &[], None);
+    assert_eq!(r.resumed, Some(s1), "another user's file was loaded or restart stopped: {}", r.stderr);
+    assert!(r.stderr.contains("55.ckpt.2") && r.stderr.contains("not by you"), "{}", r.stderr);
+}
