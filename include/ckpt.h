@@ -16,8 +16,14 @@
  *    ckpt_init("heat");
  *    ckpt_protect(0, field, n * sizeof(double));
  *    ckpt_protect(1, &iteration, sizeof(iteration));
- *    int32_t found = 0; int64_t step = 0;
- *    if (ckpt_have_restart(&found, &step) == CKPT_OK && found) ckpt_restart(&step);
+ *    int64_t step = 0;
+ *    int32_t rc = ckpt_restart(&step);                // the newest valid checkpoint of this run
+ *    if (rc != CKPT_OK && rc != CKPT_ERR_NO_CHECKPOINT) {
+ *        // Checkpoints exist but none can be used (damaged, another user's, another run's):
+ *        // never start from scratch silently.
+ *        fprintf(stderr, "restart: %s\n", ckpt_last_error());
+ *        return 1;
+ *    }                                                // CKPT_ERR_NO_CHECKPOINT: a first run
  *    while (iteration < total) {
  *        compute();
  *        iteration++;                                  // the state now holds `iteration` steps
@@ -77,6 +83,11 @@
 
 // An operation was called in a state that does not allow it.
 #define CKPT_ERR_INVALID_STATE -11
+
+// A checkpoint was refused because someone other than this user could have written or replaced it
+// (another owner, writable by everyone, or in a directory everyone can write without the sticky bit);
+// the message names the file and why (see SECURITY.md).
+#define CKPT_ERR_UNTRUSTED -12
 
 // A pointer argument that must not be NULL was NULL.
 #define CKPT_ERR_NULL_ARGUMENT -20
@@ -187,7 +198,10 @@ int32_t ckpt_checkpoint(int64_t step);
 // `*step_out` (the step given to `ckpt_checkpoint`); `step_out` may be NULL.
 //
 // Returns `CKPT_ERR_NO_VALID_CHECKPOINT` when checkpoints exist but none verifies (the message lists
-// them) rather than reporting "not found". Thread-safe.
+// them) rather than reporting "not found", and `CKPT_ERR_CONFLICT` when files under this job's name
+// belong to another run: check the status, not only `*found_out` (`if (ckpt_have_restart(&f, &s) ==
+// CKPT_OK && f)` turns those errors into a silent fresh start). Most programs call `ckpt_restart`
+// directly and treat only `CKPT_ERR_NO_CHECKPOINT` as a first run. Thread-safe.
 int32_t ckpt_have_restart(int32_t *found_out,
                           int64_t *step_out);
 
@@ -265,13 +279,15 @@ int32_t ckpt_save_buffer(const char *path,
                          int64_t step);
 
 // Writes to `*len_out` the size of the buffer saved in `path` by `ckpt_save_buffer` (after verifying the
-// whole file). Thread-safe.
+// whole file). Returns `CKPT_ERR_UNTRUSTED` when someone else could have written the file (another owner,
+// world-writable, or in a world-writable directory without the sticky bit; see SECURITY.md). Thread-safe.
 int32_t ckpt_buffer_size(const char *path,
                          size_t *len_out);
 
 // Loads the buffer saved in `path` by `ckpt_save_buffer` into `buf` (capacity `cap` bytes), verifying
 // every CRC, and writes its length to `*len_out` and its step to `*step_out` (may be NULL). Returns
-// `CKPT_ERR_BUFFER_TOO_SMALL` (nothing written) when `cap` is too small. Thread-safe.
+// `CKPT_ERR_BUFFER_TOO_SMALL` (nothing written) when `cap` is too small, and `CKPT_ERR_UNTRUSTED`
+// (nothing written) when someone else could have written the file (see `ckpt_buffer_size`). Thread-safe.
 int32_t ckpt_load_buffer(const char *path,
                          void *buf,
                          size_t cap,

@@ -29,7 +29,8 @@ pub enum ErrorKind {
     InvalidArgument,
     /// Checkpoints exist but none of them verifies (and starting fresh was not allowed).
     NoValidCheckpoint,
-    /// Another writer holds the name or generation being written.
+    /// Another writer holds the name or generation being written, or the files under this run's name
+    /// belong to another run (see [`crate::identity`]).
     Conflict,
     /// The requested section is not in the checkpoint.
     SectionNotFound,
@@ -38,8 +39,8 @@ pub enum ErrorKind {
     /// An operation was called in the wrong state (for example after `commit`).
     InvalidState,
     /// The file could have been written or replaced by someone other than this user (another owner, a
-    /// world-writable file, a world-writable directory without the sticky bit), or it belongs to another
-    /// run than this one: it is not loaded (see SECURITY.md).
+    /// world-writable file, a world-writable directory without the sticky bit): it is not loaded (see
+    /// SECURITY.md and [`crate::trust`]).
     Untrusted,
 }
 

@@ -269,7 +269,10 @@ fn find_restart(s: &mut State) -> FfiResult<()> {
 /// `*step_out` (the step given to `ckpt_checkpoint`); `step_out` may be NULL.
 ///
 /// Returns `CKPT_ERR_NO_VALID_CHECKPOINT` when checkpoints exist but none verifies (the message lists
-/// them) rather than reporting "not found". Thread-safe.
+/// them) rather than reporting "not found", and `CKPT_ERR_CONFLICT` when files under this job's name
+/// belong to another run: check the status, not only `*found_out` (`if (ckpt_have_restart(&f, &s) ==
+/// CKPT_OK && f)` turns those errors into a silent fresh start). Most programs call `ckpt_restart`
+/// directly and treat only `CKPT_ERR_NO_CHECKPOINT` as a first run. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_have_restart(found_out: *mut i32, step_out: *mut i64) -> i32 {
     guard(|| {
@@ -554,13 +557,15 @@ pub extern "C" fn ckpt_save_buffer(path: *const c_char, buf: *const c_void, len:
 }
 
 /// Writes to `*len_out` the size of the buffer saved in `path` by `ckpt_save_buffer` (after verifying the
-/// whole file). Thread-safe.
+/// whole file). Returns `CKPT_ERR_UNTRUSTED` when someone else could have written the file (another owner,
+/// world-writable, or in a world-writable directory without the sticky bit; see SECURITY.md). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_buffer_size(path: *const c_char, len_out: *mut usize) -> i32 {
     guard(|| {
         let path = path_arg(path)?;
         null_check(len_out, "len_out")?;
         let cp = Checkpoint::open(&path)?;
+        ckpt_core::trust::check(&cp)?;
         cp.verify()?;
         let len = cp.section("buffer")?.raw_len as usize;
         // SAFETY: len_out was checked non-NULL.
@@ -571,7 +576,8 @@ pub extern "C" fn ckpt_buffer_size(path: *const c_char, len_out: *mut usize) -> 
 
 /// Loads the buffer saved in `path` by `ckpt_save_buffer` into `buf` (capacity `cap` bytes), verifying
 /// every CRC, and writes its length to `*len_out` and its step to `*step_out` (may be NULL). Returns
-/// `CKPT_ERR_BUFFER_TOO_SMALL` (nothing written) when `cap` is too small. Thread-safe.
+/// `CKPT_ERR_BUFFER_TOO_SMALL` (nothing written) when `cap` is too small, and `CKPT_ERR_UNTRUSTED`
+/// (nothing written) when someone else could have written the file (see `ckpt_buffer_size`). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_load_buffer(
     path: *const c_char,
@@ -587,6 +593,7 @@ pub extern "C" fn ckpt_load_buffer(
             return Err(FfiError::new(CKPT_ERR_NULL_ARGUMENT, "buf is NULL but cap is not 0"));
         }
         let cp = Checkpoint::open(&path)?;
+        ckpt_core::trust::check(&cp)?;
         cp.verify()?;
         let len = cp.section("buffer")?.raw_len as usize;
         if len > cap {

@@ -29,8 +29,9 @@ pub const CKPT_ERR_SECTION_NOT_FOUND: i32 = -9;
 pub const CKPT_ERR_ENCODING: i32 = -10;
 /// An operation was called in a state that does not allow it.
 pub const CKPT_ERR_INVALID_STATE: i32 = -11;
-/// A checkpoint was refused because someone other than this user could have written or replaced it, or
-/// because it belongs to another run (the message names the file and why; see SECURITY.md).
+/// A checkpoint was refused because someone other than this user could have written or replaced it
+/// (another owner, writable by everyone, or in a directory everyone can write without the sticky bit);
+/// the message names the file and why (see SECURITY.md).
 pub const CKPT_ERR_UNTRUSTED: i32 = -12;
 /// A pointer argument that must not be NULL was NULL.
 pub const CKPT_ERR_NULL_ARGUMENT: i32 = -20;
