@@ -328,7 +328,7 @@ impl SqueueQuery {
         }
     }
 
-    /// Kills the child's whole process group with SIGKILL and reaps the child. Waits at most ~0.5 s for
+    /// Kills the child's whole process group with SIGKILL and reaps the child. Waits at most 0.2 s for
     /// the reaping (a process in uninterruptible sleep dies when its I/O ends): past that, a detached
     /// thread reaps it, so no zombie stays and nobody waits.
     fn kill_and_reap(&mut self) -> Option<std::process::ExitStatus> {
@@ -343,7 +343,7 @@ impl SqueueQuery {
         // SAFETY: kill has no memory effects. `pid` is our child, not yet reaped (only this function
         // reaps it, and `state` saw it waitable), so `-pid` still names its process group.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_millis(500);
+        let deadline = Instant::now() + Duration::from_millis(200);
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return Some(status),

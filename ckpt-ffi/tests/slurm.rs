@@ -82,8 +82,11 @@ fn run(mode: &str) -> (String, Duration, std::path::PathBuf, Vec<i32>, tempfile:
     let took = started.elapsed();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{:?}\n{out}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
-    let pids: Vec<i32> =
-        std::fs::read_to_string(t.path().join("pids")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect();
+    let pids: Vec<i32> = std::fs::read_to_string(t.path().join("pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
     assert_eq!(pids.len(), 2, "the squeue stand-in was not started in the background: {out}");
     (out, took, t.path().join("sock"), pids, t)
 }

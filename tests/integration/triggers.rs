@@ -309,7 +309,8 @@ fn ends(pid: i32) -> bool {
 #[test]
 fn a_hanging_squeue_delays_neither_start_nor_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let sq = squeue_stand_in(dir.path(), "trap '' TERM\nsleep 1000 &\necho $! >> \"$(dirname \"$0\")/squeue.pids\"\nwait");
+    let sq =
+        squeue_stand_in(dir.path(), "trap '' TERM\nsleep 1000 &\necho $! >> \"$(dirname \"$0\")/squeue.pids\"\nwait");
     let sq = sq.to_str().unwrap();
     let started = Instant::now();
     let mut cmd = clean_command(Path::new(TRIGGER), dir.path());
@@ -373,8 +374,7 @@ fn without_a_socket_directory_each_process_asks_squeue_itself() {
     let dir = tempfile::tempdir().unwrap();
     let sq = squeue_stand_in(dir.path(), "date -d @$(( $(date +%s) + 3600 )) +%Y-%m-%dT%H:%M:%S");
     let sq = sq.to_str().unwrap();
-    let mut c =
-        child(dir.path(), 50, 10, "", &[("SLURM_JOB_ID", "7171"), ("CKPT_SQUEUE", sq), ("CKPT_SOCKET", "0")]);
+    let mut c = child(dir.path(), 50, 10, "", &[("SLURM_JOB_ID", "7171"), ("CKPT_SQUEUE", sq), ("CKPT_SOCKET", "0")]);
     assert!(c.finish(T).success(), "{:?}", c.seen);
     let ends = log_events(&dir.path().join("ckpt.log"), "end-time");
     assert!(ends.iter().any(|e| e["end_time"].is_number() && e["shared"] == false), "{ends:?}");
