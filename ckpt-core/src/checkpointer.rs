@@ -10,23 +10,35 @@
 //!   to srun steps) set the same bit again: harmless. SIGINT is left alone.
 //! * **Interval** (`CKPT_INTERVAL`, `SLURM_CHECKPOINT`): due when that much time has passed since the last
 //!   checkpoint ended (or since start). `auto` uses Daly's optimum from the measured cost and `CKPT_MTBF`.
-//! * **Time limit**: from `SLURM_JOB_END_TIME`, else `squeue` (queried in the background now and then,
-//!   never on the hot path), else `CKPT_END_TIME`. When the time left falls below the predicted cost times
+//! * **Time limit**: from `SLURM_JOB_END_TIME`, else `squeue` (asked in the background every 5 minutes,
+//!   never on the start, exit or hot path; one query per node and job at a time, the answer shared through
+//!   the runtime directory, see [`triggers::EndTimeWatch`]), else `CKPT_END_TIME`. When the time left falls below the predicted cost times
 //!   the safety factor plus the margin, one checkpoint is requested, and `should_exit` turns true after it.
 //! * **Requests** through the control socket (`ckpt create`), see [`crate::control`].
 //!
 //! A background thread (`ckpt-watch`) does the timing, the squeue queries and the socket; it only ever
-//! sets bits. The checkpoint itself is always written by the program's own thread.
+//! sets bits. The checkpoint itself is always written by the program's own thread. Dropping the
+//! checkpointer never waits for squeue: a query in flight is killed (SIGKILL to its process group) and
+//! reaped.
 //!
-//! Every checkpoint and every decision is logged as one JSON line (`CKPT_LOG`).
+//! Every checkpoint and every decision is logged as one JSON line (`CKPT_LOG`). The log file is opened
+//! without following a symlink (`O_NOFOLLOW`), created 0600, and used only when it is a regular file of
+//! this user with one link; otherwise the log goes to stderr, with a message saying why.
+//!
+//! The control socket is removed when the checkpointer is dropped and, failing that, when the process
+//! exits normally (`exit()`, a return from `main`); at start, the sockets that processes which died left
+//! in the runtime directory are removed ([`control`]).
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Once, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,11 +46,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Interval, LogTarget};
-use crate::control::{self, Request};
+use crate::control::{self, Incoming, Request, RuntimeDir};
 use crate::discovery::Restored;
 use crate::error::{Error, Result};
 use crate::store::{CheckpointWriter, CommitInfo, Store};
-use crate::triggers::{self, CostEstimate, EndTimeSource, signal_label, unix_now};
+use crate::triggers::{self, CostEstimate, EndTimeReading, EndTimeSource, EndTimeWatch, signal_label, unix_now};
 
 /// A checkpoint was requested by a signal (not SIGTERM).
 const SIGNAL: u32 = 1;
@@ -55,10 +67,6 @@ const DUE_MASK: u32 = 0xff;
 /// A checkpoint that was asked to be followed by an exit has been committed.
 const EXIT_READY: u32 = 1 << 8;
 
-/// How often `squeue` is asked for the job's end time (end times can change).
-const SQUEUE_REFRESH: Duration = Duration::from_secs(300);
-/// How long one `squeue` call may take.
-const SQUEUE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The watcher re-evaluates at least this often.
 const WATCH_TICK: Duration = Duration::from_millis(500);
 
@@ -132,7 +140,6 @@ struct TimerState {
     end_time: Option<(f64, EndTimeSource)>,
     deadline_fired: bool,
     interval_fired: bool,
-    squeue_next: Option<Instant>,
     /// The bits and requests taken by the checkpoint in progress.
     in_progress: Option<(u32, Vec<Request>, Instant)>,
     /// Whether the checkpoint in progress is one rank's part of a multi-rank step.
@@ -174,16 +181,10 @@ impl Inner {
         let line = format!("{event}\n");
         let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if let LogSink::Pending(path) = &*sink {
-            let opened = path
-                .parent()
-                .map(std::fs::create_dir_all)
-                .transpose()
-                .ok()
-                .and_then(|_| OpenOptions::new().create(true).append(true).open(path).ok());
-            *sink = match opened {
-                Some(f) => LogSink::File(f),
-                None => {
-                    eprintln!("ckpt: cannot open log {}; logging to stderr", path.display());
+            *sink = match open_log(path) {
+                Ok(f) => LogSink::File(f),
+                Err(why) => {
+                    eprintln!("ckpt: log {}: {why}; logging to stderr instead", path.display());
                     LogSink::Stderr
                 }
             };
@@ -258,60 +259,65 @@ impl Inner {
         sleep.max(Duration::from_millis(1))
     }
 
-    fn refresh_end_time(&self) {
-        let Some(job) = self.config.job_id.clone() else { return };
-        {
-            let st = self.lock();
-            match st.squeue_next {
-                Some(t) if Instant::now() >= t => {}
-                _ => return,
-            }
-        }
-        let result = triggers::query_squeue_end_time(&job, SQUEUE_TIMEOUT);
-        let mut st = self.lock();
-        st.squeue_next = Some(Instant::now() + SQUEUE_REFRESH);
-        match result {
-            Ok(Some(end)) => {
+    /// Takes in an answer of squeue (this process's, or the node's shared one).
+    fn end_time_answer(&self, r: EndTimeReading) {
+        match (r.end_time, r.error) {
+            (Some(end), _) => {
                 let end = end as f64;
+                let mut st = self.lock();
                 let changed = st.end_time.map(|(e, _)| e) != Some(end);
                 if changed && !matches!(st.end_time, Some((_, EndTimeSource::SlurmEnv))) {
                     st.end_time = Some((end, EndTimeSource::Squeue));
                     drop(st);
-                    self.log(json!({"event": "end-time", "source": "squeue", "end_time": end, "time_left_s": end - unix_now()}));
+                    self.log(json!({"event": "end-time", "source": "squeue", "end_time": end,
+                        "time_left_s": end - unix_now(), "shared": r.shared}));
                 }
             }
-            Ok(None) => {}
-            Err(e) => {
-                drop(st);
-                self.log(json!({"event": "end-time", "source": "squeue", "error": e.to_string()}));
+            (None, Some(e)) => {
+                self.log(json!({"event": "end-time", "source": "squeue", "error": e, "shared": r.shared}))
             }
+            (None, None) => {}
         }
     }
 
     fn accept(&self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
             match control::read_request(stream) {
-                Ok(Some(req)) => {
+                Ok(Incoming::Request(req)) => {
                     let dir = req.image_dir.clone();
                     let vacate = req.vacate;
                     self.lock().requests.push(req);
                     self.flags.fetch_or(REQUEST, Ordering::SeqCst);
                     self.log(json!({"event": "trigger", "reason": "request", "image_dir": dir, "vacate": vacate}));
                 }
-                Ok(None) => self.log(json!({"event": "request-refused"})),
+                Ok(Incoming::Refused(why)) => self.log(json!({"event": "request-refused", "error": why})),
+                Ok(Incoming::Probe) => {}
                 Err(e) => self.log(json!({"event": "request-refused", "error": e.to_string()})),
             }
         }
     }
 }
 
-fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream) {
+fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream, mut end: Option<EndTimeWatch>) {
     while !inner.stop.load(Ordering::SeqCst) {
-        inner.refresh_end_time();
-        let sleep = inner.evaluate();
+        if let Some(w) = end.as_mut() {
+            if let Some(r) = w.step() {
+                inner.end_time_answer(r);
+            }
+            for warning in w.take_warnings() {
+                inner.log(json!({"event": "warning", "message": warning}));
+            }
+        }
+        let mut sleep = inner.evaluate();
         let mut fds = vec![libc::pollfd { fd: wake_rx.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         if let Some(l) = &listener {
             fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        if let Some(w) = &end {
+            sleep = sleep.min(w.wake_in().max(Duration::from_millis(1)));
+            if let Some(fd) = w.fd() {
+                fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+            }
         }
         let ms = sleep.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: `fds` is a live, correctly sized array of pollfd for the duration of the call.
@@ -329,6 +335,113 @@ fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream)
         {
             inner.accept(l);
         }
+    }
+    // A squeue in flight is abandoned here (killed and reaped), so exit never waits for the controller.
+    drop(end);
+}
+
+/// Opens the JSON log for appending: never through a symlink at its name (`O_NOFOLLOW`), without blocking
+/// on a FIFO planted there, close-on-exec, created 0600; and only a regular file of this user with one
+/// link is used (another user's file, a hard link to some other file, a device or a FIFO are refused).
+fn open_log(path: &Path) -> std::result::Result<File, String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create its directory: {e}"))?;
+    }
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "is a symbolic link: refusing to follow it".to_string(),
+            Some(libc::ENXIO) => "is a FIFO or a socket, not a regular file: refusing it".to_string(),
+            _ => format!("cannot open it: {e}"),
+        })?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat it: {e}"))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() {
+        return Err("is not a regular file: refusing it".into());
+    }
+    if meta.uid() != me {
+        return Err(format!("belongs to uid {}, not to us ({me}): refusing to append to it", meta.uid()));
+    }
+    if meta.nlink() != 1 {
+        return Err(format!("has {} hard links (another name of some file?): refusing to append to it", meta.nlink()));
+    }
+    // SAFETY: F_SETFL on the fd owned by `file`: back to blocking writes (O_NONBLOCK was for the open).
+    unsafe {
+        let fd = file.as_raw_fd();
+        libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK);
+    }
+    Ok(file)
+}
+
+/// Control sockets this process created and has not removed yet: removed at `exit()` if still there
+/// (a C program that never calls `ckpt_finalize`, a Python interpreter that exits without closing).
+struct OwnSocket {
+    /// The process that bound it (a forked child inherits the list, not the socket).
+    owner: u32,
+    path: CString,
+    dev: u64,
+    ino: u64,
+}
+
+static OWN_SOCKETS: Mutex<Vec<OwnSocket>> = Mutex::new(Vec::new());
+static REMOVE_AT_EXIT: Once = Once::new();
+
+/// Removes `s` if its path still names the socket this process bound (same device and inode).
+fn remove_own_socket(s: &OwnSocket) {
+    // SAFETY: `st` is a plain C struct the kernel fills; the path is NUL-terminated; unlink removes the
+    // directory entry itself (never what a symlink points to).
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::lstat(s.path.as_ptr(), &mut st) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+            && st.st_dev == s.dev
+            && st.st_ino == s.ino
+        {
+            libc::unlink(s.path.as_ptr());
+        }
+    }
+}
+
+extern "C" fn remove_sockets_at_exit() {
+    let list = match OWN_SOCKETS.try_lock() {
+        Ok(l) => l,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    let me = std::process::id();
+    for s in list.iter().filter(|s| s.owner == me) {
+        remove_own_socket(s);
+    }
+}
+
+fn own_sockets() -> MutexGuard<'static, Vec<OwnSocket>> {
+    OWN_SOCKETS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Remembers the socket just bound at `path`, for removal at exit.
+fn remember_socket(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return };
+    REMOVE_AT_EXIT.call_once(|| {
+        // SAFETY: registers a plain function without arguments for exit(); it only calls lstat and unlink.
+        unsafe { libc::atexit(remove_sockets_at_exit) };
+    });
+    own_sockets().push(OwnSocket { owner: std::process::id(), path: c, dev: meta.dev(), ino: meta.ino() });
+}
+
+/// Removes the socket at `path` now (if it is still the one bound) and forgets it.
+fn remove_socket_now(path: &Path) {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return };
+    let mut list = own_sockets();
+    let me = std::process::id();
+    if let Some(i) = list.iter().position(|s| s.owner == me && s.path == c) {
+        let s = list.swap_remove(i);
+        remove_own_socket(&s);
     }
 }
 
@@ -393,9 +506,12 @@ impl Checkpointer {
             LogTarget::CheckpointDir => LogSink::Pending(config.checkpoint_dir.join(format!("{base}.log"))),
         };
         let end_time = config.end_time.map(|t| (t as f64, config.end_time_source.unwrap_or(EndTimeSource::CkptEnv)));
-        // Slurm older than 23.02 has no SLURM_JOB_END_TIME: ask squeue (in the background).
+        // Slurm older than 23.02 has no SLURM_JOB_END_TIME: ask squeue (in the background, never here).
         let from_slurm = config.end_time_source == Some(EndTimeSource::SlurmEnv);
-        let squeue_next = (config.job_id.is_some() && !from_slurm).then(Instant::now);
+        let end_watch = match (&config.job_id, from_slurm) {
+            (Some(job), false) => Some(EndTimeWatch::new(job, config.socket_dir.as_deref())),
+            _ => None,
+        };
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
         let inner = Arc::new(Inner {
             flags: AtomicU32::new(0),
@@ -406,7 +522,6 @@ impl Checkpointer {
                 end_time,
                 deadline_fired: false,
                 interval_fired: false,
-                squeue_next,
                 in_progress: None,
                 in_progress_is_part: false,
                 pending_step: None,
@@ -453,21 +568,47 @@ impl Checkpointer {
         }
         let mut socket_path = None;
         let mut listener = None;
+        let mut removed = Vec::new();
         if let Some(dir) = &config.socket_dir {
             let name = control::socket_name(std::process::id(), config.job_id.as_deref(), config.step_id);
             match control::listen(dir, &name) {
                 Ok((l, p)) => {
+                    remember_socket(&p);
                     listener = Some(l);
                     socket_path = Some(p);
                 }
                 Err(e) => inner.log(json!({"event": "warning", "message": format!("no control socket: {e}")})),
             }
+            // What processes that died left behind, in the directory only once it is verified as ours.
+            if let Ok(verified) = RuntimeDir::open(dir) {
+                removed = control::remove_stale(&verified, Some(&name));
+            }
         }
         let thread_inner = inner.clone();
-        let watcher = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("ckpt-watch".into())
-            .spawn(move || watch(thread_inner, listener, wake_rx))
-            .map_err(|e| Error::io("start the ckpt-watch thread", e))?;
+            .spawn(move || watch(thread_inner, listener, wake_rx, end_watch));
+        let watcher = match spawned {
+            Ok(w) => w,
+            Err(e) => {
+                for id in signal_ids {
+                    signal_hook::low_level::unregister(id);
+                }
+                for sig in listening {
+                    ACTIVE[sig as usize].fetch_sub(1, Ordering::SeqCst);
+                }
+                if let Some(p) = &socket_path {
+                    remove_socket_now(p);
+                }
+                return Err(Error::io("start the ckpt-watch thread", e));
+            }
+        };
+        if !removed.is_empty() {
+            inner.log(
+                json!({"event": "cleanup", "message": "removed what processes that died left in the socket directory",
+                "directory": config.socket_dir, "removed": removed}),
+            );
+        }
         let cp = Checkpointer { store, inner, signal_ids, watcher: Some(watcher), socket_path };
         let signals: Vec<String> = config.signals.iter().map(|s| signal_label(s.signal)).collect();
         let end = cp.inner.lock().end_time;
@@ -723,7 +864,7 @@ impl Drop for Checkpointer {
             let _ = w.join();
         }
         if let Some(p) = &self.socket_path {
-            let _ = std::fs::remove_file(p);
+            remove_socket_now(p);
         }
         let pending = std::mem::take(&mut self.inner.lock().requests);
         for r in pending {

@@ -13,5 +13,6 @@ mod kill;
 mod memory;
 mod multirank;
 mod roundtrip;
+mod runtime_files;
 mod spare;
 mod triggers;

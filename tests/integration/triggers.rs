@@ -259,3 +259,124 @@ fn a_duplicate_sigterm_after_the_exit_checkpoint_is_harmless() {
         assert!(status.success(), "a duplicate SIGTERM killed the exiting process: {status:?}");
     }
 }
+
+/// A squeue stand-in script in `dir`: `body` after a line that records its pid in `dir/squeue.pids`.
+fn squeue_stand_in(dir: &Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("squeue");
+    std::fs::write(&p, format!("#!/bin/sh\necho $$ >> {}\n{body}\n", dir.join("squeue.pids").display())).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// The pids the stand-in recorded (waits up to 10 s for at least `n`).
+fn stand_in_pids(dir: &Path, n: usize) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids: Vec<i32> = std::fs::read_to_string(dir.join("squeue.pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.len() >= n || Instant::now() >= deadline {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is gone or a zombie waiting for its (new) parent, within 5 s.
+fn ends(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()));
+        if matches!(state, None | Some('Z')) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With SLURM_JOB_ID set, no end time in the environment and a controller that never answers (a squeue
+/// that hangs and ignores SIGTERM, with a child of its own), the checkpointer starts and stops at once:
+/// squeue is asked in the background, and abandoned (its process group killed) when the checkpointer is
+/// dropped. Before: the drop waited for the query's 15 s timeout.
+#[test]
+fn a_hanging_squeue_delays_neither_start_nor_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sq =
+        squeue_stand_in(dir.path(), "trap '' TERM\nsleep 1000 &\necho $! >> \"$(dirname \"$0\")/squeue.pids\"\nwait");
+    let sq = sq.to_str().unwrap();
+    let started = Instant::now();
+    let mut cmd = clean_command(Path::new(TRIGGER), dir.path());
+    cmd.args(["150", "10"]).env("SLURM_JOB_ID", "5151").env("CKPT_SQUEUE", sq);
+    let mut c = LiveChild::spawn(cmd);
+    assert!(c.wait_for("ready", T).is_some(), "{:?}", c.seen);
+    let init = started.elapsed();
+    assert!(init < Duration::from_secs(1), "start took {init:?}");
+    let pids = stand_in_pids(dir.path(), 2);
+    assert_eq!(pids.len(), 2, "the stand-in squeue was not started in the background");
+    assert!(c.wait_for("done", T).is_some(), "{:?}", c.seen);
+    let done = Instant::now();
+    let status = c.finish(T);
+    let exit = done.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(exit < Duration::from_secs(1), "exit took {exit:?}: it waited for squeue");
+    for pid in pids {
+        assert!(ends(pid), "squeue stand-in process {pid} was left behind");
+    }
+}
+
+/// Eight processes of one job on one node (one runtime directory), a squeue that counts its calls: squeue
+/// runs once, and every process learns the end time (the others take the shared answer). Before: eight
+/// calls.
+#[test]
+fn the_processes_of_a_job_on_a_node_ask_squeue_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sq = squeue_stand_in(dir.path(), "sleep 0.3\ndate -d @$(( $(date +%s) + 3600 )) +%Y-%m-%dT%H:%M:%S");
+    let sq = sq.to_str().unwrap();
+    let n = 8;
+    let mut children: Vec<LiveChild> = (0..n)
+        .map(|i| {
+            let mut cmd = clean_command(Path::new(TRIGGER), dir.path());
+            cmd.args(["150", "10"])
+                .env("SLURM_JOB_ID", "6161")
+                .env("CKPT_SQUEUE", sq)
+                .env("CKPT_LOG", dir.path().join(format!("rank{i}.log")));
+            LiveChild::spawn(cmd)
+        })
+        .collect();
+    for c in &mut children {
+        assert!(c.finish(T).success(), "{:?}", c.seen);
+    }
+    let calls = stand_in_pids(dir.path(), 1).len();
+    assert!(calls == 1, "{calls} squeue calls for {n} processes of one job on one node");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let mut shared = 0;
+    for i in 0..n {
+        let ends = log_events(&dir.path().join(format!("rank{i}.log")), "end-time");
+        let e = ends.iter().find(|e| e["end_time"].is_number()).unwrap_or_else(|| panic!("rank {i}: {ends:?}"));
+        let left = e["end_time"].as_f64().unwrap() - now;
+        assert!((3500.0..3700.0).contains(&left), "rank {i}: {e}");
+        shared += usize::from(e["shared"] == true);
+    }
+    assert_eq!(shared, n - 1, "one process asked, the others took its answer");
+}
+
+/// Without a runtime directory (CKPT_SOCKET=0) each process asks squeue itself, in the background.
+#[test]
+fn without_a_socket_directory_each_process_asks_squeue_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let sq = squeue_stand_in(dir.path(), "date -d @$(( $(date +%s) + 3600 )) +%Y-%m-%dT%H:%M:%S");
+    let sq = sq.to_str().unwrap();
+    let mut c = child(dir.path(), 50, 10, "", &[("SLURM_JOB_ID", "7171"), ("CKPT_SQUEUE", sq), ("CKPT_SOCKET", "0")]);
+    assert!(c.finish(T).success(), "{:?}", c.seen);
+    let ends = log_events(&dir.path().join("ckpt.log"), "end-time");
+    assert!(ends.iter().any(|e| e["end_time"].is_number() && e["shared"] == false), "{ends:?}");
+    assert!(!dir.path().join("sock").exists());
+}
