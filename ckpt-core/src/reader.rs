@@ -5,6 +5,11 @@
 //! are read, and [`Checkpoint::verify`] checks everything at once, including that the padding between
 //! parts is zero, so that no single corrupted byte anywhere in the file goes unnoticed.
 //!
+//! Whatever a file claims, checking it costs work bounded by its size and memory bounded by a block:
+//! padding is checked in chunks, a compressed section or plane claiming more than zstd can produce from
+//! its stored bytes (32768x) is refused before decoding, a frame's recorded content size must match the
+//! table, and the stored CRC is checked before anything is decoded (FORMAT.md, "What a reader checks").
+//!
 //! Files are memory-mapped when possible, so raw sections are returned without a copy. When mapping fails
 //! (some network file systems) or is disabled (`CKPT_MMAP=0`, [`LoadOptions::mmap`]), plain positioned reads
 //! are used instead.
@@ -24,6 +29,8 @@ use crate::storage::{FileStorage, MappedBytes, Storage, StorageReader};
 
 /// Chunk size for plain reads and CRC passes.
 const READ_CHUNK: usize = 8 << 20;
+/// The longest zstd frame header (RFC 8878: magic, descriptor, window, dictionary id, content size).
+const ZSTD_FRAME_HEADER_MAX: u64 = 18;
 
 /// How to open a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,12 +194,14 @@ impl Checkpoint {
         }
     }
 
-    /// Calls `f` on consecutive chunks of `range` (no full copy for plain reads).
+    /// Calls `f` on consecutive chunks of `range` (no full copy for plain reads: at most [`READ_CHUNK`]
+    /// bytes are buffered, whatever the range's length).
     fn for_chunks(&self, range: Range<u64>, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         match &self.source {
             Source::Mapped(_) => f(&self.read_range(range)?),
             Source::Read(r) => {
-                let mut buf = vec![0u8; READ_CHUNK.min((range.end - range.start) as usize)];
+                let len = range.end.saturating_sub(range.start);
+                let mut buf = vec![0u8; usize::try_from(len).map_or(READ_CHUNK, |l| l.min(READ_CHUNK))];
                 let mut pos = range.start;
                 while pos < range.end {
                     let n = ((range.end - pos) as usize).min(buf.len());
@@ -288,9 +297,14 @@ impl Checkpoint {
     }
 
     fn verify_index(&self, i: usize) -> Result<()> {
+        self.verify_index_inner(i).map_err(|err| err.with_section(&self.sections[i].name))
+    }
+
+    fn verify_index_inner(&self, i: usize) -> Result<()> {
         if self.verified[i].load(Ordering::Relaxed) {
             return Ok(());
         }
+        // The stored bytes' CRC first: a damaged file fails here, before any decoding.
         self.check_stored_crc(i)?;
         let e = &self.sections[i];
         if e.codec != Codec::None {
@@ -328,10 +342,16 @@ impl Checkpoint {
         let mut pos = 0u64;
         for r in &covered {
             if r.start > pos {
-                let gap = self.read_range(pos..r.start)?;
-                if let Some(off) = gap.iter().position(|&b| b != 0) {
-                    return Err(Error::corrupt(format!("padding byte at offset {} is not zero", pos + off as u64)));
-                }
+                // In chunks: the gap's length comes from the file (writers leave less than 4096 bytes, a
+                // hostile table can claim gigabytes), and plain reads must not buffer it whole.
+                let mut at = pos;
+                self.for_chunks(pos..r.start, |chunk| {
+                    if let Some(off) = chunk.iter().position(|&b| b != 0) {
+                        return Err(Error::corrupt(format!("padding byte at offset {} is not zero", at + off as u64)));
+                    }
+                    at += chunk.len() as u64;
+                    Ok(())
+                })?;
             }
             pos = pos.max(r.end);
         }
@@ -441,6 +461,17 @@ impl Checkpoint {
         if e.planes {
             return self.decode_planes(e, sink);
         }
+        // A frame that records its decoded size must agree with the table before anything is decoded.
+        let head = self.read_range(e.offset..e.offset + e.stored_len.min(ZSTD_FRAME_HEADER_MAX))?;
+        if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&head)
+            && declared != e.raw_len
+        {
+            return Err(Error::corrupt(format!(
+                "the zstd frame declares {declared} decoded bytes, the section table {}",
+                e.raw_len
+            )));
+        }
+        drop(head);
         let mut dec = ZstdDecoder::new().map_err(|err| Error::io("zstd init", err))?;
         let es = usize::from(e.element_size);
         let block_len = if e.shuffle { format::shuffle_block_len(es) } else { 1 << 20 };
@@ -553,6 +584,7 @@ impl Checkpoint {
                     if len > n {
                         return Err(Error::corrupt(format!("a compressed plane of {len} bytes exceeds its {n} bytes")));
                     }
+                    format::check_zstd_ratio(n as u64, len as u64, "a compressed plane")?;
                     let src = self.read_range(take(len as u64, "a plane")?)?;
                     let got = dctx
                         .decompress_to_buffer(&src[..], dst)
