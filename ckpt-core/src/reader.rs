@@ -12,7 +12,8 @@
 //!
 //! Files are memory-mapped when possible, so raw sections are returned without a copy. When mapping fails
 //! (some network file systems) or is disabled (`CKPT_MMAP=0`, [`LoadOptions::mmap`]), plain positioned reads
-//! are used instead.
+//! are used instead. The environment is read by [`crate::Config`] and [`LoadOptions::from_env`], through one
+//! parser.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -39,14 +40,30 @@ pub struct LoadOptions {
     pub mmap: bool,
 }
 
+impl LoadOptions {
+    /// The options this process's environment asks for: `CKPT_MMAP`, read exactly as
+    /// [`crate::Config::from_env`] reads it. A malformed value is an error naming the variable. For loads
+    /// without a [`crate::Config`] (with one, use [`crate::Store::load_options`]).
+    pub fn from_env() -> Result<LoadOptions> {
+        LoadOptions::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`LoadOptions::from_env`] with variables from `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<LoadOptions> {
+        Ok(LoadOptions { mmap: crate::config::mmap_setting(&lookup)? })
+    }
+}
+
 impl Default for LoadOptions {
-    /// `mmap` is on unless the environment says `CKPT_MMAP=0` (or `off`/`false`/`no`).
+    /// [`LoadOptions::from_env`], for callers that cannot take an error. A malformed `CKPT_MMAP` is
+    /// reported on standard error (once per process, naming the variable and the value) and leaves memory
+    /// mapping on; [`LoadOptions::from_env`] returns it as an error instead.
     fn default() -> LoadOptions {
-        let mmap = match std::env::var("CKPT_MMAP") {
-            Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"),
-            Err(_) => true,
-        };
-        LoadOptions { mmap }
+        LoadOptions::from_env().unwrap_or_else(|e| {
+            static REPORTED: std::sync::Once = std::sync::Once::new();
+            REPORTED.call_once(|| eprintln!("ckpt: {e}; memory-mapping checkpoints as by default"));
+            LoadOptions { mmap: true }
+        })
     }
 }
 
@@ -96,9 +113,12 @@ impl std::fmt::Debug for Checkpoint {
 pub type SectionData<'a> = Cow<'a, [u8]>;
 
 impl Checkpoint {
-    /// Opens `path` from the real file system with default options.
+    /// Opens `path` from the real file system with the options of the environment
+    /// ([`LoadOptions::from_env`]: a malformed `CKPT_MMAP` is an error).
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        Checkpoint::open_with(&FileStorage, path.as_ref(), LoadOptions::default())
+        let path = path.as_ref();
+        let opts = LoadOptions::from_env().map_err(|e| e.with_path(path))?;
+        Checkpoint::open_with(&FileStorage, path, opts)
     }
 
     /// Opens `path` through `storage`.

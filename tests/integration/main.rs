@@ -12,5 +12,6 @@ mod kill;
 mod memory;
 mod multirank;
 mod roundtrip;
+mod settings;
 mod spare;
 mod triggers;
