@@ -92,6 +92,9 @@ pub struct Config {
     pub file_mode: u32,
     /// Whether files are memory-mapped when loaded.
     pub mmap: bool,
+    /// Whether writes past the first MiB of a file bypass the page cache (`O_DIRECT`), where the file
+    /// system allows it; otherwise buffered writes with write-behind.
+    pub direct_io: bool,
     /// Whether a save overwrites the blocks of a retired checkpoint (kept as `<base>.tmp.spare`) instead of
     /// allocating new ones (see [`crate::Store`]'s layout).
     pub reuse_space: bool,
@@ -145,6 +148,7 @@ impl Config {
             keep: DEFAULT_KEEP,
             file_mode: DEFAULT_FILE_MODE,
             mmap: true,
+            direct_io: true,
             reuse_space: true,
             compression: Compression::None,
             allow_fresh_start: false,
@@ -222,10 +226,9 @@ impl Config {
             u32::from_str_radix(v.trim_start_matches("0o"), 8).ok().filter(|&m| m <= 0o777 && m & 0o600 == 0o600)
         })?
         .unwrap_or(DEFAULT_FILE_MODE);
-        cfg.mmap = parse_var(&get, "CKPT_MMAP", parse_bool)?.unwrap_or(true);
+        cfg.mmap = mmap_setting(&get)?;
         cfg.reuse_space = parse_var(&get, "CKPT_REUSE_SPACE", parse_bool)?.unwrap_or(true);
-        // Read by the storage layer when it opens a file; validated here so a typo is an error.
-        parse_var(&get, "CKPT_DIRECT_IO", parse_bool)?;
+        cfg.direct_io = parse_var(&get, "CKPT_DIRECT_IO", parse_bool)?.unwrap_or(true);
         cfg.allow_fresh_start = parse_var(&get, "CKPT_ALLOW_FRESH_START", parse_bool)?.unwrap_or(false);
         if let Some(c) = get("CKPT_COMPRESS") {
             cfg.compression =
@@ -344,6 +347,13 @@ pub fn parse_interval(text: &str) -> Result<Option<Interval>> {
     }
     let d = parse_slurm_time(t)?;
     Ok(if d.is_zero() { None } else { Some(Interval::Every(d)) })
+}
+
+/// `CKPT_MMAP` (default on) from `lookup`, as [`Config::from_lookup`] reads it: also for loads without a
+/// configuration ([`crate::LoadOptions::from_env`]).
+pub(crate) fn mmap_setting(lookup: &impl Fn(&str) -> Option<String>) -> Result<bool> {
+    let get = |k: &str| lookup(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    Ok(parse_var(&get, "CKPT_MMAP", parse_bool)?.unwrap_or(true))
 }
 
 pub(crate) fn parse_bool(v: &str) -> Option<bool> {
@@ -532,6 +542,7 @@ mod tests {
             ("CKPT_KEEP", "0"),
             ("CKPT_KEEP", "x"),
             ("CKPT_MMAP", "maybe"),
+            ("CKPT_DIRECT_IO", "of"),
             ("CKPT_REUSE_SPACE", "sometimes"),
             ("CKPT_FILE_MODE", "999"),
             ("SLURM_STEP_ID", "x"),
@@ -548,6 +559,7 @@ mod tests {
         let c = cfg(&[
             ("CKPT_KEEP", "5"),
             ("CKPT_MMAP", "0"),
+            ("CKPT_DIRECT_IO", "off"),
             ("CKPT_REUSE_SPACE", "off"),
             ("CKPT_FILE_MODE", "0640"),
             ("SLURM_JOB_END_TIME", "1800000000"),
@@ -557,6 +569,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.keep, 5);
         assert!(!c.mmap);
+        assert!(!c.direct_io);
+        assert!(cfg(&[]).unwrap().direct_io, "on by default");
         assert!(!c.reuse_space);
         assert!(cfg(&[]).unwrap().reuse_space, "on by default");
         assert_eq!(c.file_mode, 0o640);

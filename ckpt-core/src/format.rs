@@ -73,8 +73,10 @@
 //! Readers check, before trusting any size: the magic, the version, `header_len` against its cap and the
 //! file length, every CRC, `file_len` against the real length, that `table_offset + 128 * count + 64 ==
 //! file_len`, that every section lies inside the data area without overlapping another, that raw sections
-//! are aligned and have `stored_len == raw_len`, and that names are valid and unique. All arithmetic on
-//! values read from a file is checked.
+//! are aligned and have `stored_len == raw_len`, that a zstd section's `raw_len` is at most
+//! `stored_len * 32768` (what zstd can produce at most, [`ZSTD_MAX_RATIO`]), and that names are valid and
+//! unique. All arithmetic on values read from a file is checked. Gaps between the parts are zero bytes;
+//! writers leave less than 4096 bytes, readers accept any length and check them in bounded chunks.
 
 use std::collections::HashSet;
 
@@ -114,6 +116,25 @@ pub const NO_STEP_ID: u32 = u32::MAX;
 pub const SHUFFLE_BLOCK: usize = 1 << 20;
 /// Filter 2 (byte planes): bit 31 of a plane's word marks a zstd frame; the other bits are its length.
 pub const PLANE_COMPRESSED: u32 = 1 << 31;
+/// The most a zstd frame can expand: every block decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size)
+/// and takes at least 4 bytes (a 3-byte block header and the one byte of an RLE block; a compressed block
+/// needs more), so `n` stored bytes decode to fewer than `n * 32768` bytes whatever they hold (the frame
+/// header and checksum only add stored bytes). Readers refuse a compressed section or plane that claims
+/// more, before decoding anything: the work of verifying a file is bounded by its size. (1 GiB of zeros
+/// at zstd's strongest setting takes 33,006 bytes here, a ratio of 32,531.)
+pub const ZSTD_MAX_RATIO: u64 = 32_768;
+
+/// Checks that `stored` bytes of zstd can decode to `raw` bytes (see [`ZSTD_MAX_RATIO`]); the error names
+/// `what` and both numbers.
+pub fn check_zstd_ratio(raw: u64, stored: u64, what: &str) -> Result<()> {
+    if raw > stored.saturating_mul(ZSTD_MAX_RATIO) {
+        return Err(Error::corrupt(format!(
+            "{what} claims {raw} decoded bytes from {stored} stored bytes, more than zstd can produce \
+             (at most {ZSTD_MAX_RATIO} per stored byte)"
+        )));
+    }
+    Ok(())
+}
 
 /// What a checkpoint file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -738,6 +759,8 @@ pub fn validate_table(table: &[u8], trailer: &Trailer, header_len: u32) -> Resul
                 if e.offset % SMALL_ALIGN != 0 {
                     return Err(err(format!("section at offset {} is not 8-aligned", e.offset)));
                 }
+                // Filter 2 too: each block's stored record is at least its planes' frames and its tail.
+                check_zstd_ratio(e.raw_len, e.stored_len, "the section").map_err(|x| x.with_section(e.name.clone()))?;
             }
         }
         entries.push(e);

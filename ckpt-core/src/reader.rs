@@ -5,9 +5,15 @@
 //! are read, and [`Checkpoint::verify`] checks everything at once, including that the padding between
 //! parts is zero, so that no single corrupted byte anywhere in the file goes unnoticed.
 //!
+//! Whatever a file claims, checking it costs work bounded by its size and memory bounded by a block:
+//! padding is checked in chunks, a compressed section or plane claiming more than zstd can produce from
+//! its stored bytes (32768x) is refused before decoding, a frame's recorded content size must match the
+//! table, and the stored CRC is checked before anything is decoded (FORMAT.md, "What a reader checks").
+//!
 //! Files are memory-mapped when possible, so raw sections are returned without a copy. When mapping fails
 //! (some network file systems) or is disabled (`CKPT_MMAP=0`, [`LoadOptions::mmap`]), plain positioned reads
-//! are used instead.
+//! are used instead. The environment is read by [`crate::Config`] and [`LoadOptions::from_env`], through one
+//! parser.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -24,6 +30,8 @@ use crate::storage::{FileOwner, FileStorage, MappedBytes, Storage, StorageReader
 
 /// Chunk size for plain reads and CRC passes.
 const READ_CHUNK: usize = 8 << 20;
+/// The longest zstd frame header (RFC 8878: magic, descriptor, window, dictionary id, content size).
+const ZSTD_FRAME_HEADER_MAX: u64 = 18;
 
 /// How to open a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,14 +40,30 @@ pub struct LoadOptions {
     pub mmap: bool,
 }
 
+impl LoadOptions {
+    /// The options this process's environment asks for: `CKPT_MMAP`, read exactly as
+    /// [`crate::Config::from_env`] reads it. A malformed value is an error naming the variable. For loads
+    /// without a [`crate::Config`] (with one, use [`crate::Store::load_options`]).
+    pub fn from_env() -> Result<LoadOptions> {
+        LoadOptions::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`LoadOptions::from_env`] with variables from `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<LoadOptions> {
+        Ok(LoadOptions { mmap: crate::config::mmap_setting(&lookup)? })
+    }
+}
+
 impl Default for LoadOptions {
-    /// `mmap` is on unless the environment says `CKPT_MMAP=0` (or `off`/`false`/`no`).
+    /// [`LoadOptions::from_env`], for callers that cannot take an error. A malformed `CKPT_MMAP` is
+    /// reported on standard error (once per process, naming the variable and the value) and leaves memory
+    /// mapping on; [`LoadOptions::from_env`] returns it as an error instead.
     fn default() -> LoadOptions {
-        let mmap = match std::env::var("CKPT_MMAP") {
-            Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false" | "no"),
-            Err(_) => true,
-        };
-        LoadOptions { mmap }
+        LoadOptions::from_env().unwrap_or_else(|e| {
+            static REPORTED: std::sync::Once = std::sync::Once::new();
+            REPORTED.call_once(|| eprintln!("ckpt: {e}; memory-mapping checkpoints as by default"));
+            LoadOptions { mmap: true }
+        })
     }
 }
 
@@ -90,9 +114,12 @@ impl std::fmt::Debug for Checkpoint {
 pub type SectionData<'a> = Cow<'a, [u8]>;
 
 impl Checkpoint {
-    /// Opens `path` from the real file system with default options.
+    /// Opens `path` from the real file system with the options of the environment
+    /// ([`LoadOptions::from_env`]: a malformed `CKPT_MMAP` is an error).
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        Checkpoint::open_with(&FileStorage, path.as_ref(), LoadOptions::default())
+        let path = path.as_ref();
+        let opts = LoadOptions::from_env().map_err(|e| e.with_path(path))?;
+        Checkpoint::open_with(&FileStorage, path, opts)
     }
 
     /// Opens `path` through `storage`.
@@ -198,12 +225,14 @@ impl Checkpoint {
         }
     }
 
-    /// Calls `f` on consecutive chunks of `range` (no full copy for plain reads).
+    /// Calls `f` on consecutive chunks of `range` (no full copy for plain reads: at most [`READ_CHUNK`]
+    /// bytes are buffered, whatever the range's length).
     fn for_chunks(&self, range: Range<u64>, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         match &self.source {
             Source::Mapped(_) => f(&self.read_range(range)?),
             Source::Read(r) => {
-                let mut buf = vec![0u8; READ_CHUNK.min((range.end - range.start) as usize)];
+                let len = range.end.saturating_sub(range.start);
+                let mut buf = vec![0u8; usize::try_from(len).map_or(READ_CHUNK, |l| l.min(READ_CHUNK))];
                 let mut pos = range.start;
                 while pos < range.end {
                     let n = ((range.end - pos) as usize).min(buf.len());
@@ -299,9 +328,14 @@ impl Checkpoint {
     }
 
     fn verify_index(&self, i: usize) -> Result<()> {
+        self.verify_index_inner(i).map_err(|err| err.with_section(&self.sections[i].name))
+    }
+
+    fn verify_index_inner(&self, i: usize) -> Result<()> {
         if self.verified[i].load(Ordering::Relaxed) {
             return Ok(());
         }
+        // The stored bytes' CRC first: a damaged file fails here, before any decoding.
         self.check_stored_crc(i)?;
         let e = &self.sections[i];
         if e.codec != Codec::None {
@@ -339,10 +373,16 @@ impl Checkpoint {
         let mut pos = 0u64;
         for r in &covered {
             if r.start > pos {
-                let gap = self.read_range(pos..r.start)?;
-                if let Some(off) = gap.iter().position(|&b| b != 0) {
-                    return Err(Error::corrupt(format!("padding byte at offset {} is not zero", pos + off as u64)));
-                }
+                // In chunks: the gap's length comes from the file (writers leave less than 4096 bytes, a
+                // hostile table can claim gigabytes), and plain reads must not buffer it whole.
+                let mut at = pos;
+                self.for_chunks(pos..r.start, |chunk| {
+                    if let Some(off) = chunk.iter().position(|&b| b != 0) {
+                        return Err(Error::corrupt(format!("padding byte at offset {} is not zero", at + off as u64)));
+                    }
+                    at += chunk.len() as u64;
+                    Ok(())
+                })?;
             }
             pos = pos.max(r.end);
         }
@@ -452,6 +492,17 @@ impl Checkpoint {
         if e.planes {
             return self.decode_planes(e, sink);
         }
+        // A frame that records its decoded size must agree with the table before anything is decoded.
+        let head = self.read_range(e.offset..e.offset + e.stored_len.min(ZSTD_FRAME_HEADER_MAX))?;
+        if let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(&head)
+            && declared != e.raw_len
+        {
+            return Err(Error::corrupt(format!(
+                "the zstd frame declares {declared} decoded bytes, the section table {}",
+                e.raw_len
+            )));
+        }
+        drop(head);
         let mut dec = ZstdDecoder::new().map_err(|err| Error::io("zstd init", err))?;
         let es = usize::from(e.element_size);
         let block_len = if e.shuffle { format::shuffle_block_len(es) } else { 1 << 20 };
@@ -564,6 +615,7 @@ impl Checkpoint {
                     if len > n {
                         return Err(Error::corrupt(format!("a compressed plane of {len} bytes exceeds its {n} bytes")));
                     }
+                    format::check_zstd_ratio(n as u64, len as u64, "a compressed plane")?;
                     let src = self.read_range(take(len as u64, "a plane")?)?;
                     let got = dctx
                         .decompress_to_buffer(&src[..], dst)

@@ -84,10 +84,33 @@ pub trait StorageReader: Send + Sync {
     }
 }
 
+/// How a checkpoint file is written: the settings of [`crate::Config`] that reach the storage, passed by
+/// the store with every file it creates or takes over ([`Storage::create_new_with`], [`Storage::reuse_spare`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Permission bits (`CKPT_FILE_MODE`), less the process's umask, as for any new file.
+    pub mode: u32,
+    /// Whether large writes may bypass the page cache (`CKPT_DIRECT_IO`, [`crate::Config::direct_io`]).
+    pub direct_io: bool,
+}
+
+impl WriteOptions {
+    /// Permission bits `mode`, the other settings at their defaults (direct I/O on).
+    pub fn new(mode: u32) -> WriteOptions {
+        WriteOptions { mode, direct_io: true }
+    }
+}
+
 /// The file-system operations the library needs. Paths are absolute or relative to the process's cwd.
 pub trait Storage: Send + Sync + fmt::Debug {
-    /// Creates a new file exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) with permission bits `mode`.
+    /// Creates a new file exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) with permission bits `mode`, the other
+    /// write settings at their defaults ([`WriteOptions::new`]).
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>>;
+    /// [`Storage::create_new`] with every write setting: what the store calls. Storages without settings
+    /// of their own need not implement it; wrappers of another storage forward it.
+    fn create_new_with(&self, path: &Path, opts: WriteOptions) -> io::Result<Box<dyn StorageWriter>> {
+        self.create_new(path, opts.mode)
+    }
     /// Opens an existing file for reading, without following a symlink at the last component.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>>;
     /// Atomically renames `from` over `to`.
@@ -114,15 +137,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
         None
     }
     /// Takes over `spare` (a retired checkpoint) as the temporary file `tmp` of a new save, to be
-    /// overwritten from its first byte with permission bits `mode`: the save then writes over blocks the
-    /// file system already holds instead of allocating new ones, and the writer's `sync` cuts the file to
-    /// the bytes written. The rename to `tmp` comes first (it claims the file: no other saver can take
+    /// overwritten from its first byte and written as `opts` says: its permission bits become exactly what
+    /// a new file created with `opts.mode` would get (the umask applies). The save then writes over blocks
+    /// the file system already holds instead of allocating new ones, and the writer's `sync` cuts the file
+    /// to the bytes written. The rename to `tmp` comes first (it claims the file: no other saver can take
     /// it, nor put another file in its place, between the checks and the writes); then the file is
     /// checked. `Ok(None)` when there is no spare or it is not a regular file (left alone), and, with the
     /// `tmp` name removed, when it must not be overwritten: it has another name, belongs to another user,
-    /// or something (another process, a memory map) still has it open and would see its bytes change.
-    fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
-        let _ = (spare, tmp, mode);
+    /// sits on a file system that is not local, or something (another process, a memory map) still has
+    /// it open and would see its bytes change.
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
+        let _ = (spare, tmp, opts);
         Ok(None)
     }
     /// Makes the directory's entries durable (fsync of the directory).
@@ -198,13 +223,17 @@ impl StorageReader for FileReader {
 
 impl Storage for FileStorage {
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
+        self.create_new_with(path, WriteOptions::new(mode))
+    }
+
+    fn create_new_with(&self, path: &Path, opts: WriteOptions) -> io::Result<Box<dyn StorageWriter>> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(opts.mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
-        Ok(Box::new(FileWriter::new(file)))
+        Ok(Box::new(FileWriter::new(file, opts.direct_io)))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
@@ -252,8 +281,12 @@ impl Storage for FileStorage {
         (!LEASES_REFUSED.load(Ordering::Relaxed) && local_file_system_cached(dir)).then_some(SPARE_MIN_LEN)
     }
 
-    fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // A new file gets `mode` less the umask from open(2); a file taken over gets the same from fchmod,
+        // which ignores the umask. Unknown umask: no reuse (a new file gets the right mode by itself).
+        let Some(umask) = process_umask() else { return Ok(None) };
+        let mode = opts.mode & !umask & 0o7777;
         match fs::symlink_metadata(spare) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Ok(None), // not ours to take, nor to remove
@@ -271,7 +304,8 @@ impl Storage for FileStorage {
             file.metadata().is_ok_and(|meta| {
                 // SAFETY: geteuid has no preconditions and cannot fail.
                 meta.is_file() && meta.nlink() == 1 && meta.uid() == unsafe { libc::geteuid() }
-            }) && sole_opener(file)
+            }) && local_file(file)
+                && sole_opener(file)
         });
         let Some(file) = usable else {
             // Removing the name frees the blocks once the last reader lets go; nothing it reads changes.
@@ -288,7 +322,7 @@ impl Storage for FileStorage {
             let _ = self.remove_file(tmp);
             return Err(e);
         }
-        Ok(Some(Box::new(FileWriter::overwriting(file))))
+        Ok(Some(Box::new(FileWriter::overwriting(file, opts.direct_io))))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -405,14 +439,23 @@ fn clear_nonblock(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether `dir` is on a local file system whose leases see every process that has a file open (ext2-4,
-/// XFS, tmpfs, F2FS). Cluster and network file systems (Lustre, GPFS, BeeGFS, NFS, CIFS, FUSE, Ceph)
-/// check leases on this node only, if at all: a reader on another node would see a reused spare change
-/// under it, so spares are not kept there. Btrfs writes over nothing in place (copy on write).
+/// Local file systems whose leases see every process that has a file open: ext2-4, XFS, tmpfs, F2FS.
+/// Cluster and network file systems (Lustre, GPFS, BeeGFS, NFS, CIFS, FUSE, Ceph) check leases on this
+/// node only, if at all: a reader on another node would see a reused spare change under it, so spares are
+/// not kept there. Btrfs writes over nothing in place (copy on write).
+const LOCAL_FILE_SYSTEMS: [i64; 4] = [0xEF53, 0x5846_5342, 0x0102_1994, 0xF2F5_2010];
+
+#[cfg(target_os = "linux")]
+fn is_local_type(st: &libc::statfs) -> bool {
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // f_type's type differs by architecture
+    let kind = i64::from(st.f_type as i64);
+    LOCAL_FILE_SYSTEMS.contains(&kind)
+}
+
+/// Whether `dir` is on a local file system ([`LOCAL_FILE_SYSTEMS`]).
 #[cfg(target_os = "linux")]
 fn local_file_system(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    const LOCAL: [i64; 4] = [0xEF53, 0x5846_5342, 0x0102_1994, 0xF2F5_2010]; // ext2-4, XFS, tmpfs, F2FS
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
     // SAFETY: an all-zero statfs is a valid value of this plain C struct, which statfs then fills.
@@ -421,9 +464,7 @@ fn local_file_system(dir: &Path) -> bool {
     if unsafe { libc::statfs(c_dir.as_ptr(), &mut st) } != 0 {
         return false;
     }
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // f_type's type differs by architecture
-    let kind = i64::from(st.f_type as i64);
-    LOCAL.contains(&kind)
+    is_local_type(&st)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -431,20 +472,54 @@ fn local_file_system(_dir: &Path) -> bool {
     false
 }
 
-/// [`local_file_system`], remembered for the last few directories asked about: every save asks (a
-/// `statfs`), and a process saves into one or two directories.
+/// Whether the open `file` is on a local file system ([`LOCAL_FILE_SYSTEMS`]): asked of the spare's own
+/// descriptor before it is overwritten, whatever was remembered about its directory's path.
+#[cfg(target_os = "linux")]
+fn local_file(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct, which fstatfs then fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a descriptor this function borrows and a pointer to a statfs it owns.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    is_local_type(&st)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn local_file(_file: &File) -> bool {
+    false
+}
+
+/// [`local_file_system`], remembered per file system (the directory's device number): every save asks,
+/// and a `statfs` can be slow where it matters most (Lustre's asks every storage target), while the
+/// `stat` that finds the device is answered from the client's cache. Keyed by device, not by path: a
+/// relative directory (`.`) names another file system after a `chdir`.
 fn local_file_system_cached(dir: &Path) -> bool {
-    static KNOWN: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+    use std::os::unix::fs::MetadataExt;
+    static KNOWN: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Ok(dev) = fs::metadata(dir).map(|m| m.dev()) else { return false };
     let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(&(_, local)) = known.iter().find(|(d, _)| d == dir) {
+    if let Some(&(_, local)) = known.iter().find(|&&(d, _)| d == dev) {
         return local;
     }
     let local = local_file_system(dir);
     if known.len() == 8 {
         known.remove(0);
     }
-    known.push((dir.to_path_buf(), local));
+    known.push((dev, local));
     local
+}
+
+/// The process's umask, read from `/proc/self/status` (`Umask:`, Linux 4.7 and later) without changing
+/// it: umask(2) tells the mask only by setting a new one, and for that instant a file another thread
+/// creates would get the wrong mode. Read at every reuse (a program may change its umask). `None` when
+/// it cannot be read.
+fn process_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok().filter(|&m| m <= 0o777)
 }
 
 /// When `path` is the last name of a large regular file, opens it so that removing or replacing the name
@@ -807,7 +882,7 @@ impl Storage for MemStorage {
         self.lock().spare_min_len
     }
 
-    fn reuse_spare(&self, spare: &Path, tmp: &Path, _mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, _opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
         let mut st = self.lock();
         begin_op(&mut st)?;
         let ino = match lookup(&st, spare) {
@@ -1013,8 +1088,11 @@ impl<S: Storage + Clone + 'static> StorageReader for FaultReader<S> {
 
 impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
+        self.create_new_with(path, WriteOptions::new(mode))
+    }
+    fn create_new_with(&self, path: &Path, opts: WriteOptions) -> io::Result<Box<dyn StorageWriter>> {
         self.tick(Op::Create)?;
-        let inner = self.inner.create_new(path, mode)?;
+        let inner = self.inner.create_new_with(path, opts)?;
         Ok(Box::new(FaultWriter { inner, storage: self.clone() }))
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
@@ -1037,9 +1115,9 @@ impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
     fn spare_min_len(&self, dir: &Path) -> Option<u64> {
         self.inner.spare_min_len(dir)
     }
-    fn reuse_spare(&self, spare: &Path, tmp: &Path, mode: u32) -> io::Result<Option<Box<dyn StorageWriter>>> {
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
         self.tick(Op::Reuse)?;
-        let inner = self.inner.reuse_spare(spare, tmp, mode)?;
+        let inner = self.inner.reuse_spare(spare, tmp, opts)?;
         Ok(inner.map(|inner| Box::new(FaultWriter { inner, storage: self.clone() }) as Box<dyn StorageWriter>))
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -1136,6 +1214,83 @@ mod tests {
         assert_eq!(FileStorage.spare_min_len(dir.path()), Some(SPARE_MIN_LEN), "the remembered answer");
         assert!(!local_file_system(Path::new("/proc")), "procfs is no place for spares");
         assert!(!local_file_system(&dir.path().join("missing")), "a directory that is not there");
+    }
+
+    /// Runs the test `name` of this binary alone in a child process (with `CKPT_TEST_CHILD` set), for
+    /// tests that change what is process-wide (the working directory, the umask). Returns whether this is
+    /// the child, which then runs the test's body.
+    fn in_child_process(name: &str) -> bool {
+        if std::env::var_os("CKPT_TEST_CHILD").is_some() {
+            return true;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env("CKPT_TEST_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "{name} in a child process:\n{text}");
+        false
+    }
+
+    /// The spare check of a relative directory follows the working directory: `.` on ext4 or tmpfs keeps
+    /// spares, `.` in /proc (not a local file system in that sense) does not, however often `.` was asked
+    /// about before, and back again.
+    #[test]
+    fn the_spare_check_of_a_relative_directory_follows_chdir() {
+        if !in_child_process("storage::tests::the_spare_check_of_a_relative_directory_follows_chdir") {
+            return;
+        }
+        let local = tempfile::tempdir().unwrap();
+        let dot = Path::new(".");
+        let shm = Path::new("/dev/shm");
+        for round in 0..2 {
+            std::env::set_current_dir(local.path()).unwrap();
+            assert_eq!(FileStorage.spare_min_len(dot), Some(SPARE_MIN_LEN), "round {round}: ext4/tmpfs temp dir");
+            assert_eq!(FileStorage.spare_min_len(Path::new("")), Some(SPARE_MIN_LEN), "round {round}: empty = .");
+            std::env::set_current_dir("/proc").unwrap();
+            assert_eq!(FileStorage.spare_min_len(dot), None, "round {round}: after chdir to /proc");
+            assert_eq!(FileStorage.spare_min_len(Path::new("")), None, "round {round}: empty = . in /proc");
+            if shm.is_dir() {
+                std::env::set_current_dir(shm).unwrap();
+                assert_eq!(FileStorage.spare_min_len(dot), Some(SPARE_MIN_LEN), "round {round}: tmpfs");
+            }
+        }
+        std::env::set_current_dir("/").unwrap();
+    }
+
+    /// The umask is read without changing it, and a spare taken over gets the mode a new file gets.
+    #[test]
+    fn a_reused_spare_gets_the_mode_a_new_file_gets() {
+        use std::os::unix::fs::PermissionsExt;
+        if !in_child_process("storage::tests::a_reused_spare_gets_the_mode_a_new_file_gets") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for umask in [0o022, 0o027, 0o077, 0o002, 0] {
+            // SAFETY: umask has no preconditions; this child process runs this one test on one thread.
+            unsafe { libc::umask(umask) };
+            assert_eq!(process_umask(), Some(umask));
+            for mode in [0o600, 0o640, 0o666] {
+                let (new, spare, tmp) = (dir.path().join("new"), dir.path().join("spare"), dir.path().join("tmp"));
+                let mut w = FileStorage.create_new_with(&new, WriteOptions::new(mode)).unwrap();
+                w.write_all(b"new").unwrap();
+                w.sync().unwrap();
+                drop(w);
+                fs::write(&spare, b"retired").unwrap();
+                fs::set_permissions(&spare, fs::Permissions::from_mode(0o777)).unwrap();
+                let mut w = FileStorage.reuse_spare(&spare, &tmp, WriteOptions::new(mode)).unwrap().expect("reused");
+                w.write_all(b"over").unwrap();
+                w.sync().unwrap();
+                drop(w);
+                let mode_of = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+                assert_eq!(mode_of(&tmp), mode & !umask, "umask {umask:03o}, mode {mode:03o}: the reused file");
+                assert_eq!(mode_of(&tmp), mode_of(&new), "umask {umask:03o}, mode {mode:03o}: as a new file");
+                assert_eq!(fs::read(&tmp).unwrap(), b"over");
+                fs::remove_file(&new).unwrap();
+                fs::remove_file(&tmp).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Encoding, FileKind, Header};
 use crate::reader::{Checkpoint, LoadOptions};
-use crate::storage::{DirEntry, FileStorage, Storage, StorageWriter};
+use crate::storage::{DirEntry, FileStorage, Storage, StorageWriter, WriteOptions};
 use crate::writer::{Compression, FileBuilder, FileStats, SectionOptions, SectionWriter};
 
 /// Temporary files of writers on other hosts are removed once they have not changed for this long.
@@ -663,7 +663,7 @@ impl Store {
                 tmp = tmp_name();
                 let file = self
                     .storage
-                    .create_new(&tmp, self.config.file_mode)
+                    .create_new_with(&tmp, self.write_options())
                     .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
                 (file, false)
             }
@@ -686,6 +686,11 @@ impl Store {
             reused_spare,
             device_time: None,
         })
+    }
+
+    /// How this store's files are written (the configuration's settings for the storage).
+    fn write_options(&self) -> WriteOptions {
+        WriteOptions { mode: self.config.file_mode, direct_io: self.config.direct_io }
     }
 
     /// The smallest retired checkpoint in `dir` kept as a spare, `None` when saves there do not reuse
@@ -724,7 +729,7 @@ impl Store {
             let _ = self.storage.remove_file(&spare);
             return None;
         }
-        let file = match self.storage.reuse_spare(&spare, tmp, self.config.file_mode) {
+        let file = match self.storage.reuse_spare(&spare, tmp, self.write_options()) {
             Ok(file) => file?,
             Err(e) => {
                 // The spare stays where it is (the next retired generation replaces it).

@@ -818,11 +818,10 @@ fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
 }
 
 /// A file whose CRCs are all right but whose table claims a compressed section decodes to 256 MiB, when
-/// its 9 stored bytes (an empty zstd frame) cannot decode to more than a few hundred KiB whatever they
-/// hold. `read()` must report corruption without first allocating the claimed length: otherwise a small
-/// hostile or mangled file makes the reader allocate (and zero) up to 1 PiB.
+/// its 9 stored bytes (an empty zstd frame) cannot decode to more than 9 * 32768 bytes whatever they hold:
+/// refused at open, before anything is decoded or allocated, with the section and both numbers named.
 #[test]
-fn a_claimed_raw_len_is_not_allocated_before_decoding() {
+fn a_claimed_raw_len_beyond_what_zstd_can_produce_is_refused_at_open() {
     let s = sample();
     let mut b = s.bytes.clone();
     let e = entry_offset(&b, entry_index(&b, "zempty")); // an empty zstd frame
@@ -830,20 +829,251 @@ fn a_claimed_raw_len_is_not_allocated_before_decoding() {
     let claimed: u64 = 256 << 20;
     b[e + 80..e + 88].copy_from_slice(&claimed.to_le_bytes());
     fix_crcs(&mut b);
+    for path in [LoadPath::FromBytes, LoadPath::PlainReads] {
+        let (r, peak) = peak_allocation(|| open(b.clone(), path).map(|_| ()));
+        let err = r.expect_err("9 stored bytes cannot decode to 256 MiB");
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert_eq!(err.section(), Some("zempty"), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&claimed.to_string()) && msg.contains("from 9 stored bytes"), "{msg}");
+        assert!(peak < (1 << 20), "{path:?}: open allocated {peak} bytes at once");
+    }
+    // The largest claim zstd could honour is accepted by the structure checks (and fails on reading).
+    let mut b = s.bytes.clone();
+    let bound = 9 * ckpt_core::format::ZSTD_MAX_RATIO;
+    b[e + 80..e + 88].copy_from_slice(&bound.to_le_bytes());
+    fix_crcs(&mut b);
+    let cp = Checkpoint::from_bytes(b).expect("a claim within zstd's ratio is structurally valid");
+    assert_eq!(cp.read("zempty").map(|_| ()).expect_err("the frame is empty").kind(), ErrorKind::Corrupt);
+}
+
+/// A compressed section whose claimed raw length is as large as its stored bytes allow (tens of MiB)
+/// while they decode to much less: `read()` must report corruption without first allocating the claimed
+/// length, and `verify()` streams without ever needing it.
+#[test]
+fn a_claimed_raw_len_is_not_allocated_before_decoding() {
+    let s = sample();
+    let mut b = s.bytes.clone();
+    let e = entry_offset(&b, entry_index(&b, "zstd"));
+    let stored = le_u64(&b, e + 88);
+    let claimed = stored * ckpt_core::format::ZSTD_MAX_RATIO;
+    assert!(claimed > 16 << 20, "the sample's zstd section ({stored} stored bytes) allows a large claim");
+    b[e + 80..e + 88].copy_from_slice(&claimed.to_le_bytes());
+    fix_crcs(&mut b);
     let cp = Checkpoint::from_bytes(b).expect("structurally valid");
-    assert_eq!(cp.section("zempty").expect("entry").raw_len, claimed);
-    let (r, peak) = peak_allocation(|| cp.read("zempty").map(|d| d.len()));
-    let e = r.expect_err("a 9-byte frame cannot hold 256 MiB");
+    assert_eq!(cp.section("zstd").expect("entry").raw_len, claimed);
+    let (r, peak) = peak_allocation(|| cp.read("zstd").map(|d| d.len()));
+    let e = r.expect_err("the frame decodes to far less than claimed");
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(
         peak <= 16 << 20,
-        "read() of a section whose 9 stored bytes claim {claimed} decoded bytes allocated {peak} bytes at once \
-         before finding the corruption ({e})"
+        "read() of a section whose {stored} stored bytes claim {claimed} decoded bytes allocated {peak} bytes at \
+         once before finding the corruption ({e})"
     );
-    // verify() streams and never needs the claimed length.
     let (r, peak) = peak_allocation(|| cp.verify());
     assert!(r.is_err(), "verify must fail");
     assert!(peak <= 16 << 20, "verify() allocated {peak} bytes at once");
+}
+
+// -------------------------------------------------------------------------------------------------------
+// Hostile files built from scratch: every CRC right, every claim as large as the checks let through.
+// (The fuzz corpus's regressions, built here instead of committed as binaries.)
+
+/// A header for hand-built files.
+fn hostile_header() -> (Vec<u8>, u32) {
+    let h = ckpt_core::Header {
+        kind: ckpt_core::FileKind::Data,
+        generation: 1,
+        app_step: 1,
+        created_unix_ns: 1,
+        step_id: None,
+        rank: 0,
+        nranks: 1,
+        writer_version: (0, 1, 0),
+        job_id: "hostile".into(),
+        app_name: "hostile".into(),
+        host: "h".into(),
+        metadata: Vec::new(),
+    };
+    let bytes = h.encode().expect("header");
+    let crc = le_u32(&bytes, bytes.len() - 4);
+    (bytes, crc)
+}
+
+/// A zstd section entry named `name` (offset filled in by [`build_file`]).
+fn zstd_entry(name: &str, raw_len: u64, stored: &[u8], element_size: u16, planes: bool) -> ckpt_core::SectionEntry {
+    ckpt_core::SectionEntry {
+        name: name.into(),
+        encoding: ckpt_core::Encoding::Bytes,
+        codec: Codec::Zstd,
+        shuffle: planes,
+        planes,
+        element_size,
+        tag: 0,
+        raw_crc32: 0,
+        raw_len,
+        stored_len: stored.len() as u64,
+        offset: 0,
+        stored_crc32: crc32(stored),
+    }
+}
+
+/// A complete file: header, each section's stored bytes (8-aligned, the first at 4096), table and trailer,
+/// every CRC right.
+fn build_file(sections: &[(ckpt_core::SectionEntry, Vec<u8>)]) -> Vec<u8> {
+    let (mut f, header_crc32) = hostile_header();
+    let mut table = Vec::new();
+    for (i, (entry, stored)) in sections.iter().enumerate() {
+        let align = if i == 0 { 4096 } else { 8 };
+        f.resize(f.len().next_multiple_of(align), 0);
+        let mut e = entry.clone();
+        e.offset = f.len() as u64;
+        f.extend_from_slice(stored);
+        e.encode_into(&mut table).expect("entry");
+    }
+    f.resize(f.len().next_multiple_of(8), 0);
+    let table_offset = f.len() as u64;
+    f.extend_from_slice(&table);
+    let trailer = ckpt_core::format::Trailer {
+        table_offset,
+        file_len: (f.len() + TRAILER_LEN) as u64,
+        section_count: sections.len() as u32,
+        table_crc32: crc32(&table),
+        header_crc32,
+    };
+    f.extend_from_slice(&trailer.encode());
+    f
+}
+
+/// One zstd frame of `blocks` RLE blocks of 128 KiB each: 4 bytes per block, the densest zstd there is
+/// (6 + 4 * blocks bytes decode to blocks * 128 KiB), with no content size in its header.
+fn rle_frame(blocks: usize) -> Vec<u8> {
+    let mut f = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x38]; // magic; no content size; window 128 KiB
+    for i in 0..blocks {
+        let last = u32::from(i + 1 == blocks);
+        let word = last | (1 << 1) | ((128u32 << 10) << 3); // RLE block of 131072 bytes
+        f.extend_from_slice(&word.to_le_bytes()[..3]);
+        f.push(0xAB);
+    }
+    f
+}
+
+/// The regression of the decompression bomb: 16 KiB of stored bytes (4096 RLE blocks, 512 MiB when
+/// decoded) claiming 1 TiB. Before the ratio check the file opened and `verify()` decoded all 512 MiB before
+/// the length mismatch; now it is refused at open. A dense frame that claims what it really holds stays
+/// valid (the bound is zstd's own, so sections of zeros stay readable) and verifies in one block's memory,
+/// and a damaged stored byte fails on the stored CRC, before anything is decoded.
+#[test]
+fn a_decompression_bomb_is_refused_before_decoding() {
+    let frame = rle_frame(4096);
+    assert_eq!(frame.len(), 6 + 4 * 4096);
+    let claimed: u64 = 1 << 40;
+    let b = build_file(&[(zstd_entry("bomb", claimed, &frame, 1, false), frame.clone())]);
+    for path in [LoadPath::FromBytes, LoadPath::PlainReads] {
+        let err = open(b.clone(), path).map(|_| ()).expect_err("1 TiB cannot come out of 16 KiB of zstd");
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert_eq!(err.section(), Some("bomb"), "{err}");
+        let want = format!("{claimed} decoded bytes from {} stored bytes", frame.len());
+        assert!(err.to_string().contains(&want), "{err}");
+    }
+
+    let frame = rle_frame(64);
+    let decoded = vec![0xABu8; 64 << 17];
+    let mut entry = zstd_entry("dense", decoded.len() as u64, &frame, 1, false);
+    entry.raw_crc32 = crc32(&decoded);
+    let b = build_file(&[(entry, frame.clone())]);
+    for path in [LoadPath::FromBytes, LoadPath::PlainReads] {
+        let cp = open(b.clone(), path).expect("an honest dense frame opens");
+        let (r, peak) = peak_allocation(|| cp.verify());
+        r.expect("an honest dense frame verifies");
+        assert!(peak <= 16 << 20, "verify() allocated {peak} bytes at once");
+    }
+    let mut damaged = b.clone();
+    damaged[4096 + 9] ^= 0x01; // the value byte of the first RLE block
+    let cp = Checkpoint::from_bytes(damaged).expect("structure intact");
+    let err = cp.verify().expect_err("damaged");
+    assert_eq!(err.section(), Some("dense"), "{err}");
+    assert!(err.message().starts_with("crc32 mismatch"), "the stored CRC must fail first: {err}");
+}
+
+/// A frame whose header records its decoded size (100 bytes) under a table claiming 200: refused before
+/// decoding, naming both numbers (not after decoding, as a length mismatch).
+#[test]
+fn a_frame_content_size_that_contradicts_the_table_is_refused_before_decoding() {
+    // Single segment, one-byte content size 100, one last RLE block of 100 bytes.
+    let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD, 0x20, 100];
+    frame.extend_from_slice(&(1u32 | (1 << 1) | (100 << 3)).to_le_bytes()[..3]);
+    frame.push(0x11);
+    let mut entry = zstd_entry("declared", 200, &frame, 1, false);
+    entry.raw_crc32 = crc32(&[0x11; 200]);
+    let b = build_file(&[(entry.clone(), frame.clone())]);
+    let cp = Checkpoint::from_bytes(b).expect("structurally valid");
+    for err in [cp.verify().expect_err("contradiction"), cp.read("declared").map(|_| ()).expect_err("contradiction")] {
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert_eq!(err.section(), Some("declared"), "{err}");
+        assert!(err.message().contains("declares 100 decoded bytes, the section table 200"), "{err}");
+    }
+    // The same frame under a table that agrees reads back.
+    entry.raw_len = 100;
+    entry.raw_crc32 = crc32(&[0x11; 100]);
+    let cp = Checkpoint::from_bytes(build_file(&[(entry, frame)])).expect("valid");
+    assert_eq!(&cp.read("declared").expect("agrees")[..], &[0x11; 100][..]);
+}
+
+/// Filter 2: a plane word claiming that 1 stored byte decodes to a 512 KiB plane is refused before the
+/// plane is decoded, naming both numbers (the section as a whole is within zstd's ratio: its other plane
+/// is stored as is).
+#[test]
+fn a_plane_claiming_more_than_zstd_can_produce_is_refused() {
+    let n: usize = 512 << 10; // element size 2: one block of 1 MiB, two planes of 512 KiB
+    let mut stored = Vec::new();
+    stored.extend_from_slice(&(n as u32).to_le_bytes()); // plane 0: stored as is
+    stored.extend_from_slice(&(ckpt_core::format::PLANE_COMPRESSED | 1).to_le_bytes()); // plane 1: 1 byte
+    stored.extend(std::iter::repeat_n(7u8, n));
+    stored.push(0);
+    let b = build_file(&[(zstd_entry("planes", 2 * n as u64, &stored, 2, true), stored.clone())]);
+    let cp = Checkpoint::from_bytes(b).expect("structurally valid");
+    for err in [cp.verify().expect_err("hostile plane"), cp.read("planes").map(|_| ()).expect_err("hostile plane")] {
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert_eq!(err.section(), Some("planes"), "{err}");
+        assert!(err.message().contains(&format!("{n} decoded bytes from 1 stored bytes")), "{err}");
+    }
+}
+
+/// A claimed gap of 256 MiB of zero padding (a sparse file: the section table sits 256 MiB after the
+/// header) is checked in bounded chunks by `verify()` with plain reads (`CKPT_MMAP=0`), not read into one
+/// buffer; a non-zero byte at its far end is still found and named by its offset.
+#[test]
+fn a_huge_padding_gap_is_verified_in_bounded_memory() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gap: u64 = 256 << 20;
+    let (header, header_crc32) = hostile_header();
+    let table_offset = (header.len() as u64 + gap).next_multiple_of(8);
+    let trailer = ckpt_core::format::Trailer {
+        table_offset,
+        file_len: table_offset + TRAILER_LEN as u64,
+        section_count: 0,
+        table_crc32: crc32(&[]),
+        header_crc32,
+    };
+    let path = dir.path().join("gap.ckpt");
+    let f = std::fs::File::create(&path).expect("create");
+    f.write_all_at(&header, 0).expect("header");
+    f.write_all_at(&trailer.encode(), table_offset).expect("trailer"); // the gap is a hole: zeros
+    let open_plain = || Checkpoint::open_with(&FileStorage, &path, LoadOptions { mmap: false }).expect("opens");
+    let cp = open_plain();
+    let (r, peak) = peak_allocation(|| cp.verify());
+    r.expect("a gap of zeros verifies");
+    assert!(peak <= 16 << 20, "verify() of a {gap}-byte gap allocated {peak} bytes at once");
+    let bad = table_offset - 3;
+    f.write_all_at(&[1], bad).expect("poke");
+    let cp = open_plain();
+    let (r, peak) = peak_allocation(|| cp.verify());
+    let err = r.expect_err("a non-zero padding byte");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.message().contains(&format!("padding byte at offset {bad} is not zero")), "{err}");
+    assert!(peak <= 16 << 20, "verify() of a {gap}-byte gap allocated {peak} bytes at once");
 }
 
 /// Plain reads of damaged files go through `Storage`; make sure a path-level error names the file.

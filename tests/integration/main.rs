@@ -14,5 +14,6 @@ mod memory;
 mod multirank;
 mod roundtrip;
 mod runtime_files;
+mod settings;
 mod spare;
 mod triggers;

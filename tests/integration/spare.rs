@@ -308,3 +308,51 @@ fn two_savers_under_one_name_never_share_a_spare() {
         assert_eq!(&cp.read("data").unwrap()[..], &data(saver, i)[..], "generation {g}");
     }
 }
+
+/// A reused spare gets exactly the mode a new file gets: `CKPT_FILE_MODE` less the umask (0666 under umask
+/// 022 is 0644, not a world-writable 0666 that the trust checks would then refuse), for the store's
+/// generations and for saves to one path, under several umasks (each run in a child process: the umask is
+/// the process's).
+#[test]
+fn a_reused_spare_gets_the_umask_like_a_new_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = "spare::a_reused_spare_gets_the_umask_like_a_new_file";
+    let Ok(umask) = std::env::var("CKPT_TEST_UMASK") else {
+        for umask in ["022", "027", "002"] {
+            let mask = u32::from_str_radix(umask, 8).unwrap();
+            assert!(!super::settings::in_child_process(name, &[("CKPT_TEST_UMASK", umask)], Some(mask)));
+        }
+        return;
+    };
+    let umask = u32::from_str_radix(&umask, 8).unwrap();
+    let mode_of = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(0x0666);
+    for file_mode in [0o666, 0o660, 0o640, 0o600] {
+        let sub = dir.path().join(format!("m{file_mode:o}"));
+        fs::create_dir(&sub).unwrap();
+        let (store, spare) = store(&sub, 1, true);
+        let mut cfg = store.config().clone();
+        cfg.file_mode = file_mode;
+        let store = Store::new(cfg.clone());
+        let want = file_mode & !umask;
+        let first = save(&store, 1, &rng.bytes(BIG));
+        assert_eq!(mode_of(&first.generation_path), want, "umask {umask:03o}: a new file of mode {file_mode:03o}");
+        save(&store, 2, &rng.bytes(BIG)); // retires generation 1 as the spare
+        assert!(spare.exists(), "the spare is kept");
+        let third = save(&store, 3, &rng.bytes(BIG));
+        assert!(third.reused_spare, "the spare is reused");
+        assert_eq!(mode_of(&third.generation_path), want, "umask {umask:03o}: a reused spare of mode {file_mode:03o}");
+
+        // Saves to one path (ckpt.save in Python, ckpt_save_buffer in C).
+        let path = sub.join("state.ckpt");
+        let mut reused = Vec::new();
+        for _ in 0..3 {
+            let mut w = begin_file(&path, 1, &cfg, Arc::new(FileStorage)).unwrap();
+            w.add_bytes("data", &rng.bytes(BIG)).unwrap();
+            reused.push(w.commit().unwrap().reused_spare);
+            assert_eq!(mode_of(&path), want, "umask {umask:03o}: {} of mode {file_mode:03o}", path.display());
+        }
+        assert_eq!(reused, [false, false, true], "the file the second save replaced is the third's spare");
+    }
+}

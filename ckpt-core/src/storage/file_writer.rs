@@ -13,14 +13,15 @@
 //! the state of memory. Direct writes also leave the application's page cache alone instead of filling it
 //! with a checkpoint nobody reads until a restart. File systems that refuse `O_DIRECT` (at `fcntl` or at
 //! the first write) get buffered writes with write-behind (`sync_file_range`), and `CKPT_DIRECT_IO=0`
-//! asks for that everywhere.
+//! asks for that everywhere: [`crate::Config::direct_io`], which the store hands to every file it creates
+//! ([`super::WriteOptions`]; nothing here reads the environment).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Instant;
 
@@ -58,15 +59,6 @@ pub fn disable_io_threads() {
 /// Whether storage may start threads (see [`disable_io_threads`]).
 pub(super) fn io_threads_allowed() -> bool {
     IO_THREADS.load(Ordering::Relaxed)
-}
-
-/// Whether large checkpoint writes bypass the page cache: `CKPT_DIRECT_IO` (default on; `0`/`off`
-/// selects buffered writes). [`crate::Config::from_env`] rejects malformed values; here they mean on.
-fn direct_io_enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        std::env::var("CKPT_DIRECT_IO").ok().and_then(|v| crate::config::parse_bool(v.trim())).unwrap_or(true)
-    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,12 +203,13 @@ pub(super) struct FileWriter {
 }
 
 impl FileWriter {
-    pub(super) fn new(file: File) -> FileWriter {
+    /// A writer of a new file; `direct_io` is the configuration's `CKPT_DIRECT_IO` ([`super::WriteOptions`]).
+    pub(super) fn new(file: File, direct_io: bool) -> FileWriter {
         FileWriter {
             file: Arc::new(file),
             pos: 0,
             direct: None,
-            direct_possible: direct_io_enabled(),
+            direct_possible: direct_io,
             direct_bytes: 0,
             threads: IO_THREADS.load(Ordering::Relaxed),
             started: 0,
@@ -228,8 +221,8 @@ impl FileWriter {
     }
 
     /// A writer that overwrites an existing file from its first byte.
-    pub(super) fn overwriting(file: File) -> FileWriter {
-        FileWriter { overwriting: true, ..FileWriter::new(file) }
+    pub(super) fn overwriting(file: File, direct_io: bool) -> FileWriter {
+        FileWriter { overwriting: true, ..FileWriter::new(file, direct_io) }
     }
 
     /// Turns `O_DIRECT` on or off for the descriptor; `Ok(false)` when the file system refuses it.
@@ -480,8 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = OpenOptions::new().write(true).create_new(true).open(&path).unwrap();
-        let mut w = FileWriter::new(file);
-        w.direct_possible = direct;
+        let mut w = FileWriter::new(file, direct);
         w.threads = threads;
         // An aligned copy of the data, so pieces can start aligned (zero-copy path) or not.
         let mut backing = vec![0u8; data.len() + 2 * DIRECT_ALIGN];
@@ -558,7 +550,7 @@ mod tests {
                 let path = dir.path().join("spare");
                 fs::write(&path, vec![0xAAu8; old_len]).unwrap();
                 let file = OpenOptions::new().write(true).open(&path).unwrap();
-                let mut w = FileWriter::overwriting(file);
+                let mut w = FileWriter::overwriting(file, true);
                 w.threads = threads;
                 let data: Vec<u8> = (0..new_len).map(|i| (i % 251) as u8).collect();
                 w.write_all(&data[..100]).unwrap();
