@@ -12,8 +12,9 @@
 //!   checkpoint ended (or since start). `auto` uses Daly's optimum from the measured cost and `CKPT_MTBF`.
 //! * **Time limit**: from `SLURM_JOB_END_TIME`, else `squeue` (asked in the background every 5 minutes,
 //!   never on the start, exit or hot path; one query per node and job at a time, the answer shared through
-//!   the runtime directory, see [`triggers::EndTimeWatch`]), else `CKPT_END_TIME`. When the time left falls below the predicted cost times
-//!   the safety factor plus the margin, one checkpoint is requested, and `should_exit` turns true after it.
+//!   the runtime directory, see [`triggers::EndTimeWatch`]), else `CKPT_END_TIME`. When the time left
+//!   falls below the predicted cost times the safety factor plus the margin, one checkpoint is requested,
+//!   and `should_exit` turns true after it.
 //! * **Requests** through the control socket (`ckpt create`), see [`crate::control`].
 //!
 //! A background thread (`ckpt-watch`) does the timing, the squeue queries and the socket; it only ever

