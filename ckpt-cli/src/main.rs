@@ -478,9 +478,16 @@ fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -
     }
     let cfg = Config::from_env(None)?;
     let dir = cfg.socket_dir.ok_or_else(|| Error::invalid("control sockets are disabled (CKPT_SOCKET=0)"))?;
-    let sockets = control::find_sockets(&dir, target)?;
+    // The directory is checked (ours, 0700, no symlink) before anything in it is read, connected to or
+    // signalled; from here on it is reached through its descriptor.
+    let Some(sock_dir) = control::ClientDir::open(&dir)? else {
+        eprintln!("ckpt create: no process of {target:?} on this node is listening ({} does not exist)", dir.display());
+        return Ok(ExitCode::from(1));
+    };
+    let sock_dir = std::sync::Arc::new(sock_dir);
+    let sockets = sock_dir.find(target, ".sock")?;
     // Unmodified programs under the LD_PRELOAD shim are asked by signal.
-    let shims = control::find_registrations(&dir, target, ".shim")?;
+    let shims = sock_dir.find(target, ".shim")?;
     if sockets.is_empty() && shims.is_empty() {
         eprintln!("ckpt create: no process of {target:?} on this node is listening (looked in {})", dir.display());
         return Ok(ExitCode::from(1));
@@ -492,17 +499,23 @@ fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -
     let wait = Duration::from_secs_f64(max_wait);
     let mut handles: Vec<std::thread::JoinHandle<(u32, Result<PathBuf, Error>)>> = sockets
         .into_iter()
-        .map(|(pid, sock)| {
+        .map(|(pid, name)| {
             let img = image_dir.clone();
+            let sock = sock_dir.entry(&name);
+            let shown = dir.join(&name);
             std::thread::spawn(move || {
-                (pid, control::request_checkpoint(&sock, img.as_deref(), vacate, wait).map(|r| r.path))
+                let r = control::request_checkpoint(&sock, img.as_deref(), vacate, wait);
+                // Messages name the socket by its real path, not by the descriptor path used to reach it.
+                (pid, r.map(|r| r.path).map_err(|e| if e.path() == Some(&sock) { e.with_path(&shown) } else { e }))
             })
         })
         .collect();
     for (pid, reg) in shims {
         let img = image_dir.clone();
-        handles
-            .push(std::thread::spawn(move || (pid, shim::request_checkpoint(pid, &reg, img.as_deref(), vacate, wait))));
+        let d = sock_dir.clone();
+        handles.push(std::thread::spawn(move || {
+            (pid, shim::request_checkpoint(pid, &d, &reg, img.as_deref(), vacate, wait))
+        }));
     }
     let mut failed = 0;
     for h in handles {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ckpt_core::process_image::{self, FdKind, ProcessImage, RegionKind};
-use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions};
+use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions, control};
 
 use crate::human;
 
@@ -94,7 +94,11 @@ pub fn run(interval: Option<&str>, dir: Option<&Path>, command: &[String]) -> Re
         _ => lib.display().to_string(),
     };
     cmd.env("LD_PRELOAD", preload);
-    cmd.env("CKPT_SHIM_ROOT", std::process::id().to_string());
+    // The marker names this process (pid, start time, nonce): the exec keeps both, so the shim is active
+    // in the program and in no later process that happens to get its pid.
+    let marker = process_image::RootMarker::for_self().map_err(|e| Error::io("read /proc/self/stat", e))?;
+    cmd.env(process_image::ROOT_MARKER_VAR, marker.format());
+    cmd.env_remove(process_image::IMAGE_FD_VAR).env_remove("CKPT_SHIM_RESTORE").env_remove("CKPT_SHIM_VERIFIED");
     if let Some(i) = interval {
         cmd.env("CKPT_INTERVAL", i);
     }
@@ -121,10 +125,13 @@ fn set_no_randomize() -> Result<(), Error> {
     Ok(())
 }
 
-/// A verified process image and its path.
+/// A verified process image, its path and the descriptor it was verified through.
 pub struct FoundImage {
     /// The file.
     pub path: PathBuf,
+    /// The open file every check and the verification read: `ckpt restart` hands this very descriptor to
+    /// the shim, which never opens the image by name.
+    pub file: std::fs::File,
     /// Its state section.
     pub image: ProcessImage,
     /// The file's identity while it was verified ([`process_image::verified_token`]).
@@ -133,12 +140,14 @@ pub struct FoundImage {
 
 /// Restoring an image runs its code as the calling user: refuse images another user could have written
 /// (owned by someone else, or writable by group or others), unless CKPT_TRUST_IMAGES=1.
-fn check_trusted(path: &Path) -> Result<(), Error> {
+fn check_trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Err(Error::invalid("not a regular file").with_path(path));
+    }
     if std::env::var("CKPT_TRUST_IMAGES").as_deref() == Ok("1") {
         return Ok(());
     }
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", e).with_path(path))?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
@@ -160,21 +169,37 @@ fn check_trusted(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Opens `path` once; everything after (ownership, verification, reading) goes through that descriptor.
+fn open_once(path: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO planted at the name must not hang the open (it is refused as not a file).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Error::io("open", e).with_path(path))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", e).with_path(path))?;
+    check_trusted(path, &meta)?;
+    Ok(file)
+}
+
 fn open_image(path: &Path) -> Result<FoundImage, Error> {
-    check_trusted(path)?;
-    let token = |p: &Path| {
-        std::fs::metadata(p).map(|m| process_image::verified_token(&m)).map_err(|e| Error::io("stat", e).with_path(p))
+    let file = open_once(path)?;
+    let token = |f: &std::fs::File| {
+        f.metadata().map(|m| process_image::verified_token(&m)).map_err(|e| Error::io("stat", e).with_path(path))
     };
-    let before = token(path)?;
+    let before = token(&file)?;
     // Mapped (CKPT_MMAP=0 reads instead): verifying is then one pass over the page cache, no copy.
     let mmap = Config::from_env(None).map(|c| c.mmap).unwrap_or(true);
-    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap })?;
+    let clone = file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(clone), path, LoadOptions { mmap })?;
     cp.verify()?;
     let image = process_image::read(&cp)?;
-    if token(path)? != before {
+    drop(cp);
+    if token(&file)? != before {
         return Err(Error::new(ErrorKind::Conflict, "the image changed while it was being verified").with_path(path));
     }
-    Ok(FoundImage { path: path.to_path_buf(), image, token: before })
+    Ok(FoundImage { path: path.to_path_buf(), file, image, token: before })
 }
 
 /// The newest complete, verified process image in `dir` (this job's name first), with the reasons the
@@ -243,8 +268,8 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
 
 /// The process image's state, read without verifying the memory section: for ordering candidates.
 fn peek_image(path: &Path) -> Result<ProcessImage, Error> {
-    check_trusted(path)?;
-    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap: false })?;
+    let file = open_once(path)?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, LoadOptions { mmap: false })?;
     process_image::read(&cp)
 }
 
@@ -321,25 +346,52 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
         eprintln!("ckpt restart: cannot restore {}: working directory {}: {e}", path.display(), cwd.display());
         return Ok(ExitCode::from(3));
     }
-    // Triggers of this job (a requeued job has a new end time): interval ns, deadline unix ns.
-    let (interval_ns, deadline_ns) = triggers_now();
+    // Triggers of this job (a requeued job has a new end time): interval ns, deadline unix ns, and the
+    // job to ask squeue about in the background when no variable gives the end time.
+    let (interval_ns, deadline_ns, lead_ns, query_job) = triggers_now();
+    // The verified descriptor is handed over (not inherited by anything else: every other descriptor of
+    // this process is close-on-exec); above stderr even if this process was started with 0-2 closed.
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: F_DUPFD makes a new descriptor (without FD_CLOEXEC) that the File below owns.
+    let handed = unsafe { libc::fcntl(found.file.as_raw_fd(), libc::F_DUPFD, 10) };
+    if handed < 0 {
+        return Err(Error::io("keep the image open across exec", std::io::Error::last_os_error()).with_path(&path));
+    }
+    // SAFETY: `handed` was just created and is owned by nothing else.
+    let handed_file = unsafe { std::fs::File::from_raw_fd(handed) };
+    drop(found.file);
+    // The marker names this process, which the exec turns into the program.
+    let marker = process_image::RootMarker::for_self().map_err(|e| Error::io("read /proc/self/stat", e))?;
     let mut env: Vec<CString> = Vec::new();
     for e in &img.envp {
         let key = e.split(|&b| b == b'=').next().unwrap_or(&[]);
-        if [&b"CKPT_SHIM_ROOT"[..], b"CKPT_SHIM_RESTORE", b"CKPT_SHIM_TRIGGERS", b"CKPT_SHIM_VERIFIED"].contains(&key) {
+        let ours: [&[u8]; 7] = [
+            b"CKPT_SHIM_ROOT",
+            b"CKPT_SHIM_RESTORE",
+            b"CKPT_SHIM_TRIGGERS",
+            b"CKPT_SHIM_VERIFIED",
+            b"CKPT_SHIM_IMAGE_FD",
+            b"CKPT_SHIM_QUERY_JOB",
+            b"CKPT_PRELOAD_DISABLE",
+        ];
+        if ours.contains(&key) {
             continue;
         }
         if let Ok(c) = CString::new(e.clone()) {
             env.push(c);
         }
     }
-    let extra = [
+    let mut extra = vec![
         format!("CKPT_SHIM_VERIFIED={}", found.token),
-        format!("CKPT_SHIM_ROOT={}", std::process::id()),
-        format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns}"),
+        format!("{}={handed}", process_image::IMAGE_FD_VAR),
+        format!("{}={}", process_image::ROOT_MARKER_VAR, marker.format()),
+        format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns},{lead_ns}"),
     ];
+    if let Some(job) = query_job {
+        extra.push(format!("CKPT_SHIM_QUERY_JOB={job}"));
+    }
     for x in extra {
-        env.push(CString::new(x).expect("no NUL"));
+        env.push(CString::new(x).map_err(|_| Error::invalid("a restart setting contains a NUL byte"))?);
     }
     env.push(CString::new([b"CKPT_SHIM_RESTORE=".as_slice(), path.as_os_str().as_bytes()].concat()).expect("no NUL"));
     let argv: Vec<CString> = img.argv.iter().filter_map(|a| CString::new(a.clone()).ok()).collect();
@@ -350,8 +402,9 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
     env_p.push(std::ptr::null());
     // SAFETY: NULL-terminated arrays of NUL-terminated strings that outlive the call.
     unsafe { libc::execve(exe.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
-    Err(Error::io("execute the saved program", std::io::Error::last_os_error())
-        .with_path(Path::new(&OsString::from_vec(img.exe.clone()))))
+    let err = std::io::Error::last_os_error();
+    drop(handed_file);
+    Err(Error::io("execute the saved program", err).with_path(Path::new(&OsString::from_vec(img.exe.clone()))))
 }
 
 fn show_limit(v: u64) -> String {
@@ -359,62 +412,96 @@ fn show_limit(v: u64) -> String {
 }
 
 /// The interval and the time-limit trigger of the current environment (0 = none), as the shim computes
-/// them at start.
-fn triggers_now() -> (u64, u64) {
-    let Ok(cfg) = Config::from_env(None) else { return (0, 0) };
-    let plan = ckpt_core::triggers::timer_plan(&cfg);
+/// them at start: (interval ns, deadline unix ns, deadline lead ns, job whose end time the shim asks squeue
+/// for in the background). squeue is never asked here: a restart does not wait for the controller.
+fn triggers_now() -> (u64, u64, u64, Option<String>) {
+    let Ok(cfg) = Config::from_env(None) else { return (0, 0, 0, None) };
+    let query_job = if cfg.end_time.is_none() { cfg.job_id.clone() } else { None };
+    let mut no_query = cfg.clone();
+    no_query.job_id = None;
+    let plan = ckpt_core::triggers::timer_plan(&no_query);
     let ns = |s: f64| (s * 1e9) as u64;
-    (plan.interval.map(|d| d.as_nanos() as u64).unwrap_or(0), plan.checkpoint_at.map(ns).unwrap_or(0))
+    // The lead (end time minus checkpoint time) by the same rule, for the background answer.
+    const END: f64 = 4_000_000_000.0;
+    let mut probe = no_query;
+    probe.end_time = Some(END as i64);
+    let lead = ckpt_core::triggers::timer_plan(&probe).checkpoint_at.map(|at| (END - at).max(0.0)).unwrap_or(0.0);
+    (
+        plan.interval.map(|d| d.as_nanos() as u64).unwrap_or(0),
+        plan.checkpoint_at.map(ns).unwrap_or(0),
+        ns(lead),
+        query_job,
+    )
 }
 
-/// Asks a process under the shim for a checkpoint (`ckpt create`): leaves the image directory in
-/// `<registration>.request`, marks that an answer is awaited, sends the checkpoint signal (the
-/// checkpoint-and-exit one for `--vacate`) and waits for the writer's answer in `<registration>.reply`.
+/// Asks a process under the shim for a checkpoint (`ckpt create`): checks that the registration names a
+/// live process of this user that really is the registered one (its start time and boot), leaves the
+/// image directory in `<registration>.request`, marks that an answer is awaited, sends the checkpoint
+/// signal (the checkpoint-and-exit one for `--vacate`) and waits for the writer's answer in
+/// `<registration>.reply`. Every file is created afresh (`O_EXCL|O_NOFOLLOW`) or read without following
+/// a symlink, in the directory `dir` checked before.
 pub fn request_checkpoint(
     pid: u32,
-    registration: &Path,
+    dir: &control::ClientDir,
+    registration: &str,
     image_dir: Option<&Path>,
     vacate: bool,
     max_wait: std::time::Duration,
 ) -> Result<PathBuf, Error> {
-    let text = std::fs::read_to_string(registration)
-        .map_err(|e| Error::io("read the registration", e).with_path(registration))?;
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-            .and_then(|v| v.parse::<i32>().ok())
-    };
-    let signal = if vacate { field("exit_signal") } else { field("signal") }.filter(|&s| s > 0).ok_or_else(|| {
-        Error::invalid(if vacate { "the process has no checkpoint-and-exit signal" } else { "no checkpoint signal" })
-            .with_path(registration)
+    let reg_path = dir.path().join(registration);
+    let text = dir.read_own_file(registration)?.ok_or_else(|| {
+        Error::new(ErrorKind::NotFound, "the registration disappeared (the process exited)").with_path(&reg_path)
     })?;
-    let request = registration.with_extension("request");
-    let pending = registration.with_extension("reply-pending");
-    let reply = registration.with_extension("reply");
-    let _ = std::fs::remove_file(&reply);
+    let reg = process_image::Registration::parse(&text).map_err(|why| {
+        Error::invalid(format!("not signalling pid {pid}: the registration has {why}")).with_path(&reg_path)
+    })?;
+    check_registered_process(pid, &reg)
+        .map_err(|why| Error::invalid(format!("not signalling pid {pid}: {why}")).with_path(&reg_path))?;
+    let signal = if vacate { reg.exit_signal } else { reg.signal };
+    if signal <= 0 {
+        return Err(Error::invalid(if vacate {
+            "the process has no checkpoint-and-exit signal"
+        } else {
+            "no checkpoint signal"
+        })
+        .with_path(&reg_path));
+    }
+    let stem = registration.strip_suffix(".shim").unwrap_or(registration);
+    let (request, pending, reply) =
+        (format!("{stem}.request"), format!("{stem}.reply-pending"), format!("{stem}.reply"));
+    dir.remove(&reply);
     let dir_text = image_dir.map(|d| d.display().to_string()).unwrap_or_default();
-    std::fs::write(&request, dir_text).map_err(|e| Error::io("write the request", e).with_path(&request))?;
-    std::fs::write(&pending, b"").map_err(|e| Error::io("write the request", e).with_path(&pending))?;
+    let cleanup = || {
+        dir.remove(&pending);
+        dir.remove(&request);
+    };
+    dir.create_new(&request, dir_text.as_bytes())?;
+    if let Err(e) = dir.create_new(&pending, b"") {
+        cleanup();
+        return Err(e);
+    }
     // SAFETY: kill has no memory effects.
     if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
-        let _ = std::fs::remove_file(&request);
-        let _ = std::fs::remove_file(&pending);
+        cleanup();
         return Err(Error::io("signal the process", std::io::Error::last_os_error()));
     }
     let start = std::time::Instant::now();
-    let cleanup = || {
-        let _ = std::fs::remove_file(&pending);
-        let _ = std::fs::remove_file(&request);
-    };
     loop {
-        if let Ok(answer) = std::fs::read_to_string(&reply) {
-            let _ = std::fs::remove_file(&reply);
-            cleanup();
-            let answer = answer.trim();
-            return match answer.strip_prefix("error: ") {
-                Some(e) => Err(Error::new(ErrorKind::InvalidState, e.to_string())),
-                None => Ok(PathBuf::from(answer)),
-            };
+        match dir.read_own_file(&reply) {
+            Ok(Some(answer)) => {
+                dir.remove(&reply);
+                cleanup();
+                let answer = answer.trim();
+                return match answer.strip_prefix("error: ") {
+                    Some(e) => Err(Error::new(ErrorKind::InvalidState, e.to_string())),
+                    None => Ok(PathBuf::from(answer)),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => {
+                cleanup();
+                return Err(e);
+            }
         }
         if start.elapsed() > max_wait {
             cleanup();
@@ -428,6 +515,40 @@ pub fn request_checkpoint(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Whether `pid` is the process that wrote `reg`: it runs as this user (real and effective uid), in this
+/// boot, and started when the registration says (a pid reused by another process has another start time).
+fn check_registered_process(pid: u32, reg: &process_image::Registration) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default();
+    if uids.len() < 2 || uids[0] != me || uids[1] != me {
+        return Err(format!(
+            "it runs as uid {} (real) / {} (effective), not as you (uid {me}): it is not your process",
+            uids.first().map(|u| u.to_string()).unwrap_or_else(|| "?".into()),
+            uids.get(1).map(|u| u.to_string()).unwrap_or_else(|| "?".into())
+        ));
+    }
+    let boot = process_image::boot_id().unwrap_or_default();
+    if reg.boot != boot {
+        return Err(format!("the registration was written before a reboot (boot {}, now {boot})", reg.boot));
+    }
+    let start = process_image::process_start_time(pid).map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    if start != reg.start {
+        return Err(format!(
+            "it started at tick {start}, the registered process at tick {}: the registered process is gone and \
+             its pid now belongs to another process",
+            reg.start
+        ));
+    }
+    Ok(())
 }
 
 /// `ckpt inspect` of a process image: the program, the node it needs, its regions and descriptors.

@@ -40,6 +40,13 @@ const TIMER_INTERVAL: usize = 1;
 const TIMER_DEADLINE: usize = 2;
 /// `si_code` of a POSIX timer signal.
 const SI_TIMER: i32 = -2;
+/// `si_code` of a signal sent with `sigqueue`.
+const SI_QUEUE: i32 = -1;
+/// The background end-time query's answer (see [`spawn_end_time_query`]): a `sigqueue` of the timer
+/// signal whose value has this tag in its top 16 bits and the unix second to checkpoint at below.
+const END_TIME_TAG: usize = 0xC4E7;
+/// How long the background query may take (it never delays the program).
+const END_TIME_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most descriptors the handler records.
 pub(crate) const MAX_FDS: usize = 1024;
 /// Signal numbers are 1..=64.
@@ -91,6 +98,17 @@ pub(crate) static RESTORED_INO: AtomicU64 = AtomicU64::new(0);
 pub(crate) static EXIT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// The settings and names built at start (heap data: it is restored with the heap).
 pub(crate) static CONTEXT: AtomicUsize = AtomicUsize::new(0);
+/// The start time of the root process (clock ticks after boot) and the boot it counts from
+/// (NUL-terminated): written into the registration so `ckpt create` signals only this process.
+pub(crate) static ROOT_START: AtomicU64 = AtomicU64::new(0);
+pub(crate) static BOOT_ID: Shared<[u8; 64]> = Shared::new([0; 64]);
+/// `CKPT_SHIM_ROOT=<marker>` (NUL-terminated), handed to `putenv`: the environment names the root
+/// process through this buffer, and the restorer rewrites it in place (same width) to name the restored
+/// process, so its children never inherit a marker naming a pid that is free again.
+pub(crate) static ROOT_MARKER_ENV: Shared<[u8; ROOT_ENV_LEN + 1]> = Shared::new([0; ROOT_ENV_LEN + 1]);
+/// `CKPT_SHIM_ROOT=` and a marker.
+pub(crate) const ROOT_ENV_PREFIX: &[u8] = b"CKPT_SHIM_ROOT=";
+pub(crate) const ROOT_ENV_LEN: usize = ROOT_ENV_PREFIX.len() + ckpt_core::process_image::ROOT_MARKER_LEN;
 
 /// A cell the single-threaded handler and interposers share (the shim refuses multi-threaded programs;
 /// the handler runs with every signal blocked).
@@ -272,21 +290,45 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
         return;
     }
     let pid = getpid();
+    // Which process is the root: the one CKPT_SHIM_ROOT names by pid *and* start time (`ckpt run` and
+    // `ckpt restart` name themselves, then exec the program: same pid, same start time). A process that
+    // merely has that pid now (the named one is gone) has another start time and stays passive.
+    let marker = getenv("CKPT_SHIM_ROOT").map(|t| ckpt_core::process_image::RootMarker::parse(&t).map_err(|e| (t, e)));
+    let named_me = |m: &ckpt_core::process_image::RootMarker| m.names_self();
     if let Some(image) = getenv("CKPT_SHIM_RESTORE") {
         // Only the process `ckpt restart` exec'ed restores; its children see the variable too.
-        if getenv("CKPT_SHIM_ROOT").and_then(|v| v.parse::<i32>().ok()) == Some(pid) {
-            restore::restore_from(&image, &getenv);
+        match &marker {
+            Some(Ok(m)) if named_me(m) => restore::restore_from(&image, m.nonce, &getenv),
+            Some(Err((t, why))) if t.trim() == pid.to_string() => {
+                restore::refuse_restart(&image, why);
+            }
+            _ => {}
         }
         return;
     }
-    match getenv("CKPT_SHIM_ROOT").and_then(|v| v.parse::<i32>().ok()) {
-        Some(root) if root != pid => return, // a child of the checkpointed process: stay passive
-        _ => {}
-    }
-    // SAFETY: the constructor runs before any thread exists; setenv's contract holds.
-    unsafe {
-        let v = std::ffi::CString::new(pid.to_string()).unwrap_or_default();
-        libc::setenv(c"CKPT_SHIM_ROOT".as_ptr(), v.as_ptr(), 1);
+    let nonce = match &marker {
+        Some(Ok(m)) if named_me(m) => m.nonce,
+        Some(Ok(_)) => return, // a child of the checkpointed process (or of an earlier one): stay passive
+        Some(Err((t, why))) => {
+            if t.trim() == pid.to_string() {
+                warn_prefixed(b"checkpointing is disabled in this process: ", why.as_bytes());
+            }
+            return;
+        }
+        None => ckpt_core::process_image::nonce(), // LD_PRELOAD set by hand: this process is the root
+    };
+    let start = match ckpt_core::process_image::process_start_time(pid as u32) {
+        Ok(s) => s,
+        Err(e) => {
+            warn_prefixed(b"checkpointing is disabled: cannot read /proc/self/stat: ", e.to_string().as_bytes());
+            return;
+        }
+    };
+    set_root_marker(&ckpt_core::process_image::RootMarker { pid: pid as u32, start, nonce });
+    ROOT_START.store(start, Ordering::Relaxed);
+    if let Some(boot) = ckpt_core::process_image::boot_id() {
+        // SAFETY: single-threaded initialisation (see Shared).
+        unsafe { fill_cstr(&mut *BOOT_ID.get(), boot.as_bytes()) };
     }
     // Address-space randomization off, so a restart finds every library at the same address.
     // SAFETY: personality(0xffffffff) only queries.
@@ -310,6 +352,21 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
             write_all(2, line.as_bytes());
             exit_group(2);
         }
+    }
+}
+
+/// Puts `CKPT_SHIM_ROOT=<marker>` into the environment through [`ROOT_MARKER_ENV`] (`putenv` keeps the
+/// buffer, so the restorer can rewrite the marker in place).
+fn set_root_marker(m: &ckpt_core::process_image::RootMarker) {
+    let text = m.format();
+    // SAFETY: single-threaded initialisation (see Shared); the buffer is static, so putenv may keep it.
+    unsafe {
+        let buf = &mut *ROOT_MARKER_ENV.get();
+        let mut pos = 0;
+        put(buf, &mut pos, ROOT_ENV_PREFIX);
+        put(buf, &mut pos, text.as_bytes());
+        buf[pos.min(ROOT_ENV_LEN)] = 0;
+        libc::putenv(buf.as_mut_ptr().cast());
     }
 }
 
@@ -400,7 +457,13 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     }
     let log_path = log_path.map(|p| std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p));
     let signals = config.signals.clone();
-    let timers = ckpt_core::triggers::timer_plan(&config);
+    // Never ask squeue on the start path: the end time comes from SLURM_JOB_END_TIME/CKPT_END_TIME at
+    // once; without one, a background process asks squeue (below, once the handlers are in place).
+    let query_job = if config.end_time.is_none() { config.job_id.clone() } else { None };
+    let mut no_query = config.clone();
+    no_query.job_id = None;
+    let timers = ckpt_core::triggers::timer_plan(&no_query);
+    let lead = deadline_lead(&no_query);
     let socket_dir = config.socket_dir.clone();
     let (job_id, step_id) = (config.job_id.clone(), config.step_id);
     let store = ckpt_core::Store::with_storage(config, std::sync::Arc::new(writer::ForkSafeStorage));
@@ -414,21 +477,15 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
 
     resolve_real_sigaction();
     find_thread_state();
-    let mut timer_signal = 0;
     for spec in &signals {
         let sig = spec.signal as usize;
         if sig >= NSIG {
             continue;
         }
         SIGNAL_MODE[sig].store(if spec.exit { 2 } else { 1 }, Ordering::Relaxed);
-        if !spec.exit && timer_signal == 0 {
-            timer_signal = spec.signal;
-        }
         install_handler(spec.signal).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
     }
-    if timer_signal == 0 {
-        timer_signal = signals.first().map(|s| s.signal).unwrap_or(libc::SIGUSR1);
-    }
+    let timer_signal = timer_signal_of(&signals);
     EXIT_SIGNAL.store(signals.iter().find(|s| s.exit).map(|s| s.signal).unwrap_or(0), Ordering::Relaxed);
     TIMER_SIGNAL.store(timer_signal, Ordering::Relaxed);
     ROOT_PID.store(getpid(), Ordering::Relaxed);
@@ -439,9 +496,12 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     writer::log_line(&serde_json::json!({
         "event": "start", "pid": getpid(), "signals": signals.iter().map(|s| s.signal).collect::<Vec<_>>(),
         "interval_s": interval_ns as f64 / 1e9, "end_time": timers.end_time.map(|(t, _)| t),
-        "end_time_source": timers.end_time.map(|(_, s)| s), "end_time_error": timers.end_time_error,
-        "deadline_checkpoint_at": timers.checkpoint_at,
+        "end_time_source": timers.end_time.map(|(_, s)| s).or(query_job.as_ref().map(|_| "squeue (asked in the background)")),
+        "end_time_error": timers.end_time_error, "deadline_checkpoint_at": timers.checkpoint_at,
     }));
+    if let Some(job) = &query_job {
+        spawn_end_time_query(job, lead, timer_signal);
+    }
     if let Some(dir) = socket_dir
         && ckpt_core::control::prepare_socket_dir(&dir).is_ok()
     {
@@ -461,7 +521,12 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     Ok(())
 }
 
-fn fill_cstr(dst: &mut [u8], src: &[u8]) {
+/// The signal the timers (and the end-time answer) use: the first checkpoint-and-continue signal.
+pub(crate) fn timer_signal_of(signals: &[ckpt_core::triggers::SignalSpec]) -> i32 {
+    signals.iter().find(|s| !s.exit).or(signals.first()).map(|s| s.signal).unwrap_or(libc::SIGUSR1)
+}
+
+pub(crate) fn fill_cstr(dst: &mut [u8], src: &[u8]) {
     if src.len() < dst.len() {
         dst[..src.len()].copy_from_slice(src);
         dst[src.len()] = 0;
@@ -476,36 +541,82 @@ fn cstr_len(b: &[u8]) -> usize {
     n
 }
 
-/// Creates `<socket_dir>/<pid>.<job>.<step>.shim` (raw system calls: the restorer calls this too).
+/// Creates `<socket_dir>/<pid>.<job>.<step>.shim` (raw system calls: the restorer calls this too): only in
+/// a directory of this user with mode 0700 (no symlink), afresh (`O_EXCL|O_NOFOLLOW`), with the signals
+/// and the process's start time and boot (see [`ckpt_core::process_image::Registration`]).
 pub(crate) fn register_process() {
     // SAFETY: single-threaded access (see Shared).
     let (dir, suffix, path) = unsafe { (&*REG_DIR.get(), &*REG_SUFFIX.get(), &mut *REG_PATH.get()) };
     let (dl, sl) = (cstr_len(dir), cstr_len(suffix));
-    if dl == 0 || sl == 0 {
+    path[0] = 0;
+    if dl == 0 || sl == 0 || dl >= dir.len() {
         return;
     }
+    let dirfd = open(&dir[..=dl], libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0);
+    if dirfd < 0 {
+        return;
+    }
+    let dirfd = dirfd as i32;
+    // SAFETY: a zeroed stat is valid output space; fstat writes it; geteuid has no arguments.
+    let (st, euid) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let r = syscall3(SYS_fstat, dirfd as usize, &mut st as *mut libc::stat as usize, 0);
+        (if r == 0 { Some(st) } else { None }, syscall3(libc::SYS_geteuid, 0, 0, 0) as u32)
+    };
+    if !st.is_some_and(|st| st.st_uid == euid && st.st_mode & 0o077 == 0) {
+        warn(b"not registering for `ckpt create`: the socket directory is not a private (0700) directory of yours");
+        close(dirfd);
+        return;
+    }
+    let mut name = [0u8; 128];
+    let mut n = 0;
+    put_u64(&mut name, &mut n, getpid() as u64);
+    put(&mut name, &mut n, &suffix[..sl]);
+    if n >= name.len() {
+        close(dirfd);
+        return;
+    }
+    name[n] = 0;
+    // SAFETY: a live directory descriptor and NUL-terminated names.
+    let fd = unsafe {
+        syscall3(libc::SYS_unlinkat, dirfd as usize, name.as_ptr() as usize, 0);
+        syscall6(
+            SYS_openat,
+            dirfd as usize,
+            name.as_ptr() as usize,
+            (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW) as usize,
+            0o600,
+            0,
+            0,
+        )
+    };
+    close(dirfd);
+    if fd < 0 {
+        return;
+    }
+    let mut text = [0u8; 256];
+    let mut t = 0;
+    put(&mut text, &mut t, b"signal=");
+    put_u64(&mut text, &mut t, TIMER_SIGNAL.load(Ordering::Relaxed) as u64);
+    put(&mut text, &mut t, b"\nexit_signal=");
+    put_u64(&mut text, &mut t, EXIT_SIGNAL.load(Ordering::Relaxed) as u64);
+    put(&mut text, &mut t, b"\nstart=");
+    put_u64(&mut text, &mut t, ROOT_START.load(Ordering::Relaxed));
+    put(&mut text, &mut t, b"\nboot=");
+    // SAFETY: single-threaded access (see Shared).
+    let boot = unsafe { &*BOOT_ID.get() };
+    put(&mut text, &mut t, &boot[..cstr_len(boot)]);
+    put(&mut text, &mut t, b"\n");
+    write_all(fd as i32, &text[..t]);
+    close(fd as i32);
     let mut pos = 0;
     put(path, &mut pos, &dir[..dl]);
     put(path, &mut pos, b"/");
-    put_u64(path, &mut pos, getpid() as u64);
-    put(path, &mut pos, &suffix[..sl]);
-    if pos >= path.len() {
+    put(path, &mut pos, &name[..n]);
+    if pos < path.len() {
+        path[pos] = 0;
+    } else {
         path[0] = 0;
-        return;
-    }
-    path[pos] = 0;
-    let fd =
-        open(&path[..=pos], libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600);
-    if fd >= 0 {
-        let mut text = [0u8; 64];
-        let mut n = 0;
-        put(&mut text, &mut n, b"signal=");
-        put_u64(&mut text, &mut n, TIMER_SIGNAL.load(Ordering::Relaxed) as u64);
-        put(&mut text, &mut n, b"\nexit_signal=");
-        put_u64(&mut text, &mut n, EXIT_SIGNAL.load(Ordering::Relaxed) as u64);
-        put(&mut text, &mut n, b"\n");
-        write_all(fd as i32, &text[..n]);
-        close(fd as i32);
     }
 }
 
@@ -573,6 +684,138 @@ pub(crate) fn arm_timers(interval_ns: u64, deadline_unix_ns: u64) {
     }
 }
 
+/// Replaces the deadline timer with one firing at `unix_ns` (async-signal-safe: the handler calls it when
+/// the background end-time query answers).
+fn arm_deadline(unix_ns: u64) {
+    let old = DEADLINE_TIMER.swap(-1, Ordering::Relaxed);
+    if old >= 0 {
+        // SAFETY: deletes a timer this process created.
+        unsafe { syscall3(libc::SYS_timer_delete, old as usize, 0, 0) };
+    }
+    let signo = TIMER_SIGNAL.load(Ordering::Relaxed);
+    let mut ev = [0u8; 64];
+    ev[..8].copy_from_slice(&(TIMER_DEADLINE as u64).to_le_bytes());
+    ev[8..12].copy_from_slice(&signo.to_le_bytes());
+    ev[12..16].copy_from_slice(&(libc::SIGEV_SIGNAL).to_le_bytes());
+    let mut id: i32 = -1;
+    // SAFETY: `ev` is a valid kernel sigevent and `id` a writable timer_t.
+    let r = unsafe {
+        syscall3(SYS_timer_create, libc::CLOCK_REALTIME as usize, ev.as_ptr() as usize, &mut id as *mut i32 as usize)
+    };
+    if r < 0 {
+        return;
+    }
+    let ns = unix_ns.max(1);
+    let its: [i64; 4] = [0, 0, (ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64];
+    // SAFETY: `its` is a valid itimerspec; the old value is not requested.
+    unsafe { syscall6(SYS_timer_settime, id as usize, libc::TIMER_ABSTIME as usize, its.as_ptr() as usize, 0, 0, 0) };
+    DEADLINE_TIMER.store(id as i64, Ordering::Relaxed);
+}
+
+/// Seconds between the checkpoint-and-exit and the job's end under `cfg` (the same rule as
+/// [`ckpt_core::triggers::timer_plan`], which computes it).
+pub(crate) fn deadline_lead(cfg: &ckpt_core::Config) -> f64 {
+    const END: f64 = 4_000_000_000.0;
+    let mut c = cfg.clone();
+    c.job_id = None;
+    c.end_time = Some(END as i64);
+    ckpt_core::triggers::timer_plan(&c).checkpoint_at.map(|at| (END - at).max(0.0)).unwrap_or(0.0)
+}
+
+/// Asks squeue for the end time of `job` without ever making the program wait: a detached process
+/// (double fork, stdio on /dev/null, every other descriptor closed, no SIGCHLD to the program) runs the
+/// query with a bounded timeout and answers with a `sigqueue` of the timer signal carrying the unix
+/// second to checkpoint at (`END_TIME_TAG`); the handler then arms the deadline timer. The answer is
+/// sent only while the root process is still the same one (pid and start time). Nothing waits for the
+/// query, neither at start nor at exit.
+pub(crate) fn spawn_end_time_query(job: &str, lead: f64, signal: i32) {
+    let root = getpid();
+    let root_start = ROOT_START.load(Ordering::Relaxed);
+    // SAFETY: clone without flags or stack: a fork with no SIGCHLD and no atfork handlers; the child
+    // continues below and only exits or forks once more.
+    let mid = unsafe { syscall6(libc::SYS_clone, 0, 0, 0, 0, 0, 0) };
+    if mid == 0 {
+        fix_cached_tid();
+        // SAFETY: fork in the single-threaded intermediate process; the grandchild runs the query.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            end_time_query(job, lead, signal, root, root_start);
+        }
+        exit_group(0);
+    }
+    if mid > 0 {
+        let mut status = 0i32;
+        loop {
+            // SAFETY: waits for our own clone child (it exits at once); `status` is writable.
+            let r = unsafe {
+                syscall6(SYS_wait4, mid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0)
+            };
+            if r != -(libc::EINTR as isize) {
+                break;
+            }
+        }
+    }
+}
+
+/// After a raw clone, glibc's cached thread id is still the parent's: correct it.
+fn fix_cached_tid() {
+    let off = TID_OFFSET.load(Ordering::Relaxed);
+    if off < 0 {
+        return;
+    }
+    let mut fs: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes the FS base; the tid slot is inside the thread control block.
+    unsafe {
+        syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0);
+        std::ptr::write_volatile((fs + off as u64) as *mut i32, gettid());
+    }
+}
+
+/// The detached query process (see [`spawn_end_time_query`]); never returns.
+fn end_time_query(job: &str, lead: f64, signal: i32, root: i32, root_start: u64) -> ! {
+    // SAFETY: this process is single-threaded and owns its descriptors and environment.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+        }
+        syscall3(SYS_close_range, 3, u32::MAX as usize, 0);
+        // squeue and its children must not load the shim's machinery again.
+        libc::setenv(c"CKPT_PRELOAD_DISABLE".as_ptr(), c"1".as_ptr(), 1);
+    }
+    let same_root = || ckpt_core::process_image::process_start_time(root as u32).is_ok_and(|s| s == root_start);
+    match ckpt_core::triggers::query_squeue_end_time(job, END_TIME_QUERY_TIMEOUT) {
+        Ok(Some(end)) => {
+            let at = (end as f64 - lead).max(1.0) as u64;
+            writer::log_line(&serde_json::json!({
+                "event": "end-time", "pid": root, "end_time": end, "end_time_source": "squeue",
+                "deadline_checkpoint_at": at,
+            }));
+            if same_root() && at < (1 << 48) {
+                // SAFETY: a zeroed siginfo with the fields rt_sigqueueinfo reads; the value is an integer.
+                unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    let words = &mut info as *mut libc::siginfo_t as *mut i32;
+                    // si_signo, si_errno, si_code; then si_pid, si_uid, si_value (at byte 24).
+                    *words = signal;
+                    *words.add(2) = SI_QUEUE;
+                    *words.add(4) = getpid();
+                    *words.add(5) = syscall3(libc::SYS_getuid, 0, 0, 0) as i32;
+                    *((words as *mut u8).add(24) as *mut usize) = END_TIME_TAG << 48 | at as usize;
+                    syscall3(libc::SYS_rt_sigqueueinfo, root as usize, signal as usize, &info as *const _ as usize);
+                }
+            }
+        }
+        Ok(None) => writer::log_line(&serde_json::json!({"event": "end-time", "pid": root, "end_time": null,
+            "end_time_source": "squeue"})),
+        Err(e) => writer::log_line(&serde_json::json!({"event": "end-time", "pid": root, "end_time": null,
+            "end_time_source": "squeue", "end_time_error": e.to_string()})),
+    }
+    exit_group(0)
+}
+
 fn resolve_real_sigaction() {
     // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition after ours.
     let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) };
@@ -606,7 +849,7 @@ fn install_handler(sig: c_int) -> Result<(), String> {
 }
 
 /// Finds glibc's cached tid in the thread control block, the rseq registration and errno's address.
-fn find_thread_state() {
+pub(crate) fn find_thread_state() {
     let mut fs: u64 = 0;
     // SAFETY: ARCH_GET_FS writes the FS base into `fs`.
     unsafe { syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0) };
@@ -663,6 +906,17 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     let mut mode = if sig_u < NSIG { SIGNAL_MODE[sig_u].load(Ordering::Relaxed) } else { 0 };
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as usize) };
+    if code == SI_QUEUE && value >> 48 == END_TIME_TAG {
+        // The background end-time query's answer: arm the deadline, nothing else.
+        if ACTIVE.load(Ordering::Acquire) && getpid() == ROOT_PID.load(Ordering::Relaxed) {
+            arm_deadline(((value & ((1 << 48) - 1)) as u64).saturating_mul(1_000_000_000));
+        }
+        if !errno_addr.is_null() {
+            // SAFETY: as above.
+            unsafe { *errno_addr = saved_errno };
+        }
+        return;
+    }
     let from_timer = code == SI_TIMER && (value == TIMER_INTERVAL || value == TIMER_DEADLINE);
     if from_timer {
         mode = if value == TIMER_DEADLINE { 2 } else { 1 };

@@ -20,7 +20,6 @@
 //! register, the FPU/vector state and the signal mask, and the program continues where the checkpoint
 //! signal interrupted it.
 
-use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
@@ -66,6 +65,11 @@ pub struct Plan {
     map_runs: u32,
     image_dev: u64,
     image_ino: u64,
+    /// The marker naming the restored process (written over the restored `CKPT_SHIM_ROOT`), its start
+    /// time and this boot's id (NUL-terminated), for the registration.
+    marker: [u8; ckpt_core::process_image::ROOT_MARKER_LEN],
+    root_start: u64,
+    boot_id: [u8; 64],
 }
 
 #[repr(C)]
@@ -151,18 +155,85 @@ fn current_maps() -> Vec<Mapping> {
         .collect()
 }
 
-/// Restores `image_path` into this process (see the module documentation). Returns only by exiting.
-pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<String>) {
+/// Refuses a restart before anything was changed (exit status 3).
+pub(crate) fn refuse_restart(image: &str, message: &str) -> ! {
+    refuse(image, message)
+}
+
+/// Restores the image `ckpt restart` verified and left open (descriptor `CKPT_SHIM_IMAGE_FD`; its path
+/// `image_path` is only named in messages, never opened) into this process (see the module
+/// documentation). `nonce` is the one of the marker naming this process. Returns only by exiting.
+pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -> Option<String>) {
+    use ckpt_core::process_image::{IMAGE_FD_VAR, OpenedFile, RootMarker, verified_token};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::MetadataExt;
     let t0_ns = monotonic_ns();
-    let cp = match ckpt_core::Checkpoint::open(image_path) {
+    // The descriptor, moved out of the program's way (and closed on exec); the restorer closes it before
+    // the program resumes (it closes everything above stderr and reopens the image's own descriptors).
+    let Some(fd) = getenv(IMAGE_FD_VAR).and_then(|v| v.trim().parse::<i32>().ok()).filter(|&fd| fd > 2) else {
+        refuse(
+            image_path,
+            "CKPT_SHIM_RESTORE is set without the image's descriptor (CKPT_SHIM_IMAGE_FD): restarts go through \
+             `ckpt restart`, which verifies the image and hands over the open file (the shim never opens an \
+             image by name)",
+        )
+    };
+    // SAFETY: fcntl/close on a descriptor number; a bad number fails with EBADF.
+    let high = unsafe {
+        let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 900);
+        libc::close(fd);
+        h
+    };
+    if high < 0 {
+        refuse(image_path, &format!("descriptor {fd} (CKPT_SHIM_IMAGE_FD) is not open"));
+    }
+    // SAFETY: duplicates the descriptor just made; the File owns the duplicate.
+    let file = unsafe {
+        let d = libc::fcntl(high, libc::F_DUPFD_CLOEXEC, 900);
+        if d < 0 {
+            refuse(image_path, "cannot duplicate the image's descriptor");
+        }
+        std::fs::File::from_raw_fd(d)
+    };
+    let meta = match file.metadata() {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => refuse(image_path, &format!("descriptor {fd} (CKPT_SHIM_IMAGE_FD) is not a regular file")),
+        Err(e) => refuse(image_path, &format!("fstat of descriptor {fd}: {e}")),
+    };
+    // `ckpt restart` verified every CRC a moment ago through this very descriptor and says so with the
+    // file's identity (device, inode, size, mtime, owner, mode): it must match what fstat says now.
+    // Without that word (a restart set up by hand), the ownership rules and every CRC are checked here.
+    let token = verified_token(&meta);
+    let verified = match getenv("CKPT_SHIM_VERIFIED") {
+        Some(t) if t == token => true,
+        Some(t) => refuse(
+            image_path,
+            &format!(
+                "descriptor {fd} is not the file `ckpt restart` verified (it verified {t}, the descriptor is {token}): \
+                 refused"
+            ),
+        ),
+        None => {
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            let trust_all = getenv("CKPT_TRUST_IMAGES").is_some_and(|v| v == "1");
+            if !trust_all && meta.uid() != me {
+                refuse(image_path, &format!("the image is owned by uid {}, not by you (uid {me})", meta.uid()));
+            }
+            if !trust_all && meta.mode() & 0o022 != 0 {
+                refuse(image_path, &format!("the image is writable by other users (mode {:o})", meta.mode() & 0o7777));
+            }
+            false
+        }
+    };
+    let cp = match ckpt_core::Checkpoint::open_with(
+        &OpenedFile(file),
+        std::path::Path::new(image_path),
+        ckpt_core::LoadOptions { mmap: true },
+    ) {
         Ok(cp) => cp,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    // `ckpt restart` verified every CRC a moment ago and says so with the file's identity (images are never
-    // modified in place); anything else (a hand-set CKPT_SHIM_RESTORE) is verified here.
-    let verified = getenv("CKPT_SHIM_VERIFIED").is_some_and(|token| {
-        std::fs::metadata(image_path).is_ok_and(|m| token == ckpt_core::process_image::verified_token(&m))
-    });
     if !verified && let Err(e) = cp.verify() {
         refuse(image_path, &e.to_string());
     }
@@ -179,6 +250,16 @@ pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<Str
     if let Some(problem) = preflight(&image) {
         refuse(image_path, &problem);
     }
+    let pid = getpid();
+    let start = match ckpt_core::process_image::process_start_time(pid as u32) {
+        Ok(s) => s,
+        Err(e) => refuse(image_path, &format!("/proc/self/stat: {e}")),
+    };
+    let marker = RootMarker { pid: pid as u32, start, nonce }.format();
+    let mut boot_id = [0u8; 64];
+    if let Some(b) = ckpt_core::process_image::boot_id() {
+        crate::fill_cstr(&mut boot_id, b.as_bytes());
+    }
     let maps = current_maps();
     // The identical file mappings stay (the shim's code is among them: the restorer runs from it).
     let keep: Vec<(u64, u64, Vec<u8>, u64)> = maps
@@ -186,25 +267,22 @@ pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<Str
         .filter(|m| m.path.starts_with('/'))
         .map(|m| (m.start, m.end, m.path.as_bytes().to_vec(), m.offset))
         .collect();
-    let (interval_ns, deadline_ns) = parse_triggers(getenv("CKPT_SHIM_TRIGGERS").as_deref());
+    let (interval_ns, deadline_ns, lead) = parse_triggers(getenv("CKPT_SHIM_TRIGGERS").as_deref());
+    // No end time known to `ckpt restart` (and it never asks squeue): ask in the background, as at start.
+    if let Some(job) = getenv("CKPT_SHIM_QUERY_JOB").filter(|j| !j.is_empty()) {
+        crate::ROOT_START.store(start, Ordering::Relaxed);
+        crate::find_thread_state();
+        crate::spawn_end_time_query(&job, lead, restored_timer_signal(&image));
+    }
     // SAFETY: the image file stays open until restore_main reads it; the plan is built in a fresh mapping.
     unsafe {
         let plan = build_plan(&image, &keep, &maps, memory_offset, image_path, interval_ns, deadline_ns, t0_ns);
-        let fd = libc::open(CString::new(image_path).unwrap_or_default().as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            refuse(image_path, &std::io::Error::last_os_error().to_string());
-        }
-        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 900);
-        libc::close(fd);
-        if high < 0 {
-            refuse(image_path, "cannot move the image descriptor out of the way");
-        }
         (*plan).image_fd = high;
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(high, &mut st) == 0 {
-            (*plan).image_dev = st.st_dev;
-            (*plan).image_ino = st.st_ino;
-        }
+        (*plan).image_dev = meta.dev();
+        (*plan).image_ino = meta.ino();
+        (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_core::process_image::ROOT_MARKER_LEN]);
+        (*plan).root_start = start;
+        (*plan).boot_id = boot_id;
         if getenv("CKPT_SHIM_RESTORE_READ").is_some_and(|v| v == "1") {
             (*plan).map_runs = 0;
         }
@@ -216,10 +294,28 @@ pub(crate) fn restore_from(image_path: &str, getenv: &dyn Fn(&str) -> Option<Str
     }
 }
 
-fn parse_triggers(text: Option<&str>) -> (u64, u64) {
-    let Some(t) = text else { return (0, 0) };
+/// The timer signal of the restored program (its settings are in its saved environment).
+fn restored_timer_signal(image: &ProcessImage) -> i32 {
+    let env: Vec<(String, String)> = image
+        .envp
+        .iter()
+        .filter_map(|e| {
+            let s = String::from_utf8_lossy(e);
+            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    match ckpt_core::Config::from_lookup(Some("program"), |k| get(k)) {
+        Ok(cfg) => crate::timer_signal_of(&cfg.signals),
+        Err(_) => libc::SIGUSR1,
+    }
+}
+
+/// `CKPT_SHIM_TRIGGERS=<interval ns>,<deadline unix ns>,<deadline lead ns>` (0: none).
+fn parse_triggers(text: Option<&str>) -> (u64, u64, f64) {
+    let Some(t) = text else { return (0, 0, 0.0) };
     let mut it = t.split(',').map(|v| v.trim().parse::<u64>().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0) as f64 / 1e9)
 }
 
 /// Checks, before anything is changed, that this process can become the image.
@@ -580,6 +676,9 @@ unsafe fn build_plan(
             map_runs: 1,
             image_dev: 0,
             image_ino: 0,
+            marker: [0; ckpt_core::process_image::ROOT_MARKER_LEN],
+            root_start: 0,
+            boot_id: [0; 64],
         };
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
@@ -793,6 +892,33 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     crate::RESTARTS.fetch_add(1, Ordering::Relaxed);
     crate::RESTORED_DEV.store(p.image_dev, Ordering::Relaxed);
     crate::RESTORED_INO.store(p.image_ino, Ordering::Relaxed);
+    crate::ROOT_START.store(p.root_start, Ordering::Relaxed);
+    // The restored environment's CKPT_SHIM_ROOT (the shim's own buffer, handed to putenv at the first
+    // start) named the checkpointed process: name this one, in place (volatile byte copies: no memcpy).
+    // SAFETY: the shim's statics are restored and writable; single-threaded.
+    unsafe {
+        let env = &mut *crate::ROOT_MARKER_ENV.get();
+        let prefix = crate::ROOT_ENV_PREFIX;
+        let mut same = true;
+        let mut i = 0;
+        while i < prefix.len() {
+            same &= env[i] == prefix[i];
+            i += 1;
+        }
+        if same {
+            let mut k = 0;
+            while k < p.marker.len() {
+                core::ptr::write_volatile(&mut env[prefix.len() + k], p.marker[k]);
+                k += 1;
+            }
+        }
+        let boot = &mut *crate::BOOT_ID.get();
+        let mut k = 0;
+        while k < boot.len() {
+            core::ptr::write_volatile(&mut boot[k], p.boot_id[k]);
+            k += 1;
+        }
+    }
     crate::arm_timers(p.interval_ns, p.deadline_ns);
     // The checkpointed process's registration is stale (it is gone); register under the new pid.
     crate::unregister_process();

@@ -5,9 +5,9 @@
 //! image excludes (see the allocator in `lib.rs`), no libc function that allocates is called (`opendir`
 //! is replaced by [`ForkSafeStorage::read_dir`]), and nothing the program owns is modified.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -610,7 +610,15 @@ fn sigactions() -> Vec<KernelSigaction> {
 fn take_request() -> Option<PathBuf> {
     let path = request_path()?;
     let mut text = String::new();
-    std::fs::File::open(&path).ok()?.read_to_string(&mut text).ok()?;
+    // Never through a symlink (the directory is private, but a request is never trusted blindly either).
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut text)
+        .ok()?;
     let _ = std::fs::remove_file(&path);
     let dir = text.trim();
     (!dir.is_empty()).then(|| PathBuf::from(dir))
@@ -635,7 +643,16 @@ fn reply(text: &str) {
         return;
     }
     let tmp = base.with_extension("reply-tmp");
-    if std::fs::write(&tmp, format!("{text}\n")).is_ok() {
+    // Created afresh, never through a symlink left at the name.
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()));
+    if written.is_ok() {
         let _ = std::fs::rename(&tmp, base.with_extension("reply"));
     }
 }

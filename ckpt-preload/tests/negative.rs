@@ -180,7 +180,10 @@ fn stack_limit_at_restart() {
         .unwrap();
     let mut sh = command(Path::new("/bin/sh"), dir);
     sh.arg("-c").arg(format!(
-        "ulimit -s unlimited && exec setarch x86_64 -R env CKPT_SHIM_ROOT=$$ CKPT_SHIM_RESTORE={} LD_PRELOAD={} {}",
+        "ulimit -s unlimited && exec 7<{} && exec setarch x86_64 -R env \
+         CKPT_SHIM_ROOT=$$:$(cut -d' ' -f22 /proc/$$/stat):1234abcd CKPT_SHIM_IMAGE_FD=7 CKPT_SHIM_RESTORE={} \
+         LD_PRELOAD={} {}",
+        image.display(),
         image.display(),
         lib.display(),
         argv.join(" ")
