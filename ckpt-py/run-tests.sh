@@ -35,4 +35,4 @@ fi
 
 cd "$here"
 "$venv/bin/python" -c 'import ckpt; print("ckpt", ckpt.__version__, "from", ckpt.__file__)'
-"$venv/bin/python" -m pytest tests -p no:cacheprovider "$@"
+"$venv/bin/python" -m pytest tests -p no:cacheprovider -rs "$@"

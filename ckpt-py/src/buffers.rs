@@ -372,5 +372,7 @@ pub fn header_info<'py>(py: Python<'py>, cp: &Checkpoint) -> PyResult<Bound<'py,
     d.set_item("nranks", h.nranks)?;
     d.set_item("file_bytes", cp.file_len())?;
     d.set_item("mapped", cp.is_mapped())?;
+    // Who owns the file that was read, from its descriptor: what the trust check before unpickling judges.
+    d.set_item("owner", cp.owner().map(|o| (o.uid, o.mode, o.dev, o.ino)))?;
     Ok(d)
 }

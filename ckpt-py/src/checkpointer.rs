@@ -11,6 +11,7 @@ use std::time::Duration;
 use ckpt_core::{Checkpoint, Checkpointer, Config, Error, ErrorKind, Interval, LoadOptions, parse_interval, triggers};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use serde_json::json;
 
 use crate::buffers;
 use crate::errors::{IntoPyResult, to_py};
@@ -28,13 +29,14 @@ pub enum IntervalArg {
 
 /// The configuration from the environment, with the arguments given in Python applied on top.
 pub fn build_config(
+    py: Python<'_>,
     name: Option<&str>,
     directory: Option<PathBuf>,
     interval: Option<IntervalArg>,
     keep: Option<usize>,
     signals: Option<&str>,
 ) -> Result<Config, Error> {
-    let mut cfg = Config::from_env(name)?;
+    let mut cfg = crate::config::config_from_env(py, name)?;
     if let Some(dir) = directory {
         // An explicit directory is where restarts look too, unless CKPT_RESTART_DIR says otherwise.
         if std::env::var_os("CKPT_RESTART_DIR").is_none_or(|v| v.is_empty()) {
@@ -71,6 +73,25 @@ pub fn build_config(
     Ok(cfg)
 }
 
+/// [`Checkpointer::restore`], keeping the notices for Python: the core's method logs them and drops them.
+/// Writes the same `restore` event to the checkpointer's log.
+fn restore_logged(cp: &Checkpointer) -> (Result<Option<ckpt_core::Restored>, Error>, Vec<String>) {
+    let store = cp.store();
+    let r = store.restore();
+    let notices = store.take_restore_notices();
+    let event = match &r {
+        Ok(Some(x)) => json!({
+            "path": x.chosen_path, "generation": x.generation, "step": x.app_step, "other_job": x.other_job,
+            "rejected": x.rejected.iter().map(|(p, e)| json!({"path": p, "error": e.to_string()})).collect::<Vec<_>>(),
+            "notices": notices,
+        }),
+        Ok(None) => json!({"path": null, "message": "no checkpoint: fresh start", "notices": notices}),
+        Err(e) => json!({"error": e.to_string(), "notices": notices}),
+    };
+    cp.log_event("restore", event);
+    (r, notices)
+}
+
 /// The core checkpointer behind `ckpt.Checkpointer` (see the module documentation).
 #[pyclass(module = "ckpt._ckpt", name = "Checkpointer", frozen)]
 pub struct PyCheckpointer {
@@ -99,7 +120,7 @@ impl PyCheckpointer {
         keep: Option<usize>,
         signals: Option<&str>,
     ) -> PyResult<PyCheckpointer> {
-        let config = build_config(name, directory, interval, keep, signals).py_err(py)?;
+        let config = build_config(py, name, directory, interval, keep, signals).py_err(py)?;
         let sigs: Vec<i32> = config.signals.iter().map(|s| s.signal).collect();
         let before = signals::snapshot(&sigs);
         let store = ckpt_core::Store::new(config.clone());
@@ -167,21 +188,40 @@ impl PyCheckpointer {
         })
     }
 
-    /// Restart discovery: `None`, or `(stream, buffers, info)` of the newest valid checkpoint.
+    /// Restart discovery: `(found, notices)`, where `found` is `None` or `(stream, buffers, info)` of the
+    /// newest valid checkpoint of this run, and `notices` what discovery told stderr (a checkpoint taken
+    /// from another job, candidates skipped and why).
     #[pyo3(signature = (*, mmap=None))]
-    fn restore<'py>(&self, py: Python<'py>, mmap: Option<bool>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    fn restore<'py>(
+        &self,
+        py: Python<'py>,
+        mmap: Option<bool>,
+    ) -> PyResult<(Option<Bound<'py, PyTuple>>, Vec<String>)> {
         let cp = self.get(py)?;
-        let restored = py.detach(|| cp.restore()).py_err(py)?;
-        let Some(mut restored) = restored else { return Ok(None) };
+        let (restored, notices) = py.detach(|| restore_logged(&cp));
+        let Some(mut restored) = restored.py_err(py)? else { return Ok((None, notices)) };
         if let Some(m) = mmap
             && m != restored.checkpoint.is_mapped()
         {
             let path = restored.checkpoint.path().to_path_buf();
-            restored.checkpoint = py
+            let reopened = py
                 .detach(|| Checkpoint::open_with(&ckpt_core::storage::FileStorage, &path, LoadOptions { mmap: m }))
                 .py_err(py)?;
+            // The file discovery verified and judged, not one renamed over it since.
+            let same = |c: &Checkpoint| c.owner().map(|o| (o.dev, o.ino));
+            if same(&reopened) != same(&restored.checkpoint) {
+                return Err(to_py(
+                    py,
+                    &Error::new(
+                        ErrorKind::Untrusted,
+                        "refusing to load it: it was replaced while it was being restored",
+                    )
+                    .with_path(&path),
+                ));
+            }
+            restored.checkpoint = reopened;
         }
-        restored_info(py, &restored).map(Some)
+        restored_info(py, &restored, &notices).map(|t| (Some(t), notices))
     }
 
     /// Releases the signal handlers, stops the watcher thread, removes the control socket. Idempotent.

@@ -13,17 +13,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ckpt_core::storage::FileStorage;
-use ckpt_core::{Checkpoint, CommitInfo, Config, Error, LoadOptions, Restored, Store, begin_file};
+use ckpt_core::{Checkpoint, CommitInfo, Error, LoadOptions, Restored, Store, begin_file};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 mod buffers;
 mod checkpointer;
+mod config;
 mod errors;
 mod signals;
 
 use buffers::{Inputs, MappedBuffer, PersistentIds};
 use checkpointer::{IntervalArg, PyCheckpointer, build_config};
+use config::config_from_env;
 use errors::IntoPyResult;
 
 /// A dict of a commit's figures.
@@ -42,8 +44,9 @@ pub(crate) fn commit_info<'py>(py: Python<'py>, info: &CommitInfo) -> PyResult<B
     Ok(d)
 }
 
-/// `(stream, buffers, info)` of a checkpoint chosen by restart discovery.
-pub(crate) fn restored_info<'py>(py: Python<'py>, r: &Restored) -> PyResult<Bound<'py, PyTuple>> {
+/// `(stream, buffers, info)` of a checkpoint chosen by restart discovery; `notices` are what discovery
+/// told stderr (a checkpoint taken from another job, candidates skipped and why).
+pub(crate) fn restored_info<'py>(py: Python<'py>, r: &Restored, notices: &[String]) -> PyResult<Bound<'py, PyTuple>> {
     let (stream, bufs) = buffers::read_sections(py, &r.checkpoint, true)?;
     let info = buffers::header_info(py, &r.checkpoint)?;
     info.set_item("path", &r.chosen_path)?;
@@ -53,6 +56,7 @@ pub(crate) fn restored_info<'py>(py: Python<'py>, r: &Restored) -> PyResult<Boun
     let rejected: Vec<(String, String)> =
         r.rejected.iter().map(|(p, e)| (p.to_string_lossy().into_owned(), e.to_string())).collect();
     info.set_item("rejected", rejected)?;
+    info.set_item("notices", notices)?;
     PyTuple::new(py, [stream, bufs.into_any(), info.into_any()])
 }
 
@@ -69,7 +73,7 @@ fn save_file<'py>(
     compress: Option<&str>,
     item_sizes: Option<Vec<usize>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let config = Config::from_env(None).py_err(py)?;
+    let config = config_from_env(py, None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
     save_detached(py, stream, buffers, item_sizes, |views| {
         let mut w = begin_file(&path, step, &config, Arc::new(FileStorage))?;
@@ -104,7 +108,7 @@ fn save_store<'py>(
     compress: Option<&str>,
     item_sizes: Option<Vec<usize>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let config = Config::from_env(None).py_err(py)?;
+    let config = config_from_env(py, None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
     save_detached(py, stream, buffers, item_sizes, |views| {
         let store = Store::new(config);
@@ -149,15 +153,21 @@ fn wait_for_background_frees(py: Python<'_>) {
 #[pyfunction]
 #[pyo3(signature = (*, mmap=None))]
 fn load_store<'py>(py: Python<'py>, mmap: Option<bool>) -> PyResult<Option<Bound<'py, PyTuple>>> {
-    let mut config = Config::from_env(None).py_err(py)?;
+    let mut config = config_from_env(py, None).py_err(py)?;
     if let Some(m) = mmap {
         config.mmap = m;
     }
     let store = Store::new(config);
-    match py.detach(|| store.restore()).py_err(py)? {
-        None => Ok(None),
-        Some(r) => restored_info(py, &r).map(Some),
-    }
+    let restored = py.detach(|| store.restore()).py_err(py)?;
+    let notices = store.take_restore_notices();
+    restored.map(|r| restored_info(py, &r, &notices)).transpose()
+}
+
+/// Why nobody should unpickle the file at `path` whose `stat` says `uid` and `mode` (empty when it may be
+/// unpickled): the core's trust rules (`ckpt_core::trust`), the one policy of every face.
+#[pyfunction]
+fn trust_problems(path: PathBuf, uid: u32, mode: u32) -> Vec<String> {
+    ckpt_core::trust::problems(&path, &ckpt_core::storage::FileOwner { uid, mode, dev: 0, ino: 0 })
 }
 
 /// The effective configuration (from the environment and the arguments) as a dict, for diagnostics.
@@ -171,7 +181,7 @@ fn effective_config<'py>(
     keep: Option<usize>,
     signals: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let c = build_config(name, directory, interval, keep, signals).py_err(py)?;
+    let c = build_config(py, name, directory, interval, keep, signals).py_err(py)?;
     let d = PyDict::new(py);
     d.set_item("name", &c.app_name)?;
     d.set_item("job_id", &c.job_id)?;
@@ -205,7 +215,7 @@ fn effective_config<'py>(
 #[pyfunction]
 #[pyo3(signature = (signals=None))]
 fn signal_specs(py: Python<'_>, signals: Option<&str>) -> PyResult<Vec<(i32, bool)>> {
-    let cfg = build_config(None, None, None, None, signals).py_err(py)?;
+    let cfg = build_config(py, None, None, None, None, signals).py_err(py)?;
     Ok(cfg.signals.iter().map(|s| (s.signal, s.exit)).collect())
 }
 
@@ -235,6 +245,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_file, m)?)?;
     m.add_function(wrap_pyfunction!(load_store, m)?)?;
     m.add_function(wrap_pyfunction!(verify_file, m)?)?;
+    m.add_function(wrap_pyfunction!(trust_problems, m)?)?;
     m.add_function(wrap_pyfunction!(wait_for_background_frees, m)?)?;
     m.add_function(wrap_pyfunction!(effective_config, m)?)?;
     m.add_function(wrap_pyfunction!(signal_specs, m)?)?;

@@ -19,6 +19,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "python"
+#: The default application name of this process: the running script's stem. pytest runs as ``python -m
+#: pytest`` (``pytest/__main__.py``: the package's name) or as the ``pytest`` script; both give "pytest".
+#: In-process tests use this real default; child scripts get their own file's stem.
+APP = "pytest"
 
 
 _CONFIG_PREFIXES = ("CKPT_", "SLURM_", "OMPI_", "PMI_", "PMIX_")
@@ -35,7 +39,8 @@ def _clean_env(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def ckpt_env(tmp_path, monkeypatch):
-    """A fresh working directory and an environment without CKPT_*/SLURM_* variables."""
+    """A fresh working directory and an environment without CKPT_*/SLURM_* variables (so the application
+    name is the real default, :data:`APP`)."""
     for k in list(os.environ):
         if _is_config(k):
             monkeypatch.delenv(k)

@@ -12,6 +12,7 @@ import pytest
 
 import ckpt
 from ckptfile import damage_section, flip_byte, rename_section, sections
+from conftest import APP
 
 np = pytest.importorskip("numpy")
 
@@ -45,7 +46,7 @@ def test_corrupt_pickle_stream_is_named(tmp_path):
 def test_discovery_falls_back_to_the_previous_generation(tmp_path, monkeypatch):
     monkeypatch.setenv("CKPT_DIR", str(tmp_path / "c"))
     two_generations(tmp_path / "c")
-    newest = tmp_path / "c" / "ckpt.ckpt.2"  # the same file as ckpt.ckpt (a hard link)
+    newest = tmp_path / "c" / f"{APP}.ckpt.2"  # the same file as ckpt.ckpt (a hard link)
     damage_section(newest, "python.buffer.0")
     back = ckpt.load()
     assert back["step"] == 1 and float(back["a"][0]) == 1.0
@@ -53,9 +54,9 @@ def test_discovery_falls_back_to_the_previous_generation(tmp_path, monkeypatch):
         state = cp.restore()
         assert state["step"] == 1
         info = cp.restored
-        assert info.generation == 1 and info.path == tmp_path / "c" / "ckpt.ckpt.1"
+        assert info.generation == 1 and info.path == tmp_path / "c" / f"{APP}.ckpt.1"
         rejected = dict(info.rejected)
-        assert set(rejected) == {str(tmp_path / "c" / "ckpt.ckpt"), str(newest)}
+        assert set(rejected) == {str(tmp_path / "c" / f"{APP}.ckpt"), str(newest)}
         assert all("python.buffer.0" in m for m in rejected.values())
         # The next save goes above the damaged generation and discovery takes it.
         cp.save({"step": 3, "a": np.zeros(2)})
@@ -66,11 +67,11 @@ def test_no_valid_checkpoint_lists_the_files(tmp_path, monkeypatch):
     monkeypatch.setenv("CKPT_DIR", str(tmp_path / "c"))
     two_generations(tmp_path / "c")
     for g in (1, 2):
-        damage_section(tmp_path / "c" / f"ckpt.ckpt.{g}", "python.buffer.0")
+        damage_section(tmp_path / "c" / f"{APP}.ckpt.{g}", "python.buffer.0")
     with pytest.raises(ckpt.NoValidCheckpointError) as e:
         ckpt.load(default="fresh")
     msg = str(e.value)
-    for name in ("ckpt.ckpt", "ckpt.ckpt.1", "ckpt.ckpt.2"):
+    for name in (f"{APP}.ckpt", f"{APP}.ckpt.1", f"{APP}.ckpt.2"):
         assert str(tmp_path / "c" / name) in msg
     assert "CKPT_ALLOW_FRESH_START" in msg
     monkeypatch.setenv("CKPT_ALLOW_FRESH_START", "1")

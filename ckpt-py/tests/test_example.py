@@ -70,7 +70,8 @@ def test_interrupted_by_usr1_and_term_then_resumed(tmp_path, reference):
     stopped_at = int(out.split("Stopping after step ")[1].split(";")[0])
     assert int(first.split("(step ")[1].split(",")[0]) < stopped_at < 1000
 
-    resumed = run_program(directory)
+    # The same command again (another command line would be another run: restart refuses it).
+    resumed = run_program(directory, "--step-seconds", "0.005")
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {stopped_at}..." in resumed.stdout
     assert done_line(resumed.stdout) == reference

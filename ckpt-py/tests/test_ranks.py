@@ -1,4 +1,9 @@
-"""Multi-rank jobs: each rank saves its part, rank 0 commits the step, each rank restores its own part."""
+"""Multi-rank jobs: each rank saves its part, rank 0 commits the step, each rank restores its own part.
+
+Every run is one program (``python -c CODE``, whose default application name is ``ckpt``), as a restart
+runs the same command: the way it saves (``MODE``) comes from the environment, which is not part of the
+run's identity. Another command line would be another run, whose checkpoints restart refuses.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +18,26 @@ rank = int(os.environ["CKPT_RANK"])
 before = ckpt.load(default=None)
 print("loaded", None if before is None else (before["rank"], before["step"]), flush=True)
 step = 0 if before is None else before["step"]
-{save}
+if os.environ["MODE"] == "plain":
+    ckpt.save({"step": step + 1, "rank": rank, "data": bytes([rank]) * 100000})
+else:
+    with ckpt.Checkpointer(signals=()) as cp:
+        assert cp.name == "ckpt", cp.name  # python -c: no script, the name is "ckpt"
+        state = cp.restore(default={"step": 0, "rank": rank})
+        assert state["rank"] == rank and state["step"] == step
+        cp.save({"step": step + 1, "rank": rank, "data": bytes([rank]) * 100000})
 print("saved", flush=True)
 """
 
-PLAIN = 'ckpt.save({"step": step + 1, "rank": rank, "data": bytes([rank]) * 100000})'
-WITH_CHECKPOINTER = """
-with ckpt.Checkpointer(signals=()) as cp:
-    state = cp.restore(default={"step": 0, "rank": rank})
-    assert state["rank"] == rank and state["step"] == step
-    cp.save({"step": step + 1, "rank": rank, "data": bytes([rank]) * 100000})
-"""
+PLAIN = "plain"
+WITH_CHECKPOINTER = "checkpointer"
 
 
-def run_ranks(directory, save: str, n: int = 2) -> list[str]:
+def run_ranks(directory, mode: str, n: int = 2) -> list[str]:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CODE.format(save=save)],
-            env=child_env(CKPT_DIR=str(directory), CKPT_RANK=str(r), CKPT_NRANKS=str(n)),
+            [sys.executable, "-c", CODE],
+            env=child_env(CKPT_DIR=str(directory), CKPT_RANK=str(r), CKPT_NRANKS=str(n), MODE=mode),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import ckpt
 from ckpt import _pickling
-from conftest import child_env, int_env
+from conftest import APP, child_env, int_env
 
 np = pytest.importorskip("numpy")
 hnp = pytest.importorskip("hypothesis.extra.numpy")
@@ -289,8 +289,8 @@ def test_generations_and_keep(monkeypatch, tmp_path):
     monkeypatch.setenv("CKPT_KEEP", "3")
     for i in range(5):
         info = ckpt.save({"step": i})
-        assert info.generation == i + 1 and info.path == tmp_path / "c" / "ckpt.ckpt"
-    assert sorted(os.listdir(tmp_path / "c")) == ["ckpt.ckpt", "ckpt.ckpt.3", "ckpt.ckpt.4", "ckpt.ckpt.5"]
+        assert info.generation == i + 1 and info.path == tmp_path / "c" / f"{APP}.ckpt"
+    assert sorted(os.listdir(tmp_path / "c")) == [f"{APP}.ckpt", f"{APP}.ckpt.3", f"{APP}.ckpt.4", f"{APP}.ckpt.5"]
     assert ckpt.load() == {"step": 4}
 
 

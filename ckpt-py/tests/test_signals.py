@@ -8,7 +8,7 @@ import time
 import pytest
 
 import ckpt
-from conftest import child_env, start, wait_for_line, write_script
+from conftest import APP, child_env, start, wait_for_line, write_script
 
 LOOP = """
 import os, signal, sys, time
@@ -58,9 +58,9 @@ print("closed", flush=True)
     lines = out.split()
     assert "exit" in lines and "closed" in lines, out
     exit_step = int(out.split("exit ")[1].split()[0])
-    state = ckpt.load(tmp_path / "c" / "ckpt.ckpt")
+    state = ckpt.load(tmp_path / "c" / "child.ckpt")  # the script is child.py
     assert state["step"] == exit_step > int(saved[1])
-    log = (tmp_path / "c" / "ckpt.ckpt.log").read_text()
+    log = (tmp_path / "c" / "child.ckpt.log").read_text()
     assert '"trigger":["signal"]' in log and '"trigger":["sigterm"]' in log
 
 
@@ -215,7 +215,7 @@ def test_environment_defaults_and_explicit_arguments(tmp_path, monkeypatch):
     monkeypatch.setenv("CKPT_INTERVAL", "1:30")  # Slurm format: 1 minute 30 seconds
     with ckpt.Checkpointer(directory=tmp_path) as cp:
         assert cp.signals == (signal.SIGUSR2,) and cp.keep == 5 and cp.interval == 90.0
-        assert cp.directory == tmp_path and cp.path == tmp_path / "ckpt.ckpt"
+        assert cp.directory == tmp_path and cp.path == tmp_path / f"{APP}.ckpt" and cp.name == APP
     with ckpt.Checkpointer("app", directory=tmp_path, signals=("SIGHUP", 12), keep=3, interval=2.5) as cp:
         assert cp.signals == (signal.SIGHUP, signal.SIGUSR2) and cp.keep == 3 and cp.interval == 2.5
         assert cp.name == "app" and cp.path == tmp_path / "app.ckpt"
@@ -245,7 +245,7 @@ def test_interval_and_explicit_requests(tmp_path):
         assert cp.should_exit()
         assert cp.restore() == {"n": 2} and cp.restored.step == 40
         cp.log("custom", answer=42)
-    assert '"event":"custom"' in (tmp_path / "ckpt.ckpt.log").read_text()
+    assert '"event":"custom"' in (tmp_path / f"{APP}.ckpt.log").read_text()
 
 
 def test_socket_request(tmp_path):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import pwd
 import stat
+import sys
 
 import pytest
 
 import ckpt
+from ckpt import _ckpt
+from conftest import APP
 
 NOBODY = 65534
+#: The second user of the multi-user tests (CI creates it: useradd -M -r ckpt-other).
+OTHER_USER = "ckpt-other"
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
 
 
@@ -43,18 +49,97 @@ def test_file_of_another_user_is_refused(tmp_path):
     assert Marker.ran
 
 
-@as_root
-def test_discovery_refuses_too(tmp_path, monkeypatch):
+def other_user() -> int:
+    """The uid of the second user, ``ckpt-other``, whose files restart must skip.
+
+    Skips the test (the reason is printed in the summary) when not root or when the user is missing,
+    except under CI (``CI=true``), which creates the user and must run the test.
+    """
+    if os.geteuid() != 0:
+        reason = "needs root to give a file to another user"
+    else:
+        try:
+            return pwd.getpwnam(OTHER_USER).pw_uid
+        except KeyError:
+            reason = f"no user {OTHER_USER} (useradd -M -r {OTHER_USER})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run this test, but: {reason}")
+    print(f"skipped: {reason}", file=sys.stderr)
+    pytest.skip(reason)
+
+
+def test_discovery_skips_another_users_newest_generation(tmp_path, monkeypatch, capfd):
+    other = other_user()
+    monkeypatch.setenv("CKPT_DIR", str(tmp_path / "c"))
+    ckpt.save({"step": 1})
+    ckpt.save({"step": 2, "evil": Marker()})
+    newest = tmp_path / "c" / f"{APP}.ckpt.2"
+    os.chown(newest, other, -1)  # and <APP>.ckpt, a hard link to it
+    capfd.readouterr()
+    Marker.ran = False
+    assert ckpt.load() == {"step": 1}, "the older generation, which is this user's"
+    err = capfd.readouterr().err
+    assert f"skipped {newest}: refusing to load it: it is owned by uid {other}" in err, err
+    with ckpt.Checkpointer(signals=()) as cp:
+        assert cp.restore(default="fresh") == {"step": 1}
+        info = cp.restored
+        assert info.generation == 1 and info.path == tmp_path / "c" / f"{APP}.ckpt.1"
+        assert info.rejected == (), "another user's files are skipped, not damaged"
+        skipped = [n for n in info.notices if n.startswith("skipped ")]
+        assert {n.split(":")[0] for n in skipped} == {f"skipped {newest}", f"skipped {tmp_path / 'c' / APP}.ckpt"}
+        assert all(f"owned by uid {other}" in n for n in skipped), info.notices
+        assert cp.restore_notices == info.notices
+        # trusted=True concerns unpickling a file that was loaded; discovery still skips the file.
+        assert cp.restore(trusted=True) == {"step": 1}
+    assert not Marker.ran
+    log = (tmp_path / "c" / f"{APP}.ckpt.log").read_text()
+    assert f"skipped {newest}" in log, "the notices are in the log too"
+    # Loaded by its path, the file is refused unless trusted.
+    with pytest.raises(ckpt.UntrustedCheckpointError, match=f"uid {other}"):
+        ckpt.load(newest)
+    assert ckpt.load(newest, trusted=True)["step"] == 2 and Marker.ran
+
+
+def test_discovery_starts_fresh_when_every_file_is_another_users(tmp_path, monkeypatch, capfd):
+    other = other_user()
     monkeypatch.setenv("CKPT_DIR", str(tmp_path / "c"))
     ckpt.save({"step": 1})
     for f in os.listdir(tmp_path / "c"):
-        os.chown(tmp_path / "c" / f, NOBODY, NOBODY)
-    with pytest.raises(ckpt.UntrustedCheckpointError, match="ckpt.ckpt"):
-        ckpt.load()
+        os.chown(tmp_path / "c" / f, other, -1)
+    capfd.readouterr()
+    assert ckpt.load(default="fresh") == "fresh"
+    assert f"owned by uid {other}" in capfd.readouterr().err
     with ckpt.Checkpointer(signals=()) as cp:
-        with pytest.raises(ckpt.UntrustedCheckpointError):
-            cp.restore()
-        assert cp.restore(trusted=True) == {"step": 1}
+        assert cp.restore(default="fresh") == "fresh" and cp.restored is None
+        assert cp.restore_notices and all(f"owned by uid {other}" in n for n in cp.restore_notices)
+
+
+def test_the_rules_are_the_cores(tmp_path):
+    """ckpt._trust asks ckpt-core (one policy for every face), with the owner of the descriptor read."""
+    ckpt.save([1], "s.ckpt")
+    me = os.geteuid()
+    assert _ckpt.trust_problems(str(tmp_path / "s.ckpt"), me, 0o100600) == []
+    assert "not by you" in _ckpt.trust_problems(str(tmp_path / "s.ckpt"), me + 1, 0o100600)[0]
+    # The core's wording, with the mode.
+    assert _ckpt.trust_problems(str(tmp_path / "s.ckpt"), me, 0o100666) == ["every user can write it (mode 666)"]
+    _, _, info = _ckpt.load_file("s.ckpt")
+    st = os.stat("s.ckpt")
+    assert info["owner"] == (st.st_uid, st.st_mode, st.st_dev, st.st_ino)
+
+
+def test_a_file_replaced_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    ckpt.save({"x": 1}, "s.ckpt")
+    ckpt.save({"x": 2}, "t.ckpt")
+    real = _ckpt.load_file
+
+    def load_then_replace(path, **kw):
+        out = real(path, **kw)
+        os.rename("t.ckpt", path)  # another file of this user, renamed over the one just read
+        return out
+
+    monkeypatch.setattr(_ckpt, "load_file", load_then_replace)
+    with pytest.raises(ckpt.UntrustedCheckpointError, match="replaced while it was being read"):
+        ckpt.load("s.ckpt")
 
 
 def test_world_writable_directory_without_sticky_bit(tmp_path):
@@ -74,7 +159,7 @@ def test_world_writable_directory_without_sticky_bit(tmp_path):
 def test_world_writable_file(tmp_path):
     ckpt.save([2], "s.ckpt")
     os.chmod("s.ckpt", 0o666)
-    with pytest.raises(ckpt.UntrustedCheckpointError, match="every user can write it"):
+    with pytest.raises(ckpt.UntrustedCheckpointError, match=r"every user can write it \(mode 666\)"):
         ckpt.load("s.ckpt")
     os.chmod("s.ckpt", 0o600)
     assert ckpt.load("s.ckpt") == [2]

@@ -36,6 +36,10 @@ What you get (the Rust core, ``ckpt-core``, does the work, with the GIL released
   copies them into writable memory). numpy is optional.
 * **Safe to unpickle.** A checkpoint is a pickle and unpickling runs code: files that other users could
   have written are refused (:class:`UntrustedCheckpointError`) unless ``trusted=True``.
+* **This run's state, nobody else's.** Every file records who wrote it (user, application name, job,
+  array task, command line, working directory). Restart resumes this run's own checkpoints; another
+  job's only when the identity matches fully (a resubmission), and says so on stderr. Outside Slurm the
+  application name defaults to the script's name, so two scripts in one directory never share state.
 
 Configuration comes from the environment, as in the Slurm checkpoint interface: ``CKPT_DIR`` /
 ``SLURM_CHECKPOINT_DIR``, ``CKPT_INTERVAL`` / ``SLURM_CHECKPOINT`` (Slurm time formats), ``CKPT_KEEP``,
@@ -139,12 +143,16 @@ class RestoreInfo:
     step: int
     #: The job that wrote it.
     job_id: str
-    #: Set when it was taken from an earlier job of the same application (a resubmission).
+    #: Set when it was taken from another job: a resubmission whose identity matches fully (same user,
+    #: application name, command line, working directory and array task), or ``CKPT_RESUME_FROM``.
     other_job: str | None
     #: Newer files that were rejected, and why: ``(path, message)``.
     rejected: tuple[tuple[str, str], ...]
     #: Whether the file is memory-mapped (arrays are then read-only views of it).
     mapped: bool
+    #: What restart discovery told stderr (and the log): the checkpoint taken from another job, files
+    #: skipped because another user could have written them, other jobs' checkpoints not resumed and why.
+    notices: tuple[str, ...] = ()
 
 
 def _save_info(d: dict[str, Any]) -> SaveInfo:
@@ -171,6 +179,7 @@ def _restore_info(d: dict[str, Any]) -> RestoreInfo:
         other_job=d.get("other_job"),
         rejected=tuple((p, m) for p, m in d.get("rejected", ())),
         mapped=d["mapped"],
+        notices=tuple(d.get("notices", ())),
     )
 
 
@@ -209,9 +218,14 @@ def _unpickle(
     stream: Any, buffers: list[Any], info: dict[str, Any], trusted: bool, identity: tuple[int, int] | None = None
 ) -> Any:
     if not trusted:
-        _trust.check(info["path"], identity)
+        # info["owner"] is the descriptor's that was read: of info["file"] (this rank's part for a multi-rank
+        # step, whose manifest is info["path"]).
+        owner = info.get("owner")
         if info["file"] != info["path"]:
-            _trust.check(info["file"])
+            _trust.check(info["path"], identity)
+            _trust.check(info["file"], owner=owner)
+        else:
+            _trust.check(info["path"], identity, owner)
     return _pickling.loads(stream, buffers)
 
 
@@ -222,7 +236,8 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
         obj: any picklable object. Pickled with protocol 5; numpy arrays and large bytes, bytearray and
             memoryview objects are written out of band, straight from their memory.
         path: ``None`` saves the configured checkpoint: ``<job_id>.ckpt`` (``<job_id>.<step_id>.ckpt`` in a
-            job step; the application name, ``CKPT_NAME`` or the job name, outside Slurm) in ``CKPT_DIR``,
+            job step; outside Slurm ``<name>.ckpt``, the application name being ``CKPT_NAME``, else the
+            script's file stem: ``train.ckpt`` for ``python train.py``) in ``CKPT_DIR``,
             ``SLURM_CHECKPOINT_DIR`` or the current directory, as a new generation, keeping the newest
             ``CKPT_KEEP`` (default 2); :func:`load` without a path finds it. A path saves exactly that file
             (no generations): the old content stays until the new one is complete and durable, then the
@@ -268,9 +283,15 @@ def load(
 
     Args:
         path: ``None`` runs restart discovery in the restart directory (``CKPT_RESTART_DIR``,
-            ``SLURM_RESTART_DIR``, else the checkpoint directory): the newest checkpoint of this job (or,
-            for a resubmitted job, of an earlier job of the same application) that verifies completely,
-            falling back to older generations. A path loads that file.
+            ``SLURM_RESTART_DIR``, else the checkpoint directory): the newest checkpoint of this run that
+            verifies completely, falling back to older generations. Another job's checkpoint is taken only
+            when this job has none and the identity matches fully (same user, application name, command
+            line, working directory and array task: a resubmitted job), which is announced on stderr; other
+            tasks of a job array and other points of a parameter sweep are never taken.
+            ``CKPT_RESUME_FROM=<job id>`` resumes that job's checkpoint, ``CKPT_RESUME_FROM=none`` forbids
+            taking another job's. Files another user could have written are skipped with a notice on
+            stderr (``trusted=True`` does not change that: load such a file by its path). A path loads
+            that file.
         default: returned when there is no checkpoint (no file at ``path``, or none found).
         mmap: ``None`` follows ``CKPT_MMAP`` (default on): arrays are then read-only, zero-copy views of
             the memory-mapped file, valid as long as they are referenced (even after the file is replaced
@@ -288,6 +309,9 @@ def load(
         NoValidCheckpointError: checkpoints exist but none verifies (discovery; the message lists them).
             ``CKPT_ALLOW_FRESH_START=1`` returns ``default`` instead.
         UntrustedCheckpointError: another user could have written the file.
+        ConflictError: checkpoints under this run's own name belong to another run (outside Slurm: the
+            same script with other arguments, or in another directory, wrote them); the message names the
+            files and how to resume them anyway (``CKPT_RESUME_FROM``) or to run separately (``CKPT_NAME``).
         OSError: the file system failed.
     """
     if path is None:
@@ -317,7 +341,10 @@ def verify(path: PathArg) -> None:
 
 
 def config(name: str | None = None, *, directory: PathArg | None = None) -> dict[str, Any]:
-    """The effective configuration (environment plus arguments), for diagnostics and logs."""
+    """The effective configuration (environment plus arguments), for diagnostics and logs.
+
+    ``name`` as for :class:`Checkpointer` (default ``CKPT_NAME``, the Slurm job name, the script's stem).
+    """
     return _ckpt.effective_config(name, None if directory is None else os.fspath(directory))
 
 
@@ -390,9 +417,12 @@ class Checkpointer:
                     break
 
     Args:
-        name: the application name (default ``CKPT_NAME``, the Slurm job name, ``"ckpt"``). Outside Slurm it
-            names the file (``<name>.ckpt``); under Slurm the job id does, and the name lets a resubmitted
-            job find its predecessor's checkpoints.
+        name: the application name (default ``CKPT_NAME``, the Slurm job name, else the script's file stem:
+            ``"train"`` for ``python train.py``, ``"pkg"`` for ``python -m pkg``; ``"ckpt"`` for ``python -c``,
+            standard input and the interactive interpreter). Outside Slurm it names the file
+            (``<name>.ckpt``), so two scripts in one directory keep their checkpoints apart; under Slurm the
+            job id does, and the name is part of the identity that lets a resubmitted job resume its
+            predecessor's checkpoints.
         directory: where checkpoints are written and looked for (default ``CKPT_DIR``,
             ``SLURM_CHECKPOINT_DIR``, the current directory; ``CKPT_RESTART_DIR`` still wins for restarts).
         interval: checkpoint this often: seconds (``int``, ``float`` or ``timedelta``), or a Slurm time
@@ -422,7 +452,10 @@ class Checkpointer:
         keep: int = _DEFAULT_KEEP,
         signals: Iterable[str | int] = _DEFAULT_SIGNALS,
     ) -> None:
+        #: What the last :meth:`restore` loaded (``None``: nothing, a fresh start).
         self.restored: RestoreInfo | None = None
+        #: What the last :meth:`restore` told stderr, also on a fresh start (see :attr:`RestoreInfo.notices`).
+        self.restore_notices: tuple[str, ...] = ()
         self._saves = 0
         self._save_lock = threading.Lock()  # one save at a time (generations are numbered in order)
         keep_arg = None if isinstance(keep, _EnvInt) else int(keep)
@@ -488,13 +521,18 @@ class Checkpointer:
         return _save_info(d)
 
     def restore(self, default: Any = None, *, mmap: bool | None = None, trusted: bool = False) -> Any:
-        """The newest valid checkpoint's object, or ``default`` when there is none (a first run).
+        """The newest valid checkpoint's object of this run, or ``default`` when there is none (a first run).
 
-        Falls back to older generations when newer files are damaged; sets :attr:`restored`. Raises
-        :class:`NoValidCheckpointError` when checkpoints exist but none verifies, and
+        Which checkpoints count is :func:`load`'s rule (this run's own; another job's only for a full
+        identity match, announced; ``CKPT_RESUME_FROM``). Falls back to older generations when newer files
+        are damaged or another user could have written them; sets :attr:`restored` and
+        :attr:`restore_notices`. Raises :class:`NoValidCheckpointError` when checkpoints exist but none
+        verifies, :class:`ConflictError` when checkpoints under this run's name belong to another run, and
         :class:`UntrustedCheckpointError` as :func:`load` does. ``mmap`` as for :func:`load`.
         """
-        found = self._native.restore(mmap=mmap)
+        self.restored = None
+        found, notices = self._native.restore(mmap=mmap)
+        self.restore_notices = tuple(notices)
         if found is None:
             self.restored = None
             return default

@@ -1,6 +1,7 @@
 """Who could have written a checkpoint: a checkpoint is a pickle, and unpickling runs code.
 
-By default ``ckpt`` refuses to unpickle a file that
+The rules are the core's (``ckpt_core::trust``, the one policy of every face; SECURITY.md has the threat
+model): ``ckpt`` refuses to unpickle a file that
 
 * is not owned by the current (effective) user,
 * is writable by every user, or
@@ -12,54 +13,52 @@ group on purpose, and the group is trusted. Root is not special: root loading a 
 else is refused too. ``trusted=True`` skips the checks.
 
 Only unpickling is dangerous: the bytes are read and verified (the format treats every file as hostile)
-before this check, and the file's identity (device and inode) is compared before and after, so a file
-swapped in between is refused too.
+before this check. The owner judged is the one of the descriptor that was read (``fstat``), and the file's
+identity (device and inode) before the read, of the descriptor and after the read must agree, so a file
+swapped in between is refused too. Restart discovery applies the same rules in the core itself: it skips
+another user's files with a notice and falls back to the next candidate.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
+from . import _ckpt
 from ._errors import UntrustedCheckpointError
 
-
-def _owner(uid: int) -> str:
-    try:
-        import pwd
-
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
+#: ``(uid, st_mode, st_dev, st_ino)`` of a file, from ``fstat`` of the descriptor read or from ``stat``.
+Owner = tuple[int, int, int, int]
 
 
-def problems(path: str | os.PathLike[str]) -> tuple[list[str], tuple[int, int]]:
-    """Why ``path`` must not be unpickled (empty when it may be), and its (device, inode)."""
-    st = os.stat(path)
-    me = os.geteuid()
-    found = []
-    if st.st_uid != me:
-        found.append(f"it is owned by {_owner(st.st_uid)}, not by you ({_owner(me)})")
-    if st.st_mode & stat.S_IWOTH:
-        found.append("every user can write it")
-    directory = os.path.dirname(os.path.abspath(path)) or "/"
-    dst = os.stat(directory)
-    if dst.st_mode & stat.S_IWOTH and not dst.st_mode & stat.S_ISVTX:
-        found.append(
-            f"its directory {directory} is writable by every user and has no sticky bit, so anyone could have "
-            "replaced it"
-        )
-    return found, (st.st_dev, st.st_ino)
+def problems(path: str | os.PathLike[str], owner: Owner | None = None) -> tuple[list[str], tuple[int, int]]:
+    """Why ``path`` must not be unpickled (empty when it may be), and its (device, inode).
+
+    ``owner`` is what ``fstat`` of the descriptor that was read said; without it, ``path`` is ``stat``-ed.
+    """
+    if owner is None:
+        st = os.stat(path)
+        owner = (st.st_uid, st.st_mode, st.st_dev, st.st_ino)
+    uid, mode, dev, ino = owner
+    return list(_ckpt.trust_problems(os.path.abspath(path), uid, mode)), (dev, ino)
 
 
-def check(path: str | os.PathLike[str], identity: tuple[int, int] | None = None) -> tuple[int, int]:
+def check(
+    path: str | os.PathLike[str], identity: tuple[int, int] | None = None, owner: Owner | None = None
+) -> tuple[int, int]:
     """Raises :class:`UntrustedCheckpointError` unless ``path`` may be unpickled (see the module docs).
 
-    ``identity`` is the (device, inode) seen before reading: a different file now is refused too.
+    ``identity`` is the (device, inode) seen before reading, ``owner`` what the descriptor read says
+    (see :func:`problems`): a different file at any point is refused too.
     """
-    found, ident = problems(path)
-    if identity is not None and ident != identity:
-        found.append("it was replaced while it was being read")
+    found, ident = problems(path, owner)
+    if identity is not None:
+        try:
+            st = os.stat(path)
+            after = (st.st_dev, st.st_ino)
+        except OSError:
+            after = None
+        if ident != identity or after != identity:
+            found.append("it was replaced while it was being read")
     if found:
         raise UntrustedCheckpointError(
             f"{os.fspath(path)}: refusing to unpickle this checkpoint: {'; and '.join(found)}. Unpickling runs "
