@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ckpt_core::identity::RunIdentity;
 use ckpt_core::{
     Checkpoint, Config, Error, Interval, LoadOptions, Store, any_base, classify, control, triggers::signal_label,
 };
@@ -347,7 +348,8 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     let dir = dir.unwrap_or_else(|| env_cfg.restart_dir.clone());
     let files = checkpoint_files(&dir)?;
     let mut rows = Vec::new();
-    let mut bases: BTreeMap<String, (String, Option<u32>, String)> = BTreeMap::new();
+    #[allow(clippy::type_complexity)]
+    let mut bases: BTreeMap<String, (String, Option<u32>, String, Option<RunIdentity>)> = BTreeMap::new();
     for f in &files {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let row = match Checkpoint::open_with(&ckpt_core::storage::FileStorage, f, LoadOptions { mmap: false })
@@ -355,11 +357,23 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         {
             Ok(cp) => {
                 let h = cp.header();
+                let identity = RunIdentity::of_header(h).and_then(|r| r.ok());
                 if let Some(b) = any_base(&name) {
-                    bases.entry(b.to_string()).or_insert((h.job_id.clone(), h.step_id, h.app_name.clone()));
+                    bases.entry(b.to_string()).or_insert((
+                        h.job_id.clone(),
+                        h.step_id,
+                        h.app_name.clone(),
+                        identity.clone(),
+                    ));
                 }
-                json!({"path": f, "status": "valid", "generation": h.generation, "step": h.app_step, "job_id": h.job_id,
-                       "app_name": h.app_name, "rank": h.rank, "nranks": h.nranks, "bytes": cp.file_len(), "created_unix_ns": h.created_unix_ns})
+                // A listing shows every file, but says which ones restart would refuse to load.
+                let (status, error) = match ckpt_core::trust::check(&cp) {
+                    Ok(()) => ("valid", None),
+                    Err(e) => ("untrusted", Some(e.to_string())),
+                };
+                json!({"path": f, "status": status, "error": error, "generation": h.generation, "step": h.app_step, "job_id": h.job_id,
+                       "app_name": h.app_name, "rank": h.rank, "nranks": h.nranks, "bytes": cp.file_len(), "created_unix_ns": h.created_unix_ns,
+                       "written_by": identity.as_ref().map(|i| json!({"uid": i.uid, "cmdline": i.cmdline, "cwd": i.cwd, "array_job": i.array_job, "array_task": i.array_task}))})
             }
             Err(e) => json!({"path": f, "status": "invalid", "error": e.to_string()}),
         };
@@ -384,10 +398,14 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     }
     // What a restart would choose, per checkpoint name.
     let mut choices = Vec::new();
-    for (base, (job, step, app)) in &bases {
+    for (base, (job, step, app, identity)) in &bases {
         let mut cfg = Config::new(app, &dir)?;
         cfg.job_id = Some(job.clone());
         cfg.step_id = *step;
+        // Ask as the run that wrote the name would on restart (its identity, not this command's).
+        if let Some(id) = identity {
+            cfg.identity = id.clone();
+        }
         if base.trim_end_matches(".ckpt") != ckpt_core::base_name(job, *step).trim_end_matches(".ckpt") {
             continue;
         }
@@ -400,9 +418,14 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
             cfg.nranks = n as u32;
         }
         let store = Store::new(cfg);
-        let d = store.discover()?;
-        let chosen = d.chosen.map(|i| d.candidates[i].path.clone());
-        choices.push(json!({"name": base, "chosen": chosen, "why": d.explanation}));
+        match store.discover() {
+            Ok(d) => {
+                let chosen = d.chosen.map(|i| d.candidates[i].path.clone());
+                choices.push(json!({"name": base, "chosen": chosen, "why": d.explanation, "notices": d.notices}));
+            }
+            // Files of several runs under one name: what restart would say.
+            Err(e) => choices.push(json!({"name": base, "chosen": null, "why": e.to_string(), "notices": []})),
+        }
     }
     if as_json {
         println!(
@@ -428,6 +451,7 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
                 human(r["bytes"].as_u64().unwrap_or(0))
             ),
             Some("invalid") => println!("  INVALID    {path}: {}", r["error"].as_str().unwrap_or("")),
+            Some("untrusted") => println!("  UNTRUSTED  {path}: {}", r["error"].as_str().unwrap_or("")),
             Some("spare") => println!(
                 "  spare      {path}  {} (a retired checkpoint, kept for its blocks: the next save writes over it)",
                 human(r["bytes"].as_u64().unwrap_or(0))
@@ -438,6 +462,9 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     }
     for c in &choices {
         println!("restart of {}: {}", c["name"].as_str().unwrap_or(""), c["why"].as_str().unwrap_or(""));
+        for n in c["notices"].as_array().into_iter().flatten() {
+            println!("  note: {}", n.as_str().unwrap_or(""));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

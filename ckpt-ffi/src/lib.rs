@@ -556,6 +556,15 @@ pub extern "C" fn ckpt_save_buffer(path: *const c_char, buf: *const c_void, len:
     })
 }
 
+/// Opens a file a C program names (`ckpt_load_buffer`, `ckpt_buffer_size`): with the configuration's
+/// settings (`CKPT_MMAP`, including `ckpt_set_config`'s), and only when the trust rules allow it.
+fn open_explicit(path: &std::path::Path) -> FfiResult<Checkpoint> {
+    let config = config_from_env(None)?;
+    let cp = Checkpoint::open_with(&FileStorage, path, ckpt_core::LoadOptions { mmap: config.mmap })?;
+    ckpt_core::trust::check(&cp)?;
+    Ok(cp)
+}
+
 /// Writes to `*len_out` the size of the buffer saved in `path` by `ckpt_save_buffer` (after verifying the
 /// whole file). Returns `CKPT_ERR_UNTRUSTED` when someone else could have written the file (another owner,
 /// world-writable, or in a world-writable directory without the sticky bit; see SECURITY.md). Thread-safe.
@@ -564,8 +573,7 @@ pub extern "C" fn ckpt_buffer_size(path: *const c_char, len_out: *mut usize) -> 
     guard(|| {
         let path = path_arg(path)?;
         null_check(len_out, "len_out")?;
-        let cp = Checkpoint::open(&path)?;
-        ckpt_core::trust::check(&cp)?;
+        let cp = open_explicit(&path)?;
         cp.verify()?;
         let len = cp.section("buffer")?.raw_len as usize;
         // SAFETY: len_out was checked non-NULL.
@@ -592,8 +600,7 @@ pub extern "C" fn ckpt_load_buffer(
         if buf.is_null() && cap != 0 {
             return Err(FfiError::new(CKPT_ERR_NULL_ARGUMENT, "buf is NULL but cap is not 0"));
         }
-        let cp = Checkpoint::open(&path)?;
-        ckpt_core::trust::check(&cp)?;
+        let cp = open_explicit(&path)?;
         cp.verify()?;
         let len = cp.section("buffer")?.raw_len as usize;
         if len > cap {

@@ -218,3 +218,58 @@ fn another_users_generation_is_skipped_with_a_notice_and_restart_falls_back() {
     assert_eq!(r.resumed, Some(s1), "another user's file was loaded or restart stopped: {}", r.stderr);
     assert!(r.stderr.contains("55.ckpt.2") && r.stderr.contains("not by you"), "{}", r.stderr);
 }
+
+fn ckpt_list_json(dir: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(ckpt_tests::ckpt_cli()).args(["list", "--json"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "ckpt list failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `ckpt list` answers for the run that wrote a name (an array task's files are not "another run's" to
+/// it) and shows who wrote each file.
+#[test]
+fn ckpt_list_shows_who_wrote_each_file_and_what_its_restart_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t1 = run(dir.path(), &array_task("101", "100", "1"), &[], Some(Duration::from_millis(100)));
+    assert!(t1.stopped.is_some(), "{}", t1.stderr);
+    let v = ckpt_list_json(dir.path());
+    let choice = v["restart"].as_array().unwrap().iter().find(|c| c["name"] == "101.ckpt").expect("101.ckpt");
+    assert!(choice["chosen"].as_str().is_some_and(|p| p.ends_with("101.ckpt")), "{v:#}");
+    let file =
+        v["files"].as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("101.ckpt")).unwrap();
+    assert_eq!(file["written_by"]["array_task"], "1", "{file:#}");
+    assert!(file["written_by"]["cmdline"].as_str().unwrap().contains("ckpt-test-trigger"), "{file:#}");
+}
+
+/// A multi-rank step with one rank's part damaged: `ckpt list` says restart takes the previous step, as
+/// every rank restoring on its own does.
+#[test]
+fn ckpt_list_of_a_multi_rank_directory_takes_only_steps_whose_every_part_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<ckpt_core::Store> = (0..2u32)
+        .map(|r| {
+            let mut c = ckpt_core::Config::new("mr", dir.path()).unwrap();
+            c.job_id = Some("77".into());
+            (c.rank, c.nranks) = (r, 2);
+            ckpt_core::Store::new(c)
+        })
+        .collect();
+    for step in [10i64, 20] {
+        let mut generation = 0;
+        for s in &stores {
+            let mut w = s.begin(step).unwrap();
+            w.add_bytes("data", &vec![s.config().rank as u8 + 1; 100_000]).unwrap();
+            generation = w.commit().unwrap().generation;
+        }
+        stores[0].commit_step(generation, step).unwrap();
+    }
+    let part = dir.path().join("77.ckpt.parts/2/rank1.ckpt");
+    let cp = ckpt_core::Checkpoint::open(&part).unwrap();
+    let offset = cp.section("data").unwrap().offset + 1000;
+    drop(cp);
+    let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"\xff\x00", offset).unwrap();
+    let v = ckpt_list_json(dir.path());
+    let choice = v["restart"].as_array().unwrap().iter().find(|c| c["name"] == "77.ckpt").expect("77.ckpt");
+    assert!(choice["chosen"].as_str().is_some_and(|p| p.ends_with("77.ckpt.1")), "{v:#}");
+}
