@@ -89,7 +89,8 @@ enum Command {
     },
     /// Restart. With a command (`ckpt restart --image-dir DIR -- PROGRAM ARGS`): run a program that
     /// uses libckpt so it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
-    /// SLURM_RESTART_DIR), like the old `scontrol checkpoint restart <jobid> ImageDir=...`. Without one:
+    /// SLURM_RESTART_DIR, and CKPT_RESUME_FROM=any unless set: the newest checkpoint of the program in DIR,
+    /// whichever run wrote it), like the old `scontrol checkpoint restart <jobid> ImageDir=...`. Without one:
     /// resume a program checkpointed under `ckpt run` from IMAGE, or from the newest complete, verified
     /// process image in DIR (default: the restart directory of this environment). Exit status 3 when the
     /// image cannot be restored here (with the reason).
@@ -567,6 +568,11 @@ fn restart(image_dir: Option<&Path>, command: &[String]) -> Result<ExitCode, Err
             return Err(Error::new(ckpt_core::ErrorKind::NotFound, "image directory does not exist").with_path(d));
         }
         cmd.env("CKPT_RESTART_DIR", d).env("SLURM_RESTART_DIR", d);
+        // The user names the checkpoints to restart from: whichever run of the program wrote them (unless
+        // CKPT_RESUME_FROM says otherwise).
+        if std::env::var_os("CKPT_RESUME_FROM").is_none_or(|v| v.is_empty()) {
+            cmd.env("CKPT_RESUME_FROM", "any");
+        }
     }
     let err = cmd.exec();
     Err(Error::io(&format!("run {}", command[0]), err))

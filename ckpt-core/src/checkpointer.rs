@@ -670,7 +670,7 @@ impl Checkpointer {
     /// Restart discovery through the store (logged).
     pub fn restore(&self) -> Result<Option<Restored>> {
         let r = self.store.restore();
-        let notices = self.store.take_restore_notices();
+        let notices = self.store.restore_notices();
         match &r {
             Ok(Some(x)) => self.inner.log(json!({
                 "event": "restore", "path": x.chosen_path, "generation": x.generation, "step": x.app_step,

@@ -308,26 +308,22 @@ impl Store {
             // Files under this run's own name written by another run (a job id reused after a controller
             // reset, another program outside Slurm): resuming them would be silently wrong, and starting
             // fresh would prune them.
+            let strict = cfg.job_id.is_none();
             let mut conflicts = Vec::new();
             for p in probes.iter().filter(|p| !untrusted(p)) {
                 if let Some(Owner { identity: Some(Ok(id)), .. }) = &p.owner {
-                    let why = me.own_name_conflicts(id, false);
+                    let why = if cfg.resume_from == ResumeFrom::Any {
+                        me.owner_mismatches(id)
+                    } else {
+                        me.own_name_conflicts(id, strict)
+                    };
                     if !why.is_empty() {
-                        conflicts.push(format!("  {}: {}", p.candidate.path.display(), why.join("; ")));
+                        conflicts.push((p.candidate.path.clone(), why));
                     }
                 }
             }
             if !conflicts.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "checkpoint(s) named {own_base} in {} belong to another run, not to this one:\n{}\nTo resume it anyway, set CKPT_RESUME_FROM={}; otherwise give this run its own name (CKPT_NAME) or directory (CKPT_DIR), or move these files away.",
-                        dir.display(),
-                        conflicts.join("\n"),
-                        cfg.job_key()
-                    ),
-                )
-                .with_path(&dir));
+                return Err(foreign_run_error(cfg, &dir, &conflicts));
             }
         }
         probes.retain(|p| !untrusted(p));
@@ -362,6 +358,7 @@ impl Store {
                     },
                     None => "it records no identity (written by an older ckpt)".to_string(),
                     Some(Err(e)) => e.clone(),
+                    Some(Ok(id)) if cfg.resume_from == ResumeFrom::Any => me.owner_mismatches(id).join(", "),
                     Some(Ok(id)) => me.adoption_mismatches(id).join(", "),
                 };
                 if why.is_empty() && cfg.resume_from == ResumeFrom::OwnOnly {
@@ -460,22 +457,10 @@ impl Store {
                     if skipped > 0 { format!("; {skipped} newer or damaged file(s) rejected") } else { String::new() }
                 ),
             };
-            if other.is_none()
-                && cfg.job_id.is_none()
-                && let Some(Owner { identity: Some(Ok(id)), .. }) = &probes[i].owner
-                && !me.own_name_conflicts(id, true).is_empty()
-            {
-                notices.push(format!(
-                    "resuming {} written by another command line or directory ({:?} in {}); this run is {:?} in {} (set CKPT_NAME or CKPT_DIR to keep runs apart)",
-                    path.display(),
-                    id.cmdline,
-                    id.cwd,
-                    me.cmdline,
-                    me.cwd
-                ));
-            }
             if let Some(job) = &other {
-                let why = if from_other_jobs {
+                let why = if from_other_jobs && cfg.resume_from == ResumeFrom::Any {
+                    "CKPT_RESUME_FROM=any takes the newest checkpoint of this application in the restart directory"
+                } else if from_other_jobs {
                     "this job has none of its own, and that job's user, application, command line, working directory and array task are this run's; CKPT_RESUME_FROM=none forbids this"
                 } else {
                     "as CKPT_RESUME_FROM asks"
@@ -563,6 +548,36 @@ impl Store {
         }
         Ok(Some(own))
     }
+}
+
+/// The error for files under this run's own name that another run wrote (see [`crate::identity`]): it
+/// names each file and why, both runs, and what to do.
+pub(crate) fn foreign_run_error(cfg: &crate::Config, dir: &Path, conflicts: &[(PathBuf, Vec<String>)]) -> Error {
+    let me = cfg.run_identity();
+    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut msg = format!(
+        "checkpoint(s) named {} in {} belong to another run, not to this one ({:?} in {}):",
+        cfg.base_name(),
+        shown.display(),
+        me.cmdline,
+        me.cwd
+    );
+    for (p, why) in conflicts {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        msg.push_str(&format!("\n  {name}: {}", why.join("; ")));
+    }
+    if cfg.job_id.is_none() {
+        msg.push_str(&format!(
+            "\nOutside Slurm the name is what identifies a run. To resume it anyway, set CKPT_RESUME_FROM={}; to keep runs apart, give each its own name (CKPT_NAME) or directory (CKPT_DIR).",
+            cfg.job_key()
+        ));
+    } else {
+        msg.push_str(&format!(
+            "\nTo resume it anyway, set CKPT_RESUME_FROM={}; otherwise move these files away.",
+            cfg.job_key()
+        ));
+    }
+    Error::new(ErrorKind::Conflict, msg).with_path(shown)
 }
 
 fn strip_path(e: &Error, p: &Path) -> String {

@@ -17,16 +17,20 @@
 //!    requeue`). A file under that name whose identity says another user, another application, or another
 //!    array job or task belongs to another run (a job id reused after a controller reset, a copy) and is
 //!    refused loudly. Outside Slurm the name is the application name, which every run in a directory with
-//!    the same name shares: a file written there by another command line or in another working directory
-//!    is resumed (programs are often restarted with other arguments), and restart says so on stderr and in
-//!    the log, naming both command lines.
+//!    the same name shares (a parameter sweep run one point after the other, say): there the file must
+//!    also have been written by the same command line in the same working directory, or restart refuses
+//!    loudly, names both command lines and says how to resume it anyway (`CKPT_RESUME_FROM=<name>`).
+//!    A save checks the same before it writes under a name that holds another run's files, so that its
+//!    retention never removes them.
 //! 2. **Another job's checkpoints**, only when this run has none and the identity matches fully: same user,
 //!    application name, command line, working directory and array task index (a resubmitted job). The
 //!    choice is announced on stderr and in the log, naming the job taken. Candidates that match only in
 //!    part (a parameter sweep, the other tasks of a job array) are never taken, and are listed on stderr.
 //!
 //! `CKPT_RESUME_FROM=<job id>` resumes that job's checkpoint explicitly (the files must still be this
-//! user's); `CKPT_RESUME_FROM=none` forbids taking another job's checkpoint.
+//! user's); `CKPT_RESUME_FROM=any` takes the newest checkpoint of this application and user in the restart
+//! directory, whichever run wrote it (what `ckpt restart --image-dir` sets); `CKPT_RESUME_FROM=none`
+//! forbids taking another job's checkpoint.
 
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +78,10 @@ pub enum ResumeFrom {
     /// The checkpoints of this job id (or, outside Slurm, this application name), whoever's run wrote them
     /// as long as the files are this user's (`CKPT_RESUME_FROM=<job id>`).
     Job(String),
+    /// The newest checkpoint of this application in the restart directory, this user's, whichever run
+    /// wrote it (`CKPT_RESUME_FROM=any`; what `ckpt restart --image-dir DIR -- PROGRAM` asks for, as the
+    /// seed's `scontrol checkpoint restart ... ImageDir=` did). Announced like any other adoption.
+    Any,
 }
 
 impl ResumeFrom {
@@ -84,6 +92,8 @@ impl ResumeFrom {
             Some(ResumeFrom::OwnOnly)
         } else if t.eq_ignore_ascii_case("auto") || t.is_empty() {
             Some(ResumeFrom::Auto)
+        } else if t.eq_ignore_ascii_case("any") {
+            Some(ResumeFrom::Any)
         } else if t.contains('/') || t.contains('\0') || t == "." || t == ".." || t.len() > crate::format::MAX_NAME_LEN
         {
             None
@@ -164,6 +174,19 @@ impl RunIdentity {
         }
         if strict {
             self.compare_command(file, &mut why);
+        }
+        why
+    }
+
+    /// Why a file may not be taken even when any run's checkpoint is asked for ([`ResumeFrom::Any`]):
+    /// another user or another application.
+    pub fn owner_mismatches(&self, file: &RunIdentity) -> Vec<String> {
+        let mut why = Vec::new();
+        if file.uid != self.uid {
+            why.push(format!("another user (uid {})", file.uid));
+        }
+        if file.app != self.app {
+            why.push(format!("another application ({:?})", file.app));
         }
         why
     }
@@ -269,6 +292,7 @@ mod tests {
         assert_eq!(ResumeFrom::parse("none"), Some(ResumeFrom::OwnOnly));
         assert_eq!(ResumeFrom::parse("AUTO"), Some(ResumeFrom::Auto));
         assert_eq!(ResumeFrom::parse("1234"), Some(ResumeFrom::Job("1234".into())));
+        assert_eq!(ResumeFrom::parse("any"), Some(ResumeFrom::Any));
         assert_eq!(ResumeFrom::parse("a/b"), None);
     }
 

@@ -343,9 +343,15 @@ impl Store {
     }
 
     /// What the last restart discovery told stderr (a checkpoint taken from another job, candidates
-    /// skipped and why), for a face's own log; emptied by the call.
+    /// skipped and why), for a face's own log and API; emptied by the call.
     pub fn take_restore_notices(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.shared.restore_notices))
+    }
+
+    /// Like [`Store::take_restore_notices`], leaving them in place (a [`crate::Checkpointer`] logs them and
+    /// its face can still read them).
+    pub fn restore_notices(&self) -> Vec<String> {
+        lock(&self.shared.restore_notices).clone()
     }
 
     pub(crate) fn push_restore_notices(&self, notices: &[String]) {
@@ -406,9 +412,43 @@ impl Store {
         }
         // A listing: stale temporary files, the generation number, and what pruning will see.
         let listing = self.list_generations(dir, &base)?;
+        let warning = if last == 0 { self.check_name_is_ours(dir, &listing)? } else { None };
         let generation = listing.highest.max(last) + 1;
         let header = self.header(FileKind::Data, generation, app_step);
-        self.start(dir, &base, header, Plan::Single { listing })
+        let mut writer = self.start(dir, &base, header, Plan::Single { listing })?;
+        writer.warnings.extend(warning);
+        Ok(writer)
+    }
+
+    /// Before this process's first save under its name in `dir`: the newest generation there must be this
+    /// run's (the rules of restart, [`crate::identity`]), or the save's retention would remove another
+    /// run's checkpoints (a sweep run point after point outside Slurm, a job id reused by another
+    /// application). `CKPT_RESUME_FROM` naming a job says the files may be taken over. One header read.
+    /// A header that cannot be read for an I/O error gives a warning (reported with the commit).
+    fn check_name_is_ours(&self, dir: &Path, listing: &Listing) -> Result<Option<String>> {
+        if matches!(self.config.resume_from, crate::identity::ResumeFrom::Job(_) | crate::identity::ResumeFrom::Any) {
+            return Ok(None);
+        }
+        let Some(&(newest, _)) = listing.generations.iter().max_by_key(|g| g.0) else {
+            return Ok(None);
+        };
+        let path = dir.join(format!("{}.{newest}", listing.base));
+        let header = match crate::reader::read_header(&*self.storage, &path) {
+            Ok(h) => h,
+            Err(e) if e.kind() == ErrorKind::Io => {
+                return Ok(Some(format!("could not read {} to check which run it belongs to: {e}", path.display())));
+            }
+            // Gone meanwhile, or damaged: restart judges it; nothing to compare here.
+            Err(_) => return Ok(None),
+        };
+        let Some(Ok(id)) = crate::identity::RunIdentity::of_header(&header) else {
+            return Ok(None);
+        };
+        let why = self.config.run_identity().own_name_conflicts(&id, self.config.job_id.is_none());
+        if why.is_empty() {
+            return Ok(None);
+        }
+        Err(crate::discovery::foreign_run_error(&self.config, dir, &[(path, why)]))
     }
 
     /// The generation number the next save will use: one above the highest committed in `dir` and above

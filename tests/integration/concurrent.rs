@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use ckpt_core::{Config, Store};
+use ckpt_core::Store;
 
 use crate::kill::saver;
 
@@ -36,7 +36,7 @@ fn two_processes_saving_under_one_name() {
     assert_eq!(durable + conflicts, 60);
     assert!(durable >= 30, "at least one writer's worth of commits succeeded: {durable}");
     // Whatever interleaving happened, every name holds one whole checkpoint of one step.
-    let store = Store::new(Config::new("shared", dir.path()).unwrap());
+    let store = Store::new(ckpt_tests::reader_config("shared", dir.path()));
     let r = store.restore().unwrap().expect("a checkpoint");
     assert!(r.rejected.is_empty(), "{:?}", r.rejected);
     saver::check_checkpoint(&r.checkpoint, r.app_step, 1).unwrap();

@@ -273,3 +273,31 @@ fn ckpt_list_of_a_multi_rank_directory_takes_only_steps_whose_every_part_verifie
     let choice = v["restart"].as_array().unwrap().iter().find(|c| c["name"] == "77.ckpt").expect("77.ckpt");
     assert!(choice["chosen"].as_str().is_some_and(|p| p.ends_with("77.ckpt.1")), "{v:#}");
 }
+
+/// Outside Slurm the name is the run: a sweep run point after point in one directory (`prog lr=0.1`, then
+/// `prog lr=0.2`) must neither resume the other point's state nor, by saving, prune its checkpoints.
+#[test]
+fn outside_slurm_another_command_line_under_one_name_is_refused_and_never_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run(dir.path(), &[], &["lr=0.1"], Some(Duration::from_millis(100)));
+    let stopped = first.stopped.expect("lr=0.1 checkpointed");
+    let second = run(dir.path(), &[], &["lr=0.2"], None);
+    assert!(!second.status.success() && second.resumed.is_none(), "lr=0.2 took lr=0.1's state: {}", second.stderr);
+    assert!(
+        second.stderr.contains("another command line")
+            && second.stderr.contains("lr=0.1")
+            && second.stderr.contains("CKPT_RESUME_FROM=trigger-test"),
+        "the refusal names both runs and the way out: {}",
+        second.stderr
+    );
+    // A program that saves without restoring first (this test process: another command line) is refused
+    // before it writes, so retention never removes the other run's checkpoints.
+    let store = ckpt_core::Store::new(ckpt_core::Config::new("trigger-test", dir.path()).unwrap());
+    let e = store.begin(1).expect_err("a save over another run's name must be refused");
+    assert_eq!(e.kind(), ckpt_core::ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains("trigger-test.ckpt.1"), "{e}");
+    assert!(dir.path().join("trigger-test.ckpt.1").exists(), "the other run's checkpoint is still there");
+    // Explicitly: the same program with other arguments resumes it.
+    let third = run(dir.path(), &[("CKPT_RESUME_FROM", "trigger-test")], &["lr=0.2"], None);
+    assert_eq!(third.resumed, Some(stopped), "{}", third.stderr);
+}

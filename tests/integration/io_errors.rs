@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use ckpt_core::{Config, Store};
+use ckpt_core::Store;
 
 const BIGSAVE: &str = env!("CARGO_BIN_EXE_ckpt-test-bigsave");
 
@@ -43,7 +43,7 @@ fn a_failed_write_of_the_io_thread_fails_the_save_and_keeps_the_previous_checkpo
     let names: Vec<String> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!names.iter().any(|n| n.contains(".tmp.")), "a temporary file was left behind: {names:?}");
-    let store = Store::new(Config::new("big", dir.path()).unwrap());
+    let store = Store::new(ckpt_tests::reader_config("big", dir.path()));
     let r = store.restore().unwrap().expect("the first checkpoint");
     assert_eq!((r.generation, r.app_step), (1, 1), "restart finds the previous checkpoint");
     assert!(r.rejected.is_empty(), "nothing half-written is a candidate: {:?}", r.rejected);

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ckpt_core::{Checkpoint, NameKind, Store, classify};
-use ckpt_tests::{Rng, config};
+use ckpt_tests::Rng;
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/bin/ckpt-test-saver.rs"]
@@ -125,7 +125,7 @@ fn saver_child_resumes_where_it_stopped() {
         assert_eq!(restored, Some(expect_restored), "round {round}: stdout {stdout:?}");
         assert_eq!(durable, vec![expect_restored + 1, expect_restored + 2], "round {round}: stdout {stdout:?}");
     }
-    let r = Store::new(config(NAME, dir.path())).restore().expect("restore").expect("a checkpoint");
+    let r = Store::new(ckpt_tests::reader_config(NAME, dir.path())).restore().expect("restore").expect("a checkpoint");
     assert_eq!(r.app_step, 4);
     saver::check_checkpoint(&r.checkpoint, 4, 1).unwrap();
     let (tmps, gens, current) = dir_state(dir.path());
@@ -293,7 +293,7 @@ fn kill_loop(iterations: u64, seed: u64, raw_mib: usize) -> Figures {
             }
         }
 
-        let store = Store::new(config(NAME, dir.path()));
+        let store = Store::new(ckpt_tests::reader_config(NAME, dir.path()));
         match store.restore() {
             Ok(Some(r)) => {
                 assert!(

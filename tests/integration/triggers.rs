@@ -62,7 +62,7 @@ fn sigterm_checkpoints_then_exits_zero_and_the_restart_resumes() {
     let stopped = step_of(&exit);
     assert!(stopped < 150);
 
-    let mut again = child(dir.path(), 150, 1, "", &[]);
+    let mut again = child(dir.path(), 150, 10, "", &[]);
     let resumed = again.seen.iter().find(|l| l.starts_with("resumed")).cloned().expect("resumed line");
     assert_eq!(step_of(&resumed), stopped);
     assert!(again.finish(T).success());

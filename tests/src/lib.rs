@@ -47,6 +47,15 @@ pub fn config(name: &str, dir: &Path) -> Config {
     Config::new(name, dir).expect("valid test config")
 }
 
+/// A configuration for reading, in this test process, what a child program saved as application `name`
+/// in `dir`: outside Slurm another command line is another run, so the test asks for that name's
+/// checkpoints explicitly, as a user would with `CKPT_RESUME_FROM=<name>`.
+pub fn reader_config(name: &str, dir: &Path) -> Config {
+    let mut c = config(name, dir);
+    c.resume_from = ckpt_core::identity::ResumeFrom::Job(name.to_string());
+    c
+}
+
 /// Path of a built binary of this workspace (the test saver child), next to the test executable.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -25,7 +25,10 @@ fn main() {
     let mib: usize = args[3].parse().expect("MIB");
     let step: i64 = args[4].parse().expect("STEP");
     let data = content(step, mib << 20);
-    let store = Store::new(Config::new(&args[2], &dir).expect("config"));
+    // Every invocation continues the named run (the step is an argument, so the command lines differ).
+    let mut config = Config::new(&args[2], &dir).expect("config");
+    config.resume_from = ckpt_core::identity::ResumeFrom::Job(args[2].clone());
+    let store = Store::new(config);
     let result = store.begin(step).and_then(|mut w| {
         w.add_section_with("state", &data, SectionOptions::new())?;
         w.commit()
