@@ -118,9 +118,12 @@ def test_python_m_package_is_named_after_the_package(tmp_path):
     assert run(tmp_path, ["-m", "trainer.finetune"]).ok().result["name"] == "finetune"
 
 
-@pytest.mark.parametrize("how", ["-c", "stdin"])
-def test_no_script_is_named_ckpt(tmp_path, how):
-    argv, stdin = (["-c", TRAIN], None) if how == "-c" else (["-"], TRAIN)
+@pytest.mark.parametrize(
+    ("argv", "stdin"),
+    [(["-c", TRAIN], None), (["-"], TRAIN), ([], TRAIN)],  # the last as interactive: sys.argv == [""]
+    ids=["-c", "-", "no-argument"],
+)
+def test_no_script_is_named_ckpt(tmp_path, argv, stdin):
     r = run(tmp_path, argv, stdin).ok()
     assert r.result["name"] == "ckpt" and r.result["path"] == "ckpt.ckpt"
     assert run(tmp_path, argv, stdin).ok().state["runs"] == 1
