@@ -128,7 +128,10 @@ fn save_store<'py>(
 #[pyfunction]
 #[pyo3(signature = (path, *, mmap=None, verify=true))]
 fn load_file<'py>(py: Python<'py>, path: PathBuf, mmap: Option<bool>, verify: bool) -> PyResult<Bound<'py, PyTuple>> {
-    let opts = LoadOptions { mmap: mmap.unwrap_or_else(|| LoadOptions::default().mmap) };
+    let opts = match mmap {
+        Some(m) => LoadOptions { mmap: m },
+        None => LoadOptions::from_env().py_err(py)?,
+    };
     let cp = py.detach(|| Checkpoint::open_with(&FileStorage, &path, opts)).py_err(py)?;
     let (stream, bufs) = buffers::read_sections(py, &cp, verify)?;
     let info = buffers::header_info(py, &cp)?;
@@ -139,7 +142,8 @@ fn load_file<'py>(py: Python<'py>, path: PathBuf, mmap: Option<bool>, verify: bo
 /// Checks every byte of the checkpoint at `path` (the CRC of every section, the padding).
 #[pyfunction]
 fn verify_file(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    py.detach(|| Checkpoint::open_with(&FileStorage, &path, LoadOptions::default())?.verify()).py_err(py)
+    let opts = LoadOptions::from_env().py_err(py)?;
+    py.detach(|| Checkpoint::open_with(&FileStorage, &path, opts)?.verify()).py_err(py)
 }
 
 /// Waits until the files earlier saves replaced or pruned are freed (large ones are freed on a thread after

@@ -151,6 +151,17 @@ def test_bad_settings_are_value_errors(monkeypatch):
         ckpt.load()
 
 
+def test_a_malformed_ckpt_mmap_is_an_error_on_explicit_loads(tmp_path, monkeypatch):
+    path = tmp_path / "x.ckpt"
+    ckpt.save({"x": 1}, path)
+    monkeypatch.setenv("CKPT_MMAP", "maybe")
+    with pytest.raises(ckpt.InvalidArgumentError, match="CKPT_MMAP"):
+        ckpt.load(path)
+    with pytest.raises(ckpt.InvalidArgumentError, match="CKPT_MMAP"):
+        ckpt.verify(path)
+    assert ckpt.load(path, mmap=False) == {"x": 1}, "an explicit choice needs no variable"
+
+
 def test_closed_checkpointer(tmp_path):
     cp = ckpt.Checkpointer(directory=tmp_path, signals=())
     cp.close()
