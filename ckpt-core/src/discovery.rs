@@ -327,7 +327,9 @@ impl Store {
             }
         }
         probes.retain(|p| !untrusted(p));
-        if explicit && probes.is_empty() {
+        // Asking for this run's own name explicitly (in a script that also starts the first run) finds
+        // nothing on a first run: a fresh start. Another job's name that has nothing is an error.
+        if explicit && probes.is_empty() && base != own_base {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -338,7 +340,7 @@ impl Store {
             .with_path(&dir));
         }
         let mut from_other_jobs = false;
-        if probes.is_empty() {
+        if probes.is_empty() && !explicit {
             // A resubmitted job: another job's checkpoints of the same application and step, but only when
             // the identity matches fully (never another task of a job array, another point of a sweep).
             let mut not_adopted: Vec<(String, String)> = Vec::new();

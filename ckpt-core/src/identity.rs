@@ -28,7 +28,8 @@
 //!    part (a parameter sweep, the other tasks of a job array) are never taken, and are listed on stderr.
 //!
 //! `CKPT_RESUME_FROM=<job id>` resumes that job's checkpoint explicitly (the files must still be this
-//! user's); `CKPT_RESUME_FROM=any` takes the newest checkpoint of this application and user in the restart
+//! user's; naming this run's own job or name, a first run with no files starts fresh, another job's
+//! missing files are an error); `CKPT_RESUME_FROM=any` takes the newest checkpoint of this application and user in the restart
 //! directory, whichever run wrote it (what `ckpt restart --image-dir` sets); `CKPT_RESUME_FROM=none`
 //! forbids taking another job's checkpoint.
 
@@ -194,13 +195,7 @@ impl RunIdentity {
     /// Why a file of another job may not be adopted: empty when the identity matches fully (same user,
     /// application, command line, working directory and array task index).
     pub fn adoption_mismatches(&self, file: &RunIdentity) -> Vec<String> {
-        let mut why = Vec::new();
-        if file.uid != self.uid {
-            why.push(format!("another user (uid {})", file.uid));
-        }
-        if file.app != self.app {
-            why.push(format!("another application ({:?})", file.app));
-        }
+        let mut why = self.owner_mismatches(file);
         if file.array_task != self.array_task {
             why.push(format!("another array task ({})", file.array_task.as_deref().unwrap_or("none")));
         }

@@ -184,6 +184,9 @@ impl Run {
         cmd.env("CKPT_DIR", work.join("checkpoints"))
             .env("CKPT_LOG", work.join("ckpt.log"))
             .env("CKPT_SOCKET", "0")
+            // Interrupted runs sleep in every iteration and restarts do not: another command line, which
+            // outside Slurm is another run. The restarts name the run they continue, as a user would.
+            .env("CKPT_RESUME_FROM", "heat_mpi")
             .env("HEAT_PROGRESS", mpi.progress.to_string())
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
