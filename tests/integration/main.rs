@@ -14,3 +14,4 @@ mod multirank;
 mod roundtrip;
 mod spare;
 mod triggers;
+mod trust_cli;
