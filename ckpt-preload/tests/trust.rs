@@ -197,7 +197,7 @@ fn after_a_restart_the_marker_names_the_restored_process() {
         "the restored environment names {r:?}, not the restored process {rpid}; stderr: {}",
         read(&dir.join("err2.txt"))
     );
-    assert_eq!(r.nonce != m.nonce, true, "a new marker");
+    assert_ne!(r.nonce, m.nonce, "a new marker");
     std::fs::write(dir.join("quit"), b"").unwrap();
 }
 
