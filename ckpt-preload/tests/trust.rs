@@ -382,3 +382,43 @@ fn a_restore_without_the_descriptor_is_refused() {
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("CKPT_SHIM_IMAGE_FD"), "{o:?}");
 }
+
+/// A squeue that answers (after 0.5 s) still arms the time-limit checkpoint: the background query's
+/// answer reaches the program as a `sigqueue` and sets the deadline (checkpoint and exit before the end).
+#[test]
+fn the_background_squeue_answer_arms_the_deadline() {
+    let Some(mawk) = which("mawk") else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Slurm prints local time; with a 10 s initial cost guess, safety factor 1 and no margin the shim
+    // checkpoints and exits about 3 s in, well before the program's ~6 s of work is done.
+    let squeue = dir.join("squeue");
+    std::fs::write(&squeue, format!("#!/bin/sh\nsleep 0.5\ndate -d @{} +%Y-%m-%dT%H:%M:%S\n", now + 13)).unwrap();
+    std::fs::set_permissions(&squeue, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let start = Instant::now();
+    let mut child = command(&ckpt, dir)
+        .env("SLURM_JOB_ID", "4343")
+        .env("CKPT_SQUEUE", &squeue)
+        .env("CKPT_MARGIN", "0")
+        .env("CKPT_SAFETY_FACTOR", "1")
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+        .arg(&mawk)
+        .arg("BEGIN{s=0; for(i=0;i<40000000;i++){s=(s*31+i)%1000003; if(i%400000==0) print i, s}}")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    use std::os::unix::process::ExitStatusExt;
+    let log = read(&dir.join("ckpt.log"));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "exits by the time-limit checkpoint: {status:?}\n{log}");
+    assert!(start.elapsed() < Duration::from_secs(12), "before the end time");
+    let answer = events(dir, "end-time");
+    assert_eq!(answer.len(), 1, "{log}");
+    assert_eq!(answer[0]["end_time"], now + 13, "{log}");
+    let ck = events(dir, "checkpoint");
+    assert_eq!(ck.len(), 1, "{log}");
+    assert_eq!(ck[0]["exit"], true, "{log}");
+}
