@@ -529,12 +529,9 @@ fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -
         .into_iter()
         .map(|(pid, name)| {
             let img = image_dir.clone();
-            let sock = sock_dir.entry(&name);
-            let shown = dir.join(&name);
+            let d = sock_dir.clone();
             std::thread::spawn(move || {
-                let r = control::request_checkpoint(&sock, img.as_deref(), vacate, wait);
-                // Messages name the socket by its real path, not by the descriptor path used to reach it.
-                (pid, r.map(|r| r.path).map_err(|e| if e.path() == Some(&sock) { e.with_path(&shown) } else { e }))
+                (pid, control::request_checkpoint_in(&d, &name, img.as_deref(), vacate, wait).map(|r| r.path))
             })
         })
         .collect();

@@ -525,7 +525,29 @@ pub struct Reply {
 /// The process at the other end must run as this user (`SO_PEERCRED`): a socket someone else bound (and
 /// left where ours are looked for) could otherwise answer "ok" for a checkpoint that was never taken.
 pub fn request_checkpoint(socket: &Path, image_dir: Option<&Path>, vacate: bool, max_wait: Duration) -> Result<Reply> {
-    let stream = UnixStream::connect(socket).map_err(|e| Error::io("connect", e).with_path(socket))?;
+    request_checkpoint_at(socket, socket, image_dir, vacate, max_wait)
+}
+
+/// [`request_checkpoint`] of the socket `name` in a checked directory (reached through its descriptor;
+/// messages name its real path).
+pub fn request_checkpoint_in(
+    dir: &ClientDir,
+    name: &str,
+    image_dir: Option<&Path>,
+    vacate: bool,
+    max_wait: Duration,
+) -> Result<Reply> {
+    request_checkpoint_at(&dir.entry(name), &dir.path().join(name), image_dir, vacate, max_wait)
+}
+
+fn request_checkpoint_at(
+    connect_to: &Path,
+    socket: &Path,
+    image_dir: Option<&Path>,
+    vacate: bool,
+    max_wait: Duration,
+) -> Result<Reply> {
+    let stream = UnixStream::connect(connect_to).map_err(|e| Error::io("connect", e).with_path(socket))?;
     check_peer_is_us(&stream, socket)?;
     let deadline = Instant::now() + max_wait;
     let image_dir = match image_dir {

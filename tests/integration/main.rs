@@ -17,3 +17,4 @@ mod runtime_files;
 mod settings;
 mod spare;
 mod triggers;
+mod trust_cli;
