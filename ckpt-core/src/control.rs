@@ -625,7 +625,7 @@ pub fn check_peer_is_us(stream: &UnixStream, socket: &Path) -> Result<()> {
 
 /// An error for something another user controls (or could have).
 fn untrusted(message: String) -> Error {
-    Error::new(ErrorKind::InvalidArgument, message)
+    Error::new(ErrorKind::Untrusted, message)
 }
 
 /// The control-socket directory as the requesting side (`ckpt create`) uses it: opened once without

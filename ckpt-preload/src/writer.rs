@@ -27,6 +27,14 @@ impl Storage for ForkSafeStorage {
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
         FileStorage.create_new(path, mode)
     }
+    // Forwarded, so that `CKPT_DIRECT_IO` (in the configuration's WriteOptions) reaches the file writer.
+    fn create_new_with(
+        &self,
+        path: &Path,
+        opts: ckpt_core::storage::WriteOptions,
+    ) -> io::Result<Box<dyn StorageWriter>> {
+        FileStorage.create_new_with(path, opts)
+    }
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
         FileStorage.open(path)
     }
