@@ -26,6 +26,7 @@
 //! | mean time between failures for `interval = auto` | `CKPT_MTBF` (Slurm time format, default 24:00:00) |
 //! | structured log | `CKPT_LOG` (`stderr`, `off`, a path; default `<checkpoint_dir>/<base>.log`) |
 //! | control socket directory | `CKPT_SOCKET_DIR` (default `$TMPDIR/ckpt-<uid>`); `CKPT_SOCKET=0` disables |
+//! | the program asked for the job's end time | `CKPT_SQUEUE` (default `squeue`) |
 //!
 //! A malformed value is an error naming the variable and the value, never silently ignored.
 
@@ -38,6 +39,34 @@ use crate::identity::{ResumeFrom, RunIdentity};
 use crate::timefmt::parse_slurm_time;
 use crate::triggers::{self, SignalSpec};
 use crate::writer::Compression;
+
+/// Every `CKPT_*` variable the configuration reads (what `ckpt_set_config` accepts).
+pub const SETTINGS: &[&str] = &[
+    "CKPT_ALLOW_FRESH_START",
+    "CKPT_COMMIT_TIMEOUT",
+    "CKPT_COMPRESS",
+    "CKPT_DIR",
+    "CKPT_DIRECT_IO",
+    "CKPT_END_TIME",
+    "CKPT_FILE_MODE",
+    "CKPT_INTERVAL",
+    "CKPT_KEEP",
+    "CKPT_LOG",
+    "CKPT_MARGIN",
+    "CKPT_MMAP",
+    "CKPT_MTBF",
+    "CKPT_NAME",
+    "CKPT_NRANKS",
+    "CKPT_RANK",
+    "CKPT_RESTART_DIR",
+    "CKPT_RESUME_FROM",
+    "CKPT_REUSE_SPACE",
+    "CKPT_SAFETY_FACTOR",
+    "CKPT_SIGNALS",
+    "CKPT_SOCKET",
+    "CKPT_SOCKET_DIR",
+    "CKPT_SQUEUE",
+];
 
 /// The application name when nothing else gives one.
 pub const DEFAULT_APP_NAME: &str = "ckpt";
@@ -130,6 +159,8 @@ pub struct Config {
     pub identity: RunIdentity,
     /// Whose checkpoints restart may take (`CKPT_RESUME_FROM`).
     pub resume_from: ResumeFrom,
+    /// The program asked for the job's end time (`CKPT_SQUEUE`, default `squeue` from `PATH`).
+    pub squeue: std::ffi::OsString,
 }
 
 impl Config {
@@ -166,6 +197,7 @@ impl Config {
             socket_dir: None,
             identity: RunIdentity::of_process(app_name, &|_| None),
             resume_from: ResumeFrom::Auto,
+            squeue: "squeue".into(),
         })
     }
 
@@ -193,6 +225,9 @@ impl Config {
             cfg.resume_from = ResumeFrom::parse(&v).ok_or_else(|| {
                 Error::invalid(format!("CKPT_RESUME_FROM: invalid value {v:?}: expected a job id, `none` or `auto`"))
             })?;
+        }
+        if let Some(program) = get("CKPT_SQUEUE") {
+            cfg.squeue = program.into();
         }
         for var in ["SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"] {
             if let Some(v) = get(var) {
@@ -534,6 +569,16 @@ mod tests {
         .unwrap();
         assert_eq!((c.rank, c.nranks), (0, 1));
         assert!(cfg(&[("OMPI_COMM_WORLD_RANK", "4"), ("OMPI_COMM_WORLD_SIZE", "4")]).is_err());
+    }
+
+    #[test]
+    fn every_variable_read_is_listed_in_settings() {
+        let source = include_str!("config.rs");
+        let body = &source[..source.find("#[cfg(test)]").unwrap()];
+        let mut read: Vec<&str> = body.split('"').filter(|w| w.starts_with("CKPT_") && !w.contains(' ')).collect();
+        read.sort_unstable();
+        read.dedup();
+        assert_eq!(read, SETTINGS, "SETTINGS must list exactly the CKPT_* variables from_lookup reads");
     }
 
     #[test]

@@ -78,7 +78,8 @@ mod writer;
 
 pub use checkpointer::{Checkpointer, TriggerView};
 pub use config::{
-    Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, base_name, hostname, parse_interval,
+    Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, SETTINGS, base_name, hostname,
+    parse_interval,
 };
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};

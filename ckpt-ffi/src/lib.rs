@@ -407,7 +407,7 @@ pub extern "C" fn ckpt_version() -> *const c_char {
 /// over the environment. A NULL `value` removes an earlier setting. The value is checked at `ckpt_init`.
 ///
 /// Returns `CKPT_ERR_INVALID_STATE` after `ckpt_init`, `CKPT_ERR_INVALID_ARGUMENT` for a name that is not
-/// a ckpt or Slurm setting. Copies both strings. Thread-safe.
+/// a ckpt setting (a misspelled `CKPT_*` name) or a Slurm one. Copies both strings. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_set_config(name: *const c_char, value: *const c_char) -> i32 {
     guard(|| {
@@ -417,6 +417,13 @@ pub extern "C" fn ckpt_set_config(name: *const c_char, value: *const c_char) -> 
             return Err(FfiError::new(
                 CKPT_ERR_INVALID_ARGUMENT,
                 format!("{name:?} is not a CKPT_* or SLURM_* setting"),
+            ));
+        }
+        // A misspelled setting would otherwise be accepted and never read.
+        if name.starts_with("CKPT_") && !ckpt_core::SETTINGS.contains(&name.as_str()) {
+            return Err(FfiError::new(
+                CKPT_ERR_INVALID_ARGUMENT,
+                format!("{name} is not a ckpt setting (the settings: {})", ckpt_core::SETTINGS.join(", ")),
             ));
         }
         if lock(&STATE).is_some() {

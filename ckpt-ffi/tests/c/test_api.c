@@ -64,6 +64,7 @@ static void before_init(void) {
     EXPECT(ckpt_finalize(), CKPT_ERR_NOT_INITIALIZED);
     EXPECT(ckpt_set_config(NULL, "x"), CKPT_ERR_NULL_ARGUMENT);
     EXPECT(ckpt_set_config("PATH", "x"), CKPT_ERR_INVALID_ARGUMENT);
+    EXPECT(ckpt_set_config("CKPT_KEPP", "3"), CKPT_ERR_INVALID_ARGUMENT); /* misspelled: never silently ignored */
     EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
     EXPECT(ckpt_set_config("CKPT_LOG", "off"), CKPT_OK);
     EXPECT(ckpt_set_config("CKPT_SOCKET", "0"), CKPT_OK);
