@@ -148,22 +148,17 @@ fn check_trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
     if std::env::var("CKPT_TRUST_IMAGES").as_deref() == Ok("1") {
         return Ok(());
     }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        return Err(Error::invalid(format!(
-            "the image is owned by uid {}, not by you (uid {me}): restoring it would run its code as you \
-             (CKPT_TRUST_IMAGES=1 overrides)",
-            meta.uid()
-        ))
-        .with_path(path));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(Error::invalid(format!(
-            "the image is writable by other users (mode {:o}): anyone could have replaced its contents \
-             (CKPT_TRUST_IMAGES=1 overrides)",
-            meta.mode() & 0o7777
-        ))
+    let hint = "restoring it would run its code as you (CKPT_TRUST_IMAGES=1 overrides)";
+    // The rules every load path applies (owner, writable by everyone, the directory)...
+    let owner = ckpt_core::storage::FileOwner { uid: meta.uid(), mode: meta.mode(), dev: meta.dev(), ino: meta.ino() };
+    ckpt_core::trust::check_owner(path, &owner)
+        .map_err(|e| Error::new(e.kind(), format!("{}; {hint}", e.message())).with_path(path))?;
+    // ...and, since an image is code, not data: not writable by the group either.
+    if meta.mode() & 0o020 != 0 {
+        return Err(Error::new(
+            ckpt_core::ErrorKind::Untrusted,
+            format!("the image is writable by its group (mode {:o}): {hint}", meta.mode() & 0o7777),
+        )
         .with_path(path));
     }
     Ok(())

@@ -273,11 +273,18 @@ fn images_writable_by_others_are_refused() {
     let Some(gzip) = which("gzip") else { return };
     let tmp = checkpoint_with_term(&gzip_argv(&inputs().join("text.txt"), &gzip), &[], Duration::from_millis(300));
     let img = tmp.path().join("img");
-    for e in std::fs::read_dir(&img).unwrap().flatten() {
-        std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    }
+    let set_modes = |mode: u32| {
+        for e in std::fs::read_dir(&img).unwrap().flatten() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    set_modes(0o666);
     let o = restart_dir(tmp.path());
-    assert_refused(&o, "writable by other users");
+    assert_refused(&o, "every user can write it");
+    // An image is code: unlike a data checkpoint, a group-writable one is refused too.
+    set_modes(0o660);
+    let o = restart_dir(tmp.path());
+    assert_refused(&o, "writable by its group");
 }
 
 /// A file the parent process also writes (a batch script's output file that the program inherited) is not

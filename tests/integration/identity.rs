@@ -301,3 +301,38 @@ fn outside_slurm_another_command_line_under_one_name_is_refused_and_never_pruned
     let third = run(dir.path(), &[("CKPT_RESUME_FROM", "trigger-test")], &["lr=0.2"], None);
     assert_eq!(third.resumed, Some(stopped), "{}", third.stderr);
 }
+
+/// An inherited environment whose runtime directory (`$TMPDIR/ckpt-<uid>`) another user created first,
+/// open to everyone: the program runs and checkpoints as usual, puts nothing there, and says why it has
+/// no control socket.
+#[test]
+fn a_runtime_directory_created_by_another_user_is_not_used_and_the_program_still_checkpoints() {
+    let Some(other) = as_root_or_skip("a_runtime_directory_created_by_another_user") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tmpdir = dir.path().join("tmp");
+    std::fs::create_dir(&tmpdir).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let planted = tmpdir.join(format!("ckpt-{me}"));
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::set_permissions(&planted, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    give_to(&planted, other);
+    let mut cmd = clean_command(Path::new(TRIGGER), dir.path());
+    cmd.env_remove("CKPT_SOCKET_DIR").env("TMPDIR", &tmpdir).env("SLURM_JOB_ID", "91").args(["400", "5"]);
+    let mut c = LiveChild::spawn(cmd);
+    assert!(c.wait_for("ready", T).is_some(), "{:?}", c.seen);
+    std::thread::sleep(Duration::from_millis(100));
+    c.signal(libc::SIGTERM);
+    assert!(c.wait_for("exit", T).is_some(), "the program must still checkpoint at SIGTERM: {:?}", c.seen);
+    assert!(c.finish(T).success());
+    assert!(dir.path().join("91.ckpt").exists());
+    let left: Vec<_> = std::fs::read_dir(&planted).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "the program put {left:?} into another user's directory");
+    let warnings = log_events(&dir.path().join("ckpt.log"), "warning");
+    assert!(
+        warnings.iter().any(|w| w["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no control socket") && m.contains(&format!("ckpt-{me}")))),
+        "the log must say why there is no control socket: {warnings:?}"
+    );
+}
