@@ -240,7 +240,7 @@ const char *ckpt_version(void);
 // over the environment. A NULL `value` removes an earlier setting. The value is checked at `ckpt_init`.
 //
 // Returns `CKPT_ERR_INVALID_STATE` after `ckpt_init`, `CKPT_ERR_INVALID_ARGUMENT` for a name that is not
-// a ckpt or Slurm setting. Copies both strings. Thread-safe.
+// a ckpt setting (a misspelled `CKPT_*` name) or a Slurm one. Copies both strings. Thread-safe.
 int32_t ckpt_set_config(const char *name,
                         const char *value);
 
