@@ -957,7 +957,7 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             // A duplicate: moved into place from its first descriptor's file below.
         } else if kind == FD_DEV_NULL {
             let f = &mut fds[j];
-            let tmp = high(open_cstr(b"/dev/null\0".as_ptr(), (f.flags & libc::O_ACCMODE) | libc::O_CLOEXEC));
+            let tmp = high(open_cstr(c"/dev/null".as_ptr().cast(), (f.flags & libc::O_ACCMODE) | libc::O_CLOEXEC));
             if tmp < 0 {
                 fatal(b"cannot open /dev/null for descriptor", f.fd as u64, tmp as isize);
             }
