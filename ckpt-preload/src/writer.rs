@@ -498,6 +498,30 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Files the program's parent process holds open for writing, as (device, inode).
+fn parent_write_files(ppid: i32) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    // getdents, not read_dir: opendir calls malloc (see the module comment).
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let path = format!("/proc/{ppid}/fd\0");
+    crate::for_each_dir_entry(path.as_bytes(), &mut buf, |n| names.push(String::from_utf8_lossy(n).into_owned()));
+    for n in names {
+        let flags = std::fs::read_to_string(format!("/proc/{ppid}/fdinfo/{n}"))
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("flags:").map(|v| v.trim().to_string())))
+            .and_then(|v| i32::from_str_radix(&v, 8).ok())
+            .unwrap_or(0);
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            continue;
+        }
+        if let Ok(m) = std::fs::metadata(format!("/proc/{ppid}/fd/{n}")) {
+            out.push((m.dev(), m.ino()));
+        }
+    }
+    out
+}
+
 /// The descriptors' records, and the JSON of those inherited from the launcher that a restart will not
 /// restore (see [`ckpt_core::process_image::ForeignFds`]).
 fn descriptors(snap: &crate::Snapshot) -> Result<(Vec<FdRecord>, Vec<serde_json::Value>), Failure> {
@@ -634,30 +658,6 @@ fn fd_kind(snap: &crate::Snapshot, s: &crate::FdSnap, path: &[u8]) -> Result<FdK
             return Err(Unrestorable::Unless(format!("fd {} is of a kind this version cannot restore ({name})", s.fd)));
         }
     })
-}
-
-/// Files the program's parent process holds open for writing, as (device, inode).
-fn parent_write_files(ppid: i32) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    // getdents, not read_dir: opendir calls malloc (see the module comment).
-    let mut names = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let path = format!("/proc/{ppid}/fd\0");
-    crate::for_each_dir_entry(path.as_bytes(), &mut buf, |n| names.push(String::from_utf8_lossy(n).into_owned()));
-    for n in names {
-        let flags = std::fs::read_to_string(format!("/proc/{ppid}/fdinfo/{n}"))
-            .ok()
-            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("flags:").map(|v| v.trim().to_string())))
-            .and_then(|v| i32::from_str_radix(&v, 8).ok())
-            .unwrap_or(0);
-        if flags & libc::O_ACCMODE == libc::O_RDONLY {
-            continue;
-        }
-        if let Ok(m) = std::fs::metadata(format!("/proc/{ppid}/fd/{n}")) {
-            out.push((m.dev(), m.ino()));
-        }
-    }
-    out
 }
 
 fn c_string(p: usize) -> Vec<u8> {
