@@ -109,6 +109,8 @@ pub fn run(interval: Option<&str>, dir: Option<&Path>, command: &[String]) -> Re
     }
     let probe = Config::from_env(None)?; // report malformed CKPT_*/SLURM_* settings before starting
     drop(probe);
+    process_image::ForeignFds::parse(std::env::var(process_image::FOREIGN_FDS_VAR).ok().as_deref())
+        .map_err(Error::invalid)?;
     set_no_randomize()?;
     let err = cmd.exec();
     Err(Error::io(&format!("run {}", program.display()), err))
@@ -602,7 +604,13 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
             f.offset,
             f.size,
             show(&f.path),
-            if f.shared { "  (also written by the parent: not cut back on restart)" } else { "" }
+            match (f.dup_of, f.kind) {
+                (Some(d), _) => format!("  (same open file as fd {d})"),
+                (None, FdKind::ForeignNull) => "  (inherited from the launcher: restored as /dev/null)".into(),
+                (None, FdKind::ForeignClosed) => "  (inherited from the launcher: restored closed)".into(),
+                _ if f.shared => "  (also written by the parent: not cut back on restart)".into(),
+                _ => String::new(),
+            }
         );
     }
     Ok(())
@@ -623,7 +631,7 @@ pub fn image_json(cp: &Checkpoint) -> Result<serde_json::Value, Error> {
         })).collect::<Vec<_>>(),
         "fds": img.fds.iter().map(|f| serde_json::json!({
             "fd": f.fd, "kind": format!("{:?}", f.kind), "path": show(&f.path), "flags": f.flags, "offset": f.offset,
-            "size": f.size,
+            "size": f.size, "dup_of": f.dup_of,
         })).collect::<Vec<_>>(),
     }))
 }

@@ -9,7 +9,13 @@
 //!   [`Region::runs`]. Untouched and all-zero pages are not stored: a region is mapped zero-filled and
 //!   only its runs are read into place, straight from the file (no copy).
 //!
-//! The layout of `ProcessImage` is versioned by [`PROCESS_IMAGE_VERSION`]; readers refuse other versions.
+//! The layout of `ProcessImage` is versioned by [`PROCESS_IMAGE_VERSION`]; readers refuse other versions
+//! with a message (an image holds the shim's own code and data, so only the build that wrote it can
+//! restore it anyway).
+//!
+//! Layouts: 1, the first; 2, descriptors that share one open file description ([`FdRecord::dup_of`]) and
+//! descriptors inherited from the launcher that cannot be restored ([`FdKind::ForeignNull`],
+//! [`FdKind::ForeignClosed`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +24,7 @@ pub const STATE_SECTION: &str = "process.state";
 /// Section holding the saved pages.
 pub const MEMORY_SECTION: &str = "process.memory";
 /// Version of [`ProcessImage`]'s layout.
-pub const PROCESS_IMAGE_VERSION: u32 = 1;
+pub const PROCESS_IMAGE_VERSION: u32 = 2;
 /// Metadata key marking a file as a process image (value: "1").
 pub const IMAGE_METADATA_KEY: &str = "ckpt.process-image";
 
@@ -111,6 +117,57 @@ pub enum FdKind {
     PipeRead,
     /// The write end of such a pipe.
     PipeWrite,
+    /// A descriptor above stderr that was already open when the program started (inherited from the
+    /// launcher: a wrapper's pipe, a socket, a terminal) and that cannot be restored: reopened as
+    /// `/dev/null` with its access mode (`CKPT_SHIM_FOREIGN_FDS=devnull`, the default). `path` says what it
+    /// was.
+    ForeignNull,
+    /// The same, left closed on restart (`CKPT_SHIM_FOREIGN_FDS=close`).
+    ForeignClosed,
+}
+
+/// The environment variable choosing what happens to descriptors inherited from the launcher that
+/// cannot be restored ([`ForeignFds`]). Read by the shim at start (and checked by `ckpt run`), not by
+/// [`crate::Config`].
+pub const FOREIGN_FDS_VAR: &str = "CKPT_SHIM_FOREIGN_FDS";
+
+/// What a checkpoint does with a descriptor above stderr that the program inherited from its launcher
+/// (open before the program started, same file still) and that cannot be restored (a pipe to another
+/// process, a socket, a terminal, another special file). Regular files, directories and other devices
+/// are restored as always, whoever opened them; descriptors the program opened itself are never foreign.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForeignFds {
+    /// Restored as `/dev/null` with the same access mode (reads see end of file, writes are discarded),
+    /// with a warning naming the descriptor (the default).
+    #[default]
+    DevNull,
+    /// Restored closed, with a warning.
+    Close,
+    /// The checkpoint is refused with a message naming the descriptor.
+    Refuse,
+}
+
+impl ForeignFds {
+    /// Parses `devnull`, `close` or `refuse` (case-insensitive; unset or empty: the default).
+    pub fn parse(value: Option<&str>) -> std::result::Result<ForeignFds, String> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("devnull") => Ok(ForeignFds::DevNull),
+            Some("close") => Ok(ForeignFds::Close),
+            Some("refuse") => Ok(ForeignFds::Refuse),
+            Some(_) => {
+                Err(format!("{FOREIGN_FDS_VAR}={:?} is not one of devnull, close, refuse", value.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// The setting's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForeignFds::DevNull => "devnull",
+            ForeignFds::Close => "close",
+            ForeignFds::Refuse => "refuse",
+        }
+    }
 }
 
 /// One open file descriptor.
@@ -136,6 +193,10 @@ pub struct FdRecord {
     /// shared with the batch shell): on restart it is not cut back (that would erase the other writer's
     /// output) and writing continues at its end.
     pub shared: bool,
+    /// The descriptor (listed before this one) whose open file description this one shares (`dup`,
+    /// `2>&1`): restored as a duplicate of it, so both keep one offset and one set of status flags. Such
+    /// a record repeats the first one's kind, path and flags.
+    pub dup_of: Option<i32>,
 }
 
 /// A signal action exactly as the kernel holds it (`struct kernel_sigaction` on x86_64).
@@ -314,6 +375,23 @@ impl ProcessImage {
         if let Some(f) = self.fds.iter().find(|f| f.fd < 0 || f.fd > 1 << 20) {
             return Err(format!("descriptor number {} is out of range", f.fd));
         }
+        for (i, f) in self.fds.iter().enumerate() {
+            if self.fds[..i].iter().any(|o| o.fd == f.fd) {
+                return Err(format!("descriptor {} is listed twice", f.fd));
+            }
+            if let Some(d) = f.dup_of {
+                match self.fds[..i].iter().find(|o| o.fd == d) {
+                    Some(o) if o.dup_of.is_none() && o.kind == f.kind => {}
+                    _ => {
+                        return Err(format!(
+                            "descriptor {} shares the open file of descriptor {d}, which is not an earlier \
+                             descriptor of the same kind",
+                            f.fd
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -332,14 +410,10 @@ pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
     if cp.metadata(IMAGE_METADATA_KEY).is_none() || !cp.has_section(MEMORY_SECTION) {
         return Err(crate::Error::invalid("not a process image (written by the LD_PRELOAD shim)").with_path(cp.path()));
     }
+    // The version first (the first field): another layout does not decode as this one.
+    let version: u32 = cp.read_serde(STATE_SECTION)?;
+    check_version(version).map_err(|e| e.with_path(cp.path()))?;
     let image: ProcessImage = cp.read_serde(STATE_SECTION)?;
-    if image.version != PROCESS_IMAGE_VERSION {
-        return Err(crate::Error::new(
-            crate::ErrorKind::UnsupportedVersion,
-            format!("process image layout {} (this build reads {PROCESS_IMAGE_VERSION})", image.version),
-        )
-        .with_path(cp.path()));
-    }
     let memory = cp.section(MEMORY_SECTION)?;
     if memory.codec != crate::Codec::None || memory.shuffle {
         return Err(crate::Error::invalid("process image memory section is not stored raw").with_path(cp.path()));
@@ -354,6 +428,20 @@ pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
         .with_path(cp.path()));
     }
     Ok(image)
+}
+
+/// Refuses a state section of another layout, saying what to do.
+fn check_version(version: u32) -> crate::Result<()> {
+    if version == PROCESS_IMAGE_VERSION {
+        return Ok(());
+    }
+    Err(crate::Error::new(
+        crate::ErrorKind::UnsupportedVersion,
+        format!(
+            "process image layout {version} (this build reads {PROCESS_IMAGE_VERSION}): the image was written by \
+             another version of ckpt, whose libckpt_preload.so is part of the image; restart it with that version"
+        ),
+    ))
 }
 
 /// CPUID feature words (see [`Fingerprint::cpu_features`]); empty off x86_64.
@@ -750,17 +838,44 @@ mod tests {
             sigmask: 0,
             sigaltstack: (0, 0, 0),
             itimers: [ItimerRecord::default(); 3],
-            fds: vec![FdRecord {
-                fd: 1,
-                kind: FdKind::Regular,
-                path: b"/out".to_vec(),
-                flags: 1,
-                cloexec: false,
-                offset: 10,
-                size: 10,
-                identity: Some(FileIdentity::default()),
-                shared: true,
-            }],
+            fds: vec![
+                FdRecord {
+                    fd: 1,
+                    kind: FdKind::Regular,
+                    path: b"/out".to_vec(),
+                    flags: 1,
+                    cloexec: false,
+                    offset: 10,
+                    size: 10,
+                    identity: Some(FileIdentity::default()),
+                    shared: true,
+                    dup_of: None,
+                },
+                FdRecord {
+                    fd: 2,
+                    kind: FdKind::Regular,
+                    path: b"/out".to_vec(),
+                    flags: 1,
+                    cloexec: false,
+                    offset: 10,
+                    size: 10,
+                    identity: Some(FileIdentity::default()),
+                    shared: true,
+                    dup_of: Some(1),
+                },
+                FdRecord {
+                    fd: 7,
+                    kind: FdKind::ForeignNull,
+                    path: b"pipe:[42]".to_vec(),
+                    flags: 1,
+                    cloexec: false,
+                    offset: -29,
+                    size: 0,
+                    identity: None,
+                    shared: false,
+                    dup_of: None,
+                },
+            ],
             regions: vec![
                 region(0x10000, 0x12000, vec![Run { addr: 0x11000, len: 0x1000, data_offset: 0 }]),
                 region(0x20000, 0x30000, vec![Run { addr: 0x20000, len: 0x2000, data_offset: 0x1000 }]),
@@ -797,12 +912,30 @@ mod tests {
             (|i| i.regions[1].runs[0].data_offset = 0, "expected 0x1000"),
             (|i| i.sigframe = 0x40000, "signal frame"),
             (|i| i.regions[0].kind = RegionKind::Guard, "inaccessible"),
+            (|i| i.fds[1].dup_of = Some(7), "not an earlier descriptor of the same kind"),
+            (|i| i.fds[1].dup_of = Some(2), "not an earlier descriptor of the same kind"),
+            (|i| i.fds[1].kind = FdKind::Directory, "not an earlier descriptor of the same kind"),
+            (|i| i.fds[2].fd = 1, "listed twice"),
         ];
         for (damage, needle) in cases {
             let mut img = image();
             damage(&mut img);
             let e = img.validate().expect_err(needle);
             assert!(e.contains(needle), "{e:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn foreign_fd_settings() {
+        assert_eq!(ForeignFds::parse(None), Ok(ForeignFds::DevNull));
+        assert_eq!(ForeignFds::parse(Some("")), Ok(ForeignFds::DevNull));
+        assert_eq!(ForeignFds::parse(Some("devnull")), Ok(ForeignFds::DevNull));
+        assert_eq!(ForeignFds::parse(Some(" Close ")), Ok(ForeignFds::Close));
+        assert_eq!(ForeignFds::parse(Some("refuse")), Ok(ForeignFds::Refuse));
+        let e = ForeignFds::parse(Some("null")).unwrap_err();
+        assert!(e.contains("CKPT_SHIM_FOREIGN_FDS") && e.contains("devnull, close, refuse"), "{e}");
+        for f in [ForeignFds::DevNull, ForeignFds::Close, ForeignFds::Refuse] {
+            assert_eq!(ForeignFds::parse(Some(f.name())), Ok(f));
         }
     }
 
@@ -830,20 +963,34 @@ mod tests {
 mod golden {
     use super::*;
 
-    /// Layout 1 of the state section, pinned: a change to `ProcessImage` that is not a new layout version
+    /// Layout 2 of the state section, pinned: a change to `ProcessImage` that is not a new layout version
     /// fails here (images already written must stay readable).
     #[test]
-    fn state_section_layout_1_is_pinned() {
+    fn state_section_layout_2_is_pinned() {
         // Committed once; never regenerated (CKPT_WRITE_GOLDEN=1 only creates it when missing).
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/process-image-v1.state");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/process-image-v2.state");
         let image = tests::image();
         let encoded = encode(&image).unwrap();
         if std::env::var_os("CKPT_WRITE_GOLDEN").is_some() && !std::path::Path::new(path).exists() {
             std::fs::write(path, &encoded).unwrap();
         }
-        let golden = std::fs::read(path).expect("ckpt-core/testdata/process-image-v1.state");
+        let golden = std::fs::read(path).expect("ckpt-core/testdata/process-image-v2.state");
         assert_eq!(encoded, golden, "the layout of ProcessImage changed: bump PROCESS_IMAGE_VERSION");
         let back: ProcessImage = postcard::from_bytes(&golden).unwrap();
         assert_eq!(back, image);
+    }
+
+    /// A layout-1 state section (written by the previous version) is refused by its version, with a
+    /// message, before its fields are decoded as this layout's.
+    #[test]
+    fn state_section_layout_1_is_refused_by_its_version() {
+        let v1 = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/process-image-v1.state")).unwrap();
+        let version: u32 = postcard::from_bytes(&v1).unwrap();
+        assert_eq!(version, 1);
+        let e = check_version(version).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::UnsupportedVersion);
+        assert!(e.to_string().contains("layout 1 (this build reads 2)"), "{e}");
+        assert!(e.to_string().contains("another version of ckpt"), "{e}");
+        assert!(check_version(PROCESS_IMAGE_VERSION).is_ok());
     }
 }

@@ -106,6 +106,21 @@ pub(crate) static BOOT_ID: Shared<[u8; 64]> = Shared::new([0; 64]);
 /// process through this buffer, and the restorer rewrites it in place (same width) to name the restored
 /// process, so its children never inherit a marker naming a pid that is free again.
 pub(crate) static ROOT_MARKER_ENV: Shared<[u8; ROOT_ENV_LEN + 1]> = Shared::new([0; ROOT_ENV_LEN + 1]);
+/// Descriptors above stderr open when the program started (inherited from its launcher): number, device,
+/// inode; `START_FDS_LEN` of them. A checkpoint applies `CKPT_SHIM_FOREIGN_FDS` to those of them that are
+/// still the same file and cannot be restored.
+pub(crate) const MAX_START_FDS: usize = 64;
+pub(crate) static START_FDS: Shared<[(i32, u64, u64); MAX_START_FDS]> = Shared::new([(0, 0, 0); MAX_START_FDS]);
+pub(crate) static START_FDS_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Tests only (`CKPT_SHIM_NO_KCMP=1`): find shared open file descriptions by the probe `kcmp` is
+/// missing under (see [`same_description`]).
+static NO_KCMP: AtomicBool = AtomicBool::new(false);
+/// `CKPT_SHIM_FOREIGN_FDS`, parsed at start: 0 devnull, 1 close, 2 refuse.
+pub(crate) static FOREIGN_FDS: AtomicU8 = AtomicU8::new(0);
+/// The program's command line and environment areas at start (`/proc/self/stat` fields 48-51:
+/// arg_start, arg_end, env_start, env_end): the restorer points the restarted process's
+/// `/proc/<pid>/cmdline` and `environ` back at them (they are restored with the stack).
+pub(crate) static ARG_AREA: Shared<[u64; 4]> = Shared::new([0; 4]);
 /// `CKPT_SHIM_ROOT=` and a marker.
 pub(crate) const ROOT_ENV_PREFIX: &[u8] = b"CKPT_SHIM_ROOT=";
 pub(crate) const ROOT_ENV_LEN: usize = ROOT_ENV_PREFIX.len() + ckpt_core::process_image::ROOT_MARKER_LEN;
@@ -149,6 +164,8 @@ pub(crate) struct Snapshot {
     pub itimers: [[u64; 2]; 3],
     /// The program's parent (the writer's parent is the program itself).
     pub ppid: i32,
+    /// Shared open file descriptions were found with `kcmp` (else by the probe of [`same_description`]).
+    pub sharing_by_kcmp: bool,
 }
 
 /// One descriptor as the handler saw it.
@@ -163,6 +180,8 @@ pub(crate) struct FdSnap {
     pub dev: u64,
     pub ino: u64,
     pub mtime_ns: i128,
+    /// The descriptor listed before this one whose open file description this one shares (-1: none).
+    pub leader: i32,
 }
 
 pub(crate) static SNAPSHOT: Shared<Snapshot> = Shared::new(Snapshot {
@@ -172,9 +191,11 @@ pub(crate) static SNAPSHOT: Shared<Snapshot> = Shared::new(Snapshot {
     exit: false,
     sequence: 0,
     nfds: 0,
-    fds: [FdSnap { fd: 0, mode: 0, flags: 0, fdflags: 0, offset: 0, size: 0, dev: 0, ino: 0, mtime_ns: 0 }; MAX_FDS],
+    fds: [FdSnap { fd: 0, mode: 0, flags: 0, fdflags: 0, offset: 0, size: 0, dev: 0, ino: 0, mtime_ns: 0, leader: -1 };
+        MAX_FDS],
     itimers: [[0; 2]; 3],
     ppid: 0,
+    sharing_by_kcmp: true,
 });
 
 /// Settings built at start.
@@ -435,6 +456,13 @@ pub(crate) fn warn(message: &[u8]) {
 }
 
 fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    // Before anything of the shim opens a file: what the launcher left open.
+    record_start_fds();
+    record_arg_area();
+    let foreign =
+        ckpt_core::process_image::ForeignFds::parse(getenv(ckpt_core::process_image::FOREIGN_FDS_VAR).as_deref())?;
+    FOREIGN_FDS.store(foreign as u8, Ordering::Relaxed);
+    NO_KCMP.store(getenv("CKPT_SHIM_NO_KCMP").is_some_and(|v| v == "1"), Ordering::Relaxed);
     let exe_name = std::fs::read_link("/proc/self/exe")
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -519,6 +547,70 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
         unsafe { libc::atexit(unregister_at_exit) };
     }
     Ok(())
+}
+
+/// Records the descriptors above stderr that are open now, at the program's start ([`START_FDS`]).
+fn record_start_fds() {
+    let mut buf = [0u8; 4096];
+    let mut numbers = [0i32; MAX_START_FDS];
+    let mut n = 0;
+    let dir_fd = for_each_dir_entry(b"/proc/self/fd\0", &mut buf, |name| {
+        if let Some(fd) = parse_decimal(name)
+            && fd > 2
+            && n < MAX_START_FDS
+        {
+            numbers[n] = fd as i32;
+            n += 1;
+        }
+    });
+    // SAFETY: single-threaded initialisation (see Shared).
+    let list = unsafe { &mut *START_FDS.get() };
+    let mut kept = 0;
+    for &fd in &numbers[..n] {
+        if fd == dir_fd {
+            continue;
+        }
+        // SAFETY: a zeroed stat is valid output space; fstat writes it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is writable.
+        if unsafe { syscall3(SYS_fstat, fd as usize, &mut st as *mut _ as usize, 0) } == 0 {
+            list[kept] = (fd, st.st_dev, st.st_ino);
+            kept += 1;
+        }
+    }
+    START_FDS_LEN.store(kept, Ordering::Relaxed);
+}
+
+/// Whether descriptor `fd` was open when the program started and is still the same file.
+pub(crate) fn inherited_at_start(fd: i32, dev: u64, ino: u64) -> bool {
+    // SAFETY: written once at start; read-only afterwards.
+    let list = unsafe { &*START_FDS.get() };
+    list[..START_FDS_LEN.load(Ordering::Relaxed).min(MAX_START_FDS)].contains(&(fd, dev, ino))
+}
+
+/// `CKPT_SHIM_FOREIGN_FDS` as parsed at start.
+pub(crate) fn foreign_fds_policy() -> ckpt_core::process_image::ForeignFds {
+    use ckpt_core::process_image::ForeignFds;
+    match FOREIGN_FDS.load(Ordering::Relaxed) {
+        1 => ForeignFds::Close,
+        2 => ForeignFds::Refuse,
+        _ => ForeignFds::DevNull,
+    }
+}
+
+/// Records the command-line and environment areas of this process ([`ARG_AREA`]).
+fn record_arg_area() {
+    let Ok(stat) = std::fs::read("/proc/self/stat") else { return };
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else { return };
+    let fields: Vec<u64> = String::from_utf8_lossy(&stat[close + 1..])
+        .split_ascii_whitespace()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .collect();
+    // Fields 3.. follow the command name: field k is fields[k - 3].
+    if let Some(area) = fields.get(45..49) {
+        // SAFETY: single-threaded initialisation (see Shared).
+        unsafe { (*ARG_AREA.get()).copy_from_slice(area) };
+    }
 }
 
 /// The signal the timers (and the end-time answer) use: the first checkpoint-and-continue signal.
@@ -1176,11 +1268,70 @@ fn snapshot_fds(snap: &mut Snapshot, buf: &mut [u8]) -> bool {
             dev: st.st_dev,
             ino: st.st_ino,
             mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+            leader: -1,
         };
         kept += 1;
     }
     snap.nfds = kept;
+    // Descriptors that share one open file description (`dup`, `2>&1`): each is compared with the
+    // earlier first descriptors of the same file only.
+    let mut by_kcmp = !NO_KCMP.load(Ordering::Relaxed);
+    for i in 0..kept {
+        let mut j = 0;
+        while j < i {
+            let (a, b) = (&snap.fds[j], &snap.fds[i]);
+            if a.leader < 0
+                && a.dev == b.dev
+                && a.ino == b.ino
+                && a.mode & libc::S_IFMT == b.mode & libc::S_IFMT
+                && same_description(a, b, &mut by_kcmp)
+            {
+                snap.fds[i].leader = snap.fds[j].fd;
+                break;
+            }
+            j += 1;
+        }
+    }
+    snap.sharing_by_kcmp = by_kcmp;
     true
+}
+
+/// Whether descriptors `a` and `b` (of one file) share an open file description. `kcmp(KCMP_FILE)` says
+/// so exactly; where it is not available (no CONFIG_KCMP: ENOSYS; seccomp or YAMA: EPERM; `by_kcmp` is
+/// then cleared for the rest of the snapshot), a probe: for regular files and directories, `O_NONBLOCK`
+/// (a status flag, kept in the description, with no effect on their I/O) is flipped through `a` and read
+/// back through `b`, then restored; for pipes, sockets and devices the same object with the same status
+/// flags is taken as one description (another description of one pipe or socket is rare: a reopen
+/// through `/proc/self/fd`). Runs in the handler, with the program stopped.
+fn same_description(a: &FdSnap, b: &FdSnap, by_kcmp: &mut bool) -> bool {
+    if *by_kcmp {
+        let pid = getpid() as usize;
+        // SAFETY: kcmp compares two descriptors of this process; no memory is touched.
+        let r = unsafe {
+            syscall6(libc::SYS_kcmp, pid, pid, 0 /* KCMP_FILE */, a.fd as usize, b.fd as usize, 0)
+        };
+        if r >= 0 {
+            return r == 0;
+        }
+        *by_kcmp = false;
+    }
+    if a.flags != b.flags || a.offset != b.offset {
+        return false;
+    }
+    let fmt = a.mode & libc::S_IFMT;
+    if fmt != libc::S_IFREG && fmt != libc::S_IFDIR {
+        return true;
+    }
+    let flipped = a.flags ^ libc::O_NONBLOCK;
+    // SAFETY: fcntl on this process's descriptors; the flag is set back right away.
+    unsafe {
+        if syscall3(SYS_fcntl, a.fd as usize, libc::F_SETFL as usize, flipped as usize) < 0 {
+            return false;
+        }
+        let seen = syscall3(SYS_fcntl, b.fd as usize, libc::F_GETFL as usize, 0) as i32;
+        syscall3(SYS_fcntl, a.fd as usize, libc::F_SETFL as usize, a.flags as usize);
+        seen & libc::O_NONBLOCK == flipped & libc::O_NONBLOCK
+    }
 }
 
 // ------------------------------------------------------------------------------------------- interposers

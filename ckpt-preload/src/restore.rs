@@ -70,6 +70,12 @@ pub struct Plan {
     marker: [u8; ckpt_core::process_image::ROOT_MARKER_LEN],
     root_start: u64,
     boot_id: [u8; 64],
+    /// `struct prctl_mm_map` of this process (its code, data, brk and stack bounds), to which the
+    /// restorer adds the restored command-line and environment areas.
+    mm_map: [u64; 13],
+    /// This process's own arg_end and env_end (before the restorer changes them).
+    mm_arg_end_now: u64,
+    mm_env_end_now: u64,
 }
 
 #[repr(C)]
@@ -100,6 +106,8 @@ struct PlanFd {
     fd: i32,
     kind: u32,
     group: u32,
+    /// Index of the descriptor whose open file description this one shares (-1: none).
+    leader: i32,
     tmp: i32,
     flags: i32,
     cloexec: u32,
@@ -119,6 +127,8 @@ const FD_REOPEN: u32 = 0;
 const FD_INHERITED: u32 = 1;
 const FD_PIPE_READ: u32 = 2;
 const FD_PIPE_WRITE: u32 = 3;
+const FD_DEV_NULL: u32 = 4;
+const FD_CLOSED: u32 = 5;
 
 const STACK_SIZE: usize = 256 * 1024;
 const MAPS_CAP: usize = 4 * 1024 * 1024;
@@ -250,6 +260,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     if let Some(problem) = preflight(&image) {
         refuse(image_path, &problem);
     }
+    warn_foreign_fds(&image, image_path);
     let pid = getpid();
     let start = match ckpt_core::process_image::process_start_time(pid as u32) {
         Ok(s) => s,
@@ -291,6 +302,37 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         syscall6(SYS_rt_sigprocmask, libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8, 0, 0);
         let stack_top = ((*plan).arena_start + (*plan).arena_len - 64) & !15;
         switch_stack_and_restore(plan, stack_top);
+    }
+}
+
+/// Says (on stderr and in the log) which descriptors inherited from the checkpointed program's launcher
+/// are restored as `/dev/null` or closed (`CKPT_SHIM_FOREIGN_FDS`).
+fn warn_foreign_fds(image: &ProcessImage, image_path: &str) {
+    let log = log_path_of(image);
+    for f in &image.fds {
+        let as_what = match f.kind {
+            FdKind::ForeignNull => "/dev/null",
+            FdKind::ForeignClosed => "closed",
+            _ => continue,
+        };
+        let was = String::from_utf8_lossy(&f.path);
+        let line = format!(
+            "ckpt restart: descriptor {} ({was}) was inherited from the launcher of the checkpointed program and \
+             cannot be restored: it is restored as {as_what} ({}={})\n",
+            f.fd,
+            ckpt_core::process_image::FOREIGN_FDS_VAR,
+            if f.kind == FdKind::ForeignNull { "devnull" } else { "close" }
+        );
+        write_all(2, line.as_bytes());
+        if let Some(path) = &log {
+            use std::io::Write;
+            let event = serde_json::json!({"event": "foreign-fd", "image": image_path, "fd": f.fd, "was": was,
+                "restored_as": as_what});
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path) {
+                let _ = writeln!(file, "{event}");
+            }
+        }
     }
 }
 
@@ -407,7 +449,26 @@ fn preflight(image: &ProcessImage) -> Option<String> {
         }
     }
     for f in &image.fds {
-        if matches!(f.kind, FdKind::Inherited | FdKind::PipeRead | FdKind::PipeWrite) {
+        if f.kind == FdKind::Inherited
+            && f.fd > 2
+            && let Some(first) = f.dup_of
+        {
+            // Shared a standard descriptor's open file: it becomes a duplicate of the restart command's.
+            // SAFETY: F_GETFD only queries.
+            if unsafe { libc::fcntl(first, libc::F_GETFD) } < 0 {
+                return Some(format!(
+                    "descriptor {} was a duplicate of descriptor {first} ({}), which is not open here: give \
+                     `ckpt restart` a descriptor {first}",
+                    f.fd,
+                    String::from_utf8_lossy(&f.path)
+                ));
+            }
+        }
+        if matches!(
+            f.kind,
+            FdKind::Inherited | FdKind::PipeRead | FdKind::PipeWrite | FdKind::ForeignNull | FdKind::ForeignClosed
+        ) || f.dup_of.is_some()
+        {
             continue;
         }
         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path));
@@ -415,6 +476,20 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             Ok(m) => m,
             Err(e) => return Some(format!("file descriptor {} ({}): {e}", f.fd, path.display())),
         };
+        if f.kind == FdKind::CharDevice {
+            // A device that cannot be opened here (no controlling terminal for /dev/tty) is refused now,
+            // not after the address space was replaced.
+            use std::os::unix::fs::OpenOptionsExt;
+            let access = f.flags & libc::O_ACCMODE;
+            if let Err(e) = std::fs::OpenOptions::new()
+                .read(access != libc::O_WRONLY)
+                .write(access != libc::O_RDONLY)
+                .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(path)
+            {
+                return Some(format!("file descriptor {} ({}): {e}", f.fd, path.display()));
+            }
+        }
         if let Some(id) = &f.identity {
             let now = ckpt_core::process_image::FileIdentity::of(&meta);
             if now.dev != id.dev || now.ino != id.ino {
@@ -596,9 +671,12 @@ unsafe fn build_plan(
                 FdKind::Inherited => FD_INHERITED,
                 FdKind::PipeRead => FD_PIPE_READ,
                 FdKind::PipeWrite => FD_PIPE_WRITE,
-                _ => FD_REOPEN,
+                FdKind::ForeignNull => FD_DEV_NULL,
+                FdKind::ForeignClosed => FD_CLOSED,
+                FdKind::Regular | FdKind::Directory | FdKind::CharDevice => FD_REOPEN,
             },
             group: group as u32,
+            leader: f.dup_of.and_then(|d| image.fds.iter().position(|o| o.fd == d)).map(|i| i as i32).unwrap_or(-1),
             tmp: -1,
             flags: f.flags,
             cloexec: f.cloexec as u32,
@@ -636,6 +714,7 @@ unsafe fn build_plan(
     } else {
         errno_addr
     };
+    let mm_map = mm_map_now();
     // SAFETY: all pointers below are inside the arena; the plan header is at its start.
     unsafe {
         let plan = Plan {
@@ -679,10 +758,94 @@ unsafe fn build_plan(
             marker: [0; ckpt_core::process_image::ROOT_MARKER_LEN],
             root_start: 0,
             boot_id: [0; 64],
+            mm_map,
+            mm_arg_end_now: mm_map[8],
+            mm_env_end_now: mm_map[10],
         };
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
     }
+}
+
+/// `struct prctl_mm_map` with this process's code, data, brk and stack bounds (`/proc/self/stat`), no
+/// auxiliary vector and no new executable (`exe_fd` -1): what `PR_SET_MM_MAP` accepts without privilege.
+fn mm_map_now() -> [u64; 13] {
+    let stat = std::fs::read("/proc/self/stat").unwrap_or_default();
+    let close = stat.iter().rposition(|&b| b == b')').map(|c| c + 1).unwrap_or(stat.len());
+    let fields: Vec<u64> =
+        String::from_utf8_lossy(&stat[close..]).split_ascii_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let field = |k: usize| fields.get(k - 3).copied().unwrap_or(0);
+    [
+        field(26), // start_code
+        field(27), // end_code
+        field(45), // start_data
+        field(46), // end_data
+        field(47), // start_brk
+        0,         // brk: the restored one, set by the restorer
+        field(28), // start_stack
+        field(48), // arg_start .. env_end: the restored ones, set by the restorer
+        field(49),
+        field(50),
+        field(51),
+        0,                 // auxv: unchanged
+        0xffff_ffff << 32, // auxv_size 0, exe_fd -1
+    ]
+}
+
+/// Points `/proc/self/cmdline` and `environ` at the restored command line and environment (the areas
+/// recorded when the program started, restored with its stack; the new process's own are elsewhere).
+/// `PR_SET_MM_MAP` needs no privilege (kernels with CONFIG_CHECKPOINT_RESTORE); else the single
+/// `PR_SET_MM_ARG_*` / `ENV_*` operations, which need CAP_SYS_RESOURCE. Returns 0 or the last `-errno`.
+fn restore_arg_area(p: &Plan) -> isize {
+    // SAFETY: the shim's statics are restored (single-threaded).
+    let area = unsafe { *crate::ARG_AREA.get() };
+    if area[0] == 0 || area[0] > area[1] || area[2] > area[3] {
+        return -(libc::ENOENT as isize);
+    }
+    // Filled in place (the plan is in the writable arena; no copy, which could become a memcpy call).
+    let map = p.mm_map.as_ptr() as *mut u64;
+    // SAFETY: brk(0) only queries; the writes stay inside the plan's 13 words.
+    unsafe {
+        core::ptr::write_volatile(map.add(5), syscall3(SYS_brk, 0, 0, 0) as u64);
+        let mut i = 0;
+        while i < 4 {
+            core::ptr::write_volatile(map.add(7 + i), area[i]);
+            i += 1;
+        }
+    }
+    const PR_SET_MM: usize = 35;
+    const PR_SET_MM_MAP: usize = 14;
+    // SAFETY: the kernel reads the 104-byte structure from the plan; it only changes what /proc shows.
+    let r = unsafe { syscall6(libc::SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, map as usize, 104, 0, 0) };
+    if r == 0 {
+        return 0;
+    }
+    // One bound at a time: each must keep start <= end with the other bound as it is at that moment.
+    let set = |op: usize, v: u64| -> isize {
+        // SAFETY: as above, one field.
+        unsafe { syscall6(libc::SYS_prctl, PR_SET_MM, op, v as usize, 0, 0, 0) }
+    };
+    let pair = |start_op: usize, end_op: usize, cur_end: u64, start: u64, end: u64| -> isize {
+        if start > cur_end {
+            let r = set(end_op, end);
+            if r < 0 {
+                return r;
+            }
+            set(start_op, start)
+        } else {
+            let r = set(start_op, start);
+            if r < 0 {
+                return r;
+            }
+            set(end_op, end)
+        }
+    };
+    // PR_SET_MM_ARG_START 8, ARG_END 9, ENV_START 10, ENV_END 11; the current ends are the new process's.
+    let r = pair(8, 9, p.mm_arg_end_now, area[0], area[1]);
+    if r < 0 {
+        return r;
+    }
+    pair(10, 11, p.mm_env_end_now, area[2], area[3])
 }
 
 /// The log file of the restored program, found from its saved environment (the same rules as at start).
@@ -790,7 +953,16 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     let mut j = 0;
     while j < fds.len() {
         let kind = fds[j].kind;
-        if kind == FD_REOPEN {
+        if fds[j].leader >= 0 {
+            // A duplicate: moved into place from its first descriptor's file below.
+        } else if kind == FD_DEV_NULL {
+            let f = &mut fds[j];
+            let tmp = high(open_cstr(c"/dev/null".as_ptr().cast(), (f.flags & libc::O_ACCMODE) | libc::O_CLOEXEC));
+            if tmp < 0 {
+                fatal(b"cannot open /dev/null for descriptor", f.fd as u64, tmp as isize);
+            }
+            f.tmp = tmp;
+        } else if kind == FD_REOPEN {
             let f = &mut fds[j];
             let flags = (f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
             let tmp = high(open_cstr(f.path, flags));
@@ -840,18 +1012,32 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
         if (0..3).contains(&f.fd) {
             std_seen[f.fd as usize] = true;
         }
-        if f.kind == FD_INHERITED || f.tmp < 0 {
+        // Standard descriptors on a terminal or pipe come from the restart command, each as it gives them.
+        if f.kind == FD_CLOSED || f.kind == FD_INHERITED && (f.leader < 0 || f.fd <= 2) {
+            continue;
+        }
+        // One open file description for a whole group: duplicates take their first descriptor's file
+        // (for a standard descriptor inherited from the restart command: that descriptor).
+        let source = if f.leader >= 0 {
+            let first = &fds[f.leader as usize];
+            if first.kind == FD_INHERITED { first.fd } else { first.tmp }
+        } else {
+            f.tmp
+        };
+        if source < 0 {
             continue;
         }
         let cloexec = if f.cloexec != 0 { libc::O_CLOEXEC } else { 0 };
         // SAFETY: descriptor operations on descriptors we own.
         unsafe {
-            let r = syscall3(SYS_dup3, f.tmp as usize, f.fd as usize, cloexec as usize);
+            let r = syscall3(SYS_dup3, source as usize, f.fd as usize, cloexec as usize);
             if r < 0 {
                 fatal(b"cannot move a reopened file to descriptor", f.fd as u64, r);
             }
-            // Status flags (O_NONBLOCK, O_APPEND) live in the open file description.
-            syscall3(SYS_fcntl, f.fd as usize, libc::F_SETFL as usize, f.flags as usize);
+            // Status flags (O_NONBLOCK, O_APPEND) live in the open file description (not an inherited one's).
+            if f.kind != FD_INHERITED {
+                syscall3(SYS_fcntl, f.fd as usize, libc::F_SETFL as usize, f.flags as usize);
+            }
         }
     }
     // SAFETY: the temporaries are all at or above the base.
@@ -923,6 +1109,8 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     // The checkpointed process's registration is stale (it is gone); register under the new pid.
     crate::unregister_process();
     crate::register_process();
+    // The command line `ps` shows.
+    let cmdline = restore_arg_area(p);
     // 9. One log line.
     if !p.log_path.is_null() {
         let fd = open_cstr(p.log_path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC);
@@ -934,6 +1122,12 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             put_u64(&mut buf, &mut pos, pid as u64);
             put(&mut buf, &mut pos, b",\"restore_us\":");
             put_u64(&mut buf, &mut pos, (monotonic_ns().saturating_sub(p.t0_ns)) / 1000);
+            if cmdline == 0 {
+                put(&mut buf, &mut pos, b",\"cmdline\":true");
+            } else {
+                put(&mut buf, &mut pos, b",\"cmdline\":false,\"cmdline_errno\":");
+                put_u64(&mut buf, &mut pos, (-cmdline) as u64);
+            }
             put(&mut buf, &mut pos, b"}\n");
             write_all(fd as i32, &buf[..pos]);
             close(fd as i32);

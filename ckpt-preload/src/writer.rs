@@ -387,74 +387,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     }
 
     // Descriptors, as the handler saw them.
-    let shared_with_parent = parent_write_files(snap.ppid);
-    let mut fds = Vec::new();
-    for s in &snap.fds[..snap.nfds] {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", s.fd)).unwrap_or_default();
-        let path = link.as_os_str().as_bytes().to_vec();
-        let name = lossy(&path);
-        let fmt = s.mode & libc::S_IFMT;
-        let kind = match fmt {
-            libc::S_IFREG => {
-                if path.ends_with(b" (deleted)") {
-                    return Err(Failure::Refused(format!("fd {} is a deleted file {name:?}", s.fd)));
-                }
-                FdKind::Regular
-            }
-            libc::S_IFDIR => FdKind::Directory,
-            libc::S_IFCHR if s.fd <= 2 && path.starts_with(b"/dev/pts/") || path == b"/dev/tty" => FdKind::Inherited,
-            libc::S_IFCHR => FdKind::CharDevice,
-            libc::S_IFIFO if s.fd <= 2 => FdKind::Inherited,
-            libc::S_IFIFO => {
-                // A pipe both of whose ends this process holds (a self-pipe, as xz uses) can be recreated,
-                // when it is empty; a pipe to another process cannot.
-                let both =
-                    snap.fds[..snap.nfds].iter().filter(|o| o.mode & libc::S_IFMT == libc::S_IFIFO && o.ino == s.ino);
-                let (mut r, mut w) = (false, false);
-                for o in both {
-                    match o.flags & libc::O_ACCMODE {
-                        libc::O_RDONLY => r = true,
-                        libc::O_WRONLY => w = true,
-                        _ => {}
-                    }
-                }
-                if !(r && w) {
-                    return Err(Failure::Refused(format!(
-                        "fd {} is a pipe to another process ({name}); only stdin/stdout/stderr may be pipes",
-                        s.fd
-                    )));
-                }
-                let mut pending: libc::c_int = 0;
-                // SAFETY: FIONREAD writes an int; the descriptor is this process's.
-                unsafe { libc::ioctl(s.fd, libc::FIONREAD, &mut pending) };
-                if pending != 0 {
-                    return Err(Failure::Refused(format!("fd {} is a pipe holding {pending} unread bytes", s.fd)));
-                }
-                if s.flags & libc::O_ACCMODE == libc::O_RDONLY { FdKind::PipeRead } else { FdKind::PipeWrite }
-            }
-            libc::S_IFSOCK => return Err(Failure::Refused(format!("fd {} is a socket ({name})", s.fd))),
-            _ => {
-                return Err(Failure::Refused(format!("fd {} is of a kind this version cannot restore ({name})", s.fd)));
-            }
-        };
-        fds.push(FdRecord {
-            fd: s.fd,
-            kind,
-            path,
-            flags: s.flags,
-            cloexec: s.fdflags & libc::FD_CLOEXEC != 0,
-            offset: s.offset,
-            size: s.size,
-            shared: kind == FdKind::Regular && shared_with_parent.contains(&(s.dev, s.ino)),
-            identity: (kind == FdKind::Regular).then_some(FileIdentity {
-                dev: s.dev,
-                ino: s.ino,
-                size: s.size,
-                mtime_ns: s.mtime_ns,
-            }),
-        });
-    }
-
+    let (fds, foreign) = descriptors(snap)?;
     let image = ProcessImage {
         version: PROCESS_IMAGE_VERSION,
         exe: std::fs::read_link("/proc/self/exe").map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
@@ -556,6 +489,9 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         "runs": image.regions.iter().map(|r| r.runs.len()).sum::<usize>(),
         "pause_ms": pause_us as f64 / 1e3, "write_ms": (done_ns - started_ns) as f64 / 1e6,
         "restarts": image.restarts, "pid": image.pid,
+        "shared_fds": image.fds.iter().filter(|f| f.dup_of.is_some()).count(),
+        "fd_sharing_by": if snap.sharing_by_kcmp { "kcmp" } else { "probe" },
+        "foreign_fds": foreign,
     });
     log_line(&event);
     reply(&format!("{}", info.path.display()));
@@ -584,6 +520,144 @@ fn parent_write_files(ppid: i32) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// The descriptors' records, and the JSON of those inherited from the launcher that a restart will not
+/// restore (see [`ckpt_core::process_image::ForeignFds`]).
+fn descriptors(snap: &crate::Snapshot) -> Result<(Vec<FdRecord>, Vec<serde_json::Value>), Failure> {
+    use ckpt_core::process_image::ForeignFds;
+    let shared_with_parent = parent_write_files(snap.ppid);
+    let policy = crate::foreign_fds_policy();
+    let mut fds: Vec<FdRecord> = Vec::new();
+    let mut foreign = Vec::new();
+    for s in &snap.fds[..snap.nfds] {
+        // A second descriptor of one open file description: a duplicate of the first (same kind, path,
+        // status flags, offset), with its own close-on-exec flag.
+        if s.leader >= 0
+            && let Some(first) = fds.iter().find(|f| f.fd == s.leader)
+        {
+            let record = FdRecord {
+                fd: s.fd,
+                cloexec: s.fdflags & libc::FD_CLOEXEC != 0,
+                dup_of: Some(first.fd),
+                ..first.clone()
+            };
+            if matches!(record.kind, FdKind::ForeignNull | FdKind::ForeignClosed) {
+                foreign.push(serde_json::json!({"fd": s.fd, "was": lossy(&record.path), "same_as": first.fd}));
+            }
+            fds.push(record);
+            continue;
+        }
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", s.fd)).unwrap_or_default();
+        let path = link.as_os_str().as_bytes().to_vec();
+        let name = lossy(&path);
+        let kind = match fd_kind(snap, s, &path) {
+            Ok(kind) => kind,
+            Err(Unrestorable::Never(why)) => return Err(Failure::Refused(why)),
+            // Inherited from the launcher (open at start, same file) and not restorable: the setting decides.
+            Err(Unrestorable::Unless(why)) if s.fd > 2 && crate::inherited_at_start(s.fd, s.dev, s.ino) => {
+                let kind = match policy {
+                    ForeignFds::DevNull => FdKind::ForeignNull,
+                    ForeignFds::Close => FdKind::ForeignClosed,
+                    ForeignFds::Refuse => {
+                        return Err(Failure::Refused(format!(
+                            "{why}; it was inherited from the launcher (open when the program started) and \
+                             {}=refuse (devnull or close restore such descriptors as /dev/null or closed)",
+                            ckpt_core::process_image::FOREIGN_FDS_VAR
+                        )));
+                    }
+                };
+                foreign.push(serde_json::json!({"fd": s.fd, "was": name, "restored_as": match kind {
+                    FdKind::ForeignNull => "/dev/null",
+                    _ => "closed",
+                }}));
+                kind
+            }
+            Err(Unrestorable::Unless(why)) => return Err(Failure::Refused(why)),
+        };
+        let foreign_kind = matches!(kind, FdKind::ForeignNull | FdKind::ForeignClosed);
+        fds.push(FdRecord {
+            fd: s.fd,
+            kind,
+            path,
+            flags: s.flags,
+            cloexec: s.fdflags & libc::FD_CLOEXEC != 0,
+            offset: s.offset,
+            size: if foreign_kind { 0 } else { s.size },
+            shared: kind == FdKind::Regular && shared_with_parent.contains(&(s.dev, s.ino)),
+            identity: (kind == FdKind::Regular).then_some(FileIdentity {
+                dev: s.dev,
+                ino: s.ino,
+                size: s.size,
+                mtime_ns: s.mtime_ns,
+            }),
+            dup_of: None,
+        });
+    }
+    Ok((fds, foreign))
+}
+
+/// Why a descriptor cannot be restored.
+enum Unrestorable {
+    /// Never (a deleted file: data the restart cannot reach).
+    Never(String),
+    /// Not by itself; when it was inherited from the launcher, `CKPT_SHIM_FOREIGN_FDS` applies.
+    Unless(String),
+}
+
+/// What descriptor `s` (the first of its open file description) is, or why it cannot be restored.
+fn fd_kind(snap: &crate::Snapshot, s: &crate::FdSnap, path: &[u8]) -> Result<FdKind, Unrestorable> {
+    let name = lossy(path);
+    let fmt = s.mode & libc::S_IFMT;
+    // SAFETY: isatty only queries the descriptor (this copy of the program's).
+    let tty = fmt == libc::S_IFCHR && unsafe { libc::isatty(s.fd) } == 1;
+    Ok(match fmt {
+        libc::S_IFREG => {
+            if path.ends_with(b" (deleted)") {
+                return Err(Unrestorable::Never(format!("fd {} is a deleted file {name:?}", s.fd)));
+            }
+            FdKind::Regular
+        }
+        libc::S_IFDIR => FdKind::Directory,
+        libc::S_IFCHR if s.fd <= 2 && (path.starts_with(b"/dev/pts/") || path == b"/dev/tty") => FdKind::Inherited,
+        // A terminal above stderr: reopening it by name could reach another session's terminal.
+        libc::S_IFCHR if tty && crate::inherited_at_start(s.fd, s.dev, s.ino) => {
+            return Err(Unrestorable::Unless(format!("fd {} is a terminal ({name})", s.fd)));
+        }
+        libc::S_IFCHR => FdKind::CharDevice,
+        libc::S_IFIFO if s.fd <= 2 => FdKind::Inherited,
+        libc::S_IFIFO => {
+            // A pipe both of whose ends this process holds (a self-pipe, as xz uses) can be recreated,
+            // when it is empty; a pipe to another process cannot.
+            let both =
+                snap.fds[..snap.nfds].iter().filter(|o| o.mode & libc::S_IFMT == libc::S_IFIFO && o.ino == s.ino);
+            let (mut r, mut w) = (false, false);
+            for o in both {
+                match o.flags & libc::O_ACCMODE {
+                    libc::O_RDONLY => r = true,
+                    libc::O_WRONLY => w = true,
+                    _ => {}
+                }
+            }
+            if !(r && w) {
+                return Err(Unrestorable::Unless(format!(
+                    "fd {} is a pipe to another process ({name}); only stdin/stdout/stderr may be pipes",
+                    s.fd
+                )));
+            }
+            let mut pending: libc::c_int = 0;
+            // SAFETY: FIONREAD writes an int; the descriptor is this process's.
+            unsafe { libc::ioctl(s.fd, libc::FIONREAD, &mut pending) };
+            if pending != 0 {
+                return Err(Unrestorable::Unless(format!("fd {} is a pipe holding {pending} unread bytes", s.fd)));
+            }
+            if s.flags & libc::O_ACCMODE == libc::O_RDONLY { FdKind::PipeRead } else { FdKind::PipeWrite }
+        }
+        libc::S_IFSOCK => return Err(Unrestorable::Unless(format!("fd {} is a socket ({name})", s.fd))),
+        _ => {
+            return Err(Unrestorable::Unless(format!("fd {} is of a kind this version cannot restore ({name})", s.fd)));
+        }
+    })
 }
 
 fn c_string(p: usize) -> Vec<u8> {
