@@ -42,7 +42,6 @@ const PHASE: Duration = Duration::from_millis(2500);
 #[derive(Clone, Copy, Debug)]
 enum Expect {
     /// Passes the three cycles.
-    #[allow(dead_code)] // no program passes all three cycles today (the second restart is refused)
     Pass,
     /// Refused at checkpoint time; the reason contains this text.
     Refused(&'static str),
@@ -50,9 +49,9 @@ enum Expect {
     /// the observed failure, or several separated by `|` (another failure is a change to look at, and to
     /// record here).
     Fails { item: &'static str, symptom: &'static str },
-    /// Fails as `Fails` says when a checkpoint lands at a certain moment of the program's loop (a descriptor
-    /// it holds for an instant); at other moments the same program passes or is refused. Either matches.
-    Intermittent { item: &'static str, symptom: &'static str },
+    /// Any of these: the outcome depends on the moment the checkpoint lands in the program's loop (a thread,
+    /// a descriptor it holds for an instant).
+    OneOf(&'static [Expect]),
 }
 
 use Expect::*;
@@ -92,7 +91,7 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("sigchild", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
     // Its loop holds /proc/PID/fd open (accepted, then the restart fails) or a deleted temporary file
     // (refused) for moments; a TERM between them passes.
-    ("syscall-tester", Intermittent { item: PROC_FD, symptom: "/proc/" }),
+    ("syscall-tester", OneOf(&[Pass, Refused("deleted file"), Fails { item: PROC_FD, symptom: "/proc/" }])),
     ("popen1", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
     ("readline", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
     ("poll", Fails { item: EINTR, symptom: "errno = 4" }),
@@ -105,7 +104,16 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("clock", Fails { item: CPUCLOCK, symptom: "clock_gettime" }),
     ("rlimit-restore", Fails { item: RLIMIT, symptom: "reset back" }),
     ("mmap-noreserve", Fails { item: NORESERVE, symptom: "cannot map the region" }),
-    ("pthread1", Refused("threads")),
+    // Refused when a checkpoint finds the second thread; one that lands between two threads (about two in
+    // three here) is accepted and restored, and then the next checkpoint's writer crashes or restart 2 fails.
+    (
+        "pthread1",
+        OneOf(&[
+            Refused("threads"),
+            Fails { item: WRITER_PANIC, symptom: "the writer crashed" },
+            Fails { item: SECOND_RESTART, symptom: LAYOUT },
+        ]),
+    ),
     ("pthread2", Refused("threads")),
 ];
 
@@ -206,7 +214,8 @@ const PROGRAMS: &[Prog] = &[
     // alarm(15) whose handler exits 0: four phases of 2.5 s stay below 15 s of the program's time.
     Prog { name: "alarm", src: "alarm.c", ..BASE },
     Prog { name: "environ", src: "environ.c", check: Check::Grows, errors: &["not preserved"], ..BASE },
-    Prog { name: "realpath", src: "realpath.c", check: Check::Grows, ..BASE },
+    // One dot per million realpath() calls: one every 2.5 s on the CI machine, too slow to see per phase.
+    Prog { name: "realpath", src: "realpath.c", ..BASE },
     Prog { name: "sigchild", src: "sigchild.c", errors: &["SIGCHLD"], ..BASE },
     // autotest: `dmtcp_launch --checkpoint-open-files`, `--kcheckpoint` (checkpoint and kill).
     Prog {
@@ -646,7 +655,7 @@ impl Run<'_> {
                     continue; // checkpoint and exit as asked, or a refusal: judged above
                 }
                 let what = match now.get(before.len()) {
-                    Some((e, why)) if e == "checkpoint" => format!("the checkpoint was written ({why}), but"),
+                    Some((e, _)) if e == "checkpoint" => "the checkpoint was written, but".to_string(),
                     Some((e, why)) => format!("`{e}` ({why}), and"),
                     None => "no checkpoint, and".into(),
                 };
@@ -799,10 +808,8 @@ fn matches(v: &Verdict, e: Expect) -> bool {
     match (v, e) {
         (Verdict::Passed, Pass) => true,
         (Verdict::Refused(why), Refused(needle)) => why.contains(needle),
-        (Verdict::Failed(what), Fails { symptom, .. } | Intermittent { symptom, .. }) => {
-            symptom.split('|').any(|s| what.contains(s))
-        }
-        (Verdict::Passed | Verdict::Refused(_), Intermittent { .. }) => true,
+        (Verdict::Failed(what), Fails { symptom, .. }) => symptom.split('|').any(|s| what.contains(s)),
+        (v, OneOf(any)) => any.iter().any(|e| matches(v, *e)),
         (Verdict::Skipped(_), _) => !ci(),
         _ => false,
     }
@@ -813,7 +820,7 @@ fn expected_text(e: Expect) -> String {
         Pass => "pass".into(),
         Refused(n) => format!("refused ({n})"),
         Fails { item, .. } => format!("known failure: {item}"),
-        Intermittent { item, .. } => format!("intermittent known failure: {item}"),
+        OneOf(any) => any.iter().map(|e| expected_text(*e)).collect::<Vec<_>>().join(", or "),
     }
 }
 
