@@ -375,19 +375,11 @@ fn preflight(image: &ProcessImage) -> Option<String> {
                         m.start
                     ));
                 }
-                // The same file at another address: the layout moved (another stack limit, other libraries).
-                if let Some(r) = image.regions.iter().find(|r| r.path == p.as_bytes() && r.file_offset == m.offset)
-                    && r.start != m.start
-                {
-                    return Some(format!(
-                        "the address-space layout differs from the checkpoint's: {p} (offset {:#x}) is mapped at \
-                         {:#x}, it was at {:#x}; restart on the same kind of node with `ckpt restart` (same \
-                         libraries, same stack limit)",
-                        m.offset, m.start, r.start
-                    ));
+                if let Some(problem) = moved_object(image, p, m.start, m.offset) {
+                    return Some(problem);
                 }
-                // Otherwise the mapping is replaced by what the image has at that address (pages the previous
-                // restart mapped from its image, a relocated or written range) or simply removed.
+                // Otherwise the mapping is replaced by what the image has at that address (a relocated or
+                // written range, a segment the program changed) or simply removed.
             }
             _ => {}
         }
@@ -440,6 +432,32 @@ fn preflight(image: &ProcessImage) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the object `path`, mapped here at `start` from file offset `offset`, was loaded elsewhere in the
+/// image: the layout moved (another stack limit, other libraries). Compared by load address, the mapping
+/// of the object's first page (offset 0, where the loader puts it): a file may map the same offset at two
+/// addresses (a small program's read-only data and its RELRO page share a page of the file), and a
+/// segment may be split or partly replaced by the program, but every segment of an unchanged file (checked
+/// by identity) lies at a fixed distance from where the first page is.
+fn moved_object(image: &ProcessImage, path: &str, start: u64, offset: u64) -> Option<String> {
+    if offset != 0 {
+        return None;
+    }
+    let loads: Vec<u64> = image
+        .regions
+        .iter()
+        .filter(|r| r.kind == RegionKind::File && r.path == path.as_bytes() && r.file_offset == 0)
+        .map(|r| r.start)
+        .collect();
+    if loads.is_empty() || loads.contains(&start) {
+        return None;
+    }
+    Some(format!(
+        "the address-space layout differs from the checkpoint's: {path} is loaded at {start:#x}, it was at {:#x}; \
+         restart on the same kind of node with `ckpt restart` (same libraries, same stack limit)",
+        loads[0]
+    ))
 }
 
 fn show_limit(v: u64) -> String {
@@ -1069,9 +1087,12 @@ fn replace_address_space(p: &Plan) {
         while k < r.run_count {
             let run = &runs[r.run_first + k];
             k += 1;
-            // Map the pages copy-on-write from the image (no copy; they fault in when touched), except on
-            // the stack, whose lowest mapping must stay anonymous to grow down.
-            if p.map_runs != 0 && r.kind != KIND_STACK && run.file_offset % 4096 == 0 {
+            // Map the pages of anonymous memory copy-on-write from the image (no copy; they fault in when
+            // touched), except on the stack, whose lowest mapping must stay anonymous to grow down. A file
+            // region's saved pages (relocations, written .data) are read into its private mapping of its own
+            // file, as they were in the checkpointed process: mapped from the image they would split the
+            // region, and the next checkpoint would see a mapping of the image where the program has its file.
+            if p.map_runs != 0 && r.kind != KIND_STACK && r.kind != KIND_FILE && run.file_offset % 4096 == 0 {
                 // SAFETY: replaces part of the region just mapped with a private mapping of the image.
                 let a = unsafe {
                     syscall6(

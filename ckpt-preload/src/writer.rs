@@ -290,6 +290,8 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             });
         }
     }
+    // The program break's range, as the kernel labels `[heap]` (pages mapped from the image are not).
+    let heap = program_break_range();
     for m in lines {
         let path = m.path.clone();
         match &path[..] {
@@ -317,11 +319,16 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         }
         let prot = prot_of(&m.perms);
         let is_file = m.inode != 0 && path.starts_with(b"/") && !from_image;
+        // The restorer maps only anonymous memory from the image (file regions get their saved pages read
+        // into a private mapping of their own file): such pages are the program's anonymous data, its heap
+        // where the kernel would call them that (the range of the program break), never a mapping of the
+        // image file (which a later restart would neither find nor want).
+        let path = if from_image { Vec::new() } else { path };
         let kind = if prot == 0 {
             RegionKind::Guard
         } else if is_file {
             RegionKind::File
-        } else if path == b"[heap]" {
+        } else if path == b"[heap]" || from_image && heap.is_some_and(|(lo, hi)| m.start <= hi && m.end >= lo) {
             RegionKind::Heap
         } else if path == b"[stack]" {
             RegionKind::Stack
@@ -560,6 +567,21 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     log_line(&event);
     reply(&format!("{}", info.path.display()));
     Ok(())
+}
+
+/// `(start_brk, brk)` of this process: `/proc/self/stat` field 47 (see proc(5)) and the current break.
+fn program_break_range() -> Option<(u64, u64)> {
+    let stat = std::fs::read("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces and parentheses): field 3 is the first.
+    let rest = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
+    let field = |n: usize| -> Option<u64> {
+        let f = rest.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(n - 3)?;
+        std::str::from_utf8(f).ok()?.trim().parse().ok()
+    };
+    // SAFETY: brk(0) only queries.
+    let brk = unsafe { syscall3(SYS_brk, 0, 0, 0) } as u64;
+    let start = field(47)?;
+    (start != 0 && start <= brk).then_some((start, brk))
 }
 
 /// Files the program's parent process holds open for writing, as (device, inode).
