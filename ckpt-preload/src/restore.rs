@@ -15,10 +15,10 @@
 //! shim's code among them), sets brk, maps every region (files from their files, anonymous memory
 //! zero-filled) and reads the saved pages straight into place, restores the thread pointer, the cached
 //! tid, rseq, file descriptors (regular files cut back to their checkpoint-time size and repositioned),
-//! the working directory, umask, signal actions and interval timers, and finally unmaps the arena and
-//! issues `rt_sigreturn` on the signal frame saved at checkpoint time: the kernel reloads every
-//! register, the FPU/vector state and the signal mask, and the program continues where the checkpoint
-//! signal interrupted it.
+//! the working directory, umask, signal actions, interval timers and resource limits, and finally
+//! unmaps the arena and issues `rt_sigreturn` on the signal frame saved at checkpoint time: the kernel
+//! reloads every register, the FPU/vector state and the signal mask, and the program continues where the
+//! checkpoint signal interrupted it.
 
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
@@ -53,6 +53,9 @@ pub struct Plan {
     itimers: [[i64; 4]; 3],
     cwd: *const u8,
     umask: u32,
+    /// The program's resource limits (resource, soft, hard), set once its descriptors are reopened.
+    rlimits: [[u64; 3]; MAX_RLIMITS],
+    nrlimits: usize,
     maps_buf: *mut u8,
     maps_cap: usize,
     interval_ns: u64,
@@ -120,6 +123,8 @@ const FD_INHERITED: u32 = 1;
 const FD_PIPE_READ: u32 = 2;
 const FD_PIPE_WRITE: u32 = 3;
 
+/// Resource limits the plan holds (Linux has 16).
+const MAX_RLIMITS: usize = 16;
 const STACK_SIZE: usize = 256 * 1024;
 const MAPS_CAP: usize = 4 * 1024 * 1024;
 /// Exit status of a restart that was refused before anything was changed.
@@ -245,9 +250,16 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Ok(s) => s.offset,
         Err(e) => refuse(image_path, &e.to_string()),
     };
+    let limits = match ckpt_core::process_image::read_limits(&cp) {
+        Ok(l) => l.unwrap_or_default(),
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
     // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
     drop(cp);
     if let Some(problem) = preflight(&image) {
+        refuse(image_path, &problem);
+    }
+    if let Some(problem) = raise_hard_limits(&limits) {
         refuse(image_path, &problem);
     }
     let pid = getpid();
@@ -278,6 +290,10 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     unsafe {
         let plan = build_plan(&image, &keep, &maps, memory_offset, image_path, interval_ns, deadline_ns, t0_ns);
         (*plan).image_fd = high;
+        for (slot, l) in (*plan).rlimits.iter_mut().zip(&limits) {
+            *slot = [l.resource as u64, l.soft, l.hard];
+        }
+        (*plan).nrlimits = limits.len().min(MAX_RLIMITS);
         (*plan).image_dev = meta.dev();
         (*plan).image_ino = meta.ino();
         (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_core::process_image::ROOT_MARKER_LEN]);
@@ -458,6 +474,38 @@ fn moved_object(image: &ProcessImage, path: &str, start: u64, offset: u64) -> Op
          restart on the same kind of node with `ckpt restart` (same libraries, same stack limit)",
         loads[0]
     ))
+}
+
+/// Raises every hard limit that was higher at checkpoint time to its checkpoint-time value, before
+/// anything is replaced (the restorer sets every limit exactly once the descriptors are reopened:
+/// lowering one is always allowed). Raising a hard limit needs CAP_SYS_RESOURCE: without it the restart
+/// is refused, rather than the program resuming with less than it had (a program that checked its limit
+/// at start would fail later, or silently do less).
+fn raise_hard_limits(limits: &[ckpt_core::process_image::ResourceLimit]) -> Option<String> {
+    for l in limits {
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `now` is writable.
+        if unsafe { libc::getrlimit(l.resource as _, &mut now) } != 0 || l.hard <= now.rlim_max {
+            continue;
+        }
+        let raised = libc::rlimit { rlim_cur: now.rlim_cur, rlim_max: l.hard };
+        // SAFETY: a plain struct passed by pointer.
+        if unsafe { libc::setrlimit(l.resource as _, &raised) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return Some(format!(
+                "the hard {} was {} at checkpoint time and is {} here, and it cannot be raised ({err}); restart \
+                 where the hard limit is at least as high (`ulimit -H`)",
+                ckpt_core::process_image::resource_name(l.resource),
+                show_value(l.hard),
+                show_value(now.rlim_max)
+            ));
+        }
+    }
+    None
+}
+
+fn show_value(v: u64) -> String {
+    if v == libc::RLIM_INFINITY { "unlimited".into() } else { v.to_string() }
 }
 
 fn show_limit(v: u64) -> String {
@@ -680,6 +728,8 @@ unsafe fn build_plan(
             itimers: [itimer(0), itimer(1), itimer(2)],
             cwd: w.cstr(&image.cwd),
             umask: image.umask,
+            rlimits: [[0; 3]; MAX_RLIMITS],
+            nrlimits: 0,
             maps_buf: (base + len - STACK_SIZE - MAPS_CAP) as *mut u8,
             maps_cap: MAPS_CAP,
             interval_ns,
@@ -900,6 +950,13 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
                 syscall3(SYS_setitimer, t, it.as_ptr() as usize, 0);
             }
             t += 1;
+        }
+        // Resource limits (hard limits above this process's were raised before anything was replaced).
+        let mut l = 0;
+        while l < p.nrlimits && l < MAX_RLIMITS {
+            let rl = [p.rlimits[l][1], p.rlimits[l][2]];
+            syscall6(libc::SYS_prlimit64, 0, p.rlimits[l][0] as usize, rl.as_ptr() as usize, 0, 0, 0);
+            l += 1;
         }
     }
     // 8. The shim's own state (now the checkpoint-time copy): this is a new process.

@@ -643,6 +643,8 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let fail = |e: ckpt_core::Error| Failure::Failed(e.to_string());
     w.set_metadata(IMAGE_METADATA_KEY, "1").map_err(fail)?;
     w.add_section_with(STATE_SECTION, &state, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    let limits = ckpt_core::process_image::encode_limits(&resource_limits()).map_err(fail)?;
+    w.add_section_with(LIMITS_SECTION, &limits, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     {
         let mut sw = w.section_writer(MEMORY_SECTION, plain).map_err(fail)?;
         // Through a buffer: the CRC and the bytes written are then the same bytes even where this copy of
@@ -729,6 +731,22 @@ fn rlimit_stack() -> (u64, u64) {
     // SAFETY: `rl` is writable.
     unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
     (rl.rlim_cur, rl.rlim_max)
+}
+
+/// Every resource limit of the program (the writer's are the program's: inherited at the fork).
+fn resource_limits() -> Vec<ResourceLimit> {
+    // RLIMIT_CPU (0) to RLIMIT_RTTIME (15): every limit Linux has had since 2.6.25.
+    (0..16u32)
+        .filter_map(|resource| {
+            let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: `rl` is writable.
+            (unsafe { libc::getrlimit(resource as _, &mut rl) } == 0).then_some(ResourceLimit {
+                resource,
+                soft: rl.rlim_cur,
+                hard: rl.rlim_max,
+            })
+        })
+        .collect()
 }
 
 fn sigactions() -> Vec<KernelSigaction> {

@@ -289,3 +289,27 @@ fn big_state_three_cycles_term() {
     let Some(argv) = big_state_program() else { return };
     check_cycles("8 MiB state, TERM", argv, libc::SIGTERM);
 }
+
+/// A program that lowers its resource limits (the descriptor limit's soft and hard values, the core-file
+/// limit) and prints them all along: every restart must give them back (DMTCP's rlimit-restore).
+#[test]
+fn resource_limits_three_cycles() {
+    static SCRIPT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let Some(py) = python() else { return };
+    let script = SCRIPT.get_or_init(|| {
+        let script = inputs().join("limits.py");
+        let tmp = inputs().join("limits.py.tmp");
+        std::fs::write(
+            &tmp,
+            "import resource, hashlib\nresource.setrlimit(resource.RLIMIT_NOFILE, (123, 4096))\n\
+             resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))\n\
+             h = hashlib.sha256()\nfor r in range(300):\n    for i in range(60000):\n        h.update(b'%d' % i)\n    \
+             print(r, resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_CORE)[0], \
+             h.hexdigest()[:12], flush=True)\n",
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &script).unwrap();
+        script
+    });
+    check_cycles("resource limits", vec![py, s(script)], libc::SIGUSR1);
+}
