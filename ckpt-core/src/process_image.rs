@@ -444,6 +444,70 @@ fn check_version(version: u32) -> crate::Result<()> {
     ))
 }
 
+/// Section holding the program's resource limits ([`ResourceLimit`], postcard). A section of its own: an
+/// image without one (written before it existed) is read as before, its limits left as the restart finds
+/// them.
+pub const LIMITS_SECTION: &str = "process.limits";
+
+/// One resource limit at checkpoint time (`getrlimit`): the resource (`RLIMIT_*`), its soft and its hard
+/// limit (`u64::MAX`: unlimited).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimit {
+    /// `RLIMIT_NOFILE`, ...
+    pub resource: u32,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// The name of resource `r` (`RLIMIT_NOFILE`, ...).
+pub fn resource_name(r: u32) -> String {
+    const NAMES: [&str; 16] = [
+        "RLIMIT_CPU",
+        "RLIMIT_FSIZE",
+        "RLIMIT_DATA",
+        "RLIMIT_STACK",
+        "RLIMIT_CORE",
+        "RLIMIT_RSS",
+        "RLIMIT_NPROC",
+        "RLIMIT_NOFILE",
+        "RLIMIT_MEMLOCK",
+        "RLIMIT_AS",
+        "RLIMIT_LOCKS",
+        "RLIMIT_SIGPENDING",
+        "RLIMIT_MSGQUEUE",
+        "RLIMIT_NICE",
+        "RLIMIT_RTPRIO",
+        "RLIMIT_RTTIME",
+    ];
+    NAMES.get(r as usize).map(|n| n.to_string()).unwrap_or_else(|| format!("resource {r}"))
+}
+
+/// Encodes the limits section.
+pub fn encode_limits(limits: &[ResourceLimit]) -> crate::Result<Vec<u8>> {
+    postcard::to_allocvec(limits).map_err(|e| {
+        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+            .with_section(LIMITS_SECTION)
+    })
+}
+
+/// The resource limits of a verified process image; `None` for an image written without them.
+pub fn read_limits(cp: &crate::Checkpoint) -> crate::Result<Option<Vec<ResourceLimit>>> {
+    if !cp.has_section(LIMITS_SECTION) {
+        return Ok(None);
+    }
+    let limits: Vec<ResourceLimit> = cp.read_serde(LIMITS_SECTION)?;
+    if let Some(l) = limits.iter().find(|l| l.resource >= 64 || l.soft > l.hard) {
+        return Err(crate::Error::new(
+            crate::ErrorKind::Corrupt,
+            format!("{}: soft limit {} above hard limit {}", resource_name(l.resource), l.soft, l.hard),
+        )
+        .with_path(cp.path()));
+    }
+    Ok(Some(limits))
+}
+
 /// CPUID feature words (see [`Fingerprint::cpu_features`]); empty off x86_64.
 pub fn cpu_features() -> Vec<u32> {
     #[cfg(target_arch = "x86_64")]

@@ -15,10 +15,10 @@
 //! shim's code among them), sets brk, maps every region (files from their files, anonymous memory
 //! zero-filled) and reads the saved pages straight into place, restores the thread pointer, the cached
 //! tid, rseq, file descriptors (regular files cut back to their checkpoint-time size and repositioned),
-//! the working directory, umask, signal actions and interval timers, and finally unmaps the arena and
-//! issues `rt_sigreturn` on the signal frame saved at checkpoint time: the kernel reloads every
-//! register, the FPU/vector state and the signal mask, and the program continues where the checkpoint
-//! signal interrupted it.
+//! the working directory, umask, signal actions, interval timers and resource limits, and finally
+//! unmaps the arena and issues `rt_sigreturn` on the signal frame saved at checkpoint time: the kernel
+//! reloads every register, the FPU/vector state and the signal mask, and the program continues where the
+//! checkpoint signal interrupted it.
 
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
@@ -53,6 +53,9 @@ pub struct Plan {
     itimers: [[i64; 4]; 3],
     cwd: *const u8,
     umask: u32,
+    /// The program's resource limits (resource, soft, hard), set once its descriptors are reopened.
+    rlimits: [[u64; 3]; MAX_RLIMITS],
+    nrlimits: usize,
     maps_buf: *mut u8,
     maps_cap: usize,
     interval_ns: u64,
@@ -130,6 +133,8 @@ const FD_PIPE_WRITE: u32 = 3;
 const FD_DEV_NULL: u32 = 4;
 const FD_CLOSED: u32 = 5;
 
+/// Resource limits the plan holds (Linux has 16).
+const MAX_RLIMITS: usize = 16;
 const STACK_SIZE: usize = 256 * 1024;
 const MAPS_CAP: usize = 4 * 1024 * 1024;
 /// Exit status of a restart that was refused before anything was changed.
@@ -255,12 +260,19 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Ok(s) => s.offset,
         Err(e) => refuse(image_path, &e.to_string()),
     };
+    let limits = match ckpt_core::process_image::read_limits(&cp) {
+        Ok(l) => l.unwrap_or_default(),
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
     // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
     drop(cp);
     if let Some(problem) = preflight(&image) {
         refuse(image_path, &problem);
     }
     warn_foreign_fds(&image, image_path);
+    if let Some(problem) = raise_hard_limits(&limits) {
+        refuse(image_path, &problem);
+    }
     let pid = getpid();
     let start = match ckpt_core::process_image::process_start_time(pid as u32) {
         Ok(s) => s,
@@ -289,6 +301,10 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     unsafe {
         let plan = build_plan(&image, &keep, &maps, memory_offset, image_path, interval_ns, deadline_ns, t0_ns);
         (*plan).image_fd = high;
+        for (slot, l) in (*plan).rlimits.iter_mut().zip(&limits) {
+            *slot = [l.resource as u64, l.soft, l.hard];
+        }
+        (*plan).nrlimits = limits.len().min(MAX_RLIMITS);
         (*plan).image_dev = meta.dev();
         (*plan).image_ino = meta.ino();
         (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_core::process_image::ROOT_MARKER_LEN]);
@@ -417,19 +433,11 @@ fn preflight(image: &ProcessImage) -> Option<String> {
                         m.start
                     ));
                 }
-                // The same file at another address: the layout moved (another stack limit, other libraries).
-                if let Some(r) = image.regions.iter().find(|r| r.path == p.as_bytes() && r.file_offset == m.offset)
-                    && r.start != m.start
-                {
-                    return Some(format!(
-                        "the address-space layout differs from the checkpoint's: {p} (offset {:#x}) is mapped at \
-                         {:#x}, it was at {:#x}; restart on the same kind of node with `ckpt restart` (same \
-                         libraries, same stack limit)",
-                        m.offset, m.start, r.start
-                    ));
+                if let Some(problem) = moved_object(image, p, m.start, m.offset) {
+                    return Some(problem);
                 }
-                // Otherwise the mapping is replaced by what the image has at that address (pages the previous
-                // restart mapped from its image, a relocated or written range) or simply removed.
+                // Otherwise the mapping is replaced by what the image has at that address (a relocated or
+                // written range, a segment the program changed) or simply removed.
             }
             _ => {}
         }
@@ -515,6 +523,64 @@ fn preflight(image: &ProcessImage) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether the object `path`, mapped here at `start` from file offset `offset`, was loaded elsewhere in the
+/// image: the layout moved (another stack limit, other libraries). Compared by load address, the mapping
+/// of the object's first page (offset 0, where the loader puts it): a file may map the same offset at two
+/// addresses (a small program's read-only data and its RELRO page share a page of the file), and a
+/// segment may be split or partly replaced by the program, but every segment of an unchanged file (checked
+/// by identity) lies at a fixed distance from where the first page is.
+fn moved_object(image: &ProcessImage, path: &str, start: u64, offset: u64) -> Option<String> {
+    if offset != 0 {
+        return None;
+    }
+    let loads: Vec<u64> = image
+        .regions
+        .iter()
+        .filter(|r| r.kind == RegionKind::File && r.path == path.as_bytes() && r.file_offset == 0)
+        .map(|r| r.start)
+        .collect();
+    if loads.is_empty() || loads.contains(&start) {
+        return None;
+    }
+    Some(format!(
+        "the address-space layout differs from the checkpoint's: {path} is loaded at {start:#x}, it was at {:#x}; \
+         restart on the same kind of node with `ckpt restart` (same libraries, same stack limit)",
+        loads[0]
+    ))
+}
+
+/// Raises every hard limit that was higher at checkpoint time to its checkpoint-time value, before
+/// anything is replaced (the restorer sets every limit exactly once the descriptors are reopened:
+/// lowering one is always allowed). Raising a hard limit needs CAP_SYS_RESOURCE: without it the restart
+/// is refused, rather than the program resuming with less than it had (a program that checked its limit
+/// at start would fail later, or silently do less).
+fn raise_hard_limits(limits: &[ckpt_core::process_image::ResourceLimit]) -> Option<String> {
+    for l in limits {
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `now` is writable.
+        if unsafe { libc::getrlimit(l.resource as _, &mut now) } != 0 || l.hard <= now.rlim_max {
+            continue;
+        }
+        let raised = libc::rlimit { rlim_cur: now.rlim_cur, rlim_max: l.hard };
+        // SAFETY: a plain struct passed by pointer.
+        if unsafe { libc::setrlimit(l.resource as _, &raised) } != 0 {
+            let err = std::io::Error::last_os_error();
+            return Some(format!(
+                "the hard {} was {} at checkpoint time and is {} here, and it cannot be raised ({err}); restart \
+                 where the hard limit is at least as high (`ulimit -H`)",
+                ckpt_core::process_image::resource_name(l.resource),
+                show_value(l.hard),
+                show_value(now.rlim_max)
+            ));
+        }
+    }
+    None
+}
+
+fn show_value(v: u64) -> String {
+    if v == libc::RLIM_INFINITY { "unlimited".into() } else { v.to_string() }
 }
 
 fn show_limit(v: u64) -> String {
@@ -741,6 +807,8 @@ unsafe fn build_plan(
             itimers: [itimer(0), itimer(1), itimer(2)],
             cwd: w.cstr(&image.cwd),
             umask: image.umask,
+            rlimits: [[0; 3]; MAX_RLIMITS],
+            nrlimits: 0,
             maps_buf: (base + len - STACK_SIZE - MAPS_CAP) as *mut u8,
             maps_cap: MAPS_CAP,
             interval_ns,
@@ -1069,6 +1137,13 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             }
             t += 1;
         }
+        // Resource limits (hard limits above this process's were raised before anything was replaced).
+        let mut l = 0;
+        while l < p.nrlimits && l < MAX_RLIMITS {
+            let rl = [p.rlimits[l][1], p.rlimits[l][2]];
+            syscall6(libc::SYS_prlimit64, 0, p.rlimits[l][0] as usize, rl.as_ptr() as usize, 0, 0, 0);
+            l += 1;
+        }
     }
     // 8. The shim's own state (now the checkpoint-time copy): this is a new process.
     let pid = getpid();
@@ -1263,9 +1338,12 @@ fn replace_address_space(p: &Plan) {
         while k < r.run_count {
             let run = &runs[r.run_first + k];
             k += 1;
-            // Map the pages copy-on-write from the image (no copy; they fault in when touched), except on
-            // the stack, whose lowest mapping must stay anonymous to grow down.
-            if p.map_runs != 0 && r.kind != KIND_STACK && run.file_offset % 4096 == 0 {
+            // Map the pages of anonymous memory copy-on-write from the image (no copy; they fault in when
+            // touched), except on the stack, whose lowest mapping must stay anonymous to grow down. A file
+            // region's saved pages (relocations, written .data) are read into its private mapping of its own
+            // file, as they were in the checkpointed process: mapped from the image they would split the
+            // region, and the next checkpoint would see a mapping of the image where the program has its file.
+            if p.map_runs != 0 && r.kind != KIND_STACK && r.kind != KIND_FILE && run.file_offset % 4096 == 0 {
                 // SAFETY: replaces part of the region just mapped with a private mapping of the image.
                 let a = unsafe {
                     syscall6(

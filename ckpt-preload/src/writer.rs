@@ -118,6 +118,13 @@ pub(crate) fn run_writer() -> ! {
         warn(b"checkpoint failed: cannot map the writer's arena");
         exit_group(2);
     }
+    // Before the writer changes any static of the shim (the arena's address below, the storage's staging
+    // buffers and caches, a panic hook...): the program's copy of them, which is what the image must hold.
+    // SAFETY: nothing of the shim's writable data has been written in this process yet.
+    if unsafe { !copy_program_data(map) } {
+        warn(b"checkpoint failed: cannot copy the shim's own data");
+        exit_group(2);
+    }
     // SAFETY: the arena is mapped and writable; its first word is the bump cursor.
     unsafe { *(arena as *mut usize) = arena as usize + 64 };
     CHILD_ARENA.store(arena as usize, Ordering::Relaxed);
@@ -138,7 +145,17 @@ pub(crate) fn run_writer() -> ! {
 }
 
 extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
-    let excluded = [(arena as u64, (arena + ARENA_SIZE) as u64), (stack as u64, (stack + WRITER_STACK) as u64)];
+    let mut excluded = vec![(arena as u64, (arena + ARENA_SIZE) as u64), (stack as u64, (stack + WRITER_STACK) as u64)];
+    excluded.extend(program_data().iter().map(|c| (c.copy as u64, (c.copy + (c.end - c.start)) as u64)));
+    // A bug or an inconsistent state in here is a failed checkpoint with a message and a log line, never an
+    // abort without one (the program goes on, or gets its own action for SIGTERM).
+    std::panic::set_hook(Box::new(|info| {
+        let m = format!("internal error in the writer: {info}");
+        reply(&format!("error: checkpoint failed: {m}"));
+        warn(format!("checkpoint failed: {m}").as_bytes());
+        log_line(&serde_json::json!({"event": "checkpoint-failed", "error": m}));
+        exit_group(2)
+    }));
     // This raw clone may have stopped the program inside the C library's allocator: no thread may start.
     // (Direct writes stay: synchronous, 1 GiB in 0.6-0.8 s, where buffered ones took 0.55-2.2 s depending
     // on how long the memory for new page-cache pages had sat idle.)
@@ -159,6 +176,100 @@ extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
         }
     };
     exit_group(code)
+}
+
+/// One writable segment of the shim (its `.data`/`.bss`: every static of the shim and of the Rust code
+/// linked into it) and where the writer copied it before changing anything.
+#[derive(Clone, Copy)]
+pub(crate) struct DataCopy {
+    pub start: usize,
+    pub end: usize,
+    pub copy: usize,
+}
+
+const MAX_DATA_COPIES: usize = 4;
+static DATA_COPIES: crate::Shared<[DataCopy; MAX_DATA_COPIES]> =
+    crate::Shared::new([DataCopy { start: 0, end: 0, copy: 0 }; MAX_DATA_COPIES]);
+static DATA_COPY_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The copies made by [`copy_program_data`] (in the writer; empty elsewhere).
+fn program_data() -> &'static [DataCopy] {
+    let n = DATA_COPY_COUNT.load(Ordering::Relaxed).min(MAX_DATA_COPIES);
+    // SAFETY: written once by copy_program_data before anything reads it; the writer is single-threaded.
+    unsafe { &(&*DATA_COPIES.get())[..n] }
+}
+
+/// Copies the shim's writable segments, found from its own program headers (`__ehdr_start`, no libc
+/// call, no allocation), into fresh mappings from `map`; false when a mapping fails.
+///
+/// # Safety
+/// Called once, in the writer, before the writer writes any static of the shim.
+unsafe fn copy_program_data(map: impl Fn(usize) -> isize) -> bool {
+    unsafe extern "C" {
+        static __ehdr_start: u8;
+    }
+    let ehdr_addr = core::ptr::addr_of!(__ehdr_start) as usize;
+    // SAFETY: the linker points __ehdr_start at this object's ELF header, mapped with its first segment;
+    // the program headers follow it in the same (read-only) mapping.
+    let phdrs = unsafe {
+        let ehdr = &*(ehdr_addr as *const libc::Elf64_Ehdr);
+        if ehdr.e_ident[..4] != *b"\x7fELF" || ehdr.e_phentsize as usize != size_of::<libc::Elf64_Phdr>() {
+            return false;
+        }
+        core::slice::from_raw_parts(
+            (ehdr_addr + ehdr.e_phoff as usize) as *const libc::Elf64_Phdr,
+            ehdr.e_phnum as usize,
+        )
+    };
+    // The load bias: where the segment holding the header (file offset 0) was put.
+    let Some(first) = phdrs.iter().find(|p| p.p_type == libc::PT_LOAD && p.p_offset == 0) else { return false };
+    let bias = ehdr_addr.wrapping_sub(first.p_vaddr as usize);
+    let page = 4096usize;
+    let mut copies = [DataCopy { start: 0, end: 0, copy: 0 }; MAX_DATA_COPIES];
+    let mut n = 0;
+    for p in phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_W != 0) {
+        if n == MAX_DATA_COPIES {
+            return false;
+        }
+        let start = bias.wrapping_add(p.p_vaddr as usize) & !(page - 1);
+        let end = (bias.wrapping_add((p.p_vaddr + p.p_memsz) as usize) + page - 1) & !(page - 1);
+        let copy = map(end - start);
+        if copy < 0 {
+            return false;
+        }
+        // SAFETY: the segment is mapped readable (data, bss, or RELRO made read-only); the copy is a fresh
+        // mapping of the same length.
+        unsafe { core::ptr::copy_nonoverlapping(start as *const u8, copy as *mut u8, end - start) };
+        copies[n] = DataCopy { start, end, copy: copy as usize };
+        n += 1;
+    }
+    // SAFETY: single-threaded; the program's values are safe in the copies now.
+    unsafe { *DATA_COPIES.get() = copies };
+    DATA_COPY_COUNT.store(n, Ordering::Relaxed);
+    true
+}
+
+/// Where the writer reads the program's bytes at `addr`: the copy of the shim's data, or the address
+/// itself; and how many bytes (at most `len`) come from that same place.
+fn program_bytes(addr: u64, len: u64) -> (*const u8, u64) {
+    let mut n = len;
+    for c in program_data() {
+        let (s, e) = (c.start as u64, c.end as u64);
+        if s <= addr && addr < e {
+            return ((c.copy as u64 + (addr - s)) as *const u8, len.min(e - addr));
+        }
+        if addr < s {
+            n = n.min(s - addr);
+        }
+    }
+    (addr as *const u8, n)
+}
+
+/// The program's page at `addr` (page-aligned, mapped and readable), as 512 words.
+fn program_page(addr: u64) -> &'static [u64] {
+    let (p, _) = program_bytes(addr, 4096);
+    // SAFETY: a page of a readable mapping, or of its copy (the copies are page-granular).
+    unsafe { std::slice::from_raw_parts(p as *const u64, 512) }
 }
 
 /// Appends one JSON line to the shim's log.
@@ -290,6 +401,8 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             });
         }
     }
+    // The program break's range, as the kernel labels `[heap]` (pages mapped from the image are not).
+    let heap = program_break_range();
     for m in lines {
         let path = m.path.clone();
         match &path[..] {
@@ -317,11 +430,16 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         }
         let prot = prot_of(&m.perms);
         let is_file = m.inode != 0 && path.starts_with(b"/") && !from_image;
+        // The restorer maps only anonymous memory from the image (file regions get their saved pages read
+        // into a private mapping of their own file): such pages are the program's anonymous data, its heap
+        // where the kernel would call them that (the range of the program break), never a mapping of the
+        // image file (which a later restart would neither find nor want).
+        let path = if from_image { Vec::new() } else { path };
         let kind = if prot == 0 {
             RegionKind::Guard
         } else if is_file {
             RegionKind::File
-        } else if path == b"[heap]" {
+        } else if path == b"[heap]" || from_image && heap.is_some_and(|(lo, hi)| m.start <= hi && m.end >= lo) {
             RegionKind::Heap
         } else if path == b"[stack]" {
             RegionKind::Stack
@@ -354,17 +472,14 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
                     let e = u64::from_le_bytes(bytes[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap());
                     let addr = m.start + (p + i) * page;
                     let save = if from_image {
-                        // Present or not, these pages hold the program's data.
-                        // SAFETY: the page is mapped and readable (made readable above).
-                        let words = unsafe { std::slice::from_raw_parts(addr as *const u64, 512) };
-                        words.iter().any(|&w| w != 0)
+                        // Present or not, these pages hold the program's data (mapped, made readable above).
+                        program_page(addr).iter().any(|&w| w != 0)
                     } else if is_file {
                         // A private copy of a file page (relocations, written .data) differs from the file.
                         (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
                     } else if e & (PM_PRESENT | PM_SWAPPED) != 0 {
-                        // SAFETY: the page is mapped and readable (made readable above).
-                        let words = unsafe { std::slice::from_raw_parts(addr as *const u64, 512) };
-                        words.iter().any(|&w| w != 0)
+                        // Mapped and made readable above.
+                        program_page(addr).iter().any(|&w| w != 0)
                     } else {
                         false
                     };
@@ -461,6 +576,8 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let fail = |e: ckpt_core::Error| Failure::Failed(e.to_string());
     w.set_metadata(IMAGE_METADATA_KEY, "1").map_err(fail)?;
     w.add_section_with(STATE_SECTION, &state, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    let limits = ckpt_core::process_image::encode_limits(&resource_limits()).map_err(fail)?;
+    w.add_section_with(LIMITS_SECTION, &limits, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     {
         let mut sw = w.section_writer(MEMORY_SECTION, plain).map_err(fail)?;
         // Through a buffer: the CRC and the bytes written are then the same bytes even where this copy of
@@ -469,9 +586,12 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         for run in image.regions.iter().flat_map(|r| r.runs.iter()) {
             let mut done = 0u64;
             while done < run.len {
-                let n = (run.len - done).min(buf.len() as u64) as usize;
-                // SAFETY: every run lies in a readable mapping of this (frozen) copy of the process.
-                let src = unsafe { std::slice::from_raw_parts((run.addr + done) as *const u8, n) };
+                // The shim's own data from the copy made before the writer changed it.
+                let (from, n) = program_bytes(run.addr + done, (run.len - done).min(buf.len() as u64));
+                let n = n as usize;
+                // SAFETY: every run lies in a readable mapping of this (frozen) copy of the process, and
+                // program_bytes keeps the range inside one mapping or one copy.
+                let src = unsafe { std::slice::from_raw_parts(from, n) };
                 buf[..n].copy_from_slice(src);
                 sw.write_bytes(&buf[..n]).map_err(fail)?;
                 done += n as u64;
@@ -496,6 +616,21 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     log_line(&event);
     reply(&format!("{}", info.path.display()));
     Ok(())
+}
+
+/// `(start_brk, brk)` of this process: `/proc/self/stat` field 47 (see proc(5)) and the current break.
+fn program_break_range() -> Option<(u64, u64)> {
+    let stat = std::fs::read("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces and parentheses): field 3 is the first.
+    let rest = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
+    let field = |n: usize| -> Option<u64> {
+        let f = rest.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(n - 3)?;
+        std::str::from_utf8(f).ok()?.trim().parse().ok()
+    };
+    // SAFETY: brk(0) only queries.
+    let brk = unsafe { syscall3(SYS_brk, 0, 0, 0) } as u64;
+    let start = field(47)?;
+    (start != 0 && start <= brk).then_some((start, brk))
 }
 
 /// Files the program's parent process holds open for writing, as (device, inode).
@@ -670,6 +805,22 @@ fn rlimit_stack() -> (u64, u64) {
     // SAFETY: `rl` is writable.
     unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
     (rl.rlim_cur, rl.rlim_max)
+}
+
+/// Every resource limit of the program (the writer's are the program's: inherited at the fork).
+fn resource_limits() -> Vec<ResourceLimit> {
+    // RLIMIT_CPU (0) to RLIMIT_RTTIME (15): every limit Linux has had since 2.6.25.
+    (0..16u32)
+        .filter_map(|resource| {
+            let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: `rl` is writable.
+            (unsafe { libc::getrlimit(resource as _, &mut rl) } == 0).then_some(ResourceLimit {
+                resource,
+                soft: rl.rlim_cur,
+                hard: rl.rlim_max,
+            })
+        })
+        .collect()
 }
 
 fn sigactions() -> Vec<KernelSigaction> {

@@ -75,27 +75,52 @@ struct Staging {
 }
 
 impl Staging {
+    /// A pooled buffer, or a new one. A pooled buffer that is not one this module made (the pool of a
+    /// process restored from an image written by a forked copy of it, say) is never used nor freed.
     fn take() -> Staging {
-        let buf = lock(&STAGING_POOL).pop().unwrap_or_else(|| vec![0u8; DIRECT_STAGE + DIRECT_ALIGN]);
+        let pooled = lock(&STAGING_POOL).pop();
+        let buf = match pooled {
+            Some(buf) if Staging::usable(&buf) => buf,
+            Some(foreign) => {
+                std::mem::forget(foreign);
+                vec![0u8; DIRECT_STAGE + DIRECT_ALIGN]
+            }
+            None => vec![0u8; DIRECT_STAGE + DIRECT_ALIGN],
+        };
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
         Staging { buf, start, len: 0 }
     }
 
+    /// Whether `buf` holds a whole aligned stage.
+    fn usable(buf: &[u8]) -> bool {
+        buf.len() == DIRECT_STAGE + DIRECT_ALIGN && buf.as_ptr().align_offset(DIRECT_ALIGN) < DIRECT_ALIGN
+    }
+
     fn filled(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
+        // `take` makes `start + DIRECT_STAGE` fit and `fill` keeps `len <= DIRECT_STAGE`.
+        self.buf.get(self.start..self.start + self.len).unwrap_or_default()
     }
 
     fn is_full(&self) -> bool {
         self.len == DIRECT_STAGE
     }
 
-    /// Copies as much of `data` as fits; returns how much.
-    fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(DIRECT_STAGE - self.len);
+    /// Copies as much of `data` as fits; returns how much (an error, never a panic, if the buffer is not
+    /// what `take` made).
+    fn fill(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(DIRECT_STAGE.saturating_sub(self.len));
         let at = self.start + self.len;
-        self.buf[at..at + n].copy_from_slice(&data[..n]);
+        let Some(dst) = self.buf.get_mut(at..at + n) else {
+            return Err(io::Error::other(format!(
+                "inconsistent staging buffer ({} bytes, {} staged at {}): checkpoint refused",
+                self.buf.len(),
+                self.len,
+                self.start
+            )));
+        };
+        dst.copy_from_slice(&data[..n]);
         self.len += n;
-        n
+        Ok(n)
     }
 }
 
@@ -339,7 +364,7 @@ impl FileWriter {
                 buf = &buf[whole..];
                 continue;
             }
-            let n = d.filling.fill(buf);
+            let n = d.filling.fill(buf)?;
             let full = d.filling.is_full();
             self.pos += n as u64;
             buf = &buf[n..];
@@ -565,8 +590,26 @@ mod tests {
         }
     }
 
+    /// A pool holding a buffer this module did not make (a process restored from an image whose writer
+    /// had pooled one: an empty vector, or one of another size) is neither used nor freed: the save goes on
+    /// with a fresh buffer.
+    /// The tests that look into the (process-wide) pool.
+    static POOL_TESTS: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn foreign_pooled_buffers_are_not_used() {
+        let _only = lock(&POOL_TESTS);
+        let data: Vec<u8> = (0..DIRECT_STAGE * 2 + 4321).map(|i| (i % 253) as u8).collect();
+        for foreign in [Vec::new(), vec![1u8; 100], vec![2u8; DIRECT_STAGE]] {
+            lock(&STAGING_POOL).push(foreign);
+            assert!(write_file_in_pieces(true, false, &[(data.len(), 0)], &data).0 == data);
+            assert!(lock(&STAGING_POOL).iter().all(|b| Staging::usable(b)));
+        }
+    }
+
     #[test]
     fn staging_buffers_return_to_a_bounded_pool() {
+        let _only = lock(&POOL_TESTS);
         let data = vec![7u8; DIRECT_STAGE * 5 + 123];
         for _ in 0..3 {
             assert_eq!(write_file_in_pieces(true, true, &[(data.len(), 0)], &data).0, data);
