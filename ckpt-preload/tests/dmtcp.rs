@@ -57,52 +57,42 @@ enum Expect {
 use Expect::*;
 
 /// Issue 19's items, as the known failures cite them.
-const SECOND_RESTART: &str = "issue 19: the second restart is refused (layout check)";
 const MUTEX_TID: &str = "issue 19: held mutexes and the dynamic loader's lock keep the old thread id";
 const PROC_FD: &str = "issue 19: /proc/<pid>/... descriptors";
-const RLIMIT: &str = "issue 19: RLIMIT_NOFILE not restored";
 const TIMERS: &str = "issue 19: POSIX timers and pending signals dropped";
 const CPUCLOCK: &str = "issue 19: clock_getcpuclockid(getpid()) fails";
 const NORESERVE: &str = "issue 19: a 2 TiB MAP_NORESERVE region cannot be mapped back";
 const SIGNAL_OWNED: &str = "issue 19: the checkpoint signal is the program's business too";
-const WRITER_PANIC: &str = "issue 19: the first checkpoint after a restart panics in the writer";
 const EINTR: &str = "issue 19: poll/sleep return early with EINTR";
 
-/// Today's verdicts (measured on main; the README's table). Most programs stop at the second restart today;
-/// what they would meet after it is not known until that is fixed.
+/// Today's verdicts (measured on main; the README's table). The second restart, the writer after a
+/// restart and resource limits are fixed (issue 19); the known failures below are what remains.
 const EXPECTED: &[(&str, Expect)] = &[
-    ("dmtcp1", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("dmtcp2", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
+    ("dmtcp1", Pass),
+    ("dmtcp2", Pass),
     ("dmtcp3", Refused("threads")),
     ("dmtcp4", Fails { item: SIGNAL_OWNED, symptom: "blocks SIGUSR1" }),
     ("dmtcp5", Fails { item: SIGNAL_OWNED, symptom: "own SIGUSR1 was taken for a checkpoint request" }),
     // Also holds /proc/self/exe open (PROC_FD), which the refusal of the deleted file hides today.
     ("file1", Refused("deleted file")),
     ("file2", Refused("deleted file")),
-    ("file3", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("gettid", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("stat", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("mmap1", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("mremap", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("zeropages", Fails { item: WRITER_PANIC, symptom: "the writer crashed" }),
-    ("alarm", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("environ", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("realpath", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
-    ("sigchild", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
+    ("file3", Pass),
+    ("gettid", Pass),
+    ("stat", Pass),
+    ("mmap1", Pass),
+    ("mremap", Pass),
+    ("zeropages", Pass),
+    ("alarm", Pass),
+    ("environ", Pass),
+    ("realpath", Pass),
+    ("sigchild", Pass),
     // Its loop holds /proc/PID/fd open (accepted, then the restart fails) or a deleted temporary file
     // (refused) for moments; a TERM between them passes.
     ("syscall-tester", OneOf(&[Pass, Refused("deleted file"), Fails { item: PROC_FD, symptom: "/proc/" }])),
     // The checkpoints nearly always land in its sleep(2), between two pipelines; one that finds `ls` or
     // `sort` running is refused (child processes, pipes to them).
-    (
-        "popen1",
-        OneOf(&[
-            Fails { item: SECOND_RESTART, symptom: LAYOUT },
-            Refused("child processes"),
-            Refused("pipe to another process"),
-        ]),
-    ),
-    ("readline", Fails { item: SECOND_RESTART, symptom: LAYOUT }),
+    ("popen1", OneOf(&[Pass, Refused("child processes"), Refused("pipe to another process")])),
+    ("readline", Pass),
     ("poll", Fails { item: EINTR, symptom: "errno = 4" }),
     // The recursive mutex is held by the checkpoint-time thread id nearly always; when not, the second restart.
     ("mutex1", Fails { item: MUTEX_TID, symptom: "pthread_mutex|address-space layout differs" }),
@@ -111,22 +101,13 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("dlopen2", Fails { item: MUTEX_TID, symptom: "no progress|address-space layout differs" }),
     ("timer1", Fails { item: TIMERS, symptom: "no progress" }),
     ("clock", Fails { item: CPUCLOCK, symptom: "clock_gettime" }),
-    ("rlimit-restore", Fails { item: RLIMIT, symptom: "reset back" }),
+    ("rlimit-restore", Pass),
     ("mmap-noreserve", Fails { item: NORESERVE, symptom: "cannot map the region" }),
-    // Refused when a checkpoint finds the second thread; one that lands between two threads (about two in
-    // three here) is accepted and restored, and then the next checkpoint's writer crashes or restart 2 fails.
-    (
-        "pthread1",
-        OneOf(&[
-            Refused("threads"),
-            Fails { item: WRITER_PANIC, symptom: "the writer crashed" },
-            Fails { item: SECOND_RESTART, symptom: LAYOUT },
-        ]),
-    ),
+    // Refused when a checkpoint finds the second thread; one that lands between two threads is accepted and
+    // restored (single-threaded at that moment).
+    ("pthread1", OneOf(&[Refused("threads"), Pass])),
     ("pthread2", Refused("threads")),
 ];
-
-const LAYOUT: &str = "address-space layout differs";
 
 /// How the harness asks for each checkpoint.
 #[derive(Clone, Copy, PartialEq, Debug)]
