@@ -71,11 +71,8 @@ impl Drop for PrivateMap {
 fn private_map(cp: &Checkpoint) -> Option<Arc<PrivateMap>> {
     let owner = cp.owner()?;
     let len = usize::try_from(cp.file_len()).ok().filter(|&l| l > 0)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(cp.path())
-        .ok()?;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(cp.path()).ok()?;
     let meta = file.metadata().ok()?;
     if (meta.dev(), meta.ino()) != (owner.dev, owner.ino) || meta.len() != cp.file_len() {
         return None;
@@ -168,7 +165,9 @@ impl MappedBuffer {
         // reference) in `view.obj`, so the mapping outlives the view. A read-only buffer (the shared
         // mapping, PROT_READ) is filled with readonly=1, so nothing writes through it; a private mapping is
         // readable and writable.
-        let rc = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr.cast::<c_void>(), len, c_int::from(readonly), flags) };
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr.cast::<c_void>(), len, c_int::from(readonly), flags)
+        };
         if rc == -1 { Err(PyErr::fetch(slf.py())) } else { Ok(()) }
     }
 
