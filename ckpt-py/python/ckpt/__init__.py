@@ -312,8 +312,9 @@ def _restore_with_fallback(
             if allow_fresh_start():
                 return None, None, notices
             listed = [f"  {p}: {why}" for p, why in rejected]
+            listed.append("(set CKPT_ALLOW_FRESH_START=1 to start from scratch anyway)")
             raise NoValidCheckpointError(
-                _no_valid(failures, "\n".join([*listed, "(set CKPT_ALLOW_FRESH_START=1 to start from scratch anyway)"])),
+                _no_valid(failures, "\n".join(listed)),
                 kind="no valid checkpoint",
                 path=os.path.dirname(failures[0][0]),
             ) from first
