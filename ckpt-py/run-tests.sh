@@ -9,6 +9,13 @@
 #
 # Sizes of the heavy tests: CKPT_PY_BIG_MB (1024), CKPT_PY_KILL_ITERATIONS (25),
 # CKPT_PY_HYPOTHESIS_EXAMPLES (60). CKPT_PY_VENV chooses the venv directory (default: a temporary one).
+#
+# One abi3 wheel serves every CPython >= 3.11: build it once, test it under several interpreters.
+#   CKPT_PY_WHEEL_OUT=<dir>   build the wheel into <dir> (kept), then install and test it
+#   CKPT_PY_WHEEL=<file.whl>  install this wheel instead of building one
+#   PYTHON=<interpreter>      the Python to test under (default python3)
+# e.g.  CKPT_PY_WHEEL_OUT=w bash ckpt-py/run-tests.sh -q
+#       PYTHON=python3.13 CKPT_PY_WHEEL=$(echo w/*.whl) bash ckpt-py/run-tests.sh -q
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 python="${PYTHON:-python3}"
@@ -29,8 +36,22 @@ if [ -z "$venv" ]; then
 fi
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-# The package itself, built by maturin from this checkout (release build of the Rust code).
-"$venv/bin/python" -m pip install --quiet "$here"
+wheel="${CKPT_PY_WHEEL:-}"
+if [ -n "$wheel" ]; then
+    if [ ! -f "$wheel" ]; then
+        echo "run-tests.sh: CKPT_PY_WHEEL=$wheel is not a file" >&2
+        exit 1
+    fi
+else
+    # The package itself, built by maturin from this checkout (release build of the Rust code).
+    out="${CKPT_PY_WHEEL_OUT:-$venv/wheel}"
+    mkdir -p "$out"
+    rm -f "$out"/ckpt_hpc-*.whl
+    "$venv/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$here"
+    wheel="$(ls "$out"/ckpt_hpc-*.whl)"
+fi
+echo "run-tests.sh: $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) under $("$venv/bin/python" --version)"
+"$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
 "$venv/bin/python" -m pip install --quiet pytest hypothesis numpy
 
 cd "$here"

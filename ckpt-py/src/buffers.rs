@@ -6,12 +6,18 @@
 //!
 //! Saving hands the memory of every buffer straight to the core writer (no copy; the GIL is released
 //! while the sections are written, checksummed, compressed and committed). Loading returns, for each raw
-//! section of a memory-mapped file, a [`MappedBuffer`]: a read-only buffer-protocol object over the mapped
-//! bytes that keeps the mapping alive as long as any view of it (a numpy array, a memoryview) exists.
-//! Compressed sections, or every section when mapping is off, are decoded into new `bytearray`s.
+//! section of a memory-mapped file, a [`MappedBuffer`]: a buffer-protocol object over the mapped bytes
+//! that keeps the mapping alive as long as any view of it (a numpy array, a memoryview) exists. By default
+//! (`writable`) it is a view of a private, copy-on-write mapping of the file ([`PrivateMap`],
+//! `MAP_PRIVATE`): zero copy until a page is written, and writes never reach the file, so restored arrays
+//! are writable whatever their size; otherwise a read-only view of the core's mapping. Compressed
+//! sections, or every section when mapping is off, are decoded into new `bytearray`s.
 
 use std::ffi::{c_int, c_void};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::sync::Arc;
 
 use ckpt_core::storage::MappedBytes;
 use ckpt_core::{Checkpoint, CheckpointWriter, Codec, Compression, Encoding, Error, ErrorKind, SectionOptions};
@@ -37,26 +43,105 @@ pub fn buffer_section(i: usize) -> String {
     format!("python.buffer.{i}")
 }
 
-/// Read-only bytes of one section of a memory-mapped checkpoint file, exposed through the buffer
-/// protocol (format `B`). Views of it (numpy arrays, memoryviews) keep the file's mapping alive; the
+/// A private, copy-on-write mapping of a whole checkpoint file (`MAP_PRIVATE`, readable and writable):
+/// pages are the file's (the page cache's) until written; a write copies the page for this process and
+/// never reaches the file.
+pub struct PrivateMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value until it is dropped; Python code writes to it
+// through buffer views under the GIL, as it does to any writable buffer.
+unsafe impl Send for PrivateMap {}
+// SAFETY: as above.
+unsafe impl Sync for PrivateMap {}
+
+impl Drop for PrivateMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are the mapping created in `private_map`; nothing references it any more
+        // (every MappedBuffer over it holds the Arc that is being dropped).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A copy-on-write mapping of the very file `cp` has open (the same device and inode, the same length),
+/// or `None` when there is none to be had (not a file of this machine's file system, replaced since it was
+/// opened, empty, or the mapping failed): the caller then copies.
+fn private_map(cp: &Checkpoint) -> Option<Arc<PrivateMap>> {
+    let owner = cp.owner()?;
+    let len = usize::try_from(cp.file_len()).ok().filter(|&l| l > 0)?;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(cp.path()).ok()?;
+    let meta = file.metadata().ok()?;
+    if (meta.dev(), meta.ino()) != (owner.dev, owner.ino) || meta.len() != cp.file_len() {
+        return None;
+    }
+    // SAFETY: a new private mapping of an open descriptor (the mapping keeps its own reference to the
+    // file); MAP_FAILED is checked. Checkpoint files are never modified after their rename into place, and
+    // the core reuses a retired file's blocks only when nobody has it open or mapped (a lease), which this
+    // mapping prevents, so the unwritten pages keep showing the bytes the core verified.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    Some(Arc::new(PrivateMap { ptr: ptr.cast(), len }))
+}
+
+/// What a [`MappedBuffer`] shows.
+enum Backing {
+    /// The core's read-only mapping.
+    Shared(MappedBytes),
+    /// A private, copy-on-write mapping of the same file: writable.
+    Private(Arc<PrivateMap>),
+}
+
+/// The bytes of one section of a memory-mapped checkpoint file, exposed through the buffer protocol
+/// (format `B`): writable (a copy-on-write mapping: writes stay in this process) or read-only (a view of
+/// the file's shared mapping). Views of it (numpy arrays, memoryviews) keep the file's mapping alive; the
 /// mapping goes away when the last view does.
 #[pyclass(module = "ckpt._ckpt", name = "MappedBuffer", frozen)]
 pub struct MappedBuffer {
-    bytes: MappedBytes,
+    backing: Backing,
     range: Range<usize>,
     section: String,
     path: String,
 }
 
 impl MappedBuffer {
-    fn slice(&self) -> &[u8] {
-        &(*self.bytes).as_ref()[self.range.clone()]
+    /// The first byte and the length of the section's bytes.
+    fn raw(&self) -> (*mut u8, usize) {
+        match &self.backing {
+            Backing::Shared(bytes) => {
+                let data = &(**bytes).as_ref()[self.range.clone()];
+                (data.as_ptr().cast_mut(), data.len())
+            }
+            Backing::Private(map) => {
+                debug_assert!(self.range.end <= map.len);
+                // SAFETY: `range` lies within the file, which the mapping covers entirely (same length).
+                (unsafe { map.ptr.add(self.range.start) }, self.range.len())
+            }
+        }
+    }
+
+    fn readonly(&self) -> bool {
+        matches!(self.backing, Backing::Shared(_))
     }
 }
 
 #[pymethods]
 impl MappedBuffer {
-    /// Fills a read-only, contiguous, one-dimensional byte view (writable requests are refused).
+    /// Fills a contiguous, one-dimensional byte view; writable requests are refused when the buffer is
+    /// read-only (a view of the file's shared mapping).
     ///
     /// # Safety
     ///
@@ -65,18 +150,31 @@ impl MappedBuffer {
         if view.is_null() {
             return Err(PyBufferError::new_err("no view to fill"));
         }
-        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+        let this = slf.get();
+        let readonly = this.readonly();
+        if readonly && flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
             return Err(PyBufferError::new_err(
-                "a checkpoint loaded with mmap is read-only (load with mmap=False, or copy, for writable data)",
+                "this checkpoint was loaded with writable=False: its arrays are read-only views of the file \
+                 (load with the default writable=True, or copy, for writable data)",
             ));
         }
-        let data = slf.get().slice();
-        let len = ffi::Py_ssize_t::try_from(data.len()).map_err(|_| PyBufferError::new_err("section too large"))?;
+        let (ptr, len) = this.raw();
+        let len = ffi::Py_ssize_t::try_from(len).map_err(|_| PyBufferError::new_err("section too large"))?;
         // SAFETY: `view` is valid (checked non-null; provided by the interpreter). The pointer and length
         // describe bytes of the mapping owned by `slf`, which PyBuffer_FillInfo stores (with a new
-        // reference) in `view.obj`, so the mapping outlives the view. readonly=1: nothing writes through it.
-        let rc = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), data.as_ptr() as *mut c_void, len, 1, flags) };
+        // reference) in `view.obj`, so the mapping outlives the view. A read-only buffer (the shared
+        // mapping, PROT_READ) is filled with readonly=1, so nothing writes through it; a private mapping is
+        // readable and writable.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr.cast::<c_void>(), len, c_int::from(readonly), flags)
+        };
         if rc == -1 { Err(PyErr::fetch(slf.py())) } else { Ok(()) }
+    }
+
+    /// Whether the buffer is read-only (a view of the file's shared mapping, `writable=False`).
+    #[getter(readonly)]
+    fn is_readonly(&self) -> bool {
+        self.readonly()
     }
 
     fn __len__(&self) -> usize {
@@ -271,20 +369,27 @@ enum Target {
 }
 
 /// Reads a Python checkpoint's stream and buffers: `(stream, [buffers])`, each a [`MappedBuffer`] (zero
-/// copy) or a `bytearray`. Verifies the whole file first (every CRC, the padding).
+/// copy) or a `bytearray`.
 /// `verify`: check every byte of the file first (CRC of every section, the padding); otherwise only the
 /// pickle stream and the sections that are copied are checked, and memory-mapped raw sections are handed
 /// out without being read.
+/// `writable`: mapped sections are views of a private, copy-on-write mapping of the file (writable, writes
+/// stay in this process); when none can be made they are copied. Otherwise they are read-only views of
+/// the core's shared mapping.
 pub fn read_sections<'py>(
     py: Python<'py>,
     cp: &Checkpoint,
     verify: bool,
+    writable: bool,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
     let names = section_names(cp).py_err(py)?;
+    let private = if writable && cp.is_mapped() { py.detach(|| private_map(cp)) } else { None };
+    // Mapped sections can be handed out as views: read-only ones, or writable ones of the private mapping.
+    let views_ok = cp.is_mapped() && (!writable || private.is_some());
     let mut targets = Vec::with_capacity(names.len());
     for name in &names {
         let entry = cp.section(name).py_err(py)?;
-        if cp.is_mapped() && entry.codec == Codec::None {
+        if views_ok && entry.codec == Codec::None {
             targets.push(Target::View);
             continue;
         }
@@ -343,7 +448,11 @@ pub fn read_sections<'py>(
         let obj = match (target, view) {
             (Target::Copy { obj, .. }, _) => obj.into_bound(py).into_any(),
             (Target::View, Some((bytes, range))) => {
-                Bound::new(py, MappedBuffer { bytes, range, section: name.clone(), path: path.clone() })?.into_any()
+                let backing = match &private {
+                    Some(map) if range.end <= map.len => Backing::Private(map.clone()),
+                    _ => Backing::Shared(bytes),
+                };
+                Bound::new(py, MappedBuffer { backing, range, section: name.clone(), path: path.clone() })?.into_any()
             }
             (Target::View, None) => {
                 // Not mapped after all (cannot happen: decided above); read a copy instead.

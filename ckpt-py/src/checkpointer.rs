@@ -74,10 +74,17 @@ pub fn build_config(
 }
 
 /// [`Checkpointer::restore`], keeping the notices for Python: the core's method logs them and drops them.
-/// Writes the same `restore` event to the checkpointer's log.
-fn restore_logged(cp: &Checkpointer) -> (Result<Option<ckpt_core::Restored>, Error>, Vec<String>) {
+/// Writes the same `restore` event to the checkpointer's log. `max_generation`: only generations up to
+/// it (the fallback after a newer one could not be unpickled).
+fn restore_logged(
+    cp: &Checkpointer,
+    max_generation: Option<u64>,
+) -> (Result<Option<ckpt_core::Restored>, Error>, Vec<String>) {
     let store = cp.store();
-    let r = store.restore();
+    let r = match max_generation {
+        None => store.restore(),
+        Some(g) => store.restore_at_most(g),
+    };
     let notices = store.take_restore_notices();
     let event = match &r {
         Ok(Some(x)) => json!({
@@ -190,15 +197,18 @@ impl PyCheckpointer {
 
     /// Restart discovery: `(found, notices)`, where `found` is `None` or `(stream, buffers, info)` of the
     /// newest valid checkpoint of this run, and `notices` what discovery told stderr (a checkpoint taken
-    /// from another job, candidates skipped and why).
-    #[pyo3(signature = (*, mmap=None))]
+    /// from another job, candidates skipped and why). `writable`: copy-on-write views (else read-only);
+    /// `max_generation`: only generations up to it.
+    #[pyo3(signature = (*, mmap=None, writable=true, max_generation=None))]
     fn restore<'py>(
         &self,
         py: Python<'py>,
         mmap: Option<bool>,
+        writable: bool,
+        max_generation: Option<u64>,
     ) -> PyResult<(Option<Bound<'py, PyTuple>>, Vec<String>)> {
         let cp = self.get(py)?;
-        let (restored, notices) = py.detach(|| restore_logged(&cp));
+        let (restored, notices) = py.detach(|| restore_logged(&cp, max_generation));
         let Some(mut restored) = restored.py_err(py)? else { return Ok((None, notices)) };
         if let Some(m) = mmap
             && m != restored.checkpoint.is_mapped()
@@ -221,7 +231,7 @@ impl PyCheckpointer {
             }
             restored.checkpoint = reopened;
         }
-        restored_info(py, &restored, &notices).map(|t| (Some(t), notices))
+        restored_info(py, &restored, &notices, writable).map(|t| (Some(t), notices))
     }
 
     /// Releases the signal handlers, stops the watcher thread, removes the control socket. Idempotent.
@@ -231,6 +241,12 @@ impl PyCheckpointer {
             py.detach(move || drop(taken));
             signals::after_close(&self.before);
         }
+    }
+
+    /// In the child of a fork: puts back the signal dispositions from before this checkpointer was created
+    /// (the child has no checkpointer; the flag-only handlers would make it ignore SIGTERM).
+    fn reset_signals_in_child(&self) {
+        signals::reset_in_child(&self.before);
     }
 
     /// Whether `close()` was called.

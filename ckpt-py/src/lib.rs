@@ -45,9 +45,15 @@ pub(crate) fn commit_info<'py>(py: Python<'py>, info: &CommitInfo) -> PyResult<B
 }
 
 /// `(stream, buffers, info)` of a checkpoint chosen by restart discovery; `notices` are what discovery
-/// told stderr (a checkpoint taken from another job, candidates skipped and why).
-pub(crate) fn restored_info<'py>(py: Python<'py>, r: &Restored, notices: &[String]) -> PyResult<Bound<'py, PyTuple>> {
-    let (stream, bufs) = buffers::read_sections(py, &r.checkpoint, true)?;
+/// told stderr (a checkpoint taken from another job, candidates skipped and why). `writable` as for
+/// [`buffers::read_sections`].
+pub(crate) fn restored_info<'py>(
+    py: Python<'py>,
+    r: &Restored,
+    notices: &[String],
+    writable: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (stream, bufs) = buffers::read_sections(py, &r.checkpoint, true, writable)?;
     let info = buffers::header_info(py, &r.checkpoint)?;
     info.set_item("path", &r.chosen_path)?;
     info.set_item("generation", r.generation)?;
@@ -57,6 +63,7 @@ pub(crate) fn restored_info<'py>(py: Python<'py>, r: &Restored, notices: &[Strin
         r.rejected.iter().map(|(p, e)| (p.to_string_lossy().into_owned(), e.to_string())).collect();
     info.set_item("rejected", rejected)?;
     info.set_item("notices", notices)?;
+    info.set_item("nranks", r.checkpoint.header().nranks)?;
     PyTuple::new(py, [stream, bufs.into_any(), info.into_any()])
 }
 
@@ -124,16 +131,23 @@ fn save_store<'py>(
 }
 
 /// Reads the Python checkpoint at `path`: `(stream, buffers, info)`. `verify=False` hands out memory-mapped
-/// sections without checking their CRC (see `buffers::read_sections`).
+/// sections without checking their CRC; `writable` chooses copy-on-write or read-only views (see
+/// `buffers::read_sections`).
 #[pyfunction]
-#[pyo3(signature = (path, *, mmap=None, verify=true))]
-fn load_file<'py>(py: Python<'py>, path: PathBuf, mmap: Option<bool>, verify: bool) -> PyResult<Bound<'py, PyTuple>> {
+#[pyo3(signature = (path, *, mmap=None, verify=true, writable=true))]
+fn load_file<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    mmap: Option<bool>,
+    verify: bool,
+    writable: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
     let opts = match mmap {
         Some(m) => LoadOptions { mmap: m },
         None => LoadOptions::from_env().py_err(py)?,
     };
     let cp = py.detach(|| Checkpoint::open_with(&FileStorage, &path, opts)).py_err(py)?;
-    let (stream, bufs) = buffers::read_sections(py, &cp, verify)?;
+    let (stream, bufs) = buffers::read_sections(py, &cp, verify, writable)?;
     let info = buffers::header_info(py, &cp)?;
     info.set_item("path", &path)?;
     PyTuple::new(py, [stream, bufs.into_any(), info.into_any()])
@@ -154,17 +168,28 @@ fn wait_for_background_frees(py: Python<'_>) {
 }
 
 /// Restart discovery with the configuration from the environment: `None` or `(stream, buffers, info)`.
+/// `max_generation`: only generations up to it (the fallback after a newer one could not be unpickled).
 #[pyfunction]
-#[pyo3(signature = (*, mmap=None))]
-fn load_store<'py>(py: Python<'py>, mmap: Option<bool>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+#[pyo3(signature = (*, mmap=None, writable=true, max_generation=None))]
+fn load_store<'py>(
+    py: Python<'py>,
+    mmap: Option<bool>,
+    writable: bool,
+    max_generation: Option<u64>,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
     let mut config = config_from_env(py, None).py_err(py)?;
     if let Some(m) = mmap {
         config.mmap = m;
     }
     let store = Store::new(config);
-    let restored = py.detach(|| store.restore()).py_err(py)?;
+    let restored = py
+        .detach(|| match max_generation {
+            None => store.restore(),
+            Some(g) => store.restore_at_most(g),
+        })
+        .py_err(py)?;
     let notices = store.take_restore_notices();
-    restored.map(|r| restored_info(py, &r, &notices)).transpose()
+    restored.map(|r| restored_info(py, &r, &notices, writable)).transpose()
 }
 
 /// Why nobody should unpickle the file at `path` whose `stat` says `uid` and `mode` (empty when it may be
@@ -235,6 +260,13 @@ fn reinstall_signal_hooks(signals: Vec<i32>) -> Vec<i32> {
     signals::reinstall(&signals)
 }
 
+/// Installs a do-nothing handler for `signal` (a SIGTERM after a handled one, once the checkpointer is
+/// closed); returns whether it was installed.
+#[pyfunction]
+fn absorb_signal(signal: i32) -> bool {
+    signals::absorb(signal)
+}
+
 /// The native module.
 #[pymodule]
 fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -255,5 +287,6 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(signal_specs, m)?)?;
     m.add_function(wrap_pyfunction!(signal_hook_installed, m)?)?;
     m.add_function(wrap_pyfunction!(reinstall_signal_hooks, m)?)?;
+    m.add_function(wrap_pyfunction!(absorb_signal, m)?)?;
     Ok(())
 }

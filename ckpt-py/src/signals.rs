@@ -107,3 +107,30 @@ pub fn reinstall(signals: &[i32]) -> Vec<i32> {
     }
     done
 }
+
+/// Does nothing: the handler of an exit signal (SIGTERM) once one was handled and the checkpointer closed.
+extern "C" fn do_nothing(_signal: libc::c_int) {}
+
+/// Installs a handler that does nothing for `signal` (a function, so `exec` resets it to the default,
+/// unlike `SIG_IGN`); returns whether it was installed.
+pub fn absorb(signal: i32) -> bool {
+    // SAFETY: a zeroed sigaction with an empty mask and a handler function that lives until exit and does
+    // nothing (async-signal-safe).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = do_nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigaction(signal, &action, std::ptr::null_mut()) == 0
+    }
+}
+
+/// In the child of a fork: the dispositions of `before` come back wherever the core's handler is installed
+/// (the child has no checkpointer: the flag-only handler would make it ignore SIGTERM).
+pub fn reset_in_child(before: &Snapshot) {
+    for (signal, old) in before {
+        if hook_installed(*signal) {
+            install(*signal, old);
+        }
+    }
+}

@@ -216,7 +216,7 @@ def test_same_script_other_arguments_outside_slurm_fails_loudly(tmp_path):
     other = run(tmp_path, [train, "--lr", "0.2"])
     assert other.returncode != 0 and other.result == {}, "nothing was restored, nothing saved"
     err = other.stderr
-    assert "ckpt._errors.ConflictError" in err, err
+    assert "ckpt.ConflictError" in err, err
     # The message names the file (relative, as the directory is: CKPT_DIR unset is ".").
     assert "  train.ckpt.1: another command line" in err and str(tmp_path) in err, err
     assert "--lr 0.1" in err and "--lr 0.2" in err, "and both command lines"

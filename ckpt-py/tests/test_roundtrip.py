@@ -175,10 +175,10 @@ def mapped_base(a):
     return b
 
 
-def test_arrays_are_read_only_views_of_the_mapped_file():
+def test_arrays_are_read_only_views_of_the_mapped_file_on_request():
     a = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
     ckpt.save({"a": a, "b": a.reshape(256, 512)}, "s.ckpt")
-    back = ckpt.load("s.ckpt")
+    back = ckpt.load("s.ckpt", writable=False)
     x = back["a"]
     assert np.array_equal(x, a)
     assert not x.flags.writeable and not x.flags.owndata
@@ -205,7 +205,9 @@ def test_copy_mode_gives_private_writable_arrays(monkeypatch):
     monkeypatch.setenv("CKPT_MMAP", "0")
     assert ckpt.load("s.ckpt")["a"].flags.writeable
     monkeypatch.delenv("CKPT_MMAP")
-    assert not ckpt.load("s.ckpt")["a"].flags.writeable
+    y = ckpt.load("s.ckpt")["a"]
+    assert y.flags.writeable and isinstance(mapped_base(y), ckpt.MappedBuffer), "copy-on-write mapping"
+    assert not ckpt.load("s.ckpt", writable=False)["a"].flags.writeable
 
 
 def test_views_outlive_the_file_and_its_replacement():
@@ -279,7 +281,9 @@ def test_explicit_path_is_exactly_that_file(tmp_path):
 
 
 def test_missing_file_and_first_run_give_the_default():
-    assert ckpt.load("nothing.ckpt") is None
+    with pytest.raises(FileNotFoundError):
+        ckpt.load("nothing.ckpt")
+    assert ckpt.load("nothing.ckpt", default=None) is None
     assert ckpt.load("nothing.ckpt", default={"step": 0}) == {"step": 0}
     assert ckpt.load(default=[]) == []
 
@@ -403,7 +407,7 @@ def test_a_mapped_array_is_never_written_over_by_later_saves(tmp_path):
     a = np.full((20 << 20) // 8, 1.5)
     ckpt.save({"a": a}, path)
     x = ckpt.load(path)["a"]
-    assert not x.flags.writeable, "a view of the mapping"
+    assert isinstance(mapped_base(x), ckpt.MappedBuffer), "a view of the (copy-on-write) mapping"
     for k in range(3):
         ckpt.save({"a": np.full_like(a, k)}, path)
     assert (tmp_path / "big.ckpt.tmp.spare").exists()

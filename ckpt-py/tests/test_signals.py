@@ -50,9 +50,8 @@ print("closed", flush=True)
     time.sleep(0.1)
     assert p.poll() is None, "USR1 does not stop the program"
     p.send_signal(signal.SIGTERM)
-    # Slurm sends TERM twice to job steps: harmless while the checkpointer is open. Sent at once, as
-    # Slurm does: 20 ms later the program may have closed the checkpointer (the default action is back,
-    # by design) and be exiting, where a TERM kills it (seen under load).
+    # Slurm sends TERM twice to job steps: harmless while the checkpointer is open, and after it closed
+    # once a TERM was handled (test_second_sigterm_after_the_with_block_keeps_the_exit_status).
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
@@ -290,3 +289,86 @@ def test_checkpointer_created_outside_the_main_thread(tmp_path):
     # Closed: the C-level dispositions from before are back (signal-hook alone would leave SIGTERM ignored).
     assert not ckpt._ckpt.signal_hook_installed(signal.SIGTERM)
     assert not ckpt._ckpt.signal_hook_installed(signal.SIGUSR1)
+
+
+# -- forks and the second SIGTERM (issue 18) ---------------------------------------------------------------
+
+
+def test_forked_worker_ends_on_terminate_and_survives_usr1(tmp_path):
+    p = run_loop(
+        tmp_path,
+        """
+import multiprocessing as mp
+
+def worker(q):
+    q.put((signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, os.getpid()))
+    while True:
+        time.sleep(0.01)
+
+with ckpt.Checkpointer() as cp:
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    w = ctx.Process(target=worker, args=(q,))
+    w.start()
+    default_term, pid = q.get(timeout=30)
+    os.kill(pid, signal.SIGUSR1)  # Slurm's warning signal reaches the workers too: harmless
+    time.sleep(0.2)
+    print("after usr1", w.is_alive(), flush=True)
+    t = time.monotonic()
+    w.terminate()
+    w.join(5)
+    print("terminated", default_term, w.is_alive(), w.exitcode, round(time.monotonic() - t, 2), flush=True)
+    if w.is_alive():
+        w.kill()
+        w.join()
+    print("parent", signal.getsignal(signal.SIGTERM).__name__, cp.should_checkpoint(), flush=True)
+""",
+    )
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, (out, err)
+    assert "after usr1 True" in out, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("terminated"))
+    _, default_term, alive, code, seconds = line.split()
+    assert (default_term, alive, code) == ("True", "False", str(-signal.SIGTERM)), line
+    assert float(seconds) < 2.0, line
+    assert "parent ckpt_signal_handler_SIGTERM False" in out, "the parent keeps its handlers"
+
+
+@pytest.mark.parametrize("delay", [0.02, "closed"])
+def test_second_sigterm_after_the_with_block_keeps_the_exit_status(tmp_path, delay):
+    p = run_loop(
+        tmp_path,
+        """
+with ckpt.Checkpointer() as cp:
+    work(cp, cp.restore(default={"step": 0}))
+print("closed", flush=True)
+time.sleep(0.5)  # the rest of the program: the second SIGTERM arrives here
+print("done", flush=True)
+""",
+    )
+    wait_for_line(p, "ready")
+    p.send_signal(signal.SIGTERM)
+    if delay == "closed":
+        wait_for_line(p, "closed")
+    else:
+        time.sleep(delay)  # what the documented sbatch script does
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, (p.returncode, out, err)
+    assert "done" in out.split(), out
+
+
+def test_sigterm_without_a_handled_one_still_terminates_after_close(tmp_path):
+    p = run_loop(
+        tmp_path,
+        """
+with ckpt.Checkpointer() as cp:
+    pass
+print("closed", flush=True)
+time.sleep(30)
+""",
+    )
+    wait_for_line(p, "closed")
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGTERM

@@ -29,11 +29,14 @@ What you get (the Rust core, ``ckpt-core``, does the work, with the GIL released
   Saves without a path keep generations (``<job_id>.ckpt.<N>``, the newest ``keep``), and loading falls
   back to the newest one that verifies.
 * **Verified.** CRC-32 over every section, the header and the table; a damaged file raises
-  :class:`CorruptCheckpointError` naming the file and section, never half-loads.
+  :class:`CorruptCheckpointError` naming the file and section, never half-loads. A restart treats a file
+  that verifies but cannot be unpickled as damaged too, and falls back to the previous generation.
 * **Zero copy for arrays.** Objects are pickled with protocol 5; numpy arrays, and bytes, bytearray and
   memoryview objects of 64 KiB or more, go out of band into their own 4 KiB-aligned sections, written
-  straight from their memory, and come back as read-only views of the memory-mapped file (``mmap=False``
-  copies them into writable memory). numpy is optional.
+  straight from their memory, and come back as copy-on-write views of the memory-mapped file: writable
+  as they were when saved, whatever their size or compression, zero copy until written, and writes never
+  reach the file (``writable=False``: read-only views of the file; ``mmap=False``: copies in private
+  memory). numpy is optional.
 * **Safe to unpickle.** A checkpoint is a pickle and unpickling runs code: files that other users could
   have written are refused (:class:`UntrustedCheckpointError`) unless ``trusted=True``.
 * **This run's state, nobody else's.** Every file records who wrote it (user, application name, job,
@@ -51,8 +54,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
+import stat
+import sys
 import threading
 import weakref
 from collections.abc import Iterable
@@ -146,9 +152,11 @@ class RestoreInfo:
     #: Set when it was taken from another job: a resubmission whose identity matches fully (same user,
     #: application name, command line, working directory and array task), or ``CKPT_RESUME_FROM``.
     other_job: str | None
-    #: Newer files that were rejected, and why: ``(path, message)``.
+    #: Newer files that were rejected, and why: ``(path, message)``: damaged ones, and ones that verified
+    #: but could not be unpickled.
     rejected: tuple[tuple[str, str], ...]
-    #: Whether the file is memory-mapped (arrays are then read-only views of it).
+    #: Whether the file is memory-mapped (arrays are then views of it: copy-on-write, or read-only with
+    #: ``writable=False``).
     mapped: bool
     #: What restart discovery told stderr (and the log): the checkpoint taken from another job, files
     #: skipped because another user could have written them, other jobs' checkpoints not resumed and why.
@@ -197,14 +205,39 @@ def _compress_arg(compress: Compress) -> str | None:
     raise TypeError(f"compress must be None, a bool, a zstd level or a string such as 'auto', not {compress!r}")
 
 
+_STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
+
+
+def _is_integer(x: Any) -> bool:
+    """An integer that is not a bool: ``int`` and integer scalars such as ``numpy.int64``."""
+    if isinstance(x, bool) or type(x).__name__ in ("bool_", "bool"):
+        return False
+    if isinstance(x, int):
+        return True
+    try:
+        import operator
+
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
+
+
 def _step_arg(obj: Any, step: int | None, fallback: int) -> int:
     if step is not None:
-        return int(step)
-    if isinstance(obj, dict):
-        s = obj.get("step")
-        if isinstance(s, int) and not isinstance(s, bool):
-            return s
-    return fallback
+        if not _is_integer(step):
+            raise TypeError(f"step must be an integer, not {step!r}")
+        s = int(step)
+    elif isinstance(obj, dict) and _is_integer(obj.get("step")):
+        s = int(obj["step"])
+    else:
+        return fallback
+    if not _STEP_MIN <= s <= _STEP_MAX:
+        raise InvalidArgumentError(
+            f"step {s} does not fit in the header's signed 64-bit step (from {_STEP_MIN} to {_STEP_MAX})",
+            kind="invalid argument",
+        )
+    return s
 
 
 def _release(stream: memoryview, buffers: list[memoryview]) -> None:
@@ -215,7 +248,12 @@ def _release(stream: memoryview, buffers: list[memoryview]) -> None:
 
 
 def _unpickle(
-    stream: Any, buffers: list[Any], info: dict[str, Any], trusted: bool, identity: tuple[int, int] | None = None
+    stream: Any,
+    buffers: list[Any],
+    info: dict[str, Any],
+    trusted: bool,
+    identity: tuple[int, int] | None = None,
+    writable: bool = True,
 ) -> Any:
     if not trusted:
         # info["owner"] is the descriptor's that was read: of info["file"] (this rank's part for a multi-rank
@@ -226,7 +264,102 @@ def _unpickle(
             _trust.check(info["file"], owner=owner)
         else:
             _trust.check(info["path"], identity, owner)
-    return _pickling.loads(stream, buffers)
+    if not writable:
+        # Sections copied into private memory (mmap=False, compressed ones): read-only as asked.
+        buffers = [memoryview(b).toreadonly() if isinstance(b, bytearray) else b for b in buffers]
+    return _pickling.loads(stream, buffers, writable)
+
+
+def _unpickle_failure(e: BaseException) -> str:
+    return f"its pickle stream cannot be unpickled ({type(e).__name__}: {e})"
+
+
+def _fatal(e: BaseException) -> bool:
+    """Failures of the unpickling that say nothing about the file (it must not be passed over for them)."""
+    return isinstance(e, (MemoryError, RecursionError, UntrustedCheckpointError))
+
+
+def _no_valid(failures: list[tuple[str, str]], rest: str) -> str:
+    lines = [f"no checkpoint could be restored: {len(failures)} verified but could not be unpickled:"]
+    lines += [f"  {p}: {why}" for p, why in failures]
+    lines.append(rest or "(set CKPT_ALLOW_FRESH_START=1 to start from scratch anyway)")
+    return "\n".join(lines)
+
+
+def _restore_with_fallback(
+    fetch: Any, *, trusted: bool, writable: bool, allow_fresh_start: Any, log: Any = None
+) -> tuple[Any, dict[str, Any] | None, list[str]]:
+    """Restart discovery, falling back past checkpoints that verify but cannot be unpickled, as discovery
+    falls back past damaged ones. ``fetch(max_generation)`` returns ``(found, notices)``.
+
+    Returns ``(obj, info, notices)``, ``info`` being ``None`` on a fresh start."""
+    failures: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str]] = []
+    notices: list[str] = []
+    first: BaseException | None = None
+    max_generation = None
+    while True:
+        try:
+            found, new_notices = fetch(max_generation)
+        except NoValidCheckpointError as e:
+            if not failures:
+                raise
+            raise NoValidCheckpointError(_no_valid(failures, str(e)), kind=e.kind, path=e.path) from first
+        notices += [n for n in new_notices if n not in notices]
+        if found is None:
+            if not failures:
+                return None, None, notices
+            if allow_fresh_start():
+                return None, None, notices
+            listed = [f"  {p}: {why}" for p, why in rejected]
+            listed.append("(set CKPT_ALLOW_FRESH_START=1 to start from scratch anyway)")
+            raise NoValidCheckpointError(
+                _no_valid(failures, "\n".join(listed)),
+                kind="no valid checkpoint",
+                path=os.path.dirname(failures[0][0]),
+            ) from first
+        stream, buffers, info = found
+        del found
+        rejected += [(p, m) for p, m in info.get("rejected", ()) if (p, m) not in rejected]
+        try:
+            obj = _unpickle(stream, buffers, info, trusted, writable=writable)
+        except Exception as e:
+            if _fatal(e):
+                raise
+            why = _unpickle_failure(e)
+            path = info["file"]
+            if info.get("nranks", 1) > 1:
+                # Without talking to the other ranks, falling back alone would restore a step they do not.
+                raise CorruptCheckpointError(
+                    f"{path}: {why}; a rank of a multi-rank step cannot fall back to an older step on its own",
+                    kind="corrupt",
+                    path=path,
+                    section=_ckpt.PICKLE_SECTION,
+                ) from e
+            first = first or e
+            failures.append((path, why))
+            notice = f"{path}: {why}; falling back to an older checkpoint"
+            print(f"ckpt: {notice}", file=sys.stderr, flush=True)
+            notices.append(notice)
+            if log is not None:
+                with contextlib.suppress(Exception):
+                    log(path, why)
+            del stream, buffers
+            max_generation = max(0, int(info["generation"]) - 1)
+            continue
+        info["rejected"] = failures + [r for r in rejected if r[0] not in {p for p, _ in failures}]
+        info["notices"] = notices
+        return obj, info, notices
+
+
+def _allow_fresh_start() -> bool:
+    return bool(_ckpt.effective_config().get("allow_fresh_start"))
+
+
+_MISSING: Any = object()
+#: Saves of the configured checkpoint (``save()`` without a path) from this process, one at a time: the
+#: generations of one name are numbered in order, and two threads must not race for the same number.
+_store_save_lock = threading.Lock()
 
 
 def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, step: int | None = None) -> SaveInfo:
@@ -248,22 +381,25 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
             or ``"auto"`` (compress only when it pays at the measured write speed). Compressed sections
             are copied on load instead of mapped.
         step: the step recorded in the header (shown by ``ckpt list``); default ``obj["step"]`` when
-            ``obj`` is a dict with an integer ``"step"``, else 0.
+            ``obj`` is a dict with an integer ``"step"`` (``int`` or an integer scalar such as
+            ``numpy.int64``), else 0. A signed 64-bit integer.
 
     Raises:
         OSError: the file system failed (``ENOSPC``, ``EACCES``...), with ``filename`` set.
-        CheckpointError: a bad setting (:class:`InvalidArgumentError`), or another writer committed the
-            same generation at the same time (:class:`ConflictError`).
+        CheckpointError: a bad setting or step (:class:`InvalidArgumentError`), another process committed
+            the same generation at the same time (:class:`ConflictError`), a memoryview whose format cannot
+            be stored (:class:`EncodingError`).
         pickle.PicklingError, TypeError: ``obj`` cannot be pickled (nothing is written).
 
-    Do not modify the objects from other threads while a save runs: the GIL is released while their
-    memory is written.
+    Threads of one process saving the configured checkpoint (no ``path``) are serialized. Do not modify
+    the objects from other threads while a save runs: the GIL is released while their memory is written.
     """
-    stream, buffers, sizes = _pickling.dumps(obj)
     s, c = _step_arg(obj, step, 0), _compress_arg(compress)
+    stream, buffers, sizes = _pickling.dumps(obj)
     try:
         if path is None:
-            d = _ckpt.save_store(stream, buffers, step=s, compress=c, item_sizes=sizes)
+            with _store_save_lock:
+                d = _ckpt.save_store(stream, buffers, step=s, compress=c, item_sizes=sizes)
         else:
             d = _ckpt.save_file(os.fspath(path), stream, buffers, step=s, compress=c, item_sizes=sizes)
     finally:
@@ -274,8 +410,9 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
 def load(
     path: PathArg | None = None,
     *,
-    default: Any = None,
+    default: Any = _MISSING,
     mmap: bool | None = None,
+    writable: bool = True,
     trusted: bool = False,
     verify: bool = True,
 ) -> Any:
@@ -290,12 +427,21 @@ def load(
             tasks of a job array and other points of a parameter sweep are never taken.
             ``CKPT_RESUME_FROM=<job id>`` resumes that job's checkpoint, ``CKPT_RESUME_FROM=none`` forbids
             taking another job's. Files another user could have written are skipped with a notice on
-            stderr (``trusted=True`` does not change that: load such a file by its path). A path loads
-            that file.
-        default: returned when there is no checkpoint (no file at ``path``, or none found).
-        mmap: ``None`` follows ``CKPT_MMAP`` (default on): arrays are then read-only, zero-copy views of
-            the memory-mapped file, valid as long as they are referenced (even after the file is replaced
-            or removed). ``False`` reads everything into private, writable memory.
+            stderr (``trusted=True`` does not change that: load such a file by its path). A checkpoint that
+            verifies but cannot be unpickled counts as damaged: the previous generation is loaded instead,
+            with a notice on stderr. A path loads that file.
+        default: returned when there is no checkpoint: none found by discovery (``None`` when not given),
+            or no file at ``path`` (without ``default``, a missing ``path`` raises
+            :class:`FileNotFoundError`).
+        mmap: ``None`` follows ``CKPT_MMAP`` (default on): arrays are then zero-copy views of the
+            memory-mapped file, valid as long as they are referenced (even after the file is replaced or
+            removed). ``False`` reads everything into private memory.
+        writable: ``True`` (the default): what was saved writable comes back writable, whatever its size
+            or compression: mapped arrays are copy-on-write views (``MAP_PRIVATE``: zero copy until a page
+            is written; writes stay in this process and never reach the file). ``False``: arrays stored
+            out of band (numpy arrays and buffers of 64 KiB or more) are read-only views (of the file's
+            shared mapping when mapped), as safetensors' and orbax's zero-copy loads give; smaller ones
+            are copies inside the pickle stream.
         trusted: skip the ownership checks (see :class:`UntrustedCheckpointError`).
         verify: ``True`` (the default) checks every byte of the file (the CRC-32 of every section) before
             anything is unpickled, which reads the whole file. ``False``, for a path and a memory-mapped
@@ -305,9 +451,12 @@ def load(
             with :func:`verify`). Restart discovery (``path=None``) always verifies.
 
     Raises:
-        CorruptCheckpointError: the file is damaged (the message names the file and the section).
-        NoValidCheckpointError: checkpoints exist but none verifies (discovery; the message lists them).
-            ``CKPT_ALLOW_FRESH_START=1`` returns ``default`` instead.
+        CorruptCheckpointError: the file is damaged (the message names the file and the section), or its
+            pickle stream cannot be unpickled (the unpickling error is the ``__cause__``).
+        NoValidCheckpointError: checkpoints exist but none verifies and unpickles (discovery; the message
+            lists them and why). ``CKPT_ALLOW_FRESH_START=1`` returns ``default`` instead.
+        FileNotFoundError: there is no file at ``path`` and no ``default`` was given.
+        IsADirectoryError: ``path`` is a directory.
         UntrustedCheckpointError: another user could have written the file.
         ConflictError: checkpoints under this run's own name belong to another run (outside Slurm: the
             same script with other arguments, or in another directory, wrote them); the message names the
@@ -315,18 +464,35 @@ def load(
         OSError: the file system failed.
     """
     if path is None:
-        found = _ckpt.load_store(mmap=mmap)
-        if found is None:
-            return default
-        stream, buffers, info = found
-        return _unpickle(stream, buffers, info, trusted)
+
+        def fetch(max_generation: int | None) -> tuple[Any, list[str]]:
+            found = _ckpt.load_store(mmap=mmap, writable=writable, max_generation=max_generation)
+            return found, ([] if found is None else list(found[2].get("notices", ())))
+
+        obj, info, _ = _restore_with_fallback(
+            fetch, trusted=trusted, writable=writable, allow_fresh_start=_allow_fresh_start
+        )
+        if info is None:
+            return None if default is _MISSING else default
+        return obj
     p = os.fspath(path)
     try:
         st = os.stat(p)
-    except FileNotFoundError:
-        return default
-    stream, buffers, info = _ckpt.load_file(p, mmap=mmap, verify=verify)
-    return _unpickle(stream, buffers, info, trusted, (st.st_dev, st.st_ino))
+    except FileNotFoundError as e:
+        if default is not _MISSING:
+            return default
+        raise FileNotFoundError(errno.ENOENT, f"no checkpoint at {p} (pass default= to load a default then)", p) from e
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a checkpoint file", p)
+    stream, buffers, info = _ckpt.load_file(p, mmap=mmap, verify=verify, writable=writable)
+    try:
+        return _unpickle(stream, buffers, info, trusted, (st.st_dev, st.st_ino), writable)
+    except Exception as e:
+        if _fatal(e) or isinstance(e, CheckpointError) and not isinstance(e, EncodingError):
+            raise
+        raise CorruptCheckpointError(
+            f"{p}: {_unpickle_failure(e)}", kind="corrupt", path=p, section=_ckpt.PICKLE_SECTION
+        ) from e
 
 
 def verify(path: PathArg) -> None:
@@ -372,6 +538,10 @@ _active: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
 _active_lock = threading.Lock()
 
 
+#: Signals no process can catch: they can never request a checkpoint.
+_UNCATCHABLE = {"KILL": 9, "STOP": 19}
+
+
 def _signals_arg(signals: Iterable[Any] | None) -> str | None:
     if isinstance(signals, _EnvSignals):
         return None
@@ -387,7 +557,50 @@ def _signals_arg(signals: Iterable[Any] | None) -> str | None:
             names.append(s)
         else:
             raise TypeError(f"signals must be names such as 'SIGUSR1' or numbers, not {s!r}")
+        bare = names[-1].strip().upper().removeprefix("SIG")
+        for name, number in _UNCATCHABLE.items():
+            if bare in (name, str(number)):
+                raise InvalidArgumentError(
+                    f"signals: SIG{name} cannot be used to request checkpoints: no process can catch it "
+                    "(SIGUSR1, as in Slurm's --signal=USR1@<seconds>, or SIGTERM can)",
+                    kind="invalid argument",
+                )
     return ",".join(names)
+
+
+def _keep_arg(keep: Any) -> int | None:
+    if isinstance(keep, _EnvInt):
+        return None
+    if not _is_integer(keep):
+        raise TypeError(f"keep must be an integer, not {keep!r}")
+    k = int(keep)
+    if k < 1:
+        raise InvalidArgumentError(f"keep must be at least 1, not {k}", kind="invalid argument")
+    return k
+
+
+def _check_writable(directory: Path) -> None:
+    """Creates the checkpoint directory if needed and checks that a file can be created in it (a save
+    hours later must not be the first to find out)."""
+    d = os.fspath(directory)
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, probe = _probe_file(d)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write checkpoints in {d}: {e.strerror}", d) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _probe_file(d: str) -> tuple[int, str]:
+    for i in range(100):
+        probe = os.path.join(d, f".ckpt-write-test.{os.getpid()}.{threading.get_ident()}.{i}")
+        try:
+            return os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), probe
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name for a test file", d)
 
 
 def _interval_arg(interval: Any) -> float | str | None:
@@ -429,12 +642,21 @@ class Checkpointer:
             string (``"30"`` is 30 *minutes*, ``"1:30:00"``, ``"1-00"``...), or ``"auto"`` (Young/Daly from
             the measured cost and ``CKPT_MTBF``). Default ``CKPT_INTERVAL`` / ``SLURM_CHECKPOINT``, else
             none. ``0`` or ``"off"``: none.
-        keep: generations kept (default ``CKPT_KEEP``, else 2).
+        keep: generations kept (default ``CKPT_KEEP``, else 2; at least 1).
         signals: signals that request a checkpoint (default ``CKPT_SIGNALS``, else SIGTERM and SIGUSR1).
             SIGTERM also asks to exit: :meth:`should_exit` turns true once its checkpoint is committed.
             Names (``"SIGUSR2"``, ``"USR2"``, ``"RTMIN+3"``) or numbers; ``()`` for none. SIGINT is left
             alone unless listed, so Ctrl-C keeps raising :class:`KeyboardInterrupt`. See
             :func:`install_signal_handlers` for handlers installed later by other code.
+
+    The checkpoint directory is created if needed and checked at once: an ``OSError``
+    (:class:`PermissionError`, ``EROFS``...) naming it is raised here rather than at the first save.
+
+    Signals and processes: once a SIGTERM was handled, later SIGTERMs (Slurm sends it twice to job steps)
+    stay harmless, also after :meth:`close`, so the program's own exit status is what the job reports.
+    A process forked while the checkpointer is open (DataLoader workers, ``multiprocessing`` with the fork
+    start method) gets SIGTERM's disposition from before the checkpointer, so ``Process.terminate()``
+    ends it, while SIGUSR1 (which Slurm sends to every process of the step) stays harmless in it.
 
     Besides signals, the checkpointer requests one checkpoint shortly before the job's time limit
     (``SLURM_JOB_END_TIME``, else ``squeue``, else ``CKPT_END_TIME``; ``CKPT_MARGIN`` plus twice the
@@ -458,7 +680,7 @@ class Checkpointer:
         self.restore_notices: tuple[str, ...] = ()
         self._saves = 0
         self._save_lock = threading.Lock()  # one save at a time (generations are numbered in order)
-        keep_arg = None if isinstance(keep, _EnvInt) else int(keep)
+        keep_arg = _keep_arg(keep)
         signals_arg = _signals_arg(signals)
         self._handlers = _signals.Handlers(_ckpt.signal_specs(signals_arg))
         # Python-level handlers first, so the core's C handler chains to the interpreter's.
@@ -475,8 +697,15 @@ class Checkpointer:
             self._handlers.restore()
             raise
         self._handlers.native = self._native
+        try:
+            _check_writable(Path(self._native.checkpoint_dir))
+        except BaseException:
+            self._native.close()
+            self._handlers.restore()
+            raise
         with _active_lock:
             _active.add(self)
+        _signals.register_fork_handler()
 
     # -- triggers -------------------------------------------------------------------------------------------
 
@@ -505,6 +734,7 @@ class Checkpointer:
         ``step`` defaults to ``obj["step"]`` for a dict with an integer ``"step"``, else the number of saves.
         Every rank of a multi-rank job must call it at the same points (rank 0 commits the step).
         """
+        s = _step_arg(obj, step, self._saves + 1)
         stream, buffers, sizes = _pickling.dumps(obj)
         try:
             with self._save_lock:
@@ -512,7 +742,7 @@ class Checkpointer:
                 d = self._native.save(
                     stream,
                     buffers,
-                    step=_step_arg(obj, step, self._saves),
+                    step=s,
                     compress=_compress_arg(compress),
                     item_sizes=sizes,
                 )
@@ -520,24 +750,39 @@ class Checkpointer:
             _release(stream, buffers)
         return _save_info(d)
 
-    def restore(self, default: Any = None, *, mmap: bool | None = None, trusted: bool = False) -> Any:
+    def restore(
+        self, default: Any = None, *, mmap: bool | None = None, writable: bool = True, trusted: bool = False
+    ) -> Any:
         """The newest valid checkpoint's object of this run, or ``default`` when there is none (a first run).
 
         Which checkpoints count is :func:`load`'s rule (this run's own; another job's only for a full
         identity match, announced; ``CKPT_RESUME_FROM``). Falls back to older generations when newer files
-        are damaged or another user could have written them; sets :attr:`restored` and
-        :attr:`restore_notices`. Raises :class:`NoValidCheckpointError` when checkpoints exist but none
-        verifies, :class:`ConflictError` when checkpoints under this run's name belong to another run, and
-        :class:`UntrustedCheckpointError` as :func:`load` does. ``mmap`` as for :func:`load`.
+        are damaged, cannot be unpickled, or another user could have written them (the rejected files and
+        why are in :attr:`RestoreInfo.rejected`, the fallback also on stderr and in the log); sets
+        :attr:`restored` and :attr:`restore_notices`. Raises :class:`NoValidCheckpointError` when
+        checkpoints exist but none verifies and unpickles (listing each file and why),
+        :class:`ConflictError` when checkpoints under this run's name belong to another run, and
+        :class:`UntrustedCheckpointError` as :func:`load` does. ``mmap`` and ``writable`` as for
+        :func:`load`: by default what was saved writable comes back writable (copy-on-write views of the
+        file), so code that updates arrays in place works the same after a requeue.
         """
         self.restored = None
-        found, notices = self._native.restore(mmap=mmap)
+        self.restore_notices = ()
+        native = self._native
+
+        def fetch(max_generation: int | None) -> tuple[Any, list[str]]:
+            found, notices = native.restore(mmap=mmap, writable=writable, max_generation=max_generation)
+            return found, list(notices)
+
+        def log(path: str, why: str) -> None:
+            native.log_event("restore-rejected", json.dumps({"path": path, "error": why}))
+
+        obj, info, notices = _restore_with_fallback(
+            fetch, trusted=trusted, writable=writable, allow_fresh_start=_allow_fresh_start, log=log
+        )
         self.restore_notices = tuple(notices)
-        if found is None:
-            self.restored = None
+        if info is None:
             return default
-        stream, buffers, info = found
-        obj = _unpickle(stream, buffers, info, trusted)
         self.restored = _restore_info(info)
         return obj
 

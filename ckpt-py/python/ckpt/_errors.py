@@ -104,3 +104,9 @@ class UntrustedCheckpointError(CheckpointError):
     Raised when the file is not owned by the current user, is writable by every user, or sits in a
     directory every user can write that lacks the sticky bit. Pass ``trusted=True`` to load it anyway.
     """
+
+
+# Shown and pickled as ``ckpt.X`` (where users catch them), not ``ckpt._errors.X``.
+for _name in __all__:
+    globals()[_name].__module__ = "ckpt"
+del _name

@@ -8,11 +8,18 @@ pickle stream and become their own file sections, written straight from their me
 * ``bytes``, ``bytearray`` and ``memoryview`` objects, caught by the pickler's ``persistent_id`` (plain
   pickle copies the first two into the stream and cannot pickle memoryviews at all).
 
-Loading passes the sections back: numpy arrays become views of the file's memory-mapped, read-only
-bytes (zero copy) or of a private ``bytearray`` (``mmap=False``, or compressed sections); ``bytes`` and
-``bytearray`` objects are rebuilt as copies (they own their memory); memoryviews come back read-only, with
-their format and shape, over the mapped bytes when possible. Identity is kept: an object referenced
-twice is stored once and comes back as one object.
+Loading passes the sections back: numpy arrays become views of the file's memory mapping (zero copy;
+copy-on-write by default, so they are writable as they were when saved and writes never reach the file;
+read-only with ``writable=False``) or of a private ``bytearray`` (``mmap=False``, or compressed
+sections); ``bytes`` and ``bytearray`` objects are rebuilt as copies (they own their memory); memoryviews
+come back with their format, shape and read-only flag, over the mapped bytes when possible. Identity is
+kept: an object referenced twice is stored once and comes back as one object.
+
+Memoryviews are stored as their bytes, format and shape, and rebuilt with ``memoryview.cast``. A format
+that the loading Python cannot cast to (``"e"``, float16, before Python 3.12) is rebuilt through numpy
+when numpy is installed, else loading raises :class:`ckpt.EncodingError` naming the format. Formats that
+no Python can cast to (non-native byte order, structures...) are refused at save with
+:class:`ckpt.EncodingError` naming the format.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import array
 import io
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from . import _ckpt
+from ._errors import EncodingError
 
 #: Buffers smaller than this stay inside the pickle stream (each out-of-band buffer costs a 4 KiB-aligned
 #: section and a 128-byte table entry). Tests lower it to send every buffer out of band.
@@ -31,7 +40,7 @@ OUT_OF_BAND_MIN = 64 * 1024
 
 #: The persistent-id tag of ``ckpt``'s out-of-band bytes, bytearray and memoryview objects.
 _TAG = "ckpt.buffer"
-#: memoryview formats that ``memoryview.cast`` can restore.
+#: memoryview formats that ``memoryview.cast`` can restore (``e`` from Python 3.12, else through numpy).
 _CASTABLE = frozenset("bBhHiIlLqQnNfdeP?c")
 
 
@@ -60,7 +69,12 @@ def _slow_ids(seen: dict[int, tuple[Any, Any]]) -> Callable[[Any], Any]:
         t = type(obj)
         if t is memoryview:
             if obj.format.lstrip("@") not in _CASTABLE:
-                return None  # pickle then refuses it, as it always did
+                raise EncodingError(
+                    f"cannot save a memoryview of format {obj.format!r}: ckpt stores memoryviews of the native "
+                    f"single-item formats {''.join(sorted(_CASTABLE))!r} only (what memoryview.cast can rebuild); "
+                    "convert it first (numpy.asarray(view), or bytes(view))",
+                    kind="encoding",
+                )
             pid: Any = _memoryview_pid(obj)
         else:
             pid = (_TAG, t.__name__, pickle.PickleBuffer(obj))
@@ -78,13 +92,15 @@ def _memoryview_pid(m: memoryview) -> tuple[Any, ...]:
             data = pickle.PickleBuffer(data)
     else:
         data = pickle.PickleBuffer(m)
-    return (_TAG, "memoryview", data, fmt, tuple(m.shape or ()))
+    # The sixth item (absent in files of older versions: read-only) is whether the view was read-only.
+    return (_TAG, "memoryview", data, fmt, tuple(m.shape or ()), bool(m.readonly))
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, buffers: list[Any]) -> None:
+    def __init__(self, file: io.BytesIO, buffers: list[Any], writable: bool) -> None:
         super().__init__(file, buffers=buffers)
         self._loaded: dict[int, tuple[Any, Any]] = {}
+        self._writable = writable
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == _TAG):
@@ -99,20 +115,46 @@ class _Unpickler(pickle.Unpickler):
             obj = bytearray(data)
         elif kind == "memoryview":
             fmt, shape = pid[3], tuple(pid[4])
+            readonly = bool(pid[5]) if len(pid) > 5 else True
+            writable = self._writable and not readonly
             m = memoryview(data)
+            if writable and m.readonly:
+                m = memoryview(bytearray(m))  # a small view stored in the stream as bytes: a private copy
             if m.format != "B":
                 m = m.cast("B")
             if m.nbytes == 0:
                 obj = _empty_view(fmt, shape)
             elif fmt != "B" or len(shape) != 1:
-                obj = m.cast(fmt, shape)
+                obj = _cast(m, fmt, shape)
             else:
                 obj = m
-            obj = obj.toreadonly()
+            if not writable:
+                obj = obj.toreadonly()
         else:
             raise pickle.UnpicklingError(f"unsupported ckpt buffer kind {kind!r}")
         self._loaded[id(pid)] = (pid, obj)
         return obj
+
+
+def _cast(m: memoryview, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    """``m`` (format ``B``) as a view of format ``fmt`` and shape ``shape``."""
+    try:
+        return m.cast(fmt, shape)
+    except (ValueError, TypeError) as e:
+        if fmt not in _CASTABLE:
+            raise
+        # A format this Python's memoryview.cast does not know (float16 before 3.12): numpy can.
+        try:
+            import numpy
+        except ImportError:
+            raise EncodingError(
+                f"a memoryview of format {fmt!r} cannot be rebuilt by Python "
+                f"{sys.version_info.major}.{sys.version_info.minor} ({e}); install numpy, or load it with a "
+                "newer Python",
+                kind="encoding",
+            ) from e
+        a = numpy.frombuffer(m, dtype=numpy.dtype(fmt)).reshape(shape)
+        return memoryview(a)
 
 
 def _empty_view(fmt: str, shape: tuple[int, ...]) -> memoryview:
@@ -139,11 +181,16 @@ def dumps(obj: Any) -> tuple[memoryview, list[memoryview], list[int]]:
     buffers: list[pickle.PickleBuffer] = []
     seen: dict[int, tuple[Any, Any]] = {}
     f = io.BytesIO()
-    # The buffer callback and persistent_id are closures, not methods: a pickler in a reference cycle
-    # would leave its memo (memoryviews with exports) to the garbage collector, which crashes CPython 3.11
-    # on them. The memo is cleared here, while everything is alive.
-    p = pickle.Pickler(f, protocol=5, buffer_callback=_collector(buffers))
-    p.persistent_id = _ckpt.PersistentIds(_slow_ids(seen), OUT_OF_BAND_MIN)  # type: ignore[method-assign]
+    # persistent_id is a class attribute of a pickler class made for this dump: CPython 3.13.0 refuses to set
+    # it on a Pickler instance (a regression), and a class attribute that is not a function is not bound
+    # to the pickler, so the C filter is called directly. The buffer callback and persistent_id are
+    # closures, not methods: a pickler in a reference cycle would leave its memo (memoryviews with exports)
+    # to the garbage collector, which crashes CPython 3.11 on them. The memo is cleared here, while
+    # everything is alive.
+    pickler = type(
+        "_Pickler", (pickle.Pickler,), {"persistent_id": _ckpt.PersistentIds(_slow_ids(seen), OUT_OF_BAND_MIN)}
+    )
+    p = pickler(f, protocol=5, buffer_callback=_collector(buffers))
     try:
         p.dump(obj)
     finally:
@@ -157,6 +204,7 @@ def dumps(obj: Any) -> tuple[memoryview, list[memoryview], list[int]]:
     return f.getbuffer(), [pb.raw() for pb in buffers], sizes
 
 
-def loads(stream: Any, buffers: list[Any]) -> Any:
-    """Unpickles a stream written by :func:`dumps` with its buffers (any buffer-protocol objects)."""
-    return _Unpickler(io.BytesIO(stream), buffers).load()
+def loads(stream: Any, buffers: list[Any], writable: bool = True) -> Any:
+    """Unpickles a stream written by :func:`dumps` with its buffers (any buffer-protocol objects).
+    ``writable=False`` makes memoryviews read-only even when they were writable when saved."""
+    return _Unpickler(io.BytesIO(stream), buffers, writable).load()

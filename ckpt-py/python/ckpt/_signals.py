@@ -26,14 +26,29 @@ When something replaces a handler later:
 
 Python handlers can only be installed from the main thread: create the checkpointer there. Created in
 another thread, it has the C-level handlers only.
+
+Two more rules, as the Rust and C faces have them:
+
+* Once a signal that asks to exit (SIGTERM) was handled, later ones stay harmless, also after the
+  checkpointer is closed: Slurm sends SIGTERM twice to job steps, and the second must not turn a clean,
+  checkpointed exit into "killed by SIGTERM" (exit status 143). Closing then leaves a do-nothing C-level
+  handler where the default action would come back (reset to the default on ``exec``).
+* A process forked while a checkpointer is open (DataLoader workers, ``multiprocessing`` with fork) gets
+  the dispositions of the exit signals (SIGTERM) from before the checkpointer back
+  (``os.register_at_fork``): the flag-only handler would make ``Process.terminate()`` a no-op in it. A
+  signal that only asks for a checkpoint (SIGUSR1) stays harmless in the child (a do-nothing handler
+  where its default action would kill it): Slurm sends it to every process of the step, and a worker
+  killed by the checkpoint warning would crash the training it is meant to save.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _ckpt
@@ -43,6 +58,47 @@ Handler = Callable[[int, Any], Any]
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+#: Set once a signal that asks to exit (SIGTERM) reached a checkpointer's handler (never reset).
+_exit_signal_seen = False
+#: The handlers of the checkpointers open in this process (for the child of a fork).
+_open: weakref.WeakSet[Handlers] = weakref.WeakSet()
+_fork_handler_registered = False
+_fork_lock = threading.Lock()
+
+
+def exit_signal_seen() -> bool:
+    """Whether a signal that asks to exit (SIGTERM) was handled by a checkpointer of this process."""
+    return _exit_signal_seen
+
+
+@contextlib.contextmanager
+def _blocked(signals: list[int]) -> Iterator[None]:
+    """Holds ``signals`` back in this thread meanwhile (delivered afterwards, to what is installed then)."""
+    if not signals:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def register_fork_handler() -> None:
+    """Registers (once) what a forked child runs: :meth:`Handlers.reset_in_child` of every open checkpointer."""
+    global _fork_handler_registered
+    with _fork_lock:
+        if not _fork_handler_registered:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_handler_registered = True
+
+
+def _after_fork_in_child() -> None:
+    for h in list(_open):
+        with contextlib.suppress(Exception):
+            h.reset_in_child()
 
 
 class Handlers:
@@ -57,6 +113,9 @@ class Handlers:
 
     def _make(self, signum: int, exit: bool, prev: Any) -> Handler:
         def handler(sig: int, frame: Any) -> None:
+            global _exit_signal_seen
+            if exit and not self.closed:
+                _exit_signal_seen = True
             native = self.native
             if native is not None and not self.closed and not _ckpt.signal_hook_installed(sig):
                 # The core's C handler was bypassed (signal.signal() replaced it, and the new handler
@@ -75,6 +134,7 @@ class Handlers:
 
     def install(self) -> None:
         """Installs our Python handlers on top of the current ones (main thread only)."""
+        _open.add(self)
         if not _in_main_thread():
             return
         for signum, exit in self.specs:
@@ -96,11 +156,36 @@ class Handlers:
         return _ckpt.reinstall_signal_hooks([s for s, _ in self.specs])
 
     def restore(self) -> None:
-        """Puts back the Python handlers that were there before ours, unless someone replaced ours."""
+        """Puts back the Python handlers that were there before ours, unless someone replaced ours. After
+        a handled SIGTERM, a signal that asks to exit whose default action would come back gets a
+        do-nothing handler instead (see the module documentation)."""
         self.closed = True
+        _open.discard(self)
         if not _in_main_thread():
             return
+        absorb = [s for s, exit in self.specs if exit] if _exit_signal_seen else []
+        with _blocked(absorb):
+            for signum, (handler, prev) in list(self.installed.items()):
+                if signal.getsignal(signum) is handler:
+                    signal.signal(signum, prev)
+                del self.installed[signum]
+            for signum in absorb:
+                if signal.getsignal(signum) == signal.SIG_DFL:
+                    _ckpt.absorb_signal(signum)
+
+    def reset_in_child(self) -> None:
+        """In the child of a fork: the dispositions from before the checkpointer (C level, then Python's)."""
+        self.closed = True
+        _open.discard(self)
+        native = self.native
+        if native is not None:
+            native.reset_signals_in_child()
         for signum, (handler, prev) in list(self.installed.items()):
             if signal.getsignal(signum) is handler:
                 signal.signal(signum, prev)
             del self.installed[signum]
+        for signum, exit in self.specs:
+            if not exit and signal.getsignal(signum) == signal.SIG_DFL:
+                # A signal that only asks for a checkpoint (SIGUSR1) reaches the workers too (Slurm signals
+                # every process of the step): it must not kill them, as it does not kill their parent.
+                _ckpt.absorb_signal(signum)
