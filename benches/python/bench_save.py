@@ -27,7 +27,8 @@ Loads (from the page cache: each file is read through once, untimed, before its 
 writes bypass the page cache), each followed by one full pass over the array (`arr.sum()`), which is where a
 memory-mapped load pays for reading:
 
-* `ckpt`: `ckpt.load(path, mmap=True)` (verifies the whole file, returns a read-only view of the mapping);
+* `ckpt`: `ckpt.load(path, mmap=True, writable=False)` (verifies the whole file, returns a read-only view
+  of the mapping, as before restored arrays became copy-on-write by default);
 * `ckpt_unverified`: `ckpt.load(path, mmap=True, verify=False)` (checks the structure and the pickle stream,
   hands out the array unread);
 * `numpy`: `np.load(path)` of the `.npy` file;
@@ -124,7 +125,7 @@ def save_device_direct(arr: np.ndarray, d: str) -> float:
 
 def load_ckpt(d: str, verify: bool = True) -> tuple[float, float]:
     t0 = clock()
-    a = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True, verify=verify)
+    a = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True, verify=verify, writable=False)
     t1 = clock()
     a.sum()
     t2 = clock()
@@ -243,7 +244,7 @@ def main() -> None:
         f(arr, d)
     for name in LOADS:
         if name.startswith("ckpt"):
-            b = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True, verify=name == "ckpt")
+            b = ckpt.load(os.path.join(d, "state.ckpt"), mmap=True, verify=name == "ckpt", writable=False)
             assert not b.flags.writeable, "ckpt.load(mmap=True) should return a view of the mapping"
         elif name == "numpy":
             b = np.load(os.path.join(d, "state.npy"))

@@ -358,6 +358,15 @@ impl Store {
         *lock(&self.shared.restore_notices) = notices.to_vec();
     }
 
+    /// Marks generation `generation` of this checkpoint name in the restart directory damaged, as discovery
+    /// does for one that fails verification: for a face that found a generation unusable after discovery
+    /// chose it (Python: a pickle stream that does not load). It no longer counts toward `keep`, and the
+    /// next durable save in that directory renames it to `<base>.<N>.damaged`.
+    pub fn mark_damaged(&self, generation: u64) {
+        let dir = self.config.restart_dir.clone();
+        self.note_damaged(&dir, &[generation]);
+    }
+
     /// Remembers generations of this run's checkpoint name that discovery found damaged in `dir`.
     pub(crate) fn note_damaged(&self, dir: &Path, generations: &[u64]) {
         let base = self.config.base_name();

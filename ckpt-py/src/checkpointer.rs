@@ -321,6 +321,13 @@ impl PyCheckpointer {
         self.get(py)?.log_event(event, value);
         Ok(())
     }
+
+    /// Marks a generation of this checkpoint name damaged (restart could not unpickle it): it no longer
+    /// counts toward `keep`, and the next durable save renames it aside (`<name>.<N>.damaged`).
+    fn mark_damaged(&self, py: Python<'_>, generation: u64) -> PyResult<()> {
+        self.get(py)?.store().mark_damaged(generation);
+        Ok(())
+    }
 }
 
 impl Drop for PyCheckpointer {

@@ -105,3 +105,16 @@ def test_explicit_path_raises_corrupt_naming_the_file(tmp_path):
     assert "s.ckpt" in str(e.value) and e.value.path == "s.ckpt" and "ValueError" in str(e.value)
     assert isinstance(e.value.__cause__, ValueError)
     assert not isinstance(e.value, (ValueError, pickle.UnpicklingError))
+
+
+def test_a_generation_that_cannot_be_unpickled_never_counts_toward_keep(tmp_path):
+    """After falling back past it, the next saves keep the valid older generation, not the broken one."""
+    d = tmp_path / "c"
+    with ckpt.Checkpointer(directory=d, signals=(), keep=2) as cp:
+        save_generations(cp, {"step": 1}, {"step": 2, "bad": Unloadable()})
+    with ckpt.Checkpointer(directory=d, signals=(), keep=2) as cp:
+        assert cp.restore() == {"step": 1}
+        cp.save({"step": 3})
+    names = sorted(p.name for p in d.iterdir() if not p.name.endswith(".log"))
+    assert "pytest.ckpt.1" in names, f"the valid older generation was retired for the broken one: {names}"
+    assert "pytest.ckpt.2.damaged" in names and "pytest.ckpt.2" not in names, names

@@ -73,13 +73,28 @@ pub fn parse_signals(text: &str) -> Result<Vec<SignalSpec>> {
                 "PWR" => libc::SIGPWR,
                 "URG" => libc::SIGURG,
                 "WINCH" => libc::SIGWINCH,
+                // Named so that the refusal below says why, rather than "unknown".
+                "KILL" => libc::SIGKILL,
+                "STOP" => libc::SIGSTOP,
+                "SEGV" => libc::SIGSEGV,
+                "ILL" => libc::SIGILL,
+                "FPE" => libc::SIGFPE,
+                "BUS" => libc::SIGBUS,
+                "TRAP" => libc::SIGTRAP,
+                "ABRT" => libc::SIGABRT,
+                "CONT" => libc::SIGCONT,
+                "CHLD" => libc::SIGCHLD,
+                "PIPE" => libc::SIGPIPE,
                 _ => return Err(bad_signal(raw, "unknown signal name")),
             }
         };
         if signal <= 0 || signal > max {
             return Err(bad_signal(raw, "no such signal number"));
         }
-        if signal_hook::consts::FORBIDDEN.contains(&signal) || signal == libc::SIGCONT || signal == libc::SIGCHLD {
+        // Uncatchable (KILL, STOP), the program's faults (SEGV, BUS, ...), and signals the system sends for
+        // other reasons (CONT, CHLD, PIPE, ABRT, TRAP) never ask for a checkpoint.
+        let reserved = [libc::SIGCONT, libc::SIGCHLD, libc::SIGPIPE, libc::SIGABRT, libc::SIGTRAP];
+        if signal_hook::consts::FORBIDDEN.contains(&signal) || reserved.contains(&signal) {
             return Err(bad_signal(raw, "this signal cannot be used to request checkpoints"));
         }
         if !out.iter().any(|s| s.signal == signal) {
@@ -275,6 +290,10 @@ mod tests {
         for bad in ["KILL", "STOP", "SEGV", "FOO", "", "RTMIN+999", "0", "CONT"] {
             let e = parse_signals(bad).unwrap_err();
             assert!(e.to_string().contains("CKPT_SIGNALS"), "{bad}: {e}");
+        }
+        for reserved in ["KILL", "SIGSTOP", "SEGV", "9", "PIPE", "CHLD"] {
+            let e = parse_signals(reserved).unwrap_err().to_string();
+            assert!(e.contains("cannot be used"), "{reserved}: {e}");
         }
         assert_eq!(signal_label(libc::SIGUSR1), "USR1");
     }

@@ -343,7 +343,7 @@ def _restore_with_fallback(
             notices.append(notice)
             if log is not None:
                 with contextlib.suppress(Exception):
-                    log(path, why)
+                    log(path, why, int(info["generation"]))
             del stream, buffers
             max_generation = max(0, int(info["generation"]) - 1)
             continue
@@ -774,8 +774,10 @@ class Checkpointer:
             found, notices = native.restore(mmap=mmap, writable=writable, max_generation=max_generation)
             return found, list(notices)
 
-        def log(path: str, why: str) -> None:
+        def log(path: str, why: str, generation: int) -> None:
             native.log_event("restore-rejected", json.dumps({"path": path, "error": why}))
+            # Like a generation that fails verification: not counted toward keep, renamed aside later.
+            native.mark_damaged(generation)
 
         obj, info, notices = _restore_with_fallback(
             fetch, trusted=trusted, writable=writable, allow_fresh_start=_allow_fresh_start, log=log
