@@ -141,8 +141,11 @@ fn run_scenario(
         .spawn()
         .unwrap();
     let mut grew = false;
+    // Every cycle's share of the run: with several cycles the program must still be running at the last
+    // checkpoint (at most 0.75 of the uninterrupted run in all).
+    let share = 1.0 / sc.generations.max(1) as f64;
     for g in 0..sc.generations {
-        std::thread::sleep(dur.mul_f64(rng.between(0.1, 0.45)));
+        std::thread::sleep(dur.mul_f64(rng.between(0.1, 0.45) * share));
         kill(child.id(), sc.signal);
         if !wait_for_events(dir, "checkpoint", g + 1, &mut child, Duration::from_secs(60)) {
             if child.try_wait().unwrap().is_some() {
@@ -152,7 +155,7 @@ fn run_scenario(
         }
         let (_, size_at_checkpoint) = newest_image(&img);
         if sc.signal == libc::SIGUSR1 {
-            std::thread::sleep(dur.mul_f64(rng.between(0.05, 0.3)));
+            std::thread::sleep(dur.mul_f64(rng.between(0.05, 0.3) * share));
             kill(child.id(), libc::SIGKILL);
             let _ = child.wait();
             grew |= std::fs::metadata(&out).unwrap().len() > size_at_checkpoint;
