@@ -106,8 +106,9 @@ enum Command {
         command: Vec<String>,
     },
     /// Run an unmodified, dynamically linked program under the LD_PRELOAD shim (libckpt_preload.so): it
-    /// is checkpointed on SIGUSR1 (and continues), on SIGTERM (and exits), every --interval, before the
-    /// job's time limit, and on `ckpt create`; `ckpt restart IMAGE` resumes it. Single-threaded
+    /// is checkpointed on SIGRTMAX-2 (and continues), SIGRTMAX-3 (and exits), SIGUSR1/SIGTERM likewise
+    /// unless the program handles them itself, every --interval, before the job's time limit, and on
+    /// `ckpt create`; `ckpt restart IMAGE` resumes it. Single-threaded
     /// programs on Linux x86_64 with glibc; see ckpt-preload/README.md for the scope.
     Run {
         /// Checkpoint interval, in any of SLURM_CHECKPOINT's formats (sets CKPT_INTERVAL).

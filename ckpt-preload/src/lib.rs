@@ -3,12 +3,16 @@
 //! Loaded with `LD_PRELOAD` (by `ckpt run`, or by hand), the shim:
 //!
 //! * at start (an `.init_array` constructor): turns address-space randomization off for the job (one
-//!   re-exec of the same program), reads the `CKPT_*`/`SLURM_*` settings, installs its handlers for the
-//!   checkpoint signals (`CKPT_SIGNALS`, default TERM = checkpoint and exit, USR1 = checkpoint and
-//!   continue) and arms kernel timers for the interval and the job's time limit;
-//! * interposes `sigaction`, `signal`, `bsd_signal`, `sysv_signal` and `sigset`, so a program that
-//!   installs its own handler for those signals (xz does) keeps it for everything else but cannot take
-//!   the checkpoint away; its handler still runs when a signal is not a checkpoint request;
+//!   re-exec of the same program), reads the `CKPT_*`/`SLURM_*` settings, installs its handlers for its
+//!   own reserved checkpoint signals (SIGRTMAX-2: checkpoint and continue, SIGRTMAX-3: and exit; the
+//!   timers and `ckpt create` send these) and for `CKPT_SIGNALS` (default TERM = checkpoint and exit,
+//!   USR1 = checkpoint and continue) and arms kernel timers for the interval and the job's time limit;
+//! * interposes `sigaction`, `signal`, `bsd_signal`, `sysv_signal` and `sigset`: the reserved signals
+//!   are hidden from the program (and `sigprocmask`/`pthread_sigmask` never block them); USR1/TERM are
+//!   checkpoint requests only while the program has no handler of its own for them and did not send
+//!   them to itself, else the program's action runs;
+//! * interposes the blocking calls the kernel never restarts (`poll`, `select`, `nanosleep`, ...: the
+//!   `eintr` module), so that a checkpoint never makes them fail with EINTR;
 //! * on a request, in the handler: checks what it cannot restore (threads, child processes), records
 //!   the file offsets and sizes, and forks a writer with a raw `clone` (no atfork handlers, no SIGCHLD).
 //!   The program continues at once; the writer saves the frozen copy of the address space as a
@@ -29,6 +33,7 @@ use std::cell::UnsafeCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+mod eintr;
 mod restore;
 mod sys;
 mod writer;
@@ -51,6 +56,15 @@ const END_TIME_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 pub(crate) const MAX_FDS: usize = 1024;
 /// Signal numbers are 1..=64.
 const NSIG: usize = 65;
+/// The shim's own checkpoint signals, which the program does not own (SIGRTMAX-2: checkpoint and
+/// continue, also sent by the timers and `ckpt create`; SIGRTMAX-3: checkpoint and exit, `ckpt create
+/// --vacate`). Hidden from the program: its `sigaction` on them is recorded and never given to the
+/// kernel, its `sigprocmask`/`pthread_sigmask` never block them. SIGUSR1/SIGTERM (`CKPT_SIGNALS`) are
+/// translated into checkpoints only while the program has no handler of its own for them.
+pub(crate) const CKPT_SIGNAL: c_int = 62;
+pub(crate) const CKPT_EXIT_SIGNAL: c_int = 61;
+/// Both, as a kernel signal-set mask.
+const RESERVED_MASK: u64 = (1 << (CKPT_SIGNAL - 1)) | (1 << (CKPT_EXIT_SIGNAL - 1));
 
 // ------------------------------------------------------------------------------------------ global state
 // Everything here lives in the shim's .data/.bss and is therefore saved and restored with the program:
@@ -513,8 +527,12 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
         SIGNAL_MODE[sig].store(if spec.exit { 2 } else { 1 }, Ordering::Relaxed);
         install_handler(spec.signal).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
     }
+    for (sig, mode) in [(CKPT_SIGNAL, 1), (CKPT_EXIT_SIGNAL, 2)] {
+        SIGNAL_MODE[sig as usize].store(mode, Ordering::Relaxed);
+        install_handler(sig).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
+    }
     let timer_signal = timer_signal_of(&signals);
-    EXIT_SIGNAL.store(signals.iter().find(|s| s.exit).map(|s| s.signal).unwrap_or(0), Ordering::Relaxed);
+    EXIT_SIGNAL.store(CKPT_EXIT_SIGNAL, Ordering::Relaxed);
     TIMER_SIGNAL.store(timer_signal, Ordering::Relaxed);
     ROOT_PID.store(getpid(), Ordering::Relaxed);
     ACTIVE.store(true, Ordering::Release);
@@ -613,9 +631,10 @@ fn record_arg_area() {
     }
 }
 
-/// The signal the timers (and the end-time answer) use: the first checkpoint-and-continue signal.
-pub(crate) fn timer_signal_of(signals: &[ckpt_core::triggers::SignalSpec]) -> i32 {
-    signals.iter().find(|s| !s.exit).or(signals.first()).map(|s| s.signal).unwrap_or(libc::SIGUSR1)
+/// The signal the timers (and the end-time answer, and `ckpt create`) use: the reserved
+/// [`CKPT_SIGNAL`], whatever `CKPT_SIGNALS` says (the program may own those).
+pub(crate) fn timer_signal_of(_signals: &[ckpt_core::triggers::SignalSpec]) -> i32 {
+    CKPT_SIGNAL
 }
 
 pub(crate) fn fill_cstr(dst: &mut [u8], src: &[u8]) {
@@ -1000,6 +1019,7 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as usize) };
     if code == SI_QUEUE && value >> 48 == END_TIME_TAG {
         // The background end-time query's answer: arm the deadline, nothing else.
+        eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
         if ACTIVE.load(Ordering::Acquire) && getpid() == ROOT_PID.load(Ordering::Relaxed) {
             arm_deadline(((value & ((1 << 48) - 1)) as u64).saturating_mul(1_000_000_000));
         }
@@ -1012,14 +1032,22 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     let from_timer = code == SI_TIMER && (value == TIMER_INTERVAL || value == TIMER_DEADLINE);
     if from_timer {
         mode = if value == TIMER_DEADLINE { 2 } else { 1 };
+    } else if sig != CKPT_SIGNAL && sig != CKPT_EXIT_SIGNAL && (program_handles(sig) || self_sent(code, info)) {
+        // SIGUSR1/SIGTERM with a handler of the program's own, or raised by the program itself (xz resets
+        // SIGTERM to SIG_DFL and raises it to die after cleaning up): the program's business, not a request.
+        mode = 0;
     }
     let ours = ACTIVE.load(Ordering::Acquire) && getpid() == ROOT_PID.load(Ordering::Relaxed);
     if !ours || mode == 0 {
-        if !from_timer {
-            emulate_app_action(sig, info, uctx);
+        if from_timer || !emulate_app_action(sig, info, uctx) {
+            // No handler of the program ran: a call this signal interrupted is resumed (`eintr`).
+            eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
         }
     } else {
         let exit = mode == 2;
+        // Before the checkpoint, so that the image holds it: the call this request interrupted is
+        // resumed, in this process and in the restarted one (`eintr`).
+        eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
         let ok = take_checkpoint(exit, uctx as usize, saved_errno);
         if exit {
             if ok {
@@ -1036,10 +1064,29 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     }
 }
 
-/// Runs the program's own action for `sig` (its handler, ignore, or the default action).
-fn emulate_app_action(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
+/// Whether the process sent `info`'s signal to itself (`raise`, `kill(getpid())`, `tgkill`).
+fn self_sent(code: i32, info: *const libc::siginfo_t) -> bool {
+    const SI_USER: i32 = 0;
+    const SI_TKILL: i32 = -6;
+    // SAFETY: the kernel passes a valid siginfo; si_pid is defined for SI_USER and SI_TKILL.
+    (code == SI_USER || code == SI_TKILL) && unsafe { (*info).si_pid() } == getpid()
+}
+
+/// Whether the program installed a handler function of its own for `sig` (not SIG_DFL or SIG_IGN).
+fn program_handles(sig: c_int) -> bool {
     if sig <= 0 || sig as usize >= NSIG {
-        return;
+        return false;
+    }
+    // SAFETY: single-threaded access (see Shared).
+    let h = unsafe { (*APP_ACTIONS.get())[sig as usize].handler };
+    h != libc::SIG_DFL && h != libc::SIG_IGN
+}
+
+/// Runs the program's own action for `sig` (its handler, ignore, or the default action); returns
+/// whether a handler of the program ran.
+fn emulate_app_action(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) -> bool {
+    if sig <= 0 || sig as usize >= NSIG {
+        return false;
     }
     // SAFETY: single-threaded access (see Shared).
     let action = unsafe { (*APP_ACTIONS.get())[sig as usize] };
@@ -1065,8 +1112,10 @@ fn emulate_app_action(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
                 let f: extern "C" fn(c_int) = unsafe { std::mem::transmute(h) };
                 f(sig);
             }
+            return true;
         }
     }
+    false
 }
 
 /// Ends the process by `sig`'s default action (as the shell and Slurm expect to see it).
@@ -1445,4 +1494,65 @@ pub unsafe extern "C" fn __sysv_signal(sig: c_int, handler: libc::sighandler_t) 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sigset(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     signal_like(sig, handler, 0)
+}
+
+/// `set` without the shim's reserved signals, when `how` would block them.
+fn unreserved(how: c_int, set: *const libc::sigset_t, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+    if set.is_null() || how == libc::SIG_UNBLOCK || !ACTIVE.load(Ordering::Acquire) {
+        return set;
+    }
+    // SAFETY: a non-null `set` is a valid sigset_t (the caller's contract); `copy` is writable.
+    unsafe {
+        *copy = *set;
+        let words = copy as *mut libc::sigset_t as *mut u64;
+        *words &= !RESERVED_MASK;
+    }
+    copy
+}
+
+static REAL_SIGPROCMASK: AtomicUsize = AtomicUsize::new(0);
+static REAL_PTHREAD_SIGMASK: AtomicUsize = AtomicUsize::new(0);
+type SigmaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
+
+fn real_mask_fn(slot: &AtomicUsize, name: &CStr) -> Option<SigmaskFn> {
+    let mut p = slot.load(Ordering::Acquire);
+    if p == 0 {
+        // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds libc's definition after ours.
+        p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+        slot.store(p, Ordering::Release);
+    }
+    // SAFETY: a non-null result of dlsym for these names is libc's function of this type.
+    (p != 0).then(|| unsafe { std::mem::transmute::<usize, SigmaskFn>(p) })
+}
+
+/// `sigprocmask(2)`: never blocks the shim's reserved checkpoint signals.
+///
+/// # Safety
+/// The contract of libc's `sigprocmask`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    let Some(real) = real_mask_fn(&REAL_SIGPROCMASK, c"sigprocmask") else {
+        // SAFETY: errno is thread-local and writable.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    };
+    // SAFETY: a zeroed sigset_t is valid.
+    let mut copy: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: forwarded contract; the set is the caller's or our copy of it.
+    unsafe { real(how, unreserved(how, set, &mut copy), old) }
+}
+
+/// `pthread_sigmask(3)`: never blocks the shim's reserved checkpoint signals.
+///
+/// # Safety
+/// The contract of libc's `pthread_sigmask`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    let Some(real) = real_mask_fn(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask") else {
+        return libc::ENOSYS;
+    };
+    // SAFETY: a zeroed sigset_t is valid.
+    let mut copy: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: forwarded contract; the set is the caller's or our copy of it.
+    unsafe { real(how, unreserved(how, set, &mut copy), old) }
 }

@@ -25,6 +25,19 @@ use common::*;
 struct Program {
     name: &'static str,
     argv: Vec<String>,
+    /// Signals the program installs its own handlers for: the shim leaves them to the program, and the
+    /// test asks for checkpoints with the shim's reserved signals instead (what `ckpt create` sends).
+    owns: &'static [i32],
+}
+
+/// The signal that asks `p` for the checkpoint `sc` means: SIGUSR1/SIGTERM, or the shim's reserved
+/// SIGRTMAX-2 (checkpoint and continue) / SIGRTMAX-3 (checkpoint and exit) when the program owns them.
+fn request_signal(p: &Program, sc: &Scenario) -> i32 {
+    match (p.owns.contains(&sc.signal), sc.signal == libc::SIGTERM) {
+        (false, _) => sc.signal,
+        (true, false) => libc::SIGRTMAX() - 2,
+        (true, true) => libc::SIGRTMAX() - 3,
+    }
 }
 
 fn program(name: &'static str) -> Option<Program> {
@@ -49,7 +62,13 @@ fn program(name: &'static str) -> Option<Program> {
         }
         _ => unreachable!(),
     };
-    Some(Program { name, argv })
+    // gzip, bzip2 and xz clean up and exit on SIGTERM (and more); xz prints its progress on SIGUSR1.
+    let owns: &[i32] = match name {
+        "gzip" | "bzip2" => &[libc::SIGTERM],
+        "xz" => &[libc::SIGTERM, libc::SIGUSR1],
+        _ => &[],
+    };
+    Some(Program { name, argv, owns })
 }
 
 /// Runs the program twice without the shim; returns its output and the shorter duration.
@@ -146,7 +165,7 @@ fn run_scenario(
     let share = 1.0 / sc.generations.max(1) as f64;
     for g in 0..sc.generations {
         std::thread::sleep(dur.mul_f64(rng.between(0.1, 0.45) * share));
-        kill(child.id(), sc.signal);
+        kill(child.id(), request_signal(p, &sc));
         if !wait_for_events(dir, "checkpoint", g + 1, &mut child, Duration::from_secs(60)) {
             if child.try_wait().unwrap().is_some() {
                 return Err(read(dir, "err.txt") + &read(dir, "ckpt.log")); // finished first
@@ -313,4 +332,37 @@ fn mawk_interpreter() {
 #[test]
 fn python3_interpreter() {
     check_program("python3", &[GEN2, SCRUB]);
+}
+
+/// xz's own SIGUSR1 (progress) and SIGTERM (clean up and exit) handlers run under the shim: neither
+/// signal is taken for a checkpoint request (issue 19, "the checkpoint signal is the program's business").
+#[test]
+fn xz_own_signals_reach_its_handlers() {
+    let Some(p) = program("xz") else { return };
+    let (expected, dur) = reference(&p);
+    let (ckpt, _) = tools();
+    for sig in [libc::SIGUSR1, libc::SIGTERM] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let out = dir.join("out.txt");
+        let mut child = command(&ckpt, dir)
+            .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+            .args(&p.argv)
+            .stdout(out_file(&out, false))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(dur.mul_f64(0.3));
+        kill(child.id(), sig);
+        let status = wait_timeout(&mut child, Duration::from_secs(60));
+        let n = events(dir, "checkpoint").len() + events(dir, "checkpoint-refused").len();
+        assert_eq!(n, 0, "xz: its own signal {sig} was taken for a checkpoint request");
+        if sig == libc::SIGUSR1 {
+            assert!(status.success(), "xz after its own SIGUSR1: {status:?}");
+            assert!(std::fs::read(&out).unwrap() == expected, "xz: output after its own SIGUSR1 differs");
+        } else {
+            // xz's handler cleans up and then ends the process by SIGTERM itself.
+            assert_eq!(status.signal(), Some(libc::SIGTERM), "xz after its own SIGTERM: {status:?}");
+        }
+    }
 }

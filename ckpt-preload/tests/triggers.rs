@@ -135,3 +135,78 @@ fn ld_preload_by_hand() {
     assert!(o.status.success(), "{o:?}");
     assert!(std::fs::read(dir.join("out.txt")).unwrap() == expected, "output differs");
 }
+
+/// A checkpoint during `nanosleep`, `sleep`, `poll` and `select` (calls the kernel never restarts after
+/// a handler) is invisible to the program: each returns as if nothing happened, after its full time
+/// (issue 19: "poll/sleep return early with EINTR"). Requests by SIGUSR1 and by the reserved SIGRTMAX-2.
+#[test]
+fn checkpoints_do_not_interrupt_sleeps_and_polls() {
+    let Some(cc) = ["cc", "gcc", "clang"]
+        .iter()
+        .find_map(|c| Command::new(c).arg("--version").output().ok().filter(|o| o.status.success()).map(|_| *c))
+    else {
+        eprintln!("SKIP: no C compiler");
+        return;
+    };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let src = dir.join("sleeps.c");
+    let exe = dir.join("sleeps");
+    std::fs::write(
+        &src,
+        r#"#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <sys/select.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+int main(void) {
+    double t0 = now();
+    struct timespec req = {2, 0};
+    int r = nanosleep(&req, NULL);
+    printf("nanosleep %d %d %.2f\n", r, r ? errno : 0, now() - t0); fflush(stdout);
+    t0 = now();
+    unsigned s = sleep(2);
+    printf("sleep %u 0 %.2f\n", s, now() - t0); fflush(stdout);
+    t0 = now();
+    r = poll(NULL, 0, 2000);
+    printf("poll %d %d %.2f\n", r, r < 0 ? errno : 0, now() - t0); fflush(stdout);
+    t0 = now();
+    struct timeval tv = {2, 0};
+    r = select(0, NULL, NULL, NULL, &tv);
+    printf("select %d %d %.2f\n", r, r < 0 ? errno : 0, now() - t0); fflush(stdout);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let o = Command::new(cc).args(["-O2", "-o"]).arg(&exe).arg(&src).output().unwrap();
+    assert!(o.status.success(), "{cc}: {}", String::from_utf8_lossy(&o.stderr));
+    let mut child = command(&ckpt, dir)
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+        .arg(&exe)
+        .stdout(out_file(&dir.join("out.txt"), false))
+        .stderr(out_file(&dir.join("err.txt"), false))
+        .spawn()
+        .unwrap();
+    // One request in the middle of each call (2 s each).
+    let start = std::time::Instant::now();
+    for (i, at) in [0.7, 2.9, 4.9, 6.9].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_secs_f64(at).saturating_sub(start.elapsed()));
+        kill(child.id(), if i % 2 == 0 { libc::SIGUSR1 } else { libc::SIGRTMAX() - 2 });
+    }
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    let out = std::fs::read_to_string(dir.join("out.txt")).unwrap();
+    assert!(status.success(), "{status:?}; stdout: {out}");
+    assert!(!events(dir, "checkpoint").is_empty(), "no checkpoint taken; stdout: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for line in lines {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((f[1], f[2]), ("0", "0"), "{} was interrupted: {line}", f[0]);
+        let took: f64 = f[3].parse().unwrap();
+        assert!(took >= 1.95, "{} returned early: {line}", f[0]);
+    }
+}

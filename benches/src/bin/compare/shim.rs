@@ -98,7 +98,7 @@ fn restart(ckpt: &Path, lib: &Path, d: &Path, img: &Path, n: usize) -> Option<f6
     ok.then_some(ms)
 }
 
-/// One checkpoint (SIGUSR1 after `delay`) and one restart of `argv`, and reading the image (the baseline);
+/// One checkpoint (the shim's SIGRTMAX-2 after `delay`) and one restart of `argv`, and reading the image (the baseline);
 /// with `cold`, both again after dropping the page cache.
 fn one(
     ckpt: &Path,
@@ -137,8 +137,9 @@ fn one(
         }
     }
     std::thread::sleep(delay);
+    // The shim's reserved checkpoint signal (SIGRTMAX-2): xz owns SIGUSR1 (its progress report).
     // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    unsafe { libc::kill(child.id() as i32, libc::SIGRTMAX() - 2) };
     if !wait_event(&log, "checkpoint", 1, &mut child, Duration::from_secs(120)) {
         let _ = child.kill();
         let _ = child.wait();
@@ -242,7 +243,7 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
     let runs = if o.smoke { 1 } else { o.runs.min(5) };
     let _ = writeln!(
         out,
-        "Each program (from the distribution, unmodified) runs under `ckpt run`; SIGUSR1 arrives 0.4 s in; \
+        "Each program (from the distribution, unmodified) runs under `ckpt run`; the shim's checkpoint signal (SIGRTMAX-2) arrives 0.4 s in; \
          the image is committed; the program is killed and `ckpt restart --image-dir` resumes it. Medians of \
          {runs} runs. *Pause* is the time the program is stopped (the handler records the descriptors and \
          forks the writer); *write* is the writer's time until the image is durable (the program runs \
