@@ -57,11 +57,9 @@ enum Expect {
 use Expect::*;
 
 /// Issue 19's items, as the known failures cite them.
-const MUTEX_TID: &str = "issue 19: held mutexes and the dynamic loader's lock keep the old thread id";
 const PROC_FD: &str = "issue 19: /proc/<pid>/... descriptors";
 const TIMERS: &str = "issue 19: POSIX timers and pending signals dropped";
 const CPUCLOCK: &str = "issue 19: clock_getcpuclockid(getpid()) fails";
-const NORESERVE: &str = "issue 19: a 2 TiB MAP_NORESERVE region cannot be mapped back";
 const SIGNAL_OWNED: &str = "issue 19: the checkpoint signal is the program's business too";
 const EINTR: &str = "issue 19: poll/sleep return early with EINTR";
 
@@ -94,15 +92,16 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("popen1", OneOf(&[Pass, Refused("child processes"), Refused("pipe to another process")])),
     ("readline", Pass),
     ("poll", Fails { item: EINTR, symptom: "errno = 4" }),
-    // The recursive mutex is held by the checkpoint-time thread id nearly always; when not, the second restart.
-    ("mutex1", Fails { item: MUTEX_TID, symptom: "pthread_mutex|address-space layout differs" }),
-    // The loader's recursive lock (dlopen/dlclose/dlsym), the same way: dlsym waits forever after restart 1.
-    ("dlopen1", Fails { item: MUTEX_TID, symptom: "no progress|address-space layout differs" }),
-    ("dlopen2", Fails { item: MUTEX_TID, symptom: "no progress|address-space layout differs" }),
+    // A recursive mutex (mutex1) and the loader's recursive lock (dlopen1/2: dlopen/dlsym) held across the
+    // checkpoint: the restored TCB keeps the checkpoint's cached tid, which glibc recorded as their owner.
+    ("mutex1", Pass),
+    ("dlopen1", Pass),
+    ("dlopen2", Pass),
     ("timer1", Fails { item: TIMERS, symptom: "no progress" }),
     ("clock", Fails { item: CPUCLOCK, symptom: "clock_gettime" }),
     ("rlimit-restore", Pass),
-    ("mmap-noreserve", Fails { item: NORESERVE, symptom: "cannot map the region" }),
+    // Restored with MAP_NORESERVE (recorded from smaps), its untouched pages skipped with PAGEMAP_SCAN.
+    ("mmap-noreserve", Pass),
     // Refused when a checkpoint finds the second thread; one that lands between two threads is accepted and
     // restored (single-threaded at that moment).
     ("pthread1", OneOf(&[Refused("threads"), Pass])),

@@ -21,10 +21,19 @@ fn exports_only_the_interposed_signal_functions() {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
         .collect();
-    let expected: BTreeSet<String> = ["__sysv_signal", "bsd_signal", "sigaction", "signal", "sigset", "sysv_signal"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let signals = ["__sysv_signal", "bsd_signal", "sigaction", "signal", "sigset", "sysv_signal"];
+    // tid.rs: the pthread calls that hand a thread's cached tid to the kernel.
+    let tid = [
+        "pthread_getaffinity_np",
+        "pthread_getattr_np",
+        "pthread_getcpuclockid",
+        "pthread_getschedparam",
+        "pthread_setaffinity_np",
+        "pthread_setschedparam",
+        "pthread_setschedprio",
+        "pthread_sigqueue",
+    ];
+    let expected: BTreeSet<String> = signals.iter().chain(tid.iter()).map(|s| s.to_string()).collect();
     assert_eq!(names, expected, "libckpt_preload.so must export exactly the interposed functions");
 }
 
