@@ -512,6 +512,10 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     }
 
     // Descriptors, as the handler saw them.
+    // SAFETY: getppid has no preconditions; the writer is the program's child (clone without CLONE_PARENT).
+    if let Some(problem) = program_timers(unsafe { libc::getppid() }) {
+        return Err(Failure::Refused(problem));
+    }
     let (fds, foreign) = descriptors(snap)?;
     let image = ProcessImage {
         version: PROCESS_IMAGE_VERSION,
@@ -821,6 +825,27 @@ fn rlimit_stack() -> (u64, u64) {
 }
 
 /// Every resource limit of the program (the writer's are the program's: inherited at the fork).
+/// The program's own POSIX timers (`timer_create`; `/proc/<pid>/timers`, the shim's interval and deadline
+/// timers left out): a restart would drop them silently (no more timer signals), so the checkpoint is
+/// refused while the program has one. `None` where the kernel does not show them
+/// (CONFIG_CHECKPOINT_RESTORE off).
+fn program_timers(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).ok()?;
+    let ours = [crate::INTERVAL_TIMER.load(Ordering::Relaxed), crate::DEADLINE_TIMER.load(Ordering::Relaxed)];
+    let ids: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ID:")?.trim().parse::<i64>().ok())
+        .filter(|id| !ours.contains(id))
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the program has {} POSIX timer(s) (timer_create; ids {ids:?}); this version does not restore them",
+        ids.len()
+    ))
+}
+
 /// The address ranges mapped with `MAP_NORESERVE` (`nr` in smaps' `VmFlags`).
 fn noreserve_ranges() -> Vec<(u64, u64)> {
     let Ok(text) = std::fs::read("/proc/self/smaps") else { return Vec::new() };
