@@ -449,6 +449,36 @@ fn check_version(version: u32) -> crate::Result<()> {
 /// them.
 pub const LIMITS_SECTION: &str = "process.limits";
 
+/// Section listing the address ranges (start, end) the program mapped with `MAP_NORESERVE` (`nr` in
+/// `/proc/self/smaps`' `VmFlags`), postcard: the restorer maps the regions inside them with `MAP_NORESERVE`
+/// again (a huge reservation, such as ThreadSanitizer's shadow memory, cannot be mapped back otherwise). A
+/// section of its own: an image without one (written before it existed) is read as before.
+pub const NORESERVE_SECTION: &str = "process.noreserve";
+
+/// Encodes the `MAP_NORESERVE` ranges.
+pub fn encode_noreserve(ranges: &[(u64, u64)]) -> crate::Result<Vec<u8>> {
+    postcard::to_allocvec(ranges).map_err(|e| {
+        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+            .with_section(NORESERVE_SECTION)
+    })
+}
+
+/// The `MAP_NORESERVE` ranges of a verified process image (empty for an image written without them).
+pub fn read_noreserve(cp: &crate::Checkpoint) -> crate::Result<Vec<(u64, u64)>> {
+    if !cp.has_section(NORESERVE_SECTION) {
+        return Ok(Vec::new());
+    }
+    let ranges: Vec<(u64, u64)> = cp.read_serde(NORESERVE_SECTION)?;
+    if let Some(r) = ranges.iter().find(|r| r.0 >= r.1) {
+        return Err(crate::Error::new(
+            crate::ErrorKind::Corrupt,
+            format!("MAP_NORESERVE range {:#x}-{:#x} is empty", r.0, r.1),
+        )
+        .with_path(cp.path()));
+    }
+    Ok(ranges)
+}
+
 /// One resource limit at checkpoint time (`getrlimit`): the resource (`RLIMIT_*`), its soft and its hard
 /// limit (`u64::MAX`: unlimited).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU32, A
 mod eintr;
 mod restore;
 mod sys;
+mod tid;
 mod writer;
 
 use sys::*;

@@ -44,7 +44,6 @@ pub struct Plan {
     nsigactions: usize,
     brk: u64,
     fs_base: u64,
-    tid_offset: i64,
     live_rseq: [u64; 3],
     saved_rseq: [u64; 3],
     sigframe: u64,
@@ -89,6 +88,8 @@ struct PlanRegion {
     prot: u32,
     kind: u32,
     keep: u32,
+    /// Mapped with `MAP_NORESERVE` at checkpoint time.
+    noreserve: u32,
     path: *const u8,
     file_offset: u64,
     run_first: usize,
@@ -264,9 +265,16 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Ok(l) => l.unwrap_or_default(),
         Err(e) => refuse(image_path, &e.to_string()),
     };
+    let noreserve = match ckpt_core::process_image::read_noreserve(&cp) {
+        Ok(n) => n,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
     // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
     drop(cp);
     if let Some(problem) = preflight(&image) {
+        refuse(image_path, &problem);
+    }
+    if let Some(problem) = large_regions_mappable(&image, &noreserve) {
         refuse(image_path, &problem);
     }
     warn_foreign_fds(&image, image_path);
@@ -299,7 +307,8 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     }
     // SAFETY: the image file stays open until restore_main reads it; the plan is built in a fresh mapping.
     unsafe {
-        let plan = build_plan(&image, &keep, &maps, memory_offset, image_path, interval_ns, deadline_ns, t0_ns);
+        let plan =
+            build_plan(&image, &noreserve, &keep, &maps, memory_offset, image_path, interval_ns, deadline_ns, t0_ns);
         (*plan).image_fd = high;
         for (slot, l) in (*plan).rlimits.iter_mut().zip(&limits) {
             *slot = [l.resource as u64, l.soft, l.hard];
@@ -377,6 +386,35 @@ fn parse_triggers(text: Option<&str>) -> (u64, u64, f64) {
 }
 
 /// Checks, before anything is changed, that this process can become the image.
+/// Whether every large anonymous region (1 GiB or more) can be mapped again as the restorer will map it
+/// (the kernel's commit accounting may refuse one without `MAP_NORESERVE`): tried here, before anything is
+/// replaced, so a refusal is exit 3 with the program's address space untouched.
+fn large_regions_mappable(image: &ProcessImage, noreserve: &[(u64, u64)]) -> Option<String> {
+    for r in &image.regions {
+        let len = r.end - r.start;
+        if len < 1 << 30 || matches!(r.kind, RegionKind::File | RegionKind::Guard) {
+            continue;
+        }
+        let nr = noreserve.iter().any(|&(a, b)| a <= r.start && r.end <= b);
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if nr { libc::MAP_NORESERVE } else { 0 };
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a fresh anonymous mapping anywhere, unmapped right away.
+        let a = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot, flags, -1, 0) };
+        if a == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            return Some(format!(
+                "the {} MiB region at {:#x} cannot be mapped again here{}: {e}",
+                len >> 20,
+                r.start,
+                if nr { " (MAP_NORESERVE)" } else { "" }
+            ));
+        }
+        // SAFETY: the mapping just made.
+        unsafe { libc::munmap(a, len as usize) };
+    }
+    None
+}
+
 fn preflight(image: &ProcessImage) -> Option<String> {
     if let Some(why) =
         ckpt_core::process_image::fingerprint_mismatch(&image.fingerprint, &ckpt_core::process_image::fingerprint())
@@ -630,6 +668,7 @@ impl ArenaWriter {
 #[allow(clippy::too_many_arguments)]
 unsafe fn build_plan(
     image: &ProcessImage,
+    noreserve: &[(u64, u64)],
     keep: &[(u64, u64, Vec<u8>, u64)],
     maps: &[Mapping],
     memory_offset: u64,
@@ -710,6 +749,7 @@ unsafe fn build_plan(
                 RegionKind::Guard => KIND_GUARD,
             },
             keep: kept as u32,
+            noreserve: noreserve.iter().any(|&(a, b)| a <= r.start && r.end <= b) as u32,
             // SAFETY: inside the arena.
             path: if r.kind == RegionKind::File { unsafe { w.cstr(&r.path) } } else { std::ptr::null() },
             file_offset: r.file_offset,
@@ -798,7 +838,6 @@ unsafe fn build_plan(
             nsigactions: sigactions.len(),
             brk: image.brk,
             fs_base: image.fs_base,
-            tid_offset: image.tid_offset.map(|o| o as i64).unwrap_or(-1),
             live_rseq,
             saved_rseq: image.rseq.map(|r| [r.addr, r.len as u64, r.sig as u64]).unwrap_or([0; 3]),
             sigframe: image.sigframe,
@@ -993,13 +1032,14 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     }
     // 2.-4. The address space.
     replace_address_space(p);
-    // 5. Thread pointer, cached tid, errno, rseq.
-    // SAFETY: the FS base points at the restored TCB; the tid and errno slots are inside it.
+    // 5. Thread pointer, errno, rseq. The tid glibc caches in the restored TCB stays the checkpoint's: it
+    //    is the owner glibc recorded in every mutex the thread holds (a recursive or error-checking mutex
+    //    of the program's, the dynamic loader's `dl_load_lock`), and glibc compares the two; `gettid()`
+    //    and `raise()` ask the kernel, and the pthread calls that hand the cached tid to the kernel for
+    //    the calling thread are interposed (tid.rs).
+    // SAFETY: the FS base points at the restored TCB.
     unsafe {
         syscall3(SYS_arch_prctl, ARCH_SET_FS as usize, p.fs_base as usize, 0);
-        if p.tid_offset >= 0 {
-            core::ptr::write_volatile((p.fs_base + p.tid_offset as u64) as *mut i32, gettid());
-        }
         if p.saved_rseq[1] != 0 {
             syscall6(SYS_rseq, p.saved_rseq[0] as usize, p.saved_rseq[1] as usize, 0, p.saved_rseq[2] as usize, 0, 0);
         }
@@ -1324,7 +1364,7 @@ fn replace_address_space(p: &Plan) {
             if r.kind == KIND_STACK {
                 flags |= libc::MAP_GROWSDOWN;
             }
-            if r.kind == KIND_GUARD {
+            if r.kind == KIND_GUARD || r.noreserve != 0 {
                 flags |= libc::MAP_NORESERVE;
             }
             let prot = if r.kind == KIND_GUARD { 0 } else { rw };

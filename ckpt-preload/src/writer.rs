@@ -461,37 +461,47 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
                 unsafe { syscall3(SYS_mprotect, m.start as usize, (m.end - m.start) as usize, (prot | 1) as usize) };
             }
             let npages = (m.end - m.start) / page;
-            let mut p = 0u64;
-            while p < npages {
-                let chunk = (npages - p).min(4096);
-                let bytes = &mut entries[..(chunk * 8) as usize];
-                pagemap
-                    .read_exact_at(bytes, (m.start / page + p) * 8)
-                    .map_err(|e| Failure::Failed(format!("/proc/self/pagemap at {:#x}: {e}", m.start + p * page)))?;
-                for i in 0..chunk {
-                    let e = u64::from_le_bytes(bytes[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap());
-                    let addr = m.start + (p + i) * page;
-                    let save = if from_image {
-                        // Present or not, these pages hold the program's data (mapped, made readable above).
-                        program_page(addr).iter().any(|&w| w != 0)
-                    } else if is_file {
-                        // A private copy of a file page (relocations, written .data) differs from the file.
-                        (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
-                    } else if e & (PM_PRESENT | PM_SWAPPED) != 0 {
-                        // Mapped and made readable above.
-                        program_page(addr).iter().any(|&w| w != 0)
-                    } else {
-                        false
-                    };
-                    if !save {
-                        continue;
+            // A large region (a reservation of which few pages were ever touched): only the ranges the
+            // kernel has pages for (PAGEMAP_SCAN); everything else is never saved. Pages of the image this
+            // process was restored from hold data without being present: all of them.
+            let ranges = if !from_image && npages > 16384 {
+                populated(&pagemap, m.start, m.end).unwrap_or_else(|| vec![(0, npages)])
+            } else {
+                vec![(0, npages)]
+            };
+            for (lo, hi) in ranges {
+                let mut p = lo;
+                while p < hi {
+                    let chunk = (hi - p).min(4096);
+                    let bytes = &mut entries[..(chunk * 8) as usize];
+                    pagemap.read_exact_at(bytes, (m.start / page + p) * 8).map_err(|e| {
+                        Failure::Failed(format!("/proc/self/pagemap at {:#x}: {e}", m.start + p * page))
+                    })?;
+                    for i in 0..chunk {
+                        let e = u64::from_le_bytes(bytes[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap());
+                        let addr = m.start + (p + i) * page;
+                        let save = if from_image {
+                            // Present or not, these pages hold the program's data (mapped, made readable above).
+                            program_page(addr).iter().any(|&w| w != 0)
+                        } else if is_file {
+                            // A private copy of a file page (relocations, written .data) differs from the file.
+                            (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+                        } else if e & (PM_PRESENT | PM_SWAPPED) != 0 {
+                            // Mapped and made readable above.
+                            program_page(addr).iter().any(|&w| w != 0)
+                        } else {
+                            false
+                        };
+                        if !save {
+                            continue;
+                        }
+                        match runs.last_mut() {
+                            Some(r) if r.addr + r.len == addr => r.len += page,
+                            _ => runs.push(Run { addr, len: page, data_offset: 0 }),
+                        }
                     }
-                    match runs.last_mut() {
-                        Some(r) if r.addr + r.len == addr => r.len += page,
-                        _ => runs.push(Run { addr, len: page, data_offset: 0 }),
-                    }
+                    p += chunk;
                 }
-                p += chunk;
             }
             for r in &mut runs {
                 r.data_offset = data_offset;
@@ -502,6 +512,10 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     }
 
     // Descriptors, as the handler saw them.
+    // SAFETY: getppid has no preconditions; the writer is the program's child (clone without CLONE_PARENT).
+    if let Some(problem) = program_timers(unsafe { libc::getppid() }) {
+        return Err(Failure::Refused(problem));
+    }
     let (fds, foreign) = descriptors(snap)?;
     let image = ProcessImage {
         version: PROCESS_IMAGE_VERSION,
@@ -578,6 +592,9 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     w.add_section_with(STATE_SECTION, &state, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     let limits = ckpt_core::process_image::encode_limits(&resource_limits()).map_err(fail)?;
     w.add_section_with(LIMITS_SECTION, &limits, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    let noreserve = ckpt_core::process_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
+    w.add_section_with(ckpt_core::process_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard))
+        .map_err(fail)?;
     {
         let mut sw = w.section_writer(MEMORY_SECTION, plain).map_err(fail)?;
         // Through a buffer: the CRC and the bytes written are then the same bytes even where this copy of
@@ -808,6 +825,110 @@ fn rlimit_stack() -> (u64, u64) {
 }
 
 /// Every resource limit of the program (the writer's are the program's: inherited at the fork).
+/// The program's own POSIX timers (`timer_create`; `/proc/<pid>/timers`, the shim's interval and deadline
+/// timers left out): a restart would drop them silently (no more timer signals), so the checkpoint is
+/// refused while the program has one. `None` where the kernel does not show them
+/// (CONFIG_CHECKPOINT_RESTORE off).
+fn program_timers(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).ok()?;
+    let ours = [crate::INTERVAL_TIMER.load(Ordering::Relaxed), crate::DEADLINE_TIMER.load(Ordering::Relaxed)];
+    let ids: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ID:")?.trim().parse::<i64>().ok())
+        .filter(|id| !ours.contains(id))
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the program has {} POSIX timer(s) (timer_create; ids {ids:?}); this version does not restore them",
+        ids.len()
+    ))
+}
+
+/// The address ranges mapped with `MAP_NORESERVE` (`nr` in smaps' `VmFlags`).
+fn noreserve_ranges() -> Vec<(u64, u64)> {
+    let Ok(text) = std::fs::read("/proc/self/smaps") else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut current = None;
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(flags) = line.strip_prefix(b"VmFlags:") {
+            if let Some(r) = current
+                && flags.split(|&b| b == b' ').any(|f| f == b"nr")
+            {
+                out.push(r);
+            }
+        } else if line.first().is_some_and(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)) {
+            let range = line.split(|&b| b == b' ').next().unwrap_or(&[]);
+            let mut it = range.split(|&b| b == b'-');
+            let hex = |b: Option<&[u8]>| {
+                std::str::from_utf8(b.unwrap_or(&[])).ok().and_then(|t| u64::from_str_radix(t, 16).ok())
+            };
+            current = match (hex(it.next()), hex(it.next())) {
+                (Some(a), Some(b)) if a < b => Some((a, b)),
+                _ => None,
+            };
+        }
+    }
+    out
+}
+
+/// The page ranges (indices from `start`, end exclusive) of `start..end` that have present or swapped
+/// pages, from the kernel's `PAGEMAP_SCAN` (Linux 6.7), which skips unpopulated page tables; `None` where it
+/// is not available.
+fn populated(pagemap: &std::fs::File, start: u64, end: u64) -> Option<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    const PAGEMAP_SCAN: u64 = 0xc060_6610; // _IOWR('f', 16, struct pm_scan_arg)
+    const PAGE_IS_PRESENT: u64 = 1 << 3;
+    const PAGE_IS_SWAPPED: u64 = 1 << 4;
+    #[repr(C)]
+    struct ScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    let mut regions = [[0u64; 3]; 256];
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let mut arg = ScanArg {
+            size: std::mem::size_of::<ScanArg>() as u64,
+            flags: 0,
+            start: at,
+            end,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: 0,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        };
+        // SAFETY: `arg` and the `regions` it points to are writable and as large as it says.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg as *mut ScanArg) };
+        if n < 0 || arg.walk_end <= at || arg.walk_end > end {
+            return None;
+        }
+        for r in &regions[..n as usize] {
+            if r[0] < r[1] && r[0] >= start && r[1] <= end {
+                out.push(((r[0] - start) / 4096, (r[1] - start).div_ceil(4096)));
+            }
+        }
+        at = arg.walk_end;
+    }
+    Some(out)
+}
+
 fn resource_limits() -> Vec<ResourceLimit> {
     // RLIMIT_CPU (0) to RLIMIT_RTTIME (15): every limit Linux has had since 2.6.25.
     (0..16u32)

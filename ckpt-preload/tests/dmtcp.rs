@@ -57,11 +57,8 @@ enum Expect {
 use Expect::*;
 
 /// Issue 19's items, as the known failures cite them.
-const MUTEX_TID: &str = "issue 19: held mutexes and the dynamic loader's lock keep the old thread id";
 const PROC_FD: &str = "issue 19: /proc/<pid>/... descriptors";
-const TIMERS: &str = "issue 19: POSIX timers and pending signals dropped";
 const CPUCLOCK: &str = "issue 19: clock_getcpuclockid(getpid()) fails";
-const NORESERVE: &str = "issue 19: a 2 TiB MAP_NORESERVE region cannot be mapped back";
 /// Seen once (CI, 2026-12-06, machine loaded): realpath() returned NULL after restart 2 and the program
 /// aborted; 8 runs of it alone afterwards (the machine also loaded) all passed. Under investigation: a
 /// crash is loud, but it is not a pass.
@@ -100,15 +97,17 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("readline", Pass),
     // poll() is resumed after the checkpoint (src/eintr.rs), in the running and the restarted process.
     ("poll", Pass),
-    // The recursive mutex is held by the checkpoint-time thread id nearly always; when not, the second restart.
-    ("mutex1", Fails { item: MUTEX_TID, symptom: "pthread_mutex|address-space layout differs" }),
-    // The loader's recursive lock (dlopen/dlclose/dlsym), the same way: dlsym waits forever after restart 1.
-    ("dlopen1", Fails { item: MUTEX_TID, symptom: "no progress|address-space layout differs" }),
-    ("dlopen2", Fails { item: MUTEX_TID, symptom: "no progress|address-space layout differs" }),
-    ("timer1", Fails { item: TIMERS, symptom: "no progress" }),
+    // A recursive mutex (mutex1) and the loader's recursive lock (dlopen1/2: dlopen/dlsym) held across the
+    // checkpoint: the restored TCB keeps the checkpoint's cached tid, which glibc recorded as their owner.
+    ("mutex1", Pass),
+    ("dlopen1", Pass),
+    ("dlopen2", Pass),
+    // Its two POSIX timers are not restored yet: refused at checkpoint time (before, dropped silently).
+    ("timer1", Refused("POSIX timer")),
     ("clock", Fails { item: CPUCLOCK, symptom: "clock_gettime" }),
     ("rlimit-restore", Pass),
-    ("mmap-noreserve", Fails { item: NORESERVE, symptom: "cannot map the region" }),
+    // Restored with MAP_NORESERVE (recorded from smaps), its untouched pages skipped with PAGEMAP_SCAN.
+    ("mmap-noreserve", Pass),
     // Refused when a checkpoint finds the second thread; one that lands between two threads is accepted and
     // restored (single-threaded at that moment).
     ("pthread1", OneOf(&[Refused("threads"), Pass])),

@@ -42,6 +42,15 @@ fn exports_only_the_interposed_signal_functions() {
         "select",
         "sleep",
         "usleep",
+        // The pthread calls that hand a thread's cached tid to the kernel (src/tid.rs).
+        "pthread_getaffinity_np",
+        "pthread_getattr_np",
+        "pthread_getcpuclockid",
+        "pthread_getschedparam",
+        "pthread_setaffinity_np",
+        "pthread_setschedparam",
+        "pthread_setschedprio",
+        "pthread_sigqueue",
     ]
     .iter()
     .map(|s| s.to_string())
