@@ -58,21 +58,11 @@ int main(void) {
 
 #[test]
 fn held_mutexes_and_pthread_calls_on_self_survive_two_restarts() {
-    let Some(cc) = which("cc").or_else(|| which("gcc")) else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "no C compiler under CI=true");
-        eprintln!("SKIP: no C compiler");
-        return;
-    };
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let img = dir.join("img");
-    let src = dir.join("locks.c");
-    let exe = dir.join("locks");
-    std::fs::write(&src, PROGRAM).unwrap();
-    let st =
-        std::process::Command::new(&cc).arg("-O1").arg("-o").arg(&exe).arg(&src).arg("-lpthread").status().unwrap();
-    assert!(st.success(), "cc failed");
+    let Some(exe) = build_c(dir, "locks", PROGRAM, &["-O1", "-lpthread"]) else { return };
     // The restarts reopen stdout (a regular file) from the image: everything goes to out.txt.
     let out = dir.join("out.txt");
     let mut last = -1i64;

@@ -38,6 +38,23 @@ pub fn tools() -> (PathBuf, PathBuf) {
 }
 
 /// A program on PATH (or None, and the caller skips; under CI=true a missing program fails).
+/// Compiles the C program `source` to `dir/name` with `cc` (or `gcc`) and `flags`. `None` when there is no
+/// compiler (a failure under `CI=true`, where every tool must be installed); a compiler error fails.
+#[allow(dead_code)] // not every test binary builds C programs
+pub fn build_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> Option<PathBuf> {
+    let Some(cc) = which("cc").or_else(|| which("gcc")) else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "no C compiler under CI=true");
+        eprintln!("SKIP: no C compiler");
+        return None;
+    };
+    let src = dir.join(format!("{name}.c"));
+    let exe = dir.join(name);
+    std::fs::write(&src, source).unwrap();
+    let st = Command::new(&cc).arg("-o").arg(&exe).arg(&src).args(flags).status().unwrap();
+    assert!(st.success(), "{} failed to compile {}", cc.display(), src.display());
+    Some(exe)
+}
+
 pub fn which(name: &str) -> Option<PathBuf> {
     let found =
         std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()));
