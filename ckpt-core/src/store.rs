@@ -120,6 +120,8 @@ pub struct Store {
     config: Config,
     storage: Arc<dyn Storage>,
     shared: Arc<Shared>,
+    /// The run identity as recorded in every file's header (encoded once, not per save).
+    identity_metadata: Vec<u8>,
 }
 
 /// A save reuses the directory view the previous save left, instead of listing the directory again, for
@@ -339,7 +341,8 @@ impl Store {
             damaged: std::sync::Mutex::new(Vec::new()),
             restore_notices: std::sync::Mutex::new(Vec::new()),
         };
-        Store { config, storage, shared: Arc::new(shared) }
+        let identity_metadata = config.run_identity().to_metadata();
+        Store { config, storage, shared: Arc::new(shared), identity_metadata }
     }
 
     /// What the last restart discovery told stderr (a checkpoint taken from another job, candidates
@@ -652,7 +655,7 @@ impl Store {
             job_id: c.job_key().to_string(),
             app_name: c.app_name.clone(),
             host: c.host.clone(),
-            metadata: vec![(crate::identity::IDENTITY_KEY.to_string(), c.run_identity().to_metadata())],
+            metadata: vec![(crate::identity::IDENTITY_KEY.to_string(), self.identity_metadata.clone())],
         }
     }
 
