@@ -361,16 +361,21 @@ fn warn_foreign_fds(image: &ProcessImage, image_path: &str) {
     }
 }
 
-/// The timer signal of the restored program (its settings are in its saved environment).
-fn restored_timer_signal(image: &ProcessImage) -> i32 {
-    let env: Vec<(String, String)> = image
+/// The restored program's environment as it was saved (its settings: the same rules as at start).
+fn saved_env(image: &ProcessImage) -> Vec<(String, String)> {
+    image
         .envp
         .iter()
         .filter_map(|e| {
             let s = String::from_utf8_lossy(e);
             s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
         })
-        .collect();
+        .collect()
+}
+
+/// The timer signal of the restored program (its settings are in its saved environment).
+fn restored_timer_signal(image: &ProcessImage) -> i32 {
+    let env = saved_env(image);
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     match ckpt_core::Config::from_lookup(Some("program"), |k| get(k)) {
         Ok(cfg) => crate::timer_signal_of(&cfg.signals),
@@ -957,14 +962,7 @@ fn restore_arg_area(p: &Plan) -> isize {
 
 /// The log file of the restored program, found from its saved environment (the same rules as at start).
 fn log_path_of(image: &ProcessImage) -> Option<std::path::PathBuf> {
-    let env: Vec<(String, String)> = image
-        .envp
-        .iter()
-        .filter_map(|e| {
-            let s = String::from_utf8_lossy(e);
-            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
+    let env = saved_env(image);
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let exe = std::path::Path::new(std::ffi::OsStr::from_bytes(&image.exe))
         .file_name()
