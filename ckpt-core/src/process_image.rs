@@ -124,6 +124,12 @@ pub enum FdKind {
     ForeignNull,
     /// The same, left closed on restart (`CKPT_SHIM_FOREIGN_FDS=close`).
     ForeignClosed,
+    /// A file or directory of the process's own `/proc` entry (`/proc/self/fd`, `/proc/self/status`),
+    /// or another `/proc` file (`/proc/meminfo`): `path` names it as seen from the process
+    /// (`/proc/self/...`, `/proc/thread-self/...`), reopened by that path in the restored process and
+    /// repositioned; never cut back, no identity check (procfs inodes belong to one process). Added after
+    /// layout 2 shipped, as the last variant: older builds fail to decode such an image and refuse it.
+    ProcFile,
 }
 
 /// The environment variable choosing what happens to descriptors inherited from the launcher that

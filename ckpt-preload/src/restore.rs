@@ -527,9 +527,10 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             Ok(m) => m,
             Err(e) => return Some(format!("file descriptor {} ({}): {e}", f.fd, path.display())),
         };
-        if f.kind == FdKind::CharDevice {
-            // A device that cannot be opened here (no controlling terminal for /dev/tty) is refused now,
-            // not after the address space was replaced.
+        if matches!(f.kind, FdKind::CharDevice | FdKind::ProcFile) {
+            // A device that cannot be opened here (no controlling terminal for /dev/tty), or a /proc file
+            // this kernel does not have or lets nobody open, is refused now, not after the address space
+            // was replaced.
             use std::os::unix::fs::OpenOptionsExt;
             let access = f.flags & libc::O_ACCMODE;
             if let Err(e) = std::fs::OpenOptions::new()
@@ -784,7 +785,7 @@ unsafe fn build_plan(
                 FdKind::PipeWrite => FD_PIPE_WRITE,
                 FdKind::ForeignNull => FD_DEV_NULL,
                 FdKind::ForeignClosed => FD_CLOSED,
-                FdKind::Regular | FdKind::Directory | FdKind::CharDevice => FD_REOPEN,
+                FdKind::Regular | FdKind::Directory | FdKind::CharDevice | FdKind::ProcFile => FD_REOPEN,
             },
             group: group as u32,
             leader: f.dup_of.and_then(|d| image.fds.iter().position(|o| o.fd == d)).map(|i| i as i32).unwrap_or(-1),

@@ -701,9 +701,17 @@ fn descriptors(snap: &crate::Snapshot) -> Result<(Vec<FdRecord>, Vec<serde_json:
             continue;
         }
         let link = std::fs::read_link(format!("/proc/self/fd/{}", s.fd)).unwrap_or_default();
-        let path = link.as_os_str().as_bytes().to_vec();
+        let mut path = link.as_os_str().as_bytes().to_vec();
         let name = lossy(&path);
-        let kind = match fd_kind(snap, s, &path) {
+        let kind = match proc_path(&path, crate::ROOT_PID.load(Ordering::Relaxed), s.fd) {
+            Ok(Some(own)) => {
+                path = own;
+                Ok(FdKind::ProcFile)
+            }
+            Ok(None) => fd_kind(snap, s, &path),
+            Err(why) => Err(why),
+        };
+        let kind = match kind {
             Ok(kind) => kind,
             Err(Unrestorable::Never(why)) => return Err(Failure::Refused(why)),
             // Inherited from the launcher (open at start, same file) and not restorable: the setting decides.
@@ -747,6 +755,40 @@ fn descriptors(snap: &crate::Snapshot) -> Result<(Vec<FdRecord>, Vec<serde_json:
         });
     }
     Ok((fds, foreign))
+}
+
+/// A descriptor on procfs, as the restored process must reopen it: `/proc/<pid>/...` of the program
+/// itself becomes `/proc/self/...` (`/proc/<pid>/task/<pid>/...`: `/proc/thread-self/...`), other `/proc`
+/// files (`/proc/meminfo`) keep their path. `None`: not under `/proc`. Another process's entry cannot be
+/// reached from a restart: refused.
+fn proc_path(path: &[u8], pid: i32, fd: i32) -> Result<Option<Vec<u8>>, Unrestorable> {
+    let Some(rest) = path.strip_prefix(b"/proc/") else { return Ok(None) };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || !(rest.len() == digits || rest[digits] == b'/') {
+        return Ok(Some(path.to_vec())); // /proc/meminfo, /proc/sys/...
+    }
+    let own = pid.to_string();
+    let name = lossy(path);
+    if &rest[..digits] != own.as_bytes() {
+        return Err(Unrestorable::Unless(format!(
+            "fd {fd} is {name}, an entry of another process: a restart cannot reach that process"
+        )));
+    }
+    let after = &rest[digits..]; // "" or "/..."
+    let task = format!("/task/{own}");
+    let mut out = Vec::with_capacity(path.len());
+    if let Some(t) = after.strip_prefix(task.as_bytes()).filter(|t| t.is_empty() || t[0] == b'/') {
+        out.extend_from_slice(b"/proc/thread-self");
+        out.extend_from_slice(t);
+    } else if after.starts_with(b"/task/") {
+        return Err(Unrestorable::Unless(format!(
+            "fd {fd} is {name}, an entry of a thread that no longer exists: a restart cannot reach it"
+        )));
+    } else {
+        out.extend_from_slice(b"/proc/self");
+        out.extend_from_slice(after);
+    }
+    Ok(Some(out))
 }
 
 /// Why a descriptor cannot be restored.

@@ -489,3 +489,124 @@ fn the_restarted_process_shows_its_command_line() {
     }
     assert!(wait_timeout(&mut child, Duration::from_secs(300)).success());
 }
+
+const PROCFDS_C: &str = r#"
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void spin(long n) {
+    volatile long x = 0;
+    for (long k = 0; k < n; k++) x += k;
+}
+
+/* procfds LINES WORK [PEER]: holds /proc/self/fd (a directory), /proc/self/status, /proc/<pid>/stat (its own
+   pid spelled out), /proc/thread-self/comm and /proc/meminfo open; per line, checks through each that they
+   describe the process as it is now (its pid after a restart), and prints "ok i". With PEER (a pid), also
+   holds /proc/PEER/status open. */
+int main(int argc, char **argv) {
+    int lines = atoi(argv[1]);
+    long work = atol(argv[2]);
+    char path[64];
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY);
+    int status = open("/proc/self/status", O_RDONLY);
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)getpid());
+    int stat = open(path, O_RDONLY);
+    int comm = open("/proc/thread-self/comm", O_RDONLY);
+    int meminfo = open("/proc/meminfo", O_RDONLY);
+    if (dir < 0 || status < 0 || stat < 0 || comm < 0 || meminfo < 0) return 8;
+    if (argc > 3) {
+        snprintf(path, sizeof path, "/proc/%s/status", argv[3]);
+        if (open(path, O_RDONLY) < 0) return 8;
+    }
+    char buf[4096], want[64];
+    for (int i = 0; i < lines; i++) {
+        struct stat st;
+        /* The directory is this process's fd table: the status descriptor is in it. */
+        snprintf(want, sizeof want, "%d", status);
+        if (fstatat(dir, want, &st, 0) != 0) { printf("FAIL fd dir %d\n", i); return 1; }
+        ssize_t n = pread(status, buf, sizeof buf - 1, 0);
+        if (n <= 0) { printf("FAIL status %d\n", i); return 1; }
+        buf[n] = 0;
+        snprintf(want, sizeof want, "\nPid:\t%d\n", (int)getpid());
+        if (!strstr(buf, want)) { printf("FAIL status pid %d\n", i); return 1; }
+        n = pread(stat, buf, sizeof buf - 1, 0);
+        if (n <= 0 || atoi(buf) != (int)getpid()) { printf("FAIL stat pid %d\n", i); return 1; }
+        n = pread(comm, buf, sizeof buf - 1, 0);
+        if (n <= 0) { printf("FAIL comm %d\n", i); return 1; }
+        n = pread(meminfo, buf, sizeof buf - 1, 0);
+        if (n <= 0 || strncmp(buf, "MemTotal:", 9) != 0) { printf("FAIL meminfo %d\n", i); return 1; }
+        printf("ok %d\n", i);
+        fflush(stdout);
+        spin(work);
+    }
+    return 0;
+}
+"#;
+
+fn procfds() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = target_dir().join("shim-test-descriptors");
+        std::fs::create_dir_all(&dir).unwrap();
+        build_c(&dir, &format!("procfds-{}", std::process::id()), PROCFDS_C, &["-O1"])
+    })
+    .clone()
+}
+
+/// Descriptors of the program's own `/proc` entry (`/proc/self/...`, `/proc/<its pid>/...`,
+/// `/proc/thread-self/...`) and of other `/proc` files are reopened in the restored process, naming the
+/// restored process, through three restarts (before: the restart refused the image, "file descriptor 3
+/// (/proc/2921/fd): No such file or directory", and the job was lost at its time limit).
+#[test]
+fn own_proc_descriptors_name_the_restored_process() {
+    let Some(bin) = procfds() else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("out.txt");
+    let lines = 3000;
+    let child = command(&ckpt, dir)
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+        .args([bin.to_str().unwrap(), &lines.to_string(), "2000000"])
+        .stdout(out_file(&out, false))
+        .stderr(out_file(&dir.join("err.txt"), false))
+        .spawn()
+        .unwrap();
+    let want: String = (0..lines).map(|i| format!("ok {i}\n")).collect();
+    let child = three_cycles(dir, &out, want.len(), child, "/proc descriptors");
+    finish(child, dir, "/proc descriptors");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+}
+
+/// A descriptor of another process's `/proc` entry cannot be reached from a restart: the checkpoint is
+/// refused with a message naming it, and the program goes on.
+#[test]
+fn another_process_proc_descriptor_refuses_the_checkpoint() {
+    let Some(bin) = procfds() else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("out.txt");
+    let peer = std::process::id().to_string();
+    let mut child = command(&ckpt, dir)
+        .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
+        .args([bin.to_str().unwrap(), "100000", "2000000", &peer])
+        .stdout(out_file(&out, false))
+        .stderr(out_file(&dir.join("err.txt"), false))
+        .spawn()
+        .unwrap();
+    wait_for_len(&out, 100, &mut child, "peer /proc");
+    kill(child.id(), libc::SIGUSR1);
+    assert!(wait_for_events(dir, "checkpoint-refused", 1, &mut child, Duration::from_secs(60)), "{}", log_text(dir));
+    let reason = events(dir, "checkpoint-refused")[0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(&format!("/proc/{peer}/status")) && reason.contains("another process"), "{reason}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "the program goes on after a refusal");
+    kill(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+}
