@@ -315,6 +315,7 @@ pub unsafe extern "C" fn clock_nanosleep(
     if p == 0 {
         return libc::ENOSYS;
     }
+    let clock = crate::pid::current_clock(clock);
     // SAFETY: libc's clock_nanosleep.
     let real: ClockNanosleepFn = unsafe { std::mem::transmute::<usize, ClockNanosleepFn>(p) };
     if req.is_null() {

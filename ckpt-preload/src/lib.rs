@@ -34,6 +34,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 mod eintr;
+mod pid;
 mod restore;
 mod sys;
 mod tid;

@@ -1186,6 +1186,8 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     }
     // 8. The shim's own state (now the checkpoint-time copy): this is a new process.
     let pid = getpid();
+    // The checkpoint-time pid keeps naming this process in the calls that take one (pid.rs).
+    crate::pid::remember(crate::ROOT_PID.load(Ordering::Relaxed));
     crate::ROOT_PID.store(pid, Ordering::Relaxed);
     crate::WRITER_PID.store(0, Ordering::Relaxed);
     crate::CHILD_ARENA.store(0, Ordering::Relaxed);
@@ -1324,7 +1326,12 @@ fn replace_address_space(p: &Plan) {
     }
     // 3. Program break first (the heap region is mapped over it below).
     // SAFETY: brk has no memory preconditions.
-    unsafe { syscall3(SYS_brk, p.brk as usize, 0, 0) };
+    let brk = unsafe { syscall3(SYS_brk, p.brk as usize, 0, 0) };
+    // The kernel answers with the break it kept: another one would leave malloc's next sbrk failing or
+    // unmapping the restored heap.
+    if brk as u64 != p.brk {
+        fatal(b"cannot set the program break to", p.brk, if brk < 0 { brk } else { -(libc::ENOMEM as isize) });
+    }
     // 4. Every region, then its saved pages, then its final protection.
     // SAFETY: the plan's arrays are in the arena.
     let runs = if p.nruns == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.runs, p.nruns) } };

@@ -57,8 +57,15 @@ enum Expect {
 use Expect::*;
 
 /// Issue 19's items, as the known failures cite them.
-const PROC_FD: &str = "issue 19: /proc/<pid>/... descriptors";
-const CPUCLOCK: &str = "issue 19: clock_getcpuclockid(getpid()) fails";
+/// The restarted process has another pid (no pid virtualization): a program that compares a pid it
+/// read before the checkpoint with one read after sees them differ (syscall-tester: `getpid()` against
+/// `syscall(SYS_getpid)` with the checkpoint landing between them). Values it holds for itself keep
+/// naming it (src/pid.rs); the numbers themselves change.
+const PID_CHANGES: &str = "issue 19: the pid changes at restart (a pid read before, compared after)";
+/// Seen once (CI, 2026-12-06): syscall-tester killed by SIGSEGV after restart 1; about 300 cycles of it
+/// here afterwards (also with the machine loaded) never crashed. The harness now reports the kernel's
+/// fault line (address, ip) when it happens again.
+const UNEXPLAINED_SEGV: &str = "issue 19: a SIGSEGV after restart 1 seen once in CI, cause not found yet";
 /// Seen once (CI, 2026-12-06, machine loaded): realpath() returned NULL after restart 2 and the program
 /// aborted; 8 runs of it alone afterwards (the machine also loaded) all passed. Under investigation: a
 /// crash is loud, but it is not a pass.
@@ -75,7 +82,7 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("dmtcp4", Pass),
     // Its own SIGUSR1 reaches its handler; the harness's checkpoint (reserved signal) finds its child.
     ("dmtcp5", Refused("child processes")),
-    // Also holds /proc/self/exe open (PROC_FD), which the refusal of the deleted file hides today.
+    // Refused for its deleted file (it also holds /proc/self/exe open: the executable, reopened by path).
     ("file1", Refused("deleted file")),
     ("file2", Refused("deleted file")),
     ("file3", Pass),
@@ -88,9 +95,17 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("environ", Pass),
     ("realpath", OneOf(&[Pass, Fails { item: UNEXPLAINED_ABORT, symptom: "killed by signal 6" }])),
     ("sigchild", Pass),
-    // Its loop holds /proc/PID/fd open (accepted, then the restart fails) or a deleted temporary file
-    // (refused) for moments; a TERM between them passes.
-    ("syscall-tester", OneOf(&[Pass, Refused("deleted file"), Fails { item: PROC_FD, symptom: "/proc/" }])),
+    // Its loop holds /proc/PID/fd open (restored as /proc/self/fd) or a deleted temporary file (refused)
+    // for moments; its getpid() test compares a pid read before the checkpoint with one read after.
+    (
+        "syscall-tester",
+        OneOf(&[
+            Pass,
+            Refused("deleted file"),
+            Fails { item: PID_CHANGES, symptom: "getpid() returned" },
+            Fails { item: UNEXPLAINED_SEGV, symptom: "killed by signal 11" },
+        ]),
+    ),
     // The checkpoints nearly always land in its sleep(2), between two pipelines; one that finds `ls` or
     // `sort` running is refused (child processes, pipes to them).
     ("popen1", OneOf(&[Pass, Refused("child processes"), Refused("pipe to another process")])),
@@ -104,7 +119,8 @@ const EXPECTED: &[(&str, Expect)] = &[
     ("dlopen2", Pass),
     // Its two POSIX timers are not restored yet: refused at checkpoint time (before, dropped silently).
     ("timer1", Refused("POSIX timer")),
-    ("clock", Fails { item: CPUCLOCK, symptom: "clock_gettime" }),
+    // The clock id it took before the checkpoint names its old pid: translated (src/pid.rs).
+    ("clock", Pass),
     ("rlimit-restore", Pass),
     // Restored with MAP_NORESERVE (recorded from smaps), its untouched pages skipped with PAGEMAP_SCAN.
     ("mmap-noreserve", Pass),
@@ -226,7 +242,8 @@ const PROGRAMS: &[Prog] = &[
         name: "syscall-tester",
         src: "syscall-tester.c",
         check: Check::Counter { prefix: "Beginning iteration: ", start: 1, step: 1 },
-        errors: &["test failed"],
+        // The pid comparison first: its line says what failed (PID_CHANGES).
+        errors: &["getpid() returned", "test failed"],
         trigger: Trigger::Term,
         ..BASE
     },
@@ -419,6 +436,23 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// For a program killed by a fault (SIGSEGV, SIGBUS, SIGILL): the kernel's log lines about its pid (the
+/// faulting address, instruction pointer and mapping), so that a failure seen once in CI can be explained.
+fn kernel_report(status: ExitStatus, pid: u32) -> String {
+    if !matches!(status.signal(), Some(libc::SIGSEGV | libc::SIGBUS | libc::SIGILL)) {
+        return String::new();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let Ok(o) = Command::new("dmesg").output() else { return "; dmesg: not available".into() };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let tag = format!("[{pid}]");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
+    if lines.is_empty() {
+        return format!("; the kernel logged nothing for pid {pid} (dmesg: {})", tail(&String::from_utf8_lossy(&o.stderr), 200));
+    }
+    format!("; kernel: {}", lines[lines.len().saturating_sub(4)..].join(" | "))
+}
+
 /// The checkpoint-related events of the log: (event, reason or error).
 fn checkpoint_events(dir: &Path) -> Vec<(String, String)> {
     read(&dir.join("ckpt.log"))
@@ -544,7 +578,12 @@ impl Run<'_> {
         let t = Instant::now();
         while t.elapsed() < self.p.phase {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let msg = format!("the program {}; {}", describe(status), self.outputs());
+                let msg = format!(
+                    "the program {}; {}{}",
+                    describe(status),
+                    self.outputs(),
+                    kernel_report(status, self.child.as_ref().unwrap().id())
+                );
                 self.stop();
                 return Err(self.fail(msg));
             }

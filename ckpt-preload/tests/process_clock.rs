@@ -1,8 +1,10 @@
-//! The process CPU-time clock after a restart (DMTCP's `clock` test). The restarted process has another
-//! pid, and this version does not virtualize pids: `clock_getcpuclockid(getpid())` called after the
-//! restart names the restarted process and works; a clock id taken before the checkpoint names the old
-//! pid, and reading it fails with EINVAL while that pid is free (README, scope). This test pins that
-//! documented behaviour.
+//! The pids a process had before its restarts keep naming it (DMTCP's `clock` test, and more). The
+//! restarted process has another pid (this version does not virtualize pids: `getpid()` returns the new
+//! one), but a value the program took for itself before the checkpoint still names it after each restart:
+//! a CPU-time clock id (`clock_getcpuclockid(getpid())` encodes the pid; before the fix, reading it after
+//! the restart failed with EINVAL, or read whatever process had that pid now) and the pid itself given to
+//! `kill` (which would signal another process). Two restarts in a row: the first pid is translated from
+//! the third process.
 
 mod common;
 
@@ -11,55 +13,85 @@ use std::time::Duration;
 
 use common::*;
 
+const SCRIPT: &str = r#"
+import errno, os, signal, sys, time
+
+def clock(pid):
+    # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED), as glibc's clock_getcpuclockid makes it.
+    return ((~pid) << 3) | 2
+
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+first = os.getpid()
+taken = clock(first)
+for r in range(int(sys.argv[1])):
+    x = 0
+    for i in range(20000):
+        x += i * i
+    fresh = time.clock_gettime(clock(os.getpid())) > 0
+    try:
+        time.clock_gettime(taken)
+        old = 'ok'
+    except OSError as e:
+        old = errno.errorcode[e.errno]
+    try:
+        os.kill(first, signal.SIGUSR2)
+        info = signal.sigtimedwait([signal.SIGUSR2], 5)
+        kill = 'self' if info is not None and info.si_pid == os.getpid() else 'lost'
+    except OSError as e:
+        kill = errno.errorcode[e.errno]
+    print(r, os.getpid(), 'restarted' if os.getpid() != first else 'first', fresh, old, kill, flush=True)
+"#;
+
 #[test]
-fn cpu_clock_ids_name_the_process_of_their_pid() {
+fn earlier_pids_keep_naming_the_process() {
     let Some(py) = python() else { return };
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let img = dir.join("img");
     let out = dir.join("out.txt");
-    let script = dir.join("clock.py");
-    // MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED), as glibc's clock_getcpuclockid makes it.
-    std::fs::write(
-        &script,
-        "import os, time, errno\ndef clock(pid):\n    return ((~pid) << 3) | 2\nfirst = os.getpid()\n\
-         taken = clock(first)\nfor r in range(400):\n    x = 0\n    for i in range(20000):\n        x += i * i\n    \
-         fresh = time.clock_gettime(clock(os.getpid())) > 0\n    try:\n        time.clock_gettime(taken)\n        \
-         old = 'ok'\n    except OSError as e:\n        old = errno.errorcode[e.errno]\n    \
-         print(r, 'restarted' if os.getpid() != first else 'first', fresh, old, flush=True)\n",
-    )
-    .unwrap();
+    let script = dir.join("pids.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let lines = 600;
     let mut child = command(&ckpt, dir)
         .args(["run", "--dir", img.to_str().unwrap(), "--"])
         .arg(&py)
         .arg(&script)
+        .arg(lines.to_string())
         .stdout(out_file(&out, false))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    kill(child.id(), libc::SIGUSR1);
-    assert!(wait_for_events(dir, "checkpoint", 1, &mut child, Duration::from_secs(60)), "no checkpoint");
-    kill(child.id(), libc::SIGKILL);
-    let _ = child.wait();
-    let mut restart = command(&ckpt, dir);
-    let mut child = restart
-        .args(["restart", "--image-dir", img.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = wait_timeout(&mut child, Duration::from_secs(120));
+    for n in 1..=2 {
+        let seen = std::fs::read_to_string(&out).unwrap_or_default().lines().count();
+        let t = std::time::Instant::now();
+        while std::fs::read_to_string(&out).unwrap_or_default().lines().count() < seen + 20 {
+            assert!(t.elapsed() < Duration::from_secs(60), "no progress before checkpoint {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(child.id(), libc::SIGUSR1);
+        assert!(wait_for_events(dir, "checkpoint", n, &mut child, Duration::from_secs(60)), "no checkpoint {n}");
+        kill(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+        child = command(&ckpt, dir)
+            .args(["restart", "--image-dir", img.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_events(dir, "restored", n, &mut child, Duration::from_secs(60)), "restart {n}");
+    }
+    let status = wait_timeout(&mut child, Duration::from_secs(300));
     assert!(status.success(), "the restarted program ended with {status:?}");
     let text = std::fs::read_to_string(&out).unwrap();
-    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
-    assert_eq!(lines.len(), 400, "{text}");
-    let (first, restarted): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l[1] == "first");
-    assert!(!first.is_empty() && !restarted.is_empty(), "{text}");
-    // Before the checkpoint both ids are this process's; after the restart a new query works and the old
-    // id names the old (dead) pid.
-    assert!(first.iter().all(|l| l[2] == "True" && l[3] == "ok"), "{text}");
-    assert!(restarted.iter().all(|l| l[2] == "True"), "clock_getcpuclockid(getpid()) after the restart: {text}");
-    assert!(restarted.iter().all(|l| l[3] == "EINVAL"), "a clock id taken before the checkpoint: {text}");
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(rows.len(), lines, "{text}");
+    let pids: std::collections::BTreeSet<&str> = rows.iter().map(|l| l[1]).collect();
+    assert_eq!(pids.len(), 3, "three processes (two restarts): {text}");
+    assert!(rows.iter().any(|l| l[2] == "first") && rows.iter().any(|l| l[2] == "restarted"), "{text}");
+    for l in &rows {
+        assert_eq!(l[3], "True", "clock_getcpuclockid(getpid()) of the current process: {l:?}");
+        assert_eq!(l[4], "ok", "a clock id taken before the checkpoints: {l:?}");
+        assert_eq!(l[5], "self", "kill(first pid) reaches the process itself: {l:?}");
+    }
 }
