@@ -43,6 +43,8 @@ pub struct Plan {
     sigactions: *const [u64; 5],
     nsigactions: usize,
     brk: u64,
+    /// Whether the `brk` system call set the break (1) or left it elsewhere (0).
+    brk_set: u64,
     fs_base: u64,
     live_rseq: [u64; 3],
     saved_rseq: [u64; 3],
@@ -843,6 +845,7 @@ unsafe fn build_plan(
             sigactions: w.alloc(&sigactions),
             nsigactions: sigactions.len(),
             brk: image.brk,
+            brk_set: 0,
             fs_base: image.fs_base,
             live_rseq,
             saved_rseq: image.rseq.map(|r| [r.addr, r.len as u64, r.sig as u64]).unwrap_or([0; 3]),
@@ -917,9 +920,9 @@ fn restore_arg_area(p: &Plan) -> isize {
     }
     // Filled in place (the plan is in the writable arena; no copy, which could become a memcpy call).
     let map = p.mm_map.as_ptr() as *mut u64;
-    // SAFETY: brk(0) only queries; the writes stay inside the plan's 13 words.
+    // SAFETY: the writes stay inside the plan's 13 words.
     unsafe {
-        core::ptr::write_volatile(map.add(5), syscall3(SYS_brk, 0, 0, 0) as u64);
+        core::ptr::write_volatile(map.add(5), p.brk);
         let mut i = 0;
         while i < 4 {
             core::ptr::write_volatile(map.add(7 + i), area[i]);
@@ -1227,6 +1230,11 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     crate::register_process();
     // The command line `ps` shows.
     let cmdline = restore_arg_area(p);
+    if p.brk_set == 0 && cmdline != 0 {
+        // Neither brk nor PR_SET_MM_MAP set the break: the first sbrk of the restored malloc would map
+        // its memory above the wrong break.
+        fatal(b"cannot set the program break to", p.brk, cmdline);
+    }
     // 9. One log line.
     if !p.log_path.is_null() {
         let fd = open_cstr(p.log_path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC);
@@ -1276,7 +1284,15 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
 /// be used (the test `restorer_calls_no_libc` checks the machine code for calls through the PLT).
 #[inline(never)]
 fn replace_address_space(p: &Plan) {
-    // 2. Unmap everything but the vDSO/vvar, the arena and the identical file mappings.
+    // 2. The program break, while this process's own heap mapping is still there: the kernel moves the
+    //    break only over its own heap mapping (shrinking one that is gone fails and leaves the break
+    //    where it was; malloc's next sbrk would then grow the heap from the wrong place, leaving a hole
+    //    under it). PR_SET_MM_MAP sets the break again at the end (`restore_arg_area`).
+    // SAFETY: brk has no memory preconditions.
+    let brk = unsafe { syscall3(SYS_brk, p.brk as usize, 0, 0) };
+    // SAFETY: the plan is in the writable arena; only this thread runs.
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of!(p.brk_set) as *mut u64, (brk as u64 == p.brk) as u64) };
+    //    Then unmap everything but the vDSO/vvar, the arena and the identical file mappings.
     let n = read_file(b"/proc/self/maps\0", unsafe { core::slice::from_raw_parts_mut(p.maps_buf, p.maps_cap) });
     if n < 0 {
         fatal(b"cannot read /proc/self/maps", 0, n);
@@ -1324,14 +1340,7 @@ fn replace_address_space(p: &Plan) {
             fatal(b"munmap", start, r);
         }
     }
-    // 3. Program break first (the heap region is mapped over it below).
-    // SAFETY: brk has no memory preconditions.
-    let brk = unsafe { syscall3(SYS_brk, p.brk as usize, 0, 0) };
-    // The kernel answers with the break it kept: another one would leave malloc's next sbrk failing or
-    // unmapping the restored heap.
-    if brk as u64 != p.brk {
-        fatal(b"cannot set the program break to", p.brk, if brk < 0 { brk } else { -(libc::ENOMEM as isize) });
-    }
+    // 3. The program break was set before the unmapping (see above); the heap region is mapped over it below.
     // 4. Every region, then its saved pages, then its final protection.
     // SAFETY: the plan's arrays are in the arena.
     let runs = if p.nruns == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.runs, p.nruns) } };
