@@ -25,6 +25,9 @@ pub const STATE_SECTION: &str = "process.state";
 pub const MEMORY_SECTION: &str = "process.memory";
 /// Version of [`ProcessImage`]'s layout.
 pub const PROCESS_IMAGE_VERSION: u32 = 2;
+/// Version of a multi-threaded image: the layout of version 2 plus a [`THREADS_SECTION`] the restorer
+/// must honour. Builds that read only version 2 refuse it by its version (they would restore one thread).
+pub const PROCESS_IMAGE_VERSION_THREADS: u32 = 3;
 /// Metadata key marking a file as a process image (value: "1").
 pub const IMAGE_METADATA_KEY: &str = "ckpt.process-image";
 
@@ -438,13 +441,14 @@ pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
 
 /// Refuses a state section of another layout, saying what to do.
 fn check_version(version: u32) -> crate::Result<()> {
-    if version == PROCESS_IMAGE_VERSION {
+    if version == PROCESS_IMAGE_VERSION || version == PROCESS_IMAGE_VERSION_THREADS {
         return Ok(());
     }
     Err(crate::Error::new(
         crate::ErrorKind::UnsupportedVersion,
         format!(
-            "process image layout {version} (this build reads {PROCESS_IMAGE_VERSION}): the image was written by \
+            "process image layout {version} (this build reads {PROCESS_IMAGE_VERSION} and \
+             {PROCESS_IMAGE_VERSION_THREADS}): the image was written by \
              another version of ckpt, whose libckpt_preload.so is part of the image; restart it with that version"
         ),
     ))
@@ -483,6 +487,67 @@ pub fn read_noreserve(cp: &crate::Checkpoint) -> crate::Result<Vec<(u64, u64)>> 
         .with_path(cp.path()));
     }
     Ok(ranges)
+}
+
+/// Section listing every thread of a multi-threaded image ([`ThreadRecord`], postcard), the main thread
+/// (whose tid is the pid) first. Present exactly when the state section's version is
+/// [`PROCESS_IMAGE_VERSION_THREADS`]; the main thread's registers are also in [`ProcessImage`]'s fields.
+pub const THREADS_SECTION: &str = "process.threads";
+
+/// One thread at checkpoint time: the restorer recreates it (`clone` with its thread pointer), registers
+/// its robust-futex list and rseq area again, and returns into it through its signal frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRecord {
+    /// Kernel thread id at checkpoint time.
+    pub tid: i32,
+    /// Thread pointer (FS base).
+    pub fs_base: u64,
+    /// Address of the `ucontext_t` of the signal frame that stopped it (registers, FPU state, signal
+    /// mask, alternate stack).
+    pub sigframe: u64,
+    /// Robust-futex list head registered by the C library (0: none).
+    pub robust_head: u64,
+    /// Its length.
+    pub robust_len: u64,
+    /// Its rseq registration.
+    pub rseq: Option<RseqRecord>,
+}
+
+/// Encodes the threads section.
+pub fn encode_threads(threads: &[ThreadRecord]) -> crate::Result<Vec<u8>> {
+    postcard::to_allocvec(threads).map_err(|e| {
+        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+            .with_section(THREADS_SECTION)
+    })
+}
+
+/// The threads of a verified process image read with [`read`]: empty for a single-threaded image
+/// (version 2); for version 3, every thread, the main one (`image.pid`, at `image.sigframe`) first.
+pub fn read_threads(cp: &crate::Checkpoint, image: &ProcessImage) -> crate::Result<Vec<ThreadRecord>> {
+    let corrupt = |m: String| Err(crate::Error::new(crate::ErrorKind::Corrupt, m).with_path(cp.path()));
+    if image.version != PROCESS_IMAGE_VERSION_THREADS {
+        if cp.has_section(THREADS_SECTION) {
+            return corrupt(format!("a layout-{} process image with a {THREADS_SECTION} section", image.version));
+        }
+        return Ok(Vec::new());
+    }
+    if !cp.has_section(THREADS_SECTION) {
+        return corrupt(format!("a multi-threaded process image without its {THREADS_SECTION} section"));
+    }
+    let threads: Vec<ThreadRecord> = cp.read_serde(THREADS_SECTION)?;
+    match threads.first() {
+        Some(t) if t.tid == image.pid && t.sigframe == image.sigframe && t.fs_base == image.fs_base => {}
+        _ => return corrupt("the threads section does not start with the main thread".into()),
+    }
+    if threads.len() < 2 {
+        return corrupt("a multi-threaded process image lists fewer than two threads".into());
+    }
+    for (i, t) in threads.iter().enumerate() {
+        if t.sigframe == 0 || t.fs_base == 0 || threads[..i].iter().any(|o| o.tid == t.tid) {
+            return corrupt(format!("thread {} of the threads section is invalid or listed twice", t.tid));
+        }
+    }
+    Ok(threads)
 }
 
 /// One resource limit at checkpoint time (`getrlimit`): the resource (`RLIMIT_*`), its soft and its hard

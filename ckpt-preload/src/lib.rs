@@ -37,6 +37,7 @@ mod eintr;
 mod pid;
 mod restore;
 mod sys;
+mod threads;
 mod tid;
 mod writer;
 
@@ -65,8 +66,11 @@ const NSIG: usize = 65;
 /// translated into checkpoints only while the program has no handler of its own for them.
 pub(crate) const CKPT_SIGNAL: c_int = 62;
 pub(crate) const CKPT_EXIT_SIGNAL: c_int = 61;
-/// Both, as a kernel signal-set mask.
-const RESERVED_MASK: u64 = (1 << (CKPT_SIGNAL - 1)) | (1 << (CKPT_EXIT_SIGNAL - 1));
+/// The reserved signals (the park signal of `threads` too), as a kernel signal-set mask.
+const RESERVED_MASK: u64 =
+    (1 << (CKPT_SIGNAL - 1)) | (1 << (CKPT_EXIT_SIGNAL - 1)) | (1 << (threads::PARK_SIGNAL - 1));
+/// [`SIGNAL_MODE`] of the park signal.
+const MODE_PARK: u8 = 3;
 
 // ------------------------------------------------------------------------------------------ global state
 // Everything here lives in the shim's .data/.bss and is therefore saved and restored with the program:
@@ -93,6 +97,9 @@ pub(crate) static RSEQ_LEN: AtomicU32 = AtomicU32::new(0);
 pub(crate) static RSEQ_SIG: AtomicU32 = AtomicU32::new(0);
 /// Address of this thread's errno.
 pub(crate) static ERRNO_ADDR: AtomicUsize = AtomicUsize::new(0);
+/// The main thread's thread pointer (FS base) when the shim started: every thread's rseq area is at the
+/// same offset from its own.
+pub(crate) static MAIN_FS_BASE: AtomicU64 = AtomicU64::new(0);
 /// libc's `sigaction`, found with `dlsym(RTLD_NEXT)`.
 static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
 /// Per signal: 0 = not ours, 1 = checkpoint and continue, 2 = checkpoint and exit.
@@ -180,6 +187,8 @@ pub(crate) struct Snapshot {
     pub itimers: [[u64; 2]; 3],
     /// The program's parent (the writer's parent is the program itself).
     pub ppid: i32,
+    /// Where the coordinating thread's errno is (its value at the request is `errno`).
+    pub errno_addr: usize,
     /// Shared open file descriptions were found with `kcmp` (else by the probe of [`same_description`]).
     pub sharing_by_kcmp: bool,
 }
@@ -211,6 +220,7 @@ pub(crate) static SNAPSHOT: Shared<Snapshot> = Shared::new(Snapshot {
         MAX_FDS],
     itimers: [[0; 2]; 3],
     ppid: 0,
+    errno_addr: 0,
     sharing_by_kcmp: true,
 });
 
@@ -529,7 +539,7 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
         SIGNAL_MODE[sig].store(if spec.exit { 2 } else { 1 }, Ordering::Relaxed);
         install_handler(spec.signal).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
     }
-    for (sig, mode) in [(CKPT_SIGNAL, 1), (CKPT_EXIT_SIGNAL, 2)] {
+    for (sig, mode) in [(CKPT_SIGNAL, 1), (CKPT_EXIT_SIGNAL, 2), (threads::PARK_SIGNAL, MODE_PARK)] {
         SIGNAL_MODE[sig as usize].store(mode, Ordering::Relaxed);
         install_handler(sig).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
     }
@@ -974,6 +984,7 @@ pub(crate) fn find_thread_state() {
     };
     let offset = if probe(720) { Some(720) } else { (0..2048u64).step_by(4).find(|&o| probe(o)) };
     TID_OFFSET.store(offset.map(|o| o as i64).unwrap_or(-1), Ordering::Relaxed);
+    MAIN_FS_BASE.store(fs, Ordering::Relaxed);
     // SAFETY: __errno_location has no preconditions.
     ERRNO_ADDR.store(unsafe { libc::__errno_location() } as usize, Ordering::Relaxed);
     if let Some((addr, len, sig)) = probe_rseq() {
@@ -1017,6 +1028,13 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     let saved_errno = if errno_addr.is_null() { 0 } else { unsafe { *errno_addr } };
     let sig_u = sig as usize;
     let mut mode = if sig_u < NSIG { SIGNAL_MODE[sig_u].load(Ordering::Relaxed) } else { 0 };
+    if mode == MODE_PARK {
+        // Another thread takes a checkpoint: stop here until it has forked its writer. A call this
+        // interrupted is resumed (`eintr`).
+        eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
+        threads::park(uctx as usize);
+        return;
+    }
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as usize) };
     if code == SI_QUEUE && value >> 48 == END_TIME_TAG {
@@ -1050,7 +1068,7 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
         // Before the checkpoint, so that the image holds it: the call this request interrupted is
         // resumed, in this process and in the restarted one (`eintr`).
         eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
-        let ok = take_checkpoint(exit, uctx as usize, saved_errno);
+        let ok = take_checkpoint(sig, exit, uctx as usize, saved_errno);
         if exit {
             if ok {
                 die_by_default(libc::SIGTERM);
@@ -1139,7 +1157,7 @@ fn die_by_default(sig: c_int) -> ! {
 
 /// Checks what cannot be checkpointed, records what the writer needs, and forks it. Returns whether an
 /// image was (for `exit`) or is being (otherwise) written.
-fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
+fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool {
     let t0 = monotonic_ns();
     // One checkpoint at a time: wait for the previous writer.
     let prev = WRITER_PID.swap(0, Ordering::Relaxed);
@@ -1149,16 +1167,41 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
         unsafe { syscall6(SYS_wait4, prev as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0) };
     }
     let mut dirbuf = [0u8; 4096];
-    let threads = count_dir_entries(b"/proc/self/task\0", &mut dirbuf);
-    if threads != 1 {
-        let mut msg = [0u8; 200];
-        let mut pos = 0;
-        put(&mut msg, &mut pos, b"the process has ");
-        put_u64(&mut msg, &mut pos, threads as u64);
-        put(&mut msg, &mut pos, b" threads; this version checkpoints single-threaded programs only");
-        refuse(&msg[..pos]);
-        return false;
+    // Every other thread stopped in the park handler (threads.rs); this one's frame recorded too.
+    let multi = count_dir_entries(b"/proc/self/task\0", &mut dirbuf) > 1;
+    if multi {
+        match threads::stop_others(ucontext) {
+            Ok(_) => {}
+            Err(threads::StopError::Busy) => {
+                // Another thread is taking a checkpoint: be one of the threads it stops, then ask again
+                // (the signal is blocked in this handler: it is delivered once the handler returns).
+                threads::park(ucontext);
+                // SAFETY: tgkill to this thread.
+                unsafe { syscall3(SYS_tgkill, getpid() as usize, gettid() as usize, sig as usize) };
+                return false;
+            }
+            Err(threads::StopError::Refused(why, tid)) => {
+                let mut msg = [0u8; 200];
+                let mut pos = 0;
+                put(&mut msg, &mut pos, why);
+                if tid > 0 {
+                    put_u64(&mut msg, &mut pos, tid as u64);
+                    put(&mut msg, &mut pos, b"; it may block every signal for long, or be stopped)");
+                }
+                refuse(&msg[..pos]);
+                return false;
+            }
+        }
+    } else {
+        threads::NSLOTS.store(0, Ordering::Release);
+        threads::record_self(ucontext);
     }
+    let refuse_and_release = |msg: &[u8]| {
+        refuse(msg);
+        if multi {
+            threads::release();
+        }
+    };
     let mut path = [0u8; 64];
     let mut pos = 0;
     put(&mut path, &mut pos, b"/proc/self/task/");
@@ -1167,13 +1210,13 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
     let mut children = [0u8; 64];
     let n = read_file(&path[..pos], &mut children);
     if n > 0 || n == -(libc::EFBIG as isize) {
-        refuse(b"the process has child processes; this version checkpoints one process only");
+        refuse_and_release(b"the process has child processes; this version checkpoints one process only");
         return false;
     }
-    // SAFETY: single-threaded access (see Shared); the writer reads its own copy.
+    // SAFETY: only the coordinating thread runs (the others are stopped); the writer reads its own copy.
     let snap = unsafe { &mut *SNAPSHOT.get() };
     if !snapshot_fds(snap, &mut dirbuf) {
-        refuse(b"more than 1024 open file descriptors");
+        refuse_and_release(b"more than 1024 open file descriptors");
         return false;
     }
     for (which, slot) in snap.itimers.iter_mut().enumerate() {
@@ -1187,6 +1230,8 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
     snap.ppid = unsafe { syscall3(libc::SYS_getppid, 0, 0, 0) } as i32;
     snap.ucontext = ucontext;
     snap.errno = errno;
+    // SAFETY: __errno_location only returns this thread's errno address.
+    snap.errno_addr = unsafe { libc::__errno_location() } as usize;
     snap.exit = exit;
     snap.sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1;
     // A fork without SIGCHLD (exit signal 0): the program's wait() never sees it, atfork handlers do not run.
@@ -1196,11 +1241,14 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
         writer::run_writer();
     }
     if pid < 0 {
-        refuse(b"clone failed (out of memory or process limit)");
+        refuse_and_release(b"clone failed (out of memory or process limit)");
         return false;
     }
     if !exit {
         WRITER_PID.store(pid as i32, Ordering::Relaxed);
+        if multi {
+            threads::release();
+        }
         return true;
     }
     let mut status = 0i32;
@@ -1213,7 +1261,12 @@ fn take_checkpoint(exit: bool, ucontext: usize, errno: i32) -> bool {
             break;
         }
     }
-    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok && multi {
+        // No image: the program goes on (or gets the signal's own action).
+        threads::release();
+    }
+    ok
 }
 
 /// Counts the entries of a directory other than `.` and `..` (raw getdents64).

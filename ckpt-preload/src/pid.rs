@@ -14,7 +14,7 @@
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-use crate::sys::{getpid, gettid};
+use crate::sys::getpid;
 
 /// The pids of earlier incarnations (0: unused), oldest first; after more restarts than slots, the oldest
 /// are forgotten (a program rarely keeps a pid that long; the newest ones matter most).
@@ -51,6 +51,89 @@ fn is_past(pid: i32) -> bool {
     pid > 0 && PAST_PIDS.iter().any(|p| p.load(Ordering::Relaxed) == pid)
 }
 
+/// Tids of threads of earlier incarnations (what the program may hold: glibc's cached tid, which the
+/// restorer leaves at the first run's, and `gettid()` results) and the tid of the same thread now.
+/// Entries with `TID_FROM` 0 are unused. Written by the restorer only (single-threaded then).
+const MAX_MAPPED: usize = 2048;
+static TID_FROM: [AtomicI32; MAX_MAPPED] = [const { AtomicI32::new(0) }; MAX_MAPPED];
+static TID_TO: [AtomicI32; MAX_MAPPED] = [const { AtomicI32::new(0) }; MAX_MAPPED];
+static TID_SEEN: [AtomicI32; MAX_MAPPED] = [const { AtomicI32::new(0) }; MAX_MAPPED];
+
+/// Starts recording the threads of a restore: entries not confirmed by [`map_thread`] before
+/// [`end_thread_map`] name threads that no longer exist and are dropped.
+pub(crate) fn begin_thread_map() {
+    let mut i = 0;
+    while i < MAX_MAPPED {
+        TID_SEEN[i].store(0, Ordering::Relaxed);
+        i += 1;
+    }
+}
+
+/// The thread whose tid was `at_checkpoint` (and whose control block caches `cached`) is `now`.
+pub(crate) fn map_thread(at_checkpoint: i32, cached: i32, now: i32) {
+    let mut i = 0;
+    while i < MAX_MAPPED {
+        if TID_FROM[i].load(Ordering::Relaxed) != 0 && TID_TO[i].load(Ordering::Relaxed) == at_checkpoint {
+            TID_TO[i].store(now, Ordering::Relaxed);
+            TID_SEEN[i].store(1, Ordering::Relaxed);
+        }
+        i += 1;
+    }
+    add_mapping(at_checkpoint, now);
+    add_mapping(cached, now);
+}
+
+fn add_mapping(from: i32, to: i32) {
+    if from <= 0 || from == to {
+        return;
+    }
+    let mut free = MAX_MAPPED;
+    let mut i = 0;
+    while i < MAX_MAPPED {
+        let f = TID_FROM[i].load(Ordering::Relaxed);
+        if f == from {
+            TID_TO[i].store(to, Ordering::Relaxed);
+            TID_SEEN[i].store(1, Ordering::Relaxed);
+            return;
+        }
+        if f == 0 && free == MAX_MAPPED {
+            free = i;
+        }
+        i += 1;
+    }
+    if free < MAX_MAPPED {
+        TID_TO[free].store(to, Ordering::Relaxed);
+        TID_SEEN[free].store(1, Ordering::Relaxed);
+        TID_FROM[free].store(from, Ordering::Relaxed);
+    }
+}
+
+/// Drops the entries of threads that did not come back (see [`begin_thread_map`]).
+pub(crate) fn end_thread_map() {
+    let mut i = 0;
+    while i < MAX_MAPPED {
+        if TID_SEEN[i].load(Ordering::Relaxed) == 0 {
+            TID_FROM[i].store(0, Ordering::Relaxed);
+        }
+        i += 1;
+    }
+}
+
+/// The current tid of the thread `tid` names: the main thread for an earlier pid, a restored thread for
+/// a tid it had before a restart, else `tid` itself.
+pub(crate) fn current_tid(tid: i32) -> i32 {
+    if tid <= 0 {
+        return tid;
+    }
+    if is_past(tid) {
+        return getpid();
+    }
+    TID_FROM
+        .iter()
+        .position(|f| f.load(Ordering::Relaxed) == tid)
+        .map_or(tid, |i| TID_TO[i].load(Ordering::Relaxed))
+}
+
 /// `pid`, or this process's current pid when `pid` is one of its earlier ones.
 pub(crate) fn current_pid(pid: i32) -> i32 {
     if is_past(pid) { getpid() } else { pid }
@@ -63,13 +146,14 @@ pub(crate) fn current_clock(clock: libc::clockid_t) -> libc::clockid_t {
     const PER_THREAD: libc::clockid_t = 4;
     const FLAGS: libc::clockid_t = 7;
     if clock >= 0 || PAST_PIDS[0].load(Ordering::Relaxed) == 0 {
+        // Not a CPU clock, or never restarted.
         return clock;
     }
-    let pid = !(clock >> 3);
-    if !is_past(pid) {
+    let id = !(clock >> 3);
+    let now = if clock & PER_THREAD != 0 { current_tid(id) } else { current_pid(id) };
+    if now == id {
         return clock;
     }
-    let now = if clock & PER_THREAD != 0 { gettid() } else { getpid() };
     ((!now) << 3) | (clock & FLAGS)
 }
 
@@ -117,7 +201,6 @@ interpose_first!(sigqueue, current_pid, pid: libc::pid_t, (sig: c_int, value: li
 /// `tgkill(tgid, tid, sig)`: both ids follow the process (the main thread's tid is its pid).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) -> c_int {
-    let tid = if is_past(tid) { gettid() } else { tid };
     // SAFETY: the raw system call with the caller's signal.
-    unsafe { libc::syscall(libc::SYS_tgkill, current_pid(tgid), tid, sig) as c_int }
+    unsafe { libc::syscall(libc::SYS_tgkill, current_pid(tgid), current_tid(tid), sig) as c_int }
 }

@@ -23,7 +23,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
-use ckpt_core::process_image::{FdKind, ProcessImage, RegionKind};
+use ckpt_core::process_image::{FdKind, ProcessImage, RegionKind, ThreadRecord};
 
 use crate::sys::*;
 
@@ -80,6 +80,27 @@ pub struct Plan {
     /// This process's own arg_end and env_end (before the restorer changes them).
     mm_arg_end_now: u64,
     mm_env_end_now: u64,
+    /// The main thread's robust-futex list head (0: leave the new process's own registration).
+    main_robust_head: u64,
+    /// The other threads of a multi-threaded image.
+    threads: *const PlanThread,
+    nthreads: usize,
+    /// Offset of glibc's cached tid in a thread's control block (-1: unknown).
+    tid_offset: i64,
+}
+
+/// A thread to recreate (every field a register's worth: the new thread starts in assembly).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PlanThread {
+    fs_base: u64,
+    sigframe: u64,
+    robust_head: u64,
+    rseq_addr: u64,
+    rseq_len: u64,
+    rseq_sig: u64,
+    /// Its tid at checkpoint time.
+    tid: i32,
 }
 
 #[repr(C)]
@@ -271,6 +292,13 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Ok(n) => n,
         Err(e) => refuse(image_path, &e.to_string()),
     };
+    let threads = match ckpt_core::process_image::read_threads(&cp, &image) {
+        Ok(t) => t,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
+    if threads.len() > crate::threads::MAX_THREADS {
+        refuse(image_path, &format!("the image has {} threads (at most {})", threads.len(), crate::threads::MAX_THREADS));
+    }
     // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
     drop(cp);
     if let Some(problem) = preflight(&image) {
@@ -309,8 +337,18 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     }
     // SAFETY: the image file stays open until restore_main reads it; the plan is built in a fresh mapping.
     unsafe {
-        let plan =
-            build_plan(&image, &noreserve, &keep, &maps, memory_offset, image_path, interval_ns, deadline_ns, t0_ns);
+        let plan = build_plan(
+            &image,
+            &threads,
+            &noreserve,
+            &keep,
+            &maps,
+            memory_offset,
+            image_path,
+            interval_ns,
+            deadline_ns,
+            t0_ns,
+        );
         (*plan).image_fd = high;
         for (slot, l) in (*plan).rlimits.iter_mut().zip(&limits) {
             *slot = [l.resource as u64, l.soft, l.hard];
@@ -674,8 +712,10 @@ impl ArenaWriter {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn build_plan(
     image: &ProcessImage,
+    threads: &[ThreadRecord],
     noreserve: &[(u64, u64)],
     keep: &[(u64, u64, Vec<u8>, u64)],
     maps: &[Mapping],
@@ -695,6 +735,7 @@ unsafe fn build_plan(
         + image.regions.len() * std::mem::size_of::<PlanRegion>()
         + nruns * std::mem::size_of::<PlanRun>()
         + image.fds.len() * std::mem::size_of::<PlanFd>()
+        + threads.len() * std::mem::size_of::<PlanThread>()
         + 80 * 40
         + strings
         + MAPS_CAP
@@ -829,6 +870,19 @@ unsafe fn build_plan(
         errno_addr
     };
     let mm_map = mm_map_now();
+    let others: Vec<PlanThread> = threads
+        .iter()
+        .skip(1)
+        .map(|t| PlanThread {
+            fs_base: t.fs_base,
+            sigframe: t.sigframe,
+            robust_head: t.robust_head,
+            rseq_addr: t.rseq.map_or(0, |r| r.addr),
+            rseq_len: t.rseq.map_or(0, |r| r.len as u64),
+            rseq_sig: t.rseq.map_or(0, |r| r.sig as u64),
+            tid: t.tid,
+        })
+        .collect();
     // SAFETY: all pointers below are inside the arena; the plan header is at its start.
     unsafe {
         let plan = Plan {
@@ -877,6 +931,10 @@ unsafe fn build_plan(
             mm_map,
             mm_arg_end_now: mm_map[8],
             mm_env_end_now: mm_map[10],
+            main_robust_head: threads.first().map_or(0, |t| t.robust_head),
+            threads: if others.is_empty() { std::ptr::null() } else { w.alloc(&others) },
+            nthreads: others.len(),
+            tid_offset: image.tid_offset.map_or(-1, |o| o as i64),
         };
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
@@ -1042,6 +1100,9 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     // SAFETY: the FS base points at the restored TCB.
     unsafe {
         syscall3(SYS_arch_prctl, ARCH_SET_FS as usize, p.fs_base as usize, 0);
+        if p.main_robust_head != 0 {
+            syscall3(libc::SYS_set_robust_list, p.main_robust_head as usize, ROBUST_LIST_HEAD_LEN, 0);
+        }
         if p.saved_rseq[1] != 0 {
             syscall6(SYS_rseq, p.saved_rseq[0] as usize, p.saved_rseq[1] as usize, 0, p.saved_rseq[2] as usize, 0, 0);
         }
@@ -1257,7 +1318,9 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             close(fd as i32);
         }
     }
-    // 10. Drop the arena and return into the program through the saved signal frame.
+    // 10. The other threads: each starts in assembly (registers only, no stack of the restorer's) and
+    //     returns into its own signal frame; then the arena goes and the main thread returns into its own.
+    restore_threads(p);
     let arena = p.arena_start;
     let arena_len = p.arena_len;
     let frame = p.sigframe;
@@ -1277,6 +1340,97 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             options(noreturn)
         )
     }
+}
+
+/// `sizeof(struct robust_list_head)` on x86_64, the only length `set_robust_list` accepts.
+const ROBUST_LIST_HEAD_LEN: usize = 24;
+
+/// Recreates the other threads of a multi-threaded image (step 10) and records their new tids for the
+/// calls that take a tid the program kept (pid.rs).
+#[inline(never)]
+fn restore_threads(p: &Plan) {
+    if p.nthreads == 0 {
+        return;
+    }
+    // SAFETY: the plan's array is in the arena.
+    let threads = unsafe { core::slice::from_raw_parts(p.threads, p.nthreads) };
+    crate::pid::begin_thread_map();
+    let mut i = 0;
+    while i < threads.len() {
+        let t = &threads[i];
+        i += 1;
+        // The kernel clears the cached tid and wakes its joiner when the thread ends (CLONE_CHILD_CLEARTID
+        // on glibc's `tid` field, as pthread_create asks); the cached tid itself stays the checkpoint's
+        // (see tid.rs), so no CLONE_PARENT_SETTID.
+        let ctid = if p.tid_offset >= 0 { t.fs_base + p.tid_offset as u64 } else { 0 };
+        let flags = libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS
+            | if ctid != 0 { libc::CLONE_CHILD_CLEARTID } else { 0 };
+        let cached = if ctid != 0 {
+            // SAFETY: the thread control block is restored memory of the program.
+            unsafe { core::ptr::read_volatile(ctid as *const i32) }
+        } else {
+            t.tid
+        };
+        let ret: isize;
+        // SAFETY: clone of a thread sharing everything; the child runs only the instructions below, with
+        // its values in registers (rcx and r11 are clobbered by `syscall`), never returns into Rust code
+        // and never touches the arena: it registers its robust list and rseq area, moves its stack pointer
+        // to its signal frame and issues rt_sigreturn, which loads its registers, FPU state, signal mask and
+        // alternate stack. Its initial stack pointer is below its frame (nothing is pushed before the
+        // switch). The parent gets the new tid or -errno.
+        unsafe {
+            core::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "test r12, r12",
+                "jz 3f",
+                "mov rdi, r12",
+                "mov esi, 24",
+                "mov eax, 273",
+                "syscall",
+                "3:",
+                "test r13, r13",
+                "jz 4f",
+                "mov rdi, r13",
+                "mov rsi, r14",
+                "xor edx, edx",
+                "mov r10, r15",
+                "mov eax, 334",
+                "syscall",
+                "4:",
+                "mov rsp, r9",
+                "mov eax, 15",
+                "syscall",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone as isize => ret,
+                in("rdi") flags as usize,
+                in("rsi") ((t.sigframe - 512) & !15) as usize,
+                in("rdx") 0usize,
+                in("r10") ctid as usize,
+                in("r8") t.fs_base as usize,
+                in("r9") t.sigframe as usize,
+                in("r12") t.robust_head as usize,
+                in("r13") t.rseq_addr as usize,
+                in("r14") t.rseq_len as usize,
+                in("r15") t.rseq_sig as usize,
+                lateout("rcx") _,
+                lateout("r11") _,
+            )
+        };
+        if ret <= 0 {
+            fatal(b"cannot recreate the thread whose tid was", t.tid as u64, ret.min(0));
+        }
+        crate::pid::map_thread(t.tid, cached, ret as i32);
+    }
+    crate::pid::end_thread_map();
 }
 
 /// Steps 2 to 4 of the restore: unmap the new process's memory, set brk, map the image's regions and read

@@ -52,6 +52,53 @@ fn real(cache: &AtomicUsize, name: &'static [u8]) -> usize {
     p
 }
 
+/// The kernel's tid of `th`, another thread of this restored process whose cached tid names it as it was
+/// before a restart (pid.rs keeps the mapping); `None` when `th` is the caller, no restart happened, or
+/// the cached tid is current.
+fn restored_other(th: libc::pthread_t) -> Option<i32> {
+    let off = TID_OFFSET.load(Ordering::Relaxed);
+    // SAFETY: pthread_self has no preconditions.
+    if off < 0 || th == unsafe { libc::pthread_self() } || th == 0 {
+        return None;
+    }
+    // SAFETY: a pthread_t is glibc's struct pthread; the tid slot at TID_OFFSET is inside it.
+    let cached = unsafe { std::ptr::read_volatile((th as usize + off as usize) as *const i32) };
+    let now = crate::pid::current_tid(cached);
+    (cached > 0 && now != cached).then_some(now)
+}
+
+/// `-errno` of a raw system call as a pthread error number (0 on success).
+fn status(r: libc::c_long) -> c_int {
+    if r < 0 {
+        // SAFETY: errno is thread-local and readable.
+        unsafe { *libc::__errno_location() }
+    } else {
+        0
+    }
+}
+
+/// Defines `$name` for another restored thread (`$other`, given its kernel tid) and the calling thread
+/// (libc's function with the kernel's tid in place, see [`with_kernel_tid`]).
+macro_rules! interpose_both {
+    ($name:ident, ($($arg:ident: $ty:ty),*), |$now:ident| $other:expr) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(th: libc::pthread_t, $($arg: $ty),*) -> c_int {
+            if let Some($now) = restored_other(th) {
+                return $other;
+            }
+            static REAL: AtomicUsize = AtomicUsize::new(0);
+            let p = real(&REAL, concat!(stringify!($name), "\0").as_bytes());
+            if p == 0 {
+                return libc::ENOSYS;
+            }
+            // SAFETY: `p` is libc's function of this name and signature.
+            let f: unsafe extern "C" fn(libc::pthread_t, $($ty),*) -> c_int = unsafe { std::mem::transmute(p) };
+            // SAFETY: the caller's arguments, passed on unchanged.
+            with_kernel_tid(th, || unsafe { f(th, $($arg),*) })
+        }
+    };
+}
+
 macro_rules! interpose {
     ($name:ident, ($($arg:ident: $ty:ty),*)) => {
         #[unsafe(no_mangle)]
@@ -69,11 +116,76 @@ macro_rules! interpose {
     };
 }
 
-interpose!(pthread_setaffinity_np, (size: libc::size_t, set: *const libc::cpu_set_t));
-interpose!(pthread_getaffinity_np, (size: libc::size_t, set: *mut libc::cpu_set_t));
-interpose!(pthread_setschedparam, (policy: c_int, param: *const libc::sched_param));
-interpose!(pthread_getschedparam, (policy: *mut c_int, param: *mut libc::sched_param));
-interpose!(pthread_setschedprio, (prio: c_int));
-interpose!(pthread_getcpuclockid, (clock: *mut libc::clockid_t));
-interpose!(pthread_sigqueue, (sig: c_int, value: *mut c_void));
+// SAFETY (every block below): the raw system calls take the caller's pointers under the contract of the
+// pthread function they implement, for the thread's current kernel tid.
+interpose_both!(pthread_setaffinity_np, (size: libc::size_t, set: *const libc::cpu_set_t), |now| {
+    status(unsafe { libc::syscall(libc::SYS_sched_setaffinity, now, size, set) })
+});
+interpose_both!(pthread_getaffinity_np, (size: libc::size_t, set: *mut libc::cpu_set_t), |now| {
+    let r = unsafe { libc::syscall(libc::SYS_sched_getaffinity, now, size, set) };
+    if r >= 0 && (r as usize) < size {
+        // As glibc: the bytes the kernel did not write are zero.
+        unsafe { std::ptr::write_bytes((set as *mut u8).add(r as usize), 0, size - r as usize) };
+    }
+    status(r)
+});
+interpose_both!(pthread_setschedparam, (policy: c_int, param: *const libc::sched_param), |now| {
+    status(unsafe { libc::syscall(libc::SYS_sched_setscheduler, now, policy, param) })
+});
+interpose_both!(pthread_getschedparam, (policy: *mut c_int, param: *mut libc::sched_param), |now| {
+    let r = unsafe { libc::syscall(libc::SYS_sched_getscheduler, now) };
+    if r < 0 {
+        return status(r);
+    }
+    unsafe { *policy = r as c_int };
+    status(unsafe { libc::syscall(libc::SYS_sched_getparam, now, param) })
+});
+interpose_both!(pthread_setschedprio, (prio: c_int), |now| {
+    let param = libc::sched_param { sched_priority: prio };
+    status(unsafe { libc::syscall(libc::SYS_sched_setparam, now, &param as *const libc::sched_param) })
+});
+interpose_both!(pthread_getcpuclockid, (clock: *mut libc::clockid_t), |now| {
+    // MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED), as glibc's.
+    unsafe { *clock = ((!now) << 3) | 6 };
+    0
+});
+interpose_both!(pthread_sigqueue, (sig: c_int, value: *mut c_void), |now| {
+    // The siginfo glibc's pthread_sigqueue builds: SI_QUEUE from this process and user.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let words = &mut info as *mut libc::siginfo_t as *mut i32;
+    unsafe {
+        *words = sig;
+        *words.add(2) = -1; // SI_QUEUE
+        *words.add(4) = libc::getpid();
+        *words.add(5) = libc::getuid() as i32;
+        *((words as *mut u8).add(24) as *mut *mut c_void) = value;
+    }
+    status(unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, libc::getpid(), now, sig, &info as *const _) })
+});
 interpose!(pthread_getattr_np, (attr: *mut libc::pthread_attr_t));
+
+/// `pthread_kill`: for another restored thread, the signal goes to its current tid (glibc would send it
+/// to the tid it cached before the restart).
+///
+/// # Safety
+/// The contract of libc's `pthread_kill`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_kill(th: libc::pthread_t, sig: c_int) -> c_int {
+    if let Some(now) = restored_other(th) {
+        // glibc's internal signals (SIGCANCEL, SIGSETXID) are not the program's to send.
+        if sig == 32 || sig == 33 {
+            return libc::EINVAL;
+        }
+        // SAFETY: tgkill to a thread of this process.
+        return status(unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), now, sig) });
+    }
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"pthread_kill\0");
+    if p == 0 {
+        return libc::ENOSYS;
+    }
+    // SAFETY: libc's pthread_kill.
+    let f: unsafe extern "C" fn(libc::pthread_t, c_int) -> c_int = unsafe { std::mem::transmute(p) };
+    // SAFETY: the caller's arguments.
+    unsafe { f(th, sig) }
+}

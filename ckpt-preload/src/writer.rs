@@ -517,8 +517,44 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         return Err(Failure::Refused(problem));
     }
     let (fds, foreign) = descriptors(snap)?;
+    // Every thread as it stopped (threads.rs): the main one (tid = pid) restores into the restarted
+    // process's first thread, the others are recreated.
+    let pid = crate::ROOT_PID.load(Ordering::Relaxed);
+    // SAFETY: this copy of the process is single-threaded; the slots were written before the fork.
+    let slots = unsafe { &*crate::threads::SLOTS.get() };
+    let slots = &slots[..crate::threads::NSLOTS.load(Ordering::Acquire).min(crate::threads::MAX_THREADS)];
+    let Some(main) = slots.iter().find(|t| t.tid == pid).copied() else {
+        return Err(Failure::Refused(
+            "the main thread has exited (the process goes on in other threads); this version restores a \
+             process only with its main thread"
+                .into(),
+        ));
+    };
+    let rseq_of = |fs_base: u64| match crate::RSEQ_LEN.load(Ordering::Relaxed) {
+        0 => None,
+        len => Some(RseqRecord {
+            // Each thread's area is at the same offset from its thread pointer (glibc's __rseq_offset).
+            addr: (crate::RSEQ_ADDR.load(Ordering::Relaxed) as i64 - crate::MAIN_FS_BASE.load(Ordering::Relaxed) as i64
+                + fs_base as i64) as u64,
+            len,
+            sig: crate::RSEQ_SIG.load(Ordering::Relaxed),
+        }),
+    };
+    let threads: Vec<ThreadRecord> = std::iter::once(main)
+        .chain(slots.iter().filter(|t| t.tid != pid).copied())
+        .map(|t| ThreadRecord {
+            tid: t.tid,
+            fs_base: t.fs_base,
+            sigframe: t.ucontext,
+            robust_head: t.robust_head,
+            robust_len: t.robust_len,
+            rseq: rseq_of(t.fs_base),
+        })
+        .collect();
+    // SAFETY: the main thread's ucontext is on its (copied) stack.
+    let main_uc = unsafe { &*(main.ucontext as *const libc::ucontext_t) };
     let image = ProcessImage {
-        version: PROCESS_IMAGE_VERSION,
+        version: if threads.len() > 1 { PROCESS_IMAGE_VERSION_THREADS } else { PROCESS_IMAGE_VERSION },
         exe: std::fs::read_link("/proc/self/exe").map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
         exe_identity: std::fs::metadata("/proc/self/exe").map(|m| FileIdentity::of(&m)).unwrap_or_default(),
         argv: ctx.argv.iter().map(|&p| c_string(p)).collect(),
@@ -537,40 +573,19 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         fingerprint: ckpt_core::process_image::fingerprint(),
         // SAFETY: brk(0) only queries.
         brk: unsafe { syscall3(SYS_brk, 0, 0, 0) } as u64,
-        fs_base: {
-            let mut fs = 0u64;
-            // SAFETY: ARCH_GET_FS writes into `fs`.
-            unsafe { syscall3(SYS_arch_prctl, ARCH_GET_FS as usize, &mut fs as *mut u64 as usize, 0) };
-            fs
-        },
+        fs_base: main.fs_base,
         tid_offset: u64::try_from(crate::TID_OFFSET.load(Ordering::Relaxed)).ok(),
-        rseq: match crate::RSEQ_LEN.load(Ordering::Relaxed) {
-            0 => None,
-            len => Some(RseqRecord {
-                addr: crate::RSEQ_ADDR.load(Ordering::Relaxed),
-                len,
-                sig: crate::RSEQ_SIG.load(Ordering::Relaxed),
-            }),
-        },
-        sigframe: snap.ucontext as u64,
+        rseq: rseq_of(main.fs_base),
+        sigframe: main.ucontext,
         sigactions: sigactions(),
-        // SAFETY: the ucontext of the interrupted code is on the (copied) stack.
-        sigmask: unsafe {
-            std::ptr::read_unaligned(
-                &(*(snap.ucontext as *const libc::ucontext_t)).uc_sigmask as *const libc::sigset_t as *const u64,
-            )
-        },
-        sigaltstack: {
-            let mut ss = [0u64; 3];
-            // SAFETY: queries into a writable stack_t-sized buffer.
-            unsafe { syscall3(SYS_sigaltstack, 0, ss.as_mut_ptr() as usize, 0) };
-            (ss[0], ss[1] as i32, ss[2])
-        },
+        // SAFETY: reads the signal mask out of the ucontext (its layout: libc's ucontext_t).
+        sigmask: unsafe { std::ptr::read_unaligned(&main_uc.uc_sigmask as *const libc::sigset_t as *const u64) },
+        sigaltstack: (main_uc.uc_stack.ss_sp as u64, main_uc.uc_stack.ss_flags, main_uc.uc_stack.ss_size as u64),
         itimers: [0, 1, 2].map(|i| ItimerRecord { interval_us: snap.itimers[i][0], value_us: snap.itimers[i][1] }),
         fds,
         regions,
         vdso,
-        pid: crate::ROOT_PID.load(Ordering::Relaxed),
+        pid,
         host: ctx.store.config().host.clone(),
         sequence: snap.sequence,
         pause_us,
@@ -595,6 +610,12 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let noreserve = ckpt_core::process_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
     w.add_section_with(ckpt_core::process_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard))
         .map_err(fail)?;
+    if threads.len() > 1 {
+        let section = ckpt_core::process_image::encode_threads(&threads).map_err(fail)?;
+        w.add_section_with(THREADS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    }
+    // The requesting thread's errno as the program left it (this copy's libc calls change it).
+    let errno = (snap.errno_addr as u64, snap.errno.to_ne_bytes());
     {
         let mut sw = w.section_writer(MEMORY_SECTION, plain).map_err(fail)?;
         // Through a buffer: the CRC and the bytes written are then the same bytes even where this copy of
@@ -610,6 +631,11 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
                 // program_bytes keeps the range inside one mapping or one copy.
                 let src = unsafe { std::slice::from_raw_parts(from, n) };
                 buf[..n].copy_from_slice(src);
+                let at = run.addr + done;
+                if errno.0 >= at && errno.0 + 4 <= at + n as u64 {
+                    let k = (errno.0 - at) as usize;
+                    buf[k..k + 4].copy_from_slice(&errno.1);
+                }
                 sw.write_bytes(&buf[..n]).map_err(fail)?;
                 done += n as u64;
             }
@@ -625,6 +651,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         "mapped_bytes": image.mapped_bytes(), "regions": image.regions.len(),
         "runs": image.regions.iter().map(|r| r.runs.len()).sum::<usize>(),
         "pause_ms": pause_us as f64 / 1e3, "write_ms": (done_ns - started_ns) as f64 / 1e6,
+        "threads": threads.len(),
         "restarts": image.restarts, "pid": image.pid,
         "shared_fds": image.fds.iter().filter(|f| f.dup_of.is_some()).count(),
         "fd_sharing_by": if snap.sharing_by_kcmp { "kcmp" } else { "probe" },
