@@ -128,10 +128,7 @@ pub(crate) fn current_tid(tid: i32) -> i32 {
     if is_past(tid) {
         return getpid();
     }
-    TID_FROM
-        .iter()
-        .position(|f| f.load(Ordering::Relaxed) == tid)
-        .map_or(tid, |i| TID_TO[i].load(Ordering::Relaxed))
+    TID_FROM.iter().position(|f| f.load(Ordering::Relaxed) == tid).map_or(tid, |i| TID_TO[i].load(Ordering::Relaxed))
 }
 
 /// `pid`, or this process's current pid when `pid` is one of its earlier ones.

@@ -297,7 +297,10 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Err(e) => refuse(image_path, &e.to_string()),
     };
     if threads.len() > crate::threads::MAX_THREADS {
-        refuse(image_path, &format!("the image has {} threads (at most {})", threads.len(), crate::threads::MAX_THREADS));
+        refuse(
+            image_path,
+            &format!("the image has {} threads (at most {})", threads.len(), crate::threads::MAX_THREADS),
+        );
     }
     // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
     drop(cp);
@@ -1254,6 +1257,7 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     crate::pid::remember(crate::ROOT_PID.load(Ordering::Relaxed));
     crate::ROOT_PID.store(pid, Ordering::Relaxed);
     crate::WRITER_PID.store(0, Ordering::Relaxed);
+    crate::threads::reset_after_restore();
     crate::CHILD_ARENA.store(0, Ordering::Relaxed);
     crate::RESTARTS.fetch_add(1, Ordering::Relaxed);
     crate::RESTORED_DEV.store(p.image_dev, Ordering::Relaxed);

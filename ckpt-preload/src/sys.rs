@@ -9,8 +9,8 @@ use core::arch::asm;
 pub use libc::{
     SYS_arch_prctl, SYS_brk, SYS_chdir, SYS_close, SYS_close_range, SYS_dup3, SYS_exit_group, SYS_fcntl, SYS_fstat,
     SYS_ftruncate, SYS_getdents64, SYS_getpid, SYS_gettid, SYS_lseek, SYS_mmap, SYS_mprotect, SYS_munmap, SYS_openat,
-    SYS_pread64, SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_setitimer, SYS_tgkill,
-    SYS_timer_create, SYS_timer_settime, SYS_umask, SYS_wait4, SYS_write,
+    SYS_pread64, SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_setitimer, SYS_tgkill, SYS_timer_create,
+    SYS_timer_settime, SYS_umask, SYS_wait4, SYS_write,
 };
 
 /// A system call with up to six arguments; returns the raw result (`-errno` on failure).

@@ -46,9 +46,8 @@ pub(crate) struct ThreadSnap {
 }
 
 /// The threads of the checkpoint in progress (the coordinator's included), in the order they stopped.
-pub(crate) static SLOTS: Shared<[ThreadSnap; MAX_THREADS]> = Shared::new(
-    [ThreadSnap { tid: 0, fs_base: 0, ucontext: 0, robust_head: 0, robust_len: 0 }; MAX_THREADS],
-);
+pub(crate) static SLOTS: Shared<[ThreadSnap; MAX_THREADS]> =
+    Shared::new([ThreadSnap { tid: 0, fs_base: 0, ucontext: 0, robust_head: 0, robust_len: 0 }; MAX_THREADS]);
 /// How many of [`SLOTS`] are filled.
 pub(crate) static NSLOTS: AtomicUsize = AtomicUsize::new(0);
 /// Threads parked so far (a futex word the coordinator waits on).
@@ -205,6 +204,14 @@ pub(crate) fn release() {
     RELEASE.fetch_add(1, Ordering::AcqRel);
     futex_wake(&RELEASE);
     COORDINATOR.store(0, Ordering::Release);
+}
+
+/// In a restored process (its memory is the checkpoint's, taken while a coordination was under way): no
+/// thread coordinates and none is parked. Raw atomics only: called by the restorer.
+pub(crate) fn reset_after_restore() {
+    NSLOTS.store(0, Ordering::Relaxed);
+    PARKED.store(0, Ordering::Relaxed);
+    COORDINATOR.store(0, Ordering::Relaxed);
 }
 
 fn parse_i32(s: &[u8]) -> i32 {

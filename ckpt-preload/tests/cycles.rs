@@ -315,3 +315,87 @@ fn resource_limits_three_cycles() {
     });
     check_cycles("resource limits", vec![py, s(script)], libc::SIGUSR1);
 }
+
+// ---------------------------------------------------------------------------------------------- threads
+
+/// A test program of `tests/programs/`, built once with `cc` and `flags` (None without a C compiler).
+fn built(name: &str, flags: &[&str]) -> Option<String> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(format!("{name}.c"));
+    let exe = inputs().join(name);
+    if !exe.exists()
+        || std::fs::metadata(&exe).unwrap().modified().unwrap() < std::fs::metadata(&src).unwrap().modified().unwrap()
+    {
+        let tmp = inputs().join(format!("{name}.tmp"));
+        let cc = which("cc")?;
+        let o = Command::new(cc).args(["-O2", "-o"]).arg(&tmp).arg(&src).args(flags).output().unwrap();
+        assert!(o.status.success(), "cc {name}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::rename(&tmp, &exe).unwrap();
+    }
+    Some(s(&exe))
+}
+
+/// Four worker threads, a mutex and two condition variables, thread-local accumulators, `pthread_kill`
+/// to each worker after every step (its handler must run: the tid it was created with names it after a
+/// restart) and `pthread_join` at the end (the kernel must clear each restored thread's tid).
+#[test]
+fn pthreads_three_cycles_usr1() {
+    let Some(exe) = built("threads", &["-pthread"]) else { return };
+    check_cycles("pthreads, USR1", vec![exe, "300".into(), "3000000".into(), "4".into()], libc::SIGUSR1);
+}
+
+/// The same with SIGTERM (checkpoint and exit: the stopped threads end with the process).
+#[test]
+fn pthreads_three_cycles_term() {
+    let Some(exe) = built("threads", &["-pthread"]) else { return };
+    check_cycles("pthreads, TERM", vec![exe, "300".into(), "3000000".into(), "4".into()], libc::SIGTERM);
+}
+
+/// An OpenMP kernel (libgomp's thread pool, three threads): the restart has the same thread count.
+#[test]
+fn openmp_three_cycles() {
+    let Some(exe) = built("openmp", &["-fopenmp"]) else { return };
+    check_cycles("OpenMP", vec![exe, "1500".into()], libc::SIGUSR1);
+}
+
+/// A Python program with three worker threads (the GIL, queue's condition variables).
+#[test]
+fn python_threads_three_cycles() {
+    let Some(py) = python() else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/threads.py");
+    check_cycles("Python threads", vec![py, s(&script), "2500".into()], libc::SIGUSR1);
+}
+
+/// 12 MB of text for the two-thread compressors (two blocks for `xz -2 -T2`).
+fn text12() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = inputs().join("text12.txt");
+        if !path.exists() {
+            let text = std::fs::read(inputs().join("text.txt")).unwrap();
+            let tmp = inputs().join("text12.tmp");
+            std::fs::write(&tmp, &text[..12_000_000]).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        path
+    })
+    .clone()
+}
+
+/// `xz -T2`: a coordinating thread and two compressing threads (xz owns SIGUSR1 and SIGTERM: the shim's
+/// reserved signal asks for the checkpoints).
+#[test]
+fn xz_two_threads_three_cycles() {
+    let Some(xz) = bin("xz") else { return };
+    let argv = vec![xz, "-2".into(), "-T2".into(), "-c".into(), s(&text12())];
+    check_cycles("xz -T2", argv, libc::SIGRTMAX() - 2);
+}
+
+/// `zstd -T2`: zstd's worker pool.
+#[test]
+fn zstd_two_threads_three_cycles() {
+    let Some(zstd) = bin("zstd") else { return };
+    let argv = vec![zstd, "-q".into(), "-T2".into(), "-14".into(), "-c".into(), s(&text12())];
+    check_cycles("zstd -T2", argv, libc::SIGRTMAX() - 2);
+}

@@ -447,7 +447,10 @@ fn kernel_report(status: ExitStatus, pid: u32) -> String {
     let tag = format!("[{pid}]");
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
     if lines.is_empty() {
-        return format!("; the kernel logged nothing for pid {pid} (dmesg: {})", tail(&String::from_utf8_lossy(&o.stderr), 200));
+        return format!(
+            "; the kernel logged nothing for pid {pid} (dmesg: {})",
+            tail(&String::from_utf8_lossy(&o.stderr), 200)
+        );
     }
     format!("; kernel: {}", lines[lines.len().saturating_sub(4)..].join(" | "))
 }

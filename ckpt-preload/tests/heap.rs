@@ -113,7 +113,11 @@ fn the_program_break_is_the_checkpoints_after_each_restart() {
     }
     let status = wait_timeout(&mut child, Duration::from_secs(300));
     let text = std::fs::read_to_string(&out).unwrap();
-    assert!(status.success(), "the restarted program ended with {status:?}: {}", &text[text.len().saturating_sub(300)..]);
+    assert!(
+        status.success(),
+        "the restarted program ended with {status:?}: {}",
+        &text[text.len().saturating_sub(300)..]
+    );
     let want: String = (0..lines).map(|i| format!("ok {i}\n")).collect();
     assert_eq!(text, want);
 }
