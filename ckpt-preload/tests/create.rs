@@ -68,8 +68,8 @@ fn create_fails_after_max_wait_when_refused() {
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let code = "import threading,time\nthreading.Thread(target=time.sleep,args=(60,),daemon=True).start()\n\
-                print('ready',flush=True)\ntime.sleep(60)\n";
+    // A child process: refused in the handler at every checkpoint, before any answer to `ckpt create`.
+    let code = "import subprocess,time\np=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)\n";
     let mut child = command(&ckpt, dir)
         .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
         .arg(py)

@@ -47,6 +47,7 @@ fn exports_only_the_interposed_signal_functions() {
         "pthread_getattr_np",
         "pthread_getcpuclockid",
         "pthread_getschedparam",
+        "pthread_kill",
         "pthread_setaffinity_np",
         "pthread_setschedparam",
         "pthread_setschedprio",
