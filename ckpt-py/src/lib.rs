@@ -17,10 +17,12 @@ use ckpt_core::{Checkpoint, CommitInfo, Error, LoadOptions, Restored, Store, beg
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
+mod background;
 mod buffers;
 mod checkpointer;
 mod config;
 mod errors;
+mod retention;
 mod signals;
 
 use buffers::{Inputs, MappedBuffer, PersistentIds};
@@ -70,7 +72,8 @@ pub(crate) fn restored_info<'py>(
 /// Saves to exactly `path`, atomically and durably (temporary file in the same directory, fsync, rename,
 /// fsync of the directory); no generations.
 #[pyfunction]
-#[pyo3(signature = (path, stream, buffers, *, step, compress=None, item_sizes=None))]
+#[pyo3(signature = (path, stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]
+#[allow(clippy::too_many_arguments)]
 fn save_file<'py>(
     py: Python<'py>,
     path: PathBuf,
@@ -79,12 +82,13 @@ fn save_file<'py>(
     step: i64,
     compress: Option<&str>,
     item_sizes: Option<Vec<usize>>,
+    metrics: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = config_from_env(py, None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
     save_detached(py, stream, buffers, item_sizes, |views| {
         let mut w = begin_file(&path, step, &config, Arc::new(FileStorage))?;
-        buffers::write_sections(&mut w, views, compression)?;
+        buffers::write_sections(&mut w, views, compression, metrics)?;
         w.commit()
     })
 }
@@ -106,7 +110,7 @@ pub(crate) fn save_detached<'py>(
 
 /// Saves as the configured checkpoint (`<checkpoint_dir>/<job_id>.ckpt`, generations, retention).
 #[pyfunction]
-#[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None))]
+#[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]
 fn save_store<'py>(
     py: Python<'py>,
     stream: &Bound<'py, PyAny>,
@@ -114,13 +118,14 @@ fn save_store<'py>(
     step: i64,
     compress: Option<&str>,
     item_sizes: Option<Vec<usize>>,
+    metrics: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = config_from_env(py, None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
     save_detached(py, stream, buffers, item_sizes, |views| {
         let store = Store::new(config);
         let mut w = store.begin(step)?;
-        buffers::write_sections(&mut w, views, compression)?;
+        buffers::write_sections(&mut w, views, compression, metrics)?;
         let info = w.commit()?;
         let cfg = store.config();
         if cfg.nranks > 1 && cfg.rank == 0 {
@@ -276,6 +281,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MappedBuffer>()?;
     m.add_class::<PersistentIds>()?;
     m.add_class::<PyCheckpointer>()?;
+    m.add_class::<background::PySaveHandle>()?;
     m.add_function(wrap_pyfunction!(save_file, m)?)?;
     m.add_function(wrap_pyfunction!(save_store, m)?)?;
     m.add_function(wrap_pyfunction!(load_file, m)?)?;
