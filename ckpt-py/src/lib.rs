@@ -272,6 +272,62 @@ fn absorb_signal(signal: i32) -> bool {
     signals::absorb(signal)
 }
 
+/// What restart discovery sees in the restart directory for the checkpoint name of `name`/`directory`
+/// (every candidate verified): a list of dicts (path, generation, step, job id, rank, metrics, creation
+/// time, whether it is valid or the error, whether restart would choose it).
+#[pyfunction]
+#[pyo3(signature = (name=None, directory=None))]
+fn list_checkpoints<'py>(
+    py: Python<'py>,
+    name: Option<&str>,
+    directory: Option<PathBuf>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let config = build_config(py, name, directory, None, None, Some("")).py_err(py)?;
+    let store = Store::new(config);
+    let found = py
+        .detach(|| -> Result<_, Error> {
+            let d = store.discover_all()?;
+            let headers: Vec<Option<(u32, u32, Option<String>)>> = d
+                .candidates
+                .iter()
+                .map(|c| {
+                    let cp = Checkpoint::open_with(&FileStorage, &c.path, LoadOptions { mmap: false }).ok()?;
+                    let h = cp.header();
+                    let metrics = cp.metadata(buffers::METRICS_KEY).map(|m| String::from_utf8_lossy(m).into_owned());
+                    Some((h.rank, h.nranks, metrics))
+                })
+                .collect();
+            Ok((d, headers))
+        })
+        .py_err(py)?;
+    let (d, headers) = found;
+    let mut out = Vec::with_capacity(d.candidates.len());
+    for (i, (c, h)) in d.candidates.iter().zip(headers).enumerate() {
+        let row = PyDict::new(py);
+        row.set_item("path", &c.path)?;
+        row.set_item("generation", c.generation)?;
+        row.set_item("step", c.app_step)?;
+        row.set_item("job_id", &c.job_id)?;
+        row.set_item("created_unix_ns", c.created_unix_ns)?;
+        row.set_item("current_name", c.is_current_name)?;
+        row.set_item("own_job", c.own_job)?;
+        row.set_item("chosen", d.chosen == Some(i))?;
+        let (rank, nranks, metrics) = h.map_or((None, None, None), |(r, n, m)| (Some(r), Some(n), m));
+        row.set_item("rank", rank)?;
+        row.set_item("nranks", nranks)?;
+        row.set_item("metrics", metrics)?;
+        let (status, error) = match &c.status {
+            ckpt_core::CandidateStatus::Valid => ("valid", None),
+            ckpt_core::CandidateStatus::Invalid(e) => ("invalid", Some(e.to_string())),
+            ckpt_core::CandidateStatus::NotChecked => ("not checked", None),
+        };
+        row.set_item("status", status)?;
+        row.set_item("error", error)?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
 /// The native module.
 #[pymodule]
 fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -287,6 +343,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_file, m)?)?;
     m.add_function(wrap_pyfunction!(load_store, m)?)?;
     m.add_function(wrap_pyfunction!(verify_file, m)?)?;
+    m.add_function(wrap_pyfunction!(list_checkpoints, m)?)?;
     m.add_function(wrap_pyfunction!(trust_problems, m)?)?;
     m.add_function(wrap_pyfunction!(wait_for_background_frees, m)?)?;
     m.add_function(wrap_pyfunction!(effective_config, m)?)?;

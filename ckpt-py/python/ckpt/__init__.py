@@ -87,6 +87,7 @@ from ._errors import (
 __version__: str = _ckpt.__version__
 
 __all__ = [
+    "CheckpointEntry",
     "CheckpointError",
     "Checkpointer",
     "ConflictError",
@@ -103,6 +104,7 @@ __all__ = [
     "TooLargeError",
     "UnsupportedVersionError",
     "UntrustedCheckpointError",
+    "checkpoints",
     "config",
     "install_signal_handlers",
     "load",
@@ -470,6 +472,7 @@ def load(
     writable: bool = True,
     trusted: bool = False,
     verify: bool = True,
+    step: int | None = None,
 ) -> Any:
     """Loads a checkpoint written by :func:`save` (or :meth:`Checkpointer.save`).
 
@@ -501,6 +504,9 @@ def load(
             that is a symbolic link (``latest.ckpt``) is followed only when the link is the current user's
             and its directory passes the same rule as a file's (another user's link could point at any of
             your files and substitute state); the file it leads to is then checked as any file.
+        step: with ``path=None``, the newest valid checkpoint of this step among those restart discovery
+            sees (:func:`checkpoints`), instead of the newest one; :class:`NoValidCheckpointError` (listing
+            the valid steps) when there is none, unless ``default`` is given.
         verify: ``True`` (the default) checks every byte of the file (the CRC-32 of every section) before
             anything is unpickled, which reads the whole file. ``False``, for a path and a memory-mapped
             load, checks the structure (header, section table and their CRCs, every offset and length) and
@@ -521,6 +527,16 @@ def load(
             files and how to resume them anyway (``CKPT_RESUME_FROM``) or to run separately (``CKPT_NAME``).
         OSError: the file system failed.
     """
+    if path is None and step is not None:
+        try:
+            entry = _entry_of_step(step, None, None)
+        except NoValidCheckpointError:
+            if default is _MISSING:
+                raise
+            return default
+        return load(entry.path, mmap=mmap, writable=writable, trusted=trusted)
+    if step is not None:
+        raise InvalidArgumentError("load: give a path or a step, not both", kind="invalid argument")
     if path is None:
 
         def fetch(max_generation: int | None) -> tuple[Any, list[str]]:
@@ -555,6 +571,101 @@ def load(
         raise CorruptCheckpointError(
             f"{p}: {_unpickle_failure(e)}", kind="corrupt", path=p, section=_ckpt.PICKLE_SECTION
         ) from e
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One file that restart discovery looked at (:func:`checkpoints`)."""
+
+    #: The file (``<name>.ckpt.<N>``, or ``<name>.ckpt``: the newest generation's stable name).
+    path: Path
+    #: Its generation (from the header; from the file name when the header is unreadable).
+    generation: int | None
+    #: The step recorded in it.
+    step: int | None
+    #: The job that wrote it.
+    job_id: str | None
+    #: The rank that wrote it and the number of ranks.
+    rank: int | None
+    nranks: int | None
+    #: The metrics saved with it (``save(..., metrics=...)``), or ``None``.
+    metrics: dict[str, Any] | None
+    #: When it was written (UTC), from the header.
+    created: datetime.datetime | None
+    #: Whether it verifies completely (every CRC).
+    valid: bool
+    #: Why it does not (damaged, truncated, another user's...), else ``None``.
+    error: str | None
+    #: Whether restart (``load()``, ``restore()``) would choose it.
+    chosen: bool
+    #: Whether it is this job's own checkpoint (rather than an earlier job's that restart may resume).
+    own_job: bool
+    #: Whether ``path`` is the stable name (another name of the newest generation).
+    current_name: bool
+
+
+def checkpoints(directory: PathArg | None = None, name: str | None = None) -> list[CheckpointEntry]:
+    """What restart discovery sees: every checkpoint of this run's name in the restart directory (or
+    ``directory``), newest first, each verified completely, with its path, generation, step, job id, rank,
+    metrics, creation time, whether it is valid (else the error) and whether restart would choose it.
+
+    ``name`` as for :class:`Checkpointer`. Pick one with ``load(step=N)`` or ``restore(step=N)``, or load
+    its ``path``. Raises :class:`ConflictError` as restart would (checkpoints of another run under this
+    name).
+    """
+    rows = _ckpt.list_checkpoints(name, None if directory is None else os.fspath(directory))
+    # Restart chooses a file; its other name (the stable name, or the generation's own) is the same file.
+    chosen = {(r["job_id"], r["generation"]) for r in rows if r["chosen"]}
+    for r in rows:
+        r["chosen"] = (r["job_id"], r["generation"]) in chosen
+    out = []
+    for r in rows:
+        ns = r.get("created_unix_ns")
+        created = (
+            None
+            if ns is None
+            else datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+        )
+        out.append(
+            CheckpointEntry(
+                path=Path(r["path"]),
+                generation=r["generation"],
+                step=r["step"],
+                job_id=r["job_id"],
+                rank=r["rank"],
+                nranks=r["nranks"],
+                metrics=_metrics_dict(r["metrics"]),
+                created=created,
+                valid=r["status"] == "valid",
+                error=r["error"],
+                chosen=bool(r["chosen"]),
+                own_job=bool(r["own_job"]),
+                current_name=bool(r["current_name"]),
+            )
+        )
+    return out
+
+
+def _entry_of_step(step: Any, directory: PathArg | None, name: str | None) -> CheckpointEntry:
+    """The newest valid checkpoint of ``step`` that discovery sees (by its generation's own name)."""
+    if not _is_integer(step):
+        raise TypeError(f"step must be an integer, not {step!r}")
+    s = int(step)
+    entries = [e for e in checkpoints(directory, name) if not e.current_name]
+    for e in entries:
+        if e.valid and e.step == s:
+            if e.nranks not in (None, 1):
+                raise InvalidArgumentError(
+                    f"step {s}: choosing a step of a multi-rank checkpoint is not supported yet", kind="invalid argument"
+                )
+            return e
+    have = sorted({e.step for e in entries if e.valid and e.step is not None})
+    bad = [f"  {e.path}: {e.error}" for e in entries if e.step == s and not e.valid]
+    raise NoValidCheckpointError(
+        "\n".join([f"no valid checkpoint of step {s} (valid steps: {have or 'none'})", *bad]),
+        kind="no valid checkpoint",
+        path=None,
+    )
 
 
 def verify(path: PathArg) -> None:
@@ -965,7 +1076,13 @@ class Checkpointer:
         print(f"ckpt: the background save of step {h.step} failed: {err}", file=sys.stderr, flush=True)
 
     def restore(
-        self, default: Any = None, *, mmap: bool | None = None, writable: bool = True, trusted: bool = False
+        self,
+        default: Any = None,
+        *,
+        mmap: bool | None = None,
+        writable: bool = True,
+        trusted: bool = False,
+        step: int | None = None,
     ) -> Any:
         """The newest valid checkpoint's object of this run, or ``default`` when there is none (a first run).
 
@@ -979,11 +1096,34 @@ class Checkpointer:
         :class:`UntrustedCheckpointError` as :func:`load` does. ``mmap`` and ``writable`` as for
         :func:`load`: by default what was saved writable comes back writable (copy-on-write views of the
         file), so code that updates arrays in place works the same after a requeue.
+        
+        ``step=N`` restores the newest valid checkpoint of step ``N`` that discovery sees (see
+        :func:`ckpt.checkpoints`) instead of the newest one, or raises :class:`NoValidCheckpointError`
+        listing the valid steps. Waits first for a background save in flight.
         """
         self._settle_inflight()
         self.restored = None
         self.restore_notices = ()
         native = self._native
+        if step is not None:
+            # A chosen step (ckpt.checkpoints() lists them): that file, or NoValidCheckpointError.
+            entry = _entry_of_step(step, self.restart_directory, self.name)
+            p = os.fspath(entry.path)
+            st = os.stat(p)
+            stream, buffers, info = _ckpt.load_file(p, mmap=mmap, verify=True, writable=writable)
+            try:
+                obj = _unpickle(stream, buffers, info, trusted, (st.st_dev, st.st_ino), writable)
+            except Exception as e:
+                if _fatal(e) or isinstance(e, CheckpointError) and not isinstance(e, EncodingError):
+                    raise
+                raise CorruptCheckpointError(
+                    f"{p}: {_unpickle_failure(e)}", kind="corrupt", path=p, section=_ckpt.PICKLE_SECTION
+                ) from e
+            info["rejected"] = []
+            info["other_job"] = None if entry.own_job else entry.job_id
+            self.restored = _restore_info(info)
+            native.log_event("restore", json.dumps({"path": p, "generation": entry.generation, "step": entry.step, "chosen_by": "step"}))
+            return obj
 
         def fetch(max_generation: int | None) -> tuple[Any, list[str]]:
             found, notices = native.restore(mmap=mmap, writable=writable, max_generation=max_generation)
