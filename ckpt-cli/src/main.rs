@@ -124,7 +124,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    ExitCode::from(run(std::env::args_os()))
+}
+
+/// Runs the command line `args` (the program's name first, as `std::env::args_os` gives it) and returns
+/// the exit status. What `main` does; also the Python package's `ckpt` command (`ckpt._ckpt.cli_main`),
+/// so both have the same subcommands and output. Errors of the command line itself (clap's usage
+/// messages, `--help`, `--version`) print and exit the process, as for the binary.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Verify { paths } => verify(&paths),
@@ -144,12 +156,17 @@ fn main() -> ExitCode {
         Command::Requeue { max_restarts, name, dry_run } => requeue(max_restarts, name.as_deref(), dry_run),
     };
     match result {
-        Ok(code) => code,
+        Ok(code) => status(code),
         Err(e) => {
             eprintln!("ckpt: {e}");
-            ExitCode::from(2)
+            2
         }
     }
+}
+
+/// The number an [`ExitCode`] stands for (the subcommands use 0 to 3).
+fn status(code: ExitCode) -> u8 {
+    (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).unwrap_or(1)
 }
 
 fn human(bytes: u64) -> String {

@@ -328,6 +328,16 @@ fn list_checkpoints<'py>(
     Ok(out)
 }
 
+/// Runs the `ckpt` command line `args` (program name first) with the Rust CLI's own code and returns its
+/// exit status: `ckpt` and `python -m ckpt` of the wheel (see `ckpt/__main__.py`).
+#[pyfunction]
+fn cli_main(py: Python<'_>, args: Vec<std::ffi::OsString>) -> u8 {
+    let code = py.detach(|| ckpt_cli::run(args));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    code
+}
+
 /// The native module.
 #[pymodule]
 fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -344,6 +354,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_store, m)?)?;
     m.add_function(wrap_pyfunction!(verify_file, m)?)?;
     m.add_function(wrap_pyfunction!(list_checkpoints, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(trust_problems, m)?)?;
     m.add_function(wrap_pyfunction!(wait_for_background_frees, m)?)?;
     m.add_function(wrap_pyfunction!(effective_config, m)?)?;
