@@ -886,7 +886,10 @@ class Checkpointer:
             SIGTERM also asks to exit: :meth:`should_exit` turns true once its checkpoint is committed.
             Names (``"SIGUSR2"``, ``"USR2"``, ``"RTMIN+3"``) or numbers; ``()`` for none. SIGINT is left
             alone unless listed, so Ctrl-C keeps raising :class:`KeyboardInterrupt`. See
-            :func:`install_signal_handlers` for handlers installed later by other code.
+            :func:`install_signal_handlers` for handlers installed later by other code. Outside the main
+            thread only ``()`` is accepted (:class:`InvalidStateError` otherwise).
+        keep_best, metric, mode: besides the newest ``keep``, keep the ``keep_best`` generations with the
+            best ``metrics[metric]`` given to :meth:`save` (``mode="min"``: smallest, ``"max"``: largest).
 
     The checkpoint directory is created if needed and checked at once: an ``OSError``
     (:class:`PermissionError`, ``EROFS``...) naming it is raised here rather than at the first save.
