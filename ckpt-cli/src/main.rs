@@ -124,7 +124,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    ExitCode::from(run(std::env::args_os()))
+}
+
+/// Runs the command line `args` (the program's name first, as `std::env::args_os` gives it) and returns
+/// the exit status. What `main` does; also the Python package's `ckpt` command (`ckpt._ckpt.cli_main`),
+/// so both have the same subcommands and output. Errors of the command line itself (clap's usage
+/// messages, `--help`, `--version`) print and exit the process, as for the binary.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Verify { paths } => verify(&paths),
@@ -144,12 +156,17 @@ fn main() -> ExitCode {
         Command::Requeue { max_restarts, name, dry_run } => requeue(max_restarts, name.as_deref(), dry_run),
     };
     match result {
-        Ok(code) => code,
+        Ok(code) => status(code),
         Err(e) => {
             eprintln!("ckpt: {e}");
-            ExitCode::from(2)
+            2
         }
     }
+}
+
+/// The number an [`ExitCode`] stands for (the subcommands use 0 to 3).
+fn status(code: ExitCode) -> u8 {
+    (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).unwrap_or(1)
 }
 
 fn human(bytes: u64) -> String {
@@ -197,9 +214,15 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
             })
         })
         .collect();
+    let metrics: Value = cp
+        .metadata("metrics")
+        .and_then(|m| serde_json::from_slice::<Value>(m).ok())
+        .filter(Value::is_object)
+        .unwrap_or(Value::Null);
     if as_json {
         let mut v = header_json(&cp);
         v["sections"] = json!(sections);
+        v["metrics"] = metrics;
         if cp.metadata(ckpt_core::process_image::IMAGE_METADATA_KEY).is_some() {
             v["process_image"] = shim::image_json(&cp)?;
         }
@@ -224,6 +247,9 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
     );
     for (k, v) in &h.metadata {
         println!("metadata    {k} = {}", printable(v));
+    }
+    if !metrics.is_null() {
+        println!("metrics    {}", metrics_text(&metrics).trim_start().trim_start_matches("metrics"));
     }
     println!(
         "{:<24} {:>10} {:>6} {:>8} {:>12} {:>12} {:>7}",
@@ -373,7 +399,13 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
                     Ok(()) => ("valid", None),
                     Err(e) => ("untrusted", Some(e.to_string())),
                 };
-                json!({"path": f, "status": status, "error": error, "generation": h.generation, "step": h.app_step, "job_id": h.job_id,
+                // Metrics given with the save (a JSON object in the header's `metrics` entry), if any.
+                let metrics: Value = cp
+                    .metadata("metrics")
+                    .and_then(|m| serde_json::from_slice::<Value>(m).ok())
+                    .filter(Value::is_object)
+                    .unwrap_or(Value::Null);
+                json!({"path": f, "status": status, "error": error, "generation": h.generation, "step": h.app_step, "job_id": h.job_id, "metrics": metrics,
                        "app_name": h.app_name, "rank": h.rank, "nranks": h.nranks, "bytes": cp.file_len(), "created_unix_ns": h.created_unix_ns,
                        "written_by": identity.as_ref().map(|i| json!({"uid": i.uid, "cmdline": i.cmdline, "cwd": i.cwd, "array_job": i.array_job, "array_task": i.array_task}))})
             }
@@ -444,13 +476,14 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         let path = r["path"].as_str().unwrap_or("?");
         match r["status"].as_str() {
             Some("valid") => println!(
-                "  valid      {path}  generation {} step {} job {} rank {}/{} {}",
+                "  valid      {path}  generation {} step {} job {} rank {}/{} {}{}",
                 r["generation"],
                 r["step"],
                 r["job_id"].as_str().unwrap_or(""),
                 r["rank"],
                 r["nranks"],
-                human(r["bytes"].as_u64().unwrap_or(0))
+                human(r["bytes"].as_u64().unwrap_or(0)),
+                metrics_text(&r["metrics"])
             ),
             Some("invalid") => println!("  INVALID    {path}: {}", r["error"].as_str().unwrap_or("")),
             Some("untrusted") => println!("  UNTRUSTED  {path}: {}", r["error"].as_str().unwrap_or("")),
@@ -469,6 +502,19 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `  metrics val_loss=0.31 epoch=3` for a row's metrics (empty without any).
+fn metrics_text(metrics: &Value) -> String {
+    let Some(m) = metrics.as_object().filter(|m| !m.is_empty()) else { return String::new() };
+    let parts: Vec<String> = m
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!("  metrics {}", parts.join(" "))
 }
 
 fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {

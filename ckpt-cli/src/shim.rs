@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use ckpt_core::process_image::{self, FdKind, ProcessImage, RegionKind};
 use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions, control};
 
-use crate::human;
+use super::human;
 
 /// File name of the shim library.
 pub const PRELOAD_LIB: &str = "libckpt_preload.so";

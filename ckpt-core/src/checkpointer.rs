@@ -659,6 +659,22 @@ impl Checkpointer {
         TriggerView { inner: self.inner.clone() }
     }
 
+    /// Whether an exit was asked for (SIGTERM, the time limit, a vacating `ckpt create`) and
+    /// [`Checkpointer::should_exit`] is not yet armed: its checkpoint is due, or being written. For
+    /// faces that write in the background (Python's `save(blocking=False)`): they wait for the save in
+    /// flight before answering `should_exit` only then.
+    pub fn exit_pending(&self) -> bool {
+        let exit_bits = SIGNAL_EXIT | DEADLINE;
+        if self.inner.flags.load(Ordering::SeqCst) & exit_bits != 0 {
+            return true;
+        }
+        let st = self.inner.lock();
+        let taken_exit = |taken: u32, requests: &[Request]| taken & exit_bits != 0 || requests.iter().any(|r| r.vacate);
+        st.in_progress.as_ref().is_some_and(|(t, r, _)| taken_exit(*t, r))
+            || st.pending_step.as_ref().is_some_and(|(t, r, _)| taken_exit(*t, r))
+            || st.requests.iter().any(|r| r.vacate)
+    }
+
     /// Requests a checkpoint as a signal would (for tests and programmatic triggers).
     pub fn request_checkpoint(&self, exit: bool) {
         self.inner.flags.fetch_or(if exit { SIGNAL_EXIT } else { SIGNAL }, Ordering::SeqCst);

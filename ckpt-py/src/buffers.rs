@@ -288,9 +288,33 @@ pub struct Views<'a> {
     buffers: Vec<(&'a [u8], usize)>,
 }
 
+impl<'a> Views<'a> {
+    /// Views of bytes held elsewhere (a background save's captured copy).
+    pub fn from_parts(stream: &'a [u8], buffers: Vec<(&'a [u8], usize)>) -> Views<'a> {
+        Views { stream, buffers }
+    }
+
+    /// The stream and (bytes, element size) per buffer.
+    pub fn parts(&self) -> (&'a [u8], &[(&'a [u8], usize)]) {
+        (self.stream, &self.buffers)
+    }
+}
+
+/// Header metadata: the metrics given with a save (a JSON object), shown by `ckpt inspect` and `ckpt list`
+/// and used by best-metric retention.
+pub const METRICS_KEY: &str = "metrics";
+
 /// Writes a Python checkpoint's sections into `w` (no GIL needed).
-pub fn write_sections(w: &mut CheckpointWriter, views: &Views<'_>, compression: Compression) -> Result<(), Error> {
+pub fn write_sections(
+    w: &mut CheckpointWriter,
+    views: &Views<'_>,
+    compression: Compression,
+    metrics: Option<&str>,
+) -> Result<(), Error> {
     w.set_metadata(FORMAT_KEY, FORMAT_VERSION)?;
+    if let Some(m) = metrics {
+        w.set_metadata(METRICS_KEY, m)?;
+    }
     w.set_metadata(BUFFERS_KEY, views.buffers.len().to_string())?;
     let opts = SectionOptions::new().compression(compression).encoding(Encoding::Pickle5);
     w.add_section_with(PICKLE_SECTION, views.stream, opts)?;
@@ -481,6 +505,7 @@ pub fn header_info<'py>(py: Python<'py>, cp: &Checkpoint) -> PyResult<Bound<'py,
     d.set_item("nranks", h.nranks)?;
     d.set_item("file_bytes", cp.file_len())?;
     d.set_item("mapped", cp.is_mapped())?;
+    d.set_item("metrics", cp.metadata(METRICS_KEY).map(|m| String::from_utf8_lossy(m).into_owned()))?;
     // Who owns the file that was read, from its descriptor: what the trust check before unpickling judges.
     d.set_item("owner", cp.owner().map(|o| (o.uid, o.mode, o.dev, o.ino)))?;
     Ok(d)

@@ -13,8 +13,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use serde_json::json;
 
+use crate::background::{Captured, Outcome, PySaveHandle, StagingPool};
 use crate::buffers;
 use crate::errors::{IntoPyResult, to_py};
+use crate::retention::{BestPolicy, Mode};
 use crate::signals;
 use crate::{restored_info, save_detached};
 
@@ -99,6 +101,48 @@ fn restore_logged(
     (r, notices)
 }
 
+/// Writes a save's sections into `w` and commits it (a rank's part: and the step, on rank 0); on failure
+/// whatever made the checkpoint due is due again. Blocking and background saves share it.
+fn write_and_commit(
+    cp: &Checkpointer,
+    best: Option<&BestPolicy>,
+    mut w: ckpt_core::CheckpointWriter,
+    views: &buffers::Views<'_>,
+    compression: ckpt_core::Compression,
+    metrics: Option<&str>,
+    step: i64,
+) -> Result<ckpt_core::CommitInfo, Error> {
+    if let Err(e) = buffers::write_sections(&mut w, views, compression, metrics) {
+        // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
+        cp.abort(w, &e);
+        return Err(e);
+    }
+    let info = cp.commit(w)?;
+    let cfg = cp.config();
+    if cfg.nranks > 1 {
+        // A rank's part is not a step: rank 0 commits it, and only then may the exit be armed.
+        // Without MPI the other ranks cannot learn the outcome and count their durable part.
+        if cfg.rank != 0 {
+            cp.finish_step_unconfirmed();
+            return Ok(info);
+        }
+        let step_result = cp.store().commit_step(info.generation, step);
+        cp.finish_step(step_result.is_ok());
+        return step_result;
+    }
+    let mut info = info;
+    if let Some(policy) = best {
+        // Durable: only now may older generations go.
+        policy.note(info.generation, metrics);
+        let warnings = policy.retire(cp, info.generation);
+        if !warnings.is_empty() {
+            cp.log_event("warning", json!({"message": "best-metric retention", "warnings": warnings}));
+        }
+        info.warnings.extend(warnings);
+    }
+    Ok(info)
+}
+
 /// The core checkpointer behind `ckpt.Checkpointer` (see the module documentation).
 #[pyclass(module = "ckpt._ckpt", name = "Checkpointer", frozen)]
 pub struct PyCheckpointer {
@@ -106,6 +150,10 @@ pub struct PyCheckpointer {
     config: Config,
     /// The signal dispositions from before the core checkpointer was created.
     before: signals::Snapshot,
+    /// The staging buffer of background saves, kept for the next one.
+    staging: StagingPool,
+    /// Best-metric retention, when asked for.
+    best: Option<Arc<BestPolicy>>,
 }
 
 impl PyCheckpointer {
@@ -118,7 +166,8 @@ impl PyCheckpointer {
 #[pymethods]
 impl PyCheckpointer {
     #[new]
-    #[pyo3(signature = (name=None, directory=None, interval=None, keep=None, signals=None))]
+    #[pyo3(signature = (name=None, directory=None, interval=None, keep=None, signals=None, keep_best=0, metric=None, mode="min"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         name: Option<&str>,
@@ -126,14 +175,48 @@ impl PyCheckpointer {
         interval: Option<IntervalArg>,
         keep: Option<usize>,
         signals: Option<&str>,
+        keep_best: usize,
+        metric: Option<String>,
+        mode: &str,
     ) -> PyResult<PyCheckpointer> {
         let config = build_config(py, name, directory, interval, keep, signals).py_err(py)?;
+        let mode = match mode {
+            "min" => Mode::Min,
+            "max" => Mode::Max,
+            other => return Err(to_py(py, &Error::invalid(format!("mode must be \"min\" or \"max\", not {other:?}")))),
+        };
+        let best = match (keep_best, metric) {
+            (0, _) => None,
+            (_, None) => {
+                return Err(to_py(py, &Error::invalid("keep_best needs metric= (the name of the metric to rank by)")));
+            }
+            (n, Some(m)) => {
+                if config.nranks > 1 {
+                    return Err(to_py(
+                        py,
+                        &Error::invalid("keep_best is not supported for multi-rank jobs yet (use keep)"),
+                    ));
+                }
+                Some(Arc::new(BestPolicy::new(config.keep, n, m, mode)))
+            }
+        };
         let sigs: Vec<i32> = config.signals.iter().map(|s| s.signal).collect();
         let before = signals::snapshot(&sigs);
-        let store = ckpt_core::Store::new(config.clone());
+        let mut core_config = config.clone();
+        if best.is_some() {
+            // The policy prunes (after each durable commit); the core keeps every generation.
+            core_config.keep = usize::MAX / 2;
+        }
+        let store = ckpt_core::Store::new(core_config);
         let cp = Checkpointer::new(store).py_err(py)?;
         signals::after_create(&before);
-        Ok(PyCheckpointer { cp: RwLock::new(Some(Arc::new(cp))), config, before })
+        Ok(PyCheckpointer {
+            cp: RwLock::new(Some(Arc::new(cp))),
+            config,
+            before,
+            staging: StagingPool::default(),
+            best,
+        })
     }
 
     /// Whether a checkpoint is due (a signal, the interval, the time limit or a request).
@@ -159,7 +242,9 @@ impl PyCheckpointer {
     }
 
     /// Saves a pickle stream and its out-of-band buffers as the next checkpoint; returns the commit's figures.
-    #[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None))]
+    /// `metrics`: a JSON object's text, stored in the header.
+    #[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]
+    #[allow(clippy::too_many_arguments)]
     fn save<'py>(
         &self,
         py: Python<'py>,
@@ -168,31 +253,65 @@ impl PyCheckpointer {
         step: i64,
         compress: Option<&str>,
         item_sizes: Option<Vec<usize>>,
+        metrics: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let cp = self.get(py)?;
         let compression = buffers::compression(py, compress, self.config.compression)?;
         save_detached(py, stream, buffers, item_sizes, |views| {
-            let mut w = cp.begin(step)?;
-            if let Err(e) = buffers::write_sections(&mut w, views, compression) {
-                // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
-                cp.abort(w, &e);
-                return Err(e);
-            }
-            let info = cp.commit(w)?;
-            let cfg = cp.config();
-            if cfg.nranks > 1 {
-                // A rank's part is not a step: rank 0 commits it, and only then may the exit be armed.
-                // Without MPI the other ranks cannot learn the outcome and count their durable part.
-                if cfg.rank != 0 {
-                    cp.finish_step_unconfirmed();
-                    return Ok(info);
-                }
-                let step_result = cp.store().commit_step(info.generation, step);
-                cp.finish_step(step_result.is_ok());
-                return step_result;
-            }
-            Ok(info)
+            let w = cp.begin(step)?;
+            write_and_commit(&cp, self.best.as_deref(), w, views, compression, metrics, step)
         })
+    }
+
+    /// Starts a background save (see `background`): copies the stream and the buffers, begins the
+    /// checkpoint (taking what made it due) and returns; a thread writes and commits. The caller keeps at
+    /// most one in flight.
+    #[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn save_async<'py>(
+        &self,
+        py: Python<'py>,
+        stream: &Bound<'py, PyAny>,
+        buffers: &Bound<'py, PyList>,
+        step: i64,
+        compress: Option<&str>,
+        item_sizes: Option<Vec<usize>>,
+        metrics: Option<String>,
+    ) -> PyResult<PySaveHandle> {
+        let cp = self.get(py)?;
+        let compression = buffers::compression(py, compress, self.config.compression)?;
+        let inputs = buffers::Inputs::new(stream, buffers, item_sizes)?;
+        let pool = self.staging.clone();
+        let started = py.detach(|| -> Result<_, Error> {
+            let captured = Captured::new(&inputs.views(), &pool);
+            let w = cp.begin(step)?;
+            Ok((captured, w))
+        });
+        drop(inputs);
+        let (captured, w) = started.py_err(py)?;
+        let outcome = Arc::new(Outcome::default());
+        let theirs = outcome.clone();
+        let best = self.best.clone();
+        let spawned = std::thread::Builder::new().name("ckpt-save".into()).spawn(move || {
+            let r = write_and_commit(&cp, best.as_deref(), w, &captured.views(), compression, metrics.as_deref(), step);
+            drop(captured);
+            theirs.finish(r);
+        });
+        if let Err(e) = spawned {
+            return Err(to_py(py, &Error::io("start the ckpt-save thread", e)));
+        }
+        Ok(PySaveHandle { outcome, step })
+    }
+
+    /// Whether an exit was asked for and its checkpoint is due or being written (see the core's
+    /// `Checkpointer::exit_pending`).
+    fn exit_pending(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.get(py)?.exit_pending())
+    }
+
+    /// Frees the staging buffer kept for background saves.
+    fn release_staging(&self) {
+        self.staging.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Restart discovery: `(found, notices)`, where `found` is `None` or `(stream, buffers, info)` of the

@@ -17,10 +17,12 @@ use ckpt_core::{Checkpoint, CommitInfo, Error, LoadOptions, Restored, Store, beg
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
+mod background;
 mod buffers;
 mod checkpointer;
 mod config;
 mod errors;
+mod retention;
 mod signals;
 
 use buffers::{Inputs, MappedBuffer, PersistentIds};
@@ -70,7 +72,8 @@ pub(crate) fn restored_info<'py>(
 /// Saves to exactly `path`, atomically and durably (temporary file in the same directory, fsync, rename,
 /// fsync of the directory); no generations.
 #[pyfunction]
-#[pyo3(signature = (path, stream, buffers, *, step, compress=None, item_sizes=None))]
+#[pyo3(signature = (path, stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]
+#[allow(clippy::too_many_arguments)]
 fn save_file<'py>(
     py: Python<'py>,
     path: PathBuf,
@@ -79,12 +82,13 @@ fn save_file<'py>(
     step: i64,
     compress: Option<&str>,
     item_sizes: Option<Vec<usize>>,
+    metrics: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = config_from_env(py, None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
     save_detached(py, stream, buffers, item_sizes, |views| {
         let mut w = begin_file(&path, step, &config, Arc::new(FileStorage))?;
-        buffers::write_sections(&mut w, views, compression)?;
+        buffers::write_sections(&mut w, views, compression, metrics)?;
         w.commit()
     })
 }
@@ -106,7 +110,7 @@ pub(crate) fn save_detached<'py>(
 
 /// Saves as the configured checkpoint (`<checkpoint_dir>/<job_id>.ckpt`, generations, retention).
 #[pyfunction]
-#[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None))]
+#[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]
 fn save_store<'py>(
     py: Python<'py>,
     stream: &Bound<'py, PyAny>,
@@ -114,13 +118,14 @@ fn save_store<'py>(
     step: i64,
     compress: Option<&str>,
     item_sizes: Option<Vec<usize>>,
+    metrics: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = config_from_env(py, None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
     save_detached(py, stream, buffers, item_sizes, |views| {
         let store = Store::new(config);
         let mut w = store.begin(step)?;
-        buffers::write_sections(&mut w, views, compression)?;
+        buffers::write_sections(&mut w, views, compression, metrics)?;
         let info = w.commit()?;
         let cfg = store.config();
         if cfg.nranks > 1 && cfg.rank == 0 {
@@ -267,6 +272,72 @@ fn absorb_signal(signal: i32) -> bool {
     signals::absorb(signal)
 }
 
+/// What restart discovery sees in the restart directory for the checkpoint name of `name`/`directory`
+/// (every candidate verified): a list of dicts (path, generation, step, job id, rank, metrics, creation
+/// time, whether it is valid or the error, whether restart would choose it).
+#[pyfunction]
+#[pyo3(signature = (name=None, directory=None))]
+fn list_checkpoints<'py>(
+    py: Python<'py>,
+    name: Option<&str>,
+    directory: Option<PathBuf>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let config = build_config(py, name, directory, None, None, Some("")).py_err(py)?;
+    let store = Store::new(config);
+    let found = py
+        .detach(|| -> Result<_, Error> {
+            let d = store.discover_all()?;
+            let headers: Vec<Option<(u32, u32, Option<String>)>> = d
+                .candidates
+                .iter()
+                .map(|c| {
+                    let cp = Checkpoint::open_with(&FileStorage, &c.path, LoadOptions { mmap: false }).ok()?;
+                    let h = cp.header();
+                    let metrics = cp.metadata(buffers::METRICS_KEY).map(|m| String::from_utf8_lossy(m).into_owned());
+                    Some((h.rank, h.nranks, metrics))
+                })
+                .collect();
+            Ok((d, headers))
+        })
+        .py_err(py)?;
+    let (d, headers) = found;
+    let mut out = Vec::with_capacity(d.candidates.len());
+    for (i, (c, h)) in d.candidates.iter().zip(headers).enumerate() {
+        let row = PyDict::new(py);
+        row.set_item("path", &c.path)?;
+        row.set_item("generation", c.generation)?;
+        row.set_item("step", c.app_step)?;
+        row.set_item("job_id", &c.job_id)?;
+        row.set_item("created_unix_ns", c.created_unix_ns)?;
+        row.set_item("current_name", c.is_current_name)?;
+        row.set_item("own_job", c.own_job)?;
+        row.set_item("chosen", d.chosen == Some(i))?;
+        let (rank, nranks, metrics) = h.map_or((None, None, None), |(r, n, m)| (Some(r), Some(n), m));
+        row.set_item("rank", rank)?;
+        row.set_item("nranks", nranks)?;
+        row.set_item("metrics", metrics)?;
+        let (status, error) = match &c.status {
+            ckpt_core::CandidateStatus::Valid => ("valid", None),
+            ckpt_core::CandidateStatus::Invalid(e) => ("invalid", Some(e.to_string())),
+            ckpt_core::CandidateStatus::NotChecked => ("not checked", None),
+        };
+        row.set_item("status", status)?;
+        row.set_item("error", error)?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Runs the `ckpt` command line `args` (program name first) with the Rust CLI's own code and returns its
+/// exit status: `ckpt` and `python -m ckpt` of the wheel (see `ckpt/__main__.py`).
+#[pyfunction]
+fn cli_main(py: Python<'_>, args: Vec<std::ffi::OsString>) -> u8 {
+    let code = py.detach(|| ckpt_cli::run(args));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    code
+}
+
 /// The native module.
 #[pymodule]
 fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -276,11 +347,14 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MappedBuffer>()?;
     m.add_class::<PersistentIds>()?;
     m.add_class::<PyCheckpointer>()?;
+    m.add_class::<background::PySaveHandle>()?;
     m.add_function(wrap_pyfunction!(save_file, m)?)?;
     m.add_function(wrap_pyfunction!(save_store, m)?)?;
     m.add_function(wrap_pyfunction!(load_file, m)?)?;
     m.add_function(wrap_pyfunction!(load_store, m)?)?;
     m.add_function(wrap_pyfunction!(verify_file, m)?)?;
+    m.add_function(wrap_pyfunction!(list_checkpoints, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(trust_problems, m)?)?;
     m.add_function(wrap_pyfunction!(wait_for_background_frees, m)?)?;
     m.add_function(wrap_pyfunction!(effective_config, m)?)?;

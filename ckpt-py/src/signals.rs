@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The `sigaction` signal-hook installed, per signal.
 static HOOKS: Mutex<BTreeMap<i32, libc::sigaction>> = Mutex::new(BTreeMap::new());
@@ -35,8 +34,12 @@ pub fn current(signal: i32) -> io::Result<libc::sigaction> {
 /// The dispositions of `signals` now (taken before creating a core checkpointer).
 pub type Snapshot = Vec<(i32, libc::sigaction)>;
 
-/// Core checkpointers created and not yet closed.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Per signal, the core checkpointers handling it that are open (created and not yet closed).
+static OPEN: Mutex<BTreeMap<i32, usize>> = Mutex::new(BTreeMap::new());
+
+fn open_counts() -> std::sync::MutexGuard<'static, BTreeMap<i32, usize>> {
+    OPEN.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The dispositions of `signals` now (call before creating a core checkpointer).
 pub fn snapshot(signals: &[i32]) -> Snapshot {
@@ -47,7 +50,12 @@ pub fn snapshot(signals: &[i32]) -> Snapshot {
 /// re-installs those it installed earlier and that were replaced since (by Python's `signal.signal`, or
 /// by [`after_close`]).
 pub fn after_create(before: &Snapshot) {
-    OPEN.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut open = open_counts();
+        for (signal, _) in before {
+            *open.entry(*signal).or_insert(0) += 1;
+        }
+    }
     let mut hooks = hooks();
     for (signal, old) in before {
         let signal = *signal;
@@ -71,15 +79,25 @@ fn install(signal: i32, action: &libc::sigaction) -> bool {
 }
 
 /// After a core checkpointer was dropped: signal-hook leaves its handler installed with nothing to do
-/// (SIGTERM would then be ignored for the rest of the process), so when the last checkpointer closes,
-/// the dispositions from before its creation come back, wherever the core's handler is still in place.
-/// (`ckpt.Checkpointer` then also puts the previous Python-level handlers back.)
+/// (SIGTERM would then be ignored for the rest of the process), so when the last checkpointer handling a
+/// signal closes, that signal's disposition from before this checkpointer's creation comes back, wherever
+/// the core's handler is still in place. A signal another open checkpointer handles keeps the core's
+/// handler, whatever the order of the closes. (`ckpt.Checkpointer` then also puts the previous
+/// Python-level handlers back.)
 pub fn after_close(before: &Snapshot) {
-    if OPEN.fetch_sub(1, Ordering::SeqCst) != 1 {
-        return;
-    }
+    let last: Vec<i32> = {
+        let mut open = open_counts();
+        before
+            .iter()
+            .filter_map(|(signal, _)| {
+                let n = open.entry(*signal).or_insert(1);
+                *n = n.saturating_sub(1);
+                (*n == 0).then_some(*signal)
+            })
+            .collect()
+    };
     for (signal, old) in before {
-        if hook_installed(*signal) {
+        if last.contains(signal) && hook_installed(*signal) {
             install(*signal, old);
         }
     }

@@ -130,8 +130,15 @@ def test_io_errors_are_oserrors(tmp_path):
     with pytest.raises(OSError):
         ckpt.load(tmp_path / "adir")
     os.symlink(tmp_path / "afile", tmp_path / "link.ckpt")
+    with pytest.raises(ckpt.CorruptCheckpointError):
+        ckpt.load(tmp_path / "link.ckpt")  # an own link is followed (test_trust.py), to a file that is no checkpoint
     with pytest.raises(OSError) as e:
-        ckpt.load(tmp_path / "link.ckpt")  # checkpoints are opened without following a final symlink
+        ckpt._ckpt.load_file(str(tmp_path / "link.ckpt"))  # the core opens without following a final link
+    assert e.value.errno == errno.ELOOP
+    os.symlink(tmp_path / "loop2.ckpt", tmp_path / "loop1.ckpt")
+    os.symlink(tmp_path / "loop1.ckpt", tmp_path / "loop2.ckpt")
+    with pytest.raises(OSError) as e:
+        ckpt.load(tmp_path / "loop1.ckpt")
     assert e.value.errno == errno.ELOOP
 
 

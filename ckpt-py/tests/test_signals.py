@@ -270,25 +270,95 @@ def test_socket_request(tmp_path):
     assert reply["ok"] and reply["generation"] == info.generation
 
 
-def test_checkpointer_created_outside_the_main_thread(tmp_path):
+def test_checkpointer_with_signals_outside_the_main_thread_is_refused(tmp_path):
+    """Python installs signal handlers only in the main thread; a C-level handler alone would chain to an
+    interpreter handler with nothing to call ("Signal 10 ignored due to race condition")."""
     import threading
 
     out = {}
 
     def make():
-        with ckpt.Checkpointer(directory=tmp_path) as cp:
+        try:
+            ckpt.Checkpointer(directory=tmp_path)
+        except ckpt.InvalidStateError as e:
+            out["error"] = str(e)
+        with ckpt.Checkpointer(directory=tmp_path, signals=()) as cp:
             out["signals"] = cp.signals
+            cp.request_checkpoint()
+            out["due"] = cp.should_checkpoint()
             out["py"] = signal.getsignal(signal.SIGUSR1)
 
     before = signal.getsignal(signal.SIGUSR1)
-    t = threading.Thread(target=make)
+    t = threading.Thread(target=make, name="loader")
     t.start()
     t.join()
-    assert out["signals"] == (signal.SIGTERM, signal.SIGUSR1)
-    assert out["py"] == before, "no Python-level handlers from another thread (C-level ones only)"
-    # Closed: the C-level dispositions from before are back (signal-hook alone would leave SIGTERM ignored).
+    assert "main thread" in out["error"] and "'loader'" in out["error"] and "signals=()" in out["error"], out
+    assert out["signals"] == () and out["due"] is True
+    assert out["py"] == before
     assert not ckpt._ckpt.signal_hook_installed(signal.SIGTERM)
     assert not ckpt._ckpt.signal_hook_installed(signal.SIGUSR1)
+
+
+def test_worker_thread_checkpointer_next_to_the_main_one_leaves_signals_alone(tmp_path):
+    """The issue's case: a second Checkpointer in a worker thread while (and after) the main thread's is
+    open: no "ignored due to race condition", SIGUSR1 still requests the main one's checkpoint, and each
+    close leaves the other's signals in place."""
+    p = run_loop(
+        tmp_path,
+        """
+import threading
+with ckpt.Checkpointer() as first:
+    pass
+main = ckpt.Checkpointer()
+opened, release = threading.Event(), threading.Event()
+def worker():
+    with ckpt.Checkpointer(signals=()) as cp:
+        opened.set()
+        release.wait()
+t = threading.Thread(target=worker)
+t.start()
+opened.wait()
+os.kill(os.getpid(), signal.SIGUSR1)
+time.sleep(0.2)
+print("usr1", main.should_checkpoint(), flush=True)
+main.save({"x": 1})
+release.set()
+t.join()
+os.kill(os.getpid(), signal.SIGUSR1)
+time.sleep(0.2)
+print("usr1 again", main.should_checkpoint(), ckpt._ckpt.signal_hook_installed(signal.SIGUSR1), flush=True)
+main.close()
+print("closed", signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL, flush=True)
+""",
+    )
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, (out, err)
+    assert "race condition" not in err, err
+    assert "usr1 True" in out and "usr1 again True True" in out and "closed True" in out, (out, err)
+
+
+def test_checkpointers_closed_in_either_order_put_sigterm_back(tmp_path):
+    """Two checkpointers open at once, the first closed first: SIGTERM's default action comes back (not the
+    closed first one's handler, which would leave the process unkillable by SIGTERM)."""
+    p = run_loop(
+        tmp_path,
+        """
+a = ckpt.Checkpointer()
+b = ckpt.Checkpointer()
+a.close()
+os.kill(os.getpid(), signal.SIGUSR1)
+time.sleep(0.2)
+still = b.should_checkpoint()
+b.close()
+print("closed", still, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+time.sleep(30)
+""",
+    )
+    # One line: wait_for_line reads ahead, a second call could miss a line already buffered.
+    assert wait_for_line(p, "closed").split() == ["closed", "True", "True"]
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGTERM, (p.returncode, out, err)
 
 
 # -- forks and the second SIGTERM (issue 18) ---------------------------------------------------------------

@@ -169,3 +169,60 @@ def test_own_files_load(tmp_path):
     ckpt.save({"x": 1}, "s.ckpt")
     assert os.stat("s.ckpt").st_uid == os.geteuid()
     assert ckpt.load("s.ckpt") == {"x": 1}
+
+
+# -- symbolic links (issue 18) ----------------------------------------------------------------------------
+
+
+def test_own_latest_symlink_is_followed(tmp_path):
+    ckpt.save({"step": 7}, "run.7.ckpt")
+    os.symlink("run.7.ckpt", "latest.ckpt")
+    assert ckpt.load("latest.ckpt") == {"step": 7}
+    os.symlink("latest.ckpt", "chain.ckpt")  # a chain of own links
+    assert ckpt.load("chain.ckpt") == {"step": 7}
+
+
+def test_dangling_symlink_is_file_not_found(tmp_path):
+    os.symlink("gone.ckpt", "latest.ckpt")
+    with pytest.raises(FileNotFoundError):
+        ckpt.load("latest.ckpt")
+    assert ckpt.load("latest.ckpt", default="d") == "d"
+
+
+def test_symlink_of_another_user_is_refused(tmp_path):
+    other = other_user()
+    ckpt.save({"step": 1, "evil": Marker()}, "old.ckpt")  # a file of ours that someone wants us to load
+    os.symlink("old.ckpt", "latest.ckpt")
+    os.lchown("latest.ckpt", other, -1)
+    Marker.ran = False
+    with pytest.raises(ckpt.UntrustedCheckpointError) as e:
+        ckpt.load("latest.ckpt")
+    assert "symbolic link" in str(e.value) and f"uid {other}" in str(e.value), str(e.value)
+    assert not Marker.ran
+    assert ckpt.load("old.ckpt")["step"] == 1, "the file itself is ours and loads by its own path"
+    Marker.ran = False
+    assert ckpt.load("latest.ckpt", trusted=True)["step"] == 1
+
+
+def test_symlink_in_a_directory_anyone_can_rewrite_is_refused(tmp_path):
+    ckpt.save({"step": 3}, "data.ckpt")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.symlink(tmp_path / "data.ckpt", shared / "latest.ckpt")
+    os.chmod(shared, 0o777)  # anyone can replace the link (no sticky bit)
+    with pytest.raises(ckpt.UntrustedCheckpointError) as e:
+        ckpt.load(shared / "latest.ckpt")
+    assert "no sticky bit" in str(e.value)
+    os.chmod(shared, 0o1777)  # sticky: only the owner of the link can replace it
+    assert ckpt.load(shared / "latest.ckpt") == {"step": 3}
+
+
+def test_symlink_to_a_file_in_a_directory_anyone_can_rewrite_is_refused(tmp_path):
+    target_dir = tmp_path / "open"
+    target_dir.mkdir()
+    ckpt.save({"step": 4}, target_dir / "x.ckpt")
+    os.chmod(target_dir, 0o777)
+    os.symlink(target_dir / "x.ckpt", "latest.ckpt")
+    with pytest.raises(ckpt.UntrustedCheckpointError) as e:
+        ckpt.load("latest.ckpt")
+    assert str(target_dir) in str(e.value), "the file is judged in its own directory, not the link's"

@@ -52,8 +52,10 @@ given in Python win over the environment. :func:`config` shows the effective val
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
+import math
 import errno
 import json
 import os
@@ -64,7 +66,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from . import _ckpt, _pickling, _signals, _trust
 from ._ckpt import MappedBuffer
@@ -85,6 +87,7 @@ from ._errors import (
 __version__: str = _ckpt.__version__
 
 __all__ = [
+    "CheckpointEntry",
     "CheckpointError",
     "Checkpointer",
     "ConflictError",
@@ -95,11 +98,13 @@ __all__ = [
     "MappedBuffer",
     "NoValidCheckpointError",
     "RestoreInfo",
+    "SaveHandle",
     "SaveInfo",
     "SectionNotFoundError",
     "TooLargeError",
     "UnsupportedVersionError",
     "UntrustedCheckpointError",
+    "checkpoints",
     "config",
     "install_signal_handlers",
     "load",
@@ -133,6 +138,8 @@ class SaveInfo:
     warnings: tuple[str, ...]
     #: Whether the save wrote over the blocks of a retired checkpoint (the spare) instead of new ones.
     reused_spare: bool = False
+    #: The metrics given to the save (stored in the checkpoint's header), or ``None``.
+    metrics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,9 +168,11 @@ class RestoreInfo:
     #: What restart discovery told stderr (and the log): the checkpoint taken from another job, files
     #: skipped because another user could have written them, other jobs' checkpoints not resumed and why.
     notices: tuple[str, ...] = ()
+    #: The metrics saved with it (``save(..., metrics=...)``), or ``None``.
+    metrics: dict[str, Any] | None = None
 
 
-def _save_info(d: dict[str, Any]) -> SaveInfo:
+def _save_info(d: dict[str, Any], metrics: str | None = None) -> SaveInfo:
     return SaveInfo(
         path=Path(d["path"]),
         generation_path=Path(d["generation_path"]),
@@ -174,6 +183,7 @@ def _save_info(d: dict[str, Any]) -> SaveInfo:
         seconds=d["seconds"],
         warnings=tuple(d["warnings"]),
         reused_spare=bool(d.get("reused_spare", False)),
+        metrics=_metrics_dict(metrics),
     )
 
 
@@ -188,7 +198,45 @@ def _restore_info(d: dict[str, Any]) -> RestoreInfo:
         rejected=tuple((p, m) for p, m in d.get("rejected", ())),
         mapped=d["mapped"],
         notices=tuple(d.get("notices", ())),
+        metrics=_metrics_dict(d.get("metrics")),
     )
+
+
+def _metrics_dict(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _metrics_arg(metrics: Any) -> str | None:
+    """The metrics of a save as the JSON object stored in the header: names (strings) to numbers (``int``,
+    ``float``, numpy scalars; NaN and infinities are stored as ``null``), strings or bools."""
+    if metrics is None:
+        return None
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict of names to numbers, not {type(metrics).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if not isinstance(k, str):
+            raise TypeError(f"metric names must be strings, not {k!r}")
+        if v is None or isinstance(v, (bool, str)):
+            out[k] = v
+        elif _is_integer(v):
+            out[k] = int(v)
+        else:
+            try:
+                f = float(v)  # float, numpy floating scalars, 0-d arrays, torch scalars
+            except (TypeError, ValueError):
+                raise TypeError(f"metric {k!r} must be a number, a string or a bool, not {v!r}") from None
+            out[k] = f if math.isfinite(f) else None
+    text = json.dumps(out, allow_nan=False)
+    if len(text) > 60000:
+        raise InvalidArgumentError("metrics: more than 60000 bytes of JSON", kind="invalid argument")
+    return text
 
 
 def _compress_arg(compress: Compress) -> str | None:
@@ -362,7 +410,14 @@ _MISSING: Any = object()
 _store_save_lock = threading.Lock()
 
 
-def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, step: int | None = None) -> SaveInfo:
+def save(
+    obj: Any,
+    path: PathArg | None = None,
+    *,
+    compress: Compress = None,
+    step: int | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> SaveInfo:
     """Saves ``obj`` atomically and durably; returns what was committed.
 
     Args:
@@ -383,6 +438,8 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
         step: the step recorded in the header (shown by ``ckpt list``); default ``obj["step"]`` when
             ``obj`` is a dict with an integer ``"step"`` (``int`` or an integer scalar such as
             ``numpy.int64``), else 0. A signed 64-bit integer.
+        metrics: names to numbers (``{"val_loss": 0.31}``), stored in the header: shown by ``ckpt inspect``
+            and ``ckpt list``, returned by :func:`checkpoints`. NaN and infinities are stored as ``None``.
 
     Raises:
         OSError: the file system failed (``ENOSPC``, ``EACCES``...), with ``filename`` set.
@@ -394,17 +451,17 @@ def save(obj: Any, path: PathArg | None = None, *, compress: Compress = None, st
     Threads of one process saving the configured checkpoint (no ``path``) are serialized. Do not modify
     the objects from other threads while a save runs: the GIL is released while their memory is written.
     """
-    s, c = _step_arg(obj, step, 0), _compress_arg(compress)
+    s, c, m = _step_arg(obj, step, 0), _compress_arg(compress), _metrics_arg(metrics)
     stream, buffers, sizes = _pickling.dumps(obj)
     try:
         if path is None:
             with _store_save_lock:
-                d = _ckpt.save_store(stream, buffers, step=s, compress=c, item_sizes=sizes)
+                d = _ckpt.save_store(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m)
         else:
-            d = _ckpt.save_file(os.fspath(path), stream, buffers, step=s, compress=c, item_sizes=sizes)
+            d = _ckpt.save_file(os.fspath(path), stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m)
     finally:
         _release(stream, buffers)
-    return _save_info(d)
+    return _save_info(d, m)
 
 
 def load(
@@ -415,6 +472,7 @@ def load(
     writable: bool = True,
     trusted: bool = False,
     verify: bool = True,
+    step: int | None = None,
 ) -> Any:
     """Loads a checkpoint written by :func:`save` (or :meth:`Checkpointer.save`).
 
@@ -442,7 +500,13 @@ def load(
             out of band (numpy arrays and buffers of 64 KiB or more) are read-only views (of the file's
             shared mapping when mapped), as safetensors' and orbax's zero-copy loads give; smaller ones
             are copies inside the pickle stream.
-        trusted: skip the ownership checks (see :class:`UntrustedCheckpointError`).
+        trusted: skip the ownership checks (see :class:`UntrustedCheckpointError`). Without it, a ``path``
+            that is a symbolic link (``latest.ckpt``) is followed only when the link is the current user's
+            and its directory passes the same rule as a file's (another user's link could point at any of
+            your files and substitute state); the file it leads to is then checked as any file.
+        step: with ``path=None``, the newest valid checkpoint of this step among those restart discovery
+            sees (:func:`checkpoints`), instead of the newest one; :class:`NoValidCheckpointError` (listing
+            the valid steps) when there is none, unless ``default`` is given.
         verify: ``True`` (the default) checks every byte of the file (the CRC-32 of every section) before
             anything is unpickled, which reads the whole file. ``False``, for a path and a memory-mapped
             load, checks the structure (header, section table and their CRCs, every offset and length) and
@@ -463,6 +527,16 @@ def load(
             files and how to resume them anyway (``CKPT_RESUME_FROM``) or to run separately (``CKPT_NAME``).
         OSError: the file system failed.
     """
+    if path is None and step is not None:
+        try:
+            entry = _entry_of_step(step, None, None)
+        except NoValidCheckpointError:
+            if default is _MISSING:
+                raise
+            return default
+        return load(entry.path, mmap=mmap, writable=writable, trusted=trusted)
+    if step is not None:
+        raise InvalidArgumentError("load: give a path or a step, not both", kind="invalid argument")
     if path is None:
 
         def fetch(max_generation: int | None) -> tuple[Any, list[str]]:
@@ -477,11 +551,15 @@ def load(
         return obj
     p = os.fspath(path)
     try:
+        # A symbolic link (latest.ckpt) is followed only when nobody else could have planted it (_trust).
+        p = _trust.resolve_links(p, check=not trusted)
         st = os.stat(p)
     except FileNotFoundError as e:
         if default is not _MISSING:
             return default
-        raise FileNotFoundError(errno.ENOENT, f"no checkpoint at {p} (pass default= to load a default then)", p) from e
+        raise FileNotFoundError(
+            errno.ENOENT, f"no checkpoint at {os.fspath(path)} (pass default= to load a default then)", os.fspath(path)
+        ) from e
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a checkpoint file", p)
     stream, buffers, info = _ckpt.load_file(p, mmap=mmap, verify=verify, writable=writable)
@@ -493,6 +571,101 @@ def load(
         raise CorruptCheckpointError(
             f"{p}: {_unpickle_failure(e)}", kind="corrupt", path=p, section=_ckpt.PICKLE_SECTION
         ) from e
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One file that restart discovery looked at (:func:`checkpoints`)."""
+
+    #: The file (``<name>.ckpt.<N>``, or ``<name>.ckpt``: the newest generation's stable name).
+    path: Path
+    #: Its generation (from the header; from the file name when the header is unreadable).
+    generation: int | None
+    #: The step recorded in it.
+    step: int | None
+    #: The job that wrote it.
+    job_id: str | None
+    #: The rank that wrote it and the number of ranks.
+    rank: int | None
+    nranks: int | None
+    #: The metrics saved with it (``save(..., metrics=...)``), or ``None``.
+    metrics: dict[str, Any] | None
+    #: When it was written (UTC), from the header.
+    created: datetime.datetime | None
+    #: Whether it verifies completely (every CRC).
+    valid: bool
+    #: Why it does not (damaged, truncated, another user's...), else ``None``.
+    error: str | None
+    #: Whether restart (``load()``, ``restore()``) would choose it.
+    chosen: bool
+    #: Whether it is this job's own checkpoint (rather than an earlier job's that restart may resume).
+    own_job: bool
+    #: Whether ``path`` is the stable name (another name of the newest generation).
+    current_name: bool
+
+
+def checkpoints(directory: PathArg | None = None, name: str | None = None) -> list[CheckpointEntry]:
+    """What restart discovery sees: every checkpoint of this run's name in the restart directory (or
+    ``directory``), newest first, each verified completely, with its path, generation, step, job id, rank,
+    metrics, creation time, whether it is valid (else the error) and whether restart would choose it.
+
+    ``name`` as for :class:`Checkpointer`. Pick one with ``load(step=N)`` or ``restore(step=N)``, or load
+    its ``path``. Raises :class:`ConflictError` as restart would (checkpoints of another run under this
+    name).
+    """
+    rows = _ckpt.list_checkpoints(name, None if directory is None else os.fspath(directory))
+    # Restart chooses a file; its other name (the stable name, or the generation's own) is the same file.
+    chosen = {(r["job_id"], r["generation"]) for r in rows if r["chosen"]}
+    for r in rows:
+        r["chosen"] = (r["job_id"], r["generation"]) in chosen
+    out = []
+    for r in rows:
+        ns = r.get("created_unix_ns")
+        created = (
+            None
+            if ns is None
+            else datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+        )
+        out.append(
+            CheckpointEntry(
+                path=Path(r["path"]),
+                generation=r["generation"],
+                step=r["step"],
+                job_id=r["job_id"],
+                rank=r["rank"],
+                nranks=r["nranks"],
+                metrics=_metrics_dict(r["metrics"]),
+                created=created,
+                valid=r["status"] == "valid",
+                error=r["error"],
+                chosen=bool(r["chosen"]),
+                own_job=bool(r["own_job"]),
+                current_name=bool(r["current_name"]),
+            )
+        )
+    return out
+
+
+def _entry_of_step(step: Any, directory: PathArg | None, name: str | None) -> CheckpointEntry:
+    """The newest valid checkpoint of ``step`` that discovery sees (by its generation's own name)."""
+    if not _is_integer(step):
+        raise TypeError(f"step must be an integer, not {step!r}")
+    s = int(step)
+    entries = [e for e in checkpoints(directory, name) if not e.current_name]
+    for e in entries:
+        if e.valid and e.step == s:
+            if e.nranks not in (None, 1):
+                raise InvalidArgumentError(
+                    f"step {s}: choosing a step of a multi-rank checkpoint is not supported yet", kind="invalid argument"
+                )
+            return e
+    have = sorted({e.step for e in entries if e.valid and e.step is not None})
+    bad = [f"  {e.path}: {e.error}" for e in entries if e.step == s and not e.valid]
+    raise NoValidCheckpointError(
+        "\n".join([f"no valid checkpoint of step {s} (valid steps: {have or 'none'})", *bad]),
+        kind="no valid checkpoint",
+        path=None,
+    )
 
 
 def verify(path: PathArg) -> None:
@@ -579,6 +752,24 @@ def _keep_arg(keep: Any) -> int | None:
     return k
 
 
+def _keep_best_arg(keep_best: Any, metric: Any, mode: Any) -> int:
+    if not _is_integer(keep_best):
+        raise TypeError(f"keep_best must be an integer, not {keep_best!r}")
+    k = int(keep_best)
+    if k < 0:
+        raise InvalidArgumentError(f"keep_best must be at least 0, not {k}", kind="invalid argument")
+    if metric is not None and not isinstance(metric, str):
+        raise TypeError(f"metric must be a metric's name (a string), not {metric!r}")
+    if mode not in ("min", "max"):
+        raise InvalidArgumentError(f'mode must be "min" or "max", not {mode!r}', kind="invalid argument")
+    if k > 0 and not metric:
+        raise InvalidArgumentError(
+            "keep_best needs metric= (the name of the metric in save(..., metrics={...}) to rank by)",
+            kind="invalid argument",
+        )
+    return k
+
+
 def _check_writable(directory: Path) -> None:
     """Creates the checkpoint directory if needed and checks that a file can be created in it (a save
     hours later must not be the first to find out)."""
@@ -615,6 +806,54 @@ def _interval_arg(interval: Any) -> float | str | None:
     raise TypeError(f"interval must be seconds, a timedelta or a Slurm time string, not {interval!r}")
 
 
+class SaveHandle:
+    """A save running in the background: what :meth:`Checkpointer.save` returns with ``blocking=False``.
+
+    The state was captured when ``save`` was called (later changes of the arrays and containers do not
+    reach the file); a thread writes and commits it. :meth:`wait` returns the :class:`SaveInfo` once the
+    checkpoint is durable, or raises what made the save fail.
+    """
+
+    def __init__(self, native: Any, metrics: str | None) -> None:
+        self._native = native
+        self._metrics = metrics
+        #: Whether :meth:`wait` reported the outcome to the caller (a failure nobody saw is raised by
+        #: :meth:`Checkpointer.close`).
+        self._observed = False
+
+    @property
+    def step(self) -> int:
+        """The step being saved."""
+        return self._native.step
+
+    def done(self) -> bool:
+        """Whether the save is finished: durable, or failed (never blocks)."""
+        return self._native.done()
+
+    def wait(self, timeout: float | None = None) -> SaveInfo:
+        """Waits until the checkpoint is durable and returns what was committed; raises the save's error if
+        it failed (as a blocking save would have), or :class:`TimeoutError` after ``timeout`` seconds."""
+        if not self._native.wait(timeout):
+            raise TimeoutError(f"the background save of step {self.step} is still running after {timeout} s")
+        self._observed = True
+        d = self._native.result()
+        return _save_info(d, self._metrics)
+
+    def _settle(self) -> BaseException | None:
+        """Waits; the failure, if any, that nobody has seen yet."""
+        self._native.wait(None)
+        if self._observed:
+            return None
+        try:
+            self._native.result()
+        except BaseException as e:
+            return e
+        return None
+
+    def __repr__(self) -> str:
+        return f"<ckpt.SaveHandle step {self.step} ({'done' if self.done() else 'running'})>"
+
+
 class Checkpointer:
     """Decides when to checkpoint (signals, an interval, the job's time limit, ``ckpt create``) and saves.
 
@@ -647,7 +886,10 @@ class Checkpointer:
             SIGTERM also asks to exit: :meth:`should_exit` turns true once its checkpoint is committed.
             Names (``"SIGUSR2"``, ``"USR2"``, ``"RTMIN+3"``) or numbers; ``()`` for none. SIGINT is left
             alone unless listed, so Ctrl-C keeps raising :class:`KeyboardInterrupt`. See
-            :func:`install_signal_handlers` for handlers installed later by other code.
+            :func:`install_signal_handlers` for handlers installed later by other code. Outside the main
+            thread only ``()`` is accepted (:class:`InvalidStateError` otherwise).
+        keep_best, metric, mode: besides the newest ``keep``, keep the ``keep_best`` generations with the
+            best ``metrics[metric]`` given to :meth:`save` (``mode="min"``: smallest, ``"max"``: largest).
 
     The checkpoint directory is created if needed and checked at once: an ``OSError``
     (:class:`PermissionError`, ``EROFS``...) naming it is raised here rather than at the first save.
@@ -673,6 +915,9 @@ class Checkpointer:
         interval: float | str | datetime.timedelta | None = None,
         keep: int = _DEFAULT_KEEP,
         signals: Iterable[str | int] = _DEFAULT_SIGNALS,
+        keep_best: int = 0,
+        metric: str | None = None,
+        mode: Literal["min", "max"] = "min",
     ) -> None:
         #: What the last :meth:`restore` loaded (``None``: nothing, a fresh start).
         self.restored: RestoreInfo | None = None
@@ -680,9 +925,14 @@ class Checkpointer:
         self.restore_notices: tuple[str, ...] = ()
         self._saves = 0
         self._save_lock = threading.Lock()  # one save at a time (generations are numbered in order)
+        #: The background save in flight (at most one), or the last one.
+        self._inflight: SaveHandle | None = None
         keep_arg = _keep_arg(keep)
+        keep_best_arg = _keep_best_arg(keep_best, metric, mode)
         signals_arg = _signals_arg(signals)
-        self._handlers = _signals.Handlers(_ckpt.signal_specs(signals_arg))
+        specs = _ckpt.signal_specs(signals_arg)
+        _signals.check_thread(specs)
+        self._handlers = _signals.Handlers(specs)
         # Python-level handlers first, so the core's C handler chains to the interpreter's.
         self._handlers.install()
         try:
@@ -692,6 +942,9 @@ class Checkpointer:
                 _interval_arg(interval),
                 keep_arg,
                 signals_arg,
+                keep_best_arg,
+                metric,
+                mode,
             )
         except BaseException:
             self._handlers.restore()
@@ -714,7 +967,14 @@ class Checkpointer:
         return self._native.should_checkpoint()
 
     def should_exit(self) -> bool:
-        """Whether to stop now: a checkpoint that asked for an exit (SIGTERM, the time limit) is committed."""
+        """Whether to stop now: a checkpoint that asked for an exit (SIGTERM, the time limit) is committed.
+
+        When that checkpoint is a background save still being written, waits until it is durable (and
+        raises its error if it failed), so that ``True`` always means "the exit checkpoint is durable".
+        Otherwise one atomic load: a background save that no exit waits for is not waited for."""
+        h = self._inflight
+        if h is not None and not h.done() and self._native.exit_pending():
+            self._settle_inflight()
         return self._native.should_exit()
 
     def request_checkpoint(self, exit: bool = False) -> None:
@@ -727,31 +987,105 @@ class Checkpointer:
 
     # -- saving and restoring -------------------------------------------------------------------------------
 
-    def save(self, obj: Any, *, step: int | None = None, compress: Compress = None) -> SaveInfo:
+    @overload
+    def save(
+        self,
+        obj: Any,
+        *,
+        step: int | None = None,
+        compress: Compress = None,
+        blocking: Literal[True] = True,
+        metrics: dict[str, Any] | None = None,
+    ) -> SaveInfo: ...
+    @overload
+    def save(
+        self,
+        obj: Any,
+        *,
+        step: int | None = None,
+        compress: Compress = None,
+        blocking: Literal[False],
+        metrics: dict[str, Any] | None = None,
+    ) -> SaveHandle: ...
+    @overload
+    def save(
+        self,
+        obj: Any,
+        *,
+        step: int | None = None,
+        compress: Compress = None,
+        blocking: bool = True,
+        metrics: dict[str, Any] | None = None,
+    ) -> SaveInfo | SaveHandle: ...
+
+    def save(
+        self,
+        obj: Any,
+        *,
+        step: int | None = None,
+        compress: Compress = None,
+        blocking: bool = True,
+        metrics: dict[str, Any] | None = None,
+    ) -> SaveInfo | SaveHandle:
         """Saves ``obj`` as the next generation (atomic, durable; see :func:`save`) and clears what made
         a checkpoint due; after a checkpoint requested with an exit, :meth:`should_exit` turns true.
 
         ``step`` defaults to ``obj["step"]`` for a dict with an integer ``"step"``, else the number of saves.
+        ``metrics`` (names to numbers, such as ``{"val_loss": 0.31}``) are stored in the checkpoint's
+        header: shown by ``ckpt inspect`` and ``ckpt list``, in :attr:`RestoreInfo.metrics` and
+        :func:`ckpt.checkpoints`, and ranked by ``keep_best``.
+
+        ``blocking=False`` returns at once with a :class:`SaveHandle` and writes in the background: the
+        state is captured at the call (pickled, and the arrays' bytes copied at memory speed into a staging
+        buffer kept for the next background save), so changing arrays or containers afterwards does not
+        change what is written. At most one save is in flight: the next save (of either kind) first waits
+        for it. :meth:`should_exit` (when the save is the exit checkpoint), :meth:`restore`, :meth:`close`,
+        the end of the ``with`` block and the interpreter's exit wait until it is durable. A failure is
+        raised by :meth:`SaveHandle.wait`, else by :meth:`close` (what made the checkpoint due is due again,
+        as after a failed blocking save).
+
         Every rank of a multi-rank job must call it at the same points (rank 0 commits the step).
         """
         s = _step_arg(obj, step, self._saves + 1)
+        m = _metrics_arg(metrics)
+        c = _compress_arg(compress)
         stream, buffers, sizes = _pickling.dumps(obj)
         try:
             with self._save_lock:
+                self._settle_inflight(raise_failure=False)
                 self._saves += 1
-                d = self._native.save(
-                    stream,
-                    buffers,
-                    step=s,
-                    compress=_compress_arg(compress),
-                    item_sizes=sizes,
-                )
+                if blocking:
+                    d = self._native.save(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m)
+                    return _save_info(d, m)
+                h = SaveHandle(self._native.save_async(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m), m)
+                self._inflight = h
+                return h
         finally:
             _release(stream, buffers)
-        return _save_info(d)
+
+    def _settle_inflight(self, raise_failure: bool = True) -> None:
+        """Waits for the background save in flight. Its failure, unless its handle reported it already, is
+        raised (``raise_failure``) or printed on stderr (a newer save supersedes it)."""
+        h = self._inflight
+        if h is None:
+            return
+        err = h._settle()
+        self._inflight = None
+        if err is None:
+            return
+        h._observed = True
+        if raise_failure:
+            raise err
+        print(f"ckpt: the background save of step {h.step} failed: {err}", file=sys.stderr, flush=True)
 
     def restore(
-        self, default: Any = None, *, mmap: bool | None = None, writable: bool = True, trusted: bool = False
+        self,
+        default: Any = None,
+        *,
+        mmap: bool | None = None,
+        writable: bool = True,
+        trusted: bool = False,
+        step: int | None = None,
     ) -> Any:
         """The newest valid checkpoint's object of this run, or ``default`` when there is none (a first run).
 
@@ -765,10 +1099,34 @@ class Checkpointer:
         :class:`UntrustedCheckpointError` as :func:`load` does. ``mmap`` and ``writable`` as for
         :func:`load`: by default what was saved writable comes back writable (copy-on-write views of the
         file), so code that updates arrays in place works the same after a requeue.
+        
+        ``step=N`` restores the newest valid checkpoint of step ``N`` that discovery sees (see
+        :func:`ckpt.checkpoints`) instead of the newest one, or raises :class:`NoValidCheckpointError`
+        listing the valid steps. Waits first for a background save in flight.
         """
+        self._settle_inflight()
         self.restored = None
         self.restore_notices = ()
         native = self._native
+        if step is not None:
+            # A chosen step (ckpt.checkpoints() lists them): that file, or NoValidCheckpointError.
+            entry = _entry_of_step(step, self.restart_directory, self.name)
+            p = os.fspath(entry.path)
+            st = os.stat(p)
+            stream, buffers, info = _ckpt.load_file(p, mmap=mmap, verify=True, writable=writable)
+            try:
+                obj = _unpickle(stream, buffers, info, trusted, (st.st_dev, st.st_ino), writable)
+            except Exception as e:
+                if _fatal(e) or isinstance(e, CheckpointError) and not isinstance(e, EncodingError):
+                    raise
+                raise CorruptCheckpointError(
+                    f"{p}: {_unpickle_failure(e)}", kind="corrupt", path=p, section=_ckpt.PICKLE_SECTION
+                ) from e
+            info["rejected"] = []
+            info["other_job"] = None if entry.own_job else entry.job_id
+            self.restored = _restore_info(info)
+            native.log_event("restore", json.dumps({"path": p, "generation": entry.generation, "step": entry.step, "chosen_by": "step"}))
+            return obj
 
         def fetch(max_generation: int | None) -> tuple[Any, list[str]]:
             found, notices = native.restore(mmap=mmap, writable=writable, max_generation=max_generation)
@@ -829,7 +1187,7 @@ class Checkpointer:
 
     @property
     def keep(self) -> int:
-        """Generations kept."""
+        """Generations kept (the newest; ``keep_best`` keeps the best besides)."""
         return self._native.keep
 
     @property
@@ -855,21 +1213,34 @@ class Checkpointer:
     # -- lifetime -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Removes the signal handlers (the previous ones come back), stops the watcher thread and the
-        control socket. Idempotent. Does not save: save before, if you need to."""
+        """Waits until a background save in flight is durable (raising its failure, unless its handle
+        reported it), then removes the signal handlers (the previous ones come back), stops the watcher
+        thread and the control socket, and frees the staging buffer of background saves. Idempotent. Does
+        not save: save before, if you need to."""
         native = getattr(self, "_native", None)
         if native is None or native.closed:
             return
-        native.close()
-        self._handlers.restore()
-        with _active_lock:
-            _active.discard(self)
+        try:
+            self._settle_inflight()  # durable before the handlers go (a SIGTERM's checkpoint, say)
+        finally:
+            native.release_staging()
+            native.close()
+            self._handlers.restore()
+            with _active_lock:
+                _active.discard(self)
 
     def __enter__(self) -> Checkpointer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # An exception is propagating: still wait for a background save, but do not hide the exception.
+        try:
+            self.close()
+        except Exception as e:
+            print(f"ckpt: {e}", file=sys.stderr, flush=True)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -892,3 +1263,17 @@ def install_signal_handlers() -> None:
     for cp in checkpointers:
         if not cp.closed:
             cp.install_signal_handlers()
+
+
+def _wait_at_exit() -> None:
+    """At the interpreter's exit: background saves become durable before the process ends."""
+    with _active_lock:
+        checkpointers = list(_active)
+    for cp in checkpointers:
+        try:
+            cp._settle_inflight()
+        except Exception as e:
+            print(f"ckpt: {e}", file=sys.stderr, flush=True)
+
+
+atexit.register(_wait_at_exit)

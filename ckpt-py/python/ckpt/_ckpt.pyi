@@ -13,9 +13,12 @@ __all__ = [
     "MappedBuffer",
     "PICKLE_SECTION",
     "PersistentIds",
+    "SaveHandle",
     "absorb_signal",
+    "cli_main",
     "effective_config",
     "load_file",
+    "list_checkpoints",
     "load_store",
     "reinstall_signal_hooks",
     "save_file",
@@ -63,6 +66,16 @@ class PersistentIds:
     def __call__(self, obj: Any) -> Any: ...
 
 @final
+class SaveHandle:
+    """A background save (``Checkpointer.save_async``)."""
+
+    def done(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def result(self) -> _Info | None: ...
+    @property
+    def step(self) -> int: ...
+
+@final
 class Checkpointer:
     def __new__(
         cls,
@@ -71,6 +84,9 @@ class Checkpointer:
         interval: float | str | None = None,
         keep: int | None = None,
         signals: str | None = None,
+        keep_best: int = 0,
+        metric: str | None = None,
+        mode: str = "min",
     ) -> Checkpointer: ...
     def should_checkpoint(self) -> bool: ...
     def should_exit(self) -> bool: ...
@@ -84,7 +100,20 @@ class Checkpointer:
         step: int,
         compress: str | None = None,
         item_sizes: list[int] | None = None,
+        metrics: str | None = None,
     ) -> _Info: ...
+    def save_async(
+        self,
+        stream: Buffer,
+        buffers: Sequence[Buffer],
+        *,
+        step: int,
+        compress: str | None = None,
+        item_sizes: list[int] | None = None,
+        metrics: str | None = None,
+    ) -> SaveHandle: ...
+    def exit_pending(self) -> bool: ...
+    def release_staging(self) -> None: ...
     def restore(
         self, *, mmap: bool | None = None, writable: bool = True, max_generation: int | None = None
     ) -> tuple[_Loaded | None, list[str]]: ...
@@ -121,6 +150,7 @@ def save_file(
     step: int,
     compress: str | None = None,
     item_sizes: list[int] | None = None,
+    metrics: str | None = None,
 ) -> _Info: ...
 def save_store(
     stream: Buffer,
@@ -129,6 +159,7 @@ def save_store(
     step: int,
     compress: str | None = None,
     item_sizes: list[int] | None = None,
+    metrics: str | None = None,
 ) -> _Info: ...
 def load_file(path: str, *, mmap: bool | None = None, verify: bool = True, writable: bool = True) -> _Loaded: ...
 def verify_file(path: str) -> None: ...
@@ -148,3 +179,5 @@ def signal_specs(signals: str | None = None) -> list[tuple[int, bool]]: ...
 def signal_hook_installed(signal: int) -> bool: ...
 def reinstall_signal_hooks(signals: list[int]) -> list[int]: ...
 def absorb_signal(signal: int) -> bool: ...
+def list_checkpoints(name: str | None = None, directory: str | None = None) -> list[dict[str, Any]]: ...
+def cli_main(args: list[str]) -> int: ...

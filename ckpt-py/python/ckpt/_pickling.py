@@ -97,7 +97,7 @@ def _memoryview_pid(m: memoryview) -> tuple[Any, ...]:
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, buffers: list[Any], writable: bool) -> None:
+    def __init__(self, file: Any, buffers: list[Any], writable: bool) -> None:
         super().__init__(file, buffers=buffers)
         self._loaded: dict[int, tuple[Any, Any]] = {}
         self._writable = writable
@@ -204,7 +204,50 @@ def dumps(obj: Any) -> tuple[memoryview, list[memoryview], list[int]]:
     return f.getbuffer(), [pb.raw() for pb in buffers], sizes
 
 
+class _Reader:
+    """A read-only file over a buffer, without copying it (``io.BytesIO`` copies anything but ``bytes``: 0.5 s
+    for a 400 MB stream of 50,000 small arrays). The unpickler reads protocol 5 frames (up to 64 KiB)
+    with ``read``, and large in-band data with ``readinto``."""
+
+    __slots__ = ("_m", "_pos")
+
+    def __init__(self, buf: Any) -> None:
+        self._m = memoryview(buf).cast("B")
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        p, size = self._pos, len(self._m)
+        end = size if n is None or n < 0 else min(size, p + n)
+        self._pos = end
+        return self._m[p:end].tobytes()
+
+    def readinto(self, b: Any) -> int:
+        with memoryview(b).cast("B") as dst:
+            n = min(len(dst), len(self._m) - self._pos)
+            dst[:n] = self._m[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def readline(self) -> bytes:
+        # Only the text opcodes of protocols 0-3 use it: never ckpt's streams (protocol 5).
+        p, size = self._pos, len(self._m)
+        end = p
+        while end < size:
+            chunk = self._m[end : min(size, end + 4096)].tobytes()
+            i = chunk.find(b"\n")
+            if i >= 0:
+                end += i + 1
+                break
+            end += len(chunk)
+        self._pos = end
+        return self._m[p:end].tobytes()
+
+
 def loads(stream: Any, buffers: list[Any], writable: bool = True) -> Any:
     """Unpickles a stream written by :func:`dumps` with its buffers (any buffer-protocol objects).
     ``writable=False`` makes memoryviews read-only even when they were writable when saved."""
-    return _Unpickler(io.BytesIO(stream), buffers, writable).load()
+    reader = _Reader(stream)
+    try:
+        return _Unpickler(reader, buffers, writable).load()  # type: ignore[arg-type]
+    finally:
+        reader._m.release()

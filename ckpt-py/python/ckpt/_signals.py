@@ -24,8 +24,16 @@ When something replaces a handler later:
 * A C extension calling ``sigaction()`` itself replaces everything below it;
   :func:`ckpt.install_signal_handlers` puts the core's handler back, chaining to Python's handlers.
 
-Python handlers can only be installed from the main thread: create the checkpointer there. Created in
-another thread, it has the C-level handlers only.
+Python handlers can only be installed from the main thread (``signal.signal`` raises ``ValueError``
+elsewhere), and a C-level handler without the Python one under it would chain to an interpreter handler
+with nothing to call ("Signal 10 ignored due to race condition"). So a checkpointer that handles signals
+must be created in the main thread: created in another thread it raises :class:`ckpt.InvalidStateError`,
+unless ``signals=()`` (no signals: the interval, the time limit, ``ckpt create`` and
+``request_checkpoint()`` still work). Share the main thread's checkpointer with worker threads instead.
+
+Several checkpointers may be open at once (in the main thread); they may be closed in any order: closing
+one never takes a signal away from another that is still open, and the last one to close puts back what
+was there before the first.
 
 Two more rules, as the Rust and C faces have them:
 
@@ -58,6 +66,39 @@ Handler = Callable[[int, Any], Any]
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def check_thread(specs: list[tuple[int, bool]]) -> None:
+    """Raises :class:`ckpt.InvalidStateError` when signals are to be handled outside the main thread."""
+    if specs and not _in_main_thread():
+        from ._errors import InvalidStateError
+
+        names = []
+        for s, _ in specs:
+            try:
+                names.append(signal.Signals(s).name)
+            except ValueError:
+                names.append(str(s))
+        raise InvalidStateError(
+            f"a Checkpointer that handles signals ({', '.join(names)}) must be created in the main thread: Python "
+            f"installs signal handlers only there, and this is thread {threading.current_thread().name!r}. Create it "
+            "in the main thread and share it with this thread, or pass signals=() (the interval, the time limit, "
+            "ckpt create and request_checkpoint() still work)",
+            kind="invalid state",
+        )
+
+
+def _skip_closed(prev: Any) -> Any:
+    """The handler to put back instead of ``prev``: past the handlers of checkpointers closed meanwhile (a
+    checkpointer closed while a later one chained to it)."""
+    seen = 0
+    while callable(prev) and seen < 1000:
+        owner = getattr(prev, "_ckpt_owner", None)
+        if owner is None or not owner.closed:
+            break
+        prev = prev._ckpt_prev
+        seen += 1
+    return prev
 
 
 #: Set once a signal that asks to exit (SIGTERM) reached a checkpointer's handler (never reset).
@@ -130,6 +171,8 @@ class Handlers:
         except ValueError:
             label = str(signum)
         handler.__qualname__ = handler.__name__ = f"ckpt_signal_handler_{label}"
+        handler._ckpt_owner = self  # type: ignore[attr-defined]
+        handler._ckpt_prev = prev  # type: ignore[attr-defined]
         return handler
 
     def install(self) -> None:
@@ -167,7 +210,7 @@ class Handlers:
         with _blocked(absorb):
             for signum, (handler, prev) in list(self.installed.items()):
                 if signal.getsignal(signum) is handler:
-                    signal.signal(signum, prev)
+                    signal.signal(signum, _skip_closed(prev))
                 del self.installed[signum]
             for signum in absorb:
                 if signal.getsignal(signum) == signal.SIG_DFL:

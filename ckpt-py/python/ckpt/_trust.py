@@ -17,11 +17,22 @@ before this check. The owner judged is the one of the descriptor that was read (
 identity (device and inode) before the read, of the descriptor and after the read must agree, so a file
 swapped in between is refused too. Restart discovery applies the same rules in the core itself: it skips
 another user's files with a notice and falls back to the next candidate.
+
+Symbolic links (a ``latest.ckpt`` pointing at the newest file, say) are followed by an explicit load only
+when nobody else could have planted or redirected them: every link of the chain that the path's last
+component starts must be owned by the current user and sit in a directory that passes the rule above;
+the file it leads to is then judged as any file (owner, mode, *its* directory). A link another user owns
+could point at any file of ours (an older checkpoint, another run's) and substitute state that passes
+every check of the file itself, so it is refused. Restart discovery never follows links (only regular
+files are candidates). Links among the directories of the path (``/scratch`` -> ``/lustre/scratch``)
+are the administrator's and are not judged.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from . import _ckpt
 from ._errors import UntrustedCheckpointError
@@ -67,3 +78,33 @@ def check(
             path=os.fspath(path),
         )
     return ident
+
+
+def resolve_links(path: str | os.PathLike[str], check: bool = True) -> str:
+    """The file ``path`` leads to, after checking every symbolic link on the way (see the module docs);
+    ``path`` itself when it is not a link. Raises :class:`UntrustedCheckpointError` for a link another user
+    could have planted or redirected (unless ``check`` is false: ``trusted=True``), ``FileNotFoundError`` for
+    a dangling one."""
+    p = os.fspath(path)
+    me = os.geteuid()
+    for _ in range(40):  # the kernel's own limit on links followed (ELOOP)
+        st = os.lstat(p)
+        if not stat.S_ISLNK(st.st_mode):
+            return p
+        found = []
+        if not check:
+            pass
+        elif st.st_uid != me:
+            found.append(f"it is a symbolic link owned by uid {st.st_uid}, not by you (uid {me}): whoever owns it chooses which file is loaded")
+        # The link's directory, by the file rule (a link's own mode means nothing).
+        if check:
+            found += _ckpt.trust_problems(os.path.abspath(p), me, stat.S_IFREG | 0o600)
+        if found:
+            raise UntrustedCheckpointError(
+                f"{p}: refusing to follow this symbolic link to a checkpoint: {'; and '.join(found)}. Load the file "
+                "it points to by its own path, or pass trusted=True if you trust whoever could have written it",
+                kind="untrusted",
+                path=p,
+            )
+        p = os.path.join(os.path.dirname(p), os.readlink(p))
+    raise OSError(errno.ELOOP, "too many levels of symbolic links", os.fspath(path))
