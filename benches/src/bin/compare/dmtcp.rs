@@ -499,6 +499,7 @@ pub fn scenario_dmtcp(o: &Opts, work: &Path, out: &mut String) {
     } else {
         missing.push("resident: `cc` failed".into());
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut rows: Vec<Row> = Vec::new();
     let tools = [Tool::Ckpt, Tool::DmtcpRaw, Tool::DmtcpGzip];
     for p in &list {
@@ -546,6 +547,15 @@ pub fn scenario_dmtcp(o: &Opts, work: &Path, out: &mut String) {
         rows.push(row);
     }
     let version = dmtcp_version(&bin);
+    let _ = writeln!(
+        out,
+        "This section alone: `cargo run --release -p ckpt-benches --bin ckpt-bench-compare -- --runs {runs} \
+         --only 8b --dmtcp PREFIX --dir target` (PREFIX: DMTCP's install prefix, built from source with \
+         `./configure --prefix=PREFIX && make && make install` in its source tree). Machine: {}; load average \
+         at the start of the section {} (other jobs share the vCPUs: read the ratios).\n",
+        super::machine(work),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
     let _ = writeln!(
         out,
         "Both tools on the same programs in the same run: every round runs the shim, DMTCP uncompressed \
