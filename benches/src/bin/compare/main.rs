@@ -2,7 +2,7 @@
 //! and prints Markdown tables with medians, min–max and ratios.
 //!
 //! `cargo run --release -p ckpt-benches --bin ckpt-bench-compare -- [--runs N] [--size-mib M] [--dir DIR]
-//! [--smoke] [--output FILE] [--only N,M,...]`
+//! [--smoke] [--output FILE] [--only N,M,...] [--dmtcp PREFIX]`
 //!
 //! Scenarios (the performance issue's targets):
 //! 1. durable save of one large raw section vs `dd if=SRC of=DST bs=16M conv=fsync` (DST exists: dd truncates it),
@@ -17,6 +17,9 @@
 //! 7. signal to durable checkpoint: SIGUSR1 to the completed rename, minus the write time;
 //! 8. the LD_PRELOAD shim on unmodified programs: image size, pause, write and restart time (restart vs
 //!    reading the image), and a 1 GiB-resident program (`shim.rs`);
+//!
+//!    8b. the shim against DMTCP in the same run (`--dmtcp PREFIX`, DMTCP's install prefix, or DMTCP on
+//!    `PATH`; skipped with a message without it): checkpoint, image size, restart, output checked (`dmtcp.rs`);
 //! 9. Python: `ckpt.save` vs the seed's pickle pattern and `np.save` + fsync, `ckpt.load(mmap=True)` vs
 //!    `np.load` (`python.rs`).
 //! 10. MPI: a collective checkpoint (`ckpt_mpi_checkpoint`) of 1, 2 and 4 ranks vs each rank's own durable
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use ckpt_benches::bare_durable_save;
 
+mod dmtcp;
 mod mpi;
 mod python;
 mod shim;
@@ -43,12 +47,22 @@ struct Opts {
     dir: PathBuf,
     smoke: bool,
     output: Option<PathBuf>,
-    /// Section numbers to run (all when empty).
-    only: Vec<u32>,
+    /// Sections to run (all when empty): "1", ..., "8", "8b", "9", "10".
+    only: Vec<String>,
+    /// DMTCP's install prefix (section 8b); else DMTCP on `PATH`, else the section is skipped.
+    dmtcp: Option<PathBuf>,
 }
 
 fn parse_args() -> Opts {
-    let mut o = Opts { runs: 7, size_mib: 1024, dir: PathBuf::from("."), smoke: false, output: None, only: Vec::new() };
+    let mut o = Opts {
+        runs: 7,
+        size_mib: 1024,
+        dir: PathBuf::from("."),
+        smoke: false,
+        output: None,
+        only: Vec::new(),
+        dmtcp: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -57,14 +71,8 @@ fn parse_args() -> Opts {
             "--dir" => o.dir = PathBuf::from(args.next().expect("--dir DIR")),
             "--output" => o.output = Some(PathBuf::from(args.next().expect("--output FILE"))),
             "--smoke" => o.smoke = true,
-            "--only" => {
-                o.only = args
-                    .next()
-                    .expect("--only N,M")
-                    .split(',')
-                    .map(|v| v.trim().parse().expect("--only takes section numbers"))
-                    .collect()
-            }
+            "--dmtcp" => o.dmtcp = Some(PathBuf::from(args.next().expect("--dmtcp PREFIX"))),
+            "--only" => o.only = args.next().expect("--only N,M").split(',').map(|v| v.trim().to_string()).collect(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -818,7 +826,7 @@ fn main() {
          with its baseline (A, B, A, B, ...), medians of {} runs. The machines are noisy (2 vCPUs acting like \
          about one core, idle memory handed back to the host, fsync ending in the host's cache): read the \
          ratios. Regenerate with\n\n```sh\ncargo run --release -p ckpt-benches --bin ckpt-bench-compare -- \
-         --runs {} --size-mib {} --dir {} --output BENCHMARKS.md\n```\n\nMachine: {}.{}",
+         --runs {} --size-mib {} --dir {} --dmtcp DMTCP_PREFIX --output BENCHMARKS.md\n```\n\nMachine: {}.{}",
         o.runs,
         o.runs,
         o.size_mib,
@@ -826,19 +834,20 @@ fn main() {
         machine(&o.dir),
         if o.smoke { " **Smoke run (small sizes): not a measurement.**" } else { "" }
     );
-    let want = |n: u32| o.only.is_empty() || o.only.contains(&n);
+    let want = |n: &str| o.only.is_empty() || o.only.iter().any(|w| w == n);
     type Scenario = fn(&Opts, &Path, &mut String);
-    let scenarios: [(u32, Scenario); 10] = [
-        (1, scenario_large),
-        (2, scenario_restart),
-        (3, scenario_small),
-        (4, scenario_poll),
-        (5, scenario_compression),
-        (6, scenario_memory),
-        (7, scenario_signal),
-        (8, shim::scenario_shim),
-        (9, python::scenario_python),
-        (10, mpi::scenario_mpi),
+    let scenarios: [(&str, Scenario); 11] = [
+        ("1", scenario_large),
+        ("2", scenario_restart),
+        ("3", scenario_small),
+        ("4", scenario_poll),
+        ("5", scenario_compression),
+        ("6", scenario_memory),
+        ("7", scenario_signal),
+        ("8", shim::scenario_shim),
+        ("8b", dmtcp::scenario_dmtcp),
+        ("9", python::scenario_python),
+        ("10", mpi::scenario_mpi),
     ];
     for (n, run) in scenarios {
         if want(n) {

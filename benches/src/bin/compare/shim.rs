@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use super::{Opts, stat};
 
 /// `ckpt` and `libckpt_preload.so` next to this executable, built or found up to date.
-fn tools() -> Option<(PathBuf, PathBuf)> {
+pub(super) fn tools() -> Option<(PathBuf, PathBuf)> {
     let dir = super::build_tools(&["ckpt-cli", "ckpt-preload"]).ok()?;
     let (ckpt, lib) = (dir.join("ckpt"), dir.join("libckpt_preload.so"));
     (ckpt.exists() && lib.exists()).then_some((ckpt, lib))
 }
 
-fn which(name: &str) -> Option<String> {
+pub(super) fn which(name: &str) -> Option<String> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -25,7 +25,7 @@ fn which(name: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-fn events(log: &Path, event: &str) -> Vec<serde_json::Value> {
+pub(super) fn events(log: &Path, event: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -34,7 +34,7 @@ fn events(log: &Path, event: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn wait_event(log: &Path, event: &str, n: usize, child: &mut Child, timeout: Duration) -> bool {
+pub(super) fn wait_event(log: &Path, event: &str, n: usize, child: &mut Child, timeout: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < timeout {
         if events(log, event).len() >= n {
@@ -48,7 +48,7 @@ fn wait_event(log: &Path, event: &str, n: usize, child: &mut Child, timeout: Dur
     false
 }
 
-fn command(ckpt: &Path, lib: &Path, dir: &Path) -> Command {
+pub(super) fn command(ckpt: &Path, lib: &Path, dir: &Path) -> Command {
     let mut c = Command::new(ckpt);
     for (k, _) in std::env::vars() {
         if k.starts_with("CKPT_") || k.starts_with("SLURM_") {
@@ -187,12 +187,12 @@ fn one(
     })
 }
 
-pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
-    let _ = writeln!(out, "\n## 8. The LD_PRELOAD shim: unmodified programs\n");
-    let Some((ckpt, lib)) = tools() else {
-        let _ = writeln!(out, "Not measured: `ckpt` or `libckpt_preload.so` could not be built.");
-        return;
-    };
+/// A program's name and its argv (None when it is not installed).
+pub(super) type NamedArgv = (&'static str, Option<Vec<String>>);
+
+/// The distribution programs of section 8 (name, argv or None when not installed; mawk and gzip only in a
+/// smoke run), their inputs written under `work`, and the python3 to use.
+pub(super) fn programs(o: &Opts, work: &Path) -> (Vec<NamedArgv>, Option<String>) {
     let inputs = work.join("shim-inputs");
     std::fs::create_dir_all(&inputs).expect("inputs");
     let text = inputs.join("text.txt");
@@ -216,7 +216,7 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
     let py =
         if Path::new("/usr/bin/python3").exists() { Some("/usr/bin/python3".to_string()) } else { which("python3") };
     let t = text.display().to_string();
-    let mut programs: Vec<(&str, Option<Vec<String>>)> = vec![
+    let mut programs: Vec<NamedArgv> = vec![
         (
             "mawk",
             which("mawk").map(|m| {
@@ -240,6 +240,16 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
             ),
         ]);
     }
+    (programs, py)
+}
+
+pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
+    let _ = writeln!(out, "\n## 8. The LD_PRELOAD shim: unmodified programs\n");
+    let Some((ckpt, lib)) = tools() else {
+        let _ = writeln!(out, "Not measured: `ckpt` or `libckpt_preload.so` could not be built.");
+        return;
+    };
+    let (programs, py) = programs(o, work);
     let runs = if o.smoke { 1 } else { o.runs.min(5) };
     let _ = writeln!(
         out,
@@ -279,9 +289,8 @@ pub fn scenario_shim(o: &Opts, work: &Path, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "\nFor reference (not measured in this run): DMTCP on these machines needs 0.40–0.64 s per checkpoint \
-         (about 0.33 s of it fixed), writes 24–98 MB uncompressed (3.8–15 MB with gzip) and restarts in \
-         0.31–0.33 s ([dmtcp-peer](../shared/reference/dmtcp-peer.md))."
+        "\nDMTCP on the same programs, in the same run as the shim, with output checked after the restart: \
+         section 8b."
     );
 
     // A program with a large resident set.
