@@ -13,7 +13,8 @@
 //!   them to itself, else the program's action runs;
 //! * interposes the blocking calls the kernel never restarts (`poll`, `select`, `nanosleep`, ...: the
 //!   `eintr` module), so that a checkpoint never makes them fail with EINTR;
-//! * on a request, in the handler: checks what it cannot restore (threads, child processes), records
+//! * on a request, in the handler: stops every other thread (the `threads` module), checks what it
+//!   cannot restore (child processes), records
 //!   the file offsets and sizes, and forks a writer with a raw `clone` (no atfork handlers, no SIGCHLD).
 //!   The program continues at once; the writer saves the frozen copy of the address space as a
 //!   checkpoint file in ckpt's format ([`ckpt_core::process_image`]), skipping untouched and zero pages,
@@ -24,7 +25,7 @@
 //!
 //! The shim stays passive in every process but the one it was started in (children inherit
 //! `LD_PRELOAD`), and everything it cannot restore is refused with a message, never mis-restored.
-//! Scope (first version): Linux x86_64, glibc, one process with one thread.
+//! Scope: Linux x86_64, glibc, one process with any number of threads.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -147,8 +148,10 @@ pub(crate) static ARG_AREA: Shared<[u64; 4]> = Shared::new([0; 4]);
 pub(crate) const ROOT_ENV_PREFIX: &[u8] = b"CKPT_SHIM_ROOT=";
 pub(crate) const ROOT_ENV_LEN: usize = ROOT_ENV_PREFIX.len() + ckpt_core::process_image::ROOT_MARKER_LEN;
 
-/// A cell the single-threaded handler and interposers share (the shim refuses multi-threaded programs;
-/// the handler runs with every signal blocked).
+/// A cell the handler and interposers share. The handler runs with every signal blocked, in the one
+/// thread that coordinates a checkpoint while the others are stopped; the program's threads calling
+/// `sigaction` on a checkpoint signal at the same moment could race on [`APP_ACTIONS`] (programs set
+/// their handlers at start, before they create threads).
 pub(crate) struct Shared<T>(UnsafeCell<T>);
 // SAFETY: accessed from one thread at a time: the program's only thread, or the handler that interrupted
 // it with all signals blocked; the interposers never run inside the handler.
