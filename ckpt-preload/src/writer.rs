@@ -841,8 +841,15 @@ fn fd_kind(snap: &crate::Snapshot, s: &crate::FdSnap, path: &[u8]) -> Result<FdK
         }
         libc::S_IFDIR => FdKind::Directory,
         libc::S_IFCHR if s.fd <= 2 && (path.starts_with(b"/dev/pts/") || path == b"/dev/tty") => FdKind::Inherited,
+        // A pseudo-terminal master: reopening /dev/ptmx makes a new terminal, not this one.
+        libc::S_IFCHR if path == b"/dev/ptmx" || path.starts_with(b"/dev/pts/ptmx") => {
+            return Err(Unrestorable::Unless(format!(
+                "fd {} is a pseudo-terminal master ({name}): reopening it would make a new terminal",
+                s.fd
+            )));
+        }
         // A terminal above stderr: reopening it by name could reach another session's terminal.
-        libc::S_IFCHR if tty && crate::inherited_at_start(s.fd, s.dev, s.ino) => {
+        libc::S_IFCHR if tty => {
             return Err(Unrestorable::Unless(format!("fd {} is a terminal ({name})", s.fd)));
         }
         libc::S_IFCHR => FdKind::CharDevice,

@@ -382,3 +382,15 @@ fn special_descriptors_are_refused() {
     let err = refuse_at_checkpoint(&[py, "-c".into(), code.into()], tmp.path());
     assert!(err.contains("cannot restore") && err.contains("eventfd"), "{err}");
 }
+
+/// A pseudo-terminal the program opened (`os.openpty()`: the master from /dev/ptmx and its slave): reopened
+/// by name, the master would be a new terminal and the slave another one, so the checkpoint is refused
+/// (before: accepted, and the restored program wrote to a terminal nobody reads).
+#[test]
+fn pseudo_terminals_are_refused() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let code = "import os,time\nm,s=os.openpty()\nprint('ready',flush=True)\ntime.sleep(60)\n";
+    let err = refuse_at_checkpoint(&[py, "-c".into(), code.into()], tmp.path());
+    assert!(err.contains("pseudo-terminal master") || err.contains("is a terminal"), "{err}");
+}
