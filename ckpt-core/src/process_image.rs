@@ -550,6 +550,42 @@ pub fn read_threads(cp: &crate::Checkpoint, image: &ProcessImage) -> crate::Resu
     Ok(threads)
 }
 
+/// Section holding the signals pending at checkpoint time ([`PendingSignals`], postcard): the restorer
+/// raises them again. Optional: an image without one (written before it existed) has none.
+pub const PENDING_SECTION: &str = "process.pending";
+
+/// Standard signals (1-31) pending at checkpoint time, as kernel signal-set masks: for the whole process
+/// (`ShdPnd`) and per thread (`SigPnd`). Checkpoint requests and the shim's own signals are left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSignals {
+    /// Pending for the process.
+    pub shared: u64,
+    /// Pending for one thread: (tid at checkpoint time, mask).
+    pub threads: Vec<(i32, u64)>,
+}
+
+/// Encodes the pending-signals section.
+pub fn encode_pending(p: &PendingSignals) -> crate::Result<Vec<u8>> {
+    postcard::to_allocvec(p).map_err(|e| {
+        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+            .with_section(PENDING_SECTION)
+    })
+}
+
+/// The pending signals of a verified process image (none for an image written without them).
+pub fn read_pending(cp: &crate::Checkpoint) -> crate::Result<PendingSignals> {
+    if !cp.has_section(PENDING_SECTION) {
+        return Ok(PendingSignals::default());
+    }
+    let p: PendingSignals = cp.read_serde(PENDING_SECTION)?;
+    let standard = (1u64 << 31) - 1;
+    if p.shared & !standard != 0 || p.threads.iter().any(|t| t.1 & !standard != 0) {
+        return Err(crate::Error::new(crate::ErrorKind::Corrupt, "a pending signal outside 1-31".to_string())
+            .with_path(cp.path()));
+    }
+    Ok(p)
+}
+
 /// One resource limit at checkpoint time (`getrlimit`): the resource (`RLIMIT_*`), its soft and its hard
 /// limit (`u64::MAX`: unlimited).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
-use ckpt_core::process_image::{FdKind, ProcessImage, RegionKind, ThreadRecord};
+use ckpt_core::process_image::{FdKind, PendingSignals, ProcessImage, RegionKind, ThreadRecord};
 
 use crate::sys::*;
 
@@ -87,6 +87,9 @@ pub struct Plan {
     nthreads: usize,
     /// Offset of glibc's cached tid in a thread's control block (-1: unknown).
     tid_offset: i64,
+    /// Standard signals pending at checkpoint time for the process and for its main thread.
+    pending_shared: u64,
+    pending_main: u64,
 }
 
 /// A thread to recreate (every field a register's worth: the new thread starts in assembly).
@@ -99,6 +102,8 @@ struct PlanThread {
     rseq_addr: u64,
     rseq_len: u64,
     rseq_sig: u64,
+    /// Standard signals pending for it at checkpoint time (raised again once it exists).
+    pending: u64,
     /// Its tid at checkpoint time.
     tid: i32,
 }
@@ -296,6 +301,10 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Ok(t) => t,
         Err(e) => refuse(image_path, &e.to_string()),
     };
+    let pending = match ckpt_core::process_image::read_pending(&cp) {
+        Ok(p) => p,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
     if threads.len() > crate::threads::MAX_THREADS {
         refuse(
             image_path,
@@ -343,6 +352,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         let plan = build_plan(
             &image,
             &threads,
+            &pending,
             &noreserve,
             &keep,
             &maps,
@@ -719,6 +729,7 @@ impl ArenaWriter {
 unsafe fn build_plan(
     image: &ProcessImage,
     threads: &[ThreadRecord],
+    pending: &PendingSignals,
     noreserve: &[(u64, u64)],
     keep: &[(u64, u64, Vec<u8>, u64)],
     maps: &[Mapping],
@@ -883,6 +894,7 @@ unsafe fn build_plan(
             rseq_addr: t.rseq.map_or(0, |r| r.addr),
             rseq_len: t.rseq.map_or(0, |r| r.len as u64),
             rseq_sig: t.rseq.map_or(0, |r| r.sig as u64),
+            pending: pending.threads.iter().find(|p| p.0 == t.tid).map_or(0, |p| p.1),
             tid: t.tid,
         })
         .collect();
@@ -938,6 +950,8 @@ unsafe fn build_plan(
             threads: if others.is_empty() { std::ptr::null() } else { w.alloc(&others) },
             nthreads: others.len(),
             tid_offset: image.tid_offset.map_or(-1, |o| o as i64),
+            pending_shared: pending.shared,
+            pending_main: pending.threads.iter().find(|p| p.0 == image.pid).map_or(0, |p| p.1),
         };
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
@@ -1325,6 +1339,9 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     // 10. The other threads: each starts in assembly (registers only, no stack of the restorer's) and
     //     returns into its own signal frame; then the arena goes and the main thread returns into its own.
     restore_threads(p);
+    // Signals pending at checkpoint time, pending again (every signal is blocked until rt_sigreturn).
+    raise_pending(getpid(), getpid(), p.pending_main);
+    raise_pending(getpid(), 0, p.pending_shared);
     let arena = p.arena_start;
     let arena_len = p.arena_len;
     let frame = p.sigframe;
@@ -1343,6 +1360,24 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             in("r12") frame,
             options(noreturn)
         )
+    }
+}
+
+/// Sends every signal of `mask` to thread `tid` of process `pid` (`tid` 0: to the process).
+fn raise_pending(pid: i32, tid: i32, mask: u64) {
+    let mut sig = 1;
+    while sig < 32 {
+        if mask & (1 << (sig - 1)) != 0 {
+            // SAFETY: signals to this process only.
+            unsafe {
+                if tid == 0 {
+                    syscall3(libc::SYS_kill, pid as usize, sig as usize, 0);
+                } else {
+                    syscall3(SYS_tgkill, pid as usize, tid as usize, sig as usize);
+                }
+            }
+        }
+        sig += 1;
     }
 }
 
@@ -1433,6 +1468,7 @@ fn restore_threads(p: &Plan) {
             fatal(b"cannot recreate the thread whose tid was", t.tid as u64, ret.min(0));
         }
         crate::pid::map_thread(t.tid, cached, ret as i32);
+        raise_pending(getpid(), ret as i32, t.pending);
     }
     crate::pid::end_thread_map();
 }

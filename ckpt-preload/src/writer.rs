@@ -517,6 +517,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         return Err(Failure::Refused(problem));
     }
     let (fds, foreign) = descriptors(snap)?;
+    let pending = pending_signals(crate::ROOT_PID.load(Ordering::Relaxed))?;
     // Every thread as it stopped (threads.rs): the main one (tid = pid) restores into the restarted
     // process's first thread, the others are recreated.
     let pid = crate::ROOT_PID.load(Ordering::Relaxed);
@@ -610,6 +611,10 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let noreserve = ckpt_core::process_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
     w.add_section_with(ckpt_core::process_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard))
         .map_err(fail)?;
+    if pending != PendingSignals::default() {
+        let section = ckpt_core::process_image::encode_pending(&pending).map_err(fail)?;
+        w.add_section_with(PENDING_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    }
     if threads.len() > 1 {
         let section = ckpt_core::process_image::encode_threads(&threads).map_err(fail)?;
         w.add_section_with(THREADS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
@@ -920,6 +925,51 @@ fn program_timers(pid: i32) -> Option<String> {
         "the program has {} POSIX timer(s) (timer_create; ids {ids:?}); this version does not restore them",
         ids.len()
     ))
+}
+
+/// The signals pending for the program (process-wide and per thread, `/proc/<pid>/status` and its
+/// tasks'), to be raised again after a restart. Left out: the shim's reserved signals and the checkpoint
+/// requests (a second SIGTERM from Slurm pending while the first one's checkpoint is taken must not end
+/// the restarted job). A pending real-time signal is refused: its queued values cannot be carried over.
+fn pending_signals(pid: i32) -> Result<PendingSignals, Failure> {
+    let mask_of = |path: String, key: &str| -> u64 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let mut skip = crate::RESERVED_MASK;
+    for (sig, mode) in crate::SIGNAL_MODE.iter().enumerate().skip(1) {
+        if mode.load(Ordering::Relaxed) != 0 {
+            skip |= 1 << (sig - 1);
+        }
+    }
+    let check = |mask: u64| -> Result<u64, Failure> {
+        let mask = mask & !skip;
+        let rt = mask >> 31;
+        if rt != 0 {
+            let sig = rt.trailing_zeros() + 32;
+            return Err(Failure::Refused(format!(
+                "real-time signal {sig} is pending (its queued values cannot be carried over to a restart); \
+                 the next checkpoint may find it delivered"
+            )));
+        }
+        Ok(mask)
+    };
+    let mut out = PendingSignals { shared: check(mask_of(format!("/proc/{pid}/status"), "ShdPnd:"))?, threads: Vec::new() };
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let path = format!("/proc/{pid}/task\0");
+    crate::for_each_dir_entry(path.as_bytes(), &mut buf, |n| names.push(String::from_utf8_lossy(n).into_owned()));
+    for name in names {
+        let Ok(tid) = name.parse::<i32>() else { continue };
+        let mask = check(mask_of(format!("/proc/{pid}/task/{tid}/status"), "SigPnd:"))?;
+        if mask != 0 {
+            out.threads.push((tid, mask));
+        }
+    }
+    Ok(out)
 }
 
 /// The address ranges mapped with `MAP_NORESERVE` (`nr` in smaps' `VmFlags`).

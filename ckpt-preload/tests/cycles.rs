@@ -399,3 +399,11 @@ fn zstd_two_threads_three_cycles() {
     let argv = vec![zstd, "-q".into(), "-T2".into(), "-14".into(), "-c".into(), s(&text12())];
     check_cycles("zstd -T2", argv, libc::SIGRTMAX() - 2);
 }
+
+/// Signals pending at checkpoint time (for the process, for the main thread, for another thread) are
+/// pending again after each restart: their handlers run once, where they would have (before: lost).
+#[test]
+fn pending_signals_three_cycles() {
+    let Some(exe) = built("pending", &["-pthread"]) else { return };
+    check_cycles("pending signals", vec![exe, "600".into(), "4000000".into()], libc::SIGUSR1);
+}
