@@ -586,6 +586,51 @@ pub fn read_pending(cp: &crate::Checkpoint) -> crate::Result<PendingSignals> {
     Ok(p)
 }
 
+/// Section holding the file locks the program held at checkpoint time ([`FileLock`], postcard): the
+/// restorer takes them again on the reopened descriptors. Optional: an image without one has none.
+pub const LOCKS_SECTION: &str = "process.locks";
+
+/// A lock the program held (`/proc/locks`): a whole-file `flock` lock (owned by the open file
+/// description of `fd`) or a POSIX record lock (`fcntl`, owned by the process; `fd` is one of its
+/// descriptors of the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    /// The descriptor to take it on.
+    pub fd: i32,
+    /// A POSIX record lock (else `flock`).
+    pub posix: bool,
+    /// Exclusive (write) rather than shared (read).
+    pub write: bool,
+    /// First byte (POSIX locks).
+    pub start: u64,
+    /// Length in bytes, 0 to the end of the file and beyond (POSIX locks).
+    pub len: u64,
+}
+
+/// Encodes the locks section.
+pub fn encode_locks(locks: &[FileLock]) -> crate::Result<Vec<u8>> {
+    postcard::to_allocvec(locks).map_err(|e| {
+        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+            .with_section(LOCKS_SECTION)
+    })
+}
+
+/// The file locks of a verified process image (none for an image written without them).
+pub fn read_locks(cp: &crate::Checkpoint, image: &ProcessImage) -> crate::Result<Vec<FileLock>> {
+    if !cp.has_section(LOCKS_SECTION) {
+        return Ok(Vec::new());
+    }
+    let locks: Vec<FileLock> = cp.read_serde(LOCKS_SECTION)?;
+    if let Some(l) = locks.iter().find(|l| !image.fds.iter().any(|f| f.fd == l.fd)) {
+        return Err(crate::Error::new(
+            crate::ErrorKind::Corrupt,
+            format!("a file lock on descriptor {}, which the image does not list", l.fd),
+        )
+        .with_path(cp.path()));
+    }
+    Ok(locks)
+}
+
 /// One resource limit at checkpoint time (`getrlimit`): the resource (`RLIMIT_*`), its soft and its hard
 /// limit (`u64::MAX`: unlimited).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

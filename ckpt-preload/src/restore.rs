@@ -90,6 +90,20 @@ pub struct Plan {
     /// Standard signals pending at checkpoint time for the process and for its main thread.
     pending_shared: u64,
     pending_main: u64,
+    /// The file locks to take again once the descriptors are in place.
+    locks: *const PlanLock,
+    nlocks: usize,
+}
+
+/// A file lock to take again (see [`ckpt_core::process_image::FileLock`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PlanLock {
+    fd: i32,
+    posix: u32,
+    write: u32,
+    start: u64,
+    len: u64,
 }
 
 /// A thread to recreate (every field a register's worth: the new thread starts in assembly).
@@ -305,6 +319,10 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Ok(p) => p,
         Err(e) => refuse(image_path, &e.to_string()),
     };
+    let locks = match ckpt_core::process_image::read_locks(&cp, &image) {
+        Ok(l) => l,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
     if threads.len() > crate::threads::MAX_THREADS {
         refuse(
             image_path,
@@ -314,6 +332,9 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
     drop(cp);
     if let Some(problem) = preflight(&image) {
+        refuse(image_path, &problem);
+    }
+    if let Some(problem) = locks_free(&image, &locks) {
         refuse(image_path, &problem);
     }
     if let Some(problem) = large_regions_mappable(&image, &noreserve) {
@@ -353,6 +374,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
             &image,
             &threads,
             &pending,
+            &locks,
             &noreserve,
             &keep,
             &maps,
@@ -730,6 +752,7 @@ unsafe fn build_plan(
     image: &ProcessImage,
     threads: &[ThreadRecord],
     pending: &PendingSignals,
+    locks: &[ckpt_core::process_image::FileLock],
     noreserve: &[(u64, u64)],
     keep: &[(u64, u64, Vec<u8>, u64)],
     maps: &[Mapping],
@@ -750,6 +773,7 @@ unsafe fn build_plan(
         + nruns * std::mem::size_of::<PlanRun>()
         + image.fds.len() * std::mem::size_of::<PlanFd>()
         + threads.len() * std::mem::size_of::<PlanThread>()
+        + locks.len() * std::mem::size_of::<PlanLock>()
         + 80 * 40
         + strings
         + MAPS_CAP
@@ -884,6 +908,10 @@ unsafe fn build_plan(
         errno_addr
     };
     let mm_map = mm_map_now();
+    let plan_locks: Vec<PlanLock> = locks
+        .iter()
+        .map(|l| PlanLock { fd: l.fd, posix: l.posix as u32, write: l.write as u32, start: l.start, len: l.len })
+        .collect();
     let others: Vec<PlanThread> = threads
         .iter()
         .skip(1)
@@ -952,6 +980,8 @@ unsafe fn build_plan(
             tid_offset: image.tid_offset.map_or(-1, |o| o as i64),
             pending_shared: pending.shared,
             pending_main: pending.threads.iter().find(|p| p.0 == image.pid).map_or(0, |p| p.1),
+            locks: if plan_locks.is_empty() { std::ptr::null() } else { w.alloc(&plan_locks) },
+            nlocks: plan_locks.len(),
         };
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
@@ -1230,6 +1260,7 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     }
     // SAFETY: the temporaries are all at or above the base.
     unsafe { syscall3(SYS_close_range, p.fd_temp_base as usize, u32::MAX as usize, 0) };
+    take_locks(p);
     let mut s = 0;
     while s < 3 {
         if !std_seen[s] {
@@ -1361,6 +1392,96 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             options(noreturn)
         )
     }
+}
+
+/// The kernel's `struct flock` on x86_64.
+#[repr(C)]
+struct KernelFlock {
+    l_type: i16,
+    l_whence: i16,
+    l_start: i64,
+    l_len: i64,
+    l_pid: i32,
+}
+
+/// Takes the program's file locks again on its reopened descriptors (the preflight checked that nobody
+/// holds them; one taken in between ends the restore here, loudly).
+fn take_locks(p: &Plan) {
+    if p.nlocks == 0 {
+        return;
+    }
+    // SAFETY: the plan's array is in the arena.
+    let locks = unsafe { core::slice::from_raw_parts(p.locks, p.nlocks) };
+    let mut i = 0;
+    while i < locks.len() {
+        let l = &locks[i];
+        i += 1;
+        // SAFETY: lock operations on a descriptor just restored; the flock struct is on this stack.
+        let r = unsafe {
+            if l.posix != 0 {
+                let fl = KernelFlock {
+                    l_type: if l.write != 0 { libc::F_WRLCK } else { libc::F_RDLCK } as i16,
+                    l_whence: libc::SEEK_SET as i16,
+                    l_start: l.start as i64,
+                    l_len: l.len as i64,
+                    l_pid: 0,
+                };
+                syscall3(SYS_fcntl, l.fd as usize, libc::F_SETLK as usize, &fl as *const KernelFlock as usize)
+            } else {
+                let op = if l.write != 0 { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+                syscall3(libc::SYS_flock, l.fd as usize, op as usize, 0)
+            }
+        };
+        if r < 0 {
+            fatal(b"cannot take back the file lock on descriptor", l.fd as u64, r);
+        }
+    }
+}
+
+/// Whether the locks the program held can be taken again here (nobody else holds them now).
+fn locks_free(image: &ProcessImage, locks: &[ckpt_core::process_image::FileLock]) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    for l in locks {
+        let f = image.fds.iter().find(|f| f.fd == l.fd)?;
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&f.path));
+        let what = if l.posix { "POSIX record lock" } else { "flock lock" };
+        let file = match std::fs::OpenOptions::new().read(true).write(l.write && l.posix).open(path) {
+            Ok(file) => file,
+            Err(e) => return Some(format!("{} (the {what} of fd {}): {e}", path.display(), l.fd)),
+        };
+        if l.posix {
+            let mut fl = KernelFlock {
+                l_type: if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16,
+                l_whence: libc::SEEK_SET as i16,
+                l_start: l.start as i64,
+                l_len: l.len as i64,
+                l_pid: 0,
+            };
+            // SAFETY: F_GETLK fills the struct on this stack.
+            let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl as *mut KernelFlock) };
+            if r == 0 && fl.l_type != libc::F_UNLCK as i16 {
+                return Some(format!(
+                    "{} is locked by process {} (the program held a {what} on it, fd {})",
+                    path.display(),
+                    fl.l_pid,
+                    l.fd
+                ));
+            }
+        } else {
+            let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+            // SAFETY: flock on a descriptor of ours, released at once (and with the file's closing).
+            if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+                return Some(format!(
+                    "{} is locked by another process (the program held a {what} on it, fd {})",
+                    path.display(),
+                    l.fd
+                ));
+            }
+            // SAFETY: as above.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+    None
 }
 
 /// Sends every signal of `mask` to thread `tid` of process `pid` (`tid` 0: to the process).

@@ -518,6 +518,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     }
     let (fds, foreign) = descriptors(snap)?;
     let pending = pending_signals(crate::ROOT_PID.load(Ordering::Relaxed))?;
+    let locks = file_locks(snap, &fds, crate::ROOT_PID.load(Ordering::Relaxed))?;
     // Every thread as it stopped (threads.rs): the main one (tid = pid) restores into the restarted
     // process's first thread, the others are recreated.
     let pid = crate::ROOT_PID.load(Ordering::Relaxed);
@@ -611,6 +612,10 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let noreserve = ckpt_core::process_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
     w.add_section_with(ckpt_core::process_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard))
         .map_err(fail)?;
+    if !locks.is_empty() {
+        let section = ckpt_core::process_image::encode_locks(&locks).map_err(fail)?;
+        w.add_section_with(LOCKS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    }
     if pending != PendingSignals::default() {
         let section = ckpt_core::process_image::encode_pending(&pending).map_err(fail)?;
         w.add_section_with(PENDING_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
@@ -925,6 +930,60 @@ fn program_timers(pid: i32) -> Option<String> {
         "the program has {} POSIX timer(s) (timer_create; ids {ids:?}); this version does not restore them",
         ids.len()
     ))
+}
+
+/// The file locks the program holds (`/proc/locks`: `flock` and POSIX record locks of its pid), each on a
+/// descriptor of its file. Refused: a lock on a file the program has no descriptor of (a POSIX lock left
+/// on a file whose descriptors were closed cannot exist; a `flock` lock can, through a descriptor that was
+/// passed on), and open-file-description locks (`F_OFD_SETLK`) on one of its files (/proc/locks does not
+/// say whose they are).
+fn file_locks(snap: &crate::Snapshot, fds: &[FdRecord], pid: i32) -> Result<Vec<FileLock>, Failure> {
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else { return Ok(Vec::new()) };
+    let snaps = &snap.fds[..snap.nfds];
+    // A descriptor (the first of its open file description) of the file `dev:ino`.
+    let fd_of = |major: u32, minor: u32, ino: u64| {
+        snaps.iter().find(|s| {
+            s.ino == ino && libc::major(s.dev) == major && libc::minor(s.dev) == minor && s.leader < 0
+                && fds.iter().any(|f| f.fd == s.fd && f.kind == FdKind::Regular)
+        })
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters have "->" after the number.
+        if f.len() < 8 || f[1] == "->" {
+            continue;
+        }
+        let (kind, write, owner, file, start, end) = (f[1], f[3] == "WRITE", f[4], f[5], f[6], f[7]);
+        let mut parts = file.split(':');
+        let (Some(ma), Some(mi), Some(ino)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Ok(major), Ok(minor), Ok(ino)) =
+            (u32::from_str_radix(ma, 16), u32::from_str_radix(mi, 16), ino.parse::<u64>())
+        else {
+            continue;
+        };
+        let ours = owner.parse::<i32>().is_ok_and(|p| p == pid);
+        match kind {
+            "OFDLCK" if fd_of(major, minor, ino).is_some() => {
+                return Err(Failure::Refused(format!(
+                    "a file of the program has an open-file-description lock (F_OFD_SETLK, {file}): this version \
+                     does not restore those"
+                )));
+            }
+            "FLOCK" | "POSIX" if ours => {
+                let Some(s) = fd_of(major, minor, ino) else {
+                    return Err(Failure::Refused(format!(
+                        "the program holds a {kind} lock on a file it has no open descriptor of ({file})"
+                    )));
+                };
+                let start: u64 = start.parse().unwrap_or(0);
+                let len = if end == "EOF" { 0 } else { end.parse::<u64>().unwrap_or(start).saturating_sub(start) + 1 };
+                out.push(FileLock { fd: s.fd, posix: kind == "POSIX", write, start, len });
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// The signals pending for the program (process-wide and per thread, `/proc/<pid>/status` and its
