@@ -496,7 +496,7 @@ pub const THREADS_SECTION: &str = "process.threads";
 
 /// One thread at checkpoint time: the restorer recreates it (`clone` with its thread pointer), registers
 /// its robust-futex list and rseq area again, and returns into it through its signal frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadRecord {
     /// Kernel thread id at checkpoint time.
     pub tid: i32,
@@ -511,6 +511,10 @@ pub struct ThreadRecord {
     pub robust_len: u64,
     /// Its rseq registration.
     pub rseq: Option<RseqRecord>,
+    /// Its name (`/proc/<pid>/task/<tid>/comm`, at most 15 bytes; `pthread_setname_np`).
+    pub name: Vec<u8>,
+    /// Its CPU affinity mask (`sched_getaffinity`, 64-bit words; empty: not recorded).
+    pub affinity: Vec<u64>,
 }
 
 /// Encodes the threads section.
@@ -543,7 +547,12 @@ pub fn read_threads(cp: &crate::Checkpoint, image: &ProcessImage) -> crate::Resu
         return corrupt("a multi-threaded process image lists fewer than two threads".into());
     }
     for (i, t) in threads.iter().enumerate() {
-        if t.sigframe == 0 || t.fs_base == 0 || threads[..i].iter().any(|o| o.tid == t.tid) {
+        if t.sigframe == 0
+            || t.fs_base == 0
+            || t.name.len() > 15
+            || t.affinity.len() > 16
+            || threads[..i].iter().any(|o| o.tid == t.tid)
+        {
             return corrupt(format!("thread {} of the threads section is invalid or listed twice", t.tid));
         }
     }

@@ -68,7 +68,8 @@ const NSIG: usize = 65;
 pub(crate) const CKPT_SIGNAL: c_int = 62;
 pub(crate) const CKPT_EXIT_SIGNAL: c_int = 61;
 /// The reserved signals (the park signal of `threads` too), as a kernel signal-set mask.
-pub(crate) const RESERVED_MASK: u64 = (1 << (CKPT_SIGNAL - 1)) | (1 << (CKPT_EXIT_SIGNAL - 1)) | (1 << (threads::PARK_SIGNAL - 1));
+pub(crate) const RESERVED_MASK: u64 =
+    (1 << (CKPT_SIGNAL - 1)) | (1 << (CKPT_EXIT_SIGNAL - 1)) | (1 << (threads::PARK_SIGNAL - 1));
 /// [`SIGNAL_MODE`] of the park signal.
 const MODE_PARK: u8 = 3;
 

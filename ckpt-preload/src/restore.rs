@@ -82,9 +82,10 @@ pub struct Plan {
     mm_env_end_now: u64,
     /// The main thread's robust-futex list head (0: leave the new process's own registration).
     main_robust_head: u64,
-    /// The other threads of a multi-threaded image.
+    /// The other threads of a multi-threaded image, and the main one (its name and affinity).
     threads: *const PlanThread,
     nthreads: usize,
+    main_thread: Option<PlanThread>,
     /// Offset of glibc's cached tid in a thread's control block (-1: unknown).
     tid_offset: i64,
     /// Standard signals pending at checkpoint time for the process and for its main thread.
@@ -118,6 +119,10 @@ struct PlanThread {
     rseq_sig: u64,
     /// Standard signals pending for it at checkpoint time (raised again once it exists).
     pending: u64,
+    /// Its name (NUL-padded) and CPU affinity (`affinity_words` 64-bit words; 0: leave the restart's).
+    name: [u8; 16],
+    affinity: [u64; 16],
+    affinity_words: usize,
     /// Its tid at checkpoint time.
     tid: i32,
 }
@@ -912,9 +917,8 @@ unsafe fn build_plan(
         .iter()
         .map(|l| PlanLock { fd: l.fd, posix: l.posix as u32, write: l.write as u32, start: l.start, len: l.len })
         .collect();
-    let others: Vec<PlanThread> = threads
+    let all: Vec<PlanThread> = threads
         .iter()
-        .skip(1)
         .map(|t| PlanThread {
             fs_base: t.fs_base,
             sigframe: t.sigframe,
@@ -923,9 +927,21 @@ unsafe fn build_plan(
             rseq_len: t.rseq.map_or(0, |r| r.len as u64),
             rseq_sig: t.rseq.map_or(0, |r| r.sig as u64),
             pending: pending.threads.iter().find(|p| p.0 == t.tid).map_or(0, |p| p.1),
+            name: {
+                let mut n = [0u8; 16];
+                n[..t.name.len().min(15)].copy_from_slice(&t.name[..t.name.len().min(15)]);
+                n
+            },
+            affinity: {
+                let mut a = [0u64; 16];
+                a[..t.affinity.len().min(16)].copy_from_slice(&t.affinity[..t.affinity.len().min(16)]);
+                a
+            },
+            affinity_words: t.affinity.len().min(16),
             tid: t.tid,
         })
         .collect();
+    let others = if all.len() > 1 { &all[1..] } else { &[][..] };
     // SAFETY: all pointers below are inside the arena; the plan header is at its start.
     unsafe {
         let plan = Plan {
@@ -975,8 +991,9 @@ unsafe fn build_plan(
             mm_arg_end_now: mm_map[8],
             mm_env_end_now: mm_map[10],
             main_robust_head: threads.first().map_or(0, |t| t.robust_head),
-            threads: if others.is_empty() { std::ptr::null() } else { w.alloc(&others) },
+            threads: if others.is_empty() { std::ptr::null() } else { w.alloc(others) },
             nthreads: others.len(),
+            main_thread: all.first().copied(),
             tid_offset: image.tid_offset.map_or(-1, |o| o as i64),
             pending_shared: pending.shared,
             pending_main: pending.threads.iter().find(|p| p.0 == image.pid).map_or(0, |p| p.1),
@@ -1484,6 +1501,33 @@ fn locks_free(image: &ProcessImage, locks: &[ckpt_core::process_image::FileLock]
     None
 }
 
+/// Gives thread `tid` (of this process) the name and CPU affinity `t` recorded.
+fn name_and_affinity(tid: i32, t: &PlanThread) {
+    if t.affinity_words > 0 {
+        // SAFETY: the mask is in the plan; sched_setaffinity only reads it.
+        unsafe {
+            syscall3(libc::SYS_sched_setaffinity, tid as usize, t.affinity_words * 8, t.affinity.as_ptr() as usize)
+        };
+    }
+    if t.name[0] != 0 {
+        // /proc/self/task/<tid>/comm, built on the stack (no allocation, no libc).
+        let mut path = [0u8; 64];
+        let mut pos = 0;
+        put(&mut path, &mut pos, b"/proc/self/task/");
+        put_u64(&mut path, &mut pos, tid as u64);
+        put(&mut path, &mut pos, b"/comm\0");
+        let fd = open_cstr(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            let mut n = 0;
+            while n < 15 && t.name[n] != 0 {
+                n += 1;
+            }
+            write_all(fd as i32, &t.name[..n]);
+            close(fd as i32);
+        }
+    }
+}
+
 /// Sends every signal of `mask` to thread `tid` of process `pid` (`tid` 0: to the process).
 fn raise_pending(pid: i32, tid: i32, mask: u64) {
     let mut sig = 1;
@@ -1589,9 +1633,13 @@ fn restore_threads(p: &Plan) {
             fatal(b"cannot recreate the thread whose tid was", t.tid as u64, ret.min(0));
         }
         crate::pid::map_thread(t.tid, cached, ret as i32);
+        name_and_affinity(ret as i32, t);
         raise_pending(getpid(), ret as i32, t.pending);
     }
     crate::pid::end_thread_map();
+    if let Some(main) = &p.main_thread {
+        name_and_affinity(gettid(), main);
+    }
 }
 
 /// Steps 2 to 4 of the restore: unmap the new process's memory, set brk, map the image's regions and read

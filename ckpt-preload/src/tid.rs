@@ -163,6 +163,35 @@ interpose_both!(pthread_sigqueue, (sig: c_int, value: *mut c_void), |now| {
     status(unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, libc::getpid(), now, sig, &info as *const _) })
 });
 interpose!(pthread_getattr_np, (attr: *mut libc::pthread_attr_t));
+interpose_both!(pthread_setname_np, (name: *const libc::c_char), |now| {
+    // glibc writes /proc/self/task/<cached tid>/comm for another thread: use its current tid.
+    let len = unsafe { libc::strlen(name) };
+    if len > 15 {
+        return libc::ERANGE;
+    }
+    match std::fs::write(format!("/proc/self/task/{now}/comm"), unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) }) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+    }
+});
+interpose_both!(pthread_getname_np, (buf: *mut libc::c_char, len: libc::size_t), |now| {
+    match std::fs::read(format!("/proc/self/task/{now}/comm")) {
+        Ok(mut n) => {
+            while n.last() == Some(&b'\n') {
+                n.pop();
+            }
+            if n.len() >= len {
+                return libc::ERANGE;
+            }
+            unsafe {
+                std::ptr::copy_nonoverlapping(n.as_ptr(), buf.cast::<u8>(), n.len());
+                *buf.add(n.len()) = 0;
+            }
+            0
+        }
+        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+    }
+});
 
 /// `pthread_kill`: for another restored thread, the signal goes to its current tid (glibc would send it
 /// to the tid it cached before the restart).

@@ -551,6 +551,22 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             robust_head: t.robust_head,
             robust_len: t.robust_len,
             rseq: rseq_of(t.fs_base),
+            name: {
+                let mut n = std::fs::read(format!("/proc/{pid}/task/{}/comm", t.tid)).unwrap_or_default();
+                n.truncate(15);
+                while n.last() == Some(&b'\n') {
+                    n.pop();
+                }
+                n
+            },
+            affinity: {
+                let mut mask = [0u64; 16];
+                // SAFETY: sched_getaffinity writes at most the buffer's size.
+                let r = unsafe {
+                    libc::syscall(libc::SYS_sched_getaffinity, t.tid, std::mem::size_of_val(&mask), mask.as_mut_ptr())
+                };
+                if r > 0 { mask[..(r as usize).div_ceil(8).min(16)].to_vec() } else { Vec::new() }
+            },
         })
         .collect();
     // SAFETY: the main thread's ucontext is on its (copied) stack.
@@ -943,7 +959,10 @@ fn file_locks(snap: &crate::Snapshot, fds: &[FdRecord], pid: i32) -> Result<Vec<
     // A descriptor (the first of its open file description) of the file `dev:ino`.
     let fd_of = |major: u32, minor: u32, ino: u64| {
         snaps.iter().find(|s| {
-            s.ino == ino && libc::major(s.dev) == major && libc::minor(s.dev) == minor && s.leader < 0
+            s.ino == ino
+                && libc::major(s.dev) == major
+                && libc::minor(s.dev) == minor
+                && s.leader < 0
                 && fds.iter().any(|f| f.fd == s.fd && f.kind == FdKind::Regular)
         })
     };
@@ -993,10 +1012,7 @@ fn file_locks(snap: &crate::Snapshot, fds: &[FdRecord], pid: i32) -> Result<Vec<
 fn pending_signals(pid: i32) -> Result<PendingSignals, Failure> {
     let mask_of = |path: String, key: &str| -> u64 {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
+        text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0)
     };
     let mut skip = crate::RESERVED_MASK;
     for (sig, mode) in crate::SIGNAL_MODE.iter().enumerate().skip(1) {
@@ -1016,7 +1032,8 @@ fn pending_signals(pid: i32) -> Result<PendingSignals, Failure> {
         }
         Ok(mask)
     };
-    let mut out = PendingSignals { shared: check(mask_of(format!("/proc/{pid}/status"), "ShdPnd:"))?, threads: Vec::new() };
+    let mut out =
+        PendingSignals { shared: check(mask_of(format!("/proc/{pid}/status"), "ShdPnd:"))?, threads: Vec::new() };
     let mut names = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let path = format!("/proc/{pid}/task\0");

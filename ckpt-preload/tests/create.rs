@@ -69,7 +69,8 @@ fn create_fails_after_max_wait_when_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // A child process: refused in the handler at every checkpoint, before any answer to `ckpt create`.
-    let code = "import subprocess,time\np=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)\n";
+    let code =
+        "import subprocess,time\np=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)\n";
     let mut child = command(&ckpt, dir)
         .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
         .arg(py)

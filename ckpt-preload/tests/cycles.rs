@@ -10,7 +10,8 @@
 //! * a program with 8 MiB of state (images written with direct I/O): the first checkpoint after a restart
 //!   must not inherit the writer's own state from the image, and a TERM after a restart must checkpoint.
 //!
-//! Output is compared byte for byte with an uninterrupted run. Seeds are printed (CKPT_SHIM_SEED replays).
+//! Every program runs as batch scripts run them, `> out 2>&1`, and its output is compared byte for byte
+//! with an uninterrupted run. Seeds are printed (CKPT_SHIM_SEED replays).
 
 mod common;
 
@@ -32,6 +33,13 @@ fn reference(argv: &[String]) -> (Vec<u8>, Duration) {
         let o = Command::new(&argv[0]).args(&argv[1..]).env("LC_ALL", "C").output().expect("run reference");
         best = best.min(t.elapsed());
         assert!(o.status.success(), "{argv:?}: reference run failed: {o:?}");
+        // The runs under the shim write stdout and stderr to one file (`> out 2>&1`): the oracle is stdout
+        // alone, so the program must not write to stderr.
+        assert!(
+            o.stderr.is_empty(),
+            "{argv:?}: the reference run wrote to stderr: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         outs.push(o.stdout);
     }
     assert!(outs[0] == outs[1], "{argv:?}: two uninterrupted runs differ: not a usable oracle");
@@ -66,19 +74,25 @@ fn run_cycles(
     let dir = tmp.path();
     let img = dir.join("img");
     let out = dir.join("out.txt");
-    // The program's stderr is a file of its own (restarts cut it back to its checkpoint-time size); what
-    // `ckpt restart` says before the program resumes goes to another.
+    // As batch scripts run programs: `> out 2>&1`, stdout and stderr sharing one open file description
+    // (restarts must restore it shared, cut back to its checkpoint-time size); what `ckpt restart` says
+    // before the program resumes goes to a file of its own.
+    let stdout = std::fs::File::create(&out).unwrap();
+    let stderr = stdout.try_clone().unwrap();
     let mut child = command(&ckpt, dir)
         .args(["run", "--dir", img.to_str().unwrap(), "--"])
         .args(argv)
-        .stdout(out_file(&out, false))
-        .stderr(append(&dir.join("err.txt")))
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let diagnostics = || {
         format!(
-            "stderr: {}\nrestart: {}\nlog: {}",
-            read(dir, "err.txt"),
+            "output: {}\nrestart: {}\nlog: {}",
+            {
+                let o = std::fs::read(dir.join("out.txt")).unwrap_or_default();
+                String::from_utf8_lossy(&o[o.len().saturating_sub(400)..]).into_owned()
+            },
             read(dir, "restart.txt"),
             read(dir, "ckpt.log")
         )

@@ -20,8 +20,12 @@ for i in range(600):\n    time.sleep(0.05)\n    print(i, flush=True)\n";
 /// Whether another process can take the lock now: 0 = free, 1 = held by someone.
 fn probe(py: &str, kind: &str, file: &Path) -> bool {
     let code = match kind {
-        "flock" => "import fcntl,sys\nf=open(sys.argv[1])\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(1)\n",
-        _ => "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 0)\nexcept OSError:\n    sys.exit(1)\n",
+        "flock" => {
+            "import fcntl,sys\nf=open(sys.argv[1])\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(1)\n"
+        }
+        _ => {
+            "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10, 0)\nexcept OSError:\n    sys.exit(1)\n"
+        }
     };
     let st = Command::new(py).args(["-c", code]).arg(file).status().unwrap();
     st.code() == Some(1)
@@ -59,7 +63,10 @@ fn flock_and_posix_locks_are_held_again_after_a_restart() {
     let mut child = start(&py, dir);
     assert!(probe(&py, "flock", &dir.join("a.lock")) && probe(&py, "posix", &dir.join("b.lock")), "held at start");
     checkpoint_and_kill(dir, &mut child);
-    assert!(!probe(&py, "flock", &dir.join("a.lock")) && !probe(&py, "posix", &dir.join("b.lock")), "freed by the kill");
+    assert!(
+        !probe(&py, "flock", &dir.join("a.lock")) && !probe(&py, "posix", &dir.join("b.lock")),
+        "freed by the kill"
+    );
     let (ckpt, _) = tools();
     let mut child = command(&ckpt, dir)
         .args(["restart", "--image-dir", dir.join("img").to_str().unwrap()])

@@ -10,7 +10,8 @@
 /* threads STEPS WORK NTHREADS: the main thread hands every worker a step; each computes a value from the
    step and its index (spinning WORK iterations, through a thread-local accumulator), the main thread waits
    for all of them (mutex + condition variables), signals each worker with pthread_kill and waits for its
-   handler, then prints "step s total t". At the end it joins them. */
+   handler, then prints "step s total t". Each worker names itself and pins itself to one CPU at start; the
+   main thread checks both every step. At the end it joins them. */
 static int nthreads;
 static long work;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -23,8 +24,17 @@ static __thread int my_index;
 
 static void on_usr2(int sig) { (void)sig; atomic_fetch_add(&pokes[my_index], 1); }
 
+static int ncpus;
+
 static void *worker(void *arg) {
     my_index = (int)(long)arg;
+    char name[16];
+    snprintf(name, sizeof name, "worker-%d", my_index);
+    pthread_setname_np(pthread_self(), name);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(my_index % ncpus, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
     int seen = -1;
     for (;;) {
         pthread_mutex_lock(&lock);
@@ -48,6 +58,9 @@ int main(int argc, char **argv) {
     work = atol(argv[2]);
     nthreads = atoi(argv[3]);
     signal(SIGUSR2, on_usr2);
+    cpu_set_t all;
+    sched_getaffinity(0, sizeof all, &all);
+    ncpus = CPU_COUNT(&all);
     pthread_t th[64];
     for (long i = 0; i < nthreads; i++) pthread_create(&th[i], NULL, worker, (void *)i);
     for (int s = 0; s < steps; s++) {
@@ -60,6 +73,19 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nthreads; i++) total += results[i];
         pthread_mutex_unlock(&lock);
         for (int i = 0; i < nthreads; i++) {
+            /* Each worker keeps its name and its CPU (set by itself at start). */
+            char name[16], want[16];
+            snprintf(want, sizeof want, "worker-%d", i);
+            if (s > 0 && (pthread_getname_np(th[i], name, sizeof name) != 0 || strcmp(name, want) != 0)) {
+                printf("FAIL name of thread %d\n", i);
+                return 1;
+            }
+            cpu_set_t set;
+            if (s > 0 && (pthread_getaffinity_np(th[i], sizeof set, &set) != 0 || CPU_COUNT(&set) != 1 ||
+                          !CPU_ISSET(i % ncpus, &set))) {
+                printf("FAIL affinity of thread %d\n", i);
+                return 1;
+            }
             int before = atomic_load(&pokes[i]);
             int r = pthread_kill(th[i], SIGUSR2);
             if (r != 0) { printf("FAIL pthread_kill %d: %s\n", i, strerror(r)); return 1; }
