@@ -493,7 +493,8 @@ def load(
             :class:`FileNotFoundError`).
         mmap: ``None`` follows ``CKPT_MMAP`` (default on): arrays are then zero-copy views of the
             memory-mapped file, valid as long as they are referenced (even after the file is replaced or
-            removed). ``False`` reads everything into private memory.
+            removed). ``False`` reads the file once, whole, into private memory and verifies it there; the
+            arrays are writable views of that memory (which lives as long as any of them), not of the file.
         writable: ``True`` (the default): what was saved writable comes back writable, whatever its size
             or compression: mapped arrays are copy-on-write views (``MAP_PRIVATE``: zero copy until a page
             is written; writes stay in this process and never reach the file). ``False``: arrays stored
