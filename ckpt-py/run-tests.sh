@@ -5,7 +5,7 @@
 # Needs: python3 (>= 3.11) with the venv module and pip, and the Rust toolchain (cargo) plus a C
 # compiler (zstd-sys builds C code). On Debian/Ubuntu: apt-get install python3-venv build-essential
 # (python3-venv only for a Debian python3 without venv; ensurepip must work). pip downloads maturin,
-# pytest, hypothesis and numpy from PyPI.
+# pytest, hypothesis, numpy and mpi4py from PyPI. The MPI tests need Open MPI's mpirun (openmpi-bin).
 #
 # Sizes of the heavy tests: CKPT_PY_BIG_MB (1024), CKPT_PY_KILL_ITERATIONS (25),
 # CKPT_PY_HYPOTHESIS_EXAMPLES (60). CKPT_PY_VENV chooses the venv directory (default: a temporary one).
@@ -53,6 +53,17 @@ fi
 echo "run-tests.sh: $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) under $("$venv/bin/python" --version)"
 "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
 "$venv/bin/python" -m pip install --quiet pytest hypothesis numpy
+# mpi4py for the MPI tests (tests/test_mpi.py: 4 ranks under Open MPI's mpirun). Its binary wheel carries
+# extensions for the Open MPI and MPICH ABIs and loads the system's libmpi (the tests pick Open MPI's);
+# without a wheel pip builds it from source (needs mpicc: apt-get install libopenmpi-dev openmpi-bin).
+# Under CI=true it must install (the tests then must run); elsewhere the MPI tests skip without it.
+if ! "$venv/bin/python" -m pip install --quiet mpi4py; then
+    if [ "${CI:-}" = "true" ]; then
+        echo "run-tests.sh: pip install mpi4py failed (CI runs the MPI tests)" >&2
+        exit 1
+    fi
+    echo "run-tests.sh: pip install mpi4py failed: the MPI tests will be skipped" >&2
+fi
 
 cd "$here"
 "$venv/bin/python" -c 'import ckpt; print("ckpt", ckpt.__version__, "from", ckpt.__file__)'

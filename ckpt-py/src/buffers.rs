@@ -57,6 +57,45 @@ unsafe impl Send for PrivateMap {}
 // SAFETY: as above.
 unsafe impl Sync for PrivateMap {}
 
+impl PrivateMap {
+    /// A new anonymous private mapping of `len` bytes (zero-filled, pre-faulted), or `None` (`len` 0, or
+    /// the mapping failed).
+    pub fn anonymous(len: usize) -> Option<PrivateMap> {
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: a new anonymous mapping; MAP_FAILED is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then(|| PrivateMap { ptr: ptr.cast(), len })
+    }
+
+    /// The mapped bytes. Python code may write them through writable views: read them only while no
+    /// view exists yet (the core verifying a file read into an anonymous mapping).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr`/`len` are a live mapping owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The mapped bytes, writable.
+    ///
+    /// # Safety
+    /// Nothing else may read or write the mapping during the borrow.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self) -> &mut [u8] {
+        // SAFETY: a live mapping owned by `self`, not otherwise borrowed (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
 impl Drop for PrivateMap {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are the mapping created in `private_map`; nothing references it any more
@@ -406,8 +445,24 @@ pub fn read_sections<'py>(
     verify: bool,
     writable: bool,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+    read_sections_in(py, cp, verify, writable, None)
+}
+
+/// [`read_sections`] for a checkpoint read whole into private memory (`crate::whole`): `owned` is that
+/// memory, of which the sections are writable views when `writable`.
+pub fn read_sections_in<'py>(
+    py: Python<'py>,
+    cp: &Checkpoint,
+    verify: bool,
+    writable: bool,
+    owned: Option<Arc<PrivateMap>>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
     let names = section_names(cp).py_err(py)?;
-    let private = if writable && cp.is_mapped() { py.detach(|| private_map(cp)) } else { None };
+    let private = match owned {
+        Some(map) => writable.then_some(map),
+        None if writable && cp.is_mapped() => py.detach(|| private_map(cp)),
+        None => None,
+    };
     // Mapped sections can be handed out as views: read-only ones, or writable ones of the private mapping.
     let views_ok = cp.is_mapped() && (!writable || private.is_some());
     let mut targets = Vec::with_capacity(names.len());

@@ -20,6 +20,10 @@ use crate::retention::{BestPolicy, Mode};
 use crate::signals;
 use crate::{restored_info, save_detached};
 
+/// A rank's part identity as Python passes it: `(generation, step, file_len, rank, nranks, header_crc32,
+/// table_crc32)` (see `ckpt_core::PartIdentity`).
+type PartTuple = (u64, i64, u64, u32, u32, u32, u32);
+
 /// An interval as Python passes it: seconds, or a Slurm time string (`"30"` is 30 minutes), or `"auto"`.
 #[derive(FromPyObject)]
 pub enum IntervalArg {
@@ -166,7 +170,7 @@ impl PyCheckpointer {
 #[pymethods]
 impl PyCheckpointer {
     #[new]
-    #[pyo3(signature = (name=None, directory=None, interval=None, keep=None, signals=None, keep_best=0, metric=None, mode="min"))]
+    #[pyo3(signature = (name=None, directory=None, interval=None, keep=None, signals=None, keep_best=0, metric=None, mode="min", rank=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -178,8 +182,17 @@ impl PyCheckpointer {
         keep_best: usize,
         metric: Option<String>,
         mode: &str,
+        rank: Option<(u32, u32)>,
     ) -> PyResult<PyCheckpointer> {
-        let config = build_config(py, name, directory, interval, keep, signals).py_err(py)?;
+        let mut config = build_config(py, name, directory, interval, keep, signals).py_err(py)?;
+        if let Some((r, n)) = rank {
+            // From the communicator (MPI_Comm_rank/size): beats guessing from launcher variables.
+            if n == 0 || r >= n {
+                return Err(to_py(py, &Error::invalid(format!("rank {r} of {n} is not valid"))));
+            }
+            config.rank = r;
+            config.nranks = n;
+        }
         let mode = match mode {
             "min" => Mode::Min,
             "max" => Mode::Max,
@@ -301,6 +314,83 @@ impl PyCheckpointer {
             return Err(to_py(py, &Error::io("start the ckpt-save thread", e)));
         }
         Ok(PySaveHandle { outcome, step })
+    }
+
+    /// The generation the next checkpoint of this name would get on this rank (the ranks of a collective
+    /// save agree on the largest).
+    fn next_generation(&self, py: Python<'_>) -> PyResult<u64> {
+        let cp = self.get(py)?;
+        py.detach(|| cp.store().next_generation()).py_err(py)
+    }
+
+    /// Writes this rank's part of multi-rank `generation` (agreed by all ranks) durably; returns the
+    /// part's commit figures and its identity `(generation, step, file_len, rank, nranks, header_crc32,
+    /// table_crc32)` for rank 0's `commit_step_parts`. The step exists only once rank 0 committed it; every
+    /// rank then calls `finish_step` with the outcome.
+    #[pyo3(signature = (stream, buffers, *, generation, step, compress=None, item_sizes=None, metrics=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn save_part<'py>(
+        &self,
+        py: Python<'py>,
+        stream: &Bound<'py, PyAny>,
+        buffers: &Bound<'py, PyList>,
+        generation: u64,
+        step: i64,
+        compress: Option<&str>,
+        item_sizes: Option<Vec<usize>>,
+        metrics: Option<&str>,
+    ) -> PyResult<(Bound<'py, PyDict>, PartTuple)> {
+        let cp = self.get(py)?;
+        let compression = buffers::compression(py, compress, self.config.compression)?;
+        let d = save_detached(py, stream, buffers, item_sizes, |views| {
+            let mut w = cp.begin_part(generation, step)?;
+            if let Err(e) = buffers::write_sections(&mut w, views, compression, metrics) {
+                // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
+                cp.abort(w, &e);
+                return Err(e);
+            }
+            cp.commit(w)
+        })?;
+        let Some(i) = cp.store().part_identity(generation) else {
+            return Err(to_py(
+                py,
+                &Error::new(
+                    ErrorKind::InvalidState,
+                    format!("this process has no durable part of generation {generation}"),
+                ),
+            ));
+        };
+        Ok((d, (i.generation, i.app_step, i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32)))
+    }
+
+    /// Commits multi-rank `generation` of `step` from every rank's part identity (indexed by rank, from
+    /// `save_part`), after every part is durable: writes the step's manifest. Call on rank 0.
+    fn commit_step_parts<'py>(
+        &self,
+        py: Python<'py>,
+        generation: u64,
+        step: i64,
+        parts: Vec<PartTuple>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let cp = self.get(py)?;
+        let parts: Vec<ckpt_core::PartIdentity> =
+            parts
+                .into_iter()
+                .map(|(generation, app_step, file_len, rank, nranks, header_crc32, table_crc32)| {
+                    ckpt_core::PartIdentity { generation, app_step, file_len, rank, nranks, header_crc32, table_crc32 }
+                })
+                .collect();
+        let info = py.detach(|| cp.store().commit_step_with_parts(generation, step, &parts)).py_err(py)?;
+        crate::commit_info(py, &info)
+    }
+
+    /// Tells this rank whether the step of its last part was committed (as agreed by all ranks):
+    /// committed arms the exit a SIGTERM asked for and removes this rank's parts the step retired; not
+    /// committed makes what triggered the part due again.
+    fn finish_step(&self, py: Python<'_>, committed: bool) -> PyResult<()> {
+        let cp = self.get(py)?;
+        py.detach(|| cp.finish_step(committed));
+        Ok(())
     }
 
     /// Whether an exit was asked for and its checkpoint is due or being written (see the core's

@@ -24,6 +24,7 @@ mod config;
 mod errors;
 mod retention;
 mod signals;
+mod whole;
 
 use buffers::{Inputs, MappedBuffer, PersistentIds};
 use checkpointer::{IntervalArg, PyCheckpointer, build_config};
@@ -151,6 +152,15 @@ fn load_file<'py>(
         Some(m) => LoadOptions { mmap: m },
         None => LoadOptions::from_env().py_err(py)?,
     };
+    if !opts.mmap {
+        // One read of the whole file into private memory, verified there; the sections are views of it.
+        let (cp, owned) = py.detach(|| whole::open(&path)).py_err(py)?;
+        let (stream, bufs) = buffers::read_sections_in(py, &cp, true, writable, owned)?;
+        let info = buffers::header_info(py, &cp)?;
+        info.set_item("path", &path)?;
+        info.set_item("mapped", false)?;
+        return PyTuple::new(py, [stream, bufs.into_any(), info.into_any()]);
+    }
     let cp = py.detach(|| Checkpoint::open_with(&FileStorage, &path, opts)).py_err(py)?;
     let (stream, bufs) = buffers::read_sections(py, &cp, verify, writable)?;
     let info = buffers::header_info(py, &cp)?;

@@ -93,7 +93,8 @@ def test_big_array_without_extra_copy(tmp_path, big_file, capsys):
     assert mapped["anon"] < SIZE * 0.25, "with mmap the data is not in anonymous memory"
 
     copied = run("load-copy", path, tmp_path)
-    assert copied["ok"] and not copied["mapped"] and copied["writeable"]
+    # mmap=False: the file read once into private anonymous memory, the arrays views of it (not of the file).
+    assert copied["ok"] and copied["writeable"]
     extra_copied = copied["peak"] - copied["base"]
     assert extra_copied < SIZE * 1.25, f"copy load peaked at +{extra_copied >> 20} MiB for {MB} MiB"
     assert copied["anon"] >= SIZE * 0.9

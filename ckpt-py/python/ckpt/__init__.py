@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from . import _ckpt, _pickling, _signals, _trust
+from . import _ckpt, _mpi, _pickling, _signals, _trust
 from ._ckpt import MappedBuffer
 from ._errors import (
     CheckpointError,
@@ -493,7 +493,8 @@ def load(
             :class:`FileNotFoundError`).
         mmap: ``None`` follows ``CKPT_MMAP`` (default on): arrays are then zero-copy views of the
             memory-mapped file, valid as long as they are referenced (even after the file is replaced or
-            removed). ``False`` reads everything into private memory.
+            removed). ``False`` reads the file once, whole, into private memory and verifies it there; the
+            arrays are writable views of that memory (which lives as long as any of them), not of the file.
         writable: ``True`` (the default): what was saved writable comes back writable, whatever its size
             or compression: mapped arrays are copy-on-write views (``MAP_PRIVATE``: zero copy until a page
             is written; writes stay in this process and never reach the file). ``False``: arrays stored
@@ -890,6 +891,16 @@ class Checkpointer:
             thread only ``()`` is accepted (:class:`InvalidStateError` otherwise).
         keep_best, metric, mode: besides the newest ``keep``, keep the ``keep_best`` generations with the
             best ``metrics[metric]`` given to :meth:`save` (``mode="min"``: smallest, ``"max"``: largest).
+        comm: an mpi4py communicator (``MPI.COMM_WORLD``, or a duplicate of it) to checkpoint every rank
+            together, as ``ckpt_mpi.h`` does for C: the rank and the number of ranks come from it;
+            :meth:`restore` agrees on the newest step *every* rank can read and unpickle (falling back
+            together); :meth:`should_checkpoint` and :meth:`should_exit` are true on every rank when true on
+            any (a signal to one rank makes all ranks save the same step, and leave together); and a
+            :meth:`save` counts only when every rank's part is durable. The constructor, these four methods
+            are then collective: every rank calls them at the same points, in the same order, from the
+            thread that uses MPI. Errors are raised on every rank. Not supported with ``comm`` yet:
+            ``keep_best``, ``save(blocking=False)``, ``restore(step=...)``. ``None`` (the default): this
+            process alone.
 
     The checkpoint directory is created if needed and checked at once: an ``OSError``
     (:class:`PermissionError`, ``EROFS``...) naming it is raised here rather than at the first save.
@@ -918,6 +929,37 @@ class Checkpointer:
         keep_best: int = 0,
         metric: str | None = None,
         mode: Literal["min", "max"] = "min",
+        comm: Any = None,
+    ) -> None:
+        #: The collectives over ``comm`` (``None``: this process alone).
+        self._mpi: _mpi.Collective | None = None if comm is None else _mpi.Collective(comm)
+        error: Exception | None = None
+        try:
+            self._open(name, directory, interval, keep, signals, keep_best, metric, mode)
+        except Exception as e:
+            error = e
+        if self._mpi is None:
+            if error is not None:
+                raise error
+            return
+        # All or nothing: when the checkpointer cannot be created on some rank, no rank keeps one.
+        try:
+            self._mpi.check(error)
+        except BaseException:
+            if error is None:
+                self.close()
+            raise
+
+    def _open(
+        self,
+        name: str | None,
+        directory: PathArg | None,
+        interval: float | str | datetime.timedelta | None,
+        keep: int,
+        signals: Iterable[str | int],
+        keep_best: int,
+        metric: str | None,
+        mode: Literal["min", "max"],
     ) -> None:
         #: What the last :meth:`restore` loaded (``None``: nothing, a fresh start).
         self.restored: RestoreInfo | None = None
@@ -945,6 +987,7 @@ class Checkpointer:
                 keep_best_arg,
                 metric,
                 mode,
+                None if self._mpi is None else (self._mpi.rank, self._mpi.size),
             )
         except BaseException:
             self._handlers.restore()
@@ -963,7 +1006,12 @@ class Checkpointer:
     # -- triggers -------------------------------------------------------------------------------------------
 
     def should_checkpoint(self) -> bool:
-        """Whether a checkpoint is due: a signal, the interval, the time limit or a request (one atomic load)."""
+        """Whether a checkpoint is due: a signal, the interval, the time limit or a request (one atomic load).
+
+        With ``comm``: whether one is due on *any* rank (one small allreduce, collective: every rank asks
+        at the same points), so every rank saves the same step."""
+        if self._mpi is not None:
+            return self._mpi.poll(self._native.should_checkpoint(), self._native.should_exit())[0]
         return self._native.should_checkpoint()
 
     def should_exit(self) -> bool:
@@ -971,7 +1019,12 @@ class Checkpointer:
 
         When that checkpoint is a background save still being written, waits until it is durable (and
         raises its error if it failed), so that ``True`` always means "the exit checkpoint is durable".
-        Otherwise one atomic load: a background save that no exit waits for is not waited for."""
+        Otherwise one atomic load: a background save that no exit waits for is not waited for.
+
+        With ``comm``: whether any rank's exit was asked and its step committed (one small allreduce,
+        collective), so every rank leaves at the same step."""
+        if self._mpi is not None:
+            return self._mpi.poll(self._native.should_checkpoint(), self._native.should_exit())[1]
         h = self._inflight
         if h is not None and not h.done() and self._native.exit_pending():
             self._settle_inflight()
@@ -1045,10 +1098,22 @@ class Checkpointer:
         as after a failed blocking save).
 
         Every rank of a multi-rank job must call it at the same points (rank 0 commits the step).
+
+        With ``comm`` the save is collective: every rank writes its part of the same step (``step`` must
+        be the same on every rank) durably, and rank 0 commits the step only when every part is durable;
+        a failure on any rank raises on every rank (the failing rank's own error, the others' naming it),
+        and nothing is committed then (the previous step stays the newest, and what made the checkpoint
+        due is due again). ``blocking=False`` is not supported with ``comm`` yet.
         """
         s = _step_arg(obj, step, self._saves + 1)
         m = _metrics_arg(metrics)
         c = _compress_arg(compress)
+        if self._mpi is not None:
+            if not blocking:
+                raise InvalidArgumentError(
+                    "save(blocking=False) is not supported with comm= yet (save blocking)", kind="invalid argument"
+                )
+            return self._save_collective(self._mpi, obj, s, c, m)
         stream, buffers, sizes = _pickling.dumps(obj)
         try:
             with self._save_lock:
@@ -1062,6 +1127,34 @@ class Checkpointer:
                 return h
         finally:
             _release(stream, buffers)
+
+    def _save_collective(self, mpi: _mpi.Collective, obj: Any, s: int, c: str | None, m: str | None) -> SaveInfo:
+        pickled = None
+        failed: Exception | None = None
+        try:
+            pickled = _pickling.dumps(obj)
+        except Exception as e:
+            failed = e
+        native = self._native
+
+        def write(generation: int) -> tuple[dict[str, Any], Any]:
+            assert pickled is not None
+            stream, buffers, sizes = pickled
+            return native.save_part(
+                stream, buffers, generation=generation, step=s, compress=c, item_sizes=sizes, metrics=m
+            )
+
+        try:
+            with self._save_lock:
+                self._saves += 1
+                d, manifest = mpi.save(native, write, s, failed)
+        finally:
+            if pickled is not None:
+                _release(pickled[0], pickled[1])
+        d = dict(d)
+        d["generation_path"] = d["path"]
+        d["path"] = manifest
+        return _save_info(d, m)
 
     def _settle_inflight(self, raise_failure: bool = True) -> None:
         """Waits for the background save in flight. Its failure, unless its handle reported it already, is
@@ -1108,6 +1201,12 @@ class Checkpointer:
         self.restored = None
         self.restore_notices = ()
         native = self._native
+        if self._mpi is not None:
+            if step is not None:
+                raise InvalidArgumentError(
+                    "restore(step=...) is not supported with comm= yet", kind="invalid argument"
+                )
+            return self._restore_collective(self._mpi, default, mmap, writable, trusted)
         if step is not None:
             # A chosen step (ckpt.checkpoints() lists them): that file, or NoValidCheckpointError.
             entry = _entry_of_step(step, self.restart_directory, self.name)
@@ -1143,6 +1242,29 @@ class Checkpointer:
         self.restore_notices = tuple(notices)
         if info is None:
             return default
+        self.restored = _restore_info(info)
+        return obj
+
+    def _restore_collective(
+        self, mpi: _mpi.Collective, default: Any, mmap: bool | None, writable: bool, trusted: bool
+    ) -> Any:
+        native = self._native
+        notices: list[str] = []
+
+        def fetch(max_generation: int | None) -> Any:
+            found, new = native.restore(mmap=mmap, writable=writable, max_generation=max_generation)
+            notices.extend(n for n in new if n not in notices)
+            return found
+
+        def unpickle(found: Any) -> Any:
+            stream, buffers, info = found
+            return _unpickle(stream, buffers, info, trusted, writable=writable)
+
+        obj, info = mpi.restore(fetch, unpickle, _allow_fresh_start)
+        self.restore_notices = tuple(notices)
+        if info is None:
+            return default
+        info["notices"] = notices
         self.restored = _restore_info(info)
         return obj
 
@@ -1200,6 +1322,16 @@ class Checkpointer:
         """The control socket ``ckpt create`` talks to, if any."""
         p = self._native.socket_path
         return None if p is None else Path(p)
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (from ``comm``, else the launcher's variables; 0 for a single process)."""
+        return self._native.rank[0]
+
+    @property
+    def nranks(self) -> int:
+        """The number of ranks that checkpoint together (``comm``'s size; 1 for a single process)."""
+        return self._native.rank[1]
 
     @property
     def closed(self) -> bool:

@@ -75,6 +75,9 @@ class SaveHandle:
     @property
     def step(self) -> int: ...
 
+#: A rank's part of a multi-rank step: (generation, step, file_len, rank, nranks, header_crc32, table_crc32).
+_PartIdentity = tuple[int, int, int, int, int, int, int]
+
 @final
 class Checkpointer:
     def __new__(
@@ -87,6 +90,7 @@ class Checkpointer:
         keep_best: int = 0,
         metric: str | None = None,
         mode: str = "min",
+        rank: tuple[int, int] | None = None,
     ) -> Checkpointer: ...
     def should_checkpoint(self) -> bool: ...
     def should_exit(self) -> bool: ...
@@ -114,6 +118,22 @@ class Checkpointer:
     ) -> SaveHandle: ...
     def exit_pending(self) -> bool: ...
     def release_staging(self) -> None: ...
+    # A collective save over MPI (ckpt._mpi): agree on the generation, write this rank's part, gather the
+    # parts' identities to rank 0, which commits the step; every rank then learns the outcome.
+    def next_generation(self) -> int: ...
+    def save_part(
+        self,
+        stream: Buffer,
+        buffers: Sequence[Buffer],
+        *,
+        generation: int,
+        step: int,
+        compress: str | None = None,
+        item_sizes: list[int] | None = None,
+        metrics: str | None = None,
+    ) -> tuple[_Info, _PartIdentity]: ...
+    def commit_step_parts(self, generation: int, step: int, parts: list[_PartIdentity]) -> _Info: ...
+    def finish_step(self, committed: bool) -> None: ...
     def restore(
         self, *, mmap: bool | None = None, writable: bool = True, max_generation: int | None = None
     ) -> tuple[_Loaded | None, list[str]]: ...

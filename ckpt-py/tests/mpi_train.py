@@ -1,0 +1,78 @@
+"""A small MPI "training" run for test_mpi.py: run under mpirun with mpi4py.
+
+    [TRAIN_SIGNAL=RANK:STEP:SIG] [TRAIN_EVERY=N] mpirun -np 4 python mpi_train.py OUT STEPS
+
+(the options are in the environment: the command line is part of the run's identity, which a restart
+must match).
+
+Each rank updates its own integer array and a history with a value that couples all ranks (an
+allreduce), so a rank restored from another step than the others changes every rank's result. It
+checkpoints collectively through ``ckpt.Checkpointer(comm=MPI.COMM_WORLD)`` when a checkpoint is due:
+``TRAIN_EVERY=N`` makes rank 0 alone request one every N steps (the others learn it from the collective
+poll); ``TRAIN_SIGNAL=RANK:STEP:SIG`` makes rank RANK send itself SIG after step STEP on a fresh start (TERM:
+every rank must checkpoint that step and leave; KILL: the job dies). At the end each rank writes
+``OUT/rank<r>.json``: its final state's step and digest, the step it restored (or null) and the step
+it left at on should_exit() (or null).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import ckpt
+
+
+def main() -> int:
+    out = sys.argv[1]
+    steps = int(sys.argv[2])
+    sig = None
+    if os.environ.get("TRAIN_SIGNAL"):
+        r, s, name = os.environ["TRAIN_SIGNAL"].split(":")
+        sig = (int(r), int(s), getattr(signal, "SIG" + name))
+    every = int(os.environ.get("TRAIN_EVERY") or 0)
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    with ckpt.Checkpointer("mpitrain", comm=comm, keep=3) as cp:
+        assert (cp.rank, cp.nranks) == (rank, comm.Get_size())
+        state = cp.restore(default=None)
+        restored = None if state is None else state["step"]
+        if state is None:
+            state = {"step": 0, "x": np.arange(1000, dtype=np.int64) * (rank + 1), "history": []}
+        print(f"rank {rank} restored {restored}", flush=True)
+        exited = None
+        while state["step"] < steps:
+            i = state["step"]
+            x = state["x"]
+            x *= 31
+            x += i + rank
+            x %= 1_000_003
+            total = comm.allreduce(int(x.sum()), op=MPI.SUM)
+            x += total % 7
+            state["history"].append(total)
+            state["step"] = i + 1
+            if sig is not None and restored is None and rank == sig[0] and state["step"] == sig[1]:
+                os.kill(os.getpid(), sig[2])
+            if every and rank == 0 and state["step"] % every == 0:
+                cp.request_checkpoint()
+            if cp.should_checkpoint():
+                info = cp.save(state)
+                assert info.step == state["step"], info
+            if cp.should_exit():
+                print(f"rank {rank} exit {state['step']}", flush=True)
+                exited = state["step"]
+                break
+    digest = hashlib.sha256(state["x"].tobytes() + json.dumps(state["history"]).encode()).hexdigest()
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"step": state["step"], "digest": digest, "restored": restored, "exited": exited}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Checkpointer(comm=MPI.COMM_WORLD): 4 ranks under Open MPI's mpirun with mpi4py (tests/mpi_train.py).
+
+Every rank restarts from the same step (the newest every rank can read: a damaged part on one rank sends
+all ranks back together), a signal to one rank makes all ranks checkpoint the same step and leave, a job
+killed (SIGKILL on one rank) resumes from its last committed step, and the results are identical to an
+uninterrupted run's.
+
+Needs mpirun (Open MPI) and mpi4py in the test's Python: skipped with a message when either is missing,
+except under CI=true, where it must run (run-tests.sh installs mpi4py; .ci/run installs Open MPI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+SCRIPT = HERE / "mpi_train.py"
+NP = 4
+STEPS = 20
+
+
+def _mpirun() -> str | None:
+    # Open MPI's own launcher when several MPI implementations are installed (mpirun may be MPICH's).
+    for name in ("mpirun.openmpi", "mpirun"):
+        path = shutil.which(name)
+        if path is None:
+            continue
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+        if "Open MPI" in out.stdout + out.stderr:
+            return path
+    return None
+
+
+def _missing() -> str | None:
+    if _mpirun() is None:
+        return "no Open MPI mpirun on PATH (apt-get install openmpi-bin libopenmpi-dev)"
+    r = subprocess.run([sys.executable, "-c", "import mpi4py"], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        return f"mpi4py is not installed in {sys.executable} (pip install mpi4py)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def mpirun() -> str:
+    why = _missing()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the MPI tests: {why}")
+        pytest.skip(f"MPI tests skipped: {why}")
+    path = _mpirun()
+    assert path is not None
+    return path
+
+
+class Job:
+    """One checkpoint directory and the runs of mpi_train.py over it."""
+
+    def __init__(self, mpirun: str, root: Path) -> None:
+        self.mpirun = mpirun
+        self.dir = root / "ckpt"
+        self.out = root / "out"
+        self.dir.mkdir(parents=True)
+        self.out.mkdir()
+
+    def run(self, *, expect_ok: bool = True, **env_extra: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CKPT_", "TRAIN_", "OMPI_", "PMIX_"))}
+        env.update(
+            CKPT_DIR=str(self.dir),
+            # root in containers; shared memory without ptrace (no CMA) in containers
+            OMPI_ALLOW_RUN_AS_ROOT="1",
+            OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+            OMPI_MCA_btl_vader_single_copy_mechanism="none",
+            OMPI_MCA_rmaps_base_oversubscribe="1",
+            # mpi4py's binary wheel carries extensions for Open MPI's and MPICH's ABI: use Open MPI's
+            MPI4PY_MPIABI="openmpi",
+            **env_extra,
+        )
+        for f in self.out.iterdir():
+            f.unlink()
+        r = subprocess.run(
+            [self.mpirun, "--oversubscribe", "-np", str(NP), sys.executable, str(SCRIPT), str(self.out), str(STEPS)],
+            env=env,
+            cwd=self.dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if expect_ok:
+            assert r.returncode == 0, (r.stdout, r.stderr)
+        return r
+
+    def results(self) -> list[dict[str, object]]:
+        return [json.loads((self.out / f"rank{r}.json").read_text()) for r in range(NP)]
+
+    def newest_parts(self) -> Path:
+        parts = self.dir / "mpitrain.ckpt.parts"
+        return max((p for p in parts.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def each(job: Job, key: str) -> list[object]:
+    """``key`` of every rank's result."""
+    return [x[key] for x in job.results()]
+
+
+@pytest.fixture(scope="module")
+def reference(mpirun: str, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The digests of an uninterrupted run (which checkpoints every 5 steps: saving changes nothing)."""
+    job = Job(mpirun, tmp_path_factory.mktemp("reference"))
+    r = job.run(TRAIN_EVERY="5")
+    assert each(job, "restored") == [None] * NP, (r.stdout, r.stderr)
+    results = job.results()
+    assert all(x["step"] == STEPS for x in results)
+    return [str(x["digest"]) for x in results]
+
+
+def test_a_signal_to_one_rank_checkpoints_every_rank_at_the_same_step(mpirun, reference, tmp_path):
+    job = Job(mpirun, tmp_path)
+    # SIGTERM to rank 2 alone after step 7: every rank saves step 7 and leaves there.
+    r = job.run(TRAIN_SIGNAL="2:7:TERM")
+    assert each(job, "exited") == [7] * NP, (r.stdout, r.stderr)
+    assert each(job, "step") == [7] * NP
+    # The restart resumes step 7 on every rank and ends where the uninterrupted run ended.
+    r = job.run()
+    assert each(job, "restored") == [7] * NP, (r.stdout, r.stderr)
+    assert [x["digest"] for x in job.results()] == reference
+
+
+def test_killed_and_restarted_resumes_the_last_committed_step(mpirun, reference, tmp_path):
+    job = Job(mpirun, tmp_path)
+    # Rank 0 alone requests a checkpoint every 5 steps (the others learn it from the collective poll);
+    # rank 1 is killed after step 12: the job dies with steps 5 and 10 committed.
+    r = job.run(expect_ok=False, TRAIN_EVERY="5", TRAIN_SIGNAL="1:12:KILL")
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    r = job.run(TRAIN_EVERY="5")
+    assert each(job, "restored") == [10] * NP, (r.stdout, r.stderr)
+    assert [x["digest"] for x in job.results()] == reference
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_a_damaged_part_on_one_rank_sends_every_rank_back_together(mpirun, reference, tmp_path, damage):
+    job = Job(mpirun, tmp_path)
+    r = job.run(expect_ok=False, TRAIN_EVERY="5", TRAIN_SIGNAL="1:17:KILL")  # steps 5, 10, 15 committed
+    assert r.returncode != 0
+    part = job.newest_parts() / "rank3.ckpt"
+    assert part.exists(), sorted(p.name for p in job.newest_parts().iterdir())
+    if damage == "corrupt":
+        data = bytearray(part.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        part.write_bytes(bytes(data))
+    else:
+        part.unlink()
+    # Rank 3 cannot read step 15: every rank restarts from step 10 (the minimum, never the maximum).
+    r = job.run(TRAIN_EVERY="5")
+    assert each(job, "restored") == [10] * NP, (r.stdout, r.stderr)
+    assert [x["digest"] for x in job.results()] == reference
