@@ -575,6 +575,27 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
         img.pause_us as f64 / 1e3
     );
     println!("memory      {} saved of {} mapped", human(img.saved_bytes()), human(img.mapped_bytes()));
+    let threads = process_image::read_threads(cp, &img)?;
+    if !threads.is_empty() {
+        let names: Vec<String> = threads
+            .iter()
+            .map(|t| if t.name.is_empty() { t.tid.to_string() } else { format!("{} ({})", t.tid, show(&t.name)) })
+            .collect();
+        println!("threads     {}: {}", threads.len(), names.join(", "));
+    }
+    let pending = process_image::read_pending(cp)?;
+    if pending != process_image::PendingSignals::default() {
+        println!("pending     process {:#x}, threads {:?} (signals raised again on restart)", pending.shared, pending.threads);
+    }
+    for l in process_image::read_locks(cp, &img)? {
+        println!(
+            "lock        fd {} {} {}{}",
+            l.fd,
+            if l.posix { "POSIX" } else { "flock" },
+            if l.write { "exclusive" } else { "shared" },
+            if l.posix { format!(" bytes {}+{}", l.start, l.len) } else { String::new() }
+        );
+    }
     println!("{:<33} {:>4} {:<9} {:>10} {:>5}  path", "region", "prot", "kind", "saved", "runs");
     for r in &img.regions {
         let prot = format!(
@@ -620,7 +641,15 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
 pub fn image_json(cp: &Checkpoint) -> Result<serde_json::Value, Error> {
     let img = process_image::read(cp)?;
     let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let threads = process_image::read_threads(cp, &img)?;
+    let pending = process_image::read_pending(cp)?;
+    let locks = process_image::read_locks(cp, &img)?;
     Ok(serde_json::json!({
+        "layout": img.version,
+        "threads": threads.iter().map(|t| serde_json::json!({"tid": t.tid, "name": show(&t.name)})).collect::<Vec<_>>(),
+        "pending_signals": {"process": pending.shared, "threads": pending.threads},
+        "locks": locks.iter().map(|l| serde_json::json!({"fd": l.fd, "posix": l.posix, "write": l.write,
+            "start": l.start, "len": l.len})).collect::<Vec<_>>(),
         "exe": show(&img.exe), "argv": img.argv.iter().map(|a| show(a)).collect::<Vec<_>>(), "cwd": show(&img.cwd),
         "kernel": img.fingerprint.kernel_release, "libc": img.fingerprint.libc_version,
         "rlimit_stack": img.rlimit_stack.0, "sequence": img.sequence, "restarts": img.restarts, "pid": img.pid,
