@@ -585,7 +585,10 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
     }
     let pending = process_image::read_pending(cp)?;
     if pending != process_image::PendingSignals::default() {
-        println!("pending     process {:#x}, threads {:?} (signals raised again on restart)", pending.shared, pending.threads);
+        println!(
+            "pending     process {:#x}, threads {:?} (signals raised again on restart)",
+            pending.shared, pending.threads
+        );
     }
     for l in process_image::read_locks(cp, &img)? {
         println!(

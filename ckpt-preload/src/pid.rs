@@ -168,6 +168,10 @@ fn real(cache: &AtomicUsize, name: &'static [u8]) -> usize {
 /// Defines `$name` with the first argument passed through `$map` and every other argument unchanged.
 macro_rules! interpose_first {
     ($name:ident, $map:path, $first:ident: $fty:ty, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr) => {
+        #[doc = concat!("`", stringify!($name), "`, with an earlier pid or clock id of this process made current.")]
+        ///
+        /// # Safety
+        /// The contract of libc's function of this name.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($first: $fty, $($arg: $ty),*) -> $ret {
             static REAL: AtomicUsize = AtomicUsize::new(0);
@@ -196,6 +200,9 @@ interpose_first!(kill, current_pid, pid: libc::pid_t, (sig: c_int) -> c_int, -1)
 interpose_first!(sigqueue, current_pid, pid: libc::pid_t, (sig: c_int, value: libc::sigval) -> c_int, -1);
 
 /// `tgkill(tgid, tid, sig)`: both ids follow the process (the main thread's tid is its pid).
+///
+/// # Safety
+/// The contract of libc's `tgkill`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) -> c_int {
     // SAFETY: the raw system call with the caller's signal.

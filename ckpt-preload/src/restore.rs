@@ -752,7 +752,6 @@ impl ArenaWriter {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn build_plan(
     image: &ProcessImage,
     threads: &[ThreadRecord],

@@ -81,6 +81,10 @@ fn status(r: libc::c_long) -> c_int {
 /// (libc's function with the kernel's tid in place, see [`with_kernel_tid`]).
 macro_rules! interpose_both {
     ($name:ident, ($($arg:ident: $ty:ty),*), |$now:ident| $other:expr) => {
+        #[doc = concat!("`", stringify!($name), "`, for the thread's current tid after a restart.")]
+        ///
+        /// # Safety
+        /// The contract of libc's function of this name.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(th: libc::pthread_t, $($arg: $ty),*) -> c_int {
             if let Some($now) = restored_other(th) {
@@ -119,40 +123,51 @@ macro_rules! interpose {
 // SAFETY (every block below): the raw system calls take the caller's pointers under the contract of the
 // pthread function they implement, for the thread's current kernel tid.
 interpose_both!(pthread_setaffinity_np, (size: libc::size_t, set: *const libc::cpu_set_t), |now| {
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     status(unsafe { libc::syscall(libc::SYS_sched_setaffinity, now, size, set) })
 });
 interpose_both!(pthread_getaffinity_np, (size: libc::size_t, set: *mut libc::cpu_set_t), |now| {
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     let r = unsafe { libc::syscall(libc::SYS_sched_getaffinity, now, size, set) };
     if r >= 0 && (r as usize) < size {
         // As glibc: the bytes the kernel did not write are zero.
+        // SAFETY: the caller's pointers and values, under the contract of the pthread function.
         unsafe { std::ptr::write_bytes((set as *mut u8).add(r as usize), 0, size - r as usize) };
     }
     status(r)
 });
 interpose_both!(pthread_setschedparam, (policy: c_int, param: *const libc::sched_param), |now| {
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     status(unsafe { libc::syscall(libc::SYS_sched_setscheduler, now, policy, param) })
 });
 interpose_both!(pthread_getschedparam, (policy: *mut c_int, param: *mut libc::sched_param), |now| {
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     let r = unsafe { libc::syscall(libc::SYS_sched_getscheduler, now) };
     if r < 0 {
         return status(r);
     }
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     unsafe { *policy = r as c_int };
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     status(unsafe { libc::syscall(libc::SYS_sched_getparam, now, param) })
 });
 interpose_both!(pthread_setschedprio, (prio: c_int), |now| {
     let param = libc::sched_param { sched_priority: prio };
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     status(unsafe { libc::syscall(libc::SYS_sched_setparam, now, &param as *const libc::sched_param) })
 });
 interpose_both!(pthread_getcpuclockid, (clock: *mut libc::clockid_t), |now| {
     // MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED), as glibc's.
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     unsafe { *clock = ((!now) << 3) | 6 };
     0
 });
 interpose_both!(pthread_sigqueue, (sig: c_int, value: *mut c_void), |now| {
     // The siginfo glibc's pthread_sigqueue builds: SI_QUEUE from this process and user.
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let words = &mut info as *mut libc::siginfo_t as *mut i32;
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     unsafe {
         *words = sig;
         *words.add(2) = -1; // SI_QUEUE
@@ -160,15 +175,18 @@ interpose_both!(pthread_sigqueue, (sig: c_int, value: *mut c_void), |now| {
         *words.add(5) = libc::getuid() as i32;
         *((words as *mut u8).add(24) as *mut *mut c_void) = value;
     }
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     status(unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, libc::getpid(), now, sig, &info as *const _) })
 });
 interpose!(pthread_getattr_np, (attr: *mut libc::pthread_attr_t));
 interpose_both!(pthread_setname_np, (name: *const libc::c_char), |now| {
     // glibc writes /proc/self/task/<cached tid>/comm for another thread: use its current tid.
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     let len = unsafe { libc::strlen(name) };
     if len > 15 {
         return libc::ERANGE;
     }
+    // SAFETY: the caller's pointers and values, under the contract of the pthread function.
     match std::fs::write(format!("/proc/self/task/{now}/comm"), unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) }) {
         Ok(()) => 0,
         Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
@@ -183,6 +201,7 @@ interpose_both!(pthread_getname_np, (buf: *mut libc::c_char, len: libc::size_t),
             if n.len() >= len {
                 return libc::ERANGE;
             }
+            // SAFETY: the caller's pointers and values, under the contract of the pthread function.
             unsafe {
                 std::ptr::copy_nonoverlapping(n.as_ptr(), buf.cast::<u8>(), n.len());
                 *buf.add(n.len()) = 0;
@@ -198,6 +217,7 @@ interpose_both!(pthread_getname_np, (buf: *mut libc::c_char, len: libc::size_t),
 ///
 /// # Safety
 /// The contract of libc's `pthread_kill`.
+// SAFETY: the caller's pointers and values, under the contract of the pthread function.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_kill(th: libc::pthread_t, sig: c_int) -> c_int {
     if let Some(now) = restored_other(th) {
