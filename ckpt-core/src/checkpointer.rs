@@ -833,10 +833,61 @@ impl Checkpointer {
         }
     }
 
-    /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit).
+    /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit). With several ranks it
+    /// writes this rank's part only, as [`Checkpointer::checkpoint_part`] does.
     pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
-        let mut w = self.begin(app_step)?;
-        if let Err(e) = w.add_serde("state", value) {
+        self.write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
+    }
+
+    /// Takes a whole checkpoint of step `app_step`: begins it, lets `write` add the sections, and commits
+    /// it durably; when `write` fails the checkpoint is abandoned ([`Checkpointer::abort`]) and its error
+    /// returned. The sequence every face uses, so that abort and the step policy live in one place.
+    ///
+    /// With several ranks and no collective layer (MPI helpers use [`Checkpointer::checkpoint_part`]
+    /// and commit the step themselves), this writes this rank's part; rank 0 then waits for every rank's
+    /// part and commits the step ([`Store::commit_step`], whose figures it returns), and concludes it with
+    /// [`Checkpointer::finish_step`]; the other ranks cannot learn the outcome and count their durable part
+    /// ([`Checkpointer::finish_step_unconfirmed`]).
+    pub fn checkpoint(
+        &self,
+        app_step: i64,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        let info = self.write_and_commit(self.begin(app_step), write)?;
+        let config = self.store.config();
+        if config.nranks <= 1 {
+            return Ok(info);
+        }
+        if config.rank != 0 {
+            self.finish_step_unconfirmed();
+            return Ok(info);
+        }
+        let step = self.store.commit_step(info.generation, app_step);
+        self.finish_step(step.is_ok());
+        step
+    }
+
+    /// This rank's part of multi-rank generation `generation` (agreed by all ranks), written by `write`
+    /// as in [`Checkpointer::checkpoint`]; the step is committed elsewhere (rank 0, once every part is
+    /// durable) and concluded on every rank with [`Checkpointer::finish_step`].
+    pub fn checkpoint_part(
+        &self,
+        generation: u64,
+        app_step: i64,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        self.write_and_commit(self.begin_part(generation, app_step), write)
+    }
+
+    /// Begun → written → committed, or abandoned when `write` fails.
+    fn write_and_commit(
+        &self,
+        begun: Result<CheckpointWriter>,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        let mut w = begun?;
+        if let Err(e) = write(&mut w) {
+            // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
             self.abort(w, &e);
             return Err(e);
         }

@@ -811,6 +811,27 @@ impl Store {
         w.commit()
     }
 
+    /// [`crate::Checkpointer::checkpoint`] without triggers: begins a checkpoint of step `app_step`, lets
+    /// `write` add the sections and commits it (a failing `write` leaves no trace: the temporary file is
+    /// removed). With several ranks this writes this rank's part; rank 0 then waits for every part, commits
+    /// the step (returning the manifest's figures) and removes its own retired parts
+    /// ([`Store::after_step_committed`]).
+    pub fn checkpoint(
+        &self,
+        app_step: i64,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        let mut w = self.begin(app_step)?;
+        write(&mut w)?;
+        let info = w.commit()?;
+        if self.config.nranks <= 1 || self.config.rank != 0 {
+            return Ok(info);
+        }
+        let mut step = self.commit_step(info.generation, app_step)?;
+        step.warnings.extend(self.after_step_committed(info.generation));
+        Ok(step)
+    }
+
     /// Commits multi-rank generation `generation`: waits (up to the configured commit timeout) until every
     /// rank's part is durable and structurally valid, then writes the manifest. Normally called by rank 0
     /// after a barrier, so the wait is short.

@@ -172,26 +172,7 @@ impl PyCheckpointer {
         let cp = self.get(py)?;
         let compression = buffers::compression(py, compress, self.config.compression)?;
         save_detached(py, stream, buffers, item_sizes, |views| {
-            let mut w = cp.begin(step)?;
-            if let Err(e) = buffers::write_sections(&mut w, views, compression) {
-                // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
-                cp.abort(w, &e);
-                return Err(e);
-            }
-            let info = cp.commit(w)?;
-            let cfg = cp.config();
-            if cfg.nranks > 1 {
-                // A rank's part is not a step: rank 0 commits it, and only then may the exit be armed.
-                // Without MPI the other ranks cannot learn the outcome and count their durable part.
-                if cfg.rank != 0 {
-                    cp.finish_step_unconfirmed();
-                    return Ok(info);
-                }
-                let step_result = cp.store().commit_step(info.generation, step);
-                cp.finish_step(step_result.is_ok());
-                return step_result;
-            }
-            Ok(info)
+            cp.checkpoint(step, |w| buffers::write_sections(w, views, compression))
         })
     }
 
