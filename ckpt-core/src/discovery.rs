@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::config::base_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::FileKind;
+use crate::format::ManifestEntry;
 use crate::identity::{ResumeFrom, RunIdentity};
 use crate::reader::{Checkpoint, LoadOptions};
 use crate::store::{NameKind, Store, any_base, classify, parse_manifest};
@@ -514,7 +515,7 @@ impl Store {
         let base = any_base(file_name).unwrap_or(file_name);
         let generation_dir = dir.join(format!("{base}.parts")).join(cp.generation().to_string());
         let open_part = |r: u32| -> Result<Checkpoint> {
-            let (_, len, hc, tc) = entries[r as usize];
+            let ManifestEntry { file_len: len, header_crc32: hc, table_crc32: tc, .. } = entries[r as usize];
             let part_path = generation_dir.join(format!("rank{r}.ckpt"));
             let part = Checkpoint::open_with(&**self.storage(), &part_path, LoadOptions { mmap: self.config().mmap })
                 .map_err(|e| {

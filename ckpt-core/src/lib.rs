@@ -54,9 +54,10 @@
 //!
 //! # Testing against crashes
 //!
-//! All I/O goes through the [`storage::Storage`] trait. [`storage::MemStorage`] models what a power cut
-//! keeps (only what was fsynced) and [`storage::FaultStorage`] fails the Nth operation, so the commit
-//! protocol can be checked at every instant.
+//! All I/O goes through the [`storage::Storage`] trait. The workspace's tests (the `testing` feature) use
+//! `storage::MemStorage`, which models what a power cut keeps (only what was fsynced), and
+//! `storage::FaultStorage`, which fails the Nth operation, so the commit protocol can be checked at every
+//! instant.
 
 #![warn(missing_docs)]
 
@@ -83,7 +84,7 @@ pub use config::{
 };
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
-pub use format::{Codec, Encoding, FileKind, Header, SectionEntry};
+pub use format::{Codec, Encoding, FileKind, Header, ManifestEntry, SectionEntry};
 pub use reader::{Checkpoint, LoadOptions, SectionData, read_header};
 pub use store::{
     CheckpointWriter, CommitInfo, NameKind, PartIdentity, Store, any_base, begin_file, classify, parse_manifest,

@@ -1,5 +1,6 @@
 //! [`FaultStorage`]: fails the Nth operation of any storage with a chosen errno.
 
+use std::sync::atomic::AtomicU64;
 
 use super::*;
 

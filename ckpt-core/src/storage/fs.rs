@@ -393,8 +393,9 @@ pub fn wait_for_background_frees() {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::PathBuf;
 
+    use super::*;
 
     /// Removing or replacing a large file changes the directory at once; only its last-name, regular,
     /// large files are kept open for freeing on another thread.
@@ -492,7 +493,7 @@ mod tests {
     /// about before, and back again.
     #[test]
     fn the_spare_check_of_a_relative_directory_follows_chdir() {
-        if !in_child_process("storage::tests::the_spare_check_of_a_relative_directory_follows_chdir") {
+        if !in_child_process("storage::fs::tests::the_spare_check_of_a_relative_directory_follows_chdir") {
             return;
         }
         // Local: tmpfs (/dev/shm) and the temporary directory (ext4 or tmpfs on the test machines; a CI
@@ -519,7 +520,7 @@ mod tests {
     #[test]
     fn a_reused_spare_gets_the_mode_a_new_file_gets() {
         use std::os::unix::fs::PermissionsExt;
-        if !in_child_process("storage::tests::a_reused_spare_gets_the_mode_a_new_file_gets") {
+        if !in_child_process("storage::fs::tests::a_reused_spare_gets_the_mode_a_new_file_gets") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,7 @@
 //! [`MemStorage`]: an in-memory file system that models what a power cut keeps.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use super::*;
 

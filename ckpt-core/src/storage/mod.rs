@@ -1,31 +1,35 @@
 //! The I/O seam: every file-system call the library makes goes through [`Storage`].
 //!
-//! [`FileStorage`] is the real thing. [`MemStorage`] is an in-memory model that remembers, separately,
-//! what was only written and what was made durable (file contents by `sync`, directory entries by
-//! `sync_dir`), so tests can build the image a power cut would leave at any instant
-//! ([`MemStorage::crash_image`]). [`FaultStorage`] wraps any storage and fails the Nth operation with a
-//! chosen errno, for fault-injection tests against a reference model.
+//! [`FileStorage`] is the real thing. With the `testing` feature (this workspace's tests), `MemStorage` is
+//! an in-memory model that remembers, separately, what was only written and what was made durable (file
+//! contents by `sync`, directory entries by `sync_dir`), so tests can build the image a power cut would
+//! leave at any instant (`MemStorage::crash_image`), and `FaultStorage` wraps any storage and fails the
+//! Nth operation with a chosen errno, for fault-injection tests against a reference model.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt as _, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+#[cfg(any(test, feature = "testing"))]
 mod fault;
 mod file_writer;
 mod fs;
+#[cfg(any(test, feature = "testing"))]
 mod mem;
 
+// The test doubles are for this workspace's tests (the `testing` feature), not part of the API.
+#[cfg(any(test, feature = "testing"))]
 pub use fault::{FaultStorage, Op};
 pub use file_writer::disable_io_threads;
 use file_writer::{FileWriter, io_threads_allowed};
 pub use fs::{FileStorage, wait_for_background_frees};
+#[cfg(any(test, feature = "testing"))]
 pub use mem::{CrashMode, MemStorage};
 
 /// A read-only view of a whole file's bytes (a memory map, or a buffer for in-memory storage).

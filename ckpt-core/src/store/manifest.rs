@@ -2,10 +2,7 @@
 
 use super::*;
 
-/// Name of the manifest's section listing the parts.
-pub(super) const MANIFEST_SECTION: &str = "ckpt.parts";
-/// Bytes per rank in the manifest section.
-pub(super) const MANIFEST_ENTRY_LEN: usize = 24;
+use crate::format::{MANIFEST_ENTRY_LEN, MANIFEST_SECTION, ManifestEntry};
 
 impl Store {
     /// Writes the manifest of `generation` (one record per rank, in rank order) through the single-file
@@ -22,11 +19,13 @@ impl Store {
         let base = self.config.base_name();
         let mut manifest = Vec::with_capacity(parts.len() * MANIFEST_ENTRY_LEN);
         for p in parts {
-            manifest.extend_from_slice(&p.rank.to_le_bytes());
-            manifest.extend_from_slice(&0u32.to_le_bytes());
-            manifest.extend_from_slice(&p.file_len.to_le_bytes());
-            manifest.extend_from_slice(&p.header_crc32.to_le_bytes());
-            manifest.extend_from_slice(&p.table_crc32.to_le_bytes());
+            let entry = ManifestEntry {
+                rank: p.rank,
+                file_len: p.file_len,
+                header_crc32: p.header_crc32,
+                table_crc32: p.table_crc32,
+            };
+            manifest.extend_from_slice(&entry.to_bytes());
         }
         // Steps in a row reuse the previous commit's view of the directory, as single saves do (the hard
         // link that claims `<base>.<generation>` still fails if anything else took it).
@@ -53,32 +52,9 @@ impl Store {
     }
 }
 
-/// Manifest entries: (rank, file_len, header_crc32, table_crc32).
-pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<(u32, u64, u32, u32)>> {
+/// The manifest's record of every rank's part, in rank order.
+pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<ManifestEntry>> {
     let bytes = cp.read(MANIFEST_SECTION)?;
-    let n = cp.header().nranks as usize;
-    if bytes.len() != n * MANIFEST_ENTRY_LEN {
-        return Err(Error::corrupt(format!("manifest lists {} bytes for {n} ranks", bytes.len()))
-            .with_section(MANIFEST_SECTION)
-            .with_path(cp.path()));
-    }
-    let mut out = Vec::with_capacity(n);
-    for (i, e) in bytes.chunks_exact(MANIFEST_ENTRY_LEN).enumerate() {
-        let rank = u32::from_le_bytes(e[0..4].try_into().expect("4"));
-        if rank as usize != i {
-            return Err(Error::corrupt("manifest ranks are out of order").with_path(cp.path()));
-        }
-        if e[4..8] != [0; 4] {
-            return Err(Error::corrupt(format!("manifest record {i}: reserved bytes are not zero"))
-                .with_section(MANIFEST_SECTION)
-                .with_path(cp.path()));
-        }
-        out.push((
-            rank,
-            u64::from_le_bytes(e[8..16].try_into().expect("8")),
-            u32::from_le_bytes(e[16..20].try_into().expect("4")),
-            u32::from_le_bytes(e[20..24].try_into().expect("4")),
-        ));
-    }
-    Ok(out)
+    ManifestEntry::parse_all(&bytes, cp.header().nranks as usize)
+        .map_err(|e| e.with_section(MANIFEST_SECTION).with_path(cp.path()))
 }

@@ -91,12 +91,12 @@ mod naming;
 mod parts;
 mod prune;
 
+use commit::Plan;
 pub use commit::{CheckpointWriter, begin_file};
 pub use manifest::parse_manifest;
+use naming::*;
 pub use naming::{NameKind, any_base, classify};
 pub use parts::PartIdentity;
-use commit::Plan;
-use naming::*;
 use parts::*;
 use prune::*;
 
@@ -241,7 +241,7 @@ impl Store {
         Ok(Store::new(Config::from_env(app_name)?))
     }
 
-    /// A store over any storage (tests use [`crate::storage::MemStorage`]).
+    /// A store over any storage (the workspace's crash tests use an in-memory one).
     pub fn with_storage(config: Config, storage: Arc<dyn Storage>) -> Store {
         let shared = Shared {
             last_generation: AtomicU64::new(0),
@@ -600,7 +600,6 @@ impl Store {
         step.warnings.extend(self.after_step_committed(info.generation));
         Ok(step)
     }
-
 }
 
 fn listing_of(dir: &Path, base: &str, entries: &[DirEntry]) -> Listing {
@@ -704,5 +703,4 @@ mod tests {
         store.save_serde(9, &9i64).unwrap();
         assert_eq!(listings(), before + 1);
     }
-
 }
