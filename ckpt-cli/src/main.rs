@@ -200,7 +200,7 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
     if as_json {
         let mut v = header_json(&cp);
         v["sections"] = json!(sections);
-        if cp.metadata(ckpt_core::process_image::IMAGE_METADATA_KEY).is_some() {
+        if cp.metadata(ckpt_image::IMAGE_METADATA_KEY).is_some() {
             v["process_image"] = shim::image_json(&cp)?;
         }
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
@@ -244,7 +244,7 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
     }
     let raw: u64 = cp.sections().iter().map(|s| s.raw_len).sum();
     println!("total       {} sections, {} raw in {} on disk", cp.sections().len(), human(raw), human(cp.file_len()));
-    if cp.metadata(ckpt_core::process_image::IMAGE_METADATA_KEY).is_some() {
+    if cp.metadata(ckpt_image::IMAGE_METADATA_KEY).is_some() {
         shim::print_image(&cp)?;
     }
     Ok(ExitCode::SUCCESS)

@@ -5,8 +5,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ckpt_core::process_image::{self, FdKind, ProcessImage, RegionKind};
 use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions, control};
+use ckpt_image::{self as process_image, FdKind, ProcessImage, RegionKind};
 
 use crate::human;
 

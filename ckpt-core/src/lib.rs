@@ -68,7 +68,6 @@ mod discovery;
 mod error;
 pub mod format;
 pub mod identity;
-pub mod process_image;
 mod reader;
 pub mod storage;
 mod store;

@@ -23,7 +23,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
-use ckpt_core::process_image::{FdKind, ProcessImage, RegionKind};
+use ckpt_image::{FdKind, ProcessImage, RegionKind};
 
 use crate::sys::*;
 
@@ -69,7 +69,7 @@ pub struct Plan {
     image_ino: u64,
     /// The marker naming the restored process (written over the restored `CKPT_SHIM_ROOT`), its start
     /// time and this boot's id (NUL-terminated), for the registration.
-    marker: [u8; ckpt_core::process_image::ROOT_MARKER_LEN],
+    marker: [u8; ckpt_image::ROOT_MARKER_LEN],
     root_start: u64,
     boot_id: [u8; 64],
     /// `struct prctl_mm_map` of this process (its code, data, brk and stack bounds), to which the
@@ -180,7 +180,7 @@ pub(crate) fn refuse_restart(image: &str, message: &str) -> ! {
 /// `image_path` is only named in messages, never opened) into this process (see the module
 /// documentation). `nonce` is the one of the marker naming this process. Returns only by exiting.
 pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -> Option<String>) {
-    use ckpt_core::process_image::{IMAGE_FD_VAR, OpenedFile, RootMarker, verified_token};
+    use ckpt_image::{IMAGE_FD_VAR, OpenedFile, RootMarker, verified_token};
     use std::os::fd::FromRawFd;
     use std::os::unix::fs::MetadataExt;
     let t0_ns = monotonic_ns();
@@ -253,19 +253,19 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     if !verified && let Err(e) = cp.verify() {
         refuse(image_path, &e.to_string());
     }
-    let image = match ckpt_core::process_image::read(&cp) {
+    let image = match ckpt_image::read(&cp) {
         Ok(i) => i,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let memory_offset = match cp.section(ckpt_core::process_image::MEMORY_SECTION) {
+    let memory_offset = match cp.section(ckpt_image::MEMORY_SECTION) {
         Ok(s) => s.offset,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let limits = match ckpt_core::process_image::read_limits(&cp) {
+    let limits = match ckpt_image::read_limits(&cp) {
         Ok(l) => l.unwrap_or_default(),
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let noreserve = match ckpt_core::process_image::read_noreserve(&cp) {
+    let noreserve = match ckpt_image::read_noreserve(&cp) {
         Ok(n) => n,
         Err(e) => refuse(image_path, &e.to_string()),
     };
@@ -282,13 +282,13 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         refuse(image_path, &problem);
     }
     let pid = getpid();
-    let start = match ckpt_core::process_image::process_start_time(pid as u32) {
+    let start = match ckpt_image::process_start_time(pid as u32) {
         Ok(s) => s,
         Err(e) => refuse(image_path, &format!("/proc/self/stat: {e}")),
     };
     let marker = RootMarker { pid: pid as u32, start, nonce }.format();
     let mut boot_id = [0u8; 64];
-    if let Some(b) = ckpt_core::process_image::boot_id() {
+    if let Some(b) = ckpt_image::boot_id() {
         crate::fill_cstr(&mut boot_id, b.as_bytes());
     }
     let maps = current_maps();
@@ -316,7 +316,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         (*plan).nrlimits = limits.len().min(MAX_RLIMITS);
         (*plan).image_dev = meta.dev();
         (*plan).image_ino = meta.ino();
-        (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_core::process_image::ROOT_MARKER_LEN]);
+        (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_image::ROOT_MARKER_LEN]);
         (*plan).root_start = start;
         (*plan).boot_id = boot_id;
         if getenv("CKPT_SHIM_RESTORE_READ").is_some_and(|v| v == "1") {
@@ -345,7 +345,7 @@ fn warn_foreign_fds(image: &ProcessImage, image_path: &str) {
             "ckpt restart: descriptor {} ({was}) was inherited from the launcher of the checkpointed program and \
              cannot be restored: it is restored as {as_what} ({}={})\n",
             f.fd,
-            ckpt_core::process_image::FOREIGN_FDS_VAR,
+            ckpt_image::FOREIGN_FDS_VAR,
             if f.kind == FdKind::ForeignNull { "devnull" } else { "close" }
         );
         write_all(2, line.as_bytes());
@@ -421,9 +421,7 @@ fn large_regions_mappable(image: &ProcessImage, noreserve: &[(u64, u64)]) -> Opt
 }
 
 fn preflight(image: &ProcessImage) -> Option<String> {
-    if let Some(why) =
-        ckpt_core::process_image::fingerprint_mismatch(&image.fingerprint, &ckpt_core::process_image::fingerprint())
-    {
+    if let Some(why) = ckpt_image::fingerprint_mismatch(&image.fingerprint, &ckpt_image::fingerprint()) {
         return Some(why);
     }
     // SAFETY: personality(0xffffffff) only queries.
@@ -490,7 +488,7 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&r.path));
             match std::fs::metadata(path) {
                 Ok(meta) => {
-                    let now = ckpt_core::process_image::FileIdentity::of(&meta);
+                    let now = ckpt_image::FileIdentity::of(&meta);
                     if now != *id {
                         return Some(format!("{} changed since the checkpoint", path.display()));
                     }
@@ -542,7 +540,7 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             }
         }
         if let Some(id) = &f.identity {
-            let now = ckpt_core::process_image::FileIdentity::of(&meta);
+            let now = ckpt_image::FileIdentity::of(&meta);
             if now.dev != id.dev || now.ino != id.ino {
                 return Some(format!(
                     "{} (fd {}) was replaced by another file since the checkpoint",
@@ -599,7 +597,7 @@ fn moved_object(image: &ProcessImage, path: &str, start: u64, offset: u64) -> Op
 /// lowering one is always allowed). Raising a hard limit needs CAP_SYS_RESOURCE: without it the restart
 /// is refused, rather than the program resuming with less than it had (a program that checked its limit
 /// at start would fail later, or silently do less).
-fn raise_hard_limits(limits: &[ckpt_core::process_image::ResourceLimit]) -> Option<String> {
+fn raise_hard_limits(limits: &[ckpt_image::ResourceLimit]) -> Option<String> {
     for l in limits {
         let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: `now` is writable.
@@ -613,7 +611,7 @@ fn raise_hard_limits(limits: &[ckpt_core::process_image::ResourceLimit]) -> Opti
             return Some(format!(
                 "the hard {} was {} at checkpoint time and is {} here, and it cannot be raised ({err}); restart \
                  where the hard limit is at least as high (`ulimit -H`)",
-                ckpt_core::process_image::resource_name(l.resource),
+                ckpt_image::resource_name(l.resource),
                 show_value(l.hard),
                 show_value(now.rlim_max)
             ));
@@ -867,7 +865,7 @@ unsafe fn build_plan(
             map_runs: 1,
             image_dev: 0,
             image_ino: 0,
-            marker: [0; ckpt_core::process_image::ROOT_MARKER_LEN],
+            marker: [0; ckpt_image::ROOT_MARKER_LEN],
             root_start: 0,
             boot_id: [0; 64],
             mm_map,
