@@ -47,7 +47,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Interval, LogTarget};
-use crate::control::{self, Incoming, Request, RuntimeDir};
+use crate::control::{self, Incoming, ReplyLine, Request, RuntimeDir};
 use crate::discovery::Restored;
 use crate::error::{Error, Result};
 use crate::store::{CheckpointWriter, CommitInfo, Store};
@@ -141,14 +141,30 @@ struct TimerState {
     end_time: Option<(f64, EndTimeSource)>,
     deadline_fired: bool,
     interval_fired: bool,
-    /// The bits and requests taken by the checkpoint in progress.
-    in_progress: Option<(u32, Vec<Request>, Instant)>,
+    /// What the checkpoint in progress took.
+    in_progress: Option<Taken>,
     /// Whether the checkpoint in progress is one rank's part of a multi-rank step.
     in_progress_is_part: bool,
     /// A part committed durably whose step is not yet known to be committed: its trigger bits and requests
     /// wait for [`Checkpointer::finish_step`].
-    pending_step: Option<(u32, Vec<Request>, Value)>,
+    pending_step: Option<PendingStep>,
     requests: Vec<Request>,
+}
+
+/// What a checkpoint took when it began: the trigger bits it cleared and the requests it answers.
+struct Taken {
+    bits: u32,
+    requests: Vec<Request>,
+    started: Instant,
+}
+
+/// A rank's durable part waiting for its step's outcome, with the answer its requests get then.
+struct PendingStep {
+    bits: u32,
+    requests: Vec<Request>,
+    reply: ReplyLine,
+    generation: u64,
+    step: i64,
 }
 
 struct Inner {
@@ -702,7 +718,7 @@ impl Checkpointer {
         let mut st = self.inner.lock();
         let requests = if taken & REQUEST != 0 { std::mem::take(&mut st.requests) } else { Vec::new() };
         let image_dir = requests.iter().find_map(|r| r.image_dir.clone());
-        st.in_progress = Some((taken, Vec::new(), Instant::now()));
+        st.in_progress = Some(Taken { bits: taken, requests: Vec::new(), started: Instant::now() });
         st.in_progress_is_part = part.is_some() || self.store.config().nranks > 1;
         drop(st);
         let dir = image_dir.unwrap_or_else(|| self.store.config().checkpoint_dir.clone());
@@ -712,8 +728,8 @@ impl Checkpointer {
         };
         match result {
             Ok(w) => {
-                if let Some((_, reqs, _)) = self.inner.lock().in_progress.as_mut() {
-                    *reqs = requests;
+                if let Some(t) = self.inner.lock().in_progress.as_mut() {
+                    t.requests = requests;
                 }
                 Ok(w)
             }
@@ -728,7 +744,7 @@ impl Checkpointer {
         // Signals and the time limit stay due so the program tries again at its next safe point.
         self.inner.flags.fetch_or(taken & (SIGNAL | SIGNAL_EXIT | DEADLINE), Ordering::SeqCst);
         for r in requests {
-            r.answer(&json!({"ok": false, "error": e.to_string()}));
+            r.answer(&ReplyLine::failed(e.to_string()));
         }
         self.inner.log(json!({"event": "checkpoint-failed", "trigger": reasons(taken), "error": e.to_string()}));
     }
@@ -736,8 +752,11 @@ impl Checkpointer {
     /// Commits a checkpoint begun with [`Checkpointer::begin`]: durable on return, timed and logged,
     /// answers pending requests, and arms `should_exit` when the checkpoint was asked to be the last.
     pub fn commit(&self, writer: CheckpointWriter) -> Result<CommitInfo> {
-        let (taken, requests, started) =
-            self.inner.lock().in_progress.take().unwrap_or((0, Vec::new(), Instant::now()));
+        let Taken { bits: taken, requests, started } = self.inner.lock().in_progress.take().unwrap_or(Taken {
+            bits: 0,
+            requests: Vec::new(),
+            started: Instant::now(),
+        });
         let result = writer.commit();
         match &result {
             Ok(info) => self.committed(taken, requests, started, info),
@@ -749,7 +768,14 @@ impl Checkpointer {
     fn committed(&self, taken: u32, requests: Vec<Request>, started: Instant, info: &CommitInfo) {
         let cost = started.elapsed();
         let vacate = requests.iter().any(|r| r.vacate);
-        let reply = json!({"ok": true, "path": info.path, "generation": info.generation, "step": info.app_step, "seconds": info.seconds});
+        let reply = ReplyLine {
+            ok: true,
+            path: Some(info.path.clone()),
+            generation: Some(info.generation),
+            step: Some(info.app_step),
+            seconds: Some(info.seconds),
+            error: None,
+        };
         let (interval, time_left, part) = {
             let mut st = self.inner.lock();
             st.cost.record(cost);
@@ -760,7 +786,9 @@ impl Checkpointer {
         };
         if part {
             // A rank's part: the step exists only once it is committed; exit and answers wait for that.
-            self.inner.lock().pending_step = Some((taken, requests, reply));
+            let pending =
+                PendingStep { bits: taken, requests, reply, generation: info.generation, step: info.app_step };
+            self.inner.lock().pending_step = Some(pending);
         } else {
             if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
                 self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
@@ -786,8 +814,8 @@ impl Checkpointer {
     /// get `error`.
     pub fn abort(&self, writer: CheckpointWriter, error: &Error) {
         drop(writer);
-        if let Some((taken, requests, _)) = self.inner.lock().in_progress.take() {
-            self.fail(taken, requests, error);
+        if let Some(t) = self.inner.lock().in_progress.take() {
+            self.fail(t.bits, t.requests, error);
         }
     }
 
@@ -809,11 +837,13 @@ impl Checkpointer {
     }
 
     fn finish_step_with(&self, committed: bool, outcome_known: bool) {
-        let Some((taken, requests, reply)) = self.inner.lock().pending_step.take() else {
+        let Some(PendingStep { bits: taken, requests, reply, generation, step }) =
+            self.inner.lock().pending_step.take()
+        else {
             return;
         };
         if committed && outcome_known {
-            let warnings = reply["generation"].as_u64().map(|g| self.store.after_step_committed(g)).unwrap_or_default();
+            let warnings = self.store.after_step_committed(generation);
             if !warnings.is_empty() {
                 self.inner.log(json!({"event": "prune-parts", "warnings": warnings}));
             }
@@ -825,8 +855,7 @@ impl Checkpointer {
             for r in requests {
                 r.answer(&reply);
             }
-            self.inner
-                .log(json!({"event": "step-committed", "step": reply["step"], "generation": reply["generation"]}));
+            self.inner.log(json!({"event": "step-committed", "step": step, "generation": generation}));
         } else {
             let e = Error::new(crate::ErrorKind::InvalidState, "the multi-rank step could not be committed");
             self.fail(taken, requests, &e);
@@ -922,7 +951,7 @@ impl Drop for Checkpointer {
         }
         let pending = std::mem::take(&mut self.inner.lock().requests);
         for r in pending {
-            r.answer(&json!({"ok": false, "error": "the process finished without taking the checkpoint"}));
+            r.answer(&ReplyLine::failed("the process finished without taking the checkpoint"));
         }
         self.inner.log(json!({"event": "finish"}));
     }

@@ -10,9 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
-use super::{parse_registration, peer_uid};
+use super::{ReplyLine, RequestLine, parse_registration, peer_uid};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The answer to a checkpoint request.
@@ -60,7 +58,8 @@ fn request_checkpoint_at(
         Some(d) => Some(std::path::absolute(d).map_err(|e| Error::io("resolve image directory", e).with_path(d))?),
         None => None,
     };
-    let req = json!({"op": "checkpoint", "image_dir": image_dir, "vacate": vacate});
+    let req = RequestLine { op: Some("checkpoint".into()), image_dir, vacate };
+    let req = serde_json::to_string(&req).map_err(|e| Error::invalid(format!("encode request: {e}")))?;
     (&stream).write_all(format!("{req}\n").as_bytes()).map_err(|e| Error::io("send request", e).with_path(socket))?;
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
@@ -89,17 +88,13 @@ fn request_checkpoint_at(
             Err(e) => return Err(Error::io("read answer", e).with_path(socket)),
         }
     }
-    let v: Value =
+    let v: ReplyLine =
         serde_json::from_str(line.trim()).map_err(|e| Error::invalid(format!("bad answer {line:?}: {e}")))?;
-    if v.get("ok").and_then(Value::as_bool) != Some(true) {
-        let msg = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+    if !v.ok {
+        let msg = v.error.as_deref().unwrap_or("unknown error");
         return Err(Error::new(ErrorKind::InvalidState, format!("checkpoint failed: {msg}")).with_path(socket));
     }
-    Ok(Reply {
-        path: PathBuf::from(v.get("path").and_then(Value::as_str).unwrap_or_default()),
-        generation: v.get("generation").and_then(Value::as_u64).unwrap_or(0),
-        step: v.get("step").and_then(Value::as_i64).unwrap_or(0),
-    })
+    Ok(Reply { path: v.path.unwrap_or_default(), generation: v.generation.unwrap_or(0), step: v.step.unwrap_or(0) })
 }
 
 /// The control sockets in `dir` of live processes matching `target`: a pid, a job id, or `job.step`.

@@ -28,7 +28,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -36,6 +36,50 @@ mod client;
 pub use client::{
     ClientDir, Reply, check_peer_is_us, find_registrations, find_sockets, request_checkpoint, request_checkpoint_in,
 };
+
+/// One request line on the socket: `{"op": "checkpoint", "image_dir": "/path" | null, "vacate": false}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct RequestLine {
+    /// The operation; only `checkpoint` is known (anything else is answered with an error).
+    #[serde(default)]
+    pub op: Option<String>,
+    /// Where to write this checkpoint instead of the checkpoint directory (absolute).
+    #[serde(default)]
+    pub image_dir: Option<PathBuf>,
+    /// Whether the program should exit after the checkpoint.
+    #[serde(default)]
+    pub vacate: bool,
+}
+
+/// One answer line: `{"ok": true, "path": ..., "generation": 3, "step": 120, "seconds": 0.42}` once the
+/// checkpoint is durable, or `{"ok": false, "error": "..."}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReplyLine {
+    /// Whether the checkpoint is durable.
+    pub ok: bool,
+    /// The durable checkpoint's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Its generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// The application step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i64>,
+    /// Seconds the checkpoint took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ReplyLine {
+    /// The answer of a failure.
+    pub(crate) fn failed(error: impl Into<String>) -> ReplyLine {
+        ReplyLine { ok: false, error: Some(error.into()), ..ReplyLine::default() }
+    }
+}
 
 /// A request read from the socket, waiting for the next checkpoint.
 #[derive(Debug)]
@@ -49,8 +93,8 @@ pub struct Request {
 
 impl Request {
     /// Sends the answer (best effort: the requester may have given up).
-    pub(crate) fn answer(self, reply: &Value) {
-        let mut line = reply.to_string();
+    pub(crate) fn answer(self, reply: &ReplyLine) {
+        let mut line = serde_json::to_string(reply).unwrap_or_default();
         line.push('\n');
         let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
         send_all(&self.stream, line.as_bytes());
@@ -488,7 +532,7 @@ pub(crate) fn read_request(stream: UnixStream) -> Result<Incoming> {
     if uid != me {
         let why = format!("permission denied: uid {uid} may not control this process");
         let req = Request { stream, image_dir: None, vacate: false };
-        req.answer(&json!({"ok": false, "error": why}));
+        req.answer(&ReplyLine::failed(why.clone()));
         return Ok(Incoming::Refused(why));
     }
     stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| Error::io("control socket", e))?;
@@ -498,20 +542,17 @@ pub(crate) fn read_request(stream: UnixStream) -> Result<Incoming> {
         return Ok(Incoming::Probe);
     }
     let bad = |why: &str| Error::invalid(format!("bad control request {:?}: {why}", line.trim()));
-    let v: Value = serde_json::from_str(line.trim()).map_err(|e| bad(&e.to_string()))?;
-    if v.get("op").and_then(Value::as_str) != Some("checkpoint") {
+    let req: RequestLine = serde_json::from_str(line.trim()).map_err(|e| bad(&e.to_string()))?;
+    if req.op.as_deref() != Some("checkpoint") {
         let why = "unknown op (expected \"checkpoint\")";
         let req = Request { stream, image_dir: None, vacate: false };
-        req.answer(&json!({"ok": false, "error": why}));
+        req.answer(&ReplyLine::failed(why));
         return Ok(Incoming::Refused(why.into()));
     }
-    let image_dir = match v.get("image_dir") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
-        Some(_) => return Err(bad("image_dir must be a string")),
-    };
-    let vacate = v.get("vacate").and_then(Value::as_bool).unwrap_or(false);
-    Ok(Incoming::Request(Request { stream, image_dir, vacate }))
+    if req.image_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        return Err(bad("image_dir must be a non-empty string"));
+    }
+    Ok(Incoming::Request(Request { stream, image_dir: req.image_dir, vacate: req.vacate }))
 }
 
 #[cfg(test)]
