@@ -376,8 +376,7 @@ fn open_log(path: &Path) -> std::result::Result<File, String> {
             _ => format!("cannot open it: {e}"),
         })?;
     let meta = file.metadata().map_err(|e| format!("cannot stat it: {e}"))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     if !meta.file_type().is_file() {
         return Err("is not a regular file: refusing it".into());
     }

@@ -328,8 +328,7 @@ impl Config {
         let socket_on = parse_var(&get, "CKPT_SOCKET", parse_bool)?.unwrap_or(true);
         cfg.socket_dir = if socket_on {
             Some(get("CKPT_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                let uid = unsafe { libc::geteuid() };
+                let uid = crate::sys::euid();
                 PathBuf::from(get("TMPDIR").unwrap_or_else(|| "/tmp".into())).join(format!("ckpt-{uid}"))
             }))
         } else {

@@ -218,8 +218,7 @@ pub fn effective_uid() -> u32 {
     if cfg!(miri) {
         return 1000;
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::euid()
 }
 
 fn process_cmdline() -> Vec<Vec<u8>> {

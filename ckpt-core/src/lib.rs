@@ -71,6 +71,7 @@ pub mod identity;
 mod reader;
 pub mod storage;
 mod store;
+mod sys;
 mod timefmt;
 pub mod triggers;
 pub mod trust;

@@ -26,8 +26,6 @@
 //! `LD_PRELOAD`), and everything it cannot restore is refused with a message, never mis-restored.
 //! Scope (first version): Linux x86_64, glibc, one process with one thread.
 
-#![allow(clippy::missing_safety_doc)]
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
 use std::ffi::{CStr, c_char, c_int, c_void};

@@ -1044,6 +1044,8 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     //    every self-pipe) at a number above all the program's, then move each to its number.
     // SAFETY: closing descriptors has no memory effects.
     unsafe { syscall3(SYS_close_range, 3, u32::MAX as usize, 0) };
+    // SAFETY: the plan's descriptor table: `nfds` records at `fds` (non-NULL when `nfds` > 0), written by
+    // the plan's builder and used by nothing else now.
     let fds = if p.nfds == 0 { &mut [][..] } else { unsafe { core::slice::from_raw_parts_mut(p.fds, p.nfds) } };
     let high = |fd: isize| -> i32 {
         if fd < 0 {
@@ -1272,6 +1274,8 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
 #[inline(never)]
 fn replace_address_space(p: &Plan) {
     // 2. Unmap everything but the vDSO/vvar, the arena and the identical file mappings.
+    // SAFETY: the plan reserves `maps_cap` bytes at `maps_buf` (below the restorer's stack) for this read
+    // alone.
     let n = read_file(b"/proc/self/maps\0", unsafe { core::slice::from_raw_parts_mut(p.maps_buf, p.maps_cap) });
     if n < 0 {
         fatal(b"cannot read /proc/self/maps", 0, n);

@@ -111,8 +111,7 @@ pub fn find_registrations(dir: &Path, target: &str, suffix: &str) -> Result<Vec<
 
 /// Refuses a connection whose peer is not this user (`SO_PEERCRED` of the connected socket).
 pub fn check_peer_is_us(stream: &UnixStream, socket: &Path) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let uid = peer_uid(stream).map_err(|e| Error::io("SO_PEERCRED", e).with_path(socket))?;
     if uid != me {
         return Err(untrusted(format!(
@@ -175,8 +174,7 @@ impl ClientDir {
         let meta = std::fs::File::from(fd.try_clone().map_err(|e| Error::io("dup", e))?)
             .metadata()
             .map_err(|e| Error::io("stat the socket directory", e).with_path(dir))?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::euid();
         if meta.uid() != me {
             return Err(untrusted(format!(
                 "the socket directory belongs to uid {}, not to you (uid {me}): another user created it first, \
@@ -224,9 +222,8 @@ impl ClientDir {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some((pid, job, step)) = parse_registration(&name, suffix) else { continue };
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
-            if !alive {
+            // Only processes this user may signal: a pid another user now holds is not one of ours.
+            if !crate::sys::may_signal(pid) {
                 continue;
             }
             if want_step.is_none() && target == pid.to_string() {
@@ -256,8 +253,7 @@ impl ClientDir {
         };
         let file = std::fs::File::from(fd);
         let meta = file.metadata().map_err(|e| Error::io("stat", e).with_path(&path))?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::euid();
         if !meta.is_file() || meta.uid() != me {
             return Err(untrusted(format!(
                 "not a regular file of yours (uid {}, mode {:o}); not read",

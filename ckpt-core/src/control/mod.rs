@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 mod client;
+pub use crate::sys::peer_uid;
 pub use client::{
     ClientDir, Reply, check_peer_is_us, find_registrations, find_sockets, request_checkpoint, request_checkpoint_in,
 };
@@ -143,8 +144,7 @@ fn check_socket_dir(dir: &Path) -> Result<()> {
 
 /// The ownership rule of the runtime directory: owned by the effective user, no access for group or others.
 fn check_dir_owner_mode(uid: u32, mode: u32) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     if uid != me {
         return Err(Error::invalid(format!("the socket directory belongs to uid {uid}, not to us ({me})")));
     }
@@ -235,8 +235,7 @@ impl RuntimeDir {
         // SAFETY: `fd` was just returned by openat and is owned by nothing else.
         let file = unsafe { File::from_raw_fd(fd) };
         let st = fstat_fd(fd)?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::euid();
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::other(format!("{name} is not a regular file")));
         }
@@ -290,16 +289,6 @@ impl RuntimeDir {
     }
 }
 
-/// Whether process `pid` exists (`kill(pid, 0)` does not fail with ESRCH; EPERM means it exists).
-fn pid_exists(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
 
 /// The file names of the Unix sockets listening in this network namespace (`/proc/net/unix`), or `None`
 /// when that list cannot be read.
@@ -391,8 +380,7 @@ const STALE_SHARED_FILE: Duration = Duration::from_secs(24 * 3600);
 /// `unlinkat` on the verified descriptor, after checking they are still the inode examined.
 pub(crate) fn remove_stale(dir: &RuntimeDir, keep: Option<&str>) -> Vec<String> {
     let Ok(names) = dir.names() else { return Vec::new() };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let mut listening: Option<Option<HashSet<String>>> = None;
     let mut removed = Vec::new();
     let mut held_lock: Option<File> = None;
@@ -410,18 +398,18 @@ pub(crate) fn remove_stale(dir: &RuntimeDir, keep: Option<&str>) -> Vec<String> 
             if kind != libc::S_IFSOCK {
                 continue;
             }
-            let check = !pid_exists(pid)
+            let check = !crate::sys::process_exists(pid)
                 || !listening.get_or_insert_with(listening_socket_names).as_ref().is_some_and(|l| l.contains(&name));
             check && probe(dir, &name) == Probe::Refused
         } else if let Some((pid, _, _)) = parse_registration(&name, ".shim") {
-            kind == libc::S_IFREG && !pid_exists(pid)
+            kind == libc::S_IFREG && !crate::sys::process_exists(pid)
         } else if let Some(rest) = name.strip_prefix("squeue.") {
             if kind != libc::S_IFREG {
                 continue;
             }
             let old = now.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)) > STALE_SHARED_FILE.as_secs();
             if let Some(pid) = rest.strip_suffix(".tmp").and_then(|r| r.rsplit_once('.')).map(|(_, p)| p) {
-                pid.parse::<u32>().is_ok_and(|p| !pid_exists(p))
+                pid.parse::<u32>().is_ok_and(|p| !crate::sys::process_exists(p))
             } else if rest.ends_with(".json") {
                 old
             } else if rest.ends_with(".lock") && old {
@@ -489,26 +477,6 @@ pub(crate) fn listen(dir: &Path, name: &str) -> Result<(UnixListener, PathBuf)> 
     Ok((listener, path))
 }
 
-/// The uid of the process at the other end of `stream`.
-pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: the fd is a live socket owned by `stream`; `cred` and `len` are valid for writes of the
-    // sizes given, as SO_PEERCRED requires.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
-}
 
 /// What a freshly accepted connection brought.
 #[derive(Debug)]
@@ -526,8 +494,7 @@ pub(crate) enum Incoming {
 /// with an error and dropped.
 pub(crate) fn read_request(stream: UnixStream) -> Result<Incoming> {
     stream.set_nonblocking(false).map_err(|e| Error::io("control socket", e))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let uid = peer_uid(&stream).map_err(|e| Error::io("SO_PEERCRED", e))?;
     if uid != me {
         let why = format!("permission denied: uid {uid} may not control this process");

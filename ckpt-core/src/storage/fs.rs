@@ -118,8 +118,7 @@ impl Storage for FileStorage {
         let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
         let usable = OpenOptions::new().write(true).custom_flags(flags).open(tmp).ok().filter(|file| {
             file.metadata().is_ok_and(|meta| {
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                meta.is_file() && meta.nlink() == 1 && meta.uid() == unsafe { libc::geteuid() }
+                meta.is_file() && meta.nlink() == 1 && meta.uid() == crate::sys::euid()
             }) && local_file(file)
                 && sole_opener(file)
         });
@@ -261,26 +260,12 @@ fn clear_nonblock(file: &File) -> io::Result<()> {
 /// not kept there. Btrfs writes over nothing in place (copy on write).
 const LOCAL_FILE_SYSTEMS: [i64; 4] = [0xEF53, 0x5846_5342, 0x0102_1994, 0xF2F5_2010];
 
-#[cfg(target_os = "linux")]
-fn is_local_type(st: &libc::statfs) -> bool {
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // f_type's type differs by architecture
-    let kind = i64::from(st.f_type as i64);
-    LOCAL_FILE_SYSTEMS.contains(&kind)
-}
 
 /// Whether `dir` is on a local file system ([`LOCAL_FILE_SYSTEMS`]).
 #[cfg(target_os = "linux")]
 fn local_file_system(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct, which statfs then fills.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a pointer to a statfs this function owns.
-    if unsafe { libc::statfs(c_dir.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    is_local_type(&st)
+    crate::sys::fs_type_of_path(dir).is_ok_and(|t| LOCAL_FILE_SYSTEMS.contains(&t))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -292,14 +277,7 @@ fn local_file_system(_dir: &Path) -> bool {
 /// descriptor before it is overwritten, whatever was remembered about its directory's path.
 #[cfg(target_os = "linux")]
 fn local_file(file: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct, which fstatfs then fills.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a descriptor this function borrows and a pointer to a statfs it owns.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return false;
-    }
-    is_local_type(&st)
+    crate::sys::fs_type_of_file(file).is_ok_and(|t| LOCAL_FILE_SYSTEMS.contains(&t))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -221,15 +221,6 @@ fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-fn pid_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 performs only the existence and permission check; it sends nothing.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 impl Store {
     /// A store on the real file system.
     pub fn new(config: Config) -> Store {
@@ -462,7 +453,7 @@ impl Store {
                 continue;
             };
             let stale = if &host == me {
-                !pid_alive(pid)
+                !crate::sys::process_exists(pid)
             } else {
                 e.modified.is_some_and(|m| now.duration_since(m).unwrap_or_default() > STALE_TMP_AGE)
             };
