@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions, control};
 use ckpt_image::{self as process_image, FdKind, ProcessImage, RegionKind};
 
-use crate::human;
+use indicatif::HumanBytes;
 
 /// File name of the shim library.
 pub const PRELOAD_LIB: &str = "libckpt_preload.so";
@@ -574,7 +574,7 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
         img.restarts,
         img.pause_us as f64 / 1e3
     );
-    println!("memory      {} saved of {} mapped", human(img.saved_bytes()), human(img.mapped_bytes()));
+    println!("memory      {} saved of {} mapped", HumanBytes(img.saved_bytes()), HumanBytes(img.mapped_bytes()));
     println!("{:<33} {:>4} {:<9} {:>10} {:>5}  path", "region", "prot", "kind", "saved", "runs");
     for r in &img.regions {
         let prot = format!(
@@ -589,7 +589,7 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
             r.end,
             prot,
             format!("{:?}", r.kind),
-            human(r.runs.iter().map(|x| x.len).sum()),
+            HumanBytes(r.runs.iter().map(|x| x.len).sum()),
             r.runs.len(),
             show(&r.path),
             if r.kind == RegionKind::File { format!(" @{:#x}", r.file_offset) } else { String::new() }

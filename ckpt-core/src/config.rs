@@ -1,4 +1,5 @@
-//! The effective configuration, read from the environment the way the seed document's users expect.
+//! The effective configuration, read from the environment the way users of Slurm's removed checkpoint
+//! interface expect.
 //!
 //! | setting | first of |
 //! |---|---|

@@ -90,7 +90,10 @@ pub use store::{
     CheckpointWriter, CommitInfo, NameKind, PartIdentity, Store, any_base, begin_file, classify, parse_manifest,
 };
 pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time};
-pub use writer::{Compression, FileStats, SectionOptions, SectionWriter, auto_choice};
+// `auto_choice` is for the benchmarks (the cost of `auto`'s decision), not part of the API.
+#[doc(hidden)]
+pub use writer::auto_choice;
+pub use writer::{Compression, FileStats, SectionOptions, SectionWriter};
 
 /// This library's version, as recorded in every file it writes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

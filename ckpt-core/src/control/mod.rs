@@ -1,5 +1,5 @@
-//! The control socket: checkpoint requests from outside the process (`ckpt create`, the seed's
-//! `scontrol checkpoint create` with `ImageDir=` and `MaxWait=`).
+//! The control socket: checkpoint requests from outside the process (`ckpt create`, which stands in for
+//! `scontrol checkpoint create` of Slurm's removed checkpoint interface, with `ImageDir=` and `MaxWait=`).
 //!
 //! Every process using a [`crate::Checkpointer`] listens on a Unix stream socket
 //! `<socket_dir>/<pid>.<job_id|->.<step_id|->.sock`. The directory is created with mode 0700 and must be
@@ -289,7 +289,6 @@ impl RuntimeDir {
     }
 }
 
-
 /// The file names of the Unix sockets listening in this network namespace (`/proc/net/unix`), or `None`
 /// when that list cannot be read.
 fn listening_socket_names() -> Option<HashSet<String>> {
@@ -476,7 +475,6 @@ pub(crate) fn listen(dir: &Path, name: &str) -> Result<(UnixListener, PathBuf)> 
     listener.set_nonblocking(true).map_err(|e| Error::io("control socket", e))?;
     Ok((listener, path))
 }
-
 
 /// What a freshly accepted connection brought.
 #[derive(Debug)]

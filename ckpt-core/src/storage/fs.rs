@@ -117,9 +117,8 @@ impl Storage for FileStorage {
         // O_NONBLOCK: an open that would wait for another process's lease on the file fails instead.
         let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
         let usable = OpenOptions::new().write(true).custom_flags(flags).open(tmp).ok().filter(|file| {
-            file.metadata().is_ok_and(|meta| {
-                meta.is_file() && meta.nlink() == 1 && meta.uid() == crate::sys::euid()
-            }) && local_file(file)
+            file.metadata().is_ok_and(|meta| meta.is_file() && meta.nlink() == 1 && meta.uid() == crate::sys::euid())
+                && local_file(file)
                 && sole_opener(file)
         });
         let Some(file) = usable else {
@@ -201,10 +200,9 @@ impl Storage for FileStorage {
 /// Files at least this large are freed off the caller's thread when a save removes or replaces them.
 const RECLAIM_IN_BACKGROUND: u64 = 16 << 20;
 
-/// Retired checkpoints at least this large are kept as spares (see [`Storage::reuse_spare`]). On these
-/// machines a 1 GiB direct write over blocks the file already had ran at 1.9-3.0 GB/s, against
-/// 1.2-1.7 GB/s into newly allocated ones (fio, same run): allocation, and on thin-provisioned or
-/// `discard`-mounted disks the device's own allocation, is a large part of a fresh write.
+/// Retired checkpoints at least this large are kept as spares (see [`Storage::reuse_spare`]): allocation,
+/// and on thin-provisioned or `discard`-mounted disks the device's own allocation, is a large part of a
+/// fresh write (BENCHMARKS.md, "Where the time goes"); below this, allocating is cheap.
 const SPARE_MIN_LEN: u64 = 16 << 20;
 
 /// Set when the kernel refused a lease outright (EINVAL): from then on no spares are kept.
@@ -259,7 +257,6 @@ fn clear_nonblock(file: &File) -> io::Result<()> {
 /// node only, if at all: a reader on another node would see a reused spare change under it, so spares are
 /// not kept there. Btrfs writes over nothing in place (copy on write).
 const LOCAL_FILE_SYSTEMS: [i64; 4] = [0xEF53, 0x5846_5342, 0x0102_1994, 0xF2F5_2010];
-
 
 /// Whether `dir` is on a local file system ([`LOCAL_FILE_SYSTEMS`]).
 #[cfg(target_os = "linux")]
@@ -318,8 +315,8 @@ fn process_umask() -> Option<u32> {
 
 /// When `path` is the last name of a large regular file, opens it so that removing or replacing the name
 /// only drops the directory entry: the blocks are freed when [`reclaim_later`] closes the descriptor on
-/// another thread. Freeing is the slow part (ext4 with `discard` took 0.15-0.2 s per GiB here, inside
-/// the `unlink` or the `rename` that replaces the file) and nothing waits for it: the new checkpoint is
+/// another thread. Freeing is the slow part (on ext4 with `discard`, a large part of a save's time
+/// when done inside the `unlink` or the `rename` that replaces the file; BENCHMARKS.md) and nothing waits for it: the new checkpoint is
 /// already durable, the directory changes exactly as before, and if the process ends first the kernel
 /// frees the blocks when it closes the descriptor (after a crash, the file system's orphan list does).
 fn open_to_reclaim_later(path: &Path) -> Option<File> {

@@ -28,9 +28,9 @@
 //!
 //! # Space reuse (`CKPT_REUSE_SPACE`, default on)
 //!
-//! Writing over blocks a file already has is much faster than writing into new ones on many disks (on
-//! this project's virtual disks 1.9-3.0 GB/s against 1.2-1.7 GB/s: the allocation, and the device's own
-//! on thin-provisioned or `discard`-mounted disks). So the pruning in step 5 renames the newest retired
+//! Writing over blocks a file already has is much faster than writing into new ones on many disks (the
+//! allocation, and the device's own on thin-provisioned or `discard`-mounted disks; figures in
+//! BENCHMARKS.md, "Where the time goes"). So the pruning in step 5 renames the newest retired
 //! generation of at least 16 MiB to `<base>.tmp.spare` instead of removing it (a `.tmp.` name: never a
 //! checkpoint, never a file of the user's), and the next save takes that file over as its temporary file
 //! in step 2: it renames it to `<base>.tmp.…` (which claims it: no other saver can take it any more),
@@ -310,7 +310,7 @@ impl Store {
         self.begin_in(&self.config.checkpoint_dir.clone(), app_step)
     }
 
-    /// Like [`Store::begin`], into another directory (the seed's `ImageDir`).
+    /// Like [`Store::begin`], into another directory (`ImageDir` of Slurm's removed checkpoint interface).
     pub fn begin_in(&self, dir: &Path, app_step: i64) -> Result<CheckpointWriter> {
         if self.config.nranks > 1 {
             let generation = self.next_generation_in(dir)?;

@@ -51,7 +51,7 @@ impl Store {
         self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, app_step)
     }
 
-    /// [`Store::begin_part`] into another directory (the seed's `ImageDir`).
+    /// [`Store::begin_part`] into another directory (`ImageDir` of Slurm's removed checkpoint interface).
     pub fn begin_part_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
         if generation == 0 {
             return Err(Error::invalid("generation numbers start at 1"));
