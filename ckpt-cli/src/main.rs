@@ -12,6 +12,7 @@ use ckpt_core::{
     Checkpoint, Config, Error, Interval, LoadOptions, Store, any_base, classify, control, triggers::signal_label,
 };
 use clap::{Parser, Subcommand};
+use indicatif::HumanBytes;
 
 mod shim;
 use serde_json::{Value, json};
@@ -169,17 +170,6 @@ fn status(code: ExitCode) -> u8 {
     (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).unwrap_or(1)
 }
 
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
-}
-
 fn printable(v: &[u8]) -> String {
     match std::str::from_utf8(v) {
         Ok(s) if s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t') => s.to_string(),
@@ -223,14 +213,14 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
         let mut v = header_json(&cp);
         v["sections"] = json!(sections);
         v["metrics"] = metrics;
-        if cp.metadata(ckpt_core::process_image::IMAGE_METADATA_KEY).is_some() {
+        if cp.metadata(ckpt_image::IMAGE_METADATA_KEY).is_some() {
             v["process_image"] = shim::image_json(&cp)?;
         }
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(ExitCode::SUCCESS);
     }
     let h = cp.header();
-    println!("file        {} ({})", file.display(), human(cp.file_len()));
+    println!("file        {} ({})", file.display(), HumanBytes(cp.file_len()));
     println!("kind        {:?}, format version {}", h.kind, ckpt_core::format::FORMAT_VERSION);
     println!("checkpoint  generation {}, application step {}", h.generation, h.app_step);
     println!(
@@ -263,14 +253,19 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
             s.encoding.name(),
             s.codec.name(),
             if s.shuffle { s.element_size.to_string() } else { "-".into() },
-            human(s.raw_len),
-            human(s.stored_len),
+            HumanBytes(s.raw_len),
+            HumanBytes(s.stored_len),
             ratio
         );
     }
     let raw: u64 = cp.sections().iter().map(|s| s.raw_len).sum();
-    println!("total       {} sections, {} raw in {} on disk", cp.sections().len(), human(raw), human(cp.file_len()));
-    if cp.metadata(ckpt_core::process_image::IMAGE_METADATA_KEY).is_some() {
+    println!(
+        "total       {} sections, {} raw in {} on disk",
+        cp.sections().len(),
+        HumanBytes(raw),
+        HumanBytes(cp.file_len())
+    );
+    if cp.metadata(ckpt_image::IMAGE_METADATA_KEY).is_some() {
         shim::print_image(&cp)?;
     }
     Ok(ExitCode::SUCCESS)
@@ -321,7 +316,7 @@ fn verify(paths: &[PathBuf]) -> Result<ExitCode, Error> {
                 cp.generation(),
                 cp.step(),
                 cp.sections().len(),
-                human(cp.file_len())
+                HumanBytes(cp.file_len())
             ),
             Err(e) => {
                 bad += 1;
@@ -359,7 +354,13 @@ fn verify_one(path: &Path, tty: bool) -> Result<Checkpoint, Error> {
         match &bar {
             Some(b) => b.inc(s.stored_len),
             None if large => {
-                eprintln!("verify {}: section {}/{n} `{}` ok ({})", path.display(), i + 1, s.name, human(s.stored_len))
+                eprintln!(
+                    "verify {}: section {}/{n} `{}` ok ({})",
+                    path.display(),
+                    i + 1,
+                    s.name,
+                    HumanBytes(s.stored_len)
+                )
             }
             None => {}
         }
@@ -482,14 +483,14 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
                 r["job_id"].as_str().unwrap_or(""),
                 r["rank"],
                 r["nranks"],
-                human(r["bytes"].as_u64().unwrap_or(0)),
+                HumanBytes(r["bytes"].as_u64().unwrap_or(0)),
                 metrics_text(&r["metrics"])
             ),
             Some("invalid") => println!("  INVALID    {path}: {}", r["error"].as_str().unwrap_or("")),
             Some("untrusted") => println!("  UNTRUSTED  {path}: {}", r["error"].as_str().unwrap_or("")),
             Some("spare") => println!(
                 "  spare      {path}  {} (a retired checkpoint, kept for its blocks: the next save writes over it)",
-                human(r["bytes"].as_u64().unwrap_or(0))
+                HumanBytes(r["bytes"].as_u64().unwrap_or(0))
             ),
             Some(other) => println!("  incomplete {path} ({other})"),
             None => {}

@@ -5,10 +5,10 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ckpt_core::process_image::{self, FdKind, ProcessImage, RegionKind};
 use ckpt_core::{Checkpoint, Config, Error, ErrorKind, LoadOptions, control};
+use ckpt_image::{self as process_image, FdKind, ProcessImage, RegionKind};
 
-use super::human;
+use indicatif::HumanBytes;
 
 /// File name of the shim library.
 pub const PRELOAD_LIB: &str = "libckpt_preload.so";
@@ -574,7 +574,7 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
         img.restarts,
         img.pause_us as f64 / 1e3
     );
-    println!("memory      {} saved of {} mapped", human(img.saved_bytes()), human(img.mapped_bytes()));
+    println!("memory      {} saved of {} mapped", HumanBytes(img.saved_bytes()), HumanBytes(img.mapped_bytes()));
     let threads = process_image::read_threads(cp, &img)?;
     if !threads.is_empty() {
         let names: Vec<String> = threads
@@ -613,7 +613,7 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
             r.end,
             prot,
             format!("{:?}", r.kind),
-            human(r.runs.iter().map(|x| x.len).sum()),
+            HumanBytes(r.runs.iter().map(|x| x.len).sum()),
             r.runs.len(),
             show(&r.path),
             if r.kind == RegionKind::File { format!(" @{:#x}", r.file_offset) } else { String::new() }

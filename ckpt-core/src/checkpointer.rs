@@ -47,7 +47,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::{Config, Interval, LogTarget};
-use crate::control::{self, Incoming, Request, RuntimeDir};
+use crate::control::{self, Incoming, ReplyLine, Request, RuntimeDir};
 use crate::discovery::Restored;
 use crate::error::{Error, Result};
 use crate::store::{CheckpointWriter, CommitInfo, Store};
@@ -141,14 +141,30 @@ struct TimerState {
     end_time: Option<(f64, EndTimeSource)>,
     deadline_fired: bool,
     interval_fired: bool,
-    /// The bits and requests taken by the checkpoint in progress.
-    in_progress: Option<(u32, Vec<Request>, Instant)>,
+    /// What the checkpoint in progress took.
+    in_progress: Option<Taken>,
     /// Whether the checkpoint in progress is one rank's part of a multi-rank step.
     in_progress_is_part: bool,
     /// A part committed durably whose step is not yet known to be committed: its trigger bits and requests
     /// wait for [`Checkpointer::finish_step`].
-    pending_step: Option<(u32, Vec<Request>, Value)>,
+    pending_step: Option<PendingStep>,
     requests: Vec<Request>,
+}
+
+/// What a checkpoint took when it began: the trigger bits it cleared and the requests it answers.
+struct Taken {
+    bits: u32,
+    requests: Vec<Request>,
+    started: Instant,
+}
+
+/// A rank's durable part waiting for its step's outcome, with the answer its requests get then.
+struct PendingStep {
+    bits: u32,
+    requests: Vec<Request>,
+    reply: ReplyLine,
+    generation: u64,
+    step: i64,
 }
 
 struct Inner {
@@ -360,8 +376,7 @@ fn open_log(path: &Path) -> std::result::Result<File, String> {
             _ => format!("cannot open it: {e}"),
         })?;
     let meta = file.metadata().map_err(|e| format!("cannot stat it: {e}"))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     if !meta.file_type().is_file() {
         return Err("is not a regular file: refusing it".into());
     }
@@ -670,8 +685,8 @@ impl Checkpointer {
         }
         let st = self.inner.lock();
         let taken_exit = |taken: u32, requests: &[Request]| taken & exit_bits != 0 || requests.iter().any(|r| r.vacate);
-        st.in_progress.as_ref().is_some_and(|(t, r, _)| taken_exit(*t, r))
-            || st.pending_step.as_ref().is_some_and(|(t, r, _)| taken_exit(*t, r))
+        st.in_progress.as_ref().is_some_and(|t| taken_exit(t.bits, &t.requests))
+            || st.pending_step.as_ref().is_some_and(|p| taken_exit(p.bits, &p.requests))
             || st.requests.iter().any(|r| r.vacate)
     }
 
@@ -718,7 +733,7 @@ impl Checkpointer {
         let mut st = self.inner.lock();
         let requests = if taken & REQUEST != 0 { std::mem::take(&mut st.requests) } else { Vec::new() };
         let image_dir = requests.iter().find_map(|r| r.image_dir.clone());
-        st.in_progress = Some((taken, Vec::new(), Instant::now()));
+        st.in_progress = Some(Taken { bits: taken, requests: Vec::new(), started: Instant::now() });
         st.in_progress_is_part = part.is_some() || self.store.config().nranks > 1;
         drop(st);
         let dir = image_dir.unwrap_or_else(|| self.store.config().checkpoint_dir.clone());
@@ -728,8 +743,8 @@ impl Checkpointer {
         };
         match result {
             Ok(w) => {
-                if let Some((_, reqs, _)) = self.inner.lock().in_progress.as_mut() {
-                    *reqs = requests;
+                if let Some(t) = self.inner.lock().in_progress.as_mut() {
+                    t.requests = requests;
                 }
                 Ok(w)
             }
@@ -744,7 +759,7 @@ impl Checkpointer {
         // Signals and the time limit stay due so the program tries again at its next safe point.
         self.inner.flags.fetch_or(taken & (SIGNAL | SIGNAL_EXIT | DEADLINE), Ordering::SeqCst);
         for r in requests {
-            r.answer(&json!({"ok": false, "error": e.to_string()}));
+            r.answer(&ReplyLine::failed(e.to_string()));
         }
         self.inner.log(json!({"event": "checkpoint-failed", "trigger": reasons(taken), "error": e.to_string()}));
     }
@@ -752,8 +767,11 @@ impl Checkpointer {
     /// Commits a checkpoint begun with [`Checkpointer::begin`]: durable on return, timed and logged,
     /// answers pending requests, and arms `should_exit` when the checkpoint was asked to be the last.
     pub fn commit(&self, writer: CheckpointWriter) -> Result<CommitInfo> {
-        let (taken, requests, started) =
-            self.inner.lock().in_progress.take().unwrap_or((0, Vec::new(), Instant::now()));
+        let Taken { bits: taken, requests, started } = self.inner.lock().in_progress.take().unwrap_or(Taken {
+            bits: 0,
+            requests: Vec::new(),
+            started: Instant::now(),
+        });
         let result = writer.commit();
         match &result {
             Ok(info) => self.committed(taken, requests, started, info),
@@ -765,7 +783,14 @@ impl Checkpointer {
     fn committed(&self, taken: u32, requests: Vec<Request>, started: Instant, info: &CommitInfo) {
         let cost = started.elapsed();
         let vacate = requests.iter().any(|r| r.vacate);
-        let reply = json!({"ok": true, "path": info.path, "generation": info.generation, "step": info.app_step, "seconds": info.seconds});
+        let reply = ReplyLine {
+            ok: true,
+            path: Some(info.path.clone()),
+            generation: Some(info.generation),
+            step: Some(info.app_step),
+            seconds: Some(info.seconds),
+            error: None,
+        };
         let (interval, time_left, part) = {
             let mut st = self.inner.lock();
             st.cost.record(cost);
@@ -776,7 +801,9 @@ impl Checkpointer {
         };
         if part {
             // A rank's part: the step exists only once it is committed; exit and answers wait for that.
-            self.inner.lock().pending_step = Some((taken, requests, reply));
+            let pending =
+                PendingStep { bits: taken, requests, reply, generation: info.generation, step: info.app_step };
+            self.inner.lock().pending_step = Some(pending);
         } else {
             if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
                 self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
@@ -802,8 +829,8 @@ impl Checkpointer {
     /// get `error`.
     pub fn abort(&self, writer: CheckpointWriter, error: &Error) {
         drop(writer);
-        if let Some((taken, requests, _)) = self.inner.lock().in_progress.take() {
-            self.fail(taken, requests, error);
+        if let Some(t) = self.inner.lock().in_progress.take() {
+            self.fail(t.bits, t.requests, error);
         }
     }
 
@@ -825,11 +852,13 @@ impl Checkpointer {
     }
 
     fn finish_step_with(&self, committed: bool, outcome_known: bool) {
-        let Some((taken, requests, reply)) = self.inner.lock().pending_step.take() else {
+        let Some(PendingStep { bits: taken, requests, reply, generation, step }) =
+            self.inner.lock().pending_step.take()
+        else {
             return;
         };
         if committed && outcome_known {
-            let warnings = reply["generation"].as_u64().map(|g| self.store.after_step_committed(g)).unwrap_or_default();
+            let warnings = self.store.after_step_committed(generation);
             if !warnings.is_empty() {
                 self.inner.log(json!({"event": "prune-parts", "warnings": warnings}));
             }
@@ -841,18 +870,68 @@ impl Checkpointer {
             for r in requests {
                 r.answer(&reply);
             }
-            self.inner
-                .log(json!({"event": "step-committed", "step": reply["step"], "generation": reply["generation"]}));
+            self.inner.log(json!({"event": "step-committed", "step": step, "generation": generation}));
         } else {
             let e = Error::new(crate::ErrorKind::InvalidState, "the multi-rank step could not be committed");
             self.fail(taken, requests, &e);
         }
     }
 
-    /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit).
+    /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit). With several ranks it
+    /// writes this rank's part only, as [`Checkpointer::checkpoint_part`] does.
     pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
-        let mut w = self.begin(app_step)?;
-        if let Err(e) = w.add_serde("state", value) {
+        self.write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
+    }
+
+    /// Takes a whole checkpoint of step `app_step`: begins it, lets `write` add the sections, and commits
+    /// it durably; when `write` fails the checkpoint is abandoned ([`Checkpointer::abort`]) and its error
+    /// returned. The sequence every face uses, so that abort and the step policy live in one place.
+    ///
+    /// With several ranks and no collective layer (MPI helpers use [`Checkpointer::checkpoint_part`]
+    /// and commit the step themselves), this writes this rank's part; rank 0 then waits for every rank's
+    /// part and commits the step ([`Store::commit_step`], whose figures it returns), and concludes it with
+    /// [`Checkpointer::finish_step`]; the other ranks cannot learn the outcome and count their durable part
+    /// ([`Checkpointer::finish_step_unconfirmed`]).
+    pub fn checkpoint(
+        &self,
+        app_step: i64,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        let info = self.write_and_commit(self.begin(app_step), write)?;
+        let config = self.store.config();
+        if config.nranks <= 1 {
+            return Ok(info);
+        }
+        if config.rank != 0 {
+            self.finish_step_unconfirmed();
+            return Ok(info);
+        }
+        let step = self.store.commit_step(info.generation, app_step);
+        self.finish_step(step.is_ok());
+        step
+    }
+
+    /// This rank's part of multi-rank generation `generation` (agreed by all ranks), written by `write`
+    /// as in [`Checkpointer::checkpoint`]; the step is committed elsewhere (rank 0, once every part is
+    /// durable) and concluded on every rank with [`Checkpointer::finish_step`].
+    pub fn checkpoint_part(
+        &self,
+        generation: u64,
+        app_step: i64,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        self.write_and_commit(self.begin_part(generation, app_step), write)
+    }
+
+    /// Begun → written → committed, or abandoned when `write` fails.
+    fn write_and_commit(
+        &self,
+        begun: Result<CheckpointWriter>,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        let mut w = begun?;
+        if let Err(e) = write(&mut w) {
+            // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
             self.abort(w, &e);
             return Err(e);
         }
@@ -887,7 +966,7 @@ impl Drop for Checkpointer {
         }
         let pending = std::mem::take(&mut self.inner.lock().requests);
         for r in pending {
-            r.answer(&json!({"ok": false, "error": "the process finished without taking the checkpoint"}));
+            r.answer(&ReplyLine::failed("the process finished without taking the checkpoint"));
         }
         self.inner.log(json!({"event": "finish"}));
     }

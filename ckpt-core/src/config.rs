@@ -1,4 +1,5 @@
-//! The effective configuration, read from the environment the way the seed document's users expect.
+//! The effective configuration, read from the environment the way users of Slurm's removed checkpoint
+//! interface expect.
 //!
 //! | setting | first of |
 //! |---|---|
@@ -328,8 +329,7 @@ impl Config {
         let socket_on = parse_var(&get, "CKPT_SOCKET", parse_bool)?.unwrap_or(true);
         cfg.socket_dir = if socket_on {
             Some(get("CKPT_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                let uid = unsafe { libc::geteuid() };
+                let uid = crate::sys::euid();
                 PathBuf::from(get("TMPDIR").unwrap_or_else(|| "/tmp".into())).join(format!("ckpt-{uid}"))
             }))
         } else {

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::base_name;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::FileKind;
+use crate::format::{FileKind, ManifestEntry};
 use crate::identity::{ResumeFrom, RunIdentity};
 use crate::reader::{Checkpoint, LoadOptions};
+use crate::storage::Storage;
 use crate::store::{NameKind, Store, any_base, classify, parse_manifest};
 use crate::trust;
 
@@ -97,6 +98,100 @@ struct Owner {
     app: String,
     step_id: Option<u32>,
     identity: Option<std::result::Result<RunIdentity, String>>,
+}
+
+/// Opens and judges one candidate file by itself (structure, trust, generation, kind and ranks); the
+/// rules between candidates (whose run, which is newest) are [`Store::discover_impl`]'s.
+#[derive(Clone, Copy)]
+struct Prober<'a> {
+    dir: &'a Path,
+    storage: &'a dyn Storage,
+    /// The checkpoint name this run resumes.
+    base: &'a str,
+    opts: LoadOptions,
+    want_kind: FileKind,
+    nranks: u32,
+}
+
+impl Prober<'_> {
+    /// `name` in the restart directory; `own`: it is under the name this run resumes.
+    fn probe(&self, name: &str, own: bool) -> Probe {
+        let Prober { dir, storage, base, opts, want_kind, nranks } = *self;
+        let path = dir.join(name);
+        let name_gen = match any_base(name).and_then(|b| classify(b, name)) {
+            Some(NameKind::Generation(g)) => Some(g),
+            _ => None,
+        };
+        let mut c = Candidate {
+            path: path.clone(),
+            generation: name_gen,
+            app_step: None,
+            job_id: None,
+            created_unix_ns: None,
+            is_current_name: matches!(classify(base, name), Some(NameKind::Current))
+                || (!own && any_base(name) == Some(name)),
+            own_job: own,
+            status: CandidateStatus::NotChecked,
+        };
+        let owner_of = |h: &crate::format::Header| Owner {
+            app: h.app_name.clone(),
+            step_id: h.step_id,
+            identity: RunIdentity::of_header(h),
+        };
+        match Checkpoint::open_with(storage, &path, opts) {
+            Ok(cp) => {
+                let h = cp.header();
+                let owner = Some(owner_of(h));
+                c.generation = Some(h.generation);
+                c.app_step = Some(h.app_step);
+                c.job_id = Some(h.job_id.clone());
+                c.created_unix_ns = Some(h.created_unix_ns);
+                // Nobody but this user may have written what restart loads.
+                if let Err(e) = trust::check(&cp) {
+                    c.status = CandidateStatus::Invalid(e);
+                    return Probe { candidate: c, checkpoint: None, owner };
+                }
+                if name_gen.is_some_and(|g| g != h.generation) {
+                    c.status = CandidateStatus::Invalid(
+                        Error::corrupt(format!(
+                            "file name says generation {} but the header says {}",
+                            name_gen.unwrap_or(0),
+                            h.generation
+                        ))
+                        .with_path(&path),
+                    );
+                    return Probe { candidate: c, checkpoint: None, owner };
+                }
+                if h.kind != want_kind || h.nranks != nranks {
+                    c.status = CandidateStatus::Invalid(
+                        Error::invalid(format!(
+                            "written by a {}-rank job ({:?}) but this job has {} rank(s)",
+                            h.nranks, h.kind, nranks
+                        ))
+                        .with_path(&path),
+                    );
+                    return Probe { candidate: c, checkpoint: None, owner };
+                }
+                Probe { candidate: c, checkpoint: Some(cp), owner }
+            }
+            Err(e) => {
+                // The structure is damaged; the header alone may still say whose file this is.
+                let owner = crate::reader::read_header(storage, &path).ok().map(|h| {
+                    c.job_id = Some(h.job_id.clone());
+                    c.app_step = Some(h.app_step);
+                    c.created_unix_ns = Some(h.created_unix_ns);
+                    owner_of(&h)
+                });
+                c.status = CandidateStatus::Invalid(e);
+                Probe { candidate: c, checkpoint: None, owner }
+            }
+        }
+    }
+}
+
+/// Whether the candidate was refused as someone else's to write (trust): it is skipped with a notice.
+fn untrusted(p: &Probe) -> bool {
+    matches!(&p.candidate.status, CandidateStatus::Invalid(e) if e.kind() == ErrorKind::Untrusted)
 }
 
 /// How discovery looks at multi-rank steps.
@@ -196,6 +291,59 @@ impl Store {
         Ok(gens)
     }
 
+    /// A resubmitted job has none of its own: the checkpoints of other jobs under the same application and
+    /// step that this run may adopt. The ones it may not are listed in `notices` with the reason.
+    fn probe_other_jobs(
+        &self,
+        prober: &Prober<'_>,
+        names: &[String],
+        own_base: &str,
+        me: &RunIdentity,
+        notices: &mut Vec<String>,
+    ) -> Vec<Probe> {
+        let cfg = self.config();
+        // A resubmitted job: another job's checkpoints of the same application and step, but only when
+        // the identity matches fully (never another task of a job array, another point of a sweep).
+        let mut not_adopted: Vec<(String, String)> = Vec::new();
+        let mut others: Vec<Probe> = Vec::new();
+        for n in names.iter().filter(|n| any_base(n).is_some_and(|b| b != own_base)) {
+            let p = prober.probe(n, false);
+            // Files whose header is unreadable cannot be attributed to anyone and are left alone.
+            let Some(owner) = &p.owner else { continue };
+            if owner.app != cfg.app_name || owner.step_id != cfg.step_id {
+                continue;
+            }
+            let job = p.candidate.job_id.clone().unwrap_or_default();
+            let why = match &owner.identity {
+                _ if untrusted(&p) => match &p.candidate.status {
+                    CandidateStatus::Invalid(e) => strip_path(e, &p.candidate.path),
+                    _ => String::new(),
+                },
+                None => "it records no identity (written by an older ckpt)".to_string(),
+                Some(Err(e)) => e.clone(),
+                Some(Ok(id)) if cfg.resume_from == ResumeFrom::Any => me.owner_mismatches(id).join(", "),
+                Some(Ok(id)) => me.adoption_mismatches(id).join(", "),
+            };
+            if why.is_empty() && cfg.resume_from == ResumeFrom::OwnOnly {
+                not_adopted.push((job, "CKPT_RESUME_FROM=none".into()));
+            } else if why.is_empty() {
+                others.push(p);
+            } else {
+                not_adopted.push((job, why));
+            }
+        }
+        not_adopted.sort();
+        not_adopted.dedup();
+        for (job, why) in &not_adopted {
+            notices.push(format!(
+                "not resuming job {job}'s checkpoint of application {} in {}: {why} (CKPT_RESUME_FROM={job} resumes it)",
+                cfg.app_name,
+                prober.dir.display()
+            ));
+        }
+        others
+    }
+
     fn discover_impl(&self, verify_all: bool, max_generation: u64, parts: Parts) -> Result<Found> {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
@@ -220,79 +368,8 @@ impl Store {
         let want_kind = if cfg.nranks > 1 { FileKind::Manifest } else { FileKind::Data };
         let mut notices: Vec<String> = Vec::new();
 
-        let probe = |name: &str, own: bool| -> Probe {
-            let path = dir.join(name);
-            let name_gen = match any_base(name).and_then(|b| classify(b, name)) {
-                Some(NameKind::Generation(g)) => Some(g),
-                _ => None,
-            };
-            let mut c = Candidate {
-                path: path.clone(),
-                generation: name_gen,
-                app_step: None,
-                job_id: None,
-                created_unix_ns: None,
-                is_current_name: matches!(classify(&base, name), Some(NameKind::Current))
-                    || (!own && any_base(name) == Some(name)),
-                own_job: own,
-                status: CandidateStatus::NotChecked,
-            };
-            let owner_of = |h: &crate::format::Header| Owner {
-                app: h.app_name.clone(),
-                step_id: h.step_id,
-                identity: RunIdentity::of_header(h),
-            };
-            match Checkpoint::open_with(&**storage, &path, opts) {
-                Ok(cp) => {
-                    let h = cp.header();
-                    let owner = Some(owner_of(h));
-                    c.generation = Some(h.generation);
-                    c.app_step = Some(h.app_step);
-                    c.job_id = Some(h.job_id.clone());
-                    c.created_unix_ns = Some(h.created_unix_ns);
-                    // Nobody but this user may have written what restart loads.
-                    if let Err(e) = trust::check(&cp) {
-                        c.status = CandidateStatus::Invalid(e);
-                        return Probe { candidate: c, checkpoint: None, owner };
-                    }
-                    if name_gen.is_some_and(|g| g != h.generation) {
-                        c.status = CandidateStatus::Invalid(
-                            Error::corrupt(format!(
-                                "file name says generation {} but the header says {}",
-                                name_gen.unwrap_or(0),
-                                h.generation
-                            ))
-                            .with_path(&path),
-                        );
-                        return Probe { candidate: c, checkpoint: None, owner };
-                    }
-                    if h.kind != want_kind || h.nranks != cfg.nranks {
-                        c.status = CandidateStatus::Invalid(
-                            Error::invalid(format!(
-                                "written by a {}-rank job ({:?}) but this job has {} rank(s)",
-                                h.nranks, h.kind, cfg.nranks
-                            ))
-                            .with_path(&path),
-                        );
-                        return Probe { candidate: c, checkpoint: None, owner };
-                    }
-                    Probe { candidate: c, checkpoint: Some(cp), owner }
-                }
-                Err(e) => {
-                    // The structure is damaged; the header alone may still say whose file this is.
-                    let owner = crate::reader::read_header(&**storage, &path).ok().map(|h| {
-                        c.job_id = Some(h.job_id.clone());
-                        c.app_step = Some(h.app_step);
-                        c.created_unix_ns = Some(h.created_unix_ns);
-                        owner_of(&h)
-                    });
-                    c.status = CandidateStatus::Invalid(e);
-                    Probe { candidate: c, checkpoint: None, owner }
-                }
-            }
-        };
-        let untrusted =
-            |p: &Probe| matches!(&p.candidate.status, CandidateStatus::Invalid(e) if e.kind() == ErrorKind::Untrusted);
+        let prober = Prober { dir: &dir, storage: &**storage, base: &base, opts, want_kind, nranks: cfg.nranks };
+        let probe = |name: &str, own: bool| prober.probe(name, own);
 
         let mut probes: Vec<Probe> = names
             .iter()
@@ -341,46 +418,7 @@ impl Store {
         }
         let mut from_other_jobs = false;
         if probes.is_empty() && !explicit {
-            // A resubmitted job: another job's checkpoints of the same application and step, but only when
-            // the identity matches fully (never another task of a job array, another point of a sweep).
-            let mut not_adopted: Vec<(String, String)> = Vec::new();
-            let mut others: Vec<Probe> = Vec::new();
-            for n in names.iter().filter(|n| any_base(n).is_some_and(|b| b != own_base)) {
-                let p = probe(n, false);
-                // Files whose header is unreadable cannot be attributed to anyone and are left alone.
-                let Some(owner) = &p.owner else { continue };
-                if owner.app != cfg.app_name || owner.step_id != cfg.step_id {
-                    continue;
-                }
-                let job = p.candidate.job_id.clone().unwrap_or_default();
-                let why = match &owner.identity {
-                    _ if untrusted(&p) => match &p.candidate.status {
-                        CandidateStatus::Invalid(e) => strip_path(e, &p.candidate.path),
-                        _ => String::new(),
-                    },
-                    None => "it records no identity (written by an older ckpt)".to_string(),
-                    Some(Err(e)) => e.clone(),
-                    Some(Ok(id)) if cfg.resume_from == ResumeFrom::Any => me.owner_mismatches(id).join(", "),
-                    Some(Ok(id)) => me.adoption_mismatches(id).join(", "),
-                };
-                if why.is_empty() && cfg.resume_from == ResumeFrom::OwnOnly {
-                    not_adopted.push((job, "CKPT_RESUME_FROM=none".into()));
-                } else if why.is_empty() {
-                    others.push(p);
-                } else {
-                    not_adopted.push((job, why));
-                }
-            }
-            not_adopted.sort();
-            not_adopted.dedup();
-            for (job, why) in &not_adopted {
-                notices.push(format!(
-                    "not resuming job {job}'s checkpoint of application {} in {}: {why} (CKPT_RESUME_FROM={job} resumes it)",
-                    cfg.app_name,
-                    dir.display()
-                ));
-            }
-            probes = others;
+            probes = self.probe_other_jobs(&prober, &names, &own_base, &me, &mut notices);
             from_other_jobs = true;
         }
         // Newest first: by generation for one name; by creation time across jobs. The stable name sorts
@@ -514,7 +552,7 @@ impl Store {
         let base = any_base(file_name).unwrap_or(file_name);
         let generation_dir = dir.join(format!("{base}.parts")).join(cp.generation().to_string());
         let open_part = |r: u32| -> Result<Checkpoint> {
-            let (_, len, hc, tc) = entries[r as usize];
+            let ManifestEntry { file_len: len, header_crc32: hc, table_crc32: tc, .. } = entries[r as usize];
             let part_path = generation_dir.join(format!("rank{r}.ckpt"));
             let part = Checkpoint::open_with(&**self.storage(), &part_path, LoadOptions { mmap: self.config().mmap })
                 .map_err(|e| {

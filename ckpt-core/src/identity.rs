@@ -80,8 +80,8 @@ pub enum ResumeFrom {
     /// as long as the files are this user's (`CKPT_RESUME_FROM=<job id>`).
     Job(String),
     /// The newest checkpoint of this application in the restart directory, this user's, whichever run
-    /// wrote it (`CKPT_RESUME_FROM=any`; what `ckpt restart --image-dir DIR -- PROGRAM` asks for, as the
-    /// seed's `scontrol checkpoint restart ... ImageDir=` did). Announced like any other adoption.
+    /// wrote it (`CKPT_RESUME_FROM=any`; what `ckpt restart --image-dir DIR -- PROGRAM` asks for, as
+    /// `scontrol checkpoint restart ... ImageDir=` of Slurm's removed checkpoint interface did). Announced like any other adoption.
     Any,
 }
 
@@ -218,8 +218,7 @@ pub fn effective_uid() -> u32 {
     if cfg!(miri) {
         return 1000;
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::euid()
 }
 
 fn process_cmdline() -> Vec<Vec<u8>> {

@@ -54,9 +54,10 @@
 //!
 //! # Testing against crashes
 //!
-//! All I/O goes through the [`storage::Storage`] trait. [`storage::MemStorage`] models what a power cut
-//! keeps (only what was fsynced) and [`storage::FaultStorage`] fails the Nth operation, so the commit
-//! protocol can be checked at every instant.
+//! All I/O goes through the [`storage::Storage`] trait. The workspace's tests (the `testing` feature) use
+//! `storage::MemStorage`, which models what a power cut keeps (only what was fsynced), and
+//! `storage::FaultStorage`, which fails the Nth operation, so the commit protocol can be checked at every
+//! instant.
 
 #![warn(missing_docs)]
 
@@ -67,10 +68,10 @@ mod discovery;
 mod error;
 pub mod format;
 pub mod identity;
-pub mod process_image;
 mod reader;
 pub mod storage;
 mod store;
+mod sys;
 mod timefmt;
 pub mod triggers;
 pub mod trust;
@@ -83,13 +84,16 @@ pub use config::{
 };
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
-pub use format::{Codec, Encoding, FileKind, Header, SectionEntry};
+pub use format::{Codec, Encoding, FileKind, Header, ManifestEntry, SectionEntry};
 pub use reader::{Checkpoint, LoadOptions, SectionData, read_header};
 pub use store::{
     CheckpointWriter, CommitInfo, NameKind, PartIdentity, Store, any_base, begin_file, classify, parse_manifest,
 };
 pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time};
-pub use writer::{Compression, FileStats, SectionOptions, SectionWriter, auto_choice};
+// `auto_choice` is for the benchmarks (the cost of `auto`'s decision), not part of the API.
+#[doc(hidden)]
+pub use writer::auto_choice;
+pub use writer::{Compression, FileStats, SectionOptions, SectionWriter};
 
 /// This library's version, as recorded in every file it writes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -30,10 +30,9 @@ const AUTO_MIN_LEN: usize = 16 << 10;
 /// `Auto` compresses up to this many sample windows of [`AUTO_WINDOW`] bytes before deciding.
 const AUTO_WINDOWS: usize = 4;
 const AUTO_WINDOW: usize = 32 << 10;
-/// The zstd level `Auto` uses when it decides to compress: one of zstd's fast levels. Over blocks the
-/// file already has (space reuse) this disk takes 2+ GB/s, and at level 1 the exponent planes of a
-/// float64 field only just paid for their time; at -1 they pay with the same ratio (1.34 on the
-/// benchmark's field; 256 MiB auto save 0.95-0.99x the uncompressed one, against 1.02-1.06x at 1).
+/// The zstd level `Auto` uses when it decides to compress: one of zstd's fast levels. A fast disk writing
+/// over reused blocks leaves compression little time to pay for itself: at level 1 the exponent planes of
+/// a float64 field only just did; at -1 they pay with the same ratio (BENCHMARKS.md, scenario 5).
 pub const AUTO_LEVEL: i32 = -1;
 
 /// How a section is compressed.
@@ -167,8 +166,8 @@ const PLANE_SAMPLE_EVERY: u64 = 64;
 const PLANE_MIN_SAVING: f64 = 0.1;
 
 /// Chooses, block by block, which byte planes of a shuffled section are worth compressing, and compresses
-/// them. The low-order bytes of floating-point data are close to random: zstd searches them for matches
-/// at about 1 GB/s and saves nothing, while the exponent bytes compress 10-1000x at several GB/s. Sampling
+/// them. The low-order bytes of floating-point data are close to random: zstd spends its time searching
+/// them for matches and saves nothing, while the exponent bytes compress many times over, fast. Sampling
 /// blocks compress every plane (their results are stored, so a sample costs nothing extra) and record, per
 /// plane, whether it saved at least 10% and, with `Compression::Auto`, whether the time it took is less
 /// than writing the bytes it saved at the measured write bandwidth; the blocks in between compress only

@@ -205,7 +205,7 @@ pub extern "C" fn ckpt_should_exit() -> i32 {
     i32::from(unsafe { &*v }.should_exit())
 }
 
-fn write_regions(s: &mut State, w: &mut ckpt_core::CheckpointWriter) -> FfiResult<()> {
+fn write_regions(s: &State, w: &mut ckpt_core::CheckpointWriter) -> ckpt_core::Result<()> {
     for (k, v) in &s.metadata {
         w.set_metadata(k, v)?;
     }
@@ -234,24 +234,7 @@ fn write_regions(s: &mut State, w: &mut ckpt_core::CheckpointWriter) -> FfiResul
 pub extern "C" fn ckpt_checkpoint(step: i64) -> i32 {
     guard(|| {
         with_state(|s| {
-            let mut w = s.checkpointer.begin(step)?;
-            let generation = w.generation();
-            if let Err(e) = write_regions(s, &mut w) {
-                s.checkpointer.abort(w, &ckpt_core::Error::new(ckpt_core::ErrorKind::Io, e.message.clone()));
-                return Err(e);
-            }
-            s.checkpointer.commit(w)?;
-            if s.checkpointer.config().nranks > 1 {
-                // Without MPI, rank 0 waits for every part and commits; the other ranks cannot know the
-                // outcome and count their durable part as done.
-                if s.checkpointer.config().rank == 0 {
-                    let r = s.checkpointer.store().commit_step(generation, step);
-                    s.checkpointer.finish_step(r.is_ok());
-                    r?;
-                } else {
-                    s.checkpointer.finish_step_unconfirmed();
-                }
-            }
+            s.checkpointer.checkpoint(step, |w| write_regions(s, w))?;
             Ok(CKPT_OK)
         })
     })
@@ -658,12 +641,7 @@ pub extern "C" fn ckpt_next_generation(generation_out: *mut u64) -> i32 {
 pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
     guard(|| {
         with_state(|s| {
-            let mut w = s.checkpointer.begin_part(generation, step)?;
-            if let Err(e) = write_regions(s, &mut w) {
-                s.checkpointer.abort(w, &ckpt_core::Error::new(ckpt_core::ErrorKind::Io, e.message.clone()));
-                return Err(e);
-            }
-            s.checkpointer.commit(w)?;
+            s.checkpointer.checkpoint_part(generation, step, |w| write_regions(s, w))?;
             Ok(CKPT_OK)
         })
     })

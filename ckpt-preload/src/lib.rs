@@ -17,7 +17,7 @@
 //!   cannot restore (child processes), records
 //!   the file offsets and sizes, and forks a writer with a raw `clone` (no atfork handlers, no SIGCHLD).
 //!   The program continues at once; the writer saves the frozen copy of the address space as a
-//!   checkpoint file in ckpt's format ([`ckpt_core::process_image`]), skipping untouched and zero pages,
+//!   checkpoint file in ckpt's format ([`ckpt_image`]), skipping untouched and zero pages,
 //!   and commits it atomically. For checkpoint-and-exit the handler waits for the writer and then ends
 //!   the process by the signal's default action;
 //! * when started by `ckpt restart` (`CKPT_SHIM_RESTORE=IMAGE`), restores the image before the
@@ -26,8 +26,6 @@
 //! The shim stays passive in every process but the one it was started in (children inherit
 //! `LD_PRELOAD`), and everything it cannot restore is refused with a message, never mis-restored.
 //! Scope: Linux x86_64, glibc, one process with any number of threads.
-
-#![allow(clippy::missing_safety_doc)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
@@ -147,7 +145,7 @@ pub(crate) static FOREIGN_FDS: AtomicU8 = AtomicU8::new(0);
 pub(crate) static ARG_AREA: Shared<[u64; 4]> = Shared::new([0; 4]);
 /// `CKPT_SHIM_ROOT=` and a marker.
 pub(crate) const ROOT_ENV_PREFIX: &[u8] = b"CKPT_SHIM_ROOT=";
-pub(crate) const ROOT_ENV_LEN: usize = ROOT_ENV_PREFIX.len() + ckpt_core::process_image::ROOT_MARKER_LEN;
+pub(crate) const ROOT_ENV_LEN: usize = ROOT_ENV_PREFIX.len() + ckpt_image::ROOT_MARKER_LEN;
 
 /// A cell the handler and interposers share. The handler runs with every signal blocked, in the one
 /// thread that coordinates a checkpoint while the others are stopped; the program's threads calling
@@ -343,8 +341,8 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
     // Which process is the root: the one CKPT_SHIM_ROOT names by pid *and* start time (`ckpt run` and
     // `ckpt restart` name themselves, then exec the program: same pid, same start time). A process that
     // merely has that pid now (the named one is gone) has another start time and stays passive.
-    let marker = getenv("CKPT_SHIM_ROOT").map(|t| ckpt_core::process_image::RootMarker::parse(&t).map_err(|e| (t, e)));
-    let named_me = |m: &ckpt_core::process_image::RootMarker| m.names_self();
+    let marker = getenv("CKPT_SHIM_ROOT").map(|t| ckpt_image::RootMarker::parse(&t).map_err(|e| (t, e)));
+    let named_me = |m: &ckpt_image::RootMarker| m.names_self();
     if let Some(image) = getenv("CKPT_SHIM_RESTORE") {
         // Only the process `ckpt restart` exec'ed restores; its children see the variable too.
         match &marker {
@@ -365,18 +363,18 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
             }
             return;
         }
-        None => ckpt_core::process_image::nonce(), // LD_PRELOAD set by hand: this process is the root
+        None => ckpt_image::nonce(), // LD_PRELOAD set by hand: this process is the root
     };
-    let start = match ckpt_core::process_image::process_start_time(pid as u32) {
+    let start = match ckpt_image::process_start_time(pid as u32) {
         Ok(s) => s,
         Err(e) => {
             warn_prefixed(b"checkpointing is disabled: cannot read /proc/self/stat: ", e.to_string().as_bytes());
             return;
         }
     };
-    set_root_marker(&ckpt_core::process_image::RootMarker { pid: pid as u32, start, nonce });
+    set_root_marker(&ckpt_image::RootMarker { pid: pid as u32, start, nonce });
     ROOT_START.store(start, Ordering::Relaxed);
-    if let Some(boot) = ckpt_core::process_image::boot_id() {
+    if let Some(boot) = ckpt_image::boot_id() {
         // SAFETY: single-threaded initialisation (see Shared).
         unsafe { fill_cstr(&mut *BOOT_ID.get(), boot.as_bytes()) };
     }
@@ -407,7 +405,7 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
 
 /// Puts `CKPT_SHIM_ROOT=<marker>` into the environment through [`ROOT_MARKER_ENV`] (`putenv` keeps the
 /// buffer, so the restorer can rewrite the marker in place).
-fn set_root_marker(m: &ckpt_core::process_image::RootMarker) {
+fn set_root_marker(m: &ckpt_image::RootMarker) {
     let text = m.format();
     // SAFETY: single-threaded initialisation (see Shared); the buffer is static, so putenv may keep it.
     unsafe {
@@ -488,8 +486,7 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
     // Before anything of the shim opens a file: what the launcher left open.
     record_start_fds();
     record_arg_area();
-    let foreign =
-        ckpt_core::process_image::ForeignFds::parse(getenv(ckpt_core::process_image::FOREIGN_FDS_VAR).as_deref())?;
+    let foreign = ckpt_image::ForeignFds::parse(getenv(ckpt_image::FOREIGN_FDS_VAR).as_deref())?;
     FOREIGN_FDS.store(foreign as u8, Ordering::Relaxed);
     NO_KCMP.store(getenv("CKPT_SHIM_NO_KCMP").is_some_and(|v| v == "1"), Ordering::Relaxed);
     let exe_name = std::fs::read_link("/proc/self/exe")
@@ -567,7 +564,7 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
         && ckpt_core::control::prepare_socket_dir(&dir).is_ok()
     {
         use std::os::unix::ffi::OsStrExt;
-        let name = ckpt_core::process_image::registration_name(0, job_id.as_deref(), step_id);
+        let name = ckpt_image::registration_name(0, job_id.as_deref(), step_id);
         let suffix = name.strip_prefix('0').unwrap_or(&name).as_bytes().to_vec();
         let dir = dir.as_os_str().as_bytes().to_vec();
         // SAFETY: single-threaded initialisation (see Shared).
@@ -622,8 +619,8 @@ pub(crate) fn inherited_at_start(fd: i32, dev: u64, ino: u64) -> bool {
 }
 
 /// `CKPT_SHIM_FOREIGN_FDS` as parsed at start.
-pub(crate) fn foreign_fds_policy() -> ckpt_core::process_image::ForeignFds {
-    use ckpt_core::process_image::ForeignFds;
+pub(crate) fn foreign_fds_policy() -> ckpt_image::ForeignFds {
+    use ckpt_image::ForeignFds;
     match FOREIGN_FDS.load(Ordering::Relaxed) {
         1 => ForeignFds::Close,
         2 => ForeignFds::Refuse,
@@ -669,7 +666,7 @@ fn cstr_len(b: &[u8]) -> usize {
 
 /// Creates `<socket_dir>/<pid>.<job>.<step>.shim` (raw system calls: the restorer calls this too): only in
 /// a directory of this user with mode 0700 (no symlink), afresh (`O_EXCL|O_NOFOLLOW`), with the signals
-/// and the process's start time and boot (see [`ckpt_core::process_image::Registration`]).
+/// and the process's start time and boot (see [`ckpt_image::Registration`]).
 pub(crate) fn register_process() {
     // SAFETY: single-threaded access (see Shared).
     let (dir, suffix, path) = unsafe { (&*REG_DIR.get(), &*REG_SUFFIX.get(), &mut *REG_PATH.get()) };
@@ -911,7 +908,7 @@ fn end_time_query(job: &str, lead: f64, signal: i32, root: i32, root_start: u64)
         // squeue and its children must not load the shim's machinery again.
         libc::setenv(c"CKPT_PRELOAD_DISABLE".as_ptr(), c"1".as_ptr(), 1);
     }
-    let same_root = || ckpt_core::process_image::process_start_time(root as u32).is_ok_and(|s| s == root_start);
+    let same_root = || ckpt_image::process_start_time(root as u32).is_ok_and(|s| s == root_start);
     match ckpt_core::triggers::query_squeue_end_time(job, END_TIME_QUERY_TIMEOUT) {
         Ok(Some(end)) => {
             let at = (end as f64 - lead).max(1.0) as u64;

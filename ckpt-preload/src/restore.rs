@@ -23,7 +23,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 
-use ckpt_core::process_image::{FdKind, PendingSignals, ProcessImage, RegionKind, ThreadRecord};
+use ckpt_image::{FdKind, PendingSignals, ProcessImage, RegionKind, ThreadRecord};
 
 use crate::sys::*;
 
@@ -71,7 +71,7 @@ pub struct Plan {
     image_ino: u64,
     /// The marker naming the restored process (written over the restored `CKPT_SHIM_ROOT`), its start
     /// time and this boot's id (NUL-terminated), for the registration.
-    marker: [u8; ckpt_core::process_image::ROOT_MARKER_LEN],
+    marker: [u8; ckpt_image::ROOT_MARKER_LEN],
     root_start: u64,
     boot_id: [u8; 64],
     /// `struct prctl_mm_map` of this process (its code, data, brk and stack bounds), to which the
@@ -96,7 +96,7 @@ pub struct Plan {
     nlocks: usize,
 }
 
-/// A file lock to take again (see [`ckpt_core::process_image::FileLock`]).
+/// A file lock to take again (see [`ckpt_image::FileLock`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct PlanLock {
@@ -227,7 +227,7 @@ pub(crate) fn refuse_restart(image: &str, message: &str) -> ! {
 /// `image_path` is only named in messages, never opened) into this process (see the module
 /// documentation). `nonce` is the one of the marker naming this process. Returns only by exiting.
 pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -> Option<String>) {
-    use ckpt_core::process_image::{IMAGE_FD_VAR, OpenedFile, RootMarker, verified_token};
+    use ckpt_image::{IMAGE_FD_VAR, OpenedFile, RootMarker, verified_token};
     use std::os::fd::FromRawFd;
     use std::os::unix::fs::MetadataExt;
     let t0_ns = monotonic_ns();
@@ -300,31 +300,31 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     if !verified && let Err(e) = cp.verify() {
         refuse(image_path, &e.to_string());
     }
-    let image = match ckpt_core::process_image::read(&cp) {
+    let image = match ckpt_image::read(&cp) {
         Ok(i) => i,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let memory_offset = match cp.section(ckpt_core::process_image::MEMORY_SECTION) {
+    let memory_offset = match cp.section(ckpt_image::MEMORY_SECTION) {
         Ok(s) => s.offset,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let limits = match ckpt_core::process_image::read_limits(&cp) {
+    let limits = match ckpt_image::read_limits(&cp) {
         Ok(l) => l.unwrap_or_default(),
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let noreserve = match ckpt_core::process_image::read_noreserve(&cp) {
+    let noreserve = match ckpt_image::read_noreserve(&cp) {
         Ok(n) => n,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let threads = match ckpt_core::process_image::read_threads(&cp, &image) {
+    let threads = match ckpt_image::read_threads(&cp, &image) {
         Ok(t) => t,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let pending = match ckpt_core::process_image::read_pending(&cp) {
+    let pending = match ckpt_image::read_pending(&cp) {
         Ok(p) => p,
         Err(e) => refuse(image_path, &e.to_string()),
     };
-    let locks = match ckpt_core::process_image::read_locks(&cp, &image) {
+    let locks = match ckpt_image::read_locks(&cp, &image) {
         Ok(l) => l,
         Err(e) => refuse(image_path, &e.to_string()),
     };
@@ -350,13 +350,13 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         refuse(image_path, &problem);
     }
     let pid = getpid();
-    let start = match ckpt_core::process_image::process_start_time(pid as u32) {
+    let start = match ckpt_image::process_start_time(pid as u32) {
         Ok(s) => s,
         Err(e) => refuse(image_path, &format!("/proc/self/stat: {e}")),
     };
     let marker = RootMarker { pid: pid as u32, start, nonce }.format();
     let mut boot_id = [0u8; 64];
-    if let Some(b) = ckpt_core::process_image::boot_id() {
+    if let Some(b) = ckpt_image::boot_id() {
         crate::fill_cstr(&mut boot_id, b.as_bytes());
     }
     let maps = current_maps();
@@ -396,7 +396,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         (*plan).nrlimits = limits.len().min(MAX_RLIMITS);
         (*plan).image_dev = meta.dev();
         (*plan).image_ino = meta.ino();
-        (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_core::process_image::ROOT_MARKER_LEN]);
+        (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_image::ROOT_MARKER_LEN]);
         (*plan).root_start = start;
         (*plan).boot_id = boot_id;
         if getenv("CKPT_SHIM_RESTORE_READ").is_some_and(|v| v == "1") {
@@ -425,7 +425,7 @@ fn warn_foreign_fds(image: &ProcessImage, image_path: &str) {
             "ckpt restart: descriptor {} ({was}) was inherited from the launcher of the checkpointed program and \
              cannot be restored: it is restored as {as_what} ({}={})\n",
             f.fd,
-            ckpt_core::process_image::FOREIGN_FDS_VAR,
+            ckpt_image::FOREIGN_FDS_VAR,
             if f.kind == FdKind::ForeignNull { "devnull" } else { "close" }
         );
         write_all(2, line.as_bytes());
@@ -501,9 +501,7 @@ fn large_regions_mappable(image: &ProcessImage, noreserve: &[(u64, u64)]) -> Opt
 }
 
 fn preflight(image: &ProcessImage) -> Option<String> {
-    if let Some(why) =
-        ckpt_core::process_image::fingerprint_mismatch(&image.fingerprint, &ckpt_core::process_image::fingerprint())
-    {
+    if let Some(why) = ckpt_image::fingerprint_mismatch(&image.fingerprint, &ckpt_image::fingerprint()) {
         return Some(why);
     }
     // SAFETY: personality(0xffffffff) only queries.
@@ -570,7 +568,7 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&r.path));
             match std::fs::metadata(path) {
                 Ok(meta) => {
-                    let now = ckpt_core::process_image::FileIdentity::of(&meta);
+                    let now = ckpt_image::FileIdentity::of(&meta);
                     if now != *id {
                         return Some(format!("{} changed since the checkpoint", path.display()));
                     }
@@ -623,7 +621,7 @@ fn preflight(image: &ProcessImage) -> Option<String> {
             }
         }
         if let Some(id) = &f.identity {
-            let now = ckpt_core::process_image::FileIdentity::of(&meta);
+            let now = ckpt_image::FileIdentity::of(&meta);
             if now.dev != id.dev || now.ino != id.ino {
                 return Some(format!(
                     "{} (fd {}) was replaced by another file since the checkpoint",
@@ -680,7 +678,7 @@ fn moved_object(image: &ProcessImage, path: &str, start: u64, offset: u64) -> Op
 /// lowering one is always allowed). Raising a hard limit needs CAP_SYS_RESOURCE: without it the restart
 /// is refused, rather than the program resuming with less than it had (a program that checked its limit
 /// at start would fail later, or silently do less).
-fn raise_hard_limits(limits: &[ckpt_core::process_image::ResourceLimit]) -> Option<String> {
+fn raise_hard_limits(limits: &[ckpt_image::ResourceLimit]) -> Option<String> {
     for l in limits {
         let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: `now` is writable.
@@ -694,7 +692,7 @@ fn raise_hard_limits(limits: &[ckpt_core::process_image::ResourceLimit]) -> Opti
             return Some(format!(
                 "the hard {} was {} at checkpoint time and is {} here, and it cannot be raised ({err}); restart \
                  where the hard limit is at least as high (`ulimit -H`)",
-                ckpt_core::process_image::resource_name(l.resource),
+                ckpt_image::resource_name(l.resource),
                 show_value(l.hard),
                 show_value(now.rlim_max)
             ));
@@ -756,7 +754,7 @@ unsafe fn build_plan(
     image: &ProcessImage,
     threads: &[ThreadRecord],
     pending: &PendingSignals,
-    locks: &[ckpt_core::process_image::FileLock],
+    locks: &[ckpt_image::FileLock],
     noreserve: &[(u64, u64)],
     keep: &[(u64, u64, Vec<u8>, u64)],
     maps: &[Mapping],
@@ -983,7 +981,7 @@ unsafe fn build_plan(
             map_runs: 1,
             image_dev: 0,
             image_ino: 0,
-            marker: [0; ckpt_core::process_image::ROOT_MARKER_LEN],
+            marker: [0; ckpt_image::ROOT_MARKER_LEN],
             root_start: 0,
             boot_id: [0; 64],
             mm_map,
@@ -1174,6 +1172,8 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     //    every self-pipe) at a number above all the program's, then move each to its number.
     // SAFETY: closing descriptors has no memory effects.
     unsafe { syscall3(SYS_close_range, 3, u32::MAX as usize, 0) };
+    // SAFETY: the plan's descriptor table: `nfds` records at `fds` (non-NULL when `nfds` > 0), written by
+    // the plan's builder and used by nothing else now.
     let fds = if p.nfds == 0 { &mut [][..] } else { unsafe { core::slice::from_raw_parts_mut(p.fds, p.nfds) } };
     let high = |fd: isize| -> i32 {
         if fd < 0 {
@@ -1455,7 +1455,7 @@ fn take_locks(p: &Plan) {
 }
 
 /// Whether the locks the program held can be taken again here (nobody else holds them now).
-fn locks_free(image: &ProcessImage, locks: &[ckpt_core::process_image::FileLock]) -> Option<String> {
+fn locks_free(image: &ProcessImage, locks: &[ckpt_image::FileLock]) -> Option<String> {
     use std::os::fd::AsRawFd;
     for l in locks {
         let f = image.fds.iter().find(|f| f.fd == l.fd)?;
@@ -1655,6 +1655,8 @@ fn replace_address_space(p: &Plan) {
     // SAFETY: the plan is in the writable arena; only this thread runs.
     unsafe { core::ptr::write_volatile(core::ptr::addr_of!(p.brk_set) as *mut u64, (brk as u64 == p.brk) as u64) };
     //    Then unmap everything but the vDSO/vvar, the arena and the identical file mappings.
+    // SAFETY: the plan reserves `maps_cap` bytes at `maps_buf` (below the restorer's stack) for this read
+    // alone.
     let n = read_file(b"/proc/self/maps\0", unsafe { core::slice::from_raw_parts_mut(p.maps_buf, p.maps_cap) });
     if n < 0 {
         fatal(b"cannot read /proc/self/maps", 0, n);

@@ -11,9 +11,9 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use ckpt_core::process_image::*;
 use ckpt_core::storage::{DirEntry, FileStorage, Storage, StorageReader, StorageWriter};
 use ckpt_core::{Compression, Encoding, SectionOptions};
+use ckpt_image::*;
 
 use crate::sys::*;
 use crate::{ARENA_SIZE, CHILD_ARENA, SNAPSHOT, context, warn};
@@ -588,7 +588,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         rlimit_stack: rlimit_stack(),
         // SAFETY: personality(0xffffffff) only queries.
         personality: unsafe { libc::personality(0xffff_ffff) } as u32,
-        fingerprint: ckpt_core::process_image::fingerprint(),
+        fingerprint: ckpt_image::fingerprint(),
         // SAFETY: brk(0) only queries.
         brk: unsafe { syscall3(SYS_brk, 0, 0, 0) } as u64,
         fs_base: main.fs_base,
@@ -610,7 +610,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         time_unix: ckpt_core::triggers::unix_now(),
         restarts: crate::RESTARTS.load(Ordering::Relaxed),
     };
-    let state = ckpt_core::process_image::encode(&image).map_err(|e| Failure::Failed(e.to_string()))?;
+    let state = ckpt_image::encode(&image).map_err(|e| Failure::Failed(e.to_string()))?;
 
     let store = &ctx.store;
     let image_dir = take_request();
@@ -623,25 +623,25 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let fail = |e: ckpt_core::Error| Failure::Failed(e.to_string());
     w.set_metadata(IMAGE_METADATA_KEY, "1").map_err(fail)?;
     w.add_section_with(STATE_SECTION, &state, plain.encoding(Encoding::Postcard)).map_err(fail)?;
-    let limits = ckpt_core::process_image::encode_limits(&resource_limits()).map_err(fail)?;
+    let limits = ckpt_image::encode_limits(&resource_limits()).map_err(fail)?;
     w.add_section_with(LIMITS_SECTION, &limits, plain.encoding(Encoding::Postcard)).map_err(fail)?;
-    let noreserve = ckpt_core::process_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
-    w.add_section_with(ckpt_core::process_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard))
-        .map_err(fail)?;
+    let noreserve = ckpt_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
+    w.add_section_with(ckpt_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     if !locks.is_empty() {
-        let section = ckpt_core::process_image::encode_locks(&locks).map_err(fail)?;
+        let section = ckpt_image::encode_locks(&locks).map_err(fail)?;
         w.add_section_with(LOCKS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     }
     if pending != PendingSignals::default() {
-        let section = ckpt_core::process_image::encode_pending(&pending).map_err(fail)?;
+        let section = ckpt_image::encode_pending(&pending).map_err(fail)?;
         w.add_section_with(PENDING_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     }
     if threads.len() > 1 {
-        let section = ckpt_core::process_image::encode_threads(&threads).map_err(fail)?;
+        let section = ckpt_image::encode_threads(&threads).map_err(fail)?;
         w.add_section_with(THREADS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     }
     // The requesting thread's errno as the program left it (this copy's libc calls change it).
-    let errno = (snap.errno_addr as u64, snap.errno.to_ne_bytes());
+    // (x86_64: memory is little-endian.)
+    let errno = (snap.errno_addr as u64, snap.errno.to_le_bytes());
     {
         let mut sw = w.section_writer(MEMORY_SECTION, plain).map_err(fail)?;
         // Through a buffer: the CRC and the bytes written are then the same bytes even where this copy of
@@ -728,9 +728,9 @@ fn parent_write_files(ppid: i32) -> Vec<(u64, u64)> {
 }
 
 /// The descriptors' records, and the JSON of those inherited from the launcher that a restart will not
-/// restore (see [`ckpt_core::process_image::ForeignFds`]).
+/// restore (see [`ckpt_image::ForeignFds`]).
 fn descriptors(snap: &crate::Snapshot) -> Result<(Vec<FdRecord>, Vec<serde_json::Value>), Failure> {
-    use ckpt_core::process_image::ForeignFds;
+    use ckpt_image::ForeignFds;
     let shared_with_parent = parent_write_files(snap.ppid);
     let policy = crate::foreign_fds_policy();
     let mut fds: Vec<FdRecord> = Vec::new();
@@ -776,7 +776,7 @@ fn descriptors(snap: &crate::Snapshot) -> Result<(Vec<FdRecord>, Vec<serde_json:
                         return Err(Failure::Refused(format!(
                             "{why}; it was inherited from the launcher (open when the program started) and \
                              {}=refuse (devnull or close restore such descriptors as /dev/null or closed)",
-                            ckpt_core::process_image::FOREIGN_FDS_VAR
+                            ckpt_image::FOREIGN_FDS_VAR
                         )));
                     }
                 };

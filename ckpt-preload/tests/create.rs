@@ -46,7 +46,11 @@ fn create_by_pid_and_job_restart_from_image_dir() {
     assert!(o.status.success(), "{o:?}");
     let reported = String::from_utf8_lossy(&o.stdout).trim().to_string();
     assert!(Path::new(&reported).starts_with(&elsewhere) && Path::new(&reported).is_file(), "reported {reported:?}");
-    assert_eq!(reported, elsewhere.join("4711.ckpt").display().to_string(), "named by the seed's rules");
+    assert_eq!(
+        reported,
+        elsewhere.join("4711.ckpt").display().to_string(),
+        "named by the rules of Slurm's removed checkpoint interface"
+    );
     // By pid, with --vacate: checkpoint and exit.
     let o =
         command(&ckpt, dir).args(["create", &child.id().to_string(), "--vacate", "--max-wait", "30"]).output().unwrap();

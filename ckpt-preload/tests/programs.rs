@@ -119,7 +119,7 @@ fn newest_image(img: &Path) -> (PathBuf, u64) {
     }
     let path = best.expect("an image").1;
     let cp = ckpt_core::Checkpoint::open(&path).unwrap();
-    let image = ckpt_core::process_image::read(&cp).unwrap();
+    let image = ckpt_image::read(&cp).unwrap();
     let size = image.fds.iter().find(|f| f.fd == 1).map(|f| f.size).unwrap_or(0);
     (path, size)
 }

@@ -25,7 +25,7 @@ fn interval_checkpoints_continue_after_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let expected = Command::new(&argv[0]).args(&argv[1..]).output().unwrap().stdout;
-    // The seed document's formats: "0:0:1" is one second (SLURM_CHECKPOINT), --interval takes the same.
+    // The formats of Slurm's removed checkpoint interface: "0:0:1" is one second (SLURM_CHECKPOINT), --interval takes the same.
     let mut child = command(&ckpt, dir)
         .env("SLURM_CHECKPOINT", "0:0:1")
         .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ckpt_core::process_image::{RootMarker, process_start_time};
+use ckpt_image::{RootMarker, process_start_time};
 use common::*;
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

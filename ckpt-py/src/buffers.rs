@@ -312,6 +312,7 @@ impl Inputs {
         // the save (the documentation asks not to); bytearrays cannot be resized while exported.
         let view = |b: &PyUntypedBuffer| -> &[u8] {
             let len = b.len_bytes();
+            // SAFETY: as above: `len` contiguous bytes at `buf_ptr`, valid while `self` lives.
             if len == 0 { &[] } else { unsafe { std::slice::from_raw_parts(b.buf_ptr().cast::<u8>(), len) } }
         };
         Views {

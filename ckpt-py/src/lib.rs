@@ -10,10 +10,10 @@
 //! Nothing here is public API: use the `ckpt` package.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ckpt_core::storage::FileStorage;
-use ckpt_core::{Checkpoint, CommitInfo, Error, LoadOptions, Restored, Store, begin_file};
+use ckpt_core::{Checkpoint, CommitInfo, Config, Error, LoadOptions, Restored, Store, begin_file};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
@@ -123,17 +123,31 @@ fn save_store<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let config = config_from_env(py, None).py_err(py)?;
     let compression = buffers::compression(py, compress, config.compression)?;
+    let store = store_for(config);
     save_detached(py, stream, buffers, item_sizes, |views| {
-        let store = Store::new(config);
-        let mut w = store.begin(step)?;
-        buffers::write_sections(&mut w, views, compression, metrics)?;
-        let info = w.commit()?;
-        let cfg = store.config();
-        if cfg.nranks > 1 && cfg.rank == 0 {
-            return store.commit_step(info.generation, step);
-        }
-        Ok(info)
+        store.checkpoint(step, |w| buffers::write_sections(w, views, compression, metrics))
     })
+}
+
+/// The process's store for `config`, made once: a store keeps what one save learns for the next (the
+/// directory's listing, the measured write speed `auto` compression relies on, the spare, generations
+/// restart found damaged), so the module-level save and load share one per configuration.
+fn store_for(config: Config) -> Arc<Store> {
+    /// Configurations a process uses are few (one name, maybe a directory or two); this bounds the rest.
+    const MAX_STORES: usize = 8;
+    static STORES: Mutex<Vec<Arc<Store>>> = Mutex::new(Vec::new());
+    let mut stores = STORES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = stores.iter().position(|s| *s.config() == config) {
+        let store = stores.remove(i);
+        stores.push(store.clone());
+        return store;
+    }
+    if stores.len() >= MAX_STORES {
+        stores.remove(0);
+    }
+    let store = Arc::new(Store::new(config));
+    stores.push(store.clone());
+    store
 }
 
 /// Reads the Python checkpoint at `path`: `(stream, buffers, info)`. `verify=False` hands out memory-mapped
@@ -196,7 +210,7 @@ fn load_store<'py>(
     if let Some(m) = mmap {
         config.mmap = m;
     }
-    let store = Store::new(config);
+    let store = store_for(config);
     let restored = py
         .detach(|| match max_generation {
             None => store.restore(),

@@ -18,14 +18,15 @@
 //! the section table (names, encodings, codecs, filters, tags, lengths, offsets), and the header fields
 //! (generation, app_step, job id, application name, host, rank, nranks, step id, metadata, writer version).
 //! The creation time is only checked for plausibility. An independent parser of the documented byte layout
-//! (the top comment of `ckpt-core/src/format.rs`) checks the same files byte by byte, so the documentation,
-//! the files and the reader cannot drift apart silently.
+//! (the top comment of `ckpt-core/src/format/mod.rs`) checks the same files byte by byte, so the
+//! documentation, the files and the reader cannot drift apart silently.
 
 use std::path::{Path, PathBuf};
 
 use ckpt_core::storage::FileStorage;
 use ckpt_core::{
-    Checkpoint, Codec, Compression, Config, Encoding, FileKind, LoadOptions, SectionOptions, Store, parse_manifest,
+    Checkpoint, Codec, Compression, Config, Encoding, FileKind, LoadOptions, ManifestEntry, SectionOptions, Store,
+    parse_manifest,
 };
 use ckpt_tests::config;
 use serde::{Deserialize, Serialize};
@@ -732,7 +733,8 @@ fn golden_v1_multirank_files_read_back() {
     for (r, (entry, part)) in entries.iter().zip(parts).enumerate() {
         let cp = Checkpoint::from_bytes(read_golden(part.path)).expect("part");
         let (hc, tc) = cp.identity();
-        assert_eq!(*entry, (r as u32, cp.file_len(), hc, tc), "manifest entry of rank {r}");
+        let expected = ManifestEntry { rank: r as u32, file_len: cp.file_len(), header_crc32: hc, table_crc32: tc };
+        assert_eq!(*entry, expected, "manifest entry of rank {r}");
     }
 }
 
@@ -839,8 +841,8 @@ fn check_zstd_frame(what: &str, frame: &[u8], n: usize) {
     assert_eq!(pos, frame.len(), "{what}: the plane's stored length is exactly one zstd frame");
 }
 
-/// Parses the stored bytes of a filter-2 (byte planes) section as documented in `format.rs`: per block of
-/// 1 MiB rounded down to a multiple of `es`, `es` u32 words (bit 31 = zstd frame, low 31 bits = stored
+/// Parses the stored bytes of a filter-2 (byte planes) section as documented in `format/mod.rs`: per block
+/// of 1 MiB rounded down to a multiple of `es`, `es` u32 words (bit 31 = zstd frame, low 31 bits = stored
 /// length), the planes' bytes, then the block's tail. Planes stored as is and tails are un-shuffled here with
 /// a plain loop (byte `j` of element `i` is at `j * n + i` in the block) and compared with `content`;
 /// compressed planes are checked as zstd frames (the tests crate has no zstd decoder; the reader's decoding
@@ -915,7 +917,7 @@ fn check_plane_choices(sp: &str, name: &str, kinds: &[Vec<bool>]) {
     }
 }
 
-/// Parses every golden file with the byte layout documented in `format.rs`, independently of the reader.
+/// Parses every golden file with the byte layout documented in `format/mod.rs`, independently of the reader.
 #[test]
 fn golden_files_follow_the_documented_layout() {
     for g in ALL_GOLDEN {

@@ -114,10 +114,10 @@ fn every_rank_restores_its_own_part_of_the_newest_step() {
     let manifest = Checkpoint::open(dir.path().join(BASE)).unwrap();
     assert_eq!((manifest.header().kind, manifest.generation()), (FileKind::Manifest, 2));
     let entries = ckpt_core::parse_manifest(&manifest).unwrap();
-    assert_eq!(entries.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(entries.iter().map(|e| e.rank).collect::<Vec<_>>(), [0, 1, 2, 3]);
     for (r, s) in stores.iter().enumerate() {
         let r = r as u32;
-        assert_eq!(entries[r as usize].1, fs::metadata(part_path(dir.path(), 2, r)).unwrap().len());
+        assert_eq!(entries[r as usize].file_len, fs::metadata(part_path(dir.path(), 2, r)).unwrap().len());
         let restored = s.restore().unwrap().unwrap_or_else(|| panic!("rank {r}: nothing restored"));
         assert!(restored.rejected.is_empty(), "rank {r}: {:?}", restored.rejected);
         assert_eq!(restored.chosen_path, dir.path().join(BASE), "rank {r}: the manifest is what is chosen");

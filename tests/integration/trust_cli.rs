@@ -87,17 +87,11 @@ fn private_dir(path: &Path) {
 }
 
 fn start_time(pid: u32) -> u64 {
-    ckpt_core::process_image::process_start_time(pid).unwrap()
+    ckpt_image::process_start_time(pid).unwrap()
 }
 
 fn registration(signal: i32, start: u64) -> String {
-    ckpt_core::process_image::Registration {
-        signal,
-        exit_signal: 15,
-        start,
-        boot: ckpt_core::process_image::boot_id().unwrap(),
-    }
-    .format()
+    ckpt_image::Registration { signal, exit_signal: 15, start, boot: ckpt_image::boot_id().unwrap() }.format()
 }
 
 /// The whole attack of the issue: another user creates `$TMPDIR/ckpt-<uid>` first and fills it with a

@@ -159,7 +159,7 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(entries) = parse_manifest(&cp)
     {
         assert_eq!(entries.len(), cp.header().nranks as usize, "one record per rank");
-        assert!(entries.iter().enumerate().all(|(i, e)| e.0 as usize == i), "records in rank order");
+        assert!(entries.iter().enumerate().all(|(i, e)| e.rank as usize == i), "records in rank order");
     }
 
     // restart discovery over the directory with this file as generation 2's manifest

@@ -10,9 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
-use super::{parse_registration, peer_uid};
+use super::{ReplyLine, RequestLine, parse_registration, peer_uid};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The answer to a checkpoint request.
@@ -60,7 +58,8 @@ fn request_checkpoint_at(
         Some(d) => Some(std::path::absolute(d).map_err(|e| Error::io("resolve image directory", e).with_path(d))?),
         None => None,
     };
-    let req = json!({"op": "checkpoint", "image_dir": image_dir, "vacate": vacate});
+    let req = RequestLine { op: Some("checkpoint".into()), image_dir, vacate };
+    let req = serde_json::to_string(&req).map_err(|e| Error::invalid(format!("encode request: {e}")))?;
     (&stream).write_all(format!("{req}\n").as_bytes()).map_err(|e| Error::io("send request", e).with_path(socket))?;
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
@@ -89,17 +88,13 @@ fn request_checkpoint_at(
             Err(e) => return Err(Error::io("read answer", e).with_path(socket)),
         }
     }
-    let v: Value =
+    let v: ReplyLine =
         serde_json::from_str(line.trim()).map_err(|e| Error::invalid(format!("bad answer {line:?}: {e}")))?;
-    if v.get("ok").and_then(Value::as_bool) != Some(true) {
-        let msg = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+    if !v.ok {
+        let msg = v.error.as_deref().unwrap_or("unknown error");
         return Err(Error::new(ErrorKind::InvalidState, format!("checkpoint failed: {msg}")).with_path(socket));
     }
-    Ok(Reply {
-        path: PathBuf::from(v.get("path").and_then(Value::as_str).unwrap_or_default()),
-        generation: v.get("generation").and_then(Value::as_u64).unwrap_or(0),
-        step: v.get("step").and_then(Value::as_i64).unwrap_or(0),
-    })
+    Ok(Reply { path: v.path.unwrap_or_default(), generation: v.generation.unwrap_or(0), step: v.step.unwrap_or(0) })
 }
 
 /// The control sockets in `dir` of live processes matching `target`: a pid, a job id, or `job.step`.
@@ -116,8 +111,7 @@ pub fn find_registrations(dir: &Path, target: &str, suffix: &str) -> Result<Vec<
 
 /// Refuses a connection whose peer is not this user (`SO_PEERCRED` of the connected socket).
 pub fn check_peer_is_us(stream: &UnixStream, socket: &Path) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let uid = peer_uid(stream).map_err(|e| Error::io("SO_PEERCRED", e).with_path(socket))?;
     if uid != me {
         return Err(untrusted(format!(
@@ -180,8 +174,7 @@ impl ClientDir {
         let meta = std::fs::File::from(fd.try_clone().map_err(|e| Error::io("dup", e))?)
             .metadata()
             .map_err(|e| Error::io("stat the socket directory", e).with_path(dir))?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::euid();
         if meta.uid() != me {
             return Err(untrusted(format!(
                 "the socket directory belongs to uid {}, not to you (uid {me}): another user created it first, \
@@ -229,9 +222,8 @@ impl ClientDir {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some((pid, job, step)) = parse_registration(&name, suffix) else { continue };
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
-            if !alive {
+            // Only processes this user may signal: a pid another user now holds is not one of ours.
+            if !crate::sys::may_signal(pid) {
                 continue;
             }
             if want_step.is_none() && target == pid.to_string() {
@@ -261,8 +253,7 @@ impl ClientDir {
         };
         let file = std::fs::File::from(fd);
         let meta = file.metadata().map_err(|e| Error::io("stat", e).with_path(&path))?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::euid();
         if !meta.is_file() || meta.uid() != me {
             return Err(untrusted(format!(
                 "not a regular file of yours (uid {}, mode {:o}); not read",

@@ -1,5 +1,5 @@
-//! The control socket: checkpoint requests from outside the process (`ckpt create`, the seed's
-//! `scontrol checkpoint create` with `ImageDir=` and `MaxWait=`).
+//! The control socket: checkpoint requests from outside the process (`ckpt create`, which stands in for
+//! `scontrol checkpoint create` of Slurm's removed checkpoint interface, with `ImageDir=` and `MaxWait=`).
 //!
 //! Every process using a [`crate::Checkpointer`] listens on a Unix stream socket
 //! `<socket_dir>/<pid>.<job_id|->.<step_id|->.sock`. The directory is created with mode 0700 and must be
@@ -28,14 +28,59 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 mod client;
+pub use crate::sys::peer_uid;
 pub use client::{
     ClientDir, Reply, check_peer_is_us, find_registrations, find_sockets, request_checkpoint, request_checkpoint_in,
 };
+
+/// One request line on the socket: `{"op": "checkpoint", "image_dir": "/path" | null, "vacate": false}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct RequestLine {
+    /// The operation; only `checkpoint` is known (anything else is answered with an error).
+    #[serde(default)]
+    pub op: Option<String>,
+    /// Where to write this checkpoint instead of the checkpoint directory (absolute).
+    #[serde(default)]
+    pub image_dir: Option<PathBuf>,
+    /// Whether the program should exit after the checkpoint.
+    #[serde(default)]
+    pub vacate: bool,
+}
+
+/// One answer line: `{"ok": true, "path": ..., "generation": 3, "step": 120, "seconds": 0.42}` once the
+/// checkpoint is durable, or `{"ok": false, "error": "..."}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReplyLine {
+    /// Whether the checkpoint is durable.
+    pub ok: bool,
+    /// The durable checkpoint's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Its generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// The application step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i64>,
+    /// Seconds the checkpoint took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ReplyLine {
+    /// The answer of a failure.
+    pub(crate) fn failed(error: impl Into<String>) -> ReplyLine {
+        ReplyLine { ok: false, error: Some(error.into()), ..ReplyLine::default() }
+    }
+}
 
 /// A request read from the socket, waiting for the next checkpoint.
 #[derive(Debug)]
@@ -49,8 +94,8 @@ pub struct Request {
 
 impl Request {
     /// Sends the answer (best effort: the requester may have given up).
-    pub(crate) fn answer(self, reply: &Value) {
-        let mut line = reply.to_string();
+    pub(crate) fn answer(self, reply: &ReplyLine) {
+        let mut line = serde_json::to_string(reply).unwrap_or_default();
         line.push('\n');
         let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
         send_all(&self.stream, line.as_bytes());
@@ -99,8 +144,7 @@ fn check_socket_dir(dir: &Path) -> Result<()> {
 
 /// The ownership rule of the runtime directory: owned by the effective user, no access for group or others.
 fn check_dir_owner_mode(uid: u32, mode: u32) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     if uid != me {
         return Err(Error::invalid(format!("the socket directory belongs to uid {uid}, not to us ({me})")));
     }
@@ -191,8 +235,7 @@ impl RuntimeDir {
         // SAFETY: `fd` was just returned by openat and is owned by nothing else.
         let file = unsafe { File::from_raw_fd(fd) };
         let st = fstat_fd(fd)?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::sys::euid();
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::other(format!("{name} is not a regular file")));
         }
@@ -244,17 +287,6 @@ impl RuntimeDir {
         let entries = std::fs::read_dir(&by_fd).or_else(|_| std::fs::read_dir(&self.path))?;
         Ok(entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
     }
-}
-
-/// Whether process `pid` exists (`kill(pid, 0)` does not fail with ESRCH; EPERM means it exists).
-fn pid_exists(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// The file names of the Unix sockets listening in this network namespace (`/proc/net/unix`), or `None`
@@ -347,8 +379,7 @@ const STALE_SHARED_FILE: Duration = Duration::from_secs(24 * 3600);
 /// `unlinkat` on the verified descriptor, after checking they are still the inode examined.
 pub(crate) fn remove_stale(dir: &RuntimeDir, keep: Option<&str>) -> Vec<String> {
     let Ok(names) = dir.names() else { return Vec::new() };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let mut listening: Option<Option<HashSet<String>>> = None;
     let mut removed = Vec::new();
     let mut held_lock: Option<File> = None;
@@ -366,18 +397,18 @@ pub(crate) fn remove_stale(dir: &RuntimeDir, keep: Option<&str>) -> Vec<String> 
             if kind != libc::S_IFSOCK {
                 continue;
             }
-            let check = !pid_exists(pid)
+            let check = !crate::sys::process_exists(pid)
                 || !listening.get_or_insert_with(listening_socket_names).as_ref().is_some_and(|l| l.contains(&name));
             check && probe(dir, &name) == Probe::Refused
         } else if let Some((pid, _, _)) = parse_registration(&name, ".shim") {
-            kind == libc::S_IFREG && !pid_exists(pid)
+            kind == libc::S_IFREG && !crate::sys::process_exists(pid)
         } else if let Some(rest) = name.strip_prefix("squeue.") {
             if kind != libc::S_IFREG {
                 continue;
             }
             let old = now.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0)) > STALE_SHARED_FILE.as_secs();
             if let Some(pid) = rest.strip_suffix(".tmp").and_then(|r| r.rsplit_once('.')).map(|(_, p)| p) {
-                pid.parse::<u32>().is_ok_and(|p| !pid_exists(p))
+                pid.parse::<u32>().is_ok_and(|p| !crate::sys::process_exists(p))
             } else if rest.ends_with(".json") {
                 old
             } else if rest.ends_with(".lock") && old {
@@ -445,27 +476,6 @@ pub(crate) fn listen(dir: &Path, name: &str) -> Result<(UnixListener, PathBuf)> 
     Ok((listener, path))
 }
 
-/// The uid of the process at the other end of `stream`.
-pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: the fd is a live socket owned by `stream`; `cred` and `len` are valid for writes of the
-    // sizes given, as SO_PEERCRED requires.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred.uid)
-}
-
 /// What a freshly accepted connection brought.
 #[derive(Debug)]
 pub(crate) enum Incoming {
@@ -482,13 +492,12 @@ pub(crate) enum Incoming {
 /// with an error and dropped.
 pub(crate) fn read_request(stream: UnixStream) -> Result<Incoming> {
     stream.set_nonblocking(false).map_err(|e| Error::io("control socket", e))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let uid = peer_uid(&stream).map_err(|e| Error::io("SO_PEERCRED", e))?;
     if uid != me {
         let why = format!("permission denied: uid {uid} may not control this process");
         let req = Request { stream, image_dir: None, vacate: false };
-        req.answer(&json!({"ok": false, "error": why}));
+        req.answer(&ReplyLine::failed(why.clone()));
         return Ok(Incoming::Refused(why));
     }
     stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| Error::io("control socket", e))?;
@@ -498,20 +507,17 @@ pub(crate) fn read_request(stream: UnixStream) -> Result<Incoming> {
         return Ok(Incoming::Probe);
     }
     let bad = |why: &str| Error::invalid(format!("bad control request {:?}: {why}", line.trim()));
-    let v: Value = serde_json::from_str(line.trim()).map_err(|e| bad(&e.to_string()))?;
-    if v.get("op").and_then(Value::as_str) != Some("checkpoint") {
+    let req: RequestLine = serde_json::from_str(line.trim()).map_err(|e| bad(&e.to_string()))?;
+    if req.op.as_deref() != Some("checkpoint") {
         let why = "unknown op (expected \"checkpoint\")";
         let req = Request { stream, image_dir: None, vacate: false };
-        req.answer(&json!({"ok": false, "error": why}));
+        req.answer(&ReplyLine::failed(why));
         return Ok(Incoming::Refused(why.into()));
     }
-    let image_dir = match v.get("image_dir") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
-        Some(_) => return Err(bad("image_dir must be a string")),
-    };
-    let vacate = v.get("vacate").and_then(Value::as_bool).unwrap_or(false);
-    Ok(Incoming::Request(Request { stream, image_dir, vacate }))
+    if req.image_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        return Err(bad("image_dir must be a non-empty string"));
+    }
+    Ok(Incoming::Request(Request { stream, image_dir: req.image_dir, vacate: req.vacate }))
 }
 
 #[cfg(test)]

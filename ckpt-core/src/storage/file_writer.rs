@@ -7,10 +7,9 @@
 //! is written without a copy). Before the fsync the aligned rest goes direct and the unaligned tail
 //! through the page cache.
 //!
-//! Why: buffered writes need fresh page-cache pages and then a writeback. On these machines fresh pages
-//! are 2-4x slower when the memory sat idle and was handed back to the host, and a 1 GiB durable save
-//! through the page cache ran at 0.5-1.4 GB/s, where direct writes run at the device's 2+ GB/s whatever
-//! the state of memory. Direct writes also leave the application's page cache alone instead of filling it
+//! Why: buffered writes need fresh page-cache pages and then a writeback. On virtual machines fresh pages
+//! are much slower when the memory sat idle and was handed back to the host, where direct writes run at
+//! the device's speed whatever the state of memory (BENCHMARKS.md, "Where the time goes"). Direct writes also leave the application's page cache alone instead of filling it
 //! with a checkpoint nobody reads until a restart. File systems that refuse `O_DIRECT` (at `fcntl` or at
 //! the first write) get buffered writes with write-behind (`sync_file_range`), and `CKPT_DIRECT_IO=0`
 //! asks for that everywhere: [`crate::Config::direct_io`], which the store hands to every file it creates
@@ -30,7 +29,7 @@ use super::StorageWriter;
 /// A file switches to direct I/O once it reaches this many bytes.
 pub(super) const DIRECT_MIN_WRITE: usize = 1 << 20;
 /// File offsets and buffer addresses of direct writes are multiples of this: the largest logical block
-/// size of common devices (`statx` reports 512 on these machines' virtio disks).
+/// size of common devices (virtio and most SATA/NVMe disks report 512).
 pub(super) const DIRECT_ALIGN: usize = 4096;
 /// The size of one staging buffer.
 pub(super) const DIRECT_STAGE: usize = 8 << 20;

@@ -137,7 +137,7 @@ pub enum FdKind {
 
 /// The environment variable choosing what happens to descriptors inherited from the launcher that
 /// cannot be restored ([`ForeignFds`]). Read by the shim at start (and checked by `ckpt run`), not by
-/// [`crate::Config`].
+/// [`ckpt_core::Config`].
 pub const FOREIGN_FDS_VAR: &str = "CKPT_SHIM_FOREIGN_FDS";
 
 /// What a checkpoint does with a descriptor above stderr that the program inherited from its launcher
@@ -405,33 +405,35 @@ impl ProcessImage {
     }
 }
 
-/// Encodes the state section (postcard, as [`crate::CheckpointWriter::add_serde`] does).
-pub fn encode(image: &ProcessImage) -> crate::Result<Vec<u8>> {
+/// Encodes the state section (postcard, as [`ckpt_core::CheckpointWriter::add_serde`] does).
+pub fn encode(image: &ProcessImage) -> ckpt_core::Result<Vec<u8>> {
     postcard::to_allocvec(image).map_err(|e| {
-        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
             .with_section(STATE_SECTION)
     })
 }
 
 /// Reads the [`ProcessImage`] of a verified checkpoint, refusing files that are not process images and
 /// other layout versions.
-pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
+pub fn read(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<ProcessImage> {
     if cp.metadata(IMAGE_METADATA_KEY).is_none() || !cp.has_section(MEMORY_SECTION) {
-        return Err(crate::Error::invalid("not a process image (written by the LD_PRELOAD shim)").with_path(cp.path()));
+        return Err(
+            ckpt_core::Error::invalid("not a process image (written by the LD_PRELOAD shim)").with_path(cp.path())
+        );
     }
     // The version first (the first field): another layout does not decode as this one.
     let version: u32 = cp.read_serde(STATE_SECTION)?;
     check_version(version).map_err(|e| e.with_path(cp.path()))?;
     let image: ProcessImage = cp.read_serde(STATE_SECTION)?;
     let memory = cp.section(MEMORY_SECTION)?;
-    if memory.codec != crate::Codec::None || memory.shuffle {
-        return Err(crate::Error::invalid("process image memory section is not stored raw").with_path(cp.path()));
+    if memory.codec != ckpt_core::Codec::None || memory.shuffle {
+        return Err(ckpt_core::Error::invalid("process image memory section is not stored raw").with_path(cp.path()));
     }
-    image.validate().map_err(|m| crate::Error::new(crate::ErrorKind::Corrupt, m).with_path(cp.path()))?;
+    image.validate().map_err(|m| ckpt_core::Error::new(ckpt_core::ErrorKind::Corrupt, m).with_path(cp.path()))?;
     let saved = image.saved_bytes();
     if saved != memory.raw_len {
-        return Err(crate::Error::new(
-            crate::ErrorKind::Corrupt,
+        return Err(ckpt_core::Error::new(
+            ckpt_core::ErrorKind::Corrupt,
             format!("process image lists {saved} bytes of pages, its memory section holds {}", memory.raw_len),
         )
         .with_path(cp.path()));
@@ -440,12 +442,12 @@ pub fn read(cp: &crate::Checkpoint) -> crate::Result<ProcessImage> {
 }
 
 /// Refuses a state section of another layout, saying what to do.
-fn check_version(version: u32) -> crate::Result<()> {
+fn check_version(version: u32) -> ckpt_core::Result<()> {
     if version == PROCESS_IMAGE_VERSION || version == PROCESS_IMAGE_VERSION_THREADS {
         return Ok(());
     }
-    Err(crate::Error::new(
-        crate::ErrorKind::UnsupportedVersion,
+    Err(ckpt_core::Error::new(
+        ckpt_core::ErrorKind::UnsupportedVersion,
         format!(
             "process image layout {version} (this build reads {PROCESS_IMAGE_VERSION} and \
              {PROCESS_IMAGE_VERSION_THREADS}): the image was written by \
@@ -466,22 +468,22 @@ pub const LIMITS_SECTION: &str = "process.limits";
 pub const NORESERVE_SECTION: &str = "process.noreserve";
 
 /// Encodes the `MAP_NORESERVE` ranges.
-pub fn encode_noreserve(ranges: &[(u64, u64)]) -> crate::Result<Vec<u8>> {
+pub fn encode_noreserve(ranges: &[(u64, u64)]) -> ckpt_core::Result<Vec<u8>> {
     postcard::to_allocvec(ranges).map_err(|e| {
-        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
             .with_section(NORESERVE_SECTION)
     })
 }
 
 /// The `MAP_NORESERVE` ranges of a verified process image (empty for an image written without them).
-pub fn read_noreserve(cp: &crate::Checkpoint) -> crate::Result<Vec<(u64, u64)>> {
+pub fn read_noreserve(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<Vec<(u64, u64)>> {
     if !cp.has_section(NORESERVE_SECTION) {
         return Ok(Vec::new());
     }
     let ranges: Vec<(u64, u64)> = cp.read_serde(NORESERVE_SECTION)?;
     if let Some(r) = ranges.iter().find(|r| r.0 >= r.1) {
-        return Err(crate::Error::new(
-            crate::ErrorKind::Corrupt,
+        return Err(ckpt_core::Error::new(
+            ckpt_core::ErrorKind::Corrupt,
             format!("MAP_NORESERVE range {:#x}-{:#x} is empty", r.0, r.1),
         )
         .with_path(cp.path()));
@@ -518,17 +520,17 @@ pub struct ThreadRecord {
 }
 
 /// Encodes the threads section.
-pub fn encode_threads(threads: &[ThreadRecord]) -> crate::Result<Vec<u8>> {
+pub fn encode_threads(threads: &[ThreadRecord]) -> ckpt_core::Result<Vec<u8>> {
     postcard::to_allocvec(threads).map_err(|e| {
-        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
             .with_section(THREADS_SECTION)
     })
 }
 
 /// The threads of a verified process image read with [`read`]: empty for a single-threaded image
 /// (version 2); for version 3, every thread, the main one (`image.pid`, at `image.sigframe`) first.
-pub fn read_threads(cp: &crate::Checkpoint, image: &ProcessImage) -> crate::Result<Vec<ThreadRecord>> {
-    let corrupt = |m: String| Err(crate::Error::new(crate::ErrorKind::Corrupt, m).with_path(cp.path()));
+pub fn read_threads(cp: &ckpt_core::Checkpoint, image: &ProcessImage) -> ckpt_core::Result<Vec<ThreadRecord>> {
+    let corrupt = |m: String| Err(ckpt_core::Error::new(ckpt_core::ErrorKind::Corrupt, m).with_path(cp.path()));
     if image.version != PROCESS_IMAGE_VERSION_THREADS {
         if cp.has_section(THREADS_SECTION) {
             return corrupt(format!("a layout-{} process image with a {THREADS_SECTION} section", image.version));
@@ -574,22 +576,22 @@ pub struct PendingSignals {
 }
 
 /// Encodes the pending-signals section.
-pub fn encode_pending(p: &PendingSignals) -> crate::Result<Vec<u8>> {
+pub fn encode_pending(p: &PendingSignals) -> ckpt_core::Result<Vec<u8>> {
     postcard::to_allocvec(p).map_err(|e| {
-        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
             .with_section(PENDING_SECTION)
     })
 }
 
 /// The pending signals of a verified process image (none for an image written without them).
-pub fn read_pending(cp: &crate::Checkpoint) -> crate::Result<PendingSignals> {
+pub fn read_pending(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<PendingSignals> {
     if !cp.has_section(PENDING_SECTION) {
         return Ok(PendingSignals::default());
     }
     let p: PendingSignals = cp.read_serde(PENDING_SECTION)?;
     let standard = (1u64 << 31) - 1;
     if p.shared & !standard != 0 || p.threads.iter().any(|t| t.1 & !standard != 0) {
-        return Err(crate::Error::new(crate::ErrorKind::Corrupt, "a pending signal outside 1-31".to_string())
+        return Err(ckpt_core::Error::new(ckpt_core::ErrorKind::Corrupt, "a pending signal outside 1-31".to_string())
             .with_path(cp.path()));
     }
     Ok(p)
@@ -617,22 +619,22 @@ pub struct FileLock {
 }
 
 /// Encodes the locks section.
-pub fn encode_locks(locks: &[FileLock]) -> crate::Result<Vec<u8>> {
+pub fn encode_locks(locks: &[FileLock]) -> ckpt_core::Result<Vec<u8>> {
     postcard::to_allocvec(locks).map_err(|e| {
-        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
             .with_section(LOCKS_SECTION)
     })
 }
 
 /// The file locks of a verified process image (none for an image written without them).
-pub fn read_locks(cp: &crate::Checkpoint, image: &ProcessImage) -> crate::Result<Vec<FileLock>> {
+pub fn read_locks(cp: &ckpt_core::Checkpoint, image: &ProcessImage) -> ckpt_core::Result<Vec<FileLock>> {
     if !cp.has_section(LOCKS_SECTION) {
         return Ok(Vec::new());
     }
     let locks: Vec<FileLock> = cp.read_serde(LOCKS_SECTION)?;
     if let Some(l) = locks.iter().find(|l| !image.fds.iter().any(|f| f.fd == l.fd)) {
-        return Err(crate::Error::new(
-            crate::ErrorKind::Corrupt,
+        return Err(ckpt_core::Error::new(
+            ckpt_core::ErrorKind::Corrupt,
             format!("a file lock on descriptor {}, which the image does not list", l.fd),
         )
         .with_path(cp.path()));
@@ -676,22 +678,22 @@ pub fn resource_name(r: u32) -> String {
 }
 
 /// Encodes the limits section.
-pub fn encode_limits(limits: &[ResourceLimit]) -> crate::Result<Vec<u8>> {
+pub fn encode_limits(limits: &[ResourceLimit]) -> ckpt_core::Result<Vec<u8>> {
     postcard::to_allocvec(limits).map_err(|e| {
-        crate::Error::new(crate::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
             .with_section(LIMITS_SECTION)
     })
 }
 
 /// The resource limits of a verified process image; `None` for an image written without them.
-pub fn read_limits(cp: &crate::Checkpoint) -> crate::Result<Option<Vec<ResourceLimit>>> {
+pub fn read_limits(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<Option<Vec<ResourceLimit>>> {
     if !cp.has_section(LIMITS_SECTION) {
         return Ok(None);
     }
     let limits: Vec<ResourceLimit> = cp.read_serde(LIMITS_SECTION)?;
     if let Some(l) = limits.iter().find(|l| l.resource >= 64 || l.soft > l.hard) {
-        return Err(crate::Error::new(
-            crate::ErrorKind::Corrupt,
+        return Err(ckpt_core::Error::new(
+            ckpt_core::ErrorKind::Corrupt,
             format!("{}: soft limit {} above hard limit {}", resource_name(l.resource), l.soft, l.hard),
         )
         .with_path(cp.path()));
@@ -773,11 +775,7 @@ pub fn fingerprint() -> Fingerprint {
         let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
-    unsafe extern "C" {
-        fn gnu_get_libc_version() -> *const std::ffi::c_char;
-    }
-    // SAFETY: returns a static NUL-terminated string.
-    let libc_version = unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) }.to_string_lossy().into_owned();
+    let libc_version = libc_version();
     // SAFETY: sysconf has no preconditions.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
     Fingerprint {
@@ -787,6 +785,24 @@ pub fn fingerprint() -> Fingerprint {
         cpu_features: cpu_features(),
         page_size,
     }
+}
+
+/// The C library's version: the shim and its images are glibc-only (the restorer replaces the whole address
+/// space, and an image restored under another C library would run its saved glibc against the new one).
+#[cfg(target_env = "gnu")]
+fn libc_version() -> String {
+    unsafe extern "C" {
+        fn gnu_get_libc_version() -> *const std::ffi::c_char;
+    }
+    // SAFETY: returns a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) }.to_string_lossy().into_owned()
+}
+
+/// Other C libraries have no version call; images are not written there (the shim is glibc-only), and the
+/// empty string never matches a glibc image's fingerprint.
+#[cfg(not(target_env = "gnu"))]
+fn libc_version() -> String {
+    String::new()
 }
 
 /// What `ckpt restart` passes (`CKPT_SHIM_VERIFIED`) with the image's descriptor (`CKPT_SHIM_IMAGE_FD`)
@@ -954,7 +970,7 @@ impl Registration {
     }
 }
 
-/// A [`crate::storage::Storage`] that reads one already open file, whatever path it is asked for: a
+/// A [`ckpt_core::storage::Storage`] that reads one already open file, whatever path it is asked for: a
 /// checkpoint verified through a descriptor is read through that descriptor, never re-opened by name.
 /// Everything but `open` is refused.
 #[derive(Debug)]
@@ -965,14 +981,14 @@ struct OpenedReader {
     len: u64,
 }
 
-impl crate::storage::StorageReader for OpenedReader {
+impl ckpt_core::storage::StorageReader for OpenedReader {
     fn len(&self) -> u64 {
         self.len
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
     }
-    fn map(&self) -> std::io::Result<Option<crate::storage::MappedBytes>> {
+    fn map(&self) -> std::io::Result<Option<ckpt_core::storage::MappedBytes>> {
         if self.len == 0 {
             return Ok(Some(std::sync::Arc::new(Vec::new())));
         }
@@ -985,11 +1001,11 @@ impl crate::storage::StorageReader for OpenedReader {
     }
 }
 
-impl crate::storage::Storage for OpenedFile {
-    fn create_new(&self, _: &std::path::Path, _: u32) -> std::io::Result<Box<dyn crate::storage::StorageWriter>> {
+impl ckpt_core::storage::Storage for OpenedFile {
+    fn create_new(&self, _: &std::path::Path, _: u32) -> std::io::Result<Box<dyn ckpt_core::storage::StorageWriter>> {
         Err(read_only())
     }
-    fn open(&self, _: &std::path::Path) -> std::io::Result<Box<dyn crate::storage::StorageReader>> {
+    fn open(&self, _: &std::path::Path) -> std::io::Result<Box<dyn ckpt_core::storage::StorageReader>> {
         let file = self.0.try_clone()?;
         let meta = file.metadata()?;
         if !meta.is_file() {
@@ -1009,7 +1025,7 @@ impl crate::storage::Storage for OpenedFile {
     fn sync_dir(&self, _: &std::path::Path) -> std::io::Result<()> {
         Err(read_only())
     }
-    fn read_dir(&self, _: &std::path::Path) -> std::io::Result<Vec<crate::storage::DirEntry>> {
+    fn read_dir(&self, _: &std::path::Path) -> std::io::Result<Vec<ckpt_core::storage::DirEntry>> {
         Err(read_only())
     }
     fn create_dir_all(&self, _: &std::path::Path) -> std::io::Result<()> {
@@ -1229,7 +1245,7 @@ mod golden {
         if std::env::var_os("CKPT_WRITE_GOLDEN").is_some() && !std::path::Path::new(path).exists() {
             std::fs::write(path, &encoded).unwrap();
         }
-        let golden = std::fs::read(path).expect("ckpt-core/testdata/process-image-v2.state");
+        let golden = std::fs::read(path).expect("ckpt-image/testdata/process-image-v2.state");
         assert_eq!(encoded, golden, "the layout of ProcessImage changed: bump PROCESS_IMAGE_VERSION");
         let back: ProcessImage = postcard::from_bytes(&golden).unwrap();
         assert_eq!(back, image);
@@ -1243,7 +1259,7 @@ mod golden {
         let version: u32 = postcard::from_bytes(&v1).unwrap();
         assert_eq!(version, 1);
         let e = check_version(version).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::UnsupportedVersion);
+        assert_eq!(e.kind(), ckpt_core::ErrorKind::UnsupportedVersion);
         assert!(e.to_string().contains("layout 1 (this build reads 2)"), "{e}");
         assert!(e.to_string().contains("another version of ckpt"), "{e}");
         assert!(check_version(PROCESS_IMAGE_VERSION).is_ok());

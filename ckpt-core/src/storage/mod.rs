@@ -1,0 +1,196 @@
+//! The I/O seam: every file-system call the library makes goes through [`Storage`].
+//!
+//! [`FileStorage`] is the real thing. With the `testing` feature (this workspace's tests), `MemStorage` is
+//! an in-memory model that remembers, separately, what was only written and what was made durable (file
+//! contents by `sync`, directory entries by `sync_dir`), so tests can build the image a power cut would
+//! leave at any instant (`MemStorage::crash_image`), and `FaultStorage` wraps any storage and fails the
+//! Nth operation with a chosen errno, for fault-injection tests against a reference model.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt as _, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+#[cfg(any(test, feature = "testing"))]
+mod fault;
+mod file_writer;
+mod fs;
+#[cfg(any(test, feature = "testing"))]
+mod mem;
+
+// The test doubles are for this workspace's tests (the `testing` feature), not part of the API.
+#[cfg(any(test, feature = "testing"))]
+pub use fault::{FaultStorage, Op};
+pub use file_writer::disable_io_threads;
+use file_writer::{FileWriter, io_threads_allowed};
+pub use fs::{FileStorage, wait_for_background_frees};
+#[cfg(any(test, feature = "testing"))]
+pub use mem::{CrashMode, MemStorage};
+
+/// A read-only view of a whole file's bytes (a memory map, or a buffer for in-memory storage).
+pub type MappedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// The file name.
+    pub name: OsString,
+    /// Whether the entry is a regular file (symlinks are not followed and count as not regular).
+    pub is_file: bool,
+    /// Length in bytes (0 for non-files).
+    pub len: u64,
+    /// Last modification time, when known.
+    pub modified: Option<SystemTime>,
+}
+
+/// A file being written: sequential writes, then `sync`.
+pub trait StorageWriter: Send {
+    /// Appends all of `buf`.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes everything written so far durable (fsync).
+    fn sync(&mut self) -> io::Result<()>;
+    /// The bytes written so far and the seconds the writes and the fsync took, whichever thread made
+    /// them (computing, compressing and copying not included): the write speed `Compression::Auto`
+    /// weighs compression against. `None` when unknown.
+    fn device_time(&self) -> Option<(u64, f64)> {
+        None
+    }
+}
+
+/// Who owns an open file and who may write it (from `fstat` of the descriptor read), for the trust checks
+/// of [`crate::trust`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOwner {
+    /// Owner's user id.
+    pub uid: u32,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+/// A file open for reading.
+pub trait StorageReader: Send + Sync {
+    /// The file's length when it was opened.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` from `offset`; an early end of file is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Maps the whole file read-only, or `Ok(None)` when this storage cannot map.
+    fn map(&self) -> io::Result<Option<MappedBytes>>;
+    /// The open file's owner and mode, `None` for storages without owners (in memory).
+    fn owner(&self) -> Option<FileOwner> {
+        None
+    }
+}
+
+/// How a checkpoint file is written: the settings of [`crate::Config`] that reach the storage, passed by
+/// the store with every file it creates or takes over ([`Storage::create_new_with`], [`Storage::reuse_spare`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Permission bits (`CKPT_FILE_MODE`), less the process's umask, as for any new file.
+    pub mode: u32,
+    /// Whether large writes may bypass the page cache (`CKPT_DIRECT_IO`, [`crate::Config::direct_io`]).
+    pub direct_io: bool,
+}
+
+impl WriteOptions {
+    /// Permission bits `mode`, the other settings at their defaults (direct I/O on).
+    pub fn new(mode: u32) -> WriteOptions {
+        WriteOptions { mode, direct_io: true }
+    }
+}
+
+/// The file-system operations the library needs. Paths are absolute or relative to the process's cwd.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Creates a new file exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) with permission bits `mode`, the other
+    /// write settings at their defaults ([`WriteOptions::new`]).
+    fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>>;
+    /// [`Storage::create_new`] with every write setting: what the store calls. Storages without settings
+    /// of their own need not implement it; wrappers of another storage forward it.
+    fn create_new_with(&self, path: &Path, opts: WriteOptions) -> io::Result<Box<dyn StorageWriter>> {
+        self.create_new(path, opts.mode)
+    }
+    /// Opens an existing file for reading, without following a symlink at the last component.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>>;
+    /// Atomically renames `from` over `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Creates `link` as a new name of `original`; fails with `AlreadyExists` when `link` exists.
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
+    /// Removes a file name.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a file name that a directory listing just reported as a regular file of `len` bytes (old
+    /// generations): the size is known, so nothing needs to look at the file first.
+    fn remove_listed_file(&self, path: &Path, len: u64) -> io::Result<()> {
+        let _ = len;
+        self.remove_file(path)
+    }
+    /// Renames `from` over `to` when `to`, if it exists, is another name of a file that stays (`<base>`,
+    /// a hard link of a kept generation): replacing it frees nothing.
+    fn rename_over_other_name(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename(from, to)
+    }
+    /// The smallest retired checkpoint in `dir` worth keeping as a spare for [`Storage::reuse_spare`];
+    /// `None` when this storage does not reuse files in `dir` (or cannot tell who else has them open).
+    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
+        let _ = dir;
+        None
+    }
+    /// Takes over `spare` (a retired checkpoint) as the temporary file `tmp` of a new save, to be
+    /// overwritten from its first byte and written as `opts` says: its permission bits become exactly what
+    /// a new file created with `opts.mode` would get (the umask applies). The save then writes over blocks
+    /// the file system already holds instead of allocating new ones, and the writer's `sync` cuts the file
+    /// to the bytes written. The rename to `tmp` comes first (it claims the file: no other saver can take
+    /// it, nor put another file in its place, between the checks and the writes); then the file is
+    /// checked. `Ok(None)` when there is no spare or it is not a regular file (left alone), and, with the
+    /// `tmp` name removed, when it must not be overwritten: it has another name, belongs to another user,
+    /// sits on a file system that is not local, or something (another process, a memory map) still has
+    /// it open and would see its bytes change.
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
+        let _ = (spare, tmp, opts);
+        Ok(None)
+    }
+    /// Makes the directory's entries durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Lists a directory.
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>>;
+    /// The names in a directory, without looking at each entry (no `stat` per name): for directories
+    /// that hold one file per rank.
+    fn list_names(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        Ok(self.read_dir(dir)?.into_iter().map(|e| e.name).collect())
+    }
+    /// Lists the entries whose names `wanted` accepts, looking at (`stat`ing) only those: a checkpoint
+    /// directory may be the job's working directory, with thousands of files that are not checkpoints.
+    fn read_dir_matching(&self, dir: &Path, wanted: &dyn Fn(&OsStr) -> bool) -> io::Result<Vec<DirEntry>> {
+        Ok(self.read_dir(dir)?.into_iter().filter(|e| wanted(&e.name)).collect())
+    }
+    /// Creates a directory and its parents (mode 0700 for new ones unless the umask says less).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Whether any entry (file, directory, symlink: not followed) has this name.
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        match self.open(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            // A symlink (O_NOFOLLOW), a directory, a file we may not read: the name is taken.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EACCES))
+                    || e.kind() == io::ErrorKind::InvalidInput =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

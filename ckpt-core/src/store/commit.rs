@@ -1,0 +1,298 @@
+//! A checkpoint being written and its commit: the temporary file, the link/rename, the directory
+//! `fsync`, then the retirement of old generations.
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub(super) enum Plan {
+    /// Generations of `<base>` in a directory, as listed when the save began (or reused from the
+    /// previous save).
+    Single { listing: Listing },
+    /// A rank's part: `<dir>/<name>`, in the parts root of `checkpoint_dir`.
+    Part { dir: PathBuf, name: String, checkpoint_dir: PathBuf },
+    /// One file at an exact path, no generations (see [`begin_file`]): whether `<name>.tmp.spare` was there
+    /// when the save began, and the length of the regular file the save replaces, if any.
+    File { dir: PathBuf, name: String, spare: bool, replaced: Option<u64> },
+}
+
+/// Starts a checkpoint written to exactly `path` (no generations, no retention): on commit the file
+/// replaces `path` atomically and durably (temporary file in the same directory, fsync, rename, fsync of
+/// the directory). For callers that manage their own file names; the header records `config`'s job,
+/// application, rank and step id.
+pub fn begin_file(path: &Path, app_step: i64, config: &Config, storage: Arc<dyn Storage>) -> Result<CheckpointWriter> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::invalid("the checkpoint path has no UTF-8 file name").with_path(path))?
+        .to_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let store = Store::with_storage(config.clone(), storage);
+    let entries = store.scan(&dir, &name)?;
+    store.remove_stale_tmp(&dir, &name, &entries);
+    let header = store.header(FileKind::Data, 1, app_step);
+    let spare = has_spare(&name, &entries);
+    let replaced = entries.iter().find(|e| e.is_file && e.name.to_str() == Some(name.as_str())).map(|e| e.len);
+    store.start(&dir, &name, header, Plan::File { dir: dir.clone(), name: name.clone(), spare, replaced })
+}
+
+/// A checkpoint being written. Add sections, then [`commit`](CheckpointWriter::commit); dropping it
+/// without committing removes the temporary file and leaves the previous checkpoints untouched.
+pub struct CheckpointWriter {
+    pub(super) builder: Option<FileBuilder>,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) tmp: PathBuf,
+    pub(super) plan: Plan,
+    pub(super) keep: usize,
+    pub(super) default_compression: Compression,
+    pub(super) started: Instant,
+    pub(super) done: bool,
+    pub(super) last_generation: Option<u64>,
+    pub(super) shared: Arc<Shared>,
+    /// Problems before the commit that did not endanger it, reported with its [`CommitInfo`].
+    pub(super) warnings: Vec<String>,
+    /// A manifest whose ranks remove their own retired parts ([`Store::commit_step_with_parts`]).
+    pub(super) ranks_prune_own_parts: bool,
+    /// Retired checkpoints at least this large are kept as the spare (`None`: no spare).
+    pub(super) spare_min_len: Option<u64>,
+    /// Whether this file is a spare taken over.
+    pub(super) reused_spare: bool,
+    /// The bytes written and the seconds the storage spent writing them, once committed.
+    pub(super) device_time: Option<(u64, f64)>,
+}
+
+impl std::fmt::Debug for CheckpointWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointWriter").field("tmp", &self.tmp).field("plan", &self.plan).finish()
+    }
+}
+
+impl CheckpointWriter {
+    pub(crate) fn builder(&mut self) -> Result<&mut FileBuilder> {
+        self.builder.as_mut().ok_or_else(|| Error::new(ErrorKind::InvalidState, "the checkpoint was already committed"))
+    }
+
+    /// The generation this checkpoint will have.
+    pub fn generation(&self) -> u64 {
+        self.builder.as_ref().map(|b| b.header().generation).or(self.last_generation).unwrap_or(0)
+    }
+
+    /// The temporary file being written.
+    pub fn temporary_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Adds a user metadata entry (must come before the first section).
+    pub fn set_metadata(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        if key == crate::identity::IDENTITY_KEY {
+            return Err(Error::invalid(format!(
+                "metadata key {key:?} is reserved: ckpt records the run's identity there"
+            )));
+        }
+        let path = self.tmp.clone();
+        let header = self.builder()?.header_mut().map_err(|e| e.with_path(&path))?;
+        if let Some(slot) = header.metadata.iter_mut().find(|(k, _)| k == key) {
+            slot.1 = value.as_ref().to_vec();
+        } else {
+            header.metadata.push((key.to_string(), value.as_ref().to_vec()));
+        }
+        Ok(())
+    }
+
+    /// Adds a section of opaque bytes with the store's default compression.
+    pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let opts = SectionOptions::new().compression(self.default_compression);
+        self.add_section_with(name, data, opts)
+    }
+
+    /// Adds a section with explicit options.
+    pub fn add_section_with(&mut self, name: &str, data: &[u8], opts: SectionOptions) -> Result<()> {
+        let path = self.tmp.clone();
+        self.builder()?.add_section(name, &opts, data).map_err(|e| e.with_section(name).with_path(&path))
+    }
+
+    /// Adds one section gathered from several buffers (written in order, without concatenating them).
+    pub fn add_section_parts(&mut self, name: &str, parts: &[&[u8]], opts: SectionOptions) -> Result<()> {
+        let path = self.tmp.clone();
+        self.builder()?.add_section_parts(name, &opts, parts).map_err(|e| e.with_section(name).with_path(&path))
+    }
+
+    /// Adds a serde value, encoded with postcard 1.x (recorded as such in the section).
+    pub fn add_serde<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
+        let bytes = postcard::to_allocvec(value).map_err(|e| {
+            Error::new(ErrorKind::Encoding, format!("postcard encoding failed: {e}")).with_section(name)
+        })?;
+        let opts = SectionOptions::new().compression(self.default_compression).encoding(Encoding::Postcard);
+        self.add_section_with(name, &bytes, opts)
+    }
+
+    /// Streams a section of unknown length (implements `std::io::Write`).
+    pub fn section_writer(&mut self, name: &str, opts: SectionOptions) -> Result<SectionWriter<'_>> {
+        let path = self.tmp.clone();
+        SectionWriter::new(self.builder()?, &path, name, opts).map_err(|e| e.with_path(&path))
+    }
+
+    /// Finishes the file and commits it durably (see the module documentation for the protocol).
+    pub fn commit(mut self) -> Result<CommitInfo> {
+        let result = self.commit_inner();
+        match &result {
+            Ok(info) => {
+                // The device's own time when the storage knows it: the whole save's time would count
+                // compressing as writing, and make `auto` compress more the more it compresses.
+                let speed = self.device_time.unwrap_or((info.stats.file_bytes, info.seconds));
+                self.shared.note_commit(info.generation, speed);
+            }
+            Err(_) => {
+                let _ = self.storage.remove_file(&self.tmp);
+                // Whatever went wrong (another writer took the generation, say), list afresh next time.
+                *self.shared.listing() = None;
+            }
+        }
+        self.done = true;
+        result
+    }
+
+    fn commit_inner(&mut self) -> Result<CommitInfo> {
+        let tmp = self.tmp.clone();
+        let builder = self.builder.take().ok_or_else(|| Error::new(ErrorKind::InvalidState, "already committed"))?;
+        let header = builder.header().clone();
+        self.last_generation = Some(header.generation);
+        let crate::writer::Finished { out: mut file, stats, header_crc32, table_crc32 } =
+            builder.finish().map_err(|e| e.with_path(&tmp))?;
+        file.sync().map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
+        self.device_time = file.device_time();
+        drop(file);
+        let storage = self.storage.clone();
+        let (path, generation_path, dir) = match &self.plan {
+            Plan::Single { listing: Listing { dir, base, .. } } => {
+                let gen_path = dir.join(format!("{base}.{}", header.generation));
+                let current = dir.join(base);
+                match storage.hard_link(&tmp, &gen_path) {
+                    Ok(()) => {
+                        // `<base>` is another name of a generation that stays: replacing it frees nothing.
+                        storage
+                            .rename_over_other_name(&tmp, &current)
+                            .map_err(|e| Error::io("rename", e).with_path(&current))?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(Error::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "generation {} was committed by another writer at the same time; two processes \
+                                 are saving under the same name",
+                                header.generation
+                            ),
+                        )
+                        .with_path(&gen_path));
+                    }
+                    Err(e) if link_unsupported(&e) => {
+                        // File systems without hard links: the generation's own name only. Discovery scans
+                        // generations, so the checkpoint is still found.
+                        storage.rename(&tmp, &gen_path).map_err(|e| Error::io("rename", e).with_path(&gen_path))?;
+                    }
+                    Err(e) => return Err(Error::io("link", e).with_path(&gen_path)),
+                }
+                (current, gen_path, dir.clone())
+            }
+            Plan::File { dir, name, replaced, .. } => {
+                let path = dir.join(name);
+                let spare = spare_path(dir, name);
+                let keep_spare = replaced.is_some_and(|len| self.spare_min_len.is_some_and(|min| len >= min))
+                    // The replaced file stays, as the spare the next save overwrites. When this fails (a
+                    // spare is there already, no hard links) it is freed as before.
+                    && storage.hard_link(&path, &spare).is_ok();
+                if let Err(e) = storage.rename(&tmp, &path) {
+                    if keep_spare {
+                        let _ = storage.remove_file(&spare); // the spare would be another name of `path`
+                    }
+                    return Err(Error::io("rename", e).with_path(&path));
+                }
+                (path.clone(), path, dir.clone())
+            }
+            Plan::Part { dir, name, .. } => {
+                let part = dir.join(name);
+                storage.rename(&tmp, &part).map_err(|e| Error::io("rename", e).with_path(&part))?;
+                (part.clone(), part, dir.clone())
+            }
+        };
+        storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
+        // Durable from here on: failures below are warnings, never errors.
+        let mut warnings = std::mem::take(&mut self.warnings);
+        if let Plan::Part { checkpoint_dir, .. } = &self.plan {
+            let mut own = lock(&self.shared.own_parts);
+            own.retain(|p| p.path != path);
+            let identity = PartIdentity {
+                generation: header.generation,
+                app_step: header.app_step,
+                file_len: stats.file_bytes,
+                rank: header.rank,
+                nranks: header.nranks,
+                header_crc32,
+                table_crc32,
+            };
+            own.push(OwnPart { dir: checkpoint_dir.clone(), path: path.clone(), identity });
+        }
+        if let Plan::Single { listing } = &self.plan {
+            let newest = (header.generation, stats.file_bytes);
+            // Ranks that remove their own retired parts: leave the generations where this rank's own part is
+            // still in place (the ranks remove theirs once told the outcome); a later commit removes the
+            // emptied directories.
+            let own_parts: Option<Vec<u64>> = self.ranks_prune_own_parts.then(|| {
+                lock(&self.shared.own_parts)
+                    .iter()
+                    .filter(|p| p.dir == listing.dir)
+                    .map(|p| p.identity.generation)
+                    .collect()
+            });
+            let damaged: Vec<u64> = lock(&self.shared.damaged)
+                .iter()
+                .filter(|(d, b, _)| *d == listing.dir && *b == listing.base)
+                .map(|&(_, _, g)| g)
+                .collect();
+            let retire = Retire {
+                keep: self.keep,
+                spare_min_len: self.spare_min_len,
+                own_parts: own_parts.as_deref(),
+                nranks: header.nranks,
+                damaged: &damaged,
+            };
+            let (remaining, spare) = prune(&*storage, listing, newest, retire, &mut warnings);
+            if !damaged.is_empty() {
+                // Renamed aside (or gone): forget them, except those still listed (a rename that failed).
+                lock(&self.shared.damaged).retain(|(d, b, g)| {
+                    !(*d == listing.dir && *b == listing.base) || remaining.iter().any(|r| r.0 == *g)
+                });
+            }
+            *self.shared.listing() = Some(Listing {
+                generations: remaining,
+                highest: listing.highest.max(header.generation),
+                spare,
+                ..listing.clone()
+            });
+        }
+        Ok(CommitInfo {
+            path,
+            generation_path,
+            generation: header.generation,
+            app_step: header.app_step,
+            stats,
+            seconds: self.started.elapsed().as_secs_f64(),
+            warnings,
+            reused_spare: self.reused_spare,
+        })
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.storage.remove_file(&self.tmp);
+        }
+    }
+}
+
+pub(super) fn link_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV))
+}
