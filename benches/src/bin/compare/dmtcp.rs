@@ -41,6 +41,8 @@ struct Sample {
     restart_ms: f64,
     /// The restarted program's output is the uninterrupted run's, byte for byte.
     identical: bool,
+    /// The threads the shim saved (its `checkpoint` event's `threads`); None for DMTCP.
+    threads: Option<u64>,
 }
 
 enum Outcome {
@@ -173,7 +175,15 @@ fn ckpt_one(ckpt: &Path, lib: &Path, work: &Path, p: &Program) -> Outcome {
     if !wait_exit(&mut r, TIMEOUT) {
         return Outcome::Failed("the restarted program did not end".into());
     }
-    Outcome::Done(Sample { image_mb: bytes / 1e6, durable_ms, pause_ms, restart_ms, identical: same_output(d, p) })
+    let threads = ck["threads"].as_u64();
+    Outcome::Done(Sample {
+        image_mb: bytes / 1e6,
+        durable_ms,
+        pause_ms,
+        restart_ms,
+        identical: same_output(d, p),
+        threads,
+    })
 }
 
 fn dmtcp_cmd(bin: &Path, name: &str, d: &Path) -> Command {
@@ -326,7 +336,7 @@ fn dmtcp_one(bin: &Path, work: &Path, p: &Program, gzip: bool) -> Outcome {
         quit(&port2);
         return Outcome::Failed("the restarted program did not end".into());
     }
-    Outcome::Done(Sample { image_mb, durable_ms, pause_ms, restart_ms, identical: same_output(d, p) })
+    Outcome::Done(Sample { image_mb, durable_ms, pause_ms, restart_ms, identical: same_output(d, p), threads: None })
 }
 
 /// The uninterrupted run's output (stdout and stderr to files, as under the tools), or why not.
@@ -523,13 +533,14 @@ pub fn scenario_dmtcp(o: &Opts, work: &Path, out: &mut String) {
                 match outcome {
                     Outcome::Done(s) => {
                         eprintln!(
-                            "  {} round {round}: image {:.1} MB, pause {:.1} ms, durable {:.1} ms, restart {:.1} ms, identical {}",
+                            "  {} round {round}: image {:.1} MB, pause {:.1} ms, durable {:.1} ms, restart {:.1} ms, identical {}{}",
                             ["ckpt", "dmtcp", "dmtcp gzip"][i],
                             s.image_mb,
                             s.pause_ms,
                             s.durable_ms,
                             s.restart_ms,
-                            s.identical
+                            s.identical,
+                            s.threads.map(|n| format!(", threads {n}")).unwrap_or_default()
                         );
                         row.samples[i].push(s)
                     }
@@ -634,6 +645,17 @@ pub fn scenario_dmtcp(o: &Opts, work: &Path, out: &mut String) {
             f.dedup();
             for why in f {
                 notes.push(format!("* {}: {name} failed: {why}.", r.name));
+            }
+            let mut saved: Vec<u64> = r.samples[t].iter().filter_map(|s| s.threads).collect();
+            saved.sort_unstable();
+            saved.dedup();
+            if saved.iter().any(|&n| n > 1) {
+                let list: Vec<String> = saved.iter().map(u64::to_string).collect();
+                notes.push(format!(
+                    "* {}: {name} saved {} threads in each image (its `checkpoint` event's `threads`).",
+                    r.name,
+                    list.join(" or ")
+                ));
             }
             let bad = r.samples[t].iter().filter(|s| !s.identical).count();
             if bad > 0 {
