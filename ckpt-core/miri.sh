@@ -5,7 +5,7 @@
 #   bash ckpt-core/miri.sh [extra test filters...]
 #
 # Needs the nightly toolchain with its miri and rust-src components:
-#   rustup toolchain install nightly --component miri rust-src
+#   rustup toolchain install nightly --component miri,rust-src
 #
 # Left out, with the reason in the test's #[cfg_attr(miri, ignore = "...")]: tests that call foreign
 # functions Miri cannot execute (gethostname in Config::new, mktime, zstd's C code) or touch the file
