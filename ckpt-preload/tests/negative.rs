@@ -43,6 +43,14 @@ fn refuse_at_checkpoint(argv: &[String], dir: &Path) -> String {
         .stderr(out_file(&dir.join("err.txt"), false))
         .spawn()
         .unwrap();
+    // A failed assertion below must not leave the program running (a spinning thread outlives the test).
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            kill(self.0, libc::SIGKILL);
+        }
+    }
+    let _guard = KillOnDrop(child.id());
     let mut stdout = child.stdout.take().unwrap();
     let mut buf = [0u8; 6];
     std::io::Read::read_exact(&mut stdout, &mut buf).expect("program printed ready");
