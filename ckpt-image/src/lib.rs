@@ -1260,8 +1260,9 @@ mod golden {
         assert_eq!(version, 1);
         let e = check_version(version).unwrap_err();
         assert_eq!(e.kind(), ckpt_core::ErrorKind::UnsupportedVersion);
-        assert!(e.to_string().contains("layout 1 (this build reads 2)"), "{e}");
+        assert!(e.to_string().contains("layout 1 (this build reads 2 and 3)"), "{e}");
         assert!(e.to_string().contains("another version of ckpt"), "{e}");
         assert!(check_version(PROCESS_IMAGE_VERSION).is_ok());
+        assert!(check_version(PROCESS_IMAGE_VERSION_THREADS).is_ok());
     }
 }
