@@ -834,8 +834,11 @@ fn proc_path(path: &[u8], pid: i32, fd: i32) -> Result<Option<Vec<u8>>, Unrestor
         out.extend_from_slice(b"/proc/thread-self");
         out.extend_from_slice(t);
     } else if after.starts_with(b"/task/") {
+        // Another thread's entry: the restart recreates that thread under another id, after the
+        // descriptors are reopened (a program reading another thread's name holds one for an instant).
         return Err(Unrestorable::Unless(format!(
-            "fd {fd} is {name}, an entry of a thread that no longer exists: a restart cannot reach it"
+            "fd {fd} is {name}, an entry of another thread, whose id changes at restart: this version does not \
+             reopen it"
         )));
     } else {
         out.extend_from_slice(b"/proc/self");
