@@ -65,6 +65,14 @@ if ! "$venv/bin/python" -m pip install --quiet mpi4py; then
     echo "run-tests.sh: pip install mpi4py failed: the MPI tests will be skipped" >&2
 fi
 
+# The Rust CLI that the wheel's `ckpt` is compared with (tests/test_cli.py), built from this checkout:
+# a binary left in target/ by an older build would compare against old output.
+if [ -z "${CKPT_CLI_BIN:-}" ] && command -v cargo >/dev/null; then
+    (cd "$here/.." && cargo build --quiet --locked -p ckpt-cli)
+    target_dir="${CARGO_TARGET_DIR:-$here/../target}"
+    export CKPT_CLI_BIN="$target_dir/debug/ckpt"
+fi
+
 cd "$here"
 "$venv/bin/python" -c 'import ckpt; print("ckpt", ckpt.__version__, "from", ckpt.__file__)'
 "$venv/bin/python" -m pytest tests -p no:cacheprovider -rs "$@"
