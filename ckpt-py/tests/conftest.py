@@ -29,8 +29,9 @@ _CONFIG_PREFIXES = ("CKPT_", "SLURM_", "OMPI_", "PMI_", "PMIX_")
 
 
 def _is_config(name: str) -> bool:
-    """Whether the library reads this variable (CKPT_PY_* only size the tests)."""
-    return name.startswith(_CONFIG_PREFIXES) and not name.startswith("CKPT_PY_")
+    """Whether the library reads this variable (CKPT_PY_* only size the tests; CKPT_CLI_BIN names the Rust
+    CLI the wheel's is compared with)."""
+    return name.startswith(_CONFIG_PREFIXES) and not name.startswith("CKPT_PY_") and name != "CKPT_CLI_BIN"
 
 
 def _clean_env(env: dict[str, str]) -> dict[str, str]:

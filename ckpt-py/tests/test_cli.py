@@ -24,10 +24,13 @@ def wheel_ckpt() -> list[str]:
 
 def rust_ckpt() -> str | None:
     """The cargo-built binary, when there is one (CKPT_CLI_BIN, else the workspace's target directory)."""
-    cands = [os.environ.get("CKPT_CLI_BIN", "")]
+    given = os.environ.get("CKPT_CLI_BIN", "")
+    if given:
+        return given
+    # Else the newest build in the target directory (an older one would compare against old output).
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    cands += [str(target / "release" / "ckpt"), str(target / "debug" / "ckpt")]
-    return next((c for c in cands if c and os.access(c, os.X_OK)), None)
+    built = [p for p in (target / "release" / "ckpt", target / "debug" / "ckpt") if os.access(p, os.X_OK)]
+    return str(max(built, key=lambda p: p.stat().st_mtime)) if built else None
 
 
 def run(cmd: list[str], *args: str, **env: str) -> subprocess.CompletedProcess:
