@@ -525,9 +525,11 @@ impl Checkpointer {
         // Slurm older than 23.02 has no SLURM_JOB_END_TIME: ask squeue (in the background, never here).
         let from_slurm = config.end_time_source == Some(EndTimeSource::SlurmEnv);
         let end_watch = match (&config.job_id, from_slurm) {
-            (Some(job), false) => {
-                Some(EndTimeWatch::new(job, config.socket_dir.as_deref()).with_program(&config.squeue))
-            }
+            (Some(job), false) => Some(
+                EndTimeWatch::new(job, config.socket_dir.as_deref())
+                    .for_run(config.restart_count)
+                    .with_program(&config.squeue),
+            ),
             _ => None,
         };
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;

@@ -247,8 +247,8 @@ pub fn timer_plan(cfg: &crate::Config) -> TimerPlan {
     let mut end_time_error = None;
     let end_time = match cfg.end_time {
         Some(t) => Some((t as f64, cfg.end_time_source.unwrap_or(EndTimeSource::CkptEnv).as_str())),
-        None => {
-            cfg.job_id.as_ref().and_then(|job| match cfg.socket_dir.as_deref().and_then(|d| shared_end_time(d, job)) {
+        None => cfg.job_id.as_ref().and_then(|job| {
+            match cfg.socket_dir.as_deref().and_then(|d| shared_end_time(d, job, cfg.restart_count)) {
                 Some(EndTimeReading { end_time: Some(t), .. }) => Some((t as f64, EndTimeSource::Squeue.as_str())),
                 Some(EndTimeReading { error, .. }) => {
                     end_time_error = Some(error.unwrap_or_else(|| "squeue reports no end time for the job".into()));
@@ -262,8 +262,8 @@ pub fn timer_plan(cfg: &crate::Config) -> TimerPlan {
                     );
                     None
                 }
-            })
-        }
+            }
+        }),
     };
     let lead = INITIAL_COST_GUESS.as_secs_f64() * cfg.safety_factor + cfg.margin.as_secs_f64();
     let checkpoint_at = end_time.map(|(e, _)| (e - lead).max(0.0));

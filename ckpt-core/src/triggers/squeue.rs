@@ -299,18 +299,29 @@ pub struct EndTimeReading {
     pub shared: bool,
 }
 
-fn shared_answer_name(job_id: &str) -> String {
-    format!("squeue.{job_id}.json")
+/// The shared answer's file: per job *and* run of the job (`SLURM_RESTART_COUNT`): after a requeue the
+/// job has a new end time, and the previous run's answer (fresh for up to a refresh period) would put the
+/// restarted run's time-limit checkpoint in the past, again at every requeue.
+fn shared_answer_name(key: &str) -> String {
+    format!("squeue.{key}.json")
 }
 
-fn shared_lock_name(job_id: &str) -> String {
-    format!("squeue.{job_id}.lock")
+fn shared_lock_name(key: &str) -> String {
+    format!("squeue.{key}.lock")
+}
+
+/// The key of a job's run: the job id, and the restart count when the job was requeued.
+pub fn run_key(job_id: &str, restart_count: Option<u32>) -> String {
+    match restart_count {
+        Some(n) => format!("{job_id}.r{n}"),
+        None => job_id.to_string(),
+    }
 }
 
 /// Reads the node's shared answer for `job_id` from the verified runtime directory, if it is there, a
 /// regular file of ours, well-formed, for this job, and not older than `max_age`.
-fn read_shared(dir: &RuntimeDir, job_id: &str, max_age: Duration) -> Option<EndTimeReading> {
-    let mut f = dir.open_file(&shared_answer_name(job_id), libc::O_RDONLY, 0).ok()?;
+fn read_shared(dir: &RuntimeDir, job_id: &str, key: &str, max_age: Duration) -> Option<EndTimeReading> {
+    let mut f = dir.open_file(&shared_answer_name(key), libc::O_RDONLY, 0).ok()?;
     let mut text = String::new();
     (&mut f).take(MAX_SQUEUE_OUTPUT as u64).read_to_string(&mut text).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -334,8 +345,8 @@ fn read_shared(dir: &RuntimeDir, job_id: &str, max_age: Duration) -> Option<EndT
 /// Publishes an answer for the other processes of this node and job: written to a temporary file of this
 /// process (created exclusively, 0600, never through a symlink) and renamed over the answer (atomic: a
 /// reader sees the old or the new answer, whole).
-fn write_shared(dir: &RuntimeDir, job_id: &str, reading: &EndTimeReading) -> std::io::Result<()> {
-    let name = shared_answer_name(job_id);
+fn write_shared(dir: &RuntimeDir, job_id: &str, key: &str, reading: &EndTimeReading) -> std::io::Result<()> {
+    let name = shared_answer_name(key);
     let tmp = format!("{name}.{}.tmp", std::process::id());
     let _ = dir.unlink(&tmp);
     let mut f = dir.open_file(&tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?;
@@ -352,8 +363,8 @@ fn write_shared(dir: &RuntimeDir, job_id: &str, reading: &EndTimeReading) -> std
 }
 
 /// Takes the node's squeue lock for `job_id` without waiting: `Ok(None)` when another process holds it.
-fn try_lock_shared(dir: &RuntimeDir, job_id: &str) -> std::io::Result<Option<File>> {
-    let f = dir.open_file(&shared_lock_name(job_id), libc::O_RDWR | libc::O_CREAT, 0o600)?;
+fn try_lock_shared(dir: &RuntimeDir, key: &str) -> std::io::Result<Option<File>> {
+    let f = dir.open_file(&shared_lock_name(key), libc::O_RDWR | libc::O_CREAT, 0o600)?;
     // SAFETY: flock on an fd owned by `f`; the lock is released when `f` is closed (or the process dies).
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -368,9 +379,10 @@ fn try_lock_shared(dir: &RuntimeDir, job_id: &str) -> std::io::Result<Option<Fil
 /// The freshest answer about `job_id`'s end time that a process of this node published in `socket_dir`
 /// (not older than [`SQUEUE_REFRESH`]), without running squeue: for callers that cannot wait, such as
 /// program start. `None` when there is none, or the directory is not a private directory of this user.
-pub fn shared_end_time(socket_dir: &Path, job_id: &str) -> Option<EndTimeReading> {
+/// `restart_count` is the job's `SLURM_RESTART_COUNT`: answers are shared per run of the job.
+pub fn shared_end_time(socket_dir: &Path, job_id: &str, restart_count: Option<u32>) -> Option<EndTimeReading> {
     let dir = RuntimeDir::open(socket_dir).ok()?;
-    read_shared(&dir, job_id, SQUEUE_REFRESH)
+    read_shared(&dir, job_id, &run_key(job_id, restart_count), SQUEUE_REFRESH)
 }
 
 /// Learns the job's end time from squeue in the background, one query per node and job at a time.
@@ -387,6 +399,8 @@ pub fn shared_end_time(socket_dir: &Path, job_id: &str) -> Option<EndTimeReading
 #[derive(Debug)]
 pub struct EndTimeWatch {
     job_id: String,
+    /// The shared answer's key ([`run_key`]).
+    key: String,
     program: OsString,
     socket_dir: Option<PathBuf>,
     dir: Option<RuntimeDir>,
@@ -404,6 +418,7 @@ impl EndTimeWatch {
     pub fn new(job_id: &str, socket_dir: Option<&Path>) -> EndTimeWatch {
         EndTimeWatch {
             job_id: job_id.to_string(),
+            key: job_id.to_string(),
             program: squeue_program(),
             socket_dir: socket_dir.map(Path::to_path_buf),
             dir: None,
@@ -415,6 +430,13 @@ impl EndTimeWatch {
             delivered_read_at: None,
             warnings: Vec::new(),
         }
+    }
+
+    /// Shares answers only with the processes of this run of the job (`SLURM_RESTART_COUNT`): a
+    /// requeued job has a new end time.
+    pub fn for_run(mut self, restart_count: Option<u32>) -> EndTimeWatch {
+        self.key = run_key(&self.job_id, restart_count);
+        self
     }
 
     /// Uses `program` instead of [`squeue_program`].
@@ -506,16 +528,16 @@ impl EndTimeWatch {
         if Instant::now() < self.next {
             return None;
         }
-        let (job, refresh) = (self.job_id.clone(), self.refresh);
+        let (job, key, refresh) = (self.job_id.clone(), self.key.clone(), self.refresh);
         let mut lock = None;
         if let Some(dir) = self.verified_dir() {
-            if let Some(r) = read_shared(dir, &job, refresh) {
+            if let Some(r) = read_shared(dir, &job, &key, refresh) {
                 return self.deliver_shared(r);
             }
-            match try_lock_shared(dir, &job) {
+            match try_lock_shared(dir, &key) {
                 Ok(Some(l)) => {
                     // Another process may have published between the look and the lock.
-                    if let Some(r) = read_shared(dir, &job, refresh) {
+                    if let Some(r) = read_shared(dir, &job, &key, refresh) {
                         drop(l);
                         return self.deliver_shared(r);
                     }
@@ -546,7 +568,7 @@ impl EndTimeWatch {
 
     fn finish(&mut self, reading: EndTimeReading, lock: Option<File>) -> EndTimeReading {
         if let (Some(dir), Some(_)) = (&self.dir, &lock)
-            && let Err(e) = write_shared(dir, &self.job_id, &reading)
+            && let Err(e) = write_shared(dir, &self.job_id, &self.key, &reading)
         {
             self.warnings.push(format!("cannot share the squeue answer in {}: {e}", dir.path().display()));
         }
@@ -675,7 +697,7 @@ mod tests {
         assert_eq!(answers.iter().filter(|a| !a.as_ref().unwrap().shared).count(), 1, "{answers:?}");
         assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 1);
         // The answer is published for processes that start later, and for timer_plan.
-        let later = shared_end_time(&dir, "4242").unwrap();
+        let later = shared_end_time(&dir, "4242", None).unwrap();
         assert_eq!(later.end_time, want);
         let mode = std::fs::symlink_metadata(dir.join("squeue.4242.json")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -713,6 +735,23 @@ mod tests {
     /// A shared answer counts only from a private directory of ours, from a regular file (never through a
     /// symlink), for the same job, and while fresh.
     #[test]
+    fn answers_are_shared_per_run_of_the_job() {
+        // A requeued job (SLURM_RESTART_COUNT=1) has a new end time: the first run's answer, still fresh,
+        // must not be taken (it put the restarted run's time-limit checkpoint in the past, at every
+        // requeue: the live Slurm test c-deadline).
+        let t = tempfile::tempdir().unwrap();
+        let dir = private_dir(t.path());
+        let first = EndTimeReading { end_time: Some(1_900_000_000), error: None, read_at: unix_now(), shared: false };
+        write_shared(&RuntimeDir::open(&dir).unwrap(), "7", &run_key("7", None), &first).unwrap();
+        assert_eq!(shared_end_time(&dir, "7", None).unwrap().end_time, Some(1_900_000_000));
+        assert!(shared_end_time(&dir, "7", Some(1)).is_none(), "the first run's answer after a requeue");
+        let second = EndTimeReading { end_time: Some(1_900_000_100), ..first };
+        write_shared(&RuntimeDir::open(&dir).unwrap(), "7", &run_key("7", Some(1)), &second).unwrap();
+        assert_eq!(shared_end_time(&dir, "7", Some(1)).unwrap().end_time, Some(1_900_000_100));
+        assert!(shared_end_time(&dir, "7", Some(2)).is_none());
+    }
+
+    #[test]
     fn a_shared_answer_is_trusted_only_when_it_can_be() {
         let t = tempfile::tempdir().unwrap();
         let dir = private_dir(t.path());
@@ -722,22 +761,22 @@ mod tests {
         };
         let file = dir.join("squeue.5.json");
         std::fs::write(&file, answer(unix_now(), "5")).unwrap();
-        assert_eq!(shared_end_time(&dir, "5").unwrap().end_time, Some(2_000_000_000));
+        assert_eq!(shared_end_time(&dir, "5", None).unwrap().end_time, Some(2_000_000_000));
         std::fs::write(&file, answer(unix_now() - 301.0, "5")).unwrap();
-        assert!(shared_end_time(&dir, "5").is_none(), "stale");
+        assert!(shared_end_time(&dir, "5", None).is_none(), "stale");
         std::fs::write(&file, answer(unix_now() + 3600.0, "5")).unwrap();
-        assert!(shared_end_time(&dir, "5").is_none(), "from the future");
+        assert!(shared_end_time(&dir, "5", None).is_none(), "from the future");
         std::fs::write(&file, answer(unix_now(), "6")).unwrap();
-        assert!(shared_end_time(&dir, "5").is_none(), "another job's");
+        assert!(shared_end_time(&dir, "5", None).is_none(), "another job's");
         std::fs::remove_file(&file).unwrap();
         let elsewhere = t.path().join("planted.json");
         std::fs::write(&elsewhere, answer(unix_now(), "5")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
-        assert!(shared_end_time(&dir, "5").is_none(), "through a symlink");
+        assert!(shared_end_time(&dir, "5", None).is_none(), "through a symlink");
         std::fs::remove_file(&file).unwrap();
         std::fs::write(&file, answer(unix_now(), "5")).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(shared_end_time(&dir, "5").is_none(), "in a directory open to others");
+        assert!(shared_end_time(&dir, "5", None).is_none(), "in a directory open to others");
     }
 
     /// `timer_plan` never runs squeue: with a job id and no end time in the environment, it returns at once
@@ -756,7 +795,7 @@ mod tests {
         assert_eq!(plan.end_time, None);
         assert!(plan.end_time_error.unwrap().contains("never run at start"));
         let reading = EndTimeReading { end_time: Some(2_000_000_000), error: None, read_at: unix_now(), shared: false };
-        write_shared(&RuntimeDir::open(&dir).unwrap(), "31", &reading).unwrap();
+        write_shared(&RuntimeDir::open(&dir).unwrap(), "31", "31", &reading).unwrap();
         let plan = timer_plan(&cfg);
         assert_eq!(plan.end_time, Some((2e9, "squeue")));
     }
