@@ -405,12 +405,17 @@ impl ProcessImage {
     }
 }
 
+/// One section's postcard encoding, or an `Encoding` error naming the section.
+fn encode_section<T: Serialize + ?Sized>(value: &T, section: &str) -> ckpt_core::Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|e| {
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
+            .with_section(section)
+    })
+}
+
 /// Encodes the state section (postcard, as [`ckpt_core::CheckpointWriter::add_serde`] does).
 pub fn encode(image: &ProcessImage) -> ckpt_core::Result<Vec<u8>> {
-    postcard::to_allocvec(image).map_err(|e| {
-        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
-            .with_section(STATE_SECTION)
-    })
+    encode_section(image, STATE_SECTION)
 }
 
 /// Reads the [`ProcessImage`] of a verified checkpoint, refusing files that are not process images and
@@ -469,10 +474,7 @@ pub const NORESERVE_SECTION: &str = "process.noreserve";
 
 /// Encodes the `MAP_NORESERVE` ranges.
 pub fn encode_noreserve(ranges: &[(u64, u64)]) -> ckpt_core::Result<Vec<u8>> {
-    postcard::to_allocvec(ranges).map_err(|e| {
-        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
-            .with_section(NORESERVE_SECTION)
-    })
+    encode_section(ranges, NORESERVE_SECTION)
 }
 
 /// The `MAP_NORESERVE` ranges of a verified process image (empty for an image written without them).
@@ -521,10 +523,7 @@ pub struct ThreadRecord {
 
 /// Encodes the threads section.
 pub fn encode_threads(threads: &[ThreadRecord]) -> ckpt_core::Result<Vec<u8>> {
-    postcard::to_allocvec(threads).map_err(|e| {
-        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
-            .with_section(THREADS_SECTION)
-    })
+    encode_section(threads, THREADS_SECTION)
 }
 
 /// The threads of a verified process image read with [`read`]: empty for a single-threaded image
@@ -577,10 +576,7 @@ pub struct PendingSignals {
 
 /// Encodes the pending-signals section.
 pub fn encode_pending(p: &PendingSignals) -> ckpt_core::Result<Vec<u8>> {
-    postcard::to_allocvec(p).map_err(|e| {
-        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
-            .with_section(PENDING_SECTION)
-    })
+    encode_section(p, PENDING_SECTION)
 }
 
 /// The pending signals of a verified process image (none for an image written without them).
@@ -620,10 +616,7 @@ pub struct FileLock {
 
 /// Encodes the locks section.
 pub fn encode_locks(locks: &[FileLock]) -> ckpt_core::Result<Vec<u8>> {
-    postcard::to_allocvec(locks).map_err(|e| {
-        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
-            .with_section(LOCKS_SECTION)
-    })
+    encode_section(locks, LOCKS_SECTION)
 }
 
 /// The file locks of a verified process image (none for an image written without them).
@@ -679,10 +672,7 @@ pub fn resource_name(r: u32) -> String {
 
 /// Encodes the limits section.
 pub fn encode_limits(limits: &[ResourceLimit]) -> ckpt_core::Result<Vec<u8>> {
-    postcard::to_allocvec(limits).map_err(|e| {
-        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
-            .with_section(LIMITS_SECTION)
-    })
+    encode_section(limits, LIMITS_SECTION)
 }
 
 /// The resource limits of a verified process image; `None` for an image written without them.
