@@ -521,39 +521,13 @@ impl Checkpoint {
                 sink(block)
             }
         };
-        self.for_chunks(Self::stored_range(e), |chunk| {
-            let mut input = InBuffer::around(chunk);
-            while input.pos() < chunk.len() {
-                if frame_done {
-                    return Err(Error::corrupt("bytes after the end of the compressed frame"));
-                }
-                let mut ob = OutBuffer::around(&mut out[filled..]);
-                let hint = dec.run(&mut input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
-                filled += ob.pos();
-                if hint == 0 {
-                    frame_done = true;
-                }
-                if filled == block_len {
-                    produced += filled as u64;
-                    if produced > e.raw_len {
-                        return Err(too_long());
-                    }
-                    emit_block(&out[..filled], sink)?;
-                    filled = 0;
-                }
-            }
-            Ok(())
-        })?;
-        // Drain what the decoder still holds.
-        while !frame_done {
-            let mut input = InBuffer::around(&[][..]);
+        // One run of the decoder: what it produced is gathered into `out`, and passed on when a block is
+        // full. Returns the bytes produced and whether the frame is complete.
+        let mut step = |input: &mut InBuffer<'_>, sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<(usize, bool)> {
             let mut ob = OutBuffer::around(&mut out[filled..]);
-            let hint = dec.run(&mut input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
+            let hint = dec.run(input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
             let n = ob.pos();
             filled += n;
-            if hint == 0 {
-                frame_done = true;
-            }
             if filled == block_len {
                 produced += filled as u64;
                 if produced > e.raw_len {
@@ -561,7 +535,24 @@ impl Checkpoint {
                 }
                 emit_block(&out[..filled], sink)?;
                 filled = 0;
-            } else if n == 0 && !frame_done {
+            }
+            Ok((n, hint == 0))
+        };
+        self.for_chunks(Self::stored_range(e), |chunk| {
+            let mut input = InBuffer::around(chunk);
+            while input.pos() < chunk.len() {
+                if frame_done {
+                    return Err(Error::corrupt("bytes after the end of the compressed frame"));
+                }
+                frame_done = step(&mut input, sink)?.1;
+            }
+            Ok(())
+        })?;
+        // Drain what the decoder still holds.
+        while !frame_done {
+            let (n, done) = step(&mut InBuffer::around(&[][..]), sink)?;
+            frame_done = done;
+            if n == 0 && !done {
                 return Err(Error::corrupt("compressed data ends before its frame is complete"));
             }
         }
