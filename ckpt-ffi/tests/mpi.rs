@@ -34,7 +34,7 @@
 //! not sleep).
 
 mod common;
-use common::{clean_env, lib_dir, root};
+use common::{Rng, build_c, clean_env, lib_dir, root};
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -481,19 +481,7 @@ fn collective_calls_with_ranks_in_different_states() {
         }
         let tmp = tempfile::tempdir().unwrap();
         let exe = tmp.path().join("test_mpi");
-        let d = lib_dir();
-        let o = Command::new(&mpi.mpicc)
-            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-I"])
-            .arg(root().join("include"))
-            .arg(root().join("ckpt-ffi/tests/mpi/test_mpi.c"))
-            .arg("-o")
-            .arg(&exe)
-            .arg(format!("-L{}", d.display()))
-            .arg("-lckpt")
-            .arg(format!("-Wl,-rpath,{}", d.display()))
-            .output()
-            .expect("mpicc");
-        assert!(o.status.success(), "{}: {}", mpi.mpicc, String::from_utf8_lossy(&o.stderr));
+        build_c(&mpi.mpicc, &["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"], "ckpt-ffi/tests/mpi/test_mpi.c", &exe);
         for np in [RANKS, 1] {
             let work = tmp.path().join(format!("np{np}"));
             std::fs::create_dir_all(&work).unwrap();
@@ -574,16 +562,6 @@ fn ckpt_mpi_h_compiles_cleanly() {
 
 // ---------------------------------------------------------------------------------------------------------
 // The kill loop: the whole 4-rank job SIGKILLed at random moments, restarted until it completes.
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 /// Every process descended from `root` (mpirun's daemons and ranks), from /proc.
 fn descendants(root: i32) -> Vec<i32> {
@@ -751,19 +729,8 @@ fn kill_loop(mpi: Mpi) {
     let scratch_root = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { tmp.path() };
     let scratch = tempfile::Builder::new().prefix("ckpt-mpi-kill").tempdir_in(scratch_root).unwrap();
     let exe = tmp.path().join("kill_loop_mpi");
-    let d = lib_dir();
-    let o = Command::new(&mpi.mpicc)
-        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root().join("include"))
-        .arg(root().join("ckpt-ffi/tests/mpi/kill_loop_mpi.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(format!("-L{}", d.display()))
-        .arg("-lckpt")
-        .arg(format!("-Wl,-rpath,{}", d.display()))
-        .output()
-        .expect("mpicc");
-    assert!(o.status.success(), "{}: {}", mpi.mpicc, String::from_utf8_lossy(&o.stderr));
+    let flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"];
+    build_c(&mpi.mpicc, &flags, "ckpt-ffi/tests/mpi/kill_loop_mpi.c", &exe);
 
     let iterations = env_number("CKPT_MPI_KILL_STEPS", 200);
     let delay_us = 2000;
