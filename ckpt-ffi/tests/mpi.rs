@@ -165,6 +165,18 @@ fn collect(stream: impl Read + Send + 'static, lines: Lines) -> std::thread::Joi
     })
 }
 
+/// Starts mpirun as `cmd` says, its stdout and stderr collected line by line as they come.
+fn spawn_collecting(cmd: &mut Command) -> (Child, Lines, Lines, Vec<std::thread::JoinHandle<()>>) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start mpirun");
+    let (out, err): (Lines, Lines) = Default::default();
+    let readers = vec![
+        collect(child.stdout.take().unwrap(), out.clone()),
+        collect(child.stderr.take().unwrap(), err.clone()),
+    ];
+    (child, out, err, readers)
+}
+
 /// One `mpirun -np 4` of an example, its output collected as it comes.
 struct Run {
     child: Child,
@@ -190,17 +202,8 @@ impl Run {
             .env("HEAT_PROGRESS", mpi.progress.to_string())
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            .current_dir(work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start mpirun");
-        let out: Lines = Arc::default();
-        let err: Lines = Arc::default();
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), out.clone()),
-            collect(child.stderr.take().unwrap(), err.clone()),
-        ];
+            .current_dir(work);
+        let (child, out, err, readers) = spawn_collecting(&mut cmd);
         Run { child, out, err, readers, pids: Vec::new(), what: what.to_string() }
     }
 
@@ -617,17 +620,8 @@ impl Job {
             .env("TMPDIR", scratch)
             .env("OMPI_MCA_btl_vader_backing_directory", scratch)
             .env("OMPI_MCA_shmem", "mmap") // the posix component's probe leaves /dev/shm/open_mpi.* when killed
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start mpirun");
-        let out: Lines = Arc::default();
-        let err: Lines = Arc::default();
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), out.clone()),
-            collect(child.stderr.take().unwrap(), err.clone()),
-        ];
+            .process_group(0);
+        let (child, out, err, readers) = spawn_collecting(&mut cmd);
         Job { child, out, err, readers }
     }
 
