@@ -309,14 +309,7 @@ impl Checkpoint {
             h.update(c);
             Ok(())
         })?;
-        let actual = h.finalize();
-        if actual != e.stored_crc32 {
-            return Err(Error::corrupt(format!(
-                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                e.stored_crc32
-            ))
-            .with_section(&e.name));
-        }
+        check_crc("crc32", e.stored_crc32, h.finalize()).map_err(|err| err.with_section(&e.name))?;
         Ok(())
     }
 
@@ -346,14 +339,7 @@ impl Checkpoint {
                 len += chunk.len() as u64;
                 Ok(())
             })?;
-            let actual = h.finalize();
-            if actual != e.raw_crc32 {
-                return Err(Error::corrupt(format!(
-                    "decoded crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                    e.raw_crc32
-                ))
-                .with_section(&e.name));
-            }
+            check_crc("decoded crc32", e.raw_crc32, h.finalize()).map_err(|err| err.with_section(&e.name))?;
         }
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(())
@@ -404,13 +390,7 @@ impl Checkpoint {
         if e.codec == Codec::None {
             let bytes = self.read_range(Self::stored_range(e))?;
             if !self.verified[i].load(Ordering::Relaxed) {
-                let actual = crc32fast::hash(&bytes);
-                if actual != e.stored_crc32 {
-                    return Err(Error::corrupt(format!(
-                        "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                        e.stored_crc32
-                    )));
-                }
+                check_crc("crc32", e.stored_crc32, crc32fast::hash(&bytes))?;
                 self.verified[i].store(true, Ordering::Relaxed);
             }
             return Ok(bytes);
@@ -429,13 +409,7 @@ impl Checkpoint {
             out.extend_from_slice(chunk);
             Ok(())
         })?;
-        let actual = crc32fast::hash(&out);
-        if actual != e.raw_crc32 {
-            return Err(Error::corrupt(format!(
-                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                e.raw_crc32
-            )));
-        }
+        check_crc("crc32", e.raw_crc32, crc32fast::hash(&out))?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(Cow::Owned(out))
     }
@@ -475,13 +449,7 @@ impl Checkpoint {
                 })?;
             }
         }
-        let actual = crc32fast::hash(dst);
-        if actual != e.raw_crc32 {
-            return Err(Error::corrupt(format!(
-                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                e.raw_crc32
-            )));
-        }
+        check_crc("crc32", e.raw_crc32, crc32fast::hash(dst))?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -677,4 +645,12 @@ impl Checkpoint {
             _ => Ok(None),
         }
     }
+}
+
+/// A computed CRC against the one the file records: `what` names it in the error ("crc32", "decoded crc32").
+fn check_crc(what: &str, expected: u32, actual: u32) -> Result<()> {
+    if actual == expected {
+        return Ok(());
+    }
+    Err(Error::corrupt(format!("{what} mismatch: expected {expected:#010x}, computed {actual:#010x}")))
 }
