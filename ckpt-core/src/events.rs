@@ -221,7 +221,10 @@ mod tests {
                     "bytes": 10, "raw_bytes": 20, "seconds": 0.5, "bandwidth_MBps": 2e-5, "time_left_s": null,
                     "interval_s": 60.0, "exit": false, "warnings": ["w"]}),
             ),
-            (Event::StepCommitted { step: 4, generation: 2 }, json!({"event": "step-committed", "step": 4, "generation": 2})),
+            (
+                Event::StepCommitted { step: 4, generation: 2 },
+                json!({"event": "step-committed", "step": 4, "generation": 2}),
+            ),
             (Event::Finish, json!({"event": "finish"})),
         ];
         for (event, old) in cases {

@@ -170,10 +170,8 @@ fn spawn_collecting(cmd: &mut Command) -> (Child, Lines, Lines, Vec<std::thread:
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("start mpirun");
     let (out, err): (Lines, Lines) = Default::default();
-    let readers = vec![
-        collect(child.stdout.take().unwrap(), out.clone()),
-        collect(child.stderr.take().unwrap(), err.clone()),
-    ];
+    let readers =
+        vec![collect(child.stdout.take().unwrap(), out.clone()), collect(child.stderr.take().unwrap(), err.clone())];
     (child, out, err, readers)
 }
 

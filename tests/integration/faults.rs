@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use ckpt_core::storage::{
-    CrashMode, FaultStorage, FileStorage, MemStorage, Op, Storage,
-};
+use ckpt_core::storage::{CrashMode, FaultStorage, FileStorage, MemStorage, Op, Storage};
 use ckpt_core::{CommitInfo, Config, ErrorKind, Store};
 use ckpt_tests::{Rng, config};
 
