@@ -66,6 +66,7 @@ mod config;
 pub mod control;
 mod discovery;
 mod error;
+mod events;
 pub mod format;
 pub mod identity;
 mod reader;
