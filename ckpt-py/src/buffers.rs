@@ -25,9 +25,9 @@ use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyMemoryError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PySlice};
 
-use crate::errors::IntoPyResult;
+use crate::errors::{IntoPyResult, to_py};
 
 /// The section holding the pickle stream.
 pub const PICKLE_SECTION: &str = "python.pickle";
@@ -58,24 +58,36 @@ unsafe impl Send for PrivateMap {}
 unsafe impl Sync for PrivateMap {}
 
 impl PrivateMap {
-    /// A new anonymous private mapping of `len` bytes (zero-filled, pre-faulted), or `None` (`len` 0, or
-    /// the mapping failed).
+    /// A new anonymous private mapping of `len` bytes (zero-filled), or `None` (`len` 0, or the mapping
+    /// failed). Large ones ask for transparent huge pages (`MADV_HUGEPAGE`: one fault and one zeroing per
+    /// 2 MiB instead of per 4 KiB page, where the kernel allows it); small ones are pre-faulted.
     pub fn anonymous(len: usize) -> Option<PrivateMap> {
+        /// From this size on, huge pages pay.
+        const HUGE: usize = 8 << 20;
         if len == 0 {
             return None;
         }
+        let thp = len >= HUGE;
+        let populate = if thp { 0 } else { libc::MAP_POPULATE };
         // SAFETY: a new anonymous mapping; MAP_FAILED is checked.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate,
                 -1,
                 0,
             )
         };
-        (ptr != libc::MAP_FAILED).then(|| PrivateMap { ptr: ptr.cast(), len })
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        if thp {
+            // SAFETY: advice on the mapping just made; a refusal (no THP in this kernel) changes nothing.
+            unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        }
+        Some(PrivateMap { ptr: ptr.cast(), len })
     }
 
     /// The mapped bytes. Python code may write them through writable views: read them only while no
@@ -152,8 +164,8 @@ enum Backing {
 pub struct MappedBuffer {
     backing: Backing,
     range: Range<usize>,
-    section: String,
-    path: String,
+    section: Arc<str>,
+    path: Arc<str>,
 }
 
 impl MappedBuffer {
@@ -522,7 +534,15 @@ pub fn read_sections_in<'py>(
         Ok(out)
     });
     let views = views.py_err(py)?;
-    let path = cp.path().to_string_lossy().into_owned();
+    // In-band numpy arrays of a stream in private memory: views of it instead of copies (see `inband`).
+    let rewritten = match (&private, views.first()) {
+        (Some(map), Some(Some((_, range)))) if range.end <= map.len => {
+            let range = range.clone();
+            py.detach(|| crate::inband::rewrite(&map.bytes()[range.clone()]).map(|r| (r, range)))
+        }
+        _ => None,
+    };
+    let path: Arc<str> = cp.path().to_string_lossy().into();
     let mut objs: Vec<Bound<'py, PyAny>> = Vec::with_capacity(names.len());
     for ((name, target), view) in names.iter().zip(targets).zip(views) {
         let obj = match (target, view) {
@@ -532,7 +552,8 @@ pub fn read_sections_in<'py>(
                     Some(map) if range.end <= map.len => Backing::Private(map.clone()),
                     _ => Backing::Shared(bytes),
                 };
-                Bound::new(py, MappedBuffer { backing, range, section: name.clone(), path: path.clone() })?.into_any()
+                let section: Arc<str> = name.as_str().into();
+                Bound::new(py, MappedBuffer { backing, range, section, path: path.clone() })?.into_any()
             }
             (Target::View, None) => {
                 // Not mapped after all (cannot happen: decided above); read a copy instead.
@@ -543,7 +564,29 @@ pub fn read_sections_in<'py>(
         objs.push(obj);
     }
     let stream = objs.remove(0);
-    Ok((stream, PyList::new(py, objs)?))
+    let (Some((rewritten, stream_range)), Some(map)) = (rewritten, private) else {
+        return Ok((stream, PyList::new(py, objs)?));
+    };
+    // One memoryview of the stream's private bytes, sliced per array (C-level views: numpy reads them fast).
+    let whole =
+        MappedBuffer { backing: Backing::Private(map), range: stream_range, section: PICKLE_SECTION.into(), path };
+    let whole = PyMemoryView::from(&Bound::new(py, whole)?.into_any())?;
+    let mut sections = objs.into_iter();
+    let mut bufs: Vec<Bound<'py, PyAny>> = Vec::with_capacity(rewritten.pieces.len());
+    for piece in rewritten.pieces {
+        bufs.push(match piece {
+            crate::inband::Piece::Section => sections.next().ok_or_else(|| {
+                to_py(py, &Error::corrupt("the pickle stream wants more out-of-band buffers than the file has"))
+            })?,
+            crate::inband::Piece::InStream(r) => {
+                let (start, end) = (isize::try_from(r.start)?, isize::try_from(r.end)?);
+                whole.get_item(PySlice::new(py, start, end, 1))?
+            }
+        });
+    }
+    // Sections the stream does not consume (a damaged file): passed on, for the unpickler to judge.
+    bufs.extend(sections);
+    Ok((PyBytes::new(py, &rewritten.stream).into_any(), PyList::new(py, bufs)?))
 }
 
 /// A dict describing a checkpoint's header, for Python.
