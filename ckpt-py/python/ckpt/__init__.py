@@ -952,9 +952,11 @@ class Checkpointer:
             any (a signal to one rank makes all ranks save the same step, and leave together); and a
             :meth:`save` counts only when every rank's part is durable. The constructor, these four methods
             are then collective: every rank calls them at the same points, in the same order, from the
-            thread that uses MPI. Errors are raised on every rank. Not supported with ``comm`` yet:
-            ``keep_best``, ``save(blocking=False)``, ``restore(step=...)``. ``None`` (the default): this
-            process alone.
+            thread that uses MPI. Errors are raised on every rank. ``save(blocking=False)`` commits the
+            step collectively once every rank's part is durable (at the next collective call, or the
+            collective :meth:`SaveHandle.wait`); ``keep_best`` ranks steps by rank 0's metrics and every
+            rank keeps the same steps; ``restore(step=N)`` loads the same step on every rank or raises on
+            every rank. ``None`` (the default): this process alone.
 
     The checkpoint directory is created if needed and checked at once: an ``OSError``
     (:class:`PermissionError`, ``EROFS``...) naming it is raised here rather than at the first save.
@@ -1164,7 +1166,10 @@ class Checkpointer:
         be the same on every rank) durably, and rank 0 commits the step only when every part is durable;
         a failure on any rank raises on every rank (the failing rank's own error, the others' naming it),
         and nothing is committed then (the previous step stays the newest, and what made the checkpoint
-        due is due again). ``blocking=False`` is not supported with ``comm`` yet.
+        due is due again). With ``blocking=False`` every rank captures its state and begins its part at the
+        call, a thread writes it, and the step is committed collectively once every part is durable: at
+        the next collective call of the checkpointer at which every part is finished, or at
+        :meth:`SaveHandle.wait` (collective then). ``metrics`` are rank 0's on every rank.
         """
         s = _step_arg(obj, step, self._saves + 1)
         m = _metrics_arg(metrics)
