@@ -135,3 +135,26 @@ def test_a_stream_the_rewrite_does_not_understand_loads_as_before(tmp_path):
     assert type(back["ba_first"][0]) is bytearray
     np.testing.assert_array_equal(back["arr"], np.arange(1000, dtype=np.int32))
     assert pickle.loads(pickle.dumps(back["arr"], protocol=5)).tolist() == list(range(1000))
+
+
+def test_memory_reused_between_loads_never_shows_old_bytes(tmp_path):
+    """mmap=False keeps the last large read-into memory freed (every view gone) for the next load: a load
+    must see only its own file's bytes, and memory still in use is never handed out again."""
+    a = {"x": [np.full(8192, 1, dtype=np.uint8) for _ in range(3000)], "big": np.ones(1 << 20)}  # ~33 MB
+    b = {"x": [np.full(8192, 2, dtype=np.uint8) for _ in range(2500)], "big": np.full(1 << 20, 2.0)}  # ~29 MB
+    ckpt.save(a, tmp_path / "a.ckpt")
+    ckpt.save(b, tmp_path / "b.ckpt")
+    la = ckpt.load(tmp_path / "a.ckpt", mmap=False)
+    assert all((x == 1).all() for x in la["x"]) and (la["big"] == 1).all()
+    for x in la["x"]:
+        x += 40  # written: these pages are this load's, dirty
+    del la, x
+    lb = ckpt.load(tmp_path / "b.ckpt", mmap=False)  # may reuse a's memory
+    assert len(lb["x"]) == 2500 and all((x == 2).all() for x in lb["x"]) and (lb["big"] == 2).all()
+    la = ckpt.load(tmp_path / "a.ckpt", mmap=False)  # b's memory is in use: not reused
+    assert all((x == 1).all() for x in la["x"]) and (la["big"] == 1).all()
+    assert all((x == 2).all() for x in lb["x"]) and (lb["big"] == 2).all()
+    la["big"][:] = 7
+    assert (lb["big"] == 2).all()
+    ckpt.verify(tmp_path / "a.ckpt")
+    ckpt.verify(tmp_path / "b.ckpt")
