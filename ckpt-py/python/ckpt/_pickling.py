@@ -105,11 +105,12 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
     loader hands over as views of the private memory their bytes are in (see ``ckpt-py/src/inband.rs``)
     rather than as ``bytearray`` copies: a view whose address is not aligned for the dtype is copied, so a
     restored array is aligned, as the copies were."""
-    a = _numpy_frombuffer(buf, dtype=dtype)
+    a = _numpy_frombuffer(buf, dtype)
     if dtype.alignment > 1 and not a.flags.aligned:
         with memoryview(buf) as m:
-            a = _numpy_frombuffer(bytes(m) if m.readonly else bytearray(m), dtype=dtype)
-    return a.reshape(shape, order=order)
+            a = _numpy_frombuffer(bytes(m) if m.readonly else bytearray(m), dtype)
+    # A one-dimensional array has its shape already (numpy reshapes anyway: a second array object).
+    return a if a.shape == shape else a.reshape(shape, order=order)
 
 
 #: ``numpy.frombuffer``, once an unpickled stream used numpy.
