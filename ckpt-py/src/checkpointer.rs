@@ -210,13 +210,23 @@ impl PyCheckpointer {
         let write = BackgroundWrite { captured, compression, metrics };
         let outcome = Arc::new(Outcome::default());
         let theirs = outcome.clone();
+        // The writer goes to the thread through a slot, so that it can be abandoned if no thread starts.
+        let slot = Arc::new(std::sync::Mutex::new(Some(w)));
+        let theirs_slot = slot.clone();
+        let thread_cp = cp.clone();
         let spawned = std::thread::Builder::new().name("ckpt-save".into()).spawn(move || {
-            let r = finish(&cp, w, &write);
+            let Some(w) = theirs_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(&thread_cp, w, &write)))
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::InvalidState, "the ckpt-save thread panicked")));
             drop(write);
             theirs.finish(r);
         });
         if let Err(e) = spawned {
-            return Err(to_py(py, &Error::io("start the ckpt-save thread", e)));
+            let e = Error::io("start the ckpt-save thread", e);
+            if let Some(w) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                cp.abort(w, &e); // what made it due is due again
+            }
+            return Err(to_py(py, &e));
         }
         Ok(PySaveHandle { outcome, step })
     }

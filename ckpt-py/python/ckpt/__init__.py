@@ -950,9 +950,10 @@ class Checkpointer:
             :meth:`restore` agrees on the newest step *every* rank can read and unpickle (falling back
             together); :meth:`should_checkpoint` and :meth:`should_exit` are true on every rank when true on
             any (a signal to one rank makes all ranks save the same step, and leave together); and a
-            :meth:`save` counts only when every rank's part is durable. The constructor, these four methods
-            are then collective: every rank calls them at the same points, in the same order, from the
-            thread that uses MPI. Errors are raised on every rank. ``save(blocking=False)`` commits the
+            :meth:`save` counts only when every rank's part is durable. The constructor, these four
+            methods, :meth:`close` (with a background save in flight) and :meth:`SaveHandle.wait` are then
+            collective: every rank calls them at the same points, in the same order, from the thread that
+            uses MPI. Errors are raised on every rank. ``save(blocking=False)`` commits the
             step collectively once every rank's part is durable (at the next collective call, or the
             collective :meth:`SaveHandle.wait`); ``keep_best`` ranks steps by rank 0's metrics and every
             rank keeps the same steps; ``restore(step=N)`` loads the same step on every rank or raises on
