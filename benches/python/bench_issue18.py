@@ -151,7 +151,8 @@ def main() -> None:
         if r % 2:
             pair.reverse()
         for k, which, path in pair:
-            out = subprocess.run([sys.executable, "-c", fresh, which, str(path)], capture_output=True, text=True, check=True)
+            cmd = [sys.executable, "-c", fresh, which, str(path)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             res[k].append(float(out.stdout))
 
     med = {k: statistics.median(v) for k, v in res.items()}

@@ -179,7 +179,8 @@ def generations(job: Job) -> dict[int, list[str]]:
     """The generations whose step manifests exist, and the part files of each."""
     parts = job.dir / "mpitrain.ckpt.parts"
     manifests = sorted(int(p.name.rsplit(".", 1)[1]) for p in job.dir.glob("mpitrain.ckpt.[0-9]*"))
-    return {g: sorted(p.name for p in (parts / str(g)).iterdir()) if (parts / str(g)).is_dir() else [] for g in manifests}
+    return {g: sorted(p.name for p in (parts / str(g)).iterdir()) if (parts / str(g)).is_dir() else [] for g in
+            manifests}
 
 
 @pytest.mark.parametrize("background", ["0", "1"], ids=["blocking", "background"])
@@ -191,7 +192,8 @@ def test_keep_best_across_ranks_and_restore_of_a_chosen_step(mpirun, reference, 
     assert each(job, "step") == [STEPS] * NP, (r.stdout, r.stderr)
     ranks = [f"rank{i}.ckpt" for i in range(NP)]
     assert generations(job) == {3: ranks, 8: ranks, 9: ranks, 10: ranks}, (r.stdout, r.stderr)
-    leftovers = sorted(p.name for p in (job.dir / "mpitrain.ckpt.parts").iterdir() if p.name not in ("3", "8", "9", "10"))
+    kept = ("3", "8", "9", "10")
+    leftovers = sorted(p.name for p in (job.dir / "mpitrain.ckpt.parts").iterdir() if p.name not in kept)
     assert not [n for n in leftovers if n.isdigit()], f"parts of retired steps left: {leftovers}"
 
     # Every rank restores step 6 (the best one; the saves after it ran while x was updated in place,

@@ -1188,7 +1188,8 @@ class Checkpointer:
                 # Whether this save is the exit checkpoint, known here: once its thread commits, the core's
                 # exit_pending() no longer says so until the commit is done.
                 exiting = bool(self._native.exit_pending())
-                h = SaveHandle(self._native.save_async(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m), m)
+                native = self._native.save_async(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m)
+                h = SaveHandle(native, m)
                 h._exit = exiting
                 self._inflight = h
                 return h
@@ -1349,12 +1350,9 @@ class Checkpointer:
             if not _is_integer(step):
                 raise TypeError(f"step must be an integer, not {step!r}")
             obj, info = mpi.restore_step(fetch, unpickle, int(step))
-            native.log_event(
-                "restore",
-                json.dumps(
-                    {"path": str(info["path"]), "generation": info["generation"], "step": int(step), "chosen_by": "step"}
-                ),
-            )
+            event = {"path": str(info["path"]), "generation": info["generation"], "step": int(step)}
+            event["chosen_by"] = "step"
+            native.log_event("restore", json.dumps(event))
         else:
             obj, info = mpi.restore(fetch, unpickle, _allow_fresh_start)
         self.restore_notices = tuple(notices)

@@ -105,7 +105,9 @@ class Collective:
 
     # -- save -----------------------------------------------------------------------------------------------
 
-    def agree(self, native: Any, step: int, failed: BaseException | None, metrics: str | None) -> tuple[int, str | None]:
+    def agree(
+        self, native: Any, step: int, failed: BaseException | None, metrics: str | None
+    ) -> tuple[int, str | None]:
         """The start of every collective save: stops every rank when one failed already (``failed``: pickling
         the state), checks that every rank saves the same step, agrees on the generation (the largest of
         each rank's next one) and on the metrics (rank 0's: the step's, in every rank's part). Collective."""
