@@ -8,7 +8,8 @@
    `Checkpointer.save(state)`, and torch.save's pattern made durable: `pickle.dump` (protocol 5, in band)
    to a temporary file, fsync, rename, fsync of the directory. `os.sync()` (untimed) before each.
 2. Load of a dict of 50,000 arrays of 8 KiB (uint8) with `ckpt.load(path, mmap=False)` against
-   `pickle.load` of the same dict pickled to a file (both files in the page cache).
+   `pickle.load` of the same dict pickled to a file (both files in the page cache): repeated in this
+   process, and each load the first of a new process (2b, what a restart does).
 3. Restore of the SIZE_MIB checkpoint: copy-on-write mapping (`load()`, the default) against a read-only
    mapping (`load(writable=False)`): the open, and one full pass over every array (`a.sum()`), and for
    copy-on-write also a first write pass (`a += 1`).
@@ -22,6 +23,7 @@ import json
 import os
 import pickle
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,9 +136,29 @@ def main() -> None:
             assert len(x) == 50_000 and x["a7"][0] == 7
             del x
 
+    # 2b. the same loads, each the first one of a new process (what a restart does): no allocator or page
+    # reuse from an earlier load in the process.
+    fresh = (
+        "import pickle, sys, time, numpy, ckpt\n"
+        "p = sys.argv[2]\n"
+        "t = time.perf_counter()\n"
+        "x = ckpt.load(p, mmap=False) if sys.argv[1] == 'c' else pickle.load(open(p, 'rb'))\n"
+        "print(time.perf_counter() - t)\n"
+    )
+    res["small_ckpt_fresh"], res["small_pickle_fresh"] = [], []
+    for r in range(runs):
+        pair = [("small_ckpt_fresh", "c", d / "small.ckpt"), ("small_pickle_fresh", "p", d / "small.pkl")]
+        if r % 2:
+            pair.reverse()
+        for k, which, path in pair:
+            cmd = [sys.executable, "-c", fresh, which, str(path)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res[k].append(float(out.stdout))
+
     med = {k: statistics.median(v) for k, v in res.items()}
     med["ratio_async_call_to_blocking"] = med["async_call"] / med["blocking"]
     med["ratio_small_ckpt_to_pickle"] = med["small_ckpt"] / med["small_pickle"]
+    med["ratio_small_ckpt_to_pickle_fresh"] = med["small_ckpt_fresh"] / med["small_pickle_fresh"]
     print(json.dumps({"size_mib": size_mib, "runs": runs, "python": sys.version.split()[0],
                       "numpy": np.__version__, "ckpt": ckpt.__version__, "median": med, "runs_s": res}, indent=1))
 

@@ -922,7 +922,19 @@ impl Checkpointer {
         app_step: i64,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
-        let info = self.write_and_commit(self.begin(app_step), write)?;
+        self.checkpoint_begun(self.begin(app_step)?, app_step, write)
+    }
+
+    /// [`Checkpointer::checkpoint`] of a checkpoint begun earlier with [`Checkpointer::begin`] (which took
+    /// what made it due): for a save that begins at the call and is written on another thread (Python's
+    /// `save(blocking=False)`). Abort on error and the step policy are `checkpoint`'s.
+    pub fn checkpoint_begun(
+        &self,
+        writer: CheckpointWriter,
+        app_step: i64,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        let info = self.write_and_commit(Ok(writer), write)?;
         let config = self.store.config();
         if config.nranks <= 1 {
             return Ok(info);
@@ -946,6 +958,16 @@ impl Checkpointer {
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
         self.write_and_commit(self.begin_part(generation, app_step), write)
+    }
+
+    /// [`Checkpointer::checkpoint_part`] of a part begun earlier with [`Checkpointer::begin_part`], as
+    /// [`Checkpointer::checkpoint_begun`] is for whole checkpoints.
+    pub fn checkpoint_part_begun(
+        &self,
+        writer: CheckpointWriter,
+        write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
+    ) -> Result<CommitInfo> {
+        self.write_and_commit(Ok(writer), write)
     }
 
     /// Begun → written → committed, or abandoned when `write` fails.

@@ -105,46 +105,36 @@ fn restore_logged(
     (r, notices)
 }
 
-/// Writes a save's sections into `w` and commits it (a rank's part: and the step, on rank 0); on failure
-/// whatever made the checkpoint due is due again. Blocking and background saves share it.
-fn write_and_commit(
+/// After a durable commit of a whole checkpoint (not a rank's part): best-metric retention, when asked
+/// for, removes the generations it does not keep (only now: the new one is durable).
+fn after_commit(
     cp: &Checkpointer,
     best: Option<&BestPolicy>,
-    mut w: ckpt_core::CheckpointWriter,
-    views: &buffers::Views<'_>,
-    compression: ckpt_core::Compression,
+    mut info: ckpt_core::CommitInfo,
     metrics: Option<&str>,
-    step: i64,
-) -> Result<ckpt_core::CommitInfo, Error> {
-    if let Err(e) = buffers::write_sections(&mut w, views, compression, metrics) {
-        // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
-        cp.abort(w, &e);
-        return Err(e);
-    }
-    let info = cp.commit(w)?;
-    let cfg = cp.config();
-    if cfg.nranks > 1 {
-        // A rank's part is not a step: rank 0 commits it, and only then may the exit be armed.
-        // Without MPI the other ranks cannot learn the outcome and count their durable part.
-        if cfg.rank != 0 {
-            cp.finish_step_unconfirmed();
-            return Ok(info);
-        }
-        let step_result = cp.store().commit_step(info.generation, step);
-        cp.finish_step(step_result.is_ok());
-        return step_result;
-    }
-    let mut info = info;
-    if let Some(policy) = best {
-        // Durable: only now may older generations go.
+) -> ckpt_core::CommitInfo {
+    if let Some(policy) = best
+        && cp.config().nranks <= 1
+    {
         policy.note(info.generation, metrics);
-        let warnings = policy.retire(cp, info.generation);
+        let (_, warnings) = policy.retire(cp, info.generation);
         if !warnings.is_empty() {
             cp.log_event("warning", json!({"message": "best-metric retention", "warnings": warnings}));
         }
         info.warnings.extend(warnings);
     }
-    Ok(info)
+    info
+}
+
+/// A part's identity as Python passes it.
+fn part_tuple(cp: &Checkpointer, generation: u64) -> Result<PartTuple, Error> {
+    let Some(i) = cp.store().part_identity(generation) else {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!("this process has no durable part of generation {generation}"),
+        ));
+    };
+    Ok((i.generation, i.app_step, i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32))
 }
 
 /// The core checkpointer behind `ckpt.Checkpointer` (see the module documentation).
@@ -160,10 +150,85 @@ pub struct PyCheckpointer {
     best: Option<Arc<BestPolicy>>,
 }
 
+/// What the thread of a background save writes: the captured bytes, as a Python checkpoint's sections.
+struct BackgroundWrite {
+    captured: Captured,
+    compression: ckpt_core::Compression,
+    metrics: Option<String>,
+}
+
+impl BackgroundWrite {
+    fn run(&self, w: &mut ckpt_core::CheckpointWriter) -> Result<(), Error> {
+        buffers::write_sections(w, &self.captured.views(), self.compression, self.metrics.as_deref())
+    }
+
+    fn metrics(&self) -> Option<&str> {
+        self.metrics.as_deref()
+    }
+}
+
+/// How a background save's thread finishes the checkpoint begun at the call.
+type Finish = dyn FnOnce(&Checkpointer, ckpt_core::CheckpointWriter, &BackgroundWrite) -> Result<ckpt_core::CommitInfo, Error>
+    + Send;
+
 impl PyCheckpointer {
     fn get(&self, py: Python<'_>) -> PyResult<Arc<Checkpointer>> {
         let guard = self.cp.read().unwrap_or_else(|p| p.into_inner());
         guard.clone().ok_or_else(|| to_py(py, &Error::new(ErrorKind::InvalidState, "the checkpointer is closed")))
+    }
+
+    /// A background save: captures the stream and the buffers into the staging buffer, begins the
+    /// checkpoint (`part`: this rank's part of that generation) at the call, taking what made it due, and
+    /// hands it to a thread that runs `finish`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_background(
+        &self,
+        py: Python<'_>,
+        stream: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyList>,
+        compress: Option<&str>,
+        item_sizes: Option<Vec<usize>>,
+        step: i64,
+        metrics: Option<String>,
+        part: Option<u64>,
+        finish: Box<Finish>,
+    ) -> PyResult<PySaveHandle> {
+        let cp = self.get(py)?;
+        let compression = buffers::compression(py, compress, self.config.compression)?;
+        let inputs = buffers::Inputs::new(stream, buffers, item_sizes)?;
+        let pool = self.staging.clone();
+        let started = py.detach(|| -> Result<_, Error> {
+            let captured = Captured::new(&inputs.views(), &pool);
+            let w = match part {
+                Some(generation) => cp.begin_part(generation, step)?,
+                None => cp.begin(step)?,
+            };
+            Ok((captured, w))
+        });
+        drop(inputs);
+        let (captured, w) = started.py_err(py)?;
+        let write = BackgroundWrite { captured, compression, metrics };
+        let outcome = Arc::new(Outcome::default());
+        let theirs = outcome.clone();
+        // The writer goes to the thread through a slot, so that it can be abandoned if no thread starts.
+        let slot = Arc::new(std::sync::Mutex::new(Some(w)));
+        let theirs_slot = slot.clone();
+        let thread_cp = cp.clone();
+        let spawned = std::thread::Builder::new().name("ckpt-save".into()).spawn(move || {
+            let Some(w) = theirs_slot.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(&thread_cp, w, &write)))
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::InvalidState, "the ckpt-save thread panicked")));
+            drop(write);
+            theirs.finish(r);
+        });
+        if let Err(e) = spawned {
+            let e = Error::io("start the ckpt-save thread", e);
+            if let Some(w) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                cp.abort(w, &e); // what made it due is due again
+            }
+            return Err(to_py(py, &e));
+        }
+        Ok(PySaveHandle { outcome, step })
     }
 }
 
@@ -204,10 +269,14 @@ impl PyCheckpointer {
                 return Err(to_py(py, &Error::invalid("keep_best needs metric= (the name of the metric to rank by)")));
             }
             (n, Some(m)) => {
-                if config.nranks > 1 {
+                if config.nranks > 1 && rank.is_none() {
+                    // Rank 0 decides for every rank: only with a communicator to tell them.
                     return Err(to_py(
                         py,
-                        &Error::invalid("keep_best is not supported for multi-rank jobs yet (use keep)"),
+                        &Error::invalid(
+                            "keep_best with several ranks needs comm= (an mpi4py communicator): rank 0 decides which \
+                             steps every rank keeps",
+                        ),
                     ));
                 }
                 Some(Arc::new(BestPolicy::new(config.keep, n, m, mode)))
@@ -271,14 +340,14 @@ impl PyCheckpointer {
         let cp = self.get(py)?;
         let compression = buffers::compression(py, compress, self.config.compression)?;
         save_detached(py, stream, buffers, item_sizes, |views| {
-            let w = cp.begin(step)?;
-            write_and_commit(&cp, self.best.as_deref(), w, views, compression, metrics, step)
+            let info = cp.checkpoint(step, |w| buffers::write_sections(w, views, compression, metrics))?;
+            Ok(after_commit(&cp, self.best.as_deref(), info, metrics))
         })
     }
 
     /// Starts a background save (see `background`): copies the stream and the buffers, begins the
-    /// checkpoint (taking what made it due) and returns; a thread writes and commits. The caller keeps at
-    /// most one in flight.
+    /// checkpoint (taking what made it due) and returns; a thread writes and commits it
+    /// ([`Checkpointer::checkpoint_begun`]). The caller keeps at most one in flight.
     #[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]
     #[allow(clippy::too_many_arguments)]
     fn save_async<'py>(
@@ -291,29 +360,39 @@ impl PyCheckpointer {
         item_sizes: Option<Vec<usize>>,
         metrics: Option<String>,
     ) -> PyResult<PySaveHandle> {
-        let cp = self.get(py)?;
-        let compression = buffers::compression(py, compress, self.config.compression)?;
-        let inputs = buffers::Inputs::new(stream, buffers, item_sizes)?;
-        let pool = self.staging.clone();
-        let started = py.detach(|| -> Result<_, Error> {
-            let captured = Captured::new(&inputs.views(), &pool);
-            let w = cp.begin(step)?;
-            Ok((captured, w))
-        });
-        drop(inputs);
-        let (captured, w) = started.py_err(py)?;
-        let outcome = Arc::new(Outcome::default());
-        let theirs = outcome.clone();
         let best = self.best.clone();
-        let spawned = std::thread::Builder::new().name("ckpt-save".into()).spawn(move || {
-            let r = write_and_commit(&cp, best.as_deref(), w, &captured.views(), compression, metrics.as_deref(), step);
-            drop(captured);
-            theirs.finish(r);
+        let finish: Box<Finish> = Box::new(move |cp, w, write| {
+            let info = cp.checkpoint_begun(w, step, |w| write.run(w))?;
+            Ok(after_commit(cp, best.as_deref(), info, write.metrics()))
         });
-        if let Err(e) = spawned {
-            return Err(to_py(py, &Error::io("start the ckpt-save thread", e)));
-        }
-        Ok(PySaveHandle { outcome, step })
+        self.start_background(py, stream, buffers, compress, item_sizes, step, metrics, None, finish)
+    }
+
+    /// [`save_part`](Self::save_part) in the background: copies the state, begins this rank's part of
+    /// `generation` and returns; a thread writes and commits the part
+    /// ([`Checkpointer::checkpoint_part_begun`]). The step is committed later, collectively, once every
+    /// rank's part is durable (`part_identity`, `commit_step_parts`, `finish_step`).
+    #[pyo3(signature = (stream, buffers, *, generation, step, compress=None, item_sizes=None, metrics=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn save_part_async<'py>(
+        &self,
+        py: Python<'py>,
+        stream: &Bound<'py, PyAny>,
+        buffers: &Bound<'py, PyList>,
+        generation: u64,
+        step: i64,
+        compress: Option<&str>,
+        item_sizes: Option<Vec<usize>>,
+        metrics: Option<String>,
+    ) -> PyResult<PySaveHandle> {
+        let finish: Box<Finish> = Box::new(|cp, w, write| cp.checkpoint_part_begun(w, |w| write.run(w)));
+        self.start_background(py, stream, buffers, compress, item_sizes, step, metrics, Some(generation), finish)
+    }
+
+    /// This rank's durable part of `generation` as rank 0's `commit_step_parts` needs it: `(generation,
+    /// step, file_len, rank, nranks, header_crc32, table_crc32)`.
+    fn part_identity(&self, py: Python<'_>, generation: u64) -> PyResult<PartTuple> {
+        part_tuple(&*self.get(py)?, generation).py_err(py)
     }
 
     /// The generation the next checkpoint of this name would get on this rank (the ranks of a collective
@@ -343,24 +422,9 @@ impl PyCheckpointer {
         let cp = self.get(py)?;
         let compression = buffers::compression(py, compress, self.config.compression)?;
         let d = save_detached(py, stream, buffers, item_sizes, |views| {
-            let mut w = cp.begin_part(generation, step)?;
-            if let Err(e) = buffers::write_sections(&mut w, views, compression, metrics) {
-                // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
-                cp.abort(w, &e);
-                return Err(e);
-            }
-            cp.commit(w)
+            cp.checkpoint_part(generation, step, |w| buffers::write_sections(w, views, compression, metrics))
         })?;
-        let Some(i) = cp.store().part_identity(generation) else {
-            return Err(to_py(
-                py,
-                &Error::new(
-                    ErrorKind::InvalidState,
-                    format!("this process has no durable part of generation {generation}"),
-                ),
-            ));
-        };
-        Ok((d, (i.generation, i.app_step, i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32)))
+        Ok((d, part_tuple(&cp, generation).py_err(py)?))
     }
 
     /// Commits multi-rank `generation` of `step` from every rank's part identity (indexed by rank, from
@@ -382,6 +446,41 @@ impl PyCheckpointer {
                 .collect();
         let info = py.detach(|| cp.store().commit_step_with_parts(generation, step, &parts)).py_err(py)?;
         crate::commit_info(py, &info)
+    }
+
+    /// Multi-rank best-metric retention, on rank 0 after the step of `generation` (with `metrics`) was
+    /// committed: removes the manifests of the steps the policy does not keep; returns their generations
+    /// (every rank then removes its parts of them with `remove_parts`) and warnings. Without a policy:
+    /// nothing.
+    #[pyo3(signature = (generation, metrics=None))]
+    fn best_retire(&self, py: Python<'_>, generation: u64, metrics: Option<&str>) -> PyResult<(Vec<u64>, Vec<String>)> {
+        let cp = self.get(py)?;
+        let Some(policy) = self.best.as_deref() else { return Ok((Vec::new(), Vec::new())) };
+        policy.note(generation, metrics);
+        let (removed, warnings) = py.detach(|| policy.retire(&cp, generation));
+        if !warnings.is_empty() {
+            cp.log_event("warning", json!({"message": "best-metric retention", "warnings": warnings}));
+        }
+        Ok((removed, warnings))
+    }
+
+    /// Removes this rank's parts of `generations` (multi-rank best-metric retention, after rank 0 removed
+    /// their manifests); `dirs`: the emptied generation directories too (rank 0, after every rank's
+    /// removal). Returns warnings.
+    #[pyo3(signature = (generations, dirs=false))]
+    fn remove_parts(&self, py: Python<'_>, generations: Vec<u64>, dirs: bool) -> PyResult<Vec<String>> {
+        let cp = self.get(py)?;
+        let warnings = py.detach(|| crate::retention::remove_parts(&cp, &generations, dirs));
+        if !warnings.is_empty() {
+            cp.log_event("warning", json!({"message": "best-metric retention", "warnings": warnings}));
+        }
+        Ok(warnings)
+    }
+
+    /// Whether best-metric retention is on.
+    #[getter]
+    fn keeps_best(&self) -> bool {
+        self.best.is_some()
     }
 
     /// Tells this rank whether the step of its last part was committed (as agreed by all ranks):

@@ -22,6 +22,7 @@ mod buffers;
 mod checkpointer;
 mod config;
 mod errors;
+mod inband;
 mod retention;
 mod signals;
 mod whole;

@@ -82,19 +82,24 @@ impl BestPolicy {
     }
 
     /// Removes the generations of `cp`'s checkpoint name that the policy does not keep (after a durable
-    /// commit of `newest`); returns warnings for those that could not be judged or removed.
-    pub fn retire(&self, cp: &Checkpointer, newest: u64) -> Vec<String> {
+    /// commit of `newest`): the files `<name>.ckpt.<N>` (with several ranks, the steps' manifests, on rank
+    /// 0; the ranks then remove their parts with [`remove_parts`]). Returns the generations removed, and
+    /// warnings for those that could not be judged or removed.
+    pub fn retire(&self, cp: &Checkpointer, newest: u64) -> (Vec<u64>, Vec<String>) {
         let cfg = cp.config();
         let path = cfg.checkpoint_path();
         let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|b| b.to_str())) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
+        let mut removed = Vec::new();
         let mut warnings = Vec::new();
         let me = ckpt_core::identity::effective_uid();
         let mut gens = Vec::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) => return vec![format!("{}: cannot list it for best-metric retention: {e}", dir.display())],
+            Err(e) => {
+                return (Vec::new(), vec![format!("{}: cannot list it for best-metric retention: {e}", dir.display())]);
+            }
         };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         for entry in entries.flatten() {
@@ -108,7 +113,9 @@ impl BestPolicy {
             let value = match seen.get(&g) {
                 Some(v) => *v,
                 None => {
-                    let v = read_metric(&entry.path(), &self.metric);
+                    // A multi-rank step's manifest holds no metrics: its rank 0 part does.
+                    let part = dir.join(format!("{base}.parts/{g}/rank0.ckpt"));
+                    let v = read_metric(&entry.path(), &self.metric).or_else(|| read_metric(&part, &self.metric));
                     seen.insert(g, v);
                     v
                 }
@@ -116,7 +123,7 @@ impl BestPolicy {
             gens.push((g, value));
         }
         if !gens.iter().any(|g| g.0 == newest) {
-            return warnings; // not listed (a file system without hard links, a race): judge next time
+            return (removed, warnings); // not listed (a file system without hard links, a race): judge next time
         }
         let keep = self.chosen(&gens);
         for &(g, _) in &gens {
@@ -127,15 +134,49 @@ impl BestPolicy {
             match std::fs::remove_file(&p) {
                 Ok(()) => {
                     seen.remove(&g);
+                    removed.push(g);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     seen.remove(&g);
+                    removed.push(g);
                 }
                 Err(e) => warnings.push(format!("{}: could not remove it (best-metric retention): {e}", p.display())),
             }
         }
-        warnings
+        (removed, warnings)
     }
+}
+
+/// Multi-rank best-metric retention: removes this rank's parts of `generations` (whose manifests rank 0
+/// removed), `<name>.ckpt.parts/<N>/rank<R>.ckpt`, regular files of this user only; with `dirs` (rank 0,
+/// once every rank removed its parts) the emptied generation directories too. Returns warnings.
+pub fn remove_parts(cp: &Checkpointer, generations: &[u64], dirs: bool) -> Vec<String> {
+    let cfg = cp.config();
+    let path = cfg.checkpoint_path();
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|b| b.to_str())) else {
+        return Vec::new();
+    };
+    let me = ckpt_core::identity::effective_uid();
+    let mut warnings = Vec::new();
+    for g in generations {
+        let gen_dir = dir.join(format!("{base}.parts/{g}"));
+        let part = gen_dir.join(format!("rank{}.ckpt", cfg.rank));
+        match part.symlink_metadata() {
+            Ok(m) if m.file_type().is_file() && m.uid() == me => {
+                if let Err(e) = std::fs::remove_file(&part)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    warnings.push(format!("{}: could not remove it (best-metric retention): {e}", part.display()));
+                }
+            }
+            _ => {}
+        }
+        if dirs {
+            // Only when empty (a part another rank could not remove stays, with its directory).
+            let _ = std::fs::remove_dir(&gen_dir);
+        }
+    }
+    warnings
 }
 
 /// The metric of the checkpoint at `path` (its header only; `None` when unreadable or absent).

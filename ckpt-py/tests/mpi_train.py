@@ -1,6 +1,7 @@
 """A small MPI "training" run for test_mpi.py: run under mpirun with mpi4py.
 
-    [TRAIN_SIGNAL=RANK:STEP:SIG] [TRAIN_EVERY=N] mpirun -np 4 python mpi_train.py OUT STEPS
+    [TRAIN_SIGNAL=RANK:STEP:SIG] [TRAIN_EVERY=N] [TRAIN_ASYNC=1] [TRAIN_BEST=1] [TRAIN_RESTORE_STEP=N] \
+        mpirun -np 4 python mpi_train.py OUT STEPS
 
 (the options are in the environment: the command line is part of the run's identity, which a restart
 must match).
@@ -12,7 +13,10 @@ checkpoints collectively through ``ckpt.Checkpointer(comm=MPI.COMM_WORLD)`` when
 poll); ``TRAIN_SIGNAL=RANK:STEP:SIG`` makes rank RANK send itself SIG after step STEP on a fresh start (TERM:
 every rank must checkpoint that step and leave; KILL: the job dies). At the end each rank writes
 ``OUT/rank<r>.json``: its final state's step and digest, the step it restored (or null) and the step
-it left at on should_exit() (or null).
+it left at on should_exit() (or null). ``TRAIN_ASYNC=1`` saves with ``blocking=False``; ``TRAIN_BEST=1`` keeps
+the best step by a metric besides the newest 3 (rank 0's metric is best at step 6, the other ranks' at
+step 14: rank 0 decides); ``TRAIN_RESTORE_STEP=N`` restores step N (``restore(step=N)``); a restore that
+raises ``NoValidCheckpointError`` writes ``{"error": ..., "message": ...}`` and exits with 3.
 """
 
 from __future__ import annotations
@@ -37,11 +41,21 @@ def main() -> int:
         r, s, name = os.environ["TRAIN_SIGNAL"].split(":")
         sig = (int(r), int(s), getattr(signal, "SIG" + name))
     every = int(os.environ.get("TRAIN_EVERY") or 0)
+    background = os.environ.get("TRAIN_ASYNC") == "1"
+    best = os.environ.get("TRAIN_BEST") == "1"
+    restore_step = int(os.environ["TRAIN_RESTORE_STEP"]) if os.environ.get("TRAIN_RESTORE_STEP") else None
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
-    with ckpt.Checkpointer("mpitrain", comm=comm, keep=3) as cp:
+    kw = {"keep_best": 1, "metric": "loss", "mode": "min"} if best else {}
+    with ckpt.Checkpointer("mpitrain", comm=comm, keep=3, **kw) as cp:
         assert (cp.rank, cp.nranks) == (rank, comm.Get_size())
-        state = cp.restore(default=None)
+        try:
+            state = cp.restore(default=None, step=restore_step)
+        except ckpt.NoValidCheckpointError as e:
+            print(f"rank {rank} restore failed: {e}", flush=True)
+            with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+                json.dump({"error": type(e).__name__, "message": str(e)}, f)
+            return 3
         restored = None if state is None else state["step"]
         if state is None:
             state = {"step": 0, "x": np.arange(1000, dtype=np.int64) * (rank + 1), "history": []}
@@ -62,8 +76,15 @@ def main() -> int:
             if every and rank == 0 and state["step"] % every == 0:
                 cp.request_checkpoint()
             if cp.should_checkpoint():
-                info = cp.save(state)
-                assert info.step == state["step"], info
+                # Each rank its own metric: rank 0's is the step's (best: step 6; the others' would be 14).
+                metrics = {"loss": abs(state["step"] - (6 if rank == 0 else 14))}
+                if background:
+                    # Captured at the call: the in-place updates of x that follow must not reach the file.
+                    h = cp.save(state, blocking=False, metrics=metrics)
+                    assert h.step == state["step"], h
+                else:
+                    info = cp.save(state, metrics=metrics)
+                    assert info.step == state["step"], info
             if cp.should_exit():
                 print(f"rank {rank} exit {state['step']}", flush=True)
                 exited = state["step"]

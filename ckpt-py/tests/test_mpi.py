@@ -93,7 +93,7 @@ class Job:
             timeout=300,
         )
         if expect_ok:
-            assert r.returncode == 0, (r.stdout, r.stderr)
+            assert r.returncode == 0, (r.stdout, r.stderr[-6000:])
         return r
 
     def results(self) -> list[dict[str, object]]:
@@ -160,3 +160,67 @@ def test_a_damaged_part_on_one_rank_sends_every_rank_back_together(mpirun, refer
     r = job.run(TRAIN_EVERY="5")
     assert each(job, "restored") == [10] * NP, (r.stdout, r.stderr)
     assert [x["digest"] for x in job.results()] == reference
+
+
+def test_a_background_save_on_a_signal_commits_the_step_before_every_rank_leaves(mpirun, reference, tmp_path):
+    job = Job(mpirun, tmp_path)
+    # save(blocking=False) on every rank after rank 2's SIGTERM: should_exit() waits until every rank's
+    # part is durable and the step is committed, then every rank leaves at step 7.
+    r = job.run(TRAIN_ASYNC="1", TRAIN_SIGNAL="2:7:TERM")
+    assert each(job, "exited") == [7] * NP, (r.stdout, r.stderr)
+    manifest = job.dir / "mpitrain.ckpt"
+    assert manifest.exists(), sorted(p.name for p in job.dir.iterdir())
+    r = job.run(TRAIN_ASYNC="1")
+    assert each(job, "restored") == [7] * NP, (r.stdout, r.stderr)
+    assert [x["digest"] for x in job.results()] == reference
+
+
+def generations(job: Job) -> dict[int, list[str]]:
+    """The generations whose step manifests exist, and the part files of each."""
+    parts = job.dir / "mpitrain.ckpt.parts"
+    manifests = sorted(int(p.name.rsplit(".", 1)[1]) for p in job.dir.glob("mpitrain.ckpt.[0-9]*"))
+    return {g: sorted(p.name for p in (parts / str(g)).iterdir()) if (parts / str(g)).is_dir() else [] for g in
+            manifests}
+
+
+@pytest.mark.parametrize("background", ["0", "1"], ids=["blocking", "background"])
+def test_keep_best_across_ranks_and_restore_of_a_chosen_step(mpirun, reference, tmp_path, background):
+    job = Job(mpirun, tmp_path)
+    # A save every 2 steps (generations 1..10 hold steps 2..20), keep=3 and keep_best=1 by rank 0's
+    # metric (best at step 6, generation 3; the other ranks' metric would pick step 14, generation 7).
+    r = job.run(TRAIN_EVERY="2", TRAIN_BEST="1", TRAIN_ASYNC=background)
+    assert each(job, "step") == [STEPS] * NP, (r.stdout, r.stderr)
+    ranks = [f"rank{i}.ckpt" for i in range(NP)]
+    assert generations(job) == {3: ranks, 8: ranks, 9: ranks, 10: ranks}, (r.stdout, r.stderr)
+    kept = ("3", "8", "9", "10")
+    leftovers = sorted(p.name for p in (job.dir / "mpitrain.ckpt.parts").iterdir() if p.name not in kept)
+    assert not [n for n in leftovers if n.isdigit()], f"parts of retired steps left: {leftovers}"
+
+    # Every rank restores step 6 (the best one; the saves after it ran while x was updated in place,
+    # so this also checks what the background saves captured) and ends where the uninterrupted run ended.
+    r = job.run(TRAIN_RESTORE_STEP="6", TRAIN_ASYNC=background)
+    assert each(job, "restored") == [6] * NP, (r.stdout, r.stderr)
+    assert [x["digest"] for x in job.results()] == reference
+    r = job.run(TRAIN_RESTORE_STEP="18", TRAIN_ASYNC=background)
+    assert each(job, "restored") == [18] * NP, (r.stdout, r.stderr)
+    assert [x["digest"] for x in job.results()] == reference
+
+
+def test_restore_of_a_step_that_a_rank_lacks_fails_on_every_rank(mpirun, tmp_path):
+    job = Job(mpirun, tmp_path)
+    r = job.run(TRAIN_EVERY="5")  # steps 5, 10, 15, 20; keep=3 retires step 5
+    assert each(job, "step") == [STEPS] * NP, (r.stdout, r.stderr)
+    # A step nobody has: every rank raises NoValidCheckpointError, none starts fresh.
+    r = job.run(expect_ok=False, TRAIN_RESTORE_STEP="5")
+    assert r.returncode != 0
+    assert each(job, "error") == ["NoValidCheckpointError"] * NP, (r.stdout, r.stderr)
+    assert all("step 5" in str(m) for m in each(job, "message"))
+    # Rank 2's part of step 10 removed: every rank refuses loudly, naming rank 2, rather than load a mix.
+    (job.dir / "mpitrain.ckpt.parts" / "2" / "rank2.ckpt").unlink()
+    r = job.run(expect_ok=False, TRAIN_RESTORE_STEP="10")
+    assert r.returncode != 0
+    assert each(job, "error") == ["NoValidCheckpointError"] * NP, (r.stdout, r.stderr)
+    assert all("rank(s) 2 " in str(m) for m in each(job, "message")), each(job, "message")
+    # Its other steps still restore on every rank.
+    r = job.run(TRAIN_RESTORE_STEP="15")
+    assert each(job, "restored") == [15] * NP, (r.stdout, r.stderr)

@@ -63,3 +63,17 @@ def test_each_rank_gets_its_own_part(tmp_path):
     assert second[0].startswith("loaded (0, 1)") and second[1].startswith("loaded (1, 1)")
     third = run_ranks(directory, PLAIN)
     assert third[0].startswith("loaded (0, 2)") and third[1].startswith("loaded (1, 2)")
+
+
+def test_keep_best_with_several_ranks_needs_a_communicator(tmp_path, monkeypatch):
+    """Rank 0 decides which steps every rank keeps: without comm= no rank could be told, so it is refused."""
+    import pytest
+
+    import ckpt
+
+    monkeypatch.setenv("CKPT_RANK", "1")
+    monkeypatch.setenv("CKPT_NRANKS", "2")
+    with pytest.raises(ckpt.InvalidArgumentError, match="comm="):
+        ckpt.Checkpointer(directory=tmp_path, signals=(), keep_best=1, metric="loss")
+    with ckpt.Checkpointer(directory=tmp_path, signals=(), keep=2) as cp:
+        assert cp.nranks == 2

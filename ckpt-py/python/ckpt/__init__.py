@@ -821,6 +821,8 @@ class SaveHandle:
         #: Whether :meth:`wait` reported the outcome to the caller (a failure nobody saw is raised by
         #: :meth:`Checkpointer.close`).
         self._observed = False
+        #: Whether this save is the exit checkpoint (SIGTERM, the time limit): should_exit() waits for it.
+        self._exit = False
 
     @property
     def step(self) -> int:
@@ -853,6 +855,58 @@ class SaveHandle:
 
     def __repr__(self) -> str:
         return f"<ckpt.SaveHandle step {self.step} ({'done' if self.done() else 'running'})>"
+
+
+class _CollectiveSaveHandle(SaveHandle):
+    """A background save with ``comm``: this rank's part is written by a thread; the step is committed
+    collectively, once every rank's part is durable, at the next collective call of the checkpointer
+    (:meth:`Checkpointer.should_checkpoint`, :meth:`Checkpointer.should_exit`, :meth:`Checkpointer.save`,
+    :meth:`Checkpointer.restore`, :meth:`Checkpointer.close`) or at :meth:`wait`, which is collective
+    too. :meth:`done` (local, never blocks) turns true once the step is committed or failed."""
+
+    def __init__(self, cp: Checkpointer, mpi: _mpi.Collective, pending: _mpi.Pending) -> None:
+        super().__init__(pending.handle, pending.metrics)
+        self._cp = cp
+        self._mpi = mpi
+        self._pending = pending
+
+    def done(self) -> bool:
+        """Whether the step is settled: committed on every rank, or failed (never blocks, no MPI call)."""
+        return self._pending.settled
+
+    def _progress(self, block: bool, timeout: float | None = None) -> bool:
+        if self._pending.settled:
+            return True
+        return self._mpi.settle(self._cp._native, self._pending, block, timeout)
+
+    def wait(self, timeout: float | None = None) -> SaveInfo:
+        """Collective (every rank calls it): waits until every rank's part is durable and the step is
+        committed, and returns this rank's :class:`SaveInfo` (``path``: the step's manifest); raises the
+        save's error on every rank if any rank failed, or :class:`TimeoutError` on every rank when some
+        rank's part is still being written after ``timeout`` seconds."""
+        if not self._progress(True, timeout):
+            raise TimeoutError(f"the background save of step {self.step} is still running after {timeout} s")
+        self._observed = True
+        p = self._pending
+        if p.error is not None:
+            raise p.error
+        assert p.figures is not None
+        return _save_info(p.figures, p.metrics)
+
+    def _settle(self) -> BaseException | None:
+        if not self._pending.settled and self._mpi.MPI.Is_finalized():
+            return InvalidStateError(
+                f"the background save of step {self.step} was not committed: MPI was finalized first "
+                "(close the checkpointer, or leave its with block, before MPI_Finalize)",
+                kind="invalid state",
+            )
+        self._progress(True)
+        if self._observed:
+            return None
+        return self._pending.error
+
+    def __repr__(self) -> str:
+        return f"<ckpt.SaveHandle step {self.step} ({'done' if self.done() else 'running'}, collective)>"
 
 
 class Checkpointer:
@@ -896,11 +950,14 @@ class Checkpointer:
             :meth:`restore` agrees on the newest step *every* rank can read and unpickle (falling back
             together); :meth:`should_checkpoint` and :meth:`should_exit` are true on every rank when true on
             any (a signal to one rank makes all ranks save the same step, and leave together); and a
-            :meth:`save` counts only when every rank's part is durable. The constructor, these four methods
-            are then collective: every rank calls them at the same points, in the same order, from the
-            thread that uses MPI. Errors are raised on every rank. Not supported with ``comm`` yet:
-            ``keep_best``, ``save(blocking=False)``, ``restore(step=...)``. ``None`` (the default): this
-            process alone.
+            :meth:`save` counts only when every rank's part is durable. The constructor, these four
+            methods, :meth:`close` (with a background save in flight) and :meth:`SaveHandle.wait` are then
+            collective: every rank calls them at the same points, in the same order, from the thread that
+            uses MPI. Errors are raised on every rank. ``save(blocking=False)`` commits the
+            step collectively once every rank's part is durable (at the next collective call, or the
+            collective :meth:`SaveHandle.wait`); ``keep_best`` ranks steps by rank 0's metrics and every
+            rank keeps the same steps; ``restore(step=N)`` loads the same step on every rank or raises on
+            every rank. ``None`` (the default): this process alone.
 
     The checkpoint directory is created if needed and checked at once: an ``OSError``
     (:class:`PermissionError`, ``EROFS``...) naming it is raised here rather than at the first save.
@@ -1011,6 +1068,7 @@ class Checkpointer:
         With ``comm``: whether one is due on *any* rank (one small allreduce, collective: every rank asks
         at the same points), so every rank saves the same step."""
         if self._mpi is not None:
+            self._progress(block=False)
             return self._mpi.poll(self._native.should_checkpoint(), self._native.should_exit())[0]
         return self._native.should_checkpoint()
 
@@ -1024,9 +1082,15 @@ class Checkpointer:
         With ``comm``: whether any rank's exit was asked and its step committed (one small allreduce,
         collective), so every rank leaves at the same step."""
         if self._mpi is not None:
+            if isinstance(self._inflight, _CollectiveSaveHandle) and not self._inflight._pending.settled:
+                # The exit checkpoint (any rank's) in flight: every rank waits until its step is committed.
+                h = self._inflight
+                mine = h._exit or bool(self._native.exit_pending())
+                exiting = self._mpi.comm.allreduce(mine, op=self._mpi.MPI.LOR)
+                self._inflight._progress(block=exiting)
             return self._mpi.poll(self._native.should_checkpoint(), self._native.should_exit())[1]
         h = self._inflight
-        if h is not None and not h.done() and self._native.exit_pending():
+        if h is not None and not h.done() and (h._exit or self._native.exit_pending()):
             self._settle_inflight()
         return self._native.should_exit()
 
@@ -1103,17 +1167,16 @@ class Checkpointer:
         be the same on every rank) durably, and rank 0 commits the step only when every part is durable;
         a failure on any rank raises on every rank (the failing rank's own error, the others' naming it),
         and nothing is committed then (the previous step stays the newest, and what made the checkpoint
-        due is due again). ``blocking=False`` is not supported with ``comm`` yet.
+        due is due again). With ``blocking=False`` every rank captures its state and begins its part at the
+        call, a thread writes it, and the step is committed collectively once every part is durable: at
+        the next collective call of the checkpointer at which every part is finished, or at
+        :meth:`SaveHandle.wait` (collective then). ``metrics`` are rank 0's on every rank.
         """
         s = _step_arg(obj, step, self._saves + 1)
         m = _metrics_arg(metrics)
         c = _compress_arg(compress)
         if self._mpi is not None:
-            if not blocking:
-                raise InvalidArgumentError(
-                    "save(blocking=False) is not supported with comm= yet (save blocking)", kind="invalid argument"
-                )
-            return self._save_collective(self._mpi, obj, s, c, m)
+            return self._save_collective(self._mpi, obj, s, c, m, blocking)
         stream, buffers, sizes = _pickling.dumps(obj)
         try:
             with self._save_lock:
@@ -1122,13 +1185,20 @@ class Checkpointer:
                 if blocking:
                     d = self._native.save(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m)
                     return _save_info(d, m)
-                h = SaveHandle(self._native.save_async(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m), m)
+                # Whether this save is the exit checkpoint, known here: once its thread commits, the core's
+                # exit_pending() no longer says so until the commit is done.
+                exiting = bool(self._native.exit_pending())
+                native = self._native.save_async(stream, buffers, step=s, compress=c, item_sizes=sizes, metrics=m)
+                h = SaveHandle(native, m)
+                h._exit = exiting
                 self._inflight = h
                 return h
         finally:
             _release(stream, buffers)
 
-    def _save_collective(self, mpi: _mpi.Collective, obj: Any, s: int, c: str | None, m: str | None) -> SaveInfo:
+    def _save_collective(
+        self, mpi: _mpi.Collective, obj: Any, s: int, c: str | None, m: str | None, blocking: bool
+    ) -> SaveInfo | SaveHandle:
         pickled = None
         failed: Exception | None = None
         try:
@@ -1137,17 +1207,30 @@ class Checkpointer:
             failed = e
         native = self._native
 
-        def write(generation: int) -> tuple[dict[str, Any], Any]:
+        def write(generation: int, metrics: str | None) -> Any:
             assert pickled is not None
             stream, buffers, sizes = pickled
-            return native.save_part(
-                stream, buffers, generation=generation, step=s, compress=c, item_sizes=sizes, metrics=m
+            if blocking:
+                return native.save_part(
+                    stream, buffers, generation=generation, step=s, compress=c, item_sizes=sizes, metrics=metrics
+                )
+            return native.save_part_async(
+                stream, buffers, generation=generation, step=s, compress=c, item_sizes=sizes, metrics=metrics
             )
 
         try:
             with self._save_lock:
+                # At most one in flight: the previous background step is committed (or failed) first.
+                self._settle_inflight(raise_failure=False)
                 self._saves += 1
-                d, manifest = mpi.save(native, write, s, failed)
+                if not blocking:
+                    exiting = bool(native.exit_pending())  # see save(): known reliably only now
+                    pending = mpi.start(native, write, s, failed, m)
+                    h = _CollectiveSaveHandle(self, mpi, pending)
+                    h._exit = exiting
+                    self._inflight = h
+                    return h
+                d, manifest, m = mpi.save(native, write, s, failed, m)
         finally:
             if pickled is not None:
                 _release(pickled[0], pickled[1])
@@ -1155,6 +1238,13 @@ class Checkpointer:
         d["generation_path"] = d["path"]
         d["path"] = manifest
         return _save_info(d, m)
+
+    def _progress(self, block: bool) -> None:
+        """With ``comm``: commits the step of the background save in flight once every rank's part is
+        durable (``block``: waits for it). Collective."""
+        h = self._inflight
+        if self._mpi is not None and isinstance(h, _CollectiveSaveHandle):
+            h._progress(block)
 
     def _settle_inflight(self, raise_failure: bool = True) -> None:
         """Waits for the background save in flight. Its failure, unless its handle reported it already, is
@@ -1202,11 +1292,7 @@ class Checkpointer:
         self.restore_notices = ()
         native = self._native
         if self._mpi is not None:
-            if step is not None:
-                raise InvalidArgumentError(
-                    "restore(step=...) is not supported with comm= yet", kind="invalid argument"
-                )
-            return self._restore_collective(self._mpi, default, mmap, writable, trusted)
+            return self._restore_collective(self._mpi, default, mmap, writable, trusted, step)
         if step is not None:
             # A chosen step (ckpt.checkpoints() lists them): that file, or NoValidCheckpointError.
             entry = _entry_of_step(step, self.restart_directory, self.name)
@@ -1246,7 +1332,7 @@ class Checkpointer:
         return obj
 
     def _restore_collective(
-        self, mpi: _mpi.Collective, default: Any, mmap: bool | None, writable: bool, trusted: bool
+        self, mpi: _mpi.Collective, default: Any, mmap: bool | None, writable: bool, trusted: bool, step: int | None
     ) -> Any:
         native = self._native
         notices: list[str] = []
@@ -1260,7 +1346,15 @@ class Checkpointer:
             stream, buffers, info = found
             return _unpickle(stream, buffers, info, trusted, writable=writable)
 
-        obj, info = mpi.restore(fetch, unpickle, _allow_fresh_start)
+        if step is not None:
+            if not _is_integer(step):
+                raise TypeError(f"step must be an integer, not {step!r}")
+            obj, info = mpi.restore_step(fetch, unpickle, int(step))
+            event = {"path": str(info["path"]), "generation": info["generation"], "step": int(step)}
+            event["chosen_by"] = "step"
+            native.log_event("restore", json.dumps(event))
+        else:
+            obj, info = mpi.restore(fetch, unpickle, _allow_fresh_start)
         self.restore_notices = tuple(notices)
         if info is None:
             return default

@@ -52,6 +52,22 @@ def _remote(e: BaseException, rank: int) -> BaseException:
     return CheckpointError(f"rank {rank}: {type(e).__name__}: {e}", kind="error")
 
 
+class Pending:
+    """A background collective save: this rank's part being written (``handle``, the native
+    ``SaveHandle``), and once :meth:`Collective.settle` committed the step (or failed), its outcome."""
+
+    def __init__(self, handle: Any, generation: int, step: int, metrics: str | None) -> None:
+        self.handle = handle
+        self.generation = generation
+        self.step = step
+        self.metrics = metrics
+        self.settled = False
+        #: The step's commit figures (this rank's part's, with the manifest as ``path``).
+        self.figures: dict[str, Any] | None = None
+        #: Why the step was not committed.
+        self.error: BaseException | None = None
+
+
 class Collective:
     """The collectives a :class:`ckpt.Checkpointer` with ``comm=`` needs, over one communicator."""
 
@@ -89,11 +105,12 @@ class Collective:
 
     # -- save -----------------------------------------------------------------------------------------------
 
-    def save(self, native: Any, write: Any, step: int, failed: BaseException | None) -> tuple[dict[str, Any], str]:
-        """One collective save (see the module documentation). ``write(generation)`` writes this rank's
-        part and returns ``(commit figures, part identity)``; ``failed`` is an error this rank already
-        had (pickling the state), which stops every rank before anything is written. Returns this rank's
-        part's figures and the path of the step's manifest. Collective."""
+    def agree(
+        self, native: Any, step: int, failed: BaseException | None, metrics: str | None
+    ) -> tuple[int, str | None]:
+        """The start of every collective save: stops every rank when one failed already (``failed``: pickling
+        the state), checks that every rank saves the same step, agrees on the generation (the largest of
+        each rank's next one) and on the metrics (rank 0's: the step's, in every rank's part). Collective."""
         self.check(failed)
         generation, error = 0, None
         try:
@@ -107,16 +124,19 @@ class Collective:
                 f"every rank must save the same step; got {steps} (by rank)", kind="invalid argument"
             )
         generation = self.comm.allreduce(generation, op=self.MPI.MAX)
-        part: tuple[dict[str, Any], Any] | None = None
-        try:
-            part = write(generation)
-        except Exception as e:
-            error = e
-        # The gather completes on rank 0 only after every rank's part is durable (or failed).
-        reports = self.comm.gather(
-            (None, part[1]) if part is not None else (_remote(error, self.rank), None),  # type: ignore[arg-type]
-            root=0,
-        )
+        metrics = self.comm.bcast(metrics, root=0)
+        return generation, metrics
+
+    def commit(
+        self, native: Any, generation: int, step: int, part: Any, error: BaseException | None, metrics: str | None
+    ) -> str:
+        """The end of every collective save, once this rank's part is durable (``part``: its identity) or
+        failed (``error``): rank 0 gathers the parts' identities (the gather completes only after every
+        part is durable) and commits the step's manifest only when every part succeeded; the outcome is
+        broadcast and every rank counts the step (or re-arms what made it due) alike. Then best-metric
+        retention (rank 0 decides, every rank removes its parts). Returns the manifest's path; raises on
+        every rank when any failed. Collective."""
+        reports = self.comm.gather((None, part) if error is None else (_remote(error, self.rank), None), root=0)
         outcome: tuple[BaseException | None, str | None] = (None, None)
         if self.rank == 0:
             assert reports is not None
@@ -136,8 +156,98 @@ class Collective:
             if error is not None:
                 raise error
             raise err
-        assert part is not None and manifest is not None
-        return part[0], manifest
+        self.retire(native, generation, metrics)
+        assert manifest is not None
+        return manifest
+
+    def retire(self, native: Any, generation: int, metrics: str | None) -> None:
+        """Best-metric retention over ranks, after the step of ``generation`` was committed: rank 0 ranks the
+        steps by their metric (rank 0's, which every rank's part holds) and removes the manifests of those
+        it does not keep, then every rank removes its own parts of them, then rank 0 their emptied
+        directories. Collective (a no-op without ``keep_best``: the same on every rank)."""
+        if not native.keeps_best:
+            return
+        removed: list[int] = []
+        if self.rank == 0:
+            try:
+                removed = list(native.best_retire(generation, metrics)[0])
+            except Exception as e:  # the step is committed: retention failing loses nothing
+                print(f"ckpt: best-metric retention failed: {e}", file=sys.stderr, flush=True)
+        removed = self.comm.bcast(removed, root=0)
+        if not removed:
+            return
+        native.remove_parts(removed, False)
+        self.comm.Barrier()
+        if self.rank == 0:
+            native.remove_parts(removed, True)
+
+    def save(
+        self, native: Any, write: Any, step: int, failed: BaseException | None, metrics: str | None
+    ) -> tuple[dict[str, Any], str, str | None]:
+        """One blocking collective save (see the module documentation). ``write(generation, metrics)``
+        writes this rank's part and returns ``(commit figures, part identity)``. Returns this rank's part's
+        figures, the path of the step's manifest and the step's metrics. Collective."""
+        generation, metrics = self.agree(native, step, failed, metrics)
+        part: tuple[dict[str, Any], Any] | None = None
+        error = None
+        try:
+            part = write(generation, metrics)
+        except Exception as e:
+            error = e
+        manifest = self.commit(native, generation, step, None if part is None else part[1], error, metrics)
+        assert part is not None
+        return part[0], manifest, metrics
+
+    def start(
+        self, native: Any, write: Any, step: int, failed: BaseException | None, metrics: str | None
+    ) -> Pending:
+        """Starts a background collective save: agrees as :meth:`save` does, then ``write(generation,
+        metrics)`` captures the state and begins this rank's part (a thread writes it) and returns the
+        native handle. The step is committed later by :meth:`settle`. Collective."""
+        generation, metrics = self.agree(native, step, failed, metrics)
+        handle, error = None, None
+        try:
+            handle = write(generation, metrics)
+        except Exception as e:
+            error = e
+        try:
+            self.check(error)
+        except BaseException:
+            if handle is not None:  # begun here, refused elsewhere: the part is written, the step is not
+                handle.wait(None)
+                native.finish_step(False)
+            raise
+        return Pending(handle, generation, step, metrics)
+
+    def settle(self, native: Any, pending: Pending, block: bool, timeout: float | None = None) -> bool:
+        """Commits a background save's step once every rank's part is finished (durable or failed):
+        ``block`` waits for this rank's part first (``timeout``: at most that long); without it, commits
+        only when every part is already finished. The outcome (the manifest's path, or the error every
+        rank raises) goes into ``pending``. Returns whether the step was settled. Collective: every rank
+        takes the same branch."""
+        if pending.settled:
+            return True
+        if block:
+            pending.handle.wait(timeout)
+        if not self.comm.allreduce(bool(pending.handle.done()), op=self.MPI.LAND):
+            return False
+        part, error, figures = None, None, None
+        try:
+            figures = pending.handle.result()
+            part = native.part_identity(pending.generation)
+        except Exception as e:
+            error = e
+        try:
+            manifest = self.commit(native, pending.generation, pending.step, part, error, pending.metrics)
+        except Exception as e:
+            pending.error = e
+        else:
+            d = dict(figures)
+            d["generation_path"] = d["path"]
+            d["path"] = manifest
+            pending.figures = d
+        pending.settled = True
+        return True
 
     # -- restore --------------------------------------------------------------------------------------------
 
@@ -226,3 +336,83 @@ class Collective:
                 )
             del obj, found
             max_generation = agreed - 1
+
+    def restore_step(self, fetch: Any, unpickle: Any, step: int) -> tuple[Any, dict[str, Any]]:
+        """Restores every rank from the newest generation of step ``step`` that every rank can read:
+        each rank looks for its newest valid part of that step, the ranks agree on the oldest of those
+        (the newest every rank has), and every rank loads it. A rank without a valid part of the step, or
+        one that cannot read or unpickle the agreed generation, makes every rank raise
+        :class:`NoValidCheckpointError` naming the ranks (no fallback to another step: the caller asked for
+        this one). ``fetch`` and ``unpickle`` as for :meth:`restore`. Collective."""
+
+        def newest_of_step(max_generation: int | None) -> tuple[Any, list[int]]:
+            seen: list[int] = []
+            while True:
+                try:
+                    found = fetch(max_generation)
+                except NoValidCheckpointError:
+                    return None, seen
+                if found is None:
+                    return None, seen
+                info = found[2]
+                if int(info["step"]) == step:
+                    return found, seen
+                seen.append(int(info["step"]))
+                max_generation = int(info["generation"]) - 1
+                del found
+                if max_generation < 1:
+                    return None, seen
+
+        found, error, seen = None, None, []
+        try:
+            found, seen = newest_of_step(None)
+        except Exception as e:
+            error = e
+        self.check(error)
+        g = 0 if found is None else int(found[2]["generation"])
+        gens = self.comm.allgather(g)
+        if 0 in gens:
+            steps = sorted({s for per in self.comm.allgather(seen) for s in per}, reverse=True)
+            missing = [r for r, x in enumerate(gens) if x == 0]
+            raise NoValidCheckpointError(
+                f"no valid checkpoint of step {step} on rank(s) {', '.join(map(str, missing))} of {self.size} "
+                f"(every rank must have its part; steps the ranks can read: {steps or 'none'})",
+                kind="no valid checkpoint",
+            )
+        agreed = min(gens)
+        why: str | None = None
+        if g != agreed:
+            del found
+            found = None
+            try:
+                found = fetch(agreed)
+            except (CheckpointError, OSError) as e:
+                why = str(e)
+            if found is not None and (int(found[2]["generation"]), int(found[2]["step"])) != (agreed, step):
+                found = None
+            if found is None and why is None:
+                why = f"its part of generation {agreed} (step {step}) is missing or damaged"
+        obj = None
+        if found is not None:
+            try:
+                obj = unpickle(found)
+            except (MemoryError, RecursionError) as e:
+                error = e
+            except Exception as e:
+                if isinstance(e, CheckpointError) and e.kind == "untrusted":
+                    error = e
+                else:
+                    why = f"its pickle stream cannot be unpickled ({type(e).__name__}: {e})"
+        self.check(error)
+        failures = self.comm.allgather(why)
+        bad = [(r, w) for r, w in enumerate(failures) if w is not None]
+        if bad:
+            raise NoValidCheckpointError(
+                f"step {step} (generation {agreed}) cannot be restored on every rank: "
+                + "; ".join(f"rank {r}: {w}" for r, w in bad),
+                kind="no valid checkpoint",
+            )
+        assert found is not None
+        info = found[2]
+        info["rejected"] = []
+        return obj, info

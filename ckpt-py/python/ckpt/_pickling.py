@@ -96,11 +96,43 @@ def _memoryview_pid(m: memoryview) -> tuple[Any, ...]:
     return (_TAG, "memoryview", data, fmt, tuple(m.shape or ()), bool(m.readonly))
 
 
+#: The modules of numpy's ``_frombuffer`` (numpy 2, numpy 1), which rebuilds arrays pickled with protocol 5.
+_NUMPY_NUMERIC = frozenset(("numpy._core.numeric", "numpy.core.numeric"))
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
+    """numpy's ``_frombuffer`` (``frombuffer(buf, dtype).reshape(shape, order)``), for arrays that the
+    loader hands over as views of the private memory their bytes are in (see ``ckpt-py/src/inband.rs``)
+    rather than as ``bytearray`` copies: a view whose address is not aligned for the dtype is copied, so a
+    restored array is aligned, as the copies were."""
+    a = _numpy_frombuffer(buf, dtype)
+    if dtype.alignment > 1 and not a.flags.aligned:
+        with memoryview(buf) as m:
+            a = _numpy_frombuffer(bytes(m) if m.readonly else bytearray(m), dtype)
+    # A one-dimensional array has its shape already (numpy reshapes anyway: a second array object).
+    return a if a.shape == shape else a.reshape(shape, order=order)
+
+
+#: ``numpy.frombuffer``, once an unpickled stream used numpy.
+_numpy_frombuffer: Any = None
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: Any, buffers: list[Any], writable: bool) -> None:
         super().__init__(file, buffers=buffers)
         self._loaded: dict[int, tuple[Any, Any]] = {}
         self._writable = writable
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if name == "_frombuffer" and module in _NUMPY_NUMERIC:
+            global _numpy_frombuffer
+            if _numpy_frombuffer is None:
+                import numpy
+
+                _numpy_frombuffer = numpy.frombuffer
+            return _frombuffer
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == _TAG):
