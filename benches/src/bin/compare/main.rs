@@ -20,7 +20,7 @@
 //!
 //!    8b. the shim against DMTCP in the same run (`--dmtcp PREFIX`, DMTCP's install prefix, or DMTCP on
 //!    `PATH`; skipped with a message without it): checkpoint, image size, restart, output checked (`dmtcp.rs`);
-//! 9. Python: `ckpt.save` vs the seed's pickle pattern and `np.save` + fsync, `ckpt.load(mmap=True)` vs
+//! 9. Python: `ckpt.save` vs the hand-written pickle pattern and `np.save` + fsync, `ckpt.load(mmap=True)` vs
 //!    `np.load` (`python.rs`).
 //! 10. MPI: a collective checkpoint (`ckpt_mpi_checkpoint`) of 1, 2 and 4 ranks vs each rank's own durable
 //!     save, with a large state split over the ranks and 4 KiB per rank (`mpi.rs`, `benches/mpi/bench_mpi.c`).
@@ -875,7 +875,7 @@ fn main() {
          only the planes where compressing is faster than writing (the sign and exponent bytes), and an \
          explicit level every plane that saves 10%.\n\
          * Python: arrays leave the pickle stream as out-of-band buffers and are copied once, from numpy's \
-         memory into the staging buffers; the seed's pattern pickles them into a bytes object first."
+         memory into the staging buffers; the hand-written pickle pattern pickles them into a bytes object first."
     );
     print!("{out}");
     if let Some(path) = o.output {

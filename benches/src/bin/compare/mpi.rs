@@ -322,7 +322,7 @@ fn commit_scaling(o: &Opts, work: &Path, out: &mut String) {
          ranks of one step, then over the steps: they should not grow with N (a rank lists no directory that \
          holds one entry per rank). On a parallel file system each open and unlink is a metadata round trip, \
          so what rank 0 does per rank costs more there. The last row runs in a directory that also holds \
-         {crowded} unrelated files, as the job's working directory (the seed's default checkpoint directory) \
+         {crowded} unrelated files, as the job's working directory (the default checkpoint directory of Slurm's removed checkpoint interface) \
          may: ranks and rank 0 look only at the checkpoint's own entries.\n\n\
          | ranks | rank 0's commit from identities, median (min–max) | per rank | rank 0's commit opening every part \
          | per rank | ratio | a rank's part | a rank's removal of its retired part |\n\

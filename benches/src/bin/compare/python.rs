@@ -1,5 +1,5 @@
-//! Scenario 9 of the comparison runner: Python. `ckpt.save` of a float64 numpy array against the seed's
-//! pattern (`pickle.dump` to a temporary file + `os.rename`), the same made durable, and `np.save` + fsync;
+//! Scenario 9 of the comparison runner: Python. `ckpt.save` of a float64 numpy array against the
+//! hand-written pickle pattern (`pickle.dump` to a temporary file + `os.rename`), the same made durable, and `np.save` + fsync;
 //! `ckpt.load(mmap=True)` and a full pass over the array against `np.load` (and `pickle.load`).
 //!
 //! The timing is done by `benches/python/bench_save.py` (interleaved, one JSON object of per-run timings);
@@ -265,11 +265,11 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
     for (label, durable, st) in [
         ("`ckpt.save(arr, path)`", "yes: temporary file, fsync, rename, fsync(dir)", &ck),
         (
-            &*format!("the seed's pattern: `pickle.dump` (protocol {proto}) to `path.tmp`, `os.rename`"),
+            &*format!("the hand-written pickle pattern: `pickle.dump` (protocol {proto}) to `path.tmp`, `os.rename`"),
             "**no** (no fsync: the data may be lost, or the file empty, after a crash)",
             &seed,
         ),
-        ("the seed's pattern made durable: + fsync of the file, fsync(dir)", "yes", &seed_d),
+        ("the hand-written pickle pattern made durable: + fsync of the file, fsync(dir)", "yes", &seed_d),
         ("`np.save` to an open file + fsync", "yes, but not atomic (no rename)", &npy),
     ]
     .into_iter()
@@ -294,7 +294,7 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
     let (speedup, speedup_d, vs_np) = (seed.median / ck.median, seed_d.median / ck.median, ck.median / npy.median);
     let _ = writeln!(
         out,
-        "\nThe seed's pattern takes **{speedup:.2}×** the time of `ckpt.save` (target ≥ 3: {}; its durable variant \
+        "\nThe hand-written pickle pattern takes **{speedup:.2}×** the time of `ckpt.save` (target ≥ 3: {}; its durable variant \
          {speedup_d:.2}×); `ckpt.save` takes **{vs_np:.2}×** the time of `np.save` + fsync (target ≤ 1.1: {}).",
         met(speedup >= 3.0),
         met(vs_np <= 1.1)
@@ -318,7 +318,7 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
         ));
     }
     rows.push(("`np.load(path)`", &np_load, &np_pass));
-    rows.push(("`pickle.load` of the seed's file", &pk_load, &pk_pass));
+    rows.push(("`pickle.load` of the pickle file", &pk_load, &pk_pass));
     for (label, a, b) in rows {
         let _ = writeln!(
             out,
@@ -364,11 +364,11 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
     let mut limits = Vec::new();
     if speedup < 3.0 {
         limits.push(format!(
-            "against the seed's pattern: that pattern never waits for the disk (no fsync); its time is pickling \
+            "against the hand-written pickle pattern: that pattern never waits for the disk (no fsync); its time is pickling \
              (protocol {proto} copies the array into a bytes object) and a copy into the page cache, {:.2} s here. \
              A durable save cannot take less than writing the bytes to the device: ckpt writes the array once, \
              with direct I/O over the blocks of the file it replaced, at {:.2} GB/s ({:.2}× the time of `np.save` + fsync through the page cache, \
-             {:.2} GB/s){}. So ≥ 3× holds only in runs where the seed's pattern takes more than three times the \
+             {:.2} GB/s){}. So ≥ 3× holds only in runs where the hand-written pickle pattern takes more than three times the \
              disk's own write; the ratio moves with the speed of pickling and of the page cache (fast when \
              memory is warm, 2-5× slower after the machine sat idle: perf-baselines) from run to run",
             seed.median,
@@ -379,7 +379,7 @@ pub fn scenario_python(o: &Opts, work: &Path, out: &mut String) {
                 Some(d) => format!(
                     "; `dd` writing as many bytes with `oflag=direct conv=notrunc,fsync`, in the same rotation, took {:.3} s \
                      ({:.2} GB/s): `ckpt.save` takes {:.2}× that time (it keeps two writes in flight while it copies), and \
-                     the seed's pattern {:.2}×",
+                     the hand-written pickle pattern {:.2}×",
                     d.median,
                     bytes / d.median / 1e9,
                     ck.median / d.median,
@@ -423,7 +423,7 @@ fn memory_table(o: &Opts, (py, script): (&Path, &Path), mib: usize, proto: i64, 
     let mut rows = String::new();
     for (method, label) in [
         ("ckpt", "`ckpt.save(arr, path)`"),
-        ("pickle_seed", "the seed's pattern (`pickle.dump`)"),
+        ("pickle_seed", "the hand-written pickle pattern (`pickle.dump`)"),
         ("numpy_fsync", "`np.save` + fsync"),
     ] {
         let mut extra = Vec::new();
@@ -452,7 +452,7 @@ fn memory_table(o: &Opts, (py, script): (&Path, &Path), mib: usize, proto: i64, 
         out,
         "\nPeak extra memory of one save of the {mib} MiB array, each in a fresh process: the peak resident set \
          during the save (`VmHWM`, reset just before) minus the resident set before it; medians of {runs} runs. \
-         The seed's pattern pickles the array into a bytes object first (protocol {}), so a job near its memory \
+         The hand-written pickle pattern pickles the array into a bytes object first (protocol {}), so a job near its memory \
          limit can be killed by its own checkpoint.\n\n| save | extra memory (median) | min–max |\n|---|---|---|\n{}",
         proto,
         rows.trim_end()
