@@ -248,7 +248,10 @@ fn exec_image(
     for x in all {
         env.push(CString::new(x).map_err(|_| Error::invalid("a restart setting contains a NUL byte"))?);
     }
-    env.push(CString::new([b"CKPT_SHIM_RESTORE=".as_slice(), label].concat()).map_err(|_| Error::invalid("NUL in the image's path"))?);
+    env.push(
+        CString::new([b"CKPT_SHIM_RESTORE=".as_slice(), label].concat())
+            .map_err(|_| Error::invalid("NUL in the image's path"))?,
+    );
     let argv: Vec<CString> = img.argv.iter().filter_map(|a| CString::new(a.clone()).ok()).collect();
     let exe = CString::new(img.exe.clone()).map_err(|_| Error::invalid("executable path contains NUL"))?;
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
@@ -312,7 +315,11 @@ fn restart_tree(
         unsafe { libc::fchmod(mf.as_raw_fd(), 0o600) };
         let label = format!("{}#{}", path.display(), m.section);
         let clone = mf.try_clone().map_err(|e| Error::io("dup", e))?;
-        let mcp = Checkpoint::open_with(&process_image::OpenedFile(clone), Path::new(&label), ckpt_core::LoadOptions { mmap: false })?;
+        let mcp = Checkpoint::open_with(
+            &process_image::OpenedFile(clone),
+            Path::new(&label),
+            ckpt_core::LoadOptions { mmap: false },
+        )?;
         mcp.verify()?;
         let image = process_image::read(&mcp)?;
         let pipes = process_image::tree::read_pipes(&mcp)?;
@@ -417,7 +424,8 @@ fn restart_tree(
     let mut root_pids = Vec::new();
     for (k, m) in members.iter().enumerate() {
         if m.record.ppid == found.image.pid {
-            let pid = spawn_member(k, &members, &fds.per_process, &given_setting, root_marker, found.image.pid, root_now)?;
+            let pid =
+                spawn_member(k, &members, &fds.per_process, &given_setting, root_marker, found.image.pid, root_now)?;
             root_pids.push(format!("{}:{pid}", m.record.pid));
         }
     }

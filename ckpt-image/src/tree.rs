@@ -124,7 +124,8 @@ pub fn read_pipes(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<PipeContents>
         return Ok(PipeContents::default());
     }
     let p: PipeContents = cp.read_serde(PIPES_SECTION)?;
-    if let Some(bad) = p.pipes.iter().find(|(_, cap, bytes)| bytes.len() > MAX_PIPE_BYTES || bytes.len() > *cap as usize)
+    if let Some(bad) =
+        p.pipes.iter().find(|(_, cap, bytes)| bytes.len() > MAX_PIPE_BYTES || bytes.len() > *cap as usize)
     {
         return Err(ckpt_core::Error::new(
             ckpt_core::ErrorKind::Corrupt,
@@ -287,9 +288,10 @@ pub fn plan_fds(processes: &[TreeProcess<'_>], inherited: &[InheritedFd]) -> Res
             continue;
         }
         let found = processes.iter().flat_map(|p| p.pipes.pipes.iter()).find(|(i, _, _)| *i == ino);
-        let holders = processes.iter().flat_map(|p| p.image.fds.iter()).filter(|f| {
-            f.kind == FdKind::TreePipe && pipe_inode(&f.path) == Some(ino)
-        });
+        let holders = processes
+            .iter()
+            .flat_map(|p| p.image.fds.iter())
+            .filter(|f| f.kind == FdKind::TreePipe && pipe_inode(&f.path) == Some(ino));
         let (mut read_flags, mut write_flags) = (None, None);
         for f in holders {
             match f.flags & libc::O_ACCMODE {
@@ -324,7 +326,8 @@ pub fn plan_fds(processes: &[TreeProcess<'_>], inherited: &[InheritedFd]) -> Res
         let mut given = Vec::new();
         for f in p.image.fds.iter().filter(|f| f.dup_of.is_none()) {
             if f.kind == FdKind::TreePipe {
-                let ino = pipe_inode(&f.path).ok_or_else(|| format!("descriptor {} of process {}: no pipe", f.fd, p.pid))?;
+                let ino =
+                    pipe_inode(&f.path).ok_or_else(|| format!("descriptor {} of process {}: no pipe", f.fd, p.pid))?;
                 let source = match roles.get(&ino) {
                     Some(PipeRole::Outside(n)) => FdSource::Outer(*n),
                     Some(PipeRole::Foreign) => FdSource::DevNull(f.flags & libc::O_ACCMODE),

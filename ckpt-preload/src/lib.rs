@@ -1100,7 +1100,9 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
         // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
         let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as usize) };
         eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
-        if ACTIVE.load(Ordering::Acquire) && getpid() != ROOT_PID.load(Ordering::Relaxed) && tree::is_request(code, value)
+        if ACTIVE.load(Ordering::Acquire)
+            && getpid() != ROOT_PID.load(Ordering::Relaxed)
+            && tree::is_request(code, value)
         {
             tree::member_checkpoint(value, uctx as usize, saved_errno);
         }

@@ -318,7 +318,12 @@ pub unsafe extern "C" fn wait3(status: *mut c_int, options: c_int, usage: *mut l
 /// # Safety
 /// The contract of libc's `waitid`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *mut libc::siginfo_t, options: c_int) -> c_int {
+pub unsafe extern "C" fn waitid(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    info: *mut libc::siginfo_t,
+    options: c_int,
+) -> c_int {
     static REAL: AtomicUsize = AtomicUsize::new(0);
     let p = real(&REAL, b"waitid\0");
     if p == 0 {
@@ -345,4 +350,98 @@ pub unsafe extern "C" fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *m
 pub extern "C" fn getppid() -> libc::pid_t {
     // SAFETY: getppid has no arguments.
     peer_then(unsafe { libc::syscall(libc::SYS_getppid) } as libc::pid_t)
+}
+
+/// Streams `popen` opened (glibc's `struct _IO_proc_file`), whose child's pid glibc keeps in the stream
+/// and waits for in `pclose` through an internal call no interposer sees: made current before `pclose`.
+const MAX_POPEN: usize = 64;
+static POPEN_FILES: [AtomicUsize; MAX_POPEN] = [const { AtomicUsize::new(0) }; MAX_POPEN];
+/// Where glibc (x86_64) keeps that pid: after the FILE (216 bytes) and its vtable pointer.
+const PROC_FILE_PID_OFFSET: usize = 224;
+
+/// Calls of `system` in progress: it waits for its child through an internal call, which a restart
+/// cannot resume (tree.rs refuses a checkpoint meanwhile).
+pub(crate) static IN_SYSTEM: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// `popen(3)`: remembers the stream when glibc's record of the child's pid is where this build expects it
+/// (the pid is a child of this process).
+///
+/// # Safety
+/// The contract of libc's `popen`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn popen(command: *const libc::c_char, mode: *const libc::c_char) -> *mut libc::FILE {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"popen\0");
+    if p == 0 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `p` is libc's popen.
+    let f: unsafe extern "C" fn(*const libc::c_char, *const libc::c_char) -> *mut libc::FILE =
+        unsafe { std::mem::transmute(p) };
+    // SAFETY: the caller's arguments.
+    let stream = unsafe { f(command, mode) };
+    if stream.is_null() {
+        return stream;
+    }
+    // SAFETY: a popen stream is a struct _IO_proc_file, larger than the offset read.
+    let pid = unsafe { std::ptr::read_unaligned((stream as *const u8).add(PROC_FILE_PID_OFFSET) as *const i32) };
+    let ours = pid > 0
+        && std::fs::read(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+            let Some(close) = stat.iter().rposition(|&b| b == b')') else { return false };
+            let ppid = stat[close + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(1);
+            ppid.and_then(|f| std::str::from_utf8(f).ok()?.parse::<i32>().ok()) == Some(getpid())
+        });
+    if ours
+        && let Some(slot) = POPEN_FILES
+            .iter()
+            .find(|s| s.compare_exchange(0, stream as usize, Ordering::AcqRel, Ordering::Acquire).is_ok())
+    {
+        let _ = slot;
+    }
+    stream
+}
+
+/// `pclose(3)`: the child's pid glibc kept in the stream made current (after a restart of the tree).
+///
+/// # Safety
+/// The contract of libc's `pclose`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pclose(stream: *mut libc::FILE) -> c_int {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"pclose\0");
+    if p == 0 {
+        return -1;
+    }
+    if let Some(slot) = POPEN_FILES.iter().find(|s| !stream.is_null() && s.load(Ordering::Acquire) == stream as usize) {
+        // SAFETY: a stream popen returned and this shim checked; the pid field is an i32 at the offset.
+        unsafe {
+            let at = (stream as *mut u8).add(PROC_FILE_PID_OFFSET) as *mut i32;
+            std::ptr::write_unaligned(at, peer_now(std::ptr::read_unaligned(at)));
+        }
+        slot.store(0, Ordering::Release);
+    }
+    // SAFETY: `p` is libc's pclose; the caller's stream.
+    let f: unsafe extern "C" fn(*mut libc::FILE) -> c_int = unsafe { std::mem::transmute(p) };
+    // SAFETY: as above.
+    unsafe { f(stream) }
+}
+
+/// `system(3)`: counted while it runs (see [`IN_SYSTEM`]).
+///
+/// # Safety
+/// The contract of libc's `system`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn system(command: *const libc::c_char) -> c_int {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"system\0");
+    if p == 0 {
+        return -1;
+    }
+    // SAFETY: `p` is libc's system.
+    let f: unsafe extern "C" fn(*const libc::c_char) -> c_int = unsafe { std::mem::transmute(p) };
+    IN_SYSTEM.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: the caller's argument.
+    let r = unsafe { f(command) };
+    IN_SYSTEM.fetch_sub(1, Ordering::AcqRel);
+    r
 }

@@ -496,7 +496,8 @@ impl TreeSettings {
     /// `plan` was built by `build_plan` (its descriptor table is in the arena).
     unsafe fn apply(&self, plan: &mut Plan) {
         // SAFETY: the plan's descriptor table, `nfds` records.
-        let fds = if plan.nfds == 0 { &mut [][..] } else { unsafe { core::slice::from_raw_parts_mut(plan.fds, plan.nfds) } };
+        let fds =
+            if plan.nfds == 0 { &mut [][..] } else { unsafe { core::slice::from_raw_parts_mut(plan.fds, plan.nfds) } };
         for &(target, given) in &self.given {
             if let Some(f) = fds.iter_mut().find(|f| f.fd == target && f.leader < 0) {
                 f.kind = FD_GIVEN;
@@ -1495,8 +1496,10 @@ fn restore_descriptors(p: &Plan) {
             }
         }
     }
-    // SAFETY: the temporaries are all at or above the base.
-    unsafe { syscall3(SYS_close_range, p.fd_temp_base as usize, u32::MAX as usize, 0) };
+    // The temporaries, and the descriptors `ckpt restart` gave (all above every target number).
+    let first = if p.ngiven > 0 && p.given[0] < p.fd_temp_base { p.given[0] } else { p.fd_temp_base };
+    // SAFETY: closing descriptors has no memory effects.
+    unsafe { syscall3(SYS_close_range, first as usize, u32::MAX as usize, 0) };
     take_locks(p);
     let mut s = 0;
     while s < 3 {

@@ -65,7 +65,8 @@ pub(crate) struct Member {
     pub comm: [u8; 16],
 }
 
-pub(crate) static MEMBERS: Shared<[Member; MAX_TREE]> = Shared::new([Member { pid: 0, ppid: 0, comm: [0; 16] }; MAX_TREE]);
+pub(crate) static MEMBERS: Shared<[Member; MAX_TREE]> =
+    Shared::new([Member { pid: 0, ppid: 0, comm: [0; 16] }; MAX_TREE]);
 pub(crate) static NMEMBERS: AtomicUsize = AtomicUsize::new(0);
 /// The coordination file of the checkpoint in progress (-1: none).
 pub(crate) static CTL_FD: AtomicI32 = AtomicI32::new(-1);
@@ -367,14 +368,14 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
     if n == 0 {
         return Ok(0);
     }
+    if crate::pid::IN_SYSTEM.load(Ordering::Acquire) > 0 {
+        return Err(Refusal::new(&[IN_SYSTEM_WHY], members[0].pid, &members[0].comm));
+    }
     // The coordination file, created afresh.
     let mut path = [0u8; 256];
     let len = tree_path(&mut path, seq, 0, b".ctl");
-    let fd = open(
-        &path[..len],
-        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        0o600,
-    );
+    let fd =
+        open(&path[..len], libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600);
     if fd < 0 {
         return Err(Refusal::new(&[b"cannot be coordinated: the coordination file cannot be created"], me, b"self"));
     }
@@ -415,6 +416,17 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
             }
         }
         let Some(m) = waiting else { break };
+        let slot = members[..n].iter().position(|x| x.pid == m.pid).unwrap_or(0);
+        if member_state(fd, slot).0 == STATE_FAILED {
+            abort(fd, &path[..len]);
+            let mut note = [0u8; 256];
+            let mut npath = [0u8; 256];
+            let nlen = tree_path(&mut npath, seq, m.pid, b".err");
+            let k = read_file(&npath[..nlen], &mut note).max(0) as usize;
+            // SAFETY: a NUL-terminated path.
+            unsafe { syscall3(libc::SYS_unlink, npath.as_ptr() as usize, 0, 0) };
+            return Err(Refusal::new(&[&note[..k]], m.pid, &m.comm));
+        }
         if !alive(m.pid) || monotonic_ns() - start > STOP_TIMEOUT_NS {
             abort(fd, &path[..len]);
             return Err(Refusal::new(
@@ -457,9 +469,8 @@ fn record_inherited(members: &[Member]) -> Result<(), Refusal> {
         });
         for &fd in &fds[..nfds] {
             // SAFETY: kcmp compares two descriptors of processes we may inspect (our descendants).
-            let r = unsafe {
-                syscall6(libc::SYS_kcmp, m.pid as usize, m.ppid as usize, 0, fd as usize, fd as usize, 0)
-            };
+            let r =
+                unsafe { syscall6(libc::SYS_kcmp, m.pid as usize, m.ppid as usize, 0, fd as usize, fd as usize, 0) };
             if r == 0 {
                 if count >= MAX_INHERITED {
                     return Err(Refusal::new(&[b"shares too many descriptors with its parent"], m.pid, &m.comm));
@@ -581,6 +592,12 @@ pub(crate) fn member_checkpoint(value: usize, ucontext: usize, errno: i32) {
         close(fd);
         return;
     }
+    if crate::pid::IN_SYSTEM.load(Ordering::Acquire) > 0 {
+        note_failure(seq, IN_SYSTEM_WHY);
+        set_member_state(fd, slot, STATE_FAILED, 0);
+        close(fd);
+        return;
+    }
     crate::wait_previous_writer();
     let mut dirbuf = [0u8; 4096];
     let multi = crate::count_dir_entries(b"/proc/self/task\0", &mut dirbuf) > 1;
@@ -639,6 +656,21 @@ pub(crate) fn member_checkpoint(value: usize, ucontext: usize, errno: i32) {
     CTL_FD.store(-1, Ordering::Relaxed);
     close(fd);
     release();
+}
+
+const IN_SYSTEM_WHY: &[u8] = b"runs under system(), which waits for it in a way a restart cannot resume; checkpoint \
+    again once system() has returned";
+
+/// A member's reason for not taking part, for the root's message (raw system calls: in the handler).
+fn note_failure(seq: u64, why: &[u8]) {
+    let mut path = [0u8; 256];
+    let len = tree_path(&mut path, seq, getpid(), b".err");
+    let fd =
+        open(&path[..len], libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600);
+    if fd >= 0 {
+        write_all(fd as i32, why);
+        close(fd as i32);
+    }
 }
 
 /// In a member whose program has no SIGTERM handler: Slurm signals every process of a step at once, and

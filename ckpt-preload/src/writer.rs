@@ -514,7 +514,9 @@ fn memory_regions(excluded: &[(u64, u64)]) -> Result<MemoryLayout, Failure> {
         if path.ends_with(b" (deleted)") && !from_image {
             return Err(Failure::Refused(format!("mapping of a deleted file {name:?}")));
         }
-        if path.starts_with(b"/SYSV") || path.starts_with(b"/dev/shm/") || path.starts_with(b"/memfd:") {
+        // (A member of a process tree is restored from a memfd holding its image.)
+        if !from_image && (path.starts_with(b"/SYSV") || path.starts_with(b"/dev/shm/") || path.starts_with(b"/memfd:"))
+        {
             return Err(Failure::Refused(format!("shared memory mapping {name:?}")));
         }
         let prot = prot_of(&m.perms);
@@ -724,7 +726,8 @@ fn commit_image(
     }
     if snap.tree {
         let section = ckpt_image::tree::encode_pipes(&crate::tree::read_scratch()).map_err(fail)?;
-        w.add_section_with(ckpt_image::tree::PIPES_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+        w.add_section_with(ckpt_image::tree::PIPES_SECTION, &section, plain.encoding(Encoding::Postcard))
+            .map_err(fail)?;
     }
     let members = if snap.tree && !snap.member { crate::tree::embed_members(&mut w, image)? } else { Vec::new() };
     // The requesting thread's errno as the program left it (this copy's libc calls change it).

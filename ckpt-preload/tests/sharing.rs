@@ -19,7 +19,8 @@ fn threads_program() -> Option<String> {
     if !exe.exists() {
         let tmp = inputs().join("threads-sharing.tmp");
         let cc = which("cc")?;
-        let o = std::process::Command::new(cc).args(["-O2", "-o"]).arg(&tmp).arg(&src).arg("-pthread").output().unwrap();
+        let o =
+            std::process::Command::new(cc).args(["-O2", "-o"]).arg(&tmp).arg(&src).arg("-pthread").output().unwrap();
         assert!(o.status.success(), "cc threads: {}", String::from_utf8_lossy(&o.stderr));
         std::fs::rename(&tmp, &exe).unwrap();
     }
