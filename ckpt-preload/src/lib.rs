@@ -1143,15 +1143,27 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     }
     let ours = ACTIVE.load(Ordering::Acquire) && getpid() == ROOT_PID.load(Ordering::Relaxed);
     if !ours || mode == 0 {
-        if sig == libc::SIGTERM
-            && !ours
-            && ACTIVE.load(Ordering::Acquire)
-            && !program_handles(sig)
-            && !self_sent(code, info)
-        {
-            // A member of a process tree: the root's checkpoint may be under way (Slurm signals every
-            // process of a step at once).
-            tree::hold_term();
+        // A checkpoint request reaching a member of a process tree (Slurm's `--signal` and `scancel
+        // --signal` reach every process of a step): the root takes the tree's checkpoint. A request to
+        // continue is the root's alone; for one that ends the program, the member waits for the root's
+        // checkpoint to come and go, then gets the signal's action.
+        if !ours && mode != 0 && !from_timer && ACTIVE.load(Ordering::Acquire) {
+            if mode == 1 {
+                eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
+                if !errno_addr.is_null() {
+                    // SAFETY: as above.
+                    unsafe { *errno_addr = saved_errno };
+                }
+                return;
+            }
+            if !tree::hold_term() {
+                // Restored from the checkpoint taken meanwhile: the signal belonged to the run that ended.
+                if !errno_addr.is_null() {
+                    // SAFETY: as above.
+                    unsafe { *errno_addr = saved_errno };
+                }
+                return;
+            }
         }
         if from_timer || !emulate_app_action(sig, info, uctx) {
             // No handler of the program ran: a call this signal interrupted is resumed (`eintr`).

@@ -673,18 +673,36 @@ fn note_failure(seq: u64, why: &[u8]) {
     }
 }
 
-/// In a member whose program has no SIGTERM handler: Slurm signals every process of a step at once, and
-/// the root's checkpoint needs this process alive. Waits (at most [`TERM_HOLD_NS`]) for the root's tree
-/// checkpoint to come and go; the caller then applies SIGTERM's action.
-pub(crate) fn hold_term() {
+/// In a member, for a signal that ends the program when it has no handler of its own (SIGTERM): Slurm
+/// signals every process of a step at once, and the root's checkpoint needs this process alive. Waits (at
+/// most [`TERM_HOLD_NS`]) for the root's tree checkpoint to come and go, taking part in it (the tree
+/// signal is let through this handler). Returns whether the caller should apply the signal's action:
+/// not in a process restored from that checkpoint (it resumes here, and the signal belonged to the run
+/// that ended).
+pub(crate) fn hold_term() -> bool {
     let seen = TREE_SEEN.load(Ordering::Acquire);
+    let restarts = crate::RESTARTS.load(Ordering::Acquire);
+    let tree_signal: u64 = 1 << (TREE_SIGNAL - 1);
+    // SAFETY: unblocks one signal for this thread; the handler's return restores the program's mask.
+    unsafe {
+        syscall6(
+            SYS_rt_sigprocmask,
+            libc::SIG_UNBLOCK as usize,
+            &tree_signal as *const u64 as usize,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
     let start = monotonic_ns();
     while TREE_SEEN.load(Ordering::Acquire) == seen && monotonic_ns() - start < TERM_HOLD_NS {
         if !alive(crate::ROOT_PID.load(Ordering::Relaxed)) {
-            return;
+            break;
         }
         nap(1_000_000);
     }
+    crate::RESTARTS.load(Ordering::Acquire) == restarts
 }
 
 // ------------------------------------------------------------------------------------- both sides

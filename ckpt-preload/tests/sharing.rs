@@ -124,3 +124,94 @@ fn array_tasks_sharing_a_directory_each_resume_their_own_image() {
         );
     }
 }
+
+/// Outside Slurm, two different runs (a parameter sweep run by hand) leave their images in one
+/// directory: `ckpt restart --image-dir` cannot know which one the user means and refuses, naming both;
+/// `CKPT_RESUME_FROM=any` takes the newest.
+#[test]
+fn two_runs_in_one_directory_outside_slurm_are_not_guessed() {
+    if threads_program().is_none() {
+        return;
+    }
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let img = dir.join("img");
+    // Each point of the sweep named (one name holding two runs' files is refused at the save already).
+    let run = |work: &str, out: &str| {
+        let stdout = std::fs::File::create(dir.join(out)).unwrap();
+        command(&ckpt, dir)
+            .env("CKPT_NAME", format!("point-{work}"))
+            .args(["run", "--dir", img.to_str().unwrap(), "--"])
+            .args([threads_program().unwrap().as_str(), "200", work, "3"])
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = run("2000000", "a.txt");
+    std::thread::sleep(Duration::from_millis(300));
+    checkpoint_and_kill(dir, &mut a, 1);
+    let mut b = run("2500000", "b.txt");
+    std::thread::sleep(Duration::from_millis(300));
+    checkpoint_and_kill(dir, &mut b, 2);
+    let o = command(&ckpt, dir).args(["restart", "--image-dir", img.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a restart chose between two runs by itself: {err}");
+    assert!(err.contains("refuses to guess") && err.contains("2000000") && err.contains("2500000"), "{err}");
+    let o = command(&ckpt, dir)
+        .env("CKPT_RESUME_FROM", "any")
+        .args(["restart", "--image-dir", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "CKPT_RESUME_FROM=any: {}", String::from_utf8_lossy(&o.stderr));
+    let restored = common::events(dir, "restored");
+    assert_eq!(restored.len(), 1);
+    let newest = common::events(dir, "checkpoint")[1]["path"].as_str().unwrap().to_string();
+    assert_eq!(restored[0]["image"].as_str(), Some(newest.as_str()));
+}
+
+/// A second user's newer image in a shared (sticky, world-writable) directory under this job's name:
+/// restart never runs another user's code; it says so and resumes this user's older image.
+#[test]
+fn another_users_newer_image_is_skipped() {
+    if threads_program().is_none() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let other =
+        std::process::Command::new("id").args(["-u", "ckpt-other"]).output().ok().filter(|o| o.status.success());
+    let (true, Some(other)) = (root, other) else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI runs this test as root with the user ckpt-other");
+        eprintln!("SKIP: needs root and the user ckpt-other");
+        return;
+    };
+    let other: u32 = String::from_utf8_lossy(&other.stdout).trim().parse().unwrap();
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let img = dir.join("img");
+    std::fs::create_dir(&img).unwrap();
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let out = dir.join("out.txt");
+    let mut t = start(&ckpt, dir, &img, 1, "2000000", &out);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(t.id(), libc::SIGUSR1);
+    assert!(wait_for_events(dir, "checkpoint", 1, &mut t, Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    checkpoint_and_kill(dir, &mut t, 2);
+    // The newest generation now belongs to the other user.
+    let newest = common::events(dir, "checkpoint")[1]["path"].as_str().unwrap().to_string();
+    let real = std::fs::canonicalize(&newest).unwrap();
+    std::os::unix::fs::chown(&real, Some(other), None).unwrap();
+    let mut cmd = command(&ckpt, dir);
+    task_env(&mut cmd, 1);
+    let o = cmd.args(["restart", "--image-dir", img.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("skipped") && err.contains(&format!("uid {other}")), "{err}");
+    let restored = common::events(dir, "restored");
+    assert_eq!(restored.len(), 1);
+    assert_ne!(restored[0]["image"].as_str().map(std::path::PathBuf::from), Some(real));
+}

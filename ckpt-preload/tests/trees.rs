@@ -62,7 +62,7 @@ fn reference(dir: &Path, argv: &[String]) -> Vec<u8> {
 
 /// Checkpoint, kill (or checkpoint-and-exit) and restart `argv` CYCLES times; the output and the files
 /// named in `extra_outputs` must equal the uninterrupted run's.
-fn tree_cycles(name: &str, argv: Vec<String>, signal: i32, delay: Duration, extra_outputs: &[&str]) {
+fn tree_cycles(name: &str, argv: Vec<String>, signal: i32, to_group: bool, delay: Duration, extra_outputs: &[&str]) {
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -98,7 +98,13 @@ fn tree_cycles(name: &str, argv: Vec<String>, signal: i32, delay: Duration, extr
     let mut rng = Rng::new(seed(name));
     for g in 0..CYCLES {
         std::thread::sleep(delay.mul_f64(rng.between(0.5, 1.0)));
-        kill(child.id(), signal);
+        if to_group {
+            // As Slurm's `--signal` and `scancel --signal` do: every process of the step.
+            // SAFETY: signals the process group the test created.
+            unsafe { libc::kill(-(child.id() as i32), signal) };
+        } else {
+            kill(child.id(), signal);
+        }
         if !wait_for_events(dir, "checkpoint", g + 1, &mut child, Duration::from_secs(60)) {
             let status = child.try_wait().unwrap();
             kill_group(child.id());
@@ -183,14 +189,14 @@ fn pipeline() -> Option<Vec<String>> {
 #[test]
 fn shell_pipeline_three_cycles_usr1() {
     let Some(argv) = pipeline() else { return };
-    tree_cycles("pipeline, USR1", argv, libc::SIGUSR1, Duration::from_millis(700), &[]);
+    tree_cycles("pipeline, USR1", argv, libc::SIGUSR1, false, Duration::from_millis(700), &[]);
 }
 
 /// The same with SIGTERM (checkpoint and exit): the members end once the image is committed.
 #[test]
 fn shell_pipeline_three_cycles_term() {
     let Some(argv) = pipeline() else { return };
-    tree_cycles("pipeline, TERM", argv, libc::SIGTERM, Duration::from_millis(700), &[]);
+    tree_cycles("pipeline, TERM", argv, libc::SIGTERM, false, Duration::from_millis(700), &[]);
 }
 
 /// Three forked workers (no exec), two pipes each, requests and answers in flight at the checkpoint; at
@@ -203,6 +209,7 @@ fn forked_workers_three_cycles() {
         "workers",
         vec![exe, "2500".into(), "200000".into(), "3".into()],
         libc::SIGUSR1,
+        false,
         Duration::from_millis(500),
         &[],
     );
@@ -219,11 +226,35 @@ fn popen_three_cycles() {
     let cmd = "mawk '{ s += $1 } NR % 500 == 0 { print NR, s; fflush() }' > mawk.txt";
     tree_cycles(
         "popen",
-        vec![exe, "30000".into(), "20000".into(), cmd.into()],
+        vec![exe, "60000".into(), "20000".into(), cmd.into()],
         libc::SIGUSR1,
+        false,
         Duration::from_millis(400),
         &["mawk.txt"],
     );
+}
+
+/// USR1 to every process of the tree, as `sbatch --signal=USR1@90` (without `B:`) sends it: the members
+/// leave the request to the root (without the shim, USR1 would kill them).
+#[test]
+fn workers_signalled_together_three_cycles_usr1() {
+    let Some(exe) = program("workers") else { return };
+    tree_cycles(
+        "workers, USR1 to all",
+        vec![exe, "2500".into(), "200000".into(), "3".into()],
+        libc::SIGUSR1,
+        true,
+        Duration::from_millis(500),
+        &[],
+    );
+}
+
+/// TERM to every process, as Slurm does at the time limit: the members wait for the root's checkpoint
+/// and end after it.
+#[test]
+fn pipeline_signalled_together_three_cycles_term() {
+    let Some(argv) = pipeline() else { return };
+    tree_cycles("pipeline, TERM to all", argv, libc::SIGTERM, true, Duration::from_millis(700), &[]);
 }
 
 /// A child that does not run the shim (LD_PRELOAD removed from its environment) cannot be checkpointed
