@@ -554,6 +554,11 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
             .collect();
         println!("threads     {}: {}", threads.len(), names.join(", "));
     }
+    if let Some(tree) = process_image::tree::read_tree(cp, &img)? {
+        let members: Vec<String> =
+            tree.members.iter().map(|m| format!("{} {} (parent {})", m.pid, m.comm, m.ppid)).collect();
+        println!("processes   {}: the root {} and {}", tree.members.len() + 1, img.pid, members.join(", "));
+    }
     let pending = process_image::read_pending(cp)?;
     if pending != process_image::PendingSignals::default() {
         println!(
@@ -618,8 +623,11 @@ pub fn image_json(cp: &Checkpoint) -> Result<serde_json::Value, Error> {
     let threads = process_image::read_threads(cp, &img)?;
     let pending = process_image::read_pending(cp)?;
     let locks = process_image::read_locks(cp, &img)?;
+    let tree = process_image::tree::read_tree(cp, &img)?.unwrap_or_default();
     Ok(serde_json::json!({
         "layout": img.version,
+        "members": tree.members.iter().map(|m| serde_json::json!({"pid": m.pid, "ppid": m.ppid, "comm": m.comm,
+            "section": m.section})).collect::<Vec<_>>(),
         "threads": threads.iter().map(|t| serde_json::json!({"tid": t.tid, "name": show(&t.name)})).collect::<Vec<_>>(),
         "pending_signals": {"process": pending.shared, "threads": pending.threads},
         "locks": locks.iter().map(|l| serde_json::json!({"fd": l.fd, "posix": l.posix, "write": l.write,

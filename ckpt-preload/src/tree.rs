@@ -94,6 +94,13 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
+    /// About the tree as a whole (not one child).
+    fn plain(text: &[u8]) -> Refusal {
+        let mut r = Refusal { buf: [0; 300], len: 0 };
+        put(&mut r.buf, &mut r.len, text);
+        r
+    }
+
     fn new(parts: &[&[u8]], pid: i32, comm: &[u8]) -> Refusal {
         let mut r = Refusal { buf: [0; 300], len: 0 };
         put(&mut r.buf, &mut r.len, b"child process ");
@@ -308,7 +315,7 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
     let me = getpid();
     let mut no_comm = [0u8; 16];
     let Some((_, _, my_pgrp, my_session, _)) = stat_of(me, &mut no_comm) else {
-        return Err(Refusal::new(&[b"cannot be listed: /proc/self/stat is unreadable"], me, b"self"));
+        return Err(Refusal::plain(b"the child processes cannot be listed: /proc/self/stat is unreadable"));
     };
     // SAFETY: the coordinating thread of a checkpoint is the only one touching the member list.
     let members = unsafe { &mut *MEMBERS.get() };
@@ -323,7 +330,7 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
         let mut kids = [0i32; MAX_TREE * 2];
         let mut nkids = 0;
         if !children_of(parent, &mut kids, &mut nkids) {
-            return Err(Refusal::new(&[b"has more child processes than a checkpoint records (63)"], parent, b""));
+            return Err(Refusal::plain(b"more child processes than a checkpoint records (63)"));
         }
         for &kid in &kids[..nkids] {
             let mut comm = [0u8; 16];
@@ -377,7 +384,9 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
     let fd =
         open(&path[..len], libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600);
     if fd < 0 {
-        return Err(Refusal::new(&[b"cannot be coordinated: the coordination file cannot be created"], me, b"self"));
+        return Err(Refusal::plain(
+            b"the child processes cannot be coordinated: the coordination file cannot be created in /dev/shm or /tmp",
+        ));
     }
     let fd = fd as i32;
     // SAFETY: sizes the file we just created.
@@ -685,15 +694,7 @@ pub(crate) fn hold_term() -> bool {
     let tree_signal: u64 = 1 << (TREE_SIGNAL - 1);
     // SAFETY: unblocks one signal for this thread; the handler's return restores the program's mask.
     unsafe {
-        syscall6(
-            SYS_rt_sigprocmask,
-            libc::SIG_UNBLOCK as usize,
-            &tree_signal as *const u64 as usize,
-            0,
-            8,
-            0,
-            0,
-        )
+        syscall6(SYS_rt_sigprocmask, libc::SIG_UNBLOCK as usize, &tree_signal as *const u64 as usize, 0, 8, 0, 0)
     };
     let start = monotonic_ns();
     while TREE_SEEN.load(Ordering::Acquire) == seen && monotonic_ns() - start < TERM_HOLD_NS {

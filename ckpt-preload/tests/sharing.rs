@@ -44,7 +44,7 @@ fn start(ckpt: &Path, dir: &Path, img: &Path, task: u32, work: &str, out: &Path)
     let stdout = std::fs::File::create(out).unwrap();
     let stderr = stdout.try_clone().unwrap();
     cmd.args(["run", "--dir", img.to_str().unwrap(), "--"])
-        .args([threads_program().unwrap().as_str(), "200", work, "3"])
+        .args([threads_program().unwrap().as_str(), "600", work, "3"])
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
@@ -79,7 +79,7 @@ fn array_tasks_sharing_a_directory_each_resume_their_own_image() {
     let reference = |task: u32| {
         let out = dir.join(format!("ref{task}.txt"));
         let o = std::process::Command::new(threads_program().unwrap())
-            .args(["200", work(task), "3"])
+            .args(["600", work(task), "3"])
             .stderr(Stdio::null())
             .output()
             .unwrap();
@@ -143,7 +143,7 @@ fn two_runs_in_one_directory_outside_slurm_are_not_guessed() {
         command(&ckpt, dir)
             .env("CKPT_NAME", format!("point-{work}"))
             .args(["run", "--dir", img.to_str().unwrap(), "--"])
-            .args([threads_program().unwrap().as_str(), "200", work, "3"])
+            .args([threads_program().unwrap().as_str(), "600", work, "3"])
             .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
