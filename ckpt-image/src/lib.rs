@@ -26,6 +26,7 @@ mod fingerprint;
 mod image;
 mod marker;
 mod opened;
+pub mod tree;
 
 pub use fingerprint::{cpu_features, fingerprint, fingerprint_mismatch};
 pub use image::*;
