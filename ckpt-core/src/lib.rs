@@ -77,7 +77,7 @@ pub mod triggers;
 pub mod trust;
 mod writer;
 
-pub use checkpointer::{Checkpointer, TriggerView};
+pub use checkpointer::{Checkpointer, PendingCheckpoint, TriggerView};
 pub use config::{
     Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, SETTINGS, base_name, hostname,
     parse_interval,

@@ -110,7 +110,7 @@ fn restore_logged(
 fn write_and_commit(
     cp: &Checkpointer,
     best: Option<&BestPolicy>,
-    mut w: ckpt_core::CheckpointWriter,
+    mut w: ckpt_core::PendingCheckpoint,
     views: &buffers::Views<'_>,
     compression: ckpt_core::Compression,
     metrics: Option<&str>,

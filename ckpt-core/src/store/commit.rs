@@ -40,6 +40,7 @@ pub fn begin_file(path: &Path, app_step: i64, config: &Config, storage: Arc<dyn 
 
 /// A checkpoint being written. Add sections, then [`commit`](CheckpointWriter::commit); dropping it
 /// without committing removes the temporary file and leaves the previous checkpoints untouched.
+#[must_use = "a checkpoint that is not committed is abandoned (its temporary file removed) when dropped"]
 pub struct CheckpointWriter {
     pub(super) builder: Option<FileBuilder>,
     pub(super) storage: Arc<dyn Storage>,
