@@ -412,7 +412,7 @@ impl Inner {
 /// w.add_bytes("field", &[0u8; 64])?;
 /// w.commit()?;
 /// assert!(cp.should_exit(), "SIGTERM's checkpoint is durable: time to exit");
-/// # Ok::<(), ckpt_core::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[must_use = "a checkpoint that is not committed is abandoned when dropped"]
 pub struct PendingCheckpoint {
@@ -896,8 +896,8 @@ impl Checkpointer {
     /// The checkpoint directory cannot be listed or created, or the temporary file cannot be created
     /// ([`ErrorKind::Io`](crate::ErrorKind::Io)); another run's checkpoints are under this name
     /// ([`ErrorKind::Conflict`](crate::ErrorKind::Conflict)). The trigger stays due.
-    pub fn begin(&self, app_step: i64) -> Result<PendingCheckpoint> {
-        self.begin_with(app_step, None)
+    pub fn begin(&self, app_step: impl TryInto<i64>) -> Result<PendingCheckpoint> {
+        self.begin_with(crate::store::step_arg(app_step)?, None)
     }
 
     /// Like [`Checkpointer::begin`] for this rank's part of multi-rank generation `generation` (agreed by
@@ -906,8 +906,8 @@ impl Checkpointer {
     /// # Errors
     ///
     /// As [`Checkpointer::begin`].
-    pub fn begin_part(&self, generation: u64, app_step: i64) -> Result<PendingCheckpoint> {
-        self.begin_with(app_step, Some(generation))
+    pub fn begin_part(&self, generation: u64, app_step: impl TryInto<i64>) -> Result<PendingCheckpoint> {
+        self.begin_with(crate::store::step_arg(app_step)?, Some(generation))
     }
 
     fn begin_with(&self, app_step: i64, part: Option<u64>) -> Result<PendingCheckpoint> {
@@ -998,7 +998,16 @@ impl Checkpointer {
 
     /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit). With several ranks it
     /// writes this rank's part only, as [`Checkpointer::checkpoint_part`] does.
-    pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::begin`], [`CheckpointWriter::add_serde`] and [`PendingCheckpoint::commit`];
+    /// whatever triggered the checkpoint is then due again.
+    pub fn save_serde<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        app_step: impl TryInto<i64>,
+        value: &T,
+    ) -> Result<CommitInfo> {
         self.write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
     }
 
@@ -1013,9 +1022,10 @@ impl Checkpointer {
     /// ([`Checkpointer::finish_step_unconfirmed`]).
     pub fn checkpoint(
         &self,
-        app_step: i64,
+        app_step: impl TryInto<i64>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
+        let app_step = crate::store::step_arg(app_step)?;
         let info = self.write_and_commit(self.begin(app_step), write)?;
         let config = self.store.config();
         if config.nranks <= 1 {
@@ -1036,7 +1046,7 @@ impl Checkpointer {
     pub fn checkpoint_part(
         &self,
         generation: u64,
-        app_step: i64,
+        app_step: impl TryInto<i64>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
         self.write_and_commit(self.begin_part(generation, app_step), write)
@@ -1147,6 +1157,18 @@ mod tests {
         let w = cp.begin(2).unwrap();
         cp.commit(w).unwrap();
         assert!(cp.should_exit());
+    }
+
+    /// Steps are any integer type that fits the file's signed field: `u64` steps need no cast.
+    #[test]
+    fn steps_take_any_integer_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpointer(dir.path());
+        let step: u64 = 41;
+        assert_eq!(cp.save_serde(step + 1, &step).unwrap().app_step, 42);
+        let e = cp.save_serde(u64::MAX, &step).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e}");
+        assert_eq!(cp.begin(7usize).unwrap().commit().unwrap().app_step, 7);
     }
 
     /// An aborted checkpoint that the interval triggered stays due (before, the interval never fired again).

@@ -61,6 +61,11 @@
 
 #![warn(missing_docs)]
 
+// The README's Rust example is compiled as a test, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 mod checkpointer;
 mod config;
 pub mod control;
@@ -75,6 +80,7 @@ mod sys;
 mod timefmt;
 pub mod triggers;
 pub mod trust;
+mod typed;
 mod writer;
 
 pub use checkpointer::{Checkpointer, PendingCheckpoint, TriggerView};
@@ -84,7 +90,7 @@ pub use config::{
 };
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
-pub use format::{Codec, Encoding, FileKind, Header, ManifestEntry, SectionEntry};
+pub use format::{Codec, ElementType, Encoding, FileKind, Header, ManifestEntry, SectionEntry};
 pub use reader::{Checkpoint, LoadOptions, SectionData, read_header};
 pub use store::{
     CheckpointWriter, CommitInfo, NameKind, PartIdentity, Store, any_base, begin_file, classify, parse_manifest,

@@ -688,7 +688,7 @@ fn serde_sections_round_trip_and_check_their_encoding() {
     w.add_bytes("bytes", b"not postcard").expect("bytes");
     let info = w.commit().expect("commit");
     let cp = open_mem(&mem, &info.path);
-    assert_eq!(cp.section("state").expect("entry").encoding, Encoding::Postcard);
+    assert_eq!(cp.section("state").expect("entry").encoding, Encoding::TypedPostcard);
     assert_eq!(cp.read_serde::<State>("state").expect("read_serde"), state);
     let e = cp.read_serde::<State>("bytes").expect_err("read_serde of a bytes section");
     assert_eq!(e.kind(), ErrorKind::Encoding, "{e}");
