@@ -189,7 +189,7 @@ fn open_image(path: &Path) -> Result<FoundImage, Error> {
     // Mapped (CKPT_MMAP=0 reads instead): verifying is then one pass over the page cache, no copy.
     let mmap = Config::from_env(None).map(|c| c.mmap).unwrap_or(true);
     let clone = file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
-    let cp = Checkpoint::open_with(&process_image::OpenedFile(clone), path, LoadOptions { mmap })?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(clone), path, LoadOptions::new().mmap(mmap))?;
     cp.verify()?;
     let image = process_image::read(&cp)?;
     drop(cp);
@@ -266,7 +266,7 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
 /// The process image's state, read without verifying the memory section: for ordering candidates.
 fn peek_image(path: &Path) -> Result<ProcessImage, Error> {
     let file = open_once(path)?;
-    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, LoadOptions { mmap: false })?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, LoadOptions::new().mmap(false))?;
     process_image::read(&cp)
 }
 

@@ -82,11 +82,13 @@ pub mod triggers;
 pub mod trust;
 mod typed;
 mod writer;
+#[cfg(not(feature = "zstd"))]
+mod zstd_stub;
 
 pub use checkpointer::{Checkpointer, PendingCheckpoint, TriggerView};
 pub use config::{
-    Config, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, SETTINGS, base_name, hostname,
-    parse_interval,
+    Config, ConfigBuilder, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, SETTINGS, base_name,
+    hostname, parse_interval,
 };
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};

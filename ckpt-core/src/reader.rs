@@ -21,6 +21,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(not(feature = "zstd"))]
+use crate::zstd_stub as zstd;
 use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use zstd::stream::raw::{Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
@@ -35,7 +37,10 @@ const READ_CHUNK: usize = 8 << 20;
 /// The longest zstd frame header (RFC 8878: magic, descriptor, window, dictionary id, content size).
 const ZSTD_FRAME_HEADER_MAX: u64 = 18;
 
-/// How to open a checkpoint.
+/// How to open a checkpoint: `LoadOptions::new().mmap(false)`.
+///
+/// The default (and [`LoadOptions::new`]) memory-maps; [`LoadOptions::from_env`] reads `CKPT_MMAP`.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Memory-map the file (falls back to plain reads automatically when mapping fails).
@@ -43,6 +48,19 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// The defaults: memory-mapped. The environment is not read (see [`LoadOptions::from_env`]).
+    #[must_use]
+    pub const fn new() -> LoadOptions {
+        LoadOptions { mmap: true }
+    }
+
+    /// Whether to memory-map the file (otherwise plain positioned reads, for Lustre or NFS).
+    #[must_use]
+    pub const fn mmap(mut self, mmap: bool) -> LoadOptions {
+        self.mmap = mmap;
+        self
+    }
+
     /// The options this process's environment asks for: `CKPT_MMAP`, read exactly as
     /// [`crate::Config::from_env`] reads it. A malformed value is an error naming the variable. For loads
     /// without a [`crate::Config`] (with one, use [`crate::Store::load_options`]).
@@ -57,15 +75,9 @@ impl LoadOptions {
 }
 
 impl Default for LoadOptions {
-    /// [`LoadOptions::from_env`], for callers that cannot take an error. A malformed `CKPT_MMAP` is
-    /// reported on standard error (once per process, naming the variable and the value) and leaves memory
-    /// mapping on; [`LoadOptions::from_env`] returns it as an error instead.
+    /// [`LoadOptions::new`]: memory-mapped, whatever the environment says (only `from_env` reads it).
     fn default() -> LoadOptions {
-        LoadOptions::from_env().unwrap_or_else(|e| {
-            static REPORTED: std::sync::Once = std::sync::Once::new();
-            REPORTED.call_once(|| eprintln!("ckpt: {e}; memory-mapping checkpoints as by default"));
-            LoadOptions { mmap: true }
-        })
+        LoadOptions::new()
     }
 }
 

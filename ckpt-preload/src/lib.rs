@@ -502,6 +502,7 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
         ckpt_core::LogTarget::File(p) => (Some(p.clone()), false),
         ckpt_core::LogTarget::Stderr => (None, true),
         ckpt_core::LogTarget::Off => (None, false),
+        _ => (None, false),
     };
     // Absolute paths: the program may change its working directory.
     let mut config = config;

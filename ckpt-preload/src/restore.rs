@@ -292,7 +292,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     let cp = match ckpt_core::Checkpoint::open_with(
         &OpenedFile(file),
         std::path::Path::new(image_path),
-        ckpt_core::LoadOptions { mmap: true },
+        ckpt_core::LoadOptions::new().mmap(true),
     ) {
         Ok(cp) => cp,
         Err(e) => refuse(image_path, &e.to_string()),

@@ -654,8 +654,8 @@ fn check_file(g: &GoldenFile) {
     assert_eq!(bytes.len() as u64, g.file_len, "{}: file length", g.path);
     let path = data_path(g.path);
     let opened = [
-        ("mmap", Checkpoint::open_with(&FileStorage, &path, LoadOptions { mmap: true })),
-        ("plain reads", Checkpoint::open_with(&FileStorage, &path, LoadOptions { mmap: false })),
+        ("mmap", Checkpoint::open_with(&FileStorage, &path, LoadOptions::new().mmap(true))),
+        ("plain reads", Checkpoint::open_with(&FileStorage, &path, LoadOptions::new().mmap(false))),
         ("from_bytes", Checkpoint::from_bytes(bytes.clone())),
     ];
     for (how, cp) in opened {

@@ -111,6 +111,7 @@ pub(crate) fn step_arg(step: impl TryInto<i64>) -> Result<i64> {
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
 /// What a successful commit produced.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub struct CommitInfo {
     /// The stable name of the newest checkpoint (`<dir>/<base>`); for a rank's part, the part file.
