@@ -650,7 +650,10 @@ impl std::fmt::Debug for TriggerView {
     }
 }
 
-/// Decides when to checkpoint and writes checkpoints through its [`Store`]; see the module documentation.
+/// Decides when to checkpoint and writes checkpoints through its [`Store`]: signals and `should_exit`,
+/// the interval and the time limit, `ckpt create` requests (see the crate documentation,
+/// ["Signals and `should_exit`"](crate#signals-and-should_exit) and
+/// ["Intervals and the time limit"](crate#intervals-and-the-time-limit)).
 ///
 /// One per process is the intended use (signals are process-wide).
 pub struct Checkpointer {

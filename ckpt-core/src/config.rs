@@ -230,7 +230,12 @@ impl Config {
         })
     }
 
-    /// Reads the configuration from this process's environment (see the module documentation).
+    /// Reads the configuration from this process's environment (the variables are listed in the crate
+    /// documentation, ["Environment variables"](crate#environment-variables)).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidArgument`] naming the variable and its value when one is malformed.
     pub fn from_env(app_name: Option<&str>) -> Result<Config> {
         Config::from_lookup(app_name, |k| std::env::var(k).ok())
     }

@@ -197,7 +197,15 @@ impl CheckpointWriter {
         SectionWriter::new(self.builder()?, &path, name, opts).map_err(|e| e.with_path(&path))
     }
 
-    /// Finishes the file and commits it durably (see the module documentation for the protocol).
+    /// Finishes the file and commits it durably: `fsync` of the file, a link to `<base>.<N>`, a rename
+    /// to `<base>`, `fsync` of the directory, then the pruning of generations beyond `keep` (FORMAT.md,
+    /// "Commit protocol"). Blocks for all of these.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when a step fails (the temporary file is removed; earlier checkpoints are
+    /// intact); [`ErrorKind::Conflict`] when another process committed the same generation;
+    /// [`ErrorKind::InvalidState`] when already committed.
     pub fn commit(mut self) -> Result<CommitInfo> {
         let result = self.commit_inner();
         match &result {
