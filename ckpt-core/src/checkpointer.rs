@@ -91,7 +91,7 @@ fn ensure_fallback(signal: i32) -> Result<()> {
         .ok()
         .filter(|&i| i < ACTIVE.len())
         .ok_or_else(|| Error::invalid(format!("signal {signal} is out of range")))?;
-    let mut installed = FALLBACK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut installed = FALLBACK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if installed[idx] {
         return Ok(());
     }
@@ -186,7 +186,7 @@ enum LogSink {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, TimerState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn log(&self, mut event: Value) {
@@ -196,7 +196,7 @@ impl Inner {
             map.insert("checkpoint".into(), json!(self.base));
         }
         let line = format!("{event}\n");
-        let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let LogSink::Pending(path) = &*sink {
             *sink = match open_log(path) {
                 Ok(f) => LogSink::File(f),
@@ -291,7 +291,7 @@ impl Inner {
                 }
             }
             (None, Some(e)) => {
-                self.log(json!({"event": "end-time", "source": "squeue", "error": e, "shared": r.shared}))
+                self.log(json!({"event": "end-time", "source": "squeue", "error": e, "shared": r.shared}));
             }
             (None, None) => {}
         }
@@ -476,6 +476,7 @@ impl Drop for PendingCheckpoint {
     }
 }
 
+#[allow(clippy::needless_pass_by_value, reason = "the watcher thread's main: it owns what it watches")]
 fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream, mut end: Option<EndTimeWatch>) {
     while !inner.stop.load(Ordering::SeqCst) {
         if let Some(w) = end.as_mut() {
@@ -597,7 +598,7 @@ extern "C" fn remove_sockets_at_exit() {
 }
 
 fn own_sockets() -> MutexGuard<'static, Vec<OwnSocket>> {
-    OWN_SOCKETS.lock().unwrap_or_else(|p| p.into_inner())
+    OWN_SOCKETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Remembers the socket just bound at `path`, for removal at exit.
@@ -652,8 +653,8 @@ impl std::fmt::Debug for TriggerView {
 
 /// Decides when to checkpoint and writes checkpoints through its [`Store`]: signals and `should_exit`,
 /// the interval and the time limit, `ckpt create` requests (see the crate documentation,
-/// ["Signals and `should_exit`"](crate#signals-and-should_exit) and
-/// ["Intervals and the time limit"](crate#intervals-and-the-time-limit)).
+/// [Signals and `should_exit`](crate#signals-and-should_exit) and
+/// [Intervals and the time limit](crate#intervals-and-the-time-limit)).
 ///
 /// One per process is the intended use (signals are process-wide).
 pub struct Checkpointer {
@@ -1011,7 +1012,7 @@ impl Checkpointer {
         app_step: impl TryInto<i64>,
         value: &T,
     ) -> Result<CommitInfo> {
-        self.write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
+        Self::write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
     }
 
     /// Takes a whole checkpoint of step `app_step`: begins it, lets `write` add the sections, and commits
@@ -1029,7 +1030,7 @@ impl Checkpointer {
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
         let app_step = crate::store::step_arg(app_step)?;
-        let info = self.write_and_commit(self.begin(app_step), write)?;
+        let info = Self::write_and_commit(self.begin(app_step), write)?;
         let config = self.store.config();
         if config.nranks <= 1 {
             return Ok(info);
@@ -1052,12 +1053,11 @@ impl Checkpointer {
         app_step: impl TryInto<i64>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
-        self.write_and_commit(self.begin_part(generation, app_step), write)
+        Self::write_and_commit(self.begin_part(generation, app_step), write)
     }
 
     /// Begun → written → committed, or abandoned when `write` fails.
     fn write_and_commit(
-        &self,
         begun: Result<PendingCheckpoint>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {

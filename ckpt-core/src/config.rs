@@ -231,7 +231,7 @@ impl Config {
     }
 
     /// Reads the configuration from this process's environment (the variables are listed in the crate
-    /// documentation, ["Environment variables"](crate#environment-variables)).
+    /// documentation, [Environment variables](crate#environment-variables)).
     ///
     /// # Errors
     ///
@@ -281,14 +281,11 @@ impl Config {
         let (rank, nranks) = detect_rank(&get, in_step)?;
         cfg.rank = rank;
         cfg.nranks = nranks;
-        cfg.checkpoint_dir = get("CKPT_DIR")
-            .or_else(|| get("SLURM_CHECKPOINT_DIR"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
+        cfg.checkpoint_dir =
+            get("CKPT_DIR").or_else(|| get("SLURM_CHECKPOINT_DIR")).map_or_else(|| PathBuf::from("."), PathBuf::from);
         cfg.restart_dir = get("CKPT_RESTART_DIR")
             .or_else(|| get("SLURM_RESTART_DIR"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| cfg.checkpoint_dir.clone());
+            .map_or_else(|| cfg.checkpoint_dir.clone(), PathBuf::from);
         cfg.keep =
             parse_var(&get, "CKPT_KEEP", |v| v.parse::<usize>().ok().filter(|&k| k >= 1))?.unwrap_or(DEFAULT_KEEP);
         cfg.file_mode = parse_var(&get, "CKPT_FILE_MODE", |v| {
@@ -361,10 +358,13 @@ impl Config {
         };
         let socket_on = parse_var(&get, "CKPT_SOCKET", parse_bool)?.unwrap_or(true);
         cfg.socket_dir = if socket_on {
-            Some(get("CKPT_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-                let uid = crate::sys::euid();
-                PathBuf::from(get("TMPDIR").unwrap_or_else(|| "/tmp".into())).join(format!("ckpt-{uid}"))
-            }))
+            Some(get("CKPT_SOCKET_DIR").map_or_else(
+                || {
+                    let uid = crate::sys::euid();
+                    PathBuf::from(get("TMPDIR").unwrap_or_else(|| "/tmp".into())).join(format!("ckpt-{uid}"))
+                },
+                PathBuf::from,
+            ))
         } else {
             None
         };

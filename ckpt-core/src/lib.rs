@@ -1,5 +1,57 @@
 #![doc = include_str!("guide.md")]
 #![warn(missing_docs)]
+// `cargo clippy -p ckpt-core -- -W clippy::pedantic`, reviewed group by group: what is not fixed is
+// allowed here, each with why.
+#![allow(
+    clippy::must_use_candidate,
+    clippy::return_self_not_must_use,
+    reason = "#[must_use] is on the writers, the pending checkpoint and the getters whose result decides \
+              something (should_checkpoint, should_exit, time_left...); the other candidates are plain accessors"
+)]
+#![allow(
+    clippy::missing_errors_doc,
+    reason = "the entry points (Checkpointer, Store, Checkpoint, CheckpointWriter, Config) have # Errors \
+              sections; elsewhere the ErrorKind says what failed (crate docs, \"Errors\")"
+)]
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "the remaining panics are expects on invariants (a pending checkpoint holds its writer, fixed-size \
+              slices of a validated table), not conditions a caller can cause"
+)]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "lengths from the format are u64 checked against their caps before use and fit usize on the 64-bit \
+              Linux targets the crate supports; float casts feed statistics (seconds, bandwidth, the Daly interval)"
+)]
+#![allow(
+    clippy::too_many_lines,
+    reason = "the long functions are protocols read top to bottom (commit, discovery, the watcher's loop)"
+)]
+#![allow(
+    clippy::struct_excessive_bools,
+    reason = "Config's settings are on/off switches, as the CKPT_* variables they mirror"
+)]
+#![allow(clippy::wildcard_imports, reason = "store's submodules share store/mod.rs's imports")]
+#![allow(
+    clippy::missing_fields_in_debug,
+    reason = "Debug shows what identifies a value (paths, configuration), not buffers, handles and locks"
+)]
+#![allow(
+    clippy::inline_always,
+    reason = "the shuffle's per-width kernels are inlined into their loops on purpose (BENCHMARKS.md)"
+)]
+#![allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "the names compared are ckpt's own (`.ckpt`, `.sock`), always written in lower case"
+)]
+#![allow(
+    clippy::borrow_as_ptr,
+    clippy::ref_as_ptr,
+    reason = "arguments of system calls inside reviewed unsafe blocks (each with its SAFETY comment)"
+)]
 
 // The README's Rust example is compiled as a test, so it cannot drift from the API.
 #[cfg(doctest)]

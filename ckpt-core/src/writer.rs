@@ -280,8 +280,8 @@ impl FileBuilder {
     }
 
     fn pad_to(&mut self, align: u64) -> Result<()> {
-        let target = format::align_up(self.pos, align).expect("offset overflow");
         const ZEROS: [u8; 4096] = [0; 4096];
+        let target = format::align_up(self.pos, align).expect("offset overflow");
         while self.pos < target {
             let n = ((target - self.pos) as usize).min(ZEROS.len());
             self.emit(&ZEROS[..n])?;

@@ -124,7 +124,7 @@ pub const NO_STEP_ID: u32 = u32::MAX;
 pub const SHUFFLE_BLOCK: usize = 1 << 20;
 /// Filter 2 (byte planes): bit 31 of a plane's word marks a zstd frame; the other bits are its length.
 pub const PLANE_COMPRESSED: u32 = 1 << 31;
-/// The most a zstd frame can expand: every block decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size)
+/// The most a zstd frame can expand: every block decodes to at most 128 KiB (RFC 8878, `Block_Maximum_Size`)
 /// and takes at least 4 bytes (a 3-byte block header and the one byte of an RLE block; a compressed block
 /// needs more), so `n` stored bytes decode to fewer than `n * 32768` bytes whatever they hold (the frame
 /// header and checksum only add stored bytes). Readers refuse a compressed section or plane that claims

@@ -208,18 +208,15 @@ impl CheckpointWriter {
     /// [`ErrorKind::InvalidState`] when already committed.
     pub fn commit(mut self) -> Result<CommitInfo> {
         let result = self.commit_inner();
-        match &result {
-            Ok(info) => {
-                // The device's own time when the storage knows it: the whole save's time would count
-                // compressing as writing, and make `auto` compress more the more it compresses.
-                let speed = self.device_time.unwrap_or((info.stats.file_bytes, info.seconds));
-                self.shared.note_commit(info.generation, speed);
-            }
-            Err(_) => {
-                let _ = self.storage.remove_file(&self.tmp);
-                // Whatever went wrong (another writer took the generation, say), list afresh next time.
-                *self.shared.listing() = None;
-            }
+        if let Ok(info) = &result {
+            // The device's own time when the storage knows it: the whole save's time would count
+            // compressing as writing, and make `auto` compress more the more it compresses.
+            let speed = self.device_time.unwrap_or((info.stats.file_bytes, info.seconds));
+            self.shared.note_commit(info.generation, speed);
+        } else {
+            let _ = self.storage.remove_file(&self.tmp);
+            // Whatever went wrong (another writer took the generation, say), list afresh next time.
+            *self.shared.listing() = None;
         }
         self.done = true;
         result
