@@ -752,6 +752,7 @@ fn auto_choice_planes(data: &[u8], element_size: usize, write_bandwidth: f64) ->
 ///
 /// Call [`SectionWriter::finish`] to complete the section; dropping it unfinished poisons the checkpoint
 /// (its commit then fails and the temporary file is removed).
+#[must_use = "a section writer must be finished, or the checkpoint cannot be committed"]
 pub struct SectionWriter<'a> {
     builder: &'a mut FileBuilder,
     /// The temporary file, named in errors.
