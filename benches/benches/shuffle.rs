@@ -6,30 +6,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use ckpt_core::format::{SHUFFLE_BLOCK, shuffle_block, unshuffle_block};
+use ckpt_core::format::{SHUFFLE_BLOCK, reference_shuffle, reference_unshuffle, shuffle_block, unshuffle_block};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-
-/// The original byte loop of `shuffle_block`.
-fn reference_shuffle(src: &[u8], dst: &mut [u8], element_size: usize) {
-    let n = src.len() / element_size;
-    for (i, elem) in src[..n * element_size].chunks_exact(element_size).enumerate() {
-        for (j, &byte) in elem.iter().enumerate() {
-            dst[j * n + i] = byte;
-        }
-    }
-    dst[n * element_size..].copy_from_slice(&src[n * element_size..]);
-}
-
-/// The original byte loop of `unshuffle_block`.
-fn reference_unshuffle(src: &[u8], dst: &mut [u8], element_size: usize) {
-    let n = src.len() / element_size;
-    for (i, elem) in dst[..n * element_size].chunks_exact_mut(element_size).enumerate() {
-        for (j, byte) in elem.iter_mut().enumerate() {
-            *byte = src[j * n + i];
-        }
-    }
-    dst[n * element_size..].copy_from_slice(&src[n * element_size..]);
-}
 
 fn bench(c: &mut Criterion) {
     let es = 8;

@@ -588,7 +588,7 @@ fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -
         let img = image_dir.clone();
         let d = sock_dir.clone();
         handles.push(std::thread::spawn(move || {
-            (pid, shim::request_checkpoint(pid, &d, &reg, img.as_deref(), vacate, wait))
+            (pid, ckpt_image::control::request_checkpoint(pid, &d, &reg, img.as_deref(), vacate, wait))
         }));
     }
     let mut failed = 0;

@@ -50,6 +50,7 @@ use crate::config::{Config, Interval, LogTarget};
 use crate::control::{self, Incoming, ReplyLine, Request, RuntimeDir};
 use crate::discovery::Restored;
 use crate::error::{Error, Result};
+use crate::events::{self, EndTime, Event, IntervalSetting, Rejected, Trigger};
 use crate::store::{CheckpointWriter, CommitInfo, Store};
 use crate::triggers::{self, CostEstimate, EndTimeReading, EndTimeSource, EndTimeWatch, signal_label, unix_now};
 
@@ -189,14 +190,9 @@ impl Inner {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn log(&self, mut event: Value) {
-        if let Value::Object(map) = &mut event {
-            map.insert("ts".into(), json!((unix_now() * 1000.0).round() / 1000.0));
-            map.insert("rank".into(), json!(self.config.rank));
-            map.insert("checkpoint".into(), json!(self.base));
-        }
-        let line = format!("{event}\n");
-        let mut sink = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn log(&self, event: &impl Serialize) {
+        let line = events::line(event, (unix_now() * 1000.0).round() / 1000.0, self.config.rank, &self.base);
+        let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if let LogSink::Pending(path) = &*sink {
             *sink = match open_log(path) {
                 Ok(f) => LogSink::File(f),
@@ -251,7 +247,7 @@ impl Inner {
                 st.interval_fired = true;
                 self.flags.fetch_or(INTERVAL, Ordering::SeqCst);
                 drop(st);
-                self.log(json!({"event": "trigger", "reason": "interval", "interval_s": every.as_secs_f64()}));
+                self.log(&Event::Trigger(Trigger::Interval { interval_s: every.as_secs_f64() }));
                 return Duration::from_millis(10);
             }
             sleep = sleep.min(due - now);
@@ -264,10 +260,13 @@ impl Inner {
                 self.flags.fetch_or(DEADLINE, Ordering::SeqCst);
                 let predicted = st.cost.predict().map(|c| c.as_secs_f64());
                 drop(st);
-                self.log(json!({
-                    "event": "trigger", "reason": "time-limit", "time_left_s": left, "predicted_cost_s": predicted,
-                    "safety_factor": self.config.safety_factor, "margin_s": self.config.margin.as_secs_f64(),
-                    "end_time": end, "end_time_source": source.as_str(),
+                self.log(&Event::Trigger(Trigger::TimeLimit {
+                    time_left_s: left,
+                    predicted_cost_s: predicted,
+                    safety_factor: self.config.safety_factor,
+                    margin_s: self.config.margin.as_secs_f64(),
+                    end_time: end,
+                    end_time_source: source.as_str(),
                 }));
                 return Duration::from_millis(10);
             }
@@ -286,12 +285,14 @@ impl Inner {
                 if changed && !matches!(st.end_time, Some((_, EndTimeSource::SlurmEnv))) {
                     st.end_time = Some((end, EndTimeSource::Squeue));
                     drop(st);
-                    self.log(json!({"event": "end-time", "source": "squeue", "end_time": end,
-                        "time_left_s": end - unix_now(), "shared": r.shared}));
+                    let source = EndTimeSource::Squeue.as_str();
+                    let time_left_s = end - unix_now();
+                    self.log(&Event::EndTime(EndTime::Known { source, end_time: end, time_left_s, shared: r.shared }));
                 }
             }
             (None, Some(e)) => {
-                self.log(json!({"event": "end-time", "source": "squeue", "error": e, "shared": r.shared}));
+                let source = EndTimeSource::Squeue.as_str();
+                self.log(&Event::EndTime(EndTime::Failed { source, error: &e, shared: r.shared }))
             }
             (None, None) => {}
         }
@@ -305,11 +306,11 @@ impl Inner {
                     let vacate = req.vacate;
                     self.lock().requests.push(req);
                     self.flags.fetch_or(REQUEST, Ordering::SeqCst);
-                    self.log(json!({"event": "trigger", "reason": "request", "image_dir": dir, "vacate": vacate}));
+                    self.log(&Event::Trigger(Trigger::Request { image_dir: dir.as_deref(), vacate }));
                 }
-                Ok(Incoming::Refused(why)) => self.log(json!({"event": "request-refused", "error": why})),
+                Ok(Incoming::Refused(why)) => self.log(&Event::RequestRefused { error: why }),
                 Ok(Incoming::Probe) => {}
-                Err(e) => self.log(json!({"event": "request-refused", "error": e.to_string()})),
+                Err(e) => self.log(&Event::RequestRefused { error: e.to_string() }),
             }
         }
     }
@@ -323,7 +324,7 @@ impl Inner {
         for r in requests {
             r.answer(&ReplyLine::failed(e.to_string()));
         }
-        self.log(json!({"event": "checkpoint-failed", "trigger": reasons(taken), "error": e.to_string()}));
+        self.log(&Event::CheckpointFailed { trigger: reasons(taken), error: e.to_string() });
     }
 
     /// The checkpoint in progress (if it is still this one's) was abandoned.
@@ -378,13 +379,20 @@ impl Inner {
             }
         }
         let secs = cost.as_secs_f64();
-        self.log(json!({
-            "event": "checkpoint", "trigger": reasons(taken), "step": info.app_step, "generation": info.generation,
-            "path": info.path, "bytes": info.stats.file_bytes, "raw_bytes": info.stats.raw_bytes, "seconds": secs,
-            "bandwidth_MBps": if secs > 0.0 { info.stats.file_bytes as f64 / secs / 1e6 } else { 0.0 },
-            "time_left_s": time_left, "interval_s": interval.map(|d| d.as_secs_f64()),
-            "exit": self.flags.load(Ordering::Relaxed) & EXIT_READY != 0, "warnings": info.warnings,
-        }));
+        self.log(&Event::Checkpoint {
+            trigger: reasons(taken),
+            step: info.app_step,
+            generation: info.generation,
+            path: &info.path,
+            bytes: info.stats.file_bytes,
+            raw_bytes: info.stats.raw_bytes,
+            seconds: secs,
+            bandwidth_mbps: if secs > 0.0 { info.stats.file_bytes as f64 / secs / 1e6 } else { 0.0 },
+            time_left_s: time_left,
+            interval_s: interval.map(|d| d.as_secs_f64()),
+            exit: self.flags.load(Ordering::Relaxed) & EXIT_READY != 0,
+            warnings: &info.warnings,
+        });
         self.wake();
     }
 }
@@ -470,7 +478,7 @@ impl Drop for PendingCheckpoint {
                 crate::ErrorKind::InvalidState,
                 "the checkpoint was dropped without commit: abandoned, its trigger is due again",
             );
-            self.inner.log(json!({"event": "warning", "message": e.to_string()}));
+            self.inner.log(&Event::Warning { message: e.to_string() });
             self.inner.abandon(&e);
         }
     }
@@ -484,7 +492,7 @@ fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream,
                 inner.end_time_answer(r);
             }
             for warning in w.take_warnings() {
-                inner.log(json!({"event": "warning", "message": warning}));
+                inner.log(&Event::Warning { message: warning });
             }
         }
         let mut sleep = inner.evaluate();
@@ -764,7 +772,7 @@ impl Checkpointer {
                     listener = Some(l);
                     socket_path = Some(p);
                 }
-                Err(e) => inner.log(json!({"event": "warning", "message": format!("no control socket: {e}")})),
+                Err(e) => inner.log(&Event::Warning { message: format!("no control socket: {e}") }),
             }
             // What processes that died left behind, in the directory only once it is verified as ours.
             if let Ok(verified) = RuntimeDir::open(dir) {
@@ -791,21 +799,29 @@ impl Checkpointer {
             }
         };
         if !removed.is_empty() {
-            inner.log(
-                json!({"event": "cleanup", "message": "removed what processes that died left in the socket directory",
-                "directory": config.socket_dir, "removed": removed}),
-            );
+            inner.log(&Event::Cleanup {
+                message: "removed what processes that died left in the socket directory",
+                directory: config.socket_dir.as_deref(),
+                removed: &removed,
+            });
         }
         let cp = Checkpointer { store, inner, signal_ids, watcher: Some(watcher), socket_path };
         let signals: Vec<String> = config.signals.iter().map(|s| signal_label(s.signal)).collect();
         let end = cp.inner.lock().end_time;
-        cp.inner.log(json!({
-            "event": "start", "pid": std::process::id(), "job_id": config.job_id, "step_id": config.step_id,
-            "nranks": config.nranks, "checkpoint_dir": config.checkpoint_dir, "restart_dir": config.restart_dir,
-            "interval": match config.interval { None => json!(null), Some(Interval::Auto) => json!("auto"), Some(Interval::Every(d)) => json!(d.as_secs_f64()) },
-            "signals": signals, "end_time": end.map(|(t, _)| t), "end_time_source": end.map(|(_, s)| s.as_str()),
-            "restart_count": config.restart_count, "socket": cp.socket_path,
-        }));
+        cp.inner.log(&Event::Start {
+            pid: std::process::id(),
+            job_id: config.job_id.as_deref(),
+            step_id: config.step_id,
+            nranks: config.nranks,
+            checkpoint_dir: &config.checkpoint_dir,
+            restart_dir: &config.restart_dir,
+            interval: config.interval.map(IntervalSetting),
+            signals,
+            end_time: end.map(|(t, _)| t),
+            end_time_source: end.map(|(_, s)| s.as_str()),
+            restart_count: config.restart_count,
+            socket: cp.socket_path.as_deref(),
+        });
         Ok(cp)
     }
 
@@ -877,13 +893,20 @@ impl Checkpointer {
         let r = self.store.restore();
         let notices = self.store.restore_notices();
         match &r {
-            Ok(Some(x)) => self.inner.log(json!({
-                "event": "restore", "path": x.chosen_path, "generation": x.generation, "step": x.app_step,
-                "other_job": x.other_job, "rejected": x.rejected.iter().map(|(p, e)| json!({"path": p, "error": e.to_string()})).collect::<Vec<_>>(),
-                "notices": notices,
+            Ok(Some(x)) => self.inner.log(&Event::Restore(events::Restore::Found {
+                path: &x.chosen_path,
+                generation: x.generation,
+                step: x.app_step,
+                other_job: x.other_job.as_deref(),
+                rejected: x.rejected.iter().map(|(path, e)| Rejected { path, error: e.to_string() }).collect(),
+                notices: &notices,
             })),
-            Ok(None) => self.inner.log(json!({"event": "restore", "path": null, "message": "no checkpoint: fresh start", "notices": notices})),
-            Err(e) => self.inner.log(json!({"event": "restore", "error": e.to_string()})),
+            Ok(None) => self.inner.log(&Event::Restore(events::Restore::Nothing {
+                path: None,
+                message: "no checkpoint: fresh start",
+                notices: &notices,
+            })),
+            Err(e) => self.inner.log(&Event::Restore(events::Restore::Failed { error: e.to_string() })),
         }
         r
     }
@@ -983,7 +1006,7 @@ impl Checkpointer {
         if committed && outcome_known {
             let warnings = self.store.after_step_committed(generation);
             if !warnings.is_empty() {
-                self.inner.log(json!({"event": "prune-parts", "warnings": warnings}));
+                self.inner.log(&Event::PruneParts { warnings: &warnings });
             }
         }
         if committed {
@@ -993,7 +1016,7 @@ impl Checkpointer {
             for r in requests {
                 r.answer(&reply);
             }
-            self.inner.log(json!({"event": "step-committed", "step": step, "generation": generation}));
+            self.inner.log(&Event::StepCommitted { step, generation });
         } else {
             let e = Error::new(crate::ErrorKind::InvalidState, "the multi-rank step could not be committed");
             self.inner.fail(taken, requests, &e);
@@ -1076,7 +1099,7 @@ impl Checkpointer {
         if let (Value::Object(m), Value::Object(extra)) = (&mut v, fields) {
             m.extend(extra);
         }
-        self.inner.log(v);
+        self.inner.log(&v);
     }
 }
 
@@ -1100,7 +1123,7 @@ impl Drop for Checkpointer {
         for r in pending {
             r.answer(&ReplyLine::failed("the process finished without taking the checkpoint"));
         }
-        self.inner.log(json!({"event": "finish"}));
+        self.inner.log(&Event::Finish);
     }
 }
 

@@ -282,7 +282,8 @@ impl Store {
     }
 
     /// The generations this rank could restart from, newest first (each verified; for multi-rank steps,
-    /// this rank's part).
+    /// this rank's part). For this workspace's tests (the `testing` feature), not part of the API.
+    #[cfg(any(test, feature = "testing"))]
     pub fn valid_generations(&self) -> Result<Vec<u64>> {
         let d = self.discover_impl(true, u64::MAX, Parts::Own)?.discovery;
         let mut gens: Vec<u64> = d

@@ -63,6 +63,7 @@ mod config;
 pub mod control;
 mod discovery;
 mod error;
+mod events;
 pub mod format;
 pub mod identity;
 mod reader;

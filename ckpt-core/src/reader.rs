@@ -323,14 +323,7 @@ impl Checkpoint {
             h.update(c);
             Ok(())
         })?;
-        let actual = h.finalize();
-        if actual != e.stored_crc32 {
-            return Err(Error::corrupt(format!(
-                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                e.stored_crc32
-            ))
-            .with_section(&e.name));
-        }
+        check_crc("crc32", e.stored_crc32, h.finalize()).map_err(|err| err.with_section(&e.name))?;
         Ok(())
     }
 
@@ -360,14 +353,7 @@ impl Checkpoint {
                 len += chunk.len() as u64;
                 Ok(())
             })?;
-            let actual = h.finalize();
-            if actual != e.raw_crc32 {
-                return Err(Error::corrupt(format!(
-                    "decoded crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                    e.raw_crc32
-                ))
-                .with_section(&e.name));
-            }
+            check_crc("decoded crc32", e.raw_crc32, h.finalize()).map_err(|err| err.with_section(&e.name))?;
         }
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(())
@@ -418,13 +404,7 @@ impl Checkpoint {
         if e.codec == Codec::None {
             let bytes = self.read_range(Self::stored_range(e))?;
             if !self.verified[i].load(Ordering::Relaxed) {
-                let actual = crc32fast::hash(&bytes);
-                if actual != e.stored_crc32 {
-                    return Err(Error::corrupt(format!(
-                        "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                        e.stored_crc32
-                    )));
-                }
+                check_crc("crc32", e.stored_crc32, crc32fast::hash(&bytes))?;
                 self.verified[i].store(true, Ordering::Relaxed);
             }
             return Ok(bytes);
@@ -443,13 +423,7 @@ impl Checkpoint {
             out.extend_from_slice(chunk);
             Ok(())
         })?;
-        let actual = crc32fast::hash(&out);
-        if actual != e.raw_crc32 {
-            return Err(Error::corrupt(format!(
-                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                e.raw_crc32
-            )));
-        }
+        check_crc("crc32", e.raw_crc32, crc32fast::hash(&out))?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(Cow::Owned(out))
     }
@@ -489,13 +463,7 @@ impl Checkpoint {
                 })?;
             }
         }
-        let actual = crc32fast::hash(dst);
-        if actual != e.raw_crc32 {
-            return Err(Error::corrupt(format!(
-                "crc32 mismatch: expected {:#010x}, computed {actual:#010x}",
-                e.raw_crc32
-            )));
-        }
+        check_crc("crc32", e.raw_crc32, crc32fast::hash(dst))?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -535,39 +503,13 @@ impl Checkpoint {
                 sink(block)
             }
         };
-        self.for_chunks(Self::stored_range(e), |chunk| {
-            let mut input = InBuffer::around(chunk);
-            while input.pos() < chunk.len() {
-                if frame_done {
-                    return Err(Error::corrupt("bytes after the end of the compressed frame"));
-                }
-                let mut ob = OutBuffer::around(&mut out[filled..]);
-                let hint = dec.run(&mut input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
-                filled += ob.pos();
-                if hint == 0 {
-                    frame_done = true;
-                }
-                if filled == block_len {
-                    produced += filled as u64;
-                    if produced > e.raw_len {
-                        return Err(too_long());
-                    }
-                    emit_block(&out[..filled], sink)?;
-                    filled = 0;
-                }
-            }
-            Ok(())
-        })?;
-        // Drain what the decoder still holds.
-        while !frame_done {
-            let mut input = InBuffer::around(&[][..]);
+        // One run of the decoder: what it produced is gathered into `out`, and passed on when a block is
+        // full. Returns the bytes produced and whether the frame is complete.
+        let mut step = |input: &mut InBuffer<'_>, sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<(usize, bool)> {
             let mut ob = OutBuffer::around(&mut out[filled..]);
-            let hint = dec.run(&mut input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
+            let hint = dec.run(input, &mut ob).map_err(|err| Error::corrupt(format!("zstd: {err}")))?;
             let n = ob.pos();
             filled += n;
-            if hint == 0 {
-                frame_done = true;
-            }
             if filled == block_len {
                 produced += filled as u64;
                 if produced > e.raw_len {
@@ -575,7 +517,24 @@ impl Checkpoint {
                 }
                 emit_block(&out[..filled], sink)?;
                 filled = 0;
-            } else if n == 0 && !frame_done {
+            }
+            Ok((n, hint == 0))
+        };
+        self.for_chunks(Self::stored_range(e), |chunk| {
+            let mut input = InBuffer::around(chunk);
+            while input.pos() < chunk.len() {
+                if frame_done {
+                    return Err(Error::corrupt("bytes after the end of the compressed frame"));
+                }
+                frame_done = step(&mut input, sink)?.1;
+            }
+            Ok(())
+        })?;
+        // Drain what the decoder still holds.
+        while !frame_done {
+            let (n, done) = step(&mut InBuffer::around(&[][..]), sink)?;
+            frame_done = done;
+            if n == 0 && !done {
                 return Err(Error::corrupt("compressed data ends before its frame is complete"));
             }
         }
@@ -807,4 +766,12 @@ impl Checkpoint {
             _ => Ok(None),
         }
     }
+}
+
+/// A computed CRC against the one the file records: `what` names it in the error ("crc32", "decoded crc32").
+fn check_crc(what: &str, expected: u32, actual: u32) -> Result<()> {
+    if actual == expected {
+        return Ok(());
+    }
+    Err(Error::corrupt(format!("{what} mismatch: expected {expected:#010x}, computed {actual:#010x}")))
 }

@@ -1,6 +1,6 @@
 //! Slurm's time formats, as `--checkpoint` / `SLURM_CHECKPOINT` took them.
 //!
-//! The six accepted forms (from the seed document) are:
+//! The six accepted forms (as Slurm's removed `--checkpoint` option documented them) are:
 //!
 //! | form | example | seconds |
 //! |---|---|---|

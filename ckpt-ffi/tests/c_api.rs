@@ -3,7 +3,7 @@
 //! installed. Also checks that libckpt.so exports only `ckpt_*` symbols.
 
 mod common;
-use common::{clean_env, have, lib_dir, root};
+use common::{clean_env, have, lib_dir, root, shared_link};
 
 use std::path::Path;
 use std::process::Command;
@@ -33,11 +33,6 @@ fn run(exe: &Path, prefix: &[&str]) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn shared_link() -> Vec<String> {
-    let d = lib_dir();
-    vec![format!("-L{}", d.display()), "-lckpt".into(), format!("-Wl,-rpath,{}", d.display())]
 }
 
 #[test]

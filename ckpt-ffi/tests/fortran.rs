@@ -12,7 +12,7 @@
 //! Skipped with a note when gfortran is not installed (CI: `apt-get install gfortran`).
 
 mod common;
-use common::{clean_env, have, lib_dir, root};
+use common::{clean_env, have, lib_dir, root, shared_link};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -473,7 +473,7 @@ fn the_fortran_module_works_against_libckpt() {
     fortran_compile(&args, &[&ckpt_f90], &t.join("ckpt.o"), &[]);
 
     let d = lib_dir();
-    let shared = vec![format!("-L{}", d.display()), "-lckpt".into(), format!("-Wl,-rpath,{}", d.display())];
+    let shared = shared_link();
     let iflag = format!("-I{}", moddir.display());
     let test_args = ["-std=f2018", "-Wall", "-Wno-compare-reals", "-cpp", "-g", iflag.as_str(), jflag.as_str()];
 

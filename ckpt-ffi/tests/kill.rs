@@ -4,7 +4,7 @@
 //! `CKPT_C_KILL_ITERATIONS` sets the number of kills (default 100).
 
 mod common;
-use common::{clean_env, lib_dir, root};
+use common::{Rng, build_c, clean_env};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -12,30 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn build(out: &Path) {
-    let root = root();
-    let d = lib_dir();
-    let o = Command::new("cc")
-        .args(["-std=c11", "-O2", "-Wall", "-Werror", "-I"])
-        .arg(root.join("include"))
-        .arg(root.join("ckpt-ffi/tests/c/kill_loop.c"))
-        .arg("-o")
-        .arg(out)
-        .arg(format!("-L{}", d.display()))
-        .arg("-lckpt")
-        .arg(format!("-Wl,-rpath,{}", d.display()))
-        .output()
-        .expect("cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+    build_c("cc", &["-std=c11", "-O2", "-Wall", "-Werror"], "ckpt-ffi/tests/c/kill_loop.c", out);
 }
 
 #[test]

@@ -34,7 +34,7 @@
 //! not sleep).
 
 mod common;
-use common::{clean_env, lib_dir, root};
+use common::{Rng, build_c, clean_env, lib_dir, root};
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -165,6 +165,16 @@ fn collect(stream: impl Read + Send + 'static, lines: Lines) -> std::thread::Joi
     })
 }
 
+/// Starts mpirun as `cmd` says, its stdout and stderr collected line by line as they come.
+fn spawn_collecting(cmd: &mut Command) -> (Child, Lines, Lines, Vec<std::thread::JoinHandle<()>>) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start mpirun");
+    let (out, err): (Lines, Lines) = Default::default();
+    let readers =
+        vec![collect(child.stdout.take().unwrap(), out.clone()), collect(child.stderr.take().unwrap(), err.clone())];
+    (child, out, err, readers)
+}
+
 /// One `mpirun -np 4` of an example, its output collected as it comes.
 struct Run {
     child: Child,
@@ -190,17 +200,8 @@ impl Run {
             .env("HEAT_PROGRESS", mpi.progress.to_string())
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            .current_dir(work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start mpirun");
-        let out: Lines = Arc::default();
-        let err: Lines = Arc::default();
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), out.clone()),
-            collect(child.stderr.take().unwrap(), err.clone()),
-        ];
+            .current_dir(work);
+        let (child, out, err, readers) = spawn_collecting(&mut cmd);
         Run { child, out, err, readers, pids: Vec::new(), what: what.to_string() }
     }
 
@@ -481,19 +482,7 @@ fn collective_calls_with_ranks_in_different_states() {
         }
         let tmp = tempfile::tempdir().unwrap();
         let exe = tmp.path().join("test_mpi");
-        let d = lib_dir();
-        let o = Command::new(&mpi.mpicc)
-            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-I"])
-            .arg(root().join("include"))
-            .arg(root().join("ckpt-ffi/tests/mpi/test_mpi.c"))
-            .arg("-o")
-            .arg(&exe)
-            .arg(format!("-L{}", d.display()))
-            .arg("-lckpt")
-            .arg(format!("-Wl,-rpath,{}", d.display()))
-            .output()
-            .expect("mpicc");
-        assert!(o.status.success(), "{}: {}", mpi.mpicc, String::from_utf8_lossy(&o.stderr));
+        build_c(&mpi.mpicc, &["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"], "ckpt-ffi/tests/mpi/test_mpi.c", &exe);
         for np in [RANKS, 1] {
             let work = tmp.path().join(format!("np{np}"));
             std::fs::create_dir_all(&work).unwrap();
@@ -575,16 +564,6 @@ fn ckpt_mpi_h_compiles_cleanly() {
 // ---------------------------------------------------------------------------------------------------------
 // The kill loop: the whole 4-rank job SIGKILLed at random moments, restarted until it completes.
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 /// Every process descended from `root` (mpirun's daemons and ranks), from /proc.
 fn descendants(root: i32) -> Vec<i32> {
     let mut parent_of = Vec::new();
@@ -639,17 +618,8 @@ impl Job {
             .env("TMPDIR", scratch)
             .env("OMPI_MCA_btl_vader_backing_directory", scratch)
             .env("OMPI_MCA_shmem", "mmap") // the posix component's probe leaves /dev/shm/open_mpi.* when killed
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start mpirun");
-        let out: Lines = Arc::default();
-        let err: Lines = Arc::default();
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), out.clone()),
-            collect(child.stderr.take().unwrap(), err.clone()),
-        ];
+            .process_group(0);
+        let (child, out, err, readers) = spawn_collecting(&mut cmd);
         Job { child, out, err, readers }
     }
 
@@ -751,19 +721,8 @@ fn kill_loop(mpi: Mpi) {
     let scratch_root = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { tmp.path() };
     let scratch = tempfile::Builder::new().prefix("ckpt-mpi-kill").tempdir_in(scratch_root).unwrap();
     let exe = tmp.path().join("kill_loop_mpi");
-    let d = lib_dir();
-    let o = Command::new(&mpi.mpicc)
-        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root().join("include"))
-        .arg(root().join("ckpt-ffi/tests/mpi/kill_loop_mpi.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(format!("-L{}", d.display()))
-        .arg("-lckpt")
-        .arg(format!("-Wl,-rpath,{}", d.display()))
-        .output()
-        .expect("mpicc");
-    assert!(o.status.success(), "{}: {}", mpi.mpicc, String::from_utf8_lossy(&o.stderr));
+    let flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"];
+    build_c(&mpi.mpicc, &flags, "ckpt-ffi/tests/mpi/kill_loop_mpi.c", &exe);
 
     let iterations = env_number("CKPT_MPI_KILL_STEPS", 200);
     let delay_us = 2000;

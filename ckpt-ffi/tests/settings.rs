@@ -4,7 +4,7 @@
 //! value fails `ckpt_init` naming the variable.
 
 mod common;
-use common::{clean_env, lib_dir, root};
+use common::{build_c, clean_env};
 
 use std::path::Path;
 use std::process::Command;
@@ -22,17 +22,7 @@ fn direct_io_supported(dir: &Path) -> bool {
 fn ckpt_set_config_of_direct_io_reaches_the_writer() {
     let t = tempfile::tempdir().unwrap();
     let exe = t.path().join("test_settings");
-    let d = lib_dir();
-    let o = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-I"])
-        .arg(root().join("include"))
-        .arg(root().join("ckpt-ffi/tests/c/test_settings.c"))
-        .arg("-o")
-        .arg(&exe)
-        .args([format!("-L{}", d.display()), "-lckpt".into(), format!("-Wl,-rpath,{}", d.display())])
-        .output()
-        .expect("run cc");
-    assert!(o.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    build_c("cc", &["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"], "ckpt-ffi/tests/c/test_settings.c", &exe);
     for value in ["0", "1"] {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(&exe);

@@ -5,7 +5,7 @@
 //! `ckpt_finalize` neither leaves its control socket nor the squeue stand-in running.
 
 mod common;
-use common::{clean_env, lib_dir, root};
+use common::{build_c, clean_env};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,19 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn build(out: &Path) {
-    let d = lib_dir();
-    let o = Command::new("cc")
-        .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root().join("include"))
-        .arg(root().join("ckpt-ffi/tests/c/slurm_exit.c"))
-        .arg("-o")
-        .arg(out)
-        .arg(format!("-L{}", d.display()))
-        .arg("-lckpt")
-        .arg(format!("-Wl,-rpath,{}", d.display()))
-        .output()
-        .expect("cc");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    build_c("cc", &["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror"], "ckpt-ffi/tests/c/slurm_exit.c", out);
 }
 
 /// A squeue that records its pid and its child's in `dir/pids`, ignores SIGTERM and never answers.

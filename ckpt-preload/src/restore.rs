@@ -764,125 +764,10 @@ unsafe fn build_plan(
     deadline_ns: u64,
     t0_ns: u64,
 ) -> *mut Plan {
-    // Room: regions, runs, fds, strings, the maps buffer and the stack.
-    let nruns: usize = image.regions.iter().map(|r| r.runs.len()).sum();
-    let strings: usize = image.regions.iter().map(|r| r.path.len() + 1).sum::<usize>()
-        + image.fds.iter().map(|f| f.path.len() + 1).sum::<usize>()
-        + image.cwd.len()
-        + 8192;
-    let need = std::mem::size_of::<Plan>()
-        + image.regions.len() * std::mem::size_of::<PlanRegion>()
-        + nruns * std::mem::size_of::<PlanRun>()
-        + image.fds.len() * std::mem::size_of::<PlanFd>()
-        + threads.len() * std::mem::size_of::<PlanThread>()
-        + locks.len() * std::mem::size_of::<PlanLock>()
-        + 80 * 40
-        + strings
-        + MAPS_CAP
-        + STACK_SIZE
-        + 65536;
-    let len = need.div_ceil(4096) * 4096;
-    // A hole free in both layouts.
-    let busy = |a: u64, b: u64| {
-        maps.iter().any(|m| m.start < b && a < m.end) || image.regions.iter().any(|r| r.start < b && a < r.end)
-    };
-    let mut at = 0x2000_0000_0000u64;
-    while busy(at, at + len as u64) {
-        at += 0x10_0000_0000;
-        if at >= 0x7000_0000_0000 {
-            refuse(image_path, "no free address range for the restorer");
-        }
-    }
-    // SAFETY: a new private mapping at an address nothing else uses (MAP_FIXED_NOREPLACE checks it).
-    let base = unsafe {
-        syscall6(
-            SYS_mmap,
-            at as usize,
-            len,
-            (libc::PROT_READ | libc::PROT_WRITE) as usize,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as usize,
-            usize::MAX,
-            0,
-        )
-    };
-    if base < 0 || base as u64 != at {
-        refuse(image_path, "cannot map the restorer's arena");
-    }
-    let base = base as usize;
+    let (base, len) = map_arena(image, threads, locks, maps, image_path);
     let mut w = ArenaWriter { cur: base + std::mem::size_of::<Plan>(), end: base + len - STACK_SIZE - MAPS_CAP };
-    // The shim's own read-only mappings stay, relocated ones (RELRO) included: the restorer runs from them
-    // and reads them; with the same layout their relocated contents are the same as at checkpoint time.
-    let me = restore_main as *const () as u64;
-    let shim_path: Vec<u8> =
-        maps.iter().find(|m| m.start <= me && me < m.end).map(|m| m.path.as_bytes().to_vec()).unwrap_or_default();
-    let mut runs = Vec::with_capacity(nruns);
-    let mut regions = Vec::with_capacity(image.regions.len());
-    for r in &image.regions {
-        let first = runs.len();
-        for run in &r.runs {
-            runs.push(PlanRun { addr: run.addr, len: run.len, file_offset: memory_offset + run.data_offset });
-        }
-        let own_read_only = !shim_path.is_empty() && r.path == shim_path && r.prot & libc::PROT_WRITE as u32 == 0;
-        let same_mapping_now =
-            keep.iter().any(|k| k.0 == r.start && k.1 == r.end && k.2 == r.path && k.3 == r.file_offset);
-        let kept = r.kind == RegionKind::File && (r.runs.is_empty() || own_read_only) && same_mapping_now;
-        regions.push(PlanRegion {
-            start: r.start,
-            end: r.end,
-            prot: r.prot,
-            kind: match r.kind {
-                RegionKind::Anonymous => KIND_ANON,
-                RegionKind::Heap => KIND_HEAP,
-                RegionKind::Stack => KIND_STACK,
-                RegionKind::File => KIND_FILE,
-                RegionKind::Guard => KIND_GUARD,
-            },
-            keep: kept as u32,
-            noreserve: noreserve.iter().any(|&(a, b)| a <= r.start && r.end <= b) as u32,
-            // SAFETY: inside the arena.
-            path: if r.kind == RegionKind::File { unsafe { w.cstr(&r.path) } } else { std::ptr::null() },
-            file_offset: r.file_offset,
-            run_first: first,
-            run_count: r.runs.len(),
-        });
-    }
-    let mut fds = Vec::new();
-    let mut pipes: Vec<&[u8]> = Vec::new();
-    for f in &image.fds {
-        let group = if matches!(f.kind, FdKind::PipeRead | FdKind::PipeWrite) {
-            match pipes.iter().position(|p| *p == &f.path[..]) {
-                Some(g) => g,
-                None => {
-                    pipes.push(&f.path);
-                    pipes.len() - 1
-                }
-            }
-        } else {
-            0
-        };
-        fds.push(PlanFd {
-            fd: f.fd,
-            kind: match f.kind {
-                FdKind::Inherited => FD_INHERITED,
-                FdKind::PipeRead => FD_PIPE_READ,
-                FdKind::PipeWrite => FD_PIPE_WRITE,
-                FdKind::ForeignNull => FD_DEV_NULL,
-                FdKind::ForeignClosed => FD_CLOSED,
-                FdKind::Regular | FdKind::Directory | FdKind::CharDevice | FdKind::ProcFile => FD_REOPEN,
-            },
-            group: group as u32,
-            leader: f.dup_of.and_then(|d| image.fds.iter().position(|o| o.fd == d)).map(|i| i as i32).unwrap_or(-1),
-            tmp: -1,
-            flags: f.flags,
-            cloexec: f.cloexec as u32,
-            writable_regular: (f.kind == FdKind::Regular && f.flags & libc::O_ACCMODE != libc::O_RDONLY) as u32,
-            shared: f.shared as u32,
-            offset: f.offset,
-            size: f.size,
-            // SAFETY: inside the arena.
-            path: unsafe { w.cstr(&f.path) },
-        });
-    }
+    let (regions, runs) = plan_regions(image, keep, noreserve, maps, memory_offset, &mut w);
+    let fds = plan_fds(image, &mut w);
     let sigactions: Vec<[u64; 5]> =
         image.sigactions.iter().map(|a| [a.signo as u64, a.handler, a.flags, a.restorer, a.mask]).collect();
     let itimer = |i: usize| {
@@ -914,30 +799,7 @@ unsafe fn build_plan(
         .iter()
         .map(|l| PlanLock { fd: l.fd, posix: l.posix as u32, write: l.write as u32, start: l.start, len: l.len })
         .collect();
-    let all: Vec<PlanThread> = threads
-        .iter()
-        .map(|t| PlanThread {
-            fs_base: t.fs_base,
-            sigframe: t.sigframe,
-            robust_head: t.robust_head,
-            rseq_addr: t.rseq.map_or(0, |r| r.addr),
-            rseq_len: t.rseq.map_or(0, |r| r.len as u64),
-            rseq_sig: t.rseq.map_or(0, |r| r.sig as u64),
-            pending: pending.threads.iter().find(|p| p.0 == t.tid).map_or(0, |p| p.1),
-            name: {
-                let mut n = [0u8; 16];
-                n[..t.name.len().min(15)].copy_from_slice(&t.name[..t.name.len().min(15)]);
-                n
-            },
-            affinity: {
-                let mut a = [0u64; 16];
-                a[..t.affinity.len().min(16)].copy_from_slice(&t.affinity[..t.affinity.len().min(16)]);
-                a
-            },
-            affinity_words: t.affinity.len().min(16),
-            tid: t.tid,
-        })
-        .collect();
+    let all = plan_threads(threads, pending);
     let others = if all.len() > 1 { &all[1..] } else { &[][..] };
     // SAFETY: all pointers below are inside the arena; the plan header is at its start.
     unsafe {
@@ -1000,6 +862,183 @@ unsafe fn build_plan(
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
     }
+}
+
+/// Maps the restorer's arena (the plan, its tables and strings, a maps buffer and a stack) in a hole free
+/// in both the current and the saved layout; returns its address and length.
+fn map_arena(
+    image: &ProcessImage,
+    threads: &[ThreadRecord],
+    locks: &[ckpt_image::FileLock],
+    maps: &[Mapping],
+    image_path: &str,
+) -> (usize, usize) {
+    // Room: regions, runs, fds, strings, the maps buffer and the stack.
+    let nruns: usize = image.regions.iter().map(|r| r.runs.len()).sum();
+    let strings: usize = image.regions.iter().map(|r| r.path.len() + 1).sum::<usize>()
+        + image.fds.iter().map(|f| f.path.len() + 1).sum::<usize>()
+        + image.cwd.len()
+        + 8192;
+    let need = std::mem::size_of::<Plan>()
+        + image.regions.len() * std::mem::size_of::<PlanRegion>()
+        + nruns * std::mem::size_of::<PlanRun>()
+        + image.fds.len() * std::mem::size_of::<PlanFd>()
+        + threads.len() * std::mem::size_of::<PlanThread>()
+        + locks.len() * std::mem::size_of::<PlanLock>()
+        + 80 * 40
+        + strings
+        + MAPS_CAP
+        + STACK_SIZE
+        + 65536;
+    let len = need.div_ceil(4096) * 4096;
+    // A hole free in both layouts.
+    let busy = |a: u64, b: u64| {
+        maps.iter().any(|m| m.start < b && a < m.end) || image.regions.iter().any(|r| r.start < b && a < r.end)
+    };
+    let mut at = 0x2000_0000_0000u64;
+    while busy(at, at + len as u64) {
+        at += 0x10_0000_0000;
+        if at >= 0x7000_0000_0000 {
+            refuse(image_path, "no free address range for the restorer");
+        }
+    }
+    // SAFETY: a new private mapping at an address nothing else uses (MAP_FIXED_NOREPLACE checks it).
+    let base = unsafe {
+        syscall6(
+            SYS_mmap,
+            at as usize,
+            len,
+            (libc::PROT_READ | libc::PROT_WRITE) as usize,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as usize,
+            usize::MAX,
+            0,
+        )
+    };
+    if base < 0 || base as u64 != at {
+        refuse(image_path, "cannot map the restorer's arena");
+    }
+    (base as usize, len)
+}
+
+/// The plan's regions and runs; the shim's own read-only mappings, and file mappings identical now and
+/// at checkpoint time, are kept.
+fn plan_regions(
+    image: &ProcessImage,
+    keep: &[(u64, u64, Vec<u8>, u64)],
+    noreserve: &[(u64, u64)],
+    maps: &[Mapping],
+    memory_offset: u64,
+    w: &mut ArenaWriter,
+) -> (Vec<PlanRegion>, Vec<PlanRun>) {
+    let nruns: usize = image.regions.iter().map(|r| r.runs.len()).sum();
+    // The shim's own read-only mappings stay, relocated ones (RELRO) included: the restorer runs from them
+    // and reads them; with the same layout their relocated contents are the same as at checkpoint time.
+    let me = restore_main as *const () as u64;
+    let shim_path: Vec<u8> =
+        maps.iter().find(|m| m.start <= me && me < m.end).map(|m| m.path.as_bytes().to_vec()).unwrap_or_default();
+    let mut runs = Vec::with_capacity(nruns);
+    let mut regions = Vec::with_capacity(image.regions.len());
+    for r in &image.regions {
+        let first = runs.len();
+        for run in &r.runs {
+            runs.push(PlanRun { addr: run.addr, len: run.len, file_offset: memory_offset + run.data_offset });
+        }
+        let own_read_only = !shim_path.is_empty() && r.path == shim_path && r.prot & libc::PROT_WRITE as u32 == 0;
+        let same_mapping_now =
+            keep.iter().any(|k| k.0 == r.start && k.1 == r.end && k.2 == r.path && k.3 == r.file_offset);
+        let kept = r.kind == RegionKind::File && (r.runs.is_empty() || own_read_only) && same_mapping_now;
+        regions.push(PlanRegion {
+            start: r.start,
+            end: r.end,
+            prot: r.prot,
+            kind: match r.kind {
+                RegionKind::Anonymous => KIND_ANON,
+                RegionKind::Heap => KIND_HEAP,
+                RegionKind::Stack => KIND_STACK,
+                RegionKind::File => KIND_FILE,
+                RegionKind::Guard => KIND_GUARD,
+            },
+            keep: kept as u32,
+            noreserve: noreserve.iter().any(|&(a, b)| a <= r.start && r.end <= b) as u32,
+            // SAFETY: inside the arena.
+            path: if r.kind == RegionKind::File { unsafe { w.cstr(&r.path) } } else { std::ptr::null() },
+            file_offset: r.file_offset,
+            run_first: first,
+            run_count: r.runs.len(),
+        });
+    }
+    (regions, runs)
+}
+
+/// The plan's descriptor table: what each descriptor is reopened or recreated from.
+fn plan_fds(image: &ProcessImage, w: &mut ArenaWriter) -> Vec<PlanFd> {
+    let mut fds = Vec::new();
+    let mut pipes: Vec<&[u8]> = Vec::new();
+    for f in &image.fds {
+        let group = if matches!(f.kind, FdKind::PipeRead | FdKind::PipeWrite) {
+            match pipes.iter().position(|p| *p == &f.path[..]) {
+                Some(g) => g,
+                None => {
+                    pipes.push(&f.path);
+                    pipes.len() - 1
+                }
+            }
+        } else {
+            0
+        };
+        fds.push(PlanFd {
+            fd: f.fd,
+            kind: match f.kind {
+                FdKind::Inherited => FD_INHERITED,
+                FdKind::PipeRead => FD_PIPE_READ,
+                FdKind::PipeWrite => FD_PIPE_WRITE,
+                FdKind::ForeignNull => FD_DEV_NULL,
+                FdKind::ForeignClosed => FD_CLOSED,
+                FdKind::Regular | FdKind::Directory | FdKind::CharDevice | FdKind::ProcFile => FD_REOPEN,
+            },
+            group: group as u32,
+            leader: f.dup_of.and_then(|d| image.fds.iter().position(|o| o.fd == d)).map(|i| i as i32).unwrap_or(-1),
+            tmp: -1,
+            flags: f.flags,
+            cloexec: f.cloexec as u32,
+            writable_regular: (f.kind == FdKind::Regular && f.flags & libc::O_ACCMODE != libc::O_RDONLY) as u32,
+            shared: f.shared as u32,
+            offset: f.offset,
+            size: f.size,
+            // SAFETY: inside the arena.
+            path: unsafe { w.cstr(&f.path) },
+        });
+    }
+    fds
+}
+
+/// The plan's record of every thread (the main one first): registers' frame, TLS, robust list, rseq,
+/// pending signals, name and affinity.
+fn plan_threads(threads: &[ThreadRecord], pending: &PendingSignals) -> Vec<PlanThread> {
+    threads
+        .iter()
+        .map(|t| PlanThread {
+            fs_base: t.fs_base,
+            sigframe: t.sigframe,
+            robust_head: t.robust_head,
+            rseq_addr: t.rseq.map_or(0, |r| r.addr),
+            rseq_len: t.rseq.map_or(0, |r| r.len as u64),
+            rseq_sig: t.rseq.map_or(0, |r| r.sig as u64),
+            pending: pending.threads.iter().find(|p| p.0 == t.tid).map_or(0, |p| p.1),
+            name: {
+                let mut n = [0u8; 16];
+                n[..t.name.len().min(15)].copy_from_slice(&t.name[..t.name.len().min(15)]);
+                n
+            },
+            affinity: {
+                let mut a = [0u64; 16];
+                a[..t.affinity.len().min(16)].copy_from_slice(&t.affinity[..t.affinity.len().min(16)]);
+                a
+            },
+            affinity_words: t.affinity.len().min(16),
+            tid: t.tid,
+        })
+        .collect()
 }
 
 /// `struct prctl_mm_map` with this process's code, data, brk and stack bounds (`/proc/self/stat`), no
@@ -1168,8 +1207,51 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             syscall6(SYS_rseq, p.saved_rseq[0] as usize, p.saved_rseq[1] as usize, 0, p.saved_rseq[2] as usize, 0, 0);
         }
     }
-    // 6. Descriptors: close ours and anything the restart command leaked; open every file (and recreate
-    //    every self-pipe) at a number above all the program's, then move each to its number.
+    // 6. Descriptors.
+    restore_descriptors(p);
+    // 7. Working directory, umask, signal actions, interval timers, resource limits.
+    restore_process_settings(p);
+    // 8. The shim's own state (now the checkpoint-time copy): this is a new process.
+    let pid = reset_shim_state(p);
+    // The command line `ps` shows.
+    let cmdline = restore_arg_area(p);
+    if p.brk_set == 0 && cmdline != 0 {
+        // Neither brk nor PR_SET_MM_MAP set the break: the first sbrk of the restored malloc would map
+        // its memory above the wrong break.
+        fatal(b"cannot set the program break to", p.brk, cmdline);
+    }
+    // 9. One log line.
+    log_restored(p, pid, cmdline);
+    // 10. The other threads: each starts in assembly (registers only, no stack of the restorer's) and
+    //     returns into its own signal frame; then the arena goes and the main thread returns into its own.
+    restore_threads(p);
+    // Signals pending at checkpoint time, pending again (every signal is blocked until rt_sigreturn).
+    raise_pending(getpid(), getpid(), p.pending_main);
+    raise_pending(getpid(), 0, p.pending_shared);
+    let arena = p.arena_start;
+    let arena_len = p.arena_len;
+    let frame = p.sigframe;
+    // SAFETY: after munmap only registers are used; rt_sigreturn expects rsp at the frame's ucontext and
+    // restores every register, the FPU state and the signal mask from it.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "mov rsp, r12",
+            "mov eax, 15",
+            "syscall",
+            "ud2",
+            in("rax") SYS_munmap,
+            in("rdi") arena,
+            in("rsi") arena_len,
+            in("r12") frame,
+            options(noreturn)
+        )
+    }
+}
+
+/// Step 6 of the restorer: closes ours and anything the restart command leaked, opens every file (and
+/// recreates every self-pipe) at a number above all the program's, then moves each to its number.
+fn restore_descriptors(p: &Plan) {
     // SAFETY: closing descriptors has no memory effects.
     unsafe { syscall3(SYS_close_range, 3, u32::MAX as usize, 0) };
     // SAFETY: the plan's descriptor table: `nfds` records at `fds` (non-NULL when `nfds` > 0), written by
@@ -1284,7 +1366,10 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
         }
         s += 1;
     }
-    // 7. Working directory, umask, signal actions, interval timers.
+}
+
+/// Step 7 of the restorer: working directory, umask, signal actions, interval timers, resource limits.
+fn restore_process_settings(p: &Plan) {
     // SAFETY: NUL-terminated path in the arena; kernel structures built from the plan.
     unsafe {
         syscall3(SYS_chdir, p.cwd as usize, 0, 0);
@@ -1312,7 +1397,11 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             l += 1;
         }
     }
-    // 8. The shim's own state (now the checkpoint-time copy): this is a new process.
+}
+
+/// Step 8 of the restorer: the shim's own state (the checkpoint-time copy) made this process's; returns
+/// this process's pid.
+fn reset_shim_state(p: &Plan) -> i32 {
     let pid = getpid();
     // The checkpoint-time pid keeps naming this process in the calls that take one (pid.rs).
     crate::pid::remember(crate::ROOT_PID.load(Ordering::Relaxed));
@@ -1354,14 +1443,11 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
     // The checkpointed process's registration is stale (it is gone); register under the new pid.
     crate::unregister_process();
     crate::register_process();
-    // The command line `ps` shows.
-    let cmdline = restore_arg_area(p);
-    if p.brk_set == 0 && cmdline != 0 {
-        // Neither brk nor PR_SET_MM_MAP set the break: the first sbrk of the restored malloc would map
-        // its memory above the wrong break.
-        fatal(b"cannot set the program break to", p.brk, cmdline);
-    }
-    // 9. One log line.
+    pid
+}
+
+/// Step 9 of the restorer: one `restored` line in the log.
+fn log_restored(p: &Plan, pid: i32, cmdline: isize) {
     if !p.log_path.is_null() {
         let fd = open_cstr(p.log_path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC);
         if fd >= 0 {
@@ -1382,31 +1468,6 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
             write_all(fd as i32, &buf[..pos]);
             close(fd as i32);
         }
-    }
-    // 10. The other threads: each starts in assembly (registers only, no stack of the restorer's) and
-    //     returns into its own signal frame; then the arena goes and the main thread returns into its own.
-    restore_threads(p);
-    // Signals pending at checkpoint time, pending again (every signal is blocked until rt_sigreturn).
-    raise_pending(getpid(), getpid(), p.pending_main);
-    raise_pending(getpid(), 0, p.pending_shared);
-    let arena = p.arena_start;
-    let arena_len = p.arena_len;
-    let frame = p.sigframe;
-    // SAFETY: after munmap only registers are used; rt_sigreturn expects rsp at the frame's ucontext and
-    // restores every register, the FPU state and the signal mask from it.
-    unsafe {
-        core::arch::asm!(
-            "syscall",
-            "mov rsp, r12",
-            "mov eax, 15",
-            "syscall",
-            "ud2",
-            in("rax") SYS_munmap,
-            in("rdi") arena,
-            in("rsi") arena_len,
-            in("r12") frame,
-            options(noreturn)
-        )
     }
 }
 

@@ -5,14 +5,15 @@
 //! image excludes (see the allocator in `lib.rs`), no libc function that allocates is called (`opendir`
 //! is replaced by [`ForkSafeStorage::read_dir`]), and nothing the program owns is modified.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use ckpt_core::storage::{DirEntry, FileStorage, Storage, StorageReader, StorageWriter};
 use ckpt_core::{Compression, Encoding, SectionOptions};
+use ckpt_image::control::Answer;
 use ckpt_image::*;
 
 use crate::sys::*;
@@ -151,25 +152,25 @@ extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
     // abort without one (the program goes on, or gets its own action for SIGTERM).
     std::panic::set_hook(Box::new(|info| {
         let m = format!("internal error in the writer: {info}");
-        reply(&format!("error: checkpoint failed: {m}"));
+        reply(Answer::Error(format!("checkpoint failed: {m}")));
         warn(format!("checkpoint failed: {m}").as_bytes());
         log_line(&serde_json::json!({"event": "checkpoint-failed", "error": m}));
         exit_group(2)
     }));
     // This raw clone may have stopped the program inside the C library's allocator: no thread may start.
-    // (Direct writes stay: synchronous, 1 GiB in 0.6-0.8 s, where buffered ones took 0.55-2.2 s depending
-    // on how long the memory for new page-cache pages had sat idle.)
+    // Direct writes stay (synchronous, and steadier than buffered ones, whose cost depends on how long the
+    // memory for new page-cache pages sat idle; BENCHMARKS.md has the figures).
     ckpt_core::storage::disable_io_threads();
     let code = match write_image(&excluded) {
         Ok(()) => 0,
         Err(Failure::Refused(m)) => {
-            reply(&format!("error: cannot checkpoint: {m}"));
+            reply(Answer::Error(format!("cannot checkpoint: {m}")));
             warn(format!("cannot checkpoint: {m}").as_bytes());
             log_line(&serde_json::json!({"event": "checkpoint-refused", "reason": m}));
             3
         }
         Err(Failure::Failed(m)) => {
-            reply(&format!("error: checkpoint failed: {m}"));
+            reply(Answer::Error(format!("checkpoint failed: {m}")));
             warn(format!("checkpoint failed: {m}").as_bytes());
             log_line(&serde_json::json!({"event": "checkpoint-failed", "error": m}));
             2
@@ -364,7 +365,74 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let snap = unsafe { &*SNAPSHOT.get() };
     let pause_us = (started_ns.saturating_sub(snap.t0_ns)) / 1000;
     let ctx = context().ok_or_else(|| Failure::Failed("the shim was not initialised".into()))?;
-    let page = 4096u64;
+    let MemoryLayout { regions, vdso } = memory_regions(excluded)?;
+    // Descriptors, as the handler saw them.
+    // SAFETY: getppid has no preconditions; the writer is the program's child (clone without CLONE_PARENT).
+    if let Some(problem) = program_timers(unsafe { libc::getppid() }) {
+        return Err(Failure::Refused(problem));
+    }
+    let (fds, foreign) = descriptors(snap)?;
+    let pending = pending_signals(crate::ROOT_PID.load(Ordering::Relaxed))?;
+    let locks = file_locks(snap, &fds, crate::ROOT_PID.load(Ordering::Relaxed))?;
+    let pid = crate::ROOT_PID.load(Ordering::Relaxed);
+    let threads = thread_records(pid)?;
+    let main = &threads[0];
+    // SAFETY: the main thread's ucontext is on its (copied) stack.
+    let main_uc = unsafe { &*(main.sigframe as *const libc::ucontext_t) };
+    let image = ProcessImage {
+        version: if threads.len() > 1 { PROCESS_IMAGE_VERSION_THREADS } else { PROCESS_IMAGE_VERSION },
+        exe: std::fs::read_link("/proc/self/exe").map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
+        exe_identity: std::fs::metadata("/proc/self/exe").map(|m| FileIdentity::of(&m)).unwrap_or_default(),
+        argv: ctx.argv.iter().map(|&p| c_string(p)).collect(),
+        envp: ctx.envp.iter().map(|&p| c_string(p)).collect(),
+        cwd: std::env::current_dir().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
+        umask: {
+            // SAFETY: umask has no memory effects; the writer's copy is restored right away.
+            let u = unsafe { libc::umask(0o022) };
+            // SAFETY: as above.
+            unsafe { libc::umask(u) };
+            u
+        },
+        rlimit_stack: rlimit_stack(),
+        // SAFETY: personality(0xffffffff) only queries.
+        personality: unsafe { libc::personality(0xffff_ffff) } as u32,
+        fingerprint: ckpt_image::fingerprint(),
+        // SAFETY: brk(0) only queries.
+        brk: unsafe { syscall3(SYS_brk, 0, 0, 0) } as u64,
+        fs_base: main.fs_base,
+        tid_offset: u64::try_from(crate::TID_OFFSET.load(Ordering::Relaxed)).ok(),
+        rseq: main.rseq,
+        sigframe: main.sigframe,
+        sigactions: sigactions(),
+        // SAFETY: reads the signal mask out of the ucontext (its layout: libc's ucontext_t).
+        sigmask: unsafe { std::ptr::read_unaligned(&main_uc.uc_sigmask as *const libc::sigset_t as *const u64) },
+        sigaltstack: (main_uc.uc_stack.ss_sp as u64, main_uc.uc_stack.ss_flags, main_uc.uc_stack.ss_size as u64),
+        itimers: [0, 1, 2].map(|i| ItimerRecord { interval_us: snap.itimers[i][0], value_us: snap.itimers[i][1] }),
+        fds,
+        regions,
+        vdso,
+        pid,
+        host: ctx.store.config().host.clone(),
+        sequence: snap.sequence,
+        pause_us,
+        time_unix: ckpt_core::triggers::unix_now(),
+        restarts: crate::RESTARTS.load(Ordering::Relaxed),
+    };
+    commit_image(ctx, snap, &image, &ImageSections { threads, locks, pending, foreign }, started_ns)
+}
+
+/// What an image holds besides its state and memory.
+struct ImageSections {
+    threads: Vec<ThreadRecord>,
+    locks: Vec<FileLock>,
+    pending: PendingSignals,
+    foreign: Vec<serde_json::Value>,
+}
+
+/// Every mapping of this (frozen) copy of the process but the writer's own (`excluded`), with the pages
+/// to save, and the vDSO's range; refuses what cannot be restored (shared writable or deleted mappings,
+/// shared memory).
+fn memory_regions(excluded: &[(u64, u64)]) -> Result<MemoryLayout, Failure> {
     let maps = std::fs::read("/proc/self/maps").map_err(|e| Failure::Failed(format!("/proc/self/maps: {e}")))?;
     let pagemap =
         std::fs::File::open("/proc/self/pagemap").map_err(|e| Failure::Failed(format!("/proc/self/pagemap: {e}")))?;
@@ -453,75 +521,93 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         } else {
             None
         };
-        let mut runs: Vec<Run> = Vec::new();
-        if kind != RegionKind::Guard {
-            if prot & libc::PROT_READ as u32 == 0 {
-                // Only this copy of the address space changes.
-                // SAFETY: the range is a mapping of this process (from /proc/self/maps).
-                unsafe { syscall3(SYS_mprotect, m.start as usize, (m.end - m.start) as usize, (prot | 1) as usize) };
-            }
-            let npages = (m.end - m.start) / page;
-            // A large region (a reservation of which few pages were ever touched): only the ranges the
-            // kernel has pages for (PAGEMAP_SCAN); everything else is never saved. Pages of the image this
-            // process was restored from hold data without being present: all of them.
-            let ranges = if !from_image && npages > 16384 {
-                populated(&pagemap, m.start, m.end).unwrap_or_else(|| vec![(0, npages)])
-            } else {
-                vec![(0, npages)]
-            };
-            for (lo, hi) in ranges {
-                let mut p = lo;
-                while p < hi {
-                    let chunk = (hi - p).min(4096);
-                    let bytes = &mut entries[..(chunk * 8) as usize];
-                    pagemap.read_exact_at(bytes, (m.start / page + p) * 8).map_err(|e| {
-                        Failure::Failed(format!("/proc/self/pagemap at {:#x}: {e}", m.start + p * page))
-                    })?;
-                    for i in 0..chunk {
-                        let e = u64::from_le_bytes(bytes[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap());
-                        let addr = m.start + (p + i) * page;
-                        let save = if from_image {
-                            // Present or not, these pages hold the program's data (mapped, made readable above).
-                            program_page(addr).iter().any(|&w| w != 0)
-                        } else if is_file {
-                            // A private copy of a file page (relocations, written .data) differs from the file.
-                            (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
-                        } else if e & (PM_PRESENT | PM_SWAPPED) != 0 {
-                            // Mapped and made readable above.
-                            program_page(addr).iter().any(|&w| w != 0)
-                        } else {
-                            false
-                        };
-                        if !save {
-                            continue;
-                        }
-                        match runs.last_mut() {
-                            Some(r) if r.addr + r.len == addr => r.len += page,
-                            _ => runs.push(Run { addr, len: page, data_offset: 0 }),
-                        }
-                    }
-                    p += chunk;
-                }
-            }
-            for r in &mut runs {
-                r.data_offset = data_offset;
-                data_offset += r.len;
-            }
+        let mut runs = if kind == RegionKind::Guard {
+            Vec::new()
+        } else {
+            saved_runs(&pagemap, &mut entries, &m, prot, from_image, is_file)?
+        };
+        for r in &mut runs {
+            r.data_offset = data_offset;
+            data_offset += r.len;
         }
         regions.push(Region { start: m.start, end: m.end, prot, kind, path, file_offset: m.offset, identity, runs });
     }
+    Ok(MemoryLayout { regions, vdso })
+}
 
-    // Descriptors, as the handler saw them.
-    // SAFETY: getppid has no preconditions; the writer is the program's child (clone without CLONE_PARENT).
-    if let Some(problem) = program_timers(unsafe { libc::getppid() }) {
-        return Err(Failure::Refused(problem));
+/// The regions an image saves and where the vDSO was.
+struct MemoryLayout {
+    regions: Vec<Region>,
+    vdso: Option<(u64, u64)>,
+}
+
+/// The pages of mapping `m` an image saves: what the program wrote (anonymous memory that is present or
+/// swapped and not all zero; a file mapping's privately changed pages; every page of one mapped from the
+/// image this process was restored from), as runs of adjacent pages (`data_offset` left 0).
+fn saved_runs(
+    pagemap: &std::fs::File,
+    entries: &mut [u8],
+    m: &MapLine,
+    prot: u32,
+    from_image: bool,
+    is_file: bool,
+) -> Result<Vec<Run>, Failure> {
+    let page = 4096u64;
+    let mut runs: Vec<Run> = Vec::new();
+    if prot & libc::PROT_READ as u32 == 0 {
+        // Only this copy of the address space changes.
+        // SAFETY: the range is a mapping of this process (from /proc/self/maps).
+        unsafe { syscall3(SYS_mprotect, m.start as usize, (m.end - m.start) as usize, (prot | 1) as usize) };
     }
-    let (fds, foreign) = descriptors(snap)?;
-    let pending = pending_signals(crate::ROOT_PID.load(Ordering::Relaxed))?;
-    let locks = file_locks(snap, &fds, crate::ROOT_PID.load(Ordering::Relaxed))?;
-    // Every thread as it stopped (threads.rs): the main one (tid = pid) restores into the restarted
-    // process's first thread, the others are recreated.
-    let pid = crate::ROOT_PID.load(Ordering::Relaxed);
+    let npages = (m.end - m.start) / page;
+    // A large region (a reservation of which few pages were ever touched): only the ranges the
+    // kernel has pages for (PAGEMAP_SCAN); everything else is never saved. Pages of the image this
+    // process was restored from hold data without being present: all of them.
+    let ranges = if !from_image && npages > 16384 {
+        populated(pagemap, m.start, m.end).unwrap_or_else(|| vec![(0, npages)])
+    } else {
+        vec![(0, npages)]
+    };
+    for (lo, hi) in ranges {
+        let mut p = lo;
+        while p < hi {
+            let chunk = (hi - p).min(4096);
+            let bytes = &mut entries[..(chunk * 8) as usize];
+            pagemap
+                .read_exact_at(bytes, (m.start / page + p) * 8)
+                .map_err(|e| Failure::Failed(format!("/proc/self/pagemap at {:#x}: {e}", m.start + p * page)))?;
+            for i in 0..chunk {
+                let e = u64::from_le_bytes(bytes[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap());
+                let addr = m.start + (p + i) * page;
+                let save = if from_image {
+                    // Present or not, these pages hold the program's data (mapped, made readable above).
+                    program_page(addr).iter().any(|&w| w != 0)
+                } else if is_file {
+                    // A private copy of a file page (relocations, written .data) differs from the file.
+                    (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+                } else if e & (PM_PRESENT | PM_SWAPPED) != 0 {
+                    // Mapped and made readable above.
+                    program_page(addr).iter().any(|&w| w != 0)
+                } else {
+                    false
+                };
+                if !save {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some(r) if r.addr + r.len == addr => r.len += page,
+                    _ => runs.push(Run { addr, len: page, data_offset: 0 }),
+                }
+            }
+            p += chunk;
+        }
+    }
+    Ok(runs)
+}
+
+/// Every thread as it stopped (threads.rs), the main one (tid = pid) first: it restores into the restarted
+/// process's first thread, the others are recreated.
+fn thread_records(pid: i32) -> Result<Vec<ThreadRecord>, Failure> {
     // SAFETY: this copy of the process is single-threaded; the slots were written before the fork.
     let slots = unsafe { &*crate::threads::SLOTS.get() };
     let slots = &slots[..crate::threads::NSLOTS.load(Ordering::Acquire).min(crate::threads::MAX_THREADS)];
@@ -542,7 +628,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             sig: crate::RSEQ_SIG.load(Ordering::Relaxed),
         }),
     };
-    let threads: Vec<ThreadRecord> = std::iter::once(main)
+    let threads = std::iter::once(main)
         .chain(slots.iter().filter(|t| t.tid != pid).copied())
         .map(|t| ThreadRecord {
             tid: t.tid,
@@ -569,48 +655,20 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
             },
         })
         .collect();
-    // SAFETY: the main thread's ucontext is on its (copied) stack.
-    let main_uc = unsafe { &*(main.ucontext as *const libc::ucontext_t) };
-    let image = ProcessImage {
-        version: if threads.len() > 1 { PROCESS_IMAGE_VERSION_THREADS } else { PROCESS_IMAGE_VERSION },
-        exe: std::fs::read_link("/proc/self/exe").map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
-        exe_identity: std::fs::metadata("/proc/self/exe").map(|m| FileIdentity::of(&m)).unwrap_or_default(),
-        argv: ctx.argv.iter().map(|&p| c_string(p)).collect(),
-        envp: ctx.envp.iter().map(|&p| c_string(p)).collect(),
-        cwd: std::env::current_dir().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
-        umask: {
-            // SAFETY: umask has no memory effects; the writer's copy is restored right away.
-            let u = unsafe { libc::umask(0o022) };
-            // SAFETY: as above.
-            unsafe { libc::umask(u) };
-            u
-        },
-        rlimit_stack: rlimit_stack(),
-        // SAFETY: personality(0xffffffff) only queries.
-        personality: unsafe { libc::personality(0xffff_ffff) } as u32,
-        fingerprint: ckpt_image::fingerprint(),
-        // SAFETY: brk(0) only queries.
-        brk: unsafe { syscall3(SYS_brk, 0, 0, 0) } as u64,
-        fs_base: main.fs_base,
-        tid_offset: u64::try_from(crate::TID_OFFSET.load(Ordering::Relaxed)).ok(),
-        rseq: rseq_of(main.fs_base),
-        sigframe: main.ucontext,
-        sigactions: sigactions(),
-        // SAFETY: reads the signal mask out of the ucontext (its layout: libc's ucontext_t).
-        sigmask: unsafe { std::ptr::read_unaligned(&main_uc.uc_sigmask as *const libc::sigset_t as *const u64) },
-        sigaltstack: (main_uc.uc_stack.ss_sp as u64, main_uc.uc_stack.ss_flags, main_uc.uc_stack.ss_size as u64),
-        itimers: [0, 1, 2].map(|i| ItimerRecord { interval_us: snap.itimers[i][0], value_us: snap.itimers[i][1] }),
-        fds,
-        regions,
-        vdso,
-        pid,
-        host: ctx.store.config().host.clone(),
-        sequence: snap.sequence,
-        pause_us,
-        time_unix: ckpt_core::triggers::unix_now(),
-        restarts: crate::RESTARTS.load(Ordering::Relaxed),
-    };
-    let state = ckpt_image::encode(&image).map_err(|e| Failure::Failed(e.to_string()))?;
+    Ok(threads)
+}
+
+/// Commits `image` and its sections as the next generation (or into the directory `ckpt create` asked
+/// for), logs it and answers a waiting `ckpt create`.
+fn commit_image(
+    ctx: &crate::ShimContext,
+    snap: &crate::Snapshot,
+    image: &ProcessImage,
+    sections: &ImageSections,
+    started_ns: u64,
+) -> Result<(), Failure> {
+    let ImageSections { threads, locks, pending, foreign } = sections;
+    let state = ckpt_image::encode(image).map_err(|e| Failure::Failed(e.to_string()))?;
 
     let store = &ctx.store;
     let image_dir = take_request();
@@ -628,15 +686,15 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
     let noreserve = ckpt_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
     w.add_section_with(ckpt_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     if !locks.is_empty() {
-        let section = ckpt_image::encode_locks(&locks).map_err(fail)?;
+        let section = ckpt_image::encode_locks(locks).map_err(fail)?;
         w.add_section_with(LOCKS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     }
-    if pending != PendingSignals::default() {
-        let section = ckpt_image::encode_pending(&pending).map_err(fail)?;
+    if *pending != PendingSignals::default() {
+        let section = ckpt_image::encode_pending(pending).map_err(fail)?;
         w.add_section_with(PENDING_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     }
     if threads.len() > 1 {
-        let section = ckpt_image::encode_threads(&threads).map_err(fail)?;
+        let section = ckpt_image::encode_threads(threads).map_err(fail)?;
         w.add_section_with(THREADS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     }
     // The requesting thread's errno as the program left it (this copy's libc calls change it).
@@ -676,7 +734,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         "exit": snap.exit, "image_bytes": file_len, "saved_bytes": image.saved_bytes(),
         "mapped_bytes": image.mapped_bytes(), "regions": image.regions.len(),
         "runs": image.regions.iter().map(|r| r.runs.len()).sum::<usize>(),
-        "pause_ms": pause_us as f64 / 1e3, "write_ms": (done_ns - started_ns) as f64 / 1e6,
+        "pause_ms": image.pause_us as f64 / 1e3, "write_ms": (done_ns - started_ns) as f64 / 1e6,
         "threads": threads.len(),
         "restarts": image.restarts, "pid": image.pid,
         "shared_fds": image.fds.iter().filter(|f| f.dup_of.is_some()).count(),
@@ -684,7 +742,7 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         "foreign_fds": foreign,
     });
     log_line(&event);
-    reply(&format!("{}", info.path.display()));
+    reply(Answer::Image(info.path.clone()));
     Ok(())
 }
 
@@ -1165,24 +1223,6 @@ fn sigactions() -> Vec<KernelSigaction> {
     out
 }
 
-/// A pending `ckpt create --image-dir` request for this process.
-fn take_request() -> Option<PathBuf> {
-    let path = request_path()?;
-    let mut text = String::new();
-    // Never through a symlink (the directory is private, but a request is never trusted blindly either).
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-        .ok()?
-        .take(64 << 10)
-        .read_to_string(&mut text)
-        .ok()?;
-    let _ = std::fs::remove_file(&path);
-    let dir = text.trim();
-    (!dir.is_empty()).then(|| PathBuf::from(dir))
-}
-
 fn registration_base() -> Option<PathBuf> {
     // SAFETY: the writer reads its own copy.
     let path = unsafe { &*crate::REG_PATH.get() };
@@ -1190,28 +1230,14 @@ fn registration_base() -> Option<PathBuf> {
     (n > 0).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&path[..n])))
 }
 
-fn request_path() -> Option<PathBuf> {
-    registration_base().map(|b| b.with_extension("request"))
+/// A pending `ckpt create --image-dir` request for this process.
+fn take_request() -> Option<PathBuf> {
+    ckpt_image::control::take_request(&registration_base()?)
 }
 
-/// Answers a waiting `ckpt create` (the image's path, or `error: ...`), atomically.
-fn reply(text: &str) {
-    let Some(base) = registration_base() else { return };
-    let pending = base.with_extension("reply-pending");
-    if !pending.exists() {
-        return;
-    }
-    let tmp = base.with_extension("reply-tmp");
-    // Created afresh, never through a symlink left at the name.
-    let _ = std::fs::remove_file(&tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()));
-    if written.is_ok() {
-        let _ = std::fs::rename(&tmp, base.with_extension("reply"));
+/// Answers a waiting `ckpt create`.
+fn reply(answer: ckpt_image::control::Answer) {
+    if let Some(base) = registration_base() {
+        ckpt_image::control::reply(&base, &answer);
     }
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ckpt_core::{Config, Store};
-use ckpt_tests::{LiveChild, ckpt_cli, clean_command};
+use ckpt_tests::{LiveChild, ckpt_cli, clean_command, output_text as text};
 use serde_json::Value;
 
 const TRIGGER: &str = env!("CARGO_BIN_EXE_ckpt-test-trigger");
@@ -19,15 +19,6 @@ fn ckpt(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run ckpt")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -277,16 +268,22 @@ fn restart_runs_a_program_from_an_image_directory() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope"), "{}", text(&o));
 }
 
+/// A stand-in `scontrol` in `dir` that appends its arguments to a file, and that file.
+fn scontrol_stand_in(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let calls = dir.join("scontrol.calls");
+    let scontrol = dir.join("scontrol");
+    std::fs::write(&scontrol, format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
+    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (scontrol, calls)
+}
+
 /// `ckpt requeue --max-restarts N`: requeues only while SLURM_RESTART_COUNT < N and the last restart made
 /// progress (a stand-in scontrol records the calls).
 #[test]
 fn requeue_is_bounded_by_count_and_progress() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let calls = dir.path().join("scontrol.calls");
-    let scontrol = dir.path().join("scontrol");
-    std::fs::write(&scontrol, format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
-    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (scontrol, calls) = scontrol_stand_in(dir.path());
     let sc = scontrol.to_str().unwrap();
     let requeue = |count: &str| {
         ckpt(
@@ -335,12 +332,8 @@ fn requeue_is_bounded_by_count_and_progress() {
 /// wrote (`<job>.0.ckpt` with a manifest), and counts a new step there as progress.
 #[test]
 fn requeue_from_the_batch_script_sees_multi_rank_step_checkpoints() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let calls = dir.path().join("scontrol.calls");
-    let scontrol = dir.path().join("scontrol");
-    std::fs::write(&scontrol, format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())).unwrap();
-    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (scontrol, calls) = scontrol_stand_in(dir.path());
     let sc = scontrol.to_str().unwrap();
     let save_step = |step: i64| {
         let stores: Vec<Store> = (0..4)

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use ckpt_core::storage::{
-    CrashMode, DirEntry, FaultStorage, FileStorage, MemStorage, Op, Storage, StorageReader, StorageWriter,
-};
+use ckpt_core::storage::{CrashMode, FaultStorage, FileStorage, MemStorage, Op, Storage};
 use ckpt_core::{CommitInfo, Config, ErrorKind, Store};
 use ckpt_tests::{Rng, config};
 
@@ -478,55 +476,16 @@ fn planted_symlinks_are_never_written_through() {
 /// Symlinks planted at the very moment of the save (a racing attacker or a confused script): at the
 /// temporary name just before its creation, at `<base>.<N>` just before the link, at `<base>` just before
 /// the rename. The save must fail (or replace the symlink itself), never write through it.
-#[derive(Debug)]
-struct Planting {
-    target: PathBuf,
-    at: Op,
-    planted: Mutex<Option<PathBuf>>,
-}
-
-impl Planting {
-    fn plant(&self, op: Op, path: &Path) {
-        let mut planted = self.planted.lock().unwrap_or_else(|p| p.into_inner());
-        if op == self.at && planted.is_none() {
+fn planting(target: &Path, at: Op, planted: &Arc<Mutex<Option<PathBuf>>>) -> FaultStorage<FileStorage> {
+    let (target, planted) = (target.to_path_buf(), planted.clone());
+    FaultStorage::new(FileStorage, 0, 0).observe(move |op, path| {
+        let mut planted = planted.lock().unwrap_or_else(|p| p.into_inner());
+        if op == at && planted.is_none() {
             let _ = fs::remove_file(path);
-            symlink(&self.target, path).expect("plant symlink");
+            symlink(&target, path).expect("plant symlink");
             *planted = Some(path.to_path_buf());
         }
-    }
-}
-
-impl Storage for Planting {
-    fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>> {
-        self.plant(Op::Create, path);
-        FileStorage.create_new(path, mode)
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
-        FileStorage.open(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.plant(Op::Rename, to);
-        FileStorage.rename(from, to)
-    }
-    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
-        self.plant(Op::Link, link);
-        FileStorage.hard_link(original, link)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        FileStorage.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        FileStorage.sync_dir(dir)
-    }
-    fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
-        FileStorage.read_dir(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        FileStorage.create_dir_all(dir)
-    }
-    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
-        FileStorage.remove_dir(dir)
-    }
+    })
 }
 
 #[test]
@@ -540,10 +499,10 @@ fn symlinks_planted_during_a_save_are_never_written_through() {
         let cfg = config(APP, &dir);
         let first = small_spec(1, 2_000, 20);
         first.save(&Store::new(cfg.clone())).expect("gen 1");
-        let storage = Arc::new(Planting { target: target.clone(), at, planted: Mutex::new(None) });
+        let planted = Arc::new(Mutex::new(None));
         let spec = small_spec(2, 2_000, 21);
-        let result = save_with(&cfg, storage.clone(), &spec);
-        let planted = storage.planted.lock().unwrap().clone().unwrap_or_else(|| panic!("{ctx}: nothing planted"));
+        let result = save_with(&cfg, Arc::new(planting(&target, at, &planted)), &spec);
+        let planted = planted.lock().unwrap().clone().unwrap_or_else(|| panic!("{ctx}: nothing planted"));
         assert_eq!(fs::read(&target).expect("target"), b"precious", "{ctx}: the save wrote through the symlink");
         match at {
             // O_CREAT|O_EXCL|O_NOFOLLOW: the name is taken.

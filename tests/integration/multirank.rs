@@ -688,7 +688,7 @@ fn only_a_known_outcome_lets_a_rank_remove_its_retired_part_at_once() {
     }
 }
 
-/// The checkpoint directory is often the job's working directory (the seed's default), full of other
+/// The checkpoint directory is often the job's working directory (Slurm's old `--checkpoint-dir` default), full of other
 /// files. Steps in a row do not list it (each rank lists it at its first step and then at most every 10 s),
 /// and a listing looks at (`stat`s) only the checkpoint's own entries: N ranks listing 2000 other files at
 /// every step would be N readdirs and N × 2000 `stat`s per step on a parallel file system.

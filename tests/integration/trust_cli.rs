@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ckpt_tests::{ckpt_cli, clean_command};
+use ckpt_tests::{ckpt_cli, clean_command, output_text as text};
 
 const OTHER: &str = "ckpt-other";
 
@@ -43,15 +43,6 @@ fn as_other(script: &str) -> Output {
     let o = Command::new("runuser").args(["-u", OTHER, "--", "sh", "-c", script]).output().expect("runuser");
     assert!(o.status.success(), "as {OTHER}: {script}: {}", text(&o));
     o
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `ckpt create TARGET ...` with the socket directory `sock`.

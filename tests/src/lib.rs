@@ -156,6 +156,16 @@ pub fn clean_command(program: &Path, dir: &Path) -> std::process::Command {
     cmd
 }
 
+/// A finished command's status and output, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Path of the `ckpt` command, built if needed.
 pub fn ckpt_cli() -> PathBuf {
     let bin = workspace_bin("ckpt");

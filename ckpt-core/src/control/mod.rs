@@ -447,11 +447,6 @@ pub fn socket_name(pid: u32, job_id: Option<&str>, step_id: Option<u32>) -> Stri
     format!("{pid}.{}.{step}.sock", job_id.unwrap_or("-"))
 }
 
-/// A parsed socket file name: (pid, job id, step id).
-pub fn parse_socket_name(name: &str) -> Option<(u32, Option<String>, Option<u32>)> {
-    parse_registration(name, ".sock")
-}
-
 /// Parses `<pid>.<job|->.<step|->` followed by `suffix` (`.sock`, or `.shim` for processes under the
 /// LD_PRELOAD shim, which are asked by signal).
 pub fn parse_registration(name: &str, suffix: &str) -> Option<(u32, Option<String>, Option<u32>)> {
@@ -523,6 +518,11 @@ pub(crate) fn read_request(stream: UnixStream) -> Result<Incoming> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A parsed socket file name: (pid, job id, step id).
+    fn parse_socket_name(name: &str) -> Option<(u32, Option<String>, Option<u32>)> {
+        parse_registration(name, ".sock")
+    }
 
     #[test]
     fn socket_names() {

@@ -88,6 +88,8 @@ mod manifest;
 mod shuffle;
 
 pub use manifest::{MANIFEST_ENTRY_LEN, MANIFEST_SECTION, ManifestEntry};
+#[cfg(any(test, feature = "testing"))]
+pub use shuffle::{reference_shuffle, reference_unshuffle};
 pub use shuffle::{shuffle_block, shuffle_block_len, unshuffle_block};
 
 /// The 8 bytes every checkpoint file starts with.

@@ -236,6 +236,31 @@ pub fn shuffle_block_len(element_size: usize) -> usize {
     (SHUFFLE_BLOCK / element_size).max(1) * element_size
 }
 
+/// The plain byte loop that defines [`shuffle_block`]'s output (FORMAT.md), for the tests that compare the
+/// fast paths with it and the benchmark that measures them against it (the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+pub fn reference_shuffle(src: &[u8], dst: &mut [u8], element_size: usize) {
+    let n = src.len() / element_size;
+    for (i, elem) in src[..n * element_size].chunks_exact(element_size).enumerate() {
+        for (j, &byte) in elem.iter().enumerate() {
+            dst[j * n + i] = byte;
+        }
+    }
+    dst[n * element_size..].copy_from_slice(&src[n * element_size..]);
+}
+
+/// The plain byte loop that defines [`unshuffle_block`]'s output, as [`reference_shuffle`].
+#[cfg(any(test, feature = "testing"))]
+pub fn reference_unshuffle(src: &[u8], dst: &mut [u8], element_size: usize) {
+    let n = src.len() / element_size;
+    for (i, elem) in dst[..n * element_size].chunks_exact_mut(element_size).enumerate() {
+        for (j, byte) in elem.iter_mut().enumerate() {
+            *byte = src[j * n + i];
+        }
+    }
+    dst[n * element_size..].copy_from_slice(&src[n * element_size..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,27 +275,6 @@ mod tests {
             unshuffle_block(&mid, &mut back, es);
             assert_eq!(src, back);
         }
-    }
-
-    /// The original byte loop: the definition of the shuffle filter's output (FORMAT.md).
-    fn reference_shuffle(src: &[u8], dst: &mut [u8], element_size: usize) {
-        let n = src.len() / element_size;
-        for (i, elem) in src[..n * element_size].chunks_exact(element_size).enumerate() {
-            for (j, &byte) in elem.iter().enumerate() {
-                dst[j * n + i] = byte;
-            }
-        }
-        dst[n * element_size..].copy_from_slice(&src[n * element_size..]);
-    }
-
-    fn reference_unshuffle(src: &[u8], dst: &mut [u8], element_size: usize) {
-        let n = src.len() / element_size;
-        for (i, elem) in dst[..n * element_size].chunks_exact_mut(element_size).enumerate() {
-            for (j, byte) in elem.iter_mut().enumerate() {
-                *byte = src[j * n + i];
-            }
-        }
-        dst[n * element_size..].copy_from_slice(&src[n * element_size..]);
     }
 
     #[test]

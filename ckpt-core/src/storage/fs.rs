@@ -92,53 +92,6 @@ impl Storage for FileStorage {
         fs::rename(from, to)
     }
 
-    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
-        // Below this, allocating is cheap and a spare would only add a rename to every save.
-        (!LEASES_REFUSED.load(Ordering::Relaxed) && local_file_system_cached(dir)).then_some(SPARE_MIN_LEN)
-    }
-
-    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        // A new file gets `mode` less the umask from open(2); a file taken over gets the same from fchmod,
-        // which ignores the umask. Unknown umask: no reuse (a new file gets the right mode by itself).
-        let Some(umask) = process_umask() else { return Ok(None) };
-        let mode = opts.mode & !umask & 0o7777;
-        match fs::symlink_metadata(spare) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => return Ok(None), // not ours to take, nor to remove
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        match fs::rename(spare, tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None), // another saver took it
-            Err(e) => return Err(e),
-        }
-        // O_NONBLOCK: an open that would wait for another process's lease on the file fails instead.
-        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
-        let usable = OpenOptions::new().write(true).custom_flags(flags).open(tmp).ok().filter(|file| {
-            file.metadata().is_ok_and(|meta| meta.is_file() && meta.nlink() == 1 && meta.uid() == crate::sys::euid())
-                && local_file(file)
-                && sole_opener(file)
-        });
-        let Some(file) = usable else {
-            // Removing the name frees the blocks once the last reader lets go; nothing it reads changes.
-            let _ = self.remove_file(tmp);
-            return Ok(None);
-        };
-        let prepared = clear_nonblock(&file)
-            .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
-            // The rename kept the retired file's time: a saver on another host must not take the
-            // temporary file for one abandoned an hour ago.
-            .and_then(|()| file.set_modified(SystemTime::now()));
-        if let Err(e) = prepared {
-            drop(file);
-            let _ = self.remove_file(tmp);
-            return Err(e);
-        }
-        Ok(Some(Box::new(FileWriter::overwriting(file, opts.direct_io))))
-    }
-
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         File::open(dir)?.sync_all()
@@ -195,12 +148,65 @@ impl Storage for FileStorage {
             Err(e) => Err(e),
         }
     }
+
+    fn spare_reuse(&self) -> Option<&dyn SpareReuse> {
+        Some(self)
+    }
+}
+
+impl SpareReuse for FileStorage {
+    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
+        // Below this, allocating is cheap and a spare would only add a rename to every save.
+        (!LEASES_REFUSED.load(Ordering::Relaxed) && local_file_system_cached(dir)).then_some(SPARE_MIN_LEN)
+    }
+
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // A new file gets `mode` less the umask from open(2); a file taken over gets the same from fchmod,
+        // which ignores the umask. Unknown umask: no reuse (a new file gets the right mode by itself).
+        let Some(umask) = process_umask() else { return Ok(None) };
+        let mode = opts.mode & !umask & 0o7777;
+        match fs::symlink_metadata(spare) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Ok(None), // not ours to take, nor to remove
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        match fs::rename(spare, tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None), // another saver took it
+            Err(e) => return Err(e),
+        }
+        // O_NONBLOCK: an open that would wait for another process's lease on the file fails instead.
+        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        let usable = OpenOptions::new().write(true).custom_flags(flags).open(tmp).ok().filter(|file| {
+            file.metadata().is_ok_and(|meta| meta.is_file() && meta.nlink() == 1 && meta.uid() == crate::sys::euid())
+                && local_file(file)
+                && sole_opener(file)
+        });
+        let Some(file) = usable else {
+            // Removing the name frees the blocks once the last reader lets go; nothing it reads changes.
+            let _ = self.remove_file(tmp);
+            return Ok(None);
+        };
+        let prepared = clear_nonblock(&file)
+            .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
+            // The rename kept the retired file's time: a saver on another host must not take the
+            // temporary file for one abandoned an hour ago.
+            .and_then(|()| file.set_modified(SystemTime::now()));
+        if let Err(e) = prepared {
+            drop(file);
+            let _ = self.remove_file(tmp);
+            return Err(e);
+        }
+        Ok(Some(Box::new(FileWriter::overwriting(file, opts.direct_io))))
+    }
 }
 
 /// Files at least this large are freed off the caller's thread when a save removes or replaces them.
 const RECLAIM_IN_BACKGROUND: u64 = 16 << 20;
 
-/// Retired checkpoints at least this large are kept as spares (see [`Storage::reuse_spare`]): allocation,
+/// Retired checkpoints at least this large are kept as spares (see [`SpareReuse::reuse_spare`]): allocation,
 /// and on thin-provisioned or `discard`-mounted disks the device's own allocation, is a large part of a
 /// fresh write (BENCHMARKS.md, "Where the time goes"); below this, allocating is cheap.
 const SPARE_MIN_LEN: u64 = 16 << 20;

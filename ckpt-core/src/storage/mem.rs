@@ -40,7 +40,7 @@ struct MemState {
     ops: u64,
     /// After this many mutating operations, every further operation fails (the process "died").
     stop_after: Option<u64>,
-    /// What [`Storage::spare_min_len`] answers.
+    /// What [`SpareReuse::spare_min_len`] answers.
     spare_min_len: Option<u64>,
 }
 
@@ -77,7 +77,7 @@ impl MemStorage {
         s
     }
 
-    /// Sets what [`Storage::spare_min_len`] answers (`None`: saves never reuse files).
+    /// Sets what [`SpareReuse::spare_min_len`] answers (`None`: saves never reuse files).
     pub fn set_spare_min_len(&self, min: Option<u64>) {
         self.lock().spare_min_len = min;
     }
@@ -305,33 +305,6 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn spare_min_len(&self, _dir: &Path) -> Option<u64> {
-        self.lock().spare_min_len
-    }
-
-    fn reuse_spare(&self, spare: &Path, tmp: &Path, _opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
-        let mut st = self.lock();
-        begin_op(&mut st)?;
-        let ino = match lookup(&st, spare) {
-            Ok(ino) => ino,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let names = st.live.values().flat_map(|names| names.values()).filter(|&&i| i == ino).count();
-        let (sdir, sname) = split(spare)?;
-        let (tdir, tname) = split(tmp)?;
-        if !st.live.contains_key(&tdir) {
-            return Err(io::Error::from(io::ErrorKind::NotFound));
-        }
-        st.live.get_mut(&sdir).expect("looked up").remove(&sname);
-        if names != 1 {
-            return Ok(None); // claimed, then its name removed: another name still holds the file
-        }
-        st.live.get_mut(&tdir).expect("checked").insert(tname, ino);
-        drop(st);
-        Ok(Some(Box::new(MemWriter { storage: self.clone(), inode: ino, pos: 0 })))
-    }
-
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
         begin_op(&mut st)?;
@@ -402,6 +375,39 @@ impl Storage for MemStorage {
         st.durable.remove(&dir);
         st.unsynced_dirs.remove(&dir);
         Ok(())
+    }
+
+    fn spare_reuse(&self) -> Option<&dyn SpareReuse> {
+        Some(self)
+    }
+}
+
+impl SpareReuse for MemStorage {
+    fn spare_min_len(&self, _dir: &Path) -> Option<u64> {
+        self.lock().spare_min_len
+    }
+
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, _opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
+        let mut st = self.lock();
+        begin_op(&mut st)?;
+        let ino = match lookup(&st, spare) {
+            Ok(ino) => ino,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let names = st.live.values().flat_map(|names| names.values()).filter(|&&i| i == ino).count();
+        let (sdir, sname) = split(spare)?;
+        let (tdir, tname) = split(tmp)?;
+        if !st.live.contains_key(&tdir) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        st.live.get_mut(&sdir).expect("looked up").remove(&sname);
+        if names != 1 {
+            return Ok(None); // claimed, then its name removed: another name still holds the file
+        }
+        st.live.get_mut(&tdir).expect("checked").insert(tname, ino);
+        drop(st);
+        Ok(Some(Box::new(MemWriter { storage: self.clone(), inode: ino, pos: 0 })))
     }
 }
 

@@ -95,7 +95,7 @@ pub trait StorageReader: Send + Sync {
 }
 
 /// How a checkpoint file is written: the settings of [`crate::Config`] that reach the storage, passed by
-/// the store with every file it creates or takes over ([`Storage::create_new_with`], [`Storage::reuse_spare`]).
+/// the store with every file it creates or takes over ([`Storage::create_new_with`], [`SpareReuse::reuse_spare`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteOptions {
     /// Permission bits (`CKPT_FILE_MODE`), less the process's umask, as for any new file.
@@ -112,6 +112,13 @@ impl WriteOptions {
 }
 
 /// The file-system operations the library needs. Paths are absolute or relative to the process's cwd.
+///
+/// Two kinds of methods. The primitives (required, and `create_new_with`) are one file-system operation
+/// each. The shortcuts (provided) give the same results as their defaults, which go through the
+/// primitives, with fewer system calls; a storage overrides them only to be faster, and a wrapper that
+/// changes a primitive should leave them alone, so that they keep going through its primitive. What a
+/// storage may do beyond that (reuse the space of retired checkpoints) is a capability of its own:
+/// [`Storage::spare_reuse`].
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Creates a new file exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) with permission bits `mode`, the other
     /// write settings at their defaults ([`WriteOptions::new`]).
@@ -129,55 +136,38 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
     /// Removes a file name.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
-    /// Removes a file name that a directory listing just reported as a regular file of `len` bytes (old
-    /// generations): the size is known, so nothing needs to look at the file first.
-    fn remove_listed_file(&self, path: &Path, len: u64) -> io::Result<()> {
-        let _ = len;
-        self.remove_file(path)
-    }
-    /// Renames `from` over `to` when `to`, if it exists, is another name of a file that stays (`<base>`,
-    /// a hard link of a kept generation): replacing it frees nothing.
-    fn rename_over_other_name(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.rename(from, to)
-    }
-    /// The smallest retired checkpoint in `dir` worth keeping as a spare for [`Storage::reuse_spare`];
-    /// `None` when this storage does not reuse files in `dir` (or cannot tell who else has them open).
-    fn spare_min_len(&self, dir: &Path) -> Option<u64> {
-        let _ = dir;
-        None
-    }
-    /// Takes over `spare` (a retired checkpoint) as the temporary file `tmp` of a new save, to be
-    /// overwritten from its first byte and written as `opts` says: its permission bits become exactly what
-    /// a new file created with `opts.mode` would get (the umask applies). The save then writes over blocks
-    /// the file system already holds instead of allocating new ones, and the writer's `sync` cuts the file
-    /// to the bytes written. The rename to `tmp` comes first (it claims the file: no other saver can take
-    /// it, nor put another file in its place, between the checks and the writes); then the file is
-    /// checked. `Ok(None)` when there is no spare or it is not a regular file (left alone), and, with the
-    /// `tmp` name removed, when it must not be overwritten: it has another name, belongs to another user,
-    /// sits on a file system that is not local, or something (another process, a memory map) still has
-    /// it open and would see its bytes change.
-    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>> {
-        let _ = (spare, tmp, opts);
-        Ok(None)
-    }
     /// Makes the directory's entries durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Lists a directory.
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>>;
-    /// The names in a directory, without looking at each entry (no `stat` per name): for directories
-    /// that hold one file per rank.
-    fn list_names(&self, dir: &Path) -> io::Result<Vec<OsString>> {
-        Ok(self.read_dir(dir)?.into_iter().map(|e| e.name).collect())
-    }
-    /// Lists the entries whose names `wanted` accepts, looking at (`stat`ing) only those: a checkpoint
-    /// directory may be the job's working directory, with thousands of files that are not checkpoints.
-    fn read_dir_matching(&self, dir: &Path, wanted: &dyn Fn(&OsStr) -> bool) -> io::Result<Vec<DirEntry>> {
-        Ok(self.read_dir(dir)?.into_iter().filter(|e| wanted(&e.name)).collect())
-    }
     /// Creates a directory and its parents (mode 0700 for new ones unless the umask says less).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Removes an empty directory.
     fn remove_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// Shortcut of [`Storage::remove_file`] for a name that a directory listing just reported as a
+    /// regular file of `len` bytes (old generations): the size is known, so nothing needs to look at the
+    /// file first.
+    fn remove_listed_file(&self, path: &Path, len: u64) -> io::Result<()> {
+        let _ = len;
+        self.remove_file(path)
+    }
+    /// Shortcut of [`Storage::rename`] when `to`, if it exists, is another name of a file that stays
+    /// (`<base>`, a hard link of a kept generation): replacing it frees nothing.
+    fn rename_over_other_name(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename(from, to)
+    }
+    /// Shortcut of [`Storage::read_dir`]: the names only, without looking at each entry (no `stat` per
+    /// name), for directories that hold one file per rank.
+    fn list_names(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        Ok(self.read_dir(dir)?.into_iter().map(|e| e.name).collect())
+    }
+    /// Shortcut of [`Storage::read_dir`]: the entries whose names `wanted` accepts, looking at (`stat`ing)
+    /// only those: a checkpoint directory may be the job's working directory, with thousands of files
+    /// that are not checkpoints.
+    fn read_dir_matching(&self, dir: &Path, wanted: &dyn Fn(&OsStr) -> bool) -> io::Result<Vec<DirEntry>> {
+        Ok(self.read_dir(dir)?.into_iter().filter(|e| wanted(&e.name)).collect())
+    }
     /// Whether any entry (file, directory, symlink: not followed) has this name.
     fn exists(&self, path: &Path) -> io::Result<bool> {
         match self.open(path) {
@@ -193,4 +183,30 @@ pub trait Storage: Send + Sync + fmt::Debug {
             Err(e) => Err(e),
         }
     }
+
+    /// This storage's spare reuse, `None` (the default) when it has none: the store then keeps no spare
+    /// and creates every file new. A wrapper passes on the wrapped storage's only when overwriting files
+    /// in place is as safe through the wrapper.
+    fn spare_reuse(&self) -> Option<&dyn SpareReuse> {
+        None
+    }
+}
+
+/// The optional capability of a [`Storage`] to keep a retired checkpoint as a spare and write the next save
+/// over its blocks instead of allocating new ones (see [`Storage::spare_reuse`]).
+pub trait SpareReuse: Send + Sync {
+    /// The smallest retired checkpoint in `dir` worth keeping as a spare for [`SpareReuse::reuse_spare`];
+    /// `None` when this storage does not reuse files in `dir` (or cannot tell who else has them open).
+    fn spare_min_len(&self, dir: &Path) -> Option<u64>;
+    /// Takes over `spare` (a retired checkpoint) as the temporary file `tmp` of a new save, to be
+    /// overwritten from its first byte and written as `opts` says: its permission bits become exactly what
+    /// a new file created with `opts.mode` would get (the umask applies). The save then writes over blocks
+    /// the file system already holds instead of allocating new ones, and the writer's `sync` cuts the file
+    /// to the bytes written. The rename to `tmp` comes first (it claims the file: no other saver can take
+    /// it, nor put another file in its place, between the checks and the writes); then the file is
+    /// checked. `Ok(None)` when there is no spare or it is not a regular file (left alone), and, with the
+    /// `tmp` name removed, when it must not be overwritten: it has another name, belongs to another user,
+    /// sits on a file system that is not local, or something (another process, a memory map) still has
+    /// it open and would see its bytes change.
+    fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>>;
 }

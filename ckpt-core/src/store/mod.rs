@@ -526,7 +526,8 @@ impl Store {
     /// process may not write once created).
     fn spare_min_len(&self, dir: &Path) -> Option<u64> {
         let c = &self.config;
-        (c.reuse_space && c.file_mode & 0o200 != 0).then(|| self.storage.spare_min_len(dir)).flatten()
+        let reuse = self.storage.spare_reuse().filter(|_| c.reuse_space && c.file_mode & 0o200 != 0)?;
+        reuse.spare_min_len(dir)
     }
 
     /// Takes over the spare that `plan` saw (`<base>.tmp.spare`) as the temporary file `tmp`, to overwrite
@@ -553,11 +554,12 @@ impl Store {
         if !seen {
             return None;
         }
-        if spare_min_len.is_none() {
+        let reuse = self.storage.spare_reuse().filter(|_| spare_min_len.is_some());
+        let Some(reuse) = reuse else {
             let _ = self.storage.remove_file(&spare);
             return None;
-        }
-        let file = match self.storage.reuse_spare(&spare, tmp, self.write_options()) {
+        };
+        let file = match reuse.reuse_spare(&spare, tmp, self.write_options()) {
             Ok(file) => file?,
             Err(e) => {
                 // The spare stays where it is (the next retired generation replaces it).

@@ -447,8 +447,9 @@ impl EndTimeWatch {
     }
 
     /// Changes the refresh period (also the freshness required of a shared answer) and the time a query
-    /// may take.
-    pub fn with_timing(mut self, refresh: Duration, timeout: Duration) -> EndTimeWatch {
+    /// may take. For the tests, which cannot wait the default refresh period.
+    #[cfg(test)]
+    pub(crate) fn with_timing(mut self, refresh: Duration, timeout: Duration) -> EndTimeWatch {
         self.refresh = refresh;
         self.timeout = timeout;
         self

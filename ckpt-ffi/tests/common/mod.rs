@@ -1,7 +1,7 @@
 //! Helpers shared by the ckpt-ffi integration tests (each test file includes this module).
 #![allow(dead_code)] // not every test file uses every helper
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The repository root.
@@ -33,4 +33,39 @@ pub fn clean_env(cmd: &mut Command) {
         }
     }
     cmd.env("LD_LIBRARY_PATH", lib_dir());
+}
+
+/// The linker arguments for this build's libckpt.so, found at run time through the executable's RUNPATH.
+pub fn shared_link() -> Vec<String> {
+    let d = lib_dir();
+    vec![format!("-L{}", d.display()), "-lckpt".into(), format!("-Wl,-rpath,{}", d.display())]
+}
+
+/// Compiles the C test program `source` (a path from the repository root) with `compiler` and `flags`
+/// and links it against this build's libckpt.so into `out`; fails the test with the compiler's output.
+pub fn build_c(compiler: &str, flags: &[&str], source: &str, out: &Path) {
+    let o = Command::new(compiler)
+        .args(flags)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(root().join(source))
+        .arg("-o")
+        .arg(out)
+        .args(shared_link())
+        .output()
+        .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+    assert!(o.status.success(), "{compiler} {source}:\n{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A xorshift generator: the kill tests' random moments, repeatable from the seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
 }
