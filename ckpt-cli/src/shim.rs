@@ -175,7 +175,7 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
     if let Some(job) = query_job {
         extra.push(format!("CKPT_SHIM_QUERY_JOB={job}"));
     }
-    let err = exec_image(img, &found.file, &found.token, &path.as_os_str().as_bytes().to_vec(), &marker, extra)?;
+    let err = exec_image(img, &found.file, &found.token, path.as_os_str().as_bytes(), &marker, extra)?;
     Err(Error::io("execute the saved program", err).with_path(Path::new(&OsString::from_vec(img.exe.clone()))))
 }
 
@@ -269,7 +269,7 @@ fn exec_image(
 /// The tree section of a verified root image, if it has one.
 fn read_tree_of(found: &ckpt_image::discover::FoundImage, path: &Path) -> Result<Option<TreeSection>, Error> {
     let file = found.file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
-    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, ckpt_core::LoadOptions { mmap: false })?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, ckpt_core::LoadOptions::new().mmap(false))?;
     process_image::tree::read_tree(&cp, &found.image)
 }
 
@@ -297,7 +297,7 @@ fn restart_tree(
     use std::io::Write;
     use std::os::fd::{AsRawFd, FromRawFd};
     let file = found.file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
-    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, ckpt_core::LoadOptions { mmap: false })?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, ckpt_core::LoadOptions::new().mmap(false))?;
     let root_pipes = process_image::tree::read_pipes(&cp)?;
     let mut members = Vec::with_capacity(tree.members.len());
     for m in &tree.members {
@@ -318,7 +318,7 @@ fn restart_tree(
         let mcp = Checkpoint::open_with(
             &process_image::OpenedFile(clone),
             Path::new(&label),
-            ckpt_core::LoadOptions { mmap: false },
+            ckpt_core::LoadOptions::new().mmap(false),
         )?;
         mcp.verify()?;
         let image = process_image::read(&mcp)?;
@@ -429,19 +429,22 @@ fn restart_tree(
             root_pids.push(format!("{}:{pid}", m.record.pid));
         }
     }
-    let mut extra = vec![given_setting(&fds.per_process[0]).map_err(|e| Error::invalid(e))?];
+    let mut extra = vec![given_setting(&fds.per_process[0]).map_err(Error::invalid)?];
     if !root_pids.is_empty() {
         extra.push(format!("CKPT_SHIM_PIDS={}", root_pids.join(",")));
     }
     Ok(Ok(extra))
 }
 
+/// Builds `CKPT_SHIM_GIVEN_FDS` for a process: its descriptors' sources, duplicated for the exec.
+type GivenSetting<'a> = dyn Fn(&[(i32, FdSource)]) -> Result<String, String> + 'a;
+
 /// Forks member `k` (and, from it, its own children), which executes its image; returns its pid.
 fn spawn_member(
     k: usize,
     members: &[MemberImage],
     per_process: &[Vec<(i32, FdSource)>],
-    given_setting: &dyn Fn(&[(i32, FdSource)]) -> Result<String, String>,
+    given_setting: &GivenSetting<'_>,
     root_marker: &process_image::RootMarker,
     parent_then: i32,
     parent_now: i32,
@@ -485,8 +488,7 @@ fn spawn_member(
         format!("CKPT_SHIM_TREE_ROOT={}", root_marker.format()),
         format!("CKPT_SHIM_PIDS={}", pids.join(",")),
     ];
-    let label = format!("{}", m.record.section);
-    match exec_image(&m.image, &m.file, &m.token, label.as_bytes(), &marker, extra) {
+    match exec_image(&m.image, &m.file, &m.token, m.record.section.as_bytes(), &marker, extra) {
         Ok(err) => fail(format!("execute {}: {err}", String::from_utf8_lossy(&m.image.exe))),
         Err(e) => fail(e.to_string()),
     }

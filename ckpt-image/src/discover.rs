@@ -73,7 +73,7 @@ pub fn open_image(path: &Path) -> Result<FoundImage, Error> {
     // Mapped (CKPT_MMAP=0 reads instead): verifying is then one pass over the page cache, no copy.
     let mmap = Config::from_env(None).map(|c| c.mmap).unwrap_or(true);
     let clone = file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
-    let cp = Checkpoint::open_with(&crate::OpenedFile(clone), path, LoadOptions { mmap })?;
+    let cp = Checkpoint::open_with(&crate::OpenedFile(clone), path, LoadOptions::new().mmap(mmap))?;
     cp.verify()?;
     let image = crate::read(&cp)?;
     drop(cp);
@@ -248,7 +248,7 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
 /// The process image's state, read without verifying the memory section: for ordering candidates.
 pub fn peek_image(path: &Path) -> Result<(ProcessImage, Option<ckpt_core::identity::RunIdentity>), Error> {
     let file = open_once(path)?;
-    let cp = Checkpoint::open_with(&crate::OpenedFile(file), path, LoadOptions { mmap: false })?;
+    let cp = Checkpoint::open_with(&crate::OpenedFile(file), path, LoadOptions::new().mmap(false))?;
     let identity = ckpt_core::identity::RunIdentity::of_header(cp.header()).and_then(Result::ok);
     Ok((crate::read(&cp)?, identity))
 }

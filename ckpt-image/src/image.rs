@@ -416,7 +416,14 @@ pub fn read(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<ProcessImage> {
         );
     }
     // The version first (the first field): another layout does not decode as this one.
-    let version: u32 = cp.read_serde(STATE_SECTION)?;
+    // Decoded from the section's first bytes: `read_serde` would refuse the bytes after the version.
+    let state = cp.read(STATE_SECTION)?;
+    let (version, _) = postcard::take_from_bytes::<u32>(&state).map_err(|e| {
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard decoding failed: {e}"))
+            .with_section(STATE_SECTION)
+            .with_path(cp.path())
+    })?;
+    drop(state);
     check_version(version).map_err(|e| e.with_path(cp.path()))?;
     let image: ProcessImage = cp.read_serde(STATE_SECTION)?;
     let memory = cp.section(MEMORY_SECTION)?;

@@ -562,6 +562,7 @@ fn setup(
         ckpt_core::LogTarget::File(p) => (Some(p.clone()), false),
         ckpt_core::LogTarget::Stderr => (None, true),
         ckpt_core::LogTarget::Off => (None, false),
+        _ => (None, false),
     };
     // Absolute paths: the program may change its working directory.
     let mut config = config;

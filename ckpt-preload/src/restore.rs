@@ -311,7 +311,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     let cp = match ckpt_core::Checkpoint::open_with(
         &OpenedFile(file),
         std::path::Path::new(image_path),
-        ckpt_core::LoadOptions { mmap: true },
+        ckpt_core::LoadOptions::new().mmap(true),
     ) {
         Ok(cp) => cp,
         Err(e) => refuse(image_path, &e.to_string()),
@@ -495,9 +495,12 @@ impl TreeSettings {
     /// # Safety
     /// `plan` was built by `build_plan` (its descriptor table is in the arena).
     unsafe fn apply(&self, plan: &mut Plan) {
-        // SAFETY: the plan's descriptor table, `nfds` records.
-        let fds =
-            if plan.nfds == 0 { &mut [][..] } else { unsafe { core::slice::from_raw_parts_mut(plan.fds, plan.nfds) } };
+        let fds = if plan.nfds == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: the plan's descriptor table, `nfds` records in the arena, used by nothing else now.
+            unsafe { core::slice::from_raw_parts_mut(plan.fds, plan.nfds) }
+        };
         for &(target, given) in &self.given {
             if let Some(f) = fds.iter_mut().find(|f| f.fd == target && f.leader < 0) {
                 f.kind = FD_GIVEN;

@@ -309,6 +309,7 @@ fn children_of(pid: i32, out: &mut [i32; MAX_TREE * 2], n: &mut usize) -> bool {
 
 /// Root: lists the members, checks them, signals them and waits until each one has stopped. Returns
 /// how many there are (0: no child processes; nothing to coordinate).
+#[allow(clippy::result_large_err, reason = "the refusal's text is built on the stack: no allocation in a handler")]
 pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
     NMEMBERS.store(0, Ordering::Relaxed);
     NINHERITED.store(0, Ordering::Relaxed);
@@ -455,6 +456,7 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
 
 /// Every member is stopped: which of their descriptors share an open file description with their
 /// parent's of the same number (inherited across `fork`).
+#[allow(clippy::result_large_err, reason = "the refusal's text is built on the stack: no allocation in a handler")]
 fn record_inherited(members: &[Member]) -> Result<(), Refusal> {
     // SAFETY: the coordinating thread only.
     let list = unsafe { &mut *INHERITED.get() };
@@ -859,7 +861,7 @@ pub(crate) fn embed_members(
             let cp = ckpt_core::Checkpoint::open_with(
                 &ckpt_image::OpenedFile(f),
                 p,
-                ckpt_core::LoadOptions { mmap: false },
+                ckpt_core::LoadOptions::new().mmap(false),
             )?;
             cp.verify()?;
             ckpt_image::read(&cp)
