@@ -377,3 +377,99 @@ pub fn plan_fds(processes: &[TreeProcess<'_>], inherited: &[InheritedFd]) -> Res
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FdRecord;
+
+    fn fd(fd: i32, kind: FdKind, path: &str, flags: i32) -> FdRecord {
+        FdRecord {
+            fd,
+            kind,
+            path: path.as_bytes().to_vec(),
+            flags,
+            cloexec: false,
+            offset: 10,
+            size: 20,
+            identity: None,
+            shared: false,
+            dup_of: None,
+        }
+    }
+
+    fn process(pid: i32, fds: Vec<FdRecord>) -> ProcessImage {
+        let mut image = crate::tests::image();
+        image.pid = pid;
+        image.fds = fds;
+        image
+    }
+
+    #[test]
+    fn pipe_inodes_parse_and_junk_does_not() {
+        assert_eq!(pipe_inode(b"pipe:[123]"), Some(123));
+        assert_eq!(pipe_inode(b"pipe:[x]"), None);
+        assert_eq!(pipe_inode(b"/tmp/pipe:[1]"), None);
+    }
+
+    #[test]
+    fn pipes_are_recreated_taken_from_outside_or_refused() {
+        let root = process(
+            100,
+            vec![
+                fd(1, FdKind::TreePipe, "pipe:[5]", libc::O_WRONLY),
+                fd(3, FdKind::TreePipe, "pipe:[7]", libc::O_WRONLY),
+                fd(9, FdKind::ForeignNull, "pipe:[11]", libc::O_RDONLY),
+            ],
+        );
+        let member = process(
+            101,
+            vec![
+                fd(0, FdKind::TreePipe, "pipe:[7]", libc::O_RDONLY),
+                fd(1, FdKind::TreePipe, "pipe:[5]", libc::O_WRONLY),
+                fd(9, FdKind::TreePipe, "pipe:[11]", libc::O_RDONLY),
+            ],
+        );
+        let roles = classify_pipes(&[(100, &root), (101, &member)]).unwrap();
+        assert_eq!(roles[&5], PipeRole::Outside(1));
+        assert_eq!(roles[&7], PipeRole::Recreated);
+        assert_eq!(roles[&11], PipeRole::Foreign);
+        // A member's pipe whose other end is held by nobody in the tree.
+        let stray = process(102, vec![fd(4, FdKind::TreePipe, "pipe:[13]", libc::O_WRONLY)]);
+        let alone = process(100, vec![fd(1, FdKind::TreePipe, "pipe:[5]", libc::O_WRONLY)]);
+        let e = classify_pipes(&[(100, &alone), (102, &stray)]).unwrap_err();
+        assert!(e.contains("pipe 13") && e.contains("outside the checkpointed tree"), "{e}");
+    }
+
+    #[test]
+    fn a_file_shared_down_the_tree_is_opened_once_for_every_holder() {
+        let mut out = fd(1, FdKind::Regular, "/job/out.txt", libc::O_WRONLY | libc::O_APPEND);
+        out.dup_of = None;
+        let mut err = out.clone();
+        err.fd = 2;
+        err.dup_of = Some(1);
+        let root = process(100, vec![out.clone(), err.clone()]);
+        let shell = process(101, vec![out.clone(), err.clone(), fd(5, FdKind::TreePipe, "pipe:[8]", libc::O_WRONLY)]);
+        let awk = process(102, vec![fd(0, FdKind::TreePipe, "pipe:[8]", libc::O_RDONLY), out, err]);
+        let none = PipeContents::default();
+        let bytes = PipeContents { pipes: vec![(8, 65536, b"unread".to_vec())] };
+        let processes = [
+            TreeProcess { pid: 100, ppid: 0, image: &root, pipes: &none },
+            TreeProcess { pid: 101, ppid: 100, image: &shell, pipes: &none },
+            TreeProcess { pid: 102, ppid: 101, image: &awk, pipes: &bytes },
+        ];
+        let inherited =
+            [InheritedFd { pid: 101, fd: 1 }, InheritedFd { pid: 101, fd: 2 }, InheritedFd { pid: 102, fd: 1 }];
+        let plan = plan_fds(&processes, &inherited).unwrap();
+        assert_eq!(plan.opened.len(), 1, "{plan:?}");
+        assert!(plan.opened[0].truncate && plan.opened[0].path == b"/job/out.txt");
+        // Root, shell and awk all get the one description on fd 1 (fd 2 follows as a dup in each).
+        for k in 0..3 {
+            assert!(plan.per_process[k].contains(&(1, FdSource::Opened(0))), "{k}: {:?}", plan.per_process[k]);
+        }
+        assert_eq!(plan.pipes.len(), 1);
+        assert_eq!(plan.pipes[0].bytes, b"unread");
+        assert!(plan.per_process[1].contains(&(5, FdSource::PipeWrite(8))));
+        assert!(plan.per_process[2].contains(&(0, FdSource::PipeRead(8))));
+    }
+}
