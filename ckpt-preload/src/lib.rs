@@ -936,16 +936,8 @@ pub(crate) fn spawn_end_time_query(job: &str, lead: f64, signal: i32) {
         exit_group(0);
     }
     if mid > 0 {
-        let mut status = 0i32;
-        loop {
-            // SAFETY: waits for our own clone child (it exits at once); `status` is writable.
-            let r = unsafe {
-                syscall6(SYS_wait4, mid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0)
-            };
-            if r != -(libc::EINTR as isize) {
-                break;
-            }
-        }
+        // Our own clone child, which exits at once.
+        wait_child(mid as i32);
     }
 }
 
@@ -1266,9 +1258,7 @@ pub(crate) fn die_by_default(sig: c_int) -> ! {
 pub(crate) fn wait_previous_writer() {
     let prev = WRITER_PID.swap(0, Ordering::Relaxed);
     if prev > 0 {
-        let mut status = 0i32;
-        // SAFETY: waits for our own clone child; `status` is writable.
-        unsafe { syscall6(SYS_wait4, prev as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0) };
+        wait_child(prev);
     }
 }
 
@@ -1338,16 +1328,7 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
         release();
         return true;
     }
-    let mut status = 0i32;
-    loop {
-        // SAFETY: waits for our own clone child.
-        let r = unsafe {
-            syscall6(SYS_wait4, pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0)
-        };
-        if r != -(libc::EINTR as isize) {
-            break;
-        }
-    }
+    let status = wait_child(pid);
     let ok = members_ok && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     tree::finish(true, ok);
     if !ok {

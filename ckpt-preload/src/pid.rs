@@ -221,6 +221,16 @@ fn real(cache: &AtomicUsize, name: &'static [u8]) -> usize {
     p
 }
 
+/// libc's function `$name` as a pointer of type `$ty`, found once (`None` when missing).
+macro_rules! libc_fn {
+    ($name:literal, $ty:ty) => {{
+        static REAL: AtomicUsize = AtomicUsize::new(0);
+        let p = real(&REAL, concat!($name, "\0").as_bytes());
+        // SAFETY: a non-null result of dlsym for this name is libc's function of this type.
+        (p != 0).then(|| unsafe { std::mem::transmute::<usize, $ty>(p) })
+    }};
+}
+
 /// Defines `$name` with the first argument passed through `$map` and every other argument unchanged.
 macro_rules! interpose_first {
     ($name:ident, $map:path, $first:ident: $fty:ty, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr) => {
@@ -324,14 +334,11 @@ pub unsafe extern "C" fn waitid(
     info: *mut libc::siginfo_t,
     options: c_int,
 ) -> c_int {
-    static REAL: AtomicUsize = AtomicUsize::new(0);
-    let p = real(&REAL, b"waitid\0");
-    if p == 0 {
+    let Some(f) =
+        libc_fn!("waitid", unsafe extern "C" fn(libc::idtype_t, libc::id_t, *mut libc::siginfo_t, c_int) -> c_int)
+    else {
         return -1;
-    }
-    // SAFETY: `p` is libc's waitid.
-    let f: unsafe extern "C" fn(libc::idtype_t, libc::id_t, *mut libc::siginfo_t, c_int) -> c_int =
-        unsafe { std::mem::transmute(p) };
+    };
     let id = if idtype == libc::P_PID { peer_now(id as i32) as libc::id_t } else { id };
     // SAFETY: the caller's arguments.
     let r = unsafe { f(idtype, id, info, options) };
@@ -370,14 +377,10 @@ pub(crate) static IN_SYSTEM: std::sync::atomic::AtomicI32 = std::sync::atomic::A
 /// The contract of libc's `popen`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn popen(command: *const libc::c_char, mode: *const libc::c_char) -> *mut libc::FILE {
-    static REAL: AtomicUsize = AtomicUsize::new(0);
-    let p = real(&REAL, b"popen\0");
-    if p == 0 {
+    let Some(f) = libc_fn!("popen", unsafe extern "C" fn(*const libc::c_char, *const libc::c_char) -> *mut libc::FILE)
+    else {
         return std::ptr::null_mut();
-    }
-    // SAFETY: `p` is libc's popen.
-    let f: unsafe extern "C" fn(*const libc::c_char, *const libc::c_char) -> *mut libc::FILE =
-        unsafe { std::mem::transmute(p) };
+    };
     // SAFETY: the caller's arguments.
     let stream = unsafe { f(command, mode) };
     if stream.is_null() {
@@ -407,11 +410,9 @@ pub unsafe extern "C" fn popen(command: *const libc::c_char, mode: *const libc::
 /// The contract of libc's `pclose`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pclose(stream: *mut libc::FILE) -> c_int {
-    static REAL: AtomicUsize = AtomicUsize::new(0);
-    let p = real(&REAL, b"pclose\0");
-    if p == 0 {
+    let Some(f) = libc_fn!("pclose", unsafe extern "C" fn(*mut libc::FILE) -> c_int) else {
         return -1;
-    }
+    };
     if let Some(slot) = POPEN_FILES.iter().find(|s| !stream.is_null() && s.load(Ordering::Acquire) == stream as usize) {
         // SAFETY: a stream popen returned and this shim checked; the pid field is an i32 at the offset.
         unsafe {
@@ -420,9 +421,7 @@ pub unsafe extern "C" fn pclose(stream: *mut libc::FILE) -> c_int {
         }
         slot.store(0, Ordering::Release);
     }
-    // SAFETY: `p` is libc's pclose; the caller's stream.
-    let f: unsafe extern "C" fn(*mut libc::FILE) -> c_int = unsafe { std::mem::transmute(p) };
-    // SAFETY: as above.
+    // SAFETY: libc's pclose with the caller's stream.
     unsafe { f(stream) }
 }
 
@@ -432,13 +431,9 @@ pub unsafe extern "C" fn pclose(stream: *mut libc::FILE) -> c_int {
 /// The contract of libc's `system`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn system(command: *const libc::c_char) -> c_int {
-    static REAL: AtomicUsize = AtomicUsize::new(0);
-    let p = real(&REAL, b"system\0");
-    if p == 0 {
+    let Some(f) = libc_fn!("system", unsafe extern "C" fn(*const libc::c_char) -> c_int) else {
         return -1;
-    }
-    // SAFETY: `p` is libc's system.
-    let f: unsafe extern "C" fn(*const libc::c_char) -> c_int = unsafe { std::mem::transmute(p) };
+    };
     IN_SYSTEM.fetch_add(1, Ordering::AcqRel);
     // SAFETY: the caller's argument.
     let r = unsafe { f(command) };

@@ -207,3 +207,28 @@ pub fn put_hex(out: &mut [u8], pos: &mut usize, v: u64) {
 pub const ARCH_SET_FS: i32 = 0x1002;
 /// Reads the FS base.
 pub const ARCH_GET_FS: i32 = 0x1003;
+
+/// Waits for the child `pid` (a raw clone's too: `__WALL`), again after EINTR; its wait status.
+pub fn wait_child(pid: i32) -> i32 {
+    let mut status = 0i32;
+    loop {
+        // SAFETY: waits for a child of this process; `status` is writable.
+        let r = unsafe {
+            syscall6(SYS_wait4, pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0)
+        };
+        if r != -(libc::EINTR as isize) {
+            return status;
+        }
+    }
+}
+
+/// `/proc/<pid>/<tail>` (NUL-terminated) into `out`; its length with the NUL.
+pub fn proc_path(out: &mut [u8], pid: i32, tail: &[u8]) -> usize {
+    let mut pos = 0;
+    put(out, &mut pos, b"/proc/");
+    put_u64(out, &mut pos, pid as u64);
+    put(out, &mut pos, b"/");
+    put(out, &mut pos, tail);
+    put(out, &mut pos, b"\0");
+    pos
+}

@@ -205,10 +205,7 @@ fn alive(pid: i32) -> bool {
 /// Fields of `/proc/<pid>/stat` after the command name: (state, ppid, pgrp, session, exit signal).
 fn stat_of(pid: i32, comm: &mut [u8; 16]) -> Option<(u8, i32, i32, i32, i32)> {
     let mut path = [0u8; 48];
-    let mut pos = 0;
-    put(&mut path, &mut pos, b"/proc/");
-    put_u64(&mut path, &mut pos, pid as u64);
-    put(&mut path, &mut pos, b"/stat\0");
+    let pos = proc_path(&mut path, pid, b"stat");
     let mut buf = [0u8; 1024];
     let n = read_file(&path[..pos], &mut buf);
     if n <= 0 {
@@ -235,10 +232,7 @@ fn stat_of(pid: i32, comm: &mut [u8; 16]) -> Option<(u8, i32, i32, i32, i32)> {
 /// Whether `pid` catches [`TREE_SIGNAL`] (`SigCgt` in `/proc/<pid>/status`): it runs the shim.
 fn catches_tree_signal(pid: i32) -> bool {
     let mut path = [0u8; 48];
-    let mut pos = 0;
-    put(&mut path, &mut pos, b"/proc/");
-    put_u64(&mut path, &mut pos, pid as u64);
-    put(&mut path, &mut pos, b"/status\0");
+    let pos = proc_path(&mut path, pid, b"status");
     let mut buf = [0u8; 4096];
     let n = read_file(&path[..pos], &mut buf);
     if n <= 0 {
@@ -261,10 +255,7 @@ fn catches_tree_signal(pid: i32) -> bool {
 /// The children of `pid` (all its threads'), appended to `out`; false when `out` overflows.
 fn children_of(pid: i32, out: &mut [i32; MAX_TREE * 2], n: &mut usize) -> bool {
     let mut dir = [0u8; 48];
-    let mut pos = 0;
-    put(&mut dir, &mut pos, b"/proc/");
-    put_u64(&mut dir, &mut pos, pid as u64);
-    put(&mut dir, &mut pos, b"/task\0");
+    let pos = proc_path(&mut dir, pid, b"task");
     let mut tids = [0i32; 512];
     let mut ntids = 0;
     let mut dbuf = [0u8; 4096];
@@ -278,13 +269,13 @@ fn children_of(pid: i32, out: &mut [i32; MAX_TREE * 2], n: &mut usize) -> bool {
     });
     let mut ok = true;
     for &t in &tids[..ntids] {
+        let mut tail = [0u8; 40];
+        let mut k = 0;
+        put(&mut tail, &mut k, b"task/");
+        put_u64(&mut tail, &mut k, t as u64);
+        put(&mut tail, &mut k, b"/children");
         let mut path = [0u8; 64];
-        let mut p = 0;
-        put(&mut path, &mut p, b"/proc/");
-        put_u64(&mut path, &mut p, pid as u64);
-        put(&mut path, &mut p, b"/task/");
-        put_u64(&mut path, &mut p, t as u64);
-        put(&mut path, &mut p, b"/children\0");
+        let p = proc_path(&mut path, pid, &tail[..k]);
         let mut buf = [0u8; 1024];
         let len = read_file(&path[..p], &mut buf);
         if len == -(libc::EFBIG as isize) {
@@ -463,10 +454,7 @@ fn record_inherited(members: &[Member]) -> Result<(), Refusal> {
     let mut count = 0;
     for m in members {
         let mut dir = [0u8; 48];
-        let mut pos = 0;
-        put(&mut dir, &mut pos, b"/proc/");
-        put_u64(&mut dir, &mut pos, m.pid as u64);
-        put(&mut dir, &mut pos, b"/fd\0");
+        let pos = proc_path(&mut dir, m.pid, b"fd");
         let mut fds = [0i32; 1024];
         let mut nfds = 0;
         let mut buf = [0u8; 4096];

@@ -204,15 +204,14 @@ fn shell_pipeline_three_cycles_term() {
 /// checks `getppid()`: pids the program kept stay valid after every restart.
 #[test]
 fn forked_workers_three_cycles() {
+    workers_cycles("workers", false);
+}
+
+/// The workers program through three cycles with USR1 (to the root, or to every process).
+fn workers_cycles(name: &str, to_group: bool) {
     let Some(exe) = program("workers") else { return };
-    tree_cycles(
-        "workers",
-        vec![exe, "2500".into(), "200000".into(), "3".into()],
-        libc::SIGUSR1,
-        false,
-        Duration::from_millis(500),
-        &[],
-    );
+    let argv = vec![exe, "2500".into(), "200000".into(), "3".into()];
+    tree_cycles(name, argv, libc::SIGUSR1, to_group, Duration::from_millis(500), &[]);
 }
 
 /// `popen(..., "w")` to a shell running mawk, which writes a file of its own: the pipe's unread bytes are
@@ -238,15 +237,7 @@ fn popen_three_cycles() {
 /// leave the request to the root (without the shim, USR1 would kill them).
 #[test]
 fn workers_signalled_together_three_cycles_usr1() {
-    let Some(exe) = program("workers") else { return };
-    tree_cycles(
-        "workers, USR1 to all",
-        vec![exe, "2500".into(), "200000".into(), "3".into()],
-        libc::SIGUSR1,
-        true,
-        Duration::from_millis(500),
-        &[],
-    );
+    workers_cycles("workers, USR1 to all", true);
 }
 
 /// TERM to every process, as Slurm does at the time limit: the members wait for the root's checkpoint
