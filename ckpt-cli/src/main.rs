@@ -2,7 +2,7 @@
 //! from running processes, and restart programs from a checkpoint directory.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use ckpt_core::{
 use clap::{Parser, Subcommand};
 use indicatif::HumanBytes;
 
+mod job;
 mod shim;
 use serde_json::{Value, json};
 
@@ -122,6 +123,39 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Supervise a program in a batch job (`exec ckpt job ... -- PROGRAM ARGS` as the script's last line):
+    /// run it, turn the signals Slurm sends the batch shell into checkpoint requests (`--signal=B:USR1@T`:
+    /// see --on-warning) or a final checkpoint (SIGTERM), wait until it has exited, requeue the job
+    /// boundedly with --requeue (as `ckpt requeue`; not after scancel), and exit 0 (finished), 3
+    /// (stopped after a checkpoint, not requeued), 4 (stopped after a checkpoint, requeued), 2 (could not
+    /// start), or the program's failing status (128+N for signal N; its 2-4 as 1). Signals go to the
+    /// program's root process only, never to its process group.
+    Job {
+        /// Requeue the job (scontrol requeue) after the program stopped at a checkpoint near the time
+        /// limit, while SLURM_RESTART_COUNT < --max-restarts and the last run made progress.
+        #[arg(long)]
+        requeue: bool,
+        /// The bound on restarts for --requeue (implies --requeue).
+        #[arg(long, value_name = "N")]
+        max_restarts: Option<u32>,
+        /// What the time-limit warning (USR1 or USR2 to `ckpt job`) does: `stop` takes the final checkpoint
+        /// now and stops the program (then requeues), `checkpoint` only asks for a checkpoint.
+        #[arg(long, value_enum, value_name = "WHAT", default_value = "stop")]
+        on_warning: job::OnWarning,
+        /// The program is unmodified: run it under the LD_PRELOAD shim (`ckpt run`), or resume it from its
+        /// newest image (`ckpt restart`) when this run has one.
+        #[arg(long)]
+        transparent: bool,
+        /// Application name the program uses (for finding its checkpoints; default as `ckpt env`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Checkpoint directory (sets CKPT_DIR; default: the checkpoint directory of this environment).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -154,7 +188,20 @@ where
             }
         }
         Command::Run { interval, dir, command } => shim::run(interval.as_deref(), dir.as_deref(), &command),
-        Command::Requeue { max_restarts, name, dry_run } => requeue(max_restarts, name.as_deref(), dry_run),
+        Command::Requeue { max_restarts, name, dry_run } => {
+            requeue(max_restarts, name.as_deref(), dry_run, &mut std::io::stdout())
+        }
+        Command::Job { requeue, max_restarts, on_warning, transparent, name, dir, command } => {
+            job::job(&job::JobArgs {
+                requeue: requeue || max_restarts.is_some(),
+                max_restarts: max_restarts.unwrap_or(10),
+                on_warning,
+                transparent,
+                name: name.as_deref(),
+                dir: dir.as_deref(),
+                command: &command,
+            })
+        }
     };
     match result {
         Ok(code) => status(code),
@@ -664,7 +711,14 @@ fn newest_checkpoint(cfg: &Config) -> Result<Option<(String, u64, i64)>, Error> 
     Ok(best.map(|(_, n, g, s)| (n, g, s)))
 }
 
-fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitCode, Error> {
+/// `writeln!` that ignores a failed write (the message is all there is to say).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let cfg = Config::from_env(name)?;
     let job = cfg
         .job_id
@@ -672,7 +726,8 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
         .ok_or_else(|| Error::invalid("SLURM_JOB_ID is not set: `ckpt requeue` runs inside a Slurm job"))?;
     let count = cfg.restart_count.unwrap_or(0);
     if count >= max_restarts {
-        println!(
+        say!(
+            out,
             "ckpt requeue: not requeuing job {job}: it was restarted {count} time(s), the limit is {max_restarts}"
         );
         return Ok(ExitCode::from(1));
@@ -691,11 +746,12 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
     });
     match (&newest, previous) {
         (None, _) => {
-            println!("ckpt requeue: not requeuing job {job}: it has no valid checkpoint to restart from");
+            say!(out, "ckpt requeue: not requeuing job {job}: it has no valid checkpoint to restart from");
             return Ok(ExitCode::from(1));
         }
         (Some((name, g, step)), Some((pname, pg, pstep))) if count > 0 && *name == pname && *g <= pg => {
-            println!(
+            say!(
+                out,
                 "ckpt requeue: not requeuing job {job}: no progress since the last restart (newest checkpoint \
                  generation {g}, step {step}; at the previous requeue generation {pg}, step {pstep})"
             );
@@ -705,7 +761,8 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
     }
     let (name, g, step) = newest.expect("checked above");
     if dry_run {
-        println!(
+        say!(
+            out,
             "ckpt requeue: would requeue job {job} (restart {} of {max_restarts}; checkpoint step {step})",
             count + 1
         );
@@ -720,6 +777,6 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
     if !status.success() {
         return Err(Error::new(ckpt_core::ErrorKind::Io, format!("`{scontrol} requeue {job}` failed: {status}")));
     }
-    println!("ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);
+    say!(out, "ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);
     Ok(ExitCode::SUCCESS)
 }
