@@ -46,6 +46,9 @@ pub struct JobArgs<'a> {
     pub name: Option<&'a str>,
     /// The checkpoint directory (exported as CKPT_DIR).
     pub dir: Option<&'a Path>,
+    /// The program's standard output: created when the program starts from the beginning, left to the
+    /// restore when `--transparent` resumes it, appended to otherwise.
+    pub output: Option<&'a Path>,
     /// The program and its arguments.
     pub command: &'a [String],
 }
@@ -221,10 +224,11 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     let (go_on_sig, stop_sig) = request_signals(args.transparent, &cfg);
 
     let me = std::env::current_exe().map_err(|e| Error::io("locate the ckpt executable", e))?;
+    let resumes_image = args.transparent && has_image(&cfg.restart_dir, &cfg.base_name());
     let mut cmd;
     if args.transparent {
         cmd = std::process::Command::new(&me);
-        if has_image(&cfg.restart_dir, &cfg.base_name()) {
+        if resumes_image {
             say(format_args!("resuming from the newest image in {}", cfg.restart_dir.display()));
             cmd.arg("restart").arg("--image-dir").arg(&cfg.restart_dir);
         } else {
@@ -233,6 +237,19 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     } else {
         cmd = std::process::Command::new(&args.command[0]);
         cmd.args(&args.command[1..]);
+    }
+    if let Some(out) = args.output {
+        let mut o = std::fs::OpenOptions::new();
+        if !args.transparent {
+            o.append(true).create(true);
+        } else if resumes_image {
+            // The restore reopens it and cuts it back to its size at the checkpoint: keep its bytes.
+            o.write(true);
+        } else {
+            o.write(true).create(true).truncate(true);
+        }
+        let f = o.open(out).map_err(|e| Error::io("open the output file", e).with_path(out))?;
+        cmd.stdout(f);
     }
 
     // The signals are blocked in this process and taken with sigtimedwait: none is lost while the child
@@ -335,19 +352,26 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     // Stopped at a checkpoint: asked to stop, and a checkpoint was committed since; or the program took
     // a checkpoint after which it was to exit (the time-limit trigger, a signal, `ckpt create --vacate`).
     let job_key = job_id.as_deref();
-    let after_stop = stop.is_some_and(|(_, t)| newest_checkpoint_time(&dir, job_key).is_some_and(|n| n >= t));
+    let newest = newest_checkpoint_time(&dir, job_key);
+    let after_stop = stop.is_some_and(|(_, t)| newest.is_some_and(|n| n >= t));
     let own_exits = exit_checkpoints(&cfg, &dir, job_key, started_unix);
-    let own_time_limit = own_exits.iter().any(|t| t.iter().any(|x| x == "time-limit"));
-    if !after_stop && own_exits.is_empty() {
+    // The shim ends a program after its checkpoint-and-exit (time limit, SIGTERM to the program itself,
+    // `ckpt create --vacate`) by SIGTERM's default action; its log names no trigger.
+    let shim_exit = args.transparent
+        && libc::WIFSIGNALED(raw_status)
+        && libc::WTERMSIG(raw_status) == libc::SIGTERM
+        && newest.is_some_and(|n| n >= started);
+    let own_time_limit = shim_exit || own_exits.iter().any(|t| t.iter().any(|x| x == "time-limit"));
+    if !after_stop && own_exits.is_empty() && !shim_exit {
         if program_status == 0 {
-            say(format_args!("the program finished (status 0)"));
+            say(format_args!("finished: the program exited with status 0 (exit 0)"));
             return Ok(ExitCode::SUCCESS);
         }
+        let code = if (2..=4).contains(&program_status) { 1 } else { program_status };
         say(format_args!(
-            "the program {how}{}",
+            "failed: the program {how}{} (exit {code})",
             if stop.is_some() { " without a checkpoint after the stop request" } else { "" }
         ));
-        let code = if (2..=4).contains(&program_status) { 1 } else { program_status };
         return Ok(ExitCode::from(code as u8));
     }
     say(format_args!("the program {how} after a checkpoint"));
@@ -371,16 +395,22 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
             None => Some("the program stopped at a checkpoint on a request (not the time limit)".into()),
         }
     };
+    let not_requeued = |why: &str| {
+        say(format_args!(
+            "stopped after a checkpoint, not requeued ({why}): run the same command again, or resubmit, to \
+             continue (exit 3)"
+        ));
+        Ok(ExitCode::from(3))
+    };
     if let Some(why) = why_not {
-        say(format_args!("not requeued ({why}): run the same command again, or resubmit, to continue"));
-        return Ok(ExitCode::from(3));
+        return not_requeued(&why);
     }
     match super::requeue(args.max_restarts, args.name, false, &mut std::io::stderr()) {
-        Ok(code) if code == ExitCode::SUCCESS => Ok(ExitCode::from(4)),
-        Ok(_) => Ok(ExitCode::from(3)),
-        Err(e) => {
-            say(format_args!("requeue failed: {e}"));
-            Ok(ExitCode::from(3))
+        Ok(code) if code == ExitCode::SUCCESS => {
+            say(format_args!("stopped after a checkpoint, requeued (exit 4)"));
+            Ok(ExitCode::from(4))
         }
+        Ok(_) => not_requeued("see ckpt requeue's reason above"),
+        Err(e) => not_requeued(&format!("requeue failed: {e}")),
     }
 }

@@ -152,6 +152,11 @@ enum Command {
         /// Checkpoint directory (sets CKPT_DIR; default: the checkpoint directory of this environment).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// The program's standard output: created when it starts from the beginning, kept for the restore
+        /// when --transparent resumes it (which cuts it back to its size at the checkpoint), appended to
+        /// for a program using libckpt.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -191,7 +196,7 @@ where
         Command::Requeue { max_restarts, name, dry_run } => {
             requeue(max_restarts, name.as_deref(), dry_run, &mut std::io::stdout())
         }
-        Command::Job { requeue, max_restarts, on_warning, transparent, name, dir, command } => {
+        Command::Job { requeue, max_restarts, on_warning, transparent, name, dir, output, command } => {
             job::job(&job::JobArgs {
                 requeue: requeue || max_restarts.is_some(),
                 max_restarts: max_restarts.unwrap_or(10),
@@ -199,6 +204,7 @@ where
                 transparent,
                 name: name.as_deref(),
                 dir: dir.as_deref(),
+                output: output.as_deref(),
                 command: &command,
             })
         }
