@@ -14,7 +14,10 @@
 //!
 //! Signals go to the program's root process only (the pid `ckpt job` started), never to its process
 //! group: under the shim the root takes the checkpoint of the whole process tree and its children ignore
-//! requests; a launcher (mpirun, srun) passes them on to its ranks itself.
+//! requests; a launcher (mpirun, srun) passes them on to its ranks itself. Inside a Slurm job SIGTERM is
+//! not passed on to a program using libckpt (Slurm sends its own to every process of the job; a second
+//! one makes mpirun abort), unless `--forward-term`; under `--transparent` it becomes the shim's
+//! checkpoint-and-exit signal, SIGRTMAX-3, and the warning's checkpoint request SIGRTMAX-2.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,8 @@ pub struct JobArgs<'a> {
     pub on_warning: OnWarning,
     /// Run an unmodified program under the shim (`ckpt run` / `ckpt restart`).
     pub transparent: bool,
+    /// Pass SIGTERM on to the program inside a Slurm job too.
+    pub forward_term: bool,
     /// The application name (for finding the checkpoints, as `ckpt requeue --name`).
     pub name: Option<&'a str>,
     /// The checkpoint directory (exported as CKPT_DIR).
@@ -291,6 +296,11 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
             .unwrap_or_default()
     ));
 
+    // In a job, Slurm's SIGTERM (time limit, scancel, preemption) reaches every process of the job, the
+    // program too: a second one from here would make a launcher abort at once (Open MPI's mpirun kills its
+    // ranks on the second), so it is passed on only outside a job, with --forward-term, or as the shim's
+    // own checkpoint-and-exit signal (which the program cannot take for its own).
+    let forward_term = args.transparent || job_id.is_none() || args.forward_term;
     let mut stop: Option<(StopCause, SystemTime)> = None;
     let raw_status = loop {
         let mut st: libc::c_int = 0;
@@ -323,8 +333,10 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
                 OnWarning::Stop => say(format_args!("{}: already stopping", label(sig))),
             },
             libc::SIGTERM if stop.is_none_or(|(c, _)| c == StopCause::Warning) => {
-                say(format_args!("TERM: final checkpoint, then stop (pid {pid}, {})", label(stop_sig)));
-                if stop.is_none() {
+                if !forward_term {
+                    say(format_args!("TERM: Slurm sent it to every process of the job: final checkpoint, then stop"));
+                } else if stop.is_none() {
+                    say(format_args!("TERM: final checkpoint, then stop (pid {pid}, {})", label(stop_sig)));
                     send(pid, stop_sig);
                 }
                 stop = Some((StopCause::Term, stop.map_or_else(SystemTime::now, |(_, t)| t)));

@@ -129,7 +129,8 @@ enum Command {
     /// boundedly with --requeue (as `ckpt requeue`; not after scancel), and exit 0 (finished), 3
     /// (stopped after a checkpoint, not requeued), 4 (stopped after a checkpoint, requeued), 2 (could not
     /// start), or the program's failing status (128+N for signal N; its 2-4 as 1). Signals go to the
-    /// program's root process only, never to its process group.
+    /// program's root process only, never to its process group. In a batch script: `exec ckpt job ...`
+    /// (bash would die of USR1 itself).
     Job {
         /// Requeue the job (scontrol requeue) after the program stopped at a checkpoint near the time
         /// limit, while SLURM_RESTART_COUNT < --max-restarts and the last run made progress.
@@ -146,6 +147,10 @@ enum Command {
         /// newest image (`ckpt restart`) when this run has one.
         #[arg(long)]
         transparent: bool,
+        /// Pass SIGTERM on to the program inside a Slurm job too (by default only outside a job: in a job
+        /// Slurm sends its own to every process of the job, and a second one makes mpirun abort).
+        #[arg(long)]
+        forward_term: bool,
         /// Application name the program uses (for finding its checkpoints; default as `ckpt env`).
         #[arg(long)]
         name: Option<String>,
@@ -196,12 +201,13 @@ where
         Command::Requeue { max_restarts, name, dry_run } => {
             requeue(max_restarts, name.as_deref(), dry_run, &mut std::io::stdout())
         }
-        Command::Job { requeue, max_restarts, on_warning, transparent, name, dir, output, command } => {
+        Command::Job { requeue, max_restarts, on_warning, transparent, forward_term, name, dir, output, command } => {
             job::job(&job::JobArgs {
                 requeue: requeue || max_restarts.is_some(),
                 max_restarts: max_restarts.unwrap_or(10),
                 on_warning,
                 transparent,
+                forward_term,
                 name: name.as_deref(),
                 dir: dir.as_deref(),
                 output: output.as_deref(),

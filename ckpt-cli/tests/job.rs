@@ -230,6 +230,21 @@ fn scontrol_stand_in(dir: &Path) -> (PathBuf, PathBuf) {
     (scontrol, calls)
 }
 
+/// SIGTERM as Slurm sends it in a job (the time limit, scancel): to every process, `ckpt job` and the
+/// program it started (whose pid it names on stderr), which `ckpt job` then does not signal again.
+fn slurm_term(job: &Live, err: &Path) {
+    let text = stderr_of(err);
+    let pid: i32 = text
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {text}"));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    job.signal(libc::SIGTERM);
+}
+
 #[test]
 fn requeue_after_the_warning_but_not_after_scancel() {
     if !have_cc() {
@@ -274,10 +289,11 @@ fn requeue_after_the_warning_but_not_after_scancel() {
     let mut job = Live::spawn(ckpt_job(t.path(), &args, &e), &err);
     job.wait_line("restarted at");
     job.wait_line("step ");
-    job.signal(libc::SIGTERM);
+    slurm_term(&job, &err);
     let (st, lines) = job.finish();
     let log = stderr_of(&err);
     assert_eq!(st.code(), Some(3), "checkpointed, not requeued: {lines:?}\n{log}");
+    assert!(log.contains("TERM: Slurm sent it to every process of the job"), "{log}");
     assert!(log.contains("Reason None") || log.contains("reason None"), "{log}");
     assert_eq!(calls_text(), "requeue 77\nshow job -o 77\n", "{log}");
 
@@ -288,7 +304,7 @@ fn requeue_after_the_warning_but_not_after_scancel() {
     let mut job = Live::spawn(ckpt_job(t.path(), &args, &e), &err);
     job.wait_line("restarted at");
     job.wait_line("step ");
-    job.signal(libc::SIGTERM);
+    slurm_term(&job, &err);
     let (st, lines) = job.finish();
     assert_eq!(st.code(), Some(4), "requeued at the time limit: {lines:?}\n{}", stderr_of(&err));
     assert!(calls_text().ends_with("show job -o 77\nrequeue 77\n"), "{}", calls_text());
