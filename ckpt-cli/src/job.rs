@@ -210,28 +210,40 @@ fn slurm_reason(job: &str) -> Option<String> {
 
 /// `ckpt job`.
 pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
+    // Settings for the program (and for finding its checkpoints here), on top of this environment.
+    let mut overrides: Vec<(&str, String)> = Vec::new();
     if let Some(d) = args.dir {
         std::fs::create_dir_all(d).map_err(|e| Error::io("create the checkpoint directory", e).with_path(d))?;
         let abs = std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
-        // SAFETY: single-threaded here (no thread of this process has been started yet).
-        unsafe { std::env::set_var("CKPT_DIR", abs) };
+        overrides.push(("CKPT_DIR", abs.to_string_lossy().into_owned()));
     }
     // The shim names its images after CKPT_NAME, SLURM_JOB_NAME or the program's file (the job id comes
     // first in a job): the same name here finds them.
     let shim_name = args.transparent.then(|| shim_app_name(args.name, &args.command[0]));
     if let (Some(n), Some(_)) = (&shim_name, args.name) {
-        // SAFETY: single-threaded here (no thread of this process has been started yet).
-        unsafe { std::env::set_var("CKPT_NAME", n) };
+        overrides.push(("CKPT_NAME", n.clone()));
     }
-    let cfg = Config::from_env(shim_name.as_deref().or(args.name))?;
+    let lookup =
+        |k: &str| overrides.iter().find(|(o, _)| *o == k).map(|(_, v)| v.clone()).or_else(|| std::env::var(k).ok());
+    let cfg = Config::from_lookup(shim_name.as_deref().or(args.name), lookup)?;
+    // `ckpt requeue --name NAME` as the batch script would run it (with this CKPT_DIR).
+    let requeue_cfg = Config::from_lookup(args.name, lookup)?;
     let job_id = cfg.job_id.clone();
     let dir = cfg.checkpoint_dir.clone();
     let (go_on_sig, stop_sig) = request_signals(args.transparent, &cfg);
 
-    let me = std::env::current_exe().map_err(|e| Error::io("locate the ckpt executable", e))?;
     let resumes_image = args.transparent && has_image(&cfg.restart_dir, &cfg.base_name());
     let mut cmd;
     if args.transparent {
+        // `ckpt run` / `ckpt restart` of this very executable (not of a Python interpreter that runs the
+        // command from the ckpt-hpc wheel, which has no shim).
+        let me = std::env::current_exe().map_err(|e| Error::io("locate the ckpt executable", e))?;
+        if !me.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ckpt")) {
+            return Err(Error::invalid(format!(
+                "--transparent needs the ckpt executable of ckpt-cli (this is {})",
+                me.display()
+            )));
+        }
         cmd = std::process::Command::new(&me);
         if resumes_image {
             say(format_args!("resuming from the newest image in {}", cfg.restart_dir.display()));
@@ -242,6 +254,9 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     } else {
         cmd = std::process::Command::new(&args.command[0]);
         cmd.args(&args.command[1..]);
+    }
+    for (k, v) in &overrides {
+        cmd.env(k, v);
     }
     if let Some(out) = args.output {
         let mut o = std::fs::OpenOptions::new();
@@ -417,7 +432,7 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     if let Some(why) = why_not {
         return not_requeued(&why);
     }
-    match super::requeue(args.max_restarts, args.name, false, &mut std::io::stderr()) {
+    match super::requeue_with(&requeue_cfg, args.max_restarts, false, &mut std::io::stderr()) {
         Ok(code) if code == ExitCode::SUCCESS => {
             say(format_args!("stopped after a checkpoint, requeued (exit 4)"));
             Ok(ExitCode::from(4))

@@ -731,7 +731,11 @@ macro_rules! say {
 }
 
 fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool, out: &mut dyn Write) -> Result<ExitCode, Error> {
-    let cfg = Config::from_env(name)?;
+    requeue_with(&Config::from_env(name)?, max_restarts, dry_run, out)
+}
+
+/// `ckpt requeue` for the configuration `cfg` (also `ckpt job`'s requeue).
+fn requeue_with(cfg: &Config, max_restarts: u32, dry_run: bool, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let job = cfg
         .job_id
         .clone()
