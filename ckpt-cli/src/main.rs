@@ -750,7 +750,7 @@ fn requeue_with(cfg: &Config, max_restarts: u32, dry_run: bool, out: &mut dyn Wr
     }
     // Progress: the newest checkpoint must be newer than the one seen at the previous requeue.
     let record = cfg.checkpoint_dir.join(format!("{}.requeue", cfg.base_name()));
-    let newest = newest_checkpoint(&cfg)?;
+    let newest = newest_checkpoint(cfg)?;
     // The record: "<name> <generation> <step>" (older records: "<generation> <step>").
     let previous: Option<(String, u64, i64)> = std::fs::read_to_string(&record).ok().and_then(|t| {
         let f: Vec<&str> = t.split_whitespace().collect();
