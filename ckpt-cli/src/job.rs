@@ -137,7 +137,8 @@ fn newest_checkpoint_time(dir: &Path, job: Option<&str>) -> Option<SystemTime> {
 }
 
 /// The log lines since `since` (unix seconds) of this job's logs in `dir` (and CKPT_LOG's file) that
-/// record a checkpoint after which the program was to exit: their triggers (`time-limit`, `signal`...).
+/// record a checkpoint after which the program was to exit (or a time-limit checkpoint): their triggers
+/// (`time-limit`, `signal`...).
 fn exit_checkpoints(cfg: &Config, dir: &Path, job: Option<&str>, since: f64) -> Vec<Vec<String>> {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
@@ -157,7 +158,13 @@ fn exit_checkpoints(cfg: &Config, dir: &Path, job: Option<&str>, since: f64) -> 
         let Ok(text) = std::fs::read_to_string(&log) else { continue };
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if v["event"] == "checkpoint" && v["exit"] == true && v["ts"].as_f64().is_some_and(|t| t >= since) {
+            // A rank's part of a multi-rank step logs "exit": false (the exit is decided when the step is
+            // committed), but a time-limit checkpoint always ends the run.
+            let time_limit = v["trigger"].as_array().is_some_and(|a| a.iter().any(|t| t == "time-limit"));
+            if v["event"] == "checkpoint"
+                && (v["exit"] == true || time_limit)
+                && v["ts"].as_f64().is_some_and(|t| t >= since)
+            {
                 let triggers = v["trigger"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
@@ -380,7 +387,14 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     // a checkpoint after which it was to exit (the time-limit trigger, a signal, `ckpt create --vacate`).
     let job_key = job_id.as_deref();
     let newest = newest_checkpoint_time(&dir, job_key);
-    let after_stop = stop.is_some_and(|(_, t)| newest.is_some_and(|n| n >= t));
+    // After the warning we asked for the checkpoint: it must be newer than the request. Slurm's SIGTERM
+    // reaches an srun step's ranks before the batch step (this process): any checkpoint of this run counts
+    // (and the requeue's progress check compares it with the previous requeue's).
+    let after_stop = match stop {
+        Some((StopCause::Warning, t)) => newest.is_some_and(|n| n >= t),
+        Some((StopCause::Term, _)) => newest.is_some_and(|n| n >= started),
+        None => false,
+    };
     let own_exits = exit_checkpoints(&cfg, &dir, job_key, started_unix);
     // The shim ends a program after its checkpoint-and-exit (time limit, SIGTERM to the program itself,
     // `ckpt create --vacate`) by SIGTERM's default action; its log names no trigger.
