@@ -113,7 +113,8 @@ enum Command {
     /// `ckpt create`; `ckpt restart IMAGE` resumes it. Single-threaded
     /// programs on Linux x86_64 with glibc; see ckpt-preload/README.md for the scope.
     Run {
-        /// Checkpoint interval, in any of SLURM_CHECKPOINT's formats (sets CKPT_INTERVAL).
+        /// Checkpoint interval: a number with a unit (30s, 2m, 1h) or any of SLURM_CHECKPOINT's formats (sets
+        /// CKPT_INTERVAL).
         #[arg(long, value_name = "TIME")]
         interval: Option<String>,
         /// Directory for the images (sets CKPT_DIR; default: the checkpoint directory of this environment).
