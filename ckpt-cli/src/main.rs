@@ -393,7 +393,7 @@ fn verify(paths: &[PathBuf]) -> Result<ExitCode, Error> {
 
 /// Verifies section by section, with a progress bar on a terminal and plain lines for large files otherwise.
 fn verify_one(path: &Path, tty: bool) -> Result<Checkpoint, Error> {
-    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions { mmap: false })?;
+    let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions::new().mmap(false))?;
     let total: u64 = cp.sections().iter().map(|s| s.stored_len).sum();
     let large = total >= 256 << 20;
     let bar = if tty && large {
@@ -441,7 +441,7 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     let mut bases: BTreeMap<String, (String, Option<u32>, String, Option<RunIdentity>)> = BTreeMap::new();
     for f in &files {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let row = match Checkpoint::open_with(&ckpt_core::storage::FileStorage, f, LoadOptions { mmap: false })
+        let row = match Checkpoint::open_with(&ckpt_core::storage::FileStorage, f, LoadOptions::new().mmap(false))
             .and_then(|cp| cp.verify().map(|_| cp))
         {
             Ok(cp) => {
@@ -584,6 +584,7 @@ fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {
         None => json!(null),
         Some(Interval::Every(d)) => json!(d.as_secs()),
         Some(Interval::Auto) => json!("auto"),
+        Some(other) => json!(format!("{other:?}")),
     };
     let v = json!({
         "app_name": c.app_name, "job_id": c.job_id, "step_id": c.step_id, "rank": c.rank, "nranks": c.nranks,

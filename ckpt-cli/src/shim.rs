@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use ckpt_core::{Checkpoint, Config, Error, ErrorKind};
 use ckpt_image::discover::{check_restartable, discover_image, open_image};
-use ckpt_image::{self as process_image, FdKind, RegionKind};
+use ckpt_image::tree::{FdSource, PipeContents, TreeMember, TreeProcess, TreeSection};
+use ckpt_image::{self as process_image, FdKind, ProcessImage, RegionKind};
 
 use indicatif::HumanBytes;
 
@@ -129,7 +130,8 @@ fn set_no_randomize() -> Result<(), Error> {
 }
 
 /// `ckpt restart IMAGE` / `ckpt restart --image-dir DIR`: re-executes the saved program so the shim
-/// restores the image into it (this process becomes the program).
+/// restores the image into it (this process becomes the program). An image of a process tree recreates
+/// the tree first (see [`restart_tree`]).
 pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCode, Error> {
     let found = match (image, image_dir) {
         (Some(p), _) => open_image(p)?,
@@ -144,23 +146,9 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
         eprintln!("ckpt restart: cannot restore {}: {why}", path.display());
         return Ok(ExitCode::from(3));
     }
-    // The layout of the address space depends on the stack limit: reapply the checkpoint's.
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `rl` is writable.
-    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
-    if rl.rlim_cur != img.rlimit_stack.0 {
-        let want = libc::rlimit { rlim_cur: img.rlimit_stack.0, rlim_max: rl.rlim_max };
-        // SAFETY: a valid rlimit.
-        if img.rlimit_stack.0 > rl.rlim_max || unsafe { libc::setrlimit(libc::RLIMIT_STACK, &want) } != 0 {
-            eprintln!(
-                "ckpt restart: cannot restore {}: the checkpoint was taken with a stack limit of {}, and this \
-                 shell's hard limit ({}) does not allow it",
-                path.display(),
-                show_limit(img.rlimit_stack.0),
-                show_limit(rl.rlim_max)
-            );
-            return Ok(ExitCode::from(3));
-        }
+    if let Err(why) = reapply_stack_limit(img) {
+        eprintln!("ckpt restart: cannot restore {}: {why}", path.display());
+        return Ok(ExitCode::from(3));
     }
     set_no_randomize()?;
     let cwd = Path::new(OsStr::from_bytes(&img.cwd));
@@ -168,32 +156,80 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
         eprintln!("ckpt restart: cannot restore {}: working directory {}: {e}", path.display(), cwd.display());
         return Ok(ExitCode::from(3));
     }
+    // The marker names this process, which the exec turns into the program.
+    let marker = process_image::RootMarker::for_self().map_err(|e| Error::io("read /proc/self/stat", e))?;
+    let mut extra = Vec::new();
+    if let Some(tree) = read_tree_of(&found, &path)? {
+        match restart_tree(&found, &path, &tree, &marker)? {
+            Ok(root_extra) => extra = root_extra,
+            Err(why) => {
+                eprintln!("ckpt restart: cannot restore {}: {why}", path.display());
+                return Ok(ExitCode::from(3));
+            }
+        }
+    }
     // Triggers of this job (a requeued job has a new end time): interval ns, deadline unix ns, and the
     // job to ask squeue about in the background when no variable gives the end time.
     let (interval_ns, deadline_ns, lead_ns, query_job) = triggers_now();
+    extra.push(format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns},{lead_ns}"));
+    if let Some(job) = query_job {
+        extra.push(format!("CKPT_SHIM_QUERY_JOB={job}"));
+    }
+    let err = exec_image(img, &found.file, &found.token, path.as_os_str().as_bytes(), &marker, extra)?;
+    Err(Error::io("execute the saved program", err).with_path(Path::new(&OsString::from_vec(img.exe.clone()))))
+}
+
+/// The layout of the address space depends on the stack limit: reapplies the checkpoint's.
+fn reapply_stack_limit(img: &ProcessImage) -> Result<(), String> {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is writable.
+    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
+    if rl.rlim_cur != img.rlimit_stack.0 {
+        let want = libc::rlimit { rlim_cur: img.rlimit_stack.0, rlim_max: rl.rlim_max };
+        // SAFETY: a valid rlimit.
+        if img.rlimit_stack.0 > rl.rlim_max || unsafe { libc::setrlimit(libc::RLIMIT_STACK, &want) } != 0 {
+            return Err(format!(
+                "the checkpoint was taken with a stack limit of {}, and this shell's hard limit ({}) does not allow it",
+                show_limit(img.rlimit_stack.0),
+                show_limit(rl.rlim_max)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Executes the saved program of `img` with the verified descriptor `file` handed over (above stderr,
+/// inherited by the exec only), its saved arguments and environment, the marker and `extra` settings.
+/// Returns only on failure.
+fn exec_image(
+    img: &ProcessImage,
+    file: &std::fs::File,
+    token: &str,
+    label: &[u8],
+    marker: &process_image::RootMarker,
+    extra: Vec<String>,
+) -> Result<std::io::Error, Error> {
+    use std::os::fd::AsRawFd;
     // The verified descriptor is handed over (not inherited by anything else: every other descriptor of
     // this process is close-on-exec); above stderr even if this process was started with 0-2 closed.
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: F_DUPFD makes a new descriptor (without FD_CLOEXEC) that the File below owns.
-    let handed = unsafe { libc::fcntl(found.file.as_raw_fd(), libc::F_DUPFD, 10) };
+    // SAFETY: F_DUPFD makes a new descriptor (without FD_CLOEXEC), closed by the exec'd program.
+    let handed = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 10) };
     if handed < 0 {
-        return Err(Error::io("keep the image open across exec", std::io::Error::last_os_error()).with_path(&path));
+        return Err(Error::io("keep the image open across exec", std::io::Error::last_os_error()));
     }
-    // SAFETY: `handed` was just created and is owned by nothing else.
-    let handed_file = unsafe { std::fs::File::from_raw_fd(handed) };
-    drop(found.file);
-    // The marker names this process, which the exec turns into the program.
-    let marker = process_image::RootMarker::for_self().map_err(|e| Error::io("read /proc/self/stat", e))?;
     let mut env: Vec<CString> = Vec::new();
     for e in &img.envp {
         let key = e.split(|&b| b == b'=').next().unwrap_or(&[]);
-        let ours: [&[u8]; 7] = [
+        let ours: [&[u8]; 10] = [
             b"CKPT_SHIM_ROOT",
             b"CKPT_SHIM_RESTORE",
             b"CKPT_SHIM_TRIGGERS",
             b"CKPT_SHIM_VERIFIED",
             b"CKPT_SHIM_IMAGE_FD",
             b"CKPT_SHIM_QUERY_JOB",
+            b"CKPT_SHIM_GIVEN_FDS",
+            b"CKPT_SHIM_TREE_ROOT",
+            b"CKPT_SHIM_PIDS",
             b"CKPT_PRELOAD_DISABLE",
         ];
         if ours.contains(&key) {
@@ -203,19 +239,19 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
             env.push(c);
         }
     }
-    let mut extra = vec![
-        format!("CKPT_SHIM_VERIFIED={}", found.token),
+    let mut all = vec![
+        format!("CKPT_SHIM_VERIFIED={token}"),
         format!("{}={handed}", process_image::IMAGE_FD_VAR),
         format!("{}={}", process_image::ROOT_MARKER_VAR, marker.format()),
-        format!("CKPT_SHIM_TRIGGERS={interval_ns},{deadline_ns},{lead_ns}"),
     ];
-    if let Some(job) = query_job {
-        extra.push(format!("CKPT_SHIM_QUERY_JOB={job}"));
-    }
-    for x in extra {
+    all.extend(extra);
+    for x in all {
         env.push(CString::new(x).map_err(|_| Error::invalid("a restart setting contains a NUL byte"))?);
     }
-    env.push(CString::new([b"CKPT_SHIM_RESTORE=".as_slice(), path.as_os_str().as_bytes()].concat()).expect("no NUL"));
+    env.push(
+        CString::new([b"CKPT_SHIM_RESTORE=".as_slice(), label].concat())
+            .map_err(|_| Error::invalid("NUL in the image's path"))?,
+    );
     let argv: Vec<CString> = img.argv.iter().filter_map(|a| CString::new(a.clone()).ok()).collect();
     let exe = CString::new(img.exe.clone()).map_err(|_| Error::invalid("executable path contains NUL"))?;
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
@@ -225,8 +261,237 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
     // SAFETY: NULL-terminated arrays of NUL-terminated strings that outlive the call.
     unsafe { libc::execve(exe.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
     let err = std::io::Error::last_os_error();
-    drop(handed_file);
-    Err(Error::io("execute the saved program", err).with_path(Path::new(&OsString::from_vec(img.exe.clone()))))
+    // SAFETY: closes the descriptor made above.
+    unsafe { libc::close(handed) };
+    Ok(err)
+}
+
+/// The tree section of a verified root image, if it has one.
+fn read_tree_of(found: &ckpt_image::discover::FoundImage, path: &Path) -> Result<Option<TreeSection>, Error> {
+    let file = found.file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, ckpt_core::LoadOptions::new().mmap(false))?;
+    process_image::tree::read_tree(&cp, &found.image)
+}
+
+/// One member of a tree being restarted.
+struct MemberImage {
+    record: TreeMember,
+    image: ProcessImage,
+    pipes: PipeContents,
+    /// Its image, in memory (a `memfd`), verified, handed to it like a root's image.
+    file: std::fs::File,
+    token: String,
+}
+
+/// Recreates a process tree before this process becomes its root: every member's image is taken out
+/// of the root's (into memory), verified and checked like the root's; pipes are recreated with their
+/// unread bytes and shared files opened once; then each member is forked from its parent (top down, so
+/// that each process is the parent of its own children again) and executed with its image, and this
+/// process's settings for the root's restore are returned. `Ok(Err(why))`: nothing was started.
+fn restart_tree(
+    found: &ckpt_image::discover::FoundImage,
+    path: &Path,
+    tree: &TreeSection,
+    root_marker: &process_image::RootMarker,
+) -> Result<Result<Vec<String>, String>, Error> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let file = found.file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, ckpt_core::LoadOptions::new().mmap(false))?;
+    let root_pipes = process_image::tree::read_pipes(&cp)?;
+    let mut members = Vec::with_capacity(tree.members.len());
+    for m in &tree.members {
+        let bytes = cp.read(&m.section)?;
+        let name = CString::new(format!("ckpt-member-{}", m.pid)).expect("no NUL");
+        // SAFETY: memfd_create with a NUL-terminated name; the File owns the descriptor.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::io("memfd_create", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a descriptor just created and owned by nothing else.
+        let mut mf = unsafe { std::fs::File::from_raw_fd(fd) };
+        mf.write_all(&bytes).map_err(|e| Error::io("copy a member's image", e))?;
+        // SAFETY: fchmod on our memfd: only its owner may read it.
+        unsafe { libc::fchmod(mf.as_raw_fd(), 0o600) };
+        let label = format!("{}#{}", path.display(), m.section);
+        let clone = mf.try_clone().map_err(|e| Error::io("dup", e))?;
+        let mcp = Checkpoint::open_with(
+            &process_image::OpenedFile(clone),
+            Path::new(&label),
+            ckpt_core::LoadOptions::new().mmap(false),
+        )?;
+        mcp.verify()?;
+        let image = process_image::read(&mcp)?;
+        let pipes = process_image::tree::read_pipes(&mcp)?;
+        if let Err(why) = check_restartable(&image) {
+            return Ok(Err(format!("child process {} ({}): {why}", m.pid, m.comm)));
+        }
+        let token = process_image::verified_token(&mf.metadata().map_err(|e| Error::io("fstat", e))?);
+        members.push(MemberImage { record: m.clone(), image, pipes, file: mf, token });
+    }
+    let mut processes = vec![TreeProcess { pid: found.image.pid, ppid: 0, image: &found.image, pipes: &root_pipes }];
+    processes.extend(members.iter().map(|m| TreeProcess {
+        pid: m.record.pid,
+        ppid: m.record.ppid,
+        image: &m.image,
+        pipes: &m.pipes,
+    }));
+    let fds = match process_image::tree::plan_fds(&processes, &tree.inherited) {
+        Ok(f) => f,
+        Err(why) => return Ok(Err(why)),
+    };
+    // The pipes and shared files, made once; every descriptor here is close-on-exec.
+    let mut pipes: std::collections::HashMap<u64, (i32, i32)> = std::collections::HashMap::new();
+    for p in &fds.pipes {
+        let mut ends = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors.
+        if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(Error::io("pipe2", std::io::Error::last_os_error()));
+        }
+        if p.capacity > 0 {
+            // SAFETY: fcntl on our pipe.
+            unsafe { libc::fcntl(ends[1], libc::F_SETPIPE_SZ, p.capacity as libc::c_int) };
+        }
+        // SAFETY: the bytes fit the pipe (no more than its capacity at checkpoint time): no blocking.
+        unsafe { libc::fcntl(ends[1], libc::F_SETFL, libc::O_NONBLOCK) };
+        let mut written = 0;
+        while written < p.bytes.len() {
+            // SAFETY: writes from our buffer into our pipe.
+            let n = unsafe { libc::write(ends[1], p.bytes[written..].as_ptr().cast(), p.bytes.len() - written) };
+            if n <= 0 {
+                return Ok(Err(format!("pipe {}: cannot put back its {} unread bytes", p.ino, p.bytes.len())));
+            }
+            written += n as usize;
+        }
+        // SAFETY: status flags of our pipe's ends, as the program had them.
+        unsafe {
+            libc::fcntl(ends[0], libc::F_SETFL, p.read_flags & !libc::O_ACCMODE);
+            libc::fcntl(ends[1], libc::F_SETFL, p.write_flags & !libc::O_ACCMODE);
+        }
+        pipes.insert(p.ino, (ends[0], ends[1]));
+    }
+    let mut opened = Vec::with_capacity(fds.opened.len());
+    for o in &fds.opened {
+        let c = CString::new(o.path.clone()).map_err(|_| Error::invalid("NUL in a path"))?;
+        let flags = (o.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+        // SAFETY: a NUL-terminated path.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return Ok(Err(format!("{}: {e}", String::from_utf8_lossy(&o.path))));
+        }
+        // SAFETY: descriptor operations on the file just opened.
+        unsafe {
+            if o.truncate && libc::ftruncate(fd, o.size as libc::off_t) != 0 {
+                let e = std::io::Error::last_os_error();
+                return Ok(Err(format!("cut back {}: {e}", String::from_utf8_lossy(&o.path))));
+            }
+            if o.at_end {
+                libc::lseek(fd, 0, libc::SEEK_END);
+            } else if o.offset >= 0 {
+                libc::lseek(fd, o.offset, libc::SEEK_SET);
+            }
+        }
+        opened.push(fd);
+    }
+    let source_fd = |s: FdSource| -> i32 {
+        match s {
+            FdSource::PipeRead(ino) => pipes.get(&ino).map_or(-1, |p| p.0),
+            FdSource::PipeWrite(ino) => pipes.get(&ino).map_or(-1, |p| p.1),
+            FdSource::Outer(n) => n,
+            FdSource::Opened(g) => opened.get(g).copied().unwrap_or(-1),
+            // SAFETY: a NUL-terminated path; the descriptor is closed at exec (its duplicate is given).
+            FdSource::DevNull(mode) => unsafe { libc::open(c"/dev/null".as_ptr(), mode | libc::O_CLOEXEC) },
+        }
+    };
+    // Settings naming the given descriptors: each is duplicated (not close-on-exec) above 600.
+    let given_setting = |list: &[(i32, FdSource)]| -> Result<String, String> {
+        let mut parts = Vec::new();
+        for &(target, source) in list {
+            let from = source_fd(source);
+            // SAFETY: F_DUPFD makes a new descriptor (inherited by the exec) from one of ours.
+            let d = unsafe { libc::fcntl(from, libc::F_DUPFD, 600) };
+            if d < 0 {
+                return Err(format!("descriptor {target}: {}", std::io::Error::last_os_error()));
+            }
+            parts.push(format!("{target}:{d}"));
+        }
+        Ok(format!("CKPT_SHIM_GIVEN_FDS={}", parts.join(",")))
+    };
+    // Top down: the root's children from here (the root's process), theirs from each child.
+    // SAFETY: getpid has no preconditions.
+    let root_now = unsafe { libc::getpid() };
+    let mut root_pids = Vec::new();
+    for (k, m) in members.iter().enumerate() {
+        if m.record.ppid == found.image.pid {
+            let pid =
+                spawn_member(k, &members, &fds.per_process, &given_setting, root_marker, found.image.pid, root_now)?;
+            root_pids.push(format!("{}:{pid}", m.record.pid));
+        }
+    }
+    let mut extra = vec![given_setting(&fds.per_process[0]).map_err(Error::invalid)?];
+    if !root_pids.is_empty() {
+        extra.push(format!("CKPT_SHIM_PIDS={}", root_pids.join(",")));
+    }
+    Ok(Ok(extra))
+}
+
+/// Builds `CKPT_SHIM_GIVEN_FDS` for a process: its descriptors' sources, duplicated for the exec.
+type GivenSetting<'a> = dyn Fn(&[(i32, FdSource)]) -> Result<String, String> + 'a;
+
+/// Forks member `k` (and, from it, its own children), which executes its image; returns its pid.
+fn spawn_member(
+    k: usize,
+    members: &[MemberImage],
+    per_process: &[Vec<(i32, FdSource)>],
+    given_setting: &GivenSetting<'_>,
+    root_marker: &process_image::RootMarker,
+    parent_then: i32,
+    parent_now: i32,
+) -> Result<i32, Error> {
+    // SAFETY: fork in this single-threaded command; the child only builds its settings and executes.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::io("fork", std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    let m = &members[k];
+    let fail = |why: String| -> ! {
+        eprintln!("ckpt restart: child process {} ({}): {why}", m.record.pid, m.record.comm);
+        // SAFETY: ends this forked child without running the parent's atexit handlers.
+        unsafe { libc::_exit(3) }
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let mut pids = vec![format!("{parent_then}:{parent_now}")];
+    for (j, c) in members.iter().enumerate() {
+        if c.record.ppid == m.record.pid {
+            match spawn_member(j, members, per_process, given_setting, root_marker, m.record.pid, me) {
+                Ok(p) => pids.push(format!("{}:{p}", c.record.pid)),
+                Err(e) => fail(e.to_string()),
+            }
+        }
+    }
+    if let Err(why) = reapply_stack_limit(&m.image) {
+        fail(why);
+    }
+    let cwd = Path::new(OsStr::from_bytes(&m.image.cwd));
+    if let Err(e) = std::env::set_current_dir(cwd) {
+        fail(format!("working directory {}: {e}", cwd.display()));
+    }
+    let given = given_setting(&per_process[k + 1]).unwrap_or_else(|why| fail(why));
+    let marker = process_image::RootMarker::for_self().unwrap_or_else(|e| fail(format!("/proc/self/stat: {e}")));
+    let extra = vec![
+        given,
+        format!("CKPT_SHIM_TREE_ROOT={}", root_marker.format()),
+        format!("CKPT_SHIM_PIDS={}", pids.join(",")),
+    ];
+    match exec_image(&m.image, &m.file, &m.token, m.record.section.as_bytes(), &marker, extra) {
+        Ok(err) => fail(format!("execute {}: {err}", String::from_utf8_lossy(&m.image.exe))),
+        Err(e) => fail(e.to_string()),
+    }
 }
 
 fn show_limit(v: u64) -> String {
@@ -290,6 +555,11 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
             .map(|t| if t.name.is_empty() { t.tid.to_string() } else { format!("{} ({})", t.tid, show(&t.name)) })
             .collect();
         println!("threads     {}: {}", threads.len(), names.join(", "));
+    }
+    if let Some(tree) = process_image::tree::read_tree(cp, &img)? {
+        let members: Vec<String> =
+            tree.members.iter().map(|m| format!("{} {} (parent {})", m.pid, m.comm, m.ppid)).collect();
+        println!("processes   {}: the root {} and {}", tree.members.len() + 1, img.pid, members.join(", "));
     }
     let pending = process_image::read_pending(cp)?;
     if pending != process_image::PendingSignals::default() {
@@ -355,8 +625,11 @@ pub fn image_json(cp: &Checkpoint) -> Result<serde_json::Value, Error> {
     let threads = process_image::read_threads(cp, &img)?;
     let pending = process_image::read_pending(cp)?;
     let locks = process_image::read_locks(cp, &img)?;
+    let tree = process_image::tree::read_tree(cp, &img)?.unwrap_or_default();
     Ok(serde_json::json!({
         "layout": img.version,
+        "members": tree.members.iter().map(|m| serde_json::json!({"pid": m.pid, "ppid": m.ppid, "comm": m.comm,
+            "section": m.section})).collect::<Vec<_>>(),
         "threads": threads.iter().map(|t| serde_json::json!({"tid": t.tid, "name": show(&t.name)})).collect::<Vec<_>>(),
         "pending_signals": {"process": pending.shared, "threads": pending.threads},
         "locks": locks.iter().map(|l| serde_json::json!({"fd": l.fd, "posix": l.posix, "write": l.write,

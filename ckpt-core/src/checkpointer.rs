@@ -92,7 +92,7 @@ fn ensure_fallback(signal: i32) -> Result<()> {
         .ok()
         .filter(|&i| i < ACTIVE.len())
         .ok_or_else(|| Error::invalid(format!("signal {signal} is out of range")))?;
-    let mut installed = FALLBACK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut installed = FALLBACK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if installed[idx] {
         return Ok(());
     }
@@ -187,7 +187,7 @@ enum LogSink {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, TimerState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn log(&self, event: &impl Serialize) {
@@ -316,6 +316,175 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// A checkpoint that took `taken` failed (or was abandoned): signals, the interval and the time limit
+    /// stay due so the program tries again at its next safe point; requests get the error.
+    fn fail(&self, taken: u32, requests: Vec<Request>, e: &Error) {
+        self.flags.fetch_or(taken & (SIGNAL | SIGNAL_EXIT | DEADLINE | INTERVAL), Ordering::SeqCst);
+        for r in requests {
+            r.answer(&ReplyLine::failed(e.to_string()));
+        }
+        self.log(&Event::CheckpointFailed { trigger: reasons(taken), error: e.to_string() });
+    }
+
+    /// The checkpoint in progress (if it is still this one's) was abandoned.
+    fn abandon(&self, error: &Error) {
+        if let Some(t) = self.lock().in_progress.take() {
+            self.fail(t.bits, t.requests, error);
+        }
+    }
+
+    /// Commits `writer` and does the bookkeeping of the checkpoint in progress.
+    fn commit(&self, writer: CheckpointWriter) -> Result<CommitInfo> {
+        let Taken { bits: taken, requests, started } =
+            self.lock().in_progress.take().unwrap_or(Taken { bits: 0, requests: Vec::new(), started: Instant::now() });
+        let result = writer.commit();
+        match &result {
+            Ok(info) => self.committed(taken, requests, started, info),
+            Err(e) => self.fail(taken, requests, e),
+        }
+        result
+    }
+
+    fn committed(&self, taken: u32, requests: Vec<Request>, started: Instant, info: &CommitInfo) {
+        let cost = started.elapsed();
+        let vacate = requests.iter().any(|r| r.vacate);
+        let reply = ReplyLine {
+            ok: true,
+            path: Some(info.path.clone()),
+            generation: Some(info.generation),
+            step: Some(info.app_step),
+            seconds: Some(info.seconds),
+            error: None,
+        };
+        let (interval, time_left, part) = {
+            let mut st = self.lock();
+            st.cost.record(cost);
+            st.last_end = Instant::now();
+            st.interval_fired = false;
+            let part = st.in_progress_is_part;
+            (self.interval(&st), st.end_time.map(|(e, _)| e - unix_now()), part)
+        };
+        if part {
+            // A rank's part: the step exists only once it is committed; exit and answers wait for that.
+            let pending =
+                PendingStep { bits: taken, requests, reply, generation: info.generation, step: info.app_step };
+            self.lock().pending_step = Some(pending);
+        } else {
+            if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
+                self.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
+            }
+            for r in requests {
+                r.answer(&reply);
+            }
+        }
+        let secs = cost.as_secs_f64();
+        self.log(&Event::Checkpoint {
+            trigger: reasons(taken),
+            step: info.app_step,
+            generation: info.generation,
+            path: &info.path,
+            bytes: info.stats.file_bytes,
+            raw_bytes: info.stats.raw_bytes,
+            seconds: secs,
+            bandwidth_mbps: if secs > 0.0 { info.stats.file_bytes as f64 / secs / 1e6 } else { 0.0 },
+            time_left_s: time_left,
+            interval_s: interval.map(|d| d.as_secs_f64()),
+            exit: self.flags.load(Ordering::Relaxed) & EXIT_READY != 0,
+            warnings: &info.warnings,
+        });
+        self.wake();
+    }
+}
+
+/// A checkpoint begun with [`Checkpointer::begin`]: add sections through it (it dereferences to a
+/// [`CheckpointWriter`]), then [`commit`](PendingCheckpoint::commit) it.
+///
+/// Committing through the guard is what makes the checkpointer's bookkeeping happen: the cost is
+/// recorded (interval `auto`, time limit), `ckpt create` requests are answered, the checkpoint is logged,
+/// and [`Checkpointer::should_exit`] turns true when the checkpoint was asked to be the last (SIGTERM, the
+/// time limit, a vacating request). Dropping the guard without committing is the same as
+/// [`abort`](PendingCheckpoint::abort): the temporary file is removed, the previous checkpoints stay, and
+/// whatever triggered this checkpoint is due again (a warning goes to the log).
+///
+/// The guard owns what it needs (it does not borrow the checkpointer), so it can be sent to a thread that
+/// writes in the background.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let mut config = ckpt_core::Config::new("doc", dir.path())?;
+/// # config.log = ckpt_core::LogTarget::Off;
+/// let cp = ckpt_core::Checkpointer::new(ckpt_core::Store::new(config))?;
+/// cp.request_checkpoint(true); // what SIGTERM does
+/// let mut w = cp.begin(1)?;
+/// w.add_bytes("field", &[0u8; 64])?;
+/// w.commit()?;
+/// assert!(cp.should_exit(), "SIGTERM's checkpoint is durable: time to exit");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "a checkpoint that is not committed is abandoned when dropped"]
+pub struct PendingCheckpoint {
+    writer: Option<CheckpointWriter>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PendingCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCheckpoint").field("writer", &self.writer).finish()
+    }
+}
+
+impl PendingCheckpoint {
+    /// Commits the checkpoint durably (see [`CheckpointWriter::commit`]) and does the checkpointer's
+    /// bookkeeping (see [`PendingCheckpoint`]). Blocks for the file's `fsync`, its rename and the
+    /// directory's `fsync`.
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::commit`]; then whatever triggered this checkpoint is due again and pending
+    /// `ckpt create` requests get the error.
+    pub fn commit(mut self) -> Result<CommitInfo> {
+        let writer = self.writer.take().expect("a pending checkpoint holds its writer until it is consumed");
+        self.inner.commit(writer)
+    }
+
+    /// Abandons the checkpoint (a section could not be written): the temporary file is removed, the
+    /// previous checkpoints stay, whatever triggered this checkpoint (a signal, SIGTERM's exit, the time
+    /// limit) is due again, and pending `ckpt create` requests get `error`.
+    pub fn abort(mut self, error: &Error) {
+        drop(self.writer.take());
+        self.inner.abandon(error);
+    }
+}
+
+impl std::ops::Deref for PendingCheckpoint {
+    type Target = CheckpointWriter;
+    fn deref(&self) -> &CheckpointWriter {
+        self.writer.as_ref().expect("a pending checkpoint holds its writer until it is consumed")
+    }
+}
+
+impl std::ops::DerefMut for PendingCheckpoint {
+    fn deref_mut(&mut self) -> &mut CheckpointWriter {
+        self.writer.as_mut().expect("a pending checkpoint holds its writer until it is consumed")
+    }
+}
+
+impl Drop for PendingCheckpoint {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            drop(w);
+            let e = Error::new(
+                crate::ErrorKind::InvalidState,
+                "the checkpoint was dropped without commit: abandoned, its trigger is due again",
+            );
+            self.inner.log(&Event::Warning { message: e.to_string() });
+            self.inner.abandon(&e);
+        }
+    }
+}
+
+#[allow(clippy::needless_pass_by_value, reason = "the watcher thread's main: it owns what it watches")]
 fn watch(inner: Arc<Inner>, listener: Option<UnixListener>, wake_rx: UnixStream, mut end: Option<EndTimeWatch>) {
     while !inner.stop.load(Ordering::SeqCst) {
         if let Some(w) = end.as_mut() {
@@ -437,7 +606,7 @@ extern "C" fn remove_sockets_at_exit() {
 }
 
 fn own_sockets() -> MutexGuard<'static, Vec<OwnSocket>> {
-    OWN_SOCKETS.lock().unwrap_or_else(|p| p.into_inner())
+    OWN_SOCKETS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Remembers the socket just bound at `path`, for removal at exit.
@@ -472,11 +641,13 @@ pub struct TriggerView {
 impl TriggerView {
     /// Same as [`Checkpointer::should_checkpoint`].
     #[inline]
+    #[must_use]
     pub fn should_checkpoint(&self) -> bool {
         self.inner.flags.load(Ordering::Relaxed) & DUE_MASK != 0
     }
     /// Same as [`Checkpointer::should_exit`].
     #[inline]
+    #[must_use]
     pub fn should_exit(&self) -> bool {
         self.inner.flags.load(Ordering::Relaxed) & EXIT_READY != 0
     }
@@ -488,7 +659,10 @@ impl std::fmt::Debug for TriggerView {
     }
 }
 
-/// Decides when to checkpoint and writes checkpoints through its [`Store`]; see the module documentation.
+/// Decides when to checkpoint and writes checkpoints through its [`Store`]: signals and `should_exit`,
+/// the interval and the time limit, `ckpt create` requests (see the crate documentation,
+/// [Signals and `should_exit`](crate#signals-and-should_exit) and
+/// [Intervals and the time limit](crate#intervals-and-the-time-limit)).
 ///
 /// One per process is the intended use (signals are process-wide).
 pub struct Checkpointer {
@@ -681,6 +855,7 @@ impl Checkpointer {
     }
 
     /// A view of the trigger flags that outlives borrows of the checkpointer (see [`TriggerView`]).
+    #[must_use]
     pub fn trigger_view(&self) -> TriggerView {
         TriggerView { inner: self.inner.clone() }
     }
@@ -689,6 +864,7 @@ impl Checkpointer {
     /// [`Checkpointer::should_exit`] is not yet armed: its checkpoint is due, or being written. For
     /// faces that write in the background (Python's `save(blocking=False)`): they wait for the save in
     /// flight before answering `should_exit` only then.
+    #[must_use]
     pub fn exit_pending(&self) -> bool {
         let exit_bits = SIGNAL_EXIT | DEADLINE;
         if self.inner.flags.load(Ordering::SeqCst) & exit_bits != 0 {
@@ -707,6 +883,7 @@ impl Checkpointer {
     }
 
     /// Seconds left before the job's end, if known.
+    #[must_use]
     pub fn time_left(&self) -> Option<f64> {
         self.inner.lock().end_time.map(|(e, _)| e - unix_now())
     }
@@ -734,19 +911,33 @@ impl Checkpointer {
         r
     }
 
-    /// Starts a checkpoint of step `app_step`, taking (and clearing) whatever made it due. Write sections,
-    /// then pass the writer to [`Checkpointer::commit`].
-    pub fn begin(&self, app_step: i64) -> Result<CheckpointWriter> {
-        self.begin_with(app_step, None)
+    /// Starts a checkpoint of step `app_step`, taking (and clearing) whatever made it due. Add sections to
+    /// the returned [`PendingCheckpoint`] (it dereferences to a [`CheckpointWriter`]), then call its
+    /// [`commit`](PendingCheckpoint::commit) (or pass it to [`Checkpointer::commit`]): that records the
+    /// cost, answers `ckpt create` requests, logs, and arms [`Checkpointer::should_exit`] when the
+    /// checkpoint was asked to be the last (SIGTERM, the time limit). Dropping it without committing
+    /// removes the temporary file and makes whatever triggered the checkpoint due again.
+    ///
+    /// # Errors
+    ///
+    /// The checkpoint directory cannot be listed or created, or the temporary file cannot be created
+    /// ([`ErrorKind::Io`](crate::ErrorKind::Io)); another run's checkpoints are under this name
+    /// ([`ErrorKind::Conflict`](crate::ErrorKind::Conflict)). The trigger stays due.
+    pub fn begin(&self, app_step: impl TryInto<i64>) -> Result<PendingCheckpoint> {
+        self.begin_with(crate::store::step_arg(app_step)?, None)
     }
 
     /// Like [`Checkpointer::begin`] for this rank's part of multi-rank generation `generation` (agreed by
     /// all ranks); one rank commits the step with [`Store::commit_step`] once every part is durable.
-    pub fn begin_part(&self, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
-        self.begin_with(app_step, Some(generation))
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::begin`].
+    pub fn begin_part(&self, generation: u64, app_step: impl TryInto<i64>) -> Result<PendingCheckpoint> {
+        self.begin_with(crate::store::step_arg(app_step)?, Some(generation))
     }
 
-    fn begin_with(&self, app_step: i64, part: Option<u64>) -> Result<CheckpointWriter> {
+    fn begin_with(&self, app_step: i64, part: Option<u64>) -> Result<PendingCheckpoint> {
         let taken = self.inner.flags.fetch_and(!DUE_MASK, Ordering::SeqCst) & DUE_MASK;
         let mut st = self.inner.lock();
         let requests = if taken & REQUEST != 0 { std::mem::take(&mut st.requests) } else { Vec::new() };
@@ -764,99 +955,29 @@ impl Checkpointer {
                 if let Some(t) = self.inner.lock().in_progress.as_mut() {
                     t.requests = requests;
                 }
-                Ok(w)
+                Ok(PendingCheckpoint { writer: Some(w), inner: self.inner.clone() })
             }
             Err(e) => {
-                self.fail(taken, requests, &e);
+                self.inner.fail(taken, requests, &e);
                 Err(e)
             }
         }
     }
 
-    fn fail(&self, taken: u32, requests: Vec<Request>, e: &Error) {
-        // Signals and the time limit stay due so the program tries again at its next safe point.
-        self.inner.flags.fetch_or(taken & (SIGNAL | SIGNAL_EXIT | DEADLINE), Ordering::SeqCst);
-        for r in requests {
-            r.answer(&ReplyLine::failed(e.to_string()));
-        }
-        self.inner.log(&Event::CheckpointFailed { trigger: reasons(taken), error: e.to_string() });
-    }
-
-    /// Commits a checkpoint begun with [`Checkpointer::begin`]: durable on return, timed and logged,
-    /// answers pending requests, and arms `should_exit` when the checkpoint was asked to be the last.
-    pub fn commit(&self, writer: CheckpointWriter) -> Result<CommitInfo> {
-        let Taken { bits: taken, requests, started } = self.inner.lock().in_progress.take().unwrap_or(Taken {
-            bits: 0,
-            requests: Vec::new(),
-            started: Instant::now(),
-        });
-        let result = writer.commit();
-        match &result {
-            Ok(info) => self.committed(taken, requests, started, info),
-            Err(e) => self.fail(taken, requests, e),
-        }
-        result
-    }
-
-    fn committed(&self, taken: u32, requests: Vec<Request>, started: Instant, info: &CommitInfo) {
-        let cost = started.elapsed();
-        let vacate = requests.iter().any(|r| r.vacate);
-        let reply = ReplyLine {
-            ok: true,
-            path: Some(info.path.clone()),
-            generation: Some(info.generation),
-            step: Some(info.app_step),
-            seconds: Some(info.seconds),
-            error: None,
-        };
-        let (interval, time_left, part) = {
-            let mut st = self.inner.lock();
-            st.cost.record(cost);
-            st.last_end = Instant::now();
-            st.interval_fired = false;
-            let part = st.in_progress_is_part;
-            (self.inner.interval(&st), st.end_time.map(|(e, _)| e - unix_now()), part)
-        };
-        if part {
-            // A rank's part: the step exists only once it is committed; exit and answers wait for that.
-            let pending =
-                PendingStep { bits: taken, requests, reply, generation: info.generation, step: info.app_step };
-            self.inner.lock().pending_step = Some(pending);
-        } else {
-            if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
-                self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
-            }
-            for r in requests {
-                r.answer(&reply);
-            }
-        }
-        let secs = cost.as_secs_f64();
-        self.inner.log(&Event::Checkpoint {
-            trigger: reasons(taken),
-            step: info.app_step,
-            generation: info.generation,
-            path: &info.path,
-            bytes: info.stats.file_bytes,
-            raw_bytes: info.stats.raw_bytes,
-            seconds: secs,
-            bandwidth_mbps: if secs > 0.0 { info.stats.file_bytes as f64 / secs / 1e6 } else { 0.0 },
-            time_left_s: time_left,
-            interval_s: interval.map(|d| d.as_secs_f64()),
-            exit: self.should_exit(),
-            warnings: &info.warnings,
-        });
-        self.inner.wake();
+    /// Commits a checkpoint begun with [`Checkpointer::begin`]: the same as
+    /// [`PendingCheckpoint::commit`].
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::commit`]; whatever triggered the checkpoint is due again.
+    pub fn commit(&self, writer: PendingCheckpoint) -> Result<CommitInfo> {
+        writer.commit()
     }
 
     /// Abandons a checkpoint begun with [`Checkpointer::begin`] that could not be written (a section
-    /// failed): the temporary file is removed, the previous checkpoints stay, and whatever triggered this
-    /// checkpoint (a signal, SIGTERM's exit, the time limit) is due again. Pending `ckpt create` requests
-    /// get `error`.
-    pub fn abort(&self, writer: CheckpointWriter, error: &Error) {
-        drop(writer);
-        if let Some(t) = self.inner.lock().in_progress.take() {
-            self.fail(t.bits, t.requests, error);
-        }
+    /// failed): the same as [`PendingCheckpoint::abort`].
+    pub fn abort(&self, writer: PendingCheckpoint, error: &Error) {
+        writer.abort(error);
     }
 
     /// Concludes a multi-rank step after this rank's part was committed: `committed` says whether the step
@@ -898,14 +1019,23 @@ impl Checkpointer {
             self.inner.log(&Event::StepCommitted { step, generation });
         } else {
             let e = Error::new(crate::ErrorKind::InvalidState, "the multi-rank step could not be committed");
-            self.fail(taken, requests, &e);
+            self.inner.fail(taken, requests, &e);
         }
     }
 
     /// Saves one serde value as a checkpoint (begin, `add_serde("state")`, commit). With several ranks it
     /// writes this rank's part only, as [`Checkpointer::checkpoint_part`] does.
-    pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
-        self.write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::begin`], [`CheckpointWriter::add_serde`] and [`PendingCheckpoint::commit`];
+    /// whatever triggered the checkpoint is then due again.
+    pub fn save_serde<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        app_step: impl TryInto<i64>,
+        value: &T,
+    ) -> Result<CommitInfo> {
+        Self::write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
     }
 
     /// Takes a whole checkpoint of step `app_step`: begins it, lets `write` add the sections, and commits
@@ -919,9 +1049,10 @@ impl Checkpointer {
     /// ([`Checkpointer::finish_step_unconfirmed`]).
     pub fn checkpoint(
         &self,
-        app_step: i64,
+        app_step: impl TryInto<i64>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
+        let app_step = crate::store::step_arg(app_step)?;
         self.checkpoint_begun(self.begin(app_step)?, app_step, write)
     }
 
@@ -930,11 +1061,11 @@ impl Checkpointer {
     /// `save(blocking=False)`). Abort on error and the step policy are `checkpoint`'s.
     pub fn checkpoint_begun(
         &self,
-        writer: CheckpointWriter,
+        writer: PendingCheckpoint,
         app_step: i64,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
-        let info = self.write_and_commit(Ok(writer), write)?;
+        let info = Self::write_and_commit(Ok(writer), write)?;
         let config = self.store.config();
         if config.nranks <= 1 {
             return Ok(info);
@@ -954,35 +1085,34 @@ impl Checkpointer {
     pub fn checkpoint_part(
         &self,
         generation: u64,
-        app_step: i64,
+        app_step: impl TryInto<i64>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
-        self.write_and_commit(self.begin_part(generation, app_step), write)
+        Self::write_and_commit(self.begin_part(generation, app_step), write)
     }
 
     /// [`Checkpointer::checkpoint_part`] of a part begun earlier with [`Checkpointer::begin_part`], as
     /// [`Checkpointer::checkpoint_begun`] is for whole checkpoints.
     pub fn checkpoint_part_begun(
         &self,
-        writer: CheckpointWriter,
+        writer: PendingCheckpoint,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
-        self.write_and_commit(Ok(writer), write)
+        Self::write_and_commit(Ok(writer), write)
     }
 
     /// Begun → written → committed, or abandoned when `write` fails.
     fn write_and_commit(
-        &self,
-        begun: Result<CheckpointWriter>,
+        begun: Result<PendingCheckpoint>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
         let mut w = begun?;
         if let Err(e) = write(&mut w) {
             // Keeps what made the checkpoint due (SIGTERM's exit included) due again.
-            self.abort(w, &e);
+            w.abort(&e);
             return Err(e);
         }
-        self.commit(w)
+        w.commit()
     }
 
     /// Writes one line to the structured log (for programs that want their own events there).
@@ -1016,5 +1146,87 @@ impl Drop for Checkpointer {
             r.answer(&ReplyLine::failed("the process finished without taking the checkpoint"));
         }
         self.inner.log(&Event::Finish);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpointer(dir: &Path) -> Checkpointer {
+        let mut config = Config::new("guard", dir).unwrap();
+        config.log = LogTarget::Off;
+        config.signals.clear();
+        config.socket_dir = None;
+        Checkpointer::new(Store::new(config)).unwrap()
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// `let w = cp.begin(1)?; w.commit()?` after SIGTERM arms `should_exit`: the guard's commit does the
+    /// checkpointer's bookkeeping (the defect: the writer's own commit skipped it).
+    #[test]
+    fn committing_the_guard_arms_should_exit_after_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpointer(dir.path());
+        cp.request_checkpoint(true);
+        assert!(cp.should_checkpoint());
+        let mut w = cp.begin(1).unwrap();
+        assert!(!cp.should_checkpoint(), "begin takes what made the checkpoint due");
+        w.add_bytes("x", b"state").unwrap();
+        let info = w.commit().unwrap();
+        assert_eq!(info.generation, 1);
+        assert!(cp.should_exit(), "SIGTERM's checkpoint is committed: should_exit");
+        assert!(!cp.should_checkpoint());
+    }
+
+    /// A guard dropped without commit removes its temporary file and makes the trigger due again.
+    #[test]
+    fn dropping_the_guard_aborts_and_rearms_the_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpointer(dir.path());
+        cp.request_checkpoint(true);
+        {
+            let mut w = cp.begin(1).unwrap();
+            w.add_bytes("x", b"state").unwrap();
+            assert!(w.temporary_path().exists());
+            assert!(!cp.should_checkpoint());
+        }
+        assert!(cp.should_checkpoint(), "the dropped checkpoint's trigger is due again");
+        assert!(!cp.should_exit(), "nothing was committed: no exit");
+        assert!(entries(dir.path()).iter().all(|n| !n.contains(".tmp.")), "{:?}", entries(dir.path()));
+        assert!(cp.store().restore().unwrap().is_none(), "no checkpoint was committed");
+        // The retry takes the re-armed exit request and arms the exit.
+        let w = cp.begin(2).unwrap();
+        cp.commit(w).unwrap();
+        assert!(cp.should_exit());
+    }
+
+    /// Steps are any integer type that fits the file's signed field: `u64` steps need no cast.
+    #[test]
+    fn steps_take_any_integer_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpointer(dir.path());
+        let step: u64 = 41;
+        assert_eq!(cp.save_serde(step + 1, &step).unwrap().app_step, 42);
+        let e = cp.save_serde(u64::MAX, &step).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e}");
+        assert_eq!(cp.begin(7usize).unwrap().commit().unwrap().app_step, 7);
+    }
+
+    /// An aborted checkpoint that the interval triggered stays due (before, the interval never fired again).
+    #[test]
+    fn an_aborted_interval_checkpoint_is_due_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpointer(dir.path());
+        cp.inner.flags.fetch_or(INTERVAL, Ordering::SeqCst);
+        let w = cp.begin(1).unwrap();
+        w.abort(&Error::invalid("a section failed"));
+        assert!(cp.should_checkpoint());
     }
 }

@@ -77,6 +77,7 @@ pub const DEFAULT_KEEP: usize = 2;
 pub const DEFAULT_FILE_MODE: u32 = 0o600;
 
 /// When periodic checkpoints are due.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interval {
     /// A fixed period.
@@ -86,6 +87,7 @@ pub enum Interval {
 }
 
 /// Where the structured (JSON lines) log goes.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogTarget {
     /// `<checkpoint_dir>/<base>.log` (the default).
@@ -100,6 +102,7 @@ pub enum LogTarget {
 
 /// Everything a [`crate::Store`] and a [`crate::Checkpointer`] need to know; usually built by
 /// [`Config::from_env`].
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Application name (recorded in every file; matches checkpoints across resubmissions).
@@ -165,7 +168,32 @@ pub struct Config {
 }
 
 impl Config {
+    /// A builder for a configuration of `app_name` in `dir` that ignores the environment: the defaults
+    /// of [`Config::new`], changed setting by setting, checked by [`ConfigBuilder::build`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ckpt_core::{Compression, Config, Interval, LogTarget};
+    ///
+    /// let config = Config::builder("heat", "/scratch/ckpt")
+    ///     .keep(3)
+    ///     .compression(Compression::Auto)
+    ///     .interval(Interval::Every(Duration::from_secs(600)))
+    ///     .log(LogTarget::Stderr)
+    ///     .build()?;
+    /// assert_eq!(config.keep, 3);
+    /// # Ok::<(), ckpt_core::Error>(())
+    /// ```
+    pub fn builder(app_name: &str, dir: impl AsRef<Path>) -> ConfigBuilder {
+        ConfigBuilder { config: Config::new(app_name, dir) }
+    }
+
     /// A configuration for `app_name` in `dir`, ignoring the environment (one process, no Slurm).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidArgument`] when `app_name` is empty, longer than 64 bytes, or not
+    /// usable in a file name.
     pub fn new(app_name: &str, dir: impl AsRef<Path>) -> Result<Config> {
         check_name_component(app_name, "application name")?;
         let dir = dir.as_ref().to_path_buf();
@@ -202,7 +230,12 @@ impl Config {
         })
     }
 
-    /// Reads the configuration from this process's environment (see the module documentation).
+    /// Reads the configuration from this process's environment (the variables are listed in the crate
+    /// documentation, [Environment variables](crate#environment-variables)).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidArgument`] naming the variable and its value when one is malformed.
     pub fn from_env(app_name: Option<&str>) -> Result<Config> {
         Config::from_lookup(app_name, |k| std::env::var(k).ok())
     }
@@ -248,14 +281,11 @@ impl Config {
         let (rank, nranks) = detect_rank(&get, in_step)?;
         cfg.rank = rank;
         cfg.nranks = nranks;
-        cfg.checkpoint_dir = get("CKPT_DIR")
-            .or_else(|| get("SLURM_CHECKPOINT_DIR"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
+        cfg.checkpoint_dir =
+            get("CKPT_DIR").or_else(|| get("SLURM_CHECKPOINT_DIR")).map_or_else(|| PathBuf::from("."), PathBuf::from);
         cfg.restart_dir = get("CKPT_RESTART_DIR")
             .or_else(|| get("SLURM_RESTART_DIR"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| cfg.checkpoint_dir.clone());
+            .map_or_else(|| cfg.checkpoint_dir.clone(), PathBuf::from);
         cfg.keep =
             parse_var(&get, "CKPT_KEEP", |v| v.parse::<usize>().ok().filter(|&k| k >= 1))?.unwrap_or(DEFAULT_KEEP);
         cfg.file_mode = parse_var(&get, "CKPT_FILE_MODE", |v| {
@@ -332,10 +362,13 @@ impl Config {
         };
         let socket_on = parse_var(&get, "CKPT_SOCKET", parse_bool)?.unwrap_or(true);
         cfg.socket_dir = if socket_on {
-            Some(get("CKPT_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-                let uid = crate::sys::euid();
-                PathBuf::from(get("TMPDIR").unwrap_or_else(|| "/tmp".into())).join(format!("ckpt-{uid}"))
-            }))
+            Some(get("CKPT_SOCKET_DIR").map_or_else(
+                || {
+                    let uid = crate::sys::euid();
+                    PathBuf::from(get("TMPDIR").unwrap_or_else(|| "/tmp".into())).join(format!("ckpt-{uid}"))
+                },
+                PathBuf::from,
+            ))
         } else {
             None
         };
@@ -364,6 +397,138 @@ impl Config {
     /// The path of the newest checkpoint: `<checkpoint_dir>/<base_name>`.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.checkpoint_dir.join(self.base_name())
+    }
+}
+
+/// Builds a [`Config`] setting by setting, without reading the environment ([`Config::builder`]).
+/// Errors (an invalid application name, a bad setting) are reported by [`ConfigBuilder::build`].
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug)]
+pub struct ConfigBuilder {
+    config: Result<Config>,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $($(#[$doc])* pub fn $name(mut self, $name: $ty) -> ConfigBuilder {
+            if let Ok(c) = &mut self.config {
+                c.$name = $name;
+            }
+            self
+        })*
+    };
+}
+
+impl ConfigBuilder {
+    setters! {
+        /// Generations kept (at least 1; default 2).
+        keep: usize,
+        /// Permission bits of new checkpoint files (default `0o600`; owner read and write required).
+        file_mode: u32,
+        /// Whether checkpoints are memory-mapped when loaded (default on).
+        mmap: bool,
+        /// Whether large writes bypass the page cache (default on).
+        direct_io: bool,
+        /// Whether a save writes over a retired checkpoint's blocks (default on).
+        reuse_space: bool,
+        /// The compression of sections that do not choose (default none).
+        compression: Compression,
+        /// Whether restart may start fresh when checkpoints exist but none verifies (default no).
+        allow_fresh_start: bool,
+        /// Where the JSON log goes (default: nowhere).
+        log: LogTarget,
+        /// How long rank 0 waits for the other ranks' parts (default 600 s).
+        commit_timeout: Duration,
+        /// Time kept free before the job's end, on top of the predicted checkpoint cost (default 60 s).
+        margin: Duration,
+        /// Factor on the predicted checkpoint cost before the job's end (at least 1; default 2).
+        safety_factor: f64,
+        /// Mean time between failures for [`Interval::Auto`] (default 24 hours).
+        mtbf: Duration,
+        /// Directory of the control socket for `ckpt create` (default: none).
+        socket_dir: Option<PathBuf>,
+        /// Whose checkpoints restart may take (default: this run's own, and matching resubmissions).
+        resume_from: ResumeFrom,
+    }
+
+    /// Periodic checkpoints (default: none).
+    pub fn interval(mut self, interval: Interval) -> ConfigBuilder {
+        if let Ok(c) = &mut self.config {
+            c.interval = Some(interval);
+        }
+        self
+    }
+
+    /// The job's end (seconds since the epoch): the time-limit checkpoint is taken before it.
+    pub fn end_time(mut self, unix_seconds: i64) -> ConfigBuilder {
+        if let Ok(c) = &mut self.config {
+            c.end_time = Some(unix_seconds);
+            c.end_time_source = Some(triggers::EndTimeSource::CkptEnv);
+        }
+        self
+    }
+
+    /// Where restart looks (default: the checkpoint directory).
+    pub fn restart_dir(mut self, dir: impl AsRef<Path>) -> ConfigBuilder {
+        if let Ok(c) = &mut self.config {
+            c.restart_dir = dir.as_ref().to_path_buf();
+        }
+        self
+    }
+
+    /// This process's rank among `nranks` (default 0 of 1).
+    pub fn rank(mut self, rank: u32, nranks: u32) -> ConfigBuilder {
+        if let Ok(c) = &mut self.config {
+            c.rank = rank;
+            c.nranks = nranks;
+        }
+        self
+    }
+
+    /// The signals that request a checkpoint, as `CKPT_SIGNALS` takes them (`"TERM,USR1"`, the default;
+    /// `""` for none).
+    pub fn signals(mut self, signals: &str) -> ConfigBuilder {
+        if let Ok(c) = &mut self.config {
+            if signals.trim().is_empty() {
+                c.signals.clear();
+            } else {
+                match triggers::parse_signals(signals) {
+                    Ok(s) => c.signals = s,
+                    Err(e) => self.config = Err(e),
+                }
+            }
+        }
+        self
+    }
+
+    /// The configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidArgument`] for an invalid application name or signal list, `keep` 0,
+    /// a rank outside `0..nranks`, a file mode without owner read and write, a safety factor below 1 or
+    /// not finite, or a zero MTBF.
+    pub fn build(self) -> Result<Config> {
+        let c = self.config?;
+        if c.keep == 0 {
+            return Err(Error::invalid("keep must be at least 1"));
+        }
+        if c.nranks == 0 || c.rank >= c.nranks {
+            return Err(Error::invalid(format!("rank {} is not in 0..{}", c.rank, c.nranks)));
+        }
+        if c.file_mode > 0o777 || c.file_mode & 0o600 != 0o600 {
+            return Err(Error::invalid(format!(
+                "file mode {:#o} must be at most 0o777 and include 0o600",
+                c.file_mode
+            )));
+        }
+        if !(c.safety_factor.is_finite() && c.safety_factor >= 1.0) {
+            return Err(Error::invalid(format!("safety factor {} must be finite and at least 1", c.safety_factor)));
+        }
+        if c.mtbf.is_zero() {
+            return Err(Error::invalid("the MTBF must be positive"));
+        }
+        Ok(c)
     }
 }
 
@@ -508,6 +673,39 @@ mod tests {
     fn cfg(vars: &[(&str, &str)]) -> Result<Config> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(None, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_builder_sets_and_checks() {
+        let c = Config::builder("heat", "/d")
+            .keep(3)
+            .compression(Compression::Zstd(1))
+            .interval(Interval::Auto)
+            .rank(1, 4)
+            .signals("USR2")
+            .restart_dir("/r")
+            .build()
+            .unwrap();
+        assert_eq!(
+            (c.keep, c.compression, c.interval, c.rank, c.nranks),
+            (3, Compression::Zstd(1), Some(Interval::Auto), 1, 4)
+        );
+        assert_eq!(c.signals.len(), 1);
+        assert_eq!(c.restart_dir, PathBuf::from("/r"));
+        assert_eq!(c.checkpoint_dir, PathBuf::from("/d"));
+        assert!(Config::builder("heat", "/d").signals("").build().unwrap().signals.is_empty());
+        for (b, what) in [
+            (Config::builder("heat", "/d").keep(0), "keep"),
+            (Config::builder("heat", "/d").rank(2, 2), "rank"),
+            (Config::builder("heat", "/d").file_mode(0o400), "file mode"),
+            (Config::builder("heat", "/d").safety_factor(f64::NAN), "safety factor"),
+            (Config::builder("heat", "/d").signals("NOPE"), "NOPE"),
+            (Config::builder("a/b", "/d"), "application name"),
+        ] {
+            let e = b.build().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+            assert!(e.to_string().contains(what), "{what}: {e}");
+        }
     }
 
     #[test]

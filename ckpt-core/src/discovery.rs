@@ -22,6 +22,7 @@ use crate::store::{NameKind, Store, any_base, classify, parse_manifest};
 use crate::trust;
 
 /// What discovery concluded about one file.
+#[non_exhaustive]
 #[derive(Debug)]
 pub enum CandidateStatus {
     /// Verified completely.
@@ -33,6 +34,7 @@ pub enum CandidateStatus {
 }
 
 /// One file discovery looked at.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct Candidate {
     /// The file.
@@ -54,6 +56,7 @@ pub struct Candidate {
 }
 
 /// Everything discovery saw and what it chose.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct Discovery {
     /// The directory searched.
@@ -70,6 +73,7 @@ pub struct Discovery {
 }
 
 /// A checkpoint chosen for restart.
+#[non_exhaustive]
 #[derive(Debug)]
 pub struct Restored {
     /// The verified checkpoint: the file, or for multi-rank names this rank's part.

@@ -71,12 +71,22 @@ impl fmt::Display for ErrorKind {
 }
 
 /// A failure of a `ckpt-core` operation: kind, file, section and message.
+///
+/// `Display` prints the whole story once: the file, the section, the message and, for an I/O failure,
+/// the operating system's message (`/x/heat.ckpt: fsync: No space left on device (os error 28)`). As the
+/// Rust API guidelines ask, a cause is either printed by `Display` or returned by
+/// [`source`](std::error::Error::source), never both, so error reporters that walk the chain (anyhow,
+/// eyre, `{:#}`) print each message once: an I/O error is part of the message (use
+/// [`Error::io_error`], [`Error::io_error_kind`] or [`Error::raw_os_error`] to inspect it), and a cause
+/// attached with [`Error::with_source`] is returned by `source()` and not printed.
 pub struct Error {
     kind: ErrorKind,
     path: Option<PathBuf>,
     section: Option<String>,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Whether `message` already carries the source's message (then `source()` does not return it).
+    source_in_message: bool,
 }
 
 /// The result type of `ckpt-core`.
@@ -85,7 +95,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a message (lower-case, no trailing period).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, path: None, section: None, message: message.into(), source: None }
+        Error { kind, path: None, section: None, message: message.into(), source: None, source_in_message: false }
     }
 
     /// An I/O error while doing `what` (for example "fsync"), keeping the OS error as the source.
@@ -93,7 +103,14 @@ impl Error {
     /// `ENOENT` becomes [`ErrorKind::NotFound`]; everything else is [`ErrorKind::Io`].
     pub fn io(what: &str, err: io::Error) -> Error {
         let kind = if err.kind() == io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
-        Error { kind, path: None, section: None, message: format!("{what}: {err}"), source: Some(Box::new(err)) }
+        Error {
+            kind,
+            path: None,
+            section: None,
+            message: format!("{what}: {err}"),
+            source: Some(Box::new(err)),
+            source_in_message: true,
+        }
     }
 
     /// Shorthand for a [`ErrorKind::Corrupt`] error.
@@ -124,10 +141,12 @@ impl Error {
         self
     }
 
-    /// Attaches an underlying cause.
+    /// Attaches an underlying cause, returned by [`source`](std::error::Error::source) (and not printed
+    /// by `Display`: reporters that walk the chain print it).
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
         self.source = Some(Box::new(source));
+        self.source_in_message = false;
         self
     }
 
@@ -149,6 +168,12 @@ impl Error {
     /// The message without file and section.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The operating-system error this error wraps, if any (its message is part of this error's).
+    #[must_use]
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref().and_then(|s| s.downcast_ref::<io::Error>())
     }
 
     /// The OS error kind when this error wraps an `std::io::Error`.
@@ -188,6 +213,9 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if self.source_in_message {
+            return None;
+        }
         self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
@@ -225,5 +253,29 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
         let e = Error::io("open", io::Error::from_raw_os_error(libc::ENOENT));
         assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+
+    /// Renders `e` as error reporters do (anyhow's `{:#}`): each message of the chain, joined by ": ".
+    fn report(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut parts = vec![e.to_string()];
+        let mut cur = e.source();
+        while let Some(s) = cur {
+            parts.push(s.to_string());
+            cur = s.source();
+        }
+        parts.join(": ")
+    }
+
+    #[test]
+    fn a_chain_prints_each_message_once() {
+        let e = Error::io("open", io::Error::from_raw_os_error(libc::ENOTDIR)).with_path("/x/f");
+        let text = report(&e);
+        assert_eq!(text.matches("Not a directory").count(), 1, "{text}");
+        assert!(text.starts_with("/x/f: open: Not a directory"), "{text}");
+        assert_eq!(e.io_error().and_then(io::Error::raw_os_error), Some(libc::ENOTDIR));
+        // A cause attached by the caller is the source, not part of the message.
+        let e = Error::new(ErrorKind::Encoding, "decoding failed").with_source(io::Error::other("inner cause"));
+        assert_eq!(e.to_string(), "decoding failed");
+        assert_eq!(report(&e), "decoding failed: inner cause");
     }
 }

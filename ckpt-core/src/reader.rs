@@ -21,19 +21,26 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(not(feature = "zstd"))]
+use crate::zstd_stub as zstd;
+use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use zstd::stream::raw::{Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, Codec, Encoding, Header, SectionEntry, TRAILER_LEN, Trailer};
 use crate::storage::{FileOwner, FileStorage, MappedBytes, Storage, StorageReader};
+use crate::typed::SliceRead;
 
 /// Chunk size for plain reads and CRC passes.
 const READ_CHUNK: usize = 8 << 20;
 /// The longest zstd frame header (RFC 8878: magic, descriptor, window, dictionary id, content size).
 const ZSTD_FRAME_HEADER_MAX: u64 = 18;
 
-/// How to open a checkpoint.
+/// How to open a checkpoint: `LoadOptions::new().mmap(false)`.
+///
+/// The default (and [`LoadOptions::new`]) memory-maps; [`LoadOptions::from_env`] reads `CKPT_MMAP`.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Memory-map the file (falls back to plain reads automatically when mapping fails).
@@ -41,6 +48,19 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// The defaults: memory-mapped. The environment is not read (see [`LoadOptions::from_env`]).
+    #[must_use]
+    pub const fn new() -> LoadOptions {
+        LoadOptions { mmap: true }
+    }
+
+    /// Whether to memory-map the file (otherwise plain positioned reads, for Lustre or NFS).
+    #[must_use]
+    pub const fn mmap(mut self, mmap: bool) -> LoadOptions {
+        self.mmap = mmap;
+        self
+    }
+
     /// The options this process's environment asks for: `CKPT_MMAP`, read exactly as
     /// [`crate::Config::from_env`] reads it. A malformed value is an error naming the variable. For loads
     /// without a [`crate::Config`] (with one, use [`crate::Store::load_options`]).
@@ -55,15 +75,9 @@ impl LoadOptions {
 }
 
 impl Default for LoadOptions {
-    /// [`LoadOptions::from_env`], for callers that cannot take an error. A malformed `CKPT_MMAP` is
-    /// reported on standard error (once per process, naming the variable and the value) and leaves memory
-    /// mapping on; [`LoadOptions::from_env`] returns it as an error instead.
+    /// [`LoadOptions::new`]: memory-mapped, whatever the environment says (only `from_env` reads it).
     fn default() -> LoadOptions {
-        LoadOptions::from_env().unwrap_or_else(|e| {
-            static REPORTED: std::sync::Once = std::sync::Once::new();
-            REPORTED.call_once(|| eprintln!("ckpt: {e}; memory-mapping checkpoints as by default"));
-            LoadOptions { mmap: true }
-        })
+        LoadOptions::new()
     }
 }
 
@@ -602,18 +616,125 @@ impl Checkpoint {
     }
 
     /// Decodes a serde value from a section written by [`crate::CheckpointWriter::add_serde`].
+    ///
+    /// The section records the type it was written from: a value of another type is refused with an
+    /// error naming both (type names are compared without their module paths, so moving a type to
+    /// another module keeps its checkpoints readable; the schema hash, when both sides have one, catches
+    /// a struct whose fields or an enum whose variants changed). Every byte must be used: bytes left over
+    /// mean the section holds something else. Sections written before fingerprints existed (encoding
+    /// [`Encoding::Postcard`]) are read without the type check.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SectionNotFound`]; [`ErrorKind::Encoding`] when the section is not a serde section,
+    /// holds another type, does not decode, or has bytes left over; the errors of
+    /// [`Checkpoint::read`] (corruption, I/O).
     pub fn read_serde<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        self.read_serde_checked(name, true)
+    }
+
+    /// [`Checkpoint::read_serde`] without the type check: for a type that was renamed, or whose
+    /// `Deserialize` changed its shape in a way postcard still reads (a field renamed). Bytes left over are
+    /// still an error.
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpoint::read_serde`], except that another type's section is decoded as `T`.
+    pub fn read_serde_unchecked<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        self.read_serde_checked(name, false)
+    }
+
+    fn read_serde_checked<T: DeserializeOwned>(&self, name: &str, check_type: bool) -> Result<T> {
         let e = self.section(name)?;
-        if e.encoding != Encoding::Postcard {
+        let fail = |err: Error| self.err(err.with_section(name));
+        if !matches!(e.encoding, Encoding::Postcard | Encoding::TypedPostcard) {
+            return Err(fail(Error::new(
+                ErrorKind::Encoding,
+                format!("section is encoded as {}, not postcard", e.encoding.name()),
+            )));
+        }
+        let typed = e.encoding == Encoding::TypedPostcard;
+        let bytes = self.read(name)?;
+        let payload = if typed {
+            let (written, payload) = crate::typed::Fingerprint::decode(&bytes).map_err(fail)?;
+            if check_type {
+                written.check_read_as(&crate::typed::Fingerprint::of::<T>()).map_err(fail)?;
+            }
+            payload
+        } else {
+            &bytes[..]
+        };
+        let encoding = |m: String| fail(Error::new(ErrorKind::Encoding, m));
+        match postcard::take_from_bytes::<T>(payload) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(encoding(format!(
+                "decoding as `{}` used {} of the section's {} bytes: it holds another type",
+                std::any::type_name::<T>(),
+                payload.len() - rest.len(),
+                payload.len()
+            ))),
+            Err(err) => Err(encoding(format!("postcard decoding as `{}` failed: {err}", std::any::type_name::<T>()))),
+        }
+    }
+
+    /// The elements of a section written by [`crate::CheckpointWriter::add_slice`], borrowed from the
+    /// memory map when the section is raw and aligned for `T` (zero copy), copied otherwise (a compressed
+    /// section, plain reads, or the other byte order, which is converted for the number types).
+    ///
+    /// The section's recorded element type must be `T`'s (`f64`, `u32`, ..., or for other [`Pod`]
+    /// types the same size); a section of plain bytes ([`crate::CheckpointWriter::add_bytes`], the C API)
+    /// is read as `T`s when its length is a whole number of them.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Encoding`] when the section holds another element type or encoding, or a length
+    /// that is not a whole number of `T`; the errors of [`Checkpoint::read`].
+    pub fn read_slice<T: Pod>(&self, name: &str) -> Result<Cow<'_, [T]>> {
+        let e = self.section(name)?;
+        let how = crate::typed::check_slice_read::<T>(e.encoding, e.raw_len)
+            .map_err(|err| self.err(err.with_section(name)))?;
+        let bytes = self.read(name)?;
+        let size = std::mem::size_of::<T>();
+        match (bytes, how) {
+            (Cow::Borrowed(b), SliceRead::AsIs) => match bytemuck::try_cast_slice::<u8, T>(b) {
+                Ok(slice) => Ok(Cow::Borrowed(slice)),
+                Err(_) => Ok(Cow::Owned(bytemuck::pod_collect_to_vec(b))),
+            },
+            (bytes, how) => {
+                let mut out: Vec<T> = bytemuck::pod_collect_to_vec(&bytes);
+                if how == SliceRead::Swap {
+                    crate::typed::swap_elements(bytemuck::cast_slice_mut(&mut out), size);
+                }
+                Ok(Cow::Owned(out))
+            }
+        }
+    }
+
+    /// Decodes a section written by [`crate::CheckpointWriter::add_slice`] into `dst`, whose length must
+    /// be the section's element count (no allocation of the section's size), with the checks of
+    /// [`Checkpoint::read_slice`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] when `dst` has another length; as [`Checkpoint::read_slice`].
+    pub fn read_into_slice<T: Pod>(&self, name: &str, dst: &mut [T]) -> Result<()> {
+        let e = self.section(name)?;
+        let how = crate::typed::check_slice_read::<T>(e.encoding, e.raw_len)
+            .map_err(|err| self.err(err.with_section(name)))?;
+        let size = std::mem::size_of::<T>();
+        let count = e.raw_len / size as u64;
+        if dst.len() as u64 != count {
             return Err(self.err(
-                Error::new(ErrorKind::Encoding, format!("section is encoded as {}, not postcard", e.encoding.name()))
+                Error::invalid(format!("destination holds {} elements but the section has {count}", dst.len()))
                     .with_section(name),
             ));
         }
-        let bytes = self.read(name)?;
-        postcard::from_bytes(&bytes).map_err(|err| {
-            self.err(Error::new(ErrorKind::Encoding, format!("postcard decoding failed: {err}")).with_section(name))
-        })
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
+        self.read_into(name, bytes)?;
+        if how == SliceRead::Swap {
+            crate::typed::swap_elements(bytes, size);
+        }
+        Ok(())
     }
 
     /// The mapped bytes of the whole file and the byte range of a raw section inside it, for callers that

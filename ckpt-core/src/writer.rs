@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::io;
 use std::time::Instant;
 
+#[cfg(not(feature = "zstd"))]
+use crate::zstd_stub as zstd;
 use crc32fast::Hasher;
 use zstd::stream::raw::{Encoder as ZstdEncoder, Operation, OutBuffer};
 
@@ -36,6 +38,7 @@ const AUTO_WINDOW: usize = 32 << 10;
 pub const AUTO_LEVEL: i32 = -1;
 
 /// How a section is compressed.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Compression {
     /// Stored as is (4 KiB aligned, memory-mappable). The default.
@@ -81,6 +84,7 @@ fn bad_compression(text: &str) -> Error {
 }
 
 /// Per-section choices.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SectionOptions {
     /// Compression of this section.
@@ -132,6 +136,7 @@ impl SectionOptions {
 }
 
 /// Size figures of a finished file.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileStats {
     /// Sum of the sections' decoded lengths.
@@ -275,8 +280,8 @@ impl FileBuilder {
     }
 
     fn pad_to(&mut self, align: u64) -> Result<()> {
-        let target = format::align_up(self.pos, align).expect("offset overflow");
         const ZEROS: [u8; 4096] = [0; 4096];
+        let target = format::align_up(self.pos, align).expect("offset overflow");
         while self.pos < target {
             let n = ((target - self.pos) as usize).min(ZEROS.len());
             self.emit(&ZEROS[..n])?;
@@ -747,6 +752,7 @@ fn auto_choice_planes(data: &[u8], element_size: usize, write_bandwidth: f64) ->
 ///
 /// Call [`SectionWriter::finish`] to complete the section; dropping it unfinished poisons the checkpoint
 /// (its commit then fails and the temporary file is removed).
+#[must_use = "a section writer must be finished, or the checkpoint cannot be committed"]
 pub struct SectionWriter<'a> {
     builder: &'a mut FileBuilder,
     /// The temporary file, named in errors.
@@ -856,6 +862,7 @@ mod tests {
         assert!(Compression::parse("gzip").unwrap_err().to_string().contains("\"gzip\""));
     }
 
+    #[cfg_attr(not(feature = "zstd"), ignore = "compresses: needs the zstd feature")]
     #[test]
     #[cfg_attr(miri, ignore = "compresses with zstd (C code through FFI)")]
     fn auto_skips_random_and_takes_zeros_on_slow_disks() {
@@ -907,6 +914,7 @@ mod tests {
         blocks
     }
 
+    #[cfg_attr(not(feature = "zstd"), ignore = "compresses: needs the zstd feature")]
     #[test]
     #[cfg_attr(miri, ignore = "compresses with zstd (C code through FFI)")]
     fn shuffled_sections_compress_only_the_planes_that_pay() {

@@ -550,7 +550,7 @@ pub extern "C" fn ckpt_save_buffer(path: *const c_char, buf: *const c_void, len:
 /// settings (`CKPT_MMAP`, including `ckpt_set_config`'s), and only when the trust rules allow it.
 fn open_explicit(path: &std::path::Path) -> FfiResult<Checkpoint> {
     let config = config_from_env(None)?;
-    let cp = Checkpoint::open_with(&FileStorage, path, ckpt_core::LoadOptions { mmap: config.mmap })?;
+    let cp = Checkpoint::open_with(&FileStorage, path, ckpt_core::LoadOptions::new().mmap(config.mmap))?;
     ckpt_core::trust::check(&cp)?;
     Ok(cp)
 }

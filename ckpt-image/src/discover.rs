@@ -73,7 +73,7 @@ pub fn open_image(path: &Path) -> Result<FoundImage, Error> {
     // Mapped (CKPT_MMAP=0 reads instead): verifying is then one pass over the page cache, no copy.
     let mmap = Config::from_env(None).map(|c| c.mmap).unwrap_or(true);
     let clone = file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
-    let cp = Checkpoint::open_with(&crate::OpenedFile(clone), path, LoadOptions { mmap })?;
+    let cp = Checkpoint::open_with(&crate::OpenedFile(clone), path, LoadOptions::new().mmap(mmap))?;
     cp.verify()?;
     let image = crate::read(&cp)?;
     drop(cp);
@@ -83,16 +83,28 @@ pub fn open_image(path: &Path) -> Result<FoundImage, Error> {
     Ok(FoundImage { path: path.to_path_buf(), file, image, token: before })
 }
 
-/// The newest complete, verified process image in `dir` (this job's name first), with the reasons the
-/// newer candidates were passed over.
+/// The newest complete, verified process image in `dir` *of this run*, with the reasons the newer
+/// candidates were passed over.
 ///
-/// Candidates are ordered by the time and sequence their (small, separately checksummed) state section
-/// records, then verified in full newest first until one passes: the whole-file verification is one pass
-/// over an image, so a restart pays it once, not once per generation. Names of one file (`<base>` is a
-/// hard link to the newest `<base>.<N>`) count once.
+/// Which images are this run's follows the rules of `ckpt_core::identity`, as for every checkpoint:
+///
+/// 1. Images under this job's own name (`<job>.ckpt`, `<array job>_<task>.ckpt`, or `CKPT_NAME`), newest
+///    first; one whose recorded identity names another user or another array task is refused with a
+///    message.
+/// 2. None of its own: images of other names, this user's, of the same array task (or none), as a
+///    resubmitted job finds its predecessor's. When they come from more than one run (another command
+///    line or working directory: the points of a sweep sharing a directory), restart refuses to guess
+///    and lists them; `CKPT_RESUME_FROM=<job>` names the job, `CKPT_RESUME_FROM=any` takes the newest
+///    whatever wrote it, `CKPT_RESUME_FROM=none` allows only this job's own name.
+///
+/// Within the chosen set, candidates are ordered by the time and sequence their (small, separately
+/// checksummed) state section records, then verified in full newest first until one passes: the
+/// whole-file verification is one pass over an image, so a restart pays it once, not once per
+/// generation. Names of one file (`<base>` is a hard link to the newest `<base>.<N>`) count once.
 pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
+    use ckpt_core::identity::{ResumeFrom, RunIdentity};
     use std::os::unix::fs::MetadataExt;
-    let mut files: Vec<(std::time::SystemTime, PathBuf, (u64, u64))> = Vec::new();
+    let mut files: Vec<(PathBuf, (u64, u64))> = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list the image directory", e).with_path(dir))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -105,30 +117,115 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
         }
         let Ok(meta) = e.metadata() else { continue };
         if meta.is_file() {
-            files.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), e.path(), (meta.dev(), meta.ino())));
+            files.push((e.path(), (meta.dev(), meta.ino())));
         }
     }
-    // This job's own name first, then everything else; newest first within each.
-    let own = Config::from_env(None).ok().map(|c| c.base_name());
-    let mine = |p: &PathBuf| {
-        own.as_deref().is_some_and(|o| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(o)))
-    };
-    files.sort_by(|a, b| mine(&b.1).cmp(&mine(&a.1)).then(b.0.cmp(&a.0)));
+    files.sort();
     let mut seen = std::collections::HashSet::new();
-    files.retain(|f| seen.insert(f.2));
+    files.retain(|f| seen.insert(f.1));
+    let config = Config::from_env(None).ok();
+    let own = config.as_ref().map(|c| c.base_name());
+    let resume_from = config.as_ref().map(|c| c.resume_from.clone()).unwrap_or_default();
+    let my_task = config.as_ref().and_then(|c| c.identity.array_task.clone());
+    let me = ckpt_core::identity::effective_uid();
+    let is_own = |p: &Path| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        own.as_deref().is_some_and(|o| ckpt_core::any_base(name) == Some(o))
+    };
     let mut rejected = Vec::new();
-    // (time, sequence, own name) of each candidate whose structure and state section check out: the newest
-    // image wins, this job's name breaks ties.
-    let mut candidates = Vec::new();
-    for (_, path, _) in files {
+    // (time, sequence, path, identity) of each candidate whose structure and state section check out.
+    let mut own_candidates = Vec::new();
+    let mut others = Vec::new();
+    for (path, _) in files {
         match peek_image(&path) {
-            Ok(image) => candidates.push((image.time_unix, image.sequence, mine(&path), path)),
+            Ok((image, identity)) => {
+                let entry = (image.time_unix, image.sequence, path.clone(), identity);
+                if is_own(&path) { own_candidates.push(entry) } else { others.push(entry) }
+            }
             Err(e) => rejected.push(format!("{}: {}", path.display(), e)),
         }
     }
-    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+    let newest_first = |v: &mut Vec<(f64, u64, PathBuf, Option<RunIdentity>)>| {
+        v.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    };
+    // Another user's image, or another array task's, is never this run's (whatever its name).
+    let foreign = |id: &Option<RunIdentity>| -> Option<String> {
+        let id = id.as_ref()?;
+        if id.uid != me {
+            return Some(format!("written by uid {}, not by you (uid {me})", id.uid));
+        }
+        if id.array_task != my_task {
+            return Some(format!(
+                "it belongs to array task {}, this run is array task {}",
+                id.array_task.as_deref().unwrap_or("(none)"),
+                my_task.as_deref().unwrap_or("(none)")
+            ));
+        }
+        None
+    };
+    newest_first(&mut own_candidates);
+    newest_first(&mut others);
+    let mut chosen = Vec::new();
+    for c in own_candidates {
+        match foreign(&c.3) {
+            Some(why) => rejected.push(format!("{}: {why}", c.2.display())),
+            None => chosen.push(c.2),
+        }
+    }
+    if chosen.is_empty() && resume_from != ResumeFrom::OwnOnly {
+        let mut eligible: Vec<_> = others
+            .into_iter()
+            .filter(|c| match foreign(&c.3) {
+                Some(why) => {
+                    rejected.push(format!("{}: {why}", c.2.display()));
+                    false
+                }
+                None => true,
+            })
+            .filter(|c| match &resume_from {
+                ResumeFrom::Job(job) => c.3.as_ref().and_then(|i| i.job.as_deref()) == Some(job.as_str()),
+                _ => true,
+            })
+            .collect();
+        // Runs, told apart by command line and working directory (a resubmitted job keeps both).
+        let run_of = |c: &(f64, u64, PathBuf, Option<RunIdentity>)| match &c.3 {
+            Some(id) => format!("{} in {}", id.cmdline, id.cwd),
+            None => "an image without a recorded identity (written by an older ckpt)".to_string(),
+        };
+        let mut runs: Vec<String> = Vec::new();
+        for c in &eligible {
+            let r = run_of(c);
+            if !runs.contains(&r) {
+                runs.push(r);
+            }
+        }
+        if runs.len() > 1 && resume_from == ResumeFrom::Auto {
+            let listing: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    let newest = eligible.iter().find(|c| run_of(c) == *r).map(|c| c.2.display().to_string());
+                    format!("  {r} (newest: {})", newest.unwrap_or_default())
+                })
+                .collect();
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the directory holds process images of {} different runs and none under this job's name ({}); \
+                     restart refuses to guess which one to resume:\n{}\nname the image (`ckpt restart IMAGE`), \
+                     the job (CKPT_RESUME_FROM=<job id>), or take the newest whichever run wrote it \
+                     (CKPT_RESUME_FROM=any)",
+                    runs.len(),
+                    own.as_deref().unwrap_or("none"),
+                    listing.join("\n")
+                ),
+            )
+            .with_path(dir));
+        }
+        eligible.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        chosen.extend(eligible.into_iter().map(|c| c.2));
+    }
     let mut best = None;
-    for (.., path) in candidates {
+    for path in chosen {
         match open_image(&path) {
             Ok(found) => {
                 best = Some(found);
@@ -143,15 +240,17 @@ pub fn discover_image(dir: &Path) -> Result<FoundImage, Error> {
         }
     }
     best.ok_or_else(|| {
-        Error::new(ErrorKind::NoValidCheckpoint, "no complete, verified process image in the directory").with_path(dir)
+        Error::new(ErrorKind::NoValidCheckpoint, "no complete, verified process image of this run in the directory")
+            .with_path(dir)
     })
 }
 
 /// The process image's state, read without verifying the memory section: for ordering candidates.
-pub fn peek_image(path: &Path) -> Result<ProcessImage, Error> {
+pub fn peek_image(path: &Path) -> Result<(ProcessImage, Option<ckpt_core::identity::RunIdentity>), Error> {
     let file = open_once(path)?;
-    let cp = Checkpoint::open_with(&crate::OpenedFile(file), path, LoadOptions { mmap: false })?;
-    crate::read(&cp)
+    let cp = Checkpoint::open_with(&crate::OpenedFile(file), path, LoadOptions::new().mmap(false))?;
+    let identity = ckpt_core::identity::RunIdentity::of_header(cp.header()).and_then(Result::ok);
+    Ok((crate::read(&cp)?, identity))
 }
 
 /// What would stop `image` from restarting here, checked before anything is executed.

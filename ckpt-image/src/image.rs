@@ -117,6 +117,11 @@ pub enum FdKind {
     /// repositioned; never cut back, no identity check (procfs inodes belong to one process). Added after
     /// layout 2 shipped, as the last variant: older builds fail to decode such an image and refuse it.
     ProcFile,
+    /// In an image of a process tree ([`crate::tree`]): a pipe descriptor (`path` is `pipe:[inode]`),
+    /// given to the process by `ckpt restart` (a pipe recreated for the tree, with its unread bytes, or
+    /// the restart command's own descriptor for a pipe that leads out of the tree through the root's
+    /// standard descriptors). Added after [`FdKind::ProcFile`], for layout 4.
+    TreePipe,
 }
 
 /// The environment variable choosing what happens to descriptors inherited from the launcher that
@@ -390,7 +395,7 @@ impl ProcessImage {
 }
 
 /// One section's postcard encoding, or an `Encoding` error naming the section.
-fn encode_section<T: Serialize + ?Sized>(value: &T, section: &str) -> ckpt_core::Result<Vec<u8>> {
+pub(crate) fn encode_section<T: Serialize + ?Sized>(value: &T, section: &str) -> ckpt_core::Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| {
         ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard encoding failed: {e}"))
             .with_section(section)
@@ -411,7 +416,14 @@ pub fn read(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<ProcessImage> {
         );
     }
     // The version first (the first field): another layout does not decode as this one.
-    let version: u32 = cp.read_serde(STATE_SECTION)?;
+    // Decoded from the section's first bytes: `read_serde` would refuse the bytes after the version.
+    let state = cp.read(STATE_SECTION)?;
+    let (version, _) = postcard::take_from_bytes::<u32>(&state).map_err(|e| {
+        ckpt_core::Error::new(ckpt_core::ErrorKind::Encoding, format!("postcard decoding failed: {e}"))
+            .with_section(STATE_SECTION)
+            .with_path(cp.path())
+    })?;
+    drop(state);
     check_version(version).map_err(|e| e.with_path(cp.path()))?;
     let image: ProcessImage = cp.read_serde(STATE_SECTION)?;
     let memory = cp.section(MEMORY_SECTION)?;
@@ -432,15 +444,18 @@ pub fn read(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<ProcessImage> {
 
 /// Refuses a state section of another layout, saying what to do.
 pub(crate) fn check_version(version: u32) -> ckpt_core::Result<()> {
-    if version == PROCESS_IMAGE_VERSION || version == PROCESS_IMAGE_VERSION_THREADS {
+    if version == PROCESS_IMAGE_VERSION
+        || version == PROCESS_IMAGE_VERSION_THREADS
+        || version == crate::tree::PROCESS_IMAGE_VERSION_TREE
+    {
         return Ok(());
     }
     Err(ckpt_core::Error::new(
         ckpt_core::ErrorKind::UnsupportedVersion,
         format!(
-            "process image layout {version} (this build reads {PROCESS_IMAGE_VERSION} and \
-             {PROCESS_IMAGE_VERSION_THREADS}): the image was written by \
-             another version of ckpt, whose libckpt_preload.so is part of the image; restart it with that version"
+            "process image layout {version} (this build reads {PROCESS_IMAGE_VERSION} to {}): the image was written by \
+             another version of ckpt, whose libckpt_preload.so is part of the image; restart it with that version",
+            crate::tree::PROCESS_IMAGE_VERSION_TREE
         ),
     ))
 }
@@ -514,7 +529,8 @@ pub fn encode_threads(threads: &[ThreadRecord]) -> ckpt_core::Result<Vec<u8>> {
 /// (version 2); for version 3, every thread, the main one (`image.pid`, at `image.sigframe`) first.
 pub fn read_threads(cp: &ckpt_core::Checkpoint, image: &ProcessImage) -> ckpt_core::Result<Vec<ThreadRecord>> {
     let corrupt = |m: String| Err(ckpt_core::Error::new(ckpt_core::ErrorKind::Corrupt, m).with_path(cp.path()));
-    if image.version != PROCESS_IMAGE_VERSION_THREADS {
+    let tree_with_threads = image.version == crate::tree::PROCESS_IMAGE_VERSION_TREE && cp.has_section(THREADS_SECTION);
+    if image.version != PROCESS_IMAGE_VERSION_THREADS && !tree_with_threads {
         if cp.has_section(THREADS_SECTION) {
             return corrupt(format!("a layout-{} process image with a {THREADS_SECTION} section", image.version));
         }

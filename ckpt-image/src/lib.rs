@@ -26,6 +26,7 @@ mod fingerprint;
 mod image;
 mod marker;
 mod opened;
+pub mod tree;
 
 pub use fingerprint::{cpu_features, fingerprint, fingerprint_mismatch};
 pub use image::*;
@@ -70,7 +71,7 @@ mod tests {
         assert!(Registration::parse("signal=99\nexit_signal=15\nstart=1\nboot=x\n").is_err());
     }
 
-    pub(super) fn image() -> ProcessImage {
+    pub(crate) fn image() -> ProcessImage {
         let region = |start: u64, end: u64, runs: Vec<Run>| Region {
             start,
             end,
@@ -253,9 +254,11 @@ mod golden {
         assert_eq!(version, 1);
         let e = check_version(version).unwrap_err();
         assert_eq!(e.kind(), ckpt_core::ErrorKind::UnsupportedVersion);
-        assert!(e.to_string().contains("layout 1 (this build reads 2 and 3)"), "{e}");
+        assert!(e.to_string().contains("layout 1 (this build reads 2 to 4)"), "{e}");
         assert!(e.to_string().contains("another version of ckpt"), "{e}");
         assert!(check_version(PROCESS_IMAGE_VERSION).is_ok());
         assert!(check_version(PROCESS_IMAGE_VERSION_THREADS).is_ok());
+        assert!(check_version(crate::tree::PROCESS_IMAGE_VERSION_TREE).is_ok());
+        assert!(check_version(crate::tree::PROCESS_IMAGE_VERSION_TREE + 1).is_err());
     }
 }

@@ -38,6 +38,7 @@ mod restore;
 mod sys;
 mod threads;
 mod tid;
+mod tree;
 mod writer;
 
 use sys::*;
@@ -48,7 +49,7 @@ const TIMER_DEADLINE: usize = 2;
 /// `si_code` of a POSIX timer signal.
 const SI_TIMER: i32 = -2;
 /// `si_code` of a signal sent with `sigqueue`.
-const SI_QUEUE: i32 = -1;
+pub(crate) const SI_QUEUE: i32 = -1;
 /// The background end-time query's answer (see [`spawn_end_time_query`]): a `sigqueue` of the timer
 /// signal whose value has this tag in its top 16 bits and the unix second to checkpoint at below.
 const END_TIME_TAG: usize = 0xC4E7;
@@ -66,10 +67,14 @@ const NSIG: usize = 65;
 pub(crate) const CKPT_SIGNAL: c_int = 62;
 pub(crate) const CKPT_EXIT_SIGNAL: c_int = 61;
 /// The reserved signals (the park signal of `threads` too), as a kernel signal-set mask.
-pub(crate) const RESERVED_MASK: u64 =
-    (1 << (CKPT_SIGNAL - 1)) | (1 << (CKPT_EXIT_SIGNAL - 1)) | (1 << (threads::PARK_SIGNAL - 1));
+pub(crate) const RESERVED_MASK: u64 = (1 << (CKPT_SIGNAL - 1))
+    | (1 << (CKPT_EXIT_SIGNAL - 1))
+    | (1 << (threads::PARK_SIGNAL - 1))
+    | (1 << (tree::TREE_SIGNAL - 1));
 /// [`SIGNAL_MODE`] of the park signal.
 const MODE_PARK: u8 = 3;
+/// [`SIGNAL_MODE`] of [`tree::TREE_SIGNAL`].
+const MODE_TREE: u8 = 4;
 
 // ------------------------------------------------------------------------------------------ global state
 // Everything here lives in the shim's .data/.bss and is therefore saved and restored with the program:
@@ -192,6 +197,12 @@ pub(crate) struct Snapshot {
     pub errno_addr: usize,
     /// Shared open file descriptions were found with `kcmp` (else by the probe of [`same_description`]).
     pub sharing_by_kcmp: bool,
+    /// The process checkpointed (the writer's parent).
+    pub pid: i32,
+    /// Part of a process tree's checkpoint (pipes are recorded as the tree's, with their contents).
+    pub tree: bool,
+    /// A member of the tree (not the root): the image goes to the coordination directory.
+    pub member: bool,
 }
 
 /// One descriptor as the handler saw it.
@@ -223,6 +234,9 @@ pub(crate) static SNAPSHOT: Shared<Snapshot> = Shared::new(Snapshot {
     ppid: 0,
     errno_addr: 0,
     sharing_by_kcmp: true,
+    pid: 0,
+    tree: false,
+    member: false,
 });
 
 /// Settings built at start.
@@ -354,9 +368,16 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
         }
         return;
     }
+    let mut member = None;
     let nonce = match &marker {
         Some(Ok(m)) if named_me(m) => m.nonce,
-        Some(Ok(_)) => return, // a child of the checkpointed process (or of an earlier one): stay passive
+        // A process the checkpointed one started (through any number of exec'd descendants): a member of
+        // its process tree (tree.rs).
+        Some(Ok(m)) if descends_from(m) => {
+            member = Some(*m);
+            m.nonce
+        }
+        Some(Ok(_)) => return, // not a descendant (a later process with an inherited environment): passive
         Some(Err((t, why))) => {
             if t.trim() == pid.to_string() {
                 warn_prefixed(b"checkpointing is disabled in this process: ", why.as_bytes());
@@ -365,15 +386,21 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
         }
         None => ckpt_image::nonce(), // LD_PRELOAD set by hand: this process is the root
     };
-    let start = match ckpt_image::process_start_time(pid as u32) {
-        Ok(s) => s,
-        Err(e) => {
-            warn_prefixed(b"checkpointing is disabled: cannot read /proc/self/stat: ", e.to_string().as_bytes());
-            return;
-        }
-    };
-    set_root_marker(&ckpt_image::RootMarker { pid: pid as u32, start, nonce });
-    ROOT_START.store(start, Ordering::Relaxed);
+    if let Some(m) = &member {
+        // The root's marker, through the shim's buffer: a restorer rewrites it to name the restored root,
+        // so that what this process executes later still finds the root.
+        set_root_marker(m);
+    } else {
+        let start = match ckpt_image::process_start_time(pid as u32) {
+            Ok(s) => s,
+            Err(e) => {
+                warn_prefixed(b"checkpointing is disabled: cannot read /proc/self/stat: ", e.to_string().as_bytes());
+                return;
+            }
+        };
+        set_root_marker(&ckpt_image::RootMarker { pid: pid as u32, start, nonce });
+        ROOT_START.store(start, Ordering::Relaxed);
+    }
     if let Some(boot) = ckpt_image::boot_id() {
         // SAFETY: single-threaded initialisation (see Shared).
         unsafe { fill_cstr(&mut *BOOT_ID.get(), boot.as_bytes()) };
@@ -393,7 +420,7 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
         warn(b"cannot re-execute the program with address-space randomization off; checkpointing is disabled");
         return;
     }
-    match setup(&args, &env, &getenv) {
+    match setup(&args, &env, &getenv, member.as_ref()) {
         Ok(()) => {}
         Err(message) => {
             let line = format!("ckpt: {message}\n");
@@ -406,16 +433,44 @@ unsafe fn init(argc: c_int, argv: *const *const c_char, envp: *const *const c_ch
 /// Puts `CKPT_SHIM_ROOT=<marker>` into the environment through [`ROOT_MARKER_ENV`] (`putenv` keeps the
 /// buffer, so the restorer can rewrite the marker in place).
 fn set_root_marker(m: &ckpt_image::RootMarker) {
-    let text = m.format();
+    fill_root_marker(m);
     // SAFETY: single-threaded initialisation (see Shared); the buffer is static, so putenv may keep it.
+    unsafe { libc::putenv((*ROOT_MARKER_ENV.get()).as_mut_ptr().cast()) };
+}
+
+/// `CKPT_SHIM_ROOT=<marker>` into [`ROOT_MARKER_ENV`].
+fn fill_root_marker(m: &ckpt_image::RootMarker) {
+    let text = m.format();
+    // SAFETY: single-threaded initialisation (see Shared).
     unsafe {
         let buf = &mut *ROOT_MARKER_ENV.get();
         let mut pos = 0;
         put(buf, &mut pos, ROOT_ENV_PREFIX);
         put(buf, &mut pos, text.as_bytes());
         buf[pos.min(ROOT_ENV_LEN)] = 0;
-        libc::putenv(buf.as_mut_ptr().cast());
     }
+}
+
+/// Whether the process `m` names (pid and start time) is an ancestor of this one.
+fn descends_from(m: &ckpt_image::RootMarker) -> bool {
+    // SAFETY: getppid has no arguments.
+    let mut pid = unsafe { syscall3(libc::SYS_getppid, 0, 0, 0) } as u32;
+    for _ in 0..64 {
+        if pid <= 1 {
+            return false;
+        }
+        if pid == m.pid {
+            return ckpt_image::process_start_time(pid).is_ok_and(|s| s == m.start);
+        }
+        let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else { return false };
+        let Some(close) = stat.iter().rposition(|&b| b == b')') else { return false };
+        let ppid = stat[close + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(1);
+        match ppid.and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()) {
+            Some(p) => pid = p,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// Reads a NULL-terminated pointer array.
@@ -482,7 +537,12 @@ pub(crate) fn warn(message: &[u8]) {
     write_all(2, &buf[..pos]);
 }
 
-fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+fn setup(
+    args: &[usize],
+    env: &[usize],
+    getenv: &dyn Fn(&str) -> Option<String>,
+    member: Option<&ckpt_image::RootMarker>,
+) -> Result<(), String> {
     // Before anything of the shim opens a file: what the launcher left open.
     record_start_fds();
     record_arg_area();
@@ -502,6 +562,7 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
         ckpt_core::LogTarget::File(p) => (Some(p.clone()), false),
         ckpt_core::LogTarget::Stderr => (None, true),
         ckpt_core::LogTarget::Off => (None, false),
+        _ => (None, false),
     };
     // Absolute paths: the program may change its working directory.
     let mut config = config;
@@ -539,13 +600,21 @@ fn setup(args: &[usize], env: &[usize], getenv: &dyn Fn(&str) -> Option<String>)
         SIGNAL_MODE[sig].store(if spec.exit { 2 } else { 1 }, Ordering::Relaxed);
         install_handler(spec.signal).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
     }
-    for (sig, mode) in [(CKPT_SIGNAL, 1), (CKPT_EXIT_SIGNAL, 2), (threads::PARK_SIGNAL, MODE_PARK)] {
+    for (sig, mode) in
+        [(CKPT_SIGNAL, 1), (CKPT_EXIT_SIGNAL, 2), (threads::PARK_SIGNAL, MODE_PARK), (tree::TREE_SIGNAL, MODE_TREE)]
+    {
         SIGNAL_MODE[sig as usize].store(mode, Ordering::Relaxed);
         install_handler(sig).map_err(|e| format!("cannot install the handler for signal {sig}: {e}"))?;
     }
     let timer_signal = timer_signal_of(&signals);
     EXIT_SIGNAL.store(CKPT_EXIT_SIGNAL, Ordering::Relaxed);
     TIMER_SIGNAL.store(timer_signal, Ordering::Relaxed);
+    if let Some(m) = member {
+        // Triggers, `ckpt create` and the log's start line belong to the root, which coordinates.
+        ROOT_PID.store(m.pid as i32, Ordering::Relaxed);
+        ACTIVE.store(true, Ordering::Release);
+        return Ok(());
+    }
     ROOT_PID.store(getpid(), Ordering::Relaxed);
     ACTIVE.store(true, Ordering::Release);
     let interval_ns = timers.interval.map(|d| d.as_nanos() as u64).unwrap_or(0);
@@ -1028,6 +1097,22 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     let saved_errno = if errno_addr.is_null() { 0 } else { unsafe { *errno_addr } };
     let sig_u = sig as usize;
     let mut mode = if sig_u < NSIG { SIGNAL_MODE[sig_u].load(Ordering::Relaxed) } else { 0 };
+    if mode == MODE_TREE {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+        let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as usize) };
+        eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
+        if ACTIVE.load(Ordering::Acquire)
+            && getpid() != ROOT_PID.load(Ordering::Relaxed)
+            && tree::is_request(code, value)
+        {
+            tree::member_checkpoint(value, uctx as usize, saved_errno);
+        }
+        if !errno_addr.is_null() {
+            // SAFETY: as above.
+            unsafe { *errno_addr = saved_errno };
+        }
+        return;
+    }
     if mode == MODE_PARK {
         // Another thread takes a checkpoint: stop here until it has forked its writer. A call this
         // interrupted is resumed (`eintr`).
@@ -1059,6 +1144,28 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
     }
     let ours = ACTIVE.load(Ordering::Acquire) && getpid() == ROOT_PID.load(Ordering::Relaxed);
     if !ours || mode == 0 {
+        // A checkpoint request reaching a member of a process tree (Slurm's `--signal` and `scancel
+        // --signal` reach every process of a step): the root takes the tree's checkpoint. A request to
+        // continue is the root's alone; for one that ends the program, the member waits for the root's
+        // checkpoint to come and go, then gets the signal's action.
+        if !ours && mode != 0 && !from_timer && ACTIVE.load(Ordering::Acquire) {
+            if mode == 1 {
+                eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
+                if !errno_addr.is_null() {
+                    // SAFETY: as above.
+                    unsafe { *errno_addr = saved_errno };
+                }
+                return;
+            }
+            if !tree::hold_term() {
+                // Restored from the checkpoint taken meanwhile: the signal belonged to the run that ended.
+                if !errno_addr.is_null() {
+                    // SAFETY: as above.
+                    unsafe { *errno_addr = saved_errno };
+                }
+                return;
+            }
+        }
         if from_timer || !emulate_app_action(sig, info, uctx) {
             // No handler of the program ran: a call this signal interrupted is resumed (`eintr`).
             eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
@@ -1139,7 +1246,7 @@ fn emulate_app_action(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
 }
 
 /// Ends the process by `sig`'s default action (as the shell and Slurm expect to see it).
-fn die_by_default(sig: c_int) -> ! {
+pub(crate) fn die_by_default(sig: c_int) -> ! {
     if getpid() == ROOT_PID.load(Ordering::Relaxed) {
         unregister_process();
     }
@@ -1155,17 +1262,21 @@ fn die_by_default(sig: c_int) -> ! {
     exit_group(128 + sig)
 }
 
-/// Checks what cannot be checkpointed, records what the writer needs, and forks it. Returns whether an
-/// image was (for `exit`) or is being (otherwise) written.
-fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool {
-    let t0 = monotonic_ns();
-    // One checkpoint at a time: wait for the previous writer.
+/// Waits for the writer of the previous checkpoint (one checkpoint at a time).
+pub(crate) fn wait_previous_writer() {
     let prev = WRITER_PID.swap(0, Ordering::Relaxed);
     if prev > 0 {
         let mut status = 0i32;
         // SAFETY: waits for our own clone child; `status` is writable.
         unsafe { syscall6(SYS_wait4, prev as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0) };
     }
+}
+
+/// Checks what cannot be checkpointed, records what the writer needs, and forks it. Returns whether an
+/// image was (for `exit`) or is being (otherwise) written.
+fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool {
+    let t0 = monotonic_ns();
+    wait_previous_writer();
     let mut dirbuf = [0u8; 4096];
     // Every other thread stopped in the park handler (threads.rs); this one's frame recorded too.
     let multi = count_dir_entries(b"/proc/self/task\0", &mut dirbuf) > 1;
@@ -1196,28 +1307,84 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
         threads::NSLOTS.store(0, Ordering::Release);
         threads::record_self(ucontext);
     }
-    let refuse_and_release = |msg: &[u8]| {
-        refuse(msg);
+    let release = || {
         if multi {
             threads::release();
         }
     };
-    let mut path = [0u8; 64];
-    let mut pos = 0;
-    put(&mut path, &mut pos, b"/proc/self/task/");
-    put_u64(&mut path, &mut pos, getpid() as u64);
-    put(&mut path, &mut pos, b"/children\0");
-    let mut children = [0u8; 64];
-    let n = read_file(&path[..pos], &mut children);
-    if n > 0 || n == -(libc::EFBIG as isize) {
-        refuse_and_release(b"the process has child processes; this version checkpoints one process only");
-        return false;
+    let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1;
+    // The child processes, stopped too (tree.rs).
+    let members = match tree::stop_members(sequence) {
+        Ok(n) => n,
+        Err(why) => {
+            refuse(why.text());
+            release();
+            return false;
+        }
+    };
+    let pid = match fork_writer_at(errno, ucontext, exit, members > 0, false, t0, sequence) {
+        Ok(pid) => pid,
+        Err(why) => {
+            refuse(why);
+            tree::abort_members();
+            release();
+            return false;
+        }
+    };
+    let members_ok = tree::members_forked(exit);
+    if !exit {
+        WRITER_PID.store(pid, Ordering::Relaxed);
+        tree::finish(false, false);
+        release();
+        return true;
     }
+    let mut status = 0i32;
+    loop {
+        // SAFETY: waits for our own clone child.
+        let r = unsafe {
+            syscall6(SYS_wait4, pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0)
+        };
+        if r != -(libc::EINTR as isize) {
+            break;
+        }
+    }
+    let ok = members_ok && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    tree::finish(true, ok);
+    if !ok {
+        // No image: the program goes on (or gets the signal's own action).
+        release();
+    }
+    ok
+}
+
+/// A member's writer (tree.rs): records what the writer needs and forks it; its pid, or -1.
+pub(crate) fn fork_writer(errno: i32, ucontext: usize, exit: bool, member: bool) -> i32 {
+    let sequence = tree::TREE_SEQ.load(Ordering::Relaxed);
+    match fork_writer_at(errno, ucontext, exit, true, member, monotonic_ns(), sequence) {
+        Ok(pid) => pid,
+        Err(why) => {
+            warn(why);
+            -1
+        }
+    }
+}
+
+/// Records the descriptors, timers and registers' location, copies the pipes' unread bytes (in a
+/// tree), and forks the writer (a raw clone). The caller has stopped every thread.
+fn fork_writer_at(
+    errno: i32,
+    ucontext: usize,
+    exit: bool,
+    tree: bool,
+    member: bool,
+    t0: u64,
+    sequence: u64,
+) -> Result<i32, &'static [u8]> {
+    let mut dirbuf = [0u8; 4096];
     // SAFETY: only the coordinating thread runs (the others are stopped); the writer reads its own copy.
     let snap = unsafe { &mut *SNAPSHOT.get() };
     if !snapshot_fds(snap, &mut dirbuf) {
-        refuse_and_release(b"more than 1024 open file descriptors");
-        return false;
+        return Err(b"more than 1024 open file descriptors");
     }
     for (which, slot) in snap.itimers.iter_mut().enumerate() {
         let mut it = [0i64; 4];
@@ -1233,44 +1400,28 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
     // SAFETY: __errno_location only returns this thread's errno address.
     snap.errno_addr = unsafe { libc::__errno_location() } as usize;
     snap.exit = exit;
-    snap.sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1;
+    snap.sequence = sequence;
+    snap.pid = getpid();
+    snap.tree = tree;
+    snap.member = member;
+    if tree {
+        tree::capture_pipes(snap);
+    }
     // A fork without SIGCHLD (exit signal 0): the program's wait() never sees it, atfork handlers do not run.
     // SAFETY: clone with no flags and no new stack behaves like fork; the child continues below.
     let pid = unsafe { syscall6(libc::SYS_clone, 0, 0, 0, 0, 0, 0) };
     if pid == 0 {
         writer::run_writer();
     }
+    tree::close_scratch();
     if pid < 0 {
-        refuse_and_release(b"clone failed (out of memory or process limit)");
-        return false;
+        return Err(b"clone failed (out of memory or process limit)");
     }
-    if !exit {
-        WRITER_PID.store(pid as i32, Ordering::Relaxed);
-        if multi {
-            threads::release();
-        }
-        return true;
-    }
-    let mut status = 0i32;
-    loop {
-        // SAFETY: waits for our own clone child.
-        let r = unsafe {
-            syscall6(SYS_wait4, pid as usize, &mut status as *mut i32 as usize, libc::__WALL as usize, 0, 0, 0)
-        };
-        if r != -(libc::EINTR as isize) {
-            break;
-        }
-    }
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    if !ok && multi {
-        // No image: the program goes on (or gets the signal's own action).
-        threads::release();
-    }
-    ok
+    Ok(pid as i32)
 }
 
 /// Counts the entries of a directory other than `.` and `..` (raw getdents64).
-fn count_dir_entries(path: &[u8], buf: &mut [u8]) -> usize {
+pub(crate) fn count_dir_entries(path: &[u8], buf: &mut [u8]) -> usize {
     let mut count = 0;
     for_each_dir_entry(path, buf, |_| count += 1);
     count
@@ -1311,7 +1462,7 @@ pub(crate) fn for_each_dir_entry(path: &[u8], buf: &mut [u8], mut f: impl FnMut(
     fd as i32
 }
 
-fn parse_decimal(s: &[u8]) -> Option<i64> {
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<i64> {
     if s.is_empty() || s.len() > 18 {
         return None;
     }
@@ -1345,7 +1496,7 @@ fn snapshot_fds(snap: &mut Snapshot, buf: &mut [u8]) -> bool {
     }
     let mut kept = 0;
     for &fd in &numbers[..nfds] {
-        if fd == dir_fd {
+        if fd == dir_fd || fd == tree::CTL_FD.load(Ordering::Relaxed) {
             continue;
         }
         // SAFETY: a zeroed stat is valid output space.
@@ -1445,7 +1596,7 @@ fn managed(sig: c_int) -> bool {
         && (sig as usize) < NSIG
         && ACTIVE.load(Ordering::Acquire)
         && SIGNAL_MODE[sig as usize].load(Ordering::Relaxed) != 0
-        && getpid() == ROOT_PID.load(Ordering::Relaxed)
+        && (getpid() == ROOT_PID.load(Ordering::Relaxed) || RESERVED_MASK & (1 << (sig - 1)) != 0)
 }
 
 /// `sigaction(2)`: for the checkpoint signals, records the program's action (and reports its previous

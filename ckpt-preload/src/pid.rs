@@ -47,6 +47,62 @@ pub(crate) fn remember(old: i32) {
     PAST_PIDS[n - 1].store(old, Ordering::Relaxed);
 }
 
+/// The other processes of a restored process tree (its parent, its children): the pid the program knows
+/// (the first run's) and the pid now. The program keeps the pids `fork` gave it (its `waitpid(pid)`,
+/// `kill(pid)`, a shell's job table): those are made current where they are handed to the kernel, and
+/// pids the kernel returns (`wait`, `getppid`) are given back as the program knows them. Written by the
+/// restorer only (single-threaded then).
+const MAX_PEERS: usize = 128;
+static PEER_THEN: [AtomicI32; MAX_PEERS] = [const { AtomicI32::new(0) }; MAX_PEERS];
+static PEER_NOW: [AtomicI32; MAX_PEERS] = [const { AtomicI32::new(0) }; MAX_PEERS];
+
+/// Records that the process with checkpoint-time pid `then` is `now` (raw atomics: the restorer calls
+/// it). Entries whose current pid was `then` (the pid a first run's child had before an earlier restart)
+/// follow it to `now`.
+pub(crate) fn remember_peer(then: i32, now: i32) {
+    if then <= 0 || now <= 0 {
+        return;
+    }
+    let mut found = false;
+    let mut free = MAX_PEERS;
+    let mut i = 0;
+    while i < MAX_PEERS {
+        let t = PEER_THEN[i].load(Ordering::Relaxed);
+        if t == 0 {
+            if free == MAX_PEERS {
+                free = i;
+            }
+        } else if PEER_NOW[i].load(Ordering::Relaxed) == then {
+            PEER_NOW[i].store(now, Ordering::Relaxed);
+            found |= t == then;
+        } else if t == then {
+            PEER_NOW[i].store(now, Ordering::Relaxed);
+            found = true;
+        }
+        i += 1;
+    }
+    if !found && free < MAX_PEERS {
+        PEER_THEN[free].store(then, Ordering::Relaxed);
+        PEER_NOW[free].store(now, Ordering::Relaxed);
+    }
+}
+
+/// The current pid of the tree process the program knows as `pid` (`pid` itself otherwise).
+fn peer_now(pid: i32) -> i32 {
+    if pid <= 0 || PEER_THEN[0].load(Ordering::Relaxed) == 0 {
+        return pid;
+    }
+    PEER_THEN.iter().position(|t| t.load(Ordering::Relaxed) == pid).map_or(pid, |i| PEER_NOW[i].load(Ordering::Relaxed))
+}
+
+/// The pid the program knows for the tree process that is `pid` now (`pid` itself otherwise).
+fn peer_then(pid: i32) -> i32 {
+    if pid <= 0 || PEER_THEN[0].load(Ordering::Relaxed) == 0 {
+        return pid;
+    }
+    PEER_NOW.iter().position(|n| n.load(Ordering::Relaxed) == pid).map_or(pid, |i| PEER_THEN[i].load(Ordering::Relaxed))
+}
+
 fn is_past(pid: i32) -> bool {
     pid > 0 && PAST_PIDS.iter().any(|p| p.load(Ordering::Relaxed) == pid)
 }
@@ -133,7 +189,7 @@ pub(crate) fn current_tid(tid: i32) -> i32 {
 
 /// `pid`, or this process's current pid when `pid` is one of its earlier ones.
 pub(crate) fn current_pid(pid: i32) -> i32 {
-    if is_past(pid) { getpid() } else { pid }
+    if is_past(pid) { getpid() } else { peer_now(pid) }
 }
 
 /// A CPU-time clock id (negative: `((~pid) << 3) | flags`, see clock_getcpuclockid(3) and the kernel's
@@ -207,4 +263,185 @@ interpose_first!(sigqueue, current_pid, pid: libc::pid_t, (sig: c_int, value: li
 pub unsafe extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) -> c_int {
     // SAFETY: the raw system call with the caller's signal.
     unsafe { libc::syscall(libc::SYS_tgkill, current_pid(tgid), current_tid(tid), sig) as c_int }
+}
+
+/// Defines a wait call whose pid argument is made current and whose result is given back as the program
+/// knows it.
+macro_rules! interpose_wait {
+    ($name:ident, ($($arg:ident: $ty:ty),*), $pid:ident) => {
+        #[doc = concat!("`", stringify!($name), "`, with the pids of a restored process tree as the program knows them.")]
+        ///
+        /// # Safety
+        /// The contract of libc's function of this name.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> libc::pid_t {
+            static REAL: AtomicUsize = AtomicUsize::new(0);
+            let p = real(&REAL, concat!(stringify!($name), "\0").as_bytes());
+            if p == 0 {
+                return -1;
+            }
+            // SAFETY: `p` is libc's function of this name and signature.
+            let f: unsafe extern "C" fn($($ty),*) -> libc::pid_t = unsafe { std::mem::transmute(p) };
+            let $pid = peer_now($pid);
+            // SAFETY: the caller's arguments, the pid made current.
+            peer_then(unsafe { f($($arg),*) })
+        }
+    };
+}
+
+interpose_wait!(waitpid, (pid: libc::pid_t, status: *mut c_int, options: c_int), pid);
+interpose_wait!(wait4, (pid: libc::pid_t, status: *mut c_int, options: c_int, usage: *mut libc::rusage), pid);
+
+/// `wait(2)`, with the pid it returns given back as the program knows it.
+///
+/// # Safety
+/// The contract of libc's `wait`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn wait(status: *mut c_int) -> libc::pid_t {
+    // SAFETY: forwarded contract (wait is waitpid(-1, status, 0)).
+    unsafe { waitpid(-1, status, 0) }
+}
+
+/// `wait3(2)`, as `wait`.
+///
+/// # Safety
+/// The contract of libc's `wait3`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn wait3(status: *mut c_int, options: c_int, usage: *mut libc::rusage) -> libc::pid_t {
+    // SAFETY: forwarded contract (wait3 is wait4(-1, ...)).
+    unsafe { wait4(-1, status, options, usage) }
+}
+
+/// `waitid(2)`: a `P_PID` id made current, the child's pid in the result given back as the program knows
+/// it.
+///
+/// # Safety
+/// The contract of libc's `waitid`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn waitid(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    info: *mut libc::siginfo_t,
+    options: c_int,
+) -> c_int {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"waitid\0");
+    if p == 0 {
+        return -1;
+    }
+    // SAFETY: `p` is libc's waitid.
+    let f: unsafe extern "C" fn(libc::idtype_t, libc::id_t, *mut libc::siginfo_t, c_int) -> c_int =
+        unsafe { std::mem::transmute(p) };
+    let id = if idtype == libc::P_PID { peer_now(id as i32) as libc::id_t } else { id };
+    // SAFETY: the caller's arguments.
+    let r = unsafe { f(idtype, id, info, options) };
+    if r == 0 && !info.is_null() {
+        // SAFETY: the kernel filled `info`; si_pid is at offset 16 on x86_64 (SIGCHLD layout).
+        unsafe {
+            let pid = (info as *mut u8).add(16) as *mut i32;
+            *pid = peer_then(*pid);
+        }
+    }
+    r
+}
+
+/// `getppid(2)`: the parent as the program knows it (its pid at the first run, in a restored tree).
+#[unsafe(no_mangle)]
+pub extern "C" fn getppid() -> libc::pid_t {
+    // SAFETY: getppid has no arguments.
+    peer_then(unsafe { libc::syscall(libc::SYS_getppid) } as libc::pid_t)
+}
+
+/// Streams `popen` opened (glibc's `struct _IO_proc_file`), whose child's pid glibc keeps in the stream
+/// and waits for in `pclose` through an internal call no interposer sees: made current before `pclose`.
+const MAX_POPEN: usize = 64;
+static POPEN_FILES: [AtomicUsize; MAX_POPEN] = [const { AtomicUsize::new(0) }; MAX_POPEN];
+/// Where glibc (x86_64) keeps that pid: after the FILE (216 bytes) and its vtable pointer.
+const PROC_FILE_PID_OFFSET: usize = 224;
+
+/// Calls of `system` in progress: it waits for its child through an internal call, which a restart
+/// cannot resume (tree.rs refuses a checkpoint meanwhile).
+pub(crate) static IN_SYSTEM: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// `popen(3)`: remembers the stream when glibc's record of the child's pid is where this build expects it
+/// (the pid is a child of this process).
+///
+/// # Safety
+/// The contract of libc's `popen`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn popen(command: *const libc::c_char, mode: *const libc::c_char) -> *mut libc::FILE {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"popen\0");
+    if p == 0 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `p` is libc's popen.
+    let f: unsafe extern "C" fn(*const libc::c_char, *const libc::c_char) -> *mut libc::FILE =
+        unsafe { std::mem::transmute(p) };
+    // SAFETY: the caller's arguments.
+    let stream = unsafe { f(command, mode) };
+    if stream.is_null() {
+        return stream;
+    }
+    // SAFETY: a popen stream is a struct _IO_proc_file, larger than the offset read.
+    let pid = unsafe { std::ptr::read_unaligned((stream as *const u8).add(PROC_FILE_PID_OFFSET) as *const i32) };
+    let ours = pid > 0
+        && std::fs::read(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+            let Some(close) = stat.iter().rposition(|&b| b == b')') else { return false };
+            let ppid = stat[close + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(1);
+            ppid.and_then(|f| std::str::from_utf8(f).ok()?.parse::<i32>().ok()) == Some(getpid())
+        });
+    if ours
+        && let Some(slot) = POPEN_FILES
+            .iter()
+            .find(|s| s.compare_exchange(0, stream as usize, Ordering::AcqRel, Ordering::Acquire).is_ok())
+    {
+        let _ = slot;
+    }
+    stream
+}
+
+/// `pclose(3)`: the child's pid glibc kept in the stream made current (after a restart of the tree).
+///
+/// # Safety
+/// The contract of libc's `pclose`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pclose(stream: *mut libc::FILE) -> c_int {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"pclose\0");
+    if p == 0 {
+        return -1;
+    }
+    if let Some(slot) = POPEN_FILES.iter().find(|s| !stream.is_null() && s.load(Ordering::Acquire) == stream as usize) {
+        // SAFETY: a stream popen returned and this shim checked; the pid field is an i32 at the offset.
+        unsafe {
+            let at = (stream as *mut u8).add(PROC_FILE_PID_OFFSET) as *mut i32;
+            std::ptr::write_unaligned(at, peer_now(std::ptr::read_unaligned(at)));
+        }
+        slot.store(0, Ordering::Release);
+    }
+    // SAFETY: `p` is libc's pclose; the caller's stream.
+    let f: unsafe extern "C" fn(*mut libc::FILE) -> c_int = unsafe { std::mem::transmute(p) };
+    // SAFETY: as above.
+    unsafe { f(stream) }
+}
+
+/// `system(3)`: counted while it runs (see [`IN_SYSTEM`]).
+///
+/// # Safety
+/// The contract of libc's `system`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn system(command: *const libc::c_char) -> c_int {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let p = real(&REAL, b"system\0");
+    if p == 0 {
+        return -1;
+    }
+    // SAFETY: `p` is libc's system.
+    let f: unsafe extern "C" fn(*const libc::c_char) -> c_int = unsafe { std::mem::transmute(p) };
+    IN_SYSTEM.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: the caller's argument.
+    let r = unsafe { f(command) };
+    IN_SYSTEM.fetch_sub(1, Ordering::AcqRel);
+    r
 }

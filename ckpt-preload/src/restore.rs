@@ -94,7 +94,24 @@ pub struct Plan {
     /// The file locks to take again once the descriptors are in place.
     locks: *const PlanLock,
     nlocks: usize,
+    /// Descriptors `ckpt restart` gave this process for a process tree (sorted, all above every target
+    /// number): kept open until each is moved into place.
+    given: [i32; MAX_GIVEN],
+    ngiven: usize,
+    /// A member of a process tree (not the root): the root's pid, and the process's own checkpoint-time
+    /// pid (the root's is in `ROOT_PID`).
+    member: u32,
+    root_pid: i32,
+    old_pid: i32,
+    /// Pids of the tree (checkpoint-time, now) this process may name: its parent and children.
+    pids: [[i32; 2]; MAX_TREE_PIDS],
+    npids: usize,
 }
+
+/// Most descriptors `ckpt restart` gives a process of a tree.
+const MAX_GIVEN: usize = 256;
+/// Most pids of a tree a process is told about.
+const MAX_TREE_PIDS: usize = 64;
 
 /// A file lock to take again (see [`ckpt_image::FileLock`]).
 #[repr(C)]
@@ -180,6 +197,8 @@ const FD_PIPE_READ: u32 = 2;
 const FD_PIPE_WRITE: u32 = 3;
 const FD_DEV_NULL: u32 = 4;
 const FD_CLOSED: u32 = 5;
+/// Given by `ckpt restart` (a process tree's pipes and shared files): `tmp` holds it.
+const FD_GIVEN: u32 = 6;
 
 /// Resource limits the plan holds (Linux has 16).
 const MAX_RLIMITS: usize = 16;
@@ -292,7 +311,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     let cp = match ckpt_core::Checkpoint::open_with(
         &OpenedFile(file),
         std::path::Path::new(image_path),
-        ckpt_core::LoadOptions { mmap: true },
+        ckpt_core::LoadOptions::new().mmap(true),
     ) {
         Ok(cp) => cp,
         Err(e) => refuse(image_path, &e.to_string()),
@@ -336,6 +355,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
     }
     // The checkpoint may be memory-mapped: it must not be part of the layout compared below.
     drop(cp);
+    let tree = tree_settings(&image, image_path, getenv);
     if let Some(problem) = preflight(&image) {
         refuse(image_path, &problem);
     }
@@ -397,6 +417,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         (*plan).image_dev = meta.dev();
         (*plan).image_ino = meta.ino();
         (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_image::ROOT_MARKER_LEN]);
+        tree.apply(&mut *plan);
         (*plan).root_start = start;
         (*plan).boot_id = boot_id;
         if getenv("CKPT_SHIM_RESTORE_READ").is_some_and(|v| v == "1") {
@@ -407,6 +428,101 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         syscall6(SYS_rt_sigprocmask, libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8, 0, 0);
         let stack_top = ((*plan).arena_start + (*plan).arena_len - 64) & !15;
         switch_stack_and_restore(plan, stack_top);
+    }
+}
+
+/// What `ckpt restart` told a process of a tree: the descriptors it gives (target, given number), the
+/// root's marker (members only) and the pids of the tree.
+struct TreeSettings {
+    given: Vec<(i32, i32)>,
+    root_marker: Option<ckpt_image::RootMarker>,
+    pids: Vec<(i32, i32)>,
+}
+
+/// Reads `CKPT_SHIM_GIVEN_FDS` (`target:given,...`), `CKPT_SHIM_TREE_ROOT` (a member's root marker)
+/// and `CKPT_SHIM_PIDS` (`then:now,...`); moves every given descriptor above all the image's descriptor
+/// numbers; refuses an image of a tree whose pipes were not all given.
+fn tree_settings(image: &ProcessImage, image_path: &str, getenv: &dyn Fn(&str) -> Option<String>) -> TreeSettings {
+    let pairs = |text: Option<String>| -> Vec<(i32, i32)> {
+        text.unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.split_once(':'))
+            .filter_map(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+            .collect()
+    };
+    let wanted = pairs(getenv("CKPT_SHIM_GIVEN_FDS"));
+    if wanted.len() > MAX_GIVEN {
+        refuse(image_path, &format!("{} descriptors given (at most {MAX_GIVEN})", wanted.len()));
+    }
+    // Above every number the image uses and every number given (then the originals are closed).
+    let floor = image.fds.iter().map(|f| f.fd).chain(wanted.iter().map(|w| w.1)).max().unwrap_or(2).max(2) + 1;
+    let mut given = Vec::with_capacity(wanted.len());
+    for &(target, from) in &wanted {
+        // SAFETY: fcntl on a descriptor number; a bad number fails with EBADF.
+        let moved = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, floor) };
+        if moved < 0 {
+            refuse(image_path, &format!("descriptor {from} given for descriptor {target} is not open"));
+        }
+        given.push((target, moved));
+    }
+    for &(_, from) in &wanted {
+        // SAFETY: closes the given originals (duplicated above).
+        unsafe { libc::close(from) };
+    }
+    for f in image.fds.iter().filter(|f| f.kind == FdKind::TreePipe && f.dup_of.is_none()) {
+        if !given.iter().any(|g| g.0 == f.fd) {
+            refuse(
+                image_path,
+                &format!(
+                    "descriptor {} is a pipe of a process tree that `ckpt restart` did not give: restart the tree \
+                     from its root's image",
+                    f.fd
+                ),
+            );
+        }
+    }
+    let root_marker = getenv("CKPT_SHIM_TREE_ROOT").map(|t| match ckpt_image::RootMarker::parse(&t) {
+        Ok(m) => m,
+        Err(e) => refuse(image_path, &format!("CKPT_SHIM_TREE_ROOT: {e}")),
+    });
+    let pids = pairs(getenv("CKPT_SHIM_PIDS"));
+    TreeSettings { given, root_marker, pids }
+}
+
+impl TreeSettings {
+    /// Into the plan: given descriptors replace reopening, a member keeps naming the root.
+    ///
+    /// # Safety
+    /// `plan` was built by `build_plan` (its descriptor table is in the arena).
+    unsafe fn apply(&self, plan: &mut Plan) {
+        let fds = if plan.nfds == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: the plan's descriptor table, `nfds` records in the arena, used by nothing else now.
+            unsafe { core::slice::from_raw_parts_mut(plan.fds, plan.nfds) }
+        };
+        for &(target, given) in &self.given {
+            if let Some(f) = fds.iter_mut().find(|f| f.fd == target && f.leader < 0) {
+                f.kind = FD_GIVEN;
+                f.tmp = given;
+            }
+        }
+        let mut numbers: Vec<i32> = self.given.iter().map(|g| g.1).collect();
+        numbers.sort_unstable();
+        for (slot, n) in plan.given.iter_mut().zip(&numbers) {
+            *slot = *n;
+        }
+        plan.ngiven = numbers.len().min(MAX_GIVEN);
+        plan.fd_temp_base = plan.fd_temp_base.max(numbers.last().map_or(0, |n| n + 1));
+        if let Some(m) = &self.root_marker {
+            plan.member = 1;
+            plan.root_pid = m.pid as i32;
+            plan.marker.copy_from_slice(&m.format().as_bytes()[..ckpt_image::ROOT_MARKER_LEN]);
+        }
+        for (slot, &(then, now)) in plan.pids.iter_mut().zip(&self.pids) {
+            *slot = [then, now];
+        }
+        plan.npids = self.pids.len().min(MAX_TREE_PIDS);
     }
 }
 
@@ -595,7 +711,12 @@ fn preflight(image: &ProcessImage) -> Option<String> {
         }
         if matches!(
             f.kind,
-            FdKind::Inherited | FdKind::PipeRead | FdKind::PipeWrite | FdKind::ForeignNull | FdKind::ForeignClosed
+            FdKind::Inherited
+                | FdKind::PipeRead
+                | FdKind::PipeWrite
+                | FdKind::ForeignNull
+                | FdKind::ForeignClosed
+                | FdKind::TreePipe
         ) || f.dup_of.is_some()
         {
             continue;
@@ -858,6 +979,13 @@ unsafe fn build_plan(
             pending_main: pending.threads.iter().find(|p| p.0 == image.pid).map_or(0, |p| p.1),
             locks: if plan_locks.is_empty() { std::ptr::null() } else { w.alloc(&plan_locks) },
             nlocks: plan_locks.len(),
+            given: [-1; MAX_GIVEN],
+            ngiven: 0,
+            member: 0,
+            root_pid: 0,
+            old_pid: image.pid,
+            pids: [[0; 2]; MAX_TREE_PIDS],
+            npids: 0,
         };
         std::ptr::write(base as *mut Plan, plan);
         base as *mut Plan
@@ -995,6 +1123,7 @@ fn plan_fds(image: &ProcessImage, w: &mut ArenaWriter) -> Vec<PlanFd> {
                 FdKind::ForeignNull => FD_DEV_NULL,
                 FdKind::ForeignClosed => FD_CLOSED,
                 FdKind::Regular | FdKind::Directory | FdKind::CharDevice | FdKind::ProcFile => FD_REOPEN,
+                FdKind::TreePipe => FD_GIVEN,
             },
             group: group as u32,
             leader: f.dup_of.and_then(|d| image.fds.iter().position(|o| o.fd == d)).map(|i| i as i32).unwrap_or(-1),
@@ -1252,8 +1381,20 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
 /// Step 6 of the restorer: closes ours and anything the restart command leaked, opens every file (and
 /// recreates every self-pipe) at a number above all the program's, then moves each to its number.
 fn restore_descriptors(p: &Plan) {
-    // SAFETY: closing descriptors has no memory effects.
-    unsafe { syscall3(SYS_close_range, 3, u32::MAX as usize, 0) };
+    // Everything above stderr but the descriptors `ckpt restart` gave (sorted).
+    let mut from = 3usize;
+    let mut g = 0;
+    while g < p.ngiven && g < MAX_GIVEN {
+        let keep = p.given[g] as usize;
+        if keep > from {
+            // SAFETY: closing descriptors has no memory effects.
+            unsafe { syscall3(SYS_close_range, from, keep - 1, 0) };
+        }
+        from = keep + 1;
+        g += 1;
+    }
+    // SAFETY: as above.
+    unsafe { syscall3(SYS_close_range, from, u32::MAX as usize, 0) };
     // SAFETY: the plan's descriptor table: `nfds` records at `fds` (non-NULL when `nfds` > 0), written by
     // the plan's builder and used by nothing else now.
     let fds = if p.nfds == 0 { &mut [][..] } else { unsafe { core::slice::from_raw_parts_mut(p.fds, p.nfds) } };
@@ -1350,14 +1491,18 @@ fn restore_descriptors(p: &Plan) {
             if r < 0 {
                 fatal(b"cannot move a reopened file to descriptor", f.fd as u64, r);
             }
-            // Status flags (O_NONBLOCK, O_APPEND) live in the open file description (not an inherited one's).
-            if f.kind != FD_INHERITED {
+            // Status flags (O_NONBLOCK, O_APPEND) live in the open file description (not an inherited one's,
+            // nor one `ckpt restart` made and set for every process that shares it).
+            let given = f.kind == FD_GIVEN || f.leader >= 0 && fds[f.leader as usize].kind == FD_GIVEN;
+            if f.kind != FD_INHERITED && !given {
                 syscall3(SYS_fcntl, f.fd as usize, libc::F_SETFL as usize, f.flags as usize);
             }
         }
     }
-    // SAFETY: the temporaries are all at or above the base.
-    unsafe { syscall3(SYS_close_range, p.fd_temp_base as usize, u32::MAX as usize, 0) };
+    // The temporaries, and the descriptors `ckpt restart` gave (all above every target number).
+    let first = if p.ngiven > 0 && p.given[0] < p.fd_temp_base { p.given[0] } else { p.fd_temp_base };
+    // SAFETY: closing descriptors has no memory effects.
+    unsafe { syscall3(SYS_close_range, first as usize, u32::MAX as usize, 0) };
     take_locks(p);
     let mut s = 0;
     while s < 3 {
@@ -1404,8 +1549,15 @@ fn restore_process_settings(p: &Plan) {
 fn reset_shim_state(p: &Plan) -> i32 {
     let pid = getpid();
     // The checkpoint-time pid keeps naming this process in the calls that take one (pid.rs).
-    crate::pid::remember(crate::ROOT_PID.load(Ordering::Relaxed));
-    crate::ROOT_PID.store(pid, Ordering::Relaxed);
+    crate::pid::remember(p.old_pid);
+    // A member of a tree names the root; the root names itself.
+    crate::ROOT_PID.store(if p.member != 0 { p.root_pid } else { pid }, Ordering::Relaxed);
+    let mut k = 0;
+    while k < p.npids && k < MAX_TREE_PIDS {
+        crate::pid::remember_peer(p.pids[k][0], p.pids[k][1]);
+        k += 1;
+    }
+    crate::tree::reset_after_restore();
     crate::WRITER_PID.store(0, Ordering::Relaxed);
     crate::threads::reset_after_restore();
     crate::CHILD_ARENA.store(0, Ordering::Relaxed);
@@ -1438,6 +1590,10 @@ fn reset_shim_state(p: &Plan) -> i32 {
             core::ptr::write_volatile(&mut boot[k], p.boot_id[k]);
             k += 1;
         }
+    }
+    if p.member != 0 {
+        // Triggers and `ckpt create` reach the root, which coordinates the tree.
+        return pid;
     }
     crate::arm_timers(p.interval_ns, p.deadline_ns);
     // The checkpointed process's registration is stale (it is gone); register under the new pid.

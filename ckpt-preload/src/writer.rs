@@ -86,7 +86,7 @@ impl Storage for ForkSafeStorage {
 }
 
 /// Why no image was written.
-enum Failure {
+pub(crate) enum Failure {
     /// Something this version cannot restore (exit status 3).
     Refused(String),
     /// An I/O or format error (exit status 2).
@@ -150,8 +150,13 @@ extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
     excluded.extend(program_data().iter().map(|c| (c.copy as u64, (c.copy + (c.end - c.start)) as u64)));
     // A bug or an inconsistent state in here is a failed checkpoint with a message and a log line, never an
     // abort without one (the program goes on, or gets its own action for SIGTERM).
-    std::panic::set_hook(Box::new(|info| {
+    // SAFETY: the writer reads its own copy of the snapshot.
+    let member = unsafe { (*SNAPSHOT.get()).member };
+    std::panic::set_hook(Box::new(move |info| {
         let m = format!("internal error in the writer: {info}");
+        if member {
+            crate::tree::member_failed(&m);
+        }
         reply(Answer::Error(format!("checkpoint failed: {m}")));
         warn(format!("checkpoint failed: {m}").as_bytes());
         log_line(&serde_json::json!({"event": "checkpoint-failed", "error": m}));
@@ -161,15 +166,25 @@ extern "C" fn writer_main(arena: usize, stack: usize) -> ! {
     // Direct writes stay (synchronous, and steadier than buffered ones, whose cost depends on how long the
     // memory for new page-cache pages sat idle; BENCHMARKS.md has the figures).
     ckpt_core::storage::disable_io_threads();
-    let code = match write_image(&excluded) {
+    let result = write_image(&excluded);
+    if result.is_err() && !member {
+        crate::tree::abandon_members();
+    }
+    let code = match result {
         Ok(()) => 0,
         Err(Failure::Refused(m)) => {
+            if member {
+                crate::tree::member_failed(&format!("cannot be checkpointed: {m}"));
+            }
             reply(Answer::Error(format!("cannot checkpoint: {m}")));
             warn(format!("cannot checkpoint: {m}").as_bytes());
             log_line(&serde_json::json!({"event": "checkpoint-refused", "reason": m}));
             3
         }
         Err(Failure::Failed(m)) => {
+            if member {
+                crate::tree::member_failed(&format!("its checkpoint failed: {m}"));
+            }
             reply(Answer::Error(format!("checkpoint failed: {m}")));
             warn(format!("checkpoint failed: {m}").as_bytes());
             log_line(&serde_json::json!({"event": "checkpoint-failed", "error": m}));
@@ -372,15 +387,21 @@ fn write_image(excluded: &[(u64, u64)]) -> Result<(), Failure> {
         return Err(Failure::Refused(problem));
     }
     let (fds, foreign) = descriptors(snap)?;
-    let pending = pending_signals(crate::ROOT_PID.load(Ordering::Relaxed))?;
-    let locks = file_locks(snap, &fds, crate::ROOT_PID.load(Ordering::Relaxed))?;
-    let pid = crate::ROOT_PID.load(Ordering::Relaxed);
+    let pid = snap.pid;
+    let pending = pending_signals(pid)?;
+    let locks = file_locks(snap, &fds, pid)?;
     let threads = thread_records(pid)?;
     let main = &threads[0];
     // SAFETY: the main thread's ucontext is on its (copied) stack.
     let main_uc = unsafe { &*(main.sigframe as *const libc::ucontext_t) };
     let image = ProcessImage {
-        version: if threads.len() > 1 { PROCESS_IMAGE_VERSION_THREADS } else { PROCESS_IMAGE_VERSION },
+        version: if snap.tree {
+            ckpt_image::tree::PROCESS_IMAGE_VERSION_TREE
+        } else if threads.len() > 1 {
+            PROCESS_IMAGE_VERSION_THREADS
+        } else {
+            PROCESS_IMAGE_VERSION
+        },
         exe: std::fs::read_link("/proc/self/exe").map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default(),
         exe_identity: std::fs::metadata("/proc/self/exe").map(|m| FileIdentity::of(&m)).unwrap_or_default(),
         argv: ctx.argv.iter().map(|&p| c_string(p)).collect(),
@@ -493,7 +514,9 @@ fn memory_regions(excluded: &[(u64, u64)]) -> Result<MemoryLayout, Failure> {
         if path.ends_with(b" (deleted)") && !from_image {
             return Err(Failure::Refused(format!("mapping of a deleted file {name:?}")));
         }
-        if path.starts_with(b"/SYSV") || path.starts_with(b"/dev/shm/") || path.starts_with(b"/memfd:") {
+        // (A member of a process tree is restored from a memfd holding its image.)
+        if !from_image && (path.starts_with(b"/SYSV") || path.starts_with(b"/dev/shm/") || path.starts_with(b"/memfd:"))
+        {
             return Err(Failure::Refused(format!("shared memory mapping {name:?}")));
         }
         let prot = prot_of(&m.perms);
@@ -671,10 +694,14 @@ fn commit_image(
     let state = ckpt_image::encode(image).map_err(|e| Failure::Failed(e.to_string()))?;
 
     let store = &ctx.store;
-    let image_dir = take_request();
-    let begin = match &image_dir {
-        Some(d) => store.begin_in(d, snap.sequence as i64),
-        None => store.begin(snap.sequence as i64),
+    let member_path = snap.member.then(crate::tree::member_image_path);
+    let image_dir = if snap.member { None } else { take_request() };
+    let begin = match (&member_path, &image_dir) {
+        (Some(p), _) => {
+            ckpt_core::begin_file(p, snap.sequence as i64, store.config(), std::sync::Arc::new(ForkSafeStorage))
+        }
+        (None, Some(d)) => store.begin_in(d, snap.sequence as i64),
+        (None, None) => store.begin(snap.sequence as i64),
     };
     let mut w = begin.map_err(|e| Failure::Failed(e.to_string()))?;
     let plain = SectionOptions::new().compression(Compression::None);
@@ -697,6 +724,12 @@ fn commit_image(
         let section = ckpt_image::encode_threads(threads).map_err(fail)?;
         w.add_section_with(THREADS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     }
+    if snap.tree {
+        let section = ckpt_image::tree::encode_pipes(&crate::tree::read_scratch()).map_err(fail)?;
+        w.add_section_with(ckpt_image::tree::PIPES_SECTION, &section, plain.encoding(Encoding::Postcard))
+            .map_err(fail)?;
+    }
+    let members = if snap.tree && !snap.member { crate::tree::embed_members(&mut w, image)? } else { Vec::new() };
     // The requesting thread's errno as the program left it (this copy's libc calls change it).
     // (x86_64: memory is little-endian.)
     let errno = (snap.errno_addr as u64, snap.errno.to_le_bytes());
@@ -726,7 +759,13 @@ fn commit_image(
         }
         sw.finish().map_err(fail)?;
     }
-    let info = w.commit().map_err(fail)?;
+    let committed = w.commit().map_err(fail);
+    crate::tree::remove_member_images(&members);
+    let info = committed?;
+    if snap.member {
+        crate::tree::member_written();
+        return Ok(());
+    }
     let done_ns = monotonic_ns();
     let file_len = std::fs::metadata(&info.path).map(|m| m.len()).unwrap_or(0);
     let event = serde_json::json!({
@@ -735,7 +774,7 @@ fn commit_image(
         "mapped_bytes": image.mapped_bytes(), "regions": image.regions.len(),
         "runs": image.regions.iter().map(|r| r.runs.len()).sum::<usize>(),
         "pause_ms": image.pause_us as f64 / 1e3, "write_ms": (done_ns - started_ns) as f64 / 1e6,
-        "threads": threads.len(),
+        "threads": threads.len(), "processes": 1 + members.len(),
         "restarts": image.restarts, "pid": image.pid,
         "shared_fds": image.fds.iter().filter(|f| f.dup_of.is_some()).count(),
         "fd_sharing_by": if snap.sharing_by_kcmp { "kcmp" } else { "probe" },
@@ -814,7 +853,7 @@ fn descriptors(snap: &crate::Snapshot) -> Result<(Vec<FdRecord>, Vec<serde_json:
         let link = std::fs::read_link(format!("/proc/self/fd/{}", s.fd)).unwrap_or_default();
         let mut path = link.as_os_str().as_bytes().to_vec();
         let name = lossy(&path);
-        let kind = match proc_path(&path, crate::ROOT_PID.load(Ordering::Relaxed), s.fd) {
+        let kind = match proc_path(&path, snap.pid, s.fd) {
             Ok(Some(own)) => {
                 path = own;
                 Ok(FdKind::ProcFile)
@@ -940,6 +979,12 @@ fn fd_kind(snap: &crate::Snapshot, s: &crate::FdSnap, path: &[u8]) -> Result<FdK
             return Err(Unrestorable::Unless(format!("fd {} is a terminal ({name})", s.fd)));
         }
         libc::S_IFCHR => FdKind::CharDevice,
+        // In a process tree every pipe is the tree's (recreated with its bytes, or the restart command's).
+        // (The root's own pipes inherited from its launcher above stderr follow CKPT_SHIM_FOREIGN_FDS, as
+        // without a tree, and so do the members' copies of them.)
+        libc::S_IFIFO if snap.tree && (snap.member || s.fd <= 2 || !crate::inherited_at_start(s.fd, s.dev, s.ino)) => {
+            FdKind::TreePipe
+        }
         libc::S_IFIFO if s.fd <= 2 => FdKind::Inherited,
         libc::S_IFIFO => {
             // A pipe both of whose ends this process holds (a self-pipe, as xz uses) can be recreated,
@@ -1235,8 +1280,12 @@ fn take_request() -> Option<PathBuf> {
     ckpt_image::control::take_request(&registration_base()?)
 }
 
-/// Answers a waiting `ckpt create`.
+/// Answers a waiting `ckpt create` (the root's writer only: a member's answers nobody).
 fn reply(answer: ckpt_image::control::Answer) {
+    // SAFETY: the writer reads its own copy of the snapshot.
+    if unsafe { (*SNAPSHOT.get()).member } {
+        return;
+    }
     if let Some(base) = registration_base() {
         ckpt_image::control::reply(&base, &answer);
     }

@@ -72,9 +72,10 @@ fn create_fails_after_max_wait_when_refused() {
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // A child process: refused in the handler at every checkpoint, before any answer to `ckpt create`.
-    let code =
-        "import subprocess,time\np=subprocess.Popen(['sleep','60'])\nprint('ready',flush=True)\ntime.sleep(60)\n";
+    // A child process that does not run the shim: refused in the handler at every checkpoint, before any
+    // answer to `ckpt create`.
+    let code = "import os,subprocess,time\nenv=dict(os.environ)\nenv.pop('LD_PRELOAD',None)\n\
+                p=subprocess.Popen(['sleep','60'],env=env)\nprint('ready',flush=True)\ntime.sleep(60)\n";
     let mut child = command(&ckpt, dir)
         .args(["run", "--dir", dir.join("img").to_str().unwrap(), "--"])
         .arg(py)

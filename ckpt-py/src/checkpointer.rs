@@ -168,7 +168,7 @@ impl BackgroundWrite {
 }
 
 /// How a background save's thread finishes the checkpoint begun at the call.
-type Finish = dyn FnOnce(&Checkpointer, ckpt_core::CheckpointWriter, &BackgroundWrite) -> Result<ckpt_core::CommitInfo, Error>
+type Finish = dyn FnOnce(&Checkpointer, ckpt_core::PendingCheckpoint, &BackgroundWrite) -> Result<ckpt_core::CommitInfo, Error>
     + Send;
 
 impl PyCheckpointer {
@@ -523,7 +523,7 @@ impl PyCheckpointer {
         {
             let path = restored.checkpoint.path().to_path_buf();
             let reopened = py
-                .detach(|| Checkpoint::open_with(&ckpt_core::storage::FileStorage, &path, LoadOptions { mmap: m }))
+                .detach(|| Checkpoint::open_with(&ckpt_core::storage::FileStorage, &path, LoadOptions::new().mmap(m)))
                 .py_err(py)?;
             // The file discovery verified and judged, not one renamed over it since.
             let same = |c: &Checkpoint| c.owner().map(|o| (o.dev, o.ino));
@@ -600,6 +600,7 @@ impl PyCheckpointer {
             None => py.None().into_bound(py),
             Some(Interval::Auto) => "auto".into_pyobject(py)?.into_any(),
             Some(Interval::Every(d)) => d.as_secs_f64().into_pyobject(py)?.into_any(),
+            Some(other) => format!("{other:?}").into_pyobject(py)?.into_any(),
         })
     }
 

@@ -164,7 +164,7 @@ fn load_file<'py>(
     writable: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let opts = match mmap {
-        Some(m) => LoadOptions { mmap: m },
+        Some(m) => LoadOptions::new().mmap(m),
         None => LoadOptions::from_env().py_err(py)?,
     };
     if !opts.mmap {
@@ -260,6 +260,7 @@ fn effective_config<'py>(
             None => None,
             Some(ckpt_core::Interval::Auto) => Some("auto".to_string()),
             Some(ckpt_core::Interval::Every(t)) => Some(format!("{}", t.as_secs_f64())),
+            Some(other) => Some(format!("{other:?}")),
         },
     )?;
     let sigs: Vec<String> = c.signals.iter().map(|s| ckpt_core::triggers::signal_label(s.signal)).collect();
@@ -316,7 +317,7 @@ fn list_checkpoints<'py>(
                 .candidates
                 .iter()
                 .map(|c| {
-                    let cp = Checkpoint::open_with(&FileStorage, &c.path, LoadOptions { mmap: false }).ok()?;
+                    let cp = Checkpoint::open_with(&FileStorage, &c.path, LoadOptions::new().mmap(false)).ok()?;
                     let h = cp.header();
                     let metrics = cp.metadata(buffers::METRICS_KEY).map(|m| String::from_utf8_lossy(m).into_owned());
                     Some((h.rank, h.nranks, metrics))
@@ -345,6 +346,7 @@ fn list_checkpoints<'py>(
             ckpt_core::CandidateStatus::Valid => ("valid", None),
             ckpt_core::CandidateStatus::Invalid(e) => ("invalid", Some(e.to_string())),
             ckpt_core::CandidateStatus::NotChecked => ("not checked", None),
+            _ => ("unknown", None),
         };
         row.set_item("status", status)?;
         row.set_item("error", error)?;

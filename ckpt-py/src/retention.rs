@@ -181,6 +181,6 @@ pub fn remove_parts(cp: &Checkpointer, generations: &[u64], dirs: bool) -> Vec<S
 
 /// The metric of the checkpoint at `path` (its header only; `None` when unreadable or absent).
 fn read_metric(path: &Path, metric: &str) -> Option<f64> {
-    let cp = Checkpoint::open_with(&FileStorage, path, LoadOptions { mmap: false }).ok()?;
+    let cp = Checkpoint::open_with(&FileStorage, path, LoadOptions::new().mmap(false)).ok()?;
     metric_value(cp.metadata(METRICS_KEY), metric)
 }

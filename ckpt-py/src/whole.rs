@@ -101,7 +101,7 @@ impl Storage for ReadWhole {
 /// is empty: the checkpoint then reads the file as usual).
 pub fn open(path: &Path) -> Result<(Checkpoint, Option<Arc<PrivateMap>>)> {
     let storage = ReadWhole::default();
-    let cp = Checkpoint::open_with(&storage, path, LoadOptions { mmap: true })?;
+    let cp = Checkpoint::open_with(&storage, path, LoadOptions::new().mmap(true))?;
     let made = storage.made.lock().unwrap_or_else(|p| p.into_inner()).take();
     Ok((cp, made))
 }

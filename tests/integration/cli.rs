@@ -67,7 +67,7 @@ fn make_checkpoints(dir: &Path) -> Store {
         let mut w = store.begin(step * 10).unwrap();
         w.set_metadata("note", "hello").unwrap();
         w.add_bytes("field", &vec![step as u8; 100_000]).unwrap();
-        w.add_serde("state", &(step, "x")).unwrap();
+        w.add_serde("state", &(step, "x".to_string())).unwrap();
         w.commit().unwrap();
     }
     store

@@ -135,7 +135,7 @@ fn open(bytes: Vec<u8>, path: LoadPath) -> ckpt_core::Result<Checkpoint> {
             let mem = MemStorage::new();
             let p = Path::new("/d.ckpt");
             mem.write_file(p, &bytes).expect("plant");
-            Checkpoint::open_with(&mem, p, LoadOptions { mmap: false })
+            Checkpoint::open_with(&mem, p, LoadOptions::new().mmap(false))
         }
     }
 }
@@ -256,7 +256,7 @@ fn corruption_is_detected_through_a_real_memory_map() {
         let p = tmp.path().join(format!("c{off}.ckpt"));
         std::fs::write(&p, &b).expect("write");
         let what = format!("file byte {off} ({})", region_of(&s.bytes, off));
-        let caught = match Checkpoint::open_with(&FileStorage, &p, LoadOptions { mmap: true }) {
+        let caught = match Checkpoint::open_with(&FileStorage, &p, LoadOptions::new().mmap(true)) {
             Err(_) => true,
             Ok(cp) => {
                 assert!(cp.is_mapped(), "{what}: expected a memory map");
@@ -307,7 +307,7 @@ fn truncation_at_every_length_is_detected() {
     for cut in [0, 1, 15, 16, 263, 264, 4095, 4096, len - 65, len - 64, len - 63, len - 1] {
         std::fs::write(&p, &s.bytes[..cut]).expect("write");
         for mmap in [true, false] {
-            let e = Checkpoint::open_with(&FileStorage, &p, LoadOptions { mmap })
+            let e = Checkpoint::open_with(&FileStorage, &p, LoadOptions::new().mmap(mmap))
                 .map(|_| ())
                 .expect_err(&format!("real file cut to {cut} (mmap {mmap}) opened"));
             assert_eq!(e.kind(), ErrorKind::Corrupt, "cut to {cut}: {e}");
@@ -1061,7 +1061,7 @@ fn a_huge_padding_gap_is_verified_in_bounded_memory() {
     let f = std::fs::File::create(&path).expect("create");
     f.write_all_at(&header, 0).expect("header");
     f.write_all_at(&trailer.encode(), table_offset).expect("trailer"); // the gap is a hole: zeros
-    let open_plain = || Checkpoint::open_with(&FileStorage, &path, LoadOptions { mmap: false }).expect("opens");
+    let open_plain = || Checkpoint::open_with(&FileStorage, &path, LoadOptions::new().mmap(false)).expect("opens");
     let cp = open_plain();
     let (r, peak) = peak_allocation(|| cp.verify());
     r.expect("a gap of zeros verifies");
@@ -1087,12 +1087,12 @@ fn open_errors_name_the_file() {
     mem.create_dir_all(Path::new("/x")).expect("mkdir");
     mem.write_file(p, &b).expect("plant");
     for mmap in [true, false] {
-        let e = Checkpoint::open_with(&mem, p, LoadOptions { mmap }).map(|_| ()).expect_err("bad magic");
+        let e = Checkpoint::open_with(&mem, p, LoadOptions::new().mmap(mmap)).map(|_| ()).expect_err("bad magic");
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
         assert_eq!(e.path(), Some(p), "{e}");
         assert!(e.to_string().contains("magic"), "{e}");
     }
-    let e = Checkpoint::open_with(&mem, Path::new("/x/none.ckpt"), LoadOptions { mmap: true })
+    let e = Checkpoint::open_with(&mem, Path::new("/x/none.ckpt"), LoadOptions::new().mmap(true))
         .map(|_| ())
         .expect_err("missing file");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");

@@ -341,6 +341,7 @@ fn check_single(plan: &[SaveSpec], cfg: &Config, img: &MemStorage, durable: u64,
                 return Err(format!("{} is under a committed name but does not verify: {e}", c.path.display()));
             }
             CandidateStatus::NotChecked => return Err(format!("{}: not checked by discover_all", c.path.display())),
+            other => return Err(format!("{}: unexpected status {other:?}", c.path.display())),
         }
     }
     let Some(r) = restored else {
@@ -455,7 +456,7 @@ impl Scenario for LibraryFile {
     /// The file at the path is always one whole save, at least the last one that returned.
     fn check(&self, img: &MemStorage, durable: u64, newest: u64) -> Result<u64, String> {
         let path = Self::path();
-        let cp = match Checkpoint::open_with(img, &path, ckpt_core::LoadOptions { mmap: false }) {
+        let cp = match Checkpoint::open_with(img, &path, ckpt_core::LoadOptions::new().mmap(false)) {
             Err(_) if durable == 0 && img.read_file(&path).is_err() => return Ok(0),
             Err(e) => return Err(format!("{}: {e}", path.display())),
             Ok(cp) => cp,
@@ -726,7 +727,7 @@ fn a_parts_root_removed_between_steps_is_made_durable_again() {
     let img = mem.crash_image(CrashMode::DurableOnly);
     for r in 0..NRANKS {
         let part = root.join("2").join(format!("rank{r}.ckpt"));
-        let cp = Checkpoint::open_with(&img, &part, LoadOptions { mmap: false })
+        let cp = Checkpoint::open_with(&img, &part, LoadOptions::new().mmap(false))
             .unwrap_or_else(|e| panic!("rank {r}'s part did not survive the crash: {e}"));
         plan[1][r as usize].check(&cp).unwrap();
     }
@@ -840,7 +841,7 @@ fn the_harness_catches_a_protocol_without_fsync() {
         run(1).expect("save 1");
     }
     let img = mem.crash_image(CrashMode::EntriesWithoutData);
-    let opened = Checkpoint::open_with(&img, &gen_path(2), LoadOptions { mmap: false }).and_then(|cp| cp.verify());
+    let opened = Checkpoint::open_with(&img, &gen_path(2), LoadOptions::new().mmap(false)).and_then(|cp| cp.verify());
     assert!(opened.is_err(), "the unsynced file must not verify in the EntriesWithoutData image");
     // ... while the library's own commit of the same bytes survives the same image.
     let mem = MemStorage::new();
@@ -849,7 +850,7 @@ fn the_harness_catches_a_protocol_without_fsync() {
         s.save(&store).expect("library save");
     }
     let img = mem.crash_image(CrashMode::EntriesWithoutData);
-    let cp = Checkpoint::open_with(&img, &gen_path(2), LoadOptions { mmap: false }).expect("library file opens");
+    let cp = Checkpoint::open_with(&img, &gen_path(2), LoadOptions::new().mmap(false)).expect("library file opens");
     cp.verify().expect("library file verifies");
 
     // No fsync of the directory after the rename: after a power cut (DurableOnly) the generation whose

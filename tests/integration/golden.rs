@@ -654,8 +654,8 @@ fn check_file(g: &GoldenFile) {
     assert_eq!(bytes.len() as u64, g.file_len, "{}: file length", g.path);
     let path = data_path(g.path);
     let opened = [
-        ("mmap", Checkpoint::open_with(&FileStorage, &path, LoadOptions { mmap: true })),
-        ("plain reads", Checkpoint::open_with(&FileStorage, &path, LoadOptions { mmap: false })),
+        ("mmap", Checkpoint::open_with(&FileStorage, &path, LoadOptions::new().mmap(true))),
+        ("plain reads", Checkpoint::open_with(&FileStorage, &path, LoadOptions::new().mmap(false))),
         ("from_bytes", Checkpoint::from_bytes(bytes.clone())),
     ];
     for (how, cp) in opened {
@@ -1179,7 +1179,7 @@ fn generate_golden_files() {
         let mut w = store.begin(0).expect("begin");
         w.add_bytes("throwaway", b"generation 1").expect("section");
         w.commit().expect("commit generation 1");
-        let mut w = store.begin(-1_234_567_890_123).expect("begin");
+        let mut w = store.begin(-1_234_567_890_123_i64).expect("begin");
         for (k, v) in DATA_METADATA {
             w.set_metadata(k, v).expect("metadata");
         }

@@ -146,12 +146,13 @@ fn a_malformed_ckpt_mmap_is_an_error_on_a_standalone_load() {
         "0" => {
             let cp = Checkpoint::open(&path).expect("open");
             assert!(!cp.is_mapped(), "CKPT_MMAP=0 reads");
-            assert!(!LoadOptions::default().mmap);
+            assert!(!LoadOptions::from_env().expect("a setting").mmap);
+            assert!(LoadOptions::default().mmap, "only from_env reads the environment");
         }
         _ => {
             let cp = Checkpoint::open(&path).expect("open");
             assert!(cp.is_mapped(), "maps by default");
-            assert_eq!(LoadOptions::from_env().expect("no setting"), LoadOptions { mmap: true });
+            assert_eq!(LoadOptions::from_env().expect("no setting"), LoadOptions::new().mmap(true));
         }
     }
 }

@@ -93,7 +93,7 @@ fn a_spare_that_something_still_reads_is_never_overwritten() {
     let first = rng.bytes(BIG);
     let info = save(&store, 1, &first);
     // A reader maps generation 1 and keeps it.
-    let held = Checkpoint::open_with(&FileStorage, &info.generation_path, LoadOptions { mmap: true }).unwrap();
+    let held = Checkpoint::open_with(&FileStorage, &info.generation_path, LoadOptions::new().mmap(true)).unwrap();
     assert!(held.is_mapped());
     let held_inode = inode(&info.generation_path);
     save(&store, 2, &rng.bytes(BIG)); // retires generation 1: the spare, still mapped

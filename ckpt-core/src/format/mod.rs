@@ -34,7 +34,9 @@
 //!   off  size  field
 //!     0    64  name              NUL-padded, 1..=64 bytes, unique within the file
 //!    64     2  encoding          u16: 0 bytes, 1 postcard 1.x (serde), 2 Python pickle protocol 5,
-//!                                3 JSON, 4 ckpt manifest; unknown values read as bytes
+//!                                3 JSON, 4 ckpt manifest, 5 postcard after a type fingerprint,
+//!                                0x0101..=0x018C and 0x1001..=0x2FFF typed slices (FORMAT.md, "Typed
+//!                                sections"); unknown values read as bytes
 //!    66     1  codec             u8: 0 none, 1 zstd (one frame; per plane with filter 2)
 //!    67     1  filter            u8: 0 none, 1 byte-shuffle before the codec (blocks of 1 MiB),
 //!                                2 byte planes (zstd codec only; see PLANES below)
@@ -124,7 +126,7 @@ pub const NO_STEP_ID: u32 = u32::MAX;
 pub const SHUFFLE_BLOCK: usize = 1 << 20;
 /// Filter 2 (byte planes): bit 31 of a plane's word marks a zstd frame; the other bits are its length.
 pub const PLANE_COMPRESSED: u32 = 1 << 31;
-/// The most a zstd frame can expand: every block decodes to at most 128 KiB (RFC 8878, Block_Maximum_Size)
+/// The most a zstd frame can expand: every block decodes to at most 128 KiB (RFC 8878, `Block_Maximum_Size`)
 /// and takes at least 4 bytes (a 3-byte block header and the one byte of an RLE block; a compressed block
 /// needs more), so `n` stored bytes decode to fewer than `n * 32768` bytes whatever they hold (the frame
 /// header and checksum only add stored bytes). Readers refuse a compressed section or plane that claims
@@ -184,8 +186,106 @@ pub enum Encoding {
     Json,
     /// A ckpt manifest (see FORMAT.md).
     Manifest,
+    /// A serde value encoded with postcard 1.x after a fingerprint of its Rust type (name and schema
+    /// hash), what [`crate::CheckpointWriter::add_serde`] writes (FORMAT.md, "Typed sections").
+    TypedPostcard,
+    /// An array of `element`s in the byte order the flag says, what
+    /// [`crate::CheckpointWriter::add_slice`] writes (FORMAT.md, "Typed sections").
+    Slice {
+        /// The element type.
+        element: ElementType,
+        /// Whether the elements are big-endian (the writer's byte order).
+        big_endian: bool,
+    },
     /// An encoding this library version does not know; the bytes are still readable.
     Other(u16),
+}
+
+/// The element type of a [`Encoding::Slice`] section.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElementType {
+    /// `u8`
+    U8,
+    /// `i8`
+    I8,
+    /// `u16`
+    U16,
+    /// `i16`
+    I16,
+    /// `u32`
+    U32,
+    /// `i32`
+    I32,
+    /// `u64`
+    U64,
+    /// `i64`
+    I64,
+    /// `u128`
+    U128,
+    /// `i128`
+    I128,
+    /// `f32` (IEEE 754 binary32)
+    F32,
+    /// `f64` (IEEE 754 binary64)
+    F64,
+    /// Another plain-old-data type (a `#[repr(C)]` struct, an array) of this many bytes, 1 to
+    /// [`ElementType::MAX_OPAQUE`]: only its size is recorded.
+    Opaque(u16),
+}
+
+impl ElementType {
+    /// The largest element size recorded for an [`ElementType::Opaque`] type.
+    pub const MAX_OPAQUE: u16 = 0x0FFF;
+
+    const NUMBERS: [ElementType; 12] = [
+        ElementType::U8,
+        ElementType::I8,
+        ElementType::U16,
+        ElementType::I16,
+        ElementType::U32,
+        ElementType::I32,
+        ElementType::U64,
+        ElementType::I64,
+        ElementType::U128,
+        ElementType::I128,
+        ElementType::F32,
+        ElementType::F64,
+    ];
+
+    /// The size of one element in bytes.
+    #[must_use]
+    pub fn size(self) -> usize {
+        match self {
+            ElementType::U8 | ElementType::I8 => 1,
+            ElementType::U16 | ElementType::I16 => 2,
+            ElementType::U32 | ElementType::I32 | ElementType::F32 => 4,
+            ElementType::U64 | ElementType::I64 | ElementType::F64 => 8,
+            ElementType::U128 | ElementType::I128 => 16,
+            ElementType::Opaque(n) => usize::from(n),
+        }
+    }
+
+    /// Whether the other byte order is converted by reversing each element's bytes (the numbers; not an
+    /// opaque type, whose fields ckpt does not know).
+    #[must_use]
+    pub fn swappable(self) -> bool {
+        !matches!(self, ElementType::Opaque(_))
+    }
+
+    /// The Rust name of the type (`f64`), or `N-byte elements`.
+    #[must_use]
+    pub fn name(self) -> String {
+        match self {
+            ElementType::Opaque(n) => format!("{n}-byte elements"),
+            e => format!("{e:?}").to_lowercase(),
+        }
+    }
+
+    /// The code of a number type in a slice encoding (1..=12).
+    fn code(self) -> Option<u16> {
+        ElementType::NUMBERS.iter().position(|&e| e == self).map(|i| i as u16 + 1)
+    }
 }
 
 impl Encoding {
@@ -197,6 +297,11 @@ impl Encoding {
             Encoding::Pickle5 => 2,
             Encoding::Json => 3,
             Encoding::Manifest => 4,
+            Encoding::TypedPostcard => 5,
+            Encoding::Slice { element, big_endian } => match element.code() {
+                Some(code) => 0x0100 | if big_endian { 0x80 } else { 0 } | code,
+                None => (if big_endian { 0x2000 } else { 0x1000 }) | element.size() as u16,
+            },
             Encoding::Other(v) => v,
         }
     }
@@ -208,6 +313,14 @@ impl Encoding {
             2 => Encoding::Pickle5,
             3 => Encoding::Json,
             4 => Encoding::Manifest,
+            5 => Encoding::TypedPostcard,
+            0x0101..=0x010C | 0x0181..=0x018C => Encoding::Slice {
+                element: ElementType::NUMBERS[usize::from((v & 0x7F) - 1)],
+                big_endian: v & 0x80 != 0,
+            },
+            0x1001..=0x1FFF | 0x2001..=0x2FFF => {
+                Encoding::Slice { element: ElementType::Opaque(v & 0x0FFF), big_endian: v & 0x2000 != 0 }
+            }
             v => Encoding::Other(v),
         }
     }
@@ -219,6 +332,10 @@ impl Encoding {
             Encoding::Pickle5 => "pickle5".into(),
             Encoding::Json => "json".into(),
             Encoding::Manifest => "manifest".into(),
+            Encoding::TypedPostcard => "postcard-typed".into(),
+            Encoding::Slice { element, big_endian } => {
+                format!("slice:{}:{}", element.name().replace(' ', "-"), if big_endian { "be" } else { "le" })
+            }
             Encoding::Other(v) => format!("encoding#{v}"),
         }
     }
@@ -787,6 +904,21 @@ pub fn validate_table(table: &[u8], trailer: &Trailer, header_len: u32) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every table value maps to one encoding and back, so unknown values survive a rewrite.
+    #[test]
+    fn encodings_round_trip_every_value() {
+        for v in 0..=u16::MAX {
+            assert_eq!(Encoding::from_u16(v).to_u16(), v, "{v:#06x}");
+        }
+        assert_eq!(Encoding::from_u16(0x010C), Encoding::Slice { element: ElementType::F64, big_endian: false });
+        assert_eq!(Encoding::from_u16(0x0181), Encoding::Slice { element: ElementType::U8, big_endian: true });
+        assert_eq!(Encoding::from_u16(0x1018), Encoding::Slice { element: ElementType::Opaque(24), big_endian: false });
+        assert_eq!(Encoding::from_u16(0x010D), Encoding::Other(0x010D));
+        assert_eq!(Encoding::from_u16(0x1000), Encoding::Other(0x1000));
+        assert_eq!(Encoding::from_u16(5).name(), "postcard-typed");
+        assert_eq!(Encoding::from_u16(0x010C).name(), "slice:f64:le");
+    }
 
     fn sample_header() -> Header {
         Header {

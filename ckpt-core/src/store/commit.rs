@@ -3,6 +3,9 @@
 
 use super::*;
 
+use bytemuck::Pod;
+use serde::de::DeserializeOwned;
+
 #[derive(Clone, Debug)]
 pub(super) enum Plan {
     /// Generations of `<base>` in a directory, as listed when the save began (or reused from the
@@ -40,6 +43,7 @@ pub fn begin_file(path: &Path, app_step: i64, config: &Config, storage: Arc<dyn 
 
 /// A checkpoint being written. Add sections, then [`commit`](CheckpointWriter::commit); dropping it
 /// without committing removes the temporary file and leaves the previous checkpoints untouched.
+#[must_use = "a checkpoint that is not committed is abandoned (its temporary file removed) when dropped"]
 pub struct CheckpointWriter {
     pub(super) builder: Option<FileBuilder>,
     pub(super) storage: Arc<dyn Storage>,
@@ -119,13 +123,72 @@ impl CheckpointWriter {
         self.builder()?.add_section_parts(name, &opts, parts).map_err(|e| e.with_section(name).with_path(&path))
     }
 
-    /// Adds a serde value, encoded with postcard 1.x (recorded as such in the section).
-    pub fn add_serde<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<()> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| {
-            Error::new(ErrorKind::Encoding, format!("postcard encoding failed: {e}")).with_section(name)
+    /// Adds a serde value: a fingerprint of its type (name and schema hash) followed by its postcard 1.x
+    /// encoding (encoding [`Encoding::TypedPostcard`]), read back with [`crate::Checkpoint::read_serde`].
+    ///
+    /// A value that saves must load: the encoded bytes are decoded back as `T` before they are written,
+    /// so what postcard cannot represent fails here, at save time, rather than at restart. Postcard is
+    /// compact and not self-describing, which rules out `#[serde(skip_serializing_if)]` (the reader cannot
+    /// know a field is missing), `#[serde(flatten)]`, `#[serde(untagged)]` and internally tagged enums,
+    /// and types that deserialize through `deserialize_any` (`serde_json::Value`). See "Serde sections" in
+    /// the crate documentation for the rules. The check costs one decode of the value; large arrays belong
+    /// in [`CheckpointWriter::add_slice`] sections, which are neither encoded nor decoded.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Encoding`] when the value cannot be encoded or does not decode back as `T` (the message
+    /// says why); the errors of [`CheckpointWriter::add_section_with`].
+    pub fn add_serde<T: Serialize + DeserializeOwned>(&mut self, name: &str, value: &T) -> Result<()> {
+        let encoding_error = |m: String| Error::new(ErrorKind::Encoding, m).with_section(name).with_path(&self.tmp);
+        let fingerprint = crate::typed::Fingerprint::of::<T>();
+        let bytes = fingerprint.encode();
+        let start = bytes.len();
+        let mut bytes = postcard::to_extend(value, bytes)
+            .map_err(|e| encoding_error(format!("postcard encoding of `{}` failed: {e}", fingerprint.type_name)))?;
+        check_decodes_back::<T>(&bytes[start..]).map_err(|why| {
+            encoding_error(format!(
+                "a `{}` value saved with postcard would not load again: {why}. Postcard is not self-describing: \
+                 #[serde(skip_serializing_if)], #[serde(flatten)], #[serde(untagged)] and internally tagged enums, \
+                 and types that need deserialize_any (serde_json::Value) cannot be saved",
+                fingerprint.type_name
+            ))
         })?;
-        let opts = SectionOptions::new().compression(self.default_compression).encoding(Encoding::Postcard);
+        bytes.shrink_to_fit();
+        let opts = SectionOptions::new().compression(self.default_compression).encoding(Encoding::TypedPostcard);
         self.add_section_with(name, &bytes, opts)
+    }
+
+    /// Adds a slice of plain-old-data values without encoding or copying them (a raw section is 4 KiB
+    /// aligned in the file, so a restart maps it back with [`crate::Checkpoint::read_slice`] without a
+    /// copy). The section records the element type (`f64`, `u32`, ...; the size of other [`Pod`]
+    /// types) and this machine's byte order, and is compressed as the store's default says, with the
+    /// byte-shuffle filter at the element's width.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for elements larger than 4095 bytes; the errors of
+    /// [`CheckpointWriter::add_section_with`].
+    pub fn add_slice<T: Pod>(&mut self, name: &str, data: &[T]) -> Result<()> {
+        let opts = SectionOptions::new().compression(self.default_compression);
+        self.add_slice_with(name, data, opts)
+    }
+
+    /// [`CheckpointWriter::add_slice`] with explicit options; the encoding is the slice's (the options'
+    /// encoding is ignored), and the shuffle width is the element's unless the options set one.
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::add_slice`].
+    pub fn add_slice_with<T: Pod>(&mut self, name: &str, data: &[T], opts: SectionOptions) -> Result<()> {
+        let encoding = crate::typed::slice_encoding::<T>().map_err(|e| e.with_section(name).with_path(&self.tmp))?;
+        let width = match encoding {
+            Encoding::Slice { element: crate::format::ElementType::Opaque(_), .. } => 1,
+            Encoding::Slice { element, .. } => element.size() as u16,
+            _ => 1,
+        };
+        let width = if opts.element_size > 1 { opts.element_size } else { width };
+        let opts = opts.encoding(encoding).shuffle(width);
+        self.add_section_with(name, bytemuck::cast_slice(data), opts)
     }
 
     /// Streams a section of unknown length (implements `std::io::Write`).
@@ -134,21 +197,26 @@ impl CheckpointWriter {
         SectionWriter::new(self.builder()?, &path, name, opts).map_err(|e| e.with_path(&path))
     }
 
-    /// Finishes the file and commits it durably (see the module documentation for the protocol).
+    /// Finishes the file and commits it durably: `fsync` of the file, a link to `<base>.<N>`, a rename
+    /// to `<base>`, `fsync` of the directory, then the pruning of generations beyond `keep` (FORMAT.md,
+    /// "Commit protocol"). Blocks for all of these.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when a step fails (the temporary file is removed; earlier checkpoints are
+    /// intact); [`ErrorKind::Conflict`] when another process committed the same generation;
+    /// [`ErrorKind::InvalidState`] when already committed.
     pub fn commit(mut self) -> Result<CommitInfo> {
         let result = self.commit_inner();
-        match &result {
-            Ok(info) => {
-                // The device's own time when the storage knows it: the whole save's time would count
-                // compressing as writing, and make `auto` compress more the more it compresses.
-                let speed = self.device_time.unwrap_or((info.stats.file_bytes, info.seconds));
-                self.shared.note_commit(info.generation, speed);
-            }
-            Err(_) => {
-                let _ = self.storage.remove_file(&self.tmp);
-                // Whatever went wrong (another writer took the generation, say), list afresh next time.
-                *self.shared.listing() = None;
-            }
+        if let Ok(info) = &result {
+            // The device's own time when the storage knows it: the whole save's time would count
+            // compressing as writing, and make `auto` compress more the more it compresses.
+            let speed = self.device_time.unwrap_or((info.stats.file_bytes, info.seconds));
+            self.shared.note_commit(info.generation, speed);
+        } else {
+            let _ = self.storage.remove_file(&self.tmp);
+            // Whatever went wrong (another writer took the generation, say), list afresh next time.
+            *self.shared.listing() = None;
         }
         self.done = true;
         result
@@ -295,4 +363,15 @@ impl Drop for CheckpointWriter {
 
 pub(super) fn link_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV))
+}
+
+/// Decodes postcard `bytes` as `T` and checks that every byte was used: what `read_serde` will do.
+fn check_decodes_back<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<(), String> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((_, [])) => Ok(()),
+        Ok((_, rest)) => {
+            Err(format!("decoding it back uses {} of its {} bytes", bytes.len() - rest.len(), bytes.len()))
+        }
+        Err(e) => Err(format!("decoding it back fails: {e}")),
+    }
 }

@@ -100,10 +100,18 @@ pub use parts::PartIdentity;
 use parts::*;
 use prune::*;
 
+/// A step given as any integer type, as the file records it (signed 64 bits).
+pub(crate) fn step_arg(step: impl TryInto<i64>) -> Result<i64> {
+    step.try_into().map_err(|_| {
+        Error::invalid("the step does not fit the checkpoint's step field (a signed 64-bit integer, at most i64::MAX)")
+    })
+}
+
 /// Temporary files of writers on other hosts are removed once they have not changed for this long.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
 /// What a successful commit produced.
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub struct CommitInfo {
     /// The stable name of the newest checkpoint (`<dir>/<base>`); for a rank's part, the part file.
@@ -306,8 +314,16 @@ impl Store {
     /// the next generation number as this process sees it; rank 0 then needs [`Store::commit_step`]. That
     /// number agrees across ranks only when every rank takes part in every step: collective callers should
     /// agree on [`Store::next_generation`] (a max-reduction) and call [`Store::begin_part`].
-    pub fn begin(&self, app_step: i64) -> Result<CheckpointWriter> {
-        self.begin_in(&self.config.checkpoint_dir.clone(), app_step)
+    ///
+    /// The step is any integer that fits the file's signed 64-bit field (`u64` steps need no cast).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a step above `i64::MAX`; the directory cannot be listed or
+    /// created, or the temporary file cannot be created ([`ErrorKind::Io`]); the checkpoints under this
+    /// name belong to another run ([`ErrorKind::Conflict`]).
+    pub fn begin(&self, app_step: impl TryInto<i64>) -> Result<CheckpointWriter> {
+        self.begin_in(&self.config.checkpoint_dir.clone(), step_arg(app_step)?)
     }
 
     /// Like [`Store::begin`], into another directory (`ImageDir` of Slurm's removed checkpoint interface).
@@ -566,8 +582,17 @@ impl Store {
         Some(file)
     }
 
-    /// Saves one serde value as a whole checkpoint (section `state`, postcard encoding).
-    pub fn save_serde<T: Serialize + ?Sized>(&self, app_step: i64, value: &T) -> Result<CommitInfo> {
+    /// Saves one serde value as a whole checkpoint (section `state`, see
+    /// [`CheckpointWriter::add_serde`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin`], [`CheckpointWriter::add_serde`] and [`CheckpointWriter::commit`].
+    pub fn save_serde<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        app_step: impl TryInto<i64>,
+        value: &T,
+    ) -> Result<CommitInfo> {
         let mut w = self.begin(app_step)?;
         w.add_serde("state", value)?;
         w.commit()
@@ -580,9 +605,10 @@ impl Store {
     /// ([`Store::after_step_committed`]).
     pub fn checkpoint(
         &self,
-        app_step: i64,
+        app_step: impl TryInto<i64>,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
+        let app_step = step_arg(app_step)?;
         let mut w = self.begin(app_step)?;
         write(&mut w)?;
         let info = w.commit()?;
@@ -634,7 +660,7 @@ mod tests {
             let data: Vec<u8> = (0..5000u32).map(|i| (i as i64 * step) as u8).collect();
             w.add_bytes("raw", &data).unwrap();
             w.add_section_with("shuffled", &data, SectionOptions::new().shuffle(8)).unwrap();
-            w.add_serde("meta", &(step, "x")).unwrap();
+            w.add_serde("meta", &(step, "x".to_string())).unwrap();
             let info = w.commit().unwrap();
             assert_eq!(info.generation, step as u64);
         }

@@ -47,8 +47,8 @@ pub struct PartIdentity {
 
 impl Store {
     /// Starts this rank's part of multi-rank generation `generation` (all ranks must use the same number).
-    pub fn begin_part(&self, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
-        self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, app_step)
+    pub fn begin_part(&self, generation: u64, app_step: impl TryInto<i64>) -> Result<CheckpointWriter> {
+        self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, step_arg(app_step)?)
     }
 
     /// [`Store::begin_part`] into another directory (`ImageDir` of Slurm's removed checkpoint interface).
@@ -166,7 +166,7 @@ impl Store {
                     continue;
                 }
                 let path = part_dir.join(format!("rank{r}.ckpt"));
-                match Checkpoint::open_with(&*self.storage, &path, LoadOptions { mmap: false }) {
+                match Checkpoint::open_with(&*self.storage, &path, LoadOptions::new().mmap(false)) {
                     Ok(cp) => {
                         let h = cp.header();
                         if h.kind != FileKind::Data {

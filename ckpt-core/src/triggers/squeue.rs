@@ -414,12 +414,13 @@ pub struct EndTimeWatch {
 }
 
 impl EndTimeWatch {
-    /// A watch of `job_id`'s end time, sharing answers through `socket_dir` when given. Does no I/O.
+    /// A watch of `job_id`'s end time, sharing answers through `socket_dir` when given, asking `squeue`
+    /// from `PATH` (see [`EndTimeWatch::with_program`]; the environment is not read). Does no I/O.
     pub fn new(job_id: &str, socket_dir: Option<&Path>) -> EndTimeWatch {
         EndTimeWatch {
             job_id: job_id.to_string(),
             key: job_id.to_string(),
-            program: squeue_program(),
+            program: OsString::from("squeue"),
             socket_dir: socket_dir.map(Path::to_path_buf),
             dir: None,
             dir_tried: false,

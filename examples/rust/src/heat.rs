@@ -69,7 +69,7 @@ fn run() -> ckpt_core::Result<()> {
         std::mem::swap(&mut u, &mut next);
         let done = it + 1;
         if cp.should_checkpoint() {
-            let mut w = cp.begin(done as i64)?;
+            let mut w = cp.begin(done)?;
             w.add_serde("progress", &Progress { iteration: done, n })?;
             w.add_section_with("field", &to_bytes(&u), SectionOptions::new().compression(Compression::None))?;
             let info = cp.commit(w)?;

@@ -1,0 +1,290 @@
+//! Process trees under the shim: a shell pipeline, `popen`, and forked workers talking through pipes,
+//! checkpointed together, killed (the whole process group, as a node failure or `scancel` does) or ended
+//! by the checkpoint-and-exit signal, and restarted, three times in a row. Output goes to one file,
+//! `> out 2>&1` (the processes share its open file description) and must equal an uninterrupted run's
+//! byte for byte. A child that does not run the shim refuses the checkpoint with a message naming it.
+
+mod common;
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const CYCLES: usize = 3;
+
+/// A C program of `tests/programs/`, built once.
+fn program(name: &str) -> Option<String> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(format!("{name}.c"));
+    let exe = inputs().join(format!("tree-{name}"));
+    if !exe.exists()
+        || std::fs::metadata(&exe).unwrap().modified().unwrap() < std::fs::metadata(&src).unwrap().modified().unwrap()
+    {
+        let tmp = inputs().join(format!("tree-{name}.tmp"));
+        let cc = which("cc")?;
+        let o = Command::new(cc).args(["-O2", "-o"]).arg(&tmp).arg(&src).output().unwrap();
+        assert!(o.status.success(), "cc {name}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::rename(&tmp, &exe).unwrap();
+    }
+    Some(exe.display().to_string())
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    String::from_utf8_lossy(&std::fs::read(dir.join(name)).unwrap_or_default()).into_owned()
+}
+
+/// Restored events of the root (one per restart; each member logs its own too).
+fn root_restores(dir: &Path) -> usize {
+    events(dir, "restored").iter().filter(|e| !e["image"].as_str().unwrap_or("").starts_with("process.member")).count()
+}
+
+/// Whether any process of the process group `pgid` is alive.
+fn group_alive(pgid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks.
+    unsafe { libc::kill(-(pgid as i32), 0) == 0 }
+}
+
+fn kill_group(pgid: u32) {
+    // SAFETY: kills the process group the test created.
+    unsafe { libc::kill(-(pgid as i32), libc::SIGKILL) };
+}
+
+/// Runs `argv` (in `dir`) to the end without the shim: the reference output.
+fn reference(dir: &Path, argv: &[String]) -> Vec<u8> {
+    let o = Command::new(&argv[0]).args(&argv[1..]).current_dir(dir).stderr(Stdio::inherit()).output().unwrap();
+    assert!(o.status.success(), "reference run of {argv:?}: {:?}", o.status);
+    o.stdout
+}
+
+/// Checkpoint, kill (or checkpoint-and-exit) and restart `argv` CYCLES times; the output and the files
+/// named in `extra_outputs` must equal the uninterrupted run's.
+fn tree_cycles(name: &str, argv: Vec<String>, signal: i32, to_group: bool, delay: Duration, extra_outputs: &[&str]) {
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let expected = reference(dir, &argv);
+    let expected_extra: Vec<Vec<u8>> = extra_outputs.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect();
+    for f in extra_outputs {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    let img = dir.join("img");
+    let out = dir.join("out.txt");
+    let stdout = std::fs::File::create(&out).unwrap();
+    let stderr = stdout.try_clone().unwrap();
+    let mut child: Child = command(&ckpt, dir)
+        .current_dir(dir)
+        .args(["run", "--dir", img.to_str().unwrap(), "--"])
+        .args(&argv)
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let diagnostics = |dir: &Path| {
+        format!(
+            "output tail: {:?}\nrestart: {}\nlog: {}",
+            {
+                let o = read(dir, "out.txt");
+                o[o.len().saturating_sub(300)..].to_string()
+            },
+            read(dir, "restart.txt"),
+            read(dir, "ckpt.log")
+        )
+    };
+    let mut rng = Rng::new(seed(name));
+    for g in 0..CYCLES {
+        std::thread::sleep(delay.mul_f64(rng.between(0.5, 1.0)));
+        if to_group {
+            // As Slurm's `--signal` and `scancel --signal` do: every process of the step.
+            // SAFETY: signals the process group the test created.
+            unsafe { libc::kill(-(child.id() as i32), signal) };
+        } else {
+            kill(child.id(), signal);
+        }
+        if !wait_for_events(dir, "checkpoint", g + 1, &mut child, Duration::from_secs(60)) {
+            let status = child.try_wait().unwrap();
+            kill_group(child.id());
+            panic!("{name}: cycle {}: no checkpoint (root: {status:?}); {}", g + 1, diagnostics(dir));
+        }
+        let ck = &events(dir, "checkpoint")[g];
+        assert!(ck["processes"].as_u64().unwrap_or(1) > 1, "{name}: the checkpoint holds one process: {ck}");
+        if signal == libc::SIGTERM {
+            let status = wait_timeout(&mut child, Duration::from_secs(60));
+            assert_eq!(status.signal(), Some(libc::SIGTERM), "{name}: cycle {}: {status:?}", g + 1);
+            // The members end with the root once the image is committed.
+            let start = std::time::Instant::now();
+            while group_alive(child.id()) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(!group_alive(child.id()), "{name}: cycle {}: members outlived the checkpoint-and-exit", g + 1);
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+            kill_group(child.id());
+            let _ = child.wait();
+        }
+        let errors = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("restart.txt")).unwrap();
+        child = command(&ckpt, dir)
+            .args(["restart", "--image-dir", img.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(errors)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        if !wait_for_events(dir, "restored", 0, &mut child, Duration::from_secs(1)) || {
+            let start = std::time::Instant::now();
+            while root_restores(dir) < g + 1 && start.elapsed() < Duration::from_secs(60) {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            root_restores(dir) < g + 1
+        } {
+            let status = child.try_wait().unwrap();
+            kill_group(child.id());
+            panic!("{name}: restart {} failed ({status:?}); {}", g + 1, diagnostics(dir));
+        }
+    }
+    let status = wait_timeout(&mut child, Duration::from_secs(120));
+    kill_group(child.id());
+    assert!(status.success(), "{name}: the last restarted run ended with {status:?}; {}", diagnostics(dir));
+    let got = std::fs::read(&out).unwrap();
+    assert!(
+        got == expected,
+        "{name}: output differs from the uninterrupted run (got {} bytes, expected {}); {}",
+        got.len(),
+        expected.len(),
+        diagnostics(dir)
+    );
+    for (f, want) in extra_outputs.iter().zip(&expected_extra) {
+        assert!(std::fs::read(dir.join(f)).unwrap() == *want, "{name}: {f} differs from the uninterrupted run's");
+    }
+    assert!(
+        events(dir, "checkpoint-failed").is_empty() && events(dir, "checkpoint-refused").is_empty(),
+        "{name}: {}",
+        diagnostics(dir)
+    );
+}
+
+fn s(p: impl AsRef<Path>) -> String {
+    p.as_ref().display().to_string()
+}
+
+fn pipeline() -> Option<Vec<String>> {
+    which("mawk")?;
+    Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "seq 1 24000000 | mawk '{ s += $1 } NR % 1000000 == 0 { print NR, s; fflush() }'".into(),
+    ])
+}
+
+/// `sh -c 'seq | mawk'`: three processes, a pipe between two exec'd members, the root waiting for them;
+/// mawk writes to the output file it shares with the shell. Checkpoint (USR1), kill the process group,
+/// restart.
+#[test]
+fn shell_pipeline_three_cycles_usr1() {
+    let Some(argv) = pipeline() else { return };
+    tree_cycles("pipeline, USR1", argv, libc::SIGUSR1, false, Duration::from_millis(700), &[]);
+}
+
+/// The same with SIGTERM (checkpoint and exit): the members end once the image is committed.
+#[test]
+fn shell_pipeline_three_cycles_term() {
+    let Some(argv) = pipeline() else { return };
+    tree_cycles("pipeline, TERM", argv, libc::SIGTERM, false, Duration::from_millis(700), &[]);
+}
+
+/// Three forked workers (no exec), two pipes each, requests and answers in flight at the checkpoint; at
+/// the end the parent reaches each worker by the pid fork gave it (`kill`, `waitpid`) and each worker
+/// checks `getppid()`: pids the program kept stay valid after every restart.
+#[test]
+fn forked_workers_three_cycles() {
+    let Some(exe) = program("workers") else { return };
+    tree_cycles(
+        "workers",
+        vec![exe, "2500".into(), "200000".into(), "3".into()],
+        libc::SIGUSR1,
+        false,
+        Duration::from_millis(500),
+        &[],
+    );
+}
+
+/// `popen(..., "w")` to a shell running mawk, which writes a file of its own: the pipe's unread bytes are
+/// put back at every restart, and pclose's status is the command's.
+#[test]
+fn popen_three_cycles() {
+    let Some(exe) = program("popen") else { return };
+    if which("mawk").is_none() {
+        return;
+    }
+    let cmd = "mawk '{ s += $1 } NR % 500 == 0 { print NR, s; fflush() }' > mawk.txt";
+    tree_cycles(
+        "popen",
+        vec![exe, "60000".into(), "20000".into(), cmd.into()],
+        libc::SIGUSR1,
+        false,
+        Duration::from_millis(400),
+        &["mawk.txt"],
+    );
+}
+
+/// USR1 to every process of the tree, as `sbatch --signal=USR1@90` (without `B:`) sends it: the members
+/// leave the request to the root (without the shim, USR1 would kill them).
+#[test]
+fn workers_signalled_together_three_cycles_usr1() {
+    let Some(exe) = program("workers") else { return };
+    tree_cycles(
+        "workers, USR1 to all",
+        vec![exe, "2500".into(), "200000".into(), "3".into()],
+        libc::SIGUSR1,
+        true,
+        Duration::from_millis(500),
+        &[],
+    );
+}
+
+/// TERM to every process, as Slurm does at the time limit: the members wait for the root's checkpoint
+/// and end after it.
+#[test]
+fn pipeline_signalled_together_three_cycles_term() {
+    let Some(argv) = pipeline() else { return };
+    tree_cycles("pipeline, TERM to all", argv, libc::SIGTERM, true, Duration::from_millis(700), &[]);
+}
+
+/// A child that does not run the shim (LD_PRELOAD removed from its environment) cannot be checkpointed
+/// with its parent: the checkpoint is refused with a message naming it, and the program runs on to the
+/// same output.
+#[test]
+fn a_child_without_the_shim_refuses_the_checkpoint() {
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let argv = ["sh", "-c", "env -u LD_PRELOAD sleep 2; echo done"];
+    let out = dir.join("out.txt");
+    let mut child = command(&ckpt, dir)
+        .args(["run", "--dir", s(dir.join("img")).as_str(), "--"])
+        .args(argv)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("err.txt")).unwrap()))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    kill(child.id(), libc::SIGUSR1);
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    kill_group(child.id());
+    assert!(status.success(), "{status:?}");
+    assert_eq!(read(dir, "out.txt"), "done\n");
+    let refused = events(dir, "checkpoint-refused");
+    assert_eq!(refused.len(), 1, "{}", read(dir, "ckpt.log"));
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("(sleep)") && reason.contains("does not run the shim"), "{reason}");
+    assert!(read(dir, "err.txt").contains("does not run the shim"), "{}", read(dir, "err.txt"));
+    let _: PathBuf = dir.join("img");
+}
