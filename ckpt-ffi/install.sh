@@ -5,7 +5,8 @@
 #
 #   PREFIX/lib/libckpt.so.0.1.0, libckpt.so.0, libckpt.so   the shared library (SONAME libckpt.so.0)
 #   PREFIX/lib/libckpt.a                                      the static library (link also -lpthread -ldl -lm)
-#   PREFIX/include/ckpt.h, ckpt_mpi.h                         C headers (ckpt_mpi.h: header-only MPI collectives)
+#   PREFIX/include/ckpt.h, ckpt_mpi.h, ckpt.hpp               C headers (ckpt_mpi.h: header-only MPI collectives),
+#                                                             the header-only C++17 interface (ckpt.hpp)
 #   PREFIX/include/ckpt.f90, ckpt_mpi.f90                     Fortran module sources (for any compiler / MPI)
 #   PREFIX/lib/fortran/gfortran/ckpt.mod, ckpt_mpi.mod        compiled modules (when gfortran / mpif90 exist)
 #   PREFIX/lib/libckpt_fortran.a                              their objects (ckpt_mpi.o only pulled in by MPI codes)
@@ -82,7 +83,7 @@ fi
 install -m 0644 "$LIB_FROM/libckpt.a" "$LIBDIR/libckpt.a"
 
 # ---- headers and Fortran sources ----
-for f in ckpt.h ckpt_mpi.h ckpt.f90 ckpt_mpi.f90; do
+for f in ckpt.h ckpt_mpi.h ckpt.hpp ckpt.f90 ckpt_mpi.f90; do
   install -m 0644 "$ROOT/include/$f" "$INCDIR/$f"
 done
 

@@ -2,7 +2,7 @@
 //! from running processes, and restart programs from a checkpoint directory.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use ckpt_core::{
 use clap::{Parser, Subcommand};
 use indicatif::HumanBytes;
 
+mod job;
 mod shim;
 use serde_json::{Value, json};
 
@@ -112,12 +113,56 @@ enum Command {
     /// `ckpt create`; `ckpt restart IMAGE` resumes it. Single-threaded
     /// programs on Linux x86_64 with glibc; see ckpt-preload/README.md for the scope.
     Run {
-        /// Checkpoint interval, in any of SLURM_CHECKPOINT's formats (sets CKPT_INTERVAL).
+        /// Checkpoint interval: a number with a unit (30s, 2m, 1h) or any of SLURM_CHECKPOINT's formats (sets
+        /// CKPT_INTERVAL).
         #[arg(long, value_name = "TIME")]
         interval: Option<String>,
         /// Directory for the images (sets CKPT_DIR; default: the checkpoint directory of this environment).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Supervise a program in a batch job (`exec ckpt job ... -- PROGRAM ARGS` as the script's last line):
+    /// run it, turn the signals Slurm sends the batch shell into checkpoint requests (`--signal=B:USR1@T`:
+    /// see --on-warning) or a final checkpoint (SIGTERM), wait until it has exited, requeue the job
+    /// boundedly with --requeue (as `ckpt requeue`; not after scancel), and exit 0 (finished), 3
+    /// (stopped after a checkpoint, not requeued), 4 (stopped after a checkpoint, requeued), 2 (could not
+    /// start), or the program's failing status (128+N for signal N; its 2-4 as 1). Signals go to the
+    /// program's root process only, never to its process group. In a batch script: `exec ckpt job ...`
+    /// (bash would die of USR1 itself).
+    Job {
+        /// Requeue the job (scontrol requeue) after the program stopped at a checkpoint near the time
+        /// limit, while SLURM_RESTART_COUNT < --max-restarts and the last run made progress.
+        #[arg(long)]
+        requeue: bool,
+        /// The bound on restarts for --requeue (implies --requeue).
+        #[arg(long, value_name = "N")]
+        max_restarts: Option<u32>,
+        /// What the time-limit warning (USR1 or USR2 to `ckpt job`) does: `stop` takes the final checkpoint
+        /// now and stops the program (then requeues), `checkpoint` only asks for a checkpoint.
+        #[arg(long, value_enum, value_name = "WHAT", default_value = "stop")]
+        on_warning: job::OnWarning,
+        /// The program is unmodified: run it under the LD_PRELOAD shim (`ckpt run`), or resume it from its
+        /// newest image (`ckpt restart`) when this run has one.
+        #[arg(long)]
+        transparent: bool,
+        /// Pass SIGTERM on to the program inside a Slurm job too (by default only outside a job: in a job
+        /// Slurm sends its own to every process of the job, and a second one makes mpirun abort).
+        #[arg(long)]
+        forward_term: bool,
+        /// Application name the program uses (for finding its checkpoints; default as `ckpt env`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Checkpoint directory (sets CKPT_DIR; default: the checkpoint directory of this environment).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The program's standard output: created when it starts from the beginning, kept for the restore
+        /// when --transparent resumes it (which cuts it back to its size at the checkpoint), appended to
+        /// for a program using libckpt.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -154,7 +199,22 @@ where
             }
         }
         Command::Run { interval, dir, command } => shim::run(interval.as_deref(), dir.as_deref(), &command),
-        Command::Requeue { max_restarts, name, dry_run } => requeue(max_restarts, name.as_deref(), dry_run),
+        Command::Requeue { max_restarts, name, dry_run } => {
+            requeue(max_restarts, name.as_deref(), dry_run, &mut std::io::stdout())
+        }
+        Command::Job { requeue, max_restarts, on_warning, transparent, forward_term, name, dir, output, command } => {
+            job::job(&job::JobArgs {
+                requeue: requeue || max_restarts.is_some(),
+                max_restarts: max_restarts.unwrap_or(10),
+                on_warning,
+                transparent,
+                forward_term,
+                name: name.as_deref(),
+                dir: dir.as_deref(),
+                output: output.as_deref(),
+                command: &command,
+            })
+        }
     };
     match result {
         Ok(code) => status(code),
@@ -665,22 +725,34 @@ fn newest_checkpoint(cfg: &Config) -> Result<Option<(String, u64, i64)>, Error> 
     Ok(best.map(|(_, n, g, s)| (n, g, s)))
 }
 
-fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitCode, Error> {
-    let cfg = Config::from_env(name)?;
+/// `writeln!` that ignores a failed write (the message is all there is to say).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool, out: &mut dyn Write) -> Result<ExitCode, Error> {
+    requeue_with(&Config::from_env(name)?, max_restarts, dry_run, out)
+}
+
+/// `ckpt requeue` for the configuration `cfg` (also `ckpt job`'s requeue).
+fn requeue_with(cfg: &Config, max_restarts: u32, dry_run: bool, out: &mut dyn Write) -> Result<ExitCode, Error> {
     let job = cfg
         .job_id
         .clone()
         .ok_or_else(|| Error::invalid("SLURM_JOB_ID is not set: `ckpt requeue` runs inside a Slurm job"))?;
     let count = cfg.restart_count.unwrap_or(0);
     if count >= max_restarts {
-        println!(
+        say!(
+            out,
             "ckpt requeue: not requeuing job {job}: it was restarted {count} time(s), the limit is {max_restarts}"
         );
         return Ok(ExitCode::from(1));
     }
     // Progress: the newest checkpoint must be newer than the one seen at the previous requeue.
     let record = cfg.checkpoint_dir.join(format!("{}.requeue", cfg.base_name()));
-    let newest = newest_checkpoint(&cfg)?;
+    let newest = newest_checkpoint(cfg)?;
     // The record: "<name> <generation> <step>" (older records: "<generation> <step>").
     let previous: Option<(String, u64, i64)> = std::fs::read_to_string(&record).ok().and_then(|t| {
         let f: Vec<&str> = t.split_whitespace().collect();
@@ -692,11 +764,12 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
     });
     match (&newest, previous) {
         (None, _) => {
-            println!("ckpt requeue: not requeuing job {job}: it has no valid checkpoint to restart from");
+            say!(out, "ckpt requeue: not requeuing job {job}: it has no valid checkpoint to restart from");
             return Ok(ExitCode::from(1));
         }
         (Some((name, g, step)), Some((pname, pg, pstep))) if count > 0 && *name == pname && *g <= pg => {
-            println!(
+            say!(
+                out,
                 "ckpt requeue: not requeuing job {job}: no progress since the last restart (newest checkpoint \
                  generation {g}, step {step}; at the previous requeue generation {pg}, step {pstep})"
             );
@@ -706,7 +779,8 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
     }
     let (name, g, step) = newest.expect("checked above");
     if dry_run {
-        println!(
+        say!(
+            out,
             "ckpt requeue: would requeue job {job} (restart {} of {max_restarts}; checkpoint step {step})",
             count + 1
         );
@@ -721,6 +795,6 @@ fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool) -> Result<ExitC
     if !status.success() {
         return Err(Error::new(ckpt_core::ErrorKind::Io, format!("`{scontrol} requeue {job}` failed: {status}")));
     }
-    println!("ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);
+    say!(out, "ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);
     Ok(ExitCode::SUCCESS)
 }

@@ -86,7 +86,7 @@ pub fn run(interval: Option<&str>, dir: Option<&Path>, command: &[String]) -> Re
         .with_path(&program));
     }
     if let Some(i) = interval {
-        ckpt_core::parse_interval(i).map_err(|e| Error::invalid(format!("--interval: {}", e.message())))?;
+        ckpt_core::parse_ckpt_interval(i).map_err(|e| Error::invalid(format!("--interval: {}", e.message())))?;
     }
     // The same checks the shim will make, so mistakes are reported here.
     let mut cmd = std::process::Command::new(&program);

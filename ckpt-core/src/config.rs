@@ -37,7 +37,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::identity::{ResumeFrom, RunIdentity};
-use crate::timefmt::parse_slurm_time;
+use crate::timefmt::{parse_slurm_time, parse_time_with_units};
 use crate::triggers::{self, SignalSpec};
 use crate::writer::Compression;
 
@@ -302,7 +302,9 @@ impl Config {
         }
         for var in ["CKPT_INTERVAL", "SLURM_CHECKPOINT"] {
             if let Some(v) = get(var) {
-                cfg.interval = parse_interval(&v).map_err(|e| Error::invalid(format!("{var}: {}", e.message())))?;
+                // SLURM_CHECKPOINT exactly as Slurm defined it; ckpt's own setting also takes units.
+                let parsed = if var == "SLURM_CHECKPOINT" { parse_interval(&v) } else { parse_ckpt_interval(&v) };
+                cfg.interval = parsed.map_err(|e| Error::invalid(format!("{var}: {}", e.message())))?;
                 break;
             }
         }
@@ -332,7 +334,9 @@ impl Config {
                 None => Ok(None),
                 Some(v) => match v.parse::<f64>() {
                     Ok(s) if s.is_finite() && s >= 0.0 && !v.contains(':') => Ok(Some(Duration::from_secs_f64(s))),
-                    _ => parse_slurm_time(&v).map(Some).map_err(|e| Error::invalid(format!("{var}: {}", e.message()))),
+                    _ => parse_time_with_units(&v)
+                        .map(Some)
+                        .map_err(|e| Error::invalid(format!("{var}: {}", e.message()))),
                 },
             }
         };
@@ -340,7 +344,7 @@ impl Config {
             cfg.margin = m;
         }
         if let Some(v) = get("CKPT_MTBF") {
-            cfg.mtbf = parse_slurm_time(&v).map_err(|e| Error::invalid(format!("CKPT_MTBF: {}", e.message())))?;
+            cfg.mtbf = parse_time_with_units(&v).map_err(|e| Error::invalid(format!("CKPT_MTBF: {}", e.message())))?;
             if cfg.mtbf.is_zero() {
                 return Err(Error::invalid("CKPT_MTBF: must be positive"));
             }
@@ -547,6 +551,18 @@ pub fn parse_interval(text: &str) -> Result<Option<Interval>> {
     }
     let d = parse_slurm_time(t)?;
     Ok(if d.is_zero() { None } else { Some(Interval::Every(d)) })
+}
+
+/// Parses `CKPT_INTERVAL`: as [`parse_interval`], and numbers with units (`30s`, `2m`, `1h`, `1h30m`).
+pub fn parse_ckpt_interval(text: &str) -> Result<Option<Interval>> {
+    let t = text.trim();
+    if t.contains(|c: char| c.is_ascii_alphabetic())
+        && !["auto", "off", "none"].iter().any(|w| t.eq_ignore_ascii_case(w))
+    {
+        let d = parse_time_with_units(t)?;
+        return Ok(if d.is_zero() { None } else { Some(Interval::Every(d)) });
+    }
+    parse_interval(t)
 }
 
 /// `CKPT_MMAP` (default on) from `lookup`, as [`Config::from_lookup`] reads it: also for loads without a

@@ -81,7 +81,7 @@ mod zstd_stub;
 pub use checkpointer::{Checkpointer, PendingCheckpoint, TriggerView};
 pub use config::{
     Config, ConfigBuilder, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, SETTINGS, base_name,
-    hostname, parse_interval,
+    hostname, parse_ckpt_interval, parse_interval,
 };
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
@@ -90,7 +90,7 @@ pub use reader::{Checkpoint, LoadOptions, SectionData, read_header};
 pub use store::{
     CheckpointWriter, CommitInfo, NameKind, PartIdentity, Store, any_base, begin_file, classify, parse_manifest,
 };
-pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time};
+pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time, parse_time_with_units};
 // `auto_choice` is for the benchmarks (the cost of `auto`'s decision), not part of the API.
 #[doc(hidden)]
 pub use writer::auto_choice;

@@ -38,6 +38,54 @@ pub fn parse_slurm_time(text: &str) -> Result<Duration> {
         .map_err(|why| Error::invalid(format!("invalid time {text:?}: {why}; accepted forms are {ACCEPTED_FORMS}")))
 }
 
+/// Parses a time setting of ckpt's own (`CKPT_INTERVAL`, `CKPT_MARGIN`, `CKPT_MTBF`): numbers with units
+/// (`30s`, `2m`, `1.5h`, `1d`, `1h30m`; units `s`, `m`/`min`, `h`, `d`), or one of Slurm's six forms (where
+/// a bare number is minutes). `SLURM_CHECKPOINT` keeps Slurm's forms only ([`parse_slurm_time`]).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(ckpt_core::parse_time_with_units("30s").unwrap(), Duration::from_secs(30));
+/// assert_eq!(ckpt_core::parse_time_with_units("1h30m").unwrap(), Duration::from_secs(5400));
+/// assert_eq!(ckpt_core::parse_time_with_units("2").unwrap(), Duration::from_secs(120));
+/// ```
+pub fn parse_time_with_units(text: &str) -> Result<Duration> {
+    let t = text.trim();
+    if !t.contains(|c: char| c.is_ascii_alphabetic()) {
+        return parse_slurm_time(text);
+    }
+    parse_units(t).map_err(|why| {
+        Error::invalid(format!(
+            "invalid time {text:?}: {why}; accepted forms are numbers with units (30s, 2m, 1h, 1d, 1h30m), \
+             {ACCEPTED_FORMS}"
+        ))
+    })
+}
+
+fn parse_units(s: &str) -> std::result::Result<Duration, String> {
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..end].parse().map_err(|_| format!("expected a number at {rest:?}"))?;
+        let after = &rest[end..];
+        let unit_end = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+        let scale = match after[..unit_end].to_ascii_lowercase().as_str() {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86_400.0,
+            "" => return Err(format!("{:?} has no unit", &rest[..end])),
+            other => return Err(format!("unknown unit {other:?} (s, m, h, d)")),
+        };
+        total += value * scale;
+        rest = after[unit_end..].trim_start();
+    }
+    if !(0.0..1e15).contains(&total) {
+        return Err("out of range".into());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
 fn parse_inner(s: &str) -> std::result::Result<u64, String> {
     if s.is_empty() {
         return Err("empty string".into());
@@ -109,6 +157,27 @@ mod tests {
         assert_eq!(secs("2-12"), 2 * 86_400 + 12 * 3600); // days-hours
         assert_eq!(secs("1-02:03"), 86_400 + 2 * 3600 + 3 * 60); // days-hours:minutes
         assert_eq!(secs("1-02:03:04"), 93_784); // days-hours:minutes:seconds
+    }
+
+    #[test]
+    fn units() {
+        let u = |s: &str| parse_time_with_units(s).unwrap().as_secs_f64();
+        assert_eq!(u("30s"), 30.0);
+        assert_eq!(u("2m"), 120.0);
+        assert_eq!(u("2min"), 120.0);
+        assert_eq!(u("1h"), 3600.0);
+        assert_eq!(u("1.5h"), 5400.0);
+        assert_eq!(u("1d"), 86_400.0);
+        assert_eq!(u("1h30m"), 5400.0);
+        assert_eq!(u(" 1h 30m 15s "), 5415.0);
+        assert_eq!(u("2"), 120.0); // Slurm's minutes
+        assert_eq!(u("1:30"), 90.0);
+        for bad in ["30x", "s", "1h30", "h1", "1..5h", "-5s"] {
+            let e = parse_time_with_units(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+            assert!(e.to_string().contains("30s, 2m"), "{e}");
+        }
+        assert!(parse_slurm_time("30s").is_err(), "Slurm's forms have no units");
     }
 
     #[test]

@@ -108,6 +108,7 @@ fn install_then_build_three_ways() {
         "lib/libckpt.a",
         "include/ckpt.h",
         "include/ckpt_mpi.h",
+        "include/ckpt.hpp",
         "include/ckpt.f90",
         "include/ckpt_mpi.f90",
         "lib/pkgconfig/ckpt.pc",
@@ -117,6 +118,22 @@ fn install_then_build_three_ways() {
         assert!(prefix.join(f).exists(), "{f} was not installed");
     }
     let lib = prefix.join("lib");
+    // The C++ example against the installed header and library.
+    if have("c++") {
+        let exe = t.join("heat_cpp");
+        ok(
+            Command::new("c++")
+                .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-I"])
+                .arg(prefix.join("include"))
+                .arg(root().join("examples/cpp/heat.cpp"))
+                .arg("-o")
+                .arg(&exe)
+                .arg(format!("-L{}", lib.display()))
+                .arg("-lckpt")
+                .arg(format!("-Wl,-rpath,{}", lib.display())),
+            "c++ examples/cpp/heat.cpp",
+        );
+    }
     std::fs::write(t.join("app.c"), APP_C).unwrap();
 
     // 1. the three lines of the README, as written

@@ -200,8 +200,8 @@ scenario_c_deadline() {
 }
 
 # 3. The Python example job, examples/python/checkpointed_program.sh itself, with --time=1 --signal=B:USR1@10:
-#    its USR1 trap sends SIGTERM to Python (checkpoint, clean stop), then it runs `ckpt requeue
-#    --max-restarts 10`; the requeued run resumes and ends with the uninterrupted result.
+#    its `ckpt job` gets USR1 and sends SIGTERM to Python (checkpoint, clean stop), then requeues (the progress
+#    check of `ckpt requeue --max-restarts 10`); the requeued run resumes and ends with the uninterrupted result.
 scenario_python() {
   d=$W/python; mkdir -p "$d"; local out=$d/job.out j t0 t1 venv ref fin py_steps=600
   venv=${CKPT_SLURM_VENV:-$d/venv}
@@ -230,9 +230,9 @@ scenario_python() {
   ev "state COMPLETED $((t1 - t0)) s after sbatch, Restarts=$(job_field "$j" Restarts)"
   log_ckpts "$d/ckpt.log"
   fin=$(grep '^Done:' "$out")
-  grep -q '^USR1: the time limit is near' "$out" || fail "the batch shell got no USR1"
+  grep -q '^ckpt job: USR1: the time limit is near' "$out" || fail "the batch shell (ckpt job) got no USR1"
   grep -q '^Checkpoint saved' "$out" || fail "no checkpoint"
-  grep -q '"trigger":\[[^]]*"sigterm"' "$d/ckpt.log" || fail "no checkpoint on the SIGTERM the USR1 trap sends"
+  grep -q '"trigger":\[[^]]*"sigterm"' "$d/ckpt.log" || fail "no checkpoint on the SIGTERM ckpt job sends on USR1"
   grep -q "^ckpt requeue: requeued job $j (restart 1 of 10; checkpoint step [0-9]*)\$" "$out" \
     || fail "the script's ckpt requeue did not requeue the job"
   grep -q '(restart 1)' "$out" || fail "no restart with SLURM_RESTART_COUNT=1"
@@ -243,8 +243,8 @@ scenario_python() {
 
 # 5. An unmodified program (the distribution's python3 running a slow hash) under the LD_PRELOAD shim, with
 #    examples/shim/unmodified_program.sbatch as users copy it, --time=1 and no --signal: the shim learns the
-#    end time from squeue, checkpoints and stops the program before the limit, the script requeues with
-#    `ckpt requeue`, the requeued job resumes the program with `ckpt restart`, and the program's output
+#    end time from squeue, checkpoints and stops the program before the limit, `ckpt job --transparent`
+#    requeues (the progress check of `ckpt requeue`), the requeued job resumes the program with `ckpt restart`, and the program's output
 #    file ends byte-identical to an uninterrupted run.
 scenario_shim() {
   d=$W/shim; mkdir -p "$d"; local out=$d/job.out prog=$d/program.out j t0 t1 py=/usr/bin/python3
@@ -255,14 +255,15 @@ scenario_shim() {
       submit --time=1 -o "$out" "$ROOT/examples/shim/unmodified_program.sbatch" "$py" "$HERE/slow_hash.py") \
       || fail "sbatch"
   ev "job $j submitted: examples/shim/unmodified_program.sbatch $py slow_hash.py (--time=1, no --signal)"
-  wait_line "$out" '^done: output in' 300 >> "$d/evidence" || fail "the job never finished"
+  wait_line "$out" '^ckpt job: finished' 300 >> "$d/evidence" || fail "the job never finished"
   wait_state "$j" COMPLETED 30 >> "$d/evidence" || fail "the job did not end COMPLETED"
   t1=$(date +%s)
   ev "state COMPLETED $((t1 - t0)) s after sbatch, Restarts=$(job_field "$j" Restarts)"
   grep '"event":"checkpoint\|"event":"restored' "$d/ckpt.log" | sed 's/^/  log: /' >> "$d/evidence"
-  grep -q '^program exited with status 143' "$out" || fail "the first run did not stop by the shim's checkpoint"
+  grep -q '^ckpt job: the program was ended by signal TERM after a checkpoint' "$out" \
+    || fail "the first run did not stop by the shim's checkpoint"
   grep -q "^ckpt requeue: requeued job $j (restart 1 of 5" "$out" || fail "the script did not requeue the job"
-  grep -q '^resuming from the newest image' "$out" || fail "the requeued job did not resume from the image"
+  grep -q '^ckpt job: resuming from the newest image' "$out" || fail "the requeued job did not resume from the image"
   grep -q 'DUE TO TIME LIMIT' "$out" && fail "Slurm's time limit was reached"
   grep -q '"exit":true' "$d/ckpt.log" || fail "no checkpoint-and-exit in the log"
   grep -q '"event":"restored"' "$d/ckpt.log" || fail "no restore in the log"
@@ -315,9 +316,9 @@ scenario_create() {
 
 # 4. The MPI examples as users submit them: examples/c/heat_mpi.sbatch and examples/fortran/heat_mpi.sbatch,
 #    4 ranks, --time=1. srun --mpi=pmix with --signal=USR1@10 (no B:, every rank gets USR1), or mpirun in the
-#    batch script with --signal=B:USR1@10 (the script's trap forwards USR1 to mpirun). USR1: one collective
+#    batch script with --signal=B:USR1@10 (the script's `ckpt job` forwards USR1 to mpirun). USR1: one collective
 #    checkpoint, every rank at the same iteration; SIGTERM at the time limit: a last collective checkpoint,
-#    every rank stops at that iteration; the script runs `ckpt requeue --max-restarts 2`; the restart agrees
+#    every rank stops at that iteration; `ckpt job --requeue --max-restarts 2` requeues; the restart agrees
 #    on that iteration on every rank and ends with the field of an uninterrupted run, bit for bit (crc32).
 MPI_N=256 MPI_ITERS=2400 MPI_DELAY_US=50000   # 2400 x 50 ms = 120 s of work: longer than the time limit
 scenario_mpi() {   # scenario_mpi c|fortran srun|mpirun
@@ -347,7 +348,7 @@ scenario_mpi() {   # scenario_mpi c|fortran srun|mpirun
       CKPT_LOG=$d/ckpt.log CKPT_SQUEUE=true submit --time=1 --signal=$sig -o "$out" "$script" \
       $MPI_N $MPI_ITERS $MPI_DELAY_US) || fail "sbatch"
   ev "job $j submitted: MPI_LAUNCHER=$launcher sbatch --time=1 --signal=$sig examples/$lang/heat_mpi.sbatch $MPI_N $MPI_ITERS $MPI_DELAY_US"
-  wait_line "$out" '^=== .*(finished:|not requeued|failed with status)' 240 >> "$d/evidence" || fail "the job never finished"
+  wait_line "$out" '^ckpt job: (finished|failed|stopped after a checkpoint, not requeued)' 240 >> "$d/evidence" || fail "the job never finished"
   wait_state "$j" COMPLETED 30 >> "$d/evidence" || fail "the job did not end COMPLETED"
   t1=$(date +%s)
   ev "state COMPLETED $((t1 - t0)) s after sbatch, Restarts=$(job_field "$j" Restarts)"
@@ -377,9 +378,9 @@ PY
   echo "$term" | grep -q 'ranks=0,1,2,3 ' || fail "not all 4 ranks took the last checkpoint at the same step: $term"
   local s_term; s_term=$(echo "$term" | cut -d' ' -f2)
   if [ "$launcher" = srun ]; then   # no B:: the ranks got USR1 from Slurm, not through the batch shell
-    grep -q 'batch shell: USR1' "$out" && fail "the batch shell got USR1 (--signal without B:)"
-  else                              # B:: the batch shell's trap forwarded USR1 to mpirun, which passed it on
-    grep -q '^=== .* batch shell: USR1, forwarded to mpirun$' "$out" || fail "the batch shell did not forward USR1"
+    grep -q 'ckpt job: USR1' "$out" && fail "the batch shell got USR1 (--signal without B:)"
+  else                              # B:: ckpt job (the batch shell) forwarded USR1 to mpirun, which passed it on
+    grep -q '^ckpt job: USR1: checkpoint requested' "$out" || fail "the batch shell (ckpt job) did not forward USR1"
     grep -q '^mpirun: Forwarding signal 10 to job$' "$out" || fail "mpirun did not forward USR1 to the ranks"
   fi
   grep -q 'DUE TO TIME LIMIT' "$out" || fail "the first run was not ended by the time limit"
