@@ -192,7 +192,7 @@ impl Inner {
 
     fn log(&self, event: &impl Serialize) {
         let line = events::line(event, (unix_now() * 1000.0).round() / 1000.0, self.config.rank, &self.base);
-        let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let LogSink::Pending(path) = &*sink {
             *sink = match open_log(path) {
                 Ok(f) => LogSink::File(f),
@@ -292,7 +292,7 @@ impl Inner {
             }
             (None, Some(e)) => {
                 let source = EndTimeSource::Squeue.as_str();
-                self.log(&Event::EndTime(EndTime::Failed { source, error: &e, shared: r.shared }))
+                self.log(&Event::EndTime(EndTime::Failed { source, error: &e, shared: r.shared }));
             }
             (None, None) => {}
         }
