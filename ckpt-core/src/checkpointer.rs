@@ -192,7 +192,7 @@ impl Inner {
 
     fn log(&self, event: &impl Serialize) {
         let line = events::line(event, (unix_now() * 1000.0).round() / 1000.0, self.config.rank, &self.base);
-        let mut sink = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let LogSink::Pending(path) = &*sink {
             *sink = match open_log(path) {
                 Ok(f) => LogSink::File(f),
@@ -292,7 +292,7 @@ impl Inner {
             }
             (None, Some(e)) => {
                 let source = EndTimeSource::Squeue.as_str();
-                self.log(&Event::EndTime(EndTime::Failed { source, error: &e, shared: r.shared }))
+                self.log(&Event::EndTime(EndTime::Failed { source, error: &e, shared: r.shared }));
             }
             (None, None) => {}
         }
@@ -1115,11 +1115,31 @@ impl Checkpointer {
         w.commit()
     }
 
-    /// Writes one line to the structured log (for programs that want their own events there).
-    pub fn log_event(&self, event: &str, fields: Value) {
+    /// Writes one line to the structured log (for programs that want their own events there): `event`
+    /// and the fields of `fields` (a struct or map; anything else is recorded under `"value"`).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let cp = ckpt_core::Checkpointer::new(ckpt_core::Store::new(ckpt_core::Config::new("sim", dir.path()).unwrap())).unwrap();
+    /// #[derive(serde::Serialize)]
+    /// struct Converged {
+    ///     step: u64,
+    ///     residual: f64,
+    /// }
+    /// cp.log_event("converged", Converged { step: 120, residual: 1e-9 });
+    /// ```
+    pub fn log_event(&self, event: &str, fields: impl serde::Serialize) {
         let mut v = json!({"event": event});
-        if let (Value::Object(m), Value::Object(extra)) = (&mut v, fields) {
-            m.extend(extra);
+        let fields = serde_json::to_value(fields)
+            .unwrap_or_else(|e| json!({"error": format!("the event's fields did not serialize: {e}")}));
+        if let Value::Object(m) = &mut v {
+            match fields {
+                Value::Object(extra) => m.extend(extra),
+                Value::Null => {}
+                other => {
+                    m.insert("value".into(), other);
+                }
+            }
         }
         self.inner.log(&v);
     }

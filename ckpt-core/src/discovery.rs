@@ -10,6 +10,7 @@
 //! For multi-rank names the candidates are manifests; one is valid for this rank when the manifest
 //! verifies and this rank's part verifies and is the very file the manifest names.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::base_name;
@@ -273,7 +274,7 @@ impl Store {
                     discovery.dir.display()
                 );
                 for (p, e) in &rejected {
-                    msg.push_str(&format!("\n  {}: {}", p.display(), strip_path(e, p)));
+                    let _ = write!(msg, "\n  {}: {}", p.display(), strip_path(e, p));
                 }
                 msg.push_str("\n(set CKPT_ALLOW_FRESH_START=1 to start from scratch anyway)");
                 Err(Error::new(ErrorKind::NoValidCheckpoint, msg).with_path(&discovery.dir))
@@ -373,13 +374,11 @@ impl Store {
         let want_kind = if cfg.nranks > 1 { FileKind::Manifest } else { FileKind::Data };
         let mut notices: Vec<String> = Vec::new();
 
-        let prober = Prober { dir: &dir, storage: &**storage, base: &base, opts, want_kind, nranks: cfg.nranks };
-        let probe = |name: &str, own: bool| prober.probe(name, own);
-
+        let inspector = Prober { dir: &dir, storage: &**storage, base: &base, opts, want_kind, nranks: cfg.nranks };
         let mut probes: Vec<Probe> = names
             .iter()
             .filter(|n| matches!(classify(&base, n), Some(NameKind::Current | NameKind::Generation(_))))
-            .map(|n| probe(n, !explicit))
+            .map(|n| inspector.probe(n, !explicit))
             .collect();
         for p in probes.iter().filter(|p| untrusted(p)) {
             if let CandidateStatus::Invalid(e) = &p.candidate.status {
@@ -423,7 +422,7 @@ impl Store {
         }
         let mut from_other_jobs = false;
         if probes.is_empty() && !explicit {
-            probes = self.probe_other_jobs(&prober, &names, &own_base, &me, &mut notices);
+            probes = self.probe_other_jobs(&inspector, &names, &own_base, &me, &mut notices);
             from_other_jobs = true;
         }
         // Newest first: by generation for one name; by creation time across jobs. The stable name sorts
@@ -609,18 +608,20 @@ pub(crate) fn foreign_run_error(cfg: &crate::Config, dir: &Path, conflicts: &[(P
     );
     for (p, why) in conflicts {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        msg.push_str(&format!("\n  {name}: {}", why.join("; ")));
+        let _ = write!(msg, "\n  {name}: {}", why.join("; "));
     }
     if cfg.job_id.is_none() {
-        msg.push_str(&format!(
+        let _ = write!(
+            msg,
             "\nOutside Slurm the name is what identifies a run. To resume it anyway, set CKPT_RESUME_FROM={}; to keep runs apart, give each its own name (CKPT_NAME) or directory (CKPT_DIR).",
             cfg.job_key()
-        ));
+        );
     } else {
-        msg.push_str(&format!(
+        let _ = write!(
+            msg,
             "\nTo resume it anyway, set CKPT_RESUME_FROM={}; otherwise move these files away.",
             cfg.job_key()
-        ));
+        );
     }
     Error::new(ErrorKind::Conflict, msg).with_path(shown)
 }

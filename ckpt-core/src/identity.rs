@@ -224,7 +224,7 @@ pub fn effective_uid() -> u32 {
 fn process_cmdline() -> Vec<Vec<u8>> {
     match std::fs::read("/proc/self/cmdline") {
         Ok(bytes) => bytes.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect(),
-        Err(_) => std::env::args_os().map(|a| a.into_encoded_bytes()).collect(),
+        Err(_) => std::env::args_os().map(std::ffi::OsString::into_encoded_bytes).collect(),
     }
 }
 

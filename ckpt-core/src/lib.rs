@@ -60,6 +60,9 @@ mod readme {}
 
 mod checkpointer;
 mod config;
+// The control socket and request files: shared with the faces (`ckpt create` in ckpt-cli and ckpt-image),
+// not part of the library's API.
+#[doc(hidden)]
 pub mod control;
 mod discovery;
 mod error;

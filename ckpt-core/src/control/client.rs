@@ -83,8 +83,9 @@ fn request_checkpoint_at(
                 );
             }
             Ok(_) if line.ends_with('\n') => break,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+            // A partial line, or no answer yet: read on.
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
             Err(e) => return Err(Error::io("read answer", e).with_path(socket)),
         }
     }
@@ -258,7 +259,7 @@ impl ClientDir {
             return Err(untrusted(format!(
                 "not a regular file of yours (uid {}, mode {:o}); not read",
                 meta.uid(),
-                meta.mode() & 0o170777
+                meta.mode() & 0o17_0777
             ))
             .with_path(path));
         }

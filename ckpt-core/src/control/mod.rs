@@ -102,7 +102,7 @@ impl Request {
     }
 }
 
-/// Writes with MSG_NOSIGNAL so a requester that went away cannot kill the process with SIGPIPE.
+/// Writes with `MSG_NOSIGNAL` so a requester that went away cannot kill the process with SIGPIPE.
 fn send_all(stream: &UnixStream, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the fd is owned by `stream` and open for the duration of the call; the pointer and
@@ -186,7 +186,7 @@ fn fstat_fd(fd: libc::c_int) -> io::Result<libc::stat> {
 /// are reached through that descriptor (`openat`, `fstatat`, `unlinkat`, `renameat`), never by following a
 /// symlink, and a file is trusted only when it is a regular file of this user.
 ///
-/// Anything that reads or writes the runtime directory (the `ckpt create` client, the LD_PRELOAD shim's
+/// Anything that reads or writes the runtime directory (the `ckpt create` client, the `LD_PRELOAD` shim's
 /// registrations) can use it to apply the same rules.
 #[derive(Debug)]
 pub struct RuntimeDir {
@@ -370,7 +370,7 @@ const STALE_SHARED_FILE: Duration = Duration::from_secs(24 * 3600);
 /// * `<pid>.<job>.<step>.sock` control sockets nobody listens on: `connect()` is refused (tried when the
 ///   pid no longer exists, or exists but no listening socket of that name is in `/proc/net/unix`: the pid
 ///   was reused). A socket something listens on is kept, whatever its pid says (another PID namespace).
-/// * `<pid>.<job>.<step>.shim` registrations of the LD_PRELOAD shim whose pid no longer exists (regular
+/// * `<pid>.<job>.<step>.shim` registrations of the `LD_PRELOAD` shim whose pid no longer exists (regular
 ///   files of this user; only unlinked).
 /// * `squeue.<job>.json.<pid>.tmp` answers a dead process was writing, and `squeue.<job>.json` /
 ///   `squeue.<job>.lock` unused for a day (a lock only while we hold it).
@@ -383,7 +383,7 @@ pub(crate) fn remove_stale(dir: &RuntimeDir, keep: Option<&str>) -> Vec<String> 
     let mut listening: Option<Option<HashSet<String>>> = None;
     let mut removed = Vec::new();
     let mut held_lock: Option<File> = None;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     for name in names {
         if Some(name.as_str()) == keep {
             continue;
@@ -443,12 +443,12 @@ pub(crate) fn remove_stale(dir: &RuntimeDir, keep: Option<&str>) -> Vec<String> 
 
 /// The socket file name of a process.
 pub fn socket_name(pid: u32, job_id: Option<&str>, step_id: Option<u32>) -> String {
-    let step = step_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    let step = step_id.map_or_else(|| "-".into(), |s| s.to_string());
     format!("{pid}.{}.{step}.sock", job_id.unwrap_or("-"))
 }
 
 /// Parses `<pid>.<job|->.<step|->` followed by `suffix` (`.sock`, or `.shim` for processes under the
-/// LD_PRELOAD shim, which are asked by signal).
+/// `LD_PRELOAD` shim, which are asked by signal).
 pub fn parse_registration(name: &str, suffix: &str) -> Option<(u32, Option<String>, Option<u32>)> {
     let rest = name.strip_suffix(suffix)?;
     let (pid, rest) = rest.split_once('.')?;

@@ -23,7 +23,7 @@ pub struct ManifestEntry {
 }
 
 impl ManifestEntry {
-    /// The record's bytes: rank u32, reserved u32 (zero), file_len u64, header_crc32 u32, table_crc32 u32.
+    /// The record's bytes: rank u32, reserved u32 (zero), `file_len` u64, `header_crc32` u32, `table_crc32` u32.
     pub fn to_bytes(&self) -> [u8; MANIFEST_ENTRY_LEN] {
         let mut out = [0u8; MANIFEST_ENTRY_LEN];
         out[0..4].copy_from_slice(&self.rank.to_le_bytes());

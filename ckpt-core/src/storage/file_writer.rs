@@ -49,7 +49,7 @@ static IO_THREADS: AtomicBool = AtomicBool::new(true);
 
 /// Makes checkpoint writes in this process write synchronously instead of starting an I/O thread, and
 /// free removed files' blocks in the calling thread. For processes where creating a thread is not safe:
-/// the LD_PRELOAD shim's writer is a raw clone of a program that may have been stopped inside the C
+/// the `LD_PRELOAD` shim's writer is a raw clone of a program that may have been stopped inside the C
 /// library's allocator.
 pub fn disable_io_threads() {
     IO_THREADS.store(false, Ordering::Relaxed);
@@ -61,7 +61,7 @@ pub(super) fn io_threads_allowed() -> bool {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub(super) static STAGING_POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());

@@ -259,7 +259,7 @@ fn clear_nonblock(file: &File) -> io::Result<()> {
 }
 
 /// Local file systems whose leases see every process that has a file open: ext2-4, XFS, tmpfs, F2FS.
-/// Cluster and network file systems (Lustre, GPFS, BeeGFS, NFS, CIFS, FUSE, Ceph) check leases on this
+/// Cluster and network file systems (Lustre, GPFS, `BeeGFS`, NFS, CIFS, FUSE, Ceph) check leases on this
 /// node only, if at all: a reader on another node would see a reused spare change under it, so spares are
 /// not kept there. Btrfs writes over nothing in place (copy on write).
 const LOCAL_FILE_SYSTEMS: [i64; 4] = [0xEF53, 0x5846_5342, 0x0102_1994, 0xF2F5_2010];
@@ -297,7 +297,7 @@ fn local_file_system_cached(dir: &Path) -> bool {
     static KNOWN: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let Ok(dev) = fs::metadata(dir).map(|m| m.dev()) else { return false };
-    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut known = KNOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(&(_, local)) = known.iter().find(|&&(d, _)| d == dev) {
         return local;
     }
@@ -342,7 +342,7 @@ static RECLAIMS_PENDING: Mutex<usize> = Mutex::new(0);
 static RECLAIMS_DONE: Condvar = Condvar::new();
 
 fn pending_reclaims() -> MutexGuard<'static, usize> {
-    RECLAIMS_PENDING.lock().unwrap_or_else(|p| p.into_inner())
+    RECLAIMS_PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Closes a file opened by [`open_to_reclaim_later`] on a short-lived thread (or here, if none starts).
@@ -368,7 +368,7 @@ fn reclaim_later(file: Option<File>) {
 pub fn wait_for_background_frees() {
     let mut pending = pending_reclaims();
     while *pending > 0 {
-        pending = RECLAIMS_DONE.wait(pending).unwrap_or_else(|p| p.into_inner());
+        pending = RECLAIMS_DONE.wait(pending).unwrap_or_else(std::sync::PoisonError::into_inner);
     }
 }
 

@@ -41,7 +41,7 @@
 //! when no process has the file open or mapped (a reader of a retired generation keeps reading the bytes
 //! it opened). Otherwise it is removed and the save writes a new file. Leases see only this node's
 //! processes, so spares are kept only on local file systems (ext2-4, XFS, tmpfs, F2FS), never on Lustre,
-//! GPFS, BeeGFS, NFS and the like. Space: between saves the directory holds `keep` generations plus the
+//! GPFS, `BeeGFS`, NFS and the like. Space: between saves the directory holds `keep` generations plus the
 //! spare, which is what it held during a save anyway. Saves to an exact path ([`begin_file`]) keep the
 //! file they replace as `<path>.tmp.spare` the same way (a hard link made just before the rename). In
 //! multi-rank jobs each rank keeps its own retired part as `<base>.parts/rank<R>.spare` (renamed out of
@@ -195,7 +195,7 @@ struct Shared {
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -226,7 +226,7 @@ impl Shared {
 const DEFAULT_WRITE_BANDWIDTH: f64 = 1.0e9;
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl Store {
@@ -484,9 +484,10 @@ impl Store {
         let mut tmp = tmp_name();
         let mut warnings = Vec::new();
         let spare_min_len = self.spare_min_len(dir);
-        let (file, reused_spare) = match self.take_spare(dir, &mut plan, &tmp, spare_min_len, &mut warnings) {
-            Some(file) => (file, true),
-            None => {
+        let (file, reused_spare) =
+            if let Some(file) = self.take_spare(dir, &mut plan, &tmp, spare_min_len, &mut warnings) {
+                (file, true)
+            } else {
                 // A fresh name: a takeover that failed half-way may have left the first one behind.
                 tmp = tmp_name();
                 let file = self
@@ -494,8 +495,7 @@ impl Store {
                     .create_new_with(&tmp, self.write_options())
                     .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
                 (file, false)
-            }
-        };
+            };
         let bw = f64::from_bits(self.shared.write_bandwidth.load(Ordering::Relaxed));
         Ok(CheckpointWriter {
             builder: Some(FileBuilder::new(file, header, bw)),

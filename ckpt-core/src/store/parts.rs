@@ -69,19 +69,18 @@ impl Store {
         };
         // The directory is listed (and created, if it is missing) unless a recent view of it can be reused
         // and the parts root is still in place.
-        let view = match self.reusable_parts_view(dir).filter(|_| root_synced) {
-            Some(view) => view,
-            None => {
-                let listing = listing_of(dir, &base, &self.scan(dir, &base)?);
-                let view = PartsView {
-                    dir: dir.to_path_buf(),
-                    manifests: listing.generations.iter().map(|g| g.0).collect(),
-                    highest: listing.highest,
-                    listed_at: listing.listed_at,
-                };
-                *lock(&self.shared.parts_view) = Some(view.clone());
-                view
-            }
+        let view = if let Some(view) = self.reusable_parts_view(dir).filter(|_| root_synced) {
+            view
+        } else {
+            let listing = listing_of(dir, &base, &self.scan(dir, &base)?);
+            let view = PartsView {
+                dir: dir.to_path_buf(),
+                manifests: listing.generations.iter().map(|g| g.0).collect(),
+                highest: listing.highest,
+                listed_at: listing.listed_at,
+            };
+            *lock(&self.shared.parts_view) = Some(view.clone());
+            view
         };
         // This rank's parts of generations whose manifests fell out of `keep` (the outcome of the last step
         // was not reported with `after_step_committed`, or a failed step left them): removed before the new

@@ -4,6 +4,7 @@
 use super::*;
 
 /// How a commit retires old generations (see [`prune`]).
+#[derive(Clone, Copy)]
 pub(super) struct Retire<'a> {
     /// Generations discovery found damaged: they never count toward `keep`.
     pub(super) damaged: &'a [u64],

@@ -216,10 +216,10 @@ pub fn parse_slurm_timestamp(text: &str) -> Option<i64> {
 
 /// Seconds since the epoch, now.
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// When to checkpoint a process that cannot poll (an unmodified program under the LD_PRELOAD shim): kernel
+/// When to checkpoint a process that cannot poll (an unmodified program under the `LD_PRELOAD` shim): kernel
 /// timers are armed from this, at start and again after each restart (with the restarted job's values).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TimerPlan {

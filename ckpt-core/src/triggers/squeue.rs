@@ -51,7 +51,7 @@ extern "C" fn kill_queries_at_exit() {
 }
 
 fn in_flight() -> MutexGuard<'static, Vec<(u32, libc::pid_t)>> {
-    IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner())
+    IN_FLIGHT.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One `squeue -h -j JOB -o %e` in flight, started in its own process group, that never blocks its owner:
@@ -355,7 +355,7 @@ fn write_shared(dir: &RuntimeDir, job_id: &str, key: &str, reading: &EndTimeRead
         "pid": std::process::id(), "host": crate::hostname(),
     })
     .to_string();
-    let written = f.write_all(text.as_bytes()).and_then(|_| dir.rename(&tmp, &name));
+    let written = f.write_all(text.as_bytes()).and_then(|()| dir.rename(&tmp, &name));
     if written.is_err() {
         let _ = dir.unlink(&tmp);
     }
@@ -484,7 +484,7 @@ impl EndTimeWatch {
         if !self.dir_tried {
             self.dir_tried = true;
             if let Some(d) = &self.socket_dir {
-                match control::prepare_socket_dir(d).and_then(|_| RuntimeDir::open(d)) {
+                match control::prepare_socket_dir(d).and_then(|()| RuntimeDir::open(d)) {
                     Ok(dir) => self.dir = Some(dir),
                     Err(e) => self.warnings.push(format!("squeue answers are not shared on this node: {e}")),
                 }
