@@ -83,16 +83,22 @@ mod zstd_stub;
 
 pub use checkpointer::{Checkpointer, PendingCheckpoint, TriggerView};
 pub use config::{
-    Config, ConfigBuilder, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, SETTINGS, base_name,
-    hostname, parse_ckpt_interval, parse_interval,
+    Config, ConfigBuilder, DEFAULT_APP_NAME, DEFAULT_FILE_MODE, DEFAULT_KEEP, Interval, LogTarget, base_name,
+    parse_ckpt_interval, parse_interval,
 };
+// Helpers the faces share (the CLI's settings table, listings and names; the shim's image discovery): not
+// part of the library's API.
+#[doc(hidden)]
+pub use config::{SETTINGS, hostname};
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Codec, ElementType, Encoding, FileKind, Header, ManifestEntry, SectionEntry};
-pub use reader::{Checkpoint, LoadOptions, SectionData, read_header};
-pub use store::{
-    CheckpointWriter, CommitInfo, NameKind, PartIdentity, Store, any_base, begin_file, classify, parse_manifest,
-};
+#[doc(hidden)]
+pub use reader::read_header;
+pub use reader::{Checkpoint, LoadOptions, SectionData};
+pub use store::{CheckpointWriter, CommitInfo, PartIdentity, Store, begin_file};
+#[doc(hidden)]
+pub use store::{NameKind, any_base, classify, parse_manifest};
 pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time, parse_time_with_units};
 // `auto_choice` is for the benchmarks (the cost of `auto`'s decision), not part of the API.
 #[doc(hidden)]
@@ -103,6 +109,7 @@ pub use writer::{Compression, FileStats, SectionOptions, SectionWriter};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// (major, minor, patch) of this library.
+#[doc(hidden)]
 pub fn writer_version() -> (u16, u16, u16) {
     let mut it = VERSION.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u16>().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
