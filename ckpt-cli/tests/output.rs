@@ -183,3 +183,52 @@ fn man_pages_cover_every_subcommand() {
     let requeue = std::fs::read_to_string(out.join("ckpt-requeue.1")).unwrap();
     assert!(requeue.contains("max\\-restarts"), "{requeue}");
 }
+
+#[test]
+fn install_script_installs_the_command_completions_and_man_pages() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // The library part is not what this test is about: stand-ins keep it from building in release mode.
+    let libs = tmp.path().join("libs");
+    std::fs::create_dir(&libs).unwrap();
+    std::fs::write(libs.join("libckpt.so"), b"").unwrap();
+    std::fs::write(libs.join("libckpt.a"), b"").unwrap();
+    let prefix = tmp.path().join("prefix");
+    let o = Command::new("bash")
+        .arg(root.join("ckpt-ffi/install.sh"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .arg("--lib-from")
+        .arg(&libs)
+        .arg("--no-fortran")
+        .arg("--cli-from")
+        .arg(env!("CARGO_BIN_EXE_ckpt"))
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    assert!(out.contains("command: PATH="), "{out}");
+    assert!(prefix.join("bin/ckpt").is_file());
+    let share = prefix.join("share");
+    for (shell, file) in [
+        ("bash", "bash-completion/completions/ckpt"),
+        ("zsh", "zsh/site-functions/_ckpt"),
+        ("fish", "fish/vendor_completions.d/ckpt.fish"),
+    ] {
+        let text = std::fs::read_to_string(share.join(file)).unwrap();
+        assert_eq!(text, ok(&ckpt(tmp.path(), &["completions", shell])), "{file}");
+    }
+    for sub in SUBCOMMANDS {
+        assert!(share.join(format!("man/man1/ckpt-{sub}.1")).is_file(), "ckpt-{sub}.1");
+    }
+    assert!(std::fs::read_to_string(share.join("man/man1/ckpt.1")).unwrap().contains(".SH SUBCOMMANDS"));
+    // bash loads the completion: `ckpt re<TAB>` offers requeue and restart.
+    let script = format!(
+        "source {}; COMP_WORDS=(ckpt re); COMP_CWORD=1; COMP_LINE='ckpt re'; COMP_POINT=7; _ckpt ckpt re ckpt; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        share.join("bash-completion/completions/ckpt").display()
+    );
+    let o = Command::new("bash").arg("-c").arg(script).output().unwrap();
+    let words = ok(&o);
+    assert!(words.lines().any(|w| w == "requeue") && words.lines().any(|w| w == "restart"), "{words}");
+    assert!(!words.lines().any(|w| w == "inspect"), "{words}");
+}
