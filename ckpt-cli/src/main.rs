@@ -311,16 +311,17 @@ fn iso_utc(unix_ns: impl Into<i128>) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-/// How long before `now_ns` a time `then_ns` was, in words: `5s ago`, `3m 12s ago`, `2h 5m ago`,
-/// `4d 3h ago` (or `in ...` for a time in the future, e.g. a clock skew between nodes).
+/// How long before `now_ns` a time `then_ns` was, in words, to the minute (so that two runs a moment
+/// apart print the same): `less than a minute ago`, `12m ago`, `2h 5m ago`, `4d 3h ago` (or `in ...` for a
+/// time in the future, e.g. a clock skew between nodes).
 fn age(then_ns: impl Into<i128>, now_ns: i128) -> String {
     let diff = now_ns - then_ns.into();
-    let s = (diff.abs() / 1_000_000_000) as u128;
-    let words = match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h {}m", s / 3600, s / 60 % 60),
-        _ => format!("{}d {}h", s / 86_400, s / 3600 % 24),
+    let m = (diff.abs() / 60_000_000_000) as u128;
+    let words = match m {
+        0 => "less than a minute".to_string(),
+        1..60 => format!("{m}m"),
+        60..1440 => format!("{}h {}m", m / 60, m % 60),
+        _ => format!("{}d {}h", m / 1440, m / 60 % 24),
     };
     if diff < 0 { format!("in {words}") } else { format!("{words} ago") }
 }
@@ -969,10 +970,10 @@ mod tests {
     #[test]
     fn ages_read_as_words() {
         let s = 1_000_000_000i128;
-        assert_eq!(age(0i64, 5 * s), "5s ago");
-        assert_eq!(age(0i64, 192 * s), "3m 12s ago");
+        assert_eq!(age(0i64, 5 * s), "less than a minute ago");
+        assert_eq!(age(0i64, 192 * s), "3m ago");
         assert_eq!(age(0i64, (2 * 3600 + 5 * 60 + 7) * s), "2h 5m ago");
         assert_eq!(age(0i64, (4 * 86_400 + 3 * 3600) * s), "4d 3h ago");
-        assert_eq!(age(90_000_000_000i64, 0), "in 1m 30s");
+        assert_eq!(age(90_000_000_000i64, 0), "in 1m");
     }
 }
