@@ -76,6 +76,9 @@ enum Command {
         /// Ask the processes to exit after the checkpoint.
         #[arg(long)]
         vacate: bool,
+        /// Print JSON instead of text: `{"checkpoints": [{"pid": N, "path": P} or {"pid": N, "error": E}]}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Requeue this Slurm job (`scontrol requeue $SLURM_JOB_ID`) for a restart, but only while
     /// SLURM_RESTART_COUNT < N and the last restart made progress (its newest checkpoint is newer than
@@ -205,8 +208,8 @@ where
         Command::Verify { paths, json } => verify(&paths, json),
         Command::List { dir, json } => list(dir, json),
         Command::Env { json, name } => env(json, name.as_deref()),
-        Command::Create { target, image_dir, max_wait, vacate } => {
-            create(&target, image_dir.as_deref(), max_wait, vacate)
+        Command::Create { target, image_dir, max_wait, vacate, json } => {
+            create(&target, image_dir.as_deref(), max_wait, vacate, json)
         }
         Command::Restart { image, image_dir, command } => {
             if command.is_empty() {
@@ -764,7 +767,13 @@ fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -> Result<ExitCode, Error> {
+fn create(
+    target: &str,
+    image_dir: Option<&Path>,
+    max_wait: f64,
+    vacate: bool,
+    as_json: bool,
+) -> Result<ExitCode, Error> {
     if !max_wait.is_finite() || max_wait < 0.0 {
         return Err(Error::invalid(format!("--max-wait {max_wait} must be a non-negative number of seconds")));
     }
@@ -807,15 +816,23 @@ fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -
         }));
     }
     let mut failed = 0;
+    let mut results = Vec::new();
     for h in handles {
         let (pid, r) = h.join().expect("request thread");
         match r {
+            Ok(path) if as_json => results.push(json!({"pid": pid, "path": path})),
             Ok(path) => println!("{}", path.display()),
             Err(e) => {
                 failed += 1;
+                if as_json {
+                    results.push(json!({"pid": pid, "error": e.to_string()}));
+                }
                 eprintln!("ckpt create: process {pid}: {e}");
             }
         }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({"checkpoints": results})).expect("json"));
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

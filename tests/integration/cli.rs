@@ -162,6 +162,13 @@ fn create_by_pid_with_and_without_image_dir_and_vacate() {
     assert_eq!(Path::new(&path), images.join("trigger-test.ckpt"), "{}", text(&o));
     assert!(ckpt_core::Checkpoint::open(&path).unwrap().verify().is_ok());
 
+    let o = ckpt(dir.path(), &["create", &pid, "--max-wait", "20", "--json"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["checkpoints"][0]["pid"].to_string(), pid, "{v}");
+    assert_eq!(v["checkpoints"][0]["path"], dir.path().join("trigger-test.ckpt").to_str().unwrap(), "{v}");
+    assert_eq!(v["checkpoints"].as_array().unwrap().len(), 1, "{v}");
+
     let o = ckpt(dir.path(), &["create", &pid, "--vacate", "--max-wait", "20"], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let status = c.finish(T);
