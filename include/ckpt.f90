@@ -74,7 +74,9 @@ module ckpt
             ckpt_version, ckpt_set_config, ckpt_set_rank, ckpt_rank_info, ckpt_set_metadata, ckpt_restart_metadata, &
             ckpt_save_buffer, ckpt_buffer_size, ckpt_load_buffer, ckpt_next_generation, ckpt_checkpoint_part, &
             ckpt_commit_step, ckpt_newest_valid_generation, ckpt_select_generation, ckpt_finish_step, &
-            ckpt_request_checkpoint, ckpt_get_part_identity, ckpt_commit_step_parts
+            ckpt_request_checkpoint, ckpt_get_part_identity, ckpt_commit_step_parts, ckpt_restart_info, &
+            ckpt_restart_details_free, ckpt_restart_details_restored, ckpt_restart_details_rejected_count, &
+            ckpt_restart_details_rejected
 
   !> struct ckpt_part_identity of ckpt.h: what a rank's durable part of a multi-rank step is, gathered to
   !> rank 0 for ckpt_commit_step_parts (40 bytes; the unsigned C fields are signed integers of the same
@@ -92,7 +94,7 @@ module ckpt
   ! ---- Fortran-friendly wrappers ----
   public :: ckpt_init_f, ckpt_set_config_f, ckpt_set_metadata_f, ckpt_restart_metadata_f, ckpt_protect_f, &
             ckpt_save_buffer_f, ckpt_buffer_size_f, ckpt_load_buffer_f, ckpt_last_error_f, ckpt_status_str_f, &
-            ckpt_version_f, ckpt_c_string, ckpt_f_string
+            ckpt_version_f, ckpt_c_string, ckpt_f_string, ckpt_restart_info_f, ckpt_restart_rejected_f
 
   interface
     !> int32_t ckpt_init(const char *name): name absent = NULL (the default name).
@@ -330,6 +332,56 @@ module ckpt
       integer(c_int64_t), intent(inout), optional :: step_out
       integer(c_int32_t) :: status
     end function ckpt_select_generation
+
+    !> int32_t ckpt_restart_info(struct ckpt_restart_details **details_out): a handle (type(c_ptr)) the
+    !> caller releases with ckpt_restart_details_free. ckpt_restart_info_f is simpler.
+    function ckpt_restart_info(details_out) bind(C, name="ckpt_restart_info") result(status)
+      import :: c_int32_t, c_ptr
+      type(c_ptr), intent(inout) :: details_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_info
+
+    !> int32_t ckpt_restart_details_free(struct ckpt_restart_details *details)
+    function ckpt_restart_details_free(details) bind(C, name="ckpt_restart_details_free") result(status)
+      import :: c_int32_t, c_ptr
+      type(c_ptr), value :: details
+      integer(c_int32_t) :: status
+    end function ckpt_restart_details_free
+
+    !> int32_t ckpt_restart_details_restored(const struct ckpt_restart_details *details,
+    !>     const char **path_out, uint64_t *generation_out, int64_t *step_out): path_out a C string
+    !> (ckpt_f_string), generation_out and step_out optional (NULL).
+    function ckpt_restart_details_restored(details, path_out, generation_out, step_out) &
+        bind(C, name="ckpt_restart_details_restored") result(status)
+      import :: c_int32_t, c_int64_t, c_ptr
+      type(c_ptr), value :: details
+      type(c_ptr), intent(inout) :: path_out
+      integer(c_int64_t), intent(inout), optional :: generation_out, step_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_details_restored
+
+    !> int32_t ckpt_restart_details_rejected_count(const struct ckpt_restart_details *details,
+    !>     size_t *count_out)
+    function ckpt_restart_details_rejected_count(details, count_out) &
+        bind(C, name="ckpt_restart_details_rejected_count") result(status)
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: details
+      integer(c_size_t), intent(inout) :: count_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_details_rejected_count
+
+    !> int32_t ckpt_restart_details_rejected(const struct ckpt_restart_details *details, size_t index,
+    !>     const char **path_out, const char **reason_out, int32_t *status_out): index from 0; status_out
+    !> optional (NULL).
+    function ckpt_restart_details_rejected(details, index, path_out, reason_out, status_out) &
+        bind(C, name="ckpt_restart_details_rejected") result(status)
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: details
+      integer(c_size_t), value :: index
+      type(c_ptr), intent(inout) :: path_out, reason_out
+      integer(c_int32_t), intent(inout), optional :: status_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_details_rejected
   end interface
 
 contains
@@ -536,6 +588,59 @@ contains
     end if
     status = ckpt_load_buffer(ckpt_c_string(path), ptr, len, len_out, step_out)
   end function ckpt_load_buffer_f
+
+  !> What a restart uses (ckpt_restart_info): the file, its generation and step, and how many newer files
+  !> were rejected (ckpt_restart_rejected_f reads them). The arguments are set only on success; the status
+  !> is CKPT_ERR_NO_CHECKPOINT on a first run.
+  function ckpt_restart_info_f(path, generation, step, nrejected) result(status)
+    character(len=:), allocatable, intent(inout) :: path
+    integer(c_int64_t), intent(inout) :: generation, step
+    integer, intent(inout) :: nrejected
+    integer(c_int32_t) :: status, ignored
+    type(c_ptr) :: d, p
+    integer(c_int64_t) :: g, st
+    integer(c_size_t) :: n
+    d = c_null_ptr
+    status = ckpt_restart_info(d)
+    if (status /= CKPT_OK) return
+    p = c_null_ptr
+    status = ckpt_restart_details_restored(d, p, g, st)
+    if (status == CKPT_OK) status = ckpt_restart_details_rejected_count(d, n)
+    if (status == CKPT_OK) then
+      path = ckpt_f_string(p)
+      generation = g
+      step = st
+      nrejected = int(n)
+    end if
+    ignored = ckpt_restart_details_free(d)
+  end function ckpt_restart_info_f
+
+  !> Newer file number i (1 to nrejected of ckpt_restart_info_f) that the restart rejected: its path, why,
+  !> and the status code of the reason (CKPT_ERR_CORRUPT, ...). Set only on success; CKPT_ERR_INVALID_ARGUMENT
+  !> for an i out of range.
+  function ckpt_restart_rejected_f(i, path, reason, code) result(status)
+    integer, intent(in) :: i
+    character(len=:), allocatable, intent(inout) :: path, reason
+    integer(c_int32_t), intent(inout) :: code
+    integer(c_int32_t) :: status, ignored, c
+    type(c_ptr) :: d, p, r
+    d = c_null_ptr
+    status = ckpt_restart_info(d)
+    if (status /= CKPT_OK) return
+    p = c_null_ptr
+    r = c_null_ptr
+    if (i < 1) then
+      status = ckpt_restart_details_rejected(d, huge(0_c_size_t), p, r, c)
+    else
+      status = ckpt_restart_details_rejected(d, int(i - 1, c_size_t), p, r, c)
+    end if
+    if (status == CKPT_OK) then
+      path = ckpt_f_string(p)
+      reason = ckpt_f_string(r)
+      code = c
+    end if
+    ignored = ckpt_restart_details_free(d)
+  end function ckpt_restart_rejected_f
 
   !> This thread's message for the last failed call ("" when nothing failed yet).
   function ckpt_last_error_f() result(s)

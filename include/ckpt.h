@@ -124,6 +124,13 @@
 // A bug: the library panicked (the panic was caught; the message says where). Please report it.
 #define CKPT_ERR_PANIC -99
 
+// What a restart used and what it passed over: the file and generation restored (and the step), and
+// the newer files that were rejected, each with its path, status code and reason. Opaque (like
+// rustls-ffi's handles): created by `ckpt_restart_info`, read with the `ckpt_restart_details_*`
+// functions, released with `ckpt_restart_details_free`. A handle is a snapshot, independent of later
+// calls (even `ckpt_finalize`); it is never modified, so several threads may read one at the same time.
+typedef struct ckpt_restart_details ckpt_restart_details;
+
 // What a rank's durable part of a multi-rank step is, as the rank that wrote it knows it (the manifest
 // records it): `ckpt_get_part_identity` fills it on each rank, an MPI gather brings every rank's to rank
 // 0, and `ckpt_commit_step_parts` commits the step from them without opening one file per rank. Plain
@@ -356,6 +363,69 @@ int32_t ckpt_newest_valid_generation(uint64_t max_generation,
 // read that generation. Thread-safe.
 int32_t ckpt_select_generation(uint64_t generation,
                                int64_t *step_out);
+
+// Describes the checkpoint a restart uses (looking for it as `ckpt_have_restart` does, when that has
+// not happened yet): on success writes to `*details_out` a new handle, owned by the caller, who releases
+// it with `ckpt_restart_details_free`; the strings read from it stay valid until then. Call it after
+// `ckpt_restart` to log what was restored, or before it to decide.
+//
+// Returns `CKPT_ERR_NO_CHECKPOINT` when there is nothing to restart from (a first run), and the errors
+// of `ckpt_have_restart` (`CKPT_ERR_NO_VALID_CHECKPOINT`, `CKPT_ERR_CONFLICT`, ...) when checkpoints exist
+// but none can be used (`ckpt_last_error` names every file and why); `*details_out` is not written
+// then. Thread-safe.
+//
+// ```c
+// ckpt_restart_details *d;
+// const char *path, *reason;
+// uint64_t gen;
+// int64_t step;
+// size_t n;
+// if (ckpt_restart_info(&d) == CKPT_OK) {
+//     ckpt_restart_details_restored(d, &path, &gen, &step);
+//     ckpt_restart_details_rejected_count(d, &n);
+//     printf("restarted from %s (generation %llu, step %lld)\n", path, (unsigned long long)gen, (long long)step);
+//     for (size_t i = 0; i < n; i++)
+//         if (ckpt_restart_details_rejected(d, i, &path, &reason, NULL) == CKPT_OK)
+//             printf("  skipped newer %s: %s\n", path, reason);
+//     ckpt_restart_details_free(d);
+// }
+// ```
+int32_t ckpt_restart_info(struct ckpt_restart_details **details_out);
+
+// Releases a handle from `ckpt_restart_info`, and with it every string read from it. NULL is allowed
+// (nothing to do). Not twice, and not while another thread still reads the handle. Returns `CKPT_OK`.
+int32_t ckpt_restart_details_free(struct ckpt_restart_details *details);
+
+// The checkpoint restored: writes the file the restart reads (for a multi-rank checkpoint, its
+// manifest) to `*path_out` (owned by the handle, valid until `ckpt_restart_details_free`), its
+// generation (the N of `<name>.<N>`) to `*generation_out` and its application step (what was given to
+// `ckpt_checkpoint`) to `*step_out`; `generation_out` and `step_out` may be NULL.
+//
+// Returns `CKPT_ERR_NULL_ARGUMENT` (nothing written) when `details` or `path_out` is NULL. Thread-safe.
+int32_t ckpt_restart_details_restored(const struct ckpt_restart_details *details,
+                                      const char **path_out,
+                                      uint64_t *generation_out,
+                                      int64_t *step_out);
+
+// Writes to `*count_out` how many files newer than the one restored were rejected (damaged,
+// incomplete, untrusted, another run's...): `ckpt_restart_details_rejected` reads them.
+//
+// Returns `CKPT_ERR_NULL_ARGUMENT` (nothing written) when `details` or `count_out` is NULL. Thread-safe.
+int32_t ckpt_restart_details_rejected_count(const struct ckpt_restart_details *details,
+                                            size_t *count_out);
+
+// Rejected file `index` (0-based, newest first): writes its path to `*path_out`, why it was rejected to
+// `*reason_out` (both owned by the handle, valid until `ckpt_restart_details_free`), and the status code
+// of that reason (`CKPT_ERR_CORRUPT`, `CKPT_ERR_UNTRUSTED`, ...) to `*status_out`. `status_out` may be NULL.
+//
+// Returns `CKPT_ERR_NULL_ARGUMENT` when `details`, `path_out` or `reason_out` is NULL and
+// `CKPT_ERR_INVALID_ARGUMENT` when `index` is not below the count of `ckpt_restart_details_rejected_count`;
+// nothing is written then. Thread-safe.
+int32_t ckpt_restart_details_rejected(const struct ckpt_restart_details *details,
+                                      size_t index,
+                                      const char **path_out,
+                                      const char **reason_out,
+                                      int32_t *status_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -11,7 +11,7 @@ use ckpt_core::identity::RunIdentity;
 use ckpt_core::{
     Checkpoint, Config, Error, Interval, LoadOptions, Store, any_base, classify, control, triggers::signal_label,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::HumanBytes;
 
 mod job;
@@ -41,6 +41,9 @@ enum Command {
         /// Files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Print JSON instead of text (one object per file; the exit status is the same).
+        #[arg(long)]
+        json: bool,
     },
     /// List the checkpoints in a directory, complete or not, and which one a restart would choose, and why.
     List {
@@ -73,6 +76,9 @@ enum Command {
         /// Ask the processes to exit after the checkpoint.
         #[arg(long)]
         vacate: bool,
+        /// Print JSON instead of text: `{"checkpoints": [{"pid": N, "path": P} or {"pid": N, "error": E}]}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Requeue this Slurm job (`scontrol requeue $SLURM_JOB_ID`) for a restart, but only while
     /// SLURM_RESTART_COUNT < N and the last restart made progress (its newest checkpoint is newer than
@@ -167,6 +173,20 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print a shell completion script for `ckpt` (bash: save it as
+    /// ~/.local/share/bash-completion/completions/ckpt, or `source <(ckpt completions bash)`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page ckpt(1) (roff: `ckpt man | man -l -`), or with --dir write it and one page per
+    /// subcommand (ckpt-inspect.1, ...) into DIR.
+    Man {
+        /// Write ckpt.1 and ckpt-<subcommand>.1 into this directory instead of printing ckpt.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -185,11 +205,11 @@ where
     let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Inspect { file, json } => inspect(&file, json),
-        Command::Verify { paths } => verify(&paths),
+        Command::Verify { paths, json } => verify(&paths, json),
         Command::List { dir, json } => list(dir, json),
         Command::Env { json, name } => env(json, name.as_deref()),
-        Command::Create { target, image_dir, max_wait, vacate } => {
-            create(&target, image_dir.as_deref(), max_wait, vacate)
+        Command::Create { target, image_dir, max_wait, vacate, json } => {
+            create(&target, image_dir.as_deref(), max_wait, vacate, json)
         }
         Command::Restart { image, image_dir, command } => {
             if command.is_empty() {
@@ -215,6 +235,11 @@ where
                 command: &command,
             })
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ckpt", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
     };
     match result {
         Ok(code) => status(code),
@@ -223,6 +248,19 @@ where
             2
         }
     }
+}
+
+/// `ckpt man`: ckpt(1) to stdout, or with `dir` every page (ckpt.1, ckpt-<subcommand>.1) into it.
+fn man(dir: Option<&Path>) -> Result<ExitCode, Error> {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        let mut out = std::io::stdout().lock();
+        clap_mangen::Man::new(cmd).render(&mut out).map_err(|e| Error::io("write the manual page", e))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", e).with_path(dir))?;
+    clap_mangen::generate_to(cmd, dir).map_err(|e| Error::io("write the manual pages", e).with_path(dir))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The number an [`ExitCode`] stands for (the subcommands use 0 to 3).
@@ -243,10 +281,52 @@ fn header_json(cp: &Checkpoint) -> Value {
     json!({
         "path": cp.path(), "file_bytes": cp.file_len(), "kind": format!("{:?}", h.kind).to_lowercase(),
         "generation": h.generation, "step": h.app_step, "created_unix_ns": h.created_unix_ns,
+        "created": iso_utc(h.created_unix_ns),
         "job_id": h.job_id, "app_name": h.app_name, "step_id": h.step_id, "rank": h.rank, "nranks": h.nranks,
         "host": h.host, "writer_version": format!("{}.{}.{}", h.writer_version.0, h.writer_version.1, h.writer_version.2),
         "metadata": meta,
     })
+}
+
+/// Nanoseconds since the epoch, now.
+fn now_unix_ns() -> i128 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+/// `2026-12-06T13:55:02Z`: a header's `created_unix_ns` as an ISO 8601 date and time in UTC (whole
+/// seconds, rounded down).
+fn iso_utc(unix_ns: impl Into<i128>) -> String {
+    let secs = unix_ns.into().div_euclid(1_000_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's civil_from_days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// How long before `now_ns` a time `then_ns` was, in words, to the minute (so that two runs a moment
+/// apart print the same): `less than a minute ago`, `12m ago`, `2h 5m ago`, `4d 3h ago` (or `in ...` for a
+/// time in the future, e.g. a clock skew between nodes).
+fn age(then_ns: impl Into<i128>, now_ns: i128) -> String {
+    let diff = now_ns - then_ns.into();
+    let m = (diff.abs() / 60_000_000_000) as u128;
+    let words = match m {
+        0 => "less than a minute".to_string(),
+        1..60 => format!("{m}m"),
+        60..1440 => format!("{}h {}m", m / 60, m % 60),
+        _ => format!("{}d {}h", m / 1440, m / 60 % 24),
+    };
+    if diff < 0 { format!("in {words}") } else { format!("{words} ago") }
 }
 
 fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
@@ -292,8 +372,13 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
         h.nranks
     );
     println!(
-        "written     {} ns since epoch on {} by ckpt {}.{}.{}",
-        h.created_unix_ns, h.host, h.writer_version.0, h.writer_version.1, h.writer_version.2
+        "written     {} ({}) on {} by ckpt {}.{}.{}",
+        iso_utc(h.created_unix_ns),
+        age(h.created_unix_ns, now_unix_ns()),
+        h.host,
+        h.writer_version.0,
+        h.writer_version.1,
+        h.writer_version.2
     );
     for (k, v) in &h.metadata {
         println!("metadata    {k} = {}", printable(v));
@@ -353,7 +438,34 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(out)
 }
 
-fn verify(paths: &[PathBuf]) -> Result<ExitCode, Error> {
+/// Merges the names of one file (`<base>` is a hard link to the newest `<base>.<N>`): returns the files
+/// with each listed once, under its generation name (`<base>.<N>`, the longest name), and for those with
+/// more names, the others.
+fn merge_hard_links(files: Vec<PathBuf>) -> (Vec<PathBuf>, BTreeMap<PathBuf, Vec<PathBuf>>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_inode: BTreeMap<(u64, u64), Vec<PathBuf>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for f in files {
+        match std::fs::symlink_metadata(&f) {
+            Ok(m) if m.is_file() && m.nlink() > 1 => by_inode.entry((m.dev(), m.ino())).or_default().push(f),
+            _ => out.push(f),
+        }
+    }
+    let mut aliases = BTreeMap::new();
+    for (_, mut names) in by_inode {
+        names.sort_by_key(|p| std::cmp::Reverse((p.as_os_str().len(), p.clone())));
+        let primary = names.remove(0);
+        if !names.is_empty() {
+            names.sort();
+            aliases.insert(primary.clone(), names);
+        }
+        out.push(primary);
+    }
+    out.sort();
+    (out, aliases)
+}
+
+fn verify(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, Error> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -368,8 +480,19 @@ fn verify(paths: &[PathBuf]) -> Result<ExitCode, Error> {
     }
     let tty = std::io::stderr().is_terminal();
     let mut bad = 0usize;
+    let mut results = Vec::new();
     for f in &files {
-        match verify_one(f, tty) {
+        let r = verify_one(f, tty);
+        if as_json {
+            results.push(match &r {
+                Ok(cp) => json!({"path": f, "ok": true, "generation": cp.generation(), "step": cp.step(),
+                                 "sections": cp.sections().len(), "bytes": cp.file_len()}),
+                Err(e) => json!({"path": f, "ok": false, "error": e.to_string()}),
+            });
+            bad += usize::from(r.is_err());
+            continue;
+        }
+        match r {
             Ok(cp) => println!(
                 "OK    {} (generation {}, step {}, {} sections, {})",
                 f.display(),
@@ -383,6 +506,9 @@ fn verify(paths: &[PathBuf]) -> Result<ExitCode, Error> {
                 println!("BAD   {e}");
             }
         }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({"files": results, "failed": bad})).expect("json"));
     }
     if bad > 0 {
         eprintln!("ckpt verify: {bad} of {} file(s) failed", files.len());
@@ -436,12 +562,15 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     let env_cfg = Config::from_env(None)?;
     let dir = dir.unwrap_or_else(|| env_cfg.restart_dir.clone());
     let files = checkpoint_files(&dir)?;
+    // `<base>` is a hard link to the newest `<base>.<N>`: one file under two names, listed once.
+    let (files, aliases) = merge_hard_links(files);
     let mut rows = Vec::new();
     #[allow(clippy::type_complexity)]
     let mut bases: BTreeMap<String, (String, Option<u32>, String, Option<RunIdentity>)> = BTreeMap::new();
     for f in &files {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let row = match Checkpoint::open_with(&ckpt_core::storage::FileStorage, f, LoadOptions::new().mmap(false))
+        let also = aliases.get(f).cloned().unwrap_or_default();
+        let mut row = match Checkpoint::open_with(&ckpt_core::storage::FileStorage, f, LoadOptions::new().mmap(false))
             .and_then(|cp| cp.verify().map(|_| cp))
         {
             Ok(cp) => {
@@ -472,6 +601,11 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
             }
             Err(e) => json!({"path": f, "status": "invalid", "error": e.to_string()}),
         };
+        if let Some(h) = row["created_unix_ns"].as_i64() {
+            row["created"] = json!(iso_utc(h));
+        }
+        // The other names of the same file (the newest checkpoint's stable name).
+        row["also"] = json!(also);
         rows.push(row);
     }
     // Saves in progress (or abandoned), and spares.
@@ -507,7 +641,10 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         // Multi-rank names: ask as rank 0 of a job of the recorded size.
         if let Some(n) = rows
             .iter()
-            .find(|r| r["path"].as_str().is_some_and(|p| p.ends_with(base.as_str())) && r["nranks"].is_u64())
+            .find(|r| {
+                let names = std::iter::once(&r["path"]).chain(r["also"].as_array().into_iter().flatten());
+                names.filter_map(Value::as_str).any(|p| p.ends_with(base.as_str())) && r["nranks"].is_u64()
+            })
             .and_then(|r| r["nranks"].as_u64())
         {
             cfg.nranks = n as u32;
@@ -534,12 +671,23 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         println!("  (none)");
     }
     for r in &rows {
-        let path = r["path"].as_str().unwrap_or("?");
+        let mut path = r["path"].as_str().unwrap_or("?").to_string();
+        let also: Vec<String> = r["also"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .map(|a| Path::new(a).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .collect();
+        if !also.is_empty() {
+            path = format!("{path} (also {}, the newest)", also.join(", "));
+        }
         match r["status"].as_str() {
             Some("valid") => println!(
-                "  valid      {path}  generation {} step {} job {} rank {}/{} {}{}",
+                "  valid      {path}  generation {} step {} written {} job {} rank {}/{} {}{}",
                 r["generation"],
                 r["step"],
+                r["created"].as_str().unwrap_or("?"),
                 r["job_id"].as_str().unwrap_or(""),
                 r["rank"],
                 r["nranks"],
@@ -605,11 +753,27 @@ fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {
         for (k, val) in m {
             println!("{k:<18} {}", if let Value::String(s) = &val { s.clone() } else { val.to_string() });
         }
+        // Outside a job the file name comes from the application name, which the program passes to
+        // ckpt_init: say so when this command could only guess it.
+        let named = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if name.is_none() && c.job_id.is_none() && !named("CKPT_NAME") && !named("SLURM_JOB_NAME") {
+            eprintln!(
+                "ckpt env: the application name is the default {:?}; a program calling ckpt_init(\"NAME\") \
+                 uses NAME.ckpt: see it with `ckpt env --name NAME`",
+                c.app_name
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -> Result<ExitCode, Error> {
+fn create(
+    target: &str,
+    image_dir: Option<&Path>,
+    max_wait: f64,
+    vacate: bool,
+    as_json: bool,
+) -> Result<ExitCode, Error> {
     if !max_wait.is_finite() || max_wait < 0.0 {
         return Err(Error::invalid(format!("--max-wait {max_wait} must be a non-negative number of seconds")));
     }
@@ -652,15 +816,23 @@ fn create(target: &str, image_dir: Option<&Path>, max_wait: f64, vacate: bool) -
         }));
     }
     let mut failed = 0;
+    let mut results = Vec::new();
     for h in handles {
         let (pid, r) = h.join().expect("request thread");
         match r {
+            Ok(path) if as_json => results.push(json!({"pid": pid, "path": path})),
             Ok(path) => println!("{}", path.display()),
             Err(e) => {
                 failed += 1;
+                if as_json {
+                    results.push(json!({"pid": pid, "error": e.to_string()}));
+                }
                 eprintln!("ckpt create: process {pid}: {e}");
             }
         }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({"checkpoints": results})).expect("json"));
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -797,4 +969,28 @@ fn requeue_with(cfg: &Config, max_restarts: u32, dry_run: bool, out: &mut dyn Wr
     }
     say!(out, "ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{age, iso_utc};
+
+    #[test]
+    fn dates_are_iso_8601_utc() {
+        assert_eq!(iso_utc(0i64), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(951_782_400_000_000_000i64), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_utc(1_700_000_000_999_999_999i64), "2023-11-14T22:13:20Z");
+        assert_eq!(iso_utc(4_107_542_399_000_000_000i64), "2100-02-28T23:59:59Z");
+        assert_eq!(iso_utc(-1i64), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn ages_read_as_words() {
+        let s = 1_000_000_000i128;
+        assert_eq!(age(0i64, 5 * s), "less than a minute ago");
+        assert_eq!(age(0i64, 192 * s), "3m ago");
+        assert_eq!(age(0i64, (2 * 3600 + 5 * 60 + 7) * s), "2h 5m ago");
+        assert_eq!(age(0i64, (4 * 86_400 + 3 * 3600) * s), "4d 3h ago");
+        assert_eq!(age(90_000_000_000i64, 0), "in 1m");
+    }
 }

@@ -72,22 +72,26 @@ impl FfiError {
 
 impl From<Error> for FfiError {
     fn from(e: Error) -> FfiError {
-        let code = match e.kind() {
-            ErrorKind::Io => CKPT_ERR_IO,
-            ErrorKind::NotFound => CKPT_ERR_NOT_FOUND,
-            ErrorKind::Corrupt => CKPT_ERR_CORRUPT,
-            ErrorKind::UnsupportedVersion => CKPT_ERR_UNSUPPORTED_VERSION,
-            ErrorKind::TooLarge => CKPT_ERR_TOO_LARGE,
-            ErrorKind::InvalidArgument => CKPT_ERR_INVALID_ARGUMENT,
-            ErrorKind::NoValidCheckpoint => CKPT_ERR_NO_VALID_CHECKPOINT,
-            ErrorKind::Conflict => CKPT_ERR_CONFLICT,
-            ErrorKind::SectionNotFound => CKPT_ERR_SECTION_NOT_FOUND,
-            ErrorKind::Encoding => CKPT_ERR_ENCODING,
-            ErrorKind::InvalidState => CKPT_ERR_INVALID_STATE,
-            ErrorKind::Untrusted => CKPT_ERR_UNTRUSTED,
-            _ => CKPT_ERR_OTHER,
-        };
-        FfiError { code, message: e.to_string() }
+        FfiError { code: status_of(&e), message: e.to_string() }
+    }
+}
+
+/// The status code of a library error.
+pub(crate) fn status_of(e: &Error) -> i32 {
+    match e.kind() {
+        ErrorKind::Io => CKPT_ERR_IO,
+        ErrorKind::NotFound => CKPT_ERR_NOT_FOUND,
+        ErrorKind::Corrupt => CKPT_ERR_CORRUPT,
+        ErrorKind::UnsupportedVersion => CKPT_ERR_UNSUPPORTED_VERSION,
+        ErrorKind::TooLarge => CKPT_ERR_TOO_LARGE,
+        ErrorKind::InvalidArgument => CKPT_ERR_INVALID_ARGUMENT,
+        ErrorKind::NoValidCheckpoint => CKPT_ERR_NO_VALID_CHECKPOINT,
+        ErrorKind::Conflict => CKPT_ERR_CONFLICT,
+        ErrorKind::SectionNotFound => CKPT_ERR_SECTION_NOT_FOUND,
+        ErrorKind::Encoding => CKPT_ERR_ENCODING,
+        ErrorKind::InvalidState => CKPT_ERR_INVALID_STATE,
+        ErrorKind::Untrusted => CKPT_ERR_UNTRUSTED,
+        _ => CKPT_ERR_OTHER,
     }
 }
 

@@ -247,7 +247,10 @@ fn c_types_for(d: &FDummy) -> Vec<&'static str> {
         ("integer(c_int64_t)", false, false) => vec!["int64_t *", "uint64_t *"],
         ("integer(c_size_t)", true, false) => vec!["size_t"],
         ("integer(c_size_t)", false, false) => vec!["size_t *"],
-        ("type(c_ptr)", true, false) => vec!["void *", "const void *"],
+        ("type(c_ptr)", true, false) => {
+            vec!["void *", "const void *", "struct ckpt_restart_details *", "const struct ckpt_restart_details *"]
+        }
+        ("type(c_ptr)", false, false) => vec!["struct ckpt_restart_details **", "const char **"],
         ("type(ckpt_part_identity)", false, false) => vec!["struct ckpt_part_identity *"],
         ("type(ckpt_part_identity)", false, true) if d.intent == "in" => vec!["const struct ckpt_part_identity *"],
         ("character(kind=c_char)", false, true) if d.intent == "in" => vec!["const char *"],

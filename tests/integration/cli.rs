@@ -115,7 +115,11 @@ fn inspect_verify_and_list() {
     assert!(o.status.success(), "{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let files = v["files"].as_array().unwrap();
-    assert_eq!(files.iter().filter(|f| f["status"] == "valid").count(), 2, "{v}");
+    // app.ckpt.2 and its hard link app.ckpt: one row, with both names.
+    assert_eq!(files.iter().filter(|f| f["status"] == "valid").count(), 1, "{v}");
+    let newest = files.iter().find(|f| f["status"] == "valid").unwrap();
+    assert!(newest["path"].as_str().unwrap().ends_with("app.ckpt.2"), "{v}");
+    assert!(newest["also"][0].as_str().unwrap().ends_with("app.ckpt"), "{v}");
     assert_eq!(files.iter().filter(|f| f["status"] == "invalid").count(), 1, "{v}");
     assert!(v["restart"][0]["chosen"].as_str().unwrap().ends_with("app.ckpt"), "{v}");
     let spares: Vec<&Value> = files.iter().filter(|f| f["status"] == "spare").collect();
@@ -157,6 +161,13 @@ fn create_by_pid_with_and_without_image_dir_and_vacate() {
     let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
     assert_eq!(Path::new(&path), images.join("trigger-test.ckpt"), "{}", text(&o));
     assert!(ckpt_core::Checkpoint::open(&path).unwrap().verify().is_ok());
+
+    let o = ckpt(dir.path(), &["create", &pid, "--max-wait", "20", "--json"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["checkpoints"][0]["pid"].to_string(), pid, "{v}");
+    assert_eq!(v["checkpoints"][0]["path"], dir.path().join("trigger-test.ckpt").to_str().unwrap(), "{v}");
+    assert_eq!(v["checkpoints"].as_array().unwrap().len(), 1, "{v}");
 
     let o = ckpt(dir.path(), &["create", &pid, "--vacate", "--max-wait", "20"], &[]);
     assert!(o.status.success(), "{}", text(&o));

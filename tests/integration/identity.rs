@@ -235,8 +235,14 @@ fn ckpt_list_shows_who_wrote_each_file_and_what_its_restart_takes() {
     let v = ckpt_list_json(dir.path());
     let choice = v["restart"].as_array().unwrap().iter().find(|c| c["name"] == "101.ckpt").expect("101.ckpt");
     assert!(choice["chosen"].as_str().is_some_and(|p| p.ends_with("101.ckpt")), "{v:#}");
-    let file =
-        v["files"].as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("101.ckpt")).unwrap();
+    // 101.ckpt is the newest generation's stable name (a hard link): listed with it, under "also".
+    let file = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["also"].as_array().is_some_and(|a| a.iter().any(|p| p.as_str().unwrap().ends_with("101.ckpt"))))
+        .unwrap();
+    assert!(file["path"].as_str().unwrap().contains("101.ckpt."), "{file:#}");
     assert_eq!(file["written_by"]["array_task"], "1", "{file:#}");
     assert!(file["written_by"]["cmdline"].as_str().unwrap().contains("ckpt-test-trigger"), "{file:#}");
 }

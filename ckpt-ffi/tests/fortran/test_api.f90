@@ -317,6 +317,64 @@ contains
     call expect(ckpt_set_rank(0, 1), CKPT_OK, __LINE__)
   end subroutine multi_rank_protocol
 
+  ! ckpt_restart_info: the file, generation and step restored, the newer files rejected and why; the
+  ! wrappers (ckpt_restart_info_f, ckpt_restart_rejected_f) and the handle functions.
+  subroutine restart_info()
+    type(c_ptr) :: d, p, r
+    character(len=:), allocatable :: path, reason
+    integer(c_int64_t) :: gen, step
+    integer(c_size_t) :: n
+    integer(c_int32_t) :: code
+    integer :: nrejected, i
+    logical :: all_corrupt
+    path = "unchanged"
+    call expect(ckpt_restart_info_f(path, gen, step, nrejected), CKPT_ERR_NOT_INITIALIZED, __LINE__)
+    call check(path == "unchanged", __LINE__)
+    call expect(ckpt_init_f("fapi"), CKPT_OK, __LINE__)
+    gen = 0; step = 0; nrejected = -1
+    call expect(ckpt_restart_info_f(path, gen, step, nrejected), CKPT_OK, __LINE__)
+    call check(index(path, "fapi.ckpt") > 0 .and. gen == 2 .and. step == 20 .and. nrejected == 0, __LINE__)
+    call expect(ckpt_restart_rejected_f(1, path, reason, code), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
+    call expect(ckpt_restart_rejected_f(0, path, reason, code), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
+    ! the handle functions
+    d = c_null_ptr
+    call expect(ckpt_restart_info(d), CKPT_OK, __LINE__)
+    call check(c_associated(d), __LINE__)
+    p = c_null_ptr
+    call expect(ckpt_restart_details_restored(d, p), CKPT_OK, __LINE__) ! generation_out, step_out absent = NULL
+    call check(index(ckpt_f_string(p), "fapi.ckpt") > 0, __LINE__)
+    call expect(ckpt_restart_details_restored(c_null_ptr, p, gen, step), CKPT_ERR_NULL_ARGUMENT, __LINE__)
+    n = 99
+    call expect(ckpt_restart_details_rejected_count(d, n), CKPT_OK, __LINE__)
+    call check(n == 0, __LINE__)
+    call expect(ckpt_restart_details_rejected(d, 0_c_size_t, p, r), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
+    call expect(ckpt_restart_details_free(d), CKPT_OK, __LINE__)
+    call expect(ckpt_restart_details_free(c_null_ptr), CKPT_OK, __LINE__)
+    call expect(ckpt_finalize(), CKPT_OK, __LINE__)
+
+    ! damage the newest generation (another offset than damaged() uses): generation 1 is restored
+    call flip_byte(path_in("fapi.ckpt.2"), 4096 + 50 + 1)
+    call expect(ckpt_init_f("fapi"), CKPT_OK, __LINE__)
+    call expect(ckpt_restart_info_f(path, gen, step, nrejected), CKPT_OK, __LINE__)
+    call check(index(path, "fapi.ckpt.1") > 0 .and. gen == 1 .and. step == 10 .and. nrejected >= 1, __LINE__)
+    all_corrupt = .true.
+    do i = 1, nrejected
+      code = 0
+      call expect(ckpt_restart_rejected_f(i, path, reason, code), CKPT_OK, __LINE__)
+      all_corrupt = all_corrupt .and. code == CKPT_ERR_CORRUPT .and. index(reason, "crc32") > 0 &
+                    .and. index(path, "fapi.ckpt") > 0
+    end do
+    call check(all_corrupt, __LINE__)
+    call expect(ckpt_restart_rejected_f(nrejected + 1, path, reason, code), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
+    d = c_null_ptr
+    call expect(ckpt_restart_info(d), CKPT_OK, __LINE__)
+    code = 0
+    call expect(ckpt_restart_details_rejected(d, 0_c_size_t, p, r, code), CKPT_OK, __LINE__)
+    call check(code == CKPT_ERR_CORRUPT .and. index(ckpt_f_string(r), "crc32") > 0, __LINE__)
+    call expect(ckpt_restart_details_free(d), CKPT_OK, __LINE__)
+    call expect(ckpt_finalize(), CKPT_OK, __LINE__)
+  end subroutine restart_info
+
   subroutine damaged()
     integer(c_int32_t) :: found
     ! fapi.ckpt is another name (hard link) of fapi.ckpt.2: damage each file once
@@ -384,6 +442,7 @@ program test_api
   call before_init()
   call first_run()
   call restart_run()
+  call restart_info()
   call damaged()
   call multi_rank_protocol()
   call buffers()
