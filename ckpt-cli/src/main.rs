@@ -183,7 +183,7 @@ enum Command {
     /// Print the manual page ckpt(1) (roff: `ckpt man | man -l -`), or with --dir write it and one page per
     /// subcommand (ckpt-inspect.1, ...) into DIR.
     Man {
-        /// Write ckpt.1 and ckpt-<subcommand>.1 into this directory instead of printing ckpt.1.
+        /// Write ckpt.1 and ckpt-SUBCOMMAND.1 into this directory instead of printing ckpt.1.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -250,7 +250,7 @@ where
     }
 }
 
-/// `ckpt man`: ckpt(1) to stdout, or with `dir` every page (ckpt.1, ckpt-<subcommand>.1) into it.
+/// `ckpt man`: ckpt(1) to stdout, or with `dir` every page (`ckpt.1`, `ckpt-SUBCOMMAND.1`) into it.
 fn man(dir: Option<&Path>) -> Result<ExitCode, Error> {
     let cmd = Cli::command();
     let Some(dir) = dir else {
