@@ -308,16 +308,8 @@ class Collective:
                     f"generation {agreed} holds different steps on different ranks ({steps}): not one job's files",
                     kind="corrupt",
                 )
-            obj, why = None, None
-            try:
-                obj = unpickle(found)
-            except (MemoryError, RecursionError) as e:
-                error = e
-            except Exception as e:
-                if isinstance(e, CheckpointError) and e.kind == "untrusted":
-                    error = e
-                else:
-                    why = f"its pickle stream cannot be unpickled ({type(e).__name__}: {e})"
+            obj, failure, why = _unpickle_part(unpickle, found)
+            error = failure or error
             self.check(error)
             failures = self.comm.allgather(why)
             info = found[2]
@@ -394,15 +386,9 @@ class Collective:
                 why = f"its part of generation {agreed} (step {step}) is missing or damaged"
         obj = None
         if found is not None:
-            try:
-                obj = unpickle(found)
-            except (MemoryError, RecursionError) as e:
-                error = e
-            except Exception as e:
-                if isinstance(e, CheckpointError) and e.kind == "untrusted":
-                    error = e
-                else:
-                    why = f"its pickle stream cannot be unpickled ({type(e).__name__}: {e})"
+            obj, failure, unpickled_why = _unpickle_part(unpickle, found)
+            error = failure or error
+            why = unpickled_why or why
         self.check(error)
         failures = self.comm.allgather(why)
         bad = [(r, w) for r, w in enumerate(failures) if w is not None]
@@ -416,3 +402,17 @@ class Collective:
         info = found[2]
         info["rejected"] = []
         return obj, info
+
+
+def _unpickle_part(unpickle, found):
+    """Unpickles this rank's part: ``(obj, error, why)``. ``error`` is what every rank must raise (out of
+    memory, recursion, an untrusted file); ``why`` says why this part cannot be used (a damaged pickle
+    stream), for the ranks to agree on."""
+    try:
+        return unpickle(found), None, None
+    except (MemoryError, RecursionError) as e:
+        return None, e, None
+    except Exception as e:
+        if isinstance(e, CheckpointError) and e.kind == "untrusted":
+            return None, e, None
+        return None, None, f"its pickle stream cannot be unpickled ({type(e).__name__}: {e})"
