@@ -252,21 +252,28 @@ fn catches_tree_signal(pid: i32) -> bool {
     mask & (1u64 << (TREE_SIGNAL - 1)) != 0
 }
 
+/// The numeric entries of a `/proc` directory (tids, descriptors) into `out`; how many (at most its
+/// length).
+fn numbered_entries(dir: &[u8], out: &mut [i32]) -> usize {
+    let mut n = 0;
+    let mut buf = [0u8; 4096];
+    crate::for_each_dir_entry(dir, &mut buf, |name| {
+        if let Some(v) = crate::parse_decimal(name)
+            && n < out.len()
+        {
+            out[n] = v as i32;
+            n += 1;
+        }
+    });
+    n
+}
+
 /// The children of `pid` (all its threads'), appended to `out`; false when `out` overflows.
 fn children_of(pid: i32, out: &mut [i32; MAX_TREE * 2], n: &mut usize) -> bool {
     let mut dir = [0u8; 48];
     let pos = proc_path(&mut dir, pid, b"task");
     let mut tids = [0i32; 512];
-    let mut ntids = 0;
-    let mut dbuf = [0u8; 4096];
-    crate::for_each_dir_entry(&dir[..pos], &mut dbuf, |name| {
-        if let Some(t) = crate::parse_decimal(name)
-            && ntids < tids.len()
-        {
-            tids[ntids] = t as i32;
-            ntids += 1;
-        }
-    });
+    let ntids = numbered_entries(&dir[..pos], &mut tids);
     let mut ok = true;
     for &t in &tids[..ntids] {
         let mut tail = [0u8; 40];
@@ -456,16 +463,7 @@ fn record_inherited(members: &[Member]) -> Result<(), Refusal> {
         let mut dir = [0u8; 48];
         let pos = proc_path(&mut dir, m.pid, b"fd");
         let mut fds = [0i32; 1024];
-        let mut nfds = 0;
-        let mut buf = [0u8; 4096];
-        crate::for_each_dir_entry(&dir[..pos], &mut buf, |name| {
-            if let Some(fd) = crate::parse_decimal(name)
-                && nfds < fds.len()
-            {
-                fds[nfds] = fd as i32;
-                nfds += 1;
-            }
-        });
+        let nfds = numbered_entries(&dir[..pos], &mut fds);
         for &fd in &fds[..nfds] {
             // SAFETY: kcmp compares two descriptors of processes we may inspect (our descendants).
             let r =
