@@ -982,7 +982,12 @@ fn fd_kind(snap: &crate::Snapshot, s: &crate::FdSnap, path: &[u8]) -> Result<FdK
         // In a process tree every pipe is the tree's (recreated with its bytes, or the restart command's).
         // (The root's own pipes inherited from its launcher above stderr follow CKPT_SHIM_FOREIGN_FDS, as
         // without a tree, and so do the members' copies of them.)
-        libc::S_IFIFO if snap.tree && (snap.member || s.fd <= 2 || !crate::inherited_at_start(s.fd, s.dev, s.ino)) => {
+        // Named FIFOs are not: they are reopened or refused as without a tree.
+        libc::S_IFIFO
+            if snap.tree
+                && path.starts_with(b"pipe:[")
+                && (snap.member || s.fd <= 2 || !crate::inherited_at_start(s.fd, s.dev, s.ino)) =>
+        {
             FdKind::TreePipe
         }
         libc::S_IFIFO if s.fd <= 2 => FdKind::Inherited,

@@ -273,6 +273,56 @@ fn pipeline_signalled_together_three_cycles_term() {
     tree_cycles("pipeline, TERM to all", argv, libc::SIGTERM, true, Duration::from_millis(700), &[]);
 }
 
+/// A pipe the launcher left open above stderr (a wrapper's, as job launchers do), inherited by every
+/// process of the tree: restored as `/dev/null` in each (CKPT_SHIM_FOREIGN_FDS's default), said so in the
+/// log, and the pipeline's output is still exact after a kill and a restart.
+#[test]
+fn a_pipe_inherited_from_the_launcher_reaches_every_process_as_dev_null() {
+    let Some(argv) = pipeline() else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let expected = reference(dir, &argv);
+    let img = dir.join("img");
+    let out = dir.join("out.txt");
+    let stdout = std::fs::File::create(&out).unwrap();
+    let stderr = stdout.try_clone().unwrap();
+    // The launcher: its stdin (a pipe from this test) moved to descriptor 7, then `ckpt run`.
+    let script = format!("exec 7<&0 0</dev/null; exec {} run --dir {} -- \"$@\"", s(&ckpt), s(&img));
+    let mut child = command(Path::new("/bin/sh"), dir)
+        .arg("-c")
+        .arg(script)
+        .arg("launcher")
+        .args(&argv)
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _keep_open = child.stdin.take();
+    std::thread::sleep(Duration::from_millis(700));
+    kill(child.id(), libc::SIGUSR1);
+    assert!(wait_for_events(dir, "checkpoint", 1, &mut child, Duration::from_secs(60)), "{}", read(dir, "ckpt.log"));
+    let ck = &events(dir, "checkpoint")[0];
+    assert_eq!(ck["processes"].as_u64(), Some(3), "{ck}");
+    assert!(ck["foreign_fds"].to_string().contains("\"fd\":7"), "{ck}");
+    kill_group(child.id());
+    let _ = child.wait();
+    let mut restart = command(&ckpt, dir)
+        .args(["restart", "--image-dir", img.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("restart.txt")).unwrap()))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut restart, Duration::from_secs(120));
+    kill_group(restart.id());
+    assert!(status.success(), "{status:?}: {}", read(dir, "restart.txt"));
+    assert!(read(dir, "restart.txt").contains("descriptor 7"), "{}", read(dir, "restart.txt"));
+    assert!(std::fs::read(&out).unwrap() == expected, "output differs: {}", read(dir, "out.txt"));
+}
+
 /// A child that does not run the shim (LD_PRELOAD removed from its environment) cannot be checkpointed
 /// with its parent: the checkpoint is refused with a message naming it, and the program runs on to the
 /// same output.
