@@ -51,6 +51,7 @@ use crate::control::{self, Incoming, ReplyLine, Request, RuntimeDir};
 use crate::discovery::Restored;
 use crate::error::{Error, Result};
 use crate::events::{self, EndTime, Event, IntervalSetting, Rejected, Trigger};
+use crate::flusher::{FlushQueue, Flusher, Waiters};
 use crate::store::{CheckpointWriter, CommitInfo, Store};
 use crate::triggers::{self, CostEstimate, EndTimeReading, EndTimeSource, EndTimeWatch, signal_label, unix_now};
 
@@ -139,6 +140,9 @@ struct TimerState {
     /// When the last checkpoint ended (or the checkpointer started).
     last_end: Instant,
     cost: CostEstimate,
+    /// What copying a cached checkpoint to the checkpoint directory costs: the time-limit checkpoint must
+    /// be durable there before the end.
+    flush_cost: CostEstimate,
     end_time: Option<(f64, EndTimeSource)>,
     deadline_fired: bool,
     interval_fired: bool,
@@ -176,6 +180,8 @@ struct Inner {
     config: Config,
     base: String,
     wake: Option<UnixStream>,
+    /// The queue of the cache level's copying thread.
+    flush: std::sync::OnceLock<Arc<FlushQueue>>,
 }
 
 enum LogSink {
@@ -232,8 +238,8 @@ impl Inner {
 
     /// Seconds before the end at which the end-of-job checkpoint must start.
     fn deadline_lead(&self, st: &TimerState) -> f64 {
-        let cost = st.cost.predict().unwrap_or(Duration::ZERO).as_secs_f64();
-        cost * self.config.safety_factor + self.config.margin.as_secs_f64()
+        let cost = st.cost.predict().unwrap_or(Duration::ZERO) + st.flush_cost.predict().unwrap_or(Duration::ZERO);
+        cost.as_secs_f64() * self.config.safety_factor + self.config.margin.as_secs_f64()
     }
 
     /// One evaluation of the timers; returns how long to sleep.
@@ -365,13 +371,23 @@ impl Inner {
             let part = st.in_progress_is_part;
             (self.interval(&st), st.end_time.map(|(e, _)| e - unix_now()), part)
         };
+        let exit_asked = taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate;
+        let cached = self.flush.get().filter(|q| !part && q.is_cached(info));
+        let level = if cached.is_some() { "cache" } else { "shared" };
         if part {
             // A rank's part: the step exists only once it is committed; exit and answers wait for that.
             let pending =
                 PendingStep { bits: taken, requests, reply, generation: info.generation, step: info.app_step };
             self.lock().pending_step = Some(pending);
+        } else if let Some(q) = cached {
+            // Cached: exit and answers wait for the copy to the checkpoint directory.
+            let must = exit_asked || !requests.is_empty();
+            if q.committed(info.generation, info.generation_path.clone(), must) {
+                let waiters = Waiters { exit: exit_asked, taken, requests, reply };
+                q.open_and_push(info.generation, &info.generation_path, waiters);
+            }
         } else {
-            if taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate {
+            if exit_asked {
                 self.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
             }
             for r in requests {
@@ -392,7 +408,50 @@ impl Inner {
             interval_s: interval.map(|d| d.as_secs_f64()),
             exit: self.flags.load(Ordering::Relaxed) & EXIT_READY != 0,
             warnings: &info.warnings,
+            level,
         });
+        self.wake();
+    }
+
+    /// A copy of a cached checkpoint to the checkpoint directory ended (the copying thread).
+    fn flushed(&self, generation: u64, waiters: Waiters, result: Result<CommitInfo>) {
+        let Waiters { exit, taken, requests, reply } = waiters;
+        match result {
+            Ok(info) => {
+                self.lock().flush_cost.record(Duration::from_secs_f64(info.seconds));
+                if exit {
+                    self.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
+                }
+                let reply = ReplyLine { path: Some(info.path.clone()), ..reply };
+                for r in requests {
+                    r.answer(&reply);
+                }
+                let secs = info.seconds;
+                self.log(&Event::Flushed {
+                    step: info.app_step,
+                    generation: info.generation,
+                    path: &info.generation_path,
+                    bytes: info.stats.file_bytes,
+                    seconds: secs,
+                    bandwidth_mbps: if secs > 0.0 { info.stats.file_bytes as f64 / secs / 1e6 } else { 0.0 },
+                    exit,
+                    warnings: &info.warnings,
+                });
+            }
+            Err(e) => {
+                // The cached checkpoint stays; an exit that waited for it needs another checkpoint, which
+                // is due again (so the program tries again at its next safe point).
+                if exit {
+                    self.flags.fetch_or(taken & (SIGNAL_EXIT | DEADLINE), Ordering::SeqCst);
+                }
+                for r in requests {
+                    r.answer(&ReplyLine::failed(format!(
+                        "the checkpoint was cached but could not be copied to the checkpoint directory: {e}"
+                    )));
+                }
+                self.log(&Event::FlushFailed { generation, error: e.to_string(), exit });
+            }
+        }
         self.wake();
     }
 }
@@ -668,6 +727,8 @@ impl std::fmt::Debug for TriggerView {
 pub struct Checkpointer {
     store: Store,
     inner: Arc<Inner>,
+    /// The cache level's copying thread.
+    flusher: Option<Flusher>,
     signal_ids: Vec<signal_hook::SigId>,
     watcher: Option<JoinHandle<()>>,
     socket_path: Option<PathBuf>,
@@ -714,6 +775,7 @@ impl Checkpointer {
             state: Mutex::new(TimerState {
                 last_end: Instant::now(),
                 cost: CostEstimate::default(),
+                flush_cost: CostEstimate::default(),
                 end_time,
                 deadline_fired: false,
                 interval_fired: false,
@@ -726,7 +788,34 @@ impl Checkpointer {
             config: config.clone(),
             base,
             wake: Some(wake_tx),
+            flush: std::sync::OnceLock::new(),
         });
+        let flusher = match store.config().cache.as_ref() {
+            Some(_) => {
+                let weak = Arc::downgrade(&inner);
+                let weak_end = weak.clone();
+                let f = Flusher::start(
+                    store.clone(),
+                    Box::new(move |generation, waiters, result| {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.flushed(generation, waiters, result);
+                        }
+                    }),
+                    Box::new(move |seconds, complete, durable| {
+                        if let Some(inner) = weak_end.upgrade() {
+                            inner.log(&Event::FlushWait {
+                                seconds,
+                                complete,
+                                durable_generation: (durable > 0).then_some(durable),
+                            });
+                        }
+                    }),
+                )?;
+                let _ = inner.flush.set(f.queue().clone());
+                Some(f)
+            }
+            None => None,
+        };
         let mut signal_ids = Vec::new();
         let mut listening = Vec::new();
         let installed: Result<()> = config.signals.iter().try_for_each(|spec| {
@@ -805,7 +894,7 @@ impl Checkpointer {
                 removed: &removed,
             });
         }
-        let cp = Checkpointer { store, inner, signal_ids, watcher: Some(watcher), socket_path };
+        let cp = Checkpointer { store, inner, flusher, signal_ids, watcher: Some(watcher), socket_path };
         let signals: Vec<String> = config.signals.iter().map(|s| signal_label(s.signal)).collect();
         let end = cp.inner.lock().end_time;
         cp.inner.log(&Event::Start {
@@ -822,6 +911,14 @@ impl Checkpointer {
             restart_count: config.restart_count,
             socket: cp.socket_path.as_deref(),
         });
+        if let (Some(cache), Some(dir)) = (&config.cache, cp.store.cache_dir()) {
+            cp.inner.log(&Event::Levels {
+                cache_dir: dir,
+                cache_keep: cache.keep,
+                flush: cache.flush.to_string(),
+                flush_timeout_s: cache.exit_timeout.as_secs_f64(),
+            });
+        }
         Ok(cp)
     }
 
@@ -875,11 +972,35 @@ impl Checkpointer {
         st.in_progress.as_ref().is_some_and(|t| taken_exit(t.bits, &t.requests))
             || st.pending_step.as_ref().is_some_and(|p| taken_exit(p.bits, &p.requests))
             || st.requests.iter().any(|r| r.vacate)
+            || self.inner.flush.get().is_some_and(|q| q.exit_pending())
     }
 
     /// Requests a checkpoint as a signal would (for tests and programmatic triggers).
     pub fn request_checkpoint(&self, exit: bool) {
         self.inner.flags.fetch_or(if exit { SIGNAL_EXIT } else { SIGNAL }, Ordering::SeqCst);
+    }
+
+    /// With a cache level (`CKPT_CACHE_DIR`, see [`crate::levels`]): waits until the copies of cached
+    /// checkpoints to the checkpoint directory are done, at most `timeout` (`None`: as long as it takes),
+    /// and returns the newest generation this process made durable there (`None`: none yet). Without a
+    /// cache level every committed checkpoint is durable: `Ok(None)` at once.
+    ///
+    /// # Errors
+    ///
+    /// The last copy's error (the checkpoint stays in the cache; a later copy that succeeds clears it), or
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) (timed out) when a copy is still running after `timeout`.
+    pub fn wait_for_flush(&self, timeout: Option<Duration>) -> Result<Option<u64>> {
+        match self.inner.flush.get() {
+            Some(q) => q.wait_idle(timeout).map(|g| (g > 0).then_some(g)),
+            None => Ok(None),
+        }
+    }
+
+    /// With a cache level: the newest generation this process made durable in the checkpoint directory
+    /// (`None`: none yet, or no cache level).
+    #[must_use]
+    pub fn durable_generation(&self) -> Option<u64> {
+        self.inner.flush.get().map(|q| q.durable()).filter(|&g| g > 0)
     }
 
     /// Seconds left before the job's end, if known.
@@ -945,7 +1066,7 @@ impl Checkpointer {
         st.in_progress = Some(Taken { bits: taken, requests: Vec::new(), started: Instant::now() });
         st.in_progress_is_part = part.is_some() || self.store.config().nranks > 1;
         drop(st);
-        let dir = image_dir.unwrap_or_else(|| self.store.config().checkpoint_dir.clone());
+        let dir = image_dir.unwrap_or_else(|| self.store.save_dir().to_path_buf());
         let result = match part {
             Some(generation) => self.store.begin_part_in(&dir, generation, app_step),
             None => self.store.begin_in(&dir, app_step),
@@ -1147,6 +1268,8 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
+        // The newest cached checkpoint is copied before the program goes (bounded wait, logged).
+        drop(self.flusher.take());
         for id in self.signal_ids.drain(..) {
             signal_hook::low_level::unregister(id);
         }

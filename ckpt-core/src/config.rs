@@ -28,6 +28,7 @@
 //! | structured log | `CKPT_LOG` (`stderr`, `off`, a path; default `<checkpoint_dir>/<base>.log`) |
 //! | control socket directory | `CKPT_SOCKET_DIR` (default `$TMPDIR/ckpt-<uid>`); `CKPT_SOCKET=0` disables |
 //! | the program asked for the job's end time | `CKPT_SQUEUE` (default `squeue`) |
+//! | node-local cache level, its retention, flush policy and exit wait, partner copies | `CKPT_CACHE_DIR`, `CKPT_CACHE_KEEP`, `CKPT_FLUSH`, `CKPT_FLUSH_TIMEOUT`, `CKPT_PARTNER` (see [`crate::levels`]) |
 //!
 //! A malformed value is an error naming the variable and the value, never silently ignored.
 
@@ -37,6 +38,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::identity::{ResumeFrom, RunIdentity};
+use crate::levels::CacheLevel;
 use crate::timefmt::{parse_slurm_time, parse_time_with_units};
 use crate::triggers::{self, SignalSpec};
 use crate::writer::Compression;
@@ -44,12 +46,16 @@ use crate::writer::Compression;
 /// Every `CKPT_*` variable the configuration reads (what `ckpt_set_config` accepts).
 pub const SETTINGS: &[&str] = &[
     "CKPT_ALLOW_FRESH_START",
+    "CKPT_CACHE_DIR",
+    "CKPT_CACHE_KEEP",
     "CKPT_COMMIT_TIMEOUT",
     "CKPT_COMPRESS",
     "CKPT_DIR",
     "CKPT_DIRECT_IO",
     "CKPT_END_TIME",
     "CKPT_FILE_MODE",
+    "CKPT_FLUSH",
+    "CKPT_FLUSH_TIMEOUT",
     "CKPT_INTERVAL",
     "CKPT_KEEP",
     "CKPT_LOG",
@@ -58,6 +64,7 @@ pub const SETTINGS: &[&str] = &[
     "CKPT_MTBF",
     "CKPT_NAME",
     "CKPT_NRANKS",
+    "CKPT_PARTNER",
     "CKPT_RANK",
     "CKPT_RESTART_DIR",
     "CKPT_RESUME_FROM",
@@ -165,6 +172,9 @@ pub struct Config {
     pub resume_from: ResumeFrom,
     /// The program asked for the job's end time (`CKPT_SQUEUE`, default `squeue` from `PATH`).
     pub squeue: std::ffi::OsString,
+    /// The node-local cache level in front of the checkpoint directory (`CKPT_CACHE_DIR`; `None`: saves
+    /// go to the checkpoint directory directly).
+    pub cache: Option<CacheLevel>,
 }
 
 impl Config {
@@ -227,6 +237,7 @@ impl Config {
             identity: RunIdentity::of_process(app_name, &|_| None),
             resume_from: ResumeFrom::Auto,
             squeue: "squeue".into(),
+            cache: None,
         })
     }
 
@@ -360,6 +371,8 @@ impl Config {
             Some(v) if ["off", "none", "0", "no"].contains(&v.to_ascii_lowercase().as_str()) => LogTarget::Off,
             Some(path) => LogTarget::File(PathBuf::from(path)),
         };
+        cfg.cache = CacheLevel::from_lookup(&get)?;
+        check_levels(&cfg)?;
         let socket_on = parse_var(&get, "CKPT_SOCKET", parse_bool)?.unwrap_or(true);
         cfg.socket_dir = if socket_on {
             Some(get("CKPT_SOCKET_DIR").map_or_else(
@@ -449,6 +462,8 @@ impl ConfigBuilder {
         socket_dir: Option<PathBuf>,
         /// Whose checkpoints restart may take (default: this run's own, and matching resubmissions).
         resume_from: ResumeFrom,
+        /// The node-local cache level (default: none; see [`crate::levels`]).
+        cache: Option<CacheLevel>,
     }
 
     /// Periodic checkpoints (default: none).
@@ -528,8 +543,22 @@ impl ConfigBuilder {
         if c.mtbf.is_zero() {
             return Err(Error::invalid("the MTBF must be positive"));
         }
+        check_levels(&c)?;
         Ok(c)
     }
+}
+
+/// The cache level copies whole checkpoints of one process; a multi-rank step's parts and manifest
+/// would stay in the nodes' caches, never durable: refused rather than silently not copied.
+fn check_levels(c: &Config) -> Result<()> {
+    if c.cache.is_some() && c.nranks > 1 {
+        return Err(Error::invalid(format!(
+            "CKPT_CACHE_DIR: the cache level is not available to multi-rank jobs yet ({} ranks): their steps \
+             would never be copied to the checkpoint directory; unset CKPT_CACHE_DIR",
+            c.nranks
+        )));
+    }
+    Ok(())
 }
 
 /// `<job>.ckpt` or `<job>.<step>.ckpt`.

@@ -17,6 +17,7 @@ use crate::config::base_name;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{FileKind, ManifestEntry};
 use crate::identity::{ResumeFrom, RunIdentity};
+use crate::levels::Level;
 use crate::reader::{Checkpoint, LoadOptions};
 use crate::storage::Storage;
 use crate::store::{NameKind, Store, any_base, classify, parse_manifest};
@@ -52,6 +53,8 @@ pub struct Candidate {
     pub is_current_name: bool,
     /// Whether the file belongs to this job's own checkpoint name (rather than an earlier job's).
     pub own_job: bool,
+    /// The level it lies on: the node-local cache or the checkpoint directory (see [`crate::levels`]).
+    pub level: Level,
     /// The verdict.
     pub status: CandidateStatus,
 }
@@ -89,6 +92,8 @@ pub struct Restored {
     pub other_job: Option<String>,
     /// Newer candidates that were rejected, and why.
     pub rejected: Vec<(PathBuf, Error)>,
+    /// The level it was found on (the node-local cache, or the checkpoint directory).
+    pub level: Level,
 }
 
 struct Probe {
@@ -110,6 +115,7 @@ struct Owner {
 #[derive(Clone, Copy)]
 struct Prober<'a> {
     dir: &'a Path,
+    level: Level,
     storage: &'a dyn Storage,
     /// The checkpoint name this run resumes.
     base: &'a str,
@@ -121,7 +127,7 @@ struct Prober<'a> {
 impl Prober<'_> {
     /// `name` in the restart directory; `own`: it is under the name this run resumes.
     fn probe(&self, name: &str, own: bool) -> Probe {
-        let Prober { dir, storage, base, opts, want_kind, nranks } = *self;
+        let Prober { dir, level, storage, base, opts, want_kind, nranks } = *self;
         let path = dir.join(name);
         let name_gen = match any_base(name).and_then(|b| classify(b, name)) {
             Some(NameKind::Generation(g)) => Some(g),
@@ -136,6 +142,7 @@ impl Prober<'_> {
             is_current_name: matches!(classify(base, name), Some(NameKind::Current))
                 || (!own && any_base(name) == Some(name)),
             own_job: own,
+            level,
             status: CandidateStatus::NotChecked,
         };
         let owner_of = |h: &crate::format::Header| Owner {
@@ -213,8 +220,8 @@ enum Parts {
 struct Found {
     discovery: Discovery,
     chosen: Option<(Checkpoint, PathBuf, u64, i64, Option<String>)>,
-    /// Own-name generations that are damaged (corrupt), for retention.
-    damaged: Vec<u64>,
+    /// Own-name generations that are damaged (corrupt), for retention, with their directory.
+    damaged: Vec<(PathBuf, u64)>,
 }
 
 impl Store {
@@ -248,7 +255,12 @@ impl Store {
 
     fn restore_with(&self, max_generation: u64, parts: Parts) -> Result<Option<Restored>> {
         let found = self.discover_impl(false, max_generation, parts)?;
-        self.note_damaged(&found.discovery.dir, &found.damaged);
+        let mut dirs: Vec<&PathBuf> = found.damaged.iter().map(|(d, _)| d).collect();
+        dirs.dedup();
+        for dir in dirs {
+            let generations: Vec<u64> = found.damaged.iter().filter(|(d, _)| d == dir).map(|&(_, g)| g).collect();
+            self.note_damaged(dir, &generations);
+        }
         let Found { discovery, chosen, .. } = found;
         for n in &discovery.notices {
             eprintln!("ckpt: {n}");
@@ -264,7 +276,8 @@ impl Store {
             .collect();
         match chosen {
             Some((checkpoint, chosen_path, generation, app_step, other_job)) => {
-                Ok(Some(Restored { checkpoint, chosen_path, generation, app_step, other_job, rejected }))
+                let level = self.level_of(chosen_path.parent().unwrap_or(Path::new(".")));
+                Ok(Some(Restored { checkpoint, chosen_path, generation, app_step, other_job, rejected, level }))
             }
             None if rejected.is_empty() || self.config().allow_fresh_start => Ok(None),
             None => {
@@ -354,15 +367,28 @@ impl Store {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
         let storage = self.storage();
+        // Every level this node sees: the cache of the checkpoint directory (unless restart is pointed
+        // at another directory), then the restart directory.
+        let mut levels: Vec<(PathBuf, Level)> = Vec::new();
+        if let Some(cache) = self.cache_dir().filter(|_| cfg.restart_dir == cfg.checkpoint_dir) {
+            levels.push((cache.to_path_buf(), Level::Cache));
+        }
+        levels.push((dir.clone(), Level::Shared));
         // Only checkpoint names are looked at: the directory may hold many other files.
         let checkpoint_name = |n: &std::ffi::OsStr| n.to_str().and_then(any_base).is_some();
-        let names: Vec<String> = match storage.read_dir_matching(&dir, &checkpoint_name) {
-            Ok(entries) => {
-                entries.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("list restart directory", e).with_path(&dir)),
-        };
+        let mut names_by_level: Vec<Vec<String>> = Vec::new();
+        for (d, level) in &levels {
+            names_by_level.push(match storage.read_dir_matching(d, &checkpoint_name) {
+                Ok(entries) => {
+                    entries.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect()
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    let what = if *level == Level::Cache { "list cache directory" } else { "list restart directory" };
+                    return Err(Error::io(what, e).with_path(d));
+                }
+            });
+        }
         let own_base = cfg.base_name();
         let me = cfg.run_identity();
         // The name whose files this run resumes: its own, or the job CKPT_RESUME_FROM names.
@@ -374,12 +400,27 @@ impl Store {
         let want_kind = if cfg.nranks > 1 { FileKind::Manifest } else { FileKind::Data };
         let mut notices: Vec<String> = Vec::new();
 
-        let inspector = Prober { dir: &dir, storage: &**storage, base: &base, opts, want_kind, nranks: cfg.nranks };
-        let mut probes: Vec<Probe> = names
+        let probers: Vec<Prober<'_>> = levels
             .iter()
-            .filter(|n| matches!(classify(&base, n), Some(NameKind::Current | NameKind::Generation(_))))
-            .map(|n| inspector.probe(n, !explicit))
+            .map(|(d, level)| Prober {
+                dir: d,
+                level: *level,
+                storage: &**storage,
+                base: &base,
+                opts,
+                want_kind,
+                nranks: cfg.nranks,
+            })
             .collect();
+        let mut probes: Vec<Probe> = Vec::new();
+        for (prober, names) in probers.iter().zip(&names_by_level) {
+            probes.extend(
+                names
+                    .iter()
+                    .filter(|n| matches!(classify(&base, n), Some(NameKind::Current | NameKind::Generation(_))))
+                    .map(|n| prober.probe(n, !explicit)),
+            );
+        }
         for p in probes.iter().filter(|p| untrusted(p)) {
             if let CandidateStatus::Invalid(e) = &p.candidate.status {
                 notices.push(format!("skipped {e}"));
@@ -422,16 +463,19 @@ impl Store {
         }
         let mut from_other_jobs = false;
         if probes.is_empty() && !explicit {
-            probes = self.probe_other_jobs(&inspector, &names, &own_base, &me, &mut notices);
+            for (prober, names) in probers.iter().zip(&names_by_level) {
+                probes.extend(self.probe_other_jobs(prober, names, &own_base, &me, &mut notices));
+            }
             from_other_jobs = true;
         }
-        // Newest first: by generation for one name; by creation time across jobs. The stable name sorts
-        // before the generation it is an alias of.
+        // Newest first: by generation for one name; by creation time across jobs. Of one generation, the
+        // cache's copy first (the faster read), and the stable name before the generation it is an alias of.
         probes.sort_by(|a, b| {
             let key = |p: &Probe| {
                 (
                     if from_other_jobs { p.candidate.created_unix_ns.unwrap_or(i64::MIN) } else { 0 },
                     p.candidate.generation.unwrap_or(0),
+                    p.candidate.level == Level::Cache,
                     p.candidate.is_current_name,
                 )
             };
@@ -452,7 +496,8 @@ impl Store {
             }
             // Every name is verified on its own: `<base>` and `<base>.<N>` are normally one file, but a copy
             // or a damaged block can make them differ, and each must be judged by its own bytes.
-            match self.verify_candidate(cp, &dir, parts) {
+            let candidate_dir = p.candidate.path.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
+            match self.verify_candidate(cp, &candidate_dir, parts) {
                 Ok(part) => {
                     p.candidate.status = CandidateStatus::Valid;
                     if chosen.is_none() {
@@ -463,14 +508,14 @@ impl Store {
                 Err(e) => p.candidate.status = CandidateStatus::Invalid(e),
             }
         }
-        let damaged: Vec<u64> = if from_other_jobs || explicit {
+        let damaged: Vec<(PathBuf, u64)> = if from_other_jobs || explicit {
             Vec::new()
         } else {
             probes
                 .iter()
                 .filter(|p| matches!(&p.candidate.status, CandidateStatus::Invalid(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::TooLarge)))
                 .filter(|p| !p.candidate.is_current_name)
-                .filter_map(|p| p.candidate.generation)
+                .filter_map(|p| Some((p.candidate.path.parent()?.to_path_buf(), p.candidate.generation?)))
                 .collect()
         };
 

@@ -58,7 +58,27 @@ pub(crate) enum Event<'a> {
         interval_s: Option<f64>,
         exit: bool,
         warnings: &'a [String],
+        /// `"cache"` when committed to the cache level (durable once `flushed`), else `"shared"`.
+        level: &'static str,
     },
+    /// The cache level in front of the checkpoint directory (after `start`).
+    Levels { cache_dir: &'a Path, cache_keep: usize, flush: String, flush_timeout_s: f64 },
+    /// A cached checkpoint was copied to the checkpoint directory and verified there: it is durable.
+    Flushed {
+        step: i64,
+        generation: u64,
+        path: &'a Path,
+        bytes: u64,
+        seconds: f64,
+        #[serde(rename = "bandwidth_MBps")]
+        bandwidth_mbps: f64,
+        exit: bool,
+        warnings: &'a [String],
+    },
+    /// A cached checkpoint could not be copied to the checkpoint directory (it stays in the cache).
+    FlushFailed { generation: u64, error: String, exit: bool },
+    /// The program's end waited for the copies to the checkpoint directory.
+    FlushWait { seconds: f64, complete: bool, durable_generation: Option<u64> },
     /// A checkpoint could not be written.
     CheckpointFailed { trigger: Vec<&'static str>, error: String },
     /// Removing this rank's retired parts after a step warned.
@@ -216,10 +236,11 @@ mod tests {
                     interval_s: Some(60.0),
                     exit: false,
                     warnings: &warnings,
+                    level: "cache",
                 },
                 json!({"event": "checkpoint", "trigger": ["signal"], "step": 1, "generation": 1, "path": p,
                     "bytes": 10, "raw_bytes": 20, "seconds": 0.5, "bandwidth_MBps": 2e-5, "time_left_s": null,
-                    "interval_s": 60.0, "exit": false, "warnings": ["w"]}),
+                    "interval_s": 60.0, "exit": false, "warnings": ["w"], "level": "cache"}),
             ),
             (
                 Event::StepCommitted { step: 4, generation: 2 },

@@ -67,8 +67,10 @@ pub mod control;
 mod discovery;
 mod error;
 mod events;
+mod flusher;
 pub mod format;
 pub mod identity;
+pub mod levels;
 mod reader;
 pub mod storage;
 mod store;
@@ -93,6 +95,7 @@ pub use config::{SETTINGS, hostname};
 pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Codec, ElementType, Encoding, FileKind, Header, ManifestEntry, SectionEntry};
+pub use levels::{CacheLevel, FlushPolicy, Level};
 #[doc(hidden)]
 pub use reader::read_header;
 pub use reader::{Checkpoint, LoadOptions, SectionData};

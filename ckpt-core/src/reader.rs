@@ -259,6 +259,20 @@ impl Checkpoint {
         }
     }
 
+    /// Passes the whole file, byte for byte, to `f` in consecutive chunks of at most `chunk` bytes (to
+    /// copy a committed checkpoint to another level).
+    pub(crate) fn for_each_chunk(&self, chunk: usize, f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match &self.source {
+            Source::Mapped(m) => (**m).as_ref().chunks(chunk.max(1)).try_for_each(f),
+            Source::Read(_) => self.for_chunks(0..self.file_len, f),
+        }
+    }
+
+    /// The sum of the sections' decoded lengths.
+    pub fn raw_len(&self) -> u64 {
+        self.sections.iter().map(|s| s.raw_len).sum()
+    }
+
     /// The file this checkpoint was opened from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -10,6 +10,7 @@ mod golden;
 mod identity;
 mod io_errors;
 mod kill;
+mod levels;
 mod memory;
 mod multirank;
 mod roundtrip;

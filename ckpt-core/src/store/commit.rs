@@ -65,6 +65,9 @@ pub struct CheckpointWriter {
     pub(super) reused_spare: bool,
     /// The bytes written and the seconds the storage spent writing them, once committed.
     pub(super) device_time: Option<(u64, f64)>,
+    /// Whether the commit leaves its directory's listing for the next save to reuse (not for copies to
+    /// another level, which would push out the listing of the directory saves go to).
+    pub(super) remember_listing: bool,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -232,6 +235,21 @@ impl CheckpointWriter {
         file.sync().map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
         self.device_time = file.device_time();
         drop(file);
+        self.publish(&header, stats, header_crc32, table_crc32)
+    }
+
+    /// Publishes the temporary file, complete and fsynced, under its names (link, rename, fsync of the
+    /// directory), then retires old generations: the commit after the bytes are written, for files this
+    /// writer built and for copies of committed files ([`Store::flush_checkpoint`]).
+    pub(super) fn publish(
+        &mut self,
+        header: &Header,
+        stats: FileStats,
+        header_crc32: u32,
+        table_crc32: u32,
+    ) -> Result<CommitInfo> {
+        let tmp = self.tmp.clone();
+        self.last_generation = Some(header.generation);
         let storage = self.storage.clone();
         let (path, generation_path, dir) = match &self.plan {
             Plan::Single { listing: Listing { dir, base, .. } } => {
@@ -333,12 +351,14 @@ impl CheckpointWriter {
                     !(*d == listing.dir && *b == listing.base) || remaining.iter().any(|r| r.0 == *g)
                 });
             }
-            *self.shared.listing() = Some(Listing {
-                generations: remaining,
-                highest: listing.highest.max(header.generation),
-                spare,
-                ..listing.clone()
-            });
+            if self.remember_listing {
+                *self.shared.listing() = Some(Listing {
+                    generations: remaining,
+                    highest: listing.highest.max(header.generation),
+                    spare,
+                    ..listing.clone()
+                });
+            }
         }
         Ok(CommitInfo {
             path,

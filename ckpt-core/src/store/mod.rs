@@ -81,11 +81,13 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Encoding, FileKind, Header};
+use crate::levels::Level;
 use crate::reader::{Checkpoint, LoadOptions};
 use crate::storage::{DirEntry, FileStorage, Storage, StorageWriter, WriteOptions};
 use crate::writer::{Compression, FileBuilder, FileStats, SectionOptions, SectionWriter};
 
 mod commit;
+mod levels;
 mod manifest;
 mod naming;
 mod parts;
@@ -133,14 +135,17 @@ pub struct CommitInfo {
     pub reused_spare: bool,
 }
 
-/// Saves and finds checkpoints for one configuration.
-#[derive(Debug)]
+/// Saves and finds checkpoints for one configuration. A clone shares the original's state (what it
+/// learned of the directories, its generation numbers): the copying thread of the cache level uses one.
+#[derive(Clone, Debug)]
 pub struct Store {
     config: Config,
     storage: Arc<dyn Storage>,
     shared: Arc<Shared>,
     /// The run identity as recorded in every file's header (encoded once, not per save).
     identity_metadata: Vec<u8>,
+    /// The cache level's directory for this checkpoint directory (see [`crate::levels`]).
+    cache_dir: Option<PathBuf>,
 }
 
 /// A save reuses the directory view the previous save left, instead of listing the directory again, for
@@ -192,6 +197,8 @@ struct Shared {
     damaged: std::sync::Mutex<Vec<(PathBuf, String, u64)>>,
     /// What the last restart discovery had to tell (see [`Store::take_restore_notices`]).
     restore_notices: std::sync::Mutex<Vec<String>>,
+    /// Whether the cache directory was checked (see `Store::check_cache_dir`).
+    cache_checked: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -252,9 +259,11 @@ impl Store {
             parts_view: std::sync::Mutex::new(None),
             damaged: std::sync::Mutex::new(Vec::new()),
             restore_notices: std::sync::Mutex::new(Vec::new()),
+            cache_checked: std::sync::atomic::AtomicBool::new(false),
         };
         let identity_metadata = config.run_identity().to_metadata();
-        Store { config, storage, shared: Arc::new(shared), identity_metadata }
+        let cache_dir = config.cache.as_ref().map(|c| c.dir_for(&config.checkpoint_dir));
+        Store { config, storage, shared: Arc::new(shared), identity_metadata, cache_dir }
     }
 
     /// What the last restart discovery told stderr (a checkpoint taken from another job, candidates
@@ -323,7 +332,7 @@ impl Store {
     /// created, or the temporary file cannot be created ([`ErrorKind::Io`]); the checkpoints under this
     /// name belong to another run ([`ErrorKind::Conflict`]).
     pub fn begin(&self, app_step: impl TryInto<i64>) -> Result<CheckpointWriter> {
-        self.begin_in(&self.config.checkpoint_dir.clone(), step_arg(app_step)?)
+        self.begin_in(self.save_dir(), step_arg(app_step)?)
     }
 
     /// Like [`Store::begin`], into another directory (`ImageDir` of Slurm's removed checkpoint interface).
@@ -333,7 +342,16 @@ impl Store {
             return self.begin_part_in(dir, generation, app_step);
         }
         let base = self.config.base_name();
-        let last = self.shared.last_generation.load(Ordering::SeqCst);
+        let mut last = self.shared.last_generation.load(Ordering::SeqCst);
+        let mut shared_warning = None;
+        if self.level_of(dir) == Level::Cache {
+            self.check_cache_dir(dir)?;
+        }
+        if last == 0 && self.level_of(dir) == Level::Cache {
+            let (highest, warning) = self.shared_highest_before_first_save()?;
+            last = highest;
+            shared_warning = warning;
+        }
         if let Some(listing) = self.shared.reusable_listing(dir, &base) {
             let generation = listing.highest.max(last) + 1;
             // The name about to be claimed must still be free; if anything else wrote here, list again.
@@ -344,11 +362,13 @@ impl Store {
         }
         // A listing: stale temporary files, the generation number, and what pruning will see.
         let listing = self.list_generations(dir, &base)?;
-        let warning = if last == 0 { self.check_name_is_ours(dir, &listing)? } else { None };
+        let first = self.shared.last_generation.load(Ordering::SeqCst) == 0;
+        let warning = if first { self.check_name_is_ours(dir, &listing)? } else { None };
         let generation = listing.highest.max(last) + 1;
         let header = self.header(FileKind::Data, generation, app_step);
         let mut writer = self.start(dir, &base, header, Plan::Single { listing })?;
         writer.warnings.extend(warning);
+        writer.warnings.extend(shared_warning);
         Ok(writer)
     }
 
@@ -502,7 +522,7 @@ impl Store {
             storage: self.storage.clone(),
             tmp,
             plan,
-            keep: self.config.keep,
+            keep: self.keep_in(dir),
             default_compression: self.config.compression,
             started: Instant::now(),
             done: false,
@@ -513,6 +533,7 @@ impl Store {
             spare_min_len,
             reused_spare,
             device_time: None,
+            remember_listing: true,
         })
     }
 
@@ -525,6 +546,10 @@ impl Store {
     /// space (turned off, a file system where the storage cannot tell who has a file open, or files this
     /// process may not write once created).
     fn spare_min_len(&self, dir: &Path) -> Option<u64> {
+        if self.level_of(dir) == Level::Cache {
+            // The cache is usually memory: a spare would hold a whole checkpoint's worth of it.
+            return None;
+        }
         let c = &self.config;
         let reuse = self.storage.spare_reuse().filter(|_| c.reuse_space && c.file_mode & 0o200 != 0)?;
         reuse.spare_min_len(dir)

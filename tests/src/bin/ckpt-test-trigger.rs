@@ -5,6 +5,7 @@
 //! It prints one line per event on stdout: `ready <pid>`, `resumed <step>`, `checkpoint <step> <path>`,
 //! `exit <step>`, `done <step>`, and for MODE `chain` also `user-handler` whenever its own SIGUSR1
 //! handler (installed before ckpt's) runs. MODE `stall` never reaches a safe point (sleeps forever).
+//! `CKPT_TEST_PAD_MIB=N` adds a raw section of N MiB to every checkpoint.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ fn main() {
     if mode == "chain" {
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, user_flag.clone()).expect("user handler");
     }
+    // CKPT_TEST_PAD_MIB: a raw section of that many MiB in every checkpoint (copies that take a while).
+    let pad_mib: usize = std::env::var("CKPT_TEST_PAD_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pad: Vec<u8> = (0..pad_mib << 20).map(|i| (i % 251) as u8).collect();
     let cp = match Checkpointer::from_env(Some("trigger-test")) {
         Ok(cp) => cp,
         Err(e) => {
@@ -76,7 +80,14 @@ fn main() {
             say("user-handler");
         }
         if cp.should_checkpoint() {
-            match cp.save_serde(state.step as i64, &state) {
+            let saved = cp.checkpoint(state.step as i64, |w| {
+                w.add_serde("state", &state)?;
+                if !pad.is_empty() {
+                    w.add_bytes("pad", &pad)?;
+                }
+                Ok(())
+            });
+            match saved {
                 Ok(info) => say(&format!("checkpoint {} {}", state.step, info.path.display())),
                 Err(e) => say(&format!("checkpoint-failed {} {e}", state.step)),
             }

@@ -1,0 +1,267 @@
+//! The cache level's side of the store (see [`crate::levels`]): which directory saves go to, and the copy
+//! of a committed checkpoint from the cache to the checkpoint directory ("flush") with the same commit
+//! protocol as a save: a temporary file, every byte verified, fsync, link, rename, fsync of the directory,
+//! then retention.
+
+use super::*;
+use crate::levels::Level;
+
+/// Bytes per write of a copy to the checkpoint directory.
+const COPY_CHUNK: usize = 8 << 20;
+
+impl Store {
+    /// The node-local cache directory of this store's checkpoint directory (`None` without a cache level).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
+    /// Where saves are committed first: the cache directory, or the checkpoint directory without a cache
+    /// level.
+    pub fn save_dir(&self) -> &Path {
+        self.cache_dir.as_deref().unwrap_or(&self.config.checkpoint_dir)
+    }
+
+    /// The level a directory of this store is: the cache directory, or anything else (the checkpoint
+    /// directory, a directory `ckpt create --image-dir` named).
+    pub fn level_of(&self, dir: &Path) -> Level {
+        if self.cache_dir.as_deref() == Some(dir) { Level::Cache } else { Level::Shared }
+    }
+
+    /// Before the first save to the cache directory: it must be a directory of this user that nobody else
+    /// may write (a node-local directory such as `/dev/shm` is shared by every user of the node: a
+    /// directory another user created under the expected name would let them replace what restart
+    /// loads). Created (mode 0700) when missing.
+    pub(super) fn check_cache_dir(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.shared.cache_checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.storage.create_dir_all(dir).map_err(|e| Error::io("create cache directory", e).with_path(dir))?;
+        // The real file system only (in-memory storages used by tests have no owners).
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) if !m.file_type().is_dir() => {
+                return Err(Error::new(
+                    ErrorKind::Untrusted,
+                    "the cache directory is not a directory (a symbolic link?)",
+                )
+                .with_path(dir));
+            }
+            Ok(m) if m.uid() != crate::sys::euid() || m.mode() & 0o022 != 0 => {
+                return Err(Error::new(
+                    ErrorKind::Untrusted,
+                    format!(
+                        "the cache directory belongs to uid {} with mode {:o}: it must be this user's (uid {}) and                          writable by no one else; remove it or choose another CKPT_CACHE_DIR",
+                        m.uid(),
+                        m.mode() & 0o7777,
+                        crate::sys::euid()
+                    ),
+                )
+                .with_path(dir));
+            }
+            _ => {}
+        }
+        self.shared.cache_checked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Generations kept in `dir`.
+    pub(super) fn keep_in(&self, dir: &Path) -> usize {
+        match (&self.config.cache, self.level_of(dir)) {
+            (Some(cache), Level::Cache) => cache.keep,
+            _ => self.config.keep,
+        }
+    }
+
+    /// The highest generation in the checkpoint directory, read once before this process's first save to
+    /// the cache: a job restarted on another node (its cache empty) continues the numbering of the shared
+    /// level instead of writing generations that restart would rank below the old ones. Also checks that
+    /// the shared level's newest checkpoint under this name is this run's ([`Store::check_name_is_ours`]),
+    /// as the first save there would.
+    pub(super) fn shared_highest_before_first_save(&self) -> Result<(u64, Option<String>)> {
+        let dir = self.config.checkpoint_dir.clone();
+        let base = self.config.base_name();
+        let entries = match self.storage.read_dir_matching(&dir, &|n| n.as_encoded_bytes().starts_with(base.as_bytes()))
+        {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, None)),
+            Err(e) => return Err(Error::io("open checkpoint directory", e).with_path(&dir)),
+        };
+        let listing = listing_of(&dir, &base, &entries);
+        let warning = self.check_name_is_ours(&dir, &listing)?;
+        Ok((listing.highest, warning))
+    }
+
+    /// Copies a committed checkpoint of this store's cache (opened by the caller, so that a prune of the
+    /// cache meanwhile cannot take it away) to the checkpoint directory under the same generation, and
+    /// commits it there: written to a temporary file, verified completely (every CRC, every byte; the
+    /// copy is read back before the fsync, while the kernel writes it out), fsynced, linked to
+    /// `<base>.<N>`, renamed to `<base>` unless a newer generation is there already, the directory fsynced;
+    /// then generations beyond `keep` are retired there. A generation already in the checkpoint directory
+    /// as this very file (the same length and checksums) counts as copied.
+    ///
+    /// Only whole checkpoints of one process are copied this way; a multi-rank step's parts and manifest
+    /// are not.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a rank's part or a manifest; [`ErrorKind::Io`] when the copy
+    /// cannot be written or made durable (the temporary file is removed; the checkpoint directory is as
+    /// it was); [`ErrorKind::Corrupt`] when the copy does not verify; [`ErrorKind::Conflict`] when the
+    /// generation is there already as another file, or the name's checkpoints there belong to another run.
+    pub fn flush_checkpoint(&self, source: &Checkpoint) -> Result<CommitInfo> {
+        let started = Instant::now();
+        let header = source.header().clone();
+        if header.kind != FileKind::Data || header.nranks > 1 {
+            return Err(Error::invalid(
+                "only a whole checkpoint of one process is copied to the checkpoint directory this way",
+            )
+            .with_path(source.path()));
+        }
+        let dir = self.config.checkpoint_dir.clone();
+        let base = self.config.base_name();
+        let gen_path = dir.join(format!("{base}.{}", header.generation));
+        if let Some(info) = self.already_copied(source, &gen_path, started)? {
+            return Ok(info);
+        }
+        let listing = self.list_generations(&dir, &base)?;
+        let mut warnings = Vec::new();
+        if listing.generations.iter().all(|&(g, _)| g < header.generation) && listing.highest < header.generation {
+            // The newest there must be this run's before its retention may remove anything.
+            warnings.extend(self.check_name_is_ours(&dir, &listing)?);
+        }
+        let tmp = dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
+        let opts = WriteOptions { mode: self.config.file_mode, direct_io: false };
+        let mut file = self
+            .storage
+            .create_new_with(&tmp, opts)
+            .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
+        let mut writer = CheckpointWriter {
+            builder: None,
+            storage: self.storage.clone(),
+            tmp: tmp.clone(),
+            plan: Plan::Single { listing },
+            keep: self.config.keep,
+            default_compression: self.config.compression,
+            started,
+            done: false,
+            last_generation: None,
+            shared: self.shared.clone(),
+            warnings,
+            ranks_prune_own_parts: false,
+            spare_min_len: None,
+            reused_spare: false,
+            device_time: None,
+            remember_listing: false,
+        };
+        source.for_each_chunk(COPY_CHUNK, |chunk| {
+            file.write_all(chunk).map_err(|e| Error::io("write", e).with_path(&tmp))
+        })?;
+        // Read back what was written, before the fsync: the pages are still in memory and the kernel is
+        // writing them out meanwhile, so the check costs a pass over memory, not a read of the device.
+        let copy = Checkpoint::open_with(&*self.storage, &tmp, self.load_options())?;
+        if copy.file_len() != source.file_len() || copy.identity() != source.identity() {
+            return Err(Error::corrupt(format!(
+                "the copy of {} is not the same file ({} bytes, checksums {:08x?}; the original {} bytes, {:08x?})",
+                source.path().display(),
+                copy.file_len(),
+                copy.identity(),
+                source.file_len(),
+                source.identity()
+            ))
+            .with_path(&tmp));
+        }
+        copy.verify()?;
+        drop(copy);
+        file.sync().map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
+        drop(file);
+        let stats = FileStats {
+            raw_bytes: source.raw_len(),
+            file_bytes: source.file_len(),
+            sections: source.sections().len() as u32,
+        };
+        let (header_crc32, table_crc32) = source.identity();
+        let result = writer.publish(&header, stats, header_crc32, table_crc32);
+        writer.done = true;
+        match result {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                let _ = self.storage.remove_file(&tmp);
+                if e.kind() == ErrorKind::Conflict {
+                    // Another process (`ckpt flush` in an epilog, say) copied it meanwhile.
+                    if let Some(info) = self.already_copied(source, &gen_path, started)? {
+                        return Ok(info);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `Some` when `gen_path` exists and is `source`'s copy; a conflict when it is another file.
+    fn already_copied(&self, source: &Checkpoint, gen_path: &Path, started: Instant) -> Result<Option<CommitInfo>> {
+        match self.storage.exists(gen_path) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => return Err(Error::io("stat", e).with_path(gen_path)),
+        }
+        let there = Checkpoint::open_with(&*self.storage, gen_path, self.load_options())?;
+        if there.file_len() != source.file_len() || there.identity() != source.identity() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "generation {} is in the checkpoint directory already, as another file than the cache's {}",
+                    source.generation(),
+                    source.path().display()
+                ),
+            )
+            .with_path(gen_path));
+        }
+        let dir = gen_path.parent().unwrap_or(Path::new("."));
+        Ok(Some(CommitInfo {
+            path: dir.join(self.config.base_name()),
+            generation_path: gen_path.to_path_buf(),
+            generation: source.generation(),
+            app_step: source.step(),
+            stats: FileStats {
+                raw_bytes: source.raw_len(),
+                file_bytes: source.file_len(),
+                sections: source.sections().len() as u32,
+            },
+            seconds: started.elapsed().as_secs_f64(),
+            warnings: Vec::new(),
+            reused_spare: false,
+        }))
+    }
+
+    /// The cache's generations of this store's name that the checkpoint directory does not hold, oldest
+    /// first (what `ckpt flush` copies).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when a directory cannot be listed.
+    pub fn cached_not_flushed(&self) -> Result<Vec<u64>> {
+        let Some(cache) = self.cache_dir.clone() else { return Ok(Vec::new()) };
+        let base = self.config.base_name();
+        let generations_in = |dir: &Path| -> Result<Vec<u64>> {
+            let names = match self.storage.list_names(dir) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(Error::io("list directory", e).with_path(dir)),
+            };
+            Ok(names
+                .iter()
+                .filter_map(|n| n.to_str())
+                .filter_map(|n| match classify(&base, n) {
+                    Some(NameKind::Generation(g)) => Some(g),
+                    _ => None,
+                })
+                .collect())
+        };
+        let shared = generations_in(&self.config.checkpoint_dir)?;
+        let newest_shared = shared.iter().copied().max().unwrap_or(0);
+        let mut missing: Vec<u64> =
+            generations_in(&cache)?.into_iter().filter(|g| *g > newest_shared && !shared.contains(g)).collect();
+        missing.sort_unstable();
+        Ok(missing)
+    }
+}

@@ -1,0 +1,242 @@
+//! The cache level (`CKPT_CACHE_DIR`): saves commit to a node-local directory, a background thread copies
+//! them to the checkpoint directory, `should_exit` waits for that copy, and restart takes the newest
+//! generation that verifies on any level.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ckpt_core::{CacheLevel, Checkpoint, Checkpointer, Config, ErrorKind, FlushPolicy, Level, LogTarget, Store};
+use ckpt_tests::{LiveChild, clean_command, log_events};
+
+const TRIGGER: &str = env!("CARGO_BIN_EXE_ckpt-test-trigger");
+
+fn config(shared: &Path, cache_root: &Path, log: &Path, policy: FlushPolicy) -> Config {
+    let mut cache = CacheLevel::new(cache_root);
+    cache.flush = policy;
+    Config::builder("lvl", shared)
+        .cache(Some(cache))
+        .log(LogTarget::File(log.to_path_buf()))
+        .signals("")
+        .keep(5)
+        .build()
+        .expect("config")
+}
+
+fn generations(dir: &Path, base: &str) -> Vec<u64> {
+    let mut g: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix(&format!("{base}.")).and_then(|g| g.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    g.sort_unstable();
+    g
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).expect("read");
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset).expect("write");
+}
+
+#[test]
+fn exit_waits_for_the_copy_and_restart_takes_the_cache_then_the_checkpoint_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, cache_root, log) = (tmp.path().join("shared"), tmp.path().join("cache"), tmp.path().join("log"));
+    let cfg = config(&shared, &cache_root, &log, FlushPolicy::Every);
+    let cp = Checkpointer::new(Store::new(cfg.clone())).unwrap();
+    let cache_dir = cp.store().cache_dir().expect("cache level").to_path_buf();
+    assert!(cache_dir.starts_with(&cache_root), "{cache_dir:?}");
+    let data: Vec<u8> = (0..64usize << 20).map(|i| (i % 253) as u8).collect();
+
+    cp.request_checkpoint(true); // SIGTERM's request
+    let info = cp.checkpoint(1u64, |w| w.add_bytes("x", &data)).unwrap();
+    assert_eq!(info.generation_path, cache_dir.join("lvl.ckpt.1"), "committed to the cache first");
+    assert!(!cp.should_exit(), "cached is not durable: should_exit must wait for the copy");
+    assert!(cp.exit_pending(), "the exit is pending while the copy runs");
+    assert_eq!(cp.wait_for_flush(Some(Duration::from_secs(120))).unwrap(), Some(1));
+    assert!(cp.should_exit(), "durable in the checkpoint directory: time to exit");
+    assert_eq!(cp.durable_generation(), Some(1));
+    let copy = shared.join("lvl.ckpt.1");
+    Checkpoint::open(&copy).unwrap().verify().unwrap();
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&info.generation_path).unwrap(), "the same bytes");
+    assert!(shared.join("lvl.ckpt").exists(), "the stable name in the checkpoint directory");
+    drop(cp);
+
+    let checkpoint_events = log_events(&log, "checkpoint");
+    assert_eq!(checkpoint_events[0]["level"], "cache");
+    assert_eq!(checkpoint_events[0]["exit"], false, "not armed at the cache commit");
+    let flushed = log_events(&log, "flushed");
+    assert_eq!(flushed.len(), 1, "{flushed:?}");
+    assert_eq!((flushed[0]["generation"].as_u64(), flushed[0]["exit"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(log_events(&log, "levels")[0]["flush"], "every");
+
+    // Restart on the same node: the cache's copy first.
+    let r = Store::new(cfg.clone()).restore().unwrap().expect("a checkpoint");
+    assert_eq!((r.level, r.generation), (Level::Cache, 1));
+    assert_eq!(r.chosen_path.parent(), Some(cache_dir.as_path()));
+    // The cache's copy damaged: the same generation from the checkpoint directory.
+    let len = std::fs::metadata(cache_dir.join("lvl.ckpt.1")).unwrap().len();
+    flip_byte(&cache_dir.join("lvl.ckpt.1"), len / 2);
+    let r = Store::new(cfg.clone()).restore().unwrap().expect("a checkpoint");
+    assert_eq!((r.level, r.generation), (Level::Shared, 1), "rejected: {:?}", r.rejected);
+    assert!(!r.rejected.is_empty(), "the damaged cache copy is reported");
+    // Another node (the cache is gone): the checkpoint directory.
+    std::fs::remove_dir_all(&cache_root).unwrap();
+    let r = Store::new(cfg.clone()).restore().unwrap().expect("a checkpoint");
+    assert_eq!((r.level, r.generation), (Level::Shared, 1));
+    assert_eq!(r.checkpoint.read("x").unwrap().as_ref(), data.as_slice());
+
+    // Saving again there continues the checkpoint directory's numbering.
+    let cp = Checkpointer::new(Store::new(cfg)).unwrap();
+    let info = cp.checkpoint(2u64, |w| w.add_bytes("x", b"second")).unwrap();
+    assert_eq!(info.generation, 2, "after the shared level's generation 1");
+    drop(cp);
+    assert_eq!(generations(&shared, "lvl.ckpt"), vec![1, 2], "the end of the program copies the newest");
+}
+
+#[test]
+fn flush_policies_copy_every_nth_or_only_the_last() {
+    for (policy, expected) in [(FlushPolicy::Nth(3), vec![3, 6, 7]), (FlushPolicy::Exit, vec![7])] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (shared, cache_root, log) = (tmp.path().join("shared"), tmp.path().join("cache"), tmp.path().join("log"));
+        let cp = Checkpointer::new(Store::new(config(&shared, &cache_root, &log, policy))).unwrap();
+        for step in 1..=7u64 {
+            cp.checkpoint(step, |w| w.add_bytes("x", &step.to_le_bytes())).unwrap();
+            cp.wait_for_flush(Some(Duration::from_secs(60))).unwrap();
+        }
+        let cache_dir = cp.store().cache_dir().unwrap().to_path_buf();
+        drop(cp);
+        let flushed: Vec<u64> = log_events(&log, "flushed").iter().map(|e| e["generation"].as_u64().unwrap()).collect();
+        assert_eq!(flushed, expected, "{policy}");
+        assert_eq!(generations(&shared, "lvl.ckpt"), expected, "{policy}");
+        assert_eq!(generations(&cache_dir, "lvl.ckpt"), vec![7], "the cache keeps one generation by default");
+        let wait = log_events(&log, "flush-wait");
+        assert_eq!((wait[0]["complete"].as_bool(), wait[0]["durable_generation"].as_u64()), (Some(true), Some(7)));
+    }
+}
+
+#[test]
+fn sweeps_sharing_a_cache_root_keep_their_checkpoints_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_root = tmp.path().join("cache");
+    let points: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("sweep/p{i}"))).collect();
+    for (i, dir) in points.iter().enumerate() {
+        let cfg = config(dir, &cache_root, &tmp.path().join(format!("log{i}")), FlushPolicy::Exit);
+        let cp = Checkpointer::new(Store::new(cfg)).unwrap();
+        cp.checkpoint(1u64, |w| w.add_bytes("point", &[i as u8; 100])).unwrap();
+        // Dropped without the copy finishing would be a bug, not this test's subject: let it copy.
+    }
+    let mut cache_dirs = std::collections::BTreeSet::new();
+    for (i, dir) in points.iter().enumerate() {
+        let cfg = config(dir, &cache_root, &tmp.path().join(format!("log{i}")), FlushPolicy::Exit);
+        let store = Store::new(cfg);
+        cache_dirs.insert(store.cache_dir().unwrap().to_path_buf());
+        let r = store.restore().unwrap().unwrap();
+        assert_eq!(r.level, Level::Cache);
+        assert_eq!(r.checkpoint.read("point").unwrap().as_ref(), &[i as u8; 100][..], "point {i}'s own state");
+    }
+    assert_eq!(cache_dirs.len(), 3, "one cache directory per checkpoint directory");
+}
+
+#[test]
+fn a_cache_directory_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, cache_root, log) = (tmp.path().join("shared"), tmp.path().join("cache"), tmp.path().join("log"));
+    let cfg = config(&shared, &cache_root, &log, FlushPolicy::Every);
+    let store = Store::new(cfg);
+    let dir = store.cache_dir().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = store.begin(1u64).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
+    assert!(
+        e.to_string().contains(&dir.display().to_string()) && e.to_string().contains("writable by no one else"),
+        "{e}"
+    );
+}
+
+fn trigger_child(dir: &Path, cache_root: &Path, env: &[(&str, &str)]) -> LiveChild {
+    let mut cmd = clean_command(Path::new(TRIGGER), dir);
+    cmd.arg("100000").arg("5").env("CKPT_CACHE_DIR", cache_root).env("CKPT_TEST_PAD_MIB", "96");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut c = LiveChild::spawn(cmd);
+    assert!(c.wait_for("ready", Duration::from_secs(30)).is_some(), "child did not start: {:?}", c.seen);
+    c
+}
+
+/// The generations the log says were made durable.
+fn flushed_generations(log: &Path) -> Vec<u64> {
+    log_events(log, "flushed").iter().filter_map(|e| e["generation"].as_u64()).collect()
+}
+
+#[test]
+fn killed_during_a_copy_restarts_from_the_newest_durable_generation_or_the_cache_on_the_same_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, cache_root) = (tmp.path().join("shared"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("ckpt.log");
+    let mut child = trigger_child(&dir, &cache_root, &[]);
+    child.signal(libc::SIGUSR1);
+    assert!(child.wait_for("checkpoint ", Duration::from_secs(60)).is_some(), "{:?}", child.seen);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flushed_generations(&log).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(flushed_generations(&log), vec![1], "the first copy completes");
+    child.signal(libc::SIGUSR1);
+    assert!(child.wait_for("checkpoint ", Duration::from_secs(60)).is_some(), "{:?}", child.seen);
+    child.signal(libc::SIGKILL); // most likely while generation 2 is being copied
+    child.finish(Duration::from_secs(10));
+    let durable = *flushed_generations(&log).last().unwrap();
+
+    let mut reader = ckpt_tests::reader_config("trigger-test", &dir);
+    reader.cache = Some(CacheLevel::new(&cache_root));
+    // Requeued on the same node: the cache's newest.
+    let r = Store::new(reader.clone()).restore().unwrap().unwrap();
+    assert_eq!((r.level, r.generation), (Level::Cache, 2));
+    // On another node: the newest generation whose copy completed, verified; a half-written copy (a
+    // temporary file of the killed process) is never taken.
+    std::fs::remove_dir_all(&cache_root).unwrap();
+    let r = Store::new(reader).restore().unwrap().unwrap();
+    assert_eq!((r.level, r.generation), (Level::Shared, durable));
+}
+
+#[test]
+fn the_time_limit_checkpoint_is_durable_before_the_program_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, cache_root) = (tmp.path().join("shared"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 6;
+    // No wait at the program's end: only should_exit's own wait for the copy can make it durable.
+    let mut child = trigger_child(
+        &dir,
+        &cache_root,
+        &[
+            ("CKPT_END_TIME", &end.to_string()),
+            ("CKPT_MARGIN", "3"),
+            ("CKPT_FLUSH_TIMEOUT", "0"),
+            ("CKPT_FLUSH", "exit"),
+        ],
+    );
+    child.wait_for("exit ", Duration::from_secs(60)).unwrap_or_else(|| panic!("{:?}", child.seen));
+    assert!(child.finish(Duration::from_secs(30)).success());
+    // The program computes on while the copy runs; what restart resumes is the checkpoint's step.
+    let saved = child.lines_with("checkpoint ");
+    assert_eq!(saved.len(), 1, "one time-limit checkpoint: {:?}", child.seen);
+    let step: i64 = saved[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::fs::remove_dir_all(&cache_root).unwrap();
+    let reader = ckpt_tests::reader_config("trigger-test", &dir);
+    let r = Store::new(reader).restore().unwrap().expect("the time-limit checkpoint in the checkpoint directory");
+    assert_eq!(r.app_step, step, "the checkpoint the program exited after");
+    assert_eq!(r.level, Level::Shared);
+    let flushed = log_events(&dir.join("ckpt.log"), "flushed");
+    assert_eq!(flushed.last().unwrap()["exit"], true);
+}
