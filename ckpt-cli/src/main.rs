@@ -14,6 +14,7 @@ use ckpt_core::{
 use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::HumanBytes;
 
+mod flush;
 mod job;
 mod shim;
 use serde_json::{Value, json};
@@ -49,6 +50,23 @@ enum Command {
     List {
         /// The directory (default: the restart directory of this environment).
         dir: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the checkpoints that the node-local cache (CKPT_CACHE_DIR) holds for this job and the checkpoint
+    /// directory lacks (verified, committed under the same generation). For the end of a batch script or
+    /// Slurm's epilog. Exit status 0 when everything is copied, 1 otherwise.
+    Flush {
+        /// First wait (up to --timeout) for a copy in progress by the program itself.
+        #[arg(long)]
+        wait: bool,
+        /// The bound on --wait, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        timeout: u64,
+        /// Application name the program uses (default as `ckpt env`).
+        #[arg(long)]
+        name: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -207,6 +225,9 @@ where
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Verify { paths, json } => verify(&paths, json),
         Command::List { dir, json } => list(dir, json),
+        Command::Flush { wait, timeout, name, json } => {
+            flush::run(name.as_deref(), wait, Duration::from_secs(timeout), json)
+        }
         Command::Env { json, name } => env(json, name.as_deref()),
         Command::Create { target, image_dir, max_wait, vacate, json } => {
             create(&target, image_dir.as_deref(), max_wait, vacate, json)
@@ -561,7 +582,14 @@ fn verify_one(path: &Path, tty: bool) -> Result<Checkpoint, Error> {
 fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     let env_cfg = Config::from_env(None)?;
     let dir = dir.unwrap_or_else(|| env_cfg.restart_dir.clone());
-    let files = checkpoint_files(&dir)?;
+    // The node-local cache of this checkpoint directory (CKPT_CACHE_DIR), listed first.
+    let cache = env_cfg.cache.clone().filter(|_| dir == env_cfg.checkpoint_dir);
+    let cache_dir = cache.as_ref().map(|c| c.dir_for(&dir));
+    let mut files = checkpoint_files(&dir)?;
+    if let Some(c) = cache_dir.as_deref().filter(|c| c.is_dir()) {
+        files.extend(checkpoint_files(c)?);
+    }
+    let level_of = |p: &Path| if cache_dir.as_deref().is_some_and(|c| p.starts_with(c)) { "cache" } else { "shared" };
     // `<base>` is a hard link to the newest `<base>.<N>`: one file under two names, listed once.
     let (files, aliases) = merge_hard_links(files);
     let mut rows = Vec::new();
@@ -606,17 +634,18 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
         }
         // The other names of the same file (the newest checkpoint's stable name).
         row["also"] = json!(also);
+        row["level"] = json!(level_of(f));
         rows.push(row);
     }
     // Saves in progress (or abandoned), and spares.
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+    let listed_dirs = std::iter::once(dir.clone()).chain(cache_dir.clone());
+    for e in listed_dirs.flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()) {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some((base, _)) = name.split_once(".tmp.")
             && matches!(classify(base, &name), Some(ckpt_core::NameKind::Temporary { .. }))
         {
-            rows.push(
-                json!({"path": e.path(), "status": "incomplete (a save in progress, or abandoned by a killed writer)"}),
-            );
+            rows.push(json!({"path": e.path(), "level": level_of(&e.path()),
+                             "status": "incomplete (a save in progress, or abandoned by a killed writer)"}));
         }
         if let Some(base) = name.strip_suffix(".tmp.spare")
             && classify(base, &name) == Some(ckpt_core::NameKind::Spare)
@@ -629,6 +658,7 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     let mut choices = Vec::new();
     for (base, (job, step, app, identity)) in &bases {
         let mut cfg = Config::new(app, &dir)?;
+        cfg.cache.clone_from(&cache);
         cfg.job_id = Some(job.clone());
         cfg.step_id = *step;
         // Ask as the run that wrote the name would on restart (its identity, not this command's).
@@ -662,16 +692,25 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"dir": dir, "files": rows, "restart": choices})).expect("json")
+            serde_json::to_string_pretty(
+                &json!({"dir": dir, "cache_dir": cache_dir, "files": rows, "restart": choices})
+            )
+            .expect("json")
         );
         return Ok(ExitCode::SUCCESS);
     }
     println!("checkpoints in {}", dir.display());
+    if let Some(c) = &cache_dir {
+        println!("and in its node-local cache {} (CKPT_CACHE_DIR; marked [cache])", c.display());
+    }
     if rows.is_empty() {
         println!("  (none)");
     }
     for r in &rows {
         let mut path = r["path"].as_str().unwrap_or("?").to_string();
+        if cache_dir.is_some() && r["level"] == "cache" {
+            path = format!("[cache] {path}");
+        }
         let also: Vec<String> = r["also"]
             .as_array()
             .into_iter()

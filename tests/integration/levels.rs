@@ -240,3 +240,46 @@ fn the_time_limit_checkpoint_is_durable_before_the_program_exits() {
     let flushed = log_events(&dir.join("ckpt.log"), "flushed");
     assert_eq!(flushed.last().unwrap()["exit"], true);
 }
+
+#[test]
+fn ckpt_flush_copies_what_a_killed_program_left_in_the_cache_and_ckpt_list_shows_both_levels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, cache_root) = (tmp.path().join("shared"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Only the last checkpoint is copied, at the program's end, which a SIGKILL never reaches.
+    let mut child = trigger_child(&dir, &cache_root, &[("CKPT_FLUSH", "exit"), ("CKPT_TEST_PAD_MIB", "1")]);
+    for _ in 0..2 {
+        child.signal(libc::SIGUSR1);
+        assert!(child.wait_for("checkpoint ", Duration::from_secs(60)).is_some(), "{:?}", child.seen);
+    }
+    child.signal(libc::SIGKILL);
+    child.finish(Duration::from_secs(10));
+    assert_eq!(generations(&dir, "trigger-test.ckpt"), Vec::<u64>::new(), "nothing copied yet");
+
+    let ckpt = |args: &[&str]| {
+        let mut cmd = clean_command(&ckpt_tests::ckpt_cli(), &dir);
+        cmd.args(args).env("CKPT_CACHE_DIR", &cache_root).env("CKPT_NAME", "trigger-test");
+        cmd.output().unwrap()
+    };
+    let list = ckpt(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let levels: Vec<&str> = v["files"].as_array().unwrap().iter().filter_map(|f| f["level"].as_str()).collect();
+    assert_eq!(levels, vec!["cache"], "{v:#}");
+    let text = String::from_utf8_lossy(&ckpt(&["list"]).stdout).into_owned();
+    assert!(text.contains("[cache]") && text.contains("generation 2"), "{text}");
+
+    let out = ckpt(&["flush", "--wait", "--json"]);
+    assert!(out.status.success(), "{}", ckpt_tests::output_text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let copied: Vec<u64> = v["flushed"].as_array().unwrap().iter().filter_map(|r| r["generation"].as_u64()).collect();
+    assert_eq!(copied, vec![2], "{v:#}");
+    assert_eq!(generations(&dir, "trigger-test.ckpt"), vec![2]);
+    Checkpoint::open(dir.join("trigger-test.ckpt.2")).unwrap().verify().unwrap();
+    let again = ckpt(&["flush"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to copy"), "{}", ckpt_tests::output_text(&again));
+
+    // Another node restarts from what ckpt flush copied.
+    std::fs::remove_dir_all(&cache_root).unwrap();
+    let r = Store::new(ckpt_tests::reader_config("trigger-test", &dir)).restore().unwrap().unwrap();
+    assert_eq!((r.level, r.generation), (Level::Shared, 2));
+}

@@ -126,8 +126,13 @@ impl Store {
         let listing = self.list_generations(&dir, &base)?;
         let mut warnings = Vec::new();
         if listing.generations.iter().all(|&(g, _)| g < header.generation) && listing.highest < header.generation {
-            // The newest there must be this run's before its retention may remove anything.
-            warnings.extend(self.check_name_is_ours(&dir, &listing)?);
+            // The newest there must be of the run that wrote the copy before its retention may remove
+            // anything there.
+            let writer = match crate::identity::RunIdentity::of_header(&header) {
+                Some(Ok(id)) => id,
+                _ => self.config.run_identity(),
+            };
+            warnings.extend(self.check_name_is_of(&dir, &listing, &writer)?);
         }
         let tmp = dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
         let opts = WriteOptions { mode: self.config.file_mode, direct_io: false };

@@ -378,6 +378,17 @@ impl Store {
     /// application). `CKPT_RESUME_FROM` naming a job says the files may be taken over. One header read.
     /// A header that cannot be read for an I/O error gives a warning (reported with the commit).
     fn check_name_is_ours(&self, dir: &Path, listing: &Listing) -> Result<Option<String>> {
+        self.check_name_is_of(dir, listing, &self.config.run_identity())
+    }
+
+    /// [`Store::check_name_is_ours`] for the run `me` (a copy to the checkpoint directory made by another
+    /// process, `ckpt flush`, compares the run that wrote the file, not itself).
+    fn check_name_is_of(
+        &self,
+        dir: &Path,
+        listing: &Listing,
+        me: &crate::identity::RunIdentity,
+    ) -> Result<Option<String>> {
         if matches!(self.config.resume_from, crate::identity::ResumeFrom::Job(_) | crate::identity::ResumeFrom::Any) {
             return Ok(None);
         }
@@ -396,7 +407,7 @@ impl Store {
         let Some(Ok(id)) = crate::identity::RunIdentity::of_header(&header) else {
             return Ok(None);
         };
-        let why = self.config.run_identity().own_name_conflicts(&id, self.config.job_id.is_none());
+        let why = me.own_name_conflicts(&id, self.config.job_id.is_none());
         if why.is_empty() {
             return Ok(None);
         }
