@@ -46,7 +46,7 @@ pub(crate) enum Event<'a> {
     /// A checkpoint was committed.
     Checkpoint {
         trigger: Vec<&'static str>,
-        step: i64,
+        step: u64,
         generation: u64,
         path: &'a Path,
         bytes: u64,
@@ -64,7 +64,7 @@ pub(crate) enum Event<'a> {
     /// Removing this rank's retired parts after a step warned.
     PruneParts { warnings: &'a [String] },
     /// A multi-rank step was committed.
-    StepCommitted { step: i64, generation: u64 },
+    StepCommitted { step: u64, generation: u64 },
     /// The checkpointer was dropped.
     Finish,
 }
@@ -118,7 +118,7 @@ pub(crate) enum Restore<'a> {
     Found {
         path: &'a Path,
         generation: u64,
-        step: i64,
+        step: u64,
         other_job: Option<&'a str>,
         rejected: Vec<Rejected<'a>>,
         notices: &'a [String],

@@ -70,6 +70,7 @@ mod events;
 pub mod format;
 pub mod identity;
 mod reader;
+mod step;
 pub mod storage;
 mod store;
 mod sys;
@@ -96,6 +97,7 @@ pub use format::{Codec, ElementType, Encoding, FileKind, Header, ManifestEntry, 
 #[doc(hidden)]
 pub use reader::read_header;
 pub use reader::{Checkpoint, LoadOptions, SectionData};
+pub use step::MAX_STEP;
 pub use store::{CheckpointWriter, CommitInfo, PartIdentity, Store, begin_file};
 #[doc(hidden)]
 pub use store::{NameKind, any_base, classify, parse_manifest};

@@ -76,7 +76,7 @@ fn main() {
             say("user-handler");
         }
         if cp.should_checkpoint() {
-            match cp.save_serde(state.step as i64, &state) {
+            match cp.save_serde(state.step, &state) {
                 Ok(info) => say(&format!("checkpoint {} {}", state.step, info.path.display())),
                 Err(e) => say(&format!("checkpoint-failed {} {e}", state.step)),
             }
