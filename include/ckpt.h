@@ -194,7 +194,8 @@ int32_t ckpt_should_exit(void);
 // Writes every protected region durably as application step `step` (atomic: either the whole new
 // checkpoint exists afterwards, or the previous one is still the newest). With several ranks this writes
 // this rank's part; rank 0 then waits for all parts and commits the step (`ckpt_mpi.h` does this
-// collectively).
+// collectively). Steps are 0 or more: a negative `step` is `CKPT_ERR_INVALID_ARGUMENT` (nothing written,
+// `ckpt_should_checkpoint` unchanged).
 //
 // Resets `ckpt_should_checkpoint` to 0; sets `ckpt_should_exit` when the checkpoint was asked to be the
 // last. Thread-safe, but protected memory must not change during the call.
@@ -279,7 +280,8 @@ int32_t ckpt_restart_metadata(const char *key,
 // fsync, rename, fsync of the directory), as a checkpoint file with one section "buffer". The file it
 // replaces, when 16 MiB or more, is kept as `<path>.tmp.spare` and the next save writes over its blocks
 // (unless something has it open or mapped; `CKPT_REUSE_SPACE=0` turns this off). Needs no
-// `ckpt_init`. `buf` may be NULL only when `len` is 0. Thread-safe.
+// `ckpt_init`. `buf` may be NULL only when `len` is 0; a negative `step` is `CKPT_ERR_INVALID_ARGUMENT`.
+// Thread-safe.
 int32_t ckpt_save_buffer(const char *path,
                          const void *buf,
                          size_t len,
@@ -309,7 +311,8 @@ int32_t ckpt_next_generation(uint64_t *generation_out);
 // only once rank 0 has committed it after every rank's part is durable (`ckpt_mpi.h`: a gather of the
 // parts' identities, `ckpt_get_part_identity`, then `ckpt_commit_step_parts` on rank 0; without them,
 // `ckpt_commit_step`); every rank then calls `ckpt_finish_step` with the outcome. Resets
-// `ckpt_should_checkpoint`. Thread-safe, but protected memory must not change during the call.
+// `ckpt_should_checkpoint`; a negative `step` is `CKPT_ERR_INVALID_ARGUMENT`. Thread-safe, but protected
+// memory must not change during the call.
 int32_t ckpt_checkpoint_part(uint64_t generation,
                              int64_t step);
 
@@ -327,7 +330,8 @@ int32_t ckpt_finish_step(int32_t committed);
 int32_t ckpt_request_checkpoint(int32_t exit);
 
 // Commits multi-rank `generation` after every rank's part is durable: checks every part and writes the
-// step's manifest (call on one rank, normally 0, after a barrier). Thread-safe.
+// step's manifest (call on one rank, normally 0, after a barrier). A negative `step` is
+// `CKPT_ERR_INVALID_ARGUMENT`. Thread-safe.
 int32_t ckpt_commit_step(uint64_t generation,
                          int64_t step);
 
@@ -342,7 +346,7 @@ int32_t ckpt_get_part_identity(uint64_t generation,
 // part is durable: writes the step's manifest without opening the parts (`ckpt_commit_step` opens
 // every one). Call on one rank, normally 0. Each rank then removes its own parts that the step retires
 // when `ckpt_finish_step(1)` tells it the outcome. CKPT_ERR_INVALID_ARGUMENT when `nparts` is not the
-// number of ranks; CKPT_ERR_INVALID_STATE when an identity is not its rank's part of this generation and
+// number of ranks or a step is negative; CKPT_ERR_INVALID_STATE when an identity is not its rank's part of this generation and
 // step. `parts` is read during the call only. Thread-safe.
 int32_t ckpt_commit_step_parts(uint64_t generation,
                                int64_t step,

@@ -299,9 +299,10 @@ fn printable(v: &[u8]) -> String {
 fn header_json(cp: &Checkpoint) -> Value {
     let h = cp.header();
     let meta: BTreeMap<String, String> = h.metadata.iter().map(|(k, v)| (k.clone(), printable(v))).collect();
+    // Steps are shown as the file's signed field (FORMAT.md): a negative step of a file written while steps were signed, as written.
     json!({
         "path": cp.path(), "file_bytes": cp.file_len(), "kind": format!("{:?}", h.kind).to_lowercase(),
-        "generation": h.generation, "step": h.app_step, "created_unix_ns": h.created_unix_ns,
+        "generation": h.generation, "step": h.app_step.cast_signed(), "created_unix_ns": h.created_unix_ns,
         "created": iso_utc(h.created_unix_ns),
         "job_id": h.job_id, "app_name": h.app_name, "step_id": h.step_id, "rank": h.rank, "nranks": h.nranks,
         "host": h.host, "writer_version": format!("{}.{}.{}", h.writer_version.0, h.writer_version.1, h.writer_version.2),
@@ -383,7 +384,7 @@ fn inspect(file: &Path, as_json: bool) -> Result<ExitCode, Error> {
     let h = cp.header();
     println!("file        {} ({})", file.display(), HumanBytes(cp.file_len()));
     println!("kind        {:?}, format version {}", h.kind, ckpt_core::format::FORMAT_VERSION);
-    println!("checkpoint  generation {}, application step {}", h.generation, h.app_step);
+    println!("checkpoint  generation {}, application step {}", h.generation, h.app_step.cast_signed());
     println!(
         "job         {} (application {}{}), rank {}/{}",
         h.job_id,
@@ -506,7 +507,7 @@ fn verify(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, Error> {
         let r = verify_one(f, tty);
         if as_json {
             results.push(match &r {
-                Ok(cp) => json!({"path": f, "ok": true, "generation": cp.generation(), "step": cp.step(),
+                Ok(cp) => json!({"path": f, "ok": true, "generation": cp.generation(), "step": cp.step().cast_signed(),
                                  "sections": cp.sections().len(), "bytes": cp.file_len()}),
                 Err(e) => json!({"path": f, "ok": false, "error": e.to_string()}),
             });
@@ -518,7 +519,7 @@ fn verify(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, Error> {
                 "OK    {} (generation {}, step {}, {} sections, {})",
                 f.display(),
                 cp.generation(),
-                cp.step(),
+                cp.step().cast_signed(),
                 cp.sections().len(),
                 HumanBytes(cp.file_len())
             ),
@@ -623,7 +624,7 @@ fn list(dir: Option<PathBuf>, as_json: bool) -> Result<ExitCode, Error> {
                     .and_then(|m| serde_json::from_slice::<Value>(m).ok())
                     .filter(Value::is_object)
                     .unwrap_or(Value::Null);
-                json!({"path": f, "status": status, "error": error, "generation": h.generation, "step": h.app_step, "job_id": h.job_id, "metrics": metrics,
+                json!({"path": f, "status": status, "error": error, "generation": h.generation, "step": h.app_step.cast_signed(), "job_id": h.job_id, "metrics": metrics,
                        "app_name": h.app_name, "rank": h.rank, "nranks": h.nranks, "bytes": cp.file_len(), "created_unix_ns": h.created_unix_ns,
                        "written_by": identity.as_ref().map(|i| json!({"uid": i.uid, "cmdline": i.cmdline, "cwd": i.cwd, "array_job": i.array_job, "array_task": i.array_task}))})
             }
@@ -929,7 +930,7 @@ fn newest_checkpoint(cfg: &Config) -> Result<Option<(String, u64, i64)>, Error> 
         if let Ok(Some(r)) = Store::new(c).restore() {
             let created = r.checkpoint.header().created_unix_ns;
             if best.as_ref().is_none_or(|b| created > b.0) {
-                best = Some((created, name.clone(), r.generation, r.app_step));
+                best = Some((created, name.clone(), r.generation, r.app_step.cast_signed()));
             }
         }
     }

@@ -31,6 +31,7 @@
 //! in the runtime directory are removed ([`control`]).
 
 use std::ffi::CString;
+use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -169,7 +170,7 @@ struct PendingStep {
     requests: Vec<Request>,
     reply: ReplyLine,
     generation: u64,
-    step: i64,
+    step: u64,
 }
 
 struct Inner {
@@ -1039,13 +1040,18 @@ impl Checkpointer {
     /// checkpoint was asked to be the last (SIGTERM, the time limit). Dropping it without committing
     /// removes the temporary file and makes whatever triggered the checkpoint due again.
     ///
+    /// The step is any integer type (`u64`, `usize`, `i32`, ...) with a value in
+    /// `0..=`[`MAX_STEP`](crate::MAX_STEP).
+    ///
     /// # Errors
     ///
-    /// The checkpoint directory cannot be listed or created, or the temporary file cannot be created
-    /// ([`ErrorKind::Io`](crate::ErrorKind::Io)); another run's checkpoints are under this name
+    /// A negative step or one above [`MAX_STEP`](crate::MAX_STEP)
+    /// ([`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument), naming it; nothing is taken or
+    /// written). The checkpoint directory cannot be listed or created, or the temporary file cannot be
+    /// created ([`ErrorKind::Io`](crate::ErrorKind::Io)); another run's checkpoints are under this name
     /// ([`ErrorKind::Conflict`](crate::ErrorKind::Conflict)). The trigger stays due.
-    pub fn begin(&self, app_step: impl TryInto<i64>) -> Result<PendingCheckpoint> {
-        self.begin_with(crate::store::step_arg(app_step)?, None)
+    pub fn begin(&self, app_step: impl TryInto<u64> + Copy + Display) -> Result<PendingCheckpoint> {
+        self.begin_with(crate::step::step_arg(app_step)?, None)
     }
 
     /// Like [`Checkpointer::begin`] for this rank's part of multi-rank generation `generation` (agreed by
@@ -1054,11 +1060,15 @@ impl Checkpointer {
     /// # Errors
     ///
     /// As [`Checkpointer::begin`].
-    pub fn begin_part(&self, generation: u64, app_step: impl TryInto<i64>) -> Result<PendingCheckpoint> {
-        self.begin_with(crate::store::step_arg(app_step)?, Some(generation))
+    pub fn begin_part(
+        &self,
+        generation: u64,
+        app_step: impl TryInto<u64> + Copy + Display,
+    ) -> Result<PendingCheckpoint> {
+        self.begin_with(crate::step::step_arg(app_step)?, Some(generation))
     }
 
-    fn begin_with(&self, app_step: i64, part: Option<u64>) -> Result<PendingCheckpoint> {
+    fn begin_with(&self, app_step: u64, part: Option<u64>) -> Result<PendingCheckpoint> {
         let taken = self.inner.flags.fetch_and(!DUE_MASK, Ordering::SeqCst) & DUE_MASK;
         let mut st = self.inner.lock();
         let requests = if taken & REQUEST != 0 { std::mem::take(&mut st.requests) } else { Vec::new() };
@@ -1153,7 +1163,7 @@ impl Checkpointer {
     /// whatever triggered the checkpoint is then due again.
     pub fn save_serde<T: Serialize + serde::de::DeserializeOwned>(
         &self,
-        app_step: impl TryInto<i64>,
+        app_step: impl TryInto<u64> + Copy + Display,
         value: &T,
     ) -> Result<CommitInfo> {
         Self::write_and_commit(self.begin(app_step), |w| w.add_serde("state", value))
@@ -1170,10 +1180,10 @@ impl Checkpointer {
     /// ([`Checkpointer::finish_step_unconfirmed`]).
     pub fn checkpoint(
         &self,
-        app_step: impl TryInto<i64>,
+        app_step: impl TryInto<u64> + Copy + Display,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
-        let app_step = crate::store::step_arg(app_step)?;
+        let app_step = crate::step::step_arg(app_step)?;
         self.checkpoint_begun(self.begin(app_step)?, app_step, write)
     }
 
@@ -1183,7 +1193,7 @@ impl Checkpointer {
     pub fn checkpoint_begun(
         &self,
         writer: PendingCheckpoint,
-        app_step: i64,
+        app_step: u64,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
         let info = Self::write_and_commit(Ok(writer), write)?;
@@ -1206,7 +1216,7 @@ impl Checkpointer {
     pub fn checkpoint_part(
         &self,
         generation: u64,
-        app_step: impl TryInto<i64>,
+        app_step: impl TryInto<u64> + Copy + Display,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
         Self::write_and_commit(self.begin_part(generation, app_step), write)
@@ -1350,7 +1360,7 @@ mod tests {
         assert!(cp.should_exit());
     }
 
-    /// Steps are any integer type that fits the file's signed field: `u64` steps need no cast.
+    /// Steps are `u64`, given as any integer type: `u64` and `usize` steps need no cast.
     #[test]
     fn steps_take_any_integer_type() {
         let dir = tempfile::tempdir().unwrap();
@@ -1359,7 +1369,43 @@ mod tests {
         assert_eq!(cp.save_serde(step + 1, &step).unwrap().app_step, 42);
         let e = cp.save_serde(u64::MAX, &step).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e}");
+        assert!(e.to_string().contains("step 18446744073709551615 is above 9223372036854775807"), "{e}");
         assert_eq!(cp.begin(7usize).unwrap().commit().unwrap().app_step, 7);
+        assert_eq!(cp.restore().unwrap().unwrap().app_step, 7);
+    }
+
+    /// A negative step is refused by every entry point, naming it, before anything is written or taken.
+    #[test]
+    fn negative_steps_are_refused_naming_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = checkpointer(dir.path());
+        cp.request_checkpoint(true);
+        let refused = |r: Result<CommitInfo>, value: &str| {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e}");
+            assert!(e.to_string().contains(&format!("step {value} is negative")), "{e}");
+        };
+        refused(cp.begin(-1).map(|_| unreachable!()), "-1");
+        refused(cp.begin_part(1, -2i32).map(|_| unreachable!()), "-2");
+        refused(cp.save_serde(-3i64, &0u8), "-3");
+        refused(cp.checkpoint(i64::MIN, |_| Ok(())), "-9223372036854775808");
+        refused(cp.checkpoint_part(1, -5i8, |_| Ok(())), "-5");
+        let store = cp.store();
+        refused(store.begin(-6).map(|_| unreachable!()), "-6");
+        refused(store.begin_part(1, -7).map(|_| unreachable!()), "-7");
+        refused(store.save_serde(-8, &0u8), "-8");
+        refused(store.checkpoint(-9, |_| Ok(())), "-9");
+        refused(store.commit_step(1, -10), "-10");
+        refused(store.commit_step_with_parts(1, -11, &[]), "-11");
+        let path = dir.path().join("exact.ckpt");
+        refused(crate::begin_file(&path, -12, store.config(), store.storage().clone()).map(|_| unreachable!()), "-12");
+        // The `u64` entry points refuse what the file cannot record, before creating anything.
+        let e = store.begin_in(dir.path(), crate::MAX_STEP + 1).map(|_| ()).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e}");
+        assert!(entries(dir.path()).iter().all(|n| !n.contains(".tmp.")), "{:?}", entries(dir.path()));
+        assert!(cp.should_checkpoint() && !cp.should_exit(), "a refused step takes no trigger");
+        assert_eq!(cp.save_serde(crate::MAX_STEP, &0u8).unwrap().app_step, crate::MAX_STEP);
+        assert!(cp.should_exit());
     }
 
     /// An aborted checkpoint that the interval triggered stays due (before, the interval never fired again).

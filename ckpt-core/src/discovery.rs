@@ -44,7 +44,7 @@ pub struct Candidate {
     /// Generation from the header (or the file name when the header is unreadable).
     pub generation: Option<u64>,
     /// The application step from the header.
-    pub app_step: Option<i64>,
+    pub app_step: Option<u64>,
     /// Job id recorded in the header.
     pub job_id: Option<String>,
     /// Creation time from the header.
@@ -87,7 +87,7 @@ pub struct Restored {
     /// Its generation.
     pub generation: u64,
     /// The application step it holds.
-    pub app_step: i64,
+    pub app_step: u64,
     /// `Some(job id)` when it was taken from an earlier job of the same application.
     pub other_job: Option<String>,
     /// Newer candidates that were rejected, and why.
@@ -219,7 +219,7 @@ enum Parts {
 /// What one discovery pass produced, before it is packaged for its caller.
 struct Found {
     discovery: Discovery,
-    chosen: Option<(Checkpoint, PathBuf, u64, i64, Option<String>)>,
+    chosen: Option<(Checkpoint, PathBuf, u64, u64, Option<String>)>,
     /// Own-name generations that are damaged (corrupt), for retention, with their directory.
     damaged: Vec<(PathBuf, u64)>,
 }

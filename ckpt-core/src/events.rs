@@ -46,7 +46,7 @@ pub(crate) enum Event<'a> {
     /// A checkpoint was committed.
     Checkpoint {
         trigger: Vec<&'static str>,
-        step: i64,
+        step: u64,
         generation: u64,
         path: &'a Path,
         bytes: u64,
@@ -65,7 +65,7 @@ pub(crate) enum Event<'a> {
     Levels { cache_dir: &'a Path, cache_keep: usize, flush: String, flush_timeout_s: f64 },
     /// A cached checkpoint was copied to the checkpoint directory and verified there: it is durable.
     Flushed {
-        step: i64,
+        step: u64,
         generation: u64,
         path: &'a Path,
         bytes: u64,
@@ -84,7 +84,7 @@ pub(crate) enum Event<'a> {
     /// Removing this rank's retired parts after a step warned.
     PruneParts { warnings: &'a [String] },
     /// A multi-rank step was committed.
-    StepCommitted { step: i64, generation: u64 },
+    StepCommitted { step: u64, generation: u64 },
     /// The checkpointer was dropped.
     Finish,
 }
@@ -138,7 +138,7 @@ pub(crate) enum Restore<'a> {
     Found {
         path: &'a Path,
         generation: u64,
-        step: i64,
+        step: u64,
         other_job: Option<&'a str>,
         rejected: Vec<Rejected<'a>>,
         notices: &'a [String],

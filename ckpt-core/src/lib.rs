@@ -72,6 +72,7 @@ pub mod format;
 pub mod identity;
 pub mod levels;
 mod reader;
+mod step;
 pub mod storage;
 mod store;
 mod sys;
@@ -99,6 +100,7 @@ pub use levels::{CacheLevel, FlushPolicy, Level};
 #[doc(hidden)]
 pub use reader::read_header;
 pub use reader::{Checkpoint, LoadOptions, SectionData};
+pub use step::MAX_STEP;
 pub use store::{CheckpointWriter, CommitInfo, PartIdentity, Store, begin_file};
 #[doc(hidden)]
 pub use store::{NameKind, any_base, classify, parse_manifest};

@@ -281,8 +281,9 @@ impl Checkpoint {
     pub fn header(&self) -> &Header {
         &self.header
     }
-    /// The application step recorded at save time.
-    pub fn step(&self) -> i64 {
+    /// The application step recorded at save time (see [`Header::app_step`] for older files with a
+    /// negative step).
+    pub fn step(&self) -> u64 {
         self.header.app_step
     }
     /// The generation (save sequence number) of this file.

@@ -226,7 +226,8 @@ fn write_regions(s: &State, w: &mut ckpt_core::CheckpointWriter) -> ckpt_core::R
 /// Writes every protected region durably as application step `step` (atomic: either the whole new
 /// checkpoint exists afterwards, or the previous one is still the newest). With several ranks this writes
 /// this rank's part; rank 0 then waits for all parts and commits the step (`ckpt_mpi.h` does this
-/// collectively).
+/// collectively). Steps are 0 or more: a negative `step` is `CKPT_ERR_INVALID_ARGUMENT` (nothing written,
+/// `ckpt_should_checkpoint` unchanged).
 ///
 /// Resets `ckpt_should_checkpoint` to 0; sets `ckpt_should_exit` when the checkpoint was asked to be the
 /// last. Thread-safe, but protected memory must not change during the call.
@@ -267,7 +268,7 @@ pub extern "C" fn ckpt_have_restart(found_out: *mut i32, step_out: *mut i64) -> 
             unsafe {
                 *found_out = i32::from(step.is_some());
                 if let (Some(st), false) = (step, step_out.is_null()) {
-                    *step_out = st;
+                    *step_out = st.cast_signed();
                 }
             }
             Ok(CKPT_OK)
@@ -357,7 +358,7 @@ pub extern "C" fn ckpt_restart(step_out: *mut i64) -> i32 {
             }
             if !step_out.is_null() {
                 // SAFETY: non-NULL, checked just above; the caller provides a writable int64_t.
-                unsafe { *step_out = restored.app_step };
+                unsafe { *step_out = restored.app_step.cast_signed() };
             }
             Ok(CKPT_OK)
         })
@@ -524,7 +525,8 @@ fn path_arg(path: *const c_char) -> FfiResult<PathBuf> {
 /// fsync, rename, fsync of the directory), as a checkpoint file with one section "buffer". The file it
 /// replaces, when 16 MiB or more, is kept as `<path>.tmp.spare` and the next save writes over its blocks
 /// (unless something has it open or mapped; `CKPT_REUSE_SPACE=0` turns this off). Needs no
-/// `ckpt_init`. `buf` may be NULL only when `len` is 0. Thread-safe.
+/// `ckpt_init`. `buf` may be NULL only when `len` is 0; a negative `step` is `CKPT_ERR_INVALID_ARGUMENT`.
+/// Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_save_buffer(path: *const c_char, buf: *const c_void, len: usize, step: i64) -> i32 {
     guard(|| {
@@ -610,7 +612,7 @@ pub extern "C" fn ckpt_load_buffer(
         unsafe {
             *len_out = len;
             if !step_out.is_null() {
-                *step_out = cp.step();
+                *step_out = cp.step().cast_signed();
             }
         }
         Ok(CKPT_OK)
@@ -636,7 +638,8 @@ pub extern "C" fn ckpt_next_generation(generation_out: *mut u64) -> i32 {
 /// only once rank 0 has committed it after every rank's part is durable (`ckpt_mpi.h`: a gather of the
 /// parts' identities, `ckpt_get_part_identity`, then `ckpt_commit_step_parts` on rank 0; without them,
 /// `ckpt_commit_step`); every rank then calls `ckpt_finish_step` with the outcome. Resets
-/// `ckpt_should_checkpoint`. Thread-safe, but protected memory must not change during the call.
+/// `ckpt_should_checkpoint`; a negative `step` is `CKPT_ERR_INVALID_ARGUMENT`. Thread-safe, but protected
+/// memory must not change during the call.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_checkpoint_part(generation: u64, step: i64) -> i32 {
     guard(|| {
@@ -677,7 +680,8 @@ pub extern "C" fn ckpt_request_checkpoint(exit: i32) -> i32 {
 }
 
 /// Commits multi-rank `generation` after every rank's part is durable: checks every part and writes the
-/// step's manifest (call on one rank, normally 0, after a barrier). Thread-safe.
+/// step's manifest (call on one rank, normally 0, after a barrier). A negative `step` is
+/// `CKPT_ERR_INVALID_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_commit_step(generation: u64, step: i64) -> i32 {
     guard(|| {
@@ -716,7 +720,7 @@ impl From<ckpt_core::PartIdentity> for ckpt_part_identity {
     fn from(p: ckpt_core::PartIdentity) -> Self {
         ckpt_part_identity {
             generation: p.generation,
-            step: p.app_step,
+            step: p.app_step.cast_signed(),
             file_len: p.file_len,
             rank: p.rank,
             nranks: p.nranks,
@@ -730,7 +734,8 @@ impl From<ckpt_part_identity> for ckpt_core::PartIdentity {
     fn from(p: ckpt_part_identity) -> Self {
         ckpt_core::PartIdentity {
             generation: p.generation,
-            app_step: p.step,
+            // Bit for bit, as the other way; `ckpt_commit_step_parts` refuses negative steps first.
+            app_step: p.step.cast_unsigned(),
             file_len: p.file_len,
             rank: p.rank,
             nranks: p.nranks,
@@ -766,7 +771,7 @@ pub extern "C" fn ckpt_get_part_identity(generation: u64, identity_out: *mut ckp
 /// part is durable: writes the step's manifest without opening the parts (`ckpt_commit_step` opens
 /// every one). Call on one rank, normally 0. Each rank then removes its own parts that the step retires
 /// when `ckpt_finish_step(1)` tells it the outcome. CKPT_ERR_INVALID_ARGUMENT when `nparts` is not the
-/// number of ranks; CKPT_ERR_INVALID_STATE when an identity is not its rank's part of this generation and
+/// number of ranks or a step is negative; CKPT_ERR_INVALID_STATE when an identity is not its rank's part of this generation and
 /// step. `parts` is read during the call only. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_commit_step_parts(
@@ -785,6 +790,12 @@ pub extern "C" fn ckpt_commit_step_parts(
         }
         // SAFETY: non-NULL and aligned (checked); the caller provides nparts readable structs for the call.
         let parts = unsafe { std::slice::from_raw_parts(parts, nparts) };
+        if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.step < 0) {
+            return Err(FfiError::new(
+                CKPT_ERR_INVALID_ARGUMENT,
+                format!("parts[{r}].step {} is negative: steps are 0 or more", p.step),
+            ));
+        }
         let parts: Vec<ckpt_core::PartIdentity> = parts.iter().map(|&p| p.into()).collect();
         with_state(|s| {
             s.checkpointer.store().commit_step_with_parts(generation, step, &parts)?;
@@ -834,7 +845,7 @@ pub extern "C" fn ckpt_select_generation(generation: u64, step_out: *mut i64) ->
             if let Some(r) = s.restored.as_ref().filter(|r| r.generation == generation) {
                 if !step_out.is_null() {
                     // SAFETY: non-NULL, checked.
-                    unsafe { *step_out = r.app_step };
+                    unsafe { *step_out = r.app_step.cast_signed() };
                 }
                 return Ok(CKPT_OK);
             }
@@ -851,7 +862,7 @@ pub extern "C" fn ckpt_select_generation(generation: u64, step_out: *mut i64) ->
             };
             if !step_out.is_null() {
                 // SAFETY: non-NULL, checked.
-                unsafe { *step_out = r.app_step };
+                unsafe { *step_out = r.app_step.cast_signed() };
             }
             s.restored = Some(r);
             Ok(CKPT_OK)
@@ -922,7 +933,7 @@ pub extern "C" fn ckpt_restart_info(details_out: *mut *mut ckpt_restart_details)
             let details = ckpt_restart_details {
                 path: path_c_string(&r.chosen_path),
                 generation: r.generation,
-                step: r.app_step,
+                step: r.app_step.cast_signed(),
                 rejected: r
                     .rejected
                     .iter()

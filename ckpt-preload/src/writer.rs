@@ -697,11 +697,9 @@ fn commit_image(
     let member_path = snap.member.then(crate::tree::member_image_path);
     let image_dir = if snap.member { None } else { take_request() };
     let begin = match (&member_path, &image_dir) {
-        (Some(p), _) => {
-            ckpt_core::begin_file(p, snap.sequence as i64, store.config(), std::sync::Arc::new(ForkSafeStorage))
-        }
-        (None, Some(d)) => store.begin_in(d, snap.sequence as i64),
-        (None, None) => store.begin(snap.sequence as i64),
+        (Some(p), _) => ckpt_core::begin_file(p, snap.sequence, store.config(), std::sync::Arc::new(ForkSafeStorage)),
+        (None, Some(d)) => store.begin_in(d, snap.sequence),
+        (None, None) => store.begin(snap.sequence),
     };
     let mut w = begin.map_err(|e| Failure::Failed(e.to_string()))?;
     let plain = SectionOptions::new().compression(Compression::None);

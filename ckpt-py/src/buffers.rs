@@ -633,7 +633,9 @@ pub fn header_info<'py>(py: Python<'py>, cp: &Checkpoint) -> PyResult<Bound<'py,
     let d = PyDict::new(py);
     d.set_item("file", cp.path().to_string_lossy().into_owned())?;
     d.set_item("generation", h.generation)?;
-    d.set_item("step", h.app_step)?;
+    // The file's signed field (FORMAT.md): a negative step of a file written while steps were signed reads
+    // as written.
+    d.set_item("step", h.app_step.cast_signed())?;
     d.set_item("created_unix_ns", h.created_unix_ns)?;
     d.set_item("job_id", &h.job_id)?;
     d.set_item("app_name", &h.app_name)?;

@@ -94,7 +94,7 @@ fn restore_logged(
     let notices = store.take_restore_notices();
     let event = match &r {
         Ok(Some(x)) => json!({
-            "path": x.chosen_path, "generation": x.generation, "step": x.app_step, "other_job": x.other_job,
+            "path": x.chosen_path, "generation": x.generation, "step": x.app_step.cast_signed(), "other_job": x.other_job,
             "rejected": x.rejected.iter().map(|(p, e)| json!({"path": p, "error": e.to_string()})).collect::<Vec<_>>(),
             "notices": notices,
         }),
@@ -134,7 +134,7 @@ fn part_tuple(cp: &Checkpointer, generation: u64) -> Result<PartTuple, Error> {
             format!("this process has no durable part of generation {generation}"),
         ));
     };
-    Ok((i.generation, i.app_step, i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32))
+    Ok((i.generation, i.app_step.cast_signed(), i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32))
 }
 
 /// The core checkpointer behind `ckpt.Checkpointer` (see the module documentation).
@@ -362,7 +362,8 @@ impl PyCheckpointer {
     ) -> PyResult<PySaveHandle> {
         let best = self.best.clone();
         let finish: Box<Finish> = Box::new(move |cp, w, write| {
-            let info = cp.checkpoint_begun(w, step, |w| write.run(w))?;
+            // `begin` took the step (0..=MAX_STEP) at the call.
+            let info = cp.checkpoint_begun(w, step.cast_unsigned(), |w| write.run(w))?;
             Ok(after_commit(cp, best.as_deref(), info, write.metrics()))
         });
         self.start_background(py, stream, buffers, compress, item_sizes, step, metrics, None, finish)
@@ -437,13 +438,16 @@ impl PyCheckpointer {
         parts: Vec<PartTuple>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let cp = self.get(py)?;
-        let parts: Vec<ckpt_core::PartIdentity> =
-            parts
-                .into_iter()
-                .map(|(generation, app_step, file_len, rank, nranks, header_crc32, table_crc32)| {
-                    ckpt_core::PartIdentity { generation, app_step, file_len, rank, nranks, header_crc32, table_crc32 }
-                })
-                .collect();
+        let parts: Vec<ckpt_core::PartIdentity> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(r, (generation, step, file_len, rank, nranks, header_crc32, table_crc32))| {
+                let app_step = u64::try_from(step)
+                    .map_err(|_| Error::invalid(format!("parts[{r}] step {step} is negative: steps are 0 or more")))?;
+                Ok(ckpt_core::PartIdentity { generation, app_step, file_len, rank, nranks, header_crc32, table_crc32 })
+            })
+            .collect::<Result<_, Error>>()
+            .py_err(py)?;
         let info = py.detach(|| cp.store().commit_step_with_parts(generation, step, &parts)).py_err(py)?;
         crate::commit_info(py, &info)
     }

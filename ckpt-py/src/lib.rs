@@ -38,7 +38,7 @@ pub(crate) fn commit_info<'py>(py: Python<'py>, info: &CommitInfo) -> PyResult<B
     d.set_item("path", &info.path)?;
     d.set_item("generation_path", &info.generation_path)?;
     d.set_item("generation", info.generation)?;
-    d.set_item("step", info.app_step)?;
+    d.set_item("step", info.app_step)?; // 0..=MAX_STEP: this version wrote it
     d.set_item("file_bytes", info.stats.file_bytes)?;
     d.set_item("raw_bytes", info.stats.raw_bytes)?;
     d.set_item("sections", info.stats.sections)?;
@@ -61,7 +61,7 @@ pub(crate) fn restored_info<'py>(
     let info = buffers::header_info(py, &r.checkpoint)?;
     info.set_item("path", &r.chosen_path)?;
     info.set_item("generation", r.generation)?;
-    info.set_item("step", r.app_step)?;
+    info.set_item("step", r.app_step.cast_signed())?; // a negative step of a signed-step file as written
     info.set_item("other_job", &r.other_job)?;
     let rejected: Vec<(String, String)> =
         r.rejected.iter().map(|(p, e)| (p.to_string_lossy().into_owned(), e.to_string())).collect();
@@ -332,7 +332,7 @@ fn list_checkpoints<'py>(
         let row = PyDict::new(py);
         row.set_item("path", &c.path)?;
         row.set_item("generation", c.generation)?;
-        row.set_item("step", c.app_step)?;
+        row.set_item("step", c.app_step.map(u64::cast_signed))?;
         row.set_item("job_id", &c.job_id)?;
         row.set_item("created_unix_ns", c.created_unix_ns)?;
         row.set_item("current_name", c.is_current_name)?;

@@ -56,10 +56,10 @@ def test_keep_below_one_is_invalid_argument(keep):
 
 
 def test_huge_and_numpy_steps(tmp_path):
-    for bad in (2**63, -(2**63) - 1):
-        with pytest.raises(ckpt.InvalidArgumentError, match="64-bit"):
+    for bad, why in ((2**63, "64-bit"), (-1, "step -1 is negative"), (-(2**63) - 1, "is negative")):
+        with pytest.raises(ckpt.InvalidArgumentError, match=why):
             ckpt.save({"step": bad}, "s.ckpt")
-        with pytest.raises(ckpt.InvalidArgumentError, match="64-bit"):
+        with pytest.raises(ckpt.InvalidArgumentError, match=why):
             ckpt.save({}, "s.ckpt", step=bad)
     assert ckpt.save({"step": 2**63 - 1}, "s.ckpt").step == 2**63 - 1
     assert ckpt.save({"step": np.int64(41)}, "s.ckpt").step == 41

@@ -304,7 +304,7 @@ fn requeue_is_bounded_by_count_and_progress() {
         )
     };
     let n_calls = || std::fs::read_to_string(&calls).map(|t| t.lines().count()).unwrap_or(0);
-    let save = |step: i64| {
+    let save = |step: u64| {
         let mut cfg = Config::new("ckpt", dir.path()).unwrap();
         cfg.job_id = Some("77".into());
         Store::new(cfg).save_serde(step, &step).unwrap();
@@ -346,7 +346,7 @@ fn requeue_from_the_batch_script_sees_multi_rank_step_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let (scontrol, calls) = scontrol_stand_in(dir.path());
     let sc = scontrol.to_str().unwrap();
-    let save_step = |step: i64| {
+    let save_step = |step: u64| {
         let stores: Vec<Store> = (0..4)
             .map(|rank| {
                 let mut c = Config::new("heat_mpi", dir.path()).unwrap();

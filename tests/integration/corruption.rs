@@ -46,7 +46,7 @@ fn sample_sections(seed: u64) -> Vec<(&'static str, Vec<u8>, SectionOptions)> {
     ]
 }
 
-fn write_sample(store: &Store, seed: u64, app_step: i64) -> CommitInfo {
+fn write_sample(store: &Store, seed: u64, app_step: u64) -> CommitInfo {
     let mut w = store.begin(app_step).expect("begin");
     w.set_metadata("sample", format!("seed {seed}")).expect("metadata");
     w.set_metadata("units", b"SI").expect("metadata");
@@ -446,7 +446,7 @@ fn check_restore(store: &Store, generation: u64, seed: u64, rejected: &[&str], w
     };
     let rejected_now: Vec<String> =
         r.rejected.iter().map(|(p, e)| format!("{}: {}", p.display(), e.message())).collect();
-    if (r.generation, r.app_step) != (generation, generation as i64 * 100) {
+    if (r.generation, r.app_step) != (generation, generation * 100) {
         return Err(format!(
             "{what}: restored generation {} (step {}), expected {generation}; rejected: {rejected_now:?}",
             r.generation, r.app_step

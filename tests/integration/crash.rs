@@ -28,7 +28,7 @@ pub(crate) const MODES: [CrashMode; 4] =
 /// The typed part of every checkpoint (written with `add_serde`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct State {
-    pub step: i64,
+    pub step: u64,
     pub energy: f64,
     pub labels: Vec<String>,
     pub history: Vec<u32>,
@@ -70,7 +70,7 @@ pub(crate) struct SectionSpec {
 /// One planned save: what the reference model says the generation holds.
 #[derive(Clone, Debug)]
 pub(crate) struct SaveSpec {
-    pub app_step: i64,
+    pub app_step: u64,
     pub metadata: Vec<(String, Vec<u8>)>,
     pub sections: Vec<SectionSpec>,
     pub state: State,
@@ -148,7 +148,7 @@ impl SaveSpec {
     }
 }
 
-fn state(step: i64, rng: &mut Rng) -> State {
+fn state(step: u64, rng: &mut Rng) -> State {
     State {
         step,
         energy: -1.0 / (step as f64 + 0.5),
@@ -535,9 +535,9 @@ fn rank_config(rank: u32) -> Config {
 /// Per generation, per rank: what the rank's part holds.
 fn rank_plan(seed: u64, generations: usize) -> Vec<Vec<SaveSpec>> {
     let mut rng = Rng::new(seed);
-    (1..=generations as i64)
+    (1..=generations as u64)
         .map(|g| {
-            (0..NRANKS as i64)
+            (0..u64::from(NRANKS))
                 .map(|r| SaveSpec {
                     app_step: 10 * g,
                     metadata: vec![("rank".into(), r.to_string().into_bytes())],

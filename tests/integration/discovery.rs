@@ -15,12 +15,12 @@ use ckpt_core::{
 use ckpt_tests::{Rng, config};
 
 /// The content saved for `step` (different for every step, 64 KiB + a step-dependent tail).
-fn payload(step: i64) -> Vec<u8> {
-    let mut rng = Rng::new(0xD15C_0000 ^ step as u64);
-    rng.bytes(64 * 1024 + (step.rem_euclid(13) as usize) * 100)
+fn payload(step: u64) -> Vec<u8> {
+    let mut rng = Rng::new(0xD15C_0000 ^ step);
+    rng.bytes(64 * 1024 + ((step % 13) as usize) * 100)
 }
 
-fn save(store: &Store, step: i64) -> CommitInfo {
+fn save(store: &Store, step: u64) -> CommitInfo {
     let mut w = store.begin(step).unwrap_or_else(|e| panic!("begin(step {step}): {e}"));
     w.add_bytes("data", &payload(step)).unwrap();
     w.add_serde("step", &step).unwrap();
@@ -30,10 +30,10 @@ fn save(store: &Store, step: i64) -> CommitInfo {
 }
 
 /// Checks that `r` holds exactly what [`save`] wrote for `step`.
-fn assert_holds(r: &Restored, step: i64) {
+fn assert_holds(r: &Restored, step: u64) {
     let cp = &r.checkpoint;
     assert_eq!(r.app_step, step, "restored {} (generation {})", r.chosen_path.display(), r.generation);
-    assert_eq!(cp.read_serde::<i64>("step").unwrap(), step, "{}", cp.path().display());
+    assert_eq!(cp.read_serde::<u64>("step").unwrap(), step, "{}", cp.path().display());
     assert!(
         cp.read("data").unwrap()[..] == payload(step)[..],
         "{}: data is not that of step {step}",
@@ -111,7 +111,7 @@ fn retention_keeps_the_newest_two_generations_and_the_stable_name() {
     let store = Store::new(cfg);
     for step in 1..=5 {
         let info = save(&store, step * 10);
-        assert_eq!(info.generation, step as u64);
+        assert_eq!(info.generation, step);
         assert_eq!(info.path, dir.path().join("ret.ckpt"));
         assert_eq!(info.generation_path, dir.path().join(format!("ret.ckpt.{step}")));
     }
@@ -276,7 +276,7 @@ fn truncated_empty_newer_version_and_directory_candidates_each_get_their_own_ver
     // generations restart rejected are renamed aside (the newer-version one is left alone).
     let mut w = store.begin(7).unwrap();
     w.add_bytes("data", &payload(7)).unwrap();
-    w.add_serde("step", &7i64).unwrap();
+    w.add_serde("step", &7u64).unwrap();
     let info = w.commit().unwrap();
     assert!(info.generation > 6, "generation {} would collide with the names present", info.generation);
     assert_eq!(info.warnings.len(), 2, "{:?}", info.warnings);
@@ -300,7 +300,7 @@ fn a_directory_at_the_stable_name_makes_the_save_fail_cleanly() {
     assert!(store.restore().unwrap().is_none(), "a directory alone is not a checkpoint");
     let mut w = store.begin(1).unwrap();
     w.add_bytes("data", &payload(1)).unwrap();
-    w.add_serde("step", &1i64).unwrap();
+    w.add_serde("step", &1u64).unwrap();
     let e = w.commit().expect_err("renaming over a directory must fail");
     assert_eq!(e.kind(), ErrorKind::Io, "{e}");
     assert!(e.to_string().contains("dirname.ckpt"), "{e}");
@@ -511,7 +511,7 @@ fn two_writers_on_one_generation_conflict_and_the_first_commit_wins() {
     let a = Store::new(config("race", dir.path()));
     let b = Store::new(config("race", dir.path()));
     for (round, a_first) in [(1u64, true), (2, false)] {
-        let (sa, sb) = (round as i64 * 100 + 1, round as i64 * 100 + 2);
+        let (sa, sb) = (round * 100 + 1, round * 100 + 2);
         let mut wa = a.begin(sa).unwrap();
         let mut wb = b.begin(sb).unwrap();
         assert_eq!(wa.generation(), round, "round {round}");
@@ -613,7 +613,7 @@ fn damaged_generations_never_count_toward_keep() {
     assert_eq!(r.generation, 1);
     let mut w = restarted.begin(3).unwrap();
     w.add_bytes("data", &payload(3)).unwrap();
-    w.add_serde("step", &3i64).unwrap();
+    w.add_serde("step", &3u64).unwrap();
     let info = w.commit().unwrap();
     assert_eq!(info.generation, 3);
     assert!(

@@ -341,7 +341,7 @@ fn a_transient_read_error_on_base_does_not_discard_the_newest_generation() {
 // ---------------------------------------------------------------------------------------------------------
 // Real conditions on the real file system.
 
-fn small_spec(step: i64, len: usize, seed: u64) -> SaveSpec {
+fn small_spec(step: u64, len: usize, seed: u64) -> SaveSpec {
     let mut rng = Rng::new(seed);
     SaveSpec {
         app_step: step,
@@ -461,7 +461,7 @@ fn planted_symlinks_are_never_written_through() {
 
     let mut last = 0;
     for step in 2..=5 {
-        let spec = small_spec(step, 3_000 + step as usize, 10 + step as u64);
+        let spec = small_spec(step, 3_000 + step as usize, 10 + step);
         last = spec.save(&store).unwrap_or_else(|e| panic!("save at step {step}: {e}"));
         for t in &targets {
             assert_eq!(fs::read(t).expect("target still there"), b"precious", "step {step}: {} written", t.display());

@@ -233,6 +233,8 @@ struct GoldenFile {
     file_len: u64,
     kind: FileKind,
     generation: u64,
+    /// The step as the file's signed field holds it (FORMAT.md): the API took signed steps when they were written, and two of
+    /// these files have negative ones, which the `u64` API reads as their two's complement.
     app_step: i64,
     step_id: Option<u32>,
     rank: u32,
@@ -665,7 +667,8 @@ fn check_file(g: &GoldenFile) {
         let h = cp.header();
         assert_eq!(h.kind, g.kind, "{what}: kind");
         assert_eq!(h.generation, g.generation, "{what}: generation");
-        assert_eq!(h.app_step, g.app_step, "{what}: app_step");
+        assert_eq!(h.app_step.cast_signed(), g.app_step, "{what}: app_step");
+        assert_eq!(cp.step(), g.app_step.cast_unsigned(), "{what}: step()");
         assert_eq!(h.step_id, g.step_id, "{what}: step_id");
         assert_eq!((h.rank, h.nranks), (g.rank, g.nranks), "{what}: rank/nranks");
         assert_eq!(h.job_id, g.job_id, "{what}: job_id");
@@ -770,7 +773,7 @@ fn golden_files_are_found_by_discovery() {
     std::fs::write(dir.join("4242.3.ckpt.2"), read_golden(V1_DATA.path)).expect("copy");
     let store = Store::new(golden_config(&dir, "golden", Some("4242"), Some(3), 0, 1));
     let r = store.restore().expect("restore").expect("the golden file is found");
-    assert_eq!((r.generation, r.app_step), (V1_DATA.generation, V1_DATA.app_step));
+    assert_eq!((r.generation, r.app_step.cast_signed()), (V1_DATA.generation, V1_DATA.app_step));
     assert!(r.rejected.is_empty(), "{:?}", r.rejected);
 
     // Multi-rank: the manifest as `<base>.1`, the parts under `<base>.parts/1/`.
@@ -784,7 +787,7 @@ fn golden_files_are_found_by_discovery() {
     for (rank, part) in [&V1_MULTIRANK_RANK0, &V1_MULTIRANK_RANK1].iter().enumerate() {
         let store = Store::new(golden_config(&dir, "golden-mpi", Some("4243"), None, rank as u32, 2));
         let r = store.restore().expect("restore").unwrap_or_else(|| panic!("rank {rank} finds the golden step"));
-        assert_eq!((r.generation, r.app_step), (1, V1_MULTIRANK_MANIFEST.app_step), "rank {rank}");
+        assert_eq!((r.generation, r.app_step.cast_signed()), (1, V1_MULTIRANK_MANIFEST.app_step), "rank {rank}");
         assert_eq!(r.checkpoint.header().rank, rank as u32, "rank {rank} restores its own part");
         assert_eq!(r.checkpoint.file_len(), part.file_len, "rank {rank} restores its own part");
         assert!(r.rejected.is_empty(), "{:?}", r.rejected);
@@ -1131,7 +1134,7 @@ fn print_constant(const_name: &str, rel: &str, bytes: &[u8], contents: &[(&str, 
     let h = cp.header();
     let mut s = format!("const {const_name}: GoldenFile = GoldenFile {{\n    path: {rel:?},\n");
     s += &format!("    file_len: {},\n    kind: FileKind::{:?},\n", bytes.len(), h.kind);
-    s += &format!("    generation: {},\n    app_step: {},\n", h.generation, h.app_step);
+    s += &format!("    generation: {},\n    app_step: {},\n", h.generation, h.app_step.cast_signed());
     s += &format!("    step_id: {:?},\n    rank: {},\n    nranks: {},\n", h.step_id, h.rank, h.nranks);
     s += &format!("    job_id: {:?},\n    app_name: {:?},\n", h.job_id, h.app_name);
     s += "    metadata: METADATA_PLACEHOLDER,\n    sections: &[\n";
@@ -1179,6 +1182,8 @@ fn generate_golden_files() {
         let mut w = store.begin(0).expect("begin");
         w.add_bytes("throwaway", b"generation 1").expect("section");
         w.commit().expect("commit generation 1");
+        // Written while the API took signed steps; steps are 0 or more since, so this could not write it
+        // again (committed files are never regenerated).
         let mut w = store.begin(-1_234_567_890_123_i64).expect("begin");
         for (k, v) in DATA_METADATA {
             w.set_metadata(k, v).expect("metadata");
@@ -1209,6 +1214,7 @@ fn generate_golden_files() {
     if !data_path("v1-empty.ckpt").exists() {
         let dir = tmp.path().join("empty");
         let store = Store::new(golden_config(&dir, "golden-empty", None, None, 0, 1));
+        // As v1-data.ckpt's step: written while the API took signed steps.
         let mut w = store.begin(i64::MIN).expect("begin");
         w.set_metadata("note", b"a checkpoint without sections").expect("metadata");
         let info = w.commit().expect("commit");

@@ -12,7 +12,7 @@ const BIGSAVE: &str = env!("CARGO_BIN_EXE_ckpt-test-bigsave");
 mod bigsave;
 
 /// Runs the saver, optionally under a file-size limit in KiB (bash's `ulimit -f` unit).
-fn bigsave(dir: &std::path::Path, mib: usize, step: i64, limit_kib: Option<u64>) -> (bool, String) {
+fn bigsave(dir: &std::path::Path, mib: usize, step: u64, limit_kib: Option<u64>) -> (bool, String) {
     let limit = limit_kib.map(|k| format!("ulimit -f {k}; ")).unwrap_or_default();
     // SIGXFSZ ignored (inherited through exec): the write returns EFBIG instead of killing the process.
     let script = format!("trap '' XFSZ; {limit}exec \"$0\" \"$@\"");

@@ -90,7 +90,7 @@ fn dir_state(dir: &Path) -> (Vec<(String, u32)>, Vec<u64>, bool) {
 }
 
 /// The child's stdout: the step it restored and the steps it reported durable, in order.
-fn parse_output(text: &str) -> (Option<i64>, Vec<i64>) {
+fn parse_output(text: &str) -> (Option<u64>, Vec<u64>) {
     let mut restored = None;
     let mut durable = Vec::new();
     for line in text.lines() {
@@ -111,7 +111,7 @@ fn parse_output(text: &str) -> (Option<i64>, Vec<i64>) {
 #[test]
 fn saver_child_resumes_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    for (round, expect_restored) in [(0, 0i64), (1, 2)] {
+    for (round, expect_restored) in [(0, 0u64), (1, 2)] {
         let child = spawn_saver(dir.path(), Some(2));
         let out = child.wait_with_output().expect("wait for saver");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -176,8 +176,8 @@ fn kill_loop(iterations: u64, seed: u64, raw_mib: usize) -> Figures {
     let ctx = |i: u64| format!("[kill test seed {seed:#x}, iteration {i}, dir {}]", dir.path().display());
     let mut fig = Figures::default();
     // The step the previous restore returned: the next child must restore exactly it.
-    let mut restored_step: i64 = 0;
-    let mut highest_reported: i64 = 0;
+    let mut restored_step: u64 = 0;
+    let mut highest_reported: u64 = 0;
     // Generations on disk after the previous kill.
     let mut prev_gens: usize = 0;
     let started = Instant::now();
@@ -244,7 +244,7 @@ fn kill_loop(iterations: u64, seed: u64, raw_mib: usize) -> Figures {
             ),
         }
         // Reported steps are consecutive from the restored one.
-        let expected: Vec<i64> = (restored_step + 1..).take(durable.len()).collect();
+        let expected: Vec<u64> = (restored_step + 1..).take(durable.len()).collect();
         assert_eq!(durable, expected, "{} reported durable steps are not consecutive", ctx(i));
         fig.durable_steps += durable.len() as u64;
         if durable.is_empty() {
@@ -317,7 +317,7 @@ fn kill_loop(iterations: u64, seed: u64, raw_mib: usize) -> Figures {
                     r.rejected
                 );
                 // The child saves step s as generation s (both count saves from the same start).
-                assert_eq!(r.generation, r.app_step as u64, "{} generation and step diverged", ctx(i));
+                assert_eq!(r.generation, r.app_step, "{} generation and step diverged", ctx(i));
                 if let Err(e) = saver::check_checkpoint(&r.checkpoint, r.app_step, raw_mib) {
                     panic!("{} restored checkpoint does not hold its step's state: {e}", ctx(i));
                 }

@@ -17,9 +17,9 @@ const NRANKS: u32 = 4;
 const APP: &str = "mr";
 const BASE: &str = "mr.ckpt";
 
-fn part_payload(step: i64, rank: u32) -> Vec<u8> {
-    let mut rng = Rng::new((step as u64) << 8 | u64::from(rank) | 0x4D52_0000_0000);
-    rng.bytes(16 * 1024 + rank as usize * 1000 + (step.rem_euclid(7) as usize) * 10)
+fn part_payload(step: u64, rank: u32) -> Vec<u8> {
+    let mut rng = Rng::new(step << 8 | u64::from(rank) | 0x4D52_0000_0000);
+    rng.bytes(16 * 1024 + rank as usize * 1000 + ((step % 7) as usize) * 10)
 }
 
 /// Rank `rank` of `nranks` saving `APP` in `dir`, keeping `keep` generations.
@@ -39,7 +39,7 @@ fn part_path(dir: &Path, generation: u64, rank: u32) -> PathBuf {
 }
 
 /// Rank `rank` writes its part of `step` with `Store::begin` (the next generation); returns the generation.
-fn write_part(store: &Store, step: i64) -> u64 {
+fn write_part(store: &Store, step: u64) -> u64 {
     let rank = store.config().rank;
     let mut w = store.begin(step).unwrap_or_else(|e| panic!("rank {rank}: begin(step {step}): {e}"));
     w.add_bytes("data", &part_payload(step, rank)).unwrap();
@@ -52,7 +52,7 @@ fn write_part(store: &Store, step: i64) -> u64 {
 }
 
 /// A whole step: every rank writes its part (all must pick the same generation), rank 0 commits.
-fn save_step(stores: &[Store], step: i64) -> u64 {
+fn save_step(stores: &[Store], step: u64) -> u64 {
     let gens: Vec<u64> = stores.iter().map(|s| write_part(s, step)).collect();
     assert!(gens.iter().all(|&g| g == gens[0]), "step {step}: ranks chose different generations {gens:?}");
     let info = stores[0].commit_step(gens[0], step).unwrap_or_else(|e| panic!("commit_step(step {step}): {e}"));
@@ -63,14 +63,14 @@ fn save_step(stores: &[Store], step: i64) -> u64 {
     gens[0]
 }
 
-fn assert_own_part(r: &Restored, rank: u32, generation: u64, step: i64) {
+fn assert_own_part(r: &Restored, rank: u32, generation: u64, step: u64) {
     let cp = &r.checkpoint;
     let h = cp.header();
     assert_eq!(r.generation, generation, "rank {rank} restored {} ({})", r.chosen_path.display(), cp.path().display());
     assert_eq!(r.app_step, step, "rank {rank}");
     assert_eq!((h.kind, h.rank, h.nranks), (FileKind::Data, rank, NRANKS), "rank {rank}: {}", cp.path().display());
     assert_eq!(cp.path(), part_path(r.chosen_path.parent().unwrap(), generation, rank));
-    assert_eq!(cp.read_serde::<(u32, i64)>("who").unwrap(), (rank, step), "rank {rank}");
+    assert_eq!(cp.read_serde::<(u32, u64)>("who").unwrap(), (rank, step), "rank {rank}");
     assert!(cp.read("data").unwrap()[..] == part_payload(step, rank)[..], "rank {rank}: data is not its own part");
 }
 
@@ -187,7 +187,7 @@ fn after_a_failed_step_ranks_agree_on_the_next_generation_by_max_reduction() {
     for (r, s) in stores.iter().enumerate() {
         let mut w = s.begin_part(g, 3).unwrap();
         w.add_bytes("data", &part_payload(3, r as u32)).unwrap();
-        w.add_serde("who", &(r as u32, 3i64)).unwrap();
+        w.add_serde("who", &(r as u32, 3u64)).unwrap();
         w.commit().unwrap_or_else(|e| panic!("rank {r}: part of generation {g}: {e}"));
     }
     stores[0].commit_step(g, 3).unwrap_or_else(|e| panic!("commit_step({g}) after agreeing: {e}"));
@@ -253,7 +253,7 @@ fn retention_removes_the_part_directories_of_old_generations() {
     let dir = tempfile::tempdir().unwrap();
     let stores = ranks(dir.path(), 2);
     for step in 1..=4 {
-        assert_eq!(save_step(&stores, step * 100), step as u64);
+        assert_eq!(save_step(&stores, step * 100), step);
     }
     assert_eq!(
         top_names(dir.path()),
@@ -472,7 +472,7 @@ fn stores_over(dir: &Path, nranks: u32, keep: usize, storage: &std::sync::Arc<Co
 
 /// A whole step as `ckpt_mpi_checkpoint` runs it: every rank writes its part of generation `g` and reports
 /// its identity, rank 0 commits from the identities, every rank is told the outcome.
-fn gathered_step(stores: &[Store], g: u64, step: i64) -> ckpt_core::CommitInfo {
+fn gathered_step(stores: &[Store], g: u64, step: u64) -> ckpt_core::CommitInfo {
     for s in stores {
         let rank = s.config().rank;
         let mut w = s.begin_part(g, step).unwrap();
@@ -505,7 +505,7 @@ fn rank_0_commits_from_gathered_identities_with_the_same_work_for_any_number_of_
         let storage = std::sync::Arc::new(CountingStorage::default());
         let stores = stores_over(dir.path(), n, 2, &storage);
         for g in 1..=3 {
-            gathered_step(&stores, g, g as i64);
+            gathered_step(&stores, g, g);
         }
         // Step 4 retires generation 2 (its ranks remove their parts) and removes generation 1's directory,
         // which its ranks emptied after step 3: the same calls for 4 ranks and for 32.
@@ -575,12 +575,12 @@ fn parts_their_rank_never_removed_are_removed_by_a_later_commit() {
         let stores = ranks(dir.path(), 2);
         for g in 1..=3u64 {
             for s in &stores {
-                let mut w = s.begin_part(g, g as i64).unwrap();
-                w.add_bytes("data", &part_payload(g as i64, s.config().rank)).unwrap();
+                let mut w = s.begin_part(g, g).unwrap();
+                w.add_bytes("data", &part_payload(g, s.config().rank)).unwrap();
                 w.commit().unwrap();
             }
             let parts: Vec<_> = stores.iter().map(|s| s.part_identity(g).unwrap()).collect();
-            stores[0].commit_step_with_parts(g, g as i64, &parts).unwrap();
+            stores[0].commit_step_with_parts(g, g, &parts).unwrap();
             for s in &stores[..3] {
                 s.after_step_committed(g); // rank 3 is never told
             }
@@ -602,7 +602,7 @@ fn a_commit_from_identities_checks_every_identity_and_a_forged_one_never_restore
     for s in &stores {
         let mut w = s.begin_part(2, 20).unwrap();
         w.add_bytes("data", &part_payload(20, s.config().rank)).unwrap();
-        w.add_serde("who", &(s.config().rank, 20i64)).unwrap();
+        w.add_serde("who", &(s.config().rank, 20u64)).unwrap();
         w.commit().unwrap();
     }
     let parts: Vec<_> = stores.iter().map(|s| s.part_identity(2).unwrap()).collect();
@@ -667,14 +667,14 @@ fn only_a_known_outcome_lets_a_rank_remove_its_retired_part_at_once() {
         c.log = ckpt_core::LogTarget::Off;
         let rank1 = ckpt_core::Checkpointer::new(Store::new(c)).unwrap();
         for g in 1..=2u64 {
-            let mut w = rank0.begin_part(g, g as i64).unwrap();
+            let mut w = rank0.begin_part(g, g).unwrap();
             w.add_bytes("x", b"rank 0").unwrap();
             w.commit().unwrap();
-            let mut w = rank1.begin_part(g, g as i64).unwrap();
+            let mut w = rank1.begin_part(g, g).unwrap();
             w.add_bytes("x", b"rank 1").unwrap();
             rank1.commit(w).unwrap();
             let parts = [rank0.part_identity(g).unwrap(), rank1.store().part_identity(g).unwrap()];
-            rank0.commit_step_with_parts(g, g as i64, &parts).unwrap();
+            rank0.commit_step_with_parts(g, g, &parts).unwrap();
             rank0.after_step_committed(g);
             if known {
                 rank1.finish_step(true);
@@ -702,7 +702,7 @@ fn a_step_looks_only_at_the_checkpoints_own_entries_of_a_crowded_directory() {
     let storage = std::sync::Arc::new(CountingStorage::default());
     let stores = stores_over(dir.path(), NRANKS, 2, &storage);
     // As `ckpt_mpi_checkpoint`: the ranks agree on the next generation (a MAX), then the step.
-    let step = |s: i64| {
+    let step = |s: u64| {
         let g = stores.iter().map(|st| st.next_generation().unwrap()).max().unwrap();
         gathered_step(&stores, g, s);
     };

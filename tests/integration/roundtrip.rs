@@ -69,7 +69,7 @@ struct SectionSpec {
 struct Case {
     sections: Vec<SectionSpec>,
     metadata: Vec<(String, Vec<u8>)>,
-    app_step: i64,
+    app_step: u64,
     mmap: bool,
     /// Checkpoints committed before the one under test (so its generation is `prior_commits + 1`).
     prior_commits: u8,
@@ -183,7 +183,13 @@ fn metadata_strategy() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (proptest::collection::vec(section_strategy(), 0..12), metadata_strategy(), any::<i64>(), any::<bool>(), 0u8..3)
+    (
+        proptest::collection::vec(section_strategy(), 0..12),
+        metadata_strategy(),
+        0..=ckpt_core::MAX_STEP,
+        any::<bool>(),
+        0u8..3,
+    )
         .prop_map(|(mut sections, metadata, app_step, mmap, prior_commits)| {
             let mut seen = std::collections::HashSet::new();
             sections.retain(|s| seen.insert(s.name.clone()));
@@ -245,7 +251,7 @@ fn now_ns() -> i64 {
 /// window.
 fn write_case(store: &Store, case: &Case, data: &[Vec<u8>]) -> (CommitInfo, i64, i64) {
     for k in 0..case.prior_commits {
-        let mut w = store.begin(i64::from(k)).expect("begin a prior checkpoint");
+        let mut w = store.begin(k).expect("begin a prior checkpoint");
         w.add_bytes("prior", &[k; 10]).expect("prior section");
         w.commit().expect("commit a prior checkpoint");
     }
@@ -519,7 +525,7 @@ fn edge_sizes_on_file_system() {
     let metadata = vec![("k".to_string(), b"v".to_vec()), ("empty".to_string(), Vec::new())];
     for mmap in [true, false] {
         let case =
-            Case { sections: sections.clone(), metadata: metadata.clone(), app_step: -42, mmap, prior_commits: 1 };
+            Case { sections: sections.clone(), metadata: metadata.clone(), app_step: 42, mmap, prior_commits: 1 };
         run_case(&case, Backend::Fs);
     }
 }

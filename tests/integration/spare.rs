@@ -18,7 +18,7 @@ fn inode(p: &Path) -> u64 {
     fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).ino()
 }
 
-fn save(store: &Store, step: i64, data: &[u8]) -> CommitInfo {
+fn save(store: &Store, step: u64, data: &[u8]) -> CommitInfo {
     let mut w = store.begin(step).unwrap();
     w.add_bytes("data", data).unwrap();
     w.commit().unwrap()
@@ -63,7 +63,7 @@ fn a_save_overwrites_the_retired_generation_kept_as_the_spare() {
     for (i, &len) in sizes.iter().enumerate() {
         let data = rng.bytes(len);
         let spare_before = spare.exists().then(|| inode(&spare));
-        let info = save(&store, i as i64 + 1, &data);
+        let info = save(&store, i as u64 + 1, &data);
         check(&store, &info, &data);
         inodes.push(inode(&info.generation_path));
         match i {
@@ -214,12 +214,12 @@ fn each_rank_writes_its_next_part_over_its_own_retired_part() {
             (0..nranks).map(|r| spare(r).exists().then(|| inode(&spare(r)))).collect();
         let data: Vec<Vec<u8>> = (0..nranks).map(|r| rng.bytes(BIG + r as usize * 4096 + g as usize)).collect();
         for (r, (s, d)) in stores.iter().zip(&data).enumerate() {
-            let mut w = s.begin_part(g, g as i64).unwrap();
+            let mut w = s.begin_part(g, g).unwrap();
             w.add_bytes("data", d).unwrap();
             assert_eq!(w.commit().unwrap().reused_spare, spares_before[r].is_some(), "step {g}, rank {r}");
         }
         let ids: Vec<_> = stores.iter().map(|s| s.part_identity(g).unwrap()).collect();
-        stores[0].commit_step_with_parts(g, g as i64, &ids).unwrap();
+        stores[0].commit_step_with_parts(g, g, &ids).unwrap();
         for s in &stores {
             assert!(s.after_step_committed(g).is_empty());
         }
@@ -260,7 +260,7 @@ fn a_directory_at_the_spares_name_is_left_alone_and_generations_are_still_pruned
     for step in 1..=4 {
         let info = save(&store, step, &rng.bytes(BIG));
         assert!(!info.reused_spare);
-        assert_eq!(store.valid_generations().unwrap(), vec![step as u64], "step {step}");
+        assert_eq!(store.valid_generations().unwrap(), vec![step], "step {step}");
     }
     assert_eq!(fs::read(spare.join("inside")).unwrap(), b"x");
 }
@@ -280,7 +280,7 @@ fn two_savers_under_one_name_never_share_a_spare() {
                     let (store, _) = store(dir, 2, true);
                     let mut done = Vec::new();
                     for i in 0..10u64 {
-                        let mut w = store.begin(i as i64).unwrap();
+                        let mut w = store.begin(i).unwrap();
                         w.add_bytes("data", &data(saver, i)).unwrap();
                         match w.commit() {
                             Ok(info) => done.push((info.generation, saver, i, info.reused_spare)),

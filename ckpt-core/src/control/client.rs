@@ -21,7 +21,7 @@ pub struct Reply {
     /// Its generation.
     pub generation: u64,
     /// The application step.
-    pub step: i64,
+    pub step: u64,
 }
 
 /// Asks the process listening on `socket` for a checkpoint and waits up to `max_wait` for it to be durable.

@@ -66,7 +66,7 @@ pub(crate) struct ReplyLine {
     pub generation: Option<u64>,
     /// The application step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<i64>,
+    pub step: Option<u64>,
     /// Seconds the checkpoint took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,

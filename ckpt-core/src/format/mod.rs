@@ -11,7 +11,7 @@
 //!    10     2  file_kind         u16, 0 = data (one process's state), 1 = manifest (a multi-rank step)
 //!    12     4  header_len        u32, bytes from offset 0 to the end of header_crc32
 //!    16     8  generation        u64, save sequence number within one checkpoint name (1, 2, ...)
-//!    24     8  app_step          i64, the application's step / iteration number
+//!    24     8  app_step          i64, the application's step / iteration number (written 0..=i64::MAX)
 //!    32     8  created_unix_ns   i64, creation time, nanoseconds since the Unix epoch
 //!    40     4  step_id           u32, Slurm job step id; 0xFFFF_FFFF = none (the whole job)
 //!    44     4  rank              u32, this process's rank
@@ -380,8 +380,11 @@ pub struct Header {
     pub kind: FileKind,
     /// Save sequence number within this checkpoint name.
     pub generation: u64,
-    /// The application's step or iteration number.
-    pub app_step: i64,
+    /// The application's step or iteration number. The file's field is a signed 64-bit integer; this
+    /// version writes `0..=`[`MAX_STEP`](crate::MAX_STEP) (the same bytes either way) and refuses other
+    /// steps. A file written while the API took signed steps may hold a negative one: it reads as its two's complement, above
+    /// `MAX_STEP` (`app_step.cast_signed()` is the negative number).
+    pub app_step: u64,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_unix_ns: i64,
     /// Slurm job step id, `None` for a whole job.
@@ -638,7 +641,7 @@ impl Header {
         let mut header = Header {
             kind,
             generation: u64_at(bytes, 16),
-            app_step: i64_at(bytes, 24),
+            app_step: u64_at(bytes, 24),
             created_unix_ns: i64_at(bytes, 32),
             step_id,
             rank,
@@ -924,7 +927,7 @@ mod tests {
         Header {
             kind: FileKind::Data,
             generation: 3,
-            app_step: -7,
+            app_step: 7,
             created_unix_ns: 1_700_000_000_000_000_000,
             step_id: Some(2),
             rank: 1,
@@ -944,6 +947,17 @@ mod tests {
         let (back, crc) = Header::decode(&bytes).unwrap();
         assert_eq!(back, h);
         assert_eq!(crc, crc32fast::hash(&bytes[..bytes.len() - 4]));
+    }
+
+    #[test]
+    fn a_negative_step_of_0_1_0_reads_as_its_twos_complement() {
+        // The API took signed steps before; the field is the same 8 bytes.
+        let mut h = sample_header();
+        h.app_step = (-7i64).cast_unsigned();
+        let bytes = h.encode().unwrap();
+        assert_eq!(bytes[24..32], (-7i64).to_le_bytes());
+        let (back, _) = Header::decode(&bytes).unwrap();
+        assert_eq!(back.app_step.cast_signed(), -7);
     }
 
     #[test]

@@ -22,7 +22,13 @@ pub(super) enum Plan {
 /// replaces `path` atomically and durably (temporary file in the same directory, fsync, rename, fsync of
 /// the directory). For callers that manage their own file names; the header records `config`'s job,
 /// application, rank and step id.
-pub fn begin_file(path: &Path, app_step: i64, config: &Config, storage: Arc<dyn Storage>) -> Result<CheckpointWriter> {
+pub fn begin_file(
+    path: &Path,
+    app_step: impl TryInto<u64> + Copy + Display,
+    config: &Config,
+    storage: Arc<dyn Storage>,
+) -> Result<CheckpointWriter> {
+    let app_step = step_arg(app_step)?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

@@ -11,7 +11,7 @@ impl Store {
         &self,
         dir: &Path,
         generation: u64,
-        app_step: i64,
+        app_step: u64,
         parts: &[PartIdentity],
         start: Instant,
         ranks_prune_own_parts: bool,

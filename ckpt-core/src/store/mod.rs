@@ -70,6 +70,7 @@
 //! `keep` manifests, which are the generations whose manifests rank 0 removes (every rank must use the
 //! same `keep`).
 
+use std::fmt::Display;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,6 +84,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::{Encoding, FileKind, Header};
 use crate::levels::Level;
 use crate::reader::{Checkpoint, LoadOptions};
+use crate::step::{check_step, step_arg};
 use crate::storage::{DirEntry, FileStorage, Storage, StorageWriter, WriteOptions};
 use crate::writer::{Compression, FileBuilder, FileStats, SectionOptions, SectionWriter};
 
@@ -102,13 +104,6 @@ pub use parts::PartIdentity;
 use parts::*;
 use prune::*;
 
-/// A step given as any integer type, as the file records it (signed 64 bits).
-pub(crate) fn step_arg(step: impl TryInto<i64>) -> Result<i64> {
-    step.try_into().map_err(|_| {
-        Error::invalid("the step does not fit the checkpoint's step field (a signed 64-bit integer, at most i64::MAX)")
-    })
-}
-
 /// Temporary files of writers on other hosts are removed once they have not changed for this long.
 const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
@@ -123,7 +118,7 @@ pub struct CommitInfo {
     /// The generation number.
     pub generation: u64,
     /// The application step.
-    pub app_step: i64,
+    pub app_step: u64,
     /// Size figures.
     pub stats: FileStats,
     /// Seconds from the start of the save to the durable commit.
@@ -324,19 +319,19 @@ impl Store {
     /// number agrees across ranks only when every rank takes part in every step: collective callers should
     /// agree on [`Store::next_generation`] (a max-reduction) and call [`Store::begin_part`].
     ///
-    /// The step is any integer that fits the file's signed 64-bit field (`u64` steps need no cast).
+    /// The step is any integer type (`u64`, `usize`, `i32`, ...) with a value in `0..=`[`MAX_STEP`](crate::MAX_STEP).
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidArgument`] for a step above `i64::MAX`; the directory cannot be listed or
-    /// created, or the temporary file cannot be created ([`ErrorKind::Io`]); the checkpoints under this
-    /// name belong to another run ([`ErrorKind::Conflict`]).
-    pub fn begin(&self, app_step: impl TryInto<i64>) -> Result<CheckpointWriter> {
+    /// [`ErrorKind::InvalidArgument`] for a negative step or one above [`MAX_STEP`](crate::MAX_STEP), naming
+    /// it; the directory cannot be listed or created, or the temporary file cannot be created
+    /// ([`ErrorKind::Io`]); the checkpoints under this name belong to another run ([`ErrorKind::Conflict`]).
+    pub fn begin(&self, app_step: impl TryInto<u64> + Copy + Display) -> Result<CheckpointWriter> {
         self.begin_in(self.save_dir(), step_arg(app_step)?)
     }
 
     /// Like [`Store::begin`], into another directory (`ImageDir` of Slurm's removed checkpoint interface).
-    pub fn begin_in(&self, dir: &Path, app_step: i64) -> Result<CheckpointWriter> {
+    pub fn begin_in(&self, dir: &Path, app_step: u64) -> Result<CheckpointWriter> {
         if self.config.nranks > 1 {
             let generation = self.next_generation_in(dir)?;
             return self.begin_part_in(dir, generation, app_step);
@@ -448,7 +443,7 @@ impl Store {
         Ok(highest.max(self.shared.last_generation.load(Ordering::SeqCst)) + 1)
     }
 
-    fn header(&self, kind: FileKind, generation: u64, app_step: i64) -> Header {
+    fn header(&self, kind: FileKind, generation: u64, app_step: u64) -> Header {
         let c = &self.config;
         Header {
             kind,
@@ -511,6 +506,7 @@ impl Store {
     }
 
     fn start(&self, dir: &Path, base: &str, header: Header, mut plan: Plan) -> Result<CheckpointWriter> {
+        check_step(header.app_step)?;
         let tmp_name = || dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
         let mut tmp = tmp_name();
         let mut warnings = Vec::new();
@@ -626,7 +622,7 @@ impl Store {
     /// As [`Store::begin`], [`CheckpointWriter::add_serde`] and [`CheckpointWriter::commit`].
     pub fn save_serde<T: Serialize + serde::de::DeserializeOwned>(
         &self,
-        app_step: impl TryInto<i64>,
+        app_step: impl TryInto<u64> + Copy + Display,
         value: &T,
     ) -> Result<CommitInfo> {
         let mut w = self.begin(app_step)?;
@@ -641,7 +637,7 @@ impl Store {
     /// ([`Store::after_step_committed`]).
     pub fn checkpoint(
         &self,
-        app_step: impl TryInto<i64>,
+        app_step: impl TryInto<u64> + Copy + Display,
         write: impl FnOnce(&mut CheckpointWriter) -> Result<()>,
     ) -> Result<CommitInfo> {
         let app_step = step_arg(app_step)?;

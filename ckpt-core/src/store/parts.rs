@@ -32,7 +32,7 @@ pub struct PartIdentity {
     /// The part's generation.
     pub generation: u64,
     /// The application step it holds.
-    pub app_step: i64,
+    pub app_step: u64,
     /// Its length in bytes.
     pub file_len: u64,
     /// The rank that wrote it.
@@ -47,12 +47,16 @@ pub struct PartIdentity {
 
 impl Store {
     /// Starts this rank's part of multi-rank generation `generation` (all ranks must use the same number).
-    pub fn begin_part(&self, generation: u64, app_step: impl TryInto<i64>) -> Result<CheckpointWriter> {
+    pub fn begin_part(
+        &self,
+        generation: u64,
+        app_step: impl TryInto<u64> + Copy + Display,
+    ) -> Result<CheckpointWriter> {
         self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, step_arg(app_step)?)
     }
 
     /// [`Store::begin_part`] into another directory (`ImageDir` of Slurm's removed checkpoint interface).
-    pub fn begin_part_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CheckpointWriter> {
+    pub fn begin_part_in(&self, dir: &Path, generation: u64, app_step: u64) -> Result<CheckpointWriter> {
         if generation == 0 {
             return Err(Error::invalid("generation numbers start at 1"));
         }
@@ -148,12 +152,12 @@ impl Store {
     /// Commits multi-rank generation `generation`: waits (up to the configured commit timeout) until every
     /// rank's part is durable and structurally valid, then writes the manifest. Normally called by rank 0
     /// after a barrier, so the wait is short.
-    pub fn commit_step(&self, generation: u64, app_step: i64) -> Result<CommitInfo> {
-        self.commit_step_in(&self.config.checkpoint_dir.clone(), generation, app_step)
+    pub fn commit_step(&self, generation: u64, app_step: impl TryInto<u64> + Copy + Display) -> Result<CommitInfo> {
+        self.commit_step_in(&self.config.checkpoint_dir.clone(), generation, step_arg(app_step)?)
     }
 
     /// [`Store::commit_step`] for parts written into `dir`.
-    pub fn commit_step_in(&self, dir: &Path, generation: u64, app_step: i64) -> Result<CommitInfo> {
+    pub fn commit_step_in(&self, dir: &Path, generation: u64, app_step: u64) -> Result<CommitInfo> {
         let start = Instant::now();
         let part_dir = dir.join(format!("{}.parts", self.config.base_name())).join(generation.to_string());
         let nranks = self.config.nranks;
@@ -216,8 +220,13 @@ impl Store {
     /// told the outcome), and a later commit removes the emptied directory; parts that no rank removed are
     /// removed by a later commit all the same. A part whose identity is wrong makes the step unrestorable
     /// for its rank (restart checks every part against the manifest), never a wrong restart.
-    pub fn commit_step_with_parts(&self, generation: u64, app_step: i64, parts: &[PartIdentity]) -> Result<CommitInfo> {
-        self.commit_step_with_parts_in(&self.config.checkpoint_dir.clone(), generation, app_step, parts)
+    pub fn commit_step_with_parts(
+        &self,
+        generation: u64,
+        app_step: impl TryInto<u64> + Copy + Display,
+        parts: &[PartIdentity],
+    ) -> Result<CommitInfo> {
+        self.commit_step_with_parts_in(&self.config.checkpoint_dir.clone(), generation, step_arg(app_step)?, parts)
     }
 
     /// [`Store::commit_step_with_parts`] for parts written into `dir`.
@@ -225,7 +234,7 @@ impl Store {
         &self,
         dir: &Path,
         generation: u64,
-        app_step: i64,
+        app_step: u64,
         parts: &[PartIdentity],
     ) -> Result<CommitInfo> {
         let start = Instant::now();
@@ -244,7 +253,7 @@ impl Store {
 }
 
 /// Checks that `part` is rank `rank`'s part of `generation` and step `app_step` of a step of `nranks`.
-pub(super) fn check_part(part: &PartIdentity, rank: u32, nranks: u32, generation: u64, app_step: i64) -> Result<()> {
+pub(super) fn check_part(part: &PartIdentity, rank: u32, nranks: u32, generation: u64, app_step: u64) -> Result<()> {
     let p = part;
     if p.generation == generation && p.rank == rank && p.nranks == nranks && p.app_step == app_step {
         return Ok(());

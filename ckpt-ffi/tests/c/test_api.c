@@ -120,6 +120,12 @@ static void first_run(void) {
     raise(SIGUSR1);
     CHECK(ckpt_should_checkpoint() == 1);
     CHECK(ckpt_should_exit() == 0);
+    /* steps are 0 or more: a negative one is refused, naming it, and the request stays due */
+    EXPECT(ckpt_checkpoint(-3), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "step -3 is negative") != NULL);
+    EXPECT(ckpt_checkpoint(INT64_MIN), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "step -9223372036854775808 is negative") != NULL);
+    CHECK(ckpt_should_checkpoint() == 1);
     iteration = 10;
     EXPECT(ckpt_checkpoint(iteration), CKPT_OK);
     CHECK(ckpt_should_checkpoint() == 0);
@@ -304,6 +310,9 @@ static void buffers(void) {
     for (int i = 0; i < 5000; i++) data[i] = (unsigned char)(i * 7);
     EXPECT(ckpt_save_buffer(NULL, data, sizeof data, 3), CKPT_ERR_NULL_ARGUMENT);
     EXPECT(ckpt_save_buffer(p, NULL, 5, 3), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_save_buffer(p, data, sizeof data, -3), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "step -3 is negative") != NULL);
+    CHECK(access(p, F_OK) != 0); /* nothing written */
     EXPECT(ckpt_save_buffer(p, data, sizeof data, 3), CKPT_OK);
     size_t len = 0;
     int64_t step = 0;
@@ -341,6 +350,8 @@ static void parts_by_identity(void) {
         EXPECT(ckpt_init("idparts"), CKPT_OK);
         EXPECT(ckpt_protect(0, field, sizeof field), CKPT_OK);
         EXPECT(ckpt_get_part_identity(1, &ids[rank]), CKPT_ERR_INVALID_STATE); /* no part written yet */
+        EXPECT(ckpt_checkpoint_part(1, -40), CKPT_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(ckpt_last_error(), "step -40 is negative") != NULL);
         EXPECT(ckpt_checkpoint_part(1, 40), CKPT_OK);
         EXPECT(ckpt_get_part_identity(1, NULL), CKPT_ERR_NULL_ARGUMENT);
         EXPECT(ckpt_get_part_identity(1, &ids[rank]), CKPT_OK);
@@ -354,6 +365,14 @@ static void parts_by_identity(void) {
     CHECK(strstr(ckpt_last_error(), "2 ranks") != NULL);
     EXPECT(ckpt_commit_step_parts(1, 41, ids, 2), CKPT_ERR_INVALID_STATE); /* the parts hold step 40 */
     CHECK(strstr(ckpt_last_error(), "same step") != NULL);
+    EXPECT(ckpt_commit_step_parts(1, -40, ids, 2), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "step -40 is negative") != NULL);
+    ckpt_part_identity forged[2] = {ids[0], ids[1]};
+    forged[1].step = -1;
+    EXPECT(ckpt_commit_step_parts(1, 40, forged, 2), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "parts[1].step -1 is negative") != NULL);
+    EXPECT(ckpt_commit_step(1, -40), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "step -40 is negative") != NULL);
     uint64_t gen = 9;
     EXPECT(ckpt_newest_valid_generation(UINT64_MAX, &gen), CKPT_OK);
     CHECK(gen == 0); /* nothing committed by the failed calls */

@@ -253,7 +253,7 @@ def _compress_arg(compress: Compress) -> str | None:
     raise TypeError(f"compress must be None, a bool, a zstd level or a string such as 'auto', not {compress!r}")
 
 
-_STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
+_STEP_MAX = 2**63 - 1  # the largest step a checkpoint records (ckpt_core::MAX_STEP)
 
 
 def _is_integer(x: Any) -> bool:
@@ -280,9 +280,11 @@ def _step_arg(obj: Any, step: int | None, fallback: int) -> int:
         s = int(obj["step"])
     else:
         return fallback
-    if not _STEP_MIN <= s <= _STEP_MAX:
+    if s < 0:
+        raise InvalidArgumentError(f"step {s} is negative: steps are 0 or more", kind="invalid argument")
+    if s > _STEP_MAX:
         raise InvalidArgumentError(
-            f"step {s} does not fit in the header's signed 64-bit step (from {_STEP_MIN} to {_STEP_MAX})",
+            f"step {s} does not fit in the header's signed 64-bit step (at most {_STEP_MAX})",
             kind="invalid argument",
         )
     return s

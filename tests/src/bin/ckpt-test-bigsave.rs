@@ -7,8 +7,8 @@
 use ckpt_core::{Config, SectionOptions, Store};
 
 /// The section's bytes for `step`.
-pub fn content(step: i64, len: usize) -> Vec<u8> {
-    let mut x = (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+pub fn content(step: u64, len: usize) -> Vec<u8> {
+    let mut x = step.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -23,7 +23,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(&args[1]);
     let mib: usize = args[3].parse().expect("MIB");
-    let step: i64 = args[4].parse().expect("STEP");
+    let step: u64 = args[4].parse().expect("STEP");
     let data = content(step, mib << 20);
     // Every invocation continues the named run (the step is an argument, so the command lines differ).
     let mut config = Config::new(&args[2], &dir).expect("config");

@@ -35,7 +35,7 @@ pub const META_SECTION: &str = "meta";
 #[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
 pub struct Meta {
     /// The step this state belongs to.
-    pub step: i64,
+    pub step: u64,
     /// Length of the raw section.
     pub raw_len: u64,
     /// Number of f64 values in the field section.
@@ -55,17 +55,17 @@ pub struct State {
     pub meta: Meta,
 }
 
-fn step_seed(step: i64) -> u64 {
-    (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0123_4567_89AB_CDEF
+fn step_seed(step: u64) -> u64 {
+    step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0123_4567_89AB_CDEF
 }
 
 /// The state of `step` with a raw section of `raw_mib` MiB or more: a deterministic function of these
 /// only, different for every step.
-pub fn expected_state(step: i64, raw_mib: usize) -> State {
+pub fn expected_state(step: u64, raw_mib: usize) -> State {
     let mut rng = Rng::new(step_seed(step));
     let raw_len = (raw_mib << 20) + rng.below(2 << 20) as usize;
     let raw = rng.bytes(raw_len);
-    let field_values = 32 * 1024 + (step.rem_euclid(17) as usize) * 512;
+    let field_values = 32 * 1024 + ((step % 17) as usize) * 512;
     let field = smooth_field(field_values, step as f64 * 0.37);
     let meta = Meta {
         step,
@@ -77,7 +77,7 @@ pub fn expected_state(step: i64, raw_mib: usize) -> State {
 }
 
 /// Saves the state of `step` as one checkpoint.
-pub fn save_state(store: &Store, step: i64, state: &State) -> ckpt_core::Result<CommitInfo> {
+pub fn save_state(store: &Store, step: u64, state: &State) -> ckpt_core::Result<CommitInfo> {
     let mut w = store.begin(step)?;
     w.add_bytes(RAW_SECTION, &state.raw)?;
     w.add_section_with(
@@ -91,7 +91,7 @@ pub fn save_state(store: &Store, step: i64, state: &State) -> ckpt_core::Result<
 
 /// Checks that `cp` holds exactly the state of `step` (every section, byte for byte), saved with a raw
 /// section of `raw_mib` MiB or more.
-pub fn check_checkpoint(cp: &Checkpoint, step: i64, raw_mib: usize) -> Result<(), String> {
+pub fn check_checkpoint(cp: &Checkpoint, step: u64, raw_mib: usize) -> Result<(), String> {
     let path = cp.path().display().to_string();
     if cp.step() != step {
         return Err(format!("{path}: header step {} != expected {step}", cp.step()));

@@ -80,7 +80,7 @@ fn main() {
             say("user-handler");
         }
         if cp.should_checkpoint() {
-            let saved = cp.checkpoint(state.step as i64, |w| {
+            let saved = cp.checkpoint(state.step, |w| {
                 w.add_serde("state", &state)?;
                 if !pad.is_empty() {
                     w.add_bytes("pad", &pad)?;
