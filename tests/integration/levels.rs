@@ -231,7 +231,7 @@ fn the_time_limit_checkpoint_is_durable_before_the_program_exits() {
     // The program computes on while the copy runs; what restart resumes is the checkpoint's step.
     let saved = child.lines_with("checkpoint ");
     assert_eq!(saved.len(), 1, "one time-limit checkpoint: {:?}", child.seen);
-    let step: i64 = saved[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    let step: u64 = saved[0].split_whitespace().nth(1).unwrap().parse().unwrap();
     std::fs::remove_dir_all(&cache_root).unwrap();
     let reader = ckpt_tests::reader_config("trigger-test", &dir);
     let r = Store::new(reader).restore().unwrap().expect("the time-limit checkpoint in the checkpoint directory");
