@@ -36,7 +36,7 @@ pub(crate) fn write_regions(s: &State, w: &mut ckpt_core::CheckpointWriter) -> c
     for (k, v) in &s.metadata {
         w.set_metadata(k, v)?;
     }
-    for (&id, r) in &s.regions {
+    for (key, r) in &s.regions {
         let data: &[u8] = if r.len == 0 {
             &[]
         } else {
@@ -44,8 +44,8 @@ pub(crate) fn write_regions(s: &State, w: &mut ckpt_core::CheckpointWriter) -> c
             // valid and not modified concurrently while protected (documented contract).
             unsafe { std::slice::from_raw_parts(r.ptr, r.len) }
         };
-        let opts = SectionOptions::new().compression(s.checkpointer.config().compression).tag(id as u32);
-        w.add_section_with(&section_name(id), data, opts)?;
+        let opts = SectionOptions::new().compression(s.checkpointer.config().compression).tag(key.tag());
+        w.add_section_with(&key.section(), data, opts)?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ckpt_core::{Checkpointer, Config, Restored, TriggerView};
 
+use crate::regions::RegionKey;
 use crate::status::*;
 
 /// A registered memory region: owned by the C caller, which promises it stays valid while protected.
@@ -24,7 +25,7 @@ unsafe impl Send for Region {}
 
 pub(crate) struct State {
     pub(crate) checkpointer: Checkpointer,
-    pub(crate) regions: BTreeMap<i32, Region>,
+    pub(crate) regions: BTreeMap<RegionKey, Region>,
     pub(crate) metadata: Vec<(String, String)>,
     /// The checkpoint chosen by `ckpt_have_restart` (verified), reused by `ckpt_restart`.
     pub(crate) restored: Option<Restored>,
