@@ -310,12 +310,13 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     };
     let pid = child.id() as libc::pid_t;
     say(format_args!(
-        "started {} (pid {pid}){}",
+        "started {} (pid {pid}){}; {}",
         args.command.join(" "),
         job_id
             .as_deref()
             .map(|j| format!(" in job {j}, restart {}", cfg.restart_count.unwrap_or(0)))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        cfg.interval_in_words()
     ));
 
     // In a job, Slurm's SIGTERM (time limit, scancel, preemption) reaches every process of the job, the

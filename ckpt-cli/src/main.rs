@@ -737,7 +737,8 @@ fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {
     let v = json!({
         "app_name": c.app_name, "job_id": c.job_id, "step_id": c.step_id, "rank": c.rank, "nranks": c.nranks,
         "checkpoint_dir": c.checkpoint_dir, "restart_dir": c.restart_dir, "checkpoint_name": c.base_name(),
-        "checkpoint_path": c.checkpoint_path(), "interval_seconds": interval, "end_time": c.end_time,
+        "checkpoint_path": c.checkpoint_path(), "interval_seconds": interval,
+        "interval_description": c.interval_in_words(), "end_time": c.end_time,
         "end_time_source": c.end_time_source.map(|s| s.as_str()),
         "signals": c.signals.iter().map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
         "exit_signals": c.signals.iter().filter(|s| s.exit).map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
