@@ -447,7 +447,7 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     if let Some(why) = why_not {
         return not_requeued(&why);
     }
-    match super::requeue_with(&requeue_cfg, args.max_restarts, false, &mut std::io::stderr()) {
+    match super::requeue::requeue_with(&requeue_cfg, args.max_restarts, false, &mut std::io::stderr()) {
         Ok(code) if code == ExitCode::SUCCESS => {
             say(format_args!("stopped after a checkpoint, requeued (exit 4)"));
             Ok(ExitCode::from(4))

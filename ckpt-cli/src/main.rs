@@ -2,7 +2,6 @@
 //! from running processes, and restart programs from a checkpoint directory.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +14,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::HumanBytes;
 
 mod job;
+mod progress;
+mod requeue;
 mod shim;
 use serde_json::{Value, json};
 
@@ -94,6 +95,10 @@ enum Command {
         /// Print what would be done without calling scontrol.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text: `{"job", "requeued", "dry_run", "restart", "max_restarts",
+        /// "checkpoint": {"name", "generation", "step"} or null, "previous", "reason", "message"}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Restart. With a command (`ckpt restart --image-dir DIR -- PROGRAM ARGS`): run a program that
     /// uses libckpt so it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
@@ -219,8 +224,8 @@ where
             }
         }
         Command::Run { interval, dir, command } => shim::run(interval.as_deref(), dir.as_deref(), &command),
-        Command::Requeue { max_restarts, name, dry_run } => {
-            requeue(max_restarts, name.as_deref(), dry_run, &mut std::io::stdout())
+        Command::Requeue { max_restarts, name, dry_run, json } => {
+            requeue::requeue(max_restarts, name.as_deref(), dry_run, json, &mut std::io::stdout())
         }
         Command::Job { requeue, max_restarts, on_warning, transparent, forward_term, name, dir, output, command } => {
             job::job(&job::JobArgs {
@@ -478,11 +483,11 @@ fn verify(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, Error> {
         eprintln!("ckpt verify: no checkpoint files found");
         return Ok(ExitCode::from(1));
     }
-    let tty = std::io::stderr().is_terminal();
+    let tty = progress::enabled(as_json);
     let mut bad = 0usize;
     let mut results = Vec::new();
     for f in &files {
-        let r = verify_one(f, tty);
+        let r = verify_one(f, tty, as_json);
         if as_json {
             results.push(match &r {
                 Ok(cp) => json!({"path": f, "ok": true, "generation": cp.generation(), "step": cp.step(),
@@ -517,29 +522,19 @@ fn verify(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Verifies section by section, with a progress bar on a terminal and plain lines for large files otherwise.
-fn verify_one(path: &Path, tty: bool) -> Result<Checkpoint, Error> {
+/// Verifies section by section, with a progress bar for large files when `tty` (stderr is a terminal and
+/// the output is not JSON: [`progress::enabled`]), plain lines on stderr otherwise (none with `--json`).
+fn verify_one(path: &Path, tty: bool, as_json: bool) -> Result<Checkpoint, Error> {
     let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions::new().mmap(false))?;
     let total: u64 = cp.sections().iter().map(|s| s.stored_len).sum();
     let large = total >= 256 << 20;
-    let bar = if tty && large {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        b.set_message(path.display().to_string());
-        Some(b)
-    } else {
-        None
-    };
+    let bar = (tty && large).then(|| progress::bytes(total, path.display().to_string()));
     let n = cp.sections().len();
     for (i, s) in cp.sections().iter().enumerate() {
         cp.verify_section(&s.name)?;
         match &bar {
             Some(b) => b.inc(s.stored_len),
-            None if large => {
+            None if large && !as_json => {
                 eprintln!(
                     "verify {}: section {}/{n} `{}` ok ({})",
                     path.display(),
@@ -799,27 +794,43 @@ fn create(
     }
     let image_dir = image_dir.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()));
     let wait = Duration::from_secs_f64(max_wait);
-    let mut handles: Vec<std::thread::JoinHandle<(u32, Result<PathBuf, Error>)>> = sockets
-        .into_iter()
-        .map(|(pid, name)| {
-            let img = image_dir.clone();
-            let d = sock_dir.clone();
-            std::thread::spawn(move || {
-                (pid, control::request_checkpoint_in(&d, &name, img.as_deref(), vacate, wait).map(|r| r.path))
-            })
-        })
-        .collect();
+    // Each request answers on the channel when its checkpoint is durable (or failed), in whatever order;
+    // the answers are printed in the order the processes were asked, once all are in.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, u32, Result<PathBuf, Error>)>();
+    let mut asked = 0usize;
+    for (pid, name) in sockets {
+        let (img, d, tx) = (image_dir.clone(), sock_dir.clone(), tx.clone());
+        let i = asked;
+        std::thread::spawn(move || {
+            let r = control::request_checkpoint_in(&d, &name, img.as_deref(), vacate, wait).map(|r| r.path);
+            let _ = tx.send((i, pid, r));
+        });
+        asked += 1;
+    }
     for (pid, reg) in shims {
-        let img = image_dir.clone();
-        let d = sock_dir.clone();
-        handles.push(std::thread::spawn(move || {
-            (pid, ckpt_image::control::request_checkpoint(pid, &d, &reg, img.as_deref(), vacate, wait))
-        }));
+        let (img, d, tx) = (image_dir.clone(), sock_dir.clone(), tx.clone());
+        let i = asked;
+        std::thread::spawn(move || {
+            let r = ckpt_image::control::request_checkpoint(pid, &d, &reg, img.as_deref(), vacate, wait);
+            let _ = tx.send((i, pid, r));
+        });
+        asked += 1;
+    }
+    drop(tx);
+    let bar = progress::enabled(as_json).then(|| progress::waiting(asked as u64, wait));
+    let mut answers: Vec<Option<(u32, Result<PathBuf, Error>)>> = (0..asked).map(|_| None).collect();
+    for (i, pid, r) in rx {
+        answers[i] = Some((pid, r));
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     let mut failed = 0;
     let mut results = Vec::new();
-    for h in handles {
-        let (pid, r) = h.join().expect("request thread");
+    for (pid, r) in answers.into_iter().map(|a| a.expect("every request thread answers")) {
         match r {
             Ok(path) if as_json => results.push(json!({"pid": pid, "path": path})),
             Ok(path) => println!("{}", path.display()),
@@ -855,121 +866,6 @@ fn restart(image_dir: Option<&Path>, command: &[String]) -> Result<ExitCode, Err
     }
     let err = cmd.exec();
     Err(Error::io(&format!("run {}", command[0]), err))
-}
-
-/// The newest valid checkpoint of this job in the checkpoint directory, whatever wrote it: the batch step
-/// (`<job>.ckpt`), a job step (`<job>.<step>.ckpt`), one rank or many (the step and rank count come from
-/// the file's header, so a batch script's `ckpt requeue` sees an srun step's 4-rank checkpoint). Returns
-/// (name, generation, step).
-fn newest_checkpoint(cfg: &Config) -> Result<Option<(String, u64, i64)>, Error> {
-    let dir = &cfg.checkpoint_dir;
-    let job = cfg.job_key().to_string();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("list the checkpoint directory", e).with_path(dir)),
-    };
-    let mut best: Option<(i64, String, u64, i64)> = None;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".ckpt") else { continue };
-        let ours = stem == job || stem.strip_prefix(&format!("{job}.")).is_some_and(|s| s.parse::<u32>().is_ok());
-        if !ours {
-            continue;
-        }
-        let Ok(h) = ckpt_core::read_header(&ckpt_core::storage::FileStorage, &e.path()) else { continue };
-        let mut c = Config::new(&h.app_name, dir)?;
-        c.job_id = (!h.job_id.is_empty()).then(|| h.job_id.clone());
-        c.step_id = h.step_id;
-        c.rank = 0;
-        c.nranks = h.nranks.max(1);
-        c.restart_dir = dir.clone();
-        c.allow_fresh_start = true;
-        if c.base_name() != name {
-            continue;
-        }
-        if let Ok(Some(r)) = Store::new(c).restore() {
-            let created = r.checkpoint.header().created_unix_ns;
-            if best.as_ref().is_none_or(|b| created > b.0) {
-                best = Some((created, name.clone(), r.generation, r.app_step));
-            }
-        }
-    }
-    Ok(best.map(|(_, n, g, s)| (n, g, s)))
-}
-
-/// `writeln!` that ignores a failed write (the message is all there is to say).
-macro_rules! say {
-    ($out:expr, $($arg:tt)*) => {{
-        let _ = writeln!($out, $($arg)*);
-    }};
-}
-
-fn requeue(max_restarts: u32, name: Option<&str>, dry_run: bool, out: &mut dyn Write) -> Result<ExitCode, Error> {
-    requeue_with(&Config::from_env(name)?, max_restarts, dry_run, out)
-}
-
-/// `ckpt requeue` for the configuration `cfg` (also `ckpt job`'s requeue).
-fn requeue_with(cfg: &Config, max_restarts: u32, dry_run: bool, out: &mut dyn Write) -> Result<ExitCode, Error> {
-    let job = cfg
-        .job_id
-        .clone()
-        .ok_or_else(|| Error::invalid("SLURM_JOB_ID is not set: `ckpt requeue` runs inside a Slurm job"))?;
-    let count = cfg.restart_count.unwrap_or(0);
-    if count >= max_restarts {
-        say!(
-            out,
-            "ckpt requeue: not requeuing job {job}: it was restarted {count} time(s), the limit is {max_restarts}"
-        );
-        return Ok(ExitCode::from(1));
-    }
-    // Progress: the newest checkpoint must be newer than the one seen at the previous requeue.
-    let record = cfg.checkpoint_dir.join(format!("{}.requeue", cfg.base_name()));
-    let newest = newest_checkpoint(cfg)?;
-    // The record: "<name> <generation> <step>" (older records: "<generation> <step>").
-    let previous: Option<(String, u64, i64)> = std::fs::read_to_string(&record).ok().and_then(|t| {
-        let f: Vec<&str> = t.split_whitespace().collect();
-        match f[..] {
-            [n, g, st] => Some((n.to_string(), g.parse().ok()?, st.parse().ok()?)),
-            [g, st] => Some((cfg.base_name(), g.parse().ok()?, st.parse().ok()?)),
-            _ => None,
-        }
-    });
-    match (&newest, previous) {
-        (None, _) => {
-            say!(out, "ckpt requeue: not requeuing job {job}: it has no valid checkpoint to restart from");
-            return Ok(ExitCode::from(1));
-        }
-        (Some((name, g, step)), Some((pname, pg, pstep))) if count > 0 && *name == pname && *g <= pg => {
-            say!(
-                out,
-                "ckpt requeue: not requeuing job {job}: no progress since the last restart (newest checkpoint \
-                 generation {g}, step {step}; at the previous requeue generation {pg}, step {pstep})"
-            );
-            return Ok(ExitCode::from(1));
-        }
-        _ => {}
-    }
-    let (name, g, step) = newest.expect("checked above");
-    if dry_run {
-        say!(
-            out,
-            "ckpt requeue: would requeue job {job} (restart {} of {max_restarts}; checkpoint step {step})",
-            count + 1
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    std::fs::write(&record, format!("{name} {g} {step}\n")).map_err(|e| Error::io("write", e).with_path(&record))?;
-    let scontrol = std::env::var("CKPT_SCONTROL").unwrap_or_else(|_| "scontrol".into());
-    let status = std::process::Command::new(&scontrol)
-        .args(["requeue", &job])
-        .status()
-        .map_err(|e| Error::io(&format!("run {scontrol}"), e))?;
-    if !status.success() {
-        return Err(Error::new(ckpt_core::ErrorKind::Io, format!("`{scontrol} requeue {job}` failed: {status}")));
-    }
-    say!(out, "ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
