@@ -18,6 +18,9 @@
 //! not passed on to a program using libckpt (Slurm sends its own to every process of the job; a second
 //! one makes mpirun abort), unless `--forward-term`; under `--transparent` it becomes the shim's
 //! checkpoint-and-exit signal, SIGRTMAX-3, and the warning's checkpoint request SIGRTMAX-2.
+//!
+//! As an srun step's program (`srun ckpt job --requeue -- ./app`, one per task) each task supervises its
+//! rank and only task 0 requeues the job.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -205,6 +208,17 @@ fn shim_app_name(name: Option<&str>, program: &str) -> String {
     path.and_then(|p| std::fs::canonicalize(p).ok())
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| program.rsplit('/').next().unwrap_or(program).to_string())
+}
+
+/// This process's task number and the step's task count when it is a task of an srun step of several
+/// tasks (`srun ckpt job -- ./app`: one `ckpt job` per rank), from SLURM_STEP_ID, SLURM_PROCID and
+/// SLURM_STEP_NUM_TASKS (or SLURM_NTASKS).
+fn step_task() -> Option<(u32, u32)> {
+    let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+    var("SLURM_STEP_ID")?;
+    let task = var("SLURM_PROCID")?.parse().ok()?;
+    let ntasks: u32 = var("SLURM_STEP_NUM_TASKS").or_else(|| var("SLURM_NTASKS"))?.parse().ok()?;
+    (ntasks > 1).then_some((task, ntasks))
 }
 
 /// Slurm's reason for a job's state (`TimeLimit`, `None`...), from `scontrol show job -o`.
@@ -418,11 +432,15 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     }
     say(format_args!("the program {how} after a checkpoint"));
 
-    // Requeue: only in a job, when asked, and not after scancel or preemption.
+    // Requeue: only in a job, when asked, and not after scancel or preemption; in an srun step whose
+    // every task runs `ckpt job` (`srun ckpt job -- ./app`), by its task 0 only (one requeue per job).
+    let step_task = step_task();
     let why_not = if !args.requeue {
         Some("no --requeue".to_string())
     } else if job_id.is_none() {
         Some("not in a Slurm job".to_string())
+    } else if let Some((task, ntasks)) = step_task.filter(|&(task, _)| task > 0) {
+        Some(format!("task {task} of {ntasks} of this srun step: task 0 requeues the job"))
     } else {
         match stop.map(|(c, _)| c) {
             Some(StopCause::Warning) => None,
