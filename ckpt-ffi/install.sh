@@ -24,6 +24,8 @@
 #   --libdir NAME     library directory under the prefix (default: lib)
 #   --lib-from DIR    install libckpt.so/libckpt.a already built in DIR (e.g. target/debug) instead of building
 #   --no-fortran      do not compile the Fortran modules
+#   --no-mpi          leave out the MPI helpers: ckpt_mpi.h, ckpt_mpi.f90 and the compiled module ckpt_mpi
+#                     (installed by default; they need MPI only when a program uses them)
 #   --cli-from FILE   install this ckpt binary (default: the one built with the library, or DIR/ckpt of
 #                     --lib-from when it exists; without either the command is skipped with a note)
 #   --no-cli          do not install the ckpt command, its completions and manual pages
@@ -35,6 +37,7 @@ PREFIX="${PREFIX:-}"
 LIBDIR_NAME="lib"
 LIB_FROM=""
 FORTRAN=1
+MPI=1
 CLI=1
 CLI_FROM=""
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
     --lib-from) LIB_FROM="${2:?--lib-from needs a directory}"; shift 2 ;;
     --lib-from=*) LIB_FROM="${1#*=}"; shift ;;
     --no-fortran) FORTRAN=0; shift ;;
+    --no-mpi) MPI=0; shift ;;
     --cli-from) CLI_FROM="${2:?--cli-from needs a file}"; shift 2 ;;
     --cli-from=*) CLI_FROM="${1#*=}"; shift ;;
     --no-cli) CLI=0; shift ;;
@@ -112,7 +116,9 @@ fi
 install -m 0644 "$LIB_FROM/libckpt.a" "$LIBDIR/libckpt.a"
 
 # ---- headers and Fortran sources ----
-for f in ckpt.h ckpt_mpi.h ckpt.hpp ckpt.f90 ckpt_mpi.f90; do
+headers=(ckpt.h ckpt.hpp ckpt.f90)
+if [ "$MPI" = 1 ]; then headers+=(ckpt_mpi.h ckpt_mpi.f90); else rm -f "$INCDIR/ckpt_mpi.h" "$INCDIR/ckpt_mpi.f90"; fi
+for f in "${headers[@]}"; do
   install -m 0644 "$ROOT/include/$f" "$INCDIR/$f"
 done
 
@@ -128,7 +134,7 @@ if [ "$FORTRAN" = 1 ] && command -v "${FC:-gfortran}" >/dev/null; then
   "$FC" -O2 -fPIC -std=f2018 -J"$work" -c "$INCDIR/ckpt.f90" -o "$work/ckpt.o"
   objs=("$work/ckpt.o")
   HAVE_FORTRAN=1
-  if command -v "${MPIFC:-mpif90}" >/dev/null; then
+  if [ "$MPI" = 1 ] && command -v "${MPIFC:-mpif90}" >/dev/null; then
     if "${MPIFC:-mpif90}" -O2 -fPIC -std=f2018 -I"$work" -J"$work" -c "$INCDIR/ckpt_mpi.f90" -o "$work/ckpt_mpi.o" \
         2>"$work/mpi.err"; then
       objs+=("$work/ckpt_mpi.o")

@@ -26,7 +26,9 @@
 !>    assumed-shape one); ckpt_protect_f(id, x) does that for any contiguous
 !>    variable or array of any rank and intrinsic or derived type (CHARACTER of kind c_char up to rank 7). The
 !>    variable must have the TARGET attribute (or be a POINTER) and stay allocated while protected;
-!>    protect it again after reallocating it.
+!>    protect it again after reallocating it. By name, ckpt_protect_named_f("e", x) does the same and the
+!>    name is stored and checked at restart (a field added between two others is never restored from
+!>    another array of the same size; errors say region "e").
 !>  - Thread safety: as in C (every function may be called from any thread).
 module ckpt
   use, intrinsic :: iso_c_binding, only: c_int32_t, c_int64_t, c_size_t, c_char, c_ptr, c_null_ptr, &
@@ -69,8 +71,9 @@ module ckpt
   integer(c_int32_t), parameter, public :: CKPT_ERR_PANIC = -99
 
   ! ---- the C functions of ckpt.h, in header order (see the header for each contract) ----
-  public :: ckpt_init, ckpt_finalize, ckpt_protect, ckpt_unprotect, ckpt_should_checkpoint, ckpt_should_exit, &
-            ckpt_checkpoint, ckpt_have_restart, ckpt_restart_size, ckpt_restart, ckpt_last_error, ckpt_status_str, &
+  public :: ckpt_init, ckpt_finalize, ckpt_protect, ckpt_unprotect, ckpt_protect_named, ckpt_unprotect_named, &
+            ckpt_should_checkpoint, ckpt_should_exit, ckpt_checkpoint, ckpt_have_restart, ckpt_restart_size, &
+            ckpt_restart_size_named, ckpt_restart, ckpt_last_error, ckpt_status_str, &
             ckpt_version, ckpt_set_config, ckpt_set_rank, ckpt_rank_info, ckpt_set_metadata, ckpt_restart_metadata, &
             ckpt_save_buffer, ckpt_buffer_size, ckpt_load_buffer, ckpt_next_generation, ckpt_checkpoint_part, &
             ckpt_commit_step, ckpt_newest_valid_generation, ckpt_select_generation, ckpt_finish_step, &
@@ -93,6 +96,7 @@ module ckpt
 
   ! ---- Fortran-friendly wrappers ----
   public :: ckpt_init_f, ckpt_set_config_f, ckpt_set_metadata_f, ckpt_restart_metadata_f, ckpt_protect_f, &
+            ckpt_protect_named_f, ckpt_unprotect_named_f, ckpt_restart_size_named_f, &
             ckpt_save_buffer_f, ckpt_buffer_size_f, ckpt_load_buffer_f, ckpt_last_error_f, ckpt_status_str_f, &
             ckpt_version_f, ckpt_c_string, ckpt_f_string, ckpt_restart_info_f, ckpt_restart_rejected_f
 
@@ -125,6 +129,23 @@ module ckpt
       integer(c_int32_t), value :: id
       integer(c_int32_t) :: status
     end function ckpt_unprotect
+
+    !> int32_t ckpt_protect_named(const char *name, void *ptr, size_t len): the region called name (stored
+    !> in the checkpoint, read back by name at restart); ckpt_protect_named_f is simpler.
+    function ckpt_protect_named(name, ptr, len) bind(C, name="ckpt_protect_named") result(status)
+      import :: c_int32_t, c_char, c_ptr, c_size_t
+      character(kind=c_char), dimension(*), intent(in) :: name
+      type(c_ptr), value :: ptr
+      integer(c_size_t), value :: len
+      integer(c_int32_t) :: status
+    end function ckpt_protect_named
+
+    !> int32_t ckpt_unprotect_named(const char *name)
+    function ckpt_unprotect_named(name) bind(C, name="ckpt_unprotect_named") result(status)
+      import :: c_int32_t, c_char
+      character(kind=c_char), dimension(*), intent(in) :: name
+      integer(c_int32_t) :: status
+    end function ckpt_unprotect_named
 
     !> int32_t ckpt_should_checkpoint(void): 1 or 0; lock-free, call it every iteration.
     function ckpt_should_checkpoint() bind(C, name="ckpt_should_checkpoint") result(flag)
@@ -160,6 +181,14 @@ module ckpt
       integer(c_size_t), intent(inout) :: len_out
       integer(c_int32_t) :: status
     end function ckpt_restart_size
+
+    !> int32_t ckpt_restart_size_named(const char *name, size_t *len_out)
+    function ckpt_restart_size_named(name, len_out) bind(C, name="ckpt_restart_size_named") result(status)
+      import :: c_int32_t, c_char, c_size_t
+      character(kind=c_char), dimension(*), intent(in) :: name
+      integer(c_size_t), intent(inout) :: len_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_size_named
 
     !> int32_t ckpt_restart(int64_t *step_out): step_out optional (NULL).
     function ckpt_restart(step_out) bind(C, name="ckpt_restart") result(status)
@@ -544,6 +573,41 @@ contains
     end if
     status = ckpt_protect(id, ptr, len)
   end function ckpt_protect_f
+
+  !> ckpt_protect_named for a whole variable or array x of any type and rank, called `name` (trailing
+  !> blanks removed; 1 to 64 bytes): as ckpt_protect_f, but the name is stored in the checkpoint and
+  !> ckpt_restart reads x back from the region of that name, so a field added or moved between two others
+  !> is never restored from another array of the same size, and errors name it (region "e").
+  function ckpt_protect_named_f(name, x) result(status)
+    character(len=*), intent(in) :: name
+    class(*), dimension(..), intent(inout), target :: x
+    integer(c_int32_t) :: status
+    type(c_ptr) :: ptr
+    integer(c_size_t) :: len
+    logical :: ok
+    call region_of(x, element_bytes(x), ptr, len, ok)
+    if (.not. ok) then
+      status = CKPT_ERR_INVALID_ARGUMENT
+      return
+    end if
+    status = ckpt_protect_named(ckpt_c_string(name), ptr, len)
+  end function ckpt_protect_named_f
+
+  !> ckpt_unprotect_named with a Fortran string.
+  function ckpt_unprotect_named_f(name) result(status)
+    character(len=*), intent(in) :: name
+    integer(c_int32_t) :: status
+    status = ckpt_unprotect_named(ckpt_c_string(name))
+  end function ckpt_unprotect_named_f
+
+  !> ckpt_restart_size_named with a Fortran string: the stored size in bytes of the region called name
+  !> (to allocate it before ckpt_protect_named_f and ckpt_restart); len_out is set only on success.
+  function ckpt_restart_size_named_f(name, len_out) result(status)
+    character(len=*), intent(in) :: name
+    integer(c_size_t), intent(inout) :: len_out
+    integer(c_int32_t) :: status
+    status = ckpt_restart_size_named(ckpt_c_string(name), len_out)
+  end function ckpt_restart_size_named_f
 
   !> ckpt_save_buffer of the whole contiguous variable or array x (any type and rank).
   function ckpt_save_buffer_f(path, x, step) result(status)

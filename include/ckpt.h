@@ -14,8 +14,8 @@
  *
  * Typical use:
  *    ckpt_init("heat");
- *    ckpt_protect(0, field, n * sizeof(double));
- *    ckpt_protect(1, &iteration, sizeof(iteration));
+ *    ckpt_protect_named("field", field, n * sizeof(double));   // or by number: ckpt_protect(0, ...)
+ *    ckpt_protect_named("iteration", &iteration, sizeof(iteration));
  *    int64_t step = 0;
  *    int32_t rc = ckpt_restart(&step);                // the newest valid checkpoint of this run
  *    if (rc != CKPT_OK && rc != CKPT_ERR_NO_CHECKPOINT) {
@@ -183,6 +183,28 @@ int32_t ckpt_protect(int32_t id,
 // Forgets region `id`. Returns `CKPT_ERR_UNKNOWN_REGION` if it was not protected. Thread-safe.
 int32_t ckpt_unprotect(int32_t id);
 
+// Registers `len` bytes at `ptr` as the region called `name`, to be saved by `ckpt_checkpoint` and
+// restored by `ckpt_restart`, like `ckpt_protect` but by name: the name is stored in the checkpoint
+// (as the name of the region's section) and a restart reads each named region from the section of that
+// name, so fields protected in another order, or a field inserted between two others, are restored
+// into the right memory or refused with a message naming the region (`region "e" is not in this
+// checkpoint`), never loaded into another region of the same size. Protecting a name again replaces its
+// pointer and length (after a resize). Named and numbered regions can be mixed in one program.
+//
+// `name`: 1 to 64 bytes of UTF-8, not `region.<number>` (how `ckpt_protect`'s region `<number>` is
+// stored); copied. Returns `CKPT_ERR_NULL_ARGUMENT` when `name` is NULL, or `ptr` is NULL and `len` is
+// not 0, and `CKPT_ERR_INVALID_ARGUMENT` for a name that is empty, too long or reserved.
+//
+// The memory stays owned by the caller and must remain valid until `ckpt_unprotect_named(name)` or
+// `ckpt_finalize`. Thread-safe.
+int32_t ckpt_protect_named(const char *name,
+                           void *ptr,
+                           size_t len);
+
+// Forgets the region called `name` (read during the call only). Returns `CKPT_ERR_UNKNOWN_REGION` if no
+// region of that name is protected, `CKPT_ERR_NULL_ARGUMENT` when `name` is NULL. Thread-safe.
+int32_t ckpt_unprotect_named(const char *name);
+
 // 1 when a checkpoint is due (a signal, the interval, the job's time limit, or a `ckpt create` request),
 // else 0 (also before `ckpt_init`). One atomic load, no lock: call it every iteration. Thread-safe.
 int32_t ckpt_should_checkpoint(void);
@@ -221,14 +243,25 @@ int32_t ckpt_have_restart(int32_t *found_out,
 int32_t ckpt_restart_size(int32_t id,
                           size_t *len_out);
 
+// Writes to `*len_out` the stored size in bytes of the region called `name` (of `ckpt_protect_named`) in
+// the checkpoint a restart would use, so the program can allocate or resize it before
+// `ckpt_protect_named` and `ckpt_restart`. `name` is read during the call only.
+//
+// Returns `CKPT_ERR_NULL_ARGUMENT` when `name` or `len_out` is NULL, `CKPT_ERR_NO_CHECKPOINT` when there
+// is no checkpoint, and `CKPT_ERR_SECTION_NOT_FOUND` when it has no region of that name (the message
+// names the region and lists those it has). `*len_out` is written only on success. Thread-safe.
+int32_t ckpt_restart_size_named(const char *name,
+                                size_t *len_out);
+
 // Reads every protected region back from the newest valid checkpoint, in place, and writes the step it
-// was taken at to `*step_out` (may be NULL).
+// was taken at to `*step_out` (may be NULL). Each region is read from what the checkpoint stored under
+// its id (`ckpt_protect`) or its name (`ckpt_protect_named`).
 //
 // All regions are checked before any memory is written: a protected region missing from the checkpoint
-// (`CKPT_ERR_SECTION_NOT_FOUND`) or of another size (`CKPT_ERR_SIZE_MISMATCH`) leaves every region
-// untouched. Regions in the checkpoint that are not protected are ignored. Returns
-// `CKPT_ERR_NO_CHECKPOINT` when there is nothing to restart from. Thread-safe, but protected memory must
-// not be used by other threads during the call.
+// (`CKPT_ERR_SECTION_NOT_FOUND`, naming it: `region 3`, `region "e"`) or of another size
+// (`CKPT_ERR_SIZE_MISMATCH`) leaves every region untouched. Regions in the checkpoint that are not
+// protected are ignored. Returns `CKPT_ERR_NO_CHECKPOINT` when there is nothing to restart from.
+// Thread-safe, but protected memory must not be used by other threads during the call.
 int32_t ckpt_restart(int64_t *step_out);
 
 // This thread's message for the last failed call: names the file, the region and the problem. Never

@@ -16,12 +16,14 @@
 // library's message (what()), naming the region by the name given to protect. `CKPT_ERR_NO_CHECKPOINT`
 // (a first run) is not an error: restart() returns false.
 //
-// Regions get the ids 0, 1, 2... in the order protect is first called for a name (do not mix with
-// ckpt_protect calls of your own). The names are stored in every checkpoint (metadata key
-// "ckpt.hpp.regions") and checked by restart(), so inserting a field between two others is reported
-// instead of loading the wrong array into a region of the same size. Vectors are protected again before
-// every checkpoint, so they may be resized or reallocated between checkpoints. One Session per process
-// (the C library's checkpointer is process-wide). Not for std::vector<bool> (it has no contiguous data).
+// Regions are protected by name (ckpt_protect_named): each is stored in the checkpoint under its name and
+// restart() reads it back by that name, so protecting fields in another order, or a new field between two
+// others, never loads one array into another of the same size; a region the checkpoint lacks is reported
+// by name (checkpoints written by earlier versions of this header, which numbered the regions and listed
+// their names in the metadata key "ckpt.hpp.regions", are read by name too). Names are 1 to 64 bytes.
+// Vectors are protected again before every checkpoint, so they may be resized or reallocated between
+// checkpoints. One Session per process (the C library's checkpointer is process-wide); ckpt_protect calls
+// of your own, by number, can be mixed with it. Not for std::vector<bool> (it has no contiguous data).
 #ifndef CKPT_HPP
 #define CKPT_HPP
 
@@ -66,8 +68,6 @@ inline void check(std::int32_t rc, const std::string &what) {
         throw error(rc, what + ": " + ((m != nullptr && *m != '\0') ? m : ckpt_status_str(rc)));
     }
 }
-
-inline const char *region_names_key() { return "ckpt.hpp.regions"; }
 
 }  // namespace detail
 
@@ -136,8 +136,8 @@ public:
 
     // Restores every protected region from the newest valid checkpoint of this run. Returns false on a
     // first run (no checkpoint); throws ckpt::error when checkpoints exist but none can be used (damaged,
-    // another user's, another run's), when a region is missing or of another size, or when the regions'
-    // names differ from those the checkpoint was written with. Vectors are resized first.
+    // another user's, another run's), or when a region is missing from it (by name) or of another size.
+    // Vectors are resized first.
     bool restart() {
         std::int32_t found = 0;
         std::int64_t step = 0;
@@ -145,14 +145,9 @@ public:
         if (found == 0) {
             return false;
         }
-        check_names();
         for (Region &r : regions_) {
             std::size_t bytes = 0;
-            std::int32_t rc = ckpt_restart_size(r.id, &bytes);
-            if (rc == CKPT_ERR_SECTION_NOT_FOUND) {
-                throw error(rc, "restart: region \"" + r.name + "\" is not in the checkpoint");
-            }
-            detail::check(rc, "restart: region \"" + r.name + "\"");
+            detail::check(ckpt_restart_size_named(r.name.c_str(), &bytes), "restart");
             if (r.resize) {
                 r.resize(bytes);
                 register_region(r);
@@ -192,7 +187,6 @@ public:
 
 private:
     struct Region {
-        std::int32_t id;
         std::string name;
         std::function<std::pair<void *, std::size_t>()> view;
         std::function<void(std::size_t)> resize;  // vectors only
@@ -200,9 +194,6 @@ private:
 
     void add(const std::string &name, std::function<std::pair<void *, std::size_t>()> view,
              std::function<void(std::size_t)> resize) {
-        if (name.empty() || name.find_first_of("\n") != std::string::npos) {
-            throw error(CKPT_ERR_INVALID_ARGUMENT, "protect: a region name must be non-empty, without newlines");
-        }
         for (Region &r : regions_) {
             if (r.name == name) {  // protecting a name again replaces it
                 r.view = std::move(view);
@@ -211,59 +202,15 @@ private:
                 return;
             }
         }
-        regions_.push_back(Region{static_cast<std::int32_t>(regions_.size()), name, std::move(view), std::move(resize)});
-        register_region(regions_.back());
-        detail::check(ckpt_set_metadata(detail::region_names_key(), names().c_str()), "protect \"" + name + "\"");
+        Region r{name, std::move(view), std::move(resize)};
+        register_region(r);  // checks the name
+        regions_.push_back(std::move(r));
     }
 
     static void register_region(Region &r) {
         std::pair<void *, std::size_t> v = r.view();
-        detail::check(ckpt_protect(r.id, v.second == 0 ? nullptr : v.first, v.second),
+        detail::check(ckpt_protect_named(r.name.c_str(), v.second == 0 ? nullptr : v.first, v.second),
                       "protect \"" + r.name + "\"");
-    }
-
-    std::string names() const {
-        std::string s;
-        for (const Region &r : regions_) {
-            s += r.name;
-            s += '\n';
-        }
-        return s;
-    }
-
-    // The names recorded in the checkpoint (none when a program without ckpt.hpp wrote it) must be ours.
-    void check_names() const {
-        std::string buf(256, '\0');
-        std::size_t len = 0;
-        std::int32_t rc = CKPT_ERR_BUFFER_TOO_SMALL;
-        while (rc == CKPT_ERR_BUFFER_TOO_SMALL && buf.size() <= (std::size_t{1} << 24)) {
-            rc = ckpt_restart_metadata(detail::region_names_key(), &buf[0], buf.size(), &len);
-            if (rc == CKPT_ERR_BUFFER_TOO_SMALL) {
-                buf.resize(buf.size() * 4);
-            }
-        }
-        if (rc == CKPT_ERR_SECTION_NOT_FOUND) {
-            return;
-        }
-        detail::check(rc, "restart: region names");
-        buf.resize(len);
-        std::vector<std::string> theirs;
-        std::size_t start = 0;
-        for (std::size_t i = 0; i < buf.size(); i++) {
-            if (buf[i] == '\n') {
-                theirs.push_back(buf.substr(start, i - start));
-                start = i + 1;
-            }
-        }
-        for (const Region &r : regions_) {
-            std::size_t i = static_cast<std::size_t>(r.id);
-            if (i < theirs.size() && theirs[i] != r.name) {
-                throw error(CKPT_ERR_SECTION_NOT_FOUND, "restart: region \"" + r.name + "\" (number " +
-                                                            std::to_string(i) + ") is \"" + theirs[i] +
-                                                            "\" in the checkpoint: the regions were protected "
-                                                            "in another order or with other names");
-            }
-        }
     }
 
     std::vector<Region> regions_;

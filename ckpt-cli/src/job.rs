@@ -18,6 +18,9 @@
 //! not passed on to a program using libckpt (Slurm sends its own to every process of the job; a second
 //! one makes mpirun abort), unless `--forward-term`; under `--transparent` it becomes the shim's
 //! checkpoint-and-exit signal, SIGRTMAX-3, and the warning's checkpoint request SIGRTMAX-2.
+//!
+//! As an srun step's program (`srun ckpt job --requeue -- ./app`, one per task) each task supervises its
+//! rank and only task 0 requeues the job.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,6 +210,17 @@ fn shim_app_name(name: Option<&str>, program: &str) -> String {
         .unwrap_or_else(|| program.rsplit('/').next().unwrap_or(program).to_string())
 }
 
+/// This process's task number and the step's task count when it is a task of an srun step of several
+/// tasks (`srun ckpt job -- ./app`: one `ckpt job` per rank), from SLURM_STEP_ID, SLURM_PROCID and
+/// SLURM_STEP_NUM_TASKS (or SLURM_NTASKS).
+fn step_task() -> Option<(u32, u32)> {
+    let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+    var("SLURM_STEP_ID")?;
+    let task = var("SLURM_PROCID")?.parse().ok()?;
+    let ntasks: u32 = var("SLURM_STEP_NUM_TASKS").or_else(|| var("SLURM_NTASKS"))?.parse().ok()?;
+    (ntasks > 1).then_some((task, ntasks))
+}
+
 /// Slurm's reason for a job's state (`TimeLimit`, `None`...), from `scontrol show job -o`.
 fn slurm_reason(job: &str) -> Option<String> {
     let scontrol = std::env::var("CKPT_SCONTROL").unwrap_or_else(|_| "scontrol".into());
@@ -310,12 +324,13 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     };
     let pid = child.id() as libc::pid_t;
     say(format_args!(
-        "started {} (pid {pid}){}",
+        "started {} (pid {pid}){}; {}",
         args.command.join(" "),
         job_id
             .as_deref()
             .map(|j| format!(" in job {j}, restart {}", cfg.restart_count.unwrap_or(0)))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        cfg.interval_in_words()
     ));
 
     // In a job, Slurm's SIGTERM (time limit, scancel, preemption) reaches every process of the job, the
@@ -417,11 +432,15 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     }
     say(format_args!("the program {how} after a checkpoint"));
 
-    // Requeue: only in a job, when asked, and not after scancel or preemption.
+    // Requeue: only in a job, when asked, and not after scancel or preemption; in an srun step whose
+    // every task runs `ckpt job` (`srun ckpt job -- ./app`), by its task 0 only (one requeue per job).
+    let step_task = step_task();
     let why_not = if !args.requeue {
         Some("no --requeue".to_string())
     } else if job_id.is_none() {
         Some("not in a Slurm job".to_string())
+    } else if let Some((task, ntasks)) = step_task.filter(|&(task, _)| task > 0) {
+        Some(format!("task {task} of {ntasks} of this srun step: task 0 requeues the job"))
     } else {
         match stop.map(|(c, _)| c) {
             Some(StopCause::Warning) => None,
@@ -446,7 +465,7 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
     if let Some(why) = why_not {
         return not_requeued(&why);
     }
-    match super::requeue_with(&requeue_cfg, args.max_restarts, false, &mut std::io::stderr()) {
+    match super::requeue::requeue_with(&requeue_cfg, args.max_restarts, false, &mut std::io::stderr()) {
         Ok(code) if code == ExitCode::SUCCESS => {
             say(format_args!("stopped after a checkpoint, requeued (exit 4)"));
             Ok(ExitCode::from(4))

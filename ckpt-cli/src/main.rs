@@ -2,7 +2,6 @@
 //! from running processes, and restart programs from a checkpoint directory.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,6 +15,8 @@ use indicatif::HumanBytes;
 
 mod flush;
 mod job;
+mod progress;
+mod requeue;
 mod shim;
 use serde_json::{Value, json};
 
@@ -112,6 +113,10 @@ enum Command {
         /// Print what would be done without calling scontrol.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text: `{"job", "requeued", "dry_run", "restart", "max_restarts",
+        /// "checkpoint": {"name", "generation", "step"} or null, "previous", "reason", "message"}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Restart. With a command (`ckpt restart --image-dir DIR -- PROGRAM ARGS`): run a program that
     /// uses libckpt so it restarts from the checkpoints in DIR (sets CKPT_RESTART_DIR and
@@ -240,8 +245,8 @@ where
             }
         }
         Command::Run { interval, dir, command } => shim::run(interval.as_deref(), dir.as_deref(), &command),
-        Command::Requeue { max_restarts, name, dry_run } => {
-            requeue(max_restarts, name.as_deref(), dry_run, &mut std::io::stdout())
+        Command::Requeue { max_restarts, name, dry_run, json } => {
+            requeue::requeue(max_restarts, name.as_deref(), dry_run, json, &mut std::io::stdout())
         }
         Command::Job { requeue, max_restarts, on_warning, transparent, forward_term, name, dir, output, command } => {
             job::job(&job::JobArgs {
@@ -500,11 +505,11 @@ fn verify(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, Error> {
         eprintln!("ckpt verify: no checkpoint files found");
         return Ok(ExitCode::from(1));
     }
-    let tty = std::io::stderr().is_terminal();
+    let tty = progress::enabled(as_json);
     let mut bad = 0usize;
     let mut results = Vec::new();
     for f in &files {
-        let r = verify_one(f, tty);
+        let r = verify_one(f, tty, as_json);
         if as_json {
             results.push(match &r {
                 Ok(cp) => json!({"path": f, "ok": true, "generation": cp.generation(), "step": cp.step().cast_signed(),
@@ -539,29 +544,19 @@ fn verify(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Verifies section by section, with a progress bar on a terminal and plain lines for large files otherwise.
-fn verify_one(path: &Path, tty: bool) -> Result<Checkpoint, Error> {
+/// Verifies section by section, with a progress bar for large files when `tty` (stderr is a terminal and
+/// the output is not JSON: [`progress::enabled`]), plain lines on stderr otherwise (none with `--json`).
+fn verify_one(path: &Path, tty: bool, as_json: bool) -> Result<Checkpoint, Error> {
     let cp = Checkpoint::open_with(&ckpt_core::storage::FileStorage, path, LoadOptions::new().mmap(false))?;
     let total: u64 = cp.sections().iter().map(|s| s.stored_len).sum();
     let large = total >= 256 << 20;
-    let bar = if tty && large {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("template")
-                .progress_chars("=> "),
-        );
-        b.set_message(path.display().to_string());
-        Some(b)
-    } else {
-        None
-    };
+    let bar = (tty && large).then(|| progress::bytes(total, path.display().to_string()));
     let n = cp.sections().len();
     for (i, s) in cp.sections().iter().enumerate() {
         cp.verify_section(&s.name)?;
         match &bar {
             Some(b) => b.inc(s.stored_len),
-            None if large => {
+            None if large && !as_json => {
                 eprintln!(
                     "verify {}: section {}/{n} `{}` ok ({})",
                     path.display(),
@@ -777,7 +772,8 @@ fn env(as_json: bool, name: Option<&str>) -> Result<ExitCode, Error> {
     let v = json!({
         "app_name": c.app_name, "job_id": c.job_id, "step_id": c.step_id, "rank": c.rank, "nranks": c.nranks,
         "checkpoint_dir": c.checkpoint_dir, "restart_dir": c.restart_dir, "checkpoint_name": c.base_name(),
-        "checkpoint_path": c.checkpoint_path(), "interval_seconds": interval, "end_time": c.end_time,
+        "checkpoint_path": c.checkpoint_path(), "interval_seconds": interval,
+        "interval_description": c.interval_in_words(), "end_time": c.end_time,
         "end_time_source": c.end_time_source.map(|s| s.as_str()),
         "signals": c.signals.iter().map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
         "exit_signals": c.signals.iter().filter(|s| s.exit).map(|s| signal_label(s.signal)).collect::<Vec<_>>(),
@@ -838,27 +834,43 @@ fn create(
     }
     let image_dir = image_dir.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()));
     let wait = Duration::from_secs_f64(max_wait);
-    let mut handles: Vec<std::thread::JoinHandle<(u32, Result<PathBuf, Error>)>> = sockets
-        .into_iter()
-        .map(|(pid, name)| {
-            let img = image_dir.clone();
-            let d = sock_dir.clone();
-            std::thread::spawn(move || {
-                (pid, control::request_checkpoint_in(&d, &name, img.as_deref(), vacate, wait).map(|r| r.path))
-            })
-        })
-        .collect();
+    // Each request answers on the channel when its checkpoint is durable (or failed), in whatever order;
+    // the answers are printed in the order the processes were asked, once all are in.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, u32, Result<PathBuf, Error>)>();
+    let mut asked = 0usize;
+    for (pid, name) in sockets {
+        let (img, d, tx) = (image_dir.clone(), sock_dir.clone(), tx.clone());
+        let i = asked;
+        std::thread::spawn(move || {
+            let r = control::request_checkpoint_in(&d, &name, img.as_deref(), vacate, wait).map(|r| r.path);
+            let _ = tx.send((i, pid, r));
+        });
+        asked += 1;
+    }
     for (pid, reg) in shims {
-        let img = image_dir.clone();
-        let d = sock_dir.clone();
-        handles.push(std::thread::spawn(move || {
-            (pid, ckpt_image::control::request_checkpoint(pid, &d, &reg, img.as_deref(), vacate, wait))
-        }));
+        let (img, d, tx) = (image_dir.clone(), sock_dir.clone(), tx.clone());
+        let i = asked;
+        std::thread::spawn(move || {
+            let r = ckpt_image::control::request_checkpoint(pid, &d, &reg, img.as_deref(), vacate, wait);
+            let _ = tx.send((i, pid, r));
+        });
+        asked += 1;
+    }
+    drop(tx);
+    let bar = progress::enabled(as_json).then(|| progress::waiting(asked as u64, wait));
+    let mut answers: Vec<Option<(u32, Result<PathBuf, Error>)>> = (0..asked).map(|_| None).collect();
+    for (i, pid, r) in rx {
+        answers[i] = Some((pid, r));
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     let mut failed = 0;
     let mut results = Vec::new();
-    for h in handles {
-        let (pid, r) = h.join().expect("request thread");
+    for (pid, r) in answers.into_iter().map(|a| a.expect("every request thread answers")) {
         match r {
             Ok(path) if as_json => results.push(json!({"pid": pid, "path": path})),
             Ok(path) => println!("{}", path.display()),
@@ -896,6 +908,7 @@ fn restart(image_dir: Option<&Path>, command: &[String]) -> Result<ExitCode, Err
     Err(Error::io(&format!("run {}", command[0]), err))
 }
 
+<<<<<<< HEAD
 /// The newest valid checkpoint of this job in the checkpoint directory, whatever wrote it: the batch step
 /// (`<job>.ckpt`), a job step (`<job>.<step>.ckpt`), one rank or many (the step and rank count come from
 /// the file's header, so a batch script's `ckpt requeue` sees an srun step's 4-rank checkpoint). Returns
@@ -1011,6 +1024,8 @@ fn requeue_with(cfg: &Config, max_restarts: u32, dry_run: bool, out: &mut dyn Wr
     Ok(ExitCode::SUCCESS)
 }
 
+=======
+>>>>>>> s10-erg
 #[cfg(test)]
 mod tests {
     use super::{age, iso_utc};

@@ -310,6 +310,55 @@ fn requeue_after_the_warning_but_not_after_scancel() {
     assert!(calls_text().ends_with("show job -o 77\nrequeue 77\n"), "{}", calls_text());
 }
 
+/// `srun ckpt job --requeue -- ./app`: every task of the step runs its own `ckpt job`, and only task 0
+/// requeues the job (once); the others say so and exit 3. (The program here is told it runs alone: the
+/// step's variables are removed from its environment by `env -u`.)
+#[test]
+fn in_an_srun_step_only_task_0_requeues() {
+    if !have_cc() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let exe = build("job_loop", t.path(), true);
+    let (scontrol, calls) = scontrol_stand_in(t.path());
+    let dir = t.path().join("ckpt");
+    let d = dir.to_str().unwrap();
+    let end =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600).to_string();
+    let mut args = vec!["--requeue", "--max-restarts", "3", "--dir", d, "--", "env"];
+    for v in ["SLURM_STEP_ID", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"] {
+        args.extend(["-u", v]);
+    }
+    args.extend([exe.to_str().unwrap(), "100000", "10000"]);
+    let calls_text = || std::fs::read_to_string(&calls).unwrap_or_default();
+    for (task, code) in [("1", 3), ("0", 4)] {
+        let env = [
+            ("SLURM_JOB_ID", "77"),
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_PROCID", task),
+            ("SLURM_STEP_NUM_TASKS", "2"),
+            ("SLURM_NTASKS", "2"),
+            ("SLURM_RESTART_COUNT", "0"),
+            ("SLURM_JOB_END_TIME", end.as_str()),
+            ("CKPT_SCONTROL", scontrol.to_str().unwrap()),
+            ("FAKE_REASON", "None"),
+        ];
+        let err = t.path().join(format!("task{task}.err"));
+        let mut job = Live::spawn(ckpt_job(t.path(), &args, &env), &err);
+        job.wait_line("step ");
+        job.signal(libc::SIGUSR1);
+        let (st, lines) = job.finish();
+        let log = stderr_of(&err);
+        assert_eq!(st.code(), Some(code), "task {task}: {lines:?}\n{log}");
+        if task == "1" {
+            assert!(log.contains("not requeued (task 1 of 2 of this srun step: task 0 requeues the job)"), "{log}");
+            assert_eq!(calls_text(), "", "task 1 called scontrol: {log}");
+        } else {
+            assert_eq!(calls_text(), "requeue 77\n", "{log}");
+        }
+    }
+}
+
 #[test]
 fn unmodified_program_under_the_shim_checkpoints_stops_and_resumes() {
     if !have_cc() {

@@ -38,3 +38,50 @@ fn ckpt_settings_take_units_slurm_checkpoint_does_not() {
     let e = env_json(&[("CKPT_INTERVAL", "30x")]).unwrap_err();
     assert!(e.contains("CKPT_INTERVAL") && e.contains("unknown unit"), "{e}");
 }
+
+/// The effective interval in words, naming the setting: `ckpt env` (JSON and text) and `ckpt job`'s
+/// start line say it, so a user who wrote `CKPT_INTERVAL=2` meaning seconds sees "2 minutes".
+#[test]
+fn the_interval_is_said_in_words() {
+    let words = |vars: &[(&str, &str)]| env_json(vars).unwrap()["interval_description"].as_str().unwrap().to_string();
+    assert_eq!(
+        words(&[("CKPT_INTERVAL", "2")]),
+        "checkpoint every 2 minutes (CKPT_INTERVAL=2, Slurm's format: minutes)"
+    );
+    assert_eq!(words(&[("CKPT_INTERVAL", "30s")]), "checkpoint every 30 seconds (CKPT_INTERVAL=30s)");
+    assert_eq!(
+        words(&[("SLURM_CHECKPOINT", "1:30")]),
+        "checkpoint every 1 minute 30 seconds (SLURM_CHECKPOINT=1:30, Slurm's format: minutes:seconds)"
+    );
+    assert_eq!(words(&[]), "no periodic checkpoints (CKPT_INTERVAL and SLURM_CHECKPOINT are not set)");
+
+    let clean = |cmd: &mut Command| {
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CKPT_") || k.starts_with("SLURM_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("CKPT_SOCKET", "0").env("CKPT_INTERVAL", "2");
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpt"));
+    clean(&mut cmd);
+    let o = cmd.arg("env").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines().any(|l| l.starts_with("interval_description")
+            && l.ends_with("checkpoint every 2 minutes (CKPT_INTERVAL=2, Slurm's format: minutes)")),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpt"));
+    clean(&mut cmd);
+    let o = cmd.current_dir(dir.path()).args(["job", "--", "true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("ckpt job: started true (pid ")
+            && l.ends_with("; checkpoint every 2 minutes (CKPT_INTERVAL=2, Slurm's format: minutes)")),
+        "{err}"
+    );
+}

@@ -906,6 +906,7 @@ impl Checkpointer {
             checkpoint_dir: &config.checkpoint_dir,
             restart_dir: &config.restart_dir,
             interval: config.interval.map(IntervalSetting),
+            interval_description: config.interval_in_words(),
             signals,
             end_time: end.map(|(t, _)| t),
             end_time_source: end.map(|(_, s)| s.as_str()),

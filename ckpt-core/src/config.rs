@@ -144,6 +144,9 @@ pub struct Config {
     pub allow_fresh_start: bool,
     /// Periodic checkpoint interval.
     pub interval: Option<Interval>,
+    /// The variable that set `interval` and its text as given (`("CKPT_INTERVAL", "2")`), for
+    /// [`Config::interval_in_words`]; `None` when no variable set it.
+    pub interval_from: Option<(String, String)>,
     /// Job end time (seconds since the epoch), when known from the environment.
     pub end_time: Option<i64>,
     /// Where `end_time` came from.
@@ -223,6 +226,7 @@ impl Config {
             compression: Compression::None,
             allow_fresh_start: false,
             interval: None,
+            interval_from: None,
             end_time: None,
             end_time_source: None,
             restart_count: None,
@@ -316,6 +320,7 @@ impl Config {
                 // SLURM_CHECKPOINT exactly as Slurm defined it; ckpt's own setting also takes units.
                 let parsed = if var == "SLURM_CHECKPOINT" { parse_interval(&v) } else { parse_ckpt_interval(&v) };
                 cfg.interval = parsed.map_err(|e| Error::invalid(format!("{var}: {}", e.message())))?;
+                cfg.interval_from = Some((var.to_string(), v));
                 break;
             }
         }

@@ -5,11 +5,12 @@
 //! tests parse these lines, and some compare them as text.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::Interval;
+use crate::config::{Config, Interval, parse_ckpt_interval, parse_interval};
 
 /// One log line's event.
 #[derive(Serialize)]
@@ -25,6 +26,8 @@ pub(crate) enum Event<'a> {
         restart_dir: &'a Path,
         /// Seconds, `"auto"`, or `null` (no interval).
         interval: Option<IntervalSetting>,
+        /// The same in words, with the setting it came from ([`Config::interval_in_words`]).
+        interval_description: String,
         signals: Vec<String>,
         end_time: Option<f64>,
         end_time_source: Option<&'static str>,
@@ -99,6 +102,69 @@ impl Serialize for IntervalSetting {
             Interval::Auto => s.serialize_str("auto"),
         }
     }
+}
+
+impl Config {
+    /// The effective interval in words, with the setting it came from, as the log's start event and
+    /// `ckpt env` say it: `checkpoint every 2 minutes (CKPT_INTERVAL=2, Slurm's format: minutes)`,
+    /// `checkpoint every 30 seconds (CKPT_INTERVAL=30s)`, `no periodic checkpoints (CKPT_INTERVAL and
+    /// SLURM_CHECKPOINT are not set)`. A user who meant seconds and wrote a bare number sees minutes here.
+    pub fn interval_in_words(&self) -> String {
+        // The setting is named only when it still gives this interval (the field may have been changed).
+        let from = self.interval_from.as_ref().filter(|(var, text)| {
+            let parsed = if var == "SLURM_CHECKPOINT" { parse_interval(text) } else { parse_ckpt_interval(text) };
+            parsed.ok() == Some(self.interval)
+        });
+        let setting = from.map(|(var, text)| match slurm_form(text) {
+            Some(form) => format!("{var}={text}, Slurm's format: {form}"),
+            None => format!("{var}={text}"),
+        });
+        match (self.interval, setting) {
+            (Some(Interval::Every(d)), Some(set)) => format!("checkpoint every {} ({set})", duration_in_words(d)),
+            (Some(Interval::Every(d)), None) => format!("checkpoint every {}", duration_in_words(d)),
+            (Some(Interval::Auto), set) => format!(
+                "checkpoint interval from the measured cost and a mean time between failures of {} (Young/Daly{})",
+                duration_in_words(self.mtbf),
+                set.map(|s| format!("; {s}")).unwrap_or_default()
+            ),
+            (None, Some(set)) => format!("no periodic checkpoints ({set})"),
+            (None, None) => "no periodic checkpoints (CKPT_INTERVAL and SLURM_CHECKPOINT are not set)".to_string(),
+        }
+    }
+}
+
+/// Which of Slurm's six time formats `text` is written in (`"minutes"`, `"days-hours:minutes"`...), or
+/// `None` for anything else (units, `auto`, `off`).
+fn slurm_form(text: &str) -> Option<&'static str> {
+    let t = text.trim();
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '-') || t == "0" {
+        return None;
+    }
+    let colons = t.matches(':').count();
+    Some(match (t.contains('-'), colons) {
+        (false, 0) => "minutes",
+        (false, 1) => "minutes:seconds",
+        (false, _) => "hours:minutes:seconds",
+        (true, 0) => "days-hours",
+        (true, 1) => "days-hours:minutes",
+        (true, _) => "days-hours:minutes:seconds",
+    })
+}
+
+/// `2 minutes`, `1 hour 30 minutes`, `1 day 2 hours 3 minutes 4 seconds`, `0.5 seconds`.
+fn duration_in_words(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 || (d.subsec_nanos() != 0 && secs < 60) {
+        let s = d.as_secs_f64();
+        return format!("{s} second{}", if s == 1.0 { "" } else { "s" });
+    }
+    let parts: Vec<String> =
+        [(secs / 86_400, "day"), (secs / 3600 % 24, "hour"), (secs / 60 % 60, "minute"), (secs % 60, "second")]
+            .into_iter()
+            .filter(|&(n, _)| n > 0)
+            .map(|(n, unit)| format!("{n} {unit}{}", if n == 1 { "" } else { "s" }))
+            .collect();
+    parts.join(" ")
 }
 
 /// Why a checkpoint became due (`"reason"`).
@@ -255,5 +321,69 @@ mod tests {
         assert_eq!(interval(Some(Interval::Auto)), json!("auto"));
         assert_eq!(interval(None), json!(null));
         assert_eq!(interval(Some(Interval::Every(std::time::Duration::from_millis(1500)))), json!(1.5));
+    }
+
+    fn config_with(vars: &[(&str, &str)]) -> Config {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(Some("words"), |k| vars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())).unwrap()
+    }
+
+    /// The interval in words names the setting it came from and, for Slurm's forms, which one was read.
+    #[test]
+    fn the_interval_in_words_names_its_setting() {
+        let words = |vars: &[(&str, &str)]| config_with(vars).interval_in_words();
+        assert_eq!(
+            words(&[("CKPT_INTERVAL", "2")]),
+            "checkpoint every 2 minutes (CKPT_INTERVAL=2, Slurm's format: minutes)"
+        );
+        assert_eq!(words(&[("CKPT_INTERVAL", "30s")]), "checkpoint every 30 seconds (CKPT_INTERVAL=30s)");
+        assert_eq!(words(&[("CKPT_INTERVAL", "1h30m")]), "checkpoint every 1 hour 30 minutes (CKPT_INTERVAL=1h30m)");
+        assert_eq!(
+            words(&[("SLURM_CHECKPOINT", "1-02:03:04")]),
+            "checkpoint every 1 day 2 hours 3 minutes 4 seconds (SLURM_CHECKPOINT=1-02:03:04, Slurm's format: \
+             days-hours:minutes:seconds)"
+        );
+        assert_eq!(
+            words(&[("SLURM_CHECKPOINT", "1:00"), ("CKPT_INTERVAL", "0:30")]),
+            "checkpoint every 30 seconds (CKPT_INTERVAL=0:30, Slurm's format: minutes:seconds)"
+        );
+        assert_eq!(
+            words(&[("SLURM_CHECKPOINT", "2-1")]),
+            "checkpoint every 2 days 1 hour (SLURM_CHECKPOINT=2-1, Slurm's format: days-hours)"
+        );
+        assert_eq!(words(&[("CKPT_INTERVAL", "off")]), "no periodic checkpoints (CKPT_INTERVAL=off)");
+        assert_eq!(words(&[]), "no periodic checkpoints (CKPT_INTERVAL and SLURM_CHECKPOINT are not set)");
+        assert_eq!(
+            words(&[("CKPT_INTERVAL", "auto"), ("CKPT_MTBF", "12h")]),
+            "checkpoint interval from the measured cost and a mean time between failures of 12 hours \
+             (Young/Daly; CKPT_INTERVAL=auto)"
+        );
+        // Set by the program: no variable to name, and a stale one is not named.
+        let mut c = config_with(&[("CKPT_INTERVAL", "2")]);
+        c.interval = Some(Interval::Every(Duration::from_millis(1500)));
+        assert_eq!(c.interval_in_words(), "checkpoint every 1.5 seconds");
+        c.interval = Some(Interval::Every(Duration::from_secs(1)));
+        assert_eq!(c.interval_in_words(), "checkpoint every 1 second");
+    }
+
+    /// The log's start event carries the interval in words.
+    #[test]
+    fn the_start_event_says_the_interval_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("words.log");
+        let mut config = config_with(&[("CKPT_INTERVAL", "2"), ("CKPT_SOCKET", "0")]);
+        config.checkpoint_dir = dir.path().to_path_buf();
+        config.restart_dir = dir.path().to_path_buf();
+        config.log = crate::config::LogTarget::File(log.clone());
+        config.signals.clear();
+        drop(crate::Checkpointer::new(crate::Store::new(config)).unwrap());
+        let text = std::fs::read_to_string(&log).unwrap();
+        let start: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(start["event"], "start", "{text}");
+        assert_eq!(start["interval"], json!(120.0), "{text}");
+        assert_eq!(
+            start["interval_description"], "checkpoint every 2 minutes (CKPT_INTERVAL=2, Slurm's format: minutes)",
+            "{text}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! include/ckpt.hpp, the header-only C++17 interface: the C++ example (examples/cpp/heat.cpp) built under
 //! AddressSanitizer is SIGKILLed after a checkpoint and run again, and ends with the line of an
 //! uninterrupted run (its vectors resized by `restart()`); and `restart()` refuses regions protected in
-//! another order or with another size, naming the region (tests/cpp/names.cpp).
+//! another size or under another name, naming the region, and reads them by name in any order, also from a
+//! checkpoint the header wrote before named regions (tests/cpp/names.cpp).
 
 mod common;
 use common::{clean_env, have, root, shared_link};
@@ -118,8 +119,22 @@ fn cpp_restart_checks_names_and_sizes() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(out, "restored=1 step=7 a=3:1,2,3 b=3:4,5,6 n=42\n", "{err}");
     let (code, out, err) = run("swapped");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "restored=1 step=7 a=3:1,2,3 b=3:4,5,6 n=42\n", "read by name, in any order: {err}");
+    let (code, out, err) = run("renamed");
     assert_eq!(code, Some(3), "{out}{err}");
-    assert!(out.contains("region \"b\" (number 0) is \"a\" in the checkpoint"), "{out}");
+    assert!(
+        out.starts_with("error -9: ") && out.contains("region \"c\" is not in this checkpoint (it holds \""),
+        "{out}"
+    );
+    // A checkpoint the header wrote before named regions (numbered, names in the metadata) is read by name.
+    let (code, out, err) = run("oldsave");
+    assert_eq!((code, out.as_str()), (Some(0), "saved\n"), "{err}");
+    let (code, out, err) = run("resume");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "restored=1 step=7 a=3:1,2,3 b=3:4,5,6 n=42\n", "{err}");
+    let (code, out, err) = run("swapped");
+    assert_eq!((code, out.as_str()), (Some(0), "restored=1 step=7 a=3:1,2,3 b=3:4,5,6 n=42\n"), "{err}");
     let (code, out, err) = run("size");
     assert_eq!(code, Some(3), "{out}{err}");
     assert!(

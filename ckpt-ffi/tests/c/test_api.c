@@ -390,6 +390,88 @@ static void parts_by_identity(void) {
     EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
 }
 
+static void named_regions(void) {
+    /* Regions by name, mixed with one by number: the names are stored and a restart reads each region by
+     * its name, whatever the order; a region the checkpoint lacks, or of another size, is refused with a
+     * message that names it, and nothing is written. */
+    char p[4200];
+    path_in(p, sizeof p, "named");
+    double e[8], pr[8], q[8];
+    int64_t cycle = 0;
+    size_t len = 7;
+    EXPECT(ckpt_protect_named("e", e, sizeof e), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_set_config("CKPT_DIR", p), CKPT_OK);
+    EXPECT(ckpt_init("named"), CKPT_OK);
+    EXPECT(ckpt_protect_named(NULL, e, sizeof e), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_protect_named("e", NULL, sizeof e), CKPT_ERR_NULL_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "region \"e\"") != NULL);
+    EXPECT(ckpt_protect_named("", e, sizeof e), CKPT_ERR_INVALID_ARGUMENT);
+    EXPECT(ckpt_protect_named("an_identifier_that_is_much_longer_than_the_sixty_four_bytes_allowed", e, sizeof e),
+           CKPT_ERR_INVALID_ARGUMENT);
+    EXPECT(ckpt_protect_named("region.3", e, sizeof e), CKPT_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ckpt_last_error(), "region number 3") != NULL);
+    EXPECT(ckpt_unprotect_named(NULL), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_unprotect_named("e"), CKPT_ERR_UNKNOWN_REGION);
+    CHECK(strstr(ckpt_last_error(), "region \"e\" is not protected") != NULL);
+    EXPECT(ckpt_restart_size_named(NULL, &len), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_restart_size_named("e", NULL), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_restart_size_named("e", &len), CKPT_ERR_NO_CHECKPOINT);
+    CHECK(len == 7);
+
+    for (int i = 0; i < 8; i++) {
+        e[i] = 1.0 + i;
+        pr[i] = 100.0 + i;
+    }
+    cycle = 5;
+    EXPECT(ckpt_protect(0, &cycle, sizeof cycle), CKPT_OK);
+    EXPECT(ckpt_protect_named("e", e, sizeof e), CKPT_OK);
+    EXPECT(ckpt_protect_named("p", pr, sizeof pr), CKPT_OK); /* the same size as "e" */
+    EXPECT(ckpt_checkpoint(5), CKPT_OK);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+
+    /* In another order: each region gets its own values back. */
+    EXPECT(ckpt_init("named"), CKPT_OK);
+    for (int i = 0; i < 8; i++) e[i] = pr[i] = q[i] = -1;
+    cycle = -1;
+    EXPECT(ckpt_protect_named("p", pr, sizeof pr), CKPT_OK);
+    EXPECT(ckpt_protect_named("e", e, sizeof e), CKPT_OK);
+    EXPECT(ckpt_protect(0, &cycle, sizeof cycle), CKPT_OK);
+    EXPECT(ckpt_restart_size_named("e", &len), CKPT_OK);
+    CHECK(len == sizeof e);
+    EXPECT(ckpt_restart_size(0, &len), CKPT_OK);
+    CHECK(len == sizeof cycle);
+    int64_t step = -1;
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    CHECK(step == 5 && cycle == 5 && e[0] == 1.0 && e[7] == 8.0 && pr[0] == 100.0 && pr[7] == 107.0);
+
+    /* A field inserted between two others (same type and size): refused, naming it; nothing written. */
+    for (int i = 0; i < 8; i++) e[i] = pr[i] = q[i] = -1;
+    cycle = -1;
+    step = -1;
+    EXPECT(ckpt_protect_named("q", q, sizeof q), CKPT_OK);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_SECTION_NOT_FOUND);
+    CHECK(strstr(ckpt_last_error(), "named.ckpt") != NULL);
+    CHECK(strstr(ckpt_last_error(), "region \"q\" is not in this checkpoint") != NULL);
+    CHECK(strstr(ckpt_last_error(), "\"e\", \"p\" and 1 region(s) by number") != NULL);
+    CHECK(step == -1 && cycle == -1 && e[0] == -1 && pr[0] == -1 && q[0] == -1);
+    len = 7;
+    EXPECT(ckpt_restart_size_named("q", &len), CKPT_ERR_SECTION_NOT_FOUND);
+    CHECK(len == 7 && strstr(ckpt_last_error(), "region \"q\"") != NULL);
+    EXPECT(ckpt_unprotect_named("q"), CKPT_OK);
+
+    /* Another size: refused, naming the region and the call that gives its size. */
+    EXPECT(ckpt_protect_named("e", e, 4 * sizeof(double)), CKPT_OK);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_SIZE_MISMATCH);
+    CHECK(strstr(ckpt_last_error(), "region \"e\" holds 32 bytes but the checkpoint stored 64") != NULL);
+    CHECK(strstr(ckpt_last_error(), "ckpt_restart_size_named") != NULL);
+    CHECK(step == -1 && e[0] == -1 && pr[0] == -1);
+    EXPECT(ckpt_protect_named("e", e, sizeof e), CKPT_OK); /* protecting a name again replaces it */
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    CHECK(step == 5 && e[3] == 4.0 && pr[3] == 103.0 && cycle == 5);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -404,6 +486,7 @@ int main(int argc, char **argv) {
     damaged();
     buffers();
     parts_by_identity();
+    named_regions();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -1,8 +1,11 @@
 // names.cpp: ckpt.hpp's checks at restart (ckpt-ffi/tests/cpp.rs). Modes:
 //   save      protects vectors "a" (3 doubles), "b" (3 doubles) and an int "n"; checkpoints at step 7
-//   swapped   protects "b" before "a": restart must refuse, naming region "b"
+//   swapped   protects "b" before "a": restart reads each by its name all the same
+//   renamed   protects "c" instead of "b" (same type and size): restart must refuse, naming region "c"
 //   size      protects "n" as a double: restart must refuse with CKPT_ERR_SIZE_MISMATCH, naming "n"
 //   resume    as save, with empty vectors: restart resizes them and restores the values
+//   oldsave   writes what the header wrote before named regions (ids 0, 1, 2 and the names in the
+//             metadata key "ckpt.hpp.regions"), through the C API: resume must read it by name
 #include <ckpt.hpp>
 
 #include <cstdio>
@@ -11,6 +14,16 @@
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "save";
+    if (std::strcmp(mode, "oldsave") == 0) {
+        double a[3] = {1, 2, 3}, b[3] = {4, 5, 6};
+        int n = 42;
+        bool ok = ckpt_init("names") == CKPT_OK && ckpt_protect(0, a, sizeof a) == CKPT_OK &&
+                  ckpt_protect(1, b, sizeof b) == CKPT_OK && ckpt_protect(2, &n, sizeof n) == CKPT_OK &&
+                  ckpt_set_metadata("ckpt.hpp.regions", "a\nb\nn\n") == CKPT_OK && ckpt_checkpoint(7) == CKPT_OK &&
+                  ckpt_finalize() == CKPT_OK;
+        std::printf(ok ? "saved\n" : "failed: %s\n", ckpt_last_error());
+        return ok ? 0 : 1;
+    }
     try {
         ckpt::Session s("names");
         std::vector<double> a, b;
@@ -19,6 +32,9 @@ int main(int argc, char **argv) {
         if (std::strcmp(mode, "swapped") == 0) {
             s.protect("b", b);
             s.protect("a", a);
+        } else if (std::strcmp(mode, "renamed") == 0) {
+            s.protect("a", a);
+            s.protect("c", b);
         } else {
             s.protect("a", a);
             s.protect("b", b);

@@ -428,6 +428,73 @@ contains
     call expect(ckpt_load_buffer_f(p, back, len, step), CKPT_ERR_CORRUPT, __LINE__)
     call check(index(ckpt_last_error_f(), "state.bin") > 0 .and. index(ckpt_last_error_f(), "buffer") > 0, __LINE__)
   end subroutine buffers
+  ! Regions by name (ckpt_protect_named_f and the raw bind(C) interfaces), mixed with one by number: a
+  ! restart reads each by its name in any order; a name the checkpoint lacks, or another size, is refused
+  ! with a message naming the region, and nothing is written.
+  subroutine named_regions()
+    real(c_double), target :: e(8), p(8), q(8)
+    integer(c_int64_t), target :: cycle
+    integer(c_int64_t) :: step
+    integer(c_size_t) :: len
+    integer :: i
+    call expect(ckpt_set_config_f("CKPT_DIR", path_in("named")), CKPT_OK, __LINE__)
+    call expect(ckpt_init_f("named"), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_named_f("", e), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
+    call expect(ckpt_protect_named_f("region.2", e), CKPT_ERR_INVALID_ARGUMENT, __LINE__)
+    call expect(ckpt_protect_named_f("e", e(1:8:2)), CKPT_ERR_INVALID_ARGUMENT, __LINE__) ! not contiguous
+    call expect(ckpt_unprotect_named_f("e"), CKPT_ERR_UNKNOWN_REGION, __LINE__)
+    call check(index(ckpt_last_error_f(), 'region "e" is not protected') > 0, __LINE__)
+    len = 7
+    call expect(ckpt_restart_size_named_f("e", len), CKPT_ERR_NO_CHECKPOINT, __LINE__)
+    call check(len == 7, __LINE__)
+    e = [(1.0_c_double * i, i = 1, 8)]
+    p = [(100.0_c_double + i, i = 1, 8)]
+    cycle = 5
+    call expect(ckpt_protect_f(0, cycle), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_named_f("e", e), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_named("p" // c_null_char, c_loc(p), c_sizeof(p)), CKPT_OK, __LINE__) ! same size
+    call expect(ckpt_checkpoint(5_c_int64_t), CKPT_OK, __LINE__)
+    call expect(ckpt_finalize(), CKPT_OK, __LINE__)
+
+    ! another order: each array gets its own values
+    call expect(ckpt_init_f("named"), CKPT_OK, __LINE__)
+    e = -1
+    p = -1
+    q = -1
+    cycle = -1
+    call expect(ckpt_protect_named_f("p", p), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_named_f("e", e), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_f(0, cycle), CKPT_OK, __LINE__)
+    call expect(ckpt_restart_size_named_f("p", len), CKPT_OK, __LINE__)
+    call check(len == c_sizeof(p), __LINE__)
+    step = -1
+    call expect(ckpt_restart(step), CKPT_OK, __LINE__)
+    call check(step == 5 .and. cycle == 5 .and. e(1) == 1 .and. e(8) == 8 .and. p(1) == 101 .and. p(8) == 108, __LINE__)
+
+    ! a field inserted between two others, of the same size: refused, naming it; nothing written
+    e = -1
+    p = -1
+    cycle = -1
+    step = -1
+    call expect(ckpt_protect_named_f("q", q), CKPT_OK, __LINE__)
+    call expect(ckpt_restart(step), CKPT_ERR_SECTION_NOT_FOUND, __LINE__)
+    call check(index(ckpt_last_error_f(), 'region "q" is not in this checkpoint') > 0, __LINE__)
+    call check(step == -1 .and. cycle == -1 .and. e(1) == -1 .and. p(1) == -1 .and. q(1) == -1, __LINE__)
+    len = 7
+    call expect(ckpt_restart_size_named_f("q", len), CKPT_ERR_SECTION_NOT_FOUND, __LINE__)
+    call check(len == 7, __LINE__)
+    call expect(ckpt_unprotect_named("q" // c_null_char), CKPT_OK, __LINE__)
+
+    ! another size: refused, naming the region
+    call expect(ckpt_protect_named_f("e", e(1:4)), CKPT_OK, __LINE__)
+    call expect(ckpt_restart(step), CKPT_ERR_SIZE_MISMATCH, __LINE__)
+    call check(index(ckpt_last_error_f(), 'region "e" holds 32 bytes') > 0, __LINE__)
+    call expect(ckpt_protect_named_f("e", e), CKPT_OK, __LINE__)
+    call expect(ckpt_restart(step), CKPT_OK, __LINE__)
+    call check(step == 5 .and. e(4) == 4 .and. p(4) == 104 .and. cycle == 5, __LINE__)
+    call expect(ckpt_finalize(), CKPT_OK, __LINE__)
+    call expect(ckpt_set_config_f("CKPT_DIR", dir), CKPT_OK, __LINE__)
+  end subroutine named_regions
 end module checks
 
 program test_api
@@ -446,6 +513,7 @@ program test_api
   call damaged()
   call multi_rank_protocol()
   call buffers()
+  call named_regions()
   if (failures > 0) then
     write(0, '(i0,a)') failures, ' check(s) failed'
     error stop 1
