@@ -41,7 +41,7 @@ fn newest_checkpoint(cfg: &Config) -> Result<Option<(String, u64, i64)>, Error> 
         if let Ok(Some(r)) = Store::new(c).restore() {
             let created = r.checkpoint.header().created_unix_ns;
             if best.as_ref().is_none_or(|b| created > b.0) {
-                best = Some((created, name.clone(), r.generation, r.app_step));
+                best = Some((created, name.clone(), r.generation, r.app_step.cast_signed()));
             }
         }
     }
