@@ -122,6 +122,7 @@ impl From<ckpt_part_identity> for ckpt_core::PartIdentity {
     fn from(p: ckpt_part_identity) -> Self {
         ckpt_core::PartIdentity {
             generation: p.generation,
+            // Bit for bit, as the other way; `ckpt_commit_step_parts` refuses negative steps first.
             app_step: p.step.cast_unsigned(),
             file_len: p.file_len,
             rank: p.rank,
@@ -177,6 +178,12 @@ pub extern "C" fn ckpt_commit_step_parts(
         }
         // SAFETY: non-NULL and aligned (checked); the caller provides nparts readable structs for the call.
         let parts = unsafe { std::slice::from_raw_parts(parts, nparts) };
+        if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.step < 0) {
+            return Err(FfiError::new(
+                CKPT_ERR_INVALID_ARGUMENT,
+                format!("parts[{r}].step {} is negative: steps are 0 or more", p.step),
+            ));
+        }
         let parts: Vec<ckpt_core::PartIdentity> = parts.iter().map(|&p| p.into()).collect();
         with_state(|s| {
             s.checkpointer.store().commit_step_with_parts(generation, step, &parts)?;
