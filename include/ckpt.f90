@@ -79,7 +79,7 @@ module ckpt
             ckpt_commit_step, ckpt_newest_valid_generation, ckpt_select_generation, ckpt_finish_step, &
             ckpt_request_checkpoint, ckpt_get_part_identity, ckpt_commit_step_parts, ckpt_restart_info, &
             ckpt_restart_details_free, ckpt_restart_details_restored, ckpt_restart_details_rejected_count, &
-            ckpt_restart_details_rejected
+            ckpt_restart_details_rejected, ckpt_checkpoint_async, ckpt_checkpoint_part_async, ckpt_checkpoint_wait
 
   !> struct ckpt_part_identity of ckpt.h: what a rank's durable part of a multi-rank step is, gathered to
   !> rank 0 for ckpt_commit_step_parts (40 bytes; the unsigned C fields are signed integers of the same
@@ -165,6 +165,27 @@ module ckpt
       integer(c_int64_t), value :: step
       integer(c_int32_t) :: status
     end function ckpt_checkpoint
+
+    !> int32_t ckpt_checkpoint_async(int64_t step): the regions are copied before it returns.
+    function ckpt_checkpoint_async(step) bind(C, name="ckpt_checkpoint_async") result(status)
+      import :: c_int32_t, c_int64_t
+      integer(c_int64_t), value :: step
+      integer(c_int32_t) :: status
+    end function ckpt_checkpoint_async
+
+    !> int32_t ckpt_checkpoint_part_async(uint64_t generation, int64_t step)
+    function ckpt_checkpoint_part_async(generation, step) bind(C, name="ckpt_checkpoint_part_async") result(status)
+      import :: c_int32_t, c_int64_t
+      integer(c_int64_t), value :: generation
+      integer(c_int64_t), value :: step
+      integer(c_int32_t) :: status
+    end function ckpt_checkpoint_part_async
+
+    !> int32_t ckpt_checkpoint_wait(void): waits until the asynchronous checkpoint is durable.
+    function ckpt_checkpoint_wait() bind(C, name="ckpt_checkpoint_wait") result(status)
+      import :: c_int32_t
+      integer(c_int32_t) :: status
+    end function ckpt_checkpoint_wait
 
     !> int32_t ckpt_have_restart(int32_t *found_out, int64_t *step_out): step_out optional (NULL).
     function ckpt_have_restart(found_out, step_out) bind(C, name="ckpt_have_restart") result(status)

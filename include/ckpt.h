@@ -464,6 +464,29 @@ int32_t ckpt_restart_details_rejected(const struct ckpt_restart_details *details
                                       const char **reason_out,
                                       int32_t *status_out);
 
+// Starts a checkpoint of every protected region as application step `step` and returns once the
+// regions are copied (a staging area as large as the regions): the program may change them right
+// after, the checkpoint holds them as they were at the call. A background thread writes and commits it
+// like `ckpt_checkpoint`; `ckpt_checkpoint_wait` waits for it. At most one is in flight: a call while
+// one is waits for it first, and returns its error if it failed (this one is then not started).
+// Resets `ckpt_should_checkpoint`; `ckpt_should_exit` turns 1 once a checkpoint asked to be the last is
+// durable. One process only: CKPT_ERR_INVALID_ARGUMENT with several ranks (`ckpt_mpi.h`'s
+// `ckpt_mpi_checkpoint_async` writes parts). CKPT_ERR_TOO_LARGE when the staging area cannot be
+// allocated (nothing started); a negative `step` is CKPT_ERR_INVALID_ARGUMENT. Thread-safe.
+int32_t ckpt_checkpoint_async(int64_t step);
+
+// `ckpt_checkpoint_async` for this rank's part of multi-rank `generation` (agreed by all ranks, as for
+// `ckpt_checkpoint_part`); after `ckpt_checkpoint_wait` the step is committed as after
+// `ckpt_checkpoint_part` (`ckpt_mpi.h`'s `ckpt_mpi_checkpoint_wait` does). Thread-safe.
+int32_t ckpt_checkpoint_part_async(uint64_t generation,
+                                   int64_t step);
+
+// Waits for the checkpoint `ckpt_checkpoint_async` started: CKPT_OK when it is committed (and, with a
+// cache level, `CKPT_CACHE_DIR`, copied to the checkpoint directory and verified there), CKPT_OK at
+// once when none is in flight, else its error (what made it due is due again). Other calls wait
+// meanwhile. Thread-safe.
+int32_t ckpt_checkpoint_wait(void);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

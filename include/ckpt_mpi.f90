@@ -22,7 +22,16 @@ module ckpt_mpi
   implicit none
   private
   public :: ckpt_mpi_init, ckpt_mpi_finalize, ckpt_mpi_poll, ckpt_mpi_should_checkpoint, ckpt_mpi_should_exit, &
-            ckpt_mpi_checkpoint, ckpt_mpi_have_restart, ckpt_mpi_restart, ckpt_mpi_restart_size
+            ckpt_mpi_checkpoint, ckpt_mpi_have_restart, ckpt_mpi_restart, ckpt_mpi_restart_size, &
+            ckpt_mpi_checkpoint_async, ckpt_mpi_checkpoint_wait
+
+  ! The checkpoint ckpt_mpi_checkpoint_async started, for ckpt_mpi_checkpoint_wait.
+  logical, save :: in_flight = .false.
+  integer, save :: in_flight_rank = 0, in_flight_nranks = 1
+  integer(c_int64_t), save :: in_flight_generation = 0, in_flight_step = 0
+  integer(c_int32_t), save :: in_flight_status = 0
+  integer(c_int64_t), allocatable, save :: in_flight_reports(:, :)
+  type(ckpt_part_identity), allocatable, save :: in_flight_parts(:)
 
 contains
 
@@ -128,27 +137,98 @@ contains
   function ckpt_mpi_checkpoint(comm, step) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer(c_int64_t), intent(in) :: step
-    integer(c_int32_t) :: status, rc
-    integer(c_int64_t) :: g, v(2), mine(6)
+    integer(c_int32_t) :: status
+    integer(c_int64_t) :: g
     integer(c_int64_t), allocatable :: reports(:, :)
-    type(ckpt_part_identity) :: identity
     type(ckpt_part_identity), allocatable :: parts(:)
-    integer(c_int32_t) :: committed(1)
-    integer :: rank, nranks, ierr, alloc_err, r
+    integer :: rank, nranks
+    status = agree_generation(comm, rank, nranks, reports, parts, g)
+    if (status /= CKPT_OK .or. nranks == 1) then
+      if (status == CKPT_OK) status = ckpt_checkpoint(step)
+      return
+    end if
+    status = conclude(comm, rank, nranks, reports, parts, g, step, ckpt_checkpoint_part(g, step))
+  end function ckpt_mpi_checkpoint
+
+  !> ckpt_mpi_checkpoint in two halves, so the program computes while the parts are written: this call
+  !> agrees on the generation and starts this rank's part in the background (ckpt_checkpoint_part_async:
+  !> the protected regions are copied before it returns, so they may change right after);
+  !> ckpt_mpi_checkpoint_wait waits for every rank's part and commits the step. With one rank:
+  !> ckpt_checkpoint_async. Every rank must call ckpt_mpi_checkpoint_wait afterwards, even where this call
+  !> failed (its failure then fails the step on every rank). A call while one is in flight waits for it
+  !> first (collective). Collective.
+  function ckpt_mpi_checkpoint_async(comm, step) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int64_t), intent(in) :: step
+    integer(c_int32_t) :: status
+    integer :: rank, nranks
+    if (in_flight) then
+      status = ckpt_mpi_checkpoint_wait(comm)
+      if (status /= CKPT_OK) return
+    end if
+    status = agree_generation(comm, rank, nranks, in_flight_reports, in_flight_parts, in_flight_generation)
+    if (status /= CKPT_OK .or. nranks == 1) then
+      if (status == CKPT_OK) status = ckpt_checkpoint_async(step)
+      return
+    end if
+    status = ckpt_checkpoint_part_async(in_flight_generation, step)
+    in_flight = .true.
+    in_flight_rank = rank
+    in_flight_nranks = nranks
+    in_flight_step = step
+    in_flight_status = status
+  end function ckpt_mpi_checkpoint_async
+
+  !> Waits for the checkpoint ckpt_mpi_checkpoint_async started and commits the step when every rank's
+  !> part is durable: the same status on every rank, as ckpt_mpi_checkpoint returns. CKPT_OK when none is
+  !> in flight. Collective.
+  function ckpt_mpi_checkpoint_wait(comm) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t) :: status, rc
+    integer :: nranks, ierr
+    call MPI_Comm_size(comm, nranks, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      status = CKPT_ERR_MPI
+      return
+    end if
+    if (nranks == 1) then
+      status = ckpt_checkpoint_wait()
+      return
+    end if
+    status = CKPT_OK
+    if (.not. in_flight) return
+    in_flight = .false.
+    rc = in_flight_status
+    if (rc == CKPT_OK) rc = ckpt_checkpoint_wait()
+    status = conclude(comm, in_flight_rank, in_flight_nranks, in_flight_reports, in_flight_parts, &
+                      in_flight_generation, in_flight_step, rc)
+  end function ckpt_mpi_checkpoint_wait
+
+  !> Step 1 of ckpt_mpi_checkpoint: rank and size, rank 0's gather buffers (allocated first: if rank 0
+  !> cannot have them, no rank writes anything) and the agreed generation (MAX of ckpt_next_generation).
+  !> With one rank only rank and size are set.
+  function agree_generation(comm, rank, nranks, reports, parts, g) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(out) :: rank, nranks
+    integer(c_int64_t), allocatable, intent(inout) :: reports(:, :)
+    type(ckpt_part_identity), allocatable, intent(inout) :: parts(:)
+    integer(c_int64_t), intent(out) :: g
+    integer(c_int32_t) :: status, rc
+    integer(c_int64_t) :: v(2)
+    integer :: ierr, alloc_err
+    g = 0
     call MPI_Comm_rank(comm, rank, ierr)
     if (ierr == MPI_SUCCESS) call MPI_Comm_size(comm, nranks, ierr)
     if (ierr /= MPI_SUCCESS) then
       status = CKPT_ERR_MPI
       return
     end if
-    if (nranks == 1) then
-      status = ckpt_checkpoint(step)
-      return
-    end if
-    ! Rank 0's gather buffer first: if it cannot have one, no rank writes anything. Each report is the
-    ! part's identity (5 words) and the rank's status.
+    status = CKPT_OK
+    if (nranks == 1) return
+    ! Each report is the part's identity (5 words) and the rank's status.
+    if (allocated(reports)) deallocate(reports)
+    if (allocated(parts)) deallocate(parts)
     allocate(reports(6, merge(nranks, 1, rank == 0)), parts(merge(nranks, 1, rank == 0)), stat=alloc_err)
-    g = 0
     rc = ckpt_next_generation(g)
     if (alloc_err /= 0) rc = CKPT_ERR_OTHER
     v = [merge(g, 0_c_int64_t, rc == CKPT_OK), -int(rc, c_int64_t)] ! {generation, -status}: one MAX
@@ -159,7 +239,23 @@ contains
       return
     end if
     g = v(1)
-    rc = ckpt_checkpoint_part(g, step)
+  end function agree_generation
+
+  !> Steps 3-5 of ckpt_mpi_checkpoint for this rank's part of generation g (rc: how writing it went):
+  !> gather, commit on rank 0, broadcast, ckpt_finish_step.
+  function conclude(comm, rank, nranks, reports, parts, g, step, rc_in) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(in) :: rank, nranks
+    integer(c_int64_t), allocatable, intent(inout) :: reports(:, :)
+    type(ckpt_part_identity), allocatable, intent(inout) :: parts(:)
+    integer(c_int64_t), intent(in) :: g, step
+    integer(c_int32_t), intent(in) :: rc_in
+    integer(c_int32_t) :: status, rc
+    integer(c_int64_t) :: mine(6)
+    type(ckpt_part_identity) :: identity
+    integer(c_int32_t) :: committed(1)
+    integer :: ierr, r
+    rc = rc_in
     if (rc == CKPT_OK) rc = ckpt_get_part_identity(g, identity)
     mine(1:5) = transfer(identity, mine(1:5))
     mine(6) = rc
@@ -174,10 +270,12 @@ contains
         committed(1) = ckpt_commit_step_parts(g, step, parts, int(nranks, c_size_t))
       end if
     end if
+    if (allocated(reports)) deallocate(reports)
+    if (allocated(parts)) deallocate(parts)
     call MPI_Bcast(committed, 1, MPI_INT32_T, 0, comm, ierr)
     status = merge(committed(1), CKPT_ERR_MPI, ierr == MPI_SUCCESS)
     ierr = ckpt_finish_step(merge(1_c_int32_t, 0_c_int32_t, status == CKPT_OK))
-  end function ckpt_mpi_checkpoint
+  end function conclude
 
   !> Agree on the newest generation <= max_generation that EVERY rank can read (MIN over ranks of each
   !> one's newest valid generation, never the MAX) and select it on every rank; when a rank cannot select

@@ -141,6 +141,55 @@ typedef struct ckpt_mpi__report {
     int64_t status;
 } ckpt_mpi__report;
 
+/* Internal: steps 3-5 of ckpt_mpi_checkpoint for this rank's part of `generation` (rc: how writing it
+ * went). `reports` is rank 0's gather buffer (NULL elsewhere), freed here. */
+static inline int32_t ckpt_mpi__conclude(MPI_Comm comm, int rank, int size, ckpt_mpi__report *reports,
+                                         uint64_t generation, int64_t step, int32_t rc) {
+    ckpt_mpi__report mine;
+    memset(&mine, 0, sizeof mine);
+    if (rc == CKPT_OK) rc = ckpt_get_part_identity(generation, &mine.identity);
+    mine.status = rc;
+    int32_t committed = CKPT_OK;
+    if (rank == 0 && reports == NULL) committed = CKPT_ERR_OTHER;
+    if (MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, reports, (int)sizeof mine, MPI_BYTE, 0, comm) != MPI_SUCCESS)
+        committed = CKPT_ERR_MPI;
+    if (rank == 0 && committed == CKPT_OK) {
+        for (int r = 0; r < size; r++)
+            if (reports[r].status < committed) committed = (int32_t)reports[r].status; /* the most negative */
+        if (committed == CKPT_OK) {
+            /* the identities side by side, in place (each moves down, never over one not yet moved) */
+            ckpt_part_identity *parts = (ckpt_part_identity *)(void *)reports;
+            for (int r = 0; r < size; r++) memmove(&parts[r], &reports[r].identity, sizeof parts[r]);
+            committed = ckpt_commit_step_parts(generation, step, parts, (size_t)size);
+        }
+    }
+    free(reports);
+    if (MPI_Bcast(&committed, 1, MPI_INT32_T, 0, comm) != MPI_SUCCESS) committed = CKPT_ERR_MPI;
+    (void)ckpt_finish_step(committed == CKPT_OK);
+    return committed;
+}
+
+/* Internal: step 1 of ckpt_mpi_checkpoint: the agreed generation in *generation_out, rank 0's gather
+ * buffer in *reports_out (allocated first: if rank 0 cannot have one, no rank writes anything). */
+static inline int32_t ckpt_mpi__agree_generation(MPI_Comm comm, int rank, int size, ckpt_mpi__report **reports_out,
+                                                 uint64_t *generation_out) {
+    ckpt_mpi__report *reports = NULL;
+    if (rank == 0) reports = (ckpt_mpi__report *)malloc((size_t)size * sizeof *reports);
+    uint64_t g = 0;
+    int32_t rc = ckpt_next_generation(&g);
+    if (rank == 0 && reports == NULL) rc = CKPT_ERR_OTHER;
+    /* {generation, -status}: one MAX gives the agreed generation and the worst failure */
+    int64_t v[2] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc};
+    int32_t mrc = ckpt_mpi__max64(comm, v, 2);
+    if (mrc != CKPT_OK || v[1] != 0) {
+        free(reports);
+        return mrc != CKPT_OK ? mrc : (int32_t)-v[1];
+    }
+    *reports_out = reports;
+    *generation_out = (uint64_t)v[0];
+    return CKPT_OK;
+}
+
 /* Writes every protected region of every rank as application step `step`, and commits the step only
  * after every rank's part is durable:
  *   1. the ranks agree on the generation (MAX over ranks of ckpt_next_generation);
@@ -163,42 +212,71 @@ static inline int32_t ckpt_mpi_checkpoint(MPI_Comm comm, int64_t step) {
     int rank = 0, size = 0;
     if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS) return CKPT_ERR_MPI;
     if (size == 1) return ckpt_checkpoint(step);
-    /* rank 0's gather buffer first: if it cannot have one, no rank writes anything */
     ckpt_mpi__report *reports = NULL;
-    if (rank == 0) reports = (ckpt_mpi__report *)malloc((size_t)size * sizeof *reports);
-    uint64_t g = 0;
-    int32_t rc = ckpt_next_generation(&g);
-    if (rank == 0 && reports == NULL) rc = CKPT_ERR_OTHER;
-    /* {generation, -status}: one MAX gives the agreed generation and the worst failure */
-    int64_t v[2] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc};
-    int32_t mrc = ckpt_mpi__max64(comm, v, 2);
-    if (mrc != CKPT_OK || v[1] != 0) {
-        free(reports);
-        return mrc != CKPT_OK ? mrc : (int32_t)-v[1];
-    }
-    uint64_t generation = (uint64_t)v[0];
-    ckpt_mpi__report mine;
-    memset(&mine, 0, sizeof mine);
+    uint64_t generation = 0;
+    int32_t rc = ckpt_mpi__agree_generation(comm, rank, size, &reports, &generation);
+    if (rc != CKPT_OK) return rc;
     rc = ckpt_checkpoint_part(generation, step);
-    if (rc == CKPT_OK) rc = ckpt_get_part_identity(generation, &mine.identity);
-    mine.status = rc;
-    int32_t committed = CKPT_OK;
-    if (MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, reports, (int)sizeof mine, MPI_BYTE, 0, comm) != MPI_SUCCESS)
-        committed = CKPT_ERR_MPI;
-    if (rank == 0 && committed == CKPT_OK) {
-        for (int r = 0; r < size; r++)
-            if (reports[r].status < committed) committed = (int32_t)reports[r].status; /* the most negative */
-        if (committed == CKPT_OK) {
-            /* the identities side by side, in place (each moves down, never over one not yet moved) */
-            ckpt_part_identity *parts = (ckpt_part_identity *)(void *)reports;
-            for (int r = 0; r < size; r++) memmove(&parts[r], &reports[r].identity, sizeof parts[r]);
-            committed = ckpt_commit_step_parts(generation, step, parts, (size_t)size);
-        }
+    return ckpt_mpi__conclude(comm, rank, size, reports, generation, step, rc);
+}
+
+/* The checkpoint ckpt_mpi_checkpoint_async started in this translation unit (header-only: call both
+ * functions from one source file). */
+static struct {
+    int active;
+    int rank, size;
+    ckpt_mpi__report *reports;
+    uint64_t generation;
+    int64_t step;
+    int32_t rc;
+} ckpt_mpi__in_flight;
+
+/* ckpt_mpi_checkpoint in two halves, so the program computes while the parts are written: this call agrees
+ * on the generation and starts this rank's part in the background (ckpt_checkpoint_part_async: the
+ * protected regions are copied before it returns, so they may change right after); ckpt_mpi_checkpoint_wait
+ * waits for every rank's part and commits the step (steps 3-5 of ckpt_mpi_checkpoint). With one rank:
+ * ckpt_checkpoint_async. Every rank must call ckpt_mpi_checkpoint_wait afterwards, even where this call
+ * failed (its failure then fails the step on every rank). A call while one is in flight waits for it
+ * first (collective). Collective. */
+static inline int32_t ckpt_mpi_checkpoint_async(MPI_Comm comm, int64_t step);
+/* Waits for the checkpoint ckpt_mpi_checkpoint_async started and commits the step when every rank's part
+ * is durable: the same status on every rank, as ckpt_mpi_checkpoint returns. CKPT_OK when none is in
+ * flight. Collective. */
+static inline int32_t ckpt_mpi_checkpoint_wait(MPI_Comm comm);
+
+static inline int32_t ckpt_mpi_checkpoint_wait(MPI_Comm comm) {
+    int size = 0;
+    if (MPI_Comm_size(comm, &size) != MPI_SUCCESS) return CKPT_ERR_MPI;
+    if (size == 1) return ckpt_checkpoint_wait();
+    if (!ckpt_mpi__in_flight.active) return CKPT_OK;
+    ckpt_mpi__in_flight.active = 0;
+    int32_t rc = ckpt_mpi__in_flight.rc;
+    if (rc == CKPT_OK) rc = ckpt_checkpoint_wait();
+    return ckpt_mpi__conclude(comm, ckpt_mpi__in_flight.rank, ckpt_mpi__in_flight.size, ckpt_mpi__in_flight.reports,
+                              ckpt_mpi__in_flight.generation, ckpt_mpi__in_flight.step, rc);
+}
+
+static inline int32_t ckpt_mpi_checkpoint_async(MPI_Comm comm, int64_t step) {
+    int rank = 0, size = 0;
+    if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS) return CKPT_ERR_MPI;
+    if (size == 1) return ckpt_checkpoint_async(step);
+    if (ckpt_mpi__in_flight.active) {
+        int32_t previous = ckpt_mpi_checkpoint_wait(comm);
+        if (previous != CKPT_OK) return previous;
     }
-    free(reports);
-    if (MPI_Bcast(&committed, 1, MPI_INT32_T, 0, comm) != MPI_SUCCESS) committed = CKPT_ERR_MPI;
-    (void)ckpt_finish_step(committed == CKPT_OK);
-    return committed;
+    ckpt_mpi__report *reports = NULL;
+    uint64_t generation = 0;
+    int32_t rc = ckpt_mpi__agree_generation(comm, rank, size, &reports, &generation);
+    if (rc != CKPT_OK) return rc;
+    rc = ckpt_checkpoint_part_async(generation, step);
+    ckpt_mpi__in_flight.active = 1;
+    ckpt_mpi__in_flight.rank = rank;
+    ckpt_mpi__in_flight.size = size;
+    ckpt_mpi__in_flight.reports = reports;
+    ckpt_mpi__in_flight.generation = generation;
+    ckpt_mpi__in_flight.step = step;
+    ckpt_mpi__in_flight.rc = rc;
+    return rc;
 }
 
 /* Internal: agree on the newest generation <= max that EVERY rank can read and select it on every rank.

@@ -730,6 +730,8 @@ pub struct Checkpointer {
     inner: Arc<Inner>,
     /// The cache level's copying thread.
     flusher: Option<Flusher>,
+    /// The background checkpoint in flight ([`Checkpointer::checkpoint_async`]).
+    in_flight: Mutex<Option<crate::async_save::InFlight>>,
     signal_ids: Vec<signal_hook::SigId>,
     watcher: Option<JoinHandle<()>>,
     socket_path: Option<PathBuf>,
@@ -895,7 +897,15 @@ impl Checkpointer {
                 removed: &removed,
             });
         }
-        let cp = Checkpointer { store, inner, flusher, signal_ids, watcher: Some(watcher), socket_path };
+        let cp = Checkpointer {
+            store,
+            inner,
+            flusher,
+            in_flight: Mutex::new(None),
+            signal_ids,
+            watcher: Some(watcher),
+            socket_path,
+        };
         let signals: Vec<String> = config.signals.iter().map(|s| signal_label(s.signal)).collect();
         let end = cp.inner.lock().end_time;
         cp.inner.log(&Event::Start {
@@ -922,6 +932,10 @@ impl Checkpointer {
             });
         }
         Ok(cp)
+    }
+
+    pub(crate) fn lock_in_flight(&self) -> MutexGuard<'_, Option<crate::async_save::InFlight>> {
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The store checkpoints are written to.
@@ -1279,7 +1293,9 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        // The newest cached checkpoint is copied before the program goes (bounded wait, logged).
+        // A background checkpoint is finished, then the newest cached checkpoint is copied before the
+        // program goes (bounded wait, logged).
+        self.finish_in_flight();
         drop(self.flusher.take());
         for id in self.signal_ids.drain(..) {
             signal_hook::low_level::unregister(id);

@@ -58,6 +58,7 @@
 #[doc = include_str!("../README.md")]
 mod readme {}
 
+mod async_save;
 mod checkpointer;
 mod config;
 // The control socket and request files: shared with the faces (`ckpt create` in ckpt-cli and ckpt-image),

@@ -61,6 +61,10 @@ mod multirank;
 // ckpt_restart_info and its details handle.
 mod restart_info;
 
+// Asynchronous checkpoints: ckpt_checkpoint_async, ckpt_checkpoint_part_async, ckpt_checkpoint_wait.
+mod asynchronous;
+
+pub use asynchronous::*;
 pub use buffer::*;
 pub use checkpoint::*;
 pub use config::*;

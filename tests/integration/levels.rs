@@ -283,3 +283,45 @@ fn ckpt_flush_copies_what_a_killed_program_left_in_the_cache_and_ckpt_list_shows
     let r = Store::new(ckpt_tests::reader_config("trigger-test", &dir)).restore().unwrap().unwrap();
     assert_eq!((r.level, r.generation), (Level::Shared, 2));
 }
+
+#[test]
+fn a_background_checkpoint_saves_the_state_at_the_call_and_reports_its_failure_on_the_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, cache_root, log) = (tmp.path().join("shared"), tmp.path().join("cache"), tmp.path().join("log"));
+    for cached in [false, true] {
+        let mut cfg = config(&shared, &cache_root, &log, FlushPolicy::Every);
+        if !cached {
+            cfg.cache = None;
+        }
+        let cp = Checkpointer::new(Store::new(cfg.clone())).unwrap();
+        let mut field = vec![1.5f64; 1 << 20];
+        let snapshot = field.clone();
+        cp.request_checkpoint(true);
+        cp.checkpoint_async(10u64, move |w| w.add_slice("field", &snapshot)).unwrap();
+        assert!(!cp.should_checkpoint(), "taken at the call");
+        assert!(cp.checkpoint_in_flight());
+        field.iter_mut().for_each(|x| *x = -1.0);
+        let info = cp.checkpoint_wait().unwrap().expect("in flight");
+        assert!(cp.should_exit(), "cached={cached}: durable after the wait");
+        assert!(cp.checkpoint_wait().unwrap().is_none(), "nothing in flight any more");
+        if cached {
+            assert_eq!(cp.durable_generation(), Some(info.generation), "the wait covers the copy");
+        }
+        // A write that fails: the error comes back on the wait, and what made the checkpoint due is due again.
+        cp.request_checkpoint(false);
+        cp.checkpoint_async(11u64, |_| Err(ckpt_core::Error::invalid("the program's own failure"))).unwrap();
+        let e = cp.checkpoint_wait().unwrap_err();
+        assert!(e.to_string().contains("the program's own failure"), "{e}");
+        assert!(cp.should_checkpoint(), "due again");
+        // The next call reports the previous failure and starts nothing.
+        cp.checkpoint_async(12u64, |_| Err(ckpt_core::Error::invalid("second"))).unwrap();
+        let e = cp.checkpoint_async(13u64, |w| w.add_bytes("x", b"y")).unwrap_err();
+        assert!(e.to_string().contains("second"), "{e}");
+        drop(cp);
+        let r = Store::new(cfg).restore().unwrap().unwrap();
+        assert_eq!(r.app_step, 10);
+        assert!(r.checkpoint.read_slice::<f64>("field").unwrap().iter().all(|&x| x == 1.5), "the state at the call");
+        std::fs::remove_dir_all(&shared).unwrap();
+        let _ = std::fs::remove_dir_all(&cache_root);
+    }
+}

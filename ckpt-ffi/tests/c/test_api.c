@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int failures = 0;
@@ -472,6 +473,67 @@ static void named_regions(void) {
     EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
 }
 
+static void async_checkpoints(void) {
+    /* ckpt_checkpoint_async copies the regions and returns; the checkpoint holds them as they were at the
+     * call, whatever the program writes next; one in flight at a time; ckpt_checkpoint_wait waits until it
+     * is durable, with a cache level in the checkpoint directory. */
+    char p[4200], cache[4300], stable[4400];
+    path_in(p, sizeof p, "async");
+    snprintf(cache, sizeof cache, "%s/cache", p);
+    enum { N = 1 << 20 };
+    double *a = malloc(N * sizeof *a);
+    CHECK(a != NULL);
+    int64_t cycle = 0;
+    EXPECT(ckpt_checkpoint_async(1), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_checkpoint_wait(), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_set_config("CKPT_DIR", p), CKPT_OK);
+    EXPECT(ckpt_init("async"), CKPT_OK);
+    EXPECT(ckpt_protect(0, &cycle, sizeof cycle), CKPT_OK);
+    EXPECT(ckpt_protect(1, a, N * sizeof *a), CKPT_OK);
+    EXPECT(ckpt_checkpoint_wait(), CKPT_OK); /* none in flight */
+    EXPECT(ckpt_checkpoint_async(-1), CKPT_ERR_INVALID_ARGUMENT);
+    for (int k = 1; k <= 3; k++) {
+        cycle = k;
+        for (int i = 0; i < N; i++) a[i] = k * 10.0 + i;
+        EXPECT(ckpt_checkpoint_async(k), CKPT_OK); /* the previous one is waited for first */
+        cycle = -1;
+        for (int i = 0; i < N; i++) a[i] = -1.0; /* not in the checkpoint */
+    }
+    EXPECT(ckpt_checkpoint_wait(), CKPT_OK);
+    EXPECT(ckpt_request_checkpoint(1), CKPT_OK); /* what SIGTERM asks */
+    CHECK(ckpt_should_checkpoint() == 1);
+    EXPECT(ckpt_checkpoint_async(4), CKPT_OK);
+    CHECK(ckpt_should_checkpoint() == 0); /* taken at the call */
+    EXPECT(ckpt_checkpoint_wait(), CKPT_OK);
+    CHECK(ckpt_should_exit() == 1);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+
+    EXPECT(ckpt_init("async"), CKPT_OK);
+    EXPECT(ckpt_protect(0, &cycle, sizeof cycle), CKPT_OK);
+    EXPECT(ckpt_protect(1, a, N * sizeof *a), CKPT_OK);
+    int64_t step = 0;
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    CHECK(step == 4 && cycle == -1 && a[0] == -1.0); /* step 4 saved the overwritten values */
+    EXPECT(ckpt_finalize(), CKPT_OK);
+
+    /* With a cache level the wait lasts until the copy in the checkpoint directory is durable. */
+    EXPECT(ckpt_set_config("CKPT_CACHE_DIR", cache), CKPT_OK);
+    EXPECT(ckpt_init("async"), CKPT_OK);
+    EXPECT(ckpt_protect(0, &cycle, sizeof cycle), CKPT_OK);
+    EXPECT(ckpt_protect(1, a, N * sizeof *a), CKPT_OK);
+    cycle = 5;
+    for (int i = 0; i < N; i++) a[i] = 50.0 + i;
+    EXPECT(ckpt_checkpoint_async(5), CKPT_OK);
+    EXPECT(ckpt_checkpoint_wait(), CKPT_OK);
+    snprintf(stable, sizeof stable, "%s/async.ckpt.5", p); /* generation 5, copied from the cache */
+    struct stat st;
+    CHECK(stat(stable, &st) == 0 && (size_t)st.st_size > N * sizeof *a);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    EXPECT(ckpt_set_config("CKPT_CACHE_DIR", ""), CKPT_OK);
+    EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
+    free(a);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -487,6 +549,7 @@ int main(int argc, char **argv) {
     buffers();
     parts_by_identity();
     named_regions();
+    async_checkpoints();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -495,6 +495,32 @@ contains
     call expect(ckpt_finalize(), CKPT_OK, __LINE__)
     call expect(ckpt_set_config_f("CKPT_DIR", dir), CKPT_OK, __LINE__)
   end subroutine named_regions
+
+  ! ckpt_checkpoint_async copies the regions and returns; ckpt_checkpoint_wait waits for the checkpoint.
+  subroutine async_checkpoints()
+    real(c_double), target :: a(1024)
+    integer(c_int64_t), target :: cycle
+    integer(c_int64_t) :: step
+    integer :: i
+    call expect(ckpt_set_config_f("CKPT_DIR", path_in("async")), CKPT_OK, __LINE__)
+    call expect(ckpt_init_f("async"), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_f(0, cycle), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_f(1, a), CKPT_OK, __LINE__)
+    call expect(ckpt_checkpoint_wait(), CKPT_OK, __LINE__)
+    cycle = 3
+    a = [(3.0_c_double * i, i = 1, 1024)]
+    call expect(ckpt_checkpoint_async(3_c_int64_t), CKPT_OK, __LINE__)
+    cycle = -1
+    a = -1
+    call expect(ckpt_checkpoint_wait(), CKPT_OK, __LINE__)
+    call expect(ckpt_finalize(), CKPT_OK, __LINE__)
+    call expect(ckpt_init_f("async"), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_f(0, cycle), CKPT_OK, __LINE__)
+    call expect(ckpt_protect_f(1, a), CKPT_OK, __LINE__)
+    call expect(ckpt_restart(step), CKPT_OK, __LINE__)
+    call check(step == 3 .and. cycle == 3 .and. a(1024) == 3072.0_c_double, __LINE__)
+    call expect(ckpt_finalize(), CKPT_OK, __LINE__)
+  end subroutine async_checkpoints
 end module checks
 
 program test_api
@@ -514,6 +540,7 @@ program test_api
   call multi_rank_protocol()
   call buffers()
   call named_regions()
+  call async_checkpoints()
   if (failures > 0) then
     write(0, '(i0,a)') failures, ' check(s) failed'
     error stop 1
