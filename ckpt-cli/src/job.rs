@@ -398,6 +398,30 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
         format!("exited with status {program_status}")
     };
 
+    // With a cache level, what the program left in the node-local cache and not in the checkpoint
+    // directory (killed during its background copy, or its exit's wait timed out) is copied now, so that
+    // the requeue's progress check, another node and `ckpt requeue` see it.
+    if cfg.cache.is_some() {
+        match super::flush::flush(cfg.clone(), true, std::time::Duration::from_secs(600)) {
+            Ok(f) => {
+                for r in &f.rows {
+                    match r["ok"].as_bool() {
+                        Some(true) => say(format_args!(
+                            "copied generation {} from the node-local cache to the checkpoint directory",
+                            r["generation"]
+                        )),
+                        _ => say(format_args!(
+                            "could not copy generation {} from the node-local cache: {}",
+                            r["generation"],
+                            r["error"].as_str().unwrap_or("?")
+                        )),
+                    }
+                }
+            }
+            Err(e) => say(format_args!("could not copy from the node-local cache: {e}")),
+        }
+    }
+
     // Stopped at a checkpoint: asked to stop, and a checkpoint was committed since; or the program took
     // a checkpoint after which it was to exit (the time-limit trigger, a signal, `ckpt create --vacate`).
     let job_key = job_id.as_deref();

@@ -431,3 +431,35 @@ fn unmodified_program_under_the_shim_checkpoints_stops_and_resumes() {
     assert!(log2.contains("resuming from the newest image"), "{log2}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want, "{log}\n{log2}");
 }
+
+#[test]
+fn a_program_killed_before_its_copy_has_its_cached_checkpoint_copied_by_ckpt_job() {
+    if !have_cc() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let exe = build("job_loop", t.path(), true);
+    let dir = t.path().join("ckpt");
+    let cache = t.path().join("node-local");
+    let d = dir.to_str().unwrap();
+    // Outside Slurm the checkpoint's name is the application's: `--name` says it.
+    let args =
+        ["--on-warning", "checkpoint", "--name", "jobloop", "--dir", d, "--", exe.to_str().unwrap(), "300", "10000"];
+    let err = t.path().join("job.err");
+    // Only the last checkpoint is copied, at the program's end, which the SIGKILL below never reaches.
+    let env = [("CKPT_CACHE_DIR", cache.to_str().unwrap()), ("CKPT_FLUSH", "exit")];
+    let mut job = Live::spawn(ckpt_job(t.path(), &args, &env), &err);
+    job.wait_line("step 20");
+    job.signal(libc::SIGUSR1);
+    job.wait_line("checkpoint ");
+    assert!(!dir.join("jobloop.ckpt.1").exists(), "not copied by the program");
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", job.child.id())).unwrap();
+    let program: i32 = children.split_whitespace().next().expect("the program").parse().unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(program, libc::SIGKILL) };
+    let (st, lines) = job.finish();
+    let log = stderr_of(&err);
+    assert!(log.contains("copied generation 1 from the node-local cache"), "{lines:?}\n{log}");
+    assert!(dir.join("jobloop.ckpt.1").is_file(), "{log}");
+    assert_ne!(st.code(), Some(0), "the program was killed: {log}");
+}

@@ -323,6 +323,31 @@ impl PyCheckpointer {
         Ok(self.get(py)?.time_left())
     }
 
+    /// With a cache level: waits (GIL released) until the copies to the checkpoint directory are done, at
+    /// most `timeout` seconds; the newest generation durable there.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_for_flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<u64>> {
+        let cp = self.get(py)?;
+        let timeout = match timeout {
+            Some(t) if t.is_finite() && t >= 0.0 => Some(std::time::Duration::from_secs_f64(t)),
+            Some(t) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!("timeout {t} is not a number of seconds")));
+            }
+            None => None,
+        };
+        py.detach(|| cp.wait_for_flush(timeout)).py_err(py)
+    }
+
+    /// With a cache level: the newest generation this process made durable in the checkpoint directory.
+    fn durable_generation(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        Ok(self.get(py)?.durable_generation())
+    }
+
+    /// The node-local cache directory (`CKPT_CACHE_DIR`), if any.
+    fn cache_dir(&self, py: Python<'_>) -> PyResult<Option<PathBuf>> {
+        Ok(self.get(py)?.store().cache_dir().map(std::path::Path::to_path_buf))
+    }
+
     /// Saves a pickle stream and its out-of-band buffers as the next checkpoint; returns the commit's figures.
     /// `metrics`: a JSON object's text, stored in the header.
     #[pyo3(signature = (stream, buffers, *, step, compress=None, item_sizes=None, metrics=None))]

@@ -1104,6 +1104,25 @@ class Checkpointer:
         """Seconds left before the job's time limit, when known."""
         return self._native.time_left()
 
+    def wait_for_flush(self, timeout: float | None = None) -> int | None:
+        """With a node-local cache level (``CKPT_CACHE_DIR``): waits until the background copies of cached
+        checkpoints to the checkpoint directory are done (at most ``timeout`` seconds; ``None``: as long as it
+        takes) and returns the newest generation durable there (``None``: none yet). Without a cache level every
+        save is durable when it returns: ``None`` at once. Raises the last copy's error (the checkpoint stays in
+        the cache), or an :class:`OSError` (timed out) when a copy is still running after ``timeout``."""
+        return self._native.wait_for_flush(timeout)
+
+    @property
+    def durable_generation(self) -> int | None:
+        """With a cache level: the newest generation this process made durable in the checkpoint directory."""
+        return self._native.durable_generation()
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """The node-local cache directory of this checkpoint directory (``CKPT_CACHE_DIR``), or ``None``."""
+        d = self._native.cache_dir()
+        return None if d is None else Path(d)
+
     # -- saving and restoring -------------------------------------------------------------------------------
 
     @overload
