@@ -11,7 +11,7 @@
 //! Each checkpoint directory has its own cache directory, `<CKPT_CACHE_DIR>/<last component>-<hash of
 //! its absolute path>` (mode 0700), so that jobs of a sweep caching on one node stay apart and a restart
 //! on the same node finds its files again. Restart takes the newest generation that verifies on any level
-//! this node sees, the cache's copy before the checkpoint directory's (see [`crate::discovery`]).
+//! this node sees, the cache's copy before the checkpoint directory's (see [`Store::restore`](crate::Store::restore)).
 //!
 //! | setting | variable | default |
 //! |---|---|---|
