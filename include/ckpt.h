@@ -487,6 +487,41 @@ int32_t ckpt_checkpoint_part_async(uint64_t generation,
 // meanwhile. Thread-safe.
 int32_t ckpt_checkpoint_wait(void);
 
+// Restart on another number of ranks: finds the newest committed multi-rank step of this run, whatever
+// number of ranks wrote it, with every rank's part verified (so every rank that calls it chooses the same
+// step), and selects it for `ckpt_restart_part`. Writes the number of ranks that wrote it to
+// `*nranks_out` (its parts are `0 .. *nranks_out - 1`) and its application step to `*step_out` (NULL
+// allowed). `CKPT_ERR_NO_CHECKPOINT` when there is none (a first run); `CKPT_ERR_NO_VALID_CHECKPOINT` when
+// steps exist but none verifies. Call it after `ckpt_init` on every rank that redistributes; the usual
+// `ckpt_restart` refuses a step of another number of ranks. Thread-safe.
+int32_t ckpt_restart_step(uint32_t *nranks_out,
+                          int64_t *step_out);
+
+// Writes to `*len_out` the size in bytes of region `id` in old rank `rank`'s part of the step
+// `ckpt_restart_step` selected (a rank's share of the data differs from rank to rank).
+// `CKPT_ERR_INVALID_STATE` before `ckpt_restart_step`, `CKPT_ERR_INVALID_ARGUMENT` for a rank that did
+// not write the step, `CKPT_ERR_SECTION_NOT_FOUND` when the part has no such region. Thread-safe.
+int32_t ckpt_restart_part_size(uint32_t rank,
+                               int32_t id,
+                               size_t *len_out);
+
+// `ckpt_restart_part_size` for a region protected by name. Thread-safe.
+int32_t ckpt_restart_part_size_named(uint32_t rank, const char *name, size_t *len_out);
+
+// Reads region `id` of old rank `rank`'s part of the step `ckpt_restart_step` selected into `buf`, which
+// must be exactly its size (`ckpt_restart_part_size`): any rank reads any part, to redistribute the data
+// over another number of ranks. The part was verified by `ckpt_restart_step` and is verified again
+// (every CRC) the first time it is read. `buf` is written only on success; it may be NULL only when
+// `len` is 0. Errors as `ckpt_restart_part_size`, and `CKPT_ERR_SIZE_MISMATCH` (naming the region, the
+// rank and both sizes). Thread-safe.
+int32_t ckpt_restart_part(uint32_t rank,
+                          int32_t id,
+                          void *buf,
+                          size_t len);
+
+// `ckpt_restart_part` for a region protected by name. Thread-safe.
+int32_t ckpt_restart_part_named(uint32_t rank, const char *name, void *buf, size_t len);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

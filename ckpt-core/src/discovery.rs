@@ -121,7 +121,8 @@ struct Prober<'a> {
     base: &'a str,
     opts: LoadOptions,
     want_kind: FileKind,
-    nranks: u32,
+    /// The number of ranks the files must be written by (`None`: any, for [`Store::restore_step`]).
+    nranks: Option<u32>,
 }
 
 impl Prober<'_> {
@@ -174,11 +175,22 @@ impl Prober<'_> {
                     );
                     return Probe { candidate: c, checkpoint: None, owner };
                 }
-                if h.kind != want_kind || h.nranks != nranks {
+                if h.kind != want_kind || nranks.is_some_and(|n| h.nranks != n) {
+                    let why = match nranks {
+                        Some(n) => {
+                            format!("written by a {}-rank job ({:?}) but this job has {n} rank(s)", h.nranks, h.kind)
+                        }
+                        None => format!("a {:?} file, not a multi-rank step's manifest", h.kind),
+                    };
                     c.status = CandidateStatus::Invalid(
                         Error::invalid(format!(
-                            "written by a {}-rank job ({:?}) but this job has {} rank(s)",
-                            h.nranks, h.kind, nranks
+                            "{why}{}",
+                            if nranks.is_some() && h.kind == FileKind::Manifest {
+                                " (a program that redistributes its data reads any number of ranks' parts with \
+                                 Store::restore_step, ckpt_restart_step)"
+                            } else {
+                                ""
+                            }
                         ))
                         .with_path(&path),
                     );
@@ -214,6 +226,9 @@ enum Parts {
     All,
     /// This rank's part only: the MPI helpers agree on the step over all ranks.
     Own,
+    /// A step of any number of ranks, every part verified, none of them this rank's own
+    /// ([`Store::restore_step`]).
+    Every,
 }
 
 /// What one discovery pass produced, before it is packaged for its caller.
@@ -397,7 +412,8 @@ impl Store {
             _ => (own_base.clone(), false),
         };
         let opts = LoadOptions { mmap: cfg.mmap };
-        let want_kind = if cfg.nranks > 1 { FileKind::Manifest } else { FileKind::Data };
+        let want_kind = if cfg.nranks > 1 || parts == Parts::Every { FileKind::Manifest } else { FileKind::Data };
+        let want_nranks = if parts == Parts::Every { None } else { Some(cfg.nranks) };
         let mut notices: Vec<String> = Vec::new();
 
         let probers: Vec<Prober<'_>> = levels
@@ -409,7 +425,7 @@ impl Store {
                 base: &base,
                 opts,
                 want_kind,
-                nranks: cfg.nranks,
+                nranks: want_nranks,
             })
             .collect();
         let mut probes: Vec<Probe> = Vec::new();
@@ -594,32 +610,18 @@ impl Store {
             ))
             .with_path(cp.path()));
         }
-        if rank as usize >= entries.len() {
+        if parts != Parts::Every && rank as usize >= entries.len() {
             return Err(Error::corrupt(format!("manifest has no entry for rank {rank}")).with_path(cp.path()));
         }
-        let file_name = cp.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let base = any_base(file_name).unwrap_or(file_name);
-        let generation_dir = dir.join(format!("{base}.parts")).join(cp.generation().to_string());
-        let open_part = |r: u32| -> Result<Checkpoint> {
-            let ManifestEntry { file_len: len, header_crc32: hc, table_crc32: tc, .. } = entries[r as usize];
-            let part_path = generation_dir.join(format!("rank{r}.ckpt"));
-            let part = Checkpoint::open_with(&**self.storage(), &part_path, LoadOptions { mmap: self.config().mmap })
-                .map_err(|e| {
-                Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path))).with_path(cp.path())
-            })?;
-            trust::check(&part).map_err(|e| {
-                Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path))).with_path(cp.path())
-            })?;
-            if part.file_len() != len || part.identity() != (hc, tc) {
-                return Err(Error::corrupt(format!(
-                    "part of rank {r} ({}) is not the file the manifest names",
-                    part_path.display()
-                ))
-                .with_path(cp.path()));
+        let generation_dir = parts_dir_of(cp, dir);
+        let opts = LoadOptions { mmap: self.config().mmap };
+        let open_part = |r: u32| open_part(&**self.storage(), opts, cp, &generation_dir, &entries, r);
+        if parts == Parts::Every {
+            for r in 0..cp.header().nranks {
+                open_part(r)?;
             }
-            part.verify().map_err(|e| Error::new(e.kind(), format!("part of rank {r}: {e}")).with_path(cp.path()))?;
-            Ok(part)
-        };
+            return Ok(None);
+        }
         let own = open_part(rank)?;
         if parts == Parts::All {
             for r in (0..cp.header().nranks).filter(|&r| r != rank) {
@@ -636,6 +638,122 @@ impl Store {
             }
         }
         Ok(Some(own))
+    }
+}
+
+/// `<dir>/<base>.parts/<generation>` of a manifest in `dir`.
+fn parts_dir_of(manifest: &Checkpoint, dir: &Path) -> PathBuf {
+    let file_name = manifest.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let base = any_base(file_name).unwrap_or(file_name);
+    dir.join(format!("{base}.parts")).join(manifest.generation().to_string())
+}
+
+/// Opens rank `r`'s part of the step whose manifest is `manifest` (entries `entries`): trusted, the very
+/// file the manifest names (length and checksums), verified completely.
+fn open_part(
+    storage: &dyn Storage,
+    opts: LoadOptions,
+    manifest: &Checkpoint,
+    generation_dir: &Path,
+    entries: &[ManifestEntry],
+    r: u32,
+) -> Result<Checkpoint> {
+    let Some(&ManifestEntry { file_len: len, header_crc32: hc, table_crc32: tc, .. }) = entries.get(r as usize) else {
+        return Err(Error::invalid(format!("the step has {} part(s): there is no rank {r}", entries.len()))
+            .with_path(manifest.path()));
+    };
+    let part_path = generation_dir.join(format!("rank{r}.ckpt"));
+    let named = |e: Error| {
+        Error::new(e.kind(), format!("part of rank {r}: {}", strip_path(&e, &part_path))).with_path(manifest.path())
+    };
+    let part = Checkpoint::open_with(storage, &part_path, opts).map_err(named)?;
+    trust::check(&part).map_err(named)?;
+    if part.file_len() != len || part.identity() != (hc, tc) {
+        return Err(Error::corrupt(format!(
+            "part of rank {r} ({}) is not the file the manifest names",
+            part_path.display()
+        ))
+        .with_path(manifest.path()));
+    }
+    part.verify().map_err(|e| Error::new(e.kind(), format!("part of rank {r}: {e}")).with_path(manifest.path()))?;
+    Ok(part)
+}
+
+/// A committed multi-rank step opened to read any rank's part, whatever number of ranks wrote it (see
+/// [`Store::restore_step`]): a job restarted on M ranks where N wrote the step reads the parts it needs and
+/// redistributes the data itself.
+#[derive(Debug)]
+pub struct Step {
+    manifest: Checkpoint,
+    entries: Vec<ManifestEntry>,
+    parts_dir: PathBuf,
+    storage: std::sync::Arc<dyn Storage>,
+    opts: LoadOptions,
+    level: Level,
+}
+
+impl Step {
+    /// The number of ranks that wrote the step (its parts are `0..nranks`).
+    pub fn nranks(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
+    /// The step's generation.
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation()
+    }
+
+    /// The application step it holds.
+    pub fn app_step(&self) -> u64 {
+        self.manifest.step()
+    }
+
+    /// The manifest (its header: job, application, when it was written).
+    pub fn manifest(&self) -> &Checkpoint {
+        &self.manifest
+    }
+
+    /// The level the step was found on.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Rank `rank`'s part, verified again (every CRC) and checked to be the file the manifest names.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a rank outside `0..nranks`; the part is missing, damaged or
+    /// another file than the manifest names ([`ErrorKind::NotFound`], [`ErrorKind::Corrupt`], ...), or
+    /// another user could have written it ([`ErrorKind::Untrusted`]).
+    pub fn part(&self, rank: u32) -> Result<Checkpoint> {
+        open_part(&*self.storage, self.opts, &self.manifest, &self.parts_dir, &self.entries, rank)
+    }
+}
+
+impl Store {
+    /// Restart on another number of ranks: the newest committed multi-rank step of this run, whatever number
+    /// of ranks wrote it, with every rank's part verified (so every rank that calls it chooses the same
+    /// step); `Ok(None)` when there is none. Read the parts you need with [`Step::part`]. The rules of
+    /// [`Store::restore`] apply otherwise (whose files, the cache level first, fallback to older steps, an
+    /// error when steps exist but none verifies).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore`].
+    pub fn restore_step(&self) -> Result<Option<Step>> {
+        let Some(r) = self.restore_with(u64::MAX, Parts::Every)? else { return Ok(None) };
+        let dir = r.chosen_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let manifest = r.checkpoint;
+        let entries = parse_manifest(&manifest)?;
+        let parts_dir = parts_dir_of(&manifest, &dir);
+        Ok(Some(Step {
+            manifest,
+            entries,
+            parts_dir,
+            storage: self.storage().clone(),
+            opts: LoadOptions { mmap: self.config().mmap },
+            level: r.level,
+        }))
     }
 }
 

@@ -94,7 +94,7 @@ pub use config::{
 // part of the library's API.
 #[doc(hidden)]
 pub use config::{SETTINGS, hostname};
-pub use discovery::{Candidate, CandidateStatus, Discovery, Restored};
+pub use discovery::{Candidate, CandidateStatus, Discovery, Restored, Step};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Codec, ElementType, Encoding, FileKind, Header, ManifestEntry, SectionEntry};
 pub use levels::{CacheLevel, FlushPolicy, Level};

@@ -64,6 +64,9 @@ mod restart_info;
 // Asynchronous checkpoints: ckpt_checkpoint_async, ckpt_checkpoint_part_async, ckpt_checkpoint_wait.
 mod asynchronous;
 
+// Restart on another number of ranks: ckpt_restart_step, ckpt_restart_part and their sizes.
+mod restart_parts;
+
 pub use asynchronous::*;
 pub use buffer::*;
 pub use checkpoint::*;
@@ -74,5 +77,6 @@ pub use multirank::*;
 pub use regions::*;
 pub use restart::*;
 pub use restart_info::*;
+pub use restart_parts::*;
 pub use session::*;
 pub use status::*;

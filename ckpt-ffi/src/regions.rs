@@ -47,7 +47,7 @@ impl fmt::Display for RegionKey {
 
 /// Reads and checks a region name: 1 to 64 bytes of UTF-8 (a section name), and not `region.<number>`,
 /// the section of a numbered region.
-fn region_name(name: *const c_char) -> FfiResult<String> {
+pub(crate) fn region_name(name: *const c_char) -> FfiResult<String> {
     let name = c_str(name, "name", false)?.unwrap_or_default();
     if let Err(e) = ckpt_core::format::check_section_name(&name) {
         return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, format!("region name {name:?}: {e}")));

@@ -60,7 +60,7 @@ const HPP_REGION_NAMES: &str = "ckpt.hpp.regions";
 /// The section of `cp` that holds `key`, or `CKPT_ERR_SECTION_NOT_FOUND` naming the region and listing
 /// the regions the checkpoint has. A named region is the section of its name, or in a checkpoint that
 /// ckpt.hpp wrote before named regions existed, the numbered section its names list gives it.
-fn stored_section(cp: &Checkpoint, key: &RegionKey) -> FfiResult<(String, u64)> {
+pub(crate) fn stored_section(cp: &Checkpoint, key: &RegionKey) -> FfiResult<(String, u64)> {
     let section = key.section();
     if let Ok(e) = cp.section(&section) {
         return Ok((section, e.raw_len));

@@ -29,6 +29,8 @@ pub(crate) struct State {
     pub(crate) metadata: Vec<(String, String)>,
     /// The checkpoint chosen by `ckpt_have_restart` (verified), reused by `ckpt_restart`.
     pub(crate) restored: Option<Restored>,
+    /// The step `ckpt_restart_step` chose, and the parts read from it so far (each verified once).
+    pub(crate) step: Option<(ckpt_core::Step, std::collections::BTreeMap<u32, ckpt_core::Checkpoint>)>,
 }
 
 pub(crate) static STATE: Mutex<Option<State>> = Mutex::new(None);

@@ -728,3 +728,61 @@ fn a_step_looks_only_at_the_checkpoints_own_entries_of_a_crowded_directory() {
     let restores = storage.looked_at() - before;
     assert!(restores <= 16 * u64::from(NRANKS), "{NRANKS} restores looked at {restores} entries");
 }
+
+/// Rows `[first, first + count)` of `total` owned by rank `rank` of `nranks` (the first `total % nranks`
+/// ranks own one more), as the heat examples split their grid.
+fn rows_of(total: usize, rank: u32, nranks: u32) -> (usize, usize) {
+    let (base, extra, r) = (total / nranks as usize, total % nranks as usize, rank as usize);
+    (r * base + r.min(extra), base + usize::from(r < extra))
+}
+
+#[test]
+fn a_step_of_4_ranks_restarts_on_2_and_on_8_ranks_reading_any_rank_s_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    let total = 1003; // uneven splits on 4, 2 and 8 ranks
+    let global: Vec<f64> = (0..total).map(|i| (i as f64).sin() * 100.0).collect();
+    let writers = ranks(tmp.path(), 2);
+    let gens: Vec<u64> = writers
+        .iter()
+        .map(|s| {
+            let (first, count) = rows_of(total, s.config().rank, NRANKS);
+            let mut w = s.begin(40u64).unwrap();
+            w.add_slice("rows", &global[first..first + count]).unwrap();
+            w.commit().unwrap().generation
+        })
+        .collect();
+    writers[0].commit_step(gens[0], 40u64).unwrap();
+
+    for m in [2u32, 8] {
+        let mut rebuilt = vec![f64::NAN; total];
+        for rank in 0..m {
+            let store = Store::new(rank_config(tmp.path(), rank, m, 2));
+            // The usual restart refuses a step of another number of ranks, and says what to use instead.
+            let e = store.restore().unwrap_err();
+            assert!(e.to_string().contains("restore_step"), "{e}");
+            let step = store.restore_step().unwrap().expect("the 4-rank step");
+            assert_eq!((step.nranks(), step.app_step(), step.generation()), (NRANKS, 40, gens[0]));
+            // This rank's rows, from the old ranks' parts that hold some of them.
+            let (first, count) = rows_of(total, rank, m);
+            for old in 0..step.nranks() {
+                let (ofirst, ocount) = rows_of(total, old, step.nranks());
+                let (lo, hi) = (first.max(ofirst), (first + count).min(ofirst + ocount));
+                if lo >= hi {
+                    continue;
+                }
+                let part = step.part(old).unwrap();
+                let rows = part.read_slice::<f64>("rows").unwrap();
+                rebuilt[lo..hi].copy_from_slice(&rows[lo - ofirst..hi - ofirst]);
+            }
+        }
+        assert_eq!(rebuilt, global, "{m} ranks rebuilt the global field bit for bit");
+    }
+
+    // A damaged part: the step is not offered (every part is verified), and says which.
+    flip_byte_in_section(&part_path(tmp.path(), gens[0], 3), "rows");
+    let e = Store::new(rank_config(tmp.path(), 0, 2, 2)).restore_step().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoValidCheckpoint, "{e}");
+    assert!(e.to_string().contains("part of rank 3"), "{e}");
+    let step_of_one = Store::new(rank_config(tmp.path(), 0, 1, 2));
+    assert!(step_of_one.restore_step().is_err(), "one process reads a damaged step neither");
+}
