@@ -34,6 +34,9 @@ use crate::typed::SliceRead;
 
 /// Chunk size for plain reads and CRC passes.
 const READ_CHUNK: usize = 8 << 20;
+/// Copies that also checksum go in chunks of this size: each chunk is copied, then checksummed while it
+/// is still in the core's cache (L2), so the source is read from memory once (one pass, not two).
+const FOLD_CHUNK: usize = 256 << 10;
 /// The longest zstd frame header (RFC 8878: magic, descriptor, window, dictionary id, content size).
 const ZSTD_FRAME_HEADER_MAX: u64 = 18;
 
@@ -416,14 +419,17 @@ impl Checkpoint {
         let mut out: Vec<u8> = Vec::new();
         let initial = e.raw_len.min(e.stored_len.saturating_mul(4)).min(64 << 20) as usize;
         out.try_reserve_exact(initial).map_err(|_| Error::new(ErrorKind::TooLarge, "cannot allocate the section"))?;
+        // The decoded CRC is folded into the decoding: each chunk is checksummed while it is hot in cache.
+        let mut h = crc32fast::Hasher::new();
         self.decode_stream(e, &mut |chunk| {
             out.try_reserve(chunk.len()).map_err(|_| {
                 Error::new(ErrorKind::TooLarge, format!("cannot allocate {} bytes for the section", e.raw_len))
             })?;
+            h.update(chunk);
             out.extend_from_slice(chunk);
             Ok(())
         })?;
-        check_crc("crc32", e.raw_crc32, crc32fast::hash(&out))?;
+        check_crc("crc32", e.raw_crc32, h.finalize())?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(Cow::Owned(out))
     }
@@ -442,28 +448,53 @@ impl Checkpoint {
         self.read_into_inner(i, e, dst).map_err(|err| self.err(err.with_section(name)))
     }
 
+    /// One pass: the CRC is computed on each chunk right after it is copied (read, decoded) into `dst`,
+    /// while the chunk is in cache, instead of a second pass over `dst` (or over the mapping) afterwards.
+    /// A raw section already verified (by [`Checkpoint::verify`], as a restore does) is only copied, as
+    /// [`Checkpoint::read`] returns it without a second check.
     fn read_into_inner(&self, i: usize, e: &SectionEntry, dst: &mut [u8]) -> Result<()> {
+        let verified = self.verified[i].load(Ordering::Relaxed);
+        let mut h = crc32fast::Hasher::new();
         match e.codec {
-            Codec::None => match &self.source {
-                Source::Mapped(_) => dst.copy_from_slice(&self.read_range(Self::stored_range(e))?),
-                Source::Read(r) => {
-                    for (k, chunk) in dst.chunks_mut(READ_CHUNK).enumerate() {
-                        let off = e.offset + (k * READ_CHUNK) as u64;
-                        r.read_exact_at(chunk, off).map_err(|err| Error::io("read", err))?;
+            Codec::None => {
+                match &self.source {
+                    Source::Mapped(_) => {
+                        let src = self.read_range(Self::stored_range(e))?;
+                        if verified {
+                            dst.copy_from_slice(&src);
+                            return Ok(());
+                        }
+                        for (d, s) in dst.chunks_mut(FOLD_CHUNK).zip(src.chunks(FOLD_CHUNK)) {
+                            d.copy_from_slice(s);
+                            h.update(d);
+                        }
+                    }
+                    Source::Read(r) => {
+                        for (k, chunk) in dst.chunks_mut(READ_CHUNK).enumerate() {
+                            let off = e.offset + (k * READ_CHUNK) as u64;
+                            r.read_exact_at(chunk, off).map_err(|err| Error::io("read", err))?;
+                            // Plain reads are checked even when verified: the bytes read now are not
+                            // the ones the verification read.
+                            h.update(chunk);
+                        }
                     }
                 }
-            },
+            }
             Codec::Zstd => {
-                self.check_stored_crc(i)?;
+                if !verified {
+                    self.check_stored_crc(i)?;
+                }
                 let mut pos = 0usize;
                 self.decode_stream(e, &mut |chunk| {
-                    dst[pos..pos + chunk.len()].copy_from_slice(chunk);
+                    let d = &mut dst[pos..pos + chunk.len()];
+                    d.copy_from_slice(chunk);
+                    h.update(d);
                     pos += chunk.len();
                     Ok(())
                 })?;
             }
         }
-        check_crc("crc32", e.raw_crc32, crc32fast::hash(dst))?;
+        check_crc("crc32", e.raw_crc32, h.finalize())?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(())
     }
