@@ -27,7 +27,8 @@ mod mem;
 #[cfg(any(test, feature = "testing"))]
 pub use fault::{FaultStorage, Op};
 pub use file_writer::disable_io_threads;
-use file_writer::{FileWriter, io_threads_allowed};
+use file_writer::FileWriter;
+pub(crate) use file_writer::io_threads_allowed;
 pub use fs::{FileStorage, wait_for_background_frees};
 #[cfg(any(test, feature = "testing"))]
 pub use mem::{CrashMode, MemStorage};
