@@ -34,9 +34,6 @@ use crate::typed::SliceRead;
 
 /// Chunk size for plain reads and CRC passes.
 const READ_CHUNK: usize = 8 << 20;
-/// Copies that also checksum go in chunks of this size: each chunk is copied, then checksummed while it
-/// is still in the core's cache (L2), so the source is read from memory once (one pass, not two).
-const FOLD_CHUNK: usize = 256 << 10;
 /// The longest zstd frame header (RFC 8878: magic, descriptor, window, dictionary id, content size).
 const ZSTD_FRAME_HEADER_MAX: u64 = 18;
 
@@ -448,10 +445,14 @@ impl Checkpoint {
         self.read_into_inner(i, e, dst).map_err(|err| self.err(err.with_section(name)))
     }
 
-    /// One pass: the CRC is computed on each chunk right after it is copied (read, decoded) into `dst`,
-    /// while the chunk is in cache, instead of a second pass over `dst` (or over the mapping) afterwards.
     /// A raw section already verified (by [`Checkpoint::verify`], as a restore does) is only copied, as
-    /// [`Checkpoint::read`] returns it without a second check.
+    /// [`Checkpoint::read`] returns it without a second check. Otherwise a mapped raw section is checked
+    /// first and then copied in one call (so `dst` is left alone when the file is damaged), and chunks
+    /// that are read or decoded are checksummed as each arrives, while it is in cache.
+    ///
+    /// Why not copy and checksum chunk by chunk from a mapping: on the benchmark machine (AMD EPYC VM)
+    /// copies of 64 KiB to 64 MiB out of a file mapping ran 2-3x slower than one copy of the whole
+    /// section, which the C library does with non-temporal stores (BENCHMARKS.md, scenario 2).
     fn read_into_inner(&self, i: usize, e: &SectionEntry, dst: &mut [u8]) -> Result<()> {
         let verified = self.verified[i].load(Ordering::Relaxed);
         let mut h = crc32fast::Hasher::new();
@@ -460,14 +461,12 @@ impl Checkpoint {
                 match &self.source {
                     Source::Mapped(_) => {
                         let src = self.read_range(Self::stored_range(e))?;
-                        if verified {
-                            dst.copy_from_slice(&src);
-                            return Ok(());
+                        if !verified {
+                            check_crc("crc32", e.stored_crc32, crc32fast::hash(&src))?;
+                            self.verified[i].store(true, Ordering::Relaxed);
                         }
-                        for (d, s) in dst.chunks_mut(FOLD_CHUNK).zip(src.chunks(FOLD_CHUNK)) {
-                            d.copy_from_slice(s);
-                            h.update(d);
-                        }
+                        dst.copy_from_slice(&src);
+                        return Ok(());
                     }
                     Source::Read(r) => {
                         for (k, chunk) in dst.chunks_mut(READ_CHUNK).enumerate() {
