@@ -240,7 +240,8 @@ impl PlaneCoder {
                 continue;
             }
             let start = Instant::now();
-            let len = self.ctx.compress_to_buffer(plane, &mut self.out).map_err(|e| Error::io("zstd compression", e))?;
+            let len =
+                self.ctx.compress_to_buffer(plane, &mut self.out).map_err(|e| Error::io("zstd compression", e))?;
             let saved = n.saturating_sub(len) as f64;
             if sample {
                 let pays_in_size = saved >= PLANE_MIN_SAVING * n as f64;
