@@ -24,6 +24,8 @@
 //!    `np.load` (`python.rs`).
 //! 10. MPI: a collective checkpoint (`ckpt_mpi_checkpoint`) of 1, 2 and 4 ranks vs each rank's own durable
 //!     save, with a large state split over the ranks and 4 KiB per rank (`mpi.rs`, `benches/mpi/bench_mpi.c`).
+//! 11. a checkpoint directory that also holds 100,000 files of other jobs vs an empty one: restart
+//!     discovery, a new store's first save, and the saves that follow.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
@@ -670,10 +672,7 @@ fn scenario_restart(o: &Opts, work: &Path, out: &mut String) {
         );
         let limit = if label.starts_with("cold") { 1.05 } else { 1.3 };
         let ratio = a.median / b.median;
-        verdicts.push(format!(
-            "{label} ≤ {limit}×: {ratio:.2}× ({})",
-            if ratio <= limit { "met" } else { "NOT met" }
-        ));
+        verdicts.push(format!("{label} ≤ {limit}×: {ratio:.2}× ({})", if ratio <= limit { "met" } else { "NOT met" }));
     }
     let _ = writeln!(
         out,
@@ -831,6 +830,75 @@ fn scenario_signal(o: &Opts, work: &Path, out: &mut String) {
     );
 }
 
+/// Scenario 11, costs against the size of the directory (issue 23, target 5): restart discovery and saves of a
+/// 4 KiB checkpoint in an empty directory and in one that also holds 100,000 files of other jobs.
+fn scenario_crowded(o: &Opts, work: &Path, out: &mut String) {
+    let others = if o.smoke { 2_000 } else { 100_000 };
+    let data = vec![3u8; 4096];
+    let empty = work.join("dir-empty");
+    let crowded = work.join("dir-crowded");
+    std::fs::create_dir_all(&empty).expect("dir");
+    std::fs::create_dir_all(&crowded).expect("dir");
+    for i in 0..others {
+        std::fs::File::create(crowded.join(format!("other-job-{i}.out"))).expect("other file");
+    }
+    sync_all();
+    let stores = [store_in(&empty, "state"), store_in(&crowded, "state")];
+    for s in &stores {
+        save_once(s, &data, SectionOptions::new());
+    }
+    // A restart: a new store (nothing known of the directory), discovery, verification, the read.
+    let restart = |dir: &Path| {
+        let store = store_in(dir, "state");
+        let t = Instant::now();
+        let r = store.restore().expect("restore").expect("a checkpoint");
+        black_box(r.checkpoint.read("state").expect("read"));
+        t.elapsed().as_secs_f64()
+    };
+    // A first save of a new process (the directory is listed), and a save that follows another (the
+    // store reuses its view of the directory).
+    let first_save = |dir: &Path| save_once(&store_in(dir, "state"), &data, SectionOptions::new());
+    let n = if o.smoke { 5 } else { 50 };
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 6];
+    for run in 0..o.runs {
+        for i in rotated(0..6, run) {
+            let dir = if i % 2 == 0 { &empty } else { &crowded };
+            let t = match i / 2 {
+                0 => (0..n).map(|_| restart(dir)).sum::<f64>() / n as f64,
+                1 => (0..n).map(|_| first_save(dir)).sum::<f64>() / n as f64,
+                _ => (0..n).map(|_| save_once(&stores[i % 2], &data, SectionOptions::new())).sum::<f64>() / n as f64,
+            };
+            times[i].push(t * 1e3);
+        }
+    }
+    let stats: Vec<Stat> = times.into_iter().map(stat).collect();
+    let _ = writeln!(out, "\n## 11. A checkpoint directory shared with {others} other files\n");
+    let _ = writeln!(
+        out,
+        "A 4 KiB checkpoint in an empty directory and in one that also holds {others} empty files of other \
+         jobs (a shared scratch directory). *Restart*: a new `Store`, `restore()` (list, open, verify) and \
+         the read. *First save*: a new `Store`'s save (it lists the directory). *Next save*: a save of a \
+         store that saved before (it reuses its view of the directory). Each figure is the mean of {n} in a \
+         row; medians over {} runs, the six rotating.\n",
+        o.runs
+    );
+    let _ = writeln!(out, "| | empty directory | with {others} other files | ratio |\n|---|---|---|---|");
+    let mut verdicts = Vec::new();
+    for (k, label) in ["restart (discovery)", "first save (lists the directory)", "next save"].iter().enumerate() {
+        let (a, b) = (&stats[2 * k], &stats[2 * k + 1]);
+        let ratio = b.median / a.median;
+        let _ = writeln!(
+            out,
+            "| {label} | {:.2} ms ({:.2}–{:.2}) | {:.2} ms ({:.2}–{:.2}) | {ratio:.2} |",
+            a.median, a.min, a.max, b.median, b.min, b.max
+        );
+        verdicts.push(format!("{label} {ratio:.2}× ({})", if ratio <= 1.2 { "met" } else { "NOT met" }));
+    }
+    let _ = writeln!(out, "\nIssue 23, target 5 (≤ 1.2× the empty directory): {}.", verdicts.join("; "));
+    let _ = std::fs::remove_dir_all(&crowded);
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
 /// CPU model and count, memory, kernel and the file system of the scratch directory.
 fn machine(dir: &Path) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -886,7 +954,7 @@ fn main() {
     );
     let want = |n: &str| o.only.is_empty() || o.only.iter().any(|w| w == n);
     type Scenario = fn(&Opts, &Path, &mut String);
-    let scenarios: [(&str, Scenario); 11] = [
+    let scenarios: [(&str, Scenario); 12] = [
         ("1", scenario_large),
         ("2", scenario_restart),
         ("3", scenario_small),
@@ -898,6 +966,7 @@ fn main() {
         ("8b", dmtcp::scenario_dmtcp),
         ("9", python::scenario_python),
         ("10", mpi::scenario_mpi),
+        ("11", scenario_crowded),
     ];
     for (n, run) in scenarios {
         if want(n) {
