@@ -431,14 +431,17 @@ impl Checkpoint {
         let mut out: Vec<u8> = Vec::new();
         let initial = e.raw_len.min(e.stored_len.saturating_mul(4)).min(64 << 20) as usize;
         out.try_reserve_exact(initial).map_err(|_| Error::new(ErrorKind::TooLarge, "cannot allocate the section"))?;
+        // The decoded CRC is folded into the decoding: each chunk is checksummed while it is hot in cache.
+        let mut h = crc32fast::Hasher::new();
         self.decode_stream(e, &mut |chunk| {
             out.try_reserve(chunk.len()).map_err(|_| {
                 Error::new(ErrorKind::TooLarge, format!("cannot allocate {} bytes for the section", e.raw_len))
             })?;
+            h.update(chunk);
             out.extend_from_slice(chunk);
             Ok(())
         })?;
-        check_crc("crc32", e.raw_crc32, crc32fast::hash(&out))?;
+        check_crc("crc32", e.raw_crc32, h.finalize())?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(Cow::Owned(out))
     }
@@ -457,28 +460,55 @@ impl Checkpoint {
         self.read_into_inner(i, e, dst).map_err(|err| self.err(err.with_section(name)))
     }
 
+    /// A raw section already verified (by [`Checkpoint::verify`], as a restore does) is only copied, as
+    /// [`Checkpoint::read`] returns it without a second check. Otherwise a mapped raw section is checked
+    /// first and then copied in one call (so `dst` is left alone when the file is damaged), and chunks
+    /// that are read or decoded are checksummed as each arrives, while it is in cache.
+    ///
+    /// Why not copy and checksum chunk by chunk from a mapping: on the benchmark machine (AMD EPYC VM)
+    /// copies of 64 KiB to 64 MiB out of a file mapping ran 2-3x slower than one copy of the whole
+    /// section, which the C library does with non-temporal stores (BENCHMARKS.md, scenario 2).
     fn read_into_inner(&self, i: usize, e: &SectionEntry, dst: &mut [u8]) -> Result<()> {
+        let verified = self.verified[i].load(Ordering::Relaxed);
+        let mut h = crc32fast::Hasher::new();
         match e.codec {
-            Codec::None => match &self.source {
-                Source::Mapped(_) => dst.copy_from_slice(&self.read_range(Self::stored_range(e))?),
-                Source::Read(r) => {
-                    for (k, chunk) in dst.chunks_mut(READ_CHUNK).enumerate() {
-                        let off = e.offset + (k * READ_CHUNK) as u64;
-                        r.read_exact_at(chunk, off).map_err(|err| Error::io("read", err))?;
+            Codec::None => {
+                match &self.source {
+                    Source::Mapped(_) => {
+                        let src = self.read_range(Self::stored_range(e))?;
+                        if !verified {
+                            check_crc("crc32", e.stored_crc32, crc32fast::hash(&src))?;
+                            self.verified[i].store(true, Ordering::Relaxed);
+                        }
+                        dst.copy_from_slice(&src);
+                        return Ok(());
+                    }
+                    Source::Read(r) => {
+                        for (k, chunk) in dst.chunks_mut(READ_CHUNK).enumerate() {
+                            let off = e.offset + (k * READ_CHUNK) as u64;
+                            r.read_exact_at(chunk, off).map_err(|err| Error::io("read", err))?;
+                            // Plain reads are checked even when verified: the bytes read now are not
+                            // the ones the verification read.
+                            h.update(chunk);
+                        }
                     }
                 }
-            },
+            }
             Codec::Zstd => {
-                self.check_stored_crc(i)?;
+                if !verified {
+                    self.check_stored_crc(i)?;
+                }
                 let mut pos = 0usize;
                 self.decode_stream(e, &mut |chunk| {
-                    dst[pos..pos + chunk.len()].copy_from_slice(chunk);
+                    let d = &mut dst[pos..pos + chunk.len()];
+                    d.copy_from_slice(chunk);
+                    h.update(d);
                     pos += chunk.len();
                     Ok(())
                 })?;
             }
         }
-        check_crc("crc32", e.raw_crc32, crc32fast::hash(dst))?;
+        check_crc("crc32", e.raw_crc32, h.finalize())?;
         self.verified[i].store(true, Ordering::Relaxed);
         Ok(())
     }

@@ -96,11 +96,22 @@ pub struct SectionOptions {
     pub encoding: Encoding,
     /// A free tag stored with the section (the C API stores region ids here).
     pub tag: u32,
+    /// Threads that compress a shuffled section (element size > 1) block by block, this thread included;
+    /// 1 (the default) compresses on the calling thread only. Each thread samples its own blocks to
+    /// decide which planes to compress, so the stored bytes may differ with the count; they decode to the
+    /// same section. More threads pay only where cores are free (BENCHMARKS.md, scenario 5).
+    pub compression_threads: u16,
 }
 
 impl Default for SectionOptions {
     fn default() -> SectionOptions {
-        SectionOptions { compression: Compression::None, element_size: 1, encoding: Encoding::Bytes, tag: 0 }
+        SectionOptions {
+            compression: Compression::None,
+            element_size: 1,
+            encoding: Encoding::Bytes,
+            tag: 0,
+            compression_threads: 1,
+        }
     }
 }
 
@@ -133,6 +144,17 @@ impl SectionOptions {
         self.tag = tag;
         self
     }
+    /// Compresses a shuffled section on `threads` threads, this one included (see
+    /// [`SectionOptions::compression_threads`]); 0 means the machine's available parallelism.
+    #[must_use]
+    pub fn compression_threads(mut self, threads: u16) -> SectionOptions {
+        self.compression_threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+        } else {
+            threads
+        };
+        self
+    }
 }
 
 /// Size figures of a finished file.
@@ -161,6 +183,10 @@ struct OpenSection {
     encoder: Option<ZstdEncoder<'static>>,
     /// Shuffled sections: stored plane by plane (FORMAT.md, filter 2).
     planes: Option<PlaneCoder>,
+    /// The zstd level of the planes, for the coders of other threads.
+    level: i32,
+    /// Threads that compress the planes (this one included).
+    threads: usize,
     /// Pending bytes of an unfinished shuffle block (shuffled sections only).
     block: Vec<u8>,
 }
@@ -195,7 +221,59 @@ impl PlaneCoder {
         ctx.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false)).map_err(|e| Error::io("zstd init", e))?;
         Ok(PlaneCoder { ctx, compress: vec![true; element_size], weigh_time, blocks: 0, out: Vec::new() })
     }
+
+    /// Shuffles `block` into `enc` and compresses the planes that pay (FORMAT.md, filter 2): `enc` then
+    /// holds the block's plane words, its compressed planes and the shuffled bytes the others are stored
+    /// from. `bandwidth`: the write speed `Compression::Auto` weighs compression time against.
+    fn encode(&mut self, block: &[u8], es: usize, bandwidth: f64, enc: &mut EncodedBlock) -> Result<()> {
+        enc.shuffled.resize(block.len(), 0);
+        format::shuffle_block(block, &mut enc.shuffled, es);
+        enc.words.clear();
+        enc.packed.clear();
+        let n = block.len() / es;
+        let sample = self.blocks.is_multiple_of(PLANE_SAMPLE_EVERY);
+        self.out.resize(zstd::zstd_safe::compress_bound(n), 0);
+        for p in 0..es {
+            let plane = &enc.shuffled[p * n..(p + 1) * n];
+            if n == 0 || !(sample || self.compress[p]) {
+                enc.words.push(n as u32);
+                continue;
+            }
+            let start = Instant::now();
+            let len =
+                self.ctx.compress_to_buffer(plane, &mut self.out).map_err(|e| Error::io("zstd compression", e))?;
+            let saved = n.saturating_sub(len) as f64;
+            if sample {
+                let pays_in_size = saved >= PLANE_MIN_SAVING * n as f64;
+                let pays_in_time = saved / bandwidth > start.elapsed().as_secs_f64();
+                self.compress[p] = pays_in_size && (!self.weigh_time || pays_in_time);
+            }
+            if len < n {
+                enc.words.push(len as u32 | format::PLANE_COMPRESSED);
+                enc.packed.extend_from_slice(&self.out[..len]);
+            } else {
+                enc.words.push(n as u32);
+            }
+        }
+        self.blocks += 1;
+        Ok(())
+    }
 }
+
+/// One block of a shuffled section, encoded by [`PlaneCoder::encode`] and not yet written.
+#[derive(Default)]
+struct EncodedBlock {
+    /// The shuffled block: stored planes and the tail are written from here.
+    shuffled: Vec<u8>,
+    /// The compressed planes, in plane order.
+    packed: Vec<u8>,
+    /// Per plane: its stored length, with [`format::PLANE_COMPRESSED`] when compressed.
+    words: Vec<u32>,
+}
+
+/// Blocks of a shuffled section on their way from a helper thread to the writing thread, per helper: with
+/// the one it is compressing, a helper is at most this many blocks ahead.
+const BLOCKS_QUEUED: usize = 2;
 
 /// Writes one checkpoint file sequentially. Used by [`crate::CheckpointWriter`].
 pub(crate) struct FileBuilder {
@@ -207,7 +285,8 @@ pub(crate) struct FileBuilder {
     entries: Vec<SectionEntry>,
     names: HashSet<String>,
     open: Option<OpenSection>,
-    scratch: Vec<u8>,
+    /// The block being encoded by this thread (shuffled sections), kept from block to block.
+    encoded: EncodedBlock,
     zbuf: Vec<u8>,
     /// Write bandwidth (bytes/s) assumed by `Compression::Auto`.
     pub(crate) write_bandwidth: f64,
@@ -229,7 +308,7 @@ impl FileBuilder {
             entries: Vec::new(),
             names: HashSet::new(),
             open: None,
-            scratch: Vec::new(),
+            encoded: EncodedBlock::default(),
             zbuf: Vec::new(),
             write_bandwidth,
             poisoned: false,
@@ -343,6 +422,8 @@ impl FileBuilder {
             stored_crc: Hasher::new(),
             encoder,
             planes,
+            level,
+            threads: usize::from(opts.compression_threads.max(1)),
             block: Vec::new(),
         });
         Ok(())
@@ -393,6 +474,11 @@ impl FileBuilder {
                         sec.block.clear();
                     }
                 }
+                let whole = rest.len() / block_len * block_len;
+                if sec.threads > 1 && whole >= 2 * block_len && crate::storage::io_threads_allowed() {
+                    self.compress_blocks_parallel(sec, &rest[..whole])?;
+                    rest = &rest[whole..];
+                }
                 while rest.len() >= block_len {
                     self.shuffle_and_compress(sec, &rest[..block_len])?;
                     rest = &rest[block_len..];
@@ -404,72 +490,93 @@ impl FileBuilder {
     }
 
     fn shuffle_and_compress(&mut self, sec: &mut OpenSection, block: &[u8]) -> Result<()> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.resize(block.len(), 0);
-        format::shuffle_block(block, &mut scratch, sec.element_size);
-        let r = self.store_planes(sec, &scratch);
-        self.scratch = scratch;
+        let mut enc = std::mem::take(&mut self.encoded);
+        let coder = sec.planes.as_mut().expect("a plane-coded section");
+        let r = coder
+            .encode(block, sec.element_size, self.write_bandwidth.max(1.0), &mut enc)
+            .map_err(|e| e.with_section(&sec.name))
+            .and_then(|()| self.emit_encoded(sec, &enc));
+        self.encoded = enc;
         r
     }
 
-    /// Stores one shuffled block as plane records (FORMAT.md, filter 2).
-    fn store_planes(&mut self, sec: &mut OpenSection, shuffled: &[u8]) -> Result<()> {
+    /// Compresses the whole blocks of `data` on `sec.threads` threads: block `k` on thread `k % threads`
+    /// (this one takes its share with the section's own coder, each helper has a coder of its own), and
+    /// writes them in order from this thread. Each helper runs at most [`BLOCKS_QUEUED`] blocks ahead, and
+    /// gets back the buffers of the blocks written, so memory stays a few blocks per thread. A helper that
+    /// cannot be started leaves its blocks to this thread.
+    fn compress_blocks_parallel(&mut self, sec: &mut OpenSection, data: &[u8]) -> Result<()> {
         let es = sec.element_size;
-        let n = shuffled.len() / es;
+        let block_len = shuffle_block_len(es);
+        let blocks: Vec<&[u8]> = data.chunks(block_len).collect();
+        let threads = sec.threads.min(blocks.len());
+        let (level, weigh_time) = (sec.level, sec.planes.as_ref().is_some_and(|c| c.weigh_time));
         let bandwidth = self.write_bandwidth.max(1.0);
-        let mut coder = sec.planes.take().expect("a plane-coded section");
-        let sample = coder.blocks.is_multiple_of(PLANE_SAMPLE_EVERY);
-        coder.out.resize(zstd::zstd_safe::compress_bound(n), 0);
-        // (compressed?, length) per plane; compressed planes' bytes are kept in `packed`.
-        let mut words = Vec::with_capacity(es);
-        let mut packed: Vec<u8> = Vec::new();
-        let mut result = Ok(());
-        for p in 0..es {
-            let plane = &shuffled[p * n..(p + 1) * n];
-            if n == 0 || !(sample || coder.compress[p]) {
-                words.push(n as u32);
-                continue;
+        std::thread::scope(|scope| {
+            type Lane = (std::sync::mpsc::Receiver<Result<EncodedBlock>>, std::sync::mpsc::Sender<EncodedBlock>);
+            let mut lanes: Vec<Option<Lane>> = Vec::with_capacity(threads);
+            lanes.push(None); // lane 0: this thread
+            for lane in 1..threads {
+                let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Result<EncodedBlock>>(BLOCKS_QUEUED);
+                let (free_tx, free_rx) = std::sync::mpsc::channel::<EncodedBlock>();
+                let blocks = &blocks;
+                let helper = move || {
+                    let mut coder = match PlaneCoder::new(level, es, weigh_time) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = done_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    for block in blocks.iter().skip(lane).step_by(threads) {
+                        let mut enc = free_rx.try_recv().unwrap_or_default();
+                        let r = coder.encode(block, es, bandwidth, &mut enc).map(|()| enc);
+                        // The writing thread stopped (an error): so does this one.
+                        if done_tx.send(r).is_err() {
+                            return;
+                        }
+                    }
+                };
+                let started = std::thread::Builder::new().name("ckpt-zstd".into()).spawn_scoped(scope, helper);
+                lanes.push(started.ok().map(|_| (done_rx, free_tx)));
             }
-            let start = Instant::now();
-            let len = match coder.ctx.compress_to_buffer(plane, &mut coder.out) {
-                Ok(len) => len,
-                Err(e) => {
-                    result = Err(Error::io("zstd compression", e).with_section(&sec.name));
-                    break;
+            for (k, block) in blocks.iter().enumerate() {
+                match &lanes[k % threads] {
+                    Some((done, free)) => {
+                        let enc = done
+                            .recv()
+                            .map_err(|_| Error::new(ErrorKind::Io, "a compression thread stopped"))?
+                            .map_err(|e| e.with_section(&sec.name))?;
+                        self.emit_encoded(sec, &enc)?;
+                        let _ = free.send(enc);
+                    }
+                    None => self.shuffle_and_compress(sec, block)?,
                 }
-            };
-            let saved = n.saturating_sub(len) as f64;
-            if sample {
-                let pays_in_size = saved >= PLANE_MIN_SAVING * n as f64;
-                let pays_in_time = saved / bandwidth > start.elapsed().as_secs_f64();
-                coder.compress[p] = pays_in_size && (!coder.weigh_time || pays_in_time);
             }
-            if len < n {
-                words.push(len as u32 | format::PLANE_COMPRESSED);
-                packed.extend_from_slice(&coder.out[..len]);
-            } else {
-                words.push(n as u32);
-            }
-        }
-        coder.blocks += 1;
-        sec.planes = Some(coder);
-        result?;
+            Ok(())
+        })
+    }
+
+    /// Writes one encoded block as its plane records (FORMAT.md, filter 2).
+    fn emit_encoded(&mut self, sec: &mut OpenSection, enc: &EncodedBlock) -> Result<()> {
+        let es = sec.element_size;
+        let n = enc.shuffled.len() / es;
         let mut header = Vec::with_capacity(4 * es);
-        for w in &words {
+        for w in &enc.words {
             header.extend_from_slice(&w.to_le_bytes());
         }
         self.emit_stored(sec, &header)?;
         let mut packed_at = 0;
-        for (p, w) in words.iter().enumerate() {
+        for (p, w) in enc.words.iter().enumerate() {
             if w & format::PLANE_COMPRESSED != 0 {
                 let len = (w & !format::PLANE_COMPRESSED) as usize;
-                self.emit_stored(sec, &packed[packed_at..packed_at + len])?;
+                self.emit_stored(sec, &enc.packed[packed_at..packed_at + len])?;
                 packed_at += len;
             } else {
-                self.emit_stored(sec, &shuffled[p * n..(p + 1) * n])?;
+                self.emit_stored(sec, &enc.shuffled[p * n..(p + 1) * n])?;
             }
         }
-        self.emit_stored(sec, &shuffled[n * es..])
+        self.emit_stored(sec, &enc.shuffled[n * es..])
     }
 
     /// Emits stored bytes of a compressed section (counted and checksummed).
@@ -912,6 +1019,53 @@ mod tests {
         }
         assert_eq!(pos, end, "the block records fill the section exactly");
         blocks
+    }
+
+    /// A shuffled section compressed on several threads reads back and verifies, with the size one thread
+    /// gives (within 1%: each thread samples its own blocks), whatever the split of the blocks; so does a
+    /// section fed in pieces that cut blocks.
+    #[cfg_attr(not(feature = "zstd"), ignore = "compresses: needs the zstd feature")]
+    #[test]
+    #[cfg_attr(miri, ignore = "compresses with zstd (C code through FFI)")]
+    fn threaded_plane_compression_reads_back() {
+        use std::sync::Arc;
+
+        use crate::storage::MemStorage;
+        let field = noisy_field(1_300_000); // 9.9 blocks of 1 MiB
+        let save = |threads: u16, pieces: &[usize]| {
+            let storage = Arc::new(MemStorage::new());
+            let mut cfg = crate::Config::new("threads", "/d").unwrap();
+            cfg.mmap = false;
+            let store = crate::Store::with_storage(cfg, storage.clone());
+            let mut w = store.begin(1).unwrap();
+            let opts = SectionOptions::new().compression(Compression::Zstd(1)).shuffle(8).compression_threads(threads);
+            if pieces.is_empty() {
+                w.add_section_with("f", &field, opts).unwrap();
+            } else {
+                let mut s = w.section_writer("f", opts).unwrap();
+                let mut at = 0usize;
+                for &len in pieces.iter().chain(std::iter::once(&usize::MAX)) {
+                    let end = at.saturating_add(len).min(field.len());
+                    s.write_bytes(&field[at..end]).unwrap();
+                    at = end;
+                }
+                s.finish().unwrap();
+            }
+            w.commit().unwrap();
+            let bytes = storage.read_file(std::path::Path::new("/d/threads.ckpt")).unwrap();
+            let cp = crate::Checkpoint::from_bytes(bytes.clone()).unwrap();
+            cp.verify().unwrap();
+            assert!(cp.read("f").unwrap()[..] == field[..], "{threads} threads round-trip");
+            let e = cp.section("f").unwrap().clone();
+            assert!(e.planes);
+            (e.stored_len, e.raw_crc32)
+        };
+        let (one, crc) = save(1, &[]);
+        for (threads, pieces) in [(2, &[][..]), (3, &[]), (16, &[]), (2, &[1000, 3 << 20, 5, 2 << 20])] {
+            let (len, raw_crc) = save(threads, pieces);
+            assert_eq!(raw_crc, crc);
+            assert!(len.abs_diff(one) * 100 <= one, "{threads} threads: {len} bytes, one thread {one}");
+        }
     }
 
     #[cfg_attr(not(feature = "zstd"), ignore = "compresses: needs the zstd feature")]

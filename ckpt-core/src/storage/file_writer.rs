@@ -56,7 +56,7 @@ pub fn disable_io_threads() {
 }
 
 /// Whether storage may start threads (see [`disable_io_threads`]).
-pub(super) fn io_threads_allowed() -> bool {
+pub(crate) fn io_threads_allowed() -> bool {
     IO_THREADS.load(Ordering::Relaxed)
 }
 

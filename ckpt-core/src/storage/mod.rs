@@ -26,8 +26,9 @@ mod mem;
 // The test doubles are for this workspace's tests (the `testing` feature), not part of the API.
 #[cfg(any(test, feature = "testing"))]
 pub use fault::{FaultStorage, Op};
+use file_writer::FileWriter;
 pub use file_writer::disable_io_threads;
-use file_writer::{FileWriter, io_threads_allowed};
+pub(crate) use file_writer::io_threads_allowed;
 pub use fs::{FileStorage, wait_for_background_frees};
 #[cfg(any(test, feature = "testing"))]
 pub use mem::{CrashMode, MemStorage};
