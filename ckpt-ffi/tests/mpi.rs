@@ -187,8 +187,12 @@ struct Run {
 
 impl Run {
     fn start(mpi: &Mpi, exe: &Path, work: &Path, args: &[u64], what: &str) -> Run {
+        Run::start_np(mpi, exe, work, args, what, RANKS)
+    }
+
+    fn start_np(mpi: &Mpi, exe: &Path, work: &Path, args: &[u64], what: &str, np: usize) -> Run {
         let mut cmd = Command::new(&mpi.mpirun);
-        cmd.args(mpi.mpirun_args).args(["-np", &RANKS.to_string()]).arg(exe);
+        cmd.args(mpi.mpirun_args).args(["-np", &np.to_string()]).arg(exe);
         cmd.args(args.iter().map(u64::to_string));
         clean_env(&mut cmd);
         cmd.env("CKPT_DIR", work.join("checkpoints"))
@@ -363,6 +367,18 @@ fn newest_generation(checkpoints: &Path, base: &str) -> u64 {
         .expect("a generation of parts")
 }
 
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
 fn damage(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(bytes.len() > 4200, "{} is unexpectedly small", path.display());
@@ -408,6 +424,24 @@ fn scenarios(mpi: Mpi, lang: &str) {
     assert!(stop > first && checkpoints(&out).contains(&stop), "{text}");
     assert!(stop < ex.mpi.iterations, "the run finished before SIGTERM: raise CKPT_MPI_TEST_ITERATIONS\n{text}");
     eprintln!("{dir} (b) interrupted at {first} and {stop}: {:.1} s", t.elapsed().as_secs_f64());
+    // (e) the same step restarted on 2 and on 8 ranks: the C example reads the old ranks' parts it needs
+    // (ckpt_restart_step, ckpt_restart_part) and ends bit for bit as the uninterrupted 4-rank run
+    if lang == "c" {
+        for np in [2usize, 8] {
+            let copy = ex.work(&format!("reshaped{np}"));
+            copy_tree(&work.join("checkpoints"), &copy.join("checkpoints"));
+            let what = format!("{dir} (e) restart on {np} ranks");
+            let run = Run::start_np(&ex.mpi, &ex.exe, &copy, &[ex.n, ex.mpi.iterations, 0], &what, np);
+            let (status, out, text) = run.finish(Duration::from_secs(300));
+            assert!(status.success(), "{text}");
+            assert!(
+                out.iter().any(|l| l == &format!("redistributed a step of {RANKS} ranks over {np} ranks")),
+                "{text}"
+            );
+            assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+            assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{np} ranks: the result differs\n{text}");
+        }
+    }
     ex.restart_matches(&work, &format!("{dir} (b) restart"), stop, &reference);
 
     // (d) rank 2 cannot read the newest step: everyone falls back to the previous one together

@@ -6,7 +6,8 @@
  *   SIGTERM: a collective checkpoint at the next iteration, then every rank exits with status 0 (the job
  *           can be requeued). Also the job's time limit, CKPT_INTERVAL, `ckpt create`: see the README.
  *
- * On start it restarts collectively from the newest checkpoint every rank can read, if any; the final
+ * On start it restarts collectively from the newest checkpoint every rank can read, if any, also one written
+ * by another number of ranks (its rows redistributed: restart_redistributed); the final
  * field is bit-for-bit the one of an uninterrupted run (Jacobi updates do not depend on the decomposition,
  * and the checksum is computed on rank 0 in a fixed order).
  *
@@ -47,6 +48,51 @@ static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
         for (int k = 0; k < 8; k++) crc = (crc & 1) ? (crc >> 1) ^ 0xEDB88320u : crc >> 1;
     }
     return ~crc;
+}
+
+/* Restart on another number of ranks: the newest step every rank can read whatever number of ranks wrote
+ * it (ckpt_restart_step verifies every part, so every rank chooses the same one; checked below). The grid
+ * rows [row0, row0 + rows) of this rank are copied from the parts of the old ranks that owned them (the
+ * old ranks' rows follow from the same split over the old number of ranks); the halo rows are exchanged
+ * by the first iteration, as after any restart. The iteration comes from old rank 0's part. */
+static int32_t restart_redistributed(MPI_Comm comm, int n, int row0, int rows, double *u, int64_t *iteration,
+                                     uint32_t *written_by) {
+    uint32_t old = 0;
+    int64_t step = 0;
+    int32_t rc = ckpt_restart_step(&old, &step);
+    /* every rank must have chosen the same step: {step, -step, -status} maximised */
+    int64_t v[3] = {rc == CKPT_OK ? step : -1, rc == CKPT_OK ? -step : 1, -(int64_t)rc};
+    if (MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_MAX, comm) != MPI_SUCCESS) return CKPT_ERR_MPI;
+    if (v[2] != 0) return (int32_t)-v[2];
+    if (v[0] != -v[1]) return CKPT_ERR_INVALID_STATE;
+    const int ob = n / (int)old, oe = n % (int)old;
+    for (int r = 0; r < (int)old && rc == CKPT_OK; r++) {
+        const int orows = ob + (r < oe), orow0 = r * ob + (r < oe ? r : oe);
+        const int lo = row0 > orow0 ? row0 : orow0;
+        const int hi = row0 + rows < orow0 + orows ? row0 + rows : orow0 + orows;
+        if (lo >= hi) continue;
+        size_t len = 0;
+        if ((rc = ckpt_restart_part_size((uint32_t)r, 0, &len)) != CKPT_OK) break;
+        if (len != (size_t)(orows + 2) * (size_t)n * sizeof(double)) {
+            rc = CKPT_ERR_SIZE_MISMATCH; /* another grid size */
+            break;
+        }
+        double *part = malloc(len);
+        if (part == NULL) {
+            rc = CKPT_ERR_OTHER;
+            break;
+        }
+        if ((rc = ckpt_restart_part((uint32_t)r, 0, part, len)) == CKPT_OK)
+            memcpy(u + (size_t)(lo - row0 + 1) * (size_t)n, part + (size_t)(lo - orow0 + 1) * (size_t)n,
+                   (size_t)(hi - lo) * (size_t)n * sizeof(double));
+        free(part);
+    }
+    if (rc == CKPT_OK) rc = ckpt_restart_part(0, 1, iteration, sizeof *iteration);
+    /* the same outcome on every rank */
+    int32_t worst = rc;
+    if (MPI_Allreduce(&rc, &worst, 1, MPI_INT32_T, MPI_MIN, comm) != MPI_SUCCESS) return CKPT_ERR_MPI;
+    *written_by = old;
+    return worst;
 }
 
 int main(int argc, char **argv) {
@@ -96,6 +142,17 @@ int main(int argc, char **argv) {
     int32_t found = 0;
     int64_t step = 0;
     rc = ckpt_mpi_restart(comm, &found, &step);
+    if (rc == CKPT_ERR_NO_VALID_CHECKPOINT) {
+        /* Perhaps a step written by another number of ranks: read this rank's rows from the old ranks' parts. */
+        uint32_t written_by = 0;
+        int32_t rrc = restart_redistributed(comm, n, row0, rows, u, &iteration, &written_by);
+        if (rrc == CKPT_OK) {
+            rc = CKPT_OK;
+            found = 1;
+            if (rank == 0)
+                printf("redistributed a step of %u ranks over %d ranks\n", written_by, nranks);
+        }
+    }
     if (rc == CKPT_ERR_SIZE_MISMATCH) {
         if (rank == 0) fprintf(stderr, "heat_mpi: the checkpoint is for another grid size or number of ranks\n");
         fail("ckpt_mpi_restart", rc);
