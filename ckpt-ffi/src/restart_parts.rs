@@ -19,11 +19,10 @@ fn part(s: &mut State, rank: u32) -> FfiResult<&Checkpoint> {
             "no step is selected: call ckpt_restart_step first (it says how many ranks wrote it)",
         ));
     };
-    if !parts.contains_key(&rank) {
-        let cp = step.part(rank)?;
-        parts.insert(rank, cp);
+    match parts.entry(rank) {
+        std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::btree_map::Entry::Vacant(e) => Ok(e.insert(step.part(rank)?)),
     }
-    Ok(&parts[&rank])
 }
 
 /// Restart on another number of ranks: finds the newest committed multi-rank step of this run, whatever
