@@ -1155,7 +1155,16 @@ impl Checkpointer {
                 self.inner.log(&Event::PruneParts { warnings: &warnings });
             }
         }
-        if committed {
+        let cached = self.inner.flush.get().and_then(|q| Some((q, self.store.cached_part(generation)?)));
+        if let (true, Some((q, part))) = (committed, cached) {
+            // A step committed in the node-local caches: exit and answers wait for its copy to the
+            // checkpoint directory (rank 0 commits it there once every rank's part is copied).
+            self.inner.log(&Event::StepCommitted { step, generation });
+            let exit = taken & (SIGNAL_EXIT | DEADLINE) != 0 || requests.iter().any(|r| r.vacate);
+            let manifest = (self.store.config().rank == 0)
+                .then(|| self.store.save_dir().join(format!("{}.{generation}", self.store.config().base_name())));
+            q.push_step(generation, &part, manifest.as_deref(), Waiters { exit, taken, requests, reply });
+        } else if committed {
             if taken & (SIGNAL_EXIT | DEADLINE) != 0 || requests.iter().any(|r| r.vacate) {
                 self.inner.flags.fetch_or(EXIT_READY, Ordering::SeqCst);
             }

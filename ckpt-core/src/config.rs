@@ -377,7 +377,6 @@ impl Config {
             Some(path) => LogTarget::File(PathBuf::from(path)),
         };
         cfg.cache = CacheLevel::from_lookup(&get)?;
-        check_levels(&cfg)?;
         let socket_on = parse_var(&get, "CKPT_SOCKET", parse_bool)?.unwrap_or(true);
         cfg.socket_dir = if socket_on {
             Some(get("CKPT_SOCKET_DIR").map_or_else(
@@ -548,22 +547,8 @@ impl ConfigBuilder {
         if c.mtbf.is_zero() {
             return Err(Error::invalid("the MTBF must be positive"));
         }
-        check_levels(&c)?;
         Ok(c)
     }
-}
-
-/// The cache level copies whole checkpoints of one process; a multi-rank step's parts and manifest
-/// would stay in the nodes' caches, never durable: refused rather than silently not copied.
-fn check_levels(c: &Config) -> Result<()> {
-    if c.cache.is_some() && c.nranks > 1 {
-        return Err(Error::invalid(format!(
-            "CKPT_CACHE_DIR: the cache level is not available to multi-rank jobs yet ({} ranks): their steps \
-             would never be copied to the checkpoint directory; unset CKPT_CACHE_DIR",
-            c.nranks
-        )));
-    }
-    Ok(())
 }
 
 /// `<job>.ckpt` or `<job>.<step>.ckpt`.

@@ -33,7 +33,11 @@ pub(crate) struct Waiters {
 /// One cached checkpoint to copy, and what waits for it.
 pub(crate) struct FlushJob {
     pub generation: u64,
+    /// A whole checkpoint, or this rank's part of a multi-rank step.
     pub source: Checkpoint,
+    /// A rank's part: rank 0 commits the step from the cache's manifest once every part is copied
+    /// (`Some`), the other ranks wait for that (`None`).
+    pub step: Option<Option<Checkpoint>>,
     pub waiters: Waiters,
 }
 
@@ -42,7 +46,7 @@ impl FlushJob {
     /// the copy starts cannot take it away.
     pub(crate) fn open(store: &Store, generation: u64, path: &std::path::Path, waiters: Waiters) -> Result<FlushJob> {
         let source = Checkpoint::open_with(&**store.storage(), path, LoadOptions { mmap: true })?;
-        Ok(FlushJob { generation, source, waiters })
+        Ok(FlushJob { generation, source, step: None, waiters })
     }
 
     /// Takes over what an older job waiting for its copy was waiting for.
@@ -163,9 +167,42 @@ impl FlushQueue {
     pub(crate) fn open_and_push(&self, generation: u64, path: &std::path::Path, waiters: Waiters) {
         // Opened before the waiters move into the job: an error must still reach them.
         match Checkpoint::open_with(&**self.store.storage(), path, LoadOptions { mmap: true }) {
-            Ok(source) => self.push(FlushJob { generation, source, waiters }),
+            Ok(source) => self.push(FlushJob { generation, source, step: None, waiters }),
             Err(e) => (self.on_flushed)(generation, waiters, Err(e)),
         }
+    }
+
+    /// Queues the copy of this rank's part of a committed multi-rank step (and for rank 0, `manifest`: the
+    /// step's commit there). Every step is copied, whatever the policy, in order, none replaced by a newer
+    /// one: rank 0 waits for every rank's copy of each step, so every rank must copy the same steps. While
+    /// one copy already waits to start, this waits for it to start (the caches hold at most two steps
+    /// more than the checkpoint directory).
+    pub(crate) fn push_step(
+        &self,
+        generation: u64,
+        part: &std::path::Path,
+        manifest: Option<&std::path::Path>,
+        waiters: Waiters,
+    ) {
+        let storage = self.store.storage();
+        let opened = Checkpoint::open_with(&**storage, part, LoadOptions { mmap: true }).and_then(|source| {
+            let manifest =
+                manifest.map(|m| Checkpoint::open_with(&**storage, m, LoadOptions { mmap: true })).transpose()?;
+            Ok((source, manifest))
+        });
+        let (source, manifest) = match opened {
+            Ok(x) => x,
+            Err(e) => return (self.on_flushed)(generation, waiters, Err(e)),
+        };
+        let mut st = self.lock();
+        while st.next.is_some() && !st.stop {
+            st = self.changed.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        st.committed += 1;
+        st.newest_cached = None; // the end of the program copies no step by itself: every one is queued
+        st.next = Some(FlushJob { generation, source, step: Some(manifest), waiters });
+        drop(st);
+        self.changed.notify_all();
     }
 
     /// Queues `job`; a job not started yet is replaced by it (and its waiters taken over).
@@ -225,6 +262,7 @@ impl FlushQueue {
                     if let Some(job) = st.next.take() {
                         st.running = Some(job.generation);
                         st.running_exit = job.waiters.exit;
+                        self.changed.notify_all(); // a step waiting to be queued may be now
                         break job;
                     }
                     if st.stop {
@@ -233,9 +271,15 @@ impl FlushQueue {
                     st = self.changed.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             };
-            let result = self.store.flush_checkpoint(&job.source);
-            let FlushJob { generation, source, waiters } = job;
-            drop(source);
+            let result = match &job.step {
+                None => self.store.flush_checkpoint(&job.source),
+                Some(manifest) => self.store.flush_part(&job.source).and_then(|part| match manifest {
+                    Some(m) => self.store.flush_step(m),
+                    None => self.store.wait_for_step(job.generation).map(|()| part),
+                }),
+            };
+            let FlushJob { generation, source, step, waiters } = job;
+            drop((source, step));
             {
                 let mut st = self.lock();
                 match &result {

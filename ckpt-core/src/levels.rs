@@ -8,6 +8,10 @@
 //! (SIGTERM, the time limit, a vacating `ckpt create`) always is, and
 //! [`Checkpointer::should_exit`](crate::Checkpointer::should_exit) turns true only once it is durable.
 //!
+//! Multi-rank steps: each rank copies its part; rank 0 commits the step in the checkpoint directory (its
+//! manifest) once every rank's copy is there, and the other ranks wait for that. Every step is copied,
+//! whatever the policy, in order, since rank 0 waits for every rank's copy of each step.
+//!
 //! Each checkpoint directory has its own cache directory, `<CKPT_CACHE_DIR>/<last component>-<hash of
 //! its absolute path>` (mode 0700), so that jobs of a sweep caching on one node stay apart and a restart
 //! on the same node finds its files again. Restart takes the newest generation that verifies on any level

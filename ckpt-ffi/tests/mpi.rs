@@ -191,8 +191,17 @@ impl Run {
     }
 
     fn start_np(mpi: &Mpi, exe: &Path, work: &Path, args: &[u64], what: &str, np: usize) -> Run {
+        Run::start_with(mpi, &[exe], work, args, what, np)
+    }
+
+    /// Every rank runs `wrapper exe ARGS` (a script that sets a rank's own environment).
+    fn start_wrapped(mpi: &Mpi, wrapper: &Path, exe: &Path, work: &Path, args: &[u64], what: &str) -> Run {
+        Run::start_with(mpi, &[wrapper, exe], work, args, what, RANKS)
+    }
+
+    fn start_with(mpi: &Mpi, program: &[&Path], work: &Path, args: &[u64], what: &str, np: usize) -> Run {
         let mut cmd = Command::new(&mpi.mpirun);
-        cmd.args(mpi.mpirun_args).args(["-np", &np.to_string()]).arg(exe);
+        cmd.args(mpi.mpirun_args).args(["-np", &np.to_string()]).args(program);
         cmd.args(args.iter().map(u64::to_string));
         clean_env(&mut cmd);
         cmd.env("CKPT_DIR", work.join("checkpoints"))
@@ -443,6 +452,33 @@ fn scenarios(mpi: Mpi, lang: &str) {
         }
     }
     ex.restart_matches(&work, &format!("{dir} (b) restart"), stop, &reference);
+
+    // (f) a node-local cache per simulated node (ranks 0-1, 2-3): SIGTERM's step is copied to the checkpoint
+    // directory before the ranks exit; with both caches gone the restart resumes at that step
+    if lang == "c" {
+        let work = ex.work("cached");
+        let wrapper = work.join("on-node.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nrank=${{OMPI_COMM_WORLD_RANK:-${{PMI_RANK:-0}}}}\nexport CKPT_CACHE_DIR={}/node$((rank / 2))\nexec \"$@\"\n",
+                work.join("caches").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let args = [ex.n, ex.mpi.iterations, ex.mpi.delay_us];
+        let mut run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &format!("{dir} (f) cached"));
+        run.wait_pids();
+        run.wait_for(Duration::from_secs(60), "some progress", |l| progress(l, progress_step));
+        run.signal_ranks(&[0, 1, 2, 3], libc::SIGTERM);
+        let (status, out, text) = run.finish(Duration::from_secs(120));
+        assert!(status.success(), "{text}");
+        let stop = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
+        assert!(work.join("caches/node0").is_dir() && work.join("caches/node1").is_dir(), "{text}");
+        std::fs::remove_dir_all(work.join("caches")).unwrap();
+        ex.restart_matches(&work, &format!("{dir} (f) restart without the caches"), stop, &reference);
+    }
 
     // (d) rank 2 cannot read the newest step: everyone falls back to the previous one together
     let cps = work.join("checkpoints");

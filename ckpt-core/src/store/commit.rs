@@ -71,8 +71,9 @@ pub struct CheckpointWriter {
     pub(super) reused_spare: bool,
     /// The bytes written and the seconds the storage spent writing them, once committed.
     pub(super) device_time: Option<(u64, f64)>,
-    /// Whether the commit leaves its directory's listing for the next save to reuse (not for copies to
-    /// another level, which would push out the listing of the directory saves go to).
+    /// Whether the commit leaves its directory's listing for the next save to reuse, and a part is
+    /// recorded as this rank's own (not for copies to another level: they would push out the listing of
+    /// the directory saves go to, and the parts there are rank 0's to retire).
     pub(super) remember_listing: bool,
 }
 
@@ -312,7 +313,9 @@ impl CheckpointWriter {
         storage.sync_dir(&dir).map_err(|e| Error::io("fsync directory", e).with_path(&dir))?;
         // Durable from here on: failures below are warnings, never errors.
         let mut warnings = std::mem::take(&mut self.warnings);
-        if let Plan::Part { checkpoint_dir, .. } = &self.plan {
+        if let Plan::Part { checkpoint_dir, .. } = &self.plan
+            && self.remember_listing
+        {
             let mut own = lock(&self.shared.own_parts);
             own.retain(|p| p.path != path);
             let identity = PartIdentity {

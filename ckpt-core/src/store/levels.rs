@@ -99,8 +99,8 @@ impl Store {
     /// then generations beyond `keep` are retired there. A generation already in the checkpoint directory
     /// as this very file (the same length and checksums) counts as copied.
     ///
-    /// Only whole checkpoints of one process are copied this way; a multi-rank step's parts and manifest
-    /// are not.
+    /// Whole checkpoints of one process, and a multi-rank step's manifest once every part is there
+    /// ([`Store::flush_step`]); parts are copied with [`Store::flush_part`].
     ///
     /// # Errors
     ///
@@ -111,11 +111,8 @@ impl Store {
     pub fn flush_checkpoint(&self, source: &Checkpoint) -> Result<CommitInfo> {
         let started = Instant::now();
         let header = source.header().clone();
-        if header.kind != FileKind::Data || header.nranks > 1 {
-            return Err(Error::invalid(
-                "only a whole checkpoint of one process is copied to the checkpoint directory this way",
-            )
-            .with_path(source.path()));
+        if header.kind == FileKind::Data && header.nranks > 1 {
+            return Err(Error::invalid("a rank's part is copied with Store::flush_part").with_path(source.path()));
         }
         let dir = self.config.checkpoint_dir.clone();
         let base = self.config.base_name();
@@ -135,16 +132,46 @@ impl Store {
             warnings.extend(self.check_name_is_of(&dir, &listing, &writer)?);
         }
         let tmp = dir.join(format!("{base}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
+        let result = self.copy_and_publish_with(source, &tmp, Plan::Single { listing }, started, warnings);
+        match result {
+            Ok(info) => Ok(info),
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                // Another process (`ckpt flush` in an epilog, say) copied it meanwhile.
+                match self.already_copied(source, &gen_path, started)? {
+                    Some(info) => Ok(info),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn copy_and_publish(&self, source: &Checkpoint, tmp: &Path, plan: Plan, started: Instant) -> Result<CommitInfo> {
+        self.copy_and_publish_with(source, tmp, plan, started, Vec::new())
+    }
+
+    /// Writes `source`'s bytes to `tmp`, reads the copy back and verifies it, fsyncs it and publishes it as
+    /// `plan` says (the commit's link/rename, directory fsync and retention). The temporary file is
+    /// removed on failure.
+    fn copy_and_publish_with(
+        &self,
+        source: &Checkpoint,
+        tmp: &Path,
+        plan: Plan,
+        started: Instant,
+        warnings: Vec<String>,
+    ) -> Result<CommitInfo> {
+        let header = source.header().clone();
         let opts = WriteOptions { mode: self.config.file_mode, direct_io: false };
         let mut file = self
             .storage
-            .create_new_with(&tmp, opts)
-            .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
+            .create_new_with(tmp, opts)
+            .map_err(|e| Error::io("create temporary file", e).with_path(tmp))?;
         let mut writer = CheckpointWriter {
             builder: None,
             storage: self.storage.clone(),
-            tmp: tmp.clone(),
-            plan: Plan::Single { listing },
+            tmp: tmp.to_path_buf(),
+            plan,
             keep: self.config.keep,
             default_compression: self.config.compression,
             started,
@@ -159,11 +186,11 @@ impl Store {
             remember_listing: false,
         };
         source.for_each_chunk(COPY_CHUNK, |chunk| {
-            file.write_all(chunk).map_err(|e| Error::io("write", e).with_path(&tmp))
+            file.write_all(chunk).map_err(|e| Error::io("write", e).with_path(tmp))
         })?;
         // Read back what was written, before the fsync: the pages are still in memory and the kernel is
         // writing them out meanwhile, so the check costs a pass over memory, not a read of the device.
-        let copy = Checkpoint::open_with(&*self.storage, &tmp, self.load_options())?;
+        let copy = Checkpoint::open_with(&*self.storage, tmp, self.load_options())?;
         if copy.file_len() != source.file_len() || copy.identity() != source.identity() {
             return Err(Error::corrupt(format!(
                 "the copy of {} is not the same file ({} bytes, checksums {:08x?}; the original {} bytes, {:08x?})",
@@ -173,11 +200,11 @@ impl Store {
                 source.file_len(),
                 source.identity()
             ))
-            .with_path(&tmp));
+            .with_path(tmp));
         }
         copy.verify()?;
         drop(copy);
-        file.sync().map_err(|e| Error::io("fsync", e).with_path(&tmp))?;
+        file.sync().map_err(|e| Error::io("fsync", e).with_path(tmp))?;
         drop(file);
         let stats = FileStats {
             raw_bytes: source.raw_len(),
@@ -185,21 +212,129 @@ impl Store {
             sections: source.sections().len() as u32,
         };
         let (header_crc32, table_crc32) = source.identity();
-        let result = writer.publish(&header, stats, header_crc32, table_crc32);
+        // On failure the writer's drop removes the temporary file (not done).
+        let info = writer.publish(&header, stats, header_crc32, table_crc32)?;
         writer.done = true;
-        match result {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                let _ = self.storage.remove_file(&tmp);
-                if e.kind() == ErrorKind::Conflict {
-                    // Another process (`ckpt flush` in an epilog, say) copied it meanwhile.
-                    if let Some(info) = self.already_copied(source, &gen_path, started)? {
-                        return Ok(info);
-                    }
-                }
-                Err(e)
-            }
+        Ok(info)
+    }
+
+    /// Copies this rank's committed part of a multi-rank step from the cache to the checkpoint directory
+    /// (`<dir>/<base>.parts/<N>/rank<R>.ckpt`), verified, fsynced and renamed into place, its directories
+    /// made durable. A part there already as this very file counts as copied. Rank 0 commits the step
+    /// there once every part is ([`Store::flush_step`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the copy cannot be written or made durable; [`ErrorKind::Corrupt`] when it
+    /// does not verify; [`ErrorKind::Conflict`] when another file is there under its name.
+    pub fn flush_part(&self, source: &Checkpoint) -> Result<CommitInfo> {
+        let started = Instant::now();
+        let header = source.header().clone();
+        let dir = self.config.checkpoint_dir.clone();
+        let base = self.config.base_name();
+        let parts_root = dir.join(format!("{base}.parts"));
+        let part_dir = parts_root.join(header.generation.to_string());
+        let name = format!("rank{}.ckpt", header.rank);
+        let path = part_dir.join(&name);
+        if let Some(mut info) = self.already_copied(source, &path, started)? {
+            info.path = path;
+            return Ok(info);
         }
+        self.storage.create_dir_all(&part_dir).map_err(|e| Error::io("create directory", e).with_path(&part_dir))?;
+        for d in [dir.as_path(), parts_root.as_path()] {
+            self.storage.sync_dir(d).map_err(|e| Error::io("fsync directory", e).with_path(d))?;
+        }
+        let tmp = part_dir.join(format!("{name}.tmp.{}.{}.{:x}", self.config.host, std::process::id(), nonce()));
+        let plan = Plan::Part { dir: part_dir.clone(), name, checkpoint_dir: dir.clone() };
+        let mut info = self.copy_and_publish(source, &tmp, plan, started)?;
+        info.path = path;
+        Ok(info)
+    }
+
+    /// Rank 0: commits a multi-rank step in the checkpoint directory from the cache's manifest, once every
+    /// rank's part is there as the very file the manifest names (waiting for the ranks' copies, at most
+    /// the commit timeout), then retires old steps there. Afterwards the step is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidState`] when parts are still missing after the commit timeout (naming the
+    /// ranks); as [`Store::flush_checkpoint`].
+    pub fn flush_step(&self, manifest: &Checkpoint) -> Result<CommitInfo> {
+        let started = Instant::now();
+        let entries = parse_manifest(manifest)?;
+        let part_dir = self
+            .config
+            .checkpoint_dir
+            .join(format!("{}.parts", self.config.base_name()))
+            .join(manifest.generation().to_string());
+        let mut done = vec![false; entries.len()];
+        loop {
+            for (r, e) in entries.iter().enumerate() {
+                if done[r] {
+                    continue;
+                }
+                let path = part_dir.join(format!("rank{r}.ckpt"));
+                if let Ok(cp) = Checkpoint::open_with(&*self.storage, &path, LoadOptions::new().mmap(false))
+                    && cp.file_len() == e.file_len
+                    && cp.identity() == (e.header_crc32, e.table_crc32)
+                {
+                    done[r] = true;
+                }
+            }
+            let missing: Vec<usize> = (0..entries.len()).filter(|&r| !done[r]).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if started.elapsed() >= self.config.commit_timeout {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!(
+                        "waited {:?} for the copies of ranks {missing:?} of generation {} in the checkpoint directory",
+                        self.config.commit_timeout,
+                        manifest.generation()
+                    ),
+                )
+                .with_path(&part_dir));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.flush_checkpoint(manifest)
+    }
+
+    /// Ranks but 0: waits until the step of `generation` is committed in the checkpoint directory (its
+    /// manifest there), at most the commit timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidState`] when it is not after the commit timeout.
+    pub fn wait_for_step(&self, generation: u64) -> Result<()> {
+        let started = Instant::now();
+        let path = self.config.checkpoint_dir.join(format!("{}.{generation}", self.config.base_name()));
+        loop {
+            if matches!(self.storage.exists(&path), Ok(true)) {
+                return Ok(());
+            }
+            if started.elapsed() >= self.config.commit_timeout {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!(
+                        "waited {:?} for rank 0 to commit generation {generation} in the checkpoint directory",
+                        self.config.commit_timeout
+                    ),
+                )
+                .with_path(&path));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// This rank's committed part of `generation` in the cache, if this process wrote one.
+    pub(crate) fn cached_part(&self, generation: u64) -> Option<PathBuf> {
+        let cache = self.cache_dir.as_deref()?;
+        lock(&self.shared.own_parts)
+            .iter()
+            .find(|p| p.identity.generation == generation && p.dir == cache)
+            .map(|p| p.path.clone())
     }
 
     /// `Some` when `gen_path` exists and is `source`'s copy; a conflict when it is another file.

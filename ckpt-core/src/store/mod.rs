@@ -333,7 +333,8 @@ impl Store {
     /// Like [`Store::begin`], into another directory (`ImageDir` of Slurm's removed checkpoint interface).
     pub fn begin_in(&self, dir: &Path, app_step: u64) -> Result<CheckpointWriter> {
         if self.config.nranks > 1 {
-            let generation = self.next_generation_in(dir)?;
+            let generation =
+                if dir == self.save_dir() { self.next_generation()? } else { self.next_generation_in(dir)? };
             return self.begin_part_in(dir, generation, app_step);
         }
         let base = self.config.base_name();
@@ -413,7 +414,14 @@ impl Store {
     /// anything this process wrote. Multi-rank callers agree on it (e.g. an MPI max-reduction) and pass
     /// it to [`Store::begin_part`].
     pub fn next_generation(&self) -> Result<u64> {
-        self.next_generation_in(&self.config.checkpoint_dir.clone())
+        let next = self.next_generation_in(self.save_dir())?;
+        if self.level_of(self.save_dir()) == Level::Cache && self.shared.last_generation.load(Ordering::SeqCst) == 0 {
+            // Before this process's first step: continue the checkpoint directory's numbering too (a job
+            // restarted on other nodes, whose caches are empty).
+            let (highest, _) = self.shared_highest_before_first_save()?;
+            return Ok(next.max(highest + 1));
+        }
+        Ok(next)
     }
 
     fn next_generation_in(&self, dir: &Path) -> Result<u64> {

@@ -52,7 +52,7 @@ impl Store {
         generation: u64,
         app_step: impl TryInto<u64> + Copy + Display,
     ) -> Result<CheckpointWriter> {
-        self.begin_part_in(&self.config.checkpoint_dir.clone(), generation, step_arg(app_step)?)
+        self.begin_part_in(self.save_dir(), generation, step_arg(app_step)?)
     }
 
     /// [`Store::begin_part`] into another directory (`ImageDir` of Slurm's removed checkpoint interface).
@@ -125,7 +125,7 @@ impl Store {
                     v.manifests.push(generation);
                     v.manifests.sort_unstable_by(|a, b| b.cmp(a));
                     v.manifests.dedup();
-                    v.manifests.truncate(self.config.keep.max(1));
+                    v.manifests.truncate(self.keep_in(&dir).max(1));
                     v.highest = v.highest.max(generation);
                     v.manifests.clone()
                 }
@@ -153,7 +153,7 @@ impl Store {
     /// rank's part is durable and structurally valid, then writes the manifest. Normally called by rank 0
     /// after a barrier, so the wait is short.
     pub fn commit_step(&self, generation: u64, app_step: impl TryInto<u64> + Copy + Display) -> Result<CommitInfo> {
-        self.commit_step_in(&self.config.checkpoint_dir.clone(), generation, step_arg(app_step)?)
+        self.commit_step_in(self.save_dir(), generation, step_arg(app_step)?)
     }
 
     /// [`Store::commit_step`] for parts written into `dir`.
@@ -226,7 +226,7 @@ impl Store {
         app_step: impl TryInto<u64> + Copy + Display,
         parts: &[PartIdentity],
     ) -> Result<CommitInfo> {
-        self.commit_step_with_parts_in(&self.config.checkpoint_dir.clone(), generation, step_arg(app_step)?, parts)
+        self.commit_step_with_parts_in(self.save_dir(), generation, step_arg(app_step)?, parts)
     }
 
     /// [`Store::commit_step_with_parts`] for parts written into `dir`.

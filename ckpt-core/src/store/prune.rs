@@ -149,7 +149,7 @@ impl Store {
         let mut newest_first = manifests.to_vec();
         newest_first.sort_unstable_by(|a, b| b.cmp(a));
         newest_first.dedup();
-        let kept = &newest_first[..newest_first.len().min(self.config.keep.max(1))];
+        let kept = &newest_first[..newest_first.len().min(self.keep_in(dir).max(1))];
         let spare_min_len = self.spare_min_len(dir);
         let mut spare = lock(&self.shared.part_spare);
         lock(&self.shared.own_parts).retain(|p| {
