@@ -328,6 +328,37 @@ impl Store {
         }
     }
 
+    /// A rank other than 0, told a multi-rank step was committed (with the identities rank 0 committed):
+    /// records the step's manifest in this rank's node-local cache too, unless it is there already (a
+    /// rank on rank 0's node), so that a restart on the same nodes finds the step in every node's cache.
+    /// `Ok(false)` when there is nothing to record (no cache level, or the manifest is there).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::commit_step_with_parts`].
+    pub fn record_step(&self, generation: u64, app_step: u64, parts: &[PartIdentity]) -> Result<bool> {
+        let Some(cache) = self.cache_dir.clone() else { return Ok(false) };
+        let manifest = cache.join(format!("{}.{generation}", self.config.base_name()));
+        if matches!(self.storage.exists(&manifest), Ok(true)) {
+            return Ok(false);
+        }
+        let nranks = self.config.nranks;
+        if parts.len() != nranks as usize {
+            return Err(Error::invalid(format!("{} part identities for a step of {nranks} ranks", parts.len())));
+        }
+        for (r, part) in parts.iter().enumerate() {
+            check_part(part, r as u32, nranks, generation, app_step)?;
+        }
+        match self.write_manifest(&cache, generation, app_step, parts, Instant::now(), true) {
+            Ok(_) => Ok(true),
+            // Another rank of this node recorded it at the same time.
+            Err(e) if e.kind() == ErrorKind::Conflict && matches!(self.storage.exists(&manifest), Ok(true)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// This rank's committed part of `generation` in the cache, if this process wrote one.
     pub(crate) fn cached_part(&self, generation: u64) -> Option<PathBuf> {
         let cache = self.cache_dir.as_deref()?;
