@@ -32,6 +32,11 @@ pub const ACCEPTED_FORMS: &str = "minutes, minutes:seconds, hours:minutes:second
 /// assert_eq!(ckpt_core::parse_slurm_time("30").unwrap(), Duration::from_secs(1800));
 /// assert!(ckpt_core::parse_slurm_time("1:2:3:4").is_err());
 /// ```
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for text in none of the six forms, or a field out
+/// of range (`1:75` minutes and seconds), naming the text and listing the accepted forms.
 pub fn parse_slurm_time(text: &str) -> Result<Duration> {
     parse_inner(text.trim())
         .map(Duration::from_secs)
@@ -48,6 +53,11 @@ pub fn parse_slurm_time(text: &str) -> Result<Duration> {
 /// assert_eq!(ckpt_core::parse_time_with_units("1h30m").unwrap(), Duration::from_secs(5400));
 /// assert_eq!(ckpt_core::parse_time_with_units("2").unwrap(), Duration::from_secs(120));
 /// ```
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for an unknown unit, a number without a unit after
+/// one with a unit, or text in none of Slurm's forms, naming the text and listing the accepted forms.
 pub fn parse_time_with_units(text: &str) -> Result<Duration> {
     let t = text.trim();
     if !t.contains(|c: char| c.is_ascii_alphabetic()) {

@@ -49,6 +49,11 @@ pub fn problems(path: &Path, owner: &FileOwner) -> Vec<String> {
 
 /// Fails with [`ErrorKind::Untrusted`] unless the open file may be loaded (see the module documentation).
 /// Files of storages without owners (in memory) pass.
+///
+/// # Errors
+///
+/// [`ErrorKind::Untrusted`] naming every reason: the file belongs to another user or is writable by every
+/// user, or its directory is writable by every user without the sticky bit (or cannot be checked).
 pub fn check(cp: &Checkpoint) -> Result<()> {
     match cp.owner() {
         Some(owner) => check_owner(cp.path(), &owner),
@@ -57,6 +62,10 @@ pub fn check(cp: &Checkpoint) -> Result<()> {
 }
 
 /// Like [`check`], for a file opened elsewhere (the shim's process images).
+///
+/// # Errors
+///
+/// As [`check`].
 pub fn check_owner(path: &Path, owner: &FileOwner) -> Result<()> {
     let found = problems(path, owner);
     if found.is_empty() {
