@@ -231,6 +231,10 @@ impl Store {
     }
 
     /// A store for `app_name` configured from the environment (see [`Config::from_env`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_env`]: [`ErrorKind::InvalidArgument`] naming the malformed variable and its value.
     pub fn from_env(app_name: Option<&str>) -> Result<Store> {
         Ok(Store::new(Config::from_env(app_name)?))
     }
@@ -322,6 +326,11 @@ impl Store {
     }
 
     /// Like [`Store::begin`], into another directory (`ImageDir` of Slurm's removed checkpoint interface).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin`]: [`ErrorKind::InvalidArgument`] for a step above [`MAX_STEP`](crate::MAX_STEP),
+    /// [`ErrorKind::Io`] and [`ErrorKind::Conflict`] for `dir`.
     pub fn begin_in(&self, dir: &Path, app_step: u64) -> Result<CheckpointWriter> {
         if self.config.nranks > 1 {
             let generation = self.next_generation_in(dir)?;
@@ -381,6 +390,10 @@ impl Store {
     /// The generation number the next save will use: one above the highest committed in `dir` and above
     /// anything this process wrote. Multi-rank callers agree on it (e.g. an MPI max-reduction) and pass
     /// it to [`Store::begin_part`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the checkpoint directory exists but cannot be listed (a missing one is generation 1).
     pub fn next_generation(&self) -> Result<u64> {
         self.next_generation_in(&self.config.checkpoint_dir.clone())
     }
@@ -599,6 +612,11 @@ impl Store {
     /// removed). With several ranks this writes this rank's part; rank 0 then waits for every part, commits
     /// the step (returning the manifest's figures) and removes its own retired parts
     /// ([`Store::after_step_committed`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin`], then whatever `write` returns (the temporary file is removed), then as
+    /// [`CheckpointWriter::commit`]; on rank 0 of several, as [`Store::commit_step`].
     pub fn checkpoint(
         &self,
         app_step: impl TryInto<u64> + Copy + Display,
