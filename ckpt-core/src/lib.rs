@@ -1,5 +1,8 @@
 #![doc = include_str!("guide.md")]
 #![warn(missing_docs)]
+// Every public fallible function says which `ErrorKind`s and when; every panic a caller could meet is
+// documented (`cargo clippy` enforces both without `-W clippy::pedantic`).
+#![warn(clippy::missing_errors_doc, clippy::missing_panics_doc)]
 // `cargo clippy -p ckpt-core -- -W clippy::pedantic`, reviewed group by group: what is not fixed is
 // allowed here, each with why.
 #![allow(
@@ -7,16 +10,6 @@
     clippy::return_self_not_must_use,
     reason = "#[must_use] is on the writers, the pending checkpoint and the getters whose result decides \
               something (should_checkpoint, should_exit, time_left...); the other candidates are plain accessors"
-)]
-#![allow(
-    clippy::missing_errors_doc,
-    reason = "the entry points (Checkpointer, Store, Checkpoint, CheckpointWriter, Config) have # Errors \
-              sections; elsewhere the ErrorKind says what failed (crate docs, \"Errors\")"
-)]
-#![allow(
-    clippy::missing_panics_doc,
-    reason = "the remaining panics are expects on invariants (a pending checkpoint holds its writer, fixed-size \
-              slices of a validated table), not conditions a caller can cause"
 )]
 #![allow(
     clippy::cast_possible_truncation,
