@@ -171,17 +171,18 @@ mod tests {
 
     #[test]
     fn units() {
-        let u = |s: &str| parse_time_with_units(s).unwrap().as_secs_f64();
-        assert_eq!(u("30s"), 30.0);
-        assert_eq!(u("2m"), 120.0);
-        assert_eq!(u("2min"), 120.0);
-        assert_eq!(u("1h"), 3600.0);
-        assert_eq!(u("1.5h"), 5400.0);
-        assert_eq!(u("1d"), 86_400.0);
-        assert_eq!(u("1h30m"), 5400.0);
-        assert_eq!(u(" 1h 30m 15s "), 5415.0);
-        assert_eq!(u("2"), 120.0); // Slurm's minutes
-        assert_eq!(u("1:30"), 90.0);
+        let u = |s: &str| parse_time_with_units(s).unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(u("30s"), secs(30));
+        assert_eq!(u("2m"), secs(120));
+        assert_eq!(u("2min"), secs(120));
+        assert_eq!(u("1h"), secs(3600));
+        assert_eq!(u("1.5h"), secs(5400));
+        assert_eq!(u("1d"), secs(86_400));
+        assert_eq!(u("1h30m"), secs(5400));
+        assert_eq!(u(" 1h 30m 15s "), secs(5415));
+        assert_eq!(u("2"), secs(120)); // Slurm's minutes
+        assert_eq!(u("1:30"), secs(90));
         for bad in ["30x", "s", "1h30", "h1", "1..5h", "-5s"] {
             let e = parse_time_with_units(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");

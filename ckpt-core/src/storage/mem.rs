@@ -87,10 +87,10 @@ impl MemStorage {
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The number of mutating operations (create, write, sync, rename, link, remove, sync_dir) so far.
+    /// The number of mutating operations (create, write, sync, rename, link, remove, `sync_dir`) so far.
     pub fn op_count(&self) -> u64 {
         self.lock().ops
     }

@@ -671,7 +671,7 @@ mod tests {
         let store = Store::with_storage(cfg, storage.clone());
         for step in 1..=3i64 {
             let mut w = store.begin(step).unwrap();
-            let data: Vec<u8> = (0..5000u32).map(|i| (i as i64 * step) as u8).collect();
+            let data: Vec<u8> = (0..5000u32).map(|i| (i64::from(i) * step) as u8).collect();
             w.add_bytes("raw", &data).unwrap();
             w.add_section_with("shuffled", &data, SectionOptions::new().shuffle(8)).unwrap();
             w.add_serde("meta", &(step, "x".to_string())).unwrap();
@@ -680,7 +680,7 @@ mod tests {
         }
         let r = store.restore().unwrap().expect("a checkpoint");
         assert_eq!(r.app_step, 3);
-        let expected: Vec<u8> = (0..5000u32).map(|i| (i as i64 * 3) as u8).collect();
+        let expected: Vec<u8> = (0..5000u32).map(|i| (i64::from(i) * 3) as u8).collect();
         assert_eq!(&r.checkpoint.read("raw").unwrap()[..], &expected[..]);
         assert_eq!(&r.checkpoint.read("shuffled").unwrap()[..], &expected[..]);
         assert_eq!(r.checkpoint.read_serde::<(i64, String)>("meta").unwrap(), (3, "x".to_string()));
