@@ -503,6 +503,10 @@ impl PendingCheckpoint {
     ///
     /// As [`CheckpointWriter::commit`]; then whatever triggered this checkpoint is due again and pending
     /// `ckpt create` requests get the error.
+    ///
+    /// # Panics
+    ///
+    /// Never: the guard holds its writer until `commit` or `abort` consumes it.
     pub fn commit(mut self) -> Result<CommitInfo> {
         let writer = self.writer.take().expect("a pending checkpoint holds its writer until it is consumed");
         self.inner.commit(writer)
@@ -746,11 +750,24 @@ impl std::fmt::Debug for Checkpointer {
 impl Checkpointer {
     /// A checkpointer for `app_name` configured from the environment; installs the signal handlers, starts
     /// the watcher thread and the control socket.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) naming the variable and its value when a
+    /// `CKPT_*` or `SLURM_*` setting is malformed ([`Config::from_env`]); otherwise as [`Checkpointer::new`].
     pub fn from_env(app_name: Option<&str>) -> Result<Checkpointer> {
         Checkpointer::new(Store::new(Config::from_env(app_name)?))
     }
 
     /// A checkpointer around `store`, using the store's configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) when a signal handler cannot be installed (a signal the OS does not let
+    /// a process catch, such as `KILL` or `STOP`, given in the configuration), the wake-up socket pair cannot be
+    /// created, or the watcher thread cannot be started;
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for a signal number out of range. Nothing is
+    /// left installed then. A control socket that cannot be bound is not an error (logged as a warning).
     pub fn new(store: Store) -> Result<Checkpointer> {
         let config = store.config().clone();
         let base = config.base_name();
@@ -1026,6 +1043,15 @@ impl Checkpointer {
     }
 
     /// Restart discovery through the store (logged).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore`]: [`ErrorKind::NoValidCheckpoint`](crate::ErrorKind::NoValidCheckpoint) when
+    /// checkpoints exist but none verifies (the message lists each file and why),
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when files under this run's name belong to another
+    /// run, [`ErrorKind::Io`](crate::ErrorKind::Io) when the restart directory cannot be listed,
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when `CKPT_RESUME_FROM` names a job that has no
+    /// checkpoint there. The failure is logged.
     pub fn restore(&self) -> Result<Option<Restored>> {
         let r = self.store.restore();
         let notices = self.store.restore_notices();
@@ -1202,6 +1228,15 @@ impl Checkpointer {
     /// part and commits the step ([`Store::commit_step`], whose figures it returns), and concludes it with
     /// [`Checkpointer::finish_step`]; the other ranks cannot learn the outcome and count their durable part
     /// ([`Checkpointer::finish_step_unconfirmed`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::begin`] (a negative step, the directory, another run's files), then whatever `write` returns
+    /// (the checkpoint is abandoned), then as [`PendingCheckpoint::commit`]. With several ranks and no collective
+    /// layer, rank 0 also fails as [`Store::commit_step`] does:
+    /// [`ErrorKind::InvalidState`](crate::ErrorKind::InvalidState) when the other ranks' parts are not all durable
+    /// within `commit_timeout` or are not parts of this step. Whatever triggered the checkpoint is due again after any
+    /// failure.
     pub fn checkpoint(
         &self,
         app_step: impl TryInto<u64> + Copy + Display,
@@ -1214,6 +1249,10 @@ impl Checkpointer {
     /// [`Checkpointer::checkpoint`] of a checkpoint begun earlier with [`Checkpointer::begin`] (which took
     /// what made it due): for a save that begins at the call and is written on another thread (Python's
     /// `save(blocking=False)`). Abort on error and the step policy are `checkpoint`'s.
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::checkpoint`], from the write on.
     pub fn checkpoint_begun(
         &self,
         writer: PendingCheckpoint,
@@ -1237,6 +1276,11 @@ impl Checkpointer {
     /// This rank's part of multi-rank generation `generation` (agreed by all ranks), written by `write`
     /// as in [`Checkpointer::checkpoint`]; the step is committed elsewhere (rank 0, once every part is
     /// durable) and concluded on every rank with [`Checkpointer::finish_step`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::begin_part`], then whatever `write` returns (the part is abandoned), then as
+    /// [`PendingCheckpoint::commit`]; whatever triggered the part is due again.
     pub fn checkpoint_part(
         &self,
         generation: u64,
@@ -1248,6 +1292,10 @@ impl Checkpointer {
 
     /// [`Checkpointer::checkpoint_part`] of a part begun earlier with [`Checkpointer::begin_part`], as
     /// [`Checkpointer::checkpoint_begun`] is for whole checkpoints.
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpointer::checkpoint_part`], from the write on.
     pub fn checkpoint_part_begun(
         &self,
         writer: PendingCheckpoint,
@@ -1424,7 +1472,8 @@ mod tests {
         refused(store.commit_step(1, -10), "-10");
         refused(store.commit_step_with_parts(1, -11, &[]), "-11");
         let path = dir.path().join("exact.ckpt");
-        refused(crate::begin_file(&path, -12, store.config(), store.storage().clone()).map(|_| unreachable!()), "-12");
+        let storage = store.storage().clone();
+        refused(crate::begin_file(&path, -12, store.config(), storage).map(|_| unreachable!()), "-12");
         // The `u64` entry points refuse what the file cannot record, before creating anything.
         let e = store.begin_in(dir.path(), crate::MAX_STEP + 1).map(|_| ()).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{e}");

@@ -256,6 +256,11 @@ impl Config {
     }
 
     /// Like [`Config::from_env`], with variables from `lookup` (for tests and for the `ckpt env` tool).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_env`]: [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) naming the variable
+    /// and its value.
     pub fn from_lookup(app_name: Option<&str>, lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let get = |k: &str| lookup(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let app_name = match app_name {
@@ -560,6 +565,11 @@ pub fn base_name(job_key: &str, step_id: Option<u32>) -> String {
 }
 
 /// Parses an interval setting: one of Slurm's six time formats, `auto`, or `0`/`off` for none.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for text that is none of these, naming it and
+/// listing the accepted forms.
 pub fn parse_interval(text: &str) -> Result<Option<Interval>> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("auto") {
@@ -573,6 +583,11 @@ pub fn parse_interval(text: &str) -> Result<Option<Interval>> {
 }
 
 /// Parses `CKPT_INTERVAL`: as [`parse_interval`], and numbers with units (`30s`, `2m`, `1h`, `1h30m`).
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for text that is none of these (an unknown unit, a
+/// number without one after another with one), naming it and listing the accepted forms.
 pub fn parse_ckpt_interval(text: &str) -> Result<Option<Interval>> {
     let t = text.trim();
     if t.contains(|c: char| c.is_ascii_alphabetic())

@@ -242,11 +242,22 @@ struct Found {
 impl Store {
     /// Finds the newest valid checkpoint in the restart directory and says which files were looked at.
     /// Stops verifying at the first valid candidate (the rest are [`CandidateStatus::NotChecked`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the restart directory exists but cannot be listed; [`ErrorKind::Conflict`] when files
+    /// under this run's own name were written by another run (see [`crate::identity`]); [`ErrorKind::NotFound`] when
+    /// `CKPT_RESUME_FROM` names another job that has no checkpoint of this user there. Damaged or untrusted candidates
+    /// are not errors: they are in [`Discovery::candidates`] with their reason.
     pub fn discover(&self) -> Result<Discovery> {
         self.discover_impl(false, u64::MAX, Parts::All).map(|f| f.discovery)
     }
 
     /// Like [`Store::discover`], but verifies every candidate (for `ckpt list` and `ckpt verify`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::discover`].
     pub fn discover_all(&self) -> Result<Discovery> {
         self.discover_impl(true, u64::MAX, Parts::All).map(|f| f.discovery)
     }
@@ -257,6 +268,12 @@ impl Store {
     /// so that ranks restoring without talking to each other all choose the same step. Notices (a
     /// checkpoint taken from another job, candidates skipped and why) go to stderr and
     /// [`Store::take_restore_notices`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::discover`]; and [`ErrorKind::NoValidCheckpoint`] when checkpoints exist but none verifies, the
+    /// message listing every file and why (unless [`Config::allow_fresh_start`](crate::Config::allow_fresh_start) says
+    /// to start fresh). A file another user could have written is skipped with a notice, not an error.
     pub fn restore(&self) -> Result<Option<Restored>> {
         self.restore_with(u64::MAX, Parts::All)
     }
@@ -264,6 +281,10 @@ impl Store {
     /// Like [`Store::restore`], considering only generations up to `max_generation` and verifying only this
     /// rank's part of a multi-rank step: for callers that agree on the generation over all ranks (the MPI
     /// helpers take the minimum over ranks of each one's newest valid generation, then all load that one).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore`].
     pub fn restore_at_most(&self, max_generation: u64) -> Result<Option<Restored>> {
         self.restore_with(max_generation, Parts::Own)
     }
@@ -312,6 +333,10 @@ impl Store {
 
     /// The generations this rank could restart from, newest first (each verified; for multi-rank steps,
     /// this rank's part). For this workspace's tests (the `testing` feature), not part of the API.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::discover_all`].
     #[cfg(any(test, feature = "testing"))]
     pub fn valid_generations(&self) -> Result<Vec<u64>> {
         let d = self.discover_impl(true, u64::MAX, Parts::Own)?.discovery;

@@ -64,11 +64,20 @@ impl LoadOptions {
     /// The options this process's environment asks for: `CKPT_MMAP`, read exactly as
     /// [`crate::Config::from_env`] reads it. A malformed value is an error naming the variable. For loads
     /// without a [`crate::Config`] (with one, use [`crate::Store::load_options`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] naming `CKPT_MMAP` and its value when it is not a boolean (`0`/`1`, `on`/`off`,
+    /// `true`/`false`, `yes`/`no`).
     pub fn from_env() -> Result<LoadOptions> {
         LoadOptions::from_lookup(|k| std::env::var(k).ok())
     }
 
     /// [`LoadOptions::from_env`] with variables from `lookup`.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadOptions::from_env`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<LoadOptions> {
         Ok(LoadOptions { mmap: crate::config::mmap_setting(&lookup)? })
     }
@@ -83,6 +92,12 @@ impl Default for LoadOptions {
 
 /// Reads and verifies only the header of a file (its magic, version and CRC), for attributing a file
 /// whose body is damaged.
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`] when the file cannot be opened or read (a missing file is `Io` with
+/// [`Error::io_error_kind`](crate::Error::io_error_kind) `NotFound`); as [`Header::decode`] for the bytes
+/// (`Corrupt`, `UnsupportedVersion`, `TooLarge`). The error names the path.
 pub fn read_header(storage: &dyn Storage, path: &Path) -> Result<Header> {
     let r = storage.open(path).map_err(|e| Error::io("open", e).with_path(path))?;
     let len = r.len();
@@ -130,6 +145,10 @@ pub type SectionData<'a> = Cow<'a, [u8]>;
 impl Checkpoint {
     /// Opens `path` from the real file system with the options of the environment
     /// ([`LoadOptions::from_env`]: a malformed `CKPT_MMAP` is an error).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a malformed `CKPT_MMAP`; otherwise as [`Checkpoint::open_with`].
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
         let opts = LoadOptions::from_env().map_err(|e| e.with_path(path))?;
@@ -137,6 +156,15 @@ impl Checkpoint {
     }
 
     /// Opens `path` through `storage`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the file cannot be opened or read (a symlink at the last component is refused); for the
+    /// structure (header, section table, trailer and their CRCs, every offset and length): [`ErrorKind::Corrupt`] (an
+    /// empty or truncated file, a bad magic or CRC, sections outside the file), [`ErrorKind::UnsupportedVersion`] (a
+    /// newer format version), [`ErrorKind::TooLarge`] (a length above its documented limit). Sections' own CRCs are
+    /// checked when they are read or verified, not here. The error names the path. A file someone else could have
+    /// written is opened all the same: see [`crate::trust::check`].
     pub fn open_with(storage: &dyn Storage, path: &Path, opts: LoadOptions) -> Result<Checkpoint> {
         let reader = storage.open(path).map_err(|e| Error::io("open", e).with_path(path))?;
         let owner = reader.owner();
@@ -161,6 +189,10 @@ impl Checkpoint {
     }
 
     /// Parses a checkpoint held in memory (used by the fuzz target and by tools).
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpoint::open_with`] for the structure (never `Io`).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Checkpoint> {
         Checkpoint::from_source(PathBuf::from("<memory>"), Source::Mapped(std::sync::Arc::new(bytes)))
     }
@@ -316,6 +348,10 @@ impl Checkpoint {
     }
 
     /// The table entry of section `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SectionNotFound`] naming the section and the file.
     pub fn section(&self, name: &str) -> Result<&SectionEntry> {
         self.index
             .get(name)
@@ -344,6 +380,12 @@ impl Checkpoint {
 
     /// Verifies one section completely (stored CRC, and for compressed sections a full decode against the
     /// raw CRC).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SectionNotFound`]; [`ErrorKind::Corrupt`] when a CRC does not match (expected and computed values
+    /// in the message) or a compressed section does not decode; [`ErrorKind::Io`] when a plain read fails, or for a
+    /// compressed section when the crate is built without the `zstd` feature.
     pub fn verify_section(&self, name: &str) -> Result<()> {
         let i = self.section(name).map(|_| self.index[name])?;
         self.verify_index(i).map_err(|e| self.err(e))
@@ -376,6 +418,11 @@ impl Checkpoint {
 
     /// Verifies the whole file: every section's CRCs and that every byte outside header, sections, table
     /// and trailer is zero padding.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Corrupt`] for a non-zero padding byte (its offset in the message) or, as
+    /// [`Checkpoint::verify_section`], for the first section that fails; [`ErrorKind::Io`] when a plain read fails.
     pub fn verify(&self) -> Result<()> {
         self.verify_inner().map_err(|e| self.err(e))
     }
@@ -409,6 +456,11 @@ impl Checkpoint {
 
     /// The decoded bytes of section `name`, verified. Raw sections of a mapped file are borrowed from the
     /// map (zero copy); others are read or decoded into a new buffer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpoint::verify_section`] (the section is verified as it is read: a damaged one is never
+    /// returned); [`ErrorKind::TooLarge`] when the decoded section cannot be allocated.
     pub fn read(&self, name: &str) -> Result<SectionData<'_>> {
         let e = self.section(name)?;
         let i = self.index[name];
@@ -448,6 +500,11 @@ impl Checkpoint {
 
     /// Decodes section `name` into `dst`, whose length must equal the section's raw length (no allocation
     /// of the section's size; this is how the C API restores registered regions in place).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] when `dst` is not exactly the section's raw length (nothing is written); as
+    /// [`Checkpoint::read`] otherwise (on a CRC mismatch `dst` may hold the damaged bytes).
     pub fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<()> {
         let e = self.section(name)?;
         let i = self.index[name];
@@ -785,6 +842,11 @@ impl Checkpoint {
     /// The mapped bytes of the whole file and the byte range of a raw section inside it, for callers that
     /// hand out zero-copy views that must keep the mapping alive (the Python module). `None` when the file
     /// is not mapped or the section is compressed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Checkpoint::read`] for a raw section of a mapped file (its CRC is checked); otherwise only
+    /// [`ErrorKind::SectionNotFound`].
     pub fn raw_view(&self, name: &str) -> Result<Option<(MappedBytes, Range<usize>)>> {
         let e = self.section(name)?;
         let i = self.index[name];
@@ -802,6 +864,10 @@ impl Checkpoint {
     /// damaged byte inside it goes unnoticed. For callers that hand out views of large sections in
     /// constant time (`ckpt.load(path, verify=False)` in Python); [`Checkpoint::verify_section`] checks
     /// the section later.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SectionNotFound`].
     pub fn raw_view_unverified(&self, name: &str) -> Result<Option<(MappedBytes, Range<usize>)>> {
         let e = self.section(name)?;
         match &self.source {

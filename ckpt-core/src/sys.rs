@@ -67,6 +67,10 @@ pub(crate) fn fs_type_of_file(file: &impl AsRawFd) -> io::Result<i64> {
 }
 
 /// The user id of the process at the other end of a Unix socket (`SO_PEERCRED`).
+///
+/// # Errors
+///
+/// `getsockopt(SO_PEERCRED)` failed (not a Unix socket, a closed descriptor).
 pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;

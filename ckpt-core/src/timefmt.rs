@@ -32,6 +32,11 @@ pub const ACCEPTED_FORMS: &str = "minutes, minutes:seconds, hours:minutes:second
 /// assert_eq!(ckpt_core::parse_slurm_time("30").unwrap(), Duration::from_secs(1800));
 /// assert!(ckpt_core::parse_slurm_time("1:2:3:4").is_err());
 /// ```
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for text in none of the six forms, or a field out
+/// of range (`1:75` minutes and seconds), naming the text and listing the accepted forms.
 pub fn parse_slurm_time(text: &str) -> Result<Duration> {
     parse_inner(text.trim())
         .map(Duration::from_secs)
@@ -48,6 +53,11 @@ pub fn parse_slurm_time(text: &str) -> Result<Duration> {
 /// assert_eq!(ckpt_core::parse_time_with_units("1h30m").unwrap(), Duration::from_secs(5400));
 /// assert_eq!(ckpt_core::parse_time_with_units("2").unwrap(), Duration::from_secs(120));
 /// ```
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) for an unknown unit, a number without a unit after
+/// one with a unit, or text in none of Slurm's forms, naming the text and listing the accepted forms.
 pub fn parse_time_with_units(text: &str) -> Result<Duration> {
     let t = text.trim();
     if !t.contains(|c: char| c.is_ascii_alphabetic()) {
@@ -161,17 +171,18 @@ mod tests {
 
     #[test]
     fn units() {
-        let u = |s: &str| parse_time_with_units(s).unwrap().as_secs_f64();
-        assert_eq!(u("30s"), 30.0);
-        assert_eq!(u("2m"), 120.0);
-        assert_eq!(u("2min"), 120.0);
-        assert_eq!(u("1h"), 3600.0);
-        assert_eq!(u("1.5h"), 5400.0);
-        assert_eq!(u("1d"), 86_400.0);
-        assert_eq!(u("1h30m"), 5400.0);
-        assert_eq!(u(" 1h 30m 15s "), 5415.0);
-        assert_eq!(u("2"), 120.0); // Slurm's minutes
-        assert_eq!(u("1:30"), 90.0);
+        let u = |s: &str| parse_time_with_units(s).unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(u("30s"), secs(30));
+        assert_eq!(u("2m"), secs(120));
+        assert_eq!(u("2min"), secs(120));
+        assert_eq!(u("1h"), secs(3600));
+        assert_eq!(u("1.5h"), secs(5400));
+        assert_eq!(u("1d"), secs(86_400));
+        assert_eq!(u("1h30m"), secs(5400));
+        assert_eq!(u(" 1h 30m 15s "), secs(5415));
+        assert_eq!(u("2"), secs(120)); // Slurm's minutes
+        assert_eq!(u("1:30"), secs(90));
         for bad in ["30x", "s", "1h30", "h1", "1..5h", "-5s"] {
             let e = parse_time_with_units(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");

@@ -49,6 +49,11 @@ pub fn problems(path: &Path, owner: &FileOwner) -> Vec<String> {
 
 /// Fails with [`ErrorKind::Untrusted`] unless the open file may be loaded (see the module documentation).
 /// Files of storages without owners (in memory) pass.
+///
+/// # Errors
+///
+/// [`ErrorKind::Untrusted`] naming every reason: the file belongs to another user or is writable by every
+/// user, or its directory is writable by every user without the sticky bit (or cannot be checked).
 pub fn check(cp: &Checkpoint) -> Result<()> {
     match cp.owner() {
         Some(owner) => check_owner(cp.path(), &owner),
@@ -57,6 +62,10 @@ pub fn check(cp: &Checkpoint) -> Result<()> {
 }
 
 /// Like [`check`], for a file opened elsewhere (the shim's process images).
+///
+/// # Errors
+///
+/// As [`check`].
 pub fn check_owner(path: &Path, owner: &FileOwner) -> Result<()> {
     let found = problems(path, owner);
     if found.is_empty() {
@@ -104,13 +113,13 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"x").unwrap();
         let me = effective_uid();
-        let mine = FileOwner { uid: me, mode: 0o100600, dev: 0, ino: 0 };
+        let mine = FileOwner { uid: me, mode: 0o100_600, dev: 0, ino: 0 };
         assert!(problems(&path, &mine).is_empty());
         let other = FileOwner { uid: me.wrapping_add(1), ..mine };
         assert!(problems(&path, &other)[0].contains("not by you"), "{:?}", problems(&path, &other));
-        let world = FileOwner { mode: 0o100666, ..mine };
+        let world = FileOwner { mode: 0o100_666, ..mine };
         assert!(problems(&path, &world)[0].contains("every user can write it"));
-        let group = FileOwner { mode: 0o100660, ..mine };
+        let group = FileOwner { mode: 0o100_660, ..mine };
         assert!(problems(&path, &group).is_empty(), "group-writable files are accepted");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(problems(&path, &mine)[0].contains("no sticky bit"));

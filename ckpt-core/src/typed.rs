@@ -552,9 +552,9 @@ mod tests {
                         cp.section("particles").unwrap().encoding,
                         Encoding::Slice { element: ElementType::Opaque(16), big_endian: false }
                     );
-                    let mut into = vec![0.0f64; field.len()];
-                    cp.read_into_slice("field", &mut into).unwrap();
-                    assert_eq!(into, field);
+                    let mut decoded = vec![0.0f64; field.len()];
+                    cp.read_into_slice("field", &mut decoded).unwrap();
+                    assert_eq!(decoded, field);
                     assert_eq!(&cp.read_slice::<u32>("bytes").unwrap()[..], &[1, 2, 3]);
                     // Another element type, another length, a serde section: refused with the reason.
                     let e = cp.read_slice::<u64>("field").unwrap_err();
@@ -575,6 +575,9 @@ mod tests {
         /// A section written on a machine of the other byte order is converted (number types only).
         #[test]
         fn the_other_byte_order_is_converted() {
+            #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+            #[repr(C)]
+            struct Eight([u8; 8]);
             let dir = tempfile::tempdir().unwrap();
             let store = store(dir.path(), crate::Compression::None);
             let values = [1.5f64, -2.0, 1e300];
@@ -588,12 +591,9 @@ mod tests {
             let info = w.commit().unwrap();
             let cp = open(&info.path, true);
             assert_eq!(&cp.read_slice::<f64>("be").unwrap()[..], &values[..]);
-            let mut into = [0.0f64; 3];
-            cp.read_into_slice("be", &mut into).unwrap();
-            assert_eq!(into, values);
-            #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-            #[repr(C)]
-            struct Eight([u8; 8]);
+            let mut decoded = [0.0f64; 3];
+            cp.read_into_slice("be", &mut decoded).unwrap();
+            assert_eq!(decoded.map(f64::to_bits), values.map(f64::to_bits), "bit for bit");
             let e = cp.read_slice::<Eight>("opaque").unwrap_err();
             assert!(e.to_string().contains("byte order"), "{e}");
         }

@@ -56,6 +56,10 @@ pub enum Compression {
 
 impl Compression {
     /// Parses `off`/`none`/`0`, `auto`, `zstd`, `zstd:N` or a bare level `N` (as `CKPT_COMPRESS` takes).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] naming the text for anything else, or a level outside -7..=22.
     pub fn parse(text: &str) -> Result<Compression> {
         let t = text.trim().to_ascii_lowercase();
         let level = |s: &str| -> Result<i32> {
@@ -910,6 +914,11 @@ impl<'a> SectionWriter<'a> {
     }
 
     /// Appends bytes to the section.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the write fails (or compression without the `zstd` feature); [`ErrorKind::TooLarge`] past
+    /// 1 PiB; [`ErrorKind::InvalidState`] after an earlier write failed. The error names the section and the file.
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<()> {
         let result = if let Some(p) = &mut self.pending {
             p.extend_from_slice(data);
@@ -921,6 +930,10 @@ impl<'a> SectionWriter<'a> {
     }
 
     /// Completes the section.
+    ///
+    /// # Errors
+    ///
+    /// As [`SectionWriter::write_bytes`], for the bytes still buffered and the section's end.
     pub fn finish(mut self) -> Result<()> {
         let result = self.decide().and_then(|()| {
             self.finished = true;

@@ -35,6 +35,15 @@ impl ManifestEntry {
 
     /// Parses the manifest section of a step of `nranks` ranks: exactly one record per rank, in rank order,
     /// reserved bytes zero. Errors are `Corrupt`, without path or section (the caller adds them).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt) when the length is not `nranks` records, a record's rank is
+    /// out of order, or its reserved bytes are not zero.
+    ///
+    /// # Panics
+    ///
+    /// Never: the records are taken in fixed-size chunks.
     pub fn parse_all(bytes: &[u8], nranks: usize) -> Result<Vec<ManifestEntry>> {
         if bytes.len() != nranks * MANIFEST_ENTRY_LEN {
             return Err(Error::corrupt(format!("manifest lists {} bytes for {nranks} ranks", bytes.len())));

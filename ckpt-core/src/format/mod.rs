@@ -136,6 +136,10 @@ pub const ZSTD_MAX_RATIO: u64 = 32_768;
 
 /// Checks that `stored` bytes of zstd can decode to `raw` bytes (see [`ZSTD_MAX_RATIO`]); the error names
 /// `what` and both numbers.
+///
+/// # Errors
+///
+/// [`ErrorKind::Corrupt`] when `raw` exceeds `stored` × [`ZSTD_MAX_RATIO`].
 pub fn check_zstd_ratio(raw: u64, stored: u64, what: &str) -> Result<()> {
     if raw > stored.saturating_mul(ZSTD_MAX_RATIO) {
         return Err(Error::corrupt(format!(
@@ -382,8 +386,8 @@ pub struct Header {
     pub generation: u64,
     /// The application's step or iteration number. The file's field is a signed 64-bit integer; this
     /// version writes `0..=`[`MAX_STEP`](crate::MAX_STEP) (the same bytes either way) and refuses other
-    /// steps. A file written while the API took signed steps may hold a negative one: it reads as its two's complement, above
-    /// `MAX_STEP` (`app_step.cast_signed()` is the negative number).
+    /// steps. A file written while the API took signed steps may hold a negative one: it reads as its two's
+    /// complement, above `MAX_STEP` (`app_step.cast_signed()` is the negative number).
     pub app_step: u64,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_unix_ns: i64,
@@ -469,6 +473,10 @@ fn put_name(out: &mut Vec<u8>, value: &str, what: &str) -> Result<()> {
 }
 
 /// Checks that `value` fits a fixed-width string field (at most 64 bytes, no NUL).
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`] naming `what` and the value when it is longer than 64 bytes or contains a NUL.
 pub fn check_fixed_string(value: &str, what: &str) -> Result<()> {
     if value.len() > MAX_NAME_LEN {
         return Err(Error::invalid(format!("{what} {value:?} is longer than {MAX_NAME_LEN} bytes")));
@@ -480,6 +488,10 @@ pub fn check_fixed_string(value: &str, what: &str) -> Result<()> {
 }
 
 /// Checks a section name: 1..=64 bytes, no NUL.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`] when the name is empty, longer than 64 bytes or contains a NUL.
 pub fn check_section_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid("a section name must not be empty"));
@@ -510,6 +522,13 @@ fn i64_at(b: &[u8], off: usize) -> i64 {
 
 impl Header {
     /// Encodes the header, including its trailing CRC. Returns the bytes; their CRC is the last 4.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] when a name field (job id, application, host) does not fit 64 bytes or has a
+    /// NUL, `rank` is not below `nranks`, the step id is the reserved `0xFFFF_FFFF`, or a metadata key is empty,
+    /// longer than 1024 bytes or given twice; [`ErrorKind::TooLarge`] for more than 65,536 metadata entries or a header
+    /// above 1 MiB.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(HEADER_FIXED_LEN + 64);
         out.extend_from_slice(&MAGIC);
@@ -573,6 +592,12 @@ impl Header {
     }
 
     /// Reads `header_len` from the first 16 bytes (after checking magic and version).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Corrupt`] for a file shorter than a header and trailer, a bad magic (the message says when the
+    /// file went through a text-mode transfer) or a header length too small; [`ErrorKind::UnsupportedVersion`] for a
+    /// format version this library does not read; [`ErrorKind::TooLarge`] for a header length above 1 MiB.
     pub fn peek_len(prefix: &[u8], file_len: u64) -> Result<u32> {
         if prefix.len() < 16 || file_len < 16 {
             return Err(Error::corrupt(format!("truncated: {file_len} bytes is too short for a checkpoint")));
@@ -607,6 +632,15 @@ impl Header {
     }
 
     /// Decodes and verifies a header from exactly `header_len` bytes. Returns it with its CRC.
+    ///
+    /// # Errors
+    ///
+    /// As [`Header::peek_len`]; [`ErrorKind::Corrupt`] when the length does not
+    /// match, the CRC does not (both values in the message), the file kind is unknown, a name field is not
+    /// NUL-padded UTF-8, `rank` is not below `nranks`, or the metadata entries do not parse (a key twice,
+    /// bytes past the end); [`ErrorKind::UnsupportedVersion`] for
+    /// header flags this library does not know; [`ErrorKind::TooLarge`] for
+    /// more than 65,536 metadata entries.
     pub fn decode(bytes: &[u8]) -> Result<(Header, u32)> {
         let header_len = Header::peek_len(bytes, u64::MAX)? as usize;
         if bytes.len() != header_len {
@@ -707,6 +741,10 @@ fn hex(bytes: &[u8]) -> String {
 
 impl SectionEntry {
     /// Encodes one 128-byte table entry.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] when the name is empty, longer than 64 bytes or contains a NUL.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
         let start = out.len();
         check_section_name(&self.name)?;
@@ -728,6 +766,16 @@ impl SectionEntry {
     }
 
     /// Decodes one table entry (structure only; placement is checked by [`validate_table`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Corrupt`] when the name is empty, not NUL-padded or not
+    /// UTF-8, the codec or filter is unknown (or the byte-plane filter without zstd), the element size does
+    /// not match the filter, or reserved bytes are not zero.
+    ///
+    /// # Panics
+    ///
+    /// When `b` is shorter than a table entry (128 bytes).
     pub fn decode(b: &[u8]) -> Result<SectionEntry> {
         let name = get_name(&b[0..64], "section name")?;
         if name.is_empty() {
@@ -782,6 +830,16 @@ impl Trailer {
     }
 
     /// Decodes and checks the trailer against the real file length and the header's CRC.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Corrupt`] when the end marker is missing (a truncated or unfinished file), the CRC does not match,
+    /// reserved bytes are set, the recorded length is not the file's, the header CRC is not the header's, or
+    /// the section table does not fit between the header and the trailer.
+    ///
+    /// # Panics
+    ///
+    /// When `t` is shorter than the trailer ([`TRAILER_LEN`] bytes).
     pub fn decode(t: &[u8], real_file_len: u64, header_len: u32, header_crc32: u32) -> Result<Trailer> {
         if t[56..64] != END_MAGIC {
             return Err(Error::corrupt(format!(
@@ -843,6 +901,19 @@ impl Trailer {
 }
 
 /// Decodes and validates the whole table: CRC, placement, alignment, overlaps and names.
+///
+/// # Errors
+///
+/// [`ErrorKind::Corrupt`] when the table's CRC does not match, an entry does
+/// not decode ([`SectionEntry::decode`]), two sections share a name, a section lies outside the data area
+/// or overlaps another, a raw section is not 4096-aligned or stores other bytes than its raw ones, or a
+/// compressed one claims more than [`ZSTD_MAX_RATIO`] allows; [`ErrorKind::TooLarge`]
+/// for a section above 1 PiB.
+///
+/// # Panics
+///
+/// Never in practice: `table` is expected to hold whole 128-byte entries, as [`Checkpoint`](crate::Checkpoint)
+/// reads it; a 4 GiB header cannot overflow the alignment of the data area.
 pub fn validate_table(table: &[u8], trailer: &Trailer, header_len: u32) -> Result<Vec<SectionEntry>> {
     let actual = crc32(table);
     if actual != trailer.table_crc32 {

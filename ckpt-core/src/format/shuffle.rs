@@ -11,6 +11,10 @@ use super::SHUFFLE_BLOCK;
 /// 32-bit) words, so that each output stripe receives whole words: 8 elements of 8 or 16 bytes, 4 elements of 4
 /// bytes, 8 elements of 2 bytes. Other element sizes take a loop over tiles of 16 elements, stripe by stripe.
 /// Portable safe Rust; the elements after the last whole tile are moved one byte at a time.
+///
+/// # Panics
+///
+/// When `src` and `dst` differ in length, or `element_size` is 0.
 pub fn shuffle_block(src: &[u8], dst: &mut [u8], element_size: usize) {
     assert_eq!(src.len(), dst.len(), "shuffle_block: src and dst lengths differ");
     let n = src.len() / element_size;
@@ -28,6 +32,10 @@ pub fn shuffle_block(src: &[u8], dst: &mut [u8], element_size: usize) {
 }
 
 /// Inverse of [`shuffle_block`].
+///
+/// # Panics
+///
+/// As [`shuffle_block`].
 pub fn unshuffle_block(src: &[u8], dst: &mut [u8], element_size: usize) {
     assert_eq!(src.len(), dst.len(), "unshuffle_block: src and dst lengths differ");
     let n = src.len() / element_size;

@@ -70,7 +70,7 @@ impl<S: Storage + Clone + 'static> FaultStorage<S> {
             counter: Arc::new(AtomicU64::new(0)),
             fail_at,
             errno,
-            log: Default::default(),
+            log: Arc::default(),
             observer: None,
         }
     }
@@ -89,7 +89,7 @@ impl<S: Storage + Clone + 'static> FaultStorage<S> {
 
     /// The operations attempted, in order.
     pub fn ops(&self) -> Vec<Op> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The wrapped storage.
@@ -98,7 +98,7 @@ impl<S: Storage + Clone + 'static> FaultStorage<S> {
     }
 
     fn tick(&self, op: Op, path: &Path) -> io::Result<()> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(op);
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(op);
         let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(observe) = &self.observer {
             observe(op, path);

@@ -69,6 +69,10 @@ fn dead() -> io::Error {
 
 impl MemStorage {
     /// An empty file system with the current directory (`.`) present.
+    ///
+    /// # Panics
+    ///
+    /// Never: creating `.` in an empty storage cannot fail.
     pub fn new() -> MemStorage {
         let s = MemStorage::default();
         s.create_dir_all(Path::new(".")).expect("fresh storage");
@@ -83,10 +87,10 @@ impl MemStorage {
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The number of mutating operations (create, write, sync, rename, link, remove, sync_dir) so far.
+    /// The number of mutating operations (create, write, sync, rename, link, remove, `sync_dir`) so far.
     pub fn op_count(&self) -> u64 {
         self.lock().ops
     }
@@ -151,6 +155,11 @@ impl MemStorage {
     }
 
     /// The live contents of a file (for tests that tamper with bytes).
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when no file has the name now (the live view), `InvalidInput` for a path without a file
+    /// name.
     pub fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let st = self.lock();
         let ino = lookup(&st, path)?;
@@ -158,6 +167,10 @@ impl MemStorage {
     }
 
     /// Replaces a file's contents, live and durable (for tests that plant damaged files).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a path without a file name (the directory is created in the listing if needed).
     pub fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.lock();
         let (dir, name) = split(path)?;

@@ -52,8 +52,17 @@ pub struct DirEntry {
 /// A file being written: sequential writes, then `sync`.
 pub trait StorageWriter: Send {
     /// Appends all of `buf`.
+    ///
+    /// # Errors
+    ///
+    /// The write failed (`ENOSPC`, `EDQUOT`, `EIO`, `EFBIG`...); what was written before may be partial: the
+    /// store then removes the temporary file.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fsync).
+    ///
+    /// # Errors
+    ///
+    /// The `fsync` (or a write still in flight) failed: nothing written is known to be durable.
     fn sync(&mut self) -> io::Result<()>;
     /// The bytes written so far and the seconds the writes and the fsync took, whichever thread made
     /// them (computing, compressing and copying not included): the write speed `Compression::Auto`
@@ -86,8 +95,16 @@ pub trait StorageReader: Send + Sync {
         self.len() == 0
     }
     /// Fills `buf` from `offset`; an early end of file is an error.
+    ///
+    /// # Errors
+    ///
+    /// `UnexpectedEof` when the file ends before `buf` is full; the operating system's error of the read.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Maps the whole file read-only, or `Ok(None)` when this storage cannot map.
+    ///
+    /// # Errors
+    ///
+    /// The `mmap` failed (`ENODEV` on some network file systems, `ENOMEM`); readers fall back to plain reads.
     fn map(&self) -> io::Result<Option<MappedBytes>>;
     /// The open file's owner and mode, `None` for storages without owners (in memory).
     fn owner(&self) -> Option<FileOwner> {
@@ -123,53 +140,119 @@ impl WriteOptions {
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Creates a new file exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`) with permission bits `mode`, the other
     /// write settings at their defaults ([`WriteOptions::new`]).
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when any entry has the name (a symlink included); `NotFound` when the directory does
+    /// not exist; `PermissionDenied`; the operating system's other errors.
     fn create_new(&self, path: &Path, mode: u32) -> io::Result<Box<dyn StorageWriter>>;
     /// [`Storage::create_new`] with every write setting: what the store calls. Storages without settings
     /// of their own need not implement it; wrappers of another storage forward it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Storage::create_new`].
     fn create_new_with(&self, path: &Path, opts: WriteOptions) -> io::Result<Box<dyn StorageWriter>> {
         self.create_new(path, opts.mode)
     }
     /// Opens an existing file for reading, without following a symlink at the last component.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`; `ELOOP` (raw OS error) for a symlink; `PermissionDenied`; the operating system's other
+    /// errors.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>>;
     /// Atomically renames `from` over `to`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when `from` does not exist; the operating system's other errors (`to` a directory, `EXDEV`
+    /// across file systems); on error neither name changed.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Creates `link` as a new name of `original`; fails with `AlreadyExists` when `link` exists.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when `link` exists (another writer took the generation); `NotFound`; the operating
+    /// system's other errors, among them `EPERM`/`ENOTSUP` on file systems without hard links.
     fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
     /// Removes a file name.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`; the operating system's other errors.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries durable (fsync of the directory).
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be opened or its `fsync` failed: renames and links in it are not known to be
+    /// durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Lists a directory.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when the directory does not exist; `PermissionDenied`; the operating system's other errors.
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<DirEntry>>;
     /// Creates a directory and its parents (mode 0700 for new ones unless the umask says less).
+    ///
+    /// # Errors
+    ///
+    /// A component exists and is not a directory, or cannot be created (`PermissionDenied`, `ENOSPC`...).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Removes an empty directory.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`; `DirectoryNotEmpty`; the operating system's other errors.
     fn remove_dir(&self, dir: &Path) -> io::Result<()>;
 
     /// Shortcut of [`Storage::remove_file`] for a name that a directory listing just reported as a
     /// regular file of `len` bytes (old generations): the size is known, so nothing needs to look at the
     /// file first.
+    ///
+    /// # Errors
+    ///
+    /// As [`Storage::remove_file`].
     fn remove_listed_file(&self, path: &Path, len: u64) -> io::Result<()> {
         let _ = len;
         self.remove_file(path)
     }
     /// Shortcut of [`Storage::rename`] when `to`, if it exists, is another name of a file that stays
     /// (`<base>`, a hard link of a kept generation): replacing it frees nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Storage::rename`].
     fn rename_over_other_name(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.rename(from, to)
     }
     /// Shortcut of [`Storage::read_dir`]: the names only, without looking at each entry (no `stat` per
     /// name), for directories that hold one file per rank.
+    ///
+    /// # Errors
+    ///
+    /// As [`Storage::read_dir`].
     fn list_names(&self, dir: &Path) -> io::Result<Vec<OsString>> {
         Ok(self.read_dir(dir)?.into_iter().map(|e| e.name).collect())
     }
     /// Shortcut of [`Storage::read_dir`]: the entries whose names `wanted` accepts, looking at (`stat`ing)
     /// only those: a checkpoint directory may be the job's working directory, with thousands of files
     /// that are not checkpoints.
+    ///
+    /// # Errors
+    ///
+    /// As [`Storage::read_dir`].
     fn read_dir_matching(&self, dir: &Path, wanted: &dyn Fn(&OsStr) -> bool) -> io::Result<Vec<DirEntry>> {
         Ok(self.read_dir(dir)?.into_iter().filter(|e| wanted(&e.name)).collect())
     }
     /// Whether any entry (file, directory, symlink: not followed) has this name.
+    ///
+    /// # Errors
+    ///
+    /// Any error of [`Storage::open`] that does not settle the question (`NotFound` is `false`; a symlink, a
+    /// directory or a file this user may not read is `true`), such as `EIO`.
     fn exists(&self, path: &Path) -> io::Result<bool> {
         match self.open(path) {
             Ok(_) => Ok(true),
@@ -209,5 +292,10 @@ pub trait SpareReuse: Send + Sync {
     /// `tmp` name removed, when it must not be overwritten: it has another name, belongs to another user,
     /// sits on a file system that is not local, or something (another process, a memory map) still has
     /// it open and would see its bytes change.
+    ///
+    /// # Errors
+    ///
+    /// An operation on a spare that is there failed (the rename, the checks, the lease, the reopening); the
+    /// store then creates a new file, so an error costs the reuse, never the save.
     fn reuse_spare(&self, spare: &Path, tmp: &Path, opts: WriteOptions) -> io::Result<Option<Box<dyn StorageWriter>>>;
 }

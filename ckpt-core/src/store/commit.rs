@@ -22,6 +22,13 @@ pub(super) enum Plan {
 /// replaces `path` atomically and durably (temporary file in the same directory, fsync, rename, fsync of
 /// the directory). For callers that manage their own file names; the header records `config`'s job,
 /// application, rank and step id.
+///
+/// The step is any integer type with a value in `0..=`[`MAX_STEP`](crate::MAX_STEP).
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`] for a negative step or one above `MAX_STEP`, or a path without a UTF-8 file name;
+/// [`ErrorKind::Io`] when the directory cannot be created or listed or the temporary file cannot be created.
 pub fn begin_file(
     path: &Path,
     app_step: impl TryInto<u64> + Copy + Display,
@@ -99,6 +106,13 @@ impl CheckpointWriter {
     }
 
     /// Adds a user metadata entry (must come before the first section).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for the key ckpt reserves for the run's identity; [`ErrorKind::InvalidState`]
+    /// after the first section (the header is written then) or after the commit. A key that is empty, longer than 1024
+    /// bytes or makes the header exceed 1 MiB fails at the first section or the commit
+    /// ([`Header::encode`](crate::Header::encode)).
     pub fn set_metadata(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
         if key == crate::identity::IDENTITY_KEY {
             return Err(Error::invalid(format!(
@@ -116,18 +130,36 @@ impl CheckpointWriter {
     }
 
     /// Adds a section of opaque bytes with the store's default compression.
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::add_section_with`].
     pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let opts = SectionOptions::new().compression(self.default_compression);
         self.add_section_with(name, data, opts)
     }
 
     /// Adds a section with explicit options.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a name that is empty, longer than 64 bytes, contains a NUL or is already
+    /// used, and for the header's own fields at the first section ([`Header::encode`](crate::Header::encode));
+    /// [`ErrorKind::TooLarge`] for a section above 1 PiB, more sections than the format holds, or too much metadata;
+    /// [`ErrorKind::Io`] when the write fails (`ENOSPC`...), or when compression is asked for and the crate is built
+    /// without the `zstd` feature; [`ErrorKind::InvalidState`] after the commit, while a
+    /// [`SectionWriter`] is open, or after an earlier write failed (the checkpoint cannot be completed then:
+    /// drop it). The error names the section and the temporary file.
     pub fn add_section_with(&mut self, name: &str, data: &[u8], opts: SectionOptions) -> Result<()> {
         let path = self.tmp.clone();
         self.builder()?.add_section(name, &opts, data).map_err(|e| e.with_section(name).with_path(&path))
     }
 
     /// Adds one section gathered from several buffers (written in order, without concatenating them).
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::add_section_with`].
     pub fn add_section_parts(&mut self, name: &str, parts: &[&[u8]], opts: SectionOptions) -> Result<()> {
         let path = self.tmp.clone();
         self.builder()?.add_section_parts(name, &opts, parts).map_err(|e| e.with_section(name).with_path(&path))
@@ -202,6 +234,11 @@ impl CheckpointWriter {
     }
 
     /// Streams a section of unknown length (implements `std::io::Write`).
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointWriter::add_section_with`] for the name, the state and the first bytes; the writes and
+    /// [`SectionWriter::finish`] then fail as it does for the rest.
     pub fn section_writer(&mut self, name: &str, opts: SectionOptions) -> Result<SectionWriter<'_>> {
         let path = self.tmp.clone();
         SectionWriter::new(self.builder()?, &path, name, opts).map_err(|e| e.with_path(&path))

@@ -53,6 +53,12 @@ impl Store {
 }
 
 /// The manifest's record of every rank's part, in rank order.
+///
+/// # Errors
+///
+/// [`ErrorKind::SectionNotFound`] when `cp` has no manifest section (it is not a manifest); as
+/// [`Checkpoint::read`] for the section; [`ErrorKind::Corrupt`] as [`ManifestEntry::parse_all`], naming the
+/// section and the file.
 pub fn parse_manifest(cp: &Checkpoint) -> Result<Vec<ManifestEntry>> {
     let bytes = cp.read(MANIFEST_SECTION)?;
     ManifestEntry::parse_all(&bytes, cp.header().nranks as usize)

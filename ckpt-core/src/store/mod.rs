@@ -238,6 +238,10 @@ impl Store {
     }
 
     /// A store for `app_name` configured from the environment (see [`Config::from_env`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_env`]: [`ErrorKind::InvalidArgument`] naming the malformed variable and its value.
     pub fn from_env(app_name: Option<&str>) -> Result<Store> {
         Ok(Store::new(Config::from_env(app_name)?))
     }
@@ -331,6 +335,11 @@ impl Store {
     }
 
     /// Like [`Store::begin`], into another directory (`ImageDir` of Slurm's removed checkpoint interface).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin`]: [`ErrorKind::InvalidArgument`] for a step above [`MAX_STEP`](crate::MAX_STEP),
+    /// [`ErrorKind::Io`] and [`ErrorKind::Conflict`] for `dir`.
     pub fn begin_in(&self, dir: &Path, app_step: u64) -> Result<CheckpointWriter> {
         if self.config.nranks > 1 {
             let generation =
@@ -413,6 +422,10 @@ impl Store {
     /// The generation number the next save will use: one above the highest committed in `dir` and above
     /// anything this process wrote. Multi-rank callers agree on it (e.g. an MPI max-reduction) and pass
     /// it to [`Store::begin_part`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`] when the checkpoint directory exists but cannot be listed (a missing one is generation 1).
     pub fn next_generation(&self) -> Result<u64> {
         let next = self.next_generation_in(self.save_dir())?;
         if self.level_of(self.save_dir()) == Level::Cache && self.shared.last_generation.load(Ordering::SeqCst) == 0 {
@@ -643,6 +656,11 @@ impl Store {
     /// removed). With several ranks this writes this rank's part; rank 0 then waits for every part, commits
     /// the step (returning the manifest's figures) and removes its own retired parts
     /// ([`Store::after_step_committed`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin`], then whatever `write` returns (the temporary file is removed), then as
+    /// [`CheckpointWriter::commit`]; on rank 0 of several, as [`Store::commit_step`].
     pub fn checkpoint(
         &self,
         app_step: impl TryInto<u64> + Copy + Display,
@@ -697,7 +715,7 @@ mod tests {
         let store = Store::with_storage(cfg, storage.clone());
         for step in 1..=3i64 {
             let mut w = store.begin(step).unwrap();
-            let data: Vec<u8> = (0..5000u32).map(|i| (i as i64 * step) as u8).collect();
+            let data: Vec<u8> = (0..5000u32).map(|i| (i64::from(i) * step) as u8).collect();
             w.add_bytes("raw", &data).unwrap();
             w.add_section_with("shuffled", &data, SectionOptions::new().shuffle(8)).unwrap();
             w.add_serde("meta", &(step, "x".to_string())).unwrap();
@@ -706,7 +724,7 @@ mod tests {
         }
         let r = store.restore().unwrap().expect("a checkpoint");
         assert_eq!(r.app_step, 3);
-        let expected: Vec<u8> = (0..5000u32).map(|i| (i as i64 * 3) as u8).collect();
+        let expected: Vec<u8> = (0..5000u32).map(|i| (i64::from(i) * 3) as u8).collect();
         assert_eq!(&r.checkpoint.read("raw").unwrap()[..], &expected[..]);
         assert_eq!(&r.checkpoint.read("shuffled").unwrap()[..], &expected[..]);
         assert_eq!(r.checkpoint.read_serde::<(i64, String)>("meta").unwrap(), (3, "x".to_string()));

@@ -47,6 +47,12 @@ pub struct PartIdentity {
 
 impl Store {
     /// Starts this rank's part of multi-rank generation `generation` (all ranks must use the same number).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a negative step or one above [`MAX_STEP`](crate::MAX_STEP), or generation 0;
+    /// [`ErrorKind::Io`] when the part's directory cannot be created or made durable, or its temporary file cannot be
+    /// created.
     pub fn begin_part(
         &self,
         generation: u64,
@@ -56,6 +62,10 @@ impl Store {
     }
 
     /// [`Store::begin_part`] into another directory (`ImageDir` of Slurm's removed checkpoint interface).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::begin_part`].
     pub fn begin_part_in(&self, dir: &Path, generation: u64, app_step: u64) -> Result<CheckpointWriter> {
         if generation == 0 {
             return Err(Error::invalid("generation numbers start at 1"));
@@ -152,11 +162,27 @@ impl Store {
     /// Commits multi-rank generation `generation`: waits (up to the configured commit timeout) until every
     /// rank's part is durable and structurally valid, then writes the manifest. Normally called by rank 0
     /// after a barrier, so the wait is short.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a negative step or one above [`MAX_STEP`](crate::MAX_STEP);
+    /// [`ErrorKind::InvalidState`] when some ranks' parts are still missing after `commit_timeout` (the message names
+    /// them), or a part is not a data file or not this generation's, step's and rank's part (the ranks did not
+    /// checkpoint the same step); as [`Checkpoint::open_with`] for a part that is there but unreadable
+    /// (`Corrupt`, `Io`...); as [`CheckpointWriter::commit`] for the manifest. The step does not exist then.
     pub fn commit_step(&self, generation: u64, app_step: impl TryInto<u64> + Copy + Display) -> Result<CommitInfo> {
         self.commit_step_in(self.save_dir(), generation, step_arg(app_step)?)
     }
 
     /// [`Store::commit_step`] for parts written into `dir`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::commit_step`].
+    ///
+    /// # Panics
+    ///
+    /// Never: the manifest is written only once every rank's part is present.
     pub fn commit_step_in(&self, dir: &Path, generation: u64, app_step: u64) -> Result<CommitInfo> {
         let start = Instant::now();
         let part_dir = dir.join(format!("{}.parts", self.config.base_name())).join(generation.to_string());
@@ -220,6 +246,12 @@ impl Store {
     /// told the outcome), and a later commit removes the emptied directory; parts that no rank removed are
     /// removed by a later commit all the same. A part whose identity is wrong makes the step unrestorable
     /// for its rank (restart checks every part against the manifest), never a wrong restart.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`] for a negative step or one above [`MAX_STEP`](crate::MAX_STEP), or when `parts`
+    /// does not hold one identity per rank; [`ErrorKind::InvalidState`] when an identity is not its rank's part of
+    /// this generation and step; as [`CheckpointWriter::commit`] for the manifest.
     pub fn commit_step_with_parts(
         &self,
         generation: u64,
@@ -230,6 +262,10 @@ impl Store {
     }
 
     /// [`Store::commit_step_with_parts`] for parts written into `dir`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::commit_step_with_parts`].
     pub fn commit_step_with_parts_in(
         &self,
         dir: &Path,

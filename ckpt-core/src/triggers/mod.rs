@@ -48,6 +48,12 @@ fn rt_range() -> (i32, i32) {
 
 /// Parses a `CKPT_SIGNALS` list such as `USR1,USR2,TERM`, `SIGUSR2`, `RTMIN+3` or `10`. SIGTERM means
 /// "checkpoint and exit"; every other signal means "checkpoint".
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) naming the entry for an unknown name, a number
+/// that is no signal, an `RTMIN+n` / `RTMAX-n` outside the real-time range, or a signal that cannot request checkpoints
+/// (`KILL`, `STOP`, the program's faults such as `SEGV`, and `CONT`, `CHLD`, `PIPE`, `ABRT`, `TRAP`).
 pub fn parse_signals(text: &str) -> Result<Vec<SignalSpec>> {
     let mut out: Vec<SignalSpec> = Vec::new();
     for raw in text.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()) {

@@ -69,11 +69,19 @@ pub struct SqueueQuery {
 
 impl SqueueQuery {
     /// Starts `squeue -h -j JOB -o %e` ([`squeue_program`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`SqueueQuery::spawn_program`].
     pub fn spawn(job_id: &str) -> Result<SqueueQuery> {
         SqueueQuery::spawn_program(&squeue_program(), job_id)
     }
 
     /// Starts `program -h -j JOB -o %e`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io) when `program` cannot be started (not found, not executable).
     pub fn spawn_program(program: &OsStr, job_id: &str) -> Result<SqueueQuery> {
         KILL_AT_EXIT.call_once(|| {
             // SAFETY: registers a plain function without arguments for exit(); it only sends signals.
@@ -256,6 +264,12 @@ fn parse_squeue_line(line: &str, program: &str) -> Result<Option<i64>> {
 ///
 /// This blocks its caller for as long as squeue takes: never call it on a start or exit path. The
 /// checkpointer asks in the background ([`EndTimeWatch`]); [`timer_plan`](super::timer_plan) never asks.
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`](crate::ErrorKind::Io) when squeue cannot be started;
+/// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) when it does not answer within `timeout` (it is
+/// killed), exits with a failure, or prints something that is not an end time.
 pub fn query_squeue_end_time(job_id: &str, timeout: Duration) -> Result<Option<i64>> {
     let mut q = SqueueQuery::spawn(job_id)?;
     loop {
