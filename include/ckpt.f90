@@ -79,7 +79,9 @@ module ckpt
             ckpt_commit_step, ckpt_newest_valid_generation, ckpt_select_generation, ckpt_finish_step, &
             ckpt_request_checkpoint, ckpt_get_part_identity, ckpt_commit_step_parts, ckpt_restart_info, &
             ckpt_restart_details_free, ckpt_restart_details_restored, ckpt_restart_details_rejected_count, &
-            ckpt_restart_details_rejected, ckpt_checkpoint_async, ckpt_checkpoint_part_async, ckpt_checkpoint_wait
+            ckpt_restart_details_rejected, ckpt_checkpoint_async, ckpt_checkpoint_part_async, ckpt_checkpoint_wait, &
+            ckpt_restart_step, ckpt_restart_part_size, ckpt_restart_part_size_named, ckpt_restart_part, &
+            ckpt_restart_part_named, ckpt_has_cache_level, ckpt_record_step_parts
 
   !> struct ckpt_part_identity of ckpt.h: what a rank's durable part of a multi-rank step is, gathered to
   !> rank 0 for ckpt_commit_step_parts (40 bytes; the unsigned C fields are signed integers of the same
@@ -186,6 +188,70 @@ module ckpt
       import :: c_int32_t
       integer(c_int32_t) :: status
     end function ckpt_checkpoint_wait
+
+    !> int32_t ckpt_restart_step(uint32_t *nranks_out, int64_t *step_out): restart on another number of
+    !> ranks; step_out optional (NULL).
+    function ckpt_restart_step(nranks_out, step_out) bind(C, name="ckpt_restart_step") result(status)
+      import :: c_int32_t, c_int64_t
+      integer(c_int32_t), intent(inout) :: nranks_out
+      integer(c_int64_t), intent(inout), optional :: step_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_step
+
+    !> int32_t ckpt_restart_part_size(uint32_t rank, int32_t id, size_t *len_out)
+    function ckpt_restart_part_size(rank, id, len_out) bind(C, name="ckpt_restart_part_size") result(status)
+      import :: c_int32_t, c_size_t
+      integer(c_int32_t), value :: rank, id
+      integer(c_size_t), intent(inout) :: len_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_part_size
+
+    !> int32_t ckpt_restart_part_size_named(uint32_t rank, const char *name, size_t *len_out)
+    function ckpt_restart_part_size_named(rank, name, len_out) bind(C, name="ckpt_restart_part_size_named") &
+        result(status)
+      import :: c_int32_t, c_char, c_size_t
+      integer(c_int32_t), value :: rank
+      character(kind=c_char), dimension(*), intent(in) :: name
+      integer(c_size_t), intent(inout) :: len_out
+      integer(c_int32_t) :: status
+    end function ckpt_restart_part_size_named
+
+    !> int32_t ckpt_restart_part(uint32_t rank, int32_t id, void *buf, size_t len): old rank `rank`'s
+    !> region `id` into buf (c_loc of a contiguous array of exactly len bytes).
+    function ckpt_restart_part(rank, id, buf, len) bind(C, name="ckpt_restart_part") result(status)
+      import :: c_int32_t, c_size_t, c_ptr
+      integer(c_int32_t), value :: rank, id
+      type(c_ptr), value :: buf
+      integer(c_size_t), value :: len
+      integer(c_int32_t) :: status
+    end function ckpt_restart_part
+
+    !> int32_t ckpt_restart_part_named(uint32_t rank, const char *name, void *buf, size_t len)
+    function ckpt_restart_part_named(rank, name, buf, len) bind(C, name="ckpt_restart_part_named") result(status)
+      import :: c_int32_t, c_char, c_size_t, c_ptr
+      integer(c_int32_t), value :: rank
+      character(kind=c_char), dimension(*), intent(in) :: name
+      type(c_ptr), value :: buf
+      integer(c_size_t), value :: len
+      integer(c_int32_t) :: status
+    end function ckpt_restart_part_named
+
+    !> int32_t ckpt_has_cache_level(void): 1 with a node-local cache level (CKPT_CACHE_DIR), else 0.
+    function ckpt_has_cache_level() bind(C, name="ckpt_has_cache_level") result(flag)
+      import :: c_int32_t
+      integer(c_int32_t) :: flag
+    end function ckpt_has_cache_level
+
+    !> int32_t ckpt_record_step_parts(uint64_t generation, int64_t step,
+    !>                                const struct ckpt_part_identity *parts, size_t nparts)
+    function ckpt_record_step_parts(generation, step, parts, nparts) bind(C, name="ckpt_record_step_parts") &
+        result(status)
+      import :: c_int32_t, c_int64_t, c_size_t, ckpt_part_identity
+      integer(c_int64_t), value :: generation, step
+      type(ckpt_part_identity), dimension(*), intent(in) :: parts
+      integer(c_size_t), value :: nparts
+      integer(c_int32_t) :: status
+    end function ckpt_record_step_parts
 
     !> int32_t ckpt_have_restart(int32_t *found_out, int64_t *step_out): step_out optional (NULL).
     function ckpt_have_restart(found_out, step_out) bind(C, name="ckpt_have_restart") result(status)

@@ -465,8 +465,8 @@ int32_t ckpt_restart_details_rejected(const struct ckpt_restart_details *details
                                       int32_t *status_out);
 
 // Starts a checkpoint of every protected region as application step `step` and returns once the
-// regions are copied (a staging area as large as the regions): the program may change them right
-// after, the checkpoint holds them as they were at the call. A background thread writes and commits it
+// regions are copied (a staging area as large as the regions, kept for the next call until
+// `ckpt_finalize`): the program may change them right after, the checkpoint holds them as they were at the call. A background thread writes and commits it
 // like `ckpt_checkpoint`; `ckpt_checkpoint_wait` waits for it. At most one is in flight: a call while
 // one is waits for it first, and returns its error if it failed (this one is then not started).
 // Resets `ckpt_should_checkpoint`; `ckpt_should_exit` turns 1 once a checkpoint asked to be the last is
@@ -490,8 +490,8 @@ int32_t ckpt_checkpoint_wait(void);
 // Restart on another number of ranks: finds the newest committed multi-rank step of this run, whatever
 // number of ranks wrote it, with every rank's part verified (so every rank that calls it chooses the same
 // step), and selects it for `ckpt_restart_part`. Writes the number of ranks that wrote it to
-// `*nranks_out` (its parts are `0 .. *nranks_out - 1`) and its application step to `*step_out` (NULL
-// allowed). `CKPT_ERR_NO_CHECKPOINT` when there is none (a first run); `CKPT_ERR_NO_VALID_CHECKPOINT` when
+// `*nranks_out` (its parts are `0 .. *nranks_out - 1`) and its application step to `*step_out`
+// (`step_out` may be NULL). `CKPT_ERR_NO_CHECKPOINT` when there is none (a first run); `CKPT_ERR_NO_VALID_CHECKPOINT` when
 // steps exist but none verifies. Call it after `ckpt_init` on every rank that redistributes; the usual
 // `ckpt_restart` refuses a step of another number of ranks. Thread-safe.
 int32_t ckpt_restart_step(uint32_t *nranks_out,
@@ -521,6 +521,21 @@ int32_t ckpt_restart_part(uint32_t rank,
 
 // `ckpt_restart_part` for a region protected by name. Thread-safe.
 int32_t ckpt_restart_part_named(uint32_t rank, const char *name, void *buf, size_t len);
+
+// 1 when this process saves to a node-local cache level first (`CKPT_CACHE_DIR`), else 0 (also before
+// `ckpt_init`). The MPI helpers take the maximum over the ranks to decide whether to record committed
+// steps in every node's cache. Thread-safe.
+int32_t ckpt_has_cache_level(void);
+
+// On a rank other than 0, after rank 0 committed multi-rank `generation` of step `step` from `parts`
+// (the `nparts` identities it committed, broadcast to every rank): records the step's manifest in this
+// rank's node-local cache too, unless it is there already, so that a restart on the same nodes finds the
+// step in every node's cache. CKPT_OK and nothing written without a cache level. Errors as
+// `ckpt_commit_step_parts`. `parts` is read during the call only. Thread-safe.
+int32_t ckpt_record_step_parts(uint64_t generation,
+                               int64_t step,
+                               const struct ckpt_part_identity *parts,
+                               size_t nparts);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -142,9 +142,12 @@ typedef struct ckpt_mpi__report {
 } ckpt_mpi__report;
 
 /* Internal: steps 3-5 of ckpt_mpi_checkpoint for this rank's part of `generation` (rc: how writing it
- * went). `reports` is rank 0's gather buffer (NULL elsewhere), freed here. */
+ * went). `reports` is rank 0's gather buffer and, when a rank caches (`cached`), every other rank's
+ * buffer for the committed identities (NULL otherwise), freed here. With a cache level the identities rank
+ * 0 committed are broadcast and every rank records the step in its node's cache (ckpt_record_step_parts),
+ * so that a restart on the same nodes finds it there. */
 static inline int32_t ckpt_mpi__conclude(MPI_Comm comm, int rank, int size, ckpt_mpi__report *reports,
-                                         uint64_t generation, int64_t step, int32_t rc) {
+                                         uint64_t generation, int64_t step, int32_t rc, int cached) {
     ckpt_mpi__report mine;
     memset(&mine, 0, sizeof mine);
     if (rc == CKPT_OK) rc = ckpt_get_part_identity(generation, &mine.identity);
@@ -163,30 +166,46 @@ static inline int32_t ckpt_mpi__conclude(MPI_Comm comm, int rank, int size, ckpt
             committed = ckpt_commit_step_parts(generation, step, parts, (size_t)size);
         }
     }
-    free(reports);
     if (MPI_Bcast(&committed, 1, MPI_INT32_T, 0, comm) != MPI_SUCCESS) committed = CKPT_ERR_MPI;
+    if (cached && committed == CKPT_OK) {
+        /* rank 0's identities sit side by side at the start of its gather buffer */
+        ckpt_part_identity *parts = (ckpt_part_identity *)(void *)reports;
+        if (MPI_Bcast(parts, (int)((size_t)size * sizeof *parts), MPI_BYTE, 0, comm) == MPI_SUCCESS && rank != 0)
+            (void)ckpt_record_step_parts(generation, step, parts, (size_t)size); /* best effort: the step is committed */
+    }
+    free(reports);
     (void)ckpt_finish_step(committed == CKPT_OK);
     return committed;
 }
 
 /* Internal: step 1 of ckpt_mpi_checkpoint: the agreed generation in *generation_out, rank 0's gather
- * buffer in *reports_out (allocated first: if rank 0 cannot have one, no rank writes anything). */
+ * buffer in *reports_out (allocated first: if rank 0 cannot have one, no rank writes anything), and
+ * whether any rank caches (*cached_out; then every rank has a buffer for the committed identities). */
 static inline int32_t ckpt_mpi__agree_generation(MPI_Comm comm, int rank, int size, ckpt_mpi__report **reports_out,
-                                                 uint64_t *generation_out) {
+                                                 uint64_t *generation_out, int *cached_out) {
     ckpt_mpi__report *reports = NULL;
     if (rank == 0) reports = (ckpt_mpi__report *)malloc((size_t)size * sizeof *reports);
     uint64_t g = 0;
     int32_t rc = ckpt_next_generation(&g);
     if (rank == 0 && reports == NULL) rc = CKPT_ERR_OTHER;
-    /* {generation, -status}: one MAX gives the agreed generation and the worst failure */
-    int64_t v[2] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc};
-    int32_t mrc = ckpt_mpi__max64(comm, v, 2);
+    /* {generation, -status, caches}: one MAX gives the agreed generation, the worst failure, and whether
+     * any rank has a node-local cache level */
+    int64_t v[3] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc, ckpt_has_cache_level()};
+    int32_t mrc = ckpt_mpi__max64(comm, v, 3);
+    if (mrc == CKPT_OK && v[1] == 0 && v[2] != 0) {
+        /* every rank needs a buffer for the committed identities; one that cannot have it: nobody writes */
+        if (rank != 0) reports = (ckpt_mpi__report *)malloc((size_t)size * sizeof *reports);
+        int64_t w[1] = {reports == NULL ? -(int64_t)CKPT_ERR_OTHER : 0};
+        mrc = ckpt_mpi__max64(comm, w, 1);
+        if (mrc == CKPT_OK) v[1] = w[0];
+    }
     if (mrc != CKPT_OK || v[1] != 0) {
         free(reports);
         return mrc != CKPT_OK ? mrc : (int32_t)-v[1];
     }
     *reports_out = reports;
     *generation_out = (uint64_t)v[0];
+    *cached_out = v[2] != 0;
     return CKPT_OK;
 }
 
@@ -214,17 +233,18 @@ static inline int32_t ckpt_mpi_checkpoint(MPI_Comm comm, int64_t step) {
     if (size == 1) return ckpt_checkpoint(step);
     ckpt_mpi__report *reports = NULL;
     uint64_t generation = 0;
-    int32_t rc = ckpt_mpi__agree_generation(comm, rank, size, &reports, &generation);
+    int cached = 0;
+    int32_t rc = ckpt_mpi__agree_generation(comm, rank, size, &reports, &generation, &cached);
     if (rc != CKPT_OK) return rc;
     rc = ckpt_checkpoint_part(generation, step);
-    return ckpt_mpi__conclude(comm, rank, size, reports, generation, step, rc);
+    return ckpt_mpi__conclude(comm, rank, size, reports, generation, step, rc, cached);
 }
 
 /* The checkpoint ckpt_mpi_checkpoint_async started in this translation unit (header-only: call both
  * functions from one source file). */
 static struct {
     int active;
-    int rank, size;
+    int rank, size, cached;
     ckpt_mpi__report *reports;
     uint64_t generation;
     int64_t step;
@@ -253,7 +273,7 @@ static inline int32_t ckpt_mpi_checkpoint_wait(MPI_Comm comm) {
     int32_t rc = ckpt_mpi__in_flight.rc;
     if (rc == CKPT_OK) rc = ckpt_checkpoint_wait();
     return ckpt_mpi__conclude(comm, ckpt_mpi__in_flight.rank, ckpt_mpi__in_flight.size, ckpt_mpi__in_flight.reports,
-                              ckpt_mpi__in_flight.generation, ckpt_mpi__in_flight.step, rc);
+                              ckpt_mpi__in_flight.generation, ckpt_mpi__in_flight.step, rc, ckpt_mpi__in_flight.cached);
 }
 
 static inline int32_t ckpt_mpi_checkpoint_async(MPI_Comm comm, int64_t step) {
@@ -266,9 +286,11 @@ static inline int32_t ckpt_mpi_checkpoint_async(MPI_Comm comm, int64_t step) {
     }
     ckpt_mpi__report *reports = NULL;
     uint64_t generation = 0;
-    int32_t rc = ckpt_mpi__agree_generation(comm, rank, size, &reports, &generation);
+    int cached = 0;
+    int32_t rc = ckpt_mpi__agree_generation(comm, rank, size, &reports, &generation, &cached);
     if (rc != CKPT_OK) return rc;
     rc = ckpt_checkpoint_part_async(generation, step);
+    ckpt_mpi__in_flight.cached = cached;
     ckpt_mpi__in_flight.active = 1;
     ckpt_mpi__in_flight.rank = rank;
     ckpt_mpi__in_flight.size = size;

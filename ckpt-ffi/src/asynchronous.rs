@@ -14,12 +14,27 @@ struct Snapshot {
     compression: Compression,
 }
 
+/// Staging buffers of earlier asynchronous checkpoints, kept for the next one: writing into memory already
+/// allocated and touched costs a copy, new memory also its page faults (BENCHMARKS.md: 0.25x against
+/// 1.5x the synchronous save). Freed by `ckpt_finalize`.
+pub(crate) type StagingPool = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
 impl Snapshot {
-    /// Copies every protected region (the staging area: as much memory as the regions).
+    /// Copies every protected region (the staging area: as much memory as the regions, reused from one
+    /// call to the next).
     fn take(s: &State) -> FfiResult<Snapshot> {
+        let mut spare: Vec<Vec<u8>> = std::mem::take(&mut *lock(&s.staging));
         let mut sections = Vec::with_capacity(s.regions.len());
         for (key, r) in &s.regions {
-            let mut copy = Vec::new();
+            // The spare buffer closest above the size, else a new one.
+            let best = spare
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= r.len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            let mut copy = best.map(|i| spare.swap_remove(i)).unwrap_or_default();
+            copy.clear();
             copy.try_reserve_exact(r.len).map_err(|_| {
                 FfiError::new(CKPT_ERR_TOO_LARGE, format!("cannot allocate {} bytes to stage {key}", r.len))
             })?;
@@ -31,6 +46,12 @@ impl Snapshot {
             sections.push((key.section(), key.tag(), copy));
         }
         Ok(Snapshot { metadata: s.metadata.clone(), sections, compression: s.checkpointer.config().compression })
+    }
+
+    /// Gives the staging buffers back for the next call (the sections are written: the writer keeps no
+    /// reference to them).
+    fn recycle(self, pool: &StagingPool) {
+        lock(pool).extend(self.sections.into_iter().map(|(_, _, b)| b));
     }
 
     fn write(&self, w: &mut CheckpointWriter) -> ckpt_core::Result<()> {
@@ -45,8 +66,8 @@ impl Snapshot {
 }
 
 /// Starts a checkpoint of every protected region as application step `step` and returns once the
-/// regions are copied (a staging area as large as the regions): the program may change them right
-/// after, the checkpoint holds them as they were at the call. A background thread writes and commits it
+/// regions are copied (a staging area as large as the regions, kept for the next call until
+/// `ckpt_finalize`): the program may change them right after, the checkpoint holds them as they were at the call. A background thread writes and commits it
 /// like `ckpt_checkpoint`; `ckpt_checkpoint_wait` waits for it. At most one is in flight: a call while
 /// one is waits for it first, and returns its error if it failed (this one is then not started).
 /// Resets `ckpt_should_checkpoint`; `ckpt_should_exit` turns 1 once a checkpoint asked to be the last is
@@ -58,7 +79,12 @@ pub extern "C" fn ckpt_checkpoint_async(step: i64) -> i32 {
     guard(|| {
         with_state(|s| {
             let snapshot = Snapshot::take(s)?;
-            s.checkpointer.checkpoint_async(step, move |w| snapshot.write(w))?;
+            let pool = s.staging.clone();
+            s.checkpointer.checkpoint_async(step, move |w| {
+                let written = snapshot.write(w);
+                snapshot.recycle(&pool);
+                written
+            })?;
             Ok(CKPT_OK)
         })
     })
@@ -72,7 +98,12 @@ pub extern "C" fn ckpt_checkpoint_part_async(generation: u64, step: i64) -> i32 
     guard(|| {
         with_state(|s| {
             let snapshot = Snapshot::take(s)?;
-            s.checkpointer.checkpoint_part_async(generation, step, move |w| snapshot.write(w))?;
+            let pool = s.staging.clone();
+            s.checkpointer.checkpoint_part_async(generation, step, move |w| {
+                let written = snapshot.write(w);
+                snapshot.recycle(&pool);
+                written
+            })?;
             Ok(CKPT_OK)
         })
     })

@@ -67,11 +67,15 @@ mod asynchronous;
 // Restart on another number of ranks: ckpt_restart_step, ckpt_restart_part and their sizes.
 mod restart_parts;
 
+// The cache level in multi-rank steps: ckpt_has_cache_level, ckpt_record_step_parts.
+mod levels;
+
 pub use asynchronous::*;
 pub use buffer::*;
 pub use checkpoint::*;
 pub use config::*;
 pub use errors::*;
+pub use levels::*;
 pub use metadata::*;
 pub use multirank::*;
 pub use regions::*;

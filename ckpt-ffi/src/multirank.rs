@@ -169,27 +169,33 @@ pub extern "C" fn ckpt_commit_step_parts(
     nparts: usize,
 ) -> i32 {
     guard(|| {
-        null_check(parts, "parts")?;
-        if !parts.is_aligned() {
-            return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, "parts is not aligned for ckpt_part_identity"));
-        }
-        if nparts > (1 << 24) {
-            return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, format!("nparts {nparts} is not a number of ranks")));
-        }
-        // SAFETY: non-NULL and aligned (checked); the caller provides nparts readable structs for the call.
-        let parts = unsafe { std::slice::from_raw_parts(parts, nparts) };
-        if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.step < 0) {
-            return Err(FfiError::new(
-                CKPT_ERR_INVALID_ARGUMENT,
-                format!("parts[{r}].step {} is negative: steps are 0 or more", p.step),
-            ));
-        }
-        let parts: Vec<ckpt_core::PartIdentity> = parts.iter().map(|&p| p.into()).collect();
+        let parts = identities(parts, nparts)?;
         with_state(|s| {
             s.checkpointer.store().commit_step_with_parts(generation, step, &parts)?;
             Ok(CKPT_OK)
         })
     })
+}
+
+/// Reads `nparts` part identities from `parts` (checked: non-NULL, aligned, a plausible count, no negative
+/// step).
+pub(crate) fn identities(parts: *const ckpt_part_identity, nparts: usize) -> FfiResult<Vec<ckpt_core::PartIdentity>> {
+    null_check(parts, "parts")?;
+    if !parts.is_aligned() {
+        return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, "parts is not aligned for ckpt_part_identity"));
+    }
+    if nparts > (1 << 24) {
+        return Err(FfiError::new(CKPT_ERR_INVALID_ARGUMENT, format!("nparts {nparts} is not a number of ranks")));
+    }
+    // SAFETY: non-NULL and aligned (checked); the caller provides nparts readable structs for the call.
+    let parts = unsafe { std::slice::from_raw_parts(parts, nparts) };
+    if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.step < 0) {
+        return Err(FfiError::new(
+            CKPT_ERR_INVALID_ARGUMENT,
+            format!("parts[{r}].step {} is negative: steps are 0 or more", p.step),
+        ));
+    }
+    Ok(parts.iter().map(|&p| p.into()).collect())
 }
 
 /// Writes to `*generation_out` the newest generation, at most `max_generation`, that this rank can

@@ -28,8 +28,8 @@ fn part(s: &mut State, rank: u32) -> FfiResult<&Checkpoint> {
 /// Restart on another number of ranks: finds the newest committed multi-rank step of this run, whatever
 /// number of ranks wrote it, with every rank's part verified (so every rank that calls it chooses the same
 /// step), and selects it for `ckpt_restart_part`. Writes the number of ranks that wrote it to
-/// `*nranks_out` (its parts are `0 .. *nranks_out - 1`) and its application step to `*step_out` (NULL
-/// allowed). `CKPT_ERR_NO_CHECKPOINT` when there is none (a first run); `CKPT_ERR_NO_VALID_CHECKPOINT` when
+/// `*nranks_out` (its parts are `0 .. *nranks_out - 1`) and its application step to `*step_out`
+/// (`step_out` may be NULL). `CKPT_ERR_NO_CHECKPOINT` when there is none (a first run); `CKPT_ERR_NO_VALID_CHECKPOINT` when
 /// steps exist but none verifies. Call it after `ckpt_init` on every rank that redistributes; the usual
 /// `ckpt_restart` refuses a step of another number of ranks. Thread-safe.
 #[unsafe(no_mangle)]

@@ -30,7 +30,14 @@ pub extern "C" fn ckpt_init(name: *const c_char) -> i32 {
         let view = Box::into_raw(Box::new(checkpointer.trigger_view()));
         lock(&VIEWS).push(view as usize);
         VIEW.store(view, Ordering::SeqCst);
-        *g = Some(State { checkpointer, regions: BTreeMap::new(), metadata: Vec::new(), restored: None, step: None });
+        *g = Some(State {
+            checkpointer,
+            regions: BTreeMap::new(),
+            metadata: Vec::new(),
+            restored: None,
+            step: None,
+            staging: Default::default(),
+        });
         Ok(CKPT_OK)
     })
 }

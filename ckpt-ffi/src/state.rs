@@ -31,6 +31,8 @@ pub(crate) struct State {
     pub(crate) restored: Option<Restored>,
     /// The step `ckpt_restart_step` chose, and the parts read from it so far (each verified once).
     pub(crate) step: Option<(ckpt_core::Step, std::collections::BTreeMap<u32, ckpt_core::Checkpoint>)>,
+    /// Staging buffers of asynchronous checkpoints, kept for the next one.
+    pub(crate) staging: crate::asynchronous::StagingPool,
 }
 
 pub(crate) static STATE: Mutex<Option<State>> = Mutex::new(None);

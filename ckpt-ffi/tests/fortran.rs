@@ -241,8 +241,9 @@ fn fortran_interfaces(stmts: &[String]) -> BTreeMap<String, FInterface> {
 /// The C types a Fortran dummy argument can stand for.
 fn c_types_for(d: &FDummy) -> Vec<&'static str> {
     match (d.ty.as_str(), d.value, d.array) {
-        ("integer(c_int32_t)", true, false) => vec!["int32_t"],
-        ("integer(c_int32_t)", false, false) => vec!["int32_t *"],
+        // Fortran has no unsigned integers: a uint32_t travels as an integer(c_int32_t) of the same size.
+        ("integer(c_int32_t)", true, false) => vec!["int32_t", "uint32_t"],
+        ("integer(c_int32_t)", false, false) => vec!["int32_t *", "uint32_t *"],
         ("integer(c_int64_t)", true, false) => vec!["int64_t", "uint64_t"],
         ("integer(c_int64_t)", false, false) => vec!["int64_t *", "uint64_t *"],
         ("integer(c_size_t)", true, false) => vec!["size_t"],

@@ -476,6 +476,26 @@ fn scenarios(mpi: Mpi, lang: &str) {
         assert!(status.success(), "{text}");
         let stop = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
         assert!(work.join("caches/node0").is_dir() && work.join("caches/node1").is_dir(), "{text}");
+        // Requeued on the same nodes: every rank reads its part from its node's cache (each node's cache
+        // holds the step's manifest: the helpers record it on every node). Shown by hiding the checkpoint
+        // directory's copy of the step: the ranks still agree on it.
+        let cps = work.join("checkpoints");
+        let g = newest_generation(&cps, "heat_mpi.ckpt");
+        let aside = work.join("aside");
+        std::fs::create_dir_all(&aside).unwrap();
+        for name in ["heat_mpi.ckpt".to_string(), format!("heat_mpi.ckpt.{g}")] {
+            std::fs::rename(cps.join(&name), aside.join(&name)).unwrap();
+        }
+        let args = [ex.n, ex.mpi.iterations, 0];
+        let what = format!("{dir} (f) restart from the caches");
+        let (status, out, text) =
+            Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &what).finish(Duration::from_secs(300));
+        assert!(status.success(), "{text}");
+        assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+        assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{text}");
+        for name in ["heat_mpi.ckpt".to_string(), format!("heat_mpi.ckpt.{g}")] {
+            std::fs::rename(aside.join(&name), cps.join(&name)).unwrap();
+        }
         std::fs::remove_dir_all(work.join("caches")).unwrap();
         ex.restart_matches(&work, &format!("{dir} (f) restart without the caches"), stop, &reference);
     }

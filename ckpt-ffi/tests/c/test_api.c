@@ -534,6 +534,31 @@ static void async_checkpoints(void) {
     free(a);
 }
 
+static void restart_parts_errors(void) {
+    /* Restart on another number of ranks, the error paths (the MPI heat test restarts a 4-rank step on 2
+     * and 8 ranks): nothing before ckpt_init, NULL out-pointers, no step selected, no multi-rank step. */
+    char p[4200];
+    path_in(p, sizeof p, "reshape");
+    uint32_t n = 7;
+    double buf[4];
+    size_t len = 9;
+    CHECK(ckpt_has_cache_level() == 0);
+    EXPECT(ckpt_restart_step(&n, NULL), CKPT_ERR_NOT_INITIALIZED);
+    EXPECT(ckpt_set_config("CKPT_DIR", p), CKPT_OK);
+    EXPECT(ckpt_init("reshape"), CKPT_OK);
+    CHECK(ckpt_has_cache_level() == 0);
+    EXPECT(ckpt_restart_step(NULL, NULL), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_restart_part(0, 0, buf, sizeof buf), CKPT_ERR_INVALID_STATE);
+    CHECK(strstr(ckpt_last_error(), "ckpt_restart_step") != NULL);
+    EXPECT(ckpt_restart_part_size(0, 0, NULL), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_restart_part_size(0, 0, &len), CKPT_ERR_INVALID_STATE);
+    EXPECT(ckpt_restart_part_named(0, NULL, buf, sizeof buf), CKPT_ERR_NULL_ARGUMENT);
+    EXPECT(ckpt_restart_step(&n, NULL), CKPT_ERR_NO_CHECKPOINT);
+    CHECK(n == 7 && len == 9); /* out-parameters written only on success */
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    EXPECT(ckpt_set_config("CKPT_DIR", dir), CKPT_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -550,6 +575,7 @@ int main(int argc, char **argv) {
     parts_by_identity();
     named_regions();
     async_checkpoints();
+    restart_parts_errors();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
