@@ -219,6 +219,9 @@ pub(super) struct FileWriter {
     waited: u64,
     /// Cleared when the file system does not support writeback ranges.
     write_behind: bool,
+    /// Whether write-behind waits for the writeback more than [`WRITE_BEHIND_WINDOW`] behind (bounding
+    /// the dirty page cache), or only starts it (the fsync waits).
+    wait_behind: bool,
     /// A reused file (a spare) being overwritten: `sync` cuts off whatever of its old bytes lies past the
     /// new end.
     overwriting: bool,
@@ -239,12 +242,19 @@ impl FileWriter {
             started: 0,
             waited: 0,
             write_behind: true,
+            wait_behind: true,
             overwriting: false,
             device_secs: 0.0,
         }
     }
 
     /// A writer that overwrites an existing file from its first byte.
+    /// This writer with the write-behind's wait on or off (see [`super::WriteOptions::bounded_writeback`]).
+    pub(super) fn bounded_writeback(mut self, on: bool) -> FileWriter {
+        self.wait_behind = on;
+        self
+    }
+
     pub(super) fn overwriting(file: File, direct_io: bool) -> FileWriter {
         FileWriter { overwriting: true, ..FileWriter::new(file, direct_io) }
     }
@@ -419,7 +429,7 @@ impl FileWriter {
             }
             self.started += WRITE_BEHIND_CHUNK;
         }
-        while self.started - self.waited > WRITE_BEHIND_WINDOW {
+        while self.wait_behind && self.started - self.waited > WRITE_BEHIND_WINDOW {
             let flags =
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
             // SAFETY: as above.

@@ -49,7 +49,7 @@ impl Storage for FileStorage {
             .mode(opts.mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
-        Ok(Box::new(FileWriter::new(file, opts.direct_io)))
+        Ok(Box::new(FileWriter::new(file, opts.direct_io).bounded_writeback(opts.bounded_writeback)))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {

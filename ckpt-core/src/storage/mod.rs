@@ -114,18 +114,37 @@ pub trait StorageReader: Send + Sync {
 
 /// How a checkpoint file is written: the settings of [`crate::Config`] that reach the storage, passed by
 /// the store with every file it creates or takes over ([`Storage::create_new_with`], [`SpareReuse::reuse_spare`]).
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteOptions {
     /// Permission bits (`CKPT_FILE_MODE`), less the process's umask, as for any new file.
     pub mode: u32,
     /// Whether large writes may bypass the page cache (`CKPT_DIRECT_IO`, [`crate::Config::direct_io`]).
     pub direct_io: bool,
+    /// Whether buffered writes keep the page cache they dirty bounded (32 MiB under writeback, waited
+    /// for), as saves do so as not to crowd out the application's memory. Off for the copies to the
+    /// checkpoint directory (`Store::flush_checkpoint`): writeback is started as the copy goes and the
+    /// final fsync waits for all of it, a deep queue of large requests, while the copy is verified from
+    /// memory.
+    pub bounded_writeback: bool,
 }
 
 impl WriteOptions {
-    /// Permission bits `mode`, the other settings at their defaults (direct I/O on).
+    /// Permission bits `mode`, the other settings at their defaults (direct I/O on, bounded writeback).
     pub fn new(mode: u32) -> WriteOptions {
-        WriteOptions { mode, direct_io: true }
+        WriteOptions { mode, direct_io: true, bounded_writeback: true }
+    }
+
+    /// These options with large writes bypassing the page cache or not.
+    pub fn direct_io(mut self, on: bool) -> WriteOptions {
+        self.direct_io = on;
+        self
+    }
+
+    /// These options with the page cache a buffered write dirties bounded or not.
+    pub fn bounded_writeback(mut self, on: bool) -> WriteOptions {
+        self.bounded_writeback = on;
+        self
     }
 }
 

@@ -162,7 +162,7 @@ impl Store {
         warnings: Vec<String>,
     ) -> Result<CommitInfo> {
         let header = source.header().clone();
-        let opts = WriteOptions { mode: self.config.file_mode, direct_io: false };
+        let opts = WriteOptions::new(self.config.file_mode).direct_io(false).bounded_writeback(false);
         let mut file = self
             .storage
             .create_new_with(tmp, opts)

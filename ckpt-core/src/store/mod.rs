@@ -567,7 +567,7 @@ impl Store {
 
     /// How this store's files are written (the configuration's settings for the storage).
     fn write_options(&self) -> WriteOptions {
-        WriteOptions { mode: self.config.file_mode, direct_io: self.config.direct_io }
+        WriteOptions::new(self.config.file_mode).direct_io(self.config.direct_io)
     }
 
     /// The smallest retired checkpoint in `dir` kept as a spare, `None` when saves there do not reuse
