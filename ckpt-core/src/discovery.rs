@@ -187,7 +187,8 @@ impl Prober<'_> {
                             "{why}{}",
                             if nranks.is_some() && h.kind == FileKind::Manifest {
                                 " (a program that redistributes its data reads any number of ranks' parts with \
-                                 Store::restore_step, ckpt_restart_step)"
+                                 Store::restore_step, ckpt_restart_step in C and Fortran, Checkpointer.open_step \
+                                 in Python)"
                             } else {
                                 ""
                             }

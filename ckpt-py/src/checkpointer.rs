@@ -148,6 +148,8 @@ pub struct PyCheckpointer {
     staging: StagingPool,
     /// Best-metric retention, when asked for.
     best: Option<Arc<BestPolicy>>,
+    /// The step `open_step` chose (restart on another number of ranks).
+    step: std::sync::Mutex<Option<ckpt_core::Step>>,
 }
 
 /// What the thread of a background save writes: the captured bytes, as a Python checkpoint's sections.
@@ -297,6 +299,7 @@ impl PyCheckpointer {
             config,
             before,
             staging: StagingPool::default(),
+            step: std::sync::Mutex::new(None),
             best,
         })
     }
@@ -569,6 +572,32 @@ impl PyCheckpointer {
             restored.checkpoint = reopened;
         }
         restored_info(py, &restored, &notices, writable).map(|t| (Some(t), notices))
+    }
+
+    /// Restart on another number of ranks: the newest committed multi-rank step of this run whatever
+    /// number of ranks wrote it (every part verified), selected for `load_part`: `(nranks, step,
+    /// generation, manifest path)`, or `None` when there is none.
+    fn open_step(&self, py: Python<'_>) -> PyResult<Option<(u32, i64, u64, PathBuf)>> {
+        let cp = self.get(py)?;
+        let Some(step) = py.detach(|| cp.store().restore_step()).py_err(py)? else { return Ok(None) };
+        let found =
+            (step.nranks(), step.app_step().cast_signed(), step.generation(), step.manifest().path().to_path_buf());
+        *self.step.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(step);
+        Ok(Some(found))
+    }
+
+    /// Old rank `rank`'s part of the step `open_step` chose: `(stream, buffers, info)` as `restore` gives.
+    #[pyo3(signature = (rank, *, writable=true))]
+    fn load_part<'py>(&self, py: Python<'py>, rank: u32, writable: bool) -> PyResult<Bound<'py, PyTuple>> {
+        let guard = self.step.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(step) = guard.as_ref() else {
+            return Err(to_py(py, &Error::new(ErrorKind::InvalidState, "no step is open: call open_step() first")));
+        };
+        let part = py.detach(|| step.part(rank)).py_err(py)?;
+        let (stream, bufs) = buffers::read_sections(py, &part, true, writable)?;
+        let info = buffers::header_info(py, &part)?;
+        info.set_item("path", step.manifest().path())?;
+        PyTuple::new(py, [stream, bufs.into_any(), info.into_any()])
     }
 
     /// Releases the signal handlers, stops the watcher thread, removes the control socket. Idempotent.

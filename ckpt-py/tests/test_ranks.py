@@ -77,3 +77,51 @@ def test_keep_best_with_several_ranks_needs_a_communicator(tmp_path, monkeypatch
         ckpt.Checkpointer(directory=tmp_path, signals=(), keep_best=1, metric="loss")
     with ckpt.Checkpointer(directory=tmp_path, signals=(), keep=2) as cp:
         assert cp.nranks == 2
+
+
+RESHAPE = """
+import os, ckpt
+rank, n = int(os.environ["CKPT_RANK"]), int(os.environ["CKPT_NRANKS"])
+total = 1003
+with ckpt.Checkpointer(signals=()) as cp:
+    if os.environ["MODE"] == "save":
+        base, extra = divmod(total, n)
+        first = rank * base + min(rank, extra)
+        cp.save({"first": first, "rows": list(range(first, first + base + (rank < extra)))}, step=7)
+    else:
+        parts = cp.open_step()
+        assert parts is not None and parts.nranks == int(os.environ["OLD"]) and parts.step == 7, parts
+        rows = []
+        for r in range(parts.nranks):
+            rows += parts.load(r)["rows"]
+        assert rows == list(range(total)), len(rows)
+        try:
+            cp.restore()
+        except ckpt.NoValidCheckpointError as e:
+            assert "restore_step" in str(e) or "ckpt_restart_step" in str(e), e
+        else:
+            raise AssertionError("restore() must refuse a step of another number of ranks")
+print("ok", flush=True)
+"""
+
+
+def test_a_step_of_4_ranks_is_read_by_2_ranks_with_open_step(tmp_path):
+    directory = tmp_path / "c"
+
+    def run(n: int, mode: str) -> None:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RESHAPE],
+                env=child_env(CKPT_DIR=str(directory), CKPT_RANK=str(r), CKPT_NRANKS=str(n), MODE=mode, OLD="4"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in range(n)
+        ]
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0 and out.strip() == "ok", err
+
+    run(4, "save")
+    run(2, "load")

@@ -99,6 +99,7 @@ __all__ = [
     "NoValidCheckpointError",
     "RestoreInfo",
     "SaveHandle",
+    "StepParts",
     "SaveInfo",
     "SectionNotFoundError",
     "TooLargeError",
@@ -809,6 +810,29 @@ def _interval_arg(interval: Any) -> float | str | None:
     raise TypeError(f"interval must be seconds, a timedelta or a Slurm time string, not {interval!r}")
 
 
+class StepParts:
+    """A committed multi-rank step opened by :meth:`Checkpointer.open_step`: ``nranks`` ranks wrote it (parts
+    ``0 .. nranks - 1``), at application ``step``; :meth:`load` gives what old rank ``rank`` saved."""
+
+    def __init__(self, cp: Checkpointer, nranks: int, step: int, generation: int, path: Path, trusted: bool) -> None:
+        self.nranks = nranks
+        self.step = step
+        self.generation = generation
+        self.path = path
+        self._cp = cp
+        self._trusted = trusted
+
+    def load(self, rank: int, *, writable: bool = True) -> Any:
+        """The object old rank ``rank`` saved in this step (its part verified again, every CRC)."""
+        if not 0 <= rank < self.nranks:
+            raise InvalidArgumentError(f"the step has {self.nranks} part(s): there is no rank {rank}")
+        stream, buffers, info = self._cp._native.load_part(rank, writable=writable)
+        return _unpickle(stream, buffers, info, self._trusted, None, writable)
+
+    def __repr__(self) -> str:
+        return f"StepParts(nranks={self.nranks}, step={self.step}, generation={self.generation}, path={str(self.path)!r})"
+
+
 class SaveHandle:
     """A save running in the background: what :meth:`Checkpointer.save` returns with ``blocking=False``.
 
@@ -1103,6 +1127,18 @@ class Checkpointer:
     def time_left(self) -> float | None:
         """Seconds left before the job's time limit, when known."""
         return self._native.time_left()
+
+    def open_step(self, *, trusted: bool = False) -> StepParts | None:
+        """Restart on another number of ranks: the newest committed multi-rank step of this run, whatever
+        number of ranks wrote it (every part verified, so every rank that asks gets the same one), or ``None``
+        when there is none. Load the parts you need with :meth:`StepParts.load` and redistribute the data:
+        ``restore()`` refuses a step of another number of ranks. ``trusted=True`` skips the checks that the
+        files were written by this user before unpickling (only for files you trust)."""
+        found = self._native.open_step()
+        if found is None:
+            return None
+        nranks, step, generation, path = found
+        return StepParts(self, nranks, step, generation, Path(path), trusted)
 
     def wait_for_flush(self, timeout: float | None = None) -> int | None:
         """With a node-local cache level (``CKPT_CACHE_DIR``): waits until the background copies of cached
