@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// Every subcommand `ckpt --help` lists (checked against it below).
 const SUBCOMMANDS: &[&str] =
-    &["inspect", "verify", "list", "env", "create", "requeue", "restart", "run", "job", "completions", "man"];
+    &["inspect", "verify", "list", "flush", "env", "create", "requeue", "restart", "run", "job", "completions", "man"];
 
 fn ckpt(dir: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpt"));
