@@ -17,7 +17,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERE=$ROOT/tests/slurm
-SCENARIOS=${CKPT_SLURM_SCENARIOS:-c-signal c-deadline python create shim mpi-c-srun mpi-f-srun mpi-c-mpirun requeue-finish requeue-max requeue-noprogress}
+SCENARIOS=${CKPT_SLURM_SCENARIOS:-c-signal c-deadline python create shim mpi-c-srun mpi-f-srun mpi-c-mpirun mpi-c-srun-each requeue-finish requeue-max requeue-noprogress}
 T_START=$(date +%s)
 say() { printf '[%s +%3ss] %s\n' "$(date +%T)" "$(( $(date +%s) - T_START ))" "$*"; }
 
@@ -341,14 +341,17 @@ scenario_mpi() {   # scenario_mpi c|fortran srun|mpirun
         mpirun --oversubscribe -np 4 "$d/bin/heat_mpi" $MPI_N $MPI_ITERS 0 2>> "$d/ref.err" | grep '^done:')
   [ -n "$ref" ] || { cat "$d/ref.err" >> "$d/evidence"; fail "uninterrupted reference run (mpirun -np 4)"; }
   ev "uninterrupted (mpirun -np 4, outside Slurm): $ref"
-  if [ "$launcher" = srun ]; then sig=USR1@10; else sig=B:USR1@10; fi
+  if [ "$launcher" = mpirun ]; then sig=B:USR1@10; else sig=USR1@10; fi
   t0=$(date +%s)
   # CKPT_SQUEUE=true: signals only (see scenario 1)
   j=$(cd "$d" && MPI_LAUNCHER=$launcher CKPT=$CKPT_BIN HEAT_MPI=$d/heat_mpi MAX_RESTARTS=2 CKPT_DIR=$d/ckpt \
       CKPT_LOG=$d/ckpt.log CKPT_SQUEUE=true submit --time=1 --signal=$sig -o "$out" "$script" \
       $MPI_N $MPI_ITERS $MPI_DELAY_US) || fail "sbatch"
   ev "job $j submitted: MPI_LAUNCHER=$launcher sbatch --time=1 --signal=$sig examples/$lang/heat_mpi.sbatch $MPI_N $MPI_ITERS $MPI_DELAY_US"
-  wait_line "$out" '^ckpt job: (finished|failed|stopped after a checkpoint, not requeued)' 240 >> "$d/evidence" || fail "the job never finished"
+  # (srun-each: tasks 1-3 of the first run stop without requeueing: only the last run's lines end it)
+  local ended='^ckpt job: (finished|failed|stopped after a checkpoint, not requeued)'
+  [ "$launcher" = srun-each ] && ended='^ckpt job: (finished|failed)'
+  wait_line "$out" "$ended" 240 >> "$d/evidence" || fail "the job never finished"
   wait_state "$j" COMPLETED 30 >> "$d/evidence" || fail "the job did not end COMPLETED"
   t1=$(date +%s)
   ev "state COMPLETED $((t1 - t0)) s after sbatch, Restarts=$(job_field "$j" Restarts)"
@@ -379,6 +382,9 @@ PY
   local s_term; s_term=$(echo "$term" | cut -d' ' -f2)
   if [ "$launcher" = srun ]; then   # no B:: the ranks got USR1 from Slurm, not through the batch shell
     grep -q 'ckpt job: USR1' "$out" && fail "the batch shell got USR1 (--signal without B:)"
+  elif [ "$launcher" = srun-each ]; then  # every rank's own ckpt job got it too (and asked its rank)
+    [ "$(grep -c '^ckpt job: USR1: checkpoint requested' "$out")" -ge 4 ] || fail "not every rank's ckpt job got USR1"
+    [ "$(grep -c 'of this srun step: task 0 requeues the job' "$out")" = 3 ] || fail "tasks 1-3 did not leave the requeue to task 0"
   else                              # B:: ckpt job (the batch shell) forwarded USR1 to mpirun, which passed it on
     grep -q '^ckpt job: USR1: checkpoint requested' "$out" || fail "the batch shell (ckpt job) did not forward USR1"
     grep -q '^mpirun: Forwarding signal 10 to job$' "$out" || fail "mpirun did not forward USR1 to the ranks"
@@ -386,7 +392,7 @@ PY
   grep -q 'DUE TO TIME LIMIT' "$out" || fail "the first run was not ended by the time limit"
   stop_line=$(grep -m1 '^stopping after the checkpoint' "$out")
   # (mpirun stops forwarding the ranks' output once it has SIGTERM: there the log is the evidence)
-  if [ "$launcher" = srun ] || [ -n "$stop_line" ]; then
+  if [ "$launcher" != mpirun ] || [ -n "$stop_line" ]; then
     [ "$stop_line" = "stopping after the checkpoint at iteration $s_term; the ranks stopped at $s_term $s_term $s_term $s_term" ] \
       || fail "the ranks did not all stop at iteration $s_term: '$stop_line'"
   fi
@@ -409,6 +415,7 @@ PY
 scenario_mpi_c_srun() { scenario_mpi c srun; }
 scenario_mpi_f_srun() { scenario_mpi fortran srun; }
 scenario_mpi_c_mpirun() { scenario_mpi c mpirun; }
+scenario_mpi_c_srun_each() { scenario_mpi c srun-each; }
 
 # 7. `ckpt requeue --max-restarts N` in a batch script (requeue.sbatch): the program is stopped with SIGTERM
 #    (last checkpoint, exit 3) or killed (no checkpoint) a few seconds into each run, and the script asks
