@@ -22,6 +22,11 @@ pub(crate) struct Flushed {
 /// oldest first. With `wait`, first waits (at most `timeout`) while a live process of this host is
 /// writing a copy of this name into the checkpoint directory (the program's own background copy).
 pub(crate) fn flush(config: Config, wait: bool, timeout: Duration) -> Result<Flushed, Error> {
+    flush_showing(config, wait, timeout, false)
+}
+
+/// [`flush`], with a progress bar on stderr when `bar` (a terminal, not `--json`).
+fn flush_showing(config: Config, wait: bool, timeout: Duration, bar: bool) -> Result<Flushed, Error> {
     let store = Store::new(config);
     let Some(cache) = store.cache_dir().map(Path::to_path_buf) else {
         return Ok(Flushed { rows: Vec::new(), ok: true });
@@ -35,11 +40,23 @@ pub(crate) fn flush(config: Config, wait: bool, timeout: Duration) -> Result<Flu
     let base = store.config().base_name();
     let mut rows = Vec::new();
     let mut ok = true;
-    for generation in store.cached_not_flushed()? {
+    let generations = store.cached_not_flushed()?;
+    let sizes: Vec<u64> = generations
+        .iter()
+        .map(|g| std::fs::metadata(cache.join(format!("{base}.{g}"))).map_or(0, |m| m.len()))
+        .collect();
+    let progress = bar.then(|| super::progress::copying(sizes.iter().sum()));
+    for (generation, size) in generations.into_iter().zip(sizes) {
         let path = cache.join(format!("{base}.{generation}"));
         let started = Instant::now();
+        if let Some(p) = &progress {
+            p.set_message(format!("generation {generation} ({})", indicatif::HumanBytes(size)));
+        }
         let copied = Checkpoint::open_with(&**store.storage(), &path, LoadOptions::new())
             .and_then(|source| store.flush_checkpoint(&source));
+        if let Some(p) = &progress {
+            p.inc(size);
+        }
         match copied {
             Ok(info) => rows.push(json!({
                 "generation": generation, "step": info.app_step, "from": path, "to": info.generation_path,
@@ -50,6 +67,9 @@ pub(crate) fn flush(config: Config, wait: bool, timeout: Duration) -> Result<Flu
                 rows.push(json!({"generation": generation, "from": path, "ok": false, "error": e.to_string()}));
             }
         }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
     }
     Ok(Flushed { rows, ok })
 }
@@ -75,7 +95,7 @@ pub(crate) fn run(name: Option<&str>, wait: bool, timeout: Duration, as_json: bo
     let config = Config::from_env(name)?;
     let dir = config.checkpoint_dir.clone();
     let cached = config.cache.is_some();
-    let Flushed { rows, ok } = flush(config, wait, timeout)?;
+    let Flushed { rows, ok } = flush_showing(config, wait, timeout, super::progress::enabled(as_json))?;
     if as_json {
         println!(
             "{}",

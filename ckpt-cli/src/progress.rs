@@ -24,6 +24,19 @@ pub(crate) fn bytes(total: u64, msg: String) -> ProgressBar {
     b
 }
 
+/// A bar over the `total` bytes of the cached checkpoints `ckpt flush` copies, a generation at a time; it
+/// ticks by itself (with the time spent) while one is being copied.
+pub(crate) fn copying(total: u64) -> ProgressBar {
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template("{spinner} ckpt flush: {msg} [{bar:30}] {bytes}/{total_bytes}, {elapsed}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    b.enable_steady_tick(Duration::from_millis(100));
+    b
+}
+
 /// A bar over `n` processes asked for a checkpoint, with the time waited so far and the longest wait
 /// (`--max-wait`); it ticks by itself while the requests wait.
 pub(crate) fn waiting(n: u64, max_wait: Duration) -> ProgressBar {

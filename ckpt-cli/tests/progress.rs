@@ -219,3 +219,56 @@ fn requeue_json_says_what_was_decided_and_why() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(o.stdout.is_empty() && String::from_utf8_lossy(&o.stderr).contains("SLURM_JOB_ID"), "{}", text(&o));
 }
+
+/// `ckpt flush` of what the node-local cache holds: a bar on a terminal, none when stderr is not one or
+/// with `--json`.
+#[test]
+fn flush_shows_a_bar_only_on_a_terminal_and_never_with_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, cache) = (dir.path().join("shared"), dir.path().join("cache"));
+    // Two cached checkpoints the checkpoint directory lacks (a store without a copying thread).
+    let cached = |tag: &str| {
+        let cfg =
+            Config::builder("fl", shared.join(tag)).cache(Some(ckpt_core::CacheLevel::new(&cache))).build().unwrap();
+        let store = Store::new(cfg);
+        for step in 1..=2u64 {
+            store
+                .checkpoint(step, |w| w.add_section_with("field", &vec![step as u8; 4 << 20], SectionOptions::new()))
+                .unwrap();
+        }
+    };
+    let env_for = |tag: &str| {
+        vec![
+            ("CKPT_DIR", shared.join(tag).to_str().unwrap().to_string()),
+            ("CKPT_CACHE_DIR", cache.to_str().unwrap().to_string()),
+            ("CKPT_NAME", "fl".to_string()),
+        ]
+    };
+    cached("plain");
+    let env = env_for("plain");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = ckpt(dir.path(), &["flush"], &env);
+    assert!(o.status.success() && !has_bar(&o.stderr), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("copied generation 2"), "{}", text(&o));
+
+    let exe = env!("CARGO_BIN_EXE_ckpt");
+    cached("tty");
+    let env = env_for("tty");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let Some((ok, shown)) = on_a_terminal(dir.path(), &format!("{exe} flush"), &env) else {
+        eprintln!("skipped the terminal half: util-linux's `script` is not installed");
+        return;
+    };
+    let s = String::from_utf8_lossy(&shown);
+    assert!(
+        ok && s.contains("ckpt flush: generation") && s.contains("copied generation 2"),
+        "no bar on a terminal: {s:?}"
+    );
+    cached("json");
+    let env = env_for("json");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (ok, shown) = on_a_terminal(dir.path(), &format!("{exe} flush --json"), &env).unwrap();
+    let s = String::from_utf8_lossy(&shown).replace("\r\n", "\n");
+    assert!(ok && !s.contains("ckpt flush: generation") && !has_bar(s.as_bytes()), "{s:?}");
+    assert_eq!(serde_json::from_str::<Value>(&s).unwrap_or_else(|e| panic!("{e}: {s:?}"))["ok"], true);
+}
