@@ -26,7 +26,7 @@ module ckpt_mpi
             ckpt_mpi_checkpoint_async, ckpt_mpi_checkpoint_wait
 
   ! The checkpoint ckpt_mpi_checkpoint_async started, for ckpt_mpi_checkpoint_wait.
-  logical, save :: in_flight = .false.
+  logical, save :: in_flight = .false., in_flight_cached = .false.
   integer, save :: in_flight_rank = 0, in_flight_nranks = 1
   integer(c_int64_t), save :: in_flight_generation = 0, in_flight_step = 0
   integer(c_int32_t), save :: in_flight_status = 0
@@ -142,12 +142,13 @@ contains
     integer(c_int64_t), allocatable :: reports(:, :)
     type(ckpt_part_identity), allocatable :: parts(:)
     integer :: rank, nranks
-    status = agree_generation(comm, rank, nranks, reports, parts, g)
+    logical :: cached
+    status = agree_generation(comm, rank, nranks, reports, parts, g, cached)
     if (status /= CKPT_OK .or. nranks == 1) then
       if (status == CKPT_OK) status = ckpt_checkpoint(step)
       return
     end if
-    status = conclude(comm, rank, nranks, reports, parts, g, step, ckpt_checkpoint_part(g, step))
+    status = conclude(comm, rank, nranks, reports, parts, g, step, ckpt_checkpoint_part(g, step), cached)
   end function ckpt_mpi_checkpoint
 
   !> ckpt_mpi_checkpoint in two halves, so the program computes while the parts are written: this call
@@ -166,7 +167,8 @@ contains
       status = ckpt_mpi_checkpoint_wait(comm)
       if (status /= CKPT_OK) return
     end if
-    status = agree_generation(comm, rank, nranks, in_flight_reports, in_flight_parts, in_flight_generation)
+    status = agree_generation(comm, rank, nranks, in_flight_reports, in_flight_parts, in_flight_generation, &
+                              in_flight_cached)
     if (status /= CKPT_OK .or. nranks == 1) then
       if (status == CKPT_OK) status = ckpt_checkpoint_async(step)
       return
@@ -201,22 +203,24 @@ contains
     rc = in_flight_status
     if (rc == CKPT_OK) rc = ckpt_checkpoint_wait()
     status = conclude(comm, in_flight_rank, in_flight_nranks, in_flight_reports, in_flight_parts, &
-                      in_flight_generation, in_flight_step, rc)
+                      in_flight_generation, in_flight_step, rc, in_flight_cached)
   end function ckpt_mpi_checkpoint_wait
 
   !> Step 1 of ckpt_mpi_checkpoint: rank and size, rank 0's gather buffers (allocated first: if rank 0
   !> cannot have them, no rank writes anything) and the agreed generation (MAX of ckpt_next_generation).
   !> With one rank only rank and size are set.
-  function agree_generation(comm, rank, nranks, reports, parts, g) result(status)
+  function agree_generation(comm, rank, nranks, reports, parts, g, cached) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer, intent(out) :: rank, nranks
     integer(c_int64_t), allocatable, intent(inout) :: reports(:, :)
     type(ckpt_part_identity), allocatable, intent(inout) :: parts(:)
     integer(c_int64_t), intent(out) :: g
+    logical, intent(out) :: cached
     integer(c_int32_t) :: status, rc
-    integer(c_int64_t) :: v(2)
-    integer :: ierr, alloc_err
+    integer(c_int64_t) :: v(3), w(1)
+    integer :: ierr, alloc_err, n
     g = 0
+    cached = .false.
     call MPI_Comm_rank(comm, rank, ierr)
     if (ierr == MPI_SUCCESS) call MPI_Comm_size(comm, nranks, ierr)
     if (ierr /= MPI_SUCCESS) then
@@ -225,13 +229,10 @@ contains
     end if
     status = CKPT_OK
     if (nranks == 1) return
-    ! Each report is the part's identity (5 words) and the rank's status.
-    if (allocated(reports)) deallocate(reports)
-    if (allocated(parts)) deallocate(parts)
-    allocate(reports(6, merge(nranks, 1, rank == 0)), parts(merge(nranks, 1, rank == 0)), stat=alloc_err)
     rc = ckpt_next_generation(g)
-    if (alloc_err /= 0) rc = CKPT_ERR_OTHER
-    v = [merge(g, 0_c_int64_t, rc == CKPT_OK), -int(rc, c_int64_t)] ! {generation, -status}: one MAX
+    ! {generation, -status, caches}: one MAX gives the agreed generation, the worst failure and whether any
+    ! rank has a node-local cache level (then every rank records committed steps in its node's cache)
+    v = [merge(g, 0_c_int64_t, rc == CKPT_OK), -int(rc, c_int64_t), int(ckpt_has_cache_level(), c_int64_t)]
     status = reduce64(comm, v, MPI_MAX)
     if (status /= CKPT_OK) return
     if (v(2) /= 0) then
@@ -239,17 +240,29 @@ contains
       return
     end if
     g = v(1)
+    cached = v(3) /= 0
+    ! Each report is the part's identity (5 words) and the rank's status: rank 0's gather buffer, and with
+    ! a cache level every rank's buffer for the committed identities. A rank that cannot have its buffers:
+    ! no rank writes anything.
+    if (allocated(reports)) deallocate(reports)
+    if (allocated(parts)) deallocate(parts)
+    n = merge(nranks, 1, rank == 0 .or. cached)
+    allocate(reports(6, n), parts(n), stat=alloc_err)
+    w(1) = merge(0_c_int64_t, -int(CKPT_ERR_OTHER, c_int64_t), alloc_err == 0)
+    status = reduce64(comm, w, MPI_MAX)
+    if (status == CKPT_OK .and. w(1) /= 0) status = int(-w(1), c_int32_t)
   end function agree_generation
 
   !> Steps 3-5 of ckpt_mpi_checkpoint for this rank's part of generation g (rc: how writing it went):
   !> gather, commit on rank 0, broadcast, ckpt_finish_step.
-  function conclude(comm, rank, nranks, reports, parts, g, step, rc_in) result(status)
+  function conclude(comm, rank, nranks, reports, parts, g, step, rc_in, cached) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer, intent(in) :: rank, nranks
     integer(c_int64_t), allocatable, intent(inout) :: reports(:, :)
     type(ckpt_part_identity), allocatable, intent(inout) :: parts(:)
     integer(c_int64_t), intent(in) :: g, step
     integer(c_int32_t), intent(in) :: rc_in
+    logical, intent(in) :: cached
     integer(c_int32_t) :: status, rc
     integer(c_int64_t) :: mine(6)
     type(ckpt_part_identity) :: identity
@@ -270,10 +283,20 @@ contains
         committed(1) = ckpt_commit_step_parts(g, step, parts, int(nranks, c_size_t))
       end if
     end if
-    if (allocated(reports)) deallocate(reports)
-    if (allocated(parts)) deallocate(parts)
     call MPI_Bcast(committed, 1, MPI_INT32_T, 0, comm, ierr)
     status = merge(committed(1), CKPT_ERR_MPI, ierr == MPI_SUCCESS)
+    if (cached .and. status == CKPT_OK) then
+      ! rank 0's identities (reports(1:5, r)) to every rank, which records the step in its node's cache
+      call MPI_Bcast(reports, 6 * nranks, MPI_INT64_T, 0, comm, ierr)
+      if (ierr == MPI_SUCCESS .and. rank /= 0) then
+        do r = 1, nranks
+          parts(r) = transfer(reports(1:5, r), parts(r))
+        end do
+        rc = ckpt_record_step_parts(g, step, parts, int(nranks, c_size_t)) ! best effort: the step is committed
+      end if
+    end if
+    if (allocated(reports)) deallocate(reports)
+    if (allocated(parts)) deallocate(parts)
     ierr = ckpt_finish_step(merge(1_c_int32_t, 0_c_int32_t, status == CKPT_OK))
   end function conclude
 

@@ -455,7 +455,7 @@ fn scenarios(mpi: Mpi, lang: &str) {
 
     // (f) a node-local cache per simulated node (ranks 0-1, 2-3): SIGTERM's step is copied to the checkpoint
     // directory before the ranks exit; with both caches gone the restart resumes at that step
-    if lang == "c" {
+    {
         let work = ex.work("cached");
         let wrapper = work.join("on-node.sh");
         std::fs::write(
