@@ -65,6 +65,18 @@ impl Snapshot {
     }
 }
 
+/// What a background checkpoint writes: the regions as they are now (staged), whose buffers go back to the
+/// pool once written.
+fn staged_writer(s: &State) -> FfiResult<impl FnOnce(&mut CheckpointWriter) -> ckpt_core::Result<()> + Send + 'static> {
+    let snapshot = Snapshot::take(s)?;
+    let pool = s.staging.clone();
+    Ok(move |w: &mut CheckpointWriter| {
+        let written = snapshot.write(w);
+        snapshot.recycle(&pool);
+        written
+    })
+}
+
 /// Starts a checkpoint of every protected region as application step `step` and returns once the
 /// regions are copied (a staging area as large as the regions, kept for the next call until
 /// `ckpt_finalize`): the program may change them right after, the checkpoint holds them as they were at the call. A background thread writes and commits it
@@ -78,13 +90,7 @@ impl Snapshot {
 pub extern "C" fn ckpt_checkpoint_async(step: i64) -> i32 {
     guard(|| {
         with_state(|s| {
-            let snapshot = Snapshot::take(s)?;
-            let pool = s.staging.clone();
-            s.checkpointer.checkpoint_async(step, move |w| {
-                let written = snapshot.write(w);
-                snapshot.recycle(&pool);
-                written
-            })?;
+            s.checkpointer.checkpoint_async(step, staged_writer(s)?)?;
             Ok(CKPT_OK)
         })
     })
@@ -97,13 +103,7 @@ pub extern "C" fn ckpt_checkpoint_async(step: i64) -> i32 {
 pub extern "C" fn ckpt_checkpoint_part_async(generation: u64, step: i64) -> i32 {
     guard(|| {
         with_state(|s| {
-            let snapshot = Snapshot::take(s)?;
-            let pool = s.staging.clone();
-            s.checkpointer.checkpoint_part_async(generation, step, move |w| {
-                let written = snapshot.write(w);
-                snapshot.recycle(&pool);
-                written
-            })?;
+            s.checkpointer.checkpoint_part_async(generation, step, staged_writer(s)?)?;
             Ok(CKPT_OK)
         })
     })
