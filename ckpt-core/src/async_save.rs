@@ -18,6 +18,8 @@ use crate::store::{CheckpointWriter, CommitInfo};
 /// A checkpoint written on a background thread.
 pub(crate) struct InFlight {
     thread: JoinHandle<Result<CommitInfo>>,
+    /// The process that started it (a forked child has no such thread).
+    owner: u32,
     /// A rank's part (the step is committed by the caller, the MPI helpers, after the wait).
     part: bool,
 }
@@ -97,7 +99,7 @@ impl Checkpointer {
     /// The background checkpoint's error (what made it due is due again), or its copy's;
     /// [`ErrorKind::InvalidState`] when its thread panicked.
     pub fn checkpoint_wait(&self) -> Result<Option<CommitInfo>> {
-        let Some(InFlight { thread, part }) = self.take_in_flight() else { return Ok(None) };
+        let Some(InFlight { thread, part, .. }) = self.take_in_flight() else { return Ok(None) };
         let info = join(thread)?;
         let dir = info.generation_path.parent().unwrap_or(std::path::Path::new("."));
         if !part && self.store().level_of(dir) == crate::Level::Cache {
@@ -137,7 +139,7 @@ impl Checkpointer {
                 w.commit()
             })
             .map_err(|e| Error::io("start the ckpt-async thread", e))?;
-        *self.lock_in_flight() = Some(InFlight { thread, part });
+        *self.lock_in_flight() = Some(InFlight { thread, owner: std::process::id(), part });
         Ok(())
     }
 
@@ -147,8 +149,11 @@ impl Checkpointer {
 
     /// Finishes a background checkpoint before the checkpointer goes (its error, if any, is in the log).
     pub(crate) fn finish_in_flight(&self) {
-        if let Some(InFlight { thread, .. }) = self.take_in_flight() {
-            let _ = join(thread);
+        match self.take_in_flight() {
+            // A forked child: the thread is the parent's.
+            Some(InFlight { thread, owner, .. }) if owner != std::process::id() => std::mem::forget(thread),
+            Some(InFlight { thread, .. }) => drop(join(thread)),
+            None => {}
         }
     }
 }

@@ -131,6 +131,14 @@ impl Flusher {
 
 impl Drop for Flusher {
     fn drop(&mut self) {
+        if std::process::id() != self.queue.owner {
+            // A forked child (a worker ending normally): the copying thread is the parent's, not in this
+            // process; its copies are the parent's to finish. Nothing to wait for, no thread to join.
+            if let Some(t) = self.thread.take() {
+                std::mem::forget(t);
+            }
+            return;
+        }
         let complete = self.queue.finish();
         self.queue.lock().stop = true;
         self.queue.changed.notify_all();
