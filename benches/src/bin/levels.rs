@@ -72,23 +72,8 @@ fn parse_args() -> Opts {
     o
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
-
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stat(v: &[f64]) -> Stat {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Stat { median: median(&mut v.to_vec()), min, max }
-}
+/// The statistics every row quotes (one definition for all the runners).
+use ckpt_benches::{median, stat};
 
 /// The median over rounds of `a[i] / b[i]` (both measured in round `i`).
 fn paired(a: &[f64], b: &[f64]) -> f64 {

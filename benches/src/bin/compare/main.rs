@@ -85,22 +85,11 @@ fn parse_args() -> Opts {
     o
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-}
+/// The statistics every row quotes (one definition for all the runners).
+use ckpt_benches::{Stat, median};
 
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stat(mut v: Vec<f64>) -> Stat {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Stat { median: median(&mut v), min, max }
+fn stat(v: Vec<f64>) -> Stat {
+    ckpt_benches::stat(&v)
 }
 
 fn gbps(bytes: usize, secs: f64) -> f64 {
