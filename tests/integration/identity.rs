@@ -172,7 +172,7 @@ fn is_root() -> bool {
 
 /// The second user's uid when files can be given to it (as root, or through `sudo -n`); in CI a missing
 /// second user fails the test instead of skipping it.
-fn as_root_or_skip(what: &str) -> Option<u32> {
+pub(crate) fn as_root_or_skip(what: &str) -> Option<u32> {
     let sudo = || std::process::Command::new("sudo").args(["-n", "true"]).status().is_ok_and(|s| s.success());
     let uid = other_uid();
     if uid.is_some() && (is_root() || sudo()) {
@@ -187,7 +187,7 @@ fn as_root_or_skip(what: &str) -> Option<u32> {
 }
 
 /// Gives `path` to user `uid` (as root, or through `sudo -n chown`).
-fn give_to(path: &Path, uid: u32) {
+pub(crate) fn give_to(path: &Path, uid: u32) {
     if is_root() {
         std::os::unix::fs::chown(path, Some(uid), None).unwrap();
     } else {

@@ -399,3 +399,18 @@ fn a_multi_rank_step_is_cached_on_each_node_then_committed_in_the_checkpoint_dir
         assert_eq!((g, level), (g2, Level::Shared), "rank {rank}");
     }
 }
+
+#[test]
+fn a_cache_directory_another_user_made_is_refused() {
+    let Some(uid) = crate::identity::as_root_or_skip("a cache directory of another user") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, cache_root, log) = (tmp.path().join("shared"), tmp.path().join("cache"), tmp.path().join("log"));
+    let store = Store::new(config(&shared, &cache_root, &log, FlushPolicy::Every));
+    let dir = store.cache_dir().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap(); // 0700, as ckpt would make it: only the owner differs
+    crate::identity::give_to(&dir, uid);
+    let e = store.begin(1u64).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
+    assert!(e.to_string().contains(&format!("belongs to uid {uid}")), "{e}");
+    assert!(!shared.exists() || generations(&shared, "lvl.ckpt").is_empty(), "nothing written");
+}
