@@ -69,6 +69,9 @@ module ckpt
   integer(c_int32_t), parameter, public :: CKPT_ERR_MPI = -30
   integer(c_int32_t), parameter, public :: CKPT_ERR_OTHER = -98
   integer(c_int32_t), parameter, public :: CKPT_ERR_PANIC = -99
+  ! the `copy` argument of ckpt_part_copy_read/_write/_commit
+  integer(c_int32_t), parameter, public :: CKPT_PART_OWN = 0
+  integer(c_int32_t), parameter, public :: CKPT_PART_PARTNER = 1
 
   ! ---- the C functions of ckpt.h, in header order (see the header for each contract) ----
   public :: ckpt_init, ckpt_finalize, ckpt_protect, ckpt_unprotect, ckpt_protect_named, ckpt_unprotect_named, &
@@ -81,7 +84,9 @@ module ckpt
             ckpt_restart_details_free, ckpt_restart_details_restored, ckpt_restart_details_rejected_count, &
             ckpt_restart_details_rejected, ckpt_checkpoint_async, ckpt_checkpoint_part_async, ckpt_checkpoint_wait, &
             ckpt_restart_step, ckpt_restart_part_size, ckpt_restart_part_size_named, ckpt_restart_part, &
-            ckpt_restart_part_named, ckpt_has_cache_level, ckpt_record_step_parts
+            ckpt_restart_part_named, ckpt_has_cache_level, ckpt_record_step_parts, ckpt_has_partner_copies, &
+            ckpt_node_key, ckpt_part_copy_read, ckpt_part_copy_write, ckpt_part_copy_commit, &
+            ckpt_partner_copies_held, ckpt_step_identities
 
   !> struct ckpt_part_identity of ckpt.h: what a rank's durable part of a multi-rank step is, gathered to
   !> rank 0 for ckpt_commit_step_parts (40 bytes; the unsigned C fields are signed integers of the same
@@ -252,6 +257,80 @@ module ckpt
       integer(c_size_t), value :: nparts
       integer(c_int32_t) :: status
     end function ckpt_record_step_parts
+
+    !> int32_t ckpt_has_partner_copies(void): 1 with CKPT_PARTNER=1 and a cache level, else 0.
+    function ckpt_has_partner_copies() bind(C, name="ckpt_has_partner_copies") result(flag)
+      import :: c_int32_t
+      integer(c_int32_t) :: flag
+    end function ckpt_has_partner_copies
+
+    !> int32_t ckpt_node_key(uint64_t *key_out): a 64-bit key of this process's node.
+    function ckpt_node_key(key_out) bind(C, name="ckpt_node_key") result(status)
+      import :: c_int32_t, c_int64_t
+      integer(c_int64_t), intent(inout) :: key_out
+      integer(c_int32_t) :: status
+    end function ckpt_node_key
+
+    !> int32_t ckpt_part_copy_read(int32_t copy, uint64_t generation, uint32_t rank, uint64_t offset,
+    !>                             void *buf, size_t len): bytes of a part in this node's cache.
+    function ckpt_part_copy_read(copy, generation, rank, offset, buf, len) bind(C, name="ckpt_part_copy_read") &
+        result(status)
+      import :: c_int32_t, c_int64_t, c_size_t, c_ptr
+      integer(c_int32_t), value :: copy
+      integer(c_int64_t), value :: generation
+      integer(c_int32_t), value :: rank
+      integer(c_int64_t), value :: offset
+      type(c_ptr), value :: buf
+      integer(c_size_t), value :: len
+      integer(c_int32_t) :: status
+    end function ckpt_part_copy_read
+
+    !> int32_t ckpt_part_copy_write(int32_t copy, uint64_t generation, uint32_t rank, uint64_t offset,
+    !>                              const void *buf, size_t len): bytes of a part received from another node.
+    function ckpt_part_copy_write(copy, generation, rank, offset, buf, len) bind(C, name="ckpt_part_copy_write") &
+        result(status)
+      import :: c_int32_t, c_int64_t, c_size_t, c_ptr
+      integer(c_int32_t), value :: copy
+      integer(c_int64_t), value :: generation
+      integer(c_int32_t), value :: rank
+      integer(c_int64_t), value :: offset
+      type(c_ptr), value :: buf
+      integer(c_size_t), value :: len
+      integer(c_int32_t) :: status
+    end function ckpt_part_copy_write
+
+    !> int32_t ckpt_part_copy_commit(int32_t copy, const struct ckpt_part_identity *expected): keeps the
+    !> received part once it is exactly `expected` and verifies.
+    function ckpt_part_copy_commit(copy, expected) bind(C, name="ckpt_part_copy_commit") result(status)
+      import :: c_int32_t, ckpt_part_identity
+      integer(c_int32_t), value :: copy
+      type(ckpt_part_identity), intent(in) :: expected
+      integer(c_int32_t) :: status
+    end function ckpt_part_copy_commit
+
+    !> int32_t ckpt_partner_copies_held(uint64_t generation, uint32_t *ranks_out, size_t capacity,
+    !>                                  size_t *count_out): the ranks whose parts this node keeps copies of.
+    function ckpt_partner_copies_held(generation, ranks_out, capacity, count_out) &
+        bind(C, name="ckpt_partner_copies_held") result(status)
+      import :: c_int32_t, c_int64_t, c_size_t
+      integer(c_int64_t), value :: generation
+      integer(c_int32_t), dimension(*), intent(inout) :: ranks_out
+      integer(c_size_t), value :: capacity
+      integer(c_size_t), intent(inout) :: count_out
+      integer(c_int32_t) :: status
+    end function ckpt_partner_copies_held
+
+    !> int32_t ckpt_step_identities(uint64_t generation, struct ckpt_part_identity *parts_out, size_t nparts,
+    !>                              int64_t *step_out): every part's identity from the step's manifest.
+    function ckpt_step_identities(generation, parts_out, nparts, step_out) bind(C, name="ckpt_step_identities") &
+        result(status)
+      import :: c_int32_t, c_int64_t, c_size_t, ckpt_part_identity
+      integer(c_int64_t), value :: generation
+      type(ckpt_part_identity), dimension(*), intent(inout) :: parts_out
+      integer(c_size_t), value :: nparts
+      integer(c_int64_t), intent(inout), optional :: step_out
+      integer(c_int32_t) :: status
+    end function ckpt_step_identities
 
     !> int32_t ckpt_have_restart(int32_t *found_out, int64_t *step_out): step_out optional (NULL).
     function ckpt_have_restart(found_out, step_out) bind(C, name="ckpt_have_restart") result(status)

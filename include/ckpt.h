@@ -124,6 +124,12 @@
 // A bug: the library panicked (the panic was caught; the message says where). Please report it.
 #define CKPT_ERR_PANIC -99
 
+// `copy` argument: this rank's own part of a step, in its node's cache (`rank` must be this rank's).
+#define CKPT_PART_OWN 0
+
+// `copy` argument: the copy this node's cache keeps of another rank's part.
+#define CKPT_PART_PARTNER 1
+
 // What a restart used and what it passed over: the file and generation restored (and the step), and
 // the newer files that were rejected, each with its path, status code and reason. Opaque (like
 // rustls-ffi's handles): created by `ckpt_restart_info`, read with the `ckpt_restart_details_*`
@@ -536,6 +542,71 @@ int32_t ckpt_record_step_parts(uint64_t generation,
                                int64_t step,
                                const struct ckpt_part_identity *parts,
                                size_t nparts);
+
+// 1 when this process keeps partner copies (`CKPT_PARTNER=1` with a cache level, `CKPT_CACHE_DIR`), else
+// 0 (also before `ckpt_init`). The MPI helpers take the maximum over the ranks. Thread-safe.
+int32_t ckpt_has_partner_copies(void);
+
+// Writes to `*key_out` a 64-bit key of this process's node (the same on every rank of one node, and
+// different between nodes but for a 2^-64 chance): `CKPT_NODE_ID` when set, else `SLURM_TOPOLOGY_ADDR`
+// when it names this host, else the host name. The MPI helpers gather the keys to place each rank's
+// partner copy on another node. Thread-safe.
+int32_t ckpt_node_key(uint64_t *key_out);
+
+// Reads `len` bytes at `offset` of a part in this node's cache into `buf`: with `copy` =
+// `CKPT_PART_OWN`, this rank's own part of `generation` (`rank` = this rank); with `CKPT_PART_PARTNER`,
+// the copy this node keeps of rank `rank`'s part. `buf` may be NULL when `len` is 0; it is written only
+// on success. `CKPT_ERR_NOT_FOUND` when the cache does not hold that part, `CKPT_ERR_IO` past its end,
+// `CKPT_ERR_INVALID_STATE` without a cache level. Thread-safe.
+int32_t ckpt_part_copy_read(int32_t copy,
+                            uint64_t generation,
+                            uint32_t rank,
+                            uint64_t offset,
+                            void *buf,
+                            size_t len);
+
+// Receives the `len` bytes at `offset` of a part sent by another node, into this node's cache (`copy` and
+// `rank` as for `ckpt_part_copy_read`): bytes arrive in order, and offset 0 starts the part anew (an
+// unfinished earlier transfer of it is dropped). The bytes go to a temporary file; nothing counts until
+// `ckpt_part_copy_commit`. `buf` may be NULL when `len` is 0 and is read during the call only.
+// `CKPT_ERR_INVALID_ARGUMENT` when `offset` is not the number of bytes received so far. Thread-safe.
+int32_t ckpt_part_copy_write(int32_t copy,
+                             uint64_t generation,
+                             uint32_t rank,
+                             uint64_t offset,
+                             const void *buf,
+                             size_t len);
+
+// Keeps the part received with `ckpt_part_copy_write` (`copy` as there; generation and rank from
+// `*expected`) once it is exactly `*expected`, the identity rank 0 committed (length, rank, number of
+// ranks, generation, step and checksums), verifies completely and was written by this run: fsync,
+// rename into place, fsync of its directory. For `CKPT_PART_PARTNER`, the node's partner copies of
+// generations beyond `CKPT_CACHE_KEEP` are then removed. On failure the received bytes are discarded and
+// the cache is as it was: `CKPT_ERR_CORRUPT` (not the committed part, or damaged in transit),
+// `CKPT_ERR_CONFLICT` (written by another run), `CKPT_ERR_INVALID_STATE` (no transfer of it under way).
+// `expected` is read during the call only. Thread-safe.
+int32_t ckpt_part_copy_commit(int32_t copy,
+                              const struct ckpt_part_identity *expected);
+
+// Lists the ranks whose parts of `generation` this node's cache keeps partner copies of, ascending:
+// `*count_out` is set to their number and, when `capacity` is at least that, the ranks are written to
+// `ranks_out` (which may be NULL when `capacity` is 0: ask for the count first). `CKPT_ERR_BUFFER_TOO_SMALL`
+// (with `*count_out` set) when `capacity` is too small. Thread-safe.
+int32_t ckpt_partner_copies_held(uint64_t generation,
+                                 uint32_t *ranks_out,
+                                 size_t capacity,
+                                 size_t *count_out);
+
+// Reads the manifest of the step of `generation` (this node's cache first, then the checkpoint
+// directory; verified completely) and writes every rank's part identity to `parts_out` (`nparts` = the
+// job's number of ranks) and the step to `*step_out` (`step_out` may be NULL). A rank whose part is restored from a
+// partner records the step with `ckpt_record_step_parts` from these. `CKPT_ERR_NOT_FOUND` when no level
+// holds it; `CKPT_ERR_INVALID_ARGUMENT` when `nparts` is not the number of ranks. Out-parameters are
+// written only on success. Thread-safe.
+int32_t ckpt_step_identities(uint64_t generation,
+                             struct ckpt_part_identity *parts_out,
+                             size_t nparts,
+                             int64_t *step_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -28,7 +28,7 @@
 //! | structured log | `CKPT_LOG` (`stderr`, `off`, a path; default `<checkpoint_dir>/<base>.log`) |
 //! | control socket directory | `CKPT_SOCKET_DIR` (default `$TMPDIR/ckpt-<uid>`); `CKPT_SOCKET=0` disables |
 //! | the program asked for the job's end time | `CKPT_SQUEUE` (default `squeue`) |
-//! | node-local cache level, its retention, flush policy and exit wait, partner copies | `CKPT_CACHE_DIR`, `CKPT_CACHE_KEEP`, `CKPT_FLUSH`, `CKPT_FLUSH_TIMEOUT`, `CKPT_PARTNER` (see [`crate::levels`]) |
+//! | node-local cache level, its retention, flush policy and exit wait, partner copies | `CKPT_CACHE_DIR`, `CKPT_CACHE_KEEP`, `CKPT_FLUSH`, `CKPT_FLUSH_TIMEOUT`, `CKPT_PARTNER`, `CKPT_NODE_ID` (see [`crate::levels`]) |
 //!
 //! A malformed value is an error naming the variable and the value, never silently ignored.
 
@@ -63,6 +63,7 @@ pub const SETTINGS: &[&str] = &[
     "CKPT_MMAP",
     "CKPT_MTBF",
     "CKPT_NAME",
+    "CKPT_NODE_ID",
     "CKPT_NRANKS",
     "CKPT_PARTNER",
     "CKPT_RANK",

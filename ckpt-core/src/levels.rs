@@ -24,6 +24,23 @@
 //! | which checkpoints are copied | `CKPT_FLUSH` (`every`, `N` for every Nth, `exit`) | `every` |
 //! | how long the program's exit waits for a copy in progress | `CKPT_FLUSH_TIMEOUT` (seconds, or with units) | 600 s |
 //! | a partner rank on another node keeps a copy of each part (MPI helpers) | `CKPT_PARTNER` | off |
+//! | this process's node, for choosing partners on other nodes | `CKPT_NODE_ID` | `SLURM_TOPOLOGY_ADDR` when it names this host, else the host name |
+//!
+//! # Partner copies
+//!
+//! With `CKPT_PARTNER=1` the MPI helpers (`ckpt_mpi.h`, `ckpt_mpi.f90`) also keep each rank's committed
+//! part in the cache of a rank on the next node (nodes ordered by their lowest rank, a rank's partner
+//! being the rank of the same local index there, modulo the number of ranks on that node), and a restart
+//! where some rank lacks the newest step every other rank can read gets the missing part (and the step's
+//! manifest) back from the node that keeps it, before the ranks agree on the step. See
+//! [`Store::receive_part`](crate::Store::receive_part) for the files.
+//!
+//! Which node a rank is on: `CKPT_NODE_ID` when set (tests simulate nodes with it); else Slurm's
+//! `SLURM_TOPOLOGY_ADDR` when its last component is this host's name (launchers such as MPICH's Hydra
+//! pass the launching shell's environment to every rank, so a Slurm variable may describe another
+//! node: a copy "on another node" that is on the same node would be lost with it); else the host name.
+//! `SLURM_NODEID` and `OMPI_COMM_WORLD_NODE_RANK` are not used: the first is propagated the same way, the
+//! second numbers ranks within a node, not nodes.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -131,6 +148,9 @@ pub struct CacheLevel {
     pub exit_timeout: Duration,
     /// Whether the MPI helpers also keep each rank's part in a partner rank's cache on another node.
     pub partner: bool,
+    /// This node's name when a setting gives it (`CKPT_NODE_ID`, or `SLURM_TOPOLOGY_ADDR` naming this
+    /// host); `None`: the host name ([`Store::node_name`](crate::Store::node_name)).
+    pub node: Option<String>,
 }
 
 impl CacheLevel {
@@ -142,6 +162,7 @@ impl CacheLevel {
             flush: FlushPolicy::Every,
             exit_timeout: DEFAULT_FLUSH_TIMEOUT,
             partner: false,
+            node: None,
         }
     }
 
@@ -168,6 +189,7 @@ impl CacheLevel {
                 .ok_or_else(|| Error::invalid(format!("CKPT_PARTNER: invalid value {v:?}: expected 0 or 1")))?,
             None => false,
         };
+        let node = node_from(get);
         let Some(root) = get("CKPT_CACHE_DIR").filter(|v| !v.trim().is_empty()) else {
             return Ok(None);
         };
@@ -179,7 +201,7 @@ impl CacheLevel {
                 root.display()
             )));
         }
-        Ok(Some(CacheLevel { root, keep, flush, exit_timeout, partner }))
+        Ok(Some(CacheLevel { root, keep, flush, exit_timeout, partner, node }))
     }
 
     /// The cache directory of `checkpoint_dir`: `<root>/<its last component>-<16 hex digits of a hash of
@@ -201,6 +223,24 @@ impl CacheLevel {
         let last = if last.is_empty() { "dir" } else { last };
         self.root.join(format!("{last}-{:016x}", fnv1a64(absolute.as_os_str().as_encoded_bytes())))
     }
+}
+
+/// The node's name from the settings: `CKPT_NODE_ID`, or `SLURM_TOPOLOGY_ADDR` when its last component
+/// is this host's short name (see the module documentation for why a launcher's variables are checked).
+fn node_from(get: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(id) = get("CKPT_NODE_ID").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+        return Some(id);
+    }
+    let addr = get("SLURM_TOPOLOGY_ADDR")?;
+    let host = crate::config::hostname();
+    let short = host.split('.').next().unwrap_or(&host);
+    (addr.rsplit('.').next() == Some(short)).then_some(addr)
+}
+
+/// A 64-bit key of a node's name, the same in every process and build (the MPI helpers exchange keys,
+/// not names).
+pub fn node_key(name: &str) -> u64 {
+    fnv1a64(name.as_bytes())
 }
 
 /// FNV-1a, 64 bits: stable across builds and Rust versions (the cache's name must be the same for the run
@@ -247,6 +287,17 @@ mod tests {
             (2, FlushPolicy::Nth(3), Duration::from_secs(120), true)
         );
         assert_eq!(FlushPolicy::parse("exit").unwrap(), FlushPolicy::Exit);
+        let c =
+            CacheLevel::from_lookup(&lookup(&[("CKPT_CACHE_DIR", "/c"), ("CKPT_NODE_ID", " n7 ")])).unwrap().unwrap();
+        assert_eq!(c.node.as_deref(), Some("n7"));
+        // A topology address naming another host (passed on by a launcher) is not this node's.
+        let c = CacheLevel::from_lookup(&lookup(&[
+            ("CKPT_CACHE_DIR", "/c"),
+            ("SLURM_TOPOLOGY_ADDR", "s1.not-this-host-x"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.node, None);
         for (var, value, says) in [
             ("CKPT_FLUSH", "sometimes", "CKPT_FLUSH: invalid value \"sometimes\""),
             ("CKPT_FLUSH", "0", "CKPT_FLUSH"),

@@ -96,7 +96,7 @@ pub use levels::{CacheLevel, FlushPolicy, Level};
 pub use reader::read_header;
 pub use reader::{Checkpoint, LoadOptions, SectionData};
 pub use step::MAX_STEP;
-pub use store::{CheckpointWriter, CommitInfo, PartIdentity, Store, begin_file};
+pub use store::{CheckpointWriter, CommitInfo, PartCopy, PartIdentity, PartReceiver, Store, begin_file};
 #[doc(hidden)]
 pub use store::{NameKind, any_base, classify, parse_manifest};
 pub use timefmt::{ACCEPTED_FORMS, parse_slurm_time, parse_time_with_units};

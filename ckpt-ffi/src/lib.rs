@@ -70,6 +70,8 @@ mod restart_parts;
 // The cache level in multi-rank steps: ckpt_has_cache_level, ckpt_record_step_parts.
 mod levels;
 
+mod partner;
+
 pub use asynchronous::*;
 pub use buffer::*;
 pub use checkpoint::*;
@@ -78,6 +80,7 @@ pub use errors::*;
 pub use levels::*;
 pub use metadata::*;
 pub use multirank::*;
+pub use partner::*;
 pub use regions::*;
 pub use restart::*;
 pub use restart_info::*;

@@ -37,6 +37,7 @@ pub extern "C" fn ckpt_init(name: *const c_char) -> i32 {
             restored: None,
             step: None,
             staging: Default::default(),
+            receiving: Vec::new(),
         });
         Ok(CKPT_OK)
     })

@@ -33,6 +33,8 @@ pub(crate) struct State {
     pub(crate) step: Option<(ckpt_core::Step, std::collections::BTreeMap<u32, ckpt_core::Checkpoint>)>,
     /// Staging buffers of asynchronous checkpoints, kept for the next one.
     pub(crate) staging: crate::asynchronous::StagingPool,
+    /// Parts being received from other nodes (`ckpt_part_copy_write`), until committed.
+    pub(crate) receiving: Vec<ckpt_core::PartReceiver>,
 }
 
 pub(crate) static STATE: Mutex<Option<State>> = Mutex::new(None);

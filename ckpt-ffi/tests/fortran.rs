@@ -244,6 +244,7 @@ fn c_types_for(d: &FDummy) -> Vec<&'static str> {
         // Fortran has no unsigned integers: a uint32_t travels as an integer(c_int32_t) of the same size.
         ("integer(c_int32_t)", true, false) => vec!["int32_t", "uint32_t"],
         ("integer(c_int32_t)", false, false) => vec!["int32_t *", "uint32_t *"],
+        ("integer(c_int32_t)", false, true) if d.intent != "in" => vec!["int32_t *", "uint32_t *"],
         ("integer(c_int64_t)", true, false) => vec!["int64_t", "uint64_t"],
         ("integer(c_int64_t)", false, false) => vec!["int64_t *", "uint64_t *"],
         ("integer(c_size_t)", true, false) => vec!["size_t"],
@@ -252,8 +253,8 @@ fn c_types_for(d: &FDummy) -> Vec<&'static str> {
             vec!["void *", "const void *", "struct ckpt_restart_details *", "const struct ckpt_restart_details *"]
         }
         ("type(c_ptr)", false, false) => vec!["struct ckpt_restart_details **", "const char **"],
-        ("type(ckpt_part_identity)", false, false) => vec!["struct ckpt_part_identity *"],
-        ("type(ckpt_part_identity)", false, true) if d.intent == "in" => vec!["const struct ckpt_part_identity *"],
+        ("type(ckpt_part_identity)", false, _) if d.intent == "in" => vec!["const struct ckpt_part_identity *"],
+        ("type(ckpt_part_identity)", false, _) => vec!["struct ckpt_part_identity *"],
         ("character(kind=c_char)", false, true) if d.intent == "in" => vec!["const char *"],
         ("character(kind=c_char)", false, true) => vec!["char *"],
         _ => vec![],

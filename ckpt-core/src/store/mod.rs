@@ -92,6 +92,7 @@ mod commit;
 mod levels;
 mod manifest;
 mod naming;
+mod partner;
 mod parts;
 mod prune;
 
@@ -100,6 +101,7 @@ pub use commit::{CheckpointWriter, begin_file};
 pub use manifest::parse_manifest;
 use naming::*;
 pub use naming::{NameKind, any_base, classify};
+pub use partner::{PartCopy, PartReceiver};
 pub use parts::PartIdentity;
 use parts::*;
 use prune::*;

@@ -90,6 +90,8 @@ contains
     write(*, '(a,1x,a,1x,i0)') 'CONST', 'CKPT_VERSION_MINOR', CKPT_VERSION_MINOR
     write(*, '(a,1x,a,1x,i0)') 'CONST', 'CKPT_VERSION_PATCH', CKPT_VERSION_PATCH
     write(*, '(a,1x,a,1x,i0)') 'CONST', 'CKPT_VERSION_NUMBER', CKPT_VERSION_NUMBER
+    write(*, '(a,1x,a,1x,i0)') 'CONST', 'CKPT_PART_OWN', CKPT_PART_OWN
+    write(*, '(a,1x,a,1x,i0)') 'CONST', 'CKPT_PART_PARTNER', CKPT_PART_PARTNER
     write(*, '(a,1x,a,1x,a)') 'CONST', 'CKPT_VERSION_STRING', CKPT_VERSION_STRING
     call check(ckpt_status_str_f(12345_c_int32_t) == 'unknown status code', __LINE__)
     call check(ckpt_version_f() == CKPT_VERSION_STRING, __LINE__)
