@@ -51,6 +51,7 @@
 #include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,6 +78,13 @@ static inline int32_t ckpt_mpi__agree_status(MPI_Comm comm, int32_t status) {
     return rc != CKPT_OK ? rc : (int32_t)v;
 }
 
+/* Internal: each rank's partner (the rank keeping its copy, -1 with one node), computed once from every
+ * rank's node key (one MPI_Allgather of 8 bytes per rank); freed by ckpt_mpi_finalize. */
+static struct {
+    int *holder;
+    int size;
+} ckpt_mpi__partners;
+
 /* Initialises libckpt on every rank of `comm`: sets this process's rank and the number of ranks from
  * MPI_Comm_rank/MPI_Comm_size (ckpt_set_rank, which beats guessing from launcher variables), then calls
  * ckpt_init(name) (`name` may be NULL: see ckpt_init). Call after MPI_Init and after any ckpt_set_config.
@@ -99,6 +107,9 @@ static inline int32_t ckpt_mpi_init(MPI_Comm comm, const char *name) {
 /* Shuts libckpt down on every rank (ckpt_finalize) and agrees on the result. Writes nothing; call
  * before MPI_Finalize. Collective. */
 static inline int32_t ckpt_mpi_finalize(MPI_Comm comm) {
+    free(ckpt_mpi__partners.holder);
+    ckpt_mpi__partners.holder = NULL;
+    ckpt_mpi__partners.size = 0;
     return ckpt_mpi__agree_status(comm, ckpt_finalize());
 }
 
@@ -134,6 +145,287 @@ static inline int32_t ckpt_mpi_should_exit(MPI_Comm comm) {
     return rc != CKPT_OK ? rc : e;
 }
 
+/* ---- Partner copies (CKPT_PARTNER=1 with CKPT_CACHE_DIR): each rank's committed part is also kept in the
+ * node-local cache of a rank on the next node, and a restart gets a part its node lost back from there.
+ * Nodes are told apart by ckpt_node_key (CKPT_NODE_ID, SLURM_TOPOLOGY_ADDR naming the host, or the host
+ * name), ordered by their lowest rank; rank r, the j-th rank of its node, keeps its copy on the next node's
+ * (j mod n)-th rank, n being the number of ranks there. With one node there is no partner. ---- */
+
+/* Internal: bytes per message of a part moved between partners. */
+#define CKPT_MPI__CHUNK ((size_t)4 << 20)
+/* Internal: message tags of partner transfers (on the helpers' communicator). */
+#define CKPT_MPI__TAG_IDENTITY 0x636b01
+#define CKPT_MPI__TAG_BYTES 0x636b02
+
+/* Internal: a node key and a rank, for grouping ranks by node. */
+typedef struct ckpt_mpi__node_rank {
+    uint64_t key;
+    int rank;
+} ckpt_mpi__node_rank;
+
+static int ckpt_mpi__by_node_then_rank(const void *a, const void *b) {
+    const ckpt_mpi__node_rank *x = (const ckpt_mpi__node_rank *)a, *y = (const ckpt_mpi__node_rank *)b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return (x->rank > y->rank) - (x->rank < y->rank);
+}
+
+/* Internal: node groups of the sorted pairs, as {first index into the pairs, count}, ordered by lowest rank. */
+typedef struct ckpt_mpi__node_group {
+    int first, count;
+} ckpt_mpi__node_group;
+
+static ckpt_mpi__node_rank *ckpt_mpi__sorted_pairs; /* qsort has no context argument */
+static int ckpt_mpi__by_lowest_rank(const void *a, const void *b) {
+    int x = ckpt_mpi__sorted_pairs[((const ckpt_mpi__node_group *)a)->first].rank;
+    int y = ckpt_mpi__sorted_pairs[((const ckpt_mpi__node_group *)b)->first].rank;
+    return (x > y) - (x < y);
+}
+
+/* Internal: the partner of every rank, in ckpt_mpi__partners.holder (computed at the first call). The same
+ * status on every rank. Collective. */
+static inline int32_t ckpt_mpi__partner_layout(MPI_Comm comm, int size) {
+    if (ckpt_mpi__partners.holder && ckpt_mpi__partners.size == size) return CKPT_OK;
+    uint64_t key = 0;
+    int32_t rc = ckpt_node_key(&key);
+    uint64_t *keys = (uint64_t *)malloc((size_t)size * sizeof *keys);
+    ckpt_mpi__node_rank *pairs = (ckpt_mpi__node_rank *)malloc((size_t)size * sizeof *pairs);
+    ckpt_mpi__node_group *groups = (ckpt_mpi__node_group *)malloc((size_t)size * sizeof *groups);
+    int *holder = (int *)malloc((size_t)size * sizeof *holder);
+    if (rc == CKPT_OK && !(keys && pairs && groups && holder)) rc = CKPT_ERR_OTHER;
+    rc = ckpt_mpi__agree_status(comm, rc);
+    if (rc == CKPT_OK &&
+        MPI_Allgather(&key, 1, MPI_UINT64_T, keys, 1, MPI_UINT64_T, comm) != MPI_SUCCESS)
+        rc = CKPT_ERR_MPI;
+    if (rc == CKPT_OK) {
+        for (int r = 0; r < size; r++) {
+            pairs[r].key = keys[r];
+            pairs[r].rank = r;
+        }
+        qsort(pairs, (size_t)size, sizeof *pairs, ckpt_mpi__by_node_then_rank);
+        int ngroups = 0;
+        for (int i = 0; i < size; i++) {
+            if (i == 0 || pairs[i].key != pairs[i - 1].key) {
+                groups[ngroups].first = i;
+                groups[ngroups].count = 0;
+                ngroups++;
+            }
+            groups[ngroups - 1].count++;
+        }
+        ckpt_mpi__sorted_pairs = pairs;
+        qsort(groups, (size_t)ngroups, sizeof *groups, ckpt_mpi__by_lowest_rank);
+        for (int g = 0; g < ngroups; g++) {
+            const ckpt_mpi__node_group *next = &groups[(g + 1) % ngroups];
+            for (int j = 0; j < groups[g].count; j++)
+                holder[pairs[groups[g].first + j].rank] =
+                    ngroups == 1 ? -1 : pairs[next->first + j % next->count].rank;
+        }
+        free(ckpt_mpi__partners.holder);
+        ckpt_mpi__partners.holder = holder;
+        ckpt_mpi__partners.size = size;
+        holder = NULL;
+    }
+    free(keys);
+    free(pairs);
+    free(groups);
+    free(holder);
+    return rc;
+}
+
+/* Internal: reports a partner transfer that failed on this rank (the step itself is committed; only its
+ * redundant copy is missing), on stderr where a batch job's log has it. */
+static inline void ckpt_mpi__partner_warn(int rank, const char *what, int other, uint64_t generation, int32_t rc) {
+    const char *why = ckpt_last_error();
+    fprintf(stderr, "ckpt: rank %d: %s rank %d's part of generation %llu failed: %s\n", rank, what, other,
+            (unsigned long long)generation, rc == CKPT_ERR_MPI ? "an MPI call failed" : (why ? why : ckpt_status_str(rc)));
+}
+
+/* Internal: after the step of `generation` was committed: sends this rank's cached part (`mine`) to its
+ * partner and keeps the parts of the ranks this rank is the partner of, each received in chunks and kept
+ * only once it is exactly the part committed and verifies (ckpt_part_copy_commit). Failures are reported on
+ * stderr, not returned: the step is committed either way. Collective. */
+static inline void ckpt_mpi__partner_send(MPI_Comm comm, int rank, int size, uint64_t generation,
+                                          const ckpt_part_identity *mine) {
+    if (ckpt_mpi__partner_layout(comm, size) != CKPT_OK) {
+        ckpt_mpi__partner_warn(rank, "placing a copy of", rank, generation, CKPT_ERR_OTHER);
+        return;
+    }
+    const int *holder = ckpt_mpi__partners.holder;
+    int to = holder[rank], nfrom = 0;
+    for (int r = 0; r < size; r++) nfrom += holder[r] == rank;
+    size_t slots = (size_t)(nfrom ? nfrom : 1);
+    int *from = (int *)malloc(slots * sizeof *from);
+    ckpt_part_identity *theirs = (ckpt_part_identity *)calloc(slots, sizeof *theirs);
+    int32_t *write_rc = (int32_t *)calloc(slots, sizeof *write_rc);
+    MPI_Request *reqs = (MPI_Request *)malloc((slots + 1) * sizeof *reqs);
+    /* real statuses: GCC's -Wstringop-overflow takes MPICH's MPI_STATUSES_IGNORE for an empty array */
+    MPI_Status *stats = (MPI_Status *)malloc((slots + 1) * sizeof *stats);
+    unsigned char *out = (unsigned char *)malloc(CKPT_MPI__CHUNK);
+    unsigned char *in = (unsigned char *)malloc(slots * CKPT_MPI__CHUNK);
+    /* all or none: a rank without buffers could not take its part in the exchange */
+    int32_t rc = from && theirs && write_rc && reqs && stats && out && in ? CKPT_OK : CKPT_ERR_OTHER;
+    if (ckpt_mpi__agree_status(comm, rc) != CKPT_OK) {
+        ckpt_mpi__partner_warn(rank, "keeping a copy of", rank, generation, CKPT_ERR_OTHER);
+    } else {
+        for (int i = 0, r = 0; r < size; r++)
+            if (holder[r] == rank) from[i++] = r;
+        int n = 0;
+        if (to >= 0) MPI_Isend(mine, (int)sizeof *mine, MPI_BYTE, to, CKPT_MPI__TAG_IDENTITY, comm, &reqs[n++]);
+        for (int i = 0; i < nfrom; i++)
+            MPI_Irecv(&theirs[i], (int)sizeof theirs[i], MPI_BYTE, from[i], CKPT_MPI__TAG_IDENTITY, comm, &reqs[n++]);
+        if (MPI_Waitall(n, reqs, stats) != MPI_SUCCESS) rc = CKPT_ERR_MPI;
+        /* chunk by chunk, in lockstep with the partners: every request of a round is posted before its
+         * wait, so a round always completes */
+        int32_t read_rc = CKPT_OK;
+        for (uint64_t off = 0; rc == CKPT_OK; off += CKPT_MPI__CHUNK) {
+            n = 0;
+            for (int i = 0; i < nfrom; i++)
+                if (off < theirs[i].file_len) {
+                    uint64_t left = theirs[i].file_len - off;
+                    int len = (int)(left < CKPT_MPI__CHUNK ? left : CKPT_MPI__CHUNK);
+                    MPI_Irecv(in + (size_t)i * CKPT_MPI__CHUNK, len, MPI_BYTE, from[i], CKPT_MPI__TAG_BYTES, comm,
+                              &reqs[n++]);
+                }
+            if (to >= 0 && off < mine->file_len) {
+                uint64_t left = mine->file_len - off;
+                size_t len = left < CKPT_MPI__CHUNK ? (size_t)left : CKPT_MPI__CHUNK;
+                if (read_rc == CKPT_OK)
+                    read_rc = ckpt_part_copy_read(CKPT_PART_OWN, generation, (uint32_t)rank, off, out, len);
+                if (read_rc != CKPT_OK) memset(out, 0, len); /* the partner's check refuses it */
+                MPI_Isend(out, (int)len, MPI_BYTE, to, CKPT_MPI__TAG_BYTES, comm, &reqs[n++]);
+            }
+            if (n == 0) break;
+            if (MPI_Waitall(n, reqs, stats) != MPI_SUCCESS) rc = CKPT_ERR_MPI;
+            for (int i = 0; i < nfrom && rc == CKPT_OK; i++)
+                if (off < theirs[i].file_len && write_rc[i] == CKPT_OK) {
+                    uint64_t left = theirs[i].file_len - off;
+                    size_t len = left < CKPT_MPI__CHUNK ? (size_t)left : CKPT_MPI__CHUNK;
+                    write_rc[i] = ckpt_part_copy_write(CKPT_PART_PARTNER, generation, (uint32_t)from[i], off,
+                                                       in + (size_t)i * CKPT_MPI__CHUNK, len);
+                }
+        }
+        if (read_rc != CKPT_OK) ckpt_mpi__partner_warn(rank, "sending a copy of", rank, generation, read_rc);
+        for (int i = 0; i < nfrom; i++) {
+            int32_t wrc = rc != CKPT_OK ? rc : write_rc[i];
+            if (wrc == CKPT_OK) wrc = ckpt_part_copy_commit(CKPT_PART_PARTNER, &theirs[i]);
+            if (wrc != CKPT_OK) ckpt_mpi__partner_warn(rank, "keeping a copy of", from[i], generation, wrc);
+        }
+    }
+    free(from);
+    free(theirs);
+    free(write_rc);
+    free(reqs);
+    free(stats);
+    free(out);
+    free(in);
+}
+
+/* Internal: moves the `file_len` bytes of a part from `src` (reading `copy` of rank `of`'s part) to `dst`
+ * (receiving it as its own part), in chunks; on `dst` the part is kept once it is exactly `*expected` and
+ * verifies. Point to point: only `src` and `dst` call it (they may be one rank: a restart placed the rank
+ * on the node that keeps its copy). Returns, on `dst`, how receiving went. */
+static inline int32_t ckpt_mpi__move_part(MPI_Comm comm, int rank, int src, int dst, int32_t copy, uint64_t generation,
+                                          int of, const ckpt_part_identity *expected) {
+    unsigned char *buf = (unsigned char *)malloc(CKPT_MPI__CHUNK);
+    unsigned char byte = 0;
+    int32_t rc = buf ? CKPT_OK : CKPT_ERR_OTHER;
+    for (uint64_t off = 0; off < expected->file_len; off += CKPT_MPI__CHUNK) {
+        uint64_t left = expected->file_len - off;
+        size_t len = left < CKPT_MPI__CHUNK ? (size_t)left : CKPT_MPI__CHUNK;
+        if (rank == src) {
+            if (rc == CKPT_OK) rc = ckpt_part_copy_read(copy, generation, (uint32_t)of, off, buf, len);
+            if (rc != CKPT_OK && buf) memset(buf, 0, len); /* the receiver's check refuses it */
+        }
+        if (src != dst && rank == src &&
+            MPI_Send(buf ? buf : &byte, buf ? (int)len : 0, MPI_BYTE, dst, CKPT_MPI__TAG_BYTES, comm) != MPI_SUCCESS)
+            rc = CKPT_ERR_MPI;
+        if (src != dst && rank == dst &&
+            MPI_Recv(buf ? buf : &byte, buf ? (int)len : 0, MPI_BYTE, src, CKPT_MPI__TAG_BYTES, comm,
+                     MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            rc = CKPT_ERR_MPI;
+        if (rank == dst && rc == CKPT_OK)
+            rc = ckpt_part_copy_write(CKPT_PART_OWN, generation, (uint32_t)rank, off, buf, len);
+    }
+    if (rank == dst && rc == CKPT_OK) rc = ckpt_part_copy_commit(CKPT_PART_OWN, expected);
+    if (rank == src && rank != dst && rc != CKPT_OK) ckpt_mpi__partner_warn(rank, "sending back", of, generation, rc);
+    free(buf);
+    return rc;
+}
+
+/* Internal: the restart side. Given this rank's newest readable generation (*g, found with status *rc), when
+ * some ranks lack the newest generation G that another rank can read, and a node keeps partner copies of
+ * their parts of G (with G's manifest), each such rank gets its part back from there, records the step in
+ * its node's cache, and looks again (*rc, *g updated). The ranks then agree as usual, falling back together
+ * if a part could not be restored. Collective. */
+static inline int32_t ckpt_mpi__partner_restore(MPI_Comm comm, int32_t *rc, uint64_t *g) {
+    int rank = 0, size = 0;
+    if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS) return CKPT_ERR_MPI;
+    int64_t mine = *rc == CKPT_OK ? (int64_t)(*g > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : *g) : 0;
+    /* {partners, newest, -oldest}: one MAX says whether any rank keeps partner copies and whether the ranks
+     * differ */
+    int64_t v[3] = {ckpt_has_partner_copies(), mine, -mine};
+    int32_t mrc = ckpt_mpi__max64(comm, v, 3);
+    if (mrc != CKPT_OK) return mrc;
+    uint64_t newest = (uint64_t)v[1];
+    if (v[0] == 0 || newest == 0 || v[1] == -v[2]) return CKPT_OK;
+    /* need[r]: rank r lacks `newest`; keeper[r]: 1 + a rank whose node keeps r's part of it and its manifest */
+    int64_t *vec = (int64_t *)calloc((size_t)size * 2, sizeof *vec);
+    ckpt_part_identity *parts = (ckpt_part_identity *)calloc((size_t)size, sizeof *parts);
+    uint32_t *held = (uint32_t *)calloc((size_t)size, sizeof *held);
+    int32_t alloc = vec && parts && held ? CKPT_OK : CKPT_ERR_OTHER;
+    mrc = ckpt_mpi__agree_status(comm, alloc);
+    if (mrc != CKPT_OK) {
+        free(vec);
+        free(parts);
+        free(held);
+        return mrc;
+    }
+    int64_t step = 0;
+    size_t nheld = 0;
+    if (*rc == CKPT_OK && *g < newest) vec[rank] = 1;
+    /* a rank keeps copies for others only when it can restart from `newest` itself: the step then passed
+     * every rule of restart discovery there (this run's, verified) */
+    if (*rc == CKPT_OK && *g == newest && ckpt_step_identities(newest, parts, (size_t)size, &step) == CKPT_OK &&
+        ckpt_partner_copies_held(newest, held, (size_t)size, &nheld) == CKPT_OK)
+        for (size_t i = 0; i < nheld; i++) vec[size + (int)held[i]] = rank + 1;
+    mrc = ckpt_mpi__max64(comm, vec, 2 * size);
+    for (int x = 0; x < size && mrc == CKPT_OK; x++) {
+        if (!vec[x]) continue;
+        int keeper = (int)vec[size + x] - 1;
+        if (keeper < 0) {
+            if (rank == x)
+                fprintf(stderr, "ckpt: rank %d: no node keeps a partner copy of its part of generation %llu\n", rank,
+                        (unsigned long long)newest);
+            continue;
+        }
+        if (rank != x && rank != keeper) continue;
+        /* the step's identities first (the receiver records the step from them), then the part */
+        if (rank == keeper && rank != x &&
+            MPI_Send(parts, (int)((size_t)size * sizeof *parts), MPI_BYTE, x, CKPT_MPI__TAG_IDENTITY, comm) !=
+                MPI_SUCCESS)
+            mrc = CKPT_ERR_MPI;
+        if (rank == x && rank != keeper &&
+            MPI_Recv(parts, (int)((size_t)size * sizeof *parts), MPI_BYTE, keeper, CKPT_MPI__TAG_IDENTITY, comm,
+                     MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            mrc = CKPT_ERR_MPI;
+        if (mrc != CKPT_OK) break;
+        int32_t got = rank == x ? ckpt_record_step_parts(newest, parts[x].step, parts, (size_t)size) : CKPT_OK;
+        int32_t moved = ckpt_mpi__move_part(comm, rank, keeper, x, CKPT_PART_PARTNER, newest, x, &parts[x]);
+        if (rank != x) continue;
+        if (got == CKPT_OK) got = moved;
+        if (got == CKPT_OK) {
+            fprintf(stderr, "ckpt: rank %d: its part of generation %llu restored from the copy on rank %d's node\n",
+                    rank, (unsigned long long)newest, keeper);
+            *rc = ckpt_newest_valid_generation(UINT64_MAX, g);
+        } else {
+            ckpt_mpi__partner_warn(rank, "restoring", rank, newest, got);
+        }
+    }
+    free(vec);
+    free(parts);
+    free(held);
+    return mrc;
+}
+
 /* Internal: what each rank reports to rank 0 after writing its part: the part's identity (ckpt.h), valid
  * when `status` is CKPT_OK. */
 typedef struct ckpt_mpi__report {
@@ -142,10 +434,11 @@ typedef struct ckpt_mpi__report {
 } ckpt_mpi__report;
 
 /* Internal: steps 3-5 of ckpt_mpi_checkpoint for this rank's part of `generation` (rc: how writing it
- * went). `reports` is rank 0's gather buffer and, when a rank caches (`cached`), every other rank's
+ * went). `reports` is rank 0's gather buffer and, when a rank caches (`cached` bit 1), every other rank's
  * buffer for the committed identities (NULL otherwise), freed here. With a cache level the identities rank
  * 0 committed are broadcast and every rank records the step in its node's cache (ckpt_record_step_parts),
- * so that a restart on the same nodes finds it there. */
+ * so that a restart on the same nodes finds it there; with partner copies (`cached` bit 2) each rank's
+ * part is then also kept on its partner's node (ckpt_mpi__partner_send). */
 static inline int32_t ckpt_mpi__conclude(MPI_Comm comm, int rank, int size, ckpt_mpi__report *reports,
                                          uint64_t generation, int64_t step, int32_t rc, int cached) {
     ckpt_mpi__report mine;
@@ -174,13 +467,15 @@ static inline int32_t ckpt_mpi__conclude(MPI_Comm comm, int rank, int size, ckpt
             (void)ckpt_record_step_parts(generation, step, parts, (size_t)size); /* best effort: the step is committed */
     }
     free(reports);
+    if ((cached & 2) && committed == CKPT_OK) ckpt_mpi__partner_send(comm, rank, size, generation, &mine.identity);
     (void)ckpt_finish_step(committed == CKPT_OK);
     return committed;
 }
 
 /* Internal: step 1 of ckpt_mpi_checkpoint: the agreed generation in *generation_out, rank 0's gather
  * buffer in *reports_out (allocated first: if rank 0 cannot have one, no rank writes anything), and
- * whether any rank caches (*cached_out; then every rank has a buffer for the committed identities). */
+ * whether any rank caches (*cached_out bit 1; then every rank has a buffer for the committed identities)
+ * and keeps partner copies (bit 2). */
 static inline int32_t ckpt_mpi__agree_generation(MPI_Comm comm, int rank, int size, ckpt_mpi__report **reports_out,
                                                  uint64_t *generation_out, int *cached_out) {
     ckpt_mpi__report *reports = NULL;
@@ -188,10 +483,10 @@ static inline int32_t ckpt_mpi__agree_generation(MPI_Comm comm, int rank, int si
     uint64_t g = 0;
     int32_t rc = ckpt_next_generation(&g);
     if (rank == 0 && reports == NULL) rc = CKPT_ERR_OTHER;
-    /* {generation, -status, caches}: one MAX gives the agreed generation, the worst failure, and whether
-     * any rank has a node-local cache level */
-    int64_t v[3] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc, ckpt_has_cache_level()};
-    int32_t mrc = ckpt_mpi__max64(comm, v, 3);
+    /* {generation, -status, caches, partners}: one MAX gives the agreed generation, the worst failure, and
+     * whether any rank has a node-local cache level and keeps partner copies */
+    int64_t v[4] = {rc == CKPT_OK ? (int64_t)g : 0, -(int64_t)rc, ckpt_has_cache_level(), ckpt_has_partner_copies()};
+    int32_t mrc = ckpt_mpi__max64(comm, v, 4);
     if (mrc == CKPT_OK && v[1] == 0 && v[2] != 0) {
         /* every rank needs a buffer for the committed identities; one that cannot have it: nobody writes */
         if (rank != 0) reports = (ckpt_mpi__report *)malloc((size_t)size * sizeof *reports);
@@ -205,7 +500,7 @@ static inline int32_t ckpt_mpi__agree_generation(MPI_Comm comm, int rank, int si
     }
     *reports_out = reports;
     *generation_out = (uint64_t)v[0];
-    *cached_out = v[2] != 0;
+    *cached_out = (v[2] != 0 ? 1 : 0) | (v[3] != 0 ? 2 : 0);
     return CKPT_OK;
 }
 
@@ -302,13 +597,19 @@ static inline int32_t ckpt_mpi_checkpoint_async(MPI_Comm comm, int64_t step) {
 }
 
 /* Internal: agree on the newest generation <= max that EVERY rank can read and select it on every rank.
- * Loop: g = MIN over ranks of ckpt_newest_valid_generation(max) (the MIN, never VeloC's MAX: a step is
+ * First (max = UINT64_MAX), ranks that lack the newest generation another rank reads get their parts back
+ * from partner copies, when kept (ckpt_mpi__partner_restore). Loop: g = MIN over ranks of ckpt_newest_valid_generation(max) (the MIN, never VeloC's MAX: a step is
  * usable only if every rank has its part); every rank ckpt_select_generation(g); if any rank cannot,
  * retry with max = g - 1. On success *generation_out is g (0: nothing common) and *step_out its step. */
 static inline int32_t ckpt_mpi__agree(MPI_Comm comm, uint64_t max, uint64_t *generation_out, int64_t *step_out) {
-    for (;;) {
+    for (int first = max == UINT64_MAX;; first = 0) {
         uint64_t g = 0;
         int32_t rc = ckpt_newest_valid_generation(max, &g);
+        if (first) {
+            /* parts a lost node had, back from their partners first (nothing without CKPT_PARTNER) */
+            int32_t prc = ckpt_mpi__partner_restore(comm, &rc, &g);
+            if (prc != CKPT_OK) return prc;
+        }
         int64_t v[2] = {rc == CKPT_OK ? (int64_t)(g > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : g) : 0, rc};
         int32_t mrc = ckpt_mpi__min64(comm, v, 2);
         if (mrc != CKPT_OK) return mrc;

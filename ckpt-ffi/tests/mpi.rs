@@ -395,6 +395,101 @@ fn damage(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Writes a wrapper that puts rank r on simulated node r / 2 (its own cache and node id), with `extra`
+/// exported too.
+fn node_wrapper(work: &Path, extra: &str) -> PathBuf {
+    let wrapper = work.join("on-node.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nrank=${{OMPI_COMM_WORLD_RANK:-${{PMI_RANK:-0}}}}\nexport CKPT_CACHE_DIR={}/node$((rank / 2))\n\
+             export CKPT_NODE_ID=node$((rank / 2))\n{extra}\nexec \"$@\"\n",
+            work.join("caches").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+/// The one directory a cache root holds (the cache of the run's checkpoint directory).
+fn cache_of(root: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.remove(0)
+}
+
+/// (g) `CKPT_PARTNER=1`, ranks 0-1 on node 0 and 2-3 on node 1: each rank's committed part is also kept in
+/// the other node's cache. Node 1 is then lost (its cache removed) along with the checkpoint directory's
+/// files: ranks 2 and 3 get their parts back from node 0 and every rank resumes at the SIGTERM step, bit
+/// for bit. Without the partner copies the same loss leaves no step common to every rank: an error.
+fn partner_copies(ex: &Example, dir: &str, reference: &str, progress_step: u64) {
+    let t = Instant::now();
+    let work = ex.work("partners");
+    let wrapper = node_wrapper(&work, "export CKPT_PARTNER=1");
+    let args = [ex.n, ex.mpi.iterations, ex.mpi.delay_us];
+    let mut run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &format!("{dir} (g) partners"));
+    run.wait_pids();
+    run.wait_for(Duration::from_secs(60), "some progress", |l| progress(l, progress_step));
+    run.signal_mpirun(libc::SIGUSR1);
+    let first = run.wait_for(Duration::from_secs(60), "the SIGUSR1 checkpoint", |l| checkpoints(l).first().copied());
+    run.wait_for(Duration::from_secs(60), "more progress", |l| progress(l, first + progress_step));
+    run.signal_ranks(&[0, 1, 2, 3], libc::SIGTERM);
+    let (status, out, text) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{text}");
+    assert!(!text.contains("failed:"), "a partner transfer failed\n{text}");
+    let stop = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
+    assert!(stop > first, "{text}");
+    let (node0, node1) = (cache_of(&work.join("caches/node0")), cache_of(&work.join("caches/node1")));
+    let cps = work.join("checkpoints");
+    let g = newest_generation(&cps, "heat_mpi.ckpt");
+    // Each node keeps the other node's parts of the newest step (and, with CKPT_CACHE_KEEP=1, only that).
+    for (node, ranks) in [(&node0, [2, 3]), (&node1, [0, 1])] {
+        let kept = node.join("heat_mpi.ckpt.partner");
+        let gens: Vec<String> =
+            std::fs::read_dir(&kept).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(gens, [g.to_string()], "{}", kept.display());
+        for r in ranks {
+            let copy = kept.join(format!("{g}/rank{r}.ckpt"));
+            let own = cps.join(format!("heat_mpi.ckpt.parts/{g}/rank{r}.ckpt"));
+            assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&own).unwrap(), "{}", copy.display());
+        }
+    }
+    // Node 1 is lost, and so is what the checkpoint directory holds.
+    std::fs::remove_dir_all(work.join("caches/node1")).unwrap();
+    let aside = work.join("shared-aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for e in std::fs::read_dir(&cps).unwrap().flatten() {
+        std::fs::rename(e.path(), aside.join(e.file_name())).unwrap();
+    }
+    let restart = [ex.n, ex.mpi.iterations, 0];
+    // Without the partner copies: no step every rank can read, and never a silent fresh start.
+    let partners = node0.join("heat_mpi.ckpt.partner");
+    let partners_aside = work.join("partners-aside");
+    std::fs::rename(&partners, &partners_aside).unwrap();
+    let what = format!("{dir} (g) node 1 lost, no partner copies");
+    let (status, out, text) =
+        Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &restart, &what).finish(Duration::from_secs(120));
+    assert!(!status.success(), "{text}");
+    assert!(!out.iter().any(|l| l.starts_with("starting fresh") || l.starts_with("done")), "{text}");
+    std::fs::rename(&partners_aside, &partners).unwrap();
+    // With them: ranks 2 and 3 get their parts back from node 0, and the run ends as the reference.
+    let what = format!("{dir} (g) node 1 lost, restart from the partners");
+    let (status, out, text) =
+        Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &restart, &what).finish(Duration::from_secs(300));
+    assert!(status.success(), "{text}");
+    for r in [2, 3] {
+        assert!(
+            text.contains(&format!("ckpt: rank {r}: its part of generation {g} restored from the copy on rank ")),
+            "rank {r}\n{text}"
+        );
+    }
+    assert!(!text.contains("rank 0: its part") && !text.contains("rank 1: its part"), "{text}");
+    assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+    assert_eq!(checksum(&out).as_deref(), Some(reference), "{text}");
+    eprintln!("{dir} (g) partner copies: {:.1} s", t.elapsed().as_secs_f64());
+}
+
 fn scenarios(mpi: Mpi, lang: &str) {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
@@ -498,6 +593,11 @@ fn scenarios(mpi: Mpi, lang: &str) {
         }
         std::fs::remove_dir_all(work.join("caches")).unwrap();
         ex.restart_matches(&work, &format!("{dir} (f) restart without the caches"), stop, &reference);
+    }
+
+    // (g) partner copies: a node lost with the checkpoint directory's copy, restored from the partners
+    if lang == "c" {
+        partner_copies(&ex, &dir, &reference, progress_step);
     }
 
     // (d) rank 2 cannot read the newest step: everyone falls back to the previous one together

@@ -17,6 +17,7 @@
 //! discovery finds it like any other.
 
 use super::*;
+use crate::identity::ResumeFrom;
 use crate::storage::StorageWriter;
 
 /// Which copy of a rank's part a transfer reads or writes.
@@ -231,8 +232,15 @@ impl Store {
             ))
             .with_path(&tmp));
         }
+        // The rules restart discovery applies to a file under this run's name (an explicit
+        // CKPT_RESUME_FROM resumes that job's files whoever's run wrote them).
         if let Some(Ok(writer)) = crate::identity::RunIdentity::of_header(&header) {
-            let why = self.config.run_identity().own_name_conflicts(&writer, self.config.job_id.is_none());
+            let me = self.config.run_identity();
+            let why = match self.config.resume_from {
+                ResumeFrom::Job(_) => Vec::new(),
+                ResumeFrom::Any => me.owner_mismatches(&writer),
+                _ => me.own_name_conflicts(&writer, self.config.job_id.is_none()),
+            };
             if !why.is_empty() {
                 return Err(Error::new(
                     ErrorKind::Conflict,
