@@ -13,6 +13,7 @@ mod kill;
 mod levels;
 mod memory;
 mod multirank;
+mod partner;
 mod roundtrip;
 mod runtime_files;
 mod settings;
