@@ -12,7 +12,7 @@ A model on paper, standard library only. For R ranks (R / ranks-per-node nodes) 
   so checkpoints more frequent than that would not be any more durable).
 * failures: each node fails independently with mean time between failures MTBF_node; the job's MTBF is
   M = MTBF_node / nodes. A failure loses the node and its cache, so without redundancy (`--recoverable 0`,
-  ckpt today: CKPT_PARTNER is not available with the cache level yet) every restart reads the newest
+  CKPT_PARTNER off) every restart reads the newest
   checkpoint that is durable on the PFS, which lags the newest cached one by the flush time F. With
   `--recoverable p`, a fraction p of failures restart from node-local copies (SCR's partner/XOR levels; SCR
   reports 85%) at node-local speed.
