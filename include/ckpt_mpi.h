@@ -219,6 +219,10 @@ static inline int32_t ckpt_mpi__partner_layout(MPI_Comm comm, int size) {
                 holder[pairs[groups[g].first + j].rank] =
                     ngroups == 1 ? -1 : pairs[next->first + j % next->count].rank;
         }
+        int rank = 0;
+        if (ngroups == 1 && MPI_Comm_rank(comm, &rank) == MPI_SUCCESS && rank == 0)
+            fprintf(stderr, "ckpt: CKPT_PARTNER=1, but all %d ranks are on one node (CKPT_NODE_ID, "
+                            "SLURM_TOPOLOGY_ADDR or the host name): no partner copies are kept\n", size);
         free(ckpt_mpi__partners.holder);
         ckpt_mpi__partners.holder = holder;
         ckpt_mpi__partners.size = size;
