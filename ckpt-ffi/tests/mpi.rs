@@ -10,7 +10,10 @@
 //!   MIN over ranks) and still end with the reference checksum; with a part of that step damaged too (on
 //!   another rank), no step is readable everywhere: an error, never a silent fresh start;
 //! * (c) SIGUSR1 to rank 2 only (the ranks agree on the checkpoint), SIGKILL to every rank once the
-//!   checkpoint is reported: the restart resumes from it and ends with the reference checksum.
+//!   checkpoint is reported: the restart resumes from it and ends with the reference checksum;
+//! * (e) the step of (b) restarted on 2 and on 8 ranks: the example redistributes the rows (C's and
+//!   Fortran's `restart_redistributed`), and the result is the reference checksum, bit for bit (with MPICH
+//!   the Fortran example runs only this scenario).
 //!
 //! And `tests/mpi/test_mpi.c` checks every collective of `ckpt_mpi.h` with ranks in different states; a last
 //! test compiles `ckpt_mpi.h` with strict warnings as C99, C11 and C++.
@@ -27,8 +30,9 @@
 //! With Open MPI (`apt-get install openmpi-bin libopenmpi-dev gfortran make`) both examples; with MPICH when
 //! it is installed too (`mpich libmpich-dev`, whose tools are `mpicc.mpich`, `mpirun.mpich`...) the C
 //! example with fewer iterations (MPICH's ranks spin when oversubscribed: about 10 ms per iteration on 2
-//! cores) and the Fortran one built only. Missing tools: skipped with a note. Open MPI as root needs
-//! OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), and 4 ranks on fewer cores `--oversubscribe`; both are set here.
+//! cores) and the Fortran one built and restarted on other numbers of ranks only (e). Missing tools:
+//! skipped with a note. Open MPI as root needs OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), and 4 ranks on fewer
+//! cores `--oversubscribe`; both are set here.
 //! Sizes (Open MPI): `CKPT_MPI_TEST_N` (grid, default 64) and `CKPT_MPI_TEST_ITERATIONS` (default 20000;
 //! interrupted runs sleep 1 ms per iteration so that they last long enough to be interrupted, restarts do
 //! not sleep).
@@ -433,24 +437,8 @@ fn scenarios(mpi: Mpi, lang: &str) {
     assert!(stop > first && checkpoints(&out).contains(&stop), "{text}");
     assert!(stop < ex.mpi.iterations, "the run finished before SIGTERM: raise CKPT_MPI_TEST_ITERATIONS\n{text}");
     eprintln!("{dir} (b) interrupted at {first} and {stop}: {:.1} s", t.elapsed().as_secs_f64());
-    // (e) the same step restarted on 2 and on 8 ranks: the C example reads the old ranks' parts it needs
-    // (ckpt_restart_step, ckpt_restart_part) and ends bit for bit as the uninterrupted 4-rank run
-    if lang == "c" {
-        for np in [2usize, 8] {
-            let copy = ex.work(&format!("reshaped{np}"));
-            copy_tree(&work.join("checkpoints"), &copy.join("checkpoints"));
-            let what = format!("{dir} (e) restart on {np} ranks");
-            let run = Run::start_np(&ex.mpi, &ex.exe, &copy, &[ex.n, ex.mpi.iterations, 0], &what, np);
-            let (status, out, text) = run.finish(Duration::from_secs(300));
-            assert!(status.success(), "{text}");
-            assert!(
-                out.iter().any(|l| l == &format!("redistributed a step of {RANKS} ranks over {np} ranks")),
-                "{text}"
-            );
-            assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
-            assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{np} ranks: the result differs\n{text}");
-        }
-    }
+    // (e) the same step restarted on 2 and on 8 ranks (C and Fortran)
+    restarts_on_other_numbers_of_ranks(&ex, &dir, &work, stop, &reference);
     ex.restart_matches(&work, &format!("{dir} (b) restart"), stop, &reference);
 
     // (f) a node-local cache per simulated node (ranks 0-1, 2-3): SIGTERM's step is copied to the checkpoint
@@ -529,6 +517,46 @@ fn scenarios(mpi: Mpi, lang: &str) {
     eprintln!("{dir}: all scenarios in {:.1} s", started.elapsed().as_secs_f64());
 }
 
+/// (e): the step of iteration `stop` that 4 ranks wrote in `work` restarted on 2 and on 8 ranks (each in
+/// a copy): the example reads the old ranks' parts it needs (`ckpt_restart_step`, `ckpt_restart_part`, in
+/// C and through module ckpt in Fortran) and ends bit for bit as the uninterrupted 4-rank run.
+fn restarts_on_other_numbers_of_ranks(ex: &Example, dir: &str, work: &Path, stop: u64, reference: &str) {
+    for np in [2usize, 8] {
+        let t = Instant::now();
+        let copy = ex.work(&format!("reshaped{np}"));
+        copy_tree(&work.join("checkpoints"), &copy.join("checkpoints"));
+        let what = format!("{dir} (e) restart on {np} ranks");
+        let run = Run::start_np(&ex.mpi, &ex.exe, &copy, &[ex.n, ex.mpi.iterations, 0], &what, np);
+        let (status, out, text) = run.finish(Duration::from_secs(300));
+        assert!(status.success(), "{text}");
+        assert!(out.iter().any(|l| l == &format!("redistributed a step of {RANKS} ranks over {np} ranks")), "{text}");
+        assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+        assert_eq!(checksum(&out).as_deref(), Some(reference), "{np} ranks: the result differs\n{text}");
+        eprintln!("{what}: {:.1} s", t.elapsed().as_secs_f64());
+    }
+}
+
+/// For MPICH, where the Fortran example is otherwise built only: (a) the uninterrupted run, a SIGTERM
+/// checkpoint of 4 ranks, and (e) its restart on 2 and on 8 ranks.
+fn fortran_reshaped(mpi: Mpi) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(&mpi, "fortran", tmp.path());
+    let dir = format!("fortran ({})", mpi.name);
+    let progress_step = mpi.progress;
+    let ex = Example { mpi, exe, n: env_number("CKPT_MPI_TEST_N", 64), tmp };
+    let (out, text) = ex.run_to_end(&ex.work("reference"), &format!("{dir} (a) reference"));
+    let reference = checksum(&out).unwrap_or_else(|| panic!("no result line\n{text}"));
+    let work = ex.work("interrupted");
+    let run = ex.start_slow(&work, &format!("{dir} SIGTERM"));
+    run.wait_for(Duration::from_secs(60), "some progress", |l| progress(l, progress_step));
+    run.signal_ranks(&[0, 1, 2, 3], libc::SIGTERM);
+    let (status, out, text) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{text}");
+    let stop = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
+    assert!(stop < ex.mpi.iterations, "the run finished before SIGTERM\n{text}");
+    restarts_on_other_numbers_of_ranks(&ex, &dir, &work, stop, &reference);
+}
+
 #[test]
 fn c_heat_mpi_restarts_bit_for_bit_open_mpi() {
     if let Some(mpi) = toolchain(open_mpi(), "Open MPI", "c") {
@@ -557,6 +585,14 @@ fn fortran_heat_mpi_builds_with_mpich() {
     if let Some(mpi) = toolchain(mpich(), "MPICH", "fortran") {
         let tmp = tempfile::tempdir().unwrap();
         assert!(build(&mpi, "fortran", tmp.path()).exists());
+    }
+}
+
+/// The Fortran example restarted on 2 and on 8 ranks from a step of 4 with MPICH too (scenario (e)).
+#[test]
+fn fortran_heat_mpi_restarts_on_other_numbers_of_ranks_mpich() {
+    if let Some(mpi) = toolchain(mpich(), "MPICH", "fortran") {
+        fortran_reshaped(mpi);
     }
 }
 

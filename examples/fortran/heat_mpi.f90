@@ -4,8 +4,10 @@
 !   SIGUSR1 (to every rank, or to any one: the ranks agree): a collective checkpoint, then it continues.
 !   SIGTERM: a collective checkpoint, then every rank exits with status 0 (the job can be requeued).
 !
-! On start it restarts collectively from the newest checkpoint every rank can read. The field is stored
-! as u(column, row) so its memory layout, and so the final crc32, are those of the C version.
+! On start it restarts collectively from the newest checkpoint every rank can read, also one written by
+! another number of ranks (its rows redistributed: restart_redistributed, with ckpt_restart_step and
+! ckpt_restart_part). The field is stored as u(column, row) so its memory layout, and so the final crc32,
+! are those of the C version.
 !
 ! Usage: heat_mpi [N] [ITERATIONS] [DELAY_US]   (default 256 256 0); HEAT_RESULT=path: rank 0 also writes
 !        the final line there; HEAT_PROGRESS=k: prints "iteration i" every k iterations.
@@ -35,7 +37,7 @@ program heat_mpi
   integer(c_int64_t), target :: iteration
   integer(c_int64_t) :: iterations, step, progress
   integer(c_int) :: delay_us, ignored
-  integer(c_int32_t) :: rc, found
+  integer(c_int32_t) :: rc, found, written_by
   integer(c_size_t) :: stored
   real(c_double), pointer, contiguous :: u(:, :), next(:, :), t(:, :)
   real(c_double), allocatable :: all(:, :)
@@ -101,8 +103,20 @@ program heat_mpi
   found = 0
   step = 0
   rc = ckpt_mpi_have_restart(comm, found, step)
+  written_by = 0
+  if (rc == CKPT_ERR_NO_VALID_CHECKPOINT) then
+    ! Perhaps a step written by another number of ranks: read this rank's rows from the old ranks' parts.
+    if (restart_redistributed(written_by) == CKPT_OK) then
+      rc = CKPT_OK
+      found = 1
+      if (rank == 0) then
+        write(output_unit, '(a,i0,a,i0,a)') 'redistributed a step of ', written_by, ' ranks over ', nranks, ' ranks'
+        flush(output_unit)
+      end if
+    end if
+  end if
   if (rc /= CKPT_OK) call fail('ckpt_mpi_have_restart', rc)
-  if (found == 1) then
+  if (found == 1 .and. written_by == 0) then
     stored = 0
     rc = ckpt_mpi_restart_size(comm, 0_c_int32_t, stored)
     if (rc /= CKPT_OK) call fail('ckpt_mpi_restart_size', rc)
@@ -116,8 +130,10 @@ program heat_mpi
   if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
   rc = ckpt_protect_f(1_c_int32_t, iteration)
   if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
-  rc = ckpt_mpi_restart(comm, found, step)
-  if (rc /= CKPT_OK) call fail('ckpt_mpi_restart', rc)
+  if (written_by == 0) then
+    rc = ckpt_mpi_restart(comm, found, step)
+    if (rc /= CKPT_OK) call fail('ckpt_mpi_restart', rc)
+  end if
   if (rank == 0) then
     if (found == 1) then
       write(output_unit, '(a,i0)') 'resumed at iteration ', iteration
@@ -223,6 +239,70 @@ program heat_mpi
   call MPI_Finalize(ierr)
 
 contains
+
+  !> Restart on another number of ranks, as restart_redistributed in examples/c/heat_mpi.c: the newest step
+  !> every rank can read whatever number of ranks wrote it (ckpt_restart_step verifies every part, so every
+  !> rank chooses the same one; checked below). This rank's grid rows row0 .. row0+rows-1 are copied into u
+  !> from the parts of the old ranks that owned them (their rows follow from the same split over the old
+  !> number of ranks); the halo rows are exchanged by the first iteration, as after any restart. The
+  !> iteration comes from old rank 0's part. The same status on every rank; written_by: the old number of
+  !> ranks (set on success).
+  function restart_redistributed(written_by) result(status)
+    integer(c_int32_t), intent(inout) :: written_by
+    integer(c_int32_t) :: status, old, rc
+    integer(c_int64_t) :: old_step, v(3)
+    integer(c_size_t) :: len
+    integer :: ob, oe, p, orows, orow0, lo, hi, e
+    real(c_double), allocatable, target :: part(:, :)
+    old = 0
+    old_step = 0
+    rc = ckpt_restart_step(old, old_step)
+    ! every rank must have chosen the same step: {step, -step, -status} maximised
+    if (rc == CKPT_OK) then
+      v = [old_step, -old_step, 0_c_int64_t]
+    else
+      v = [-1_c_int64_t, 1_c_int64_t, -int(rc, c_int64_t)]
+    end if
+    call MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_MAX, comm, e)
+    if (e /= MPI_SUCCESS) then
+      status = CKPT_ERR_MPI
+      return
+    end if
+    if (v(3) /= 0) then
+      status = int(-v(3), c_int32_t)
+      return
+    end if
+    if (v(1) /= -v(2)) then
+      status = CKPT_ERR_INVALID_STATE
+      return
+    end if
+    ob = n / old
+    oe = mod(n, old)
+    do p = 0, old - 1
+      orows = ob + merge(1, 0, p < oe)
+      orow0 = p * ob + min(p, oe)
+      lo = max(row0, orow0)
+      hi = min(row0 + rows, orow0 + orows)
+      if (lo >= hi) cycle
+      len = 0
+      rc = ckpt_restart_part_size(int(p, c_int32_t), 0_c_int32_t, len)
+      if (rc /= CKPT_OK) exit
+      if (len /= int(orows + 2, c_size_t) * int(n, c_size_t) * c_sizeof(u(0, 0))) then
+        rc = CKPT_ERR_SIZE_MISMATCH ! another grid size
+        exit
+      end if
+      allocate(part(0:n - 1, 0:orows + 1))
+      rc = ckpt_restart_part(int(p, c_int32_t), 0_c_int32_t, c_loc(part), len)
+      if (rc == CKPT_OK) u(:, lo - row0 + 1:hi - row0) = part(:, lo - orow0 + 1:hi - orow0)
+      deallocate(part)
+      if (rc /= CKPT_OK) exit
+    end do
+    if (rc == CKPT_OK) rc = ckpt_restart_part(0_c_int32_t, 1_c_int32_t, c_loc(iteration), c_sizeof(iteration))
+    ! the same outcome on every rank
+    call MPI_Allreduce(rc, status, 1, MPI_INT32_T, MPI_MIN, comm, e)
+    if (e /= MPI_SUCCESS) status = CKPT_ERR_MPI
+    if (status == CKPT_OK) written_by = old
+  end function restart_redistributed
 
   subroutine fail(what, status)
     character(len=*), intent(in) :: what
