@@ -13,7 +13,10 @@
 //!   checkpoint is reported: the restart resumes from it and ends with the reference checksum;
 //! * (e) the step of (b) restarted on 2 and on 8 ranks: the example redistributes the rows (C's and
 //!   Fortran's `restart_redistributed`), and the result is the reference checksum, bit for bit (with MPICH
-//!   the Fortran example runs only this scenario).
+//!   the Fortran example runs only this scenario);
+//! * (h) three SIGTERM/restart cycles in a row with a node-local cache per simulated node: each restart
+//!   resumes at the last run's step, each step is cached on both nodes and copied, and the last restart
+//!   (from the caches) ends with the reference checksum.
 //!
 //! And `tests/mpi/test_mpi.c` checks every collective of `ckpt_mpi.h` with ranks in different states; a last
 //! test compiles `ckpt_mpi.h` with strict warnings as C99, C11 and C++.
@@ -488,6 +491,9 @@ fn scenarios(mpi: Mpi, lang: &str) {
         ex.restart_matches(&work, &format!("{dir} (f) restart without the caches"), stop, &reference);
     }
 
+    // (h) three SIGTERM/restart cycles in a row with a node-local cache per simulated node
+    restart_cycles_with_caches(&ex, &dir, &reference);
+
     // (d) rank 2 cannot read the newest step: everyone falls back to the previous one together
     let cps = work.join("checkpoints");
     let newest = newest_generation(&cps, "heat_mpi.ckpt");
@@ -534,6 +540,105 @@ fn restarts_on_other_numbers_of_ranks(ex: &Example, dir: &str, work: &Path, stop
         assert_eq!(checksum(&out).as_deref(), Some(reference), "{np} ranks: the result differs\n{text}");
         eprintln!("{what}: {:.1} s", t.elapsed().as_secs_f64());
     }
+}
+
+/// A script that runs its arguments with `CKPT_CACHE_DIR=<caches>/node<rank / 2>`: two ranks per simulated
+/// node, each node its own cache.
+fn node_cache_wrapper(work: &Path, caches: &Path) -> PathBuf {
+    let wrapper = work.join("on-node.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nrank=${{OMPI_COMM_WORLD_RANK:-${{PMI_RANK:-0}}}}\nexport CKPT_CACHE_DIR={}/node$((rank / 2))\nexec \"$@\"\n",
+            caches.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+/// The one cache directory in a node's cache root (`<checkpoint directory's name>-<hash>`).
+fn node_cache_dir(root: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// (h) Three SIGTERM/restart cycles in a row with a node-local cache per simulated node (ranks 0-1, 2-3),
+/// as a job requeued on the same nodes lives them: each run is stopped by SIGTERM to every rank after some
+/// progress, its step cached on both nodes (each node's cache holds the step's manifest and its ranks'
+/// parts), copied to the checkpoint directory, and logged as cached; each restart resumes at the last
+/// run's step, never an older one, with the step numbers going on. The last restart, the checkpoint
+/// directory's copy of the newest step hidden, reads every rank's part from its node's cache and ends bit
+/// for bit as the uninterrupted run.
+fn restart_cycles_with_caches(ex: &Example, dir: &str, reference: &str) {
+    let t = Instant::now();
+    let work = ex.work("cycles");
+    let caches = work.join("caches");
+    let wrapper = node_cache_wrapper(&work, &caches);
+    let cps = work.join("checkpoints");
+    let (mut stop, mut newest) = (0u64, 0u64);
+    for cycle in 1..=3 {
+        let what = format!("{dir} (h) run {cycle}");
+        let args = [ex.n, ex.mpi.iterations, ex.mpi.delay_us];
+        let mut run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &what);
+        run.wait_pids();
+        if cycle > 1 {
+            run.wait_for(Duration::from_secs(60), "the restart", |l| {
+                l.iter().find_map(|l| number_after(l, "resumed at iteration ")).map(|at| {
+                    assert_eq!(at, stop, "{what}: resumed elsewhere than the last run's step");
+                })
+            });
+        }
+        run.wait_for(Duration::from_secs(60), "some progress", |l| progress(l, stop + ex.mpi.progress));
+        run.signal_ranks(&[0, 1, 2, 3], libc::SIGTERM);
+        let (status, out, text) = run.finish(Duration::from_secs(120));
+        assert!(status.success(), "{text}");
+        assert!(!out.iter().any(|l| l.starts_with("done")), "the run finished before SIGTERM\n{text}");
+        let at = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
+        assert!(at > stop, "{what}: checkpoint at {at} after the restart at {stop}\n{text}");
+        // Every rank left at one iteration, once the step was durable (at it or a few iterations later).
+        let stops: Vec<u64> = out
+            .iter()
+            .find_map(|l| l.split_once("; the ranks stopped at "))
+            .map(|(_, list)| list.split_whitespace().map(|i| i.parse().unwrap()).collect())
+            .unwrap_or_default();
+        assert!(stops.len() == RANKS && stops.iter().all(|&s| s == stops[0] && s >= at), "{what}\n{text}");
+        stop = at;
+        let g = newest_generation(&cps, "heat_mpi.ckpt");
+        assert!(g > newest, "{what}: generation {g} after {newest}");
+        newest = g;
+        assert!(cps.join(format!("heat_mpi.ckpt.{g}")).is_file(), "{what}: the step is durable\n{text}");
+        for node in 0..2 {
+            let cache = node_cache_dir(&caches.join(format!("node{node}")));
+            assert!(cache.join(format!("heat_mpi.ckpt.{g}")).is_file(), "{what}: node {node}'s cache\n{text}");
+            for r in [2 * node, 2 * node + 1] {
+                let part = cache.join(format!("heat_mpi.ckpt.parts/{g}/rank{r}.ckpt"));
+                assert!(part.is_file(), "{what}: {}", part.display());
+            }
+        }
+    }
+    let log = std::fs::read_to_string(work.join("ckpt.log")).unwrap();
+    let saved: Vec<&str> = log.lines().filter(|l| l.contains("\"event\":\"checkpoint\"")).collect();
+    assert!(saved.len() >= 3 * RANKS, "every rank logs its checkpoints: {saved:#?}");
+    assert!(saved.iter().all(|l| l.contains("\"level\":\"cache\"")), "committed to the caches: {saved:#?}");
+    assert!(log.lines().any(|l| l.contains("\"event\":\"flushed\"")), "and copied");
+
+    // Requeued on the same nodes once more, the checkpoint directory's copy of the newest step hidden.
+    let aside = work.join("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for name in ["heat_mpi.ckpt".to_string(), format!("heat_mpi.ckpt.{newest}")] {
+        std::fs::rename(cps.join(&name), aside.join(&name)).unwrap();
+    }
+    let what = format!("{dir} (h) last restart, from the caches");
+    let args = [ex.n, ex.mpi.iterations, 0];
+    let run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &what);
+    let (status, out, text) = run.finish(Duration::from_secs(300));
+    assert!(status.success(), "{text}");
+    assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+    assert_eq!(checksum(&out).as_deref(), Some(reference), "{what}: the result differs\n{text}");
+    eprintln!("{dir} (h) three restart cycles with caches: {:.1} s", t.elapsed().as_secs_f64());
 }
 
 /// For MPICH, where the Fortran example is otherwise built only: (a) the uninterrupted run, a SIGTERM

@@ -2,7 +2,9 @@
 ! its rows decomposed over the MPI ranks with halo exchange, checkpointed collectively with module ckpt_mpi.
 !
 !   SIGUSR1 (to every rank, or to any one: the ranks agree): a collective checkpoint, then it continues.
-!   SIGTERM: a collective checkpoint, then every rank exits with status 0 (the job can be requeued).
+!   SIGTERM: a collective checkpoint, then every rank exits with status 0 (the job can be requeued); with
+!            a node-local cache level (CKPT_CACHE_DIR) once the checkpoint is durable in the checkpoint
+!            directory, a few iterations later.
 !
 ! On start it restarts collectively from the newest checkpoint every rank can read, also one written by
 ! another number of ranks (its rows redistributed: restart_redistributed, with ckpt_restart_step and
@@ -35,9 +37,9 @@ program heat_mpi
   type(MPI_Comm) :: comm
   integer :: rank, nranks, n, rows, row0, base, extra, up, down, i, j, g, r, ierr
   integer(c_int64_t), target :: iteration
-  integer(c_int64_t) :: iterations, step, progress
+  integer(c_int64_t) :: iterations, step, progress, last_checkpoint
   integer(c_int) :: delay_us, ignored
-  integer(c_int32_t) :: rc, found, written_by
+  integer(c_int32_t) :: rc, found, written_by, due, leave
   integer(c_size_t) :: stored
   real(c_double), pointer, contiguous :: u(:, :), next(:, :), t(:, :)
   real(c_double), allocatable :: all(:, :)
@@ -144,6 +146,7 @@ program heat_mpi
     flush(output_unit)
   end if
 
+  last_checkpoint = -1
   up = merge(rank - 1, MPI_PROC_NULL, rank > 0)
   down = merge(rank + 1, MPI_PROC_NULL, rank < nranks - 1)
   do while (iteration < iterations)
@@ -172,7 +175,14 @@ program heat_mpi
       end if
     end if
 
-    if (ckpt_mpi_should_checkpoint(comm) == 1) then
+    ! both flags with one allreduce, every iteration: with a node-local cache level (CKPT_CACHE_DIR)
+    ! SIGTERM's checkpoint is copied to the checkpoint directory in the background and the exit is due
+    ! only once it is durable there, a few iterations after the checkpoint
+    due = 0
+    leave = 0
+    rc = ckpt_mpi_poll(comm, due, leave)
+    if (rc /= CKPT_OK) call fail('ckpt_mpi_poll', rc)
+    if (due == 1) then
       ! the field moved to the other buffer: protecting id 0 again replaces the pointer
       rc = ckpt_protect_f(0_c_int32_t, u)
       if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
@@ -186,20 +196,27 @@ program heat_mpi
           write(output_unit, '(a,i0)') 'checkpoint at iteration ', iteration
           flush(output_unit)
         end if
-        if (ckpt_mpi_should_exit(comm) == 1) then
-          ! every rank leaves here, at the same iteration: rank 0 shows each rank's
-          call MPI_Gather(iteration, 1, MPI_INT64_T, ints, 1, MPI_INT64_T, 0, comm, ierr)
-          if (rank == 0) then
-            write(output_unit, '(a,i0,a,*(1x,i0))') 'stopping after the checkpoint at iteration ', iteration, &
-              '; the ranks stopped at', ints
-            flush(output_unit)
-          end if
-          rc = ckpt_mpi_finalize(comm)
-          deallocate(u, next)
-          call MPI_Finalize(ierr)
-          stop
-        end if
+        last_checkpoint = iteration
+        leave = merge(1_c_int32_t, 0_c_int32_t, ckpt_mpi_should_exit(comm) == 1) ! without a cache level: at once
       end if
+    end if
+    if (leave == 1) then
+      ! every rank leaves here, at the same iteration: rank 0 shows each rank's
+      call MPI_Gather(iteration, 1, MPI_INT64_T, ints, 1, MPI_INT64_T, 0, comm, ierr)
+      if (rank == 0) then
+        if (iteration == last_checkpoint) then
+          write(output_unit, '(a,i0,a,*(1x,i0))') 'stopping after the checkpoint at iteration ', iteration, &
+            '; the ranks stopped at', ints
+        else
+          write(output_unit, '(a,i0,a,i0,a,*(1x,i0))') 'stopping at iteration ', iteration, &
+            ', the checkpoint at iteration ', last_checkpoint, ' durable; the ranks stopped at', ints
+        end if
+        flush(output_unit)
+      end if
+      rc = ckpt_mpi_finalize(comm)
+      deallocate(u, next)
+      call MPI_Finalize(ierr)
+      stop
     end if
   end do
 

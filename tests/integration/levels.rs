@@ -376,6 +376,12 @@ fn a_multi_rank_step_is_cached_on_each_node_then_committed_in_the_checkpoint_dir
     assert_eq!(flushed, vec![g1, g2]);
     assert_eq!(generations(&shared, "mr.ckpt"), vec![g1, g2]);
     for r in 0..4 {
+        // Each rank's part was committed to its node's cache: the log says so.
+        let saved = log_events(&tmp.path().join(format!("log{r}")), "checkpoint");
+        let levels: Vec<&str> = saved.iter().filter_map(|e| e["level"].as_str()).collect();
+        assert_eq!(levels, ["cache", "cache"], "rank {r}: {saved:?}");
+    }
+    for r in 0..4 {
         Checkpoint::open(shared.join(format!("mr.ckpt.parts/{g2}/rank{r}.ckpt"))).unwrap().verify().unwrap();
     }
     drop(cps);
