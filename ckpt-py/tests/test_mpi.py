@@ -226,13 +226,14 @@ def test_restore_of_a_step_that_a_rank_lacks_fails_on_every_rank(mpirun, tmp_pat
     assert each(job, "restored") == [15] * NP, (r.stdout, r.stderr)
 
 
-def test_a_requeue_on_the_same_nodes_restarts_every_rank_from_its_node_s_cache(mpirun, reference, tmp_path):
+@pytest.mark.parametrize("background", ["0", "1"], ids=["blocking", "background"])
+def test_a_requeue_on_the_same_nodes_restarts_every_rank_from_its_node_s_cache(mpirun, reference, tmp_path, background):
     job = Job(mpirun, tmp_path)
     caches = tmp_path / "caches"  # two simulated nodes: ranks 0-1 cache in node0, ranks 2-3 in node1
     # SIGTERM to rank 2 after step 7: every rank saves step 7 to its node's cache, and the step is copied to
     # the checkpoint directory. The ranks compute on meanwhile (should_exit turns true once the copy is
     # durable, a few steps later or after the last one; the end of the program waits for the copy).
-    r = job.run(TRAIN_CACHE=str(caches), TRAIN_SIGNAL="2:7:TERM")
+    r = job.run(TRAIN_CACHE=str(caches), TRAIN_SIGNAL="2:7:TERM", TRAIN_ASYNC=background)
     exited = each(job, "exited")
     assert len(set(exited)) == 1 and (exited[0] is None or int(str(exited[0])) >= 7), (exited, r.stdout, r.stderr)
     assert (job.dir / "mpitrain.ckpt").is_file(), r.stderr
@@ -249,7 +250,7 @@ def test_a_requeue_on_the_same_nodes_restarts_every_rank_from_its_node_s_cache(m
     aside.mkdir()
     for name in ("mpitrain.ckpt", f"mpitrain.ckpt.{g}"):
         (job.dir / name).rename(aside / name)
-    r = job.run(TRAIN_CACHE=str(caches))
+    r = job.run(TRAIN_CACHE=str(caches), TRAIN_ASYNC=background)
     assert each(job, "restored") == [7] * NP, (r.stdout, r.stderr)
     for rank, f in enumerate(each(job, "file")):
         assert Path(str(f)).is_relative_to(node_dirs[rank // 2]), (rank, f)
