@@ -116,7 +116,10 @@ contains
 
   !> 1 on every rank when any rank should stop (MAX of ckpt_should_exit), else 0. Ask it right after
   !> ckpt_mpi_checkpoint returned CKPT_OK: a rank's flag is set once its own part is durable, so after a
-  !> failed collective checkpoint it may say 1.
+  !> failed collective checkpoint it may say 1. With a node-local cache level (CKPT_CACHE_DIR) the flag is
+  !> set only once the step is copied to the checkpoint directory, in the background, a few iterations
+  !> later: ask in every iteration too (ckpt_mpi_poll gives both flags with one allreduce), as
+  !> examples/fortran/heat_mpi.f90 does.
   function ckpt_mpi_should_exit(comm) result(flag)
     type(MPI_Comm), intent(in) :: comm
     integer(c_int32_t) :: flag, e

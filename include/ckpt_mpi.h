@@ -35,12 +35,17 @@
  *     while (iteration < total) {
  *         compute_and_exchange_halos();
  *         iteration++;                         // the protected state is now that of `iteration`
- *         if (ckpt_mpi_should_checkpoint(MPI_COMM_WORLD) == 1) {
- *             if (ckpt_mpi_checkpoint(MPI_COMM_WORLD, iteration) == CKPT_OK &&
- *                 ckpt_mpi_should_exit(MPI_COMM_WORLD) == 1)
- *                 break;                       // every rank leaves at the same iteration
- *         }
+ *         int32_t due = 0, leave = 0;
+ *         ckpt_mpi_poll(MPI_COMM_WORLD, &due, &leave);  // both flags, one allreduce
+ *         if (due == 1 && ckpt_mpi_checkpoint(MPI_COMM_WORLD, iteration) == CKPT_OK)
+ *             leave = ckpt_mpi_should_exit(MPI_COMM_WORLD);
+ *         if (leave == 1) break;               // every rank leaves at the same iteration
  *     }
+ *
+ * Poll the exit flag every iteration, not only right after a checkpoint: with a node-local cache level
+ * (CKPT_CACHE_DIR) SIGTERM's checkpoint is copied to the checkpoint directory in the background, and the
+ * exit is due only once the copy is durable, a few iterations later (the restart resumes at the
+ * checkpoint's step).
  *     ckpt_mpi_finalize(MPI_COMM_WORLD);
  *     MPI_Finalize();
  */
@@ -137,8 +142,11 @@ static inline int32_t ckpt_mpi_should_checkpoint(MPI_Comm comm) {
 }
 
 /* 1 on every rank when any rank's last checkpoint was asked to be the last (MAX of ckpt_should_exit):
- * leave the loop on every rank. Ask it right after ckpt_mpi_checkpoint returned CKPT_OK. The exit
- * flag is armed only once the step is committed (ckpt_finish_step). CKPT_ERR_MPI if the allreduce failed. Collective. */
+ * leave the loop on every rank. Ask it right after ckpt_mpi_checkpoint returned CKPT_OK, and in every
+ * iteration after (or use ckpt_mpi_poll for both flags): the exit flag is armed only once the step is
+ * committed (ckpt_finish_step) and, with a node-local cache level, copied to the checkpoint directory,
+ * which happens in the background while the program computes on. CKPT_ERR_MPI if the allreduce failed.
+ * Collective. */
 static inline int32_t ckpt_mpi_should_exit(MPI_Comm comm) {
     int32_t e = 0;
     int32_t rc = ckpt_mpi_poll(comm, NULL, &e);

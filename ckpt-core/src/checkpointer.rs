@@ -374,7 +374,9 @@ impl Inner {
         };
         let exit_asked = taken & (SIGNAL_EXIT | DEADLINE) != 0 || vacate;
         let cached = self.flush.get().filter(|q| !part && q.is_cached(info));
-        let level = if cached.is_some() { "cache" } else { "shared" };
+        // A rank's part in the cache is cached too (copied once the step is committed).
+        let in_cache = cached.is_some() || (part && self.flush.get().is_some_and(|q| q.holds(&info.generation_path)));
+        let level = if in_cache { "cache" } else { "shared" };
         if part {
             // A rank's part: the step exists only once it is committed; exit and answers wait for that.
             let pending =

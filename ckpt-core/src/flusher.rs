@@ -170,6 +170,12 @@ impl FlushQueue {
         info.generation_path.parent().is_some_and(|d| self.store.cache_dir() == Some(d))
     }
 
+    /// Whether `path` lies in the cache directory: a whole checkpoint there, or a rank's part of a
+    /// multi-rank step under it (`<cache>/<base>.parts/<N>/rank<R>.ckpt`).
+    pub(crate) fn holds(&self, path: &std::path::Path) -> bool {
+        self.store.cache_dir().is_some_and(|c| path.starts_with(c))
+    }
+
     /// Opens the committed cache file and queues its copy; when it cannot be opened, the waiters are told
     /// the error at once.
     pub(crate) fn open_and_push(&self, generation: u64, path: &std::path::Path, waiters: Waiters) {

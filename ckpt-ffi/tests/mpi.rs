@@ -10,7 +10,13 @@
 //!   MIN over ranks) and still end with the reference checksum; with a part of that step damaged too (on
 //!   another rank), no step is readable everywhere: an error, never a silent fresh start;
 //! * (c) SIGUSR1 to rank 2 only (the ranks agree on the checkpoint), SIGKILL to every rank once the
-//!   checkpoint is reported: the restart resumes from it and ends with the reference checksum.
+//!   checkpoint is reported: the restart resumes from it and ends with the reference checksum;
+//! * (e) the step of (b) restarted on 2 and on 8 ranks: the example redistributes the rows (C's and
+//!   Fortran's `restart_redistributed`), and the result is the reference checksum, bit for bit (with MPICH
+//!   the Fortran example runs only this scenario);
+//! * (h) three SIGTERM/restart cycles in a row with a node-local cache per simulated node: each restart
+//!   resumes at the last run's step, each step is cached on both nodes and copied, and the last restart
+//!   (from the caches) ends with the reference checksum.
 //!
 //! And `tests/mpi/test_mpi.c` checks every collective of `ckpt_mpi.h` with ranks in different states; a last
 //! test compiles `ckpt_mpi.h` with strict warnings as C99, C11 and C++.
@@ -27,8 +33,9 @@
 //! With Open MPI (`apt-get install openmpi-bin libopenmpi-dev gfortran make`) both examples; with MPICH when
 //! it is installed too (`mpich libmpich-dev`, whose tools are `mpicc.mpich`, `mpirun.mpich`...) the C
 //! example with fewer iterations (MPICH's ranks spin when oversubscribed: about 10 ms per iteration on 2
-//! cores) and the Fortran one built only. Missing tools: skipped with a note. Open MPI as root needs
-//! OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), and 4 ranks on fewer cores `--oversubscribe`; both are set here.
+//! cores) and the Fortran one built and restarted on other numbers of ranks only (e). Missing tools:
+//! skipped with a note. Open MPI as root needs OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), and 4 ranks on fewer
+//! cores `--oversubscribe`; both are set here.
 //! Sizes (Open MPI): `CKPT_MPI_TEST_N` (grid, default 64) and `CKPT_MPI_TEST_ITERATIONS` (default 20000;
 //! interrupted runs sleep 1 ms per iteration so that they last long enough to be interrupted, restarts do
 //! not sleep).
@@ -395,30 +402,6 @@ fn damage(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Writes a wrapper that puts rank r on simulated node r / 2 (its own cache and node id), with `extra`
-/// exported too.
-fn node_wrapper(work: &Path, extra: &str) -> PathBuf {
-    let wrapper = work.join("on-node.sh");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nrank=${{OMPI_COMM_WORLD_RANK:-${{PMI_RANK:-0}}}}\nexport CKPT_CACHE_DIR={}/node$((rank / 2))\n\
-             export CKPT_NODE_ID=node$((rank / 2))\n{extra}\nexec \"$@\"\n",
-            work.join("caches").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    wrapper
-}
-
-/// The one directory a cache root holds (the cache of the run's checkpoint directory).
-fn cache_of(root: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs.remove(0)
-}
-
 /// (g) `CKPT_PARTNER=1`, ranks 0-1 on node 0 and 2-3 on node 1: each rank's committed part is also kept in
 /// the other node's cache. Node 1 is then lost (its cache removed) along with the checkpoint directory's
 /// files: ranks 2 and 3 get their parts back from node 0 and every rank resumes at the SIGTERM step, bit
@@ -426,7 +409,7 @@ fn cache_of(root: &Path) -> PathBuf {
 fn partner_copies(ex: &Example, dir: &str, reference: &str, progress_step: u64) {
     let t = Instant::now();
     let work = ex.work("partners");
-    let wrapper = node_wrapper(&work, "export CKPT_PARTNER=1");
+    let wrapper = node_cache_wrapper(&work, &work.join("caches"), "export CKPT_PARTNER=1");
     let args = [ex.n, ex.mpi.iterations, ex.mpi.delay_us];
     let mut run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &format!("{dir} (g) partners"));
     run.wait_pids();
@@ -440,7 +423,7 @@ fn partner_copies(ex: &Example, dir: &str, reference: &str, progress_step: u64) 
     assert!(!text.contains("failed:"), "a partner transfer failed\n{text}");
     let stop = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
     assert!(stop > first, "{text}");
-    let (node0, node1) = (cache_of(&work.join("caches/node0")), cache_of(&work.join("caches/node1")));
+    let (node0, node1) = (node_cache_dir(&work.join("caches/node0")), node_cache_dir(&work.join("caches/node1")));
     let cps = work.join("checkpoints");
     let g = newest_generation(&cps, "heat_mpi.ckpt");
     // Each node keeps the other node's parts of the newest step (and, with CKPT_CACHE_KEEP=1, only that).
@@ -528,40 +511,15 @@ fn scenarios(mpi: Mpi, lang: &str) {
     assert!(stop > first && checkpoints(&out).contains(&stop), "{text}");
     assert!(stop < ex.mpi.iterations, "the run finished before SIGTERM: raise CKPT_MPI_TEST_ITERATIONS\n{text}");
     eprintln!("{dir} (b) interrupted at {first} and {stop}: {:.1} s", t.elapsed().as_secs_f64());
-    // (e) the same step restarted on 2 and on 8 ranks: the C example reads the old ranks' parts it needs
-    // (ckpt_restart_step, ckpt_restart_part) and ends bit for bit as the uninterrupted 4-rank run
-    if lang == "c" {
-        for np in [2usize, 8] {
-            let copy = ex.work(&format!("reshaped{np}"));
-            copy_tree(&work.join("checkpoints"), &copy.join("checkpoints"));
-            let what = format!("{dir} (e) restart on {np} ranks");
-            let run = Run::start_np(&ex.mpi, &ex.exe, &copy, &[ex.n, ex.mpi.iterations, 0], &what, np);
-            let (status, out, text) = run.finish(Duration::from_secs(300));
-            assert!(status.success(), "{text}");
-            assert!(
-                out.iter().any(|l| l == &format!("redistributed a step of {RANKS} ranks over {np} ranks")),
-                "{text}"
-            );
-            assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
-            assert_eq!(checksum(&out).as_deref(), Some(reference.as_str()), "{np} ranks: the result differs\n{text}");
-        }
-    }
+    // (e) the same step restarted on 2 and on 8 ranks (C and Fortran)
+    restarts_on_other_numbers_of_ranks(&ex, &dir, &work, stop, &reference);
     ex.restart_matches(&work, &format!("{dir} (b) restart"), stop, &reference);
 
     // (f) a node-local cache per simulated node (ranks 0-1, 2-3): SIGTERM's step is copied to the checkpoint
     // directory before the ranks exit; with both caches gone the restart resumes at that step
     {
         let work = ex.work("cached");
-        let wrapper = work.join("on-node.sh");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nrank=${{OMPI_COMM_WORLD_RANK:-${{PMI_RANK:-0}}}}\nexport CKPT_CACHE_DIR={}/node$((rank / 2))\nexec \"$@\"\n",
-                work.join("caches").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let wrapper = node_cache_wrapper(&work, &work.join("caches"), "");
         let args = [ex.n, ex.mpi.iterations, ex.mpi.delay_us];
         let mut run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &format!("{dir} (f) cached"));
         run.wait_pids();
@@ -600,6 +558,9 @@ fn scenarios(mpi: Mpi, lang: &str) {
         partner_copies(&ex, &dir, &reference, progress_step);
     }
 
+    // (h) three SIGTERM/restart cycles in a row with a node-local cache per simulated node
+    restart_cycles_with_caches(&ex, &dir, &reference);
+
     // (d) rank 2 cannot read the newest step: everyone falls back to the previous one together
     let cps = work.join("checkpoints");
     let newest = newest_generation(&cps, "heat_mpi.ckpt");
@@ -627,6 +588,146 @@ fn scenarios(mpi: Mpi, lang: &str) {
     eprintln!("{dir} (c) killed after the checkpoint at {at}: {:.1} s", t.elapsed().as_secs_f64());
     ex.restart_matches(&work, &format!("{dir} (c) restart"), at, &reference);
     eprintln!("{dir}: all scenarios in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// (e): the step of iteration `stop` that 4 ranks wrote in `work` restarted on 2 and on 8 ranks (each in
+/// a copy): the example reads the old ranks' parts it needs (`ckpt_restart_step`, `ckpt_restart_part`, in
+/// C and through module ckpt in Fortran) and ends bit for bit as the uninterrupted 4-rank run.
+fn restarts_on_other_numbers_of_ranks(ex: &Example, dir: &str, work: &Path, stop: u64, reference: &str) {
+    for np in [2usize, 8] {
+        let t = Instant::now();
+        let copy = ex.work(&format!("reshaped{np}"));
+        copy_tree(&work.join("checkpoints"), &copy.join("checkpoints"));
+        let what = format!("{dir} (e) restart on {np} ranks");
+        let run = Run::start_np(&ex.mpi, &ex.exe, &copy, &[ex.n, ex.mpi.iterations, 0], &what, np);
+        let (status, out, text) = run.finish(Duration::from_secs(300));
+        assert!(status.success(), "{text}");
+        assert!(out.iter().any(|l| l == &format!("redistributed a step of {RANKS} ranks over {np} ranks")), "{text}");
+        assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+        assert_eq!(checksum(&out).as_deref(), Some(reference), "{np} ranks: the result differs\n{text}");
+        eprintln!("{what}: {:.1} s", t.elapsed().as_secs_f64());
+    }
+}
+
+/// A script that runs its arguments as simulated node `rank / 2` (two ranks per node):
+/// `CKPT_CACHE_DIR=<caches>/node<n>`, `CKPT_NODE_ID=node<n>`, and `extra` (more shell lines).
+fn node_cache_wrapper(work: &Path, caches: &Path, extra: &str) -> PathBuf {
+    let wrapper = work.join("on-node.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nrank=${{OMPI_COMM_WORLD_RANK:-${{PMI_RANK:-0}}}}\nexport CKPT_CACHE_DIR={}/node$((rank / 2))\n\
+             export CKPT_NODE_ID=node$((rank / 2))\n{extra}\nexec \"$@\"\n",
+            caches.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+/// The one cache directory in a node's cache root (`<checkpoint directory's name>-<hash>`).
+fn node_cache_dir(root: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// (h) Three SIGTERM/restart cycles in a row with a node-local cache per simulated node (ranks 0-1, 2-3),
+/// as a job requeued on the same nodes lives them: each run is stopped by SIGTERM to every rank after some
+/// progress, its step cached on both nodes (each node's cache holds the step's manifest and its ranks'
+/// parts), copied to the checkpoint directory, and logged as cached; each restart resumes at the last
+/// run's step, never an older one, with the step numbers going on. The last restart, the checkpoint
+/// directory's copy of the newest step hidden, reads every rank's part from its node's cache and ends bit
+/// for bit as the uninterrupted run.
+fn restart_cycles_with_caches(ex: &Example, dir: &str, reference: &str) {
+    let t = Instant::now();
+    let work = ex.work("cycles");
+    let caches = work.join("caches");
+    let wrapper = node_cache_wrapper(&work, &caches, "");
+    let cps = work.join("checkpoints");
+    let (mut stop, mut newest) = (0u64, 0u64);
+    for cycle in 1..=3 {
+        let what = format!("{dir} (h) run {cycle}");
+        let args = [ex.n, ex.mpi.iterations, ex.mpi.delay_us];
+        let mut run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &what);
+        run.wait_pids();
+        if cycle > 1 {
+            run.wait_for(Duration::from_secs(60), "the restart", |l| {
+                l.iter().find_map(|l| number_after(l, "resumed at iteration ")).map(|at| {
+                    assert_eq!(at, stop, "{what}: resumed elsewhere than the last run's step");
+                })
+            });
+        }
+        run.wait_for(Duration::from_secs(60), "some progress", |l| progress(l, stop + ex.mpi.progress));
+        run.signal_ranks(&[0, 1, 2, 3], libc::SIGTERM);
+        let (status, out, text) = run.finish(Duration::from_secs(120));
+        assert!(status.success(), "{text}");
+        assert!(!out.iter().any(|l| l.starts_with("done")), "the run finished before SIGTERM\n{text}");
+        let at = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
+        assert!(at > stop, "{what}: checkpoint at {at} after the restart at {stop}\n{text}");
+        // Every rank left at one iteration, once the step was durable (at it or a few iterations later).
+        let stops: Vec<u64> = out
+            .iter()
+            .find_map(|l| l.split_once("; the ranks stopped at "))
+            .map(|(_, list)| list.split_whitespace().map(|i| i.parse().unwrap()).collect())
+            .unwrap_or_default();
+        assert!(stops.len() == RANKS && stops.iter().all(|&s| s == stops[0] && s >= at), "{what}\n{text}");
+        stop = at;
+        let g = newest_generation(&cps, "heat_mpi.ckpt");
+        assert!(g > newest, "{what}: generation {g} after {newest}");
+        newest = g;
+        assert!(cps.join(format!("heat_mpi.ckpt.{g}")).is_file(), "{what}: the step is durable\n{text}");
+        for node in 0..2 {
+            let cache = node_cache_dir(&caches.join(format!("node{node}")));
+            assert!(cache.join(format!("heat_mpi.ckpt.{g}")).is_file(), "{what}: node {node}'s cache\n{text}");
+            for r in [2 * node, 2 * node + 1] {
+                let part = cache.join(format!("heat_mpi.ckpt.parts/{g}/rank{r}.ckpt"));
+                assert!(part.is_file(), "{what}: {}", part.display());
+            }
+        }
+    }
+    let log = std::fs::read_to_string(work.join("ckpt.log")).unwrap();
+    let saved: Vec<&str> = log.lines().filter(|l| l.contains("\"event\":\"checkpoint\"")).collect();
+    assert!(saved.len() >= 3 * RANKS, "every rank logs its checkpoints: {saved:#?}");
+    assert!(saved.iter().all(|l| l.contains("\"level\":\"cache\"")), "committed to the caches: {saved:#?}");
+    assert!(log.lines().any(|l| l.contains("\"event\":\"flushed\"")), "and copied");
+
+    // Requeued on the same nodes once more, the checkpoint directory's copy of the newest step hidden.
+    let aside = work.join("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for name in ["heat_mpi.ckpt".to_string(), format!("heat_mpi.ckpt.{newest}")] {
+        std::fs::rename(cps.join(&name), aside.join(&name)).unwrap();
+    }
+    let what = format!("{dir} (h) last restart, from the caches");
+    let args = [ex.n, ex.mpi.iterations, 0];
+    let run = Run::start_wrapped(&ex.mpi, &wrapper, &ex.exe, &work, &args, &what);
+    let (status, out, text) = run.finish(Duration::from_secs(300));
+    assert!(status.success(), "{text}");
+    assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+    assert_eq!(checksum(&out).as_deref(), Some(reference), "{what}: the result differs\n{text}");
+    eprintln!("{dir} (h) three restart cycles with caches: {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// For MPICH, where the Fortran example is otherwise built only: (a) the uninterrupted run, a SIGTERM
+/// checkpoint of 4 ranks, and (e) its restart on 2 and on 8 ranks.
+fn fortran_reshaped(mpi: Mpi) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build(&mpi, "fortran", tmp.path());
+    let dir = format!("fortran ({})", mpi.name);
+    let progress_step = mpi.progress;
+    let ex = Example { mpi, exe, n: env_number("CKPT_MPI_TEST_N", 64), tmp };
+    let (out, text) = ex.run_to_end(&ex.work("reference"), &format!("{dir} (a) reference"));
+    let reference = checksum(&out).unwrap_or_else(|| panic!("no result line\n{text}"));
+    let work = ex.work("interrupted");
+    let run = ex.start_slow(&work, &format!("{dir} SIGTERM"));
+    run.wait_for(Duration::from_secs(60), "some progress", |l| progress(l, progress_step));
+    run.signal_ranks(&[0, 1, 2, 3], libc::SIGTERM);
+    let (status, out, text) = run.finish(Duration::from_secs(120));
+    assert!(status.success(), "{text}");
+    let stop = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
+    assert!(stop < ex.mpi.iterations, "the run finished before SIGTERM\n{text}");
+    restarts_on_other_numbers_of_ranks(&ex, &dir, &work, stop, &reference);
 }
 
 #[test]
@@ -657,6 +758,14 @@ fn fortran_heat_mpi_builds_with_mpich() {
     if let Some(mpi) = toolchain(mpich(), "MPICH", "fortran") {
         let tmp = tempfile::tempdir().unwrap();
         assert!(build(&mpi, "fortran", tmp.path()).exists());
+    }
+}
+
+/// The Fortran example restarted on 2 and on 8 ranks from a step of 4 with MPICH too (scenario (e)).
+#[test]
+fn fortran_heat_mpi_restarts_on_other_numbers_of_ranks_mpich() {
+    if let Some(mpi) = toolchain(mpich(), "MPICH", "fortran") {
+        fortran_reshaped(mpi);
     }
 }
 

@@ -137,6 +137,19 @@ fn part_tuple(cp: &Checkpointer, generation: u64) -> Result<PartTuple, Error> {
     Ok((i.generation, i.app_step.cast_signed(), i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32))
 }
 
+/// Every rank's part identities as Python passes them (indexed by rank).
+fn part_identities(parts: Vec<PartTuple>) -> Result<Vec<ckpt_core::PartIdentity>, Error> {
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(r, (generation, step, file_len, rank, nranks, header_crc32, table_crc32))| {
+            let app_step = u64::try_from(step)
+                .map_err(|_| Error::invalid(format!("parts[{r}] step {step} is negative: steps are 0 or more")))?;
+            Ok(ckpt_core::PartIdentity { generation, app_step, file_len, rank, nranks, header_crc32, table_crc32 })
+        })
+        .collect()
+}
+
 /// The core checkpointer behind `ckpt.Checkpointer` (see the module documentation).
 #[pyclass(module = "ckpt._ckpt", name = "Checkpointer", frozen)]
 pub struct PyCheckpointer {
@@ -466,18 +479,23 @@ impl PyCheckpointer {
         parts: Vec<PartTuple>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let cp = self.get(py)?;
-        let parts: Vec<ckpt_core::PartIdentity> = parts
-            .into_iter()
-            .enumerate()
-            .map(|(r, (generation, step, file_len, rank, nranks, header_crc32, table_crc32))| {
-                let app_step = u64::try_from(step)
-                    .map_err(|_| Error::invalid(format!("parts[{r}] step {step} is negative: steps are 0 or more")))?;
-                Ok(ckpt_core::PartIdentity { generation, app_step, file_len, rank, nranks, header_crc32, table_crc32 })
-            })
-            .collect::<Result<_, Error>>()
-            .py_err(py)?;
+        let parts = part_identities(parts).py_err(py)?;
         let info = py.detach(|| cp.store().commit_step_with_parts(generation, step, &parts)).py_err(py)?;
         crate::commit_info(py, &info)
+    }
+
+    /// On a rank other than 0, after rank 0 committed multi-rank `generation` of `step` from `parts` (the
+    /// identities it committed, broadcast to every rank): records the step's manifest in this rank's
+    /// node-local cache too, unless it is there already (a rank on rank 0's node), so that a restart on
+    /// the same nodes finds the step in every node's cache. Returns whether it wrote one (`False` without a
+    /// cache level). The collective save does this when any rank caches, as `ckpt_mpi.h` does.
+    fn record_step(&self, py: Python<'_>, generation: u64, step: i64, parts: Vec<PartTuple>) -> PyResult<bool> {
+        let cp = self.get(py)?;
+        let parts = part_identities(parts).py_err(py)?;
+        let step = u64::try_from(step)
+            .map_err(|_| Error::invalid(format!("step {step} is negative: steps are 0 or more")))
+            .py_err(py)?;
+        py.detach(|| cp.store().record_step(generation, step, &parts)).py_err(py)
     }
 
     /// Multi-rank best-metric retention, on rank 0 after the step of `generation` (with `metrics`) was

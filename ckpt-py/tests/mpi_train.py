@@ -17,6 +17,9 @@ it left at on should_exit() (or null). ``TRAIN_ASYNC=1`` saves with ``blocking=F
 the best step by a metric besides the newest 3 (rank 0's metric is best at step 6, the other ranks' at
 step 14: rank 0 decides); ``TRAIN_RESTORE_STEP=N`` restores step N (``restore(step=N)``); a restore that
 raises ``NoValidCheckpointError`` writes ``{"error": ..., "message": ...}`` and exits with 3.
+``TRAIN_CACHE=DIR`` gives the ranks node-local cache levels on simulated nodes of two ranks each: rank r
+caches in ``DIR/node<r // 2>`` (``CKPT_CACHE_DIR``); the result then also says which file each rank
+restored its part from (``"file"``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main() -> int:
     restore_step = int(os.environ["TRAIN_RESTORE_STEP"]) if os.environ.get("TRAIN_RESTORE_STEP") else None
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    if os.environ.get("TRAIN_CACHE"):
+        os.environ["CKPT_CACHE_DIR"] = os.path.join(os.environ["TRAIN_CACHE"], f"node{rank // 2}")
     kw = {"keep_best": 1, "metric": "loss", "mode": "min"} if best else {}
     with ckpt.Checkpointer("mpitrain", comm=comm, keep=3, **kw) as cp:
         assert (cp.rank, cp.nranks) == (rank, comm.Get_size())
@@ -57,6 +62,7 @@ def main() -> int:
                 json.dump({"error": type(e).__name__, "message": str(e)}, f)
             return 3
         restored = None if state is None else state["step"]
+        restored_file = None if cp.restored is None else str(cp.restored.file)
         if state is None:
             state = {"step": 0, "x": np.arange(1000, dtype=np.int64) * (rank + 1), "history": []}
         print(f"rank {rank} restored {restored}", flush=True)
@@ -91,7 +97,9 @@ def main() -> int:
                 break
     digest = hashlib.sha256(state["x"].tobytes() + json.dumps(state["history"]).encode()).hexdigest()
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump({"step": state["step"], "digest": digest, "restored": restored, "exited": exited}, f)
+        json.dump(
+            {"step": state["step"], "digest": digest, "restored": restored, "exited": exited, "file": restored_file}, f
+        )
     return 0
 
 

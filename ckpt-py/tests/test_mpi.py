@@ -224,3 +224,34 @@ def test_restore_of_a_step_that_a_rank_lacks_fails_on_every_rank(mpirun, tmp_pat
     # Its other steps still restore on every rank.
     r = job.run(TRAIN_RESTORE_STEP="15")
     assert each(job, "restored") == [15] * NP, (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("background", ["0", "1"], ids=["blocking", "background"])
+def test_a_requeue_on_the_same_nodes_restarts_every_rank_from_its_node_s_cache(mpirun, reference, tmp_path, background):
+    job = Job(mpirun, tmp_path)
+    caches = tmp_path / "caches"  # two simulated nodes: ranks 0-1 cache in node0, ranks 2-3 in node1
+    # SIGTERM to rank 2 after step 7: every rank saves step 7 to its node's cache, and the step is copied to
+    # the checkpoint directory. The ranks compute on meanwhile (should_exit turns true once the copy is
+    # durable, a few steps later or after the last one; the end of the program waits for the copy).
+    r = job.run(TRAIN_CACHE=str(caches), TRAIN_SIGNAL="2:7:TERM", TRAIN_ASYNC=background)
+    exited = each(job, "exited")
+    assert len(set(exited)) == 1 and (exited[0] is None or int(str(exited[0])) >= 7), (exited, r.stdout, r.stderr)
+    assert (job.dir / "mpitrain.ckpt").is_file(), r.stderr
+    g = int(job.newest_parts().name)
+    # Rank 0 committed the step's manifest in node 0's cache; node 1's ranks recorded it in theirs.
+    node_dirs = [next((caches / f"node{n}").iterdir()) for n in range(2)]
+    for n, d in enumerate(node_dirs):
+        assert (d / f"mpitrain.ckpt.{g}").is_file(), (n, sorted(p.name for p in d.iterdir()), r.stderr)
+        ranks = sorted(p.name for p in (d / "mpitrain.ckpt.parts" / str(g)).iterdir())
+        assert ranks == [f"rank{2 * n}.ckpt", f"rank{2 * n + 1}.ckpt"], (n, ranks)
+    # Requeued on the same nodes, the checkpoint directory's copy of the step hidden: every rank restarts
+    # from its node's cache, at step 7, and ends where the uninterrupted run ended.
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("mpitrain.ckpt", f"mpitrain.ckpt.{g}"):
+        (job.dir / name).rename(aside / name)
+    r = job.run(TRAIN_CACHE=str(caches), TRAIN_ASYNC=background)
+    assert each(job, "restored") == [7] * NP, (r.stdout, r.stderr)
+    for rank, f in enumerate(each(job, "file")):
+        assert Path(str(f)).is_relative_to(node_dirs[rank // 2]), (rank, f)
+    assert [x["digest"] for x in job.results()] == reference

@@ -4,7 +4,9 @@
  *   SIGUSR1 (to every rank, or to any one: the ranks agree): a collective checkpoint at the next
  *           iteration, then it continues.
  *   SIGTERM: a collective checkpoint at the next iteration, then every rank exits with status 0 (the job
- *           can be requeued). Also the job's time limit, CKPT_INTERVAL, `ckpt create`: see the README.
+ *           can be requeued); with a node-local cache level (CKPT_CACHE_DIR) once the checkpoint is
+ *           durable in the checkpoint directory, a few iterations later. Also the job's time limit,
+ *           CKPT_INTERVAL, `ckpt create`: see the README.
  *
  * On start it restarts collectively from the newest checkpoint every rank can read, if any, also one written
  * by another number of ranks (its rows redistributed: restart_redistributed); the final
@@ -167,6 +169,7 @@ int main(int argc, char **argv) {
 
     const int up = rank > 0 ? rank - 1 : MPI_PROC_NULL, down = rank < nranks - 1 ? rank + 1 : MPI_PROC_NULL;
     const struct timespec delay = {delay_us / 1000000, (delay_us % 1000000) * 1000};
+    int64_t last_checkpoint = -1;
     while (iteration < iterations) {
         /* halo exchange: first owned row up / bottom halo from below, last owned row down / top halo */
         MPI_Sendrecv(u + (size_t)1 * n, n, MPI_DOUBLE, up, 0, u + (size_t)(rows + 1) * n, n, MPI_DOUBLE, down, 0,
@@ -189,7 +192,12 @@ int main(int argc, char **argv) {
         if (delay_us > 0) nanosleep(&delay, NULL);
         if (progress > 0 && rank == 0 && iteration % progress == 0) printf("iteration %lld\n", (long long)iteration);
 
-        if (ckpt_mpi_should_checkpoint(comm) == 1) {
+        /* both flags with one allreduce, every iteration: with a node-local cache level (CKPT_CACHE_DIR)
+         * SIGTERM's checkpoint is copied to the checkpoint directory in the background and the exit is
+         * due only once it is durable there, a few iterations after the checkpoint */
+        int32_t due = 0, leave = 0;
+        if ((rc = ckpt_mpi_poll(comm, &due, &leave)) != CKPT_OK) fail("ckpt_mpi_poll", rc);
+        if (due == 1) {
             /* the field moved to the other buffer: protecting id 0 again replaces the pointer */
             if ((rc = ckpt_protect(0, u, cells * sizeof *u)) != CKPT_OK) fail("ckpt_protect", rc);
             rc = ckpt_mpi_checkpoint(comm, iteration);
@@ -199,24 +207,29 @@ int main(int argc, char **argv) {
                         (long long)iteration, ckpt_status_str(rc), ckpt_last_error());
             } else {
                 if (rank == 0) printf("checkpoint at iteration %lld\n", (long long)iteration);
-                if (ckpt_mpi_should_exit(comm) == 1) {
-                    /* every rank leaves here, at the same iteration: rank 0 shows each rank's */
-                    int64_t *its = rank == 0 ? malloc(sizeof *its * (size_t)nranks) : NULL;
-                    MPI_Gather(&iteration, 1, MPI_INT64_T, its, 1, MPI_INT64_T, 0, comm);
-                    if (rank == 0) {
-                        printf("stopping after the checkpoint at iteration %lld; the ranks stopped at",
-                               (long long)iteration);
-                        for (int r = 0; r < nranks; r++) printf(" %lld", (long long)its[r]);
-                        printf("\n");
-                        free(its);
-                    }
-                    ckpt_mpi_finalize(comm);
-                    free(u);
-                    free(next);
-                    MPI_Finalize();
-                    return 0;
-                }
+                last_checkpoint = iteration;
+                leave = ckpt_mpi_should_exit(comm) == 1; /* without a cache level: at once */
             }
+        }
+        if (leave == 1) {
+            /* every rank leaves here, at the same iteration: rank 0 shows each rank's */
+            int64_t *its = rank == 0 ? malloc(sizeof *its * (size_t)nranks) : NULL;
+            MPI_Gather(&iteration, 1, MPI_INT64_T, its, 1, MPI_INT64_T, 0, comm);
+            if (rank == 0) {
+                if (iteration == last_checkpoint)
+                    printf("stopping after the checkpoint at iteration %lld; the ranks stopped at", (long long)iteration);
+                else
+                    printf("stopping at iteration %lld, the checkpoint at iteration %lld durable; the ranks stopped at",
+                           (long long)iteration, (long long)last_checkpoint);
+                for (int r = 0; r < nranks; r++) printf(" %lld", (long long)its[r]);
+                printf("\n");
+                free(its);
+            }
+            ckpt_mpi_finalize(comm);
+            free(u);
+            free(next);
+            MPI_Finalize();
+            return 0;
         }
     }
 

@@ -2,10 +2,14 @@
 ! its rows decomposed over the MPI ranks with halo exchange, checkpointed collectively with module ckpt_mpi.
 !
 !   SIGUSR1 (to every rank, or to any one: the ranks agree): a collective checkpoint, then it continues.
-!   SIGTERM: a collective checkpoint, then every rank exits with status 0 (the job can be requeued).
+!   SIGTERM: a collective checkpoint, then every rank exits with status 0 (the job can be requeued); with
+!            a node-local cache level (CKPT_CACHE_DIR) once the checkpoint is durable in the checkpoint
+!            directory, a few iterations later.
 !
-! On start it restarts collectively from the newest checkpoint every rank can read. The field is stored
-! as u(column, row) so its memory layout, and so the final crc32, are those of the C version.
+! On start it restarts collectively from the newest checkpoint every rank can read, also one written by
+! another number of ranks (its rows redistributed: restart_redistributed, with ckpt_restart_step and
+! ckpt_restart_part). The field is stored as u(column, row) so its memory layout, and so the final crc32,
+! are those of the C version.
 !
 ! Usage: heat_mpi [N] [ITERATIONS] [DELAY_US]   (default 256 256 0); HEAT_RESULT=path: rank 0 also writes
 !        the final line there; HEAT_PROGRESS=k: prints "iteration i" every k iterations.
@@ -33,9 +37,9 @@ program heat_mpi
   type(MPI_Comm) :: comm
   integer :: rank, nranks, n, rows, row0, base, extra, up, down, i, j, g, r, ierr
   integer(c_int64_t), target :: iteration
-  integer(c_int64_t) :: iterations, step, progress
+  integer(c_int64_t) :: iterations, step, progress, last_checkpoint
   integer(c_int) :: delay_us, ignored
-  integer(c_int32_t) :: rc, found
+  integer(c_int32_t) :: rc, found, written_by, due, leave
   integer(c_size_t) :: stored
   real(c_double), pointer, contiguous :: u(:, :), next(:, :), t(:, :)
   real(c_double), allocatable :: all(:, :)
@@ -101,8 +105,20 @@ program heat_mpi
   found = 0
   step = 0
   rc = ckpt_mpi_have_restart(comm, found, step)
+  written_by = 0
+  if (rc == CKPT_ERR_NO_VALID_CHECKPOINT) then
+    ! Perhaps a step written by another number of ranks: read this rank's rows from the old ranks' parts.
+    if (restart_redistributed(written_by) == CKPT_OK) then
+      rc = CKPT_OK
+      found = 1
+      if (rank == 0) then
+        write(output_unit, '(a,i0,a,i0,a)') 'redistributed a step of ', written_by, ' ranks over ', nranks, ' ranks'
+        flush(output_unit)
+      end if
+    end if
+  end if
   if (rc /= CKPT_OK) call fail('ckpt_mpi_have_restart', rc)
-  if (found == 1) then
+  if (found == 1 .and. written_by == 0) then
     stored = 0
     rc = ckpt_mpi_restart_size(comm, 0_c_int32_t, stored)
     if (rc /= CKPT_OK) call fail('ckpt_mpi_restart_size', rc)
@@ -116,8 +132,10 @@ program heat_mpi
   if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
   rc = ckpt_protect_f(1_c_int32_t, iteration)
   if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
-  rc = ckpt_mpi_restart(comm, found, step)
-  if (rc /= CKPT_OK) call fail('ckpt_mpi_restart', rc)
+  if (written_by == 0) then
+    rc = ckpt_mpi_restart(comm, found, step)
+    if (rc /= CKPT_OK) call fail('ckpt_mpi_restart', rc)
+  end if
   if (rank == 0) then
     if (found == 1) then
       write(output_unit, '(a,i0)') 'resumed at iteration ', iteration
@@ -128,6 +146,7 @@ program heat_mpi
     flush(output_unit)
   end if
 
+  last_checkpoint = -1
   up = merge(rank - 1, MPI_PROC_NULL, rank > 0)
   down = merge(rank + 1, MPI_PROC_NULL, rank < nranks - 1)
   do while (iteration < iterations)
@@ -156,7 +175,14 @@ program heat_mpi
       end if
     end if
 
-    if (ckpt_mpi_should_checkpoint(comm) == 1) then
+    ! both flags with one allreduce, every iteration: with a node-local cache level (CKPT_CACHE_DIR)
+    ! SIGTERM's checkpoint is copied to the checkpoint directory in the background and the exit is due
+    ! only once it is durable there, a few iterations after the checkpoint
+    due = 0
+    leave = 0
+    rc = ckpt_mpi_poll(comm, due, leave)
+    if (rc /= CKPT_OK) call fail('ckpt_mpi_poll', rc)
+    if (due == 1) then
       ! the field moved to the other buffer: protecting id 0 again replaces the pointer
       rc = ckpt_protect_f(0_c_int32_t, u)
       if (rc /= CKPT_OK) call fail('ckpt_protect_f', rc)
@@ -170,20 +196,27 @@ program heat_mpi
           write(output_unit, '(a,i0)') 'checkpoint at iteration ', iteration
           flush(output_unit)
         end if
-        if (ckpt_mpi_should_exit(comm) == 1) then
-          ! every rank leaves here, at the same iteration: rank 0 shows each rank's
-          call MPI_Gather(iteration, 1, MPI_INT64_T, ints, 1, MPI_INT64_T, 0, comm, ierr)
-          if (rank == 0) then
-            write(output_unit, '(a,i0,a,*(1x,i0))') 'stopping after the checkpoint at iteration ', iteration, &
-              '; the ranks stopped at', ints
-            flush(output_unit)
-          end if
-          rc = ckpt_mpi_finalize(comm)
-          deallocate(u, next)
-          call MPI_Finalize(ierr)
-          stop
-        end if
+        last_checkpoint = iteration
+        leave = merge(1_c_int32_t, 0_c_int32_t, ckpt_mpi_should_exit(comm) == 1) ! without a cache level: at once
       end if
+    end if
+    if (leave == 1) then
+      ! every rank leaves here, at the same iteration: rank 0 shows each rank's
+      call MPI_Gather(iteration, 1, MPI_INT64_T, ints, 1, MPI_INT64_T, 0, comm, ierr)
+      if (rank == 0) then
+        if (iteration == last_checkpoint) then
+          write(output_unit, '(a,i0,a,*(1x,i0))') 'stopping after the checkpoint at iteration ', iteration, &
+            '; the ranks stopped at', ints
+        else
+          write(output_unit, '(a,i0,a,i0,a,*(1x,i0))') 'stopping at iteration ', iteration, &
+            ', the checkpoint at iteration ', last_checkpoint, ' durable; the ranks stopped at', ints
+        end if
+        flush(output_unit)
+      end if
+      rc = ckpt_mpi_finalize(comm)
+      deallocate(u, next)
+      call MPI_Finalize(ierr)
+      stop
     end if
   end do
 
@@ -223,6 +256,70 @@ program heat_mpi
   call MPI_Finalize(ierr)
 
 contains
+
+  !> Restart on another number of ranks, as restart_redistributed in examples/c/heat_mpi.c: the newest step
+  !> every rank can read whatever number of ranks wrote it (ckpt_restart_step verifies every part, so every
+  !> rank chooses the same one; checked below). This rank's grid rows row0 .. row0+rows-1 are copied into u
+  !> from the parts of the old ranks that owned them (their rows follow from the same split over the old
+  !> number of ranks); the halo rows are exchanged by the first iteration, as after any restart. The
+  !> iteration comes from old rank 0's part. The same status on every rank; written_by: the old number of
+  !> ranks (set on success).
+  function restart_redistributed(written_by) result(status)
+    integer(c_int32_t), intent(inout) :: written_by
+    integer(c_int32_t) :: status, old, rc
+    integer(c_int64_t) :: old_step, v(3)
+    integer(c_size_t) :: len
+    integer :: ob, oe, p, orows, orow0, lo, hi, e
+    real(c_double), allocatable, target :: part(:, :)
+    old = 0
+    old_step = 0
+    rc = ckpt_restart_step(old, old_step)
+    ! every rank must have chosen the same step: {step, -step, -status} maximised
+    if (rc == CKPT_OK) then
+      v = [old_step, -old_step, 0_c_int64_t]
+    else
+      v = [-1_c_int64_t, 1_c_int64_t, -int(rc, c_int64_t)]
+    end if
+    call MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_MAX, comm, e)
+    if (e /= MPI_SUCCESS) then
+      status = CKPT_ERR_MPI
+      return
+    end if
+    if (v(3) /= 0) then
+      status = int(-v(3), c_int32_t)
+      return
+    end if
+    if (v(1) /= -v(2)) then
+      status = CKPT_ERR_INVALID_STATE
+      return
+    end if
+    ob = n / old
+    oe = mod(n, old)
+    do p = 0, old - 1
+      orows = ob + merge(1, 0, p < oe)
+      orow0 = p * ob + min(p, oe)
+      lo = max(row0, orow0)
+      hi = min(row0 + rows, orow0 + orows)
+      if (lo >= hi) cycle
+      len = 0
+      rc = ckpt_restart_part_size(int(p, c_int32_t), 0_c_int32_t, len)
+      if (rc /= CKPT_OK) exit
+      if (len /= int(orows + 2, c_size_t) * int(n, c_size_t) * c_sizeof(u(0, 0))) then
+        rc = CKPT_ERR_SIZE_MISMATCH ! another grid size
+        exit
+      end if
+      allocate(part(0:n - 1, 0:orows + 1))
+      rc = ckpt_restart_part(int(p, c_int32_t), 0_c_int32_t, c_loc(part), len)
+      if (rc == CKPT_OK) u(:, lo - row0 + 1:hi - row0) = part(:, lo - orow0 + 1:hi - orow0)
+      deallocate(part)
+      if (rc /= CKPT_OK) exit
+    end do
+    if (rc == CKPT_OK) rc = ckpt_restart_part(0_c_int32_t, 1_c_int32_t, c_loc(iteration), c_sizeof(iteration))
+    ! the same outcome on every rank
+    call MPI_Allreduce(rc, status, 1, MPI_INT32_T, MPI_MIN, comm, e)
+    if (e /= MPI_SUCCESS) status = CKPT_ERR_MPI
+    if (status == CKPT_OK) written_by = old
+  end function restart_redistributed
 
   subroutine fail(what, status)
     character(len=*), intent(in) :: what

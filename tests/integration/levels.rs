@@ -376,6 +376,12 @@ fn a_multi_rank_step_is_cached_on_each_node_then_committed_in_the_checkpoint_dir
     assert_eq!(flushed, vec![g1, g2]);
     assert_eq!(generations(&shared, "mr.ckpt"), vec![g1, g2]);
     for r in 0..4 {
+        // Each rank's part was committed to its node's cache: the log says so.
+        let saved = log_events(&tmp.path().join(format!("log{r}")), "checkpoint");
+        let levels: Vec<&str> = saved.iter().filter_map(|e| e["level"].as_str()).collect();
+        assert_eq!(levels, ["cache", "cache"], "rank {r}: {saved:?}");
+    }
+    for r in 0..4 {
         Checkpoint::open(shared.join(format!("mr.ckpt.parts/{g2}/rank{r}.ckpt"))).unwrap().verify().unwrap();
     }
     drop(cps);
@@ -413,4 +419,116 @@ fn a_cache_directory_another_user_made_is_refused() {
     assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
     assert!(e.to_string().contains(&format!("belongs to uid {uid}")), "{e}");
     assert!(!shared.exists() || generations(&shared, "lvl.ckpt").is_empty(), "nothing written");
+}
+
+/// One run of the trigger program (300 steps of 10 ms, 8 MiB of padding per checkpoint) with the cache
+/// level in `cache_root` and `CKPT_FLUSH=policy`, its log in `log`.
+fn cycle_child(dir: &Path, cache_root: &Path, policy: &str, log: &Path) -> LiveChild {
+    let mut cmd = clean_command(Path::new(TRIGGER), dir);
+    cmd.arg("300").arg("10").env("CKPT_TEST_PAD_MIB", "8").env("CKPT_LOG", log);
+    cmd.env("CKPT_CACHE_DIR", cache_root).env("CKPT_FLUSH", policy);
+    LiveChild::spawn(cmd)
+}
+
+/// The step of a `checkpoint <step> <path>` or `resumed <step>` line.
+fn step_of(line: &str) -> u64 {
+    line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no step in {line:?}"))
+}
+
+/// Three SIGTERM/restart cycles in a row with the cache level, as a requeued job lives them: each run
+/// takes a SIGUSR1 checkpoint, then SIGTERM's, and exits once that one is durable; the next run resumes
+/// at SIGTERM's step: from the cache on the same node (cycles 2 and 4), from the checkpoint directory on
+/// another node (cycle 3, the cache gone). The log says each checkpoint was cached and which were copied,
+/// the numbering goes on across runs and levels, nothing of an older run is taken for the newest, and the
+/// last run ends as an uninterrupted one.
+fn three_restart_cycles(policy: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, cache_root, reference_dir) =
+        (tmp.path().join("shared"), tmp.path().join("cache"), tmp.path().join("ref"));
+    for d in [&dir, &reference_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut reference = cycle_child(&reference_dir, &tmp.path().join("refcache"), policy, &tmp.path().join("reflog"));
+    let done = reference.wait_for("done ", Duration::from_secs(120)).unwrap_or_else(|| panic!("{:?}", reference.seen));
+    assert!(reference.finish(Duration::from_secs(60)).success());
+
+    let cache_dir = {
+        let mut cfg = ckpt_tests::reader_config("trigger-test", &dir);
+        cfg.cache = Some(CacheLevel::new(&cache_root));
+        Store::new(cfg).cache_dir().unwrap().to_path_buf()
+    };
+    let mut resume: Option<(u64, u64)> = None; // (generation, step) of the last SIGTERM checkpoint
+    let mut newest_generation = 0u64;
+    for cycle in 1..=4u32 {
+        if cycle == 3 {
+            std::fs::remove_dir_all(&cache_root).unwrap(); // requeued on another node
+        }
+        let log = tmp.path().join(format!("log{cycle}"));
+        let mut child = cycle_child(&dir, &cache_root, policy, &log);
+        let what = format!("{policy}, run {cycle}");
+        assert!(child.wait_for("ready", Duration::from_secs(60)).is_some(), "{what}: {:?}", child.seen);
+        let restore = log_events(&log, "restore");
+        assert_eq!(restore.len(), 1, "{what}: {restore:?}");
+        match resume {
+            None => assert!(restore[0]["path"].is_null(), "{what}: a fresh start: {restore:?}"),
+            Some((generation, step)) => {
+                let resumed: Vec<u64> = child.lines_with("resumed ").iter().map(|l| step_of(l)).collect();
+                assert_eq!(resumed, vec![step], "{what}: {:?}", child.seen);
+                assert_eq!(
+                    (restore[0]["generation"].as_u64(), restore[0]["step"].as_u64()),
+                    (Some(generation), Some(step)),
+                    "{what}: the newest generation, of the last run's SIGTERM: {restore:?}"
+                );
+                let from = PathBuf::from(restore[0]["path"].as_str().unwrap());
+                let level = if from.starts_with(&cache_dir) { Level::Cache } else { Level::Shared };
+                let expected = if cycle == 3 { Level::Shared } else { Level::Cache };
+                assert_eq!(level, expected, "{what}: restored from {}", from.display());
+            }
+        }
+        if cycle == 4 {
+            // The last run: to the end, as the uninterrupted run ended.
+            let line = child.wait_for("done ", Duration::from_secs(120)).unwrap_or_else(|| panic!("{:?}", child.seen));
+            assert!(child.finish(Duration::from_secs(60)).success(), "{what}");
+            assert_eq!(line, done, "{what}: the result differs from the uninterrupted run's");
+            break;
+        }
+        child.signal(libc::SIGUSR1);
+        let first =
+            child.wait_for("checkpoint ", Duration::from_secs(60)).unwrap_or_else(|| panic!("{:?}", child.seen));
+        std::thread::sleep(Duration::from_millis(100));
+        child.signal(libc::SIGTERM);
+        let last = child.wait_for("checkpoint ", Duration::from_secs(60)).unwrap_or_else(|| panic!("{:?}", child.seen));
+        assert!(child.wait_for("exit ", Duration::from_secs(120)).is_some(), "{what}: {:?}", child.seen);
+        assert!(child.finish(Duration::from_secs(60)).success(), "{what}");
+        let (first, last) = (step_of(&first), step_of(&last));
+        assert!(resume.is_none_or(|(_, s)| first > s) && last > first, "{what}: {:?}", child.seen);
+
+        // Both checkpoints were cached, with generations after every earlier run's.
+        let saved = log_events(&log, "checkpoint");
+        let levels: Vec<&str> = saved.iter().filter_map(|e| e["level"].as_str()).collect();
+        assert_eq!(levels, ["cache", "cache"], "{what}: {saved:?}");
+        let numbers: Vec<u64> = saved.iter().filter_map(|e| e["generation"].as_u64()).collect();
+        assert_eq!(numbers, [newest_generation + 1, newest_generation + 2], "{what}: numbering goes on");
+        newest_generation += 2;
+        // SIGTERM's was copied (the exit waited for it); with `exit` nothing else was.
+        let flushed = log_events(&log, "flushed");
+        let copied: Vec<u64> = flushed.iter().filter_map(|e| e["generation"].as_u64()).collect();
+        assert_eq!(copied.last(), Some(&newest_generation), "{what}: {flushed:?}");
+        assert_eq!(flushed.last().unwrap()["exit"], true, "{what}");
+        if policy == "exit" {
+            assert_eq!(copied, [newest_generation], "{what}: only the last checkpoint is copied");
+        }
+        let durable = Checkpoint::open(dir.join(format!("trigger-test.ckpt.{newest_generation}"))).unwrap();
+        durable.verify().unwrap();
+        assert_eq!(durable.step(), last, "{what}");
+        assert_eq!(generations(&cache_dir, "trigger-test.ckpt"), [newest_generation], "{what}: the cache keeps one");
+        resume = Some((newest_generation, last));
+    }
+}
+
+#[test]
+fn three_sigterm_restart_cycles_in_a_row_with_the_cache_level() {
+    for policy in ["every", "exit"] {
+        three_restart_cycles(policy);
+    }
 }

@@ -255,6 +255,7 @@ def _compress_arg(compress: Compress) -> str | None:
 
 
 _STEP_MAX = 2**63 - 1  # the largest step a checkpoint records (ckpt_core::MAX_STEP)
+_MAX_GENERATION = 2**64 - 1  # no bound on the generation, for restores that verify this rank's part only
 
 
 def _is_integer(x: Any) -> bool:
@@ -1395,7 +1396,11 @@ class Checkpointer:
         notices: list[str] = []
 
         def fetch(max_generation: int | None) -> Any:
-            found, new = native.restore(mmap=mmap, writable=writable, max_generation=max_generation)
+            # Always with a bound: it verifies this rank's part of a step only (the ranks agree on the step
+            # among themselves), as ckpt_mpi.h does. Without one, every rank's part would have to verify in
+            # the directory of the manifest, which a node-local cache never holds (only its node's parts).
+            bound = _MAX_GENERATION if max_generation is None else max_generation
+            found, new = native.restore(mmap=mmap, writable=writable, max_generation=bound)
             notices.extend(n for n in new if n not in notices)
             return found
 

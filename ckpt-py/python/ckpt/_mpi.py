@@ -12,7 +12,8 @@ The protocol, as in ``ckpt_mpi.h``:
 * save: the ranks agree on the generation (the largest of each one's next generation), each writes its
   part durably, rank 0 gathers the parts' identities (the gather completes only after every part is
   durable) and commits the step's manifest only when every part succeeded; the outcome is broadcast and
-  every rank counts the step (or re-arms what made it due) alike;
+  every rank counts the step (or re-arms what made it due) alike; with a node-local cache level
+  (``CKPT_CACHE_DIR``) on any rank, every rank also records the committed step in its node's cache;
 * restore: the ranks agree on the newest generation *every* rank can read (the minimum over ranks of
   each one's newest valid generation, never the maximum), read and unpickle it, and fall back together to
   an older common generation when any rank cannot.
@@ -133,24 +134,40 @@ class Collective:
         """The end of every collective save, once this rank's part is durable (``part``: its identity) or
         failed (``error``): rank 0 gathers the parts' identities (the gather completes only after every
         part is durable) and commits the step's manifest only when every part succeeded; the outcome is
-        broadcast and every rank counts the step (or re-arms what made it due) alike. Then best-metric
-        retention (rank 0 decides, every rank removes its parts). Returns the manifest's path; raises on
-        every rank when any failed. Collective."""
-        reports = self.comm.gather((None, part) if error is None else (_remote(error, self.rank), None), root=0)
-        outcome: tuple[BaseException | None, str | None] = (None, None)
+        broadcast and every rank counts the step (or re-arms what made it due) alike. With a node-local
+        cache level on any rank, the outcome also carries the identities rank 0 committed, and every other
+        rank records the step's manifest in its node's cache (as ``ckpt_mpi.h`` does), so that a job
+        requeued on the same nodes restarts from the caches. Then best-metric retention (rank 0 decides,
+        every rank removes its parts). Returns the manifest's path; raises on every rank when any failed.
+        Collective."""
+        cached = native.cache_dir() is not None
+        mine = (None, part, cached) if error is None else (_remote(error, self.rank), None, cached)
+        reports = self.comm.gather(mine, root=0)
+        outcome: tuple[BaseException | None, str | None, list[Any] | None] = (None, None, None)
         if self.rank == 0:
             assert reports is not None
-            bad = next((e for e, _ in reports if e is not None), None)
+            bad = next((e for e, _, _ in reports if e is not None), None)
             if bad is not None:
-                outcome = (bad, None)
+                outcome = (bad, None, None)
             else:
+                parts = [p for _, p, _ in reports]
                 try:
-                    d = native.commit_step_parts(generation, step, [p for _, p in reports])
-                    outcome = (None, str(d["path"]))
+                    d = native.commit_step_parts(generation, step, parts)
+                    outcome = (None, str(d["path"]), parts if any(c for _, _, c in reports) else None)
                 except Exception as e:
-                    outcome = (_remote(e, 0), None)
+                    outcome = (_remote(e, 0), None, None)
         outcome = self.comm.bcast(outcome, root=0)
-        err, manifest = outcome
+        err, manifest, committed = outcome
+        if err is None and committed is not None and self.rank != 0:
+            try:
+                native.record_step(generation, step, committed)
+            except Exception as e:  # the step is committed: a restart elsewhere still finds it
+                print(
+                    f"ckpt: rank {self.rank}: the step of generation {generation} is not recorded in this node's "
+                    f"cache ({_message(e)}); a restart on this node reads it from the checkpoint directory",
+                    file=sys.stderr,
+                    flush=True,
+                )
         native.finish_step(err is None)
         if err is not None:
             if error is not None:
