@@ -162,8 +162,8 @@ static inline int32_t ckpt_mpi_should_exit(MPI_Comm comm) {
 /* Internal: bytes per message of a part moved between partners. */
 #define CKPT_MPI__CHUNK ((size_t)4 << 20)
 /* Internal: message tags of partner transfers (on the helpers' communicator). */
-#define CKPT_MPI__TAG_IDENTITY 0x636b01
-#define CKPT_MPI__TAG_BYTES 0x636b02
+#define CKPT_MPI__TAG_IDENTITY 27101 /* tags stay below 32767, the least MPI_TAG_UB MPI allows */
+#define CKPT_MPI__TAG_BYTES 27102
 
 /* Internal: a node key and a rank, for grouping ranks by node. */
 typedef struct ckpt_mpi__node_rank {

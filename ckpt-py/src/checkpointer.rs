@@ -22,7 +22,7 @@ use crate::{restored_info, save_detached};
 
 /// A rank's part identity as Python passes it: `(generation, step, file_len, rank, nranks, header_crc32,
 /// table_crc32)` (see `ckpt_core::PartIdentity`).
-type PartTuple = (u64, i64, u64, u32, u32, u32, u32);
+pub(crate) type PartTuple = (u64, i64, u64, u32, u32, u32, u32);
 
 /// An interval as Python passes it: seconds, or a Slurm time string (`"30"` is 30 minutes), or `"auto"`.
 #[derive(FromPyObject)]
@@ -134,11 +134,16 @@ fn part_tuple(cp: &Checkpointer, generation: u64) -> Result<PartTuple, Error> {
             format!("this process has no durable part of generation {generation}"),
         ));
     };
-    Ok((i.generation, i.app_step.cast_signed(), i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32))
+    Ok(tuple_of(&i))
+}
+
+/// A part identity as a Python tuple.
+fn tuple_of(i: &ckpt_core::PartIdentity) -> PartTuple {
+    (i.generation, i.app_step.cast_signed(), i.file_len, i.rank, i.nranks, i.header_crc32, i.table_crc32)
 }
 
 /// Every rank's part identities as Python passes them (indexed by rank).
-fn part_identities(parts: Vec<PartTuple>) -> Result<Vec<ckpt_core::PartIdentity>, Error> {
+pub(crate) fn part_identities(parts: Vec<PartTuple>) -> Result<Vec<ckpt_core::PartIdentity>, Error> {
     parts
         .into_iter()
         .enumerate()
@@ -496,6 +501,75 @@ impl PyCheckpointer {
             .map_err(|_| Error::invalid(format!("step {step} is negative: steps are 0 or more")))
             .py_err(py)?;
         py.detach(|| cp.store().record_step(generation, step, &parts)).py_err(py)
+    }
+
+    /// Whether this process keeps partner copies (`CKPT_PARTNER=1` with a cache level).
+    fn has_partner_copies(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.get(py)?.store().has_partner_copies())
+    }
+
+    /// A 64-bit key of this process's node (`CKPT_NODE_ID`, `SLURM_TOPOLOGY_ADDR` naming this host, or the
+    /// host name): the collective checkpointer places each rank's partner copy on another node.
+    fn node_key(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(ckpt_core::levels::node_key(&self.get(py)?.store().node_name()))
+    }
+
+    /// The newest generation this rank can restart from (its part and the manifest verified), 0 when none.
+    fn newest_valid_generation(&self, py: Python<'_>) -> PyResult<u64> {
+        let cp = self.get(py)?;
+        py.detach(|| match cp.store().restore_at_most(u64::MAX) {
+            Ok(found) => Ok(found.map_or(0, |r| r.generation)),
+            Err(e) if e.kind() == ErrorKind::NoValidCheckpoint => Ok(0),
+            Err(e) => Err(e),
+        })
+        .py_err(py)
+    }
+
+    /// `length` bytes at `offset` of a part in this node's cache: this rank's own part (`own`), or the
+    /// copy this node keeps of rank `rank`'s part.
+    fn read_part_copy<'py>(
+        &self,
+        py: Python<'py>,
+        own: bool,
+        generation: u64,
+        rank: u32,
+        offset: u64,
+        length: usize,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let cp = self.get(py)?;
+        let copy = if own { ckpt_core::PartCopy::Own } else { ckpt_core::PartCopy::Partner };
+        let mut buf = vec![0u8; length];
+        py.detach(|| cp.store().read_cached_part(copy, generation, rank, offset, &mut buf)).py_err(py)?;
+        Ok(pyo3::types::PyBytes::new(py, &buf))
+    }
+
+    /// Starts receiving a part from another node into this node's cache: as this rank's own part (`own`,
+    /// restoring it), or as the copy it keeps of rank `rank`'s part.
+    fn receive_part_copy(
+        &self,
+        py: Python<'_>,
+        own: bool,
+        generation: u64,
+        rank: u32,
+    ) -> PyResult<crate::partner::PyPartReceiver> {
+        let cp = self.get(py)?;
+        let copy = if own { ckpt_core::PartCopy::Own } else { ckpt_core::PartCopy::Partner };
+        let receiver = py.detach(|| cp.store().receive_part(copy, generation, rank)).py_err(py)?;
+        Ok(crate::partner::PyPartReceiver { store: cp, receiver: std::sync::Mutex::new(Some(receiver)) })
+    }
+
+    /// The ranks whose parts of `generation` this node's cache keeps copies of.
+    fn partner_copies_held(&self, py: Python<'_>, generation: u64) -> PyResult<Vec<u32>> {
+        let cp = self.get(py)?;
+        py.detach(|| cp.store().partner_copies_held(generation)).py_err(py)
+    }
+
+    /// The step and every part's identity of the step of `generation`, from its manifest (this node's
+    /// cache first, then the checkpoint directory; verified).
+    fn step_identities(&self, py: Python<'_>, generation: u64) -> PyResult<(i64, Vec<PartTuple>)> {
+        let cp = self.get(py)?;
+        let (step, parts) = py.detach(|| cp.store().step_identities(generation)).py_err(py)?;
+        Ok((step.cast_signed(), parts.iter().map(tuple_of).collect()))
     }
 
     /// Multi-rank best-metric retention, on rank 0 after the step of `generation` (with `metrics`) was

@@ -23,6 +23,7 @@ mod checkpointer;
 mod config;
 mod errors;
 mod inband;
+mod partner;
 mod retention;
 mod signals;
 mod whole;
@@ -374,6 +375,7 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MappedBuffer>()?;
     m.add_class::<PersistentIds>()?;
     m.add_class::<PyCheckpointer>()?;
+    m.add_class::<partner::PyPartReceiver>()?;
     m.add_class::<background::PySaveHandle>()?;
     m.add_function(wrap_pyfunction!(save_file, m)?)?;
     m.add_function(wrap_pyfunction!(save_store, m)?)?;

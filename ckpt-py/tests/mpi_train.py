@@ -18,8 +18,9 @@ the best step by a metric besides the newest 3 (rank 0's metric is best at step 
 step 14: rank 0 decides); ``TRAIN_RESTORE_STEP=N`` restores step N (``restore(step=N)``); a restore that
 raises ``NoValidCheckpointError`` writes ``{"error": ..., "message": ...}`` and exits with 3.
 ``TRAIN_CACHE=DIR`` gives the ranks node-local cache levels on simulated nodes of two ranks each: rank r
-caches in ``DIR/node<r // 2>`` (``CKPT_CACHE_DIR``); the result then also says which file each rank
-restored its part from (``"file"``).
+caches in ``DIR/node<r // 2>`` (``CKPT_CACHE_DIR``) and is on node ``node<r // 2>`` (``CKPT_NODE_ID``,
+for partner copies with ``CKPT_PARTNER=1``); the result then also says which file each rank restored its
+part from (``"file"``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> int:
     rank = comm.Get_rank()
     if os.environ.get("TRAIN_CACHE"):
         os.environ["CKPT_CACHE_DIR"] = os.path.join(os.environ["TRAIN_CACHE"], f"node{rank // 2}")
+        os.environ["CKPT_NODE_ID"] = f"node{rank // 2}"
     kw = {"keep_best": 1, "metric": "loss", "mode": "min"} if best else {}
     with ckpt.Checkpointer("mpitrain", comm=comm, keep=3, **kw) as cp:
         assert (cp.rank, cp.nranks) == (rank, comm.Get_size())

@@ -255,3 +255,39 @@ def test_a_requeue_on_the_same_nodes_restarts_every_rank_from_its_node_s_cache(m
     for rank, f in enumerate(each(job, "file")):
         assert Path(str(f)).is_relative_to(node_dirs[rank // 2]), (rank, f)
     assert [x["digest"] for x in job.results()] == reference
+
+
+@pytest.mark.parametrize("background", ["0", "1"], ids=["blocking", "background"])
+def test_a_lost_node_restarts_from_the_partner_copies(mpirun, reference, tmp_path, background):
+    job = Job(mpirun, tmp_path)
+    caches = tmp_path / "caches"  # ranks 0-1 on node0, 2-3 on node1; each part also kept on the other node
+    r = job.run(TRAIN_CACHE=str(caches), TRAIN_SIGNAL="2:7:TERM", TRAIN_ASYNC=background, CKPT_PARTNER="1")
+    assert "failed" not in r.stderr, r.stderr
+    g = int(job.newest_parts().name)
+    node_dirs = [next((caches / f"node{n}").iterdir()) for n in range(2)]
+    for n, kept in ((0, [2, 3]), (1, [0, 1])):
+        copies = node_dirs[n] / "mpitrain.ckpt.partner"
+        assert sorted(p.name for p in copies.iterdir()) == [str(g)], (n, r.stderr)
+        for rank in kept:
+            own = job.dir / "mpitrain.ckpt.parts" / str(g) / f"rank{rank}.ckpt"
+            assert (copies / str(g) / f"rank{rank}.ckpt").read_bytes() == own.read_bytes(), (n, rank)
+    # Node 1 is lost, and so is what the checkpoint directory holds: without the copies on node 0 no step
+    # is readable on every rank (an error, never a silent fresh start)...
+    shutil.rmtree(caches / "node1")
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for p in job.dir.iterdir():
+        p.rename(aside / p.name)
+    copies = node_dirs[0] / "mpitrain.ckpt.partner"
+    copies.rename(tmp_path / "copies-aside")
+    r = job.run(expect_ok=False, TRAIN_CACHE=str(caches), CKPT_PARTNER="1")
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    (tmp_path / "copies-aside").rename(copies)
+    # ... with them, ranks 2 and 3 get their parts back from node 0 and every rank resumes at step 7.
+    r = job.run(TRAIN_CACHE=str(caches), TRAIN_ASYNC=background, CKPT_PARTNER="1")
+    for rank in (2, 3):
+        assert f"ckpt: rank {rank}: its part of generation {g} restored from the copy on rank " in r.stderr, r.stderr
+    assert "rank 0: its part" not in r.stderr and "rank 1: its part" not in r.stderr, r.stderr
+    assert each(job, "restored") == [7] * NP, (r.stdout, r.stderr)
+    assert [x["digest"] for x in job.results()] == reference
+

@@ -1408,6 +1408,8 @@ class Checkpointer:
             stream, buffers, info = found
             return _unpickle(stream, buffers, info, trusted, writable=writable)
 
+        # Parts a lost node had, back from their partners first (nothing without CKPT_PARTNER).
+        mpi.partner_restore(native)
         if step is not None:
             if not _is_integer(step):
                 raise TypeError(f"step must be an integer, not {step!r}")

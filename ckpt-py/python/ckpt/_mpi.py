@@ -30,6 +30,9 @@ from ._errors import CheckpointError, InvalidArgumentError, NoValidCheckpointErr
 
 #: Bits of the trigger poll.
 _DUE, _EXIT = 1, 2
+#: Bytes per message of a part moved between partners, and the tags of partner transfers.
+_CHUNK = 4 << 20
+_TAG_IDENTITY, _TAG_BYTES = 27101, 27102  # below 32767, the least MPI_TAG_UB the standard allows
 
 
 def _message(e: BaseException) -> str:
@@ -85,6 +88,8 @@ class Collective:
         self.comm = comm
         self.rank: int = comm.Get_rank()
         self.size: int = comm.Get_size()
+        #: Each rank's partner (``partner_layout``), once computed.
+        self._partners: list[int] | None = None
 
     # -- agreement ------------------------------------------------------------------------------------------
 
@@ -141,23 +146,25 @@ class Collective:
         every rank removes its parts). Returns the manifest's path; raises on every rank when any failed.
         Collective."""
         cached = native.cache_dir() is not None
-        mine = (None, part, cached) if error is None else (_remote(error, self.rank), None, cached)
+        partners = bool(native.has_partner_copies())
+        mine = (None, part, cached, partners) if error is None else (_remote(error, self.rank), None, cached, partners)
         reports = self.comm.gather(mine, root=0)
-        outcome: tuple[BaseException | None, str | None, list[Any] | None] = (None, None, None)
+        outcome: tuple[BaseException | None, str | None, list[Any] | None, bool] = (None, None, None, False)
         if self.rank == 0:
             assert reports is not None
-            bad = next((e for e, _, _ in reports if e is not None), None)
+            bad = next((r[0] for r in reports if r[0] is not None), None)
             if bad is not None:
-                outcome = (bad, None, None)
+                outcome = (bad, None, None, False)
             else:
-                parts = [p for _, p, _ in reports]
+                parts = [r[1] for r in reports]
                 try:
                     d = native.commit_step_parts(generation, step, parts)
-                    outcome = (None, str(d["path"]), parts if any(c for _, _, c in reports) else None)
+                    any_cached = any(r[2] for r in reports)
+                    outcome = (None, str(d["path"]), parts if any_cached else None, any(r[3] for r in reports))
                 except Exception as e:
-                    outcome = (_remote(e, 0), None, None)
+                    outcome = (_remote(e, 0), None, None, False)
         outcome = self.comm.bcast(outcome, root=0)
-        err, manifest, committed = outcome
+        err, manifest, committed, with_partners = outcome
         if err is None and committed is not None and self.rank != 0:
             try:
                 native.record_step(generation, step, committed)
@@ -168,6 +175,8 @@ class Collective:
                     file=sys.stderr,
                     flush=True,
                 )
+        if err is None and with_partners:
+            self.partner_send(native, generation, part)
         native.finish_step(err is None)
         if err is not None:
             if error is not None:
@@ -265,6 +274,212 @@ class Collective:
             pending.figures = d
         pending.settled = True
         return True
+
+    # -- partner copies (CKPT_PARTNER=1) -------------------------------------------------------------------------
+
+    def _warn(self, what: str, rank: int, generation: int, e: BaseException | str) -> None:
+        why = e if isinstance(e, str) else _message(e)
+        print(
+            f"ckpt: rank {self.rank}: {what} rank {rank}'s part of generation {generation} failed: {why}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def partner_layout(self, native: Any) -> list[int]:
+        """Each rank's partner, the rank that keeps its copy (-1 with one node), as ``ckpt_mpi.h`` places it:
+        nodes (by ``node_key``) in the order of their lowest rank; the j-th rank of a node keeps its copy on
+        the next node's (j mod n)-th rank. Computed once. Collective."""
+        if self._partners is None:
+            keys = self.comm.allgather(native.node_key())
+            nodes: dict[int, list[int]] = {}
+            for r, k in enumerate(keys):
+                nodes.setdefault(k, []).append(r)
+            order = sorted(nodes.values(), key=lambda ranks: ranks[0])
+            holder = [-1] * self.size
+            if len(order) > 1:
+                for i, ranks in enumerate(order):
+                    after = order[(i + 1) % len(order)]
+                    for j, r in enumerate(ranks):
+                        holder[r] = after[j % len(after)]
+            elif self.rank == 0:
+                print(
+                    f"ckpt: CKPT_PARTNER=1, but all {self.size} ranks are on one node (CKPT_NODE_ID, "
+                    "SLURM_TOPOLOGY_ADDR or the host name): no partner copies are kept",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self._partners = holder
+        return self._partners
+
+    def partner_send(self, native: Any, generation: int, mine: Any) -> None:
+        """After the step of ``generation`` was committed: sends this rank's cached part (identity ``mine``)
+        to its partner and keeps the parts of the ranks it is the partner of, in chunks exchanged in lockstep
+        (every request of a round is posted before its wait); a part is kept only once it is exactly the part
+        committed and verifies. Failures are reported on stderr: the step is committed either way.
+        Collective."""
+        MPI = self.MPI
+        holder = self.partner_layout(native)
+        to = holder[self.rank]
+        senders = [r for r in range(self.size) if holder[r] == self.rank]
+        requests = [self.comm.isend(mine, dest=to, tag=_TAG_IDENTITY)] if to >= 0 else []
+        theirs = [self.comm.recv(source=s, tag=_TAG_IDENTITY) for s in senders]
+        MPI.Request.Waitall(requests)
+        receivers: dict[int, Any] = {}
+        for s, identity in zip(senders, theirs):
+            try:
+                receivers[s] = native.receive_part_copy(False, generation, s)
+            except Exception as e:  # its bytes still arrive: received and dropped
+                self._warn("keeping a copy of", s, generation, e)
+        read_error: BaseException | None = None
+        offset = 0
+        while True:
+            requests, incoming = [], []
+            for s, identity in zip(senders, theirs):
+                length = int(identity[2])
+                if offset < length:
+                    buf = bytearray(min(_CHUNK, length - offset))
+                    incoming.append((s, buf))
+                    requests.append(self.comm.Irecv([buf, MPI.BYTE], source=s, tag=_TAG_BYTES))
+            if to >= 0 and offset < int(mine[2]):
+                n = min(_CHUNK, int(mine[2]) - offset)
+                data = bytes(n)
+                if read_error is None:
+                    try:
+                        data = native.read_part_copy(True, generation, self.rank, offset, n)
+                    except Exception as e:  # zeros go out instead: the partner's check refuses them
+                        read_error = e
+                requests.append(self.comm.Isend([data, MPI.BYTE], dest=to, tag=_TAG_BYTES))
+            if not requests:
+                break
+            MPI.Request.Waitall(requests)
+            for s, buf in incoming:
+                if s in receivers:
+                    try:
+                        receivers[s].write(offset, bytes(buf))
+                    except Exception as e:
+                        self._warn("keeping a copy of", s, generation, e)
+                        del receivers[s]
+            offset += _CHUNK
+        if read_error is not None:
+            self._warn("sending a copy of", self.rank, generation, read_error)
+        for s, identity in zip(senders, theirs):
+            if s in receivers:
+                try:
+                    receivers[s].commit(tuple(identity))
+                except Exception as e:
+                    self._warn("keeping a copy of", s, generation, e)
+
+    def _move_part(self, native: Any, src: int, dst: int, generation: int, identity: Any) -> BaseException | None:
+        """Moves rank ``dst``'s part of ``generation`` from the copy ``src``'s node keeps to ``dst``'s cache
+        (as its own part), in chunks; only ``src`` and ``dst`` call it (they may be one rank). Returns, on
+        ``dst``, why it could not be kept (``None``: kept)."""
+        MPI = self.MPI
+        length = int(identity[2])
+        receiver, error = None, None
+        if self.rank == dst:
+            try:
+                receiver = native.receive_part_copy(True, generation, dst)
+            except Exception as e:
+                error = e
+        offset = 0
+        while offset < length:
+            n = min(_CHUNK, length - offset)
+            data = bytes(n)
+            if self.rank == src:
+                try:
+                    data = native.read_part_copy(False, generation, dst, offset, n)
+                except Exception as e:  # zeros go out instead: the receiver's check refuses them
+                    if error is None and src != dst:
+                        self._warn("sending back", dst, generation, e)
+                    error = error or e
+                if src != dst:
+                    self.comm.Send([data, MPI.BYTE], dest=dst, tag=_TAG_BYTES)
+            if self.rank == dst:
+                if src != dst:
+                    buf = bytearray(n)
+                    self.comm.Recv([buf, MPI.BYTE], source=src, tag=_TAG_BYTES)
+                    data = bytes(buf)
+                if receiver is not None and error is None:
+                    try:
+                        receiver.write(offset, data)
+                    except Exception as e:
+                        error = e
+            offset += n
+        if self.rank == dst and receiver is not None and error is None:
+            try:
+                receiver.commit(tuple(identity))
+            except Exception as e:
+                error = e
+        return error
+
+    def partner_restore(self, native: Any) -> None:
+        """Before the ranks agree on the step to restart from: when some ranks lack the newest generation
+        another rank can read and a node keeps partner copies of their parts of it (a lost node's), each
+        such rank gets its part and the step's identities back from there, records the step in its node's
+        cache and keeps the part, as ``ckpt_mpi.h`` does. A rank keeps copies for others only when it can
+        restart from that generation itself. Nothing happens without ``CKPT_PARTNER`` on any rank.
+        Collective."""
+        MPI = self.MPI
+        if not self.comm.allreduce(bool(native.has_partner_copies()), op=MPI.LOR):
+            return
+        g, ok = 0, True
+        try:
+            g = int(native.newest_valid_generation())
+        except Exception:
+            ok = False  # the agreement reports it
+        low, high = self.comm.allreduce((g if ok else 1 << 62), op=MPI.MIN), self.comm.allreduce(g, op=MPI.MAX)
+        if high == 0 or low >= high:
+            return
+        held: list[int] = []
+        step, parts = 0, None
+        if ok and g == high:
+            try:
+                step, parts = native.step_identities(high)
+                held = list(native.partner_copies_held(high))
+            except Exception:
+                held = []
+        needs = self.comm.allgather(ok and g < high)
+        keepers: dict[int, int] = {}
+        for r, ranks in enumerate(self.comm.allgather(held)):
+            for x in ranks:
+                keepers[x] = r  # the highest rank that keeps it, as ckpt_mpi.h's MAX
+        for x in range(self.size):
+            if not needs[x]:
+                continue
+            keeper = keepers.get(x, -1)
+            if keeper < 0:
+                if self.rank == x:
+                    print(
+                        f"ckpt: rank {x}: no node keeps a partner copy of its part of generation {high}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                continue
+            if self.rank not in (x, keeper):
+                continue
+            if self.rank == keeper and keeper != x:
+                self.comm.send((step, parts), dest=x, tag=_TAG_IDENTITY)
+            if self.rank == x and keeper != x:
+                step, parts = self.comm.recv(source=keeper, tag=_TAG_IDENTITY)
+            assert parts is not None
+            recorded: BaseException | None = None
+            if self.rank == x:
+                try:
+                    native.record_step(high, int(step), list(parts))
+                except Exception as e:
+                    recorded = e
+            moved = self._move_part(native, keeper, x, high, parts[x])
+            if self.rank != x:
+                continue
+            failure = recorded or moved
+            if failure is None:
+                print(
+                    f"ckpt: rank {x}: its part of generation {high} restored from the copy on rank {keeper}'s node",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                self._warn("restoring", x, high, failure)
 
     # -- restore --------------------------------------------------------------------------------------------
 
