@@ -596,9 +596,7 @@ fn scenarios(mpi: Mpi, lang: &str) {
     }
 
     // (g) partner copies: a node lost with the checkpoint directory's copy, restored from the partners
-    if lang == "c" {
-        partner_copies(&ex, &dir, &reference, progress_step);
-    }
+    partner_copies(&ex, &dir, &reference, progress_step);
 
     // (d) rank 2 cannot read the newest step: everyone falls back to the previous one together
     let cps = work.join("checkpoints");
