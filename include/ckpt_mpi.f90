@@ -15,8 +15,15 @@
 !>    CKPT_ERR_MPI also reports a failed MPI call (only possible when comm's error handler returns).
 !>  - Out-arguments are written only on success, alike on every rank.
 !>  - Call from one thread per process, like any MPI collective.
+!>
+!> Partner copies (CKPT_PARTNER=1 with CKPT_CACHE_DIR), as in ckpt_mpi.h and with the same messages: each
+!> rank's committed part is also kept in the node-local cache of a rank on the next node, and a restart gets
+!> a part its node lost back from there before the ranks agree. Nodes are told apart by ckpt_node_key,
+!> ordered by their lowest rank; rank r, the j-th rank of its node, keeps its copy on the next node's
+!> (j mod n)-th rank, n being the number of ranks there. With one node there is no partner.
 module ckpt_mpi
-  use, intrinsic :: iso_c_binding, only: c_int32_t, c_int64_t, c_size_t
+  use, intrinsic :: iso_c_binding, only: c_int8_t, c_int32_t, c_int64_t, c_size_t, c_loc, c_sizeof
+  use, intrinsic :: iso_fortran_env, only: error_unit
   use mpi_f08
   use ckpt
   implicit none
@@ -26,12 +33,20 @@ module ckpt_mpi
             ckpt_mpi_checkpoint_async, ckpt_mpi_checkpoint_wait
 
   ! The checkpoint ckpt_mpi_checkpoint_async started, for ckpt_mpi_checkpoint_wait.
-  logical, save :: in_flight = .false., in_flight_cached = .false.
+  logical, save :: in_flight = .false., in_flight_cached = .false., in_flight_partners = .false.
   integer, save :: in_flight_rank = 0, in_flight_nranks = 1
   integer(c_int64_t), save :: in_flight_generation = 0, in_flight_step = 0
   integer(c_int32_t), save :: in_flight_status = 0
   integer(c_int64_t), allocatable, save :: in_flight_reports(:, :)
   type(ckpt_part_identity), allocatable, save :: in_flight_parts(:)
+
+  ! Each rank's partner (the rank keeping its copy, -1 with one node), at index rank + 1: computed once from
+  ! every rank's node key (one MPI_Allgather of 8 bytes per rank); freed by ckpt_mpi_finalize.
+  integer, allocatable, save :: partner_holder(:)
+  ! Bytes per message of a part moved between partners; the message tags of partner transfers (those of
+  ! ckpt_mpi.h: 0x636b01, 0x636b02).
+  integer(c_int64_t), parameter :: CHUNK = 4194304_c_int64_t
+  integer, parameter :: TAG_IDENTITY = 6515457, TAG_BYTES = 6515458
 
 contains
 
@@ -87,6 +102,7 @@ contains
   function ckpt_mpi_finalize(comm) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer(c_int32_t) :: status
+    if (allocated(partner_holder)) deallocate(partner_holder)
     status = agree_status(comm, ckpt_finalize())
   end function ckpt_mpi_finalize
 
@@ -145,13 +161,13 @@ contains
     integer(c_int64_t), allocatable :: reports(:, :)
     type(ckpt_part_identity), allocatable :: parts(:)
     integer :: rank, nranks
-    logical :: cached
-    status = agree_generation(comm, rank, nranks, reports, parts, g, cached)
+    logical :: cached, partners
+    status = agree_generation(comm, rank, nranks, reports, parts, g, cached, partners)
     if (status /= CKPT_OK .or. nranks == 1) then
       if (status == CKPT_OK) status = ckpt_checkpoint(step)
       return
     end if
-    status = conclude(comm, rank, nranks, reports, parts, g, step, ckpt_checkpoint_part(g, step), cached)
+    status = conclude(comm, rank, nranks, reports, parts, g, step, ckpt_checkpoint_part(g, step), cached, partners)
   end function ckpt_mpi_checkpoint
 
   !> ckpt_mpi_checkpoint in two halves, so the program computes while the parts are written: this call
@@ -171,7 +187,7 @@ contains
       if (status /= CKPT_OK) return
     end if
     status = agree_generation(comm, rank, nranks, in_flight_reports, in_flight_parts, in_flight_generation, &
-                              in_flight_cached)
+                              in_flight_cached, in_flight_partners)
     if (status /= CKPT_OK .or. nranks == 1) then
       if (status == CKPT_OK) status = ckpt_checkpoint_async(step)
       return
@@ -206,24 +222,26 @@ contains
     rc = in_flight_status
     if (rc == CKPT_OK) rc = ckpt_checkpoint_wait()
     status = conclude(comm, in_flight_rank, in_flight_nranks, in_flight_reports, in_flight_parts, &
-                      in_flight_generation, in_flight_step, rc, in_flight_cached)
+                      in_flight_generation, in_flight_step, rc, in_flight_cached, in_flight_partners)
   end function ckpt_mpi_checkpoint_wait
 
   !> Step 1 of ckpt_mpi_checkpoint: rank and size, rank 0's gather buffers (allocated first: if rank 0
-  !> cannot have them, no rank writes anything) and the agreed generation (MAX of ckpt_next_generation).
-  !> With one rank only rank and size are set.
-  function agree_generation(comm, rank, nranks, reports, parts, g, cached) result(status)
+  !> cannot have them, no rank writes anything), the agreed generation (MAX of ckpt_next_generation),
+  !> whether any rank caches (cached) and keeps partner copies (partners). With one rank only rank and size
+  !> are set.
+  function agree_generation(comm, rank, nranks, reports, parts, g, cached, partners) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer, intent(out) :: rank, nranks
     integer(c_int64_t), allocatable, intent(inout) :: reports(:, :)
     type(ckpt_part_identity), allocatable, intent(inout) :: parts(:)
     integer(c_int64_t), intent(out) :: g
-    logical, intent(out) :: cached
+    logical, intent(out) :: cached, partners
     integer(c_int32_t) :: status, rc
-    integer(c_int64_t) :: v(3), w(1)
+    integer(c_int64_t) :: v(4), w(1)
     integer :: ierr, alloc_err, n
     g = 0
     cached = .false.
+    partners = .false.
     call MPI_Comm_rank(comm, rank, ierr)
     if (ierr == MPI_SUCCESS) call MPI_Comm_size(comm, nranks, ierr)
     if (ierr /= MPI_SUCCESS) then
@@ -233,9 +251,11 @@ contains
     status = CKPT_OK
     if (nranks == 1) return
     rc = ckpt_next_generation(g)
-    ! {generation, -status, caches}: one MAX gives the agreed generation, the worst failure and whether any
-    ! rank has a node-local cache level (then every rank records committed steps in its node's cache)
-    v = [merge(g, 0_c_int64_t, rc == CKPT_OK), -int(rc, c_int64_t), int(ckpt_has_cache_level(), c_int64_t)]
+    ! {generation, -status, caches, partners}: one MAX gives the agreed generation, the worst failure and
+    ! whether any rank has a node-local cache level (then every rank records committed steps in its node's
+    ! cache) and keeps partner copies (then every rank's part is also kept on its partner's node)
+    v = [merge(g, 0_c_int64_t, rc == CKPT_OK), -int(rc, c_int64_t), int(ckpt_has_cache_level(), c_int64_t), &
+         int(ckpt_has_partner_copies(), c_int64_t)]
     status = reduce64(comm, v, MPI_MAX)
     if (status /= CKPT_OK) return
     if (v(2) /= 0) then
@@ -244,6 +264,7 @@ contains
     end if
     g = v(1)
     cached = v(3) /= 0
+    partners = v(4) /= 0
     ! Each report is the part's identity (5 words) and the rank's status: rank 0's gather buffer, and with
     ! a cache level every rank's buffer for the committed identities. A rank that cannot have its buffers:
     ! no rank writes anything.
@@ -257,15 +278,17 @@ contains
   end function agree_generation
 
   !> Steps 3-5 of ckpt_mpi_checkpoint for this rank's part of generation g (rc: how writing it went):
-  !> gather, commit on rank 0, broadcast, ckpt_finish_step.
-  function conclude(comm, rank, nranks, reports, parts, g, step, rc_in, cached) result(status)
+  !> gather, commit on rank 0, broadcast, ckpt_finish_step. With a cache level every rank records the
+  !> committed step in its node's cache; with partner copies each rank's part is then also kept on its
+  !> partner's node (partner_send).
+  function conclude(comm, rank, nranks, reports, parts, g, step, rc_in, cached, partners) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer, intent(in) :: rank, nranks
     integer(c_int64_t), allocatable, intent(inout) :: reports(:, :)
     type(ckpt_part_identity), allocatable, intent(inout) :: parts(:)
     integer(c_int64_t), intent(in) :: g, step
     integer(c_int32_t), intent(in) :: rc_in
-    logical, intent(in) :: cached
+    logical, intent(in) :: cached, partners
     integer(c_int32_t) :: status, rc
     integer(c_int64_t) :: mine(6)
     type(ckpt_part_identity) :: identity
@@ -300,25 +323,392 @@ contains
     end if
     if (allocated(reports)) deallocate(reports)
     if (allocated(parts)) deallocate(parts)
+    if (partners .and. status == CKPT_OK) call partner_send(comm, rank, nranks, g, identity)
     ierr = ckpt_finish_step(merge(1_c_int32_t, 0_c_int32_t, status == CKPT_OK))
   end function conclude
 
+  ! ---- Partner copies (CKPT_PARTNER=1 with CKPT_CACHE_DIR): the protocol of ckpt_mpi.h ----
+
+  !> The partner of every rank in partner_holder (computed at the first call): ranks with the same
+  !> ckpt_node_key share a node, nodes are ordered by their lowest rank, and the j-th rank of a node (in
+  !> ascending order) keeps its copy on the next node's (j mod n)-th rank, n being the number of ranks
+  !> there; -1 with one node. The same status on every rank. Collective.
+  function partner_layout(comm, nranks) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(in) :: nranks
+    integer(c_int32_t) :: status
+    integer(c_int64_t) :: key
+    integer(c_int64_t), allocatable :: keys(:)
+    ! order: the ranks sorted by (node key, rank); group_of, place: each rank's node and its index j there;
+    ! first, members: each node's first position in order and its number of ranks; ordinal, by_lowest:
+    ! the nodes' places when ordered by their lowest rank, and the nodes in that order
+    integer, allocatable :: order(:), merged(:), group_of(:), place(:), first(:), members(:), ordinal(:), &
+                            by_lowest(:), holder(:)
+    integer :: ierr, alloc_err, r, p, i, j, lo, mid, hi, width, ngroups, nseen, next
+    logical :: take_left
+    if (allocated(partner_holder)) then
+      if (size(partner_holder) == nranks) then
+        status = CKPT_OK
+        return
+      end if
+    end if
+    key = 0
+    status = ckpt_node_key(key)
+    allocate(keys(nranks), order(nranks), merged(nranks), group_of(nranks), place(nranks), first(nranks), &
+             members(nranks), ordinal(nranks), by_lowest(nranks), holder(nranks), stat=alloc_err)
+    if (status == CKPT_OK .and. alloc_err /= 0) status = CKPT_ERR_OTHER
+    status = agree_status(comm, status)
+    if (status /= CKPT_OK .or. alloc_err /= 0) return ! (alloc_err: for gfortran -O2's flow analysis)
+    call MPI_Allgather(key, 1, MPI_INT64_T, keys, 1, MPI_INT64_T, comm, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      status = CKPT_ERR_MPI
+      return
+    end if
+    ! a stable merge sort of the ranks by node key: within a node the ranks stay ascending
+    order = [(r, r = 0, nranks - 1)]
+    width = 1
+    do while (width < nranks)
+      lo = 1
+      do while (lo <= nranks)
+        mid = min(lo + width, nranks + 1)
+        hi = min(lo + 2 * width, nranks + 1)
+        i = lo
+        j = mid
+        do p = lo, hi - 1
+          take_left = i < mid
+          if (take_left .and. j < hi) take_left = keys(order(i) + 1) <= keys(order(j) + 1)
+          if (take_left) then
+            merged(p) = order(i)
+            i = i + 1
+          else
+            merged(p) = order(j)
+            j = j + 1
+          end if
+        end do
+        lo = hi
+      end do
+      order = merged
+      width = 2 * width
+    end do
+    ngroups = 0
+    do p = 1, nranks
+      if (p == 1) then
+        ngroups = 1
+        first(1) = 1
+        members(1) = 0
+      else if (keys(order(p) + 1) /= keys(order(p - 1) + 1)) then
+        ngroups = ngroups + 1
+        first(ngroups) = p
+        members(ngroups) = 0
+      end if
+      members(ngroups) = members(ngroups) + 1
+      group_of(order(p) + 1) = ngroups
+      place(order(p) + 1) = p - first(ngroups)
+    end do
+    ! the nodes ordered by their lowest rank: in the order the ranks meet them
+    ordinal(1:ngroups) = 0
+    nseen = 0
+    do r = 0, nranks - 1
+      if (ordinal(group_of(r + 1)) == 0) then
+        nseen = nseen + 1
+        ordinal(group_of(r + 1)) = nseen
+        by_lowest(nseen) = group_of(r + 1)
+      end if
+    end do
+    do r = 0, nranks - 1
+      if (ngroups == 1) then
+        holder(r + 1) = -1
+      else
+        next = by_lowest(mod(ordinal(group_of(r + 1)), ngroups) + 1)
+        holder(r + 1) = order(first(next) + mod(place(r + 1), members(next)))
+      end if
+    end do
+    if (allocated(partner_holder)) deallocate(partner_holder)
+    call move_alloc(holder, partner_holder)
+  end function partner_layout
+
+  !> Reports a partner transfer that failed on this rank (the step itself is committed; only its redundant
+  !> copy is missing), on stderr where a batch job's log has it: the line of ckpt_mpi.h.
+  subroutine partner_warn(rank, what, other, generation, rc)
+    integer, intent(in) :: rank, other
+    character(len=*), intent(in) :: what
+    integer(c_int64_t), intent(in) :: generation
+    integer(c_int32_t), intent(in) :: rc
+    character(len=:), allocatable :: why
+    if (rc == CKPT_ERR_MPI) then
+      why = 'an MPI call failed'
+    else
+      why = ckpt_last_error_f()
+      if (len(why) == 0) why = ckpt_status_str_f(rc)
+    end if
+    write(error_unit, '(a,i0,a,a,a,i0,a,i0,a,a)') 'ckpt: rank ', rank, ': ', what, ' rank ', other, &
+      "'s part of generation ", generation, ' failed: ', why
+    flush(error_unit)
+  end subroutine partner_warn
+
+  !> After the step of generation g was committed: sends this rank's cached part (identity mine) to its
+  !> partner and keeps the parts of the ranks this rank is the partner of, each received in chunks and kept
+  !> only once it is exactly the part committed and verifies (ckpt_part_copy_commit). Failures are reported
+  !> on stderr, not returned: the step is committed either way. Collective.
+  subroutine partner_send(comm, rank, nranks, g, mine)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(in) :: rank, nranks
+    integer(c_int64_t), intent(in) :: g
+    type(ckpt_part_identity), intent(in) :: mine
+    type(ckpt_part_identity), asynchronous :: own
+    type(ckpt_part_identity), allocatable, asynchronous :: theirs(:)
+    integer(c_int8_t), allocatable, target, asynchronous :: outbuf(:), inbuf(:, :)
+    integer, allocatable :: from(:)
+    integer(c_int32_t), allocatable :: write_rc(:)
+    type(MPI_Request), allocatable :: reqs(:)
+    integer(c_int32_t) :: rc, read_rc, wrc
+    integer(c_int64_t) :: off
+    integer :: to, nfrom, slots, i, r, n, nbytes, idbytes, ierr, alloc_err
+    if (partner_layout(comm, nranks) /= CKPT_OK) then
+      call partner_warn(rank, 'placing a copy of', rank, g, CKPT_ERR_OTHER)
+      return
+    end if
+    to = partner_holder(rank + 1)
+    nfrom = count(partner_holder == rank)
+    slots = max(nfrom, 1)
+    allocate(from(slots), theirs(slots), write_rc(slots), reqs(slots + 1), outbuf(CHUNK), inbuf(CHUNK, slots), &
+             stat=alloc_err)
+    ! all or none: a rank without buffers could not take its part in the exchange
+    rc = merge(CKPT_OK, CKPT_ERR_OTHER, alloc_err == 0)
+    if (agree_status(comm, rc) /= CKPT_OK .or. alloc_err /= 0) then ! (alloc_err: for gfortran -O2's flow analysis)
+      call partner_warn(rank, 'keeping a copy of', rank, g, CKPT_ERR_OTHER)
+      return
+    end if
+    i = 0
+    do r = 0, nranks - 1
+      if (partner_holder(r + 1) == rank) then
+        i = i + 1
+        from(i) = r
+      end if
+    end do
+    write_rc = CKPT_OK
+    own = mine
+    idbytes = int(c_sizeof(own))
+    n = 0
+    if (to >= 0) then
+      n = n + 1
+      call MPI_Isend(own, idbytes, MPI_BYTE, to, TAG_IDENTITY, comm, reqs(n), ierr)
+    end if
+    do i = 1, nfrom
+      n = n + 1
+      call MPI_Irecv(theirs(i), idbytes, MPI_BYTE, from(i), TAG_IDENTITY, comm, reqs(n), ierr)
+    end do
+    call MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE, ierr)
+    if (ierr /= MPI_SUCCESS) rc = CKPT_ERR_MPI
+    ! chunk by chunk, in lockstep with the partners: every request of a round is posted before its wait, so
+    ! a round always completes
+    read_rc = CKPT_OK
+    off = 0
+    do while (rc == CKPT_OK)
+      n = 0
+      do i = 1, nfrom
+        if (off < theirs(i)%file_len) then
+          nbytes = int(min(theirs(i)%file_len - off, CHUNK))
+          n = n + 1
+          call MPI_Irecv(inbuf(1, i), nbytes, MPI_BYTE, from(i), TAG_BYTES, comm, reqs(n), ierr)
+        end if
+      end do
+      if (to >= 0 .and. off < own%file_len) then
+        nbytes = int(min(own%file_len - off, CHUNK))
+        if (read_rc == CKPT_OK) read_rc = ckpt_part_copy_read(CKPT_PART_OWN, g, int(rank, c_int32_t), off, &
+                                                              c_loc(outbuf), int(nbytes, c_size_t))
+        if (read_rc /= CKPT_OK) outbuf(1:nbytes) = 0 ! the partner's check refuses it
+        n = n + 1
+        call MPI_Isend(outbuf, nbytes, MPI_BYTE, to, TAG_BYTES, comm, reqs(n), ierr)
+      end if
+      if (n == 0) exit
+      call MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE, ierr)
+      if (ierr /= MPI_SUCCESS) rc = CKPT_ERR_MPI
+      do i = 1, nfrom
+        if (rc /= CKPT_OK) exit
+        if (off < theirs(i)%file_len .and. write_rc(i) == CKPT_OK) then
+          nbytes = int(min(theirs(i)%file_len - off, CHUNK))
+          write_rc(i) = ckpt_part_copy_write(CKPT_PART_PARTNER, g, int(from(i), c_int32_t), off, c_loc(inbuf(1, i)), &
+                                             int(nbytes, c_size_t))
+        end if
+      end do
+      off = off + CHUNK
+    end do
+    if (read_rc /= CKPT_OK) call partner_warn(rank, 'sending a copy of', rank, g, read_rc)
+    do i = 1, nfrom
+      wrc = merge(rc, write_rc(i), rc /= CKPT_OK)
+      if (wrc == CKPT_OK) wrc = ckpt_part_copy_commit(CKPT_PART_PARTNER, theirs(i))
+      if (wrc /= CKPT_OK) call partner_warn(rank, 'keeping a copy of', from(i), g, wrc)
+    end do
+  end subroutine partner_send
+
+  !> Moves the file_len bytes of a part from rank src (reading copy of rank of's part) to rank dst (receiving
+  !> it as its own part), in chunks; on dst the part is kept once it is exactly expected and verifies. Point
+  !> to point: only src and dst call it (they may be one rank: a restart placed the rank on the node that
+  !> keeps its copy). Returns, on dst, how receiving went.
+  function move_part(comm, rank, src, dst, copy, g, of, expected) result(rc)
+    type(MPI_Comm), intent(in) :: comm
+    integer, intent(in) :: rank, src, dst, of
+    integer(c_int32_t), intent(in) :: copy
+    integer(c_int64_t), intent(in) :: g
+    type(ckpt_part_identity), intent(in) :: expected
+    integer(c_int32_t) :: rc
+    integer(c_int8_t), allocatable, target :: buf(:)
+    integer(c_int8_t) :: byte(1)
+    integer(c_int64_t) :: off
+    integer :: nbytes, ierr, alloc_err
+    byte = 0
+    allocate(buf(CHUNK), stat=alloc_err)
+    rc = merge(CKPT_OK, CKPT_ERR_OTHER, alloc_err == 0)
+    off = 0
+    do while (off < expected%file_len)
+      nbytes = int(min(expected%file_len - off, CHUNK))
+      if (rank == src) then
+        if (rc == CKPT_OK) rc = ckpt_part_copy_read(copy, g, int(of, c_int32_t), off, c_loc(buf), int(nbytes, c_size_t))
+        if (rc /= CKPT_OK .and. allocated(buf)) buf(1:nbytes) = 0 ! the receiver's check refuses it
+      end if
+      if (src /= dst .and. rank == src) then
+        if (allocated(buf)) then
+          call MPI_Send(buf, nbytes, MPI_BYTE, dst, TAG_BYTES, comm, ierr)
+        else
+          call MPI_Send(byte, 0, MPI_BYTE, dst, TAG_BYTES, comm, ierr)
+        end if
+        if (ierr /= MPI_SUCCESS) rc = CKPT_ERR_MPI
+      end if
+      if (src /= dst .and. rank == dst) then
+        if (allocated(buf)) then
+          call MPI_Recv(buf, nbytes, MPI_BYTE, src, TAG_BYTES, comm, MPI_STATUS_IGNORE, ierr)
+        else
+          call MPI_Recv(byte, 0, MPI_BYTE, src, TAG_BYTES, comm, MPI_STATUS_IGNORE, ierr)
+        end if
+        if (ierr /= MPI_SUCCESS) rc = CKPT_ERR_MPI
+      end if
+      if (rank == dst .and. rc == CKPT_OK) &
+        rc = ckpt_part_copy_write(CKPT_PART_OWN, g, int(rank, c_int32_t), off, c_loc(buf), int(nbytes, c_size_t))
+      off = off + CHUNK
+    end do
+    if (rank == dst .and. rc == CKPT_OK) rc = ckpt_part_copy_commit(CKPT_PART_OWN, expected)
+    if (rank == src .and. rank /= dst .and. rc /= CKPT_OK) call partner_warn(rank, 'sending back', of, g, rc)
+  end function move_part
+
+  !> The restart side. Given this rank's newest readable generation (g, found with status rc), when some
+  !> ranks lack the newest generation G that another rank can read, and a node keeps partner copies of their
+  !> parts of G (with G's manifest), each such rank gets its part back from there, records the step in its
+  !> node's cache, and looks again (rc, g updated). The ranks then agree as usual, falling back together if a
+  !> part could not be restored. Collective.
+  function partner_restore(comm, rc, g) result(status)
+    type(MPI_Comm), intent(in) :: comm
+    integer(c_int32_t), intent(inout) :: rc
+    integer(c_int64_t), intent(inout) :: g
+    integer(c_int32_t) :: status, got, moved
+    integer(c_int64_t) :: v(3), mine, newest, step
+    integer(c_int64_t), allocatable :: vec(:)
+    type(ckpt_part_identity), allocatable :: parts(:)
+    integer(c_int32_t), allocatable :: held(:)
+    integer(c_size_t) :: nheld
+    integer :: rank, nranks, ierr, alloc_err, x, keeper, i, idbytes
+    call MPI_Comm_rank(comm, rank, ierr)
+    if (ierr == MPI_SUCCESS) call MPI_Comm_size(comm, nranks, ierr)
+    if (ierr /= MPI_SUCCESS) then
+      status = CKPT_ERR_MPI
+      return
+    end if
+    mine = 0
+    if (rc == CKPT_OK) mine = g
+    if (mine < 0) mine = huge(0_c_int64_t) ! a uint64 beyond INT64_MAX, as in C
+    ! {partners, newest, -oldest}: one MAX says whether any rank keeps partner copies and whether the ranks
+    ! differ
+    v = [int(ckpt_has_partner_copies(), c_int64_t), mine, -mine]
+    status = reduce64(comm, v, MPI_MAX)
+    if (status /= CKPT_OK) return
+    newest = v(2)
+    if (v(1) == 0 .or. newest == 0 .or. v(2) == -v(3)) return
+    ! vec(r + 1): rank r lacks newest; vec(nranks + r + 1): 1 + a rank whose node keeps r's part of it and
+    ! its manifest
+    allocate(vec(2 * nranks), parts(nranks), held(nranks), stat=alloc_err)
+    status = agree_status(comm, merge(CKPT_OK, CKPT_ERR_OTHER, alloc_err == 0))
+    if (status /= CKPT_OK .or. alloc_err /= 0) return ! (alloc_err: for gfortran -O2's flow analysis)
+    vec = 0
+    step = 0
+    nheld = 0
+    if (rc == CKPT_OK .and. g < newest) vec(rank + 1) = 1
+    ! a rank keeps copies for others only when it can restart from newest itself: the step then passed every
+    ! rule of restart discovery there (this run's, verified)
+    if (rc == CKPT_OK .and. g == newest) then
+      if (ckpt_step_identities(newest, parts, int(nranks, c_size_t), step) == CKPT_OK) then
+        if (ckpt_partner_copies_held(newest, held, int(nranks, c_size_t), nheld) == CKPT_OK) then
+          do i = 1, int(nheld)
+            vec(nranks + held(i) + 1) = int(rank + 1, c_int64_t)
+          end do
+        end if
+      end if
+    end if
+    status = reduce64(comm, vec, MPI_MAX)
+    idbytes = nranks * int(c_sizeof(parts(1)))
+    do x = 0, nranks - 1
+      if (status /= CKPT_OK) exit
+      if (vec(x + 1) == 0) cycle
+      keeper = int(vec(nranks + x + 1)) - 1
+      if (keeper < 0) then
+        if (rank == x) then
+          write(error_unit, '(a,i0,a,i0)') 'ckpt: rank ', rank, &
+            ': no node keeps a partner copy of its part of generation ', newest
+          flush(error_unit)
+        end if
+        cycle
+      end if
+      if (rank /= x .and. rank /= keeper) cycle
+      ! the step's identities first (the receiver records the step from them), then the part
+      if (rank == keeper .and. rank /= x) then
+        call MPI_Send(parts, idbytes, MPI_BYTE, x, TAG_IDENTITY, comm, ierr)
+        if (ierr /= MPI_SUCCESS) status = CKPT_ERR_MPI
+      end if
+      if (rank == x .and. rank /= keeper) then
+        call MPI_Recv(parts, idbytes, MPI_BYTE, keeper, TAG_IDENTITY, comm, MPI_STATUS_IGNORE, ierr)
+        if (ierr /= MPI_SUCCESS) status = CKPT_ERR_MPI
+      end if
+      if (status /= CKPT_OK) exit
+      got = CKPT_OK
+      if (rank == x) got = ckpt_record_step_parts(newest, parts(x + 1)%step, parts, int(nranks, c_size_t))
+      moved = move_part(comm, rank, keeper, x, CKPT_PART_PARTNER, newest, x, parts(x + 1))
+      if (rank /= x) cycle
+      if (got == CKPT_OK) got = moved
+      if (got == CKPT_OK) then
+        write(error_unit, '(a,i0,a,i0,a,i0,a)') 'ckpt: rank ', rank, ': its part of generation ', newest, &
+          ' restored from the copy on rank ', keeper, "'s node"
+        flush(error_unit)
+        rc = ckpt_newest_valid_generation(huge(0_c_int64_t), g)
+      else
+        call partner_warn(rank, 'restoring', rank, newest, got)
+      end if
+    end do
+  end function partner_restore
+
   !> Agree on the newest generation <= max_generation that EVERY rank can read (MIN over ranks of each
   !> one's newest valid generation, never the MAX) and select it on every rank; when a rank cannot select
-  !> it, all fall back together to older ones. generation = 0: nothing in common.
+  !> it, all fall back together to older ones. generation = 0: nothing in common. First (max_generation =
+  !> huge), ranks that lack the newest generation another rank reads get their parts back from partner
+  !> copies, when kept (partner_restore).
   function agree(comm, max_generation, generation, step) result(status)
     type(MPI_Comm), intent(in) :: comm
     integer(c_int64_t), intent(in) :: max_generation
     integer(c_int64_t), intent(out) :: generation, step
     integer(c_int32_t) :: status, rc
     integer(c_int64_t) :: limit, g, v(2), s(3), my_step
-    logical :: ok
+    logical :: ok, first
     limit = max_generation
     generation = 0
     step = 0
+    first = max_generation == huge(0_c_int64_t)
     do
       g = 0
       rc = ckpt_newest_valid_generation(limit, g)
+      if (first) then
+        ! parts a lost node had, back from their partners first (nothing without CKPT_PARTNER)
+        first = .false.
+        status = partner_restore(comm, rc, g)
+        if (status /= CKPT_OK) return
+      end if
       v = [merge(g, 0_c_int64_t, rc == CKPT_OK), int(rc, c_int64_t)]
       status = reduce64(comm, v, MPI_MIN)
       if (status /= CKPT_OK) return

@@ -554,9 +554,7 @@ fn scenarios(mpi: Mpi, lang: &str) {
     }
 
     // (g) partner copies: a node lost with the checkpoint directory's copy, restored from the partners
-    if lang == "c" {
-        partner_copies(&ex, &dir, &reference, progress_step);
-    }
+    partner_copies(&ex, &dir, &reference, progress_step);
 
     // (h) three SIGTERM/restart cycles in a row with a node-local cache per simulated node
     restart_cycles_with_caches(&ex, &dir, &reference);
