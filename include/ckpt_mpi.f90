@@ -44,9 +44,9 @@ module ckpt_mpi
   ! every rank's node key (one MPI_Allgather of 8 bytes per rank); freed by ckpt_mpi_finalize.
   integer, allocatable, save :: partner_holder(:)
   ! Bytes per message of a part moved between partners; the message tags of partner transfers (those of
-  ! ckpt_mpi.h: 0x636b01, 0x636b02).
+  ! ckpt_mpi.h; below 32767, the least MPI_TAG_UB MPI allows).
   integer(c_int64_t), parameter :: CHUNK = 4194304_c_int64_t
-  integer, parameter :: TAG_IDENTITY = 6515457, TAG_BYTES = 6515458
+  integer, parameter :: TAG_IDENTITY = 27101, TAG_BYTES = 27102
 
 contains
 
@@ -423,6 +423,14 @@ contains
         holder(r + 1) = order(first(next) + mod(place(r + 1), members(next)))
       end if
     end do
+    if (ngroups == 1) then
+      call MPI_Comm_rank(comm, r, ierr)
+      if (ierr == MPI_SUCCESS .and. r == 0) then
+        write(error_unit, '(a,i0,a)') 'ckpt: CKPT_PARTNER=1, but all ', nranks, ' ranks are on one node ' // &
+          '(CKPT_NODE_ID, SLURM_TOPOLOGY_ADDR or the host name): no partner copies are kept'
+        flush(error_unit)
+      end if
+    end if
     if (allocated(partner_holder)) deallocate(partner_holder)
     call move_alloc(holder, partner_holder)
   end function partner_layout
