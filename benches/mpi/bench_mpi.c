@@ -7,6 +7,11 @@
  *              ckpt_mpi_checkpoint(MPI_COMM_WORLD, step) into DIR (CKPT_DIR), pruning at its defaults.
  *   MODE bare: each step every rank writes DIR/bare.<rank>.tmp (open, write, fsync, close), renames it to
  *              DIR/bare.<rank> and fsyncs DIR.
+ *   MODE cached, partner (benches/mpi/levels_mpi.py): as ckpt, with a node-local cache level: rank r is on
+ *              simulated node r / 2 (CKPT_NODE_ID) with the cache $BENCH_CACHE_ROOT/node<r / 2>
+ *              (CKPT_CACHE_DIR; a tmpfs such as /dev/shm), CKPT_FLUSH=exit (the copies to DIR run at the end,
+ *              untimed: what is timed is what the application waits for at each step); partner: also
+ *              CKPT_PARTNER=1, each rank's part kept in the other node's cache within the step.
  * Each step: MPI_Barrier, clock start (MPI_Wtime on rank 0), the save, MPI_Barrier (the step is complete only
  * when every rank's save is durable), clock stop. Rank 0 prints "step <i> <seconds>" per step.
  * Every failure is printed on stderr and aborts the job with a non-zero status.
@@ -80,10 +85,11 @@ int main(int argc, char **argv) {
     check_mpi("MPI_Comm_rank", MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     check_mpi("MPI_Comm_size", MPI_Comm_size(MPI_COMM_WORLD, &nranks));
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc != 5) die("usage", "bench_mpi ckpt|bare DIR BYTES_PER_RANK STEPS");
+    if (argc != 5) die("usage", "bench_mpi ckpt|cached|partner|bare DIR BYTES_PER_RANK STEPS");
     const char *mode = argv[1], *dir = argv[2];
-    int ckpt = strcmp(mode, "ckpt") == 0;
-    if (!ckpt && strcmp(mode, "bare") != 0) die("usage", "MODE is ckpt or bare");
+    int cached = strcmp(mode, "cached") == 0, partner = strcmp(mode, "partner") == 0;
+    int ckpt = strcmp(mode, "ckpt") == 0 || cached || partner;
+    if (!ckpt && strcmp(mode, "bare") != 0) die("usage", "MODE is ckpt, cached, partner or bare");
     char *end = NULL;
     errno = 0;
     unsigned long long bytes = strtoull(argv[3], &end, 10);
@@ -107,6 +113,18 @@ int main(int argc, char **argv) {
     char tmp[4096], path[4096];
     if (ckpt) {
         check_ckpt("ckpt_set_config(CKPT_DIR)", ckpt_set_config("CKPT_DIR", dir));
+        if (cached || partner) {
+            const char *root = getenv("BENCH_CACHE_ROOT");
+            if (!root || !*root) die("usage", "modes cached and partner need BENCH_CACHE_ROOT");
+            char cache[4096], node[64];
+            int a = snprintf(cache, sizeof cache, "%s/node%d", root, rank / 2);
+            snprintf(node, sizeof node, "node%d", rank / 2);
+            if (a < 0 || (size_t)a >= sizeof cache) die("path", "too long");
+            check_ckpt("ckpt_set_config(CKPT_CACHE_DIR)", ckpt_set_config("CKPT_CACHE_DIR", cache));
+            check_ckpt("ckpt_set_config(CKPT_NODE_ID)", ckpt_set_config("CKPT_NODE_ID", node));
+            check_ckpt("ckpt_set_config(CKPT_FLUSH)", ckpt_set_config("CKPT_FLUSH", "exit"));
+            if (partner) check_ckpt("ckpt_set_config(CKPT_PARTNER)", ckpt_set_config("CKPT_PARTNER", "1"));
+        }
         check_ckpt("ckpt_mpi_init", ckpt_mpi_init(MPI_COMM_WORLD, "bench"));
         check_ckpt("ckpt_protect", ckpt_protect(0, buf, len));
     } else {
