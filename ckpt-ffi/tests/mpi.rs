@@ -403,9 +403,10 @@ fn damage(path: &Path) {
 }
 
 /// (g) `CKPT_PARTNER=1`, ranks 0-1 on node 0 and 2-3 on node 1: each rank's committed part is also kept in
-/// the other node's cache. Node 1 is then lost (its cache removed) along with the checkpoint directory's
-/// files: ranks 2 and 3 get their parts back from node 0 and every rank resumes at the SIGTERM step, bit
-/// for bit. Without the partner copies the same loss leaves no step common to every rank: an error.
+/// the other node's cache. After a SIGUSR1 checkpoint node 1 dies (its ranks SIGKILLed, its cache
+/// removed), and the checkpoint directory's files are lost too: ranks 2 and 3 get their parts back from
+/// node 0 and every rank resumes at the SIGUSR1 step, bit for bit. Without the partner copies the same
+/// loss leaves no step common to every rank: an error.
 fn partner_copies(ex: &Example, dir: &str, reference: &str, progress_step: u64) {
     let t = Instant::now();
     let work = ex.work("partners");
@@ -417,24 +418,26 @@ fn partner_copies(ex: &Example, dir: &str, reference: &str, progress_step: u64) 
     run.signal_mpirun(libc::SIGUSR1);
     let first = run.wait_for(Duration::from_secs(60), "the SIGUSR1 checkpoint", |l| checkpoints(l).first().copied());
     run.wait_for(Duration::from_secs(60), "more progress", |l| progress(l, first + progress_step));
-    run.signal_ranks(&[0, 1, 2, 3], libc::SIGTERM);
-    let (status, out, text) = run.finish(Duration::from_secs(120));
-    assert!(status.success(), "{text}");
+    // Node 1 dies: its ranks are killed (mpirun then ends the job), and below its cache is gone.
+    run.signal_ranks(&[2, 3], libc::SIGKILL);
+    let (status, _, text) = run.finish(Duration::from_secs(120));
+    assert!(!status.success(), "{text}");
     assert!(!text.contains("failed:"), "a partner transfer failed\n{text}");
-    let stop = *checkpoints(&out).last().unwrap_or_else(|| panic!("no checkpoint\n{text}"));
-    assert!(stop > first, "{text}");
     let (node0, node1) = (node_cache_dir(&work.join("caches/node0")), node_cache_dir(&work.join("caches/node1")));
     let cps = work.join("checkpoints");
-    let g = newest_generation(&cps, "heat_mpi.ckpt");
-    // Each node keeps the other node's parts of the newest step (and, with CKPT_CACHE_KEEP=1, only that).
-    for (node, ranks) in [(&node0, [2, 3]), (&node1, [0, 1])] {
+    // Each node keeps the other node's parts of the step (and, with CKPT_CACHE_KEEP=1, only that one).
+    let kept_generations = |node: &Path| -> Vec<String> {
         let kept = node.join("heat_mpi.ckpt.partner");
-        let gens: Vec<String> =
-            std::fs::read_dir(&kept).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(gens, [g.to_string()], "{}", kept.display());
+        std::fs::read_dir(&kept).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    };
+    let gens = kept_generations(&node0);
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    let g: u64 = gens[0].parse().unwrap();
+    for (node, other, ranks) in [(&node0, &node1, [2, 3]), (&node1, &node0, [0, 1])] {
+        assert_eq!(kept_generations(node), [g.to_string()], "{}", node.display());
         for r in ranks {
-            let copy = kept.join(format!("{g}/rank{r}.ckpt"));
-            let own = cps.join(format!("heat_mpi.ckpt.parts/{g}/rank{r}.ckpt"));
+            let copy = node.join(format!("heat_mpi.ckpt.partner/{g}/rank{r}.ckpt"));
+            let own = other.join(format!("heat_mpi.ckpt.parts/{g}/rank{r}.ckpt"));
             assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&own).unwrap(), "{}", copy.display());
         }
     }
@@ -468,7 +471,7 @@ fn partner_copies(ex: &Example, dir: &str, reference: &str, progress_step: u64) 
         );
     }
     assert!(!text.contains("rank 0: its part") && !text.contains("rank 1: its part"), "{text}");
-    assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(stop)), "{text}");
+    assert!(out.iter().any(|l| number_after(l, "resumed at iteration ") == Some(first)), "{text}");
     assert_eq!(checksum(&out).as_deref(), Some(reference), "{text}");
     eprintln!("{dir} (g) partner copies: {:.1} s", t.elapsed().as_secs_f64());
 }
