@@ -68,6 +68,10 @@ fn transfer(
     to.commit_received_part(receiver, id).map(drop)
 }
 
+fn kept_path(partner_dir: &Path, generation: u64, rank: u32) -> String {
+    partner_dir.join(format!("{generation}/rank{rank}.ckpt")).display().to_string()
+}
+
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -129,6 +133,27 @@ fn a_part_kept_by_the_partner_restores_a_lost_node_and_nothing_damaged_or_foreig
     let kept = partner_dir.join(format!("{g}/rank0.ckpt"));
     let own = s0.cache_dir().unwrap().join(format!("pt.ckpt.parts/{g}/rank0.ckpt"));
     assert_eq!(std::fs::read(&kept).unwrap(), std::fs::read(&own).unwrap());
+
+    // `ckpt list` on node 1 shows the copy it keeps for rank 0, verified.
+    let mut cmd = ckpt_tests::clean_command(&ckpt_tests::ckpt_cli(), &tmp.path().join("shared"));
+    cmd.args(["list", "--json"]).env("CKPT_CACHE_DIR", tmp.path().join("node1")).env("CKPT_NAME", "pt");
+    let out = cmd.output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let kept: Vec<_> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == "partner")
+        .map(|f| (f["status"].as_str().unwrap().to_string(), f["rank"].as_u64(), f["generation"].as_u64()))
+        .collect();
+    assert_eq!(kept, [("valid".to_string(), Some(0), Some(g))], "{v:#}");
+    let mut cmd = ckpt_tests::clean_command(&ckpt_tests::ckpt_cli(), &tmp.path().join("shared"));
+    cmd.arg("list").env("CKPT_CACHE_DIR", tmp.path().join("node1")).env("CKPT_NAME", "pt");
+    let text = String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned();
+    assert!(
+        text.contains("marked [partner]") && text.contains(&format!("[partner] {}", kept_path(&partner_dir, g, 0))),
+        "{text}"
+    );
 
     // A second step: the partner keeps CKPT_CACHE_KEEP (1) generations of copies.
     let (g2, ids2) = step(&cps, 8);
