@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -301,7 +301,13 @@ fn a_pipe_inherited_from_the_launcher_reaches_every_process_as_dev_null() {
         .spawn()
         .unwrap();
     let _keep_open = child.stdin.take();
-    std::thread::sleep(Duration::from_millis(700));
+    // Signalled once the pipeline runs (its first line is out), not after a fixed delay: a loaded machine
+    // may not have started `ckpt run`'s program, or installed its handlers, within any fixed time.
+    let started = Instant::now();
+    while read(dir, "out.txt").lines().next().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the pipeline printed nothing: {}", read(dir, "ckpt.log"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill(child.id(), libc::SIGUSR1);
     assert!(wait_for_events(dir, "checkpoint", 1, &mut child, Duration::from_secs(60)), "{}", read(dir, "ckpt.log"));
     let ck = &events(dir, "checkpoint")[0];
