@@ -65,7 +65,9 @@ pub struct Candidate {
 pub struct Discovery {
     /// The directory searched.
     pub dir: PathBuf,
-    /// Candidates, in the order they rank (newest first).
+    /// Candidates, in the order they rank (newest first). [`Store::discover`] finds them by name when that
+    /// settles the choice (no listing of a crowded directory): generations older than a missing one are
+    /// then not among them (they rank below the chosen one); [`Store::discover_all`] lists every file.
     pub candidates: Vec<Candidate>,
     /// Index of the chosen candidate.
     pub chosen: Option<usize>,
@@ -404,7 +406,29 @@ impl Store {
         others
     }
 
+    /// Discovery: first by name ([`names_by_probing`]: no listing, whatever else the directories hold),
+    /// and when that cannot settle the choice exactly as a listing would (no `<base>`, a newer generation
+    /// beside it, nothing valid among the generations found by name, an error to report), again from
+    /// listings. `verify_all` (`ckpt list`, `ckpt verify`) always lists: it reports every file.
     fn discover_impl(&self, verify_all: bool, max_generation: u64, parts: Parts) -> Result<Found> {
+        if !verify_all && let Some(found) = self.discover_pass(false, max_generation, parts, true)? {
+            return Ok(found);
+        }
+        let found = self.discover_pass(verify_all, max_generation, parts, false)?;
+        Ok(found.expect("a pass over listings always settles"))
+    }
+
+    /// One discovery pass. `by_name`: each level's candidates are found by name where possible, and the
+    /// pass returns `Ok(None)` unless its choice is the one a pass over listings would make (every
+    /// candidate a listing would add ranks below the chosen one), leaving errors and reports on
+    /// everything to that pass.
+    fn discover_pass(
+        &self,
+        verify_all: bool,
+        max_generation: u64,
+        parts: Parts,
+        by_name: bool,
+    ) -> Result<Option<Found>> {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
         let storage = self.storage();
@@ -415,10 +439,25 @@ impl Store {
             levels.push((cache.to_path_buf(), Level::Cache));
         }
         levels.push((dir.clone(), Level::Shared));
+        let own_base = cfg.base_name();
+        let me = cfg.run_identity();
+        // The name whose files this run resumes: its own, or the job CKPT_RESUME_FROM names.
+        let (base, explicit) = match &cfg.resume_from {
+            ResumeFrom::Job(job) => (base_name(job, cfg.step_id), true),
+            _ => (own_base.clone(), false),
+        };
         // Only checkpoint names are looked at: the directory may hold many other files.
         let checkpoint_name = |n: &std::ffi::OsStr| n.to_str().and_then(any_base).is_some();
         let mut names_by_level: Vec<Vec<String>> = Vec::new();
+        // Per level found by name: every checkpoint of `base` there not among its names is of a lower
+        // generation than this.
+        let mut unseen_below: Vec<u64> = Vec::new();
         for (d, level) in &levels {
+            if by_name && let Some((names, below)) = names_by_probing(&**storage, d, &base) {
+                names_by_level.push(names);
+                unseen_below.push(below);
+                continue;
+            }
             names_by_level.push(match storage.read_dir_matching(d, &checkpoint_name) {
                 Ok(entries) => {
                     entries.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect()
@@ -430,13 +469,6 @@ impl Store {
                 }
             });
         }
-        let own_base = cfg.base_name();
-        let me = cfg.run_identity();
-        // The name whose files this run resumes: its own, or the job CKPT_RESUME_FROM names.
-        let (base, explicit) = match &cfg.resume_from {
-            ResumeFrom::Job(job) => (base_name(job, cfg.step_id), true),
-            _ => (own_base.clone(), false),
-        };
         let opts = LoadOptions { mmap: cfg.mmap };
         let want_kind = if cfg.nranks > 1 || parts == Parts::Every { FileKind::Manifest } else { FileKind::Data };
         let want_nranks = if parts == Parts::Every { None } else { Some(cfg.nranks) };
@@ -487,10 +519,16 @@ impl Store {
                 }
             }
             if !conflicts.is_empty() {
+                if by_name {
+                    return Ok(None); // the listings name every such file
+                }
                 return Err(foreign_run_error(cfg, &dir, &conflicts));
             }
         }
         probes.retain(|p| !untrusted(p));
+        if by_name && probes.is_empty() {
+            return Ok(None); // another job's checkpoints, or nothing: only listings tell
+        }
         // Asking for this run's own name explicitly (in a script that also starts the first run) finds
         // nothing on a first run: a fresh start. Another job's name that has nothing is an error.
         if explicit && probes.is_empty() && base != own_base {
@@ -548,6 +586,15 @@ impl Store {
                     }
                 }
                 Err(e) => p.candidate.status = CandidateStatus::Invalid(e),
+            }
+        }
+        if by_name {
+            // Candidates a listing would add rank below every generation found by name in their level.
+            let settled = chosen
+                .and_then(|i| probes[i].candidate.generation)
+                .is_some_and(|g| unseen_below.iter().all(|&below| g >= below));
+            if !settled {
+                return Ok(None);
             }
         }
         let damaged: Vec<(PathBuf, u64)> = if from_other_jobs || explicit {
@@ -615,7 +662,7 @@ impl Store {
             explanation,
             notices,
         };
-        Ok(Found { discovery, chosen: result, damaged })
+        Ok(Some(Found { discovery, chosen: result, damaged }))
     }
 
     /// Verifies a candidate completely. For a manifest, also this rank's part, which is returned, and with
@@ -665,6 +712,31 @@ impl Store {
         }
         Ok(Some(own))
     }
+}
+
+/// The checkpoints of `base` in `dir` found by name, without listing `dir`: `<base>` (the newest committed
+/// checkpoint; its header says generation N), then `<base>.<N>`, `<base>.<N-1>`, ... down to the first
+/// generation that is missing, and that generation: every other checkpoint of `base` there is older.
+/// `None` when this cannot stand for a listing: `<base>` missing, not a regular file or unreadable, or
+/// `<base>.<N+1>` present (a save that died between its link and its rename, or a file system without
+/// hard links).
+fn names_by_probing(storage: &dyn Storage, dir: &Path, base: &str) -> Option<(Vec<String>, u64)> {
+    let newest = crate::reader::read_header(storage, &dir.join(base)).ok()?.generation;
+    let entry = |g: u64| storage.entry(&dir.join(format!("{base}.{g}")));
+    if newest == 0 || newest == u64::MAX || !matches!(entry(newest + 1), Ok(None)) {
+        return None;
+    }
+    let mut names = vec![base.to_string()];
+    let mut g = newest;
+    while g > 0 {
+        match entry(g).ok()? {
+            Some(e) if e.is_file => names.push(format!("{base}.{g}")),
+            Some(_) => {} // not a candidate, as in a listing
+            None => break,
+        }
+        g -= 1;
+    }
+    Some((names, g))
 }
 
 /// `<dir>/<base>.parts/<generation>` of a manifest in `dir`.

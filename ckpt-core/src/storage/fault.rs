@@ -215,6 +215,13 @@ impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
         self.tick(Op::Open, path)?;
         self.inner.exists(path)
     }
+    fn entry(&self, path: &Path) -> io::Result<Option<DirEntry>> {
+        self.tick(Op::Open, path)?;
+        self.inner.entry(path)
+    }
+    fn large_dir(&self, dir: &Path) -> bool {
+        self.inner.large_dir(dir)
+    }
     fn spare_reuse(&self) -> Option<&dyn SpareReuse> {
         self.inner.spare_reuse().map(|_| self as &dyn SpareReuse)
     }

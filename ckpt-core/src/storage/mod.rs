@@ -287,6 +287,36 @@ pub trait Storage: Send + Sync + fmt::Debug {
         }
     }
 
+    /// Shortcut of [`Storage::read_dir_matching`] for one name: the entry `path` names, `None` when there is
+    /// none (a symlink is not followed and is not a regular file). Finding a checkpoint's files by name
+    /// costs the same whatever else the directory holds; a listing reads every entry.
+    ///
+    /// # Errors
+    ///
+    /// As [`Storage::exists`].
+    fn entry(&self, path: &Path) -> io::Result<Option<DirEntry>> {
+        let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let entry = |is_file, len| Some(DirEntry { name: name.to_os_string(), is_file, len, modified: None });
+        match self.open(path) {
+            Ok(r) => Ok(entry(true, r.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // A file this user may not read is still a file; a symlink (O_NOFOLLOW) or a directory is not.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => Ok(entry(true, 0)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidInput => {
+                Ok(entry(false, 0))
+            }
+            Err(e) => Err(e),
+        }
+    }
+    /// Whether listing `dir` costs much more than looking up a few names in it (a directory of thousands
+    /// of entries, as a job's shared scratch directory may be): saves there then find the checkpoint's
+    /// files by name ([`Storage::entry`]) and list the directory, for dead writers' temporary files, once
+    /// per process and off the save's path. `false` (the default) keeps every save's first listing.
+    fn large_dir(&self, dir: &Path) -> bool {
+        let _ = dir;
+        false
+    }
+
     /// This storage's spare reuse, `None` (the default) when it has none: the store then keeps no spare
     /// and creates every file new. A wrapper passes on the wrapped storage's only when overwriting files
     /// in place is as safe through the wrapper.

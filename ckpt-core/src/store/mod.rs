@@ -194,7 +194,14 @@ struct Shared {
     restore_notices: std::sync::Mutex<Vec<String>>,
     /// Whether the cache directory was checked (see `Store::check_cache_dir`).
     cache_checked: std::sync::atomic::AtomicBool,
+    /// What the listings of large directories made off the saves' path found (see
+    /// [`Store::sweep_once`]), for the next save there to retire what finding by name missed.
+    swept: std::sync::Mutex<Vec<Listing>>,
 }
+
+/// The (directory, name) pairs whose directory this process has listed, or is listing, for dead writers'
+/// temporary files after finding its generations by name (see [`Store::sweep_once`]).
+static SWEPT: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -259,6 +266,7 @@ impl Store {
             damaged: std::sync::Mutex::new(Vec::new()),
             restore_notices: std::sync::Mutex::new(Vec::new()),
             cache_checked: std::sync::atomic::AtomicBool::new(false),
+            swept: std::sync::Mutex::new(Vec::new()),
         };
         let identity_metadata = config.run_identity().to_metadata();
         let cache_dir = config.cache.as_ref().map(|c| c.dir_for(&config.checkpoint_dir));
@@ -357,16 +365,18 @@ impl Store {
             last = highest;
             shared_warning = warning;
         }
-        if let Some(listing) = self.shared.reusable_listing(dir, &base) {
+        if let Some(mut listing) = self.shared.reusable_listing(dir, &base) {
             let generation = listing.highest.max(last) + 1;
             // The name about to be claimed must still be free; if anything else wrote here, list again.
             if let Ok(false) = self.storage.exists(&dir.join(format!("{base}.{generation}"))) {
+                self.merge_swept(&mut listing);
                 let header = self.header(FileKind::Data, generation, app_step);
                 return self.start(dir, &base, header, Plan::Single { listing });
             }
         }
-        // A listing: stale temporary files, the generation number, and what pruning will see.
-        let listing = self.list_generations(dir, &base)?;
+        // A listing (stale temporary files, the generation number, and what pruning will see), or in a
+        // large directory the same found by name.
+        let listing = self.fresh_listing(dir, &base)?;
         let first = self.shared.last_generation.load(Ordering::SeqCst) == 0;
         let warning = if first { self.check_name_is_ours(dir, &listing)? } else { None };
         let generation = listing.highest.max(last) + 1;
@@ -497,6 +507,118 @@ impl Store {
             }
             Err(e) => Err(Error::io("open checkpoint directory", e).with_path(dir)),
         }
+    }
+
+    /// The view of `dir` a save of `base` starts from when it has none to reuse: in a large directory
+    /// ([`Storage::large_dir`]) found by name ([`Store::generations_by_name`]), the directory being listed
+    /// once per process off the save's path for what only a listing finds ([`Store::sweep_once`]);
+    /// otherwise, and when finding by name cannot settle it, a listing ([`Store::list_generations`]).
+    fn fresh_listing(&self, dir: &Path, base: &str) -> Result<Listing> {
+        if let Some(mut listing) = self.generations_by_name(dir, base) {
+            self.sweep_once(dir, base);
+            self.merge_swept(&mut listing);
+            return Ok(listing);
+        }
+        self.list_generations(dir, base)
+    }
+
+    /// What a listing of `dir` would tell a save of `base`, found by name: `<base>`'s header gives the
+    /// newest committed generation N; `<base>.<N+1>` must be free; the generations are `<base>.<N>`,
+    /// `<base>.<N-1>`, ... down to the first missing number (older ones beyond such a gap, left by a
+    /// generation renamed aside as damaged or copied from the cache every k-th step, come from the
+    /// process's one listing, [`Store::sweep_once`], at a later save); the spare and the parts directory
+    /// by their names. `None` (list instead) when `dir` is not large, `<base>` is missing or unreadable, a
+    /// newer generation is there, or a look-up fails.
+    fn generations_by_name(&self, dir: &Path, base: &str) -> Option<Listing> {
+        if !self.storage.large_dir(dir) {
+            return None;
+        }
+        let newest = crate::reader::read_header(&*self.storage, &dir.join(base)).ok()?.generation;
+        let entry = |name: String| self.storage.entry(&dir.join(name)).ok();
+        if newest == 0 || newest == u64::MAX || entry(format!("{base}.{}", newest + 1))?.is_some() {
+            return None;
+        }
+        let mut generations = Vec::new();
+        let mut g = newest;
+        while g > 0 {
+            match entry(format!("{base}.{g}"))? {
+                Some(e) if e.is_file => generations.push((g, e.len)),
+                Some(_) => {}
+                None => break,
+            }
+            g -= 1;
+        }
+        let parts = entry(format!("{base}.parts"))?.is_some();
+        let spare = entry(format!("{base}.tmp.spare"))?.is_some_and(|e| e.is_file);
+        Some(Listing {
+            dir: dir.to_path_buf(),
+            base: base.to_string(),
+            generations,
+            highest: newest,
+            parts,
+            spare,
+            listed_at: Instant::now(),
+        })
+    }
+
+    /// Once per process for `base` in `dir`, after a save found its generations by name: lists `dir` on a
+    /// thread (on the caller's when I/O threads are disabled, as in the shim), removes dead writers'
+    /// temporary files as every listing does, and leaves the generations it saw for the next save's
+    /// retention ([`Store::merge_swept`]). Removing another process's stale temporary file is safe at any
+    /// time (the rules of [`Store::remove_stale_tmp`]), so this needs no coordination with the saves.
+    fn sweep_once(&self, dir: &Path, base: &str) {
+        {
+            let mut swept = lock(&SWEPT);
+            if swept.iter().any(|(d, b)| d == dir && b == base) {
+                return;
+            }
+            swept.push((dir.to_path_buf(), base.to_string()));
+        }
+        let store = self.clone();
+        let (dir, base) = (dir.to_path_buf(), base.to_string());
+        let sweep = move || {
+            let ours = |name: &std::ffi::OsStr| name.as_encoded_bytes().starts_with(base.as_bytes());
+            let Ok(entries) = store.storage.read_dir_matching(&dir, &ours) else {
+                lock(&SWEPT).retain(|(d, b)| !(*d == dir && *b == base)); // a later save tries again
+                return;
+            };
+            store.remove_stale_tmp(&dir, &base, &entries);
+            lock(&store.shared.swept).push(listing_of(&dir, &base, &entries));
+        };
+        if crate::storage::io_threads_allowed() {
+            let sweep = std::sync::Arc::new(std::sync::Mutex::new(Some(sweep)));
+            let on_thread = sweep.clone();
+            let spawned = std::thread::Builder::new().name("ckpt-sweep".into()).spawn(move || {
+                if let Some(f) = lock(&on_thread).take() {
+                    f();
+                }
+            });
+            if spawned.is_ok() {
+                return;
+            }
+            if let Some(f) = lock(&sweep).take() {
+                f();
+            }
+        } else {
+            sweep();
+        }
+    }
+
+    /// Adds to `listing` the generations a sweep of its directory ([`Store::sweep_once`]) saw below every
+    /// generation the listing knows: the ones finding by name cannot reach, for retention to remove. A
+    /// generation removed since is harmless (retention finds it gone), and never counts toward `keep`:
+    /// it is older than the generations that made it retire.
+    fn merge_swept(&self, listing: &mut Listing) {
+        let mut swept = lock(&self.shared.swept);
+        let Some(i) = swept.iter().position(|l| l.dir == listing.dir && l.base == listing.base) else {
+            return;
+        };
+        let seen = swept.swap_remove(i);
+        drop(swept);
+        let lowest = listing.generations.iter().map(|g| g.0).min().unwrap_or(listing.highest.saturating_add(1));
+        listing.generations.extend(seen.generations.iter().filter(|g| g.0 < lowest));
+        listing.highest = listing.highest.max(seen.highest);
+        listing.parts |= seen.parts;
     }
 
     /// Lists `dir` afresh for a save of `base`: removes dead writers' temporary files and returns the view
