@@ -16,7 +16,10 @@
 //! 1. List the directory, remove stale temporary files of dead writers, and choose generation N (one above
 //!    the highest present). Saves in a row reuse the previous save's view of the directory for up to 10 s
 //!    (checking only that `<base>.<N>` is still free), so a process's first save and at least one save
-//!    every 10 s list it.
+//!    every 10 s list it. In a large directory ([`Storage::large_dir`], a shared scratch directory) the
+//!    generations are found by name instead (`<base>`'s header gives the newest, `<base>.<N+1>` must be
+//!    free), and the directory is listed once per process, off the save's path, for dead writers'
+//!    temporary files and generations below a gap.
 //! 2. Create `<base>.tmp.…` with `O_CREAT|O_EXCL|O_NOFOLLOW`, stream the sections into it, `fsync` it.
 //! 3. `link(tmp, <base>.<N>)`: fails if another process took generation N (exclusion without `flock`,
 //!    which Lustre lacks); then `rename(tmp, <base>)`, so `<base>` names the new file atomically.
@@ -24,7 +27,8 @@
 //! 5. Only now prune generations beyond `keep`.
 //!
 //! A crash at any instant leaves every earlier committed generation intact; discovery considers `<base>`
-//! and every `<base>.<N>`, newest generation first, and takes the first that verifies completely.
+//! and every `<base>.<N>`, newest generation first, and takes the first that verifies completely (found
+//! by name from `<base>`'s header when that settles the choice, from a listing otherwise).
 //!
 //! # Space reuse (`CKPT_REUSE_SPACE`, default on)
 //!
