@@ -672,7 +672,11 @@ impl Store {
             };
         let bw = f64::from_bits(self.shared.write_bandwidth.load(Ordering::Relaxed));
         Ok(CheckpointWriter {
-            builder: Some(FileBuilder::new(file, header, bw)),
+            builder: Some({
+                let mut b = FileBuilder::new(file, header, bw);
+                b.compression_threads = self.config.compression_threads;
+                b
+            }),
             storage: self.storage.clone(),
             tmp,
             plan,
