@@ -234,6 +234,11 @@ enum Parts {
     Every,
 }
 
+/// What a restore into the application's buffers ([`Store::restore_into`]) does with a candidate instead
+/// of verifying it: `Ok(Ok(()))` verified and copied, `Ok(Err(_))` the candidate does not verify (the next
+/// one is tried), `Err(_)` stop (the buffers do not fit the checkpoint: nothing was written).
+type Fill<'f> = dyn FnMut(&Checkpoint) -> Result<Result<()>> + 'f;
+
 /// What one discovery pass produced, before it is packaged for its caller.
 struct Found {
     discovery: Discovery,
@@ -253,7 +258,7 @@ impl Store {
     /// `CKPT_RESUME_FROM` names another job that has no checkpoint of this user there. Damaged or untrusted candidates
     /// are not errors: they are in [`Discovery::candidates`] with their reason.
     pub fn discover(&self) -> Result<Discovery> {
-        self.discover_impl(false, u64::MAX, Parts::All).map(|f| f.discovery)
+        self.discover_impl(false, u64::MAX, Parts::All, None).map(|f| f.discovery)
     }
 
     /// Like [`Store::discover`], but verifies every candidate (for `ckpt list` and `ckpt verify`).
@@ -262,7 +267,7 @@ impl Store {
     ///
     /// As [`Store::discover`].
     pub fn discover_all(&self) -> Result<Discovery> {
-        self.discover_impl(true, u64::MAX, Parts::All).map(|f| f.discovery)
+        self.discover_impl(true, u64::MAX, Parts::All, None).map(|f| f.discovery)
     }
 
     /// Restart: the newest verified checkpoint of this run (see [`crate::identity`] for whose checkpoints
@@ -278,7 +283,53 @@ impl Store {
     /// message listing every file and why (unless [`Config::allow_fresh_start`](crate::Config::allow_fresh_start) says
     /// to start fresh). A file another user could have written is skipped with a notice, not an error.
     pub fn restore(&self) -> Result<Option<Restored>> {
-        self.restore_with(u64::MAX, Parts::All)
+        self.restore_with(u64::MAX, Parts::All, None)
+    }
+
+    /// [`Store::restore`] and [`Checkpoint::read_into`] of the sections named in `targets`, in one pass over
+    /// the chosen file: a candidate's raw sections are checksummed as they are copied into the buffers
+    /// ([`Checkpoint::verify_into`]), where a restore followed by reads verifies every byte and then copies
+    /// it. The choice is [`Store::restore`]'s: a candidate whose copy does not verify is rejected as a
+    /// damaged one is, and the next is copied over it. For a multi-rank step, this rank's part is verified
+    /// and then read (two passes, as before).
+    ///
+    /// The buffers: before anything is written, the checkpoint restart chooses must have every section
+    /// named, each of the buffer's length; otherwise the error says which, and no buffer is touched (no
+    /// older generation is tried; a candidate that does not fit is verified first, and skipped if damaged,
+    /// as `restore()` would). After an `Ok(Some(_))` they hold the chosen checkpoint's
+    /// sections. After `Ok(None)` they are untouched. After any other error they may hold bytes of a
+    /// checkpoint that turned out damaged, as after a failed [`Checkpoint::read_into`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore`]; [`ErrorKind::SectionNotFound`] and [`ErrorKind::InvalidArgument`] (a buffer
+    /// of another length) for the checkpoint restart chooses, as [`Checkpoint::read_into`].
+    pub fn restore_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<Option<Restored>> {
+        let mut filled: Option<PathBuf> = None;
+        let mut fill = |cp: &Checkpoint| -> Result<Result<()>> {
+            match cp.verify_into(targets) {
+                Ok(()) => {
+                    filled = Some(cp.path().to_path_buf());
+                    Ok(Ok(()))
+                }
+                // The buffers do not fit this candidate: an error if it is the one restore() chooses,
+                // which it is when it verifies.
+                Err(e) if matches!(e.kind(), ErrorKind::SectionNotFound | ErrorKind::InvalidArgument) => {
+                    cp.verify().map_or_else(|damaged| Ok(Err(damaged)), |()| Err(e))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        };
+        let restored = self.restore_with(u64::MAX, Parts::All, Some(&mut fill))?;
+        if let Some(r) = &restored
+            && filled.as_deref() != Some(r.checkpoint.path())
+        {
+            // A rank's part of a multi-rank step (its manifest was what discovery verified).
+            for (name, dst) in targets.iter_mut() {
+                r.checkpoint.read_into(name, dst)?;
+            }
+        }
+        Ok(restored)
     }
 
     /// Like [`Store::restore`], considering only generations up to `max_generation` and verifying only this
@@ -289,11 +340,11 @@ impl Store {
     ///
     /// As [`Store::restore`].
     pub fn restore_at_most(&self, max_generation: u64) -> Result<Option<Restored>> {
-        self.restore_with(max_generation, Parts::Own)
+        self.restore_with(max_generation, Parts::Own, None)
     }
 
-    fn restore_with(&self, max_generation: u64, parts: Parts) -> Result<Option<Restored>> {
-        let found = self.discover_impl(false, max_generation, parts)?;
+    fn restore_with(&self, max_generation: u64, parts: Parts, into: Option<&mut Fill<'_>>) -> Result<Option<Restored>> {
+        let found = self.discover_impl(false, max_generation, parts, into)?;
         let mut dirs: Vec<&PathBuf> = found.damaged.iter().map(|(d, _)| d).collect();
         dirs.dedup();
         for dir in dirs {
@@ -342,7 +393,7 @@ impl Store {
     /// As [`Store::discover_all`].
     #[cfg(any(test, feature = "testing"))]
     pub fn valid_generations(&self) -> Result<Vec<u64>> {
-        let d = self.discover_impl(true, u64::MAX, Parts::Own)?.discovery;
+        let d = self.discover_impl(true, u64::MAX, Parts::Own, None)?.discovery;
         let mut gens: Vec<u64> = d
             .candidates
             .iter()
@@ -410,11 +461,19 @@ impl Store {
     /// and when that cannot settle the choice exactly as a listing would (no `<base>`, a newer generation
     /// beside it, nothing valid among the generations found by name, an error to report), again from
     /// listings. `verify_all` (`ckpt list`, `ckpt verify`) always lists: it reports every file.
-    fn discover_impl(&self, verify_all: bool, max_generation: u64, parts: Parts) -> Result<Found> {
-        if !verify_all && let Some(found) = self.discover_pass(false, max_generation, parts, true)? {
+    fn discover_impl(
+        &self,
+        verify_all: bool,
+        max_generation: u64,
+        parts: Parts,
+        mut into: Option<&mut Fill<'_>>,
+    ) -> Result<Found> {
+        if !verify_all
+            && let Some(found) = self.discover_pass(false, max_generation, parts, true, into.as_deref_mut())?
+        {
             return Ok(found);
         }
-        let found = self.discover_pass(verify_all, max_generation, parts, false)?;
+        let found = self.discover_pass(verify_all, max_generation, parts, false, into)?;
         Ok(found.expect("a pass over listings always settles"))
     }
 
@@ -428,6 +487,7 @@ impl Store {
         max_generation: u64,
         parts: Parts,
         by_name: bool,
+        mut into: Option<&mut Fill<'_>>,
     ) -> Result<Option<Found>> {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
@@ -577,7 +637,12 @@ impl Store {
             // Every name is verified on its own: `<base>` and `<base>.<N>` are normally one file, but a copy
             // or a damaged block can make them differ, and each must be judged by its own bytes.
             let candidate_dir = p.candidate.path.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
-            match self.verify_candidate(cp, &candidate_dir, parts) {
+            let verdict = match into.as_deref_mut() {
+                // A single file restored into the application's buffers: verified while it is copied.
+                Some(fill) if cp.header().kind != FileKind::Manifest => fill(cp)?.map(|()| None),
+                _ => self.verify_candidate(cp, &candidate_dir, parts),
+            };
+            match verdict {
                 Ok(part) => {
                     p.candidate.status = CandidateStatus::Valid;
                     if chosen.is_none() {
@@ -839,7 +904,7 @@ impl Store {
     ///
     /// As [`Store::restore`].
     pub fn restore_step(&self) -> Result<Option<Step>> {
-        let Some(r) = self.restore_with(u64::MAX, Parts::Every)? else { return Ok(None) };
+        let Some(r) = self.restore_with(u64::MAX, Parts::Every, None)? else { return Ok(None) };
         let dir = r.chosen_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let manifest = r.checkpoint;
         let entries = parse_manifest(&manifest)?;

@@ -768,3 +768,86 @@ fn saves_in_a_crowded_directory_find_their_files_by_name() {
     assert_holds(&r, 8);
     assert_eq!(listings(&ops), 0);
 }
+
+#[test]
+fn restore_into_copies_the_newest_valid_checkpoint_in_one_pass_and_falls_back_past_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("into", dir.path());
+    cfg.keep = 3;
+    let store = Store::new(cfg.clone());
+    for step in 1..=3 {
+        save(&store, step);
+    }
+    let fresh = || Store::new(cfg.clone());
+    let mut buf = vec![0u8; payload(3).len()];
+    let r = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap().expect("a checkpoint");
+    assert_eq!(r.generation, 3);
+    assert!(buf == payload(3), "the buffer does not hold step 3's data");
+    assert!(r.rejected.is_empty());
+    assert_eq!(r.checkpoint.read_serde::<u64>("step").unwrap(), 3);
+
+    // A buffer of another size, or a section the checkpoint lacks: an error, nothing written, no fallback.
+    let mut small = [9u8; 100];
+    let e = fresh().restore_into(&mut [("data", &mut small[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(small.iter().all(|&b| b == 9));
+    let mut other = [9u8; 8];
+    let e = fresh().restore_into(&mut [("data", &mut buf[..]), ("nope", &mut other[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SectionNotFound, "{e}");
+    assert!(other.iter().all(|&b| b == 9));
+
+    // The newest damaged in the section being copied: rejected after its copy, the previous one copied
+    // over it, exactly what restore() would have chosen.
+    damage_newest(dir.path(), "into.ckpt", 3);
+    let mut buf = vec![0u8; payload(2).len()];
+    let r = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap().expect("generation 2");
+    assert_eq!(r.generation, 2);
+    assert!(buf == payload(2), "the buffer does not hold step 2's data");
+    let p = |s: &str| dir.path().join(s);
+    assert_eq!(rejected_paths(&r), [p("into.ckpt"), p("into.ckpt.3")]);
+    for (path, e) in &r.rejected {
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{}: {e}", path.display());
+    }
+    assert_eq!(fresh().restore().unwrap().unwrap().generation, 2, "restore() chooses the same");
+
+    // Damage in a section that is not copied is found before anything is written.
+    flip_byte_in_section(&p("into.ckpt.2"), "step");
+    let mut buf = vec![0u8; payload(1).len()];
+    let r = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap().expect("generation 1");
+    assert_eq!(r.generation, 1);
+    assert!(buf == payload(1));
+
+    // Nothing valid: the error of restore().
+    flip_byte_in_section(&p("into.ckpt.1"), "data");
+    let e = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoValidCheckpoint, "{e}");
+    // No checkpoint at all: Ok(None), the buffer untouched.
+    let empty = tempfile::tempdir().unwrap();
+    let mut untouched = [5u8; 16];
+    assert!(
+        Store::new(config("into", empty.path())).restore_into(&mut [("data", &mut untouched[..])]).unwrap().is_none()
+    );
+    assert!(untouched.iter().all(|&b| b == 5));
+}
+
+#[test]
+fn restore_into_decodes_compressed_sections_and_reads_without_a_mapping() {
+    use ckpt_core::{Compression, SectionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let field = ckpt_tests::smooth_field(300_000, 0.5);
+    let raw = payload(7);
+    for mmap in [true, false] {
+        let mut cfg = config("intoz", dir.path());
+        cfg.mmap = mmap;
+        let store = Store::new(cfg.clone());
+        let mut w = store.begin(7).unwrap();
+        w.add_section_with("field", &field, SectionOptions::new().compression(Compression::Zstd(1)).shuffle(8))
+            .unwrap();
+        w.add_bytes("raw", &raw).unwrap();
+        w.commit().unwrap();
+        let (mut f, mut r) = (vec![0u8; field.len()], vec![0u8; raw.len()]);
+        let got = Store::new(cfg).restore_into(&mut [("field", &mut f[..]), ("raw", &mut r[..])]).unwrap().unwrap();
+        assert_eq!(got.app_step, 7);
+        assert!(f == field && r == raw, "mmap {mmap}");
+    }
+}
