@@ -126,6 +126,10 @@ impl<S: Storage + Clone + 'static> StorageWriter for FaultWriter<S> {
         self.storage.tick(Op::Sync, &self.path)?;
         self.inner.sync()
     }
+    fn cut_to_written(&mut self) -> io::Result<()> {
+        self.storage.tick(Op::Write, &self.path)?;
+        self.inner.cut_to_written()
+    }
     fn device_time(&self) -> Option<(u64, f64)> {
         self.inner.device_time()
     }

@@ -49,7 +49,8 @@ impl Storage for FileStorage {
             .mode(opts.mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
-        Ok(Box::new(FileWriter::new(file, opts.direct_io).bounded_writeback(opts.bounded_writeback)))
+        let writer = FileWriter::new(file, opts.direct_io).bounded_writeback(opts.bounded_writeback);
+        Ok(Box::new(if opts.write_behind { writer } else { writer.without_write_behind() }))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
@@ -220,7 +221,8 @@ impl SpareReuse for FileStorage {
             let _ = self.remove_file(tmp);
             return Err(e);
         }
-        Ok(Some(Box::new(FileWriter::overwriting(file, opts.direct_io))))
+        let writer = FileWriter::overwriting(file, opts.direct_io).bounded_writeback(opts.bounded_writeback);
+        Ok(Some(Box::new(if opts.write_behind { writer } else { writer.without_write_behind() })))
     }
 }
 

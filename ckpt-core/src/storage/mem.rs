@@ -244,6 +244,12 @@ impl StorageWriter for MemWriter {
         ino.durable = ino.live.clone();
         Ok(())
     }
+    fn cut_to_written(&mut self) -> io::Result<()> {
+        let mut st = self.storage.lock();
+        begin_op(&mut st)?;
+        st.inodes[self.inode].live.truncate(self.pos);
+        Ok(())
+    }
 }
 
 struct MemReader {

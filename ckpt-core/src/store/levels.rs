@@ -162,11 +162,37 @@ impl Store {
         warnings: Vec<String>,
     ) -> Result<CommitInfo> {
         let header = source.header().clone();
-        let opts = WriteOptions::new(self.config.file_mode).direct_io(false).bounded_writeback(false);
-        let mut file = self
-            .storage
-            .create_new_with(tmp, opts)
-            .map_err(|e| Error::io("create temporary file", e).with_path(tmp))?;
+        let opts =
+            WriteOptions::new(self.config.file_mode).direct_io(false).bounded_writeback(false).write_behind(false);
+        let (mut plan, mut warnings) = (plan, warnings);
+        // A copy of a whole checkpoint writes over the checkpoint directory's spare, as a save there does:
+        // its blocks, and its pages where they are still cached (new page cache and new blocks cost the
+        // copy about half its speed here; BENCHMARKS.md, "Levels and asynchronous saves").
+        let spare_min_len = match &plan {
+            Plan::Single { listing } => self.spare_min_len(&listing.dir),
+            _ => None,
+        };
+        let had_spare = matches!(&plan, Plan::Single { listing } if listing.spare);
+        let taken = match &plan {
+            Plan::Single { listing } => {
+                let dir = listing.dir.clone();
+                self.take_spare(&dir, &mut plan, tmp, spare_min_len, opts, &mut warnings)
+            }
+            _ => None,
+        };
+        let reused_spare = taken.is_some();
+        let mut file = match taken {
+            Some(file) => file,
+            None => {
+                if had_spare {
+                    // A takeover that failed half-way may have left this name behind: it is this copy's own.
+                    let _ = self.storage.remove_file(tmp);
+                }
+                self.storage
+                    .create_new_with(tmp, opts)
+                    .map_err(|e| Error::io("create temporary file", e).with_path(tmp))?
+            }
+        };
         let mut writer = CheckpointWriter {
             builder: None,
             storage: self.storage.clone(),
@@ -180,31 +206,62 @@ impl Store {
             shared: self.shared.clone(),
             warnings,
             ranks_prune_own_parts: false,
-            spare_min_len: None,
-            reused_spare: false,
+            spare_min_len,
+            reused_spare,
             device_time: None,
             remember_listing: false,
         };
+        let mapped = source.is_mapped();
         source.for_each_chunk(COPY_CHUNK, |chunk| {
+            if mapped {
+                // The source's pages mapped in one call, so the write does not take a fault per page.
+                crate::sys::populate_read(chunk);
+            }
             file.write_all(chunk).map_err(|e| Error::io("write", e).with_path(tmp))
         })?;
-        // Read back what was written, before the fsync: the pages are still in memory and the kernel is
-        // writing them out meanwhile, so the check costs a pass over memory, not a read of the device.
-        let copy = Checkpoint::open_with(&*self.storage, tmp, self.load_options())?;
-        if copy.file_len() != source.file_len() || copy.identity() != source.identity() {
-            return Err(Error::corrupt(format!(
-                "the copy of {} is not the same file ({} bytes, checksums {:08x?}; the original {} bytes, {:08x?})",
-                source.path().display(),
-                copy.file_len(),
-                copy.identity(),
-                source.file_len(),
-                source.identity()
-            ))
-            .with_path(tmp));
-        }
-        copy.verify()?;
-        drop(copy);
-        file.sync().map_err(|e| Error::io("fsync", e).with_path(tmp))?;
+        // Read back what was written while the fsync writes it out: the pages are still in memory, so the
+        // check costs a pass over memory, not a read of the device, and it runs beside the writeback (on
+        // another thread) instead of before it. The copy is published only when both succeeded.
+        let verify = || -> Result<()> {
+            let copy = Checkpoint::open_with(&*self.storage, tmp, self.load_options())?;
+            if copy.file_len() != source.file_len() || copy.identity() != source.identity() {
+                return Err(Error::corrupt(format!(
+                    "the copy of {} is not the same file ({} bytes, checksums {:08x?}; the original {} bytes, {:08x?})",
+                    source.path().display(),
+                    copy.file_len(),
+                    copy.identity(),
+                    source.file_len(),
+                    source.identity()
+                ))
+                .with_path(tmp));
+            }
+            copy.verify()
+        };
+        // A spare longer than the copy: cut before it is read back (its `sync` would, but runs beside).
+        file.cut_to_written().map_err(|e| Error::io("truncate", e).with_path(tmp))?;
+        let file = std::sync::Mutex::new(file);
+        let sync = || lock(&file).sync();
+        let (synced, verified) = if crate::storage::io_threads_allowed() {
+            std::thread::scope(|s| {
+                let syncing = std::thread::Builder::new().name("ckpt-fsync".into()).spawn_scoped(s, sync);
+                match syncing {
+                    Ok(h) => {
+                        let verified = verify();
+                        (h.join().unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked"))), verified)
+                    }
+                    // No thread (the closure that would have run on it is dropped unrun): in sequence.
+                    Err(_) => {
+                        let verified = verify();
+                        (sync(), verified)
+                    }
+                }
+            })
+        } else {
+            let verified = verify();
+            (if verified.is_ok() { sync() } else { Ok(()) }, verified)
+        };
+        verified?;
+        synced.map_err(|e| Error::io("fsync", e).with_path(tmp))?;
         drop(file);
         let stats = FileStats {
             raw_bytes: source.raw_len(),

@@ -658,18 +658,19 @@ impl Store {
         let mut tmp = tmp_name();
         let mut warnings = Vec::new();
         let spare_min_len = self.spare_min_len(dir);
-        let (file, reused_spare) =
-            if let Some(file) = self.take_spare(dir, &mut plan, &tmp, spare_min_len, &mut warnings) {
-                (file, true)
-            } else {
-                // A fresh name: a takeover that failed half-way may have left the first one behind.
-                tmp = tmp_name();
-                let file = self
-                    .storage
-                    .create_new_with(&tmp, self.write_options())
-                    .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
-                (file, false)
-            };
+        let (file, reused_spare) = if let Some(file) =
+            self.take_spare(dir, &mut plan, &tmp, spare_min_len, self.write_options(), &mut warnings)
+        {
+            (file, true)
+        } else {
+            // A fresh name: a takeover that failed half-way may have left the first one behind.
+            tmp = tmp_name();
+            let file = self
+                .storage
+                .create_new_with(&tmp, self.write_options())
+                .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
+            (file, false)
+        };
         let bw = f64::from_bits(self.shared.write_bandwidth.load(Ordering::Relaxed));
         Ok(CheckpointWriter {
             builder: Some({
@@ -723,6 +724,7 @@ impl Store {
         plan: &mut Plan,
         tmp: &Path,
         spare_min_len: Option<u64>,
+        opts: WriteOptions,
         warnings: &mut Vec<String>,
     ) -> Option<Box<dyn StorageWriter>> {
         let (spare, seen) = match plan {
@@ -742,7 +744,7 @@ impl Store {
             let _ = self.storage.remove_file(&spare);
             return None;
         };
-        let file = match reuse.reuse_spare(&spare, tmp, self.write_options()) {
+        let file = match reuse.reuse_spare(&spare, tmp, opts) {
             Ok(file) => file?,
             Err(e) => {
                 // The spare stays where it is (the next retired generation replaces it).
