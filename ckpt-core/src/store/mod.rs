@@ -704,11 +704,13 @@ impl Store {
     /// The smallest retired checkpoint in `dir` kept as a spare, `None` when saves there do not reuse
     /// space (turned off, a file system where the storage cannot tell who has a file open, or files this
     /// process may not write once created).
+    ///
+    /// The cache level keeps one too: a save there then writes over pages the cache (usually memory)
+    /// already holds instead of allocating a checkpoint's worth of new ones, about 3x faster here
+    /// (BENCHMARKS.md, "Levels and asynchronous saves"), at the price of holding the spare between saves
+    /// (`keep + 1` checkpoints, as during a save). `CKPT_REUSE_SPACE=0` turns it off with the rest. A
+    /// cached generation the copying thread still has open is never overwritten (the lease).
     fn spare_min_len(&self, dir: &Path) -> Option<u64> {
-        if self.level_of(dir) == Level::Cache {
-            // The cache is usually memory: a spare would hold a whole checkpoint's worth of it.
-            return None;
-        }
         let c = &self.config;
         let reuse = self.storage.spare_reuse().filter(|_| c.reuse_space && c.file_mode & 0o200 != 0)?;
         reuse.spare_min_len(dir)
