@@ -451,3 +451,36 @@ fn copies_to_the_checkpoint_directory_write_over_the_spare() {
     }
     assert_eq!(generations(&shared, "lvl.ckpt"), [4]);
 }
+
+/// The cache keeps a spare as the checkpoint directory does: a save there writes over the generation the
+/// previous save retired (unless the copying thread still has it open), and every checkpoint still
+/// reaches the checkpoint directory whole.
+#[test]
+fn saves_to_the_cache_write_over_its_spare() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (shared, cache_root) = (tmp.path().join("shared"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&cache_root).expect("cache root");
+    let mut cfg = config(&shared, &cache_root, &tmp.path().join("log"), FlushPolicy::Every);
+    cfg.keep = 1;
+    let cp = Checkpointer::new(Store::new(cfg)).expect("checkpointer");
+    let cache_dir = cp.store().cache_dir().expect("cache level").to_path_buf();
+    let data = |step: u64| -> Vec<u8> { (0..(20usize << 20)).map(|i| (i as u64 * 13 + step) as u8).collect() };
+    let mut reused = Vec::new();
+    for step in 1..=4u64 {
+        let info = cp.checkpoint(step, |w| w.add_bytes("state", &data(step))).expect("checkpoint");
+        assert_eq!(info.generation_path.parent(), Some(cache_dir.as_path()));
+        reused.push(info.reused_spare);
+        assert_eq!(cp.wait_for_flush(Some(Duration::from_secs(120))).expect("flush"), Some(step));
+        let copy = Checkpoint::open(shared.join("lvl.ckpt")).expect("open the copy");
+        copy.verify().expect("the copy verifies");
+        assert!(copy.read("state").expect("read")[..] == data(step)[..], "step {step}");
+    }
+    let spare_reuse = ckpt_core::storage::FileStorage.spare_reuse().and_then(|r| r.spare_min_len(&cache_dir));
+    if spare_reuse.is_some() {
+        assert!(reused[2..].iter().all(|&r| r), "saves 3 and 4 write over the cache's spare: {reused:?}");
+        assert!(cache_dir.join("lvl.ckpt.tmp.spare").exists());
+    }
+    let r = Store::new(cp.store().config().clone()).restore().expect("restore").expect("a checkpoint");
+    assert_eq!(r.generation, 4);
+    assert!(r.checkpoint.read("state").expect("read")[..] == data(4)[..]);
+}
