@@ -93,8 +93,9 @@ impl Store {
 
     /// Copies a committed checkpoint of this store's cache (opened by the caller, so that a prune of the
     /// cache meanwhile cannot take it away) to the checkpoint directory under the same generation, and
-    /// commits it there: written to a temporary file, verified completely (every CRC, every byte; the
-    /// copy is read back before the fsync, while the kernel writes it out), fsynced, linked to
+    /// commits it there: written to a temporary file (over the checkpoint directory's spare when there is
+    /// one, as a save there), verified completely (every CRC, every byte; the copy is read back from
+    /// memory while its fsync, on another thread, writes it out), fsynced, linked to
     /// `<base>.<N>`, renamed to `<base>` unless a newer generation is there already, the directory fsynced;
     /// then generations beyond `keep` are retired there. A generation already in the checkpoint directory
     /// as this very file (the same length and checksums) counts as copied.
@@ -150,7 +151,8 @@ impl Store {
         self.copy_and_publish_with(source, tmp, plan, started, Vec::new())
     }
 
-    /// Writes `source`'s bytes to `tmp`, reads the copy back and verifies it, fsyncs it and publishes it as
+    /// Writes `source`'s bytes to `tmp` (a whole checkpoint: over the spare of `plan`'s directory, which
+    /// the commit then renews), reads the copy back and verifies it while it is fsynced, and publishes it as
     /// `plan` says (the commit's link/rename, directory fsync and retention). The temporary file is
     /// removed on failure.
     fn copy_and_publish_with(
