@@ -47,11 +47,11 @@ use crate::writer::Compression;
 /// The most threads [`Config::compression_threads`] takes by default, however many cores there are: zstd
 /// on one core runs at about 0.5-1.5 GB/s on shuffled planes, so a few threads reach what a node's share of
 /// a file system takes.
-pub const MAX_DEFAULT_COMPRESSION_THREADS: u16 = 8;
+pub(crate) const MAX_DEFAULT_COMPRESSION_THREADS: u16 = 8;
 
 /// The default of [`Config::compression_threads`]: the cores available to this process (its CPU affinity
 /// and cgroup quota, [`std::thread::available_parallelism`]), at most [`MAX_DEFAULT_COMPRESSION_THREADS`].
-pub fn default_compression_threads() -> u16 {
+pub(crate) fn default_compression_threads() -> u16 {
     std::thread::available_parallelism()
         .map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
         .clamp(1, MAX_DEFAULT_COMPRESSION_THREADS)
@@ -158,7 +158,7 @@ pub struct Config {
     /// Threads that compress a shuffled section whose options do not choose
     /// ([`crate::SectionOptions::compression_threads`] 0), the saving thread included
     /// (`CKPT_COMPRESSION_THREADS`; default: the cores available to the process, at most
-    /// [`MAX_DEFAULT_COMPRESSION_THREADS`]).
+    /// 8).
     pub compression_threads: u16,
     /// Whether restart may start fresh when checkpoints exist but none verifies.
     pub allow_fresh_start: bool,
