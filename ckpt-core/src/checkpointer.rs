@@ -1056,8 +1056,25 @@ impl Checkpointer {
     /// checkpoint there. The failure is logged.
     pub fn restore(&self) -> Result<Option<Restored>> {
         let r = self.store.restore();
+        self.log_restore(&r);
+        r
+    }
+
+    /// [`Checkpointer::restore`] straight into the application's buffers, in one pass over the chosen file
+    /// ([`Store::restore_into`]: its contract on the buffers), logged as a restore.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore_into`].
+    pub fn restore_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<Option<Restored>> {
+        let r = self.store.restore_into(targets);
+        self.log_restore(&r);
+        r
+    }
+
+    fn log_restore(&self, r: &Result<Option<Restored>>) {
         let notices = self.store.restore_notices();
-        match &r {
+        match r {
             Ok(Some(x)) => self.inner.log(&Event::Restore(events::Restore::Found {
                 path: &x.chosen_path,
                 generation: x.generation,
@@ -1073,7 +1090,6 @@ impl Checkpointer {
             })),
             Err(e) => self.inner.log(&Event::Restore(events::Restore::Failed { error: e.to_string() })),
         }
-        r
     }
 
     /// Starts a checkpoint of step `app_step`, taking (and clearing) whatever made it due. Add sections to

@@ -16,6 +16,7 @@
 //! | direct I/O for large writes (bypassing the page cache) | `CKPT_DIRECT_IO` (default on) |
 //! | overwriting a retired checkpoint's blocks instead of allocating new ones | `CKPT_REUSE_SPACE` (default on) |
 //! | compression | `CKPT_COMPRESS` (`off`, `auto`, `zstd`, `zstd:N`; default off) |
+//! | threads compressing a shuffled section | `CKPT_COMPRESSION_THREADS` (`auto` or a count; default `auto`: the available cores, at most 8) |
 //! | fresh start allowed when no checkpoint verifies | `CKPT_ALLOW_FRESH_START` (default no) |
 //! | whose checkpoint restart may take | `CKPT_RESUME_FROM` (`auto`, `none`, a job id; see [`crate::identity`]) |
 //! | array job and task (recorded, compared at restart) | `SLURM_ARRAY_JOB_ID`, `SLURM_ARRAY_TASK_ID` |
@@ -43,6 +44,19 @@ use crate::timefmt::{parse_slurm_time, parse_time_with_units};
 use crate::triggers::{self, SignalSpec};
 use crate::writer::Compression;
 
+/// The most threads [`Config::compression_threads`] takes by default, however many cores there are: zstd
+/// on one core runs at about 0.5-1.5 GB/s on shuffled planes, so a few threads reach what a node's share of
+/// a file system takes.
+pub(crate) const MAX_DEFAULT_COMPRESSION_THREADS: u16 = 8;
+
+/// The default of [`Config::compression_threads`]: the cores available to this process (its CPU affinity
+/// and cgroup quota, [`std::thread::available_parallelism`]), at most [`MAX_DEFAULT_COMPRESSION_THREADS`].
+pub(crate) fn default_compression_threads() -> u16 {
+    std::thread::available_parallelism()
+        .map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+        .clamp(1, MAX_DEFAULT_COMPRESSION_THREADS)
+}
+
 /// Every `CKPT_*` variable the configuration reads (what `ckpt_set_config` accepts).
 pub const SETTINGS: &[&str] = &[
     "CKPT_ALLOW_FRESH_START",
@@ -50,6 +64,7 @@ pub const SETTINGS: &[&str] = &[
     "CKPT_CACHE_KEEP",
     "CKPT_COMMIT_TIMEOUT",
     "CKPT_COMPRESS",
+    "CKPT_COMPRESSION_THREADS",
     "CKPT_DIR",
     "CKPT_DIRECT_IO",
     "CKPT_END_TIME",
@@ -141,6 +156,11 @@ pub struct Config {
     pub reuse_space: bool,
     /// Default compression for sections that do not choose.
     pub compression: Compression,
+    /// Threads that compress a shuffled section whose options do not choose
+    /// ([`crate::SectionOptions::compression_threads`] 0), the saving thread included
+    /// (`CKPT_COMPRESSION_THREADS`; default: the cores available to the process, at most
+    /// 8).
+    pub compression_threads: u16,
     /// Whether restart may start fresh when checkpoints exist but none verifies.
     pub allow_fresh_start: bool,
     /// Periodic checkpoint interval.
@@ -225,6 +245,7 @@ impl Config {
             direct_io: true,
             reuse_space: true,
             compression: Compression::None,
+            compression_threads: default_compression_threads(),
             allow_fresh_start: false,
             interval: None,
             interval_from: None,
@@ -321,6 +342,14 @@ impl Config {
             cfg.compression =
                 Compression::parse(&c).map_err(|e| Error::invalid(format!("CKPT_COMPRESS: {}", e.message())))?;
         }
+        cfg.compression_threads = parse_var(&get, "CKPT_COMPRESSION_THREADS", |v| {
+            if v.eq_ignore_ascii_case("auto") {
+                Some(default_compression_threads())
+            } else {
+                v.parse::<u16>().ok().filter(|&n| (1..=256).contains(&n))
+            }
+        })?
+        .unwrap_or_else(default_compression_threads);
         for var in ["CKPT_INTERVAL", "SLURM_CHECKPOINT"] {
             if let Some(v) = get(var) {
                 // SLURM_CHECKPOINT exactly as Slurm defined it; ckpt's own setting also takes units.
@@ -456,6 +485,9 @@ impl ConfigBuilder {
         reuse_space: bool,
         /// The compression of sections that do not choose (default none).
         compression: Compression,
+        /// Threads compressing a shuffled section whose options do not choose (default: the available
+        /// cores, at most 8).
+        compression_threads: u16,
         /// Whether restart may start fresh when checkpoints exist but none verifies (default no).
         allow_fresh_start: bool,
         /// Where the JSON log goes (default: nowhere).
@@ -818,6 +850,21 @@ mod tests {
         .unwrap();
         assert_eq!((c.rank, c.nranks), (0, 1));
         assert!(cfg(&[("OMPI_COMM_WORLD_RANK", "4"), ("OMPI_COMM_WORLD_SIZE", "4")]).is_err());
+    }
+
+    #[test]
+    fn compression_threads_default_to_the_available_cores_and_can_be_set() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let default = cfg(&[]).unwrap().compression_threads;
+        assert_eq!(usize::from(default), cores.clamp(1, usize::from(MAX_DEFAULT_COMPRESSION_THREADS)));
+        assert_eq!(Config::new("a", "/d").unwrap().compression_threads, default);
+        assert_eq!(cfg(&[("CKPT_COMPRESSION_THREADS", "1")]).unwrap().compression_threads, 1);
+        assert_eq!(cfg(&[("CKPT_COMPRESSION_THREADS", "16")]).unwrap().compression_threads, 16);
+        assert_eq!(cfg(&[("CKPT_COMPRESSION_THREADS", "auto")]).unwrap().compression_threads, default);
+        for bad in ["0", "-1", "x", "257"] {
+            let e = cfg(&[("CKPT_COMPRESSION_THREADS", bad)]).unwrap_err();
+            assert!(e.to_string().contains("CKPT_COMPRESSION_THREADS"), "{e}");
+        }
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub struct Candidate {
 pub struct Discovery {
     /// The directory searched.
     pub dir: PathBuf,
-    /// Candidates, in the order they rank (newest first).
+    /// Candidates, in the order they rank (newest first). [`Store::discover`] finds them by name when that
+    /// settles the choice (no listing of a crowded directory): generations older than a missing one are
+    /// then not among them (they rank below the chosen one); [`Store::discover_all`] lists every file.
     pub candidates: Vec<Candidate>,
     /// Index of the chosen candidate.
     pub chosen: Option<usize>,
@@ -232,6 +234,11 @@ enum Parts {
     Every,
 }
 
+/// What a restore into the application's buffers ([`Store::restore_into`]) does with a candidate instead
+/// of verifying it: `Ok(Ok(()))` verified and copied, `Ok(Err(_))` the candidate does not verify (the next
+/// one is tried), `Err(_)` stop (the buffers do not fit the checkpoint: nothing was written).
+type Fill<'f> = dyn FnMut(&Checkpoint) -> Result<Result<()>> + 'f;
+
 /// What one discovery pass produced, before it is packaged for its caller.
 struct Found {
     discovery: Discovery,
@@ -251,7 +258,7 @@ impl Store {
     /// `CKPT_RESUME_FROM` names another job that has no checkpoint of this user there. Damaged or untrusted candidates
     /// are not errors: they are in [`Discovery::candidates`] with their reason.
     pub fn discover(&self) -> Result<Discovery> {
-        self.discover_impl(false, u64::MAX, Parts::All).map(|f| f.discovery)
+        self.discover_impl(false, u64::MAX, Parts::All, None).map(|f| f.discovery)
     }
 
     /// Like [`Store::discover`], but verifies every candidate (for `ckpt list` and `ckpt verify`).
@@ -260,7 +267,7 @@ impl Store {
     ///
     /// As [`Store::discover`].
     pub fn discover_all(&self) -> Result<Discovery> {
-        self.discover_impl(true, u64::MAX, Parts::All).map(|f| f.discovery)
+        self.discover_impl(true, u64::MAX, Parts::All, None).map(|f| f.discovery)
     }
 
     /// Restart: the newest verified checkpoint of this run (see [`crate::identity`] for whose checkpoints
@@ -276,7 +283,53 @@ impl Store {
     /// message listing every file and why (unless [`Config::allow_fresh_start`](crate::Config::allow_fresh_start) says
     /// to start fresh). A file another user could have written is skipped with a notice, not an error.
     pub fn restore(&self) -> Result<Option<Restored>> {
-        self.restore_with(u64::MAX, Parts::All)
+        self.restore_with(u64::MAX, Parts::All, None)
+    }
+
+    /// [`Store::restore`] and [`Checkpoint::read_into`] of the sections named in `targets`, in one pass over
+    /// the chosen file: a candidate's raw sections are checksummed as they are copied into the buffers
+    /// ([`Checkpoint::verify_into`]), where a restore followed by reads verifies every byte and then copies
+    /// it. The choice is [`Store::restore`]'s: a candidate whose copy does not verify is rejected as a
+    /// damaged one is, and the next is copied over it. For a multi-rank step, this rank's part is verified
+    /// and then read (two passes, as before).
+    ///
+    /// The buffers: before anything is written, the checkpoint restart chooses must have every section
+    /// named, each of the buffer's length; otherwise the error says which, and no buffer is touched (no
+    /// older generation is tried; a candidate that does not fit is verified first, and skipped if damaged,
+    /// as `restore()` would). After an `Ok(Some(_))` they hold the chosen checkpoint's
+    /// sections. After `Ok(None)` they are untouched. After any other error they may hold bytes of a
+    /// checkpoint that turned out damaged, as after a failed [`Checkpoint::read_into`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore`]; [`ErrorKind::SectionNotFound`] and [`ErrorKind::InvalidArgument`] (a buffer
+    /// of another length) for the checkpoint restart chooses, as [`Checkpoint::read_into`].
+    pub fn restore_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<Option<Restored>> {
+        let mut filled: Option<PathBuf> = None;
+        let mut fill = |cp: &Checkpoint| -> Result<Result<()>> {
+            match cp.verify_into(targets) {
+                Ok(()) => {
+                    filled = Some(cp.path().to_path_buf());
+                    Ok(Ok(()))
+                }
+                // The buffers do not fit this candidate: an error if it is the one restore() chooses,
+                // which it is when it verifies.
+                Err(e) if matches!(e.kind(), ErrorKind::SectionNotFound | ErrorKind::InvalidArgument) => {
+                    cp.verify().map_or_else(|damaged| Ok(Err(damaged)), |()| Err(e))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        };
+        let restored = self.restore_with(u64::MAX, Parts::All, Some(&mut fill))?;
+        if let Some(r) = &restored
+            && filled.as_deref() != Some(r.checkpoint.path())
+        {
+            // A rank's part of a multi-rank step (its manifest was what discovery verified).
+            for (name, dst) in targets.iter_mut() {
+                r.checkpoint.read_into(name, dst)?;
+            }
+        }
+        Ok(restored)
     }
 
     /// Like [`Store::restore`], considering only generations up to `max_generation` and verifying only this
@@ -287,11 +340,11 @@ impl Store {
     ///
     /// As [`Store::restore`].
     pub fn restore_at_most(&self, max_generation: u64) -> Result<Option<Restored>> {
-        self.restore_with(max_generation, Parts::Own)
+        self.restore_with(max_generation, Parts::Own, None)
     }
 
-    fn restore_with(&self, max_generation: u64, parts: Parts) -> Result<Option<Restored>> {
-        let found = self.discover_impl(false, max_generation, parts)?;
+    fn restore_with(&self, max_generation: u64, parts: Parts, into: Option<&mut Fill<'_>>) -> Result<Option<Restored>> {
+        let found = self.discover_impl(false, max_generation, parts, into)?;
         let mut dirs: Vec<&PathBuf> = found.damaged.iter().map(|(d, _)| d).collect();
         dirs.dedup();
         for dir in dirs {
@@ -340,7 +393,7 @@ impl Store {
     /// As [`Store::discover_all`].
     #[cfg(any(test, feature = "testing"))]
     pub fn valid_generations(&self) -> Result<Vec<u64>> {
-        let d = self.discover_impl(true, u64::MAX, Parts::Own)?.discovery;
+        let d = self.discover_impl(true, u64::MAX, Parts::Own, None)?.discovery;
         let mut gens: Vec<u64> = d
             .candidates
             .iter()
@@ -404,7 +457,38 @@ impl Store {
         others
     }
 
-    fn discover_impl(&self, verify_all: bool, max_generation: u64, parts: Parts) -> Result<Found> {
+    /// Discovery: first by name ([`names_by_probing`]: no listing, whatever else the directories hold),
+    /// and when that cannot settle the choice exactly as a listing would (no `<base>`, a newer generation
+    /// beside it, nothing valid among the generations found by name, an error to report), again from
+    /// listings. `verify_all` (`ckpt list`, `ckpt verify`) always lists: it reports every file.
+    fn discover_impl(
+        &self,
+        verify_all: bool,
+        max_generation: u64,
+        parts: Parts,
+        mut into: Option<&mut Fill<'_>>,
+    ) -> Result<Found> {
+        if !verify_all
+            && let Some(found) = self.discover_pass(false, max_generation, parts, true, into.as_deref_mut())?
+        {
+            return Ok(found);
+        }
+        let found = self.discover_pass(verify_all, max_generation, parts, false, into)?;
+        Ok(found.expect("a pass over listings always settles"))
+    }
+
+    /// One discovery pass. `by_name`: each level's candidates are found by name where possible, and the
+    /// pass returns `Ok(None)` unless its choice is the one a pass over listings would make (every
+    /// candidate a listing would add ranks below the chosen one), leaving errors and reports on
+    /// everything to that pass.
+    fn discover_pass(
+        &self,
+        verify_all: bool,
+        max_generation: u64,
+        parts: Parts,
+        by_name: bool,
+        mut into: Option<&mut Fill<'_>>,
+    ) -> Result<Option<Found>> {
         let cfg = self.config();
         let dir = cfg.restart_dir.clone();
         let storage = self.storage();
@@ -415,10 +499,25 @@ impl Store {
             levels.push((cache.to_path_buf(), Level::Cache));
         }
         levels.push((dir.clone(), Level::Shared));
+        let own_base = cfg.base_name();
+        let me = cfg.run_identity();
+        // The name whose files this run resumes: its own, or the job CKPT_RESUME_FROM names.
+        let (base, explicit) = match &cfg.resume_from {
+            ResumeFrom::Job(job) => (base_name(job, cfg.step_id), true),
+            _ => (own_base.clone(), false),
+        };
         // Only checkpoint names are looked at: the directory may hold many other files.
         let checkpoint_name = |n: &std::ffi::OsStr| n.to_str().and_then(any_base).is_some();
         let mut names_by_level: Vec<Vec<String>> = Vec::new();
+        // Per level found by name: every checkpoint of `base` there not among its names is of a lower
+        // generation than this.
+        let mut unseen_below: Vec<u64> = Vec::new();
         for (d, level) in &levels {
+            if by_name && let Some((names, below)) = names_by_probing(&**storage, d, &base) {
+                names_by_level.push(names);
+                unseen_below.push(below);
+                continue;
+            }
             names_by_level.push(match storage.read_dir_matching(d, &checkpoint_name) {
                 Ok(entries) => {
                     entries.into_iter().filter(|e| e.is_file).filter_map(|e| e.name.into_string().ok()).collect()
@@ -430,13 +529,6 @@ impl Store {
                 }
             });
         }
-        let own_base = cfg.base_name();
-        let me = cfg.run_identity();
-        // The name whose files this run resumes: its own, or the job CKPT_RESUME_FROM names.
-        let (base, explicit) = match &cfg.resume_from {
-            ResumeFrom::Job(job) => (base_name(job, cfg.step_id), true),
-            _ => (own_base.clone(), false),
-        };
         let opts = LoadOptions { mmap: cfg.mmap };
         let want_kind = if cfg.nranks > 1 || parts == Parts::Every { FileKind::Manifest } else { FileKind::Data };
         let want_nranks = if parts == Parts::Every { None } else { Some(cfg.nranks) };
@@ -487,10 +579,16 @@ impl Store {
                 }
             }
             if !conflicts.is_empty() {
+                if by_name {
+                    return Ok(None); // the listings name every such file
+                }
                 return Err(foreign_run_error(cfg, &dir, &conflicts));
             }
         }
         probes.retain(|p| !untrusted(p));
+        if by_name && probes.is_empty() {
+            return Ok(None); // another job's checkpoints, or nothing: only listings tell
+        }
         // Asking for this run's own name explicitly (in a script that also starts the first run) finds
         // nothing on a first run: a fresh start. Another job's name that has nothing is an error.
         if explicit && probes.is_empty() && base != own_base {
@@ -539,7 +637,12 @@ impl Store {
             // Every name is verified on its own: `<base>` and `<base>.<N>` are normally one file, but a copy
             // or a damaged block can make them differ, and each must be judged by its own bytes.
             let candidate_dir = p.candidate.path.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
-            match self.verify_candidate(cp, &candidate_dir, parts) {
+            let verdict = match into.as_deref_mut() {
+                // A single file restored into the application's buffers: verified while it is copied.
+                Some(fill) if cp.header().kind != FileKind::Manifest => fill(cp)?.map(|()| None),
+                _ => self.verify_candidate(cp, &candidate_dir, parts),
+            };
+            match verdict {
                 Ok(part) => {
                     p.candidate.status = CandidateStatus::Valid;
                     if chosen.is_none() {
@@ -548,6 +651,15 @@ impl Store {
                     }
                 }
                 Err(e) => p.candidate.status = CandidateStatus::Invalid(e),
+            }
+        }
+        if by_name {
+            // Candidates a listing would add rank below every generation found by name in their level.
+            let settled = chosen
+                .and_then(|i| probes[i].candidate.generation)
+                .is_some_and(|g| unseen_below.iter().all(|&below| g >= below));
+            if !settled {
+                return Ok(None);
             }
         }
         let damaged: Vec<(PathBuf, u64)> = if from_other_jobs || explicit {
@@ -615,7 +727,7 @@ impl Store {
             explanation,
             notices,
         };
-        Ok(Found { discovery, chosen: result, damaged })
+        Ok(Some(Found { discovery, chosen: result, damaged }))
     }
 
     /// Verifies a candidate completely. For a manifest, also this rank's part, which is returned, and with
@@ -665,6 +777,31 @@ impl Store {
         }
         Ok(Some(own))
     }
+}
+
+/// The checkpoints of `base` in `dir` found by name, without listing `dir`: `<base>` (the newest committed
+/// checkpoint; its header says generation N), then `<base>.<N>`, `<base>.<N-1>`, ... down to the first
+/// generation that is missing, and that generation: every other checkpoint of `base` there is older.
+/// `None` when this cannot stand for a listing: `<base>` missing, not a regular file or unreadable, or
+/// `<base>.<N+1>` present (a save that died between its link and its rename, or a file system without
+/// hard links).
+fn names_by_probing(storage: &dyn Storage, dir: &Path, base: &str) -> Option<(Vec<String>, u64)> {
+    let newest = crate::reader::read_header(storage, &dir.join(base)).ok()?.generation;
+    let entry = |g: u64| storage.entry(&dir.join(format!("{base}.{g}")));
+    if newest == 0 || newest == u64::MAX || !matches!(entry(newest + 1), Ok(None)) {
+        return None;
+    }
+    let mut names = vec![base.to_string()];
+    let mut g = newest;
+    while g > 0 {
+        match entry(g).ok()? {
+            Some(e) if e.is_file => names.push(format!("{base}.{g}")),
+            Some(_) => {} // not a candidate, as in a listing
+            None => break,
+        }
+        g -= 1;
+    }
+    Some((names, g))
 }
 
 /// `<dir>/<base>.parts/<generation>` of a manifest in `dir`.
@@ -767,7 +904,7 @@ impl Store {
     ///
     /// As [`Store::restore`].
     pub fn restore_step(&self) -> Result<Option<Step>> {
-        let Some(r) = self.restore_with(u64::MAX, Parts::Every)? else { return Ok(None) };
+        let Some(r) = self.restore_with(u64::MAX, Parts::Every, None)? else { return Ok(None) };
         let dir = r.chosen_path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let manifest = r.checkpoint;
         let entries = parse_manifest(&manifest)?;

@@ -55,6 +55,7 @@ mod readme {}
 mod async_save;
 mod checkpointer;
 mod config;
+mod copy;
 // The control socket and request files: shared with the faces (`ckpt create` in ckpt-cli and ckpt-image),
 // not part of the library's API.
 #[doc(hidden)]

@@ -427,7 +427,57 @@ impl Checkpoint {
         self.verify_inner().map_err(|e| self.err(e))
     }
 
-    fn verify_inner(&self) -> Result<()> {
+    /// [`Checkpoint::verify`] and [`Checkpoint::read_into`] of the sections named in `targets` in one pass:
+    /// the other sections, the padding, header and table are verified first, then each target section is
+    /// decoded into its buffer, a raw section of a mapped file checksummed chunk by chunk as it is copied
+    /// (`copy.rs`: each chunk's CRC brings it into the cache, the copy then reads it from there), instead
+    /// of a verification pass over the whole mapping followed by a copy. What a restart into the
+    /// application's memory needs ([`crate::Store::restore_into`]).
+    ///
+    /// # Errors
+    ///
+    /// Before anything is written: [`ErrorKind::SectionNotFound`] for a target the file does not have,
+    /// [`ErrorKind::InvalidArgument`] for a buffer whose length is not the section's raw length, and as
+    /// [`Checkpoint::verify`] for every other section. Then as [`Checkpoint::read_into`]: a target that
+    /// does not verify is an error, and its buffer (and the targets before it) may hold damaged bytes.
+    pub fn verify_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<()> {
+        let mut wanted = Vec::with_capacity(targets.len());
+        for (name, dst) in targets.iter() {
+            let e = self.section(name)?;
+            if dst.len() as u64 != e.raw_len {
+                return Err(self.err(
+                    Error::invalid(format!("destination holds {} bytes but the section has {}", dst.len(), e.raw_len))
+                        .with_section(*name),
+                ));
+            }
+            wanted.push(self.index[*name]);
+        }
+        self.check_padding().map_err(|e| self.err(e))?;
+        for i in (0..self.sections.len()).filter(|i| !wanted.contains(i)) {
+            self.verify_index(i).map_err(|e| self.err(e))?;
+        }
+        for ((name, dst), &i) in targets.iter_mut().zip(&wanted) {
+            let e = &self.sections[i];
+            let result = match &self.source {
+                Source::Mapped(_) if e.codec == Codec::None && !self.verified[i].load(Ordering::Relaxed) => {
+                    self.read_range(Self::stored_range(e)).and_then(|src| {
+                        let mut h = crc32fast::Hasher::new();
+                        crate::copy::checksum_and_copy(&mut h, &src, dst);
+                        check_crc("crc32", e.stored_crc32, h.finalize())?;
+                        self.verified[i].store(true, Ordering::Relaxed);
+                        Ok(())
+                    })
+                }
+                // Decoded (or read) and checked as it arrives: every CRC of the section, one pass.
+                _ => self.read_into_inner(i, e, dst),
+            };
+            result.map_err(|err| self.err(err.with_section(*name)))?;
+        }
+        Ok(())
+    }
+
+    /// Every byte outside header, sections, table and trailer is zero padding.
+    fn check_padding(&self) -> Result<()> {
         let mut covered: Vec<Range<u64>> = self.sections.iter().map(Self::stored_range).collect();
         covered.push(0..u64::from(self.header_len));
         covered.push(self.trailer.table_offset..self.file_len);
@@ -448,6 +498,11 @@ impl Checkpoint {
             }
             pos = pos.max(r.end);
         }
+        Ok(())
+    }
+
+    fn verify_inner(&self) -> Result<()> {
+        self.check_padding()?;
         for i in 0..self.sections.len() {
             self.verify_index(i)?;
         }

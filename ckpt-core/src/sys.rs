@@ -40,6 +40,29 @@ pub(crate) fn may_signal(pid: u32) -> bool {
 }
 
 /// The file-system type (`f_type` of statfs(2)) of the file system holding `path`.
+/// Maps in the pages of `bytes`, a part of a read-only file mapping, in one call
+/// (`MADV_POPULATE_READ`, Linux 5.14) instead of one page fault per page when they are first read; a
+/// `write` from the mapping would otherwise take each fault inside the kernel's copy, page by page. A
+/// hint: nothing happens where it is not supported, and the bytes read the same either way.
+pub(crate) fn populate_read(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = bytes.as_ptr() as usize;
+        let aligned = start & !(PAGE - 1);
+        let len = bytes.len() + (start - aligned);
+        if bytes.is_empty() {
+            return;
+        }
+        // SAFETY: madvise only changes how the kernel backs the range: `aligned..start + bytes.len()` lies
+        // within the mapping `bytes` belongs to (the page `bytes` starts in is part of the same mapping,
+        // mappings being page-granular), and MADV_POPULATE_READ reads the pages without changing them.
+        unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_POPULATE_READ) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
 #[cfg(target_os = "linux")]
 pub(crate) fn fs_type_of_path(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;

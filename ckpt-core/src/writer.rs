@@ -101,9 +101,11 @@ pub struct SectionOptions {
     /// A free tag stored with the section (the C API stores region ids here).
     pub tag: u32,
     /// Threads that compress a shuffled section (element size > 1) block by block, this thread included;
-    /// 1 (the default) compresses on the calling thread only. Each thread samples its own blocks to
-    /// decide which planes to compress, so the stored bytes may differ with the count; they decode to the
-    /// same section. More threads pay only where cores are free (BENCHMARKS.md, scenario 5).
+    /// 1 compresses on the calling thread only; 0 (the default) takes the store's setting
+    /// ([`crate::Config::compression_threads`], `CKPT_COMPRESSION_THREADS`: by default the available
+    /// cores, at most 8). Each thread samples its own blocks to decide which planes to compress, so the
+    /// stored bytes may differ with the count; they decode to the same section. More threads pay only
+    /// where cores are free (BENCHMARKS.md, scenario 5).
     pub compression_threads: u16,
 }
 
@@ -114,7 +116,7 @@ impl Default for SectionOptions {
             element_size: 1,
             encoding: Encoding::Bytes,
             tag: 0,
-            compression_threads: 1,
+            compression_threads: 0,
         }
     }
 }
@@ -149,14 +151,11 @@ impl SectionOptions {
         self
     }
     /// Compresses a shuffled section on `threads` threads, this one included (see
-    /// [`SectionOptions::compression_threads`]); 0 means the machine's available parallelism.
+    /// [`SectionOptions::compression_threads`]); 0 means the store's setting
+    /// ([`crate::Config::compression_threads`]).
     #[must_use]
     pub fn compression_threads(mut self, threads: u16) -> SectionOptions {
-        self.compression_threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
-        } else {
-            threads
-        };
+        self.compression_threads = threads;
         self
     }
 }
@@ -294,6 +293,8 @@ pub(crate) struct FileBuilder {
     zbuf: Vec<u8>,
     /// Write bandwidth (bytes/s) assumed by `Compression::Auto`.
     pub(crate) write_bandwidth: f64,
+    /// Threads compressing a shuffled section whose options say 0 (the store's setting).
+    pub(crate) compression_threads: u16,
     poisoned: bool,
 }
 
@@ -315,6 +316,7 @@ impl FileBuilder {
             encoded: EncodedBlock::default(),
             zbuf: Vec::new(),
             write_bandwidth,
+            compression_threads: 1,
             poisoned: false,
         }
     }
@@ -427,7 +429,10 @@ impl FileBuilder {
             encoder,
             planes,
             level,
-            threads: usize::from(opts.compression_threads.max(1)),
+            threads: usize::from(match opts.compression_threads {
+                0 => self.compression_threads.max(1),
+                n => n,
+            }),
             block: Vec::new(),
         });
         Ok(())

@@ -252,24 +252,26 @@ struct Sweep {
 /// the image every crash mode leaves. The storage keeps every retired file as the spare that the next
 /// save writes over (space reuse at any size); [`sweep_without_spares`] removes them instead.
 fn sweep(sc: &dyn Scenario) -> Sweep {
-    sweep_with(sc, true)
+    sweep_with(sc, true, false)
 }
 
 /// [`sweep`] with retired files removed, as for checkpoints below the real storage's spare size.
 fn sweep_without_spares(sc: &dyn Scenario) -> Sweep {
-    sweep_with(sc, false)
+    sweep_with(sc, false, false)
 }
 
-fn fresh_storage(spares: bool) -> MemStorage {
+fn fresh_storage(spares: bool, large_dirs: bool) -> MemStorage {
     let mem = MemStorage::new();
     if !spares {
         mem.set_spare_min_len(None);
     }
+    // A crowded directory: saves find their files by name instead of listing it.
+    mem.set_large_dirs(large_dirs);
     mem
 }
 
-fn sweep_with(sc: &dyn Scenario, spares: bool) -> Sweep {
-    let mem = fresh_storage(spares);
+fn sweep_with(sc: &dyn Scenario, spares: bool, large_dirs: bool) -> Sweep {
+    let mem = fresh_storage(spares, large_dirs);
     {
         let mut run = sc.start(&mem);
         for i in 0..sc.saves() {
@@ -280,7 +282,7 @@ fn sweep_with(sc: &dyn Scenario, spares: bool) -> Sweep {
     let total = mem.op_count();
     let mut out = Sweep { total_ops: total, images: 0, restored: vec![0; sc.saves() + 1], violations: Vec::new() };
     for k in 0..=total {
-        let mem = fresh_storage(spares);
+        let mem = fresh_storage(spares, large_dirs);
         mem.stop_after(k);
         let mut durable = 0u64;
         let mut crashed = false;
@@ -371,6 +373,23 @@ struct LibrarySingle {
     cfg: Config,
 }
 
+/// [`LibrarySingle`] with a new `Store` for every save (a process per save: nothing known of the
+/// directory, which in a crowded directory means finding the generations by name each time).
+struct LibrarySinglePerProcess(LibrarySingle);
+
+impl Scenario for LibrarySinglePerProcess {
+    fn saves(&self) -> usize {
+        self.0.saves()
+    }
+    fn start<'a>(&'a self, mem: &MemStorage) -> Box<dyn FnMut(usize) -> Result<u64, String> + 'a> {
+        let mem = mem.clone();
+        Box::new(move |i| self.0.plan[i].save(&mem_store(&self.0.cfg, &mem)).map_err(|e| e.to_string()))
+    }
+    fn check(&self, img: &MemStorage, durable: u64, newest: u64) -> Result<u64, String> {
+        self.0.check(img, durable, newest)
+    }
+}
+
 impl Scenario for LibrarySingle {
     fn saves(&self) -> usize {
         self.plan.len()
@@ -421,6 +440,20 @@ fn every_crash_point_of_a_save_sequence_restores_the_last_commit() {
     let sc = LibrarySingle { plan: plan(0xC0FFEE), cfg: mem_config() };
     for (s, summary) in sweep_both_ways(&sc, "library protocol, 1 rank", 0) {
         // The sequence is long enough to have crash points inside every save.
+        assert!(s.total_ops >= 4 * 8, "{summary}");
+    }
+}
+
+/// The same in a directory crowded with other files, each save by a new process, which finds the
+/// generations by name (from `<base>`'s header) instead of listing the directory.
+#[test]
+fn every_crash_point_of_a_save_sequence_in_a_crowded_directory_restores_the_last_commit() {
+    let sc = LibrarySinglePerProcess(LibrarySingle { plan: plan(0xC0FFEF), cfg: mem_config() });
+    for spares in [true, false] {
+        let s = sweep_with(&sc, spares, true);
+        let summary = report(&format!("library protocol, 1 rank, crowded directory, spares {spares}"), &s);
+        println!("{summary}");
+        assert!(s.violations.is_empty(), "{summary}");
         assert!(s.total_ops >= 4 * 8, "{summary}");
     }
 }
@@ -494,8 +527,10 @@ fn a_restarted_process_saves_and_restores_after_every_crash_point() {
     }
     let total = probe.op_count();
     let extra = &plan[2];
-    for k in 0..=total {
+    for (k, large_dirs) in (0..=total).flat_map(|k| [(k, false), (k, true)]) {
         let mem = MemStorage::new();
+        // Also in a crowded directory, where the new process finds the generations by name.
+        mem.set_large_dirs(large_dirs);
         mem.stop_after(k);
         {
             let mut run = sc.start(&mem);

@@ -630,3 +630,224 @@ fn damaged_generations_never_count_toward_keep() {
     assert_eq!(r.generation, 1);
     assert_holds(&r, 1);
 }
+
+/// A store over the real file system whose operations are recorded (none fails).
+fn observed(cfg: Config) -> (Store, ckpt_core::storage::FaultStorage<ckpt_core::storage::FileStorage>) {
+    let storage = ckpt_core::storage::FaultStorage::new(ckpt_core::storage::FileStorage, u64::MAX, libc::EIO);
+    (Store::with_storage(cfg, std::sync::Arc::new(storage.clone())), storage)
+}
+
+fn listings(s: &ckpt_core::storage::FaultStorage<ckpt_core::storage::FileStorage>) -> usize {
+    s.ops().iter().filter(|o| **o == ckpt_core::storage::Op::ReadDir).count()
+}
+
+/// `n` empty files of other jobs in `dir` (a shared scratch directory).
+fn crowd(dir: &Path, n: usize) {
+    for i in 0..n {
+        fs::write(dir.join(format!("other-job-{i}.out")), b"").unwrap();
+    }
+}
+
+#[test]
+fn restart_finds_the_newest_checkpoint_by_name_and_lists_only_when_that_cannot_settle_it() {
+    let dir = tempfile::tempdir().unwrap();
+    crowd(dir.path(), 50);
+    let mut cfg = config("byname", dir.path());
+    cfg.keep = 5;
+    let store = Store::new(cfg.clone());
+    for step in 1..=5 {
+        save(&store, step);
+    }
+    let p = |s: &str| dir.path().join(s);
+    let restore = || {
+        let (s, ops) = observed(cfg.clone());
+        let r = s.restore().unwrap().expect("a checkpoint");
+        (r, listings(&ops))
+    };
+
+    // The common case: `<base>` is the newest generation and verifies. No listing.
+    let (r, listed) = restore();
+    assert_eq!((r.generation, r.chosen_path.clone()), (5, p("byname.ckpt")));
+    assert_holds(&r, 5);
+    assert!(r.rejected.is_empty(), "{:?}", r.rejected);
+    assert_eq!(listed, 0, "the restart listed the directory");
+
+    // `<base>` and its generation damaged: the generations below, found by name, settle it.
+    damage_newest(dir.path(), "byname.ckpt", 5);
+    let (r, listed) = restore();
+    assert_eq!((r.generation, r.chosen_path.clone()), (4, p("byname.ckpt.4")));
+    assert_holds(&r, 4);
+    assert_eq!(rejected_paths(&r), [p("byname.ckpt"), p("byname.ckpt.5")]);
+    assert_eq!(listed, 0);
+
+    // A gap (generation 3 gone) below a damaged generation 4: only a listing finds 2 and 1.
+    flip_byte_in_section(&p("byname.ckpt.4"), "data");
+    fs::rename(p("byname.ckpt.3"), p("byname.ckpt.3.moved")).unwrap();
+    let (r, listed) = restore();
+    assert_eq!((r.generation, r.chosen_path.clone()), (2, p("byname.ckpt.2")));
+    assert_holds(&r, 2);
+    assert_eq!(rejected_paths(&r), [p("byname.ckpt"), p("byname.ckpt.4"), p("byname.ckpt.5")]);
+    assert!(listed >= 1, "a gap below every valid generation found by name must make discovery list");
+
+    // `<base>` missing, generations present (a file system without hard links, a hand-removed name).
+    fs::remove_file(p("byname.ckpt")).unwrap();
+    let (r, listed) = restore();
+    assert_eq!((r.generation, r.chosen_path.clone()), (2, p("byname.ckpt.2")));
+    assert!(listed >= 1);
+    assert_eq!(rejected_paths(&r), [p("byname.ckpt.4"), p("byname.ckpt.5")]);
+
+    // A generation above `<base>` (a save that died between its link and its rename): it is newer, so
+    // it is chosen, as a listing would.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cfg2 = config("above", dir2.path());
+    let s2 = Store::new(cfg2.clone());
+    for step in 1..=3 {
+        save(&s2, step);
+    }
+    let (cur, g2) = (dir2.path().join("above.ckpt"), dir2.path().join("above.ckpt.2"));
+    let tmp = dir2.path().join("x");
+    fs::hard_link(&g2, &tmp).unwrap();
+    fs::rename(&tmp, &cur).unwrap(); // `<base>` back at generation 2; generation 3 stays
+    let (s, ops) = observed(cfg2);
+    let r = s.restore().unwrap().unwrap();
+    assert_eq!((r.generation, r.chosen_path.clone()), (3, dir2.path().join("above.ckpt.3")));
+    assert_holds(&r, 3);
+    assert!(listings(&ops) >= 1);
+}
+
+#[test]
+fn saves_in_a_crowded_directory_find_their_files_by_name() {
+    use ckpt_core::storage::Storage as _;
+    let dir = tempfile::tempdir().unwrap();
+    // Enough names that the directory counts as large (its size, about 64 KiB of entries).
+    crowd(dir.path(), 4000);
+    assert!(ckpt_core::storage::FileStorage.large_dir(dir.path()), "not a large directory");
+    let p = |s: &str| dir.path().join(s);
+    let mut cfg = config("crowded", dir.path());
+    cfg.keep = 3;
+    let first = Store::new(cfg.clone());
+    for step in 1..=4 {
+        save(&first, step);
+    }
+    // A gap below the newest generations, and a dead writer's temporary file.
+    fs::rename(p("crowded.ckpt.3"), p("crowded.ckpt.3.moved")).unwrap();
+    let dead = format!("crowded.ckpt.tmp.{}.{}.abc", cfg.host, dead_pid());
+    fs::write(p(&dead), b"partial save").unwrap();
+
+    // A new process's first save: numbered from `<base>`'s header; the dead writer's file goes with the
+    // one listing the process makes, off the save's path.
+    let second = Store::new(cfg.clone());
+    let info = save(&second, 5);
+    assert_eq!(info.generation, 5);
+    let t = std::time::Instant::now();
+    while p(&dead).exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the dead writer's file was never removed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The next save retires what finding by name did not reach (generation 2, below the gap).
+    std::thread::sleep(Duration::from_millis(50));
+    let info = save(&second, 6);
+    assert_eq!(info.generation, 6);
+    let left: Vec<String> = names(dir.path()).into_iter().filter(|n| n.starts_with("crowded.")).collect();
+    assert_eq!(
+        left,
+        ["crowded.ckpt", "crowded.ckpt.3.moved", "crowded.ckpt.4", "crowded.ckpt.5", "crowded.ckpt.6"],
+        "keep = 3"
+    );
+
+    // Another store of this process (the directory already swept): its saves never list.
+    let (third, ops) = observed(cfg.clone());
+    let info = save(&third, 7);
+    assert_eq!(info.generation, 7);
+    save(&third, 8);
+    assert_eq!(listings(&ops), 0, "a save listed the crowded directory");
+    let left: Vec<String> = names(dir.path()).into_iter().filter(|n| n.starts_with("crowded.")).collect();
+    assert_eq!(left, ["crowded.ckpt", "crowded.ckpt.3.moved", "crowded.ckpt.6", "crowded.ckpt.7", "crowded.ckpt.8"]);
+    let r = third.restore().unwrap().unwrap();
+    assert_eq!(r.generation, 8);
+    assert_holds(&r, 8);
+    assert_eq!(listings(&ops), 0);
+}
+
+#[test]
+fn restore_into_copies_the_newest_valid_checkpoint_in_one_pass_and_falls_back_past_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("into", dir.path());
+    cfg.keep = 3;
+    let store = Store::new(cfg.clone());
+    for step in 1..=3 {
+        save(&store, step);
+    }
+    let fresh = || Store::new(cfg.clone());
+    let mut buf = vec![0u8; payload(3).len()];
+    let r = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap().expect("a checkpoint");
+    assert_eq!(r.generation, 3);
+    assert!(buf == payload(3), "the buffer does not hold step 3's data");
+    assert!(r.rejected.is_empty());
+    assert_eq!(r.checkpoint.read_serde::<u64>("step").unwrap(), 3);
+
+    // A buffer of another size, or a section the checkpoint lacks: an error, nothing written, no fallback.
+    let mut small = [9u8; 100];
+    let e = fresh().restore_into(&mut [("data", &mut small[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(small.iter().all(|&b| b == 9));
+    let mut other = [9u8; 8];
+    let e = fresh().restore_into(&mut [("data", &mut buf[..]), ("nope", &mut other[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SectionNotFound, "{e}");
+    assert!(other.iter().all(|&b| b == 9));
+
+    // The newest damaged in the section being copied: rejected after its copy, the previous one copied
+    // over it, exactly what restore() would have chosen.
+    damage_newest(dir.path(), "into.ckpt", 3);
+    let mut buf = vec![0u8; payload(2).len()];
+    let r = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap().expect("generation 2");
+    assert_eq!(r.generation, 2);
+    assert!(buf == payload(2), "the buffer does not hold step 2's data");
+    let p = |s: &str| dir.path().join(s);
+    assert_eq!(rejected_paths(&r), [p("into.ckpt"), p("into.ckpt.3")]);
+    for (path, e) in &r.rejected {
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{}: {e}", path.display());
+    }
+    assert_eq!(fresh().restore().unwrap().unwrap().generation, 2, "restore() chooses the same");
+
+    // Damage in a section that is not copied is found before anything is written.
+    flip_byte_in_section(&p("into.ckpt.2"), "step");
+    let mut buf = vec![0u8; payload(1).len()];
+    let r = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap().expect("generation 1");
+    assert_eq!(r.generation, 1);
+    assert!(buf == payload(1));
+
+    // Nothing valid: the error of restore().
+    flip_byte_in_section(&p("into.ckpt.1"), "data");
+    let e = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoValidCheckpoint, "{e}");
+    // No checkpoint at all: Ok(None), the buffer untouched.
+    let empty = tempfile::tempdir().unwrap();
+    let mut untouched = [5u8; 16];
+    assert!(
+        Store::new(config("into", empty.path())).restore_into(&mut [("data", &mut untouched[..])]).unwrap().is_none()
+    );
+    assert!(untouched.iter().all(|&b| b == 5));
+}
+
+#[test]
+fn restore_into_decodes_compressed_sections_and_reads_without_a_mapping() {
+    use ckpt_core::{Compression, SectionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let field = ckpt_tests::smooth_field(300_000, 0.5);
+    let raw = payload(7);
+    for mmap in [true, false] {
+        let mut cfg = config("intoz", dir.path());
+        cfg.mmap = mmap;
+        let store = Store::new(cfg.clone());
+        let mut w = store.begin(7).unwrap();
+        w.add_section_with("field", &field, SectionOptions::new().compression(Compression::Zstd(1)).shuffle(8))
+            .unwrap();
+        w.add_bytes("raw", &raw).unwrap();
+        w.commit().unwrap();
+        let (mut f, mut r) = (vec![0u8; field.len()], vec![0u8; raw.len()]);
+        let got = Store::new(cfg).restore_into(&mut [("field", &mut f[..]), ("raw", &mut r[..])]).unwrap().unwrap();
+        assert_eq!(got.app_step, 7);
+        assert!(f == field && r == raw, "mmap {mmap}");
+    }
+}

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ckpt_core::storage::Storage as _;
 use ckpt_core::{CacheLevel, Checkpoint, Checkpointer, Config, ErrorKind, FlushPolicy, Level, LogTarget, Store};
 use ckpt_tests::{LiveChild, clean_command, log_events};
 
@@ -531,4 +532,73 @@ fn three_sigterm_restart_cycles_in_a_row_with_the_cache_level() {
     for policy in ["every", "exit"] {
         three_restart_cycles(policy);
     }
+}
+
+/// A copy to the checkpoint directory writes over the spare there (the generation the previous copy
+/// retired), as a save there does, and what it publishes reads back whole.
+#[test]
+fn copies_to_the_checkpoint_directory_write_over_the_spare() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (shared, cache_root) = (tmp.path().join("shared"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&cache_root).expect("cache root");
+    let mut cfg = config(&shared, &cache_root, &tmp.path().join("log"), FlushPolicy::Every);
+    cfg.keep = 1;
+    let store = Store::new(cfg.clone());
+    // Large enough to be kept as a spare (16 MiB and more, on a local file system), each smaller than the
+    // one before: the spare a copy writes over is longer than the copy.
+    let data = |step: u64| -> Vec<u8> {
+        (0..((24 - step as usize) << 20)).map(|i| (i as u64 * 31 + step * 7) as u8).collect()
+    };
+    let mut reused = Vec::new();
+    for step in 1..=4u64 {
+        let mut w = store.begin(step).expect("begin");
+        w.add_bytes("state", &data(step)).expect("add");
+        let info = w.commit().expect("commit to the cache");
+        let source = Checkpoint::open(&info.generation_path).expect("open the cached file");
+        let copied = store.flush_checkpoint(&source).expect("flush");
+        assert!(copied.warnings.is_empty(), "{:?}", copied.warnings);
+        reused.push(copied.reused_spare);
+        let cp = Checkpoint::open(shared.join("lvl.ckpt")).expect("open the copy");
+        cp.verify().expect("the copy verifies");
+        assert!(cp.read("state").expect("read")[..] == data(step)[..], "step {step}: the copy's bytes");
+    }
+    let spare_reuse = ckpt_core::storage::FileStorage.spare_reuse().and_then(|r| r.spare_min_len(&shared));
+    if spare_reuse.is_some() {
+        assert_eq!(reused, [false, false, true, true], "the third copy on finds the spare the second retired");
+        assert!(shared.join("lvl.ckpt.tmp.spare").exists());
+    }
+    assert_eq!(generations(&shared, "lvl.ckpt"), [4]);
+}
+
+/// The cache keeps a spare as the checkpoint directory does: a save there writes over the generation the
+/// previous save retired (unless the copying thread still has it open), and every checkpoint still
+/// reaches the checkpoint directory whole.
+#[test]
+fn saves_to_the_cache_write_over_its_spare() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (shared, cache_root) = (tmp.path().join("shared"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&cache_root).expect("cache root");
+    let mut cfg = config(&shared, &cache_root, &tmp.path().join("log"), FlushPolicy::Every);
+    cfg.keep = 1;
+    let cp = Checkpointer::new(Store::new(cfg)).expect("checkpointer");
+    let cache_dir = cp.store().cache_dir().expect("cache level").to_path_buf();
+    let data = |step: u64| -> Vec<u8> { (0..(20usize << 20)).map(|i| (i as u64 * 13 + step) as u8).collect() };
+    let mut reused = Vec::new();
+    for step in 1..=4u64 {
+        let info = cp.checkpoint(step, |w| w.add_bytes("state", &data(step))).expect("checkpoint");
+        assert_eq!(info.generation_path.parent(), Some(cache_dir.as_path()));
+        reused.push(info.reused_spare);
+        assert_eq!(cp.wait_for_flush(Some(Duration::from_secs(120))).expect("flush"), Some(step));
+        let copy = Checkpoint::open(shared.join("lvl.ckpt")).expect("open the copy");
+        copy.verify().expect("the copy verifies");
+        assert!(copy.read("state").expect("read")[..] == data(step)[..], "step {step}");
+    }
+    let spare_reuse = ckpt_core::storage::FileStorage.spare_reuse().and_then(|r| r.spare_min_len(&cache_dir));
+    if spare_reuse.is_some() {
+        assert!(reused[2..].iter().all(|&r| r), "saves 3 and 4 write over the cache's spare: {reused:?}");
+        assert!(cache_dir.join("lvl.ckpt.tmp.spare").exists());
+    }
+    let r = Store::new(cp.store().config().clone()).restore().expect("restore").expect("a checkpoint");
+    assert_eq!(r.generation, 4);
+    assert!(r.checkpoint.read("state").expect("read")[..] == data(4)[..]);
 }

@@ -125,6 +125,14 @@ fn every_rank_restores_its_own_part_of_the_newest_step() {
         assert_eq!(s.valid_generations().unwrap(), [2, 1], "rank {r}");
         assert_own_part(&s.restore_at_most(1).unwrap().unwrap(), r, 1, 10);
     }
+    // Straight into the rank's buffer (`restore_into`): the same step, the rank's own part.
+    for (r, s) in stores.iter().enumerate() {
+        let r = r as u32;
+        let mut buf = vec![0u8; part_payload(20, r).len()];
+        let restored = s.restore_into(&mut [("data", &mut buf[..])]).unwrap().expect("a step");
+        assert_eq!((restored.generation, restored.app_step), (2, 20), "rank {r}");
+        assert!(buf == part_payload(20, r), "rank {r}: the buffer does not hold its own part");
+    }
     // A single-process run of the same name cannot take a 4-rank step, and says why.
     let e = Store::new(config(APP, dir.path())).restore().expect_err("1 rank vs 4-rank manifests");
     assert_eq!(e.kind(), ErrorKind::NoValidCheckpoint, "{e}");

@@ -126,6 +126,10 @@ impl<S: Storage + Clone + 'static> StorageWriter for FaultWriter<S> {
         self.storage.tick(Op::Sync, &self.path)?;
         self.inner.sync()
     }
+    fn cut_to_written(&mut self) -> io::Result<()> {
+        self.storage.tick(Op::Write, &self.path)?;
+        self.inner.cut_to_written()
+    }
     fn device_time(&self) -> Option<(u64, f64)> {
         self.inner.device_time()
     }
@@ -214,6 +218,13 @@ impl<S: Storage + Clone + 'static> Storage for FaultStorage<S> {
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.tick(Op::Open, path)?;
         self.inner.exists(path)
+    }
+    fn entry(&self, path: &Path) -> io::Result<Option<DirEntry>> {
+        self.tick(Op::Open, path)?;
+        self.inner.entry(path)
+    }
+    fn large_dir(&self, dir: &Path) -> bool {
+        self.inner.large_dir(dir)
     }
     fn spare_reuse(&self) -> Option<&dyn SpareReuse> {
         self.inner.spare_reuse().map(|_| self as &dyn SpareReuse)

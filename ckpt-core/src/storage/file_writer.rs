@@ -255,6 +255,13 @@ impl FileWriter {
         self
     }
 
+    /// This writer without write-behind: buffered writes only dirty the page cache, the fsync writes them
+    /// (see [`super::WriteOptions::write_behind`]).
+    pub(super) fn without_write_behind(mut self) -> FileWriter {
+        self.write_behind = false;
+        self
+    }
+
     pub(super) fn overwriting(file: File, direct_io: bool) -> FileWriter {
         FileWriter { overwriting: true, ..FileWriter::new(file, direct_io) }
     }
@@ -487,6 +494,13 @@ impl StorageWriter for FileWriter {
         let r = self.file.sync_all();
         self.device_secs += start.elapsed().as_secs_f64();
         r
+    }
+
+    fn cut_to_written(&mut self) -> io::Result<()> {
+        if self.overwriting && self.direct.is_none() {
+            self.file.set_len(self.pos)?;
+        }
+        Ok(())
     }
 
     fn device_time(&self) -> Option<(u64, f64)> {

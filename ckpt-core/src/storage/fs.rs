@@ -49,7 +49,8 @@ impl Storage for FileStorage {
             .mode(opts.mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
-        Ok(Box::new(FileWriter::new(file, opts.direct_io).bounded_writeback(opts.bounded_writeback)))
+        let writer = FileWriter::new(file, opts.direct_io).bounded_writeback(opts.bounded_writeback);
+        Ok(Box::new(if opts.write_behind { writer } else { writer.without_write_behind() }))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageReader>> {
@@ -149,6 +150,27 @@ impl Storage for FileStorage {
         }
     }
 
+    fn entry(&self, path: &Path) -> io::Result<Option<DirEntry>> {
+        let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        match fs::symlink_metadata(path) {
+            Ok(meta) => Ok(Some(DirEntry {
+                name: name.to_os_string(),
+                is_file: meta.is_file(),
+                len: if meta.is_file() { meta.len() } else { 0 },
+                modified: meta.modified().ok(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn large_dir(&self, dir: &Path) -> bool {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        // A directory's size grows with its entries on ext4, XFS, Lustre, GPFS and tmpfs (about 2,000
+        // names per 64 KiB on ext4); a listing of that many costs about a millisecond here.
+        fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.len() > LARGE_DIR_BYTES)
+    }
+
     fn spare_reuse(&self) -> Option<&dyn SpareReuse> {
         Some(self)
     }
@@ -199,7 +221,8 @@ impl SpareReuse for FileStorage {
             let _ = self.remove_file(tmp);
             return Err(e);
         }
-        Ok(Some(Box::new(FileWriter::overwriting(file, opts.direct_io))))
+        let writer = FileWriter::overwriting(file, opts.direct_io).bounded_writeback(opts.bounded_writeback);
+        Ok(Some(Box::new(if opts.write_behind { writer } else { writer.without_write_behind() })))
     }
 }
 
@@ -210,6 +233,9 @@ const RECLAIM_IN_BACKGROUND: u64 = 16 << 20;
 /// and on thin-provisioned or `discard`-mounted disks the device's own allocation, is a large part of a
 /// fresh write (BENCHMARKS.md, "Where the time goes"); below this, allocating is cheap.
 const SPARE_MIN_LEN: u64 = 16 << 20;
+
+/// A directory larger than this (its `st_size`) is one a save does not list on its path ([`Storage::large_dir`]).
+const LARGE_DIR_BYTES: u64 = 64 << 10;
 
 /// Set when the kernel refused a lease outright (EINVAL): from then on no spares are kept.
 static LEASES_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

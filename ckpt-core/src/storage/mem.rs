@@ -42,6 +42,8 @@ struct MemState {
     stop_after: Option<u64>,
     /// What [`SpareReuse::spare_min_len`] answers.
     spare_min_len: Option<u64>,
+    /// What [`Storage::large_dir`] answers.
+    large_dirs: bool,
 }
 
 /// An in-memory file system that models durability; see [`CrashMode`].
@@ -84,6 +86,12 @@ impl MemStorage {
     /// Sets what [`SpareReuse::spare_min_len`] answers (`None`: saves never reuse files).
     pub fn set_spare_min_len(&self, min: Option<u64>) {
         self.lock().spare_min_len = min;
+    }
+
+    /// Sets what [`Storage::large_dir`] answers for every directory (`true`: saves find their files by
+    /// name, as in a crowded directory).
+    pub fn set_large_dirs(&self, large: bool) {
+        self.lock().large_dirs = large;
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
@@ -150,6 +158,7 @@ impl MemStorage {
             ops: 0,
             stop_after: None,
             spare_min_len: st.spare_min_len,
+            large_dirs: st.large_dirs,
         };
         MemStorage { state: Arc::new(Mutex::new(state)) }
     }
@@ -233,6 +242,12 @@ impl StorageWriter for MemWriter {
         let ino = &mut st.inodes[self.inode];
         ino.live.truncate(self.pos);
         ino.durable = ino.live.clone();
+        Ok(())
+    }
+    fn cut_to_written(&mut self) -> io::Result<()> {
+        let mut st = self.storage.lock();
+        begin_op(&mut st)?;
+        st.inodes[self.inode].live.truncate(self.pos);
         Ok(())
     }
 }
@@ -388,6 +403,10 @@ impl Storage for MemStorage {
         st.durable.remove(&dir);
         st.unsynced_dirs.remove(&dir);
         Ok(())
+    }
+
+    fn large_dir(&self, _dir: &Path) -> bool {
+        self.lock().large_dirs
     }
 
     fn spare_reuse(&self) -> Option<&dyn SpareReuse> {

@@ -64,6 +64,16 @@ pub trait StorageWriter: Send {
     ///
     /// The `fsync` (or a write still in flight) failed: nothing written is known to be durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file to the bytes written so far, when it is a reused file (a spare) that was longer:
+    /// what `sync` does first, for a caller that reads the file back before its `sync` (the copies to the
+    /// checkpoint directory verify it while it is written out). Nothing for a new file.
+    ///
+    /// # Errors
+    ///
+    /// The truncation failed (`EIO`...).
+    fn cut_to_written(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// The bytes written so far and the seconds the writes and the fsync took, whichever thread made
     /// them (computing, compressing and copying not included): the write speed `Compression::Auto`
     /// weighs compression against. `None` when unknown.
@@ -127,12 +137,24 @@ pub struct WriteOptions {
     /// final fsync waits for all of it, a deep queue of large requests, while the copy is verified from
     /// memory.
     pub bounded_writeback: bool,
+    /// Whether buffered writes start writeback as they go (write-behind, `sync_file_range`), so that the
+    /// final fsync finds most of the file on its way. Off for the copies to the checkpoint directory
+    /// (`Store::flush_checkpoint`): submitting writeback blocks whenever the device's queue is full, which
+    /// paced the copy at the device's speed; instead the copy fills the page cache at memory speed and
+    /// its fsync, on another thread, writes it all while the copy is verified from memory.
+    pub write_behind: bool,
 }
 
 impl WriteOptions {
     /// Permission bits `mode`, the other settings at their defaults (direct I/O on, bounded writeback).
     pub fn new(mode: u32) -> WriteOptions {
-        WriteOptions { mode, direct_io: true, bounded_writeback: true }
+        WriteOptions { mode, direct_io: true, bounded_writeback: true, write_behind: true }
+    }
+
+    /// These options with buffered writes starting writeback as they go or not.
+    pub fn write_behind(mut self, on: bool) -> WriteOptions {
+        self.write_behind = on;
+        self
     }
 
     /// These options with large writes bypassing the page cache or not.
@@ -285,6 +307,36 @@ pub trait Storage: Send + Sync + fmt::Debug {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Shortcut of [`Storage::read_dir_matching`] for one name: the entry `path` names, `None` when there is
+    /// none (a symlink is not followed and is not a regular file). Finding a checkpoint's files by name
+    /// costs the same whatever else the directory holds; a listing reads every entry.
+    ///
+    /// # Errors
+    ///
+    /// As [`Storage::exists`].
+    fn entry(&self, path: &Path) -> io::Result<Option<DirEntry>> {
+        let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let entry = |is_file, len| Some(DirEntry { name: name.to_os_string(), is_file, len, modified: None });
+        match self.open(path) {
+            Ok(r) => Ok(entry(true, r.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // A file this user may not read is still a file; a symlink (O_NOFOLLOW) or a directory is not.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => Ok(entry(true, 0)),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.kind() == io::ErrorKind::InvalidInput => {
+                Ok(entry(false, 0))
+            }
+            Err(e) => Err(e),
+        }
+    }
+    /// Whether listing `dir` costs much more than looking up a few names in it (a directory of thousands
+    /// of entries, as a job's shared scratch directory may be): saves there then find the checkpoint's
+    /// files by name ([`Storage::entry`]) and list the directory, for dead writers' temporary files, once
+    /// per process and off the save's path. `false` (the default) keeps every save's first listing.
+    fn large_dir(&self, dir: &Path) -> bool {
+        let _ = dir;
+        false
     }
 
     /// This storage's spare reuse, `None` (the default) when it has none: the store then keeps no spare

@@ -427,6 +427,30 @@ impl Drop for CheckpointWriter {
     }
 }
 
+impl Store {
+    /// A writer that only publishes a temporary file written by other means (a copy, a received part).
+    pub(super) fn publisher(&self, tmp: &Path, plan: Plan, started: Instant) -> CheckpointWriter {
+        CheckpointWriter {
+            builder: None,
+            storage: self.storage.clone(),
+            tmp: tmp.to_path_buf(),
+            plan,
+            keep: self.config.keep,
+            default_compression: self.config.compression,
+            started,
+            done: false,
+            last_generation: None,
+            shared: self.shared.clone(),
+            warnings: Vec::new(),
+            ranks_prune_own_parts: false,
+            spare_min_len: None,
+            reused_spare: false,
+            device_time: None,
+            remember_listing: false,
+        }
+    }
+}
+
 pub(super) fn link_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | libc::EMLINK | libc::EXDEV))
 }

@@ -93,8 +93,9 @@ impl Store {
 
     /// Copies a committed checkpoint of this store's cache (opened by the caller, so that a prune of the
     /// cache meanwhile cannot take it away) to the checkpoint directory under the same generation, and
-    /// commits it there: written to a temporary file, verified completely (every CRC, every byte; the
-    /// copy is read back before the fsync, while the kernel writes it out), fsynced, linked to
+    /// commits it there: written to a temporary file (over the checkpoint directory's spare when there is
+    /// one, as a save there), verified completely (every CRC, every byte; the copy is read back from
+    /// memory while its fsync, on another thread, writes it out), fsynced, linked to
     /// `<base>.<N>`, renamed to `<base>` unless a newer generation is there already, the directory fsynced;
     /// then generations beyond `keep` are retired there. A generation already in the checkpoint directory
     /// as this very file (the same length and checksums) counts as copied.
@@ -150,7 +151,8 @@ impl Store {
         self.copy_and_publish_with(source, tmp, plan, started, Vec::new())
     }
 
-    /// Writes `source`'s bytes to `tmp`, reads the copy back and verifies it, fsyncs it and publishes it as
+    /// Writes `source`'s bytes to `tmp` (a whole checkpoint: over the spare of `plan`'s directory, which
+    /// the commit then renews), reads the copy back and verifies it while it is fsynced, and publishes it as
     /// `plan` says (the commit's link/rename, directory fsync and retention). The temporary file is
     /// removed on failure.
     fn copy_and_publish_with(
@@ -162,49 +164,92 @@ impl Store {
         warnings: Vec<String>,
     ) -> Result<CommitInfo> {
         let header = source.header().clone();
-        let opts = WriteOptions::new(self.config.file_mode).direct_io(false).bounded_writeback(false);
-        let mut file = self
-            .storage
-            .create_new_with(tmp, opts)
-            .map_err(|e| Error::io("create temporary file", e).with_path(tmp))?;
-        let mut writer = CheckpointWriter {
-            builder: None,
-            storage: self.storage.clone(),
-            tmp: tmp.to_path_buf(),
-            plan,
-            keep: self.config.keep,
-            default_compression: self.config.compression,
-            started,
-            done: false,
-            last_generation: None,
-            shared: self.shared.clone(),
-            warnings,
-            ranks_prune_own_parts: false,
-            spare_min_len: None,
-            reused_spare: false,
-            device_time: None,
-            remember_listing: false,
+        let opts =
+            WriteOptions::new(self.config.file_mode).direct_io(false).bounded_writeback(false).write_behind(false);
+        let (mut plan, mut warnings) = (plan, warnings);
+        // A copy of a whole checkpoint writes over the checkpoint directory's spare, as a save there does:
+        // its blocks, and its pages where they are still cached (new page cache and new blocks cost the
+        // copy about half its speed here; BENCHMARKS.md, "Levels and asynchronous saves").
+        let spare_min_len = match &plan {
+            Plan::Single { listing } => self.spare_min_len(&listing.dir),
+            _ => None,
         };
+        let had_spare = matches!(&plan, Plan::Single { listing } if listing.spare);
+        let taken = match &plan {
+            Plan::Single { listing } => {
+                let dir = listing.dir.clone();
+                self.take_spare(&dir, &mut plan, tmp, spare_min_len, opts, &mut warnings)
+            }
+            _ => None,
+        };
+        let reused_spare = taken.is_some();
+        let mut file = match taken {
+            Some(file) => file,
+            None => {
+                if had_spare {
+                    // A takeover that failed half-way may have left this name behind: it is this copy's own.
+                    let _ = self.storage.remove_file(tmp);
+                }
+                self.storage
+                    .create_new_with(tmp, opts)
+                    .map_err(|e| Error::io("create temporary file", e).with_path(tmp))?
+            }
+        };
+        let mut writer = self.publisher(tmp, plan, started);
+        writer.warnings = warnings;
+        writer.spare_min_len = spare_min_len;
+        writer.reused_spare = reused_spare;
+        let mapped = source.is_mapped();
         source.for_each_chunk(COPY_CHUNK, |chunk| {
+            if mapped {
+                // The source's pages mapped in one call, so the write does not take a fault per page.
+                crate::sys::populate_read(chunk);
+            }
             file.write_all(chunk).map_err(|e| Error::io("write", e).with_path(tmp))
         })?;
-        // Read back what was written, before the fsync: the pages are still in memory and the kernel is
-        // writing them out meanwhile, so the check costs a pass over memory, not a read of the device.
-        let copy = Checkpoint::open_with(&*self.storage, tmp, self.load_options())?;
-        if copy.file_len() != source.file_len() || copy.identity() != source.identity() {
-            return Err(Error::corrupt(format!(
-                "the copy of {} is not the same file ({} bytes, checksums {:08x?}; the original {} bytes, {:08x?})",
-                source.path().display(),
-                copy.file_len(),
-                copy.identity(),
-                source.file_len(),
-                source.identity()
-            ))
-            .with_path(tmp));
-        }
-        copy.verify()?;
-        drop(copy);
-        file.sync().map_err(|e| Error::io("fsync", e).with_path(tmp))?;
+        // Read back what was written while the fsync writes it out: the pages are still in memory, so the
+        // check costs a pass over memory, not a read of the device, and it runs beside the writeback (on
+        // another thread) instead of before it. The copy is published only when both succeeded.
+        let verify = || -> Result<()> {
+            let copy = Checkpoint::open_with(&*self.storage, tmp, self.load_options())?;
+            if copy.file_len() != source.file_len() || copy.identity() != source.identity() {
+                return Err(Error::corrupt(format!(
+                    "the copy of {} is not the same file ({} bytes, checksums {:08x?}; the original {} bytes, {:08x?})",
+                    source.path().display(),
+                    copy.file_len(),
+                    copy.identity(),
+                    source.file_len(),
+                    source.identity()
+                ))
+                .with_path(tmp));
+            }
+            copy.verify()
+        };
+        // A spare longer than the copy: cut before it is read back (its `sync` would, but runs beside).
+        file.cut_to_written().map_err(|e| Error::io("truncate", e).with_path(tmp))?;
+        let file = std::sync::Mutex::new(file);
+        let sync = || lock(&file).sync();
+        let (synced, verified) = if crate::storage::io_threads_allowed() {
+            std::thread::scope(|s| {
+                let syncing = std::thread::Builder::new().name("ckpt-fsync".into()).spawn_scoped(s, sync);
+                match syncing {
+                    Ok(h) => {
+                        let verified = verify();
+                        (h.join().unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked"))), verified)
+                    }
+                    // No thread (the closure that would have run on it is dropped unrun): in sequence.
+                    Err(_) => {
+                        let verified = verify();
+                        (sync(), verified)
+                    }
+                }
+            })
+        } else {
+            let verified = verify();
+            (if verified.is_ok() { sync() } else { Ok(()) }, verified)
+        };
+        verified?;
+        synced.map_err(|e| Error::io("fsync", e).with_path(tmp))?;
         drop(file);
         let stats = FileStats {
             raw_bytes: source.raw_len(),

@@ -30,8 +30,11 @@ impl Store {
         // Steps in a row reuse the previous commit's view of the directory, as single saves do (the hard
         // link that claims `<base>.<generation>` still fails if anything else took it).
         let listing = match self.shared.reusable_listing(dir, &base) {
-            Some(listing) => listing,
-            None => self.list_generations(dir, &base)?,
+            Some(mut listing) => {
+                self.merge_swept(&mut listing);
+                listing
+            }
+            None => self.fresh_listing(dir, &base)?,
         };
         let plan = Plan::Single { listing };
         let header = self.header(FileKind::Manifest, generation, app_step);

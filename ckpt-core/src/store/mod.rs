@@ -16,7 +16,10 @@
 //! 1. List the directory, remove stale temporary files of dead writers, and choose generation N (one above
 //!    the highest present). Saves in a row reuse the previous save's view of the directory for up to 10 s
 //!    (checking only that `<base>.<N>` is still free), so a process's first save and at least one save
-//!    every 10 s list it.
+//!    every 10 s list it. In a large directory ([`Storage::large_dir`], a shared scratch directory) the
+//!    generations are found by name instead (`<base>`'s header gives the newest, `<base>.<N+1>` must be
+//!    free), and the directory is listed once per process, off the save's path, for dead writers'
+//!    temporary files and generations below a gap.
 //! 2. Create `<base>.tmp.…` with `O_CREAT|O_EXCL|O_NOFOLLOW`, stream the sections into it, `fsync` it.
 //! 3. `link(tmp, <base>.<N>)`: fails if another process took generation N (exclusion without `flock`,
 //!    which Lustre lacks); then `rename(tmp, <base>)`, so `<base>` names the new file atomically.
@@ -24,7 +27,8 @@
 //! 5. Only now prune generations beyond `keep`.
 //!
 //! A crash at any instant leaves every earlier committed generation intact; discovery considers `<base>`
-//! and every `<base>.<N>`, newest generation first, and takes the first that verifies completely.
+//! and every `<base>.<N>`, newest generation first, and takes the first that verifies completely (found
+//! by name from `<base>`'s header when that settles the choice, from a listing otherwise).
 //!
 //! # Space reuse (`CKPT_REUSE_SPACE`, default on)
 //!
@@ -196,7 +200,14 @@ struct Shared {
     restore_notices: std::sync::Mutex<Vec<String>>,
     /// Whether the cache directory was checked (see `Store::check_cache_dir`).
     cache_checked: std::sync::atomic::AtomicBool,
+    /// What the listings of large directories made off the saves' path found (see
+    /// [`Store::sweep_once`]), for the next save there to retire what finding by name missed.
+    swept: std::sync::Mutex<Vec<Listing>>,
 }
+
+/// The (directory, name) pairs whose directory this process has listed, or is listing, for dead writers'
+/// temporary files after finding its generations by name (see [`Store::sweep_once`]).
+static SWEPT: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -261,6 +272,7 @@ impl Store {
             damaged: std::sync::Mutex::new(Vec::new()),
             restore_notices: std::sync::Mutex::new(Vec::new()),
             cache_checked: std::sync::atomic::AtomicBool::new(false),
+            swept: std::sync::Mutex::new(Vec::new()),
         };
         let identity_metadata = config.run_identity().to_metadata();
         let cache_dir = config.cache.as_ref().map(|c| c.dir_for(&config.checkpoint_dir));
@@ -359,16 +371,18 @@ impl Store {
             last = highest;
             shared_warning = warning;
         }
-        if let Some(listing) = self.shared.reusable_listing(dir, &base) {
+        if let Some(mut listing) = self.shared.reusable_listing(dir, &base) {
             let generation = listing.highest.max(last) + 1;
             // The name about to be claimed must still be free; if anything else wrote here, list again.
             if let Ok(false) = self.storage.exists(&dir.join(format!("{base}.{generation}"))) {
+                self.merge_swept(&mut listing);
                 let header = self.header(FileKind::Data, generation, app_step);
                 return self.start(dir, &base, header, Plan::Single { listing });
             }
         }
-        // A listing: stale temporary files, the generation number, and what pruning will see.
-        let listing = self.list_generations(dir, &base)?;
+        // A listing (stale temporary files, the generation number, and what pruning will see), or in a
+        // large directory the same found by name.
+        let listing = self.fresh_listing(dir, &base)?;
         let first = self.shared.last_generation.load(Ordering::SeqCst) == 0;
         let warning = if first { self.check_name_is_ours(dir, &listing)? } else { None };
         let generation = listing.highest.max(last) + 1;
@@ -501,6 +515,118 @@ impl Store {
         }
     }
 
+    /// The view of `dir` a save of `base` starts from when it has none to reuse: in a large directory
+    /// ([`Storage::large_dir`]) found by name ([`Store::generations_by_name`]), the directory being listed
+    /// once per process off the save's path for what only a listing finds ([`Store::sweep_once`]);
+    /// otherwise, and when finding by name cannot settle it, a listing ([`Store::list_generations`]).
+    fn fresh_listing(&self, dir: &Path, base: &str) -> Result<Listing> {
+        if let Some(mut listing) = self.generations_by_name(dir, base) {
+            self.sweep_once(dir, base);
+            self.merge_swept(&mut listing);
+            return Ok(listing);
+        }
+        self.list_generations(dir, base)
+    }
+
+    /// What a listing of `dir` would tell a save of `base`, found by name: `<base>`'s header gives the
+    /// newest committed generation N; `<base>.<N+1>` must be free; the generations are `<base>.<N>`,
+    /// `<base>.<N-1>`, ... down to the first missing number (older ones beyond such a gap, left by a
+    /// generation renamed aside as damaged or copied from the cache every k-th step, come from the
+    /// process's one listing, [`Store::sweep_once`], at a later save); the spare and the parts directory
+    /// by their names. `None` (list instead) when `dir` is not large, `<base>` is missing or unreadable, a
+    /// newer generation is there, or a look-up fails.
+    fn generations_by_name(&self, dir: &Path, base: &str) -> Option<Listing> {
+        if !self.storage.large_dir(dir) {
+            return None;
+        }
+        let newest = crate::reader::read_header(&*self.storage, &dir.join(base)).ok()?.generation;
+        let entry = |name: String| self.storage.entry(&dir.join(name)).ok();
+        if newest == 0 || newest == u64::MAX || entry(format!("{base}.{}", newest + 1))?.is_some() {
+            return None;
+        }
+        let mut generations = Vec::new();
+        let mut g = newest;
+        while g > 0 {
+            match entry(format!("{base}.{g}"))? {
+                Some(e) if e.is_file => generations.push((g, e.len)),
+                Some(_) => {}
+                None => break,
+            }
+            g -= 1;
+        }
+        let parts = entry(format!("{base}.parts"))?.is_some();
+        let spare = entry(format!("{base}.tmp.spare"))?.is_some_and(|e| e.is_file);
+        Some(Listing {
+            dir: dir.to_path_buf(),
+            base: base.to_string(),
+            generations,
+            highest: newest,
+            parts,
+            spare,
+            listed_at: Instant::now(),
+        })
+    }
+
+    /// Once per process for `base` in `dir`, after a save found its generations by name: lists `dir` on a
+    /// thread (on the caller's when I/O threads are disabled, as in the shim), removes dead writers'
+    /// temporary files as every listing does, and leaves the generations it saw for the next save's
+    /// retention ([`Store::merge_swept`]). Removing another process's stale temporary file is safe at any
+    /// time (the rules of [`Store::remove_stale_tmp`]), so this needs no coordination with the saves.
+    fn sweep_once(&self, dir: &Path, base: &str) {
+        {
+            let mut swept = lock(&SWEPT);
+            if swept.iter().any(|(d, b)| d == dir && b == base) {
+                return;
+            }
+            swept.push((dir.to_path_buf(), base.to_string()));
+        }
+        let store = self.clone();
+        let (dir, base) = (dir.to_path_buf(), base.to_string());
+        let sweep = move || {
+            let ours = |name: &std::ffi::OsStr| name.as_encoded_bytes().starts_with(base.as_bytes());
+            let Ok(entries) = store.storage.read_dir_matching(&dir, &ours) else {
+                lock(&SWEPT).retain(|(d, b)| !(*d == dir && *b == base)); // a later save tries again
+                return;
+            };
+            store.remove_stale_tmp(&dir, &base, &entries);
+            lock(&store.shared.swept).push(listing_of(&dir, &base, &entries));
+        };
+        if crate::storage::io_threads_allowed() {
+            let sweep = std::sync::Arc::new(std::sync::Mutex::new(Some(sweep)));
+            let on_thread = sweep.clone();
+            let spawned = std::thread::Builder::new().name("ckpt-sweep".into()).spawn(move || {
+                if let Some(f) = lock(&on_thread).take() {
+                    f();
+                }
+            });
+            if spawned.is_ok() {
+                return;
+            }
+            if let Some(f) = lock(&sweep).take() {
+                f();
+            }
+        } else {
+            sweep();
+        }
+    }
+
+    /// Adds to `listing` the generations a sweep of its directory ([`Store::sweep_once`]) saw below every
+    /// generation the listing knows: the ones finding by name cannot reach, for retention to remove. A
+    /// generation removed since is harmless (retention finds it gone), and never counts toward `keep`:
+    /// it is older than the generations that made it retire.
+    fn merge_swept(&self, listing: &mut Listing) {
+        let mut swept = lock(&self.shared.swept);
+        let Some(i) = swept.iter().position(|l| l.dir == listing.dir && l.base == listing.base) else {
+            return;
+        };
+        let seen = swept.swap_remove(i);
+        drop(swept);
+        let lowest = listing.generations.iter().map(|g| g.0).min().unwrap_or(listing.highest.saturating_add(1));
+        listing.generations.extend(seen.generations.iter().filter(|g| g.0 < lowest));
+        listing.highest = listing.highest.max(seen.highest);
+        listing.parts |= seen.parts;
+    }
+
     /// Lists `dir` afresh for a save of `base`: removes dead writers' temporary files and returns the view
     /// that numbering and pruning use.
     fn list_generations(&self, dir: &Path, base: &str) -> Result<Listing> {
@@ -534,21 +660,26 @@ impl Store {
         let mut tmp = tmp_name();
         let mut warnings = Vec::new();
         let spare_min_len = self.spare_min_len(dir);
-        let (file, reused_spare) =
-            if let Some(file) = self.take_spare(dir, &mut plan, &tmp, spare_min_len, &mut warnings) {
-                (file, true)
-            } else {
-                // A fresh name: a takeover that failed half-way may have left the first one behind.
-                tmp = tmp_name();
-                let file = self
-                    .storage
-                    .create_new_with(&tmp, self.write_options())
-                    .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
-                (file, false)
-            };
+        let (file, reused_spare) = if let Some(file) =
+            self.take_spare(dir, &mut plan, &tmp, spare_min_len, self.write_options(), &mut warnings)
+        {
+            (file, true)
+        } else {
+            // A fresh name: a takeover that failed half-way may have left the first one behind.
+            tmp = tmp_name();
+            let file = self
+                .storage
+                .create_new_with(&tmp, self.write_options())
+                .map_err(|e| Error::io("create temporary file", e).with_path(&tmp))?;
+            (file, false)
+        };
         let bw = f64::from_bits(self.shared.write_bandwidth.load(Ordering::Relaxed));
         Ok(CheckpointWriter {
-            builder: Some(FileBuilder::new(file, header, bw)),
+            builder: Some({
+                let mut b = FileBuilder::new(file, header, bw);
+                b.compression_threads = self.config.compression_threads;
+                b
+            }),
             storage: self.storage.clone(),
             tmp,
             plan,
@@ -575,11 +706,13 @@ impl Store {
     /// The smallest retired checkpoint in `dir` kept as a spare, `None` when saves there do not reuse
     /// space (turned off, a file system where the storage cannot tell who has a file open, or files this
     /// process may not write once created).
+    ///
+    /// The cache level keeps one too: a save there then writes over pages the cache (usually memory)
+    /// already holds instead of allocating a checkpoint's worth of new ones, about 3x faster here
+    /// (BENCHMARKS.md, "Levels and asynchronous saves"), at the price of holding the spare between saves
+    /// (`keep + 1` checkpoints, as during a save). `CKPT_REUSE_SPACE=0` turns it off with the rest. A
+    /// cached generation the copying thread still has open is never overwritten (the lease).
     fn spare_min_len(&self, dir: &Path) -> Option<u64> {
-        if self.level_of(dir) == Level::Cache {
-            // The cache is usually memory: a spare would hold a whole checkpoint's worth of it.
-            return None;
-        }
         let c = &self.config;
         let reuse = self.storage.spare_reuse().filter(|_| c.reuse_space && c.file_mode & 0o200 != 0)?;
         reuse.spare_min_len(dir)
@@ -595,6 +728,7 @@ impl Store {
         plan: &mut Plan,
         tmp: &Path,
         spare_min_len: Option<u64>,
+        opts: WriteOptions,
         warnings: &mut Vec<String>,
     ) -> Option<Box<dyn StorageWriter>> {
         let (spare, seen) = match plan {
@@ -614,7 +748,7 @@ impl Store {
             let _ = self.storage.remove_file(&spare);
             return None;
         };
-        let file = match reuse.reuse_spare(&spare, tmp, self.write_options()) {
+        let file = match reuse.reuse_spare(&spare, tmp, opts) {
             Ok(file) => file?,
             Err(e) => {
                 // The spare stays where it is (the next retired generation replaces it).

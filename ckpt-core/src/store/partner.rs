@@ -391,28 +391,6 @@ impl Store {
         }
         warnings
     }
-
-    /// A writer that only publishes a temporary file written by other means (a copy, a received part).
-    pub(super) fn publisher(&self, tmp: &Path, plan: Plan, started: Instant) -> CheckpointWriter {
-        CheckpointWriter {
-            builder: None,
-            storage: self.storage.clone(),
-            tmp: tmp.to_path_buf(),
-            plan,
-            keep: self.config.keep,
-            default_compression: self.config.compression,
-            started,
-            done: false,
-            last_generation: None,
-            shared: self.shared.clone(),
-            warnings: Vec::new(),
-            ranks_prune_own_parts: false,
-            spare_min_len: None,
-            reused_spare: false,
-            device_time: None,
-            remember_listing: false,
-        }
-    }
 }
 
 /// Partner copies kept without a cache level's setting (never used: partner copies need a cache level).
