@@ -10,7 +10,7 @@ Each rank updates its own integer array and a history with a value that couples 
 allreduce), so a rank restored from another step than the others changes every rank's result. It
 checkpoints collectively through ``ckpt.Checkpointer(comm=MPI.COMM_WORLD)`` when a checkpoint is due:
 ``TRAIN_EVERY=N`` makes rank 0 alone request one every N steps (the others learn it from the collective
-poll); ``TRAIN_SIGNAL=RANK:STEP:SIG`` makes rank RANK send itself SIG after step STEP on a fresh start (TERM:
+poll); ``TRAIN_SIGNAL=RANK:STEP:SIG`` makes rank RANK send itself SIG after step STEP, on a fresh start or a restart before that step (TERM:
 every rank must checkpoint that step and leave; KILL: the job dies). At the end each rank writes
 ``OUT/rank<r>.json``: its final state's step and digest, the step it restored (or null) and the step
 it left at on should_exit() (or null). ``TRAIN_ASYNC=1`` saves with ``blocking=False``; ``TRAIN_BEST=1`` keeps
@@ -79,7 +79,7 @@ def main() -> int:
             x += total % 7
             state["history"].append(total)
             state["step"] = i + 1
-            if sig is not None and restored is None and rank == sig[0] and state["step"] == sig[1]:
+            if sig is not None and (restored is None or restored < sig[1]) and rank == sig[0] and state["step"] == sig[1]:
                 os.kill(os.getpid(), sig[2])
             if every and rank == 0 and state["step"] % every == 0:
                 cp.request_checkpoint()

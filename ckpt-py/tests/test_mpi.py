@@ -291,3 +291,33 @@ def test_a_lost_node_restarts_from_the_partner_copies(mpirun, reference, tmp_pat
     assert each(job, "restored") == [7] * NP, (r.stdout, r.stderr)
     assert [x["digest"] for x in job.results()] == reference
 
+
+def test_three_cycles_each_losing_a_node_restart_from_the_partner_copies(mpirun, reference, tmp_path):
+    """Three restarts in a row, each after losing a whole node and the checkpoint directory's files: node 1
+    after step 7, node 0 after step 12 (its ranks' parts now come from the copies node 1 kept of the
+    restarted run), node 1 again after step 16. Every restart resumes the last SIGTERM step, and the last
+    run ends as the uninterrupted one."""
+    job = Job(mpirun, tmp_path)
+    caches = tmp_path / "caches"
+    run = {"TRAIN_CACHE": str(caches), "CKPT_PARTNER": "1"}
+    restored, lost_before = None, None
+    for stop, lost in [(7, 1), (12, 0), (16, 1), (None, None)]:
+        r = job.run(**run) if stop is None else job.run(TRAIN_SIGNAL=f"2:{stop}:TERM", **run)
+        assert "failed" not in r.stderr, (stop, r.stderr)
+        assert each(job, "restored") == [restored] * NP, (stop, r.stdout, r.stderr)
+        if lost_before is not None:
+            # The ranks of the node lost before this run came back from the other node's copies; no other.
+            for rank in range(NP):
+                came_back = f"ckpt: rank {rank}: its part of generation " in r.stderr
+                assert came_back == (rank // 2 == lost_before), (stop, rank, r.stderr)
+        if stop is None:
+            break
+        exited = each(job, "exited")
+        assert len(set(exited)) == 1 and (exited[0] is None or int(str(exited[0])) >= stop), (stop, exited)
+        # The node is lost, and so is what the checkpoint directory holds.
+        shutil.rmtree(caches / f"node{lost}")
+        for p in job.dir.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        restored, lost_before = stop, lost
+    assert [x["digest"] for x in job.results()] == reference
+
