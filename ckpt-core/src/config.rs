@@ -437,6 +437,20 @@ impl Config {
         base_name(self.job_key(), self.step_id)
     }
 
+    /// Why this run may not resume a file under its own checkpoint name that `writer` wrote (empty: it
+    /// may): with `CKPT_RESUME_FROM=any`, another user or application; with `CKPT_RESUME_FROM=<job>`,
+    /// nothing (that job's files, whoever's run wrote them); otherwise another run, strict about the
+    /// command line outside Slurm (see [`crate::identity`]). Restart discovery and received partner copies
+    /// apply the same rules.
+    pub(crate) fn resume_conflicts(&self, writer: &RunIdentity) -> Vec<String> {
+        let me = self.run_identity();
+        match self.resume_from {
+            ResumeFrom::Job(_) => Vec::new(),
+            ResumeFrom::Any => me.owner_mismatches(writer),
+            _ => me.own_name_conflicts(writer, self.job_id.is_none()),
+        }
+    }
+
     /// This run's identity as recorded in files: [`Config::identity`] with the application name and job id
     /// this configuration uses (they may have been changed after it was read).
     pub fn run_identity(&self) -> RunIdentity {

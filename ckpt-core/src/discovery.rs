@@ -564,15 +564,10 @@ impl Store {
             // Files under this run's own name written by another run (a job id reused after a controller
             // reset, another program outside Slurm): resuming them would be silently wrong, and starting
             // fresh would prune them.
-            let strict = cfg.job_id.is_none();
             let mut conflicts = Vec::new();
             for p in probes.iter().filter(|p| !untrusted(p)) {
                 if let Some(Owner { identity: Some(Ok(id)), .. }) = &p.owner {
-                    let why = if cfg.resume_from == ResumeFrom::Any {
-                        me.owner_mismatches(id)
-                    } else {
-                        me.own_name_conflicts(id, strict)
-                    };
+                    let why = cfg.resume_conflicts(id);
                     if !why.is_empty() {
                         conflicts.push((p.candidate.path.clone(), why));
                     }

@@ -6,7 +6,7 @@
 
 use std::ffi::c_void;
 
-use ckpt_core::{PartCopy, PartReceiver};
+use ckpt_core::PartCopy;
 
 use crate::multirank::{ckpt_part_identity, identities};
 use crate::state::*;
@@ -111,23 +111,32 @@ pub extern "C" fn ckpt_part_copy_write(
         };
         with_state(|s| {
             let target = (which, generation, rank);
-            let pos = s.receiving.iter().position(|r| r.target() == target);
-            if offset == 0 {
-                if let Some(i) = pos {
-                    s.receiving.swap_remove(i);
+            let i = match (offset, s.receiving.iter().position(|r| r.target() == target)) {
+                // Offset 0 starts the part anew: an unfinished earlier transfer of it is dropped.
+                (0, found) => {
+                    let receiver = s.checkpointer.store().receive_part(which, generation, rank)?;
+                    match found {
+                        Some(i) => {
+                            s.receiving[i] = receiver;
+                            i
+                        }
+                        None => {
+                            s.receiving.push(receiver);
+                            s.receiving.len() - 1
+                        }
+                    }
                 }
-                let receiver: PartReceiver = s.checkpointer.store().receive_part(which, generation, rank)?;
-                s.receiving.push(receiver);
-            } else if pos.is_none() {
-                return Err(FfiError::new(
-                    CKPT_ERR_INVALID_STATE,
-                    format!(
-                        "bytes at offset {offset} of rank {rank}'s part of generation {generation}, but its transfer \
-                         did not start (offset 0) or was committed"
-                    ),
-                ));
-            }
-            let i = s.receiving.iter().position(|r| r.target() == target).unwrap_or(0);
+                (_, Some(i)) => i,
+                (_, None) => {
+                    return Err(FfiError::new(
+                        CKPT_ERR_INVALID_STATE,
+                        format!(
+                            "bytes at offset {offset} of rank {rank}'s part of generation {generation}, but its \
+                             transfer did not start (offset 0) or was committed"
+                        ),
+                    ));
+                }
+            };
             if let Err(e) = s.receiving[i].write_at(offset, bytes) {
                 s.receiving.swap_remove(i);
                 return Err(e.into());

@@ -17,7 +17,6 @@
 //! discovery finds it like any other.
 
 use super::*;
-use crate::identity::ResumeFrom;
 use crate::storage::StorageWriter;
 
 /// Which copy of a rank's part a transfer reads or writes.
@@ -235,12 +234,7 @@ impl Store {
         // The rules restart discovery applies to a file under this run's name (an explicit
         // CKPT_RESUME_FROM resumes that job's files whoever's run wrote them).
         if let Some(Ok(writer)) = crate::identity::RunIdentity::of_header(&header) {
-            let me = self.config.run_identity();
-            let why = match self.config.resume_from {
-                ResumeFrom::Job(_) => Vec::new(),
-                ResumeFrom::Any => me.owner_mismatches(&writer),
-                _ => me.own_name_conflicts(&writer, self.config.job_id.is_none()),
-            };
+            let why = self.config.resume_conflicts(&writer);
             if !why.is_empty() {
                 return Err(Error::new(
                     ErrorKind::Conflict,
