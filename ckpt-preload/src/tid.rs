@@ -9,20 +9,61 @@
 //! `pthread_getattr_np`'s affinity) are interposed here: called on the calling thread of a restored
 //! process, they run with the kernel's tid in the TCB for the duration of the call, so they act on this
 //! thread and never on whichever thread now has the old id.
+//!
+//! Each such call runs with every signal blocked ([`SignalsBlocked`]), so that no checkpoint is taken
+//! inside it: a call interrupted by a checkpoint would go on after the restart with the tid it had read
+//! (the previous incarnation's, in the TCB or in a register) and act on no thread, or on another one.
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::TID_OFFSET;
-use crate::sys::gettid;
+use crate::sys::{SYS_rt_sigprocmask, gettid, syscall6};
+
+/// Every signal of the calling thread blocked (the checkpoint signals, the park signal of another
+/// thread's checkpoint and the program's own) until dropped, when the thread's mask is set back as it was.
+/// Raw system calls: the interposed `sigprocmask` never blocks the reserved signals.
+struct SignalsBlocked(u64);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: kernel sigset pointers of 8 bytes, valid for the call.
+        unsafe {
+            syscall6(
+                SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                &all as *const u64 as usize,
+                &mut old as *mut u64 as usize,
+                8,
+                0,
+                0,
+            )
+        };
+        SignalsBlocked(old)
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`; the mask the thread had.
+        unsafe { syscall6(SYS_rt_sigprocmask, libc::SIG_SETMASK as usize, &self.0 as *const u64 as usize, 0, 8, 0, 0) };
+    }
+}
 
 /// Runs `f` with the kernel's tid in the TCB when `th` is the calling thread and the cached tid is the
-/// checkpoint's (a restored process); otherwise just runs it.
+/// checkpoint's (a restored process); otherwise just runs it. On the calling thread, with every signal
+/// blocked: a checkpoint inside `f` would leave the call, after the restart, with this incarnation's tid.
 fn with_kernel_tid<R>(th: libc::pthread_t, f: impl FnOnce() -> R) -> R {
     let off = TID_OFFSET.load(Ordering::Relaxed);
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() };
-    if off < 0 || th != me {
+    if th != me {
+        return f();
+    }
+    let _blocked = SignalsBlocked::new();
+    if off < 0 {
         return f();
     }
     let slot = (me as usize + off as usize) as *mut i32;
@@ -87,8 +128,12 @@ macro_rules! interpose_both {
         /// The contract of libc's function of this name.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(th: libc::pthread_t, $($arg: $ty),*) -> c_int {
-            if let Some($now) = restored_other(th) {
-                return $other;
+            {
+                // The current tid and its use in one incarnation (see `SignalsBlocked`).
+                let _blocked = SignalsBlocked::new();
+                if let Some($now) = restored_other(th) {
+                    return $other;
+                }
             }
             static REAL: AtomicUsize = AtomicUsize::new(0);
             let p = real(&REAL, concat!(stringify!($name), "\0").as_bytes());
@@ -220,6 +265,7 @@ interpose_both!(pthread_getname_np, (buf: *mut libc::c_char, len: libc::size_t),
 // SAFETY: the caller's pointers and values, under the contract of the pthread function.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_kill(th: libc::pthread_t, sig: c_int) -> c_int {
+    let blocked = SignalsBlocked::new();
     if let Some(now) = restored_other(th) {
         // glibc's internal signals (SIGCANCEL, SIGSETXID) are not the program's to send.
         if sig == 32 || sig == 33 {
@@ -228,6 +274,7 @@ pub unsafe extern "C" fn pthread_kill(th: libc::pthread_t, sig: c_int) -> c_int 
         // SAFETY: tgkill to a thread of this process.
         return status(unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), now, sig) });
     }
+    drop(blocked);
     static REAL: AtomicUsize = AtomicUsize::new(0);
     let p = real(&REAL, b"pthread_kill\0");
     if p == 0 {

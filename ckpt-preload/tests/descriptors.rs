@@ -103,7 +103,18 @@ fn wait_for_len(path: &Path, len: u64, child: &mut Child, what: &str) {
     let t = Instant::now();
     while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < len {
         if let Ok(Some(s)) = child.try_wait() {
-            panic!("{what}: the program ended ({s:?}) before writing {len} bytes");
+            let dir = path.parent().unwrap();
+            let tail = |name: &str| {
+                let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+                text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            panic!(
+                "{what}: the program ended ({s:?}) before writing {len} bytes\noutput ends: {}\nerr: {}\nrestart.err: {}\nlog: {}",
+                tail(path.file_name().unwrap().to_str().unwrap()),
+                tail("err.txt"),
+                tail("restart.err"),
+                log_text(dir)
+            );
         }
         assert!(t.elapsed() < Duration::from_secs(120), "{what}: {} never reached {len} bytes", path.display());
         std::thread::sleep(Duration::from_millis(5));
@@ -529,13 +540,27 @@ int main(int argc, char **argv) {
         /* The directory is this process's fd table: the status descriptor is in it. */
         snprintf(want, sizeof want, "%d", status);
         if (fstatat(dir, want, &st, 0) != 0) { printf("FAIL fd dir %d\n", i); return 1; }
-        ssize_t n = pread(status, buf, sizeof buf - 1, 0);
+        /* The pid changes at a restart, which may come between a read and the comparison: compare only
+           what was read within one incarnation (the same pid before and after), else read again. */
+        int pid;
+        ssize_t n;
+        do {
+            pid = getpid();
+            n = pread(status, buf, sizeof buf - 1, 0);
+        } while (getpid() != pid);
         if (n <= 0) { printf("FAIL status %d\n", i); return 1; }
         buf[n] = 0;
-        snprintf(want, sizeof want, "\nPid:\t%d\n", (int)getpid());
+        snprintf(want, sizeof want, "\nPid:\t%d\n", pid);
         if (!strstr(buf, want)) { printf("FAIL status pid %d\n", i); return 1; }
-        n = pread(stat, buf, sizeof buf - 1, 0);
-        if (n <= 0 || atoi(buf) != (int)getpid()) { printf("FAIL stat pid %d\n", i); return 1; }
+        do {
+            pid = getpid();
+            n = pread(stat, buf, sizeof buf - 1, 0);
+        } while (getpid() != pid);
+        if (n <= 0 || atoi(buf) != pid) {
+            if (n > 0) buf[n < 60 ? n : 60] = 0; else buf[0] = 0;
+            printf("FAIL stat pid %d: read %zd bytes \"%s\", pid %d\n", i, n, buf, pid);
+            return 1;
+        }
         n = pread(comm, buf, sizeof buf - 1, 0);
         if (n <= 0) { printf("FAIL comm %d\n", i); return 1; }
         n = pread(meminfo, buf, sizeof buf - 1, 0);

@@ -101,3 +101,96 @@ fn held_mutexes_and_pthread_calls_on_self_survive_two_restarts() {
     assert_eq!(events(dir, "checkpoint").len(), 2);
     assert_eq!(events(dir, "restored").len(), 2);
 }
+
+/// Calls on the calling thread that glibc makes with the cached tid, back to back: a checkpoint almost
+/// always lands inside one (`pthread_getattr_np` reads `/proc/self/maps` before it asks the kernel for
+/// the thread's affinity).
+const BUSY_PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void check(const char *what, int rc) {
+  if (rc != 0) { printf("ERROR %s: %s\n", what, strerror(rc)); fflush(stdout); exit(1); }
+}
+
+int main(void) {
+  for (unsigned long n = 0;; n++) {
+    pthread_attr_t at;
+    check("pthread_getattr_np", pthread_getattr_np(pthread_self(), &at));
+    pthread_attr_destroy(&at);
+    cpu_set_t set;
+    check("pthread_getaffinity_np", pthread_getaffinity_np(pthread_self(), sizeof set, &set));
+    check("pthread_setaffinity_np", pthread_setaffinity_np(pthread_self(), sizeof set, &set));
+    int policy; struct sched_param sp;
+    check("pthread_getschedparam", pthread_getschedparam(pthread_self(), &policy, &sp));
+    if (n % 100 == 0) { printf("ok %lu\n", n); fflush(stdout); }
+  }
+}
+"#;
+
+/// A checkpoint taken inside a pthread call on the calling thread of a restored process (while the
+/// shim has put the kernel's tid in the thread control block for the call) resumes that call on the
+/// restored thread: five restarts in a row, each checkpoint taken while the program does nothing but
+/// such calls (before: "ERROR pthread_getattr_np: No such process" after the second restart, the call
+/// went on with the previous incarnation's tid).
+#[test]
+fn a_checkpoint_inside_a_pthread_call_on_self_resumes_it_on_the_restored_thread() {
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let img = dir.join("img");
+    let Some(exe) = build_c(dir, "busy", BUSY_PROGRAM, &["-O1", "-lpthread"]) else { return };
+    let out = dir.join("out.txt");
+    let progress =
+        |text: &str| text.lines().rev().find_map(|l| l.strip_prefix("ok ")?.parse::<i64>().ok()).unwrap_or(-1);
+    let mut last = -1i64;
+    let cycles = 6;
+    for cycle in 0..cycles {
+        let mut cmd = command(&ckpt, dir);
+        if cycle == 0 {
+            cmd.arg("run").arg("--dir").arg(&img).arg("--").arg(&exe);
+        } else {
+            cmd.arg("restart").arg("--image-dir").arg(&img);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(if cycle == 0 { Stdio::from(std::fs::File::create(&out).unwrap()) } else { Stdio::null() })
+            .stderr(Stdio::from(std::fs::File::create(dir.join(format!("err{cycle}.txt"))).unwrap()))
+            .spawn()
+            .unwrap();
+        if cycle > 0 {
+            assert!(
+                wait_for_events(dir, "restored", cycle, &mut child, Duration::from_secs(60)),
+                "restart {cycle} did not restore: {:?}",
+                std::fs::read_to_string(dir.join(format!("err{cycle}.txt")))
+            );
+        }
+        // Some progress in this incarnation, then checkpoint and exit (the last one only runs on).
+        let t = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            assert!(!text.contains("ERROR"), "cycle {cycle}: {}", text.lines().last().unwrap_or(""));
+            if progress(&text) >= last + 300 {
+                break;
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("cycle {cycle}: the program ended ({s:?}): {}", text.lines().last().unwrap_or(""));
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "cycle {cycle}: no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let last_cycle = cycle == cycles - 1;
+        kill(child.id(), if last_cycle { libc::SIGKILL } else { libc::SIGTERM });
+        let status = wait_timeout(&mut child, Duration::from_secs(60));
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(!text.contains("ERROR"), "cycle {cycle}: {}", text.lines().last().unwrap_or(""));
+        last = progress(&text);
+        let expected = if last_cycle { libc::SIGKILL } else { libc::SIGTERM };
+        assert_eq!(status.signal(), Some(expected), "cycle {cycle}: {}", text.lines().last().unwrap_or(""));
+    }
+    assert_eq!(events(dir, "restored").len(), cycles - 1);
+}
