@@ -267,7 +267,14 @@ int32_t ckpt_restart_size_named(const char *name,
 // (`CKPT_ERR_SECTION_NOT_FOUND`, naming it: `region 3`, `region "e"`) or of another size
 // (`CKPT_ERR_SIZE_MISMATCH`) leaves every region untouched. Regions in the checkpoint that are not
 // protected are ignored. Returns `CKPT_ERR_NO_CHECKPOINT` when there is nothing to restart from.
-// Thread-safe, but protected memory must not be used by other threads during the call.
+//
+// Called without a lookup before it (`ckpt_have_restart`, `ckpt_restart_size`, a generation selected
+// for MPI), it finds the checkpoint and copies it in one pass: each region's bytes are checked while
+// they are copied, and a checkpoint found damaged then is replaced by the next valid one's bytes, as
+// discovery would have chosen. When none verifies the result is `CKPT_ERR_NO_VALID_CHECKPOINT` and the
+// regions may hold a damaged checkpoint's bytes; with `CKPT_ALLOW_FRESH_START=1` too (the message says
+// so: initialise them again before a fresh start). Thread-safe, but protected memory must not be used
+// by other threads during the call.
 int32_t ckpt_restart(int64_t *step_out);
 
 // This thread's message for the last failed call: names the file, the region and the problem. Never

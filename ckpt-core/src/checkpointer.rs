@@ -1072,6 +1072,22 @@ impl Checkpointer {
         r
     }
 
+    /// [`Checkpointer::restore_into`] where the section of each buffer depends on the checkpoint
+    /// ([`Store::restore_into_with`]: its contract on `sections`), logged as a restore.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore_into_with`].
+    pub fn restore_into_with(
+        &self,
+        buffers: &mut [&mut [u8]],
+        sections: impl FnMut(&crate::Checkpoint) -> Result<Vec<String>>,
+    ) -> Result<Option<Restored>> {
+        let r = self.store.restore_into_with(buffers, sections);
+        self.log_restore(&r);
+        r
+    }
+
     fn log_restore(&self, r: &Result<Option<Restored>>) {
         let notices = self.store.restore_notices();
         match r {

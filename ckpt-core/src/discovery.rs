@@ -297,35 +297,90 @@ impl Store {
     /// named, each of the buffer's length; otherwise the error says which, and no buffer is touched (no
     /// older generation is tried; a candidate that does not fit is verified first, and skipped if damaged,
     /// as `restore()` would). After an `Ok(Some(_))` they hold the chosen checkpoint's
-    /// sections. After `Ok(None)` they are untouched. After any other error they may hold bytes of a
-    /// checkpoint that turned out damaged, as after a failed [`Checkpoint::read_into`].
+    /// sections. After `Ok(None)` they are untouched: when none verifies and a fresh start is allowed
+    /// ([`Config::allow_fresh_start`](crate::Config::allow_fresh_start)) but a damaged candidate was
+    /// copied into them before its damage showed, the result is an [`ErrorKind::NoValidCheckpoint`] error
+    /// saying so instead. After any other error they may hold bytes of a checkpoint that turned out
+    /// damaged, as after a failed [`Checkpoint::read_into`].
     ///
     /// # Errors
     ///
     /// As [`Store::restore`]; [`ErrorKind::SectionNotFound`] and [`ErrorKind::InvalidArgument`] (a buffer
     /// of another length) for the checkpoint restart chooses, as [`Checkpoint::read_into`].
     pub fn restore_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<Option<Restored>> {
+        let names: Vec<String> = targets.iter().map(|(n, _)| (*n).to_string()).collect();
+        let mut buffers: Vec<&mut [u8]> = targets.iter_mut().map(|(_, b)| &mut **b).collect();
+        self.restore_into_with(&mut buffers, |_| Ok(names.clone()))
+    }
+
+    /// [`Store::restore_into`] where the section each buffer is read from depends on the checkpoint:
+    /// `sections` names them for a candidate, one name per buffer in order (for a face whose names map to
+    /// sections in more than one way across versions, or that checks the sizes itself to say how to
+    /// resize). An error from `sections` means the buffers do not fit that candidate, as a missing section
+    /// or a buffer of another length does: it is returned when the candidate is the one restart chooses
+    /// (it verifies), and nothing is written; a damaged candidate is skipped as `restore()` skips it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::restore_into`], and the error of `sections` for the chosen checkpoint;
+    /// [`ErrorKind::InvalidArgument`] when `sections` names another number of sections than there are buffers.
+    pub fn restore_into_with(
+        &self,
+        buffers: &mut [&mut [u8]],
+        mut sections: impl FnMut(&Checkpoint) -> Result<Vec<String>>,
+    ) -> Result<Option<Restored>> {
+        let count = buffers.len();
+        let mut names_for = |cp: &Checkpoint| -> Result<Vec<String>> {
+            let names = sections(cp)?;
+            if names.len() != count {
+                return Err(Error::invalid(format!("{} section name(s) for {count} buffer(s)", names.len())));
+            }
+            Ok(names)
+        };
         let mut filled: Option<PathBuf> = None;
+        // A candidate found damaged while it was copied has left its bytes in the buffers.
+        let mut touched = false;
         let mut fill = |cp: &Checkpoint| -> Result<Result<()>> {
-            match cp.verify_into(targets) {
+            let not_fitting = |e: Error| cp.verify().map_or_else(|damaged| Ok(Err(damaged)), |()| Err(e));
+            let names = match names_for(cp) {
+                Ok(n) => n,
+                Err(e) => return not_fitting(e),
+            };
+            let mut targets: Vec<(&str, &mut [u8])> =
+                names.iter().map(String::as_str).zip(buffers.iter_mut().map(|b| &mut **b)).collect();
+            let mut wrote = false;
+            let result = cp.verify_into_tracked(&mut targets, &mut wrote);
+            touched |= wrote && result.is_err();
+            match result {
                 Ok(()) => {
                     filled = Some(cp.path().to_path_buf());
                     Ok(Ok(()))
                 }
                 // The buffers do not fit this candidate: an error if it is the one restore() chooses,
                 // which it is when it verifies.
-                Err(e) if matches!(e.kind(), ErrorKind::SectionNotFound | ErrorKind::InvalidArgument) => {
-                    cp.verify().map_or_else(|damaged| Ok(Err(damaged)), |()| Err(e))
-                }
+                Err(e) if matches!(e.kind(), ErrorKind::SectionNotFound | ErrorKind::InvalidArgument) => not_fitting(e),
                 Err(e) => Ok(Err(e)),
             }
         };
         let restored = self.restore_with(u64::MAX, Parts::All, Some(&mut fill))?;
+        if restored.is_none() && touched {
+            // A fresh start (CKPT_ALLOW_FRESH_START) must not begin from a damaged checkpoint's bytes.
+            return Err(Error::new(
+                ErrorKind::NoValidCheckpoint,
+                format!(
+                    "no checkpoint in {} verifies, and the buffers given to the restore now hold bytes of one \
+                     found damaged while it was copied into them: initialise them again before starting \
+                     from scratch",
+                    self.config().restart_dir.display()
+                ),
+            ));
+        }
         if let Some(r) = &restored
             && filled.as_deref() != Some(r.checkpoint.path())
         {
             // A rank's part of a multi-rank step (its manifest was what discovery verified).
-            for (name, dst) in targets.iter_mut() {
+            let names = names_for(&r.checkpoint)?;
+            for (name, dst) in names.iter().zip(buffers.iter_mut()) {
                 r.checkpoint.read_into(name, dst)?;
             }
         }

@@ -441,6 +441,11 @@ impl Checkpoint {
     /// [`Checkpoint::verify`] for every other section. Then as [`Checkpoint::read_into`]: a target that
     /// does not verify is an error, and its buffer (and the targets before it) may hold damaged bytes.
     pub fn verify_into(&self, targets: &mut [(&str, &mut [u8])]) -> Result<()> {
+        self.verify_into_tracked(targets, &mut false)
+    }
+
+    /// [`Checkpoint::verify_into`], setting `*wrote` once a byte of a buffer may have been written.
+    pub(crate) fn verify_into_tracked(&self, targets: &mut [(&str, &mut [u8])], wrote: &mut bool) -> Result<()> {
         let mut wanted = Vec::with_capacity(targets.len());
         for (name, dst) in targets.iter() {
             let e = self.section(name)?;
@@ -458,6 +463,7 @@ impl Checkpoint {
         }
         for ((name, dst), &i) in targets.iter_mut().zip(&wanted) {
             let e = &self.sections[i];
+            *wrote = true;
             let result = match &self.source {
                 Source::Mapped(_) if e.codec == Codec::None && !self.verified[i].load(Ordering::Relaxed) => {
                     self.read_range(Self::stored_range(e)).and_then(|src| {

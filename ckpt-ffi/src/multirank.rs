@@ -210,6 +210,8 @@ pub extern "C" fn ckpt_newest_valid_generation(max_generation: u64, generation_o
         null_check(generation_out, "generation_out")?;
         with_state(|s| {
             let r = s.checkpointer.store().restore_at_most(max_generation);
+            // The generation to restore is the ranks' agreement now, not ckpt_restart's own discovery.
+            s.looked = true;
             let g = match r {
                 Ok(Some(r)) => {
                     // Keep the verified checkpoint: the agreed generation is usually this one, and
@@ -244,6 +246,7 @@ pub extern "C" fn ckpt_select_generation(generation: u64, step_out: *mut i64) ->
                 return Ok(CKPT_OK);
             }
             let r = s.checkpointer.store().restore_at_most(generation);
+            s.looked = true;
             let r = match r {
                 Ok(Some(r)) if r.generation == generation => r,
                 Ok(_) | Err(_) => {

@@ -1,6 +1,7 @@
 //! Restart: finding the checkpoint (`ckpt_have_restart`), a region's stored size (`ckpt_restart_size`)
 //! and reading the regions back (`ckpt_restart`).
 
+use std::collections::BTreeMap;
 use std::ffi::c_char;
 
 use ckpt_core::Checkpoint;
@@ -13,6 +14,7 @@ use crate::status::*;
 pub(crate) fn find_restart(s: &mut State) -> FfiResult<()> {
     if s.restored.is_none() {
         s.restored = s.checkpointer.restore()?;
+        s.looked = true;
     }
     Ok(())
 }
@@ -143,51 +145,138 @@ pub extern "C" fn ckpt_restart_size_named(name: *const c_char, len_out: *mut usi
 /// (`CKPT_ERR_SECTION_NOT_FOUND`, naming it: `region 3`, `region "e"`) or of another size
 /// (`CKPT_ERR_SIZE_MISMATCH`) leaves every region untouched. Regions in the checkpoint that are not
 /// protected are ignored. Returns `CKPT_ERR_NO_CHECKPOINT` when there is nothing to restart from.
-/// Thread-safe, but protected memory must not be used by other threads during the call.
+///
+/// Called without a lookup before it (`ckpt_have_restart`, `ckpt_restart_size`, a generation selected
+/// for MPI), it finds the checkpoint and copies it in one pass: each region's bytes are checked while
+/// they are copied, and a checkpoint found damaged then is replaced by the next valid one's bytes, as
+/// discovery would have chosen. When none verifies the result is `CKPT_ERR_NO_VALID_CHECKPOINT` and the
+/// regions may hold a damaged checkpoint's bytes; with `CKPT_ALLOW_FRESH_START=1` too (the message says
+/// so: initialise them again before a fresh start). Thread-safe, but protected memory must not be used
+/// by other threads during the call.
 #[unsafe(no_mangle)]
 pub extern "C" fn ckpt_restart(step_out: *mut i64) -> i32 {
     guard(|| {
         with_state(|s| {
-            find_restart(s)?;
-            let restored = s
-                .restored
-                .as_ref()
-                .ok_or_else(|| FfiError::new(CKPT_ERR_NO_CHECKPOINT, "there is no checkpoint to restart from"))?;
-            let cp = &restored.checkpoint;
-            let mut sections = Vec::with_capacity(s.regions.len());
-            for (key, r) in &s.regions {
-                let (section, raw_len) = stored_section(cp, key)?;
-                if raw_len != r.len as u64 {
-                    let size = match key {
-                        RegionKey::Id(_) => "ckpt_restart_size",
-                        RegionKey::Name(_) => "ckpt_restart_size_named",
-                    };
-                    return Err(FfiError::new(
-                        CKPT_ERR_SIZE_MISMATCH,
-                        format!(
-                            "{}: {key} holds {} bytes but the checkpoint stored {raw_len} (resize it: {size})",
-                            cp.path().display(),
-                            r.len,
-                        ),
-                    ));
-                }
-                sections.push(section);
-            }
-            for (r, section) in s.regions.values().zip(&sections) {
-                let dst: &mut [u8] = if r.len == 0 {
-                    &mut []
-                } else {
-                    // SAFETY: non-NULL for len > 0 (checked by ckpt_protect); the caller guarantees the region is
-                    // valid, writable and not used concurrently during the call (documented contract).
-                    unsafe { std::slice::from_raw_parts_mut(r.ptr, r.len) }
-                };
-                cp.read_into(section, dst)?;
-            }
+            let step = if !s.looked && !regions_overlap(s) {
+                restore_regions(s)?
+            } else {
+                // Looked for before, or regions sharing memory (filled one after the other, the last one's
+                // bytes staying where they overlap).
+                find_restart(s)?;
+                read_regions(s)?
+            };
             if !step_out.is_null() {
                 // SAFETY: non-NULL, checked just above; the caller provides a writable int64_t.
-                unsafe { *step_out = restored.app_step.cast_signed() };
+                unsafe { *step_out = step.cast_signed() };
             }
             Ok(CKPT_OK)
         })
     })
+}
+
+/// Whether two protected regions share bytes.
+fn regions_overlap(s: &State) -> bool {
+    let mut spans: Vec<(usize, usize)> =
+        s.regions.values().filter(|r| r.len > 0).map(|r| (r.ptr as usize, r.ptr as usize + r.len)).collect();
+    spans.sort_unstable();
+    spans.windows(2).any(|w| w[1].0 < w[0].1)
+}
+
+/// The protected regions as the caller's memory (none of them overlapping: [`regions_overlap`]).
+fn region_buffers(regions: &mut BTreeMap<RegionKey, Region>) -> Vec<&mut [u8]> {
+    regions
+        .values_mut()
+        .map(|r| -> &mut [u8] {
+            if r.len == 0 {
+                &mut []
+            } else {
+                // SAFETY: non-NULL for len > 0 (checked by ckpt_protect); the caller guarantees the region is
+                // valid, writable and not used concurrently during the call (documented contract); the
+                // caller checked that no two regions overlap, so the slices alias nothing.
+                unsafe { std::slice::from_raw_parts_mut(r.ptr, r.len) }
+            }
+        })
+        .collect()
+}
+
+/// The section of `cp` that region `key` of `len` bytes is read from, or why it cannot be.
+fn region_section(cp: &Checkpoint, key: &RegionKey, len: usize) -> FfiResult<String> {
+    let (section, raw_len) = stored_section(cp, key)?;
+    if raw_len != len as u64 {
+        let size = match key {
+            RegionKey::Id(_) => "ckpt_restart_size",
+            RegionKey::Name(_) => "ckpt_restart_size_named",
+        };
+        return Err(FfiError::new(
+            CKPT_ERR_SIZE_MISMATCH,
+            format!(
+                "{}: {key} holds {len} bytes but the checkpoint stored {raw_len} (resize it: {size})",
+                cp.path().display()
+            ),
+        ));
+    }
+    Ok(section)
+}
+
+/// Discovery and the copy into the regions in one pass over the chosen file (each raw section is checked
+/// while it is copied: `Checkpointer::restore_into_with`); the step restored.
+fn restore_regions(s: &mut State) -> FfiResult<u64> {
+    let keys: Vec<(RegionKey, usize)> = s.regions.iter().map(|(k, r)| (k.clone(), r.len)).collect();
+    let mut buffers = region_buffers(&mut s.regions);
+    // Why the regions do not fit the last candidate looked at, in this library's words.
+    let mut refused: Option<FfiError> = None;
+    let found = s.checkpointer.restore_into_with(&mut buffers, |cp| {
+        let sections = keys.iter().map(|(key, len)| region_section(cp, key, *len)).collect::<FfiResult<Vec<_>>>();
+        match sections {
+            Ok(sections) => {
+                refused = None;
+                Ok(sections)
+            }
+            Err(e) => {
+                let error = ckpt_core::Error::invalid(e.message.clone());
+                refused = Some(e);
+                Err(error)
+            }
+        }
+    });
+    drop(buffers);
+    match found {
+        Ok(Some(restored)) => {
+            let step = restored.app_step;
+            s.restored = Some(restored);
+            s.looked = true;
+            Ok(step)
+        }
+        Ok(None) => {
+            s.looked = true;
+            Err(FfiError::new(CKPT_ERR_NO_CHECKPOINT, "there is no checkpoint to restart from"))
+        }
+        Err(e) => match refused {
+            Some(why) if e.kind() == ckpt_core::ErrorKind::InvalidArgument => Err(why),
+            _ => Err(e.into()),
+        },
+    }
+}
+
+/// The regions read from the checkpoint found before (`ckpt_have_restart`, `ckpt_restart_size`): every
+/// one checked first, so that a mismatch leaves them all untouched; the step restored.
+fn read_regions(s: &mut State) -> FfiResult<u64> {
+    let restored = s
+        .restored
+        .as_ref()
+        .ok_or_else(|| FfiError::new(CKPT_ERR_NO_CHECKPOINT, "there is no checkpoint to restart from"))?;
+    let cp = &restored.checkpoint;
+    let sections = s.regions.iter().map(|(key, r)| region_section(cp, key, r.len)).collect::<FfiResult<Vec<_>>>()?;
+    for (r, section) in s.regions.values().zip(&sections) {
+        let dst: &mut [u8] = if r.len == 0 {
+            &mut []
+        } else {
+            // SAFETY: non-NULL for len > 0 (checked by ckpt_protect); the caller guarantees the region is
+            // valid, writable and not used concurrently during the call (documented contract). One region
+            // at a time: regions may overlap.
+            unsafe { std::slice::from_raw_parts_mut(r.ptr, r.len) }
+        };
+        cp.read_into(section, dst)?;
+    }
+    Ok(restored.app_step)
 }

@@ -35,6 +35,7 @@ pub extern "C" fn ckpt_init(name: *const c_char) -> i32 {
             regions: BTreeMap::new(),
             metadata: Vec::new(),
             restored: None,
+            looked: false,
             step: None,
             staging: Default::default(),
             receiving: Vec::new(),

@@ -29,6 +29,9 @@ pub(crate) struct State {
     pub(crate) metadata: Vec<(String, String)>,
     /// The checkpoint chosen by `ckpt_have_restart` (verified), reused by `ckpt_restart`.
     pub(crate) restored: Option<Restored>,
+    /// Whether restart discovery ran since `ckpt_init` (`restored` is its answer, `None` included): then
+    /// `ckpt_restart` reads what it chose instead of looking again.
+    pub(crate) looked: bool,
     /// The step `ckpt_restart_step` chose, and the parts read from it so far (each verified once).
     pub(crate) step: Option<(ckpt_core::Step, std::collections::BTreeMap<u32, ckpt_core::Checkpoint>)>,
     /// Staging buffers of asynchronous checkpoints, kept for the next one.

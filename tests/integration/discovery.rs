@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ckpt_core::{
-    CandidateStatus, Checkpoint, CommitInfo, Config, Discovery, ErrorKind, NameKind, Restored, Store, classify,
+    CandidateStatus, Checkpoint, CommitInfo, Config, Discovery, Error, ErrorKind, NameKind, Restored, Store, classify,
 };
 use ckpt_tests::{Rng, config};
 
@@ -821,6 +821,14 @@ fn restore_into_copies_the_newest_valid_checkpoint_in_one_pass_and_falls_back_pa
     flip_byte_in_section(&p("into.ckpt.1"), "data");
     let e = fresh().restore_into(&mut [("data", &mut buf[..])]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoValidCheckpoint, "{e}");
+    // Nothing valid and a fresh start allowed: restore() starts fresh, but buffers that a damaged
+    // candidate was copied into are not a fresh start's: an error saying so, not Ok(None).
+    let mut lenient = cfg.clone();
+    lenient.allow_fresh_start = true;
+    assert!(Store::new(lenient.clone()).restore().unwrap().is_none());
+    let e = Store::new(lenient).restore_into(&mut [("data", &mut buf[..])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoValidCheckpoint, "{e}");
+    assert!(e.to_string().contains("initialise them again"), "{e}");
     // No checkpoint at all: Ok(None), the buffer untouched.
     let empty = tempfile::tempdir().unwrap();
     let mut untouched = [5u8; 16];
@@ -828,6 +836,58 @@ fn restore_into_copies_the_newest_valid_checkpoint_in_one_pass_and_falls_back_pa
         Store::new(config("into", empty.path())).restore_into(&mut [("data", &mut untouched[..])]).unwrap().is_none()
     );
     assert!(untouched.iter().all(|&b| b == 5));
+}
+
+/// `restore_into_with`: the sections are named per candidate; a candidate the names refuse is an error
+/// when it verifies (nothing written, no fallback) and skipped as damaged when it does not.
+#[test]
+fn restore_into_with_names_sections_per_candidate_and_refuses_only_the_chosen_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("with", dir.path());
+    cfg.keep = 3;
+    let store = Store::new(cfg.clone());
+    for step in 1..=2 {
+        save(&store, step);
+    }
+    let fresh = || Store::new(cfg.clone());
+    let p = |s: &str| dir.path().join(s);
+    let mut buf = vec![7u8; payload(2).len()];
+    let mut asked = Vec::new();
+    let r = fresh()
+        .restore_into_with(&mut [&mut buf[..]], |cp| {
+            asked.push(cp.header().app_step);
+            Ok(vec!["data".to_string()])
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.generation, asked), (2, vec![2]));
+    assert!(buf == payload(2));
+
+    // The names refuse the newest, which verifies: that error, nothing written, no fallback.
+    let mut buf = vec![7u8; payload(2).len()];
+    let e = fresh()
+        .restore_into_with(&mut [&mut buf[..]], |cp| {
+            if cp.header().app_step == 2 { Err(Error::invalid("step 2 does not fit")) } else { Ok(vec!["data".into()]) }
+        })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("step 2 does not fit"), "{e}");
+    assert!(buf.iter().all(|&b| b == 7));
+    // A count of names that is not the count of buffers.
+    let e = fresh().restore_into_with(&mut [&mut buf[..]], |_| Ok(vec![])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+
+    // The newest damaged: refused by the names, skipped as damaged, the older one copied.
+    flip_byte_in_section(&p("with.ckpt"), "step");
+    let mut buf = vec![7u8; payload(1).len()];
+    let r = fresh()
+        .restore_into_with(&mut [&mut buf[..]], |cp| {
+            if cp.header().app_step == 2 { Err(Error::invalid("step 2 does not fit")) } else { Ok(vec!["data".into()]) }
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.generation, 1);
+    assert!(buf == payload(1));
 }
 
 #[test]

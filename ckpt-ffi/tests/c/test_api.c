@@ -1,5 +1,6 @@
 /* C tests of libckpt: every function's success and error paths, compiled against the installed header.
  * Usage: test_api DIR  (an empty scratch directory). Exit status 0 when every check passes. */
+#define _POSIX_C_SOURCE 200809L
 #include "ckpt.h"
 
 #include <signal.h>
@@ -209,6 +210,102 @@ static void restart_run(void) {
     EXPECT(ckpt_finalize(), CKPT_OK);
     EXPECT(ckpt_request_checkpoint(1), CKPT_ERR_NOT_INITIALIZED);
     free(field);
+}
+
+/* ckpt_restart with nothing found before (no ckpt_have_restart, no ckpt_restart_size): discovery and the
+ * copy into the regions in one pass, with the same refusals (nothing written) and the same result. */
+static void direct_restart(void) {
+    EXPECT(ckpt_init("capi"), CKPT_OK);
+    double small[10];
+    int64_t iteration = -1, step = -1;
+    for (int i = 0; i < 10; i++) small[i] = -1;
+    EXPECT(ckpt_protect(1, &iteration, sizeof iteration), CKPT_OK);
+    EXPECT(ckpt_protect(0, small, sizeof small), CKPT_OK);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_SIZE_MISMATCH);
+    CHECK(strstr(ckpt_last_error(), "region 0") != NULL && strstr(ckpt_last_error(), "ckpt_restart_size") != NULL);
+    CHECK(step == -1 && iteration == -1 && small[0] == -1);
+
+    double *field = malloc(N * sizeof(double));
+    for (int i = 0; i < N; i++) field[i] = -1;
+    EXPECT(ckpt_protect(0, field, N * sizeof(double)), CKPT_OK);
+    EXPECT(ckpt_protect(7, small, sizeof small), CKPT_OK);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_SECTION_NOT_FOUND);
+    CHECK(strstr(ckpt_last_error(), "region 7") != NULL);
+    CHECK(step == -1 && iteration == -1 && field[0] == -1 && small[0] == -1);
+    EXPECT(ckpt_unprotect(7), CKPT_OK);
+
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    int same = 1;
+    for (int i = 0; i < N; i++) same &= field[i] == i * 2.0;
+    CHECK(step == 20 && iteration == 20 && same);
+    /* what was restored is kept for the calls that follow */
+    uint64_t gen = 0;
+    ckpt_restart_details *d = NULL;
+    EXPECT(ckpt_restart_info(&d), CKPT_OK);
+    const char *path = NULL;
+    EXPECT(ckpt_restart_details_restored(d, &path, &gen, &step), CKPT_OK);
+    CHECK(gen == 2 && step == 20);
+    EXPECT(ckpt_restart_details_free(d), CKPT_OK);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+
+    /* Regions sharing memory: filled one after the other. */
+    EXPECT(ckpt_init("capi"), CKPT_OK);
+    for (int i = 0; i < N; i++) field[i] = -1;
+    EXPECT(ckpt_protect(0, field, N * sizeof(double)), CKPT_OK);
+    EXPECT(ckpt_protect(1, field, sizeof(int64_t)), CKPT_OK);
+    step = -1;
+    EXPECT(ckpt_restart(&step), CKPT_OK);
+    same = 1;
+    for (int i = 1; i < N; i++) same &= field[i] == i * 2.0;
+    CHECK(step == 20 && same);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    free(field);
+}
+
+/* A fresh start allowed (CKPT_ALLOW_FRESH_START=1) after the only checkpoint was found damaged while it
+ * was copied into the regions: an error saying they hold its bytes, never "no checkpoint" over them. */
+static void fresh_start_after_damage(void) {
+    enum { M = 65536 };
+    unsigned char *data = malloc(M);
+    for (int i = 0; i < M; i++) data[i] = (unsigned char)(i * 13);
+    EXPECT(ckpt_init("fresh"), CKPT_OK);
+    EXPECT(ckpt_protect(0, data, M), CKPT_OK);
+    EXPECT(ckpt_checkpoint(5), CKPT_OK);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    char p[4200];
+    path_in(p, sizeof p, "fresh.ckpt.1");
+    struct stat st;
+    CHECK(stat(p, &st) == 0);
+    FILE *f = fopen(p, "r+b");
+    CHECK(f != NULL);
+    if (f) {
+        long at = (long)st.st_size / 2; /* inside the region's data, which is most of the file */
+        fseek(f, at, SEEK_SET);
+        int c = fgetc(f);
+        fseek(f, at, SEEK_SET);
+        fputc(c ^ 0x5a, f);
+        fclose(f);
+    }
+    setenv("CKPT_ALLOW_FRESH_START", "1", 1);
+    EXPECT(ckpt_init("fresh"), CKPT_OK);
+    memset(data, 7, M);
+    EXPECT(ckpt_protect(0, data, M), CKPT_OK);
+    int64_t step = -1;
+    EXPECT(ckpt_restart(&step), CKPT_ERR_NO_VALID_CHECKPOINT);
+    CHECK(step == -1 && strstr(ckpt_last_error(), "initialise them again") != NULL);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    /* Found first (verified, nothing copied yet): a fresh start, the region untouched. */
+    EXPECT(ckpt_init("fresh"), CKPT_OK);
+    memset(data, 7, M);
+    EXPECT(ckpt_protect(0, data, M), CKPT_OK);
+    int32_t found = 9;
+    EXPECT(ckpt_have_restart(&found, &step), CKPT_OK);
+    CHECK(found == 0);
+    EXPECT(ckpt_restart(&step), CKPT_ERR_NO_CHECKPOINT);
+    CHECK(data[0] == 7 && data[M / 2] == 7);
+    EXPECT(ckpt_finalize(), CKPT_OK);
+    unsetenv("CKPT_ALLOW_FRESH_START");
+    free(data);
 }
 
 /* ckpt_restart_info: the file, generation and step restored, and the newer files rejected and why. */
@@ -569,6 +666,7 @@ int main(int argc, char **argv) {
     before_init();
     first_run();
     restart_run();
+    direct_restart();
     restart_info();
     damaged();
     buffers();
@@ -576,6 +674,7 @@ int main(int argc, char **argv) {
     named_regions();
     async_checkpoints();
     restart_parts_errors();
+    fresh_start_after_damage();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
