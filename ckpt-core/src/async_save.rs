@@ -101,6 +101,9 @@ impl Checkpointer {
     pub fn checkpoint_wait(&self) -> Result<Option<CommitInfo>> {
         let Some(InFlight { thread, part, .. }) = self.take_in_flight() else { return Ok(None) };
         let info = join(thread)?;
+        if part {
+            self.step_continues_now();
+        }
         let dir = info.generation_path.parent().unwrap_or(std::path::Path::new("."));
         if !part && self.store().level_of(dir) == crate::Level::Cache {
             self.wait_for_flush(None)?;

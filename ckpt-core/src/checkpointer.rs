@@ -14,7 +14,9 @@
 //!   never on the start, exit or hot path; one query per node and job at a time, the answer shared through
 //!   the runtime directory, see [`triggers::EndTimeWatch`]), else `CKPT_END_TIME`. When the time left
 //!   falls below the predicted cost times the safety factor plus the margin, one checkpoint is requested,
-//!   and `should_exit` turns true after it.
+//!   and `should_exit` turns true after it. The cost is what the program waits for: the save, for a rank's
+//!   part the rest of its step until [`Checkpointer::finish_step`] (the MPI helpers' gather, commit and
+//!   copies to partner nodes), and with a cache level the copy to the checkpoint directory.
 //! * **Requests** through the control socket (`ckpt create`), see [`crate::control`].
 //!
 //! A background thread (`ckpt-watch`) does the timing, the squeue queries and the socket; it only ever
@@ -144,6 +146,10 @@ struct TimerState {
     /// What copying a cached checkpoint to the checkpoint directory costs: the time-limit checkpoint must
     /// be durable there before the end.
     flush_cost: CostEstimate,
+    /// What a multi-rank step costs this rank once its part is durable, until [`Checkpointer::finish_step`]
+    /// (the MPI helpers' gather, rank 0's commit, the copies to partner nodes): the time-limit step must
+    /// be committed, its copies made, before the end.
+    step_cost: CostEstimate,
     end_time: Option<(f64, EndTimeSource)>,
     deadline_fired: bool,
     interval_fired: bool,
@@ -171,6 +177,9 @@ struct PendingStep {
     reply: ReplyLine,
     generation: u64,
     step: u64,
+    /// Since when the rest of the step runs: the part's commit, or for a background part the wait that
+    /// returned it (the program computes in between).
+    since: Instant,
 }
 
 struct Inner {
@@ -231,15 +240,21 @@ impl Inner {
         match self.config.interval? {
             Interval::Every(d) => Some(d),
             Interval::Auto => Some(triggers::daly_interval(
-                st.cost.predict().unwrap_or(triggers::INITIAL_COST_GUESS),
+                Self::checkpoint_cost(st).unwrap_or(triggers::INITIAL_COST_GUESS),
                 self.config.mtbf,
             )),
         }
     }
 
+    /// What a checkpoint costs the program: its save, and for a rank's part the rest of the step.
+    fn checkpoint_cost(st: &TimerState) -> Option<Duration> {
+        st.cost.predict().map(|c| c + st.step_cost.predict().unwrap_or(Duration::ZERO))
+    }
+
     /// Seconds before the end at which the end-of-job checkpoint must start.
     fn deadline_lead(&self, st: &TimerState) -> f64 {
-        let cost = st.cost.predict().unwrap_or(Duration::ZERO) + st.flush_cost.predict().unwrap_or(Duration::ZERO);
+        let cost =
+            Self::checkpoint_cost(st).unwrap_or(Duration::ZERO) + st.flush_cost.predict().unwrap_or(Duration::ZERO);
         cost.as_secs_f64() * self.config.safety_factor + self.config.margin.as_secs_f64()
     }
 
@@ -265,7 +280,7 @@ impl Inner {
             if left <= lead {
                 st.deadline_fired = true;
                 self.flags.fetch_or(DEADLINE, Ordering::SeqCst);
-                let predicted = st.cost.predict().map(|c| c.as_secs_f64());
+                let predicted = Self::checkpoint_cost(&st).map(|c| c.as_secs_f64());
                 drop(st);
                 self.log(&Event::Trigger(Trigger::TimeLimit {
                     time_left_s: left,
@@ -379,8 +394,14 @@ impl Inner {
         let level = if in_cache { "cache" } else { "shared" };
         if part {
             // A rank's part: the step exists only once it is committed; exit and answers wait for that.
-            let pending =
-                PendingStep { bits: taken, requests, reply, generation: info.generation, step: info.app_step };
+            let pending = PendingStep {
+                bits: taken,
+                requests,
+                reply,
+                generation: info.generation,
+                step: info.app_step,
+                since: Instant::now(),
+            };
             self.lock().pending_step = Some(pending);
         } else if let Some(q) = cached {
             // Cached: exit and answers wait for the copy to the checkpoint directory.
@@ -798,6 +819,7 @@ impl Checkpointer {
                 last_end: Instant::now(),
                 cost: CostEstimate::default(),
                 flush_cost: CostEstimate::default(),
+                step_cost: CostEstimate::default(),
                 end_time,
                 deadline_fired: false,
                 interval_fired: false,
@@ -1203,12 +1225,27 @@ impl Checkpointer {
         self.finish_step_with(true, false);
     }
 
+    /// A background part was waited for: the rest of its step is timed from now.
+    pub(crate) fn step_continues_now(&self) {
+        if let Some(p) = self.inner.lock().pending_step.as_mut() {
+            p.since = Instant::now();
+        }
+    }
+
     fn finish_step_with(&self, committed: bool, outcome_known: bool) {
-        let Some(PendingStep { bits: taken, requests, reply, generation, step }) =
-            self.inner.lock().pending_step.take()
-        else {
+        let Some(PendingStep { bits: taken, requests, reply, generation, step, since }) = ({
+            let mut st = self.inner.lock();
+            let pending = st.pending_step.take();
+            if let (Some(p), true) = (&pending, committed) {
+                st.step_cost.record(p.since.elapsed());
+            }
+            pending
+        }) else {
             return;
         };
+        // The time-limit lead has changed: the watcher looks again.
+        self.inner.wake();
+        let collective_s = since.elapsed().as_secs_f64();
         if committed && outcome_known {
             let warnings = self.store.after_step_committed(generation);
             if !warnings.is_empty() {
@@ -1219,7 +1256,7 @@ impl Checkpointer {
         if let (true, Some((q, part))) = (committed, cached) {
             // A step committed in the node-local caches: exit and answers wait for its copy to the
             // checkpoint directory (rank 0 commits it there once every rank's part is copied).
-            self.inner.log(&Event::StepCommitted { step, generation });
+            self.inner.log(&Event::StepCommitted { step, generation, seconds: collective_s });
             let exit = taken & (SIGNAL_EXIT | DEADLINE) != 0 || requests.iter().any(|r| r.vacate);
             let manifest = (self.store.config().rank == 0)
                 .then(|| self.store.save_dir().join(format!("{}.{generation}", self.store.config().base_name())));
@@ -1231,7 +1268,7 @@ impl Checkpointer {
             for r in requests {
                 r.answer(&reply);
             }
-            self.inner.log(&Event::StepCommitted { step, generation });
+            self.inner.log(&Event::StepCommitted { step, generation, seconds: collective_s });
         } else {
             let e = Error::new(crate::ErrorKind::InvalidState, "the multi-rank step could not be committed");
             self.inner.fail(taken, requests, &e);

@@ -87,7 +87,13 @@ pub(crate) enum Event<'a> {
     /// Removing this rank's retired parts after a step warned.
     PruneParts { warnings: &'a [String] },
     /// A multi-rank step was committed.
-    StepCommitted { step: u64, generation: u64 },
+    StepCommitted {
+        step: u64,
+        generation: u64,
+        /// What the step took on this rank after its part was durable (the gather, rank 0's commit, the
+        /// copies to partner nodes).
+        seconds: f64,
+    },
     /// The checkpointer was dropped.
     Finish,
 }
@@ -309,8 +315,8 @@ mod tests {
                     "interval_s": 60.0, "exit": false, "warnings": ["w"], "level": "cache"}),
             ),
             (
-                Event::StepCommitted { step: 4, generation: 2 },
-                json!({"event": "step-committed", "step": 4, "generation": 2}),
+                Event::StepCommitted { step: 4, generation: 2, seconds: 0.25 },
+                json!({"event": "step-committed", "step": 4, "generation": 2, "seconds": 0.25}),
             ),
             (Event::Finish, json!({"event": "finish"})),
         ];

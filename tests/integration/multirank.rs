@@ -794,3 +794,33 @@ fn a_step_of_4_ranks_restarts_on_2_and_on_8_ranks_reading_any_rank_s_part() {
     let step_of_one = Store::new(rank_config(tmp.path(), 0, 1, 2));
     assert!(step_of_one.restore_step().is_err(), "one process reads a damaged step neither");
 }
+
+/// The time-limit lead counts the whole step on this rank, not only its part's save: what follows the
+/// part (the MPI helpers' gather, rank 0's commit, the copies to partner nodes, here 1.5 s) until
+/// `finish_step`. Before, the checkpoint before the end was asked for when the part's save alone (a few
+/// milliseconds) was left, and the copies did not finish before the job was killed.
+#[test]
+fn the_time_limit_lead_counts_the_rest_of_the_step_after_the_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ckpt_core::Config::new("lead", dir.path()).unwrap();
+    cfg.rank = 1;
+    cfg.nranks = 2;
+    cfg.log = ckpt_core::LogTarget::Off;
+    cfg.margin = Duration::ZERO;
+    cfg.safety_factor = 1.0;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let end = now.ceil() as i64 + 6;
+    cfg.end_time = Some(end);
+    cfg.end_time_source = Some(ckpt_core::triggers::EndTimeSource::CkptEnv);
+    let cp = ckpt_core::Checkpointer::new(ckpt_core::Store::new(cfg)).unwrap();
+    cp.checkpoint_part(1, 1, |w| w.add_bytes("x", b"part")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    cp.finish_step(true);
+    let t = Instant::now();
+    while !cp.should_checkpoint() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no time-limit checkpoint");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = cp.time_left().unwrap();
+    assert!(left > 1.0, "the time-limit checkpoint was asked for {left:.3} s before the end, not 1.5 s");
+}
