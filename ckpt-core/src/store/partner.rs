@@ -135,7 +135,8 @@ impl Store {
     ///
     /// [`ErrorKind::InvalidState`] without a cache level; [`ErrorKind::InvalidArgument`] for another rank's
     /// own part, a rank out of range or generation 0; [`ErrorKind::NotFound`] when the cache does not hold
-    /// it; [`ErrorKind::Io`] when it cannot be read (also past its end).
+    /// it; [`ErrorKind::Untrusted`] when the file or a directory on its way from the cache directory is
+    /// another user's or writable by others; [`ErrorKind::Io`] when it cannot be read (also past its end).
     pub fn read_cached_part(
         &self,
         copy: PartCopy,
@@ -145,6 +146,9 @@ impl Store {
         buf: &mut [u8],
     ) -> Result<()> {
         let path = self.cached_part_path(copy, generation, rank)?;
+        // What restart sends back to a lost node must be what this user's run kept, not a file another
+        // user could have put there.
+        self.check_private_path(&path, true)?;
         let file = self.storage.open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 Error::new(
@@ -164,16 +168,20 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// As [`Store::read_cached_part`] for the arguments; [`ErrorKind::Untrusted`] when the cache directory
-    /// is not this user's alone; [`ErrorKind::Io`] when the directories or the temporary file cannot be
-    /// created.
+    /// As [`Store::read_cached_part`] for the arguments; [`ErrorKind::Untrusted`] when the cache directory,
+    /// or a directory below it on the way to the copy's place, is not this user's alone; [`ErrorKind::Io`]
+    /// when the directories or the temporary file cannot be created.
     pub fn receive_part(&self, copy: PartCopy, generation: u64, rank: u32) -> Result<PartReceiver> {
         let path = self.cached_part_path(copy, generation, rank)?;
         let cache = self.cache_dir.clone().unwrap_or_default();
         self.check_cache_dir(&cache)?;
         let gen_dir = path.parent().unwrap_or(&cache).to_path_buf();
         let root = gen_dir.parent().unwrap_or(&cache).to_path_buf();
+        // The directories below the cache too (`<base>.partner`, `<N>`): another user who can write one could
+        // replace the copy once it is kept. Checked before anything is created in them, and again after.
+        self.check_private_path(&gen_dir, false)?;
         self.storage.create_dir_all(&gen_dir).map_err(|e| Error::io("create directory", e).with_path(&gen_dir))?;
+        self.check_private_path(&gen_dir, false)?;
         for d in [cache.as_path(), root.as_path()] {
             self.storage.sync_dir(d).map_err(|e| Error::io("fsync directory", e).with_path(d))?;
         }
@@ -290,7 +298,8 @@ impl Store {
     /// # Errors
     ///
     /// [`ErrorKind::NotFound`] when no level holds the manifest; [`ErrorKind::Corrupt`] when it does not
-    /// verify or is not a manifest of this job's number of ranks.
+    /// verify or is not a manifest of this job's number of ranks; [`ErrorKind::Untrusted`] when another user
+    /// could have written it (the last level's refusal, when none holds a manifest that may be used).
     pub fn step_identities(&self, generation: u64) -> Result<(u64, Vec<PartIdentity>)> {
         let name = format!("{}.{generation}", self.config.base_name());
         let dirs = self.cache_dir.iter().map(PathBuf::as_path).chain([self.config.checkpoint_dir.as_path()]);
@@ -307,7 +316,10 @@ impl Store {
                     continue;
                 }
             };
-            match manifest.verify().and_then(|()| self.identities_in(&manifest, generation)) {
+            // The rules restart discovery applies (who could have written it), and in the cache the
+            // directories' owner too, as for the parts it names.
+            let checked = self.check_private_path(&path, true).and_then(|()| crate::trust::check(&manifest));
+            match checked.and_then(|()| manifest.verify()).and_then(|()| self.identities_in(&manifest, generation)) {
                 Ok(found) => return Ok(found),
                 Err(e) => last_error = Some(e),
             }
@@ -345,6 +357,48 @@ impl Store {
             })
             .collect();
         Ok((header.app_step, parts))
+    }
+
+    /// `path` (a file when `is_file`, else a directory) and every directory from it up to the cache
+    /// directory must be this user's and writable by no one else (the rule of [`Store::check_cache_dir`]);
+    /// what does not exist yet passes. The real file system only (in-memory storages have no owners).
+    fn check_private_path(&self, path: &Path, is_file: bool) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(cache) = self.cache_dir.as_deref() else { return Ok(()) };
+        let me = crate::sys::euid();
+        let mut at = Some(path);
+        while let Some(p) = at.filter(|p| p.starts_with(cache)) {
+            let file = is_file && p == path;
+            let what = if file { "file" } else { "directory" };
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.file_type().is_symlink() || m.is_dir() == file => {
+                    return Err(Error::new(
+                        ErrorKind::Untrusted,
+                        format!("this {what} in the node-local cache is not a {what} (a symbolic link?)"),
+                    )
+                    .with_path(p));
+                }
+                Ok(m) if m.uid() != me || m.mode() & 0o022 != 0 => {
+                    return Err(Error::new(
+                        ErrorKind::Untrusted,
+                        format!(
+                            "this {what} in the node-local cache belongs to {} with mode {:o}: it must be this \
+                             user's ({}) and writable by no one else, or another user could have replaced what \
+                             it holds; nothing is kept there or restored from it (remove it, or choose another \
+                             CKPT_CACHE_DIR)",
+                            crate::trust::user_label(m.uid()),
+                            m.mode() & 0o7777,
+                            crate::trust::user_label(me)
+                        ),
+                    )
+                    .with_path(p));
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io("stat", e).with_path(p)),
+                _ => {}
+            }
+            at = p.parent().filter(|_| p != cache);
+        }
+        Ok(())
     }
 
     /// Removes this node's partner copies of generations older than the newest `keep` it holds. Other

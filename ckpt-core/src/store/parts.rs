@@ -52,7 +52,8 @@ impl Store {
     ///
     /// [`ErrorKind::InvalidArgument`] for a negative step or one above [`MAX_STEP`](crate::MAX_STEP), or generation 0;
     /// [`ErrorKind::Io`] when the part's directory cannot be created or made durable, or its temporary file cannot be
-    /// created.
+    /// created; [`ErrorKind::Conflict`] before this process's first part when the newest step under this name
+    /// belongs to another run.
     pub fn begin_part(
         &self,
         generation: u64,
@@ -83,10 +84,18 @@ impl Store {
         };
         // The directory is listed (and created, if it is missing) unless a recent view of it can be reused
         // and the parts root is still in place.
-        let view = if let Some(view) = self.reusable_parts_view(dir).filter(|_| root_synced) {
+        let first = self.shared.last_generation.load(Ordering::SeqCst) == 0;
+        let mut name_warning = None;
+        let view = if let Some(view) = self.reusable_parts_view(dir).filter(|_| root_synced && !first) {
             view
         } else {
             let listing = listing_of(dir, &base, &self.scan(dir, &base)?);
+            // Before this process's first part: the newest step under the name must be this run's, as for a
+            // single save, or this step's retention would remove another run's steps there, their parts and
+            // the partner copies kept of them (a sweep run outside Slurm sharing a node's cache).
+            if first {
+                name_warning = self.check_name_is_ours(dir, &listing)?;
+            }
             let view = PartsView {
                 dir: dir.to_path_buf(),
                 manifests: listing.generations.iter().map(|g| g.0).collect(),
@@ -114,6 +123,7 @@ impl Store {
         let plan = Plan::Part { dir: part_dir.clone(), name: part_name.clone(), checkpoint_dir: dir.to_path_buf() };
         let mut w = self.start(&part_dir, &part_name, header, plan)?;
         w.warnings = warnings;
+        w.warnings.extend(name_warning);
         Ok(w)
     }
 
