@@ -207,6 +207,25 @@ pub(crate) fn metrics_text(metrics: &Value) -> String {
 
 /// Rows for the partner copies in a cache directory, `<cache>/<base>.partner/<N>/rank<S>.ckpt` (each
 /// verified), and the transfers left unfinished there.
+/// Whether `dir` is this user's and writable by no one else (what restart requires of the directories
+/// that hold partner copies); the reason when it is not.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{}: a directory of uid {} with mode {:o} (restart uses copies only in directories of this user, uid \
+             {me}, that no one else may write)",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 fn partner_rows(cache: &Path) -> Vec<Value> {
     let mut rows = Vec::new();
     let dirs = |d: &Path| -> Vec<PathBuf> {
@@ -228,7 +247,17 @@ fn partner_rows(cache: &Path) -> Vec<Value> {
             {
                 Ok(cp) => {
                     let h = cp.header();
-                    json!({"path": f, "level": "partner", "status": "valid", "generation": h.generation,
+                    // As for the other rows: which copies a restart would refuse to send back (the file, or a
+                    // directory on its way from the cache, another user's or writable by others).
+                    let trusted = ckpt_core::trust::check(&cp)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| private_dir(&generation_dir))
+                        .and_then(|()| private_dir(generation_dir.parent().unwrap_or(cache)));
+                    let (status, error) = match trusted {
+                        Ok(()) => ("valid", None),
+                        Err(e) => ("untrusted", Some(e)),
+                    };
+                    json!({"path": f, "level": "partner", "status": status, "error": error, "generation": h.generation,
                            "step": h.app_step.cast_signed(), "job_id": h.job_id, "app_name": h.app_name,
                            "rank": h.rank, "nranks": h.nranks, "bytes": cp.file_len(),
                            "created": iso_utc(h.created_unix_ns), "also": [], "metrics": null})

@@ -499,6 +499,8 @@ fn a_partner_copy_is_neither_kept_nor_restored_in_a_directory_another_user_could
         assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
         assert!(e.to_string().contains(&path.display().to_string()) && e.to_string().contains(problem), "{e}");
         assert!(s[0].restore_at_most(u64::MAX).unwrap().is_none(), "nothing restored on node 0");
+        // `ckpt list` says so too, where it listed such a copy as valid before.
+        assert_eq!(partner_statuses(tmp.path(), "node1"), ["untrusted"], "{}", path.display());
         crate::identity::give_to(path, me);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(if path == &kept { 0o600 } else { 0o700 }))
             .unwrap();
@@ -510,4 +512,30 @@ fn a_partner_copy_is_neither_kept_nor_restored_in_a_directory_another_user_could
     crate::identity::give_to(&manifest, me);
     let restored = restore_from_partner(&restarted(), 0, g);
     assert_eq!(restored.checkpoint.read("rows").unwrap(), rows(0, 5).as_slice());
+    assert_eq!(partner_statuses(tmp.path(), "node1"), ["valid"]);
+
+    // A rank's own part is not written into a cache directory another user could write either (a whole
+    // checkpoint never was).
+    std::fs::set_permissions(&node1, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = restarted()[1].begin_part(g + 1, 6).map(drop).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
+    assert!(e.to_string().contains(&node1.display().to_string()) && e.to_string().contains("mode 777"), "{e}");
+    std::fs::set_permissions(&node1, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// The status `ckpt list --json` gives each partner copy in `node`'s cache.
+fn partner_statuses(tmp: &Path, node: &str) -> Vec<String> {
+    std::fs::create_dir_all(tmp.join("shared")).unwrap();
+    let mut cmd = ckpt_tests::clean_command(&ckpt_tests::ckpt_cli(), &tmp.join("shared"));
+    cmd.args(["list", "--json"]).env("CKPT_CACHE_DIR", tmp.join(node)).env("CKPT_NAME", "pt");
+    let out = cmd.output().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", ckpt_tests::output_text(&out)));
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == "partner")
+        .map(|f| f["status"].as_str().unwrap().to_string())
+        .collect()
 }

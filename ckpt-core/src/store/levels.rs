@@ -50,7 +50,8 @@ impl Store {
                 return Err(Error::new(
                     ErrorKind::Untrusted,
                     format!(
-                        "the cache directory belongs to uid {} with mode {:o}: it must be this user's (uid {}) and                          writable by no one else; remove it or choose another CKPT_CACHE_DIR",
+                        "the cache directory belongs to uid {} with mode {:o}: it must be this user's (uid {}) and \
+                         writable by no one else; remove it or choose another CKPT_CACHE_DIR",
                         m.uid(),
                         m.mode() & 0o7777,
                         crate::sys::euid()

@@ -71,6 +71,10 @@ impl Store {
         if generation == 0 {
             return Err(Error::invalid("generation numbers start at 1"));
         }
+        // A part goes into the node-local cache only if it is this user's alone, as a whole checkpoint does.
+        if self.level_of(dir) == Level::Cache {
+            self.check_cache_dir(dir)?;
+        }
         let base = self.config.base_name();
         let parts_root = dir.join(format!("{base}.parts"));
         let part_dir = parts_root.join(generation.to_string());
