@@ -56,36 +56,49 @@ int main(void) {
 }
 "#;
 
+/// Incarnation `cycle` of the program `exe`: the first run (its output to `dir`/out.txt, images in
+/// `dir`/img), or restart `cycle`, once the shim logged the restore. The restarts reopen stdout (a regular
+/// file) from the image: everything goes to out.txt.
+fn incarnation(
+    ckpt: &std::path::Path,
+    dir: &std::path::Path,
+    exe: &std::path::Path,
+    cycle: usize,
+) -> std::process::Child {
+    let img = dir.join("img");
+    let mut cmd = command(ckpt, dir);
+    if cycle == 0 {
+        cmd.arg("run").arg("--dir").arg(&img).arg("--").arg(exe);
+    } else {
+        cmd.arg("restart").arg("--image-dir").arg(&img);
+    }
+    let out = dir.join("out.txt");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(if cycle == 0 { Stdio::from(std::fs::File::create(out).unwrap()) } else { Stdio::null() })
+        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("err{cycle}.txt"))).unwrap()))
+        .spawn()
+        .unwrap();
+    if cycle > 0 {
+        assert!(
+            wait_for_events(dir, "restored", cycle, &mut child, Duration::from_secs(60)),
+            "restart {cycle} did not restore: {:?}",
+            std::fs::read_to_string(dir.join(format!("err{cycle}.txt")))
+        );
+    }
+    child
+}
+
 #[test]
 fn held_mutexes_and_pthread_calls_on_self_survive_two_restarts() {
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let img = dir.join("img");
     let Some(exe) = build_c(dir, "locks", PROGRAM, &["-O1", "-lpthread"]) else { return };
-    // The restarts reopen stdout (a regular file) from the image: everything goes to out.txt.
     let out = dir.join("out.txt");
     let mut last = -1i64;
     for cycle in 0..3 {
-        let mut cmd = command(&ckpt, dir);
-        if cycle == 0 {
-            cmd.arg("run").arg("--dir").arg(&img).arg("--").arg(&exe);
-        } else {
-            cmd.arg("restart").arg("--image-dir").arg(&img);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(if cycle == 0 { Stdio::from(std::fs::File::create(&out).unwrap()) } else { Stdio::null() })
-            .stderr(Stdio::from(std::fs::File::create(dir.join(format!("err{cycle}.txt"))).unwrap()))
-            .spawn()
-            .unwrap();
-        if cycle > 0 {
-            assert!(
-                wait_for_events(dir, "restored", cycle, &mut child, Duration::from_secs(60)),
-                "restart {cycle} did not restore: {:?}",
-                std::fs::read_to_string(dir.join(format!("err{cycle}.txt")))
-            );
-        }
+        let mut child = incarnation(&ckpt, dir, &exe, cycle);
         std::thread::sleep(Duration::from_millis(600));
         // Checkpoint and exit (the last cycle only checks the restored program runs).
         kill(child.id(), if cycle < 2 { libc::SIGTERM } else { libc::SIGKILL });
@@ -142,7 +155,6 @@ fn a_checkpoint_inside_a_pthread_call_on_self_resumes_it_on_the_restored_thread(
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let img = dir.join("img");
     let Some(exe) = build_c(dir, "busy", BUSY_PROGRAM, &["-O1", "-lpthread"]) else { return };
     let out = dir.join("out.txt");
     let progress =
@@ -150,25 +162,7 @@ fn a_checkpoint_inside_a_pthread_call_on_self_resumes_it_on_the_restored_thread(
     let mut last = -1i64;
     let cycles = 6;
     for cycle in 0..cycles {
-        let mut cmd = command(&ckpt, dir);
-        if cycle == 0 {
-            cmd.arg("run").arg("--dir").arg(&img).arg("--").arg(&exe);
-        } else {
-            cmd.arg("restart").arg("--image-dir").arg(&img);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(if cycle == 0 { Stdio::from(std::fs::File::create(&out).unwrap()) } else { Stdio::null() })
-            .stderr(Stdio::from(std::fs::File::create(dir.join(format!("err{cycle}.txt"))).unwrap()))
-            .spawn()
-            .unwrap();
-        if cycle > 0 {
-            assert!(
-                wait_for_events(dir, "restored", cycle, &mut child, Duration::from_secs(60)),
-                "restart {cycle} did not restore: {:?}",
-                std::fs::read_to_string(dir.join(format!("err{cycle}.txt")))
-            );
-        }
+        let mut child = incarnation(&ckpt, dir, &exe, cycle);
         // Some progress in this incarnation, then checkpoint and exit (the last one only runs on).
         let t = std::time::Instant::now();
         loop {

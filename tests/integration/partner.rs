@@ -464,17 +464,19 @@ fn a_partner_copy_is_neither_kept_nor_restored_in_a_directory_another_user_could
     // user's alone: another user's, or writable by the group.
     let gen_dir = partner_root.join(g.to_string());
     std::fs::create_dir_all(&gen_dir).unwrap();
+    let set = |path: &Path, mode: u32, owner| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        crate::identity::give_to(path, owner);
+    };
     for (dir, mode, owner, problem) in [
         (&partner_root, 0o755, other, "belongs to uid"),
         (&partner_root, 0o775, me, "mode 775"),
         (&gen_dir, 0o755, other, "belongs to uid"),
         (&gen_dir, 0o757, me, "mode 757"),
     ] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
-        crate::identity::give_to(dir, owner);
+        set(dir, mode, owner);
         refused(receive(), dir, problem);
-        crate::identity::give_to(dir, me);
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        set(dir, 0o700, me);
     }
     receive().unwrap();
     assert_eq!(stores[1].partner_copies_held(g).unwrap(), vec![0]);
@@ -492,8 +494,7 @@ fn a_partner_copy_is_neither_kept_nor_restored_in_a_directory_another_user_could
         (&gen_dir, 0o700, other, "belongs to uid"),
         (&partner_root, 0o777, me, "mode 777"),
     ] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-        crate::identity::give_to(path, owner);
+        set(path, mode, owner);
         let s = restarted();
         let e = transfer(&s[1], &s[0], (PartCopy::Partner, PartCopy::Own), &ids[0], 1 << 20, |_, _| {}).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Untrusted, "{e}");
@@ -501,9 +502,7 @@ fn a_partner_copy_is_neither_kept_nor_restored_in_a_directory_another_user_could
         assert!(s[0].restore_at_most(u64::MAX).unwrap().is_none(), "nothing restored on node 0");
         // `ckpt list` says so too, where it listed such a copy as valid before.
         assert_eq!(partner_statuses(tmp.path(), "node1"), ["untrusted"], "{}", path.display());
-        crate::identity::give_to(path, me);
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(if path == &kept { 0o600 } else { 0o700 }))
-            .unwrap();
+        set(path, if path == &kept { 0o600 } else { 0o700 }, me);
     }
     crate::identity::give_to(&manifest, other);
     let e = restarted()[1].step_identities(g).unwrap_err();
