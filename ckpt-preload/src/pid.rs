@@ -7,7 +7,9 @@
 //! with EINVAL, or silently reads another process's CPU time; `kill` signals another process. The calls
 //! that take a pid or a CPU clock id are interposed here (`clock_nanosleep` in eintr.rs): a pid (or the main thread's tid) this process
 //! had in an earlier incarnation is replaced by the current one. Every other value passes unchanged, and
-//! the cost for them is one comparison.
+//! the cost for them is one comparison. A replaced id is used with every signal blocked from its
+//! replacement to the call (`sys::SignalsBlocked`): a checkpoint in between would resume the call, after
+//! the restart, with the previous incarnation's pid.
 //!
 //! The restorer records the checkpoint-time pid in [`PAST_PIDS`] before it stores the new one.
 
@@ -247,8 +249,11 @@ macro_rules! interpose_first {
             }
             // SAFETY: `p` is libc's function of this name and signature.
             let f: unsafe extern "C" fn($fty, $($ty),*) -> $ret = unsafe { std::mem::transmute(p) };
+            let now = $map($first);
+            // An id made current is used in this incarnation (see `SignalsBlocked`); others pass untouched.
+            let _blocked = (now != $first).then(crate::sys::SignalsBlocked::new);
             // SAFETY: the caller's arguments, the first one naming this process now if it named it before.
-            unsafe { f($map($first), $($arg),*) }
+            unsafe { f(now, $($arg),*) }
         }
     };
 }
@@ -271,8 +276,10 @@ interpose_first!(sigqueue, current_pid, pid: libc::pid_t, (sig: c_int, value: li
 /// The contract of libc's `tgkill`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) -> c_int {
+    let (pid, tid_now) = (current_pid(tgid), current_tid(tid));
+    let _blocked = (pid != tgid || tid_now != tid).then(crate::sys::SignalsBlocked::new);
     // SAFETY: the raw system call with the caller's signal.
-    unsafe { libc::syscall(libc::SYS_tgkill, current_pid(tgid), current_tid(tid), sig) as c_int }
+    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid_now, sig) as c_int }
 }
 
 /// Defines a wait call whose pid argument is made current and whose result is given back as the program

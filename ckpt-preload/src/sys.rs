@@ -232,3 +232,37 @@ pub fn proc_path(out: &mut [u8], pid: i32, tail: &[u8]) -> usize {
     put(out, &mut pos, b"\0");
     pos
 }
+
+/// Every signal of the calling thread blocked (the checkpoint signals, the park signal of another
+/// thread's checkpoint and the program's own) until dropped, when the thread's mask is set back as it was:
+/// no checkpoint is taken in between, so an id made current for this incarnation is used in it (a
+/// checkpoint between the two would leave the call, after the restart, with the previous incarnation's).
+/// Raw system calls: the interposed `sigprocmask` never blocks the reserved signals.
+pub(crate) struct SignalsBlocked(u64);
+
+impl SignalsBlocked {
+    pub(crate) fn new() -> Self {
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: kernel sigset pointers of 8 bytes, valid for the call.
+        unsafe {
+            syscall6(
+                SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                &all as *const u64 as usize,
+                &mut old as *mut u64 as usize,
+                8,
+                0,
+                0,
+            )
+        };
+        SignalsBlocked(old)
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`; the mask the thread had.
+        unsafe { syscall6(SYS_rt_sigprocmask, libc::SIG_SETMASK as usize, &self.0 as *const u64 as usize, 0, 8, 0, 0) };
+    }
+}

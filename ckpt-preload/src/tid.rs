@@ -18,39 +18,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::TID_OFFSET;
-use crate::sys::{SYS_rt_sigprocmask, gettid, syscall6};
-
-/// Every signal of the calling thread blocked (the checkpoint signals, the park signal of another
-/// thread's checkpoint and the program's own) until dropped, when the thread's mask is set back as it was.
-/// Raw system calls: the interposed `sigprocmask` never blocks the reserved signals.
-struct SignalsBlocked(u64);
-
-impl SignalsBlocked {
-    fn new() -> Self {
-        let all: u64 = !0;
-        let mut old: u64 = 0;
-        // SAFETY: kernel sigset pointers of 8 bytes, valid for the call.
-        unsafe {
-            syscall6(
-                SYS_rt_sigprocmask,
-                libc::SIG_SETMASK as usize,
-                &all as *const u64 as usize,
-                &mut old as *mut u64 as usize,
-                8,
-                0,
-                0,
-            )
-        };
-        SignalsBlocked(old)
-    }
-}
-
-impl Drop for SignalsBlocked {
-    fn drop(&mut self) {
-        // SAFETY: as in `new`; the mask the thread had.
-        unsafe { syscall6(SYS_rt_sigprocmask, libc::SIG_SETMASK as usize, &self.0 as *const u64 as usize, 0, 8, 0, 0) };
-    }
-}
+use crate::sys::{SignalsBlocked, gettid};
 
 /// Runs `f` with the kernel's tid in the TCB when `th` is the calling thread and the cached tid is the
 /// checkpoint's (a restored process); otherwise just runs it. On the calling thread, with every signal

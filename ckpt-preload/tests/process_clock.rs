@@ -95,3 +95,70 @@ fn earlier_pids_keep_naming_the_process() {
         assert_eq!(l[5], "self", "kill(first pid) reaches the process itself: {l:?}");
     }
 }
+
+/// Nothing but calls given the first run's pid or CPU clock id, back to back: the shim makes the id
+/// current (asking the kernel for the pid) and then calls libc, and a checkpoint often lands in between.
+const BUSY_IDS: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(void) {
+  pid_t first = getpid();
+  clockid_t cpu;
+  if (clock_getcpuclockid(first, &cpu) != 0) return 2;
+  for (unsigned long n = 0;; n++) {
+    struct timespec ts;
+    if (clock_gettime(cpu, &ts) != 0) { printf("ERROR clock_gettime: %s\n", strerror(errno)); fflush(stdout); exit(1); }
+    if (kill(first, 0) != 0) { printf("ERROR kill: %s\n", strerror(errno)); fflush(stdout); exit(1); }
+    if (n % 1000 == 0) { printf("ok %lu\n", n); fflush(stdout); }
+  }
+}
+"#;
+
+/// A checkpoint taken inside a call given an earlier pid or CPU clock id (after the shim made it current,
+/// before libc used it) resumes the call with this incarnation's id: six restarts in a row of a program
+/// doing nothing but such calls (before, one restart in a few ended with "ERROR clock_gettime: Invalid
+/// argument": the call went on with the previous incarnation's pid).
+#[test]
+fn a_checkpoint_inside_a_call_given_an_earlier_pid_resumes_it_with_the_current_one() {
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(exe) = build_c(dir, "ids", BUSY_IDS, &["-O1"]) else { return };
+    let out = dir.join("out.txt");
+    let progress =
+        |text: &str| text.lines().rev().find_map(|l| l.strip_prefix("ok ")?.parse::<i64>().ok()).unwrap_or(-1);
+    let last_line = |text: &str| text.lines().last().unwrap_or("").to_string();
+    let mut last = -1i64;
+    let cycles = 8;
+    for cycle in 0..cycles {
+        let mut child = incarnation(&ckpt, dir, &exe, cycle);
+        let t = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            assert!(!text.contains("ERROR"), "cycle {cycle}: {}", last_line(&text));
+            if progress(&text) >= last + 3000 {
+                break;
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("cycle {cycle}: the program ended ({s:?}): {}", last_line(&text));
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "cycle {cycle}: no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let last_cycle = cycle == cycles - 1;
+        kill(child.id(), if last_cycle { libc::SIGKILL } else { libc::SIGTERM });
+        let status = wait_timeout(&mut child, Duration::from_secs(60));
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(!text.contains("ERROR"), "cycle {cycle}: {}", last_line(&text));
+        last = progress(&text);
+        let expected = if last_cycle { libc::SIGKILL } else { libc::SIGTERM };
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(expected), "cycle {cycle}");
+    }
+}

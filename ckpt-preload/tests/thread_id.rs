@@ -7,7 +7,6 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -55,39 +54,6 @@ int main(void) {
   }
 }
 "#;
-
-/// Incarnation `cycle` of the program `exe`: the first run (its output to `dir`/out.txt, images in
-/// `dir`/img), or restart `cycle`, once the shim logged the restore. The restarts reopen stdout (a regular
-/// file) from the image: everything goes to out.txt.
-fn incarnation(
-    ckpt: &std::path::Path,
-    dir: &std::path::Path,
-    exe: &std::path::Path,
-    cycle: usize,
-) -> std::process::Child {
-    let img = dir.join("img");
-    let mut cmd = command(ckpt, dir);
-    if cycle == 0 {
-        cmd.arg("run").arg("--dir").arg(&img).arg("--").arg(exe);
-    } else {
-        cmd.arg("restart").arg("--image-dir").arg(&img);
-    }
-    let out = dir.join("out.txt");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(if cycle == 0 { Stdio::from(std::fs::File::create(out).unwrap()) } else { Stdio::null() })
-        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("err{cycle}.txt"))).unwrap()))
-        .spawn()
-        .unwrap();
-    if cycle > 0 {
-        assert!(
-            wait_for_events(dir, "restored", cycle, &mut child, Duration::from_secs(60)),
-            "restart {cycle} did not restore: {:?}",
-            std::fs::read_to_string(dir.join(format!("err{cycle}.txt")))
-        );
-    }
-    child
-}
 
 #[test]
 fn held_mutexes_and_pthread_calls_on_self_survive_two_restarts() {

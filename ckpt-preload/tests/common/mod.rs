@@ -233,3 +233,31 @@ pub fn python() -> Option<String> {
         which("python3").map(|p| p.display().to_string())
     }
 }
+
+/// Incarnation `cycle` of the program `exe`: the first run (its output to `dir`/out.txt, images in
+/// `dir`/img), or restart `cycle`, once the shim logged the restore. The restarts reopen stdout (a regular
+/// file) from the image: everything goes to out.txt.
+pub fn incarnation(ckpt: &Path, dir: &Path, exe: &Path, cycle: usize) -> Child {
+    let img = dir.join("img");
+    let mut cmd = command(ckpt, dir);
+    if cycle == 0 {
+        cmd.arg("run").arg("--dir").arg(&img).arg("--").arg(exe);
+    } else {
+        cmd.arg("restart").arg("--image-dir").arg(&img);
+    }
+    let out = dir.join("out.txt");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(if cycle == 0 { Stdio::from(std::fs::File::create(out).unwrap()) } else { Stdio::null() })
+        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("err{cycle}.txt"))).unwrap()))
+        .spawn()
+        .unwrap();
+    if cycle > 0 {
+        assert!(
+            wait_for_events(dir, "restored", cycle, &mut child, Duration::from_secs(60)),
+            "restart {cycle} did not restore: {:?}",
+            std::fs::read_to_string(dir.join(format!("err{cycle}.txt")))
+        );
+    }
+    child
+}
