@@ -124,6 +124,56 @@ struct PlanLock {
     len: u64,
 }
 
+/// A thread stopped in `wait4`/`waitpid` or `waitid` for one child when the checkpoint signal came has
+/// its signal frame set up by the kernel to restart the call (`SA_RESTART`: the instruction pointer back
+/// on the `syscall` instruction, the call's number in rax, its arguments in their registers), and
+/// rt_sigreturn would restart it with the child's checkpoint-time pid: "No child processes" (which
+/// Python's subprocess takes for an exit status of 0), or another child's status. The pid argument is
+/// rewritten to the child's pid now, from the tree's pids (checkpoint-time, now). Raw memory of the
+/// restored process, no libc: runs in the restorer once the address space is back.
+fn retarget_restarted_wait(p: &Plan, frame: u64) {
+    // struct ucontext: uc_flags, uc_link, uc_stack (24 bytes), then uc_mcontext, whose general registers
+    // are r8-r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip (x86_64 sigcontext).
+    const MCONTEXT: u64 = 40;
+    const RDI: usize = 8;
+    const RSI: usize = 9;
+    const RAX: usize = 13;
+    const RIP: usize = 16;
+    const P_PID: u64 = 1;
+    if frame == 0 || p.npids == 0 {
+        return;
+    }
+    let regs = (frame + MCONTEXT) as *mut u64;
+    // SAFETY: the frame is the saved ucontext, in restored memory, mapped and writable (a thread's stack).
+    let (nr, rip) = unsafe { (regs.add(RAX).read(), regs.add(RIP).read()) };
+    let pid_reg = match nr as libc::c_long {
+        libc::SYS_wait4 => RDI,
+        // SAFETY: as above.
+        libc::SYS_waitid if unsafe { regs.add(RDI).read() } == P_PID => RSI,
+        _ => return,
+    };
+    // Restarted, not returned: the instruction at rip is `syscall` (0f 05). Code pages are restored and
+    // readable.
+    // SAFETY: rip is an address of the restored program's code, mapped.
+    if rip == 0 || unsafe { (rip as *const [u8; 2]).read_unaligned() } != [0x0f, 0x05] {
+        return;
+    }
+    // SAFETY: as above.
+    let then = unsafe { regs.add(pid_reg).read() } as i32;
+    if then <= 0 {
+        return;
+    }
+    let mut k = 0;
+    while k < p.npids && k < MAX_TREE_PIDS {
+        if p.pids[k][0] == then {
+            // SAFETY: as above; the register slot is in the frame.
+            unsafe { regs.add(pid_reg).write(p.pids[k][1] as u32 as u64) };
+            return;
+        }
+        k += 1;
+    }
+}
+
 /// A thread to recreate (every field a register's worth: the new thread starts in assembly).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -1348,6 +1398,14 @@ unsafe extern "C" fn restore_main(plan: *const Plan) -> ! {
         // Neither brk nor PR_SET_MM_MAP set the break: the first sbrk of the restored malloc would map
         // its memory above the wrong break.
         fatal(b"cannot set the program break to", p.brk, cmdline);
+    }
+    // A wait for a child interrupted by the checkpoint is restarted by rt_sigreturn with the child's
+    // checkpoint-time pid: made the child's pid now.
+    retarget_restarted_wait(p, p.sigframe);
+    // SAFETY: the plan's thread records: `nthreads` at `threads` (non-NULL when > 0), in the arena.
+    let threads = if p.nthreads == 0 { &[][..] } else { unsafe { core::slice::from_raw_parts(p.threads, p.nthreads) } };
+    for t in threads {
+        retarget_restarted_wait(p, t.sigframe);
     }
     // 9. One log line.
     log_restored(p, pid, cmdline);

@@ -130,7 +130,8 @@ fn tree_cycles_once(
             kill_group(child.id());
             let quiet = events(dir, "checkpoint-failed").is_empty() && events(dir, "checkpoint-refused").is_empty();
             if status.is_some_and(|s| s.success()) && quiet {
-                return Err(format!("cycle {}", g + 1));
+                let o = read(dir, "out.txt");
+                return Err(format!("cycle {}; output ends {:?}", g + 1, &o[o.len().saturating_sub(120)..]));
             }
             panic!("{name}: cycle {}: no checkpoint (root: {status:?}); {}", g + 1, diagnostics(dir));
         }
@@ -271,6 +272,20 @@ fn workers_signalled_together_three_cycles_usr1() {
 fn pipeline_signalled_together_three_cycles_term() {
     let Some(argv) = pipeline() else { return };
     tree_cycles("pipeline, TERM to all", argv, libc::SIGTERM, true, Duration::from_millis(700), &[]);
+}
+
+/// A Python parent blocked in `subprocess.Popen.wait()` (`waitpid(child)`) at every checkpoint: the
+/// kernel restarts the wait after the restore, and it must wait for the child as it is now. Before, the
+/// restarted wait named the child's checkpoint-time pid, failed with ECHILD, and Python took that for an
+/// exit status of 0: the run ended with "child exit status 0" where the child exits with 7, silently.
+#[test]
+fn a_parent_waiting_for_its_child_in_python_gets_the_childs_status_through_three_cycles() {
+    let Some(py) = python() else { return };
+    let child = "import sys\nfor i in range(1500):\n    sum(k * k for k in range(160000))\n    print('child', i, flush=True)\nsys.exit(7)";
+    let parent = format!(
+        "import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', {child:?}])\nprint('child exit status', p.wait(), flush=True)"
+    );
+    tree_cycles("python wait", vec![py, "-c".into(), parent], libc::SIGUSR1, false, Duration::from_millis(700), &[]);
 }
 
 /// A pipe the launcher left open above stderr (a wrapper's, as job launchers do), inherited by every
