@@ -127,38 +127,7 @@ int main(void) {
 /// argument": the call went on with the previous incarnation's pid).
 #[test]
 fn a_checkpoint_inside_a_call_given_an_earlier_pid_resumes_it_with_the_current_one() {
-    let (ckpt, _) = tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let Some(exe) = build_c(dir, "ids", BUSY_IDS, &["-O1"]) else { return };
-    let out = dir.join("out.txt");
-    let progress =
-        |text: &str| text.lines().rev().find_map(|l| l.strip_prefix("ok ")?.parse::<i64>().ok()).unwrap_or(-1);
-    let last_line = |text: &str| text.lines().last().unwrap_or("").to_string();
-    let mut last = -1i64;
-    let cycles = 8;
-    for cycle in 0..cycles {
-        let mut child = incarnation(&ckpt, dir, &exe, cycle);
-        let t = std::time::Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            assert!(!text.contains("ERROR"), "cycle {cycle}: {}", last_line(&text));
-            if progress(&text) >= last + 3000 {
-                break;
-            }
-            if let Ok(Some(s)) = child.try_wait() {
-                panic!("cycle {cycle}: the program ended ({s:?}): {}", last_line(&text));
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "cycle {cycle}: no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let last_cycle = cycle == cycles - 1;
-        kill(child.id(), if last_cycle { libc::SIGKILL } else { libc::SIGTERM });
-        let status = wait_timeout(&mut child, Duration::from_secs(60));
-        let text = std::fs::read_to_string(&out).unwrap();
-        assert!(!text.contains("ERROR"), "cycle {cycle}: {}", last_line(&text));
-        last = progress(&text);
-        let expected = if last_cycle { libc::SIGKILL } else { libc::SIGTERM };
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(expected), "cycle {cycle}");
-    }
+    let build = tempfile::tempdir().unwrap();
+    let Some(exe) = build_c(build.path(), "ids", BUSY_IDS, &["-O1"]) else { return };
+    restart_while_busy(&exe, 8, 3000);
 }

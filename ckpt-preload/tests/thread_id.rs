@@ -118,39 +118,7 @@ int main(void) {
 /// went on with the previous incarnation's tid).
 #[test]
 fn a_checkpoint_inside_a_pthread_call_on_self_resumes_it_on_the_restored_thread() {
-    let (ckpt, _) = tools();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let Some(exe) = build_c(dir, "busy", BUSY_PROGRAM, &["-O1", "-lpthread"]) else { return };
-    let out = dir.join("out.txt");
-    let progress =
-        |text: &str| text.lines().rev().find_map(|l| l.strip_prefix("ok ")?.parse::<i64>().ok()).unwrap_or(-1);
-    let mut last = -1i64;
-    let cycles = 6;
-    for cycle in 0..cycles {
-        let mut child = incarnation(&ckpt, dir, &exe, cycle);
-        // Some progress in this incarnation, then checkpoint and exit (the last one only runs on).
-        let t = std::time::Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            assert!(!text.contains("ERROR"), "cycle {cycle}: {}", text.lines().last().unwrap_or(""));
-            if progress(&text) >= last + 300 {
-                break;
-            }
-            if let Ok(Some(s)) = child.try_wait() {
-                panic!("cycle {cycle}: the program ended ({s:?}): {}", text.lines().last().unwrap_or(""));
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "cycle {cycle}: no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let last_cycle = cycle == cycles - 1;
-        kill(child.id(), if last_cycle { libc::SIGKILL } else { libc::SIGTERM });
-        let status = wait_timeout(&mut child, Duration::from_secs(60));
-        let text = std::fs::read_to_string(&out).unwrap();
-        assert!(!text.contains("ERROR"), "cycle {cycle}: {}", text.lines().last().unwrap_or(""));
-        last = progress(&text);
-        let expected = if last_cycle { libc::SIGKILL } else { libc::SIGTERM };
-        assert_eq!(status.signal(), Some(expected), "cycle {cycle}: {}", text.lines().last().unwrap_or(""));
-    }
-    assert_eq!(events(dir, "restored").len(), cycles - 1);
+    let build = tempfile::tempdir().unwrap();
+    let Some(exe) = build_c(build.path(), "busy", BUSY_PROGRAM, &["-O1", "-lpthread"]) else { return };
+    restart_while_busy(&exe, 6, 300);
 }

@@ -261,3 +261,43 @@ pub fn incarnation(ckpt: &Path, dir: &Path, exe: &Path, cycle: usize) -> Child {
     }
     child
 }
+
+/// Runs `exe` (which prints "ok N" as it goes and "ERROR ..." when a call fails) through `cycles`
+/// incarnations: each makes `step` more progress, then is checkpointed and ends with SIGTERM, and is
+/// restarted; the last one is killed. Fails on an ERROR line, a program that ends by itself, or no
+/// progress.
+pub fn restart_while_busy(exe: &Path, cycles: usize, step: i64) {
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = dir.join("out.txt");
+    let progress =
+        |text: &str| text.lines().rev().find_map(|l| l.strip_prefix("ok ")?.parse::<i64>().ok()).unwrap_or(-1);
+    let last_line = |text: &str| text.lines().last().unwrap_or("").to_string();
+    let mut last = -1i64;
+    for cycle in 0..cycles {
+        let mut child = incarnation(&ckpt, dir, exe, cycle);
+        let t = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            assert!(!text.contains("ERROR"), "cycle {cycle}: {}", last_line(&text));
+            if progress(&text) >= last + step {
+                break;
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("cycle {cycle}: the program ended ({s:?}): {}", last_line(&text));
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "cycle {cycle}: no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let last_cycle = cycle == cycles - 1;
+        kill(child.id(), if last_cycle { libc::SIGKILL } else { libc::SIGTERM });
+        let status = wait_timeout(&mut child, Duration::from_secs(60));
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(!text.contains("ERROR"), "cycle {cycle}: {}", last_line(&text));
+        last = progress(&text);
+        let expected = if last_cycle { libc::SIGKILL } else { libc::SIGTERM };
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(expected), "cycle {cycle}");
+    }
+    assert_eq!(events(dir, "restored").len(), cycles - 1);
+}
