@@ -7,9 +7,9 @@
 //! with EINVAL, or silently reads another process's CPU time; `kill` signals another process. The calls
 //! that take a pid or a CPU clock id are interposed here (`clock_nanosleep` in eintr.rs): a pid (or the main thread's tid) this process
 //! had in an earlier incarnation is replaced by the current one. Every other value passes unchanged, and
-//! the cost for them is one comparison. A replaced id is used with every signal blocked from its
-//! replacement to the call (`sys::SignalsBlocked`): a checkpoint in between would resume the call, after
-//! the restart, with the previous incarnation's pid.
+//! the cost for them is one comparison. An id that may name this process (a pid above 0, a clock id that
+//! encodes one) is looked up and used with every signal blocked (`sys::SignalsBlocked`, two system calls):
+//! a checkpoint in between would resume the call, after the restart, with the previous incarnation's pid.
 //!
 //! The restorer records the checkpoint-time pid in [`PAST_PIDS`] before it stores the new one.
 
@@ -236,6 +236,9 @@ macro_rules! libc_fn {
 /// Defines `$name` with the first argument passed through `$map` and every other argument unchanged.
 macro_rules! interpose_first {
     ($name:ident, $map:path, $first:ident: $fty:ty, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr) => {
+        interpose_first!($name, $map, |v| v > 0, $first: $fty, ($($arg: $ty),*) -> $ret, $missing);
+    };
+    ($name:ident, $map:path, $may:expr, $first:ident: $fty:ty, ($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr) => {
         #[doc = concat!("`", stringify!($name), "`, with an earlier pid or clock id of this process made current.")]
         ///
         /// # Safety
@@ -249,17 +252,20 @@ macro_rules! interpose_first {
             }
             // SAFETY: `p` is libc's function of this name and signature.
             let f: unsafe extern "C" fn($fty, $($ty),*) -> $ret = unsafe { std::mem::transmute(p) };
-            let now = $map($first);
-            // An id made current is used in this incarnation (see `SignalsBlocked`); others pass untouched.
-            let _blocked = (now != $first).then(crate::sys::SignalsBlocked::new);
+            // An id that may name this process is looked at and used in one incarnation (see
+            // `SignalsBlocked`: the look-up asks the kernel for the pid, where a checkpoint signal is
+            // delivered); any other value passes untouched.
+            let may: fn($fty) -> bool = $may;
+            let _blocked = may($first).then(crate::sys::SignalsBlocked::new);
             // SAFETY: the caller's arguments, the first one naming this process now if it named it before.
-            unsafe { f(now, $($arg),*) }
+            unsafe { f($map($first), $($arg),*) }
         }
     };
 }
 
-interpose_first!(clock_gettime, current_clock, clock: libc::clockid_t, (ts: *mut libc::timespec) -> c_int, -1);
-interpose_first!(clock_getres, current_clock, clock: libc::clockid_t, (ts: *mut libc::timespec) -> c_int, -1);
+// Clock ids that encode a pid are negative (the fixed clocks, CLOCK_MONOTONIC and the like, pass as they are).
+interpose_first!(clock_gettime, current_clock, |c| c < 0, clock: libc::clockid_t, (ts: *mut libc::timespec) -> c_int, -1);
+interpose_first!(clock_getres, current_clock, |c| c < 0, clock: libc::clockid_t, (ts: *mut libc::timespec) -> c_int, -1);
 interpose_first!(
     clock_getcpuclockid,
     current_pid,
@@ -276,10 +282,10 @@ interpose_first!(sigqueue, current_pid, pid: libc::pid_t, (sig: c_int, value: li
 /// The contract of libc's `tgkill`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int) -> c_int {
-    let (pid, tid_now) = (current_pid(tgid), current_tid(tid));
-    let _blocked = (pid != tgid || tid_now != tid).then(crate::sys::SignalsBlocked::new);
+    // Looked up and used in one incarnation (see `interpose_first`).
+    let _blocked = crate::sys::SignalsBlocked::new();
     // SAFETY: the raw system call with the caller's signal.
-    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid_now, sig) as c_int }
+    unsafe { libc::syscall(libc::SYS_tgkill, current_pid(tgid), current_tid(tid), sig) as c_int }
 }
 
 /// Defines a wait call whose pid argument is made current and whose result is given back as the program
