@@ -21,17 +21,14 @@ use crate::TID_OFFSET;
 use crate::sys::{SignalsBlocked, gettid};
 
 /// Runs `f` with the kernel's tid in the TCB when `th` is the calling thread and the cached tid is the
-/// checkpoint's (a restored process); otherwise just runs it. On the calling thread, with every signal
-/// blocked: a checkpoint inside `f` would leave the call, after the restart, with this incarnation's tid.
+/// checkpoint's (a restored process); otherwise just runs it. The caller blocks every signal first
+/// ([`SignalsBlocked`]): a checkpoint inside `f` would leave the call, after the restart, with this
+/// incarnation's tid.
 fn with_kernel_tid<R>(th: libc::pthread_t, f: impl FnOnce() -> R) -> R {
     let off = TID_OFFSET.load(Ordering::Relaxed);
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() };
-    if th != me {
-        return f();
-    }
-    let _blocked = SignalsBlocked::new();
-    if off < 0 {
+    if th != me || off < 0 {
         return f();
     }
     let slot = (me as usize + off as usize) as *mut i32;
@@ -96,12 +93,11 @@ macro_rules! interpose_both {
         /// The contract of libc's function of this name.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(th: libc::pthread_t, $($arg: $ty),*) -> c_int {
-            {
-                // The current tid and its use in one incarnation (see `SignalsBlocked`).
-                let _blocked = SignalsBlocked::new();
-                if let Some($now) = restored_other(th) {
-                    return $other;
-                }
+            // The tid looked up and used in one incarnation, whichever thread it names: libc's function
+            // reads another thread's cached tid too.
+            let _blocked = SignalsBlocked::new();
+            if let Some($now) = restored_other(th) {
+                return $other;
             }
             static REAL: AtomicUsize = AtomicUsize::new(0);
             let p = real(&REAL, concat!(stringify!($name), "\0").as_bytes());
@@ -120,6 +116,8 @@ macro_rules! interpose {
     ($name:ident, ($($arg:ident: $ty:ty),*)) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(th: libc::pthread_t, $($arg: $ty),*) -> c_int {
+            // As in `interpose_both`.
+            let _blocked = SignalsBlocked::new();
             static REAL: AtomicUsize = AtomicUsize::new(0);
             let p = real(&REAL, concat!(stringify!($name), "\0").as_bytes());
             if p == 0 {
@@ -233,7 +231,9 @@ interpose_both!(pthread_getname_np, (buf: *mut libc::c_char, len: libc::size_t),
 // SAFETY: the caller's pointers and values, under the contract of the pthread function.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pthread_kill(th: libc::pthread_t, sig: c_int) -> c_int {
-    let blocked = SignalsBlocked::new();
+    // As in `interpose_both`; a signal to the calling thread is delivered when the mask is set back,
+    // before this returns.
+    let _blocked = SignalsBlocked::new();
     if let Some(now) = restored_other(th) {
         // glibc's internal signals (SIGCANCEL, SIGSETXID) are not the program's to send.
         if sig == 32 || sig == 33 {
@@ -242,7 +242,6 @@ pub unsafe extern "C" fn pthread_kill(th: libc::pthread_t, sig: c_int) -> c_int 
         // SAFETY: tgkill to a thread of this process.
         return status(unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), now, sig) });
     }
-    drop(blocked);
     static REAL: AtomicUsize = AtomicUsize::new(0);
     let p = real(&REAL, b"pthread_kill\0");
     if p == 0 {
