@@ -223,9 +223,7 @@ fn step_task() -> Option<(u32, u32)> {
 
 /// Slurm's reason for a job's state (`TimeLimit`, `None`...), from `scontrol show job -o`.
 fn slurm_reason(job: &str) -> Option<String> {
-    let scontrol = std::env::var("CKPT_SCONTROL").unwrap_or_else(|_| "scontrol".into());
-    let out = std::process::Command::new(scontrol).args(["show", "job", "-o", job]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = super::scontrol::run(&["show", "job", "-o", job], super::scontrol::SCONTROL_TIMEOUT).ok()?;
     text.split_whitespace().find_map(|f| f.strip_prefix("Reason=")).map(String::from)
 }
 

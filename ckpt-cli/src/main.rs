@@ -15,6 +15,7 @@ mod job;
 mod list;
 mod progress;
 mod requeue;
+mod scontrol;
 mod shim;
 use serde_json::{Value, json};
 
@@ -100,6 +101,8 @@ enum Command {
     /// Requeue this Slurm job (`scontrol requeue $SLURM_JOB_ID`) for a restart, but only while
     /// SLURM_RESTART_COUNT < N and the last restart made progress (its newest checkpoint is newer than
     /// the one recorded at the previous requeue). For a batch script's trap or after the program exits.
+    /// The SIGTERM Slurm sends the job's processes on a requeue does not cut its answer off; scontrol is
+    /// killed after 12 s (a hung controller) and that is an error.
     /// Exit 0 when requeued, 1 when refused (with the reason), 2 on errors.
     Requeue {
         /// Give up after this many restarts.

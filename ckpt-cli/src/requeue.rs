@@ -91,6 +91,8 @@ pub(crate) fn requeue(
     as_json: bool,
     out: &mut dyn Write,
 ) -> Result<ExitCode, Error> {
+    // Slurm's SIGTERM after the requeue must not cut the answer off (it lands in the job's log).
+    super::scontrol::hold_sigterm();
     let o = decide(&Config::from_env(name)?, max_restarts, dry_run)?;
     // A failed write of the answer leaves nothing else to say.
     let _ = if as_json {
@@ -174,14 +176,7 @@ fn decide(cfg: &Config, max_restarts: u32, dry_run: bool) -> Result<Outcome, Err
         return Ok(o);
     }
     std::fs::write(&record, format!("{name} {g} {step}\n")).map_err(|e| Error::io("write", e).with_path(&record))?;
-    let scontrol = std::env::var("CKPT_SCONTROL").unwrap_or_else(|_| "scontrol".into());
-    let status = std::process::Command::new(&scontrol)
-        .args(["requeue", &job])
-        .status()
-        .map_err(|e| Error::io(&format!("run {scontrol}"), e))?;
-    if !status.success() {
-        return Err(Error::new(ckpt_core::ErrorKind::Io, format!("`{scontrol} requeue {job}` failed: {status}")));
-    }
+    super::scontrol::run(&["requeue", &job], super::scontrol::SCONTROL_TIMEOUT)?;
     o.requeued = true;
     o.message =
         format!("ckpt requeue: requeued job {job} (restart {} of {max_restarts}; checkpoint step {step})", count + 1);

@@ -1,7 +1,8 @@
 //! Progress bars and JSON: `ckpt create` (while it waits) and `ckpt verify` (of a large file) show a bar
 //! only when stderr is a terminal and never with `--json` (a terminal is provided by util-linux's
 //! `script`; without it those halves are skipped, saying so); `ckpt requeue --json` says what it decided
-//! and why as one JSON object.
+//! and why as one JSON object, also when the requeue makes Slurm send it SIGTERM, and a Slurm controller
+//! that hangs makes it fail in bounded time, saying so.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -218,6 +219,68 @@ fn requeue_json_says_what_was_decided_and_why() {
     let o = ckpt(dir.path(), &["requeue", "--max-restarts", "3", "--json"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(o.stdout.is_empty() && String::from_utf8_lossy(&o.stderr).contains("SLURM_JOB_ID"), "{}", text(&o));
+}
+
+/// A stand-in `scontrol` in `dir` running `body` (a shell script).
+fn scontrol_running(dir: &Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let scontrol = dir.join("scontrol");
+    std::fs::write(&scontrol, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&scontrol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    scontrol
+}
+
+fn save_for_job(dir: &Path, job: &str, step: i64) {
+    let mut cfg = Config::new("ckpt", dir).unwrap();
+    cfg.job_id = Some(job.into());
+    Store::new(cfg).save_serde(step, &step).unwrap();
+}
+
+/// `scontrol requeue` makes Slurm send SIGTERM to every process of the job, `ckpt requeue` too, right
+/// after the request (CI saw a batch script's log without the "requeued" line): it still says what it did
+/// and exits 0.
+#[test]
+fn requeue_reports_the_requeue_through_the_sigterm_it_brings() {
+    let dir = tempfile::tempdir().unwrap();
+    save_for_job(dir.path(), "78", 4);
+    // As slurmstepd does on a requeue: SIGTERM to the job's processes (here the caller), then the answer.
+    let scontrol = scontrol_running(dir.path(), "kill -TERM $PPID; sleep 0.3; exit 0");
+    for json in [false, true] {
+        let _ = std::fs::remove_file(dir.path().join("78.ckpt.requeue"));
+        let mut args = vec!["requeue", "--max-restarts", "3"];
+        if json {
+            args.push("--json");
+        }
+        let o = ckpt(dir.path(), &args, &[("SLURM_JOB_ID", "78"), ("CKPT_SCONTROL", scontrol.to_str().unwrap())]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        if json {
+            let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+            assert_eq!(v["requeued"], true, "{v}");
+        } else {
+            assert_eq!(out.trim(), "ckpt requeue: requeued job 78 (restart 1 of 3; checkpoint step 4)", "{}", text(&o));
+        }
+    }
+}
+
+/// A Slurm controller that does not answer: `ckpt requeue` kills scontrol after its bound and fails
+/// (exit 2), saying so, instead of hanging until Slurm's SIGKILL.
+#[test]
+fn requeue_fails_in_bounded_time_when_the_controller_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    save_for_job(dir.path(), "79", 4);
+    let scontrol = scontrol_running(dir.path(), "exec sleep 600");
+    let t = std::time::Instant::now();
+    let o = ckpt(
+        dir.path(),
+        &["requeue", "--max-restarts", "3"],
+        &[("SLURM_JOB_ID", "79"), ("CKPT_SCONTROL", scontrol.to_str().unwrap())],
+    );
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("requeue 79` did not answer within 12 s (killed)"), "{}", text(&o));
+    assert!(took < Duration::from_secs(40), "took {took:?}");
 }
 
 /// `ckpt flush` of what the node-local cache holds: a bar on a terminal, none when stderr is not one or
