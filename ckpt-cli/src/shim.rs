@@ -158,6 +158,7 @@ pub fn restart(image: Option<&Path>, image_dir: Option<&Path>) -> Result<ExitCod
     }
     // The marker names this process, which the exec turns into the program.
     let marker = process_image::RootMarker::for_self().map_err(|e| Error::io("read /proc/self/stat", e))?;
+    lead_group_again(&found, &path)?;
     let mut extra = Vec::new();
     if let Some(tree) = read_tree_of(&found, &path)? {
         match restart_tree(&found, &path, &tree, &marker)? {
@@ -264,6 +265,25 @@ fn exec_image(
     // SAFETY: closes the descriptor made above.
     unsafe { libc::close(handed) };
     Ok(err)
+}
+
+/// A program that led a process group of its own at checkpoint time (an interactive shell's job, a
+/// program started by `setsid`) leads one again, and so do the members of its tree, forked from here
+/// after this: a signal to the group it knew, which the shim makes the group it is in now, then reaches
+/// the same processes, never the other processes of the job (a batch script's shell). A program that
+/// was in another process's group stays in the group this command runs in.
+fn lead_group_again(found: &ckpt_image::discover::FoundImage, path: &Path) -> Result<(), Error> {
+    let file = found.file.try_clone().map_err(|e| Error::io("dup", e).with_path(path))?;
+    let cp = Checkpoint::open_with(&process_image::OpenedFile(file), path, ckpt_core::LoadOptions::new().mmap(false))?;
+    let led = process_image::read_group(&cp)? == Some(found.image.pid);
+    // SAFETY: getpgrp and getpid take nothing; setpgid(0, 0) makes this process a group leader (it fails
+    // only for a session leader, which leads its group already).
+    unsafe {
+        if led && libc::getpgrp() != libc::getpid() && libc::setpgid(0, 0) != 0 {
+            return Err(Error::io("lead a process group again", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 /// The tree section of a verified root image, if it has one.

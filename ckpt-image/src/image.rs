@@ -492,6 +492,36 @@ pub fn read_noreserve(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<Vec<(u64,
     Ok(ranges)
 }
 
+/// Section holding the process group of the program at checkpoint time (its `getpgrp()`, an `i32`,
+/// postcard). After a restart the program may still name that group (`kill(-pgid)`, `killpg`,
+/// `waitpid(-pgid)`, `waitid(P_PGID)`, bash's `kill -- -$$`): the shim makes it the group it is in now,
+/// and `ckpt restart` makes the program lead its own group again when it led one (so that a signal to the
+/// group reaches the same processes, never the job's other processes). A section of its own: an image
+/// without one (written before it existed) is read as before, its group unknown.
+pub const GROUP_SECTION: &str = "process.group";
+
+/// Encodes the process-group section.
+pub fn encode_group(pgid: i32) -> ckpt_core::Result<Vec<u8>> {
+    encode_section(&pgid, GROUP_SECTION)
+}
+
+/// The checkpoint-time process group of a verified process image; `None` for an image written without
+/// it.
+pub fn read_group(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<Option<i32>> {
+    if !cp.has_section(GROUP_SECTION) {
+        return Ok(None);
+    }
+    let pgid: i32 = cp.read_serde(GROUP_SECTION)?;
+    if pgid <= 0 {
+        return Err(ckpt_core::Error::new(
+            ckpt_core::ErrorKind::Corrupt,
+            format!("process group {pgid} is not a group"),
+        )
+        .with_path(cp.path()));
+    }
+    Ok(Some(pgid))
+}
+
 /// Section listing every thread of a multi-threaded image ([`ThreadRecord`], postcard), the main thread
 /// (whose tid is the pid) first. Present exactly when the state section's version is
 /// [`PROCESS_IMAGE_VERSION_THREADS`]; the main thread's registers are also in [`ProcessImage`]'s fields.

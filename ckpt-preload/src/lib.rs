@@ -1167,13 +1167,21 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
         // Before the checkpoint, so that the image holds it: the call this request interrupted is
         // resumed, in this process and in the restarted one (`eintr`).
         eintr::CONSUMED.fetch_add(1, Ordering::Relaxed);
-        let ok = take_checkpoint(sig, exit, uctx as usize, saved_errno);
+        let attempt = take_checkpoint(sig, exit, uctx as usize, saved_errno);
+        let request = if from_timer { 0 } else { sig };
         if exit {
-            if ok {
-                die_by_default(libc::SIGTERM);
-            } else if !from_timer {
-                // No checkpoint: the program gets the signal as if the shim were not there.
-                emulate_app_action(sig, info, uctx);
+            match attempt {
+                Attempt::Taken => die_by_default(libc::SIGTERM),
+                Attempt::Again => {}
+                Attempt::Passing if retry_exit_later(request) => {}
+                Attempt::Refused | Attempt::Passing => {
+                    // No checkpoint: the program gets the signal as if the shim were not there (a timer's
+                    // checkpoint-and-exit: the program goes on).
+                    let requested = end_exit_retries(request);
+                    if requested > 0 {
+                        emulate_app_action(requested, info, uctx);
+                    }
+                }
             }
         }
     }
@@ -1262,9 +1270,71 @@ pub(crate) fn wait_previous_writer() {
     }
 }
 
-/// Checks what cannot be checkpointed, records what the writer needs, and forks it. Returns whether an
-/// image was (for `exit`) or is being (otherwise) written.
-fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool {
+/// What became of a checkpoint attempt.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Attempt {
+    /// Taken: with `exit` the image is committed, otherwise its writer runs.
+    Taken,
+    /// Refused or failed (the reason is on stderr and in the log).
+    Refused,
+    /// Refused for a state that lasts an instant (`tree::Refusal::transient`): worth trying again.
+    Passing,
+    /// Another thread was taking one: the request is raised again, for after it.
+    Again,
+}
+
+/// A checkpoint-and-exit refused for a state that passes (a child that exited and is not reaped yet, a
+/// `system()` call) is tried again every `EXIT_RETRY_EVERY_NS` for up to `EXIT_RETRY_FOR_NS` (the
+/// program runs in between and reaps its child), instead of ending the program without its last
+/// checkpoint: a program that starts short commands all the time (a driver script, `make`) is in such a
+/// state for a moment at any instant, and the time limit's SIGTERM would otherwise lose the job's work
+/// since the previous checkpoint. The retries go through the deadline timer, which ends in a
+/// checkpoint-and-exit either way.
+const EXIT_RETRY_EVERY_NS: u64 = 5_000_000;
+const EXIT_RETRY_FOR_NS: u64 = 1_000_000_000;
+/// When the retries of a refused checkpoint-and-exit end (`CLOCK_MONOTONIC` ns; 0: none in progress).
+static EXIT_RETRY_UNTIL: AtomicU64 = AtomicU64::new(0);
+/// The signal that asked for that checkpoint-and-exit (0: the deadline timer): the program gets its
+/// action if every retry is refused.
+static EXIT_RETRY_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Arranges another try of a checkpoint-and-exit asked for by `request` (0: the deadline timer) and
+/// refused for a passing state; false once the retries are over.
+fn retry_exit_later(request: c_int) -> bool {
+    let now = monotonic_ns();
+    let until = EXIT_RETRY_UNTIL.load(Ordering::Relaxed);
+    if until == 0 {
+        EXIT_RETRY_UNTIL.store(now + EXIT_RETRY_FOR_NS, Ordering::Relaxed);
+        warn(b"trying the checkpoint again every 5 ms for up to 1 s");
+    } else if now >= until {
+        return false;
+    }
+    if request > 0 {
+        EXIT_RETRY_SIGNAL.store(request, Ordering::Relaxed);
+    }
+    arm_deadline(realtime_ns() + EXIT_RETRY_EVERY_NS);
+    true
+}
+
+/// Ends the retries of a checkpoint-and-exit (saying so when there were some); returns the signal whose
+/// action the program gets now: `request`, or the one that asked first (0: none, a timer asked).
+fn end_exit_retries(request: c_int) -> c_int {
+    if EXIT_RETRY_UNTIL.swap(0, Ordering::Relaxed) != 0 {
+        refuse(b"still refused after trying again for 1 s (the first reason is above)");
+    }
+    let first = EXIT_RETRY_SIGNAL.swap(0, Ordering::Relaxed);
+    if request > 0 { request } else { first }
+}
+
+/// Forgets retries in progress (a restored process: they belonged to the run that ended).
+pub(crate) fn reset_exit_retries() {
+    EXIT_RETRY_UNTIL.store(0, Ordering::Relaxed);
+    EXIT_RETRY_SIGNAL.store(0, Ordering::Relaxed);
+}
+
+/// Checks what cannot be checkpointed, records what the writer needs, and forks it; with `exit`, waits
+/// for the image to be committed.
+fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> Attempt {
     let t0 = monotonic_ns();
     wait_previous_writer();
     let mut dirbuf = [0u8; 4096];
@@ -1279,7 +1349,7 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
                 threads::park(ucontext);
                 // SAFETY: tgkill to this thread.
                 unsafe { syscall3(SYS_tgkill, getpid() as usize, gettid() as usize, sig as usize) };
-                return false;
+                return Attempt::Again;
             }
             Err(threads::StopError::Refused(why, tid)) => {
                 let mut msg = [0u8; 200];
@@ -1290,7 +1360,7 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
                     put(&mut msg, &mut pos, b"; it may block every signal for long, or be stopped)");
                 }
                 refuse(&msg[..pos]);
-                return false;
+                return Attempt::Refused;
             }
         }
     } else {
@@ -1307,9 +1377,12 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
     let members = match tree::stop_members(sequence) {
         Ok(n) => n,
         Err(why) => {
-            refuse(why.text());
+            // Retries of a checkpoint-and-exit say nothing until they end (see `retry_exit_later`).
+            if EXIT_RETRY_UNTIL.load(Ordering::Relaxed) == 0 {
+                refuse(why.text());
+            }
             release();
-            return false;
+            return if why.transient && exit { Attempt::Passing } else { Attempt::Refused };
         }
     };
     let pid = match fork_writer_at(errno, ucontext, exit, members > 0, false, t0, sequence) {
@@ -1318,7 +1391,7 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
             refuse(why);
             tree::abort_members();
             release();
-            return false;
+            return Attempt::Refused;
         }
     };
     let members_ok = tree::members_forked(exit);
@@ -1326,7 +1399,7 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
         WRITER_PID.store(pid, Ordering::Relaxed);
         tree::finish(false, false);
         release();
-        return true;
+        return Attempt::Taken;
     }
     let status = wait_child(pid);
     let ok = members_ok && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
@@ -1334,8 +1407,9 @@ fn take_checkpoint(sig: c_int, exit: bool, ucontext: usize, errno: i32) -> bool 
     if !ok {
         // No image: the program goes on (or gets the signal's own action).
         release();
+        return Attempt::Refused;
     }
-    ok
+    Attempt::Taken
 }
 
 /// A member's writer (tree.rs): records what the writer needs and forks it; its pid, or -1.

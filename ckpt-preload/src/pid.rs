@@ -25,28 +25,74 @@ pub(crate) static PAST_PIDS: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16]
 /// Records `old` (the checkpoint-time pid) as an earlier pid of this process. Raw atomics only: called by
 /// the restorer before libc is usable.
 pub(crate) fn remember(old: i32) {
+    remember_in(&PAST_PIDS, old);
+}
+
+/// The process groups of earlier incarnations (0: unused), oldest first, as [`PAST_PIDS`].
+static PAST_GROUPS: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16];
+/// The process group this process was given at its last restore: what an earlier group now means.
+static GROUP_NOW: AtomicI32 = AtomicI32::new(0);
+
+/// Records `old` (the checkpoint-time process group, 0 when the image does not say) as an earlier group
+/// of this process, which is in group `now` after the restore. An earlier group keeps naming the group
+/// the restore put the process in (`ckpt restart` makes the program lead a group of its own again when
+/// it led one), also after the program moves to another group itself. Raw atomics only (the restorer).
+pub(crate) fn remember_group(old: i32, now: i32) {
+    if old > 0 && now > 0 {
+        remember_in(&PAST_GROUPS, old);
+        GROUP_NOW.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Whether `group` is a process group of an earlier incarnation of this process.
+pub(crate) fn is_past_group(group: i32) -> bool {
+    group > 0 && PAST_GROUPS.iter().any(|g| g.load(Ordering::Relaxed) == group)
+}
+
+/// `group`, or the group given to this process at its last restore when `group` is an earlier one. Reads
+/// atomics only, no system call: a checkpoint signal is delivered when a system call returns, and one
+/// between this look-up and the call that uses its result would resume that call with the previous
+/// incarnation's group.
+fn current_group(group: i32) -> i32 {
+    if is_past_group(group) { GROUP_NOW.load(Ordering::Relaxed) } else { group }
+}
+
+/// A pid argument of `kill` or `wait*` made current: a pid (`> 0`) as [`current_pid`] or [`peer_now`]
+/// does, a process group (`< -1`, as `-pgid`) as [`current_group`] does; 0 and -1 unchanged.
+fn current_target(pid: i32, pid_now: fn(i32) -> i32) -> i32 {
+    if pid > 0 {
+        pid_now(pid)
+    } else if pid < -1 {
+        -current_group(pid.wrapping_neg())
+    } else {
+        pid
+    }
+}
+
+/// A table of earlier ids: adds `old` unless present, forgetting the oldest when full.
+fn remember_in(table: &[AtomicI32], old: i32) {
     if old <= 0 {
         return;
     }
-    let n = PAST_PIDS.len();
+    let n = table.len();
     let mut i = 0;
     while i < n {
-        let v = PAST_PIDS[i].load(Ordering::Relaxed);
+        let v = table[i].load(Ordering::Relaxed);
         if v == old {
             return;
         }
         if v == 0 {
-            PAST_PIDS[i].store(old, Ordering::Relaxed);
+            table[i].store(old, Ordering::Relaxed);
             return;
         }
         i += 1;
     }
     let mut i = 1;
     while i < n {
-        PAST_PIDS[i - 1].store(PAST_PIDS[i].load(Ordering::Relaxed), Ordering::Relaxed);
+        table[i - 1].store(table[i].load(Ordering::Relaxed), Ordering::Relaxed);
         i += 1;
     }
-    PAST_PIDS[n - 1].store(old, Ordering::Relaxed);
+    table[n - 1].store(old, Ordering::Relaxed);
 }
 
 /// The other processes of a restored process tree (its parent, its children): the pid the program knows
@@ -273,7 +319,9 @@ interpose_first!(
     (clock: *mut libc::clockid_t) -> c_int,
     libc::ENOSYS
 );
-interpose_first!(kill, current_pid, pid: libc::pid_t, (sig: c_int) -> c_int, -1);
+interpose_first!(kill, kill_target, |p| !(-1..=0).contains(&p), pid: libc::pid_t, (sig: c_int) -> c_int, -1);
+// glibc's killpg calls its own kill, not the interposed one.
+interpose_first!(killpg, current_group, pgrp: libc::pid_t, (sig: c_int) -> c_int, -1);
 interpose_first!(sigqueue, current_pid, pid: libc::pid_t, (sig: c_int, value: libc::sigval) -> c_int, -1);
 
 /// `tgkill(tgid, tid, sig)`: both ids follow the process (the main thread's tid is its pid).
@@ -286,6 +334,16 @@ pub unsafe extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: c_int)
     let _blocked = crate::sys::SignalsBlocked::new();
     // SAFETY: the raw system call with the caller's signal.
     unsafe { libc::syscall(libc::SYS_tgkill, current_pid(tgid), current_tid(tid), sig) as c_int }
+}
+
+/// `kill`'s pid made current: this process's earlier pids, the tree's, and earlier process groups.
+fn kill_target(pid: i32) -> i32 {
+    current_target(pid, current_pid)
+}
+
+/// A `wait*` pid made current: the tree's children, and earlier process groups.
+fn wait_target(pid: i32) -> i32 {
+    current_target(pid, peer_now)
 }
 
 /// Defines a wait call whose pid argument is made current and whose result is given back as the program
@@ -305,7 +363,7 @@ macro_rules! interpose_wait {
             }
             // SAFETY: `p` is libc's function of this name and signature.
             let f: unsafe extern "C" fn($($ty),*) -> libc::pid_t = unsafe { std::mem::transmute(p) };
-            let $pid = peer_now($pid);
+            let $pid = wait_target($pid);
             // SAFETY: the caller's arguments, the pid made current.
             peer_then(unsafe { f($($arg),*) })
         }
@@ -352,7 +410,11 @@ pub unsafe extern "C" fn waitid(
     else {
         return -1;
     };
-    let id = if idtype == libc::P_PID { peer_now(id as i32) as libc::id_t } else { id };
+    let id = match idtype {
+        libc::P_PID => peer_now(id as i32) as libc::id_t,
+        libc::P_PGID => current_group(id as i32) as libc::id_t,
+        _ => id,
+    };
     // SAFETY: the caller's arguments.
     let r = unsafe { f(idtype, id, info, options) };
     if r == 0 && !info.is_null() {

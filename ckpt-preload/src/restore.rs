@@ -103,6 +103,9 @@ pub struct Plan {
     member: u32,
     root_pid: i32,
     old_pid: i32,
+    /// The process group at checkpoint time (0: unknown, an older image), which keeps naming the group
+    /// this process is in now (pid.rs).
+    old_pgid: i32,
     /// Pids of the tree (checkpoint-time, now) this process may name: its parent and children.
     pids: [[i32; 2]; MAX_TREE_PIDS],
     npids: usize,
@@ -140,16 +143,19 @@ fn retarget_restarted_wait(p: &Plan, frame: u64) {
     const RAX: usize = 13;
     const RIP: usize = 16;
     const P_PID: u64 = 1;
-    if frame == 0 || p.npids == 0 {
+    const P_PGID: u64 = 2;
+    if frame == 0 {
         return;
     }
     let regs = (frame + MCONTEXT) as *mut u64;
     // SAFETY: the frame is the saved ucontext, in restored memory, mapped and writable (a thread's stack).
     let (nr, rip) = unsafe { (regs.add(RAX).read(), regs.add(RIP).read()) };
-    let pid_reg = match nr as libc::c_long {
-        libc::SYS_wait4 => RDI,
-        // SAFETY: as above.
-        libc::SYS_waitid if unsafe { regs.add(RDI).read() } == P_PID => RSI,
+    // SAFETY: as above.
+    let idtype = unsafe { regs.add(RDI).read() };
+    let (pid_reg, group_id) = match nr as libc::c_long {
+        libc::SYS_wait4 => (RDI, false),
+        libc::SYS_waitid if idtype == P_PID => (RSI, false),
+        libc::SYS_waitid if idtype == P_PGID => (RSI, true),
         _ => return,
     };
     // Restarted, not returned: the instruction at rip is `syscall` (0f 05). Code pages are restored and
@@ -160,7 +166,18 @@ fn retarget_restarted_wait(p: &Plan, frame: u64) {
     }
     // SAFETY: as above.
     let then = unsafe { regs.add(pid_reg).read() } as i32;
-    if then <= 0 {
+    // A wait for the process group of the checkpoint (wait4's -pgid, waitid's P_PGID id): the group now.
+    let group_then = if group_id { then } else { then.wrapping_neg() };
+    if (group_id || then < -1) && crate::pid::is_past_group(group_then) {
+        let now = getpgrp();
+        if now > 0 {
+            let value = if group_id { now } else { -now };
+            // SAFETY: as above; the register slot is in the frame.
+            unsafe { regs.add(pid_reg).write(value as u32 as u64) };
+        }
+        return;
+    }
+    if then <= 0 || group_id {
         return;
     }
     let mut k = 0;
@@ -385,6 +402,10 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
         Ok(n) => n,
         Err(e) => refuse(image_path, &e.to_string()),
     };
+    let group = match ckpt_image::read_group(&cp) {
+        Ok(g) => g,
+        Err(e) => refuse(image_path, &e.to_string()),
+    };
     let threads = match ckpt_image::read_threads(&cp, &image) {
         Ok(t) => t,
         Err(e) => refuse(image_path, &e.to_string()),
@@ -464,6 +485,7 @@ pub(crate) fn restore_from(image_path: &str, nonce: u64, getenv: &dyn Fn(&str) -
             *slot = [l.resource as u64, l.soft, l.hard];
         }
         (*plan).nrlimits = limits.len().min(MAX_RLIMITS);
+        (*plan).old_pgid = group.unwrap_or(0);
         (*plan).image_dev = meta.dev();
         (*plan).image_ino = meta.ino();
         (*plan).marker.copy_from_slice(&marker.as_bytes()[..ckpt_image::ROOT_MARKER_LEN]);
@@ -1034,6 +1056,7 @@ unsafe fn build_plan(
             member: 0,
             root_pid: 0,
             old_pid: image.pid,
+            old_pgid: 0,
             pids: [[0; 2]; MAX_TREE_PIDS],
             npids: 0,
         };
@@ -1608,6 +1631,8 @@ fn reset_shim_state(p: &Plan) -> i32 {
     let pid = getpid();
     // The checkpoint-time pid keeps naming this process in the calls that take one (pid.rs).
     crate::pid::remember(p.old_pid);
+    crate::pid::remember_group(p.old_pgid, getpgrp());
+    crate::reset_exit_retries();
     // A member of a tree names the root; the root names itself.
     crate::ROOT_PID.store(if p.member != 0 { p.root_pid } else { pid }, Ordering::Relaxed);
     let mut k = 0;

@@ -152,12 +152,27 @@ pub fn getpid() -> i32 {
     unsafe { syscall3(SYS_getpid, 0, 0, 0) as i32 }
 }
 
+/// The process group of this process (`getpgid(0)`).
+pub fn getpgrp() -> i32 {
+    // SAFETY: no memory is passed.
+    unsafe { syscall3(libc::SYS_getpgid, 0, 0, 0) as i32 }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds (through the vDSO-free syscall: safe anywhere).
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_REALTIME in nanoseconds since the epoch (as [`monotonic_ns`]).
+pub fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe {
-        syscall3(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC as usize, &mut ts as *mut _ as usize, 0);
+        syscall3(libc::SYS_clock_gettime, clock as usize, &mut ts as *mut _ as usize, 0);
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

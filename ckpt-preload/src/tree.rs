@@ -91,18 +91,27 @@ pub(crate) static NSCRATCH: AtomicUsize = AtomicUsize::new(0);
 pub(crate) struct Refusal {
     pub buf: [u8; 300],
     pub len: usize,
+    /// The state refused lasts an instant in a running program (a child that exited and is not reaped
+    /// yet, `system()` in progress): the same checkpoint a moment later usually succeeds.
+    pub transient: bool,
 }
 
 impl Refusal {
     /// About the tree as a whole (not one child).
     fn plain(text: &[u8]) -> Refusal {
-        let mut r = Refusal { buf: [0; 300], len: 0 };
+        let mut r = Refusal { buf: [0; 300], len: 0, transient: false };
         put(&mut r.buf, &mut r.len, text);
         r
     }
 
+    /// This refusal, marked as one of a state that passes (see `transient`).
+    fn passing(mut self) -> Refusal {
+        self.transient = true;
+        self
+    }
+
     fn new(parts: &[&[u8]], pid: i32, comm: &[u8]) -> Refusal {
-        let mut r = Refusal { buf: [0; 300], len: 0 };
+        let mut r = Refusal { buf: [0; 300], len: 0, transient: false };
         put(&mut r.buf, &mut r.len, b"child process ");
         put_u64(&mut r.buf, &mut r.len, pid as u64);
         put(&mut r.buf, &mut r.len, b" (");
@@ -344,7 +353,8 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
                         has reaped it"],
                     kid,
                     &comm,
-                ));
+                )
+                .passing());
             }
             if pgrp != my_pgrp || session != my_session {
                 return Err(Refusal::new(
@@ -375,7 +385,7 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
         return Ok(0);
     }
     if crate::pid::IN_SYSTEM.load(Ordering::Acquire) > 0 {
-        return Err(Refusal::new(&[IN_SYSTEM_WHY], members[0].pid, &members[0].comm));
+        return Err(Refusal::new(&[IN_SYSTEM_WHY], members[0].pid, &members[0].comm).passing());
     }
     // The coordination file, created afresh.
     let mut path = [0u8; 256];

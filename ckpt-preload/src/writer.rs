@@ -710,6 +710,10 @@ fn commit_image(
     w.add_section_with(LIMITS_SECTION, &limits, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     let noreserve = ckpt_image::encode_noreserve(&noreserve_ranges()).map_err(fail)?;
     w.add_section_with(ckpt_image::NORESERVE_SECTION, &noreserve, plain.encoding(Encoding::Postcard)).map_err(fail)?;
+    // The program's process group (the writer, forked from it, is in the same one).
+    // SAFETY: getpgrp takes nothing and cannot fail.
+    let group = ckpt_image::encode_group(unsafe { libc::getpgrp() }).map_err(fail)?;
+    w.add_section_with(ckpt_image::GROUP_SECTION, &group, plain.encoding(Encoding::Postcard)).map_err(fail)?;
     if !locks.is_empty() {
         let section = ckpt_image::encode_locks(locks).map_err(fail)?;
         w.add_section_with(LOCKS_SECTION, &section, plain.encoding(Encoding::Postcard)).map_err(fail)?;

@@ -64,6 +64,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether `file` lives in memory (tmpfs, ramfs: a node-local cache level in `/dev/shm`). Such a file
+/// system accepts `O_DIRECT` (tmpfs since Linux 6.6) but copies the bytes into its pages all the same, so
+/// direct mode would only add the staging copy: the bytes go from the caller's memory into the file's
+/// pages in one copy instead.
+#[cfg(target_os = "linux")]
+fn in_memory_file_system(file: &File) -> bool {
+    const TMPFS: i64 = 0x0102_1994;
+    const RAMFS: i64 = 0x8584_58f6;
+    crate::sys::fs_type_of_file(file).is_ok_and(|t| t == TMPFS || t == RAMFS)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn in_memory_file_system(_file: &File) -> bool {
+    false
+}
+
 pub(super) static STAGING_POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// A staging buffer: `DIRECT_STAGE` bytes at a `DIRECT_ALIGN`-aligned address inside `buf`.
@@ -296,7 +312,7 @@ impl FileWriter {
         let head = head.min(buf.len());
         self.file.write_all_at(&buf[..head], self.pos)?;
         self.pos += head as u64;
-        if self.set_direct(true)? {
+        if !in_memory_file_system(&self.file) && self.set_direct(true)? {
             let io = if self.threads { IoThread::spawn(self.file.clone()) } else { None };
             self.direct = Some(Direct { filling: Staging::take(), offset: self.pos, io });
         } else {

@@ -105,16 +105,26 @@ pub fn events(dir: &Path, event: &str) -> Vec<serde_json::Value> {
 
 /// Waits until the log shows `count` events named `event`, or the child exits, or the timeout.
 pub fn wait_for_events(dir: &Path, event: &str, count: usize, child: &mut Child, timeout: Duration) -> bool {
+    wait_until(child, timeout, || events(dir, event).len() >= count)
+}
+
+/// Restores of the root process logged (each member of a process tree logs its own too).
+pub fn root_restores(dir: &Path) -> usize {
+    events(dir, "restored").iter().filter(|e| !e["image"].as_str().unwrap_or("").starts_with("process.member")).count()
+}
+
+/// Waits until `done()`, or the child exits (then: `done()` once more), or the timeout (then: false).
+pub fn wait_until(child: &mut Child, timeout: Duration, done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
     loop {
-        if events(dir, event).len() >= count {
+        if done() {
             return true;
         }
         if start.elapsed() > timeout {
             return false;
         }
         if let Ok(Some(_)) = child.try_wait() {
-            return events(dir, event).len() >= count;
+            return done();
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -238,6 +248,23 @@ pub fn python() -> Option<String> {
 /// `dir`/img), or restart `cycle`, once the shim logged the restore. The restarts reopen stdout (a regular
 /// file) from the image: everything goes to out.txt.
 pub fn incarnation(ckpt: &Path, dir: &Path, exe: &Path, cycle: usize) -> Child {
+    incarnation_in(ckpt, dir, exe, cycle, Group::Inherited)
+}
+
+/// The process group an incarnation starts in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Group {
+    /// The test's own (as a batch script's program is in its shell's).
+    Inherited,
+    /// One of its own, which the program leads (as an interactive shell's job, or under `setsid`).
+    Own,
+    /// The first run in one of its own, the restarts in the test's (a job started by hand, restarted by
+    /// a batch script): `ckpt restart` makes the program lead a group again.
+    OwnAtFirst,
+}
+
+/// [`incarnation`], started in the process group `group`.
+pub fn incarnation_in(ckpt: &Path, dir: &Path, exe: &Path, cycle: usize, group: Group) -> Child {
     let img = dir.join("img");
     let mut cmd = command(ckpt, dir);
     if cycle == 0 {
@@ -246,17 +273,26 @@ pub fn incarnation(ckpt: &Path, dir: &Path, exe: &Path, cycle: usize) -> Child {
         cmd.arg("restart").arg("--image-dir").arg(&img);
     }
     let out = dir.join("out.txt");
+    if group == Group::Own || (group == Group::OwnAtFirst && cycle == 0) {
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(if cycle == 0 { Stdio::from(std::fs::File::create(out).unwrap()) } else { Stdio::null() })
         .stderr(Stdio::from(std::fs::File::create(dir.join(format!("err{cycle}.txt"))).unwrap()))
         .spawn()
         .unwrap();
-    if cycle > 0 {
-        assert!(
-            wait_for_events(dir, "restored", cycle, &mut child, Duration::from_secs(60)),
-            "restart {cycle} did not restore: {:?}",
-            std::fs::read_to_string(dir.join(format!("err{cycle}.txt")))
+    if cycle > 0 && !wait_until(&mut child, Duration::from_secs(60), || root_restores(dir) >= cycle) {
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            text.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        panic!(
+            "restart {cycle} did not restore: {}\nlog (end):\n{}\noutput (end):\n{}\nfirst run's stderr:\n{}",
+            tail(&format!("err{cycle}.txt")),
+            tail("ckpt.log"),
+            tail("out.txt"),
+            tail("err0.txt")
         );
     }
     child
@@ -267,6 +303,12 @@ pub fn incarnation(ckpt: &Path, dir: &Path, exe: &Path, cycle: usize) -> Child {
 /// restarted; the last one is killed. Fails on an ERROR line, a program that ends by itself, or no
 /// progress.
 pub fn restart_while_busy(exe: &Path, cycles: usize, step: i64) {
+    restart_while_busy_in(exe, cycles, step, Group::Inherited);
+}
+
+/// [`restart_while_busy`], every incarnation started in the process group `group` (when the program
+/// leads a group, the last incarnation is killed with its whole group, children included).
+pub fn restart_while_busy_in(exe: &Path, cycles: usize, step: i64, group: Group) {
     let (ckpt, _) = tools();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -276,7 +318,7 @@ pub fn restart_while_busy(exe: &Path, cycles: usize, step: i64) {
     let last_line = |text: &str| text.lines().last().unwrap_or("").to_string();
     let mut last = -1i64;
     for cycle in 0..cycles {
-        let mut child = incarnation(&ckpt, dir, exe, cycle);
+        let mut child = incarnation_in(&ckpt, dir, exe, cycle, group);
         let t = Instant::now();
         loop {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
@@ -291,7 +333,9 @@ pub fn restart_while_busy(exe: &Path, cycles: usize, step: i64) {
             std::thread::sleep(Duration::from_millis(5));
         }
         let last_cycle = cycle == cycles - 1;
-        kill(child.id(), if last_cycle { libc::SIGKILL } else { libc::SIGTERM });
+        let target = if last_cycle && group != Group::Inherited { -(child.id() as i32) } else { child.id() as i32 };
+        // SAFETY: signals the incarnation, or the process group the test made for it.
+        unsafe { libc::kill(target, if last_cycle { libc::SIGKILL } else { libc::SIGTERM }) };
         let status = wait_timeout(&mut child, Duration::from_secs(60));
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(!text.contains("ERROR"), "cycle {cycle}: {}", last_line(&text));
@@ -299,5 +343,5 @@ pub fn restart_while_busy(exe: &Path, cycles: usize, step: i64) {
         let expected = if last_cycle { libc::SIGKILL } else { libc::SIGTERM };
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(expected), "cycle {cycle}");
     }
-    assert_eq!(events(dir, "restored").len(), cycles - 1);
+    assert_eq!(root_restores(dir), cycles - 1);
 }
