@@ -384,8 +384,15 @@ pub fn job(args: &JobArgs) -> Result<ExitCode, Error> {
             _ => {} // SIGCHLD or the timeout: look again
         }
     };
-    // SAFETY: valid sigset.
-    unsafe { libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    // SIGTERM stays blocked: what is left (the copy from the cache, the requeue and its report) must not
+    // be cut off by the SIGTERM Slurm sends every process of the job on a requeue (or at the time limit:
+    // SIGKILL follows after KillWait).
+    let mut after = set;
+    // SAFETY: a valid sigset and a valid signal number.
+    unsafe {
+        libc::sigdelset(&mut after, libc::SIGTERM);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &after, std::ptr::null_mut());
+    }
     drop(child);
 
     let program_status =

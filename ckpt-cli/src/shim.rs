@@ -568,6 +568,10 @@ pub fn print_image(cp: &Checkpoint) -> Result<(), Error> {
         img.pause_us as f64 / 1e3
     );
     println!("memory      {} saved of {} mapped", HumanBytes(img.saved_bytes()), HumanBytes(img.mapped_bytes()));
+    if let Some(group) = process_image::read_group(cp)? {
+        let role = if group == img.pid { "its own, which it leads again on restart" } else { "another process's" };
+        println!("group       {group} ({role})");
+    }
     let threads = process_image::read_threads(cp, &img)?;
     if !threads.is_empty() {
         let names: Vec<String> = threads
@@ -657,7 +661,7 @@ pub fn image_json(cp: &Checkpoint) -> Result<serde_json::Value, Error> {
         "exe": show(&img.exe), "argv": img.argv.iter().map(|a| show(a)).collect::<Vec<_>>(), "cwd": show(&img.cwd),
         "kernel": img.fingerprint.kernel_release, "libc": img.fingerprint.libc_version,
         "rlimit_stack": img.rlimit_stack.0, "sequence": img.sequence, "restarts": img.restarts, "pid": img.pid,
-        "pause_us": img.pause_us, "saved_bytes": img.saved_bytes(), "mapped_bytes": img.mapped_bytes(),
+        "process_group": process_image::read_group(cp)?, "pause_us": img.pause_us, "saved_bytes": img.saved_bytes(), "mapped_bytes": img.mapped_bytes(),
         "regions": img.regions.iter().map(|r| serde_json::json!({
             "start": r.start, "end": r.end, "prot": r.prot, "kind": format!("{:?}", r.kind), "path": show(&r.path),
             "file_offset": r.file_offset, "runs": r.runs.len(), "saved_bytes": r.runs.iter().map(|x| x.len).sum::<u64>(),

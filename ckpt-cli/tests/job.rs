@@ -217,12 +217,14 @@ fn failing_program_status_is_passed_on() {
     assert_eq!(run(&["--", "/nonexistent/program"]), Some(2));
 }
 
-/// A stand-in `scontrol` that records its arguments and reports `Reason=$FAKE_REASON` for `show job`.
+/// A stand-in `scontrol` that records its calls, answers `show job` with `FAKE_REASON`, and on `requeue`
+/// sends SIGTERM to its caller, as slurmstepd does to every process of a job it requeues.
 fn scontrol_stand_in(dir: &Path) -> (PathBuf, PathBuf) {
     let calls = dir.join("scontrol.calls");
     let scontrol = dir.join("scontrol");
     let body = format!(
-        "#!/bin/sh\necho \"$@\" >> {}\n[ \"$1\" = show ] && echo \"JobId=$4 JobState=RUNNING Reason=$FAKE_REASON\"\nexit 0\n",
+        "#!/bin/sh\necho \"$@\" >> {}\n[ \"$1\" = show ] && echo \"JobId=$4 JobState=RUNNING Reason=$FAKE_REASON\"\n\
+         [ \"$1\" = requeue ] && kill -TERM $PPID\nexit 0\n",
         calls.display()
     );
     std::fs::write(&scontrol, body).unwrap();

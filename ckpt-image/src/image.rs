@@ -506,20 +506,21 @@ pub fn encode_group(pgid: i32) -> ckpt_core::Result<Vec<u8>> {
 }
 
 /// The checkpoint-time process group of a verified process image; `None` for an image written without
-/// it.
+/// it, or when the group was not visible from the program's pid namespace (recorded as 0).
 pub fn read_group(cp: &ckpt_core::Checkpoint) -> ckpt_core::Result<Option<i32>> {
     if !cp.has_section(GROUP_SECTION) {
         return Ok(None);
     }
     let pgid: i32 = cp.read_serde(GROUP_SECTION)?;
-    if pgid <= 0 {
+    if pgid < 0 {
         return Err(ckpt_core::Error::new(
             ckpt_core::ErrorKind::Corrupt,
             format!("process group {pgid} is not a group"),
         )
         .with_path(cp.path()));
     }
-    Ok(Some(pgid))
+    // 0: a group whose leader is outside the program's pid namespace (getpgrp() cannot name it).
+    Ok((pgid > 0).then_some(pgid))
 }
 
 /// Section listing every thread of a multi-threaded image ([`ThreadRecord`], postcard), the main thread

@@ -246,7 +246,11 @@ wait $R || true
         py = py,
         prog = prog.display()
     );
-    let o = command(&unshare, dir)
+    // Bounded: the script's waits would never end if the restart failed.
+    let Some(timeout) = which("timeout") else { return };
+    let o = command(&timeout, dir)
+        .arg("120")
+        .arg(&unshare)
         .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
