@@ -1,4 +1,4 @@
-//! The pids this process had before its restarts keep naming it.
+//! The pids (and process groups) this process had before its restarts keep naming it.
 //!
 //! A restarted process has a new pid (this version does not virtualize pids: `getpid()` returns the
 //! kernel's). A program may hold its earlier pid in memory, saved before the checkpoint: a CPU-time clock
@@ -12,6 +12,11 @@
 //! a checkpoint in between would resume the call, after the restart, with the previous incarnation's pid.
 //!
 //! The restorer records the checkpoint-time pid in [`PAST_PIDS`] before it stores the new one.
+//!
+//! Process groups likewise: a group the program took before a restart (`getpgrp()`, bash's `-$$`) names
+//! the group the restore put it in, in `kill(-pgid)`, `killpg`, `wait*(-pgid)` and `waitid(P_PGID)`. That
+//! look-up reads atomics only (no system call, so no checkpoint signal can be delivered between it and
+//! the call it feeds).
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
