@@ -324,9 +324,10 @@ interpose_first!(
     (clock: *mut libc::clockid_t) -> c_int,
     libc::ENOSYS
 );
-interpose_first!(kill, kill_target, |p| !(-1..=0).contains(&p), pid: libc::pid_t, (sig: c_int) -> c_int, -1);
+// A group is looked up in atomics only (`current_group`): nothing to block for it.
+interpose_first!(kill, kill_target, |p| p > 0, pid: libc::pid_t, (sig: c_int) -> c_int, -1);
 // glibc's killpg calls its own kill, not the interposed one.
-interpose_first!(killpg, current_group, pgrp: libc::pid_t, (sig: c_int) -> c_int, -1);
+interpose_first!(killpg, current_group, |_| false, pgrp: libc::pid_t, (sig: c_int) -> c_int, -1);
 interpose_first!(sigqueue, current_pid, pid: libc::pid_t, (sig: c_int, value: libc::sigval) -> c_int, -1);
 
 /// `tgkill(tgid, tid, sig)`: both ids follow the process (the main thread's tid is its pid).
