@@ -833,6 +833,7 @@ extern "C" fn unregister_at_exit() {
 /// Arms the interval (monotonic, periodic) and deadline (wall clock, absolute) timers. Raw syscalls only:
 /// the restorer calls this too.
 pub(crate) fn arm_timers(interval_ns: u64, deadline_unix_ns: u64) {
+    DEADLINE_AT.store(deadline_unix_ns, Ordering::Relaxed);
     let signo = TIMER_SIGNAL.load(Ordering::Relaxed);
     let make = |clock: i32, code: usize| -> i64 {
         // struct sigevent: sigev_value (8), sigev_signo (4), sigev_notify (4), padding to 64 bytes.
@@ -876,9 +877,19 @@ pub(crate) fn arm_timers(interval_ns: u64, deadline_unix_ns: u64) {
     }
 }
 
-/// Replaces the deadline timer with one firing at `unix_ns` (async-signal-safe: the handler calls it when
-/// the background end-time query answers).
+/// The job's deadline the deadline timer was armed for (unix ns; 0: none): armed again when retries of a
+/// checkpoint-and-exit, which use the same timer, end with the program going on.
+static DEADLINE_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces the deadline timer with one firing at the job's deadline `unix_ns` (async-signal-safe: the
+/// handler calls it when the background end-time query answers).
 fn arm_deadline(unix_ns: u64) {
+    DEADLINE_AT.store(unix_ns, Ordering::Relaxed);
+    arm_deadline_timer(unix_ns);
+}
+
+/// Replaces the deadline timer with one firing at `unix_ns`.
+fn arm_deadline_timer(unix_ns: u64) {
     let old = DEADLINE_TIMER.swap(-1, Ordering::Relaxed);
     if old >= 0 {
         // SAFETY: deletes a timer this process created.
@@ -1312,7 +1323,7 @@ fn retry_exit_later(request: c_int) -> bool {
     if request > 0 {
         EXIT_RETRY_SIGNAL.store(request, Ordering::Relaxed);
     }
-    arm_deadline(realtime_ns() + EXIT_RETRY_EVERY_NS);
+    arm_deadline_timer(realtime_ns() + EXIT_RETRY_EVERY_NS);
     true
 }
 
@@ -1321,6 +1332,11 @@ fn retry_exit_later(request: c_int) -> bool {
 fn end_exit_retries(request: c_int) -> c_int {
     if EXIT_RETRY_UNTIL.swap(0, Ordering::Relaxed) != 0 {
         refuse(b"still refused after trying again for 1 s (the first reason is above)");
+        // A program that goes on (it ignores the signal, or a timer asked) keeps its job's deadline.
+        let at = DEADLINE_AT.load(Ordering::Relaxed);
+        if at > realtime_ns() {
+            arm_deadline_timer(at);
+        }
     }
     let first = EXIT_RETRY_SIGNAL.swap(0, Ordering::Relaxed);
     if request > 0 { request } else { first }
