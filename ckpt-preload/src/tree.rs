@@ -436,13 +436,12 @@ pub(crate) fn stop_members(seq: u64) -> Result<usize, Refusal> {
         let Some(m) = waiting else { break };
         let slot = members[..n].iter().position(|x| x.pid == m.pid).unwrap_or(0);
         if member_state(fd, slot).0 == STATE_FAILED {
-            abort(fd, &path[..len]);
             let mut note = [0u8; 256];
             let mut npath = [0u8; 256];
             let nlen = tree_path(&mut npath, seq, m.pid, b".err");
             let k = read_file(&npath[..nlen], &mut note).max(0) as usize;
-            // SAFETY: a NUL-terminated path.
-            unsafe { syscall3(libc::SYS_unlink, npath.as_ptr() as usize, 0, 0) };
+            // Removes every member's note, this one's too.
+            abort(fd, &path[..len]);
             return Err(Refusal::new(&[&note[..k]], m.pid, &m.comm));
         }
         if !alive(m.pid) || monotonic_ns() - start > STOP_TIMEOUT_NS {
@@ -513,6 +512,16 @@ fn abort(fd: i32, path: &[u8]) {
     close(fd);
     // SAFETY: a NUL-terminated path.
     unsafe { syscall3(libc::SYS_unlink, path.as_ptr() as usize, 0, 0) };
+    // The reasons members left (more than one may have failed): none outlives the checkpoint.
+    // SAFETY: the coordinating thread only.
+    let members = unsafe { &*MEMBERS.get() };
+    let seq = TREE_SEQ.load(Ordering::Relaxed);
+    for m in &members[..NMEMBERS.load(Ordering::Relaxed).min(MAX_TREE)] {
+        let mut note = [0u8; 256];
+        let len = tree_path(&mut note, seq, m.pid, b".err");
+        // SAFETY: a NUL-terminated path.
+        unsafe { syscall3(libc::SYS_unlink, note[..len].as_ptr() as usize, 0, 0) };
+    }
     CTL_FD.store(-1, Ordering::Relaxed);
     NMEMBERS.store(0, Ordering::Relaxed);
 }

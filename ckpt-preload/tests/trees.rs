@@ -410,3 +410,65 @@ fn a_checkpoint_and_exit_refused_for_an_unreaped_child_is_taken_a_moment_later()
     let Some(exe) = build_c(build.path(), "short_children", SHORT_CHILDREN, &["-O1"]) else { return };
     restart_while_busy(&exe, 5, 100);
 }
+
+/// Two children inside `system()` when the checkpoint comes: each refuses it, leaving its reason for the
+/// root in a file beside the coordination file; the root reports one, and no file of the refused
+/// checkpoint is left behind in /dev/shm or /tmp (the root removes every member's reason when it gives
+/// up; two such reasons of an earlier session were found left on this machine).
+#[test]
+fn a_tree_checkpoint_refused_by_two_children_leaves_no_files() {
+    const TWO_IN_SYSTEM: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(void) {
+    for (int k = 0; k < 2; k++)
+        if (fork() == 0) {
+            system("sleep 3");
+            _exit(0);
+        }
+    while (wait(NULL) > 0) {}
+    printf("done\n");
+    return 0;
+}
+"#;
+    let build = tempfile::tempdir().unwrap();
+    let Some(exe) = build_c(build.path(), "two_in_system", TWO_IN_SYSTEM, &["-O1"]) else { return };
+    let (ckpt, _) = tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut child = command(&ckpt, dir)
+        .args(["run", "--dir", s(dir.join("img")).as_str(), "--"])
+        .arg(&exe)
+        .stdout(std::fs::File::create(dir.join("out.txt")).unwrap())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("err.txt")).unwrap()))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let root = child.id();
+    kill(root, libc::SIGUSR1);
+    assert!(
+        wait_for_events(dir, "checkpoint-refused", 1, &mut child, Duration::from_secs(30)),
+        "no refusal: {}",
+        read(dir, "ckpt.log")
+    );
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    kill_group(root);
+    assert!(status.success(), "{status:?}: {}", read(dir, "err.txt"));
+    let reason = events(dir, "checkpoint-refused")[0]["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("system()"), "{reason}");
+    // The coordination files name the root by its pid, start time and nonce: "-<pid>-".
+    let ours = format!("-{root}-");
+    let left: Vec<String> = ["/dev/shm", "/tmp"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt-tree-") && n.contains(&ours))
+        .collect();
+    assert!(left.is_empty(), "files of the refused checkpoint left behind: {left:?}");
+}
