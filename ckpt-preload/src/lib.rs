@@ -1182,7 +1182,12 @@ extern "C" fn checkpoint_handler(sig: c_int, info: *mut libc::siginfo_t, uctx: *
         let request = if from_timer { 0 } else { sig };
         if exit {
             match attempt {
-                Attempt::Taken => die_by_default(libc::SIGTERM),
+                Attempt::Taken => {
+                    if EXIT_RETRY_UNTIL.swap(0, Ordering::Relaxed) != 0 {
+                        warn(b"checkpoint taken on a later try");
+                    }
+                    die_by_default(libc::SIGTERM)
+                }
                 Attempt::Again => {}
                 Attempt::Passing if retry_exit_later(request) => {}
                 Attempt::Refused | Attempt::Passing => {
