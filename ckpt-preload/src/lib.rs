@@ -1300,7 +1300,8 @@ enum Attempt {
 }
 
 /// A checkpoint-and-exit refused for a state that passes (a child that exited and is not reaped yet, a
-/// `system()` call) is tried again every `EXIT_RETRY_EVERY_NS` for up to `EXIT_RETRY_FOR_NS` (the
+/// `system()` call) is tried again every `EXIT_RETRY_EVERY_NS` on average (1-9 ms, at random) for up to
+/// `EXIT_RETRY_FOR_NS` (the
 /// program runs in between and reaps its child), instead of ending the program without its last
 /// checkpoint: a program that starts short commands all the time (a driver script, `make`) is in such a
 /// state for a moment at any instant, and the time limit's SIGTERM would otherwise lose the job's work
@@ -1328,7 +1329,10 @@ fn retry_exit_later(request: c_int) -> bool {
     if request > 0 {
         EXIT_RETRY_SIGNAL.store(request, Ordering::Relaxed);
     }
-    arm_deadline_timer(realtime_ns() + EXIT_RETRY_EVERY_NS);
+    // A random delay of 1-9 ms: a fixed one can fall in step with a program's own period (a child
+    // started and reaped every 10 ms) and meet the unreaped child at every try.
+    let jitter = (now ^ (now >> 13)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    arm_deadline_timer(realtime_ns() + 1_000_000 + jitter % (2 * EXIT_RETRY_EVERY_NS - 2_000_000));
     true
 }
 

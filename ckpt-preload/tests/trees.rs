@@ -372,7 +372,7 @@ fn a_child_without_the_shim_refuses_the_checkpoint() {
 }
 
 /// A program that starts a short child process over and over and reaps it a moment after it ended, so
-/// that an unreaped child (a zombie, which cannot be checkpointed) exists nine tenths of the time.
+/// that an unreaped child (a zombie, which cannot be checkpointed) exists four fifths of the time.
 const SHORT_CHILDREN: &str = r#"
 #include <stdio.h>
 #include <sys/wait.h>
@@ -387,13 +387,13 @@ int main(void) {
             return 1;
         }
         if (kid == 0) _exit(0);
-        usleep(9000); /* the child is a zombie meanwhile */
+        usleep(8000); /* the child is a zombie meanwhile */
         int st;
         if (waitpid(kid, &st, 0) != kid) {
             printf("ERROR waitpid\n");
             return 1;
         }
-        usleep(1000);
+        usleep(2000);
         printf("ok %ld\n", i);
     }
 }
