@@ -1322,7 +1322,7 @@ fn retry_exit_later(request: c_int) -> bool {
     let until = EXIT_RETRY_UNTIL.load(Ordering::Relaxed);
     if until == 0 {
         EXIT_RETRY_UNTIL.store(now + EXIT_RETRY_FOR_NS, Ordering::Relaxed);
-        warn(b"trying the checkpoint again every 5 ms for up to 1 s");
+        warn(b"trying the checkpoint again every few milliseconds for up to 1 s");
     } else if now >= until {
         return false;
     }
